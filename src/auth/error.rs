@@ -1,0 +1,126 @@
+//! Why a request was refused by the token check, and the RFC 6750 section 3 answer for each.
+
+use http::StatusCode;
+
+/// A refused or failed token check. One variant per reason, so logs and metrics are exact.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token")]
+    MissingToken,
+    #[error("malformed Authorization header")]
+    MalformedHeader,
+    #[error("more than one token in the request")]
+    MultipleTokens,
+    #[error("token in an unaccepted place")]
+    TokenNotAllowedHere,
+    #[error("token too large")]
+    TooLarge,
+    #[error("malformed token")]
+    Malformed,
+    #[error("token algorithm not accepted")]
+    BadAlgorithm,
+    #[error("token type not accepted")]
+    BadType,
+    #[error("unknown issuer")]
+    UnknownIssuer,
+    #[error("signing key not found")]
+    UnknownKey,
+    #[error("invalid signature")]
+    BadSignature,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("token issued in the future")]
+    IssuedInFuture,
+    #[error("audience not accepted")]
+    BadAudience,
+    #[error("required claim missing or malformed")]
+    BadClaims,
+    #[error("insufficient scope")]
+    InsufficientScope { needed: String },
+    #[error("signing keys not available")]
+    KeysUnavailable,
+}
+
+/// The `error` parameter of `WWW-Authenticate`, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    None,
+    InvalidRequest,
+    InvalidToken,
+    InsufficientScope,
+}
+
+impl AuthError {
+    /// The status answered.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AuthError::MalformedHeader
+            | AuthError::MultipleTokens
+            | AuthError::TokenNotAllowedHere => StatusCode::BAD_REQUEST,
+            AuthError::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            AuthError::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// The RFC 6750 error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AuthError::MissingToken | AuthError::KeysUnavailable => ErrorCode::None,
+            AuthError::MalformedHeader
+            | AuthError::MultipleTokens
+            | AuthError::TokenNotAllowedHere => ErrorCode::InvalidRequest,
+            AuthError::InsufficientScope { .. } => ErrorCode::InsufficientScope,
+            _ => ErrorCode::InvalidToken,
+        }
+    }
+
+    /// A fixed reason for logs and metrics (bounded label set).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::MissingToken => "missing_token",
+            AuthError::MalformedHeader => "malformed_authorization",
+            AuthError::MultipleTokens => "multiple_tokens",
+            AuthError::TokenNotAllowedHere => "token_not_allowed_here",
+            AuthError::TooLarge => "token_too_large",
+            AuthError::Malformed => "malformed_token",
+            AuthError::BadAlgorithm => "bad_algorithm",
+            AuthError::BadType => "bad_type",
+            AuthError::UnknownIssuer => "bad_issuer",
+            AuthError::UnknownKey => "unknown_kid",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::IssuedInFuture => "issued_in_future",
+            AuthError::BadAudience => "bad_audience",
+            AuthError::BadClaims => "bad_claims",
+            AuthError::InsufficientScope { .. } => "insufficient_scope",
+            AuthError::KeysUnavailable => "keys_unavailable",
+        }
+    }
+
+    /// The `WWW-Authenticate` value. The description is fixed text: it never echoes the token
+    /// and never says more about a signature than that it failed.
+    pub fn www_authenticate(&self, realm: &str) -> String {
+        match self.code() {
+            ErrorCode::None => format!("Bearer realm=\"{realm}\""),
+            ErrorCode::InvalidRequest => format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_request\", error_description=\"{self}\""
+            ),
+            ErrorCode::InvalidToken => format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{self}\""
+            ),
+            ErrorCode::InsufficientScope => {
+                let needed = match self {
+                    AuthError::InsufficientScope { needed } => needed.as_str(),
+                    _ => "",
+                };
+                format!(
+                    "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"{self}\", scope=\"{needed}\""
+                )
+            }
+        }
+    }
+}

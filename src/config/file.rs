@@ -1,0 +1,129 @@
+//! The shape of the TOML file, as serde reads it. Nothing here is checked beyond types:
+//! `validate.rs` turns this into the runtime [`super::Config`]. Every table denies unknown keys,
+//! so a typo such as `scoeps` is an error instead of an open route.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub server: Spanned<ServerFile>,
+    #[serde(default)]
+    pub issuers: Vec<Spanned<IssuerFile>>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<Spanned<String>, Spanned<UpstreamFile>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RouteFile>>,
+    #[serde(default)]
+    pub forward: Option<Spanned<ForwardFile>>,
+}
+
+/// `[server]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub listen: Spanned<String>,
+    pub admin_listen: Option<Spanned<String>>,
+    pub realm: Option<Spanned<String>>,
+    pub max_header_bytes: Option<Spanned<u64>>,
+    pub max_headers: Option<Spanned<u64>>,
+    pub max_path_bytes: Option<Spanned<u64>>,
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub shutdown_grace: Option<Spanned<String>>,
+    pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
+    pub allow_semicolon_in_path: Option<bool>,
+    pub http2: Option<bool>,
+    pub log_format: Option<Spanned<LogFormat>>,
+    pub access_log: Option<bool>,
+}
+
+/// `log_format`
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[[issuers]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerFile {
+    pub issuer: Spanned<String>,
+    pub jwks_uri: Option<Spanned<String>>,
+    pub discovery: Option<Spanned<bool>>,
+    pub jwks_file: Option<Spanned<String>>,
+    pub audiences: Option<Spanned<Vec<String>>>,
+    pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
+    pub leeway: Option<Spanned<String>>,
+    pub typ: Option<Spanned<TypPolicy>>,
+    pub scope_claims: Option<Spanned<Vec<String>>>,
+    pub hmac_secret_file: Option<Spanned<String>>,
+    pub hmac_secret_env: Option<Spanned<String>>,
+    pub max_token_bytes: Option<Spanned<u64>>,
+    pub jwks_refresh: Option<Spanned<String>>,
+    pub jwks_min_refresh: Option<Spanned<String>>,
+    pub jwks_max_refresh: Option<Spanned<String>>,
+    pub jwks_timeout: Option<Spanned<String>>,
+    pub jwks_max_bytes: Option<Spanned<u64>>,
+    pub unknown_kid_cooldown: Option<Spanned<String>>,
+    pub max_stale: Option<Spanned<String>>,
+}
+
+/// `typ`: what the JOSE header's `typ` must say.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+pub enum TypPolicy {
+    /// RFC 9068: `at+jwt` (or `application/at+jwt`) only.
+    #[serde(rename = "at+jwt")]
+    AtJwt,
+    /// `at+jwt`, `JWT` or no `typ` at all.
+    #[serde(rename = "jwt")]
+    Jwt,
+}
+
+/// `[upstreams.NAME]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub url: Spanned<String>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub request_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub max_idle_connections: Option<Spanned<u64>>,
+    pub pass_host_header: Option<bool>,
+}
+
+/// `[[routes]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub name: Option<Spanned<String>>,
+    pub prefix: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub methods: Option<Spanned<Vec<Spanned<String>>>>,
+    pub upstream: Spanned<String>,
+    pub auth: Option<Spanned<AuthFile>>,
+    pub scopes: Option<Spanned<Vec<Spanned<String>>>>,
+    pub scopes_any: Option<Spanned<Vec<Spanned<String>>>>,
+    pub token_in_query: Option<bool>,
+}
+
+/// `auth`
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthFile {
+    None,
+    Bearer,
+    Deny,
+}
+
+/// `[forward]`: what the upstream is told about the caller.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardFile {
+    pub claim_headers: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    pub strip_authorization: Option<bool>,
+}

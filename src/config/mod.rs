@@ -1,0 +1,229 @@
+//! Configuration: the file's serde shape (`file`), the checks that turn it into the runtime form
+//! (`validate`), and the runtime form itself, which has no serde in it and is never partly valid.
+
+mod file;
+mod validate;
+
+pub use file::{LogFormat, TypPolicy};
+
+use crate::path::PathOptions;
+use crate::routes::RouteTable;
+use http::header::HeaderName;
+use ipnet::IpNet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default request-header limit: the whole header block of one request.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Default limit on the number of request headers.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Default limit on the raw path.
+pub const DEFAULT_MAX_PATH_BYTES: usize = 8 * 1024;
+/// Default time a client has to send a complete request head (slowloris guard).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time in-flight requests get to finish after SIGTERM.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default realm in `WWW-Authenticate`.
+pub const DEFAULT_REALM: &str = "bearward";
+/// Default upstream connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time from sending a request upstream to its response head.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default lifetime of an idle pooled upstream connection.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Default number of idle pooled connections kept per upstream.
+pub const DEFAULT_MAX_IDLE_CONNECTIONS: usize = 64;
+/// Default clock-skew leeway for `exp`, `nbf`, `iat`.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+/// Default largest accepted token, in bytes.
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Default JWKS refresh interval when the IdP sends no `Cache-Control: max-age`.
+pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(300);
+/// Lower bound applied to the IdP's `max-age`.
+pub const DEFAULT_JWKS_MIN_REFRESH: Duration = Duration::from_secs(60);
+/// Upper bound applied to the IdP's `max-age`.
+pub const DEFAULT_JWKS_MAX_REFRESH: Duration = Duration::from_secs(24 * 3600);
+/// Default timeout of one JWKS or discovery fetch.
+pub const DEFAULT_JWKS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default largest accepted JWKS or discovery document.
+pub const DEFAULT_JWKS_MAX_BYTES: usize = 256 * 1024;
+/// Default least time between two refetches caused by unknown `kid`s, per issuer.
+pub const DEFAULT_UNKNOWN_KID_COOLDOWN: Duration = Duration::from_secs(30);
+/// Default longest time the last good keys serve while the IdP cannot be reached.
+pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(24 * 3600);
+
+/// A validated configuration, ready to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (for messages).
+    pub source: String,
+    pub server: ServerConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: RouteTable,
+    pub issuers: Vec<IssuerConfig>,
+    pub forward: ForwardConfig,
+    /// Things that are legal but probably wrong (a route that can never match).
+    pub warnings: Vec<Problem>,
+}
+
+/// `[server]`, validated.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub realm: String,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub path: PathOptions,
+    pub header_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+    /// Peers whose `X-Forwarded-*` headers are believed; empty: nobody's.
+    pub trusted_proxies: Vec<IpNet>,
+    pub http2: bool,
+    pub log_format: LogFormat,
+    pub access_log: bool,
+}
+
+/// `[upstreams.NAME]`, validated.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// `http` only for now.
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle_connections: usize,
+    /// Send the client's `Host` (true) or the upstream's authority (false).
+    pub pass_host_header: bool,
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    JwksUri(http::Uri),
+    Discovery,
+    File(PathBuf),
+}
+
+/// Bounds on fetching and keeping an issuer's keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksPolicy {
+    pub refresh: Duration,
+    pub min_refresh: Duration,
+    pub max_refresh: Duration,
+    pub timeout: Duration,
+    pub max_bytes: usize,
+    pub unknown_kid_cooldown: Duration,
+    pub max_stale: Duration,
+}
+
+/// `[[issuers]]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerConfig {
+    pub issuer: String,
+    pub keys: KeySource,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub leeway: Duration,
+    pub typ: TypPolicy,
+    pub scope_claims: Vec<String>,
+    pub hmac_secret: Option<Secret>,
+    pub max_token_bytes: usize,
+    pub jwks: JwksPolicy,
+}
+
+/// Key material that must never reach a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(<{} bytes>)", self.0.len())
+    }
+}
+
+/// `[forward]`, validated.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardConfig {
+    /// (claim name, header). The claim `scope` stands for the normalized scope list.
+    pub claim_headers: Vec<(String, HeaderName)>,
+    pub strip_authorization: bool,
+}
+
+/// One problem found in a config file, located by line and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file, self.line, self.column, self.key, self.message
+        )
+    }
+}
+
+/// Why a config could not be loaded. Stops the process (or a reload); never becomes a response.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{}", Problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+struct Problems<'a>(&'a [Problem]);
+
+impl fmt::Display for Problems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    /// The located problems, if the file was read.
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Invalid(p) => p,
+            ConfigError::Read { .. } => &[],
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative `jwks_file` and secret paths are taken from
+    /// the directory the process runs in, as every other path on the command line.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: name.clone(),
+            source,
+        })?;
+        Config::from_toml_str(&text, &name)
+    }
+
+    /// Parses and validates config text; `name` is used in messages. The seam for tests.
+    pub fn from_toml_str(text: &str, name: &str) -> Result<Config, ConfigError> {
+        validate::compile(text, name)
+    }
+}

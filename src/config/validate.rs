@@ -1,0 +1,928 @@
+//! File shape -> runtime [`Config`]. Every problem is collected, so the operator fixes the file
+//! in one pass; each is located by line, column and dotted key.
+
+use super::file::{AuthFile, FileConfig, IssuerFile, RouteFile, ServerFile, UpstreamFile};
+use super::*;
+use crate::path::{canonicalize_with, PathOptions};
+use crate::routes::{AuthMode, PathMatch, Route};
+use jsonwebtoken::Algorithm;
+use std::ops::Range;
+use std::str::FromStr;
+use std::sync::Arc;
+use toml::Spanned;
+
+struct Ctx<'a> {
+    text: &'a str,
+    file: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    fn locate(&self, span: Range<usize>, key: &str, message: String) -> Problem {
+        let start = span.start.min(self.text.len());
+        let before = &self.text[..start];
+        let line = before.matches('\n').count() + 1;
+        let column = start - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        Problem {
+            file: self.file.to_owned(),
+            line,
+            column,
+            key: key.to_owned(),
+            message,
+        }
+    }
+
+    fn err(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
+        let p = self.locate(span, key, message.into());
+        self.problems.push(p);
+    }
+
+    fn duration(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+        bounds: (Duration, Duration),
+    ) -> Duration {
+        let Some(v) = v else { return default };
+        match humantime::parse_duration(v.get_ref().trim()) {
+            Ok(d) if d < bounds.0 || d > bounds.1 => {
+                self.err(
+                    v.span(),
+                    key,
+                    format!(
+                        "{:?} is out of range ({} to {})",
+                        v.get_ref(),
+                        humantime::format_duration(bounds.0),
+                        humantime::format_duration(bounds.1)
+                    ),
+                );
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.err(
+                    v.span(),
+                    key,
+                    format!(
+                        "{:?} is not a duration ({e}); write e.g. \"30s\", \"500ms\", \"5m\"",
+                        v.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn size(
+        &mut self,
+        v: &Option<Spanned<u64>>,
+        key: &str,
+        default: usize,
+        min: u64,
+        max: u64,
+    ) -> usize {
+        let Some(v) = v else { return default };
+        let n = *v.get_ref();
+        if n < min || n > max {
+            self.err(
+                v.span(),
+                key,
+                format!("{n} is out of range ({min} to {max})"),
+            );
+            return default;
+        }
+        n as usize
+    }
+}
+
+/// Parses, validates and compiles config text.
+pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
+    let mut cx = Ctx {
+        text,
+        file: name,
+        problems: Vec::new(),
+    };
+    let file: FileConfig = match toml::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let key = key_at(text, span.start);
+            cx.err(span, &key, e.message().trim().to_owned());
+            return Err(ConfigError::Invalid(cx.problems));
+        }
+    };
+
+    let server = server(&mut cx, file.server.get_ref());
+    let mut upstream_names = Vec::new();
+    let mut upstreams = Vec::new();
+    for (name, up) in &file.upstreams {
+        upstream_names.push(name.get_ref().clone());
+        upstreams.push(upstream(&mut cx, name.get_ref(), up));
+    }
+    let issuers: Vec<IssuerConfig> = file
+        .issuers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, iss)| issuer(&mut cx, i, iss))
+        .collect();
+    for (i, a) in issuers.iter().enumerate() {
+        if issuers[..i].iter().any(|b| b.issuer == a.issuer) {
+            let span = file.issuers[i].get_ref().issuer.span();
+            cx.err(
+                span,
+                &format!("issuers[{i}].issuer"),
+                format!("issuer {:?} is configured twice", a.issuer),
+            );
+        }
+    }
+
+    let mut routes = Vec::new();
+    for (i, r) in file.routes.iter().enumerate() {
+        if let Some(route) = route(&mut cx, i, r, &upstream_names, server.path) {
+            routes.push(route);
+        }
+    }
+    if file.routes.is_empty() {
+        cx.err(
+            file.server.span(),
+            "routes",
+            "no [[routes]]: every request would answer 404",
+        );
+    }
+    if routes.iter().any(|r| r.auth == AuthMode::Bearer) && file.issuers.is_empty() {
+        let i = routes
+            .iter()
+            .position(|r| r.auth == AuthMode::Bearer)
+            .unwrap_or(0);
+        cx.err(
+            file.routes[i].span(),
+            &format!("routes[{i}].auth"),
+            "this route needs a bearer token (the default) but no [[issuers]] are configured; \
+             add an issuer or set auth = \"none\"",
+        );
+    }
+
+    let forward = forward(&mut cx, file.forward.as_ref());
+
+    if !cx.problems.is_empty() {
+        return Err(ConfigError::Invalid(cx.problems));
+    }
+
+    let table = RouteTable::new(routes);
+    let warnings = table
+        .shadowed()
+        .into_iter()
+        .map(|(i, j)| {
+            cx.locate(
+                file.routes[j].span(),
+                &format!("routes[{j}]"),
+                format!(
+                    "never matches: routes[{i}] ({}) above it catches every request it could take",
+                    table.routes()[i].name
+                ),
+            )
+        })
+        .collect();
+
+    Ok(Config {
+        source: name.to_owned(),
+        server,
+        upstreams,
+        routes: table,
+        issuers,
+        forward,
+        warnings,
+    })
+}
+
+/// Best-effort dotted key for a serde error: the table header above the error and the key on
+/// its line, so `unknown field` errors name where they are.
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let line = text[line_start..line_end].trim();
+    let mut table = String::new();
+    for l in text[..line_start].lines().rev() {
+        let l = l.trim();
+        if l.starts_with('[') {
+            table = l.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+            break;
+        }
+    }
+    if line.starts_with('[') {
+        return line
+            .trim_matches(|c| c == '[' || c == ']')
+            .trim()
+            .to_owned();
+    }
+    let key = line.split('=').next().unwrap_or("").trim();
+    match (table.is_empty(), key.is_empty()) {
+        (true, _) => key.to_owned(),
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
+fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
+    let listen = socket_addr(cx, &s.listen, "server.listen");
+    let admin_listen = s
+        .admin_listen
+        .as_ref()
+        .map(|a| socket_addr(cx, a, "server.admin_listen"));
+    let mut trusted_proxies = Vec::new();
+    if let Some(list) = &s.trusted_proxies {
+        for (i, p) in list.get_ref().iter().enumerate() {
+            let raw = p.get_ref().trim();
+            let parsed =
+                IpNet::from_str(raw).or_else(|_| std::net::IpAddr::from_str(raw).map(IpNet::from));
+            match parsed {
+                Ok(net) => trusted_proxies.push(net),
+                Err(_) => cx.err(
+                    p.span(),
+                    &format!("server.trusted_proxies[{i}]"),
+                    format!("{raw:?} is not an IP address or CIDR block"),
+                ),
+            }
+        }
+    }
+    let realm = match &s.realm {
+        Some(r)
+            if r.get_ref().is_empty()
+                || !r
+                    .get_ref()
+                    .chars()
+                    .all(|c| c.is_ascii_graphic() || c == ' ')
+                || r.get_ref().contains(['"', '\\']) =>
+        {
+            cx.err(
+                r.span(),
+                "server.realm",
+                "must be printable ASCII without quotes or backslashes",
+            );
+            DEFAULT_REALM.to_owned()
+        }
+        Some(r) => r.get_ref().clone(),
+        None => DEFAULT_REALM.to_owned(),
+    };
+    ServerConfig {
+        listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+        admin_listen: admin_listen.flatten(),
+        realm,
+        max_header_bytes: cx.size(
+            &s.max_header_bytes,
+            "server.max_header_bytes",
+            DEFAULT_MAX_HEADER_BYTES,
+            8192,
+            1024 * 1024,
+        ),
+        max_headers: cx.size(
+            &s.max_headers,
+            "server.max_headers",
+            DEFAULT_MAX_HEADERS,
+            8,
+            1000,
+        ),
+        path: PathOptions {
+            allow_semicolon: s.allow_semicolon_in_path.unwrap_or(false),
+            max_len: cx.size(
+                &s.max_path_bytes,
+                "server.max_path_bytes",
+                DEFAULT_MAX_PATH_BYTES,
+                64,
+                64 * 1024,
+            ),
+        },
+        header_read_timeout: cx.duration(
+            &s.header_read_timeout,
+            "server.header_read_timeout",
+            DEFAULT_HEADER_READ_TIMEOUT,
+            (Duration::from_millis(100), Duration::from_secs(300)),
+        ),
+        shutdown_grace: cx.duration(
+            &s.shutdown_grace,
+            "server.shutdown_grace",
+            DEFAULT_SHUTDOWN_GRACE,
+            (Duration::ZERO, Duration::from_secs(3600)),
+        ),
+        trusted_proxies,
+        http2: s.http2.unwrap_or(true),
+        log_format: s
+            .log_format
+            .as_ref()
+            .map_or(LogFormat::Text, |f| *f.get_ref()),
+        access_log: s.access_log.unwrap_or(true),
+    }
+}
+
+fn socket_addr(cx: &mut Ctx<'_>, v: &Spanned<String>, key: &str) -> Option<SocketAddr> {
+    match SocketAddr::from_str(v.get_ref()) {
+        Ok(a) => Some(a),
+        Err(_) => {
+            cx.err(
+                v.span(),
+                key,
+                format!(
+                    "{:?} is not an IP:port address (e.g. \"0.0.0.0:8080\", \"[::]:8080\")",
+                    v.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn upstream(cx: &mut Ctx<'_>, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConfig {
+    let u = u.get_ref();
+    let key = |k: &str| format!("upstreams.{name}.{k}");
+    let mut scheme = http::uri::Scheme::HTTP;
+    let mut authority = http::uri::Authority::from_static("invalid");
+    match http::Uri::from_str(u.url.get_ref()) {
+        Ok(uri) => {
+            match uri.scheme_str() {
+                Some("http") => {}
+                Some("https") => cx.err(
+                    u.url.span(),
+                    &key("url"),
+                    "https upstreams are not supported yet; bearward is meant to reach its \
+                     upstream over loopback or a private network with http://",
+                ),
+                _ => cx.err(u.url.span(), &key("url"), "must be an http:// URL"),
+            }
+            match uri.authority() {
+                Some(a) if !a.as_str().contains('@') => authority = a.clone(),
+                Some(_) => cx.err(u.url.span(), &key("url"), "must not carry user information"),
+                None => cx.err(u.url.span(), &key("url"), "must name a host"),
+            }
+            if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+                cx.err(
+                    u.url.span(),
+                    &key("url"),
+                    "must not have a path or query: the request path is forwarded as is",
+                );
+            }
+            if let Some(s) = uri.scheme() {
+                scheme = s.clone();
+            }
+        }
+        Err(e) => cx.err(
+            u.url.span(),
+            &key("url"),
+            format!("{:?} is not a URL: {e}", u.url.get_ref()),
+        ),
+    }
+    let long = (Duration::from_millis(1), Duration::from_secs(3600));
+    UpstreamConfig {
+        name: name.to_owned(),
+        scheme,
+        authority,
+        connect_timeout: cx.duration(
+            &u.connect_timeout,
+            &key("connect_timeout"),
+            DEFAULT_CONNECT_TIMEOUT,
+            long,
+        ),
+        request_timeout: cx.duration(
+            &u.request_timeout,
+            &key("request_timeout"),
+            DEFAULT_REQUEST_TIMEOUT,
+            long,
+        ),
+        idle_timeout: cx.duration(
+            &u.idle_timeout,
+            &key("idle_timeout"),
+            DEFAULT_IDLE_TIMEOUT,
+            long,
+        ),
+        max_idle_connections: cx.size(
+            &u.max_idle_connections,
+            &key("max_idle_connections"),
+            DEFAULT_MAX_IDLE_CONNECTIONS,
+            0,
+            10_000,
+        ),
+        pass_host_header: u.pass_host_header.unwrap_or(true),
+    }
+}
+
+fn scope_list(
+    cx: &mut Ctx<'_>,
+    v: &Option<Spanned<Vec<Spanned<String>>>>,
+    key: &str,
+) -> Vec<String> {
+    let Some(v) = v else { return Vec::new() };
+    let mut out = Vec::new();
+    for (i, s) in v.get_ref().iter().enumerate() {
+        let scope = s.get_ref();
+        // RFC 6749 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+        let valid = !scope.is_empty()
+            && scope
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+        if valid {
+            out.push(scope.clone());
+        } else {
+            cx.err(
+                s.span(),
+                &format!("{key}[{i}]"),
+                format!("{scope:?} is not a valid scope token (RFC 6749 section 3.3)"),
+            );
+        }
+    }
+    out
+}
+
+fn route(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    r: &Spanned<RouteFile>,
+    upstreams: &[String],
+    path_opts: PathOptions,
+) -> Option<Route> {
+    let span = r.span();
+    let r = r.get_ref();
+    let key = |k: &str| format!("routes[{i}].{k}");
+    let mut ok = true;
+
+    let matcher = match (&r.prefix, &r.path) {
+        (Some(_), Some(p)) => {
+            cx.err(
+                p.span(),
+                &key("path"),
+                "give either `prefix` or `path`, not both",
+            );
+            ok = false;
+            None
+        }
+        (None, None) => {
+            cx.err(
+                span.clone(),
+                &format!("routes[{i}]"),
+                "needs a `prefix` or a `path`",
+            );
+            ok = false;
+            None
+        }
+        (Some(p), None) => canonical(cx, p, &key("prefix"), path_opts).map(PathMatch::Prefix),
+        (None, Some(p)) => canonical(cx, p, &key("path"), path_opts).map(PathMatch::Exact),
+    };
+
+    let methods = match &r.methods {
+        None => None,
+        Some(list) if list.get_ref().is_empty() => {
+            cx.err(
+                list.span(),
+                &key("methods"),
+                "an empty list matches nothing; leave the key out to match every method",
+            );
+            ok = false;
+            None
+        }
+        Some(list) => {
+            let mut out = Vec::new();
+            for (j, m) in list.get_ref().iter().enumerate() {
+                let name = m.get_ref();
+                let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_uppercase());
+                match http::Method::from_bytes(name.as_bytes()) {
+                    Ok(method) if valid => out.push(method),
+                    _ => {
+                        cx.err(
+                            m.span(),
+                            &format!("routes[{i}].methods[{j}]"),
+                            format!("{name:?} is not an HTTP method (methods are upper case, e.g. \"GET\")"),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            Some(out)
+        }
+    };
+
+    let upstream = match upstreams.iter().position(|u| u == r.upstream.get_ref()) {
+        Some(idx) => Some(idx),
+        None => {
+            let known = if upstreams.is_empty() {
+                "none are defined".to_owned()
+            } else {
+                format!("defined: {}", upstreams.join(", "))
+            };
+            cx.err(
+                r.upstream.span(),
+                &key("upstream"),
+                format!("unknown upstream {:?} ({known})", r.upstream.get_ref()),
+            );
+            None
+        }
+    };
+
+    let auth = match r.auth.as_ref().map(|a| *a.get_ref()) {
+        None | Some(AuthFile::Bearer) => AuthMode::Bearer,
+        Some(AuthFile::None) => AuthMode::None,
+        Some(AuthFile::Deny) => AuthMode::Deny,
+    };
+    let scopes = scope_list(cx, &r.scopes, &key("scopes"));
+    let scopes_any = scope_list(cx, &r.scopes_any, &key("scopes_any"));
+    if auth != AuthMode::Bearer {
+        for (k, v) in [("scopes", &r.scopes), ("scopes_any", &r.scopes_any)] {
+            if let Some(v) = v {
+                cx.err(
+                    v.span(),
+                    &key(k),
+                    format!(
+                        "scopes only apply to auth = \"bearer\"; this route has auth = \"{}\"",
+                        auth.as_str()
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
+    if let Some(v) = &r.scopes_any {
+        if v.get_ref().is_empty() {
+            cx.err(
+                v.span(),
+                &key("scopes_any"),
+                "an empty list can never be satisfied",
+            );
+            ok = false;
+        }
+    }
+
+    let name: Arc<str> = match (&r.name, &matcher) {
+        (Some(n), _) => {
+            let valid = !n.get_ref().is_empty()
+                && n.get_ref().len() <= 64
+                && n.get_ref()
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'));
+            if !valid {
+                cx.err(
+                    n.span(),
+                    &key("name"),
+                    "use 1 to 64 characters of A-Z a-z 0-9 _ - . /",
+                );
+                ok = false;
+            }
+            n.get_ref().as_str().into()
+        }
+        (None, Some(PathMatch::Prefix(p))) => format!("{p}*").into(),
+        (None, Some(PathMatch::Exact(p))) => p.as_str().into(),
+        (None, None) => format!("routes[{i}]").into(),
+    };
+
+    if !ok {
+        return None;
+    }
+    Some(Route {
+        name,
+        matcher: matcher?,
+        methods,
+        upstream: upstream?,
+        auth,
+        scopes,
+        scopes_any,
+        token_in_query: r.token_in_query.unwrap_or(false),
+    })
+}
+
+fn canonical(
+    cx: &mut Ctx<'_>,
+    p: &Spanned<String>,
+    key: &str,
+    opts: PathOptions,
+) -> Option<String> {
+    let raw = p.get_ref();
+    if raw.contains('?') {
+        cx.err(p.span(), key, "must not contain a query string");
+        return None;
+    }
+    match canonicalize_with(raw, opts) {
+        Ok(c) if &c == raw => Some(c),
+        Ok(c) => {
+            cx.err(
+                p.span(),
+                key,
+                format!("{raw:?} is not in canonical form; write {c:?} (requests are matched after canonicalization, so this could never match as written)"),
+            );
+            None
+        }
+        Err(e) => {
+            cx.err(p.span(), key, format!("{raw:?} is not a valid path ({e})"));
+            None
+        }
+    }
+}
+
+fn parse_alg(s: &str) -> Option<Algorithm> {
+    Some(match s {
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        _ => return None,
+    })
+}
+
+fn issuer(cx: &mut Ctx<'_>, i: usize, iss: &Spanned<IssuerFile>) -> Option<IssuerConfig> {
+    let span = iss.span();
+    let f = iss.get_ref();
+    let key = |k: &str| format!("issuers[{i}].{k}");
+    let before = cx.problems.len();
+
+    let issuer = f.issuer.get_ref().clone();
+    if issuer.is_empty() {
+        cx.err(f.issuer.span(), &key("issuer"), "must not be empty");
+    }
+
+    let discovery = f.discovery.as_ref().is_some_and(|d| *d.get_ref());
+    let sources = [f.jwks_uri.is_some(), discovery, f.jwks_file.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    let has_hmac = f.hmac_secret_file.is_some() || f.hmac_secret_env.is_some();
+    let mut keys = KeySource::Discovery;
+    if sources > 1 {
+        cx.err(
+            span.clone(),
+            &format!("issuers[{i}]"),
+            "give only one of `jwks_uri`, `discovery = true`, `jwks_file`",
+        );
+    } else if sources == 0 && !has_hmac {
+        cx.err(
+            span.clone(),
+            &format!("issuers[{i}]"),
+            "needs a key source: `jwks_uri`, `discovery = true` or `jwks_file`",
+        );
+    }
+    if let Some(u) = &f.jwks_uri {
+        match http::Uri::from_str(u.get_ref()) {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("https" | "http"))
+                    && uri.authority().is_some() =>
+            {
+                keys = KeySource::JwksUri(uri)
+            }
+            _ => cx.err(
+                u.span(),
+                &key("jwks_uri"),
+                format!("{:?} is not an http(s) URL", u.get_ref()),
+            ),
+        }
+    } else if let Some(p) = &f.jwks_file {
+        keys = KeySource::File(PathBuf::from(p.get_ref()));
+    }
+    if discovery {
+        match http::Uri::from_str(&issuer) {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("https" | "http"))
+                    && uri.authority().is_some() => {}
+            _ => cx.err(
+                f.issuer.span(),
+                &key("issuer"),
+                "discovery needs the issuer to be an http(s) URL",
+            ),
+        }
+    }
+
+    let audiences = match &f.audiences {
+        Some(a) if !a.get_ref().is_empty() && a.get_ref().iter().all(|s| !s.is_empty()) => {
+            a.get_ref().clone()
+        }
+        Some(a) => {
+            cx.err(
+                a.span(),
+                &key("audiences"),
+                "must list at least one non-empty audience",
+            );
+            Vec::new()
+        }
+        None => {
+            cx.err(
+                span.clone(),
+                &key("audiences"),
+                "is required: a token's `aud` must name this API (RFC 9068 section 4)",
+            );
+            Vec::new()
+        }
+    };
+
+    let mut algorithms = Vec::new();
+    match &f.algorithms {
+        None => algorithms.push(Algorithm::RS256),
+        Some(list) if list.get_ref().is_empty() => cx.err(
+            list.span(),
+            &key("algorithms"),
+            "must list at least one algorithm",
+        ),
+        Some(list) => {
+            for (j, a) in list.get_ref().iter().enumerate() {
+                match parse_alg(a.get_ref()) {
+                    Some(alg) if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) && !has_hmac => cx.err(
+                        a.span(),
+                        &format!("issuers[{i}].algorithms[{j}]"),
+                        format!("{} needs a symmetric key: set `hmac_secret_file` or `hmac_secret_env`", a.get_ref()),
+                    ),
+                    Some(alg) => algorithms.push(alg),
+                    None => cx.err(
+                        a.span(),
+                        &format!("issuers[{i}].algorithms[{j}]"),
+                        format!(
+                            "{:?} is not an accepted algorithm (RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA HS256 HS384 HS512; never \"none\")",
+                            a.get_ref()
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+
+    let mut hmac_secret = None;
+    if f.hmac_secret_file.is_some() && f.hmac_secret_env.is_some() {
+        cx.err(
+            span.clone(),
+            &format!("issuers[{i}]"),
+            "give only one of `hmac_secret_file`, `hmac_secret_env`",
+        );
+    } else if let Some(p) = &f.hmac_secret_file {
+        match std::fs::read(p.get_ref()) {
+            Ok(bytes) => hmac_secret = Some(trim_secret(bytes)),
+            Err(e) => cx.err(
+                p.span(),
+                &key("hmac_secret_file"),
+                format!("cannot read {:?}: {e}", p.get_ref()),
+            ),
+        }
+    } else if let Some(v) = &f.hmac_secret_env {
+        match std::env::var(v.get_ref()) {
+            Ok(s) => hmac_secret = Some(trim_secret(s.into_bytes())),
+            Err(_) => cx.err(
+                v.span(),
+                &key("hmac_secret_env"),
+                format!("environment variable {:?} is not set", v.get_ref()),
+            ),
+        }
+    }
+    if let Some(s) = &hmac_secret {
+        // RFC 7518 3.2: a key of the same size as the hash output or larger.
+        if s.0.len() < 32 {
+            let span = f
+                .hmac_secret_file
+                .as_ref()
+                .or(f.hmac_secret_env.as_ref())
+                .map_or(span.clone(), |s| s.span());
+            cx.err(
+                span,
+                &key("hmac_secret"),
+                format!("the secret is {} bytes; HS256 needs at least 32", s.0.len()),
+            );
+        }
+    }
+
+    let minute = Duration::from_secs(60);
+    let day = Duration::from_secs(24 * 3600);
+    let min_refresh = cx.duration(
+        &f.jwks_min_refresh,
+        &key("jwks_min_refresh"),
+        DEFAULT_JWKS_MIN_REFRESH,
+        (Duration::from_millis(100), day),
+    );
+    let max_refresh = cx.duration(
+        &f.jwks_max_refresh,
+        &key("jwks_max_refresh"),
+        DEFAULT_JWKS_MAX_REFRESH,
+        (Duration::from_millis(100), 7 * day),
+    );
+    let refresh = cx.duration(
+        &f.jwks_refresh,
+        &key("jwks_refresh"),
+        DEFAULT_JWKS_REFRESH,
+        (Duration::from_millis(100), 7 * day),
+    );
+    if min_refresh > max_refresh {
+        let s = f
+            .jwks_min_refresh
+            .as_ref()
+            .map_or(span.clone(), |s| s.span());
+        cx.err(
+            s,
+            &key("jwks_min_refresh"),
+            "is larger than jwks_max_refresh",
+        );
+    }
+    let jwks = JwksPolicy {
+        refresh: refresh.clamp(min_refresh.min(max_refresh), max_refresh),
+        min_refresh,
+        max_refresh,
+        timeout: cx.duration(
+            &f.jwks_timeout,
+            &key("jwks_timeout"),
+            DEFAULT_JWKS_TIMEOUT,
+            (Duration::from_millis(10), minute),
+        ),
+        max_bytes: cx.size(
+            &f.jwks_max_bytes,
+            &key("jwks_max_bytes"),
+            DEFAULT_JWKS_MAX_BYTES,
+            1024,
+            16 * 1024 * 1024,
+        ),
+        unknown_kid_cooldown: cx.duration(
+            &f.unknown_kid_cooldown,
+            &key("unknown_kid_cooldown"),
+            DEFAULT_UNKNOWN_KID_COOLDOWN,
+            (Duration::ZERO, day),
+        ),
+        max_stale: cx.duration(
+            &f.max_stale,
+            &key("max_stale"),
+            DEFAULT_MAX_STALE,
+            (Duration::ZERO, 30 * day),
+        ),
+    };
+
+    let scope_claims = match &f.scope_claims {
+        Some(c) if c.get_ref().is_empty() => {
+            cx.err(
+                c.span(),
+                &key("scope_claims"),
+                "must name at least one claim",
+            );
+            Vec::new()
+        }
+        Some(c) => c.get_ref().clone(),
+        None => vec!["scope".to_owned(), "scp".to_owned()],
+    };
+
+    let config = IssuerConfig {
+        issuer,
+        keys,
+        audiences,
+        algorithms,
+        leeway: cx.duration(
+            &f.leeway,
+            &key("leeway"),
+            DEFAULT_LEEWAY,
+            (Duration::ZERO, Duration::from_secs(300)),
+        ),
+        typ: f.typ.as_ref().map_or(TypPolicy::AtJwt, |t| *t.get_ref()),
+        scope_claims,
+        hmac_secret,
+        max_token_bytes: cx.size(
+            &f.max_token_bytes,
+            &key("max_token_bytes"),
+            DEFAULT_MAX_TOKEN_BYTES,
+            256,
+            64 * 1024,
+        ),
+        jwks,
+    };
+    (cx.problems.len() == before).then_some(config)
+}
+
+fn trim_secret(mut bytes: Vec<u8>) -> Secret {
+    // A trailing newline from `echo > file` is not part of a secret.
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    Secret(bytes)
+}
+
+fn forward(cx: &mut Ctx<'_>, f: Option<&Spanned<super::file::ForwardFile>>) -> ForwardConfig {
+    let Some(f) = f else {
+        return ForwardConfig::default();
+    };
+    let f = f.get_ref();
+    let mut claim_headers = Vec::new();
+    if let Some(map) = &f.claim_headers {
+        for (claim, header) in map.get_ref() {
+            let key = format!("forward.claim_headers.{claim}");
+            match HeaderName::from_str(header.get_ref()) {
+                Ok(h) if crate::proxy::is_reserved_header(&h) => cx.err(
+                    header.span(),
+                    &key,
+                    format!("{:?} is a header bearward manages itself", header.get_ref()),
+                ),
+                Ok(h) => claim_headers.push((claim.clone(), h)),
+                Err(_) => cx.err(
+                    header.span(),
+                    &key,
+                    format!("{:?} is not a valid header name", header.get_ref()),
+                ),
+            }
+        }
+    }
+    ForwardConfig {
+        claim_headers,
+        strip_authorization: f.strip_authorization.unwrap_or(false),
+    }
+}

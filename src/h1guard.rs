@@ -1,0 +1,357 @@
+//! A read-side watcher for HTTP/1 connections that flags request framing which could be read two
+//! ways (request smuggling): `Content-Length` together with `Transfer-Encoding`, or more than one
+//! `Content-Length` line.
+//!
+//! hyper copes with both safely (chunked wins, the connection closes), but it drops the
+//! `Content-Length` before the service sees the request, so the service cannot refuse what it
+//! cannot see. This wrapper follows the request framing itself (heads, fixed-length and chunked
+//! bodies) on the bytes hyper reads, and records the index of the first ambiguous request head
+//! on the connection. The service counts requests as hyper hands them over (HTTP/1 requests on
+//! one connection come in order), so the request with that index, and any after it, is
+//! answered 400 and the connection closes, while clean requests before it are served. When the wrapper cannot follow the stream (an upgrade, a head it cannot
+//! parse) it stops watching; hyper's own parser still applies.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Shared between the wrapper and the connection's service.
+#[derive(Debug, Clone)]
+pub struct Verdict(Arc<AtomicUsize>);
+
+impl Default for Verdict {
+    fn default() -> Self {
+        Verdict(Arc::new(AtomicUsize::new(usize::MAX)))
+    }
+}
+
+impl Verdict {
+    /// Is the request with this index (0-based, in connection order) ambiguous, or after one?
+    pub fn refuses(&self, request_index: usize) -> bool {
+        request_index >= self.0.load(Ordering::Acquire)
+    }
+    /// Was any request head on this connection ambiguous?
+    pub fn ambiguous(&self) -> bool {
+        self.0.load(Ordering::Acquire) != usize::MAX
+    }
+    fn flag(&self, head_index: usize) {
+        self.0.fetch_min(head_index, Ordering::AcqRel);
+    }
+}
+
+enum State {
+    Head(Vec<u8>),
+    Fixed(u64),
+    ChunkSize(Vec<u8>),
+    ChunkData(u64),
+    ChunkDataEnd(u8),
+    Trailers(Vec<u8>),
+    Off,
+}
+
+/// The framing follower.
+struct Framer {
+    state: State,
+    max_head: usize,
+    verdict: Verdict,
+    heads: usize,
+}
+
+const MAX_LINE: usize = 4096;
+
+impl Framer {
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            match &mut self.state {
+                State::Off => return,
+                State::Head(buf) => {
+                    // Leading empty lines before a request line are allowed (RFC 9112 2.2).
+                    if buf.is_empty() {
+                        let skip = data
+                            .iter()
+                            .take_while(|b| **b == b'\r' || **b == b'\n')
+                            .count();
+                        data = &data[skip..];
+                        if data.is_empty() {
+                            return;
+                        }
+                    }
+                    let start = buf.len().saturating_sub(3);
+                    let take = data
+                        .len()
+                        .min(self.max_head + 4 - buf.len().min(self.max_head));
+                    buf.extend_from_slice(&data[..take]);
+                    match find(&buf[start..], b"\r\n\r\n") {
+                        Some(pos) => {
+                            let end = start + pos + 4;
+                            let extra = buf.len() - end;
+                            let head = std::mem::take(buf);
+                            data = &data[take - extra..];
+                            self.state = self.on_head(&head[..end]);
+                            self.heads += 1;
+                        }
+                        None if buf.len() > self.max_head => {
+                            self.state = State::Off;
+                            return;
+                        }
+                        None => data = &data[take..],
+                    }
+                }
+                State::Fixed(n) => {
+                    let take = (*n).min(data.len() as u64);
+                    *n -= take;
+                    data = &data[take as usize..];
+                    if *n == 0 {
+                        self.state = State::Head(Vec::new());
+                    }
+                }
+                State::ChunkSize(line) => match data.iter().position(|b| *b == b'\n') {
+                    Some(i) => {
+                        line.extend_from_slice(&data[..i]);
+                        data = &data[i + 1..];
+                        let size = parse_chunk_size(line);
+                        self.state = match size {
+                            Some(0) => State::Trailers(Vec::new()),
+                            Some(n) => State::ChunkData(n),
+                            None => State::Off,
+                        };
+                    }
+                    None => {
+                        line.extend_from_slice(data);
+                        if line.len() > MAX_LINE {
+                            self.state = State::Off;
+                        }
+                        return;
+                    }
+                },
+                State::ChunkData(n) => {
+                    let take = (*n).min(data.len() as u64);
+                    *n -= take;
+                    data = &data[take as usize..];
+                    if *n == 0 {
+                        self.state = State::ChunkDataEnd(0);
+                    }
+                }
+                State::ChunkDataEnd(seen) => {
+                    // The CRLF after chunk data.
+                    if data[0] == b'\n' {
+                        self.state = State::ChunkSize(Vec::new());
+                    } else if data[0] != b'\r' || *seen > 0 {
+                        self.state = State::Off;
+                        return;
+                    } else {
+                        *seen = 1;
+                    }
+                    data = &data[1..];
+                }
+                State::Trailers(line) => match data.iter().position(|b| *b == b'\n') {
+                    Some(i) => {
+                        line.extend_from_slice(&data[..i]);
+                        data = &data[i + 1..];
+                        let empty = line.is_empty() || line.as_slice() == b"\r";
+                        line.clear();
+                        if empty {
+                            self.state = State::Head(Vec::new());
+                        }
+                    }
+                    None => {
+                        line.extend_from_slice(data);
+                        if line.len() > MAX_LINE {
+                            self.state = State::Off;
+                        }
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    fn on_head(&self, head: &[u8]) -> State {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(head) {
+            Ok(httparse::Status::Complete(_)) => {}
+            _ => return State::Off,
+        }
+        let mut cl_count = 0;
+        let mut cl = None;
+        let mut te = false;
+        let mut upgrade = false;
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                cl_count += 1;
+                cl = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                te = true;
+            } else if h.name.eq_ignore_ascii_case("upgrade") {
+                upgrade = true;
+            }
+        }
+        if (te && cl_count > 0) || cl_count > 1 {
+            self.verdict.flag(self.heads);
+            return State::Off;
+        }
+        if upgrade || req.method == Some("CONNECT") {
+            return State::Off;
+        }
+        if te {
+            State::ChunkSize(Vec::new())
+        } else {
+            match cl {
+                Some(0) | None if cl_count == 0 => State::Head(Vec::new()),
+                Some(0) => State::Head(Vec::new()),
+                Some(n) => State::Fixed(n),
+                None => State::Off,
+            }
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let hex_end = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    if hex_end == 0 || hex_end > 16 {
+        return None;
+    }
+    let s = std::str::from_utf8(&line[..hex_end]).ok()?;
+    u64::from_str_radix(s, 16).ok()
+}
+
+/// An IO stream whose reads are watched by a [`Framer`].
+pub struct Guarded<T> {
+    inner: T,
+    framer: Framer,
+}
+
+impl<T> Guarded<T> {
+    /// Wraps `inner`; the returned [`Verdict`] goes to the connection's service.
+    pub fn new(inner: T, max_head: usize) -> (Self, Verdict) {
+        let verdict = Verdict::default();
+        let framer = Framer {
+            state: State::Head(Vec::new()),
+            max_head,
+            verdict: verdict.clone(),
+            heads: 0,
+        };
+        (Guarded { inner, framer }, verdict)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &res {
+            let new = &buf.filled()[before..];
+            if !new.is_empty() {
+                let new = new.to_vec();
+                self.framer.feed(&new);
+            }
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(chunks: &[&[u8]]) -> (bool, bool) {
+        let verdict = Verdict::default();
+        let mut f = Framer {
+            state: State::Head(Vec::new()),
+            max_head: 16384,
+            verdict: verdict.clone(),
+            heads: 0,
+        };
+        for c in chunks {
+            f.feed(c);
+        }
+        (verdict.ambiguous(), matches!(f.state, State::Off))
+    }
+
+    #[test]
+    fn plain_requests_are_followed() {
+        let reqs = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcPOST /y HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n0\r\nX-T: 1\r\n\r\nGET /z HTTP/1.1\r\n\r\n";
+        assert_eq!(run(&[reqs]), (false, false));
+        // The same bytes one at a time.
+        let singles: Vec<&[u8]> = reqs.chunks(1).collect();
+        assert_eq!(run(&singles), (false, false));
+    }
+
+    #[test]
+    fn cl_and_te_flag() {
+        let r =
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert!(run(&[r]).0);
+    }
+
+    #[test]
+    fn duplicate_cl_flags() {
+        let r = b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello";
+        assert!(run(&[r]).0);
+    }
+
+    #[test]
+    fn smuggled_second_request_is_seen() {
+        let r = b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcdGET /admin HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n";
+        assert!(run(&[r]).0);
+    }
+
+    #[test]
+    fn the_index_of_the_ambiguous_head_is_kept() {
+        let verdict = Verdict::default();
+        let mut f = Framer {
+            state: State::Head(Vec::new()),
+            max_head: 16384,
+            verdict: verdict.clone(),
+            heads: 0,
+        };
+        f.feed(b"GET / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert!(!verdict.refuses(0));
+        assert!(verdict.refuses(1));
+        assert!(verdict.refuses(2));
+    }
+}

@@ -1,0 +1,40 @@
+//! bearward: a reverse proxy that lets through only requests carrying a valid OAuth 2.0 bearer
+//! JWT with the scopes the route needs.
+//!
+//! Module map, in request order:
+//! - [`config`]: the TOML file -> a validated, immutable runtime [`config::Config`].
+//! - [`h1guard`]: watches HTTP/1 request framing for smuggling shapes hyper would silently fix.
+//! - [`path`]: the one canonical path that is both matched and forwarded.
+//! - [`routes`]: first-match route table (exact path or segment-aware prefix, methods).
+//! - [`auth`]: bearer token extraction, JWT validation, key cache, scopes, RFC 6750 answers.
+//! - [`service`]: the request path as ordered phases; rejections become responses there.
+//! - [`proxy`]: pooled upstream clients and the header rules for forwarding.
+//! - [`server`]: listeners, admin endpoints, graceful shutdown.
+//! - [`telemetry`]: logging setup and metrics.
+//! - [`body`]: the boxed streaming body type.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod h1guard;
+pub mod path;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod service;
+pub mod telemetry;
+
+use std::sync::Arc;
+
+/// Builds a gateway from a validated config and binds its listeners.
+pub async fn build(config: config::Config) -> std::io::Result<server::Server> {
+    let config = Arc::new(config);
+    let auth = auth::Authenticator::default();
+    let gateway = Arc::new(service::Gateway::new(
+        config,
+        auth,
+        Arc::new(telemetry::Metrics::default()),
+    ));
+    server::Server::bind(gateway).await
+}

@@ -1,0 +1,115 @@
+//! The `bearward` command: parse arguments, load the config, set up logging, bind, run.
+
+use bearward::config::Config;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// A reverse proxy that enforces OAuth 2.0 bearer JWTs in front of HTTP APIs.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(long, short, env = "BEARWARD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a config file: prints OK or every problem, exits 0 or 1.
+    Check,
+    /// Run the proxy (the default).
+    Run,
+}
+
+/// sysexits EX_USAGE / EX_CONFIG
+const EXIT_USAGE: u8 = 64;
+const EXIT_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Some(path) = cli.config else {
+        eprintln!("bearward: no config file; pass --config FILE or set BEARWARD_CONFIG");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    match cli.command {
+        Some(Command::Check) => check(&path),
+        Some(Command::Run) | None => run(&path),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            for w in &config.warnings {
+                println!("warning: {w}");
+            }
+            println!(
+                "OK: {} ({} routes, {} upstreams, {} issuers)",
+                path.display(),
+                config.routes.routes().len(),
+                config.upstreams.len(),
+                config.issuers.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bearward: invalid config:\n{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    bearward::telemetry::init(config.server.log_format);
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bearward: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let server = match bearward::build(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot bind");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Ok(addr) = server.local_addr() {
+            tracing::info!(%addr, admin = ?server.admin_addr(), "bearward listening");
+        }
+        match server.run(shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "server failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,413 @@
+//! Forwarding: the pooled upstream clients and the header rules (hop-by-hop removal,
+//! `X-Forwarded-*`, `Host`, identity headers the client must not set).
+
+use crate::body::{self, Body};
+use crate::config::{Config, UpstreamConfig};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use ipnet::IpNet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Why forwarding failed. Each becomes a 502 or 504 in `service`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    /// Connection refused, reset, or the upstream broke the exchange.
+    Unreachable,
+    /// No connection within `connect_timeout`.
+    ConnectTimeout,
+    /// No response head within `request_timeout`.
+    Timeout,
+}
+
+impl ProxyError {
+    /// Status answered to the client.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ProxyError::Unreachable => StatusCode::BAD_GATEWAY,
+            ProxyError::ConnectTimeout | ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Fixed reason for logs and metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ProxyError::Unreachable => "upstream_unreachable",
+            ProxyError::ConnectTimeout => "upstream_connect_timeout",
+            ProxyError::Timeout => "upstream_timeout",
+        }
+    }
+}
+
+/// Header names bearward sets itself; a claim header may not take one of them.
+pub fn is_reserved_header(h: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(h)
+        || matches!(
+            h.as_str(),
+            "host"
+                | "authorization"
+                | "content-length"
+                | "x-forwarded-for"
+                | "x-forwarded-proto"
+                | "x-forwarded-host"
+                | "forwarded"
+                | "x-bearward-audit"
+        )
+}
+
+/// RFC 9110 7.6.1 and the connection-specific headers everyone strips.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for h in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(h);
+    }
+}
+
+/// Is this an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`)?
+pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Is `peer` one of the proxies whose `X-Forwarded-*` headers we believe?
+pub fn is_trusted(trusted: &[IpNet], peer: &SocketAddr) -> bool {
+    let ip = match peer.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    trusted.iter().any(|n| n.contains(&ip))
+}
+
+/// One pooled client per upstream, built from the config.
+pub struct Upstreams {
+    clients: Vec<UpstreamClient>,
+}
+
+struct UpstreamClient {
+    config: UpstreamConfig,
+    client: Client<HttpConnector, Body>,
+}
+
+impl Upstreams {
+    /// Builds the pools. No connection is made until the first request.
+    pub fn new(config: &Config) -> Upstreams {
+        let clients = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                let mut connector = HttpConnector::new();
+                connector.set_connect_timeout(Some(u.connect_timeout));
+                connector.set_nodelay(true);
+                connector.set_keepalive(Some(Duration::from_secs(60)));
+                let client = Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(u.idle_timeout)
+                    .pool_max_idle_per_host(u.max_idle_connections)
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    // We set Host ourselves (or keep the client's), never from the URI.
+                    .set_host(false)
+                    .build(connector);
+                UpstreamClient {
+                    config: u.clone(),
+                    client,
+                }
+            })
+            .collect();
+        Upstreams { clients }
+    }
+
+    /// Upstream config by index (as routes refer to it).
+    pub fn config(&self, idx: usize) -> &UpstreamConfig {
+        &self.clients[idx].config
+    }
+
+    /// Sends `req` (already rewritten by [`prepare_request`]) and waits for the response head.
+    /// Returns the response and the time to its head.
+    pub async fn send(
+        &self,
+        idx: usize,
+        mut req: Request<Body>,
+    ) -> Result<(Response<Body>, Duration), ProxyError> {
+        let up = &self.clients[idx];
+        let client_upgrade = if is_upgrade_request(&req) {
+            Some(hyper::upgrade::on(&mut req))
+        } else {
+            None
+        };
+        let start = Instant::now();
+        // request_timeout counts from the end of the request body, so a long upload is not cut
+        // off by it: the upstream cannot answer before it has the whole body.
+        let (body_done_tx, body_done) = tokio::sync::oneshot::channel();
+        let req = if req.body().is_end_stream() {
+            let _ = body_done_tx.send(());
+            req
+        } else {
+            req.map(|b| {
+                body::boxed(NotifyEnd {
+                    inner: b,
+                    tx: Some(body_done_tx),
+                })
+            })
+        };
+        let fut = up.client.request(req);
+        tokio::pin!(fut);
+        let early = tokio::select! {
+            r = &mut fut => Some(r),
+            _ = body_done => None,
+        };
+        let result = match early {
+            Some(r) => r,
+            None => match tokio::time::timeout(up.config.request_timeout, fut).await {
+                Ok(r) => r,
+                Err(_) => return Err(ProxyError::Timeout),
+            },
+        };
+        let elapsed = start.elapsed();
+        let mut resp = match result {
+            Err(e) => return Err(classify(&e)),
+            Ok(resp) => resp,
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    if let (Ok(client), Ok(upstream)) =
+                        tokio::join!(client_upgrade, upstream_upgrade)
+                    {
+                        let mut client = TokioIo::new(client);
+                        let mut upstream = TokioIo::new(upstream);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                });
+            }
+        }
+        Ok((resp.map(body::boxed), elapsed))
+    }
+}
+
+/// A request body that says when it has been sent in full (or dropped).
+struct NotifyEnd {
+    inner: Body,
+    tx: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl http_body::Body for NotifyEnd {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(
+            r,
+            std::task::Poll::Ready(None) | std::task::Poll::Ready(Some(Err(_)))
+        ) || self.inner.is_end_stream()
+        {
+            if let Some(tx) = self.tx.take() {
+                let _ = tx.send(());
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return ProxyError::ConnectTimeout;
+            }
+        }
+        // HttpConnector reports its own connect timeout as a plain message.
+        if s.to_string().contains("timed out") && e.is_connect() {
+            return ProxyError::ConnectTimeout;
+        }
+        source = s.source();
+    }
+    ProxyError::Unreachable
+}
+
+/// What `prepare_request` needs to know about the client connection.
+pub struct ClientInfo<'a> {
+    pub peer: SocketAddr,
+    pub trusted_proxies: &'a [IpNet],
+}
+
+/// Rewrites a client request for the upstream: origin `path_and_query` (canonical path plus the
+/// untouched query), HTTP/1.1, hop-by-hop headers removed (an upgrade's own two kept),
+/// `X-Forwarded-*` set, `Host` as configured.
+pub fn prepare_request(
+    req: &mut Request<Body>,
+    upstream: &UpstreamConfig,
+    path_and_query: &str,
+    client: &ClientInfo<'_>,
+) -> Result<(), http::Error> {
+    let upgrade = is_upgrade_request(req).then(|| req.headers().get(header::UPGRADE).cloned());
+    let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+
+    let uri = Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build()?;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    if let Some(Some(up)) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, up);
+    }
+
+    let trusted = is_trusted(client.trusted_proxies, &client.peer);
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let xfp = HeaderName::from_static("x-forwarded-proto");
+    let xfh = HeaderName::from_static("x-forwarded-host");
+    let peer_ip = client.peer.ip().to_string();
+    let prior: Vec<String> = if trusted {
+        headers
+            .get_all(&xff)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut chain = prior.join(", ");
+    if !chain.is_empty() {
+        chain.push_str(", ");
+    }
+    chain.push_str(&peer_ip);
+    if let Ok(v) = HeaderValue::from_str(&chain) {
+        headers.insert(xff, v);
+    }
+    if !(trusted && headers.contains_key(&xfp)) {
+        headers.insert(xfp, HeaderValue::from_static("http"));
+    }
+    if !(trusted && headers.contains_key(&xfh)) {
+        match &client_host {
+            Some(h) => {
+                headers.insert(xfh, h.clone());
+            }
+            None => {
+                headers.remove(xfh);
+            }
+        }
+    }
+    if !trusted {
+        headers.remove(HeaderName::from_static("forwarded"));
+    }
+
+    let host = if upstream.pass_host_header {
+        client_host.or_else(|| HeaderValue::from_str(upstream.authority.as_str()).ok())
+    } else {
+        HeaderValue::from_str(upstream.authority.as_str()).ok()
+    };
+    match host {
+        Some(h) => {
+            headers.insert(header::HOST, h);
+        }
+        None => {
+            headers.remove(header::HOST);
+        }
+    }
+    Ok(())
+}
+
+/// Cleans an upstream response for the client: hop-by-hop headers go, except on a 101, whose
+/// `Connection` and `Upgrade` complete the handshake.
+pub fn prepare_response(resp: &mut Response<Body>) {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upgrade = resp.headers().get(header::UPGRADE).cloned();
+        strip_hop_by_hop(resp.headers_mut());
+        if let Some(up) = upgrade {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            resp.headers_mut().insert(header::UPGRADE, up);
+        }
+    } else {
+        strip_hop_by_hop(resp.headers_mut());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Secret , keep-alive"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn trust_matches_cidrs_and_mapped_v4() {
+        let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        assert!(is_trusted(&nets, &"10.1.2.3:5".parse().unwrap()));
+        assert!(is_trusted(&nets, &"[::ffff:10.1.2.3]:5".parse().unwrap()));
+        assert!(!is_trusted(&nets, &"11.1.2.3:5".parse().unwrap()));
+        assert!(!is_trusted(&[], &"127.0.0.1:5".parse().unwrap()));
+    }
+}

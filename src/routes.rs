@@ -1,0 +1,222 @@
+//! Route matching: pure and table-driven. A route matches a canonical path exactly (`path`) or
+//! by segment-aware prefix (`prefix`), optionally restricted to methods; the first match in file
+//! order wins.
+
+use http::Method;
+use std::sync::Arc;
+
+/// What a route does with the requests it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Forward without a token check.
+    None,
+    /// Forward only with a valid bearer token carrying the route's scopes.
+    Bearer,
+    /// Refuse with 403.
+    Deny,
+}
+
+impl AuthMode {
+    /// The name used in the config file and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::None => "none",
+            AuthMode::Bearer => "bearer",
+            AuthMode::Deny => "deny",
+        }
+    }
+}
+
+/// How a route matches paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// The canonical path equals this.
+    Exact(String),
+    /// The canonical path is this, or continues it with a new segment.
+    Prefix(String),
+}
+
+impl PathMatch {
+    /// Does this matcher accept the canonical `path`?
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => prefix_matches(p, path),
+        }
+    }
+
+    /// Does every path this matcher accepts also pass `self`? Used to warn about shadowed routes.
+    pub fn covers(&self, other: &PathMatch) -> bool {
+        match (self, other) {
+            (PathMatch::Exact(a), PathMatch::Exact(b)) => a == b,
+            (PathMatch::Exact(_), PathMatch::Prefix(_)) => false,
+            (PathMatch::Prefix(a), PathMatch::Exact(b)) => prefix_matches(a, b),
+            (PathMatch::Prefix(a), PathMatch::Prefix(b)) => prefix_matches(a, b),
+        }
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some("") => true,
+        Some(rest) => prefix.ends_with('/') || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// A compiled route. Fields beyond matching are read by the service.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Name for logs and metrics: the `name` key, else the path or prefix.
+    pub name: Arc<str>,
+    /// Path matcher.
+    pub matcher: PathMatch,
+    /// Allowed methods; `None` means any.
+    pub methods: Option<Vec<Method>>,
+    /// Index into the config's upstream list.
+    pub upstream: usize,
+    /// The policy.
+    pub auth: AuthMode,
+    /// Every one of these scopes is needed.
+    pub scopes: Vec<String>,
+    /// At least one of these is needed, when not empty.
+    pub scopes_any: Vec<String>,
+    /// Accept the token from the `access_token` query parameter (RFC 6750 2.3).
+    pub token_in_query: bool,
+}
+
+impl Route {
+    /// Does this route take a request with this method and canonical path?
+    pub fn matches(&self, method: &Method, path: &str) -> bool {
+        if let Some(methods) = &self.methods {
+            if !methods.iter().any(|m| m == method) {
+                return false;
+            }
+        }
+        self.matcher.matches(path)
+    }
+
+    /// Would this route catch every request `later` could match?
+    pub fn shadows(&self, later: &Route) -> bool {
+        let methods_cover = match (&self.methods, &later.methods) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => b.iter().all(|m| a.contains(m)),
+        };
+        methods_cover && self.matcher.covers(&later.matcher)
+    }
+}
+
+/// Routes in file order.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// A table from routes in file order.
+    pub fn new(routes: Vec<Route>) -> Self {
+        RouteTable { routes }
+    }
+
+    /// The first route that takes this request.
+    pub fn find(&self, method: &Method, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(method, path))
+    }
+
+    /// All routes, in order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Pairs `(earlier, later)` of indexes where the earlier route always catches the later one.
+    pub fn shadowed(&self) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for (j, later) in self.routes.iter().enumerate() {
+            if let Some(i) = self.routes[..j].iter().position(|r| r.shadows(later)) {
+                out.push((i, j));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(m: PathMatch, methods: Option<&[&str]>) -> Route {
+        Route {
+            name: "r".into(),
+            matcher: m,
+            methods: methods.map(|ms| ms.iter().map(|s| s.parse().unwrap()).collect()),
+            upstream: 0,
+            auth: AuthMode::None,
+            scopes: vec![],
+            scopes_any: vec![],
+            token_in_query: false,
+        }
+    }
+
+    #[test]
+    fn prefix_is_segment_aware() {
+        let p = PathMatch::Prefix("/api".into());
+        assert!(p.matches("/api"));
+        assert!(p.matches("/api/"));
+        assert!(p.matches("/api/x/y"));
+        assert!(!p.matches("/apix"));
+        assert!(!p.matches("/ap"));
+        assert!(!p.matches("/API"));
+        let slash = PathMatch::Prefix("/api/".into());
+        assert!(slash.matches("/api/x"));
+        assert!(!slash.matches("/api"));
+        assert!(PathMatch::Prefix("/".into()).matches("/anything"));
+    }
+
+    #[test]
+    fn exact_is_exact() {
+        let p = PathMatch::Exact("/api/write".into());
+        assert!(p.matches("/api/write"));
+        assert!(!p.matches("/api/write/"));
+        assert!(!p.matches("/api/writer"));
+    }
+
+    #[test]
+    fn first_match_wins_and_methods_filter() {
+        let table = RouteTable::new(vec![
+            route(PathMatch::Exact("/api/write".into()), Some(&["POST"])),
+            route(PathMatch::Prefix("/api".into()), None),
+        ]);
+        let post = Method::POST;
+        let get = Method::GET;
+        assert!(std::ptr::eq(
+            table.find(&post, "/api/write").unwrap(),
+            &table.routes()[0]
+        ));
+        assert!(std::ptr::eq(
+            table.find(&get, "/api/write").unwrap(),
+            &table.routes()[1]
+        ));
+        assert!(table.find(&get, "/other").is_none());
+    }
+
+    #[test]
+    fn shadowing() {
+        let table = RouteTable::new(vec![
+            route(PathMatch::Prefix("/api".into()), None),
+            route(PathMatch::Prefix("/api/admin".into()), None),
+            route(PathMatch::Exact("/apix".into()), None),
+            route(PathMatch::Exact("/api/x".into()), Some(&["GET"])),
+        ]);
+        assert_eq!(table.shadowed(), vec![(0, 1), (0, 3)]);
+        let methods = RouteTable::new(vec![
+            route(PathMatch::Prefix("/".into()), Some(&["GET"])),
+            route(PathMatch::Prefix("/a".into()), Some(&["GET", "POST"])),
+            route(PathMatch::Prefix("/b".into()), Some(&["GET"])),
+        ]);
+        assert_eq!(methods.shadowed(), vec![(0, 2)]);
+    }
+}

@@ -1,0 +1,307 @@
+//! The request path, as phases in a fixed order:
+//!
+//! ```text
+//! framing   -> refuse ambiguous HTTP/1 framing (smuggling) ............ 400
+//! target    -> origin-form only; canonicalize the path ................. 400
+//! route     -> first match in file order .............................. 404
+//! policy    -> deny / none / bearer ................................... 403
+//! identity  -> strip client-sent identity headers (always, every route)
+//! auth      -> token -> keys -> signature -> claims -> scopes ......... 401/403/400/503
+//! forward   -> rewrite headers, pooled upstream, stream both ways ..... 502/504
+//! log       -> one access-log line, whatever happened
+//! ```
+//!
+//! Order matters: the path is canonicalized before routing so the route checked is the route
+//! served; identity headers go before auth so nothing the client sent can pass as a claim; no
+//! phase before `forward` can reach an upstream, so every rejection leaves it untouched.
+
+use crate::auth::{AuthError, Authenticator, Identity};
+use crate::body::{self, Body};
+use crate::config::Config;
+use crate::h1guard::Verdict;
+use crate::path::canonicalize_with;
+use crate::proxy::{self, ClientInfo, ProxyError, Upstreams};
+use crate::routes::{AuthMode, Route};
+use crate::telemetry::Metrics;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Why a request did not reach the upstream (or failed there). Turned into a response in one
+/// place, [`Rejection::into_response`].
+#[derive(Debug)]
+pub enum Rejection {
+    /// 400 with a fixed reason.
+    BadRequest(&'static str),
+    /// 404: no route.
+    NoRoute,
+    /// 403: `auth = "deny"`.
+    Denied,
+    /// The token check said no.
+    Auth(AuthError),
+    /// The upstream failed.
+    Proxy(ProxyError),
+    /// bearward itself could not build the upstream request.
+    Internal(&'static str),
+}
+
+impl Rejection {
+    /// Fixed reason for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::BadRequest(r) => r,
+            Rejection::NoRoute => "no_route",
+            Rejection::Denied => "route_denied",
+            Rejection::Auth(e) => e.reason(),
+            Rejection::Proxy(e) => e.reason(),
+            Rejection::Internal(r) => r,
+        }
+    }
+
+    /// The status answered.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Rejection::NoRoute => StatusCode::NOT_FOUND,
+            Rejection::Denied => StatusCode::FORBIDDEN,
+            Rejection::Auth(e) => e.status(),
+            Rejection::Proxy(e) => e.status(),
+            Rejection::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The one place a rejection becomes a response.
+    pub fn into_response(self, realm: &str) -> Response<Body> {
+        let status = self.status();
+        let text = match &self {
+            Rejection::Auth(e) => e.to_string(),
+            Rejection::BadRequest(r) => format!("bad request: {r}"),
+            other => {
+                status
+                    .canonical_reason()
+                    .unwrap_or("error")
+                    .to_ascii_lowercase()
+                    .replace(' ', "_")
+                    + ": "
+                    + other.reason()
+            }
+        };
+        let mut resp = Response::new(body::full(format!("{text}\n")));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Rejection::Auth(e) = &self {
+            if let Ok(v) = HeaderValue::from_str(&e.www_authenticate(realm)) {
+                h.insert(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        if let Rejection::BadRequest("ambiguous_framing") = self {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+/// Per-connection facts the service needs.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// Set for HTTP/1 connections watched by [`crate::h1guard`].
+    pub framing: Option<Verdict>,
+    /// Requests seen so far on this connection.
+    pub requests: std::sync::atomic::AtomicUsize,
+}
+
+/// What one request did, for its access-log line and metrics.
+struct Outcome {
+    path: Option<String>,
+    route: Option<Arc<str>>,
+    decision: &'static str,
+    reason: &'static str,
+    upstream_status: Option<u16>,
+    upstream_time: Option<Duration>,
+    token_id: Option<String>,
+}
+
+/// Everything a request needs, built once per config snapshot.
+pub struct Gateway {
+    pub config: Arc<Config>,
+    upstreams: Upstreams,
+    pub auth: Authenticator,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Gateway {
+    /// Builds the gateway for a config: pools and key caches.
+    pub fn new(config: Arc<Config>, auth: Authenticator, metrics: Arc<Metrics>) -> Gateway {
+        Gateway {
+            upstreams: Upstreams::new(&config),
+            config,
+            auth,
+            metrics,
+        }
+    }
+
+    /// Runs one request through every phase, logs it, and answers.
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let mut out = Outcome {
+            path: None,
+            route: None,
+            decision: "allow",
+            reason: "ok",
+            upstream_status: None,
+            upstream_time: None,
+            token_id: None,
+        };
+        let resp = match self.phases(req.map(body::boxed), conn, &mut out).await {
+            Ok(resp) => resp,
+            Err(rej) => {
+                out.decision = match rej {
+                    Rejection::Proxy(_) | Rejection::Internal(_) => "error",
+                    _ => "deny",
+                };
+                out.reason = rej.reason();
+                rej.into_response(&self.config.server.realm)
+            }
+        };
+        let status = resp.status().as_u16();
+        let latency = start.elapsed();
+        self.metrics.record(
+            out.route.as_deref().unwrap_or("-"),
+            status,
+            out.decision,
+            out.reason,
+            latency,
+            out.upstream_time,
+        );
+        if self.config.server.access_log {
+            tracing::info!(
+                target: "bearward::access",
+                method = %method,
+                path = out.path.as_deref().unwrap_or("-"),
+                route = out.route.as_deref().unwrap_or("-"),
+                status,
+                decision = out.decision,
+                reason = out.reason,
+                upstream_status = out.upstream_status,
+                upstream_ms = out.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+                latency_ms = latency.as_secs_f64() * 1000.0,
+                token = out.token_id.as_deref(),
+                peer = %conn.peer.ip(),
+            );
+        }
+        resp
+    }
+
+    async fn phases(
+        &self,
+        mut req: Request<Body>,
+        conn: &ConnInfo,
+        out: &mut Outcome,
+    ) -> Result<Response<Body>, Rejection> {
+        // framing: hyper has already refused differing Content-Lengths and bad chunking.
+        let index = conn
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if conn.framing.as_ref().is_some_and(|v| v.refuses(index)) {
+            return Err(Rejection::BadRequest("ambiguous_framing"));
+        }
+        if req.headers().get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+            return Err(Rejection::BadRequest("ambiguous_framing"));
+        }
+
+        // target: HTTP/2 always carries scheme and authority; HTTP/1 must use origin-form.
+        if req.version() <= Version::HTTP_11 && req.uri().scheme().is_some() {
+            return Err(Rejection::BadRequest("absolute_form_target"));
+        }
+        if req.method() == http::Method::CONNECT {
+            return Err(Rejection::BadRequest("connect_not_supported"));
+        }
+        let path = canonicalize_with(req.uri().path(), self.config.server.path)
+            .map_err(|e| Rejection::BadRequest(e.reason()))?;
+        out.path = Some(path.clone());
+
+        // route
+        let route = self
+            .config
+            .routes
+            .find(req.method(), &path)
+            .ok_or(Rejection::NoRoute)?;
+        out.route = Some(route.name.clone());
+
+        // policy
+        if route.auth == AuthMode::Deny {
+            return Err(Rejection::Denied);
+        }
+
+        // identity: whatever the route, the client never chooses these headers.
+        for (_, h) in &self.config.forward.claim_headers {
+            req.headers_mut().remove(h);
+        }
+
+        // auth
+        if route.auth == AuthMode::Bearer {
+            let result = self
+                .auth
+                .authenticate(req.headers(), req.uri().query(), route)
+                .await;
+            out.token_id = result.token_id;
+            let identity = result.outcome.map_err(Rejection::Auth)?;
+            self.add_identity(&mut req, &identity);
+            if self.config.forward.strip_authorization {
+                req.headers_mut().remove(header::AUTHORIZATION);
+            }
+        }
+
+        self.forward(req, route, &path, conn, out).await
+    }
+
+    fn add_identity(&self, req: &mut Request<Body>, identity: &Identity) {
+        for (claim, h) in &self.config.forward.claim_headers {
+            if let Some(v) = identity.header_value(claim) {
+                req.headers_mut().insert(h.clone(), v);
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Body>,
+        route: &Route,
+        path: &str,
+        conn: &ConnInfo,
+        out: &mut Outcome,
+    ) -> Result<Response<Body>, Rejection> {
+        let upstream = self.upstreams.config(route.upstream);
+        let target = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
+        let client = ClientInfo {
+            peer: conn.peer,
+            trusted_proxies: &self.config.server.trusted_proxies,
+        };
+        proxy::prepare_request(&mut req, upstream, &target, &client)
+            .map_err(|_| Rejection::Internal("bad_upstream_request"))?;
+        match self.upstreams.send(route.upstream, req).await {
+            Ok((mut resp, elapsed)) => {
+                out.upstream_status = Some(resp.status().as_u16());
+                out.upstream_time = Some(elapsed);
+                proxy::prepare_response(&mut resp);
+                Ok(resp)
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %upstream.name, authority = %upstream.authority, reason = e.reason(), "upstream request failed");
+                Err(Rejection::Proxy(e))
+            }
+        }
+    }
+}

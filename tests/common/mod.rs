@@ -1,0 +1,298 @@
+//! Test parts: a recording upstream, a gateway on an ephemeral port, HTTP clients (pooled h1,
+//! h2 prior knowledge, raw TCP).
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the upstream received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub version: http::Version,
+    pub headers: HeaderMap,
+    /// The body, when under 1 MiB.
+    pub body: Vec<u8>,
+    pub body_len: u64,
+}
+
+/// A real HTTP/1.1 server that records every request and answers by path:
+/// - `/.../slow`: waits 2 s first;
+/// - `/.../ws`: accepts an upgrade and echoes bytes;
+/// - `/.../big?n=N`: streams N bytes back;
+/// - otherwise 200 `upstream ok`, with hop-by-hop headers a proxy must strip.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let record = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(req, record.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, seen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen().pop().expect("the upstream received a request")
+    }
+}
+
+type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn handle(
+    mut req: Request<Incoming>,
+    record: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<TestBody>, hyper::Error> {
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let on_upgrade = if path.ends_with("/ws") {
+        Some(hyper::upgrade::on(&mut req))
+    } else {
+        None
+    };
+    let (parts, mut body) = req.into_parts();
+    let mut kept = Vec::new();
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            len += data.len() as u64;
+            if kept.len() < 1 << 20 {
+                kept.extend_from_slice(&data);
+            }
+        }
+    }
+    record.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+        body: kept,
+        body_len: len,
+    });
+    if path.ends_with("/slow") {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    if let Some(on_upgrade) = on_upgrade {
+        tokio::spawn(async move {
+            if let Ok(up) = on_upgrade.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        return Ok(Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+            .body(Full::new(Bytes::new()).boxed())
+            .unwrap());
+    }
+    if path.ends_with("/big") {
+        let n: u64 = query
+            .strip_prefix("n=")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let chunks = n / chunk.len() as u64;
+        let stream = futures_util::stream::iter(
+            (0..chunks).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone()))),
+        );
+        return Ok(Response::new(StreamBody::new(stream).boxed()));
+    }
+    Ok(Response::builder()
+        .header("x-upstream", "yes")
+        .header("keep-alive", "timeout=5")
+        .header("connection", "x-resp-secret")
+        .header("x-resp-secret", "1")
+        .body(Full::new(Bytes::from_static(b"upstream ok")).boxed())
+        .unwrap())
+}
+
+/// A bearward running in this process.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub done: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Gateway {
+    pub async fn start(toml: &str) -> Gateway {
+        let config =
+            bearward::config::Config::from_toml_str(toml, "test.toml").expect("valid test config");
+        let server = bearward::build(config).await.expect("bind");
+        let addr = server.local_addr().unwrap();
+        let admin = server.admin_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let done = tokio::spawn(server.run(async move {
+            let _ = rx.await;
+        }));
+        Gateway {
+            addr,
+            admin,
+            stop: Some(tx),
+            done,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Triggers graceful shutdown.
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The config used by most tests: open, denied and bearer routes in front of `upstream`.
+pub fn basic_config(upstream: &str, extra_server: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+{extra_server}
+
+[[issuers]]
+issuer = "https://idp.test"
+jwks_file = "tests/fixtures/empty-jwks.json"
+audiences = ["https://api.test"]
+
+[upstreams.app]
+url = "{upstream}"
+request_timeout = "500ms"
+
+[forward]
+claim_headers = {{ sub = "X-Auth-Subject", scope = "X-Auth-Scopes" }}
+
+[[routes]]
+prefix = "/public"
+upstream = "app"
+auth = "none"
+
+[[routes]]
+prefix = "/internal"
+upstream = "app"
+auth = "deny"
+
+[[routes]]
+prefix = "/api"
+scopes = ["read"]
+upstream = "app"
+"#
+    )
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+pub async fn get(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Answer {
+    send(client, "GET", url, headers, "").await
+}
+
+pub async fn send(
+    client: &HttpClient,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .request(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
+        .await
+        .expect("request");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// Sends raw bytes and reads until the server closes or 3 s pass. Returns what came back.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of the first response in raw HTTP/1 bytes.
+pub fn raw_status(resp: &str) -> u16 {
+    resp.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,422 @@
+//! The gateway core against a real upstream: routing, canonical paths, forwarding rules,
+//! streaming, upgrades, h2c, timeouts, smuggling shapes, shutdown.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn setup(extra_server: &str) -> (Upstream, Gateway, HttpClient) {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&basic_config(&up.url(), extra_server)).await;
+    (up, gw, client())
+}
+
+#[tokio::test]
+async fn forwards_method_path_query_headers_and_body() {
+    let (up, gw, c) = setup("").await;
+    let a = send(
+        &c,
+        "POST",
+        &gw.url("/public/items/42?q=a%2Fb&x=1&x=2"),
+        &[
+            ("x-custom", "yes"),
+            ("content-type", "text/plain"),
+            ("host", "api.example.com"),
+        ],
+        "hello body",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body, "upstream ok");
+    assert_eq!(a.headers["x-upstream"], "yes");
+    let seen = up.last();
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.uri, "/public/items/42?q=a%2Fb&x=1&x=2");
+    assert_eq!(seen.version, http::Version::HTTP_11);
+    assert_eq!(seen.headers["x-custom"], "yes");
+    assert_eq!(seen.headers["content-type"], "text/plain");
+    assert_eq!(
+        seen.headers["host"], "api.example.com",
+        "Host passes through by default"
+    );
+    assert_eq!(seen.headers["x-forwarded-host"], "api.example.com");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen.body, b"hello body");
+}
+
+#[tokio::test]
+async fn the_canonical_path_is_what_is_forwarded() {
+    let (up, gw, c) = setup("").await;
+    let a = get(&c, &gw.url("/public/a/../b//c/./d%7e"), &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(up.last().uri, "/public/b/c/d~");
+    // A dot-segment walk out of an open route lands on the protected one and is checked there.
+    let a = get(&c, &gw.url("/public/../api/secret"), &[]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn ambiguous_paths_are_refused_before_the_upstream() {
+    let (up, gw, _) = setup("").await;
+    for target in [
+        "/public/%2e%2e/api/x",
+        "/public%2fapi",
+        "/public/%5c..%5capi",
+        "/public/a%00b",
+        "/public/%ff",
+        "/public\\..\\api",
+        "/public;x/../api",
+        "http://evil.example/public/x",
+    ] {
+        let resp = raw(
+            gw.addr,
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(raw_status(&resp), 400, "{target}: {resp}");
+    }
+    assert_eq!(up.count(), 0, "nothing reached the upstream");
+}
+
+#[tokio::test]
+async fn unmatched_denied_and_bearer_routes_never_reach_the_upstream() {
+    let (up, gw, c) = setup("").await;
+    for path in ["/", "/publicity", "/nothing/here", "/API"] {
+        assert_eq!(
+            get(&c, &gw.url(path), &[]).await.status,
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+    let a = get(&c, &gw.url("/internal/x"), &[]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+
+    let a = get(&c, &gw.url("/api/things"), &[]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(a.headers["www-authenticate"], "Bearer realm=\"bearward\"");
+
+    let a = get(
+        &c,
+        &gw.url("/api/things"),
+        &[("authorization", "Bearer abc.def.ghi")],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let www = a.headers["www-authenticate"].to_str().unwrap();
+    assert!(
+        www.starts_with("Bearer realm=\"bearward\", error=\"invalid_token\""),
+        "{www}"
+    );
+    assert!(!www.contains("abc.def.ghi"));
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_stripped_both_ways() {
+    let (up, gw, c) = setup("").await;
+    let a = get(
+        &c,
+        &gw.url("/public/x"),
+        &[
+            ("connection", "x-secret, keep-alive"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=9"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("x-kept", "1"),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let seen = up.last();
+    for h in [
+        "x-secret",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "upgrade",
+    ] {
+        assert!(!seen.headers.contains_key(h), "{h} reached the upstream");
+    }
+    assert_eq!(seen.headers["x-kept"], "1");
+    // The upstream's own Connection-named header and Keep-Alive do not reach the client.
+    assert!(!a.headers.contains_key("x-resp-secret"));
+    assert!(!a.headers.contains_key("keep-alive"));
+}
+
+#[tokio::test]
+async fn forwarded_headers_from_untrusted_clients_are_replaced() {
+    let (up, gw, c) = setup("").await;
+    let spoof = [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil"),
+        ("forwarded", "for=6.6.6.6"),
+        ("x-auth-subject", "admin"),
+        ("x-auth-scopes", "admin"),
+    ];
+    get(&c, &gw.url("/public/x"), &spoof).await;
+    let seen = up.last();
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_ne!(seen.headers["x-forwarded-host"], "evil");
+    assert!(!seen.headers.contains_key("forwarded"));
+    assert!(
+        !seen.headers.contains_key("x-auth-subject"),
+        "identity headers are always removed"
+    );
+    assert!(!seen.headers.contains_key("x-auth-scopes"));
+
+    let (up, gw, c) = setup("trusted_proxies = [\"127.0.0.0/8\"]").await;
+    get(&c, &gw.url("/public/x"), &spoof).await;
+    let seen = up.last();
+    assert_eq!(seen.headers["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    assert_eq!(seen.headers["x-forwarded-host"], "evil");
+    assert!(
+        !seen.headers.contains_key("x-auth-subject"),
+        "even from a trusted proxy"
+    );
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_with_flat_memory() {
+    let (up, gw, _) = setup("").await;
+    const CHUNK: usize = 256 * 1024;
+    const CHUNKS: usize = 1024; // 256 MiB
+    let before = rss_kib();
+    let chunk = Bytes::from(vec![7u8; CHUNK]);
+    let stream = futures_util::stream::iter(
+        (0..CHUNKS).map(move |_| Ok::<_, std::convert::Infallible>(Frame::data(chunk.clone()))),
+    );
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::post(gw.url("/public/upload"))
+        .body(StreamBody::new(stream))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(up.last().body_len, (CHUNK * CHUNKS) as u64);
+
+    // And down: 128 MiB from the upstream, read as it comes.
+    let resp = common::client()
+        .request(
+            Request::get(gw.url("/public/big?n=134217728"))
+                .body(http_body_util::Full::<Bytes>::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let mut n = 0u64;
+    while let Some(f) = body.frame().await {
+        if let Ok(d) = f.unwrap().into_data() {
+            n += d.len() as u64;
+        }
+    }
+    assert_eq!(n, 134_217_728);
+    let grown = rss_kib().saturating_sub(before);
+    assert!(
+        grown < 64 * 1024,
+        "RSS grew by {grown} KiB while streaming 384 MiB"
+    );
+}
+
+#[tokio::test]
+async fn upstream_down_is_502_and_slow_is_504() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = listener.local_addr().unwrap();
+    drop(listener);
+    let gw = Gateway::start(&basic_config(&format!("http://{dead}"), "")).await;
+    let c = client();
+    let a = get(&c, &gw.url("/public/x"), &[]).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+
+    let (_up, gw, c) = setup("").await;
+    let start = std::time::Instant::now();
+    let a = get(&c, &gw.url("/public/slow"), &[]).await;
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "answered at the 500ms request timeout"
+    );
+}
+
+#[tokio::test]
+async fn websocket_upgrade_passes_through() {
+    let (up, gw, _) = setup("").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"GET /public/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"));
+    let seen = up.last();
+    assert_eq!(seen.headers["upgrade"], "websocket");
+    assert!(seen.headers["connection"]
+        .to_str()
+        .unwrap()
+        .eq_ignore_ascii_case("upgrade"));
+    for msg in [&b"ping"[..], b"second frame"] {
+        s.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, msg);
+    }
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_works() {
+    let (up, gw, _) = setup("").await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("http://api.example.com:8443/public/h2?x=1")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"upstream ok");
+    let seen = up.last();
+    assert_eq!(seen.uri, "/public/h2?x=1");
+    assert_eq!(seen.version, http::Version::HTTP_11);
+    assert_eq!(seen.headers["host"], "api.example.com:8443");
+
+    // The bearer check applies over h2 too.
+    let req = Request::get(format!("http://{}/api/x", gw.addr))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn smuggling_shaped_requests_are_refused() {
+    let (up, gw, _) = setup("").await;
+    let cases: &[&[u8]] = &[
+        b"POST /public/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /public/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        b"POST /public/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        b"POST /public/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST /public/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        b"POST /public/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        b"POST /public/x HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /public/x HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"POST /public/x HTTP/1.1\r\nHost: x\r\nContent-Length : 5\r\n\r\nhello",
+        b"GET /public/x HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n",
+        // A clean first request hiding a smuggled second one.
+        b"POST /public/x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\nPOST /public/y HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        let resp = raw(gw.addr, case).await;
+        let statuses: Vec<u16> = resp
+            .split("HTTP/1.1 ")
+            .skip(1)
+            .filter_map(|s| s.get(..3).and_then(|c| c.parse().ok()))
+            .collect();
+        assert!(
+            statuses.last().is_some_and(|s| *s == 400),
+            "case {i}: {resp:?}"
+        );
+        if i < cases.len() - 1 {
+            assert_eq!(statuses.len(), 1, "case {i}: {resp:?}");
+        }
+    }
+    // Only the clean first request of the last case was forwarded.
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].uri, "/public/x");
+}
+
+#[tokio::test]
+async fn header_limits_and_slow_heads() {
+    let (up, gw, _) = setup("header_read_timeout = \"500ms\"").await;
+    let big = "a".repeat(20 * 1024);
+    let resp = raw(
+        gw.addr,
+        format!("GET /public/x HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 431, "{resp}");
+
+    let mut many = String::from("GET /public/x HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..150 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let resp = raw(gw.addr, many.as_bytes()).await;
+    assert!(matches!(raw_status(&resp), 431 | 400), "{resp}");
+
+    // Slowloris: half a head, then silence. The connection is closed at the header timeout.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /public/x HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "connection still open after 5 s");
+    assert!(start.elapsed() < Duration::from_secs(3));
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    // /slow takes 2 s: longer than basic_config's 500ms request timeout, so raise it.
+    let up = Upstream::start().await;
+    let cfg = basic_config(&up.url(), "shutdown_grace = \"5s\"")
+        .replace("request_timeout = \"500ms\"", "request_timeout = \"10s\"");
+    let mut gw = Gateway::start(&cfg).await;
+    let c = client();
+    let url = gw.url("/public/slow");
+    let in_flight = tokio::spawn(async move { get(&c, &url, &[]).await.status });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        TcpStream::connect(gw.addr).await.is_err(),
+        "no new connections after shutdown starts"
+    );
+    assert_eq!(in_flight.await.unwrap(), StatusCode::OK);
+    let done = tokio::time::timeout(Duration::from_secs(5), gw.done).await;
+    assert!(matches!(done, Ok(Ok(Ok(())))));
+}
