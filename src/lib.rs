@@ -30,7 +30,7 @@ use std::sync::Arc;
 /// Builds a gateway from a validated config and binds its listeners.
 pub async fn build(config: config::Config) -> std::io::Result<server::Server> {
     let config = Arc::new(config);
-    let auth = auth::Authenticator::default();
+    let auth = auth::Authenticator::new(&config);
     let gateway = Arc::new(service::Gateway::new(
         config,
         auth,

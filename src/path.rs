@@ -244,6 +244,11 @@ pub fn canonicalize_with(path: &str, opts: PathOptions) -> Result<String, PathEr
     if out.is_empty() || trailing_slash {
         out.push('/');
     }
+    // Escaping can make the canonical form longer than the input; the limit holds for both, so
+    // a canonical path always canonicalizes to itself (found by the fuzz target).
+    if out.len() > opts.max_len {
+        return Err(PathError::TooLong);
+    }
     Ok(out)
 }
 
@@ -359,6 +364,9 @@ mod tests {
     fn long_path_refused() {
         let long = format!("/{}", "a".repeat(10_000));
         assert_eq!(canonicalize(&long), Err(PathError::TooLong));
+        // Under the limit raw, over it once escaped.
+        let grows = format!("/{}", "|".repeat(3000));
+        assert_eq!(canonicalize(&grows), Err(PathError::TooLong));
     }
 
     /// The fuzz target's invariants over a deterministic stream of hostile-looking inputs, so CI

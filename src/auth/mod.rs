@@ -3,12 +3,21 @@
 
 mod error;
 mod extract;
+pub mod jwks;
+pub mod token;
+pub mod validator;
 
 pub use error::{AuthError, ErrorCode};
 pub use extract::extract_token;
+pub use validator::{Trace, Verified};
 
+use crate::config::Config;
 use crate::routes::Route;
 use http::{HeaderMap, HeaderValue};
+use jwks::IssuerKeys;
+use moka::sync::Cache;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// A validated caller: the claims the upstream may be told about.
 #[derive(Debug, Clone, Default)]
@@ -45,11 +54,107 @@ pub struct AuthResult {
     pub token_id: Option<String>,
 }
 
-/// Checks tokens for `auth = "bearer"` routes.
-#[derive(Default)]
-pub struct Authenticator {}
+/// Checks tokens for `auth = "bearer"` routes: owns the issuers' key stores (with their
+/// refresh tasks) and the verified-token cache.
+pub struct Authenticator {
+    issuers: Vec<Arc<IssuerKeys>>,
+    cache: Option<Cache<[u8; 32], Arc<Verified>>>,
+    max_token_bytes: usize,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Authenticator {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Each cached token lives no longer than its own `exp` (plus leeway), at most an hour.
+struct TokenExpiry;
+
+impl moka::Expiry<[u8; 32], Arc<Verified>> for TokenExpiry {
+    fn expire_after_create(
+        &self,
+        _: &[u8; 32],
+        v: &Arc<Verified>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(v.ttl)
+    }
+}
 
 impl Authenticator {
+    /// Key stores for every issuer, each with a background refresher (needs a Tokio runtime),
+    /// and the verified-token cache.
+    pub fn new(config: &Config) -> Authenticator {
+        let client = jwks::http_client();
+        let issuers: Vec<_> = config
+            .issuers
+            .iter()
+            .map(|i| IssuerKeys::new(i.clone(), client.clone()))
+            .collect();
+        let tasks = issuers
+            .iter()
+            .map(|k| tokio::spawn(k.clone().run_refresher()))
+            .collect();
+        Authenticator::with_issuers(issuers, config.token_cache_entries, tasks)
+    }
+
+    /// Without refresher tasks: keys load on first use (`bearward explain`).
+    pub fn without_refresh(config: &Config) -> Authenticator {
+        let client = jwks::http_client();
+        let issuers = config
+            .issuers
+            .iter()
+            .map(|i| IssuerKeys::new(i.clone(), client.clone()))
+            .collect();
+        Authenticator::with_issuers(issuers, 0, Vec::new())
+    }
+
+    /// The same key stores, with the verified-token cache sized as `config` says.
+    pub fn with_cache_of(auth: Authenticator, config: &Config) -> Authenticator {
+        let mut auth = auth;
+        let issuers = std::mem::take(&mut auth.issuers);
+        let tasks = std::mem::take(&mut auth.tasks);
+        Authenticator::with_issuers(issuers, config.token_cache_entries, tasks)
+    }
+
+    fn with_issuers(
+        issuers: Vec<Arc<IssuerKeys>>,
+        cache_entries: u64,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    ) -> Authenticator {
+        let max_token_bytes = issuers
+            .iter()
+            .map(|i| i.config.max_token_bytes)
+            .max()
+            .unwrap_or(0);
+        let cache = (cache_entries > 0).then(|| {
+            Cache::builder()
+                .max_capacity(cache_entries)
+                .expire_after(TokenExpiry)
+                .build()
+        });
+        Authenticator {
+            issuers,
+            cache,
+            max_token_bytes,
+            tasks,
+        }
+    }
+
+    /// The issuers' key stores, in config order.
+    pub fn issuers(&self) -> &[Arc<IssuerKeys>] {
+        &self.issuers
+    }
+
+    /// Entries in the verified-token cache.
+    pub fn cached_tokens(&self) -> u64 {
+        self.cache.as_ref().map_or(0, |c| c.entry_count())
+    }
+
     /// Checks the request's token against the route's policy.
     pub async fn authenticate(
         &self,
@@ -66,18 +171,129 @@ impl Authenticator {
                 }
             }
         };
-        let _ = token;
-        // Validation lands with the key cache; until then no token is accepted.
-        AuthResult {
-            outcome: Err(AuthError::UnknownIssuer),
-            token_id: None,
+        let hash = sha256(token);
+        let token_id = Some(hex(&hash[..6]));
+        let outcome = match self.verify(token, &hash, &mut Trace::default()).await {
+            Ok(v) => validator::check_scopes(&v.scopes, route).map(|()| Identity {
+                claims: v.claims.clone(),
+                scopes: v.scopes.clone(),
+            }),
+            Err(e) => Err(e),
+        };
+        AuthResult { outcome, token_id }
+    }
+
+    /// Validates a token, through the verified-token cache when it is on.
+    pub async fn verify(
+        &self,
+        token: &str,
+        hash: &[u8; 32],
+        trace: &mut Trace,
+    ) -> Result<Arc<Verified>, AuthError> {
+        if token.len() > self.max_token_bytes {
+            return Err(AuthError::TooLarge);
+        }
+        if let Some(cache) = &self.cache {
+            if let Some(v) = cache.get(hash) {
+                match self.still_good(&v) {
+                    Ok(()) => return Ok(v),
+                    Err(AuthError::Expired) => {
+                        cache.invalidate(hash);
+                        return Err(AuthError::Expired);
+                    }
+                    // The key was retired or went stale: validate from scratch.
+                    Err(_) => cache.invalidate(hash),
+                }
+            }
+        }
+        let v =
+            Arc::new(validator::validate(token, self.max_token_bytes, &self.issuers, trace).await?);
+        if let Some(cache) = &self.cache {
+            if !v.ttl.is_zero() {
+                cache.insert(*hash, v.clone());
+            }
+        }
+        Ok(v)
+    }
+
+    /// A cached result holds while the token has not expired and its key is still published
+    /// and fresh enough.
+    fn still_good(&self, v: &Verified) -> Result<(), AuthError> {
+        let issuer = &self.issuers[v.issuer];
+        if validator::now() >= v.exp + issuer.config.leeway.as_secs_f64() {
+            return Err(AuthError::Expired);
+        }
+        if v.key.kind == jwks::KeyKind::Hmac {
+            return Ok(());
+        }
+        let set = issuer.usable().ok_or(AuthError::KeysUnavailable)?;
+        if set.keys.iter().any(|k| Arc::ptr_eq(k, &v.key)) {
+            Ok(())
+        } else {
+            Err(AuthError::UnknownKey)
+        }
+    }
+
+    /// `/readyz`: Ok when every issuer has usable keys; the text says how old each set is.
+    pub fn readiness(&self) -> Result<String, String> {
+        let mut ready = true;
+        let mut out = String::new();
+        for i in &self.issuers {
+            let status = i.status();
+            match (i.usable(), i.latest()) {
+                (Some(set), _) => {
+                    let age = set.fetched_at.elapsed().as_secs();
+                    let stale = status.last_error.is_some();
+                    out.push_str(&format!(
+                        "issuer {}: {} keys, fetched {age}s ago{}\n",
+                        i.config.issuer,
+                        set.keys.len(),
+                        if stale {
+                            " (stale: the last refresh failed; serving the last good keys)"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+                (None, Some(set)) => {
+                    ready = false;
+                    out.push_str(&format!(
+                        "issuer {}: keys are {}s old, past max_stale ({}s); last error: {}\n",
+                        i.config.issuer,
+                        set.fetched_at.elapsed().as_secs(),
+                        i.config.jwks.max_stale.as_secs(),
+                        status.last_error.as_deref().unwrap_or("-")
+                    ));
+                }
+                (None, None) => {
+                    ready = false;
+                    out.push_str(&format!(
+                        "issuer {}: no keys yet; last error: {}\n",
+                        i.config.issuer,
+                        status
+                            .last_error
+                            .as_deref()
+                            .unwrap_or("none (first fetch pending)")
+                    ));
+                }
+            }
+        }
+        if ready {
+            Ok(format!("ready\n{out}"))
+        } else {
+            Err(format!("not ready\n{out}"))
         }
     }
 }
 
-impl Authenticator {
-    /// `/readyz`: Ok when every issuer has usable keys.
-    pub fn readiness(&self) -> Result<String, String> {
-        Ok("ready\n".to_owned())
-    }
+/// SHA-256 of a token: the verified-token cache key, and (first bytes, hex) its id in logs.
+pub fn sha256(token: &str) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

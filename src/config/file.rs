@@ -38,6 +38,7 @@ pub struct ServerFile {
     pub http2: Option<bool>,
     pub log_format: Option<Spanned<LogFormat>>,
     pub access_log: Option<bool>,
+    pub token_cache_entries: Option<Spanned<u64>>,
 }
 
 /// `log_format`

@@ -49,6 +49,8 @@ pub const DEFAULT_JWKS_MAX_REFRESH: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_JWKS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default largest accepted JWKS or discovery document.
 pub const DEFAULT_JWKS_MAX_BYTES: usize = 256 * 1024;
+/// Default size of the verified-token cache.
+pub const DEFAULT_TOKEN_CACHE_ENTRIES: u64 = 10_000;
 /// Default least time between two refetches caused by unknown `kid`s, per issuer.
 pub const DEFAULT_UNKNOWN_KID_COOLDOWN: Duration = Duration::from_secs(30);
 /// Default longest time the last good keys serve while the IdP cannot be reached.
@@ -64,6 +66,8 @@ pub struct Config {
     pub routes: RouteTable,
     pub issuers: Vec<IssuerConfig>,
     pub forward: ForwardConfig,
+    /// Entries in the verified-token cache; 0 turns it off.
+    pub token_cache_entries: u64,
     /// Things that are legal but probably wrong (a route that can never match).
     pub warnings: Vec<Problem>,
 }
@@ -107,6 +111,8 @@ pub enum KeySource {
     JwksUri(http::Uri),
     Discovery,
     File(PathBuf),
+    /// HMAC-only issuer: its secret is its only key.
+    None,
 }
 
 /// Bounds on fetching and keeping an issuer's keys.

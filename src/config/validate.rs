@@ -164,6 +164,11 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
     }
 
     let forward = forward(&mut cx, file.forward.as_ref());
+    if let Some(n) = &file.server.get_ref().token_cache_entries {
+        if *n.get_ref() > 10_000_000 {
+            cx.err(n.span(), "server.token_cache_entries", "at most 10000000");
+        }
+    }
 
     if !cx.problems.is_empty() {
         return Err(ConfigError::Invalid(cx.problems));
@@ -192,6 +197,12 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
         routes: table,
         issuers,
         forward,
+        token_cache_entries: file
+            .server
+            .get_ref()
+            .token_cache_entries
+            .as_ref()
+            .map_or(DEFAULT_TOKEN_CACHE_ENTRIES, |n| *n.get_ref()),
         warnings,
     })
 }
@@ -616,21 +627,7 @@ fn canonical(
 }
 
 fn parse_alg(s: &str) -> Option<Algorithm> {
-    Some(match s {
-        "RS256" => Algorithm::RS256,
-        "RS384" => Algorithm::RS384,
-        "RS512" => Algorithm::RS512,
-        "PS256" => Algorithm::PS256,
-        "PS384" => Algorithm::PS384,
-        "PS512" => Algorithm::PS512,
-        "ES256" => Algorithm::ES256,
-        "ES384" => Algorithm::ES384,
-        "EdDSA" => Algorithm::EdDSA,
-        "HS256" => Algorithm::HS256,
-        "HS384" => Algorithm::HS384,
-        "HS512" => Algorithm::HS512,
-        _ => return None,
-    })
+    crate::auth::token::parse_alg(s).ok()
 }
 
 fn issuer(cx: &mut Ctx<'_>, i: usize, iss: &Spanned<IssuerFile>) -> Option<IssuerConfig> {
@@ -650,7 +647,11 @@ fn issuer(cx: &mut Ctx<'_>, i: usize, iss: &Spanned<IssuerFile>) -> Option<Issue
         .filter(|b| **b)
         .count();
     let has_hmac = f.hmac_secret_file.is_some() || f.hmac_secret_env.is_some();
-    let mut keys = KeySource::Discovery;
+    let mut keys = if sources == 0 {
+        KeySource::None
+    } else {
+        KeySource::Discovery
+    };
     if sources > 1 {
         cx.err(
             span.clone(),

@@ -1,6 +1,8 @@
 //! Test parts: a recording upstream, a gateway on an ephemeral port, HTTP clients (pooled h1,
-//! h2 prior knowledge, raw TCP).
+//! h2 prior knowledge, raw TCP), and the test IdP in `idp`.
 #![allow(dead_code)]
+
+pub mod idp;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -295,4 +297,73 @@ pub fn raw_status(resp: &str) -> u16 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
+}
+
+/// Waits until `/readyz` says 200 (keys loaded), at most 5 s.
+pub async fn wait_ready(gw: &Gateway) {
+    let c = client();
+    let url = format!("http://{}/readyz", gw.admin.expect("admin listener"));
+    for _ in 0..100 {
+        if get(&c, &url, &[]).await.status == StatusCode::OK {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("bearward did not become ready");
+}
+
+/// A config with one issuer (`source` is its key-source line) and routes for every scope policy.
+pub fn auth_config(upstream: &str, issuer: &str, source: &str, issuer_extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[[issuers]]
+issuer = "{issuer}"
+{source}
+audiences = ["https://api.test", "https://other-api.test"]
+algorithms = ["RS256", "ES256", "EdDSA"]
+jwks_timeout = "1s"
+{issuer_extra}
+
+[upstreams.app]
+url = "{upstream}"
+
+[forward]
+claim_headers = {{ sub = "X-Auth-Subject", scope = "X-Auth-Scopes", client_id = "X-Auth-Client" }}
+
+[[routes]]
+prefix = "/public"
+upstream = "app"
+auth = "none"
+
+[[routes]]
+prefix = "/api/read"
+scopes = ["read"]
+upstream = "app"
+
+[[routes]]
+prefix = "/api/admin"
+scopes = ["admin"]
+upstream = "app"
+
+[[routes]]
+prefix = "/api/any"
+scopes_any = ["read", "write"]
+upstream = "app"
+
+[[routes]]
+prefix = "/api/both"
+scopes = ["read", "write"]
+upstream = "app"
+
+[[routes]]
+prefix = "/api/query"
+scopes = ["read"]
+token_in_query = true
+upstream = "app"
+"#
+    )
 }

@@ -1,0 +1,663 @@
+//! Signing keys per issuer: fetched from `jwks_uri`, found through discovery, or read from a file;
+//! kept as one immutable snapshot per issuer that a fetch replaces whole.
+//!
+//! Refresh policy:
+//! - a background task per issuer refetches before the keys expire: the IdP's
+//!   `Cache-Control: max-age` clamped to `[jwks_min_refresh, jwks_max_refresh]`, else
+//!   `jwks_refresh`; after a failure it retries with backoff (1 s doubling, capped);
+//! - an unknown `kid` triggers a refetch no more often than `unknown_kid_cooldown` per issuer;
+//! - every fetch is single flight: concurrent callers share one spawned fetch, and no lock is
+//!   held across it;
+//! - a failed fetch keeps the last good keys until they are `max_stale` old; then the issuer has
+//!   no usable keys (503, readiness false) until a fetch succeeds.
+//!
+//! Why a snapshot per issuer and not a moka entry per (issuer, kid): a JWKS is one document. A
+//! key retired by the IdP must vanish at the same moment its replacement appears, and a refresh
+//! must never leave a half-updated set; swapping one `Arc<KeySet>` gives both for free, and a
+//! read is one uncontended `RwLock` read and an `Arc` clone.
+
+use crate::config::{IssuerConfig, KeySource};
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use http::{header, Request, Uri};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::Value;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// The kind of a verification key, which decides the algorithms it may verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Rsa,
+    EcP256,
+    EcP384,
+    Ed25519,
+    Hmac,
+}
+
+/// A usable public key (or the configured HMAC secret).
+pub struct VerifyKey {
+    pub kid: Option<String>,
+    pub kind: KeyKind,
+    /// The JWK's own `alg`, when it names one.
+    pub alg: Option<Algorithm>,
+    pub key: DecodingKey,
+}
+
+impl std::fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyKey")
+            .field("kid", &self.kid)
+            .field("kind", &self.kind)
+            .field("alg", &self.alg)
+            .finish()
+    }
+}
+
+impl VerifyKey {
+    /// May this key verify a signature made with `alg`? (RFC 8725 3.1: an RSA key is never an
+    /// HMAC secret, an EC key only for its own curve, and a key's own `alg` binds it.)
+    pub fn fits(&self, alg: Algorithm) -> bool {
+        use Algorithm::*;
+        let kind_ok = match alg {
+            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => self.kind == KeyKind::Rsa,
+            ES256 => self.kind == KeyKind::EcP256,
+            ES384 => self.kind == KeyKind::EcP384,
+            EdDSA => self.kind == KeyKind::Ed25519,
+            HS256 | HS384 | HS512 => self.kind == KeyKind::Hmac,
+            // Any algorithm a newer jsonwebtoken adds is refused until we decide on it.
+            _ => false,
+        };
+        kind_ok && self.alg.is_none_or(|a| a == alg)
+    }
+}
+
+/// One issuer's keys at one moment.
+#[derive(Debug)]
+pub struct KeySet {
+    pub keys: Vec<Arc<VerifyKey>>,
+    pub fetched_at: Instant,
+    /// Where they came from, for `explain` and logs.
+    pub source: String,
+}
+
+/// Most keys kept from one JWKS; real IdPs publish a handful.
+const MAX_KEYS: usize = 100;
+
+/// Parses a JWKS document, keeping the keys bearward can use and saying why others were left.
+pub fn parse_jwks(body: &[u8]) -> Result<(Vec<Arc<VerifyKey>>, Vec<String>), String> {
+    let doc: Value = serde_json::from_slice(body).map_err(|e| format!("JWKS is not JSON: {e}"))?;
+    let keys = doc
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or("JWKS has no \"keys\" array")?;
+    let mut out = Vec::new();
+    let mut skipped = Vec::new();
+    for (i, k) in keys.iter().enumerate().take(MAX_KEYS) {
+        match parse_jwk(k) {
+            Ok(key) => out.push(Arc::new(key)),
+            Err(why) => skipped.push(format!("keys[{i}]: {why}")),
+        }
+    }
+    Ok((out, skipped))
+}
+
+fn parse_jwk(k: &Value) -> Result<VerifyKey, String> {
+    let s = |name: &str| k.get(name).and_then(Value::as_str);
+    let kid = match k.get("kid") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err("kid is not a string".into()),
+    };
+    if let Some(u) = k.get("use") {
+        if u != "sig" {
+            return Err(format!("use {u} is not \"sig\""));
+        }
+    }
+    if let Some(ops) = k.get("key_ops") {
+        let verify = ops
+            .as_array()
+            .is_some_and(|a| a.iter().any(|o| o == "verify"));
+        if !verify {
+            return Err("key_ops does not allow \"verify\"".into());
+        }
+    }
+    let alg = match s("alg") {
+        None => None,
+        Some(a) => match super::token::parse_alg(a) {
+            Ok(a) => Some(a),
+            Err(_) => {
+                return Err(format!(
+                    "alg {a:?} is not a signature algorithm bearward accepts"
+                ))
+            }
+        },
+    };
+    let (kind, key) = match s("kty") {
+        Some("RSA") => {
+            let (n, e) = (
+                s("n").ok_or("RSA key without n")?,
+                s("e").ok_or("RSA key without e")?,
+            );
+            let modulus = super::token::B64
+                .decode_unpadded(n)
+                .ok_or("n is not base64url")?;
+            let bits = modulus.iter().skip_while(|b| **b == 0).count() * 8;
+            if bits < 2048 {
+                return Err(format!(
+                    "RSA key of {bits} bits; at least 2048 are required"
+                ));
+            }
+            (
+                KeyKind::Rsa,
+                DecodingKey::from_rsa_components(n, e).map_err(|e| e.to_string())?,
+            )
+        }
+        Some("EC") => {
+            let kind = match s("crv") {
+                Some("P-256") => KeyKind::EcP256,
+                Some("P-384") => KeyKind::EcP384,
+                other => return Err(format!("EC curve {other:?} is not supported")),
+            };
+            let (x, y) = (
+                s("x").ok_or("EC key without x")?,
+                s("y").ok_or("EC key without y")?,
+            );
+            (
+                kind,
+                DecodingKey::from_ec_components(x, y).map_err(|e| e.to_string())?,
+            )
+        }
+        Some("OKP") => {
+            if s("crv") != Some("Ed25519") {
+                return Err(format!("OKP curve {:?} is not supported", s("crv")));
+            }
+            let x = s("x").ok_or("OKP key without x")?;
+            (
+                KeyKind::Ed25519,
+                DecodingKey::from_ed_components(x).map_err(|e| e.to_string())?,
+            )
+        }
+        Some("oct") => return Err("symmetric keys are never taken from a JWKS".into()),
+        other => return Err(format!("kty {other:?} is not supported")),
+    };
+    if let Some(a) = alg {
+        let probe = VerifyKey {
+            kid: None,
+            kind,
+            alg: None,
+            key: DecodingKey::from_secret(b""),
+        };
+        if !probe.fits(a) {
+            return Err(format!("alg {a:?} does not fit a {kind:?} key"));
+        }
+    }
+    Ok(VerifyKey {
+        kid,
+        kind,
+        alg,
+        key,
+    })
+}
+
+trait DecodeUnpadded {
+    fn decode_unpadded(&self, s: &str) -> Option<Vec<u8>>;
+}
+
+impl DecodeUnpadded for base64::engine::GeneralPurpose {
+    fn decode_unpadded(&self, s: &str) -> Option<Vec<u8>> {
+        use base64::Engine;
+        self.decode(s.trim_end_matches('=')).ok()
+    }
+}
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// The client used for JWKS and discovery: HTTPS through rustls (system roots, else Mozilla's),
+/// plain HTTP allowed for loopback IdPs and tests.
+pub fn http_client() -> HttpsClient {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match builder.with_provider_and_native_roots(provider.clone()) {
+        Ok(b) => b,
+        Err(_) => hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(provider)
+            .expect("the aws-lc-rs provider supports the default TLS versions"),
+    };
+    let connector = builder.https_or_http().enable_http1().build();
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// Bounded GET: status 200, at most `max_bytes`, all within `timeout`.
+/// Returns the body and the `max-age` of its `Cache-Control`, if any.
+async fn get(
+    client: &HttpsClient,
+    uri: &Uri,
+    max_bytes: usize,
+    timeout: Duration,
+) -> Result<(Bytes, Option<Duration>), String> {
+    let req = Request::get(uri.clone())
+        .header(header::ACCEPT, "application/json, application/jwk-set+json")
+        .header(
+            header::USER_AGENT,
+            concat!("bearward/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let fetch = async {
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| format!("GET {uri}: {e}"))?;
+        if resp.status() != http::StatusCode::OK {
+            return Err(format!("GET {uri}: status {}", resp.status()));
+        }
+        if resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .is_some_and(|n| n > max_bytes)
+        {
+            return Err(format!("GET {uri}: larger than {max_bytes} bytes"));
+        }
+        let max_age = max_age(resp.headers());
+        let body = Limited::new(resp.into_body(), max_bytes)
+            .collect()
+            .await
+            .map_err(|e| format!("GET {uri}: body: {e}"))?
+            .to_bytes();
+        Ok((body, max_age))
+    };
+    tokio::time::timeout(timeout, fetch)
+        .await
+        .map_err(|_| format!("GET {uri}: no complete answer within {timeout:?}"))?
+}
+
+/// `max-age` from `Cache-Control`; `no-cache`/`no-store` count as zero (the lower bound applies).
+fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
+    let mut found = None;
+    for v in headers.get_all(header::CACHE_CONTROL) {
+        let Ok(v) = v.to_str() else { continue };
+        for d in v.split(',') {
+            let d = d.trim();
+            if d.eq_ignore_ascii_case("no-cache") || d.eq_ignore_ascii_case("no-store") {
+                return Some(Duration::ZERO);
+            }
+            if let Some(n) = d
+                .strip_prefix("max-age=")
+                .or_else(|| d.strip_prefix("Max-Age="))
+            {
+                if let Ok(n) = n.trim_matches('"').parse::<u64>() {
+                    found = Some(Duration::from_secs(n));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// What `/readyz`, metrics and `explain` can know about an issuer's keys.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    pub last_success: Option<Instant>,
+    pub last_attempt: Option<Instant>,
+    pub last_error: Option<String>,
+    pub fetches_ok: u64,
+    pub fetches_failed: u64,
+    /// The jwks_uri discovery found.
+    pub discovered: Option<Uri>,
+}
+
+type FetchResult = Result<Duration, String>;
+
+/// One issuer's key store.
+pub struct IssuerKeys {
+    pub config: IssuerConfig,
+    /// The configured HMAC secret as a key, for HS* tokens only.
+    pub hmac: Option<Arc<VerifyKey>>,
+    current: RwLock<Option<Arc<KeySet>>>,
+    status: Mutex<Status>,
+    inflight: Mutex<Option<Shared<BoxFuture<'static, FetchResult>>>>,
+    last_on_demand: Mutex<Option<Instant>>,
+    client: HttpsClient,
+}
+
+impl IssuerKeys {
+    /// A store with no keys yet; for an HMAC issuer, its secret is its only key.
+    pub fn new(config: IssuerConfig, client: HttpsClient) -> Arc<IssuerKeys> {
+        let hmac = config.hmac_secret.as_ref().map(|s| {
+            Arc::new(VerifyKey {
+                kid: None,
+                kind: KeyKind::Hmac,
+                alg: None,
+                key: DecodingKey::from_secret(&s.0),
+            })
+        });
+        let initial = match (&config.keys, &hmac) {
+            (KeySource::None, Some(k)) => Some(Arc::new(KeySet {
+                keys: vec![k.clone()],
+                fetched_at: Instant::now(),
+                source: "hmac secret".into(),
+            })),
+            _ => None,
+        };
+        Arc::new(IssuerKeys {
+            config,
+            hmac,
+            current: RwLock::new(initial),
+            status: Mutex::new(Status::default()),
+            inflight: Mutex::new(None),
+            last_on_demand: Mutex::new(None),
+            client,
+        })
+    }
+
+    fn has_remote_keys(&self) -> bool {
+        self.config.keys != KeySource::None
+    }
+
+    /// The current keys, unless there are none or they are older than `max_stale`.
+    pub fn usable(&self) -> Option<Arc<KeySet>> {
+        let set = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        if self.has_remote_keys() && set.fetched_at.elapsed() > self.config.jwks.max_stale {
+            return None;
+        }
+        Some(set)
+    }
+
+    /// The latest keys whatever their age.
+    pub fn latest(&self) -> Option<Arc<KeySet>> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A copy of the fetch status.
+    pub fn status(&self) -> Status {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Refetches now, joining a fetch already in flight. Returns when the next refresh is due.
+    pub async fn refresh(self: &Arc<Self>) -> FetchResult {
+        let fut = {
+            let mut slot = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            match &*slot {
+                Some(f) => f.clone(),
+                None => {
+                    let this = self.clone();
+                    // Spawned, so the fetch completes even if every waiter goes away.
+                    let task = tokio::spawn(async move {
+                        let r = this.fetch_once().await;
+                        *this.inflight.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        r
+                    });
+                    let f = async move {
+                        task.await
+                            .unwrap_or_else(|e| Err(format!("fetch task failed: {e}")))
+                    }
+                    .boxed()
+                    .shared();
+                    *slot = Some(f.clone());
+                    f
+                }
+            }
+        };
+        fut.await
+    }
+
+    /// An unknown `kid` (or no keys) may refetch once per cooldown. Returns whether it did.
+    pub async fn refresh_on_demand(self: &Arc<Self>) -> bool {
+        if !self.has_remote_keys() {
+            return false;
+        }
+        let joined = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if !joined {
+            let mut last = self
+                .last_on_demand
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < self.config.jwks.unknown_kid_cooldown) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        let _ = self.refresh().await;
+        true
+    }
+
+    async fn fetch_once(&self) -> FetchResult {
+        let started = Instant::now();
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_attempt = Some(started);
+        let result = self.load().await;
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok((keys, skipped, max_age, source)) => {
+                for s in &skipped {
+                    tracing::debug!(issuer = %self.config.issuer, "JWKS key left out: {s}");
+                }
+                if keys.is_empty() {
+                    let e = format!(
+                        "{source}: no usable signing keys ({} left out)",
+                        skipped.len()
+                    );
+                    return Err(self.failed(&mut status, e));
+                }
+                tracing::info!(issuer = %self.config.issuer, %source, keys = keys.len(), "signing keys loaded");
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(KeySet {
+                    keys,
+                    fetched_at: started,
+                    source,
+                }));
+                status.last_success = Some(started);
+                status.last_error = None;
+                status.fetches_ok += 1;
+                let p = &self.config.jwks;
+                Ok(max_age.map_or(p.refresh, |a| a.clamp(p.min_refresh, p.max_refresh)))
+            }
+            Err(e) => Err(self.failed(&mut status, e)),
+        }
+    }
+
+    fn failed(&self, status: &mut Status, e: String) -> String {
+        tracing::warn!(issuer = %self.config.issuer, error = %e, "fetching signing keys failed; keeping the last good keys");
+        status.last_error = Some(e.clone());
+        status.fetches_failed += 1;
+        if matches!(self.config.keys, KeySource::Discovery) {
+            // The metadata may have moved the JWKS; look it up again next time.
+            status.discovered = None;
+        }
+        e
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn load(
+        &self,
+    ) -> Result<(Vec<Arc<VerifyKey>>, Vec<String>, Option<Duration>, String), String> {
+        let p = &self.config.jwks;
+        let (body, max_age, source) = match &self.config.keys {
+            KeySource::None => return Err("no key source".into()),
+            KeySource::File(path) => {
+                let meta = tokio::fs::metadata(path)
+                    .await
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                if meta.len() > p.max_bytes as u64 {
+                    return Err(format!(
+                        "{}: larger than {} bytes",
+                        path.display(),
+                        p.max_bytes
+                    ));
+                }
+                let body = tokio::fs::read(path)
+                    .await
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                (Bytes::from(body), None, path.display().to_string())
+            }
+            KeySource::JwksUri(uri) => {
+                let (b, a) = get(&self.client, uri, p.max_bytes, p.timeout).await?;
+                (b, a, uri.to_string())
+            }
+            KeySource::Discovery => {
+                let known = self
+                    .status
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .discovered
+                    .clone();
+                let uri = match known {
+                    Some(u) => u,
+                    None => {
+                        let u = self.discover().await?;
+                        self.status
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .discovered = Some(u.clone());
+                        u
+                    }
+                };
+                let (b, a) = get(&self.client, &uri, p.max_bytes, p.timeout).await?;
+                (b, a, uri.to_string())
+            }
+        };
+        let (keys, skipped) = parse_jwks(&body).map_err(|e| format!("{source}: {e}"))?;
+        Ok((keys, skipped, max_age, source))
+    }
+
+    /// OpenID Discovery 1.0 section 4, then RFC 8414 section 3 (both its inserted form and the
+    /// appended form some servers use). The document's `issuer` must equal ours exactly.
+    async fn discover(&self) -> Result<Uri, String> {
+        let issuer = self.config.issuer.trim_end_matches('/');
+        let parsed: Uri = issuer
+            .parse()
+            .map_err(|e| format!("issuer is not a URL: {e}"))?;
+        let origin = format!(
+            "{}://{}",
+            parsed.scheme_str().unwrap_or("https"),
+            parsed.authority().map_or("", |a| a.as_str())
+        );
+        let path = parsed.path().trim_end_matches('/');
+        let candidates = [
+            format!("{issuer}/.well-known/openid-configuration"),
+            format!("{origin}/.well-known/oauth-authorization-server{path}"),
+            format!("{issuer}/.well-known/oauth-authorization-server"),
+        ];
+        let mut errors = Vec::new();
+        for c in candidates.iter() {
+            let Ok(uri) = c.parse::<Uri>() else { continue };
+            match get(
+                &self.client,
+                &uri,
+                self.config.jwks.max_bytes,
+                self.config.jwks.timeout,
+            )
+            .await
+            {
+                Ok((body, _)) => {
+                    let doc: Value = match serde_json::from_slice(&body) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            errors.push(format!("{uri}: not JSON: {e}"));
+                            continue;
+                        }
+                    };
+                    if doc.get("issuer").and_then(Value::as_str)
+                        != Some(self.config.issuer.as_str())
+                    {
+                        errors.push(format!("{uri}: its issuer is not {:?}", self.config.issuer));
+                        continue;
+                    }
+                    let jwks = doc
+                        .get("jwks_uri")
+                        .and_then(Value::as_str)
+                        .ok_or(format!("{uri}: no jwks_uri"))?;
+                    let jwks: Uri = jwks.parse().map_err(|e| format!("{uri}: jwks_uri: {e}"))?;
+                    if !matches!(jwks.scheme_str(), Some("https" | "http")) {
+                        return Err(format!("{uri}: jwks_uri is not http(s)"));
+                    }
+                    return Ok(jwks);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        Err(format!("discovery failed: {}", errors.join("; ")))
+    }
+
+    /// Keeps the keys fresh until aborted.
+    pub async fn run_refresher(self: Arc<Self>) {
+        if !self.has_remote_keys() {
+            return;
+        }
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let wait = match self.refresh().await {
+                Ok(next) => {
+                    backoff = Duration::from_secs(1);
+                    next
+                }
+                Err(_) => {
+                    let w = backoff
+                        .min(self.config.jwks.refresh)
+                        .min(Duration::from_secs(60));
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    w
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_control_max_age() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            header::CACHE_CONTROL,
+            "public, max-age=600".parse().unwrap(),
+        );
+        assert_eq!(max_age(&h), Some(Duration::from_secs(600)));
+        h.insert(header::CACHE_CONTROL, "no-store".parse().unwrap());
+        assert_eq!(max_age(&h), Some(Duration::ZERO));
+        h.remove(header::CACHE_CONTROL);
+        assert_eq!(max_age(&h), None);
+    }
+
+    #[test]
+    fn unusable_jwks_entries_are_left_out() {
+        let doc = serde_json::json!({"keys": [
+            {"kty": "RSA", "kid": "small", "n": "AQAB", "e": "AQAB"},
+            {"kty": "EC", "kid": "enc", "use": "enc", "crv": "P-256", "x": "x", "y": "y"},
+            {"kty": "oct", "kid": "sym", "k": "c2VjcmV0"},
+            {"kty": "EC", "kid": "p521", "crv": "P-521", "x": "x", "y": "y"},
+            {"kty": "OKP", "kid": "x25519", "crv": "X25519", "x": "x"},
+            {"kty": "RSA", "kid": "wrongalg", "alg": "ES256", "n": "AQAB", "e": "AQAB"},
+        ]});
+        let (keys, skipped) = parse_jwks(doc.to_string().as_bytes()).unwrap();
+        assert!(keys.is_empty());
+        assert_eq!(skipped.len(), 6, "{skipped:?}");
+        assert!(parse_jwks(b"[]").is_err());
+        assert!(parse_jwks(b"not json").is_err());
+    }
+}

@@ -1,0 +1,604 @@
+//! Token validation in order: size -> parse -> issuer (by `iss`) -> algorithm allow-list -> `typ`
+//! -> key (by `kid`, fitting the algorithm) -> signature -> `exp`/`nbf`/`iat`/`aud` -> scopes.
+//! Claims are trusted only after the signature; before it, `iss` and `kid` only pick a key.
+
+use super::jwks::{IssuerKeys, KeySet, VerifyKey};
+use super::token::{self, Parsed};
+use super::AuthError;
+use crate::config::{IssuerConfig, TypPolicy};
+use crate::routes::Route;
+use jsonwebtoken::Algorithm;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Most keys tried for a token without `kid`.
+const MAX_CANDIDATES: usize = 4;
+
+/// A token whose signature and claims passed.
+#[derive(Debug)]
+pub struct Verified {
+    pub claims: Map<String, Value>,
+    pub scopes: Vec<String>,
+    /// `exp`, seconds since the epoch.
+    pub exp: f64,
+    /// Index of the issuer in the config.
+    pub issuer: usize,
+    /// The key that verified it: a cached token stays valid only while this key is published.
+    pub key: Arc<VerifyKey>,
+    /// How long a cache may keep it.
+    pub ttl: Duration,
+}
+
+/// Steps of a validation, recorded only when asked (for `bearward explain`).
+#[derive(Debug, Default)]
+pub struct Trace {
+    pub enabled: bool,
+    pub steps: Vec<(String, bool, String)>,
+}
+
+impl Trace {
+    fn note(&mut self, check: &str, ok: bool, detail: impl FnOnce() -> String) {
+        if self.enabled {
+            self.steps.push((check.to_owned(), ok, detail()));
+        }
+    }
+}
+
+/// Seconds since the epoch, with the fraction.
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn alg_name(a: Algorithm) -> String {
+    format!("{a:?}")
+}
+
+/// Full validation of one token against the configured issuers.
+pub async fn validate(
+    token: &str,
+    max_len: usize,
+    issuers: &[Arc<IssuerKeys>],
+    trace: &mut Trace,
+) -> Result<Verified, AuthError> {
+    let parsed = token::parse(token, max_len)
+        .inspect_err(|e| trace.note("parse", false, || e.to_string()))?;
+    trace.note("parse", true, || {
+        format!(
+            "three base64url parts; header alg={} kid={} typ={}",
+            alg_name(parsed.header.alg),
+            parsed.header.kid.as_deref().unwrap_or("-"),
+            parsed.header.typ.as_deref().unwrap_or("-")
+        )
+    });
+
+    let iss = parsed.claims.get("iss").and_then(Value::as_str);
+    let Some(idx) = iss.and_then(|iss| issuers.iter().position(|i| i.config.issuer == iss)) else {
+        trace.note("issuer", false, || {
+            format!("iss {iss:?} is not a configured issuer")
+        });
+        return Err(AuthError::UnknownIssuer);
+    };
+    let keys = &issuers[idx];
+    let cfg = &keys.config;
+    trace.note("issuer", true, || format!("iss matches {:?}", cfg.issuer));
+
+    if token.len() > cfg.max_token_bytes {
+        trace.note("size", false, || {
+            format!("{} bytes > {}", token.len(), cfg.max_token_bytes)
+        });
+        return Err(AuthError::TooLarge);
+    }
+    let alg = parsed.header.alg;
+    if !cfg.algorithms.contains(&alg) {
+        trace.note("algorithm", false, || {
+            format!(
+                "{} is not in the issuer's allow-list {:?}",
+                alg_name(alg),
+                cfg.algorithms
+            )
+        });
+        return Err(AuthError::BadAlgorithm);
+    }
+    trace.note("algorithm", true, || {
+        format!("{} is allowed", alg_name(alg))
+    });
+    check_typ(cfg, parsed.header.typ.as_deref()).inspect_err(|_| {
+        trace.note("typ", false, || {
+            format!(
+                "typ {:?} does not satisfy the issuer's policy {:?}",
+                parsed.header.typ, cfg.typ
+            )
+        })
+    })?;
+    trace.note("typ", true, || {
+        format!("typ {:?} accepted ({:?})", parsed.header.typ, cfg.typ)
+    });
+
+    let candidates = find_keys(keys, &parsed, trace).await?;
+    let mut verified_by = None;
+    for key in &candidates {
+        let ok = jsonwebtoken::crypto::verify(
+            parsed.signature,
+            parsed.signing_input.as_bytes(),
+            &key.key,
+            alg,
+        )
+        .unwrap_or(false);
+        if ok {
+            verified_by = Some(key.clone());
+            break;
+        }
+    }
+    let Some(key) = verified_by else {
+        trace.note("signature", false, || {
+            "the signature does not verify".into()
+        });
+        return Err(AuthError::BadSignature);
+    };
+    trace.note("signature", true, || {
+        format!(
+            "verified with key kid={}",
+            key.kid.as_deref().unwrap_or("-")
+        )
+    });
+
+    let now = now();
+    let exp = check_claims(&parsed.claims, cfg, now, trace)?;
+    let scopes = extract_scopes(&parsed.claims, &cfg.scope_claims).inspect_err(|_| {
+        trace.note("scopes", false, || {
+            "the scope claim is neither a string nor an array of strings".into()
+        })
+    })?;
+    let ttl = Duration::from_secs_f64((exp + cfg.leeway.as_secs_f64() - now).clamp(0.0, 3600.0));
+    Ok(Verified {
+        claims: parsed.claims,
+        scopes,
+        exp,
+        issuer: idx,
+        key,
+        ttl,
+    })
+}
+
+fn check_typ(cfg: &IssuerConfig, typ: Option<&str>) -> Result<(), AuthError> {
+    let is = |t: &str, want: &str| {
+        t.eq_ignore_ascii_case(want) || t.eq_ignore_ascii_case(&format!("application/{want}"))
+    };
+    let ok = match (cfg.typ, typ) {
+        (TypPolicy::AtJwt, Some(t)) => is(t, "at+jwt"),
+        (TypPolicy::AtJwt, None) => false,
+        (TypPolicy::Jwt, None) => true,
+        (TypPolicy::Jwt, Some(t)) => is(t, "at+jwt") || is(t, "jwt"),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(AuthError::BadType)
+    }
+}
+
+async fn find_keys(
+    keys: &Arc<IssuerKeys>,
+    parsed: &Parsed<'_>,
+    trace: &mut Trace,
+) -> Result<Vec<Arc<VerifyKey>>, AuthError> {
+    let alg = parsed.header.alg;
+    if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+        return match &keys.hmac {
+            Some(k) => {
+                trace.note("key", true, || "the issuer's configured HMAC secret".into());
+                Ok(vec![k.clone()])
+            }
+            None => {
+                trace.note("key", false, || "HS* needs a configured secret".into());
+                Err(AuthError::BadAlgorithm)
+            }
+        };
+    }
+    let kid = parsed.header.kid.as_deref();
+    let mut refetched = false;
+    loop {
+        let set = match keys.usable() {
+            Some(s) => s,
+            None => {
+                if !refetched && keys.refresh_on_demand().await {
+                    refetched = true;
+                    continue;
+                }
+                trace.note("key", false, || {
+                    "the issuer has no usable keys (never fetched, or older than max_stale)".into()
+                });
+                return Err(AuthError::KeysUnavailable);
+            }
+        };
+        match pick(&set, kid, alg) {
+            Pick::Found(found) => {
+                trace.note("key", true, || {
+                    format!("{} candidate(s) from {}", found.len(), set.source)
+                });
+                return Ok(found);
+            }
+            Pick::WrongType => {
+                trace.note("key", false, || {
+                    format!("key kid={kid:?} cannot verify {}", alg_name(alg))
+                });
+                return Err(AuthError::BadAlgorithm);
+            }
+            Pick::None => {
+                if !refetched && keys.refresh_on_demand().await {
+                    refetched = true;
+                    continue;
+                }
+                trace.note("key", false, || {
+                    format!("no key kid={kid:?} for {} in {}", alg_name(alg), set.source)
+                });
+                return Err(AuthError::UnknownKey);
+            }
+        }
+    }
+}
+
+enum Pick {
+    Found(Vec<Arc<VerifyKey>>),
+    WrongType,
+    None,
+}
+
+fn pick(set: &KeySet, kid: Option<&str>, alg: Algorithm) -> Pick {
+    match kid {
+        Some(kid) => {
+            let named: Vec<_> = set
+                .keys
+                .iter()
+                .filter(|k| k.kid.as_deref() == Some(kid))
+                .collect();
+            if named.is_empty() {
+                return Pick::None;
+            }
+            let fit: Vec<_> = named.into_iter().filter(|k| k.fits(alg)).cloned().collect();
+            if fit.is_empty() {
+                Pick::WrongType
+            } else {
+                Pick::Found(fit)
+            }
+        }
+        None => {
+            let fit: Vec<_> = set
+                .keys
+                .iter()
+                .filter(|k| k.fits(alg))
+                .take(MAX_CANDIDATES)
+                .cloned()
+                .collect();
+            if fit.is_empty() {
+                Pick::None
+            } else {
+                Pick::Found(fit)
+            }
+        }
+    }
+}
+
+/// A NumericDate claim (RFC 7519 2): a JSON number. `Ok(None)` when absent.
+fn numeric(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, AuthError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .map(Some)
+            .ok_or(AuthError::BadClaims),
+        Some(_) => Err(AuthError::BadClaims),
+    }
+}
+
+/// `exp` (required), `nbf`, `iat` with leeway, and `aud`. Returns `exp`.
+pub fn check_claims(
+    claims: &Map<String, Value>,
+    cfg: &IssuerConfig,
+    now: f64,
+    trace: &mut Trace,
+) -> Result<f64, AuthError> {
+    let leeway = cfg.leeway.as_secs_f64();
+    let fail = |trace: &mut Trace, check: &str, e: AuthError, why: String| {
+        trace.note(check, false, || why);
+        Err(e)
+    };
+    let exp = match numeric(claims, "exp") {
+        Ok(Some(exp)) => exp,
+        Ok(None) => return fail(trace, "exp", AuthError::BadClaims, "exp is missing".into()),
+        Err(e) => return fail(trace, "exp", e, "exp is not a number".into()),
+    };
+    if now >= exp + leeway {
+        return fail(
+            trace,
+            "exp",
+            AuthError::Expired,
+            format!("expired {:.0}s ago (leeway {leeway}s)", now - exp),
+        );
+    }
+    trace.note("exp", true, || format!("expires in {:.0}s", exp - now));
+    match numeric(claims, "nbf") {
+        Ok(Some(nbf)) if now + leeway < nbf => {
+            return fail(
+                trace,
+                "nbf",
+                AuthError::NotYetValid,
+                format!("not valid for another {:.0}s", nbf - now),
+            )
+        }
+        Ok(_) => trace.note("nbf", true, || "absent or passed".into()),
+        Err(e) => return fail(trace, "nbf", e, "nbf is not a number".into()),
+    }
+    match numeric(claims, "iat") {
+        Ok(Some(iat)) if iat > now + leeway => {
+            return fail(
+                trace,
+                "iat",
+                AuthError::IssuedInFuture,
+                format!("issued {:.0}s in the future", iat - now),
+            )
+        }
+        Ok(_) => trace.note("iat", true, || "absent or in the past".into()),
+        Err(e) => return fail(trace, "iat", e, "iat is not a number".into()),
+    }
+    let auds: Vec<&str> = match claims.get("aud") {
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(a)) => {
+            let mut v = Vec::with_capacity(a.len());
+            for x in a {
+                match x.as_str() {
+                    Some(s) => v.push(s),
+                    None => {
+                        return fail(
+                            trace,
+                            "aud",
+                            AuthError::BadClaims,
+                            "aud holds a non-string".into(),
+                        )
+                    }
+                }
+            }
+            v
+        }
+        None => {
+            return fail(
+                trace,
+                "aud",
+                AuthError::BadAudience,
+                "aud is missing".into(),
+            )
+        }
+        Some(_) => {
+            return fail(
+                trace,
+                "aud",
+                AuthError::BadClaims,
+                "aud is neither a string nor an array".into(),
+            )
+        }
+    };
+    if !auds.iter().any(|a| cfg.audiences.iter().any(|c| c == a)) {
+        return fail(
+            trace,
+            "aud",
+            AuthError::BadAudience,
+            format!("aud {auds:?} names none of {:?}", cfg.audiences),
+        );
+    }
+    trace.note("aud", true, || format!("aud {auds:?} accepted"));
+    Ok(exp)
+}
+
+/// Scopes from the first present claim of `names`: a space-separated string (`scope`, RFC 8693 /
+/// RFC 9068) or an array of strings (`scp`). No claim at all means no scopes.
+pub fn extract_scopes(
+    claims: &Map<String, Value>,
+    names: &[String],
+) -> Result<Vec<String>, AuthError> {
+    for name in names {
+        match claims.get(name) {
+            None => continue,
+            Some(Value::String(s)) => {
+                return Ok(s
+                    .split(' ')
+                    .filter(|x| !x.is_empty())
+                    .map(str::to_owned)
+                    .collect())
+            }
+            Some(Value::Array(a)) => {
+                return a
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_owned).ok_or(AuthError::BadClaims))
+                    .collect()
+            }
+            Some(_) => return Err(AuthError::BadClaims),
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// The route's scope policy: all of `scopes`, and one of `scopes_any` when given. Exact string
+/// comparison only: `readwrite` or `read:all` never grants `read`.
+pub fn check_scopes(have: &[String], route: &Route) -> Result<(), AuthError> {
+    let has = |s: &String| have.iter().any(|h| h == s);
+    if !route.scopes.iter().all(has) {
+        return Err(AuthError::InsufficientScope {
+            needed: route.scopes.join(" "),
+        });
+    }
+    if !route.scopes_any.is_empty() && !route.scopes_any.iter().any(has) {
+        return Err(AuthError::InsufficientScope {
+            needed: route.scopes_any.join(" "),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::{AuthMode, PathMatch};
+    use serde_json::json;
+
+    fn cfg() -> IssuerConfig {
+        crate::config::Config::from_toml_str(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[[issuers]]
+issuer = "i"
+jwks_file = "x"
+audiences = ["api", "api2"]
+[upstreams.a]
+url = "http://127.0.0.1:1"
+[[routes]]
+prefix = "/"
+upstream = "a"
+"#,
+            "t",
+        )
+        .unwrap()
+        .issuers
+        .remove(0)
+    }
+
+    fn claims(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn time_claims_with_leeway() {
+        let c = cfg();
+        let mut t = Trace::default();
+        let now = 1_000_000.0;
+        let ok = |v| check_claims(&claims(v), &c, now, &mut Trace::default());
+        assert!(ok(json!({"exp": now + 10.0, "aud": "api"})).is_ok());
+        assert!(
+            ok(json!({"exp": now - 10.0, "aud": "api"})).is_ok(),
+            "inside the 30s leeway"
+        );
+        assert_eq!(
+            ok(json!({"exp": now - 31.0, "aud": "api"})),
+            Err(AuthError::Expired)
+        );
+        assert_eq!(ok(json!({"aud": "api"})), Err(AuthError::BadClaims));
+        assert_eq!(
+            ok(json!({"exp": "2000000000", "aud": "api"})),
+            Err(AuthError::BadClaims)
+        );
+        assert_eq!(
+            ok(json!({"exp": now + 99.0, "nbf": now + 60.0, "aud": "api"})),
+            Err(AuthError::NotYetValid)
+        );
+        assert!(ok(json!({"exp": now + 99.0, "nbf": now + 20.0, "aud": "api"})).is_ok());
+        assert_eq!(
+            ok(json!({"exp": now + 99.0, "iat": now + 60.0, "aud": "api"})),
+            Err(AuthError::IssuedInFuture)
+        );
+        assert_eq!(
+            ok(json!({"exp": now + 99.0, "nbf": "0", "aud": "api"})),
+            Err(AuthError::BadClaims)
+        );
+        assert!(check_claims(
+            &claims(json!({"exp": now + 1.0, "aud": "x"})),
+            &c,
+            now,
+            &mut t
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn audiences() {
+        let c = cfg();
+        let now = 1.0;
+        let ok = |v| check_claims(&claims(v), &c, now, &mut Trace::default());
+        assert!(ok(json!({"exp": 99, "aud": ["other", "api2"]})).is_ok());
+        assert_eq!(
+            ok(json!({"exp": 99, "aud": ["other"]})),
+            Err(AuthError::BadAudience)
+        );
+        assert_eq!(
+            ok(json!({"exp": 99, "aud": []})),
+            Err(AuthError::BadAudience)
+        );
+        assert_eq!(ok(json!({"exp": 99})), Err(AuthError::BadAudience));
+        assert_eq!(
+            ok(json!({"exp": 99, "aud": ["api", 1]})),
+            Err(AuthError::BadClaims)
+        );
+        assert_eq!(
+            ok(json!({"exp": 99, "aud": "API"})),
+            Err(AuthError::BadAudience)
+        );
+    }
+
+    fn route(all: &[&str], any: &[&str]) -> Route {
+        Route {
+            name: "r".into(),
+            matcher: PathMatch::Prefix("/".into()),
+            methods: None,
+            upstream: 0,
+            auth: AuthMode::Bearer,
+            scopes: all.iter().map(|s| s.to_string()).collect(),
+            scopes_any: any.iter().map(|s| s.to_string()).collect(),
+            token_in_query: false,
+        }
+    }
+
+    #[test]
+    fn scope_policies_compare_exactly() {
+        let names = vec!["scope".to_owned(), "scp".to_owned()];
+        let have = extract_scopes(
+            &claims(json!({"scope": "readwrite read:all  admin"})),
+            &names,
+        )
+        .unwrap();
+        assert_eq!(have, ["readwrite", "read:all", "admin"]);
+        assert_eq!(
+            check_scopes(&have, &route(&["read"], &[])),
+            Err(AuthError::InsufficientScope {
+                needed: "read".into()
+            })
+        );
+        assert!(check_scopes(&have, &route(&["admin"], &[])).is_ok());
+        assert!(check_scopes(&have, &route(&[], &["x", "admin"])).is_ok());
+        assert_eq!(
+            check_scopes(&have, &route(&["admin"], &["x", "y"])),
+            Err(AuthError::InsufficientScope {
+                needed: "x y".into()
+            })
+        );
+        let scp = extract_scopes(&claims(json!({"scp": ["read", "write"]})), &names).unwrap();
+        assert_eq!(scp, ["read", "write"]);
+        assert_eq!(
+            extract_scopes(&claims(json!({"scp": [1]})), &names),
+            Err(AuthError::BadClaims)
+        );
+        assert_eq!(
+            extract_scopes(&claims(json!({"scope": 5})), &names),
+            Err(AuthError::BadClaims)
+        );
+        assert!(extract_scopes(&claims(json!({})), &names)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn typ_policies() {
+        let mut c = cfg();
+        assert!(check_typ(&c, Some("at+jwt")).is_ok());
+        assert!(check_typ(&c, Some("application/AT+JWT")).is_ok());
+        assert!(check_typ(&c, Some("JWT")).is_err());
+        assert!(check_typ(&c, None).is_err());
+        c.typ = TypPolicy::Jwt;
+        assert!(check_typ(&c, Some("JWT")).is_ok());
+        assert!(check_typ(&c, None).is_ok());
+        assert!(check_typ(&c, Some("at+jwt")).is_ok());
+        assert!(check_typ(&c, Some("dpop+jwt")).is_err());
+    }
+}
