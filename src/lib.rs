@@ -12,11 +12,13 @@
 //! - [`server`]: listeners, admin endpoints, graceful shutdown.
 //! - [`telemetry`]: logging setup and metrics.
 //! - [`body`]: the boxed streaming body type.
+//! - [`demo`]: `bearward demo`, a self-contained walkthrough.
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod demo;
 pub mod h1guard;
 pub mod path;
 pub mod proxy;

@@ -22,6 +22,13 @@ enum Command {
     Check,
     /// Run the proxy (the default).
     Run,
+    /// A self-contained walkthrough: an echo API, a signing key, bearward in front, and curl
+    /// commands to try. Needs nothing else installed.
+    Demo {
+        /// Where bearward listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 /// sysexits EX_USAGE / EX_CONFIG
@@ -30,6 +37,9 @@ const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Demo { listen }) = cli.command {
+        return demo(listen);
+    }
     let Some(path) = cli.config else {
         eprintln!("bearward: no config file; pass --config FILE or set BEARWARD_CONFIG");
         return ExitCode::from(EXIT_USAGE);
@@ -37,6 +47,34 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => check(&path),
         Some(Command::Run) | None => run(&path),
+        Some(Command::Demo { .. }) => unreachable!("handled above"),
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("bearward: cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
+fn demo(listen: std::net::SocketAddr) -> ExitCode {
+    bearward::telemetry::init(bearward::config::LogFormat::Text);
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match rt.block_on(bearward::demo::run(listen, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bearward demo: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

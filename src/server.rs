@@ -44,6 +44,11 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// The gateway this server runs.
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
     /// The admin listener's address, if configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|a| a.local_addr().ok())

@@ -1,0 +1,441 @@
+//! End to end with a real authorization server: oidc-provider (npm, tests/interop) on
+//! loopback issues RFC 9068 JWT access tokens; bearward finds its keys by discovery.
+//!
+//! Needs `npm ci` in tests/interop (`.ci/run` does it). Without node on the machine these tests
+//! say so loudly and pass; with node but without the packages they fail.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const API: &str = "http://api.bearward.test/api";
+const OTHER_API: &str = "http://other.bearward.test/api";
+
+struct Provider {
+    child: Child,
+    issuer: String,
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn node_present() -> bool {
+    Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Starts oidc-provider; `None` only when node itself is missing.
+fn start_provider() -> Option<Provider> {
+    if !node_present() {
+        eprintln!("\n*** interop tests NOT RUN: node is not installed ***\n");
+        return None;
+    }
+    assert!(
+        std::path::Path::new("tests/interop/node_modules/oidc-provider").exists(),
+        "tests/interop/node_modules is missing: run `npm ci --prefix tests/interop` (CI does)"
+    );
+    let mut child = Command::new("node")
+        .arg("tests/interop/provider.mjs")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("node runs");
+    let mut line = String::new();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
+    // Keep draining: the provider may log to stdout, and a closed pipe would kill it (EPIPE).
+    std::thread::spawn(move || {
+        for l in out.lines().map_while(Result::ok) {
+            eprintln!("[provider] {l}");
+        }
+    });
+    let v: Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("provider did not start: {line:?}: {e}"));
+    Some(Provider {
+        child,
+        issuer: v["issuer"].as_str().unwrap().to_owned(),
+    })
+}
+
+async fn post(
+    url: &str,
+    auth: Option<(&str, &str)>,
+    form: &[(&str, &str)],
+    json_body: Option<&Value>,
+) -> (StatusCode, Value) {
+    let client = client();
+    let mut req = Request::post(url);
+    let body = match json_body {
+        Some(j) => {
+            req = req.header("content-type", "application/json");
+            j.to_string()
+        }
+        None => {
+            req = req.header("content-type", "application/x-www-form-urlencoded");
+            form.iter()
+                .map(|(k, v)| format!("{k}={}", urlencode(v)))
+                .collect::<Vec<_>>()
+                .join("&")
+        }
+    };
+    if let Some((id, secret)) = auth {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+        req = req.header("authorization", format!("Basic {b}"));
+    }
+    let resp = client
+        .request(req.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Provider {
+    async fn client_credentials(&self, client: &str, scope: &str, resource: &str) -> String {
+        let secret = client.replace("-client", "-secret");
+        let (status, body) = post(
+            &format!("{}/token", self.issuer),
+            Some((client, &secret)),
+            &[
+                ("grant_type", "client_credentials"),
+                ("scope", scope),
+                ("resource", resource),
+            ],
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    async fn admin(&self, path: &str, body: Option<&Value>) -> Value {
+        let (status, v) = post(
+            &format!("{}/__admin/{path}", self.issuer),
+            None,
+            &[],
+            body.or(Some(&Value::Null)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{path}: {v}");
+        v
+    }
+
+    async fn jwks_hits(&self) -> u64 {
+        let a = get(&client(), &format!("{}/__admin/stats", self.issuer), &[]).await;
+        serde_json::from_str::<Value>(&a.body).unwrap()["jwks_hits"]
+            .as_u64()
+            .unwrap()
+    }
+}
+
+fn config(up: &Upstream, issuer: &str, algorithms: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[[issuers]]
+issuer = "{issuer}"
+discovery = true
+audiences = ["{API}"]
+algorithms = {algorithms}
+leeway = "0s"
+{extra}
+
+[upstreams.app]
+url = "{}"
+
+[forward]
+claim_headers = {{ sub = "X-Auth-Subject", scope = "X-Auth-Scopes", client_id = "X-Auth-Client" }}
+
+[[routes]]
+prefix = "/api/read"
+scopes = ["read"]
+upstream = "app"
+
+[[routes]]
+prefix = "/api/admin"
+scopes = ["admin"]
+upstream = "app"
+"#,
+        up.url()
+    )
+}
+
+async fn start(p: &Provider, algorithms: &str, extra: &str) -> (Upstream, Gateway) {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&config(&up, &p.issuer, algorithms, extra)).await;
+    wait_ready(&gw).await;
+    (up, gw)
+}
+
+async fn call(gw: &Gateway, path: &str, token: &str) -> Answer {
+    get(
+        &client(),
+        &gw.url(path),
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await
+}
+
+fn assert_invalid_token(a: &Answer, why: &str) {
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{why}: {}", a.body);
+    let www = a.headers["www-authenticate"].to_str().unwrap();
+    assert!(www.contains("error=\"invalid_token\""), "{why}: {www}");
+}
+
+#[tokio::test]
+async fn client_credentials_scopes_and_audience() {
+    let Some(p) = start_provider() else { return };
+    let (up, gw) = start(&p, "[\"RS256\"]", "").await;
+    let token = p.client_credentials("cc-client", "read", API).await;
+
+    let a = call(&gw, "/api/read/items", &token).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let seen = up.last();
+    assert_eq!(seen.uri, "/api/read/items");
+    assert_eq!(seen.headers["x-auth-subject"], "cc-client");
+    assert_eq!(seen.headers["x-auth-scopes"], "read");
+    assert_eq!(seen.headers["x-auth-client"], "cc-client");
+
+    let a = call(&gw, "/api/admin/users", &token).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let www = a.headers["www-authenticate"].to_str().unwrap();
+    assert!(
+        www.contains("error=\"insufficient_scope\"") && www.contains("scope=\"admin\""),
+        "{www}"
+    );
+
+    let other = p.client_credentials("cc-client", "read", OTHER_API).await;
+    assert_invalid_token(
+        &call(&gw, "/api/read/items", &other).await,
+        "a token for another resource",
+    );
+    assert_eq!(up.count(), 1, "only the first request reached the upstream");
+}
+
+#[tokio::test]
+async fn short_tokens_expire_and_a_refresh_grant_brings_a_new_one() {
+    let Some(p) = start_provider() else { return };
+    let (up, gw) = start(&p, "[\"RS256\"]", "").await;
+
+    let short = p.client_credentials("short-client", "read", API).await;
+    assert_eq!(
+        call(&gw, "/api/read/x", &short).await.status,
+        StatusCode::OK
+    );
+
+    let tokens = p
+        .admin(
+            "code-flow",
+            Some(&serde_json::json!({"resource": API, "scope": "openid offline_access read"})),
+        )
+        .await;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let refresh = tokens["refresh_token"]
+        .as_str()
+        .expect("a refresh token")
+        .to_owned();
+    let a = call(&gw, "/api/read/x", &access).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(up.last().headers["x-auth-subject"], "user-42");
+
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let a = call(&gw, "/api/read/x", &short).await;
+    assert_invalid_token(&a, "the 2 s client-credentials token after 3 s");
+    assert!(a.headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("token expired"));
+    assert_invalid_token(
+        &call(&gw, "/api/read/x", &access).await,
+        "the 2 s code-flow token after 3 s",
+    );
+
+    let (status, body) = post(
+        &format!("{}/token", p.issuer),
+        Some(("web-client", "web-secret")),
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh),
+            ("resource", API),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let renewed = body["access_token"].as_str().unwrap();
+    assert_ne!(renewed, access);
+    let before = up.count();
+    assert_eq!(
+        call(&gw, "/api/read/x", renewed).await.status,
+        StatusCode::OK,
+        "the refreshed token"
+    );
+    assert_eq!(up.count(), before + 1);
+}
+
+#[tokio::test]
+async fn es256_follows_the_issuers_allow_list() {
+    let Some(p) = start_provider() else { return };
+    let es = p.client_credentials("es-client", "read", API).await;
+    let header: Value = {
+        use base64::Engine;
+        let h = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(es.split('.').next().unwrap())
+            .unwrap();
+        serde_json::from_slice(&h).unwrap()
+    };
+    assert_eq!(header["alg"], "ES256");
+    assert_eq!(header["typ"], "at+jwt");
+
+    let (_, allows) = start(&p, "[\"RS256\", \"ES256\"]", "").await;
+    assert_eq!(
+        call(&allows, "/api/read/x", &es).await.status,
+        StatusCode::OK
+    );
+    let (up, refuses) = start(&p, "[\"RS256\"]", "").await;
+    assert_invalid_token(
+        &call(&refuses, "/api/read/x", &es).await,
+        "ES256 not in the allow-list",
+    );
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn key_rotation_without_restart() {
+    let Some(p) = start_provider() else { return };
+    let (up, gw) = start(
+        &p,
+        "[\"RS256\"]",
+        "jwks_refresh = \"1s\"\njwks_min_refresh = \"100ms\"",
+    )
+    .await;
+    let old = p.client_credentials("cc-client", "read", API).await;
+    assert_eq!(call(&gw, "/api/read/x", &old).await.status, StatusCode::OK);
+
+    p.admin("rotate?phase=add", None).await;
+    let new = p.client_credentials("cc-client", "read", API).await;
+    assert!(
+        new.split('.').next() != old.split('.').next(),
+        "signed with the new key (another kid)"
+    );
+    assert_eq!(
+        call(&gw, "/api/read/x", &new).await.status,
+        StatusCode::OK,
+        "new key accepted without a restart"
+    );
+    assert_eq!(
+        call(&gw, "/api/read/x", &old).await.status,
+        StatusCode::OK,
+        "old key still published"
+    );
+
+    p.admin("rotate?phase=retire", None).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_invalid_token(
+        &call(&gw, "/api/read/x", &old).await,
+        "old key retired and keys refreshed",
+    );
+    assert_eq!(call(&gw, "/api/read/x", &new).await.status, StatusCode::OK);
+    assert_eq!(up.count(), 4);
+}
+
+#[tokio::test]
+async fn the_provider_stopped_leaves_cached_keys_serving() {
+    let Some(mut p) = start_provider() else {
+        return;
+    };
+    let (up, gw) = start(
+        &p,
+        "[\"RS256\"]",
+        "jwks_refresh = \"500ms\"\njwks_min_refresh = \"100ms\"\nmax_stale = \"1h\"",
+    )
+    .await;
+    let seen = p.client_credentials("cc-client", "read", API).await;
+    let unseen = p.client_credentials("cc-client", "read write", API).await;
+    assert_eq!(call(&gw, "/api/read/x", &seen).await.status, StatusCode::OK);
+
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        call(&gw, "/api/read/x", &seen).await.status,
+        StatusCode::OK,
+        "a cached token"
+    );
+    assert_eq!(
+        call(&gw, "/api/read/x", &unseen).await.status,
+        StatusCode::OK,
+        "a new token, cached keys"
+    );
+    let ready = get(
+        &client(),
+        &format!("http://{}/readyz", gw.admin.unwrap()),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        ready.status,
+        StatusCode::OK,
+        "within max_stale: {}",
+        ready.body
+    );
+    assert!(ready.body.contains("stale"), "{}", ready.body);
+    assert_eq!(up.count(), 3);
+}
+
+#[tokio::test]
+async fn without_cache_control_the_configured_refresh_applies() {
+    let Some(p) = start_provider() else { return };
+    let jwks = get(&client(), &format!("{}/jwks", p.issuer), &[]).await;
+    assert_eq!(jwks.status, StatusCode::OK);
+    assert!(
+        !jwks.headers.contains_key("cache-control"),
+        "the provider's JWKS has no Cache-Control"
+    );
+
+    let (_up, _gw) = start(
+        &p,
+        "[\"RS256\"]",
+        "jwks_refresh = \"1s\"\njwks_min_refresh = \"100ms\"",
+    )
+    .await;
+    let start_hits = p.jwks_hits().await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let hits = p.jwks_hits().await - start_hits;
+    assert!(
+        (3..=4).contains(&hits),
+        "jwks_refresh = 1s gave {hits} fetches in 3.5 s"
+    );
+}

@@ -1,0 +1,176 @@
+// A real OpenID provider (oidc-provider) on 127.0.0.1 for bearward's interop tests.
+//
+// Prints one JSON line on stdout when ready: {"issuer": "http://127.0.0.1:PORT"}.
+// Resource indicators make access tokens RFC 9068 JWTs for the requested resource (audience).
+//
+// Clients (all client_secret_basic):
+//   cc-client     client_credentials, RS256, 300 s tokens
+//   es-client     client_credentials, ES256, 300 s tokens
+//   short-client  client_credentials, RS256, 2 s tokens
+//   web-client    authorization_code + refresh_token (PKCE), RS256, 2 s tokens
+//
+// Test-only endpoints (not part of the provider):
+//   POST /__admin/code-flow {resource, scope}  drives the authorization-code flow headlessly
+//                                              (login and consent granted automatically) and
+//                                              returns the token response
+//   POST /__admin/rotate?phase=add|retire      add: a new RSA key is published first and signs;
+//                                              the old one stays published. retire: old removed.
+//   GET  /__admin/stats                        {"jwks_hits": N}
+import { createServer } from 'node:http';
+import { generateKeyPairSync, randomBytes, createHash } from 'node:crypto';
+import Provider from 'oidc-provider';
+
+const REDIRECT = 'http://127.0.0.1/cb';
+
+function signingKey(type, kid) {
+  const opts = type === 'rsa' ? { modulusLength: 2048 } : { namedCurve: 'P-256' };
+  const { privateKey } = generateKeyPairSync(type, opts);
+  return { ...privateKey.export({ format: 'jwk' }), kid, use: 'sig', alg: type === 'rsa' ? 'RS256' : 'ES256' };
+}
+
+const keys = { oldRsa: signingKey('rsa', 'rsa-1'), newRsa: signingKey('rsa', 'rsa-2'), ec: signingKey('ec', 'ec-1') };
+let published = [keys.oldRsa, keys.ec];
+let jwksHits = 0;
+
+const TTL = { 'short-client': 2, 'web-client': 2 };
+
+function configuration() {
+  return {
+    clients: [
+      { client_id: 'cc-client', client_secret: 'cc-secret', grant_types: ['client_credentials'], redirect_uris: [], response_types: [], scope: 'read write admin' },
+      { client_id: 'es-client', client_secret: 'es-secret', grant_types: ['client_credentials'], redirect_uris: [], response_types: [], scope: 'read write admin' },
+      { client_id: 'short-client', client_secret: 'short-secret', grant_types: ['client_credentials'], redirect_uris: [], response_types: [], scope: 'read write' },
+      {
+        client_id: 'web-client', client_secret: 'web-secret', grant_types: ['authorization_code', 'refresh_token'],
+        response_types: ['code'], redirect_uris: [REDIRECT], scope: 'openid offline_access read write',
+      },
+    ],
+    clientDefaults: { token_endpoint_auth_method: 'client_secret_basic' },
+    jwks: { keys: published },
+    scopes: ['openid', 'offline_access', 'read', 'write', 'admin'],
+    features: {
+      devInteractions: { enabled: false },
+      clientCredentials: { enabled: true },
+      resourceIndicators: {
+        enabled: true,
+        defaultResource: async (ctx, client, oneOf) => oneOf?.[0],
+        useGrantedResource: async () => true,
+        getResourceServerInfo: async (ctx, resource, client) => ({
+          scope: 'read write admin',
+          audience: resource,
+          accessTokenFormat: 'jwt',
+          accessTokenTTL: TTL[client.clientId] ?? 300,
+          jwt: { sign: { alg: client.clientId === 'es-client' ? 'ES256' : 'RS256' } },
+        }),
+      },
+    },
+    interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
+    findAccount: async (ctx, id) => ({ accountId: id, claims: async () => ({ sub: id }) }),
+    ttl: { RefreshToken: 3600, Grant: 3600, Session: 3600, Interaction: 600 },
+    cookies: { keys: ['bearward-interop-cookie-key'] },
+  };
+}
+
+let provider;
+let issuer;
+
+function build() {
+  const p = new Provider(issuer, configuration());
+  // Login and consent are granted at once: the flow runs headlessly.
+  p.use(async (ctx, next) => {
+    if (!ctx.path.startsWith('/interaction/')) return next();
+    const details = await p.interactionDetails(ctx.req, ctx.res);
+    if (details.prompt.name === 'login') {
+      await p.interactionFinished(ctx.req, ctx.res, { login: { accountId: 'user-42' } }, { mergeWithLastSubmission: false });
+      return undefined;
+    }
+    const grant = new p.Grant({ accountId: details.session.accountId, clientId: details.params.client_id });
+    const d = details.prompt.details;
+    if (d.missingOIDCScope) grant.addOIDCScope(d.missingOIDCScope.join(' '));
+    for (const [indicator, scopes] of Object.entries(d.missingResourceScopes ?? {})) {
+      grant.addResourceScope(indicator, scopes.join(' '));
+    }
+    const grantId = await grant.save();
+    await p.interactionFinished(ctx.req, ctx.res, { consent: { grantId } }, { mergeWithLastSubmission: true });
+    return undefined;
+  });
+  return p;
+}
+
+const basic = (id, secret) => `Basic ${Buffer.from(`${id}:${secret}`).toString('base64')}`;
+
+async function codeFlow(resource, scope) {
+  const verifier = randomBytes(32).toString('base64url');
+  const challenge = createHash('sha256').update(verifier).digest('base64url');
+  const jar = new Map();
+  const cookie = () => [...jar].map(([k, v]) => `${k}=${v}`).join('; ');
+  let url = `${issuer}/auth?${new URLSearchParams({
+    client_id: 'web-client', response_type: 'code', scope, redirect_uri: REDIRECT, resource,
+    prompt: 'consent', code_challenge: challenge, code_challenge_method: 'S256', state: 'interop',
+  })}`;
+  let code;
+  for (let i = 0; i < 12 && !code; i += 1) {
+    const res = await fetch(url, { redirect: 'manual', headers: { cookie: cookie() } });
+    for (const c of res.headers.getSetCookie()) {
+      const kv = c.split(';')[0];
+      const at = kv.indexOf('=');
+      const [k, v] = [kv.slice(0, at), kv.slice(at + 1)];
+      if (v) jar.set(k, v); else jar.delete(k);
+    }
+    const location = res.headers.get('location');
+    if (!location) throw new Error(`no redirect from ${url}: ${res.status} ${await res.text()}`);
+    const next = new URL(location, url);
+    if (next.href.startsWith(REDIRECT)) {
+      code = next.searchParams.get('code');
+      if (!code) throw new Error(`no code: ${next.href}`);
+    }
+    url = next.href;
+  }
+  const res = await fetch(`${issuer}/token`, {
+    method: 'POST',
+    headers: { authorization: basic('web-client', 'web-secret'), 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({ grant_type: 'authorization_code', code, redirect_uri: REDIRECT, code_verifier: verifier, resource }),
+  });
+  return { status: res.status, body: await res.json() };
+}
+
+async function readBody(req) {
+  const chunks = [];
+  for await (const c of req) chunks.push(c);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+function json(res, status, value) {
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(JSON.stringify(value));
+}
+
+const server = createServer(async (req, res) => {
+  const url = new URL(req.url, 'http://127.0.0.1');
+  try {
+    if (url.pathname === '/__admin/stats') return json(res, 200, { jwks_hits: jwksHits });
+    if (url.pathname === '/__admin/rotate' && req.method === 'POST') {
+      const phase = url.searchParams.get('phase');
+      if (phase === 'add') published = [keys.newRsa, keys.oldRsa, keys.ec];
+      else if (phase === 'retire') published = [keys.newRsa, keys.ec];
+      else return json(res, 400, { error: 'phase must be add or retire' });
+      provider = build();
+      return json(res, 200, { kids: published.map((k) => k.kid) });
+    }
+    if (url.pathname === '/__admin/code-flow' && req.method === 'POST') {
+      const { resource, scope } = JSON.parse(await readBody(req));
+      const out = await codeFlow(resource, scope);
+      return json(res, out.status, out.body);
+    }
+    if (url.pathname === '/jwks') jwksHits += 1;
+    return provider.callback()(req, res);
+  } catch (e) {
+    return json(res, 500, { error: String(e?.stack ?? e) });
+  }
+});
+
+server.listen(0, '127.0.0.1', () => {
+  issuer = `http://127.0.0.1:${server.address().port}`;
+  provider = build();
+  process.stdout.write(`${JSON.stringify({ issuer })}\n`);
+});
