@@ -13,12 +13,14 @@
 //! - [`telemetry`]: logging setup and metrics.
 //! - [`body`]: the boxed streaming body type.
 //! - [`demo`]: `bearward demo`, a self-contained walkthrough.
+//! - [`explain`]: `bearward explain`, every check for one request, with live keys.
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod body;
 pub mod config;
 pub mod demo;
+pub mod explain;
 pub mod h1guard;
 pub mod path;
 pub mod proxy;
@@ -31,12 +33,8 @@ use std::sync::Arc;
 
 /// Builds a gateway from a validated config and binds its listeners.
 pub async fn build(config: config::Config) -> std::io::Result<server::Server> {
-    let config = Arc::new(config);
-    let auth = auth::Authenticator::new(&config);
-    let gateway = Arc::new(service::Gateway::new(
-        config,
-        auth,
-        Arc::new(telemetry::Metrics::default()),
-    ));
+    let metrics = Arc::new(telemetry::Metrics::new());
+    let auth = auth::Authenticator::new(&config, metrics.clone());
+    let gateway = Arc::new(service::Gateway::new(Arc::new(config), auth, metrics));
     server::Server::bind(gateway).await
 }

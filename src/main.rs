@@ -22,6 +22,19 @@ enum Command {
     Check,
     /// Run the proxy (the default).
     Run,
+    /// Explain what bearward would do with one request: the canonical path, the route, each
+    /// token check with pass or fail, and the answer. The token comes from --token or stdin.
+    Explain {
+        /// The request method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// The request target: path and optional query.
+        #[arg(long)]
+        path: String,
+        /// The bearer token (else read from stdin when it is not a terminal).
+        #[arg(long)]
+        token: Option<String>,
+    },
     /// A self-contained walkthrough: an echo API, a signing key, bearward in front, and curl
     /// commands to try. Needs nothing else installed.
     Demo {
@@ -47,6 +60,11 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => check(&path),
         Some(Command::Run) | None => run(&path),
+        Some(Command::Explain {
+            method,
+            path: target,
+            token,
+        }) => explain(&path, &method, &target, token),
         Some(Command::Demo { .. }) => unreachable!("handled above"),
     }
 }
@@ -75,6 +93,45 @@ fn demo(listen: std::net::SocketAddr) -> ExitCode {
             eprintln!("bearward demo: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn explain(path: &std::path::Path, method: &str, target: &str, token: Option<String>) -> ExitCode {
+    use std::io::{IsTerminal, Read};
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bearward: invalid config:\n{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let Ok(method) = method.parse::<http::Method>() else {
+        eprintln!("bearward: {method:?} is not an HTTP method");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let token = token.or_else(|| {
+        let stdin = std::io::stdin();
+        if stdin.is_terminal() {
+            return None;
+        }
+        let mut s = String::new();
+        stdin.lock().read_to_string(&mut s).ok()?;
+        let s = s.trim().to_owned();
+        (!s.is_empty()).then_some(s)
+    });
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let (text, verdict) = rt.block_on(bearward::explain::explain(
+        &config,
+        &method,
+        target,
+        token.as_deref(),
+    ));
+    print!("{text}");
+    match verdict {
+        bearward::explain::Verdict::Forward => ExitCode::SUCCESS,
+        bearward::explain::Verdict::Refuse => ExitCode::from(2),
     }
 }
 
@@ -122,6 +179,8 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let watch = config.server.watch_config;
+    let path = path.to_path_buf();
     runtime.block_on(async move {
         let server = match bearward::build(config).await {
             Ok(s) => s,
@@ -132,6 +191,18 @@ fn run(path: &std::path::Path) -> ExitCode {
         };
         if let Ok(addr) = server.local_addr() {
             tracing::info!(%addr, admin = ?server.admin_addr(), "bearward listening");
+        }
+        let live = server.live();
+        tokio::spawn(bearward::server::reload_on_sighup(
+            live.clone(),
+            path.clone(),
+        ));
+        if watch {
+            tokio::spawn(bearward::server::watch_config(
+                live,
+                path,
+                std::time::Duration::from_secs(1),
+            ));
         }
         match server.run(shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,

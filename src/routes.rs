@@ -86,6 +86,8 @@ pub struct Route {
     pub scopes_any: Vec<String>,
     /// Accept the token from the `access_token` query parameter (RFC 6750 2.3).
     pub token_in_query: bool,
+    /// Audit mode: evaluate and report, but forward whatever the verdict.
+    pub audit: bool,
 }
 
 impl Route {
@@ -158,6 +160,7 @@ mod tests {
             scopes: vec![],
             scopes_any: vec![],
             token_in_query: false,
+            audit: false,
         }
     }
 

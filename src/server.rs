@@ -1,9 +1,12 @@
 //! Listeners, the accept loop, the admin endpoints and graceful shutdown.
 
+use crate::auth::Authenticator;
 use crate::body::{self, Body};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::h1guard::Guarded;
 use crate::service::{ConnInfo, Gateway};
+use crate::telemetry::Metrics;
+use arc_swap::ArcSwap;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -13,30 +16,171 @@ use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+
+/// The gateway in force. A reload builds a whole new [`Gateway`] from a validated config and
+/// swaps it in at once; each request loads the snapshot once, so requests in flight finish on
+/// the snapshot they started with, and keep-alive connections pick up the new one on their next
+/// request.
+pub struct Live {
+    current: ArcSwap<Gateway>,
+    /// Shared by every snapshot, so counters survive reloads.
+    pub metrics: Arc<Metrics>,
+    /// The config the listeners were built from.
+    boot: Arc<Config>,
+}
+
+impl Live {
+    /// The snapshot to use for one request.
+    pub fn current(&self) -> Arc<Gateway> {
+        self.current.load_full()
+    }
+
+    /// Swaps in a new, already validated config. Issuers whose config did not change keep their
+    /// keys and refresher.
+    pub fn apply(&self, config: Config) {
+        for (key, changed) in restart_only_changes(&self.boot, &config) {
+            if changed {
+                tracing::warn!(
+                    key,
+                    "changed in the config file; takes effect after a restart"
+                );
+            }
+        }
+        let old = self.current();
+        let auth = Authenticator::rebuild(&config, Some(&old.auth), self.metrics.clone());
+        let routes = config.routes.routes().len();
+        let next = Gateway::new(Arc::new(config), auth, self.metrics.clone());
+        self.current.store(Arc::new(next));
+        tracing::info!(routes, "config reloaded");
+    }
+
+    /// Reads, validates and applies a config file. An invalid file changes nothing; each of
+    /// its problems is logged.
+    pub fn reload_file(&self, path: &Path) -> Result<(), ConfigError> {
+        match Config::load(path) {
+            Ok(config) => {
+                for w in &config.warnings {
+                    tracing::warn!("{w}");
+                }
+                self.apply(config);
+                self.metrics.reload(true);
+                Ok(())
+            }
+            Err(e) => {
+                match &e {
+                    ConfigError::Read { .. } => {
+                        tracing::error!("reload failed, keeping the running config: {e}")
+                    }
+                    ConfigError::Invalid(problems) => {
+                        for p in problems {
+                            tracing::error!("reload failed, keeping the running config: {p}");
+                        }
+                    }
+                }
+                self.metrics.reload(false);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Settings read once when the listeners are built.
+fn restart_only_changes(a: &Config, b: &Config) -> [(&'static str, bool); 8] {
+    let (a, b) = (&a.server, &b.server);
+    [
+        ("server.listen", a.listen != b.listen),
+        ("server.admin_listen", a.admin_listen != b.admin_listen),
+        ("server.http2", a.http2 != b.http2),
+        (
+            "server.max_header_bytes",
+            a.max_header_bytes != b.max_header_bytes,
+        ),
+        ("server.max_headers", a.max_headers != b.max_headers),
+        (
+            "server.header_read_timeout",
+            a.header_read_timeout != b.header_read_timeout,
+        ),
+        (
+            "server.shutdown_grace",
+            a.shutdown_grace != b.shutdown_grace,
+        ),
+        ("server.log_format", a.log_format != b.log_format),
+    ]
+}
+
+/// Reloads when the file's content changes: polled every `every`, applied once the new content
+/// has been the same for two polls in a row (editors and ConfigMap updates write in steps).
+/// Polling the content, not inotify, also follows the symlink swaps Kubernetes uses.
+pub async fn watch_config(live: Arc<Live>, path: PathBuf, every: Duration) {
+    let digest = |p: &Path| std::fs::read(p).ok().map(|b| crate::auth::sha256_bytes(&b));
+    let mut applied = digest(&path);
+    let mut pending: Option<[u8; 32]> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let now = digest(&path);
+        match (now, pending) {
+            (Some(d), Some(p)) if d == p => {
+                pending = None;
+                if Some(d) != applied {
+                    tracing::info!(file = %path.display(), "config file changed; reloading");
+                    let _ = live.reload_file(&path);
+                    applied = Some(d);
+                }
+            }
+            (Some(d), _) if Some(d) != applied => pending = Some(d),
+            _ => pending = None,
+        }
+    }
+}
+
+/// Reloads on every SIGHUP.
+pub async fn reload_on_sighup(live: Arc<Live>, path: PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload by editing the file instead");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received; reloading");
+        let _ = live.reload_file(&path);
+    }
+}
 
 /// A bound, not yet running bearward.
 pub struct Server {
     listener: TcpListener,
     admin: Option<TcpListener>,
-    gateway: Arc<Gateway>,
+    live: Arc<Live>,
 }
 
 impl Server {
     /// Binds the listeners of a gateway's config.
     pub async fn bind(gateway: Arc<Gateway>) -> io::Result<Server> {
-        let config = &gateway.config;
+        let config = gateway.config.clone();
         let listener = TcpListener::bind(config.server.listen).await?;
         let admin = match config.server.admin_listen {
             Some(a) => Some(TcpListener::bind(a).await?),
             None => None,
         };
+        let live = Arc::new(Live {
+            metrics: gateway.metrics.clone(),
+            current: ArcSwap::new(gateway),
+            boot: config,
+        });
         Ok(Server {
             listener,
             admin,
-            gateway,
+            live,
         })
+    }
+
+    /// The reload handle.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.clone()
     }
 
     /// The proxy listener's address (useful with port 0).
@@ -44,9 +188,9 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// The gateway this server runs.
-    pub fn gateway(&self) -> &Arc<Gateway> {
-        &self.gateway
+    /// The gateway in force now.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.live.current()
     }
 
     /// The admin listener's address, if configured.
@@ -57,13 +201,12 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting and gives in-flight requests up to
     /// `server.shutdown_grace` to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        let config: Arc<Config> = self.gateway.config.clone();
+        let config: Arc<Config> = self.live.boot.clone();
         let builder = http_builder(&config);
         let graceful = GracefulShutdown::new();
-        let admin_task = self.admin.map(|admin| {
-            let gateway = self.gateway.clone();
-            tokio::spawn(admin_loop(admin, gateway))
-        });
+        let admin_task = self
+            .admin
+            .map(|admin| tokio::spawn(admin_loop(admin, self.live.clone())));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -77,7 +220,7 @@ impl Server {
                             continue;
                         }
                     };
-                    serve_connection(&builder, &graceful, stream, peer, self.gateway.clone());
+                    serve_connection(&builder, &graceful, stream, peer, self.live.clone(), config.server.max_header_bytes);
                 }
                 _ = &mut shutdown => break,
             }
@@ -124,17 +267,18 @@ fn serve_connection(
     graceful: &GracefulShutdown,
     stream: TcpStream,
     peer: SocketAddr,
-    gateway: Arc<Gateway>,
+    live: Arc<Live>,
+    max_header_bytes: usize,
 ) {
     let _ = stream.set_nodelay(true);
-    let (guarded, verdict) = Guarded::new(stream, gateway.config.server.max_header_bytes);
+    let (guarded, verdict) = Guarded::new(stream, max_header_bytes);
     let info = Arc::new(ConnInfo {
         peer,
         framing: Some(verdict),
         requests: Default::default(),
     });
     let service = service_fn(move |req: Request<Incoming>| {
-        let gateway = gateway.clone();
+        let gateway = live.current();
         let info = info.clone();
         async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, &info).await) }
     });
@@ -147,15 +291,15 @@ fn serve_connection(
     });
 }
 
-async fn admin_loop(listener: TcpListener, gateway: Arc<Gateway>) {
+async fn admin_loop(listener: TcpListener, live: Arc<Live>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let gateway = gateway.clone();
+        let live = live.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let gateway = gateway.clone();
+                let gateway = live.current();
                 async move { Ok::<_, std::convert::Infallible>(admin(&gateway, &req)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -172,7 +316,10 @@ fn admin(gateway: &Gateway, req: &Request<Incoming>) -> Response<Body> {
             Ok(detail) => (StatusCode::OK, detail),
             Err(detail) => (StatusCode::SERVICE_UNAVAILABLE, detail),
         },
-        "/metrics" => (StatusCode::OK, gateway.metrics.render()),
+        "/metrics" => {
+            gateway.auth.export_gauges();
+            (StatusCode::OK, gateway.metrics.render())
+        }
         _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
     };
     let mut resp = Response::new(body::full(text));

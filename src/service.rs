@@ -23,12 +23,15 @@ use crate::path::canonicalize_with;
 use crate::proxy::{self, ClientInfo, ProxyError, Upstreams};
 use crate::routes::{AuthMode, Route};
 use crate::telemetry::Metrics;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Tells the upstream what an audit-mode route would have done.
+pub const AUDIT_HEADER: HeaderName = HeaderName::from_static("x-bearward-audit");
 
 /// Why a request did not reach the upstream (or failed there). Turned into a response in one
 /// place, [`Rejection::into_response`].
@@ -237,28 +240,55 @@ impl Gateway {
             .ok_or(Rejection::NoRoute)?;
         out.route = Some(route.name.clone());
 
-        // policy
-        if route.auth == AuthMode::Deny {
-            return Err(Rejection::Denied);
-        }
-
         // identity: whatever the route, the client never chooses these headers.
         for (_, h) in &self.config.forward.claim_headers {
             req.headers_mut().remove(h);
         }
+        req.headers_mut().remove(AUDIT_HEADER);
 
-        // auth
-        if route.auth == AuthMode::Bearer {
-            let result = self
-                .auth
-                .authenticate(req.headers(), req.uri().query(), route)
-                .await;
-            out.token_id = result.token_id;
-            let identity = result.outcome.map_err(Rejection::Auth)?;
-            self.add_identity(&mut req, &identity);
-            if self.config.forward.strip_authorization {
-                req.headers_mut().remove(header::AUTHORIZATION);
+        // policy and auth. In audit mode a refusal becomes a note to the upstream.
+        let verdict = match route.auth {
+            AuthMode::None => Ok(()),
+            AuthMode::Deny => Err(Rejection::Denied),
+            AuthMode::Bearer => {
+                let result = self
+                    .auth
+                    .authenticate(req.headers(), req.uri().query(), route)
+                    .await;
+                out.token_id = result.token_id;
+                // Identity headers go upstream only with a forwarded request: an allowed one,
+                // or an audit-mode one whose token was valid.
+                if result.outcome.is_ok() || route.audit {
+                    if let Some(identity) = &result.identity {
+                        self.add_identity(&mut req, identity);
+                    }
+                }
+                result.outcome.map_err(Rejection::Auth)
             }
+        };
+        if route.auth == AuthMode::Bearer && self.config.forward.strip_authorization {
+            req.headers_mut().remove(header::AUTHORIZATION);
+        }
+        match verdict {
+            Ok(()) if route.audit => {
+                req.headers_mut()
+                    .insert(AUDIT_HEADER, HeaderValue::from_static("allow"));
+            }
+            Ok(()) => {}
+            Err(rej) if route.audit => {
+                let note = format!(
+                    "would-deny; reason={}; status={}",
+                    rej.reason(),
+                    rej.status().as_u16()
+                );
+                tracing::info!(route = %route.name, reason = rej.reason(), "audit: would deny; forwarding");
+                if let Ok(v) = HeaderValue::from_str(&note) {
+                    req.headers_mut().insert(AUDIT_HEADER, v);
+                }
+                out.decision = "audit_deny";
+                out.reason = rej.reason();
+            }
+            Err(rej) => return Err(rej),
         }
 
         self.forward(req, route, &path, conn, out).await

@@ -1,9 +1,13 @@
 //! Logging setup and request metrics.
 
 use crate::config::LogFormat;
-use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
@@ -19,16 +23,140 @@ pub fn init(format: LogFormat) {
     };
 }
 
-type Key = (String, u16, &'static str, &'static str);
+/// Request-latency buckets, in seconds: from half a millisecond to ten seconds.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
-/// Request counters by route, status, decision and reason. Route names come from the config and
-/// reasons from a fixed set, so the label space is bounded.
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    status: u16,
+    decision: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FetchLabels {
+    issuer: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IssuerLabels {
+    issuer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LookupLabels {
+    outcome: &'static str,
+}
+
+fn histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// Everything `/metrics` shows. It outlives config reloads, so counters never restart with a
+/// reload. Labels come from the config (route names, issuers) and fixed sets (decisions,
+/// reasons, outcomes), never from request data, so the series count is bounded.
 pub struct Metrics {
-    requests: Mutex<HashMap<Key, u64>>,
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    upstream_latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    jwks_fetches: Family<FetchLabels, Counter>,
+    token_cache: Family<LookupLabels, Counter>,
+    key_lookups: Family<LookupLabels, Counter>,
+    token_cache_entries: Gauge,
+    keys: Family<IssuerLabels, Gauge>,
+    jwks_age: Family<IssuerLabels, Gauge<f64, AtomicU64>>,
+    reloads: Family<LookupLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
 }
 
 impl Metrics {
+    /// All metrics, registered under the `bearward_` prefix.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("bearward");
+        let m = Metrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(histogram as fn() -> Histogram),
+            upstream_latency: Family::new_with_constructor(histogram as fn() -> Histogram),
+            jwks_fetches: Family::default(),
+            token_cache: Family::default(),
+            key_lookups: Family::default(),
+            token_cache_entries: Gauge::default(),
+            keys: Family::default(),
+            jwks_age: Family::default(),
+            reloads: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests by route, status, decision and reason",
+            m.requests.clone(),
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "Whole-request latency by route",
+            Unit::Seconds,
+            m.latency.clone(),
+        );
+        registry.register_with_unit(
+            "upstream_duration",
+            "Upstream latency to the response head, by route",
+            Unit::Seconds,
+            m.upstream_latency.clone(),
+        );
+        registry.register(
+            "jwks_fetches",
+            "JWKS and discovery fetches by issuer and outcome",
+            m.jwks_fetches.clone(),
+        );
+        registry.register(
+            "token_cache_lookups",
+            "Verified-token cache lookups by outcome (hit, miss)",
+            m.token_cache.clone(),
+        );
+        registry.register(
+            "key_lookups",
+            "Signing-key lookups by outcome (hit, miss)",
+            m.key_lookups.clone(),
+        );
+        registry.register(
+            "token_cache_entries",
+            "Entries in the verified-token cache",
+            m.token_cache_entries.clone(),
+        );
+        registry.register(
+            "signing_keys",
+            "Usable signing keys per issuer",
+            m.keys.clone(),
+        );
+        registry.register_with_unit(
+            "jwks_age",
+            "Time since the last good JWKS fetch per issuer",
+            Unit::Seconds,
+            m.jwks_age.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reloads by outcome (ok, error)",
+            m.reloads.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
     /// Counts one finished request.
     pub fn record(
         &self,
@@ -36,30 +164,88 @@ impl Metrics {
         status: u16,
         decision: &'static str,
         reason: &'static str,
-        _latency: Duration,
-        _upstream: Option<Duration>,
+        latency: Duration,
+        upstream: Option<Duration>,
     ) {
-        let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        *map.entry((route.to_owned(), status, decision, reason))
-            .or_default() += 1;
+        let labels = RequestLabels {
+            route: route.to_owned(),
+            status,
+            decision,
+            reason,
+        };
+        self.requests.get_or_create(&labels).inc();
+        let route = RouteLabels {
+            route: labels.route,
+        };
+        self.latency
+            .get_or_create(&route)
+            .observe(latency.as_secs_f64());
+        if let Some(u) = upstream {
+            self.upstream_latency
+                .get_or_create(&route)
+                .observe(u.as_secs_f64());
+        }
+    }
+
+    /// Counts one JWKS (or discovery) fetch.
+    pub fn jwks_fetch(&self, issuer: &str, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.jwks_fetches
+            .get_or_create(&FetchLabels {
+                issuer: issuer.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Counts a verified-token cache lookup.
+    pub fn token_cache(&self, hit: bool) {
+        self.token_cache
+            .get_or_create(&LookupLabels {
+                outcome: if hit { "hit" } else { "miss" },
+            })
+            .inc();
+    }
+
+    /// Counts a signing-key lookup (a miss is an unknown `kid`).
+    pub fn key_lookup(&self, hit: bool) {
+        self.key_lookups
+            .get_or_create(&LookupLabels {
+                outcome: if hit { "hit" } else { "miss" },
+            })
+            .inc();
+    }
+
+    /// Counts a config reload.
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .get_or_create(&LookupLabels {
+                outcome: if ok { "ok" } else { "error" },
+            })
+            .inc();
+    }
+
+    /// Sets the gauges read at scrape time.
+    pub fn set_key_state(&self, issuer: &str, keys: usize, age: Option<Duration>) {
+        let l = IssuerLabels {
+            issuer: issuer.to_owned(),
+        };
+        self.keys.get_or_create(&l).set(keys as i64);
+        self.jwks_age
+            .get_or_create(&l)
+            .set(age.map_or(f64::NAN, |a| a.as_secs_f64()));
+    }
+
+    /// Sets the verified-token cache size gauge.
+    pub fn set_token_cache_entries(&self, n: u64) {
+        self.token_cache_entries.set(n as i64);
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        let mut rows: Vec<_> = map.iter().collect();
-        rows.sort();
         let mut out = String::new();
-        out.push_str(
-            "# HELP bearward_requests_total Requests by route, status, decision and reason.\n",
-        );
-        out.push_str("# TYPE bearward_requests_total counter\n");
-        for ((route, status, decision, reason), n) in rows {
-            let _ = writeln!(
-                out,
-                "bearward_requests_total{{route=\"{}\",status=\"{status}\",decision=\"{decision}\",reason=\"{reason}\"}} {n}",
-                route.replace('\\', "\\\\").replace('"', "\\\"")
-            );
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
         }
         out
     }

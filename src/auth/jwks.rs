@@ -17,6 +17,7 @@
 //! read is one uncontended `RwLock` read and an `Arc` clone.
 
 use crate::config::{IssuerConfig, KeySource};
+use crate::telemetry::Metrics;
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use http::{header, Request, Uri};
@@ -325,11 +326,16 @@ pub struct IssuerKeys {
     inflight: Mutex<Option<Shared<BoxFuture<'static, FetchResult>>>>,
     last_on_demand: Mutex<Option<Instant>>,
     client: HttpsClient,
+    metrics: Arc<Metrics>,
 }
 
 impl IssuerKeys {
     /// A store with no keys yet; for an HMAC issuer, its secret is its only key.
-    pub fn new(config: IssuerConfig, client: HttpsClient) -> Arc<IssuerKeys> {
+    pub fn new(
+        config: IssuerConfig,
+        client: HttpsClient,
+        metrics: Arc<Metrics>,
+    ) -> Arc<IssuerKeys> {
         let hmac = config.hmac_secret.as_ref().map(|s| {
             Arc::new(VerifyKey {
                 kid: None,
@@ -354,6 +360,7 @@ impl IssuerKeys {
             inflight: Mutex::new(None),
             last_on_demand: Mutex::new(None),
             client,
+            metrics,
         })
     }
 
@@ -449,6 +456,10 @@ impl IssuerKeys {
             .unwrap_or_else(|p| p.into_inner())
             .last_attempt = Some(started);
         let result = self.load().await;
+        self.metrics.jwks_fetch(
+            &self.config.issuer,
+            matches!(&result, Ok((k, ..)) if !k.is_empty()),
+        );
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok((keys, skipped, max_age, source)) => {

@@ -13,6 +13,7 @@ pub use validator::{Trace, Verified};
 
 use crate::config::Config;
 use crate::routes::Route;
+use crate::telemetry::Metrics;
 use http::{HeaderMap, HeaderValue};
 use jwks::IssuerKeys;
 use moka::sync::Cache;
@@ -50,7 +51,11 @@ impl Identity {
 
 /// The result of a token check and a short, non-reversible id of the token for logs.
 pub struct AuthResult {
-    pub outcome: Result<Identity, AuthError>,
+    /// Ok when the token is valid and has the route's scopes.
+    pub outcome: Result<(), AuthError>,
+    /// The caller, whenever the token itself is valid (even if a scope is missing: audit mode
+    /// still tells the upstream who called).
+    pub identity: Option<Identity>,
     pub token_id: Option<String>,
 }
 
@@ -60,14 +65,17 @@ pub struct Authenticator {
     issuers: Vec<Arc<IssuerKeys>>,
     cache: Option<Cache<[u8; 32], Arc<Verified>>>,
     max_token_bytes: usize,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// One refresher per issuer, shared with the next snapshot when a reload keeps the issuer.
+    tasks: Vec<Arc<AbortOnDrop>>,
+    metrics: Arc<Metrics>,
 }
 
-impl Drop for Authenticator {
+/// Stops a background task when the last snapshot using it is gone.
+pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.0.abort();
     }
 }
 
@@ -88,29 +96,52 @@ impl moka::Expiry<[u8; 32], Arc<Verified>> for TokenExpiry {
 impl Authenticator {
     /// Key stores for every issuer, each with a background refresher (needs a Tokio runtime),
     /// and the verified-token cache.
-    pub fn new(config: &Config) -> Authenticator {
-        let client = jwks::http_client();
-        let issuers: Vec<_> = config
-            .issuers
-            .iter()
-            .map(|i| IssuerKeys::new(i.clone(), client.clone()))
-            .collect();
-        let tasks = issuers
-            .iter()
-            .map(|k| tokio::spawn(k.clone().run_refresher()))
-            .collect();
-        Authenticator::with_issuers(issuers, config.token_cache_entries, tasks)
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Authenticator {
+        Authenticator::rebuild(config, None, metrics)
     }
 
-    /// Without refresher tasks: keys load on first use (`bearward explain`).
+    /// For a reloaded config: issuers whose config did not change keep their key store and
+    /// refresher (no refetch, no gap); the others start afresh. The verified-token cache starts
+    /// empty, since audiences or leeways may have changed.
+    pub fn rebuild(
+        config: &Config,
+        previous: Option<&Authenticator>,
+        metrics: Arc<Metrics>,
+    ) -> Authenticator {
+        let client = jwks::http_client();
+        let mut issuers = Vec::new();
+        let mut tasks = Vec::new();
+        for cfg in &config.issuers {
+            let kept = previous.and_then(|p| {
+                p.issuers
+                    .iter()
+                    .position(|k| &k.config == cfg)
+                    .and_then(|i| Some((p.issuers[i].clone(), p.tasks.get(i)?.clone())))
+            });
+            let (keys, task) = match kept {
+                Some(k) => k,
+                None => {
+                    let keys = IssuerKeys::new(cfg.clone(), client.clone(), metrics.clone());
+                    let task = Arc::new(AbortOnDrop(tokio::spawn(keys.clone().run_refresher())));
+                    (keys, task)
+                }
+            };
+            issuers.push(keys);
+            tasks.push(task);
+        }
+        Authenticator::with_issuers(issuers, config.token_cache_entries, tasks, metrics)
+    }
+
+    /// Without refresher tasks or cache: keys load when asked (`bearward explain`, benches).
     pub fn without_refresh(config: &Config) -> Authenticator {
         let client = jwks::http_client();
+        let metrics = Arc::new(Metrics::new());
         let issuers = config
             .issuers
             .iter()
-            .map(|i| IssuerKeys::new(i.clone(), client.clone()))
+            .map(|i| IssuerKeys::new(i.clone(), client.clone(), metrics.clone()))
             .collect();
-        Authenticator::with_issuers(issuers, 0, Vec::new())
+        Authenticator::with_issuers(issuers, 0, Vec::new(), metrics)
     }
 
     /// The same key stores, with the verified-token cache sized as `config` says.
@@ -118,13 +149,19 @@ impl Authenticator {
         let mut auth = auth;
         let issuers = std::mem::take(&mut auth.issuers);
         let tasks = std::mem::take(&mut auth.tasks);
-        Authenticator::with_issuers(issuers, config.token_cache_entries, tasks)
+        Authenticator::with_issuers(
+            issuers,
+            config.token_cache_entries,
+            tasks,
+            auth.metrics.clone(),
+        )
     }
 
     fn with_issuers(
         issuers: Vec<Arc<IssuerKeys>>,
         cache_entries: u64,
-        tasks: Vec<tokio::task::JoinHandle<()>>,
+        tasks: Vec<Arc<AbortOnDrop>>,
+        metrics: Arc<Metrics>,
     ) -> Authenticator {
         let max_token_bytes = issuers
             .iter()
@@ -142,7 +179,21 @@ impl Authenticator {
             cache,
             max_token_bytes,
             tasks,
+            metrics,
         }
+    }
+
+    /// Refreshes the scrape-time gauges: keys per issuer, JWKS age, cache size.
+    pub fn export_gauges(&self) {
+        for i in &self.issuers {
+            let usable = i.usable().map_or(0, |s| s.keys.len());
+            let age = i.latest().map(|s| s.fetched_at.elapsed());
+            self.metrics.set_key_state(&i.config.issuer, usable, age);
+        }
+        if let Some(c) = &self.cache {
+            c.run_pending_tasks();
+        }
+        self.metrics.set_token_cache_entries(self.cached_tokens());
     }
 
     /// The issuers' key stores, in config order.
@@ -167,20 +218,28 @@ impl Authenticator {
             Err(e) => {
                 return AuthResult {
                     outcome: Err(e),
+                    identity: None,
                     token_id: None,
                 }
             }
         };
         let hash = sha256(token);
         let token_id = Some(hex(&hash[..6]));
-        let outcome = match self.verify(token, &hash, &mut Trace::default()).await {
-            Ok(v) => validator::check_scopes(&v.scopes, route).map(|()| Identity {
-                claims: v.claims.clone(),
-                scopes: v.scopes.clone(),
-            }),
-            Err(e) => Err(e),
+        let (outcome, identity) = match self.verify(token, &hash, &mut Trace::default()).await {
+            Ok(v) => (
+                validator::check_scopes(&v.scopes, route),
+                Some(Identity {
+                    claims: v.claims.clone(),
+                    scopes: v.scopes.clone(),
+                }),
+            ),
+            Err(e) => (Err(e), None),
         };
-        AuthResult { outcome, token_id }
+        AuthResult {
+            outcome,
+            identity,
+            token_id,
+        }
     }
 
     /// Validates a token, through the verified-token cache when it is on.
@@ -194,7 +253,9 @@ impl Authenticator {
             return Err(AuthError::TooLarge);
         }
         if let Some(cache) = &self.cache {
-            if let Some(v) = cache.get(hash) {
+            let found = cache.get(hash);
+            self.metrics.token_cache(found.is_some());
+            if let Some(v) = found {
                 match self.still_good(&v) {
                     Ok(()) => return Ok(v),
                     Err(AuthError::Expired) => {
@@ -206,8 +267,11 @@ impl Authenticator {
                 }
             }
         }
-        let v =
-            Arc::new(validator::validate(token, self.max_token_bytes, &self.issuers, trace).await?);
+        let v = validator::validate(token, self.max_token_bytes, &self.issuers, trace).await;
+        if matches!(v, Err(AuthError::UnknownKey) | Ok(_)) {
+            self.metrics.key_lookup(v.is_ok());
+        }
+        let v = Arc::new(v?);
         if let Some(cache) = &self.cache {
             if !v.ttl.is_zero() {
                 cache.insert(*hash, v.clone());
@@ -288,7 +352,12 @@ impl Authenticator {
 
 /// SHA-256 of a token: the verified-token cache key, and (first bytes, hex) its id in logs.
 pub fn sha256(token: &str) -> [u8; 32] {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    sha256_bytes(token.as_bytes())
+}
+
+/// SHA-256 of bytes.
+pub fn sha256_bytes(b: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b);
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out

@@ -105,16 +105,23 @@ pub async fn validate(
     trace.note("algorithm", true, || {
         format!("{} is allowed", alg_name(alg))
     });
-    check_typ(cfg, parsed.header.typ.as_deref()).inspect_err(|_| {
+    let typ_text = parsed
+        .header
+        .typ
+        .as_deref()
+        .map_or_else(|| "absent".to_owned(), |t| format!("{t:?}"));
+    let policy = match cfg.typ {
+        TypPolicy::AtJwt => "at+jwt",
+        TypPolicy::Jwt => "jwt",
+    };
+    if let Err(e) = check_typ(cfg, parsed.header.typ.as_deref()) {
         trace.note("typ", false, || {
-            format!(
-                "typ {:?} does not satisfy the issuer's policy {:?}",
-                parsed.header.typ, cfg.typ
-            )
-        })
-    })?;
+            format!("typ {typ_text} does not satisfy the issuer's policy {policy}")
+        });
+        return Err(e);
+    }
     trace.note("typ", true, || {
-        format!("typ {:?} accepted ({:?})", parsed.header.typ, cfg.typ)
+        format!("typ {typ_text} accepted (policy {policy})")
     });
 
     let candidates = find_keys(keys, &parsed, trace).await?;
@@ -547,6 +554,7 @@ upstream = "a"
             scopes: all.iter().map(|s| s.to_string()).collect(),
             scopes_any: any.iter().map(|s| s.to_string()).collect(),
             token_in_query: false,
+            audit: false,
         }
     }
 

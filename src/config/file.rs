@@ -39,6 +39,8 @@ pub struct ServerFile {
     pub log_format: Option<Spanned<LogFormat>>,
     pub access_log: Option<bool>,
     pub token_cache_entries: Option<Spanned<u64>>,
+    pub mode: Option<Spanned<Mode>>,
+    pub watch_config: Option<bool>,
 }
 
 /// `log_format`
@@ -110,6 +112,15 @@ pub struct RouteFile {
     pub scopes: Option<Spanned<Vec<Spanned<String>>>>,
     pub scopes_any: Option<Spanned<Vec<Spanned<String>>>>,
     pub token_in_query: Option<bool>,
+    pub mode: Option<Spanned<Mode>>,
+}
+
+/// `mode`: enforce the policy, or only report what it would do.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Enforce,
+    Audit,
 }
 
 /// `auth`

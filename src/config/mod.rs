@@ -4,7 +4,7 @@
 mod file;
 mod validate;
 
-pub use file::{LogFormat, TypPolicy};
+pub use file::{LogFormat, Mode, TypPolicy};
 
 use crate::path::PathOptions;
 use crate::routes::RouteTable;
@@ -88,6 +88,10 @@ pub struct ServerConfig {
     pub http2: bool,
     pub log_format: LogFormat,
     pub access_log: bool,
+    /// Default mode of routes that do not set one.
+    pub mode: Mode,
+    /// Reload when the config file changes (SIGHUP always reloads).
+    pub watch_config: bool,
 }
 
 /// `[upstreams.NAME]`, validated.

@@ -139,7 +139,7 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
 
     let mut routes = Vec::new();
     for (i, r) in file.routes.iter().enumerate() {
-        if let Some(route) = route(&mut cx, i, r, &upstream_names, server.path) {
+        if let Some(route) = route(&mut cx, i, r, &upstream_names, server.path, server.mode) {
             routes.push(route);
         }
     }
@@ -324,6 +324,8 @@ fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
             .as_ref()
             .map_or(LogFormat::Text, |f| *f.get_ref()),
         access_log: s.access_log.unwrap_or(true),
+        mode: s.mode.as_ref().map_or(Mode::Enforce, |m| *m.get_ref()),
+        watch_config: s.watch_config.unwrap_or(true),
     }
 }
 
@@ -450,6 +452,7 @@ fn route(
     r: &Spanned<RouteFile>,
     upstreams: &[String],
     path_opts: PathOptions,
+    default_mode: Mode,
 ) -> Option<Route> {
     let span = r.span();
     let r = r.get_ref();
@@ -595,6 +598,7 @@ fn route(
         scopes,
         scopes_any,
         token_in_query: r.token_in_query.unwrap_or(false),
+        audit: r.mode.as_ref().map_or(default_mode, |m| *m.get_ref()) == Mode::Audit,
     })
 }
 

@@ -1,0 +1,137 @@
+//! `bearward explain` golden files: the binary's output for a valid token, an expired one, one
+//! for another audience, and one without the route's scope. The token's size, its id and the
+//! seconds to or since `exp` vary from run to run and are normalized. `BEARWARD_BLESS=1` rewrites the golden files.
+
+mod common;
+
+use common::idp::*;
+use serde_json::json;
+use std::process::Command;
+
+/// Replaces the number that follows `after` (up to the next non-digit) with `N`.
+fn blank_number(line: &str, after: &str) -> String {
+    match line.find(after) {
+        Some(i) => {
+            let start = i + after.len();
+            let end = start
+                + line[start..]
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(line.len() - start);
+            format!("{}N{}", &line[..start], &line[end..])
+        }
+        None => line.to_owned(),
+    }
+}
+
+fn normalize(s: &str) -> String {
+    s.lines()
+        .map(|l| {
+            let mut l = blank_number(l, "token      ");
+            l = blank_number(&l, "expires in ");
+            l = blank_number(&l, "expired ");
+            if let Some(i) = l.find(", id ") {
+                let rest = &l[i + 5..];
+                let tail = rest.find(' ').map_or("", |j| &rest[j..]);
+                l = format!("{}, id ID{tail}", &l[..i]);
+            }
+            l
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+fn explain(path: &str, token: &str) -> (String, i32) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bearward"))
+        .args([
+            "explain",
+            "--config",
+            "tests/fixtures/explain.toml",
+            "--method",
+            "GET",
+            "--path",
+            path,
+            "--token",
+            token,
+        ])
+        .output()
+        .unwrap();
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+fn golden(name: &str, actual: &str) {
+    let file = format!("tests/golden/{name}.txt");
+    let actual = normalize(actual);
+    if std::env::var_os("BEARWARD_BLESS").is_some() {
+        std::fs::write(&file, &actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&file)
+        .unwrap_or_else(|_| panic!("{file} missing; run with BEARWARD_BLESS=1"));
+    assert_eq!(
+        actual, expected,
+        "{file} differs; the new output:\n{actual}"
+    );
+}
+
+fn minter() -> Minter {
+    Minter {
+        issuer: "https://idp.example.com".into(),
+        audience: "https://api.example.com".into(),
+    }
+}
+
+#[test]
+fn valid_token() {
+    let t = minter().token(&Key::rsa1(), "read");
+    let (out, code) = explain("/api/orders/../orders/7?x=1", &t);
+    assert_eq!(code, 0);
+    golden("explain-valid", &out);
+}
+
+#[test]
+fn expired_token() {
+    let t = minter().token_expired(&Key::rsa1());
+    let (out, code) = explain("/api/orders/7", &t);
+    assert_eq!(code, 2);
+    golden("explain-expired", &out);
+}
+
+#[test]
+fn wrong_audience() {
+    let t = minter().token_claims(&Key::rsa1(), |c| {
+        c.insert("aud".into(), json!("https://elsewhere.example.com"));
+    });
+    let (out, code) = explain("/api/orders/7", &t);
+    assert_eq!(code, 2);
+    golden("explain-wrong-audience", &out);
+}
+
+#[test]
+fn missing_scope() {
+    let t = minter().token(&Key::rsa1(), "read write");
+    let (out, code) = explain("/api/admin/users", &t);
+    assert_eq!(code, 2);
+    golden("explain-missing-scope", &out);
+}
+
+#[test]
+fn no_token_and_no_route() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bearward"))
+        .args([
+            "explain",
+            "--config",
+            "tests/fixtures/explain.toml",
+            "--path",
+            "/api/x",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    golden("explain-no-token", &String::from_utf8(out.stdout).unwrap());
+    let (out, code) = explain("/elsewhere", "x");
+    assert_eq!(code, 2);
+    assert!(out.contains("404"), "{out}");
+}

@@ -1,0 +1,538 @@
+//! Operations: exact metrics, hot reload under load, invalid reloads, audit mode, SIGHUP.
+
+mod common;
+
+use common::idp::*;
+use common::*;
+use http::StatusCode;
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_count_a_known_mix_exactly() {
+    let rsa = Key::rsa1();
+    let idp = Idp::start(&[&rsa]).await;
+    let up = Upstream::start().await;
+    let cfg = auth_config(&up.url(), &idp.issuer(), "discovery = true", "")
+        + "\n[[routes]]\nprefix = \"/internal\"\nupstream = \"app\"\nauth = \"deny\"\n";
+    let gw = Gateway::start(&cfg).await;
+    wait_ready(&gw).await;
+    let m = idp.minter("https://api.test");
+    let c = client();
+    let call = |path: &'static str, token: Option<String>| {
+        let c = c.clone();
+        let url = gw.url(path);
+        async move {
+            let h = token.map(|t| format!("Bearer {t}"));
+            let headers: Vec<(&str, &str)> =
+                h.iter().map(|v| ("authorization", v.as_str())).collect();
+            get(&c, &url, &headers).await.status
+        }
+    };
+    let good = m.token(&rsa, "read");
+    for _ in 0..3 {
+        assert_eq!(
+            call("/api/read/x", Some(good.clone())).await,
+            StatusCode::OK
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(call("/api/read/x", None).await, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        call("/api/read/x", Some(m.token_expired(&rsa))).await,
+        StatusCode::UNAUTHORIZED
+    );
+    // A valid signature, but over other claims.
+    let other = m.token(&rsa, "admin");
+    let forged = format!(
+        "{}.{}",
+        &good[..good.rfind('.').unwrap()],
+        &other[other.rfind('.').unwrap() + 1..]
+    );
+    assert_eq!(
+        call("/api/read/x", Some(forged)).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let wrong_aud = m.token_claims(&rsa, |c| {
+        c.insert("aud".into(), json!("https://elsewhere.test"));
+    });
+    assert_eq!(
+        call("/api/read/x", Some(wrong_aud)).await,
+        StatusCode::UNAUTHORIZED
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            call("/api/admin/x", Some(good.clone())).await,
+            StatusCode::FORBIDDEN
+        );
+    }
+    assert_eq!(call("/nowhere", None).await, StatusCode::NOT_FOUND);
+    assert_eq!(call("/internal/x", None).await, StatusCode::FORBIDDEN);
+    assert_eq!(call("/public/x", None).await, StatusCode::OK);
+
+    let text = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
+        .await
+        .body;
+    let req = |route: &str, status: u16, decision: &str, reason: &str| {
+        metric(
+            &text,
+            &format!("bearward_requests_total{{route=\"{route}\",status=\"{status}\",decision=\"{decision}\",reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(req("/api/read*", 200, "allow", "ok"), 3.0, "{text}");
+    assert_eq!(
+        req("/api/read*", 401, "deny", "missing_token"),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(req("/api/read*", 401, "deny", "expired"), 1.0, "{text}");
+    assert_eq!(
+        req("/api/read*", 401, "deny", "bad_signature"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        req("/api/read*", 401, "deny", "bad_audience"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        req("/api/admin*", 403, "deny", "insufficient_scope"),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(req("-", 404, "deny", "no_route"), 1.0, "{text}");
+    assert_eq!(
+        req("/internal*", 403, "deny", "route_denied"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(req("/public*", 200, "allow", "ok"), 1.0, "{text}");
+    let total: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("bearward_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(total, 13.0, "nothing else was counted:\n{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "bearward_request_duration_seconds_count{route=\"/api/read*\"}"
+        ),
+        8.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "bearward_upstream_duration_seconds_count{route=\"/api/read*\"}"
+        ),
+        3.0,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            &format!(
+                "bearward_jwks_fetches_total{{issuer=\"{}\",outcome=\"ok\"}}",
+                idp.issuer()
+            )
+        ) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            &format!("bearward_signing_keys{{issuer=\"{}\"}}", idp.issuer())
+        ),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "bearward_jwks_age_seconds{{issuer=\"{}\"}}",
+            idp.issuer()
+        )),
+        "{text}"
+    );
+    // The good token: validated once, then found in the cache twice on /api/read and twice on /api/admin.
+    assert!(
+        metric(&text, "bearward_token_cache_lookups_total{outcome=\"hit\"}") >= 4.0,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "bearward_token_cache_entries"), 1.0, "{text}");
+}
+
+fn reload_config(up: &str, public_auth: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[issuers]]
+issuer = "https://idp.test"
+jwks_file = "tests/fixtures/jwks-rsa1.json"
+audiences = ["https://api.test"]
+
+[upstreams.app]
+url = "{up}"
+
+[[routes]]
+prefix = "/public"
+upstream = "app"
+auth = "{public_auth}"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_switches_policy_and_loses_nothing() {
+    let up = Upstream::start().await;
+    let file = std::env::temp_dir().join(format!("bearward-reload-{}.toml", std::process::id()));
+    std::fs::write(&file, reload_config(&up.url(), "none")).unwrap();
+    let config = bearward::config::Config::load(&file).unwrap();
+    let server = bearward::build(config).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let live = server.live();
+    tokio::spawn(server.run(std::future::pending()));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, denied, failed) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, denied, failed) = (stop.clone(), ok.clone(), denied.clone(), failed.clone());
+        // One keep-alive client each: reloads must not disturb open connections.
+        clients.push(tokio::spawn(async move {
+            let c = client();
+            let url = format!("http://{addr}/public/x");
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && n < 20_000 {
+                n += 1;
+                let req = http::Request::get(&url)
+                    .body(http_body_util::Full::<bytes::Bytes>::default())
+                    .unwrap();
+                match c.request(req).await {
+                    Ok(r) if r.status() == StatusCode::OK => ok.fetch_add(1, Ordering::Relaxed),
+                    Ok(r) if r.status() == StatusCode::UNAUTHORIZED => {
+                        denied.fetch_add(1, Ordering::Relaxed)
+                    }
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    let probe = |path: &'static str| async move {
+        get(&client(), &format!("http://{addr}{path}"), &[])
+            .await
+            .status
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(probe("/public/a").await, StatusCode::OK);
+
+    // Reload through the file watcher: the open route now needs a token.
+    let watcher = tokio::spawn(bearward::server::watch_config(
+        live.clone(),
+        file.clone(),
+        Duration::from_millis(50),
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::fs::write(&file, reload_config(&up.url(), "bearer")).unwrap();
+    let mut switched = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if probe("/public/a").await == StatusCode::UNAUTHORIZED {
+            switched = true;
+            break;
+        }
+    }
+    assert!(switched, "the file change was applied");
+    let denied_mid = denied.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        denied.load(Ordering::Relaxed) > denied_mid,
+        "the load now gets 401s"
+    );
+
+    // An invalid file keeps the running policy.
+    std::fs::write(
+        &file,
+        reload_config(&up.url(), "bearer").replace(
+            "prefix = \"/public\"",
+            "prefix = \"/public\"\nscoeps = [\"x\"]",
+        ),
+    )
+    .unwrap();
+    assert!(live.reload_file(&file).is_err());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        probe("/public/a").await,
+        StatusCode::UNAUTHORIZED,
+        "the invalid file changed nothing"
+    );
+
+    // And back, through an explicit reload (what SIGHUP does).
+    std::fs::write(&file, reload_config(&up.url(), "none")).unwrap();
+    live.reload_file(&file).unwrap();
+    assert_eq!(probe("/public/a").await, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    watcher.abort();
+    let (ok, denied, failed) = (
+        ok.load(Ordering::Relaxed),
+        denied.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+    );
+    assert_eq!(failed, 0, "no request was lost ({ok} ok, {denied} denied)");
+    assert!(ok > 100 && denied > 10, "{ok} ok, {denied} denied");
+    let metrics = live.metrics.render();
+    assert!(
+        metric(&metrics, "bearward_config_reloads_total{outcome=\"ok\"}") >= 2.0,
+        "{metrics}"
+    );
+    // The watcher saw the invalid file too, so one or two failed reloads.
+    assert!(
+        metric(&metrics, "bearward_config_reloads_total{outcome=\"error\"}") >= 1.0,
+        "{metrics}"
+    );
+    let _ = std::fs::remove_file(&file);
+}
+
+#[tokio::test]
+async fn reload_keeps_the_key_store_of_unchanged_issuers() {
+    let rsa = Key::rsa1();
+    let idp = Idp::start(&[&rsa]).await;
+    let up = Upstream::start().await;
+    let text = auth_config(&up.url(), &idp.issuer(), "discovery = true", "");
+    let config = bearward::config::Config::from_toml_str(&text, "t.toml").unwrap();
+    let server = bearward::build(config).await.unwrap();
+    let live = server.live();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.run(std::future::pending()));
+    let c = client();
+    let t = idp.minter("https://api.test").token(&rsa, "read");
+    let auth = [("authorization", format!("Bearer {t}"))];
+    let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for _ in 0..50 {
+        if get(&c, &format!("http://{addr}/api/read/x"), &auth)
+            .await
+            .status
+            == StatusCode::OK
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fetches = idp.jwks_hits();
+    let before = Arc::as_ptr(&live.current().auth.issuers()[0]);
+    // A route change only: the issuer is the same.
+    let changed = text.replace(
+        "prefix = \"/api/admin\"",
+        "prefix = \"/api/administration\"",
+    );
+    live.apply(bearward::config::Config::from_toml_str(&changed, "t.toml").unwrap());
+    assert_eq!(
+        Arc::as_ptr(&live.current().auth.issuers()[0]),
+        before,
+        "same key store"
+    );
+    assert_eq!(
+        get(&c, &format!("http://{addr}/api/read/x"), &auth)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(idp.jwks_hits(), fetches, "no refetch");
+    // The issuer changed: a new store.
+    let changed = changed
+        .replace("leeway", "# leeway")
+        .replace("jwks_timeout = \"1s\"", "jwks_timeout = \"2s\"");
+    live.apply(bearward::config::Config::from_toml_str(&changed, "t.toml").unwrap());
+    assert_ne!(Arc::as_ptr(&live.current().auth.issuers()[0]), before);
+}
+
+#[tokio::test]
+async fn audit_mode_forwards_with_the_verdict_and_counts_it() {
+    let rsa = Key::rsa1();
+    let idp = Idp::start(&[&rsa]).await;
+    let up = Upstream::start().await;
+    let cfg = auth_config(&up.url(), &idp.issuer(), "discovery = true", "").replace(
+        "prefix = \"/api/admin\"\n",
+        "prefix = \"/api/admin\"\nmode = \"audit\"\n",
+    );
+    let gw = Gateway::start(&cfg).await;
+    wait_ready(&gw).await;
+    let m = idp.minter("https://api.test");
+    let c = client();
+    let url = gw.url("/api/admin/users");
+
+    let a = get(&c, &url, &[("x-bearward-audit", "allow")]).await;
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "forwarded although it has no token"
+    );
+    let seen = up.last();
+    assert_eq!(
+        seen.headers["x-bearward-audit"],
+        "would-deny; reason=missing_token; status=401"
+    );
+
+    let read_only = format!("Bearer {}", m.token(&rsa, "read"));
+    assert_eq!(
+        get(&c, &url, &[("authorization", &read_only)]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        up.last().headers["x-bearward-audit"],
+        "would-deny; reason=insufficient_scope; status=403"
+    );
+    assert_eq!(
+        up.last().headers["x-auth-subject"],
+        "user-42",
+        "the token was valid: its identity is passed"
+    );
+
+    let admin = format!("Bearer {}", m.token(&rsa, "admin"));
+    assert_eq!(
+        get(&c, &url, &[("authorization", &admin)]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(up.last().headers["x-bearward-audit"], "allow");
+
+    // Enforcing routes are unaffected, and clients cannot forge the marker there.
+    let a = get(&c, &gw.url("/api/read/x"), &[("x-bearward-audit", "allow")]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        get(&c, &gw.url("/public/x"), &[("x-bearward-audit", "allow")])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert!(!up.last().headers.contains_key("x-bearward-audit"));
+
+    let text = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
+        .await
+        .body;
+    assert_eq!(metric(&text, "bearward_requests_total{route=\"/api/admin*\",status=\"200\",decision=\"audit_deny\",reason=\"missing_token\"}"), 1.0, "{text}");
+    assert_eq!(metric(&text, "bearward_requests_total{route=\"/api/admin*\",status=\"200\",decision=\"audit_deny\",reason=\"insufficient_scope\"}"), 1.0, "{text}");
+    assert_eq!(metric(&text, "bearward_requests_total{route=\"/api/admin*\",status=\"200\",decision=\"allow\",reason=\"ok\"}"), 1.0, "{text}");
+}
+
+#[tokio::test]
+async fn global_audit_mode_applies_to_every_route() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&basic_config(&up.url(), "mode = \"audit\"")).await;
+    let c = client();
+    assert_eq!(
+        get(&c, &gw.url("/internal/x"), &[]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        up.last().headers["x-bearward-audit"],
+        "would-deny; reason=route_denied; status=403"
+    );
+    assert_eq!(get(&c, &gw.url("/api/x"), &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        up.last().headers["x-bearward-audit"],
+        "would-deny; reason=missing_token; status=401"
+    );
+    // Protocol-level refusals are not policy: audit mode never forwards them.
+    assert_eq!(
+        get(&c, &gw.url("/nowhere"), &[]).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let resp = raw(
+        gw.addr,
+        b"GET /public/%2e%2e/api HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 400);
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_running_binary() {
+    let up = Upstream::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = std::env::temp_dir().join(format!("bearward-hup-{}.toml", std::process::id()));
+    let text = |auth: &str| {
+        reload_config(&up.url(), auth).replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\"\nwatch_config = false"),
+        )
+    };
+    std::fs::write(&file, text("none")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bearward"))
+        .arg("--config")
+        .arg(&file)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/public/x");
+    let mut status = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            status = Some(get(&c, &url, &[]).await.status);
+            break;
+        }
+    }
+    assert_eq!(status, Some(StatusCode::OK));
+    std::fs::write(&file, text("deny")).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        get(&c, &url, &[]).await.status,
+        StatusCode::OK,
+        "watch_config = false: no reload without SIGHUP"
+    );
+    std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut after = StatusCode::OK;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = get(&c, &url, &[]).await.status;
+        if after == StatusCode::FORBIDDEN {
+            break;
+        }
+    }
+    assert_eq!(
+        after,
+        StatusCode::FORBIDDEN,
+        "SIGHUP applied the new policy"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_file(&file);
+}
