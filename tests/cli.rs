@@ -98,6 +98,8 @@ fn broken_configs_are_rejected_naming_the_key() {
         ("lower-case method", "scopes = [\"read\"]", "scopes = [\"read\"]\nmethods = [\"get\"]", "routes[1].methods[0]"),
         ("scopes on an open route", "auth = \"none\"", "auth = \"none\"\nscopes = [\"x\"]", "routes[0].scopes"),
         ("invalid scope token", "scopes = [\"read\"]", "scopes = [\"re ad\"]", "routes[1].scopes[0]"),
+        ("missing jwks file", "jwks_file = \"tests/fixtures/empty-jwks.json\"", "jwks_file = \"tests/fixtures/nope.json\"", "issuers[0].jwks_file"),
+        ("audit typo", "auth = \"none\"", "auth = \"none\"\nmode = \"audti\"", "mode"),
         ("wrong type", "listen = \"127.0.0.1:0\"", "listen = 8080", "listen"),
         ("bearer route without issuers", "[[issuers]]\nissuer = \"https://idp.test\"\njwks_file = \"tests/fixtures/empty-jwks.json\"\naudiences = [\"https://api.test\"]\n", "", "routes[1].auth"),
     ];

@@ -684,6 +684,16 @@ fn issuer(cx: &mut Ctx<'_>, i: usize, iss: &Spanned<IssuerFile>) -> Option<Issue
             ),
         }
     } else if let Some(p) = &f.jwks_file {
+        if !std::path::Path::new(p.get_ref()).is_file() {
+            cx.err(
+                p.span(),
+                &key("jwks_file"),
+                format!(
+                    "{:?} is not a readable file (relative paths start in the working directory)",
+                    p.get_ref()
+                ),
+            );
+        }
         keys = KeySource::File(PathBuf::from(p.get_ref()));
     }
     if discovery {
