@@ -458,7 +458,7 @@ mod tests {
 listen = "127.0.0.1:0"
 [[issuers]]
 issuer = "i"
-jwks_file = "x"
+jwks_file = "tests/fixtures/jwks-rsa1.json"
 audiences = ["api", "api2"]
 [upstreams.a]
 url = "http://127.0.0.1:1"
