@@ -78,6 +78,15 @@ impl Framer {
                         if data.is_empty() {
                             return;
                         }
+                        // The usual case: a whole head in one read, parsed where it lies.
+                        let limit = data.len().min(self.max_head + 4);
+                        if let Some(pos) = find(&data[..limit], b"\r\n\r\n") {
+                            let end = pos + 4;
+                            self.state = self.on_head(&data[..end]);
+                            self.heads += 1;
+                            data = &data[end..];
+                            continue;
+                        }
                     }
                     let start = buf.len().saturating_sub(3);
                     let take = data
@@ -170,25 +179,34 @@ impl Framer {
     }
 
     fn on_head(&self, head: &[u8]) -> State {
-        let mut headers = [httparse::EMPTY_HEADER; 128];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(head) {
-            Ok(httparse::Status::Complete(_)) => {}
-            _ => return State::Off,
+        // A light scan, not a full parse: hyper parses (and refuses) the head itself; this only
+        // needs the framing headers, the method and whether an upgrade is asked for.
+        let mut lines = head
+            .split(|b| *b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+        let Some(request_line) = lines.next() else {
+            return State::Off;
+        };
+        if request_line.starts_with(b"CONNECT ") {
+            return State::Off;
         }
         let mut cl_count = 0;
         let mut cl = None;
         let mut te = false;
         let mut upgrade = false;
-        for h in req.headers.iter() {
-            if h.name.eq_ignore_ascii_case("content-length") {
+        for line in lines {
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                continue;
+            };
+            let (name, value) = (&line[..colon], &line[colon + 1..]);
+            if name.eq_ignore_ascii_case(b"content-length") {
                 cl_count += 1;
-                cl = std::str::from_utf8(h.value)
+                cl = std::str::from_utf8(value)
                     .ok()
                     .and_then(|v| v.trim().parse::<u64>().ok());
-            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 te = true;
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
+            } else if name.eq_ignore_ascii_case(b"upgrade") {
                 upgrade = true;
             }
         }
@@ -196,24 +214,23 @@ impl Framer {
             self.verdict.flag(self.heads);
             return State::Off;
         }
-        if upgrade || req.method == Some("CONNECT") {
+        if upgrade {
             return State::Off;
         }
         if te {
             State::ChunkSize(Vec::new())
         } else {
-            match cl {
-                Some(0) | None if cl_count == 0 => State::Head(Vec::new()),
-                Some(0) => State::Head(Vec::new()),
-                Some(n) => State::Fixed(n),
-                None => State::Off,
+            match (cl_count, cl) {
+                (0, _) | (_, Some(0)) => State::Head(Vec::new()),
+                (_, Some(n)) => State::Fixed(n),
+                (_, None) => State::Off,
             }
         }
     }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 fn parse_chunk_size(line: &[u8]) -> Option<u64> {
@@ -251,17 +268,16 @@ impl<T> Guarded<T> {
 
 impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
         let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &res {
-            let new = &buf.filled()[before..];
-            if !new.is_empty() {
-                let new = new.to_vec();
-                self.framer.feed(&new);
+            if !matches!(this.framer.state, State::Off) {
+                this.framer.feed(&buf.filled()[before..]);
             }
         }
         res

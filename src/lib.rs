@@ -8,7 +8,8 @@
 //! - [`routes`]: first-match route table (exact path or segment-aware prefix, methods).
 //! - [`auth`]: bearer token extraction, JWT validation, key cache, scopes, RFC 6750 answers.
 //! - [`service`]: the request path as ordered phases; rejections become responses there.
-//! - [`proxy`]: pooled upstream clients and the header rules for forwarding.
+//! - [`proxy`]: forwarding: timeouts, upgrades, and the header rules.
+//! - [`pool`]: keep-alive upstream connections on hyper's HTTP/1 client.
 //! - [`server`]: listeners, admin endpoints, graceful shutdown.
 //! - [`telemetry`]: logging setup and metrics.
 //! - [`body`]: the boxed streaming body type.
@@ -23,6 +24,7 @@ pub mod demo;
 pub mod explain;
 pub mod h1guard;
 pub mod path;
+pub mod pool;
 pub mod proxy;
 pub mod routes;
 pub mod server;

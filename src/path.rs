@@ -152,6 +152,13 @@ pub fn canonicalize_with(path: &str, opts: PathOptions) -> Result<String, PathEr
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotOriginForm);
     }
+    // Most paths are already canonical: plain characters, no escapes, no empty or dot segments.
+    let plain = bytes
+        .iter()
+        .all(|&b| is_path_char(b) && (b != b';' || opts.allow_semicolon));
+    if plain && !path.contains("//") && !path.contains("/.") {
+        return Ok(path.to_owned());
+    }
 
     // Split into segments while decoding; a segment list makes dot removal exact.
     let mut segments: Vec<Segment> = Vec::new();

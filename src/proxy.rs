@@ -3,14 +3,15 @@
 
 use crate::body::{self, Body};
 use crate::config::{Config, UpstreamConfig};
+use crate::pool::Pool;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Why forwarding failed. Each becomes a 502 or 504 in `service`.
@@ -74,6 +75,10 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names first: most messages carry none, and a removal costs a hash.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -113,14 +118,14 @@ pub fn is_trusted(trusted: &[IpNet], peer: &SocketAddr) -> bool {
     trusted.iter().any(|n| n.contains(&ip))
 }
 
-/// One pooled client per upstream, built from the config.
+/// One connection pool per upstream, built from the config.
 pub struct Upstreams {
     clients: Vec<UpstreamClient>,
 }
 
 struct UpstreamClient {
     config: UpstreamConfig,
-    client: Client<HttpConnector, Body>,
+    pool: Arc<Pool>,
 }
 
 impl Upstreams {
@@ -129,23 +134,14 @@ impl Upstreams {
         let clients = config
             .upstreams
             .iter()
-            .map(|u| {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(u.connect_timeout));
-                connector.set_nodelay(true);
-                connector.set_keepalive(Some(Duration::from_secs(60)));
-                let client = Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(u.idle_timeout)
-                    .pool_max_idle_per_host(u.max_idle_connections)
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new())
-                    // We set Host ourselves (or keep the client's), never from the URI.
-                    .set_host(false)
-                    .build(connector);
-                UpstreamClient {
-                    config: u.clone(),
-                    client,
-                }
+            .map(|u| UpstreamClient {
+                config: u.clone(),
+                pool: Pool::new(
+                    u.authority.to_string(),
+                    u.connect_timeout,
+                    u.idle_timeout,
+                    u.max_idle_connections,
+                ),
             })
             .collect();
         Upstreams { clients }
@@ -172,52 +168,58 @@ impl Upstreams {
         let start = Instant::now();
         // request_timeout counts from the end of the request body, so a long upload is not cut
         // off by it: the upstream cannot answer before it has the whole body.
-        let (body_done_tx, body_done) = tokio::sync::oneshot::channel();
-        let req = if req.body().is_end_stream() {
-            let _ = body_done_tx.send(());
-            req
+        let fut = if req.body().is_end_stream() {
+            up.pool.send(req)
         } else {
-            req.map(|b| {
+            let (tx, body_done) = tokio::sync::oneshot::channel();
+            let req = req.map(|b| {
                 body::boxed(NotifyEnd {
                     inner: b,
-                    tx: Some(body_done_tx),
+                    tx: Some(tx),
                 })
-            })
+            });
+            let fut = up.pool.send(req);
+            tokio::pin!(fut);
+            let early = tokio::select! {
+                r = &mut fut => Some(r),
+                _ = body_done => None,
+            };
+            return finish(early, fut, up, client_upgrade, start).await;
         };
-        let fut = up.client.request(req);
         tokio::pin!(fut);
-        let early = tokio::select! {
-            r = &mut fut => Some(r),
-            _ = body_done => None,
-        };
-        let result = match early {
-            Some(r) => r,
-            None => match tokio::time::timeout(up.config.request_timeout, fut).await {
-                Ok(r) => r,
-                Err(_) => return Err(ProxyError::Timeout),
-            },
-        };
-        let elapsed = start.elapsed();
-        let mut resp = match result {
-            Err(e) => return Err(classify(&e)),
-            Ok(resp) => resp,
-        };
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_upgrade) = client_upgrade {
-                let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(async move {
-                    if let (Ok(client), Ok(upstream)) =
-                        tokio::join!(client_upgrade, upstream_upgrade)
-                    {
-                        let mut client = TokioIo::new(client);
-                        let mut upstream = TokioIo::new(upstream);
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                    }
-                });
-            }
-        }
-        Ok((resp.map(body::boxed), elapsed))
+        finish(None, fut, up, client_upgrade, start).await
     }
+}
+
+async fn finish(
+    early: Option<Result<Response<Body>, ProxyError>>,
+    fut: Pin<&mut impl std::future::Future<Output = Result<Response<Body>, ProxyError>>>,
+    up: &UpstreamClient,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    start: Instant,
+) -> Result<(Response<Body>, Duration), ProxyError> {
+    let result = match early {
+        Some(r) => r,
+        None => match tokio::time::timeout(up.config.request_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => return Err(ProxyError::Timeout),
+        },
+    };
+    let elapsed = start.elapsed();
+    let mut resp = result?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                if let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) {
+                    let mut client = TokioIo::new(client);
+                    let mut upstream = TokioIo::new(upstream);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+        }
+    }
+    Ok((resp, elapsed))
 }
 
 /// A request body that says when it has been sent in full (or dropped).
@@ -256,26 +258,16 @@ impl http_body::Body for NotifyEnd {
     }
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return ProxyError::ConnectTimeout;
-            }
-        }
-        // HttpConnector reports its own connect timeout as a plain message.
-        if s.to_string().contains("timed out") && e.is_connect() {
-            return ProxyError::ConnectTimeout;
-        }
-        source = s.source();
-    }
-    ProxyError::Unreachable
-}
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// What `prepare_request` needs to know about the client connection.
 pub struct ClientInfo<'a> {
     pub peer: SocketAddr,
+    /// The peer's IP as a header value, formatted once per connection.
+    pub peer_ip: HeaderValue,
     pub trusted_proxies: &'a [IpNet],
 }
 
@@ -295,12 +287,8 @@ pub fn prepare_request(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
 
-    let uri = Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
-        .path_and_query(path_and_query)
-        .build()?;
-    *req.uri_mut() = uri;
+    // Origin-form, as sent on the upstream connection; Host carries the authority.
+    *req.uri_mut() = Uri::try_from(path_and_query)?;
     *req.version_mut() = Version::HTTP_11;
 
     let headers = req.headers_mut();
@@ -311,28 +299,23 @@ pub fn prepare_request(
     }
 
     let trusted = is_trusted(client.trusted_proxies, &client.peer);
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let xfp = HeaderName::from_static("x-forwarded-proto");
-    let xfh = HeaderName::from_static("x-forwarded-host");
-    let peer_ip = client.peer.ip().to_string();
-    let prior: Vec<String> = if trusted {
+    let (xff, xfp, xfh) = (X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST);
+    let prior: Vec<&str> = if trusted {
         headers
             .get_all(&xff)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .map(str::to_owned)
             .collect()
     } else {
         Vec::new()
     };
-    let mut chain = prior.join(", ");
-    if !chain.is_empty() {
-        chain.push_str(", ");
-    }
-    chain.push_str(&peer_ip);
-    if let Ok(v) = HeaderValue::from_str(&chain) {
-        headers.insert(xff, v);
-    }
+    let value = if prior.is_empty() {
+        client.peer_ip.clone()
+    } else {
+        let chain = format!("{}, {}", prior.join(", "), client.peer.ip());
+        HeaderValue::from_str(&chain).unwrap_or_else(|_| client.peer_ip.clone())
+    };
+    headers.insert(xff, value);
     if !(trusted && headers.contains_key(&xfp)) {
         headers.insert(xfp, HeaderValue::from_static("http"));
     }
@@ -347,7 +330,7 @@ pub fn prepare_request(
         }
     }
     if !trusted {
-        headers.remove(HeaderName::from_static("forwarded"));
+        headers.remove(FORWARDED);
     }
 
     let host = if upstream.pass_host_header {

@@ -274,6 +274,8 @@ fn serve_connection(
     let (guarded, verdict) = Guarded::new(stream, max_header_bytes);
     let info = Arc::new(ConnInfo {
         peer,
+        peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
+            .expect("an IP address is a valid header value"),
         framing: Some(verdict),
         requests: Default::default(),
     });

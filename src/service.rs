@@ -25,7 +25,6 @@ use crate::routes::{AuthMode, Route};
 use crate::telemetry::Metrics;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -115,6 +114,8 @@ impl Rejection {
 /// Per-connection facts the service needs.
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// `peer`'s IP as a header value (X-Forwarded-For), formatted once.
+    pub peer_ip: HeaderValue,
     /// Set for HTTP/1 connections watched by [`crate::h1guard`].
     pub framing: Option<Verdict>,
     /// Requests seen so far on this connection.
@@ -138,6 +139,8 @@ pub struct Gateway {
     upstreams: Upstreams,
     pub auth: Authenticator,
     pub metrics: Arc<Metrics>,
+    /// The route label of requests no route matched.
+    no_route: Arc<str>,
 }
 
 impl Gateway {
@@ -148,11 +151,16 @@ impl Gateway {
             config,
             auth,
             metrics,
+            no_route: "-".into(),
         }
     }
 
     /// Runs one request through every phase, logs it, and answers.
-    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+    pub async fn handle<B>(&self, req: Request<B>, conn: &ConnInfo) -> Response<Body>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<crate::body::BoxError>,
+    {
         let start = Instant::now();
         let method = req.method().clone();
         let mut out = Outcome {
@@ -178,7 +186,7 @@ impl Gateway {
         let status = resp.status().as_u16();
         let latency = start.elapsed();
         self.metrics.record(
-            out.route.as_deref().unwrap_or("-"),
+            out.route.as_ref().unwrap_or(&self.no_route),
             status,
             out.decision,
             out.reason,
@@ -317,6 +325,7 @@ impl Gateway {
         };
         let client = ClientInfo {
             peer: conn.peer,
+            peer_ip: conn.peer_ip.clone(),
             trusted_proxies: &self.config.server.trusted_proxies,
         };
         proxy::prepare_request(&mut req, upstream, &target, &client)

@@ -420,3 +420,33 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     let done = tokio::time::timeout(Duration::from_secs(5), gw.done).await;
     assert!(matches!(done, Ok(Ok(Ok(())))));
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let (up, gw, c) = setup("").await;
+    for _ in 0..50 {
+        assert_eq!(
+            get(&c, &gw.url("/public/x"), &[]).await.status,
+            StatusCode::OK
+        );
+    }
+    let peers: std::collections::HashSet<_> = up.seen().iter().map(|s| s.peer).collect();
+    assert_eq!(up.count(), 50);
+    assert_eq!(
+        peers.len(),
+        1,
+        "50 sequential requests over one pooled connection"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_closed_by_the_upstream_is_not_a_failure() {
+    let up = Upstream::start_with(false).await;
+    let gw = Gateway::start(&basic_config(&up.url(), "")).await;
+    let c = client();
+    for i in 0..30 {
+        let a = send(&c, "POST", &gw.url("/public/x"), &[], "body").await;
+        assert_eq!(a.status, StatusCode::OK, "request {i}");
+    }
+    assert_eq!(up.count(), 30);
+}

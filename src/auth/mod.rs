@@ -20,20 +20,18 @@ use moka::sync::Cache;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A validated caller: the claims the upstream may be told about.
-#[derive(Debug, Clone, Default)]
-pub struct Identity {
-    pub claims: serde_json::Map<String, serde_json::Value>,
-    pub scopes: Vec<String>,
-}
+/// A validated caller: the claims the upstream may be told about. Shared with the
+/// verified-token cache, so a cache hit copies nothing.
+#[derive(Debug, Clone)]
+pub struct Identity(pub Arc<Verified>);
 
 impl Identity {
     /// The header value for a claim (`scope` gives the normalized scope list, space-separated).
     pub fn header_value(&self, claim: &str) -> Option<HeaderValue> {
         let text = if claim == "scope" {
-            self.scopes.join(" ")
+            self.0.scopes.join(" ")
         } else {
-            match self.claims.get(claim)? {
+            match self.0.claims.get(claim)? {
                 serde_json::Value::String(s) => s.clone(),
                 serde_json::Value::Number(n) => n.to_string(),
                 serde_json::Value::Bool(b) => b.to_string(),
@@ -226,13 +224,7 @@ impl Authenticator {
         let hash = sha256(token);
         let token_id = Some(hex(&hash[..6]));
         let (outcome, identity) = match self.verify(token, &hash, &mut Trace::default()).await {
-            Ok(v) => (
-                validator::check_scopes(&v.scopes, route),
-                Some(Identity {
-                    claims: v.claims.clone(),
-                    scopes: v.scopes.clone(),
-                }),
-            ),
+            Ok(v) => (validator::check_scopes(&v.scopes, route), Some(Identity(v))),
             Err(e) => (Err(e), None),
         };
         AuthResult {
@@ -364,5 +356,11 @@ pub fn sha256_bytes(b: &[u8]) -> [u8; 32] {
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(b.len() * 2);
+    for x in b {
+        out.push(DIGITS[(x >> 4) as usize] as char);
+        out.push(DIGITS[(x & 15) as usize] as char);
+    }
+    out
 }

@@ -22,6 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 /// What the upstream received.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// The upstream-side address of bearward's connection.
+    pub peer: SocketAddr,
     pub method: String,
     pub uri: String,
     pub version: http::Version,
@@ -43,19 +45,25 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start() -> Upstream {
+        Upstream::start_with(true).await
+    }
+
+    /// `keep_alive = false`: every response closes its connection.
+    pub async fn start_with(keep_alive: bool) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let record = seen.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     return;
                 };
                 let record = record.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(req, record.clone()));
+                    let svc = service_fn(move |req| handle(req, record.clone(), peer));
                     let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(keep_alive)
                         .serve_connection(TokioIo::new(stream), svc)
                         .with_upgrades()
                         .await;
@@ -87,6 +95,7 @@ type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 async fn handle(
     mut req: Request<Incoming>,
     record: Arc<Mutex<Vec<Seen>>>,
+    peer: SocketAddr,
 ) -> Result<Response<TestBody>, hyper::Error> {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
@@ -107,6 +116,7 @@ async fn handle(
         }
     }
     record.lock().unwrap().push(Seen {
+        peer,
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
         version: parts.version,

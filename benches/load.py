@@ -1,0 +1,387 @@
+#!/usr/bin/env python3
+"""bearward load benchmark against nginx and HAProxy, on one machine, over loopback.
+
+    sudo python3 benches/load.py                 # 3 interleaved rounds of 10 s per run
+    python3 benches/load.py --duration 5 --rounds 1
+
+What it does:
+  * installs nginx, haproxy and wrk from the distribution if missing (apt-get), and the Python
+    `cryptography` package if missing (pip); builds bearward with `cargo build --release`;
+  * makes an RSA-2048 and a P-256 key and mints tokens (one RS256, 1,000 distinct RS256 for a
+    wrk Lua script to rotate, one ES256, 10,000 distinct RS256 for the memory run);
+  * starts a fixed upstream (nginx, one worker, `return 200` with a small body, keep-alive) and
+    the candidates in front of it:
+      nginx     proxy_pass with upstream keep-alive, no token check (the bare proxy hop)
+      haproxy   jwt_verify on the same key, plus exp/iss/aud/scope ACLs (one frontend per alg)
+      bearward  the same route and scope; and bearward-nocache with token_cache_entries = 0
+  * checks every candidate first (valid -> 200, none -> 401, tampered -> 401);
+  * pins processes: wrk on CPU 0, upstream and proxies on CPU 1 (taskset), so a proxy and the
+    upstream share one core, as the peers were measured;
+  * runs each scenario for each candidate, interleaved, for --rounds rounds, and prints a table:
+    requests/s, p50, p99, peak RSS (VmHWM), and throughput as a ratio to nginx in the same
+    round (medians over rounds).
+Nothing here asserts a timing; it prints figures.
+"""
+import argparse
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ISSUER = "https://idp.bench"
+AUDIENCE = "https://api.bench"
+PORTS = {"upstream": 18080, "nginx": 18081, "haproxy": 18082, "haproxy-es": 18083, "bearward": 18084, "bearward-nocache": 18085}
+WRK_CPU, SERVER_CPU = "0", "1"
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def ensure_tools():
+    missing = [p for p, b in (("nginx", "nginx"), ("haproxy", "haproxy"), ("wrk", "wrk")) if not shutil.which(b) and not os.path.exists(f"/usr/sbin/{b}")]
+    if missing:
+        print(f"installing {' '.join(missing)} with apt-get", flush=True)
+        sh(["apt-get", "update", "-qq"])
+        sh(["apt-get", "install", "-y", "-qq", *missing], stdout=subprocess.DEVNULL)
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        sh([sys.executable, "-m", "pip", "install", "--quiet", "cryptography"])
+
+
+def b64(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+class Keys:
+    def __init__(self):
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+        self.hashes, self.padding, self.decode = hashes, padding, decode_dss_signature
+        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.ec = ec.generate_private_key(ec.SECP256R1())
+        self.ecmod = ec
+        pub = lambda k: k.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        self.rsa_pem, self.ec_pem = pub(self.rsa), pub(self.ec)
+        n = self.rsa.public_key().public_numbers()
+        e = self.ec.public_key().public_numbers()
+        self.jwks = {"keys": [
+            {"kty": "RSA", "kid": "rsa", "use": "sig", "n": b64(n.n.to_bytes(256, "big")), "e": b64(n.e.to_bytes(3, "big"))},
+            {"kty": "EC", "kid": "ec", "use": "sig", "crv": "P-256", "x": b64(e.x.to_bytes(32, "big")), "y": b64(e.y.to_bytes(32, "big"))},
+        ]}
+
+    def token(self, alg="RS256", sub="user", scope="read"):
+        kid = "rsa" if alg == "RS256" else "ec"
+        header = {"alg": alg, "typ": "at+jwt", "kid": kid}
+        now = int(time.time())
+        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "scope": scope, "iat": now, "exp": now + 7200}
+        signing = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}".encode()
+        if alg == "RS256":
+            sig = self.rsa.sign(signing, self.padding.PKCS1v15(), self.hashes.SHA256())
+        else:
+            r, s = self.decode(self.ec.sign(signing, self.ecmod.ECDSA(self.hashes.SHA256())))
+            sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        return f"{signing.decode()}.{b64(sig)}"
+
+
+NGINX_UPSTREAM = """
+worker_processes 1;
+pid {dir}/upstream.pid;
+error_log {dir}/upstream.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  server {{
+    listen 127.0.0.1:{port} reuseport backlog=4096;
+    location / {{ default_type text/plain; return 200 "upstream ok\\n"; }}
+  }}
+}}
+"""
+
+NGINX_PROXY = """
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  upstream app {{ server 127.0.0.1:{up}; keepalive 64; keepalive_requests 1000000; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+# HAProxy 2.6: jwt_verify needs the key file named in the config so it is loaded at start.
+HAPROXY = """
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+  option http-keep-alive
+{frontends}
+backend app
+  http-reuse always
+  server up 127.0.0.1:{up} maxconn 1000
+"""
+
+HAPROXY_FRONTEND = """
+frontend {name}
+  bind 127.0.0.1:{port}
+  http-request deny status 401 unless {{ req.hdr(authorization) -m beg -i "bearer " }}
+  http-request set-var(txn.bearer) http_auth_bearer
+  http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('$.alg')
+  http-request deny status 401 unless {{ var(txn.alg) -m str {alg} }}
+  http-request deny status 401 unless {{ var(txn.bearer),jwt_verify(txn.alg,"{key}") -m int 1 }}
+  http-request set-var(txn.iss) var(txn.bearer),jwt_payload_query('$.iss')
+  http-request deny status 401 unless {{ var(txn.iss) -m str {issuer} }}
+  http-request set-var(txn.aud) var(txn.bearer),jwt_payload_query('$.aud')
+  http-request deny status 401 unless {{ var(txn.aud) -m str {audience} }}
+  http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('$.exp','int')
+  http-request set-var(txn.now) date()
+  http-request deny status 401 if {{ var(txn.exp),sub(txn.now) -m int le 0 }}
+  http-request set-var(txn.scope) var(txn.bearer),jwt_payload_query('$.scope')
+  http-request deny status 403 unless {{ var(txn.scope) -m reg (^|\\ )read(\\ |$) }}
+  default_backend app
+"""
+
+BEARWARD = """
+[server]
+listen = "127.0.0.1:{port}"
+access_log = false
+watch_config = false
+token_cache_entries = {cache}
+
+[[issuers]]
+issuer = "{issuer}"
+jwks_file = "{dir}/jwks.json"
+audiences = ["{audience}"]
+algorithms = ["RS256", "ES256"]
+
+[upstreams.app]
+url = "http://127.0.0.1:{up}"
+max_idle_connections = 256
+
+[[routes]]
+prefix = "/"
+scopes = ["read"]
+upstream = "app"
+"""
+
+WRK_ROTATE = """
+local tokens = {}
+for line in io.lines("%s") do tokens[#tokens + 1] = "Bearer " .. line end
+local i = 0
+request = function()
+  i = i %% #tokens + 1
+  return wrk.format(nil, nil, { Authorization = tokens[i] })
+end
+"""
+
+
+def start(cmd, cpu, **kw):
+    return subprocess.Popen(["taskset", "-c", cpu, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+
+
+def wait_port(port, timeout=10):
+    import socket
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def status(port, token):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/check")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        return urllib.request.urlopen(req, timeout=5).status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def peak_rss_kib(pid):
+    """VmHWM of the process and its children (nginx workers)."""
+    total = 0
+    pids = [pid]
+    try:
+        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        pids += [int(c) for c in children]
+    except FileNotFoundError:
+        pass
+    for p in pids:
+        try:
+            for line in open(f"/proc/{p}/status"):
+                if line.startswith("VmHWM:"):
+                    total = max(total, int(line.split()[1]))
+        except OSError:
+            pass
+    return total
+
+
+def wrk(port, connections, duration, header=None, script=None):
+    cmd = ["taskset", "-c", WRK_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+    if header:
+        cmd += ["-H", header]
+    if script:
+        cmd += ["-s", script]
+    cmd.append(f"http://127.0.0.1:{port}/api/check")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def pct(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "p50": pct(50), "p99": pct(99), "non2xx": int(non2xx.group(1)) if non2xx else 0, "errors": errors.group(1) if errors else ""}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--bearward", default=os.path.join(ROOT, "target/release/bearward"))
+    ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--only", help="comma-separated scenarios to run")
+    args = ap.parse_args()
+
+    ensure_tools()
+    if not args.no_build:
+        sh(["cargo", "build", "--release", "--locked", "--quiet", "--bin", "bearward"], cwd=ROOT)
+    d = tempfile.mkdtemp(prefix="bearward-load-")
+    keys = Keys()
+    open(f"{d}/jwks.json", "w").write(json.dumps(keys.jwks))
+    open(f"{d}/rsa.pem", "wb").write(keys.rsa_pem)
+    open(f"{d}/ec.pem", "wb").write(keys.ec_pem)
+    rs = keys.token("RS256")
+    es = keys.token("ES256")
+    tampered = rs[:-6] + ("AAAAAA" if not rs.endswith("AAAAAA") else "BBBBBB")
+    with open(f"{d}/tokens1000.txt", "w") as f:
+        for i in range(1000):
+            f.write(keys.token("RS256", sub=f"user-{i}") + "\n")
+    with open(f"{d}/tokens10000.txt", "w") as f:
+        for i in range(10000):
+            f.write(keys.token("RS256", sub=f"mem-{i}") + "\n")
+    open(f"{d}/rotate1000.lua", "w").write(WRK_ROTATE % f"{d}/tokens1000.txt")
+    open(f"{d}/rotate10000.lua", "w").write(WRK_ROTATE % f"{d}/tokens10000.txt")
+
+    open(f"{d}/upstream.conf", "w").write(NGINX_UPSTREAM.format(dir=d, port=PORTS["upstream"]))
+    open(f"{d}/nginx.conf", "w").write(NGINX_PROXY.format(dir=d, port=PORTS["nginx"], up=PORTS["upstream"]))
+    fronts = HAPROXY_FRONTEND.format(name="rs", port=PORTS["haproxy"], alg="RS256", key=f"{d}/rsa.pem", issuer=ISSUER, audience=AUDIENCE)
+    fronts += HAPROXY_FRONTEND.format(name="es", port=PORTS["haproxy-es"], alg="ES256", key=f"{d}/ec.pem", issuer=ISSUER, audience=AUDIENCE)
+    open(f"{d}/haproxy.cfg", "w").write(HAPROXY.format(frontends=fronts, up=PORTS["upstream"]))
+    for name, cache in (("bearward", 10000), ("bearward-nocache", 0)):
+        open(f"{d}/{name}.toml", "w").write(BEARWARD.format(port=PORTS[name], cache=cache, issuer=ISSUER, audience=AUDIENCE, dir=d, up=PORTS["upstream"]))
+
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    procs = {}
+    try:
+        procs["upstream"] = start([nginx, "-c", f"{d}/upstream.conf", "-g", "daemon off;"], SERVER_CPU)
+        procs["nginx"] = start([nginx, "-c", f"{d}/nginx.conf", "-g", "daemon off;"], SERVER_CPU)
+        procs["haproxy"] = start([haproxy, "-f", f"{d}/haproxy.cfg"], SERVER_CPU)
+        for name in ("bearward", "bearward-nocache"):
+            procs[name] = start([args.bearward, "--config", f"{d}/{name}.toml"], SERVER_CPU, env={**os.environ, "RUST_LOG": "warn"})
+        for p in PORTS.values():
+            wait_port(p)
+        time.sleep(0.5)
+
+        print("checks (valid / none / tampered):")
+        for name, port, tok in (("haproxy", PORTS["haproxy"], rs), ("haproxy-es", PORTS["haproxy-es"], es),
+                                ("bearward", PORTS["bearward"], rs), ("bearward-es", PORTS["bearward"], es),
+                                ("bearward-nocache", PORTS["bearward-nocache"], rs)):
+            got = (status(port, tok), status(port, None), status(port, tampered if tok == rs else es[:-6] + "AAAAAA"))
+            print(f"  {name:18} {got}")
+            if got != (200, 401, 401):
+                raise SystemExit(f"{name} does not enforce the policy: {got}")
+        print(f"  {'nginx (no check)':18} {(status(PORTS['nginx'], rs),)}")
+
+        H = lambda t: f"Authorization: Bearer {t}"
+        scenarios = {
+            "rs256-one": [("direct", PORTS["upstream"], H(rs), None), ("nginx", PORTS["nginx"], H(rs), None),
+                          ("haproxy", PORTS["haproxy"], H(rs), None), ("bearward", PORTS["bearward"], H(rs), None),
+                          ("bearward-nocache", PORTS["bearward-nocache"], H(rs), None)],
+            "rs256-1000": [("nginx", PORTS["nginx"], None, f"{d}/rotate1000.lua"), ("haproxy", PORTS["haproxy"], None, f"{d}/rotate1000.lua"),
+                           ("bearward", PORTS["bearward"], None, f"{d}/rotate1000.lua"),
+                           ("bearward-nocache", PORTS["bearward-nocache"], None, f"{d}/rotate1000.lua")],
+            "es256-one": [("nginx", PORTS["nginx"], H(es), None), ("haproxy", PORTS["haproxy-es"], H(es), None),
+                          ("bearward", PORTS["bearward"], H(es), None), ("bearward-nocache", PORTS["bearward-nocache"], H(es), None)],
+            "no-token": [("nginx", PORTS["nginx"], None, None), ("haproxy", PORTS["haproxy"], None, None),
+                         ("bearward", PORTS["bearward"], None, None)],
+        }
+        if args.only:
+            scenarios = {k: v for k, v in scenarios.items() if k in args.only.split(",")}
+        results = {}
+        for rnd in range(args.rounds):
+            for scen, cands in scenarios.items():
+                for name, port, header, script in cands:
+                    r = wrk(port, args.connections, args.duration, header, script)
+                    results.setdefault((scen, name), []).append(r)
+                    print(f"round {rnd + 1} {scen:11} {name:17} {r['rps']:10.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms"
+                          + (f"  non-2xx {r['non2xx']}" if r["non2xx"] else "") + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
+
+        # Memory: 100,000 requests or more over 10,000 distinct tokens.
+        mem_run = wrk(PORTS["bearward"], args.connections, max(args.duration, 5), None, f"{d}/rotate10000.lua")
+        mem_requests = int(mem_run["rps"] * max(args.duration, 5))
+        rss = {name: peak_rss_kib(p.pid) for name, p in procs.items()}
+
+        print()
+        print(f"{'scenario':11} {'candidate':17} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'peak RSS':>9} {'vs nginx':>9}")
+        for (scen, name), runs in results.items():
+            base = results.get((scen, "nginx"))
+            ratios = [r["rps"] / b["rps"] for r, b in zip(runs, base)] if base else []
+            med = lambda k: statistics.median(r[k] for r in runs)
+            proc = "upstream" if name == "direct" else name
+            print(f"{scen:11} {name:17} {med('rps'):9.0f} {med('p50'):8.3f} {med('p99'):8.3f} {rss.get(proc, 0) / 1024:8.1f}M"
+                  f" {statistics.median(ratios):8.2f}x" if ratios else "")
+        print(f"\nbearward peak RSS after the 10,000-token run ({mem_requests} requests): {rss['bearward'] / 1024:.1f} MiB")
+        print(f"(wrk on CPU {WRK_CPU}; upstream and proxies on CPU {SERVER_CPU}; {args.connections} connections; {args.duration} s runs; medians of {args.rounds} rounds)")
+    finally:
+        for p in procs.values():
+            p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
