@@ -18,6 +18,7 @@
 
 use crate::config::{IssuerConfig, KeySource};
 use crate::telemetry::Metrics;
+use aws_lc_rs::signature::{ParsedPublicKey, VerificationAlgorithm};
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use http::{header, Request, Uri};
@@ -48,6 +49,9 @@ pub struct VerifyKey {
     /// The JWK's own `alg`, when it names one.
     pub alg: Option<Algorithm>,
     pub key: DecodingKey,
+    /// The public key parsed once for each algorithm it may verify, so a signature check does
+    /// not rebuild the key from its JWK components every time.
+    parsed: Vec<(Algorithm, ParsedPublicKey)>,
 }
 
 impl std::fmt::Debug for VerifyKey {
@@ -61,6 +65,34 @@ impl std::fmt::Debug for VerifyKey {
 }
 
 impl VerifyKey {
+    /// Does `signature` (decoded) over `message` verify under `alg` with this key? The
+    /// algorithm must already have been checked with [`VerifyKey::fits`].
+    pub fn verify(
+        &self,
+        alg: Algorithm,
+        message: &[u8],
+        signature_b64: &str,
+        signature: &[u8],
+    ) -> bool {
+        match self.parsed.iter().find(|(a, _)| *a == alg) {
+            Some((_, key)) => key.verify_sig(message, signature).is_ok(),
+            // HMAC: jsonwebtoken's constant-time check with the configured secret.
+            None => jsonwebtoken::crypto::verify(signature_b64, message, &self.key, alg)
+                .unwrap_or(false),
+        }
+    }
+
+    /// The configured HMAC secret as a key.
+    pub fn hmac(secret: &[u8]) -> VerifyKey {
+        VerifyKey {
+            kid: None,
+            kind: KeyKind::Hmac,
+            alg: None,
+            key: DecodingKey::from_secret(secret),
+            parsed: Vec::new(),
+        }
+    }
+
     /// May this key verify a signature made with `alg`? (RFC 8725 3.1: an RSA key is never an
     /// HMAC secret, an EC key only for its own curve, and a key's own `alg` binds it.)
     pub fn fits(&self, alg: Algorithm) -> bool {
@@ -139,71 +171,135 @@ fn parse_jwk(k: &Value) -> Result<VerifyKey, String> {
             }
         },
     };
-    let (kind, key) = match s("kty") {
+    let decode = |name: &str| -> Result<Vec<u8>, String> {
+        let v = s(name).ok_or_else(|| format!("no {name}"))?;
+        super::token::B64
+            .decode_unpadded(v)
+            .ok_or_else(|| format!("{name} is not base64url"))
+    };
+    // The raw public key bytes aws-lc parses: PKCS#1 for RSA, an uncompressed point for EC,
+    // the 32 bytes for Ed25519.
+    let (kind, key, raw) = match s("kty") {
         Some("RSA") => {
             let (n, e) = (
                 s("n").ok_or("RSA key without n")?,
                 s("e").ok_or("RSA key without e")?,
             );
-            let modulus = super::token::B64
-                .decode_unpadded(n)
-                .ok_or("n is not base64url")?;
+            let modulus = decode("n")?;
             let bits = modulus.iter().skip_while(|b| **b == 0).count() * 8;
             if bits < 2048 {
                 return Err(format!(
                     "RSA key of {bits} bits; at least 2048 are required"
                 ));
             }
-            (
-                KeyKind::Rsa,
-                DecodingKey::from_rsa_components(n, e).map_err(|e| e.to_string())?,
-            )
+            let key = DecodingKey::from_rsa_components(n, e).map_err(|e| e.to_string())?;
+            (KeyKind::Rsa, key, rsa_pkcs1_der(&modulus, &decode("e")?))
         }
         Some("EC") => {
-            let kind = match s("crv") {
-                Some("P-256") => KeyKind::EcP256,
-                Some("P-384") => KeyKind::EcP384,
+            let (kind, len) = match s("crv") {
+                Some("P-256") => (KeyKind::EcP256, 32),
+                Some("P-384") => (KeyKind::EcP384, 48),
                 other => return Err(format!("EC curve {other:?} is not supported")),
             };
             let (x, y) = (
                 s("x").ok_or("EC key without x")?,
                 s("y").ok_or("EC key without y")?,
             );
-            (
-                kind,
-                DecodingKey::from_ec_components(x, y).map_err(|e| e.to_string())?,
-            )
+            let key = DecodingKey::from_ec_components(x, y).map_err(|e| e.to_string())?;
+            let (xb, yb) = (decode("x")?, decode("y")?);
+            if xb.len() != len || yb.len() != len {
+                return Err(format!("EC coordinates must be {len} bytes"));
+            }
+            let mut point = Vec::with_capacity(1 + 2 * len);
+            point.push(4);
+            point.extend_from_slice(&xb);
+            point.extend_from_slice(&yb);
+            (kind, key, point)
         }
         Some("OKP") => {
             if s("crv") != Some("Ed25519") {
                 return Err(format!("OKP curve {:?} is not supported", s("crv")));
             }
             let x = s("x").ok_or("OKP key without x")?;
-            (
-                KeyKind::Ed25519,
-                DecodingKey::from_ed_components(x).map_err(|e| e.to_string())?,
-            )
+            let key = DecodingKey::from_ed_components(x).map_err(|e| e.to_string())?;
+            (KeyKind::Ed25519, key, decode("x")?)
         }
         Some("oct") => return Err("symmetric keys are never taken from a JWKS".into()),
         other => return Err(format!("kty {other:?} is not supported")),
     };
-    if let Some(a) = alg {
-        let probe = VerifyKey {
-            kid: None,
-            kind,
-            alg: None,
-            key: DecodingKey::from_secret(b""),
-        };
-        if !probe.fits(a) {
-            return Err(format!("alg {a:?} does not fit a {kind:?} key"));
+    let mut parsed = Vec::new();
+    for (a, verifier) in verifiers(kind) {
+        if alg.is_some_and(|own| own != a) {
+            continue;
         }
+        let p = ParsedPublicKey::new(verifier, &raw)
+            .map_err(|e| format!("the key does not parse: {e}"))?;
+        parsed.push((a, p));
     }
-    Ok(VerifyKey {
+    let key = VerifyKey {
         kid,
         kind,
         alg,
         key,
-    })
+        parsed,
+    };
+    if let Some(a) = alg {
+        if !key.fits(a) {
+            return Err(format!("alg {a:?} does not fit a {kind:?} key"));
+        }
+    }
+    Ok(key)
+}
+
+/// The aws-lc verification algorithm for each JWS algorithm a key kind may verify.
+fn verifiers(kind: KeyKind) -> Vec<(Algorithm, &'static dyn VerificationAlgorithm)> {
+    use aws_lc_rs::signature as sig;
+    match kind {
+        KeyKind::Rsa => vec![
+            (Algorithm::RS256, &sig::RSA_PKCS1_2048_8192_SHA256),
+            (Algorithm::RS384, &sig::RSA_PKCS1_2048_8192_SHA384),
+            (Algorithm::RS512, &sig::RSA_PKCS1_2048_8192_SHA512),
+            (Algorithm::PS256, &sig::RSA_PSS_2048_8192_SHA256),
+            (Algorithm::PS384, &sig::RSA_PSS_2048_8192_SHA384),
+            (Algorithm::PS512, &sig::RSA_PSS_2048_8192_SHA512),
+        ],
+        KeyKind::EcP256 => vec![(Algorithm::ES256, &sig::ECDSA_P256_SHA256_FIXED)],
+        KeyKind::EcP384 => vec![(Algorithm::ES384, &sig::ECDSA_P384_SHA384_FIXED)],
+        KeyKind::Ed25519 => vec![(Algorithm::EdDSA, &sig::ED25519)],
+        KeyKind::Hmac => Vec::new(),
+    }
+}
+
+/// DER `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }` (RFC 8017 A.1.1).
+fn rsa_pkcs1_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    fn len(out: &mut Vec<u8>, n: usize) {
+        match n {
+            0..=127 => out.push(n as u8),
+            128..=255 => out.extend_from_slice(&[0x81, n as u8]),
+            _ => out.extend_from_slice(&[0x82, (n >> 8) as u8, n as u8]),
+        }
+    }
+    fn uint(out: &mut Vec<u8>, v: &[u8]) {
+        let v = &v[v
+            .iter()
+            .position(|b| *b != 0)
+            .unwrap_or(v.len().saturating_sub(1))..];
+        let pad = v.first().is_some_and(|b| b & 0x80 != 0);
+        out.push(0x02);
+        len(out, v.len() + usize::from(pad));
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(v);
+    }
+    let mut body = Vec::with_capacity(n.len() + e.len() + 8);
+    uint(&mut body, n);
+    uint(&mut body, e);
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.push(0x30);
+    len(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out
 }
 
 trait DecodeUnpadded {
@@ -336,14 +432,10 @@ impl IssuerKeys {
         client: HttpsClient,
         metrics: Arc<Metrics>,
     ) -> Arc<IssuerKeys> {
-        let hmac = config.hmac_secret.as_ref().map(|s| {
-            Arc::new(VerifyKey {
-                kid: None,
-                kind: KeyKind::Hmac,
-                alg: None,
-                key: DecodingKey::from_secret(&s.0),
-            })
-        });
+        let hmac = config
+            .hmac_secret
+            .as_ref()
+            .map(|s| Arc::new(VerifyKey::hmac(&s.0)));
         let initial = match (&config.keys, &hmac) {
             (KeySource::None, Some(k)) => Some(Arc::new(KeySet {
                 keys: vec![k.clone()],

@@ -125,20 +125,14 @@ pub async fn validate(
     });
 
     let candidates = find_keys(keys, &parsed, trace).await?;
-    let mut verified_by = None;
-    for key in &candidates {
-        let ok = jsonwebtoken::crypto::verify(
-            parsed.signature,
-            parsed.signing_input.as_bytes(),
-            &key.key,
-            alg,
-        )
-        .unwrap_or(false);
-        if ok {
-            verified_by = Some(key.clone());
-            break;
-        }
-    }
+    // Canonical base64url was checked by the parser.
+    let signature =
+        base64::Engine::decode(&token::B64, parsed.signature).map_err(|_| AuthError::Malformed)?;
+    let message = parsed.signing_input.as_bytes();
+    let verified_by = candidates
+        .iter()
+        .find(|k| k.verify(alg, message, parsed.signature, &signature))
+        .cloned();
     let Some(key) = verified_by else {
         trace.note("signature", false, || {
             "the signature does not verify".into()
