@@ -75,18 +75,21 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names first: most messages carry none, and a removal costs a hash.
+    // One pass over the names first: most messages carry none, or only `Connection`, and a
+    // removal of an absent header still costs a hash.
     if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
         return;
     }
-    let named: Vec<HeaderName> = headers
+    let mut doomed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| headers.contains_key(n))
         .collect();
-    for h in named.iter().chain(HOP_BY_HOP.iter()) {
+    doomed.extend(headers.keys().filter(|k| HOP_BY_HOP.contains(k)).cloned());
+    for h in &doomed {
         headers.remove(h);
     }
 }
