@@ -1,9 +1,9 @@
 //! Keep-alive connections to one upstream, on hyper's low-level HTTP/1 client.
 //!
-//! Why not hyper-util's pooled `Client`: measured in front of the same nginx upstream, on one
-//! core, it proxied 31k requests/s where this pool does 36k+ (benches/load.py, the closing note
-//! of the performance issue). The legacy client pays for generality bearward does not use (any
-//! connector, HTTP/2 negotiation, per-request pool keys and waiters); here a connection is a
+//! Why not hyper-util's pooled `Client`: a bare hyper proxy in front of the same nginx upstream,
+//! on one core, did 31k requests/s with it and 36-38k with this design (nginx: 38k). The legacy
+//! client pays for generality bearward does not use (any connector, HTTP/2 negotiation,
+//! per-request pool keys and waiters); here a connection is a
 //! `SendRequest` handle whose connection task is spawned once, taken from a LIFO list and put
 //! back the moment its response body has been read to the end.
 //!
