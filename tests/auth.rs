@@ -899,7 +899,7 @@ async fn cache_control_max_age_drives_refresh_and_its_absence_uses_jwks_refresh(
     tokio::time::sleep(Duration::from_millis(2600)).await;
     let refreshed = idp.jwks_hits() - start;
     assert!(
-        (2..=3).contains(&refreshed),
+        (2..=4).contains(&refreshed),
         "max-age=1 gave {refreshed} refreshes in 2.6 s"
     );
 

@@ -435,7 +435,7 @@ async fn without_cache_control_the_configured_refresh_applies() {
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let hits = p.jwks_hits().await - start_hits;
     assert!(
-        (3..=4).contains(&hits),
+        (2..=5).contains(&hits),
         "jwks_refresh = 1s gave {hits} fetches in 3.5 s"
     );
 }
