@@ -9,10 +9,9 @@ use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -20,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
 
 /// The gateway in force. A reload builds a whole new [`Gateway`] from a validated config and
 /// swaps it in at once; each request loads the snapshot once, so requests in flight finish on
@@ -202,8 +202,10 @@ impl Server {
     /// `server.shutdown_grace` to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let config: Arc<Config> = self.live.boot.clone();
-        let builder = http_builder(&config);
-        let graceful = GracefulShutdown::new();
+        let protocols = Arc::new(Protocols::new(&config));
+        let (drain_signal, _) = watch::channel(false);
+        // Every connection task holds a clone; recv() returns None once all have ended.
+        let (alive, mut all_done) = mpsc::channel::<()>(1);
         let admin_task = self
             .admin
             .map(|admin| tokio::spawn(admin_loop(admin, self.live.clone())));
@@ -220,15 +222,18 @@ impl Server {
                             continue;
                         }
                     };
-                    serve_connection(&builder, &graceful, stream, peer, self.live.clone(), config.server.max_header_bytes);
+                    let drain = Drain { signal: drain_signal.subscribe(), _alive: alive.clone() };
+                    serve_connection(protocols.clone(), drain, stream, peer, self.live.clone());
                 }
                 _ = &mut shutdown => break,
             }
         }
         drop(self.listener);
         tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: no new connections; draining");
+        let _ = drain_signal.send(true);
+        drop(alive);
         tokio::select! {
-            _ = graceful.shutdown() => tracing::info!("all connections closed"),
+            _ = all_done.recv() => tracing::info!("all connections closed"),
             _ = tokio::time::sleep(config.server.shutdown_grace) => {
                 tracing::warn!("grace period over; closing remaining connections");
             }
@@ -240,57 +245,144 @@ impl Server {
     }
 }
 
-fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.server.header_read_timeout)
-        .max_buf_size(config.server.max_header_bytes.max(8192))
-        .max_headers(config.server.max_headers)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(config.server.max_header_bytes as u32)
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
-    if config.server.http2 {
-        builder
-    } else {
-        builder.http1_only()
+/// The HTTP/1 and HTTP/2 server settings, built once.
+struct Protocols {
+    h1: http1::Builder,
+    h2: Option<http2::Builder<TokioExecutor>>,
+    header_read_timeout: Duration,
+    max_header_bytes: usize,
+}
+
+impl Protocols {
+    fn new(config: &Config) -> Protocols {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(config.server.header_read_timeout)
+            .max_buf_size(config.server.max_header_bytes.max(8192))
+            .max_headers(config.server.max_headers)
+            .keep_alive(true);
+        let h2 = config.server.http2.then(|| {
+            let mut h2 = http2::Builder::new(TokioExecutor::new());
+            h2.timer(TokioTimer::new())
+                .max_header_list_size(config.server.max_header_bytes as u32)
+                .max_concurrent_streams(256)
+                .keep_alive_interval(Some(Duration::from_secs(30)));
+            h2
+        });
+        Protocols {
+            h1,
+            h2,
+            header_read_timeout: config.server.header_read_timeout,
+            max_header_bytes: config.server.max_header_bytes,
+        }
+    }
+}
+
+/// A connection's view of shutdown: the signal to finish, and a handle whose drop tells the
+/// server the connection is gone.
+struct Drain {
+    signal: watch::Receiver<bool>,
+    _alive: mpsc::Sender<()>,
+}
+
+/// The HTTP/2 client preface (RFC 9113 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Does the connection open with the HTTP/2 preface? Peeks, so nothing is consumed: the HTTP/1
+/// path then reads the socket directly. (hyper-util's auto builder decides the same way but
+/// keeps a rewind buffer in every read for the connection's lifetime.)
+async fn is_h2(stream: &TcpStream) -> io::Result<bool> {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // A partial preface: more is on its way (peek would return the same bytes at once).
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
 fn serve_connection(
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
+    protocols: Arc<Protocols>,
+    drain: Drain,
     stream: TcpStream,
     peer: SocketAddr,
     live: Arc<Live>,
-    max_header_bytes: usize,
 ) {
     let _ = stream.set_nodelay(true);
-    let (guarded, verdict) = Guarded::new(stream, max_header_bytes);
-    let info = Arc::new(ConnInfo {
-        peer,
-        peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
-            .expect("an IP address is a valid header value"),
-        framing: Some(verdict),
-        requests: Default::default(),
-    });
-    let service = service_fn(move |req: Request<Incoming>| {
-        let gateway = live.current();
-        let info = info.clone();
-        async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, &info).await) }
-    });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(guarded), service);
-    let conn = graceful.watch(conn.into_owned());
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        let Drain { mut signal, _alive } = drain;
+        let h2 = match &protocols.h2 {
+            None => false,
+            Some(_) => {
+                match tokio::time::timeout(protocols.header_read_timeout, is_h2(&stream)).await {
+                    Ok(Ok(h2)) => h2,
+                    _ => return,
+                }
+            }
+        };
+        let (io, framing) = if h2 {
+            (Either::Right(stream), None)
+        } else {
+            let (guarded, verdict) = Guarded::new(stream, protocols.max_header_bytes);
+            (Either::Left(guarded), Some(verdict))
+        };
+        let info = Arc::new(ConnInfo {
+            peer,
+            peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
+                .expect("an IP address is a valid header value"),
+            framing,
+            requests: Default::default(),
+        });
+        let service = service_fn(move |req: Request<Incoming>| {
+            let gateway = live.current();
+            let info = info.clone();
+            async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, &info).await) }
+        });
+        let result = match io {
+            Either::Left(guarded) => {
+                let conn = protocols
+                    .h1
+                    .serve_connection(TokioIo::new(guarded), service)
+                    .with_upgrades();
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = signal.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            }
+            Either::Right(stream) => {
+                let h2 = protocols
+                    .h2
+                    .as_ref()
+                    .expect("h2 was detected only when enabled");
+                let conn = h2.serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = signal.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            }
+        };
+        if let Err(e) = result {
             tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
         }
     });
+}
+
+enum Either<A, B> {
+    Left(A),
+    Right(B),
 }
 
 async fn admin_loop(listener: TcpListener, live: Arc<Live>) {
