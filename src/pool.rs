@@ -28,6 +28,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
+/// Longest wait for a pooled connection to finish its previous exchange.
+const READY_WAIT: Duration = Duration::from_millis(100);
+
 struct Idle {
     tx: SendRequest<Body>,
     since: Instant,
@@ -71,7 +74,11 @@ impl Pool {
             }
             // Checked in as soon as its body ended; the connection task may need one more turn
             // to be ready for the next request.
-            if idle.tx.is_ready() || idle.tx.ready().await.is_ok() {
+            if idle.tx.is_ready() {
+                return Ok((idle.tx, true));
+            }
+            // Bounded: a connection that does not become ready soon is not worth waiting for.
+            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, idle.tx.ready()).await {
                 return Ok((idle.tx, true));
             }
         }
