@@ -6,7 +6,9 @@ use bearward::auth::token::parse;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(p) = parse(s, 8192) {
         assert_eq!(s.matches('.').count(), 2);
         assert!(s.starts_with(p.signing_input));
