@@ -72,7 +72,6 @@ upstream = "a"
     let config = Config::from_toml_str(&cfg, "bench.toml").unwrap();
     rt.block_on(async {
         let auth = Authenticator::without_refresh(&config);
-        let auth = Authenticator::with_cache_of(auth, &config);
         auth.issuers()[0].refresh().await.unwrap();
         auth
     })

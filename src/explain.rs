@@ -2,7 +2,7 @@
 //! as the proxy, with the keys fetched live from the configured source, and prints every check.
 
 use crate::auth::validator::{self, Trace};
-use crate::auth::{extract_token, sha256, AuthError, Authenticator};
+use crate::auth::{extract_token, sha256, token_id, AuthError, Authenticator};
 use crate::config::Config;
 use crate::path::canonicalize_with;
 use crate::routes::{AuthMode, PathMatch, Route};
@@ -167,10 +167,8 @@ async fn check_token(
             return Err(e);
         }
     };
-    let id: String = sha256(token)[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = sha256(token);
+    let id = token_id(&hash);
     let _ = writeln!(
         out,
         "token      {} bytes, id {id} (as in the access log)",
@@ -199,13 +197,7 @@ async fn check_token(
         enabled: true,
         steps: Vec::new(),
     };
-    let max = config
-        .issuers
-        .iter()
-        .map(|i| i.max_token_bytes)
-        .max()
-        .unwrap_or(0);
-    let result = validator::validate(token, max, auth.issuers(), &mut trace).await;
+    let result = auth.verify(token, &hash, &mut trace).await;
     for (check, ok, detail) in &trace.steps {
         let _ = writeln!(
             out,

@@ -48,10 +48,15 @@ pub struct VerifyKey {
     pub kind: KeyKind,
     /// The JWK's own `alg`, when it names one.
     pub alg: Option<Algorithm>,
-    pub key: DecodingKey,
-    /// The public key parsed once for each algorithm it may verify, so a signature check does
+    verifier: Verifier,
+}
+
+enum Verifier {
+    /// A public key parsed once for each algorithm it may verify, so a signature check does
     /// not rebuild the key from its JWK components every time.
-    parsed: Vec<(Algorithm, ParsedPublicKey)>,
+    Public(Vec<(Algorithm, ParsedPublicKey)>),
+    /// The configured secret, checked by jsonwebtoken in constant time.
+    Hmac(DecodingKey),
 }
 
 impl std::fmt::Debug for VerifyKey {
@@ -74,11 +79,14 @@ impl VerifyKey {
         signature_b64: &str,
         signature: &[u8],
     ) -> bool {
-        match self.parsed.iter().find(|(a, _)| *a == alg) {
-            Some((_, key)) => key.verify_sig(message, signature).is_ok(),
-            // HMAC: jsonwebtoken's constant-time check with the configured secret.
-            None => jsonwebtoken::crypto::verify(signature_b64, message, &self.key, alg)
-                .unwrap_or(false),
+        match &self.verifier {
+            Verifier::Public(parsed) => parsed
+                .iter()
+                .find(|(a, _)| *a == alg)
+                .is_some_and(|(_, key)| key.verify_sig(message, signature).is_ok()),
+            Verifier::Hmac(key) => {
+                jsonwebtoken::crypto::verify(signature_b64, message, key, alg).unwrap_or(false)
+            }
         }
     }
 
@@ -88,8 +96,7 @@ impl VerifyKey {
             kid: None,
             kind: KeyKind::Hmac,
             alg: None,
-            key: DecodingKey::from_secret(secret),
-            parsed: Vec::new(),
+            verifier: Verifier::Hmac(DecodingKey::from_secret(secret)),
         }
     }
 
@@ -173,18 +180,14 @@ fn parse_jwk(k: &Value) -> Result<VerifyKey, String> {
     };
     let decode = |name: &str| -> Result<Vec<u8>, String> {
         let v = s(name).ok_or_else(|| format!("no {name}"))?;
-        super::token::B64
-            .decode_unpadded(v)
-            .ok_or_else(|| format!("{name} is not base64url"))
+        // Some IdPs pad JWK members; the value itself must still be canonical base64url.
+        base64::Engine::decode(&super::token::B64, v.trim_end_matches('='))
+            .map_err(|_| format!("{name} is not base64url"))
     };
     // The raw public key bytes aws-lc parses: PKCS#1 for RSA, an uncompressed point for EC,
     // the 32 bytes for Ed25519.
-    let (kind, key, raw) = match s("kty") {
+    let (kind, raw) = match s("kty") {
         Some("RSA") => {
-            let (n, e) = (
-                s("n").ok_or("RSA key without n")?,
-                s("e").ok_or("RSA key without e")?,
-            );
             let modulus = decode("n")?;
             let bits = modulus.iter().skip_while(|b| **b == 0).count() * 8;
             if bits < 2048 {
@@ -192,8 +195,7 @@ fn parse_jwk(k: &Value) -> Result<VerifyKey, String> {
                     "RSA key of {bits} bits; at least 2048 are required"
                 ));
             }
-            let key = DecodingKey::from_rsa_components(n, e).map_err(|e| e.to_string())?;
-            (KeyKind::Rsa, key, rsa_pkcs1_der(&modulus, &decode("e")?))
+            (KeyKind::Rsa, rsa_pkcs1_der(&modulus, &decode("e")?))
         }
         Some("EC") => {
             let (kind, len) = match s("crv") {
@@ -201,11 +203,6 @@ fn parse_jwk(k: &Value) -> Result<VerifyKey, String> {
                 Some("P-384") => (KeyKind::EcP384, 48),
                 other => return Err(format!("EC curve {other:?} is not supported")),
             };
-            let (x, y) = (
-                s("x").ok_or("EC key without x")?,
-                s("y").ok_or("EC key without y")?,
-            );
-            let key = DecodingKey::from_ec_components(x, y).map_err(|e| e.to_string())?;
             let (xb, yb) = (decode("x")?, decode("y")?);
             if xb.len() != len || yb.len() != len {
                 return Err(format!("EC coordinates must be {len} bytes"));
@@ -214,15 +211,13 @@ fn parse_jwk(k: &Value) -> Result<VerifyKey, String> {
             point.push(4);
             point.extend_from_slice(&xb);
             point.extend_from_slice(&yb);
-            (kind, key, point)
+            (kind, point)
         }
         Some("OKP") => {
             if s("crv") != Some("Ed25519") {
                 return Err(format!("OKP curve {:?} is not supported", s("crv")));
             }
-            let x = s("x").ok_or("OKP key without x")?;
-            let key = DecodingKey::from_ed_components(x).map_err(|e| e.to_string())?;
-            (KeyKind::Ed25519, key, decode("x")?)
+            (KeyKind::Ed25519, decode("x")?)
         }
         Some("oct") => return Err("symmetric keys are never taken from a JWKS".into()),
         other => return Err(format!("kty {other:?} is not supported")),
@@ -240,8 +235,7 @@ fn parse_jwk(k: &Value) -> Result<VerifyKey, String> {
         kid,
         kind,
         alg,
-        key,
-        parsed,
+        verifier: Verifier::Public(parsed),
     };
     if let Some(a) = alg {
         if !key.fits(a) {
@@ -300,17 +294,6 @@ fn rsa_pkcs1_der(n: &[u8], e: &[u8]) -> Vec<u8> {
     len(&mut out, body.len());
     out.extend_from_slice(&body);
     out
-}
-
-trait DecodeUnpadded {
-    fn decode_unpadded(&self, s: &str) -> Option<Vec<u8>>;
-}
-
-impl DecodeUnpadded for base64::engine::GeneralPurpose {
-    fn decode_unpadded(&self, s: &str) -> Option<Vec<u8>> {
-        use base64::Engine;
-        self.decode(s.trim_end_matches('=')).ok()
-    }
 }
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
@@ -401,11 +384,7 @@ fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
 /// What `/readyz`, metrics and `explain` can know about an issuer's keys.
 #[derive(Debug, Clone, Default)]
 pub struct Status {
-    pub last_success: Option<Instant>,
-    pub last_attempt: Option<Instant>,
     pub last_error: Option<String>,
-    pub fetches_ok: u64,
-    pub fetches_failed: u64,
     /// The jwks_uri discovery found.
     pub discovered: Option<Uri>,
 }
@@ -543,10 +522,6 @@ impl IssuerKeys {
 
     async fn fetch_once(&self) -> FetchResult {
         let started = Instant::now();
-        self.status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .last_attempt = Some(started);
         let result = self.load().await;
         self.metrics.jwks_fetch(
             &self.config.issuer,
@@ -571,9 +546,7 @@ impl IssuerKeys {
                     fetched_at: started,
                     source,
                 }));
-                status.last_success = Some(started);
                 status.last_error = None;
-                status.fetches_ok += 1;
                 let p = &self.config.jwks;
                 Ok(max_age.map_or(p.refresh, |a| a.clamp(p.min_refresh, p.max_refresh)))
             }
@@ -584,7 +557,6 @@ impl IssuerKeys {
     fn failed(&self, status: &mut Status, e: String) -> String {
         tracing::warn!(issuer = %self.config.issuer, error = %e, "fetching signing keys failed; keeping the last good keys");
         status.last_error = Some(e.clone());
-        status.fetches_failed += 1;
         if matches!(self.config.keys, KeySource::Discovery) {
             // The metadata may have moved the JWKS; look it up again next time.
             status.discovered = None;
@@ -600,19 +572,23 @@ impl IssuerKeys {
         let (body, max_age, source) = match &self.config.keys {
             KeySource::None => return Err("no key source".into()),
             KeySource::File(path) => {
-                let meta = tokio::fs::metadata(path)
+                // Read at most one byte past the limit: the file may grow after any size check.
+                use tokio::io::AsyncReadExt;
+                let file = tokio::fs::File::open(path)
                     .await
                     .map_err(|e| format!("{}: {e}", path.display()))?;
-                if meta.len() > p.max_bytes as u64 {
+                let mut body = Vec::new();
+                file.take(p.max_bytes as u64 + 1)
+                    .read_to_end(&mut body)
+                    .await
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                if body.len() > p.max_bytes {
                     return Err(format!(
                         "{}: larger than {} bytes",
                         path.display(),
                         p.max_bytes
                     ));
                 }
-                let body = tokio::fs::read(path)
-                    .await
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
                 (Bytes::from(body), None, path.display().to_string())
             }
             KeySource::JwksUri(uri) => {

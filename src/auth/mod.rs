@@ -130,7 +130,8 @@ impl Authenticator {
         Authenticator::with_issuers(issuers, config.token_cache_entries, tasks, metrics)
     }
 
-    /// Without refresher tasks or cache: keys load when asked (`bearward explain`, benches).
+    /// Without refresher tasks: keys load when asked (`bearward explain`, benches). The
+    /// verified-token cache is sized as the config says.
     pub fn without_refresh(config: &Config) -> Authenticator {
         let client = jwks::http_client();
         let metrics = Arc::new(Metrics::new());
@@ -139,20 +140,7 @@ impl Authenticator {
             .iter()
             .map(|i| IssuerKeys::new(i.clone(), client.clone(), metrics.clone()))
             .collect();
-        Authenticator::with_issuers(issuers, 0, Vec::new(), metrics)
-    }
-
-    /// The same key stores, with the verified-token cache sized as `config` says.
-    pub fn with_cache_of(auth: Authenticator, config: &Config) -> Authenticator {
-        let mut auth = auth;
-        let issuers = std::mem::take(&mut auth.issuers);
-        let tasks = std::mem::take(&mut auth.tasks);
-        Authenticator::with_issuers(
-            issuers,
-            config.token_cache_entries,
-            tasks,
-            auth.metrics.clone(),
-        )
+        Authenticator::with_issuers(issuers, config.token_cache_entries, Vec::new(), metrics)
     }
 
     fn with_issuers(
@@ -222,7 +210,7 @@ impl Authenticator {
             }
         };
         let hash = sha256(token);
-        let token_id = Some(hex(&hash[..6]));
+        let token_id = Some(token_id(&hash));
         let (outcome, identity) = match self.verify(token, &hash, &mut Trace::default()).await {
             Ok(v) => (validator::check_scopes(&v.scopes, route), Some(Identity(v))),
             Err(e) => (Err(e), None),
@@ -241,9 +229,7 @@ impl Authenticator {
         hash: &[u8; 32],
         trace: &mut Trace,
     ) -> Result<Arc<Verified>, AuthError> {
-        if token.len() > self.max_token_bytes {
-            return Err(AuthError::TooLarge);
-        }
+        // Size is the parser's first check; a token too large is never in the cache.
         if let Some(cache) = &self.cache {
             let found = cache.get(hash);
             self.metrics.token_cache(found.is_some());
@@ -355,10 +341,12 @@ pub fn sha256_bytes(b: &[u8]) -> [u8; 32] {
     out
 }
 
-fn hex(b: &[u8]) -> String {
+/// A token's id in logs and in `bearward explain`: the first 6 bytes of its SHA-256, in hex.
+/// Short enough to say nothing about the token, long enough to correlate.
+pub fn token_id(hash: &[u8; 32]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(b.len() * 2);
-    for x in b {
+    let mut out = String::with_capacity(12);
+    for x in &hash[..6] {
         out.push(DIGITS[(x >> 4) as usize] as char);
         out.push(DIGITS[(x & 15) as usize] as char);
     }
