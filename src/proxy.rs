@@ -4,13 +4,13 @@
 use crate::body::{self, Body};
 use crate::config::{Config, UpstreamConfig};
 use crate::pool::Pool;
+use crate::service::ConnInfo;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,6 +94,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Strips hop-by-hop headers; with `keep_upgrade`, the `Upgrade` header survives with a fresh
+/// `Connection: upgrade` (the two headers an upgrade handshake is made of).
+fn strip_hop_by_hop_except_upgrade(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let upgrade = keep_upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
+    strip_hop_by_hop(headers);
+    if let Some(up) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, up);
+    }
+}
+
 /// Is this an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`)?
 pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
@@ -163,55 +176,42 @@ impl Upstreams {
         mut req: Request<Body>,
     ) -> Result<(Response<Body>, Duration), ProxyError> {
         let up = &self.clients[idx];
-        let client_upgrade = if is_upgrade_request(&req) {
-            Some(hyper::upgrade::on(&mut req))
-        } else {
-            None
-        };
+        let client_upgrade = is_upgrade_request(&req).then(|| hyper::upgrade::on(&mut req));
         let start = Instant::now();
         // request_timeout counts from the end of the request body, so a long upload is not cut
         // off by it: the upstream cannot answer before it has the whole body.
-        let fut = if req.body().is_end_stream() {
-            up.pool.send(req)
+        let (req, body_done) = if req.body().is_end_stream() {
+            (req, None)
         } else {
-            let (tx, body_done) = tokio::sync::oneshot::channel();
-            let req = req.map(|b| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let req = req.map(|inner| {
                 body::boxed(NotifyEnd {
-                    inner: b,
+                    inner,
                     tx: Some(tx),
                 })
             });
-            let fut = up.pool.send(req);
-            tokio::pin!(fut);
-            let early = tokio::select! {
-                r = &mut fut => Some(r),
-                _ = body_done => None,
-            };
-            return finish(early, fut, up, client_upgrade, start).await;
+            (req, Some(rx))
         };
+        let fut = up.pool.send(req);
         tokio::pin!(fut);
-        finish(None, fut, up, client_upgrade, start).await
-    }
-}
-
-async fn finish(
-    early: Option<Result<Response<Body>, ProxyError>>,
-    fut: Pin<&mut impl std::future::Future<Output = Result<Response<Body>, ProxyError>>>,
-    up: &UpstreamClient,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    start: Instant,
-) -> Result<(Response<Body>, Duration), ProxyError> {
-    let result = match early {
-        Some(r) => r,
-        None => match tokio::time::timeout(up.config.request_timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => return Err(ProxyError::Timeout),
-        },
-    };
-    let elapsed = start.elapsed();
-    let mut resp = result?;
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
+        let early = match body_done {
+            Some(done) => tokio::select! {
+                r = &mut fut => Some(r),
+                _ = done => None,
+            },
+            None => None,
+        };
+        let result = match early {
+            Some(r) => r,
+            None => tokio::time::timeout(up.config.request_timeout, fut)
+                .await
+                .map_err(|_| ProxyError::Timeout)?,
+        };
+        let elapsed = start.elapsed();
+        let mut resp = result?;
+        if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) =
+            (resp.status(), client_upgrade)
+        {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             tokio::spawn(async move {
                 if let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) {
@@ -221,8 +221,8 @@ async fn finish(
                 }
             });
         }
+        Ok((resp, elapsed))
     }
-    Ok((resp, elapsed))
 }
 
 /// A request body that says when it has been sent in full (or dropped).
@@ -266,24 +266,17 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
-/// What `prepare_request` needs to know about the client connection.
-pub struct ClientInfo<'a> {
-    pub peer: SocketAddr,
-    /// The peer's IP as a header value, formatted once per connection.
-    pub peer_ip: HeaderValue,
-    pub trusted_proxies: &'a [IpNet],
-}
-
 /// Rewrites a client request for the upstream: origin `path_and_query` (canonical path plus the
 /// untouched query), HTTP/1.1, hop-by-hop headers removed (an upgrade's own two kept),
 /// `X-Forwarded-*` set, `Host` as configured.
 pub fn prepare_request(
     req: &mut Request<Body>,
     upstream: &UpstreamConfig,
-    path_and_query: &str,
-    client: &ClientInfo<'_>,
+    path_and_query: String,
+    client: &ConnInfo,
+    trusted_proxies: &[IpNet],
 ) -> Result<(), http::Error> {
-    let upgrade = is_upgrade_request(req).then(|| req.headers().get(header::UPGRADE).cloned());
+    let upgrade = is_upgrade_request(req);
     let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
         req.uri()
             .authority()
@@ -295,13 +288,9 @@ pub fn prepare_request(
     *req.version_mut() = Version::HTTP_11;
 
     let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
-    if let Some(Some(up)) = upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, up);
-    }
+    strip_hop_by_hop_except_upgrade(headers, upgrade);
 
-    let trusted = is_trusted(client.trusted_proxies, &client.peer);
+    let trusted = is_trusted(trusted_proxies, &client.peer);
     let (xff, xfp, xfh) = (X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST);
     let prior: Vec<&str> = if trusted {
         headers
@@ -355,17 +344,8 @@ pub fn prepare_request(
 /// Cleans an upstream response for the client: hop-by-hop headers go, except on a 101, whose
 /// `Connection` and `Upgrade` complete the handshake.
 pub fn prepare_response(resp: &mut Response<Body>) {
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let upgrade = resp.headers().get(header::UPGRADE).cloned();
-        strip_hop_by_hop(resp.headers_mut());
-        if let Some(up) = upgrade {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            resp.headers_mut().insert(header::UPGRADE, up);
-        }
-    } else {
-        strip_hop_by_hop(resp.headers_mut());
-    }
+    let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop_except_upgrade(resp.headers_mut(), upgraded);
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use crate::auth::Authenticator;
 use crate::body::{self, Body};
 use crate::config::{Config, ConfigError};
-use crate::h1guard::Guarded;
+use crate::h1guard::{Guarded, Verdict};
 use crate::service::{ConnInfo, Gateway};
 use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
@@ -16,6 +16,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -316,62 +317,33 @@ fn serve_connection(
     let _ = stream.set_nodelay(true);
     tokio::spawn(async move {
         let Drain { mut signal, _alive } = drain;
+        // h2c with prior knowledge, if enabled and the client opens with the preface.
         let h2 = match &protocols.h2 {
-            None => false,
-            Some(_) => {
+            None => None,
+            Some(h2) => {
                 match tokio::time::timeout(protocols.header_read_timeout, is_h2(&stream)).await {
-                    Ok(Ok(h2)) => h2,
+                    Ok(Ok(true)) => Some(h2),
+                    Ok(Ok(false)) => None,
                     _ => return,
                 }
             }
         };
-        let (io, framing) = if h2 {
-            (Either::Right(stream), None)
-        } else {
-            let (guarded, verdict) = Guarded::new(stream, protocols.max_header_bytes);
-            (Either::Left(guarded), Some(verdict))
-        };
-        let info = Arc::new(ConnInfo {
-            peer,
-            peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
-                .expect("an IP address is a valid header value"),
-            framing,
-            requests: Default::default(),
-        });
-        let service = service_fn(move |req: Request<Incoming>| {
-            let gateway = live.current();
-            let info = info.clone();
-            async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, &info).await) }
-        });
-        let result = match io {
-            Either::Left(guarded) => {
+        let result = match h2 {
+            Some(h2) => {
+                let conn =
+                    h2.serve_connection(TokioIo::new(stream), gateway_service(&live, peer, None));
+                until_done(conn, &mut signal, |c| c.graceful_shutdown()).await
+            }
+            None => {
+                let (guarded, verdict) = Guarded::new(stream, protocols.max_header_bytes);
                 let conn = protocols
                     .h1
-                    .serve_connection(TokioIo::new(guarded), service)
+                    .serve_connection(
+                        TokioIo::new(guarded),
+                        gateway_service(&live, peer, Some(verdict)),
+                    )
                     .with_upgrades();
-                tokio::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => r,
-                    _ = signal.changed() => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                }
-            }
-            Either::Right(stream) => {
-                let h2 = protocols
-                    .h2
-                    .as_ref()
-                    .expect("h2 was detected only when enabled");
-                let conn = h2.serve_connection(TokioIo::new(stream), service);
-                tokio::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => r,
-                    _ = signal.changed() => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                }
+                until_done(conn, &mut signal, |c| c.graceful_shutdown()).await
             }
         };
         if let Err(e) = result {
@@ -380,9 +352,49 @@ fn serve_connection(
     });
 }
 
-enum Either<A, B> {
-    Left(A),
-    Right(B),
+/// The per-connection service: each request runs on the gateway snapshot current when it
+/// arrives.
+fn gateway_service(
+    live: &Arc<Live>,
+    peer: SocketAddr,
+    framing: Option<Verdict>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send,
+> + Send
+       + 'static {
+    let info = Arc::new(ConnInfo {
+        peer,
+        peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
+            .expect("an IP address is a valid header value"),
+        framing,
+        requests: Default::default(),
+    });
+    let live = live.clone();
+    service_fn(move |req: Request<Incoming>| {
+        let gateway = live.current();
+        let info = info.clone();
+        async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, &info).await) }
+    })
+}
+
+/// Drives a connection to its end; when the server drains, asks it to finish gracefully
+/// (in-flight requests complete, no new ones start) and keeps driving it.
+async fn until_done<C: Future>(
+    conn: C,
+    signal: &mut watch::Receiver<bool>,
+    graceful: fn(Pin<&mut C>),
+) -> C::Output {
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = signal.changed() => {
+            graceful(conn.as_mut());
+            conn.await
+        }
+    }
 }
 
 async fn admin_loop(listener: TcpListener, live: Arc<Live>) {

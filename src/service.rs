@@ -20,7 +20,7 @@ use crate::body::{self, Body};
 use crate::config::Config;
 use crate::h1guard::Verdict;
 use crate::path::canonicalize_with;
-use crate::proxy::{self, ClientInfo, ProxyError, Upstreams};
+use crate::proxy::{self, ProxyError, Upstreams};
 use crate::routes::{AuthMode, Route};
 use crate::telemetry::Metrics;
 use http::header::{self, HeaderName, HeaderValue};
@@ -238,14 +238,18 @@ impl Gateway {
         }
         let path = canonicalize_with(req.uri().path(), self.config.server.path)
             .map_err(|e| Rejection::BadRequest(e.reason()))?;
-        out.path = Some(path.clone());
 
         // route
-        let route = self
-            .config
-            .routes
-            .find(req.method(), &path)
-            .ok_or(Rejection::NoRoute)?;
+        let Some(route) = self.config.routes.find(req.method(), &path) else {
+            out.path = Some(path);
+            return Err(Rejection::NoRoute);
+        };
+        // The canonical path plus the untouched query is what the upstream is asked for.
+        let target = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        out.path = Some(path);
         out.route = Some(route.name.clone());
 
         // identity: whatever the route, the client never chooses these headers.
@@ -299,7 +303,7 @@ impl Gateway {
             Err(rej) => return Err(rej),
         }
 
-        self.forward(req, route, &path, conn, out).await
+        self.forward(req, route, target, conn, out).await
     }
 
     fn add_identity(&self, req: &mut Request<Body>, identity: &Identity) {
@@ -314,22 +318,19 @@ impl Gateway {
         &self,
         mut req: Request<Body>,
         route: &Route,
-        path: &str,
+        target: String,
         conn: &ConnInfo,
         out: &mut Outcome,
     ) -> Result<Response<Body>, Rejection> {
         let upstream = self.upstreams.config(route.upstream);
-        let target = match req.uri().query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path.to_owned(),
-        };
-        let client = ClientInfo {
-            peer: conn.peer,
-            peer_ip: conn.peer_ip.clone(),
-            trusted_proxies: &self.config.server.trusted_proxies,
-        };
-        proxy::prepare_request(&mut req, upstream, &target, &client)
-            .map_err(|_| Rejection::Internal("bad_upstream_request"))?;
+        proxy::prepare_request(
+            &mut req,
+            upstream,
+            target,
+            conn,
+            &self.config.server.trusted_proxies,
+        )
+        .map_err(|_| Rejection::Internal("bad_upstream_request"))?;
         match self.upstreams.send(route.upstream, req).await {
             Ok((mut resp, elapsed)) => {
                 out.upstream_status = Some(resp.status().as_u16());
