@@ -82,12 +82,34 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     upstream_latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     jwks_fetches: Family<FetchLabels, Counter>,
-    token_cache: Family<LookupLabels, Counter>,
-    key_lookups: Family<LookupLabels, Counter>,
+    token_cache: Outcomes,
+    key_lookups: Outcomes,
     token_cache_entries: Gauge,
     keys: Family<IssuerLabels, Gauge>,
     jwks_age: Family<IssuerLabels, Gauge<f64, AtomicU64>>,
-    reloads: Family<LookupLabels, Counter>,
+    reloads: Outcomes,
+}
+
+/// A two-outcome counter family with both counters made up front: counting one is an atomic
+/// add, with no label hashing on the request path.
+#[derive(Clone)]
+struct Outcomes {
+    family: Family<LookupLabels, Counter>,
+    yes: Counter,
+    no: Counter,
+}
+
+impl Outcomes {
+    fn new(yes: &'static str, no: &'static str) -> Outcomes {
+        let family = Family::<LookupLabels, Counter>::default();
+        let yes = family.get_or_create(&LookupLabels { outcome: yes }).clone();
+        let no = family.get_or_create(&LookupLabels { outcome: no }).clone();
+        Outcomes { family, yes, no }
+    }
+
+    fn count(&self, yes: bool) {
+        if yes { &self.yes } else { &self.no }.inc();
+    }
 }
 
 impl Default for Metrics {
@@ -105,12 +127,12 @@ impl Metrics {
             latency: Family::new_with_constructor(histogram as fn() -> Histogram),
             upstream_latency: Family::new_with_constructor(histogram as fn() -> Histogram),
             jwks_fetches: Family::default(),
-            token_cache: Family::default(),
-            key_lookups: Family::default(),
+            token_cache: Outcomes::new("hit", "miss"),
+            key_lookups: Outcomes::new("hit", "miss"),
             token_cache_entries: Gauge::default(),
             keys: Family::default(),
             jwks_age: Family::default(),
-            reloads: Family::default(),
+            reloads: Outcomes::new("ok", "error"),
             registry: Registry::default(),
         };
         registry.register(
@@ -138,12 +160,12 @@ impl Metrics {
         registry.register(
             "token_cache_lookups",
             "Verified-token cache lookups by outcome (hit, miss)",
-            m.token_cache.clone(),
+            m.token_cache.family.clone(),
         );
         registry.register(
             "key_lookups",
             "Signing-key lookups by outcome (hit, miss)",
-            m.key_lookups.clone(),
+            m.key_lookups.family.clone(),
         );
         registry.register(
             "token_cache_entries",
@@ -164,7 +186,7 @@ impl Metrics {
         registry.register(
             "config_reloads",
             "Config reloads by outcome (ok, error)",
-            m.reloads.clone(),
+            m.reloads.family.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -212,29 +234,17 @@ impl Metrics {
 
     /// Counts a verified-token cache lookup.
     pub fn token_cache(&self, hit: bool) {
-        self.token_cache
-            .get_or_create(&LookupLabels {
-                outcome: if hit { "hit" } else { "miss" },
-            })
-            .inc();
+        self.token_cache.count(hit);
     }
 
     /// Counts a signing-key lookup (a miss is an unknown `kid`).
     pub fn key_lookup(&self, hit: bool) {
-        self.key_lookups
-            .get_or_create(&LookupLabels {
-                outcome: if hit { "hit" } else { "miss" },
-            })
-            .inc();
+        self.key_lookups.count(hit);
     }
 
     /// Counts a config reload.
     pub fn reload(&self, ok: bool) {
-        self.reloads
-            .get_or_create(&LookupLabels {
-                outcome: if ok { "ok" } else { "error" },
-            })
-            .inc();
+        self.reloads.count(ok);
     }
 
     /// Sets the gauges read at scrape time.
