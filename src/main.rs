@@ -114,8 +114,13 @@ fn explain(path: &std::path::Path, method: &str, target: &str, token: Option<Str
         if stdin.is_terminal() {
             return None;
         }
+        // A token is at most 64 KiB (the largest max_token_bytes); read no more than that.
         let mut s = String::new();
-        stdin.lock().read_to_string(&mut s).ok()?;
+        stdin
+            .lock()
+            .take(64 * 1024 + 1)
+            .read_to_string(&mut s)
+            .ok()?;
         let s = s.trim().to_owned();
         (!s.is_empty()).then_some(s)
     });
