@@ -180,24 +180,32 @@ impl Framer {
 
     fn on_head(&self, head: &[u8]) -> State {
         // A light scan, not a full parse: hyper parses (and refuses) the head itself; this only
-        // needs the framing headers, the method and whether an upgrade is asked for.
-        let mut lines = head
-            .split(|b| *b == b'\n')
-            .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-        let Some(request_line) = lines.next() else {
-            return State::Off;
-        };
-        if request_line.starts_with(b"CONNECT ") {
+        // needs the framing headers, the method and whether an upgrade is asked for. It runs on
+        // every request head, so lines are found with memchr and only a line whose first byte
+        // could start one of the three names is looked at further (a bearer token line is
+        // skipped without reading it).
+        if head.starts_with(b"CONNECT ") {
             return State::Off;
         }
         let mut cl_count = 0;
         let mut cl = None;
         let mut te = false;
         let mut upgrade = false;
-        for line in lines {
-            let Some(colon) = line.iter().position(|b| *b == b':') else {
+        let mut ends = memchr::memchr_iter(b'\n', head);
+        let mut line_start = match ends.next() {
+            Some(end) => end + 1,
+            None => return State::Off,
+        };
+        for end in ends {
+            let line = &head[line_start..end];
+            line_start = end + 1;
+            if !matches!(line.first(), Some(b'c' | b'C' | b't' | b'T' | b'u' | b'U')) {
+                continue;
+            }
+            let Some(colon) = memchr::memchr(b':', line) else {
                 continue;
             };
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
             let (name, value) = (&line[..colon], &line[colon + 1..]);
             if name.eq_ignore_ascii_case(b"content-length") {
                 cl_count += 1;

@@ -124,9 +124,12 @@ impl RouteTable {
         RouteTable { routes }
     }
 
-    /// The first route that takes this request.
-    pub fn find(&self, method: &Method, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matches(method, path))
+    /// The first route that takes this request, with its index.
+    pub fn find(&self, method: &Method, path: &str) -> Option<(usize, &Route)> {
+        self.routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matches(method, path))
     }
 
     /// All routes, in order.
@@ -196,11 +199,11 @@ mod tests {
         let post = Method::POST;
         let get = Method::GET;
         assert!(std::ptr::eq(
-            table.find(&post, "/api/write").unwrap(),
+            table.find(&post, "/api/write").unwrap().1,
             &table.routes()[0]
         ));
         assert!(std::ptr::eq(
-            table.find(&get, "/api/write").unwrap(),
+            table.find(&get, "/api/write").unwrap().1,
             &table.routes()[1]
         ));
         assert!(table.find(&get, "/other").is_none());

@@ -254,14 +254,21 @@ struct Protocols {
     max_header_bytes: usize,
 }
 
+/// `hyper::proto::h1::role::DEFAULT_MAX_HEADERS`, not exported.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 impl Protocols {
     fn new(config: &Config) -> Protocols {
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
             .header_read_timeout(config.server.header_read_timeout)
             .max_buf_size(config.server.max_header_bytes.max(8192))
-            .max_headers(config.server.max_headers)
             .keep_alive(true);
+        // hyper's own limit is 100, kept on the stack; setting any value makes it allocate and
+        // fill a header index array of that size for every request it parses.
+        if config.server.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+            h1.max_headers(config.server.max_headers);
+        }
         let h2 = config.server.http2.then(|| {
             let mut h2 = http2::Builder::new(TokioExecutor::new());
             h2.timer(TokioTimer::new())

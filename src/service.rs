@@ -22,7 +22,7 @@ use crate::h1guard::Verdict;
 use crate::path::canonicalize_with;
 use crate::proxy::{self, ProxyError, Upstreams};
 use crate::routes::{AuthMode, Route};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, RouteSeries};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use std::net::SocketAddr;
@@ -126,6 +126,8 @@ pub struct ConnInfo {
 struct Outcome {
     path: Option<String>,
     route: Option<Arc<str>>,
+    /// Index of the route, for its metric series.
+    route_index: Option<usize>,
     decision: &'static str,
     reason: &'static str,
     upstream_status: Option<u16>,
@@ -139,19 +141,28 @@ pub struct Gateway {
     upstreams: Upstreams,
     pub auth: Authenticator,
     pub metrics: Arc<Metrics>,
-    /// The route label of requests no route matched.
-    no_route: Arc<str>,
+    /// Metric series per route, in route order.
+    series: Vec<RouteSeries>,
+    /// The series of requests no route matched.
+    no_route: RouteSeries,
 }
 
 impl Gateway {
     /// Builds the gateway for a config: pools and key caches.
     pub fn new(config: Arc<Config>, auth: Authenticator, metrics: Arc<Metrics>) -> Gateway {
+        let series = config
+            .routes
+            .routes()
+            .iter()
+            .map(|r| metrics.route_series(&r.name))
+            .collect();
         Gateway {
             upstreams: Upstreams::new(&config),
+            no_route: metrics.route_series(&"-".into()),
+            series,
             config,
             auth,
             metrics,
-            no_route: "-".into(),
         }
     }
 
@@ -166,6 +177,7 @@ impl Gateway {
         let mut out = Outcome {
             path: None,
             route: None,
+            route_index: None,
             decision: "allow",
             reason: "ok",
             upstream_status: None,
@@ -186,7 +198,9 @@ impl Gateway {
         let status = resp.status().as_u16();
         let latency = start.elapsed();
         self.metrics.record(
-            out.route.as_ref().unwrap_or(&self.no_route),
+            out.route_index
+                .and_then(|i| self.series.get(i))
+                .unwrap_or(&self.no_route),
             status,
             out.decision,
             out.reason,
@@ -240,7 +254,7 @@ impl Gateway {
             .map_err(|e| Rejection::BadRequest(e.reason()))?;
 
         // route
-        let Some(route) = self.config.routes.find(req.method(), &path) else {
+        let Some((index, route)) = self.config.routes.find(req.method(), &path) else {
             out.path = Some(path);
             return Err(Rejection::NoRoute);
         };
@@ -251,6 +265,7 @@ impl Gateway {
         };
         out.path = Some(path);
         out.route = Some(route.name.clone());
+        out.route_index = Some(index);
 
         // identity: whatever the route, the client never chooses these headers.
         for (_, h) in &self.config.forward.claim_headers {

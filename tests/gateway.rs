@@ -372,6 +372,24 @@ async fn smuggling_shaped_requests_are_refused() {
     assert_eq!(seen[0].uri, "/public/x");
 }
 
+/// A `max_headers` other than hyper's own default (100) is applied.
+#[tokio::test]
+async fn max_headers_setting() {
+    let (up, gw, _) = setup("max_headers = 60").await;
+    let head = |n: usize| {
+        let mut h = String::from("GET /public/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        for i in 0..n {
+            h.push_str(&format!("X-H{i}: v\r\n"));
+        }
+        h + "\r\n"
+    };
+    let resp = raw(gw.addr, head(50).as_bytes()).await;
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    let resp = raw(gw.addr, head(70).as_bytes()).await;
+    assert!(matches!(raw_status(&resp), 431 | 400), "{resp}");
+    assert_eq!(up.seen().len(), 1);
+}
+
 #[tokio::test]
 async fn header_limits_and_slow_heads() {
     let (up, gw, _) = setup("header_read_timeout = \"500ms\"").await;
@@ -390,6 +408,7 @@ async fn header_limits_and_slow_heads() {
     many.push_str("\r\n");
     let resp = raw(gw.addr, many.as_bytes()).await;
     assert!(matches!(raw_status(&resp), 431 | 400), "{resp}");
+    assert!(up.seen().is_empty());
 
     // Slowloris: half a head, then silence. The connection is closed at the header timeout.
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
