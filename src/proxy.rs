@@ -74,23 +74,42 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
+///
+/// Runs on every request and response, and most responses carry `Connection: keep-alive`, so
+/// the common case allocates nothing: the fixed names present are noted in a bit set and
+/// removed, and a header named by a `Connection` option is looked up only for options other
+/// than `keep-alive` (itself on the fixed list).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names first: most messages carry none, or only `Connection`, and a
-    // removal of an absent header still costs a hash.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    let mut present = 0u16;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let mut doomed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| headers.contains_key(n))
-        .collect();
-    doomed.extend(headers.keys().filter(|k| HOP_BY_HOP.contains(k)).cloned());
-    for h in &doomed {
+    let mut named: Vec<HeaderName> = Vec::new();
+    for v in headers.get_all(header::CONNECTION) {
+        for option in v.as_bytes().split(|b| *b == b',') {
+            let option = option.trim_ascii();
+            if option.is_empty() || option.eq_ignore_ascii_case(b"keep-alive") {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(option) {
+                if headers.contains_key(&n) {
+                    named.push(n);
+                }
+            }
+        }
+    }
+    for h in &named {
         headers.remove(h);
+    }
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(h);
+        }
     }
 }
 
@@ -366,6 +385,28 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+
+        // Two Connection lines, odd case and spacing, a name that is not a header.
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("KEEP-ALIVE"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static(" ,X-One,, x-two ,bad name"),
+        );
+        h.insert("x-one", HeaderValue::from_static("1"));
+        h.insert("x-two", HeaderValue::from_static("2"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-kept"]);
+
+        // Nothing hop-by-hop: untouched.
+        let mut h = HeaderMap::new();
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
     }
 
     #[test]
