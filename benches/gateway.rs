@@ -112,6 +112,7 @@ fn bench(c: &mut Criterion) {
         peer_ip: http::HeaderValue::from_static("127.0.0.1"),
         framing: None,
         requests: Default::default(),
+        request_timer: Default::default(),
     };
     let tok = format!("Bearer {}", token());
     let run = |gw: &Arc<bearward::service::Gateway>, path: &str, auth: Option<&str>| {

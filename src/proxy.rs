@@ -10,8 +10,11 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// Why forwarding failed. Each becomes a 502 or 504 in `service`.
@@ -82,6 +85,10 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = 0u16;
     for k in headers.keys() {
+        // Every fixed name starts with one of these; most headers are ruled out by one byte.
+        if !matches!(k.as_str().as_bytes()[0], b'c' | b'k' | b'p' | b't' | b'u') {
+            continue;
+        }
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
             present |= 1 << i;
         }
@@ -193,6 +200,7 @@ impl Upstreams {
         &self,
         idx: usize,
         mut req: Request<Body>,
+        timer: &RequestTimer,
     ) -> Result<(Response<Body>, Duration), ProxyError> {
         let up = &self.clients[idx];
         let client_upgrade = is_upgrade_request(&req).then(|| hyper::upgrade::on(&mut req));
@@ -222,9 +230,10 @@ impl Upstreams {
         };
         let result = match early {
             Some(r) => r,
-            None => tokio::time::timeout(up.config.request_timeout, fut)
+            None => timer
+                .run(up.config.request_timeout, fut)
                 .await
-                .map_err(|_| ProxyError::Timeout)?,
+                .ok_or(ProxyError::Timeout)?,
         };
         let elapsed = start.elapsed();
         let mut resp = result?;
@@ -241,6 +250,45 @@ impl Upstreams {
             });
         }
         Ok((resp, elapsed))
+    }
+}
+
+/// A connection's `request_timeout` timer, kept from one request to the next.
+///
+/// A fresh tokio timer per request inserts a wheel entry under the timer lock when first polled
+/// and removes it when dropped, every request. Pushing the deadline of a timer that is still
+/// registered further out is one atomic update (tokio re-files it only if it comes due), so each
+/// connection keeps one. HTTP/1 runs one exchange at a time; concurrent h2 streams that find the
+/// timer taken make their own.
+#[derive(Default)]
+pub struct RequestTimer(std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>);
+
+impl RequestTimer {
+    /// Runs `fut` for at most `timeout`; `None` when the time ran out first.
+    pub async fn run<F: Future>(&self, timeout: Duration, fut: F) -> Option<F::Output> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let kept = self.slot().take();
+        let mut sleep = match kept {
+            Some(mut sleep) => {
+                sleep.as_mut().reset(deadline);
+                sleep
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        let mut fut = std::pin::pin!(fut);
+        let out = std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(v));
+            }
+            sleep.as_mut().poll(cx).map(|()| None)
+        })
+        .await;
+        *self.slot() = Some(sleep);
+        out
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Pin<Box<tokio::time::Sleep>>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -400,6 +448,14 @@ mod tests {
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.keys().collect::<Vec<_>>(), ["x-kept"]);
+
+        // The one-byte filter must let every fixed name through.
+        for h in &HOP_BY_HOP {
+            let mut one = HeaderMap::new();
+            one.insert(h.clone(), HeaderValue::from_static("x"));
+            strip_hop_by_hop(&mut one);
+            assert!(one.is_empty(), "{h}");
+        }
 
         // Nothing hop-by-hop: untouched.
         let mut h = HeaderMap::new();

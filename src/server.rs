@@ -378,6 +378,7 @@ fn gateway_service(
             .expect("an IP address is a valid header value"),
         framing,
         requests: Default::default(),
+        request_timer: Default::default(),
     });
     let live = live.clone();
     service_fn(move |req: Request<Incoming>| {

@@ -120,6 +120,8 @@ pub struct ConnInfo {
     pub framing: Option<Verdict>,
     /// Requests seen so far on this connection.
     pub requests: std::sync::atomic::AtomicUsize,
+    /// The `request_timeout` timer, reused from request to request.
+    pub request_timer: proxy::RequestTimer,
 }
 
 /// What one request did, for its access-log line and metrics.
@@ -346,7 +348,11 @@ impl Gateway {
             &self.config.server.trusted_proxies,
         )
         .map_err(|_| Rejection::Internal("bad_upstream_request"))?;
-        match self.upstreams.send(route.upstream, req).await {
+        match self
+            .upstreams
+            .send(route.upstream, req, &conn.request_timer)
+            .await
+        {
             Ok((mut resp, elapsed)) => {
                 out.upstream_status = Some(resp.status().as_u16());
                 out.upstream_time = Some(elapsed);

@@ -267,6 +267,54 @@ async fn upstream_down_is_502_and_slow_is_504() {
     );
 }
 
+/// The request timeout is kept per client connection and pushed forward per request: on one
+/// keep-alive connection, fast requests after a timed-out one are not cut short, and a slow one
+/// after fast ones still times out on time.
+#[tokio::test]
+async fn request_timeout_holds_for_every_request_on_a_connection() {
+    let (up, gw, _) = setup("").await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut statuses = Vec::new();
+    for path in [
+        "/public/a",
+        "/public/slow",
+        "/public/b",
+        "/public/c",
+        "/public/slow",
+    ] {
+        // Spaced so a timer left over from the previous request would fire inside this one.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tx.ready().await.unwrap();
+        let start = std::time::Instant::now();
+        let resp = tx
+            .send_request(
+                Request::get(path)
+                    .header("host", "x")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = resp.status();
+        resp.into_body().collect().await.unwrap();
+        let took = start.elapsed();
+        if status == StatusCode::GATEWAY_TIMEOUT {
+            assert!(
+                took >= Duration::from_millis(450),
+                "{path}: cut at {took:?}"
+            );
+            assert!(took < Duration::from_millis(1500), "{path}: late, {took:?}");
+        }
+        statuses.push(status.as_u16());
+    }
+    assert_eq!(statuses, [200, 504, 200, 200, 504]);
+    assert_eq!(up.count(), 5);
+}
+
 #[tokio::test]
 async fn websocket_upgrade_passes_through() {
     let (up, gw, _) = setup("").await;
