@@ -15,7 +15,7 @@
 //! served; identity headers go before auth so nothing the client sent can pass as a claim; no
 //! phase before `forward` can reach an upstream, so every rejection leaves it untouched.
 
-use crate::auth::{AuthError, Authenticator, Identity};
+use crate::auth::{AuthError, Authenticator, Identity, TokenId};
 use crate::body::{self, Body};
 use crate::config::Config;
 use crate::h1guard::Verdict;
@@ -134,7 +134,7 @@ struct Outcome {
     reason: &'static str,
     upstream_status: Option<u16>,
     upstream_time: Option<Duration>,
-    token_id: Option<String>,
+    token_id: Option<TokenId>,
 }
 
 /// Everything a request needs, built once per config snapshot.
@@ -221,7 +221,7 @@ impl Gateway {
                 upstream_status = out.upstream_status,
                 upstream_ms = out.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
                 latency_ms = latency.as_secs_f64() * 1000.0,
-                token = out.token_id.as_deref(),
+                token = out.token_id.map(tracing::field::display),
                 peer = %conn.peer.ip(),
             );
         }

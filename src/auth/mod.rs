@@ -54,7 +54,7 @@ pub struct AuthResult {
     /// The caller, whenever the token itself is valid (even if a scope is missing: audit mode
     /// still tells the upstream who called).
     pub identity: Option<Identity>,
-    pub token_id: Option<String>,
+    pub token_id: Option<TokenId>,
 }
 
 /// Checks tokens for `auth = "bearer"` routes: owns the issuers' key stores (with their
@@ -342,13 +342,20 @@ pub fn sha256_bytes(b: &[u8]) -> [u8; 32] {
 }
 
 /// A token's id in logs and in `bearward explain`: the first 6 bytes of its SHA-256, in hex.
-/// Short enough to say nothing about the token, long enough to correlate.
-pub fn token_id(hash: &[u8; 32]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(12);
-    for x in &hash[..6] {
-        out.push(DIGITS[(x >> 4) as usize] as char);
-        out.push(DIGITS[(x & 15) as usize] as char);
+/// Short enough to say nothing about the token, long enough to correlate. Kept as bytes and
+/// written out only when a log line is (not on every request).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenId([u8; 6]);
+
+impl std::fmt::Display for TokenId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
     }
-    out
+}
+
+/// The [`TokenId`] of a token with this SHA-256.
+pub fn token_id(hash: &[u8; 32]) -> TokenId {
+    let mut id = [0u8; 6];
+    id.copy_from_slice(&hash[..6]);
+    TokenId(id)
 }
