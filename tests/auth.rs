@@ -590,6 +590,12 @@ async fn request_forms_and_identity_headers() {
     // Accepted forms: lower-case scheme; the query where allowed.
     let a = get(&w.c, &url, &[("authorization", &format!("bearer {t}"))]).await;
     assert_eq!(a.status, StatusCode::OK);
+    // The token is now in the verified-token cache, which is looked up before the character
+    // check: the same token with anything added is other bytes, checked and refused.
+    for bad in [format!("{t},"), format!("{t} x"), format!("{t}=é")] {
+        let a = get(&w.c, &url, &[("authorization", &format!("Bearer {bad}"))]).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad:.10}");
+    }
     let a = get(
         &w.c,
         &format!("{}?access_token={t}", w.gw.url("/api/query/x")),

@@ -199,7 +199,7 @@ impl Authenticator {
         query: Option<&str>,
         route: &Route,
     ) -> AuthResult {
-        let token = match extract_token(headers, query, route) {
+        let token = match extract::find_token(headers, query, route) {
             Ok(t) => t,
             Err(e) => {
                 return AuthResult {
@@ -209,9 +209,10 @@ impl Authenticator {
                 }
             }
         };
-        let hash = sha256(token);
+        let hash = sha256_bytes(token);
         let token_id = Some(token_id(&hash));
-        let (outcome, identity) = match self.verify(token, &hash, &mut Trace::default()).await {
+        let verified = self.verify_bytes(token, &hash, &mut Trace::default()).await;
+        let (outcome, identity) = match verified {
             Ok(v) => (validator::check_scopes(&v.scopes, route), Some(Identity(v))),
             Err(e) => (Err(e), None),
         };
@@ -226,6 +227,16 @@ impl Authenticator {
     pub async fn verify(
         &self,
         token: &str,
+        hash: &[u8; 32],
+        trace: &mut Trace,
+    ) -> Result<Arc<Verified>, AuthError> {
+        self.verify_bytes(token.as_bytes(), hash, trace).await
+    }
+
+    /// [`Authenticator::verify`] of a token whose characters are checked only on a cache miss.
+    async fn verify_bytes(
+        &self,
+        token: &[u8],
         hash: &[u8; 32],
         trace: &mut Trace,
     ) -> Result<Arc<Verified>, AuthError> {
@@ -245,6 +256,7 @@ impl Authenticator {
                 }
             }
         }
+        let token = extract::check_token(token)?;
         let v = validator::validate(token, self.max_token_bytes, &self.issuers, trace).await;
         if matches!(v, Err(AuthError::UnknownKey) | Ok(_)) {
             self.metrics.key_lookup(v.is_ok());
