@@ -251,6 +251,27 @@ def peak_rss_kib(pid):
     return total
 
 
+def cpu_counters(pid):
+    """CPU ticks (user + system) and context switches of the process, its children (nginx
+    workers) and all their threads."""
+    pids = [pid] + [int(c) for c in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+    ticks = switches = 0
+    for p in pids:
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                stat = open(f"/proc/{p}/task/{t}/stat").read().rsplit(")", 1)[1].split()
+                status = open(f"/proc/{p}/task/{t}/status").read()
+            except OSError:
+                continue
+            ticks += int(stat[11]) + int(stat[12])
+            switches += sum(int(n) for n in re.findall(r"voluntary_ctxt_switches:\s+(\d+)", status))
+    return ticks, switches
+
+
 def wrk(port, connections, duration, header=None, script=None):
     cmd = ["taskset", "-c", WRK_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
     if header:
@@ -260,6 +281,7 @@ def wrk(port, connections, duration, header=None, script=None):
     cmd.append(f"http://127.0.0.1:{port}/api/check")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
 
     def pct(p):
         m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -268,7 +290,7 @@ def wrk(port, connections, duration, header=None, script=None):
 
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50": pct(50), "p99": pct(99), "non2xx": int(non2xx.group(1)) if non2xx else 0, "errors": errors.group(1) if errors else ""}
+    return {"rps": rps, "requests": requests, "p50": pct(50), "p99": pct(99), "non2xx": int(non2xx.group(1)) if non2xx else 0, "errors": errors.group(1) if errors else ""}
 
 
 def main():
@@ -351,27 +373,34 @@ def main():
         for rnd in range(args.rounds):
             for scen, cands in scenarios.items():
                 for name, port, header, script in cands:
+                    pid = procs["upstream" if name == "direct" else name].pid
+                    before = cpu_counters(pid)
                     r = wrk(port, args.connections, args.duration, header, script)
+                    after = cpu_counters(pid)
+                    r["cpu_us"] = (after[0] - before[0]) / os.sysconf("SC_CLK_TCK") / r["requests"] * 1e6
+                    r["switches"] = (after[1] - before[1]) / r["requests"]
                     results.setdefault((scen, name), []).append(r)
                     print(f"round {rnd + 1} {scen:11} {name:17} {r['rps']:10.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms"
+                          f"  cpu {r['cpu_us']:.1f} us/req  {r['switches']:.2f} switches/req"
                           + (f"  non-2xx {r['non2xx']}" if r["non2xx"] else "") + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
 
         # Memory: 100,000 requests or more over 10,000 distinct tokens.
         mem_run = wrk(PORTS["bearward"], args.connections, max(args.duration, 5), None, f"{d}/rotate10000.lua")
-        mem_requests = int(mem_run["rps"] * max(args.duration, 5))
+        mem_requests = mem_run["requests"]
         rss = {name: peak_rss_kib(p.pid) for name, p in procs.items()}
 
         print()
-        print(f"{'scenario':11} {'candidate':17} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'peak RSS':>9} {'vs nginx':>9}")
+        print(f"{'scenario':11} {'candidate':17} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'peak RSS':>9} {'cpu us':>7} {'sw/req':>6} {'vs nginx':>9}")
         for (scen, name), runs in results.items():
             base = results.get((scen, "nginx"))
             ratios = [r["rps"] / b["rps"] for r, b in zip(runs, base)] if base else []
             med = lambda k: statistics.median(r[k] for r in runs)
             proc = "upstream" if name == "direct" else name
             print(f"{scen:11} {name:17} {med('rps'):9.0f} {med('p50'):8.3f} {med('p99'):8.3f} {rss.get(proc, 0) / 1024:8.1f}M"
-                  f" {statistics.median(ratios):8.2f}x" if ratios else "")
+                  f" {med('cpu_us'):7.1f} {med('switches'):6.2f}" + (f" {statistics.median(ratios):8.2f}x" if ratios else ""))
         print(f"\nbearward peak RSS after the 10,000-token run ({mem_requests} requests): {rss['bearward'] / 1024:.1f} MiB")
-        print(f"(wrk on CPU {WRK_CPU}; upstream and proxies on CPU {SERVER_CPU}; {args.connections} connections; {args.duration} s runs; medians of {args.rounds} rounds)")
+        print(f"(wrk on CPU {WRK_CPU}; upstream and proxies on CPU {SERVER_CPU}; {args.connections} connections; {args.duration} s runs; medians of {args.rounds} rounds;"
+              " cpu us and sw/req: the candidate's own user+system CPU time and context switches per request)")
     finally:
         for p in procs.values():
             p.send_signal(signal.SIGTERM)

@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Instructions per request through bearward, counted by callgrind: a figure that does not
+move with the machine's load, unlike requests/s.
+
+    python3 benches/instructions.py            # installs valgrind if missing, builds bearward
+
+bearward runs under `valgrind --tool=callgrind` in front of the load benchmark's nginx upstream
+(same config as benches/load.py, verified-token cache on). For each scenario the counters are
+zeroed, wrk sends requests for --duration seconds over 8 connections, and the dump is divided by
+the requests wrk completed. SHA-256 is reported apart: valgrind hides SHA-NI from the program,
+so the token hash runs a software path there that costs far more than it does natively.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import load  # noqa: E402
+
+PORT, UPSTREAM = 18094, 18090
+
+
+def annotate(path):
+    out = subprocess.run(["callgrind_annotate", "--threshold=100", path], capture_output=True, text=True).stdout
+    total = int(re.search(r"([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", out).group(1).replace(",", ""))
+    sha = sum(int(m.group(1).replace(",", "")) for m in re.finditer(r"^\s*([\d,]+) \(.*sha256_block_data_order\w* \[", out, re.M))
+    return total, sha
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--bearward", default=os.path.join(load.ROOT, "target/release/bearward"))
+    ap.add_argument("--no-build", action="store_true")
+    args = ap.parse_args()
+
+    load.ensure_tools()
+    if not shutil.which("valgrind"):
+        print("installing valgrind with apt-get", flush=True)
+        load.sh(["apt-get", "update", "-qq"])
+        load.sh(["apt-get", "install", "-y", "-qq", "valgrind"], stdout=subprocess.DEVNULL)
+    if not args.no_build:
+        load.sh(["cargo", "build", "--release", "--locked", "--quiet", "--bin", "bearward"], cwd=load.ROOT)
+
+    d = tempfile.mkdtemp(prefix="bearward-instr-")
+    keys = load.Keys()
+    open(f"{d}/jwks.json", "w").write(load.json.dumps(keys.jwks))
+    token = keys.token("RS256")
+    open(f"{d}/upstream.conf", "w").write(load.NGINX_UPSTREAM.format(dir=d, port=UPSTREAM))
+    open(f"{d}/bearward.toml", "w").write(load.BEARWARD.format(
+        port=PORT, cache=10000, issuer=load.ISSUER, audience=load.AUDIENCE, dir=d, up=UPSTREAM))
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    procs = []
+    try:
+        procs.append(subprocess.Popen([nginx, "-c", f"{d}/upstream.conf", "-g", "daemon off;"]))
+        procs.append(subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg.out", args.bearward, "--config", f"{d}/bearward.toml"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"}))
+        load.wait_port(UPSTREAM)
+        load.wait_port(PORT, timeout=60)
+        if load.status(PORT, token) != 200 or load.status(PORT, None) != 401:
+            raise SystemExit("bearward under valgrind does not answer as expected")
+
+        print(f"{'scenario':28} {'requests':>9} {'instr/req':>10} {'of which SHA-256':>17}")
+        for n, (name, tok) in enumerate((("bearer, cached RS256 token", token), ("no token (401)", None)), start=1):
+            subprocess.run(["callgrind_control", "-z", str(procs[1].pid)], capture_output=True, check=True)
+            cmd = ["wrk", "-t1", "-c8", f"-d{args.duration}s"]
+            if tok:
+                cmd += ["-H", f"Authorization: Bearer {tok}"]
+            out = subprocess.run(cmd + [f"http://127.0.0.1:{PORT}/"], capture_output=True, text=True).stdout
+            requests = int(re.search(r"(\d+) requests in", out).group(1))
+            subprocess.run(["callgrind_control", "-d", str(procs[1].pid)], capture_output=True, check=True)
+            dump = f"{d}/cg.out.{n}"
+            for _ in range(50):
+                if os.path.exists(dump) and os.path.getsize(dump) > 0:
+                    break
+                time.sleep(0.1)
+            time.sleep(0.5)
+            total, sha = annotate(dump)
+            print(f"{name:28} {requests:9d} {total // requests:10d} {sha // requests:17d}")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
