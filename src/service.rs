@@ -261,11 +261,13 @@ impl Gateway {
             return Err(Rejection::NoRoute);
         };
         // The canonical path plus the untouched query is what the upstream is asked for.
-        let target = match req.uri().query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path.clone(),
+        // The path is kept for the access log only when there is one.
+        let (target, logged) = match (req.uri().query(), self.config.server.access_log) {
+            (Some(q), _) => (format!("{path}?{q}"), Some(path)),
+            (None, true) => (path.clone(), Some(path)),
+            (None, false) => (path, None),
         };
-        out.path = Some(path);
+        out.path = logged;
         out.route = Some(route.name.clone());
         out.route_index = Some(index);
 
