@@ -16,9 +16,13 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global tracing subscriber (`RUST_LOG` overrides the default `info`).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // A log line that cannot be written is dropped. By default tracing-subscriber reports
+    // such a failure with `eprintln!`, which panics when stderr itself is the broken sink (a
+    // closed pipe, a restarted journald stream): every logged request would then fail.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
