@@ -90,7 +90,7 @@ impl Live {
 }
 
 /// Settings read once when the listeners are built.
-fn restart_only_changes(a: &Config, b: &Config) -> [(&'static str, bool); 8] {
+fn restart_only_changes(a: &Config, b: &Config) -> [(&'static str, bool); 9] {
     let (a, b) = (&a.server, &b.server);
     [
         ("server.listen", a.listen != b.listen),
@@ -110,6 +110,10 @@ fn restart_only_changes(a: &Config, b: &Config) -> [(&'static str, bool); 8] {
             a.shutdown_grace != b.shutdown_grace,
         ),
         ("server.log_format", a.log_format != b.log_format),
+        (
+            "server.worker_threads",
+            a.worker_threads != b.worker_threads,
+        ),
     ]
 }
 

@@ -536,3 +536,70 @@ async fn sighup_reloads_the_running_binary() {
     assert!(child.wait().unwrap().success());
     let _ = std::fs::remove_file(&file);
 }
+
+/// `server.worker_threads`: 1 runs tokio's current-thread runtime, N a multi-thread runtime
+/// with N workers (as the runtime itself reports at start); either way the binary serves and
+/// drains on SIGTERM.
+///
+/// The test closes its end of bearward's stderr after the start line, so every access-log line
+/// after it meets a broken pipe: requests must still be answered (tracing-subscriber's own
+/// error report used to panic there and drop every logged request's connection).
+#[tokio::test]
+async fn worker_threads_sets_the_runtime() {
+    use std::io::BufRead;
+    let up = Upstream::start().await;
+    for (threads, expect) in [
+        (1, "runtime=CurrentThread workers=1"),
+        (3, "runtime=MultiThread workers=3"),
+    ] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let file = std::env::temp_dir().join(format!(
+            "bearward-threads-{threads}-{}.toml",
+            std::process::id()
+        ));
+        let text = reload_config(&up.url(), "none").replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!(
+                "listen = \"127.0.0.1:{port}\"\nwatch_config = false\nworker_threads = {threads}"
+            ),
+        );
+        std::fs::write(&file, text).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bearward"))
+            .arg("--config")
+            .arg(&file)
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let started = tokio::task::spawn_blocking(move || {
+            std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+                .find(|l| l.contains("bearward listening"))
+        })
+        .await
+        .unwrap()
+        .unwrap_or_default();
+        assert!(
+            started.contains(expect),
+            "worker_threads = {threads}: {started}"
+        );
+        let c = client();
+        let url = format!("http://127.0.0.1:{port}/public/x");
+        for _ in 0..5 {
+            assert_eq!(get(&c, &url, &[]).await.status, StatusCode::OK);
+        }
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        let _ = std::fs::remove_file(&file);
+    }
+}

@@ -41,6 +41,7 @@ pub struct ServerFile {
     pub token_cache_entries: Option<Spanned<u64>>,
     pub mode: Option<Spanned<Mode>>,
     pub watch_config: Option<bool>,
+    pub worker_threads: Option<Spanned<u64>>,
 }
 
 /// `log_format`

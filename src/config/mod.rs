@@ -92,6 +92,8 @@ pub struct ServerConfig {
     pub mode: Mode,
     /// Reload when the config file changes (SIGHUP always reloads).
     pub watch_config: bool,
+    /// Runtime threads; `None`: one per CPU the process may use.
+    pub worker_threads: Option<usize>,
 }
 
 /// `[upstreams.NAME]`, validated.

@@ -326,6 +326,10 @@ fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
         access_log: s.access_log.unwrap_or(true),
         mode: s.mode.as_ref().map_or(Mode::Enforce, |m| *m.get_ref()),
         watch_config: s.watch_config.unwrap_or(true),
+        worker_threads: s
+            .worker_threads
+            .as_ref()
+            .map(|_| cx.size(&s.worker_threads, "server.worker_threads", 1, 1, 1024)),
     }
 }
 
