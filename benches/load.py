@@ -16,10 +16,11 @@ What it does:
       bearward  the same route and scope; and bearward-nocache with token_cache_entries = 0
   * checks every candidate first (valid -> 200, none -> 401, tampered -> 401);
   * pins processes: wrk on CPU 0, upstream and proxies on CPU 1 (taskset), so a proxy and the
-    upstream share one core, as the peers were measured;
+    upstream share one core, as the peers were measured; --layout isolated moves the upstream
+    to CPU 0 beside wrk, so the proxy has a core to itself;
   * runs each scenario for each candidate, interleaved, for --rounds rounds, and prints a table:
-    requests/s, p50, p99, peak RSS (VmHWM), and throughput as a ratio to nginx in the same
-    round (medians over rounds).
+    requests/s, p50, p99, peak RSS (VmHWM), the candidate's CPU time and context switches per
+    request, and throughput as a ratio to nginx in the same round (medians over rounds).
 Nothing here asserts a timing; it prints figures.
 """
 import argparse
@@ -301,6 +302,9 @@ def main():
     ap.add_argument("--bearward", default=os.path.join(ROOT, "target/release/bearward"))
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--only", help="comma-separated scenarios to run")
+    ap.add_argument("--layout", choices=("shared", "isolated"), default="shared",
+                    help="shared: upstream and proxy on CPU 1 (the issue's layout); isolated: upstream "
+                         "with wrk on CPU 0, the proxy alone on CPU 1, so no proxy is preempted by the upstream")
     args = ap.parse_args()
 
     ensure_tools()
@@ -335,7 +339,8 @@ def main():
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
     procs = {}
     try:
-        procs["upstream"] = start([nginx, "-c", f"{d}/upstream.conf", "-g", "daemon off;"], SERVER_CPU)
+        upstream_cpu = WRK_CPU if args.layout == "isolated" else SERVER_CPU
+        procs["upstream"] = start([nginx, "-c", f"{d}/upstream.conf", "-g", "daemon off;"], upstream_cpu)
         procs["nginx"] = start([nginx, "-c", f"{d}/nginx.conf", "-g", "daemon off;"], SERVER_CPU)
         procs["haproxy"] = start([haproxy, "-f", f"{d}/haproxy.cfg"], SERVER_CPU)
         for name in ("bearward", "bearward-nocache"):
@@ -399,7 +404,8 @@ def main():
             print(f"{scen:11} {name:17} {med('rps'):9.0f} {med('p50'):8.3f} {med('p99'):8.3f} {rss.get(proc, 0) / 1024:8.1f}M"
                   f" {med('cpu_us'):7.1f} {med('switches'):6.2f}" + (f" {statistics.median(ratios):8.2f}x" if ratios else ""))
         print(f"\nbearward peak RSS after the 10,000-token run ({mem_requests} requests): {rss['bearward'] / 1024:.1f} MiB")
-        print(f"(wrk on CPU {WRK_CPU}; upstream and proxies on CPU {SERVER_CPU}; {args.connections} connections; {args.duration} s runs; medians of {args.rounds} rounds;"
+        where = f"wrk and upstream on CPU {WRK_CPU}; proxies on CPU {SERVER_CPU}" if args.layout == "isolated" else f"wrk on CPU {WRK_CPU}; upstream and proxies on CPU {SERVER_CPU}"
+        print(f"({where}; {args.connections} connections; {args.duration} s runs; medians of {args.rounds} rounds;"
               " cpu us and sw/req: the candidate's own user+system CPU time and context switches per request)")
     finally:
         for p in procs.values():
