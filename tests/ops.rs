@@ -469,57 +469,105 @@ async fn global_audit_mode_applies_to_every_route() {
     assert_eq!(up.count(), 2);
 }
 
+/// The bearward binary on a free port, running `reload_config`'s file with `server_extra` lines
+/// added to `[server]`.
+struct Binary {
+    child: std::process::Child,
+    port: u16,
+    file: std::path::PathBuf,
+}
+
+impl Binary {
+    fn start(up: &str, auth: &str, server_extra: &str, stderr: std::process::Stdio) -> Binary {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let file =
+            std::env::temp_dir().join(format!("bearward-bin-{port}-{}.toml", std::process::id()));
+        std::fs::write(&file, Binary::config(up, auth, port, server_extra)).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_bearward"))
+            .arg("--config")
+            .arg(&file)
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        Binary { child, port, file }
+    }
+
+    fn config(up: &str, auth: &str, port: u16, server_extra: &str) -> String {
+        reload_config(up, auth).replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\"\n{server_extra}"),
+        )
+    }
+
+    fn rewrite(&self, up: &str, auth: &str, server_extra: &str) {
+        std::fs::write(
+            &self.file,
+            Binary::config(up, auth, self.port, server_extra),
+        )
+        .unwrap();
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Waits for the listener, then the status of a first request.
+    async fn first_status(&self, c: &HttpClient, path: &str) -> Option<StatusCode> {
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return Some(get(c, &self.url(path), &[]).await.status);
+            }
+        }
+        None
+    }
+
+    fn signal(&self, sig: &str) {
+        std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    /// SIGTERM; the exit status says the drain went well.
+    fn stop(mut self) {
+        self.signal("-TERM");
+        assert!(self.child.wait().unwrap().success());
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
 #[tokio::test]
 async fn sighup_reloads_the_running_binary() {
     let up = Upstream::start().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let file = std::env::temp_dir().join(format!("bearward-hup-{}.toml", std::process::id()));
-    let text = |auth: &str| {
-        reload_config(&up.url(), auth).replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\"\nwatch_config = false"),
-        )
-    };
-    std::fs::write(&file, text("none")).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bearward"))
-        .arg("--config")
-        .arg(&file)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let extra = "watch_config = false";
+    let bin = Binary::start(&up.url(), "none", extra, std::process::Stdio::null());
     let c = client();
-    let url = format!("http://127.0.0.1:{port}/public/x");
-    let mut status = None;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            status = Some(get(&c, &url, &[]).await.status);
-            break;
-        }
-    }
-    assert_eq!(status, Some(StatusCode::OK));
-    std::fs::write(&file, text("deny")).unwrap();
+    assert_eq!(
+        bin.first_status(&c, "/public/x").await,
+        Some(StatusCode::OK)
+    );
+    bin.rewrite(&up.url(), "deny", extra);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
-        get(&c, &url, &[]).await.status,
+        get(&c, &bin.url("/public/x"), &[]).await.status,
         StatusCode::OK,
         "watch_config = false: no reload without SIGHUP"
     );
-    std::process::Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
+    bin.signal("-HUP");
     let mut after = StatusCode::OK;
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        after = get(&c, &url, &[]).await.status;
+        after = get(&c, &bin.url("/public/x"), &[]).await.status;
         if after == StatusCode::FORBIDDEN {
             break;
         }
@@ -529,12 +577,7 @@ async fn sighup_reloads_the_running_binary() {
         StatusCode::FORBIDDEN,
         "SIGHUP applied the new policy"
     );
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    let _ = std::fs::remove_file(&file);
+    bin.stop();
 }
 
 /// `server.worker_threads`: 1 runs tokio's current-thread runtime, N a multi-thread runtime
@@ -552,31 +595,9 @@ async fn worker_threads_sets_the_runtime() {
         (1, "runtime=CurrentThread workers=1"),
         (3, "runtime=MultiThread workers=3"),
     ] {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let file = std::env::temp_dir().join(format!(
-            "bearward-threads-{threads}-{}.toml",
-            std::process::id()
-        ));
-        let text = reload_config(&up.url(), "none").replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!(
-                "listen = \"127.0.0.1:{port}\"\nwatch_config = false\nworker_threads = {threads}"
-            ),
-        );
-        std::fs::write(&file, text).unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bearward"))
-            .arg("--config")
-            .arg(&file)
-            .env("NO_COLOR", "1")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
+        let extra = format!("watch_config = false\nworker_threads = {threads}");
+        let mut bin = Binary::start(&up.url(), "none", &extra, std::process::Stdio::piped());
+        let stderr = bin.child.stderr.take().unwrap();
         let started = tokio::task::spawn_blocking(move || {
             std::io::BufReader::new(stderr)
                 .lines()
@@ -591,15 +612,12 @@ async fn worker_threads_sets_the_runtime() {
             "worker_threads = {threads}: {started}"
         );
         let c = client();
-        let url = format!("http://127.0.0.1:{port}/public/x");
         for _ in 0..5 {
-            assert_eq!(get(&c, &url, &[]).await.status, StatusCode::OK);
+            assert_eq!(
+                get(&c, &bin.url("/public/x"), &[]).await.status,
+                StatusCode::OK
+            );
         }
-        std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(child.wait().unwrap().success());
-        let _ = std::fs::remove_file(&file);
+        bin.stop();
     }
 }
