@@ -85,14 +85,7 @@ def main():
             total, sha = annotate(dump)
             print(f"{name:28} {requests:9d} {total // requests:10d} {sha // requests:17d}")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(d, ignore_errors=True)
+        load.stop(procs, d, wait=10)
 
 
 if __name__ == "__main__":

@@ -211,6 +211,19 @@ def start(cmd, cpu, **kw):
     return subprocess.Popen(["taskset", "-c", cpu, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
 
 
+def stop(procs, tmpdir, wait=5):
+    """SIGTERM to every process, SIGKILL to any still up after `wait` s; then the temp dir."""
+    procs = list(procs)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(wait)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    shutil.rmtree(tmpdir, ignore_errors=True)
+
+
 def wait_port(port, timeout=10):
     import socket
     end = time.time() + timeout
@@ -408,14 +421,7 @@ def main():
         print(f"({where}; {args.connections} connections; {args.duration} s runs; medians of {args.rounds} rounds;"
               " cpu us and sw/req: the candidate's own user+system CPU time and context switches per request)")
     finally:
-        for p in procs.values():
-            p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(d, ignore_errors=True)
+        stop(procs.values(), d)
 
 
 if __name__ == "__main__":
