@@ -69,11 +69,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+/// The runtime: `threads` workers, or one per CPU the process may use (`available_parallelism`
+/// follows the affinity mask and cgroup quotas). With one thread, tokio's current-thread
+/// scheduler: no work-stealing machinery, and on a core shared with the upstream it was 3-14%
+/// faster than a one-worker multi-thread runtime (fewer context switches per request; see
+/// benches/load.py).
+fn runtime(threads: Option<usize>) -> Option<tokio::runtime::Runtime> {
+    let threads = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    match builder.enable_all().build() {
         Ok(r) => Some(r),
         Err(e) => {
             eprintln!("bearward: cannot start the runtime: {e}");
@@ -84,7 +96,7 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 
 fn demo(listen: std::net::SocketAddr) -> ExitCode {
     bearward::telemetry::init(bearward::config::LogFormat::Text);
-    let Some(rt) = runtime() else {
+    let Some(rt) = runtime(None) else {
         return ExitCode::FAILURE;
     };
     match rt.block_on(bearward::demo::run(listen, shutdown_signal())) {
@@ -124,7 +136,7 @@ fn explain(path: &std::path::Path, method: &str, target: &str, token: Option<Str
         let s = s.trim().to_owned();
         (!s.is_empty()).then_some(s)
     });
-    let Some(rt) = runtime() else {
+    let Some(rt) = runtime(None) else {
         return ExitCode::FAILURE;
     };
     let (text, verdict) = rt.block_on(bearward::explain::explain(
@@ -174,25 +186,8 @@ fn run(path: &std::path::Path) -> ExitCode {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    let threads = config.server.worker_threads.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
-    // With one thread, tokio's current-thread scheduler: no work-stealing machinery, and on
-    // a core shared with the upstream it was 3-14% faster than a one-worker multi-thread
-    // runtime (fewer context switches per request; see benches/load.py).
-    let mut builder = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(threads);
-        b
-    };
-    let runtime = match builder.enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("bearward: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(config.server.worker_threads) else {
+        return ExitCode::FAILURE;
     };
     let watch = config.server.watch_config;
     let path = path.to_path_buf();
