@@ -22,7 +22,7 @@ use crate::h1guard::Verdict;
 use crate::path::canonicalize_with;
 use crate::proxy::{self, ProxyError, Upstreams};
 use crate::routes::{AuthMode, Route};
-use crate::telemetry::{Metrics, RouteSeries};
+use crate::telemetry::{Metrics, RouteSeries, ALLOWED};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use std::net::SocketAddr;
@@ -180,8 +180,8 @@ impl Gateway {
             path: None,
             route: None,
             route_index: None,
-            decision: "allow",
-            reason: "ok",
+            decision: ALLOWED.0,
+            reason: ALLOWED.1,
             upstream_status: None,
             upstream_time: None,
             token_id: None,

@@ -77,6 +77,9 @@ fn histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
+/// The decision and reason of a request that was let through and answered.
+pub const ALLOWED: (&str, &str) = ("allow", "ok");
+
 /// One route's handles into the request metrics, made once per config load: recording a
 /// request then hashes no label set in the usual case (200, allowed) and one otherwise, instead
 /// of three label-set lookups per request.
@@ -220,8 +223,8 @@ impl Metrics {
                 .get_or_create(&RequestLabels {
                     route: name.clone(),
                     status: 200,
-                    decision: "allow",
-                    reason: "ok",
+                    decision: ALLOWED.0,
+                    reason: ALLOWED.1,
                 })
                 .clone(),
             route: name,
@@ -238,7 +241,7 @@ impl Metrics {
         latency: Duration,
         upstream: Option<Duration>,
     ) {
-        if status == 200 && decision == "allow" && reason == "ok" {
+        if status == 200 && (decision, reason) == ALLOWED {
             series.ok.inc();
         } else {
             self.requests
