@@ -18,6 +18,8 @@ What it does:
   * pins processes: wrk on CPU 0, upstream and proxies on CPU 1 (taskset), so a proxy and the
     upstream share one core, as the peers were measured; --layout isolated moves the upstream
     to CPU 0 beside wrk, so the proxy has a core to itself;
+  * with --compare OTHER_BINARY, runs a second bearward build (`bearward-b`, cache on) beside
+    the first in every scenario, so two builds are compared within the same rounds;
   * runs each scenario for each candidate, interleaved, for --rounds rounds, and prints a table:
     requests/s, p50, p99, peak RSS (VmHWM), the candidate's CPU time and context switches per
     request, and throughput as a ratio to nginx in the same round (medians over rounds).
@@ -41,7 +43,8 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ISSUER = "https://idp.bench"
 AUDIENCE = "https://api.bench"
-PORTS = {"upstream": 18080, "nginx": 18081, "haproxy": 18082, "haproxy-es": 18083, "bearward": 18084, "bearward-nocache": 18085}
+PORTS = {"upstream": 18080, "nginx": 18081, "haproxy": 18082, "haproxy-es": 18083, "bearward": 18084, "bearward-nocache": 18085,
+         "bearward-b": 18086}
 WRK_CPU, SERVER_CPU = "0", "1"
 
 
@@ -314,6 +317,8 @@ def main():
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--bearward", default=os.path.join(ROOT, "target/release/bearward"))
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--compare", metavar="OTHER_BINARY",
+                    help="also run this bearward build (bearward-b, cache on) in every scenario")
     ap.add_argument("--only", help="comma-separated scenarios to run")
     ap.add_argument("--layout", choices=("shared", "isolated"), default="shared",
                     help="shared: upstream and proxy on CPU 1 (the issue's layout); isolated: upstream "
@@ -345,7 +350,13 @@ def main():
     fronts = HAPROXY_FRONTEND.format(name="rs", port=PORTS["haproxy"], alg="RS256", key=f"{d}/rsa.pem", issuer=ISSUER, audience=AUDIENCE)
     fronts += HAPROXY_FRONTEND.format(name="es", port=PORTS["haproxy-es"], alg="ES256", key=f"{d}/ec.pem", issuer=ISSUER, audience=AUDIENCE)
     open(f"{d}/haproxy.cfg", "w").write(HAPROXY.format(frontends=fronts, up=PORTS["upstream"]))
-    for name, cache in (("bearward", 10000), ("bearward-nocache", 0)):
+    binaries = {"bearward": args.bearward, "bearward-nocache": args.bearward}
+    if args.compare:
+        binaries["bearward-b"] = args.compare
+    else:
+        del PORTS["bearward-b"]
+    for name in binaries:
+        cache = 0 if name == "bearward-nocache" else 10000
         open(f"{d}/{name}.toml", "w").write(BEARWARD.format(port=PORTS[name], cache=cache, issuer=ISSUER, audience=AUDIENCE, dir=d, up=PORTS["upstream"]))
 
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -356,8 +367,8 @@ def main():
         procs["upstream"] = start([nginx, "-c", f"{d}/upstream.conf", "-g", "daemon off;"], upstream_cpu)
         procs["nginx"] = start([nginx, "-c", f"{d}/nginx.conf", "-g", "daemon off;"], SERVER_CPU)
         procs["haproxy"] = start([haproxy, "-f", f"{d}/haproxy.cfg"], SERVER_CPU)
-        for name in ("bearward", "bearward-nocache"):
-            procs[name] = start([args.bearward, "--config", f"{d}/{name}.toml"], SERVER_CPU, env={**os.environ, "RUST_LOG": "warn"})
+        for name, binary in binaries.items():
+            procs[name] = start([binary, "--config", f"{d}/{name}.toml"], SERVER_CPU, env={**os.environ, "RUST_LOG": "warn"})
         for p in PORTS.values():
             wait_port(p)
         time.sleep(0.5)
@@ -365,7 +376,8 @@ def main():
         print("checks (valid / none / tampered):")
         for name, port, tok in (("haproxy", PORTS["haproxy"], rs), ("haproxy-es", PORTS["haproxy-es"], es),
                                 ("bearward", PORTS["bearward"], rs), ("bearward-es", PORTS["bearward"], es),
-                                ("bearward-nocache", PORTS["bearward-nocache"], rs)):
+                                ("bearward-nocache", PORTS["bearward-nocache"], rs),
+                                *((("bearward-b", PORTS["bearward-b"], rs),) if args.compare else ())):
             got = (status(port, tok), status(port, None), status(port, tampered if tok == rs else es[:-6] + "AAAAAA"))
             print(f"  {name:18} {got}")
             if got != (200, 401, 401):
@@ -385,6 +397,10 @@ def main():
             "no-token": [("nginx", PORTS["nginx"], None, None), ("haproxy", PORTS["haproxy"], None, None),
                          ("bearward", PORTS["bearward"], None, None)],
         }
+        if args.compare:
+            for cands in scenarios.values():
+                at = next(i for i, c in enumerate(cands) if c[0] == "bearward")
+                cands.insert(at + 1, ("bearward-b", PORTS["bearward-b"], *cands[at][2:]))
         if args.only:
             scenarios = {k: v for k, v in scenarios.items() if k in args.only.split(",")}
         results = {}
