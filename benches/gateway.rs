@@ -111,7 +111,6 @@ fn bench(c: &mut Criterion) {
         peer: "127.0.0.1:40000".parse().unwrap(),
         peer_ip: http::HeaderValue::from_static("127.0.0.1"),
         framing: None,
-        requests: Default::default(),
         request_timer: Default::default(),
     };
     let tok = format!("Bearer {}", token());

@@ -1,44 +1,135 @@
-//! A read-side watcher for HTTP/1 connections that flags request framing which could be read two
-//! ways (request smuggling): `Content-Length` together with `Transfer-Encoding`, or more than one
-//! `Content-Length` line.
+//! A read-side watcher for HTTP/1 connections. It does two jobs hyper cannot do for bearward:
 //!
-//! hyper copes with both safely (chunked wins, the connection closes), but it drops the
-//! `Content-Length` before the service sees the request, so the service cannot refuse what it
-//! cannot see. This wrapper follows the request framing itself (heads, fixed-length and chunked
-//! bodies) on the bytes hyper reads, and records the index of the first ambiguous request head
-//! on the connection. The service counts requests as hyper hands them over (HTTP/1 requests on
-//! one connection come in order), so the request with that index, and any after it, is
-//! answered 400 and the connection closes, while clean requests before it are served. When the wrapper cannot follow the stream (an upgrade, a head it cannot
-//! parse) it stops watching; hyper's own parser still applies.
+//! - **Ambiguous framing** (request smuggling): `Content-Length` together with
+//!   `Transfer-Encoding`, or more than one `Content-Length` line. hyper copes with both safely
+//!   (chunked wins, the connection closes), but it drops the `Content-Length` before the service
+//!   sees the request, so the service cannot refuse what it cannot see. The wrapper follows the
+//!   request framing itself (heads, fixed-length and chunked bodies) on the bytes hyper reads,
+//!   and records the index of the first ambiguous request head on the connection. The service
+//!   counts requests as hyper hands them over (HTTP/1 requests on one connection come in order),
+//!   so the request with that index, and any after it, is answered 400 and the connection
+//!   closes, while clean requests before it are served. When the wrapper cannot follow the
+//!   stream (an upgrade, a head it cannot parse) it stops following; hyper's own parser still
+//!   applies.
+//! - **`header_read_timeout`** (slowloris): from the moment the connection waits for a request
+//!   head (it opened, or the previous response was handed to hyper in full) until hyper hands
+//!   the next request to the service. A read while that time has run out fails, and hyper
+//!   closes the connection. hyper has the same timer, but it arms a new boxed tokio timer for
+//!   every request head, and registering it wakes the runtime's driver through its eventfd
+//!   about once a request under load: one `write` system call per request, measured with
+//!   `strace -c`. This one is a single timer per connection whose deadline only moves forward,
+//!   which tokio does with an atomic store. It keys on the service's request and response
+//!   counts, not on the framing follower, so a client cannot turn it off by making the
+//!   follower give up.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Shared between the wrapper and the connection's service.
-#[derive(Debug, Clone)]
-pub struct Verdict(Arc<AtomicUsize>);
+/// What the wrapper and the connection's service share.
+#[derive(Debug)]
+struct Shared {
+    /// Index of the first ambiguous request head; `usize::MAX` while there is none.
+    ambiguous_from: AtomicUsize,
+    /// Requests hyper has handed to the service.
+    started: AtomicUsize,
+    /// Responses hyper has taken in full (their bodies dropped).
+    answered: AtomicUsize,
+    /// A 101 went out: the connection no longer carries HTTP/1 heads.
+    upgraded: AtomicBool,
+}
 
-impl Default for Verdict {
+/// The service's side of one watched connection.
+#[derive(Debug, Clone)]
+pub struct Watch(Arc<Shared>);
+
+impl Default for Watch {
     fn default() -> Self {
-        Verdict(Arc::new(AtomicUsize::new(usize::MAX)))
+        Watch(Arc::new(Shared {
+            ambiguous_from: AtomicUsize::new(usize::MAX),
+            started: AtomicUsize::new(0),
+            answered: AtomicUsize::new(0),
+            upgraded: AtomicBool::new(false),
+        }))
     }
 }
 
-impl Verdict {
-    /// Is the request with this index (0-based, in connection order) ambiguous, or after one?
+impl Watch {
+    /// A request was handed to the service; returns its index (0-based, in connection order).
+    pub fn request_started(&self) -> usize {
+        self.0.started.fetch_add(1, Ordering::AcqRel)
+    }
+    /// A response was taken in full by hyper.
+    fn response_done(&self) {
+        self.0.answered.fetch_add(1, Ordering::AcqRel);
+    }
+    /// A 101 went out: what follows on the connection is not HTTP/1.
+    pub fn upgraded(&self) {
+        self.0.upgraded.store(true, Ordering::Release);
+    }
+    /// Is the request with this index ambiguous, or after one?
     pub fn refuses(&self, request_index: usize) -> bool {
-        request_index >= self.0.load(Ordering::Acquire)
+        request_index >= self.0.ambiguous_from.load(Ordering::Acquire)
     }
     /// Was any request head on this connection ambiguous?
     pub fn ambiguous(&self) -> bool {
-        self.0.load(Ordering::Acquire) != usize::MAX
+        self.0.ambiguous_from.load(Ordering::Acquire) != usize::MAX
     }
     fn flag(&self, head_index: usize) {
-        self.0.fetch_min(head_index, Ordering::AcqRel);
+        self.0
+            .ambiguous_from
+            .fetch_min(head_index, Ordering::AcqRel);
+    }
+    /// Every request so far has been answered: the connection waits for the next head.
+    fn waiting_for_head(&self) -> bool {
+        !self.0.upgraded.load(Ordering::Acquire)
+            && self.0.started.load(Ordering::Acquire) == self.0.answered.load(Ordering::Acquire)
+    }
+}
+
+/// A response body that tells the [`Watch`] when hyper is done with it. hyper drops a
+/// response body once its last frame is queued (or the connection ends), which is also when
+/// it starts reading the next request head.
+pub struct Answered<B> {
+    inner: B,
+    watch: Option<Watch>,
+}
+
+impl<B> Answered<B> {
+    /// Wraps a response body; with no watch (HTTP/2) it only passes frames through.
+    pub fn new(inner: B, watch: Option<Watch>) -> Self {
+        Answered { inner, watch }
+    }
+}
+
+impl<B> Drop for Answered<B> {
+    fn drop(&mut self) {
+        if let Some(w) = &self.watch {
+            w.response_done();
+        }
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Answered<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -56,7 +147,7 @@ enum State {
 struct Framer {
     state: State,
     max_head: usize,
-    verdict: Verdict,
+    watch: Watch,
     heads: usize,
 }
 
@@ -219,7 +310,7 @@ impl Framer {
             }
         }
         if (te && cl_count > 0) || cl_count > 1 {
-            self.verdict.flag(self.heads);
+            self.watch.flag(self.heads);
             return State::Off;
         }
         if upgrade {
@@ -254,23 +345,56 @@ fn parse_chunk_size(line: &[u8]) -> Option<u64> {
     u64::from_str_radix(s, 16).ok()
 }
 
-/// An IO stream whose reads are watched by a [`Framer`].
+/// An IO stream whose reads are watched by a [`Framer`] and bounded by the header timer.
 pub struct Guarded<T> {
     inner: T,
     framer: Framer,
+    watch: Watch,
+    header_timeout: Duration,
+    /// The header timer: made on the first read, then only pushed forward.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The timer counts for the head now awaited.
+    armed: bool,
 }
 
 impl<T> Guarded<T> {
-    /// Wraps `inner`; the returned [`Verdict`] goes to the connection's service.
-    pub fn new(inner: T, max_head: usize) -> (Self, Verdict) {
-        let verdict = Verdict::default();
+    /// Wraps `inner`; the returned [`Watch`] goes to the connection's service.
+    pub fn new(inner: T, max_head: usize, header_timeout: Duration) -> (Self, Watch) {
+        let watch = Watch::default();
         let framer = Framer {
             state: State::Head(Vec::new()),
             max_head,
-            verdict: verdict.clone(),
+            watch: watch.clone(),
             heads: 0,
         };
-        (Guarded { inner, framer }, verdict)
+        let guarded = Guarded {
+            inner,
+            framer,
+            watch: watch.clone(),
+            header_timeout,
+            timer: None,
+            armed: false,
+        };
+        (guarded, watch)
+    }
+
+    /// Starts the header timer if the connection has just begun waiting for a head; `true`
+    /// while it runs.
+    fn arm(&mut self) -> bool {
+        if !self.watch.waiting_for_head() {
+            self.armed = false;
+            return false;
+        }
+        if !self.armed {
+            self.armed = true;
+            let deadline = tokio::time::Instant::now() + self.header_timeout;
+            match &mut self.timer {
+                // Later than the last deadline: tokio extends a pending entry in place.
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        true
     }
 }
 
@@ -281,11 +405,24 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let timed = this.arm();
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &res {
             if !matches!(this.framer.state, State::Off) {
                 this.framer.feed(&buf.filled()[before..]);
+            }
+        }
+        // Checked whether or not bytes came: a client trickling a head a byte at a time must
+        // not keep the connection past the deadline.
+        if timed {
+            if let Some(t) = &mut this.timer {
+                if t.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no complete request head within header_read_timeout",
+                    )));
+                }
             }
         }
         res
@@ -323,11 +460,11 @@ mod tests {
     use super::*;
 
     fn run(chunks: &[&[u8]]) -> (bool, bool) {
-        let verdict = Verdict::default();
+        let verdict = Watch::default();
         let mut f = Framer {
             state: State::Head(Vec::new()),
             max_head: 16384,
-            verdict: verdict.clone(),
+            watch: verdict.clone(),
             heads: 0,
         };
         for c in chunks {
@@ -366,11 +503,11 @@ mod tests {
 
     #[test]
     fn the_index_of_the_ambiguous_head_is_kept() {
-        let verdict = Verdict::default();
+        let verdict = Watch::default();
         let mut f = Framer {
             state: State::Head(Vec::new()),
             max_head: 16384,
-            verdict: verdict.clone(),
+            watch: verdict.clone(),
             heads: 0,
         };
         f.feed(b"GET / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");

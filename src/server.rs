@@ -3,7 +3,7 @@
 use crate::auth::Authenticator;
 use crate::body::{self, Body};
 use crate::config::{Config, ConfigError};
-use crate::h1guard::{Guarded, Verdict};
+use crate::h1guard::{Answered, Guarded, Watch};
 use crate::service::{ConnInfo, Gateway};
 use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
@@ -264,8 +264,9 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 impl Protocols {
     fn new(config: &Config) -> Protocols {
         let mut h1 = http1::Builder::new();
+        // header_read_timeout is enforced by h1guard, with one timer per connection.
         h1.timer(TokioTimer::new())
-            .header_read_timeout(config.server.header_read_timeout)
+            .header_read_timeout(None)
             .max_buf_size(config.server.max_header_bytes.max(8192))
             .keep_alive(true);
         // hyper's own limit is 100, kept on the stack; setting any value makes it allocate and
@@ -346,12 +347,16 @@ fn serve_connection(
                 until_done(conn, &mut signal, |c| c.graceful_shutdown()).await
             }
             None => {
-                let (guarded, verdict) = Guarded::new(stream, protocols.max_header_bytes);
+                let (guarded, head_watch) = Guarded::new(
+                    stream,
+                    protocols.max_header_bytes,
+                    protocols.header_read_timeout,
+                );
                 let conn = protocols
                     .h1
                     .serve_connection(
                         TokioIo::new(guarded),
-                        gateway_service(&live, peer, Some(verdict)),
+                        gateway_service(&live, peer, Some(head_watch)),
                     )
                     .with_upgrades();
                 until_done(conn, &mut signal, |c| c.graceful_shutdown()).await
@@ -368,12 +373,12 @@ fn serve_connection(
 fn gateway_service(
     live: &Arc<Live>,
     peer: SocketAddr,
-    framing: Option<Verdict>,
+    framing: Option<Watch>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<Body>,
+    Response = Response<Answered<Body>>,
     Error = std::convert::Infallible,
-    Future = impl Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send,
+    Future = impl Future<Output = Result<Response<Answered<Body>>, std::convert::Infallible>> + Send,
 > + Send
        + 'static {
     let info = Arc::new(ConnInfo {
@@ -381,14 +386,20 @@ fn gateway_service(
         peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
             .expect("an IP address is a valid header value"),
         framing,
-        requests: Default::default(),
         request_timer: Default::default(),
     });
     let live = live.clone();
     service_fn(move |req: Request<Incoming>| {
         let gateway = live.current();
         let info = info.clone();
-        async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, &info).await) }
+        async move {
+            let resp = gateway.handle(req, &info).await;
+            let watch = info.framing.clone();
+            if let (Some(w), StatusCode::SWITCHING_PROTOCOLS) = (&watch, resp.status()) {
+                w.upgraded();
+            }
+            Ok::<_, std::convert::Infallible>(resp.map(|b| Answered::new(b, watch)))
+        }
     })
 }
 

@@ -18,7 +18,7 @@
 use crate::auth::{AuthError, Authenticator, Identity, TokenId};
 use crate::body::{self, Body};
 use crate::config::Config;
-use crate::h1guard::Verdict;
+use crate::h1guard::Watch;
 use crate::path::canonicalize_with;
 use crate::proxy::{self, ProxyError, Upstreams};
 use crate::routes::{AuthMode, Route};
@@ -117,9 +117,7 @@ pub struct ConnInfo {
     /// `peer`'s IP as a header value (X-Forwarded-For), formatted once.
     pub peer_ip: HeaderValue,
     /// Set for HTTP/1 connections watched by [`crate::h1guard`].
-    pub framing: Option<Verdict>,
-    /// Requests seen so far on this connection.
-    pub requests: std::sync::atomic::AtomicUsize,
+    pub framing: Option<Watch>,
     /// The `request_timeout` timer, reused from request to request.
     pub request_timer: proxy::RequestTimer,
 }
@@ -235,11 +233,10 @@ impl Gateway {
         out: &mut Outcome,
     ) -> Result<Response<Body>, Rejection> {
         // framing: hyper has already refused differing Content-Lengths and bad chunking.
-        let index = conn
-            .requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if conn.framing.as_ref().is_some_and(|v| v.refuses(index)) {
-            return Err(Rejection::BadRequest("ambiguous_framing"));
+        if let Some(watch) = &conn.framing {
+            if watch.refuses(watch.request_started()) {
+                return Err(Rejection::BadRequest("ambiguous_framing"));
+            }
         }
         if req.headers().get_all(header::CONTENT_LENGTH).iter().count() > 1 {
             return Err(Rejection::BadRequest("ambiguous_framing"));

@@ -471,6 +471,150 @@ async fn header_limits_and_slow_heads() {
     assert_eq!(up.count(), 0);
 }
 
+/// Reads one response off a keep-alive connection: its status, and the whole body by
+/// Content-Length or chunked framing.
+async fn read_response(s: &mut TcpStream) -> u16 {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.expect("a response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse::<usize>().unwrap());
+    match length {
+        Some(n) => {
+            let mut body = vec![0u8; n];
+            s.read_exact(&mut body).await.unwrap();
+        }
+        None => {
+            assert!(head.contains("transfer-encoding: chunked"), "{head}");
+            let mut tail = Vec::new();
+            while !tail.ends_with(b"0\r\n\r\n") {
+                s.read_exact(&mut byte).await.unwrap();
+                tail.push(byte[0]);
+            }
+        }
+    }
+    raw_status(&head)
+}
+
+/// Reads until the peer closes; how long that took.
+async fn time_to_close(s: &mut TcpStream) -> Duration {
+    let start = std::time::Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("connection still open after 5 s")
+        .ok();
+    start.elapsed()
+}
+
+#[tokio::test]
+async fn the_header_timer_spares_requests_in_flight_and_closes_idle_connections() {
+    // /slow takes 2 s, four times the header timeout.
+    let up = Upstream::start().await;
+    let cfg = basic_config(&up.url(), "header_read_timeout = \"500ms\"")
+        .replace("request_timeout = \"500ms\"", "request_timeout = \"10s\"");
+    let gw = Gateway::start(&cfg).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /public/slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut s).await, 200);
+    // Idle for less than the timeout, then a request: the timer started over after the
+    // response, so it does not count the 2 s the first request took.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_all(b"GET /public/b HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut s).await, 200);
+    // Then silence: waiting for a head that never comes ends at the timeout.
+    let idle = time_to_close(&mut s).await;
+    assert!(idle >= Duration::from_millis(400), "closed early: {idle:?}");
+    assert!(idle < Duration::from_millis(2000), "closed late: {idle:?}");
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn a_trickled_head_is_cut_at_the_deadline() {
+    let (up, gw, _) = setup("header_read_timeout = \"500ms\"").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let head = b"GET /public/x HTTP/1.1\r\nHost: x\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let start = std::time::Instant::now();
+    let mut cut = None;
+    // A byte every 50 ms: 4 s for the whole head, always something new before the deadline.
+    for b in head {
+        if s.write_all(&[*b]).await.is_err() {
+            cut = Some(start.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut probe = [0u8; 64];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut probe)).await
+        {
+            cut = Some(start.elapsed());
+            break;
+        }
+    }
+    let cut = cut.expect("the whole head was accepted byte by byte");
+    assert!(cut < Duration::from_millis(2000), "cut late: {cut:?}");
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn an_upgrade_header_without_an_upgrade_keeps_the_header_timer() {
+    let (up, gw, _) = setup("header_read_timeout = \"500ms\"").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    // Asks for an upgrade that the upstream does not grant: the connection stays HTTP/1.
+    s.write_all(
+        b"GET /public/x HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_response(&mut s).await, 200);
+    s.write_all(b"GET /public/y HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let waited = time_to_close(&mut s).await;
+    assert!(
+        waited < Duration::from_millis(2000),
+        "closed late: {waited:?}"
+    );
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn an_upgraded_connection_outlives_the_header_timer() {
+    let (_up, gw, _) = setup("header_read_timeout = \"300ms\"").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"GET /public/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    // Quiet for three header timeouts, then a frame each way.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    s.write_all(b"still here").await.unwrap();
+    let mut back = [0u8; 10];
+    tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"still here");
+}
+
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_requests() {
     // /slow takes 2 s: longer than basic_config's 500ms request timeout, so raise it.
