@@ -38,6 +38,8 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--bearward", default=os.path.join(load.ROOT, "target/release/bearward"))
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--keep", metavar="DIR",
+                    help="copy each scenario's callgrind dump here, for callgrind_annotate --inclusive=yes")
     args = ap.parse_args()
 
     load.ensure_tools()
@@ -83,6 +85,9 @@ def main():
                 time.sleep(0.1)
             time.sleep(0.5)
             total, sha = annotate(dump)
+            if args.keep:
+                os.makedirs(args.keep, exist_ok=True)
+                shutil.copy(dump, os.path.join(args.keep, f"callgrind.{'bearer' if tok else 'no-token'}.out"))
             print(f"{name:28} {requests:9d} {total // requests:10d} {sha // requests:17d}")
     finally:
         load.stop(procs, d, wait=10)
