@@ -424,18 +424,19 @@ def main():
         rss = {name: peak_rss_kib(p.pid) for name, p in procs.items()}
 
         print()
-        print(f"{'scenario':11} {'candidate':17} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'peak RSS':>9} {'cpu us':>7} {'sw/req':>6} {'vs nginx':>9}")
+        print(f"{'scenario':11} {'candidate':17} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'peak RSS':>9} {'cpu us':>7} {'sw/req':>6} {'vs nginx':>9} {'(range)':>12}")
         for (scen, name), runs in results.items():
             base = results.get((scen, "nginx"))
             ratios = [r["rps"] / b["rps"] for r, b in zip(runs, base)] if base else []
             med = lambda k: statistics.median(r[k] for r in runs)
             proc = "upstream" if name == "direct" else name
             print(f"{scen:11} {name:17} {med('rps'):9.0f} {med('p50'):8.3f} {med('p99'):8.3f} {rss.get(proc, 0) / 1024:8.1f}M"
-                  f" {med('cpu_us'):7.1f} {med('switches'):6.2f}" + (f" {statistics.median(ratios):8.2f}x" if ratios else ""))
+                  f" {med('cpu_us'):7.1f} {med('switches'):6.2f}" + (f" {statistics.median(ratios):8.2f}x  ({min(ratios):.2f}-{max(ratios):.2f})" if ratios else ""))
         print(f"\nbearward peak RSS after the 10,000-token run ({mem_requests} requests): {rss['bearward'] / 1024:.1f} MiB")
         where = f"wrk and upstream on CPU {WRK_CPU}; proxies on CPU {SERVER_CPU}" if args.layout == "isolated" else f"wrk on CPU {WRK_CPU}; upstream and proxies on CPU {SERVER_CPU}"
         print(f"({where}; {args.connections} connections; {args.duration} s runs; medians of {args.rounds} rounds;"
-              " cpu us and sw/req: the candidate's own user+system CPU time and context switches per request)")
+              " cpu us and sw/req: the candidate's own user+system CPU time and context switches per request;"
+              " range: the lowest and highest of the per-round ratios)")
     finally:
         stop(procs.values(), d)
 
