@@ -62,7 +62,7 @@ def main():
     try:
         procs.append(subprocess.Popen([nginx, "-c", f"{d}/upstream.conf", "-g", "daemon off;"]))
         procs.append(subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg.out", args.bearward, "--config", f"{d}/bearward.toml"],
+            ["taskset", "-c", load.SERVER_CPU, "valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg.out", args.bearward, "--config", f"{d}/bearward.toml"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"}))
         load.wait_port(UPSTREAM)
         load.wait_port(PORT, timeout=60)
