@@ -85,10 +85,13 @@ impl Watch {
             .ambiguous_from
             .fetch_min(head_index, Ordering::AcqRel);
     }
-    /// Every request so far has been answered: the connection waits for the next head.
-    fn waiting_for_head(&self) -> bool {
-        !self.0.upgraded.load(Ordering::Acquire)
-            && self.0.started.load(Ordering::Acquire) == self.0.answered.load(Ordering::Acquire)
+    /// When every request so far has been answered, the connection waits for the next head:
+    /// the number of responses so far, which names this wait.
+    fn waiting_for_head(&self) -> Option<usize> {
+        let answered = self.0.answered.load(Ordering::Acquire);
+        (!self.0.upgraded.load(Ordering::Acquire)
+            && self.0.started.load(Ordering::Acquire) == answered)
+            .then_some(answered)
     }
 }
 
@@ -353,8 +356,10 @@ pub struct Guarded<T> {
     header_timeout: Duration,
     /// The header timer: made on the first read, then only pushed forward.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The timer counts for the head now awaited.
-    armed: bool,
+    /// The wait the timer's deadline was set for (see [`Watch::waiting_for_head`]). A wait can
+    /// begin without a read in between (a pipelined head already in hyper's buffer), so a
+    /// deadline belongs to a wait, not to the last read.
+    armed_for: Option<usize>,
 }
 
 impl<T> Guarded<T> {
@@ -373,7 +378,7 @@ impl<T> Guarded<T> {
             watch: watch.clone(),
             header_timeout,
             timer: None,
-            armed: false,
+            armed_for: None,
         };
         (guarded, watch)
     }
@@ -381,12 +386,11 @@ impl<T> Guarded<T> {
     /// Starts the header timer if the connection has just begun waiting for a head; `true`
     /// while it runs.
     fn arm(&mut self) -> bool {
-        if !self.watch.waiting_for_head() {
-            self.armed = false;
+        let Some(wait) = self.watch.waiting_for_head() else {
             return false;
-        }
-        if !self.armed {
-            self.armed = true;
+        };
+        if self.armed_for != Some(wait) {
+            self.armed_for = Some(wait);
             let deadline = tokio::time::Instant::now() + self.header_timeout;
             match &mut self.timer {
                 // Later than the last deadline: tokio extends a pending entry in place.

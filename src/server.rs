@@ -390,10 +390,13 @@ fn gateway_service(
     });
     let live = live.clone();
     service_fn(move |req: Request<Incoming>| {
+        // Counted as hyper hands the request over, before its future first runs: from here the
+        // header timer must not count against the connection.
+        let index = info.framing.as_ref().map(Watch::request_started);
         let gateway = live.current();
         let info = info.clone();
         async move {
-            let resp = gateway.handle(req, &info).await;
+            let resp = gateway.handle(req, &info, index).await;
             let watch = info.framing.clone();
             if let (Some(w), StatusCode::SWITCHING_PROTOCOLS) = (&watch, resp.status()) {
                 w.upgraded();

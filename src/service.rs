@@ -166,8 +166,15 @@ impl Gateway {
         }
     }
 
-    /// Runs one request through every phase, logs it, and answers.
-    pub async fn handle<B>(&self, req: Request<B>, conn: &ConnInfo) -> Response<Body>
+    /// Runs one request through every phase, logs it, and answers. `request_index` is the
+    /// request's place on an HTTP/1 connection watched by [`crate::h1guard`]
+    /// ([`Watch::request_started`]).
+    pub async fn handle<B>(
+        &self,
+        req: Request<B>,
+        conn: &ConnInfo,
+        request_index: Option<usize>,
+    ) -> Response<Body>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<crate::body::BoxError>,
@@ -184,7 +191,10 @@ impl Gateway {
             upstream_time: None,
             token_id: None,
         };
-        let resp = match self.phases(req.map(body::boxed), conn, &mut out).await {
+        let resp = match self
+            .phases(req.map(body::boxed), conn, request_index, &mut out)
+            .await
+        {
             Ok(resp) => resp,
             Err(rej) => {
                 out.decision = match rej {
@@ -230,11 +240,12 @@ impl Gateway {
         &self,
         mut req: Request<Body>,
         conn: &ConnInfo,
+        request_index: Option<usize>,
         out: &mut Outcome,
     ) -> Result<Response<Body>, Rejection> {
         // framing: hyper has already refused differing Content-Lengths and bad chunking.
-        if let Some(watch) = &conn.framing {
-            if watch.refuses(watch.request_started()) {
+        if let (Some(watch), Some(index)) = (&conn.framing, request_index) {
+            if watch.refuses(index) {
                 return Err(Rejection::BadRequest("ambiguous_framing"));
             }
         }

@@ -540,6 +540,26 @@ async fn the_header_timer_spares_requests_in_flight_and_closes_idle_connections(
 }
 
 #[tokio::test]
+async fn a_pipelined_request_behind_a_slow_one_is_answered() {
+    // The second head arrives with the first and waits in hyper's buffer for 2 s, four times
+    // the header timeout: it is a received head, not a slow one.
+    let up = Upstream::start().await;
+    let cfg = basic_config(&up.url(), "header_read_timeout = \"500ms\"")
+        .replace("request_timeout = \"500ms\"", "request_timeout = \"10s\"");
+    let gw = Gateway::start(&cfg).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"GET /public/slow HTTP/1.1\r\nHost: x\r\n\r\nGET /public/next HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_response(&mut s).await, 200);
+    assert_eq!(read_response(&mut s).await, 200);
+    let seen: Vec<String> = up.seen().iter().map(|r| r.uri.clone()).collect();
+    assert_eq!(seen, ["/public/slow", "/public/next"]);
+}
+
+#[tokio::test]
 async fn a_trickled_head_is_cut_at_the_deadline() {
     let (up, gw, _) = setup("header_read_timeout = \"500ms\"").await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
