@@ -429,12 +429,17 @@ async fn admin_loop(listener: TcpListener, live: Arc<Live>) {
             continue;
         };
         let live = live.clone();
+        // The admin port gets the same slowloris bound as the main one. Its traffic is light, so
+        // hyper's own per-request timer is fine here.
+        let header_read_timeout = live.current().config.server.header_read_timeout;
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let gateway = live.current();
                 async move { Ok::<_, std::convert::Infallible>(admin(&gateway, &req)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

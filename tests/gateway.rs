@@ -560,6 +560,20 @@ async fn a_pipelined_request_behind_a_slow_one_is_answered() {
 }
 
 #[tokio::test]
+async fn the_admin_port_has_the_header_timer_too() {
+    let (_up, gw, _) = setup("header_read_timeout = \"500ms\"").await;
+    let mut s = TcpStream::connect(gw.admin.unwrap()).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let waited = time_to_close(&mut s).await;
+    assert!(
+        waited < Duration::from_millis(2000),
+        "closed late: {waited:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_trickled_head_is_cut_at_the_deadline() {
     let (up, gw, _) = setup("header_read_timeout = \"500ms\"").await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
