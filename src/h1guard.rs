@@ -360,11 +360,21 @@ pub struct Guarded<T> {
     /// begin without a read in between (a pipelined head already in hyper's buffer), so a
     /// deadline belongs to a wait, not to the last read.
     armed_for: Option<usize>,
+    send_timeout: Duration,
+    /// The send timer: made the first time a write cannot proceed.
+    write_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The last write could not proceed: the send timer runs.
+    write_stalled: bool,
 }
 
 impl<T> Guarded<T> {
     /// Wraps `inner`; the returned [`Watch`] goes to the connection's service.
-    pub fn new(inner: T, max_head: usize, header_timeout: Duration) -> (Self, Watch) {
+    pub fn new(
+        inner: T,
+        max_head: usize,
+        header_timeout: Duration,
+        send_timeout: Duration,
+    ) -> (Self, Watch) {
         let watch = Watch::default();
         let framer = Framer {
             state: State::Head(Vec::new()),
@@ -379,6 +389,9 @@ impl<T> Guarded<T> {
             header_timeout,
             timer: None,
             armed_for: None,
+            send_timeout,
+            write_timer: None,
+            write_stalled: false,
         };
         (guarded, watch)
     }
@@ -391,14 +404,47 @@ impl<T> Guarded<T> {
         };
         if self.armed_for != Some(wait) {
             self.armed_for = Some(wait);
-            let deadline = tokio::time::Instant::now() + self.header_timeout;
-            match &mut self.timer {
-                // Later than the last deadline: tokio extends a pending entry in place.
-                Some(t) => t.as_mut().reset(deadline),
-                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
+            start(&mut self.timer, self.header_timeout);
         }
         true
+    }
+
+    /// The send timeout (nginx's `send_timeout`): a client that reads nothing of what it is
+    /// sent for that long loses the connection. The timer runs only while writes are blocked.
+    fn bound_write<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        res: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if res.is_ready() {
+            self.write_stalled = false;
+            return res;
+        }
+        if !self.write_stalled {
+            self.write_stalled = true;
+            start(&mut self.write_timer, self.send_timeout);
+        }
+        let expired = self
+            .write_timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+        if expired {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read nothing within send_timeout",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+/// Sets `timer` to go off `after` from now, making it the first time. Each deadline is later
+/// than the last one, so tokio moves a still pending entry in place.
+fn start(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, after: Duration) {
+    let deadline = tokio::time::Instant::now() + after;
+    match timer {
+        Some(t) => t.as_mut().reset(deadline),
+        None => *timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
     }
 }
 
@@ -439,7 +485,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.bound_write(cx, res)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -452,7 +499,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.bound_write(cx, res)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

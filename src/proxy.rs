@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-/// Why forwarding failed. Each becomes a 502 or 504 in `service`.
+/// Why forwarding failed. Each becomes a 502, 504 or 408 in `service`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyError {
     /// Connection refused, reset, or the upstream broke the exchange.
@@ -26,6 +26,9 @@ pub enum ProxyError {
     ConnectTimeout,
     /// No response head within `request_timeout`.
     Timeout,
+    /// The client's request body paused for longer than `server.body_read_timeout`; the
+    /// upstream connection carrying it was closed mid-body.
+    BodyTimeout,
 }
 
 impl ProxyError {
@@ -34,6 +37,7 @@ impl ProxyError {
         match self {
             ProxyError::Unreachable => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout | ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -43,6 +47,7 @@ impl ProxyError {
             ProxyError::Unreachable => "upstream_unreachable",
             ProxyError::ConnectTimeout => "upstream_connect_timeout",
             ProxyError::Timeout => "upstream_timeout",
+            ProxyError::BodyTimeout => "client_body_timeout",
         }
     }
 }
@@ -163,6 +168,7 @@ pub fn is_trusted(trusted: &[IpNet], peer: &SocketAddr) -> bool {
 /// One connection pool per upstream, built from the config.
 pub struct Upstreams {
     clients: Vec<UpstreamClient>,
+    body_read_timeout: Duration,
 }
 
 struct UpstreamClient {
@@ -186,7 +192,10 @@ impl Upstreams {
                 ),
             })
             .collect();
-        Upstreams { clients }
+        Upstreams {
+            clients,
+            body_read_timeout: config.server.body_read_timeout,
+        }
     }
 
     /// Upstream config by index (as routes refer to it).
@@ -206,15 +215,19 @@ impl Upstreams {
         let client_upgrade = is_upgrade_request(&req).then(|| hyper::upgrade::on(&mut req));
         let start = Instant::now();
         // request_timeout counts from the end of the request body, so a long upload is not cut
-        // off by it: the upstream cannot answer before it has the whole body.
+        // off by it: the upstream cannot answer before it has the whole body. Until then the
+        // body itself is bounded: no pause longer than body_read_timeout.
         let (req, body_done) = if req.body().is_end_stream() {
             (req, None)
         } else {
             let (tx, rx) = tokio::sync::oneshot::channel();
+            let idle = self.body_read_timeout;
             let req = req.map(|inner| {
                 body::boxed(NotifyEnd {
                     inner,
                     tx: Some(tx),
+                    idle,
+                    timer: Box::pin(tokio::time::sleep(idle)),
                 })
             });
             (req, Some(rx))
@@ -222,9 +235,16 @@ impl Upstreams {
         let fut = up.pool.send(req);
         tokio::pin!(fut);
         let early = match body_done {
+            // Biased, body first: a stalled body also fails `fut` (hyper gets the body's error),
+            // and both are ready at the same poll; the stall is the cause to report.
             Some(done) => tokio::select! {
+                biased;
+                end = done => match end {
+                    // Dropping `fut` drops the half-sent request: its connection is not reused.
+                    Ok(BodyEnd::Stalled) => return Err(ProxyError::BodyTimeout),
+                    _ => None,
+                },
                 r = &mut fut => Some(r),
-                _ = done => None,
             },
             None => None,
         };
@@ -292,10 +312,30 @@ impl RequestTimer {
     }
 }
 
-/// A request body that says when it has been sent in full (or dropped).
+/// How a request body ended.
+enum BodyEnd {
+    /// Sent in full, or broken off by the client.
+    Done,
+    /// No byte for `body_read_timeout`.
+    Stalled,
+}
+
+/// A request body that says when it has been sent in full (or dropped), and fails when the
+/// client pauses for longer than `idle` (nginx's `client_body_timeout`).
 struct NotifyEnd {
     inner: Body,
-    tx: Option<tokio::sync::oneshot::Sender<()>>,
+    tx: Option<tokio::sync::oneshot::Sender<BodyEnd>>,
+    idle: Duration,
+    /// Pushed forward at every frame; only a later deadline, so tokio updates it in place.
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl NotifyEnd {
+    fn end(&mut self, how: BodyEnd) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(how);
+        }
+    }
 }
 
 impl http_body::Body for NotifyEnd {
@@ -307,13 +347,20 @@ impl http_body::Body for NotifyEnd {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(
-            r,
-            std::task::Poll::Ready(None) | std::task::Poll::Ready(Some(Err(_)))
-        ) || self.inner.is_end_stream()
-        {
-            if let Some(tx) = self.tx.take() {
-                let _ = tx.send(());
+        match &r {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.end(BodyEnd::Done),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.end(BodyEnd::Done),
+            Poll::Ready(Some(Ok(_))) => {
+                let deadline = tokio::time::Instant::now() + self.idle;
+                self.timer.as_mut().reset(deadline);
+            }
+            Poll::Pending => {
+                if self.tx.is_some() && self.timer.as_mut().poll(cx).is_ready() {
+                    self.end(BodyEnd::Stalled);
+                    return Poll::Ready(Some(Err(
+                        "request body paused past body_read_timeout".into()
+                    )));
+                }
             }
         }
         r

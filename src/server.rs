@@ -90,7 +90,7 @@ impl Live {
 }
 
 /// Settings read once when the listeners are built.
-fn restart_only_changes(a: &Config, b: &Config) -> [(&'static str, bool); 9] {
+fn restart_only_changes(a: &Config, b: &Config) -> [(&'static str, bool); 10] {
     let (a, b) = (&a.server, &b.server);
     [
         ("server.listen", a.listen != b.listen),
@@ -105,6 +105,7 @@ fn restart_only_changes(a: &Config, b: &Config) -> [(&'static str, bool); 9] {
             "server.header_read_timeout",
             a.header_read_timeout != b.header_read_timeout,
         ),
+        ("server.send_timeout", a.send_timeout != b.send_timeout),
         (
             "server.shutdown_grace",
             a.shutdown_grace != b.shutdown_grace,
@@ -255,6 +256,7 @@ struct Protocols {
     h1: http1::Builder,
     h2: Option<http2::Builder<TokioExecutor>>,
     header_read_timeout: Duration,
+    send_timeout: Duration,
     max_header_bytes: usize,
 }
 
@@ -286,6 +288,7 @@ impl Protocols {
             h1,
             h2,
             header_read_timeout: config.server.header_read_timeout,
+            send_timeout: config.server.send_timeout,
             max_header_bytes: config.server.max_header_bytes,
         }
     }
@@ -351,6 +354,7 @@ fn serve_connection(
                     stream,
                     protocols.max_header_bytes,
                     protocols.header_read_timeout,
+                    protocols.send_timeout,
                 );
                 let conn = protocols
                     .h1

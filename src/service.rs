@@ -104,7 +104,10 @@ impl Rejection {
                 h.insert(header::WWW_AUTHENTICATE, v);
             }
         }
-        if let Rejection::BadRequest("ambiguous_framing") = self {
+        // The rest of these requests' bodies cannot be trusted to frame a next request.
+        if let Rejection::BadRequest("ambiguous_framing")
+        | Rejection::Proxy(ProxyError::BodyTimeout) = self
+        {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
@@ -368,6 +371,10 @@ impl Gateway {
                 out.upstream_time = Some(elapsed);
                 proxy::prepare_response(&mut resp);
                 Ok(resp)
+            }
+            Err(ProxyError::BodyTimeout) => {
+                tracing::info!(upstream = %upstream.name, reason = ProxyError::BodyTimeout.reason(), "request body stalled; upstream request abandoned");
+                Err(Rejection::Proxy(ProxyError::BodyTimeout))
             }
             Err(e) => {
                 tracing::warn!(upstream = %upstream.name, authority = %upstream.authority, reason = e.reason(), "upstream request failed");

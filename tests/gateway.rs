@@ -574,6 +574,71 @@ async fn the_admin_port_has_the_header_timer_too() {
 }
 
 #[tokio::test]
+async fn a_stalled_request_body_is_408_and_the_upstream_never_gets_it_whole() {
+    let (up, gw, _) = setup("body_read_timeout = \"500ms\"").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /public/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("no answer 5 s after the body stopped")
+        .ok();
+    let took = start.elapsed();
+    let out = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    assert_eq!(raw_status(&out), 408, "{out}");
+    assert!(out.contains("client_body_timeout"), "{out}");
+    assert!(out.contains("connection: close"), "{out}");
+    assert!(took >= Duration::from_millis(400), "early: {took:?}");
+    assert!(took < Duration::from_millis(2500), "late: {took:?}");
+    // The upstream records a request once it has read its whole body: it never did.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn a_slow_but_steady_request_body_is_not_cut() {
+    // A byte every 200 ms for 2 s, under a 500 ms limit on each pause.
+    let (up, gw, _) = setup("body_read_timeout = \"500ms\"").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /public/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        .await
+        .unwrap();
+    for b in b"0123456789" {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.write_all(&[*b]).await.unwrap();
+    }
+    assert_eq!(read_response(&mut s).await, 200);
+    assert_eq!(up.last().body, b"0123456789");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_at_the_send_timeout() {
+    let (_up, gw, _) = setup("send_timeout = \"500ms\"").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    // 64 MiB, far more than the socket buffers between us hold; then nothing is read for 2 s.
+    s.write_all(b"GET /public/big?n=67108864 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let drained = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the connection was still open");
+    assert!(got < 64 << 20, "the whole response came: {got} bytes");
+}
+
+#[tokio::test]
 async fn a_trickled_head_is_cut_at_the_deadline() {
     let (up, gw, _) = setup("header_read_timeout = \"500ms\"").await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();

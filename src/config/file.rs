@@ -32,6 +32,8 @@ pub struct ServerFile {
     pub max_headers: Option<Spanned<u64>>,
     pub max_path_bytes: Option<Spanned<u64>>,
     pub header_read_timeout: Option<Spanned<String>>,
+    pub body_read_timeout: Option<Spanned<String>>,
+    pub send_timeout: Option<Spanned<String>>,
     pub shutdown_grace: Option<Spanned<String>>,
     pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
     pub allow_semicolon_in_path: Option<bool>,

@@ -23,6 +23,9 @@ pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_MAX_PATH_BYTES: usize = 8 * 1024;
 /// Default time a client has to send a complete request head (slowloris guard).
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default longest pause in a request body, and in a client's reading of a response (nginx's
+/// `client_body_timeout` and `send_timeout` are 60 s too).
+pub const DEFAULT_IDLE_IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default time in-flight requests get to finish after SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Default realm in `WWW-Authenticate`.
@@ -82,6 +85,10 @@ pub struct ServerConfig {
     pub max_headers: usize,
     pub path: PathOptions,
     pub header_read_timeout: Duration,
+    /// Longest a request body may go without a byte arriving.
+    pub body_read_timeout: Duration,
+    /// Longest a write to an HTTP/1 client may make no progress.
+    pub send_timeout: Duration,
     pub shutdown_grace: Duration,
     /// Peers whose `X-Forwarded-*` headers are believed; empty: nobody's.
     pub trusted_proxies: Vec<IpNet>,

@@ -311,6 +311,18 @@ fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
             DEFAULT_HEADER_READ_TIMEOUT,
             (Duration::from_millis(100), Duration::from_secs(300)),
         ),
+        body_read_timeout: cx.duration(
+            &s.body_read_timeout,
+            "server.body_read_timeout",
+            DEFAULT_IDLE_IO_TIMEOUT,
+            (Duration::from_millis(100), Duration::from_secs(3600)),
+        ),
+        send_timeout: cx.duration(
+            &s.send_timeout,
+            "server.send_timeout",
+            DEFAULT_IDLE_IO_TIMEOUT,
+            (Duration::from_millis(100), Duration::from_secs(3600)),
+        ),
         shutdown_grace: cx.duration(
             &s.shutdown_grace,
             "server.shutdown_grace",
