@@ -315,10 +315,9 @@ async fn request_timeout_holds_for_every_request_on_a_connection() {
     assert_eq!(up.count(), 5);
 }
 
-#[tokio::test]
-async fn websocket_upgrade_passes_through() {
-    let (up, gw, _) = setup("").await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+/// Sends a WebSocket upgrade request to /public/ws; the stream and the response head.
+async fn open_websocket(addr: std::net::SocketAddr) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(
         b"GET /public/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
           Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
@@ -331,7 +330,14 @@ async fn websocket_upgrade_passes_through() {
         s.read_exact(&mut byte).await.unwrap();
         head.push(byte[0]);
     }
-    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    (s, String::from_utf8(head).unwrap())
+}
+
+#[tokio::test]
+async fn websocket_upgrade_passes_through() {
+    let (up, gw, _) = setup("").await;
+    let (mut s, head) = open_websocket(gw.addr).await;
+    let head = head.to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"));
     let seen = up.last();
@@ -459,10 +465,7 @@ async fn header_limits_and_slow_heads() {
     assert!(up.seen().is_empty());
 
     // Slowloris: half a head, then silence. The connection is closed at the header timeout.
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET /public/x HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
+    let mut s = connect_and_send(gw.addr, b"GET /public/x HTTP/1.1\r\nHost: x\r\n").await;
     let start = std::time::Instant::now();
     let mut buf = Vec::new();
     let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
@@ -502,6 +505,13 @@ async fn read_response(s: &mut TcpStream) -> u16 {
     raw_status(&head)
 }
 
+/// Opens a connection and sends raw bytes on it.
+async fn connect_and_send(addr: std::net::SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    s
+}
+
 /// Reads until the peer closes; how long that took.
 async fn time_to_close(s: &mut TcpStream) -> Duration {
     let start = std::time::Instant::now();
@@ -513,17 +523,20 @@ async fn time_to_close(s: &mut TcpStream) -> Duration {
     start.elapsed()
 }
 
+/// Like `setup`, with a request timeout long enough for `/slow` (2 s).
+async fn setup_with_slow_upstream(extra_server: &str) -> (Upstream, Gateway) {
+    let up = Upstream::start().await;
+    let cfg = basic_config(&up.url(), extra_server)
+        .replace("request_timeout = \"500ms\"", "request_timeout = \"10s\"");
+    let gw = Gateway::start(&cfg).await;
+    (up, gw)
+}
+
 #[tokio::test]
 async fn the_header_timer_spares_requests_in_flight_and_closes_idle_connections() {
     // /slow takes 2 s, four times the header timeout.
-    let up = Upstream::start().await;
-    let cfg = basic_config(&up.url(), "header_read_timeout = \"500ms\"")
-        .replace("request_timeout = \"500ms\"", "request_timeout = \"10s\"");
-    let gw = Gateway::start(&cfg).await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET /public/slow HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let (up, gw) = setup_with_slow_upstream("header_read_timeout = \"500ms\"").await;
+    let mut s = connect_and_send(gw.addr, b"GET /public/slow HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(read_response(&mut s).await, 200);
     // Idle for less than the timeout, then a request: the timer started over after the
     // response, so it does not count the 2 s the first request took.
@@ -543,16 +556,12 @@ async fn the_header_timer_spares_requests_in_flight_and_closes_idle_connections(
 async fn a_pipelined_request_behind_a_slow_one_is_answered() {
     // The second head arrives with the first and waits in hyper's buffer for 2 s, four times
     // the header timeout: it is a received head, not a slow one.
-    let up = Upstream::start().await;
-    let cfg = basic_config(&up.url(), "header_read_timeout = \"500ms\"")
-        .replace("request_timeout = \"500ms\"", "request_timeout = \"10s\"");
-    let gw = Gateway::start(&cfg).await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(
+    let (up, gw) = setup_with_slow_upstream("header_read_timeout = \"500ms\"").await;
+    let mut s = connect_and_send(
+        gw.addr,
         b"GET /public/slow HTTP/1.1\r\nHost: x\r\n\r\nGET /public/next HTTP/1.1\r\nHost: x\r\n\r\n",
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(read_response(&mut s).await, 200);
     assert_eq!(read_response(&mut s).await, 200);
     let seen: Vec<String> = up.seen().iter().map(|r| r.uri.clone()).collect();
@@ -562,10 +571,7 @@ async fn a_pipelined_request_behind_a_slow_one_is_answered() {
 #[tokio::test]
 async fn the_admin_port_has_the_header_timer_too() {
     let (_up, gw, _) = setup("header_read_timeout = \"500ms\"").await;
-    let mut s = TcpStream::connect(gw.admin.unwrap()).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
+    let mut s = connect_and_send(gw.admin.unwrap(), b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await;
     let waited = time_to_close(&mut s).await;
     assert!(
         waited < Duration::from_millis(2000),
@@ -576,10 +582,11 @@ async fn the_admin_port_has_the_header_timer_too() {
 #[tokio::test]
 async fn a_stalled_request_body_is_408_and_the_upstream_never_gets_it_whole() {
     let (up, gw, _) = setup("body_read_timeout = \"500ms\"").await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"POST /public/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
-        .await
-        .unwrap();
+    let mut s = connect_and_send(
+        gw.addr,
+        b"POST /public/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
+    )
+    .await;
     let start = std::time::Instant::now();
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
@@ -602,10 +609,11 @@ async fn a_stalled_request_body_is_408_and_the_upstream_never_gets_it_whole() {
 async fn a_slow_but_steady_request_body_is_not_cut() {
     // A byte every 200 ms for 2 s, under a 500 ms limit on each pause.
     let (up, gw, _) = setup("body_read_timeout = \"500ms\"").await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"POST /public/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = connect_and_send(
+        gw.addr,
+        b"POST /public/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n",
+    )
+    .await;
     for b in b"0123456789" {
         tokio::time::sleep(Duration::from_millis(200)).await;
         s.write_all(&[*b]).await.unwrap();
@@ -689,20 +697,8 @@ async fn an_upgrade_header_without_an_upgrade_keeps_the_header_timer() {
 #[tokio::test]
 async fn an_upgraded_connection_outlives_the_header_timer() {
     let (_up, gw, _) = setup("header_read_timeout = \"300ms\"").await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(
-        b"GET /public/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let (mut s, head) = open_websocket(gw.addr).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     // Quiet for three header timeouts, then a frame each way.
     tokio::time::sleep(Duration::from_millis(900)).await;
     s.write_all(b"still here").await.unwrap();
