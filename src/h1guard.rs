@@ -1,4 +1,5 @@
-//! A read-side watcher for HTTP/1 connections. It does two jobs hyper cannot do for bearward:
+//! A watcher on the socket of each HTTP/1 connection, for three jobs hyper does not do for
+//! bearward (or does at a cost):
 //!
 //! - **Ambiguous framing** (request smuggling): `Content-Length` together with
 //!   `Transfer-Encoding`, or more than one `Content-Length` line. hyper copes with both safely
@@ -21,6 +22,8 @@
 //!   which tokio does with an atomic store. It keys on the service's request and response
 //!   counts, not on the framing follower, so a client cannot turn it off by making the
 //!   follower give up.
+//! - **`send_timeout`**: a write that cannot proceed (the client reads nothing) starts a timer;
+//!   one that proceeds stops it. Past the timeout the write fails and the connection closes.
 
 use std::future::Future;
 use std::io;
