@@ -25,6 +25,7 @@
 //! - **`send_timeout`**: a write that cannot proceed (the client reads nothing) starts a timer;
 //!   one that proceeds stops it. Past the timeout the write fails and the connection closes.
 
+use crate::timer::{rearm, Stall};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -363,11 +364,8 @@ pub struct Guarded<T> {
     /// begin without a read in between (a pipelined head already in hyper's buffer), so a
     /// deadline belongs to a wait, not to the last read.
     armed_for: Option<usize>,
-    send_timeout: Duration,
-    /// The send timer: made the first time a write cannot proceed.
-    write_timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The last write could not proceed: the send timer runs.
-    write_stalled: bool,
+    /// `send_timeout`, counted while writes cannot proceed.
+    send_stall: Stall,
 }
 
 impl<T> Guarded<T> {
@@ -392,9 +390,7 @@ impl<T> Guarded<T> {
             header_timeout,
             timer: None,
             armed_for: None,
-            send_timeout,
-            write_timer: None,
-            write_stalled: false,
+            send_stall: Stall::new(send_timeout),
         };
         (guarded, watch)
     }
@@ -407,47 +403,25 @@ impl<T> Guarded<T> {
         };
         if self.armed_for != Some(wait) {
             self.armed_for = Some(wait);
-            start(&mut self.timer, self.header_timeout);
+            rearm(&mut self.timer, self.header_timeout);
         }
         true
     }
 
     /// The send timeout (nginx's `send_timeout`): a client that reads nothing of what it is
-    /// sent for that long loses the connection. The timer runs only while writes are blocked.
+    /// sent for that long loses the connection. The clock runs only while writes are blocked.
     fn bound_write<R>(
         &mut self,
         cx: &mut Context<'_>,
         res: Poll<io::Result<R>>,
     ) -> Poll<io::Result<R>> {
-        if res.is_ready() {
-            self.write_stalled = false;
-            return res;
-        }
-        if !self.write_stalled {
-            self.write_stalled = true;
-            start(&mut self.write_timer, self.send_timeout);
-        }
-        let expired = self
-            .write_timer
-            .as_mut()
-            .is_some_and(|t| t.as_mut().poll(cx).is_ready());
-        if expired {
+        if self.send_stall.expired(cx, &res) {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the client read nothing within send_timeout",
             )));
         }
-        Poll::Pending
-    }
-}
-
-/// Sets `timer` to go off `after` from now, making it the first time. Each deadline is later
-/// than the last one, so tokio moves a still pending entry in place.
-fn start(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, after: Duration) {
-    let deadline = tokio::time::Instant::now() + after;
-    match timer {
-        Some(t) => t.as_mut().reset(deadline),
-        None => *timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        res
     }
 }
 

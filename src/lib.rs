@@ -30,6 +30,7 @@ pub mod routes;
 pub mod server;
 pub mod service;
 pub mod telemetry;
+pub mod timer;
 
 use std::sync::Arc;
 

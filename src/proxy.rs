@@ -221,13 +221,11 @@ impl Upstreams {
             (req, None)
         } else {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let idle = self.body_read_timeout;
             let req = req.map(|inner| {
                 body::boxed(NotifyEnd {
                     inner,
                     tx: Some(tx),
-                    idle,
-                    timer: Box::pin(tokio::time::sleep(idle)),
+                    stall: crate::timer::Stall::new(self.body_read_timeout),
                 })
             });
             (req, Some(rx))
@@ -273,28 +271,18 @@ impl Upstreams {
     }
 }
 
-/// A connection's `request_timeout` timer, kept from one request to the next.
-///
-/// A fresh tokio timer per request inserts a wheel entry under the timer lock when first polled
-/// and removes it when dropped, every request. Pushing the deadline of a timer that is still
-/// registered further out is one atomic update (tokio re-files it only if it comes due), so each
-/// connection keeps one. HTTP/1 runs one exchange at a time; concurrent h2 streams that find the
-/// timer taken make their own.
+/// A connection's `request_timeout` timer, kept from one request to the next (see
+/// [`crate::timer`] for why). HTTP/1 runs one exchange at a time; concurrent h2 streams that
+/// find the timer taken make their own.
 #[derive(Default)]
 pub struct RequestTimer(std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>);
 
 impl RequestTimer {
     /// Runs `fut` for at most `timeout`; `None` when the time ran out first.
     pub async fn run<F: Future>(&self, timeout: Duration, fut: F) -> Option<F::Output> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let kept = self.slot().take();
-        let mut sleep = match kept {
-            Some(mut sleep) => {
-                sleep.as_mut().reset(deadline);
-                sleep
-            }
-            None => Box::pin(tokio::time::sleep_until(deadline)),
-        };
+        let mut kept = self.slot().take();
+        crate::timer::rearm(&mut kept, timeout);
+        let mut sleep = kept.expect("rearm makes the timer");
         let mut fut = std::pin::pin!(fut);
         let out = std::future::poll_fn(|cx| {
             if let Poll::Ready(v) = fut.as_mut().poll(cx) {
@@ -321,13 +309,12 @@ enum BodyEnd {
 }
 
 /// A request body that says when it has been sent in full (or dropped), and fails when the
-/// client pauses for longer than `idle` (nginx's `client_body_timeout`).
+/// client sends nothing for `body_read_timeout` while it is being waited for (nginx's
+/// `client_body_timeout`: time the upstream spends not reading does not count).
 struct NotifyEnd {
     inner: Body,
     tx: Option<tokio::sync::oneshot::Sender<BodyEnd>>,
-    idle: Duration,
-    /// Pushed forward at every frame; only a later deadline, so tokio updates it in place.
-    timer: Pin<Box<tokio::time::Sleep>>,
+    stall: crate::timer::Stall,
 }
 
 impl NotifyEnd {
@@ -350,18 +337,13 @@ impl http_body::Body for NotifyEnd {
         match &r {
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.end(BodyEnd::Done),
             Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.end(BodyEnd::Done),
-            Poll::Ready(Some(Ok(_))) => {
-                let deadline = tokio::time::Instant::now() + self.idle;
-                self.timer.as_mut().reset(deadline);
-            }
-            Poll::Pending => {
-                if self.tx.is_some() && self.timer.as_mut().poll(cx).is_ready() {
-                    self.end(BodyEnd::Stalled);
-                    return Poll::Ready(Some(Err(
-                        "request body paused past body_read_timeout".into()
-                    )));
-                }
-            }
+            Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
+        }
+        if self.tx.is_some() && self.stall.expired(cx, &r) {
+            self.end(BodyEnd::Stalled);
+            return Poll::Ready(Some(Err(
+                "request body paused past body_read_timeout".into()
+            )));
         }
         r
     }

@@ -372,10 +372,8 @@ impl Gateway {
                 proxy::prepare_response(&mut resp);
                 Ok(resp)
             }
-            Err(ProxyError::BodyTimeout) => {
-                tracing::info!(upstream = %upstream.name, reason = ProxyError::BodyTimeout.reason(), "request body stalled; upstream request abandoned");
-                Err(Rejection::Proxy(ProxyError::BodyTimeout))
-            }
+            // A stalled client body is the client's doing, not a sign of upstream trouble.
+            Err(e @ ProxyError::BodyTimeout) => Err(Rejection::Proxy(e)),
             Err(e) => {
                 tracing::warn!(upstream = %upstream.name, authority = %upstream.authority, reason = e.reason(), "upstream request failed");
                 Err(Rejection::Proxy(e))
