@@ -22,6 +22,7 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod explain;
+pub mod h1client;
 pub mod h1guard;
 pub mod path;
 pub mod pool;

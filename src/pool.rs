@@ -1,39 +1,75 @@
-//! Keep-alive connections to one upstream, on hyper's low-level HTTP/1 client.
+//! Keep-alive connections to one upstream, and the HTTP/1.1 exchange over them.
 //!
-//! Why not hyper-util's pooled `Client`: a bare hyper proxy in front of the same nginx upstream,
-//! on one core, did 31k requests/s with it and 36-38k with this design (nginx: 38k). The legacy
-//! client pays for generality bearward does not use (any connector, HTTP/2 negotiation,
-//! per-request pool keys and waiters); here a connection is a
-//! `SendRequest` handle whose connection task is spawned once, taken from a LIFO list and put
-//! back the moment its response body has been read to the end.
+//! The exchange runs inside the request's own task: the request head is written, the request
+//! body streamed and the response head read by the request's future; the response body reads
+//! the socket as the client takes it. The wire format is in [`crate::h1client`] (why not
+//! hyper's client is said there). A connection is a bare `TcpStream` plus its read buffer,
+//! taken from a LIFO list and put back the moment its response has been read to the end.
 //!
-//! - a pooled connection whose request could not even be written (closed under us) is retried
-//!   once on a fresh connection: the request never reached the upstream, so this is safe for
-//!   any method;
+//! - a request reaches a pooled connection that died under us: retried once on a fresh
+//!   connection when the upstream cannot have acted on it (its head could not be written), or
+//!   when it is idempotent and bodiless (RFC 9110 9.2.2) and the connection closed before any
+//!   byte of a response; anything else is a 502;
+//! - a connection idle for more than [`PROBE_AFTER`] is checked for a close before reuse (one
+//!   non-blocking read), so an upstream's own idle timeout costs no request; busy connections
+//!   skip the check;
 //! - idle connections older than `idle_timeout` are closed when next looked at; at most
 //!   `max_idle_connections` are kept;
+//! - an early response (before the request body was sent in full) is forwarded and its
+//!   connection closed; a failed request body closes the connection;
+//! - request trailers are not forwarded (RFC 9110 6.5.1 lets a proxy drop them);
 //! - upgrades (101) take the connection out of the pool for good.
 
 use crate::body::{self, Body, BoxError};
+use crate::h1client::{self, Chunked, Decoded, Malformed, RequestFraming, ResponseFraming};
 use crate::proxy::ProxyError;
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Longest wait for a pooled connection to finish its previous exchange.
-const READY_WAIT: Duration = Duration::from_millis(100);
+/// A connection idle at least this long is checked for a close before it is reused.
+pub const PROBE_AFTER: Duration = Duration::from_millis(10);
+/// Most interim (1xx) responses before the final one.
+const MAX_INTERIM: usize = 8;
+/// Room made in a connection's read buffer before each read.
+const READ_CHUNK: usize = 16 * 1024;
 
-struct Idle {
-    tx: SendRequest<Body>,
+/// One upstream connection.
+struct Conn {
+    stream: TcpStream,
+    /// Bytes read but not yet consumed. Empty whenever the connection is idle.
+    buf: BytesMut,
     since: Instant,
+}
+
+/// The upstream side of an upgraded (101) exchange: the connection and any bytes the upstream
+/// sent after its 101 head.
+pub struct Upgraded {
+    pub stream: TcpStream,
+    pub leftover: Bytes,
+}
+
+/// Why an exchange failed.
+enum Failure {
+    /// The request head could not be written: the upstream cannot have acted on it.
+    NotSent,
+    /// The connection closed (or reset) before any byte of a response.
+    NoResponse,
+    Proxy(ProxyError),
+}
+
+impl From<Malformed> for Failure {
+    fn from(m: Malformed) -> Failure {
+        tracing::debug!(error = %m, "upstream response refused");
+        Failure::Proxy(ProxyError::BadResponse)
+    }
 }
 
 /// The pool for one upstream.
@@ -42,7 +78,7 @@ pub struct Pool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<Vec<Conn>>,
 }
 
 impl Pool {
@@ -62,30 +98,26 @@ impl Pool {
         })
     }
 
-    fn pop_idle(&self) -> Option<Idle> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A connection ready for a request, and whether it was reused.
-    async fn checkout(&self) -> Result<(SendRequest<Body>, bool), ProxyError> {
-        while let Some(mut idle) = self.pop_idle() {
-            if idle.tx.is_closed() || idle.since.elapsed() > self.idle_timeout {
+    /// A connection for a request, and whether it was reused.
+    async fn checkout(&self) -> Result<(Conn, bool), ProxyError> {
+        loop {
+            let popped = self.idle().pop();
+            let Some(conn) = popped else {
+                return self.connect().await.map(|c| (c, false));
+            };
+            let idle = conn.since.elapsed();
+            if idle > self.idle_timeout || (idle >= PROBE_AFTER && !still_open(&conn.stream)) {
                 continue;
             }
-            // Checked in as soon as its body ended; the connection task may need one more turn
-            // to be ready for the next request.
-            if idle.tx.is_ready() {
-                return Ok((idle.tx, true));
-            }
-            // Bounded: a connection that does not become ready soon is not worth waiting for.
-            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, idle.tx.ready()).await {
-                return Ok((idle.tx, true));
-            }
+            return Ok((conn, true));
         }
-        self.connect().await.map(|tx| (tx, false))
     }
 
-    async fn connect(&self) -> Result<SendRequest<Body>, ProxyError> {
+    async fn connect(&self) -> Result<Conn, ProxyError> {
         let stream = match tokio::time::timeout(
             self.connect_timeout,
             TcpStream::connect(&self.addr),
@@ -100,84 +132,273 @@ impl Pool {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
-        let (tx, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| ProxyError::Unreachable)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(tx)
+        Ok(Conn {
+            stream,
+            buf: BytesMut::new(),
+            since: Instant::now(),
+        })
     }
 
-    fn checkin(&self, tx: SendRequest<Body>) {
-        if tx.is_closed() {
+    /// Back to the pool, if the connection can carry another request: nothing unread in it.
+    fn checkin(&self, mut conn: Conn) {
+        if !conn.buf.is_empty() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle();
         if idle.len() < self.max_idle {
-            idle.push(Idle {
-                tx,
-                since: Instant::now(),
-            });
+            conn.since = Instant::now();
+            idle.push(conn);
         }
     }
 
-    /// Sends a request and waits for the response head. The response body hands the connection
-    /// back to the pool when it has been read to the end.
-    pub async fn send(self: &Arc<Self>, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
-        let (mut tx, reused) = self.checkout().await?;
-        let resp = match tx.try_send_request(req).await {
-            Ok(resp) => resp,
-            Err(mut e) => match e.take_message() {
-                // Never written: the pooled connection had just closed. Once more, fresh.
-                Some(req) if reused => {
-                    tx = self.connect().await?;
-                    tx.send_request(req)
-                        .await
-                        .map_err(|_| ProxyError::Unreachable)?
-                }
-                _ => return Err(ProxyError::Unreachable),
-            },
-        };
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            // The connection now belongs to the upgrade.
-            return Ok(resp.map(body::boxed));
-        }
-        let pool = self.clone();
-        Ok(resp.map(|inner| {
-            let done = inner.is_end_stream();
-            let mut b = PooledBody {
-                inner,
-                tx: Some(tx),
-                pool,
-            };
-            if done {
-                b.release();
+    /// Sends a request (origin-form, headers already cleaned by `proxy::prepare_request`) and
+    /// waits for the response head. The response body hands the connection back to the pool
+    /// when it has been read to the end. With `upgrade`, a 101 answer comes with the upstream
+    /// connection.
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<Body>,
+        upgrade: bool,
+    ) -> Result<(Response<Body>, Option<Upgraded>), ProxyError> {
+        let (mut parts, req_body) = req.into_parts();
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let (head, framing) = h1client::encode_head(
+            &parts.method,
+            target,
+            &mut parts.headers,
+            req_body.is_end_stream(),
+            req_body.size_hint().exact(),
+        );
+        let mut req_body = (framing != RequestFraming::Empty).then_some(req_body);
+        let method = parts.method;
+        // RFC 9110 9.2.2; a body already streamed cannot be sent twice.
+        let replayable = req_body.is_none()
+            && matches!(
+                method,
+                Method::GET
+                    | Method::HEAD
+                    | Method::OPTIONS
+                    | Method::TRACE
+                    | Method::PUT
+                    | Method::DELETE
+            );
+        let (mut conn, mut reused) = self.checkout().await?;
+        let resp = loop {
+            match exchange(&mut conn, &head, &mut req_body, framing, &method).await {
+                Ok(resp) => break resp,
+                // The body is taken only once the head is written, so it is still here.
+                Err(Failure::NotSent) if reused => {}
+                Err(Failure::NoResponse) if reused && replayable => {}
+                Err(Failure::Proxy(e)) => return Err(e),
+                Err(_) => return Err(ProxyError::Unreachable),
             }
-            body::boxed(b)
-        }))
+            conn = self.connect().await?;
+            reused = false;
+        };
+        let state = match resp.framing {
+            ResponseFraming::Upgrade if upgrade => {
+                let upgraded = Upgraded {
+                    stream: conn.stream,
+                    leftover: conn.buf.freeze(),
+                };
+                return Ok((into_response(resp, body::empty()), Some(upgraded)));
+            }
+            ResponseFraming::Upgrade => {
+                tracing::debug!("upstream answered 101 to a request that asked for no upgrade");
+                return Err(ProxyError::BadResponse);
+            }
+            ResponseFraming::Empty | ResponseFraming::Length(0) => BodyState::Done,
+            ResponseFraming::Length(n) => BodyState::Length(n),
+            ResponseFraming::Chunked => BodyState::Chunked(Chunked::default()),
+            ResponseFraming::Close => BodyState::Close,
+        };
+        if matches!(state, BodyState::Done) {
+            if resp.keep_alive {
+                self.checkin(conn);
+            }
+            return Ok((into_response(resp, body::empty()), None));
+        }
+        let keep_alive = resp.keep_alive;
+        let body = UpstreamBody {
+            conn: Some(conn),
+            state,
+            keep_alive,
+            pool: self.clone(),
+        };
+        Ok((into_response(resp, body::boxed(body)), None))
     }
 }
 
-/// An upstream response body that returns its connection at the end.
-struct PooledBody {
-    inner: Incoming,
-    tx: Option<SendRequest<Body>>,
+fn into_response(head: h1client::ResponseHead, body: Body) -> Response<Body> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = head.status;
+    *resp.version_mut() = head.version;
+    *resp.headers_mut() = head.headers;
+    resp
+}
+
+/// Has the upstream closed (or written to) this idle connection? One non-blocking read; none at
+/// all when tokio already knows the socket has nothing to read.
+fn still_open(stream: &TcpStream) -> bool {
+    matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// Writes the request, streams its body and reads the final response head. An early response
+/// (the upstream answered before the body was sent in full) ends the body and the connection.
+async fn exchange(
+    conn: &mut Conn,
+    head: &[u8],
+    req_body: &mut Option<Body>,
+    framing: RequestFraming,
+    method: &Method,
+) -> Result<h1client::ResponseHead, Failure> {
+    if conn.stream.write_all(head).await.is_err() {
+        return Err(Failure::NotSent);
+    }
+    let Some(req_body) = req_body.take() else {
+        return read_head(&mut conn.stream, &mut conn.buf, method).await;
+    };
+    let (mut rd, mut wr) = conn.stream.split();
+    let read = read_head(&mut rd, &mut conn.buf, method);
+    let write = write_body(&mut wr, req_body, framing);
+    tokio::pin!(read, write);
+    tokio::select! {
+        biased;
+        r = &mut read => {
+            let mut resp = r?;
+            resp.keep_alive = false;
+            Ok(resp)
+        }
+        w = &mut write => match w {
+            Ok(()) => read.await,
+            // The client's body failed (or stalled): nothing sensible can follow on this
+            // connection.
+            Err(BodyFailure::Client) => Err(Failure::Proxy(ProxyError::Unreachable)),
+            // The upstream stopped taking the body; it may still have answered (413, 401...).
+            Err(BodyFailure::Io) => read.await.map(|mut resp| {
+                resp.keep_alive = false;
+                resp
+            }),
+        },
+    }
+}
+
+async fn read_head<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<h1client::ResponseHead, Failure> {
+    let mut interim = 0;
+    let mut got_any = false;
+    loop {
+        if !buf.is_empty() {
+            match h1client::parse_head(buf, method)? {
+                Some(h) if h.is_interim() => {
+                    interim += 1;
+                    if interim > MAX_INTERIM {
+                        return Err(Malformed("too many interim responses").into());
+                    }
+                    continue;
+                }
+                Some(h) => return Ok(h),
+                None => {}
+            }
+        }
+        buf.reserve(READ_CHUNK);
+        match rd.read_buf(buf).await {
+            Ok(n) if n > 0 => got_any = true,
+            _ if got_any => return Err(Failure::Proxy(ProxyError::Unreachable)),
+            _ => return Err(Failure::NoResponse),
+        }
+    }
+}
+
+enum BodyFailure {
+    /// The client's body ended in an error.
+    Client,
+    /// Writing to the upstream failed.
+    Io,
+}
+
+async fn write_body<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    mut body: Body,
+    framing: RequestFraming,
+) -> Result<(), BodyFailure> {
+    let mut sent: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| BodyFailure::Client)?;
+        // Trailers are dropped (see the module doc).
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent += data.len() as u64;
+        match framing {
+            RequestFraming::Length(n) if sent > n => return Err(BodyFailure::Client),
+            RequestFraming::Chunked => {
+                let size = format!("{:X}\r\n", data.len());
+                let mut chunk = Buf::chain(Buf::chain(size.as_bytes(), data), &b"\r\n"[..]);
+                wr.write_all_buf(&mut chunk)
+                    .await
+                    .map_err(|_| BodyFailure::Io)?;
+            }
+            _ => wr
+                .write_all_buf(&mut data)
+                .await
+                .map_err(|_| BodyFailure::Io)?,
+        }
+    }
+    match framing {
+        RequestFraming::Length(n) if sent != n => Err(BodyFailure::Client),
+        RequestFraming::Chunked => wr
+            .write_all(b"0\r\n\r\n")
+            .await
+            .map_err(|_| BodyFailure::Io),
+        _ => Ok(()),
+    }
+}
+
+enum BodyState {
+    Length(u64),
+    Chunked(Chunked),
+    Close,
+    Done,
+}
+
+/// An upstream response body, read from the connection as the client takes it. At its exact
+/// end the connection goes back to the pool; dropped before that, it is closed.
+struct UpstreamBody {
+    conn: Option<Conn>,
+    state: BodyState,
+    keep_alive: bool,
     pool: Arc<Pool>,
 }
 
-impl PooledBody {
-    fn release(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            self.pool.checkin(tx);
+impl UpstreamBody {
+    fn finish(&mut self) {
+        self.state = BodyState::Done;
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive {
+                self.pool.checkin(conn);
+            }
         }
+    }
+
+    /// Reads more from the upstream: `Ready(Ok(0))` is the close.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let conn = self
+            .conn
+            .as_mut()
+            .expect("a body being read has its connection");
+        conn.buf.reserve(READ_CHUNK);
+        tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.buf)
     }
 }
 
-impl http_body::Body for PooledBody {
+impl http_body::Body for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -185,22 +406,71 @@ impl http_body::Body for PooledBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
-            // A broken body breaks the connection: it must not be reused.
-            Poll::Ready(Some(Err(_))) => self.tx = None,
-            _ => {}
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let (data, ended) = match &mut this.state {
+                BodyState::Done => return Poll::Ready(None),
+                BodyState::Length(left) if !conn.buf.is_empty() => {
+                    let n = usize::try_from(*left)
+                        .unwrap_or(usize::MAX)
+                        .min(conn.buf.len());
+                    *left -= n as u64;
+                    (Some(conn.buf.split_to(n).freeze()), *left == 0)
+                }
+                BodyState::Chunked(dec) => match dec.decode(&mut conn.buf) {
+                    Ok(Decoded::Data(d)) => (Some(d), false),
+                    Ok(Decoded::End) => (None, true),
+                    Ok(Decoded::NeedMore) => (None, false),
+                    Err(m) => {
+                        this.conn = None;
+                        return Poll::Ready(Some(Err(m.into())));
+                    }
+                },
+                BodyState::Close if !conn.buf.is_empty() => {
+                    (Some(conn.buf.split().freeze()), false)
+                }
+                BodyState::Length(_) | BodyState::Close => (None, false),
+            };
+            if ended {
+                this.finish();
+            }
+            if let Some(d) = data {
+                return Poll::Ready(Some(Ok(Frame::data(d))));
+            }
+            if ended {
+                return Poll::Ready(None);
+            }
+            match std::task::ready!(this.poll_fill(cx)) {
+                Ok(0) if matches!(this.state, BodyState::Close) => {
+                    this.conn = None;
+                    this.state = BodyState::Done;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err("upstream closed mid-body".into())));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
         }
-        r.map(|o| o.map(|f| f.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        matches!(self.state, BodyState::Done)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.state {
+            BodyState::Length(n) => SizeHint::with_exact(n),
+            BodyState::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
     }
 }

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 pub enum ProxyError {
     /// Connection refused, reset, or the upstream broke the exchange.
     Unreachable,
+    /// The upstream's response could not be framed exactly (see [`crate::h1client`]).
+    BadResponse,
     /// No connection within `connect_timeout`.
     ConnectTimeout,
     /// No response head within `request_timeout`.
@@ -35,7 +37,7 @@ impl ProxyError {
     /// Status answered to the client.
     pub fn status(self) -> StatusCode {
         match self {
-            ProxyError::Unreachable => StatusCode::BAD_GATEWAY,
+            ProxyError::Unreachable | ProxyError::BadResponse => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout | ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
@@ -45,6 +47,7 @@ impl ProxyError {
     pub fn reason(self) -> &'static str {
         match self {
             ProxyError::Unreachable => "upstream_unreachable",
+            ProxyError::BadResponse => "upstream_bad_response",
             ProxyError::ConnectTimeout => "upstream_connect_timeout",
             ProxyError::Timeout => "upstream_timeout",
             ProxyError::BodyTimeout => "client_body_timeout",
@@ -230,19 +233,22 @@ impl Upstreams {
             });
             (req, Some(rx))
         };
-        let fut = up.pool.send(req);
+        let fut = up.pool.send(req, client_upgrade.is_some());
         tokio::pin!(fut);
         let early = match body_done {
-            // Biased, body first: a stalled body also fails `fut` (hyper gets the body's error),
-            // and both are ready at the same poll; the stall is the cause to report.
-            Some(done) => tokio::select! {
+            Some(mut done) => tokio::select! {
                 biased;
-                end = done => match end {
+                end = &mut done => match end {
                     // Dropping `fut` drops the half-sent request: its connection is not reused.
                     Ok(BodyEnd::Stalled) => return Err(ProxyError::BodyTimeout),
                     _ => None,
                 },
-                r = &mut fut => Some(r),
+                // A stalled body also fails `fut`, in the same poll that notes the stall; the
+                // stall is the cause to report.
+                r = &mut fut => match done.try_recv() {
+                    Ok(BodyEnd::Stalled) => return Err(ProxyError::BodyTimeout),
+                    _ => Some(r),
+                },
             },
             None => None,
         };
@@ -254,16 +260,17 @@ impl Upstreams {
                 .ok_or(ProxyError::Timeout)?,
         };
         let elapsed = start.elapsed();
-        let mut resp = result?;
-        if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) =
-            (resp.status(), client_upgrade)
-        {
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let (resp, upgraded) = result?;
+        if let (Some(mut upstream), Some(client_upgrade)) = (upgraded, client_upgrade) {
             tokio::spawn(async move {
-                if let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) {
+                use tokio::io::AsyncWriteExt;
+                if let Ok(client) = client_upgrade.await {
                     let mut client = TokioIo::new(client);
-                    let mut upstream = TokioIo::new(upstream);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    // What the upstream sent right after its 101 belongs to the new protocol.
+                    if client.write_all(&upstream.leftover).await.is_ok() {
+                        let _ =
+                            tokio::io::copy_bidirectional(&mut client, &mut upstream.stream).await;
+                    }
                 }
             });
         }
