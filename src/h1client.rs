@@ -587,6 +587,96 @@ mod tests {
         );
     }
 
+    /// A small deterministic generator, so the randomized tests below need no crate and
+    /// replay the same inputs on every run.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn random_chunked_bodies_round_trip_in_random_splits() {
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..2000 {
+            let mut body = Vec::new();
+            let mut wire = Vec::new();
+            for _ in 0..rng.below(6) {
+                let chunk: Vec<u8> = (0..1 + rng.below(300)).map(|_| rng.next() as u8).collect();
+                let ext = if rng.below(3) == 0 { ";a=b" } else { "" };
+                wire.extend_from_slice(format!("{:x}{ext}\r\n", chunk.len()).as_bytes());
+                wire.extend_from_slice(&chunk);
+                wire.extend_from_slice(b"\r\n");
+                body.extend_from_slice(&chunk);
+            }
+            wire.extend_from_slice(b"0\r\n");
+            if rng.below(2) == 0 {
+                wire.extend_from_slice(b"T: 1\r\n");
+            }
+            wire.extend_from_slice(b"\r\n");
+            let step = 1 + rng.below(64);
+            let (got, rest) = decode_all(&wire, step).unwrap();
+            assert_eq!(got, body);
+            assert!(rest.is_empty());
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic_the_parsers() {
+        // Pieces of real messages, shuffled: more likely than noise to reach deep states.
+        const PIECES: [&[u8]; 16] = [
+            b"HTTP/1.1 ",
+            b"200 OK",
+            b"\r\n",
+            b"\n",
+            b"Content-Length: ",
+            b"Transfer-Encoding: ",
+            b"chunked",
+            b"5",
+            b"ffffffffffffffffff",
+            b";x=y",
+            b" ",
+            b"0",
+            b":",
+            b"\r\n\r\n",
+            b"HTTP/1.0 101 Switching\r\n",
+            b"\xff\x00",
+        ];
+        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+        for _ in 0..20_000 {
+            let mut input = Vec::new();
+            for _ in 0..rng.below(24) {
+                input.extend_from_slice(PIECES[rng.below(PIECES.len())]);
+            }
+            let method = if rng.below(4) == 0 {
+                Method::HEAD
+            } else {
+                Method::GET
+            };
+            let mut buf = BytesMut::from(&input[..]);
+            if let Ok(Some(h)) = parse_head(&mut buf, &method) {
+                assert!(h.headers.len() <= MAX_HEADERS);
+            }
+            let mut buf = BytesMut::from(&input[..]);
+            let mut dec = Chunked::default();
+            for _ in 0..64 {
+                match dec.decode(&mut buf) {
+                    Ok(Decoded::Data(d)) => assert!(!d.is_empty()),
+                    _ => break,
+                }
+            }
+        }
+    }
+
     #[test]
     fn request_heads_say_how_long_the_body_is() {
         let enc = |m: Method, h: &mut HeaderMap, empty, exact| {
