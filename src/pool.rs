@@ -23,6 +23,7 @@
 use crate::body::{self, Body, BoxError};
 use crate::h1client::{self, Chunked, Decoded, Malformed, RequestFraming, ResponseFraming};
 use crate::proxy::ProxyError;
+use crate::timer::Stall;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
@@ -76,6 +77,8 @@ impl From<Malformed> for Failure {
 pub struct Pool {
     addr: String,
     connect_timeout: Duration,
+    /// The longest pause in a response body (the upstream's `request_timeout`).
+    read_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
     idle: Mutex<Vec<Conn>>,
@@ -86,12 +89,14 @@ impl Pool {
     pub fn new(
         addr: String,
         connect_timeout: Duration,
+        read_timeout: Duration,
         idle_timeout: Duration,
         max_idle: usize,
     ) -> Arc<Pool> {
         Arc::new(Pool {
             addr,
             connect_timeout,
+            read_timeout,
             idle_timeout,
             max_idle,
             idle: Mutex::new(Vec::new()),
@@ -223,6 +228,7 @@ impl Pool {
             conn: Some(conn),
             state,
             keep_alive,
+            stall: Stall::new(self.read_timeout),
             pool: self.clone(),
         };
         Ok((into_response(resp, body::boxed(body)), None))
@@ -369,11 +375,15 @@ enum BodyState {
 }
 
 /// An upstream response body, read from the connection as the client takes it. At its exact
-/// end the connection goes back to the pool; dropped before that, it is closed.
+/// end the connection goes back to the pool; dropped before that, it is closed. A pause longer
+/// than the upstream's `request_timeout` breaks it (nginx's `proxy_read_timeout` counts the
+/// same way); a client that reads slowly does not count, since the clock runs only while this
+/// body waits on the upstream.
 struct UpstreamBody {
     conn: Option<Conn>,
     state: BodyState,
     keep_alive: bool,
+    stall: Stall,
     pool: Arc<Pool>,
 }
 
@@ -443,7 +453,14 @@ impl http_body::Body for UpstreamBody {
             if ended {
                 return Poll::Ready(None);
             }
-            match std::task::ready!(this.poll_fill(cx)) {
+            let filled = this.poll_fill(cx);
+            if this.stall.expired(cx, &filled) {
+                this.conn = None;
+                return Poll::Ready(Some(Err(
+                    "upstream response body paused past request_timeout".into(),
+                )));
+            }
+            match std::task::ready!(filled) {
                 Ok(0) if matches!(this.state, BodyState::Close) => {
                     this.conn = None;
                     this.state = BodyState::Done;

@@ -190,6 +190,7 @@ impl Upstreams {
                 pool: Pool::new(
                     u.authority.to_string(),
                     u.connect_timeout,
+                    u.request_timeout,
                     u.idle_timeout,
                     u.max_idle_connections,
                 ),

@@ -317,3 +317,28 @@ async fn an_oversized_response_head_is_refused() {
     assert_eq!(a.status.as_u16(), 502);
     assert!(a.body.contains("upstream_bad_response"), "{}", a.body);
 }
+
+#[tokio::test]
+async fn a_response_body_that_stops_coming_is_cut_off() {
+    // Three of ten bytes, then nothing; the connection stays open. request_timeout is 500 ms.
+    let up = Scripted::start(vec![Act::Reply(
+        "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+    )])
+    .await;
+    let gw = gateway(&up).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /public/a HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("the client connection was still open 5 s after the upstream stopped")
+        .ok();
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(400), "cut early: {took:?}");
+    assert!(took < Duration::from_millis(2500), "cut late: {took:?}");
+    let out = String::from_utf8_lossy(&out);
+    assert!(!out.contains("abc") || out.ends_with("abc"), "{out:?}");
+}
