@@ -13,6 +13,9 @@
 //! - a connection idle for more than [`PROBE_AFTER`] is checked for a close before reuse (one
 //!   non-blocking read), so an upstream's own idle timeout costs no request; busy connections
 //!   skip the check;
+//! - an upstream that takes no request bytes, or sends no response body bytes, for its
+//!   `request_timeout` loses the request (504 before the response head; after it, the client
+//!   connection is closed);
 //! - idle connections older than `idle_timeout` are closed when next looked at; at most
 //!   `max_idle_connections` are kept;
 //! - an early response (before the request body was sent in full) is forwarded and its
@@ -77,8 +80,9 @@ impl From<Malformed> for Failure {
 pub struct Pool {
     addr: String,
     connect_timeout: Duration,
-    /// The longest pause in a response body (the upstream's `request_timeout`).
-    read_timeout: Duration,
+    /// The longest the upstream may take no request bytes, or send no response body bytes
+    /// (its `request_timeout`, as nginx's `proxy_send_timeout` and `proxy_read_timeout`).
+    stall_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
     idle: Mutex<Vec<Conn>>,
@@ -89,14 +93,14 @@ impl Pool {
     pub fn new(
         addr: String,
         connect_timeout: Duration,
-        read_timeout: Duration,
+        stall_timeout: Duration,
         idle_timeout: Duration,
         max_idle: usize,
     ) -> Arc<Pool> {
         Arc::new(Pool {
             addr,
             connect_timeout,
-            read_timeout,
+            stall_timeout,
             idle_timeout,
             max_idle,
             idle: Mutex::new(Vec::new()),
@@ -189,7 +193,15 @@ impl Pool {
             );
         let (mut conn, mut reused) = self.checkout().await?;
         let resp = loop {
-            match exchange(&mut conn, &head, &mut req_body, framing, &method).await {
+            let exchange = exchange(
+                &mut conn,
+                &head,
+                &mut req_body,
+                framing,
+                &method,
+                self.stall_timeout,
+            );
+            match exchange.await {
                 Ok(resp) => break resp,
                 // The body is taken only once the head is written, so it is still here.
                 Err(Failure::NotSent) if reused => {}
@@ -228,7 +240,7 @@ impl Pool {
             conn: Some(conn),
             state,
             keep_alive,
-            stall: Stall::new(self.read_timeout),
+            stall: Stall::new(self.stall_timeout),
             pool: self.clone(),
         };
         Ok((into_response(resp, body::boxed(body)), None))
@@ -257,16 +269,19 @@ async fn exchange(
     req_body: &mut Option<Body>,
     framing: RequestFraming,
     method: &Method,
+    stall_timeout: Duration,
 ) -> Result<h1client::ResponseHead, Failure> {
-    if conn.stream.write_all(head).await.is_err() {
-        return Err(Failure::NotSent);
+    match send_all(&mut conn.stream, &mut &head[..], stall_timeout).await {
+        Ok(()) => {}
+        Err(BodyFailure::Stalled) => return Err(Failure::Proxy(ProxyError::Timeout)),
+        Err(_) => return Err(Failure::NotSent),
     }
     let Some(req_body) = req_body.take() else {
         return read_head(&mut conn.stream, &mut conn.buf, method).await;
     };
     let (mut rd, mut wr) = conn.stream.split();
     let read = read_head(&mut rd, &mut conn.buf, method);
-    let write = write_body(&mut wr, req_body, framing);
+    let write = write_body(&mut wr, req_body, framing, stall_timeout);
     tokio::pin!(read, write);
     tokio::select! {
         biased;
@@ -280,6 +295,7 @@ async fn exchange(
             // The client's body failed (or stalled): nothing sensible can follow on this
             // connection.
             Err(BodyFailure::Client) => Err(Failure::Proxy(ProxyError::Unreachable)),
+            Err(BodyFailure::Stalled) => Err(Failure::Proxy(ProxyError::Timeout)),
             // The upstream stopped taking the body; it may still have answered (413, 401...).
             Err(BodyFailure::Io) => read.await.map(|mut resp| {
                 resp.keep_alive = false;
@@ -324,12 +340,34 @@ enum BodyFailure {
     Client,
     /// Writing to the upstream failed.
     Io,
+    /// The upstream took no bytes for `stall_timeout`.
+    Stalled,
+}
+
+/// Writes all of `buf`, failing if the upstream takes nothing for `limit`. A write that
+/// completes at once (the usual case) never arms the timer: `timeout` polls its future first.
+async fn send_all<W: AsyncWrite + Unpin, B: Buf>(
+    wr: &mut W,
+    buf: &mut B,
+    limit: Duration,
+) -> Result<(), BodyFailure> {
+    while buf.has_remaining() {
+        let n = tokio::time::timeout(limit, wr.write_buf(buf))
+            .await
+            .map_err(|_| BodyFailure::Stalled)?
+            .map_err(|_| BodyFailure::Io)?;
+        if n == 0 {
+            return Err(BodyFailure::Io);
+        }
+    }
+    Ok(())
 }
 
 async fn write_body<W: AsyncWrite + Unpin>(
     wr: &mut W,
     mut body: Body,
     framing: RequestFraming,
+    limit: Duration,
 ) -> Result<(), BodyFailure> {
     let mut sent: u64 = 0;
     while let Some(frame) = body.frame().await {
@@ -347,22 +385,14 @@ async fn write_body<W: AsyncWrite + Unpin>(
             RequestFraming::Chunked => {
                 let size = format!("{:X}\r\n", data.len());
                 let mut chunk = Buf::chain(Buf::chain(size.as_bytes(), data), &b"\r\n"[..]);
-                wr.write_all_buf(&mut chunk)
-                    .await
-                    .map_err(|_| BodyFailure::Io)?;
+                send_all(wr, &mut chunk, limit).await?;
             }
-            _ => wr
-                .write_all_buf(&mut data)
-                .await
-                .map_err(|_| BodyFailure::Io)?,
+            _ => send_all(wr, &mut data, limit).await?,
         }
     }
     match framing {
         RequestFraming::Length(n) if sent != n => Err(BodyFailure::Client),
-        RequestFraming::Chunked => wr
-            .write_all(b"0\r\n\r\n")
-            .await
-            .map_err(|_| BodyFailure::Io),
+        RequestFraming::Chunked => send_all(wr, &mut &b"0\r\n\r\n"[..], limit).await,
         _ => Ok(()),
     }
 }

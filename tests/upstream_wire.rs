@@ -24,6 +24,8 @@ enum Act {
     Close,
     /// Answers as soon as the head is in, without reading the body, then closes.
     Early(&'static str),
+    /// Reads the head, then neither reads nor answers for 10 s.
+    Hold,
 }
 
 struct Scripted {
@@ -84,6 +86,10 @@ async fn serve(mut s: TcpStream, script: Arc<Vec<Act>>, heads: Arc<Mutex<Vec<Str
             let _ = s.write_all(bytes.as_bytes()).await;
             return;
         }
+        if let Act::Hold = act {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            return;
+        }
         let body_len: usize = head
             .lines()
             .find_map(|l| l.strip_prefix("content-length:"))
@@ -106,7 +112,7 @@ async fn serve(mut s: TcpStream, script: Arc<Vec<Act>>, heads: Arc<Mutex<Vec<Str
                 let _ = s.write_all(bytes.as_bytes()).await;
                 return;
             }
-            Act::Close | Act::Early(_) => return,
+            Act::Close | Act::Early(_) | Act::Hold => return,
         }
     }
 }
@@ -341,4 +347,18 @@ async fn a_response_body_that_stops_coming_is_cut_off() {
     assert!(took < Duration::from_millis(2500), "cut late: {took:?}");
     let out = String::from_utf8_lossy(&out);
     assert!(!out.contains("abc") || out.ends_with("abc"), "{out:?}");
+}
+
+#[tokio::test]
+async fn an_upstream_that_stops_reading_the_request_body_gets_a_504() {
+    // request_timeout is 500 ms; the body is far larger than the socket buffers between.
+    let up = Scripted::start(vec![Act::Hold]).await;
+    let gw = gateway(&up).await;
+    let body = "x".repeat(32 << 20);
+    let start = std::time::Instant::now();
+    let a = send(&client(), "POST", &gw.url("/public/upload"), &[], &body).await;
+    let took = start.elapsed();
+    assert_eq!(a.status.as_u16(), 504, "{}", a.body);
+    assert!(a.body.contains("upstream_timeout"), "{}", a.body);
+    assert!(took < Duration::from_secs(5), "took {took:?}");
 }
