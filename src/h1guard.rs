@@ -72,6 +72,14 @@ impl Watch {
     fn response_done(&self) {
         self.0.answered.fetch_add(1, Ordering::AcqRel);
     }
+    /// Requests handed to the service so far.
+    pub fn started(&self) -> usize {
+        self.0.started.load(Ordering::Acquire)
+    }
+    /// Is a request in flight (handed over, its response not yet taken in full)?
+    pub fn busy(&self) -> bool {
+        self.0.started.load(Ordering::Acquire) != self.0.answered.load(Ordering::Acquire)
+    }
     /// A 101 went out: what follows on the connection is not HTTP/1.
     pub fn upgraded(&self) {
         self.0.upgraded.store(true, Ordering::Release);

@@ -345,9 +345,21 @@ fn serve_connection(
         };
         let result = match h2 {
             Some(h2) => {
-                let conn =
-                    h2.serve_connection(TokioIo::new(stream), gateway_service(&live, peer, None));
-                until_done(conn, &mut signal, |c| c.graceful_shutdown()).await
+                // Only the request and response counts are used on h2: nothing sets its
+                // framing verdict, so it never refuses a request.
+                let watch = Watch::default();
+                let conn = h2.serve_connection(
+                    TokioIo::new(stream),
+                    gateway_service(&live, peer, Some(watch.clone())),
+                );
+                until_done_or_idle(
+                    conn,
+                    &mut signal,
+                    |c| c.graceful_shutdown(),
+                    &watch,
+                    protocols.header_read_timeout,
+                )
+                .await
             }
             None => {
                 let (guarded, head_watch) = Guarded::new(
@@ -425,6 +437,39 @@ async fn until_done<C: Future>(
             conn.await
         }
     }
+}
+
+/// [`until_done`] for HTTP/2, which has no header timer: a connection with no stream in flight
+/// through a whole `idle` period, and none started in it, is closed gracefully (GOAWAY), as
+/// HTTP/1 keep-alive connections are closed by the header timer. So it closes between one and
+/// two periods after its last response. One timer per connection, ticking every period.
+async fn until_done_or_idle<C: Future>(
+    conn: C,
+    signal: &mut watch::Receiver<bool>,
+    graceful: fn(Pin<&mut C>),
+    activity: &Watch,
+    idle: Duration,
+) -> C::Output {
+    let mut conn = std::pin::pin!(conn);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = activity.started();
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            _ = signal.changed() => break,
+            _ = ticks.tick() => {
+                let started = activity.started();
+                if started == seen && !activity.busy() {
+                    tracing::debug!("idle HTTP/2 connection closed");
+                    break;
+                }
+                seen = started;
+            }
+        }
+    }
+    graceful(conn.as_mut());
+    conn.await
 }
 
 async fn admin_loop(listener: TcpListener, live: Arc<Live>) {

@@ -389,6 +389,36 @@ async fn h2c_prior_knowledge_works() {
 }
 
 #[tokio::test]
+async fn an_idle_h2_connection_is_closed_but_a_busy_one_is_not() {
+    let (_up, gw) = setup_with_slow_upstream("header_read_timeout = \"500ms\"").await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    // A 2 s upstream answer spans several idle periods: a stream in flight keeps it open.
+    let req = Request::get(format!("http://{}/public/slow", gw.addr))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body().collect().await.unwrap();
+    // Then nothing: closed within two periods (and some slack), not left open.
+    let start = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(3), conn)
+        .await
+        .expect("the idle h2 connection was still open after 3 s")
+        .unwrap()
+        .ok();
+    assert!(
+        start.elapsed() >= Duration::from_millis(400),
+        "closed early: {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn smuggling_shaped_requests_are_refused() {
     let (up, gw, _) = setup("").await;
     let cases: &[&[u8]] = &[
