@@ -3,6 +3,7 @@
 
     sudo python3 benches/load.py                 # 3 interleaved rounds of 10 s per run
     python3 benches/load.py --duration 5 --rounds 1
+    python3 benches/load.py --only rs256-one --candidates bearward,bearward-b --compare OLD --rounds 8
 
 What it does:
   * installs nginx, haproxy and wrk from the distribution if missing (apt-get), and the Python
@@ -21,8 +22,8 @@ What it does:
   * with --compare OTHER_BINARY, runs a second bearward build (`bearward-b`, cache on) beside
     the first in every scenario, so two builds are compared within the same rounds;
   * runs each scenario for each candidate, interleaved, for --rounds rounds, and prints a table:
-    requests/s, p50, p99, peak RSS (VmHWM), the candidate's CPU time and context switches per
-    request, and throughput as a ratio to nginx in the same round (medians over rounds).
+    requests/s, p50, p99, peak RSS (VmHWM), the candidate's user and system CPU time and context
+    switches per request, and throughput as a ratio to nginx in the same round (medians over rounds).
 Nothing here asserts a timing; it prints figures.
 """
 import argparse
@@ -272,7 +273,7 @@ def cpu_counters(pid):
     """CPU ticks (user + system) and context switches of the process, its children (nginx
     workers) and all their threads."""
     pids = [pid] + [int(c) for c in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
-    ticks = switches = 0
+    user = system = switches = 0
     for p in pids:
         try:
             tasks = os.listdir(f"/proc/{p}/task")
@@ -284,9 +285,10 @@ def cpu_counters(pid):
                 status = open(f"/proc/{p}/task/{t}/status").read()
             except OSError:
                 continue
-            ticks += int(stat[11]) + int(stat[12])
+            user += int(stat[11])
+            system += int(stat[12])
             switches += sum(int(n) for n in re.findall(r"voluntary_ctxt_switches:\s+(\d+)", status))
-    return ticks, switches
+    return user, system, switches
 
 
 def wrk(port, connections, duration, header=None, script=None):
@@ -320,6 +322,8 @@ def main():
     ap.add_argument("--compare", metavar="OTHER_BINARY",
                     help="also run this bearward build (bearward-b, cache on) in every scenario")
     ap.add_argument("--only", help="comma-separated scenarios to run")
+    ap.add_argument("--candidates", help="comma-separated candidates to run (nginx, the baseline, always runs); "
+                                         "with --compare, 'bearward,bearward-b' makes a tight A/B")
     ap.add_argument("--layout", choices=("shared", "isolated"), default="shared",
                     help="shared: upstream and proxy on CPU 1 (the issue's layout); isolated: upstream "
                          "with wrk on CPU 0, the proxy alone on CPU 1, so no proxy is preempted by the upstream")
@@ -403,6 +407,9 @@ def main():
                 cands.insert(at + 1, ("bearward-b", PORTS["bearward-b"], *cands[at][2:]))
         if args.only:
             scenarios = {k: v for k, v in scenarios.items() if k in args.only.split(",")}
+        if args.candidates:
+            keep = {"nginx", *args.candidates.split(",")}
+            scenarios = {k: [c for c in v if c[0] in keep] for k, v in scenarios.items()}
         results = {}
         for rnd in range(args.rounds):
             for scen, cands in scenarios.items():
@@ -411,11 +418,12 @@ def main():
                     before = cpu_counters(pid)
                     r = wrk(port, args.connections, args.duration, header, script)
                     after = cpu_counters(pid)
-                    r["cpu_us"] = (after[0] - before[0]) / os.sysconf("SC_CLK_TCK") / r["requests"] * 1e6
-                    r["switches"] = (after[1] - before[1]) / r["requests"]
+                    per_req = lambda i: (after[i] - before[i]) / os.sysconf("SC_CLK_TCK") / r["requests"] * 1e6
+                    r["usr_us"], r["sys_us"] = per_req(0), per_req(1)
+                    r["switches"] = (after[2] - before[2]) / r["requests"]
                     results.setdefault((scen, name), []).append(r)
                     print(f"round {rnd + 1} {scen:11} {name:17} {r['rps']:10.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms"
-                          f"  cpu {r['cpu_us']:.1f} us/req  {r['switches']:.2f} switches/req"
+                          f"  usr {r['usr_us']:.1f} sys {r['sys_us']:.1f} us/req  {r['switches']:.2f} switches/req"
                           + (f"  non-2xx {r['non2xx']}" if r["non2xx"] else "") + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
 
         # Memory: 100,000 requests or more over 10,000 distinct tokens.
@@ -424,18 +432,18 @@ def main():
         rss = {name: peak_rss_kib(p.pid) for name, p in procs.items()}
 
         print()
-        print(f"{'scenario':11} {'candidate':17} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'peak RSS':>9} {'cpu us':>7} {'sw/req':>6} {'vs nginx':>9} {'(range)':>12}")
+        print(f"{'scenario':11} {'candidate':17} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'peak RSS':>9} {'usr us':>7} {'sys us':>7} {'sw/req':>6} {'vs nginx':>9} {'(range)':>12}")
         for (scen, name), runs in results.items():
             base = results.get((scen, "nginx"))
             ratios = [r["rps"] / b["rps"] for r, b in zip(runs, base)] if base else []
             med = lambda k: statistics.median(r[k] for r in runs)
             proc = "upstream" if name == "direct" else name
             print(f"{scen:11} {name:17} {med('rps'):9.0f} {med('p50'):8.3f} {med('p99'):8.3f} {rss.get(proc, 0) / 1024:8.1f}M"
-                  f" {med('cpu_us'):7.1f} {med('switches'):6.2f}" + (f" {statistics.median(ratios):8.2f}x  ({min(ratios):.2f}-{max(ratios):.2f})" if ratios else ""))
+                  f" {med('usr_us'):7.1f} {med('sys_us'):7.1f} {med('switches'):6.2f}" + (f" {statistics.median(ratios):8.2f}x  ({min(ratios):.2f}-{max(ratios):.2f})" if ratios else ""))
         print(f"\nbearward peak RSS after the 10,000-token run ({mem_requests} requests): {rss['bearward'] / 1024:.1f} MiB")
         where = f"wrk and upstream on CPU {WRK_CPU}; proxies on CPU {SERVER_CPU}" if args.layout == "isolated" else f"wrk on CPU {WRK_CPU}; upstream and proxies on CPU {SERVER_CPU}"
         print(f"({where}; {args.connections} connections; {args.duration} s runs; medians of {args.rounds} rounds;"
-              " cpu us and sw/req: the candidate's own user+system CPU time and context switches per request;"
+              " usr/sys us and sw/req: the candidate's own user and system CPU time and context switches per request;"
               " range: the lowest and highest of the per-round ratios)")
     finally:
         stop(procs.values(), d)
