@@ -29,8 +29,8 @@ use crate::timer::{rearm, Stall};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -46,6 +46,22 @@ struct Shared {
     answered: AtomicUsize,
     /// A 101 went out: the connection no longer carries HTTP/1 heads.
     upgraded: AtomicBool,
+    /// HTTP/2 only: the response bodies in flight, for [`Watch::client_stalled`].
+    sends: Option<Sends>,
+}
+
+/// Each HTTP/2 response body in flight notes since when it has waited for the client to take
+/// what it gave (in ms after `epoch`, plus one; 0 while it waits on the upstream instead).
+#[derive(Debug)]
+struct Sends {
+    epoch: std::time::Instant,
+    bodies: Mutex<Vec<Weak<AtomicU64>>>,
+}
+
+impl Sends {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
 }
 
 /// The service's side of one watched connection.
@@ -54,16 +70,47 @@ pub struct Watch(Arc<Shared>);
 
 impl Default for Watch {
     fn default() -> Self {
+        Watch::new(None)
+    }
+}
+
+impl Watch {
+    fn new(sends: Option<Sends>) -> Watch {
         Watch(Arc::new(Shared {
             ambiguous_from: AtomicUsize::new(usize::MAX),
             started: AtomicUsize::new(0),
             answered: AtomicUsize::new(0),
             upgraded: AtomicBool::new(false),
+            sends,
         }))
     }
-}
 
-impl Watch {
+    /// For an HTTP/2 connection: counts requests and responses as on HTTP/1 (nothing sets its
+    /// framing verdict, so it never refuses one), and follows its response bodies for
+    /// [`Watch::client_stalled`].
+    pub fn for_h2() -> Watch {
+        Watch::new(Some(Sends {
+            epoch: std::time::Instant::now(),
+            bodies: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// HTTP/2: has some response body waited longer than `limit` for the client to take data
+    /// (flow control held shut)? HTTP/1 bounds this in its write path instead (`send_timeout`).
+    pub fn client_stalled(&self, limit: Duration) -> bool {
+        let Some(sends) = &self.0.sends else {
+            return false;
+        };
+        let now = sends.now();
+        let limit = limit.as_millis() as u64;
+        let mut bodies = sends.bodies.lock().unwrap_or_else(|p| p.into_inner());
+        bodies.retain(|b| b.strong_count() > 0);
+        bodies.iter().filter_map(Weak::upgrade).any(|since| {
+            let since = since.load(Ordering::Acquire);
+            since != 0 && now.saturating_sub(since) > limit
+        })
+    }
+
     /// A request was handed to the service; returns its index (0-based, in connection order).
     pub fn request_started(&self) -> usize {
         self.0.started.fetch_add(1, Ordering::AcqRel)
@@ -113,12 +160,28 @@ impl Watch {
 pub struct Answered<B> {
     inner: B,
     watch: Option<Watch>,
+    /// HTTP/2: this body's entry in the connection's [`Sends`].
+    waiting: Option<Arc<AtomicU64>>,
 }
 
 impl<B> Answered<B> {
-    /// Wraps a response body; with no watch (HTTP/2) it only passes frames through.
+    /// Wraps a response body; with no watch it only passes frames through.
     pub fn new(inner: B, watch: Option<Watch>) -> Self {
-        Answered { inner, watch }
+        let waiting = watch
+            .as_ref()
+            .and_then(|w| w.0.sends.as_ref())
+            .map(|sends| {
+                // Until hyper first asks for data, the body waits on the client's window.
+                let since = Arc::new(AtomicU64::new(sends.now()));
+                let mut bodies = sends.bodies.lock().unwrap_or_else(|p| p.into_inner());
+                bodies.push(Arc::downgrade(&since));
+                since
+            });
+        Answered {
+            inner,
+            watch,
+            waiting,
+        }
     }
 }
 
@@ -138,7 +201,19 @@ impl<B: http_body::Body + Unpin> http_body::Body for Answered<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Some(since), Some(sends)) = (
+            &self.waiting,
+            self.watch.as_ref().and_then(|w| w.0.sends.as_ref()),
+        ) {
+            // A frame given: the next poll waits on the client. Pending: on the upstream.
+            let now = match &polled {
+                Poll::Ready(Some(Ok(_))) => sends.now(),
+                _ => 0,
+            };
+            since.store(now, Ordering::Release);
+        }
+        polled
     }
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()

@@ -345,21 +345,15 @@ fn serve_connection(
         };
         let result = match h2 {
             Some(h2) => {
-                // Only the request and response counts are used on h2: nothing sets its
-                // framing verdict, so it never refuses a request.
-                let watch = Watch::default();
+                let watch = Watch::for_h2();
                 let conn = h2.serve_connection(
                     TokioIo::new(stream),
                     gateway_service(&live, peer, Some(watch.clone())),
                 );
-                until_done_or_idle(
-                    conn,
-                    &mut signal,
-                    |c| c.graceful_shutdown(),
-                    &watch,
-                    protocols.header_read_timeout,
-                )
-                .await
+                let bounds = (protocols.header_read_timeout, protocols.send_timeout);
+                until_done_or_idle(conn, &mut signal, |c| c.graceful_shutdown(), &watch, bounds)
+                    .await
+                    .unwrap_or(Ok(()))
             }
             None => {
                 let (guarded, head_watch) = Guarded::new(
@@ -439,37 +433,53 @@ async fn until_done<C: Future>(
     }
 }
 
-/// [`until_done`] for HTTP/2, which has no header timer: a connection with no stream in flight
-/// through a whole `idle` period, and none started in it, is closed gracefully (GOAWAY), as
-/// HTTP/1 keep-alive connections are closed by the header timer. So it closes between one and
-/// two periods after its last response. One timer per connection, ticking every period.
+/// [`until_done`] for HTTP/2, which has neither the header timer nor h1guard's write path:
+/// - a connection with no stream in flight and none started for `idle` (the header timeout)
+///   is closed gracefully (GOAWAY), as HTTP/1 keep-alive connections are by the header timer;
+/// - a connection where some response body has waited longer than `send` (the send timeout)
+///   for the client to open its flow-control window is closed at once (`None`), as HTTP/1
+///   connections whose client stops reading are.
+///
+/// One timer per connection, ticking every `min(idle, send)`, so each bound acts within one
+/// tick of its time.
 async fn until_done_or_idle<C: Future>(
     conn: C,
     signal: &mut watch::Receiver<bool>,
     graceful: fn(Pin<&mut C>),
     activity: &Watch,
-    idle: Duration,
-) -> C::Output {
+    (idle, send): (Duration, Duration),
+) -> Option<C::Output> {
     let mut conn = std::pin::pin!(conn);
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
+    let period = idle.min(send);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen = activity.started();
+    let mut idle_since: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            r = conn.as_mut() => return r,
+            r = conn.as_mut() => return Some(r),
             _ = signal.changed() => break,
             _ = ticks.tick() => {
+                if activity.client_stalled(send) {
+                    tracing::debug!("HTTP/2 client took no data past send_timeout: connection closed");
+                    return None;
+                }
                 let started = activity.started();
-                if started == seen && !activity.busy() {
+                if started != seen || activity.busy() {
+                    seen = started;
+                    idle_since = None;
+                    continue;
+                }
+                let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() + period > idle {
                     tracing::debug!("idle HTTP/2 connection closed");
                     break;
                 }
-                seen = started;
             }
         }
     }
     graceful(conn.as_mut());
-    conn.await
+    Some(conn.await)
 }
 
 async fn admin_loop(listener: TcpListener, live: Arc<Live>) {

@@ -419,6 +419,50 @@ async fn an_idle_h2_connection_is_closed_but_a_busy_one_is_not() {
 }
 
 #[tokio::test]
+async fn an_h2_client_that_takes_no_data_loses_the_connection_at_send_timeout() {
+    let (_up, gw, _) = setup("send_timeout = \"500ms\"").await;
+    let h2 = |window: u32| async move {
+        let stream = TcpStream::connect(gw.addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(window)
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .unwrap();
+        (sender, tokio::spawn(conn))
+    };
+    let req = || {
+        Request::get(format!("http://{}/public/x", gw.addr))
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    // A window of 0: the head arrives, the body never can.
+    let (mut stuck, stuck_conn) = h2(0).await;
+    let resp = stuck.send_request(req()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // A client that reads normally, on its own connection, past the same time.
+    let (mut fine, fine_conn) = h2(65_535).await;
+    let start = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(3), stuck_conn)
+        .await
+        .expect("the stalled h2 connection was still open after 3 s")
+        .unwrap()
+        .ok();
+    assert!(
+        start.elapsed() >= Duration::from_millis(400),
+        "closed early: {:?}",
+        start.elapsed()
+    );
+    drop(resp);
+    let resp = fine.send_request(req()).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"upstream ok");
+    assert!(
+        !fine_conn.is_finished(),
+        "a reading client lost its connection"
+    );
+}
+
+#[tokio::test]
 async fn smuggling_shaped_requests_are_refused() {
     let (up, gw, _) = setup("").await;
     let cases: &[&[u8]] = &[
