@@ -50,6 +50,9 @@ struct Shared {
     sends: Option<Sends>,
 }
 
+/// List length at which ended bodies are swept out as a new one is added.
+const SWEEP_AT: usize = 512;
+
 /// Each HTTP/2 response body in flight notes since when it has waited for the client to take
 /// what it gave (in ms after `epoch`, plus one; 0 while it waits on the upstream instead).
 #[derive(Debug)]
@@ -174,6 +177,12 @@ impl<B> Answered<B> {
                 // Until hyper first asks for data, the body waits on the client's window.
                 let since = Arc::new(AtomicU64::new(sends.now()));
                 let mut bodies = sends.bodies.lock().unwrap_or_else(|p| p.into_inner());
+                // Ended bodies leave dead entries; sweep them here too, not only at the
+                // connection's next tick, so a busy connection's list stays near its live
+                // streams (at most 256 on the server's h2 settings).
+                if bodies.len() >= SWEEP_AT {
+                    bodies.retain(|b| b.strong_count() > 0);
+                }
                 bodies.push(Arc::downgrade(&since));
                 since
             });
