@@ -26,6 +26,8 @@ enum Act {
     Early(&'static str),
     /// Reads the head, then neither reads nor answers for 10 s.
     Hold,
+    /// Writes the first bytes, waits this many ms, writes the rest, and keeps the connection.
+    Pause(&'static str, u64, &'static str),
 }
 
 struct Scripted {
@@ -105,6 +107,13 @@ async fn serve(mut s: TcpStream, script: Arc<Vec<Act>>, heads: Arc<Mutex<Vec<Str
         match act {
             Act::Reply(bytes) => {
                 if s.write_all(bytes.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            Act::Pause(first, ms, rest) => {
+                let _ = s.write_all(first.as_bytes()).await;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                if s.write_all(rest.as_bytes()).await.is_err() {
                     return;
                 }
             }
@@ -361,4 +370,36 @@ async fn an_upstream_that_stops_reading_the_request_body_gets_a_504() {
     assert_eq!(a.status.as_u16(), 504, "{}", a.body);
     assert!(a.body.contains("upstream_timeout"), "{}", a.body);
     assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+#[tokio::test]
+async fn an_h2_body_waiting_on_a_slow_upstream_is_not_taken_for_a_stalled_client() {
+    // The upstream pauses 400 ms mid-body: past send_timeout (150 ms) twice over, well within
+    // request_timeout (5 s). The h2 client reads all along, so its connection must survive:
+    // only time spent waiting on the client counts against send_timeout.
+    let up = Scripted::start(vec![Act::Pause(
+        "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello",
+        400,
+        "world",
+    )])
+    .await;
+    let cfg = basic_config(&format!("http://{}", up.addr), "send_timeout = \"150ms\"")
+        .replace("request_timeout = \"500ms\"", "request_timeout = \"5s\"");
+    let gw = Gateway::start(&cfg).await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/public/a", gw.addr))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    use http_body_util::BodyExt;
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"helloworld");
+    assert!(!conn.is_finished());
 }
