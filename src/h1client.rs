@@ -82,10 +82,9 @@ pub fn encode_head(
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
             }
         }
+        // Exactly the length that goes on the wire, whatever the client wrote.
         RequestFraming::Length(n) => {
-            if !headers.contains_key(header::CONTENT_LENGTH) {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-            }
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
         RequestFraming::Chunked => {
             headers.remove(header::CONTENT_LENGTH);
@@ -396,8 +395,9 @@ fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, Malform
     }
 }
 
-/// `chunk-size [ BWS ; chunk-ext ]`: hex digits, then optional whitespace and extensions.
-fn chunk_size(line: &[u8]) -> Result<u64, Malformed> {
+/// `chunk-size [ BWS ; chunk-ext ]`: hex digits, then optional whitespace and extensions. Also
+/// used by [`crate::h1guard`] to follow chunked request bodies.
+pub fn chunk_size(line: &[u8]) -> Result<u64, Malformed> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     if digits == 0 {
         return Err(Malformed("bad chunk size"));

@@ -311,7 +311,10 @@ impl Framer {
                     Some(i) => {
                         line.extend_from_slice(&data[..i]);
                         data = &data[i + 1..];
-                        let size = parse_chunk_size(line);
+                        // The same strict parser as the upstream side's; what it refuses,
+                        // hyper refuses too, and the follower stops.
+                        let line = line.strip_suffix(b"\r").unwrap_or(line);
+                        let size = crate::h1client::chunk_size(line).ok();
                         self.state = match size {
                             Some(0) => State::Trailers(Vec::new()),
                             Some(n) => State::ChunkData(n),
@@ -429,19 +432,6 @@ impl Framer {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(hay, needle)
-}
-
-fn parse_chunk_size(line: &[u8]) -> Option<u64> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let hex_end = line
-        .iter()
-        .position(|b| !b.is_ascii_hexdigit())
-        .unwrap_or(line.len());
-    if hex_end == 0 || hex_end > 16 {
-        return None;
-    }
-    let s = std::str::from_utf8(&line[..hex_end]).ok()?;
-    u64::from_str_radix(s, 16).ok()
 }
 
 /// An IO stream whose reads are watched by a [`Framer`] and bounded by the header timer.

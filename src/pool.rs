@@ -25,7 +25,7 @@
 
 use crate::body::{self, Body, BoxError};
 use crate::h1client::{self, Chunked, Decoded, Malformed, RequestFraming, ResponseFraming};
-use crate::proxy::ProxyError;
+use crate::proxy::{BodyStalled, ProxyError};
 use crate::timer::Stall;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -225,22 +225,20 @@ impl Pool {
                 tracing::debug!("upstream answered 101 to a request that asked for no upgrade");
                 return Err(ProxyError::BadResponse);
             }
-            ResponseFraming::Empty | ResponseFraming::Length(0) => BodyState::Done,
+            ResponseFraming::Empty | ResponseFraming::Length(0) => {
+                if resp.keep_alive {
+                    self.checkin(conn);
+                }
+                return Ok((into_response(resp, body::empty()), None));
+            }
             ResponseFraming::Length(n) => BodyState::Length(n),
             ResponseFraming::Chunked => BodyState::Chunked(Chunked::default()),
             ResponseFraming::Close => BodyState::Close,
         };
-        if matches!(state, BodyState::Done) {
-            if resp.keep_alive {
-                self.checkin(conn);
-            }
-            return Ok((into_response(resp, body::empty()), None));
-        }
-        let keep_alive = resp.keep_alive;
         let body = UpstreamBody {
             conn: Some(conn),
             state,
-            keep_alive,
+            keep_alive: resp.keep_alive,
             stall: Stall::new(self.stall_timeout),
             pool: self.clone(),
         };
@@ -274,7 +272,7 @@ async fn exchange(
 ) -> Result<h1client::ResponseHead, Failure> {
     match send_all(&mut conn.stream, &mut &head[..], stall_timeout).await {
         Ok(()) => {}
-        Err(BodyFailure::Stalled) => return Err(Failure::Proxy(ProxyError::Timeout)),
+        Err(WriteFailure::Stalled) => return Err(Failure::Proxy(ProxyError::Timeout)),
         Err(_) => return Err(Failure::NotSent),
     }
     let Some(req_body) = req_body.take() else {
@@ -293,12 +291,12 @@ async fn exchange(
         }
         w = &mut write => match w {
             Ok(()) => read.await,
-            // The client's body failed (or stalled): nothing sensible can follow on this
+            // The client's body failed or stalled: nothing sensible can follow on this
             // connection.
-            Err(BodyFailure::Client) => Err(Failure::Proxy(ProxyError::Unreachable)),
-            Err(BodyFailure::Stalled) => Err(Failure::Proxy(ProxyError::Timeout)),
+            Err(WriteFailure::Client(e)) => Err(Failure::Proxy(e)),
+            Err(WriteFailure::Stalled) => Err(Failure::Proxy(ProxyError::Timeout)),
             // The upstream stopped taking the body; it may still have answered (413, 401...).
-            Err(BodyFailure::Io) => read.await.map(|mut resp| {
+            Err(WriteFailure::Io) => read.await.map(|mut resp| {
                 resp.keep_alive = false;
                 resp
             }),
@@ -336,9 +334,10 @@ async fn read_head<R: AsyncRead + Unpin>(
     }
 }
 
-enum BodyFailure {
-    /// The client's body ended in an error.
-    Client,
+/// Why a write to the upstream (request head or body) failed.
+enum WriteFailure {
+    /// The client's body failed (`BodyTimeout` when it stalled) or broke its declared length.
+    Client(ProxyError),
     /// Writing to the upstream failed.
     Io,
     /// The upstream took no bytes for `stall_timeout`.
@@ -352,17 +351,17 @@ async fn send_all<W: AsyncWrite + Unpin, B: Buf>(
     wr: &mut W,
     buf: &mut B,
     limit: Duration,
-) -> Result<(), BodyFailure> {
+) -> Result<(), WriteFailure> {
     while buf.has_remaining() {
         let written = match wr.write_buf(buf).now_or_never() {
             Some(r) => r,
             None => tokio::time::timeout(limit, wr.write_buf(buf))
                 .await
-                .map_err(|_| BodyFailure::Stalled)?,
+                .map_err(|_| WriteFailure::Stalled)?,
         };
-        let n = written.map_err(|_| BodyFailure::Io)?;
+        let n = written.map_err(|_| WriteFailure::Io)?;
         if n == 0 {
-            return Err(BodyFailure::Io);
+            return Err(WriteFailure::Io);
         }
     }
     Ok(())
@@ -373,10 +372,17 @@ async fn write_body<W: AsyncWrite + Unpin>(
     mut body: Body,
     framing: RequestFraming,
     limit: Duration,
-) -> Result<(), BodyFailure> {
+) -> Result<(), WriteFailure> {
+    let broken = WriteFailure::Client(ProxyError::Unreachable);
     let mut sent: u64 = 0;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| BodyFailure::Client)?;
+        let frame = frame.map_err(|e| {
+            WriteFailure::Client(if e.is::<BodyStalled>() {
+                ProxyError::BodyTimeout
+            } else {
+                ProxyError::Unreachable
+            })
+        })?;
         // Trailers are dropped (see the module doc).
         let Ok(mut data) = frame.into_data() else {
             continue;
@@ -386,7 +392,7 @@ async fn write_body<W: AsyncWrite + Unpin>(
         }
         sent += data.len() as u64;
         match framing {
-            RequestFraming::Length(n) if sent > n => return Err(BodyFailure::Client),
+            RequestFraming::Length(n) if sent > n => return Err(broken),
             RequestFraming::Chunked => {
                 let size = format!("{:X}\r\n", data.len());
                 let mut chunk = Buf::chain(Buf::chain(size.as_bytes(), data), &b"\r\n"[..]);
@@ -396,7 +402,7 @@ async fn write_body<W: AsyncWrite + Unpin>(
         }
     }
     match framing {
-        RequestFraming::Length(n) if sent != n => Err(BodyFailure::Client),
+        RequestFraming::Length(n) if sent != n => Err(broken),
         RequestFraming::Chunked => send_all(wr, &mut &b"0\r\n\r\n"[..], limit).await,
         _ => Ok(()),
     }

@@ -236,20 +236,12 @@ impl Upstreams {
         };
         let fut = up.pool.send(req, client_upgrade.is_some());
         tokio::pin!(fut);
+        // A stalled body fails `fut` itself, with `BodyTimeout` (the pool reads the cause off
+        // the body's error), and drops the half-sent request: its connection is not reused.
         let early = match body_done {
-            Some(mut done) => tokio::select! {
-                biased;
-                end = &mut done => match end {
-                    // Dropping `fut` drops the half-sent request: its connection is not reused.
-                    Ok(BodyEnd::Stalled) => return Err(ProxyError::BodyTimeout),
-                    _ => None,
-                },
-                // A stalled body also fails `fut`, in the same poll that notes the stall; the
-                // stall is the cause to report.
-                r = &mut fut => match done.try_recv() {
-                    Ok(BodyEnd::Stalled) => return Err(ProxyError::BodyTimeout),
-                    _ => Some(r),
-                },
+            Some(done) => tokio::select! {
+                r = &mut fut => Some(r),
+                _ = done => None,
             },
             None => None,
         };
@@ -308,27 +300,33 @@ impl RequestTimer {
     }
 }
 
-/// How a request body ended.
-enum BodyEnd {
-    /// Sent in full, or broken off by the client.
-    Done,
-    /// No byte for `body_read_timeout`.
-    Stalled,
+/// The error a request body fails with when the client paused past `body_read_timeout`; the
+/// pool answers it with [`ProxyError::BodyTimeout`].
+#[derive(Debug)]
+pub struct BodyStalled;
+
+impl std::fmt::Display for BodyStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body paused past body_read_timeout")
+    }
 }
 
-/// A request body that says when it has been sent in full (or dropped), and fails when the
-/// client sends nothing for `body_read_timeout` while it is being waited for (nginx's
-/// `client_body_timeout`: time the upstream spends not reading does not count).
+impl std::error::Error for BodyStalled {}
+
+/// A request body that says when it has ended (sent in full, failed or dropped), and fails with
+/// [`BodyStalled`] when the client sends nothing for `body_read_timeout` while it is being
+/// waited for (nginx's `client_body_timeout`: time the upstream spends not reading does not
+/// count).
 struct NotifyEnd {
     inner: Body,
-    tx: Option<tokio::sync::oneshot::Sender<BodyEnd>>,
+    tx: Option<tokio::sync::oneshot::Sender<()>>,
     stall: crate::timer::Stall,
 }
 
 impl NotifyEnd {
-    fn end(&mut self, how: BodyEnd) {
+    fn end(&mut self) {
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send(how);
+            let _ = tx.send(());
         }
     }
 }
@@ -343,15 +341,13 @@ impl http_body::Body for NotifyEnd {
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.end(BodyEnd::Done),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.end(BodyEnd::Done),
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.end(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.end(),
             Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
         }
         if self.tx.is_some() && self.stall.expired(cx, &r) {
-            self.end(BodyEnd::Stalled);
-            return Poll::Ready(Some(Err(
-                "request body paused past body_read_timeout".into()
-            )));
+            self.end();
+            return Poll::Ready(Some(Err(Box::new(BodyStalled))));
         }
         r
     }

@@ -383,7 +383,7 @@ fn serve_connection(
 fn gateway_service(
     live: &Arc<Live>,
     peer: SocketAddr,
-    framing: Option<Watch>,
+    watch: Option<Watch>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<Answered<Body>>,
@@ -395,19 +395,19 @@ fn gateway_service(
         peer,
         peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
             .expect("an IP address is a valid header value"),
-        framing,
+        watch,
         request_timer: Default::default(),
     });
     let live = live.clone();
     service_fn(move |req: Request<Incoming>| {
         // Counted as hyper hands the request over, before its future first runs: from here the
         // header timer must not count against the connection.
-        let index = info.framing.as_ref().map(Watch::request_started);
+        let index = info.watch.as_ref().map(Watch::request_started);
         let gateway = live.current();
         let info = info.clone();
         async move {
             let resp = gateway.handle(req, &info, index).await;
-            let watch = info.framing.clone();
+            let watch = info.watch.clone();
             if let (Some(w), StatusCode::SWITCHING_PROTOCOLS) = (&watch, resp.status()) {
                 w.upgraded();
             }

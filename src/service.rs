@@ -119,8 +119,9 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// `peer`'s IP as a header value (X-Forwarded-For), formatted once.
     pub peer_ip: HeaderValue,
-    /// Set for HTTP/1 connections watched by [`crate::h1guard`].
-    pub framing: Option<Watch>,
+    /// The connection's request and response counts ([`crate::h1guard`]): on HTTP/1 also its
+    /// framing verdict; on HTTP/2 also its response bodies, for `send_timeout`.
+    pub watch: Option<Watch>,
     /// The `request_timeout` timer, reused from request to request.
     pub request_timer: proxy::RequestTimer,
 }
@@ -247,7 +248,7 @@ impl Gateway {
         out: &mut Outcome,
     ) -> Result<Response<Body>, Rejection> {
         // framing: hyper has already refused differing Content-Lengths and bad chunking.
-        if let (Some(watch), Some(index)) = (&conn.framing, request_index) {
+        if let (Some(watch), Some(index)) = (&conn.watch, request_index) {
             if watch.refuses(index) {
                 return Err(Rejection::BadRequest("ambiguous_framing"));
             }
