@@ -6,7 +6,7 @@ pub mod idp;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -376,4 +376,45 @@ token_in_query = true
 upstream = "app"
 "#
     )
+}
+
+/// An h2c (prior knowledge) client connection to `addr`, its connection task spawned. `window`
+/// sets the initial stream flow-control window (hyper's default when `None`).
+pub async fn h2_connect(
+    addr: SocketAddr,
+    window: Option<u32>,
+) -> (
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    if let Some(w) = window {
+        builder.initial_stream_window_size(w);
+    }
+    let (sender, conn) = builder.handshake(TokioIo::new(stream)).await.unwrap();
+    (sender, tokio::spawn(conn))
+}
+
+/// How long until an h2 connection task ends; panics if it is still running after 3 s.
+pub async fn h2_time_to_close(conn: tokio::task::JoinHandle<hyper::Result<()>>) -> Duration {
+    let start = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(3), conn)
+        .await
+        .expect("the h2 connection was still open after 3 s")
+        .unwrap()
+        .ok();
+    start.elapsed()
+}
+
+/// Reads until the server closes the connection: what came, and how long that took. Panics if
+/// it is still open after 5 s.
+pub async fn read_to_close(s: &mut TcpStream) -> (Vec<u8>, Duration) {
+    let start = std::time::Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("connection still open after 5 s")
+        .ok();
+    (out, start.elapsed())
 }
