@@ -197,7 +197,7 @@ async fn check_token(
         enabled: true,
         steps: Vec::new(),
     };
-    let result = auth.verify(token, &hash, &mut trace).await;
+    let result = auth.verify(token, &mut trace).await;
     for (check, ok, detail) in &trace.steps {
         let _ = writeln!(
             out,

@@ -596,6 +596,14 @@ async fn request_forms_and_identity_headers() {
         let a = get(&w.c, &url, &[("authorization", &format!("Bearer {bad}"))]).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad:.10}");
     }
+    // The cache key is the whole token: a cached token cut short is another token, and refused.
+    let a = get(
+        &w.c,
+        &url,
+        &[("authorization", &format!("Bearer {}", &t[..t.len() - 1]))],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     let a = get(
         &w.c,
         &format!("{}?access_token={t}", w.gw.url("/api/query/x")),

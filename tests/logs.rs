@@ -82,6 +82,21 @@ async fn no_token_text_in_the_logs() {
         logs.contains("\"token\":\""),
         "a token id is logged for correlation"
     );
+    // The id is the token's SHA-256 prefix whichever way the check went: validated, served from
+    // the verified-token cache (the first token, on its second request), or refused.
+    for t in &tokens {
+        let id = format!(
+            "\"token\":\"{}\"",
+            bearward::auth::token_id(&bearward::auth::sha256(t))
+        );
+        assert!(logs.contains(&id), "{id} is logged");
+    }
+    let first = bearward::auth::token_id(&bearward::auth::sha256(&tokens[0])).to_string();
+    assert_eq!(
+        logs.matches(&format!("\"token\":\"{first}\"")).count(),
+        2,
+        "validated, then from the cache: the same id (a query token on /api/read is never read)"
+    );
     for t in &tokens {
         // Any 16-character window of a token (its signature or payload) must not appear.
         for part in t.split('.').filter(|p| p.len() >= 16) {

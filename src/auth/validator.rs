@@ -28,6 +28,8 @@ pub struct Verified {
     pub key: Arc<VerifyKey>,
     /// How long a cache may keep it.
     pub ttl: Duration,
+    /// The token's id in logs, computed once per validation rather than on every cache hit.
+    pub token_id: super::TokenId,
 }
 
 /// Steps of a validation, recorded only when asked (for `bearward explain`).
@@ -161,6 +163,7 @@ pub async fn validate(
         issuer: idx,
         key,
         ttl,
+        token_id: super::token_id(&super::sha256(token)),
     })
 }
 
