@@ -94,7 +94,17 @@ pub fn encode_head(
             );
         }
     }
-    let mut out = Vec::with_capacity(256 + headers.len() * 48);
+    // Sized exactly: a guess fell short of a forwarded bearer token and cost a realloc (about
+    // 600 instructions) on every request.
+    let size = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + method.as_str().len()
+        + " ".len()
+        + target.len()
+        + " HTTP/1.1\r\n\r\n".len();
+    let mut out = Vec::with_capacity(size);
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -106,6 +116,7 @@ pub fn encode_head(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    debug_assert_eq!(out.len(), size);
     (out, framing)
 }
 
