@@ -5,10 +5,12 @@ move with the machine's load, unlike requests/s.
     python3 benches/instructions.py            # installs valgrind if missing, builds bearward
 
 bearward runs under `valgrind --tool=callgrind` in front of the load benchmark's nginx upstream
-(same config as benches/load.py, verified-token cache on). For each scenario the counters are
-zeroed, wrk sends requests for --duration seconds over 8 connections, and the dump is divided by
-the requests wrk completed. SHA-256 is reported apart: valgrind hides SHA-NI from the program,
-so the token hash runs a software path there that costs far more than it does natively.
+(same config as benches/load.py, verified-token cache on). Scenarios: one cached RS256 token,
+1,000 rotated ones (the cache is warmed first, so both count cache hits only), and no token.
+For each, the counters are zeroed, wrk sends requests for --duration seconds over 8
+connections, and the dump is divided by the requests wrk completed. SHA-256 (now computed only
+when a token is validated, for its log id) is reported apart: valgrind hides SHA-NI from the
+program, so it runs a software path there that costs far more than it does natively.
 """
 
 import argparse
