@@ -53,15 +53,26 @@ fn start_provider() -> Option<Provider> {
         .stderr(Stdio::null())
         .spawn()
         .expect("node runs");
-    let mut line = String::new();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    out.read_line(&mut line).unwrap();
-    // Keep draining: the provider may log to stdout, and a closed pipe would kill it (EPIPE).
+    // The ready line is awaited with a bound: a provider that hangs while starting fails the
+    // test instead of hanging the whole run.
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for l in out.lines().map_while(Result::ok) {
+        let mut lines = out.lines().map_while(Result::ok);
+        let _ = ready_tx.send(lines.next().unwrap_or_default());
+        // Keep draining: the provider may log to stdout, and a closed pipe would kill it (EPIPE).
+        for l in lines {
             eprintln!("[provider] {l}");
         }
     });
+    let line = match ready_rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the provider printed no ready line within 60 s");
+        }
+    };
     let v: Value = serde_json::from_str(&line)
         .unwrap_or_else(|e| panic!("provider did not start: {line:?}: {e}"));
     Some(Provider {

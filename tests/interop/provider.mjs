@@ -17,18 +17,25 @@
 //                                              the old one stays published. retire: old removed.
 //   GET  /__admin/stats                        {"jwks_hits": N}
 import { createServer } from 'node:http';
-import { generateKeyPairSync, randomBytes, createHash } from 'node:crypto';
+import { createPrivateKey, randomBytes, createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import Provider from 'oidc-provider';
 
 const REDIRECT = 'http://127.0.0.1/cb';
 
-function signingKey(type, kid) {
-  const opts = type === 'rsa' ? { modulusLength: 2048 } : { namedCurve: 'P-256' };
-  const { privateKey } = generateKeyPairSync(type, opts);
-  return { ...privateKey.export({ format: 'jwk' }), kid, use: 'sig', alg: type === 'rsa' ? 'RS256' : 'ES256' };
+// The repository's test keys, not fresh ones: node 20's generateKeyPairSync can deadlock when a
+// garbage collection runs while a key is exported (the main thread waits on a mutex in the
+// previous key job's destructor), which hung a CI run before this printed its ready line.
+function signingKey(file, kid, alg) {
+  const pem = readFileSync(new URL(`../fixtures/keys/${file}`, import.meta.url));
+  return { ...createPrivateKey(pem).export({ format: 'jwk' }), kid, use: 'sig', alg };
 }
 
-const keys = { oldRsa: signingKey('rsa', 'rsa-1'), newRsa: signingKey('rsa', 'rsa-2'), ec: signingKey('ec', 'ec-1') };
+const keys = {
+  oldRsa: signingKey('rsa1.pem', 'rsa-1', 'RS256'),
+  newRsa: signingKey('rsa2.pem', 'rsa-2', 'RS256'),
+  ec: signingKey('p256.pem', 'ec-1', 'ES256'),
+};
 let published = [keys.oldRsa, keys.ec];
 let jwksHits = 0;
 
