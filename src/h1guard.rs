@@ -270,7 +270,7 @@ impl Framer {
                         }
                         // The usual case: a whole head in one read, parsed where it lies.
                         let limit = data.len().min(self.max_head + 4);
-                        if let Some(pos) = find(&data[..limit], b"\r\n\r\n") {
+                        if let Some(pos) = find_head_end(&data[..limit]) {
                             let end = pos + 4;
                             self.state = self.on_head(&data[..end]);
                             self.heads += 1;
@@ -283,7 +283,7 @@ impl Framer {
                         .len()
                         .min(self.max_head + 4 - buf.len().min(self.max_head));
                     buf.extend_from_slice(&data[..take]);
-                    match find(&buf[start..], b"\r\n\r\n") {
+                    match find_head_end(&buf[start..]) {
                         Some(pos) => {
                             let end = start + pos + 4;
                             let extra = buf.len() - end;
@@ -430,8 +430,12 @@ impl Framer {
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(hay, needle)
+/// The end of a request head. The searcher is built once: building it on every call (what
+/// `memmem::find` does) was about half of the 565 instructions this search took per request.
+fn find_head_end(hay: &[u8]) -> Option<usize> {
+    static HEAD_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+    HEAD_END.find(hay)
 }
 
 /// An IO stream whose reads are watched by a [`Framer`] and bounded by the header timer.
