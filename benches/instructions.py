@@ -6,7 +6,8 @@ move with the machine's load, unlike requests/s.
 
 bearward runs under `valgrind --tool=callgrind` in front of the load benchmark's nginx upstream
 (same config as benches/load.py, verified-token cache on). Scenarios: one cached RS256 token,
-1,000 rotated ones (the cache is warmed first, so both count cache hits only), and no token.
+1,000 rotated ones (the cache is warmed first, so both count cache hits only), and no token;
+then, for scale, nginx's bare proxy hop (load.py's `nginx` candidate, one process).
 For each, the counters are zeroed, wrk sends requests for --duration seconds over 8
 connections, and the dump is divided by the requests wrk completed. SHA-256 (now computed only
 when a token is validated, for its log id) is reported apart: valgrind hides SHA-NI from the
@@ -25,7 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import load  # noqa: E402
 
-PORT, UPSTREAM = 18094, 18090
+PORT, UPSTREAM, NGINX_PORT = 18094, 18090, 18095
 
 
 def annotate(path):
@@ -67,41 +68,57 @@ def main():
     procs = []
     try:
         procs.append(subprocess.Popen([nginx, "-c", f"{d}/upstream.conf", "-g", "daemon off;"]))
-        procs.append(subprocess.Popen(
+        bearward = subprocess.Popen(
             ["taskset", "-c", load.SERVER_CPU, "valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg.out", args.bearward, "--config", f"{d}/bearward.toml"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"}))
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
+        procs.append(bearward)
         load.wait_port(UPSTREAM)
         load.wait_port(PORT, timeout=60)
         if load.status(PORT, token) != 200 or load.status(PORT, None) != 401:
             raise SystemExit("bearward under valgrind does not answer as expected")
 
-        print(f"{'scenario':28} {'requests':>9} {'instr/req':>10} {'of which SHA-256':>17}")
+        print(f"{'scenario':34} {'requests':>9} {'instr/req':>10} {'of which SHA-256':>17}")
         scenarios = (("bearer, cached RS256 token", "bearer", ["-H", f"Authorization: Bearer {token}"]),
                      ("1,000 rotated RS256 tokens", "rotated", ["-s", f"{d}/rotate1000.lua"]),
                      ("no token (401)", "no-token", []))
         for n, (name, short, extra) in enumerate(scenarios, start=1):
-            # Warm the verified-token cache first, so each scenario counts cache hits only
-            # (1,000 RS256 verifications would add several thousand instructions per request).
-            subprocess.run(["wrk", "-t1", "-c8", "-d2s", *extra, f"http://127.0.0.1:{PORT}/"], capture_output=True)
-            subprocess.run(["callgrind_control", "-z", str(procs[1].pid)], capture_output=True, check=True)
-            cmd = ["wrk", "-t1", "-c8", f"-d{args.duration}s", *extra]
-            out = subprocess.run(cmd + [f"http://127.0.0.1:{PORT}/"], capture_output=True, text=True).stdout
-            requests = int(re.search(r"(\d+) requests in", out).group(1))
-            subprocess.run(["callgrind_control", "-d", str(procs[1].pid)], capture_output=True, check=True)
-            dump = f"{d}/cg.out.{n}"
-            for _ in range(50):
-                if os.path.exists(dump) and os.path.getsize(dump) > 0:
-                    break
-                time.sleep(0.1)
-            time.sleep(0.5)
-            total, sha = annotate(dump)
-            if args.keep:
-                os.makedirs(args.keep, exist_ok=True)
-                shutil.copy(dump, os.path.join(args.keep, f"callgrind.{short}.out"))
-            print(f"{name:28} {requests:9d} {total // requests:10d} {sha // requests:17d}")
+            count(args, bearward.pid, f"{d}/cg.out.{n}", PORT, name, short, extra)
+        bearward.terminate()
+        bearward.wait(10)
+
+        # For scale: nginx's bare proxy hop (no token check), one process, counted the same way.
+        open(f"{d}/proxy.conf", "w").write(load.NGINX_PROXY.format(dir=d, port=NGINX_PORT, up=UPSTREAM)
+                                           .replace("worker_processes 1;", "worker_processes 1;\nmaster_process off;"))
+        proxy = subprocess.Popen(
+            ["taskset", "-c", load.SERVER_CPU, "valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/nginx.out", nginx, "-c", f"{d}/proxy.conf", "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(proxy)
+        load.wait_port(NGINX_PORT, timeout=60)
+        count(args, proxy.pid, f"{d}/nginx.out.1", NGINX_PORT, "nginx bare proxy (for scale)", "nginx", [])
     finally:
         load.stop(procs, d, wait=10)
 
+
+def count(args, pid, dump, port, name, short, extra):
+    """Zeroes the counters of process `pid`, runs wrk, and prints instructions per request."""
+    # Warm first (the verified-token cache, for bearward), so each scenario counts steady state
+    # only: 1,000 RS256 verifications would add several thousand instructions per request.
+    subprocess.run(["wrk", "-t1", "-c8", "-d2s", *extra, f"http://127.0.0.1:{port}/"], capture_output=True)
+    subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True, check=True)
+    cmd = ["wrk", "-t1", "-c8", f"-d{args.duration}s", *extra]
+    out = subprocess.run(cmd + [f"http://127.0.0.1:{port}/"], capture_output=True, text=True).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True, check=True)
+    for _ in range(50):
+        if os.path.exists(dump) and os.path.getsize(dump) > 0:
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)
+    total, sha = annotate(dump)
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
+        shutil.copy(dump, os.path.join(args.keep, f"callgrind.{short}.out"))
+    print(f"{name:34} {requests:9d} {total // requests:10d} {sha // requests:17d}", flush=True)
 
 if __name__ == "__main__":
     main()
