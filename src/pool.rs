@@ -168,14 +168,16 @@ impl Pool {
     pub async fn send(
         self: &Arc<Self>,
         req: Request<Body>,
+        rewrite: &h1client::HeadRewrite,
         upgrade: bool,
     ) -> Result<(Response<Body>, Option<Upgraded>), ProxyError> {
-        let (mut parts, req_body) = req.into_parts();
+        let (parts, req_body) = req.into_parts();
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let (head, framing) = h1client::encode_head(
             &parts.method,
             target,
-            &mut parts.headers,
+            &parts.headers,
+            rewrite,
             req_body.is_end_stream(),
             req_body.size_hint().exact(),
         );

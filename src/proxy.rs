@@ -3,6 +3,7 @@
 
 use crate::body::{self, Body};
 use crate::config::{Config, UpstreamConfig};
+use crate::h1client::HeadRewrite;
 use crate::pool::Pool;
 use crate::service::ConnInfo;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -213,6 +214,7 @@ impl Upstreams {
         &self,
         idx: usize,
         mut req: Request<Body>,
+        rewrite: &HeadRewrite,
         timer: &RequestTimer,
     ) -> Result<(Response<Body>, Duration), ProxyError> {
         let up = &self.clients[idx];
@@ -234,7 +236,7 @@ impl Upstreams {
             });
             (req, Some(rx))
         };
-        let fut = up.pool.send(req, client_upgrade.is_some());
+        let fut = up.pool.send(req, rewrite, client_upgrade.is_some());
         tokio::pin!(fut);
         // A stalled body fails `fut` itself, with `BodyTimeout` (the pool reads the cause off
         // the body's error), and drops the half-sent request: its connection is not reused.
@@ -367,15 +369,16 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Rewrites a client request for the upstream: origin `path_and_query` (canonical path plus the
-/// untouched query), HTTP/1.1, hop-by-hop headers removed (an upgrade's own two kept),
-/// `X-Forwarded-*` set, `Host` as configured.
+/// untouched query), HTTP/1.1, hop-by-hop headers removed (an upgrade's own two kept). Returns
+/// the `Host` (as configured) and `X-Forwarded-*` lines the head is written with, in place of
+/// the client's (`Forwarded` too, from an untrusted peer).
 pub fn prepare_request(
     req: &mut Request<Body>,
     upstream: &UpstreamConfig,
     path_and_query: String,
     client: &ConnInfo,
     trusted_proxies: &[IpNet],
-) -> Result<(), http::Error> {
+) -> Result<HeadRewrite, http::Error> {
     let upgrade = is_upgrade_request(req);
     let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
         req.uri()
@@ -390,6 +393,8 @@ pub fn prepare_request(
     let headers = req.headers_mut();
     strip_hop_by_hop_except_upgrade(headers, upgrade);
 
+    // What replaces the client's headers of these names is written into the upstream head
+    // directly (h1client::HeadRewrite); the client's own never pass.
     let trusted = is_trusted(trusted_proxies, &client.peer);
     let (xff, xfp, xfh) = (X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST);
     let prior: Vec<&str> = if trusted {
@@ -407,38 +412,24 @@ pub fn prepare_request(
         let chain = format!("{}, {}", prior.join(", "), client.peer.ip());
         HeaderValue::from_str(&chain).unwrap_or_else(|_| client.peer_ip.clone())
     };
-    headers.insert(xff, value);
+    let mut rewrite = HeadRewrite::default();
+    rewrite.replace[0] = Some((xff, Some(value)));
     if !(trusted && headers.contains_key(&xfp)) {
-        headers.insert(xfp, HeaderValue::from_static("http"));
+        rewrite.replace[1] = Some((xfp, Some(HeaderValue::from_static("http"))));
     }
     if !(trusted && headers.contains_key(&xfh)) {
-        match &client_host {
-            Some(h) => {
-                headers.insert(xfh, h.clone());
-            }
-            None => {
-                headers.remove(xfh);
-            }
-        }
+        rewrite.replace[2] = Some((xfh, client_host.clone()));
     }
     if !trusted {
-        headers.remove(FORWARDED);
+        rewrite.replace[3] = Some((FORWARDED, None));
     }
 
-    let host = if upstream.pass_host_header {
+    rewrite.host = if upstream.pass_host_header {
         client_host.or_else(|| HeaderValue::from_str(upstream.authority.as_str()).ok())
     } else {
         HeaderValue::from_str(upstream.authority.as_str()).ok()
     };
-    match host {
-        Some(h) => {
-            headers.insert(header::HOST, h);
-        }
-        None => {
-            headers.remove(header::HOST);
-        }
-    }
-    Ok(())
+    Ok(rewrite)
 }
 
 /// Cleans an upstream response for the client: hop-by-hop headers go, except on a 101, whose

@@ -354,7 +354,7 @@ impl Gateway {
         out: &mut Outcome,
     ) -> Result<Response<Body>, Rejection> {
         let upstream = self.upstreams.config(route.upstream);
-        proxy::prepare_request(
+        let rewrite = proxy::prepare_request(
             &mut req,
             upstream,
             target,
@@ -364,7 +364,7 @@ impl Gateway {
         .map_err(|_| Rejection::Internal("bad_upstream_request"))?;
         match self
             .upstreams
-            .send(route.upstream, req, &conn.request_timer)
+            .send(route.upstream, req, &rewrite, &conn.request_timer)
             .await
         {
             Ok((mut resp, elapsed)) => {
