@@ -505,42 +505,45 @@ mod tests {
     #[test]
     fn response_framing_follows_rfc_9112() {
         use ResponseFraming::*;
-        let ok = |r| framing_of(r).unwrap();
-        assert_eq!(
-            ok("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
-            (Length(5), true)
-        );
-        assert_eq!(
-            ok("HTTP/1.1 200 OK\r\nContent-Length: 5\r\ncontent-length: 5, 5\r\n\r\n"),
-            (Length(5), true)
-        );
-        assert_eq!(
-            ok("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n"),
-            (Chunked, true)
-        );
-        assert_eq!(
-            ok("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"),
-            (Close, false)
-        );
-        assert_eq!(ok("HTTP/1.1 200 OK\r\n\r\n"), (Close, false));
-        assert_eq!(
-            ok("HTTP/1.1 200 OK\r\nConnection: Keep-Alive, CLOSE\r\nContent-Length: 0\r\n\r\n"),
-            (Length(0), false)
-        );
-        assert_eq!(
-            ok("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n"),
-            (Length(2), false)
-        );
-        assert_eq!(
-            ok("HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n"),
-            (Empty, true)
-        );
-        assert_eq!(ok("HTTP/1.1 304 Not Modified\r\n\r\n"), (Empty, true));
-        assert_eq!(ok("HTTP/1.1 100 Continue\r\n\r\n"), (Empty, true));
-        assert_eq!(
-            ok("HTTP/1.1 101 Switching\r\nUpgrade: x\r\n\r\n"),
-            (Upgrade, false)
-        );
+        for (raw, want) in [
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                (Length(5), true),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\ncontent-length: 5, 5\r\n\r\n",
+                (Length(5), true),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
+                (Chunked, true),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                (Close, false),
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", (Close, false)),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: Keep-Alive, CLOSE\r\nContent-Length: 0\r\n\r\n",
+                (Length(0), false),
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n",
+                (Length(2), false),
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n",
+                (Empty, true),
+            ),
+            ("HTTP/1.1 304 Not Modified\r\n\r\n", (Empty, true)),
+            ("HTTP/1.1 100 Continue\r\n\r\n", (Empty, true)),
+            (
+                "HTTP/1.1 101 Switching\r\nUpgrade: x\r\n\r\n",
+                (Upgrade, false),
+            ),
+        ] {
+            assert_eq!(framing_of(raw).unwrap(), want, "{raw:?}");
+        }
         let h = head("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", Method::HEAD)
             .unwrap()
             .unwrap();
