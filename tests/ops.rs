@@ -621,3 +621,69 @@ async fn worker_threads_sets_the_runtime() {
         bin.stop();
     }
 }
+
+/// A reload starts a fresh verified-token cache, per-thread fronts included. An HMAC issuer is
+/// the case where nothing else would catch a stale entry: its secret has no key set for a cached
+/// result to be checked against, so only the cache's own reset keeps the new audiences in force.
+#[tokio::test]
+async fn a_reload_that_drops_an_audience_refuses_tokens_cached_for_it() {
+    let secret = "reload-test-secret-0123456789abcdef0123456789";
+    std::env::set_var("BEARWARD_TEST_RELOAD_HS_SECRET", secret);
+    let up = Upstream::start().await;
+    let cfg = auth_config(
+        &up.url(),
+        "https://idp.test",
+        "jwks_file = \"tests/fixtures/jwks-rsa1.json\"",
+        "hmac_secret_env = \"BEARWARD_TEST_RELOAD_HS_SECRET\"",
+    )
+    .replace(
+        "algorithms = [\"RS256\", \"ES256\", \"EdDSA\"]",
+        "algorithms = [\"HS256\"]",
+    );
+    let config = bearward::config::Config::from_toml_str(&cfg, "t.toml").unwrap();
+    let server = bearward::build(config).await.unwrap();
+    let live = server.live();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.run(std::future::pending()));
+
+    let minter = Minter {
+        issuer: "https://idp.test".into(),
+        audience: "https://other-api.test".into(),
+    };
+    let token = sign_raw(
+        &json!({"alg": "HS256", "typ": "at+jwt"}).to_string(),
+        &minter.claims("read").to_string(),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        jsonwebtoken::Algorithm::HS256,
+    );
+    let auth = format!("Bearer {token}");
+    let c = client();
+    let url = format!("http://{addr}/api/read/x");
+    for _ in 0..3 {
+        let r = get(&c, &url, &[("authorization", &auth)]).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let metrics = live.metrics.render();
+    assert!(
+        metric(
+            &metrics,
+            "bearward_token_cache_lookups_total{outcome=\"hit\"}"
+        ) >= 2.0,
+        "served from the cache: {metrics}"
+    );
+    let forwarded = up.count();
+
+    let narrowed = cfg.replace(
+        "audiences = [\"https://api.test\", \"https://other-api.test\"]",
+        "audiences = [\"https://api.test\"]",
+    );
+    assert_ne!(narrowed, cfg);
+    live.apply(bearward::config::Config::from_toml_str(&narrowed, "t.toml").unwrap());
+    let r = get(&c, &url, &[("authorization", &auth)]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.headers);
+    assert_eq!(
+        up.count(),
+        forwarded,
+        "the refused request never reached the upstream"
+    );
+}

@@ -30,6 +30,9 @@ pub struct Verified {
     pub ttl: Duration,
     /// The token's id in logs, computed once per validation rather than on every cache hit.
     pub token_id: super::TokenId,
+    /// The token itself: the verified-token cache's key, shared with its per-thread front,
+    /// where a hit is an exact comparison with it.
+    pub token: Arc<[u8]>,
 }
 
 /// Steps of a validation, recorded only when asked (for `bearward explain`).
@@ -164,6 +167,7 @@ pub async fn validate(
         key,
         ttl,
         token_id: super::token_id(&super::sha256(token)),
+        token: token.as_bytes().into(),
     })
 }
 
