@@ -36,11 +36,15 @@ pub(super) fn sets_for(entries: u64) -> usize {
     1 << sets.ilog2()
 }
 
-fn with_set<R>(owner: u64, sets: usize, hash: u64, f: impl FnOnce(&mut Set) -> R) -> R {
+/// Runs `f` on the set for `hash` in this thread's front, making a fresh front for a newer
+/// owner. Ids grow with each reload, so a request still finishing on an older config (there
+/// are only a few, just after a reload) gets `None` and leaves the new front alone.
+fn with_set<R>(owner: u64, sets: usize, hash: u64, f: impl FnOnce(&mut Set) -> R) -> Option<R> {
     FRONT.with(|front| {
         let mut front = front.borrow_mut();
         let front = match &mut *front {
             Some(f) if f.owner == owner && f.sets.len() == sets => f,
+            Some(f) if f.owner > owner => return None,
             other => other.insert(Front {
                 owner,
                 sets: (0..sets).map(|_| [None, None]).collect(),
@@ -48,7 +52,7 @@ fn with_set<R>(owner: u64, sets: usize, hash: u64, f: impl FnOnce(&mut Set) -> R
         };
         // `sets` is a power of two.
         let i = (hash as usize) & (sets - 1);
-        f(&mut front.sets[i])
+        Some(f(&mut front.sets[i]))
     })
 }
 
@@ -68,6 +72,7 @@ pub(super) fn get(owner: u64, sets: usize, hash: u64, token: &[u8]) -> Option<Ar
         }
         None
     })
+    .flatten()
 }
 
 /// Keeps `v` as the set's most recent entry; the least recent one leaves.
@@ -78,7 +83,7 @@ pub(super) fn put(owner: u64, sets: usize, hash: u64, v: Arc<Verified>) {
             set[1] = set[0].take();
         }
         set[0] = Some((hash, v));
-    })
+    });
 }
 
 /// Forgets `token` (expired, or its key retired) in this thread's front.
@@ -89,7 +94,7 @@ pub(super) fn remove(owner: u64, sets: usize, hash: u64, token: &[u8]) {
                 *slot = None;
             }
         }
-    })
+    });
 }
 
 #[cfg(test)]
@@ -123,9 +128,14 @@ mod tests {
         // Same hash, other bytes: the comparison, not the hash, decides.
         assert_eq!(got(1, 4, 7, "a.b.d"), None);
         assert_eq!(got(1, 4, 7, "a.b.c."), None);
-        // Another authenticator (a reloaded config) sees nothing of it, and drops the front.
+        // A newer authenticator (a reloaded config) sees nothing of it, and drops the front;
+        // an older one, still finishing a request, neither sees nor disturbs the new front.
+        put(2, 4, 7, verified("new"));
         assert_eq!(got(2, 4, 7, "a.b.c"), None);
         assert_eq!(got(1, 4, 7, "a.b.c"), None);
+        put(1, 4, 7, verified("a.b.c"));
+        assert_eq!(got(1, 4, 7, "a.b.c"), None);
+        assert_eq!(got(2, 4, 7, "new").as_deref(), Some("new"));
     }
 
     #[test]
