@@ -40,20 +40,24 @@ pub(super) fn sets_for(entries: u64) -> usize {
 /// owner. Ids grow with each reload, so a request still finishing on an older config (there
 /// are only a few, just after a reload) gets `None` and leaves the new front alone.
 fn with_set<R>(owner: u64, sets: usize, hash: u64, f: impl FnOnce(&mut Set) -> R) -> Option<R> {
-    FRONT.with(|front| {
-        let mut front = front.borrow_mut();
-        let front = match &mut *front {
-            Some(f) if f.owner == owner && f.sets.len() == sets => f,
-            Some(f) if f.owner > owner => return None,
-            other => other.insert(Front {
-                owner,
-                sets: (0..sets).map(|_| [None, None]).collect(),
-            }),
-        };
-        // `sets` is a power of two.
-        let i = (hash as usize) & (sets - 1);
-        Some(f(&mut front.sets[i]))
-    })
+    // After this thread's locals are gone (only while it exits), there is just no front.
+    FRONT
+        .try_with(|front| {
+            let mut front = front.borrow_mut();
+            let front = match &mut *front {
+                Some(f) if f.owner == owner && f.sets.len() == sets => f,
+                Some(f) if f.owner > owner => return None,
+                other => other.insert(Front {
+                    owner,
+                    sets: (0..sets).map(|_| [None, None]).collect(),
+                }),
+            };
+            // `sets` is a power of two.
+            let i = (hash as usize) & (sets - 1);
+            Some(f(&mut front.sets[i]))
+        })
+        .ok()
+        .flatten()
 }
 
 fn matches(slot: &Option<(u64, Arc<Verified>)>, hash: u64, token: &[u8]) -> bool {
