@@ -4,6 +4,7 @@
     sudo python3 benches/load.py                 # 3 interleaved rounds of 10 s per run
     python3 benches/load.py --duration 5 --rounds 1
     python3 benches/load.py --only rs256-one --candidates bearward,bearward-b --compare OLD --rounds 8
+    python3 benches/load.py --pgo --compare target/release/bearward   # a PGO build beside the plain one
 
 What it does:
   * installs nginx, haproxy and wrk from the distribution if missing (apt-get), and the Python
@@ -319,6 +320,9 @@ def main():
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--bearward", default=os.path.join(ROOT, "target/release/bearward"))
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--pgo", action="store_true",
+                    help="measure a PGO build (deploy/pgo.py, about 9 minutes) as bearward; "
+                         "with --compare target/release/bearward, the plain build runs beside it")
     ap.add_argument("--compare", metavar="OTHER_BINARY",
                     help="also run this bearward build (bearward-b, cache on) in every scenario")
     ap.add_argument("--only", help="comma-separated scenarios to run")
@@ -330,6 +334,10 @@ def main():
     args = ap.parse_args()
 
     ensure_tools()
+    if args.pgo:
+        out = subprocess.run([sys.executable, os.path.join(ROOT, "deploy", "pgo.py")], check=True,
+                             stdout=subprocess.PIPE, text=True).stdout
+        args.bearward = out.strip().splitlines()[-1]
     if not args.no_build:
         sh(["cargo", "build", "--release", "--locked", "--quiet", "--bin", "bearward"], cwd=ROOT)
     d = tempfile.mkdtemp(prefix="bearward-load-")
