@@ -103,6 +103,14 @@ def llvm_profdata():
     return found[0]
 
 
+def tools():
+    load.ensure_tools()
+    if not shutil.which("h2load"):
+        note("installing nghttp2-client (h2load) with apt-get")
+        load.sh(["apt-get", "update", "-qq"])
+        load.sh(["apt-get", "install", "-y", "-qq", "nghttp2-client"], stdout=subprocess.DEVNULL)
+
+
 def build(flags, target_dir):
     env = {**os.environ, "RUSTFLAGS": f"{os.environ.get('RUSTFLAGS', '')} {flags}".strip()}
     load.sh(["cargo", "build", "--release", "--locked", "--quiet", "--bin", "bearward", "--target-dir", target_dir], cwd=ROOT, env=env)
@@ -193,22 +201,27 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=3, help="seconds per training run")
     ap.add_argument("--out", help="copy the optimized binary here")
+    ap.add_argument("--check", metavar="BINARY",
+                    help="only run the training mix against this (uninstrumented) build, 1 s per run, "
+                         "and check every status: what CI does, so the mix keeps up with the config")
     args = ap.parse_args()
 
+    if args.check:
+        tools()
+        with tempfile.TemporaryDirectory() as profiles:
+            train(os.path.abspath(args.check), profiles, 1)
+        note("pgo: every training run answered as expected")
+        return
     profdata = llvm_profdata()
-    load.ensure_tools()
-    if not shutil.which("h2load"):
-        note("installing nghttp2-client (h2load) with apt-get")
-        load.sh(["apt-get", "update", "-qq"])
-        load.sh(["apt-get", "install", "-y", "-qq", "nghttp2-client"], stdout=subprocess.DEVNULL)
+    tools()
 
     pgo = os.path.join(ROOT, "target", "pgo")
     profiles = os.path.join(pgo, "profiles")
     shutil.rmtree(profiles, ignore_errors=True)
     os.makedirs(profiles)
     note("building the instrumented bearward")
-    # The profile directory is only a default here; LLVM_PROFILE_FILE names the training's files,
-    # so build scripts run by cargo do not add theirs.
+    # Build scripts are instrumented too and write under profiles/build; only the training's own
+    # files (named by LLVM_PROFILE_FILE) are merged.
     instrumented = build(f"-Cprofile-generate={profiles}/build", os.path.join(pgo, "generate"))
     train(instrumented, profiles, args.seconds)
     merged = os.path.join(pgo, "bearward.profdata")
