@@ -54,8 +54,9 @@ def sh(cmd, **kw):
     return subprocess.run(cmd, check=True, **kw)
 
 
-def ensure_tools():
-    missing = [p for p, b in (("nginx", "nginx"), ("haproxy", "haproxy"), ("wrk", "wrk")) if not shutil.which(b) and not os.path.exists(f"/usr/sbin/{b}")]
+def ensure_tools(packages=(("nginx", "nginx"), ("haproxy", "haproxy"), ("wrk", "wrk"))):
+    """Installs the (package, binary) pairs whose binary is missing, and `cryptography`."""
+    missing = [p for p, b in packages if not shutil.which(b) and not os.path.exists(f"/usr/sbin/{b}")]
     if missing:
         print(f"installing {' '.join(missing)} with apt-get", flush=True)
         sh(["apt-get", "update", "-qq"])

@@ -104,11 +104,7 @@ def llvm_profdata():
 
 
 def tools():
-    load.ensure_tools()
-    if not shutil.which("h2load"):
-        note("installing nghttp2-client (h2load) with apt-get")
-        load.sh(["apt-get", "update", "-qq"])
-        load.sh(["apt-get", "install", "-y", "-qq", "nghttp2-client"], stdout=subprocess.DEVNULL)
+    load.ensure_tools((("nginx", "nginx"), ("wrk", "wrk"), ("nghttp2-client", "h2load")))
 
 
 def build(flags, target_dir):
