@@ -122,6 +122,31 @@ def probe(url, headers, body=None):
         return e.code
 
 
+def free_or_exit(port):
+    """A training load sent to some other server on the port would profile nothing."""
+    import socket
+    with socket.socket() as sock:
+        # As servers do, so that connections of an earlier run in TIME_WAIT do not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as e:
+            sys.exit(f"pgo: 127.0.0.1:{port} is taken ({e}); stop what listens there")
+
+
+def listening(port, proc, timeout=10):
+    import socket
+    import time
+    end = time.time() + timeout
+    while time.time() < end and proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
 def run(cmd, expect):
     """Runs a load generator; fails unless every response was in the class of `expect`."""
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -168,15 +193,19 @@ def train(binary, profiles, seconds):
         ("HTTP/2", ("/api/items", auth), ["h2load", "-D", str(seconds), "-c", "8", "-m", "16", "-H", f"authorization: Bearer {rs}", f"{base}/api/items"], 200),
     ]
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    free_or_exit(UP)
     upstream = load.start([nginx, "-c", f"{d}/upstream.conf", "-g", "daemon off;"], "1")
     try:
         load.wait_port(UP)
         for cache, runs in ((10000, training), (0, training[:1])):
             open(f"{d}/bearward.toml", "w").write(CONFIG.format(port=PORT, cache=cache, issuer=load.ISSUER, audience=load.AUDIENCE, dir=d, up=UP))
             env = {**os.environ, "LLVM_PROFILE_FILE": os.path.join(profiles, "bearward-%p.profraw"), "RUST_LOG": "info"}
-            gw = subprocess.Popen([binary, "--config", f"{d}/bearward.toml"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+            free_or_exit(PORT)
+            log = open(f"{d}/bearward.log", "w")
+            gw = subprocess.Popen([binary, "--config", f"{d}/bearward.toml"], stdout=log, stderr=log, env=env)
             try:
-                load.wait_port(PORT)
+                if not listening(PORT, gw):
+                    sys.exit(f"pgo: bearward did not start:\n{open(log.name).read()[-2000:]}")
                 for what, (path, headers, *body), cmd, expect in runs:
                     note(f"  training: {what}{'' if cache else ', token cache off'}")
                     got = probe(base + path, headers, *body)
