@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Most keys tried for a token without `kid`.
 const MAX_CANDIDATES: usize = 4;
 
-/// A token whose signature and claims passed.
-#[derive(Debug)]
+/// A token whose signature and claims passed. Its `Debug` leaves the token out (it shows the
+/// token's id), so no debug print or `tracing` field of it can ever log a token.
 pub struct Verified {
     pub claims: Map<String, Value>,
     pub scopes: Vec<String>,
@@ -33,6 +33,20 @@ pub struct Verified {
     /// The token itself: the verified-token cache's key, shared with its per-thread front,
     /// where a hit is an exact comparison with it.
     pub token: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for Verified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verified")
+            .field("claims", &self.claims)
+            .field("scopes", &self.scopes)
+            .field("exp", &self.exp)
+            .field("issuer", &self.issuer)
+            .field("key", &self.key)
+            .field("ttl", &self.ttl)
+            .field("token_id", &format_args!("{}", self.token_id))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Steps of a validation, recorded only when asked (for `bearward explain`).
@@ -451,6 +465,30 @@ mod tests {
     use super::*;
     use crate::routes::{AuthMode, PathMatch};
     use serde_json::json;
+
+    #[test]
+    fn the_debug_form_of_a_verified_token_leaves_the_token_out() {
+        let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
+        let v = Verified {
+            claims: claims(json!({"sub": "x"})),
+            scopes: vec!["read".into()],
+            exp: 0.0,
+            issuer: 0,
+            key: Arc::new(super::super::jwks::VerifyKey::hmac(b"secret")),
+            ttl: Duration::from_secs(1),
+            token_id: super::super::token_id(&super::super::sha256(token)),
+            token: token.as_bytes().into(),
+        };
+        let shown = format!("{v:?}");
+        assert!(shown.contains(&v.token_id.to_string()), "{shown}");
+        assert!(shown.contains("read"), "{shown}");
+        for part in token.split('.') {
+            assert!(!shown.contains(part), "{shown}");
+        }
+        // Nor as the bytes a derived Debug would print.
+        let bytes: Vec<String> = token.bytes().take(8).map(|b| b.to_string()).collect();
+        assert!(!shown.contains(&bytes.join(", ")), "{shown}");
+    }
 
     fn cfg() -> IssuerConfig {
         crate::config::Config::from_toml_str(
