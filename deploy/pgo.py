@@ -15,15 +15,18 @@ What it does:
     wrk and h2load (apt, nghttp2-client) for the training load;
   * builds bearward with `-Cprofile-generate` (target/pgo/generate);
   * trains it: a fixed nginx upstream, and bearward with access logs on, several routes and
-    claim headers, in front of it; wrk and h2load send a mix of traffic (see TRAINING): cached
-    and rotated RS256 tokens, ES256, a missing token, a missing scope, an unknown route, a
-    public route, request bodies, HTTP/2, and a run with the verified-token cache off so that
-    validation itself is profiled; every response code is checked;
+    claim headers, in front of it, once with one worker thread (tokio's current-thread runtime,
+    what a sidecar on one CPU runs) and once with one per CPU; wrk and h2load send a mix of
+    traffic (the `training` list below): cached and rotated RS256 tokens, ES256, a missing
+    token, a missing scope, an unknown route, a public route, request bodies, HTTP/2, and a run
+    with the verified-token cache off so that validation itself is profiled; every response
+    code is checked;
   * merges the profile and builds with `-Cprofile-use` (target/pgo/use/release/bearward).
 
 The training mix is broader than benches/load.py's scenarios on purpose: a path PGO never sees
 is compiled as cold, so what production traffic takes must be in the mix, not just what the
-benchmark measures. Two builds take about 4 minutes each on 2 cores (fat LTO).
+benchmark measures. Two builds take about 4 minutes each on 2 cores (fat LTO), and the
+training 2 minutes.
 """
 
 import argparse
@@ -49,6 +52,7 @@ CONFIG = """
 listen = "127.0.0.1:{port}"
 watch_config = false
 token_cache_entries = {cache}
+{workers}
 
 [[issuers]]
 issuer = "{issuer}"
@@ -197,8 +201,12 @@ def train(binary, profiles, seconds):
     upstream = load.start([nginx, "-c", f"{d}/upstream.conf", "-g", "daemon off;"], "1")
     try:
         load.wait_port(UP)
-        for cache, runs in ((10000, training), (0, training[:1])):
-            open(f"{d}/bearward.toml", "w").write(CONFIG.format(port=PORT, cache=cache, issuer=load.ISSUER, audience=load.AUDIENCE, dir=d, up=UP))
+        # One worker thread is tokio's current-thread runtime (a sidecar on one CPU); the default
+        # is one worker per CPU on the multi-thread runtime (a gateway). Both are trained, since
+        # the scheduler code one of them runs would otherwise be compiled as cold.
+        for cache, workers, runs in ((10000, 1, training), (10000, 0, training), (0, 0, training[:1])):
+            workers = f"worker_threads = {workers}" if workers else ""
+            open(f"{d}/bearward.toml", "w").write(CONFIG.format(port=PORT, cache=cache, workers=workers, issuer=load.ISSUER, audience=load.AUDIENCE, dir=d, up=UP))
             env = {**os.environ, "LLVM_PROFILE_FILE": os.path.join(profiles, "bearward-%p.profraw"), "RUST_LOG": "info"}
             free_or_exit(PORT)
             log = open(f"{d}/bearward.log", "w")
@@ -207,7 +215,7 @@ def train(binary, profiles, seconds):
                 if not listening(PORT, gw):
                     sys.exit(f"pgo: bearward did not start:\n{open(log.name).read()[-2000:]}")
                 for what, (path, headers, *body), cmd, expect in runs:
-                    note(f"  training: {what}{'' if cache else ', token cache off'}")
+                    note(f"  training: {what}{'' if cache else ', token cache off'}{', one worker thread' if workers else ''}")
                     got = probe(base + path, headers, *body)
                     if got != expect:
                         sys.exit(f"pgo: {what}: expected {expect}, got {got}")
