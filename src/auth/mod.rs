@@ -63,10 +63,6 @@ pub struct AuthResult {
 pub struct Authenticator {
     issuers: Vec<Arc<IssuerKeys>>,
     cache: Option<TokenCache>,
-    /// This authenticator's id in the per-thread fronts of its cache, and their size.
-    front_owner: u64,
-    front_sets: usize,
-    hasher: foldhash::quality::RandomState,
     max_token_bytes: usize,
     /// One refresher per issuer, shared with the next snapshot when a reload keeps the issuer.
     tasks: Vec<Arc<AbortOnDrop>>,
@@ -89,11 +85,39 @@ impl Drop for AbortOnDrop {
 /// (`front.rs`) 0.21 µs (`cargo bench --bench validation`).
 /// Only tokens that verified are inserted, so an attacker cannot choose what fills a bucket.
 /// The key is shared with the entry (`Verified::token`), so an entry holds its token once.
-type TokenCache = Cache<Arc<[u8]>, Arc<Verified>, foldhash::quality::RandomState>;
+type Store = Cache<Arc<[u8]>, Arc<Verified>, foldhash::quality::RandomState>;
+
+/// The shared store and this authenticator's place in the per-thread fronts (`front.rs`).
+struct TokenCache {
+    store: Store,
+    /// This authenticator's id in the fronts, and their size.
+    front_owner: u64,
+    front_sets: usize,
+    /// Places tokens in the fronts' sets.
+    hasher: foldhash::quality::RandomState,
+}
 
 /// Ids for authenticators, so that a per-thread front never serves one config's entries
 /// under another.
 static FRONT_OWNERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl TokenCache {
+    fn hash(&self, token: &[u8]) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, token)
+    }
+
+    fn front_get(&self, hash: u64, token: &[u8]) -> Option<Arc<Verified>> {
+        front::get(self.front_owner, self.front_sets, hash, token)
+    }
+
+    fn front_put(&self, hash: u64, v: Arc<Verified>) {
+        front::put(self.front_owner, self.front_sets, hash, v);
+    }
+
+    fn front_remove(&self, hash: u64, token: &[u8]) {
+        front::remove(self.front_owner, self.front_sets, hash, token);
+    }
+}
 
 /// Each cached token lives no longer than its own `exp` (plus leeway), at most an hour.
 struct TokenExpiry;
@@ -172,18 +196,18 @@ impl Authenticator {
             .map(|i| i.config.max_token_bytes)
             .max()
             .unwrap_or(0);
-        let cache = (cache_entries > 0).then(|| {
-            Cache::builder()
+        let cache = (cache_entries > 0).then(|| TokenCache {
+            store: Cache::builder()
                 .max_capacity(cache_entries)
                 .expire_after(TokenExpiry)
-                .build_with_hasher(foldhash::quality::RandomState::default())
+                .build_with_hasher(foldhash::quality::RandomState::default()),
+            front_owner: FRONT_OWNERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            front_sets: front::sets_for(cache_entries),
+            hasher: foldhash::quality::RandomState::default(),
         });
         Authenticator {
             issuers,
             cache,
-            front_owner: FRONT_OWNERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            front_sets: front::sets_for(cache_entries),
-            hasher: foldhash::quality::RandomState::default(),
             max_token_bytes,
             tasks,
             metrics,
@@ -198,7 +222,7 @@ impl Authenticator {
             self.metrics.set_key_state(&i.config.issuer, usable, age);
         }
         if let Some(c) = &self.cache {
-            c.run_pending_tasks();
+            c.store.run_pending_tasks();
         }
         self.metrics.set_token_cache_entries(self.cached_tokens());
     }
@@ -210,7 +234,7 @@ impl Authenticator {
 
     /// Entries in the verified-token cache.
     pub fn cached_tokens(&self) -> u64 {
-        self.cache.as_ref().map_or(0, |c| c.entry_count())
+        self.cache.as_ref().map_or(0, |c| c.store.entry_count())
     }
 
     /// Checks the request's token against the route's policy.
@@ -258,13 +282,13 @@ impl Authenticator {
         trace: &mut Trace,
     ) -> Result<Arc<Verified>, AuthError> {
         // Size is the parser's first check; a token too large is never in the cache.
-        if let Some(cache) = &self.cache {
-            let hash = self.front_hash(token);
-            let (owner, sets) = (self.front_owner, self.front_sets);
+        // The token is hashed once, for the front's lookup and, on a miss, its insert.
+        let cached = self.cache.as_ref().map(|c| (c, c.hash(token)));
+        if let Some((c, hash)) = cached {
             // The front first; moka on a front miss, and a moka hit moves into the front.
-            let found = front::get(owner, sets, hash, token).or_else(|| {
-                let v = cache.get(token)?;
-                front::put(owner, sets, hash, v.clone());
+            let found = c.front_get(hash, token).or_else(|| {
+                let v = c.store.get(token)?;
+                c.front_put(hash, v.clone());
                 Some(v)
             });
             self.metrics.token_cache(found.is_some());
@@ -273,8 +297,8 @@ impl Authenticator {
                 if verdict.is_ok() {
                     return Ok(v);
                 }
-                front::remove(owner, sets, hash, token);
-                cache.invalidate(token);
+                c.front_remove(hash, token);
+                c.store.invalidate(token);
                 // Expired is final; a key retired or gone stale means validating afresh.
                 if let Err(AuthError::Expired) = verdict {
                     return Err(AuthError::Expired);
@@ -287,18 +311,13 @@ impl Authenticator {
             self.metrics.key_lookup(v.is_ok());
         }
         let v = Arc::new(v?);
-        if let Some(cache) = &self.cache {
+        if let Some((c, hash)) = cached {
             if !v.ttl.is_zero() {
-                cache.insert(v.token.clone(), v.clone());
-                let hash = self.front_hash(token.as_bytes());
-                front::put(self.front_owner, self.front_sets, hash, v.clone());
+                c.store.insert(v.token.clone(), v.clone());
+                c.front_put(hash, v.clone());
             }
         }
         Ok(v)
-    }
-
-    fn front_hash(&self, token: &[u8]) -> u64 {
-        std::hash::BuildHasher::hash_one(&self.hasher, token)
     }
 
     /// A cached result holds while the token has not expired and its key is still published
