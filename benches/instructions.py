@@ -120,5 +120,6 @@ def count(args, pid, dump, port, name, short, extra):
         shutil.copy(dump, os.path.join(args.keep, f"callgrind.{short}.out"))
     print(f"{name:34} {requests:9d} {total // requests:10d} {sha // requests:17d}", flush=True)
 
+
 if __name__ == "__main__":
     main()
