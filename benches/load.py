@@ -368,6 +368,9 @@ def main():
         binaries["bearward-b"] = args.compare
     else:
         del PORTS["bearward-b"]
+    for name, binary in binaries.items():
+        if not os.access(binary, os.X_OK):
+            raise SystemExit(f"{name}: {binary} is not an executable file")
     for name in binaries:
         cache = 0 if name == "bearward-nocache" else 10000
         open(f"{d}/{name}.toml", "w").write(BEARWARD.format(port=PORTS[name], cache=cache, issuer=ISSUER, audience=AUDIENCE, dir=d, up=PORTS["upstream"]))
@@ -382,8 +385,11 @@ def main():
         procs["haproxy"] = start([haproxy, "-f", f"{d}/haproxy.cfg"], SERVER_CPU)
         for name, binary in binaries.items():
             procs[name] = start([binary, "--config", f"{d}/{name}.toml"], SERVER_CPU, env={**os.environ, "RUST_LOG": "warn"})
-        for p in PORTS.values():
-            wait_port(p)
+        for name, p in PORTS.items():
+            try:
+                wait_port(p)
+            except SystemExit:
+                raise SystemExit(f"{name} did not start: nothing listens on {p}") from None
         time.sleep(0.5)
 
         print("checks (valid / none / tampered):")
