@@ -16,6 +16,7 @@ Needs docker and Python's `cryptography` (installed with pip if missing).
 import http.server
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,6 +81,10 @@ def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     image = sys.argv[1]
+    if not shutil.which("docker"):
+        sys.exit("image_check: needs the docker command")
+    if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0:
+        sys.exit(f"image_check: docker has no image {image!r} (or no daemon is reachable)")
     load.ensure_tools(packages=())
     keys = load.Keys()
     seen = []  # (path, X-Auth-Subject) of every request the upstream received
