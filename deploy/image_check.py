@@ -4,12 +4,14 @@
     docker build -f deploy/Dockerfile -t bearward .
     python3 deploy/image_check.py bearward
 
-Runs the image (host network, Linux) with a config mounted where the image expects it, in
-front of an upstream and a JWKS served over HTTP by this script on 127.0.0.1, and checks what
+Runs the image (host network, Linux) locked down as deploy/kubernetes runs it (read-only root
+file system, all capabilities dropped, no privilege escalation), with a config directory
+mounted read-only where the image expects it, in front of an upstream and a JWKS served over HTTP by this script on 127.0.0.1, and checks what
 a deployment relies on: the process runs as uid 10001; /readyz turns 200 once the keys are
 fetched over the network; a valid token is forwarded with its claim headers; a missing,
 tampered or under-scoped token is refused with 401 or 403 and never reaches the upstream;
-/metrics counts the refusals; SIGTERM (`docker stop`) ends it with status 0.
+/metrics counts the refusals; SIGHUP (`docker kill -s HUP`) reloads a changed config; SIGTERM
+(`docker stop`) ends it with status 0.
 Needs docker and Python's `cryptography` (installed with pip if missing).
 """
 
@@ -35,6 +37,8 @@ CONFIG = f"""
 listen = "127.0.0.1:{PROXY}"
 admin_listen = "127.0.0.1:{ADMIN}"
 log_format = "json"
+# Reloads come from SIGHUP alone here, so the check below shows the signal reaches PID 1.
+watch_config = false
 
 [[issuers]]
 issuer = "{load.ISSUER}"
@@ -115,8 +119,11 @@ def main():
     os.chmod(d, 0o755)
     os.chmod(f"{d}/bearward.toml", 0o644)
     name = f"bearward-image-check-{os.getpid()}"
+    # Locked down as deploy/kubernetes runs it: read-only root, no capabilities, no privilege
+    # escalation, the config directory mounted read-only as a ConfigMap volume would be.
     subprocess.run(["docker", "run", "-d", "--name", name, "--network", "host",
-                    "-v", f"{d}/bearward.toml:/etc/bearward/bearward.toml:ro", image],
+                    "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+                    "-v", f"{d}:/etc/bearward:ro", image],
                    check=True, stdout=subprocess.DEVNULL)
     failures = []
 
@@ -148,6 +155,14 @@ def main():
         refused = [line for line in metrics.splitlines()
                    if line.startswith("bearward_requests_total") and 'decision="deny"' in line]
         expect("/metrics counts refusals", sum(float(line.rsplit(" ", 1)[1]) for line in refused), 3.0)
+
+        # Open /admin to scope read, and reload with SIGHUP (`docker kill -s HUP`).
+        open(f"{d}/bearward.toml", "w").write(CONFIG.replace('scopes = ["admin"]', 'scopes = ["read"]'))
+        subprocess.run(["docker", "kill", "-s", "HUP", name], check=True, capture_output=True)
+        deadline = time.time() + 10
+        while get(f"{base}/admin/users", good)[0] != 200 and time.time() < deadline:
+            time.sleep(0.1)
+        expect("scope admin no longer needed after SIGHUP", get(f"{base}/admin/users", good)[0], 200)
     finally:
         subprocess.run(["docker", "stop", "-t", "30", name], capture_output=True)
         code = subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}}", name], capture_output=True, text=True).stdout.strip()
