@@ -390,3 +390,69 @@ async fn an_h2_body_waiting_on_a_slow_upstream_is_not_taken_for_a_stalled_client
     assert_eq!(&body[..], b"helloworld");
     assert!(!conn.is_finished());
 }
+
+#[tokio::test]
+async fn content_length_on_a_204_or_304_frames_nothing_and_a_204_loses_it() {
+    // RFC 9112 6.3: both end at their head, whatever their headers say. A Content-Length on a
+    // 304 describes the representation; on a 204 it must not be sent (RFC 9110 8.6).
+    let up = Scripted::start(vec![
+        Act::Reply("HTTP/1.1 304 Not Modified\r\nContent-Length: 1234\r\nETag: \"a\"\r\n\r\n"),
+        Act::Reply("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"),
+        Act::Reply("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"),
+    ])
+    .await;
+    let gw = gateway(&up).await;
+    let out = raw(
+        gw.addr,
+        b"GET /public/a HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /public/b HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /public/c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .to_ascii_lowercase();
+    let responses: Vec<&str> = out.split("http/1.1 ").skip(1).collect();
+    assert_eq!(responses.len(), 3, "{out}");
+    assert!(
+        responses[0].starts_with("304") && responses[0].contains("etag: \"a\""),
+        "{out}"
+    );
+    assert!(
+        responses[1].starts_with("204") && !responses[1].contains("content-length"),
+        "{out}"
+    );
+    assert!(
+        responses[2].starts_with("200") && responses[2].ends_with("\r\n\r\nnext"),
+        "{out}"
+    );
+    assert_eq!(
+        up.conns(),
+        1,
+        "the upstream connection carried on after both"
+    );
+}
+
+#[tokio::test]
+async fn a_101_reaches_the_client_with_no_body_framing_and_the_tunnel_follows() {
+    // A 101 ends at its head (RFC 9112 6.3); what follows belongs to the new protocol, so a
+    // Content-Length or Transfer-Encoding on it frames nothing and is not passed on.
+    let up = Scripted::start(vec![Act::Reply(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\
+         Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nhello",
+    )])
+    .await;
+    let gw = gateway(&up).await;
+    let out = raw(
+        gw.addr,
+        b"GET /public/ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await;
+    let (head, rest) = out.split_once("\r\n\r\n").expect("a head");
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{out}");
+    assert!(head.contains("upgrade: websocket"), "{out}");
+    assert!(
+        !head.contains("content-length") && !head.contains("transfer-encoding"),
+        "{out}"
+    );
+    assert_eq!(rest, "hello", "the upstream's first tunnel bytes");
+}
