@@ -600,17 +600,8 @@ mod tests {
     use super::*;
 
     fn run(chunks: &[&[u8]]) -> (bool, bool) {
-        let verdict = Watch::default();
-        let mut f = Framer {
-            state: State::Head(Vec::new()),
-            max_head: 16384,
-            watch: verdict.clone(),
-            heads: 0,
-        };
-        for c in chunks {
-            f.feed(c);
-        }
-        (verdict.ambiguous(), matches!(f.state, State::Off))
+        let (_, first_ambiguous, off) = follow(chunks, 16384);
+        (first_ambiguous.is_some(), off)
     }
 
     #[test]
