@@ -274,7 +274,7 @@ impl Gateway {
         };
         // The canonical path plus the untouched query is what the upstream is asked for.
         // The path is kept for the access log only when there is one.
-        let (target, logged) = match (req.uri().query(), self.config.server.access_log) {
+        let (mut target, logged) = match (req.uri().query(), self.config.server.access_log) {
             (Some(q), _) => (format!("{path}?{q}"), Some(path)),
             (None, true) => (path.clone(), Some(path)),
             (None, false) => (path, None),
@@ -311,6 +311,11 @@ impl Gateway {
         };
         if route.auth == AuthMode::Bearer && self.config.forward.strip_authorization {
             req.headers_mut().remove(header::AUTHORIZATION);
+            if route.token_in_query {
+                if let Some(stripped) = crate::auth::strip_query_token(&target) {
+                    target = stripped;
+                }
+            }
         }
         match verdict {
             Ok(()) if route.audit => {

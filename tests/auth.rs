@@ -673,6 +673,50 @@ async fn strip_authorization_drops_the_token_upstream() {
     .await;
     assert_eq!(a.status, StatusCode::OK);
     assert!(!up.last().headers.contains_key("authorization"));
+
+    // A query token goes too, on a route that takes one; the rest of the query stays.
+    let a = get(
+        &client(),
+        &gw.url(&format!("/api/query/x?a=1&access_token={t}&b=2")),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(up.last().uri, "/api/query/x?a=1&b=2");
+    let a = get(
+        &client(),
+        &gw.url(&format!("/api/query/x?access_token={t}")),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(up.last().uri, "/api/query/x");
+}
+
+/// Without `strip_authorization` the token is forwarded as it came, in the query as in the
+/// header.
+#[tokio::test]
+async fn without_strip_authorization_a_query_token_is_forwarded() {
+    let rsa = Key::rsa1();
+    let idp = Idp::start(&[&rsa]).await;
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&auth_config(
+        &up.url(),
+        &idp.issuer(),
+        "discovery = true",
+        "",
+    ))
+    .await;
+    wait_ready(&gw).await;
+    let t = idp.minter("https://api.test").token(&rsa, "read");
+    let a = get(
+        &client(),
+        &gw.url(&format!("/api/query/x?access_token={t}&b=2")),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(up.last().uri, format!("/api/query/x?access_token={t}&b=2"));
 }
 
 #[tokio::test]

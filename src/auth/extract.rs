@@ -101,9 +101,41 @@ fn query_token(q: &str) -> Option<Result<&[u8], AuthError>> {
     found.map(Ok)
 }
 
+/// `target` (path and query) without its `access_token` query parameters, the ones
+/// [`find_token`] reads, for `forward.strip_authorization` on a `token_in_query` route: a token
+/// in the URI would otherwise reach the upstream, and its access log. `None` when there is none.
+pub(crate) fn strip_query_token(target: &str) -> Option<String> {
+    let (path, query) = target.split_once('?')?;
+    let is_token = |pair: &&str| pair.split_once('=').map_or(*pair, |(k, _)| k) == "access_token";
+    if !query.split('&').any(|p| is_token(&p)) {
+        return None;
+    }
+    let kept: Vec<&str> = query.split('&').filter(|p| !is_token(p)).collect();
+    Some(if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::is_b64token;
+    use super::{is_b64token, strip_query_token};
+
+    #[test]
+    fn the_query_token_is_stripped_and_nothing_else() {
+        for (target, want) in [
+            ("/a?access_token=t", Some("/a")),
+            ("/a?x=1&access_token=t&y=2", Some("/a?x=1&y=2")),
+            ("/a?access_token=t&access_token=u", Some("/a")),
+            ("/a?access_token", Some("/a")),
+            ("/a?x=access_token&my_access_token=t", None),
+            ("/a?x=1", None),
+            ("/a", None),
+        ] {
+            assert_eq!(strip_query_token(target).as_deref(), want, "{target}");
+        }
+    }
 
     #[test]
     fn b64token_grammar() {

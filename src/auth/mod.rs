@@ -10,6 +10,7 @@ pub mod validator;
 
 pub use error::{AuthError, ErrorCode};
 pub use extract::extract_token;
+pub(crate) use extract::strip_query_token;
 pub use validator::{Trace, Verified};
 
 use crate::config::Config;
