@@ -698,25 +698,12 @@ async fn strip_authorization_drops_the_token_upstream() {
 #[tokio::test]
 async fn without_strip_authorization_a_query_token_is_forwarded() {
     let rsa = Key::rsa1();
-    let idp = Idp::start(&[&rsa]).await;
-    let up = Upstream::start().await;
-    let gw = Gateway::start(&auth_config(
-        &up.url(),
-        &idp.issuer(),
-        "discovery = true",
-        "",
-    ))
-    .await;
-    wait_ready(&gw).await;
-    let t = idp.minter("https://api.test").token(&rsa, "read");
-    let a = get(
-        &client(),
-        &gw.url(&format!("/api/query/x?access_token={t}&b=2")),
-        &[],
-    )
-    .await;
+    let w = World::start(&[&rsa], "").await;
+    let t = w.mint.token(&rsa, "read");
+    let target = format!("/api/query/x?access_token={t}&b=2");
+    let a = get(&w.c, &w.gw.url(&target), &[]).await;
     assert_eq!(a.status, StatusCode::OK);
-    assert_eq!(up.last().uri, format!("/api/query/x?access_token={t}&b=2"));
+    assert_eq!(w.up.last().uri, target);
 }
 
 #[tokio::test]
