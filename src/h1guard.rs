@@ -9,9 +9,10 @@
 //!   and records the index of the first ambiguous request head on the connection. The service
 //!   counts requests as hyper hands them over (HTTP/1 requests on one connection come in order),
 //!   so the request with that index, and any after it, is answered 400 and the connection
-//!   closes, while clean requests before it are served. When the wrapper cannot follow the
-//!   stream (an upgrade, a head it cannot parse) it stops following; hyper's own parser still
-//!   applies.
+//!   closes, while clean requests before it are served. When the stream stops being HTTP/1 (a
+//!   101 went out, or a CONNECT) or the wrapper cannot follow it (a head it cannot parse), it
+//!   stops following; hyper's own parser still applies. An `Upgrade` header alone does not
+//!   stop it: an upgrade that does not happen leaves the connection HTTP/1, and the check on.
 //! - **`header_read_timeout`** (slowloris): from the moment the connection waits for a request
 //!   head (it opened, or the previous response was handed to hyper in full) until hyper hands
 //!   the next request to the service. A read while that time has run out fails, and hyper
@@ -254,6 +255,13 @@ const MAX_LINE: usize = 4096;
 
 impl Framer {
     fn feed(&mut self, mut data: &[u8]) {
+        // After a 101 the bytes belong to the new protocol. Bytes read before it went out are
+        // followed as HTTP/1, which is what they are if the upgrade is refused; if it is not,
+        // no request comes after, so nothing they set is ever asked.
+        if self.watch.0.upgraded.load(Ordering::Acquire) {
+            self.state = State::Off;
+            return;
+        }
         while !data.is_empty() {
             match &mut self.state {
                 State::Off => return,
@@ -375,17 +383,15 @@ impl Framer {
 
     fn on_head(&self, head: &[u8]) -> State {
         // A light scan, not a full parse: hyper parses (and refuses) the head itself; this only
-        // needs the framing headers, the method and whether an upgrade is asked for. It runs on
-        // every request head, so lines are found with memchr and only a line whose first byte
-        // could start one of the three names is looked at further (a bearer token line is
-        // skipped without reading it).
+        // needs the framing headers and the method. It runs on every request head, so lines are
+        // found with memchr and only a line whose first byte could start one of the two names
+        // is looked at further (a bearer token line is skipped without reading it).
         if head.starts_with(b"CONNECT ") {
             return State::Off;
         }
         let mut cl_count = 0;
         let mut cl = None;
         let mut te = false;
-        let mut upgrade = false;
         let mut ends = memchr::memchr_iter(b'\n', head);
         let mut line_start = match ends.next() {
             Some(end) => end + 1,
@@ -394,7 +400,7 @@ impl Framer {
         for end in ends {
             let line = &head[line_start..end];
             line_start = end + 1;
-            if !matches!(line.first(), Some(b'c' | b'C' | b't' | b'T' | b'u' | b'U')) {
+            if !matches!(line.first(), Some(b'c' | b'C' | b't' | b'T')) {
                 continue;
             }
             let Some(colon) = memchr::memchr(b':', line) else {
@@ -409,15 +415,10 @@ impl Framer {
                     .and_then(|v| v.trim().parse::<u64>().ok());
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 te = true;
-            } else if name.eq_ignore_ascii_case(b"upgrade") {
-                upgrade = true;
             }
         }
         if (te && cl_count > 0) || cl_count > 1 {
             self.watch.flag(self.heads);
-            return State::Off;
-        }
-        if upgrade {
             return State::Off;
         }
         if te {

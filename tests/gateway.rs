@@ -463,6 +463,29 @@ async fn smuggling_shaped_requests_are_refused() {
     assert_eq!(seen[0].uri, "/public/x");
 }
 
+/// An `Upgrade` header that upgrades nothing (no `Connection: upgrade`, or an upgrade that is
+/// refused) must not switch off the smuggling check for the requests after it.
+#[tokio::test]
+async fn an_upgrade_that_does_not_happen_leaves_the_smuggling_check_on() {
+    let (up, gw, _) = setup("").await;
+    let smuggled = "POST /public/y HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    for first in [
+        "GET /public/x HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
+        // An upgrade asked for on a bearer route without a token: refused with 401.
+        "GET /api/read/x HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    ] {
+        let resp = raw(gw.addr, format!("{first}{smuggled}").as_bytes()).await;
+        let statuses: Vec<&str> = resp
+            .split("HTTP/1.1 ")
+            .skip(1)
+            .filter_map(|s| s.get(..3))
+            .collect();
+        assert_eq!(statuses.last(), Some(&"400"), "{first:?}: {resp:?}");
+    }
+    let seen = up.seen();
+    assert!(seen.iter().all(|s| s.uri != "/public/y"), "{seen:?}");
+}
+
 /// A `max_headers` other than hyper's own default (100) is applied.
 #[tokio::test]
 async fn max_headers_setting() {
