@@ -10,9 +10,10 @@
 //!   counts requests as hyper hands them over (HTTP/1 requests on one connection come in order),
 //!   so the request with that index, and any after it, is answered 400 and the connection
 //!   closes, while clean requests before it are served. When the stream stops being HTTP/1 (a
-//!   101 went out, or a CONNECT) or the wrapper cannot follow it (a head it cannot parse), it
-//!   stops following; hyper's own parser still applies. An `Upgrade` header alone does not
-//!   stop it: an upgrade that does not happen leaves the connection HTTP/1, and the check on.
+//!   101 went out) or the wrapper cannot follow it (a head it cannot parse), it stops
+//!   following; hyper's own parser still applies. An `Upgrade` header or a `CONNECT` alone
+//!   does not stop it: bearward refuses `CONNECT` (400), and an upgrade that does not happen
+//!   leaves the connection HTTP/1, so the check stays on for the requests after them.
 //! - **`header_read_timeout`** (slowloris): from the moment the connection waits for a request
 //!   head (it opened, or the previous response was handed to hyper in full) until hyper hands
 //!   the next request to the service. A read while that time has run out fails, and hyper
@@ -386,9 +387,6 @@ impl Framer {
         // needs the framing headers and the method. It runs on every request head, so lines are
         // found with memchr and only a line whose first byte could start one of the two names
         // is looked at further (a bearer token line is skipped without reading it).
-        if head.starts_with(b"CONNECT ") {
-            return State::Off;
-        }
         let mut cl_count = 0;
         let mut cl = None;
         let mut te = false;

@@ -464,7 +464,8 @@ async fn smuggling_shaped_requests_are_refused() {
 }
 
 /// An `Upgrade` header that upgrades nothing (no `Connection: upgrade`, or an upgrade that is
-/// refused) must not switch off the smuggling check for the requests after it.
+/// refused), or a refused `CONNECT`, must not switch off the smuggling check for the requests
+/// after it.
 #[tokio::test]
 async fn an_upgrade_that_does_not_happen_leaves_the_smuggling_check_on() {
     let (up, gw, _) = setup("").await;
@@ -473,6 +474,8 @@ async fn an_upgrade_that_does_not_happen_leaves_the_smuggling_check_on() {
         "GET /public/x HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
         // An upgrade asked for on a bearer route without a token: refused with 401.
         "GET /api/read/x HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        // CONNECT, which bearward refuses with 400 and hyper then reads past.
+        "CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
     ] {
         let resp = raw(gw.addr, format!("{first}{smuggled}").as_bytes()).await;
         let statuses: Vec<&str> = resp
