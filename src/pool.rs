@@ -375,14 +375,14 @@ async fn write_body<W: AsyncWrite + Unpin>(
     framing: RequestFraming,
     limit: Duration,
 ) -> Result<(), WriteFailure> {
-    let broken = WriteFailure::Client(ProxyError::Unreachable);
+    let broken = WriteFailure::Client(ProxyError::ClientBody);
     let mut sent: u64 = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             WriteFailure::Client(if e.is::<BodyStalled>() {
                 ProxyError::BodyTimeout
             } else {
-                ProxyError::Unreachable
+                ProxyError::ClientBody
             })
         })?;
         // Trailers are dropped (see the module doc).

@@ -32,6 +32,9 @@ pub enum ProxyError {
     /// The client's request body paused for longer than `server.body_read_timeout`; the
     /// upstream connection carrying it was closed mid-body.
     BodyTimeout,
+    /// The client's request body broke off or was malformed (bad chunked coding, a connection
+    /// closed mid-body); the upstream connection carrying it was closed mid-body.
+    ClientBody,
 }
 
 impl ProxyError {
@@ -41,6 +44,7 @@ impl ProxyError {
             ProxyError::Unreachable | ProxyError::BadResponse => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout | ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ClientBody => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -52,6 +56,7 @@ impl ProxyError {
             ProxyError::ConnectTimeout => "upstream_connect_timeout",
             ProxyError::Timeout => "upstream_timeout",
             ProxyError::BodyTimeout => "client_body_timeout",
+            ProxyError::ClientBody => "client_body_invalid",
         }
     }
 }

@@ -106,7 +106,7 @@ impl Rejection {
         }
         // The rest of these requests' bodies cannot be trusted to frame a next request.
         if let Rejection::BadRequest("ambiguous_framing")
-        | Rejection::Proxy(ProxyError::BodyTimeout) = self
+        | Rejection::Proxy(ProxyError::BodyTimeout | ProxyError::ClientBody) = self
         {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -378,8 +378,8 @@ impl Gateway {
                 proxy::prepare_response(&mut resp);
                 Ok(resp)
             }
-            // A stalled client body is the client's doing, not a sign of upstream trouble.
-            Err(e @ ProxyError::BodyTimeout) => Err(Rejection::Proxy(e)),
+            // A stalled or broken client body is the client's doing, not upstream trouble.
+            Err(e @ (ProxyError::BodyTimeout | ProxyError::ClientBody)) => Err(Rejection::Proxy(e)),
             Err(e) => {
                 tracing::warn!(upstream = %upstream.name, authority = %upstream.authority, reason = e.reason(), "upstream request failed");
                 Err(Rejection::Proxy(e))

@@ -656,6 +656,30 @@ async fn a_stalled_request_body_is_408_and_the_upstream_never_gets_it_whole() {
     assert_eq!(up.count(), 0);
 }
 
+/// A malformed chunked body is the client's fault: 400 with its own reason, not a 502 that
+/// blames the upstream, and the upstream never gets the request whole.
+#[tokio::test]
+async fn a_malformed_request_body_is_400_and_the_upstream_never_gets_it_whole() {
+    let (up, gw, _) = setup("").await;
+    for body in [
+        "3\nabc\n0\n\n",
+        "3\r\nabcX\r\n0\r\n\r\n",
+        "zz\r\nabc\r\n0\r\n\r\n",
+    ] {
+        let out = raw(
+            gw.addr,
+            format!("POST /public/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{body}").as_bytes(),
+        )
+        .await
+        .to_ascii_lowercase();
+        assert_eq!(raw_status(&out), 400, "{body:?}: {out}");
+        assert!(out.contains("client_body_invalid"), "{body:?}: {out}");
+        assert!(out.contains("connection: close"), "{body:?}: {out}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(up.count(), 0);
+}
+
 #[tokio::test]
 async fn a_slow_but_steady_request_body_is_not_cut() {
     // A byte every 200 ms for 2 s, under a 500 ms limit on each pause.
