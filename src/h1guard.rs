@@ -142,7 +142,15 @@ impl Watch {
     }
     /// Was any request head on this connection ambiguous?
     pub fn ambiguous(&self) -> bool {
-        self.0.ambiguous_from.load(Ordering::Acquire) != usize::MAX
+        self.first_ambiguous().is_some()
+    }
+    /// The index of the first ambiguous request head, if any.
+    fn first_ambiguous(&self) -> Option<usize> {
+        let first = self.0.ambiguous_from.load(Ordering::Acquire);
+        (first != usize::MAX).then_some(first)
+    }
+    fn is_upgraded(&self) -> bool {
+        self.0.upgraded.load(Ordering::Acquire)
     }
     fn flag(&self, head_index: usize) {
         self.0
@@ -153,8 +161,7 @@ impl Watch {
     /// the number of responses so far, which names this wait.
     fn waiting_for_head(&self) -> Option<usize> {
         let answered = self.0.answered.load(Ordering::Acquire);
-        (!self.0.upgraded.load(Ordering::Acquire)
-            && self.0.started.load(Ordering::Acquire) == answered)
+        (!self.is_upgraded() && self.0.started.load(Ordering::Acquire) == answered)
             .then_some(answered)
     }
 }
@@ -255,11 +262,20 @@ struct Framer {
 const MAX_LINE: usize = 4096;
 
 impl Framer {
+    fn new(max_head: usize, watch: Watch) -> Framer {
+        Framer {
+            state: State::Head(Vec::new()),
+            max_head,
+            watch,
+            heads: 0,
+        }
+    }
+
     fn feed(&mut self, mut data: &[u8]) {
         // After a 101 the bytes belong to the new protocol. Bytes read before it went out are
         // followed as HTTP/1, which is what they are if the upgrade is refused; if it is not,
         // no request comes after, so nothing they set is ever asked.
-        if self.watch.0.upgraded.load(Ordering::Acquire) {
+        if self.watch.is_upgraded() {
             self.state = State::Off;
             return;
         }
@@ -437,19 +453,13 @@ impl Framer {
 #[doc(hidden)]
 pub fn follow(pieces: &[&[u8]], max_head: usize) -> (usize, Option<usize>, bool) {
     let watch = Watch::default();
-    let mut f = Framer {
-        state: State::Head(Vec::new()),
-        max_head,
-        watch: watch.clone(),
-        heads: 0,
-    };
+    let mut f = Framer::new(max_head, watch.clone());
     for p in pieces {
         f.feed(p);
     }
-    let first = watch.0.ambiguous_from.load(Ordering::Acquire);
     (
         f.heads,
-        (first != usize::MAX).then_some(first),
+        watch.first_ambiguous(),
         matches!(f.state, State::Off),
     )
 }
@@ -487,12 +497,7 @@ impl<T> Guarded<T> {
         send_timeout: Duration,
     ) -> (Self, Watch) {
         let watch = Watch::default();
-        let framer = Framer {
-            state: State::Head(Vec::new()),
-            max_head,
-            watch: watch.clone(),
-            heads: 0,
-        };
+        let framer = Framer::new(max_head, watch.clone());
         let guarded = Guarded {
             inner,
             framer,
@@ -716,12 +721,7 @@ mod tests {
     #[test]
     fn the_index_of_the_ambiguous_head_is_kept() {
         let verdict = Watch::default();
-        let mut f = Framer {
-            state: State::Head(Vec::new()),
-            max_head: 16384,
-            watch: verdict.clone(),
-            heads: 0,
-        };
+        let mut f = Framer::new(16384, verdict.clone());
         f.feed(b"GET / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert!(!verdict.refuses(0));
         assert!(verdict.refuses(1));
