@@ -86,17 +86,21 @@ pub(crate) fn check_token(token: &[u8]) -> Result<&str, AuthError> {
     std::str::from_utf8(token).map_err(|_| AuthError::MalformedHeader)
 }
 
+/// The value of one `key=value` query pair when its key is `access_token`: the one place that
+/// says which pairs are the token, for reading it and for stripping it.
+fn token_pair(pair: &str) -> Option<&str> {
+    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+    (k == "access_token").then_some(v)
+}
+
 /// The `access_token` query parameter: `Some(Err)` when it appears twice.
 fn query_token(q: &str) -> Option<Result<&[u8], AuthError>> {
     let mut found = None;
-    for pair in q.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if k == "access_token" {
-            if found.is_some() {
-                return Some(Err(AuthError::MultipleTokens));
-            }
-            found = Some(v.as_bytes());
+    for v in q.split('&').filter_map(token_pair) {
+        if found.is_some() {
+            return Some(Err(AuthError::MultipleTokens));
         }
+        found = Some(v.as_bytes());
     }
     found.map(Ok)
 }
@@ -106,11 +110,11 @@ fn query_token(q: &str) -> Option<Result<&[u8], AuthError>> {
 /// in the URI would otherwise reach the upstream, and its access log. `None` when there is none.
 pub(crate) fn strip_query_token(target: &str) -> Option<String> {
     let (path, query) = target.split_once('?')?;
-    let is_token = |pair: &&str| pair.split_once('=').map_or(*pair, |(k, _)| k) == "access_token";
-    if !query.split('&').any(|p| is_token(&p)) {
+    let (tokens, kept): (Vec<&str>, Vec<&str>) =
+        query.split('&').partition(|p| token_pair(p).is_some());
+    if tokens.is_empty() {
         return None;
     }
-    let kept: Vec<&str> = query.split('&').filter(|p| !is_token(p)).collect();
     Some(if kept.is_empty() {
         path.to_owned()
     } else {
