@@ -242,14 +242,22 @@ def wait_port(port, timeout=10):
     raise SystemExit(f"nothing listens on {port}")
 
 
-def status(port, token):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/check")
-    if token is not None:
-        req.add_header("Authorization", f"Bearer {token}")
+def request(url, headers=None, body=None):
+    """One request: (status, body text); (None, "") when nothing answers. POST when there is a
+    body. Shared by the scripts here and in deploy/."""
+    req = urllib.request.Request(url, data=body, headers=headers or {}, method="POST" if body else "GET")
     try:
-        return urllib.request.urlopen(req, timeout=5).status
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
-        return e.code
+        return e.code, e.read().decode()
+    except (urllib.error.URLError, ConnectionError):
+        return None, ""
+
+
+def status(port, token):
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return request(f"http://127.0.0.1:{port}/api/check", headers)[0]
 
 
 def peak_rss_kib(pid):

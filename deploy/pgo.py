@@ -39,8 +39,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benches"))
 import load  # noqa: E402
@@ -116,15 +114,6 @@ def build(flags, target_dir):
     env = {**os.environ, "RUSTFLAGS": f"{os.environ.get('RUSTFLAGS', '')} {flags}".strip()}
     load.sh(["cargo", "build", "--release", "--locked", "--quiet", "--bin", "bearward", "--target-dir", target_dir], cwd=ROOT, env=env)
     return os.path.join(target_dir, "release", "bearward")
-
-
-def probe(url, headers, body=None):
-    """The status of one request, to check each training scenario before it runs."""
-    req = urllib.request.Request(url, data=body, headers=headers, method="POST" if body else "GET")
-    try:
-        return urllib.request.urlopen(req, timeout=5).status
-    except urllib.error.HTTPError as e:
-        return e.code
 
 
 def free_or_exit(port):
@@ -217,7 +206,7 @@ def train(binary, profiles, seconds):
                     sys.exit(f"pgo: bearward did not start:\n{open(log.name).read()[-2000:]}")
                 for what, (path, headers, *body), cmd, expect in runs:
                     note(f"  training: {what}{'' if cache else ', token cache off'}{', one worker thread' if workers else ''}")
-                    got = probe(base + path, headers, *body)
+                    got = load.request(base + path, headers, *body)[0]
                     if got != expect:
                         sys.exit(f"pgo: {what}: expected {expect}, got {got}")
                     run(cmd, expect)
