@@ -4,6 +4,7 @@
 //! Module map, in request order:
 //! - [`config`]: the TOML file -> a validated, immutable runtime [`config::Config`].
 //! - [`h1guard`]: watches HTTP/1 request framing for smuggling shapes hyper would silently fix.
+//! - [`host`]: one valid `Host`, agreeing with HTTP/2's `:authority`.
 //! - [`path`]: the one canonical path that is both matched and forwarded.
 //! - [`routes`]: first-match route table (exact path or segment-aware prefix, methods).
 //! - [`auth`]: bearer token extraction, JWT validation, key cache, scopes, RFC 6750 answers.
@@ -24,6 +25,7 @@ pub mod demo;
 pub mod explain;
 pub mod h1client;
 pub mod h1guard;
+pub mod host;
 pub mod path;
 pub mod pool;
 pub mod proxy;

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! framing   -> refuse ambiguous HTTP/1 framing (smuggling) ............ 400
-//! target    -> origin-form only; canonicalize the path ................. 400
+//! target    -> origin-form only; one valid Host; canonicalize the path .. 400
 //! route     -> first match in file order .............................. 404
 //! policy    -> deny / none / bearer ................................... 403
 //! identity  -> strip client-sent identity headers (always, every route)
@@ -264,6 +264,8 @@ impl Gateway {
         if req.method() == http::Method::CONNECT {
             return Err(Rejection::BadRequest("connect_not_supported"));
         }
+        crate::host::check(req.version(), req.uri(), req.headers())
+            .map_err(|e| Rejection::BadRequest(e.reason()))?;
         let path = canonicalize_with(req.uri().path(), self.config.server.path)
             .map_err(|e| Rejection::BadRequest(e.reason()))?;
 

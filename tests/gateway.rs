@@ -88,6 +88,94 @@ async fn ambiguous_paths_are_refused_before_the_upstream() {
     assert_eq!(up.count(), 0, "nothing reached the upstream");
 }
 
+/// RFC 9112 3.2: an HTTP/1.1 request without `Host`, with two, or with an invalid one is a 400,
+/// on every route, and reaches no upstream; HTTP/1.0 may leave `Host` out.
+#[tokio::test]
+async fn a_request_needs_one_valid_host() {
+    let (up, gw, c) = setup("").await;
+    let cases: &[(&str, &str)] = &[
+        ("GET /public/x HTTP/1.1\r\n", "missing_host"),
+        (
+            "GET /public/x HTTP/1.1\r\nHost: a\r\nHost: a\r\n",
+            "multiple_hosts",
+        ),
+        (
+            "GET /public/x HTTP/1.1\r\nHost: a\r\nHOST: b\r\n",
+            "multiple_hosts",
+        ),
+        ("GET /public/x HTTP/1.1\r\nHost: \r\n", "invalid_host"),
+        ("GET /public/x HTTP/1.1\r\nHost: user@a\r\n", "invalid_host"),
+        ("GET /public/x HTTP/1.1\r\nHost: a/b\r\n", "invalid_host"),
+        ("GET /public/x HTTP/1.1\r\nHost: a:http\r\n", "invalid_host"),
+        (
+            "GET /public/x HTTP/1.0\r\nHost: a\r\nHost: b\r\n",
+            "multiple_hosts",
+        ),
+        (
+            "GET /api/x HTTP/1.1\r\nAuthorization: Bearer x.y.z\r\n",
+            "missing_host",
+        ),
+    ];
+    for (head, reason) in cases {
+        let resp = raw(
+            gw.addr,
+            format!("{head}Connection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(raw_status(&resp), 400, "{head:?}: {resp}");
+        assert!(
+            resp.ends_with(&format!("bad request: {reason}\n")),
+            "{head:?}: {resp}"
+        );
+    }
+    assert_eq!(up.count(), 0, "nothing reached the upstream");
+    let metrics = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[]).await;
+    assert!(
+        metrics.body.contains(r#"reason="multiple_hosts"} 3"#),
+        "{}",
+        metrics.body
+    );
+
+    let resp = raw(gw.addr, b"GET /public/ten HTTP/1.0\r\n\r\n").await;
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    let seen = up.last();
+    assert_eq!(seen.uri, "/public/ten");
+    // No Host from the client: the upstream's own authority.
+    assert_eq!(seen.headers["host"], up.url().trim_start_matches("http://"));
+    let resp = raw(
+        gw.addr,
+        b"GET /public/v6 HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    assert_eq!(up.last().headers["host"], "[::1]:8080");
+}
+
+/// RFC 9113 8.3.1: an HTTP/2 `Host` that names another host than `:authority` is malformed.
+#[tokio::test]
+async fn an_h2_host_must_match_the_authority() {
+    let (up, gw, _) = setup("").await;
+    let (mut sender, _conn) = h2_connect(gw.addr, None).await;
+    let send = |host: &'static str| {
+        Request::get("http://api.example.com/public/h2")
+            .header("host", host)
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let resp = sender.send_request(send("other.example")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"bad request: host_mismatch\n");
+    assert_eq!(up.count(), 0);
+
+    let resp = sender
+        .send_request(send("API.example.com:80"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(up.count(), 1);
+}
+
 #[tokio::test]
 async fn unmatched_denied_and_bearer_routes_never_reach_the_upstream() {
     let (up, gw, c) = setup("").await;

@@ -1,0 +1,252 @@
+//! The request's authority: one valid `Host`, agreeing with HTTP/2's `:authority`.
+//!
+//! RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without `Host`, with more than
+//! one, or with an invalid one. RFC 9113 8.3.1: an HTTP/2 request whose `Host` names another
+//! entity than its `:authority` SHOULD be treated as malformed, after scheme-based
+//! normalization. nginx and HAProxy refuse all of these; bearward forwards one `Host` it has
+//! checked, so the upstream and anything behind it never have to choose between two.
+
+use http::{header, HeaderMap, Uri, Version};
+
+/// Why a request's authority was refused; each is also its reason in logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostError {
+    /// HTTP/1.1 without `Host`.
+    Missing,
+    /// Two or more `Host` lines.
+    Multiple,
+    /// Not `uri-host [":" port]` (RFC 9110 7.2, RFC 3986 3.2.2), or an empty host.
+    Invalid,
+    /// HTTP/2 `Host` and `:authority` name different hosts.
+    Mismatch,
+}
+
+impl HostError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            HostError::Missing => "missing_host",
+            HostError::Multiple => "multiple_hosts",
+            HostError::Invalid => "invalid_host",
+            HostError::Mismatch => "host_mismatch",
+        }
+    }
+}
+
+/// Checks the request's `Host` header (and on HTTP/2 its `:authority`, which arrives as the
+/// URI's authority).
+pub fn check(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<(), HostError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(HostError::Multiple);
+    }
+    if let Some(h) = host {
+        if !is_valid(h.as_bytes()) {
+            return Err(HostError::Invalid);
+        }
+    }
+    match uri.authority() {
+        // HTTP/2 (HTTP/1 absolute-form is refused before this). `http` parses `:authority`
+        // loosely (userinfo, non-numeric ports), so it gets the same check as `Host`.
+        Some(a) => {
+            if !is_valid(a.as_str().as_bytes()) {
+                return Err(HostError::Invalid);
+            }
+            let default_port = if uri.scheme_str() == Some("https") {
+                "443"
+            } else {
+                "80"
+            };
+            match host {
+                Some(h) if !same(a.as_str().as_bytes(), h.as_bytes(), default_port) => {
+                    Err(HostError::Mismatch)
+                }
+                _ => Ok(()),
+            }
+        }
+        None if host.is_none() && version == Version::HTTP_11 => Err(HostError::Missing),
+        None => Ok(()),
+    }
+}
+
+/// `uri-host [":" port]` with a non-empty host: a reg-name (unreserved, sub-delims and
+/// percent-encodings, which covers IPv4 addresses and names), or an IPv6 address in brackets.
+/// No userinfo, no zone id, no IPvFuture; a port of at most five digits.
+fn is_valid(v: &[u8]) -> bool {
+    let (host, port) = split(v);
+    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    let host_ok = match host {
+        [b'[', ip @ .., b']'] => {
+            std::str::from_utf8(ip).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        [] => false,
+        name => is_reg_name(name),
+    };
+    host_ok && port_ok
+}
+
+/// Host and port: the port follows the last `:` outside brackets.
+fn split(v: &[u8]) -> (&[u8], Option<&[u8]>) {
+    let after_bracket = v.iter().rposition(|b| *b == b']').map_or(0, |i| i + 1);
+    match v[after_bracket..].iter().rposition(|b| *b == b':') {
+        Some(i) => (&v[..after_bracket + i], Some(&v[after_bracket + i + 1..])),
+        None => (v, None),
+    }
+}
+
+fn is_reg_name(name: &[u8]) -> bool {
+    let mut i = 0;
+    while i < name.len() {
+        match name[i] {
+            b'%' => {
+                let hex = |j: usize| name.get(j).is_some_and(u8::is_ascii_hexdigit);
+                if !(hex(i + 1) && hex(i + 2)) {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {}
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Scheme-based normalization (RFC 3986 6.2.3): hosts compare without case, and an empty or
+/// default port is no port.
+fn same(a: &[u8], b: &[u8], default_port: &str) -> bool {
+    let norm = |v| {
+        let (host, port) = split(v);
+        let port = port.filter(|p| !p.is_empty() && *p != default_port.as_bytes());
+        (host, port)
+    };
+    let ((ha, pa), (hb, pb)) = (norm(a), norm(b));
+    ha.eq_ignore_ascii_case(hb) && pa == pb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn h1(version: Version, hosts: &[&[u8]]) -> Result<(), HostError> {
+        let mut headers = HeaderMap::new();
+        for h in hosts {
+            headers.append(header::HOST, HeaderValue::from_bytes(h).unwrap());
+        }
+        check(version, &Uri::from_static("/x"), &headers)
+    }
+
+    fn h2(authority: &str, host: Option<&str>) -> Result<(), HostError> {
+        let mut headers = HeaderMap::new();
+        if let Some(h) = host {
+            headers.insert(header::HOST, HeaderValue::from_str(h).unwrap());
+        }
+        let uri: Uri = format!("{authority}/x").parse().unwrap();
+        check(Version::HTTP_2, &uri, &headers)
+    }
+
+    #[test]
+    fn valid_hosts_pass() {
+        for h in [
+            &b"api.example.com"[..],
+            b"API.Example.COM.",
+            b"api.example.com:8443",
+            b"127.0.0.1",
+            b"127.0.0.1:80",
+            b"[::1]",
+            b"[::1]:8080",
+            b"[2001:db8::1.2.3.4]",
+            b"my_host",
+            b"h%41st",
+            b"host:",
+            b"localhost",
+        ] {
+            assert_eq!(
+                h1(Version::HTTP_11, &[h]),
+                Ok(()),
+                "{:?}",
+                String::from_utf8_lossy(h)
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_hosts_are_refused() {
+        for h in [
+            &b""[..],
+            b":80",
+            b"user@host",
+            b"host:port",
+            b"host:123456",
+            b"host:80:80",
+            b"a b",
+            b"a/b",
+            b"a\\b",
+            b"a?b",
+            b"a#b",
+            b"h%4",
+            b"h%zz",
+            b"[::1",
+            b"::1",
+            b"[::1]x",
+            b"[fe80::1%25eth0]",
+            b"[v1.x]",
+            b"[1.2.3.4]",
+            b"\"quoted\"",
+            b"a\xffb",
+        ] {
+            assert_eq!(
+                h1(Version::HTTP_11, &[h]),
+                Err(HostError::Invalid),
+                "{:?}",
+                String::from_utf8_lossy(h)
+            );
+        }
+    }
+
+    #[test]
+    fn http_1_1_needs_exactly_one_host() {
+        assert_eq!(h1(Version::HTTP_11, &[]), Err(HostError::Missing));
+        assert_eq!(h1(Version::HTTP_10, &[]), Ok(()));
+        assert_eq!(
+            h1(Version::HTTP_11, &[b"a", b"a"]),
+            Err(HostError::Multiple)
+        );
+        assert_eq!(
+            h1(Version::HTTP_10, &[b"a", b"b"]),
+            Err(HostError::Multiple)
+        );
+    }
+
+    #[test]
+    fn http_2_host_must_name_the_authority() {
+        assert_eq!(h2("http://a.example", None), Ok(()));
+        assert_eq!(h2("http://a.example", Some("A.EXAMPLE")), Ok(()));
+        assert_eq!(h2("http://a.example", Some("a.example:80")), Ok(()));
+        assert_eq!(h2("http://a.example:80", Some("a.example:")), Ok(()));
+        assert_eq!(h2("https://a.example:443", Some("a.example")), Ok(()));
+        assert_eq!(h2("http://[::1]:8080", Some("[::1]:8080")), Ok(()));
+        assert_eq!(
+            h2("http://a.example", Some("b.example")),
+            Err(HostError::Mismatch)
+        );
+        assert_eq!(
+            h2("http://a.example", Some("a.example:8080")),
+            Err(HostError::Mismatch)
+        );
+        assert_eq!(
+            h2("https://a.example", Some("a.example:80")),
+            Err(HostError::Mismatch)
+        );
+        assert_eq!(h2("http://u@a.example", None), Err(HostError::Invalid));
+        assert_eq!(h2("http://a.example:x", None), Err(HostError::Invalid));
+        assert_eq!(
+            h2("http://a.example", Some("a.example/x")),
+            Err(HostError::Invalid)
+        );
+    }
+}
