@@ -126,6 +126,16 @@ pub struct ConnInfo {
     pub request_timer: proxy::RequestTimer,
 }
 
+/// Headers bearward adds for the upstream. They go in after `proxy::prepare_request` has
+/// removed the client's hop-by-hop headers, so a client cannot strip them by naming them in
+/// `Connection`.
+struct Added<'a> {
+    /// The caller, as `forward.claim_headers`.
+    identity: Option<&'a Identity>,
+    /// `X-Bearward-Audit` on audit-mode routes.
+    audit: Option<HeaderValue>,
+}
+
 /// What one request did, for its access-log line and metrics.
 struct Outcome {
     path: Option<String>,
@@ -291,7 +301,10 @@ impl Gateway {
         }
         req.headers_mut().remove(AUDIT_HEADER);
 
-        // policy and auth. In audit mode a refusal becomes a note to the upstream.
+        // policy and auth. In audit mode a refusal becomes a note to the upstream. What bearward
+        // tells the upstream (identity, audit note) is added in `forward`, after the client's
+        // hop-by-hop headers are gone, so no `Connection` option can strip it.
+        let mut identity = None;
         let verdict = match route.auth {
             AuthMode::None => Ok(()),
             AuthMode::Deny => Err(Rejection::Denied),
@@ -304,9 +317,7 @@ impl Gateway {
                 // Identity headers go upstream only with a forwarded request: an allowed one,
                 // or an audit-mode one whose token was valid.
                 if result.outcome.is_ok() || route.audit {
-                    if let Some(identity) = &result.identity {
-                        self.add_identity(&mut req, identity);
-                    }
+                    identity = result.identity;
                 }
                 result.outcome.map_err(Rejection::Auth)
             }
@@ -319,12 +330,9 @@ impl Gateway {
                 }
             }
         }
-        match verdict {
-            Ok(()) if route.audit => {
-                req.headers_mut()
-                    .insert(AUDIT_HEADER, HeaderValue::from_static("allow"));
-            }
-            Ok(()) => {}
+        let audit = match verdict {
+            Ok(()) if route.audit => Some(HeaderValue::from_static("allow")),
+            Ok(()) => None,
             Err(rej) if route.audit => {
                 let note = format!(
                     "would-deny; reason={}; status={}",
@@ -332,24 +340,18 @@ impl Gateway {
                     rej.status().as_u16()
                 );
                 tracing::info!(route = %route.name, reason = rej.reason(), "audit: would deny; forwarding");
-                if let Ok(v) = HeaderValue::from_str(&note) {
-                    req.headers_mut().insert(AUDIT_HEADER, v);
-                }
                 out.decision = "audit_deny";
                 out.reason = rej.reason();
+                HeaderValue::from_str(&note).ok()
             }
             Err(rej) => return Err(rej),
-        }
+        };
 
-        self.forward(req, route, target, conn, out).await
-    }
-
-    fn add_identity(&self, req: &mut Request<Body>, identity: &Identity) {
-        for (claim, h) in &self.config.forward.claim_headers {
-            if let Some(v) = identity.header_value(claim) {
-                req.headers_mut().insert(h.clone(), v);
-            }
-        }
+        let added = Added {
+            identity: identity.as_ref(),
+            audit,
+        };
+        self.forward(req, route, target, conn, out, added).await
     }
 
     async fn forward(
@@ -359,6 +361,7 @@ impl Gateway {
         target: String,
         conn: &ConnInfo,
         out: &mut Outcome,
+        added: Added<'_>,
     ) -> Result<Response<Body>, Rejection> {
         let upstream = self.upstreams.config(route.upstream);
         let rewrite = proxy::prepare_request(
@@ -369,6 +372,16 @@ impl Gateway {
             &self.config.server.trusted_proxies,
         )
         .map_err(|_| Rejection::Internal("bad_upstream_request"))?;
+        if let Some(identity) = added.identity {
+            for (claim, h) in &self.config.forward.claim_headers {
+                if let Some(v) = identity.header_value(claim) {
+                    req.headers_mut().insert(h.clone(), v);
+                }
+            }
+        }
+        if let Some(v) = added.audit {
+            req.headers_mut().insert(AUDIT_HEADER, v);
+        }
         match self
             .upstreams
             .send(route.upstream, req, &rewrite, &conn.request_timer)

@@ -647,6 +647,19 @@ async fn request_forms_and_identity_headers() {
         seen.headers.contains_key("authorization"),
         "kept unless strip_authorization"
     );
+    // Naming them in `Connection` strips the client's own (RFC 9110 7.6.1), never the ones
+    // bearward adds from the claims.
+    let bearer = format!("Bearer {t}");
+    let named = [
+        ("authorization", bearer.as_str()),
+        ("connection", "x-auth-subject, X-Auth-Scopes"),
+        ("x-auth-subject", "admin"),
+    ];
+    assert_eq!(get(&w.c, &url, &named).await.status, StatusCode::OK);
+    let seen = w.up.last();
+    assert_eq!(seen.headers["x-auth-subject"], "user-42");
+    assert_eq!(seen.headers["x-auth-scopes"], "read");
+    assert_eq!(seen.headers["x-auth-client"], "test-client");
     // And on open routes too.
     get(&w.c, &w.gw.url("/public/x"), &spoof).await;
     let seen = w.up.last();

@@ -395,6 +395,13 @@ async fn audit_mode_forwards_with_the_verdict_and_counts_it() {
         seen.headers["x-bearward-audit"],
         "would-deny; reason=missing_token; status=401"
     );
+    // A client cannot hide the verdict by naming the header in `Connection`.
+    let a = get(&c, &url, &[("connection", "x-bearward-audit")]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        up.last().headers["x-bearward-audit"],
+        "would-deny; reason=missing_token; status=401"
+    );
 
     let read_only = format!("Bearer {}", m.token(&rsa, "read"));
     assert_eq!(
@@ -432,7 +439,7 @@ async fn audit_mode_forwards_with_the_verdict_and_counts_it() {
     let text = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
         .await
         .body;
-    assert_eq!(metric(&text, "bearward_requests_total{route=\"/api/admin*\",status=\"200\",decision=\"audit_deny\",reason=\"missing_token\"}"), 1.0, "{text}");
+    assert_eq!(metric(&text, "bearward_requests_total{route=\"/api/admin*\",status=\"200\",decision=\"audit_deny\",reason=\"missing_token\"}"), 2.0, "{text}");
     assert_eq!(metric(&text, "bearward_requests_total{route=\"/api/admin*\",status=\"200\",decision=\"audit_deny\",reason=\"insufficient_scope\"}"), 1.0, "{text}");
     assert_eq!(metric(&text, "bearward_requests_total{route=\"/api/admin*\",status=\"200\",decision=\"allow\",reason=\"ok\"}"), 1.0, "{text}");
 }
