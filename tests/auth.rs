@@ -668,6 +668,38 @@ async fn request_forms_and_identity_headers() {
     );
 }
 
+/// Claim values pass as their UTF-8 bytes, as Envoy and vouch-proxy send them: a non-ASCII name
+/// is not dropped. A value with control characters cannot be a header value and is not sent, so
+/// no claim can add a header line of its own.
+#[tokio::test]
+async fn claim_headers_carry_utf8_and_never_control_characters() {
+    let rsa = Key::rsa1();
+    let w = World::start(&[&rsa], "").await;
+    let url = w.gw.url("/api/read/x");
+    let send = |sub: &'static str| {
+        let t = w.mint.token_claims(&rsa, |c| {
+            c.insert("sub".into(), json!(sub));
+        });
+        let (c, url) = (w.c.clone(), url.clone());
+        async move { get(&c, &url, &[("authorization", &format!("Bearer {t}"))]).await }
+    };
+
+    assert_eq!(send("Marek Mikołaj 李").await.status, StatusCode::OK);
+    let seen = w.up.last();
+    assert_eq!(
+        seen.headers["x-auth-subject"].as_bytes(),
+        "Marek Mikołaj 李".as_bytes()
+    );
+
+    for hostile in ["a\r\nX-Injected: 1", "a\nb", "a\u{0}b", "a\u{7f}b"] {
+        assert_eq!(send(hostile).await.status, StatusCode::OK, "{hostile:?}");
+        let seen = w.up.last();
+        assert!(!seen.headers.contains_key("x-auth-subject"), "{hostile:?}");
+        assert!(!seen.headers.contains_key("x-injected"), "{hostile:?}");
+        assert_eq!(seen.headers["x-auth-scopes"], "read");
+    }
+}
+
 #[tokio::test]
 async fn strip_authorization_drops_the_token_upstream() {
     let rsa = Key::rsa1();
