@@ -62,7 +62,7 @@ pub struct HeadRewrite {
     /// The `Host` line, written first. The client's `Host` never passes.
     pub host: Option<HeaderValue>,
     /// Each entry replaces every client header of its name; `None` drops them.
-    pub replace: [Option<(HeaderName, Option<HeaderValue>)>; 4],
+    pub replace: [Option<(HeaderName, Option<HeaderValue>)>; 5],
 }
 
 impl HeadRewrite {
@@ -830,6 +830,7 @@ mod tests {
                     Some(HeaderValue::from_static("9.9.9.9")),
                 )),
                 Some((name("x-dropped"), None)),
+                None,
                 None,
                 None,
             ],

@@ -73,6 +73,7 @@ pub fn is_reserved_header(h: &HeaderName) -> bool {
                 | "x-forwarded-proto"
                 | "x-forwarded-host"
                 | "forwarded"
+                | "via"
                 | "x-bearward-audit"
         )
 }
@@ -385,6 +386,7 @@ pub fn prepare_request(
     trusted_proxies: &[IpNet],
 ) -> Result<HeadRewrite, http::Error> {
     let upgrade = is_upgrade_request(req);
+    let version = req.version();
     let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
         req.uri()
             .authority()
@@ -428,6 +430,7 @@ pub fn prepare_request(
     if !trusted {
         rewrite.replace[3] = Some((FORWARDED, None));
     }
+    rewrite.replace[4] = Some((header::VIA, Some(via(headers, version))));
 
     rewrite.host = if upstream.pass_host_header {
         client_host.or_else(|| HeaderValue::from_str(upstream.authority.as_str()).ok())
@@ -435,6 +438,30 @@ pub fn prepare_request(
         HeaderValue::from_str(upstream.authority.as_str()).ok()
     };
     Ok(rewrite)
+}
+
+/// `Via` for the upstream (RFC 9110 7.6.3: a gateway MUST send one in each inbound request): the
+/// client's chain, if any, and this hop, named by the protocol it came in on and the pseudonym
+/// `bearward` (no host name or version is disclosed).
+fn via(headers: &HeaderMap, version: Version) -> HeaderValue {
+    let hop = match version {
+        Version::HTTP_10 => "1.0 bearward",
+        Version::HTTP_2 => "2 bearward",
+        _ => "1.1 bearward",
+    };
+    let prior: Vec<&[u8]> = headers
+        .get_all(header::VIA)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if prior.is_empty() {
+        return HeaderValue::from_static(hop);
+    }
+    let mut chain = prior.join(&b", "[..]);
+    chain.extend_from_slice(b", ");
+    chain.extend_from_slice(hop.as_bytes());
+    // Built from valid values and ASCII, so it is valid.
+    HeaderValue::from_bytes(&chain).unwrap_or_else(|_| HeaderValue::from_static(hop))
 }
 
 /// Cleans an upstream response for the client: hop-by-hop headers go, except on a 101, whose

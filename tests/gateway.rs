@@ -279,6 +279,38 @@ async fn forwarded_headers_from_untrusted_clients_are_replaced() {
     );
 }
 
+/// RFC 9110 7.6.3: a gateway sends `Via` in each request it forwards, after any chain the
+/// client's request came through, naming the protocol it came in on.
+#[tokio::test]
+async fn via_names_this_hop_after_the_clients_chain() {
+    let (up, gw, c) = setup("").await;
+    get(&c, &gw.url("/public/x"), &[]).await;
+    assert_eq!(up.last().headers["via"], "1.1 bearward");
+
+    let chain = [("via", "1.1 cdn-a"), ("via", "1.0 edge (squid)")];
+    get(&c, &gw.url("/public/x"), &chain).await;
+    let seen = up.last();
+    assert_eq!(
+        seen.headers.get_all("via").iter().collect::<Vec<_>>(),
+        ["1.1 cdn-a, 1.0 edge (squid), 1.1 bearward"]
+    );
+
+    let resp = raw(gw.addr, b"GET /public/x HTTP/1.0\r\nHost: a\r\n\r\n").await;
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    assert_eq!(up.last().headers["via"], "1.0 bearward");
+
+    let (mut sender, _conn) = h2_connect(gw.addr, None).await;
+    let req = Request::get("http://a.example/public/x")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(
+        sender.send_request(req).await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(up.last().headers["via"], "2 bearward");
+    assert_eq!(up.count(), 4);
+}
+
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     status
