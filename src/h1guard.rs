@@ -472,6 +472,22 @@ fn find_head_end(hay: &[u8]) -> Option<usize> {
     HEAD_END.find(hay)
 }
 
+/// The header timer went off: the error a [`Guarded`] read ends the connection with.
+#[derive(Debug)]
+pub struct HeadTimeout {
+    /// Some of a request had arrived: a request cut off (nginx logs it as a 408), not an idle
+    /// keep-alive connection closed.
+    pub partial: bool,
+}
+
+impl std::fmt::Display for HeadTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no complete request head within header_read_timeout")
+    }
+}
+
+impl std::error::Error for HeadTimeout {}
+
 /// An IO stream whose reads are watched by a [`Framer`] and bounded by the header timer.
 pub struct Guarded<T> {
     inner: T,
@@ -560,9 +576,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
         if timed {
             if let Some(t) = &mut this.timer {
                 if t.as_mut().poll(cx).is_ready() {
+                    let partial = match &this.framer.state {
+                        State::Head(buf) => !buf.is_empty(),
+                        State::Off => false,
+                        _ => true,
+                    };
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "no complete request head within header_read_timeout",
+                        HeadTimeout { partial },
                     )));
                 }
             }

@@ -373,9 +373,35 @@ fn serve_connection(
             }
         };
         if let Err(e) = result {
-            tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
+            match refused_head(&e) {
+                Some((status, reason)) => live.current().refused_head(peer, status, reason),
+                None => tracing::debug!(error = %e, peer = %peer, "connection ended with an error"),
+            }
         }
     });
+}
+
+/// A request refused before it reached the service: hyper's own answer to a head it cannot parse
+/// (400), or that is over `max_header_bytes` or `max_headers` (431; 414 for a URI over 64 KiB),
+/// or h1guard's header timer cutting off a request that had begun (recorded as 408, as nginx
+/// logs it; nothing is sent). An idle keep-alive connection closed by the timer is no refusal.
+fn refused_head(e: &hyper::Error) -> Option<(u16, &'static str)> {
+    if e.is_parse_too_large() {
+        // hyper has no accessor for the 414 case; its message is the only difference.
+        let uri = e.to_string().contains("URI too long");
+        return Some((if uri { 414 } else { 431 }, "head_too_large"));
+    }
+    if e.is_parse() && !e.is_parse_version_h2() {
+        return Some((400, "malformed_request"));
+    }
+    let timeout = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<io::Error>())
+        .and_then(|io| io.get_ref())
+        .and_then(|inner| inner.downcast_ref::<crate::h1guard::HeadTimeout>());
+    match timeout {
+        Some(t) if t.partial => Some((408, "head_timeout")),
+        _ => None,
+    }
 }
 
 /// The per-connection service: each request runs on the gateway snapshot current when it

@@ -250,6 +250,25 @@ impl Gateway {
         resp
     }
 
+    /// Counts and logs a request hyper or h1guard refused before it became a request (see
+    /// `server::refused_head`), under route `-` like an unmatched one.
+    pub fn refused_head(&self, peer: SocketAddr, status: u16, reason: &'static str) {
+        self.metrics
+            .record(&self.no_route, status, "deny", reason, Duration::ZERO, None);
+        if self.config.server.access_log {
+            tracing::info!(
+                target: "bearward::access",
+                method = "-",
+                path = "-",
+                route = "-",
+                status,
+                decision = "deny",
+                reason,
+                peer = %peer.ip(),
+            );
+        }
+    }
+
     async fn phases(
         &self,
         mut req: Request<Body>,

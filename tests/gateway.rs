@@ -644,7 +644,13 @@ async fn header_limits_and_slow_heads() {
     }
     many.push_str("\r\n");
     let resp = raw(gw.addr, many.as_bytes()).await;
-    assert!(matches!(raw_status(&resp), 431 | 400), "{resp}");
+    assert_eq!(raw_status(&resp), 431, "{resp}");
+    let resp = raw(
+        gw.addr,
+        b"GET /public/x HTTP/1.1\r\nHost: x\r\nX : b\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 400, "{resp}");
     assert!(up.seen().is_empty());
 
     // Slowloris: half a head, then silence. The connection is closed at the header timeout.
@@ -655,6 +661,59 @@ async fn header_limits_and_slow_heads() {
     assert!(r.is_ok(), "connection still open after 5 s");
     assert!(start.elapsed() < Duration::from_secs(3));
     assert_eq!(up.count(), 0);
+    // A connection that sends nothing, or nothing after its last answer, is closed too, but
+    // is no refused request.
+    let mut idle = TcpStream::connect(gw.addr).await.unwrap();
+    time_to_close(&mut idle).await;
+    let mut kept = connect_and_send(gw.addr, b"GET /public/x HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(read_response(&mut kept).await, 200);
+    time_to_close(&mut kept).await;
+
+    // Each refusal is counted with its reason, under route "-" (408: nginx's status for a
+    // request cut off by the header timer, though nothing is sent).
+    let expected = [
+        ("431", "head_too_large", 2.0),
+        ("400", "malformed_request", 1.0),
+        ("408", "head_timeout", 1.0),
+    ];
+    // The count follows the close by microseconds; give it far more.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = get(
+        &client(),
+        &format!("http://{}/metrics", gw.admin.unwrap()),
+        &[],
+    )
+    .await
+    .body;
+    for (status, reason, n) in expected {
+        let series = format!(
+            "bearward_requests_total{{route=\"-\",status=\"{status}\",decision=\"deny\",reason=\"{reason}\"}} {n}\n"
+        );
+        assert!(text.contains(&series), "{series} in\n{text}");
+    }
+}
+
+/// hyper answers a URI over 64 KiB with 414 (reachable with `max_header_bytes` above that);
+/// it is counted as that, not as the 431 of a head too large.
+#[tokio::test]
+async fn a_uri_over_64_kib_is_414_and_counted_so() {
+    let (up, gw, c) = setup("max_header_bytes = 131072").await;
+    let path = format!("/public/{}", "a".repeat(70_000));
+    let resp = raw(
+        gw.addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 414, "{}", &resp[..resp.len().min(200)]);
+    assert_eq!(up.count(), 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
+        .await
+        .body;
+    assert!(
+        text.contains("bearward_requests_total{route=\"-\",status=\"414\",decision=\"deny\",reason=\"head_too_large\"} 1\n"),
+        "{text}"
+    );
 }
 
 /// Reads one response off a keep-alive connection: its status, and the whole body by

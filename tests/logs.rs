@@ -73,7 +73,24 @@ async fn no_token_text_in_the_logs() {
         )
         .await;
     }
+    // A head hyper cannot parse, carrying a token: refused before the service, logged with its
+    // reason and, like the rest, without the token.
+    let resp = raw(
+        gw.addr,
+        format!(
+            "GET /api/read/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nX : b\r\n\r\n",
+            tokens[0]
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 400, "{resp}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("\"reason\":\"malformed_request\""),
+        "the refused head has an access line"
+    );
     assert!(
         logs.contains("bearward::access"),
         "access lines were captured"
