@@ -26,6 +26,7 @@
 use crate::body::{self, Body, BoxError};
 use crate::h1client::{self, Chunked, Decoded, Malformed, RequestFraming, ResponseFraming};
 use crate::proxy::{BodyStalled, ProxyError};
+use crate::telemetry::Metrics;
 use crate::timer::Stall;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -79,6 +80,9 @@ impl From<Malformed> for Failure {
 
 /// The pool for one upstream.
 pub struct Pool {
+    /// The upstream's name in the config: the label its broken responses are counted under.
+    name: String,
+    metrics: Arc<Metrics>,
     addr: String,
     connect_timeout: Duration,
     /// The longest the upstream may take no request bytes, or send no response body bytes
@@ -90,8 +94,9 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool for `host:port`.
+    /// A pool for the upstream `name` at `host:port`.
     pub fn new(
+        (name, metrics): (String, Arc<Metrics>),
         addr: String,
         connect_timeout: Duration,
         stall_timeout: Duration,
@@ -99,6 +104,8 @@ impl Pool {
         max_idle: usize,
     ) -> Arc<Pool> {
         Arc::new(Pool {
+            name,
+            metrics,
             addr,
             connect_timeout,
             stall_timeout,
@@ -106,6 +113,13 @@ impl Pool {
             max_idle,
             idle: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A response body broke off after its head went to the client, who sees the connection
+    /// close. Logged as nginx logs "upstream prematurely closed connection", and counted.
+    fn aborted(&self, reason: &'static str, detail: &dyn std::fmt::Display) {
+        tracing::warn!(upstream = %self.name, authority = %self.addr, reason, error = %detail, "upstream response broke off mid-body");
+        self.metrics.upstream_abort(&self.name, reason);
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
@@ -479,6 +493,7 @@ impl http_body::Body for UpstreamBody {
                     Ok(Decoded::NeedMore) => (None, false),
                     Err(m) => {
                         this.conn = None;
+                        this.pool.aborted("upstream_bad_chunk", &m);
                         return Poll::Ready(Some(Err(m.into())));
                     }
                 },
@@ -499,9 +514,9 @@ impl http_body::Body for UpstreamBody {
             let filled = this.poll_fill(cx);
             if this.stall.expired(cx, &filled) {
                 this.conn = None;
-                return Poll::Ready(Some(Err(
-                    "upstream response body paused past request_timeout".into(),
-                )));
+                let e = "upstream response body paused past request_timeout";
+                this.pool.aborted("upstream_body_timeout", &e);
+                return Poll::Ready(Some(Err(e.into())));
             }
             match std::task::ready!(filled) {
                 Ok(0) if matches!(this.state, BodyState::Close) => {
@@ -511,11 +526,14 @@ impl http_body::Body for UpstreamBody {
                 }
                 Ok(0) => {
                     this.conn = None;
-                    return Poll::Ready(Some(Err("upstream closed mid-body".into())));
+                    let e = "upstream closed mid-body";
+                    this.pool.aborted("upstream_closed_mid_body", &e);
+                    return Poll::Ready(Some(Err(e.into())));
                 }
                 Ok(_) => {}
                 Err(e) => {
                     this.conn = None;
+                    this.pool.aborted("upstream_read_error", &e);
                     return Poll::Ready(Some(Err(e.into())));
                 }
             }

@@ -6,6 +6,7 @@ use crate::config::{Config, UpstreamConfig};
 use crate::h1client::HeadRewrite;
 use crate::pool::Pool;
 use crate::service::ConnInfo;
+use crate::telemetry::Metrics;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -188,13 +189,14 @@ struct UpstreamClient {
 
 impl Upstreams {
     /// Builds the pools. No connection is made until the first request.
-    pub fn new(config: &Config) -> Upstreams {
+    pub fn new(config: &Config, metrics: &Arc<Metrics>) -> Upstreams {
         let clients = config
             .upstreams
             .iter()
             .map(|u| UpstreamClient {
                 config: u.clone(),
                 pool: Pool::new(
+                    (u.name.clone(), metrics.clone()),
                     u.authority.to_string(),
                     u.connect_timeout,
                     u.request_timeout,

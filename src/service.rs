@@ -171,7 +171,7 @@ impl Gateway {
             .map(|r| metrics.route_series(&r.name))
             .collect();
         Gateway {
-            upstreams: Upstreams::new(&config),
+            upstreams: Upstreams::new(&config, &metrics),
             no_route: metrics.route_series(&"-".into()),
             series,
             config,

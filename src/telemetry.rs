@@ -64,6 +64,12 @@ struct FetchLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AbortLabels {
+    upstream: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IssuerLabels {
     issuer: String,
 }
@@ -100,6 +106,7 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     upstream_latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     jwks_fetches: Family<FetchLabels, Counter>,
+    upstream_aborts: Family<AbortLabels, Counter>,
     token_cache: Outcomes,
     key_lookups: Outcomes,
     token_cache_entries: Gauge,
@@ -145,6 +152,7 @@ impl Metrics {
             latency: Family::new_with_constructor(histogram as fn() -> Histogram),
             upstream_latency: Family::new_with_constructor(histogram as fn() -> Histogram),
             jwks_fetches: Family::default(),
+            upstream_aborts: Family::default(),
             token_cache: Outcomes::new("hit", "miss"),
             key_lookups: Outcomes::new("hit", "miss"),
             token_cache_entries: Gauge::default(),
@@ -169,6 +177,11 @@ impl Metrics {
             "Upstream latency to the response head, by route",
             Unit::Seconds,
             m.upstream_latency.clone(),
+        );
+        registry.register(
+            "upstream_response_aborts",
+            "Upstream response bodies that broke off after their head was sent, by upstream and reason",
+            m.upstream_aborts.clone(),
         );
         registry.register(
             "jwks_fetches",
@@ -257,6 +270,16 @@ impl Metrics {
         if let Some(u) = upstream {
             series.upstream_latency.observe(u.as_secs_f64());
         }
+    }
+
+    /// Counts one upstream response body that broke off after its head went to the client.
+    pub fn upstream_abort(&self, upstream: &str, reason: &'static str) {
+        self.upstream_aborts
+            .get_or_create(&AbortLabels {
+                upstream: upstream.to_owned(),
+                reason,
+            })
+            .inc();
     }
 
     /// Counts one JWKS (or discovery) fetch.

@@ -130,6 +130,25 @@ async fn gateway(up: &Scripted) -> Gateway {
     Gateway::start(&basic_config(&format!("http://{}", up.addr), "")).await
 }
 
+/// `bearward_upstream_response_aborts_total` for upstream `app` and `reason`, once the count
+/// (which follows the broken body by microseconds) has had time to land.
+async fn aborts(gw: &Gateway, reason: &str) -> String {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let text = get(
+        &client(),
+        &format!("http://{}/metrics", gw.admin.unwrap()),
+        &[],
+    )
+    .await
+    .body;
+    let series =
+        format!("bearward_upstream_response_aborts_total{{upstream=\"app\",reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .unwrap_or("0")
+        .to_owned()
+}
+
 #[tokio::test]
 async fn a_chunked_response_is_decoded_and_its_connection_reused() {
     let up = Scripted::start(vec![
@@ -199,6 +218,23 @@ async fn a_malformed_chunk_breaks_the_client_response_and_the_connection() {
     let b = get(&client(), &gw.url("/public/b"), &[]).await;
     assert_eq!(b.body, "next");
     assert_eq!(up.conns(), 2);
+    assert_eq!(aborts(&gw, "upstream_bad_chunk").await, "1");
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_mid_body_is_counted_and_logged_as_an_abort() {
+    let up = Scripted::start(vec![Act::ReplyClose(
+        "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+    )])
+    .await;
+    let gw = gateway(&up).await;
+    let out = raw(
+        gw.addr,
+        b"GET /public/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.is_empty() || out.ends_with("abc"), "{out:?}");
+    assert_eq!(aborts(&gw, "upstream_closed_mid_body").await, "1");
 }
 
 #[tokio::test]
@@ -236,6 +272,11 @@ async fn a_close_delimited_body_is_read_to_the_close() {
     );
     assert_eq!(get(&c, &gw.url("/public/b"), &[]).await.body, "next");
     assert_eq!(up.conns(), 2);
+    assert_eq!(
+        aborts(&gw, "upstream_closed_mid_body").await,
+        "0",
+        "a close ends it"
+    );
 }
 
 #[tokio::test]
@@ -350,6 +391,7 @@ async fn a_response_body_that_stops_coming_is_cut_off() {
     assert!(took < Duration::from_millis(2500), "cut late: {took:?}");
     let out = String::from_utf8_lossy(&out);
     assert!(!out.contains("abc") || out.ends_with("abc"), "{out:?}");
+    assert_eq!(aborts(&gw, "upstream_body_timeout").await, "1");
 }
 
 #[tokio::test]
