@@ -676,15 +676,7 @@ async fn header_limits_and_slow_heads() {
         ("400", "malformed_request", 1.0),
         ("408", "head_timeout", 1.0),
     ];
-    // The count follows the close by microseconds; give it far more.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let text = get(
-        &client(),
-        &format!("http://{}/metrics", gw.admin.unwrap()),
-        &[],
-    )
-    .await
-    .body;
+    let text = metrics_after_close(&gw).await;
     for (status, reason, n) in expected {
         let series = format!(
             "bearward_requests_total{{route=\"-\",status=\"{status}\",decision=\"deny\",reason=\"{reason}\"}} {n}\n"
@@ -697,7 +689,7 @@ async fn header_limits_and_slow_heads() {
 /// it is counted as that, not as the 431 of a head too large.
 #[tokio::test]
 async fn a_uri_over_64_kib_is_414_and_counted_so() {
-    let (up, gw, c) = setup("max_header_bytes = 131072").await;
+    let (up, gw, _) = setup("max_header_bytes = 131072").await;
     let path = format!("/public/{}", "a".repeat(70_000));
     let resp = raw(
         gw.addr,
@@ -706,10 +698,7 @@ async fn a_uri_over_64_kib_is_414_and_counted_so() {
     .await;
     assert_eq!(raw_status(&resp), 414, "{}", &resp[..resp.len().min(200)]);
     assert_eq!(up.count(), 0);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let text = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
-        .await
-        .body;
+    let text = metrics_after_close(&gw).await;
     assert!(
         text.contains("bearward_requests_total{route=\"-\",status=\"414\",decision=\"deny\",reason=\"head_too_large\"} 1\n"),
         "{text}"

@@ -130,17 +130,9 @@ async fn gateway(up: &Scripted) -> Gateway {
     Gateway::start(&basic_config(&format!("http://{}", up.addr), "")).await
 }
 
-/// `bearward_upstream_response_aborts_total` for upstream `app` and `reason`, once the count
-/// (which follows the broken body by microseconds) has had time to land.
+/// `bearward_upstream_response_aborts_total` for upstream `app` and `reason`.
 async fn aborts(gw: &Gateway, reason: &str) -> String {
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let text = get(
-        &client(),
-        &format!("http://{}/metrics", gw.admin.unwrap()),
-        &[],
-    )
-    .await
-    .body;
+    let text = metrics_after_close(gw).await;
     let series =
         format!("bearward_upstream_response_aborts_total{{upstream=\"app\",reason=\"{reason}\"}} ");
     text.lines()

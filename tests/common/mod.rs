@@ -309,6 +309,14 @@ pub fn raw_status(resp: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// `/metrics`, fetched after a pause: for counts made when a connection ends, which land
+/// microseconds after the client sees the close.
+pub async fn metrics_after_close(gw: &Gateway) -> String {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = format!("http://{}/metrics", gw.admin.expect("admin listener"));
+    get(&client(), &url, &[]).await.body
+}
+
 /// Waits until `/readyz` says 200 (keys loaded), at most 5 s.
 pub async fn wait_ready(gw: &Gateway) {
     let c = client();
