@@ -33,6 +33,10 @@ fn describe(i: usize, r: &Route) -> String {
     if !r.scopes_any.is_empty() {
         let _ = write!(s, ", scopes_any = {:?}", r.scopes_any);
     }
+    if r.cors_preflight {
+        // explain takes no headers, so it shows the bearer check a preflight would skip.
+        s.push_str(", cors_preflight = true");
+    }
     if r.audit {
         s.push_str(", mode = \"audit\"");
     }

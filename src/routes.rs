@@ -86,6 +86,10 @@ pub struct Route {
     pub scopes_any: Vec<String>,
     /// Accept the token from the `access_token` query parameter (RFC 6750 2.3).
     pub token_in_query: bool,
+    /// Forward CORS preflights (`OPTIONS` with `Origin` and `Access-Control-Request-Method`)
+    /// without a token: browsers send them without credentials (Fetch standard), so a bearer
+    /// check would fail every cross-origin call.
+    pub cors_preflight: bool,
     /// Audit mode: evaluate and report, but forward whatever the verdict.
     pub audit: bool,
 }
@@ -163,6 +167,7 @@ mod tests {
             scopes: vec![],
             scopes_any: vec![],
             token_in_query: false,
+            cors_preflight: false,
             audit: false,
         }
     }

@@ -100,6 +100,8 @@ fn broken_configs_are_rejected_naming_the_key() {
         ("invalid scope token", "scopes = [\"read\"]", "scopes = [\"re ad\"]", "routes[1].scopes[0]"),
         ("missing jwks file", "jwks_file = \"tests/fixtures/empty-jwks.json\"", "jwks_file = \"tests/fixtures/nope.json\"", "issuers[0].jwks_file"),
         ("audit typo", "auth = \"none\"", "auth = \"none\"\nmode = \"audti\"", "mode"),
+        ("preflight pass on an open route", "auth = \"none\"", "auth = \"none\"\ncors_preflight = true", "routes[0].cors_preflight"),
+        ("preflight pass without OPTIONS", "scopes = [\"read\"]", "scopes = [\"read\"]\nmethods = [\"GET\"]\ncors_preflight = true", "routes[1].cors_preflight"),
         ("wrong type", "listen = \"127.0.0.1:0\"", "listen = 8080", "listen"),
         ("no worker threads", "listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:0\"\nworker_threads = 0", "server.worker_threads"),
         ("bearer route without issuers", "[[issuers]]\nissuer = \"https://idp.test\"\njwks_file = \"tests/fixtures/empty-jwks.json\"\naudiences = [\"https://api.test\"]\n", "", "routes[1].auth"),

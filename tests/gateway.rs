@@ -279,6 +279,67 @@ async fn forwarded_headers_from_untrusted_clients_are_replaced() {
     );
 }
 
+/// `cors_preflight = true` forwards a browser's CORS preflight without a token; nothing else on
+/// the route changes, and on other routes a preflight needs a token like any request.
+#[tokio::test]
+async fn cors_preflights_pass_only_where_allowed_and_only_as_preflights() {
+    let up = Upstream::start().await;
+    let cfg = basic_config(&up.url(), "").replace(
+        "[[routes]]\nprefix = \"/api\"",
+        "[[routes]]\nprefix = \"/spa\"\nscopes = [\"read\"]\nupstream = \"app\"\n\
+         cors_preflight = true\ntoken_in_query = true\nmethods = [\"GET\", \"OPTIONS\"]\n\n\
+         [[routes]]\nprefix = \"/api\"",
+    );
+    let gw = Gateway::start(&cfg).await;
+    let c = client();
+    let origin = ("origin", "https://app.example");
+    let acrm = ("access-control-request-method", "POST");
+    let call = |method: &'static str, path: &str, headers: Vec<(&'static str, &'static str)>| {
+        let (c, url) = (c.clone(), gw.url(path));
+        async move { send(&c, method, &url, &headers, "").await.status.as_u16() }
+    };
+
+    assert_eq!(call("OPTIONS", "/spa/x", vec![origin, acrm]).await, 200);
+    let seen = up.last();
+    assert_eq!(
+        (seen.method.as_str(), seen.uri.as_str()),
+        ("OPTIONS", "/spa/x")
+    );
+    // The preflight of a call that carries its token in the query: the token is not forwarded.
+    assert_eq!(
+        call(
+            "OPTIONS",
+            "/spa/x?access_token=abc.def.ghi&n=1",
+            vec![origin, acrm]
+        )
+        .await,
+        200
+    );
+    assert_eq!(up.last().uri, "/spa/x?n=1");
+    assert_eq!(up.count(), 2);
+
+    // Not preflights: they get the bearer check, and none reaches the upstream.
+    assert_eq!(call("OPTIONS", "/spa/x", vec![origin]).await, 401);
+    assert_eq!(call("OPTIONS", "/spa/x", vec![acrm]).await, 401);
+    assert_eq!(call("GET", "/spa/x", vec![origin, acrm]).await, 401);
+    let forged = ("authorization", "Bearer forged.token.here");
+    assert_ne!(
+        call("OPTIONS", "/spa/x", vec![origin, acrm, forged]).await,
+        200
+    );
+    // A route without the key.
+    assert_eq!(call("OPTIONS", "/api/x", vec![origin, acrm]).await, 401);
+    assert_eq!(up.count(), 2);
+
+    let text = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
+        .await
+        .body;
+    assert!(
+        text.contains("bearward_requests_total{route=\"/spa*\",status=\"200\",decision=\"allow\",reason=\"cors_preflight\"} 2\n"),
+        "{text}"
+    );
+}
+
 /// RFC 9110 7.6.3: a gateway sends `Via` in each request it forwards, after any chain the
 /// client's request came through, naming the protocol it came in on.
 #[tokio::test]

@@ -593,6 +593,7 @@ upstream = "a"
             scopes: all.iter().map(|s| s.to_string()).collect(),
             scopes_any: any.iter().map(|s| s.to_string()).collect(),
             token_in_query: false,
+            cors_preflight: false,
             audit: false,
         }
     }

@@ -115,6 +115,7 @@ pub struct RouteFile {
     pub scopes: Option<Spanned<Vec<Spanned<String>>>>,
     pub scopes_any: Option<Spanned<Vec<Spanned<String>>>>,
     pub token_in_query: Option<bool>,
+    pub cors_preflight: Option<Spanned<bool>>,
     pub mode: Option<Spanned<Mode>>,
 }
 

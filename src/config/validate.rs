@@ -580,6 +580,32 @@ fn route(
         }
     }
 
+    let cors_preflight = r.cors_preflight.as_ref().is_some_and(|c| *c.get_ref());
+    if let Some(c) = &r.cors_preflight {
+        if *c.get_ref() && auth != AuthMode::Bearer {
+            cx.err(
+                c.span(),
+                &key("cors_preflight"),
+                format!(
+                    "only applies to auth = \"bearer\"; this route has auth = \"{}\"",
+                    auth.as_str()
+                ),
+            );
+            ok = false;
+        }
+        let without_options = methods
+            .as_ref()
+            .is_some_and(|ms: &Vec<http::Method>| !ms.contains(&http::Method::OPTIONS));
+        if *c.get_ref() && without_options {
+            cx.err(
+                c.span(),
+                &key("cors_preflight"),
+                "preflights are OPTIONS requests: add \"OPTIONS\" to this route's methods",
+            );
+            ok = false;
+        }
+    }
+
     let name: Arc<str> = match (&r.name, &matcher) {
         (Some(n), _) => {
             let valid = !n.get_ref().is_empty()
@@ -614,6 +640,7 @@ fn route(
         scopes,
         scopes_any,
         token_in_query: r.token_in_query.unwrap_or(false),
+        cors_preflight,
         audit: r.mode.as_ref().map_or(default_mode, |m| *m.get_ref()) == Mode::Audit,
     })
 }
