@@ -322,6 +322,17 @@ def wrk(port, connections, duration, header=None, script=None):
     return {"rps": rps, "requests": requests, "p50": pct(50), "p99": pct(99), "non2xx": int(non2xx.group(1)) if non2xx else 0, "errors": errors.group(1) if errors else ""}
 
 
+def source_state():
+    """The commit the build measures, and whether the working tree differs from it: the build
+    takes the working tree, so an edit made while a run is going ends up measured."""
+    def git(*a):
+        r = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+    commit = git("rev-parse", "--short", "HEAD") or "an unknown commit"
+    dirty = git("status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock", "build.rs")
+    return commit + (" plus uncommitted changes to src/ or Cargo.*" if dirty else "")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
@@ -341,6 +352,7 @@ def main():
                     help="shared: upstream and proxy on CPU 1 (the issue's layout); isolated: upstream "
                          "with wrk on CPU 0, the proxy alone on CPU 1, so no proxy is preempted by the upstream")
     args = ap.parse_args()
+    built = source_state() if (args.pgo or not args.no_build) else None
 
     ensure_tools()
     if args.pgo:
@@ -468,6 +480,8 @@ def main():
         print(f"({where}; {args.connections} connections; {args.duration} s runs; medians of {args.rounds} rounds;"
               " usr/sys us and sw/req: the candidate's own user and system CPU time and context switches per request;"
               " range: the lowest and highest of the per-round ratios)")
+        if built:
+            print(f"(bearward built from {built})")
     finally:
         stop(procs.values(), d)
 
