@@ -352,7 +352,6 @@ def main():
                     help="shared: upstream and proxy on CPU 1 (the issue's layout); isolated: upstream "
                          "with wrk on CPU 0, the proxy alone on CPU 1, so no proxy is preempted by the upstream")
     args = ap.parse_args()
-    built = source_state() if (args.pgo or not args.no_build) else None
 
     ensure_tools()
     if args.pgo:
@@ -361,6 +360,8 @@ def main():
         args.bearward = out.strip().splitlines()[-1]
     if not args.no_build:
         sh(["cargo", "build", "--release", "--locked", "--quiet", "--bin", "bearward"], cwd=ROOT)
+    # After the builds, so an edit made while they ran shows.
+    built = source_state() if (args.pgo or not args.no_build) else None
     d = tempfile.mkdtemp(prefix="bearward-load-")
     keys = Keys()
     open(f"{d}/jwks.json", "w").write(json.dumps(keys.jwks))
