@@ -64,6 +64,11 @@ struct FetchLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AbortLabels {
     upstream: String,
     reason: &'static str,
@@ -214,6 +219,15 @@ impl Metrics {
             Unit::Seconds,
             m.jwks_age.clone(),
         );
+        // Prometheus' `_info` convention: a constant 1 whose labels say what is running, so a
+        // dashboard can tell which version answered (`--version` prints the same).
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "bearward's version, as a label", build_info);
         registry.register(
             "config_reloads",
             "Config reloads by outcome (ok, error)",

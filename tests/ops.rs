@@ -93,6 +93,17 @@ async fn metrics_count_a_known_mix_exactly() {
     };
     assert_eq!(req("/api/read*", 200, "allow", "ok"), 3.0, "{text}");
     assert_eq!(
+        metric(
+            &text,
+            &format!(
+                "bearward_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
         req("/api/read*", 401, "deny", "missing_token"),
         2.0,
         "{text}"
