@@ -337,17 +337,12 @@ impl Gateway {
         // tells the upstream (identity, audit note) is added in `forward`, after the client's
         // hop-by-hop headers are gone, so no `Connection` option can strip it.
         let mut identity = None;
+        let bearer = route.auth == AuthMode::Bearer;
+        let preflight = bearer && route.cors_preflight && is_cors_preflight(&req);
         let verdict = match route.auth {
             AuthMode::None => Ok(()),
             AuthMode::Deny => Err(Rejection::Denied),
-            AuthMode::Bearer if route.cors_preflight && is_cors_preflight(&req) => {
-                // Unchecked, so no token it carries may pass as checked: a query token is
-                // dropped (a preflight's URL is the call's, query and all).
-                if route.token_in_query {
-                    if let Some(stripped) = crate::auth::strip_query_token(&target) {
-                        target = stripped;
-                    }
-                }
+            AuthMode::Bearer if preflight => {
                 out.reason = "cors_preflight";
                 Ok(())
             }
@@ -365,12 +360,16 @@ impl Gateway {
                 result.outcome.map_err(Rejection::Auth)
             }
         };
-        if route.auth == AuthMode::Bearer && self.config.forward.strip_authorization {
+        let strip = bearer && self.config.forward.strip_authorization;
+        if strip {
             req.headers_mut().remove(header::AUTHORIZATION);
-            if route.token_in_query {
-                if let Some(stripped) = crate::auth::strip_query_token(&target) {
-                    target = stripped;
-                }
+        }
+        // A query token goes with `strip_authorization` where the route reads one, and always
+        // from a preflight: it was never checked (a preflight's URL is the call's, query and
+        // all), so it must not reach the upstream as if it had been.
+        if (strip && route.token_in_query) || preflight {
+            if let Some(stripped) = crate::auth::strip_query_token(&target) {
+                target = stripped;
             }
         }
         let audit = match verdict {

@@ -288,6 +288,7 @@ async fn cors_preflights_pass_only_where_allowed_and_only_as_preflights() {
         "[[routes]]\nprefix = \"/api\"",
         "[[routes]]\nprefix = \"/spa\"\nscopes = [\"read\"]\nupstream = \"app\"\n\
          cors_preflight = true\ntoken_in_query = true\nmethods = [\"GET\", \"OPTIONS\"]\n\n\
+         [[routes]]\nprefix = \"/spa2\"\nscopes = [\"read\"]\nupstream = \"app\"\ncors_preflight = true\n\n\
          [[routes]]\nprefix = \"/api\"",
     );
     let gw = Gateway::start(&cfg).await;
@@ -317,6 +318,17 @@ async fn cors_preflights_pass_only_where_allowed_and_only_as_preflights() {
     );
     assert_eq!(up.last().uri, "/spa/x?n=1");
     assert_eq!(up.count(), 2);
+    // Also on a route that reads no query token: an unchecked token never goes upstream.
+    assert_eq!(
+        call(
+            "OPTIONS",
+            "/spa2/x?access_token=abc.def.ghi",
+            vec![origin, acrm]
+        )
+        .await,
+        200
+    );
+    assert_eq!(up.last().uri, "/spa2/x");
 
     // Not preflights: they get the bearer check, and none reaches the upstream.
     assert_eq!(call("OPTIONS", "/spa/x", vec![origin]).await, 401);
@@ -329,7 +341,7 @@ async fn cors_preflights_pass_only_where_allowed_and_only_as_preflights() {
     );
     // A route without the key.
     assert_eq!(call("OPTIONS", "/api/x", vec![origin, acrm]).await, 401);
-    assert_eq!(up.count(), 2);
+    assert_eq!(up.count(), 3);
 
     let text = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
         .await
