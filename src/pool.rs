@@ -24,6 +24,7 @@
 //! - upgrades (101) take the connection out of the pool for good.
 
 use crate::body::{self, Body, BoxError};
+use crate::config::UpstreamConfig;
 use crate::h1client::{self, Chunked, Decoded, Malformed, RequestFraming, ResponseFraming};
 use crate::proxy::{BodyStalled, ProxyError};
 use crate::telemetry::Metrics;
@@ -94,23 +95,16 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool for the upstream `name` at `host:port`.
-    pub fn new(
-        (name, metrics): (String, Arc<Metrics>),
-        addr: String,
-        connect_timeout: Duration,
-        stall_timeout: Duration,
-        idle_timeout: Duration,
-        max_idle: usize,
-    ) -> Arc<Pool> {
+    /// The pool for one configured upstream; its broken responses are counted in `metrics`.
+    pub fn new(upstream: &UpstreamConfig, metrics: Arc<Metrics>) -> Arc<Pool> {
         Arc::new(Pool {
-            name,
+            name: upstream.name.clone(),
             metrics,
-            addr,
-            connect_timeout,
-            stall_timeout,
-            idle_timeout,
-            max_idle,
+            addr: upstream.authority.to_string(),
+            connect_timeout: upstream.connect_timeout,
+            stall_timeout: upstream.request_timeout,
+            idle_timeout: upstream.idle_timeout,
+            max_idle: upstream.max_idle_connections,
             idle: Mutex::new(Vec::new()),
         })
     }

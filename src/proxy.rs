@@ -195,14 +195,7 @@ impl Upstreams {
             .iter()
             .map(|u| UpstreamClient {
                 config: u.clone(),
-                pool: Pool::new(
-                    (u.name.clone(), metrics.clone()),
-                    u.authority.to_string(),
-                    u.connect_timeout,
-                    u.request_timeout,
-                    u.idle_timeout,
-                    u.max_idle_connections,
-                ),
+                pool: Pool::new(u, metrics.clone()),
             })
             .collect();
         Upstreams {
