@@ -580,28 +580,24 @@ fn route(
         }
     }
 
-    let cors_preflight = r.cors_preflight.as_ref().is_some_and(|c| *c.get_ref());
-    if let Some(c) = &r.cors_preflight {
-        if *c.get_ref() && auth != AuthMode::Bearer {
-            cx.err(
-                c.span(),
-                &key("cors_preflight"),
-                format!(
-                    "only applies to auth = \"bearer\"; this route has auth = \"{}\"",
-                    auth.as_str()
-                ),
-            );
-            ok = false;
-        }
-        let without_options = methods
+    // Only a `true` needs checking: `cors_preflight = false` is the default, fine anywhere.
+    let cors_preflight = r.cors_preflight.as_ref().filter(|c| *c.get_ref());
+    if let Some(c) = cors_preflight {
+        let problem = if auth != AuthMode::Bearer {
+            Some(format!(
+                "only applies to auth = \"bearer\"; this route has auth = \"{}\"",
+                auth.as_str()
+            ))
+        } else if methods
             .as_ref()
-            .is_some_and(|ms: &Vec<http::Method>| !ms.contains(&http::Method::OPTIONS));
-        if *c.get_ref() && without_options {
-            cx.err(
-                c.span(),
-                &key("cors_preflight"),
-                "preflights are OPTIONS requests: add \"OPTIONS\" to this route's methods",
-            );
+            .is_some_and(|ms: &Vec<http::Method>| !ms.contains(&http::Method::OPTIONS))
+        {
+            Some("preflights are OPTIONS requests: add \"OPTIONS\" to this route's methods".into())
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            cx.err(c.span(), &key("cors_preflight"), problem);
             ok = false;
         }
     }
@@ -640,7 +636,7 @@ fn route(
         scopes,
         scopes_any,
         token_in_query: r.token_in_query.unwrap_or(false),
-        cors_preflight,
+        cors_preflight: cors_preflight.is_some(),
         audit: r.mode.as_ref().map_or(default_mode, |m| *m.get_ref()) == Mode::Audit,
     })
 }
