@@ -720,22 +720,14 @@ async fn strip_authorization_drops_the_token_upstream() {
     assert!(!up.last().headers.contains_key("authorization"));
 
     // A query token goes too, on a route that takes one; the rest of the query stays.
-    let a = get(
-        &client(),
-        &gw.url(&format!("/api/query/x?a=1&access_token={t}&b=2")),
-        &[],
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::OK);
-    assert_eq!(up.last().uri, "/api/query/x?a=1&b=2");
-    let a = get(
-        &client(),
-        &gw.url(&format!("/api/query/x?access_token={t}")),
-        &[],
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::OK);
-    assert_eq!(up.last().uri, "/api/query/x");
+    for (query, forwarded) in [
+        (format!("a=1&access_token={t}&b=2"), "/api/query/x?a=1&b=2"),
+        (format!("access_token={t}"), "/api/query/x"),
+    ] {
+        let a = get(&client(), &gw.url(&format!("/api/query/x?{query}")), &[]).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(up.last().uri, forwarded);
+    }
 }
 
 /// Without `strip_authorization` the token is forwarded as it came, in the query as in the
