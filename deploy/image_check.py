@@ -6,12 +6,12 @@
 
 Runs the image (host network, Linux) locked down as deploy/kubernetes runs it (read-only root
 file system, all capabilities dropped, no privilege escalation), with a config directory
-mounted read-only where the image expects it, in front of an upstream and a JWKS served over HTTP by this script on 127.0.0.1, and checks what
-a deployment relies on: the process runs as uid 10001; /readyz turns 200 once the keys are
-fetched over the network; a valid token is forwarded with its claim headers; a missing,
-tampered or under-scoped token is refused with 401 or 403 and never reaches the upstream;
-/metrics counts the refusals; SIGHUP (`docker kill -s HUP`) reloads a changed config; SIGTERM
-(`docker stop`) ends it with status 0.
+mounted read-only where the image expects it, in front of an upstream and a JWKS served over
+HTTP by this script on 127.0.0.1, and checks what a deployment relies on: the process runs as
+uid 10001; /readyz turns 200 once the keys are fetched over the network; a valid token is
+forwarded with its claim headers; a missing, tampered or under-scoped token is refused with 401
+or 403 and never reaches the upstream; /metrics counts the refusals; SIGHUP (`docker kill -s
+HUP`) reloads a changed config; SIGTERM (`docker stop`) ends it with status 0.
 Needs docker and Python's `cryptography` (installed with pip if missing).
 """
 
