@@ -184,6 +184,16 @@ async fn ambiguous_or_malformed_responses_are_refused_and_their_connection_close
     }
 }
 
+/// `GET /public/a` on a connection of its own, read to its close: what a client saw of a
+/// response that broke off.
+async fn get_closing(gw: &Gateway) -> String {
+    raw(
+        gw.addr,
+        b"GET /public/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_malformed_chunk_breaks_the_client_response_and_the_connection() {
     let up = Scripted::start(vec![
@@ -192,11 +202,7 @@ async fn a_malformed_chunk_breaks_the_client_response_and_the_connection() {
     ])
     .await;
     let gw = gateway(&up).await;
-    let out = raw(
-        gw.addr,
-        b"GET /public/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let out = get_closing(&gw).await;
     // The client sees the connection close before a complete response (how much of the head
     // and the first chunk got out first depends on buffering), never a cleanly ended body.
     assert!(
@@ -220,11 +226,7 @@ async fn an_upstream_that_closes_mid_body_is_counted_and_logged_as_an_abort() {
     )])
     .await;
     let gw = gateway(&up).await;
-    let out = raw(
-        gw.addr,
-        b"GET /public/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let out = get_closing(&gw).await;
     assert!(out.is_empty() || out.ends_with("abc"), "{out:?}");
     assert_eq!(aborts(&gw, "upstream_closed_mid_body").await, "1");
 }
