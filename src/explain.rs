@@ -65,6 +65,14 @@ pub async fn explain(
 ) -> (String, Verdict) {
     let mut out = String::new();
     let _ = writeln!(out, "request    {method} {target}");
+    if !crate::routes::is_plain_method(method.as_str()) {
+        let _ = writeln!(
+            out,
+            "method     FAIL invalid_method: methods are upper-case letters, `-` and `_`"
+        );
+        answer(&mut out, StatusCode::BAD_REQUEST, None);
+        return (out, Verdict::Refuse);
+    }
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),

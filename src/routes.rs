@@ -56,6 +56,16 @@ impl PathMatch {
     }
 }
 
+/// Methods are case-sensitive tokens (RFC 9110 9.1), so `post` is not `POST` and misses a
+/// route limited to `POST`, yet some upstream servers fold it to `POST`: the request would run
+/// under another route's policy. As nginx does, bearward takes only methods of upper-case
+/// letters, `-` and `_` (every standard and WebDAV method), in requests and in `methods`.
+pub fn is_plain_method(m: &str) -> bool {
+    !m.is_empty()
+        && m.bytes()
+            .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+}
+
 fn prefix_matches(prefix: &str, path: &str) -> bool {
     if prefix == "/" {
         return true;

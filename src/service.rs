@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! framing   -> refuse ambiguous HTTP/1 framing (smuggling) ............ 400
+//!              and transfer codings other than a lone chunked ......... 501
+//! method    -> upper-case letters, `-` and `_` only ................... 400
 //! target    -> origin-form only; one valid Host; canonicalize the path .. 400
 //! route     -> first match in file order .............................. 404
 //! policy    -> deny / none / bearer ................................... 403
@@ -38,6 +40,8 @@ pub const AUDIT_HEADER: HeaderName = HeaderName::from_static("x-bearward-audit")
 pub enum Rejection {
     /// 400 with a fixed reason.
     BadRequest(&'static str),
+    /// 501: a request bearward cannot pass on faithfully.
+    NotImplemented(&'static str),
     /// 404: no route.
     NoRoute,
     /// 403: `auth = "deny"`.
@@ -54,7 +58,7 @@ impl Rejection {
     /// Fixed reason for logs and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            Rejection::BadRequest(r) => r,
+            Rejection::BadRequest(r) | Rejection::NotImplemented(r) => r,
             Rejection::NoRoute => "no_route",
             Rejection::Denied => "route_denied",
             Rejection::Auth(e) => e.reason(),
@@ -67,6 +71,7 @@ impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
             Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Rejection::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Rejection::NoRoute => StatusCode::NOT_FOUND,
             Rejection::Denied => StatusCode::FORBIDDEN,
             Rejection::Auth(e) => e.status(),
@@ -106,6 +111,7 @@ impl Rejection {
         }
         // The rest of these requests' bodies cannot be trusted to frame a next request.
         if let Rejection::BadRequest("ambiguous_framing")
+        | Rejection::NotImplemented("unsupported_transfer_coding")
         | Rejection::Proxy(ProxyError::BodyTimeout | ProxyError::ClientBody) = self
         {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -137,6 +143,30 @@ fn is_cors_preflight<B>(req: &Request<B>) -> bool {
         && h.contains_key(header::ORIGIN)
         && h.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
         && !h.contains_key(header::AUTHORIZATION)
+}
+
+/// RFC 9112 6.1: hyper decodes the final `chunked` of a request and hands on whatever lies
+/// under it, so the body of `Transfer-Encoding: gzip, chunked` would reach the upstream still
+/// compressed, with nothing saying so. As nginx does, a lone `chunked` is the one coding
+/// accepted: any other is 501 (the RFC's answer to a coding a server does not understand), and
+/// `chunked` twice (in one line or two) is 400 (a sender MUST NOT apply it twice). hyper has
+/// already refused a coding list that does not end in `chunked`. HTTP/2 has no such header.
+fn check_transfer_coding(headers: &http::HeaderMap) -> Result<(), Rejection> {
+    let mut chunked = 0;
+    for line in headers.get_all(header::TRANSFER_ENCODING) {
+        for coding in line.as_bytes().split(|b| *b == b',') {
+            let coding = coding.trim_ascii();
+            if coding.eq_ignore_ascii_case(b"chunked") {
+                chunked += 1;
+            } else if !coding.is_empty() {
+                return Err(Rejection::NotImplemented("unsupported_transfer_coding"));
+            }
+        }
+    }
+    if chunked > 1 {
+        return Err(Rejection::BadRequest("ambiguous_framing"));
+    }
+    Ok(())
 }
 
 /// Headers bearward adds for the upstream. They go in after `proxy::prepare_request` has
@@ -297,6 +327,10 @@ impl Gateway {
         }
         if req.headers().get_all(header::CONTENT_LENGTH).iter().count() > 1 {
             return Err(Rejection::BadRequest("ambiguous_framing"));
+        }
+        check_transfer_coding(req.headers())?;
+        if !crate::routes::is_plain_method(req.method().as_str()) {
+            return Err(Rejection::BadRequest("invalid_method"));
         }
 
         // target: HTTP/2 always carries scheme and authority; HTTP/1 must use origin-form.

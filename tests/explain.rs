@@ -135,3 +135,24 @@ fn no_token_and_no_route() {
     assert_eq!(code, 2);
     assert!(out.contains("404"), "{out}");
 }
+
+#[test]
+fn a_lowercase_method_is_refused_as_the_proxy_refuses_it() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bearward"))
+        .args([
+            "explain",
+            "--config",
+            "tests/fixtures/explain.toml",
+            "--method",
+            "get",
+            "--path",
+            "/api/orders/7",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("FAIL invalid_method"), "{text}");
+    assert!(text.contains("answer     400"), "{text}");
+}

@@ -656,6 +656,80 @@ async fn smuggling_shaped_requests_are_refused() {
     assert_eq!(seen[0].uri, "/public/x");
 }
 
+/// Requests bearward could only pass on wrongly: a transfer coding under `chunked` (hyper
+/// would hand on the body still coded, with nothing saying so), `chunked` applied twice, and a
+/// method that is not upper case (it misses a route's `methods` while some upstreams fold it to
+/// the method it spells). Each is refused with its reason, nginx's status, and reaches nothing.
+#[tokio::test]
+async fn codings_under_chunked_and_lowercase_methods_are_refused() {
+    let (up, gw, _) = setup("").await;
+    let cases: &[(&str, u16, &str)] = &[
+        (
+            "POST /public/x HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            501,
+            "not_implemented: unsupported_transfer_coding",
+        ),
+        (
+            "POST /public/x HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            501,
+            "not_implemented: unsupported_transfer_coding",
+        ),
+        (
+            "POST /public/x HTTP/1.1\r\nTransfer-Encoding: chunked, Chunked\r\n\r\n0\r\n\r\n",
+            400,
+            "bad request: ambiguous_framing",
+        ),
+        (
+            "POST /public/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+            "bad request: ambiguous_framing",
+        ),
+        (
+            "get /public/x HTTP/1.1\r\nConnection: close\r\n\r\n",
+            400,
+            "bad request: invalid_method",
+        ),
+        (
+            "Delete /public/x HTTP/1.1\r\nConnection: close\r\n\r\n",
+            400,
+            "bad request: invalid_method",
+        ),
+    ];
+    for (head, status, body) in cases {
+        let (line, rest) = head.split_once("\r\n").unwrap();
+        let req = format!("{line}\r\nHost: x\r\n{rest}");
+        let resp = raw(gw.addr, req.as_bytes()).await;
+        assert_eq!(raw_status(&resp), *status, "{head:?}: {resp}");
+        assert!(resp.ends_with(&format!("{body}\n")), "{head:?}: {resp}");
+        // The body under an unknown coding is not read, so nothing after it can pass as a
+        // next request.
+        if *status == 501 {
+            assert!(resp.contains("connection: close"), "{resp}");
+        }
+    }
+    assert_eq!(up.count(), 0, "nothing reached the upstream");
+    let metrics = metrics_after_close(&gw).await;
+    for want in [
+        r#"status="501",decision="deny",reason="unsupported_transfer_coding"} 2"#,
+        r#"reason="invalid_method"} 2"#,
+    ] {
+        assert!(metrics.contains(want), "{want}: {metrics}");
+    }
+
+    // The methods that are meant stay untouched: a lone `chunked`, WebDAV's `-` methods.
+    for req in [
+        "POST /public/c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "VERSION-CONTROL /public/v HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ] {
+        let resp = raw(gw.addr, req.as_bytes()).await;
+        assert_eq!(raw_status(&resp), 200, "{req:?}: {resp}");
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].body, b"hello");
+    assert_eq!(seen[1].method, "VERSION-CONTROL");
+}
+
 /// An `Upgrade` header that upgrades nothing (no `Connection: upgrade`, or an upgrade that is
 /// refused), or a refused `CONNECT`, must not switch off the smuggling check for the requests
 /// after it.

@@ -513,14 +513,14 @@ fn route(
             let mut out = Vec::new();
             for (j, m) in list.get_ref().iter().enumerate() {
                 let name = m.get_ref();
-                let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_uppercase());
+                let valid = crate::routes::is_plain_method(name);
                 match http::Method::from_bytes(name.as_bytes()) {
                     Ok(method) if valid => out.push(method),
                     _ => {
                         cx.err(
                             m.span(),
                             &format!("routes[{i}].methods[{j}]"),
-                            format!("{name:?} is not an HTTP method (methods are upper case, e.g. \"GET\")"),
+                            format!("{name:?} is not an HTTP method (methods are upper-case letters, `-` and `_`, e.g. \"GET\")"),
                         );
                         ok = false;
                     }
