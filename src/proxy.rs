@@ -149,10 +149,21 @@ fn strip_hop_by_hop_except_upgrade(headers: &mut HeaderMap, keep_upgrade: bool) 
     }
 }
 
-/// Is this an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`)?
+/// Is this an HTTP/1.1 WebSocket upgrade request (`Connection: upgrade` + `Upgrade: websocket`)?
+///
+/// WebSocket is the one protocol passed: once the upstream answers 101, bearward sees nothing
+/// more of the connection, so a protocol that carries HTTP requests would carry them past every
+/// route's policy. `Upgrade: h2c` is the known case ("h2c smuggling": a tunnel, opened on an
+/// open route, then used to ask the upstream for anything). Any other `Upgrade` is dropped with
+/// the other hop-by-hop headers and the request goes on as a plain one, which RFC 9110 7.8
+/// lets a server do; Envoy passes only the upgrade types a route names, websocket the usual one.
 pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
+    let mut upgrade = req.headers().get_all(header::UPGRADE).iter();
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+        && matches!(
+            (upgrade.next(), upgrade.next()),
+            (Some(v), None) if v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket")
+        )
         && connection_has(req.headers(), "upgrade")
 }
 

@@ -526,6 +526,52 @@ async fn open_websocket(addr: std::net::SocketAddr) -> (TcpStream, String) {
     (s, String::from_utf8(head).unwrap())
 }
 
+/// h2c smuggling: an `Upgrade: h2c` passed through would let a client open an HTTP/2 tunnel on
+/// an open route and then ask the upstream for any path, past every policy. Only WebSocket is
+/// passed; any other upgrade reaches the upstream as a plain request, without its `Upgrade`,
+/// and a 101 the upstream sends anyway (this test upstream upgrades whatever reaches `/ws`) is
+/// a 502, never a tunnel.
+#[tokio::test]
+async fn only_websocket_upgrades_are_passed() {
+    let (up, gw, _) = setup("").await;
+    for (i, upgrade) in [
+        "h2c",
+        "websocket, h2c",
+        "TLS/1.2",
+        "websocket\r\nUpgrade: h2c",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let resp = raw(
+            gw.addr,
+            format!(
+                "GET /public/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
+                 Upgrade: {upgrade}\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\
+                 Connection: close\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(raw_status(&resp), 502, "{upgrade:?}: {resp}");
+        let seen = up.seen();
+        assert_eq!(seen.len(), i + 1, "{upgrade:?}");
+        let h = &seen[i].headers;
+        assert!(
+            !h.contains_key("upgrade") && !h.contains_key("connection"),
+            "{upgrade:?}: {h:?}"
+        );
+    }
+    // Elsewhere the upgrade is just left out, and the request served.
+    let resp = raw(
+        gw.addr,
+        b"GET /public/x HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: h2c\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    assert!(!up.last().headers.contains_key("upgrade"));
+}
+
 #[tokio::test]
 async fn websocket_upgrade_passes_through() {
     let (up, gw, _) = setup("").await;
