@@ -405,6 +405,9 @@ pub fn prepare_request(
 
     let headers = req.headers_mut();
     strip_hop_by_hop_except_upgrade(headers, upgrade);
+    if version == Version::HTTP_2 {
+        join_h2_cookies(headers);
+    }
 
     // What replaces the client's headers of these names is written into the upstream head
     // directly (h1client::HeadRewrite); the client's own never pass.
@@ -444,6 +447,26 @@ pub fn prepare_request(
         HeaderValue::from_str(upstream.authority.as_str()).ok()
     };
     Ok(rewrite)
+}
+
+/// RFC 9113 8.2.3: HTTP/2 clients may send each cookie as its own `cookie` field (it compresses
+/// better), and those MUST be joined with `"; "` before they go on over HTTP/1.1, where a
+/// request carries one `Cookie` line and servers commonly read only the first.
+fn join_h2_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let joined = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    // Joined from valid values with ASCII, so it is valid.
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
 }
 
 /// `Via` for the upstream (RFC 9110 7.6.3: a gateway MUST send one in each inbound request): the

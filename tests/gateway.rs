@@ -600,7 +600,10 @@ async fn websocket_upgrade_passes_through() {
 async fn h2c_prior_knowledge_works() {
     let (up, gw, _) = setup("").await;
     let (mut sender, _conn) = h2_connect(gw.addr, None).await;
+    // Cookies sent as separate fields, as h2 clients may (RFC 9113 8.2.3).
     let req = Request::get("http://api.example.com:8443/public/h2?x=1")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2; c=3")
         .body(Empty::<Bytes>::new())
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();
@@ -612,6 +615,9 @@ async fn h2c_prior_knowledge_works() {
     assert_eq!(seen.uri, "/public/h2?x=1");
     assert_eq!(seen.version, http::Version::HTTP_11);
     assert_eq!(seen.headers["host"], "api.example.com:8443");
+    // One Cookie line over HTTP/1.1, the fields joined with "; ".
+    let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; b=2; c=3"]);
 
     // The bearer check applies over h2 too.
     let req = Request::get(format!("http://{}/api/x", gw.addr))
