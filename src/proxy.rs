@@ -428,7 +428,10 @@ pub fn prepare_request(
         let chain = format!("{}, {}", prior.join(", "), client.peer.ip());
         HeaderValue::from_str(&chain).unwrap_or_else(|_| client.peer_ip.clone())
     };
-    let mut rewrite = HeadRewrite::default();
+    let mut rewrite = HeadRewrite {
+        untrusted: !trusted,
+        ..HeadRewrite::default()
+    };
     rewrite.replace[0] = Some((xff, Some(value)));
     if !(trusted && headers.contains_key(&xfp)) {
         rewrite.replace[1] = Some((xfp, Some(HeaderValue::from_static("http"))));
