@@ -86,13 +86,7 @@ pub async fn explain(
         }
     };
     let _ = writeln!(out, "canonical  {canonical}");
-    let Some((index, route)) = config
-        .routes
-        .routes()
-        .iter()
-        .enumerate()
-        .find(|(_, r)| r.matches(method, &canonical))
-    else {
+    let Some((index, route)) = config.routes.find(method, &canonical) else {
         let _ = writeln!(
             out,
             "route      none matches: 404, the upstream is never contacted"
@@ -101,6 +95,17 @@ pub async fn explain(
         return (out, Verdict::Refuse);
     };
     let _ = writeln!(out, "route      {}", describe(index, route));
+    if !config
+        .routes
+        .overrides_stay(&HeaderMap::new(), query, &canonical, index)
+    {
+        let _ = writeln!(
+            out,
+            "method     FAIL method_override: the query's _method names a method this route does not serve"
+        );
+        answer(&mut out, StatusCode::BAD_REQUEST, None);
+        return (out, Verdict::Refuse);
+    }
     let upstream = &config.upstreams[route.upstream];
     let forward_line = format!(
         "forward    to upstream \"{}\" ({}://{})",

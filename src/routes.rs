@@ -2,8 +2,16 @@
 //! by segment-aware prefix (`prefix`), optionally restricted to methods; the first match in file
 //! order wins.
 
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Method;
 use std::sync::Arc;
+
+/// The headers by which frameworks let a request name another method than its own.
+static METHOD_OVERRIDES: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
 
 /// What a route does with the requests it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +152,46 @@ impl RouteTable {
             .iter()
             .enumerate()
             .find(|(_, r)| r.matches(method, path))
+    }
+
+    /// Would every method override of the request leave it on route `index`?
+    ///
+    /// A method override (`X-HTTP-Method-Override: DELETE` on a `POST`, or `?_method=DELETE`)
+    /// makes Express, Symfony, Laravel and Google's APIs run another method than the one sent,
+    /// and routes pick their policy by method: a client allowed to `POST` could `DELETE`. An
+    /// override passes only when it names a plain method that the same route would serve;
+    /// otherwise the upstream would run the request under another route's policy. A `_method`
+    /// field in a form body is out of sight (bodies are streamed, not read).
+    pub fn overrides_stay(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        path: &str,
+        index: usize,
+    ) -> bool {
+        let named = METHOD_OVERRIDES
+            .iter()
+            .flat_map(|h| headers.get_all(h))
+            .map(|v: &HeaderValue| v.as_bytes().to_vec());
+        // Frameworks read the query decoded: `%5Fmethod=DEL%45TE` is `_method=DELETE`.
+        let decode = |s: &str| percent_encoding::percent_decode_str(s).collect::<Vec<u8>>();
+        let in_query = query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter_map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (k == "_method" || k.contains('%') && decode(k) == b"_method").then(|| decode(v))
+            });
+        named.chain(in_query).all(|m| {
+            // The frameworks upper-case the name (Rails forms send `_method=delete`).
+            let m = m.trim_ascii().to_ascii_uppercase();
+            std::str::from_utf8(&m)
+                .ok()
+                .filter(|m| is_plain_method(m))
+                .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+                .and_then(|m| self.find(&m, path))
+                .is_some_and(|(i, _)| i == index)
+        })
     }
 
     /// All routes, in order.

@@ -6,6 +6,7 @@
 //! method    -> upper-case letters, `-` and `_` only ................... 400
 //! target    -> origin-form only; one valid Host; canonicalize the path .. 400
 //! route     -> first match in file order .............................. 404
+//!              a method override must keep the request on its route ... 400
 //! policy    -> deny / none / bearer ................................... 403
 //! identity  -> strip client-sent identity headers (always, every route)
 //! auth      -> token -> keys -> signature -> claims -> scopes ......... 401/403/400/503
@@ -350,6 +351,14 @@ impl Gateway {
             out.path = Some(path);
             return Err(Rejection::NoRoute);
         };
+        if !self
+            .config
+            .routes
+            .overrides_stay(req.headers(), req.uri().query(), &path, index)
+        {
+            out.path = Some(path);
+            return Err(Rejection::BadRequest("method_override"));
+        }
         // The canonical path plus the untouched query is what the upstream is asked for.
         // The path is kept for the access log only when there is one.
         let (mut target, logged) = match (req.uri().query(), self.config.server.access_log) {

@@ -156,3 +156,31 @@ fn a_lowercase_method_is_refused_as_the_proxy_refuses_it() {
     assert!(text.contains("FAIL invalid_method"), "{text}");
     assert!(text.contains("answer     400"), "{text}");
 }
+
+#[test]
+fn a_query_method_override_that_leaves_the_route_is_refused() {
+    let cfg = std::fs::read_to_string("tests/fixtures/explain.toml").unwrap().replacen(
+        "[[routes]]",
+        "[[routes]]\nprefix = \"/api/orders\"\nmethods = [\"GET\"]\nauth = \"none\"\nupstream = \"legacy\"\n\n[[routes]]",
+        1,
+    );
+    let file = std::env::temp_dir().join(format!("bearward-explain-{}.toml", std::process::id()));
+    std::fs::write(&file, cfg).unwrap();
+    let run = |path: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_bearward"))
+            .args(["explain", "--config"])
+            .arg(&file)
+            .args(["--method", "GET", "--path", path])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (String::from_utf8(out.stdout).unwrap(), out.status.code())
+    };
+    let (text, code) = run("/api/orders/7?_method=delete");
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("FAIL method_override"), "{text}");
+    assert!(text.contains("answer     400"), "{text}");
+    let (text, code) = run("/api/orders/7?_method=GET");
+    assert_eq!(code, Some(0), "{text}");
+    std::fs::remove_file(&file).unwrap();
+}

@@ -805,6 +805,52 @@ async fn codings_under_chunked_and_lowercase_methods_are_refused() {
     assert_eq!(seen[1].method, "VERSION-CONTROL");
 }
 
+/// A method override makes frameworks run another method than the one sent, and routes pick
+/// their policy by method: an override passes only when the same route would serve the method
+/// it names.
+#[tokio::test]
+async fn a_method_override_must_stay_on_its_route() {
+    let up = Upstream::start().await;
+    let cfg = basic_config(&up.url(), "").replace(
+        "[[routes]]\nprefix = \"/public\"",
+        "[[routes]]\nprefix = \"/m\"\nmethods = [\"GET\", \"PUT\"]\nupstream = \"app\"\nauth = \"none\"\n\n\
+         [[routes]]\nprefix = \"/m\"\nupstream = \"app\"\nauth = \"deny\"\n\n\
+         [[routes]]\nprefix = \"/public\"",
+    );
+    let gw = Gateway::start(&cfg).await;
+    let c = client();
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16);
+    let cases: &[Case] = &[
+        ("/m/a", &[("x-http-method-override", "PUT")], 200),
+        ("/m/b", &[("x-http-method", "get")], 200),
+        ("/m/c?a_method=DELETE&x=1", &[], 200),
+        ("/public/d", &[("x-http-method-override", "DELETE")], 200),
+        ("/m/e", &[("x-http-method-override", "DELETE")], 400),
+        ("/m/f", &[("x-method-override", "PATCH")], 400),
+        ("/m/g", &[("x-http-method-override", "no such")], 400),
+        (
+            "/m/h",
+            &[("x-http-method-override", "PUT"), ("x-http-method", "POST")],
+            400,
+        ),
+        ("/m/i?_method=delete", &[], 400),
+        ("/m/j?x=1&%5Fmethod=DEL%45TE", &[], 400),
+    ];
+    for (path, headers, status) in cases {
+        let a = get(&c, &gw.url(path), headers).await;
+        assert_eq!(a.status.as_u16(), *status, "{path} {headers:?}: {}", a.body);
+        if *status == 400 {
+            assert_eq!(a.body, "bad request: method_override\n");
+        }
+    }
+    let seen: Vec<String> = up.seen().into_iter().map(|s| s.uri).collect();
+    assert_eq!(
+        seen,
+        ["/m/a", "/m/b", "/m/c?a_method=DELETE&x=1", "/public/d"]
+    );
+    assert_eq!(up.seen()[0].headers["x-http-method-override"], "PUT");
+}
+
 /// An `Upgrade` header that upgrades nothing (no `Connection: upgrade`, or an upgrade that is
 /// refused), or a refused `CONNECT`, must not switch off the smuggling check for the requests
 /// after it.
