@@ -2,16 +2,22 @@
 //! by segment-aware prefix (`prefix`), optionally restricted to methods; the first match in file
 //! order wins.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName};
 use http::Method;
 use std::sync::Arc;
 
-/// The headers by which frameworks let a request name another method than its own.
-static METHOD_OVERRIDES: [HeaderName; 3] = [
-    HeaderName::from_static("x-http-method-override"),
-    HeaderName::from_static("x-http-method"),
-    HeaderName::from_static("x-method-override"),
-];
+/// The headers by which frameworks let a request name another method than its own. Found by a
+/// pass over the request's names, most ruled out by their first byte: three `HeaderMap`
+/// lookups of names outside the standard set cost 640 instructions per request
+/// (benches/instructions.py), the pass about a tenth of that.
+fn is_method_override(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    n.as_bytes()[0] == b'x'
+        && matches!(
+            n,
+            "x-http-method-override" | "x-http-method" | "x-method-override"
+        )
+}
 
 /// What a route does with the requests it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,10 +175,10 @@ impl RouteTable {
         path: &str,
         index: usize,
     ) -> bool {
-        let named = METHOD_OVERRIDES
+        let named = headers
             .iter()
-            .flat_map(|h| headers.get_all(h))
-            .map(|v: &HeaderValue| v.as_bytes().to_vec());
+            .filter(|(k, _)| is_method_override(k))
+            .map(|(_, v)| v.as_bytes().to_vec());
         // Frameworks read the query decoded: `%5Fmethod=DEL%45TE` is `_method=DELETE`.
         let decode = |s: &str| percent_encoding::percent_decode_str(s).collect::<Vec<u8>>();
         let in_query = query
