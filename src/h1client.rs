@@ -74,7 +74,7 @@ pub struct HeadRewrite {
 /// `X-Original-URL: /admin` would be checked against one route and served another); Spring and
 /// ASP.NET build links from `X-Forwarded-Prefix` and `-Port`. Like `X-Forwarded-For`, they are
 /// believed only from `server.trusted_proxies`.
-fn is_hop_view(name: &HeaderName) -> bool {
+pub(crate) fn is_hop_view(name: &HeaderName) -> bool {
     let n = name.as_str();
     // Most headers are ruled out by their first byte.
     matches!(n.as_bytes()[0], b'x' | b't')

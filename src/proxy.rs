@@ -136,6 +136,53 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Client headers whose names hold `_`. CGI, PHP, WSGI (Django, Flask) and Rack give the
+/// application `X_Auth_Subject` and `X-Auth-Subject` under one name (`HTTP_X_AUTH_SUBJECT`), so
+/// a client could pass an underscore spelling of a header bearward removes or sets, and the
+/// application might read the client's value: the hole of oauth2-proxy's CVE-2025-64484.
+/// As nginx (`underscores_in_headers off`) and Caddy do, they are dropped. With
+/// `server.allow_underscores_in_headers`, they pass, except the spellings of the headers
+/// bearward sets or filters (`managed`).
+///
+/// Runs on every request: a pass over the names that allocates only when one holds a `_`.
+pub fn drop_underscored(
+    headers: &mut HeaderMap,
+    allow: bool,
+    managed: impl Fn(&HeaderName) -> bool,
+) {
+    if !headers.keys().any(|k| k.as_str().contains('_')) {
+        return;
+    }
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .filter(|k| {
+            !allow
+                || HeaderName::from_bytes(k.as_str().replace('_', "-").as_bytes())
+                    .is_ok_and(|dashed| managed(&dashed))
+        })
+        .cloned()
+        .collect();
+    for k in &doomed {
+        headers.remove(k);
+    }
+}
+
+/// Is this a header bearward sets or filters on every request (`forward.claim_headers` and
+/// `X-Bearward-Audit` aside, which the service knows)?
+pub fn is_managed(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+        || crate::h1client::is_hop_view(name)
+        || [
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_HOST,
+            &FORWARDED,
+            &header::VIA,
+        ]
+        .contains(&name)
+}
+
 /// Strips hop-by-hop headers; with `keep_upgrade`, the `Upgrade` header survives with a fresh
 /// `Connection: upgrade` (the two headers an upgrade handshake is made of).
 fn strip_hop_by_hop_except_upgrade(headers: &mut HeaderMap, keep_upgrade: bool) {

@@ -8,7 +8,7 @@
 //! route     -> first match in file order .............................. 404
 //!              a method override must keep the request on its route ... 400
 //! policy    -> deny / none / bearer ................................... 403
-//! identity  -> strip client-sent identity headers (always, every route)
+//! identity  -> strip client-sent identity headers and `_` spellings (always, every route)
 //! auth      -> token -> keys -> signature -> claims -> scopes ......... 401/403/400/503
 //! forward   -> rewrite headers, pooled upstream, stream both ways ..... 502/504
 //! log       -> one access-log line, whatever happened
@@ -379,6 +379,12 @@ impl Gateway {
             req.headers_mut().remove(h);
         }
         req.headers_mut().remove(AUDIT_HEADER);
+        let claims = &self.config.forward.claim_headers;
+        proxy::drop_underscored(
+            req.headers_mut(),
+            self.config.server.allow_underscores_in_headers,
+            |h| proxy::is_managed(h) || h == AUDIT_HEADER || claims.iter().any(|(_, c)| c == h),
+        );
 
         // policy and auth. In audit mode a refusal becomes a note to the upstream. What bearward
         // tells the upstream (identity, audit note) is added in `forward`, after the client's

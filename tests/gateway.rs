@@ -302,6 +302,42 @@ async fn forwarded_headers_from_untrusted_clients_are_replaced() {
     );
 }
 
+/// CGI, PHP, WSGI and Rack read `X_Auth_Subject` as `X-Auth-Subject`: underscore spellings are
+/// dropped (nginx's and Caddy's default), and with `allow_underscores_in_headers` only those of
+/// the headers bearward sets or filters are.
+#[tokio::test]
+async fn underscore_spellings_of_headers_never_reach_the_upstream() {
+    let sent = [
+        ("x_auth_subject", "admin"),
+        ("x-auth_scopes", "admin"),
+        ("x_bearward_audit", "allow"),
+        ("x_forwarded_for", "10.0.0.1"),
+        ("x_real_ip", "10.0.0.1"),
+        ("transfer_encoding", "chunked"),
+        ("x-app_setting", "1"),
+        ("x-kept", "1"),
+    ];
+    for (extra, passed) in [
+        ("", &["x-kept"][..]),
+        (
+            "allow_underscores_in_headers = true",
+            &["x-app_setting", "x-kept"][..],
+        ),
+    ] {
+        let (up, gw, c) = setup(extra).await;
+        let a = get(&c, &gw.url("/public/x"), &sent).await;
+        assert_eq!(a.status, StatusCode::OK);
+        let seen = up.last();
+        for (h, _) in sent {
+            assert_eq!(
+                seen.headers.contains_key(h),
+                passed.contains(&h),
+                "{extra:?}: {h}"
+            );
+        }
+    }
+}
+
 /// `cors_preflight = true` forwards a browser's CORS preflight without a token; nothing else on
 /// the route changes, and on other routes a preflight needs a token like any request.
 #[tokio::test]

@@ -37,6 +37,7 @@ pub struct ServerFile {
     pub shutdown_grace: Option<Spanned<String>>,
     pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
     pub allow_semicolon_in_path: Option<bool>,
+    pub allow_underscores_in_headers: Option<bool>,
     pub http2: Option<bool>,
     pub log_format: Option<Spanned<LogFormat>>,
     pub access_log: Option<bool>,

@@ -92,6 +92,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Peers whose `X-Forwarded-*` headers are believed; empty: nobody's.
     pub trusted_proxies: Vec<IpNet>,
+    /// Pass client headers whose names hold `_` (nginx's `underscores_in_headers`), all but
+    /// the spellings of the headers bearward sets or filters.
+    pub allow_underscores_in_headers: bool,
     pub http2: bool,
     pub log_format: LogFormat,
     pub access_log: bool,

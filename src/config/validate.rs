@@ -330,6 +330,7 @@ fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
             (Duration::ZERO, Duration::from_secs(3600)),
         ),
         trusted_proxies,
+        allow_underscores_in_headers: s.allow_underscores_in_headers.unwrap_or(false),
         http2: s.http2.unwrap_or(true),
         log_format: s
             .log_format
