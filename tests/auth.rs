@@ -337,6 +337,65 @@ async fn tampering_and_foreign_keys_are_refused() {
     }
 }
 
+/// Signatures that verify under broken ECDSA and EdDSA code (Java's "psychic signatures",
+/// CVE-2022-21449: r = s = 0 passed any message) or that only a lenient decoder would read: a
+/// DER-encoded ECDSA signature where JWS (RFC 7518 3.4) has the fixed 64-byte r || s, one with
+/// r or s at the group order, and signatures of the wrong length.
+#[tokio::test]
+async fn degenerate_and_misencoded_signatures_are_refused() {
+    let (p256, ed) = (Key::p256(), Key::ed25519());
+    let w = World::start(&[&p256, &ed], "").await;
+    let good = w.mint.token(&p256, "read");
+    w.accepted("/api/read/x", &good, "the untouched ES256 token")
+        .await;
+    let signing_input = good.rsplit_once('.').unwrap().0;
+    let sig = B64_ENGINE.decode(good.rsplit_once('.').unwrap().1).unwrap();
+    // The P-256 group order n.
+    let n: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
+        0x25, 0x51,
+    ];
+    let der = {
+        let int = |b: &[u8]| {
+            let mut v = vec![0x02, 33, 0];
+            v.extend_from_slice(b);
+            v
+        };
+        let (r, s) = (int(&sig[..32]), int(&sig[32..]));
+        let mut v = vec![0x30, (r.len() + s.len()) as u8];
+        v.extend(r);
+        v.extend(s);
+        v
+    };
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("r = s = 0", vec![0; 64]),
+        ("r = s = n", [n, n].concat()),
+        ("r = n, s kept", [&n[..], &sig[32..]].concat()),
+        ("DER instead of r || s", der),
+        ("r only", sig[..32].to_vec()),
+        ("one byte short", sig[..63].to_vec()),
+        ("one byte long", [&sig[..], &[0]].concat()),
+        ("empty", Vec::new()),
+    ];
+    for (why, sig) in bad {
+        let token = format!("{signing_input}.{}", B64_ENGINE.encode(sig));
+        w.refused("/api/read/x", &token, why).await;
+    }
+    // EdDSA: an all-zero signature, and the identity point as R.
+    let good = w.mint.token(&ed, "read");
+    let signing_input = good.rsplit_once('.').unwrap().0;
+    let mut identity = vec![0u8; 64];
+    identity[0] = 1;
+    for (why, sig) in [
+        ("Ed25519 zeros", vec![0u8; 64]),
+        ("Ed25519 R = identity", identity),
+    ] {
+        let token = format!("{signing_input}.{}", B64_ENGINE.encode(sig));
+        w.refused("/api/read/x", &token, why).await;
+    }
+}
+
 #[tokio::test]
 async fn time_issuer_and_audience_claims() {
     let rsa = Key::rsa1();
