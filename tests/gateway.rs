@@ -1253,6 +1253,38 @@ async fn an_upgrade_header_without_an_upgrade_keeps_the_header_timer() {
     assert_eq!(up.count(), 1);
 }
 
+/// Past the 101 nothing else bounds a tunnel: one with no byte either way for
+/// `tunnel_idle_timeout` is closed, and one in use is not.
+#[tokio::test]
+async fn an_idle_tunnel_is_closed_and_a_busy_one_is_not() {
+    let up = Upstream::start().await;
+    let cfg = basic_config(&up.url(), "").replace(
+        "request_timeout = \"500ms\"",
+        "request_timeout = \"500ms\"\ntunnel_idle_timeout = \"400ms\"",
+    );
+    let gw = Gateway::start(&cfg).await;
+    let (mut s, head) = open_websocket(gw.addr).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // A frame each way every 200 ms for three idle periods.
+    for i in 0..6 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let msg = format!("frame {i}");
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut back))
+            .await
+            .expect("the busy tunnel answers")
+            .expect("the busy tunnel is open");
+        assert_eq!(back, msg.as_bytes());
+    }
+    // Then silence: closed after the idle time, not before.
+    let took = time_to_close(&mut s).await;
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+}
+
 #[tokio::test]
 async fn an_upgraded_connection_outlives_the_header_timer() {
     let (_up, gw, _) = setup("header_read_timeout = \"300ms\"").await;

@@ -99,6 +99,7 @@ pub struct UpstreamFile {
     pub connect_timeout: Option<Spanned<String>>,
     pub request_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
+    pub tunnel_idle_timeout: Option<Spanned<String>>,
     pub max_idle_connections: Option<Spanned<u64>>,
     pub pass_host_header: Option<bool>,
 }

@@ -36,6 +36,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default lifetime of an idle pooled upstream connection.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Default longest silence of an upgraded connection: Envoy's `stream_idle_timeout`, which
+/// applies to its WebSocket streams too (nginx closes them after `proxy_read_timeout`, 60 s).
+pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default number of idle pooled connections kept per upstream.
 pub const DEFAULT_MAX_IDLE_CONNECTIONS: usize = 64;
 /// Default clock-skew leeway for `exp`, `nbf`, `iat`.
@@ -116,6 +119,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub idle_timeout: Duration,
+    /// An upgraded (WebSocket) connection with no byte either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
     pub max_idle_connections: usize,
     /// Send the client's `Host` (true) or the upstream's authority (false).
     pub pass_host_header: bool,

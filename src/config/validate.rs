@@ -425,6 +425,12 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, u: &Spanned<UpstreamFile>) -> Upstream
             DEFAULT_IDLE_TIMEOUT,
             long,
         ),
+        tunnel_idle_timeout: cx.duration(
+            &u.tunnel_idle_timeout,
+            &key("tunnel_idle_timeout"),
+            DEFAULT_TUNNEL_IDLE_TIMEOUT,
+            (Duration::from_millis(100), Duration::from_secs(24 * 3600)),
+        ),
         max_idle_connections: cx.size(
             &u.max_idle_connections,
             &key("max_idle_connections"),
