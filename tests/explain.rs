@@ -41,25 +41,27 @@ fn normalize(s: &str) -> String {
         + "\n"
 }
 
-fn explain(path: &str, token: &str) -> (String, i32) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bearward"))
-        .args([
-            "explain",
-            "--config",
-            "tests/fixtures/explain.toml",
-            "--method",
-            "GET",
-            "--path",
-            path,
-            "--token",
-            token,
-        ])
-        .output()
-        .unwrap();
+const FIXTURE: &str = "tests/fixtures/explain.toml";
+
+/// `bearward explain` on `config`; without `token`, stdin is empty (no token).
+fn run(config: &std::path::Path, method: &str, path: &str, token: Option<&str>) -> (String, i32) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bearward"));
+    cmd.arg("explain")
+        .arg("--config")
+        .arg(config)
+        .args(["--method", method, "--path", path]);
+    if let Some(t) = token {
+        cmd.args(["--token", t]);
+    }
+    let out = cmd.stdin(std::process::Stdio::null()).output().unwrap();
     (
         String::from_utf8(out.stdout).unwrap(),
         out.status.code().unwrap_or(-1),
     )
+}
+
+fn explain(path: &str, token: &str) -> (String, i32) {
+    run(FIXTURE.as_ref(), "GET", path, Some(token))
 }
 
 fn golden(name: &str, actual: &str) {
@@ -119,18 +121,8 @@ fn missing_scope() {
 
 #[test]
 fn no_token_and_no_route() {
-    let out = Command::new(env!("CARGO_BIN_EXE_bearward"))
-        .args([
-            "explain",
-            "--config",
-            "tests/fixtures/explain.toml",
-            "--path",
-            "/api/x",
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    golden("explain-no-token", &String::from_utf8(out.stdout).unwrap());
+    let (out, _) = run(FIXTURE.as_ref(), "GET", "/api/x", None);
+    golden("explain-no-token", &out);
     let (out, code) = explain("/elsewhere", "x");
     assert_eq!(code, 2);
     assert!(out.contains("404"), "{out}");
@@ -138,21 +130,8 @@ fn no_token_and_no_route() {
 
 #[test]
 fn a_lowercase_method_is_refused_as_the_proxy_refuses_it() {
-    let out = Command::new(env!("CARGO_BIN_EXE_bearward"))
-        .args([
-            "explain",
-            "--config",
-            "tests/fixtures/explain.toml",
-            "--method",
-            "get",
-            "--path",
-            "/api/orders/7",
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(out.status.code(), Some(2), "{text}");
+    let (text, code) = run(FIXTURE.as_ref(), "get", "/api/orders/7", None);
+    assert_eq!(code, 2, "{text}");
     assert!(text.contains("FAIL invalid_method"), "{text}");
     assert!(text.contains("answer     400"), "{text}");
 }
@@ -166,21 +145,12 @@ fn a_query_method_override_that_leaves_the_route_is_refused() {
     );
     let file = std::env::temp_dir().join(format!("bearward-explain-{}.toml", std::process::id()));
     std::fs::write(&file, cfg).unwrap();
-    let run = |path: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_bearward"))
-            .args(["explain", "--config"])
-            .arg(&file)
-            .args(["--method", "GET", "--path", path])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        (String::from_utf8(out.stdout).unwrap(), out.status.code())
-    };
+    let run = |path: &str| run(&file, "GET", path, None);
     let (text, code) = run("/api/orders/7?_method=delete");
-    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(code, 2, "{text}");
     assert!(text.contains("FAIL method_override"), "{text}");
     assert!(text.contains("answer     400"), "{text}");
     let (text, code) = run("/api/orders/7?_method=GET");
-    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(code, 0, "{text}");
     std::fs::remove_file(&file).unwrap();
 }
