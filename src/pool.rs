@@ -26,7 +26,7 @@
 use crate::body::{self, Body, BoxError};
 use crate::config::UpstreamConfig;
 use crate::h1client::{self, Chunked, Decoded, Malformed, RequestFraming, ResponseFraming};
-use crate::proxy::{BodyStalled, ProxyError};
+use crate::proxy::{BodyStalled, BodyTooLarge, ProxyError};
 use crate::telemetry::Metrics;
 use crate::timer::Stall;
 use bytes::{Buf, Bytes, BytesMut};
@@ -389,6 +389,8 @@ async fn write_body<W: AsyncWrite + Unpin>(
         let frame = frame.map_err(|e| {
             WriteFailure::Client(if e.is::<BodyStalled>() {
                 ProxyError::BodyTimeout
+            } else if e.is::<BodyTooLarge>() {
+                ProxyError::BodyTooLarge
             } else {
                 ProxyError::ClientBody
             })

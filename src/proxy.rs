@@ -36,6 +36,9 @@ pub enum ProxyError {
     /// The client's request body broke off or was malformed (bad chunked coding, a connection
     /// closed mid-body); the upstream connection carrying it was closed mid-body.
     ClientBody,
+    /// The client's request body ran past the route's `max_body_bytes`; the upstream
+    /// connection carrying it was closed mid-body, so the upstream never got a whole request.
+    BodyTooLarge,
 }
 
 impl ProxyError {
@@ -46,6 +49,7 @@ impl ProxyError {
             ProxyError::ConnectTimeout | ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ClientBody => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -58,6 +62,7 @@ impl ProxyError {
             ProxyError::Timeout => "upstream_timeout",
             ProxyError::BodyTimeout => "client_body_timeout",
             ProxyError::ClientBody => "client_body_invalid",
+            ProxyError::BodyTooLarge => "body_too_large",
         }
     }
 }
@@ -275,6 +280,7 @@ impl Upstreams {
         mut req: Request<Body>,
         rewrite: &HeadRewrite,
         timer: &RequestTimer,
+        max_body: Option<u64>,
     ) -> Result<(Response<Body>, Duration), ProxyError> {
         let up = &self.clients[idx];
         let client_upgrade = is_upgrade_request(&req).then(|| hyper::upgrade::on(&mut req));
@@ -291,6 +297,7 @@ impl Upstreams {
                     inner,
                     tx: Some(tx),
                     stall: crate::timer::Stall::new(self.body_read_timeout),
+                    left: max_body,
                 })
             });
             (req, Some(rx))
@@ -455,6 +462,19 @@ impl std::fmt::Display for BodyStalled {
 
 impl std::error::Error for BodyStalled {}
 
+/// The error a request body fails with when it runs past `max_body_bytes`; the pool answers it
+/// with [`ProxyError::BodyTooLarge`].
+#[derive(Debug)]
+pub struct BodyTooLarge;
+
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body larger than max_body_bytes")
+    }
+}
+
+impl std::error::Error for BodyTooLarge {}
+
 /// A request body that says when it has ended (sent in full, failed or dropped), and fails with
 /// [`BodyStalled`] when the client sends nothing for `body_read_timeout` while it is being
 /// waited for (nginx's `client_body_timeout`: time the upstream spends not reading does not
@@ -463,6 +483,8 @@ struct NotifyEnd {
     inner: Body,
     tx: Option<tokio::sync::oneshot::Sender<()>>,
     stall: crate::timer::Stall,
+    /// Bytes the body may still bring (`max_body_bytes`); `None`: no limit.
+    left: Option<u64>,
 }
 
 impl NotifyEnd {
@@ -482,6 +504,18 @@ impl http_body::Body for NotifyEnd {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        // A body without a declared length (chunked, or h2) is counted as it comes: the byte
+        // past the limit fails it, and what went before never makes a whole request upstream.
+        if let (Some(left), Poll::Ready(Some(Ok(frame)))) = (&mut self.left, &r) {
+            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+            match left.checked_sub(n) {
+                Some(l) => *left = l,
+                None => {
+                    self.end();
+                    return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                }
+            }
+        }
         match &r {
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.end(),
             Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.end(),

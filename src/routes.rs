@@ -116,6 +116,8 @@ pub struct Route {
     pub cors_preflight: bool,
     /// Audit mode: evaluate and report, but forward whatever the verdict.
     pub audit: bool,
+    /// Largest request body forwarded (`max_body_bytes`, else the server's); `None`: no limit.
+    pub max_body: Option<u64>,
 }
 
 impl Route {
@@ -233,6 +235,7 @@ mod tests {
             token_in_query: false,
             cors_preflight: false,
             audit: false,
+            max_body: None,
         }
     }
 

@@ -113,7 +113,9 @@ impl Rejection {
         // The rest of these requests' bodies cannot be trusted to frame a next request.
         if let Rejection::BadRequest("ambiguous_framing")
         | Rejection::NotImplemented("unsupported_transfer_coding")
-        | Rejection::Proxy(ProxyError::BodyTimeout | ProxyError::ClientBody) = self
+        | Rejection::Proxy(
+            ProxyError::BodyTimeout | ProxyError::ClientBody | ProxyError::BodyTooLarge,
+        ) = self
         {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -256,6 +258,7 @@ impl Gateway {
             Ok(resp) => resp,
             Err(rej) => {
                 out.decision = match rej {
+                    Rejection::Proxy(ProxyError::BodyTooLarge) => "deny",
                     Rejection::Proxy(_) | Rejection::Internal(_) => "error",
                     _ => "deny",
                 };
@@ -362,6 +365,18 @@ impl Gateway {
         {
             out.path = Some(path);
             return Err(Rejection::BadRequest("method_override"));
+        }
+        // A declared length over the route's limit is refused before anything is read or
+        // checked, as nginx answers `client_max_body_size`; one without a declared length is
+        // counted as it streams (`proxy::NotifyEnd`).
+        if route
+            .max_body
+            .is_some_and(|max| http_body::Body::size_hint(req.body()).lower() > max)
+        {
+            out.path = Some(path);
+            out.route = Some(route.name.clone());
+            out.route_index = Some(index);
+            return Err(Rejection::Proxy(ProxyError::BodyTooLarge));
         }
         // The canonical path plus the untouched query is what the upstream is asked for.
         // The path is kept for the access log only when there is one.
@@ -479,7 +494,13 @@ impl Gateway {
         }
         match self
             .upstreams
-            .send(route.upstream, req, &rewrite, &conn.request_timer)
+            .send(
+                route.upstream,
+                req,
+                &rewrite,
+                &conn.request_timer,
+                route.max_body,
+            )
             .await
         {
             Ok((mut resp, elapsed)) => {
@@ -488,8 +509,11 @@ impl Gateway {
                 proxy::prepare_response(&mut resp);
                 Ok(resp)
             }
-            // A stalled or broken client body is the client's doing, not upstream trouble.
-            Err(e @ (ProxyError::BodyTimeout | ProxyError::ClientBody)) => Err(Rejection::Proxy(e)),
+            // A stalled, broken or oversized client body is the client's doing, not upstream
+            // trouble.
+            Err(
+                e @ (ProxyError::BodyTimeout | ProxyError::ClientBody | ProxyError::BodyTooLarge),
+            ) => Err(Rejection::Proxy(e)),
             Err(e) => {
                 tracing::warn!(upstream = %upstream.name, authority = %upstream.authority, reason = e.reason(), "upstream request failed");
                 Err(Rejection::Proxy(e))

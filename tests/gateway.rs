@@ -767,6 +767,65 @@ async fn smuggling_shaped_requests_are_refused() {
     assert_eq!(seen[0].uri, "/public/x");
 }
 
+/// `max_body_bytes` (nginx's `client_max_body_size`): a declared length over the limit is a
+/// 413 before anything is forwarded; a chunked body is counted as it streams and cut at the
+/// limit, so the upstream never gets a whole request. A route's own limit beats the server's.
+#[tokio::test]
+async fn bodies_over_max_body_bytes_are_refused() {
+    let up = Upstream::start().await;
+    let cfg = basic_config(&up.url(), "max_body_bytes = 100").replace(
+        "[[routes]]\nprefix = \"/public\"",
+        "[[routes]]\nprefix = \"/small\"\nupstream = \"app\"\nauth = \"none\"\nmax_body_bytes = 10\n\n\
+         [[routes]]\nprefix = \"/public\"",
+    );
+    let gw = Gateway::start(&cfg).await;
+    let post = |path: &str, framing: &str, body: &str| {
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{framing}\r\n{body}")
+    };
+    let fixed =
+        |path: &str, n: usize| post(path, &format!("Content-Length: {n}\r\n"), &"b".repeat(n));
+    let chunked = |path: &str, sizes: &[usize]| {
+        let mut body = String::new();
+        for n in sizes {
+            body += &format!("{n:x}\r\n{}\r\n", "c".repeat(*n));
+        }
+        post(
+            path,
+            "Transfer-Encoding: chunked\r\n",
+            &(body + "0\r\n\r\n"),
+        )
+    };
+    for (req, status) in [
+        (fixed("/small/a", 10), 200),
+        (chunked("/small/b", &[4, 6]), 200),
+        (fixed("/public/c", 100), 200),
+        (fixed("/small/x", 11), 413),
+        (chunked("/small/y", &[5, 6]), 413),
+        (fixed("/public/z", 101), 413),
+    ] {
+        let resp = raw(gw.addr, req.as_bytes()).await;
+        assert_eq!(raw_status(&resp), status, "{req:.60}: {resp}");
+        if status == 413 {
+            assert!(resp.contains("connection: close"), "{resp}");
+        }
+    }
+    let seen: Vec<(String, u64)> = up.seen().into_iter().map(|s| (s.uri, s.body_len)).collect();
+    assert_eq!(
+        seen,
+        [
+            ("/small/a".to_owned(), 10),
+            ("/small/b".to_owned(), 10),
+            ("/public/c".to_owned(), 100)
+        ]
+    );
+    let metrics = metrics_after_close(&gw).await;
+    assert!(
+        metrics
+            .contains(r#"route="/small*",status="413",decision="deny",reason="body_too_large"} 2"#),
+        "{metrics}"
+    );
+}
+
 /// Requests bearward could only pass on wrongly: a transfer coding under `chunked` (hyper
 /// would hand on the body still coded, with nothing saying so), `chunked` applied twice, and a
 /// method that is not upper case (it misses a route's `methods` while some upstreams fold it to

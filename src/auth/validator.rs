@@ -595,6 +595,7 @@ upstream = "a"
             token_in_query: false,
             cors_preflight: false,
             audit: false,
+            max_body: None,
         }
     }
 

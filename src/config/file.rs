@@ -38,6 +38,7 @@ pub struct ServerFile {
     pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
     pub allow_semicolon_in_path: Option<bool>,
     pub allow_underscores_in_headers: Option<bool>,
+    pub max_body_bytes: Option<Spanned<u64>>,
     pub http2: Option<bool>,
     pub log_format: Option<Spanned<LogFormat>>,
     pub access_log: Option<bool>,
@@ -119,6 +120,7 @@ pub struct RouteFile {
     pub token_in_query: Option<bool>,
     pub cors_preflight: Option<Spanned<bool>>,
     pub mode: Option<Spanned<Mode>>,
+    pub max_body_bytes: Option<Spanned<u64>>,
 }
 
 /// `mode`: enforce the policy, or only report what it would do.

@@ -98,6 +98,9 @@ pub struct ServerConfig {
     /// Pass client headers whose names hold `_` (nginx's `underscores_in_headers`), all but
     /// the spellings of the headers bearward sets or filters.
     pub allow_underscores_in_headers: bool,
+    /// Largest request body forwarded on routes that set none (nginx's
+    /// `client_max_body_size`); `None`: no limit.
+    pub max_body_bytes: Option<u64>,
     pub http2: bool,
     pub log_format: LogFormat,
     pub access_log: bool,

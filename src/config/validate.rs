@@ -96,6 +96,14 @@ impl Ctx<'_> {
     }
 }
 
+impl Ctx<'_> {
+    /// A body size limit in bytes, if the key is set: up to 1 TiB, 0 refusing any body.
+    fn max_body(&mut self, v: &Option<Spanned<u64>>, key: &str) -> Option<u64> {
+        v.as_ref()?;
+        Some(self.size(v, key, 0, 0, 1 << 40) as u64)
+    }
+}
+
 /// Parses, validates and compiles config text.
 pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
     let mut cx = Ctx {
@@ -139,7 +147,7 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
 
     let mut routes = Vec::new();
     for (i, r) in file.routes.iter().enumerate() {
-        if let Some(route) = route(&mut cx, i, r, &upstream_names, server.path, server.mode) {
+        if let Some(route) = route(&mut cx, i, r, &upstream_names, &server) {
             routes.push(route);
         }
     }
@@ -331,6 +339,7 @@ fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
         ),
         trusted_proxies,
         allow_underscores_in_headers: s.allow_underscores_in_headers.unwrap_or(false),
+        max_body_bytes: cx.max_body(&s.max_body_bytes, "server.max_body_bytes"),
         http2: s.http2.unwrap_or(true),
         log_format: s
             .log_format
@@ -474,9 +483,9 @@ fn route(
     i: usize,
     r: &Spanned<RouteFile>,
     upstreams: &[String],
-    path_opts: PathOptions,
-    default_mode: Mode,
+    server: &ServerConfig,
 ) -> Option<Route> {
+    let path_opts = server.path;
     let span = r.span();
     let r = r.get_ref();
     let key = |k: &str| format!("routes[{i}].{k}");
@@ -644,7 +653,10 @@ fn route(
         scopes_any,
         token_in_query: r.token_in_query.unwrap_or(false),
         cors_preflight: cors_preflight.is_some(),
-        audit: r.mode.as_ref().map_or(default_mode, |m| *m.get_ref()) == Mode::Audit,
+        audit: r.mode.as_ref().map_or(server.mode, |m| *m.get_ref()) == Mode::Audit,
+        max_body: cx
+            .max_body(&r.max_body_bytes, &key("max_body_bytes"))
+            .or(server.max_body_bytes),
     })
 }
 
