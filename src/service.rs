@@ -7,6 +7,7 @@
 //! target    -> origin-form only; one valid Host; canonicalize the path .. 400
 //! route     -> first match in file order .............................. 404
 //!              a method override must keep the request on its route ... 400
+//!              a declared body over the route's max_body_bytes ........ 413
 //! policy    -> deny / none / bearer ................................... 403
 //! identity  -> strip client-sent identity headers and `_` spellings (always, every route)
 //! auth      -> token -> keys -> signature -> claims -> scopes ......... 401/403/400/503
