@@ -173,19 +173,10 @@ pub fn drop_underscored(
     }
 }
 
-/// Is this a header bearward sets or filters on every request (`forward.claim_headers` and
-/// `X-Bearward-Audit` aside, which the service knows)?
+/// Is this a header bearward sets or filters on every request (`forward.claim_headers` aside,
+/// which the service knows)?
 pub fn is_managed(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
-        || crate::h1client::is_hop_view(name)
-        || [
-            &X_FORWARDED_FOR,
-            &X_FORWARDED_PROTO,
-            &X_FORWARDED_HOST,
-            &FORWARDED,
-            &header::VIA,
-        ]
-        .contains(&name)
+    is_reserved_header(name) || crate::h1client::is_hop_view(name)
 }
 
 /// Strips hop-by-hop headers; with `keep_upgrade`, the `Upgrade` header survives with a fresh
@@ -451,29 +442,15 @@ impl RequestTimer {
 
 /// The error a request body fails with when the client paused past `body_read_timeout`; the
 /// pool answers it with [`ProxyError::BodyTimeout`].
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("request body paused past body_read_timeout")]
 pub struct BodyStalled;
-
-impl std::fmt::Display for BodyStalled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("request body paused past body_read_timeout")
-    }
-}
-
-impl std::error::Error for BodyStalled {}
 
 /// The error a request body fails with when it runs past `max_body_bytes`; the pool answers it
 /// with [`ProxyError::BodyTooLarge`].
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than max_body_bytes")]
 pub struct BodyTooLarge;
-
-impl std::fmt::Display for BodyTooLarge {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("request body larger than max_body_bytes")
-    }
-}
-
-impl std::error::Error for BodyTooLarge {}
 
 /// A request body that says when it has ended (sent in full, failed or dropped), and fails with
 /// [`BodyStalled`] when the client sends nothing for `body_read_timeout` while it is being

@@ -399,7 +399,7 @@ impl Gateway {
         proxy::drop_underscored(
             req.headers_mut(),
             self.config.server.allow_underscores_in_headers,
-            |h| proxy::is_managed(h) || h == AUDIT_HEADER || claims.iter().any(|(_, c)| c == h),
+            |h| proxy::is_managed(h) || claims.iter().any(|(_, c)| c == h),
         );
 
         // policy and auth. In audit mode a refusal becomes a note to the upstream. What bearward
