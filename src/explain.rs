@@ -86,6 +86,20 @@ pub async fn explain(
         }
     };
     let _ = writeln!(out, "canonical  {canonical}");
+    if config.resources.find(&canonical).is_some() {
+        let _ = writeln!(
+            out,
+            "metadata   RFC 9728 protected resource metadata: bearward answers GET and HEAD \
+             itself, the upstream is never contacted"
+        );
+        let status = match *method {
+            Method::GET | Method::HEAD => StatusCode::OK,
+            Method::OPTIONS => StatusCode::NO_CONTENT,
+            _ => StatusCode::METHOD_NOT_ALLOWED,
+        };
+        answer(&mut out, status, None);
+        return (out, Verdict::Refuse);
+    }
     let Some((index, route)) = config.routes.find(method, &canonical) else {
         let _ = writeln!(
             out,
@@ -119,7 +133,8 @@ pub async fn explain(
             .await
             .err()
             .map(|e| {
-                let www = e.www_authenticate(&config.server.realm);
+                let resource = route.resource.as_deref().map(|r| &*r.metadata_url);
+                let www = e.www_authenticate(&config.server.realm, resource);
                 (e.status(), Some(www), e.reason())
             }),
     };

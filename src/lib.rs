@@ -7,6 +7,7 @@
 //! - [`host`]: one valid `Host`, agreeing with HTTP/2's `:authority`.
 //! - [`path`]: the one canonical path that is both matched and forwarded.
 //! - [`routes`]: first-match route table (exact path or segment-aware prefix, methods).
+//! - [`resource`]: RFC 9728 protected resource metadata, served by bearward itself.
 //! - [`auth`]: bearer token extraction, JWT validation, key cache, scopes, RFC 6750 answers.
 //! - [`service`]: the request path as ordered phases; rejections become responses there.
 //! - [`proxy`]: forwarding: timeouts, upgrades, and the header rules.
@@ -29,6 +30,7 @@ pub mod host;
 pub mod path;
 pub mod pool;
 pub mod proxy;
+pub mod resource;
 pub mod routes;
 pub mod server;
 pub mod service;

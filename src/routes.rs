@@ -118,6 +118,9 @@ pub struct Route {
     pub audit: bool,
     /// Largest request body forwarded (`max_body_bytes`, else the server's); `None`: no limit.
     pub max_body: Option<u64>,
+    /// The RFC 9728 resource identifier (`resource`, else the server's): its metadata URL goes
+    /// in the route's Bearer challenges.
+    pub resource: Option<Arc<crate::resource::ResourceId>>,
 }
 
 impl Route {
@@ -236,6 +239,7 @@ mod tests {
             cors_preflight: false,
             audit: false,
             max_body: None,
+            resource: None,
         }
     }
 

@@ -5,6 +5,7 @@
 //!              and transfer codings other than a lone chunked ......... 501
 //! method    -> upper-case letters, `-` and `_` only ................... 400
 //! target    -> origin-form only; one valid Host; canonicalize the path .. 400
+//! metadata  -> RFC 9728 resource metadata, answered by bearward ....... 200/405
 //! route     -> first match in file order .............................. 404
 //!              a method override must keep the request on its route ... 400
 //!              a declared body over the route's max_body_bytes ........ 413
@@ -46,6 +47,8 @@ pub enum Rejection {
     NotImplemented(&'static str),
     /// 404: no route.
     NoRoute,
+    /// 405 from something bearward answers itself; the value is its `Allow`.
+    MethodNotAllowed(&'static str),
     /// 403: `auth = "deny"`.
     Denied,
     /// The token check said no.
@@ -62,6 +65,7 @@ impl Rejection {
         match self {
             Rejection::BadRequest(r) | Rejection::NotImplemented(r) => r,
             Rejection::NoRoute => "no_route",
+            Rejection::MethodNotAllowed(_) => "method_not_allowed",
             Rejection::Denied => "route_denied",
             Rejection::Auth(e) => e.reason(),
             Rejection::Proxy(e) => e.reason(),
@@ -75,6 +79,7 @@ impl Rejection {
             Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
             Rejection::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Rejection::NoRoute => StatusCode::NOT_FOUND,
+            Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::Denied => StatusCode::FORBIDDEN,
             Rejection::Auth(e) => e.status(),
             Rejection::Proxy(e) => e.status(),
@@ -82,8 +87,9 @@ impl Rejection {
         }
     }
 
-    /// The one place a rejection becomes a response.
-    pub fn into_response(self, realm: &str) -> Response<Body> {
+    /// The one place a rejection becomes a response. `resource_metadata` is the RFC 9728
+    /// metadata URL of the route's resource, for its Bearer challenges.
+    pub fn into_response(self, realm: &str, resource_metadata: Option<&str>) -> Response<Body> {
         let status = self.status();
         let text = match &self {
             Rejection::Auth(e) => e.to_string(),
@@ -106,10 +112,17 @@ impl Rejection {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Rejection::Auth(e) = &self {
-            if let Ok(v) = HeaderValue::from_str(&e.www_authenticate(realm)) {
-                h.insert(header::WWW_AUTHENTICATE, v);
+        match &self {
+            Rejection::Auth(e) => {
+                if let Ok(v) = HeaderValue::from_str(&e.www_authenticate(realm, resource_metadata))
+                {
+                    h.insert(header::WWW_AUTHENTICATE, v);
+                }
             }
+            Rejection::MethodNotAllowed(allow) => {
+                h.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            _ => {}
         }
         // The rest of these requests' bodies cannot be trusted to frame a next request.
         if let Rejection::BadRequest("ambiguous_framing")
@@ -264,7 +277,13 @@ impl Gateway {
                     _ => "deny",
                 };
                 out.reason = rej.reason();
-                rej.into_response(&self.config.server.realm)
+                let resource = out
+                    .route_index
+                    .and_then(|i| self.config.routes.routes()[i].resource.as_deref());
+                rej.into_response(
+                    &self.config.server.realm,
+                    resource.map(|r| &*r.metadata_url),
+                )
             }
         };
         let status = resp.status().as_u16();
@@ -353,6 +372,14 @@ impl Gateway {
             .map_err(|e| Rejection::BadRequest(e.reason()))?;
         let path = canonicalize_with(req.uri().path(), self.config.server.path)
             .map_err(|e| Rejection::BadRequest(e.reason()))?;
+
+        // RFC 9728 metadata is bearward's own answer, whatever route would take the path.
+        if let Some(doc) = self.config.resources.find(&path) {
+            out.path = Some(path);
+            out.reason = "resource_metadata";
+            return crate::resource::respond(req.method(), req.headers(), doc)
+                .ok_or(Rejection::MethodNotAllowed(crate::resource::ALLOW));
+        }
 
         // route
         let Some((index, route)) = self.config.routes.find(req.method(), &path) else {

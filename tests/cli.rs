@@ -104,6 +104,9 @@ fn broken_configs_are_rejected_naming_the_key() {
         ("preflight pass without OPTIONS", "scopes = [\"read\"]", "scopes = [\"read\"]\nmethods = [\"GET\"]\ncors_preflight = true", "routes[1].cors_preflight"),
         ("wrong type", "listen = \"127.0.0.1:0\"", "listen = 8080", "listen"),
         ("no worker threads", "listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:0\"\nworker_threads = 0", "server.worker_threads"),
+        ("http resource", "listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:0\"\nresource = \"http://api.test\"", "server.resource"),
+        ("resource with a query", "scopes = [\"read\"]", "scopes = [\"read\"]\nresource = \"https://api.test/api?v=1\"", "routes[1].resource"),
+        ("two resources, one metadata path", "auth = \"none\"\n\n[[routes]]\nprefix = \"/api\"\n", "auth = \"none\"\nresource = \"https://a.test\"\n\n[[routes]]\nprefix = \"/api\"\nresource = \"https://b.test/\"\n", "routes[1].resource"),
         ("bearer route without issuers", "[[issuers]]\nissuer = \"https://idp.test\"\njwks_file = \"tests/fixtures/empty-jwks.json\"\naudiences = [\"https://api.test\"]\n", "", "routes[1].auth"),
     ];
     for (what, from, to, needle) in cases {

@@ -154,3 +154,37 @@ fn a_query_method_override_that_leaves_the_route_is_refused() {
     assert_eq!(code, 0, "{text}");
     std::fs::remove_file(&file).unwrap();
 }
+
+#[test]
+fn resource_metadata_is_explained_as_bearward_answers_it() {
+    let cfg = std::fs::read_to_string(FIXTURE).unwrap().replacen(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nresource = \"https://api.example.com/api\"",
+        1,
+    );
+    let file =
+        std::env::temp_dir().join(format!("bearward-explain-rm-{}.toml", std::process::id()));
+    std::fs::write(&file, cfg).unwrap();
+    let (text, code) = run(
+        &file,
+        "GET",
+        "/.well-known/oauth-protected-resource/api",
+        None,
+    );
+    assert_eq!(code, 2, "not forwarded: {text}");
+    assert!(text.contains("metadata   RFC 9728"), "{text}");
+    assert!(text.contains("answer     200"), "{text}");
+    let (text, _) = run(
+        &file,
+        "POST",
+        "/.well-known/oauth-protected-resource/api",
+        None,
+    );
+    assert!(text.contains("answer     405"), "{text}");
+    let (text, _) = run(&file, "GET", "/api/orders/7", None);
+    assert!(
+        text.contains("WWW-Authenticate: Bearer realm=\"bearward\", resource_metadata=\"https://api.example.com/.well-known/oauth-protected-resource/api\""),
+        "{text}"
+    );
+    std::fs::remove_file(&file).unwrap();
+}

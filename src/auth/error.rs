@@ -103,24 +103,26 @@ impl AuthError {
 
     /// The `WWW-Authenticate` value. The description is fixed text: it never echoes the token
     /// and never says more about a signature than that it failed.
-    pub fn www_authenticate(&self, realm: &str) -> String {
-        match self.code() {
-            ErrorCode::None => format!("Bearer realm=\"{realm}\""),
-            ErrorCode::InvalidRequest => format!(
-                "Bearer realm=\"{realm}\", error=\"invalid_request\", error_description=\"{self}\""
-            ),
-            ErrorCode::InvalidToken => format!(
-                "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{self}\""
-            ),
-            ErrorCode::InsufficientScope => {
-                let needed = match self {
-                    AuthError::InsufficientScope { needed } => needed.as_str(),
-                    _ => "",
-                };
-                format!(
-                    "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"{self}\", scope=\"{needed}\""
-                )
-            }
+    pub fn www_authenticate(&self, realm: &str, resource_metadata: Option<&str>) -> String {
+        let mut v = format!("Bearer realm=\"{realm}\"");
+        // RFC 9728 5.1: where the client can learn which authorization server to ask.
+        if let Some(url) = resource_metadata {
+            v.push_str(", resource_metadata=\"");
+            v.push_str(url);
+            v.push('"');
         }
+        let error = match self.code() {
+            ErrorCode::None => return v,
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::InsufficientScope => "insufficient_scope",
+        };
+        v.push_str(&format!(
+            ", error=\"{error}\", error_description=\"{self}\""
+        ));
+        if let AuthError::InsufficientScope { needed } = self {
+            v.push_str(&format!(", scope=\"{needed}\""));
+        }
+        v
     }
 }

@@ -596,6 +596,7 @@ upstream = "a"
             cors_preflight: false,
             audit: false,
             max_body: None,
+            resource: None,
         }
     }
 

@@ -39,6 +39,7 @@ pub struct ServerFile {
     pub allow_semicolon_in_path: Option<bool>,
     pub allow_underscores_in_headers: Option<bool>,
     pub max_body_bytes: Option<Spanned<u64>>,
+    pub resource: Option<Spanned<String>>,
     pub http2: Option<bool>,
     pub log_format: Option<Spanned<LogFormat>>,
     pub access_log: Option<bool>,
@@ -121,6 +122,7 @@ pub struct RouteFile {
     pub cors_preflight: Option<Spanned<bool>>,
     pub mode: Option<Spanned<Mode>>,
     pub max_body_bytes: Option<Spanned<u64>>,
+    pub resource: Option<Spanned<String>>,
 }
 
 /// `mode`: enforce the policy, or only report what it would do.

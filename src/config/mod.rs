@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Default request-header limit: the whole header block of one request.
@@ -72,6 +73,8 @@ pub struct Config {
     pub routes: RouteTable,
     pub issuers: Vec<IssuerConfig>,
     pub forward: ForwardConfig,
+    /// RFC 9728 metadata documents of the resources routes name.
+    pub resources: crate::resource::Documents,
     /// Entries in the verified-token cache; 0 turns it off.
     pub token_cache_entries: u64,
     /// Things that are legal but probably wrong (a route that can never match).
@@ -101,6 +104,8 @@ pub struct ServerConfig {
     /// Largest request body forwarded on routes that set none (nginx's
     /// `client_max_body_size`); `None`: no limit.
     pub max_body_bytes: Option<u64>,
+    /// RFC 9728 resource identifier of routes that name none.
+    pub resource: Option<Arc<crate::resource::ResourceId>>,
     pub http2: bool,
     pub log_format: LogFormat,
     pub access_log: bool,

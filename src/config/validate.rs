@@ -4,6 +4,7 @@
 use super::file::{AuthFile, FileConfig, IssuerFile, RouteFile, ServerFile, UpstreamFile};
 use super::*;
 use crate::path::{canonicalize_with, PathOptions};
+use crate::resource::{Documents, ResourceId};
 use crate::routes::{AuthMode, PathMatch, Route};
 use jsonwebtoken::Algorithm;
 use std::ops::Range;
@@ -98,6 +99,22 @@ impl Ctx<'_> {
 
 impl Ctx<'_> {
     /// A body size limit in bytes, if the key is set: up to 1 TiB, 0 refusing any body.
+    fn resource(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        opts: PathOptions,
+    ) -> Option<Arc<ResourceId>> {
+        let v = v.as_ref()?;
+        match ResourceId::parse(v.get_ref(), opts) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                self.err(v.span(), key, e);
+                None
+            }
+        }
+    }
+
     fn max_body(&mut self, v: &Option<Spanned<u64>>, key: &str) -> Option<u64> {
         v.as_ref()?;
         Some(self.size(v, key, 0, 0, 1 << 40) as u64)
@@ -146,10 +163,32 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
     }
 
     let mut routes = Vec::new();
+    // Two resources whose documents would share a path (they differ only in scheme, host or
+    // port): bearward could serve only one of them.
+    let mut resources: Vec<Arc<ResourceId>> = server.resource.iter().cloned().collect();
     for (i, r) in file.routes.iter().enumerate() {
-        if let Some(route) = route(&mut cx, i, r, &upstream_names, &server) {
-            routes.push(route);
+        let Some(route) = route(&mut cx, i, r, &upstream_names, &server) else {
+            continue;
+        };
+        if let (Some(v), Some(res)) = (&r.get_ref().resource, &route.resource) {
+            match resources
+                .iter()
+                .find(|o| o.metadata_path == res.metadata_path)
+            {
+                Some(o) if o.id != res.id => cx.err(
+                    v.span(),
+                    &format!("routes[{i}].resource"),
+                    format!(
+                        "its metadata would be served at {:?}, as that of {:?}: give resources \
+                         that differ in their path",
+                        res.metadata_path, o.id
+                    ),
+                ),
+                Some(_) => {}
+                None => resources.push(res.clone()),
+            }
         }
+        routes.push(route);
     }
     if file.routes.is_empty() {
         cx.err(
@@ -182,6 +221,7 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
         return Err(ConfigError::Invalid(cx.problems));
     }
 
+    let resources = Documents::build(&routes, issuers.iter().map(|i| i.issuer.as_str()));
     let table = RouteTable::new(routes);
     let warnings = table
         .shadowed()
@@ -205,6 +245,7 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
         routes: table,
         issuers,
         forward,
+        resources,
         token_cache_entries: file
             .server
             .get_ref()
@@ -285,6 +326,16 @@ fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
         Some(r) => r.get_ref().clone(),
         None => DEFAULT_REALM.to_owned(),
     };
+    let path = PathOptions {
+        allow_semicolon: s.allow_semicolon_in_path.unwrap_or(false),
+        max_len: cx.size(
+            &s.max_path_bytes,
+            "server.max_path_bytes",
+            DEFAULT_MAX_PATH_BYTES,
+            64,
+            64 * 1024,
+        ),
+    };
     ServerConfig {
         listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
         admin_listen: admin_listen.flatten(),
@@ -303,16 +354,7 @@ fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
             8,
             1000,
         ),
-        path: PathOptions {
-            allow_semicolon: s.allow_semicolon_in_path.unwrap_or(false),
-            max_len: cx.size(
-                &s.max_path_bytes,
-                "server.max_path_bytes",
-                DEFAULT_MAX_PATH_BYTES,
-                64,
-                64 * 1024,
-            ),
-        },
+        path,
         header_read_timeout: cx.duration(
             &s.header_read_timeout,
             "server.header_read_timeout",
@@ -340,6 +382,7 @@ fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
         trusted_proxies,
         allow_underscores_in_headers: s.allow_underscores_in_headers.unwrap_or(false),
         max_body_bytes: cx.max_body(&s.max_body_bytes, "server.max_body_bytes"),
+        resource: cx.resource(&s.resource, "server.resource", path),
         http2: s.http2.unwrap_or(true),
         log_format: s
             .log_format
@@ -657,6 +700,9 @@ fn route(
         max_body: cx
             .max_body(&r.max_body_bytes, &key("max_body_bytes"))
             .or(server.max_body_bytes),
+        resource: cx
+            .resource(&r.resource, &key("resource"), path_opts)
+            .or_else(|| server.resource.clone()),
     })
 }
 
