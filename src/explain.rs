@@ -133,8 +133,7 @@ pub async fn explain(
             .await
             .err()
             .map(|e| {
-                let resource = route.resource.as_deref().map(|r| &*r.metadata_url);
-                let www = e.www_authenticate(&config.server.realm, resource);
+                let www = e.www_authenticate(&config.server.realm, Some(route));
                 (e.status(), Some(www), e.reason())
             }),
     };

@@ -87,9 +87,9 @@ impl Rejection {
         }
     }
 
-    /// The one place a rejection becomes a response. `resource_metadata` is the RFC 9728
-    /// metadata URL of the route's resource, for its Bearer challenges.
-    pub fn into_response(self, realm: &str, resource_metadata: Option<&str>) -> Response<Body> {
+    /// The one place a rejection becomes a response. `route` is the route that refused, for
+    /// what its Bearer challenges say beyond the error.
+    pub fn into_response(self, realm: &str, route: Option<&Route>) -> Response<Body> {
         let status = self.status();
         let text = match &self {
             Rejection::Auth(e) => e.to_string(),
@@ -114,8 +114,7 @@ impl Rejection {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match &self {
             Rejection::Auth(e) => {
-                if let Ok(v) = HeaderValue::from_str(&e.www_authenticate(realm, resource_metadata))
-                {
+                if let Ok(v) = HeaderValue::from_str(&e.www_authenticate(realm, route)) {
                     h.insert(header::WWW_AUTHENTICATE, v);
                 }
             }
@@ -277,13 +276,8 @@ impl Gateway {
                     _ => "deny",
                 };
                 out.reason = rej.reason();
-                let resource = out
-                    .route_index
-                    .and_then(|i| self.config.routes.routes()[i].resource.as_deref());
-                rej.into_response(
-                    &self.config.server.realm,
-                    resource.map(|r| &*r.metadata_url),
-                )
+                let route = out.route_index.map(|i| &self.config.routes.routes()[i]);
+                rej.into_response(&self.config.server.realm, route)
             }
         };
         let status = resp.status().as_u16();

@@ -1185,7 +1185,7 @@ async fn protected_resource_metadata_is_served_by_bearward_for_each_resource() {
 }
 
 #[tokio::test]
-async fn bearer_challenges_name_the_route_resource_metadata() {
+async fn bearer_challenges_name_the_route_resource_metadata_and_its_scopes() {
     let (idp, up, gw) = resource_world().await;
     let c = client();
     let mint = idp.minter("https://api.test");
@@ -1196,7 +1196,13 @@ async fn bearer_challenges_name_the_route_resource_metadata() {
     assert_eq!(none.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         none.headers["www-authenticate"],
-        format!("Bearer realm=\"bearward\", resource_metadata=\"{api}\"").as_str()
+        format!("Bearer realm=\"bearward\", resource_metadata=\"{api}\", scope=\"read\"").as_str()
+    );
+    let any = get(&c, &gw.url("/api/any/x"), &[]).await;
+    assert_eq!(
+        any.headers["www-authenticate"],
+        format!("Bearer realm=\"bearward\", resource_metadata=\"{api}\", scope=\"read write\"")
+            .as_str()
     );
     let bad = get(
         &c,
@@ -1208,7 +1214,8 @@ async fn bearer_challenges_name_the_route_resource_metadata() {
     assert_eq!(
         bad.headers["www-authenticate"],
         format!(
-            "Bearer realm=\"bearward\", resource_metadata=\"{admin}\", error=\"invalid_token\", \
+            "Bearer realm=\"bearward\", resource_metadata=\"{admin}\", scope=\"admin\", \
+             error=\"invalid_token\", \
              error_description=\"malformed token\""
         )
         .as_str()

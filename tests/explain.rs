@@ -183,7 +183,7 @@ fn resource_metadata_is_explained_as_bearward_answers_it() {
     assert!(text.contains("answer     405"), "{text}");
     let (text, _) = run(&file, "GET", "/api/orders/7", None);
     assert!(
-        text.contains("WWW-Authenticate: Bearer realm=\"bearward\", resource_metadata=\"https://api.example.com/.well-known/oauth-protected-resource/api\""),
+        text.contains("WWW-Authenticate: Bearer realm=\"bearward\", resource_metadata=\"https://api.example.com/.well-known/oauth-protected-resource/api\", scope=\"read\""),
         "{text}"
     );
     std::fs::remove_file(&file).unwrap();

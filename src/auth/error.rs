@@ -1,6 +1,8 @@
 //! Why a request was refused by the token check, and the RFC 6750 section 3 answer for each.
 
+use crate::routes::Route;
 use http::StatusCode;
+use std::fmt::Write as _;
 
 /// A refused or failed token check. One variant per reason, so logs and metrics are exact.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -101,15 +103,29 @@ impl AuthError {
         }
     }
 
-    /// The `WWW-Authenticate` value. The description is fixed text: it never echoes the token
-    /// and never says more about a signature than that it failed.
-    pub fn www_authenticate(&self, realm: &str, resource_metadata: Option<&str>) -> String {
+    /// The `WWW-Authenticate` value for a refusal on `route`. The description is fixed text: it
+    /// never echoes the token and never says more about a signature than that it failed.
+    ///
+    /// On a route with an RFC 9728 `resource`, the challenge names its metadata URL (RFC 9728
+    /// 5.1), and a 401 also names the scopes the route takes (RFC 6750 3 allows `scope` in any
+    /// challenge): MCP clients ask for those rather than for all of `scopes_supported`. Without
+    /// a `resource` the operator has not opted in to discovery, and scope names stay unsaid
+    /// until a client shows a valid token.
+    pub fn www_authenticate(&self, realm: &str, route: Option<&Route>) -> String {
         let mut v = format!("Bearer realm=\"{realm}\"");
-        // RFC 9728 5.1: where the client can learn which authorization server to ask.
-        if let Some(url) = resource_metadata {
-            v.push_str(", resource_metadata=\"");
-            v.push_str(url);
-            v.push('"');
+        if let Some((route, resource)) = route.and_then(|r| Some((r, r.resource.as_deref()?))) {
+            let _ = write!(v, ", resource_metadata=\"{}\"", resource.metadata_url);
+            if self.status() == StatusCode::UNAUTHORIZED {
+                let mut hint: Vec<&str> = Vec::new();
+                for s in route.scopes.iter().chain(&route.scopes_any) {
+                    if !hint.contains(&s.as_str()) {
+                        hint.push(s);
+                    }
+                }
+                if !hint.is_empty() {
+                    let _ = write!(v, ", scope=\"{}\"", hint.join(" "));
+                }
+            }
         }
         let error = match self.code() {
             ErrorCode::None => return v,
