@@ -450,3 +450,75 @@ async fn without_cache_control_the_configured_refresh_applies() {
         "jwks_refresh = 1s gave {hits} fetches in 3.5 s"
     );
 }
+
+/// A client that knows nothing but the API's URL, as an MCP client starts: the 401 names the
+/// RFC 9728 metadata, the metadata names the authorization server and the resource, the
+/// server's own metadata names its token endpoint, and the token asked for there with the
+/// challenge's scope and the metadata's resource is let through.
+#[tokio::test]
+async fn a_client_discovers_the_authorization_server_from_the_401() {
+    let Some(p) = start_provider() else { return };
+    const RESOURCE: &str = "https://api.bearward.test/api";
+    let extra = format!("audiences = [\"{RESOURCE}\"]");
+    let up = Upstream::start().await;
+    let cfg = config(&up, &p.issuer, "[\"RS256\"]", "")
+        .replace(&format!("audiences = [\"{API}\"]"), &extra)
+        .replace(
+            "admin_listen = \"127.0.0.1:0\"\n",
+            &format!("admin_listen = \"127.0.0.1:0\"\nresource = \"{RESOURCE}\"\n"),
+        );
+    let gw = Gateway::start(&cfg).await;
+    wait_ready(&gw).await;
+    let c = client();
+
+    let refused = get(&c, &gw.url("/api/read/items"), &[]).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    let www = refused.headers["www-authenticate"].to_str().unwrap();
+    let param = |name: &str| {
+        let start = www
+            .find(&format!("{name}=\""))
+            .unwrap_or_else(|| panic!("{www}"))
+            + name.len()
+            + 2;
+        www[start..start + www[start..].find('"').unwrap()].to_owned()
+    };
+    let metadata_url = param("resource_metadata");
+    let scope = param("scope");
+    assert_eq!(scope, "read");
+    // The client resolves api.bearward.test to bearward.
+    let path = metadata_url
+        .strip_prefix("https://api.bearward.test")
+        .unwrap_or_else(|| panic!("{metadata_url}"));
+    let meta: Value = serde_json::from_str(&get(&c, &gw.url(path), &[]).await.body).unwrap();
+    assert_eq!(meta["resource"], RESOURCE);
+    let server = meta["authorization_servers"][0].as_str().unwrap();
+    assert_eq!(server, p.issuer);
+    let discovery = get(
+        &c,
+        &format!("{server}/.well-known/openid-configuration"),
+        &[],
+    )
+    .await;
+    let discovery: Value = serde_json::from_str(&discovery.body).unwrap();
+    let (status, body) = post(
+        discovery["token_endpoint"].as_str().unwrap(),
+        Some(("cc-client", "cc-secret")),
+        &[
+            ("grant_type", "client_credentials"),
+            ("scope", &scope),
+            ("resource", meta["resource"].as_str().unwrap()),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["access_token"].as_str().unwrap();
+
+    let a = call(&gw, "/api/read/items", token).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(
+        up.count(),
+        1,
+        "only the request with the token reached the upstream"
+    );
+}
