@@ -211,3 +211,25 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     assert!(status.success(), "exit status {status:?}");
     let _ = std::fs::remove_file(&file);
 }
+
+#[test]
+fn a_resource_outside_every_issuers_audiences_warns() {
+    let with = |resource: &str| {
+        GOOD.replacen(
+            "scopes = [\"read\"]",
+            &format!("scopes = [\"read\"]\nresource = \"{resource}\""),
+            1,
+        )
+    };
+    let (ok, out) = check(&with("https://api.test"));
+    assert!(ok, "{out}");
+    assert!(!out.contains("warning:"), "an accepted audience: {out}");
+    let (ok, out) = check(&with("https://elsewhere.test/api"));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning:")
+            && out.contains("routes[1].resource")
+            && out.contains("bad_audience"),
+        "{out}"
+    );
+}

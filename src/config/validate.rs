@@ -223,7 +223,7 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
 
     let resources = Documents::build(&routes, issuers.iter().map(|i| i.issuer.as_str()));
     let table = RouteTable::new(routes);
-    let warnings = table
+    let mut warnings: Vec<Problem> = table
         .shadowed()
         .into_iter()
         .map(|(i, j)| {
@@ -237,6 +237,34 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
             )
         })
         .collect();
+    // RFC 8707 clients (MCP's among them) ask for a token whose audience is the resource the
+    // metadata names; a token an issuer grants that way would be refused as bad_audience.
+    let named = (file.server.get_ref().resource.iter())
+        .map(|v| (v, "server.resource".to_owned()))
+        .chain(file.routes.iter().enumerate().filter_map(|(i, r)| {
+            let v = r.get_ref().resource.as_ref()?;
+            let bearer = table.routes()[i].auth == AuthMode::Bearer;
+            bearer.then(|| (v, format!("routes[{i}].resource")))
+        }));
+    let mut seen: Vec<&str> = Vec::new();
+    for (v, key) in named {
+        let id = v.get_ref().as_str();
+        if issuers.is_empty()
+            || seen.contains(&id)
+            || issuers.iter().any(|i| i.audiences.iter().any(|a| a == id))
+        {
+            continue;
+        }
+        seen.push(id);
+        warnings.push(cx.locate(
+            v.span(),
+            &key,
+            format!(
+                "no issuer lists {id:?} in its audiences: a client that asks for a token for \
+                 this resource (RFC 8707, as MCP clients do) would be refused with bad_audience"
+            ),
+        ));
+    }
 
     Ok(Config {
         source: name.to_owned(),
