@@ -11,7 +11,8 @@
 //! - [`auth`]: bearer token extraction, JWT validation, key cache, scopes, RFC 6750 answers.
 //! - [`service`]: the request path as ordered phases; rejections become responses there.
 //! - [`proxy`]: forwarding: timeouts, upgrades, and the header rules.
-//! - [`pool`]: keep-alive upstream connections on hyper's HTTP/1 client.
+//! - [`pool`]: keep-alive upstream connections and the HTTP/1.1 exchange over them.
+//! - [`tls`]: TLS to `https` upstreams.
 //! - [`server`]: listeners, admin endpoints, graceful shutdown.
 //! - [`telemetry`]: logging setup and metrics.
 //! - [`body`]: the boxed streaming body type.
@@ -36,6 +37,7 @@ pub mod server;
 pub mod service;
 pub mod telemetry;
 pub mod timer;
+pub mod tls;
 
 use std::sync::Arc;
 

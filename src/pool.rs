@@ -3,8 +3,9 @@
 //! The exchange runs inside the request's own task: the request head is written, the request
 //! body streamed and the response head read by the request's future; the response body reads
 //! the socket as the client takes it. The wire format is in [`crate::h1client`] (why not
-//! hyper's client is said there). A connection is a bare `TcpStream` plus its read buffer,
-//! taken from a LIFO list and put back the moment its response has been read to the end.
+//! hyper's client is said there). A connection is a socket (TLS over it for an `https`
+//! upstream, [`crate::tls`]) plus its read buffer, taken from a LIFO list and put back the
+//! moment its response has been read to the end.
 //!
 //! - a request reaches a pooled connection that died under us: retried once on a fresh
 //!   connection when the upstream cannot have acted on it (its head could not be written), or
@@ -29,6 +30,7 @@ use crate::h1client::{self, Chunked, Decoded, Malformed, RequestFraming, Respons
 use crate::proxy::{BodyStalled, BodyTooLarge, ProxyError};
 use crate::telemetry::Metrics;
 use crate::timer::Stall;
+use crate::tls::{Stream, UpstreamTls};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::{Method, Request, Response};
@@ -50,7 +52,7 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// One upstream connection.
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes read but not yet consumed. Empty whenever the connection is idle.
     buf: BytesMut,
     since: Instant,
@@ -59,7 +61,7 @@ struct Conn {
 /// The upstream side of an upgraded (101) exchange: the connection and any bytes the upstream
 /// sent after its 101 head.
 pub struct Upgraded {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub leftover: Bytes,
 }
 
@@ -85,6 +87,9 @@ pub struct Pool {
     name: String,
     metrics: Arc<Metrics>,
     addr: String,
+    /// For an `https` upstream.
+    tls: Option<UpstreamTls>,
+    /// The longest a new connection may take, TLS handshake included.
     connect_timeout: Duration,
     /// The longest the upstream may take no request bytes, or send no response body bytes
     /// (its `request_timeout`, as nginx's `proxy_send_timeout` and `proxy_read_timeout`).
@@ -100,7 +105,8 @@ impl Pool {
         Arc::new(Pool {
             name: upstream.name.clone(),
             metrics,
-            addr: upstream.authority.to_string(),
+            addr: connect_addr(upstream),
+            tls: upstream.tls.clone(),
             connect_timeout: upstream.connect_timeout,
             stall_timeout: upstream.request_timeout,
             idle_timeout: upstream.idle_timeout,
@@ -128,7 +134,7 @@ impl Pool {
                 return self.connect().await.map(|c| (c, false));
             };
             let idle = conn.since.elapsed();
-            if idle > self.idle_timeout || (idle >= PROBE_AFTER && !still_open(&conn.stream)) {
+            if idle > self.idle_timeout || (idle >= PROBE_AFTER && !still_open(conn.stream.tcp())) {
                 continue;
             }
             return Ok((conn, true));
@@ -136,24 +142,31 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<Conn, ProxyError> {
-        let stream = match tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect(&self.addr),
-        )
-        .await
-        {
-            Err(_) => return Err(ProxyError::ConnectTimeout),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                return Err(ProxyError::ConnectTimeout)
-            }
-            Ok(Err(_)) => return Err(ProxyError::Unreachable),
-            Ok(Ok(s)) => s,
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = tokio::time::timeout(self.connect_timeout, self.open())
+            .await
+            .map_err(|_| ProxyError::ConnectTimeout)??;
         Ok(Conn {
             stream,
             buf: BytesMut::new(),
             since: Instant::now(),
+        })
+    }
+
+    async fn open(&self) -> Result<Stream, ProxyError> {
+        let tcp = match TcpStream::connect(&self.addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(ProxyError::ConnectTimeout)
+            }
+            Err(_) => return Err(ProxyError::Unreachable),
+            Ok(s) => s,
+        };
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return Ok(Stream::Plain(tcp));
+        };
+        tls.connect(tcp).await.map_err(|e| {
+            tracing::warn!(upstream = %self.name, authority = %self.addr, error = %e, "TLS handshake with the upstream failed");
+            ProxyError::Tls
         })
     }
 
@@ -256,6 +269,17 @@ impl Pool {
     }
 }
 
+/// `host:port` to connect to: a URL without a port means the scheme's (RFC 9110 4.2), which the
+/// socket API does not fill in.
+fn connect_addr(upstream: &UpstreamConfig) -> String {
+    let a = &upstream.authority;
+    match a.port_u16() {
+        Some(_) => a.to_string(),
+        None if upstream.tls.is_some() => format!("{}:443", a.host()),
+        None => format!("{}:80", a.host()),
+    }
+}
+
 fn into_response(head: h1client::ResponseHead, body: Body) -> Response<Body> {
     let mut resp = Response::new(body);
     *resp.status_mut() = head.status;
@@ -288,8 +312,30 @@ async fn exchange(
     let Some(req_body) = req_body.take() else {
         return read_head(&mut conn.stream, &mut conn.buf, method).await;
     };
-    let (mut rd, mut wr) = conn.stream.split();
-    let read = read_head(&mut rd, &mut conn.buf, method);
+    // The head is read while the body is written: the upstream may answer early.
+    let buf = &mut conn.buf;
+    match &mut conn.stream {
+        Stream::Plain(s) => {
+            let (rd, wr) = s.split();
+            head_and_body(rd, wr, buf, req_body, framing, method, stall_timeout).await
+        }
+        Stream::Tls(s) => {
+            let (rd, wr) = tokio::io::split(&mut **s);
+            head_and_body(rd, wr, buf, req_body, framing, method, stall_timeout).await
+        }
+    }
+}
+
+async fn head_and_body<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    mut rd: R,
+    mut wr: W,
+    buf: &mut BytesMut,
+    req_body: Body,
+    framing: RequestFraming,
+    method: &Method,
+    stall_timeout: Duration,
+) -> Result<h1client::ResponseHead, Failure> {
+    let read = read_head(&mut rd, buf, method);
     let write = write_body(&mut wr, req_body, framing, stall_timeout);
     tokio::pin!(read, write);
     tokio::select! {
@@ -374,7 +420,14 @@ async fn send_all<W: AsyncWrite + Unpin, B: Buf>(
             return Err(WriteFailure::Io);
         }
     }
-    Ok(())
+    // TLS may hold what was written until flushed; on a bare socket this is a no-op.
+    let flushed = match wr.flush().now_or_never() {
+        Some(r) => r,
+        None => tokio::time::timeout(limit, wr.flush())
+            .await
+            .map_err(|_| WriteFailure::Stalled)?,
+    };
+    flushed.map_err(|_| WriteFailure::Io)
 }
 
 async fn write_body<W: AsyncWrite + Unpin>(
@@ -546,5 +599,28 @@ impl http_body::Body for UpstreamBody {
             BodyState::Done => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr_of(url: &str) -> String {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.u]\nurl = \"{url}\"\n\
+             [[routes]]\nprefix = \"/\"\nupstream = \"u\"\nauth = \"none\"\n"
+        );
+        let config = crate::config::Config::from_toml_str(&text, "t.toml").unwrap();
+        connect_addr(&config.upstreams[0])
+    }
+
+    #[test]
+    fn a_url_without_a_port_connects_to_the_schemes() {
+        assert_eq!(addr_of("http://backend.internal"), "backend.internal:80");
+        assert_eq!(addr_of("https://backend.internal"), "backend.internal:443");
+        assert_eq!(addr_of("http://[::1]"), "[::1]:80");
+        assert_eq!(addr_of("http://127.0.0.1:3000"), "127.0.0.1:3000");
+        assert_eq!(addr_of("https://127.0.0.1:8443"), "127.0.0.1:8443");
     }
 }

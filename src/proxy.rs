@@ -39,13 +39,18 @@ pub enum ProxyError {
     /// The client's request body ran past the route's `max_body_bytes`; the upstream
     /// connection carrying it was closed mid-body, so the upstream never got a whole request.
     BodyTooLarge,
+    /// The TLS handshake with an `https` upstream failed (its certificate did not verify, or
+    /// it speaks no TLS bearward accepts).
+    Tls,
 }
 
 impl ProxyError {
     /// Status answered to the client.
     pub fn status(self) -> StatusCode {
         match self {
-            ProxyError::Unreachable | ProxyError::BadResponse => StatusCode::BAD_GATEWAY,
+            ProxyError::Unreachable | ProxyError::BadResponse | ProxyError::Tls => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::ConnectTimeout | ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ClientBody => StatusCode::BAD_REQUEST,
@@ -58,6 +63,7 @@ impl ProxyError {
         match self {
             ProxyError::Unreachable => "upstream_unreachable",
             ProxyError::BadResponse => "upstream_bad_response",
+            ProxyError::Tls => "upstream_tls",
             ProxyError::ConnectTimeout => "upstream_connect_timeout",
             ProxyError::Timeout => "upstream_timeout",
             ProxyError::BodyTimeout => "client_body_timeout",

@@ -1411,3 +1411,71 @@ async fn a_connection_closed_by_the_upstream_is_not_a_failure() {
     }
     assert_eq!(up.count(), 30);
 }
+
+/// `basic_config` in front of the TLS test upstream, with `tls` lines for `[upstreams.app]`.
+async fn setup_tls(tls: &str) -> (Upstream, Gateway, HttpClient) {
+    let up = Upstream::start_tls().await;
+    let cfg = basic_config(&up.url(), "").replace(
+        "request_timeout = \"500ms\"",
+        &format!("request_timeout = \"500ms\"\n{tls}"),
+    );
+    let gw = Gateway::start(&cfg).await;
+    (up, gw, client())
+}
+
+#[tokio::test]
+async fn an_https_upstream_is_reached_over_verified_tls() {
+    for name in ["", "tls_server_name = \"localhost\""] {
+        let (up, gw, c) = setup_tls(&format!(
+            "tls_ca_file = \"tests/fixtures/tls/ca.pem\"\n{name}"
+        ))
+        .await;
+        let a = get(&c, &gw.url("/public/a?x=1"), &[]).await;
+        assert_eq!(a.status, StatusCode::OK, "{name}: {}", a.body);
+        assert_eq!(a.body, "upstream ok");
+        let body = "x".repeat(200_000);
+        let b = send(&c, "POST", &gw.url("/public/b"), &[], &body).await;
+        assert_eq!(b.status, StatusCode::OK, "{name}: {}", b.body);
+        let seen = up.seen();
+        assert_eq!(seen[0].uri, "/public/a?x=1");
+        assert_eq!(seen[1].body_len, 200_000, "the body crossed TLS whole");
+        assert_eq!(
+            seen[0].peer, seen[1].peer,
+            "one pooled TLS connection carried both"
+        );
+
+        // A WebSocket tunnel runs over TLS too.
+        let (mut ws, head) = open_websocket(gw.addr).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        ws.write_all(b"ping over tls").await.unwrap();
+        let mut echo = [0u8; 13];
+        ws.read_exact(&mut echo).await.unwrap();
+        assert_eq!(&echo, b"ping over tls");
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_whose_certificate_does_not_verify_is_sent_nothing() {
+    for (tls, why) in [
+        (
+            "tls_ca_file = \"tests/fixtures/tls/other-ca.pem\"",
+            "a CA that signed nothing",
+        ),
+        ("", "the system's roots"),
+        (
+            "tls_ca_file = \"tests/fixtures/tls/ca.pem\"\ntls_server_name = \"api.test\"",
+            "a name the certificate is not for",
+        ),
+    ] {
+        let (up, gw, c) = setup_tls(tls).await;
+        let a = get(&c, &gw.url("/public/a"), &[]).await;
+        assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{why}: {}", a.body);
+        assert!(a.body.contains("upstream_tls"), "{why}: {}", a.body);
+        assert_eq!(up.count(), 0, "{why}: the upstream received a request");
+        let m = metrics_after_close(&gw).await;
+        assert!(
+            m.contains(r#"status="502",decision="error",reason="upstream_tls"} 1"#),
+            "{why}: {m}"
+        );
+    }
+}

@@ -104,6 +104,8 @@ pub struct UpstreamFile {
     pub tunnel_idle_timeout: Option<Spanned<String>>,
     pub max_idle_connections: Option<Spanned<u64>>,
     pub pass_host_header: Option<bool>,
+    pub tls_ca_file: Option<Spanned<String>>,
+    pub tls_server_name: Option<Spanned<String>>,
 }
 
 /// `[[routes]]`

@@ -121,7 +121,7 @@ pub struct ServerConfig {
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
-    /// `http` only for now.
+    /// `http`, or `https` (with `tls`).
     pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
     pub connect_timeout: Duration,
@@ -132,6 +132,8 @@ pub struct UpstreamConfig {
     pub max_idle_connections: usize,
     /// Send the client's `Host` (true) or the upstream's authority (false).
     pub pass_host_header: bool,
+    /// How connections to an `https` upstream are made; `None` for `http`.
+    pub tls: Option<crate::tls::UpstreamTls>,
 }
 
 /// Where an issuer's keys come from.

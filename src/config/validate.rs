@@ -450,15 +450,12 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, u: &Spanned<UpstreamFile>) -> Upstream
     let mut authority = http::uri::Authority::from_static("invalid");
     match http::Uri::from_str(u.url.get_ref()) {
         Ok(uri) => {
-            match uri.scheme_str() {
-                Some("http") => {}
-                Some("https") => cx.err(
+            if !matches!(uri.scheme_str(), Some("http" | "https")) {
+                cx.err(
                     u.url.span(),
                     &key("url"),
-                    "https upstreams are not supported yet; bearward is meant to reach its \
-                     upstream over loopback or a private network with http://",
-                ),
-                _ => cx.err(u.url.span(), &key("url"), "must be an http:// URL"),
+                    "must be an http:// or https:// URL",
+                );
             }
             match uri.authority() {
                 Some(a) if !a.as_str().contains('@') => authority = a.clone(),
@@ -482,6 +479,7 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, u: &Spanned<UpstreamFile>) -> Upstream
             format!("{:?} is not a URL: {e}", u.url.get_ref()),
         ),
     }
+    let tls = upstream_tls(cx, u, &scheme, &authority, &key);
     let long = (Duration::from_millis(1), Duration::from_secs(3600));
     UpstreamConfig {
         name: name.to_owned(),
@@ -519,7 +517,50 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, u: &Spanned<UpstreamFile>) -> Upstream
             10_000,
         ),
         pass_host_header: u.pass_host_header.unwrap_or(true),
+        tls,
     }
+}
+
+/// The TLS settings of an `https` upstream; its TLS keys on an `http` one are an error, since
+/// they would suggest a protection the connection does not have.
+fn upstream_tls(
+    cx: &mut Ctx<'_>,
+    u: &UpstreamFile,
+    scheme: &http::uri::Scheme,
+    authority: &http::uri::Authority,
+    key: &dyn Fn(&str) -> String,
+) -> Option<crate::tls::UpstreamTls> {
+    if *scheme != http::uri::Scheme::HTTPS {
+        for (k, v) in [
+            ("tls_ca_file", &u.tls_ca_file),
+            ("tls_server_name", &u.tls_server_name),
+        ] {
+            if let Some(v) = v {
+                cx.err(v.span(), &key(k), "only applies to an https:// url");
+            }
+        }
+        return None;
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = match &u.tls_server_name {
+        Some(n) => {
+            crate::tls::server_name(n.get_ref()).map_err(|e| (n.span(), key("tls_server_name"), e))
+        }
+        None => crate::tls::server_name(host).map_err(|e| (u.url.span(), key("url"), e)),
+    };
+    let ca = u.tls_ca_file.as_ref();
+    let roots = crate::tls::roots(ca.map(|f| Path::new(f.get_ref().as_str())))
+        .map_err(|e| (ca.map_or(0..0, Spanned::span), key("tls_ca_file"), e));
+    let made = match (name, roots) {
+        (Ok(name), Ok(roots)) => {
+            crate::tls::UpstreamTls::new(name, roots).map_err(|e| (u.url.span(), key("url"), e))
+        }
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    made.map_err(|(span, k, e)| cx.err(span, &k, e)).ok()
 }
 
 fn scope_list(

@@ -41,6 +41,7 @@ pub struct Seen {
 pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    tls: bool,
 }
 
 impl Upstream {
@@ -50,8 +51,37 @@ impl Upstream {
 
     /// `keep_alive = false`: every response closes its connection.
     pub async fn start_with(keep_alive: bool) -> Upstream {
+        Upstream::serve(keep_alive, None).await
+    }
+
+    /// Over TLS, with the certificate in `tests/fixtures/tls` (for `localhost` and
+    /// `127.0.0.1`, signed by `ca.pem` there).
+    pub async fn start_tls() -> Upstream {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter("tests/fixtures/tls/server.pem")
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = PrivateKeyDer::from_pem_file("tests/fixtures/tls/server-key.pem").unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        Upstream::serve(
+            true,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+        .await
+    }
+
+    async fn serve(keep_alive: bool, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let tls_on = tls.is_some();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let record = seen.clone();
         tokio::spawn(async move {
@@ -60,21 +90,39 @@ impl Upstream {
                     return;
                 };
                 let record = record.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(req, record.clone(), peer));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(keep_alive)
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades()
-                        .await;
+                    let mut http = hyper::server::conn::http1::Builder::new();
+                    http.keep_alive(keep_alive);
+                    let _ = match tls {
+                        None => {
+                            http.serve_connection(TokioIo::new(stream), svc)
+                                .with_upgrades()
+                                .await
+                        }
+                        Some(tls) => {
+                            let Ok(stream) = tls.accept(stream).await else {
+                                return;
+                            };
+                            http.serve_connection(TokioIo::new(stream), svc)
+                                .with_upgrades()
+                                .await
+                        }
+                    };
                 });
             }
         });
-        Upstream { addr, seen }
+        Upstream {
+            addr,
+            seen,
+            tls: tls_on,
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn seen(&self) -> Vec<Seen> {
