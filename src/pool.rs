@@ -382,7 +382,14 @@ async fn read_head<R: AsyncRead + Unpin>(
             }
         }
         buf.reserve(READ_CHUNK);
-        match rd.read_buf(buf).await {
+        let read = rd.read_buf(buf).await;
+        // In TLS 1.3 the server checks a client certificate after the client's handshake is
+        // done, so its refusal arrives here, as an alert, rather than from the handshake.
+        if let Some(e) = read.as_ref().err().and_then(crate::tls::session_error) {
+            tracing::warn!(error = %e, "the upstream ended the TLS session");
+            return Err(Failure::Proxy(ProxyError::Tls));
+        }
+        match read {
             Ok(n) if n > 0 => got_any = true,
             _ if got_any => return Err(Failure::Proxy(ProxyError::Unreachable)),
             _ => return Err(Failure::NoResponse),

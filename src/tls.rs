@@ -3,12 +3,13 @@
 //!
 //! The certificate is always verified, against the upstream's `tls_ca_file` or else the
 //! system's roots (Mozilla's when the system has none), for `tls_server_name` or else the URL's
-//! host, which is also sent as SNI. There is no switch to skip verification: a gateway that
+//! host, which is also sent as SNI. An upstream that asks for a client certificate (mTLS) gets
+//! `tls_client_cert`, when one is configured. There is no switch to skip verification: a gateway that
 //! checks every token must not hand them to whoever answers on the upstream's address. ALPN
 //! offers only `http/1.1`, the one protocol bearward speaks upstream.
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use std::io;
 use std::path::Path;
@@ -26,14 +27,24 @@ pub struct UpstreamTls {
 }
 
 impl UpstreamTls {
-    /// Settings for a server known as `server_name`, trusting `roots`.
-    pub fn new(server_name: ServerName<'static>, roots: RootCertStore) -> Result<Self, String> {
+    /// Settings for a server known as `server_name`, trusting `roots`, presenting `identity`
+    /// when the server asks for a client certificate.
+    pub fn new(
+        server_name: ServerName<'static>,
+        roots: RootCertStore,
+        identity: Option<Identity>,
+    ) -> Result<Self, String> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
+        let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let mut config = match identity {
+            None => builder.with_no_client_auth(),
+            Some(Identity { chain, key }) => builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("the client certificate and key do not go together: {e}"))?,
+        };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(UpstreamTls {
             config: Arc::new(config),
@@ -47,6 +58,35 @@ impl UpstreamTls {
         let tls = connector.connect(self.server_name.clone(), tcp).await?;
         Ok(Stream::Tls(Box::new(tls)))
     }
+}
+
+/// A client certificate chain and its private key, for upstreams that ask for one (mTLS).
+pub struct Identity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    /// Reads the PEM certificate chain (the client's own certificate first) and the PEM
+    /// private key. Each error says which of the two files it is about.
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Identity, IdentityError> {
+        let chain = CertificateDer::pem_file_iter(cert_file)
+            .map_err(|e| IdentityError::Cert(format!("cannot read it: {e}")))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| IdentityError::Cert(format!("not a PEM certificate file: {e}")))?;
+        if chain.is_empty() {
+            return Err(IdentityError::Cert("holds no PEM certificate".into()));
+        }
+        let key = PrivateKeyDer::from_pem_file(key_file)
+            .map_err(|e| IdentityError::Key(format!("holds no usable PEM private key: {e}")))?;
+        Ok(Identity { chain, key })
+    }
+}
+
+/// Which file of an [`Identity`] is wrong.
+pub enum IdentityError {
+    Cert(String),
+    Key(String),
 }
 
 /// The name a certificate must be valid for: a DNS name or an IP address.
@@ -87,6 +127,11 @@ fn default_roots() -> RootCertStore {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     }
     roots
+}
+
+/// The TLS error behind a read or write error on a [`Stream`], if that is what it was.
+pub fn session_error(e: &io::Error) -> Option<&rustls::Error> {
+    e.get_ref()?.downcast_ref()
 }
 
 /// An upstream connection: plain TCP, or TLS over it.

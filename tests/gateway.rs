@@ -1414,7 +1414,11 @@ async fn a_connection_closed_by_the_upstream_is_not_a_failure() {
 
 /// `basic_config` in front of the TLS test upstream, with `tls` lines for `[upstreams.app]`.
 async fn setup_tls(tls: &str) -> (Upstream, Gateway, HttpClient) {
-    let up = Upstream::start_tls().await;
+    setup_tls_with(false, tls).await
+}
+
+async fn setup_tls_with(mtls: bool, tls: &str) -> (Upstream, Gateway, HttpClient) {
+    let up = Upstream::start_tls_with(mtls).await;
     let cfg = basic_config(&up.url(), "").replace(
         "request_timeout = \"500ms\"",
         &format!("request_timeout = \"500ms\"\n{tls}"),
@@ -1478,4 +1482,22 @@ async fn an_upstream_whose_certificate_does_not_verify_is_sent_nothing() {
             "{why}: {m}"
         );
     }
+}
+
+#[tokio::test]
+async fn an_upstream_that_asks_for_a_client_certificate_gets_the_configured_one() {
+    let ca = "tls_ca_file = \"tests/fixtures/tls/ca.pem\"";
+    let identity = "tls_client_cert = \"tests/fixtures/tls/client.pem\"\n\
+                    tls_client_key = \"tests/fixtures/tls/client-key.pem\"";
+    let (up, gw, c) = setup_tls_with(true, &format!("{ca}\n{identity}")).await;
+    let a = get(&c, &gw.url("/public/a"), &[]).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(up.count(), 1);
+
+    // Without one, the upstream refuses the handshake and gets no request.
+    let (up, gw, c) = setup_tls_with(true, ca).await;
+    let a = get(&c, &gw.url("/public/a"), &[]).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{}", a.body);
+    assert!(a.body.contains("upstream_tls"), "{}", a.body);
+    assert_eq!(up.count(), 0);
 }

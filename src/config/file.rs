@@ -106,6 +106,8 @@ pub struct UpstreamFile {
     pub pass_host_header: Option<bool>,
     pub tls_ca_file: Option<Spanned<String>>,
     pub tls_server_name: Option<Spanned<String>>,
+    pub tls_client_cert: Option<Spanned<String>>,
+    pub tls_client_key: Option<Spanned<String>>,
 }
 
 /// `[[routes]]`

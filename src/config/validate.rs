@@ -534,6 +534,8 @@ fn upstream_tls(
         for (k, v) in [
             ("tls_ca_file", &u.tls_ca_file),
             ("tls_server_name", &u.tls_server_name),
+            ("tls_client_cert", &u.tls_client_cert),
+            ("tls_client_key", &u.tls_client_key),
         ] {
             if let Some(v) = v {
                 cx.err(v.span(), &key(k), "only applies to an https:// url");
@@ -554,11 +556,37 @@ fn upstream_tls(
     let ca = u.tls_ca_file.as_ref();
     let roots = crate::tls::roots(ca.map(|f| Path::new(f.get_ref().as_str())))
         .map_err(|e| (ca.map_or(0..0, Spanned::span), key("tls_ca_file"), e));
-    let made = match (name, roots) {
-        (Ok(name), Ok(roots)) => {
-            crate::tls::UpstreamTls::new(name, roots).map_err(|e| (u.url.span(), key("url"), e))
+    let identity = match (&u.tls_client_cert, &u.tls_client_key) {
+        (None, None) => Ok(None),
+        (Some(c), None) => Err((
+            c.span(),
+            key("tls_client_key"),
+            "is needed with tls_client_cert".into(),
+        )),
+        (None, Some(k)) => Err((
+            k.span(),
+            key("tls_client_cert"),
+            "is needed with tls_client_key".into(),
+        )),
+        (Some(c), Some(k)) => {
+            crate::tls::Identity::load(Path::new(c.get_ref()), Path::new(k.get_ref()))
+                .map(Some)
+                .map_err(|e| match e {
+                    crate::tls::IdentityError::Cert(e) => (c.span(), key("tls_client_cert"), e),
+                    crate::tls::IdentityError::Key(e) => (k.span(), key("tls_client_key"), e),
+                })
         }
-        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    let made = match (name, roots, identity) {
+        (Ok(name), Ok(roots), Ok(identity)) => crate::tls::UpstreamTls::new(name, roots, identity)
+            .map_err(|e| {
+                let span = u
+                    .tls_client_key
+                    .as_ref()
+                    .map_or(u.url.span(), Spanned::span);
+                (span, key("tls_client_key"), e)
+            }),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
     };
     made.map_err(|(span, k, e)| cx.err(span, &k, e)).ok()
 }

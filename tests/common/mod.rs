@@ -57,6 +57,11 @@ impl Upstream {
     /// Over TLS, with the certificate in `tests/fixtures/tls` (for `localhost` and
     /// `127.0.0.1`, signed by `ca.pem` there).
     pub async fn start_tls() -> Upstream {
+        Upstream::start_tls_with(false).await
+    }
+
+    /// `mtls`: the handshake needs a client certificate signed by `ca.pem` there.
+    pub async fn start_tls_with(mtls: bool) -> Upstream {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let certs = CertificateDer::pem_file_iter("tests/fixtures/tls/server.pem")
@@ -65,12 +70,25 @@ impl Upstream {
             .collect();
         let key = PrivateKeyDer::from_pem_file("tests/fixtures/tls/server-key.pem").unwrap();
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
             .unwrap();
+        let builder = if mtls {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in CertificateDer::pem_file_iter("tests/fixtures/tls/ca.pem").unwrap() {
+                roots.add(ca.unwrap()).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let config = builder.with_single_cert(certs, key).unwrap();
         Upstream::serve(
             true,
             Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
