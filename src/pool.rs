@@ -275,7 +275,7 @@ fn connect_addr(upstream: &UpstreamConfig) -> String {
     let a = &upstream.authority;
     match a.port_u16() {
         Some(_) => a.to_string(),
-        None if upstream.tls.is_some() => format!("{}:443", a.host()),
+        None if upstream.scheme == http::uri::Scheme::HTTPS => format!("{}:443", a.host()),
         None => format!("{}:80", a.host()),
     }
 }

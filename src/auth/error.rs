@@ -133,11 +133,9 @@ impl AuthError {
             ErrorCode::InvalidToken => "invalid_token",
             ErrorCode::InsufficientScope => "insufficient_scope",
         };
-        v.push_str(&format!(
-            ", error=\"{error}\", error_description=\"{self}\""
-        ));
+        let _ = write!(v, ", error=\"{error}\", error_description=\"{self}\"");
         if let AuthError::InsufficientScope { needed } = self {
-            v.push_str(&format!(", scope=\"{needed}\""));
+            let _ = write!(v, ", scope=\"{needed}\"");
         }
         v
     }

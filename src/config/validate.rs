@@ -98,7 +98,7 @@ impl Ctx<'_> {
 }
 
 impl Ctx<'_> {
-    /// A body size limit in bytes, if the key is set: up to 1 TiB, 0 refusing any body.
+    /// An RFC 9728 resource identifier, if the key is set.
     fn resource(
         &mut self,
         v: &Option<Spanned<String>>,
@@ -115,6 +115,7 @@ impl Ctx<'_> {
         }
     }
 
+    /// A body size limit in bytes, if the key is set: up to 1 TiB, 0 refusing any body.
     fn max_body(&mut self, v: &Option<Spanned<u64>>, key: &str) -> Option<u64> {
         v.as_ref()?;
         Some(self.size(v, key, 0, 0, 1 << 40) as u64)
