@@ -172,7 +172,7 @@ impl Pool {
 
     /// Back to the pool, if the connection can carry another request: nothing unread in it.
     fn checkin(&self, mut conn: Conn) {
-        if !conn.buf.is_empty() {
+        if !conn.buf.is_empty() || conn.stream.holds_unread() {
             return;
         }
         let mut idle = self.idle();

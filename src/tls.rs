@@ -148,6 +148,19 @@ impl Stream {
             Stream::Tls(s) => s.get_ref().0,
         }
     }
+
+    /// Has TLS decrypted bytes that no read has taken yet? Bytes behind a response must never
+    /// be read as the next request's response, so such a connection is not reused.
+    pub fn holds_unread(&mut self) -> bool {
+        match self {
+            Stream::Plain(_) => false,
+            Stream::Tls(s) => s
+                .get_mut()
+                .1
+                .process_new_packets()
+                .map_or(true, |state| state.plaintext_bytes_to_read() > 0),
+        }
+    }
 }
 
 impl AsyncRead for Stream {
