@@ -1245,3 +1245,30 @@ async fn bearer_challenges_name_the_route_resource_metadata_and_its_scopes() {
     .await;
     assert_eq!(ok.status, StatusCode::OK);
 }
+
+/// RFC 9449 7.2: a DPoP-bound token sent as a bearer token is the downgrade a thief would try.
+#[tokio::test]
+async fn a_token_bound_to_a_key_is_not_taken_as_a_bearer_token() {
+    let rsa = Key::rsa1();
+    let w = World::start(&[&rsa], "").await;
+    let bound = w.mint.token_claims(&rsa, |c| {
+        c.insert(
+            "cnf".into(),
+            json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}),
+        );
+    });
+    w.refused("/api/read/x", &bound, "a DPoP-bound token").await;
+    let m = metrics_after_close(&w.gw).await;
+    assert!(m.contains(r#"reason="bound_token"} 1"#), "{m}");
+
+    // An issuer whose bindings are checked before bearward may say so.
+    let w = World::start(&[&rsa], "accept_bound_tokens = true").await;
+    let bound = w.mint.token_claims(&rsa, |c| {
+        c.insert(
+            "cnf".into(),
+            json!({"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}),
+        );
+    });
+    w.accepted("/api/read/x", &bound, "accept_bound_tokens")
+        .await;
+}

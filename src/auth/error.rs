@@ -39,6 +39,8 @@ pub enum AuthError {
     BadAudience,
     #[error("required claim missing or malformed")]
     BadClaims,
+    #[error("token bound to a key")]
+    BoundToken,
     #[error("insufficient scope")]
     InsufficientScope { needed: String },
     #[error("signing keys not available")]
@@ -98,6 +100,7 @@ impl AuthError {
             AuthError::IssuedInFuture => "issued_in_future",
             AuthError::BadAudience => "bad_audience",
             AuthError::BadClaims => "bad_claims",
+            AuthError::BoundToken => "bound_token",
             AuthError::InsufficientScope { .. } => "insufficient_scope",
             AuthError::KeysUnavailable => "keys_unavailable",
         }

@@ -412,6 +412,18 @@ pub fn check_claims(
         );
     }
     trace.note("aud", true, || format!("aud {auds:?} accepted"));
+    // RFC 7800 `cnf`: the issuer bound this token to a key (DPoP's `jkt`, RFC 9449; mTLS's
+    // `x5t#S256`, RFC 8705), so only a client proving possession of that key may use it.
+    // bearward checks no such proof, and taking the token as a plain bearer token would give a
+    // thief its full worth: RFC 9449 7.2 has a resource reject exactly that downgrade.
+    if claims.contains_key("cnf") && !cfg.accept_bound_tokens {
+        return fail(
+            trace,
+            "cnf",
+            AuthError::BoundToken,
+            "the token is bound to a key (cnf), and bearward checks no proof of possession".into(),
+        );
+    }
     Ok(exp)
 }
 
@@ -581,6 +593,24 @@ upstream = "a"
             ok(json!({"exp": 99, "aud": "API"})),
             Err(AuthError::BadAudience)
         );
+    }
+
+    #[test]
+    fn tokens_bound_to_a_key_are_refused_unless_the_issuer_says_otherwise() {
+        let mut c = cfg();
+        let bound = || {
+            claims(
+                json!({"exp": 99, "aud": "api", "cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}}),
+            )
+        };
+        let ok = |c: &IssuerConfig, v| check_claims(&v, c, 1.0, &mut Trace::default());
+        assert_eq!(ok(&c, bound()), Err(AuthError::BoundToken));
+        let mtls = claims(
+            json!({"exp": 99, "aud": "api", "cnf": {"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}}),
+        );
+        assert_eq!(ok(&c, mtls), Err(AuthError::BoundToken));
+        c.accept_bound_tokens = true;
+        assert!(ok(&c, bound()).is_ok());
     }
 
     fn route(all: &[&str], any: &[&str]) -> Route {

@@ -73,6 +73,7 @@ pub struct IssuerFile {
     pub hmac_secret_file: Option<Spanned<String>>,
     pub hmac_secret_env: Option<Spanned<String>>,
     pub max_token_bytes: Option<Spanned<u64>>,
+    pub accept_bound_tokens: Option<bool>,
     pub jwks_refresh: Option<Spanned<String>>,
     pub jwks_min_refresh: Option<Spanned<String>>,
     pub jwks_max_refresh: Option<Spanned<String>>,

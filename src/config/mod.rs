@@ -170,6 +170,8 @@ pub struct IssuerConfig {
     pub scope_claims: Vec<String>,
     pub hmac_secret: Option<Secret>,
     pub max_token_bytes: usize,
+    /// Take tokens bound to a key (a `cnf` claim: DPoP, mTLS) as plain bearer tokens.
+    pub accept_bound_tokens: bool,
     pub jwks: JwksPolicy,
 }
 

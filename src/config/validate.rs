@@ -1101,6 +1101,7 @@ fn issuer(cx: &mut Ctx<'_>, i: usize, iss: &Spanned<IssuerFile>) -> Option<Issue
             256,
             64 * 1024,
         ),
+        accept_bound_tokens: f.accept_bound_tokens.unwrap_or(false),
         jwks,
     };
     (cx.problems.len() == before).then_some(config)
