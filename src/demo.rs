@@ -109,6 +109,7 @@ pub fn demo_config(
     format!(
         r#"[server]
 listen = "{listen}"
+resource = "{AUDIENCE}"    # RFC 9728: 401s point clients at this API's metadata
 
 [[issuers]]
 issuer = "{issuer}"
@@ -215,7 +216,7 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> io::
     show(
         2,
         401,
-        "no token: WWW-Authenticate: Bearer realm=\"bearward\", and the API is never contacted",
+        "no token, and the API is never contacted: WWW-Authenticate names the route's scope and the metadata of [6]",
         format!("curl -i {base}/api/orders"),
     );
     show(3, 403, "the same token on a route that needs the scope admin: error=\"insufficient_scope\", scope=\"admin\"", format!("curl -i -H 'Authorization: Bearer {good}' {base}/api/admin/users"));
@@ -230,6 +231,12 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> io::
         200,
         "an open route (auth = \"none\"): no token needed",
         format!("curl -i {base}/public/status"),
+    );
+    show(
+        6,
+        200,
+        "the API's RFC 9728 metadata, answered by bearward: which authorization server issues its tokens, which scopes it takes",
+        format!("curl -i {base}{}/api", crate::resource::WELL_KNOWN),
     );
     println!("Each request prints one access-log line on stderr: the decision and its reason.");
     println!(

@@ -77,10 +77,10 @@ async fn demo_prints_commands_that_do_what_it_says() {
             steps.push(Step { expect, auth, url });
         }
     }
-    assert_eq!(steps.len(), 5, "five commands printed");
+    assert_eq!(steps.len(), 6, "six commands printed");
     assert_eq!(
         steps.iter().map(|s| s.expect).collect::<Vec<_>>(),
-        [200, 401, 403, 401, 200]
+        [200, 401, 403, 401, 200, 200]
     );
 
     let c = common::client();
@@ -105,8 +105,23 @@ async fn demo_prints_commands_that_do_what_it_says() {
                     a.body
                 );
             }
+            200 if s.url.contains("/.well-known/") => {
+                let doc: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+                assert_eq!(doc["resource"], "https://demo.bearward.local/api");
+                assert_eq!(
+                    doc["scopes_supported"],
+                    serde_json::json!(["admin", "orders:read"])
+                );
+                assert!(doc["authorization_servers"][0]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("http://127.0.0.1:"));
+            }
             401 if s.auth.is_none() => {
-                assert_eq!(a.headers["www-authenticate"], "Bearer realm=\"bearward\"")
+                assert_eq!(
+                    a.headers["www-authenticate"],
+                    "Bearer realm=\"bearward\", resource_metadata=\"https://demo.bearward.local/.well-known/oauth-protected-resource/api\", scope=\"orders:read\""
+                )
             }
             401 => assert!(a.headers["www-authenticate"]
                 .to_str()
