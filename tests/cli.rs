@@ -48,11 +48,16 @@ fn check(text: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now()
+/// A name no other check in this process uses: tests run in parallel, and two that wrote the
+/// same file would read each other's config.
+fn rand_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_nanos()
+        .as_nanos();
+    format!("{nanos}-{n}")
 }
 
 #[test]
