@@ -65,6 +65,9 @@ pub struct HeadRewrite {
     pub replace: [Option<(HeaderName, Option<HeaderValue>)>; 5],
     /// The client is no trusted proxy: its [`is_hop_view`] headers are dropped.
     pub untrusted: bool,
+    /// A WebSocket upgrade ([`crate::proxy::is_upgrade_request`]): its `Upgrade` and
+    /// `Connection` pass.
+    pub upgrade: bool,
 }
 
 /// Headers in which a proxy tells the upstream what it saw, the client's address or the URL it
@@ -865,6 +868,7 @@ mod tests {
                 None,
             ],
             untrusted: false,
+            upgrade: false,
         };
         let (head, _) = encode_head(&Method::GET, "/", &h, &rewrite, true, None);
         assert_eq!(

@@ -280,7 +280,7 @@ impl Upstreams {
         max_body: Option<u64>,
     ) -> Result<(Response<Body>, Duration), ProxyError> {
         let up = &self.clients[idx];
-        let client_upgrade = is_upgrade_request(&req).then(|| hyper::upgrade::on(&mut req));
+        let client_upgrade = rewrite.upgrade.then(|| hyper::upgrade::on(&mut req));
         let start = Instant::now();
         // request_timeout counts from the end of the request body, so a long upload is not cut
         // off by it: the upstream cannot answer before it has the whole body. Until then the
@@ -575,6 +575,7 @@ pub fn prepare_request(
     };
     let mut rewrite = HeadRewrite {
         untrusted: !trusted,
+        upgrade,
         ..HeadRewrite::default()
     };
     rewrite.replace[0] = Some((xff, Some(value)));
