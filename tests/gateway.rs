@@ -1501,3 +1501,25 @@ async fn an_upstream_that_asks_for_a_client_certificate_gets_the_configured_one(
     assert!(a.body.contains("upstream_tls"), "{}", a.body);
     assert_eq!(up.count(), 0);
 }
+
+/// A large upload over TLS to an upstream with a tiny receive window that reads slowly: the
+/// socket is full most of the time, so the TLS writes go through their would-block path, and
+/// the body must still arrive whole. (The flush at the end of each write is for the case where
+/// TLS still holds the body's last bytes then; loopback's large send buffers make that case too
+/// rare to provoke here, and this test passes without the flush too.)
+#[tokio::test]
+async fn a_large_upload_crosses_tls_to_a_slow_reader_whole() {
+    let up = Upstream::start_tls_small_window().await;
+    let cfg = basic_config(&up.url(), "").replace(
+        "request_timeout = \"500ms\"",
+        "request_timeout = \"5s\"\ntls_ca_file = \"tests/fixtures/tls/ca.pem\"",
+    );
+    let gw = Gateway::start(&cfg).await;
+    let c = client();
+    for size in [300_000, 6_000_000] {
+        let body = "y".repeat(size);
+        let a = send(&c, "POST", &gw.url("/public/slow-read"), &[], &body).await;
+        assert_eq!(a.status, StatusCode::OK, "{size} bytes: {}", a.body);
+        assert_eq!(up.last().body_len, size as u64);
+    }
+}

@@ -37,6 +37,7 @@ pub struct Seen {
 /// - `/.../slow`: waits 2 s first;
 /// - `/.../ws`: accepts an upgrade and echoes bytes;
 /// - `/.../big?n=N`: streams N bytes back;
+/// - `/.../slow-read`: reads the request body a frame a millisecond;
 /// - otherwise 200 `upstream ok`, with hop-by-hop headers a proxy must strip.
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -62,42 +63,30 @@ impl Upstream {
 
     /// `mtls`: the handshake needs a client certificate signed by `ca.pem` there.
     pub async fn start_tls_with(mtls: bool) -> Upstream {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let certs = CertificateDer::pem_file_iter("tests/fixtures/tls/server.pem")
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        let key = PrivateKeyDer::from_pem_file("tests/fixtures/tls/server-key.pem").unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap();
-        let builder = if mtls {
-            let mut roots = rustls::RootCertStore::empty();
-            for ca in CertificateDer::pem_file_iter("tests/fixtures/tls/ca.pem").unwrap() {
-                roots.add(ca.unwrap()).unwrap();
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .build()
-            .unwrap();
-            builder.with_client_cert_verifier(verifier)
-        } else {
-            builder.with_no_client_auth()
-        };
-        let config = builder.with_single_cert(certs, key).unwrap();
-        Upstream::serve(
-            true,
-            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
-        )
-        .await
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Upstream::serve_on(listener, true, Some(tls_acceptor(mtls))).await
+    }
+
+    /// Over TLS, with a receive buffer of a few kB: what bearward writes fills the socket at
+    /// once, and TLS holds the rest until it is flushed.
+    pub async fn start_tls_small_window() -> Upstream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(16).unwrap();
+        Upstream::serve_on(listener, true, Some(tls_acceptor(false))).await
     }
 
     async fn serve(keep_alive: bool, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Upstream::serve_on(listener, keep_alive, tls).await
+    }
+
+    async fn serve_on(
+        listener: TcpListener,
+        keep_alive: bool,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Upstream {
         let addr = listener.local_addr().unwrap();
         let tls_on = tls.is_some();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
@@ -156,6 +145,37 @@ impl Upstream {
     }
 }
 
+/// The TLS test upstream's acceptor: the certificate in `tests/fixtures/tls`; with `mtls`, a
+/// client certificate signed by `ca.pem` there is required.
+fn tls_acceptor(mtls: bool) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter("tests/fixtures/tls/server.pem")
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file("tests/fixtures/tls/server-key.pem").unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = if mtls {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter("tests/fixtures/tls/ca.pem").unwrap() {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = builder.with_single_cert(certs, key).unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
 type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 async fn handle(
@@ -173,12 +193,16 @@ async fn handle(
     let (parts, mut body) = req.into_parts();
     let mut kept = Vec::new();
     let mut len = 0u64;
+    let slow_reader = path.ends_with("/slow-read");
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame?.into_data() {
             len += data.len() as u64;
             if kept.len() < 1 << 20 {
                 kept.extend_from_slice(&data);
             }
+        }
+        if slow_reader {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
     record.lock().unwrap().push(Seen {
