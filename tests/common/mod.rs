@@ -52,7 +52,8 @@ impl Upstream {
 
     /// `keep_alive = false`: every response closes its connection.
     pub async fn start_with(keep_alive: bool) -> Upstream {
-        Upstream::serve(keep_alive, None).await
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Upstream::serve_on(listener, keep_alive, None).await
     }
 
     /// Over TLS, with the certificate in `tests/fixtures/tls` (for `localhost` and
@@ -67,19 +68,14 @@ impl Upstream {
         Upstream::serve_on(listener, true, Some(tls_acceptor(mtls))).await
     }
 
-    /// Over TLS, with a receive buffer of a few kB: what bearward writes fills the socket at
-    /// once, and TLS holds the rest until it is flushed.
+    /// Over TLS, with a receive buffer of a few kB, so that bearward's writes meet a full
+    /// socket.
     pub async fn start_tls_small_window() -> Upstream {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
         socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let listener = socket.listen(16).unwrap();
         Upstream::serve_on(listener, true, Some(tls_acceptor(false))).await
-    }
-
-    async fn serve(keep_alive: bool, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Upstream::serve_on(listener, keep_alive, tls).await
     }
 
     async fn serve_on(
