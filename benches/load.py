@@ -5,6 +5,7 @@
     python3 benches/load.py --duration 5 --rounds 1
     python3 benches/load.py --only rs256-one --candidates bearward,bearward-b --compare OLD --rounds 8
     python3 benches/load.py --pgo --compare target/release/bearward   # a PGO build beside the plain one
+    python3 benches/load.py --tls-upstream --only rs256-one --candidates bearward,bearward-tls
 
 What it does:
   * installs nginx, haproxy and wrk from the distribution if missing (apt-get), and the Python
@@ -20,6 +21,9 @@ What it does:
   * pins processes: wrk on CPU 0, upstream and proxies on CPU 1 (taskset), so a proxy and the
     upstream share one core, as the peers were measured; --layout isolated moves the upstream
     to CPU 0 beside wrk, so the proxy has a core to itself;
+  * with --tls-upstream, adds `bearward-tls` (cache on) to the one-token RS256 scenario: the same
+    bearward reaching the same upstream nginx over TLS (its `listen ... ssl` with the test
+    certificate in tests/fixtures/tls), to measure what an https upstream costs;
   * with --compare OTHER_BINARY, runs a second bearward build (`bearward-b`, cache on) beside
     the first in every scenario, so two builds are compared within the same rounds;
   * runs each scenario for each candidate, interleaved, for --rounds rounds, and prints a table:
@@ -46,7 +50,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ISSUER = "https://idp.bench"
 AUDIENCE = "https://api.bench"
 PORTS = {"upstream": 18080, "nginx": 18081, "haproxy": 18082, "haproxy-es": 18083, "bearward": 18084, "bearward-nocache": 18085,
-         "bearward-b": 18086}
+         "bearward-b": 18086, "bearward-tls": 18087}
+UPSTREAM_TLS_PORT = 18088
+TLS_FIXTURES = os.path.join(ROOT, "tests", "fixtures", "tls")
 WRK_CPU, SERVER_CPU = "0", "1"
 
 
@@ -345,6 +351,8 @@ def main():
                          "with --compare target/release/bearward, the plain build runs beside it")
     ap.add_argument("--compare", metavar="OTHER_BINARY",
                     help="also run this bearward build (bearward-b, cache on) in every scenario")
+    ap.add_argument("--tls-upstream", action="store_true",
+                    help="add bearward-tls: bearward reaching the upstream over TLS, in rs256-one")
     ap.add_argument("--only", help="comma-separated scenarios to run")
     ap.add_argument("--candidates", help="comma-separated candidates to run (nginx, the baseline, always runs); "
                                          "with --compare, 'bearward,bearward-b' makes a tight A/B")
@@ -379,7 +387,14 @@ def main():
     open(f"{d}/rotate1000.lua", "w").write(WRK_ROTATE % f"{d}/tokens1000.txt")
     open(f"{d}/rotate10000.lua", "w").write(WRK_ROTATE % f"{d}/tokens10000.txt")
 
-    open(f"{d}/upstream.conf", "w").write(NGINX_UPSTREAM.format(dir=d, port=PORTS["upstream"]))
+    upstream_conf = NGINX_UPSTREAM.format(dir=d, port=PORTS["upstream"])
+    if args.tls_upstream:
+        # The same server answers on a TLS port too.
+        upstream_conf = upstream_conf.replace("    location /", f"""    listen 127.0.0.1:{UPSTREAM_TLS_PORT} ssl;
+    ssl_certificate {TLS_FIXTURES}/server.pem;
+    ssl_certificate_key {TLS_FIXTURES}/server-key.pem;
+    location /""")
+    open(f"{d}/upstream.conf", "w").write(upstream_conf)
     open(f"{d}/nginx.conf", "w").write(NGINX_PROXY.format(dir=d, port=PORTS["nginx"], up=PORTS["upstream"]))
     fronts = HAPROXY_FRONTEND.format(name="rs", port=PORTS["haproxy"], alg="RS256", key=f"{d}/rsa.pem", issuer=ISSUER, audience=AUDIENCE)
     fronts += HAPROXY_FRONTEND.format(name="es", port=PORTS["haproxy-es"], alg="ES256", key=f"{d}/ec.pem", issuer=ISSUER, audience=AUDIENCE)
@@ -389,12 +404,20 @@ def main():
         binaries["bearward-b"] = args.compare
     else:
         del PORTS["bearward-b"]
+    if args.tls_upstream:
+        binaries["bearward-tls"] = args.bearward
+    else:
+        del PORTS["bearward-tls"]
     for name, binary in binaries.items():
         if not os.access(binary, os.X_OK):
             raise SystemExit(f"{name}: {binary} is not an executable file")
     for name in binaries:
         cache = 0 if name == "bearward-nocache" else 10000
-        open(f"{d}/{name}.toml", "w").write(BEARWARD.format(port=PORTS[name], cache=cache, issuer=ISSUER, audience=AUDIENCE, dir=d, up=PORTS["upstream"]))
+        conf = BEARWARD.format(port=PORTS[name], cache=cache, issuer=ISSUER, audience=AUDIENCE, dir=d, up=PORTS["upstream"])
+        if name == "bearward-tls":
+            conf = conf.replace(f'url = "http://127.0.0.1:{PORTS["upstream"]}"',
+                                f'url = "https://127.0.0.1:{UPSTREAM_TLS_PORT}"\ntls_ca_file = "{TLS_FIXTURES}/ca.pem"')
+        open(f"{d}/{name}.toml", "w").write(conf)
 
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -417,7 +440,8 @@ def main():
         for name, port, tok in (("haproxy", PORTS["haproxy"], rs), ("haproxy-es", PORTS["haproxy-es"], es),
                                 ("bearward", PORTS["bearward"], rs), ("bearward-es", PORTS["bearward"], es),
                                 ("bearward-nocache", PORTS["bearward-nocache"], rs),
-                                *((("bearward-b", PORTS["bearward-b"], rs),) if args.compare else ())):
+                                *((("bearward-b", PORTS["bearward-b"], rs),) if args.compare else ()),
+                                *((("bearward-tls", PORTS["bearward-tls"], rs),) if args.tls_upstream else ())):
             got = (status(port, tok), status(port, None), status(port, tampered if tok == rs else es[:-6] + "AAAAAA"))
             print(f"  {name:18} {got}")
             if got != (200, 401, 401):
@@ -437,6 +461,8 @@ def main():
             "no-token": [("nginx", PORTS["nginx"], None, None), ("haproxy", PORTS["haproxy"], None, None),
                          ("bearward", PORTS["bearward"], None, None)],
         }
+        if args.tls_upstream:
+            scenarios["rs256-one"].append(("bearward-tls", PORTS["bearward-tls"], H(rs), None))
         if args.compare:
             for cands in scenarios.values():
                 at = next(i for i, c in enumerate(cands) if c[0] == "bearward")
