@@ -264,7 +264,7 @@ impl Gateway {
             upstream_time: None,
             token_id: None,
         };
-        let resp = match self
+        let mut resp = match self
             .phases(req.map(body::boxed), conn, request_index, &mut out)
             .await
         {
@@ -280,6 +280,17 @@ impl Gateway {
                 rej.into_response(&self.config.server.realm, route)
             }
         };
+        // RFC 9110 9.3.2: no content in an answer to HEAD. hyper drops it on HTTP/1 but sends
+        // it on HTTP/2, where a client takes it as a stream error. An upstream's answer to HEAD
+        // has none already; bearward's own keep the Content-Length a GET would have had.
+        if method == http::Method::HEAD && out.upstream_status.is_none() {
+            let len = http_body::Body::size_hint(resp.body()).exact();
+            if let (Some(n), false) = (len, resp.headers().contains_key(header::CONTENT_LENGTH)) {
+                resp.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            *resp.body_mut() = body::empty();
+        }
         let status = resp.status().as_u16();
         let latency = start.elapsed();
         self.metrics.record(

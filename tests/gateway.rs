@@ -1523,3 +1523,31 @@ async fn a_large_upload_crosses_tls_to_a_slow_reader_whole() {
         assert_eq!(up.last().body_len, size as u64);
     }
 }
+
+/// RFC 9110 9.3.2: an answer to HEAD carries no content. hyper drops it on HTTP/1 but sends it
+/// on HTTP/2, where clients take the DATA frame as a stream error; so bearward's own answers
+/// (a 401, a 404) drop it themselves, and keep the Content-Length a GET would have had.
+#[tokio::test]
+async fn bearwards_own_answers_to_head_carry_no_content_on_either_protocol() {
+    let (up, gw, c) = setup("").await;
+    let (mut sender, _conn) = h2_connect(gw.addr, None).await;
+    for path in ["/api/x", "/nowhere"] {
+        let get_len = get(&c, &gw.url(path), &[]).await.body.len().to_string();
+        let req = Request::head(format!("http://{}{path}", gw.addr))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.expect("an h2 answer");
+        assert!(resp.status().is_client_error(), "{path}: {}", resp.status());
+        assert_eq!(resp.headers()["content-length"], get_len.as_str(), "{path}");
+        let body = resp.into_body().collect().await.expect("no stream error");
+        assert!(body.to_bytes().is_empty(), "{path}");
+
+        let h1 = send(&c, "HEAD", &gw.url(path), &[], "").await;
+        assert_eq!(h1.headers["content-length"], get_len.as_str(), "{path}");
+        assert!(h1.body.is_empty());
+    }
+    // A HEAD the upstream answers keeps the upstream's headers as they are.
+    let head = send(&c, "HEAD", &gw.url("/public/x"), &[], "").await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(up.count(), 1);
+}
