@@ -120,21 +120,31 @@ fn restart_only_changes(a: &Config, b: &Config) -> [(&'static str, bool); 10] {
 
 /// Reloads when the file's content changes: polled every `every`, applied once the new content
 /// has been the same for two polls in a row (editors and ConfigMap updates write in steps).
-/// Polling the content, not inotify, also follows the symlink swaps Kubernetes uses.
+/// Polling the content, not inotify, also follows the symlink swaps Kubernetes uses. The TLS
+/// files the running config names count as part of it: a renewed client certificate or CA
+/// bundle (cert-manager, a mounted Secret) takes effect the same way, without a restart.
 pub async fn watch_config(live: Arc<Live>, path: PathBuf, every: Duration) {
-    let digest = |p: &Path| std::fs::read(p).ok().map(|b| crate::auth::sha256_bytes(&b));
-    let mut applied = digest(&path);
+    let digest = |live: &Live| {
+        let mut all = std::fs::read(&path).ok()?;
+        for f in live.current().config.watched_files() {
+            all.extend_from_slice(f.as_os_str().as_encoded_bytes());
+            all.extend(std::fs::read(f).unwrap_or_default());
+        }
+        Some(crate::auth::sha256_bytes(&all))
+    };
+    let mut applied = digest(&live);
     let mut pending: Option<[u8; 32]> = None;
     loop {
         tokio::time::sleep(every).await;
-        let now = digest(&path);
+        let now = digest(&live);
         match (now, pending) {
             (Some(d), Some(p)) if d == p => {
                 pending = None;
                 if Some(d) != applied {
-                    tracing::info!(file = %path.display(), "config file changed; reloading");
+                    tracing::info!(file = %path.display(), "config file or its TLS files changed; reloading");
                     let _ = live.reload_file(&path);
-                    applied = Some(d);
+                    // The new config may name other files.
+                    applied = digest(&live);
                 }
             }
             (Some(d), _) if Some(d) != applied => pending = Some(d),

@@ -705,3 +705,54 @@ async fn a_reload_that_drops_an_audience_refuses_tokens_cached_for_it() {
         "the refused request never reached the upstream"
     );
 }
+
+/// A renewed CA bundle (or client certificate) takes effect like a changed config file: the
+/// watcher counts the TLS files the running config names as part of it.
+#[tokio::test]
+async fn a_changed_tls_file_is_reloaded_without_a_restart() {
+    let up = Upstream::start_tls().await;
+    let dir = std::env::temp_dir().join(format!("bearward-tls-watch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::copy("tests/fixtures/tls/other-ca.pem", &ca).unwrap();
+    let file = dir.join("bearward.toml");
+    let cfg = reload_config(&up.url(), "none").replace(
+        &format!("url = \"{}\"", up.url()),
+        &format!("url = \"{}\"\ntls_ca_file = \"{}\"", up.url(), ca.display()),
+    );
+    std::fs::write(&file, cfg).unwrap();
+    let config = bearward::config::Config::load(&file).unwrap();
+    let server = bearward::build(config).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let live = server.live();
+    tokio::spawn(server.run(std::future::pending()));
+    tokio::spawn(bearward::server::watch_config(
+        live,
+        file.clone(),
+        Duration::from_millis(50),
+    ));
+    let probe = || async move {
+        get(&client(), &format!("http://{addr}/public/a"), &[])
+            .await
+            .status
+    };
+    assert_eq!(
+        probe().await,
+        StatusCode::BAD_GATEWAY,
+        "a CA that signed nothing"
+    );
+    assert_eq!(up.count(), 0);
+
+    std::fs::copy("tests/fixtures/tls/ca.pem", &ca).unwrap();
+    let mut renewed = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if probe().await == StatusCode::OK {
+            renewed = true;
+            break;
+        }
+    }
+    assert!(renewed, "the renewed CA bundle was not picked up");
+    assert_eq!(up.count(), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

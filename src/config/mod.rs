@@ -134,6 +134,9 @@ pub struct UpstreamConfig {
     pub pass_host_header: bool,
     /// How connections to an `https` upstream are made; `None` for `http`.
     pub tls: Option<crate::tls::UpstreamTls>,
+    /// The files `tls` was read from (CA bundle, client certificate and key), watched with the
+    /// config file.
+    pub tls_files: Vec<PathBuf>,
 }
 
 /// Where an issuer's keys come from.
@@ -250,6 +253,15 @@ impl ConfigError {
 }
 
 impl Config {
+    /// The files besides the config file whose content the running config holds: the TLS
+    /// files of `https` upstreams. A change to one is a reason to reload, as a change to the
+    /// config file is (a renewed client certificate, a new CA bundle).
+    pub fn watched_files(&self) -> impl Iterator<Item = &Path> {
+        self.upstreams
+            .iter()
+            .flat_map(|u| u.tls_files.iter().map(PathBuf::as_path))
+    }
+
     /// Reads and validates a config file. Relative `jwks_file` and secret paths are taken from
     /// the directory the process runs in, as every other path on the command line.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {

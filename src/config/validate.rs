@@ -518,6 +518,12 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, u: &Spanned<UpstreamFile>) -> Upstream
             10_000,
         ),
         pass_host_header: u.pass_host_header.unwrap_or(true),
+        tls_files: [&u.tls_ca_file, &u.tls_client_cert, &u.tls_client_key]
+            .into_iter()
+            .flatten()
+            .filter(|_| tls.is_some())
+            .map(|f| PathBuf::from(f.get_ref()))
+            .collect(),
         tls,
     }
 }
