@@ -86,17 +86,15 @@ pub async fn explain(
         }
     };
     let _ = writeln!(out, "canonical  {canonical}");
-    if config.resources.find(&canonical).is_some() {
+    if let Some(doc) = config.resources.find(&canonical) {
         let _ = writeln!(
             out,
-            "metadata   RFC 9728 protected resource metadata: bearward answers GET and HEAD \
-             itself, the upstream is never contacted"
+            "metadata   RFC 9728 protected resource metadata: bearward answers it itself, the \
+             upstream is never contacted"
         );
-        let status = match *method {
-            Method::GET | Method::HEAD => StatusCode::OK,
-            Method::OPTIONS => StatusCode::NO_CONTENT,
-            _ => StatusCode::METHOD_NOT_ALLOWED,
-        };
+        // The same answer the proxy gives, so the two cannot drift apart.
+        let status = crate::resource::respond(method, &HeaderMap::new(), doc)
+            .map_or(StatusCode::METHOD_NOT_ALLOWED, |r| r.status());
         answer(&mut out, status, None);
         return (out, Verdict::Refuse);
     }

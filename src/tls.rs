@@ -4,9 +4,9 @@
 //! The certificate is always verified, against the upstream's `tls_ca_file` or else the
 //! system's roots (Mozilla's when the system has none), for `tls_server_name` or else the URL's
 //! host, which is also sent as SNI. An upstream that asks for a client certificate (mTLS) gets
-//! `tls_client_cert`, when one is configured. There is no switch to skip verification: a gateway that
-//! checks every token must not hand them to whoever answers on the upstream's address. ALPN
-//! offers only `http/1.1`, the one protocol bearward speaks upstream.
+//! `tls_client_cert`, when one is configured. There is no switch to skip verification: a
+//! gateway that checks every token must not hand them to whoever answers on the upstream's
+//! address. ALPN offers only `http/1.1`, the one protocol bearward speaks upstream.
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -70,13 +70,7 @@ impl Identity {
     /// Reads the PEM certificate chain (the client's own certificate first) and the PEM
     /// private key. Each error says which of the two files it is about.
     pub fn load(cert_file: &Path, key_file: &Path) -> Result<Identity, IdentityError> {
-        let chain = CertificateDer::pem_file_iter(cert_file)
-            .map_err(|e| IdentityError::Cert(format!("cannot read it: {e}")))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| IdentityError::Cert(format!("not a PEM certificate file: {e}")))?;
-        if chain.is_empty() {
-            return Err(IdentityError::Cert("holds no PEM certificate".into()));
-        }
+        let chain = pem_certs(cert_file).map_err(IdentityError::Cert)?;
         let key = PrivateKeyDer::from_pem_file(key_file)
             .map_err(|e| IdentityError::Key(format!("holds no usable PEM private key: {e}")))?;
         Ok(Identity { chain, key })
@@ -103,17 +97,24 @@ pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
     }
 }
 
+/// The certificates in a PEM file: at least one, or an error saying what the file is.
+fn pem_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(file)
+        .map_err(|e| format!("cannot read it: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM certificate file: {e}"))?;
+    if certs.is_empty() {
+        return Err("holds no PEM certificate".into());
+    }
+    Ok(certs)
+}
+
 fn roots_from(file: &Path) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(file).map_err(|e| format!("cannot read it: {e}"))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| format!("not a PEM certificate file: {e}"))?;
+    for cert in pem_certs(file)? {
         roots
             .add(cert)
             .map_err(|e| format!("holds a certificate that cannot be used as a CA: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err("holds no PEM certificate".into());
     }
     Ok(roots)
 }
