@@ -80,6 +80,13 @@ struct IssuerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedKeyLabels {
+    issuer: String,
+    kid: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LookupLabels {
     outcome: &'static str,
 }
@@ -117,6 +124,10 @@ pub struct Metrics {
     token_cache_entries: Gauge,
     keys: Family<IssuerLabels, Gauge>,
     jwks_age: Family<IssuerLabels, Gauge<f64, AtomicU64>>,
+    /// One series per key refused in an issuer's last JWKS; replaced whole on every fetch, so
+    /// the series count is bounded by the keys one document may hold.
+    refused_keys: Family<RefusedKeyLabels, Gauge>,
+    refused_shown: std::sync::Mutex<Vec<RefusedKeyLabels>>,
     reloads: Outcomes,
 }
 
@@ -163,6 +174,8 @@ impl Metrics {
             token_cache_entries: Gauge::default(),
             keys: Family::default(),
             jwks_age: Family::default(),
+            refused_keys: Family::default(),
+            refused_shown: Default::default(),
             reloads: Outcomes::new("ok", "error"),
             registry: Registry::default(),
         };
@@ -218,6 +231,11 @@ impl Metrics {
             "Time since the last good JWKS fetch per issuer",
             Unit::Seconds,
             m.jwks_age.clone(),
+        );
+        registry.register(
+            "jwks_refused_keys",
+            "Keys in the issuer's last fetched JWKS that were refused (weak, misused, unsupported), by kid and reason",
+            m.refused_keys.clone(),
         );
         // Prometheus' `_info` convention: a constant 1 whose labels say what is running, so a
         // dashboard can tell which version answered (`--version` prints the same).
@@ -331,6 +349,27 @@ impl Metrics {
         self.jwks_age
             .get_or_create(&l)
             .set(age.map_or(f64::NAN, |a| a.as_secs_f64()));
+    }
+
+    /// Shows the keys refused in `issuer`'s last fetched JWKS, replacing what it showed before.
+    pub fn set_refused_keys(&self, issuer: &str, refused: &[crate::auth::jwks::RefusedKey]) {
+        let mut shown = self.refused_shown.lock().unwrap_or_else(|p| p.into_inner());
+        shown.retain(|l| {
+            let keep = l.issuer != issuer;
+            if !keep {
+                self.refused_keys.remove(l);
+            }
+            keep
+        });
+        for r in refused {
+            let l = RefusedKeyLabels {
+                issuer: issuer.to_owned(),
+                kid: r.kid.clone(),
+                reason: r.reason,
+            };
+            self.refused_keys.get_or_create(&l).set(1);
+            shown.push(l);
+        }
     }
 
     /// Sets the verified-token cache size gauge.

@@ -1272,3 +1272,56 @@ async fn a_token_bound_to_a_key_is_not_taken_as_a_bearer_token() {
     w.accepted("/api/read/x", &bound, "accept_bound_tokens")
         .await;
 }
+
+/// A universal forgery through a weak key in the JWKS: an Ed25519 "public key" of small order
+/// (the identity, y = 1, x = 0) lets R = identity, S = 0 verify for any payload under
+/// cofactorless verification. The key is refused when the JWKS is loaded, named in the log and
+/// the metrics, and the good key beside it keeps working.
+#[tokio::test]
+async fn a_weak_key_in_the_jwks_is_refused_and_its_forgeries_never_pass() {
+    let rsa = Key::rsa1();
+    let w = World::start(&[&rsa], "").await;
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let weak = json!({"kty": "OKP", "crv": "Ed25519", "kid": "weak", "use": "sig",
+                      "x": B64_ENGINE.encode(identity)});
+    // Order 8, and the identity spelled non-canonically (y = p + 1).
+    let order8 = json!({"kty": "OKP", "crv": "Ed25519", "kid": "order8",
+        "x": "JuiVj8KyJ7BFw_SJ8u-Y8NXfrAXTxjM5sTgCiG1T_AU"});
+    let mut p_plus_1 = [0xffu8; 32];
+    p_plus_1[0] = 0xee;
+    p_plus_1[31] = 0x7f;
+    let noncanon = json!({"kty": "OKP", "crv": "Ed25519", "kid": "noncanon",
+                          "x": B64_ENGINE.encode(p_plus_1)});
+    w.idp
+        .set_jwks(json!({"keys": [weak, rsa.jwk.clone(), order8, noncanon]}));
+    let mut forged_sig = [0u8; 64];
+    forged_sig[0] = 1;
+    for kid in ["weak", "order8", "noncanon"] {
+        let header = json!({"alg": "EdDSA", "typ": "at+jwt", "kid": kid});
+        let mut claims = w.mint.claims("read admin");
+        claims["sub"] = json!("mallory");
+        let input = format!(
+            "{}.{}",
+            B64_ENGINE.encode(header.to_string()),
+            B64_ENGINE.encode(claims.to_string())
+        );
+        let forged = format!("{input}.{}", B64_ENGINE.encode(forged_sig));
+        w.refused("/api/admin/x", &forged, &format!("forgery under kid {kid}"))
+            .await;
+    }
+    w.accepted(
+        "/api/read/x",
+        &w.mint.token(&rsa, "read"),
+        "the good key beside them",
+    )
+    .await;
+    let m = metrics_after_close(&w.gw).await;
+    for kid in ["weak", "order8", "noncanon"] {
+        let line = format!(
+            "bearward_jwks_refused_keys{{issuer=\"{}\",kid=\"{kid}\",reason=\"weak_key\"}} 1",
+            w.idp.issuer()
+        );
+        assert!(m.contains(&line), "{line} not in:\n{m}");
+    }
+}

@@ -79,6 +79,7 @@ pub struct IssuerFile {
     pub jwks_max_refresh: Option<Spanned<String>>,
     pub jwks_timeout: Option<Spanned<String>>,
     pub jwks_max_bytes: Option<Spanned<u64>>,
+    pub min_rsa_bits: Option<Spanned<u64>>,
     pub unknown_kid_cooldown: Option<Spanned<String>>,
     pub max_stale: Option<Spanned<String>>,
 }

@@ -157,6 +157,8 @@ pub struct JwksPolicy {
     pub max_refresh: Duration,
     pub timeout: Duration,
     pub max_bytes: usize,
+    /// The shortest RSA modulus taken from a JWKS, in bits (`min_rsa_bits`).
+    pub min_rsa_bits: usize,
     pub unknown_kid_cooldown: Duration,
     pub max_stale: Duration,
 }

@@ -1059,6 +1059,8 @@ fn issuer(cx: &mut Ctx<'_>, i: usize, iss: &Spanned<IssuerFile>) -> Option<Issue
             1024,
             16 * 1024 * 1024,
         ),
+        // aws-lc verifies RSA from 2048 to 8192 bits; an operator may only raise the floor.
+        min_rsa_bits: cx.size(&f.min_rsa_bits, &key("min_rsa_bits"), 2048, 2048, 8192),
         unknown_kid_cooldown: cx.duration(
             &f.unknown_kid_cooldown,
             &key("unknown_kid_cooldown"),
