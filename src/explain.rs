@@ -118,6 +118,16 @@ pub async fn explain(
         answer(&mut out, StatusCode::BAD_REQUEST, None);
         return (out, Verdict::Refuse);
     }
+    if !route.allow_encoded_percent && crate::path::has_double_encoding(&canonical) {
+        let _ = writeln!(
+            out,
+            "canonical  FAIL double_encoding: `%25` and two hex digits, which a backend that \
+             decodes again reads as another path (set allow_encoded_percent on the route if it \
+             carries literal percent signs)"
+        );
+        answer(&mut out, StatusCode::BAD_REQUEST, None);
+        return (out, Verdict::Refuse);
+    }
     let upstream = &config.upstreams[route.upstream];
     let forward_line = format!(
         "forward    to upstream \"{}\" ({}://{})",

@@ -16,6 +16,10 @@
 //! 5. Dot segments are removed as RFC 3986 section 5.2.4 says; `..` at the root stays at the
 //!    root. A `.` or `..` segment spelled with an escape (`%2e`, `.%2E`) is refused.
 //!
+//! 6. (Per route, after matching: [`has_double_encoding`].) `%25` followed by two hex digits is
+//!    refused unless the route allows it: a backend that decodes once more would read another
+//!    path than the one matched.
+//!
 //! The query string is not touched.
 
 use std::fmt;
@@ -280,9 +284,67 @@ fn finish_segment(segments: &mut Vec<Segment>, cur: &mut Segment) -> Result<(), 
     Ok(())
 }
 
+/// Does a canonical path hold an escaped `%` followed by two hex digits (`%252e`, `%252F`)?
+///
+/// One decoding of such a path yields a new escape, and a backend, framework or WAF that decodes
+/// a second time reads a path bearward never matched: `/public/%252e%252e/api/admin` is
+/// `/public/../api/admin`, which is `/api/admin`. Canonicalization has already decoded escaped
+/// unreserved characters, so every spelling of the class ends up here as `%25` and two hex
+/// digits: `%25%32%65` is `%252e`, and `%25252e` (three decodings) holds `%2525`.
+pub fn has_double_encoding(canonical: &str) -> bool {
+    let b = canonical.as_bytes();
+    memchr::memmem::find_iter(b, b"%25").any(|i| {
+        b.get(i + 3).copied().and_then(hex_val).is_some()
+            && b.get(i + 4).copied().and_then(hex_val).is_some()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn double_encoding_in_every_spelling_is_found() {
+        let caught = [
+            "/public/%252e%252e/api/admin/x",
+            "/api/read/%252e%252e/admin/x",
+            "/public/%252E%252E/api/admin",
+            "/public/%252f..%252fapi",
+            "/public/%252F",
+            "/a/%255c../b",
+            "/a/%255C",
+            "/a%2541",
+            "/a/b/c/d/%2500",
+            "/%25%32%65%25%32%65/api",
+            "/%25%32%45",
+            "/%25%32e",
+            "/%25%36%31",
+            "/x/%25252e",
+            "/x/%2525%32%65",
+            "/last/%25ff",
+            "/a/%2525",
+            "/caf%C3%A9/%252e",
+        ];
+        for raw in caught {
+            let c = canonicalize(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert!(has_double_encoding(&c), "{raw} -> {c}");
+        }
+        let kept = [
+            "/a%25b",
+            "/a%25",
+            "/a%25%2e",
+            "/a%25g0",
+            "/a%250",
+            "/a%25/2e",
+            "/100%25-off",
+            "/plain/path",
+            "/a%20b",
+        ];
+        for raw in kept {
+            let c = canonicalize(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert!(!has_double_encoding(&c), "{raw} -> {c}");
+        }
+    }
 
     /// (target, expected canonical path or the error)
     const TABLE: &[(&str, Result<&str, PathError>)] = &[

@@ -118,6 +118,9 @@ pub struct Route {
     pub audit: bool,
     /// Largest request body forwarded (`max_body_bytes`, else the server's); `None`: no limit.
     pub max_body: Option<u64>,
+    /// Take `%25` followed by two hex digits in the path ([`crate::path::has_double_encoding`]),
+    /// for APIs that carry literal percent signs before hex digits; refused (400) otherwise.
+    pub allow_encoded_percent: bool,
     /// The RFC 9728 resource identifier (`resource`, else the server's): its metadata URL goes
     /// in the route's Bearer challenges.
     pub resource: Option<Arc<crate::resource::ResourceId>>,
@@ -239,6 +242,7 @@ mod tests {
             cors_preflight: false,
             audit: false,
             max_body: None,
+            allow_encoded_percent: false,
             resource: None,
         }
     }

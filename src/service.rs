@@ -8,6 +8,7 @@
 //! metadata  -> RFC 9728 resource metadata, answered by bearward ....... 200/405
 //! route     -> first match in file order .............................. 404
 //!              a method override must keep the request on its route ... 400
+//!              `%25` + two hex digits, unless the route allows it ..... 400
 //!              a declared body over the route's max_body_bytes ........ 413
 //! policy    -> deny / none / bearer ................................... 403
 //! identity  -> strip client-sent identity headers and `_` spellings (always, every route)
@@ -398,6 +399,12 @@ impl Gateway {
         {
             out.path = Some(path);
             return Err(Rejection::BadRequest("method_override"));
+        }
+        if !route.allow_encoded_percent && crate::path::has_double_encoding(&path) {
+            out.path = Some(path);
+            out.route = Some(route.name.clone());
+            out.route_index = Some(index);
+            return Err(Rejection::BadRequest("double_encoding"));
         }
         // A declared length over the route's limit is refused before anything is read or
         // checked, as nginx answers `client_max_body_size`; one without a declared length is

@@ -88,6 +88,75 @@ async fn ambiguous_paths_are_refused_before_the_upstream() {
     assert_eq!(up.count(), 0, "nothing reached the upstream");
 }
 
+/// A double-encoded path matches the open route but, decoded once more by a lenient backend,
+/// names a protected one (`/public/%252e%252e/api/admin/x` -> `/public/../api/admin/x`). Every
+/// spelling of `%25` + two hex digits is refused with 400 `double_encoding` before the upstream,
+/// in open and protected routes alike, unless the route sets `allow_encoded_percent`.
+#[tokio::test]
+async fn double_encoded_paths_are_refused_unless_the_route_allows_them() {
+    let up = Upstream::start().await;
+    let cfg = basic_config(&up.url(), "").replace(
+        "[[routes]]\nprefix = \"/public\"",
+        "[[routes]]\nprefix = \"/literal\"\nupstream = \"app\"\nauth = \"none\"\nallow_encoded_percent = true\n\n[[routes]]\nprefix = \"/public\"",
+    );
+    let gw = Gateway::start(&cfg).await;
+    let c = client();
+    for target in [
+        "/public/%252e%252e/api/admin/x",
+        "/public/%252E%252E/api/admin/x",
+        "/public/%252e%252e%252fapi%252fadmin",
+        "/public/..%252fapi",
+        "/public/%255c..%255capi",
+        "/public/a/b/%25%32%65%25%32%65/api",
+        "/public/%25%32%45%25%32%45/api",
+        "/public/%2525252e",
+        "/api/read/%252e%252e/admin/x",
+        "/api/%252E%252e/x",
+        "/public/x?ok=%252e",
+    ] {
+        let resp = raw(
+            gw.addr,
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        if target.contains('?') {
+            // The query is not the path: it is forwarded untouched.
+            assert_eq!(raw_status(&resp), 200, "{target}: {resp}");
+            continue;
+        }
+        assert_eq!(raw_status(&resp), 400, "{target}: {resp}");
+        assert!(
+            resp.ends_with("bad request: double_encoding\n"),
+            "{target}: {resp}"
+        );
+    }
+    assert_eq!(
+        up.count(),
+        1,
+        "only the request with %252e in its query got through"
+    );
+    // HTTP/2 takes the same path through the same code.
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let a = get(&h2, &gw.url("/public/%252e%252e/api/admin/x"), &[]).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(up.count(), 1);
+    // A route that carries literal percent signs opts out, and gets the path as sent.
+    let a = get(&c, &gw.url("/literal/100%2541off"), &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(up.last().uri, "/literal/100%2541off");
+    let m = metrics_after_close(&gw).await;
+    assert!(
+        m.contains(r#"route="/public*",status="400",decision="deny",reason="double_encoding"} 9"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"route="/api*",status="400",decision="deny",reason="double_encoding"} 2"#),
+        "{m}"
+    );
+}
+
 /// RFC 9112 3.2: an HTTP/1.1 request without `Host`, with two, or with an invalid one is a 400,
 /// on every route, and reaches no upstream; HTTP/1.0 may leave `Host` out.
 #[tokio::test]

@@ -626,6 +626,7 @@ upstream = "a"
             cors_preflight: false,
             audit: false,
             max_body: None,
+            allow_encoded_percent: false,
             resource: None,
         }
     }

@@ -129,6 +129,7 @@ pub struct RouteFile {
     pub mode: Option<Spanned<Mode>>,
     pub max_body_bytes: Option<Spanned<u64>>,
     pub resource: Option<Spanned<String>>,
+    pub allow_encoded_percent: Option<bool>,
 }
 
 /// `mode`: enforce the policy, or only report what it would do.

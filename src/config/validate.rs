@@ -804,6 +804,7 @@ fn route(
         max_body: cx
             .max_body(&r.max_body_bytes, &key("max_body_bytes"))
             .or(server.max_body_bytes),
+        allow_encoded_percent: r.allow_encoded_percent.unwrap_or(false),
         resource: cx
             .resource(&r.resource, &key("resource"), path_opts)
             .or_else(|| server.resource.clone()),
