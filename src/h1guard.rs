@@ -174,6 +174,8 @@ pub struct Answered<B> {
     watch: Option<Watch>,
     /// HTTP/2: this body's entry in the connection's [`Sends`].
     waiting: Option<Arc<AtomicU64>>,
+    /// Held until hyper is done with the body (a request's `max_requests_in_flight` permit).
+    _held: Option<Box<dyn Send + Sync>>,
 }
 
 impl<B> Answered<B> {
@@ -199,7 +201,14 @@ impl<B> Answered<B> {
             inner,
             watch,
             waiting,
+            _held: None,
         }
+    }
+
+    /// Keeps `guard` alive until the body is done with.
+    pub fn holding(mut self, guard: impl Send + Sync + 'static) -> Self {
+        self._held = Some(Box::new(guard));
+        self
     }
 }
 

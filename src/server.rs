@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::gauge::Gauge;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 /// The gateway in force. A reload builds a whole new [`Gateway`] from a validated config and
 /// swaps it in at once; each request loads the snapshot once, so requests in flight finish on
@@ -90,7 +91,7 @@ impl Live {
 }
 
 /// Settings read once when the listeners are built.
-fn restart_only_changes(a: &Config, b: &Config) -> [(&'static str, bool); 10] {
+fn restart_only_changes(a: &Config, b: &Config) -> [(&'static str, bool); 13] {
     let (a, b) = (&a.server, &b.server);
     [
         ("server.listen", a.listen != b.listen),
@@ -114,6 +115,18 @@ fn restart_only_changes(a: &Config, b: &Config) -> [(&'static str, bool); 10] {
         (
             "server.worker_threads",
             a.worker_threads != b.worker_threads,
+        ),
+        (
+            "server.max_connections",
+            a.max_connections != b.max_connections,
+        ),
+        (
+            "server.max_requests_in_flight",
+            a.max_requests_in_flight != b.max_requests_in_flight,
+        ),
+        (
+            "server.http2_max_concurrent_streams",
+            a.http2_max_concurrent_streams != b.http2_max_concurrent_streams,
         ),
     ]
 }
@@ -219,14 +232,40 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let config: Arc<Config> = self.live.boot.clone();
         let protocols = Arc::new(Protocols::new(&config));
+        let metrics = self.live.metrics.clone();
         let (drain_signal, _) = watch::channel(false);
         // Every connection task holds a clone; recv() returns None once all have ended.
         let (alive, mut all_done) = mpsc::channel::<()>(1);
         let admin_task = self
             .admin
             .map(|admin| tokio::spawn(admin_loop(admin, self.live.clone())));
+        let max_connections = connection_limit(&config);
+        metrics.connections_max.set(max_connections as i64);
+        let slots = Arc::new(Semaphore::new(max_connections));
+        let in_flight = Arc::new(Semaphore::new(config.server.max_requests_in_flight));
+        let mut last_warned: Option<tokio::time::Instant> = None;
         tokio::pin!(shutdown);
         loop {
+            // A slot first, then accept: at the limit the listener is not polled, so new
+            // connections wait in the kernel's backlog (nginx's worker_connections, Envoy's
+            // downstream connection limit) instead of being accepted and starved.
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    metrics.connections_deferred.inc();
+                    if last_warned.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        last_warned = Some(tokio::time::Instant::now());
+                        tracing::warn!(
+                            max_connections,
+                            "max_connections are open; new connections wait in the listen backlog"
+                        );
+                    }
+                    tokio::select! {
+                        slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                        _ = &mut shutdown => break,
+                    }
+                }
+            };
             tokio::select! {
                 accepted = self.listener.accept() => {
                     let (stream, peer) = match accepted {
@@ -239,7 +278,9 @@ impl Server {
                         }
                     };
                     let drain = Drain { signal: drain_signal.subscribe(), _alive: alive.clone() };
-                    serve_connection(protocols.clone(), drain, stream, peer, self.live.clone());
+                    let slot = Held::new(slot, &metrics.connections_open);
+                    let conn = Conn { stream, peer, slot, in_flight: in_flight.clone() };
+                    serve_connection(protocols.clone(), drain, conn, self.live.clone());
                 }
                 _ = &mut shutdown => break,
             }
@@ -259,6 +300,86 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// File descriptors kept for everything but client connections: the admin listener and its
+/// connections, JWKS and discovery fetches, the config and TLS files, the log.
+const RESERVED_FDS: u64 = 128;
+
+/// The soft `RLIMIT_NOFILE`, read from `/proc` (no libc binding, no unsafe code); `None` where
+/// there is no such file.
+fn open_files_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let rest = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?;
+    match rest.split_whitespace().next()? {
+        "unlimited" => Some(u64::MAX),
+        n => n.parse().ok(),
+    }
+}
+
+/// `max_connections` when the config sets none: what the file-descriptor limit leaves after
+/// [`RESERVED_FDS`], halved, since each client connection may hold an upstream connection too.
+pub fn default_max_connections(nofile: Option<u64>) -> usize {
+    match nofile {
+        None => 10_000,
+        Some(n) => (n.min(20_000_000).saturating_sub(RESERVED_FDS) / 2).max(16) as usize,
+    }
+}
+
+/// The connection limit in force, with a warning when the configured one cannot be reached
+/// before the process runs out of file descriptors (accept then fails with EMFILE first).
+fn connection_limit(config: &Config) -> usize {
+    let nofile = open_files_limit();
+    let fits = default_max_connections(nofile);
+    match config.server.max_connections {
+        None => fits,
+        Some(n) => {
+            if n > fits {
+                tracing::warn!(
+                    max_connections = n,
+                    open_files_limit = nofile,
+                    "max_connections is above what the file-descriptor limit allows \
+                     (about {fits} with their upstream connections); raise LimitNOFILE or \
+                     --ulimit nofile"
+                );
+            }
+            n
+        }
+    }
+}
+
+/// A permit counted in a gauge while it is held: a connection slot or a request in flight.
+pub struct Held {
+    _permit: OwnedSemaphorePermit,
+    gauge: Gauge,
+}
+
+impl Held {
+    fn new(permit: OwnedSemaphorePermit, gauge: &Gauge) -> Held {
+        gauge.inc();
+        Held {
+            _permit: permit,
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// An accepted connection and what bounds it.
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// Its `max_connections` slot, given back when the connection task ends.
+    slot: Held,
+    /// The listener's `max_requests_in_flight`.
+    in_flight: Arc<Semaphore>,
 }
 
 /// The HTTP/1 and HTTP/2 server settings, built once.
@@ -288,9 +409,16 @@ impl Protocols {
         }
         let h2 = config.server.http2.then(|| {
             let mut h2 = http2::Builder::new(TokioExecutor::new());
+            // Set here even where they are h2's defaults, so the README's numbers are ours.
+            // A client past max_concurrent_streams gets RST_STREAM(REFUSED_STREAM) for the extra
+            // streams; one that resets more than 20 streams before bearward took them (HTTP/2
+            // rapid reset, CVE-2023-44487), or makes bearward reset 1,024 of its streams for
+            // protocol errors (CVE-2025-8671), gets GOAWAY(ENHANCE_YOUR_CALM).
             h2.timer(TokioTimer::new())
                 .max_header_list_size(config.server.max_header_bytes as u32)
-                .max_concurrent_streams(256)
+                .max_concurrent_streams(config.server.http2_max_concurrent_streams)
+                .max_pending_accept_reset_streams(20)
+                .max_local_error_reset_streams(1024)
                 .keep_alive_interval(Some(Duration::from_secs(30)));
             h2
         });
@@ -332,15 +460,16 @@ async fn is_h2(stream: &TcpStream) -> io::Result<bool> {
     }
 }
 
-fn serve_connection(
-    protocols: Arc<Protocols>,
-    drain: Drain,
-    stream: TcpStream,
-    peer: SocketAddr,
-    live: Arc<Live>,
-) {
+fn serve_connection(protocols: Arc<Protocols>, drain: Drain, conn: Conn, live: Arc<Live>) {
+    let Conn {
+        stream,
+        peer,
+        slot,
+        in_flight,
+    } = conn;
     let _ = stream.set_nodelay(true);
     tokio::spawn(async move {
+        let _slot = slot;
         let Drain { mut signal, _alive } = drain;
         // h2c with prior knowledge, if enabled and the client opens with the preface.
         let h2 = match &protocols.h2 {
@@ -358,7 +487,7 @@ fn serve_connection(
                 let watch = Watch::for_h2();
                 let conn = h2.serve_connection(
                     TokioIo::new(stream),
-                    gateway_service(&live, peer, Some(watch.clone())),
+                    gateway_service(&live, peer, Some(watch.clone()), in_flight),
                 );
                 let bounds = (protocols.header_read_timeout, protocols.send_timeout);
                 until_done_or_idle(conn, &mut signal, |c| c.graceful_shutdown(), &watch, bounds)
@@ -376,7 +505,7 @@ fn serve_connection(
                     .h1
                     .serve_connection(
                         TokioIo::new(guarded),
-                        gateway_service(&live, peer, Some(head_watch)),
+                        gateway_service(&live, peer, Some(head_watch), in_flight),
                     )
                     .with_upgrades();
                 until_done(conn, &mut signal, |c| c.graceful_shutdown()).await
@@ -420,6 +549,7 @@ fn gateway_service(
     live: &Arc<Live>,
     peer: SocketAddr,
     watch: Option<Watch>,
+    in_flight: Arc<Semaphore>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<Answered<Body>>,
@@ -441,13 +571,25 @@ fn gateway_service(
         let index = info.watch.as_ref().map(Watch::request_started);
         let gateway = live.current();
         let info = info.clone();
+        // Taken before anything else is done with the request, so an overload cannot turn into
+        // token checks, JWKS refetches or an upstream pile-up; held until the response body
+        // has been sent.
+        let held = in_flight
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|p| Held::new(p, &live.metrics.requests_in_flight));
         async move {
+            let Some(held) = held else {
+                let resp = gateway.overloaded(req.method(), &info);
+                return Ok(resp.map(|b| Answered::new(b, info.watch.clone())));
+            };
             let resp = gateway.handle(req, &info, index).await;
             let watch = info.watch.clone();
             if let (Some(w), StatusCode::SWITCHING_PROTOCOLS) = (&watch, resp.status()) {
                 w.upgraded();
             }
-            Ok::<_, std::convert::Infallible>(resp.map(|b| Answered::new(b, watch)))
+            Ok::<_, std::convert::Infallible>(resp.map(|b| Answered::new(b, watch).holding(held)))
         }
     })
 }
@@ -518,8 +660,16 @@ async fn until_done_or_idle<C: Future>(
     Some(conn.await)
 }
 
+/// Admin connections open at once: enough for probes and scrapers, and a bound so that a
+/// flood on the admin port cannot take the file descriptors the proxy needs.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+
 async fn admin_loop(listener: TcpListener, live: Arc<Live>) {
+    let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
@@ -528,6 +678,7 @@ async fn admin_loop(listener: TcpListener, live: Arc<Live>) {
         // hyper's own per-request timer is fine here.
         let header_read_timeout = live.current().config.server.header_read_timeout;
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req: Request<Incoming>| {
                 let gateway = live.current();
                 async move { Ok::<_, std::convert::Infallible>(admin(&gateway, &req)) }
@@ -557,4 +708,19 @@ fn admin(gateway: &Gateway, req: &Request<Incoming>) -> Response<Body> {
     let mut resp = Response::new(body::full(text));
     *resp.status_mut() = status;
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_connection_limit_leaves_room_for_upstream_sockets_and_the_rest() {
+        assert_eq!(default_max_connections(Some(1024)), 448);
+        assert_eq!(default_max_connections(Some(65536)), 32704);
+        assert_eq!(default_max_connections(Some(100)), 16);
+        assert_eq!(default_max_connections(Some(u64::MAX)), 9_999_936);
+        assert_eq!(default_max_connections(None), 10_000);
+        assert!(open_files_limit().is_some_and(|n| n > 0));
+    }
 }

@@ -58,6 +58,8 @@ pub enum Rejection {
     Proxy(ProxyError),
     /// bearward itself could not build the upstream request.
     Internal(&'static str),
+    /// 503: `max_requests_in_flight` requests are in flight on the listener.
+    Overloaded,
 }
 
 impl Rejection {
@@ -71,6 +73,7 @@ impl Rejection {
             Rejection::Auth(e) => e.reason(),
             Rejection::Proxy(e) => e.reason(),
             Rejection::Internal(r) => r,
+            Rejection::Overloaded => "overloaded",
         }
     }
 
@@ -85,6 +88,7 @@ impl Rejection {
             Rejection::Auth(e) => e.status(),
             Rejection::Proxy(e) => e.status(),
             Rejection::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Rejection::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -121,6 +125,10 @@ impl Rejection {
             }
             Rejection::MethodNotAllowed(allow) => {
                 h.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            // RFC 9110 15.6.4: the overload is expected to pass; clients with backoff wait.
+            Rejection::Overloaded => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }
@@ -319,6 +327,39 @@ impl Gateway {
                 token = out.token_id.map(tracing::field::display),
                 peer = %conn.peer.ip(),
             );
+        }
+        resp
+    }
+
+    /// The answer to a request that came while `max_requests_in_flight` others were in flight:
+    /// 503 with `Retry-After`, decided before the path, the route or the token is looked at,
+    /// counted and logged under route `-`.
+    pub fn overloaded(&self, method: &http::Method, conn: &ConnInfo) -> Response<Body> {
+        let rej = Rejection::Overloaded;
+        let (status, reason) = (rej.status().as_u16(), rej.reason());
+        self.metrics.record(
+            &self.no_route,
+            status,
+            "error",
+            reason,
+            Duration::ZERO,
+            None,
+        );
+        if self.config.server.access_log {
+            tracing::info!(
+                target: "bearward::access",
+                method = %method,
+                path = "-",
+                route = "-",
+                status,
+                decision = "error",
+                reason,
+                peer = %conn.peer.ip(),
+            );
+        }
+        let mut resp = rej.into_response(&self.config.server.realm, None);
+        if method == http::Method::HEAD {
+            *resp.body_mut() = body::empty();
         }
         resp
     }

@@ -129,6 +129,13 @@ pub struct Metrics {
     refused_keys: Family<RefusedKeyLabels, Gauge>,
     refused_shown: std::sync::Mutex<Vec<RefusedKeyLabels>>,
     reloads: Outcomes,
+    /// Proxy-listener connections open now, and the limit in force.
+    pub connections_open: Gauge,
+    pub connections_max: Gauge,
+    /// Times the accept loop found `max_connections` open and left new ones in the backlog.
+    pub connections_deferred: Counter,
+    /// Requests on the proxy listener between their head and the end of their response.
+    pub requests_in_flight: Gauge,
 }
 
 /// A two-outcome counter family with both counters made up front: counting one is an atomic
@@ -177,6 +184,10 @@ impl Metrics {
             refused_keys: Family::default(),
             refused_shown: Default::default(),
             reloads: Outcomes::new("ok", "error"),
+            connections_open: Gauge::default(),
+            connections_max: Gauge::default(),
+            connections_deferred: Counter::default(),
+            requests_in_flight: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -236,6 +247,26 @@ impl Metrics {
             "jwks_refused_keys",
             "Keys in the issuer's last fetched JWKS that were refused (weak, misused, unsupported), by kid and reason",
             m.refused_keys.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Connections open on the proxy listener",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "connections_max",
+            "max_connections in force on the proxy listener",
+            m.connections_max.clone(),
+        );
+        registry.register(
+            "connections_deferred",
+            "Times max_connections were open and new connections were left in the listen backlog",
+            m.connections_deferred.clone(),
+        );
+        registry.register(
+            "requests_in_flight",
+            "Requests on the proxy listener from their head to the end of their response",
+            m.requests_in_flight.clone(),
         );
         // Prometheus' `_info` convention: a constant 1 whose labels say what is running, so a
         // dashboard can tell which version answered (`--version` prints the same).

@@ -47,6 +47,9 @@ pub struct ServerFile {
     pub mode: Option<Spanned<Mode>>,
     pub watch_config: Option<bool>,
     pub worker_threads: Option<Spanned<u64>>,
+    pub max_connections: Option<Spanned<u64>>,
+    pub max_requests_in_flight: Option<Spanned<u64>>,
+    pub http2_max_concurrent_streams: Option<Spanned<u64>>,
 }
 
 /// `log_format`

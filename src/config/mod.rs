@@ -28,6 +28,11 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// `client_body_timeout` and `send_timeout` are 60 s too).
 pub const DEFAULT_IDLE_IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default time in-flight requests get to finish after SIGTERM.
+/// Envoy's overload manager and nginx leave this unbounded by default; 4,096 concurrent
+/// requests is far above what one sidecar's upstream serves, and far below what starves it.
+pub const DEFAULT_MAX_REQUESTS_IN_FLIGHT: usize = 4096;
+/// Streams per HTTP/2 connection (nginx's `http2_max_concurrent_streams` is 128, Envoy's 2^31).
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Default realm in `WWW-Authenticate`.
 pub const DEFAULT_REALM: &str = "bearward";
@@ -115,6 +120,13 @@ pub struct ServerConfig {
     pub watch_config: bool,
     /// Runtime threads; `None`: one per CPU the process may use.
     pub worker_threads: Option<usize>,
+    /// Proxy connections open at once; beyond it new ones wait in the kernel's backlog. `None`:
+    /// sized from the file-descriptor limit when the listener starts ([`crate::server`]).
+    pub max_connections: Option<usize>,
+    /// Requests in flight on the proxy listener at once; beyond it, 503 before any token work.
+    pub max_requests_in_flight: usize,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` of each client connection.
+    pub http2_max_concurrent_streams: u32,
 }
 
 /// `[upstreams.NAME]`, validated.

@@ -424,6 +424,29 @@ fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
             .worker_threads
             .as_ref()
             .map(|_| cx.size(&s.worker_threads, "server.worker_threads", 1, 1, 1024)),
+        max_connections: s.max_connections.as_ref().map(|_| {
+            cx.size(
+                &s.max_connections,
+                "server.max_connections",
+                1,
+                1,
+                10_000_000,
+            )
+        }),
+        max_requests_in_flight: cx.size(
+            &s.max_requests_in_flight,
+            "server.max_requests_in_flight",
+            DEFAULT_MAX_REQUESTS_IN_FLIGHT,
+            1,
+            10_000_000,
+        ),
+        http2_max_concurrent_streams: cx.size(
+            &s.http2_max_concurrent_streams,
+            "server.http2_max_concurrent_streams",
+            DEFAULT_H2_MAX_CONCURRENT_STREAMS as usize,
+            1,
+            65_536,
+        ) as u32,
     }
 }
 
