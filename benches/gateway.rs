@@ -107,14 +107,14 @@ fn bench(c: &mut Criterion) {
     let server = rt.block_on(bearward::build(config)).unwrap();
     let gateway = server.gateway();
     rt.block_on(gateway.auth.issuers()[0].refresh()).unwrap();
-    let conn = bearward::service::ConnInfo {
+    let conn = bearward::gateway::ConnInfo {
         peer: "127.0.0.1:40000".parse().unwrap(),
         peer_ip: http::HeaderValue::from_static("127.0.0.1"),
         watch: None,
         request_timer: Default::default(),
     };
     let tok = format!("Bearer {}", token());
-    let run = |gw: &Arc<bearward::service::Gateway>, path: &str, auth: Option<&str>| {
+    let run = |gw: &Arc<bearward::gateway::Gateway>, path: &str, auth: Option<&str>| {
         let mut req = Request::get(path).header("host", "api.bench");
         if let Some(a) = auth {
             req = req.header("authorization", a);

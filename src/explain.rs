@@ -1,13 +1,15 @@
 //! `bearward explain`: why would this request be let through or refused? Walks the same phases
 //! as the proxy, with the keys fetched live from the configured source, and prints every check.
 
-use crate::auth::validator::{self, Trace};
-use crate::auth::{extract_token, sha256, token_id, AuthError, Authenticator};
+use crate::auth::{sha256_bytes, token_id, AuthError, Authenticator, Trace};
+use crate::body;
 use crate::config::Config;
-use crate::path::canonicalize_with;
-use crate::routes::{AuthMode, PathMatch, Route};
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use crate::gateway::{Decided, Gateway, Outcome, Rejection, Sink};
+use crate::routes::{PathMatch, Route};
+use crate::telemetry::Metrics;
+use http::{header, HeaderValue, Method, Request, StatusCode};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 /// What was decided, for the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +57,16 @@ fn answer(out: &mut String, status: StatusCode, www: Option<String>) {
     }
 }
 
+/// What `explain` found: its text, and the status and reason the proxy would log.
+pub struct Explained {
+    pub text: String,
+    pub verdict: Verdict,
+    /// The answer's status; 200 for a request that is forwarded.
+    pub status: StatusCode,
+    /// The reason the access log and the metrics would give (`ok` when forwarded).
+    pub reason: &'static str,
+}
+
 /// Explains one request. `target` is the request target (path and query); `token` the bearer
 /// token (a leading `Bearer ` is accepted).
 pub async fn explain(
@@ -63,125 +75,173 @@ pub async fn explain(
     target: &str,
     token: Option<&str>,
 ) -> (String, Verdict) {
-    let mut out = String::new();
-    let _ = writeln!(out, "request    {method} {target}");
-    if !crate::routes::is_plain_method(method.as_str()) {
-        let _ = writeln!(
-            out,
-            "method     FAIL invalid_method: methods are upper-case letters, `-` and `_`"
-        );
-        answer(&mut out, StatusCode::BAD_REQUEST, None);
-        return (out, Verdict::Refuse);
-    }
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (target, None),
-    };
-    let canonical = match canonicalize_with(path, config.server.path) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = writeln!(out, "canonical  FAIL {e}");
-            answer(&mut out, StatusCode::BAD_REQUEST, None);
-            return (out, Verdict::Refuse);
-        }
-    };
-    let _ = writeln!(out, "canonical  {canonical}");
-    if let Some(doc) = config.resources.find(&canonical) {
-        let _ = writeln!(
-            out,
-            "metadata   RFC 9728 protected resource metadata: bearward answers it itself, the \
-             upstream is never contacted"
-        );
-        // The same answer the proxy gives, so the two cannot drift apart.
-        let status = crate::resource::respond(method, &HeaderMap::new(), doc)
-            .map_or(StatusCode::METHOD_NOT_ALLOWED, |r| r.status());
-        answer(&mut out, status, None);
-        return (out, Verdict::Refuse);
-    }
-    let Some((index, route)) = config.routes.find(method, &canonical) else {
-        let _ = writeln!(
-            out,
-            "route      none matches: 404, the upstream is never contacted"
-        );
-        answer(&mut out, StatusCode::NOT_FOUND, None);
-        return (out, Verdict::Refuse);
-    };
-    let _ = writeln!(out, "route      {}", describe(index, route));
-    if !config
-        .routes
-        .overrides_stay(&HeaderMap::new(), query, &canonical, index)
-    {
-        let _ = writeln!(
-            out,
-            "method     FAIL method_override: the query's _method names a method this route does not serve"
-        );
-        answer(&mut out, StatusCode::BAD_REQUEST, None);
-        return (out, Verdict::Refuse);
-    }
-    if !route.allow_encoded_percent && crate::path::has_double_encoding(&canonical) {
-        let _ = writeln!(
-            out,
-            "canonical  FAIL double_encoding: `%25` and two hex digits, which a backend that \
-             decodes again reads as another path (set allow_encoded_percent on the route if it \
-             carries literal percent signs)"
-        );
-        answer(&mut out, StatusCode::BAD_REQUEST, None);
-        return (out, Verdict::Refuse);
-    }
-    let upstream = &config.upstreams[route.upstream];
-    let forward_line = format!(
-        "forward    to upstream \"{}\" ({}://{})",
-        upstream.name, upstream.scheme, upstream.authority
-    );
+    let e = explain_request(config, method, target, token).await;
+    (e.text, e.verdict)
+}
 
-    let refusal = match route.auth {
-        AuthMode::None => None,
-        AuthMode::Deny => Some((StatusCode::FORBIDDEN, None, "route_denied")),
-        AuthMode::Bearer => check_token(config, route, query, token, &mut out)
-            .await
-            .err()
-            .map(|e| {
-                let www = e.www_authenticate(&config.server.realm, Some(route));
-                (e.status(), Some(www), e.reason())
-            }),
-    };
-    match refusal {
-        None => {
-            let _ = writeln!(out, "{forward_line}");
-            if route.audit {
-                let _ = writeln!(out, "           X-Bearward-Audit: allow");
-            }
-            (out, Verdict::Forward)
-        }
-        Some((status, _, reason)) if route.audit => {
+/// The printing sink: one line per phase report, keys fetched live when a token is found.
+struct Printer {
+    out: String,
+    trace: Trace,
+}
+
+impl Printer {
+    fn line(&mut self, phase: &str, text: std::fmt::Arguments<'_>) {
+        let _ = writeln!(self.out, "{phase:<10} {text}");
+    }
+
+    fn steps(&mut self) {
+        for (check, ok, detail) in std::mem::take(&mut self.trace.steps) {
             let _ = writeln!(
-                out,
-                "audit      would answer {} ({reason}); forwarded anyway",
-                status.as_u16()
+                self.out,
+                "  {}  {check:<10} {detail}",
+                if ok { "pass" } else { "FAIL" }
             );
-            let _ = writeln!(out, "{forward_line}");
-            let _ = writeln!(
-                out,
-                "           X-Bearward-Audit: would-deny; reason={reason}; status={}",
-                status.as_u16()
-            );
-            (out, Verdict::Forward)
-        }
-        Some((status, www, _)) => {
-            answer(&mut out, status, www);
-            (out, Verdict::Refuse)
         }
     }
 }
 
-async fn check_token(
+impl Sink for Printer {
+    fn refused(&mut self, phase: &'static str, rej: &Rejection) {
+        let why = match rej.reason() {
+            "invalid_method" => ": methods are upper-case letters, `-` and `_`",
+            "method_override" => ": the query's _method names a method this route does not serve",
+            "double_encoding" => {
+                ": `%25` and two hex digits, which a backend that decodes again reads as \
+                 another path (set allow_encoded_percent on the route if it carries literal \
+                 percent signs)"
+            }
+            _ => "",
+        };
+        match rej {
+            Rejection::NoRoute => self.line(
+                "route",
+                format_args!("none matches: 404, the upstream is never contacted"),
+            ),
+            // The token phase and the validator's trace have said why.
+            Rejection::Auth(_) | Rejection::Denied => self.steps(),
+            _ => self.line(phase, format_args!("FAIL {}{why}", rej.reason())),
+        }
+    }
+
+    fn canonical(&mut self, path: &str) {
+        self.line("canonical", format_args!("{path}"));
+    }
+
+    fn metadata(&mut self) {
+        self.line(
+            "metadata",
+            format_args!(
+                "RFC 9728 protected resource metadata: bearward answers it itself, the \
+                 upstream is never contacted"
+            ),
+        );
+    }
+
+    fn route(&mut self, index: usize, route: &Route) {
+        self.line("route", format_args!("{}", describe(index, route)));
+    }
+
+    async fn token(&mut self, auth: &Authenticator, token: Result<&[u8], &AuthError>) {
+        let token = match token {
+            Ok(t) => t,
+            Err(e) => return self.line("token", format_args!("FAIL {e}")),
+        };
+        let id = token_id(&sha256_bytes(token));
+        self.line(
+            "token",
+            format_args!("{} bytes, id {id} (as in the access log)", token.len()),
+        );
+        for keys in auth.issuers() {
+            match keys.refresh().await {
+                Ok(_) => {
+                    let set = keys.latest();
+                    let n = set.as_ref().map_or(0, |s| s.keys.len());
+                    let src = set.map_or_else(String::new, |s| s.source.clone());
+                    let issuer = &keys.config.issuer;
+                    self.line(
+                        "keys",
+                        format_args!("{issuer}: {n} usable key(s) from {src}"),
+                    );
+                }
+                Err(e) => {
+                    let issuer = &keys.config.issuer;
+                    self.line("keys", format_args!("{issuer}: FAIL {e}"));
+                }
+            }
+        }
+    }
+
+    fn trace(&mut self) -> Option<&mut Trace> {
+        Some(&mut self.trace)
+    }
+
+    fn scopes(&mut self, have: &[String], route: &Route, ok: bool) {
+        self.steps();
+        let _ = writeln!(
+            self.out,
+            "  {}  {:<10} token has {have:?}; route needs all of {:?}{}",
+            if ok { "pass" } else { "FAIL" },
+            "scopes",
+            route.scopes,
+            if route.scopes_any.is_empty() {
+                String::new()
+            } else {
+                format!(" and one of {:?}", route.scopes_any)
+            }
+        );
+    }
+
+    fn audit(&mut self, rej: &Rejection) {
+        self.steps();
+        self.line(
+            "audit",
+            format_args!(
+                "would answer {} ({}); forwarded anyway",
+                rej.status().as_u16(),
+                rej.reason()
+            ),
+        );
+    }
+}
+
+/// [`explain`], with the status and reason the proxy would log. The request goes through
+/// [`Gateway::decide`], the proxy's own phases, with keys fetched live instead of by a
+/// background refresher.
+pub async fn explain_request(
     config: &Config,
-    route: &Route,
-    query: Option<&str>,
+    method: &Method,
+    target: &str,
     token: Option<&str>,
-    out: &mut String,
-) -> Result<(), AuthError> {
-    let mut headers = HeaderMap::new();
+) -> Explained {
+    let mut p = Printer {
+        out: String::new(),
+        trace: Trace {
+            enabled: true,
+            steps: Vec::new(),
+        },
+    };
+    let _ = writeln!(p.out, "request    {method} {target}");
+    let refuse = |mut p: Printer, status: StatusCode, reason| {
+        answer(&mut p.out, status, None);
+        Explained {
+            text: p.out,
+            verdict: Verdict::Refuse,
+            status,
+            reason,
+        }
+    };
+    let mut req = Request::new(body::empty());
+    *req.method_mut() = method.clone();
+    match target.parse::<http::Uri>() {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(_) => {
+            p.line("canonical", format_args!("FAIL not a request target"));
+            return refuse(p, StatusCode::BAD_REQUEST, "path_bad_escape");
+        }
+    }
+    req.headers_mut()
+        .insert(header::HOST, HeaderValue::from_static("explain.invalid"));
     if let Some(t) = token {
         let t = t.trim();
         let value = if t.len() > 7 && t[..7].eq_ignore_ascii_case("bearer ") {
@@ -191,73 +251,68 @@ async fn check_token(
         };
         match HeaderValue::from_str(&value) {
             Ok(v) => {
-                headers.insert(http::header::AUTHORIZATION, v);
+                req.headers_mut().insert(header::AUTHORIZATION, v);
             }
             Err(_) => {
-                let _ = writeln!(out, "token      FAIL not a valid header value");
-                return Err(AuthError::MalformedHeader);
+                p.line("token", format_args!("FAIL not a valid header value"));
+                return refuse(p, StatusCode::BAD_REQUEST, "malformed_authorization");
             }
         }
     }
-    let token = match extract_token(&headers, query, route) {
-        Ok(t) => t,
-        Err(e) => {
-            let _ = writeln!(out, "token      FAIL {e}");
-            return Err(e);
-        }
-    };
-    let hash = sha256(token);
-    let id = token_id(&hash);
-    let _ = writeln!(
-        out,
-        "token      {} bytes, id {id} (as in the access log)",
-        token.len()
+    let gateway = Gateway::new(
+        Arc::new(config.clone()),
+        Authenticator::without_refresh(config),
+        Arc::new(Metrics::new()),
     );
-
-    let auth = Authenticator::without_refresh(config);
-    for keys in auth.issuers() {
-        match keys.refresh().await {
-            Ok(_) => {
-                let set = keys.latest();
-                let n = set.as_ref().map_or(0, |s| s.keys.len());
-                let src = set.map_or_else(String::new, |s| s.source.clone());
-                let _ = writeln!(
-                    out,
-                    "keys       {}: {n} usable key(s) from {src}",
-                    keys.config.issuer
-                );
+    let mut outcome = Outcome::default();
+    let decided = gateway.decide(&mut req, None, &mut outcome, &mut p).await;
+    match decided {
+        Ok(Decided::Answer(resp)) => {
+            let status = resp.status();
+            answer(&mut p.out, status, None);
+            // bearward's own answer: not forwarded.
+            Explained {
+                text: p.out,
+                verdict: Verdict::Refuse,
+                status,
+                reason: outcome.reason,
             }
-            Err(e) => {
-                let _ = writeln!(out, "keys       {}: FAIL {e}", keys.config.issuer);
+        }
+        Ok(Decided::Pass(pass)) => {
+            let upstream = &config.upstreams[pass.route.upstream];
+            p.line(
+                "forward",
+                format_args!(
+                    "to upstream \"{}\" ({}://{})",
+                    upstream.name, upstream.scheme, upstream.authority
+                ),
+            );
+            if let Some(note) = pass.audit.as_ref().and_then(|v| v.to_str().ok()) {
+                let _ = writeln!(p.out, "           X-Bearward-Audit: {note}");
+            }
+            Explained {
+                text: p.out,
+                verdict: Verdict::Forward,
+                status: StatusCode::OK,
+                reason: outcome.reason,
+            }
+        }
+        Err(rej) => {
+            let (status, reason) = (rej.status(), rej.reason());
+            let route = outcome.route_index.map(|i| &config.routes.routes()[i]);
+            let resp = rej.into_response(&config.server.realm, route);
+            let www = resp
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            answer(&mut p.out, status, www);
+            Explained {
+                text: p.out,
+                verdict: Verdict::Refuse,
+                status,
+                reason,
             }
         }
     }
-    let mut trace = Trace {
-        enabled: true,
-        steps: Vec::new(),
-    };
-    let result = auth.verify(token, &mut trace).await;
-    for (check, ok, detail) in &trace.steps {
-        let _ = writeln!(
-            out,
-            "  {}  {check:<10} {detail}",
-            if *ok { "pass" } else { "FAIL" }
-        );
-    }
-    let verified = result?;
-    let scopes = validator::check_scopes(&verified.scopes, route);
-    let _ = writeln!(
-        out,
-        "  {}  {:<10} token has {:?}; route needs all of {:?}{}",
-        if scopes.is_ok() { "pass" } else { "FAIL" },
-        "scopes",
-        verified.scopes,
-        route.scopes,
-        if route.scopes_any.is_empty() {
-            String::new()
-        } else {
-            format!(" and one of {:?}", route.scopes_any)
-        }
-    );
-    scopes
 }

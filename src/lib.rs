@@ -9,7 +9,8 @@
 //! - [`routes`]: first-match route table (exact path or segment-aware prefix, methods).
 //! - [`resource`]: RFC 9728 protected resource metadata, served by bearward itself.
 //! - [`auth`]: bearer token extraction, JWT validation, key cache, scopes, RFC 6750 answers.
-//! - [`service`]: the request path as ordered phases; rejections become responses there.
+//! - [`gateway`]: the request path as named phases (`gateway/phases.rs`), shared with `explain`;
+//!   rejections become responses in `gateway/rejection.rs`.
 //! - [`proxy`]: forwarding: timeouts, upgrades, and the header rules.
 //! - [`pool`]: keep-alive upstream connections and the HTTP/1.1 exchange over them.
 //! - [`tls`]: TLS to `https` upstreams.
@@ -25,6 +26,7 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod explain;
+pub mod gateway;
 pub mod h1client;
 pub mod h1guard;
 pub mod host;
@@ -34,7 +36,6 @@ pub mod proxy;
 pub mod resource;
 pub mod routes;
 pub mod server;
-pub mod service;
 pub mod telemetry;
 pub mod timer;
 pub mod tls;
@@ -45,6 +46,6 @@ use std::sync::Arc;
 pub async fn build(config: config::Config) -> std::io::Result<server::Server> {
     let metrics = Arc::new(telemetry::Metrics::new());
     let auth = auth::Authenticator::new(&config, metrics.clone());
-    let gateway = Arc::new(service::Gateway::new(Arc::new(config), auth, metrics));
+    let gateway = Arc::new(gateway::Gateway::new(Arc::new(config), auth, metrics));
     server::Server::bind(gateway).await
 }

@@ -3,9 +3,9 @@
 
 use crate::body::{self, Body};
 use crate::config::{Config, UpstreamConfig};
+use crate::gateway::ConnInfo;
 use crate::h1client::HeadRewrite;
 use crate::pool::Pool;
-use crate::service::ConnInfo;
 use crate::telemetry::Metrics;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};

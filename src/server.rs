@@ -3,8 +3,8 @@
 use crate::auth::Authenticator;
 use crate::body::{self, Body};
 use crate::config::{Config, ConfigError};
+use crate::gateway::{ConnInfo, Gateway};
 use crate::h1guard::{Answered, Guarded, Watch};
-use crate::service::{ConnInfo, Gateway};
 use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
 use http::{Request, Response, StatusCode};

@@ -188,3 +188,83 @@ fn resource_metadata_is_explained_as_bearward_answers_it() {
     );
     std::fs::remove_file(&file).unwrap();
 }
+
+/// Every request the golden cases explain, and more, through `explain` (in process) and the
+/// live proxy: the same status and the same reason, since both run the same phases.
+#[tokio::test]
+async fn explain_and_the_proxy_agree_on_every_case() {
+    let up = common::Upstream::start().await;
+    let text = std::fs::read_to_string(FIXTURE)
+        .unwrap()
+        .replace("http://127.0.0.1:3000", &up.url())
+        .replacen(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nresource = \"https://api.example.com/api\"",
+            1,
+        )
+        .replacen(
+            "[[routes]]",
+            "[[routes]]\nprefix = \"/api/orders\"\nmethods = [\"GET\"]\nscopes = [\"read\"]\nupstream = \"legacy\"\n\n[[routes]]\nprefix = \"/audit\"\nmode = \"audit\"\nscopes = [\"admin\"]\nupstream = \"legacy\"\n\n[[routes]]\nprefix = \"/closed\"\nauth = \"deny\"\nupstream = \"legacy\"\n\n[[routes]]",
+            1,
+        );
+    let config = bearward::config::Config::from_toml_str(&text, "agree.toml").unwrap();
+    let gw = common::Gateway::start(&text).await;
+    let m = minter();
+    let (read, expired) = (m.token(&Key::rsa1(), "read"), m.token_expired(&Key::rsa1()));
+    let other_aud = m.token_claims(&Key::rsa1(), |c| {
+        c.insert("aud".into(), json!("https://elsewhere.example.com"));
+    });
+    let cases: Vec<(&str, &str, Option<&str>)> = vec![
+        ("GET", "/api/orders/../orders/7?x=1", Some(&read)),
+        ("GET", "/api/orders/7", Some(&expired)),
+        ("GET", "/api/orders/7", Some(&other_aud)),
+        ("GET", "/api/admin/users", Some(&read)),
+        ("GET", "/api/x", None),
+        ("GET", "/elsewhere", Some("x")),
+        ("GET", "/api/x", Some("not-a-jwt")),
+        ("get", "/api/orders/7", None),
+        ("GET", "/api/orders/7?_method=DELETE", Some(&read)),
+        ("GET", "/api/%252e%252e/admin", Some(&read)),
+        ("GET", "/api/%2e%2e/admin", Some(&read)),
+        ("GET", "/.well-known/oauth-protected-resource/api", None),
+        ("POST", "/.well-known/oauth-protected-resource/api", None),
+        ("GET", "/audit/x", Some(&read)),
+        ("GET", "/closed/x", Some(&read)),
+    ];
+    let c = common::client();
+    let metrics_url = format!("http://{}/metrics", gw.admin.unwrap());
+    let counts = |text: &str| -> std::collections::BTreeMap<String, f64> {
+        text.lines()
+            .filter(|l| l.starts_with("bearward_requests_total{"))
+            .filter_map(|l| l.rsplit_once(' '))
+            .map(|(k, v)| (k.to_owned(), v.parse().unwrap()))
+            .collect()
+    };
+    let mut before = counts(&common::get(&c, &metrics_url, &[]).await.body);
+    for (method, target, token) in cases {
+        let e =
+            bearward::explain::explain_request(&config, &method.parse().unwrap(), target, token)
+                .await;
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let live = common::send(&c, method, &gw.url(target), &headers, "").await;
+        let after = counts(&common::get(&c, &metrics_url, &[]).await.body);
+        let moved: Vec<&String> = after
+            .iter()
+            .filter(|(k, v)| before.get(*k) != Some(*v))
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(moved.len(), 1, "{method} {target}: {moved:?}");
+        let label = |name: &str| {
+            let at = moved[0].find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+            moved[0][at..].split('"').next().unwrap().to_owned()
+        };
+        let case = format!("{method} {target}\n{}", e.text);
+        // A forwarded request's status is the upstream's; explain says 200 for it.
+        assert_eq!(live.status, e.status, "{case}");
+        assert_eq!(label("status"), e.status.as_u16().to_string(), "{case}");
+        assert_eq!(label("reason"), e.reason, "{case}");
+        before = after;
+    }
+}

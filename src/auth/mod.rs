@@ -10,13 +10,12 @@ pub mod validator;
 
 pub use error::{AuthError, ErrorCode};
 pub use extract::extract_token;
-pub(crate) use extract::strip_query_token;
+pub(crate) use extract::{find_token, strip_query_token};
 pub use validator::{Trace, Verified};
 
 use crate::config::Config;
-use crate::routes::Route;
 use crate::telemetry::Metrics;
-use http::{HeaderMap, HeaderValue};
+use http::HeaderValue;
 use jwks::IssuerKeys;
 use moka::sync::Cache;
 use std::sync::Arc;
@@ -47,16 +46,6 @@ impl Identity {
         };
         HeaderValue::from_str(&text).ok()
     }
-}
-
-/// The result of a token check and a short, non-reversible id of the token for logs.
-pub struct AuthResult {
-    /// Ok when the token is valid and has the route's scopes.
-    pub outcome: Result<(), AuthError>,
-    /// The caller, whenever the token itself is valid (even if a scope is missing: audit mode
-    /// still tells the upstream who called).
-    pub identity: Option<Identity>,
-    pub token_id: Option<TokenId>,
 }
 
 /// Checks tokens for `auth = "bearer"` routes: owns the issuers' key stores (with their
@@ -238,46 +227,13 @@ impl Authenticator {
         self.cache.as_ref().map_or(0, |c| c.store.entry_count())
     }
 
-    /// Checks the request's token against the route's policy.
-    pub async fn authenticate(
-        &self,
-        headers: &HeaderMap,
-        query: Option<&str>,
-        route: &Route,
-    ) -> AuthResult {
-        let token = match extract::find_token(headers, query, route) {
-            Ok(t) => t,
-            Err(e) => {
-                return AuthResult {
-                    outcome: Err(e),
-                    identity: None,
-                    token_id: None,
-                }
-            }
-        };
-        let verified = self.verify_bytes(token, &mut Trace::default()).await;
-        // A verified token carries its id; a refused one is hashed here, for the log only.
-        match verified {
-            Ok(v) => AuthResult {
-                outcome: validator::check_scopes(&v.scopes, route),
-                token_id: Some(v.token_id),
-                identity: Some(Identity(v)),
-            },
-            Err(e) => AuthResult {
-                outcome: Err(e),
-                identity: None,
-                token_id: Some(token_id(&sha256_bytes(token))),
-            },
-        }
-    }
-
     /// Validates a token, through the verified-token cache when it is on.
     pub async fn verify(&self, token: &str, trace: &mut Trace) -> Result<Arc<Verified>, AuthError> {
         self.verify_bytes(token.as_bytes(), trace).await
     }
 
     /// [`Authenticator::verify`] of a token whose characters are checked only on a cache miss.
-    async fn verify_bytes(
+    pub(crate) async fn verify_bytes(
         &self,
         token: &[u8],
         trace: &mut Trace,

@@ -1,0 +1,323 @@
+//! The request path, as phases in a fixed order. Each phase is one function in
+//! [`phases`](self::phases), named in the right-hand column, and [`Gateway::decide`] calls them
+//! in this order; `bearward explain` runs the same `decide` with a printing sink.
+//!
+//! ```text
+//! overload  -> max_requests_in_flight (server::gateway_service) ....... 503
+//! framing   -> refuse ambiguous HTTP/1 framing (smuggling) ............ 400   check_framing
+//!              and transfer codings other than a lone chunked ......... 501
+//! method    -> upper-case letters, `-` and `_` only ................... 400   check_method
+//! target    -> origin-form only; one valid Host; canonicalize the path .. 400   check_target
+//! metadata  -> RFC 9728 resource metadata, answered by bearward ....... 200/405 serve_metadata
+//! route     -> first match in file order .............................. 404   resolve_route
+//!              a method override must keep the request on its route ... 400
+//!              `%25` + two hex digits, unless the route allows it ..... 400
+//!              a declared body over the route's max_body_bytes ........ 413   check_declared_body
+//! identity  -> strip client-sent identity headers and `_` spellings ......      strip_identity
+//!              (always, every route)
+//! policy    -> deny / none / bearer ................................... 403   authorize
+//! auth      -> token -> keys -> signature -> claims -> scopes ......... 401/403/400/503 check_token
+//! forward   -> rewrite headers, pooled upstream, stream both ways ..... 502/504 Gateway::forward
+//! log       -> one access-log line, whatever happened                        Gateway::handle
+//! ```
+//!
+//! Order matters: the path is canonicalized before routing so the route checked is the route
+//! served; identity headers go before auth so nothing the client sent can pass as a claim; no
+//! phase before `forward` can reach an upstream, so every rejection leaves it untouched.
+
+mod phases;
+mod rejection;
+
+pub use phases::{Decided, Pass, Quiet, Sink};
+pub use rejection::Rejection;
+
+use crate::auth::{Authenticator, TokenId};
+use crate::body::{self, Body};
+use crate::config::Config;
+use crate::h1guard::Watch;
+use crate::proxy::{self, ProxyError, Upstreams};
+use crate::telemetry::{Metrics, RouteSeries, ALLOWED};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Tells the upstream what an audit-mode route would have done.
+pub const AUDIT_HEADER: HeaderName = HeaderName::from_static("x-bearward-audit");
+
+/// Per-connection facts the service needs.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// `peer`'s IP as a header value (X-Forwarded-For), formatted once.
+    pub peer_ip: HeaderValue,
+    /// The connection's request and response counts ([`crate::h1guard`]): on HTTP/1 also its
+    /// framing verdict; on HTTP/2 also its response bodies, for `send_timeout`.
+    pub watch: Option<Watch>,
+    /// The `request_timeout` timer, reused from request to request.
+    pub request_timer: proxy::RequestTimer,
+}
+
+/// What one request did, for its access-log line and metrics.
+pub struct Outcome {
+    pub path: Option<String>,
+    pub route: Option<Arc<str>>,
+    /// Index of the route, for its metric series.
+    pub route_index: Option<usize>,
+    pub decision: &'static str,
+    pub reason: &'static str,
+    pub upstream_status: Option<u16>,
+    pub upstream_time: Option<Duration>,
+    pub token_id: Option<TokenId>,
+}
+
+impl Default for Outcome {
+    fn default() -> Outcome {
+        Outcome {
+            path: None,
+            route: None,
+            route_index: None,
+            decision: ALLOWED.0,
+            reason: ALLOWED.1,
+            upstream_status: None,
+            upstream_time: None,
+            token_id: None,
+        }
+    }
+}
+
+/// Everything a request needs, built once per config snapshot.
+pub struct Gateway {
+    pub config: Arc<Config>,
+    upstreams: Upstreams,
+    pub auth: Authenticator,
+    pub metrics: Arc<Metrics>,
+    /// Metric series per route, in route order.
+    series: Vec<RouteSeries>,
+    /// The series of requests no route matched.
+    no_route: RouteSeries,
+}
+
+impl Gateway {
+    /// Builds the gateway for a config: pools and key caches.
+    pub fn new(config: Arc<Config>, auth: Authenticator, metrics: Arc<Metrics>) -> Gateway {
+        let series = config
+            .routes
+            .routes()
+            .iter()
+            .map(|r| metrics.route_series(&r.name))
+            .collect();
+        Gateway {
+            upstreams: Upstreams::new(&config, &metrics),
+            no_route: metrics.route_series(&"-".into()),
+            series,
+            config,
+            auth,
+            metrics,
+        }
+    }
+
+    /// Runs one request through every phase, logs it, and answers. `request_index` is the
+    /// request's place on an HTTP/1 connection watched by [`crate::h1guard`]
+    /// ([`Watch::request_started`]).
+    pub async fn handle<B>(
+        &self,
+        req: Request<B>,
+        conn: &ConnInfo,
+        request_index: Option<usize>,
+    ) -> Response<Body>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<crate::body::BoxError>,
+    {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let mut out = Outcome::default();
+        let mut resp = match self
+            .phases(req.map(body::boxed), conn, request_index, &mut out)
+            .await
+        {
+            Ok(resp) => resp,
+            Err(rej) => {
+                out.decision = match rej {
+                    Rejection::Proxy(ProxyError::BodyTooLarge) => "deny",
+                    Rejection::Proxy(_) | Rejection::Internal(_) => "error",
+                    _ => "deny",
+                };
+                out.reason = rej.reason();
+                let route = out.route_index.map(|i| &self.config.routes.routes()[i]);
+                rej.into_response(&self.config.server.realm, route)
+            }
+        };
+        // RFC 9110 9.3.2: no content in an answer to HEAD. hyper drops it on HTTP/1 but sends
+        // it on HTTP/2, where a client takes it as a stream error. An upstream's answer to HEAD
+        // has none already; bearward's own keep the Content-Length a GET would have had.
+        if method == http::Method::HEAD && out.upstream_status.is_none() {
+            let len = http_body::Body::size_hint(resp.body()).exact();
+            if let (Some(n), false) = (len, resp.headers().contains_key(header::CONTENT_LENGTH)) {
+                resp.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            *resp.body_mut() = body::empty();
+        }
+        let status = resp.status().as_u16();
+        let latency = start.elapsed();
+        self.metrics.record(
+            out.route_index
+                .and_then(|i| self.series.get(i))
+                .unwrap_or(&self.no_route),
+            status,
+            out.decision,
+            out.reason,
+            latency,
+            out.upstream_time,
+        );
+        if self.config.server.access_log {
+            tracing::info!(
+                target: "bearward::access",
+                method = %method,
+                path = out.path.as_deref().unwrap_or("-"),
+                route = out.route.as_deref().unwrap_or("-"),
+                status,
+                decision = out.decision,
+                reason = out.reason,
+                upstream_status = out.upstream_status,
+                upstream_ms = out.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+                latency_ms = latency.as_secs_f64() * 1000.0,
+                token = out.token_id.map(tracing::field::display),
+                peer = %conn.peer.ip(),
+            );
+        }
+        resp
+    }
+
+    /// The answer to a request that came while `max_requests_in_flight` others were in flight:
+    /// 503 with `Retry-After`, decided before the path, the route or the token is looked at,
+    /// counted and logged under route `-`.
+    pub fn overloaded(&self, method: &http::Method, conn: &ConnInfo) -> Response<Body> {
+        let rej = Rejection::Overloaded;
+        let (status, reason) = (rej.status().as_u16(), rej.reason());
+        self.metrics.record(
+            &self.no_route,
+            status,
+            "error",
+            reason,
+            Duration::ZERO,
+            None,
+        );
+        if self.config.server.access_log {
+            tracing::info!(
+                target: "bearward::access",
+                method = %method,
+                path = "-",
+                route = "-",
+                status,
+                decision = "error",
+                reason,
+                peer = %conn.peer.ip(),
+            );
+        }
+        let mut resp = rej.into_response(&self.config.server.realm, None);
+        if method == http::Method::HEAD {
+            *resp.body_mut() = body::empty();
+        }
+        resp
+    }
+
+    /// Counts and logs a request hyper or h1guard refused before it became a request (see
+    /// `server::refused_head`), under route `-` like an unmatched one.
+    pub fn refused_head(&self, peer: SocketAddr, status: u16, reason: &'static str) {
+        self.metrics
+            .record(&self.no_route, status, "deny", reason, Duration::ZERO, None);
+        if self.config.server.access_log {
+            tracing::info!(
+                target: "bearward::access",
+                method = "-",
+                path = "-",
+                route = "-",
+                status,
+                decision = "deny",
+                reason,
+                peer = %peer.ip(),
+            );
+        }
+    }
+
+    /// The chart, from the request to the upstream's answer.
+    async fn phases(
+        &self,
+        mut req: Request<Body>,
+        conn: &ConnInfo,
+        request_index: Option<usize>,
+        out: &mut Outcome,
+    ) -> Result<Response<Body>, Rejection> {
+        let framing = conn.watch.as_ref().zip(request_index);
+        match self.decide(&mut req, framing, out, &mut Quiet).await? {
+            Decided::Answer(resp) => Ok(resp),
+            Decided::Pass(pass) => self.forward(req, pass, conn, out).await,
+        }
+    }
+
+    /// `forward`: rewrite the headers, send over a pooled connection, stream both ways.
+    async fn forward(
+        &self,
+        mut req: Request<Body>,
+        pass: Pass<'_>,
+        conn: &ConnInfo,
+        out: &mut Outcome,
+    ) -> Result<Response<Body>, Rejection> {
+        let Pass {
+            route,
+            target,
+            identity,
+            audit,
+            ..
+        } = pass;
+        let upstream = self.upstreams.config(route.upstream);
+        let rewrite = proxy::prepare_request(
+            &mut req,
+            upstream,
+            target,
+            conn,
+            &self.config.server.trusted_proxies,
+        )
+        .map_err(|_| Rejection::Internal("bad_upstream_request"))?;
+        if let Some(identity) = &identity {
+            for (claim, h) in &self.config.forward.claim_headers {
+                if let Some(v) = identity.header_value(claim) {
+                    req.headers_mut().insert(h.clone(), v);
+                }
+            }
+        }
+        if let Some(v) = audit {
+            req.headers_mut().insert(AUDIT_HEADER, v);
+        }
+        match self
+            .upstreams
+            .send(
+                route.upstream,
+                req,
+                &rewrite,
+                &conn.request_timer,
+                route.max_body,
+            )
+            .await
+        {
+            Ok((mut resp, elapsed)) => {
+                out.upstream_status = Some(resp.status().as_u16());
+                out.upstream_time = Some(elapsed);
+                proxy::prepare_response(&mut resp);
+                Ok(resp)
+            }
+            // A stalled, broken or oversized client body is the client's doing, not upstream
+            // trouble.
+            Err(
+                e @ (ProxyError::BodyTimeout | ProxyError::ClientBody | ProxyError::BodyTooLarge),
+            ) => Err(Rejection::Proxy(e)),
+            Err(e) => {
+                tracing::warn!(upstream = %upstream.name, authority = %upstream.authority, reason = e.reason(), "upstream request failed");
+                Err(Rejection::Proxy(e))
+            }
+        }
+    }
+}

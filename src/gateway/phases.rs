@@ -1,0 +1,406 @@
+//! The request path's phases, one function each, run in the chart's order by
+//! [`Gateway::decide`]. The proxy runs them with [`Quiet`], whose reports compile to nothing;
+//! `bearward explain` runs the very same functions with a sink that prints each report, so the
+//! two cannot disagree on what a request gets.
+
+use super::{Gateway, Outcome, Rejection, AUDIT_HEADER};
+use crate::auth::{self, AuthError, Identity, Trace};
+use crate::body::Body;
+use crate::h1guard::Watch;
+use crate::path::{canonicalize_with, has_double_encoding};
+use crate::proxy::ProxyError;
+use crate::routes::{is_plain_method, AuthMode, Route};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Version};
+use std::future::Future;
+
+/// What the phases report as they run. Every method has a do-nothing default.
+pub trait Sink: Send {
+    /// A phase refused the request (`phase` is its name in the chart).
+    fn refused(&mut self, _phase: &'static str, _rejection: &Rejection) {}
+    /// The canonical path, once the target passed.
+    fn canonical(&mut self, _path: &str) {}
+    /// The path is an RFC 9728 metadata document, answered by bearward.
+    fn metadata(&mut self) {}
+    /// The route that matched.
+    fn route(&mut self, _index: usize, _route: &Route) {}
+    /// The bearer token was found (`Ok`, its bytes) or not (`Err`). Runs before the token is
+    /// validated, so a sink may prepare what it wants to show of the keys.
+    fn token(
+        &mut self,
+        _auth: &auth::Authenticator,
+        _token: Result<&[u8], &AuthError>,
+    ) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+    /// Where the validator writes each check; `None` skips the tracing.
+    fn trace(&mut self) -> Option<&mut Trace> {
+        None
+    }
+    /// The scope check on a valid token.
+    fn scopes(&mut self, _have: &[String], _route: &Route, _ok: bool) {}
+    /// An audit-mode route refused, and the request goes on.
+    fn audit(&mut self, _rejection: &Rejection) {}
+}
+
+/// The proxy's sink: reports nothing.
+pub struct Quiet;
+
+impl Sink for Quiet {}
+
+/// A request the phases let through, and what goes upstream with it.
+pub struct Pass<'a> {
+    pub index: usize,
+    pub route: &'a Route,
+    /// The canonical path and the untouched query (less a token that must not go upstream).
+    pub target: String,
+    /// The caller, for `forward.claim_headers`.
+    pub identity: Option<Identity>,
+    /// `X-Bearward-Audit` on audit-mode routes.
+    pub audit: Option<HeaderValue>,
+}
+
+/// What [`Gateway::decide`] decided for a request it did not refuse.
+pub enum Decided<'a> {
+    /// bearward answers itself (RFC 9728 metadata).
+    Answer(Response<Body>),
+    /// Forward it.
+    Pass(Pass<'a>),
+}
+
+/// RFC 9112 6.1: hyper decodes the final `chunked` of a request and hands on whatever lies
+/// under it, so the body of `Transfer-Encoding: gzip, chunked` would reach the upstream still
+/// compressed, with nothing saying so. As nginx does, a lone `chunked` is the one coding
+/// accepted: any other is 501 (the RFC's answer to a coding a server does not understand), and
+/// `chunked` twice (in one line or two) is 400 (a sender MUST NOT apply it twice). hyper has
+/// already refused a coding list that does not end in `chunked`. HTTP/2 has no such header.
+fn check_transfer_coding(headers: &http::HeaderMap) -> Result<(), Rejection> {
+    let mut chunked = 0;
+    for line in headers.get_all(header::TRANSFER_ENCODING) {
+        for coding in line.as_bytes().split(|b| *b == b',') {
+            let coding = coding.trim_ascii();
+            if coding.eq_ignore_ascii_case(b"chunked") {
+                chunked += 1;
+            } else if !coding.is_empty() {
+                return Err(Rejection::NotImplemented("unsupported_transfer_coding"));
+            }
+        }
+    }
+    if chunked > 1 {
+        return Err(Rejection::BadRequest("ambiguous_framing"));
+    }
+    Ok(())
+}
+
+/// A CORS preflight (Fetch standard): `OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`, the request a browser sends before a cross-origin call, as
+/// Envoy's `bypass_cors_preflight` recognizes it. Browsers send preflights without credentials,
+/// so one with an `Authorization` header is no preflight: it gets the bearer check, and no
+/// unchecked token reaches the upstream.
+fn is_cors_preflight<B>(req: &Request<B>) -> bool {
+    let h = req.headers();
+    req.method() == http::Method::OPTIONS
+        && h.contains_key(header::ORIGIN)
+        && h.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+        && !h.contains_key(header::AUTHORIZATION)
+}
+
+/// Reports a refusal to the sink on its way out.
+fn report<T>(
+    sink: &mut impl Sink,
+    phase: &'static str,
+    r: Result<T, Rejection>,
+) -> Result<T, Rejection> {
+    if let Err(rej) = &r {
+        sink.refused(phase, rej);
+    }
+    r
+}
+
+impl Gateway {
+    /// Every phase before `forward`, in the chart's order (see the module docs of
+    /// [`crate::gateway`]). `framing` is the HTTP/1 connection's verdict on this request, if it
+    /// is watched.
+    pub async fn decide<'g, S: Sink>(
+        &'g self,
+        req: &mut Request<Body>,
+        framing: Option<(&Watch, usize)>,
+        out: &mut Outcome,
+        sink: &mut S,
+    ) -> Result<Decided<'g>, Rejection> {
+        report(sink, "framing", check_framing(req, framing))?;
+        report(sink, "method", check_method(req))?;
+        let path = report(sink, "canonical", self.check_target(req))?;
+        sink.canonical(&path);
+        if let Some(answer) = self.serve_metadata(req, &path, sink) {
+            out.path = Some(path);
+            out.reason = "resource_metadata";
+            return answer.map(Decided::Answer);
+        }
+        let found = self.resolve_route(req, &path, out, sink);
+        let (index, route) = match found {
+            Ok(r) => r,
+            Err(e) => {
+                out.path = Some(path);
+                return Err(e);
+            }
+        };
+        out.route = Some(route.name.clone());
+        out.route_index = Some(index);
+        if let Err(e) = report(sink, "body", check_declared_body(req, route)) {
+            out.path = Some(path);
+            return Err(e);
+        }
+        let mut target = self.target(req, path, out);
+        self.strip_identity(req);
+        let (identity, audit) = self.authorize(req, route, &mut target, out, sink).await?;
+        Ok(Decided::Pass(Pass {
+            index,
+            route,
+            target,
+            identity,
+            audit,
+        }))
+    }
+
+    /// `target`: origin-form only, one valid `Host`, and the one canonical path.
+    fn check_target(&self, req: &Request<Body>) -> Result<String, Rejection> {
+        // HTTP/2 always carries scheme and authority; HTTP/1 must use origin-form.
+        if req.version() <= Version::HTTP_11 && req.uri().scheme().is_some() {
+            return Err(Rejection::BadRequest("absolute_form_target"));
+        }
+        if req.method() == http::Method::CONNECT {
+            return Err(Rejection::BadRequest("connect_not_supported"));
+        }
+        crate::host::check(req.version(), req.uri(), req.headers())
+            .map_err(|e| Rejection::BadRequest(e.reason()))?;
+        canonicalize_with(req.uri().path(), self.config.server.path)
+            .map_err(|e| Rejection::BadRequest(e.reason()))
+    }
+
+    /// `metadata`: RFC 9728 metadata is bearward's own answer, whatever route would take the
+    /// path.
+    fn serve_metadata(
+        &self,
+        req: &Request<Body>,
+        path: &str,
+        sink: &mut impl Sink,
+    ) -> Option<Result<Response<Body>, Rejection>> {
+        let doc = self.config.resources.find(path)?;
+        sink.metadata();
+        Some(
+            crate::resource::respond(req.method(), req.headers(), doc)
+                .ok_or(Rejection::MethodNotAllowed(crate::resource::ALLOW)),
+        )
+    }
+
+    /// `route`: the first match in file order; a method override must keep the request on it;
+    /// `%25` and two hex digits only where the route allows them.
+    fn resolve_route(
+        &self,
+        req: &Request<Body>,
+        path: &str,
+        out: &mut Outcome,
+        sink: &mut impl Sink,
+    ) -> Result<(usize, &Route), Rejection> {
+        let Some((index, route)) = self.config.routes.find(req.method(), path) else {
+            let rej = Rejection::NoRoute;
+            sink.refused("route", &rej);
+            return Err(rej);
+        };
+        sink.route(index, route);
+        if !self
+            .config
+            .routes
+            .overrides_stay(req.headers(), req.uri().query(), path, index)
+        {
+            return report(
+                sink,
+                "method",
+                Err(Rejection::BadRequest("method_override")),
+            );
+        }
+        if !route.allow_encoded_percent && has_double_encoding(path) {
+            out.route = Some(route.name.clone());
+            out.route_index = Some(index);
+            return report(
+                sink,
+                "canonical",
+                Err(Rejection::BadRequest("double_encoding")),
+            );
+        }
+        Ok((index, route))
+    }
+
+    /// The canonical path plus the untouched query: what the upstream is asked for. The path is
+    /// kept for the access log only when there is one.
+    fn target(&self, req: &Request<Body>, path: String, out: &mut Outcome) -> String {
+        let (target, logged) = match (req.uri().query(), self.config.server.access_log) {
+            (Some(q), _) => (format!("{path}?{q}"), Some(path)),
+            (None, true) => (path.clone(), Some(path)),
+            (None, false) => (path, None),
+        };
+        out.path = logged;
+        target
+    }
+
+    /// `identity`: whatever the route, the client never chooses the headers bearward sets.
+    fn strip_identity(&self, req: &mut Request<Body>) {
+        for (_, h) in &self.config.forward.claim_headers {
+            req.headers_mut().remove(h);
+        }
+        req.headers_mut().remove(AUDIT_HEADER);
+        let claims = &self.config.forward.claim_headers;
+        crate::proxy::drop_underscored(
+            req.headers_mut(),
+            self.config.server.allow_underscores_in_headers,
+            |h| crate::proxy::is_managed(h) || claims.iter().any(|(_, c)| c == h),
+        );
+    }
+
+    /// `policy` and `auth`: deny, none, or the bearer check. In audit mode a refusal becomes a
+    /// note to the upstream. What bearward tells the upstream (identity, audit note) is added in
+    /// `forward`, after the client's hop-by-hop headers are gone, so no `Connection` option can
+    /// strip it.
+    async fn authorize<S: Sink>(
+        &self,
+        req: &mut Request<Body>,
+        route: &Route,
+        target: &mut String,
+        out: &mut Outcome,
+        sink: &mut S,
+    ) -> Result<(Option<Identity>, Option<HeaderValue>), Rejection> {
+        let mut identity = None;
+        let bearer = route.auth == AuthMode::Bearer;
+        let preflight = bearer && route.cors_preflight && is_cors_preflight(req);
+        let verdict = match route.auth {
+            AuthMode::None => Ok(()),
+            AuthMode::Deny => Err(Rejection::Denied),
+            AuthMode::Bearer if preflight => {
+                out.reason = "cors_preflight";
+                Ok(())
+            }
+            AuthMode::Bearer => {
+                let (headers, query) = (req.headers(), req.uri().query());
+                let (outcome, caller) = self.check_token(headers, query, route, out, sink).await;
+                // Identity headers go upstream only with a forwarded request: an allowed one,
+                // or an audit-mode one whose token was valid.
+                if outcome.is_ok() || route.audit {
+                    identity = caller;
+                }
+                outcome.map_err(Rejection::Auth)
+            }
+        };
+        let strip = bearer && self.config.forward.strip_authorization;
+        if strip {
+            req.headers_mut().remove(header::AUTHORIZATION);
+        }
+        // A query token goes with `strip_authorization` where the route reads one, and always
+        // from a preflight: it was never checked (a preflight's URL is the call's, query and
+        // all), so it must not reach the upstream as if it had been.
+        if (strip && route.token_in_query) || preflight {
+            if let Some(stripped) = crate::auth::strip_query_token(target) {
+                *target = stripped;
+            }
+        }
+        let audit = match verdict {
+            Ok(()) if route.audit => Some(HeaderValue::from_static("allow")),
+            Ok(()) => None,
+            Err(rej) if route.audit => {
+                sink.audit(&rej);
+                let note = format!(
+                    "would-deny; reason={}; status={}",
+                    rej.reason(),
+                    rej.status().as_u16()
+                );
+                tracing::info!(route = %route.name, reason = rej.reason(), "audit: would deny; forwarding");
+                out.decision = "audit_deny";
+                out.reason = rej.reason();
+                HeaderValue::from_str(&note).ok()
+            }
+            Err(rej) => {
+                sink.refused("auth", &rej);
+                return Err(rej);
+            }
+        };
+        Ok((identity, audit))
+    }
+
+    /// The bearer check: token, keys, signature, claims, then the route's scopes. The caller is
+    /// returned whenever the token itself is valid, even if a scope is missing: audit mode still
+    /// tells the upstream who called.
+    async fn check_token<S: Sink>(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+        route: &Route,
+        out: &mut Outcome,
+        sink: &mut S,
+    ) -> (Result<(), AuthError>, Option<Identity>) {
+        let token = match auth::find_token(headers, query, route) {
+            Ok(t) => t,
+            Err(e) => {
+                sink.token(&self.auth, Err(&e)).await;
+                return (Err(e), None);
+            }
+        };
+        sink.token(&self.auth, Ok(token)).await;
+        let verified = match sink.trace() {
+            Some(trace) => self.auth.verify_bytes(token, trace).await,
+            None => self.auth.verify_bytes(token, &mut Trace::default()).await,
+        };
+        match verified {
+            Ok(v) => {
+                let scopes = auth::validator::check_scopes(&v.scopes, route);
+                sink.scopes(&v.scopes, route, scopes.is_ok());
+                out.token_id = Some(v.token_id);
+                (scopes, Some(Identity(v)))
+            }
+            // A refused token is hashed here, for the log only.
+            Err(e) => {
+                out.token_id = Some(auth::token_id(&auth::sha256_bytes(token)));
+                (Err(e), None)
+            }
+        }
+    }
+}
+
+/// `framing`: refuse what hyper would silently fix. hyper has already refused differing
+/// Content-Lengths and bad chunking; h1guard has seen the raw head.
+fn check_framing(req: &Request<Body>, framing: Option<(&Watch, usize)>) -> Result<(), Rejection> {
+    if let Some((watch, index)) = framing {
+        if watch.refuses(index) {
+            return Err(Rejection::BadRequest("ambiguous_framing"));
+        }
+    }
+    if req.headers().get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return Err(Rejection::BadRequest("ambiguous_framing"));
+    }
+    // hyper reads a request with Transfer-Encoding as chunked, so it has a body: a request
+    // without one skips the lookup.
+    if !http_body::Body::is_end_stream(req.body()) {
+        check_transfer_coding(req.headers())?;
+    }
+    Ok(())
+}
+
+/// `method`: upper-case letters, `-` and `_` only.
+fn check_method(req: &Request<Body>) -> Result<(), Rejection> {
+    if is_plain_method(req.method().as_str()) {
+        Ok(())
+    } else {
+        Err(Rejection::BadRequest("invalid_method"))
+    }
+}
+
+/// A declared length over the route's limit is refused before anything is read or checked, as
+/// nginx answers `client_max_body_size`; one without a declared length is counted as it streams
+/// (`proxy::NotifyEnd`).
+fn check_declared_body(req: &Request<Body>, route: &Route) -> Result<(), Rejection> {
+    match route.max_body {
+        Some(max) if http_body::Body::size_hint(req.body()).lower() > max => {
+            Err(Rejection::Proxy(ProxyError::BodyTooLarge))
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,116 @@
+//! Why a request did not reach the upstream, and the one place that becomes a response.
+
+use crate::body::{self, Body};
+use crate::proxy::ProxyError;
+use crate::routes::Route;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::auth::AuthError;
+
+/// Why a request did not reach the upstream (or failed there). Turned into a response in one
+/// place, [`Rejection::into_response`].
+#[derive(Debug)]
+pub enum Rejection {
+    /// 400 with a fixed reason.
+    BadRequest(&'static str),
+    /// 501: a request bearward cannot pass on faithfully.
+    NotImplemented(&'static str),
+    /// 404: no route.
+    NoRoute,
+    /// 405 from something bearward answers itself; the value is its `Allow`.
+    MethodNotAllowed(&'static str),
+    /// 403: `auth = "deny"`.
+    Denied,
+    /// The token check said no.
+    Auth(AuthError),
+    /// The upstream failed.
+    Proxy(ProxyError),
+    /// bearward itself could not build the upstream request.
+    Internal(&'static str),
+    /// 503: `max_requests_in_flight` requests are in flight on the listener.
+    Overloaded,
+}
+
+impl Rejection {
+    /// Fixed reason for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::BadRequest(r) | Rejection::NotImplemented(r) => r,
+            Rejection::NoRoute => "no_route",
+            Rejection::MethodNotAllowed(_) => "method_not_allowed",
+            Rejection::Denied => "route_denied",
+            Rejection::Auth(e) => e.reason(),
+            Rejection::Proxy(e) => e.reason(),
+            Rejection::Internal(r) => r,
+            Rejection::Overloaded => "overloaded",
+        }
+    }
+
+    /// The status answered.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Rejection::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            Rejection::NoRoute => StatusCode::NOT_FOUND,
+            Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Rejection::Denied => StatusCode::FORBIDDEN,
+            Rejection::Auth(e) => e.status(),
+            Rejection::Proxy(e) => e.status(),
+            Rejection::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Rejection::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The one place a rejection becomes a response. `route` is the route that refused, for
+    /// what its Bearer challenges say beyond the error.
+    pub fn into_response(self, realm: &str, route: Option<&Route>) -> Response<Body> {
+        let status = self.status();
+        let text = match &self {
+            Rejection::Auth(e) => e.to_string(),
+            Rejection::BadRequest(r) => format!("bad request: {r}"),
+            other => {
+                status
+                    .canonical_reason()
+                    .unwrap_or("error")
+                    .to_ascii_lowercase()
+                    .replace(' ', "_")
+                    + ": "
+                    + other.reason()
+            }
+        };
+        let mut resp = Response::new(body::full(format!("{text}\n")));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match &self {
+            Rejection::Auth(e) => {
+                if let Ok(v) = HeaderValue::from_str(&e.www_authenticate(realm, route)) {
+                    h.insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            Rejection::MethodNotAllowed(allow) => {
+                h.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            // RFC 9110 15.6.4: the overload is expected to pass; clients with backoff wait.
+            Rejection::Overloaded => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        // The rest of these requests' bodies cannot be trusted to frame a next request.
+        if let Rejection::BadRequest("ambiguous_framing")
+        | Rejection::NotImplemented("unsupported_transfer_coding")
+        | Rejection::Proxy(
+            ProxyError::BodyTimeout | ProxyError::ClientBody | ProxyError::BodyTooLarge,
+        ) = self
+        {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
