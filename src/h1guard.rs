@@ -350,7 +350,7 @@ impl Framer {
                         // The same strict parser as the upstream side's; what it refuses,
                         // hyper refuses too, and the follower stops.
                         let line = line.strip_suffix(b"\r").unwrap_or(line);
-                        let size = crate::h1client::chunk_size(line).ok();
+                        let size = crate::upstream::wire::chunk_size(line).ok();
                         self.state = match size {
                             Some(0) => State::Trailers(Vec::new()),
                             Some(n) => State::ChunkData(n),

@@ -26,19 +26,19 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod explain;
+pub mod forward;
 pub mod gateway;
-pub mod h1client;
 pub mod h1guard;
+pub mod headers;
 pub mod host;
 pub mod path;
-pub mod pool;
-pub mod proxy;
 pub mod resource;
 pub mod routes;
 pub mod server;
 pub mod telemetry;
 pub mod timer;
 pub mod tls;
+pub mod upstream;
 
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 //! accepts is framed one way only (a 101 is framed by its end alone).
 #![no_main]
 
-use bearward::h1client::{parse_head, Chunked, Decoded, ResponseFraming};
+use bearward::upstream::wire::{parse_head, Chunked, Decoded, ResponseFraming};
 use bytes::BytesMut;
 use http::{header, Method};
 use libfuzzer_sys::fuzz_target;

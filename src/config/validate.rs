@@ -1157,7 +1157,7 @@ fn forward(cx: &mut Ctx<'_>, f: Option<&Spanned<super::file::ForwardFile>>) -> F
         for (claim, header) in map.get_ref() {
             let key = format!("forward.claim_headers.{claim}");
             match HeaderName::from_str(header.get_ref()) {
-                Ok(h) if crate::proxy::is_reserved_header(&h) => cx.err(
+                Ok(h) if crate::headers::is_reserved_header(&h) => cx.err(
                     header.span(),
                     &key,
                     format!("{:?} is a header bearward manages itself", header.get_ref()),

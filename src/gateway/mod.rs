@@ -34,9 +34,10 @@ pub use rejection::Rejection;
 use crate::auth::{Authenticator, TokenId};
 use crate::body::{self, Body};
 use crate::config::Config;
+use crate::forward;
 use crate::h1guard::Watch;
-use crate::proxy::{self, ProxyError, Upstreams};
 use crate::telemetry::{Metrics, RouteSeries, ALLOWED};
+use crate::upstream::{ProxyError, RequestTimer, Upstreams};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};
 use std::net::SocketAddr;
@@ -55,7 +56,7 @@ pub struct ConnInfo {
     /// framing verdict; on HTTP/2 also its response bodies, for `send_timeout`.
     pub watch: Option<Watch>,
     /// The `request_timeout` timer, reused from request to request.
-    pub request_timer: proxy::RequestTimer,
+    pub request_timer: RequestTimer,
 }
 
 /// What one request did, for its access-log line and metrics.
@@ -274,11 +275,12 @@ impl Gateway {
             ..
         } = pass;
         let upstream = self.upstreams.config(route.upstream);
-        let rewrite = proxy::prepare_request(
+        let rewrite = forward::prepare_request(
             &mut req,
             upstream,
             target,
-            conn,
+            conn.peer,
+            &conn.peer_ip,
             &self.config.server.trusted_proxies,
         )
         .map_err(|_| Rejection::Internal("bad_upstream_request"))?;
@@ -306,7 +308,7 @@ impl Gateway {
             Ok((mut resp, elapsed)) => {
                 out.upstream_status = Some(resp.status().as_u16());
                 out.upstream_time = Some(elapsed);
-                proxy::prepare_response(&mut resp);
+                forward::prepare_response(&mut resp);
                 Ok(resp)
             }
             // A stalled, broken or oversized client body is the client's doing, not upstream

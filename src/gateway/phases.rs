@@ -8,8 +8,8 @@ use crate::auth::{self, AuthError, Identity, Trace};
 use crate::body::Body;
 use crate::h1guard::Watch;
 use crate::path::{canonicalize_with, has_double_encoding};
-use crate::proxy::ProxyError;
 use crate::routes::{is_plain_method, AuthMode, Route};
+use crate::upstream::ProxyError;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
 use std::future::Future;
@@ -251,10 +251,10 @@ impl Gateway {
         }
         req.headers_mut().remove(AUDIT_HEADER);
         let claims = &self.config.forward.claim_headers;
-        crate::proxy::drop_underscored(
+        crate::headers::drop_underscored(
             req.headers_mut(),
             self.config.server.allow_underscores_in_headers,
-            |h| crate::proxy::is_managed(h) || claims.iter().any(|(_, c)| c == h),
+            |h| crate::headers::is_managed(h) || claims.iter().any(|(_, c)| c == h),
         );
     }
 
@@ -395,7 +395,7 @@ fn check_method(req: &Request<Body>) -> Result<(), Rejection> {
 
 /// A declared length over the route's limit is refused before anything is read or checked, as
 /// nginx answers `client_max_body_size`; one without a declared length is counted as it streams
-/// (`proxy::NotifyEnd`).
+/// (`upstream::NotifyEnd`).
 fn check_declared_body(req: &Request<Body>, route: &Route) -> Result<(), Rejection> {
     match route.max_body {
         Some(max) if http_body::Body::size_hint(req.body()).lower() > max => {

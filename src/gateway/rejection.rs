@@ -1,8 +1,8 @@
 //! Why a request did not reach the upstream, and the one place that becomes a response.
 
 use crate::body::{self, Body};
-use crate::proxy::ProxyError;
 use crate::routes::Route;
+use crate::upstream::ProxyError;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 

@@ -54,7 +54,7 @@ pub enum RequestFraming {
     Chunked,
 }
 
-/// Headers the proxy writes in place of the client's (see `proxy::prepare_request`). Written
+/// Headers the proxy writes in place of the client's (see `forward::prepare_request`). Written
 /// straight into the head, not inserted into the request's `HeaderMap` first: that saved about
 /// 500 instructions per request (benches/instructions.py).
 #[derive(Debug, Default)]
@@ -63,44 +63,18 @@ pub struct HeadRewrite {
     pub host: Option<HeaderValue>,
     /// Each entry replaces every client header of its name; `None` drops them.
     pub replace: [Option<(HeaderName, Option<HeaderValue>)>; 5],
-    /// The client is no trusted proxy: its [`is_hop_view`] headers are dropped.
+    /// The client is no trusted proxy: its [`is_hop_view`](crate::headers::is_hop_view) headers are dropped.
     pub untrusted: bool,
-    /// A WebSocket upgrade ([`crate::proxy::is_upgrade_request`]): its `Upgrade` and
+    /// A WebSocket upgrade ([`crate::headers::is_upgrade_request`]): its `Upgrade` and
     /// `Connection` pass.
     pub upgrade: bool,
-}
-
-/// Headers in which a proxy tells the upstream what it saw, the client's address or the URL it
-/// was asked for, that common frameworks believe: chi's and Rails' client-IP helpers read
-/// `True-Client-IP`, `X-Real-IP` and `X-Client-IP`; Symfony, Zend and IIS route by
-/// `X-Original-URL` and `X-Rewrite-URL` (a client sending `GET /public` with
-/// `X-Original-URL: /admin` would be checked against one route and served another); Spring and
-/// ASP.NET build links from `X-Forwarded-Prefix` and `-Port`. Like `X-Forwarded-For`, they are
-/// believed only from `server.trusted_proxies`.
-pub(crate) fn is_hop_view(name: &HeaderName) -> bool {
-    let n = name.as_str();
-    // Most headers are ruled out by their first byte.
-    matches!(n.as_bytes()[0], b'x' | b't')
-        && matches!(
-            n,
-            "x-real-ip"
-                | "true-client-ip"
-                | "x-client-ip"
-                | "x-cluster-client-ip"
-                | "x-forwarded-port"
-                | "x-forwarded-prefix"
-                | "x-forwarded-server"
-                | "x-original-url"
-                | "x-original-uri"
-                | "x-rewrite-url"
-        )
 }
 
 impl HeadRewrite {
     fn replaces(&self, name: &HeaderName) -> bool {
         name == header::HOST
             || self.replace.iter().flatten().any(|(n, _)| n == name)
-            || self.untrusted && is_hop_view(name)
+            || self.untrusted && crate::headers::is_hop_view(name)
     }
 
     /// The replacement lines (`Host` aside).

@@ -2,7 +2,7 @@
 //!
 //! The exchange runs inside the request's own task: the request head is written, the request
 //! body streamed and the response head read by the request's future; the response body reads
-//! the socket as the client takes it. The wire format is in [`crate::h1client`] (why not
+//! the socket as the client takes it. The wire format is in [`crate::upstream::wire`] (why not
 //! hyper's client is said there). A connection is a socket (TLS over it for an `https`
 //! upstream, [`crate::tls`]) plus its read buffer, taken from a LIFO list and put back the
 //! moment its response has been read to the end.
@@ -26,11 +26,11 @@
 
 use crate::body::{self, Body, BoxError};
 use crate::config::UpstreamConfig;
-use crate::h1client::{self, Chunked, Decoded, Malformed, RequestFraming, ResponseFraming};
-use crate::proxy::{BodyStalled, BodyTooLarge, ProxyError};
 use crate::telemetry::Metrics;
 use crate::timer::Stall;
 use crate::tls::{Stream, UpstreamTls};
+use crate::upstream::wire::{self, Chunked, Decoded, Malformed, RequestFraming, ResponseFraming};
+use crate::upstream::{BodyStalled, BodyTooLarge, ProxyError};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::{Method, Request, Response};
@@ -189,12 +189,12 @@ impl Pool {
     pub async fn send(
         self: &Arc<Self>,
         req: Request<Body>,
-        rewrite: &h1client::HeadRewrite,
+        rewrite: &wire::HeadRewrite,
         upgrade: bool,
     ) -> Result<(Response<Body>, Option<Upgraded>), ProxyError> {
         let (parts, req_body) = req.into_parts();
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let (head, framing) = h1client::encode_head(
+        let (head, framing) = wire::encode_head(
             &parts.method,
             target,
             &parts.headers,
@@ -280,7 +280,7 @@ fn connect_addr(upstream: &UpstreamConfig) -> String {
     }
 }
 
-fn into_response(head: h1client::ResponseHead, body: Body) -> Response<Body> {
+fn into_response(head: wire::ResponseHead, body: Body) -> Response<Body> {
     let mut resp = Response::new(body);
     *resp.status_mut() = head.status;
     *resp.version_mut() = head.version;
@@ -303,7 +303,7 @@ async fn exchange(
     framing: RequestFraming,
     method: &Method,
     stall_timeout: Duration,
-) -> Result<h1client::ResponseHead, Failure> {
+) -> Result<wire::ResponseHead, Failure> {
     match send_all(&mut conn.stream, &mut &head[..], stall_timeout).await {
         Ok(()) => {}
         Err(WriteFailure::Stalled) => return Err(Failure::Proxy(ProxyError::Timeout)),
@@ -334,7 +334,7 @@ async fn head_and_body<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     framing: RequestFraming,
     method: &Method,
     stall_timeout: Duration,
-) -> Result<h1client::ResponseHead, Failure> {
+) -> Result<wire::ResponseHead, Failure> {
     let read = read_head(&mut rd, buf, method);
     let write = write_body(&mut wr, req_body, framing, stall_timeout);
     tokio::pin!(read, write);
@@ -364,12 +364,12 @@ async fn read_head<R: AsyncRead + Unpin>(
     rd: &mut R,
     buf: &mut BytesMut,
     method: &Method,
-) -> Result<h1client::ResponseHead, Failure> {
+) -> Result<wire::ResponseHead, Failure> {
     let mut interim = 0;
     let mut got_any = false;
     loop {
         if !buf.is_empty() {
-            match h1client::parse_head(buf, method)? {
+            match wire::parse_head(buf, method)? {
                 Some(h) if h.is_interim() => {
                     interim += 1;
                     if interim > MAX_INTERIM {

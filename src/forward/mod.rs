@@ -1,0 +1,171 @@
+//! Forwarding: how a checked request is rewritten for the upstream (origin-form target,
+//! hop-by-hop headers out, `Host` and `X-Forwarded-*` as configured, HTTP/2 cookies joined) and
+//! how the answer is passed back; the WebSocket tunnel after a 101 is in [`tunnel`].
+
+mod tunnel;
+
+pub(crate) use tunnel::tunnel;
+
+use crate::body::Body;
+use crate::config::UpstreamConfig;
+use crate::headers::{is_upgrade_request, strip_hop_by_hop_except_upgrade};
+use crate::upstream::HeadRewrite;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use ipnet::IpNet;
+use std::net::SocketAddr;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Rewrites a client request for the upstream: origin `path_and_query` (canonical path plus the
+/// untouched query), HTTP/1.1, hop-by-hop headers removed (an upgrade's own two kept). Returns
+/// the `Host` (as configured) and `X-Forwarded-*` lines the head is written with, in place of
+/// the client's (`Forwarded` too, from an untrusted peer).
+pub fn prepare_request(
+    req: &mut Request<Body>,
+    upstream: &UpstreamConfig,
+    path_and_query: String,
+    peer: SocketAddr,
+    peer_ip: &HeaderValue,
+    trusted_proxies: &[IpNet],
+) -> Result<HeadRewrite, http::Error> {
+    let upgrade = is_upgrade_request(req);
+    let version = req.version();
+    let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+
+    // Origin-form, as sent on the upstream connection; Host carries the authority.
+    *req.uri_mut() = Uri::try_from(path_and_query)?;
+    *req.version_mut() = Version::HTTP_11;
+
+    let headers = req.headers_mut();
+    strip_hop_by_hop_except_upgrade(headers, upgrade);
+    if version == Version::HTTP_2 {
+        join_h2_cookies(headers);
+    }
+
+    // What replaces the client's headers of these names is written into the upstream head
+    // directly (upstream::HeadRewrite); the client's own never pass.
+    let trusted = is_trusted(trusted_proxies, &peer);
+    let (xff, xfp, xfh) = (X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST);
+    let prior: Vec<&str> = if trusted {
+        headers
+            .get_all(&xff)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let value = if prior.is_empty() {
+        peer_ip.clone()
+    } else {
+        let chain = format!("{}, {}", prior.join(", "), peer.ip());
+        HeaderValue::from_str(&chain).unwrap_or_else(|_| peer_ip.clone())
+    };
+    let mut rewrite = HeadRewrite {
+        untrusted: !trusted,
+        upgrade,
+        ..HeadRewrite::default()
+    };
+    rewrite.replace[0] = Some((xff, Some(value)));
+    if !(trusted && headers.contains_key(&xfp)) {
+        rewrite.replace[1] = Some((xfp, Some(HeaderValue::from_static("http"))));
+    }
+    if !(trusted && headers.contains_key(&xfh)) {
+        rewrite.replace[2] = Some((xfh, client_host.clone()));
+    }
+    if !trusted {
+        rewrite.replace[3] = Some((FORWARDED, None));
+    }
+    rewrite.replace[4] = Some((header::VIA, Some(via(headers, version))));
+
+    rewrite.host = if upstream.pass_host_header {
+        client_host.or_else(|| HeaderValue::from_str(upstream.authority.as_str()).ok())
+    } else {
+        HeaderValue::from_str(upstream.authority.as_str()).ok()
+    };
+    Ok(rewrite)
+}
+
+/// RFC 9113 8.2.3: HTTP/2 clients may send each cookie as its own `cookie` field (it compresses
+/// better), and those MUST be joined with `"; "` before they go on over HTTP/1.1, where a
+/// request carries one `Cookie` line and servers commonly read only the first.
+fn join_h2_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let joined = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    // Joined from valid values with ASCII, so it is valid.
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// `Via` for the upstream (RFC 9110 7.6.3: a gateway MUST send one in each inbound request): the
+/// client's chain, if any, and this hop, named by the protocol it came in on and the pseudonym
+/// `bearward` (no host name or version is disclosed).
+fn via(headers: &HeaderMap, version: Version) -> HeaderValue {
+    let hop = match version {
+        Version::HTTP_10 => "1.0 bearward",
+        Version::HTTP_2 => "2 bearward",
+        _ => "1.1 bearward",
+    };
+    let prior: Vec<&[u8]> = headers
+        .get_all(header::VIA)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if prior.is_empty() {
+        return HeaderValue::from_static(hop);
+    }
+    let mut chain = prior.join(&b", "[..]);
+    chain.extend_from_slice(b", ");
+    chain.extend_from_slice(hop.as_bytes());
+    // Built from valid values and ASCII, so it is valid.
+    HeaderValue::from_bytes(&chain).unwrap_or_else(|_| HeaderValue::from_static(hop))
+}
+
+/// Cleans an upstream response for the client: hop-by-hop headers go, except on a 101, whose
+/// `Connection` and `Upgrade` complete the handshake.
+pub fn prepare_response(resp: &mut Response<Body>) {
+    let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop_except_upgrade(resp.headers_mut(), upgraded);
+}
+
+/// Is `peer` one of the proxies whose `X-Forwarded-*` headers we believe?
+pub fn is_trusted(trusted: &[IpNet], peer: &SocketAddr) -> bool {
+    let ip = match peer.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    trusted.iter().any(|n| n.contains(&ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_matches_cidrs_and_mapped_v4() {
+        let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        assert!(is_trusted(&nets, &"10.1.2.3:5".parse().unwrap()));
+        assert!(is_trusted(&nets, &"[::ffff:10.1.2.3]:5".parse().unwrap()));
+        assert!(!is_trusted(&nets, &"11.1.2.3:5".parse().unwrap()));
+        assert!(!is_trusted(&[], &"127.0.0.1:5".parse().unwrap()));
+    }
+}

@@ -1,0 +1,217 @@
+//! The upstream side, one subsystem behind one entry point, [`Upstreams::send`]: a pool of
+//! keep-alive connections per upstream ([`pool`]), the HTTP/1.1 exchange over them written for
+//! measured reasons ([`wire`]: framing checked exactly, heads written without a `HeaderMap`
+//! copy), TLS to `https` upstreams (through [`crate::tls`]), and how a forwarded request fails ([`error`]).
+//! The request body is watched on its way up ([`NotifyEnd`]): `body_read_timeout` and
+//! `max_body_bytes` hold while it streams.
+
+mod error;
+pub(crate) mod pool;
+pub mod wire;
+
+pub use error::{BodyStalled, BodyTooLarge, ProxyError};
+pub use wire::HeadRewrite;
+
+use crate::body::{self, Body};
+use crate::config::{Config, UpstreamConfig};
+use crate::telemetry::Metrics;
+use http::{Request, Response};
+use http_body::Body as _;
+use hyper_util::rt::TokioIo;
+use pool::Pool;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+/// One connection pool per upstream, built from the config.
+pub struct Upstreams {
+    clients: Vec<UpstreamClient>,
+    body_read_timeout: Duration,
+}
+
+struct UpstreamClient {
+    config: UpstreamConfig,
+    pool: Arc<Pool>,
+}
+
+impl Upstreams {
+    /// Builds the pools. No connection is made until the first request.
+    pub fn new(config: &Config, metrics: &Arc<Metrics>) -> Upstreams {
+        let clients = config
+            .upstreams
+            .iter()
+            .map(|u| UpstreamClient {
+                config: u.clone(),
+                pool: Pool::new(u, metrics.clone()),
+            })
+            .collect();
+        Upstreams {
+            clients,
+            body_read_timeout: config.server.body_read_timeout,
+        }
+    }
+
+    /// Upstream config by index (as routes refer to it).
+    pub fn config(&self, idx: usize) -> &UpstreamConfig {
+        &self.clients[idx].config
+    }
+
+    /// Sends `req` (already rewritten by [`crate::forward::prepare_request`]) and waits for the response head.
+    /// Returns the response and the time to its head.
+    pub async fn send(
+        &self,
+        idx: usize,
+        mut req: Request<Body>,
+        rewrite: &HeadRewrite,
+        timer: &RequestTimer,
+        max_body: Option<u64>,
+    ) -> Result<(Response<Body>, Duration), ProxyError> {
+        let up = &self.clients[idx];
+        let client_upgrade = rewrite.upgrade.then(|| hyper::upgrade::on(&mut req));
+        let start = Instant::now();
+        // request_timeout counts from the end of the request body, so a long upload is not cut
+        // off by it: the upstream cannot answer before it has the whole body. Until then the
+        // body itself is bounded: no pause longer than body_read_timeout.
+        let (req, body_done) = if req.body().is_end_stream() {
+            (req, None)
+        } else {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let req = req.map(|inner| {
+                body::boxed(NotifyEnd {
+                    inner,
+                    tx: Some(tx),
+                    stall: crate::timer::Stall::new(self.body_read_timeout),
+                    left: max_body,
+                })
+            });
+            (req, Some(rx))
+        };
+        let fut = up.pool.send(req, rewrite, client_upgrade.is_some());
+        tokio::pin!(fut);
+        // A stalled body fails `fut` itself, with `BodyTimeout` (the pool reads the cause off
+        // the body's error), and drops the half-sent request: its connection is not reused.
+        let early = match body_done {
+            Some(done) => tokio::select! {
+                r = &mut fut => Some(r),
+                _ = done => None,
+            },
+            None => None,
+        };
+        let result = match early {
+            Some(r) => r,
+            None => timer
+                .run(up.config.request_timeout, fut)
+                .await
+                .ok_or(ProxyError::Timeout)?,
+        };
+        let elapsed = start.elapsed();
+        let (resp, upgraded) = result?;
+        if let (Some(mut upstream), Some(client_upgrade)) = (upgraded, client_upgrade) {
+            let idle = up.config.tunnel_idle_timeout;
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                if let Ok(client) = client_upgrade.await {
+                    let mut client = TokioIo::new(client);
+                    // What the upstream sent right after its 101 belongs to the new protocol.
+                    if client.write_all(&upstream.leftover).await.is_ok() {
+                        crate::forward::tunnel(&mut client, &mut upstream.stream, idle).await;
+                    }
+                }
+            });
+        }
+        Ok((resp, elapsed))
+    }
+}
+
+/// A connection's `request_timeout` timer, kept from one request to the next (see
+/// [`crate::timer`] for why). HTTP/1 runs one exchange at a time; concurrent h2 streams that
+/// find the timer taken make their own.
+#[derive(Default)]
+pub struct RequestTimer(std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>);
+
+impl RequestTimer {
+    /// Runs `fut` for at most `timeout`; `None` when the time ran out first.
+    pub async fn run<F: Future>(&self, timeout: Duration, fut: F) -> Option<F::Output> {
+        let mut kept = self.slot().take();
+        crate::timer::rearm(&mut kept, timeout);
+        let mut sleep = kept.expect("rearm makes the timer");
+        let mut fut = std::pin::pin!(fut);
+        let out = std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(v));
+            }
+            sleep.as_mut().poll(cx).map(|()| None)
+        })
+        .await;
+        *self.slot() = Some(sleep);
+        out
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Pin<Box<tokio::time::Sleep>>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A request body that says when it has ended (sent in full, failed or dropped), and fails with
+/// [`BodyStalled`] when the client sends nothing for `body_read_timeout` while it is being
+/// waited for (nginx's `client_body_timeout`: time the upstream spends not reading does not
+/// count).
+pub(crate) struct NotifyEnd {
+    inner: Body,
+    tx: Option<tokio::sync::oneshot::Sender<()>>,
+    stall: crate::timer::Stall,
+    /// Bytes the body may still bring (`max_body_bytes`); `None`: no limit.
+    left: Option<u64>,
+}
+
+impl NotifyEnd {
+    fn end(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl http_body::Body for NotifyEnd {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        // A body without a declared length (chunked, or h2) is counted as it comes: the byte
+        // past the limit fails it, and what went before never makes a whole request upstream.
+        if let (Some(left), Poll::Ready(Some(Ok(frame)))) = (&mut self.left, &r) {
+            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+            match left.checked_sub(n) {
+                Some(l) => *left = l,
+                None => {
+                    self.end();
+                    return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                }
+            }
+        }
+        match &r {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.end(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.end(),
+            Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
+        }
+        if self.tx.is_some() && self.stall.expired(cx, &r) {
+            self.end();
+            return Poll::Ready(Some(Err(Box::new(BodyStalled))));
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
