@@ -4,7 +4,7 @@
 
 use base64::Engine;
 use bearward::config::Config;
-use bearward::path::canonicalize;
+use bearward::request::path::canonicalize;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Method, Request};

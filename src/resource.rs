@@ -15,8 +15,7 @@
 //! `bearer_methods_supported` the places they take a token from.
 
 use crate::body::{self, Body};
-use crate::path::{canonicalize_with, PathOptions};
-use crate::routes::{AuthMode, Route};
+use crate::request::path::{canonicalize_with, PathOptions};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
@@ -125,40 +124,32 @@ pub struct Documents {
 }
 
 impl Documents {
-    /// Builds one document per resource the routes name. `issuers` are the configured issuer
-    /// identifiers: every bearer route accepts tokens from each of them.
-    pub fn build<'a>(routes: &[Route], issuers: impl Iterator<Item = &'a str> + Clone) -> Self {
-        let mut docs: Vec<(String, Bytes)> = Vec::new();
-        for resource in routes.iter().filter_map(|r| r.resource.as_deref()) {
-            if docs.iter().any(|(p, _)| *p == resource.metadata_path) {
-                continue;
-            }
-            let own: Vec<&Route> = routes
-                .iter()
-                .filter(|r| r.auth == AuthMode::Bearer)
-                .filter(|r| r.resource.as_deref().is_some_and(|x| x.id == resource.id))
-                .collect();
-            let mut scopes: Vec<&str> = own
-                .iter()
-                .flat_map(|r| r.scopes.iter().chain(&r.scopes_any))
-                .map(String::as_str)
-                .collect();
-            scopes.sort_unstable();
-            scopes.dedup();
-            let mut methods = vec!["header"];
-            if own.iter().any(|r| r.token_in_query) {
-                methods.push("query");
-            }
-            let doc = Metadata {
-                resource: &resource.id,
-                authorization_servers: issuers.clone().collect(),
-                scopes_supported: scopes,
-                bearer_methods_supported: methods,
-            };
-            let body = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-            docs.push((resource.metadata_path.clone(), Bytes::from(body)));
-        }
-        Documents { docs }
+    /// Does a document for this resource exist yet?
+    pub fn has(&self, resource: &ResourceId) -> bool {
+        self.docs.iter().any(|(p, _)| *p == resource.metadata_path)
+    }
+
+    /// Adds the document of one resource: the issuers it takes tokens from, the sorted union
+    /// of its bearer routes' scopes, and how a token may be sent to it. Built from the route
+    /// table by [`crate::routes::resource_documents`].
+    pub fn add(
+        &mut self,
+        resource: &ResourceId,
+        issuers: Vec<&str>,
+        mut scopes: Vec<&str>,
+        bearer_methods: Vec<&'static str>,
+    ) {
+        scopes.sort_unstable();
+        scopes.dedup();
+        let doc = Metadata {
+            resource: &resource.id,
+            authorization_servers: issuers,
+            scopes_supported: scopes,
+            bearer_methods_supported: bearer_methods,
+        };
+        let body = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+        self.docs
+            .push((resource.metadata_path.clone(), Bytes::from(body)));
     }
 
     /// The document served at this canonical path, if any.

@@ -2,6 +2,7 @@
 //! by segment-aware prefix (`prefix`), optionally restricted to methods; the first match in file
 //! order wins.
 
+use crate::resource::{Documents, ResourceId};
 use http::header::{HeaderMap, HeaderName};
 use http::Method;
 use std::sync::Arc;
@@ -118,12 +119,12 @@ pub struct Route {
     pub audit: bool,
     /// Largest request body forwarded (`max_body_bytes`, else the server's); `None`: no limit.
     pub max_body: Option<u64>,
-    /// Take `%25` followed by two hex digits in the path ([`crate::path::has_double_encoding`]),
+    /// Take `%25` followed by two hex digits in the path ([`crate::request::path::has_double_encoding`]),
     /// for APIs that carry literal percent signs before hex digits; refused (400) otherwise.
     pub allow_encoded_percent: bool,
     /// The RFC 9728 resource identifier (`resource`, else the server's): its metadata URL goes
     /// in the route's Bearer challenges.
-    pub resource: Option<Arc<crate::resource::ResourceId>>,
+    pub resource: Option<Arc<ResourceId>>,
 }
 
 impl Route {
@@ -223,6 +224,37 @@ impl RouteTable {
         }
         out
     }
+}
+
+/// The RFC 9728 metadata documents of the resources the routes name: one per resource, holding
+/// what its bearer routes enforce. `issuers` are the configured issuer identifiers: every
+/// bearer route accepts tokens from each of them.
+pub fn resource_documents<'a>(
+    routes: &[Route],
+    issuers: impl Iterator<Item = &'a str> + Clone,
+) -> Documents {
+    let mut docs = Documents::default();
+    for resource in routes.iter().filter_map(|r| r.resource.as_deref()) {
+        if docs.has(resource) {
+            continue;
+        }
+        let own: Vec<&Route> = routes
+            .iter()
+            .filter(|r| r.auth == AuthMode::Bearer)
+            .filter(|r| r.resource.as_deref().is_some_and(|x| x.id == resource.id))
+            .collect();
+        let scopes = own
+            .iter()
+            .flat_map(|r| r.scopes.iter().chain(&r.scopes_any))
+            .map(String::as_str)
+            .collect();
+        let mut methods = vec!["header"];
+        if own.iter().any(|r| r.token_in_query) {
+            methods.push("query");
+        }
+        docs.add(resource, issuers.clone().collect(), scopes, methods);
+    }
+    docs
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@ use crate::auth::Authenticator;
 use crate::body::{self, Body};
 use crate::config::{Config, ConfigError};
 use crate::gateway::{ConnInfo, Gateway};
-use crate::h1guard::{Answered, Guarded, Watch};
+use crate::request::framing::Guarded;
+use crate::request::watch::{Answered, Watch};
 use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
 use http::{Request, Response, StatusCode};
@@ -536,7 +537,7 @@ fn refused_head(e: &hyper::Error) -> Option<(u16, &'static str)> {
     let timeout = std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<io::Error>())
         .and_then(|io| io.get_ref())
-        .and_then(|inner| inner.downcast_ref::<crate::h1guard::HeadTimeout>());
+        .and_then(|inner| inner.downcast_ref::<crate::request::framing::HeadTimeout>());
     match timeout {
         Some(t) if t.partial => Some((408, "head_timeout")),
         _ => None,

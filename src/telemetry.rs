@@ -1,6 +1,5 @@
 //! Logging setup and request metrics.
 
-use crate::config::LogFormat;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -12,6 +11,14 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
+
+/// `log_format`
+#[derive(Debug, serde::Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Installs the global tracing subscriber (`RUST_LOG` overrides the default `info`).
 pub fn init(format: LogFormat) {
@@ -383,7 +390,11 @@ impl Metrics {
     }
 
     /// Shows the keys refused in `issuer`'s last fetched JWKS, replacing what it showed before.
-    pub fn set_refused_keys(&self, issuer: &str, refused: &[crate::auth::jwks::RefusedKey]) {
+    pub fn set_refused_keys<'a>(
+        &self,
+        issuer: &str,
+        refused: impl IntoIterator<Item = (&'a str, &'static str)>,
+    ) {
         let mut shown = self.refused_shown.lock().unwrap_or_else(|p| p.into_inner());
         shown.retain(|l| {
             let keep = l.issuer != issuer;
@@ -392,11 +403,11 @@ impl Metrics {
             }
             keep
         });
-        for r in refused {
+        for (kid, reason) in refused {
             let l = RefusedKeyLabels {
                 issuer: issuer.to_owned(),
-                kid: r.kid.clone(),
-                reason: r.reason,
+                kid: kid.to_owned(),
+                reason,
             };
             self.refused_keys.get_or_create(&l).set(1);
             shown.push(l);

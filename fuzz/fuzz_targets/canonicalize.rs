@@ -5,7 +5,7 @@
 //! - a result holds no backslash, control byte or `%2F`/`%5C`.
 #![no_main]
 
-use bearward::path::{canonicalize_with, PathOptions};
+use bearward::request::path::{canonicalize_with, PathOptions};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,7 +5,7 @@
 //! - as an HTTP/2 `Host` beside the same `:authority`, it matches itself.
 #![no_main]
 
-use bearward::host::check;
+use bearward::request::host::check;
 use http::{header, HeaderMap, HeaderValue, Uri, Version};
 use libfuzzer_sys::fuzz_target;
 

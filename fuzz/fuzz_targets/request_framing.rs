@@ -4,7 +4,7 @@
 //! must be the same for the bytes in one piece, in pieces the input chooses, and one at a time.
 #![no_main]
 
-use bearward::h1guard::follow;
+use bearward::request::framing::follow;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

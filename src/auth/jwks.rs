@@ -232,9 +232,9 @@ fn parse_jwk(k: &Value, policy: KeyPolicy) -> Result<VerifyKey, Refusal> {
     }
     let alg = match k.get("alg") {
         None => None,
-        Some(Value::String(a)) => match super::token::parse_alg(a) {
-            Ok(a) => Some(a),
-            Err(_) => {
+        Some(Value::String(a)) => match crate::jose::algorithm(a) {
+            Some(a) => Some(a),
+            None => {
                 return refuse(
                     "alg_mismatch",
                     format!("alg {a:?} is not a signature algorithm bearward accepts"),
@@ -248,7 +248,7 @@ fn parse_jwk(k: &Value, policy: KeyPolicy) -> Result<VerifyKey, Refusal> {
             return refuse("malformed", format!("no {name}"));
         };
         // Some IdPs pad JWK members; the value itself must still be canonical base64url.
-        base64::Engine::decode(&super::token::B64, v.trim_end_matches('='))
+        base64::Engine::decode(&crate::jose::B64, v.trim_end_matches('='))
             .or_else(|_| refuse("malformed", format!("{name} is not base64url")))
     };
     // The raw public key bytes aws-lc parses: PKCS#1 for RSA, an uncompressed point for EC,
@@ -691,7 +691,10 @@ impl IssuerKeys {
                         tracing::warn!(issuer = %self.config.issuer, kid = %r.kid, reason = r.reason, %source, "JWKS key refused: {}", r.detail);
                     }
                 }
-                self.metrics.set_refused_keys(&self.config.issuer, &refused);
+                self.metrics.set_refused_keys(
+                    &self.config.issuer,
+                    refused.iter().map(|r| (r.kid.as_str(), r.reason)),
+                );
                 let n_refused = refused.len();
                 status.refused = refused;
                 if keys.is_empty() {
@@ -913,11 +916,11 @@ mod tests {
     use serde_json::json;
 
     fn b64(b: &[u8]) -> String {
-        base64::Engine::encode(&crate::auth::token::B64, b)
+        base64::Engine::encode(&crate::jose::B64, b)
     }
 
     fn unb64(s: &str) -> Vec<u8> {
-        base64::Engine::decode(&crate::auth::token::B64, s).unwrap()
+        base64::Engine::decode(&crate::jose::B64, s).unwrap()
     }
 
     fn hex(s: &str) -> Vec<u8> {

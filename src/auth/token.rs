@@ -6,23 +6,13 @@
 //! - `jwk`, `jku`, `x5u`, `x5c` are ignored: keys never come from the token.
 
 use super::AuthError;
-use base64::alphabet;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 use jsonwebtoken::Algorithm;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
 use std::fmt;
 
-/// base64url without padding, refusing padding and non-zero trailing bits, so each token has
-/// exactly one encoding.
-pub const B64: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::URL_SAFE,
-    GeneralPurposeConfig::new()
-        .with_encode_padding(false)
-        .with_decode_padding_mode(DecodePaddingMode::RequireNone)
-        .with_decode_allow_trailing_bits(false),
-);
+pub use crate::jose::B64;
 
 /// The JOSE header fields bearward uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,24 +81,9 @@ pub fn parse(token: &str, max_len: usize) -> Result<Parsed<'_>, AuthError> {
     })
 }
 
-/// Only the exact registered names (RFC 7518 3.1, RFC 8037): `none`, `None`, `NONE`, `nOnE` and
-/// anything unknown are refused.
+/// [`crate::jose::algorithm`], refused as a token's `alg`.
 pub fn parse_alg(a: &str) -> Result<Algorithm, AuthError> {
-    Ok(match a {
-        "RS256" => Algorithm::RS256,
-        "RS384" => Algorithm::RS384,
-        "RS512" => Algorithm::RS512,
-        "PS256" => Algorithm::PS256,
-        "PS384" => Algorithm::PS384,
-        "PS512" => Algorithm::PS512,
-        "ES256" => Algorithm::ES256,
-        "ES384" => Algorithm::ES384,
-        "EdDSA" => Algorithm::EdDSA,
-        "HS256" => Algorithm::HS256,
-        "HS384" => Algorithm::HS384,
-        "HS512" => Algorithm::HS512,
-        _ => return Err(AuthError::BadAlgorithm),
-    })
+    crate::jose::algorithm(a).ok_or(AuthError::BadAlgorithm)
 }
 
 /// A JSON object whose top-level member names are unique (RFC 7515 5.2 / RFC 7519 4 allow a

@@ -52,13 +52,7 @@ pub struct ServerFile {
     pub http2_max_concurrent_streams: Option<Spanned<u64>>,
 }
 
-/// `log_format`
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use crate::telemetry::LogFormat;
 
 /// `[[issuers]]`
 #[derive(Debug, Deserialize)]

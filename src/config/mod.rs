@@ -6,7 +6,7 @@ mod validate;
 
 pub use file::{LogFormat, Mode, TypPolicy};
 
-use crate::path::PathOptions;
+use crate::request::path::PathOptions;
 use crate::routes::RouteTable;
 use http::header::HeaderName;
 use ipnet::IpNet;

@@ -3,8 +3,8 @@
 
 use super::file::{AuthFile, FileConfig, IssuerFile, RouteFile, ServerFile, UpstreamFile};
 use super::*;
-use crate::path::{canonicalize_with, PathOptions};
-use crate::resource::{Documents, ResourceId};
+use crate::request::path::{canonicalize_with, PathOptions};
+use crate::resource::ResourceId;
 use crate::routes::{AuthMode, PathMatch, Route};
 use jsonwebtoken::Algorithm;
 use std::ops::Range;
@@ -222,7 +222,8 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
         return Err(ConfigError::Invalid(cx.problems));
     }
 
-    let resources = Documents::build(&routes, issuers.iter().map(|i| i.issuer.as_str()));
+    let resources =
+        crate::routes::resource_documents(&routes, issuers.iter().map(|i| i.issuer.as_str()));
     let table = RouteTable::new(routes);
     let mut warnings: Vec<Problem> = table
         .shadowed()
@@ -863,7 +864,7 @@ fn canonical(
 }
 
 fn parse_alg(s: &str) -> Option<Algorithm> {
-    crate::auth::token::parse_alg(s).ok()
+    crate::jose::algorithm(s)
 }
 
 fn issuer(cx: &mut Ctx<'_>, i: usize, iss: &Spanned<IssuerFile>) -> Option<IssuerConfig> {

@@ -1,10 +1,7 @@
 //! Forwarding: how a checked request is rewritten for the upstream (origin-form target,
 //! hop-by-hop headers out, `Host` and `X-Forwarded-*` as configured, HTTP/2 cookies joined) and
-//! how the answer is passed back; the WebSocket tunnel after a 101 is in [`tunnel`].
-
-mod tunnel;
-
-pub(crate) use tunnel::tunnel;
+//! how the answer is passed back. The WebSocket tunnel after a 101 belongs to the upstream
+//! side (`upstream::tunnel`).
 
 use crate::body::Body;
 use crate::config::UpstreamConfig;

@@ -35,7 +35,7 @@ use crate::auth::{Authenticator, TokenId};
 use crate::body::{self, Body};
 use crate::config::Config;
 use crate::forward;
-use crate::h1guard::Watch;
+use crate::request::watch::Watch;
 use crate::telemetry::{Metrics, RouteSeries, ALLOWED};
 use crate::upstream::{ProxyError, RequestTimer, Upstreams};
 use http::header::{self, HeaderName, HeaderValue};
@@ -52,7 +52,7 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// `peer`'s IP as a header value (X-Forwarded-For), formatted once.
     pub peer_ip: HeaderValue,
-    /// The connection's request and response counts ([`crate::h1guard`]): on HTTP/1 also its
+    /// The connection's request and response counts ([`crate::request::framing`]): on HTTP/1 also its
     /// framing verdict; on HTTP/2 also its response bodies, for `send_timeout`.
     pub watch: Option<Watch>,
     /// The `request_timeout` timer, reused from request to request.
@@ -119,7 +119,7 @@ impl Gateway {
     }
 
     /// Runs one request through every phase, logs it, and answers. `request_index` is the
-    /// request's place on an HTTP/1 connection watched by [`crate::h1guard`]
+    /// request's place on an HTTP/1 connection watched by [`crate::request::framing`]
     /// ([`Watch::request_started`]).
     pub async fn handle<B>(
         &self,

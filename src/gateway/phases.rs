@@ -6,8 +6,8 @@
 use super::{Gateway, Outcome, Rejection, AUDIT_HEADER};
 use crate::auth::{self, AuthError, Identity, Trace};
 use crate::body::Body;
-use crate::h1guard::Watch;
-use crate::path::{canonicalize_with, has_double_encoding};
+use crate::request::path::{canonicalize_with, has_double_encoding};
+use crate::request::watch::Watch;
 use crate::routes::{is_plain_method, AuthMode, Route};
 use crate::upstream::ProxyError;
 use http::header::{self, HeaderValue};
@@ -172,7 +172,7 @@ impl Gateway {
         if req.method() == http::Method::CONNECT {
             return Err(Rejection::BadRequest("connect_not_supported"));
         }
-        crate::host::check(req.version(), req.uri(), req.headers())
+        crate::request::host::check(req.version(), req.uri(), req.headers())
             .map_err(|e| Rejection::BadRequest(e.reason()))?;
         canonicalize_with(req.uri().path(), self.config.server.path)
             .map_err(|e| Rejection::BadRequest(e.reason()))

@@ -7,6 +7,7 @@
 
 mod error;
 pub(crate) mod pool;
+mod tunnel;
 pub mod wire;
 
 pub use error::{BodyStalled, BodyTooLarge, ProxyError};
@@ -116,7 +117,7 @@ impl Upstreams {
                     let mut client = TokioIo::new(client);
                     // What the upstream sent right after its 101 belongs to the new protocol.
                     if client.write_all(&upstream.leftover).await.is_ok() {
-                        crate::forward::tunnel(&mut client, &mut upstream.stream, idle).await;
+                        tunnel::tunnel(&mut client, &mut upstream.stream, idle).await;
                     }
                 }
             });

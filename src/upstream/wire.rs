@@ -17,6 +17,7 @@
 //! - a connection goes back to the pool only after a response framed by length or chunks was
 //!   read to its exact end with nothing after it, over HTTP/1.1, without `Connection: close`.
 
+use crate::request::framing::chunk_size;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
@@ -405,7 +406,7 @@ impl Chunked {
                     let Some(line) = take_line(buf, MAX_CHUNK_LINE)? else {
                         return Ok(Decoded::NeedMore);
                     };
-                    let size = chunk_size(&line)?;
+                    let size = chunk_size(&line).map_err(Malformed)?;
                     self.state = if size == 0 {
                         ChunkState::Trailers
                     } else {
@@ -465,32 +466,6 @@ fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, Malform
         }
         None if buf.len() > max => Err(Malformed("line too long")),
         None => Ok(None),
-    }
-}
-
-/// `chunk-size [ BWS ; chunk-ext ]`: hex digits, then optional whitespace and extensions. Also
-/// used by [`crate::h1guard`] to follow chunked request bodies.
-pub fn chunk_size(line: &[u8]) -> Result<u64, Malformed> {
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 {
-        return Err(Malformed("bad chunk size"));
-    }
-    let mut size: u64 = 0;
-    for &d in &line[..digits] {
-        let v = (d as char).to_digit(16).expect("a hex digit") as u64;
-        size = size
-            .checked_mul(16)
-            .and_then(|s| s.checked_add(v))
-            .ok_or(Malformed("chunk size overflows"))?;
-    }
-    let rest = &line[digits..];
-    let after_ws = rest
-        .iter()
-        .position(|b| *b != b' ' && *b != b'\t')
-        .map_or(&[][..], |i| &rest[i..]);
-    match after_ws.first() {
-        None | Some(b';') => Ok(size),
-        Some(_) => Err(Malformed("bad chunk size")),
     }
 }
 

@@ -139,7 +139,7 @@ struct Segment {
 /// Canonicalizes with the default options.
 ///
 /// ```
-/// use bearward::path::{canonicalize, PathError};
+/// use bearward::request::path::{canonicalize, PathError};
 /// assert_eq!(canonicalize("/public/../api//x/%7e").as_deref(), Ok("/api/x/~"));
 /// assert_eq!(canonicalize("/public/%2e%2e/api"), Err(PathError::EncodedDotSegment));
 /// ```

@@ -27,228 +27,14 @@
 //! - **`send_timeout`**: a write that cannot proceed (the client reads nothing) starts a timer;
 //!   one that proceeds stops it. Past the timeout the write fails and the connection closes.
 
+use super::watch::Watch;
 use crate::timer::{rearm, Stall};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-/// What the wrapper and the connection's service share.
-#[derive(Debug)]
-struct Shared {
-    /// Index of the first ambiguous request head; `usize::MAX` while there is none.
-    ambiguous_from: AtomicUsize,
-    /// Requests hyper has handed to the service.
-    started: AtomicUsize,
-    /// Responses hyper has taken in full (their bodies dropped).
-    answered: AtomicUsize,
-    /// A 101 went out: the connection no longer carries HTTP/1 heads.
-    upgraded: AtomicBool,
-    /// HTTP/2 only: the response bodies in flight, for [`Watch::client_stalled`].
-    sends: Option<Sends>,
-}
-
-/// List length at which ended bodies are swept out as a new one is added.
-const SWEEP_AT: usize = 512;
-
-/// Each HTTP/2 response body in flight notes since when it has waited for the client to take
-/// what it gave (in ms after `epoch`, plus one; 0 while it waits on the upstream instead).
-#[derive(Debug)]
-struct Sends {
-    epoch: std::time::Instant,
-    bodies: Mutex<Vec<Weak<AtomicU64>>>,
-}
-
-impl Sends {
-    fn now(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64 + 1
-    }
-}
-
-/// The service's side of one watched connection.
-#[derive(Debug, Clone)]
-pub struct Watch(Arc<Shared>);
-
-impl Default for Watch {
-    fn default() -> Self {
-        Watch::new(None)
-    }
-}
-
-impl Watch {
-    fn new(sends: Option<Sends>) -> Watch {
-        Watch(Arc::new(Shared {
-            ambiguous_from: AtomicUsize::new(usize::MAX),
-            started: AtomicUsize::new(0),
-            answered: AtomicUsize::new(0),
-            upgraded: AtomicBool::new(false),
-            sends,
-        }))
-    }
-
-    /// For an HTTP/2 connection: counts requests and responses as on HTTP/1 (nothing sets its
-    /// framing verdict, so it never refuses one), and follows its response bodies for
-    /// [`Watch::client_stalled`].
-    pub fn for_h2() -> Watch {
-        Watch::new(Some(Sends {
-            epoch: std::time::Instant::now(),
-            bodies: Mutex::new(Vec::new()),
-        }))
-    }
-
-    /// HTTP/2: has some response body waited longer than `limit` for the client to take data
-    /// (flow control held shut)? HTTP/1 bounds this in its write path instead (`send_timeout`).
-    pub fn client_stalled(&self, limit: Duration) -> bool {
-        let Some(sends) = &self.0.sends else {
-            return false;
-        };
-        let now = sends.now();
-        let limit = limit.as_millis() as u64;
-        let mut bodies = sends.bodies.lock().unwrap_or_else(|p| p.into_inner());
-        bodies.retain(|b| b.strong_count() > 0);
-        bodies.iter().filter_map(Weak::upgrade).any(|since| {
-            let since = since.load(Ordering::Acquire);
-            since != 0 && now.saturating_sub(since) > limit
-        })
-    }
-
-    /// A request was handed to the service; returns its index (0-based, in connection order).
-    pub fn request_started(&self) -> usize {
-        self.0.started.fetch_add(1, Ordering::AcqRel)
-    }
-    /// A response was taken in full by hyper.
-    fn response_done(&self) {
-        self.0.answered.fetch_add(1, Ordering::AcqRel);
-    }
-    /// Requests handed to the service so far.
-    pub fn started(&self) -> usize {
-        self.0.started.load(Ordering::Acquire)
-    }
-    /// Is a request in flight (handed over, its response not yet taken in full)?
-    pub fn busy(&self) -> bool {
-        self.0.started.load(Ordering::Acquire) != self.0.answered.load(Ordering::Acquire)
-    }
-    /// A 101 went out: what follows on the connection is not HTTP/1.
-    pub fn upgraded(&self) {
-        self.0.upgraded.store(true, Ordering::Release);
-    }
-    /// Is the request with this index ambiguous, or after one?
-    pub fn refuses(&self, request_index: usize) -> bool {
-        request_index >= self.0.ambiguous_from.load(Ordering::Acquire)
-    }
-    /// Was any request head on this connection ambiguous?
-    pub fn ambiguous(&self) -> bool {
-        self.first_ambiguous().is_some()
-    }
-    /// The index of the first ambiguous request head, if any.
-    fn first_ambiguous(&self) -> Option<usize> {
-        let first = self.0.ambiguous_from.load(Ordering::Acquire);
-        (first != usize::MAX).then_some(first)
-    }
-    fn is_upgraded(&self) -> bool {
-        self.0.upgraded.load(Ordering::Acquire)
-    }
-    fn flag(&self, head_index: usize) {
-        self.0
-            .ambiguous_from
-            .fetch_min(head_index, Ordering::AcqRel);
-    }
-    /// When every request so far has been answered, the connection waits for the next head:
-    /// the number of responses so far, which names this wait.
-    fn waiting_for_head(&self) -> Option<usize> {
-        let answered = self.0.answered.load(Ordering::Acquire);
-        (!self.is_upgraded() && self.0.started.load(Ordering::Acquire) == answered)
-            .then_some(answered)
-    }
-}
-
-/// A response body that tells the [`Watch`] when hyper is done with it. hyper drops a
-/// response body once its last frame is queued (or the connection ends), which is also when
-/// it starts reading the next request head.
-pub struct Answered<B> {
-    inner: B,
-    watch: Option<Watch>,
-    /// HTTP/2: this body's entry in the connection's [`Sends`].
-    waiting: Option<Arc<AtomicU64>>,
-    /// Held until hyper is done with the body (a request's `max_requests_in_flight` permit).
-    _held: Option<Box<dyn Send + Sync>>,
-}
-
-impl<B> Answered<B> {
-    /// Wraps a response body; with no watch it only passes frames through.
-    pub fn new(inner: B, watch: Option<Watch>) -> Self {
-        let waiting = watch
-            .as_ref()
-            .and_then(|w| w.0.sends.as_ref())
-            .map(|sends| {
-                // Until hyper first asks for data, the body waits on the client's window.
-                let since = Arc::new(AtomicU64::new(sends.now()));
-                let mut bodies = sends.bodies.lock().unwrap_or_else(|p| p.into_inner());
-                // Ended bodies leave dead entries; sweep them here too, not only at the
-                // connection's next tick, so a busy connection's list stays near its live
-                // streams (at most 256 on the server's h2 settings).
-                if bodies.len() >= SWEEP_AT {
-                    bodies.retain(|b| b.strong_count() > 0);
-                }
-                bodies.push(Arc::downgrade(&since));
-                since
-            });
-        Answered {
-            inner,
-            watch,
-            waiting,
-            _held: None,
-        }
-    }
-
-    /// Keeps `guard` alive until the body is done with.
-    pub fn holding(mut self, guard: impl Send + Sync + 'static) -> Self {
-        self._held = Some(Box::new(guard));
-        self
-    }
-}
-
-impl<B> Drop for Answered<B> {
-    fn drop(&mut self) {
-        if let Some(w) = &self.watch {
-            w.response_done();
-        }
-    }
-}
-
-impl<B: http_body::Body + Unpin> http_body::Body for Answered<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let (Some(since), Some(sends)) = (
-            &self.waiting,
-            self.watch.as_ref().and_then(|w| w.0.sends.as_ref()),
-        ) {
-            // A frame given: the next poll waits on the client. Pending: on the upstream.
-            let now = match &polled {
-                Poll::Ready(Some(Ok(_))) => sends.now(),
-                _ => 0,
-            };
-            since.store(now, Ordering::Release);
-        }
-        polled
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
 
 enum State {
     Head(Vec<u8>),
@@ -350,7 +136,7 @@ impl Framer {
                         // The same strict parser as the upstream side's; what it refuses,
                         // hyper refuses too, and the follower stops.
                         let line = line.strip_suffix(b"\r").unwrap_or(line);
-                        let size = crate::upstream::wire::chunk_size(line).ok();
+                        let size = chunk_size(line).ok();
                         self.state = match size {
                             Some(0) => State::Trailers(Vec::new()),
                             Some(n) => State::ChunkData(n),
@@ -626,6 +412,32 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+/// `chunk-size [ BWS ; chunk-ext ]`: hex digits, then optional whitespace and extensions. Shared
+/// by the request framing follower and the upstream response parser.
+pub fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err("bad chunk size");
+    }
+    let mut size: u64 = 0;
+    for &d in &line[..digits] {
+        let v = (d as char).to_digit(16).expect("a hex digit") as u64;
+        size = size
+            .checked_mul(16)
+            .and_then(|s| s.checked_add(v))
+            .ok_or("chunk size overflows")?;
+    }
+    let rest = &line[digits..];
+    let after_ws = rest
+        .iter()
+        .position(|b| *b != b' ' && *b != b'\t')
+        .map_or(&[][..], |i| &rest[i..]);
+    match after_ws.first() {
+        None | Some(b';') => Ok(size),
+        Some(_) => Err("bad chunk size"),
     }
 }
 
