@@ -226,8 +226,8 @@ impl Gateway {
     }
 
     /// Counts and logs a request hyper or h1guard refused before it became a request (see
-    /// `server::refused_head`), under route `-` like an unmatched one.
-    pub fn refused_head(&self, peer: SocketAddr, status: u16, reason: &'static str) {
+    /// `server::conn::head_refusal`), under route `-` like an unmatched one.
+    pub fn record_refused_head(&self, peer: SocketAddr, status: u16, reason: &'static str) {
         self.metrics
             .record(&self.no_route, status, "deny", reason, Duration::ZERO, None);
         if self.config.server.access_log {

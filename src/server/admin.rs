@@ -1,0 +1,62 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`.
+
+use super::reload::Live;
+use crate::body::{self, Body};
+use crate::gateway::Gateway;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Admin connections open at once: enough for probes and scrapers, and a bound so that a
+/// flood on the admin port cannot take the file descriptors the proxy needs.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+
+pub(super) async fn admin_loop(listener: TcpListener, live: Arc<Live>) {
+    let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let live = live.clone();
+        // The admin port gets the same slowloris bound as the main one. Its traffic is light, so
+        // hyper's own per-request timer is fine here.
+        let header_read_timeout = live.current().config.server.header_read_timeout;
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = service_fn(move |req: Request<Incoming>| {
+                let gateway = live.current();
+                async move { Ok::<_, std::convert::Infallible>(admin(&gateway, &req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn admin(gateway: &Gateway, req: &Request<Incoming>) -> Response<Body> {
+    let (status, text) = match req.uri().path() {
+        "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
+        "/readyz" => match gateway.auth.readiness() {
+            Ok(detail) => (StatusCode::OK, detail),
+            Err(detail) => (StatusCode::SERVICE_UNAVAILABLE, detail),
+        },
+        "/metrics" => {
+            gateway.auth.export_gauges();
+            (StatusCode::OK, gateway.metrics.render())
+        }
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
+    };
+    let mut resp = Response::new(body::full(text));
+    *resp.status_mut() = status;
+    resp
+}

@@ -1,0 +1,317 @@
+//! One client connection: HTTP/1 or HTTP/2 (sniffed by its preface), the per-request service
+//! with its `max_requests_in_flight` place, and the connection-level bounds (header and send
+//! timeouts, HTTP/2 idle and stream limits, graceful drain).
+
+use super::reload::Live;
+use super::Held;
+use crate::body::Body;
+use crate::config::Config;
+use crate::gateway::ConnInfo;
+use crate::request::framing::Guarded;
+use crate::request::watch::{Answered, Watch};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+/// An accepted connection and what bounds it.
+pub(super) struct Conn {
+    pub(super) stream: TcpStream,
+    pub(super) peer: SocketAddr,
+    /// Its `max_connections` slot, given back when the connection task ends.
+    pub(super) slot: Held,
+    /// The listener's `max_requests_in_flight`.
+    pub(super) in_flight: Arc<Semaphore>,
+}
+
+/// The HTTP/1 and HTTP/2 server settings, built once.
+pub(super) struct Protocols {
+    h1: http1::Builder,
+    h2: Option<http2::Builder<TokioExecutor>>,
+    header_read_timeout: Duration,
+    send_timeout: Duration,
+    max_header_bytes: usize,
+}
+
+/// `hyper::proto::h1::role::DEFAULT_MAX_HEADERS`, not exported.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
+impl Protocols {
+    pub(super) fn new(config: &Config) -> Protocols {
+        let mut h1 = http1::Builder::new();
+        // header_read_timeout is enforced by h1guard, with one timer per connection.
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_buf_size(config.server.max_header_bytes.max(8192))
+            .keep_alive(true);
+        // hyper's own limit is 100, kept on the stack; setting any value makes it allocate and
+        // fill a header index array of that size for every request it parses.
+        if config.server.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+            h1.max_headers(config.server.max_headers);
+        }
+        let h2 = config.server.http2.then(|| {
+            let mut h2 = http2::Builder::new(TokioExecutor::new());
+            // Set here even where they are h2's defaults, so the README's numbers are ours.
+            // A client past max_concurrent_streams gets RST_STREAM(REFUSED_STREAM) for the extra
+            // streams; one that resets more than 20 streams before bearward took them (HTTP/2
+            // rapid reset, CVE-2023-44487), or makes bearward reset 1,024 of its streams for
+            // protocol errors (CVE-2025-8671), gets GOAWAY(ENHANCE_YOUR_CALM).
+            h2.timer(TokioTimer::new())
+                .max_header_list_size(config.server.max_header_bytes as u32)
+                .max_concurrent_streams(config.server.http2_max_concurrent_streams)
+                .max_pending_accept_reset_streams(20)
+                .max_local_error_reset_streams(1024)
+                .keep_alive_interval(Some(Duration::from_secs(30)));
+            h2
+        });
+        Protocols {
+            h1,
+            h2,
+            header_read_timeout: config.server.header_read_timeout,
+            send_timeout: config.server.send_timeout,
+            max_header_bytes: config.server.max_header_bytes,
+        }
+    }
+}
+
+/// A connection's view of shutdown: the signal to finish, and a handle whose drop tells the
+/// server the connection is gone.
+pub(super) struct Drain {
+    pub(super) signal: watch::Receiver<bool>,
+    pub(super) _alive: mpsc::Sender<()>,
+}
+
+/// The HTTP/2 client preface (RFC 9113 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Does the connection open with the HTTP/2 preface? Peeks, so nothing is consumed: the HTTP/1
+/// path then reads the socket directly. (hyper-util's auto builder decides the same way but
+/// keeps a rewind buffer in every read for the connection's lifetime.)
+async fn is_h2(stream: &TcpStream) -> io::Result<bool> {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // A partial preface: more is on its way (peek would return the same bytes at once).
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+pub(super) fn serve_connection(
+    protocols: Arc<Protocols>,
+    drain: Drain,
+    conn: Conn,
+    live: Arc<Live>,
+) {
+    let Conn {
+        stream,
+        peer,
+        slot,
+        in_flight,
+    } = conn;
+    let _ = stream.set_nodelay(true);
+    tokio::spawn(async move {
+        let _slot = slot;
+        let Drain { mut signal, _alive } = drain;
+        // h2c with prior knowledge, if enabled and the client opens with the preface.
+        let h2 = match &protocols.h2 {
+            None => None,
+            Some(h2) => {
+                match tokio::time::timeout(protocols.header_read_timeout, is_h2(&stream)).await {
+                    Ok(Ok(true)) => Some(h2),
+                    Ok(Ok(false)) => None,
+                    _ => return,
+                }
+            }
+        };
+        let result = match h2 {
+            Some(h2) => {
+                let watch = Watch::for_h2();
+                let conn = h2.serve_connection(
+                    TokioIo::new(stream),
+                    gateway_service(&live, peer, Some(watch.clone()), in_flight),
+                );
+                let bounds = (protocols.header_read_timeout, protocols.send_timeout);
+                until_done_or_idle(conn, &mut signal, |c| c.graceful_shutdown(), &watch, bounds)
+                    .await
+                    .unwrap_or(Ok(()))
+            }
+            None => {
+                let (guarded, head_watch) = Guarded::new(
+                    stream,
+                    protocols.max_header_bytes,
+                    protocols.header_read_timeout,
+                    protocols.send_timeout,
+                );
+                let conn = protocols
+                    .h1
+                    .serve_connection(
+                        TokioIo::new(guarded),
+                        gateway_service(&live, peer, Some(head_watch), in_flight),
+                    )
+                    .with_upgrades();
+                until_done(conn, &mut signal, |c| c.graceful_shutdown()).await
+            }
+        };
+        if let Err(e) = result {
+            match head_refusal(&e) {
+                Some((status, reason)) => live.current().record_refused_head(peer, status, reason),
+                None => tracing::debug!(error = %e, peer = %peer, "connection ended with an error"),
+            }
+        }
+    });
+}
+
+/// A request refused before it reached the service: hyper's own answer to a head it cannot parse
+/// (400), or that is over `max_header_bytes` or `max_headers` (431; 414 for a URI over 64 KiB),
+/// or h1guard's header timer cutting off a request that had begun (recorded as 408, as nginx
+/// logs it; nothing is sent). An idle keep-alive connection closed by the timer is no refusal.
+fn head_refusal(e: &hyper::Error) -> Option<(u16, &'static str)> {
+    if e.is_parse_too_large() {
+        // hyper has no accessor for the 414 case; its message is the only difference.
+        let uri = e.to_string().contains("URI too long");
+        return Some((if uri { 414 } else { 431 }, "head_too_large"));
+    }
+    if e.is_parse() && !e.is_parse_version_h2() {
+        return Some((400, "malformed_request"));
+    }
+    let timeout = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<io::Error>())
+        .and_then(|io| io.get_ref())
+        .and_then(|inner| inner.downcast_ref::<crate::request::framing::HeadTimeout>());
+    match timeout {
+        Some(t) if t.partial => Some((408, "head_timeout")),
+        _ => None,
+    }
+}
+
+/// The per-connection service: each request runs on the gateway snapshot current when it
+/// arrives.
+fn gateway_service(
+    live: &Arc<Live>,
+    peer: SocketAddr,
+    watch: Option<Watch>,
+    in_flight: Arc<Semaphore>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Answered<Body>>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<Response<Answered<Body>>, std::convert::Infallible>> + Send,
+> + Send
+       + 'static {
+    let info = Arc::new(ConnInfo {
+        peer,
+        peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
+            .expect("an IP address is a valid header value"),
+        watch,
+        request_timer: Default::default(),
+    });
+    let live = live.clone();
+    service_fn(move |req: Request<Incoming>| {
+        // Counted as hyper hands the request over, before its future first runs: from here the
+        // header timer must not count against the connection.
+        let index = info.watch.as_ref().map(Watch::request_started);
+        let gateway = live.current();
+        let info = info.clone();
+        // Taken before anything else is done with the request, so an overload cannot turn into
+        // token checks, JWKS refetches or an upstream pile-up; held until the response body
+        // has been sent.
+        let held = in_flight
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|p| Held::new(p, &live.metrics.requests_in_flight));
+        async move {
+            let Some(held) = held else {
+                let resp = gateway.overloaded(req.method(), &info);
+                return Ok(resp.map(|b| Answered::new(b, info.watch.clone())));
+            };
+            let resp = gateway.handle(req, &info, index).await;
+            let watch = info.watch.clone();
+            if let (Some(w), StatusCode::SWITCHING_PROTOCOLS) = (&watch, resp.status()) {
+                w.upgraded();
+            }
+            Ok::<_, std::convert::Infallible>(resp.map(|b| Answered::new(b, watch).holding(held)))
+        }
+    })
+}
+
+/// Drives a connection to its end; when the server drains, asks it to finish gracefully
+/// (in-flight requests complete, no new ones start) and keeps driving it.
+async fn until_done<C: Future>(
+    conn: C,
+    signal: &mut watch::Receiver<bool>,
+    graceful: fn(Pin<&mut C>),
+) -> C::Output {
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = signal.changed() => {
+            graceful(conn.as_mut());
+            conn.await
+        }
+    }
+}
+
+/// [`until_done`] for HTTP/2, which has neither the header timer nor h1guard's write path:
+/// - a connection with no stream in flight and none started for `idle` (the header timeout)
+///   is closed gracefully (GOAWAY), as HTTP/1 keep-alive connections are by the header timer;
+/// - a connection where some response body has waited longer than `send` (the send timeout)
+///   for the client to open its flow-control window is closed at once (`None`), as HTTP/1
+///   connections whose client stops reading are.
+///
+/// One timer per connection, ticking every `min(idle, send)`, so each bound acts within one
+/// tick of its time.
+async fn until_done_or_idle<C: Future>(
+    conn: C,
+    signal: &mut watch::Receiver<bool>,
+    graceful: fn(Pin<&mut C>),
+    activity: &Watch,
+    (idle, send): (Duration, Duration),
+) -> Option<C::Output> {
+    let mut conn = std::pin::pin!(conn);
+    let period = idle.min(send);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = activity.started();
+    let mut idle_since: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => return Some(r),
+            _ = signal.changed() => break,
+            _ = ticks.tick() => {
+                if activity.client_stalled(send) {
+                    tracing::debug!("HTTP/2 client took no data past send_timeout: connection closed");
+                    return None;
+                }
+                let started = activity.started();
+                if started != seen || activity.busy() {
+                    seen = started;
+                    idle_since = None;
+                    continue;
+                }
+                let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() + period > idle {
+                    tracing::debug!("idle HTTP/2 connection closed");
+                    break;
+                }
+            }
+        }
+    }
+    graceful(conn.as_mut());
+    Some(conn.await)
+}

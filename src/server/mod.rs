@@ -1,0 +1,230 @@
+//! The listeners and their bounds: the accept loop with `max_connections` and graceful drain
+//! (here), one client connection ([`conn`]), reloads ([`reload`]), the admin endpoints
+//! ([`admin`]).
+
+mod admin;
+mod conn;
+mod reload;
+
+pub use reload::{reload_on_sighup, watch_config, Live};
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use arc_swap::ArcSwap;
+use conn::{serve_connection, Conn, Drain, Protocols};
+use prometheus_client::metrics::gauge::Gauge;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+
+/// A bound, not yet running bearward.
+pub struct Server {
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    live: Arc<Live>,
+}
+
+impl Server {
+    /// Binds the listeners of a gateway's config.
+    pub async fn bind(gateway: Arc<Gateway>) -> io::Result<Server> {
+        let config = gateway.config.clone();
+        let listener = TcpListener::bind(config.server.listen).await?;
+        let admin = match config.server.admin_listen {
+            Some(a) => Some(TcpListener::bind(a).await?),
+            None => None,
+        };
+        let live = Arc::new(Live {
+            metrics: gateway.metrics.clone(),
+            current: ArcSwap::new(gateway),
+            boot: config,
+        });
+        Ok(Server {
+            listener,
+            admin,
+            live,
+        })
+    }
+
+    /// The reload handle.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.clone()
+    }
+
+    /// The proxy listener's address (useful with port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The gateway in force now.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.live.current()
+    }
+
+    /// The admin listener's address, if configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and gives in-flight requests up to
+    /// `server.shutdown_grace` to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        let config: Arc<Config> = self.live.boot.clone();
+        let protocols = Arc::new(Protocols::new(&config));
+        let metrics = self.live.metrics.clone();
+        let (drain_signal, _) = watch::channel(false);
+        // Every connection task holds a clone; recv() returns None once all have ended.
+        let (alive, mut all_done) = mpsc::channel::<()>(1);
+        let admin_task = self
+            .admin
+            .map(|admin| tokio::spawn(admin::admin_loop(admin, self.live.clone())));
+        let max_connections = connection_limit(&config);
+        metrics.connections_max.set(max_connections as i64);
+        let slots = Arc::new(Semaphore::new(max_connections));
+        let in_flight = Arc::new(Semaphore::new(config.server.max_requests_in_flight));
+        let mut last_warned: Option<tokio::time::Instant> = None;
+        tokio::pin!(shutdown);
+        loop {
+            // A slot first, then accept: at the limit the listener is not polled, so new
+            // connections wait in the kernel's backlog (nginx's worker_connections, Envoy's
+            // downstream connection limit) instead of being accepted and starved.
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    metrics.connections_deferred.inc();
+                    if last_warned.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        last_warned = Some(tokio::time::Instant::now());
+                        tracing::warn!(
+                            max_connections,
+                            "max_connections are open; new connections wait in the listen backlog"
+                        );
+                    }
+                    tokio::select! {
+                        slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                        _ = &mut shutdown => break,
+                    }
+                }
+            };
+            tokio::select! {
+                accepted = self.listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(e) => {
+                            // Out of file descriptors and the like: wait instead of spinning.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let drain = Drain { signal: drain_signal.subscribe(), _alive: alive.clone() };
+                    let slot = Held::new(slot, &metrics.connections_open);
+                    let conn = Conn { stream, peer, slot, in_flight: in_flight.clone() };
+                    serve_connection(protocols.clone(), drain, conn, self.live.clone());
+                }
+                _ = &mut shutdown => break,
+            }
+        }
+        drop(self.listener);
+        tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: no new connections; draining");
+        let _ = drain_signal.send(true);
+        drop(alive);
+        tokio::select! {
+            _ = all_done.recv() => tracing::info!("all connections closed"),
+            _ = tokio::time::sleep(config.server.shutdown_grace) => {
+                tracing::warn!("grace period over; closing remaining connections");
+            }
+        }
+        if let Some(t) = admin_task {
+            t.abort();
+        }
+        Ok(())
+    }
+}
+
+/// File descriptors kept for everything but client connections: the admin listener and its
+/// connections, JWKS and discovery fetches, the config and TLS files, the log.
+const RESERVED_FDS: u64 = 128;
+
+/// The soft `RLIMIT_NOFILE`, read from `/proc` (no libc binding, no unsafe code); `None` where
+/// there is no such file.
+fn open_files_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let rest = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?;
+    match rest.split_whitespace().next()? {
+        "unlimited" => Some(u64::MAX),
+        n => n.parse().ok(),
+    }
+}
+
+/// `max_connections` when the config sets none: what the file-descriptor limit leaves after
+/// [`RESERVED_FDS`], halved, since each client connection may hold an upstream connection too.
+pub fn default_max_connections(nofile: Option<u64>) -> usize {
+    match nofile {
+        None => 10_000,
+        Some(n) => (n.min(20_000_000).saturating_sub(RESERVED_FDS) / 2).max(16) as usize,
+    }
+}
+
+/// The connection limit in force, with a warning when the configured one cannot be reached
+/// before the process runs out of file descriptors (accept then fails with EMFILE first).
+fn connection_limit(config: &Config) -> usize {
+    let nofile = open_files_limit();
+    let fits = default_max_connections(nofile);
+    match config.server.max_connections {
+        None => fits,
+        Some(n) => {
+            if n > fits {
+                tracing::warn!(
+                    max_connections = n,
+                    open_files_limit = nofile,
+                    "max_connections is above what the file-descriptor limit allows \
+                     (about {fits} with their upstream connections); raise LimitNOFILE or \
+                     --ulimit nofile"
+                );
+            }
+            n
+        }
+    }
+}
+
+/// A permit counted in a gauge while it is held: a connection slot or a request in flight.
+pub struct Held {
+    _permit: OwnedSemaphorePermit,
+    gauge: Gauge,
+}
+
+impl Held {
+    fn new(permit: OwnedSemaphorePermit, gauge: &Gauge) -> Held {
+        gauge.inc();
+        Held {
+            _permit: permit,
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_connection_limit_leaves_room_for_upstream_sockets_and_the_rest() {
+        assert_eq!(default_max_connections(Some(1024)), 448);
+        assert_eq!(default_max_connections(Some(65536)), 32704);
+        assert_eq!(default_max_connections(Some(100)), 16);
+        assert_eq!(default_max_connections(Some(u64::MAX)), 9_999_936);
+        assert_eq!(default_max_connections(None), 10_000);
+        assert!(open_files_limit().is_some_and(|n| n > 0));
+    }
+}

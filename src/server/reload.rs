@@ -1,0 +1,167 @@
+//! Reload: the gateway snapshot in force, swapped whole by a reload from the config file (on
+//! SIGHUP, or when the file or the TLS files it names change).
+
+use crate::auth::Authenticator;
+use crate::config::{Config, ConfigError};
+use crate::gateway::Gateway;
+use crate::telemetry::Metrics;
+use arc_swap::ArcSwap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The gateway in force. A reload builds a whole new [`Gateway`] from a validated config and
+/// swaps it in at once; each request loads the snapshot once, so requests in flight finish on
+/// the snapshot they started with, and keep-alive connections pick up the new one on their next
+/// request.
+pub struct Live {
+    pub(super) current: ArcSwap<Gateway>,
+    /// Shared by every snapshot, so counters survive reloads.
+    pub metrics: Arc<Metrics>,
+    /// The config the listeners were built from.
+    pub(super) boot: Arc<Config>,
+}
+
+impl Live {
+    /// The snapshot to use for one request.
+    pub fn current(&self) -> Arc<Gateway> {
+        self.current.load_full()
+    }
+
+    /// Swaps in a new, already validated config. Issuers whose config did not change keep their
+    /// keys and refresher.
+    pub fn apply(&self, config: Config) {
+        for (key, changed) in restart_only_changes(&self.boot, &config) {
+            if changed {
+                tracing::warn!(
+                    key,
+                    "changed in the config file; takes effect after a restart"
+                );
+            }
+        }
+        let old = self.current();
+        let auth = Authenticator::rebuild(&config, Some(&old.auth), self.metrics.clone());
+        let routes = config.routes.routes().len();
+        let next = Gateway::new(Arc::new(config), auth, self.metrics.clone());
+        self.current.store(Arc::new(next));
+        tracing::info!(routes, "config reloaded");
+    }
+
+    /// Reads, validates and applies a config file. An invalid file changes nothing; each of
+    /// its problems is logged.
+    pub fn reload_file(&self, path: &Path) -> Result<(), ConfigError> {
+        match Config::load(path) {
+            Ok(config) => {
+                for w in &config.warnings {
+                    tracing::warn!("{w}");
+                }
+                self.apply(config);
+                self.metrics.reload(true);
+                Ok(())
+            }
+            Err(e) => {
+                match &e {
+                    ConfigError::Read { .. } => {
+                        tracing::error!("reload failed, keeping the running config: {e}")
+                    }
+                    ConfigError::Invalid(problems) => {
+                        for p in problems {
+                            tracing::error!("reload failed, keeping the running config: {p}");
+                        }
+                    }
+                }
+                self.metrics.reload(false);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Settings read once when the listeners are built.
+fn restart_only_changes(a: &Config, b: &Config) -> [(&'static str, bool); 13] {
+    let (a, b) = (&a.server, &b.server);
+    [
+        ("server.listen", a.listen != b.listen),
+        ("server.admin_listen", a.admin_listen != b.admin_listen),
+        ("server.http2", a.http2 != b.http2),
+        (
+            "server.max_header_bytes",
+            a.max_header_bytes != b.max_header_bytes,
+        ),
+        ("server.max_headers", a.max_headers != b.max_headers),
+        (
+            "server.header_read_timeout",
+            a.header_read_timeout != b.header_read_timeout,
+        ),
+        ("server.send_timeout", a.send_timeout != b.send_timeout),
+        (
+            "server.shutdown_grace",
+            a.shutdown_grace != b.shutdown_grace,
+        ),
+        ("server.log_format", a.log_format != b.log_format),
+        (
+            "server.worker_threads",
+            a.worker_threads != b.worker_threads,
+        ),
+        (
+            "server.max_connections",
+            a.max_connections != b.max_connections,
+        ),
+        (
+            "server.max_requests_in_flight",
+            a.max_requests_in_flight != b.max_requests_in_flight,
+        ),
+        (
+            "server.http2_max_concurrent_streams",
+            a.http2_max_concurrent_streams != b.http2_max_concurrent_streams,
+        ),
+    ]
+}
+
+/// Reloads when the file's content changes: polled every `every`, applied once the new content
+/// has been the same for two polls in a row (editors and ConfigMap updates write in steps).
+/// Polling the content, not inotify, also follows the symlink swaps Kubernetes uses. The TLS
+/// files the running config names count as part of it: a renewed client certificate or CA
+/// bundle (cert-manager, a mounted Secret) takes effect the same way, without a restart.
+pub async fn watch_config(live: Arc<Live>, path: PathBuf, every: Duration) {
+    let digest = |live: &Live| {
+        let mut all = std::fs::read(&path).ok()?;
+        for f in live.current().config.watched_files() {
+            all.extend_from_slice(f.as_os_str().as_encoded_bytes());
+            all.extend(std::fs::read(f).unwrap_or_default());
+        }
+        Some(crate::auth::sha256_bytes(&all))
+    };
+    let mut applied = digest(&live);
+    let mut pending: Option<[u8; 32]> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let now = digest(&live);
+        match (now, pending) {
+            (Some(d), Some(p)) if d == p => {
+                pending = None;
+                if Some(d) != applied {
+                    tracing::info!(file = %path.display(), "config file or its TLS files changed; reloading");
+                    let _ = live.reload_file(&path);
+                    // The new config may name other files.
+                    applied = digest(&live);
+                }
+            }
+            (Some(d), _) if Some(d) != applied => pending = Some(d),
+            _ => pending = None,
+        }
+    }
+}
+
+/// Reloads on every SIGHUP.
+pub async fn reload_on_sighup(live: Arc<Live>, path: PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload by editing the file instead");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received; reloading");
+        let _ = live.reload_file(&path);
+    }
+}
