@@ -5,6 +5,7 @@ mod error;
 mod extract;
 mod front;
 pub mod jwks;
+pub mod keys;
 pub mod token;
 pub mod validator;
 
