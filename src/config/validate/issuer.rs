@@ -1,0 +1,352 @@
+//! `[[issuers]]`: key source, audiences, algorithms, JWKS policy, secrets.
+
+use super::Ctx;
+use crate::config::file::*;
+use crate::config::*;
+use jsonwebtoken::Algorithm;
+use std::str::FromStr;
+use toml::Spanned;
+
+pub(super) fn parse_alg(s: &str) -> Option<Algorithm> {
+    crate::jose::algorithm(s)
+}
+
+/// One `[[issuers]]` entry: each part is checked by its own function below, and every
+/// problem is reported (with its line) before the entry is refused.
+pub(super) fn issuer(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    iss: &Spanned<IssuerFile>,
+) -> Option<IssuerConfig> {
+    let span = iss.span();
+    let f = iss.get_ref();
+    let key = |k: &str| format!("issuers[{i}].{k}");
+    let before = cx.problems.len();
+
+    let issuer = f.issuer.get_ref().clone();
+    if issuer.is_empty() {
+        cx.err(f.issuer.span(), &key("issuer"), "must not be empty");
+    }
+    let has_hmac = f.hmac_secret_file.is_some() || f.hmac_secret_env.is_some();
+    let keys = key_source(cx, i, f, &span, has_hmac);
+    let audiences = audiences(cx, i, f, &span);
+    let algorithms = algorithms(cx, i, f, has_hmac);
+    let hmac_secret = hmac_secret(cx, i, f, &span);
+    let jwks = jwks_policy(cx, i, f, &span);
+
+    let scope_claims = match &f.scope_claims {
+        Some(c) if c.get_ref().is_empty() => {
+            cx.err(
+                c.span(),
+                &key("scope_claims"),
+                "must name at least one claim",
+            );
+            Vec::new()
+        }
+        Some(c) => c.get_ref().clone(),
+        None => vec!["scope".to_owned(), "scp".to_owned()],
+    };
+
+    let config = IssuerConfig {
+        issuer,
+        keys,
+        audiences,
+        algorithms,
+        leeway: cx.duration(
+            &f.leeway,
+            &key("leeway"),
+            DEFAULT_LEEWAY,
+            (Duration::ZERO, Duration::from_secs(300)),
+        ),
+        typ: f.typ.as_ref().map_or(TypPolicy::AtJwt, |t| *t.get_ref()),
+        scope_claims,
+        hmac_secret,
+        max_token_bytes: cx.size(
+            &f.max_token_bytes,
+            &key("max_token_bytes"),
+            DEFAULT_MAX_TOKEN_BYTES,
+            256,
+            64 * 1024,
+        ),
+        accept_bound_tokens: f.accept_bound_tokens.unwrap_or(false),
+        jwks,
+    };
+    (cx.problems.len() == before).then_some(config)
+}
+
+pub(super) fn trim_secret(mut bytes: Vec<u8>) -> Secret {
+    // A trailing newline from `echo > file` is not part of a secret.
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    Secret(bytes)
+}
+
+/// Where the keys come from: exactly one of `jwks_uri`, `discovery`, `jwks_file` (or none,
+/// with an HMAC secret).
+fn key_source(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    f: &IssuerFile,
+    span: &std::ops::Range<usize>,
+    has_hmac: bool,
+) -> KeySource {
+    let key = |k: &str| format!("issuers[{i}].{k}");
+    let discovery = f.discovery.as_ref().is_some_and(|d| *d.get_ref());
+    let sources = [f.jwks_uri.is_some(), discovery, f.jwks_file.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    let mut keys = if sources == 0 {
+        KeySource::None
+    } else {
+        KeySource::Discovery
+    };
+    if sources > 1 {
+        cx.err(
+            span.clone(),
+            &format!("issuers[{i}]"),
+            "give only one of `jwks_uri`, `discovery = true`, `jwks_file`",
+        );
+    } else if sources == 0 && !has_hmac {
+        cx.err(
+            span.clone(),
+            &format!("issuers[{i}]"),
+            "needs a key source: `jwks_uri`, `discovery = true` or `jwks_file`",
+        );
+    }
+    if let Some(u) = &f.jwks_uri {
+        match http::Uri::from_str(u.get_ref()) {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("https" | "http"))
+                    && uri.authority().is_some() =>
+            {
+                keys = KeySource::JwksUri(uri)
+            }
+            _ => cx.err(
+                u.span(),
+                &key("jwks_uri"),
+                format!("{:?} is not an http(s) URL", u.get_ref()),
+            ),
+        }
+    } else if let Some(p) = &f.jwks_file {
+        if !std::path::Path::new(p.get_ref()).is_file() {
+            cx.err(
+                p.span(),
+                &key("jwks_file"),
+                format!(
+                    "{:?} is not a readable file (relative paths start in the working directory)",
+                    p.get_ref()
+                ),
+            );
+        }
+        keys = KeySource::File(PathBuf::from(p.get_ref()));
+    }
+    if discovery {
+        match http::Uri::from_str(f.issuer.get_ref()) {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("https" | "http"))
+                    && uri.authority().is_some() => {}
+            _ => cx.err(
+                f.issuer.span(),
+                &key("issuer"),
+                "discovery needs the issuer to be an http(s) URL",
+            ),
+        }
+    }
+
+    keys
+}
+
+/// `audiences`: required, since a token's `aud` must name this API.
+fn audiences(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    f: &IssuerFile,
+    span: &std::ops::Range<usize>,
+) -> Vec<String> {
+    let key = |k: &str| format!("issuers[{i}].{k}");
+    match &f.audiences {
+        Some(a) if !a.get_ref().is_empty() && a.get_ref().iter().all(|s| !s.is_empty()) => {
+            a.get_ref().clone()
+        }
+        Some(a) => {
+            cx.err(
+                a.span(),
+                &key("audiences"),
+                "must list at least one non-empty audience",
+            );
+            Vec::new()
+        }
+        None => {
+            cx.err(
+                span.clone(),
+                &key("audiences"),
+                "is required: a token's `aud` must name this API (RFC 9068 section 4)",
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// `algorithms`: registered names only, HS* only with a secret.
+fn algorithms(cx: &mut Ctx<'_>, i: usize, f: &IssuerFile, has_hmac: bool) -> Vec<Algorithm> {
+    let key = |k: &str| format!("issuers[{i}].{k}");
+    let mut algorithms = Vec::new();
+    match &f.algorithms {
+        None => algorithms.push(Algorithm::RS256),
+        Some(list) if list.get_ref().is_empty() => cx.err(
+            list.span(),
+            &key("algorithms"),
+            "must list at least one algorithm",
+        ),
+        Some(list) => {
+            for (j, a) in list.get_ref().iter().enumerate() {
+                match parse_alg(a.get_ref()) {
+                    Some(alg) if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) && !has_hmac => cx.err(
+                        a.span(),
+                        &format!("issuers[{i}].algorithms[{j}]"),
+                        format!("{} needs a symmetric key: set `hmac_secret_file` or `hmac_secret_env`", a.get_ref()),
+                    ),
+                    Some(alg) => algorithms.push(alg),
+                    None => cx.err(
+                        a.span(),
+                        &format!("issuers[{i}].algorithms[{j}]"),
+                        format!(
+                            "{:?} is not an accepted algorithm (RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA HS256 HS384 HS512; never \"none\")",
+                            a.get_ref()
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+
+    algorithms
+}
+
+/// `hmac_secret_file` or `hmac_secret_env`, at least 32 bytes.
+fn hmac_secret(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    f: &IssuerFile,
+    span: &std::ops::Range<usize>,
+) -> Option<Secret> {
+    let key = |k: &str| format!("issuers[{i}].{k}");
+    let mut hmac_secret = None;
+    if f.hmac_secret_file.is_some() && f.hmac_secret_env.is_some() {
+        cx.err(
+            span.clone(),
+            &format!("issuers[{i}]"),
+            "give only one of `hmac_secret_file`, `hmac_secret_env`",
+        );
+    } else if let Some(p) = &f.hmac_secret_file {
+        match std::fs::read(p.get_ref()) {
+            Ok(bytes) => hmac_secret = Some(trim_secret(bytes)),
+            Err(e) => cx.err(
+                p.span(),
+                &key("hmac_secret_file"),
+                format!("cannot read {:?}: {e}", p.get_ref()),
+            ),
+        }
+    } else if let Some(v) = &f.hmac_secret_env {
+        match std::env::var(v.get_ref()) {
+            Ok(s) => hmac_secret = Some(trim_secret(s.into_bytes())),
+            Err(_) => cx.err(
+                v.span(),
+                &key("hmac_secret_env"),
+                format!("environment variable {:?} is not set", v.get_ref()),
+            ),
+        }
+    }
+    if let Some(s) = &hmac_secret {
+        // RFC 7518 3.2: a key of the same size as the hash output or larger.
+        if s.0.len() < 32 {
+            let span = f
+                .hmac_secret_file
+                .as_ref()
+                .or(f.hmac_secret_env.as_ref())
+                .map_or(span.clone(), |s| s.span());
+            cx.err(
+                span,
+                &key("hmac_secret"),
+                format!("the secret is {} bytes; HS256 needs at least 32", s.0.len()),
+            );
+        }
+    }
+
+    hmac_secret
+}
+
+/// The JWKS fetch and refresh bounds.
+fn jwks_policy(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    f: &IssuerFile,
+    span: &std::ops::Range<usize>,
+) -> JwksPolicy {
+    let key = |k: &str| format!("issuers[{i}].{k}");
+    let minute = Duration::from_secs(60);
+    let day = Duration::from_secs(24 * 3600);
+    let min_refresh = cx.duration(
+        &f.jwks_min_refresh,
+        &key("jwks_min_refresh"),
+        DEFAULT_JWKS_MIN_REFRESH,
+        (Duration::from_millis(100), day),
+    );
+    let max_refresh = cx.duration(
+        &f.jwks_max_refresh,
+        &key("jwks_max_refresh"),
+        DEFAULT_JWKS_MAX_REFRESH,
+        (Duration::from_millis(100), 7 * day),
+    );
+    let refresh = cx.duration(
+        &f.jwks_refresh,
+        &key("jwks_refresh"),
+        DEFAULT_JWKS_REFRESH,
+        (Duration::from_millis(100), 7 * day),
+    );
+    if min_refresh > max_refresh {
+        let s = f
+            .jwks_min_refresh
+            .as_ref()
+            .map_or(span.clone(), |s| s.span());
+        cx.err(
+            s,
+            &key("jwks_min_refresh"),
+            "is larger than jwks_max_refresh",
+        );
+    }
+    JwksPolicy {
+        refresh: refresh.clamp(min_refresh.min(max_refresh), max_refresh),
+        min_refresh,
+        max_refresh,
+        timeout: cx.duration(
+            &f.jwks_timeout,
+            &key("jwks_timeout"),
+            DEFAULT_JWKS_TIMEOUT,
+            (Duration::from_millis(10), minute),
+        ),
+        max_bytes: cx.size(
+            &f.jwks_max_bytes,
+            &key("jwks_max_bytes"),
+            DEFAULT_JWKS_MAX_BYTES,
+            1024,
+            16 * 1024 * 1024,
+        ),
+        // aws-lc verifies RSA from 2048 to 8192 bits; an operator may only raise the floor.
+        min_rsa_bits: cx.size(&f.min_rsa_bits, &key("min_rsa_bits"), 2048, 2048, 8192),
+        unknown_kid_cooldown: cx.duration(
+            &f.unknown_kid_cooldown,
+            &key("unknown_kid_cooldown"),
+            DEFAULT_UNKNOWN_KID_COOLDOWN,
+            (Duration::ZERO, day),
+        ),
+        max_stale: cx.duration(
+            &f.max_stale,
+            &key("max_stale"),
+            DEFAULT_MAX_STALE,
+            (Duration::ZERO, 30 * day),
+        ),
+    }
+}

@@ -1,0 +1,350 @@
+//! File shape -> runtime [`Config`]. Every problem is collected, so the operator fixes the file
+//! in one pass; each is located by line, column and dotted key.
+
+mod issuer;
+mod route;
+mod server;
+mod upstream;
+
+use super::file::FileConfig;
+use super::*;
+use crate::request::path::PathOptions;
+use crate::resource::ResourceId;
+use crate::routes::AuthMode;
+use std::ops::Range;
+use std::str::FromStr;
+use std::sync::Arc;
+use toml::Spanned;
+
+struct Ctx<'a> {
+    text: &'a str,
+    file: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    fn locate(&self, span: Range<usize>, key: &str, message: String) -> Problem {
+        let start = span.start.min(self.text.len());
+        let before = &self.text[..start];
+        let line = before.matches('\n').count() + 1;
+        let column = start - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        Problem {
+            file: self.file.to_owned(),
+            line,
+            column,
+            key: key.to_owned(),
+            message,
+        }
+    }
+
+    fn err(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
+        let p = self.locate(span, key, message.into());
+        self.problems.push(p);
+    }
+
+    fn duration(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+        bounds: (Duration, Duration),
+    ) -> Duration {
+        let Some(v) = v else { return default };
+        match humantime::parse_duration(v.get_ref().trim()) {
+            Ok(d) if d < bounds.0 || d > bounds.1 => {
+                self.err(
+                    v.span(),
+                    key,
+                    format!(
+                        "{:?} is out of range ({} to {})",
+                        v.get_ref(),
+                        humantime::format_duration(bounds.0),
+                        humantime::format_duration(bounds.1)
+                    ),
+                );
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.err(
+                    v.span(),
+                    key,
+                    format!(
+                        "{:?} is not a duration ({e}); write e.g. \"30s\", \"500ms\", \"5m\"",
+                        v.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn size(
+        &mut self,
+        v: &Option<Spanned<u64>>,
+        key: &str,
+        default: usize,
+        min: u64,
+        max: u64,
+    ) -> usize {
+        let Some(v) = v else { return default };
+        let n = *v.get_ref();
+        if n < min || n > max {
+            self.err(
+                v.span(),
+                key,
+                format!("{n} is out of range ({min} to {max})"),
+            );
+            return default;
+        }
+        n as usize
+    }
+}
+
+impl Ctx<'_> {
+    /// An RFC 9728 resource identifier, if the key is set.
+    fn resource(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        opts: PathOptions,
+    ) -> Option<Arc<ResourceId>> {
+        let v = v.as_ref()?;
+        match ResourceId::parse(v.get_ref(), opts) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                self.err(v.span(), key, e);
+                None
+            }
+        }
+    }
+
+    /// A body size limit in bytes, if the key is set: up to 1 TiB, 0 refusing any body.
+    fn max_body(&mut self, v: &Option<Spanned<u64>>, key: &str) -> Option<u64> {
+        v.as_ref()?;
+        Some(self.size(v, key, 0, 0, 1 << 40) as u64)
+    }
+}
+
+/// Parses, validates and compiles config text.
+pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
+    let mut cx = Ctx {
+        text,
+        file: name,
+        problems: Vec::new(),
+    };
+    let file: FileConfig = match toml::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let key = key_at(text, span.start);
+            cx.err(span, &key, e.message().trim().to_owned());
+            return Err(ConfigError::Invalid(cx.problems));
+        }
+    };
+
+    let server = server::server(&mut cx, file.server.get_ref());
+    let mut upstream_names = Vec::new();
+    let mut upstreams = Vec::new();
+    for (name, up) in &file.upstreams {
+        upstream_names.push(name.get_ref().clone());
+        upstreams.push(upstream::upstream(&mut cx, name.get_ref(), up));
+    }
+    let issuers: Vec<IssuerConfig> = file
+        .issuers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, iss)| issuer::issuer(&mut cx, i, iss))
+        .collect();
+    for (i, a) in issuers.iter().enumerate() {
+        if issuers[..i].iter().any(|b| b.issuer == a.issuer) {
+            let span = file.issuers[i].get_ref().issuer.span();
+            cx.err(
+                span,
+                &format!("issuers[{i}].issuer"),
+                format!("issuer {:?} is configured twice", a.issuer),
+            );
+        }
+    }
+
+    let mut routes = Vec::new();
+    // Two resources whose documents would share a path (they differ only in scheme, host or
+    // port): bearward could serve only one of them.
+    let mut resources: Vec<Arc<ResourceId>> = server.resource.iter().cloned().collect();
+    for (i, r) in file.routes.iter().enumerate() {
+        let Some(route) = route::route(&mut cx, i, r, &upstream_names, &server) else {
+            continue;
+        };
+        if let (Some(v), Some(res)) = (&r.get_ref().resource, &route.resource) {
+            match resources
+                .iter()
+                .find(|o| o.metadata_path == res.metadata_path)
+            {
+                Some(o) if o.id != res.id => cx.err(
+                    v.span(),
+                    &format!("routes[{i}].resource"),
+                    format!(
+                        "its metadata would be served at {:?}, as that of {:?}: give resources \
+                         that differ in their path",
+                        res.metadata_path, o.id
+                    ),
+                ),
+                Some(_) => {}
+                None => resources.push(res.clone()),
+            }
+        }
+        routes.push(route);
+    }
+    if file.routes.is_empty() {
+        cx.err(
+            file.server.span(),
+            "routes",
+            "no [[routes]]: every request would answer 404",
+        );
+    }
+    if routes.iter().any(|r| r.auth == AuthMode::Bearer) && file.issuers.is_empty() {
+        let i = routes
+            .iter()
+            .position(|r| r.auth == AuthMode::Bearer)
+            .unwrap_or(0);
+        cx.err(
+            file.routes[i].span(),
+            &format!("routes[{i}].auth"),
+            "this route needs a bearer token (the default) but no [[issuers]] are configured; \
+             add an issuer or set auth = \"none\"",
+        );
+    }
+
+    let forward = forward(&mut cx, file.forward.as_ref());
+    if let Some(n) = &file.server.get_ref().token_cache_entries {
+        if *n.get_ref() > 10_000_000 {
+            cx.err(n.span(), "server.token_cache_entries", "at most 10000000");
+        }
+    }
+
+    if !cx.problems.is_empty() {
+        return Err(ConfigError::Invalid(cx.problems));
+    }
+
+    let resources =
+        crate::routes::resource_documents(&routes, issuers.iter().map(|i| i.issuer.as_str()));
+    let table = RouteTable::new(routes);
+    let mut warnings: Vec<Problem> = table
+        .shadowed()
+        .into_iter()
+        .map(|(i, j)| {
+            cx.locate(
+                file.routes[j].span(),
+                &format!("routes[{j}]"),
+                format!(
+                    "never matches: routes[{i}] ({}) above it catches every request it could take",
+                    table.routes()[i].name
+                ),
+            )
+        })
+        .collect();
+    // RFC 8707 clients (MCP's among them) ask for a token whose audience is the resource the
+    // metadata names; a token an issuer grants that way would be refused as bad_audience.
+    let named = (file.server.get_ref().resource.iter())
+        .map(|v| (v, "server.resource".to_owned()))
+        .chain(file.routes.iter().enumerate().filter_map(|(i, r)| {
+            let v = r.get_ref().resource.as_ref()?;
+            let bearer = table.routes()[i].auth == AuthMode::Bearer;
+            bearer.then(|| (v, format!("routes[{i}].resource")))
+        }));
+    let mut seen: Vec<&str> = Vec::new();
+    for (v, key) in named {
+        let id = v.get_ref().as_str();
+        if issuers.is_empty()
+            || seen.contains(&id)
+            || issuers.iter().any(|i| i.audiences.iter().any(|a| a == id))
+        {
+            continue;
+        }
+        seen.push(id);
+        warnings.push(cx.locate(
+            v.span(),
+            &key,
+            format!(
+                "no issuer lists {id:?} in its audiences: a client that asks for a token for \
+                 this resource (RFC 8707, as MCP clients do) would be refused with bad_audience"
+            ),
+        ));
+    }
+
+    Ok(Config {
+        source: name.to_owned(),
+        server,
+        upstreams,
+        routes: table,
+        issuers,
+        forward,
+        resources,
+        token_cache_entries: file
+            .server
+            .get_ref()
+            .token_cache_entries
+            .as_ref()
+            .map_or(DEFAULT_TOKEN_CACHE_ENTRIES, |n| *n.get_ref()),
+        warnings,
+    })
+}
+
+/// Best-effort dotted key for a serde error: the table header above the error and the key on
+/// its line, so `unknown field` errors name where they are.
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let line = text[line_start..line_end].trim();
+    let mut table = String::new();
+    for l in text[..line_start].lines().rev() {
+        let l = l.trim();
+        if l.starts_with('[') {
+            table = l.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+            break;
+        }
+    }
+    if line.starts_with('[') {
+        return line
+            .trim_matches(|c| c == '[' || c == ']')
+            .trim()
+            .to_owned();
+    }
+    let key = line.split('=').next().unwrap_or("").trim();
+    match (table.is_empty(), key.is_empty()) {
+        (true, _) => key.to_owned(),
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
+fn forward(cx: &mut Ctx<'_>, f: Option<&Spanned<super::file::ForwardFile>>) -> ForwardConfig {
+    let Some(f) = f else {
+        return ForwardConfig::default();
+    };
+    let f = f.get_ref();
+    let mut claim_headers = Vec::new();
+    if let Some(map) = &f.claim_headers {
+        for (claim, header) in map.get_ref() {
+            let key = format!("forward.claim_headers.{claim}");
+            match HeaderName::from_str(header.get_ref()) {
+                Ok(h) if crate::headers::is_reserved_header(&h) => cx.err(
+                    header.span(),
+                    &key,
+                    format!("{:?} is a header bearward manages itself", header.get_ref()),
+                ),
+                Ok(h) => claim_headers.push((claim.clone(), h)),
+                Err(_) => cx.err(
+                    header.span(),
+                    &key,
+                    format!("{:?} is not a valid header name", header.get_ref()),
+                ),
+            }
+        }
+    }
+    ForwardConfig {
+        claim_headers,
+        strip_authorization: f.strip_authorization.unwrap_or(false),
+    }
+}

@@ -1,0 +1,250 @@
+//! `[[routes]]`: matchers, methods, policy, scopes, limits.
+
+use super::Ctx;
+use crate::config::file::*;
+use crate::config::*;
+use crate::request::path::{canonicalize_with, PathOptions};
+use crate::routes::{AuthMode, PathMatch, Route};
+use std::sync::Arc;
+use toml::Spanned;
+
+pub(super) fn scope_list(
+    cx: &mut Ctx<'_>,
+    v: &Option<Spanned<Vec<Spanned<String>>>>,
+    key: &str,
+) -> Vec<String> {
+    let Some(v) = v else { return Vec::new() };
+    let mut out = Vec::new();
+    for (i, s) in v.get_ref().iter().enumerate() {
+        let scope = s.get_ref();
+        // RFC 6749 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+        let valid = !scope.is_empty()
+            && scope
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+        if valid {
+            out.push(scope.clone());
+        } else {
+            cx.err(
+                s.span(),
+                &format!("{key}[{i}]"),
+                format!("{scope:?} is not a valid scope token (RFC 6749 section 3.3)"),
+            );
+        }
+    }
+    out
+}
+
+pub(super) fn route(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    r: &Spanned<RouteFile>,
+    upstreams: &[String],
+    server: &ServerConfig,
+) -> Option<Route> {
+    let path_opts = server.path;
+    let span = r.span();
+    let r = r.get_ref();
+    let key = |k: &str| format!("routes[{i}].{k}");
+    let mut ok = true;
+
+    let matcher = match (&r.prefix, &r.path) {
+        (Some(_), Some(p)) => {
+            cx.err(
+                p.span(),
+                &key("path"),
+                "give either `prefix` or `path`, not both",
+            );
+            ok = false;
+            None
+        }
+        (None, None) => {
+            cx.err(
+                span.clone(),
+                &format!("routes[{i}]"),
+                "needs a `prefix` or a `path`",
+            );
+            ok = false;
+            None
+        }
+        (Some(p), None) => canonical(cx, p, &key("prefix"), path_opts).map(PathMatch::Prefix),
+        (None, Some(p)) => canonical(cx, p, &key("path"), path_opts).map(PathMatch::Exact),
+    };
+
+    let methods = match &r.methods {
+        None => None,
+        Some(list) if list.get_ref().is_empty() => {
+            cx.err(
+                list.span(),
+                &key("methods"),
+                "an empty list matches nothing; leave the key out to match every method",
+            );
+            ok = false;
+            None
+        }
+        Some(list) => {
+            let mut out = Vec::new();
+            for (j, m) in list.get_ref().iter().enumerate() {
+                let name = m.get_ref();
+                let valid = crate::routes::is_plain_method(name);
+                match http::Method::from_bytes(name.as_bytes()) {
+                    Ok(method) if valid => out.push(method),
+                    _ => {
+                        cx.err(
+                            m.span(),
+                            &format!("routes[{i}].methods[{j}]"),
+                            format!("{name:?} is not an HTTP method (methods are upper-case letters, `-` and `_`, e.g. \"GET\")"),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            Some(out)
+        }
+    };
+
+    let upstream = match upstreams.iter().position(|u| u == r.upstream.get_ref()) {
+        Some(idx) => Some(idx),
+        None => {
+            let known = if upstreams.is_empty() {
+                "none are defined".to_owned()
+            } else {
+                format!("defined: {}", upstreams.join(", "))
+            };
+            cx.err(
+                r.upstream.span(),
+                &key("upstream"),
+                format!("unknown upstream {:?} ({known})", r.upstream.get_ref()),
+            );
+            None
+        }
+    };
+
+    let auth = match r.auth.as_ref().map(|a| *a.get_ref()) {
+        None | Some(AuthFile::Bearer) => AuthMode::Bearer,
+        Some(AuthFile::None) => AuthMode::None,
+        Some(AuthFile::Deny) => AuthMode::Deny,
+    };
+    let scopes = scope_list(cx, &r.scopes, &key("scopes"));
+    let scopes_any = scope_list(cx, &r.scopes_any, &key("scopes_any"));
+    if auth != AuthMode::Bearer {
+        for (k, v) in [("scopes", &r.scopes), ("scopes_any", &r.scopes_any)] {
+            if let Some(v) = v {
+                cx.err(
+                    v.span(),
+                    &key(k),
+                    format!(
+                        "scopes only apply to auth = \"bearer\"; this route has auth = \"{}\"",
+                        auth.as_str()
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
+    if let Some(v) = &r.scopes_any {
+        if v.get_ref().is_empty() {
+            cx.err(
+                v.span(),
+                &key("scopes_any"),
+                "an empty list can never be satisfied",
+            );
+            ok = false;
+        }
+    }
+
+    // Only a `true` needs checking: `cors_preflight = false` is the default, fine anywhere.
+    let cors_preflight = r.cors_preflight.as_ref().filter(|c| *c.get_ref());
+    if let Some(c) = cors_preflight {
+        let problem = if auth != AuthMode::Bearer {
+            Some(format!(
+                "only applies to auth = \"bearer\"; this route has auth = \"{}\"",
+                auth.as_str()
+            ))
+        } else if methods
+            .as_ref()
+            .is_some_and(|ms: &Vec<http::Method>| !ms.contains(&http::Method::OPTIONS))
+        {
+            Some("preflights are OPTIONS requests: add \"OPTIONS\" to this route's methods".into())
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            cx.err(c.span(), &key("cors_preflight"), problem);
+            ok = false;
+        }
+    }
+
+    let name: Arc<str> = match (&r.name, &matcher) {
+        (Some(n), _) => {
+            let valid = !n.get_ref().is_empty()
+                && n.get_ref().len() <= 64
+                && n.get_ref()
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'));
+            if !valid {
+                cx.err(
+                    n.span(),
+                    &key("name"),
+                    "use 1 to 64 characters of A-Z a-z 0-9 _ - . /",
+                );
+                ok = false;
+            }
+            n.get_ref().as_str().into()
+        }
+        (None, Some(PathMatch::Prefix(p))) => format!("{p}*").into(),
+        (None, Some(PathMatch::Exact(p))) => p.as_str().into(),
+        (None, None) => format!("routes[{i}]").into(),
+    };
+
+    if !ok {
+        return None;
+    }
+    Some(Route {
+        name,
+        matcher: matcher?,
+        methods,
+        upstream: upstream?,
+        auth,
+        scopes,
+        scopes_any,
+        token_in_query: r.token_in_query.unwrap_or(false),
+        cors_preflight: cors_preflight.is_some(),
+        audit: r.mode.as_ref().map_or(server.mode, |m| *m.get_ref()) == Mode::Audit,
+        max_body: cx
+            .max_body(&r.max_body_bytes, &key("max_body_bytes"))
+            .or(server.max_body_bytes),
+        allow_encoded_percent: r.allow_encoded_percent.unwrap_or(false),
+        resource: cx
+            .resource(&r.resource, &key("resource"), path_opts)
+            .or_else(|| server.resource.clone()),
+    })
+}
+
+pub(super) fn canonical(
+    cx: &mut Ctx<'_>,
+    p: &Spanned<String>,
+    key: &str,
+    opts: PathOptions,
+) -> Option<String> {
+    let raw = p.get_ref();
+    if raw.contains('?') {
+        cx.err(p.span(), key, "must not contain a query string");
+        return None;
+    }
+    match canonicalize_with(raw, opts) {
+        Ok(c) if &c == raw => Some(c),
+        Ok(c) => {
+            cx.err(
+                p.span(),
+                key,
+                format!("{raw:?} is not in canonical form; write {c:?} (requests are matched after canonicalization, so this could never match as written)"),
+            );
+            None
+        }
+        Err(e) => {
+            cx.err(p.span(), key, format!("{raw:?} is not a valid path ({e})"));
+            None
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! `[server]`.
+
+use super::Ctx;
+use crate::config::file::*;
+use crate::config::*;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use toml::Spanned;
+
+pub(super) fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
+    let listen = socket_addr(cx, &s.listen, "server.listen");
+    let admin_listen = s
+        .admin_listen
+        .as_ref()
+        .map(|a| socket_addr(cx, a, "server.admin_listen"));
+    let mut trusted_proxies = Vec::new();
+    if let Some(list) = &s.trusted_proxies {
+        for (i, p) in list.get_ref().iter().enumerate() {
+            let raw = p.get_ref().trim();
+            let parsed =
+                IpNet::from_str(raw).or_else(|_| std::net::IpAddr::from_str(raw).map(IpNet::from));
+            match parsed {
+                Ok(net) => trusted_proxies.push(net),
+                Err(_) => cx.err(
+                    p.span(),
+                    &format!("server.trusted_proxies[{i}]"),
+                    format!("{raw:?} is not an IP address or CIDR block"),
+                ),
+            }
+        }
+    }
+    let realm = match &s.realm {
+        Some(r)
+            if r.get_ref().is_empty()
+                || !r
+                    .get_ref()
+                    .chars()
+                    .all(|c| c.is_ascii_graphic() || c == ' ')
+                || r.get_ref().contains(['"', '\\']) =>
+        {
+            cx.err(
+                r.span(),
+                "server.realm",
+                "must be printable ASCII without quotes or backslashes",
+            );
+            DEFAULT_REALM.to_owned()
+        }
+        Some(r) => r.get_ref().clone(),
+        None => DEFAULT_REALM.to_owned(),
+    };
+    let path = PathOptions {
+        allow_semicolon: s.allow_semicolon_in_path.unwrap_or(false),
+        max_len: cx.size(
+            &s.max_path_bytes,
+            "server.max_path_bytes",
+            DEFAULT_MAX_PATH_BYTES,
+            64,
+            64 * 1024,
+        ),
+    };
+    ServerConfig {
+        listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+        admin_listen: admin_listen.flatten(),
+        realm,
+        max_header_bytes: cx.size(
+            &s.max_header_bytes,
+            "server.max_header_bytes",
+            DEFAULT_MAX_HEADER_BYTES,
+            8192,
+            1024 * 1024,
+        ),
+        max_headers: cx.size(
+            &s.max_headers,
+            "server.max_headers",
+            DEFAULT_MAX_HEADERS,
+            8,
+            1000,
+        ),
+        path,
+        header_read_timeout: cx.duration(
+            &s.header_read_timeout,
+            "server.header_read_timeout",
+            DEFAULT_HEADER_READ_TIMEOUT,
+            (Duration::from_millis(100), Duration::from_secs(300)),
+        ),
+        body_read_timeout: cx.duration(
+            &s.body_read_timeout,
+            "server.body_read_timeout",
+            DEFAULT_IDLE_IO_TIMEOUT,
+            (Duration::from_millis(100), Duration::from_secs(3600)),
+        ),
+        send_timeout: cx.duration(
+            &s.send_timeout,
+            "server.send_timeout",
+            DEFAULT_IDLE_IO_TIMEOUT,
+            (Duration::from_millis(100), Duration::from_secs(3600)),
+        ),
+        shutdown_grace: cx.duration(
+            &s.shutdown_grace,
+            "server.shutdown_grace",
+            DEFAULT_SHUTDOWN_GRACE,
+            (Duration::ZERO, Duration::from_secs(3600)),
+        ),
+        trusted_proxies,
+        allow_underscores_in_headers: s.allow_underscores_in_headers.unwrap_or(false),
+        max_body_bytes: cx.max_body(&s.max_body_bytes, "server.max_body_bytes"),
+        resource: cx.resource(&s.resource, "server.resource", path),
+        http2: s.http2.unwrap_or(true),
+        log_format: s
+            .log_format
+            .as_ref()
+            .map_or(LogFormat::Text, |f| *f.get_ref()),
+        access_log: s.access_log.unwrap_or(true),
+        mode: s.mode.as_ref().map_or(Mode::Enforce, |m| *m.get_ref()),
+        watch_config: s.watch_config.unwrap_or(true),
+        worker_threads: s
+            .worker_threads
+            .as_ref()
+            .map(|_| cx.size(&s.worker_threads, "server.worker_threads", 1, 1, 1024)),
+        max_connections: s.max_connections.as_ref().map(|_| {
+            cx.size(
+                &s.max_connections,
+                "server.max_connections",
+                1,
+                1,
+                10_000_000,
+            )
+        }),
+        max_requests_in_flight: cx.size(
+            &s.max_requests_in_flight,
+            "server.max_requests_in_flight",
+            DEFAULT_MAX_REQUESTS_IN_FLIGHT,
+            1,
+            10_000_000,
+        ),
+        http2_max_concurrent_streams: cx.size(
+            &s.http2_max_concurrent_streams,
+            "server.http2_max_concurrent_streams",
+            DEFAULT_H2_MAX_CONCURRENT_STREAMS as usize,
+            1,
+            65_536,
+        ) as u32,
+    }
+}
+
+pub(super) fn socket_addr(cx: &mut Ctx<'_>, v: &Spanned<String>, key: &str) -> Option<SocketAddr> {
+    match SocketAddr::from_str(v.get_ref()) {
+        Ok(a) => Some(a),
+        Err(_) => {
+            cx.err(
+                v.span(),
+                key,
+                format!(
+                    "{:?} is not an IP:port address (e.g. \"0.0.0.0:8080\", \"[::]:8080\")",
+                    v.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
