@@ -48,77 +48,10 @@ pub(super) fn route(
     let key = |k: &str| format!("routes[{i}].{k}");
     let mut ok = true;
 
-    let matcher = match (&r.prefix, &r.path) {
-        (Some(_), Some(p)) => {
-            cx.err(
-                p.span(),
-                &key("path"),
-                "give either `prefix` or `path`, not both",
-            );
-            ok = false;
-            None
-        }
-        (None, None) => {
-            cx.err(
-                span.clone(),
-                &format!("routes[{i}]"),
-                "needs a `prefix` or a `path`",
-            );
-            ok = false;
-            None
-        }
-        (Some(p), None) => canonical(cx, p, &key("prefix"), path_opts).map(PathMatch::Prefix),
-        (None, Some(p)) => canonical(cx, p, &key("path"), path_opts).map(PathMatch::Exact),
-    };
+    let matcher = matcher(cx, i, r, &span, path_opts, &mut ok);
 
-    let methods = match &r.methods {
-        None => None,
-        Some(list) if list.get_ref().is_empty() => {
-            cx.err(
-                list.span(),
-                &key("methods"),
-                "an empty list matches nothing; leave the key out to match every method",
-            );
-            ok = false;
-            None
-        }
-        Some(list) => {
-            let mut out = Vec::new();
-            for (j, m) in list.get_ref().iter().enumerate() {
-                let name = m.get_ref();
-                let valid = crate::routes::is_plain_method(name);
-                match http::Method::from_bytes(name.as_bytes()) {
-                    Ok(method) if valid => out.push(method),
-                    _ => {
-                        cx.err(
-                            m.span(),
-                            &format!("routes[{i}].methods[{j}]"),
-                            format!("{name:?} is not an HTTP method (methods are upper-case letters, `-` and `_`, e.g. \"GET\")"),
-                        );
-                        ok = false;
-                    }
-                }
-            }
-            Some(out)
-        }
-    };
-
-    let upstream = match upstreams.iter().position(|u| u == r.upstream.get_ref()) {
-        Some(idx) => Some(idx),
-        None => {
-            let known = if upstreams.is_empty() {
-                "none are defined".to_owned()
-            } else {
-                format!("defined: {}", upstreams.join(", "))
-            };
-            cx.err(
-                r.upstream.span(),
-                &key("upstream"),
-                format!("unknown upstream {:?} ({known})", r.upstream.get_ref()),
-            );
-            None
-        }
-    };
+    let methods = methods(cx, i, r, &mut ok);
+    let upstream = upstream_index(cx, i, r, upstreams);
 
     let auth = match r.auth.as_ref().map(|a| *a.get_ref()) {
         None | Some(AuthFile::Bearer) => AuthMode::Bearer,
@@ -219,6 +152,102 @@ pub(super) fn route(
             .resource(&r.resource, &key("resource"), path_opts)
             .or_else(|| server.resource.clone()),
     })
+}
+
+/// `prefix` or `path`, in canonical form.
+fn matcher(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    r: &RouteFile,
+    span: &std::ops::Range<usize>,
+    path_opts: PathOptions,
+    ok: &mut bool,
+) -> Option<PathMatch> {
+    let key = |k: &str| format!("routes[{i}].{k}");
+    match (&r.prefix, &r.path) {
+        (Some(_), Some(p)) => {
+            cx.err(
+                p.span(),
+                &key("path"),
+                "give either `prefix` or `path`, not both",
+            );
+            *ok = false;
+            None
+        }
+        (None, None) => {
+            cx.err(
+                span.clone(),
+                &format!("routes[{i}]"),
+                "needs a `prefix` or a `path`",
+            );
+            *ok = false;
+            None
+        }
+        (Some(p), None) => canonical(cx, p, &key("prefix"), path_opts).map(PathMatch::Prefix),
+        (None, Some(p)) => canonical(cx, p, &key("path"), path_opts).map(PathMatch::Exact),
+    }
+}
+
+/// `methods`: upper-case names as requests must use; absent means every method.
+fn methods(cx: &mut Ctx<'_>, i: usize, r: &RouteFile, ok: &mut bool) -> Option<Vec<http::Method>> {
+    let key = |k: &str| format!("routes[{i}].{k}");
+    match &r.methods {
+        None => None,
+        Some(list) if list.get_ref().is_empty() => {
+            cx.err(
+                list.span(),
+                &key("methods"),
+                "an empty list matches nothing; leave the key out to match every method",
+            );
+            *ok = false;
+            None
+        }
+        Some(list) => {
+            let mut out = Vec::new();
+            for (j, m) in list.get_ref().iter().enumerate() {
+                let name = m.get_ref();
+                let valid = crate::routes::is_plain_method(name);
+                match http::Method::from_bytes(name.as_bytes()) {
+                    Ok(method) if valid => out.push(method),
+                    _ => {
+                        cx.err(
+                            m.span(),
+                            &format!("routes[{i}].methods[{j}]"),
+                            format!("{name:?} is not an HTTP method (methods are upper-case letters, `-` and `_`, e.g. \"GET\")"),
+                        );
+                        *ok = false;
+                    }
+                }
+            }
+            Some(out)
+        }
+    }
+}
+
+/// `upstream`: the index of a defined `[upstreams.NAME]`.
+fn upstream_index(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    r: &RouteFile,
+    upstreams: &[String],
+) -> Option<usize> {
+    let key = |k: &str| format!("routes[{i}].{k}");
+    match upstreams.iter().position(|u| u == r.upstream.get_ref()) {
+        Some(idx) => Some(idx),
+        None => {
+            let known = if upstreams.is_empty() {
+                "none are defined".to_owned()
+            } else {
+                format!("defined: {}", upstreams.join(", "))
+            };
+            cx.err(
+                r.upstream.span(),
+                &key("upstream"),
+                format!("unknown upstream {:?} ({known})", r.upstream.get_ref()),
+            );
+            None
+        }
+    }
 }
 
 pub(super) fn canonical(
