@@ -72,7 +72,7 @@ fn bench(c: &mut Criterion) {
         ("escapes", "/api/%6Frders/caf%C3%A9/a%20b"),
     ] {
         c.bench_function(&format!("canonicalize {name}"), |b| {
-            b.iter(|| canonicalize(black_box(p)).unwrap())
+            b.iter(|| canonicalize(black_box(p)).unwrap());
         });
     }
 
@@ -94,14 +94,14 @@ fn bench(c: &mut Criterion) {
             table
                 .find(black_box(&Method::GET), black_box("/api/orders/1"))
                 .unwrap()
-        })
+        });
     });
     c.bench_function("route match, 100 routes, no match", |b| {
         b.iter(|| {
             table
                 .find(black_box(&Method::GET), black_box("/nothing/here"))
                 .is_none()
-        })
+        });
     });
 
     let server = rt.block_on(bearward::build(config)).unwrap();
@@ -124,13 +124,13 @@ fn bench(c: &mut Criterion) {
             let resp = gw.handle(req, &conn, None).await;
             assert_eq!(resp.status(), 200);
             resp.into_body().collect().await.unwrap();
-        })
+        });
     };
     c.bench_function("request through the service, open route", |b| {
-        b.iter(|| run(&gateway, "/public/x", None))
+        b.iter(|| run(&gateway, "/public/x", None));
     });
     c.bench_function("request through the service, RS256 cached", |b| {
-        b.iter(|| run(&gateway, "/api/orders/1", Some(&tok)))
+        b.iter(|| run(&gateway, "/api/orders/1", Some(&tok)));
     });
 }
 

@@ -92,7 +92,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 rt.block_on(uncached.verify(&t, &mut Trace::default()))
                     .unwrap()
-            })
+            });
         });
     }
     let cached = authenticator(&rt, &[&rsa], 10_000);
@@ -101,7 +101,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             rt.block_on(cached.verify(&t, &mut Trace::default()))
                 .unwrap()
-        })
+        });
     });
 }
 

@@ -7,7 +7,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Version};
 
 /// Header names bearward sets itself; a claim header may not take one of them.
-pub fn is_reserved_header(h: &HeaderName) -> bool {
+pub(crate) fn is_reserved_header(h: &HeaderName) -> bool {
     HOP_BY_HOP.contains(h)
         || matches!(
             h.as_str(),
@@ -42,7 +42,7 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 /// the common case allocates nothing: the fixed names present are noted in a bit set and
 /// removed, and a header named by a `Connection` option is looked up only for options other
 /// than `keep-alive` (itself on the fixed list).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = 0u16;
     for k in headers.keys() {
         // Every fixed name starts with one of these; most headers are ruled out by one byte.
@@ -89,7 +89,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// bearward sets or filters (`managed`).
 ///
 /// Runs on every request: a pass over the names that allocates only when one holds a `_`.
-pub fn drop_underscored(
+pub(crate) fn drop_underscored(
     headers: &mut HeaderMap,
     allow: bool,
     managed: impl Fn(&HeaderName) -> bool,
@@ -114,7 +114,7 @@ pub fn drop_underscored(
 
 /// Is this a header bearward sets or filters on every request (`forward.claim_headers` aside,
 /// which the service knows)?
-pub fn is_managed(name: &HeaderName) -> bool {
+pub(crate) fn is_managed(name: &HeaderName) -> bool {
     is_reserved_header(name) || is_hop_view(name)
 }
 
@@ -139,7 +139,7 @@ pub(crate) fn strip_hop_by_hop_except_upgrade(headers: &mut HeaderMap, keep_upgr
 /// open route, then used to ask the upstream for anything). Any other `Upgrade` is dropped with
 /// the other hop-by-hop headers and the request goes on as a plain one, which RFC 9110 7.8
 /// lets a server do; Envoy passes only the upgrade types a route names, websocket the usual one.
-pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
+pub(crate) fn is_upgrade_request<B>(req: &Request<B>) -> bool {
     let mut upgrade = req.headers().get_all(header::UPGRADE).iter();
     req.version() == Version::HTTP_11
         && matches!(

@@ -17,7 +17,7 @@ pub const B64: GeneralPurpose = GeneralPurpose::new(
 
 /// Only the exact registered names (RFC 7518 3.1, RFC 8037): `none`, `None`, `NONE`, `nOnE` and
 /// anything unknown are refused.
-pub fn algorithm(a: &str) -> Option<Algorithm> {
+pub(crate) fn algorithm(a: &str) -> Option<Algorithm> {
     Some(match a {
         "RS256" => Algorithm::RS256,
         "RS384" => Algorithm::RS384,

@@ -19,23 +19,22 @@
 //! - [`body`]: the boxed streaming body type.
 //! - [`demo`]: `bearward demo`, a self-contained walkthrough.
 //! - [`explain`]: `bearward explain`, every check for one request, with live keys.
-#![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod body;
 pub mod config;
 pub mod demo;
 pub mod explain;
-pub mod forward;
+pub(crate) mod forward;
 pub mod gateway;
-pub mod headers;
-pub mod jose;
+pub(crate) mod headers;
+pub(crate) mod jose;
 pub mod request;
 pub mod resource;
 pub mod routes;
 pub mod server;
 pub mod telemetry;
-pub mod timer;
+pub(crate) mod timer;
 pub mod tls;
 pub mod upstream;
 

@@ -395,7 +395,10 @@ impl Metrics {
         issuer: &str,
         refused: impl IntoIterator<Item = (&'a str, &'static str)>,
     ) {
-        let mut shown = self.refused_shown.lock().unwrap_or_else(|p| p.into_inner());
+        let mut shown = self
+            .refused_shown
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         shown.retain(|l| {
             let keep = l.issuer != issuer;
             if !keep {

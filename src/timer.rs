@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::time::Sleep;
 
 /// Sets `timer` to go off `after` from now, making it the first time.
-pub fn rearm(timer: &mut Option<Pin<Box<Sleep>>>, after: Duration) {
+pub(crate) fn rearm(timer: &mut Option<Pin<Box<Sleep>>>, after: Duration) {
     let deadline = tokio::time::Instant::now() + after;
     match timer {
         Some(t) => t.as_mut().reset(deadline),
@@ -25,7 +25,7 @@ pub fn rearm(timer: &mut Option<Pin<Box<Sleep>>>, after: Duration) {
 /// comes back pending and stops at the next one that makes progress (nginx's
 /// `client_body_timeout` and `send_timeout` count the same way). Time spent not asking, for
 /// instance while the other side of a proxy is slow, does not count.
-pub struct Stall {
+pub(crate) struct Stall {
     limit: Duration,
     timer: Option<Pin<Box<Sleep>>>,
     waiting: bool,
@@ -33,7 +33,7 @@ pub struct Stall {
 
 impl Stall {
     /// A bound of `limit`; no timer is made until something first stalls.
-    pub fn new(limit: Duration) -> Stall {
+    pub(crate) fn new(limit: Duration) -> Stall {
         Stall {
             limit,
             timer: None,
@@ -43,7 +43,7 @@ impl Stall {
 
     /// Takes the outcome of one poll. `true` when it was pending and has now been pending for
     /// longer than the limit; the task is woken when that happens.
-    pub fn expired<T>(&mut self, cx: &mut Context<'_>, polled: &Poll<T>) -> bool {
+    pub(crate) fn expired<T>(&mut self, cx: &mut Context<'_>, polled: &Poll<T>) -> bool {
         if polled.is_ready() {
             self.waiting = false;
             return false;

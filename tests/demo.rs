@@ -121,7 +121,7 @@ async fn demo_prints_commands_that_do_what_it_says() {
                 assert_eq!(
                     a.headers["www-authenticate"],
                     "Bearer realm=\"bearward\", resource_metadata=\"https://demo.bearward.local/.well-known/oauth-protected-resource/api\", scope=\"orders:read\""
-                )
+                );
             }
             401 => assert!(a.headers["www-authenticate"]
                 .to_str()

@@ -65,13 +65,10 @@ fn start_provider() -> Option<Provider> {
             eprintln!("[provider] {l}");
         }
     });
-    let line = match ready_rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(line) => line,
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the provider printed no ready line within 60 s");
-        }
+    let Ok(line) = ready_rx.recv_timeout(Duration::from_secs(60)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the provider printed no ready line within 60 s");
     };
     let v: Value = serde_json::from_str(&line)
         .unwrap_or_else(|e| panic!("provider did not start: {line:?}: {e}"));

@@ -94,7 +94,7 @@ async fn past_max_connections_new_connections_wait_and_open_ones_are_served() {
     );
     assert!(!up.seen().iter().any(|s| s.uri == "/public/waited"));
     // Open connections keep being served, and the admin listener keeps answering.
-    for s in open.iter_mut() {
+    for s in &mut open {
         let r = h1_exchange(s, "/public/again", "").await;
         assert_eq!(raw_status(&r), 200, "{r}");
     }

@@ -181,7 +181,7 @@ impl IssuerKeys {
         let set = self
             .current
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()?;
         if self.has_remote_keys() && set.fetched_at.elapsed() > self.config.jwks.max_stale {
             return None;
@@ -193,7 +193,7 @@ impl IssuerKeys {
     pub fn latest(&self) -> Option<Arc<KeySet>> {
         self.current
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
@@ -201,14 +201,17 @@ impl IssuerKeys {
     pub fn status(&self) -> Status {
         self.status
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
     /// Refetches now, joining a fetch already in flight. Returns when the next refresh is due.
     pub async fn refresh(self: &Arc<Self>) -> FetchResult {
         let fut = {
-            let mut slot = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = self
+                .inflight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             match &*slot {
                 Some(f) => f.clone(),
                 None => {
@@ -216,7 +219,10 @@ impl IssuerKeys {
                     // Spawned, so the fetch completes even if every waiter goes away.
                     let task = tokio::spawn(async move {
                         let r = this.fetch_once().await;
-                        *this.inflight.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        *this
+                            .inflight
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
                         r
                     });
                     let f = async move {
@@ -241,13 +247,13 @@ impl IssuerKeys {
         let joined = self
             .inflight
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .is_some();
         if !joined {
             let mut last = self
                 .last_on_demand
                 .lock()
-                .unwrap_or_else(|p| p.into_inner());
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if last.is_some_and(|t| t.elapsed() < self.config.jwks.unknown_kid_cooldown) {
                 return false;
             }
@@ -264,7 +270,10 @@ impl IssuerKeys {
             &self.config.issuer,
             matches!(&result, Ok((k, ..)) if !k.is_empty()),
         );
-        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut status = self
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match result {
             Ok((keys, refused, max_age, source)) => {
                 // A refusal is news once: the same document refetched every few minutes says
@@ -287,7 +296,10 @@ impl IssuerKeys {
                     return Err(self.failed(&mut status, e));
                 }
                 tracing::info!(issuer = %self.config.issuer, %source, keys = keys.len(), "signing keys loaded");
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(KeySet {
+                *self
+                    .current
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(KeySet {
                     keys,
                     fetched_at: started,
                     source,
@@ -353,7 +365,7 @@ impl IssuerKeys {
                 let known = self
                     .status
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .discovered
                     .clone();
                 let uri = match known {
@@ -362,7 +374,7 @@ impl IssuerKeys {
                         let u = self.discover().await?;
                         self.status
                             .lock()
-                            .unwrap_or_else(|e| e.into_inner())
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .discovered = Some(u.clone());
                         u
                     }
@@ -397,7 +409,7 @@ impl IssuerKeys {
             format!("{issuer}/.well-known/oauth-authorization-server"),
         ];
         let mut errors = Vec::new();
-        for c in candidates.iter() {
+        for c in &candidates {
             let Ok(uri) = c.parse::<Uri>() else { continue };
             match get(
                 &self.client,

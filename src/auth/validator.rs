@@ -170,7 +170,7 @@ pub async fn validate(
     let scopes = extract_scopes(&parsed.claims, &cfg.scope_claims).inspect_err(|_| {
         trace.note("scopes", false, || {
             "the scope claim is neither a string nor an array of strings".into()
-        })
+        });
     })?;
     let ttl = Duration::from_secs_f64((exp + cfg.leeway.as_secs_f64() - now).clamp(0.0, 3600.0));
     Ok(Verified {
@@ -223,18 +223,15 @@ async fn find_keys(
     let kid = parsed.header.kid.as_deref();
     let mut refetched = false;
     loop {
-        let set = match keys.usable() {
-            Some(s) => s,
-            None => {
-                if !refetched && keys.refresh_on_demand().await {
-                    refetched = true;
-                    continue;
-                }
-                trace.note("key", false, || {
-                    "the issuer has no usable keys (never fetched, or older than max_stale)".into()
-                });
-                return Err(AuthError::KeysUnavailable);
+        let Some(set) = keys.usable() else {
+            if !refetched && keys.refresh_on_demand().await {
+                refetched = true;
+                continue;
             }
+            trace.note("key", false, || {
+                "the issuer has no usable keys (never fetched, or older than max_stale)".into()
+            });
+            return Err(AuthError::KeysUnavailable);
         };
         match pick(&set, kid, alg) {
             Pick::Found(found) => {
@@ -620,8 +617,8 @@ upstream = "a"
             methods: None,
             upstream: 0,
             auth: AuthMode::Bearer,
-            scopes: all.iter().map(|s| s.to_string()).collect(),
-            scopes_any: any.iter().map(|s| s.to_string()).collect(),
+            scopes: all.iter().map(std::string::ToString::to_string).collect(),
+            scopes_any: any.iter().map(std::string::ToString::to_string).collect(),
             token_in_query: false,
             cors_preflight: false,
             audit: false,

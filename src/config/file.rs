@@ -9,7 +9,7 @@ use toml::Spanned;
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileConfig {
+pub(super) struct FileConfig {
     pub server: Spanned<ServerFile>,
     #[serde(default)]
     pub issuers: Vec<Spanned<IssuerFile>>,
@@ -24,7 +24,7 @@ pub struct FileConfig {
 /// `[server]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ServerFile {
+pub(super) struct ServerFile {
     pub listen: Spanned<String>,
     pub admin_listen: Option<Spanned<String>>,
     pub realm: Option<Spanned<String>>,
@@ -57,7 +57,7 @@ pub use crate::telemetry::LogFormat;
 /// `[[issuers]]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct IssuerFile {
+pub(super) struct IssuerFile {
     pub issuer: Spanned<String>,
     pub jwks_uri: Option<Spanned<String>>,
     pub discovery: Option<Spanned<bool>>,
@@ -95,7 +95,7 @@ pub enum TypPolicy {
 /// `[upstreams.NAME]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamFile {
+pub(super) struct UpstreamFile {
     pub url: Spanned<String>,
     pub connect_timeout: Option<Spanned<String>>,
     pub request_timeout: Option<Spanned<String>>,
@@ -112,7 +112,7 @@ pub struct UpstreamFile {
 /// `[[routes]]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RouteFile {
+pub(super) struct RouteFile {
     pub name: Option<Spanned<String>>,
     pub prefix: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
@@ -140,7 +140,7 @@ pub enum Mode {
 /// `auth`
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum AuthFile {
+pub(super) enum AuthFile {
     None,
     Bearer,
     Deny,
@@ -149,7 +149,7 @@ pub enum AuthFile {
 /// `[forward]`: what the upstream is told about the caller.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ForwardFile {
+pub(super) struct ForwardFile {
     pub claim_headers: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     pub strip_authorization: Option<bool>,
 }

@@ -21,7 +21,7 @@ const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// untouched query), HTTP/1.1, hop-by-hop headers removed (an upgrade's own two kept). Returns
 /// the `Host` (as configured) and `X-Forwarded-*` lines the head is written with, in place of
 /// the client's (`Forwarded` too, from an untrusted peer).
-pub fn prepare_request(
+pub(crate) fn prepare_request(
     req: &mut Request<Body>,
     upstream: &UpstreamConfig,
     path_and_query: String,
@@ -137,13 +137,13 @@ fn via(headers: &HeaderMap, version: Version) -> HeaderValue {
 
 /// Cleans an upstream response for the client: hop-by-hop headers go, except on a 101, whose
 /// `Connection` and `Upgrade` complete the handshake.
-pub fn prepare_response(resp: &mut Response<Body>) {
+pub(crate) fn prepare_response(resp: &mut Response<Body>) {
     let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop_except_upgrade(resp.headers_mut(), upgraded);
 }
 
 /// Is `peer` one of the proxies whose `X-Forwarded-*` headers we believe?
-pub fn is_trusted(trusted: &[IpNet], peer: &SocketAddr) -> bool {
+pub(crate) fn is_trusted(trusted: &[IpNet], peer: &SocketAddr) -> bool {
     let ip = match peer.ip() {
         std::net::IpAddr::V6(v6) => v6
             .to_ipv4_mapped()

@@ -192,9 +192,8 @@ pub fn canonicalize_with(path: &str, opts: PathOptions) -> Result<String, PathEr
     while i < bytes.len() {
         let b = bytes[i];
         if b == b'%' {
-            let (h, l) = match (bytes.get(i + 1), bytes.get(i + 2)) {
-                (Some(&h), Some(&l)) => (h, l),
-                _ => return Err(PathError::BadEscape),
+            let (Some(&h), Some(&l)) = (bytes.get(i + 1), bytes.get(i + 2)) else {
+                return Err(PathError::BadEscape);
             };
             let v = match (hex_val(h), hex_val(l)) {
                 (Some(h), Some(l)) => (h << 4) | l,

@@ -80,7 +80,10 @@ impl Watch {
         };
         let now = sends.now();
         let limit = limit.as_millis() as u64;
-        let mut bodies = sends.bodies.lock().unwrap_or_else(|p| p.into_inner());
+        let mut bodies = sends
+            .bodies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         bodies.retain(|b| b.strong_count() > 0);
         bodies.iter().filter_map(Weak::upgrade).any(|since| {
             let since = since.load(Ordering::Acquire);
@@ -159,7 +162,10 @@ impl<B> Answered<B> {
             .map(|sends| {
                 // Until hyper first asks for data, the body waits on the client's window.
                 let since = Arc::new(AtomicU64::new(sends.now()));
-                let mut bodies = sends.bodies.lock().unwrap_or_else(|p| p.into_inner());
+                let mut bodies = sends
+                    .bodies
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 // Ended bodies leave dead entries; sweep them here too, not only at the
                 // connection's next tick, so a busy connection's list stays near its live
                 // streams (at most 256 on the server's h2 settings).

@@ -146,9 +146,15 @@ pub(super) fn serve_connection(
                     gateway_service(&live, peer, Some(watch.clone()), in_flight),
                 );
                 let bounds = (protocols.header_read_timeout, protocols.send_timeout);
-                until_done_or_idle(conn, &mut signal, |c| c.graceful_shutdown(), &watch, bounds)
-                    .await
-                    .unwrap_or(Ok(()))
+                until_done_or_idle(
+                    conn,
+                    &mut signal,
+                    hyper::server::conn::http2::Connection::graceful_shutdown,
+                    &watch,
+                    bounds,
+                )
+                .await
+                .unwrap_or(Ok(()))
             }
             None => {
                 let (guarded, head_watch) = Guarded::new(
@@ -164,7 +170,12 @@ pub(super) fn serve_connection(
                         gateway_service(&live, peer, Some(head_watch), in_flight),
                     )
                     .with_upgrades();
-                until_done(conn, &mut signal, |c| c.graceful_shutdown()).await
+                until_done(
+                    conn,
+                    &mut signal,
+                    hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown,
+                )
+                .await
             }
         };
         if let Err(e) = result {

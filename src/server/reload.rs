@@ -62,7 +62,7 @@ impl Live {
             Err(e) => {
                 match &e {
                     ConfigError::Read { .. } => {
-                        tracing::error!("reload failed, keeping the running config: {e}")
+                        tracing::error!("reload failed, keeping the running config: {e}");
                     }
                     ConfigError::Invalid(problems) => {
                         for p in problems {

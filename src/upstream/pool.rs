@@ -44,7 +44,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A connection idle at least this long is checked for a close before it is reused.
-pub const PROBE_AFTER: Duration = Duration::from_millis(10);
+pub(crate) const PROBE_AFTER: Duration = Duration::from_millis(10);
 /// Most interim (1xx) responses before the final one.
 const MAX_INTERIM: usize = 8;
 /// Room made in a connection's read buffer before each read.
@@ -60,7 +60,7 @@ struct Conn {
 
 /// The upstream side of an upgraded (101) exchange: the connection and any bytes the upstream
 /// sent after its 101 head.
-pub struct Upgraded {
+pub(crate) struct Upgraded {
     pub stream: Stream,
     pub leftover: Bytes,
 }
@@ -82,7 +82,7 @@ impl From<Malformed> for Failure {
 }
 
 /// The pool for one upstream.
-pub struct Pool {
+pub(crate) struct Pool {
     /// The upstream's name in the config: the label its broken responses are counted under.
     name: String,
     metrics: Arc<Metrics>,
@@ -101,7 +101,7 @@ pub struct Pool {
 
 impl Pool {
     /// The pool for one configured upstream; its broken responses are counted in `metrics`.
-    pub fn new(upstream: &UpstreamConfig, metrics: Arc<Metrics>) -> Arc<Pool> {
+    pub(crate) fn new(upstream: &UpstreamConfig, metrics: Arc<Metrics>) -> Arc<Pool> {
         Arc::new(Pool {
             name: upstream.name.clone(),
             metrics,
@@ -123,7 +123,9 @@ impl Pool {
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A connection for a request, and whether it was reused.
@@ -186,7 +188,7 @@ impl Pool {
     /// waits for the response head. The response body hands the connection back to the pool
     /// when it has been read to the end. With `upgrade`, a 101 answer comes with the upstream
     /// connection.
-    pub async fn send(
+    pub(crate) async fn send(
         self: &Arc<Self>,
         req: Request<Body>,
         rewrite: &wire::HeadRewrite,

@@ -17,10 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 
-pub const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+pub(crate) const B64: base64::engine::GeneralPurpose =
+    base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// A fixture key pair.
-pub struct Key {
+pub(crate) struct Key {
     pub kid: String,
     pub alg: Algorithm,
     pub enc: EncodingKey,
@@ -37,7 +38,7 @@ fn fixture(name: &str) -> Vec<u8> {
 
 impl Key {
     /// `file` in tests/fixtures/keys; `alg` decides how the PEM is read.
-    pub fn load(file: &str, kid: &str, alg: Algorithm) -> Key {
+    pub(crate) fn load(file: &str, kid: &str, alg: Algorithm) -> Key {
         let pem = fixture(file);
         let enc = match alg {
             Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem),
@@ -60,30 +61,30 @@ impl Key {
         }
     }
 
-    pub fn rsa1() -> Key {
+    pub(crate) fn rsa1() -> Key {
         Key::load("rsa1.pem", "rsa1", Algorithm::RS256)
     }
-    pub fn rsa2() -> Key {
+    pub(crate) fn rsa2() -> Key {
         Key::load("rsa2.pem", "rsa2", Algorithm::RS256)
     }
-    pub fn p256() -> Key {
+    pub(crate) fn p256() -> Key {
         Key::load("p256.pem", "p256", Algorithm::ES256)
     }
-    pub fn p384() -> Key {
+    pub(crate) fn p384() -> Key {
         Key::load("p384.pem", "p384", Algorithm::ES384)
     }
-    pub fn ed25519() -> Key {
+    pub(crate) fn ed25519() -> Key {
         Key::load("ed25519.pem", "ed", Algorithm::EdDSA)
     }
 
     /// The same key under another algorithm of its family (RS384, PS256, ...).
-    pub fn with_alg(mut self, alg: Algorithm) -> Key {
+    pub(crate) fn with_alg(mut self, alg: Algorithm) -> Key {
         self.alg = alg;
         self
     }
 }
 
-pub fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -91,7 +92,7 @@ pub fn now() -> i64 {
 }
 
 /// Signs `header` and `claims` (both JSON objects, written as given) with `key` under `alg`.
-pub fn sign_raw(header: &str, claims: &str, key: &EncodingKey, alg: Algorithm) -> String {
+pub(crate) fn sign_raw(header: &str, claims: &str, key: &EncodingKey, alg: Algorithm) -> String {
     let input = format!("{}.{}", B64.encode(header), B64.encode(claims));
     let sig = jsonwebtoken::crypto::sign(input.as_bytes(), key, alg).unwrap();
     format!("{input}.{sig}")
@@ -99,14 +100,14 @@ pub fn sign_raw(header: &str, claims: &str, key: &EncodingKey, alg: Algorithm) -
 
 /// Token minting for one issuer and audience.
 #[derive(Clone)]
-pub struct Minter {
+pub(crate) struct Minter {
     pub issuer: String,
     pub audience: String,
 }
 
 impl Minter {
     /// Standard valid claims, expiring in 5 minutes, with `scope`.
-    pub fn claims(&self, scope: &str) -> Value {
+    pub(crate) fn claims(&self, scope: &str) -> Value {
         json!({
             "iss": self.issuer,
             "sub": "user-42",
@@ -119,19 +120,19 @@ impl Minter {
         })
     }
 
-    pub fn header(key: &Key) -> Value {
+    pub(crate) fn header(key: &Key) -> Value {
         json!({ "alg": format!("{:?}", key.alg), "typ": "at+jwt", "kid": key.kid })
     }
 
-    pub fn token_with(&self, key: &Key, header: Value, claims: Value) -> String {
+    pub(crate) fn token_with(&self, key: &Key, header: Value, claims: Value) -> String {
         sign_raw(&header.to_string(), &claims.to_string(), &key.enc, key.alg)
     }
 
-    pub fn token(&self, key: &Key, scope: &str) -> String {
+    pub(crate) fn token(&self, key: &Key, scope: &str) -> String {
         self.token_with(key, Self::header(key), self.claims(scope))
     }
 
-    pub fn token_claims(
+    pub(crate) fn token_claims(
         &self,
         key: &Key,
         edit: impl FnOnce(&mut serde_json::Map<String, Value>),
@@ -141,7 +142,7 @@ impl Minter {
         self.token_with(key, Self::header(key), c)
     }
 
-    pub fn token_expired(&self, key: &Key) -> String {
+    pub(crate) fn token_expired(&self, key: &Key) -> String {
         self.token_claims(key, |c| {
             c.insert("exp".into(), json!(now() - 120));
             c.insert("iat".into(), json!(now() - 400));
@@ -159,14 +160,14 @@ struct IdpState {
 }
 
 /// The test IdP: `/.well-known/openid-configuration` and `/jwks` on 127.0.0.1.
-pub struct Idp {
+pub(crate) struct Idp {
     pub addr: SocketAddr,
     state: Arc<IdpState>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Idp {
-    pub async fn start(keys: &[&Key]) -> Idp {
+    pub(crate) async fn start(keys: &[&Key]) -> Idp {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(IdpState {
@@ -198,44 +199,44 @@ impl Idp {
         Idp { addr, state, task }
     }
 
-    pub fn issuer(&self) -> String {
+    pub(crate) fn issuer(&self) -> String {
         self.state.issuer.lock().unwrap().clone()
     }
 
-    pub fn jwks_uri(&self) -> String {
+    pub(crate) fn jwks_uri(&self) -> String {
         format!("http://{}/jwks", self.addr)
     }
 
-    pub fn minter(&self, audience: &str) -> Minter {
+    pub(crate) fn minter(&self, audience: &str) -> Minter {
         Minter {
             issuer: self.issuer(),
             audience: audience.into(),
         }
     }
 
-    pub fn set_keys(&self, keys: &[&Key]) {
+    pub(crate) fn set_keys(&self, keys: &[&Key]) {
         *self.state.jwks.lock().unwrap() =
             json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() });
     }
 
-    pub fn set_jwks(&self, doc: Value) {
+    pub(crate) fn set_jwks(&self, doc: Value) {
         *self.state.jwks.lock().unwrap() = doc;
     }
 
-    pub fn set_cache_control(&self, v: Option<&str>) {
+    pub(crate) fn set_cache_control(&self, v: Option<&str>) {
         *self.state.cache_control.lock().unwrap() = v.map(str::to_owned);
     }
 
-    pub fn jwks_hits(&self) -> usize {
+    pub(crate) fn jwks_hits(&self) -> usize {
         self.state.jwks_hits.load(Ordering::SeqCst)
     }
 
-    pub fn discovery_hits(&self) -> usize {
+    pub(crate) fn discovery_hits(&self) -> usize {
         self.state.discovery_hits.load(Ordering::SeqCst)
     }
 
     /// Stops answering: the port is closed.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.task.abort();
     }
 }

@@ -2,7 +2,7 @@
 //! h2 prior knowledge, raw TCP), and the test IdP in `idp`.
 #![allow(dead_code)]
 
-pub mod idp;
+pub(crate) mod idp;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// What the upstream received.
 #[derive(Debug, Clone)]
-pub struct Seen {
+pub(crate) struct Seen {
     /// The upstream-side address of bearward's connection.
     pub peer: SocketAddr,
     pub method: String,
@@ -39,38 +39,38 @@ pub struct Seen {
 /// - `/.../big?n=N`: streams N bytes back;
 /// - `/.../slow-read`: reads the request body a frame a millisecond;
 /// - otherwise 200 `upstream ok`, with hop-by-hop headers a proxy must strip.
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     tls: bool,
 }
 
 impl Upstream {
-    pub async fn start() -> Upstream {
+    pub(crate) async fn start() -> Upstream {
         Upstream::start_with(true).await
     }
 
     /// `keep_alive = false`: every response closes its connection.
-    pub async fn start_with(keep_alive: bool) -> Upstream {
+    pub(crate) async fn start_with(keep_alive: bool) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         Upstream::serve_on(listener, keep_alive, None).await
     }
 
     /// Over TLS, with the certificate in `tests/fixtures/tls` (for `localhost` and
     /// `127.0.0.1`, signed by `ca.pem` there).
-    pub async fn start_tls() -> Upstream {
+    pub(crate) async fn start_tls() -> Upstream {
         Upstream::start_tls_with(false).await
     }
 
     /// `mtls`: the handshake needs a client certificate signed by `ca.pem` there.
-    pub async fn start_tls_with(mtls: bool) -> Upstream {
+    pub(crate) async fn start_tls_with(mtls: bool) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         Upstream::serve_on(listener, true, Some(tls_acceptor(mtls))).await
     }
 
     /// Over TLS, with a receive buffer of a few kB, so that bearward's writes meet a full
     /// socket.
-    pub async fn start_tls_small_window() -> Upstream {
+    pub(crate) async fn start_tls_small_window() -> Upstream {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
         socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -123,20 +123,20 @@ impl Upstream {
         }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}", self.addr)
     }
 
-    pub fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
 
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
     }
 
-    pub fn last(&self) -> Seen {
+    pub(crate) fn last(&self) -> Seen {
         self.seen().pop().expect("the upstream received a request")
     }
 }
@@ -255,7 +255,7 @@ async fn handle(
 }
 
 /// A bearward running in this process.
-pub struct Gateway {
+pub(crate) struct Gateway {
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -263,7 +263,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub async fn start(toml: &str) -> Gateway {
+    pub(crate) async fn start(toml: &str) -> Gateway {
         let config =
             bearward::config::Config::from_toml_str(toml, "test.toml").expect("valid test config");
         let server = bearward::build(config).await.expect("bind");
@@ -281,12 +281,12 @@ impl Gateway {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
     /// Triggers graceful shutdown.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -294,7 +294,7 @@ impl Gateway {
 }
 
 /// The config used by most tests: open, denied and bearer routes in front of `upstream`.
-pub fn basic_config(upstream: &str, extra_server: &str) -> String {
+pub(crate) fn basic_config(upstream: &str, extra_server: &str) -> String {
     format!(
         r#"
 [server]
@@ -332,23 +332,23 @@ upstream = "app"
     )
 }
 
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-pub fn client() -> HttpClient {
+pub(crate) fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
 }
 
-pub struct Answer {
+pub(crate) struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: String,
 }
 
-pub async fn get(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Answer {
+pub(crate) async fn get(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Answer {
     send(client, "GET", url, headers, "").await
 }
 
-pub async fn send(
+pub(crate) async fn send(
     client: &HttpClient,
     method: &str,
     url: &str,
@@ -369,7 +369,7 @@ pub async fn send(
         .into_body()
         .collect()
         .await
-        .map(|b| b.to_bytes())
+        .map(http_body_util::Collected::to_bytes)
         .unwrap_or_default();
     Answer {
         status,
@@ -379,7 +379,7 @@ pub async fn send(
 }
 
 /// Sends raw bytes and reads until the server closes or 3 s pass. Returns what came back.
-pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+pub(crate) async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(bytes).await.unwrap();
     let mut out = Vec::new();
@@ -388,7 +388,7 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
 }
 
 /// The status code of the first response in raw HTTP/1 bytes.
-pub fn raw_status(resp: &str) -> u16 {
+pub(crate) fn raw_status(resp: &str) -> u16 {
     resp.split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
@@ -397,14 +397,14 @@ pub fn raw_status(resp: &str) -> u16 {
 
 /// `/metrics`, fetched after a pause: for counts made when a connection ends, which land
 /// microseconds after the client sees the close.
-pub async fn metrics_after_close(gw: &Gateway) -> String {
+pub(crate) async fn metrics_after_close(gw: &Gateway) -> String {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let url = format!("http://{}/metrics", gw.admin.expect("admin listener"));
     get(&client(), &url, &[]).await.body
 }
 
 /// Waits until `/readyz` says 200 (keys loaded), at most 5 s.
-pub async fn wait_ready(gw: &Gateway) {
+pub(crate) async fn wait_ready(gw: &Gateway) {
     let c = client();
     let url = format!("http://{}/readyz", gw.admin.expect("admin listener"));
     for _ in 0..100 {
@@ -417,7 +417,12 @@ pub async fn wait_ready(gw: &Gateway) {
 }
 
 /// A config with one issuer (`source` is its key-source line) and routes for every scope policy.
-pub fn auth_config(upstream: &str, issuer: &str, source: &str, issuer_extra: &str) -> String {
+pub(crate) fn auth_config(
+    upstream: &str,
+    issuer: &str,
+    source: &str,
+    issuer_extra: &str,
+) -> String {
     format!(
         r#"
 [server]
@@ -474,7 +479,7 @@ upstream = "app"
 
 /// An h2c (prior knowledge) client connection to `addr`, its connection task spawned. `window`
 /// sets the initial stream flow-control window (hyper's default when `None`).
-pub async fn h2_connect(
+pub(crate) async fn h2_connect(
     addr: SocketAddr,
     window: Option<u32>,
 ) -> (
@@ -491,7 +496,7 @@ pub async fn h2_connect(
 }
 
 /// How long until an h2 connection task ends; panics if it is still running after 3 s.
-pub async fn h2_time_to_close(conn: tokio::task::JoinHandle<hyper::Result<()>>) -> Duration {
+pub(crate) async fn h2_time_to_close(conn: tokio::task::JoinHandle<hyper::Result<()>>) -> Duration {
     let start = std::time::Instant::now();
     tokio::time::timeout(Duration::from_secs(3), conn)
         .await
@@ -503,7 +508,7 @@ pub async fn h2_time_to_close(conn: tokio::task::JoinHandle<hyper::Result<()>>) 
 
 /// Reads until the server closes the connection: what came, and how long that took. Panics if
 /// it is still open after 5 s.
-pub async fn read_to_close(s: &mut TcpStream) -> (Vec<u8>, Duration) {
+pub(crate) async fn read_to_close(s: &mut TcpStream) -> (Vec<u8>, Duration) {
     let start = std::time::Instant::now();
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))

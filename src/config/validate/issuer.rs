@@ -121,7 +121,7 @@ fn key_source(
                 if matches!(uri.scheme_str(), Some("https" | "http"))
                     && uri.authority().is_some() =>
             {
-                keys = KeySource::JwksUri(uri)
+                keys = KeySource::JwksUri(uri);
             }
             _ => cx.err(
                 u.span(),
@@ -266,7 +266,7 @@ fn hmac_secret(
                 .hmac_secret_file
                 .as_ref()
                 .or(f.hmac_secret_env.as_ref())
-                .map_or(span.clone(), |s| s.span());
+                .map_or(span.clone(), toml::Spanned::span);
             cx.err(
                 span,
                 &key("hmac_secret"),
@@ -310,7 +310,7 @@ fn jwks_policy(
         let s = f
             .jwks_min_refresh
             .as_ref()
-            .map_or(span.clone(), |s| s.span());
+            .map_or(span.clone(), toml::Spanned::span);
         cx.err(
             s,
             &key("jwks_min_refresh"),
