@@ -1,24 +1,44 @@
 //! bearward: a reverse proxy that lets through only requests carrying a valid OAuth 2.0 bearer
 //! JWT with the scopes the route needs.
 //!
-//! Module map, in request order:
-//! - [`config`]: the TOML file -> a validated, immutable runtime [`config::Config`].
-//! - [`h1guard`]: watches HTTP/1 request framing for smuggling shapes hyper would silently fix.
-//! - [`host`]: one valid `Host`, agreeing with HTTP/2's `:authority`.
-//! - [`path`]: the one canonical path that is both matched and forwarded.
-//! - [`routes`]: first-match route table (exact path or segment-aware prefix, methods).
-//! - [`resource`]: RFC 9728 protected resource metadata, served by bearward itself.
-//! - [`auth`]: bearer token extraction, JWT validation, key cache, scopes, RFC 6750 answers.
-//! - [`gateway`]: the request path as named phases (`gateway/phases.rs`), shared with `explain`;
-//!   rejections become responses in `gateway/rejection.rs`.
-//! - [`proxy`]: forwarding: timeouts, upgrades, and the header rules.
-//! - [`pool`]: keep-alive upstream connections and the HTTP/1.1 exchange over them.
-//! - [`tls`]: TLS to `https` upstreams.
-//! - [`server`]: listeners, admin endpoints, graceful shutdown.
+//! Module map, by layer: a module names only modules of its own layer or lower ones, and no
+//! two import each other (`.ci/check-imports.py` checks both).
+//!
+//! Leaves:
+//! - [`body`]: the boxed streaming body type; `timer`: rearmable timers shared by the guards;
+//!   `headers`: hop-by-hop, reserved and "view" header-name rules; `jose`: JOSE algorithm
+//!   names and base64url; [`tls`]: rustls client configs for `https` upstreams.
+//!
+//! Parsing and policy:
+//! - [`config`]: the TOML file -> a validated, immutable runtime [`config::Config`]; one
+//!   validation file per table under `config/validate/`.
+//! - [`request`]: what a request is made of, before routing: `framing` (HTTP/1 smuggling
+//!   shapes and the header and send timers on the socket), `watch` (per-connection request and
+//!   response accounting, HTTP/1 and HTTP/2), `host` (one valid `Host`), `path` (the one
+//!   canonical path, matched and forwarded).
+//! - [`routes`]: the first-match route table; [`resource`]: RFC 9728 metadata documents.
 //! - [`telemetry`]: logging setup and metrics.
-//! - [`body`]: the boxed streaming body type.
-//! - [`demo`]: `bearward demo`, a self-contained walkthrough.
-//! - [`explain`]: `bearward explain`, every check for one request, with live keys.
+//!
+//! The token check:
+//! - [`auth`]: token extraction (`extract`), JWS parsing (`token`), key material and its
+//!   hygiene (`keys`), fetching and refreshing JWKS (`jwks`), validation (`validator`), the
+//!   verified-token cache and its per-thread front (`front`), RFC 6750 answers (`error`).
+//!
+//! Forwarding:
+//! - [`upstream`]: the upstream side behind one entry point, `Upstreams::send`: the pool
+//!   (`pool`), the HTTP/1.1 exchange (`wire`), the WebSocket tunnel (`tunnel`), its errors.
+//! - `forward`: the request and response rewrite (hop-by-hop out, `Host`, `X-Forwarded-*`).
+//!
+//! The request path:
+//! - [`gateway`]: the chart as named phase functions (`gateway/phases.rs`, run by
+//!   `Gateway::decide`), `forward` and the access log; rejections become responses in
+//!   `gateway/rejection.rs`.
+//!
+//! Running it:
+//! - [`server`]: the accept loop and its limits (`mod`), one connection (`conn`), reload
+//!   (`reload`), the admin endpoints (`admin`).
+//! - [`demo`]: `bearward demo`, a self-contained walkthrough; [`explain`]: `bearward explain`,
+//!   the proxy's own phases with a printing sink and live keys.
 
 pub mod auth;
 pub mod body;

@@ -1,4 +1,4 @@
-//! The request framing follower (src/h1guard.rs), which flags ambiguous request heads
+//! The request framing follower (src/request/framing.rs), which flags ambiguous request heads
 //! (smuggling) on the bytes hyper reads: a client chooses how its bytes are split across
 //! reads, so the verdict (heads seen, the first ambiguous one, whether it stopped following)
 //! must be the same for the bytes in one piece, in pieces the input chooses, and one at a time.

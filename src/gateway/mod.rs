@@ -225,7 +225,7 @@ impl Gateway {
         resp
     }
 
-    /// Counts and logs a request hyper or h1guard refused before it became a request (see
+    /// Counts and logs a request hyper or the framing guard refused before it became a request (see
     /// `server::conn::head_refusal`), under route `-` like an unmatched one.
     pub fn record_refused_head(&self, peer: SocketAddr, status: u16, reason: &'static str) {
         self.metrics

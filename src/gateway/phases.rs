@@ -366,7 +366,7 @@ impl Gateway {
 }
 
 /// `framing`: refuse what hyper would silently fix. hyper has already refused differing
-/// Content-Lengths and bad chunking; h1guard has seen the raw head.
+/// Content-Lengths and bad chunking; request::framing has seen the raw head.
 fn check_framing(req: &Request<Body>, framing: Option<(&Watch, usize)>) -> Result<(), Rejection> {
     if let Some((watch, index)) = framing {
         if watch.refuses(index) {

@@ -48,7 +48,7 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 impl Protocols {
     pub(super) fn new(config: &Config) -> Protocols {
         let mut h1 = http1::Builder::new();
-        // header_read_timeout is enforced by h1guard, with one timer per connection.
+        // header_read_timeout is enforced by request::framing, with one timer per connection.
         h1.timer(TokioTimer::new())
             .header_read_timeout(None)
             .max_buf_size(config.server.max_header_bytes.max(8192))
@@ -189,7 +189,7 @@ pub(super) fn serve_connection(
 
 /// A request refused before it reached the service: hyper's own answer to a head it cannot parse
 /// (400), or that is over `max_header_bytes` or `max_headers` (431; 414 for a URI over 64 KiB),
-/// or h1guard's header timer cutting off a request that had begun (recorded as 408, as nginx
+/// or the framing guard's header timer cutting off a request that had begun (recorded as 408, as nginx
 /// logs it; nothing is sent). An idle keep-alive connection closed by the timer is no refusal.
 fn head_refusal(e: &hyper::Error) -> Option<(u16, &'static str)> {
     if e.is_parse_too_large() {
@@ -278,7 +278,7 @@ async fn until_done<C: Future>(
     }
 }
 
-/// [`until_done`] for HTTP/2, which has neither the header timer nor h1guard's write path:
+/// [`until_done`] for HTTP/2, which has neither the header timer nor the framing guard's write path:
 /// - a connection with no stream in flight and none started for `idle` (the header timeout)
 ///   is closed gracefully (GOAWAY), as HTTP/1 keep-alive connections are by the header timer;
 /// - a connection where some response body has waited longer than `send` (the send timeout)
