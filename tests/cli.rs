@@ -1,4 +1,6 @@
-//! The `bearward` binary: `check` on broken configs, and a real SIGTERM drain.
+//! The `bearward` binary: `check` end to end (the file and line in its messages, warnings, the
+//! shipped config), and a real SIGTERM drain. The table of broken configs runs in process, in
+//! tests/config.rs.
 
 mod common;
 
@@ -81,65 +83,6 @@ fn shipped_example_config_passes() {
 }
 
 /// Each broken config: (what is broken, the replacement, text the message must contain).
-#[test]
-fn broken_configs_are_rejected_naming_the_key() {
-    let cases: &[(&str, &str, &str, &str)] = &[
-        ("typo in a route key", "scopes = [\"read\"]", "scoeps = [\"read\"]", "scoeps"),
-        ("unknown top-level key", "[server]", "[sever]\nx=1\n[server]", "sever"),
-        ("missing upstream", "upstream = \"app\"\nauth = \"none\"", "upstream = \"nope\"\nauth = \"none\"", "routes[0].upstream"),
-        ("bad duration", "audiences = [\"https://api.test\"]", "audiences = [\"https://api.test\"]\nleeway = \"thirty\"", "issuers[0].leeway"),
-        ("non-canonical prefix", "prefix = \"/public\"", "prefix = \"/public/../x\"", "routes[0].prefix"),
-        ("encoded prefix", "prefix = \"/api\"", "prefix = \"/%61pi\"", "routes[1].prefix"),
-        ("prefix and path", "prefix = \"/api\"", "prefix = \"/api\"\npath = \"/api/x\"", "routes[1].path"),
-        ("no matcher", "prefix = \"/api\"\n", "", "routes[1]"),
-        ("bad listen", "listen = \"127.0.0.1:0\"", "listen = \"localhost\"", "server.listen"),
-        ("ftp upstream", "url = \"http://127.0.0.1:3000\"", "url = \"ftp://127.0.0.1:3000\"", "upstreams.app.url"),
-        ("TLS key on an http upstream", "url = \"http://127.0.0.1:3000\"", "url = \"http://127.0.0.1:3000\"\ntls_ca_file = \"tests/fixtures/tls/ca.pem\"", "upstreams.app.tls_ca_file"),
-        ("missing CA file", "url = \"http://127.0.0.1:3000\"", "url = \"https://127.0.0.1:3000\"\ntls_ca_file = \"tests/fixtures/tls/nope.pem\"", "upstreams.app.tls_ca_file"),
-        ("CA file without certificates", "url = \"http://127.0.0.1:3000\"", "url = \"https://127.0.0.1:3000\"\ntls_ca_file = \"tests/fixtures/tls/gen.sh\"", "upstreams.app.tls_ca_file"),
-        ("client certificate without its key", "url = \"http://127.0.0.1:3000\"", "url = \"https://127.0.0.1:3000\"\ntls_client_cert = \"tests/fixtures/tls/client.pem\"", "upstreams.app.tls_client_key"),
-        ("client key that is no key", "url = \"http://127.0.0.1:3000\"", "url = \"https://127.0.0.1:3000\"\ntls_client_cert = \"tests/fixtures/tls/client.pem\"\ntls_client_key = \"tests/fixtures/tls/client.pem\"", "upstreams.app.tls_client_key"),
-        ("client key of another certificate", "url = \"http://127.0.0.1:3000\"", "url = \"https://127.0.0.1:3000\"\ntls_client_cert = \"tests/fixtures/tls/client.pem\"\ntls_client_key = \"tests/fixtures/tls/server-key.pem\"", "upstreams.app.tls_client_key"),
-        ("bad TLS server name", "url = \"http://127.0.0.1:3000\"", "url = \"https://127.0.0.1:3000\"\ntls_server_name = \"not a name\"", "upstreams.app.tls_server_name"),
-        ("upstream with a path", "url = \"http://127.0.0.1:3000\"", "url = \"http://127.0.0.1:3000/base\"", "upstreams.app.url"),
-        ("bad auth mode", "auth = \"none\"", "auth = \"open\"", "auth"),
-        ("alg none", "audiences = [\"https://api.test\"]", "audiences = [\"https://api.test\"]\nalgorithms = [\"none\"]", "issuers[0].algorithms[0]"),
-        ("HS256 without a secret", "audiences = [\"https://api.test\"]", "audiences = [\"https://api.test\"]\nalgorithms = [\"HS256\"]", "issuers[0].algorithms[0]"),
-        ("no audiences", "audiences = [\"https://api.test\"]", "", "issuers[0].audiences"),
-        ("two key sources", "jwks_file = \"tests/fixtures/empty-jwks.json\"", "jwks_file = \"x.json\"\njwks_uri = \"https://idp.test/jwks\"", "issuers[0]"),
-        ("lower-case method", "scopes = [\"read\"]", "scopes = [\"read\"]\nmethods = [\"get\"]", "routes[1].methods[0]"),
-        ("scopes on an open route", "auth = \"none\"", "auth = \"none\"\nscopes = [\"x\"]", "routes[0].scopes"),
-        ("invalid scope token", "scopes = [\"read\"]", "scopes = [\"re ad\"]", "routes[1].scopes[0]"),
-        ("missing jwks file", "jwks_file = \"tests/fixtures/empty-jwks.json\"", "jwks_file = \"tests/fixtures/nope.json\"", "issuers[0].jwks_file"),
-        ("audit typo", "auth = \"none\"", "auth = \"none\"\nmode = \"audti\"", "mode"),
-        ("preflight pass on an open route", "auth = \"none\"", "auth = \"none\"\ncors_preflight = true", "routes[0].cors_preflight"),
-        ("preflight pass without OPTIONS", "scopes = [\"read\"]", "scopes = [\"read\"]\nmethods = [\"GET\"]\ncors_preflight = true", "routes[1].cors_preflight"),
-        ("wrong type", "listen = \"127.0.0.1:0\"", "listen = 8080", "listen"),
-        ("no worker threads", "listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:0\"\nworker_threads = 0", "server.worker_threads"),
-        ("http resource", "listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:0\"\nresource = \"http://api.test\"", "server.resource"),
-        ("resource with a query", "scopes = [\"read\"]", "scopes = [\"read\"]\nresource = \"https://api.test/api?v=1\"", "routes[1].resource"),
-        ("two resources, one metadata path", "auth = \"none\"\n\n[[routes]]\nprefix = \"/api\"\n", "auth = \"none\"\nresource = \"https://a.test\"\n\n[[routes]]\nprefix = \"/api\"\nresource = \"https://b.test/\"\n", "routes[1].resource"),
-        ("bearer route without issuers", "[[issuers]]\nissuer = \"https://idp.test\"\njwks_file = \"tests/fixtures/empty-jwks.json\"\naudiences = [\"https://api.test\"]\n", "", "routes[1].auth"),
-    ];
-    for (what, from, to, needle) in cases {
-        assert!(
-            GOOD.contains(from),
-            "{what}: fixture text {from:?} not found"
-        );
-        let broken = GOOD.replacen(from, to, 1);
-        let (ok, out) = check(&broken);
-        assert!(!ok, "{what}: accepted\n{broken}");
-        assert!(
-            out.contains(needle),
-            "{what}: message does not name {needle:?}:\n{out}"
-        );
-        assert!(
-            out.contains(".toml:"),
-            "{what}: message does not name the file and line:\n{out}"
-        );
-    }
-}
-
 #[test]
 fn errors_are_all_reported_with_lines() {
     let broken = GOOD
