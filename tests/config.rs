@@ -92,4 +92,3 @@ fn broken_configs_are_rejected_naming_the_key() {
         );
     }
 }
-

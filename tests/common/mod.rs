@@ -517,3 +517,90 @@ pub(crate) async fn read_to_close(s: &mut TcpStream) -> (Vec<u8>, Duration) {
         .ok();
     (out, start.elapsed())
 }
+
+// Shared by the tests of routing, forwarding, framing and timeouts.
+
+pub(crate) async fn setup(extra_server: &str) -> (Upstream, Gateway, HttpClient) {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&basic_config(&up.url(), extra_server)).await;
+    (up, gw, client())
+}
+
+pub(crate) fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Sends a WebSocket upgrade request to /public/ws; the stream and the response head.
+pub(crate) async fn open_websocket(addr: std::net::SocketAddr) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"GET /public/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    (s, String::from_utf8(head).unwrap())
+}
+
+/// Reads one response off a keep-alive connection: its status, and the whole body by
+/// Content-Length or chunked framing.
+pub(crate) async fn read_response(s: &mut TcpStream) -> u16 {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.expect("a response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse::<usize>().unwrap());
+    match length {
+        Some(n) => {
+            let mut body = vec![0u8; n];
+            s.read_exact(&mut body).await.unwrap();
+        }
+        None => {
+            assert!(head.contains("transfer-encoding: chunked"), "{head}");
+            let mut tail = Vec::new();
+            while !tail.ends_with(b"0\r\n\r\n") {
+                s.read_exact(&mut byte).await.unwrap();
+                tail.push(byte[0]);
+            }
+        }
+    }
+    raw_status(&head)
+}
+
+/// Opens a connection and sends raw bytes on it.
+pub(crate) async fn connect_and_send(addr: std::net::SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    s
+}
+
+/// Reads until the peer closes; how long that took.
+pub(crate) async fn time_to_close(s: &mut TcpStream) -> Duration {
+    read_to_close(s).await.1
+}
+
+/// Like `setup`, with a request timeout long enough for `/slow` (2 s).
+pub(crate) async fn setup_with_slow_upstream(extra_server: &str) -> (Upstream, Gateway) {
+    let up = Upstream::start().await;
+    let cfg = basic_config(&up.url(), extra_server)
+        .replace("request_timeout = \"500ms\"", "request_timeout = \"10s\"");
+    let gw = Gateway::start(&cfg).await;
+    (up, gw)
+}

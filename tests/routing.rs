@@ -1,0 +1,428 @@
+//! Routing and the answers bearward gives itself: the canonical path that is matched and
+//! forwarded, `Host` rules, refused paths, method overrides, open, denied and unmatched routes,
+//! CORS preflights, and HEAD.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+
+#[tokio::test]
+async fn forwards_method_path_query_headers_and_body() {
+    let (up, gw, c) = setup("").await;
+    let a = send(
+        &c,
+        "POST",
+        &gw.url("/public/items/42?q=a%2Fb&x=1&x=2"),
+        &[
+            ("x-custom", "yes"),
+            ("content-type", "text/plain"),
+            ("host", "api.example.com"),
+        ],
+        "hello body",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body, "upstream ok");
+    assert_eq!(a.headers["x-upstream"], "yes");
+    let seen = up.last();
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.uri, "/public/items/42?q=a%2Fb&x=1&x=2");
+    assert_eq!(seen.version, http::Version::HTTP_11);
+    assert_eq!(seen.headers["x-custom"], "yes");
+    assert_eq!(seen.headers["content-type"], "text/plain");
+    assert_eq!(
+        seen.headers["host"], "api.example.com",
+        "Host passes through by default"
+    );
+    assert_eq!(seen.headers["x-forwarded-host"], "api.example.com");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen.body, b"hello body");
+}
+
+#[tokio::test]
+async fn the_canonical_path_is_what_is_forwarded() {
+    let (up, gw, c) = setup("").await;
+    let a = get(&c, &gw.url("/public/a/../b//c/./d%7e"), &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(up.last().uri, "/public/b/c/d~");
+    // A dot-segment walk out of an open route lands on the protected one and is checked there.
+    let a = get(&c, &gw.url("/public/../api/secret"), &[]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn ambiguous_paths_are_refused_before_the_upstream() {
+    let (up, gw, _) = setup("").await;
+    for target in [
+        "/public/%2e%2e/api/x",
+        "/public%2fapi",
+        "/public/%5c..%5capi",
+        "/public/a%00b",
+        "/public/%ff",
+        "/public\\..\\api",
+        "/public;x/../api",
+        "http://evil.example/public/x",
+    ] {
+        let resp = raw(
+            gw.addr,
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(raw_status(&resp), 400, "{target}: {resp}");
+    }
+    assert_eq!(up.count(), 0, "nothing reached the upstream");
+}
+
+/// A double-encoded path matches the open route but, decoded once more by a lenient backend,
+/// names a protected one (`/public/%252e%252e/api/admin/x` -> `/public/../api/admin/x`). Every
+/// spelling of `%25` + two hex digits is refused with 400 `double_encoding` before the upstream,
+/// in open and protected routes alike, unless the route sets `allow_encoded_percent`.
+#[tokio::test]
+async fn double_encoded_paths_are_refused_unless_the_route_allows_them() {
+    let up = Upstream::start().await;
+    let cfg = basic_config(&up.url(), "").replace(
+        "[[routes]]\nprefix = \"/public\"",
+        "[[routes]]\nprefix = \"/literal\"\nupstream = \"app\"\nauth = \"none\"\nallow_encoded_percent = true\n\n[[routes]]\nprefix = \"/public\"",
+    );
+    let gw = Gateway::start(&cfg).await;
+    let c = client();
+    for target in [
+        "/public/%252e%252e/api/admin/x",
+        "/public/%252E%252E/api/admin/x",
+        "/public/%252e%252e%252fapi%252fadmin",
+        "/public/..%252fapi",
+        "/public/%255c..%255capi",
+        "/public/a/b/%25%32%65%25%32%65/api",
+        "/public/%25%32%45%25%32%45/api",
+        "/public/%2525252e",
+        "/api/read/%252e%252e/admin/x",
+        "/api/%252E%252e/x",
+        "/public/x?ok=%252e",
+    ] {
+        let resp = raw(
+            gw.addr,
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        if target.contains('?') {
+            // The query is not the path: it is forwarded untouched.
+            assert_eq!(raw_status(&resp), 200, "{target}: {resp}");
+            continue;
+        }
+        assert_eq!(raw_status(&resp), 400, "{target}: {resp}");
+        assert!(
+            resp.ends_with("bad request: double_encoding\n"),
+            "{target}: {resp}"
+        );
+    }
+    assert_eq!(
+        up.count(),
+        1,
+        "only the request with %252e in its query got through"
+    );
+    // HTTP/2 takes the same path through the same code.
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let a = get(&h2, &gw.url("/public/%252e%252e/api/admin/x"), &[]).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(up.count(), 1);
+    // A route that carries literal percent signs opts out, and gets the path as sent.
+    let a = get(&c, &gw.url("/literal/100%2541off"), &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(up.last().uri, "/literal/100%2541off");
+    let m = metrics_after_close(&gw).await;
+    assert!(
+        m.contains(r#"route="/public*",status="400",decision="deny",reason="double_encoding"} 9"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"route="/api*",status="400",decision="deny",reason="double_encoding"} 2"#),
+        "{m}"
+    );
+}
+
+/// RFC 9112 3.2: an HTTP/1.1 request without `Host`, with two, or with an invalid one is a 400,
+/// on every route, and reaches no upstream; HTTP/1.0 may leave `Host` out.
+#[tokio::test]
+async fn a_request_needs_one_valid_host() {
+    let (up, gw, c) = setup("").await;
+    let cases: &[(&str, &str)] = &[
+        ("GET /public/x HTTP/1.1\r\n", "missing_host"),
+        (
+            "GET /public/x HTTP/1.1\r\nHost: a\r\nHost: a\r\n",
+            "multiple_hosts",
+        ),
+        (
+            "GET /public/x HTTP/1.1\r\nHost: a\r\nHOST: b\r\n",
+            "multiple_hosts",
+        ),
+        ("GET /public/x HTTP/1.1\r\nHost: \r\n", "invalid_host"),
+        ("GET /public/x HTTP/1.1\r\nHost: user@a\r\n", "invalid_host"),
+        ("GET /public/x HTTP/1.1\r\nHost: a/b\r\n", "invalid_host"),
+        ("GET /public/x HTTP/1.1\r\nHost: a:http\r\n", "invalid_host"),
+        (
+            "GET /public/x HTTP/1.0\r\nHost: a\r\nHost: b\r\n",
+            "multiple_hosts",
+        ),
+        (
+            "GET /api/x HTTP/1.1\r\nAuthorization: Bearer x.y.z\r\n",
+            "missing_host",
+        ),
+    ];
+    for (head, reason) in cases {
+        let resp = raw(
+            gw.addr,
+            format!("{head}Connection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(raw_status(&resp), 400, "{head:?}: {resp}");
+        assert!(
+            resp.ends_with(&format!("bad request: {reason}\n")),
+            "{head:?}: {resp}"
+        );
+    }
+    assert_eq!(up.count(), 0, "nothing reached the upstream");
+    let metrics = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[]).await;
+    assert!(
+        metrics.body.contains(r#"reason="multiple_hosts"} 3"#),
+        "{}",
+        metrics.body
+    );
+
+    let resp = raw(gw.addr, b"GET /public/ten HTTP/1.0\r\n\r\n").await;
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    let seen = up.last();
+    assert_eq!(seen.uri, "/public/ten");
+    // No Host from the client: the upstream's own authority.
+    assert_eq!(seen.headers["host"], up.url().trim_start_matches("http://"));
+    let resp = raw(
+        gw.addr,
+        b"GET /public/v6 HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    assert_eq!(up.last().headers["host"], "[::1]:8080");
+}
+
+/// RFC 9113 8.3.1: an HTTP/2 `Host` that names another host than `:authority` is malformed.
+#[tokio::test]
+async fn an_h2_host_must_match_the_authority() {
+    let (up, gw, _) = setup("").await;
+    let (mut sender, _conn) = h2_connect(gw.addr, None).await;
+    let send = |host: &'static str| {
+        Request::get("http://api.example.com/public/h2")
+            .header("host", host)
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let resp = sender.send_request(send("other.example")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"bad request: host_mismatch\n");
+    assert_eq!(up.count(), 0);
+
+    let resp = sender
+        .send_request(send("API.example.com:80"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn unmatched_denied_and_bearer_routes_never_reach_the_upstream() {
+    let (up, gw, c) = setup("").await;
+    for path in ["/", "/publicity", "/nothing/here", "/API"] {
+        assert_eq!(
+            get(&c, &gw.url(path), &[]).await.status,
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+    let a = get(&c, &gw.url("/internal/x"), &[]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+
+    let a = get(&c, &gw.url("/api/things"), &[]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(a.headers["www-authenticate"], "Bearer realm=\"bearward\"");
+
+    let a = get(
+        &c,
+        &gw.url("/api/things"),
+        &[("authorization", "Bearer abc.def.ghi")],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let www = a.headers["www-authenticate"].to_str().unwrap();
+    assert!(
+        www.starts_with("Bearer realm=\"bearward\", error=\"invalid_token\""),
+        "{www}"
+    );
+    assert!(!www.contains("abc.def.ghi"));
+    assert_eq!(up.count(), 0);
+}
+
+/// `cors_preflight = true` forwards a browser's CORS preflight without a token; nothing else on
+/// the route changes, and on other routes a preflight needs a token like any request.
+#[tokio::test]
+async fn cors_preflights_pass_only_where_allowed_and_only_as_preflights() {
+    let up = Upstream::start().await;
+    let cfg = basic_config(&up.url(), "").replace(
+        "[[routes]]\nprefix = \"/api\"",
+        "[[routes]]\nprefix = \"/spa\"\nscopes = [\"read\"]\nupstream = \"app\"\n\
+         cors_preflight = true\ntoken_in_query = true\nmethods = [\"GET\", \"OPTIONS\"]\n\n\
+         [[routes]]\nprefix = \"/spa2\"\nscopes = [\"read\"]\nupstream = \"app\"\ncors_preflight = true\n\n\
+         [[routes]]\nprefix = \"/api\"",
+    );
+    let gw = Gateway::start(&cfg).await;
+    let c = client();
+    let origin = ("origin", "https://app.example");
+    let acrm = ("access-control-request-method", "POST");
+    let call = |method: &'static str, path: &str, headers: Vec<(&'static str, &'static str)>| {
+        let (c, url) = (c.clone(), gw.url(path));
+        async move { send(&c, method, &url, &headers, "").await.status.as_u16() }
+    };
+
+    assert_eq!(call("OPTIONS", "/spa/x", vec![origin, acrm]).await, 200);
+    let seen = up.last();
+    assert_eq!(
+        (seen.method.as_str(), seen.uri.as_str()),
+        ("OPTIONS", "/spa/x")
+    );
+    // The preflight of a call that carries its token in the query: the token is not forwarded.
+    assert_eq!(
+        call(
+            "OPTIONS",
+            "/spa/x?access_token=abc.def.ghi&n=1",
+            vec![origin, acrm]
+        )
+        .await,
+        200
+    );
+    assert_eq!(up.last().uri, "/spa/x?n=1");
+    assert_eq!(up.count(), 2);
+    // Also on a route that reads no query token: an unchecked token never goes upstream.
+    assert_eq!(
+        call(
+            "OPTIONS",
+            "/spa2/x?access_token=abc.def.ghi",
+            vec![origin, acrm]
+        )
+        .await,
+        200
+    );
+    assert_eq!(up.last().uri, "/spa2/x");
+
+    // Not preflights: they get the bearer check, and none reaches the upstream.
+    assert_eq!(call("OPTIONS", "/spa/x", vec![origin]).await, 401);
+    assert_eq!(call("OPTIONS", "/spa/x", vec![acrm]).await, 401);
+    assert_eq!(call("GET", "/spa/x", vec![origin, acrm]).await, 401);
+    let forged = ("authorization", "Bearer forged.token.here");
+    assert_ne!(
+        call("OPTIONS", "/spa/x", vec![origin, acrm, forged]).await,
+        200
+    );
+    // A route without the key.
+    assert_eq!(call("OPTIONS", "/api/x", vec![origin, acrm]).await, 401);
+    assert_eq!(up.count(), 3);
+
+    let text = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
+        .await
+        .body;
+    assert!(
+        text.contains("bearward_requests_total{route=\"/spa*\",status=\"200\",decision=\"allow\",reason=\"cors_preflight\"} 2\n"),
+        "{text}"
+    );
+}
+
+/// A method override makes frameworks run another method than the one sent, and routes pick
+/// their policy by method: an override passes only when the same route would serve the method
+/// it names.
+#[tokio::test]
+async fn a_method_override_must_stay_on_its_route() {
+    // Audit mode forwards what the policy refuses, but not this: it is about which policy.
+    for mode in ["", "mode = \"audit\""] {
+        method_overrides(mode).await;
+    }
+}
+
+async fn method_overrides(mode: &str) {
+    let up = Upstream::start().await;
+    let cfg = basic_config(&up.url(), mode).replace(
+        "[[routes]]\nprefix = \"/public\"",
+        "[[routes]]\nprefix = \"/m\"\nmethods = [\"GET\", \"PUT\"]\nupstream = \"app\"\nauth = \"none\"\n\n\
+         [[routes]]\nprefix = \"/m\"\nupstream = \"app\"\nauth = \"deny\"\n\n\
+         [[routes]]\nprefix = \"/public\"",
+    );
+    let gw = Gateway::start(&cfg).await;
+    let c = client();
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16);
+    let cases: &[Case] = &[
+        ("/m/a", &[("x-http-method-override", "PUT")], 200),
+        ("/m/b", &[("x-http-method", "get")], 200),
+        ("/m/c?a_method=DELETE&x=1", &[], 200),
+        ("/public/d", &[("x-http-method-override", "DELETE")], 200),
+        ("/m/e", &[("x-http-method-override", "DELETE")], 400),
+        ("/m/f", &[("x-method-override", "PATCH")], 400),
+        ("/m/g", &[("x-http-method-override", "no such")], 400),
+        (
+            "/m/h",
+            &[("x-http-method-override", "PUT"), ("x-http-method", "POST")],
+            400,
+        ),
+        ("/m/i?_method=delete", &[], 400),
+        ("/m/j?x=1&%5Fmethod=DEL%45TE", &[], 400),
+    ];
+    for (path, headers, status) in cases {
+        let a = get(&c, &gw.url(path), headers).await;
+        assert_eq!(
+            a.status.as_u16(),
+            *status,
+            "{mode:?} {path} {headers:?}: {}",
+            a.body
+        );
+        if *status == 400 {
+            assert_eq!(a.body, "bad request: method_override\n");
+        }
+    }
+    let seen: Vec<String> = up.seen().into_iter().map(|s| s.uri).collect();
+    assert_eq!(
+        seen,
+        ["/m/a", "/m/b", "/m/c?a_method=DELETE&x=1", "/public/d"]
+    );
+    assert_eq!(up.seen()[0].headers["x-http-method-override"], "PUT");
+}
+
+/// RFC 9110 9.3.2: an answer to HEAD carries no content. hyper drops it on HTTP/1 but sends it
+/// on HTTP/2, where clients take the DATA frame as a stream error; so bearward's own answers
+/// (a 401, a 404) drop it themselves, and keep the Content-Length a GET would have had.
+#[tokio::test]
+async fn bearwards_own_answers_to_head_carry_no_content_on_either_protocol() {
+    let (up, gw, c) = setup("").await;
+    let (mut sender, _conn) = h2_connect(gw.addr, None).await;
+    for path in ["/api/x", "/nowhere"] {
+        let get_len = get(&c, &gw.url(path), &[]).await.body.len().to_string();
+        let req = Request::head(format!("http://{}{path}", gw.addr))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.expect("an h2 answer");
+        assert!(resp.status().is_client_error(), "{path}: {}", resp.status());
+        assert_eq!(resp.headers()["content-length"], get_len.as_str(), "{path}");
+        let body = resp.into_body().collect().await.expect("no stream error");
+        assert!(body.to_bytes().is_empty(), "{path}");
+
+        let h1 = send(&c, "HEAD", &gw.url(path), &[], "").await;
+        assert_eq!(h1.headers["content-length"], get_len.as_str(), "{path}");
+        assert!(h1.body.is_empty());
+    }
+    // A HEAD the upstream answers keeps the upstream's headers as they are.
+    let head = send(&c, "HEAD", &gw.url("/public/x"), &[], "").await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(up.count(), 1);
+}
