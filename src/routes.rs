@@ -257,15 +257,15 @@ pub fn resource_documents<'a>(
     docs
 }
 
+/// Routes for unit tests, built from defaults: no struct literal to update when `Route` grows.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn route(m: PathMatch, methods: Option<&[&str]>) -> Route {
+impl Route {
+    /// `auth = "none"`, every method, upstream 0, nothing else set.
+    pub(crate) fn for_test(matcher: PathMatch) -> Route {
         Route {
             name: "r".into(),
-            matcher: m,
-            methods: methods.map(|ms| ms.iter().map(|s| s.parse().unwrap()).collect()),
+            matcher,
+            methods: None,
             upstream: 0,
             auth: AuthMode::None,
             scopes: vec![],
@@ -276,6 +276,32 @@ mod tests {
             max_body: None,
             allow_encoded_percent: false,
             resource: None,
+        }
+    }
+
+    pub(crate) fn with_methods(mut self, methods: &[&str]) -> Route {
+        self.methods = Some(methods.iter().map(|m| m.parse().unwrap()).collect());
+        self
+    }
+
+    /// `auth = "bearer"` with these `scopes` and `scopes_any`.
+    pub(crate) fn bearer(mut self, all: &[&str], any: &[&str]) -> Route {
+        self.auth = AuthMode::Bearer;
+        self.scopes = all.iter().map(|s| (*s).to_owned()).collect();
+        self.scopes_any = any.iter().map(|s| (*s).to_owned()).collect();
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(m: PathMatch, methods: Option<&[&str]>) -> Route {
+        let r = Route::for_test(m);
+        match methods {
+            Some(ms) => r.with_methods(ms),
+            None => r,
         }
     }
 

@@ -472,7 +472,7 @@ pub fn check_scopes(have: &[String], route: &Route) -> Result<(), AuthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::{AuthMode, PathMatch};
+    use crate::routes::PathMatch;
     use serde_json::json;
 
     #[test]
@@ -611,21 +611,7 @@ upstream = "a"
     }
 
     fn route(all: &[&str], any: &[&str]) -> Route {
-        Route {
-            name: "r".into(),
-            matcher: PathMatch::Prefix("/".into()),
-            methods: None,
-            upstream: 0,
-            auth: AuthMode::Bearer,
-            scopes: all.iter().map(std::string::ToString::to_string).collect(),
-            scopes_any: any.iter().map(std::string::ToString::to_string).collect(),
-            token_in_query: false,
-            cors_preflight: false,
-            audit: false,
-            max_body: None,
-            allow_encoded_percent: false,
-            resource: None,
-        }
+        Route::for_test(PathMatch::Prefix("/".into())).bearer(all, any)
     }
 
     #[test]
