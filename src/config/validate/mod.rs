@@ -10,7 +10,7 @@ use super::file::FileConfig;
 use super::*;
 use crate::request::path::PathOptions;
 use crate::resource::ResourceId;
-use crate::routes::AuthMode;
+use crate::routes::{AuthMode, Route};
 use std::ops::Range;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -150,11 +150,50 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
         upstream_names.push(name.get_ref().clone());
         upstreams.push(upstream::upstream(&mut cx, name.get_ref(), up));
     }
+    let issuers = issuers(&mut cx, &file);
+    let routes = routes(&mut cx, &file, &upstream_names, &server);
+
+    let forward = forward(&mut cx, file.forward.as_ref());
+    if let Some(n) = &file.server.get_ref().token_cache_entries {
+        if *n.get_ref() > 10_000_000 {
+            cx.err(n.span(), "server.token_cache_entries", "at most 10000000");
+        }
+    }
+
+    if !cx.problems.is_empty() {
+        return Err(ConfigError::Invalid(cx.problems));
+    }
+
+    let resources =
+        crate::routes::resource_documents(&routes, issuers.iter().map(|i| i.issuer.as_str()));
+    let table = RouteTable::new(routes);
+    let warnings = warnings(&mut cx, &file, &table, &issuers);
+
+    Ok(Config {
+        source: name.to_owned(),
+        server,
+        upstreams,
+        routes: table,
+        issuers,
+        forward,
+        resources,
+        token_cache_entries: file
+            .server
+            .get_ref()
+            .token_cache_entries
+            .as_ref()
+            .map_or(DEFAULT_TOKEN_CACHE_ENTRIES, |n| *n.get_ref()),
+        warnings,
+    })
+}
+
+/// Every `[[issuers]]` entry that passed, each issuer named once.
+fn issuers(cx: &mut Ctx<'_>, file: &FileConfig) -> Vec<IssuerConfig> {
     let issuers: Vec<IssuerConfig> = file
         .issuers
         .iter()
         .enumerate()
-        .filter_map(|(i, iss)| issuer::issuer(&mut cx, i, iss))
+        .filter_map(|(i, iss)| issuer::issuer(cx, i, iss))
         .collect();
     for (i, a) in issuers.iter().enumerate() {
         if issuers[..i].iter().any(|b| b.issuer == a.issuer) {
@@ -167,12 +206,23 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
         }
     }
 
+    issuers
+}
+
+/// Every `[[routes]]` entry that passed, in file order; no two resources whose documents would
+/// share a path; and a bearer route only where some issuer can vouch for tokens.
+fn routes(
+    cx: &mut Ctx<'_>,
+    file: &FileConfig,
+    upstream_names: &[String],
+    server: &ServerConfig,
+) -> Vec<Route> {
     let mut routes = Vec::new();
     // Two resources whose documents would share a path (they differ only in scheme, host or
     // port): bearward could serve only one of them.
     let mut resources: Vec<Arc<ResourceId>> = server.resource.iter().cloned().collect();
     for (i, r) in file.routes.iter().enumerate() {
-        let Some(route) = route::route(&mut cx, i, r, &upstream_names, &server) else {
+        let Some(route) = route::route(cx, i, r, upstream_names, server) else {
             continue;
         };
         if let (Some(v), Some(res)) = (&r.get_ref().resource, &route.resource) {
@@ -215,20 +265,17 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
         );
     }
 
-    let forward = forward(&mut cx, file.forward.as_ref());
-    if let Some(n) = &file.server.get_ref().token_cache_entries {
-        if *n.get_ref() > 10_000_000 {
-            cx.err(n.span(), "server.token_cache_entries", "at most 10000000");
-        }
-    }
+    routes
+}
 
-    if !cx.problems.is_empty() {
-        return Err(ConfigError::Invalid(cx.problems));
-    }
-
-    let resources =
-        crate::routes::resource_documents(&routes, issuers.iter().map(|i| i.issuer.as_str()));
-    let table = RouteTable::new(routes);
+/// What `bearward check` warns about: routes that can never match, and resources no issuer
+/// lists among its audiences.
+fn warnings(
+    cx: &mut Ctx<'_>,
+    file: &FileConfig,
+    table: &RouteTable,
+    issuers: &[IssuerConfig],
+) -> Vec<Problem> {
     let mut warnings: Vec<Problem> = table
         .shadowed()
         .into_iter()
@@ -271,23 +318,7 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
             ),
         ));
     }
-
-    Ok(Config {
-        source: name.to_owned(),
-        server,
-        upstreams,
-        routes: table,
-        issuers,
-        forward,
-        resources,
-        token_cache_entries: file
-            .server
-            .get_ref()
-            .token_cache_entries
-            .as_ref()
-            .map_or(DEFAULT_TOKEN_CACHE_ENTRIES, |n| *n.get_ref()),
-        warnings,
-    })
+    warnings
 }
 
 /// Best-effort dotted key for a serde error: the table header above the error and the key on
