@@ -348,7 +348,8 @@ impl Authenticator {
     }
 }
 
-/// SHA-256 of a token: the verified-token cache key, and (first bytes, hex) its id in logs.
+/// SHA-256 of a token, for its id in logs ([`token_id`]). The verified-token cache is keyed by
+/// the token itself, not by this.
 pub fn sha256(token: &str) -> [u8; 32] {
     sha256_bytes(token.as_bytes())
 }
