@@ -8,28 +8,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const GOOD: &str = r#"
-[server]
-listen = "127.0.0.1:0"
-
-[[issuers]]
-issuer = "https://idp.test"
-jwks_file = "tests/fixtures/empty-jwks.json"
-audiences = ["https://api.test"]
-
-[upstreams.app]
-url = "http://127.0.0.1:3000"
-
-[[routes]]
-prefix = "/public"
-upstream = "app"
-auth = "none"
-
-[[routes]]
-prefix = "/api"
-scopes = ["read"]
-upstream = "app"
-"#;
+/// A minimal valid config: the broken-config cases each change one thing in it.
+const GOOD: &str = include_str!("fixtures/good.toml");
 
 fn check(text: &str) -> (bool, String) {
     let dir = std::env::temp_dir().join(format!("bearward-check-{}", std::process::id()));

@@ -4,28 +4,8 @@
 
 use bearward::config::Config;
 
-const GOOD: &str = r#"
-[server]
-listen = "127.0.0.1:0"
-
-[[issuers]]
-issuer = "https://idp.test"
-jwks_file = "tests/fixtures/empty-jwks.json"
-audiences = ["https://api.test"]
-
-[upstreams.app]
-url = "http://127.0.0.1:3000"
-
-[[routes]]
-prefix = "/public"
-upstream = "app"
-auth = "none"
-
-[[routes]]
-prefix = "/api"
-scopes = ["read"]
-upstream = "app"
-"#;
+/// A minimal valid config: the broken-config cases each change one thing in it.
+const GOOD: &str = include_str!("fixtures/good.toml");
 
 #[test]
 fn broken_configs_are_rejected_naming_the_key() {

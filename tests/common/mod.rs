@@ -605,3 +605,13 @@ pub(crate) async fn setup_with_slow_upstream(extra_server: &str) -> (Upstream, G
     let gw = Gateway::start(&cfg).await;
     (up, gw)
 }
+
+/// The value of the metric line that starts with `name_and_labels`, or 0.
+pub(crate) fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
