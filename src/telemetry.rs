@@ -141,6 +141,8 @@ pub struct Metrics {
     pub connections_max: Gauge,
     /// Times the accept loop found `max_connections` open and left new ones in the backlog.
     pub connections_deferred: Counter,
+    /// Connections the kernel completed that `accept` failed to take (EMFILE, ENFILE, ENOBUFS).
+    pub accept_errors: Counter,
     /// Requests on the proxy listener between their head and the end of their response.
     pub requests_in_flight: Gauge,
 }
@@ -194,6 +196,7 @@ impl Metrics {
             connections_open: Gauge::default(),
             connections_max: Gauge::default(),
             connections_deferred: Counter::default(),
+            accept_errors: Counter::default(),
             requests_in_flight: Gauge::default(),
             registry: Registry::default(),
         };
@@ -269,6 +272,11 @@ impl Metrics {
             "connections_deferred",
             "Times max_connections were open and new connections were left in the listen backlog",
             m.connections_deferred.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Connections the proxy listener failed to accept (out of file descriptors and the like)",
+            m.accept_errors.clone(),
         );
         registry.register(
             "requests_in_flight",

@@ -114,6 +114,7 @@ impl Server {
                         Ok(x) => x,
                         Err(e) => {
                             // Out of file descriptors and the like: wait instead of spinning.
+                            metrics.accept_errors.inc();
                             tracing::warn!(error = %e, "accept failed");
                             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                             continue;
