@@ -3,6 +3,7 @@
 //! HTTP/2 which response bodies wait on the client's window (`send_timeout`). [`Answered`]
 //! wraps each response body to report its end.
 
+use prometheus_client::metrics::gauge::Gauge;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -149,8 +150,8 @@ pub struct Answered<B> {
     watch: Option<Watch>,
     /// HTTP/2: this body's entry in the connection's [`Sends`].
     waiting: Option<Arc<AtomicU64>>,
-    /// Held until hyper is done with the body (a request's `max_requests_in_flight` permit).
-    _held: Option<Box<dyn Send + Sync>>,
+    /// Held until hyper is done with the body: the request's `max_requests_in_flight` place.
+    _place: Option<Place>,
 }
 
 impl<B> Answered<B> {
@@ -179,13 +180,13 @@ impl<B> Answered<B> {
             inner,
             watch,
             waiting,
-            _held: None,
+            _place: None,
         }
     }
 
-    /// Keeps `guard` alive until the body is done with.
-    pub fn holding(mut self, guard: impl Send + Sync + 'static) -> Self {
-        self._held = Some(Box::new(guard));
+    /// Keeps the request's place in flight until the body is done with.
+    pub fn holding(mut self, place: Place) -> Self {
+        self._place = Some(place);
         self
     }
 }
@@ -225,5 +226,42 @@ impl<B: http_body::Body + Unpin> http_body::Body for Answered<B> {
     }
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Requests in flight on a listener, bounded by `max_requests_in_flight`. The count is the
+/// `bearward_requests_in_flight` gauge itself: taking a place is one atomic add (and a second
+/// to give it back when the limit is reached), with no lock, so it costs the request path
+/// next to nothing.
+#[derive(Clone)]
+pub struct InFlight {
+    count: Gauge,
+    max: i64,
+}
+
+impl InFlight {
+    pub fn new(count: Gauge, max: usize) -> InFlight {
+        InFlight {
+            count,
+            max: i64::try_from(max).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// A place, unless `max` requests hold one already.
+    pub fn enter(&self) -> Option<Place> {
+        if self.count.inc() >= self.max {
+            self.count.dec();
+            return None;
+        }
+        Some(Place(self.count.clone()))
+    }
+}
+
+/// One request's place in flight, given back when dropped.
+pub struct Place(Gauge);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

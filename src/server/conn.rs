@@ -8,7 +8,7 @@ use crate::body::Body;
 use crate::config::Config;
 use crate::gateway::ConnInfo;
 use crate::request::framing::Guarded;
-use crate::request::watch::{Answered, Watch};
+use crate::request::watch::{Answered, InFlight, Watch};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 
 /// An accepted connection and what bounds it.
 pub(super) struct Conn {
@@ -30,7 +30,7 @@ pub(super) struct Conn {
     /// Its `max_connections` slot, given back when the connection task ends.
     pub(super) slot: Held,
     /// The listener's `max_requests_in_flight`.
-    pub(super) in_flight: Arc<Semaphore>,
+    pub(super) in_flight: InFlight,
 }
 
 /// The HTTP/1 and HTTP/2 server settings, built once.
@@ -216,7 +216,7 @@ fn gateway_service(
     live: &Arc<Live>,
     peer: SocketAddr,
     watch: Option<Watch>,
-    in_flight: Arc<Semaphore>,
+    in_flight: InFlight,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<Answered<Body>>,
@@ -241,13 +241,9 @@ fn gateway_service(
         // Taken before anything else is done with the request, so an overload cannot turn into
         // token checks, JWKS refetches or an upstream pile-up; held until the response body
         // has been sent.
-        let held = in_flight
-            .clone()
-            .try_acquire_owned()
-            .ok()
-            .map(|p| Held::new(p, &live.metrics.requests_in_flight));
+        let place = in_flight.enter();
         async move {
-            let Some(held) = held else {
+            let Some(place) = place else {
                 let resp = gateway.overloaded(req.method(), &info);
                 return Ok(resp.map(|b| Answered::new(b, info.watch.clone())));
             };
@@ -256,7 +252,7 @@ fn gateway_service(
             if let (Some(w), StatusCode::SWITCHING_PROTOCOLS) = (&watch, resp.status()) {
                 w.upgraded();
             }
-            Ok::<_, std::convert::Infallible>(resp.map(|b| Answered::new(b, watch).holding(held)))
+            Ok::<_, std::convert::Infallible>(resp.map(|b| Answered::new(b, watch).holding(place)))
         }
     })
 }

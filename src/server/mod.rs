@@ -10,6 +10,7 @@ pub use reload::{reload_on_sighup, watch_config, Live};
 
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::request::watch::InFlight;
 use arc_swap::ArcSwap;
 use conn::{serve_connection, Conn, Drain, Protocols};
 use prometheus_client::metrics::gauge::Gauge;
@@ -84,7 +85,10 @@ impl Server {
         let max_connections = connection_limit(&config);
         metrics.connections_max.set(max_connections as i64);
         let slots = Arc::new(Semaphore::new(max_connections));
-        let in_flight = Arc::new(Semaphore::new(config.server.max_requests_in_flight));
+        let in_flight = InFlight::new(
+            metrics.requests_in_flight.clone(),
+            config.server.max_requests_in_flight,
+        );
         let mut last_warned: Option<tokio::time::Instant> = None;
         tokio::pin!(shutdown);
         loop {
