@@ -7,10 +7,12 @@ use crate::config::Config;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use base64::Engine;
-use http::{Request, Response};
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::json;
 use std::future::Future;
@@ -143,8 +145,19 @@ upstream = "echo"
     )
 }
 
-/// Runs the demo until `shutdown` completes. Prints the walkthrough to stdout.
-pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+/// What the demo runs: a signing key, its IdP (JWKS over HTTP), an echo API, and bearward in
+/// front of them, bound and with its keys loaded.
+struct Demo {
+    key: Arc<DemoKey>,
+    issuer: String,
+    jwks_uri: String,
+    echo: SocketAddr,
+    server: crate::server::Server,
+    base: String,
+    text: String,
+}
+
+async fn start(listen: SocketAddr) -> io::Result<Demo> {
     let key = Arc::new(make_key()?);
 
     let jwks = json!({ "keys": [key.jwk.clone()] });
@@ -188,6 +201,28 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> io::
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 
+    Ok(Demo {
+        key,
+        issuer,
+        jwks_uri,
+        echo,
+        server,
+        base,
+        text,
+    })
+}
+
+/// Runs the demo until `shutdown` completes. Prints the walkthrough to stdout.
+pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    let Demo {
+        key,
+        issuer,
+        jwks_uri,
+        echo,
+        server,
+        base,
+        text,
+    } = start(listen).await?;
     let good = mint(&key, &issuer, "orders:read", now() + 3600);
     let expired = mint(&key, &issuer, "orders:read", now() - 600);
     println!("bearward demo: bearward is listening on {base}");
@@ -246,4 +281,128 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> io::
     use std::io::Write;
     let _ = std::io::stdout().flush();
     server.run(shutdown).await
+}
+
+/// One call of the training mix: method, path, token, body, and the status it must get.
+type Call = (Method, String, Option<String>, Bytes, u16);
+
+/// The profile-guided build's training run (`bearward demo --train SECONDS`, used by
+/// `deploy/pgo.sh`): the demo's own IdP, echo API and bearward, and a load from this process
+/// for `seconds`: HTTP/1.1 keep-alive and HTTP/2 clients sending the mix a gateway serves
+/// (mostly cached valid tokens; no, expired and tampered tokens; a missing scope; an open route
+/// with and without a body; the RFC 9728 document). It needs nothing but the binary. Every
+/// answer is checked, so a training run that trained on errors fails instead. Returns the
+/// number of requests sent.
+pub async fn train(seconds: u64) -> io::Result<u64> {
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let demo = start(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let base = demo.base.clone();
+    let good = mint(&demo.key, &demo.issuer, "orders:read", now() + 3600);
+    let expired = mint(&demo.key, &demo.issuer, "orders:read", now() - 600);
+    let tampered = format!("{}A", &good[..good.len() - 1]);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(demo.server.run(async {
+        let _ = stopped.await;
+    }));
+
+    let upload = Bytes::from(vec![b'x'; 4096]);
+    let mix: Arc<Vec<Call>> = Arc::new({
+        let mut m = Vec::new();
+        for _ in 0..13 {
+            m.push((
+                Method::GET,
+                "/api/orders/7".into(),
+                Some(good.clone()),
+                Bytes::new(),
+                200,
+            ));
+        }
+        m.push((Method::GET, "/api/orders".into(), None, Bytes::new(), 401));
+        m.push((
+            Method::GET,
+            "/api/orders".into(),
+            Some(expired),
+            Bytes::new(),
+            401,
+        ));
+        m.push((
+            Method::GET,
+            "/api/orders".into(),
+            Some(tampered),
+            Bytes::new(),
+            401,
+        ));
+        m.push((
+            Method::GET,
+            "/api/admin/users".into(),
+            Some(good),
+            Bytes::new(),
+            403,
+        ));
+        m.push((
+            Method::GET,
+            "/public/status?x=1".into(),
+            None,
+            Bytes::new(),
+            200,
+        ));
+        m.push((Method::POST, "/public/upload".into(), None, upload, 200));
+        let doc = format!("{}/api", crate::resource::WELL_KNOWN);
+        m.push((Method::GET, doc, None, Bytes::new(), 200));
+        m
+    });
+    let sent = Arc::new(AtomicU64::new(0));
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let h1 = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let h2 = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let mut workers = Vec::new();
+    for w in 0..12usize {
+        // Two of three workers on HTTP/1.1 (one connection each), the rest share one HTTP/2
+        // connection.
+        let client = if w % 3 == 2 { h2.clone() } else { h1.clone() };
+        let (mix, sent, base) = (mix.clone(), sent.clone(), base.clone());
+        workers.push(tokio::spawn(async move {
+            let mut i = w;
+            while tokio::time::Instant::now() < until {
+                let (method, path, token, body, want) = &mix[i % mix.len()];
+                i += 1;
+                let mut req = Request::builder()
+                    .method(method.clone())
+                    .uri(format!("{base}{path}"));
+                if let Some(t) = token {
+                    req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+                }
+                let req = req
+                    .body(Full::new(body.clone()))
+                    .map_err(io::Error::other)?;
+                let resp = client.request(req).await.map_err(io::Error::other)?;
+                let status = resp.status().as_u16();
+                resp.into_body().collect().await.map_err(io::Error::other)?;
+                if status != *want {
+                    return Err(io::Error::other(format!(
+                        "{method} {path}: {status}, expected {want}"
+                    )));
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, io::Error>(())
+        }));
+    }
+    let mut failed = None;
+    for w in workers {
+        if let Err(e) = w.await.map_err(io::Error::other).and_then(|r| r) {
+            failed.get_or_insert(e);
+        }
+    }
+    let _ = stop.send(());
+    server.await.map_err(io::Error::other)??;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(sent.load(Ordering::Relaxed)),
+    }
 }

@@ -41,6 +41,11 @@ enum Command {
         /// Where bearward listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// Instead of waiting for curl: send the demo a load from this process for SECONDS,
+        /// check every answer, and exit (the profile-guided build's training run,
+        /// deploy/pgo.sh).
+        #[arg(long, value_name = "SECONDS")]
+        train: Option<u64>,
     },
 }
 
@@ -50,8 +55,11 @@ const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Demo { listen }) = cli.command {
-        return demo(listen);
+    if let Some(Command::Demo { listen, train }) = cli.command {
+        return match train {
+            Some(seconds) => train_run(seconds),
+            None => demo(listen),
+        };
     }
     let Some(path) = cli.config else {
         eprintln!("bearward: no config file; pass --config FILE or set BEARWARD_CONFIG");
@@ -90,6 +98,25 @@ fn runtime(threads: Option<usize>) -> Option<tokio::runtime::Runtime> {
         Err(e) => {
             eprintln!("bearward: cannot start the runtime: {e}");
             None
+        }
+    }
+}
+
+fn train_run(seconds: u64) -> ExitCode {
+    bearward::telemetry::init(bearward::config::LogFormat::Text);
+    let Some(rt) = runtime(None) else {
+        return ExitCode::FAILURE;
+    };
+    match rt.block_on(bearward::demo::train(seconds)) {
+        Ok(n) => {
+            println!(
+                "bearward demo --train: {n} requests in {seconds} s, every answer as expected"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bearward demo --train: {e}");
+            ExitCode::FAILURE
         }
     }
 }

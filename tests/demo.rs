@@ -163,3 +163,26 @@ async fn demo_prints_commands_that_do_what_it_says() {
     let status = child.wait().unwrap();
     assert!(status.success(), "the demo exits 0 on Ctrl-C: {status:?}");
 }
+
+/// `bearward demo --train`, the profile-guided build's training run (deploy/pgo.sh): it loads
+/// the demo from the same process, checks every answer and exits 0 with the count.
+#[test]
+fn demo_train_sends_the_mix_and_checks_every_answer() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bearward"))
+        .args(["demo", "--train", "1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n: u64 = text
+        .split_whitespace()
+        .nth(3)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(n > 100, "{text}");
+    assert!(text.contains("every answer as expected"), "{text}");
+}

@@ -2,7 +2,8 @@
 # Builds the bearward image with buildah, FROM scratch, from packages this machine reaches:
 # the release binary built here, its shared libraries, Debian's CA roots. No registry is asked.
 #   deploy/image/build.sh [TAG] [BINARY]
-# TAG defaults to localhost/bearward:latest; BINARY to a fresh `cargo build --release`.
+# TAG defaults to localhost/bearward:latest; BINARY to a fresh `cargo build --release`. For
+# the profile-guided binary, the production build: deploy/image/build.sh TAG "$(deploy/pgo.sh)".
 set -eu
 cd "$(dirname "$0")/../.."
 tag=${1:-localhost/bearward:latest}
