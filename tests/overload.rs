@@ -62,7 +62,11 @@ async fn read_response(s: &mut TcpStream) -> String {
 #[tokio::test]
 async fn past_max_connections_new_connections_wait_and_open_ones_are_served() {
     let up = Upstream::start().await;
-    let gw = Gateway::start(&basic_config(&up.url(), "max_connections = 3")).await;
+    // Keys from a file, so /readyz can say 200 while the limit holds.
+    let cfg =
+        basic_config(&up.url(), "max_connections = 3").replace("empty-jwks.json", "jwks-rsa1.json");
+    let gw = Gateway::start(&cfg).await;
+    wait_ready(&gw).await;
     let mut open = Vec::new();
     for _ in 0..3 {
         let mut s = TcpStream::connect(gw.addr).await.unwrap();
@@ -91,7 +95,7 @@ async fn past_max_connections_new_connections_wait_and_open_ones_are_served() {
     }
     let ready = get(
         &client(),
-        &format!("http://{}/healthz", gw.admin.unwrap()),
+        &format!("http://{}/readyz", gw.admin.unwrap()),
         &[],
     )
     .await;
