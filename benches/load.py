@@ -70,7 +70,7 @@ def ensure_tools(packages=(("nginx", "nginx"), ("haproxy", "haproxy"), ("wrk", "
     try:
         import cryptography  # noqa: F401
     except ImportError:
-        sh([sys.executable, "-m", "pip", "install", "--quiet", "cryptography"])
+        sh([sys.executable, "-m", "pip", "install", "--quiet", "cryptography==48.0.0"])
 
 
 def b64(b):
