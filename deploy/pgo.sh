@@ -6,7 +6,8 @@
 # 2. trains it with `bearward demo --train`: the demo's own IdP, echo API and bearward, loaded
 #    from the same process over HTTP/1.1 and HTTP/2 with the mix a gateway serves (cached valid
 #    tokens, no, expired and tampered tokens, a missing scope, an open route with a body, the
-#    RFC 9728 document); every answer is checked, so a run that trained on errors fails;
+#    RFC 9728 document), half the time on one runtime thread per CPU and half on one thread;
+#    every answer is checked, so a run that trained on errors fails;
 # 3. merges the profile and builds with -Cprofile-use (target/pgo/use), then runs the training
 #    once more against the optimized binary.
 # Same source, Cargo.lock and features as `cargo build --release`; only the compiler's choices

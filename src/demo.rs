@@ -286,7 +286,7 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> io::
 /// One call of the training mix: method, path, token, body, and the status it must get.
 type Call = (Method, String, Option<String>, Bytes, u16);
 
-/// The profile-guided build's training run (`bearward demo --train SECONDS`, used by
+/// One pass of the profile-guided build's training run (`bearward demo --train SECONDS`, used by
 /// `deploy/pgo.sh`): the demo's own IdP, echo API and bearward, and a load from this process
 /// for `seconds`: HTTP/1.1 keep-alive and HTTP/2 clients sending the mix a gateway serves
 /// (mostly cached valid tokens; no, expired and tampered tokens; a missing scope; an open route
@@ -302,7 +302,14 @@ pub async fn train(seconds: u64) -> io::Result<u64> {
     let base = demo.base.clone();
     let good = mint(&demo.key, &demo.issuer, "orders:read", now() + 3600);
     let expired = mint(&demo.key, &demo.issuer, "orders:read", now() - 600);
-    let tampered = format!("{}A", &good[..good.len() - 1]);
+    // One signature character changed, well inside it: the last one carries only 2 bits of an
+    // ES256 signature, so changing it can give back the same signature or a non-canonical one.
+    let tampered = {
+        let mut t = good.clone().into_bytes();
+        let i = t.len() - 10;
+        t[i] = if t[i] == b'A' { b'B' } else { b'A' };
+        String::from_utf8(t).map_err(io::Error::other)?
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(demo.server.run(async {
         let _ = stopped.await;
