@@ -236,8 +236,13 @@ pub async fn explain_request(
     match target.parse::<http::Uri>() {
         Ok(uri) => *req.uri_mut() = uri,
         Err(_) => {
-            p.line("canonical", format_args!("FAIL not a request target"));
-            return refuse(p, StatusCode::BAD_REQUEST, "path_bad_escape");
+            p.line(
+                "canonical",
+                format_args!(
+                    "FAIL malformed_request: not a request target (the proxy's parser refuses it)"
+                ),
+            );
+            return refuse(p, StatusCode::BAD_REQUEST, "malformed_request");
         }
     }
     req.headers_mut()
