@@ -121,7 +121,7 @@ fn bench(c: &mut Criterion) {
         }
         let req = req.body(Full::new(Bytes::new())).unwrap();
         rt.block_on(async {
-            let resp = gw.handle(req, &conn, None).await;
+            let resp = gw.handle(req, &conn, None, true).await;
             assert_eq!(resp.status(), 200);
             resp.into_body().collect().await.unwrap();
         });

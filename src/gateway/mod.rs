@@ -3,7 +3,7 @@
 //! in this order; `bearward explain` runs the same `decide` with a printing sink.
 //!
 //! ```text
-//! overload  -> max_requests_in_flight (server::gateway_service) ....... 503
+//! overload  -> past max_requests_in_flight (counted in server::conn) .. 503   Gateway::phases
 //! framing   -> refuse ambiguous HTTP/1 framing (smuggling) ............ 400   check_framing
 //!              and transfer codings other than a lone chunked ......... 501
 //! method    -> upper-case letters, `-` and `_` only ................... 400   check_method
@@ -126,6 +126,7 @@ impl Gateway {
         req: Request<B>,
         conn: &ConnInfo,
         request_index: Option<usize>,
+        admitted: bool,
     ) -> Response<Body>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
@@ -135,14 +136,20 @@ impl Gateway {
         let method = req.method().clone();
         let mut out = Outcome::default();
         let mut resp = match self
-            .phases(req.map(body::boxed), conn, request_index, &mut out)
+            .phases(
+                req.map(body::boxed),
+                conn,
+                request_index,
+                admitted,
+                &mut out,
+            )
             .await
         {
             Ok(resp) => resp,
             Err(rej) => {
                 out.decision = match rej {
                     Rejection::Proxy(ProxyError::BodyTooLarge) => "deny",
-                    Rejection::Proxy(_) | Rejection::Internal(_) => "error",
+                    Rejection::Proxy(_) | Rejection::Internal(_) | Rejection::Overloaded => "error",
                     _ => "deny",
                 };
                 out.reason = rej.reason();
@@ -192,39 +199,6 @@ impl Gateway {
         resp
     }
 
-    /// The answer to a request that came while `max_requests_in_flight` others were in flight:
-    /// 503 with `Retry-After`, decided before the path, the route or the token is looked at,
-    /// counted and logged under route `-`.
-    pub fn overloaded(&self, method: &http::Method, conn: &ConnInfo) -> Response<Body> {
-        let rej = Rejection::Overloaded;
-        let (status, reason) = (rej.status().as_u16(), rej.reason());
-        self.metrics.record(
-            &self.no_route,
-            status,
-            "error",
-            reason,
-            Duration::ZERO,
-            None,
-        );
-        if self.config.server.access_log {
-            tracing::info!(
-                target: "bearward::access",
-                method = %method,
-                path = "-",
-                route = "-",
-                status,
-                decision = "error",
-                reason,
-                peer = %conn.peer.ip(),
-            );
-        }
-        let mut resp = rej.into_response(&self.config.server.realm, None);
-        if method == http::Method::HEAD {
-            *resp.body_mut() = body::empty();
-        }
-        resp
-    }
-
     /// Counts and logs a request hyper or the framing guard refused before it became a request (see
     /// `server::conn::head_refusal`), under route `-` like an unmatched one.
     pub fn record_refused_head(&self, peer: SocketAddr, status: u16, reason: &'static str) {
@@ -250,8 +224,14 @@ impl Gateway {
         mut req: Request<Body>,
         conn: &ConnInfo,
         request_index: Option<usize>,
+        admitted: bool,
         out: &mut Outcome,
     ) -> Result<Response<Body>, Rejection> {
+        // `overload`: the listener found `max_requests_in_flight` others in flight; refused
+        // before the path, the route or the token is looked at.
+        if !admitted {
+            return Err(Rejection::Overloaded);
+        }
         let framing = conn.watch.as_ref().zip(request_index);
         match self.decide(&mut req, framing, out, &mut Quiet).await? {
             Decided::Answer(resp) => Ok(resp),

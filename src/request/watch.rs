@@ -184,9 +184,9 @@ impl<B> Answered<B> {
         }
     }
 
-    /// Keeps the request's place in flight until the body is done with.
-    pub fn holding(mut self, place: Place) -> Self {
-        self._place = Some(place);
+    /// Keeps the request's place in flight (if it got one) until the body is done with.
+    pub fn holding(mut self, place: Option<Place>) -> Self {
+        self._place = place;
         self
     }
 }

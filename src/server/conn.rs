@@ -243,11 +243,7 @@ fn gateway_service(
         // has been sent.
         let place = in_flight.enter();
         async move {
-            let Some(place) = place else {
-                let resp = gateway.overloaded(req.method(), &info);
-                return Ok(resp.map(|b| Answered::new(b, info.watch.clone())));
-            };
-            let resp = gateway.handle(req, &info, index).await;
+            let resp = gateway.handle(req, &info, index, place.is_some()).await;
             let watch = info.watch.clone();
             if let (Some(w), StatusCode::SWITCHING_PROTOCOLS) = (&watch, resp.status()) {
                 w.upgraded();
