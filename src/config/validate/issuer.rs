@@ -7,10 +7,6 @@ use jsonwebtoken::Algorithm;
 use std::str::FromStr;
 use toml::Spanned;
 
-pub(super) fn parse_alg(s: &str) -> Option<Algorithm> {
-    crate::jose::algorithm(s)
-}
-
 /// One `[[issuers]]` entry: each part is checked by its own function below, and every
 /// problem is reported (with its line) before the entry is refused.
 pub(super) fn issuer(
@@ -202,7 +198,7 @@ fn algorithms(cx: &mut Ctx<'_>, i: usize, f: &IssuerFile, has_hmac: bool) -> Vec
         ),
         Some(list) => {
             for (j, a) in list.get_ref().iter().enumerate() {
-                match parse_alg(a.get_ref()) {
+                match crate::jose::algorithm(a.get_ref()) {
                     Some(alg) if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) && !has_hmac => cx.err(
                         a.span(),
                         &format!("issuers[{i}].algorithms[{j}]"),
