@@ -15,6 +15,7 @@ import sys
 LAYERS = [
     {"body", "timer", "headers", "jose", "host", "path", "tls"},  # leaves
     {"telemetry", "routes", "resource", "config", "request"},  # parsing and policy
+    {"store"},  # the store replicas share
     {"auth"},
     {"upstream", "forward"},
     {"gateway"},

@@ -34,3 +34,48 @@ pub(crate) fn algorithm(a: &str) -> Option<Algorithm> {
         _ => return None,
     })
 }
+
+/// The signing key for `alg` from a PEM private key (PKCS#8, or PKCS#1/SEC1 where the key type
+/// has them).
+pub(crate) fn encoding_key(
+    pem: &[u8],
+    alg: Algorithm,
+) -> Result<jsonwebtoken::EncodingKey, String> {
+    use jsonwebtoken::EncodingKey;
+    let key = match alg {
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(pem),
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+            return Err("not an asymmetric algorithm".into())
+        }
+        _ => EncodingKey::from_rsa_pem(pem),
+    };
+    key.map_err(|e| e.to_string())
+}
+
+/// A compact JWS of `claims` signed with `key`: `typ` is `JWT`, `kid` when given.
+pub(crate) fn sign(
+    claims: &serde_json::Value,
+    key: &jsonwebtoken::EncodingKey,
+    alg: Algorithm,
+    kid: Option<&str>,
+) -> Result<String, String> {
+    use base64::Engine as _;
+    let mut header = serde_json::json!({"alg": format!("{alg:?}"), "typ": "JWT"});
+    if let Some(kid) = kid {
+        header["kid"] = kid.into();
+    }
+    let input = format!(
+        "{}.{}",
+        B64.encode(header.to_string()),
+        B64.encode(claims.to_string())
+    );
+    let sig = jsonwebtoken::crypto::sign(input.as_bytes(), key, alg).map_err(|e| e.to_string())?;
+    Ok(format!("{input}.{sig}"))
+}
+
+/// Signs a throwaway payload: does this PEM key sign `alg`?
+pub(crate) fn sign_test(pem: &[u8], alg: Algorithm) -> Result<(), String> {
+    let key = encoding_key(pem, alg)?;
+    sign(&serde_json::json!({}), &key, alg, None).map(drop)
+}

@@ -19,10 +19,15 @@
 //! - [`routes`]: the first-match route table; [`resource`]: RFC 9728 metadata documents.
 //! - [`telemetry`]: logging setup and metrics.
 //!
+//! Shared state:
+//! - [`store`]: the Valkey/Redis store replicas share (`[cache] redis_url`), bounded by
+//!   timeouts and skipped after failures; callers fall back to their process caches.
+//!
 //! The token check:
 //! - [`auth`]: token extraction (`extract`), JWS parsing (`token`), key material and its
 //!   hygiene (`keys`), fetching and refreshing JWKS (`jwks`), validation (`validator`), the
-//!   verified-token cache and its per-thread front (`front`), RFC 6750 answers (`error`).
+//!   verified-token cache and its per-thread front (`front`), RFC 6750 answers (`error`),
+//!   opaque tokens through RFC 7662 introspection (`introspect`).
 //!
 //! Forwarding:
 //! - [`upstream`]: the upstream side behind one entry point, `Upstreams::send`: the pool
@@ -53,6 +58,7 @@ pub mod request;
 pub mod resource;
 pub mod routes;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub(crate) mod timer;
 pub mod tls;

@@ -125,9 +125,17 @@ pub struct Route {
     /// The RFC 9728 resource identifier (`resource`, else the server's): its metadata URL goes
     /// in the route's Bearer challenges.
     pub resource: Option<Arc<ResourceId>>,
+    /// `issuers`: indexes of the issuers whose tokens this route takes, in the order their
+    /// introspection endpoints are asked about an opaque token; `None`: any issuer.
+    pub issuers: Option<Vec<usize>>,
 }
 
 impl Route {
+    /// May a token from the issuer at this index be used here?
+    pub fn takes_issuer(&self, issuer: usize) -> bool {
+        self.issuers.as_ref().is_none_or(|l| l.contains(&issuer))
+    }
+
     /// Does this route take a request with this method and canonical path?
     pub fn matches(&self, method: &Method, path: &str) -> bool {
         if let Some(methods) = &self.methods {
@@ -276,6 +284,7 @@ impl Route {
             max_body: None,
             allow_encoded_percent: false,
             resource: None,
+            issuers: None,
         }
     }
 

@@ -94,6 +94,19 @@ struct RefusedKeyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    op: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LayerLabels {
+    issuer: String,
+    layer: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LookupLabels {
     outcome: &'static str,
 }
@@ -145,6 +158,10 @@ pub struct Metrics {
     pub accept_errors: Counter,
     /// Requests on the proxy listener between their head and the end of their response.
     pub requests_in_flight: Gauge,
+    store_ops: Family<StoreLabels, Counter>,
+    introspections: Family<FetchLabels, Counter>,
+    introspection_latency: Family<IssuerLabels, Histogram, fn() -> Histogram>,
+    introspection_cache: Family<LayerLabels, Counter>,
 }
 
 /// A two-outcome counter family with both counters made up front: counting one is an atomic
@@ -198,6 +215,10 @@ impl Metrics {
             connections_deferred: Counter::default(),
             accept_errors: Counter::default(),
             requests_in_flight: Gauge::default(),
+            store_ops: Family::default(),
+            introspections: Family::default(),
+            introspection_latency: Family::new_with_constructor(histogram as fn() -> Histogram),
+            introspection_cache: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -297,7 +318,63 @@ impl Metrics {
             "Config reloads by outcome (ok, error)",
             m.reloads.family.clone(),
         );
+        registry.register(
+            "shared_store_operations",
+            "Commands to the shared store (Valkey/Redis) by operation and outcome (ok, error, timeout, skipped after a failure)",
+            m.store_ops.clone(),
+        );
+        registry.register(
+            "introspections",
+            "Calls to introspection endpoints by issuer and outcome (active, inactive, and why a call failed)",
+            m.introspections.clone(),
+        );
+        registry.register_with_unit(
+            "introspection_duration",
+            "Introspection call latency by issuer",
+            Unit::Seconds,
+            m.introspection_latency.clone(),
+        );
+        registry.register(
+            "introspection_cache_lookups",
+            "Introspection answer lookups by issuer, layer (process, shared) and outcome (hit, miss)",
+            m.introspection_cache.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts one shared-store command.
+    pub fn store_op(&self, op: &'static str, outcome: &'static str) {
+        self.store_ops
+            .get_or_create(&StoreLabels { op, outcome })
+            .inc();
+    }
+
+    /// Counts one introspection call and its latency.
+    pub fn introspection(&self, issuer: &str, outcome: &'static str, took: Option<Duration>) {
+        self.introspections
+            .get_or_create(&FetchLabels {
+                issuer: issuer.to_owned(),
+                outcome,
+            })
+            .inc();
+        if let Some(took) = took {
+            self.introspection_latency
+                .get_or_create(&IssuerLabels {
+                    issuer: issuer.to_owned(),
+                })
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    /// Counts one introspection cache lookup in `layer` (`process` or `shared`).
+    pub fn introspection_cache(&self, issuer: &str, layer: &'static str, hit: bool) {
+        self.introspection_cache
+            .get_or_create(&LayerLabels {
+                issuer: issuer.to_owned(),
+                layer,
+                outcome: if hit { "hit" } else { "miss" },
+            })
+            .inc();
     }
 
     /// One route's series, resolved when a config is loaded.

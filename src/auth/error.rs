@@ -45,6 +45,16 @@ pub enum AuthError {
     InsufficientScope { needed: String },
     #[error("signing keys not available")]
     KeysUnavailable,
+    #[error("token not active")]
+    Inactive,
+    #[error("token issuer not accepted on this route")]
+    IssuerNotAllowed,
+    #[error("introspection endpoint unavailable")]
+    IntrospectionUnavailable,
+    #[error("introspection endpoint busy")]
+    IntrospectionBusy,
+    #[error("introspection endpoint gave an invalid answer")]
+    IntrospectionInvalid,
 }
 
 /// The `error` parameter of `WWW-Authenticate`, if any.
@@ -64,7 +74,10 @@ impl AuthError {
             | AuthError::MultipleTokens
             | AuthError::TokenNotAllowedHere => StatusCode::BAD_REQUEST,
             AuthError::InsufficientScope { .. } => StatusCode::FORBIDDEN,
-            AuthError::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            AuthError::KeysUnavailable
+            | AuthError::IntrospectionUnavailable
+            | AuthError::IntrospectionBusy
+            | AuthError::IntrospectionInvalid => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -72,7 +85,11 @@ impl AuthError {
     /// The RFC 6750 error code.
     pub fn code(&self) -> ErrorCode {
         match self {
-            AuthError::MissingToken | AuthError::KeysUnavailable => ErrorCode::None,
+            AuthError::MissingToken
+            | AuthError::KeysUnavailable
+            | AuthError::IntrospectionUnavailable
+            | AuthError::IntrospectionBusy
+            | AuthError::IntrospectionInvalid => ErrorCode::None,
             AuthError::MalformedHeader
             | AuthError::MultipleTokens
             | AuthError::TokenNotAllowedHere => ErrorCode::InvalidRequest,
@@ -103,6 +120,11 @@ impl AuthError {
             AuthError::BoundToken => "bound_token",
             AuthError::InsufficientScope { .. } => "insufficient_scope",
             AuthError::KeysUnavailable => "keys_unavailable",
+            AuthError::Inactive => "inactive_token",
+            AuthError::IssuerNotAllowed => "issuer_not_allowed",
+            AuthError::IntrospectionUnavailable => "introspection_unavailable",
+            AuthError::IntrospectionBusy => "introspection_overloaded",
+            AuthError::IntrospectionInvalid => "introspection_invalid_answer",
         }
     }
 

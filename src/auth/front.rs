@@ -113,7 +113,7 @@ mod tests {
             scopes: Vec::new(),
             exp: 0.0,
             issuer: 0,
-            key: Arc::new(VerifyKey::hmac(b"secret")),
+            key: Some(Arc::new(VerifyKey::hmac(b"secret"))),
             ttl: Duration::from_secs(60),
             token_id: crate::auth::token_id(&[0; 32]),
             token: token.as_bytes().into(),

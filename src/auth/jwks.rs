@@ -31,11 +31,16 @@ use serde_json::Value;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+pub(crate) type HttpsClient<B = Empty<Bytes>> = Client<HttpsConnector<HttpConnector>, B>;
 
 /// The client used for JWKS and discovery: HTTPS through rustls (system roots, else Mozilla's),
 /// plain HTTP allowed for loopback IdPs and tests.
-pub fn http_client() -> HttpsClient {
+pub fn http_client<B>() -> HttpsClient<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = hyper_rustls::HttpsConnectorBuilder::new();
     let builder = match builder.with_provider_and_native_roots(provider.clone()) {
@@ -114,6 +119,67 @@ fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
         }
     }
     found
+}
+
+/// The issuer's metadata (OpenID Discovery, then RFC 8414's two places), whose `issuer` must
+/// be the configured one exactly. Returns where it was found and the document.
+pub(crate) async fn discovery_document(
+    client: &HttpsClient,
+    issuer: &str,
+    max_bytes: usize,
+    timeout: Duration,
+) -> Result<(Uri, Value), String> {
+    let configured = issuer;
+    let issuer = issuer.trim_end_matches('/');
+    let parsed: Uri = issuer
+        .parse()
+        .map_err(|e| format!("issuer is not a URL: {e}"))?;
+    let origin = format!(
+        "{}://{}",
+        parsed.scheme_str().unwrap_or("https"),
+        parsed.authority().map_or("", |a| a.as_str())
+    );
+    let path = parsed.path().trim_end_matches('/');
+    let candidates = [
+        format!("{issuer}/.well-known/openid-configuration"),
+        format!("{origin}/.well-known/oauth-authorization-server{path}"),
+        format!("{issuer}/.well-known/oauth-authorization-server"),
+    ];
+    let mut errors = Vec::new();
+    for c in &candidates {
+        let Ok(uri) = c.parse::<Uri>() else { continue };
+        match get(client, &uri, max_bytes, timeout).await {
+            Ok((body, _)) => {
+                let doc: Value = match serde_json::from_slice(&body) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        errors.push(format!("{uri}: not JSON: {e}"));
+                        continue;
+                    }
+                };
+                if doc.get("issuer").and_then(Value::as_str) != Some(configured) {
+                    errors.push(format!("{uri}: its issuer is not {configured:?}"));
+                    continue;
+                }
+                return Ok((uri, doc));
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    Err(format!("discovery failed: {}", errors.join("; ")))
+}
+
+/// An http(s) endpoint named in a metadata document.
+pub(crate) fn endpoint_in(doc: &Value, from: &Uri, name: &str) -> Result<Uri, String> {
+    let text = doc
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or(format!("{from}: no {name}"))?;
+    let uri: Uri = text.parse().map_err(|e| format!("{from}: {name}: {e}"))?;
+    if !matches!(uri.scheme_str(), Some("https" | "http")) || uri.authority().is_none() {
+        return Err(format!("{from}: {name} is not an http(s) URL"));
+    }
+    Ok(uri)
 }
 
 /// What `/readyz`, metrics and `explain` can know about an issuer's keys.
@@ -393,63 +459,12 @@ impl IssuerKeys {
     /// OpenID Discovery 1.0 section 4, then RFC 8414 section 3 (both its inserted form and the
     /// appended form some servers use). The document's `issuer` must equal ours exactly.
     async fn discover(&self) -> Result<Uri, String> {
-        let issuer = self.config.issuer.trim_end_matches('/');
-        let parsed: Uri = issuer
-            .parse()
-            .map_err(|e| format!("issuer is not a URL: {e}"))?;
-        let origin = format!(
-            "{}://{}",
-            parsed.scheme_str().unwrap_or("https"),
-            parsed.authority().map_or("", |a| a.as_str())
-        );
-        let path = parsed.path().trim_end_matches('/');
-        let candidates = [
-            format!("{issuer}/.well-known/openid-configuration"),
-            format!("{origin}/.well-known/oauth-authorization-server{path}"),
-            format!("{issuer}/.well-known/oauth-authorization-server"),
-        ];
-        let mut errors = Vec::new();
-        for c in &candidates {
-            let Ok(uri) = c.parse::<Uri>() else { continue };
-            match get(
-                &self.client,
-                &uri,
-                self.config.jwks.max_bytes,
-                self.config.jwks.timeout,
-            )
-            .await
-            {
-                Ok((body, _)) => {
-                    let doc: Value = match serde_json::from_slice(&body) {
-                        Ok(d) => d,
-                        Err(e) => {
-                            errors.push(format!("{uri}: not JSON: {e}"));
-                            continue;
-                        }
-                    };
-                    if doc.get("issuer").and_then(Value::as_str)
-                        != Some(self.config.issuer.as_str())
-                    {
-                        errors.push(format!("{uri}: its issuer is not {:?}", self.config.issuer));
-                        continue;
-                    }
-                    let jwks = doc
-                        .get("jwks_uri")
-                        .and_then(Value::as_str)
-                        .ok_or(format!("{uri}: no jwks_uri"))?;
-                    let jwks: Uri = jwks.parse().map_err(|e| format!("{uri}: jwks_uri: {e}"))?;
-                    if !matches!(jwks.scheme_str(), Some("https" | "http")) {
-                        return Err(format!("{uri}: jwks_uri is not http(s)"));
-                    }
-                    return Ok(jwks);
-                }
-                Err(e) => errors.push(e),
-            }
-        }
-        Err(format!("discovery failed: {}", errors.join("; ")))
+        let p = &self.config.jwks;
+        let (uri, doc) =
+            discovery_document(&self.client, &self.config.issuer, p.max_bytes, p.timeout).await?;
+        endpoint_in(&doc, &uri, "jwks_uri")
     }
 
-    /// Keeps the keys fresh until aborted.
     pub async fn run_refresher(self: Arc<Self>) {
         if !self.has_remote_keys() {
             return;

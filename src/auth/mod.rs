@@ -4,6 +4,7 @@
 mod error;
 mod extract;
 mod front;
+pub mod introspect;
 pub mod jwks;
 pub mod keys;
 pub mod token;
@@ -15,8 +16,11 @@ pub(crate) use extract::{find_token, strip_query_token};
 pub use validator::{Trace, Verified};
 
 use crate::config::Config;
+use crate::routes::Route;
+use crate::store::SharedStore;
 use crate::telemetry::Metrics;
 use http::HeaderValue;
+use introspect::Introspector;
 use jwks::IssuerKeys;
 use moka::sync::Cache;
 use std::sync::Arc;
@@ -58,6 +62,10 @@ pub struct Authenticator {
     /// One refresher per issuer, shared with the next snapshot when a reload keeps the issuer.
     tasks: Vec<Arc<AbortOnDrop>>,
     metrics: Arc<Metrics>,
+    /// By issuer index: the introspection endpoint of issuers that take opaque tokens.
+    introspectors: Vec<Option<Arc<Introspector>>>,
+    /// The store shared by replicas, when `[cache]` names one.
+    store: Option<Arc<SharedStore>>,
 }
 
 /// Stops a background task when the last snapshot using it is gone.
@@ -160,7 +168,21 @@ impl Authenticator {
             issuers.push(keys);
             tasks.push(task);
         }
-        Authenticator::with_issuers(issuers, config.token_cache_entries, tasks, metrics)
+        let kept_store = previous
+            .and_then(|p| p.store.clone())
+            .filter(|s| config.cache.as_ref() == Some(&s.config));
+        let store = kept_store.or_else(|| {
+            let c = config.cache.as_ref()?;
+            SharedStore::new(c, metrics.clone())
+                .inspect_err(|e| tracing::error!(error = %e, "the shared store cannot be used"))
+                .ok()
+        });
+        let introspectors = introspectors(config, previous, &client, store.as_ref(), &metrics);
+        let mut auth =
+            Authenticator::with_issuers(issuers, config.token_cache_entries, tasks, metrics);
+        auth.introspectors = introspectors;
+        auth.store = store;
+        auth
     }
 
     /// Without refresher tasks: keys load when asked (`bearward explain`, benches). The
@@ -173,7 +195,11 @@ impl Authenticator {
             .iter()
             .map(|i| IssuerKeys::new(i.clone(), client.clone(), metrics.clone()))
             .collect();
-        Authenticator::with_issuers(issuers, config.token_cache_entries, Vec::new(), metrics)
+        let introspectors = introspectors(config, None, &client, None, &metrics);
+        let mut auth =
+            Authenticator::with_issuers(issuers, config.token_cache_entries, Vec::new(), metrics);
+        auth.introspectors = introspectors;
+        auth
     }
 
     fn with_issuers(
@@ -202,6 +228,8 @@ impl Authenticator {
             max_token_bytes,
             tasks,
             metrics,
+            introspectors: Vec::new(),
+            store: None,
         }
     }
 
@@ -228,15 +256,36 @@ impl Authenticator {
         self.cache.as_ref().map_or(0, |c| c.store.entry_count())
     }
 
-    /// Validates a token, through the verified-token cache when it is on.
+    /// Validates a token from any issuer, through the verified-token cache when it is on.
     pub async fn verify(&self, token: &str, trace: &mut Trace) -> Result<Arc<Verified>, AuthError> {
-        self.verify_bytes(token.as_bytes(), trace).await
+        self.verify_bytes(token.as_bytes(), None, trace).await
     }
 
-    /// [`Authenticator::verify`] of a token whose characters are checked only on a cache miss.
+    /// [`Authenticator::verify`] of a token whose characters are checked only on a cache miss,
+    /// for `route` (its `issuers`) when given.
     pub(crate) async fn verify_bytes(
         &self,
         token: &[u8],
+        route: Option<&Route>,
+        trace: &mut Trace,
+    ) -> Result<Arc<Verified>, AuthError> {
+        let v = self.verify_any(token, route, trace).await?;
+        if route.is_some_and(|r| !r.takes_issuer(v.issuer)) {
+            trace.note("issuer", false, || {
+                format!(
+                    "{:?} is not among the route's issuers",
+                    self.issuers[v.issuer].config.issuer
+                )
+            });
+            return Err(AuthError::IssuerNotAllowed);
+        }
+        Ok(v)
+    }
+
+    async fn verify_any(
+        &self,
+        token: &[u8],
+        route: Option<&Route>,
         trace: &mut Trace,
     ) -> Result<Arc<Verified>, AuthError> {
         // Size is the parser's first check; a token too large is never in the cache.
@@ -264,6 +313,9 @@ impl Authenticator {
             }
         }
         let token = extract::check_token(token)?;
+        if let Some(order) = self.introspection_order(token, route) {
+            return self.introspect(token, &order, trace).await;
+        }
         let v = validator::validate(token, self.max_token_bytes, &self.issuers, trace).await;
         if matches!(v, Err(AuthError::UnknownKey) | Ok(_)) {
             self.metrics.key_lookup(v.is_ok());
@@ -278,6 +330,76 @@ impl Authenticator {
         Ok(v)
     }
 
+    /// The introspecting issuers to ask about `token`, in order; `None` when it is a JWT to
+    /// validate locally: a JWS whose `iss` names an issuer that takes JWTs (`jwt`, `auto`), or
+    /// any token when no issuer the route takes introspects (it then fails as a JWT would).
+    fn introspection_order(&self, token: &str, route: Option<&Route>) -> Option<Vec<usize>> {
+        if self.introspectors.iter().all(Option::is_none) {
+            return None;
+        }
+        let jwt_issuer = token::parse(token, self.max_token_bytes)
+            .ok()
+            .and_then(|p| {
+                let iss = p.claims.get("iss")?.as_str()?;
+                self.issuers
+                    .iter()
+                    .position(|i| i.config.issuer == iss && i.config.takes_jwts())
+            });
+        if jwt_issuer.is_some() {
+            return None;
+        }
+        let introspects = |i: &usize| self.introspectors.get(*i).is_some_and(Option::is_some);
+        let order: Vec<usize> = match route.and_then(|r| r.issuers.as_ref()) {
+            Some(list) => list.iter().copied().filter(introspects).collect(),
+            None => (0..self.issuers.len()).filter(introspects).collect(),
+        };
+        (!order.is_empty()).then_some(order)
+    }
+
+    /// Asks the issuers in `order` until one vouches for the token. With none active, a 503
+    /// from an endpoint that could not answer wins (it might have said yes), then a specific
+    /// refusal, then `inactive_token`.
+    async fn introspect(
+        &self,
+        token: &str,
+        order: &[usize],
+        trace: &mut Trace,
+    ) -> Result<Arc<Verified>, AuthError> {
+        let max = order
+            .iter()
+            .map(|i| self.issuers[*i].config.max_token_bytes)
+            .max()
+            .unwrap_or(0);
+        if token.len() > max {
+            trace.note("size", false, || format!("{} bytes > {max}", token.len()));
+            return Err(AuthError::TooLarge);
+        }
+        let hash = sha256(token);
+        let mut refusal: Option<AuthError> = None;
+        for i in order {
+            let Some(intro) = self.introspectors.get(*i).and_then(Option::as_ref) else {
+                continue;
+            };
+            trace.note("issuer", true, || {
+                format!("asking {:?} (opaque token)", intro.issuer.issuer)
+            });
+            match intro.check(token, &hash, trace).await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let rank = |e: &AuthError| match e {
+                        _ if e.status() == http::StatusCode::SERVICE_UNAVAILABLE => 2,
+                        AuthError::Inactive => 0,
+                        _ => 1,
+                    };
+                    if refusal.as_ref().is_none_or(|r| rank(&e) > rank(r)) {
+                        refusal = Some(e);
+                    }
+                }
+            }
+        }
+        Err(refusal.unwrap_or(AuthError::Inactive))
+    }
+
     /// A cached result holds while the token has not expired and its key is still published
     /// and fresh enough.
     fn still_good(&self, v: &Verified) -> Result<(), AuthError> {
@@ -285,11 +407,12 @@ impl Authenticator {
         if validator::now() >= v.exp + issuer.config.leeway.as_secs_f64() {
             return Err(AuthError::Expired);
         }
-        if v.key.kind == jwks::KeyKind::Hmac {
-            return Ok(());
-        }
+        let key = match &v.key {
+            Some(k) if k.kind != jwks::KeyKind::Hmac => k,
+            _ => return Ok(()),
+        };
         let set = issuer.usable().ok_or(AuthError::KeysUnavailable)?;
-        if set.keys.iter().any(|k| Arc::ptr_eq(k, &v.key)) {
+        if set.keys.iter().any(|k| Arc::ptr_eq(k, key)) {
             Ok(())
         } else {
             Err(AuthError::UnknownKey)
@@ -300,7 +423,8 @@ impl Authenticator {
     pub fn readiness(&self) -> Result<String, String> {
         let mut ready = true;
         let mut out = String::new();
-        for i in &self.issuers {
+        // An opaque-only issuer has no keys to wait for; its endpoint is reported below.
+        for i in self.issuers.iter().filter(|i| i.config.takes_jwts()) {
             let status = i.status();
             match (i.usable(), i.latest()) {
                 (Some(set), _) => {
@@ -339,6 +463,23 @@ impl Authenticator {
                     ));
                 }
             }
+        }
+        // A failing introspection endpoint is reported, not made a reason to leave the load
+        // balancer: cached answers still serve, and every replica shares the same IdP, so
+        // pulling them all would turn a partial outage into a full one.
+        for intro in self.introspectors.iter().flatten() {
+            out.push_str(&format!(
+                "issuer {}: {}\n",
+                intro.issuer.issuer,
+                intro.health()
+            ));
+        }
+        if let Some(store) = &self.store {
+            out.push_str(if store.healthy() {
+                "shared store: ok\n"
+            } else {
+                "shared store: failing; using the process caches only\n"
+            });
         }
         if ready {
             Ok(format!("ready\n{out}"))
@@ -379,4 +520,49 @@ pub fn token_id(hash: &[u8; 32]) -> TokenId {
     let mut id = [0u8; 6];
     id.copy_from_slice(&hash[..6]);
     TokenId(id)
+}
+
+/// One introspector per introspecting issuer, by issuer index; a reload keeps those whose
+/// issuer, claim headers and store did not change (with their answers).
+fn introspectors(
+    config: &Config,
+    previous: Option<&Authenticator>,
+    client: &jwks::HttpsClient,
+    store: Option<&Arc<SharedStore>>,
+    metrics: &Arc<Metrics>,
+) -> Vec<Option<Arc<Introspector>>> {
+    let keep: Vec<String> = config
+        .forward
+        .claim_headers
+        .iter()
+        .map(|(c, _)| c.clone())
+        .collect();
+    config
+        .issuers
+        .iter()
+        .enumerate()
+        .map(|(i, cfg)| {
+            cfg.introspection.as_ref()?;
+            let old = previous.and_then(|p| {
+                p.introspectors
+                    .iter()
+                    .flatten()
+                    .find(|o| o.index == i && o.same(cfg, &keep, store))
+            });
+            if let Some(o) = old {
+                return Some(o.clone());
+            }
+            Introspector::new(
+                i,
+                cfg.clone(),
+                keep.clone(),
+                config.token_cache_entries,
+                client.clone(),
+                store.cloned(),
+                metrics.clone(),
+            )
+            .inspect_err(|e| tracing::error!(issuer = %cfg.issuer, error = %e, "introspection cannot be set up"))
+            .ok()
+        })
+        .collect()
 }

@@ -88,7 +88,7 @@ pub fn parse_alg(a: &str) -> Result<Algorithm, AuthError> {
 
 /// A JSON object whose top-level member names are unique (RFC 7515 5.2 / RFC 7519 4 allow a
 /// parser to refuse duplicates; two parsers that keep different ones disagree on the claims).
-fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, AuthError> {
+pub(crate) fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, AuthError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let obj = (&mut de)
         .deserialize_map(UniqueMap)

@@ -25,7 +25,8 @@ pub struct Verified {
     /// Index of the issuer in the config.
     pub issuer: usize,
     /// The key that verified it: a cached token stays valid only while this key is published.
-    pub key: Arc<VerifyKey>,
+    /// `None` for an opaque token, which the issuer's introspection endpoint vouched for.
+    pub key: Option<Arc<VerifyKey>>,
     /// How long a cache may keep it.
     pub ttl: Duration,
     /// The token's id in logs, computed once per validation rather than on every cache hit.
@@ -57,7 +58,7 @@ pub struct Trace {
 }
 
 impl Trace {
-    fn note(&mut self, check: &str, ok: bool, detail: impl FnOnce() -> String) {
+    pub(crate) fn note(&mut self, check: &str, ok: bool, detail: impl FnOnce() -> String) {
         if self.enabled {
             self.steps.push((check.to_owned(), ok, detail()));
         }
@@ -178,7 +179,7 @@ pub async fn validate(
         scopes,
         exp,
         issuer: idx,
-        key,
+        key: Some(key),
         ttl,
         token_id: super::token_id(&super::sha256(token)),
         token: token.as_bytes().into(),
@@ -314,6 +315,14 @@ fn numeric(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, AuthE
     }
 }
 
+/// Whose claims are checked: a verified JWT's, or an introspection answer's (RFC 7662 2.2),
+/// where `exp` and `aud` are optional and `iss` and `token_type` are checked when present.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    Jwt,
+    Introspection,
+}
+
 /// `exp` (required), `nbf`, `iat` with leeway, and `aud`. Returns `exp`.
 pub fn check_claims(
     claims: &Map<String, Value>,
@@ -321,13 +330,55 @@ pub fn check_claims(
     now: f64,
     trace: &mut Trace,
 ) -> Result<f64, AuthError> {
+    check_claims_of(Source::Jwt, claims, cfg, now, trace)?.ok_or(AuthError::BadClaims)
+}
+
+/// [`check_claims`] for either source. Returns `exp`, if there is one.
+pub(crate) fn check_claims_of(
+    source: Source,
+    claims: &Map<String, Value>,
+    cfg: &IssuerConfig,
+    now: f64,
+    trace: &mut Trace,
+) -> Result<Option<f64>, AuthError> {
     let leeway = cfg.leeway.as_secs_f64();
+    let introspected = source == Source::Introspection;
     let fail = |trace: &mut Trace, check: &str, e: AuthError, why: String| {
         trace.note(check, false, || why);
         Err(e)
     };
+    if introspected {
+        match claims.get("iss") {
+            None => {}
+            Some(Value::String(s)) if *s == cfg.issuer => {}
+            Some(v) => {
+                return fail(
+                    trace,
+                    "iss",
+                    AuthError::UnknownIssuer,
+                    format!("the answer's iss {v} is not {:?}", cfg.issuer),
+                )
+            }
+        }
+        // RFC 7662 2.2 `token_type`; RFC 6749 1.5: a refresh token is for the authorization
+        // server only, never a credential at a resource.
+        if let Some(t) = claims.get("token_type") {
+            let refresh = t
+                .as_str()
+                .is_none_or(|t| t.eq_ignore_ascii_case("refresh_token"));
+            if refresh {
+                return fail(
+                    trace,
+                    "token_type",
+                    AuthError::BadType,
+                    format!("token_type {t} is not an access token"),
+                );
+            }
+        }
+    }
     let exp = match numeric(claims, "exp") {
         Ok(Some(exp)) => exp,
+        Ok(None) if introspected => f64::INFINITY,
         Ok(None) => return fail(trace, "exp", AuthError::BadClaims, "exp is missing".into()),
         Err(e) => return fail(trace, "exp", e, "exp is not a number".into()),
     };
@@ -339,7 +390,11 @@ pub fn check_claims(
             format!("expired {:.0}s ago (leeway {leeway}s)", now - exp),
         );
     }
-    trace.note("exp", true, || format!("expires in {:.0}s", exp - now));
+    if exp.is_finite() {
+        trace.note("exp", true, || format!("expires in {:.0}s", exp - now));
+    } else {
+        trace.note("exp", true, || "absent from the answer".into());
+    }
     match numeric(claims, "nbf") {
         Ok(Some(nbf)) if now + leeway < nbf => {
             return fail(
@@ -383,6 +438,10 @@ pub fn check_claims(
             }
             v
         }
+        None if introspected => {
+            trace.note("aud", true, || "absent from the answer".into());
+            Vec::new()
+        }
         None => {
             return fail(
                 trace,
@@ -400,7 +459,8 @@ pub fn check_claims(
             )
         }
     };
-    if !auds.iter().any(|a| cfg.audiences.iter().any(|c| c == a)) {
+    let absent = introspected && !claims.contains_key("aud");
+    if !absent && !auds.iter().any(|a| cfg.audiences.iter().any(|c| c == a)) {
         return fail(
             trace,
             "aud",
@@ -408,7 +468,9 @@ pub fn check_claims(
             format!("aud {auds:?} names none of {:?}", cfg.audiences),
         );
     }
-    trace.note("aud", true, || format!("aud {auds:?} accepted"));
+    if !absent {
+        trace.note("aud", true, || format!("aud {auds:?} accepted"));
+    }
     // RFC 7800 `cnf`: the issuer bound this token to a key (DPoP's `jkt`, RFC 9449; mTLS's
     // `x5t#S256`, RFC 8705), so only a client proving possession of that key may use it.
     // bearward checks no such proof, and taking the token as a plain bearer token would give a
@@ -421,7 +483,7 @@ pub fn check_claims(
             "the token is bound to a key (cnf), and bearward checks no proof of possession".into(),
         );
     }
-    Ok(exp)
+    Ok(exp.is_finite().then_some(exp))
 }
 
 /// Scopes from the first present claim of `names`: a space-separated string (`scope`, RFC 8693 /
@@ -483,7 +545,7 @@ mod tests {
             scopes: vec!["read".into()],
             exp: 0.0,
             issuer: 0,
-            key: Arc::new(super::super::jwks::VerifyKey::hmac(b"secret")),
+            key: Some(Arc::new(super::super::jwks::VerifyKey::hmac(b"secret"))),
             ttl: Duration::from_secs(1),
             token_id: super::super::token_id(&super::super::sha256(token)),
             token: token.as_bytes().into(),

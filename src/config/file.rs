@@ -19,6 +19,16 @@ pub(super) struct FileConfig {
     pub routes: Vec<Spanned<RouteFile>>,
     #[serde(default)]
     pub forward: Option<Spanned<ForwardFile>>,
+    pub cache: Option<Spanned<CacheFile>>,
+}
+
+/// `[cache]`: the optional store shared by replicas.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CacheFile {
+    pub redis_url: Option<Spanned<String>>,
+    pub redis_timeout: Option<Spanned<String>>,
+    pub key_prefix: Option<Spanned<String>>,
 }
 
 /// `[server]`
@@ -71,6 +81,22 @@ pub(super) struct IssuerFile {
     pub hmac_secret_env: Option<Spanned<String>>,
     pub max_token_bytes: Option<Spanned<u64>>,
     pub accept_bound_tokens: Option<bool>,
+    pub token_format: Option<Spanned<TokenFormat>>,
+    pub introspection: Option<Spanned<bool>>,
+    pub introspection_endpoint: Option<Spanned<String>>,
+    pub introspection_client_id: Option<Spanned<String>>,
+    pub introspection_client_auth: Option<Spanned<ClientAuthMethod>>,
+    /// Never accepted: read only to say where the secret goes instead.
+    pub introspection_client_secret: Option<Spanned<toml::Value>>,
+    pub introspection_client_secret_file: Option<Spanned<String>>,
+    pub introspection_client_secret_env: Option<Spanned<String>>,
+    pub introspection_client_key_file: Option<Spanned<String>>,
+    pub introspection_client_key_alg: Option<Spanned<String>>,
+    pub introspection_client_key_id: Option<Spanned<String>>,
+    pub introspection_cache_ttl: Option<Spanned<String>>,
+    pub introspection_negative_ttl: Option<Spanned<String>>,
+    pub introspection_timeout: Option<Spanned<String>>,
+    pub introspection_max_in_flight: Option<Spanned<u64>>,
     pub jwks_refresh: Option<Spanned<String>>,
     pub jwks_min_refresh: Option<Spanned<String>>,
     pub jwks_max_refresh: Option<Spanned<String>>,
@@ -90,6 +116,27 @@ pub enum TypPolicy {
     /// `at+jwt`, `JWT` or no `typ` at all.
     #[serde(rename = "jwt")]
     Jwt,
+}
+
+/// `token_format`: how an issuer's access tokens are checked.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenFormat {
+    /// Signed JWTs, validated locally against the issuer's keys.
+    Jwt,
+    /// Opaque strings, asked about at the introspection endpoint (RFC 7662).
+    Opaque,
+    /// A JWS whose `iss` names a JWT issuer is validated locally; anything else introspected.
+    Auto,
+}
+
+/// `introspection_client_auth`: how bearward authenticates to the introspection endpoint.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    ClientSecretBasic,
+    ClientSecretPost,
+    PrivateKeyJwt,
 }
 
 /// `[upstreams.NAME]`
@@ -127,6 +174,7 @@ pub(super) struct RouteFile {
     pub max_body_bytes: Option<Spanned<u64>>,
     pub resource: Option<Spanned<String>>,
     pub allow_encoded_percent: Option<bool>,
+    pub issuers: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `mode`: enforce the policy, or only report what it would do.

@@ -4,7 +4,7 @@
 mod file;
 mod validate;
 
-pub use file::{LogFormat, Mode, TypPolicy};
+pub use file::{ClientAuthMethod, LogFormat, Mode, TokenFormat, TypPolicy};
 
 use crate::request::path::PathOptions;
 use crate::routes::RouteTable;
@@ -82,6 +82,8 @@ pub struct Config {
     pub resources: crate::resource::Documents,
     /// Entries in the verified-token cache; 0 turns it off.
     pub token_cache_entries: u64,
+    /// `[cache]`: the store shared by replicas, if one is configured.
+    pub cache: Option<CacheConfig>,
     /// Things that are legal but probably wrong (a route that can never match).
     pub warnings: Vec<Problem>,
 }
@@ -190,6 +192,72 @@ pub struct IssuerConfig {
     /// Take tokens bound to a key (a `cnf` claim: DPoP, mTLS) as plain bearer tokens.
     pub accept_bound_tokens: bool,
     pub jwks: JwksPolicy,
+    pub token_format: TokenFormat,
+    /// How opaque tokens are asked about; set exactly when `token_format` is not `jwt`.
+    pub introspection: Option<Introspection>,
+}
+
+impl IssuerConfig {
+    /// Does this issuer validate JWTs locally?
+    pub fn takes_jwts(&self) -> bool {
+        self.token_format != TokenFormat::Opaque
+    }
+}
+
+/// An issuer's RFC 7662 introspection endpoint and how bearward asks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Introspection {
+    /// `None`: found by discovery (`introspection = true`).
+    pub endpoint: Option<http::Uri>,
+    pub client_id: String,
+    pub client_auth: ClientAuth,
+    /// Upper bound on how long an active answer is kept (never past the token's `exp`).
+    pub cache_ttl: Duration,
+    /// How long an inactive answer is kept.
+    pub negative_ttl: Duration,
+    /// One call, from connect to the last byte of the answer.
+    pub timeout: Duration,
+    /// Calls in flight at once to this endpoint.
+    pub max_in_flight: usize,
+}
+
+/// Client authentication at the introspection endpoint (RFC 7662 2.1, RFC 6749 2.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// HTTP Basic with the URL-encoded id and secret (RFC 6749 2.3.1).
+    SecretBasic(Secret),
+    /// `client_id` and `client_secret` in the form body.
+    SecretPost(Secret),
+    /// A signed JWT assertion (RFC 7523, OpenID Connect Core 9): the PEM private key, its
+    /// algorithm and optional `kid`.
+    PrivateKeyJwt {
+        key_pem: Secret,
+        alg: jsonwebtoken::Algorithm,
+        kid: Option<String>,
+    },
+}
+
+/// Default upper bound of an active introspection answer's life in the cache.
+pub const DEFAULT_INTROSPECTION_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Default life of an inactive answer: a revoked token is refused within seconds, and a flood
+/// of garbage tokens does not reach the IdP once per request.
+pub const DEFAULT_INTROSPECTION_NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// Default timeout of one introspection call.
+pub const DEFAULT_INTROSPECTION_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default introspection calls in flight per issuer.
+pub const DEFAULT_INTROSPECTION_MAX_IN_FLIGHT: usize = 32;
+/// Largest introspection answer read.
+pub const MAX_INTROSPECTION_ANSWER_BYTES: usize = 64 * 1024;
+
+/// `[cache]`, validated: the Valkey/Redis store shared by replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// `redis://` URL; it may hold a password, so its `Debug` is redacted.
+    pub redis_url: Secret,
+    /// Longest wait for one store command before falling back to the process.
+    pub timeout: Duration,
+    /// Prepended to every key, so deployments can share one store.
+    pub key_prefix: String,
 }
 
 /// Key material that must never reach a log line.

@@ -346,8 +346,12 @@ impl Gateway {
         };
         sink.token(&self.auth, Ok(token)).await;
         let verified = match sink.trace() {
-            Some(trace) => self.auth.verify_bytes(token, trace).await,
-            None => self.auth.verify_bytes(token, &mut Trace::default()).await,
+            Some(trace) => self.auth.verify_bytes(token, Some(route), trace).await,
+            None => {
+                self.auth
+                    .verify_bytes(token, Some(route), &mut Trace::default())
+                    .await
+            }
         };
         match verified {
             Ok(v) => {

@@ -92,6 +92,10 @@ impl Rejection {
                 if let Ok(v) = HeaderValue::from_str(&e.www_authenticate(realm, route)) {
                     h.insert(header::WWW_AUTHENTICATE, v);
                 }
+                // The IdP (keys, introspection) cannot answer now; the token may well be good.
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                }
             }
             Rejection::MethodNotAllowed(allow) => {
                 h.insert(header::ALLOW, HeaderValue::from_static(allow));

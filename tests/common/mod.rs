@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod idp;
+pub(crate) mod introspection;
 pub(crate) mod world;
 
 use bytes::Bytes;

@@ -24,7 +24,12 @@ pub(super) fn issuer(
         cx.err(f.issuer.span(), &key("issuer"), "must not be empty");
     }
     let has_hmac = f.hmac_secret_file.is_some() || f.hmac_secret_env.is_some();
-    let keys = key_source(cx, i, f, &span, has_hmac);
+    let token_format = f
+        .token_format
+        .as_ref()
+        .map_or(TokenFormat::Jwt, |t| *t.get_ref());
+    let keys = key_source(cx, i, f, &span, has_hmac, token_format);
+    let introspection = introspection(cx, i, f, &span, token_format);
     let audiences = audiences(cx, i, f, &span);
     let algorithms = algorithms(cx, i, f, has_hmac);
     let hmac_secret = hmac_secret(cx, i, f, &span);
@@ -66,6 +71,8 @@ pub(super) fn issuer(
         ),
         accept_bound_tokens: f.accept_bound_tokens.unwrap_or(false),
         jwks,
+        token_format,
+        introspection,
     };
     (cx.problems.len() == before).then_some(config)
 }
@@ -86,6 +93,7 @@ fn key_source(
     f: &IssuerFile,
     span: &std::ops::Range<usize>,
     has_hmac: bool,
+    format: TokenFormat,
 ) -> KeySource {
     let key = |k: &str| format!("issuers[{i}].{k}");
     let discovery = f.discovery.as_ref().is_some_and(|d| *d.get_ref());
@@ -98,6 +106,17 @@ fn key_source(
     } else {
         KeySource::Discovery
     };
+    if format == TokenFormat::Opaque {
+        if sources > 0 || has_hmac {
+            cx.err(
+                span.clone(),
+                &format!("issuers[{i}]"),
+                "token_format = \"opaque\" introspects every token, so its signing keys would \
+                 never be used: remove them, or set token_format = \"auto\" to take both",
+            );
+        }
+        return KeySource::None;
+    }
     if sources > 1 {
         cx.err(
             span.clone(),
@@ -229,32 +248,12 @@ fn hmac_secret(
     span: &std::ops::Range<usize>,
 ) -> Option<Secret> {
     let key = |k: &str| format!("issuers[{i}].{k}");
-    let mut hmac_secret = None;
-    if f.hmac_secret_file.is_some() && f.hmac_secret_env.is_some() {
-        cx.err(
-            span.clone(),
-            &format!("issuers[{i}]"),
-            "give only one of `hmac_secret_file`, `hmac_secret_env`",
-        );
-    } else if let Some(p) = &f.hmac_secret_file {
-        match std::fs::read(p.get_ref()) {
-            Ok(bytes) => hmac_secret = Some(trim_secret(bytes)),
-            Err(e) => cx.err(
-                p.span(),
-                &key("hmac_secret_file"),
-                format!("cannot read {:?}: {e}", p.get_ref()),
-            ),
-        }
-    } else if let Some(v) = &f.hmac_secret_env {
-        match std::env::var(v.get_ref()) {
-            Ok(s) => hmac_secret = Some(trim_secret(s.into_bytes())),
-            Err(_) => cx.err(
-                v.span(),
-                &key("hmac_secret_env"),
-                format!("environment variable {:?} is not set", v.get_ref()),
-            ),
-        }
-    }
+    let hmac_secret = read_secret(
+        cx,
+        (&f.hmac_secret_file, &f.hmac_secret_env),
+        &key("hmac_secret"),
+        span,
+    );
     if let Some(s) = &hmac_secret {
         // RFC 7518 3.2: a key of the same size as the hash output or larger.
         if s.0.len() < 32 {
@@ -344,5 +343,345 @@ fn jwks_policy(
             DEFAULT_MAX_STALE,
             (Duration::ZERO, 30 * day),
         ),
+    }
+}
+
+/// The first introspection key set in an entry, for "does not apply" messages.
+fn first_introspection_key(f: &IssuerFile) -> Option<(&'static str, std::ops::Range<usize>)> {
+    fn at<T>(v: &Option<Spanned<T>>) -> Option<std::ops::Range<usize>> {
+        v.as_ref().map(Spanned::span)
+    }
+    [
+        ("introspection", at(&f.introspection)),
+        ("introspection_endpoint", at(&f.introspection_endpoint)),
+        ("introspection_client_id", at(&f.introspection_client_id)),
+        (
+            "introspection_client_auth",
+            at(&f.introspection_client_auth),
+        ),
+        (
+            "introspection_client_secret_file",
+            at(&f.introspection_client_secret_file),
+        ),
+        (
+            "introspection_client_secret_env",
+            at(&f.introspection_client_secret_env),
+        ),
+        (
+            "introspection_client_key_file",
+            at(&f.introspection_client_key_file),
+        ),
+        ("introspection_cache_ttl", at(&f.introspection_cache_ttl)),
+        (
+            "introspection_negative_ttl",
+            at(&f.introspection_negative_ttl),
+        ),
+        ("introspection_timeout", at(&f.introspection_timeout)),
+        (
+            "introspection_max_in_flight",
+            at(&f.introspection_max_in_flight),
+        ),
+    ]
+    .into_iter()
+    .find_map(|(k, s)| Some((k, s?)))
+}
+
+/// Where and how opaque tokens are introspected (RFC 7662): for `token_format = "opaque"` or
+/// `"auto"` only, and then required.
+fn introspection(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    f: &IssuerFile,
+    span: &std::ops::Range<usize>,
+    format: TokenFormat,
+) -> Option<Introspection> {
+    let key = |k: &str| format!("issuers[{i}].{k}");
+    if let Some(v) = &f.introspection_client_secret {
+        cx.err(
+            v.span(),
+            &key("introspection_client_secret"),
+            "a secret never goes in the config file: use introspection_client_secret_file or \
+             introspection_client_secret_env",
+        );
+    }
+    if format == TokenFormat::Jwt {
+        if let Some((k, s)) = first_introspection_key(f) {
+            cx.err(
+                s,
+                &key(k),
+                "introspection applies only to token_format = \"opaque\" or \"auto\" \
+                 (this issuer's tokens are JWTs, the default)",
+            );
+        }
+        return None;
+    }
+    let discovery = f.introspection.as_ref().is_some_and(|d| *d.get_ref());
+    let endpoint = match (&f.introspection_endpoint, discovery) {
+        (Some(e), true) => {
+            cx.err(
+                e.span(),
+                &key("introspection_endpoint"),
+                "give only one of `introspection_endpoint` and `introspection = true`",
+            );
+            None
+        }
+        (Some(e), false) => match http::Uri::from_str(e.get_ref()) {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("https" | "http"))
+                    && uri.authority().is_some() =>
+            {
+                Some(uri)
+            }
+            _ => {
+                cx.err(
+                    e.span(),
+                    &key("introspection_endpoint"),
+                    format!("{:?} is not an http(s) URL", e.get_ref()),
+                );
+                None
+            }
+        },
+        (None, true) => {
+            let ok = http::Uri::from_str(f.issuer.get_ref()).is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("https" | "http")) && u.authority().is_some()
+            });
+            if !ok {
+                cx.err(
+                    f.issuer.span(),
+                    &key("issuer"),
+                    "introspection discovery needs the issuer to be an http(s) URL",
+                );
+            }
+            None
+        }
+        (None, false) => {
+            let s = f.token_format.as_ref().map_or(span.clone(), Spanned::span);
+            cx.err(
+                s,
+                &key("token_format"),
+                "opaque tokens need an introspection endpoint: set introspection_endpoint = \
+                 \"https://...\", or introspection = true to find it by discovery",
+            );
+            None
+        }
+    };
+    let client_id = match &f.introspection_client_id {
+        Some(c) if !c.get_ref().is_empty() => c.get_ref().clone(),
+        Some(c) => {
+            cx.err(
+                c.span(),
+                &key("introspection_client_id"),
+                "must not be empty",
+            );
+            String::new()
+        }
+        None => {
+            cx.err(
+                span.clone(),
+                &key("introspection_client_id"),
+                "is required: the introspection endpoint authenticates its callers (RFC 7662 2.1)",
+            );
+            String::new()
+        }
+    };
+    let client_auth = client_auth(cx, i, f, span)?;
+    Some(Introspection {
+        endpoint,
+        client_id,
+        client_auth,
+        cache_ttl: cx.duration(
+            &f.introspection_cache_ttl,
+            &key("introspection_cache_ttl"),
+            DEFAULT_INTROSPECTION_CACHE_TTL,
+            (Duration::ZERO, Duration::from_secs(3600)),
+        ),
+        negative_ttl: cx.duration(
+            &f.introspection_negative_ttl,
+            &key("introspection_negative_ttl"),
+            DEFAULT_INTROSPECTION_NEGATIVE_TTL,
+            (Duration::ZERO, Duration::from_secs(300)),
+        ),
+        timeout: cx.duration(
+            &f.introspection_timeout,
+            &key("introspection_timeout"),
+            DEFAULT_INTROSPECTION_TIMEOUT,
+            (Duration::from_millis(10), Duration::from_secs(60)),
+        ),
+        max_in_flight: cx.size(
+            &f.introspection_max_in_flight,
+            &key("introspection_max_in_flight"),
+            DEFAULT_INTROSPECTION_MAX_IN_FLIGHT,
+            1,
+            4096,
+        ),
+    })
+}
+
+/// `introspection_client_auth` and its secret or key: `client_secret_basic` (the default
+/// without a key file), `client_secret_post`, or `private_key_jwt` (the default with one).
+fn client_auth(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    f: &IssuerFile,
+    span: &std::ops::Range<usize>,
+) -> Option<ClientAuth> {
+    let key = |k: &str| format!("issuers[{i}].{k}");
+    let method = f.introspection_client_auth.as_ref().map_or(
+        if f.introspection_client_key_file.is_some() {
+            ClientAuthMethod::PrivateKeyJwt
+        } else {
+            ClientAuthMethod::ClientSecretBasic
+        },
+        |m| *m.get_ref(),
+    );
+    if method == ClientAuthMethod::PrivateKeyJwt {
+        let secret = (f.introspection_client_secret_file.as_ref())
+            .or(f.introspection_client_secret_env.as_ref());
+        if let Some(s) = secret {
+            cx.err(
+                s.span(),
+                &key("introspection_client_auth"),
+                "private_key_jwt signs with introspection_client_key_file; a client secret \
+                 would never be used",
+            );
+        }
+        let Some(file) = &f.introspection_client_key_file else {
+            cx.err(
+                span.clone(),
+                &key("introspection_client_key_file"),
+                "private_key_jwt needs a PEM private key file",
+            );
+            return None;
+        };
+        let pem = match std::fs::read(file.get_ref()) {
+            Ok(b) => b,
+            Err(e) => {
+                cx.err(
+                    file.span(),
+                    &key("introspection_client_key_file"),
+                    format!("cannot read {:?}: {e}", file.get_ref()),
+                );
+                return None;
+            }
+        };
+        let alg_name = f
+            .introspection_client_key_alg
+            .as_ref()
+            .map_or("RS256", |a| a.get_ref().as_str());
+        let alg = crate::jose::algorithm(alg_name)
+            .filter(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
+        let Some(alg) = alg else {
+            let s = f
+                .introspection_client_key_alg
+                .as_ref()
+                .map_or(span.clone(), Spanned::span);
+            cx.err(
+                s,
+                &key("introspection_client_key_alg"),
+                format!("{alg_name:?} is not an asymmetric signature algorithm"),
+            );
+            return None;
+        };
+        // Signing once here turns a key that does not fit its algorithm into a config error
+        // instead of a failure at the first opaque token.
+        if let Err(e) = crate::jose::sign_test(&pem, alg) {
+            cx.err(
+                file.span(),
+                &key("introspection_client_key_file"),
+                format!("{:?} cannot sign {alg_name}: {e}", file.get_ref()),
+            );
+            return None;
+        }
+        return Some(ClientAuth::PrivateKeyJwt {
+            key_pem: Secret(pem),
+            alg,
+            kid: f
+                .introspection_client_key_id
+                .as_ref()
+                .map(|k| k.get_ref().clone()),
+        });
+    }
+    if let Some(k) = &f.introspection_client_key_file {
+        cx.err(
+            k.span(),
+            &key("introspection_client_key_file"),
+            "a key file is used only with introspection_client_auth = \"private_key_jwt\"",
+        );
+    }
+    let secret = read_secret(
+        cx,
+        (
+            &f.introspection_client_secret_file,
+            &f.introspection_client_secret_env,
+        ),
+        &key("introspection_client_secret"),
+        span,
+    );
+    let Some(secret) = secret else {
+        if f.introspection_client_secret_file.is_none()
+            && f.introspection_client_secret_env.is_none()
+        {
+            cx.err(
+                span.clone(),
+                &key("introspection_client_secret_file"),
+                "the introspection client needs a secret: introspection_client_secret_file or \
+                 introspection_client_secret_env",
+            );
+        }
+        return None;
+    };
+    if secret.0.is_empty() {
+        cx.err(
+            span.clone(),
+            &key("introspection_client_secret"),
+            "the secret is empty",
+        );
+        return None;
+    }
+    Some(match method {
+        ClientAuthMethod::ClientSecretPost => ClientAuth::SecretPost(secret),
+        _ => ClientAuth::SecretBasic(secret),
+    })
+}
+
+/// A secret from `<key>_file` or `<key>_env` (at most one of them), trailing newline trimmed.
+fn read_secret(
+    cx: &mut Ctx<'_>,
+    (file, env): (&Option<Spanned<String>>, &Option<Spanned<String>>),
+    key: &str,
+    span: &std::ops::Range<usize>,
+) -> Option<Secret> {
+    match (file, env) {
+        (Some(_), Some(_)) => {
+            cx.err(
+                span.clone(),
+                key,
+                format!("give only one of `{key}_file`, `{key}_env`"),
+            );
+            None
+        }
+        (Some(p), None) => match std::fs::read(p.get_ref()) {
+            Ok(bytes) => Some(trim_secret(bytes)),
+            Err(e) => {
+                cx.err(
+                    p.span(),
+                    &format!("{key}_file"),
+                    format!("cannot read {:?}: {e}", p.get_ref()),
+                );
+                None
+            }
+        },
+        (None, Some(v)) => match std::env::var(v.get_ref()) {
+            Ok(s) => Some(trim_secret(s.into_bytes())),
+            Err(_) => {
+                cx.err(
+                    v.span(),
+                    &format!("{key}_env"),
+                    format!("environment variable {:?} is not set", v.get_ref()),
+                );
+                None
+            }
+        },
+        (None, None) => None,
     }
 }

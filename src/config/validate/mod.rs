@@ -151,7 +151,9 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
         upstreams.push(upstream::upstream(&mut cx, name.get_ref(), up));
     }
     let issuers = issuers(&mut cx, &file);
-    let routes = routes(&mut cx, &file, &upstream_names, &server);
+    let mut routes = routes(&mut cx, &file, &upstream_names, &server);
+    route_issuers(&mut cx, &file, &mut routes, &issuers);
+    let cache = cache(&mut cx, file.cache.as_ref());
 
     let forward = forward(&mut cx, file.forward.as_ref());
     if let Some(n) = &file.server.get_ref().token_cache_entries {
@@ -183,6 +185,7 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
             .token_cache_entries
             .as_ref()
             .map_or(DEFAULT_TOKEN_CACHE_ENTRIES, |n| *n.get_ref()),
+        cache,
         warnings,
     })
 }
@@ -266,6 +269,125 @@ fn routes(
     }
 
     routes
+}
+
+/// Routes' `issuers` lists, as indexes into the issuers; and, since an opaque token names no
+/// issuer, a bearer route where several issuers introspect must say which to ask.
+fn route_issuers(
+    cx: &mut Ctx<'_>,
+    file: &FileConfig,
+    routes: &mut [Route],
+    issuers: &[IssuerConfig],
+) {
+    if routes.len() != file.routes.len() || issuers.len() != file.issuers.len() {
+        return; // An entry already failed; its problems are reported.
+    }
+    let introspecting: Vec<&str> = issuers
+        .iter()
+        .filter(|i| i.introspection.is_some())
+        .map(|i| i.issuer.as_str())
+        .collect();
+    for (i, (route, r)) in routes.iter_mut().zip(&file.routes).enumerate() {
+        let key = format!("routes[{i}].issuers");
+        let Some(list) = &r.get_ref().issuers else {
+            if route.auth == AuthMode::Bearer && introspecting.len() > 1 {
+                cx.err(
+                    r.span(),
+                    &key,
+                    format!(
+                        "several issuers introspect opaque tokens ({}), and an opaque token \
+                         names none: list the ones this route asks, in order, in `issuers`",
+                        introspecting.join(", ")
+                    ),
+                );
+            }
+            continue;
+        };
+        if route.auth != AuthMode::Bearer {
+            cx.err(
+                list.span(),
+                &key,
+                format!(
+                    "issuers only apply to auth = \"bearer\"; this route has auth = \"{}\"",
+                    route.auth.as_str()
+                ),
+            );
+            continue;
+        }
+        if list.get_ref().is_empty() {
+            cx.err(list.span(), &key, "an empty list would refuse every token");
+            continue;
+        }
+        let mut found = Vec::new();
+        for (j, name) in list.get_ref().iter().enumerate() {
+            match issuers.iter().position(|c| c.issuer == *name.get_ref()) {
+                Some(x) if found.contains(&x) => cx.err(
+                    name.span(),
+                    &format!("{key}[{j}]"),
+                    format!("{:?} is listed twice", name.get_ref()),
+                ),
+                Some(x) => found.push(x),
+                None => cx.err(
+                    name.span(),
+                    &format!("{key}[{j}]"),
+                    format!("{:?} is not a configured issuer", name.get_ref()),
+                ),
+            }
+        }
+        route.issuers = Some(found);
+    }
+}
+
+/// `[cache]`: a `redis://` URL (or `rediss://` for TLS, `redis+unix://`), a command timeout
+/// and a key prefix.
+fn cache(cx: &mut Ctx<'_>, f: Option<&Spanned<super::file::CacheFile>>) -> Option<CacheConfig> {
+    let f = f?;
+    let Some(url) = &f.get_ref().redis_url else {
+        cx.err(
+            f.span(),
+            "cache.redis_url",
+            "is required in [cache]: the Valkey/Redis URL, e.g. \"redis://127.0.0.1:6379/0\"",
+        );
+        return None;
+    };
+    let text = url.get_ref().as_str();
+    let scheme_ok = ["redis://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|s| text.starts_with(s));
+    if !scheme_ok || redis::Client::open(text).is_err() {
+        // The URL is not echoed: it may hold a password.
+        cx.err(
+            url.span(),
+            "cache.redis_url",
+            "is not a redis:// (or redis+unix://) URL that bearward can use",
+        );
+        return None;
+    }
+    let key_prefix = f
+        .get_ref()
+        .key_prefix
+        .as_ref()
+        .map_or_else(|| "bearward:".to_owned(), |p| p.get_ref().clone());
+    if key_prefix.len() > 64 {
+        cx.err(
+            f.get_ref()
+                .key_prefix
+                .as_ref()
+                .map_or(f.span(), Spanned::span),
+            "cache.key_prefix",
+            "at most 64 bytes",
+        );
+    }
+    Some(CacheConfig {
+        redis_url: Secret(text.as_bytes().to_vec()),
+        timeout: cx.duration(
+            &f.get_ref().redis_timeout,
+            "cache.redis_timeout",
+            Duration::from_millis(100),
+            (Duration::from_millis(1), Duration::from_secs(10)),
+        ),
+        key_prefix,
+    })
 }
 
 /// What `bearward check` warns about: routes that can never match, and resources no issuer

@@ -151,6 +151,8 @@ pub(super) fn route(
         resource: cx
             .resource(&r.resource, &key("resource"), path_opts)
             .or_else(|| server.resource.clone()),
+        // Resolved against the validated issuers by the caller.
+        issuers: None,
     })
 }
 

@@ -1,0 +1,318 @@
+//! Introspection answers shared by replicas through a real Valkey/Redis (Debian's
+//! `redis-server`, started here on a loopback port with a temp dir; `.ci/run` installs it):
+//! two bearward processes, one introspection call; Redis killed mid-run, and requests go on
+//! from each process's own cache.
+
+mod common;
+
+use common::introspection::Endpoint;
+use common::*;
+use http::StatusCode;
+use serde_json::json;
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Redis {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("bearward-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed: apt-get install redis-server (.ci/run does)");
+        let r = Redis { child, port, dir };
+        for _ in 0..100 {
+            if r.command("PING").as_deref() == Some("+PONG") {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not answer PING");
+    }
+
+    /// One inline command; the first line of the reply.
+    fn command(&self, cmd: &str) -> Option<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).ok()?;
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        Some(text.lines().next().unwrap_or("").to_owned())
+    }
+
+    /// All keys, with their values, as one text (to look for what must not be there).
+    fn dump(&self) -> String {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        s.write_all(b"KEYS *\r\n").unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            if out.ends_with(b"\r\n") {
+                break;
+            }
+        }
+        let keys = String::from_utf8_lossy(&out).into_owned();
+        let mut all = keys.clone();
+        for k in keys
+            .lines()
+            .filter(|l| !l.starts_with('*') && !l.starts_with('$'))
+        {
+            all.push_str(&self.get_value(k));
+        }
+        all
+    }
+
+    fn get_value(&self, key: &str) -> String {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        s.write_all(format!("GET {key}\r\n").as_bytes()).unwrap();
+        let mut buf = [0u8; 65536];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Replica {
+    child: Child,
+    port: u16,
+    admin: u16,
+    file: std::path::PathBuf,
+}
+
+impl Replica {
+    fn start(ep: &Endpoint, up: &Upstream, redis_port: u16) -> Replica {
+        let (port, admin) = (free_port(), free_port());
+        let file = std::env::temp_dir().join(format!(
+            "bearward-replica-{port}-{}.toml",
+            std::process::id()
+        ));
+        std::fs::write(
+            &file,
+            format!(
+                r#"
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+
+[cache]
+redis_url = "redis://127.0.0.1:{redis_port}/0"
+redis_timeout = "200ms"
+key_prefix = "bw-test:"
+
+[[issuers]]
+issuer = "https://opaque.idp.test"
+token_format = "opaque"
+introspection_endpoint = "{}"
+introspection_client_id = "bearward"
+introspection_client_secret_file = "tests/fixtures/introspection-secret.txt"
+audiences = ["https://api.test"]
+
+[upstreams.app]
+url = "{}"
+
+[forward]
+claim_headers = {{ sub = "X-Auth-Subject" }}
+
+[[routes]]
+prefix = "/api"
+scopes = ["read"]
+upstream = "app"
+"#,
+                ep.url(),
+                up.url()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_bearward"))
+            .arg("--config")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Replica {
+            child,
+            port,
+            admin,
+            file,
+        }
+    }
+
+    async fn wait(&self) {
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the replica did not listen");
+    }
+
+    async fn call(&self, c: &HttpClient, token: &str) -> StatusCode {
+        get(
+            c,
+            &format!("http://127.0.0.1:{}/api/x", self.port),
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await
+        .status
+    }
+
+    async fn metrics(&self, c: &HttpClient) -> String {
+        get(c, &format!("http://127.0.0.1:{}/metrics", self.admin), &[])
+            .await
+            .body
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_share_one_answer_and_keep_serving_when_redis_dies() {
+    let mut redis = Redis::start();
+    let ep = Endpoint::start().await;
+    let up = Upstream::start().await;
+    let a = Replica::start(&ep, &up, redis.port);
+    let b = Replica::start(&ep, &up, redis.port);
+    a.wait().await;
+    b.wait().await;
+    let c = client();
+    let exp = common::idp::now() + 300;
+    let answer = json!({"active": true, "scope": "read", "sub": "shared-user", "exp": exp});
+    for t in ["shared-token-1", "shared-token-2", "shared-token-3"] {
+        ep.set(t, answer.clone());
+    }
+
+    // Replica A asks the IdP; replica B finds A's answer in Redis.
+    assert_eq!(a.call(&c, "shared-token-1").await, StatusCode::OK);
+    assert_eq!(ep.count(), 1);
+    assert_eq!(b.call(&c, "shared-token-1").await, StatusCode::OK);
+    assert_eq!(
+        ep.count(),
+        1,
+        "the second replica made no introspection call"
+    );
+    assert_eq!(up.last().headers["x-auth-subject"], "shared-user");
+    let m = b.metrics(&c).await;
+    assert_eq!(
+        metric(&m, "bearward_introspection_cache_lookups_total{issuer=\"https://opaque.idp.test\",layer=\"shared\",outcome=\"hit\"}"),
+        1.0,
+        "{m}"
+    );
+    // An inactive answer is shared too.
+    assert_eq!(a.call(&c, "not-a-token").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(b.call(&c, "not-a-token").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(ep.count(), 2);
+
+    // What Redis holds: hashed keys under the prefix, the answer's checked fields, no token.
+    let dump = redis.dump();
+    assert!(dump.contains("bw-test:introspection:"), "{dump}");
+    assert!(dump.contains("shared-user"), "{dump}");
+    for t in ["shared-token-1", "not-a-token"] {
+        assert!(!dump.contains(t), "the token itself is in Redis: {dump}");
+    }
+    let ttl = redis
+        .command(&format!(
+            "PTTL {}",
+            dump.lines()
+                .find(|l| l.starts_with("bw-test:introspection:"))
+                .unwrap()
+        ))
+        .unwrap();
+    let ttl: i64 = ttl.trim_start_matches(':').parse().unwrap();
+    assert!(
+        ttl > 0 && ttl <= 60_000,
+        "kept with the cache TTL: {ttl} ms"
+    );
+
+    // Redis dies. Cached tokens go on from each process's cache; new tokens are introspected
+    // directly; nothing is refused because the store is gone, nothing is let through unasked.
+    redis.kill();
+    assert_eq!(a.call(&c, "shared-token-1").await, StatusCode::OK);
+    assert_eq!(b.call(&c, "shared-token-1").await, StatusCode::OK);
+    assert_eq!(a.call(&c, "shared-token-2").await, StatusCode::OK);
+    assert_eq!(b.call(&c, "shared-token-3").await, StatusCode::OK);
+    assert_eq!(ep.count(), 4, "each new token asked the IdP once");
+    for _ in 0..20 {
+        assert_eq!(a.call(&c, "shared-token-2").await, StatusCode::OK);
+    }
+    assert_eq!(
+        a.call(&c, "still-not-a-token").await,
+        StatusCode::UNAUTHORIZED
+    );
+    let m = a.metrics(&c).await;
+    let failed: f64 = m
+        .lines()
+        .filter(|l| {
+            l.starts_with("bearward_shared_store_operations_total") && !l.contains("outcome=\"ok\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(failed >= 1.0, "store failures are counted:\n{m}");
+    let ready = get(&c, &format!("http://127.0.0.1:{}/readyz", a.admin), &[]).await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert!(
+        ready.body.contains("shared store: failing"),
+        "{}",
+        ready.body
+    );
+}
