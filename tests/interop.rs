@@ -519,3 +519,197 @@ async fn a_client_discovers_the_authorization_server_from_the_401() {
         "only the request with the token reached the upstream"
     );
 }
+
+// Opaque tokens (RFC 7662): oidc-provider issues opaque access tokens for OPAQUE_API and
+// answers introspection; bearward finds the endpoint by discovery and authenticates as the
+// resource server `bearward-rs` (client_secret_basic).
+
+const OPAQUE_API: &str = "http://opaque.bearward.test/api";
+
+async fn start_opaque(p: &Provider, extra: &str) -> (Upstream, Gateway) {
+    std::env::set_var("BEARWARD_INTEROP_RS_SECRET", "bearward-rs-secret");
+    let up = Upstream::start().await;
+    let cfg = config(
+        &up,
+        &p.issuer,
+        "[\"RS256\"]",
+        &format!(
+            "token_format = \"auto\"\nintrospection = true\nintrospection_client_id = \"bearward-rs\"\nintrospection_client_secret_env = \"BEARWARD_INTEROP_RS_SECRET\"\n{extra}"
+        ),
+    )
+    .replace(
+        &format!("audiences = [\"{API}\"]"),
+        &format!("audiences = [\"{API}\", \"{OPAQUE_API}\"]"),
+    );
+    let gw = Gateway::start(&cfg).await;
+    wait_ready(&gw).await;
+    (up, gw)
+}
+
+impl Provider {
+    async fn introspections(&self) -> u64 {
+        let a = get(&client(), &format!("{}/__admin/stats", self.issuer), &[]).await;
+        serde_json::from_str::<Value>(&a.body).unwrap()["introspections"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// RFC 7009 revocation by the client the token was issued to.
+    async fn revoke(&self, token: &str, client: (&str, &str)) {
+        let (status, body) = post(
+            &format!("{}/token/revocation", self.issuer),
+            Some(client),
+            &[("token", token)],
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "revocation: {body}");
+    }
+}
+
+#[tokio::test]
+async fn opaque_tokens_are_introspected_once_for_a_hundred_concurrent_requests() {
+    let Some(p) = start_provider() else { return };
+    let (up, gw) = start_opaque(&p, "").await;
+    let token = p.client_credentials("cc-client", "read", OPAQUE_API).await;
+    assert!(!token.contains('.'), "oidc-provider issued a JWT: {token}");
+
+    let before = p.introspections().await;
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let url = gw.url(&format!("/api/read/{i}"));
+        let t = token.clone();
+        tasks.push(tokio::spawn(async move {
+            get(
+                &client(),
+                &url,
+                &[("authorization", &format!("Bearer {t}"))],
+            )
+            .await
+            .status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(
+        p.introspections().await - before,
+        1,
+        "single flight, then the cache"
+    );
+    let seen = up.last();
+    assert_eq!(seen.headers["x-auth-client"], "cc-client");
+    assert_eq!(seen.headers["x-auth-scopes"], "read");
+
+    let a = call(&gw, "/api/admin/users", &token).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(a.headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("error=\"insufficient_scope\""));
+    assert_eq!(p.introspections().await - before, 1);
+
+    // The same issuer's JWTs are still validated locally (`auto`).
+    let jwt = p.client_credentials("cc-client", "read", API).await;
+    assert_eq!(call(&gw, "/api/read/x", &jwt).await.status, StatusCode::OK);
+    assert_eq!(p.introspections().await - before, 1);
+    assert_eq!(up.count(), 101);
+}
+
+#[tokio::test]
+async fn a_revoked_opaque_token_is_refused_once_its_cache_entry_expires() {
+    let Some(p) = start_provider() else { return };
+    let (up, gw) = start_opaque(
+        &p,
+        "introspection_cache_ttl = \"1s\"\nintrospection_negative_ttl = \"1s\"",
+    )
+    .await;
+    let token = p.client_credentials("cc-client", "read", OPAQUE_API).await;
+    assert_eq!(
+        call(&gw, "/api/read/x", &token).await.status,
+        StatusCode::OK
+    );
+    p.revoke(&token, ("cc-client", "cc-secret")).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let a = call(&gw, "/api/read/x", &token).await;
+    assert_invalid_token(&a, "a revoked token after the positive TTL");
+    assert_eq!(up.count(), 1);
+    let before = p.introspections().await;
+    assert_invalid_token(&call(&gw, "/api/read/x", &token).await, "again");
+    assert_eq!(
+        p.introspections().await,
+        before,
+        "the inactive answer is kept"
+    );
+}
+
+#[tokio::test]
+async fn a_refresh_grant_brings_a_new_opaque_token_and_the_refresh_token_is_no_access_token() {
+    let Some(p) = start_provider() else { return };
+    let (up, gw) = start_opaque(&p, "").await;
+    let tokens = p
+        .admin(
+            "code-flow",
+            Some(
+                &serde_json::json!({"resource": OPAQUE_API, "scope": "openid offline_access read"}),
+            ),
+        )
+        .await;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let refresh = tokens["refresh_token"]
+        .as_str()
+        .expect("a refresh token")
+        .to_owned();
+    assert!(!access.contains('.'));
+    let a = call(&gw, "/api/read/x", &access).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(up.last().headers["x-auth-subject"], "user-42");
+
+    // The refresh token is for the authorization server only (RFC 6749 1.5).
+    // oidc-provider says `active: true` for it, with neither `aud` nor `token_type`: only the
+    // audience bearward requires by default (introspection_require_audience) refuses it.
+    let a = call(&gw, "/api/read/x", &refresh).await;
+    assert_invalid_token(&a, "a refresh token sent as an access token");
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, body) = post(
+        &format!("{}/token", p.issuer),
+        Some(("web-client", "web-secret")),
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh),
+            ("resource", OPAQUE_API),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let renewed = body["access_token"].as_str().unwrap();
+    assert!(!renewed.contains('.'));
+    assert_eq!(
+        call(&gw, "/api/read/x", renewed).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn with_the_idp_stopped_new_opaque_tokens_get_503_and_cached_ones_pass() {
+    let Some(p) = start_provider() else { return };
+    let (up, gw) = start_opaque(&p, "introspection_timeout = \"500ms\"").await;
+    let cached = p.client_credentials("cc-client", "read", OPAQUE_API).await;
+    let fresh = p.client_credentials("cc-client", "read", OPAQUE_API).await;
+    assert_eq!(
+        call(&gw, "/api/read/x", &cached).await.status,
+        StatusCode::OK
+    );
+    drop(p);
+    let a = call(&gw, "/api/read/x", &fresh).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+    assert!(a.headers.contains_key("retry-after"));
+    assert_eq!(
+        call(&gw, "/api/read/x", &cached).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(up.count(), 2);
+}

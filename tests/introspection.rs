@@ -271,12 +271,12 @@ async fn inactive_expired_foreign_and_refresh_tokens_are_refused_and_inactive_an
         ),
         (
             "bound",
-            json!({"active": true, "scope": "read", "cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}}),
+            json!({"active": true, "scope": "read", "aud": "https://api.test", "cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}}),
             "bound_token",
         ),
         (
             "bad-scope",
-            json!({"active": true, "scope": ["read"]}),
+            json!({"active": true, "scope": ["read"], "aud": "https://api.test"}),
             "bad_claims",
         ),
         (
@@ -290,12 +290,62 @@ async fn inactive_expired_foreign_and_refresh_tokens_are_refused_and_inactive_an
         s.refused("/api/read/x", token, StatusCode::UNAUTHORIZED, reason)
             .await;
     }
-    // Without exp or aud an active answer is good (both are optional in RFC 7662).
-    s.ep.set("minimal", json!({"active": true, "scope": "read"}));
+    // Keycloak's and Hydra's ways of saying "refresh token".
+    s.ep.set(
+        "kc-refresh",
+        json!({"active": true, "scope": "read", "aud": "https://api.test", "typ": "Refresh"}),
+    );
+    s.refused(
+        "/api/read/x",
+        "kc-refresh",
+        StatusCode::UNAUTHORIZED,
+        "bad_type",
+    )
+    .await;
+    s.ep.set("hydra-refresh", json!({"active": true, "scope": "read", "aud": ["https://api.test"], "token_use": "refresh_token"}));
+    s.refused(
+        "/api/read/x",
+        "hydra-refresh",
+        StatusCode::UNAUTHORIZED,
+        "bad_type",
+    )
+    .await;
+    // An answer without `aud` is refused by default: oidc-provider answers that way for a
+    // refresh token (tests/interop.rs). Without exp an answer is good (RFC 7662: optional).
+    s.ep.set("no-aud", json!({"active": true, "scope": "read"}));
+    s.refused(
+        "/api/read/x",
+        "no-aud",
+        StatusCode::UNAUTHORIZED,
+        "bad_audience",
+    )
+    .await;
+    s.ep.set(
+        "minimal",
+        json!({"active": true, "scope": "read", "aud": "https://api.test"}),
+    );
     assert_eq!(
         s.call("/api/read/x", "minimal").await.status,
         StatusCode::OK
     );
+}
+
+#[tokio::test]
+async fn an_answer_without_aud_passes_where_the_operator_allows_it() {
+    let s = start("introspection_require_audience = false").await;
+    s.ep.set("no-aud", json!({"active": true, "scope": "read"}));
+    assert_eq!(s.call("/api/read/x", "no-aud").await.status, StatusCode::OK);
+    s.ep.set(
+        "wrong-aud",
+        json!({"active": true, "scope": "read", "aud": "https://other.test"}),
+    );
+    s.refused(
+        "/api/read/x",
+        "wrong-aud",
+        StatusCode::UNAUTHORIZED,
+        "bad_audience",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -580,7 +630,7 @@ async fn auto_validates_jwts_of_a_jwt_issuer_locally_and_introspects_the_rest() 
 
     ep.set(
         "opaque-in-auto",
-        json!({"active": true, "scope": "read", "sub": "svc"}),
+        json!({"active": true, "scope": "read", "sub": "svc", "aud": "https://api.test"}),
     );
     let a = get(
         &c,

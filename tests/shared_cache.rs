@@ -237,7 +237,7 @@ async fn two_replicas_share_one_answer_and_keep_serving_when_redis_dies() {
     b.wait().await;
     let c = client();
     let exp = common::idp::now() + 300;
-    let answer = json!({"active": true, "scope": "read", "sub": "shared-user", "exp": exp});
+    let answer = json!({"active": true, "scope": "read", "sub": "shared-user", "exp": exp, "aud": "https://api.test"});
     for t in ["shared-token-1", "shared-token-2", "shared-token-3"] {
         ep.set(t, answer.clone());
     }

@@ -79,18 +79,21 @@ pub struct Introspector {
 
 /// The answer members bearward reads (RFC 7662 2.2, RFC 7800 `cnf`), kept in the shared store
 /// with the claim headers' claims; nothing else of an answer is stored.
-const CHECKED: [&str; 11] = [
+const CHECKED: [&str; 14] = [
     "active",
     "scope",
     "client_id",
     "username",
     "token_type",
+    "typ",
+    "token_use",
     "exp",
     "iat",
     "nbf",
     "sub",
     "aud",
     "iss",
+    "cnf",
 ];
 
 impl Introspector {
@@ -313,9 +316,7 @@ impl Introspector {
             .last_ok = Some(Instant::now());
         let kept: Map<String, Value> = map
             .iter()
-            .filter(|(k, _)| {
-                CHECKED.contains(&k.as_str()) || *k == "cnf" || self.keep.iter().any(|c| c == *k)
-            })
+            .filter(|(k, _)| CHECKED.contains(&k.as_str()) || self.keep.iter().any(|c| c == *k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let active = map.get("active") == Some(&Value::Bool(true));

@@ -360,18 +360,26 @@ pub(crate) fn check_claims_of(
                 )
             }
         }
-        // RFC 7662 2.2 `token_type`; RFC 6749 1.5: a refresh token is for the authorization
-        // server only, never a credential at a resource.
-        if let Some(t) = claims.get("token_type") {
-            let refresh = t
+        // RFC 6749 1.5: a refresh token is for the authorization server only, never a
+        // credential at a resource. IdPs say so in different members: RFC 7662 `token_type`,
+        // Keycloak's `typ` (`Refresh`, `Offline`), Ory Hydra's `token_use`.
+        for (member, refresh) in [
+            ("token_type", &["refresh_token", "refresh"][..]),
+            ("typ", &["refresh", "offline"][..]),
+            ("token_use", &["refresh_token"][..]),
+        ] {
+            let Some(t) = claims.get(member) else {
+                continue;
+            };
+            let is_refresh = t
                 .as_str()
-                .is_none_or(|t| t.eq_ignore_ascii_case("refresh_token"));
-            if refresh {
+                .is_none_or(|t| refresh.iter().any(|r| t.eq_ignore_ascii_case(r)));
+            if is_refresh {
                 return fail(
                     trace,
                     "token_type",
                     AuthError::BadType,
-                    format!("token_type {t} is not an access token"),
+                    format!("{member} {t} is not an access token"),
                 );
             }
         }
@@ -438,7 +446,12 @@ pub(crate) fn check_claims_of(
             }
             v
         }
-        None if introspected => {
+        None if introspected
+            && !cfg
+                .introspection
+                .as_ref()
+                .is_some_and(|i| i.require_audience) =>
+        {
             trace.note("aud", true, || "absent from the answer".into());
             Vec::new()
         }

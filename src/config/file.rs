@@ -97,6 +97,7 @@ pub(super) struct IssuerFile {
     pub introspection_negative_ttl: Option<Spanned<String>>,
     pub introspection_timeout: Option<Spanned<String>>,
     pub introspection_max_in_flight: Option<Spanned<u64>>,
+    pub introspection_require_audience: Option<Spanned<bool>>,
     pub jwks_refresh: Option<Spanned<String>>,
     pub jwks_min_refresh: Option<Spanned<String>>,
     pub jwks_max_refresh: Option<Spanned<String>>,

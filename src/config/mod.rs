@@ -219,6 +219,9 @@ pub struct Introspection {
     pub timeout: Duration,
     /// Calls in flight at once to this endpoint.
     pub max_in_flight: usize,
+    /// An answer without `aud` is refused (the default): some IdPs (oidc-provider) answer
+    /// `active: true` for a refresh token with neither `aud` nor `token_type`.
+    pub require_audience: bool,
 }
 
 /// Client authentication at the introspection endpoint (RFC 7662 2.1, RFC 6749 2.3).

@@ -8,6 +8,10 @@
 //   es-client     client_credentials, ES256, 300 s tokens
 //   short-client  client_credentials, RS256, 2 s tokens
 //   web-client    authorization_code + refresh_token (PKCE), RS256, 2 s tokens
+//   bearward-rs   the resource server: introspects (RFC 7662), client_secret_basic
+//
+// A token for the resource OPAQUE_RESOURCE (http://opaque.bearward.test/api) is opaque; every
+// other resource gets RFC 9068 JWTs. Introspection and revocation (RFC 7009) are on.
 //
 // Test-only endpoints (not part of the provider):
 //   POST /__admin/code-flow {resource, scope}  drives the authorization-code flow headlessly
@@ -15,7 +19,7 @@
 //                                              returns the token response
 //   POST /__admin/rotate?phase=add|retire      add: a new RSA key is published first and signs;
 //                                              the old one stays published. retire: old removed.
-//   GET  /__admin/stats                        {"jwks_hits": N}
+//   GET  /__admin/stats                        {"jwks_hits": N, "introspections": N}
 import { createServer } from 'node:http';
 import { createPrivateKey, randomBytes, createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -38,6 +42,8 @@ const keys = {
 };
 let published = [keys.oldRsa, keys.ec];
 let jwksHits = 0;
+let introspections = 0;
+const OPAQUE_RESOURCE = 'http://opaque.bearward.test/api';
 
 const TTL = { 'short-client': 2, 'web-client': 2 };
 
@@ -51,6 +57,7 @@ function configuration() {
         client_id: 'web-client', client_secret: 'web-secret', grant_types: ['authorization_code', 'refresh_token'],
         response_types: ['code'], redirect_uris: [REDIRECT], scope: 'openid offline_access read write',
       },
+      { client_id: 'bearward-rs', client_secret: 'bearward-rs-secret', grant_types: ['client_credentials'], redirect_uris: [], response_types: [] },
     ],
     clientDefaults: { token_endpoint_auth_method: 'client_secret_basic' },
     jwks: { keys: published },
@@ -58,6 +65,8 @@ function configuration() {
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
+      introspection: { enabled: true },
+      revocation: { enabled: true },
       resourceIndicators: {
         enabled: true,
         defaultResource: async (ctx, client, oneOf) => oneOf?.[0],
@@ -65,7 +74,7 @@ function configuration() {
         getResourceServerInfo: async (ctx, resource, client) => ({
           scope: 'read write admin',
           audience: resource,
-          accessTokenFormat: 'jwt',
+          accessTokenFormat: resource === OPAQUE_RESOURCE ? 'opaque' : 'jwt',
           accessTokenTTL: TTL[client.clientId] ?? 300,
           jwt: { sign: { alg: client.clientId === 'es-client' ? 'ES256' : 'RS256' } },
         }),
@@ -155,7 +164,8 @@ function json(res, status, value) {
 const server = createServer(async (req, res) => {
   const url = new URL(req.url, 'http://127.0.0.1');
   try {
-    if (url.pathname === '/__admin/stats') return json(res, 200, { jwks_hits: jwksHits });
+    if (url.pathname === '/__admin/stats') return json(res, 200, { jwks_hits: jwksHits, introspections });
+    if (url.pathname === '/token/introspection') introspections += 1;
     if (url.pathname === '/__admin/rotate' && req.method === 'POST') {
       const phase = url.searchParams.get('phase');
       if (phase === 'add') published = [keys.newRsa, keys.oldRsa, keys.ec];

@@ -514,6 +514,10 @@ fn introspection(
             1,
             4096,
         ),
+        require_audience: f
+            .introspection_require_audience
+            .as_ref()
+            .is_none_or(|b| *b.get_ref()),
     })
 }
 
