@@ -153,19 +153,36 @@ impl Sink for Printer {
             format_args!("{} bytes, id {id} (as in the access log)", token.len()),
         );
         for keys in auth.issuers() {
+            let issuer = &keys.config.issuer;
+            if let Some(i) = &keys.config.introspection {
+                let at = i
+                    .endpoint
+                    .as_ref()
+                    .map_or_else(|| "found by discovery".to_owned(), ToString::to_string);
+                self.line(
+                    "opaque",
+                    format_args!("{issuer}: opaque tokens asked about at {at}"),
+                );
+            }
+            if !keys.config.takes_jwts() {
+                continue;
+            }
+            // An HMAC-only issuer has its secret for its only key: nothing to fetch.
+            if keys.config.keys == crate::config::KeySource::None {
+                self.line("keys", format_args!("{issuer}: the HMAC secret"));
+                continue;
+            }
             match keys.refresh().await {
                 Ok(_) => {
                     let set = keys.latest();
                     let n = set.as_ref().map_or(0, |s| s.keys.len());
                     let src = set.map_or_else(String::new, |s| s.source.clone());
-                    let issuer = &keys.config.issuer;
                     self.line(
                         "keys",
                         format_args!("{issuer}: {n} usable key(s) from {src}"),
                     );
                 }
                 Err(e) => {
-                    let issuer = &keys.config.issuer;
                     self.line("keys", format_args!("{issuer}: FAIL {e}"));
                 }
             }

@@ -721,3 +721,52 @@ fn check_refuses_ambiguity_inline_secrets_and_introspection_on_jwt_issuers() {
     let e = err(&base(&keys_too, ""));
     assert!(e.contains("would never be used"), "{e}");
 }
+
+#[tokio::test]
+async fn explain_asks_the_endpoint_and_says_what_it_answered() {
+    std::env::set_var(
+        "BEARWARD_TEST_INTROSPECTION_SECRET",
+        "s3cret:with/odd chars",
+    );
+    let ep = Endpoint::start().await;
+    let up = Upstream::start().await;
+    let config = bearward::config::Config::from_toml_str(&config(&ep, &up, ""), "t.toml").unwrap();
+    ep.set("explained", active("read"));
+    let get = http::Method::GET;
+    let e =
+        bearward::explain::explain_request(&config, &get, "/api/read/x", Some("explained")).await;
+    assert_eq!(e.status.as_u16(), 200, "{}", e.text);
+    assert!(
+        e.text.contains("introspection") && e.text.contains("active=true"),
+        "{}",
+        e.text
+    );
+    assert!(
+        !e.text.contains("explained\n") && !e.text.contains(" explained "),
+        "{}",
+        e.text
+    );
+    let e =
+        bearward::explain::explain_request(&config, &get, "/api/admin/x", Some("explained")).await;
+    assert_eq!(
+        (e.status.as_u16(), e.reason),
+        (403, "insufficient_scope"),
+        "{}",
+        e.text
+    );
+    let e = bearward::explain::explain_request(&config, &get, "/api/read/x", Some("unknown")).await;
+    assert_eq!(
+        (e.status.as_u16(), e.reason),
+        (401, "inactive_token"),
+        "{}",
+        e.text
+    );
+    assert!(e.text.contains("not active"), "{}", e.text);
+    assert!(
+        e.text.contains("opaque tokens asked about at http://")
+            && !e.text.contains("FAIL no key source"),
+        "{}",
+        e.text
+    );
+    assert_eq!(up.count(), 0);
+}
