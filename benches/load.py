@@ -16,7 +16,9 @@ What it does:
     the candidates in front of it:
       nginx     proxy_pass with upstream keep-alive, no token check (the bare proxy hop)
       haproxy   jwt_verify on the same key, plus exp/iss/aud/scope ACLs (one frontend per alg)
-      bearward  the same route and scope; and bearward-nocache with token_cache_entries = 0
+      bearward  the same route and scope; and bearward-nocache with token_cache_entries = 0;
+                the issuer is `token_format = "auto"`, so the same process takes an opaque token
+                (opaque-one: its answer from the upstream nginx's /introspect, then cached)
   * checks every candidate first (valid -> 200, none -> 401, tampered -> 401);
   * pins processes: wrk on CPU 0, upstream and proxies on CPU 1 (taskset), so a proxy and the
     upstream share one core, as the peers were measured; --layout isolated moves the upstream
@@ -54,6 +56,8 @@ PORTS = {"upstream": 18080, "nginx": 18081, "haproxy": 18082, "haproxy-es": 1808
 UPSTREAM_TLS_PORT = 18088
 TLS_FIXTURES = os.path.join(ROOT, "tests", "fixtures", "tls")
 WRK_CPU, SERVER_CPU = "0", "1"
+# Candidates that are another candidate's process under another load.
+PROC_OF = {"direct": "upstream", "bearward-jwt": "bearward"}
 
 
 def sh(cmd, **kw):
@@ -122,6 +126,11 @@ http {{
   server {{
     listen 127.0.0.1:{port} reuseport backlog=4096;
     location / {{ default_type text/plain; return 200 "upstream ok\\n"; }}
+    # The introspection endpoint of the opaque-token scenario (RFC 7662): one fixed answer.
+    location = /introspect {{
+      default_type application/json;
+      return 200 '{{"active":true,"scope":"read","sub":"opaque-user","aud":"https://api.bench"}}';
+    }}
   }}
 }}
 """
@@ -206,6 +215,14 @@ max_idle_connections = 256
 prefix = "/"
 scopes = ["read"]
 upstream = "app"
+"""
+
+# Every load.py bearward takes opaque tokens too, from the upstream nginx's /introspect.
+OPAQUE_ISSUER = """algorithms = ["RS256", "ES256"]
+token_format = "auto"
+introspection_endpoint = "http://127.0.0.1:{up}/introspect"
+introspection_client_id = "bearward"
+introspection_client_secret_file = "{dir}/introspection-secret"
 """
 
 WRK_ROTATE = """
@@ -388,6 +405,8 @@ def main():
     open(f"{d}/rotate10000.lua", "w").write(WRK_ROTATE % f"{d}/tokens10000.txt")
 
     upstream_conf = NGINX_UPSTREAM.format(dir=d, port=PORTS["upstream"])
+    open(f"{d}/introspection-secret", "w").write("bench-secret\n")
+    opaque = "opq_" + base64.urlsafe_b64encode(os.urandom(24)).decode().rstrip("=")
     if args.tls_upstream:
         # The same server answers on a TLS port too.
         upstream_conf = upstream_conf.replace("    location /", f"""    listen 127.0.0.1:{UPSTREAM_TLS_PORT} ssl;
@@ -414,6 +433,7 @@ def main():
     for name in binaries:
         cache = 0 if name == "bearward-nocache" else 10000
         conf = BEARWARD.format(port=PORTS[name], cache=cache, issuer=ISSUER, audience=AUDIENCE, dir=d, up=PORTS["upstream"])
+        conf = conf.replace('algorithms = ["RS256", "ES256"]\n', OPAQUE_ISSUER.format(dir=d, up=PORTS["upstream"]))
         if name == "bearward-tls":
             conf = conf.replace(f'url = "http://127.0.0.1:{PORTS["upstream"]}"',
                                 f'url = "https://127.0.0.1:{UPSTREAM_TLS_PORT}"\ntls_ca_file = "{TLS_FIXTURES}/ca.pem"')
@@ -446,6 +466,10 @@ def main():
             print(f"  {name:18} {got}")
             if got != (200, 401, 401):
                 raise SystemExit(f"{name} does not enforce the policy: {got}")
+        got = (status(PORTS["bearward"], opaque), status(PORTS["bearward"], opaque[:-2] + "zz"))
+        print(f"  {'bearward-opaque':18} {got}")
+        if got != (200, 200):  # the bench endpoint says active for every token
+            raise SystemExit(f"bearward-opaque does not introspect: {got}")
         print(f"  {'nginx (no check)':18} {(status(PORTS['nginx'], rs),)}")
 
         H = lambda t: f"Authorization: Bearer {t}"
@@ -458,6 +482,10 @@ def main():
                            ("bearward-nocache", PORTS["bearward-nocache"], None, f"{d}/rotate1000.lua")],
             "es256-one": [("nginx", PORTS["nginx"], H(es), None), ("haproxy", PORTS["haproxy-es"], H(es), None),
                           ("bearward", PORTS["bearward"], H(es), None), ("bearward-nocache", PORTS["bearward-nocache"], H(es), None)],
+            # An opaque token whose introspection answer is cached, against the cached JWT path
+            # of the same process in the same round (bearward-jwt).
+            "opaque-one": [("nginx", PORTS["nginx"], H(opaque), None), ("bearward", PORTS["bearward"], H(opaque), None),
+                           ("bearward-jwt", PORTS["bearward"], H(rs), None)],
             "no-token": [("nginx", PORTS["nginx"], None, None), ("haproxy", PORTS["haproxy"], None, None),
                          ("bearward", PORTS["bearward"], None, None)],
         }
@@ -476,7 +504,7 @@ def main():
         for rnd in range(args.rounds):
             for scen, cands in scenarios.items():
                 for name, port, header, script in cands:
-                    pid = procs["upstream" if name == "direct" else name].pid
+                    pid = procs[PROC_OF.get(name, name)].pid
                     before = cpu_counters(pid)
                     r = wrk(port, args.connections, args.duration, header, script)
                     after = cpu_counters(pid)
@@ -499,7 +527,7 @@ def main():
             base = results.get((scen, "nginx"))
             ratios = [r["rps"] / b["rps"] for r, b in zip(runs, base)] if base else []
             med = lambda k: statistics.median(r[k] for r in runs)
-            proc = "upstream" if name == "direct" else name
+            proc = PROC_OF.get(name, name)
             print(f"{scen:11} {name:17} {med('rps'):9.0f} {med('p50'):8.3f} {med('p99'):8.3f} {rss.get(proc, 0) / 1024:8.1f}M"
                   f" {med('usr_us'):7.1f} {med('sys_us'):7.1f} {med('switches'):6.2f}" + (f" {statistics.median(ratios):8.2f}x  ({min(ratios):.2f}-{max(ratios):.2f})" if ratios else ""))
         print(f"\nbearward peak RSS after the 10,000-token run ({mem_requests} requests): {rss['bearward'] / 1024:.1f} MiB")

@@ -75,6 +75,8 @@ pub struct Introspector {
     shared_prefix: String,
     health: Mutex<Health>,
     metrics: Arc<Metrics>,
+    /// Cache lookups: process hit, process miss, shared hit, shared miss.
+    lookups: [crate::telemetry::Counter; 4],
 }
 
 /// The answer members bearward reads (RFC 7662 2.2, RFC 7800 `cnf`), kept in the shared store
@@ -132,6 +134,7 @@ impl Introspector {
             shared,
             shared_prefix: format!("introspection:{}:", hex(&hash[..8])),
             health: Mutex::new(Health::default()),
+            lookups: metrics.introspection_cache(&issuer.issuer),
             metrics,
             keep,
             issuer,
@@ -173,7 +176,6 @@ impl Introspector {
         hash: &[u8; 32],
         trace: &mut Trace,
     ) -> Result<Arc<Verified>, AuthError> {
-        let name = &self.issuer.issuer;
         if trace.enabled {
             // `bearward explain` asks afresh, with each step noted.
             let answer = self.ask(token, hash, trace).await?;
@@ -181,11 +183,11 @@ impl Introspector {
         }
         let answer = match self.cache.get(hash).await {
             Some(a) => {
-                self.metrics.introspection_cache(name, "process", true);
+                self.lookups[0].inc();
                 a
             }
             None => {
-                self.metrics.introspection_cache(name, "process", false);
+                self.lookups[1].inc();
                 self.cache
                     .try_get_with(*hash, self.load(token, hash))
                     .await
@@ -215,8 +217,7 @@ impl Introspector {
         if let Some(store) = &self.shared {
             if let Ok(found) = store.get(&key).await {
                 let answer = found.and_then(|b| self.stored_answer(&b, hash));
-                self.metrics
-                    .introspection_cache(&self.issuer.issuer, "shared", answer.is_some());
+                self.lookups[if answer.is_some() { 2 } else { 3 }].inc();
                 if let Some(a) = answer {
                     return Ok(a);
                 }

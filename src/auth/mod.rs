@@ -290,7 +290,13 @@ impl Authenticator {
     ) -> Result<Arc<Verified>, AuthError> {
         // Size is the parser's first check; a token too large is never in the cache.
         // The token is hashed once, for the front's lookup and, on a miss, its insert.
-        let cached = self.cache.as_ref().map(|c| (c, c.hash(token)));
+        // Only JWTs are kept in this cache, and a JWT has dots: an opaque token (when some
+        // issuer takes them) skips the lookup, and is not counted as a miss.
+        let jwt_shaped = memchr::memchr(b'.', token).is_some()
+            || self.introspectors.iter().all(Option::is_none);
+        let cached = (self.cache.as_ref())
+            .filter(|_| jwt_shaped)
+            .map(|c| (c, c.hash(token)));
         if let Some((c, hash)) = cached {
             // The front first; moka on a front miss, and a moka hit moves into the front.
             let found = c.front_get(hash, token).or_else(|| {
