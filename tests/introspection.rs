@@ -598,6 +598,11 @@ async fn client_secret_post_and_private_key_jwt_authenticate_as_configured() {
     assert_eq!(data.header.kid.as_deref(), Some("rsa-1"));
     assert_eq!(data.claims["sub"], "bearward");
     assert!(data.claims["jti"].as_str().unwrap().len() >= 16);
+    assert!(
+        data.claims["exp"].is_i64() && data.claims["iat"].is_i64(),
+        "{}",
+        data.claims
+    );
 }
 
 #[tokio::test]

@@ -533,14 +533,16 @@ impl Introspector {
             }
             ClientAuth::PrivateKeyJwt { alg, kid, .. } => {
                 let key = self.signer.as_ref().ok_or("no signing key")?;
-                let now = validator::now().floor();
+                // Whole seconds: some IdPs refuse a NumericDate with a fraction.
+                #[allow(clippy::cast_possible_truncation)]
+                let now = validator::now() as i64;
                 let mut jti = [0u8; 16];
                 aws_lc_rs::rand::fill(&mut jti).map_err(|_| "no randomness")?;
                 // RFC 7523 3: iss and sub are the client; aud the endpoint called (Okta and
                 // oidc-provider take it; Keycloak takes it as well as the token endpoint).
                 let claims = serde_json::json!({
                     "iss": cfg.client_id, "sub": cfg.client_id, "aud": uri.to_string(),
-                    "jti": hex(&jti), "iat": now, "exp": now + 60.0,
+                    "jti": hex(&jti), "iat": now, "exp": now + 60,
                 });
                 let assertion = crate::jose::sign(&claims, key, *alg, kid.as_deref())?;
                 form.append_pair("client_id", &cfg.client_id);

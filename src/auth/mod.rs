@@ -292,8 +292,8 @@ impl Authenticator {
         // The token is hashed once, for the front's lookup and, on a miss, its insert.
         // Only JWTs are kept in this cache, and a JWT has dots: an opaque token (when some
         // issuer takes them) skips the lookup, and is not counted as a miss.
-        let jwt_shaped = memchr::memchr(b'.', token).is_some()
-            || self.introspectors.iter().all(Option::is_none);
+        let jwt_shaped =
+            memchr::memchr(b'.', token).is_some() || self.introspectors.iter().all(Option::is_none);
         let cached = (self.cache.as_ref())
             .filter(|_| jwt_shaped)
             .map(|c| (c, c.hash(token)));
