@@ -112,6 +112,7 @@ fn bench(c: &mut Criterion) {
         peer_ip: http::HeaderValue::from_static("127.0.0.1"),
         watch: None,
         request_timer: Default::default(),
+        tls: None,
     };
     let tok = format!("Bearer {}", token());
     let run = |gw: &Arc<bearward::gateway::Gateway>, path: &str, auth: Option<&str>| {

@@ -162,6 +162,7 @@ pub struct Metrics {
     introspections: Family<FetchLabels, Counter>,
     introspection_latency: Family<IssuerLabels, Histogram, fn() -> Histogram>,
     introspection_cache: Family<LayerLabels, Counter>,
+    tls_handshakes: Family<LookupLabels, Counter>,
 }
 
 /// A two-outcome counter family with both counters made up front: counting one is an atomic
@@ -219,6 +220,7 @@ impl Metrics {
             introspections: Family::default(),
             introspection_latency: Family::new_with_constructor(histogram as fn() -> Histogram),
             introspection_cache: Family::default(),
+            tls_handshakes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -339,7 +341,19 @@ impl Metrics {
             "Introspection answer lookups by issuer, layer (process, shared) and outcome (hit, miss)",
             m.introspection_cache.clone(),
         );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes on the proxy listener by outcome (ok, or why one failed)",
+            m.tls_handshakes.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts one listener TLS handshake.
+    pub fn tls_handshake(&self, outcome: &'static str) {
+        self.tls_handshakes
+            .get_or_create(&LookupLabels { outcome })
+            .inc();
     }
 
     /// Counts one shared-store command.

@@ -1,5 +1,6 @@
-//! TLS to `https` upstreams: the stream an upstream connection runs on, and the client settings
-//! each upstream's connections are made with.
+//! TLS on both sides: the listener's server settings ([`ListenerTls`]: certificate, ALPN,
+//! optional client certificates), and for `https` upstreams the stream an upstream connection
+//! runs on and the client settings each upstream's connections are made with.
 //!
 //! The certificate is always verified, against the upstream's `tls_ca_file` or else the
 //! system's roots (Mozilla's when the system has none), for `tls_server_name` or else the URL's
@@ -220,4 +221,112 @@ impl AsyncWrite for Stream {
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
+}
+
+/// `tls_client_auth`: whether the listener asks clients for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No certificate is asked for.
+    None,
+    /// Asked for, verified when sent; a client without one still connects.
+    Optional,
+    /// A client without a certificate that verifies fails the handshake.
+    Required,
+}
+
+/// The listener's TLS settings, built once per config load: a reload with a renewed
+/// certificate serves it to new connections without a restart.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub client_auth: ClientAuth,
+}
+
+/// Which listener file a problem is about.
+#[derive(Debug)]
+pub enum ListenerTlsError {
+    Cert(String),
+    Key(String),
+    ClientCa(String),
+}
+
+impl ListenerTls {
+    /// TLS 1.2 and 1.3 on aws-lc-rs with the PEM chain and key; ALPN `h2` (when `http2`) and
+    /// `http/1.1`; client certificates verified against `client_ca` as `client_auth` says.
+    pub fn new(
+        cert_file: &Path,
+        key_file: &Path,
+        client_ca: Option<&Path>,
+        client_auth: ClientAuth,
+        http2: bool,
+    ) -> Result<ListenerTls, ListenerTlsError> {
+        let chain = pem_certs(cert_file).map_err(ListenerTlsError::Cert)?;
+        let key = PrivateKeyDer::from_pem_file(key_file)
+            .map_err(|e| ListenerTlsError::Key(format!("holds no usable PEM private key: {e}")))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| ListenerTlsError::Cert(e.to_string()))?;
+        let builder = match (client_auth, client_ca) {
+            (ClientAuth::None, _) => builder.with_no_client_auth(),
+            (_, None) => {
+                return Err(ListenerTlsError::ClientCa(
+                    "client certificates need tls_client_ca_file: the CAs they must chain to"
+                        .into(),
+                ))
+            }
+            (auth, Some(ca)) => {
+                let roots = roots_from(ca).map_err(ListenerTlsError::ClientCa)?;
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                );
+                let verifier = if auth == ClientAuth::Optional {
+                    verifier.allow_unauthenticated()
+                } else {
+                    verifier
+                };
+                let verifier = verifier
+                    .build()
+                    .map_err(|e| ListenerTlsError::ClientCa(e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_single_cert(chain, key).map_err(|e| {
+            ListenerTlsError::Key(format!("the certificate and key do not go together: {e}"))
+        })?;
+        config.alpn_protocols = if http2 {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
+        Ok(ListenerTls {
+            config: Arc::new(config),
+            client_auth,
+        })
+    }
+}
+
+/// Why a client's handshake failed, as a fixed metric label.
+pub fn handshake_failure(e: &io::Error) -> &'static str {
+    use rustls::Error as E;
+    match session_error(e) {
+        Some(E::NoCertificatesPresented) => "no_client_certificate",
+        Some(E::InvalidCertificate(_)) => "bad_client_certificate",
+        Some(E::PeerIncompatible(_)) => "incompatible",
+        Some(E::InvalidMessage(_)) => "not_tls",
+        Some(E::AlertReceived(_)) => "client_alert",
+        Some(_) => "protocol_error",
+        None if e.kind() == io::ErrorKind::UnexpectedEof => "client_closed",
+        None => "io_error",
+    }
+}
+
+/// The SHA-256 of a DER certificate: RFC 8705 3.1's `x5t#S256` before base64url.
+pub fn thumbprint(der: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }

@@ -60,6 +60,12 @@ pub(super) struct ServerFile {
     pub max_connections: Option<Spanned<u64>>,
     pub max_requests_in_flight: Option<Spanned<u64>>,
     pub http2_max_concurrent_streams: Option<Spanned<u64>>,
+    pub tls_cert_file: Option<Spanned<String>>,
+    pub tls_key_file: Option<Spanned<String>>,
+    pub tls_client_ca_file: Option<Spanned<String>>,
+    pub tls_client_auth: Option<Spanned<crate::tls::ClientAuth>>,
+    pub tls_handshake_timeout: Option<Spanned<String>>,
+    pub public_origin: Option<Spanned<String>>,
 }
 
 pub use crate::telemetry::LogFormat;

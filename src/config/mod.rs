@@ -129,6 +129,15 @@ pub struct ServerConfig {
     pub max_requests_in_flight: usize,
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` of each client connection.
     pub http2_max_concurrent_streams: u32,
+    /// TLS on the proxy listener (`tls_cert_file`, `tls_key_file`); `None`: plain HTTP.
+    pub tls: Option<crate::tls::ListenerTls>,
+    /// The listener's certificate, key and client CA files, watched with the config file.
+    pub tls_files: Vec<PathBuf>,
+    /// Longest a client may take to complete the TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// `scheme://host[:port]` clients use to reach bearward (DPoP `htu`, metadata); `None`:
+    /// the listener's own scheme and the request's Host.
+    pub public_origin: Option<String>,
 }
 
 /// `[upstreams.NAME]`, validated.
@@ -345,6 +354,7 @@ impl Config {
         self.upstreams
             .iter()
             .flat_map(|u| u.tls_files.iter().map(PathBuf::as_path))
+            .chain(self.server.tls_files.iter().map(PathBuf::as_path))
     }
 
     /// Reads and validates a config file. Relative `jwks_file` and secret paths are taken from

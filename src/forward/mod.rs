@@ -28,6 +28,7 @@ pub(crate) fn prepare_request(
     peer: SocketAddr,
     peer_ip: &HeaderValue,
     trusted_proxies: &[IpNet],
+    tls: bool,
 ) -> Result<HeadRewrite, http::Error> {
     let upgrade = is_upgrade_request(req);
     let version = req.version();
@@ -73,7 +74,8 @@ pub(crate) fn prepare_request(
     };
     rewrite.replace[0] = Some((xff, Some(value)));
     if !(trusted && headers.contains_key(&xfp)) {
-        rewrite.replace[1] = Some((xfp, Some(HeaderValue::from_static("http"))));
+        let proto = if tls { "https" } else { "http" };
+        rewrite.replace[1] = Some((xfp, Some(HeaderValue::from_static(proto))));
     }
     if !(trusted && headers.contains_key(&xfh)) {
         rewrite.replace[2] = Some((xfh, client_host.clone()));

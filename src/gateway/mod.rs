@@ -57,6 +57,17 @@ pub struct ConnInfo {
     pub watch: Option<Watch>,
     /// The `request_timeout` timer, reused from request to request.
     pub request_timer: RequestTimer,
+    /// The connection's TLS, when it came in on a TLS listener.
+    pub tls: Option<TlsInfo>,
+}
+
+/// What the TLS handshake established for a connection.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// ALPN chose `h2`.
+    pub alpn_h2: bool,
+    /// SHA-256 of the verified client certificate (RFC 8705's `x5t#S256`), if one was sent.
+    pub client_cert: Option<[u8; 32]>,
 }
 
 /// What one request did, for its access-log line and metrics.
@@ -262,6 +273,7 @@ impl Gateway {
             conn.peer,
             &conn.peer_ip,
             &self.config.server.trusted_proxies,
+            conn.tls.is_some(),
         )
         .map_err(|_| Rejection::Internal("bad_upstream_request"))?;
         if let Some(identity) = &identity {

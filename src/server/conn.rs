@@ -6,7 +6,7 @@ use super::reload::Live;
 use super::Held;
 use crate::body::Body;
 use crate::config::Config;
-use crate::gateway::ConnInfo;
+use crate::gateway::{ConnInfo, TlsInfo};
 use crate::request::framing::Guarded;
 use crate::request::watch::{Answered, InFlight, Watch};
 use http::{Request, Response, StatusCode};
@@ -40,6 +40,7 @@ pub(super) struct Protocols {
     header_read_timeout: Duration,
     send_timeout: Duration,
     max_header_bytes: usize,
+    tls_handshake_timeout: Duration,
 }
 
 /// `hyper::proto::h1::role::DEFAULT_MAX_HEADERS`, not exported.
@@ -79,6 +80,7 @@ impl Protocols {
             header_read_timeout: config.server.header_read_timeout,
             send_timeout: config.server.send_timeout,
             max_header_bytes: config.server.max_header_bytes,
+            tls_handshake_timeout: config.server.tls_handshake_timeout,
         }
     }
 }
@@ -124,58 +126,43 @@ pub(super) fn serve_connection(
         in_flight,
     } = conn;
     let _ = stream.set_nodelay(true);
+    // The TLS settings of the config in force when the connection arrived: a reload with a
+    // renewed certificate serves it to the next connection.
+    let tls = live.current().config.server.tls.clone();
     tokio::spawn(async move {
         let _slot = slot;
         let Drain { mut signal, _alive } = drain;
-        // h2c with prior knowledge, if enabled and the client opens with the preface.
-        let h2 = match &protocols.h2 {
-            None => None,
-            Some(h2) => {
-                match tokio::time::timeout(protocols.header_read_timeout, is_h2(&stream)).await {
-                    Ok(Ok(true)) => Some(h2),
-                    Ok(Ok(false)) => None,
-                    _ => return,
-                }
-            }
-        };
-        let result = match h2 {
-            Some(h2) => {
-                let watch = Watch::for_h2();
-                let conn = h2.serve_connection(
-                    TokioIo::new(stream),
-                    gateway_service(&live, peer, Some(watch.clone()), in_flight),
-                );
-                let bounds = (protocols.header_read_timeout, protocols.send_timeout);
-                until_done_or_idle(
-                    conn,
-                    &mut signal,
-                    hyper::server::conn::http2::Connection::graceful_shutdown,
-                    &watch,
-                    bounds,
-                )
-                .await
-                .unwrap_or(Ok(()))
-            }
+        let result = match tls {
             None => {
-                let (guarded, head_watch) = Guarded::new(
-                    stream,
-                    protocols.max_header_bytes,
-                    protocols.header_read_timeout,
-                    protocols.send_timeout,
-                );
-                let conn = protocols
-                    .h1
-                    .serve_connection(
-                        TokioIo::new(guarded),
-                        gateway_service(&live, peer, Some(head_watch), in_flight),
-                    )
-                    .with_upgrades();
-                until_done(
-                    conn,
-                    &mut signal,
-                    hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown,
-                )
-                .await
+                // h2c with prior knowledge, if enabled and the client opens with the preface.
+                let h2 = match &protocols.h2 {
+                    None => false,
+                    Some(_) => {
+                        match tokio::time::timeout(protocols.header_read_timeout, is_h2(&stream))
+                            .await
+                        {
+                            Ok(Ok(h2)) => h2,
+                            _ => return,
+                        }
+                    }
+                };
+                let io = Io {
+                    peer,
+                    tls: None,
+                    h2,
+                };
+                serve_io(stream, io, &protocols, &live, &mut signal, in_flight).await
+            }
+            Some(tls) => {
+                let Some((stream, info)) = handshake(stream, &tls, &protocols, &live).await else {
+                    return;
+                };
+                let io = Io {
+                    peer,
+                    h2: info.alpn_h2 && protocols.h2.is_some(),
+                    tls: Some(info),
+                };
+                serve_io(stream, io, &protocols, &live, &mut signal, in_flight).await
             }
         };
         if let Err(e) = result {
@@ -185,6 +172,107 @@ pub(super) fn serve_connection(
             }
         }
     });
+}
+
+/// What the connection's requests run on: the peer, TLS (if any), and the protocol chosen.
+struct Io {
+    peer: SocketAddr,
+    tls: Option<TlsInfo>,
+    h2: bool,
+}
+
+/// The TLS handshake, bounded by `tls_handshake_timeout`, counted by outcome.
+async fn handshake(
+    stream: TcpStream,
+    tls: &crate::tls::ListenerTls,
+    protocols: &Protocols,
+    live: &Arc<Live>,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, TlsInfo)> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    let metrics = &live.metrics;
+    let outcome =
+        tokio::time::timeout(protocols.tls_handshake_timeout, acceptor.accept(stream)).await;
+    match outcome {
+        Ok(Ok(s)) => {
+            let session = s.get_ref().1;
+            let info = TlsInfo {
+                alpn_h2: session.alpn_protocol() == Some(b"h2"),
+                // A certificate is there only if it verified: rustls fails the handshake
+                // otherwise, or (optional) takes none.
+                client_cert: session
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| crate::tls::thumbprint(c.as_ref())),
+            };
+            metrics.tls_handshake("ok");
+            Some((s, info))
+        }
+        Ok(Err(e)) => {
+            let reason = crate::tls::handshake_failure(&e);
+            metrics.tls_handshake(reason);
+            tracing::debug!(error = %e, reason, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            metrics.tls_handshake("timeout");
+            None
+        }
+    }
+}
+
+/// HTTP/2 or HTTP/1 over an established stream (plain or TLS) until it ends or drains.
+async fn serve_io<I>(
+    stream: I,
+    io: Io,
+    protocols: &Protocols,
+    live: &Arc<Live>,
+    signal: &mut watch::Receiver<bool>,
+    in_flight: InFlight,
+) -> Result<(), hyper::Error>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Io { peer, tls, h2 } = io;
+    match protocols.h2.as_ref().filter(|_| h2) {
+        Some(h2) => {
+            let watch = Watch::for_h2();
+            let conn = h2.serve_connection(
+                TokioIo::new(stream),
+                gateway_service(live, peer, tls, Some(watch.clone()), in_flight),
+            );
+            let bounds = (protocols.header_read_timeout, protocols.send_timeout);
+            until_done_or_idle(
+                conn,
+                signal,
+                hyper::server::conn::http2::Connection::graceful_shutdown,
+                &watch,
+                bounds,
+            )
+            .await
+            .unwrap_or(Ok(()))
+        }
+        None => {
+            let (guarded, head_watch) = Guarded::new(
+                stream,
+                protocols.max_header_bytes,
+                protocols.header_read_timeout,
+                protocols.send_timeout,
+            );
+            let conn = protocols
+                .h1
+                .serve_connection(
+                    TokioIo::new(guarded),
+                    gateway_service(live, peer, tls, Some(head_watch), in_flight),
+                )
+                .with_upgrades();
+            until_done(
+                conn,
+                signal,
+                hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown,
+            )
+            .await
+        }
+    }
 }
 
 /// A request refused before it reached the service: hyper's own answer to a head it cannot parse
@@ -215,6 +303,7 @@ fn head_refusal(e: &hyper::Error) -> Option<(u16, &'static str)> {
 fn gateway_service(
     live: &Arc<Live>,
     peer: SocketAddr,
+    tls: Option<TlsInfo>,
     watch: Option<Watch>,
     in_flight: InFlight,
 ) -> impl hyper::service::Service<
@@ -230,6 +319,7 @@ fn gateway_service(
             .expect("an IP address is a valid header value"),
         watch,
         request_timer: Default::default(),
+        tls,
     });
     let live = live.clone();
     service_fn(move |req: Request<Incoming>| {

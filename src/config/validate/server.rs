@@ -58,7 +58,39 @@ pub(super) fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
             64 * 1024,
         ),
     };
+    let http2 = s.http2.unwrap_or(true);
+    let (tls, tls_files) = listener_tls(cx, s, http2);
+    let public_origin = s.public_origin.as_ref().and_then(|o| {
+        let text = o.get_ref().trim_end_matches('/');
+        let ok = http::Uri::from_str(text).is_ok_and(|u| {
+            matches!(u.scheme_str(), Some("https" | "http"))
+                && u.authority().is_some()
+                && u.path_and_query().is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
+        });
+        if ok {
+            Some(text.to_owned())
+        } else {
+            cx.err(
+                o.span(),
+                "server.public_origin",
+                format!(
+                    "{:?} is not an origin: scheme://host[:port], no path (e.g. \"https://api.example.com\")",
+                    o.get_ref()
+                ),
+            );
+            None
+        }
+    });
     ServerConfig {
+        tls,
+        tls_files,
+        tls_handshake_timeout: cx.duration(
+            &s.tls_handshake_timeout,
+            "server.tls_handshake_timeout",
+            DEFAULT_HEADER_READ_TIMEOUT,
+            (Duration::from_millis(100), Duration::from_secs(300)),
+        ),
+        public_origin,
         listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
         admin_listen: admin_listen.flatten(),
         realm,
@@ -105,7 +137,7 @@ pub(super) fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
         allow_underscores_in_headers: s.allow_underscores_in_headers.unwrap_or(false),
         max_body_bytes: cx.max_body(&s.max_body_bytes, "server.max_body_bytes"),
         resource: cx.resource(&s.resource, "server.resource", path),
-        http2: s.http2.unwrap_or(true),
+        http2,
         log_format: s
             .log_format
             .as_ref()
@@ -156,6 +188,109 @@ pub(super) fn socket_addr(cx: &mut Ctx<'_>, v: &Spanned<String>, key: &str) -> O
                 ),
             );
             None
+        }
+    }
+}
+
+/// `tls_cert_file` and `tls_key_file` (both or neither), `tls_client_ca_file` and
+/// `tls_client_auth`: the listener's TLS, read and checked now, and the files to watch.
+fn listener_tls(
+    cx: &mut Ctx<'_>,
+    s: &ServerFile,
+    http2: bool,
+) -> (Option<crate::tls::ListenerTls>, Vec<std::path::PathBuf>) {
+    use crate::tls::{ClientAuth, ListenerTls, ListenerTlsError};
+    let auth = s
+        .tls_client_auth
+        .as_ref()
+        .map_or(ClientAuth::None, |a| *a.get_ref());
+    let (cert, key) = match (&s.tls_cert_file, &s.tls_key_file) {
+        (Some(c), Some(k)) => (c, k),
+        (None, None) => {
+            let stray = [
+                (
+                    "server.tls_client_ca_file",
+                    s.tls_client_ca_file.as_ref().map(Spanned::span),
+                ),
+                (
+                    "server.tls_client_auth",
+                    s.tls_client_auth.as_ref().map(Spanned::span),
+                ),
+                (
+                    "server.tls_handshake_timeout",
+                    s.tls_handshake_timeout.as_ref().map(Spanned::span),
+                ),
+            ];
+            for (k, span) in stray {
+                if let Some(span) = span {
+                    cx.err(
+                        span,
+                        k,
+                        "applies only with TLS on the listener: set tls_cert_file and tls_key_file",
+                    );
+                }
+            }
+            return (None, Vec::new());
+        }
+        (Some(c), None) => {
+            cx.err(
+                c.span(),
+                "server.tls_key_file",
+                "tls_cert_file needs tls_key_file",
+            );
+            return (None, Vec::new());
+        }
+        (None, Some(k)) => {
+            cx.err(
+                k.span(),
+                "server.tls_cert_file",
+                "tls_key_file needs tls_cert_file",
+            );
+            return (None, Vec::new());
+        }
+    };
+    let ca = s.tls_client_ca_file.as_ref();
+    if auth == ClientAuth::None {
+        if let Some(ca) = ca {
+            cx.err(
+                ca.span(),
+                "server.tls_client_ca_file",
+                "client certificates are not asked for: set tls_client_auth = \"optional\" or \"required\"",
+            );
+        }
+    }
+    let mut files = vec![
+        std::path::PathBuf::from(cert.get_ref()),
+        std::path::PathBuf::from(key.get_ref()),
+    ];
+    files.extend(ca.map(|c| std::path::PathBuf::from(c.get_ref())));
+    match ListenerTls::new(
+        std::path::Path::new(cert.get_ref()),
+        std::path::Path::new(key.get_ref()),
+        ca.map(|c| std::path::Path::new(c.get_ref())),
+        auth,
+        http2,
+    ) {
+        Ok(t) => (Some(t), files),
+        Err(e) => {
+            let (span, k, m) = match e {
+                ListenerTlsError::Cert(m) => (cert.span(), "server.tls_cert_file", m),
+                ListenerTlsError::Key(m) => (key.span(), "server.tls_key_file", m),
+                ListenerTlsError::ClientCa(m) => (
+                    ca.map_or_else(
+                        || {
+                            s.tls_client_auth
+                                .as_ref()
+                                .map_or(cert.span(), Spanned::span)
+                        },
+                        Spanned::span,
+                    ),
+                    "server.tls_client_ca_file",
+                    m,
+                ),
+            };
+            cx.err(span, k, m);
+            (None, files)
         }
     }
 }
