@@ -287,7 +287,9 @@ pub async fn explain_request(
         Arc::new(Metrics::new()),
     );
     let mut outcome = Outcome::default();
-    let decided = gateway.decide(&mut req, None, &mut outcome, &mut p).await;
+    let decided = gateway
+        .decide(&mut req, None, None, &mut outcome, &mut p)
+        .await;
     match decided {
         Ok(Decided::Answer(resp)) => {
             let status = resp.status();
@@ -322,7 +324,7 @@ pub async fn explain_request(
         Err(rej) => {
             let (status, reason) = (rej.status(), rej.reason());
             let route = outcome.route_index.map(|i| &config.routes.routes()[i]);
-            let resp = rej.into_response(&config.server.realm, route);
+            let resp = rej.into_response(&gateway.answering(route, outcome.challenge));
             let www = resp
                 .headers()
                 .get(header::WWW_AUTHENTICATE)

@@ -79,3 +79,14 @@ pub(crate) fn sign_test(pem: &[u8], alg: Algorithm) -> Result<(), String> {
     let key = encoding_key(pem, alg)?;
     sign(&serde_json::json!({}), &key, alg, None).map(drop)
 }
+
+/// The algorithms a DPoP proof may use by default: asymmetric ones only (RFC 9449 4.3 step 5).
+pub(crate) fn dpop_algorithms() -> Vec<Algorithm> {
+    vec![
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+        Algorithm::RS256,
+        Algorithm::PS256,
+    ]
+}

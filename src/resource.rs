@@ -115,6 +115,23 @@ struct Metadata<'a> {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     scopes_supported: Vec<&'a str>,
     bearer_methods_supported: Vec<&'static str>,
+    /// RFC 9728 2 / RFC 9449 5.1: the algorithms bearward takes DPoP proofs in.
+    dpop_signing_alg_values_supported: &'a [String],
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    dpop_bound_access_tokens_required: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    tls_client_certificate_bound_access_tokens: bool,
+}
+
+/// What a resource's document says about sender-constrained tokens.
+#[derive(Debug, Clone, Default)]
+pub struct Binding {
+    pub dpop_algs: Vec<String>,
+    /// Every bearer route of the resource takes bound tokens only.
+    pub required: bool,
+    /// Client certificates reach bearward (its TLS listener asks for them, or a trusted proxy
+    /// passes them), so certificate-bound tokens can be used (RFC 8705).
+    pub mtls: bool,
 }
 
 /// The metadata documents, one per resource, keyed by the path they are served at.
@@ -138,6 +155,7 @@ impl Documents {
         issuers: Vec<&str>,
         mut scopes: Vec<&str>,
         bearer_methods: Vec<&'static str>,
+        binding: &Binding,
     ) {
         scopes.sort_unstable();
         scopes.dedup();
@@ -146,6 +164,9 @@ impl Documents {
             authorization_servers: issuers,
             scopes_supported: scopes,
             bearer_methods_supported: bearer_methods,
+            dpop_signing_alg_values_supported: &binding.dpop_algs,
+            dpop_bound_access_tokens_required: binding.required,
+            tls_client_certificate_bound_access_tokens: binding.mtls,
         };
         let body = serde_json::to_vec_pretty(&doc).unwrap_or_default();
         self.docs

@@ -128,6 +128,8 @@ pub struct Route {
     /// `issuers`: indexes of the issuers whose tokens this route takes, in the order their
     /// introspection endpoints are asked about an opaque token; `None`: any issuer.
     pub issuers: Option<Vec<usize>>,
+    /// Only sender-constrained tokens (DPoP- or certificate-bound) pass.
+    pub require_bound_tokens: bool,
 }
 
 impl Route {
@@ -240,6 +242,7 @@ impl RouteTable {
 pub fn resource_documents<'a>(
     routes: &[Route],
     issuers: impl Iterator<Item = &'a str> + Clone,
+    binding: &crate::resource::Binding,
 ) -> Documents {
     let mut docs = Documents::default();
     for resource in routes.iter().filter_map(|r| r.resource.as_deref()) {
@@ -260,7 +263,17 @@ pub fn resource_documents<'a>(
         if own.iter().any(|r| r.token_in_query) {
             methods.push("query");
         }
-        docs.add(resource, issuers.clone().collect(), scopes, methods);
+        let binding = crate::resource::Binding {
+            required: !own.is_empty() && own.iter().all(|r| r.require_bound_tokens),
+            ..binding.clone()
+        };
+        docs.add(
+            resource,
+            issuers.clone().collect(),
+            scopes,
+            methods,
+            &binding,
+        );
     }
     docs
 }
@@ -285,6 +298,7 @@ impl Route {
             allow_encoded_percent: false,
             resource: None,
             issuers: None,
+            require_bound_tokens: false,
         }
     }
 

@@ -148,4 +148,23 @@ impl SharedStore {
         )
         .await
     }
+
+    /// Sets `key` (prefixed) for `ttl` only if it is not there (`SET NX PX`): `true` when this
+    /// call set it, `false` when it was there already. Atomic across replicas.
+    pub async fn set_nx(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set: Option<String> = self
+            .run(
+                "set_nx",
+                redis::cmd("SET")
+                    .arg(self.key(key))
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .to_owned(),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
 }

@@ -163,6 +163,8 @@ pub struct Metrics {
     introspection_latency: Family<IssuerLabels, Histogram, fn() -> Histogram>,
     introspection_cache: Family<LayerLabels, Counter>,
     tls_handshakes: Family<LookupLabels, Counter>,
+    dpop_proofs: Family<LookupLabels, Counter>,
+    bound_tokens: Family<LookupLabels, Counter>,
 }
 
 /// A two-outcome counter family with both counters made up front: counting one is an atomic
@@ -221,6 +223,8 @@ impl Metrics {
             introspection_latency: Family::new_with_constructor(histogram as fn() -> Histogram),
             introspection_cache: Family::default(),
             tls_handshakes: Family::default(),
+            dpop_proofs: Family::default(),
+            bound_tokens: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -346,7 +350,31 @@ impl Metrics {
             "TLS handshakes on the proxy listener by outcome (ok, or why one failed)",
             m.tls_handshakes.clone(),
         );
+        registry.register(
+            "dpop_proofs",
+            "DPoP proofs checked, by outcome (ok, or the reason: dpop_proof_replayed for replays, use_dpop_nonce for nonce challenges)",
+            m.dpop_proofs.clone(),
+        );
+        registry.register(
+            "bound_tokens",
+            "Sender-constrained tokens checked, by binding and outcome (dpop_ok, certificate_ok, certificate_missing, certificate_mismatch)",
+            m.bound_tokens.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts one DPoP proof check.
+    pub fn dpop_proof(&self, outcome: &'static str) {
+        self.dpop_proofs
+            .get_or_create(&LookupLabels { outcome })
+            .inc();
+    }
+
+    /// Counts one binding check.
+    pub fn bound_token(&self, outcome: &'static str) {
+        self.bound_tokens
+            .get_or_create(&LookupLabels { outcome })
+            .inc();
     }
 
     /// Counts one listener TLS handshake.

@@ -330,3 +330,53 @@ pub fn thumbprint(der: &[u8]) -> [u8; 32] {
     out.copy_from_slice(d.as_ref());
     out
 }
+
+/// The SHA-256 of the client certificate a trusted TLS-terminating proxy passed in a header:
+/// Envoy's `X-Forwarded-Client-Cert` (`xfcc`; its last element, the one the nearest proxy
+/// added: `Hash=` hex, else `Cert=` URL-encoded PEM), or a URL-encoded PEM certificate (nginx's
+/// `$ssl_client_escaped_cert`). `None` for anything else.
+pub fn header_thumbprint(value: &[u8], xfcc: bool) -> Option<[u8; 32]> {
+    let text = std::str::from_utf8(value).ok()?;
+    if !xfcc {
+        return pem_thumbprint(text);
+    }
+    // Elements are separated by commas outside quotes; pairs within one by semicolons.
+    let mut elements = vec![String::new()];
+    let mut quoted = false;
+    for c in text.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                elements.last_mut()?.push(c);
+            }
+            ',' if !quoted => elements.push(String::new()),
+            _ => elements.last_mut()?.push(c),
+        }
+    }
+    let last = elements.pop()?;
+    let mut cert = None;
+    for pair in last.split(';') {
+        let (k, v) = pair.trim().split_once('=')?;
+        let v = v.trim_matches('"');
+        if k.eq_ignore_ascii_case("hash") {
+            let mut out = [0u8; 32];
+            if v.len() != 64 {
+                return None;
+            }
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = u8::from_str_radix(v.get(2 * i..2 * i + 2)?, 16).ok()?;
+            }
+            return Some(out);
+        }
+        if k.eq_ignore_ascii_case("cert") {
+            cert = Some(v.to_owned());
+        }
+    }
+    pem_thumbprint(&cert?)
+}
+
+fn pem_thumbprint(url_encoded: &str) -> Option<[u8; 32]> {
+    let pem = percent_encoding::percent_decode_str(url_encoded).collect::<Vec<u8>>();
+    let der = CertificateDer::from_pem_slice(&pem).ok()?;
+    Some(thumbprint(der.as_ref()))
+}

@@ -50,6 +50,7 @@ async fn protected_resource_metadata_is_served_by_bearward_for_each_resource() {
             // The routes that inherit the server's resource: read, any, both, query.
             "scopes_supported": ["read", "write"],
             "bearer_methods_supported": ["header", "query"],
+            "dpop_signing_alg_values_supported": ["ES256", "ES384", "EdDSA", "RS256", "PS256"],
         })
     );
     let admin = get(
@@ -66,6 +67,7 @@ async fn protected_resource_metadata_is_served_by_bearward_for_each_resource() {
             "authorization_servers": [idp.issuer()],
             "scopes_supported": ["admin"],
             "bearer_methods_supported": ["header"],
+            "dpop_signing_alg_values_supported": ["ES256", "ES384", "EdDSA", "RS256", "PS256"],
         })
     );
     // Spelled another way, the path still canonicalizes to the document's.

@@ -739,7 +739,13 @@ async fn a_token_bound_to_a_key_is_not_taken_as_a_bearer_token() {
             json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}),
         );
     });
-    w.refused("/api/read/x", &bound, "a DPoP-bound token").await;
+    // RFC 9449 7.2: a DPoP-bound token sent as a bearer token is a downgrade; the challenge
+    // says which scheme it needs.
+    let a = w.call("/api/read/x", &bound).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let www = a.headers["www-authenticate"].to_str().unwrap();
+    assert!(www.starts_with("DPoP realm=\"bearward\", algs=\"ES256 ES384 EdDSA RS256 PS256\", error=\"invalid_token\""), "{www}");
+    assert_eq!(w.up.count(), 0);
     let m = metrics_after_close(&w.gw).await;
     assert!(m.contains(r#"reason="bound_token"} 1"#), "{m}");
 

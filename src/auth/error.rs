@@ -55,6 +55,20 @@ pub enum AuthError {
     IntrospectionBusy,
     #[error("introspection endpoint gave an invalid answer")]
     IntrospectionInvalid,
+    #[error("{}", .0.describe())]
+    DpopProof(super::dpop::ProofError),
+    #[error("token not bound to a DPoP key")]
+    DpopUnbound,
+    #[error("DPoP replay check unavailable")]
+    DpopReplayUnavailable,
+    #[error("DPoP replay cache full")]
+    DpopReplayFull,
+    #[error("token bound to a client certificate, and none was presented")]
+    CertificateMissing,
+    #[error("token bound to another client certificate")]
+    CertificateMismatch,
+    #[error("this resource requires a sender-constrained token")]
+    UnboundToken,
 }
 
 /// The `error` parameter of `WWW-Authenticate`, if any.
@@ -64,6 +78,10 @@ pub enum ErrorCode {
     InvalidRequest,
     InvalidToken,
     InsufficientScope,
+    /// RFC 9449 7.1.
+    InvalidDpopProof,
+    /// RFC 9449 8.
+    UseDpopNonce,
 }
 
 impl AuthError {
@@ -77,7 +95,9 @@ impl AuthError {
             AuthError::KeysUnavailable
             | AuthError::IntrospectionUnavailable
             | AuthError::IntrospectionBusy
-            | AuthError::IntrospectionInvalid => StatusCode::SERVICE_UNAVAILABLE,
+            | AuthError::IntrospectionInvalid
+            | AuthError::DpopReplayUnavailable
+            | AuthError::DpopReplayFull => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -89,7 +109,11 @@ impl AuthError {
             | AuthError::KeysUnavailable
             | AuthError::IntrospectionUnavailable
             | AuthError::IntrospectionBusy
-            | AuthError::IntrospectionInvalid => ErrorCode::None,
+            | AuthError::IntrospectionInvalid
+            | AuthError::DpopReplayUnavailable
+            | AuthError::DpopReplayFull => ErrorCode::None,
+            AuthError::DpopProof(super::dpop::ProofError::Nonce) => ErrorCode::UseDpopNonce,
+            AuthError::DpopProof(_) => ErrorCode::InvalidDpopProof,
             AuthError::MalformedHeader
             | AuthError::MultipleTokens
             | AuthError::TokenNotAllowedHere => ErrorCode::InvalidRequest,
@@ -125,6 +149,13 @@ impl AuthError {
             AuthError::IntrospectionUnavailable => "introspection_unavailable",
             AuthError::IntrospectionBusy => "introspection_overloaded",
             AuthError::IntrospectionInvalid => "introspection_invalid_answer",
+            AuthError::DpopProof(e) => e.reason(),
+            AuthError::DpopUnbound => "dpop_token_not_bound",
+            AuthError::DpopReplayUnavailable => "dpop_replay_store_down",
+            AuthError::DpopReplayFull => "dpop_replay_cache_full",
+            AuthError::CertificateMissing => "certificate_missing",
+            AuthError::CertificateMismatch => "certificate_mismatch",
+            AuthError::UnboundToken => "unbound_token",
         }
     }
 
@@ -137,7 +168,21 @@ impl AuthError {
     /// a `resource` the operator has not opted in to discovery, and scope names stay unsaid
     /// until a client shows a valid token.
     pub fn www_authenticate(&self, realm: &str, route: Option<&Route>) -> String {
-        let mut v = format!("Bearer realm=\"{realm}\"");
+        self.challenge("Bearer", realm, route, None)
+    }
+
+    /// The challenge in `scheme` (`Bearer`, or `DPoP` with its `algs`, RFC 9449 7.1).
+    pub fn challenge(
+        &self,
+        scheme: &str,
+        realm: &str,
+        route: Option<&Route>,
+        algs: Option<&str>,
+    ) -> String {
+        let mut v = format!("{scheme} realm=\"{realm}\"");
+        if let Some(algs) = algs {
+            let _ = write!(v, ", algs=\"{algs}\"");
+        }
         if let Some((route, resource)) = route.and_then(|r| Some((r, r.resource.as_deref()?))) {
             let _ = write!(v, ", resource_metadata=\"{}\"", resource.metadata_url);
             if self.status() == StatusCode::UNAUTHORIZED {
@@ -157,11 +202,19 @@ impl AuthError {
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::InvalidToken => "invalid_token",
             ErrorCode::InsufficientScope => "insufficient_scope",
+            ErrorCode::InvalidDpopProof => "invalid_dpop_proof",
+            ErrorCode::UseDpopNonce => "use_dpop_nonce",
         };
         let _ = write!(v, ", error=\"{error}\", error_description=\"{self}\"");
         if let AuthError::InsufficientScope { needed } = self {
             let _ = write!(v, ", scope=\"{needed}\"");
         }
         v
+    }
+
+    /// Is this a refusal of the DPoP proof itself (answered with a DPoP challenge whatever
+    /// the scheme)?
+    pub fn is_dpop(&self) -> bool {
+        matches!(self, AuthError::DpopProof(_) | AuthError::DpopUnbound)
     }
 }

@@ -37,6 +37,15 @@ pub fn extract_token<'a>(
     check_token(find_token(headers, query, route)?)
 }
 
+/// How a token was presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `Authorization: Bearer` (RFC 6750 2.1), or the query parameter (2.3).
+    Bearer,
+    /// `Authorization: DPoP` (RFC 9449 7.1): a `DPoP` proof header must come with it.
+    Dpop,
+}
+
 /// [`extract_token`] without the character check, which [`check_token`] does. The request path
 /// looks the bytes up in the verified-token cache first: a hit means these exact bytes passed
 /// the check before, so only a miss pays for a pass over the whole token.
@@ -45,6 +54,15 @@ pub(crate) fn find_token<'a>(
     query: Option<&'a str>,
     route: &Route,
 ) -> Result<&'a [u8], AuthError> {
+    find_token_scheme(headers, query, route).map(|(t, _)| t)
+}
+
+/// [`find_token`], with the scheme the token came with.
+pub(crate) fn find_token_scheme<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+    route: &Route,
+) -> Result<(&'a [u8], Scheme), AuthError> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let from_header = match (values.next(), values.next()) {
         (Some(_), Some(_)) => return Err(AuthError::MultipleTokens),
@@ -55,9 +73,11 @@ pub(crate) fn find_token<'a>(
                 Some(i) => (&v[..i], &v[i + 1..]),
                 None => (v, &b""[..]),
             };
+            let spaces = rest.iter().take_while(|b| **b == b' ').count();
             if scheme.eq_ignore_ascii_case(b"bearer") {
-                let spaces = rest.iter().take_while(|b| **b == b' ').count();
-                Some(&rest[spaces..])
+                Some((&rest[spaces..], Scheme::Bearer))
+            } else if scheme.eq_ignore_ascii_case(b"dpop") {
+                Some((&rest[spaces..], Scheme::Dpop))
             } else {
                 None
             }
@@ -71,7 +91,7 @@ pub(crate) fn find_token<'a>(
             if !route.token_in_query {
                 return Err(AuthError::TokenNotAllowedHere);
             }
-            q
+            q.map(|t| (t, Scheme::Bearer))
         }
         (None, None) => Err(AuthError::MissingToken),
     }

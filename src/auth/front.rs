@@ -117,6 +117,7 @@ mod tests {
             ttl: Duration::from_secs(60),
             token_id: crate::auth::token_id(&[0; 32]),
             token: token.as_bytes().into(),
+            binding: Default::default(),
         })
     }
 

@@ -389,6 +389,10 @@ impl Introspector {
                 return refused(AuthError::BadClaims);
             }
         };
+        let binding = match validator::binding_of(&answer, &self.issuer, trace) {
+            Ok(b) => b,
+            Err(e) => return refused(e),
+        };
         let left = exp.map_or(cfg.cache_ttl, |exp| {
             Duration::from_secs_f64((exp - now).clamp(0.0, 3600.0))
         });
@@ -402,6 +406,7 @@ impl Introspector {
             token_id: super::token_id(hash),
             // Never the token itself: this entry is keyed by its hash.
             token: Arc::from(&[][..]),
+            binding,
         })))
     }
 

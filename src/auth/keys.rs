@@ -131,7 +131,7 @@ impl std::fmt::Display for RefusedKey {
 }
 
 /// Why one JWK is refused: a fixed reason and its detail.
-type Refusal = (&'static str, String);
+pub(crate) type Refusal = (&'static str, String);
 
 fn refuse<T>(reason: &'static str, detail: impl Into<String>) -> Result<T, Refusal> {
     Err((reason, detail.into()))
@@ -182,7 +182,7 @@ pub fn parse_jwks(
 /// RFC 8037 2). A public JWKS that carries one has leaked a signing key: anyone can forge with it.
 const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
 
-fn parse_jwk(k: &Value, policy: KeyPolicy) -> Result<VerifyKey, Refusal> {
+pub(crate) fn parse_jwk(k: &Value, policy: KeyPolicy) -> Result<VerifyKey, Refusal> {
     let s = |name: &str| k.get(name).and_then(Value::as_str);
     let kid = match k.get("kid") {
         None => None,

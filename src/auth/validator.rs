@@ -34,6 +34,78 @@ pub struct Verified {
     /// The token itself: the verified-token cache's key, shared with its per-thread front,
     /// where a hit is an exact comparison with it.
     pub token: Arc<[u8]>,
+    /// The key the token is bound to (`cnf`, RFC 7800), checked on every request.
+    pub binding: Binding,
+}
+
+/// What a token's `cnf` binds it to: a DPoP key (RFC 9449 6.1 `jkt`), a client certificate
+/// (RFC 8705 3.1 `x5t#S256`), or something bearward cannot check (`jwk`, `jku`, ...).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Binding {
+    pub jkt: Option<String>,
+    pub x5t: Option<String>,
+    pub other: bool,
+}
+
+impl Binding {
+    /// Is the token sender-constrained at all?
+    pub fn is_bound(&self) -> bool {
+        self.jkt.is_some() || self.x5t.is_some() || self.other
+    }
+}
+
+/// The token's binding; a `cnf` that is not an object of strings is a malformed claim.
+/// `accept_bound_tokens` makes every token a plain bearer token.
+pub(crate) fn binding_of(
+    claims: &Map<String, Value>,
+    cfg: &IssuerConfig,
+    trace: &mut Trace,
+) -> Result<Binding, AuthError> {
+    let mut b = Binding::default();
+    let Some(cnf) = claims.get("cnf") else {
+        return Ok(b);
+    };
+    let Some(cnf) = cnf.as_object() else {
+        trace.note("cnf", false, || "cnf is not an object".into());
+        return Err(AuthError::BadClaims);
+    };
+    for (k, v) in cnf {
+        let slot = match k.as_str() {
+            "jkt" => &mut b.jkt,
+            "x5t#S256" => &mut b.x5t,
+            _ => {
+                b.other = true;
+                continue;
+            }
+        };
+        match v.as_str() {
+            Some(s) if !s.is_empty() => *slot = Some(s.to_owned()),
+            _ => {
+                trace.note("cnf", false, || format!("cnf.{k} is not a string"));
+                return Err(AuthError::BadClaims);
+            }
+        }
+    }
+    if cfg.accept_bound_tokens {
+        trace.note("cnf", true, || {
+            "bound to a key, taken as a bearer token (accept_bound_tokens)".into()
+        });
+        return Ok(Binding::default());
+    }
+    trace.note("cnf", true, || {
+        let mut on = Vec::new();
+        if b.jkt.is_some() {
+            on.push("a DPoP key (jkt): a DPoP proof by it is needed on each request");
+        }
+        if b.x5t.is_some() {
+            on.push("a client certificate (x5t#S256): the request must come with it");
+        }
+        if b.other {
+            on.push("a key bearward cannot check: refused");
+        }
+        format!("bound to {}", on.join("; "))
+    });
+    Ok(b)
 }
 
 impl std::fmt::Debug for Verified {
@@ -173,8 +245,10 @@ pub async fn validate(
             "the scope claim is neither a string nor an array of strings".into()
         });
     })?;
+    let binding = binding_of(&parsed.claims, cfg, trace)?;
     let ttl = Duration::from_secs_f64((exp + cfg.leeway.as_secs_f64() - now).clamp(0.0, 3600.0));
     Ok(Verified {
+        binding,
         claims: parsed.claims,
         scopes,
         exp,
@@ -484,18 +558,6 @@ pub(crate) fn check_claims_of(
     if !absent {
         trace.note("aud", true, || format!("aud {auds:?} accepted"));
     }
-    // RFC 7800 `cnf`: the issuer bound this token to a key (DPoP's `jkt`, RFC 9449; mTLS's
-    // `x5t#S256`, RFC 8705), so only a client proving possession of that key may use it.
-    // bearward checks no such proof, and taking the token as a plain bearer token would give a
-    // thief its full worth: RFC 9449 7.2 has a resource reject exactly that downgrade.
-    if claims.contains_key("cnf") && !cfg.accept_bound_tokens {
-        return fail(
-            trace,
-            "cnf",
-            AuthError::BoundToken,
-            "the token is bound to a key (cnf), and bearward checks no proof of possession".into(),
-        );
-    }
     Ok(exp.is_finite().then_some(exp))
 }
 
@@ -562,6 +624,7 @@ mod tests {
             ttl: Duration::from_secs(1),
             token_id: super::super::token_id(&super::super::sha256(token)),
             token: token.as_bytes().into(),
+            binding: Binding::default(),
         };
         let shown = format!("{v:?}");
         assert!(shown.contains(&v.token_id.to_string()), "{shown}");
@@ -668,21 +731,22 @@ upstream = "a"
     }
 
     #[test]
-    fn tokens_bound_to_a_key_are_refused_unless_the_issuer_says_otherwise() {
+    fn bindings_are_read_from_cnf_and_ignored_where_the_issuer_says_so() {
         let mut c = cfg();
-        let bound = || {
-            claims(
-                json!({"exp": 99, "aud": "api", "cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}}),
-            )
-        };
-        let ok = |c: &IssuerConfig, v| check_claims(&v, c, 1.0, &mut Trace::default());
-        assert_eq!(ok(&c, bound()), Err(AuthError::BoundToken));
-        let mtls = claims(
-            json!({"exp": 99, "aud": "api", "cnf": {"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}}),
+        let b = |c: &IssuerConfig, v: Value| binding_of(&claims(v), c, &mut Trace::default());
+        let dpop = json!({"cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}});
+        assert_eq!(
+            b(&c, dpop.clone()).unwrap().jkt.as_deref(),
+            Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I")
         );
-        assert_eq!(ok(&c, mtls), Err(AuthError::BoundToken));
+        let mtls = json!({"cnf": {"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}});
+        assert!(b(&c, mtls).unwrap().x5t.is_some());
+        assert!(b(&c, json!({"cnf": {"jwk": {}}})).unwrap().other);
+        assert!(!b(&c, json!({})).unwrap().is_bound());
+        assert_eq!(b(&c, json!({"cnf": "x"})), Err(AuthError::BadClaims));
+        assert_eq!(b(&c, json!({"cnf": {"jkt": 1}})), Err(AuthError::BadClaims));
         c.accept_bound_tokens = true;
-        assert!(ok(&c, bound()).is_ok());
+        assert!(!b(&c, dpop).unwrap().is_bound());
     }
 
     fn route(all: &[&str], any: &[&str]) -> Route {

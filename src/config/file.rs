@@ -20,6 +20,20 @@ pub(super) struct FileConfig {
     #[serde(default)]
     pub forward: Option<Spanned<ForwardFile>>,
     pub cache: Option<Spanned<CacheFile>>,
+    pub dpop: Option<Spanned<DpopFile>>,
+}
+
+/// `[dpop]`: how DPoP proofs are checked.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DpopFile {
+    pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
+    pub max_age: Option<Spanned<String>>,
+    pub leeway: Option<Spanned<String>>,
+    pub replay_cache_entries: Option<Spanned<u64>>,
+    pub nonce: Option<bool>,
+    pub nonce_lifetime: Option<Spanned<String>>,
+    pub nonce_secret_file: Option<Spanned<String>>,
 }
 
 /// `[cache]`: the optional store shared by replicas.
@@ -29,6 +43,7 @@ pub(super) struct CacheFile {
     pub redis_url: Option<Spanned<String>>,
     pub redis_timeout: Option<Spanned<String>>,
     pub key_prefix: Option<Spanned<String>>,
+    pub dpop_replay_store_down: Option<Spanned<super::StoreDown>>,
 }
 
 /// `[server]`
@@ -66,6 +81,18 @@ pub(super) struct ServerFile {
     pub tls_client_auth: Option<Spanned<crate::tls::ClientAuth>>,
     pub tls_handshake_timeout: Option<Spanned<String>>,
     pub public_origin: Option<Spanned<String>>,
+    pub client_cert_header: Option<Spanned<String>>,
+    pub client_cert_header_format: Option<Spanned<CertHeaderFormat>>,
+}
+
+/// `client_cert_header_format`: how a TLS-terminating proxy passes the client certificate.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CertHeaderFormat {
+    /// Envoy's `X-Forwarded-Client-Cert`: `Hash=<hex SHA-256>` or `Cert="<URL-encoded PEM>"`.
+    Xfcc,
+    /// A URL-encoded PEM certificate (nginx `$ssl_client_escaped_cert`, HAProxy, Traefik).
+    Pem,
 }
 
 pub use crate::telemetry::LogFormat;
@@ -182,6 +209,7 @@ pub(super) struct RouteFile {
     pub resource: Option<Spanned<String>>,
     pub allow_encoded_percent: Option<bool>,
     pub issuers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub require_bound_tokens: Option<Spanned<bool>>,
 }
 
 /// `mode`: enforce the policy, or only report what it would do.

@@ -4,7 +4,7 @@
 mod file;
 mod validate;
 
-pub use file::{ClientAuthMethod, LogFormat, Mode, TokenFormat, TypPolicy};
+pub use file::{CertHeaderFormat, ClientAuthMethod, LogFormat, Mode, TokenFormat, TypPolicy};
 
 use crate::request::path::PathOptions;
 use crate::routes::RouteTable;
@@ -84,6 +84,8 @@ pub struct Config {
     pub token_cache_entries: u64,
     /// `[cache]`: the store shared by replicas, if one is configured.
     pub cache: Option<CacheConfig>,
+    /// `[dpop]`: how DPoP proofs are checked (RFC 9449).
+    pub dpop: DpopConfig,
     /// Things that are legal but probably wrong (a route that can never match).
     pub warnings: Vec<Problem>,
 }
@@ -138,6 +140,8 @@ pub struct ServerConfig {
     /// `scheme://host[:port]` clients use to reach bearward (DPoP `htu`, metadata); `None`:
     /// the listener's own scheme and the request's Host.
     pub public_origin: Option<String>,
+    /// The header a trusted TLS-terminating proxy passes the client certificate in.
+    pub client_cert_header: Option<(HeaderName, CertHeaderFormat)>,
 }
 
 /// `[upstreams.NAME]`, validated.
@@ -260,6 +264,52 @@ pub const DEFAULT_INTROSPECTION_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_INTROSPECTION_MAX_IN_FLIGHT: usize = 32;
 /// Largest introspection answer read.
 pub const MAX_INTROSPECTION_ANSWER_BYTES: usize = 64 * 1024;
+
+/// `[dpop]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpopConfig {
+    /// Algorithms a proof may be signed with (asymmetric only).
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// How old a proof's `iat` may be.
+    pub max_age: Duration,
+    /// How far in the future a proof's `iat` may be, and added to `max_age` for clock skew.
+    pub leeway: Duration,
+    /// Proof ids remembered at once in this process; past it, new proofs get 503.
+    pub replay_cache_entries: usize,
+    /// Require server nonces (RFC 9449 8).
+    pub nonce: bool,
+    /// How long one nonce is issued for (the previous one is accepted too).
+    pub nonce_lifetime: Duration,
+    /// The key nonces are derived from, shared by replicas; `None`: random per process.
+    pub nonce_secret: Option<Secret>,
+    /// What a proof gets when the shared store cannot say whether its `jti` was seen.
+    pub store_down: StoreDown,
+}
+
+/// `[cache] dpop_replay_store_down`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreDown {
+    /// 503: a replay to another replica cannot be ruled out.
+    Refuse,
+    /// This process's replay cache alone decides (counted and logged).
+    Local,
+}
+
+impl Default for DpopConfig {
+    fn default() -> Self {
+        DpopConfig {
+            algorithms: crate::jose::dpop_algorithms(),
+            max_age: Duration::from_secs(60),
+            leeway: Duration::from_secs(5),
+            replay_cache_entries: 1_000_000,
+            nonce: false,
+            nonce_lifetime: Duration::from_secs(300),
+            nonce_secret: None,
+            store_down: StoreDown::Refuse,
+        }
+    }
+}
 
 /// `[cache]`, validated: the Valkey/Redis store shared by replicas.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -29,13 +29,14 @@ mod phases;
 mod rejection;
 
 pub use phases::{Decided, Pass, Quiet, Sink};
-pub use rejection::Rejection;
+pub use rejection::{Answering, Rejection};
 
 use crate::auth::{Authenticator, TokenId};
 use crate::body::{self, Body};
 use crate::config::Config;
 use crate::forward;
 use crate::request::watch::Watch;
+use crate::routes::Route;
 use crate::telemetry::{Metrics, RouteSeries, ALLOWED};
 use crate::upstream::{ProxyError, RequestTimer, Upstreams};
 use http::header::{self, HeaderName, HeaderValue};
@@ -81,6 +82,19 @@ pub struct Outcome {
     pub upstream_status: Option<u16>,
     pub upstream_time: Option<Duration>,
     pub token_id: Option<TokenId>,
+    /// Which challenge a 401 carries: the request used DPoP, or the route wants bound tokens.
+    pub challenge: Challenge,
+}
+
+/// The `WWW-Authenticate` scheme(s) of a refusal (RFC 6750 3, RFC 9449 7.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Challenge {
+    #[default]
+    Bearer,
+    Dpop,
+    /// Both: a route that takes DPoP- or certificate-bound tokens only, and the request showed
+    /// neither.
+    Both,
 }
 
 impl Default for Outcome {
@@ -94,6 +108,7 @@ impl Default for Outcome {
             upstream_status: None,
             upstream_time: None,
             token_id: None,
+            challenge: Challenge::Bearer,
         }
     }
 }
@@ -165,7 +180,7 @@ impl Gateway {
                 };
                 out.reason = rej.reason();
                 let route = out.route_index.map(|i| &self.config.routes.routes()[i]);
-                rej.into_response(&self.config.server.realm, route)
+                rej.into_response(&self.answering(route, out.challenge))
             }
         };
         // RFC 9110 9.3.2: no content in an answer to HEAD. hyper drops it on HTTP/1 but sends
@@ -229,6 +244,22 @@ impl Gateway {
         }
     }
 
+    /// What a refusal's answer is made with.
+    pub fn answering<'a>(
+        &'a self,
+        route: Option<&'a Route>,
+        challenge: Challenge,
+    ) -> rejection::Answering<'a> {
+        let dpop = self.auth.dpop();
+        rejection::Answering {
+            realm: &self.config.server.realm,
+            route,
+            challenge,
+            dpop_algs: dpop.algs(),
+            nonce: dpop.current_nonce(),
+        }
+    }
+
     /// The chart, from the request to the upstream's answer.
     async fn phases(
         &self,
@@ -244,7 +275,10 @@ impl Gateway {
             return Err(Rejection::Overloaded);
         }
         let framing = conn.watch.as_ref().zip(request_index);
-        match self.decide(&mut req, framing, out, &mut Quiet).await? {
+        match self
+            .decide(&mut req, framing, Some(conn), out, &mut Quiet)
+            .await?
+        {
             Decided::Answer(resp) => Ok(resp),
             Decided::Pass(pass) => self.forward(req, pass, conn, out).await,
         }

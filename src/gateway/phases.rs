@@ -3,8 +3,8 @@
 //! `bearward explain` runs the very same functions with a sink that prints each report, so the
 //! two cannot disagree on what a request gets.
 
-use super::{Gateway, Outcome, Rejection, AUDIT_HEADER};
-use crate::auth::{self, AuthError, Identity, Trace};
+use super::{Challenge, ConnInfo, Gateway, Outcome, Rejection, AUDIT_HEADER};
+use crate::auth::{self, AuthError, BindingRequest, Identity, Scheme, Trace};
 use crate::body::Body;
 use crate::request::path::{canonicalize_with, has_double_encoding};
 use crate::request::watch::Watch;
@@ -58,6 +58,14 @@ pub struct Pass<'a> {
     pub identity: Option<Identity>,
     /// `X-Bearward-Audit` on audit-mode routes.
     pub audit: Option<HeaderValue>,
+}
+
+/// A request's head without its body, which is not `Sync` and so cannot be borrowed across the
+/// token check's awaits.
+struct Head<'a> {
+    method: &'a http::Method,
+    uri: &'a http::Uri,
+    headers: &'a http::HeaderMap,
 }
 
 /// What [`Gateway::decide`] decided for a request it did not refuse.
@@ -125,6 +133,7 @@ impl Gateway {
         &'g self,
         req: &mut Request<Body>,
         framing: Option<(&Watch, usize)>,
+        conn: Option<&ConnInfo>,
         out: &mut Outcome,
         sink: &mut S,
     ) -> Result<Decided<'g>, Rejection> {
@@ -152,8 +161,10 @@ impl Gateway {
             return Err(e);
         }
         let mut target = self.target(req, path, out);
-        self.strip_identity(req);
-        let (identity, audit) = self.authorize(req, route, &mut target, out, sink).await?;
+        self.strip_identity(req, conn);
+        let (identity, audit) = self
+            .authorize(req, route, &mut target, conn, out, sink)
+            .await?;
         Ok(Decided::Pass(Pass {
             index,
             route,
@@ -245,7 +256,13 @@ impl Gateway {
     }
 
     /// `identity`: whatever the route, the client never chooses the headers bearward sets.
-    fn strip_identity(&self, req: &mut Request<Body>) {
+    fn strip_identity(&self, req: &mut Request<Body>, conn: Option<&ConnInfo>) {
+        // A client certificate passed in a header counts only from a trusted proxy.
+        if let Some((h, _)) = &self.config.server.client_cert_header {
+            if !conn.is_some_and(|c| self.trusts(c)) {
+                req.headers_mut().remove(h);
+            }
+        }
         for (_, h) in &self.config.forward.claim_headers {
             req.headers_mut().remove(h);
         }
@@ -267,6 +284,7 @@ impl Gateway {
         req: &mut Request<Body>,
         route: &Route,
         target: &mut String,
+        conn: Option<&ConnInfo>,
         out: &mut Outcome,
         sink: &mut S,
     ) -> Result<(Option<Identity>, Option<HeaderValue>), Rejection> {
@@ -281,8 +299,13 @@ impl Gateway {
                 Ok(())
             }
             AuthMode::Bearer => {
-                let (headers, query) = (req.headers(), req.uri().query());
-                let (outcome, caller) = self.check_token(headers, query, route, out, sink).await;
+                let path = target.split('?').next().unwrap_or("/");
+                let head = Head {
+                    method: req.method(),
+                    uri: req.uri(),
+                    headers: req.headers(),
+                };
+                let (outcome, caller) = self.check_token(&head, path, route, conn, out, sink).await;
                 // Identity headers go upstream only with a forwarded request: an allowed one,
                 // or an audit-mode one whose token was valid.
                 if outcome.is_ok() || route.audit {
@@ -331,41 +354,120 @@ impl Gateway {
     /// tells the upstream who called.
     async fn check_token<S: Sink>(
         &self,
-        headers: &http::HeaderMap,
-        query: Option<&str>,
+        req: &Head<'_>,
+        path: &str,
         route: &Route,
+        conn: Option<&ConnInfo>,
         out: &mut Outcome,
         sink: &mut S,
     ) -> (Result<(), AuthError>, Option<Identity>) {
-        let token = match auth::find_token(headers, query, route) {
+        let headers = req.headers;
+        if route.require_bound_tokens {
+            out.challenge = Challenge::Both;
+        }
+        let (token, scheme) = match auth::find_token_scheme(headers, req.uri.query(), route) {
             Ok(t) => t,
             Err(e) => {
                 sink.token(&self.auth, Err(&e)).await;
                 return (Err(e), None);
             }
         };
+        if scheme == Scheme::Dpop {
+            out.challenge = Challenge::Dpop;
+        }
         sink.token(&self.auth, Ok(token)).await;
+        let mut quiet = Trace::default();
         let verified = match sink.trace() {
             Some(trace) => self.auth.verify_bytes(token, Some(route), trace).await,
-            None => {
-                self.auth
-                    .verify_bytes(token, Some(route), &mut Trace::default())
-                    .await
-            }
+            None => self.auth.verify_bytes(token, Some(route), &mut quiet).await,
         };
-        match verified {
-            Ok(v) => {
-                let scopes = auth::validator::check_scopes(&v.scopes, route);
-                sink.scopes(&v.scopes, route, scopes.is_ok());
-                out.token_id = Some(v.token_id);
-                (scopes, Some(Identity(v)))
-            }
+        let v = match verified {
+            Ok(v) => v,
             // A refused token is hashed here, for the log only.
             Err(e) => {
                 out.token_id = Some(auth::token_id(&auth::sha256_bytes(token)));
-                (Err(e), None)
+                return (Err(e), None);
+            }
+        };
+        out.token_id = Some(v.token_id);
+        if v.binding.jkt.is_some() {
+            out.challenge = Challenge::Dpop;
+        }
+        // Bound or not, the binding is checked on every request: the cache holds the token's
+        // signature, never a proof or a certificate match.
+        if v.binding.is_bound() || scheme == Scheme::Dpop || route.require_bound_tokens {
+            let request = BindingRequest {
+                scheme,
+                headers,
+                method: req.method.as_str(),
+                htu: self.htu(req, path, conn),
+                // A b64token: checked when the token was verified or cached.
+                token: std::str::from_utf8(token).unwrap_or_default(),
+                client_cert: self.client_cert(req, conn),
+                require_bound: route.require_bound_tokens,
+            };
+            let bound = match sink.trace() {
+                Some(trace) => self.auth.check_binding(&v, &request, trace).await,
+                None => self.auth.check_binding(&v, &request, &mut quiet).await,
+            };
+            if let Err(e) = bound {
+                return (Err(e), None);
             }
         }
+        let scopes = auth::validator::check_scopes(&v.scopes, route);
+        sink.scopes(&v.scopes, route, scopes.is_ok());
+        (scopes, Some(Identity(v)))
+    }
+
+    /// Does bearward believe what this connection's peer says about the client?
+    fn trusts(&self, conn: &ConnInfo) -> bool {
+        crate::forward::is_trusted(&self.config.server.trusted_proxies, &conn.peer)
+    }
+
+    /// The request URI a DPoP proof's `htu` must name: `public_origin` (or, unset, the scheme
+    /// and host the request came with: a trusted proxy's `X-Forwarded-Proto` and
+    /// `X-Forwarded-Host`, else the listener's own scheme and `Host`) and the canonical path.
+    fn htu(&self, req: &Head<'_>, path: &str, conn: Option<&ConnInfo>) -> Option<String> {
+        if let Some(origin) = &self.config.server.public_origin {
+            return crate::auth::dpop::normalize_htu(&format!("{origin}{path}"));
+        }
+        let h = req.headers;
+        let forwarded = |name: &str| {
+            conn.filter(|c| self.trusts(c))
+                .and_then(|_| h.get(name)?.to_str().ok())
+                .map(|v| v.split(',').next().unwrap_or(v).trim())
+        };
+        let tls = conn.is_some_and(|c| c.tls.is_some());
+        let scheme = forwarded("x-forwarded-proto").unwrap_or(if tls { "https" } else { "http" });
+        let host = match forwarded("x-forwarded-host") {
+            Some(host) => host,
+            None => match req.uri.authority() {
+                Some(a) => a.as_str(),
+                None => h.get(header::HOST)?.to_str().ok()?,
+            },
+        };
+        crate::auth::dpop::normalize_htu(&format!("{scheme}://{host}{path}"))
+    }
+
+    /// The client certificate's SHA-256: the connection's own, verified by the TLS handshake,
+    /// else one a trusted TLS-terminating proxy passed in `client_cert_header`.
+    fn client_cert(&self, req: &Head<'_>, conn: Option<&ConnInfo>) -> Option<[u8; 32]> {
+        let conn = conn?;
+        if let Some(c) = conn.tls.as_ref().and_then(|t| t.client_cert) {
+            return Some(c);
+        }
+        let (name, format) = self.config.server.client_cert_header.as_ref()?;
+        if !self.trusts(conn) {
+            return None;
+        }
+        let mut values = req.headers.get_all(name).iter();
+        let (Some(v), None) = (values.next(), values.next()) else {
+            return None;
+        };
+        crate::tls::header_thumbprint(
+            v.as_bytes(),
+            *format == crate::config::CertHeaderFormat::Xfcc,
+        )
     }
 }
 

@@ -1,5 +1,6 @@
 //! Why a request did not reach the upstream, and the one place that becomes a response.
 
+use super::Challenge;
 use crate::body::{self, Body};
 use crate::routes::Route;
 use crate::upstream::ProxyError;
@@ -30,6 +31,18 @@ pub enum Rejection {
     Internal(&'static str),
     /// 503: `max_requests_in_flight` requests are in flight on the listener.
     Overloaded,
+}
+
+/// What an answer to a refusal is made with besides the refusal itself.
+pub struct Answering<'a> {
+    pub realm: &'a str,
+    /// The route that refused, for what its challenges say beyond the error.
+    pub route: Option<&'a Route>,
+    pub challenge: Challenge,
+    /// `algs` of a DPoP challenge.
+    pub dpop_algs: String,
+    /// The DPoP nonce clients must use now, when nonces are on.
+    pub nonce: Option<String>,
 }
 
 impl Rejection {
@@ -64,7 +77,8 @@ impl Rejection {
 
     /// The one place a rejection becomes a response. `route` is the route that refused, for
     /// what its Bearer challenges say beyond the error.
-    pub fn into_response(self, realm: &str, route: Option<&Route>) -> Response<Body> {
+    pub fn into_response(self, a: &Answering<'_>) -> Response<Body> {
+        let (realm, route) = (a.realm, a.route);
         let status = self.status();
         let text = match &self {
             Rejection::Auth(e) => e.to_string(),
@@ -89,8 +103,26 @@ impl Rejection {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match &self {
             Rejection::Auth(e) => {
-                if let Ok(v) = HeaderValue::from_str(&e.www_authenticate(realm, route)) {
-                    h.insert(header::WWW_AUTHENTICATE, v);
+                let algs = Some(a.dpop_algs.as_str());
+                let challenges = match (a.challenge, e.is_dpop()) {
+                    (Challenge::Bearer, false) => vec![e.challenge("Bearer", realm, route, None)],
+                    (Challenge::Both, false) => vec![
+                        e.challenge("DPoP", realm, route, algs),
+                        e.challenge("Bearer", realm, route, None),
+                    ],
+                    _ => vec![e.challenge("DPoP", realm, route, algs)],
+                };
+                for c in challenges {
+                    if let Ok(v) = HeaderValue::from_str(&c) {
+                        h.append(header::WWW_AUTHENTICATE, v);
+                    }
+                }
+                // RFC 9449 8: the nonce to use, with the error that asks for one (and with any
+                // other DPoP refusal, which saves the client a round trip).
+                if let (Some(n), true) = (&a.nonce, e.is_dpop()) {
+                    if let Ok(v) = HeaderValue::from_str(n) {
+                        h.insert(http::HeaderName::from_static("dpop-nonce"), v);
+                    }
                 }
                 // The IdP (keys, introspection) cannot answer now; the token may well be good.
                 if status == StatusCode::SERVICE_UNAVAILABLE {

@@ -154,6 +154,7 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
     let mut routes = routes(&mut cx, &file, &upstream_names, &server);
     route_issuers(&mut cx, &file, &mut routes, &issuers);
     let cache = cache(&mut cx, file.cache.as_ref());
+    let dpop = dpop(&mut cx, file.dpop.as_ref(), file.cache.as_ref());
 
     let forward = forward(&mut cx, file.forward.as_ref());
     if let Some(n) = &file.server.get_ref().token_cache_entries {
@@ -166,8 +167,20 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
         return Err(ConfigError::Invalid(cx.problems));
     }
 
-    let resources =
-        crate::routes::resource_documents(&routes, issuers.iter().map(|i| i.issuer.as_str()));
+    let binding = crate::resource::Binding {
+        dpop_algs: dpop.algorithms.iter().map(|a| format!("{a:?}")).collect(),
+        required: false,
+        mtls: server.client_cert_header.is_some()
+            || server
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_auth != crate::tls::ClientAuth::None),
+    };
+    let resources = crate::routes::resource_documents(
+        &routes,
+        issuers.iter().map(|i| i.issuer.as_str()),
+        &binding,
+    );
     let table = RouteTable::new(routes);
     let warnings = warnings(&mut cx, &file, &table, &issuers);
 
@@ -186,6 +199,7 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
             .as_ref()
             .map_or(DEFAULT_TOKEN_CACHE_ENTRIES, |n| *n.get_ref()),
         cache,
+        dpop,
         warnings,
     })
 }
@@ -388,6 +402,89 @@ fn cache(cx: &mut Ctx<'_>, f: Option<&Spanned<super::file::CacheFile>>) -> Optio
         ),
         key_prefix,
     })
+}
+
+/// `[dpop]`, and `[cache] dpop_replay_store_down`.
+fn dpop(
+    cx: &mut Ctx<'_>,
+    f: Option<&Spanned<super::file::DpopFile>>,
+    cache: Option<&Spanned<super::file::CacheFile>>,
+) -> DpopConfig {
+    let mut d = DpopConfig::default();
+    if let Some(s) = cache.and_then(|c| c.get_ref().dpop_replay_store_down.as_ref()) {
+        d.store_down = *s.get_ref();
+    }
+    let Some(f) = f else { return d };
+    let f = f.get_ref();
+    if let Some(list) = &f.algorithms {
+        let mut algs = Vec::new();
+        for (j, a) in list.get_ref().iter().enumerate() {
+            match crate::jose::algorithm(a.get_ref()) {
+                Some(alg) if crate::jose::dpop_algorithms().contains(&alg) || matches!(alg, jsonwebtoken::Algorithm::RS384 | jsonwebtoken::Algorithm::RS512 | jsonwebtoken::Algorithm::PS384 | jsonwebtoken::Algorithm::PS512) => algs.push(alg),
+                _ => cx.err(
+                    a.span(),
+                    &format!("dpop.algorithms[{j}]"),
+                    format!(
+                        "{:?} is not an asymmetric signature algorithm (ES256 ES384 EdDSA RS256 RS384 RS512 PS256 PS384 PS512)",
+                        a.get_ref()
+                    ),
+                ),
+            }
+        }
+        if algs.is_empty() && list.get_ref().is_empty() {
+            cx.err(
+                list.span(),
+                "dpop.algorithms",
+                "must list at least one algorithm",
+            );
+        }
+        d.algorithms = algs;
+    }
+    let minute = Duration::from_secs(60);
+    d.max_age = cx.duration(
+        &f.max_age,
+        "dpop.max_age",
+        d.max_age,
+        (Duration::from_secs(1), 10 * minute),
+    );
+    d.leeway = cx.duration(
+        &f.leeway,
+        "dpop.leeway",
+        d.leeway,
+        (Duration::ZERO, 5 * minute),
+    );
+    d.replay_cache_entries = cx.size(
+        &f.replay_cache_entries,
+        "dpop.replay_cache_entries",
+        d.replay_cache_entries,
+        1000,
+        100_000_000,
+    );
+    d.nonce = f.nonce.unwrap_or(false);
+    d.nonce_lifetime = cx.duration(
+        &f.nonce_lifetime,
+        "dpop.nonce_lifetime",
+        d.nonce_lifetime,
+        (Duration::from_secs(1), 24 * 60 * minute),
+    );
+    if let Some(p) = &f.nonce_secret_file {
+        match std::fs::read(p.get_ref()) {
+            Ok(b) if issuer::trim_secret(b.clone()).0.len() >= 32 => {
+                d.nonce_secret = Some(issuer::trim_secret(b));
+            }
+            Ok(_) => cx.err(
+                p.span(),
+                "dpop.nonce_secret_file",
+                "the secret must be at least 32 bytes",
+            ),
+            Err(e) => cx.err(
+                p.span(),
+                "dpop.nonce_secret_file",
+                format!("cannot read {:?}: {e}", p.get_ref()),
+            ),
+        }
+    }
+    d
 }
 
 /// What `bearward check` warns about: routes that can never match, and resources no issuer

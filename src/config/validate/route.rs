@@ -86,6 +86,19 @@ pub(super) fn route(
         }
     }
 
+    if let Some(b) = r.require_bound_tokens.as_ref().filter(|b| *b.get_ref()) {
+        if auth != AuthMode::Bearer {
+            cx.err(
+                b.span(),
+                &key("require_bound_tokens"),
+                format!(
+                    "only applies to auth = \"bearer\"; this route has auth = \"{}\"",
+                    auth.as_str()
+                ),
+            );
+            ok = false;
+        }
+    }
     // Only a `true` needs checking: `cors_preflight = false` is the default, fine anywhere.
     let cors_preflight = r.cors_preflight.as_ref().filter(|c| *c.get_ref());
     if let Some(c) = cors_preflight {
@@ -153,6 +166,10 @@ pub(super) fn route(
             .or_else(|| server.resource.clone()),
         // Resolved against the validated issuers by the caller.
         issuers: None,
+        require_bound_tokens: r
+            .require_bound_tokens
+            .as_ref()
+            .is_some_and(|b| *b.get_ref()),
     })
 }
 

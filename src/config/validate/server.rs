@@ -81,7 +81,38 @@ pub(super) fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
             None
         }
     });
+    let client_cert_header = s.client_cert_header.as_ref().and_then(|h| {
+        match http::header::HeaderName::from_str(h.get_ref()) {
+            Ok(name) => {
+                let format = s.client_cert_header_format.as_ref().map_or(
+                    if name == "x-forwarded-client-cert" {
+                        CertHeaderFormat::Xfcc
+                    } else {
+                        CertHeaderFormat::Pem
+                    },
+                    |f| *f.get_ref(),
+                );
+                if trusted_proxies.is_empty() {
+                    cx.err(
+                        h.span(),
+                        "server.client_cert_header",
+                        "is read only from trusted_proxies, and none are set",
+                    );
+                }
+                Some((name, format))
+            }
+            Err(_) => {
+                cx.err(
+                    h.span(),
+                    "server.client_cert_header",
+                    format!("{:?} is not a header name", h.get_ref()),
+                );
+                None
+            }
+        }
+    });
     ServerConfig {
+        client_cert_header,
         tls,
         tls_files,
         tls_handshake_timeout: cx.duration(
