@@ -152,6 +152,11 @@ impl Verifier {
             .get("jwk")
             .and_then(Value::as_object)
             .ok_or(ProofError::Key)?;
+        // RFC 9449 4.3 step 7: a public key only. Checked here, before the key cache: the
+        // thumbprint leaves private members out, so a cached key would not see them.
+        if super::keys::PRIVATE_MEMBERS.iter().any(|m| jwk.contains_key(*m)) {
+            return Err(ProofError::Key);
+        }
         let thumbprint = thumbprint(jwk).ok_or(ProofError::Key)?;
         // The cheap refusal before any signature work: a proof by another key.
         if !ct_eq(thumbprint.as_bytes(), req.jkt.as_bytes()) {
@@ -226,8 +231,7 @@ impl Verifier {
         if let Some(k) = self.keys.get(thumbprint) {
             return Ok(k);
         }
-        // RFC 9449 4.3 step 7: a public key only; parse_jwk refuses private members and weak
-        // keys as it does in a JWKS.
+        // parse_jwk refuses weak keys (and private members again) as it does in a JWKS.
         let key = parse_jwk(&Value::Object(jwk.clone()), KeyPolicy::default())
             .map_err(|_| ProofError::Key)?;
         let key = Arc::new(key);

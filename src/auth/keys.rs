@@ -180,7 +180,7 @@ pub fn parse_jwks(
 
 /// JWK members that hold private or symmetric key material (RFC 7518 6.2.2, 6.3.2, 6.4;
 /// RFC 8037 2). A public JWKS that carries one has leaked a signing key: anyone can forge with it.
-const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+pub(crate) const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
 
 pub(crate) fn parse_jwk(k: &Value, policy: KeyPolicy) -> Result<VerifyKey, Refusal> {
     let s = |name: &str| k.get(name).and_then(Value::as_str);

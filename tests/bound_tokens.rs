@@ -1,0 +1,767 @@
+//! Sender-constrained tokens end to end (RFC 9449 DPoP, RFC 8705 certificate-bound tokens): a
+//! real IdP's keys, tokens bound with `cnf`, proofs signed per request by a client key, a
+//! recording upstream that must receive nothing refused.
+
+mod common;
+
+use base64::Engine as _;
+use common::idp::*;
+use common::*;
+use http::StatusCode;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// The client's DPoP key and its RFC 7638 thumbprint, computed here from the JWK's members.
+struct Client {
+    key: Key,
+    jkt: String,
+}
+
+fn sha256(b: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
+        .as_ref()
+        .to_vec()
+}
+
+impl Client {
+    fn new(key: Key) -> Client {
+        let j = &key.jwk;
+        let canonical = match j["kty"].as_str().unwrap() {
+            "EC" => format!(
+                r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
+                j["crv"].as_str().unwrap(),
+                j["x"].as_str().unwrap(),
+                j["y"].as_str().unwrap()
+            ),
+            "RSA" => format!(
+                r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#,
+                j["e"].as_str().unwrap(),
+                j["n"].as_str().unwrap()
+            ),
+            _ => unreachable!(),
+        };
+        let jkt = B64.encode(sha256(canonical.as_bytes()));
+        Client { key, jkt }
+    }
+
+    fn header(&self) -> Value {
+        let mut jwk = self.key.jwk.clone();
+        jwk.as_object_mut().unwrap().remove("kid");
+        json!({"typ": "dpop+jwt", "alg": format!("{:?}", self.key.alg), "jwk": jwk})
+    }
+
+    fn claims(method: &str, htu: &str, token: &str) -> Value {
+        json!({
+            "jti": format!("{:x}", rand_u64()),
+            "htm": method,
+            "htu": htu,
+            "iat": now(),
+            "ath": B64.encode(sha256(token.as_bytes())),
+        })
+    }
+
+    fn sign(&self, header: &Value, claims: &Value) -> String {
+        sign_raw(
+            &header.to_string(),
+            &claims.to_string(),
+            &self.key.enc,
+            self.key.alg,
+        )
+    }
+
+    fn proof(&self, method: &str, htu: &str, token: &str) -> String {
+        self.sign(&self.header(), &Client::claims(method, htu, token))
+    }
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut b).unwrap();
+    u64::from_le_bytes(b)
+}
+
+struct Setup {
+    idp: Idp,
+    up: Upstream,
+    gw: Gateway,
+    c: HttpClient,
+    mint: Minter,
+}
+
+fn config(up: &Upstream, idp: &Idp, server_extra: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+{server_extra}
+
+[[issuers]]
+issuer = "{}"
+discovery = true
+audiences = ["https://api.test"]
+algorithms = ["RS256"]
+
+[upstreams.app]
+url = "{}"
+
+[forward]
+claim_headers = {{ sub = "X-Auth-Subject" }}
+
+[[routes]]
+prefix = "/bound-only"
+require_bound_tokens = true
+upstream = "app"
+
+[[routes]]
+prefix = "/api"
+scopes = ["read"]
+upstream = "app"
+{extra}
+"#,
+        idp.issuer(),
+        up.url()
+    )
+}
+
+async fn start(server_extra: &str, extra: &str) -> Setup {
+    let rsa = Key::rsa1();
+    let idp = Idp::start(&[&rsa]).await;
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&config(&up, &idp, server_extra, extra)).await;
+    wait_ready(&gw).await;
+    Setup {
+        mint: idp.minter("https://api.test"),
+        idp,
+        up,
+        gw,
+        c: client(),
+    }
+}
+
+impl Setup {
+    fn bound_token(&self, cnf: Value) -> String {
+        self.mint.token_claims(&Key::rsa1(), |c| {
+            c.insert("cnf".into(), cnf);
+        })
+    }
+
+    fn htu(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gw.addr)
+    }
+
+    async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+        send(&self.c, method, &self.gw.url(path), headers, "").await
+    }
+
+    async fn metrics(&self) -> String {
+        get(
+            &self.c,
+            &format!("http://{}/metrics", self.gw.admin.unwrap()),
+            &[],
+        )
+        .await
+        .body
+    }
+
+    /// A 401 with the DPoP challenge and `error`, counted with `reason`; the upstream got
+    /// nothing new.
+    async fn refused(&self, a: &Answer, error: &str, reason: &str, before: usize) {
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{reason}: {}", a.body);
+        let www = a.headers["www-authenticate"].to_str().unwrap();
+        assert!(
+            www.starts_with("DPoP realm=\"bearward\", algs=\"ES256 ES384 EdDSA RS256 PS256\"")
+                && www.contains(&format!("error=\"{error}\"")),
+            "{reason}: {www}"
+        );
+        assert_eq!(self.up.count(), before, "{reason}: the upstream got it");
+        let m = self.metrics().await;
+        assert!(
+            m.contains(&format!("reason=\"{reason}\"")),
+            "{reason} not counted"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_else() {
+    let s = start("", "").await;
+    let client = Client::new(Key::p256());
+    let token = s.bound_token(json!({"jkt": client.jkt}));
+    let auth = format!("DPoP {token}");
+    let htu = s.htu("/api/items");
+    for _ in 0..3 {
+        let proof = client.proof("GET", &htu, &token);
+        let a = s
+            .send(
+                "GET",
+                "/api/items",
+                &[("authorization", &auth), ("dpop", &proof)],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    }
+    assert_eq!(s.up.count(), 3);
+    assert_eq!(s.up.last().headers["x-auth-subject"], "user-42");
+    // The DPoP header and the token go on to the upstream only as the config says: the
+    // Authorization header stays (strip_authorization is off), as for bearer tokens.
+
+    // A replayed proof.
+    let proof = client.proof("GET", &htu, &token);
+    let ok = s
+        .send(
+            "GET",
+            "/api/items",
+            &[("authorization", &auth), ("dpop", &proof)],
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let n = s.up.count();
+    let a = s
+        .send(
+            "GET",
+            "/api/items",
+            &[("authorization", &auth), ("dpop", &proof)],
+        )
+        .await;
+    s.refused(&a, "invalid_dpop_proof", "dpop_proof_replayed", n)
+        .await;
+
+    // For another method, and another URI (path or query-less origin).
+    let p = client.proof("POST", &htu, &token);
+    let a = s
+        .send(
+            "GET",
+            "/api/items",
+            &[("authorization", &auth), ("dpop", &p)],
+        )
+        .await;
+    s.refused(&a, "invalid_dpop_proof", "dpop_proof_htm", n)
+        .await;
+    let p = client.proof("GET", &s.htu("/api/other"), &token);
+    let a = s
+        .send(
+            "GET",
+            "/api/items",
+            &[("authorization", &auth), ("dpop", &p)],
+        )
+        .await;
+    s.refused(&a, "invalid_dpop_proof", "dpop_proof_htu", n)
+        .await;
+    let p = client.proof("GET", "https://elsewhere.test/api/items", &token);
+    let a = s
+        .send(
+            "GET",
+            "/api/items",
+            &[("authorization", &auth), ("dpop", &p)],
+        )
+        .await;
+    s.refused(&a, "invalid_dpop_proof", "dpop_proof_htu", n)
+        .await;
+    // The query is not part of htu: a proof naming the path alone is good for a request
+    // with a query.
+    let p = client.proof("GET", &htu, &token);
+    let a = s
+        .send(
+            "GET",
+            "/api/items?page=2",
+            &[("authorization", &auth), ("dpop", &p)],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let n = s.up.count();
+
+    // Signed by another key: its own jwk (thumbprint not the token's), or the bound jwk with
+    // another key's signature.
+    let thief = Client::new(Key::rsa2());
+    let p = thief.proof("GET", &htu, &token);
+    let a = s
+        .send(
+            "GET",
+            "/api/items",
+            &[("authorization", &auth), ("dpop", &p)],
+        )
+        .await;
+    s.refused(&a, "invalid_dpop_proof", "dpop_key_mismatch", n)
+        .await;
+    let forged = thief.sign(
+        &json!({"typ": "dpop+jwt", "alg": "RS256", "jwk": client.header()["jwk"]}),
+        &Client::claims("GET", &htu, &token),
+    );
+    let a = s
+        .send(
+            "GET",
+            "/api/items",
+            &[("authorization", &auth), ("dpop", &forged)],
+        )
+        .await;
+    s.refused(&a, "invalid_dpop_proof", "dpop_proof_alg", n)
+        .await;
+
+    // No ath, a wrong ath, an old iat, a wrong typ, a symmetric alg, a private jwk.
+    let mut c = Client::claims("GET", &htu, &token);
+    c.as_object_mut().unwrap().remove("ath");
+    let a = s
+        .send(
+            "GET",
+            "/api/items",
+            &[
+                ("authorization", &auth),
+                ("dpop", &client.sign(&client.header(), &c)),
+            ],
+        )
+        .await;
+    s.refused(&a, "invalid_dpop_proof", "dpop_proof_ath", n)
+        .await;
+    let c = Client::claims("GET", &htu, "another-token");
+    let a = s
+        .send(
+            "GET",
+            "/api/items",
+            &[
+                ("authorization", &auth),
+                ("dpop", &client.sign(&client.header(), &c)),
+            ],
+        )
+        .await;
+    s.refused(&a, "invalid_dpop_proof", "dpop_proof_ath", n)
+        .await;
+    let mut c = Client::claims("GET", &htu, &token);
+    c["iat"] = json!(now() - 300);
+    let a = s
+        .send(
+            "GET",
+            "/api/items",
+            &[
+                ("authorization", &auth),
+                ("dpop", &client.sign(&client.header(), &c)),
+            ],
+        )
+        .await;
+    s.refused(&a, "invalid_dpop_proof", "dpop_proof_iat", n)
+        .await;
+    let mut h = client.header();
+    h["typ"] = json!("JWT");
+    let a = s
+        .send(
+            "GET",
+            "/api/items",
+            &[
+                ("authorization", &auth),
+                (
+                    "dpop",
+                    &client.sign(&h, &Client::claims("GET", &htu, &token)),
+                ),
+            ],
+        )
+        .await;
+    s.refused(&a, "invalid_dpop_proof", "dpop_proof_typ", n)
+        .await;
+    let mut h = client.header();
+    h["jwk"]["d"] = json!("c2VjcmV0");
+    let a = s
+        .send(
+            "GET",
+            "/api/items",
+            &[
+                ("authorization", &auth),
+                (
+                    "dpop",
+                    &client.sign(&h, &Client::claims("GET", &htu, &token)),
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(
+        a.status,
+        StatusCode::UNAUTHORIZED,
+        "a jwk with private parts"
+    );
+    let hs = sign_raw(
+        &json!({"typ": "dpop+jwt", "alg": "HS256", "jwk": client.header()["jwk"]}).to_string(),
+        &Client::claims("GET", &htu, &token).to_string(),
+        &jsonwebtoken::EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+        jsonwebtoken::Algorithm::HS256,
+    );
+    let a = s
+        .send(
+            "GET",
+            "/api/items",
+            &[("authorization", &auth), ("dpop", &hs)],
+        )
+        .await;
+    s.refused(&a, "invalid_dpop_proof", "dpop_proof_alg", n)
+        .await;
+
+    // No proof, two proofs.
+    let a = s
+        .send("GET", "/api/items", &[("authorization", &auth)])
+        .await;
+    s.refused(&a, "invalid_dpop_proof", "dpop_proof_missing", n)
+        .await;
+    let (p1, p2) = (
+        client.proof("GET", &htu, &token),
+        client.proof("GET", &htu, &token),
+    );
+    let a = s
+        .send(
+            "GET",
+            "/api/items",
+            &[("authorization", &auth), ("dpop", &p1), ("dpop", &p2)],
+        )
+        .await;
+    s.refused(&a, "invalid_dpop_proof", "dpop_proof_multiple", n)
+        .await;
+
+    // The downgrade (RFC 9449 7.2): the bound token with the Bearer scheme, even with a proof.
+    let p = client.proof("GET", &htu, &token);
+    let a = s
+        .send(
+            "GET",
+            "/api/items",
+            &[("authorization", &format!("Bearer {token}")), ("dpop", &p)],
+        )
+        .await;
+    s.refused(&a, "invalid_token", "bound_token", n).await;
+
+    // An unbound token with the DPoP scheme.
+    let plain = s.mint.token(&Key::rsa1(), "read");
+    let p = client.proof("GET", &htu, &plain);
+    let a = s
+        .send(
+            "GET",
+            "/api/items",
+            &[("authorization", &format!("DPoP {plain}")), ("dpop", &p)],
+        )
+        .await;
+    s.refused(&a, "invalid_token", "dpop_token_not_bound", n)
+        .await;
+
+    let m = s.metrics().await;
+    assert_eq!(
+        metric(&m, "bearward_dpop_proofs_total{outcome=\"ok\"}"),
+        5.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "bearward_dpop_proofs_total{outcome=\"dpop_proof_replayed\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    drop(s.idp);
+}
+
+#[tokio::test]
+async fn routes_that_require_bound_tokens_refuse_plain_ones_and_say_how() {
+    let s = start("", "").await;
+    let plain = s.mint.token(&Key::rsa1(), "read");
+    let a = s
+        .send(
+            "GET",
+            "/bound-only/x",
+            &[("authorization", &format!("Bearer {plain}"))],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let www: Vec<&str> = a
+        .headers
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(www.len(), 2, "{www:?}");
+    assert!(
+        www[0].starts_with("DPoP ") && www[0].contains("error=\"invalid_token\""),
+        "{www:?}"
+    );
+    assert!(www[1].starts_with("Bearer "), "{www:?}");
+    // Without any token: both challenges, no error.
+    let a = s.send("GET", "/bound-only/x", &[]).await;
+    let www: Vec<&str> = a
+        .headers
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(
+        www,
+        [
+            "DPoP realm=\"bearward\", algs=\"ES256 ES384 EdDSA RS256 PS256\"",
+            "Bearer realm=\"bearward\""
+        ]
+    );
+    // A DPoP-bound token with its proof passes.
+    let client = Client::new(Key::p256());
+    let token = s.bound_token(json!({"jkt": client.jkt}));
+    let p = client.proof("GET", &s.htu("/bound-only/x"), &token);
+    let a = s
+        .send(
+            "GET",
+            "/bound-only/x",
+            &[("authorization", &format!("DPoP {token}")), ("dpop", &p)],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(s.up.count(), 1);
+    let m = s.metrics().await;
+    assert!(m.contains("reason=\"unbound_token\""), "{m}");
+}
+
+#[tokio::test]
+async fn server_nonces_are_asked_for_and_then_accepted() {
+    let s = start("", "[dpop]\nnonce = true").await;
+    let client = Client::new(Key::p256());
+    let token = s.bound_token(json!({"jkt": client.jkt}));
+    let auth = format!("DPoP {token}");
+    let htu = s.htu("/api/items");
+    let p = client.proof("GET", &htu, &token);
+    let a = s
+        .send(
+            "GET",
+            "/api/items",
+            &[("authorization", &auth), ("dpop", &p)],
+        )
+        .await;
+    s.refused(&a, "use_dpop_nonce", "use_dpop_nonce", 0).await;
+    let nonce = a.headers["dpop-nonce"].to_str().unwrap().to_owned();
+    let mut c = Client::claims("GET", &htu, &token);
+    c["nonce"] = json!(nonce);
+    let a = s
+        .send(
+            "GET",
+            "/api/items",
+            &[
+                ("authorization", &auth),
+                ("dpop", &client.sign(&client.header(), &c)),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let mut c = Client::claims("GET", &htu, &token);
+    c["nonce"] = json!("made-up");
+    let a = s
+        .send(
+            "GET",
+            "/api/items",
+            &[
+                ("authorization", &auth),
+                ("dpop", &client.sign(&client.header(), &c)),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(s.up.count(), 1);
+}
+
+fn cert_thumbprint(name: &str) -> (String, String) {
+    use rustls::pki_types::pem::PemObject;
+    let der =
+        rustls::pki_types::CertificateDer::pem_file_iter(format!("tests/fixtures/tls/{name}.pem"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+    let hash = sha256(der.as_ref());
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    (B64.encode(&hash), hex)
+}
+
+#[tokio::test]
+async fn certificate_bound_tokens_need_their_certificate_on_the_connection() {
+    let s = start(
+        "tls_cert_file = \"tests/fixtures/tls/server.pem\"\ntls_key_file = \"tests/fixtures/tls/server-key.pem\"\ntls_client_ca_file = \"tests/fixtures/tls/ca.pem\"\ntls_client_auth = \"optional\"",
+        "",
+    )
+    .await;
+    let (x5t, _) = cert_thumbprint("client");
+    let token = s.bound_token(json!({"x5t#S256": x5t}));
+    let auth = format!("Bearer {token}");
+    let status = |client: Option<&'static str>| {
+        let addr = s.gw.addr;
+        let auth = auth.clone();
+        async move { tls_get(addr, "/api/x", &auth, client).await }
+    };
+    assert_eq!(status(Some("client")).await, StatusCode::OK);
+    assert_eq!(status(Some("client2")).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(None).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(s.up.count(), 1);
+    let m = s.metrics().await;
+    assert!(m.contains("reason=\"certificate_mismatch\""), "{m}");
+    assert!(m.contains("reason=\"certificate_missing\""), "{m}");
+}
+
+/// One GET over TLS to bearward's listener with `authorization`, presenting `client`.
+async fn tls_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    auth: &str,
+    client: Option<&str>,
+) -> StatusCode {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter("tests/fixtures/tls/ca.pem").unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let cfg = match client {
+        None => b.with_no_client_auth(),
+        Some(name) => {
+            let chain = CertificateDer::pem_file_iter(format!("tests/fixtures/tls/{name}.pem"))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let key =
+                PrivateKeyDer::from_pem_file(format!("tests/fixtures/tls/{name}-key.pem")).unwrap();
+            b.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header("host", "localhost")
+        .header("authorization", auth)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    send.send_request(req).await.unwrap().status()
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_may_pass_the_certificate_and_nobody_else() {
+    let (x5t, hex) = cert_thumbprint("client");
+    let pem = std::fs::read_to_string("tests/fixtures/tls/client.pem").unwrap();
+    let escaped: String =
+        percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC).to_string();
+
+    // Envoy's XFCC from a trusted peer.
+    let s = start(
+        "trusted_proxies = [\"127.0.0.1\"]\nclient_cert_header = \"x-forwarded-client-cert\"",
+        "",
+    )
+    .await;
+    let token = s.bound_token(json!({"x5t#S256": x5t}));
+    let auth = format!("Bearer {token}");
+    let xfcc =
+        format!("By=spiffe://cluster/bearward;Hash={hex};Subject=\"CN=bearward test client\"");
+    let a = s
+        .send(
+            "GET",
+            "/api/x",
+            &[("authorization", &auth), ("x-forwarded-client-cert", &xfcc)],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let cert_form = format!("By=spiffe://x;Cert=\"{escaped}\"");
+    let a = s
+        .send(
+            "GET",
+            "/api/x",
+            &[
+                ("authorization", &auth),
+                ("x-forwarded-client-cert", &cert_form),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "XFCC Cert=: {}", a.body);
+    let (_, other_hex) = cert_thumbprint("client2");
+    let a = s
+        .send(
+            "GET",
+            "/api/x",
+            &[
+                ("authorization", &auth),
+                ("x-forwarded-client-cert", &format!("Hash={other_hex}")),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let a = s.send("GET", "/api/x", &[("authorization", &auth)]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(s.up.count(), 2);
+    // The trusted proxy's header goes on upstream (the API may want it).
+    assert!(s.up.last().headers.contains_key("x-forwarded-client-cert"));
+
+    // nginx's $ssl_client_escaped_cert in a header of the operator's naming.
+    let s = start(
+        "trusted_proxies = [\"127.0.0.1\"]\nclient_cert_header = \"x-ssl-client-cert\"",
+        "",
+    )
+    .await;
+    let token = s.bound_token(json!({"x5t#S256": x5t}));
+    let a = s
+        .send(
+            "GET",
+            "/api/x",
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("x-ssl-client-cert", &escaped),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+
+    // The same header from a peer that is not trusted: ignored, and stripped before the
+    // upstream sees it.
+    let open = "[[routes]]\nprefix = \"/open\"\nauth = \"none\"\nupstream = \"app\"";
+    let s = start(
+        "trusted_proxies = [\"10.0.0.0/8\"]\nclient_cert_header = \"x-forwarded-client-cert\"",
+        open,
+    )
+    .await;
+    let token = s.bound_token(json!({"x5t#S256": x5t}));
+    let a = s
+        .send(
+            "GET",
+            "/api/x",
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("x-forwarded-client-cert", &xfcc),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(s.up.count(), 0);
+    let a = s
+        .send("GET", "/open/x", &[("x-forwarded-client-cert", &xfcc)])
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        !s.up.last().headers.contains_key("x-forwarded-client-cert"),
+        "an untrusted client's certificate header reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn the_resource_metadata_advertises_dpop() {
+    let s = start("resource = \"https://api.test/api\"", "").await;
+    let doc = get(
+        &s.c,
+        &s.gw.url("/.well-known/oauth-protected-resource/api"),
+        &[],
+    )
+    .await;
+    let doc: Value = serde_json::from_str(&doc.body).unwrap();
+    assert_eq!(
+        doc["dpop_signing_alg_values_supported"],
+        json!(["ES256", "ES384", "EdDSA", "RS256", "PS256"])
+    );
+    assert!(
+        doc.get("dpop_bound_access_tokens_required").is_none(),
+        "{doc}"
+    );
+    let _ = Duration::ZERO;
+}
