@@ -5,80 +5,12 @@
 mod common;
 
 use base64::Engine as _;
+use common::dpop::{sha256, DpopKey as Client};
 use common::idp::*;
 use common::*;
 use http::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
-
-/// The client's DPoP key and its RFC 7638 thumbprint, computed here from the JWK's members.
-struct Client {
-    key: Key,
-    jkt: String,
-}
-
-fn sha256(b: &[u8]) -> Vec<u8> {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
-        .as_ref()
-        .to_vec()
-}
-
-impl Client {
-    fn new(key: Key) -> Client {
-        let j = &key.jwk;
-        let canonical = match j["kty"].as_str().unwrap() {
-            "EC" => format!(
-                r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
-                j["crv"].as_str().unwrap(),
-                j["x"].as_str().unwrap(),
-                j["y"].as_str().unwrap()
-            ),
-            "RSA" => format!(
-                r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#,
-                j["e"].as_str().unwrap(),
-                j["n"].as_str().unwrap()
-            ),
-            _ => unreachable!(),
-        };
-        let jkt = B64.encode(sha256(canonical.as_bytes()));
-        Client { key, jkt }
-    }
-
-    fn header(&self) -> Value {
-        let mut jwk = self.key.jwk.clone();
-        jwk.as_object_mut().unwrap().remove("kid");
-        json!({"typ": "dpop+jwt", "alg": format!("{:?}", self.key.alg), "jwk": jwk})
-    }
-
-    fn claims(method: &str, htu: &str, token: &str) -> Value {
-        json!({
-            "jti": format!("{:x}", rand_u64()),
-            "htm": method,
-            "htu": htu,
-            "iat": now(),
-            "ath": B64.encode(sha256(token.as_bytes())),
-        })
-    }
-
-    fn sign(&self, header: &Value, claims: &Value) -> String {
-        sign_raw(
-            &header.to_string(),
-            &claims.to_string(),
-            &self.key.enc,
-            self.key.alg,
-        )
-    }
-
-    fn proof(&self, method: &str, htu: &str, token: &str) -> String {
-        self.sign(&self.header(), &Client::claims(method, htu, token))
-    }
-}
-
-fn rand_u64() -> u64 {
-    let mut b = [0u8; 8];
-    aws_lc_rs::rand::fill(&mut b).unwrap();
-    u64::from_le_bytes(b)
-}
 
 struct Setup {
     idp: Idp,
@@ -191,7 +123,7 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
     let auth = format!("DPoP {token}");
     let htu = s.htu("/api/items");
     for _ in 0..3 {
-        let proof = client.proof("GET", &htu, &token);
+        let proof = client.proof("GET", &htu, Some(&token));
         let a = s
             .send(
                 "GET",
@@ -207,7 +139,7 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
     // Authorization header stays (strip_authorization is off), as for bearer tokens.
 
     // A replayed proof.
-    let proof = client.proof("GET", &htu, &token);
+    let proof = client.proof("GET", &htu, Some(&token));
     let ok = s
         .send(
             "GET",
@@ -228,7 +160,7 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
         .await;
 
     // For another method, and another URI (path or query-less origin).
-    let p = client.proof("POST", &htu, &token);
+    let p = client.proof("POST", &htu, Some(&token));
     let a = s
         .send(
             "GET",
@@ -238,7 +170,7 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
         .await;
     s.refused(&a, "invalid_dpop_proof", "dpop_proof_htm", n)
         .await;
-    let p = client.proof("GET", &s.htu("/api/other"), &token);
+    let p = client.proof("GET", &s.htu("/api/other"), Some(&token));
     let a = s
         .send(
             "GET",
@@ -248,7 +180,7 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
         .await;
     s.refused(&a, "invalid_dpop_proof", "dpop_proof_htu", n)
         .await;
-    let p = client.proof("GET", "https://elsewhere.test/api/items", &token);
+    let p = client.proof("GET", "https://elsewhere.test/api/items", Some(&token));
     let a = s
         .send(
             "GET",
@@ -260,7 +192,7 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
         .await;
     // The query is not part of htu: a proof naming the path alone is good for a request
     // with a query.
-    let p = client.proof("GET", &htu, &token);
+    let p = client.proof("GET", &htu, Some(&token));
     let a = s
         .send(
             "GET",
@@ -274,7 +206,7 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
     // Signed by another key: its own jwk (thumbprint not the token's), or the bound jwk with
     // another key's signature.
     let thief = Client::new(Key::rsa2());
-    let p = thief.proof("GET", &htu, &token);
+    let p = thief.proof("GET", &htu, Some(&token));
     let a = s
         .send(
             "GET",
@@ -286,7 +218,7 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
         .await;
     let forged = thief.sign(
         &json!({"typ": "dpop+jwt", "alg": "RS256", "jwk": client.header()["jwk"]}),
-        &Client::claims("GET", &htu, &token),
+        &Client::claims("GET", &htu, Some(&token)),
     );
     let a = s
         .send(
@@ -299,7 +231,7 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
         .await;
 
     // No ath, a wrong ath, an old iat, a wrong typ, a symmetric alg, a private jwk.
-    let mut c = Client::claims("GET", &htu, &token);
+    let mut c = Client::claims("GET", &htu, Some(&token));
     c.as_object_mut().unwrap().remove("ath");
     let a = s
         .send(
@@ -313,7 +245,7 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
         .await;
     s.refused(&a, "invalid_dpop_proof", "dpop_proof_ath", n)
         .await;
-    let c = Client::claims("GET", &htu, "another-token");
+    let c = Client::claims("GET", &htu, Some("another-token"));
     let a = s
         .send(
             "GET",
@@ -326,7 +258,7 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
         .await;
     s.refused(&a, "invalid_dpop_proof", "dpop_proof_ath", n)
         .await;
-    let mut c = Client::claims("GET", &htu, &token);
+    let mut c = Client::claims("GET", &htu, Some(&token));
     c["iat"] = json!(now() - 300);
     let a = s
         .send(
@@ -350,7 +282,7 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
                 ("authorization", &auth),
                 (
                     "dpop",
-                    &client.sign(&h, &Client::claims("GET", &htu, &token)),
+                    &client.sign(&h, &Client::claims("GET", &htu, Some(&token))),
                 ),
             ],
         )
@@ -367,7 +299,7 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
                 ("authorization", &auth),
                 (
                     "dpop",
-                    &client.sign(&h, &Client::claims("GET", &htu, &token)),
+                    &client.sign(&h, &Client::claims("GET", &htu, Some(&token))),
                 ),
             ],
         )
@@ -379,7 +311,7 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
     );
     let hs = sign_raw(
         &json!({"typ": "dpop+jwt", "alg": "HS256", "jwk": client.header()["jwk"]}).to_string(),
-        &Client::claims("GET", &htu, &token).to_string(),
+        &Client::claims("GET", &htu, Some(&token)).to_string(),
         &jsonwebtoken::EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
         jsonwebtoken::Algorithm::HS256,
     );
@@ -400,8 +332,8 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
     s.refused(&a, "invalid_dpop_proof", "dpop_proof_missing", n)
         .await;
     let (p1, p2) = (
-        client.proof("GET", &htu, &token),
-        client.proof("GET", &htu, &token),
+        client.proof("GET", &htu, Some(&token)),
+        client.proof("GET", &htu, Some(&token)),
     );
     let a = s
         .send(
@@ -414,7 +346,7 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
         .await;
 
     // The downgrade (RFC 9449 7.2): the bound token with the Bearer scheme, even with a proof.
-    let p = client.proof("GET", &htu, &token);
+    let p = client.proof("GET", &htu, Some(&token));
     let a = s
         .send(
             "GET",
@@ -426,7 +358,7 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
 
     // An unbound token with the DPoP scheme.
     let plain = s.mint.token(&Key::rsa1(), "read");
-    let p = client.proof("GET", &htu, &plain);
+    let p = client.proof("GET", &htu, Some(&plain));
     let a = s
         .send(
             "GET",
@@ -496,7 +428,7 @@ async fn routes_that_require_bound_tokens_refuse_plain_ones_and_say_how() {
     // A DPoP-bound token with its proof passes.
     let client = Client::new(Key::p256());
     let token = s.bound_token(json!({"jkt": client.jkt}));
-    let p = client.proof("GET", &s.htu("/bound-only/x"), &token);
+    let p = client.proof("GET", &s.htu("/bound-only/x"), Some(&token));
     let a = s
         .send(
             "GET",
@@ -517,7 +449,7 @@ async fn server_nonces_are_asked_for_and_then_accepted() {
     let token = s.bound_token(json!({"jkt": client.jkt}));
     let auth = format!("DPoP {token}");
     let htu = s.htu("/api/items");
-    let p = client.proof("GET", &htu, &token);
+    let p = client.proof("GET", &htu, Some(&token));
     let a = s
         .send(
             "GET",
@@ -527,7 +459,7 @@ async fn server_nonces_are_asked_for_and_then_accepted() {
         .await;
     s.refused(&a, "use_dpop_nonce", "use_dpop_nonce", 0).await;
     let nonce = a.headers["dpop-nonce"].to_str().unwrap().to_owned();
-    let mut c = Client::claims("GET", &htu, &token);
+    let mut c = Client::claims("GET", &htu, Some(&token));
     c["nonce"] = json!(nonce);
     let a = s
         .send(
@@ -540,7 +472,7 @@ async fn server_nonces_are_asked_for_and_then_accepted() {
         )
         .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
-    let mut c = Client::claims("GET", &htu, &token);
+    let mut c = Client::claims("GET", &htu, Some(&token));
     c["nonce"] = json!("made-up");
     let a = s
         .send(

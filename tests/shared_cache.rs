@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::dpop::DpopKey;
 use common::introspection::Endpoint;
 use common::*;
 use http::StatusCode;
@@ -131,13 +132,7 @@ struct Replica {
 
 impl Replica {
     fn start(ep: &Endpoint, up: &Upstream, redis_port: u16) -> Replica {
-        let (port, admin) = (free_port(), free_port());
-        let file = std::env::temp_dir().join(format!(
-            "bearward-replica-{port}-{}.toml",
-            std::process::id()
-        ));
-        std::fs::write(
-            &file,
+        Replica::with(|port, admin| {
             format!(
                 r#"
 [server]
@@ -170,9 +165,18 @@ upstream = "app"
 "#,
                 ep.url(),
                 up.url()
-            ),
-        )
-        .unwrap();
+            )
+        })
+    }
+
+    /// A replica running the config `text(port, admin)` gives.
+    fn with(text: impl FnOnce(u16, u16) -> String) -> Replica {
+        let (port, admin) = (free_port(), free_port());
+        let file = std::env::temp_dir().join(format!(
+            "bearward-replica-{port}-{}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&file, text(port, admin)).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_bearward"))
             .arg("--config")
             .arg(&file)
@@ -314,5 +318,147 @@ async fn two_replicas_share_one_answer_and_keep_serving_when_redis_dies() {
         ready.body.contains("shared store: failing"),
         "{}",
         ready.body
+    );
+}
+
+/// A replica taking JWTs signed by the rsa1 fixture key, DPoP-bound ones included.
+fn dpop_replica(up: &Upstream, redis_port: u16, store_down: &str) -> Replica {
+    Replica::with(|port, admin| {
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+public_origin = "https://api.test"
+
+[cache]
+redis_url = "redis://127.0.0.1:{redis_port}/0"
+redis_timeout = "200ms"
+key_prefix = "bw-test:"
+dpop_replay_store_down = "{store_down}"
+
+[[issuers]]
+issuer = "https://idp.test"
+jwks_file = "tests/fixtures/jwks-rsa1.json"
+audiences = ["https://api.test"]
+
+[upstreams.app]
+url = "{}"
+
+[[routes]]
+prefix = "/api"
+upstream = "app"
+"#,
+            up.url()
+        )
+    })
+}
+
+/// A DPoP-bound token for the ES256 client key, and proofs for GET https://api.test/api/x.
+struct DpopClient {
+    key: DpopKey,
+    token: String,
+}
+
+impl DpopClient {
+    fn new() -> DpopClient {
+        let key = DpopKey::new(common::idp::Key::p256());
+        let token = common::idp::Minter {
+            issuer: "https://idp.test".into(),
+            audience: "https://api.test".into(),
+        }
+        .token_claims(&common::idp::Key::rsa1(), |c| {
+            c.insert("cnf".into(), json!({ "jkt": key.jkt }));
+        });
+        DpopClient { key, token }
+    }
+
+    fn proof(&self, jti: &str) -> String {
+        let mut claims = DpopKey::claims("GET", "https://api.test/api/x", Some(&self.token));
+        claims["jti"] = json!(jti);
+        self.key.sign(&self.key.header(), &claims)
+    }
+
+    async fn call(&self, c: &HttpClient, r: &Replica, proof: &str) -> StatusCode {
+        get(
+            c,
+            &format!("http://127.0.0.1:{}/api/x", r.port),
+            &[
+                ("authorization", &format!("DPoP {}", self.token)),
+                ("dpop", proof),
+            ],
+        )
+        .await
+        .status
+    }
+}
+
+#[tokio::test]
+async fn a_proof_taken_by_one_replica_is_a_replay_at_another_and_redis_down_applies_the_fallback() {
+    let mut redis = Redis::start();
+    let up = Upstream::start().await;
+    let a = dpop_replica(&up, redis.port, "refuse");
+    let b = dpop_replica(&up, redis.port, "local");
+    a.wait().await;
+    b.wait().await;
+    let c = client();
+    let dpop = DpopClient::new();
+
+    let p = dpop.proof("proof-1");
+    assert_eq!(dpop.call(&c, &a, &p).await, StatusCode::OK);
+    assert_eq!(
+        dpop.call(&c, &b, &p).await,
+        StatusCode::UNAUTHORIZED,
+        "replayed to another replica"
+    );
+    assert_eq!(
+        dpop.call(&c, &a, &p).await,
+        StatusCode::UNAUTHORIZED,
+        "replayed to the same one"
+    );
+    assert_eq!(
+        dpop.call(&c, &b, &dpop.proof("proof-2")).await,
+        StatusCode::OK
+    );
+    assert_eq!(up.count(), 2);
+    let m = b.metrics(&c).await;
+    assert_eq!(
+        metric(
+            &m,
+            "bearward_dpop_proofs_total{outcome=\"dpop_proof_replayed\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+
+    // Redis stops. "refuse" answers 503: a replay to another replica cannot be ruled out.
+    // "local" lets this process's own cache decide, and still catches a replay to itself.
+    redis.kill();
+    assert_eq!(
+        dpop.call(&c, &a, &dpop.proof("proof-3")).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let p4 = dpop.proof("proof-4");
+    assert_eq!(dpop.call(&c, &b, &p4).await, StatusCode::OK);
+    assert_eq!(dpop.call(&c, &b, &p4).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(up.count(), 3);
+    let m = a.metrics(&c).await;
+    assert_eq!(
+        metric(
+            &m,
+            "bearward_dpop_proofs_total{outcome=\"replay_store_down_refused\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    assert!(m.contains("reason=\"dpop_replay_store_down\""), "{m}");
+    let m = b.metrics(&c).await;
+    assert_eq!(
+        metric(
+            &m,
+            "bearward_dpop_proofs_total{outcome=\"replay_store_down_local\"}"
+        ),
+        1.0,
+        "{m}"
     );
 }

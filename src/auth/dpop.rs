@@ -154,7 +154,10 @@ impl Verifier {
             .ok_or(ProofError::Key)?;
         // RFC 9449 4.3 step 7: a public key only. Checked here, before the key cache: the
         // thumbprint leaves private members out, so a cached key would not see them.
-        if super::keys::PRIVATE_MEMBERS.iter().any(|m| jwk.contains_key(*m)) {
+        if super::keys::PRIVATE_MEMBERS
+            .iter()
+            .any(|m| jwk.contains_key(*m))
+        {
             return Err(ProofError::Key);
         }
         let thumbprint = thumbprint(jwk).ok_or(ProofError::Key)?;

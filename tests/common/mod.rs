@@ -2,6 +2,7 @@
 //! h2 prior knowledge, raw TCP), and the test IdP in `idp`.
 #![allow(dead_code)]
 
+pub(crate) mod dpop;
 pub(crate) mod idp;
 pub(crate) mod introspection;
 pub(crate) mod world;
