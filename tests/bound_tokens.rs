@@ -525,53 +525,6 @@ async fn certificate_bound_tokens_need_their_certificate_on_the_connection() {
     assert!(m.contains("reason=\"certificate_missing\""), "{m}");
 }
 
-/// One GET over TLS to bearward's listener with `authorization`, presenting `client`.
-async fn tls_get(
-    addr: std::net::SocketAddr,
-    path: &str,
-    auth: &str,
-    client: Option<&str>,
-) -> StatusCode {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter("tests/fixtures/tls/ca.pem").unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let b = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let cfg = match client {
-        None => b.with_no_client_auth(),
-        Some(name) => {
-            let chain = CertificateDer::pem_file_iter(format!("tests/fixtures/tls/{name}.pem"))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-            let key =
-                PrivateKeyDer::from_pem_file(format!("tests/fixtures/tls/{name}-key.pem")).unwrap();
-            b.with_client_auth_cert(chain, key).unwrap()
-        }
-    };
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::get(path)
-        .header("host", "localhost")
-        .header("authorization", auth)
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    send.send_request(req).await.unwrap().status()
-}
-
 #[tokio::test]
 async fn a_trusted_proxy_may_pass_the_certificate_and_nobody_else() {
     let (x5t, hex) = cert_thumbprint("client");

@@ -617,3 +617,51 @@ pub(crate) fn metric(text: &str, name_and_labels: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// One GET over TLS to bearward's listener (trusting the test CA, for `localhost`) with
+/// `authorization`, presenting the client certificate `client` (a tests/fixtures/tls name).
+pub(crate) async fn tls_get(
+    addr: SocketAddr,
+    path: &str,
+    authorization: &str,
+    client: Option<&str>,
+) -> StatusCode {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter("tests/fixtures/tls/ca.pem").unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let cfg = match client {
+        None => b.with_no_client_auth(),
+        Some(name) => b
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(format!("tests/fixtures/tls/{name}.pem"))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_file(format!("tests/fixtures/tls/{name}-key.pem")).unwrap(),
+            )
+            .unwrap(),
+    };
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", "localhost")
+        .header("authorization", authorization)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    send.send_request(req).await.unwrap().status()
+}

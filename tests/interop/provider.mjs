@@ -9,6 +9,10 @@
 //   short-client  client_credentials, RS256, 2 s tokens
 //   web-client    authorization_code + refresh_token (PKCE), RS256, 2 s tokens
 //   bearward-rs   the resource server: introspects (RFC 7662), client_secret_basic
+//   mtls-client   client_credentials, tokens bound to its TLS client certificate (RFC 8705),
+//                 which the test passes to /token in X-Test-Client-Cert (URL-encoded PEM), as
+//                 a TLS-terminating proxy in front of the provider would
+// Any client may send a DPoP proof to /token and get a DPoP-bound token (RFC 9449).
 //
 // A token for the resource OPAQUE_RESOURCE (http://opaque.bearward.test/api) is opaque; every
 // other resource gets RFC 9068 JWTs. Introspection and revocation (RFC 7009) are on.
@@ -58,6 +62,10 @@ function configuration() {
         response_types: ['code'], redirect_uris: [REDIRECT], scope: 'openid offline_access read write',
       },
       { client_id: 'bearward-rs', client_secret: 'bearward-rs-secret', grant_types: ['client_credentials'], redirect_uris: [], response_types: [] },
+      {
+        client_id: 'mtls-client', client_secret: 'mtls-secret', grant_types: ['client_credentials'], redirect_uris: [],
+        response_types: [], scope: 'read write', tls_client_certificate_bound_access_tokens: true,
+      },
     ],
     clientDefaults: { token_endpoint_auth_method: 'client_secret_basic' },
     jwks: { keys: published },
@@ -66,6 +74,15 @@ function configuration() {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
       introspection: { enabled: true },
+      dPoP: { enabled: true },
+      mTLS: {
+        enabled: true,
+        certificateBoundAccessTokens: true,
+        getCertificate(ctx) {
+          const pem = ctx.get('x-test-client-cert');
+          return pem ? decodeURIComponent(pem) : undefined;
+        },
+      },
       revocation: { enabled: true },
       resourceIndicators: {
         enabled: true,
