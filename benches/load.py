@@ -52,12 +52,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ISSUER = "https://idp.bench"
 AUDIENCE = "https://api.bench"
 PORTS = {"upstream": 18080, "nginx": 18081, "haproxy": 18082, "haproxy-es": 18083, "bearward": 18084, "bearward-nocache": 18085,
-         "bearward-b": 18086, "bearward-tls": 18087}
+         "bearward-b": 18086, "bearward-tls": 18087, "nginx-tls": 18089, "bearward-tlsl": 18090}
 UPSTREAM_TLS_PORT = 18088
 TLS_FIXTURES = os.path.join(ROOT, "tests", "fixtures", "tls")
 WRK_CPU, SERVER_CPU = "0", "1"
 # Candidates that are another candidate's process under another load.
-PROC_OF = {"direct": "upstream", "bearward-jwt": "bearward"}
+PROC_OF = {"direct": "upstream", "bearward-jwt": "bearward", "bearward-dpop": "bearward",
+           "nginx-tls-close": "nginx-tls", "bearward-tlsl-close": "bearward-tlsl"}
+# Candidates reached over TLS (wrk speaks https to them).
+HTTPS = {"nginx-tls", "bearward-tlsl", "nginx-tls-close", "bearward-tlsl-close"}
 
 
 def sh(cmd, **kw):
@@ -100,11 +103,35 @@ class Keys:
             {"kty": "EC", "kid": "ec", "use": "sig", "crv": "P-256", "x": b64(e.x.to_bytes(32, "big")), "y": b64(e.y.to_bytes(32, "big"))},
         ]}
 
-    def token(self, alg="RS256", sub="user", scope="read"):
+    def dpop_client(self):
+        """A P-256 DPoP client key: its public JWK and RFC 7638 thumbprint."""
+        import hashlib
+        self.dpop = self.ecmod.generate_private_key(self.ecmod.SECP256R1())
+        n = self.dpop.public_key().public_numbers()
+        self.dpop_jwk = {"crv": "P-256", "kty": "EC", "x": b64(n.x.to_bytes(32, "big")), "y": b64(n.y.to_bytes(32, "big"))}
+        canonical = json.dumps(self.dpop_jwk, separators=(",", ":"), sort_keys=True).encode()
+        return b64(hashlib.sha256(canonical).digest())
+
+    def proofs(self, path, count, htu, token):
+        """`count` fresh ES256 proofs for GET `htu`, one per line, each with its own jti."""
+        import hashlib
+        header = b64(json.dumps({"typ": "dpop+jwt", "alg": "ES256", "jwk": self.dpop_jwk}).encode())
+        ath = b64(hashlib.sha256(token.encode()).digest())
+        now = int(time.time())
+        with open(path, "w") as f:
+            for i in range(count):
+                claims = b64(json.dumps({"jti": f"{os.getpid()}-{time.time_ns()}-{i}", "htm": "GET", "htu": htu, "iat": now, "ath": ath}).encode())
+                signing = f"{header}.{claims}".encode()
+                r, s_ = self.decode(self.dpop.sign(signing, self.ecmod.ECDSA(self.hashes.SHA256())))
+                f.write(f"{signing.decode()}.{b64(r.to_bytes(32, 'big') + s_.to_bytes(32, 'big'))}\n")
+
+    def token(self, alg="RS256", sub="user", scope="read", cnf=None):
         kid = "rsa" if alg == "RS256" else "ec"
         header = {"alg": alg, "typ": "at+jwt", "kid": kid}
         now = int(time.time())
         claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "scope": scope, "iat": now, "exp": now + 7200}
+        if cnf:
+            claims["cnf"] = cnf
         signing = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}".encode()
         if alg == "RS256":
             sig = self.rsa.sign(signing, self.padding.PKCS1v15(), self.hashes.SHA256())
@@ -130,6 +157,31 @@ http {{
     location = /introspect {{
       default_type application/json;
       return 200 '{{"active":true,"scope":"read","sub":"opaque-user","aud":"https://api.bench"}}';
+    }}
+  }}
+}}
+"""
+
+# nginx terminating TLS (the test certificate) in front of the same upstream, for tls-listener.
+NGINX_TLS_PROXY = """
+worker_processes 1;
+pid {dir}/nginx-tls.pid;
+error_log {dir}/nginx-tls.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  upstream app {{ server 127.0.0.1:{up}; keepalive 64; keepalive_requests 1000000; }}
+  server {{
+    listen 127.0.0.1:{port} ssl backlog=4096;
+    ssl_certificate {tls}/server.pem;
+    ssl_certificate_key {tls}/server-key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {{
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
     }}
   }}
 }}
@@ -225,6 +277,18 @@ introspection_client_id = "bearward"
 introspection_client_secret_file = "{dir}/introspection-secret"
 """
 
+# DPoP: each request sends the next pre-made proof (a distinct jti each), with one bound token.
+WRK_DPOP = """
+local proofs = {}
+for line in io.lines("%s") do proofs[#proofs + 1] = line end
+local auth = "DPoP %s"
+local i = 0
+request = function()
+  i = i %% #proofs + 1
+  return wrk.format(nil, nil, { Authorization = auth, DPoP = proofs[i] })
+end
+"""
+
 WRK_ROTATE = """
 local tokens = {}
 for line in io.lines("%s") do tokens[#tokens + 1] = "Bearer " .. line end
@@ -278,6 +342,10 @@ def request(url, headers=None, body=None):
         return None, ""
 
 
+def dpop_status(port, token, proof):
+    return request(f"http://127.0.0.1:{port}/api/check", {"Authorization": f"DPoP {token}", "DPoP": proof})[0]
+
+
 def status(port, token):
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     return request(f"http://127.0.0.1:{port}/api/check", headers)[0]
@@ -324,13 +392,13 @@ def cpu_counters(pid):
     return user, system, switches
 
 
-def wrk(port, connections, duration, header=None, script=None):
+def wrk(port, connections, duration, header=None, script=None, scheme="http"):
     cmd = ["taskset", "-c", WRK_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
-    if header:
-        cmd += ["-H", header]
+    for h in ([header] if isinstance(header, str) else header or []):
+        cmd += ["-H", h]
     if script:
         cmd += ["-s", script]
-    cmd.append(f"http://127.0.0.1:{port}/api/check")
+    cmd.append(f"{scheme}://127.0.0.1:{port}/api/check")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     requests = int(re.search(r"(\d+) requests in", out).group(1))
@@ -402,6 +470,8 @@ def main():
         for i in range(10000):
             f.write(keys.token("RS256", sub=f"mem-{i}") + "\n")
     open(f"{d}/rotate1000.lua", "w").write(WRK_ROTATE % f"{d}/tokens1000.txt")
+    dpop_token = keys.token("RS256", sub="dpop-client", cnf={"jkt": keys.dpop_client()})
+    open(f"{d}/dpop.lua", "w").write(WRK_DPOP % (f"{d}/proofs.txt", dpop_token))
     open(f"{d}/rotate10000.lua", "w").write(WRK_ROTATE % f"{d}/tokens10000.txt")
 
     upstream_conf = NGINX_UPSTREAM.format(dir=d, port=PORTS["upstream"])
@@ -418,7 +488,8 @@ def main():
     fronts = HAPROXY_FRONTEND.format(name="rs", port=PORTS["haproxy"], alg="RS256", key=f"{d}/rsa.pem", issuer=ISSUER, audience=AUDIENCE)
     fronts += HAPROXY_FRONTEND.format(name="es", port=PORTS["haproxy-es"], alg="ES256", key=f"{d}/ec.pem", issuer=ISSUER, audience=AUDIENCE)
     open(f"{d}/haproxy.cfg", "w").write(HAPROXY.format(frontends=fronts, up=PORTS["upstream"]))
-    binaries = {"bearward": args.bearward, "bearward-nocache": args.bearward}
+    binaries = {"bearward": args.bearward, "bearward-nocache": args.bearward, "bearward-tlsl": args.bearward}
+    open(f"{d}/nginx-tls.conf", "w").write(NGINX_TLS_PROXY.format(dir=d, port=PORTS["nginx-tls"], up=PORTS["upstream"], tls=TLS_FIXTURES))
     if args.compare:
         binaries["bearward-b"] = args.compare
     else:
@@ -434,6 +505,8 @@ def main():
         cache = 0 if name == "bearward-nocache" else 10000
         conf = BEARWARD.format(port=PORTS[name], cache=cache, issuer=ISSUER, audience=AUDIENCE, dir=d, up=PORTS["upstream"])
         conf = conf.replace('algorithms = ["RS256", "ES256"]\n', OPAQUE_ISSUER.format(dir=d, up=PORTS["upstream"]))
+        if name == "bearward-tlsl":
+            conf = conf.replace("access_log = false", f'access_log = false\ntls_cert_file = "{TLS_FIXTURES}/server.pem"\ntls_key_file = "{TLS_FIXTURES}/server-key.pem"')
         if name == "bearward-tls":
             conf = conf.replace(f'url = "http://127.0.0.1:{PORTS["upstream"]}"',
                                 f'url = "https://127.0.0.1:{UPSTREAM_TLS_PORT}"\ntls_ca_file = "{TLS_FIXTURES}/ca.pem"')
@@ -447,6 +520,7 @@ def main():
         procs["upstream"] = start([nginx, "-c", f"{d}/upstream.conf", "-g", "daemon off;"], upstream_cpu)
         procs["nginx"] = start([nginx, "-c", f"{d}/nginx.conf", "-g", "daemon off;"], SERVER_CPU)
         procs["haproxy"] = start([haproxy, "-f", f"{d}/haproxy.cfg"], SERVER_CPU)
+        procs["nginx-tls"] = start([nginx, "-c", f"{d}/nginx-tls.conf", "-g", "daemon off;"], SERVER_CPU)
         for name, binary in binaries.items():
             procs[name] = start([binary, "--config", f"{d}/{name}.toml"], SERVER_CPU, env={**os.environ, "RUST_LOG": "warn"})
         for name, p in PORTS.items():
@@ -470,6 +544,18 @@ def main():
         print(f"  {'bearward-opaque':18} {got}")
         if got != (200, 200):  # the bench endpoint says active for every token
             raise SystemExit(f"bearward-opaque does not introspect: {got}")
+        htu = f"http://127.0.0.1:{PORTS['bearward']}/api/check"
+        keys.proofs(f"{d}/one-proof.txt", 1, htu, dpop_token)
+        proof = open(f"{d}/one-proof.txt").read().strip()
+        got = (dpop_status(PORTS["bearward"], dpop_token, proof), dpop_status(PORTS["bearward"], dpop_token, proof))
+        print(f"  {'bearward-dpop':18} {got} (fresh proof, then the same again)")
+        if got != (200, 401):
+            raise SystemExit(f"bearward-dpop does not check proofs: {got}")
+        for name in ("nginx-tls", "bearward-tlsl"):
+            r = wrk(PORTS[name], 1, 1, f"Authorization: Bearer {rs}", scheme="https")
+            print(f"  {name:18} {r['requests']} requests over TLS, non-2xx {r['non2xx']}")
+            if r["non2xx"] or not r["requests"]:
+                raise SystemExit(f"{name} does not answer over TLS")
         print(f"  {'nginx (no check)':18} {(status(PORTS['nginx'], rs),)}")
 
         H = lambda t: f"Authorization: Bearer {t}"
@@ -485,6 +571,16 @@ def main():
             # An opaque token whose introspection answer is cached, against the cached JWT path
             # of the same process in the same round (bearward-jwt).
             "opaque-one": [("nginx", PORTS["nginx"], H(opaque), None), ("bearward", PORTS["bearward"], H(opaque), None),
+                           ("bearward-jwt", PORTS["bearward"], H(rs), None)],
+            # TLS termination with keep-alive, and one handshake per request (Connection: close).
+            "tls-listener": [("nginx", PORTS["nginx"], H(rs), None), ("nginx-tls", PORTS["nginx-tls"], H(rs), None),
+                             ("bearward-tlsl", PORTS["bearward-tlsl"], H(rs), None)],
+            "tls-handshake": [("nginx", PORTS["nginx"], [H(rs), "Connection: close"], None),
+                              ("nginx-tls-close", PORTS["nginx-tls"], [H(rs), "Connection: close"], None),
+                              ("bearward-tlsl-close", PORTS["bearward-tlsl"], [H(rs), "Connection: close"], None)],
+            # A fresh ES256 DPoP proof per request (pre-made, distinct jti), against the cached
+            # JWT path of the same process in the same round.
+            "dpop-es256": [("nginx", PORTS["nginx"], H(rs), None), ("bearward-dpop", PORTS["bearward"], None, f"{d}/dpop.lua"),
                            ("bearward-jwt", PORTS["bearward"], H(rs), None)],
             "no-token": [("nginx", PORTS["nginx"], None, None), ("haproxy", PORTS["haproxy"], None, None),
                          ("bearward", PORTS["bearward"], None, None)],
@@ -505,8 +601,12 @@ def main():
             for scen, cands in scenarios.items():
                 for name, port, header, script in cands:
                     pid = procs[PROC_OF.get(name, name)].pid
+                    if name == "bearward-dpop":
+                        # Enough fresh proofs for the run; each is good for one request.
+                        keys.proofs(f"{d}/proofs.txt", 40000 * args.duration, htu, dpop_token)
                     before = cpu_counters(pid)
-                    r = wrk(port, args.connections, args.duration, header, script)
+                    r = wrk(port, args.connections, args.duration, header, script,
+                            "https" if name in HTTPS else "http")
                     after = cpu_counters(pid)
                     per_req = lambda i: (after[i] - before[i]) / os.sysconf("SC_CLK_TCK") / r["requests"] * 1e6
                     r["usr_us"], r["sys_us"] = per_req(0), per_req(1)

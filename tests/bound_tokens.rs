@@ -650,3 +650,31 @@ async fn the_resource_metadata_advertises_dpop() {
     );
     let _ = Duration::ZERO;
 }
+
+#[tokio::test]
+async fn explain_shows_the_binding_and_what_a_request_must_bring() {
+    let s = start("", "").await;
+    let config =
+        bearward::config::Config::from_toml_str(&config(&s.up, &s.idp, "", ""), "t.toml").unwrap();
+    let client = Client::new(Key::p256());
+    let token = s.bound_token(json!({"jkt": client.jkt}));
+    let get = http::Method::GET;
+    let e = bearward::explain::explain_request(&config, &get, "/api/x", Some(&token)).await;
+    assert_eq!(e.reason, "bound_token", "{}", e.text);
+    assert!(
+        e.text
+            .contains("a DPoP proof by it is needed on each request")
+            && e.text.contains("Bearer scheme"),
+        "{}",
+        e.text
+    );
+    let (x5t, _) = cert_thumbprint("client");
+    let token = s.bound_token(json!({"x5t#S256": x5t}));
+    let e = bearward::explain::explain_request(&config, &get, "/api/x", Some(&token)).await;
+    assert_eq!(e.reason, "certificate_missing", "{}", e.text);
+    assert!(
+        e.text.contains("the request must come with it"),
+        "{}",
+        e.text
+    );
+}
