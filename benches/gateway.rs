@@ -113,6 +113,7 @@ fn bench(c: &mut Criterion) {
         watch: None,
         request_timer: Default::default(),
         tls: None,
+        decision: false,
     };
     let tok = format!("Bearer {}", token());
     let run = |gw: &Arc<bearward::gateway::Gateway>, path: &str, auth: Option<&str>| {

@@ -21,6 +21,18 @@ pub(super) struct FileConfig {
     pub forward: Option<Spanned<ForwardFile>>,
     pub cache: Option<Spanned<CacheFile>>,
     pub dpop: Option<Spanned<DpopFile>>,
+    pub decision: Option<Spanned<DecisionFile>>,
+}
+
+/// `[decision]`: the forward-auth / ext_authz listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DecisionFile {
+    pub listen: Spanned<String>,
+    pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
+    pub original_method_header: Option<Spanned<String>>,
+    pub original_uri_header: Option<Spanned<String>>,
+    pub envoy_path_prefix: Option<Spanned<String>>,
 }
 
 /// `[dpop]`: how DPoP proofs are checked.

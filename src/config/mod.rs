@@ -86,6 +86,8 @@ pub struct Config {
     pub cache: Option<CacheConfig>,
     /// `[dpop]`: how DPoP proofs are checked (RFC 9449).
     pub dpop: DpopConfig,
+    /// `[decision]`: the decision listener for ingresses, if configured.
+    pub decision: Option<DecisionConfig>,
     /// Things that are legal but probably wrong (a route that can never match).
     pub warnings: Vec<Problem>,
 }
@@ -264,6 +266,20 @@ pub const DEFAULT_INTROSPECTION_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_INTROSPECTION_MAX_IN_FLIGHT: usize = 32;
 /// Largest introspection answer read.
 pub const MAX_INTROSPECTION_ANSWER_BYTES: usize = 64 * 1024;
+
+/// `[decision]`, validated: bearward answering an ingress's auth subrequests (nginx
+/// `auth_request`, Caddy `forward_auth`, Traefik `ForwardAuth`, Envoy `ext_authz` over HTTP).
+#[derive(Debug, Clone)]
+pub struct DecisionConfig {
+    pub listen: SocketAddr,
+    /// Peers whose original-request headers are believed; everyone else gets 403.
+    pub trusted_proxies: Vec<IpNet>,
+    /// nginx: the headers `proxy_set_header` fills with `$request_method` and `$request_uri`.
+    pub method_header: HeaderName,
+    pub uri_header: HeaderName,
+    /// Envoy `ext_authz` (HTTP): the original path arrives appended to this prefix.
+    pub envoy_path_prefix: Option<String>,
+}
 
 /// `[dpop]`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]

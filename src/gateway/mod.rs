@@ -25,6 +25,7 @@
 //! served; identity headers go before auth so nothing the client sent can pass as a claim; no
 //! phase before `forward` can reach an upstream, so every rejection leaves it untouched.
 
+mod decision;
 mod phases;
 mod rejection;
 
@@ -60,6 +61,16 @@ pub struct ConnInfo {
     pub request_timer: RequestTimer,
     /// The connection's TLS, when it came in on a TLS listener.
     pub tls: Option<TlsInfo>,
+    /// It came in on the decision listener: its requests ask about another request.
+    pub decision: bool,
+}
+
+/// A decision's "yes": 200, no body, never cached by the ingress.
+fn allowed() -> Response<Body> {
+    let mut resp = Response::new(body::empty());
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 /// What the TLS handshake established for a connection.
@@ -274,6 +285,9 @@ impl Gateway {
         if !admitted {
             return Err(Rejection::Overloaded);
         }
+        if conn.decision {
+            return self.decide_for_ingress(req, conn, out).await;
+        }
         let framing = conn.watch.as_ref().zip(request_index);
         match self
             .decide(&mut req, framing, Some(conn), out, &mut Quiet)
@@ -282,6 +296,46 @@ impl Gateway {
             Decided::Answer(resp) => Ok(resp),
             Decided::Pass(pass) => self.forward(req, pass, conn, out).await,
         }
+    }
+
+    /// Decision mode: the same phases on the request the ingress describes; a pass is a 200
+    /// carrying the identity headers for the ingress to copy upstream, a refusal the answer
+    /// proxy mode would give, which the ingress passes to the client.
+    async fn decide_for_ingress(
+        &self,
+        req: Request<Body>,
+        conn: &ConnInfo,
+        out: &mut Outcome,
+    ) -> Result<Response<Body>, Rejection> {
+        let Some(cfg) = &self.config.decision else {
+            return Err(Rejection::Forbidden("decision_mode_off"));
+        };
+        if !forward::is_trusted(&cfg.trusted_proxies, &conn.peer) {
+            return Err(Rejection::Forbidden("untrusted_decision_peer"));
+        }
+        let mut original = decision::original_request(&req, cfg)?;
+        drop(req);
+        let pass = match self
+            .decide(&mut original, None, Some(conn), out, &mut Quiet)
+            .await?
+        {
+            // RFC 9728 metadata is public: the ingress may let it through.
+            Decided::Answer(_) => return Ok(allowed()),
+            Decided::Pass(pass) => pass,
+        };
+        let mut resp = allowed();
+        let h = resp.headers_mut();
+        if let Some(identity) = &pass.identity {
+            for (claim, name) in &self.config.forward.claim_headers {
+                if let Some(v) = identity.header_value(claim) {
+                    h.insert(name.clone(), v);
+                }
+            }
+        }
+        if let Some(v) = pass.audit {
+            h.insert(AUDIT_HEADER, v);
+        }
+        Ok(resp)
     }
 
     /// `forward`: rewrite the headers, send over a pooled connection, stream both ways.

@@ -23,6 +23,8 @@ pub enum Rejection {
     MethodNotAllowed(&'static str),
     /// 403: `auth = "deny"`.
     Denied,
+    /// 403 with a fixed reason: a decision request from a peer that may not ask.
+    Forbidden(&'static str),
     /// The token check said no.
     Auth(AuthError),
     /// The upstream failed.
@@ -53,6 +55,7 @@ impl Rejection {
             Rejection::NoRoute => "no_route",
             Rejection::MethodNotAllowed(_) => "method_not_allowed",
             Rejection::Denied => "route_denied",
+            Rejection::Forbidden(r) => r,
             Rejection::Auth(e) => e.reason(),
             Rejection::Proxy(e) => e.reason(),
             Rejection::Internal(r) => r,
@@ -67,7 +70,7 @@ impl Rejection {
             Rejection::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Rejection::NoRoute => StatusCode::NOT_FOUND,
             Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Rejection::Denied => StatusCode::FORBIDDEN,
+            Rejection::Denied | Rejection::Forbidden(_) => StatusCode::FORBIDDEN,
             Rejection::Auth(e) => e.status(),
             Rejection::Proxy(e) => e.status(),
             Rejection::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -31,6 +31,8 @@ pub(super) struct Conn {
     pub(super) slot: Held,
     /// The listener's `max_requests_in_flight`.
     pub(super) in_flight: InFlight,
+    /// It came in on the decision listener.
+    pub(super) decision: bool,
 }
 
 /// The HTTP/1 and HTTP/2 server settings, built once.
@@ -124,11 +126,17 @@ pub(super) fn serve_connection(
         peer,
         slot,
         in_flight,
+        decision,
     } = conn;
     let _ = stream.set_nodelay(true);
     // The TLS settings of the config in force when the connection arrived: a reload with a
-    // renewed certificate serves it to the next connection.
-    let tls = live.current().config.server.tls.clone();
+    // renewed certificate serves it to the next connection. The decision listener is plain
+    // HTTP: the ingress asking is on the same host or network.
+    let tls = if decision {
+        None
+    } else {
+        live.current().config.server.tls.clone()
+    };
     tokio::spawn(async move {
         let _slot = slot;
         let Drain { mut signal, _alive } = drain;
@@ -150,6 +158,7 @@ pub(super) fn serve_connection(
                     peer,
                     tls: None,
                     h2,
+                    decision,
                 };
                 serve_io(stream, io, &protocols, &live, &mut signal, in_flight).await
             }
@@ -161,6 +170,7 @@ pub(super) fn serve_connection(
                     peer,
                     h2: info.alpn_h2 && protocols.h2.is_some(),
                     tls: Some(info),
+                    decision,
                 };
                 serve_io(stream, io, &protocols, &live, &mut signal, in_flight).await
             }
@@ -179,6 +189,7 @@ struct Io {
     peer: SocketAddr,
     tls: Option<TlsInfo>,
     h2: bool,
+    decision: bool,
 }
 
 /// The TLS handshake, bounded by `tls_handshake_timeout`, counted by outcome.
@@ -232,13 +243,18 @@ async fn serve_io<I>(
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let Io { peer, tls, h2 } = io;
+    let Io {
+        peer,
+        tls,
+        h2,
+        decision,
+    } = io;
     match protocols.h2.as_ref().filter(|_| h2) {
         Some(h2) => {
             let watch = Watch::for_h2();
             let conn = h2.serve_connection(
                 TokioIo::new(stream),
-                gateway_service(live, peer, tls, Some(watch.clone()), in_flight),
+                gateway_service(live, peer, tls, decision, Some(watch.clone()), in_flight),
             );
             let bounds = (protocols.header_read_timeout, protocols.send_timeout);
             until_done_or_idle(
@@ -262,7 +278,7 @@ where
                 .h1
                 .serve_connection(
                     TokioIo::new(guarded),
-                    gateway_service(live, peer, tls, Some(head_watch), in_flight),
+                    gateway_service(live, peer, tls, decision, Some(head_watch), in_flight),
                 )
                 .with_upgrades();
             until_done(
@@ -304,6 +320,7 @@ fn gateway_service(
     live: &Arc<Live>,
     peer: SocketAddr,
     tls: Option<TlsInfo>,
+    decision: bool,
     watch: Option<Watch>,
     in_flight: InFlight,
 ) -> impl hyper::service::Service<
@@ -320,6 +337,7 @@ fn gateway_service(
         watch,
         request_timer: Default::default(),
         tls,
+        decision,
     });
     let live = live.clone();
     service_fn(move |req: Request<Incoming>| {

@@ -26,6 +26,8 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 pub struct Server {
     listener: TcpListener,
     admin: Option<TcpListener>,
+    /// `[decision] listen`: the ingresses' forward-auth / ext_authz listener.
+    decision: Option<TcpListener>,
     live: Arc<Live>,
 }
 
@@ -38,6 +40,10 @@ impl Server {
             Some(a) => Some(TcpListener::bind(a).await?),
             None => None,
         };
+        let decision = match &config.decision {
+            Some(d) => Some(TcpListener::bind(d.listen).await?),
+            None => None,
+        };
         let live = Arc::new(Live {
             metrics: gateway.metrics.clone(),
             current: ArcSwap::new(gateway),
@@ -46,6 +52,7 @@ impl Server {
         Ok(Server {
             listener,
             admin,
+            decision,
             live,
         })
     }
@@ -63,6 +70,11 @@ impl Server {
     /// The gateway in force now.
     pub fn gateway(&self) -> Arc<Gateway> {
         self.live.current()
+    }
+
+    /// The decision listener's address, if configured.
+    pub fn decision_addr(&self) -> Option<SocketAddr> {
+        self.decision.as_ref().and_then(|a| a.local_addr().ok())
     }
 
     /// The admin listener's address, if configured.
@@ -90,6 +102,17 @@ impl Server {
             config.server.max_requests_in_flight,
         );
         let mut last_warned: Option<tokio::time::Instant> = None;
+        let decision_task = self.decision.map(|listener| {
+            tokio::spawn(decision_loop(
+                listener,
+                protocols.clone(),
+                self.live.clone(),
+                drain_signal.subscribe(),
+                alive.clone(),
+                slots.clone(),
+                in_flight.clone(),
+            ))
+        });
         tokio::pin!(shutdown);
         loop {
             // A slot first, then accept: at the limit the listener is not polled, so new
@@ -126,13 +149,16 @@ impl Server {
                     };
                     let drain = Drain { signal: drain_signal.subscribe(), _alive: alive.clone() };
                     let slot = Held::new(slot, &metrics.connections_open);
-                    let conn = Conn { stream, peer, slot, in_flight: in_flight.clone() };
+                    let conn = Conn { stream, peer, slot, in_flight: in_flight.clone(), decision: false };
                     serve_connection(protocols.clone(), drain, conn, self.live.clone());
                 }
                 _ = &mut shutdown => break,
             }
         }
         drop(self.listener);
+        if let Some(t) = &decision_task {
+            t.abort();
+        }
         tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: no new connections; draining");
         let _ = drain_signal.send(true);
         drop(alive);
@@ -146,6 +172,47 @@ impl Server {
             t.abort();
         }
         Ok(())
+    }
+}
+
+/// The decision listener's accept loop: its connections share `max_connections` and
+/// `max_requests_in_flight` with the proxy listener's, and drain with them.
+async fn decision_loop(
+    listener: TcpListener,
+    protocols: Arc<Protocols>,
+    live: Arc<Live>,
+    signal: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+    slots: Arc<Semaphore>,
+    in_flight: InFlight,
+) {
+    let metrics = live.metrics.clone();
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                metrics.accept_errors.inc();
+                tracing::warn!(error = %e, "decision listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let drain = Drain {
+            signal: signal.clone(),
+            _alive: alive.clone(),
+        };
+        let slot = Held::new(slot, &metrics.connections_open);
+        let conn = Conn {
+            stream,
+            peer,
+            slot,
+            in_flight: in_flight.clone(),
+            decision: true,
+        };
+        serve_connection(protocols.clone(), drain, conn, live.clone());
     }
 }
 

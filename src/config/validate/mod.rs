@@ -155,6 +155,7 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
     route_issuers(&mut cx, &file, &mut routes, &issuers);
     let cache = cache(&mut cx, file.cache.as_ref());
     let dpop = dpop(&mut cx, file.dpop.as_ref(), file.cache.as_ref());
+    let decision = decision(&mut cx, file.decision.as_ref(), &server);
 
     let forward = forward(&mut cx, file.forward.as_ref());
     if let Some(n) = &file.server.get_ref().token_cache_entries {
@@ -200,6 +201,7 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
             .map_or(DEFAULT_TOKEN_CACHE_ENTRIES, |n| *n.get_ref()),
         cache,
         dpop,
+        decision,
         warnings,
     })
 }
@@ -401,6 +403,92 @@ fn cache(cx: &mut Ctx<'_>, f: Option<&Spanned<super::file::CacheFile>>) -> Optio
             (Duration::from_millis(1), Duration::from_secs(10)),
         ),
         key_prefix,
+    })
+}
+
+/// `[decision]`: its listener, who may ask, and where the original request is read from.
+fn decision(
+    cx: &mut Ctx<'_>,
+    f: Option<&Spanned<super::file::DecisionFile>>,
+    server: &ServerConfig,
+) -> Option<DecisionConfig> {
+    let f = f?.get_ref();
+    let listen = server::socket_addr(cx, &f.listen, "decision.listen")?;
+    if listen == server.listen && listen.port() != 0 {
+        cx.err(
+            f.listen.span(),
+            "decision.listen",
+            "is the proxy listener's address",
+        );
+    }
+    let trusted_proxies = match &f.trusted_proxies {
+        None => vec![
+            "127.0.0.0/8".parse().expect("a CIDR"),
+            "::1/128".parse().expect("a CIDR"),
+        ],
+        Some(list) => {
+            let mut nets = Vec::new();
+            for (i, p) in list.get_ref().iter().enumerate() {
+                let raw = p.get_ref().trim();
+                match IpNet::from_str(raw)
+                    .or_else(|_| std::net::IpAddr::from_str(raw).map(IpNet::from))
+                {
+                    Ok(n) => nets.push(n),
+                    Err(_) => cx.err(
+                        p.span(),
+                        &format!("decision.trusted_proxies[{i}]"),
+                        format!("{raw:?} is not an IP address or CIDR block"),
+                    ),
+                }
+            }
+            nets
+        }
+    };
+    let header =
+        |v: &Option<Spanned<String>>, key: &str, default: &'static str, cx: &mut Ctx<'_>| {
+            let Some(v) = v else {
+                return HeaderName::from_static(default);
+            };
+            HeaderName::from_str(v.get_ref()).unwrap_or_else(|_| {
+                cx.err(
+                    v.span(),
+                    key,
+                    format!("{:?} is not a header name", v.get_ref()),
+                );
+                HeaderName::from_static(default)
+            })
+        };
+    let method_header = header(
+        &f.original_method_header,
+        "decision.original_method_header",
+        "x-original-method",
+        cx,
+    );
+    let uri_header = header(
+        &f.original_uri_header,
+        "decision.original_uri_header",
+        "x-original-uri",
+        cx,
+    );
+    let envoy_path_prefix = f.envoy_path_prefix.as_ref().and_then(|p| {
+        let v = p.get_ref().trim_end_matches('/');
+        if v.starts_with('/') && !v.contains(['?', '#', '%']) && v.len() > 1 {
+            Some(v.to_owned())
+        } else {
+            cx.err(
+                p.span(),
+                "decision.envoy_path_prefix",
+                "must be an absolute path such as \"/ext_authz\"",
+            );
+            None
+        }
+    });
+    Some(DecisionConfig {
+        listen,
+        trusted_proxies,
+        method_header,
+        uri_header,
+        envoy_path_prefix,
     })
 }
 

@@ -1,0 +1,232 @@
+//! Decision mode: an ingress asks whether a request may pass (nginx `auth_request`, Caddy
+//! `forward_auth`, Traefik `ForwardAuth`, Envoy `ext_authz` over HTTP), and bearward answers
+//! with the proxy's own phases run on the request the ingress describes.
+//!
+//! The original request is rebuilt from what the ingress sends, and only from a trusted peer:
+//! - nginx: `X-Original-Method` and `X-Original-URI` (names configurable), the client's
+//!   headers as they are (nginx passes them to the subrequest);
+//! - Caddy and Traefik: `X-Forwarded-Method`, `X-Forwarded-Uri`, `X-Forwarded-Host`;
+//! - Envoy `ext_authz` (HTTP service): the original path appended to `envoy_path_prefix`, the
+//!   original method and headers as the request's own.
+//!
+//! Each original-request header must appear once (two values: 400, so the ingress and bearward
+//! cannot read different ones); no original URI at all is a 400, never a fallback to the
+//! decision request's own path (oauth2-proxy's CVE-2026-40575 trusted a client-sent one). The
+//! URI then goes through the same target checks and canonical path as proxy mode.
+
+use super::Rejection;
+use crate::body::{self, Body};
+use crate::config::DecisionConfig;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Uri, Version};
+
+const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The one value of `name`, if any; two are a 400.
+fn one<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'a HeaderValue>, Rejection> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(v), None) => Ok(Some(v)),
+        (Some(_), Some(_)) => Err(Rejection::BadRequest("ambiguous_original_request")),
+    }
+}
+
+/// The request the ingress asks about, built from its decision request.
+pub(super) fn original_request(
+    req: &Request<Body>,
+    cfg: &DecisionConfig,
+) -> Result<Request<Body>, Rejection> {
+    let h = req.headers();
+    let method_of = |v: Option<&HeaderValue>| -> Result<Method, Rejection> {
+        match v {
+            None => Ok(req.method().clone()),
+            Some(v) => Method::from_bytes(v.as_bytes())
+                .map_err(|_| Rejection::BadRequest("invalid_original_method")),
+        }
+    };
+    let (method, target, host, drop): (Method, String, Option<&HeaderValue>, &[&HeaderName]) =
+        if let Some(uri) = one(h, &cfg.uri_header)? {
+            (
+                method_of(one(h, &cfg.method_header)?)?,
+                text(uri)?,
+                None,
+                &[&cfg.uri_header, &cfg.method_header],
+            )
+        } else if let Some(uri) = one(h, &X_FORWARDED_URI)? {
+            (
+                method_of(one(h, &X_FORWARDED_METHOD)?)?,
+                text(uri)?,
+                one(h, &X_FORWARDED_HOST)?,
+                &[&X_FORWARDED_URI, &X_FORWARDED_METHOD],
+            )
+        } else if let Some(rest) = cfg
+            .envoy_path_prefix
+            .as_deref()
+            .and_then(|p| req.uri().path().strip_prefix(p))
+            .filter(|r| r.starts_with('/'))
+        {
+            let target = match req.uri().query() {
+                Some(q) => format!("{rest}?{q}"),
+                None => rest.to_owned(),
+            };
+            (req.method().clone(), target, None, &[])
+        } else {
+            return Err(Rejection::BadRequest("missing_original_uri"));
+        };
+    // Origin-form only: an absolute URI would name a host of the client's choosing.
+    if !target.starts_with('/') {
+        return Err(Rejection::BadRequest("invalid_original_uri"));
+    }
+    let uri: Uri = target
+        .parse()
+        .map_err(|_| Rejection::BadRequest("invalid_original_uri"))?;
+    let mut original = Request::new(body::empty());
+    *original.method_mut() = method;
+    *original.uri_mut() = uri;
+    *original.version_mut() = Version::HTTP_11;
+    let headers = original.headers_mut();
+    for (name, value) in h {
+        if !drop.contains(&name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    // HTTP/2 carries the host in :authority, which a decision request over HTTP/2 has in its URI.
+    if !headers.contains_key(header::HOST) {
+        if let Some(a) = req.uri().authority() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                headers.insert(header::HOST, v);
+            }
+        }
+    }
+    if let Some(host) = host {
+        headers.insert(header::HOST, host.clone());
+    }
+    // A body is never forwarded from here; what the ingress sent of one says nothing.
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::TRANSFER_ENCODING);
+    Ok(original)
+}
+
+fn text(v: &HeaderValue) -> Result<String, Rejection> {
+    v.to_str()
+        .map(str::to_owned)
+        .map_err(|_| Rejection::BadRequest("invalid_original_uri"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> DecisionConfig {
+        DecisionConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            trusted_proxies: vec![],
+            method_header: HeaderName::from_static("x-original-method"),
+            uri_header: HeaderName::from_static("x-original-uri"),
+            envoy_path_prefix: Some("/ext_authz".into()),
+        }
+    }
+
+    fn req(path: &str, headers: &[(&str, &str)]) -> Request<Body> {
+        let mut r = Request::get(path).header("host", "auth.local");
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(body::empty()).unwrap()
+    }
+
+    fn reason(r: Result<Request<Body>, Rejection>) -> &'static str {
+        r.err().map_or("ok", |e| e.reason())
+    }
+
+    /// What each ingress documents sending (nginx auth_request with the deploy/ config, Caddy
+    /// forward_auth, Traefik ForwardAuth, Envoy ext_authz HTTP with path_prefix).
+    #[test]
+    fn each_ingress_shape_gives_the_original_request() {
+        let nginx = original_request(
+            &req(
+                "/auth",
+                &[
+                    ("x-original-method", "POST"),
+                    ("x-original-uri", "/api/a?x=1"),
+                    ("authorization", "Bearer t"),
+                ],
+            ),
+            &cfg(),
+        )
+        .unwrap();
+        assert_eq!(
+            (nginx.method().as_str(), nginx.uri().to_string().as_str()),
+            ("POST", "/api/a?x=1")
+        );
+        assert_eq!(nginx.headers()["authorization"], "Bearer t");
+        assert!(!nginx.headers().contains_key("x-original-uri"));
+        assert_eq!(nginx.headers()["host"], "auth.local");
+
+        // Caddy and Traefik: X-Forwarded-Method/Uri/Host (and -Proto, -For).
+        let caddy = original_request(
+            &req(
+                "/",
+                &[
+                    ("x-forwarded-method", "DELETE"),
+                    ("x-forwarded-uri", "/api/b"),
+                    ("x-forwarded-host", "api.example.com"),
+                    ("x-forwarded-proto", "https"),
+                ],
+            ),
+            &cfg(),
+        )
+        .unwrap();
+        assert_eq!(
+            (caddy.method().as_str(), caddy.uri().path()),
+            ("DELETE", "/api/b")
+        );
+        assert_eq!(caddy.headers()["host"], "api.example.com");
+
+        // Envoy: the prefix, then the original path and query; method and headers as sent.
+        let envoy = original_request(&req("/ext_authz/api/c?q=2", &[]), &cfg()).unwrap();
+        assert_eq!(envoy.uri().to_string(), "/api/c?q=2");
+        assert_eq!(
+            reason(original_request(&req("/ext_authzapi", &[]), &cfg())),
+            "missing_original_uri"
+        );
+    }
+
+    #[test]
+    fn missing_doubled_or_absolute_originals_are_refused() {
+        assert_eq!(
+            reason(original_request(&req("/api/x", &[]), &cfg())),
+            "missing_original_uri"
+        );
+        let mut two = req("/", &[("x-original-uri", "/a")]);
+        two.headers_mut()
+            .append("x-original-uri", HeaderValue::from_static("/b"));
+        assert_eq!(
+            reason(original_request(&two, &cfg())),
+            "ambiguous_original_request"
+        );
+        assert_eq!(
+            reason(original_request(
+                &req("/", &[("x-original-uri", "http://evil/api")]),
+                &cfg()
+            )),
+            "invalid_original_uri"
+        );
+        assert_eq!(
+            reason(original_request(
+                &req(
+                    "/",
+                    &[("x-original-uri", "/a"), ("x-original-method", "G(T")]
+                ),
+                &cfg()
+            )),
+            "invalid_original_method"
+        );
+    }
+}

@@ -1,0 +1,402 @@
+//! Decision mode end to end: a real nginx (`auth_request`) and a real Caddy (`forward_auth`),
+//! both Debian's, started here on loopback ports in front of a recording upstream, asking
+//! bearward's decision listener; and the same table of requests through proxy mode, which must
+//! get the same answers. `.ci/run` installs nginx and caddy; without them these tests fail.
+
+mod common;
+
+use common::idp::*;
+use common::*;
+use http::StatusCode;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// bearward with a proxy listener and a decision listener on the same policy.
+fn config(up: &Upstream, idp: &Idp, decision: u16, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[decision]
+listen = "127.0.0.1:{decision}"
+{extra}
+
+[[issuers]]
+issuer = "{}"
+discovery = true
+audiences = ["https://api.test"]
+algorithms = ["RS256"]
+
+[upstreams.app]
+url = "{}"
+
+[forward]
+claim_headers = {{ sub = "X-Auth-Subject", scope = "X-Auth-Scopes" }}
+
+[[routes]]
+prefix = "/public"
+upstream = "app"
+auth = "none"
+
+[[routes]]
+prefix = "/api/admin"
+scopes = ["admin"]
+upstream = "app"
+
+[[routes]]
+prefix = "/api"
+scopes = ["read"]
+upstream = "app"
+
+[[routes]]
+prefix = "/audit"
+scopes = ["admin"]
+mode = "audit"
+upstream = "app"
+"#,
+        idp.issuer(),
+        up.url()
+    )
+}
+
+struct Ingress {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Ingress {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn wait_port(port: u16) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("nothing listens on {port}");
+}
+
+/// nginx with `auth_request` to the decision listener, as deploy/decision/nginx.conf has it.
+async fn nginx(decision: u16, upstream: &str) -> Ingress {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("bearward-nginx-{port}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = std::fs::read_to_string("deploy/decision/nginx.conf")
+        .unwrap()
+        .replace("listen 8080;", &format!("listen 127.0.0.1:{port};"))
+        .replace("127.0.0.1:8081", &format!("127.0.0.1:{decision}"))
+        .replace("127.0.0.1:3000", upstream.trim_start_matches("http://").trim_end_matches('/'))
+        .replace(
+            "/var/run/nginx-bearward.pid",
+            &format!("{}/nginx.pid", dir.display()),
+        )
+        .replace(
+            "/var/log/nginx/bearward-error.log",
+            &format!("{}/error.log", dir.display()),
+        )
+        .replace("/var/lib/nginx/bearward", &dir.display().to_string());
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let child = Command::new("nginx")
+        .args([
+            "-c",
+            &dir.join("nginx.conf").display().to_string(),
+            "-g",
+            "daemon off;",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx is not installed: apt-get install nginx (.ci/run does)");
+    wait_port(port).await;
+    Ingress { child, port, dir }
+}
+
+/// Caddy with `forward_auth` to the decision listener, as deploy/decision/Caddyfile has it.
+async fn caddy(decision: u16, upstream: &str) -> Ingress {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("bearward-caddy-{port}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = std::fs::read_to_string("deploy/decision/Caddyfile")
+        .unwrap()
+        .replace(":8080", &format!("http://127.0.0.1:{port}"))
+        .replace("127.0.0.1:8081", &format!("127.0.0.1:{decision}"))
+        .replace(
+            "127.0.0.1:3000",
+            upstream.trim_start_matches("http://").trim_end_matches('/'),
+        );
+    std::fs::write(dir.join("Caddyfile"), conf).unwrap();
+    let child = Command::new("caddy")
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(dir.join("Caddyfile"))
+        .env("HOME", &dir)
+        .env("XDG_DATA_HOME", &dir)
+        .env("XDG_CONFIG_HOME", &dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("caddy is not installed: apt-get install caddy (.ci/run does)");
+    wait_port(port).await;
+    Ingress { child, port, dir }
+}
+
+struct Case {
+    why: &'static str,
+    path: &'static str,
+    token: Option<String>,
+    status: StatusCode,
+}
+
+fn table(mint: &Minter, key: &Key) -> Vec<Case> {
+    let read = mint.token(key, "read");
+    let admin = mint.token(key, "read admin");
+    let c = |why, path, token: Option<&String>, status| Case {
+        why,
+        path,
+        token: token.cloned(),
+        status,
+    };
+    vec![
+        c("public", "/public/x", None, StatusCode::OK),
+        c("no token", "/api/x", None, StatusCode::UNAUTHORIZED),
+        c("read token", "/api/x", Some(&read), StatusCode::OK),
+        c(
+            "read token, admin route",
+            "/api/admin/x",
+            Some(&read),
+            StatusCode::FORBIDDEN,
+        ),
+        c(
+            "admin token, admin route",
+            "/api/admin/x",
+            Some(&admin),
+            StatusCode::OK,
+        ),
+        c(
+            "dot segments into admin",
+            "/api/x/../admin/y",
+            Some(&read),
+            StatusCode::FORBIDDEN,
+        ),
+        c(
+            "encoded slash",
+            "/api%2Fadmin/y",
+            Some(&read),
+            StatusCode::BAD_REQUEST,
+        ),
+        c(
+            "semicolon parameter",
+            "/api/admin;x=1/y",
+            Some(&read),
+            StatusCode::BAD_REQUEST,
+        ),
+        c(
+            "query never routes",
+            "/api/x?/api/admin",
+            Some(&read),
+            StatusCode::OK,
+        ),
+        c(
+            "bad token",
+            "/api/x",
+            Some(&"e30.e30.e30".to_owned()),
+            StatusCode::UNAUTHORIZED,
+        ),
+        c("audit mode", "/audit/x", Some(&read), StatusCode::OK),
+    ]
+}
+
+async fn run_table(c: &HttpClient, base: &str, cases: &[Case], mode: &str) -> Vec<StatusCode> {
+    let mut got = Vec::new();
+    for case in cases {
+        let mut h = vec![("x-auth-subject".to_owned(), "spoofed".to_owned())];
+        if let Some(t) = &case.token {
+            h.push(("authorization".to_owned(), format!("Bearer {t}")));
+        }
+        let hv: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let a = get(c, &format!("{base}{}", case.path), &hv).await;
+        assert_eq!(a.status, case.status, "{mode}: {}: {}", case.why, a.body);
+        if a.status == StatusCode::UNAUTHORIZED {
+            assert!(
+                a.headers
+                    .get("www-authenticate")
+                    .is_some_and(|v| v.to_str().unwrap().starts_with("Bearer realm=\"bearward\"")),
+                "{mode}: {}: the challenge did not reach the client",
+                case.why
+            );
+        }
+        if case.status == StatusCode::FORBIDDEN {
+            let www = a.headers["www-authenticate"].to_str().unwrap();
+            assert!(
+                www.contains("error=\"insufficient_scope\""),
+                "{mode}: {www}"
+            );
+        }
+        got.push(a.status);
+    }
+    got
+}
+
+#[tokio::test]
+async fn nginx_and_caddy_get_the_decisions_proxy_mode_gives() {
+    let key = Key::rsa1();
+    let idp = Idp::start(&[&key]).await;
+    let up = Upstream::start().await;
+    let dport = free_port();
+    let gw = Gateway::start(&config(&up, &idp, dport, "")).await;
+    wait_ready(&gw).await;
+    let mint = idp.minter("https://api.test");
+    let cases = table(&mint, &key);
+    let c = client();
+
+    let proxy = run_table(&c, &format!("http://{}", gw.addr), &cases, "proxy").await;
+    let forwarded = up.count();
+    assert_eq!(
+        forwarded,
+        cases.iter().filter(|k| k.status == StatusCode::OK).count()
+    );
+    for seen in up.seen() {
+        assert_ne!(
+            seen.headers
+                .get("x-auth-subject")
+                .map(|v| v.to_str().unwrap()),
+            Some("spoofed")
+        );
+    }
+
+    let ng = nginx(dport, &up.url()).await;
+    let via_nginx = run_table(
+        &c,
+        &format!("http://127.0.0.1:{}", ng.port),
+        &cases,
+        "nginx",
+    )
+    .await;
+    assert_eq!(
+        via_nginx, proxy,
+        "nginx auth_request and proxy mode disagree"
+    );
+    let cd = caddy(dport, &up.url()).await;
+    let via_caddy = run_table(
+        &c,
+        &format!("http://127.0.0.1:{}", cd.port),
+        &cases,
+        "caddy",
+    )
+    .await;
+    assert_eq!(
+        via_caddy, proxy,
+        "caddy forward_auth and proxy mode disagree"
+    );
+
+    // What reached the upstream through the ingresses: the allowed requests only, with the
+    // identity bearward answered and never the client's own copy.
+    let seen = up.seen();
+    assert_eq!(seen.len(), forwarded * 3);
+    for s in &seen[forwarded..] {
+        let subject = s
+            .headers
+            .get("x-auth-subject")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_ne!(
+            subject.as_deref(),
+            Some("spoofed"),
+            "{}: a client-sent identity reached the upstream",
+            s.uri
+        );
+        if s.uri.starts_with("/api") {
+            assert_eq!(subject.as_deref(), Some("user-42"), "{}", s.uri);
+        }
+    }
+
+    // Decisions are counted and logged as proxy-mode requests are, by route and reason.
+    let m = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
+        .await
+        .body;
+    assert!(metric(&m, "bearward_requests_total{route=\"/api/admin*\",status=\"403\",decision=\"deny\",reason=\"insufficient_scope\"}") >= 3.0, "{m}");
+}
+
+#[tokio::test]
+async fn original_request_headers_count_only_from_trusted_peers() {
+    let key = Key::rsa1();
+    let idp = Idp::start(&[&key]).await;
+    let up = Upstream::start().await;
+    let dport = free_port();
+    // Nobody is trusted: loopback itself is left out.
+    let gw = Gateway::start(&config(
+        &up,
+        &idp,
+        dport,
+        "trusted_proxies = [\"10.0.0.0/8\"]",
+    ))
+    .await;
+    wait_ready(&gw).await;
+    let c = client();
+    let read = idp.minter("https://api.test").token(&key, "read");
+    let a = get(
+        &c,
+        &format!("http://127.0.0.1:{dport}/auth"),
+        &[
+            ("x-original-uri", "/public/x"),
+            ("authorization", &format!("Bearer {read}")),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+    let m = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
+        .await
+        .body;
+    assert!(m.contains("reason=\"untrusted_decision_peer\""), "{m}");
+
+    // Trusted (the default, loopback), but asking without an original URI, or with two.
+    let dport = free_port();
+    let gw = Gateway::start(&config(&up, &idp, dport, "")).await;
+    wait_ready(&gw).await;
+    let url = format!("http://127.0.0.1:{dport}/public/x");
+    let a = get(&c, &url, &[]).await;
+    assert_eq!(
+        a.status,
+        StatusCode::BAD_REQUEST,
+        "no fallback to the decision request's own path"
+    );
+    let a = send(
+        &c,
+        "GET",
+        &format!("http://127.0.0.1:{dport}/auth"),
+        &[
+            ("x-original-uri", "/public/x"),
+            ("x-original-uri", "/api/x"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    let a = get(
+        &c,
+        &format!("http://127.0.0.1:{dport}/auth"),
+        &[("x-original-uri", "/public/x")],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(up.count(), 0, "a decision never reaches the upstream");
+    drop(gw);
+}
