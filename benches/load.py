@@ -52,7 +52,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ISSUER = "https://idp.bench"
 AUDIENCE = "https://api.bench"
 PORTS = {"upstream": 18080, "nginx": 18081, "haproxy": 18082, "haproxy-es": 18083, "bearward": 18084, "bearward-nocache": 18085,
-         "bearward-b": 18086, "bearward-tls": 18087, "nginx-tls": 18089, "bearward-tlsl": 18090}
+         "bearward-b": 18086, "bearward-tls": 18087, "nginx-tls": 18089, "bearward-tlsl": 18090,
+         "bearward-decision": 18091, "nginx-auth": 18092}
 UPSTREAM_TLS_PORT = 18088
 TLS_FIXTURES = os.path.join(ROOT, "tests", "fixtures", "tls")
 WRK_CPU, SERVER_CPU = "0", "1"
@@ -490,6 +491,18 @@ def main():
     open(f"{d}/haproxy.cfg", "w").write(HAPROXY.format(frontends=fronts, up=PORTS["upstream"]))
     binaries = {"bearward": args.bearward, "bearward-nocache": args.bearward, "bearward-tlsl": args.bearward}
     open(f"{d}/nginx-tls.conf", "w").write(NGINX_TLS_PROXY.format(dir=d, port=PORTS["nginx-tls"], up=PORTS["upstream"], tls=TLS_FIXTURES))
+    # nginx + auth_request to bearward's decision listener: deploy/decision/nginx.conf as shipped.
+    os.makedirs(f"{d}/nginx-auth", exist_ok=True)
+    auth_conf = (open(os.path.join(ROOT, "deploy", "decision", "nginx.conf")).read()
+                 .replace("listen 8080;", f"listen 127.0.0.1:{PORTS['nginx-auth']} backlog=4096;")
+                 .replace("127.0.0.1:8081", f"127.0.0.1:{PORTS['bearward-decision']}")
+                 .replace("127.0.0.1:3000", f"127.0.0.1:{PORTS['upstream']}")
+                 .replace("/var/run/nginx-bearward.pid", f"{d}/nginx-auth.pid")
+                 .replace("/var/log/nginx/bearward-error.log", f"{d}/nginx-auth.err")
+                 .replace("/var/lib/nginx/bearward", f"{d}/nginx-auth")
+                 .replace("worker_connections 1024;", "worker_connections 4096;")
+                 .replace("keepalive 16;", "keepalive 64;"))
+    open(f"{d}/nginx-auth.conf", "w").write(auth_conf)
     if args.compare:
         binaries["bearward-b"] = args.compare
     else:
@@ -505,6 +518,8 @@ def main():
         cache = 0 if name == "bearward-nocache" else 10000
         conf = BEARWARD.format(port=PORTS[name], cache=cache, issuer=ISSUER, audience=AUDIENCE, dir=d, up=PORTS["upstream"])
         conf = conf.replace('algorithms = ["RS256", "ES256"]\n', OPAQUE_ISSUER.format(dir=d, up=PORTS["upstream"]))
+        if name == "bearward":
+            conf = conf.replace("[[issuers]]", f'[decision]\nlisten = "127.0.0.1:{PORTS["bearward-decision"]}"\n\n[[issuers]]', 1)
         if name == "bearward-tlsl":
             conf = conf.replace("access_log = false", f'access_log = false\ntls_cert_file = "{TLS_FIXTURES}/server.pem"\ntls_key_file = "{TLS_FIXTURES}/server-key.pem"')
         if name == "bearward-tls":
@@ -521,6 +536,7 @@ def main():
         procs["nginx"] = start([nginx, "-c", f"{d}/nginx.conf", "-g", "daemon off;"], SERVER_CPU)
         procs["haproxy"] = start([haproxy, "-f", f"{d}/haproxy.cfg"], SERVER_CPU)
         procs["nginx-tls"] = start([nginx, "-c", f"{d}/nginx-tls.conf", "-g", "daemon off;"], SERVER_CPU)
+        procs["nginx-auth"] = start([nginx, "-c", f"{d}/nginx-auth.conf", "-g", "daemon off;"], SERVER_CPU)
         for name, binary in binaries.items():
             procs[name] = start([binary, "--config", f"{d}/{name}.toml"], SERVER_CPU, env={**os.environ, "RUST_LOG": "warn"})
         for name, p in PORTS.items():
@@ -556,6 +572,10 @@ def main():
             print(f"  {name:18} {r['requests']} requests over TLS, non-2xx {r['non2xx']}")
             if r["non2xx"] or not r["requests"]:
                 raise SystemExit(f"{name} does not answer over TLS")
+        got = (status(PORTS["nginx-auth"], rs), status(PORTS["nginx-auth"], None), status(PORTS["nginx-auth"], tampered))
+        print(f"  {'nginx-auth':18} {got}")
+        if got != (200, 401, 401):
+            raise SystemExit(f"nginx + auth_request to bearward does not enforce the policy: {got}")
         print(f"  {'nginx (no check)':18} {(status(PORTS['nginx'], rs),)}")
 
         H = lambda t: f"Authorization: Bearer {t}"
@@ -582,6 +602,10 @@ def main():
             # JWT path of the same process in the same round.
             "dpop-es256": [("nginx", PORTS["nginx"], H(rs), None), ("bearward-dpop", PORTS["bearward"], None, f"{d}/dpop.lua"),
                            ("bearward-jwt", PORTS["bearward"], H(rs), None)],
+            # nginx asking bearward's decision listener (auth_request) against nginx alone and
+            # bearward in proxy mode; nginx-auth's CPU columns are nginx's only.
+            "decision": [("nginx", PORTS["nginx"], H(rs), None), ("nginx-auth", PORTS["nginx-auth"], H(rs), None),
+                         ("bearward", PORTS["bearward"], H(rs), None)],
             "no-token": [("nginx", PORTS["nginx"], None, None), ("haproxy", PORTS["haproxy"], None, None),
                          ("bearward", PORTS["bearward"], None, None)],
         }

@@ -303,14 +303,19 @@ pub async fn explain_request(
             }
         }
         Ok(Decided::Pass(pass)) => {
-            let upstream = &config.upstreams[pass.route.upstream];
-            p.line(
-                "forward",
-                format_args!(
-                    "to upstream \"{}\" ({}://{})",
-                    upstream.name, upstream.scheme, upstream.authority
+            match pass.route.upstream.map(|u| &config.upstreams[u]) {
+                Some(upstream) => p.line(
+                    "forward",
+                    format_args!(
+                        "to upstream \"{}\" ({}://{})",
+                        upstream.name, upstream.scheme, upstream.authority
+                    ),
                 ),
-            );
+                None => p.line(
+                    "forward",
+                    format_args!("no upstream: the decision listener answers 200 for this route"),
+                ),
+            }
             if let Some(note) = pass.audit.as_ref().and_then(|v| v.to_str().ok()) {
                 let _ = writeln!(p.out, "           X-Bearward-Audit: {note}");
             }

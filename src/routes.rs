@@ -101,8 +101,9 @@ pub struct Route {
     pub matcher: PathMatch,
     /// Allowed methods; `None` means any.
     pub methods: Option<Vec<Method>>,
-    /// Index into the config's upstream list.
-    pub upstream: usize,
+    /// Index into the config's upstream list; `None`: a route the decision listener answers
+    /// for, which the proxy listener has nowhere to send.
+    pub upstream: Option<usize>,
     /// The policy.
     pub auth: AuthMode,
     /// Every one of these scopes is needed.
@@ -287,7 +288,7 @@ impl Route {
             name: "r".into(),
             matcher,
             methods: None,
-            upstream: 0,
+            upstream: Some(0),
             auth: AuthMode::None,
             scopes: vec![],
             scopes_any: vec![],

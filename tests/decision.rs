@@ -105,7 +105,10 @@ async fn nginx(decision: u16, upstream: &str) -> Ingress {
         .unwrap()
         .replace("listen 8080;", &format!("listen 127.0.0.1:{port};"))
         .replace("127.0.0.1:8081", &format!("127.0.0.1:{decision}"))
-        .replace("127.0.0.1:3000", upstream.trim_start_matches("http://").trim_end_matches('/'))
+        .replace(
+            "127.0.0.1:3000",
+            upstream.trim_start_matches("http://").trim_end_matches('/'),
+        )
         .replace(
             "/var/run/nginx-bearward.pid",
             &format!("{}/nginx.pid", dir.display()),
@@ -399,4 +402,72 @@ async fn original_request_headers_count_only_from_trusted_peers() {
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(up.count(), 0, "a decision never reaches the upstream");
     drop(gw);
+}
+
+#[tokio::test]
+async fn a_decision_only_config_needs_no_upstream() {
+    let key = Key::rsa1();
+    let idp = Idp::start(&[&key]).await;
+    let dport = free_port();
+    let cfg = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[decision]
+listen = "127.0.0.1:{dport}"
+
+[[issuers]]
+issuer = "{}"
+discovery = true
+audiences = ["https://api.test"]
+algorithms = ["RS256"]
+
+[[routes]]
+prefix = "/api"
+scopes = ["read"]
+"#,
+        idp.issuer()
+    );
+    let gw = Gateway::start(&cfg).await;
+    let c = client();
+    let read = idp.minter("https://api.test").token(&key, "read");
+    let auth = format!("Bearer {read}");
+    let ask = |uri: &'static str| {
+        let (c, auth) = (c.clone(), auth.clone());
+        async move {
+            get(
+                &c,
+                &format!("http://127.0.0.1:{dport}/auth"),
+                &[("x-original-uri", uri), ("authorization", &auth)],
+            )
+            .await
+            .status
+        }
+    };
+    // Keys load on the first request that needs them.
+    let mut status = ask("/api/x").await;
+    for _ in 0..40 {
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status = ask("/api/x").await;
+    }
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ask("/other").await, StatusCode::NOT_FOUND);
+    // The proxy listener has nowhere to send it.
+    let a = get(&c, &gw.url("/api/x"), &[("authorization", &auth)]).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    // Without [decision], a route must name its upstream.
+    let e = bearward::config::Config::from_toml_str(
+        &cfg.replace(&format!("[decision]\nlisten = \"127.0.0.1:{dport}\""), ""),
+        "t.toml",
+    )
+    .expect_err("refused")
+    .to_string();
+    assert!(
+        e.contains("routes[0].upstream") && e.contains("is required"),
+        "{e}"
+    );
 }

@@ -210,7 +210,7 @@ pub(super) struct RouteFile {
     pub prefix: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
     pub methods: Option<Spanned<Vec<Spanned<String>>>>,
-    pub upstream: Spanned<String>,
+    pub upstream: Option<Spanned<String>>,
     pub auth: Option<Spanned<AuthFile>>,
     pub scopes: Option<Spanned<Vec<Spanned<String>>>>,
     pub scopes_any: Option<Spanned<Vec<Spanned<String>>>>,

@@ -353,7 +353,11 @@ impl Gateway {
             audit,
             ..
         } = pass;
-        let upstream = self.upstreams.config(route.upstream);
+        // A decision-only route: the proxy listener has nowhere to send it.
+        let Some(upstream_index) = route.upstream else {
+            return Err(Rejection::NoRoute);
+        };
+        let upstream = self.upstreams.config(upstream_index);
         let rewrite = forward::prepare_request(
             &mut req,
             upstream,
@@ -377,7 +381,7 @@ impl Gateway {
         match self
             .upstreams
             .send(
-                route.upstream,
+                upstream_index,
                 req,
                 &rewrite,
                 &conn.request_timer,

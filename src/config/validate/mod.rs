@@ -241,7 +241,8 @@ fn routes(
     // port): bearward could serve only one of them.
     let mut resources: Vec<Arc<ResourceId>> = server.resource.iter().cloned().collect();
     for (i, r) in file.routes.iter().enumerate() {
-        let Some(route) = route::route(cx, i, r, upstream_names, server) else {
+        let Some(route) = route::route(cx, i, r, upstream_names, server, file.decision.is_some())
+        else {
             continue;
         };
         if let (Some(v), Some(res)) = (&r.get_ref().resource, &route.resource) {

@@ -41,6 +41,7 @@ pub(super) fn route(
     r: &Spanned<RouteFile>,
     upstreams: &[String],
     server: &ServerConfig,
+    decision: bool,
 ) -> Option<Route> {
     let path_opts = server.path;
     let span = r.span();
@@ -51,7 +52,20 @@ pub(super) fn route(
     let matcher = matcher(cx, i, r, &span, path_opts, &mut ok);
 
     let methods = methods(cx, i, r, &mut ok);
-    let upstream = upstream_index(cx, i, r, upstreams);
+    let upstream = match &r.upstream {
+        Some(u) => upstream_index(cx, i, u, upstreams).map(Some),
+        // Decision mode needs no upstream: the ingress forwards what bearward allows.
+        None if decision => Some(None),
+        None => {
+            cx.err(
+                span.clone(),
+                &key("upstream"),
+                "is required: the upstream this route forwards to (only a config with a \
+                 [decision] listener may leave it out, for routes the ingress forwards)",
+            );
+            None
+        }
+    };
 
     let auth = match r.auth.as_ref().map(|a| *a.get_ref()) {
         None | Some(AuthFile::Bearer) => AuthMode::Bearer,
@@ -247,11 +261,11 @@ fn methods(cx: &mut Ctx<'_>, i: usize, r: &RouteFile, ok: &mut bool) -> Option<V
 fn upstream_index(
     cx: &mut Ctx<'_>,
     i: usize,
-    r: &RouteFile,
+    upstream: &Spanned<String>,
     upstreams: &[String],
 ) -> Option<usize> {
     let key = |k: &str| format!("routes[{i}].{k}");
-    match upstreams.iter().position(|u| u == r.upstream.get_ref()) {
+    match upstreams.iter().position(|u| u == upstream.get_ref()) {
         Some(idx) => Some(idx),
         None => {
             let known = if upstreams.is_empty() {
@@ -260,9 +274,9 @@ fn upstream_index(
                 format!("defined: {}", upstreams.join(", "))
             };
             cx.err(
-                r.upstream.span(),
+                upstream.span(),
                 &key("upstream"),
-                format!("unknown upstream {:?} ({known})", r.upstream.get_ref()),
+                format!("unknown upstream {:?} ({known})", upstream.get_ref()),
             );
             None
         }
