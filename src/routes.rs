@@ -131,6 +131,9 @@ pub struct Route {
     pub issuers: Option<Vec<usize>>,
     /// Only sender-constrained tokens (DPoP- or certificate-bound) pass.
     pub require_bound_tokens: bool,
+    /// Only requests with a verified client certificate (the listener's mTLS, or a trusted
+    /// proxy's header) pass, whatever `auth` says.
+    pub require_client_certificate: bool,
 }
 
 impl Route {
@@ -300,6 +303,7 @@ impl Route {
             resource: None,
             issuers: None,
             require_bound_tokens: false,
+            require_client_certificate: false,
         }
     }
 

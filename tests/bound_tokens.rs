@@ -678,3 +678,36 @@ async fn explain_shows_the_binding_and_what_a_request_must_bring() {
         e.text
     );
 }
+
+#[tokio::test]
+async fn a_route_may_require_a_verified_client_certificate() {
+    let s = start(
+        "tls_cert_file = \"tests/fixtures/tls/server.pem\"\ntls_key_file = \"tests/fixtures/tls/server-key.pem\"\ntls_client_ca_file = \"tests/fixtures/tls/ca.pem\"\ntls_client_auth = \"optional\"",
+        "[[routes]]\nprefix = \"/partners\"\nauth = \"none\"\nrequire_client_certificate = true\nupstream = \"app\"",
+    )
+    .await;
+    // Routes are matched in order; /partners comes after /api and /bound-only, so it is its own.
+    assert_eq!(
+        tls_get(s.gw.addr, "/partners/x", "", Some("client")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        tls_get(s.gw.addr, "/partners/x", "", Some("client2")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        tls_get(s.gw.addr, "/partners/x", "", None).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(s.up.count(), 2);
+    let m = s.metrics().await;
+    assert!(m.contains("reason=\"client_certificate_required\""), "{m}");
+    // A config where no certificate could ever arrive is refused.
+    let e = bearward::config::Config::from_toml_str(
+        &config(&s.up, &s.idp, "", "[[routes]]\nprefix = \"/p\"\nauth = \"none\"\nrequire_client_certificate = true\nupstream = \"app\""),
+        "t.toml",
+    )
+    .expect_err("refused")
+    .to_string();
+    assert!(e.contains("require_client_certificate"), "{e}");
+}

@@ -222,6 +222,7 @@ pub(super) struct RouteFile {
     pub allow_encoded_percent: Option<bool>,
     pub issuers: Option<Spanned<Vec<Spanned<String>>>>,
     pub require_bound_tokens: Option<Spanned<bool>>,
+    pub require_client_certificate: Option<Spanned<bool>>,
 }
 
 /// `mode`: enforce the policy, or only report what it would do.

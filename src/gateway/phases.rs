@@ -289,6 +289,18 @@ impl Gateway {
         sink: &mut S,
     ) -> Result<(Option<Identity>, Option<HeaderValue>), Rejection> {
         let mut identity = None;
+        if route.require_client_certificate {
+            let head = Head {
+                method: req.method(),
+                uri: req.uri(),
+                headers: req.headers(),
+            };
+            if self.client_cert(&head, conn).is_none() {
+                let rej = Rejection::Forbidden("client_certificate_required");
+                sink.refused("auth", &rej);
+                return Err(rej);
+            }
+        }
         let bearer = route.auth == AuthMode::Bearer;
         let preflight = bearer && route.cors_preflight && is_cors_preflight(req);
         let verdict = match route.auth {

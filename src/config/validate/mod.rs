@@ -152,6 +152,26 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
     }
     let issuers = issuers(&mut cx, &file);
     let mut routes = routes(&mut cx, &file, &upstream_names, &server);
+    for (i, r) in file.routes.iter().enumerate() {
+        let asks = r
+            .get_ref()
+            .require_client_certificate
+            .as_ref()
+            .filter(|b| *b.get_ref());
+        let certs_arrive = server.client_cert_header.is_some()
+            || server
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_auth != crate::tls::ClientAuth::None);
+        if let (Some(b), false) = (asks, certs_arrive) {
+            cx.err(
+                b.span(),
+                &format!("routes[{i}].require_client_certificate"),
+                "no client certificate can arrive: set [server] tls_client_auth (with \
+                 tls_client_ca_file), or client_cert_header behind a TLS-terminating proxy",
+            );
+        }
+    }
     route_issuers(&mut cx, &file, &mut routes, &issuers);
     let cache = cache(&mut cx, file.cache.as_ref());
     let dpop = dpop(&mut cx, file.dpop.as_ref(), file.cache.as_ref());

@@ -184,6 +184,10 @@ pub(super) fn route(
             .require_bound_tokens
             .as_ref()
             .is_some_and(|b| *b.get_ref()),
+        require_client_certificate: r
+            .require_client_certificate
+            .as_ref()
+            .is_some_and(|b| *b.get_ref()),
     })
 }
 
