@@ -134,6 +134,63 @@ pub struct Route {
     /// Only requests with a verified client certificate (the listener's mTLS, or a trusted
     /// proxy's header) pass, whatever `auth` says.
     pub require_client_certificate: bool,
+    /// `claims`: every condition must hold.
+    pub claims: Vec<ClaimCondition>,
+    /// `claims_any`: one condition must hold, when not empty.
+    pub claims_any: Vec<ClaimCondition>,
+    /// `client_ids`: the token's `azp` (else `client_id`) must be one of these, when not empty.
+    pub client_ids: Vec<String>,
+}
+
+/// One claim condition: the claim at `path` (a dotted path into nested objects; a top-level
+/// claim named exactly `raw` wins, so namespaced claims such as `https://x.com/roles` work as
+/// written) must equal `value`, or be an array holding it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimCondition {
+    /// The key as written in the config.
+    pub raw: String,
+    pub path: Vec<String>,
+    pub value: String,
+}
+
+impl ClaimCondition {
+    /// Does the token's claim satisfy this condition? A claim of another type (a number where a
+    /// string is asked for) never does.
+    pub fn holds(&self, claims: &serde_json::Map<String, serde_json::Value>) -> bool {
+        use serde_json::Value;
+        let found = claims.get(&self.raw).or_else(|| {
+            let (first, rest) = self.path.split_first()?;
+            rest.iter()
+                .try_fold(claims.get(first)?, |v, seg| v.as_object()?.get(seg))
+        });
+        match found {
+            Some(Value::String(s)) => *s == self.value,
+            Some(Value::Array(a)) => a.iter().any(|x| x.as_str() == Some(self.value.as_str())),
+            _ => false,
+        }
+    }
+}
+
+/// A dotted claim path: segments split on `.`, where `\.` is a dot inside a segment. `None`
+/// for an empty segment.
+pub fn claim_path(raw: &str) -> Option<Vec<String>> {
+    let mut out = vec![String::new()];
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some('.') => out.last_mut()?.push('.'),
+                Some(other) => {
+                    out.last_mut()?.push('\\');
+                    out.last_mut()?.push(other);
+                }
+                None => out.last_mut()?.push('\\'),
+            },
+            '.' => out.push(String::new()),
+            c => out.last_mut()?.push(c),
+        }
+    }
+    (!out.iter().any(String::is_empty)).then_some(out)
 }
 
 impl Route {
@@ -304,6 +361,9 @@ impl Route {
             issuers: None,
             require_bound_tokens: false,
             require_client_certificate: false,
+            claims: Vec::new(),
+            claims_any: Vec::new(),
+            client_ids: Vec::new(),
         }
     }
 

@@ -69,6 +69,10 @@ pub enum AuthError {
     CertificateMismatch,
     #[error("this resource requires a sender-constrained token")]
     UnboundToken,
+    /// A `claims`, `claims_any` or `client_ids` condition failed. The description never says
+    /// which value was required.
+    #[error("the token's claims do not grant access to this resource")]
+    ClaimMismatch,
 }
 
 /// The `error` parameter of `WWW-Authenticate`, if any.
@@ -91,7 +95,7 @@ impl AuthError {
             AuthError::MalformedHeader
             | AuthError::MultipleTokens
             | AuthError::TokenNotAllowedHere => StatusCode::BAD_REQUEST,
-            AuthError::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            AuthError::InsufficientScope { .. } | AuthError::ClaimMismatch => StatusCode::FORBIDDEN,
             AuthError::KeysUnavailable
             | AuthError::IntrospectionUnavailable
             | AuthError::IntrospectionBusy
@@ -117,7 +121,9 @@ impl AuthError {
             AuthError::MalformedHeader
             | AuthError::MultipleTokens
             | AuthError::TokenNotAllowedHere => ErrorCode::InvalidRequest,
-            AuthError::InsufficientScope { .. } => ErrorCode::InsufficientScope,
+            AuthError::InsufficientScope { .. } | AuthError::ClaimMismatch => {
+                ErrorCode::InsufficientScope
+            }
             _ => ErrorCode::InvalidToken,
         }
     }
@@ -156,6 +162,7 @@ impl AuthError {
             AuthError::CertificateMissing => "certificate_missing",
             AuthError::CertificateMismatch => "certificate_mismatch",
             AuthError::UnboundToken => "unbound_token",
+            AuthError::ClaimMismatch => "claim_mismatch",
         }
     }
 

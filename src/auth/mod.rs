@@ -39,7 +39,14 @@ impl Identity {
         let text = if claim == "scope" {
             self.0.scopes.join(" ")
         } else {
-            match self.0.claims.get(claim)? {
+            // A top-level claim of exactly this name first, then a dotted path into objects.
+            let found = self.0.claims.get(claim).or_else(|| {
+                let path = crate::routes::claim_path(claim)?;
+                let (first, rest) = path.split_first()?;
+                rest.iter()
+                    .try_fold(self.0.claims.get(first)?, |v, seg| v.as_object()?.get(seg))
+            });
+            match found? {
                 serde_json::Value::String(s) => s.clone(),
                 serde_json::Value::Number(n) => n.to_string(),
                 serde_json::Value::Bool(b) => b.to_string(),

@@ -589,6 +589,50 @@ pub fn extract_scopes(
     Ok(Vec::new())
 }
 
+/// The route's claim conditions (`claims`: all; `claims_any`: one; `client_ids`: `azp`, else
+/// `client_id`, one of them). The trace says which failed; the answer does not.
+pub fn check_claim_conditions(
+    claims: &Map<String, Value>,
+    route: &Route,
+    trace: &mut Trace,
+) -> Result<(), AuthError> {
+    if let Some(c) = route.claims.iter().find(|c| !c.holds(claims)) {
+        trace.note("claims", false, || {
+            format!("claim {} must be (or hold) {:?}", c.raw, c.value)
+        });
+        return Err(AuthError::ClaimMismatch);
+    }
+    if !route.claims_any.is_empty() && !route.claims_any.iter().any(|c| c.holds(claims)) {
+        trace.note("claims", false, || {
+            let all: Vec<String> = route
+                .claims_any
+                .iter()
+                .map(|c| format!("{} = {:?}", c.raw, c.value))
+                .collect();
+            format!("none of claims_any holds: {}", all.join(", "))
+        });
+        return Err(AuthError::ClaimMismatch);
+    }
+    if !route.client_ids.is_empty() {
+        let client = claims
+            .get("azp")
+            .or_else(|| claims.get("client_id"))
+            .and_then(Value::as_str);
+        if !client.is_some_and(|c| route.client_ids.iter().any(|x| x == c)) {
+            trace.note("claims", false, || {
+                format!("client {client:?} (azp, else client_id) is not in client_ids")
+            });
+            return Err(AuthError::ClaimMismatch);
+        }
+    }
+    if !(route.claims.is_empty() && route.claims_any.is_empty() && route.client_ids.is_empty()) {
+        trace.note("claims", true, || {
+            "the route's claim conditions hold".into()
+        });
+    }
+    Ok(())
+}
+
 /// The route's scope policy: all of `scopes`, and one of `scopes_any` when given. Exact string
 /// comparison only: `readwrite` or `read:all` never grants `read`.
 pub fn check_scopes(have: &[String], route: &Route) -> Result<(), AuthError> {

@@ -223,6 +223,9 @@ pub(super) struct RouteFile {
     pub issuers: Option<Spanned<Vec<Spanned<String>>>>,
     pub require_bound_tokens: Option<Spanned<bool>>,
     pub require_client_certificate: Option<Spanned<bool>>,
+    pub claims: Option<Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
+    pub claims_any: Option<Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
+    pub client_ids: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `mode`: enforce the policy, or only report what it would do.

@@ -428,7 +428,14 @@ impl Gateway {
         }
         let scopes = auth::validator::check_scopes(&v.scopes, route);
         sink.scopes(&v.scopes, route, scopes.is_ok());
-        (scopes, Some(Identity(v)))
+        if scopes.is_err() {
+            return (scopes, Some(Identity(v)));
+        }
+        let conditions = match sink.trace() {
+            Some(trace) => auth::validator::check_claim_conditions(&v.claims, route, trace),
+            None => auth::validator::check_claim_conditions(&v.claims, route, &mut quiet),
+        };
+        (conditions, Some(Identity(v)))
     }
 
     /// Does bearward believe what this connection's peer says about the client?

@@ -100,6 +100,26 @@ pub(super) fn route(
         }
     }
 
+    if auth != AuthMode::Bearer {
+        let spans = [
+            ("claims", r.claims.as_ref().map(Spanned::span)),
+            ("claims_any", r.claims_any.as_ref().map(Spanned::span)),
+            ("client_ids", r.client_ids.as_ref().map(Spanned::span)),
+        ];
+        for (k, span) in spans {
+            if let Some(span) = span {
+                cx.err(
+                    span,
+                    &key(k),
+                    format!(
+                        "only applies to auth = \"bearer\"; this route has auth = \"{}\"",
+                        auth.as_str()
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
     if let Some(b) = r.require_bound_tokens.as_ref().filter(|b| *b.get_ref()) {
         if auth != AuthMode::Bearer {
             cx.err(
@@ -188,7 +208,66 @@ pub(super) fn route(
             .require_client_certificate
             .as_ref()
             .is_some_and(|b| *b.get_ref()),
+        claims: claim_conditions(cx, &r.claims, &key("claims")),
+        claims_any: claim_conditions(cx, &r.claims_any, &key("claims_any")),
+        client_ids: r
+            .client_ids
+            .as_ref()
+            .map(|l| l.get_ref().iter().map(|c| c.get_ref().clone()).collect())
+            .unwrap_or_default(),
     })
+}
+
+/// `claims` / `claims_any`: each key a claim path, each value a string or an array of strings
+/// (every listed value becomes its own condition).
+fn claim_conditions(
+    cx: &mut Ctx<'_>,
+    v: &Option<Spanned<std::collections::BTreeMap<String, Spanned<toml::Value>>>>,
+    key: &str,
+) -> Vec<crate::routes::ClaimCondition> {
+    let Some(v) = v else { return Vec::new() };
+    if v.get_ref().is_empty() {
+        cx.err(
+            v.span(),
+            key,
+            "an empty table: give at least one claim condition or leave it out",
+        );
+    }
+    let mut out = Vec::new();
+    for (name, value) in v.get_ref() {
+        let k = format!("{key}.{name:?}");
+        let Some(path) = crate::routes::claim_path(name) else {
+            cx.err(
+                value.span(),
+                &k,
+                "a claim path has no empty segments (write \\. for a dot inside a name)",
+            );
+            continue;
+        };
+        let values: Vec<String> = match value.get_ref() {
+            toml::Value::String(s) => vec![s.clone()],
+            toml::Value::Array(a) if !a.is_empty() && a.iter().all(toml::Value::is_str) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect(),
+            _ => {
+                cx.err(
+                    value.span(),
+                    &k,
+                    "must be a string or a non-empty array of strings (claims compare as strings, exactly)",
+                );
+                continue;
+            }
+        };
+        for value in values {
+            out.push(crate::routes::ClaimCondition {
+                raw: name.clone(),
+                path: path.clone(),
+                value,
+            });
+        }
+    }
+    out
 }
 
 /// `prefix` or `path`, in canonical form.
