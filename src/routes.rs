@@ -140,6 +140,30 @@ pub struct Route {
     pub claims_any: Vec<ClaimCondition>,
     /// `client_ids`: the token's `azp` (else `client_id`) must be one of these, when not empty.
     pub client_ids: Vec<String>,
+    /// `rate_limit`, if set.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// What a route's requests are counted by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    /// The token's `sub`.
+    Subject,
+    /// The token's `azp`, else `client_id`.
+    Client,
+    /// The peer's IP address (for `auth = "none"` routes, or any).
+    Ip,
+    /// A claim, by name or dotted path.
+    Claim(String),
+}
+
+/// A route's rate limit: `count` requests per `window`, bursts of up to `burst`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    pub key: LimitKey,
+    pub count: u32,
+    pub window: std::time::Duration,
+    pub burst: u32,
 }
 
 /// One claim condition: the claim at `path` (a dotted path into nested objects; a top-level
@@ -364,6 +388,7 @@ impl Route {
             claims: Vec::new(),
             claims_any: Vec::new(),
             client_ids: Vec::new(),
+            rate_limit: None,
         }
     }
 

@@ -226,6 +226,16 @@ pub(super) struct RouteFile {
     pub claims: Option<Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
     pub claims_any: Option<Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
     pub client_ids: Option<Spanned<Vec<Spanned<String>>>>,
+    pub rate_limit: Option<Spanned<RateLimitFile>>,
+}
+
+/// A route's `rate_limit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RateLimitFile {
+    pub key: Spanned<String>,
+    pub rate: Spanned<String>,
+    pub burst: Option<Spanned<u64>>,
 }
 
 /// `mode`: enforce the policy, or only report what it would do.

@@ -26,6 +26,7 @@
 //! phase before `forward` can reach an upstream, so every rejection leaves it untouched.
 
 mod decision;
+pub mod limit;
 mod phases;
 mod rejection;
 
@@ -48,6 +49,9 @@ use std::time::{Duration, Instant};
 
 /// Tells the upstream what an audit-mode route would have done.
 pub const AUDIT_HEADER: HeaderName = HeaderName::from_static("x-bearward-audit");
+/// The IETF httpapi RateLimit header fields.
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Per-connection facts the service needs.
 pub struct ConnInfo {
@@ -95,6 +99,8 @@ pub struct Outcome {
     pub token_id: Option<TokenId>,
     /// Which challenge a 401 carries: the request used DPoP, or the route wants bound tokens.
     pub challenge: Challenge,
+    /// The route's rate-limit verdict, for the response's `RateLimit` headers.
+    pub rate_limit: Option<limit::Verdict>,
 }
 
 /// The `WWW-Authenticate` scheme(s) of a refusal (RFC 6750 3, RFC 9449 7.1).
@@ -120,6 +126,7 @@ impl Default for Outcome {
             upstream_time: None,
             token_id: None,
             challenge: Challenge::Bearer,
+            rate_limit: None,
         }
     }
 }
@@ -134,6 +141,9 @@ pub struct Gateway {
     series: Vec<RouteSeries>,
     /// The series of requests no route matched.
     no_route: RouteSeries,
+    /// Per route, in route order: its rate limiter, if it has a `rate_limit`. Kept with the
+    /// snapshot, so a reload starts the buckets afresh.
+    limiters: Vec<Option<limit::Limiter>>,
 }
 
 impl Gateway {
@@ -145,7 +155,14 @@ impl Gateway {
             .iter()
             .map(|r| metrics.route_series(&r.name))
             .collect();
+        let limiters = config
+            .routes
+            .routes()
+            .iter()
+            .map(limit::Limiter::new)
+            .collect();
         Gateway {
+            limiters,
             upstreams: Upstreams::new(&config, &metrics),
             no_route: metrics.route_series(&"-".into()),
             series,
@@ -194,6 +211,33 @@ impl Gateway {
                 rej.into_response(&self.answering(route, out.challenge))
             }
         };
+        if let (Some(v), Some(l)) = (
+            out.rate_limit,
+            out.route_index
+                .and_then(|i| self.limiters.get(i))
+                .and_then(Option::as_ref),
+        ) {
+            let h = resp.headers_mut();
+            h.insert(RATELIMIT_POLICY, l.policy.clone());
+            if let Some(v) = v.header(&l.policy) {
+                h.insert(RATELIMIT, v);
+            }
+        }
+        if let (Some(v), Some(l)) = (
+            out.rate_limit,
+            out.route_index
+                .and_then(|i| self.limiters.get(i))
+                .and_then(Option::as_ref),
+        ) {
+            let h = resp.headers_mut();
+            h.insert(RATELIMIT_POLICY, l.policy.clone());
+            if let Some(v) = v.header(&l.policy) {
+                h.insert(RATELIMIT, v);
+            }
+            if !v.allowed {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(v.retry_after.max(1)));
+            }
+        }
         // RFC 9110 9.3.2: no content in an answer to HEAD. hyper drops it on HTTP/1 but sends
         // it on HTTP/2, where a client takes it as a stream error. An upstream's answer to HEAD
         // has none already; bearward's own keep the Content-Length a GET would have had.
@@ -252,6 +296,26 @@ impl Gateway {
                 reason,
                 peer = %peer.ip(),
             );
+        }
+    }
+
+    /// `rate_limit`: counts the request under its key; over the limit, 429.
+    pub(crate) fn check_rate_limit(
+        &self,
+        index: usize,
+        identity: Option<&crate::auth::Identity>,
+        conn: Option<&ConnInfo>,
+        out: &mut Outcome,
+    ) -> Result<(), Rejection> {
+        let Some(l) = self.limiters.get(index).and_then(Option::as_ref) else {
+            return Ok(());
+        };
+        let verdict = l.check(l.key(identity, conn.map(|c| c.peer.ip())));
+        out.rate_limit = Some(verdict);
+        if verdict.allowed {
+            Ok(())
+        } else {
+            Err(Rejection::RateLimited)
         }
     }
 

@@ -165,6 +165,11 @@ impl Gateway {
         let (identity, audit) = self
             .authorize(req, route, &mut target, conn, out, sink)
             .await?;
+        report(
+            sink,
+            "rate_limit",
+            self.check_rate_limit(index, identity.as_ref(), conn, out),
+        )?;
         Ok(Decided::Pass(Pass {
             index,
             route,

@@ -33,6 +33,8 @@ pub enum Rejection {
     Internal(&'static str),
     /// 503: `max_requests_in_flight` requests are in flight on the listener.
     Overloaded,
+    /// 429: the route's `rate_limit` for this caller is used up (headers added by the gateway).
+    RateLimited,
 }
 
 /// What an answer to a refusal is made with besides the refusal itself.
@@ -56,6 +58,7 @@ impl Rejection {
             Rejection::MethodNotAllowed(_) => "method_not_allowed",
             Rejection::Denied => "route_denied",
             Rejection::Forbidden(r) => r,
+            Rejection::RateLimited => "rate_limited",
             Rejection::Auth(e) => e.reason(),
             Rejection::Proxy(e) => e.reason(),
             Rejection::Internal(r) => r,
@@ -75,6 +78,7 @@ impl Rejection {
             Rejection::Proxy(e) => e.status(),
             Rejection::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Rejection::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 

@@ -208,6 +208,7 @@ pub(super) fn route(
             .require_client_certificate
             .as_ref()
             .is_some_and(|b| *b.get_ref()),
+        rate_limit: rate_limit(cx, r.rate_limit.as_ref(), &key("rate_limit"), auth),
         claims: claim_conditions(cx, &r.claims, &key("claims")),
         claims_any: claim_conditions(cx, &r.claims_any, &key("claims_any")),
         client_ids: r
@@ -268,6 +269,75 @@ fn claim_conditions(
         }
     }
     out
+}
+
+/// `rate_limit = { key = "subject" | "client" | "ip" | "claim:PATH", rate = "N/s" | "N/m" |
+/// "N/h", burst = M }` (burst defaults to N).
+fn rate_limit(
+    cx: &mut Ctx<'_>,
+    f: Option<&Spanned<RateLimitFile>>,
+    key: &str,
+    auth: AuthMode,
+) -> Option<crate::routes::RateLimit> {
+    use crate::routes::{LimitKey, RateLimit};
+    let f = f?.get_ref();
+    let limit_key = match f.key.get_ref().as_str() {
+        "subject" => LimitKey::Subject,
+        "client" => LimitKey::Client,
+        "ip" => LimitKey::Ip,
+        k if k.starts_with("claim:") && crate::routes::claim_path(&k[6..]).is_some() => {
+            LimitKey::Claim(k[6..].to_owned())
+        }
+        other => {
+            cx.err(
+                f.key.span(),
+                &format!("{key}.key"),
+                format!("{other:?}: use \"subject\", \"client\", \"ip\" or \"claim:PATH\""),
+            );
+            return None;
+        }
+    };
+    if auth != AuthMode::Bearer && limit_key != LimitKey::Ip {
+        cx.err(
+            f.key.span(),
+            &format!("{key}.key"),
+            "without a token (auth is not \"bearer\") only key = \"ip\" can tell callers apart",
+        );
+        return None;
+    }
+    let rate = f.rate.get_ref();
+    let parsed = rate.split_once('/').and_then(|(n, unit)| {
+        let n: u32 = n.trim().parse().ok().filter(|n| *n > 0)?;
+        let window = match unit.trim() {
+            "s" | "sec" | "second" => std::time::Duration::from_secs(1),
+            "m" | "min" | "minute" => std::time::Duration::from_secs(60),
+            "h" | "hour" => std::time::Duration::from_secs(3600),
+            _ => return None,
+        };
+        Some((n, window))
+    });
+    let Some((count, window)) = parsed else {
+        cx.err(
+            f.rate.span(),
+            &format!("{key}.rate"),
+            format!("{rate:?} is not a rate: write e.g. \"100/s\", \"600/m\", \"10000/h\""),
+        );
+        return None;
+    };
+    let burst = match &f.burst {
+        None => count,
+        Some(b) if (1..=1_000_000).contains(b.get_ref()) => *b.get_ref() as u32,
+        Some(b) => {
+            cx.err(b.span(), &format!("{key}.burst"), "must be 1 to 1000000");
+            return None;
+        }
+    };
+    Some(RateLimit {
+        key: limit_key,
+        count,
+        window,
+        burst,
+    })
 }
 
 /// `prefix` or `path`, in canonical form.

@@ -1,0 +1,183 @@
+//! Per-route rate limits, end to end with real tokens: 3x the limit sent, what the upstream
+//! received counted (within the GCRA's tolerance), 429 with Retry-After and the IETF
+//! RateLimit header fields, one bucket per subject, per IP on open routes; and the key table
+//! bounded under a million distinct keys.
+
+mod common;
+
+use common::idp::*;
+use common::*;
+use http::StatusCode;
+use serde_json::json;
+
+fn config(up: &Upstream, idp: &Idp) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[[issuers]]
+issuer = "{}"
+discovery = true
+audiences = ["https://api.test"]
+algorithms = ["RS256"]
+
+[upstreams.app]
+url = "{}"
+
+[[routes]]
+prefix = "/api"
+rate_limit = {{ key = "subject", rate = "10/s", burst = 10 }}
+upstream = "app"
+
+[[routes]]
+prefix = "/by-client"
+rate_limit = {{ key = "client", rate = "600/m", burst = 5 }}
+upstream = "app"
+
+[[routes]]
+prefix = "/open"
+auth = "none"
+rate_limit = {{ key = "ip", rate = "5/s" }}
+upstream = "app"
+"#,
+        idp.issuer(),
+        up.url()
+    )
+}
+
+#[tokio::test]
+async fn three_times_the_limit_gets_the_limit_through_and_429_with_the_headers() {
+    let key = Key::rsa1();
+    let idp = Idp::start(&[&key]).await;
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&config(&up, &idp)).await;
+    wait_ready(&gw).await;
+    let c = client();
+    let mint = idp.minter("https://api.test");
+    let token = |sub: &str| {
+        mint.token_claims(&key, |cl| {
+            cl.insert("sub".into(), json!(sub));
+        })
+    };
+    let (alice, bob) = (token("alice"), token("bob"));
+
+    let started = std::time::Instant::now();
+    let mut ok = 0;
+    let mut limited = None;
+    for _ in 0..30 {
+        let a = get(
+            &c,
+            &gw.url("/api/x"),
+            &[("authorization", &format!("Bearer {alice}"))],
+        )
+        .await;
+        match a.status {
+            StatusCode::OK => {
+                ok += 1;
+                assert_eq!(a.headers["ratelimit-policy"], "\"/api*\";q=10;w=1");
+            }
+            StatusCode::TOO_MANY_REQUESTS => limited = Some(a),
+            other => panic!("{other}"),
+        }
+    }
+    // The GCRA lets 10 through at once and one more every 100 ms.
+    let tolerance = 1 + (started.elapsed().as_millis() / 100) as usize;
+    assert!(
+        (10..=10 + tolerance).contains(&ok),
+        "{ok} passed, tolerance {tolerance}"
+    );
+    assert_eq!(up.count(), ok, "the upstream received exactly what passed");
+    let a = limited.expect("some were limited");
+    assert!(
+        a.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(a.headers["ratelimit-policy"], "\"/api*\";q=10;w=1");
+    let rl = a.headers["ratelimit"].to_str().unwrap();
+    assert!(rl.starts_with("\"/api*\";r=0;t="), "{rl}");
+
+    // Bob has his own bucket.
+    let before = up.count();
+    for _ in 0..10 {
+        let a = get(
+            &c,
+            &gw.url("/api/x"),
+            &[("authorization", &format!("Bearer {bob}"))],
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "bob shares alice's bucket");
+    }
+    assert_eq!(up.count(), before + 10);
+
+    // By client: two subjects of one client share it.
+    let client_token = |sub: &str| {
+        mint.token_claims(&key, |cl| {
+            cl.insert("sub".into(), json!(sub));
+            cl.insert("azp".into(), json!("batch-job"));
+        })
+    };
+    let mut passed = 0;
+    for i in 0..10 {
+        let t = client_token(&format!("worker-{i}"));
+        if get(
+            &c,
+            &gw.url("/by-client/x"),
+            &[("authorization", &format!("Bearer {t}"))],
+        )
+        .await
+        .status
+            == StatusCode::OK
+        {
+            passed += 1;
+        }
+    }
+    assert!((5..=6).contains(&passed), "{passed}");
+
+    // By IP on an open route.
+    let mut passed = 0;
+    for _ in 0..15 {
+        if get(&c, &gw.url("/open/x"), &[]).await.status == StatusCode::OK {
+            passed += 1;
+        }
+    }
+    assert!((5..=7).contains(&passed), "{passed}");
+
+    let m = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
+        .await
+        .body;
+    assert!(
+        metric(&m, "bearward_requests_total{route=\"/api*\",status=\"429\",decision=\"deny\",reason=\"rate_limited\"}") >= 18.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn a_million_distinct_keys_stay_bounded() {
+    let cfg = bearward::config::Config::from_toml_str(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[[issuers]]\nissuer = \"i\"\njwks_file = \"tests/fixtures/jwks-rsa1.json\"\naudiences = [\"a\"]\n[upstreams.a]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\nprefix = \"/\"\nauth = \"none\"\nrate_limit = { key = \"ip\", rate = \"1/h\" }\nupstream = \"a\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    let limiter = bearward::gateway::limit::Limiter::new(&cfg.routes.routes()[0]).unwrap();
+    let before = rss_kib();
+    for i in 0..1_000_000u32 {
+        let v = limiter.check(format!("subject-{i}"));
+        assert!(v.allowed);
+    }
+    let keys = limiter.keys();
+    let grown = rss_kib().saturating_sub(before);
+    assert!(
+        keys <= bearward::gateway::limit::MAX_KEYS,
+        "{keys} keys held"
+    );
+    // 100,000 buckets of a few hundred bytes each; a million would be several times this.
+    assert!(grown < 120 * 1024, "RSS grew {grown} KiB");
+    // The most recent key is still counted: its second request in the hour is refused.
+    assert!(!limiter.check("subject-999999".into()).allowed);
+}
