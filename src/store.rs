@@ -14,6 +14,30 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// GCRA in one server-side step, on the store's own clock (`TIME`), so replicas with skewed
+/// clocks share one schedule. The key holds the theoretical arrival time in microseconds and
+/// expires when it is in the past.
+static GCRA: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local emission = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tolerance = emission * burst
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + emission
+local allow_at = new_tat - tolerance
+if allow_at > now then
+  return {0, allow_at - now, 0}
+end
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return {1, 0, math.floor((now + tolerance - new_tat) / emission)}
+",
+    )
+});
+
 /// How long the store is skipped after a failed command.
 const BACKOFF: Duration = Duration::from_secs(1);
 
@@ -94,14 +118,24 @@ impl SharedStore {
         op: &'static str,
         cmd: redis::Cmd,
     ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        self.guarded(op, async move { cmd.query_async::<T>(&mut conn).await })
+            .await
+    }
+
+    /// One store operation: skipped while the store is backing off, bounded by the timeout,
+    /// counted, and a failure starts the back-off.
+    async fn guarded<T>(
+        &self,
+        op: &'static str,
+        work: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
         let until = self.skip_until.load(Ordering::Relaxed);
         if until != 0 && self.now_ms() < until {
             self.metrics.store_op(op, StoreError::Skipped.outcome());
             return Err(StoreError::Skipped);
         }
-        let mut conn = self.conn.clone();
-        let result = match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await
-        {
+        let result = match tokio::time::timeout(self.timeout, work).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(StoreError::Redis(e.to_string())),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
@@ -126,6 +160,32 @@ impl SharedStore {
             }
         }
         result
+    }
+
+    /// One GCRA step (rate limits across replicas) for `key` (prefixed), atomically in the
+    /// store: `emission_us` microseconds per request, bursts of `burst`. Returns whether the
+    /// request conforms, the microseconds to wait when it does not, and the burst left.
+    /// One round trip: `EVALSHA`, with `EVAL` once if the store has not seen the script.
+    pub async fn gcra(
+        &self,
+        key: &str,
+        emission_us: u64,
+        burst: u32,
+    ) -> Result<(bool, u64, u32), StoreError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = GCRA.key(self.key(key));
+        invocation.arg(emission_us).arg(burst);
+        let (ok, wait, left): (i64, i64, i64) = self
+            .guarded(
+                "gcra",
+                async move { invocation.invoke_async(&mut conn).await },
+            )
+            .await?;
+        Ok((
+            ok == 1,
+            u64::try_from(wait).unwrap_or(0),
+            u32::try_from(left).unwrap_or(0),
+        ))
     }
 
     /// The value at `key` (prefixed), if any.

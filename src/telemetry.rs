@@ -158,6 +158,8 @@ pub struct Metrics {
     pub accept_errors: Counter,
     /// Requests on the proxy listener between their head and the end of their response.
     pub requests_in_flight: Gauge,
+    /// Rate-limit checks decided locally because the shared store could not answer.
+    pub rate_limit_fallbacks: Counter,
     store_ops: Family<StoreLabels, Counter>,
     introspections: Family<FetchLabels, Counter>,
     introspection_latency: Family<IssuerLabels, Histogram, fn() -> Histogram>,
@@ -218,6 +220,7 @@ impl Metrics {
             connections_deferred: Counter::default(),
             accept_errors: Counter::default(),
             requests_in_flight: Gauge::default(),
+            rate_limit_fallbacks: Counter::default(),
             store_ops: Family::default(),
             introspections: Family::default(),
             introspection_latency: Family::new_with_constructor(histogram as fn() -> Histogram),
@@ -344,6 +347,11 @@ impl Metrics {
             "introspection_cache_lookups",
             "Introspection answer lookups by issuer, layer (process, shared) and outcome (hit, miss)",
             m.introspection_cache.clone(),
+        );
+        registry.register(
+            "rate_limit_fallbacks",
+            "Rate-limit checks decided by this process alone (the limit divided by rate_limit_fallback_replicas) because the shared store could not answer",
+            m.rate_limit_fallbacks.clone(),
         );
         registry.register(
             "tls_handshakes",

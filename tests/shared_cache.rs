@@ -462,3 +462,104 @@ async fn a_proof_taken_by_one_replica_is_a_replay_at_another_and_redis_down_appl
         "{m}"
     );
 }
+
+/// A replica taking rsa1 JWTs with a global rate limit of 10/s (burst 10) per subject.
+fn limited_replica(up: &Upstream, redis_port: u16) -> Replica {
+    Replica::with(|port, admin| {
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+
+[cache]
+redis_url = "redis://127.0.0.1:{redis_port}/0"
+redis_timeout = "200ms"
+key_prefix = "bw-test:"
+rate_limit_fallback_replicas = 2
+
+[[issuers]]
+issuer = "https://idp.test"
+jwks_file = "tests/fixtures/jwks-rsa1.json"
+audiences = ["https://api.test"]
+
+[upstreams.app]
+url = "{}"
+
+[[routes]]
+prefix = "/api"
+rate_limit = {{ key = "subject", rate = "10/s", burst = 10 }}
+upstream = "app"
+"#,
+            up.url()
+        )
+    })
+}
+
+#[tokio::test]
+async fn a_global_rate_limit_holds_across_two_replicas_and_falls_back_when_redis_dies() {
+    let mut redis = Redis::start();
+    let up = Upstream::start().await;
+    let a = limited_replica(&up, redis.port);
+    let b = limited_replica(&up, redis.port);
+    a.wait().await;
+    b.wait().await;
+    let c = client();
+    let mint = common::idp::Minter {
+        issuer: "https://idp.test".into(),
+        audience: "https://api.test".into(),
+    };
+    let token = |sub: &str| {
+        mint.token_claims(&common::idp::Key::rsa1(), |cl| {
+            cl.insert("sub".into(), json!(sub));
+        })
+    };
+    let send = |r: &Replica, t: &str| {
+        let url = format!("http://127.0.0.1:{}/api/x", r.port);
+        let (c, t) = (c.clone(), t.to_owned());
+        async move {
+            get(&c, &url, &[("authorization", &format!("Bearer {t}"))])
+                .await
+                .status
+        }
+    };
+
+    // 40 requests, alternating replicas: the limit is one, not one per replica.
+    let t = token("global-user");
+    let started = std::time::Instant::now();
+    for i in 0..40 {
+        let r = if i % 2 == 0 { &a } else { &b };
+        let s = send(r, &t).await;
+        assert!(
+            s == StatusCode::OK || s == StatusCode::TOO_MANY_REQUESTS,
+            "{s}"
+        );
+    }
+    let tolerance = 1 + (started.elapsed().as_millis() / 100) as usize;
+    let passed = up.count();
+    assert!(
+        (10..=10 + tolerance).contains(&passed),
+        "{passed} passed (tolerance {tolerance}): not global"
+    );
+
+    // Redis dies: each replica allows the limit divided by rate_limit_fallback_replicas (2).
+    redis.kill();
+    let t = token("fallback-user");
+    let started = std::time::Instant::now();
+    let before = up.count();
+    for i in 0..40 {
+        let r = if i % 2 == 0 { &a } else { &b };
+        send(r, &t).await;
+    }
+    let tolerance = 2 + 2 * (started.elapsed().as_millis() / 200) as usize;
+    let passed = up.count() - before;
+    assert!(
+        (10..=10 + tolerance).contains(&passed),
+        "{passed} passed with Redis down (tolerance {tolerance})"
+    );
+    let m = a.metrics(&c).await;
+    assert!(
+        metric(&m, "bearward_rate_limit_fallbacks_total") >= 1.0,
+        "{m}"
+    );
+}

@@ -287,6 +287,11 @@ impl Authenticator {
         }
     }
 
+    /// The store shared by replicas, if one is configured.
+    pub fn store(&self) -> Option<&Arc<SharedStore>> {
+        self.store.as_ref()
+    }
+
     /// The DPoP verifier in force (for challenges' `algs` and nonces).
     pub fn dpop(&self) -> &dpop::Verifier {
         &self.dpop.verifier

@@ -56,6 +56,7 @@ pub(super) struct CacheFile {
     pub redis_timeout: Option<Spanned<String>>,
     pub key_prefix: Option<Spanned<String>>,
     pub dpop_replay_store_down: Option<Spanned<super::StoreDown>>,
+    pub rate_limit_fallback_replicas: Option<Spanned<u64>>,
 }
 
 /// `[server]`

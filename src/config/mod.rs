@@ -336,6 +336,8 @@ pub struct CacheConfig {
     pub timeout: Duration,
     /// Prepended to every key, so deployments can share one store.
     pub key_prefix: String,
+    /// With the store down, each replica allows a rate limit divided by this.
+    pub rate_limit_fallback_replicas: u32,
 }
 
 /// Key material that must never reach a log line.

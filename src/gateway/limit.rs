@@ -3,9 +3,17 @@
 //! `burst`), held in a bounded moka cache: a key idle for as long as its bucket takes to fill
 //! again is dropped without changing any answer, and a flood of distinct keys is bounded by
 //! [`MAX_KEYS`] per route (the least used go first).
+//!
+//! With `[cache] redis_url` the limit is global: after the local bucket (a pre-check: when this
+//! replica alone is over the limit, no round trip is spent), one `EVALSHA` of a GCRA script
+//! decides for all replicas. With the store down, a local bucket holding the limit divided by
+//! `rate_limit_fallback_replicas` decides, counted in `bearward_rate_limit_fallbacks_total`:
+//! never all traffic refused because Redis is down, never unlimited.
 
 use crate::auth::Identity;
 use crate::routes::{LimitKey, RateLimit, Route};
+use crate::store::SharedStore;
+use crate::telemetry::Counter;
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{clock, Quota, RateLimiter};
@@ -25,6 +33,11 @@ pub struct Limiter {
     buckets: moka::sync::Cache<String, Arc<Bucket>>,
     /// `RateLimit-Policy`, made once.
     pub policy: http::HeaderValue,
+    /// The store that makes the limit global, with this route's part of its keys.
+    global: Option<(Arc<SharedStore>, String)>,
+    /// The limit divided by `rate_limit_fallback_replicas`, for when the store is down.
+    fallback: Option<(Quota, moka::sync::Cache<String, Arc<Bucket>>)>,
+    fallbacks: Counter,
 }
 
 /// What a check said, for the response's `RateLimit` header (and `Retry-After` on a 429).
@@ -36,12 +49,61 @@ pub struct Verdict {
     pub retry_after: u64,
 }
 
+fn buckets(idle: Duration) -> moka::sync::Cache<String, Arc<Bucket>> {
+    // LRU, not moka's default TinyLFU: under a flood of new keys TinyLFU may decline to keep a
+    // new bucket at all, and a caller whose bucket is not kept is never limited.
+    moka::sync::Cache::builder()
+        .max_capacity(MAX_KEYS)
+        .time_to_idle(idle)
+        .eviction_policy(moka::policy::EvictionPolicy::lru())
+        .build()
+}
+
+fn make_quota(per: Duration, burst: u32) -> Option<Quota> {
+    Some(Quota::with_period(per.max(Duration::from_nanos(1)))?.allow_burst(NonZeroU32::new(burst)?))
+}
+
+fn check_bucket(
+    buckets: &moka::sync::Cache<String, Arc<Bucket>>,
+    quota: Quota,
+    key: String,
+) -> Verdict {
+    let bucket = buckets.get_with(key, || {
+        Arc::new(RateLimiter::direct(quota).with_middleware())
+    });
+    match bucket.check() {
+        Ok(state) => Verdict {
+            allowed: true,
+            remaining: state.remaining_burst_capacity(),
+            retry_after: 0,
+        },
+        Err(not_until) => {
+            let wait = not_until.wait_time_from(clock::Clock::now(&clock::DefaultClock::default()));
+            Verdict {
+                allowed: false,
+                remaining: 0,
+                retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            }
+        }
+    }
+}
+
 impl Limiter {
+    /// Without a store: a limit per process.
     pub fn new(route: &Route) -> Option<Limiter> {
+        Limiter::with_store(route, None, 1, Counter::default())
+    }
+
+    /// With a store (`replicas`: `rate_limit_fallback_replicas`): a global limit.
+    pub fn with_store(
+        route: &Route,
+        store: Option<Arc<SharedStore>>,
+        replicas: u32,
+        fallbacks: Counter,
+    ) -> Option<Limiter> {
         let limit = route.rate_limit.clone()?;
         let per = limit.window / limit.count;
-        let quota = Quota::with_period(per.max(Duration::from_nanos(1)))?
-            .allow_burst(NonZeroU32::new(limit.burst)?);
+        let quota = make_quota(per, limit.burst)?;
         // A bucket is full again `burst` periods after its last request: dropping it then
         // changes nothing.
         let idle = per.saturating_mul(limit.burst).max(Duration::from_secs(1));
@@ -56,16 +118,28 @@ impl Limiter {
             limit.count,
             limit.window.as_secs().max(1)
         );
+        let route_id = {
+            let h = crate::auth::sha256(&route.name);
+            h[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        let fallback = store.as_ref().and_then(|_| {
+            let replicas = replicas.max(1);
+            let q = make_quota(
+                per.saturating_mul(replicas),
+                (limit.burst / replicas).max(1),
+            )?;
+            Some((q, buckets(idle)))
+        });
         Some(Limiter {
             quota,
-            // LRU, not moka's default TinyLFU: under a flood of new keys TinyLFU may decline to
-            // keep a new bucket at all, and a caller whose bucket is not kept is never limited.
-            buckets: moka::sync::Cache::builder()
-                .max_capacity(MAX_KEYS)
-                .time_to_idle(idle)
-                .eviction_policy(moka::policy::EvictionPolicy::lru())
-                .build(),
+            buckets: buckets(idle),
             policy: http::HeaderValue::from_str(&policy).ok()?,
+            global: store.map(|s| (s, route_id)),
+            fallback,
+            fallbacks,
             limit,
         })
     }
@@ -89,25 +163,38 @@ impl Limiter {
         found.unwrap_or_else(|| "-".to_owned())
     }
 
-    /// Counts one request under `key`.
-    pub fn check(&self, key: String) -> Verdict {
-        let quota = self.quota;
-        let bucket = self.buckets.get_with(key, || {
-            Arc::new(RateLimiter::direct(quota).with_middleware())
-        });
-        match bucket.check() {
-            Ok(state) => Verdict {
-                allowed: true,
-                remaining: state.remaining_burst_capacity(),
-                retry_after: 0,
+    /// Counts one request under `key`: the local bucket, then (with a store) the global one.
+    pub async fn check(&self, key: String) -> Verdict {
+        let local = check_bucket(&self.buckets, self.quota, key.clone());
+        let Some((store, route_id)) = &self.global else {
+            return local;
+        };
+        if !local.allowed {
+            // This replica alone is over the limit: so is every replica together.
+            return local;
+        }
+        let id = crate::auth::sha256(&key);
+        let id: String = id[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let per = self.limit.window / self.limit.count;
+        let emission = u64::try_from(per.as_micros()).unwrap_or(u64::MAX).max(1);
+        match store
+            .gcra(
+                &format!("ratelimit:{route_id}:{id}"),
+                emission,
+                self.limit.burst,
+            )
+            .await
+        {
+            Ok((allowed, wait_us, remaining)) => Verdict {
+                allowed,
+                remaining,
+                retry_after: wait_us.div_ceil(1_000_000),
             },
-            Err(not_until) => {
-                let wait =
-                    not_until.wait_time_from(clock::Clock::now(&clock::DefaultClock::default()));
-                Verdict {
-                    allowed: false,
-                    remaining: 0,
-                    retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            Err(_) => {
+                self.fallbacks.inc();
+                match &self.fallback {
+                    Some((q, b)) => check_bucket(b, *q, key),
+                    None => local,
                 }
             }
         }

@@ -155,11 +155,22 @@ impl Gateway {
             .iter()
             .map(|r| metrics.route_series(&r.name))
             .collect();
+        let replicas = config
+            .cache
+            .as_ref()
+            .map_or(1, |c| c.rate_limit_fallback_replicas);
         let limiters = config
             .routes
             .routes()
             .iter()
-            .map(limit::Limiter::new)
+            .map(|r| {
+                limit::Limiter::with_store(
+                    r,
+                    auth.store().cloned(),
+                    replicas,
+                    metrics.rate_limit_fallbacks.clone(),
+                )
+            })
             .collect();
         Gateway {
             limiters,
@@ -300,7 +311,7 @@ impl Gateway {
     }
 
     /// `rate_limit`: counts the request under its key; over the limit, 429.
-    pub(crate) fn check_rate_limit(
+    pub(crate) async fn check_rate_limit(
         &self,
         index: usize,
         identity: Option<&crate::auth::Identity>,
@@ -310,7 +321,7 @@ impl Gateway {
         let Some(l) = self.limiters.get(index).and_then(Option::as_ref) else {
             return Ok(());
         };
-        let verdict = l.check(l.key(identity, conn.map(|c| c.peer.ip())));
+        let verdict = l.check(l.key(identity, conn.map(|c| c.peer.ip()))).await;
         out.rate_limit = Some(verdict);
         if verdict.allowed {
             Ok(())

@@ -424,6 +424,13 @@ fn cache(cx: &mut Ctx<'_>, f: Option<&Spanned<super::file::CacheFile>>) -> Optio
             (Duration::from_millis(1), Duration::from_secs(10)),
         ),
         key_prefix,
+        rate_limit_fallback_replicas: cx.size(
+            &f.get_ref().rate_limit_fallback_replicas,
+            "cache.rate_limit_fallback_replicas",
+            1,
+            1,
+            10_000,
+        ) as u32,
     })
 }
 
