@@ -53,7 +53,8 @@ ISSUER = "https://idp.bench"
 AUDIENCE = "https://api.bench"
 PORTS = {"upstream": 18080, "nginx": 18081, "haproxy": 18082, "haproxy-es": 18083, "bearward": 18084, "bearward-nocache": 18085,
          "bearward-b": 18086, "bearward-tls": 18087, "nginx-tls": 18089, "bearward-tlsl": 18090,
-         "bearward-decision": 18091, "nginx-auth": 18092}
+         "bearward-decision": 18091, "nginx-auth": 18092, "bearward-rl": 18093, "bearward-rlr": 18094}
+REDIS_PORT = 18095
 UPSTREAM_TLS_PORT = 18088
 TLS_FIXTURES = os.path.join(ROOT, "tests", "fixtures", "tls")
 WRK_CPU, SERVER_CPU = "0", "1"
@@ -489,7 +490,8 @@ def main():
     fronts = HAPROXY_FRONTEND.format(name="rs", port=PORTS["haproxy"], alg="RS256", key=f"{d}/rsa.pem", issuer=ISSUER, audience=AUDIENCE)
     fronts += HAPROXY_FRONTEND.format(name="es", port=PORTS["haproxy-es"], alg="ES256", key=f"{d}/ec.pem", issuer=ISSUER, audience=AUDIENCE)
     open(f"{d}/haproxy.cfg", "w").write(HAPROXY.format(frontends=fronts, up=PORTS["upstream"]))
-    binaries = {"bearward": args.bearward, "bearward-nocache": args.bearward, "bearward-tlsl": args.bearward}
+    binaries = {"bearward": args.bearward, "bearward-nocache": args.bearward, "bearward-tlsl": args.bearward,
+                "bearward-rl": args.bearward, "bearward-rlr": args.bearward}
     open(f"{d}/nginx-tls.conf", "w").write(NGINX_TLS_PROXY.format(dir=d, port=PORTS["nginx-tls"], up=PORTS["upstream"], tls=TLS_FIXTURES))
     # nginx + auth_request to bearward's decision listener: deploy/decision/nginx.conf as shipped.
     os.makedirs(f"{d}/nginx-auth", exist_ok=True)
@@ -520,6 +522,11 @@ def main():
         conf = conf.replace('algorithms = ["RS256", "ES256"]\n', OPAQUE_ISSUER.format(dir=d, up=PORTS["upstream"]))
         if name == "bearward":
             conf = conf.replace("[[issuers]]", f'[decision]\nlisten = "127.0.0.1:{PORTS["bearward-decision"]}"\n\n[[issuers]]', 1)
+        if name in ("bearward-rl", "bearward-rlr"):
+            # A limit that never trips: what counting every request costs.
+            conf = conf.replace('scopes = ["read"]', 'scopes = ["read"]\nrate_limit = { key = "subject", rate = "1000000/s" }')
+        if name == "bearward-rlr":
+            conf = conf.replace("[[issuers]]", f'[cache]\nredis_url = "redis://127.0.0.1:{REDIS_PORT}/0"\n\n[[issuers]]', 1)
         if name == "bearward-tlsl":
             conf = conf.replace("access_log = false", f'access_log = false\ntls_cert_file = "{TLS_FIXTURES}/server.pem"\ntls_key_file = "{TLS_FIXTURES}/server-key.pem"')
         if name == "bearward-tls":
@@ -535,6 +542,11 @@ def main():
         procs["upstream"] = start([nginx, "-c", f"{d}/upstream.conf", "-g", "daemon off;"], upstream_cpu)
         procs["nginx"] = start([nginx, "-c", f"{d}/nginx.conf", "-g", "daemon off;"], SERVER_CPU)
         procs["haproxy"] = start([haproxy, "-f", f"{d}/haproxy.cfg"], SERVER_CPU)
+        redis = shutil.which("redis-server")
+        if not redis:
+            sh(["apt-get", "install", "-y", "-qq", "redis-server"])
+            redis = shutil.which("redis-server") or "/usr/bin/redis-server"
+        procs["redis"] = start([redis, "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], WRK_CPU)
         procs["nginx-tls"] = start([nginx, "-c", f"{d}/nginx-tls.conf", "-g", "daemon off;"], SERVER_CPU)
         procs["nginx-auth"] = start([nginx, "-c", f"{d}/nginx-auth.conf", "-g", "daemon off;"], SERVER_CPU)
         for name, binary in binaries.items():
@@ -606,6 +618,9 @@ def main():
             # bearward in proxy mode; nginx-auth's CPU columns are nginx's only.
             "decision": [("nginx", PORTS["nginx"], H(rs), None), ("nginx-auth", PORTS["nginx-auth"], H(rs), None),
                          ("bearward", PORTS["bearward"], H(rs), None)],
+            # A rate limit that never trips, per process and through Redis, against none.
+            "rate-limit": [("nginx", PORTS["nginx"], H(rs), None), ("bearward", PORTS["bearward"], H(rs), None),
+                           ("bearward-rl", PORTS["bearward-rl"], H(rs), None), ("bearward-rlr", PORTS["bearward-rlr"], H(rs), None)],
             "no-token": [("nginx", PORTS["nginx"], None, None), ("haproxy", PORTS["haproxy"], None, None),
                          ("bearward", PORTS["bearward"], None, None)],
         }
