@@ -233,18 +233,6 @@ impl Gateway {
             if let Some(v) = v.header(&l.policy) {
                 h.insert(RATELIMIT, v);
             }
-        }
-        if let (Some(v), Some(l)) = (
-            out.rate_limit,
-            out.route_index
-                .and_then(|i| self.limiters.get(i))
-                .and_then(Option::as_ref),
-        ) {
-            let h = resp.headers_mut();
-            h.insert(RATELIMIT_POLICY, l.policy.clone());
-            if let Some(v) = v.header(&l.policy) {
-                h.insert(RATELIMIT, v);
-            }
             if !v.allowed {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(v.retry_after.max(1)));
             }
