@@ -90,3 +90,14 @@ pub(crate) fn dpop_algorithms() -> Vec<Algorithm> {
         Algorithm::PS256,
     ]
 }
+
+/// Lower-case hex of `bytes`: hashed keys in the shared store, ids in logs.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}

@@ -182,17 +182,27 @@ impl ClaimCondition {
     /// string is asked for) never does.
     pub fn holds(&self, claims: &serde_json::Map<String, serde_json::Value>) -> bool {
         use serde_json::Value;
-        let found = claims.get(&self.raw).or_else(|| {
-            let (first, rest) = self.path.split_first()?;
-            rest.iter()
-                .try_fold(claims.get(first)?, |v, seg| v.as_object()?.get(seg))
-        });
-        match found {
+        match claim_at(claims, &self.raw, &self.path) {
             Some(Value::String(s)) => *s == self.value,
             Some(Value::Array(a)) => a.iter().any(|x| x.as_str() == Some(self.value.as_str())),
             _ => false,
         }
     }
+}
+
+/// The claim named `raw`, or else at the dotted `path` into nested objects (what
+/// [`claim_path`] made of `raw`): route conditions, claim headers and rate-limit keys read
+/// claims through this one rule.
+pub fn claim_at<'a>(
+    claims: &'a serde_json::Map<String, serde_json::Value>,
+    raw: &str,
+    path: &[String],
+) -> Option<&'a serde_json::Value> {
+    claims.get(raw).or_else(|| {
+        let (first, rest) = path.split_first()?;
+        rest.iter()
+            .try_fold(claims.get(first)?, |v, seg| v.as_object()?.get(seg))
+    })
 }
 
 /// A dotted claim path: segments split on `.`, where `\.` is a dot inside a segment. `None`

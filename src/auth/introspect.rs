@@ -132,7 +132,7 @@ impl Introspector {
                 .build(),
             permits: tokio::sync::Semaphore::new(cfg.max_in_flight),
             shared,
-            shared_prefix: format!("introspection:{}:", hex(&hash[..8])),
+            shared_prefix: format!("introspection:{}:", crate::jose::hex(&hash[..8])),
             health: Mutex::new(Health::default()),
             lookups: metrics.introspection_cache(&issuer.issuer),
             metrics,
@@ -213,7 +213,7 @@ impl Introspector {
 
     /// An answer from the shared store, else from the endpoint (then stored there too).
     async fn load(&self, token: &str, hash: &[u8; 32]) -> Result<Answer, AuthError> {
-        let key = format!("{}{}", self.shared_prefix, hex(hash));
+        let key = format!("{}{}", self.shared_prefix, crate::jose::hex(hash));
         if let Some(store) = &self.shared {
             if let Ok(found) = store.get(&key).await {
                 let answer = found.and_then(|b| self.stored_answer(&b, hash));
@@ -307,14 +307,14 @@ impl Introspector {
                 return Err(e);
             }
         };
-        self.health
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .failing = None;
-        self.health
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .last_ok = Some(Instant::now());
+        {
+            let mut h = self
+                .health
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            h.failing = None;
+            h.last_ok = Some(Instant::now());
+        }
         let kept: Map<String, Value> = map
             .iter()
             .filter(|(k, _)| CHECKED.contains(&k.as_str()) || self.keep.iter().any(|c| c == *k))
@@ -547,7 +547,7 @@ impl Introspector {
                 // oidc-provider take it; Keycloak takes it as well as the token endpoint).
                 let claims = serde_json::json!({
                     "iss": cfg.client_id, "sub": cfg.client_id, "aud": uri.to_string(),
-                    "jti": hex(&jti), "iat": now, "exp": now + 60,
+                    "jti": crate::jose::hex(&jti), "iat": now, "exp": now + 60,
                 });
                 let assertion = crate::jose::sign(&claims, key, *alg, kid.as_deref())?;
                 form.append_pair("client_id", &cfg.client_id);
@@ -606,16 +606,6 @@ fn parse_answer(body: &[u8]) -> Result<Map<String, Value>, (&'static str, String
             "the answer repeats a member name".into(),
         )
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 #[cfg(test)]

@@ -40,11 +40,10 @@ impl Identity {
             self.0.scopes.join(" ")
         } else {
             // A top-level claim of exactly this name first, then a dotted path into objects.
+            // The path is parsed only when no top-level claim has exactly this name.
             let found = self.0.claims.get(claim).or_else(|| {
                 let path = crate::routes::claim_path(claim)?;
-                let (first, rest) = path.split_first()?;
-                rest.iter()
-                    .try_fold(self.0.claims.get(first)?, |v, seg| v.as_object()?.get(seg))
+                crate::routes::claim_at(&self.0.claims, claim, &path)
             });
             match found? {
                 serde_json::Value::String(s) => s.clone(),
@@ -418,7 +417,7 @@ impl Authenticator {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        let key = format!("dpop:{}", hex(&id));
+        let key = format!("dpop:{}", crate::jose::hex(&id));
         match store
             .set_nx(&key, replay_window(&self.dpop.verifier.config))
             .await
@@ -781,14 +780,4 @@ fn introspectors(
             .ok()
         })
         .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }

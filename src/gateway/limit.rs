@@ -118,13 +118,7 @@ impl Limiter {
             limit.count,
             limit.window.as_secs().max(1)
         );
-        let route_id = {
-            let h = crate::auth::sha256(&route.name);
-            h[..8]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        };
+        let route_id = crate::jose::hex(&crate::auth::sha256(&route.name)[..8]);
         let fallback = store.as_ref().and_then(|_| {
             let replicas = replicas.max(1);
             let q = make_quota(
@@ -174,7 +168,7 @@ impl Limiter {
             return local;
         }
         let id = crate::auth::sha256(&key);
-        let id: String = id[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let id = crate::jose::hex(&id[..16]);
         let per = self.limit.window / self.limit.count;
         let emission = u64::try_from(per.as_micros()).unwrap_or(u64::MAX).max(1);
         match store

@@ -68,6 +68,16 @@ struct Head<'a> {
     headers: &'a http::HeaderMap,
 }
 
+impl<'a> Head<'a> {
+    fn of(req: &'a Request<Body>) -> Head<'a> {
+        Head {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+        }
+    }
+}
+
 /// What [`Gateway::decide`] decided for a request it did not refuse.
 pub enum Decided<'a> {
     /// bearward answers itself (RFC 9728 metadata).
@@ -295,17 +305,10 @@ impl Gateway {
         sink: &mut S,
     ) -> Result<(Option<Identity>, Option<HeaderValue>), Rejection> {
         let mut identity = None;
-        if route.require_client_certificate {
-            let head = Head {
-                method: req.method(),
-                uri: req.uri(),
-                headers: req.headers(),
-            };
-            if self.client_cert(&head, conn).is_none() {
-                let rej = Rejection::Forbidden("client_certificate_required");
-                sink.refused("auth", &rej);
-                return Err(rej);
-            }
+        if route.require_client_certificate && self.client_cert(&Head::of(req), conn).is_none() {
+            let rej = Rejection::Forbidden("client_certificate_required");
+            sink.refused("auth", &rej);
+            return Err(rej);
         }
         let bearer = route.auth == AuthMode::Bearer;
         let preflight = bearer && route.cors_preflight && is_cors_preflight(req);
@@ -318,12 +321,9 @@ impl Gateway {
             }
             AuthMode::Bearer => {
                 let path = target.split('?').next().unwrap_or("/");
-                let head = Head {
-                    method: req.method(),
-                    uri: req.uri(),
-                    headers: req.headers(),
-                };
-                let (outcome, caller) = self.check_token(&head, path, route, conn, out, sink).await;
+                let (outcome, caller) = self
+                    .check_token(&Head::of(req), path, route, conn, out, sink)
+                    .await;
                 // Identity headers go upstream only with a forwarded request: an allowed one,
                 // or an audit-mode one whose token was valid.
                 if outcome.is_ok() || route.audit {
