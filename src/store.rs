@@ -14,36 +14,66 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// GCRA in one server-side step, on the store's own clock (`TIME`), so replicas with skewed
-/// clocks share one schedule. The key holds the theoretical arrival time in microseconds and
-/// expires when it is in the past.
+/// GCRA in one server-side step per key, on the store's own clock (`TIME`), so replicas with
+/// skewed clocks share one schedule. Each key holds its theoretical arrival time in microseconds
+/// and expires when that is in the past. One call takes a batch: `KEYS[i]` with `ARGV[2i-1]`
+/// (microseconds per request) and `ARGV[2i]` (burst), in arrival order, so a key named twice is
+/// counted twice; the answer is three integers per key.
 static GCRA: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r"
-local emission = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tolerance = emission * burst
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + emission
-local allow_at = new_tat - tolerance
-if allow_at > now then
-  return {0, allow_at - now, 0}
+local out = {}
+for i, key in ipairs(KEYS) do
+  local emission = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local tolerance = emission * burst
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + emission
+  local allow_at = new_tat - tolerance
+  if allow_at > now then
+    out[#out + 1] = 0
+    out[#out + 1] = allow_at - now
+    out[#out + 1] = 0
+  else
+    redis.call('SET', key, string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+    out[#out + 1] = 1
+    out[#out + 1] = 0
+    out[#out + 1] = math.floor((now + tolerance - new_tat) / emission)
+  end
 end
-redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
-return {1, 0, math.floor((now + tolerance - new_tat) / emission)}
+return out
 ",
     )
 });
+
+/// Checks waiting for the next `GCRA` batch; beyond this a check is answered as a store
+/// failure at once (the caller's fallback limit applies) rather than queued without bound.
+const GCRA_QUEUE: usize = 4096;
+/// Keys per `GCRA` call.
+const GCRA_BATCH: usize = 256;
+
+/// One request's GCRA step, waiting for a batch.
+struct GcraCheck {
+    key: Arc<str>,
+    emission_us: u64,
+    burst: u32,
+    done: tokio::sync::oneshot::Sender<Result<GcraAnswer, StoreError>>,
+}
+
+/// Whether a request conforms, the microseconds to wait when it does not, the burst left.
+pub type GcraAnswer = (bool, u64, u32);
 
 /// How long the store is skipped after a failed command.
 const BACKOFF: Duration = Duration::from_secs(1);
 
 /// Why a store command gave no answer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    #[error("shared store queue full")]
+    Busy,
     #[error("shared store skipped after a recent failure")]
     Skipped,
     #[error("shared store did not answer within {0:?}")]
@@ -56,6 +86,7 @@ impl StoreError {
     fn outcome(&self) -> &'static str {
         match self {
             StoreError::Skipped => "skipped",
+            StoreError::Busy => "busy",
             StoreError::Timeout(_) => "timeout",
             StoreError::Redis(_) => "error",
         }
@@ -73,6 +104,8 @@ pub struct SharedStore {
     skip_until: AtomicU64,
     epoch: Instant,
     metrics: Arc<Metrics>,
+    /// Rate-limit checks for the batching task, started on first use.
+    gcra_queue: std::sync::OnceLock<tokio::sync::mpsc::Sender<GcraCheck>>,
 }
 
 impl SharedStore {
@@ -96,6 +129,7 @@ impl SharedStore {
             skip_until: AtomicU64::new(0),
             epoch: Instant::now(),
             metrics,
+            gcra_queue: std::sync::OnceLock::new(),
         }))
     }
 
@@ -107,6 +141,12 @@ impl SharedStore {
     /// Is the store in use (not skipped after a failure)?
     pub fn healthy(&self) -> bool {
         self.skip_until.load(Ordering::Relaxed) == 0
+    }
+
+    /// Backing off after a failure?
+    fn skipping(&self) -> bool {
+        let until = self.skip_until.load(Ordering::Relaxed);
+        until != 0 && self.now_ms() < until
     }
 
     fn now_ms(&self) -> u64 {
@@ -131,7 +171,7 @@ impl SharedStore {
         work: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
         let until = self.skip_until.load(Ordering::Relaxed);
-        if until != 0 && self.now_ms() < until {
+        if self.skipping() {
             self.metrics.store_op(op, StoreError::Skipped.outcome());
             return Err(StoreError::Skipped);
         }
@@ -162,30 +202,44 @@ impl SharedStore {
         result
     }
 
-    /// One GCRA step (rate limits across replicas) for `key` (prefixed), atomically in the
-    /// store: `emission_us` microseconds per request, bursts of `burst`. Returns whether the
-    /// request conforms, the microseconds to wait when it does not, and the burst left.
-    /// One round trip: `EVALSHA`, with `EVAL` once if the store has not seen the script.
+    /// One GCRA step (rate limits across replicas) for `key` (made with [`SharedStore::key`]), atomically in the
+    /// store: `emission_us` microseconds per request, bursts of `burst`.
+    ///
+    /// Checks are batched: a task sends whatever checks are waiting in one `EVALSHA` (`EVAL`
+    /// once if the store has not seen the script), and while that call is out the next batch
+    /// gathers. Each check still waits for exactly one round trip and is decided in arrival
+    /// order, exactly as one call per request would, but a replica under load sends one
+    /// command per batch instead of per request, which is most of what the store costs.
+    /// Batches are counted as `gcra` operations.
     pub async fn gcra(
-        &self,
-        key: &str,
+        self: &Arc<Self>,
+        key: Arc<str>,
         emission_us: u64,
         burst: u32,
-    ) -> Result<(bool, u64, u32), StoreError> {
-        let mut conn = self.conn.clone();
-        let mut invocation = GCRA.key(self.key(key));
-        invocation.arg(emission_us).arg(burst);
-        let (ok, wait, left): (i64, i64, i64) = self
-            .guarded(
-                "gcra",
-                async move { invocation.invoke_async(&mut conn).await },
-            )
-            .await?;
-        Ok((
-            ok == 1,
-            u64::try_from(wait).unwrap_or(0),
-            u32::try_from(left).unwrap_or(0),
-        ))
+    ) -> Result<GcraAnswer, StoreError> {
+        if self.skipping() {
+            self.metrics.store_op("gcra", StoreError::Skipped.outcome());
+            return Err(StoreError::Skipped);
+        }
+        let queue = self.gcra_queue.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel(GCRA_QUEUE);
+            tokio::spawn(gcra_batches(Arc::downgrade(self), rx));
+            tx
+        });
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let check = GcraCheck {
+            key,
+            emission_us,
+            burst,
+            done,
+        };
+        if queue.try_send(check).is_err() {
+            self.metrics.store_op("gcra", StoreError::Busy.outcome());
+            return Err(StoreError::Busy);
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Redis("rate-limit batch dropped".into())))
     }
 
     /// The value at `key` (prefixed), if any.
@@ -226,5 +280,53 @@ impl SharedStore {
             )
             .await?;
         Ok(set.is_some())
+    }
+}
+
+/// Sends the waiting GCRA checks in batches until the store is dropped.
+async fn gcra_batches(
+    store: std::sync::Weak<SharedStore>,
+    mut queue: tokio::sync::mpsc::Receiver<GcraCheck>,
+) {
+    let mut checks = Vec::with_capacity(GCRA_BATCH);
+    while queue.recv_many(&mut checks, GCRA_BATCH).await > 0 {
+        let Some(store) = store.upgrade() else { return };
+        let mut invocation = GCRA.prepare_invoke();
+        for check in &checks {
+            invocation
+                .key(&*check.key)
+                .arg(check.emission_us)
+                .arg(check.burst);
+        }
+        let mut conn = store.conn.clone();
+        let answer: Result<Vec<i64>, StoreError> = store
+            .guarded(
+                "gcra",
+                async move { invocation.invoke_async(&mut conn).await },
+            )
+            .await;
+        let answer = answer.and_then(|values| {
+            if values.len() == checks.len() * 3 {
+                Ok(values)
+            } else {
+                Err(StoreError::Redis(format!(
+                    "rate-limit script answered {} values for {} keys",
+                    values.len(),
+                    checks.len()
+                )))
+            }
+        });
+        for (i, check) in checks.drain(..).enumerate() {
+            let result = match &answer {
+                Ok(v) => Ok((
+                    v[3 * i] == 1,
+                    u64::try_from(v[3 * i + 1]).unwrap_or(0),
+                    u32::try_from(v[3 * i + 2]).unwrap_or(0),
+                )),
+                Err(e) => Err(e.clone()),
+            };
+            // The request may have gone (client closed): nothing waits for its answer.
+            let _ = check.done.send(result);
+        }
     }
 }

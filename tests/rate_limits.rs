@@ -167,7 +167,7 @@ fn a_million_distinct_keys_stay_bounded() {
     let limiter = bearward::gateway::limit::Limiter::new(&cfg.routes.routes()[0]).unwrap();
     let before = rss_kib();
     for i in 0..1_000_000u32 {
-        let v = futures_util::FutureExt::now_or_never(limiter.check(format!("subject-{i}")))
+        let v = futures_util::FutureExt::now_or_never(limiter.check(&format!("subject-{i}")))
             .expect("a local check never waits");
         assert!(v.allowed);
     }
@@ -180,7 +180,6 @@ fn a_million_distinct_keys_stay_bounded() {
     // 100,000 buckets of a few hundred bytes each; a million would be several times this.
     assert!(grown < 120 * 1024, "RSS grew {grown} KiB");
     // The most recent key is still counted: its second request in the hour is refused.
-    let last =
-        futures_util::FutureExt::now_or_never(limiter.check("subject-999999".into())).unwrap();
+    let last = futures_util::FutureExt::now_or_never(limiter.check("subject-999999")).unwrap();
     assert!(!last.allowed);
 }

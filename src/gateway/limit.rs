@@ -17,6 +17,8 @@ use crate::telemetry::Counter;
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{clock, Quota, RateLimiter};
+use std::borrow::Cow;
+use std::hash::BuildHasher;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,20 +26,30 @@ use std::time::Duration;
 /// Keys kept per route.
 pub const MAX_KEYS: u64 = 100_000;
 
-type Bucket = RateLimiter<NotKeyed, InMemoryState, clock::DefaultClock, StateInformationMiddleware>;
+type Gcra = RateLimiter<NotKeyed, InMemoryState, clock::DefaultClock, StateInformationMiddleware>;
+
+/// One key's local bucket, and (with a store) the key its global bucket has there, made once
+/// per key rather than hashed and formatted on every request.
+struct Bucket {
+    gcra: Gcra,
+    stored: Option<Arc<str>>,
+}
 
 /// One route's limiter.
 pub struct Limiter {
     pub limit: RateLimit,
     quota: Quota,
-    buckets: moka::sync::Cache<String, Arc<Bucket>>,
+    buckets: moka::sync::Cache<u64, Arc<Bucket>>,
     /// `RateLimit-Policy`, made once.
     pub policy: http::HeaderValue,
     /// The store that makes the limit global, with this route's part of its keys.
     global: Option<(Arc<SharedStore>, String)>,
     /// The limit divided by `rate_limit_fallback_replicas`, for when the store is down.
-    fallback: Option<(Quota, moka::sync::Cache<String, Arc<Bucket>>)>,
+    fallback: Option<(Quota, moka::sync::Cache<u64, Arc<Bucket>>)>,
     fallbacks: Counter,
+    /// Keys are held as their SipHash under this process's random key: no string kept or
+    /// compared per request, and nobody outside can aim two keys at one bucket.
+    hasher: std::hash::RandomState,
 }
 
 /// What a check said, for the response's `RateLimit` header (and `Retry-After` on a 429).
@@ -49,7 +61,7 @@ pub struct Verdict {
     pub retry_after: u64,
 }
 
-fn buckets(idle: Duration) -> moka::sync::Cache<String, Arc<Bucket>> {
+fn buckets(idle: Duration) -> moka::sync::Cache<u64, Arc<Bucket>> {
     // LRU, not moka's default TinyLFU: under a flood of new keys TinyLFU may decline to keep a
     // new bucket at all, and a caller whose bucket is not kept is never limited.
     moka::sync::Cache::builder()
@@ -63,15 +75,8 @@ fn make_quota(per: Duration, burst: u32) -> Option<Quota> {
     Some(Quota::with_period(per.max(Duration::from_nanos(1)))?.allow_burst(NonZeroU32::new(burst)?))
 }
 
-fn check_bucket(
-    buckets: &moka::sync::Cache<String, Arc<Bucket>>,
-    quota: Quota,
-    key: String,
-) -> Verdict {
-    let bucket = buckets.get_with(key, || {
-        Arc::new(RateLimiter::direct(quota).with_middleware())
-    });
-    match bucket.check() {
+fn check_bucket(bucket: &Bucket) -> Verdict {
+    match bucket.gcra.check() {
         Ok(state) => Verdict {
             allowed: true,
             remaining: state.remaining_burst_capacity(),
@@ -135,50 +140,57 @@ impl Limiter {
             fallback,
             fallbacks,
             limit,
+            hasher: std::hash::RandomState::new(),
         })
     }
 
     /// The key a request is counted under; requests without one share the `-` bucket.
-    pub fn key(&self, identity: Option<&Identity>, peer: Option<std::net::IpAddr>) -> String {
+    pub fn key<'a>(
+        &self,
+        identity: Option<&'a Identity>,
+        peer: Option<std::net::IpAddr>,
+    ) -> Cow<'a, str> {
         let claims = identity.map(|i| &i.0.claims);
-        let text = |v: Option<&serde_json::Value>| {
-            v.and_then(serde_json::Value::as_str).map(str::to_owned)
+        let text = |v: Option<&'a serde_json::Value>| {
+            v.and_then(serde_json::Value::as_str).map(Cow::Borrowed)
         };
         let found = match &self.limit.key {
             LimitKey::Subject => text(claims.and_then(|c| c.get("sub"))),
             LimitKey::Client => {
                 text(claims.and_then(|c| c.get("azp").or_else(|| c.get("client_id"))))
             }
-            LimitKey::Ip => peer.map(|p| p.to_string()),
+            LimitKey::Ip => peer.map(|p| Cow::Owned(p.to_string())),
             LimitKey::Claim(path) => identity
                 .and_then(|i| i.header_value(path))
-                .and_then(|v| v.to_str().ok().map(str::to_owned)),
+                .and_then(|v| v.to_str().ok().map(|v| Cow::Owned(v.to_owned()))),
         };
-        found.unwrap_or_else(|| "-".to_owned())
+        found.unwrap_or(Cow::Borrowed("-"))
     }
 
     /// Counts one request under `key`: the local bucket, then (with a store) the global one.
-    pub async fn check(&self, key: String) -> Verdict {
-        let local = check_bucket(&self.buckets, self.quota, key.clone());
-        let Some((store, route_id)) = &self.global else {
+    pub async fn check(&self, key: &str) -> Verdict {
+        let hash = self.hasher.hash_one(key);
+        let bucket = self.buckets.get_with(hash, || {
+            Arc::new(Bucket {
+                gcra: RateLimiter::direct(self.quota).with_middleware(),
+                stored: self.global.as_ref().map(|(store, route_id)| {
+                    let id = crate::auth::sha256(key);
+                    let id = crate::jose::hex(&id[..16]);
+                    store.key(&format!("ratelimit:{route_id}:{id}")).into()
+                }),
+            })
+        });
+        let local = check_bucket(&bucket);
+        let (Some((store, _)), Some(stored)) = (&self.global, &bucket.stored) else {
             return local;
         };
         if !local.allowed {
             // This replica alone is over the limit: so is every replica together.
             return local;
         }
-        let id = crate::auth::sha256(&key);
-        let id = crate::jose::hex(&id[..16]);
         let per = self.limit.window / self.limit.count;
         let emission = u64::try_from(per.as_micros()).unwrap_or(u64::MAX).max(1);
-        match store
-            .gcra(
-                &format!("ratelimit:{route_id}:{id}"),
-                emission,
-                self.limit.burst,
-            )
-            .await
-        {
+        match store.gcra(stored.clone(), emission, self.limit.burst).await {
             Ok((allowed, wait_us, remaining)) => Verdict {
                 allowed,
                 remaining,
@@ -187,7 +199,12 @@ impl Limiter {
             Err(_) => {
                 self.fallbacks.inc();
                 match &self.fallback {
-                    Some((q, b)) => check_bucket(b, *q, key),
+                    Some((q, b)) => check_bucket(&b.get_with(hash, || {
+                        Arc::new(Bucket {
+                            gcra: RateLimiter::direct(*q).with_middleware(),
+                            stored: None,
+                        })
+                    })),
                     None => local,
                 }
             }

@@ -309,7 +309,7 @@ impl Gateway {
         let Some(l) = self.limiters.get(index).and_then(Option::as_ref) else {
             return Ok(());
         };
-        let verdict = l.check(l.key(identity, conn.map(|c| c.peer.ip()))).await;
+        let verdict = l.check(&l.key(identity, conn.map(|c| c.peer.ip()))).await;
         out.rate_limit = Some(verdict);
         if verdict.allowed {
             Ok(())
