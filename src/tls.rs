@@ -53,6 +53,16 @@ impl UpstreamTls {
         })
     }
 
+    /// The same settings offering only `h2` in ALPN (`protocol = "h2"`).
+    pub fn with_h2(&self) -> UpstreamTls {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        UpstreamTls {
+            config: Arc::new(config),
+            server_name: self.server_name.clone(),
+        }
+    }
+
     /// The TLS handshake over a connected socket.
     pub async fn connect(&self, tcp: TcpStream) -> io::Result<Stream> {
         let connector = tokio_rustls::TlsConnector::from(self.config.clone());
@@ -148,6 +158,14 @@ impl Stream {
         match self {
             Stream::Plain(s) => s,
             Stream::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    /// Did TLS agree on `h2` in ALPN?
+    pub fn alpn_h2(&self) -> bool {
+        match self {
+            Stream::Plain(_) => false,
+            Stream::Tls(s) => s.get_ref().1.alpn_protocol() == Some(b"h2"),
         }
     }
 

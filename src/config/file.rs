@@ -201,6 +201,9 @@ pub(super) struct UpstreamFile {
     pub tls_server_name: Option<Spanned<String>>,
     pub tls_client_cert: Option<Spanned<String>>,
     pub tls_client_key: Option<Spanned<String>>,
+    pub protocol: Option<Spanned<String>>,
+    pub h2_keepalive_interval: Option<Spanned<String>>,
+    pub h2_keepalive_timeout: Option<Spanned<String>>,
 }
 
 /// `[[routes]]`
@@ -210,6 +213,7 @@ pub(super) struct RouteFile {
     pub name: Option<Spanned<String>>,
     pub prefix: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
+    pub grpc_service: Option<Spanned<String>>,
     pub methods: Option<Spanned<Vec<Spanned<String>>>>,
     pub upstream: Option<Spanned<String>>,
     pub auth: Option<Spanned<AuthFile>>,

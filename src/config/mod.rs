@@ -45,6 +45,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Default longest silence of an upgraded connection: Envoy's `stream_idle_timeout`, which
 /// applies to its WebSocket streams too (nginx closes them after `proxy_read_timeout`, 60 s).
 pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// HTTP/2 upstreams: PING an idle connection this often (gRPC's own keepalive default is off;
+/// Envoy's `connection_keepalive` is commonly set to tens of seconds).
+pub const DEFAULT_H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default number of idle pooled connections kept per upstream.
 pub const DEFAULT_MAX_IDLE_CONNECTIONS: usize = 64;
 /// Default clock-skew leeway for `exp`, `nbf`, `iat`.
@@ -166,6 +170,23 @@ pub struct UpstreamConfig {
     /// The files `tls` was read from (CA bundle, client certificate and key), watched with the
     /// config file.
     pub tls_files: Vec<PathBuf>,
+    /// `protocol`: what is spoken to the upstream.
+    pub protocol: Protocol,
+    /// HTTP/2: a PING after this long without a frame from the upstream; `None`: never.
+    pub h2_keepalive_interval: Option<Duration>,
+    /// HTTP/2: the connection is closed when a PING is not answered within this.
+    pub h2_keepalive_timeout: Duration,
+}
+
+/// An upstream's `protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 over keep-alive connections (the default).
+    Http1,
+    /// HTTP/2 over cleartext TCP, with prior knowledge (`http://` URLs).
+    H2c,
+    /// HTTP/2 over TLS, agreed with ALPN (`https://` URLs).
+    H2,
 }
 
 /// Where an issuer's keys come from.

@@ -199,6 +199,8 @@ impl Gateway {
     {
         let start = Instant::now();
         let method = req.method().clone();
+        // An ingress asking for a decision wants HTTP answers, whatever the request it describes.
+        let grpc = !conn.decision && crate::upstream::is_grpc(req.headers());
         let mut out = Outcome::default();
         let mut resp = match self
             .phases(
@@ -219,7 +221,9 @@ impl Gateway {
                 };
                 out.reason = rej.reason();
                 let route = out.route_index.map(|i| &self.config.routes.routes()[i]);
-                rej.into_response(&self.answering(route, out.challenge))
+                let mut answering = self.answering(route, out.challenge);
+                answering.grpc = grpc;
+                rej.into_response(&answering)
             }
         };
         if let (Some(v), Some(l)) = (
@@ -331,6 +335,7 @@ impl Gateway {
             challenge,
             dpop_algs: dpop.algs(),
             nonce: dpop.current_nonce(),
+            grpc: false,
         }
     }
 

@@ -47,6 +47,8 @@ pub struct Answering<'a> {
     pub dpop_algs: String,
     /// The DPoP nonce clients must use now, when nonces are on.
     pub nonce: Option<String>,
+    /// A gRPC request: answered in gRPC's form ([`grpc_form`]).
+    pub grpc: bool,
 }
 
 impl Rejection {
@@ -154,6 +156,56 @@ impl Rejection {
         {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        if a.grpc {
+            return grpc_form(resp, &text);
+        }
         resp
     }
+}
+
+/// The gRPC status for an HTTP status bearward answers, after gRPC's "HTTP to gRPC status code
+/// mapping", with two departures that say more: 429 and 413 are RESOURCE_EXHAUSTED (8) and a
+/// timeout (504, 408) DEADLINE_EXCEEDED (4).
+pub(super) fn grpc_status(status: StatusCode) -> u8 {
+    match status.as_u16() {
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 | 405 | 501 => 12, // UNIMPLEMENTED
+        408 | 504 => 4,        // DEADLINE_EXCEEDED
+        413 | 429 => 8,        // RESOURCE_EXHAUSTED
+        502 | 503 => 14,       // UNAVAILABLE
+        _ => 2,                // UNKNOWN
+    }
+}
+
+/// A refusal in gRPC's form: HTTP 200 with no body ("Trailers-Only": the status travels in the
+/// one HEADERS frame), `grpc-status` and a percent-encoded `grpc-message`; the other headers
+/// (`WWW-Authenticate`, `Retry-After`, `DPoP-Nonce`) stay, so a client can still read the
+/// challenge. gRPC clients take any other status or content type as a transport failure.
+pub(super) fn grpc_form(resp: Response<Body>, message: &str) -> Response<Body> {
+    let code = grpc_status(resp.status());
+    let (mut parts, _) = resp.into_parts();
+    parts.status = StatusCode::OK;
+    let h = &mut parts.headers;
+    h.remove(header::CONTENT_LENGTH);
+    h.remove(header::CONNECTION);
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    // gRPC's percent-encoding: bytes outside printable ASCII, and `%`, as `%XX`.
+    let mut encoded = String::with_capacity(message.len());
+    for b in message.trim_end().bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&encoded) {
+        h.insert("grpc-message", v);
+    }
+    Response::from_parts(parts, body::empty())
 }

@@ -6,11 +6,13 @@
 //! `max_body_bytes` hold while it streams.
 
 mod error;
+mod h2;
 pub(crate) mod pool;
 mod tunnel;
 pub mod wire;
 
 pub use error::{BodyStalled, BodyTooLarge, ProxyError};
+pub use h2::is_grpc;
 pub use wire::HeadRewrite;
 
 use crate::body::{self, Body};
@@ -35,6 +37,8 @@ pub struct Upstreams {
 struct UpstreamClient {
     config: UpstreamConfig,
     pool: Arc<Pool>,
+    /// `protocol = "h2c"` or `"h2"`: the multiplexed connection, made over `pool`'s sockets.
+    h2: Option<h2::H2Client>,
 }
 
 impl Upstreams {
@@ -43,9 +47,14 @@ impl Upstreams {
         let clients = config
             .upstreams
             .iter()
-            .map(|u| UpstreamClient {
-                config: u.clone(),
-                pool: Pool::new(u, metrics.clone()),
+            .map(|u| {
+                let pool = Pool::new(u, metrics.clone());
+                UpstreamClient {
+                    config: u.clone(),
+                    h2: (u.protocol != crate::config::Protocol::Http1)
+                        .then(|| h2::H2Client::new(u, pool.clone())),
+                    pool,
+                }
             })
             .collect();
         Upstreams {
@@ -70,8 +79,14 @@ impl Upstreams {
         max_body: Option<u64>,
     ) -> Result<(Response<Body>, Duration), ProxyError> {
         let up = &self.clients[idx];
-        let client_upgrade = rewrite.upgrade.then(|| hyper::upgrade::on(&mut req));
         let start = Instant::now();
+        // gRPC's deadline (`grpc-timeout`) caps the wait: past it the client has given up.
+        let timeout = match grpc_timeout(req.headers()) {
+            Some(t) => t.min(up.config.request_timeout),
+            None => up.config.request_timeout,
+        };
+        let client_upgrade =
+            (rewrite.upgrade && up.h2.is_none()).then(|| hyper::upgrade::on(&mut req));
         // request_timeout counts from the end of the request body, so a long upload is not cut
         // off by it: the upstream cannot answer before it has the whole body. Until then the
         // body itself is bounded: no pause longer than body_read_timeout.
@@ -89,7 +104,13 @@ impl Upstreams {
             });
             (req, Some(rx))
         };
-        let fut = up.pool.send(req, rewrite, client_upgrade.is_some());
+        let upgrade = client_upgrade.is_some();
+        let fut = async {
+            match &up.h2 {
+                Some(h2) => h2.send(req, rewrite).await.map(|r| (r, None)),
+                None => up.pool.send(req, rewrite, upgrade).await,
+            }
+        };
         tokio::pin!(fut);
         // A stalled body fails `fut` itself, with `BodyTimeout` (the pool reads the cause off
         // the body's error), and drops the half-sent request: its connection is not reused.
@@ -103,7 +124,12 @@ impl Upstreams {
         let result = match early {
             Some(r) => r,
             None => timer
-                .run(up.config.request_timeout, fut)
+                .run(
+                    timeout
+                        .saturating_sub(start.elapsed())
+                        .max(Duration::from_millis(1)),
+                    fut,
+                )
                 .await
                 .ok_or(ProxyError::Timeout)?,
         };
@@ -124,6 +150,28 @@ impl Upstreams {
         }
         Ok((resp, elapsed))
     }
+}
+
+/// The client's `grpc-timeout` (gRPC over HTTP/2: at most 8 digits and a unit, `H` hours to
+/// `n` nanoseconds); `None` when absent or malformed.
+pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.as_bytes();
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    Some(match unit {
+        b"H" => Duration::from_secs(n * 3600),
+        b"M" => Duration::from_secs(n * 60),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// A connection's `request_timeout` timer, kept from one request to the next (see

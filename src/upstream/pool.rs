@@ -143,6 +143,18 @@ impl Pool {
         }
     }
 
+    /// The upstream's name in the config.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A new connection (TLS made, if any), within `connect_timeout`.
+    pub(crate) async fn open_stream(&self) -> Result<crate::tls::Stream, ProxyError> {
+        tokio::time::timeout(self.connect_timeout, self.open())
+            .await
+            .map_err(|_| ProxyError::ConnectTimeout)?
+    }
+
     async fn connect(&self) -> Result<Conn, ProxyError> {
         let stream = tokio::time::timeout(self.connect_timeout, self.open())
             .await

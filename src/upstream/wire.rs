@@ -78,6 +78,22 @@ impl HeadRewrite {
             || self.untrusted && crate::headers::is_hop_view(name)
     }
 
+    /// The rewrite applied to a header map, for HTTP/2 upstreams (hyper writes that head): the
+    /// client's headers it names go, its own lines come. `Host` becomes `:authority`.
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| self.replaces(k))
+            .cloned()
+            .collect();
+        for name in names {
+            headers.remove(name);
+        }
+        for (k, v) in self.lines() {
+            headers.append(k.clone(), v.clone());
+        }
+    }
+
     /// The replacement lines (`Host` aside).
     fn lines(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
         self.replace

@@ -147,6 +147,11 @@ impl Upstream {
 /// The TLS test upstream's acceptor: the certificate in `tests/fixtures/tls`; with `mtls`, a
 /// client certificate signed by `ca.pem` there is required.
 fn tls_acceptor(mtls: bool) -> tokio_rustls::TlsAcceptor {
+    tls_acceptor_alpn(mtls, Vec::new())
+}
+
+/// The test server certificate's acceptor, offering `alpn` (for an `h2` upstream).
+pub(crate) fn tls_acceptor_alpn(mtls: bool, alpn: Vec<Vec<u8>>) -> tokio_rustls::TlsAcceptor {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter("tests/fixtures/tls/server.pem")
@@ -171,7 +176,8 @@ fn tls_acceptor(mtls: bool) -> tokio_rustls::TlsAcceptor {
     } else {
         builder.with_no_client_auth()
     };
-    let config = builder.with_single_cert(certs, key).unwrap();
+    let mut config = builder.with_single_cert(certs, key).unwrap();
+    config.alpn_protocols = alpn;
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 

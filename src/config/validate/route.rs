@@ -350,27 +350,60 @@ fn matcher(
     ok: &mut bool,
 ) -> Option<PathMatch> {
     let key = |k: &str| format!("routes[{i}].{k}");
-    match (&r.prefix, &r.path) {
-        (Some(_), Some(p)) => {
+    // `grpc_service = "pkg.Service"`: the prefix `/pkg.Service/`, every method of the service.
+    let service = r.grpc_service.as_ref().and_then(|g| {
+        let name = g.get_ref();
+        let valid = !name.is_empty()
+            && !name.starts_with('.')
+            && !name.ends_with('.')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+        if !valid {
             cx.err(
-                p.span(),
-                &key("path"),
-                "give either `prefix` or `path`, not both",
+                g.span(),
+                &key("grpc_service"),
+                format!("{name:?} is not a gRPC service name (package.Service: letters, digits, `_` and `.`)"),
             );
+            *ok = false;
+            return None;
+        }
+        Some(Spanned::new(g.span(), format!("/{name}/")))
+    });
+    let given = [
+        r.prefix.is_some(),
+        r.path.is_some(),
+        r.grpc_service.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        let (span, which) = match (&r.path, &r.grpc_service) {
+            (Some(p), _) => (p.span(), "path"),
+            (None, Some(g)) => (g.span(), "grpc_service"),
+            (None, None) => (span.clone(), "prefix"),
+        };
+        cx.err(
+            span,
+            &key(which),
+            "give one of `prefix`, `path` and `grpc_service`",
+        );
+        *ok = false;
+        return None;
+    }
+    match (&r.prefix, &r.path, &service) {
+        (Some(p), _, _) => canonical(cx, p, &key("prefix"), path_opts).map(PathMatch::Prefix),
+        (_, Some(p), _) => canonical(cx, p, &key("path"), path_opts).map(PathMatch::Exact),
+        (_, _, Some(p)) => canonical(cx, p, &key("grpc_service"), path_opts).map(PathMatch::Prefix),
+        (None, None, None) => {
+            if r.grpc_service.is_none() {
+                cx.err(
+                    span.clone(),
+                    &format!("routes[{i}]"),
+                    "needs a `prefix`, a `path` or a `grpc_service`",
+                );
+            }
             *ok = false;
             None
         }
-        (None, None) => {
-            cx.err(
-                span.clone(),
-                &format!("routes[{i}]"),
-                "needs a `prefix` or a `path`",
-            );
-            *ok = false;
-            None
-        }
-        (Some(p), None) => canonical(cx, p, &key("prefix"), path_opts).map(PathMatch::Prefix),
-        (None, Some(p)) => canonical(cx, p, &key("path"), path_opts).map(PathMatch::Exact),
     }
 }
 

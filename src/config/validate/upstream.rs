@@ -42,7 +42,39 @@ pub(super) fn upstream(cx: &mut Ctx<'_>, name: &str, u: &Spanned<UpstreamFile>) 
             format!("{:?} is not a URL: {e}", u.url.get_ref()),
         ),
     }
-    let tls = upstream_tls(cx, u, &scheme, &authority, &key);
+    let mut tls = upstream_tls(cx, u, &scheme, &authority, &key);
+    let protocol = match u.protocol.as_ref().map(|p| (p, p.get_ref().as_str())) {
+        None | Some((_, "http1")) => Protocol::Http1,
+        Some((p, "h2c")) => {
+            if scheme != http::uri::Scheme::HTTP {
+                cx.err(
+                    p.span(),
+                    &key("protocol"),
+                    "\"h2c\" is HTTP/2 without TLS: use an http:// url, or \"h2\" for https://",
+                );
+            }
+            Protocol::H2c
+        }
+        Some((p, "h2")) => {
+            if scheme != http::uri::Scheme::HTTPS {
+                cx.err(
+                    p.span(),
+                    &key("protocol"),
+                    "\"h2\" is HTTP/2 over TLS: use an https:// url, or \"h2c\" for http://",
+                );
+            }
+            tls = tls.map(|t| t.with_h2());
+            Protocol::H2
+        }
+        Some((p, other)) => {
+            cx.err(
+                p.span(),
+                &key("protocol"),
+                format!("{other:?} is none of \"http1\", \"h2c\", \"h2\""),
+            );
+            Protocol::Http1
+        }
+    };
     let long = (Duration::from_millis(1), Duration::from_secs(3600));
     UpstreamConfig {
         name: name.to_owned(),
@@ -87,6 +119,22 @@ pub(super) fn upstream(cx: &mut Ctx<'_>, name: &str, u: &Spanned<UpstreamFile>) 
             .map(|f| PathBuf::from(f.get_ref()))
             .collect(),
         tls,
+        protocol,
+        h2_keepalive_interval: match &u.h2_keepalive_interval {
+            Some(v) if v.get_ref() == "off" => None,
+            _ => Some(cx.duration(
+                &u.h2_keepalive_interval,
+                &key("h2_keepalive_interval"),
+                DEFAULT_H2_KEEPALIVE_INTERVAL,
+                (Duration::from_secs(1), Duration::from_secs(3600)),
+            )),
+        },
+        h2_keepalive_timeout: cx.duration(
+            &u.h2_keepalive_timeout,
+            &key("h2_keepalive_timeout"),
+            DEFAULT_H2_KEEPALIVE_TIMEOUT,
+            (Duration::from_millis(100), Duration::from_secs(600)),
+        ),
     }
 }
 

@@ -1,0 +1,331 @@
+//! HTTP/2 to an upstream (`protocol = "h2c"` or `"h2"`): hyper's HTTP/2 client over one
+//! multiplexed connection per upstream, made on first use and made again when it closes.
+//!
+//! - The upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` and flow control are h2's: streams past
+//!   the limit wait in h2 for a slot; a body is read from the client only as fast as the
+//!   upstream's window opens, so a large upload is streamed, never gathered.
+//! - A connection idle for `h2_keepalive_interval` is PINGed; one that does not answer within
+//!   `h2_keepalive_timeout` is closed and the next request makes a new one.
+//! - GOAWAY: streams the upstream took go on to their end. A request the upstream says it never
+//!   processed (a stream above GOAWAY's last stream id, a `REFUSED_STREAM` reset, or one the
+//!   closing connection never sent) is sent again on a new connection, at most
+//!   [`MAX_ATTEMPTS`] times in all (RFC 9113 8.7), with what was read of its body if that was
+//!   at most [`REPLAY_BYTES`]. Any other failure is a 502: the upstream may have acted on it.
+//! - Request and response trailers pass (gRPC's status travels in them).
+
+use super::pool::Pool;
+use super::{HeadRewrite, ProxyError};
+use crate::body::{self, Body, BoxError};
+use crate::config::UpstreamConfig;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::Frame;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+/// Sends of one request, the first included, when the upstream refuses it unprocessed.
+const MAX_ATTEMPTS: usize = 3;
+/// A request body is kept for a second send only up to this size; past it, a refused stream is
+/// a 502 (the bytes already went to the refusing upstream and were dropped there).
+pub(crate) const REPLAY_BYTES: usize = 64 * 1024;
+
+/// The HTTP/2 connection to one upstream.
+pub(crate) struct H2Client {
+    pool: Arc<Pool>,
+    /// `http` or `https`: the `:scheme` the upstream is told.
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    keepalive: Option<std::time::Duration>,
+    keepalive_timeout: std::time::Duration,
+    sender: Mutex<Option<SendRequest<ReplayBody>>>,
+    /// Held while a connection is being made, so a burst of requests makes one, not many.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl H2Client {
+    pub(crate) fn new(config: &UpstreamConfig, pool: Arc<Pool>) -> H2Client {
+        H2Client {
+            pool,
+            scheme: config.scheme.clone(),
+            authority: config.authority.clone(),
+            keepalive: config.h2_keepalive_interval,
+            keepalive_timeout: config.h2_keepalive_timeout,
+            sender: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn cached(&self) -> Option<SendRequest<ReplayBody>> {
+        let slot = self
+            .sender
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    /// The live connection, made if there is none.
+    async fn connection(&self) -> Result<SendRequest<ReplayBody>, ProxyError> {
+        if let Some(s) = self.cached() {
+            return Ok(s);
+        }
+        let _making = self.connecting.lock().await;
+        if let Some(s) = self.cached() {
+            return Ok(s);
+        }
+        let stream = self.pool.open_stream().await?;
+        if self.scheme == http::uri::Scheme::HTTPS && !stream.alpn_h2() {
+            tracing::warn!(upstream = %self.pool.name(), "the upstream did not agree to h2 in ALPN");
+            return Err(ProxyError::Tls);
+        }
+        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(self.keepalive)
+            .keep_alive_timeout(self.keepalive_timeout)
+            .keep_alive_while_idle(true)
+            .adaptive_window(true)
+            .max_header_list_size(64 * 1024);
+        let (sender, conn) = builder.handshake(TokioIo::new(stream)).await.map_err(|e| {
+            tracing::warn!(upstream = %self.pool.name(), error = %e, "HTTP/2 handshake with the upstream failed");
+            ProxyError::Unreachable
+        })?;
+        let name = self.pool.name().to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(upstream = %name, error = %e, "HTTP/2 upstream connection ended");
+            }
+        });
+        *self
+            .sender
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// Forgets the cached connection if it has closed.
+    fn forget(&self) {
+        let mut slot = self
+            .sender
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.as_ref().is_some_and(SendRequest::is_closed) {
+            *slot = None;
+        }
+    }
+
+    /// Sends a request (headers already cleaned by `forward::prepare_request`) and waits for
+    /// the response head.
+    pub(crate) async fn send(
+        &self,
+        req: Request<Body>,
+        rewrite: &HeadRewrite,
+    ) -> Result<Response<Body>, ProxyError> {
+        let (mut parts, req_body) = req.into_parts();
+        rewrite.apply(&mut parts.headers);
+        // `:authority` is what HTTP/1 would have sent as Host (the client's, or the upstream's
+        // with `pass_host_header = false`).
+        let authority = rewrite
+            .host
+            .as_ref()
+            .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+            .unwrap_or_else(|| self.authority.clone());
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(self.scheme.clone());
+        uri.authority = Some(authority);
+        uri.path_and_query = parts.uri.path_and_query().cloned();
+        parts.uri = http::Uri::from_parts(uri).map_err(|_| ProxyError::BadResponse)?;
+        parts.version = http::Version::HTTP_2;
+        // gRPC requires it of clients (RFC 9113 8.2.2 allows only this TE in HTTP/2); the
+        // client sent it to bearward, where it was stripped with the other hop-by-hop headers.
+        if is_grpc(&parts.headers) {
+            parts
+                .headers
+                .insert(http::header::TE, HeaderValue::from_static("trailers"));
+        }
+        let shared = Arc::new(Mutex::new(Recorded {
+            body: req_body,
+            frames: Vec::new(),
+            bytes: 0,
+            overflowed: false,
+        }));
+        let head = (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        );
+        let mut next = Some(Request::from_parts(
+            parts,
+            ReplayBody {
+                shared: shared.clone(),
+                at: 0,
+            },
+        ));
+        for attempt in 1..=MAX_ATTEMPTS {
+            let req = match next.take() {
+                Some(r) => r,
+                None => {
+                    if shared
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .overflowed
+                    {
+                        return Err(ProxyError::Unreachable);
+                    }
+                    let mut r = Request::new(ReplayBody {
+                        shared: shared.clone(),
+                        at: 0,
+                    });
+                    *r.method_mut() = head.0.clone();
+                    *r.uri_mut() = head.1.clone();
+                    *r.headers_mut() = head.2.clone();
+                    *r.version_mut() = http::Version::HTTP_2;
+                    r
+                }
+            };
+            let mut sender = self.connection().await?;
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(resp.map(body::boxed)),
+                Err(mut e) => {
+                    let unsent = e.take_message();
+                    let unprocessed = unsent.is_some() || refused(e.error());
+                    tracing::debug!(upstream = %self.pool.name(), attempt, error = %e.error(), unprocessed, "HTTP/2 upstream request failed");
+                    self.forget();
+                    if !unprocessed {
+                        return Err(body_error(e.error()).unwrap_or(ProxyError::Unreachable));
+                    }
+                    next = unsent;
+                }
+            }
+        }
+        Err(ProxyError::Unreachable)
+    }
+}
+
+/// Is this a gRPC request (`content-type: application/grpc` or `application/grpc+...`)?
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= 16
+            && v[..16].eq_ignore_ascii_case(b"application/grpc")
+            && matches!(v.get(16), None | Some(b'+' | b';'))
+    })
+}
+
+/// Did the upstream say it did not process the stream: a stream above a GOAWAY's last stream
+/// id, or `REFUSED_STREAM` (RFC 9113 8.7)?
+fn refused(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// The client body's own failure (stalled, too large, broken), if that is what ended the
+/// exchange.
+fn body_error(e: &hyper::Error) -> Option<ProxyError> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<super::BodyStalled>() {
+            return Some(ProxyError::BodyTimeout);
+        }
+        if err.is::<super::BodyTooLarge>() {
+            return Some(ProxyError::BodyTooLarge);
+        }
+        source = err.source();
+    }
+    e.is_user().then_some(ProxyError::ClientBody)
+}
+
+/// What was read of a request body, kept (up to [`REPLAY_BYTES`]) for a second send.
+struct Recorded {
+    body: Body,
+    frames: Vec<Recording>,
+    bytes: usize,
+    /// More than [`REPLAY_BYTES`] was read: no second send.
+    overflowed: bool,
+}
+
+enum Recording {
+    Data(Bytes),
+    Trailers(HeaderMap),
+}
+
+/// A request body that records what it hands to hyper, so a refused stream can be sent again:
+/// each send reads the recording from its start, then the client's body where the last one left
+/// off.
+pub(crate) struct ReplayBody {
+    shared: Arc<Mutex<Recorded>>,
+    /// Frames of the recording this send has had.
+    at: usize,
+}
+
+impl http_body::Body for ReplayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let at = self.at;
+        let shared = self.shared.clone();
+        let mut r = shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(f) = r.frames.get(at) {
+            self.at += 1;
+            return Poll::Ready(Some(Ok(match f {
+                Recording::Data(d) => Frame::data(d.clone()),
+                Recording::Trailers(t) => Frame::trailers(t.clone()),
+            })));
+        }
+        let polled = Pin::new(&mut r.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if !r.overflowed {
+                let n = frame.data_ref().map_or(0, Bytes::len);
+                r.bytes += n;
+                if r.bytes > REPLAY_BYTES {
+                    r.overflowed = true;
+                    r.frames = Vec::new();
+                } else {
+                    let kept = match (frame.data_ref(), frame.trailers_ref()) {
+                        (Some(d), _) => Recording::Data(d.clone()),
+                        (None, Some(t)) => Recording::Trailers(t.clone()),
+                        (None, None) => return polled,
+                    };
+                    r.frames.push(kept);
+                    self.at += 1;
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let r = self
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.at >= r.frames.len() && r.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let r = self
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if r.frames.is_empty() && self.at == 0 {
+            r.body.size_hint()
+        } else {
+            http_body::SizeHint::default()
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! HTTP/2 upstreams (`protocol = "h2c"` and `"h2"`), against a real hyper HTTP/2 server on a
+//! loopback port: request and response bodies and trailers both ways, 100 concurrent streams
+//! on one connection, the upstream's `max_concurrent_streams` respected, GOAWAY mid-run losing
+//! and doubling no request, `grpc-timeout` capping the wait, and bearward's own refusals of
+//! gRPC requests in gRPC's form.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+type TestBody = BoxBody<Bytes, Infallible>;
+
+#[derive(Default)]
+struct Options {
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    max_streams: Option<u32>,
+    /// Each connection says GOAWAY once this many requests have arrived on it.
+    goaway_after: Option<usize>,
+    tls: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Got {
+    /// Path and query.
+    path: String,
+    version: http::Version,
+    headers: HeaderMap,
+    body_len: usize,
+    trailers: Option<HeaderMap>,
+}
+
+#[derive(Default)]
+struct Stats {
+    connections: AtomicUsize,
+    active: AtomicUsize,
+    peak: AtomicUsize,
+    got: Mutex<Vec<Got>>,
+}
+
+/// A real HTTP/2 server: `/echo` answers with the body it got and trailers, `/hold` takes
+/// 50 ms, `/slow` 2 s.
+struct H2Upstream {
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+}
+
+impl H2Upstream {
+    async fn start(opts: Options) -> H2Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(Stats::default());
+        let st = stats.clone();
+        let opts = Arc::new(opts);
+        let tls = opts
+            .tls
+            .then(|| tls_acceptor_alpn(false, vec![b"h2".to_vec()]));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                st.connections.fetch_add(1, Ordering::SeqCst);
+                let (st, opts, tls) = (st.clone(), opts.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let arrived = Arc::new(AtomicUsize::new(0));
+                    let goaway = Arc::new(tokio::sync::Notify::new());
+                    let (a, g, s2, o2) =
+                        (arrived.clone(), goaway.clone(), st.clone(), opts.clone());
+                    let svc = service_fn(move |req| {
+                        let n = a.fetch_add(1, Ordering::SeqCst) + 1;
+                        if o2.goaway_after == Some(n) {
+                            g.notify_one();
+                        }
+                        serve(req, s2.clone())
+                    });
+                    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    b.max_concurrent_streams(opts.max_streams);
+                    match tls {
+                        Some(acceptor) => {
+                            let io = acceptor.accept(tcp).await.unwrap();
+                            let _ = b.serve_connection(TokioIo::new(io), svc).await;
+                        }
+                        None => {
+                            let conn = b.serve_connection(TokioIo::new(tcp), svc);
+                            tokio::pin!(conn);
+                            tokio::select! {
+                                _ = conn.as_mut() => return,
+                                _ = goaway.notified() => conn.as_mut().graceful_shutdown(),
+                            }
+                            let _ = conn.await;
+                        }
+                    }
+                });
+            }
+        });
+        H2Upstream { addr, stats }
+    }
+
+    fn got(&self) -> Vec<Got> {
+        self.stats.got.lock().unwrap().clone()
+    }
+}
+
+async fn serve(req: Request<Incoming>, st: Arc<Stats>) -> Result<Response<TestBody>, Infallible> {
+    let now = st.active.fetch_add(1, Ordering::SeqCst) + 1;
+    st.peak.fetch_max(now, Ordering::SeqCst);
+    let path = req.uri().path_and_query().unwrap().to_string();
+    let (parts, body) = req.into_parts();
+    let collected = body.collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    let bytes = collected.to_bytes();
+    match req_path(&path) {
+        "/hold" => tokio::time::sleep(Duration::from_millis(50)).await,
+        "/slow" => tokio::time::sleep(Duration::from_secs(2)).await,
+        _ => {}
+    }
+    st.got.lock().unwrap().push(Got {
+        path,
+        version: parts.version,
+        headers: parts.headers,
+        body_len: bytes.len(),
+        trailers,
+    });
+    st.active.fetch_sub(1, Ordering::SeqCst);
+    let mut t = HeaderMap::new();
+    t.insert("x-upstream-trailer", "done".parse().unwrap());
+    t.insert("grpc-status", "0".parse().unwrap());
+    let frames = vec![
+        Ok::<_, Infallible>(Frame::data(bytes)),
+        Ok(Frame::trailers(t)),
+    ];
+    Ok(Response::builder()
+        .header("content-type", "application/octet-stream")
+        .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+            frames,
+        ))))
+        .unwrap())
+}
+
+fn req_path(p: &str) -> &str {
+    p.split('?').next().unwrap()
+}
+
+fn config(up: SocketAddr, protocol: &str, extra: &str) -> String {
+    let (scheme, tls) = if protocol == "h2" {
+        ("https", "tls_ca_file = \"tests/fixtures/tls/ca.pem\"\n")
+    } else {
+        ("http", "")
+    };
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[[issuers]]
+issuer = "https://idp.test"
+jwks_file = "tests/fixtures/empty-jwks.json"
+audiences = ["https://api.test"]
+
+[upstreams.app]
+url = "{scheme}://localhost:{port}"
+protocol = "{protocol}"
+request_timeout = "5s"
+{tls}{extra}
+
+[[routes]]
+grpc_service = "test.Locked"
+scopes = ["read"]
+upstream = "app"
+
+[[routes]]
+prefix = "/"
+auth = "none"
+upstream = "app"
+"#,
+        port = up.port()
+    )
+}
+
+fn h2c_client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
+}
+
+/// A request body of `n` bytes in 16 KiB frames, then `trailers`.
+fn streamed(n: usize, trailers: Option<HeaderMap>) -> TestBody {
+    let mut frames: Vec<Result<Frame<Bytes>, Infallible>> = (0..n)
+        .step_by(16 * 1024)
+        .map(|at| {
+            Ok(Frame::data(Bytes::from(vec![
+                b'x';
+                (n - at).min(16 * 1024)
+            ])))
+        })
+        .collect();
+    if let Some(t) = trailers {
+        frames.push(Ok(Frame::trailers(t)));
+    }
+    BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)))
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+async fn call(
+    c: &Client<HttpConnector, TestBody>,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: TestBody,
+) -> Reply {
+    let mut req = Request::post(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = c.request(req.body(body).unwrap()).await.expect("request");
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.expect("body");
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        trailers: collected.trailers().cloned(),
+        body: collected.to_bytes(),
+    }
+}
+
+#[tokio::test]
+async fn bodies_and_trailers_pass_both_ways_over_h2c() {
+    let up = H2Upstream::start(Options::default()).await;
+    let gw = Gateway::start(&config(up.addr, "h2c", "")).await;
+    let c = h2c_client();
+    let mut t = HeaderMap::new();
+    t.insert("x-client-trailer", "sent".parse().unwrap());
+    let r = call(
+        &c,
+        &gw.url("/echo"),
+        &[("x-request-id", "abc")],
+        streamed(1_000_000, Some(t)),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.len(), 1_000_000);
+    let trailers = r.trailers.expect("the upstream's trailers arrive");
+    assert_eq!(trailers["x-upstream-trailer"], "done");
+    assert_eq!(trailers["grpc-status"], "0");
+    let got = up.got();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].version, http::Version::HTTP_2);
+    assert_eq!(got[0].body_len, 1_000_000);
+    assert_eq!(got[0].headers["x-request-id"], "abc");
+    assert_eq!(
+        got[0]
+            .trailers
+            .as_ref()
+            .expect("the client's trailers arrive")["x-client-trailer"],
+        "sent"
+    );
+    // An HTTP/1.1 client is served from the same HTTP/2 upstream.
+    let h1 = client();
+    let a = send(&h1, "POST", &gw.url("/echo"), &[], "hello").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body, "hello");
+    assert_eq!(up.stats.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_streams_share_one_connection() {
+    let up = H2Upstream::start(Options::default()).await;
+    let gw = Gateway::start(&config(up.addr, "h2c", "")).await;
+    let c = h2c_client();
+    let calls = (0..100).map(|i| {
+        let (c, url) = (c.clone(), gw.url("/hold"));
+        tokio::spawn(async move { call(&c, &url, &[], streamed(1000 + i, None)).await })
+    });
+    for (i, r) in futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let r = r.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.body.len(), 1000 + i);
+    }
+    assert_eq!(up.got().len(), 100);
+    assert_eq!(
+        up.stats.connections.load(Ordering::SeqCst),
+        1,
+        "one multiplexed connection"
+    );
+    assert!(
+        up.stats.peak.load(Ordering::SeqCst) >= 50,
+        "streams ran concurrently: peak {}",
+        up.stats.peak.load(Ordering::SeqCst)
+    );
+}
+
+#[tokio::test]
+async fn the_upstreams_max_concurrent_streams_is_respected() {
+    let up = H2Upstream::start(Options {
+        max_streams: Some(8),
+        ..Options::default()
+    })
+    .await;
+    let gw = Gateway::start(&config(up.addr, "h2c", "")).await;
+    let c = h2c_client();
+    let calls = (0..60).map(|_| {
+        let (c, url) = (c.clone(), gw.url("/hold"));
+        tokio::spawn(async move { call(&c, &url, &[], streamed(10, None)).await.status })
+    });
+    for r in futures_util::future::join_all(calls).await {
+        assert_eq!(r.unwrap(), StatusCode::OK);
+    }
+    let peak = up.stats.peak.load(Ordering::SeqCst);
+    assert!(peak <= 8, "at most 8 streams at once, saw {peak}");
+    assert_eq!(up.got().len(), 60);
+}
+
+#[tokio::test]
+async fn goaway_mid_run_loses_and_doubles_no_request() {
+    // Every connection goes away after 15 requests; 300 requests, 30 at a time, some with
+    // bodies: each must be answered 200 and reach the upstream exactly once.
+    let up = H2Upstream::start(Options {
+        goaway_after: Some(15),
+        ..Options::default()
+    })
+    .await;
+    let gw = Gateway::start(&config(up.addr, "h2c", "")).await;
+    let c = h2c_client();
+    let sem = Arc::new(tokio::sync::Semaphore::new(30));
+    let calls = (0..300).map(|i| {
+        let (c, sem) = (c.clone(), sem.clone());
+        let url = gw.url(&format!("/hold?n={i}"));
+        tokio::spawn(async move {
+            let _p = sem.acquire().await.unwrap();
+            let r = call(&c, &url, &[], streamed(i % 3 * 1000, None)).await;
+            (r.status, r.body.len())
+        })
+    });
+    for (i, r) in futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(r.unwrap(), (StatusCode::OK, i % 3 * 1000), "request {i}");
+    }
+    let mut got: Vec<String> = up.got().into_iter().map(|g| g.path).collect();
+    got.sort();
+    got.dedup();
+    assert_eq!(
+        up.got().len(),
+        300,
+        "each request reached the upstream once"
+    );
+    assert_eq!(got.len(), 300, "no request reached it twice");
+    assert!(
+        up.stats.connections.load(Ordering::SeqCst) >= 10,
+        "the upstream went away and bearward reconnected"
+    );
+}
+
+#[tokio::test]
+async fn h2_over_tls_with_alpn() {
+    let up = H2Upstream::start(Options {
+        tls: true,
+        ..Options::default()
+    })
+    .await;
+    let gw = Gateway::start(&config(up.addr, "h2", "")).await;
+    let r = call(&h2c_client(), &gw.url("/echo"), &[], streamed(70_000, None)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.len(), 70_000);
+    assert_eq!(r.trailers.unwrap()["x-upstream-trailer"], "done");
+    assert_eq!(up.got()[0].version, http::Version::HTTP_2);
+}
+
+#[tokio::test]
+async fn grpc_refusals_and_timeouts_are_answered_in_grpc_form() {
+    let up = H2Upstream::start(Options::default()).await;
+    let gw = Gateway::start(&config(up.addr, "h2c", "")).await;
+    let c = h2c_client();
+    let grpc = [("content-type", "application/grpc"), ("te", "trailers")];
+    // No token on the locked service: UNAUTHENTICATED, with the challenge kept.
+    let r = call(&c, &gw.url("/test.Locked/Get"), &grpc, streamed(5, None)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["content-type"], "application/grpc");
+    assert_eq!(r.headers["grpc-status"], "16");
+    assert!(r.headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer"));
+    assert!(r.body.is_empty());
+    // A forged token: UNAUTHENTICATED too, with the reason in grpc-message.
+    let r = call(
+        &c,
+        &gw.url("/test.Locked/Get"),
+        &[grpc[0], ("authorization", "Bearer abc.def.ghi")],
+        streamed(5, None),
+    )
+    .await;
+    assert_eq!(r.headers["grpc-status"], "16");
+    assert!(r.headers.contains_key("grpc-message"));
+    assert!(up.got().is_empty(), "nothing refused reached the upstream");
+    // The same without gRPC's content type is a plain 401.
+    let r = call(&c, &gw.url("/test.Locked/Get"), &[], streamed(5, None)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // grpc-timeout caps the wait for a slow upstream: DEADLINE_EXCEEDED after ~300 ms, not
+    // the upstream's 5 s request_timeout.
+    let start = std::time::Instant::now();
+    let r = call(
+        &c,
+        &gw.url("/slow"),
+        &[grpc[0], ("grpc-timeout", "300m")],
+        streamed(5, None),
+    )
+    .await;
+    assert_eq!(r.headers["grpc-status"], "4");
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+    // A gRPC request reaches the upstream with `te: trailers`.
+    let r = call(&c, &gw.url("/echo"), &grpc, streamed(5, None)).await;
+    assert_eq!(r.trailers.unwrap()["grpc-status"], "0");
+    let got = up.got();
+    assert_eq!(got.last().unwrap().headers["te"], "trailers");
+}
+
+#[tokio::test]
+async fn an_unreachable_grpc_upstream_is_unavailable() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = Gateway::start(&config(port, "h2c", "")).await;
+    let r = call(
+        &h2c_client(),
+        &gw.url("/x.Y/Z"),
+        &[("content-type", "application/grpc+proto")],
+        streamed(5, None),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["grpc-status"], "14");
+    // No route for a gRPC path on a config with none: UNIMPLEMENTED.
+}
