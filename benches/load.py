@@ -6,6 +6,7 @@
     python3 benches/load.py --only rs256-one --candidates bearward,bearward-b --compare OLD --rounds 8
     python3 benches/load.py --pgo --compare target/release/bearward   # a PGO build beside the plain one
     python3 benches/load.py --tls-upstream --only rs256-one --candidates bearward,bearward-tls
+    python3 benches/load.py --only grpc          # HTTP/2 + gRPC with h2load (benches/grpc_load.py)
 
 What it does:
   * installs nginx, haproxy and wrk from the distribution if missing (apt-get), and the Python
@@ -447,6 +448,12 @@ def main():
                     help="shared: upstream and proxy on CPU 1 (the issue's layout); isolated: upstream "
                          "with wrk on CPU 0, the proxy alone on CPU 1, so no proxy is preempted by the upstream")
     args = ap.parse_args()
+    if args.only == "grpc":
+        # HTTP/2 and gRPC load runs with h2load, not wrk: benches/grpc_load.py.
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grpc_load.py")
+        extra = ["--no-build"] if args.no_build else []
+        os.execv(sys.executable, [sys.executable, script, "--duration", str(args.duration),
+                                  "--rounds", str(args.rounds), "--bearward", args.bearward, *extra])
 
     ensure_tools()
     if args.pgo:

@@ -442,21 +442,121 @@ async fn grpc_refusals_and_timeouts_are_answered_in_grpc_form() {
 }
 
 #[tokio::test]
-async fn an_unreachable_grpc_upstream_is_unavailable() {
+async fn an_unreachable_grpc_upstream_is_unavailable_and_an_unrouted_method_unimplemented() {
     let port = TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap()
         .local_addr()
         .unwrap();
-    let gw = Gateway::start(&config(port, "h2c", "")).await;
+    let only_grpc = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[upstreams.app]
+url = "http://{port}"
+protocol = "h2c"
+
+[[routes]]
+grpc_service = "x.Y"
+auth = "none"
+upstream = "app"
+"#
+    );
+    let gw = Gateway::start(&only_grpc).await;
+    let grpc = [("content-type", "application/grpc+proto")];
+    let r = call(&h2c_client(), &gw.url("/x.Y/Z"), &grpc, streamed(5, None)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["grpc-status"], "14");
+    // `grpc_service` covers the service's methods only.
     let r = call(
         &h2c_client(),
-        &gw.url("/x.Y/Z"),
-        &[("content-type", "application/grpc+proto")],
+        &gw.url("/x.Other/Z"),
+        &grpc,
         streamed(5, None),
     )
     .await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.headers["grpc-status"], "14");
-    // No route for a gRPC path on a config with none: UNIMPLEMENTED.
+    assert_eq!(r.headers["grpc-status"], "12");
+    let r = call(&h2c_client(), &gw.url("/x.YZ/A"), &grpc, streamed(5, None)).await;
+    assert_eq!(r.headers["grpc-status"], "12");
+}
+
+/// A TCP relay between bearward and the upstream that can be frozen: bytes stop both ways, as
+/// when a peer vanishes without a FIN (a node gone, a NAT entry dropped).
+async fn freezable_relay(to: SocketAddr) -> (SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = frozen.clone();
+    tokio::spawn(async move {
+        while let Ok((a, _)) = listener.accept().await {
+            let b = tokio::net::TcpStream::connect(to).await.unwrap();
+            let f = f.clone();
+            tokio::spawn(async move {
+                let (ar, aw) = a.into_split();
+                let (br, bw) = b.into_split();
+                let pump = |mut r: tokio::net::tcp::OwnedReadHalf,
+                            mut w: tokio::net::tcp::OwnedWriteHalf,
+                            f: Arc<std::sync::atomic::AtomicBool>| async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = vec![0u8; 16384];
+                    loop {
+                        let n = match r.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if f.load(Ordering::SeqCst) {
+                            // Swallowed: the peer never hears of it, and nothing is closed.
+                            continue;
+                        }
+                        if w.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                tokio::join!(pump(ar, bw, f.clone()), pump(br, aw, f));
+            });
+        }
+    });
+    (addr, frozen)
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_found_by_ping_and_replaced() {
+    let up = H2Upstream::start(Options::default()).await;
+    let (relay, frozen) = freezable_relay(up.addr).await;
+    let gw = Gateway::start(&config(
+        relay,
+        "h2c",
+        "h2_keepalive_interval = \"1s\"\nh2_keepalive_timeout = \"500ms\"",
+    ))
+    .await;
+    let c = h2c_client();
+    assert_eq!(
+        call(&c, &gw.url("/echo"), &[], streamed(5, None))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    frozen.store(true, Ordering::SeqCst);
+    // The connection goes silent: the PING goes unanswered and bearward closes it within
+    // interval + timeout, long before the 5 s request_timeout.
+    let start = std::time::Instant::now();
+    let r = call(&c, &gw.url("/echo"), &[], streamed(5, None)).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    eprintln!("silent connection found after {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_millis(3000),
+        "{:?}",
+        start.elapsed()
+    );
+    // With the path back, the next request gets a new connection and passes.
+    frozen.store(false, Ordering::SeqCst);
+    assert_eq!(
+        call(&c, &gw.url("/echo"), &[], streamed(5, None))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(up.stats.connections.load(Ordering::SeqCst), 2);
 }

@@ -40,9 +40,15 @@ pub(crate) struct H2Client {
     authority: http::uri::Authority,
     keepalive: Option<std::time::Duration>,
     keepalive_timeout: std::time::Duration,
-    sender: Mutex<Option<SendRequest<ReplayBody>>>,
+    /// The connection in use and its number.
+    sender: Mutex<Option<(u64, SendRequest<ReplayBody>)>>,
     /// Held while a connection is being made, so a burst of requests makes one, not many.
     connecting: tokio::sync::Mutex<()>,
+    /// Connections attempted so far, and how the last attempt failed (if it did): requests that
+    /// queued behind a failing attempt share its answer instead of each waiting out a
+    /// `connect_timeout` of its own in turn.
+    attempts: std::sync::atomic::AtomicU64,
+    last_failure: Mutex<Option<ProxyError>>,
 }
 
 impl H2Client {
@@ -55,26 +61,41 @@ impl H2Client {
             keepalive_timeout: config.h2_keepalive_timeout,
             sender: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
+            attempts: std::sync::atomic::AtomicU64::new(0),
+            last_failure: Mutex::new(None),
         }
     }
 
-    fn cached(&self) -> Option<SendRequest<ReplayBody>> {
-        let slot = self
-            .sender
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        slot.as_ref().filter(|s| !s.is_closed()).cloned()
+    fn cached(&self) -> Option<(u64, SendRequest<ReplayBody>)> {
+        let slot = lock(&self.sender);
+        slot.as_ref().filter(|(_, s)| !s.is_closed()).cloned()
     }
 
-    /// The live connection, made if there is none.
-    async fn connection(&self) -> Result<SendRequest<ReplayBody>, ProxyError> {
+    /// The live connection and its number, made if there is none.
+    async fn connection(&self) -> Result<(u64, SendRequest<ReplayBody>), ProxyError> {
+        use std::sync::atomic::Ordering;
         if let Some(s) = self.cached() {
             return Ok(s);
         }
+        let seen = self.attempts.load(Ordering::Acquire);
         let _making = self.connecting.lock().await;
         if let Some(s) = self.cached() {
             return Ok(s);
         }
+        if self.attempts.load(Ordering::Acquire) != seen {
+            if let Some(e) = *lock(&self.last_failure) {
+                return Err(e);
+            }
+        }
+        let id = self.attempts.fetch_add(1, Ordering::AcqRel) + 1;
+        let made = self.connect().await;
+        *lock(&self.last_failure) = made.as_ref().err().copied();
+        let sender = made?;
+        *lock(&self.sender) = Some((id, sender.clone()));
+        Ok((id, sender))
+    }
+
+    async fn connect(&self) -> Result<SendRequest<ReplayBody>, ProxyError> {
         let stream = self.pool.open_stream().await?;
         if self.scheme == http::uri::Scheme::HTTPS && !stream.alpn_h2() {
             tracing::warn!(upstream = %self.pool.name(), "the upstream did not agree to h2 in ALPN");
@@ -98,20 +119,14 @@ impl H2Client {
                 tracing::debug!(upstream = %name, error = %e, "HTTP/2 upstream connection ended");
             }
         });
-        *self
-            .sender
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sender.clone());
         Ok(sender)
     }
 
-    /// Forgets the cached connection if it has closed.
-    fn forget(&self) {
-        let mut slot = self
-            .sender
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if slot.as_ref().is_some_and(SendRequest::is_closed) {
+    /// Stops handing out connection `id` (closed, or going away): the next request makes a new
+    /// one. Streams still running on it finish there.
+    fn forget(&self, id: u64) {
+        let mut slot = lock(&self.sender);
+        if slot.as_ref().is_some_and(|(cached, _)| *cached == id) {
             *slot = None;
         }
     }
@@ -167,11 +182,7 @@ impl H2Client {
             let req = match next.take() {
                 Some(r) => r,
                 None => {
-                    if shared
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .overflowed
-                    {
+                    if lock(&shared).overflowed {
                         return Err(ProxyError::Unreachable);
                     }
                     let mut r = Request::new(ReplayBody {
@@ -185,14 +196,18 @@ impl H2Client {
                     r
                 }
             };
-            let mut sender = self.connection().await?;
+            let (id, mut sender) = self.connection().await?;
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(resp.map(body::boxed)),
                 Err(mut e) => {
                     let unsent = e.take_message();
                     let unprocessed = unsent.is_some() || refused(e.error());
                     tracing::debug!(upstream = %self.pool.name(), attempt, error = %e.error(), unprocessed, "HTTP/2 upstream request failed");
-                    self.forget();
+                    // A refused stream alone leaves the connection usable; anything else
+                    // (GOAWAY, a closed or broken connection) retires it.
+                    if !is_refused_stream(e.error()) {
+                        self.forget(id);
+                    }
                     if !unprocessed {
                         return Err(body_error(e.error()).unwrap_or(ProxyError::Unreachable));
                     }
@@ -214,18 +229,33 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
     })
 }
 
-/// Did the upstream say it did not process the stream: a stream above a GOAWAY's last stream
-/// id, or `REFUSED_STREAM` (RFC 9113 8.7)?
-fn refused(e: &hyper::Error) -> bool {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The h2 error behind a hyper error, if any.
+fn h2_error(e: &hyper::Error) -> Option<&h2::Error> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return h2.is_remote()
-                && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+            return Some(h2);
         }
         source = err.source();
     }
-    false
+    None
+}
+
+/// A `REFUSED_STREAM` reset from the upstream: this stream only, the connection is fine.
+fn is_refused_stream(e: &hyper::Error) -> bool {
+    h2_error(e).is_some_and(|h2| {
+        h2.is_reset() && h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+    })
+}
+
+/// Did the upstream say it did not process the stream: a stream above a GOAWAY's last stream
+/// id, or `REFUSED_STREAM` (RFC 9113 8.7)?
+fn refused(e: &hyper::Error) -> bool {
+    h2_error(e).is_some_and(|h2| h2.is_remote() && h2.is_go_away()) || is_refused_stream(e)
 }
 
 /// The client body's own failure (stalled, too large, broken), if that is what ended the
@@ -277,9 +307,7 @@ impl http_body::Body for ReplayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let at = self.at;
         let shared = self.shared.clone();
-        let mut r = shared
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut r = lock(&shared);
         if let Some(f) = r.frames.get(at) {
             self.at += 1;
             return Poll::Ready(Some(Ok(match f {
@@ -310,18 +338,12 @@ impl http_body::Body for ReplayBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        let r = self
-            .shared
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let r = lock(&self.shared);
         self.at >= r.frames.len() && r.body.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        let r = self
-            .shared
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let r = lock(&self.shared);
         if r.frames.is_empty() && self.at == 0 {
             r.body.size_hint()
         } else {

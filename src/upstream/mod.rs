@@ -1,7 +1,9 @@
 //! The upstream side, one subsystem behind one entry point, [`Upstreams::send`]: a pool of
 //! keep-alive connections per upstream ([`pool`]), the HTTP/1.1 exchange over them written for
 //! measured reasons ([`wire`]: framing checked exactly, heads written without a `HeaderMap`
-//! copy), TLS to `https` upstreams (through [`crate::tls`]), and how a forwarded request fails ([`error`]).
+//! copy), HTTP/2 over one multiplexed connection for `protocol = "h2c"`/`"h2"` upstreams
+//! ([`h2`], hyper's client: gRPC), TLS to `https` upstreams (through [`crate::tls`]), and how a
+//! forwarded request fails ([`error`]).
 //! The request body is watched on its way up ([`NotifyEnd`]): `body_read_timeout` and
 //! `max_body_bytes` hold while it streams.
 

@@ -21,7 +21,8 @@
 //!   `max_idle_connections` are kept;
 //! - an early response (before the request body was sent in full) is forwarded and its
 //!   connection closed; a failed request body closes the connection;
-//! - request trailers are not forwarded (RFC 9110 6.5.1 lets a proxy drop them);
+//! - request trailers are not forwarded (RFC 9110 6.5.1 lets a proxy drop them; HTTP/2
+//!   upstreams, `super::h2`, get them);
 //! - upgrades (101) take the connection out of the pool for good.
 
 use crate::body::{self, Body, BoxError};
