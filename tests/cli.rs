@@ -91,6 +91,22 @@ fn shadowed_routes_warn() {
     );
 }
 
+#[test]
+fn a_grpc_service_behind_an_http1_upstream_warns() {
+    let text =
+        GOOD.to_owned() + "\n[[routes]]\ngrpc_service = \"shop.Orders\"\nupstream = \"app\"\n";
+    let (ok, out) = check(&text);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning:")
+            && out.contains("routes[2].grpc_service")
+            && out.contains("protocol = \"h2c\""),
+        "{out}"
+    );
+    let (ok, out) = check(&text.replace("[upstreams.app]", "[upstreams.app]\nprotocol = \"h2c\""));
+    assert!(ok && !out.contains("warning:"), "{out}");
+}
+
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let up = common::Upstream::start().await;

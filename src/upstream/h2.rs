@@ -209,12 +209,17 @@ impl H2Client {
                         self.forget(id);
                     }
                     if !unprocessed {
-                        return Err(body_error(e.error()).unwrap_or(ProxyError::Unreachable));
+                        let err = body_error(e.error()).unwrap_or(ProxyError::Unreachable);
+                        if err == ProxyError::Unreachable {
+                            tracing::warn!(upstream = %self.pool.name(), error = %e.error(), "HTTP/2 upstream request failed; the upstream may have processed it, so it is not sent again");
+                        }
+                        return Err(err);
                     }
                     next = unsent;
                 }
             }
         }
+        tracing::warn!(upstream = %self.pool.name(), attempts = MAX_ATTEMPTS, "HTTP/2 upstream refused the request every time");
         Err(ProxyError::Unreachable)
     }
 }

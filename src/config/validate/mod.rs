@@ -203,7 +203,7 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
         &binding,
     );
     let table = RouteTable::new(routes);
-    let warnings = warnings(&mut cx, &file, &table, &issuers);
+    let warnings = warnings(&mut cx, &file, &table, &issuers, &upstreams);
 
     Ok(Config {
         source: name.to_owned(),
@@ -610,6 +610,7 @@ fn warnings(
     file: &FileConfig,
     table: &RouteTable,
     issuers: &[IssuerConfig],
+    upstreams: &[UpstreamConfig],
 ) -> Vec<Problem> {
     let mut warnings: Vec<Problem> = table
         .shadowed()
@@ -634,6 +635,23 @@ fn warnings(
             let bearer = table.routes()[i].auth == AuthMode::Bearer;
             bearer.then(|| (v, format!("routes[{i}].resource")))
         }));
+    // gRPC needs HTTP/2 to the service: over HTTP/1.1 every call fails at the upstream.
+    for (i, r) in file.routes.iter().enumerate() {
+        let (Some(g), Some(u)) = (&r.get_ref().grpc_service, table.routes()[i].upstream) else {
+            continue;
+        };
+        let up = &upstreams[u];
+        if up.protocol == Protocol::Http1 {
+            warnings.push(cx.locate(
+                g.span(),
+                &format!("routes[{i}].grpc_service"),
+                format!(
+                    "upstream {:?} speaks HTTP/1.1; gRPC needs protocol = \"h2c\" (or \"h2\" over https) on it",
+                    up.name
+                ),
+            ));
+        }
+    }
     let mut seen: Vec<&str> = Vec::new();
     for (v, key) in named {
         let id = v.get_ref().as_str();
