@@ -200,7 +200,11 @@ impl Gateway {
         let start = Instant::now();
         let method = req.method().clone();
         // An ingress asking for a decision wants HTTP answers, whatever the request it describes.
-        let grpc = !conn.decision && crate::upstream::is_grpc(req.headers());
+        // gRPC runs over HTTP/2 only (gRPC-Web, over HTTP/1.1, reads HTTP errors), so HTTP/1
+        // requests skip the header lookup.
+        let grpc = !conn.decision
+            && req.version() == http::Version::HTTP_2
+            && crate::upstream::is_grpc(req.headers());
         let mut out = Outcome::default();
         let mut resp = match self
             .phases(

@@ -82,11 +82,9 @@ impl Upstreams {
     ) -> Result<(Response<Body>, Duration), ProxyError> {
         let up = &self.clients[idx];
         let start = Instant::now();
-        // gRPC's deadline (`grpc-timeout`) caps the wait: past it the client has given up.
-        let timeout = match grpc_timeout(req.headers()) {
-            Some(t) => t.min(up.config.request_timeout),
-            None => up.config.request_timeout,
-        };
+        // gRPC's deadline (`grpc-timeout`) caps the wait: past it the client has given up. Only
+        // HTTP/2 upstreams carry gRPC, so HTTP/1 requests skip the lookup.
+        let deadline = up.h2.as_ref().and_then(|_| grpc_timeout(req.headers()));
         let client_upgrade =
             (rewrite.upgrade && up.h2.is_none()).then(|| hyper::upgrade::on(&mut req));
         // request_timeout counts from the end of the request body, so a long upload is not cut
@@ -125,15 +123,16 @@ impl Upstreams {
         };
         let result = match early {
             Some(r) => r,
-            None => timer
-                .run(
-                    timeout
+            None => {
+                let timeout = match deadline {
+                    // The deadline counts from the request's start, request_timeout from here.
+                    Some(d) => d
                         .saturating_sub(start.elapsed())
-                        .max(Duration::from_millis(1)),
-                    fut,
-                )
-                .await
-                .ok_or(ProxyError::Timeout)?,
+                        .clamp(Duration::from_millis(1), up.config.request_timeout),
+                    None => up.config.request_timeout,
+                };
+                timer.run(timeout, fut).await.ok_or(ProxyError::Timeout)?
+            }
         };
         let elapsed = start.elapsed();
         let (resp, upgraded) = result?;
@@ -157,7 +156,8 @@ impl Upstreams {
 /// The client's `grpc-timeout` (gRPC over HTTP/2: at most 8 digits and a unit, `H` hours to
 /// `n` nanoseconds); `None` when absent or malformed.
 pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let v = headers.get("grpc-timeout")?.as_bytes();
+    static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+    let v = headers.get(&GRPC_TIMEOUT)?.as_bytes();
     let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
