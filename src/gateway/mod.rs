@@ -450,16 +450,14 @@ impl Gateway {
         if let Some(v) = audit {
             req.headers_mut().insert(AUDIT_HEADER, v);
         }
-        match self
-            .upstreams
-            .send(
-                upstream_index,
-                req,
-                &rewrite,
-                &conn.request_timer,
-                route.max_body,
-            )
-            .await
+        match Box::pin(self.upstreams.send(
+            upstream_index,
+            req,
+            &rewrite,
+            &conn.request_timer,
+            route.max_body,
+        ))
+        .await
         {
             Ok((mut resp, elapsed)) => {
                 out.upstream_status = Some(resp.status().as_u16());

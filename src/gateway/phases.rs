@@ -321,9 +321,8 @@ impl Gateway {
             }
             AuthMode::Bearer => {
                 let path = target.split('?').next().unwrap_or("/");
-                let (outcome, caller) = self
-                    .check_token(&Head::of(req), path, route, conn, out, sink)
-                    .await;
+                let (outcome, caller) =
+                    Box::pin(self.check_token(&Head::of(req), path, route, conn, out, sink)).await;
                 // Identity headers go upstream only with a forwarded request: an allowed one,
                 // or an audit-mode one whose token was valid.
                 if outcome.is_ok() || route.audit {
