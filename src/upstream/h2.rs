@@ -329,10 +329,12 @@ impl http_body::Body for ReplayBody {
                     r.overflowed = true;
                     r.frames = Vec::new();
                 } else {
+                    // Empty DATA frames carry nothing to replay, and keeping them would let a
+                    // client grow the recording without sending a byte.
                     let kept = match (frame.data_ref(), frame.trailers_ref()) {
-                        (Some(d), _) => Recording::Data(d.clone()),
+                        (Some(d), _) if !d.is_empty() => Recording::Data(d.clone()),
                         (None, Some(t)) => Recording::Trailers(t.clone()),
-                        (None, None) => return polled,
+                        _ => return polled,
                     };
                     r.frames.push(kept);
                     self.at += 1;
