@@ -18,7 +18,6 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{clock, Quota, RateLimiter};
 use std::borrow::Cow;
-use std::hash::BuildHasher;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,21 +34,24 @@ struct Bucket {
     stored: Option<Arc<str>>,
 }
 
+/// Buckets by key. A hit is an exact comparison of the key, so no two keys share a bucket
+/// whatever the hash does; the hash (foldhash, seeded at random per process) only places them.
+type Buckets = moka::sync::Cache<Arc<str>, Arc<Bucket>, foldhash::quality::RandomState>;
+
 /// One route's limiter.
 pub struct Limiter {
     pub limit: RateLimit,
     quota: Quota,
-    buckets: moka::sync::Cache<u64, Arc<Bucket>>,
+    buckets: Buckets,
     /// `RateLimit-Policy`, made once.
     pub policy: http::HeaderValue,
+    /// `"name";r=`: the start of every `RateLimit` value.
+    header_start: Box<[u8]>,
     /// The store that makes the limit global, with this route's part of its keys.
     global: Option<(Arc<SharedStore>, String)>,
     /// The limit divided by `rate_limit_fallback_replicas`, for when the store is down.
-    fallback: Option<(Quota, moka::sync::Cache<u64, Arc<Bucket>>)>,
+    fallback: Option<(Quota, Buckets)>,
     fallbacks: Counter,
-    /// Keys are held as their SipHash under this process's random key: no string kept or
-    /// compared per request, and nobody outside can aim two keys at one bucket.
-    hasher: std::hash::RandomState,
 }
 
 /// What a check said, for the response's `RateLimit` header (and `Retry-After` on a 429).
@@ -61,14 +63,22 @@ pub struct Verdict {
     pub retry_after: u64,
 }
 
-fn buckets(idle: Duration) -> moka::sync::Cache<u64, Arc<Bucket>> {
+fn buckets(idle: Duration) -> Buckets {
     // LRU, not moka's default TinyLFU: under a flood of new keys TinyLFU may decline to keep a
     // new bucket at all, and a caller whose bucket is not kept is never limited.
     moka::sync::Cache::builder()
         .max_capacity(MAX_KEYS)
         .time_to_idle(idle)
         .eviction_policy(moka::policy::EvictionPolicy::lru())
-        .build()
+        .build_with_hasher(foldhash::quality::RandomState::default())
+}
+
+/// `key`'s bucket in `buckets`, made with `make` when it has none: the key is copied only then.
+fn bucket_for(buckets: &Buckets, key: &str, make: impl FnOnce() -> Bucket) -> Arc<Bucket> {
+    match buckets.get(key) {
+        Some(b) => b,
+        None => buckets.get_with(Arc::from(key), || Arc::new(make())),
+    }
 }
 
 fn make_quota(per: Duration, burst: u32) -> Option<Quota> {
@@ -136,11 +146,11 @@ impl Limiter {
             quota,
             buckets: buckets(idle),
             policy: http::HeaderValue::from_str(&policy).ok()?,
+            header_start: format!("\"{name}\";r=").into_bytes().into(),
             global: store.map(|s| (s, route_id)),
             fallback,
             fallbacks,
             limit,
-            hasher: std::hash::RandomState::new(),
         })
     }
 
@@ -169,16 +179,13 @@ impl Limiter {
 
     /// Counts one request under `key`: the local bucket, then (with a store) the global one.
     pub async fn check(&self, key: &str) -> Verdict {
-        let hash = self.hasher.hash_one(key);
-        let bucket = self.buckets.get_with(hash, || {
-            Arc::new(Bucket {
-                gcra: RateLimiter::direct(self.quota).with_middleware(),
-                stored: self.global.as_ref().map(|(store, route_id)| {
-                    let id = crate::auth::sha256(key);
-                    let id = crate::jose::hex(&id[..16]);
-                    store.key(&format!("ratelimit:{route_id}:{id}")).into()
-                }),
-            })
+        let bucket = bucket_for(&self.buckets, key, || Bucket {
+            gcra: RateLimiter::direct(self.quota).with_middleware(),
+            stored: self.global.as_ref().map(|(store, route_id)| {
+                let id = crate::auth::sha256(key);
+                let id = crate::jose::hex(&id[..16]);
+                store.key(&format!("ratelimit:{route_id}:{id}")).into()
+            }),
         });
         let local = check_bucket(&bucket);
         let (Some((store, _)), Some(stored)) = (&self.global, &bucket.stored) else {
@@ -199,11 +206,9 @@ impl Limiter {
             Err(_) => {
                 self.fallbacks.inc();
                 match &self.fallback {
-                    Some((q, b)) => check_bucket(&b.get_with(hash, || {
-                        Arc::new(Bucket {
-                            gcra: RateLimiter::direct(*q).with_middleware(),
-                            stored: None,
-                        })
+                    Some((q, b)) => check_bucket(&bucket_for(b, key, || Bucket {
+                        gcra: RateLimiter::direct(*q).with_middleware(),
+                        stored: None,
                     })),
                     None => local,
                 }
@@ -216,16 +221,17 @@ impl Limiter {
         self.buckets.run_pending_tasks();
         self.buckets.entry_count()
     }
-}
 
-impl Verdict {
-    /// `RateLimit` for this answer: the policy's name, remaining requests, seconds to reset.
-    pub fn header(&self, policy: &http::HeaderValue) -> Option<http::HeaderValue> {
-        let name = policy.to_str().ok()?.split(';').next()?;
-        http::HeaderValue::from_str(&format!(
-            "{name};r={};t={}",
-            self.remaining, self.retry_after
-        ))
-        .ok()
+    /// `RateLimit` for `verdict`: the policy's name, remaining requests, seconds to reset.
+    /// Made on every answer of a limited route, so without `format!`.
+    pub fn header(&self, verdict: &Verdict) -> Option<http::HeaderValue> {
+        let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (r, t) = (r.format(verdict.remaining), t.format(verdict.retry_after));
+        let mut value = Vec::with_capacity(self.header_start.len() + r.len() + 3 + t.len());
+        value.extend_from_slice(&self.header_start);
+        value.extend_from_slice(r.as_bytes());
+        value.extend_from_slice(b";t=");
+        value.extend_from_slice(t.as_bytes());
+        http::HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok()
     }
 }

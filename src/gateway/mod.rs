@@ -238,7 +238,7 @@ impl Gateway {
         ) {
             let h = resp.headers_mut();
             h.insert(RATELIMIT_POLICY, l.policy.clone());
-            if let Some(v) = v.header(&l.policy) {
+            if let Some(v) = l.header(&v) {
                 h.insert(RATELIMIT, v);
             }
             if !v.allowed {
