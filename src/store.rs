@@ -15,10 +15,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// GCRA in one server-side step per key, on the store's own clock (`TIME`), so replicas with
-/// skewed clocks share one schedule. Each key holds its theoretical arrival time in microseconds
-/// and expires when that is in the past. One call takes a batch: `KEYS[i]` with `ARGV[2i-1]`
-/// (microseconds per request) and `ARGV[2i]` (burst), in arrival order, so a key named twice is
-/// counted twice; the answer is three integers per key.
+/// skewed clocks share one schedule. Each key holds its theoretical arrival time (TAT) in
+/// microseconds and expires when that is in the past. One call takes a batch: `KEYS[i]` with
+/// `ARGV[3i-2]` (microseconds per request), `ARGV[3i-1]` (burst) and `ARGV[3i]` (how many
+/// requests of the batch count under it: a busy client's requests come together, and one
+/// GET/SET serves them all). For `n` requests at one instant the sequential GCRA allows the
+/// first `k = min(n, floor((now + tolerance - tat) / emission))` and refuses the rest, so
+/// that is computed at once. The answer is one string of three integers per key: `k`, the
+/// microseconds a refused request waits, and the burst left after the last one allowed.
 static GCRA: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r"
@@ -26,25 +30,22 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local out = {}
 for i, key in ipairs(KEYS) do
-  local emission = tonumber(ARGV[2 * i - 1])
-  local burst = tonumber(ARGV[2 * i])
-  local tolerance = emission * burst
+  local emission = tonumber(ARGV[3 * i - 2])
+  local tolerance = emission * tonumber(ARGV[3 * i - 1])
+  local n = tonumber(ARGV[3 * i])
   local tat = tonumber(redis.call('GET', key) or now)
   if tat < now then tat = now end
-  local new_tat = tat + emission
-  local allow_at = new_tat - tolerance
-  if allow_at > now then
-    out[#out + 1] = 0
-    out[#out + 1] = allow_at - now
-    out[#out + 1] = 0
-  else
+  local k = math.floor((now + tolerance - tat) / emission)
+  if k > n then k = n end
+  if k < 0 then k = 0 end
+  local new_tat = tat + k * emission
+  if k > 0 then
     redis.call('SET', key, string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
-    out[#out + 1] = 1
-    out[#out + 1] = 0
-    out[#out + 1] = math.floor((now + tolerance - new_tat) / emission)
   end
+  out[i] = string.format('%d %d %d', k, new_tat + emission - tolerance - now,
+    math.floor((now + tolerance - new_tat) / emission))
 end
-return out
+return table.concat(out, ' ')
 ",
     )
 });
@@ -283,50 +284,124 @@ impl SharedStore {
     }
 }
 
+/// One key of a batch and the checks counted under it, in arrival order.
+struct Group {
+    key: Arc<str>,
+    emission_us: u64,
+    burst: u32,
+    count: u32,
+}
+
 /// Sends the waiting GCRA checks in batches until the store is dropped.
 async fn gcra_batches(
     store: std::sync::Weak<SharedStore>,
     mut queue: tokio::sync::mpsc::Receiver<GcraCheck>,
 ) {
     let mut checks = Vec::with_capacity(GCRA_BATCH);
+    // Per check: its group and its place there. Checks of one bucket share its `Arc<str>`, so
+    // the pointer finds the group; a bucket made twice (evicted meanwhile) makes two groups,
+    // which the script counts one after the other, as it should.
+    let mut places: Vec<(usize, u32)> = Vec::with_capacity(GCRA_BATCH);
+    let mut groups: Vec<Group> = Vec::with_capacity(GCRA_BATCH);
+    let mut index: std::collections::HashMap<
+        (usize, u64, u32),
+        usize,
+        foldhash::fast::RandomState,
+    > = std::collections::HashMap::with_capacity_and_hasher(GCRA_BATCH, Default::default());
     while queue.recv_many(&mut checks, GCRA_BATCH).await > 0 {
         let Some(store) = store.upgrade() else { return };
-        let mut invocation = GCRA.prepare_invoke();
         for check in &checks {
+            let id = (
+                Arc::as_ptr(&check.key).cast::<u8>() as usize,
+                check.emission_us,
+                check.burst,
+            );
+            let g = *index.entry(id).or_insert_with(|| {
+                groups.push(Group {
+                    key: check.key.clone(),
+                    emission_us: check.emission_us,
+                    burst: check.burst,
+                    count: 0,
+                });
+                groups.len() - 1
+            });
+            places.push((g, groups[g].count));
+            groups[g].count += 1;
+        }
+        let mut invocation = GCRA.prepare_invoke();
+        for g in &groups {
             invocation
-                .key(&*check.key)
-                .arg(check.emission_us)
-                .arg(check.burst);
+                .key(&*g.key)
+                .arg(g.emission_us)
+                .arg(g.burst)
+                .arg(g.count);
         }
         let mut conn = store.conn.clone();
-        let answer: Result<Vec<i64>, StoreError> = store
+        let answer: Result<Vec<u8>, StoreError> = store
             .guarded(
                 "gcra",
                 async move { invocation.invoke_async(&mut conn).await },
             )
             .await;
-        let answer = answer.and_then(|values| {
-            if values.len() == checks.len() * 3 {
-                Ok(values)
-            } else {
-                Err(StoreError::Redis(format!(
-                    "rate-limit script answered {} values for {} keys",
-                    values.len(),
-                    checks.len()
-                )))
-            }
+        let answer = answer.and_then(|text| {
+            parse_gcra(&text, groups.len()).ok_or_else(|| {
+                StoreError::Redis(format!(
+                    "rate-limit script answered {:?} for {} keys",
+                    String::from_utf8_lossy(&text[..text.len().min(64)]),
+                    groups.len()
+                ))
+            })
         });
-        for (i, check) in checks.drain(..).enumerate() {
+        for (check, (g, place)) in checks.drain(..).zip(places.drain(..)) {
             let result = match &answer {
-                Ok(v) => Ok((
-                    v[3 * i] == 1,
-                    u64::try_from(v[3 * i + 1]).unwrap_or(0),
-                    u32::try_from(v[3 * i + 2]).unwrap_or(0),
-                )),
+                Ok(v) => {
+                    let (allowed, wait, left) = v[g];
+                    Ok(if place < allowed {
+                        (true, 0, left.saturating_add(allowed - 1 - place))
+                    } else {
+                        (false, wait, 0)
+                    })
+                }
                 Err(e) => Err(e.clone()),
             };
             // The request may have gone (client closed): nothing waits for its answer.
             let _ = check.done.send(result);
         }
+        groups.clear();
+        index.clear();
+    }
+}
+
+/// The script's answer: per key, how many of its checks were allowed, the microseconds the
+/// others wait, and the burst left after the last one allowed. `None` unless exactly `keys`.
+fn parse_gcra(text: &[u8], keys: usize) -> Option<Vec<(u32, u64, u32)>> {
+    let mut numbers = text
+        .split(|b| *b == b' ')
+        .map(|n| std::str::from_utf8(n).ok()?.parse::<i64>().ok());
+    let mut out = Vec::with_capacity(keys);
+    for _ in 0..keys {
+        let allowed = u32::try_from(numbers.next()??).ok()?;
+        let wait = u64::try_from(numbers.next()??).unwrap_or(0);
+        let left = u32::try_from(numbers.next()??).unwrap_or(0);
+        out.push((allowed, wait, left));
+    }
+    numbers.next().is_none().then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_gcra;
+
+    #[test]
+    fn gcra_answers_are_read_exactly() {
+        assert_eq!(
+            parse_gcra(b"3 5000 7 0 1200 -1", 2),
+            Some(vec![(3, 5000, 7), (0, 1200, 0)])
+        );
+        assert_eq!(parse_gcra(b"3 5000 7", 2), None);
+        assert_eq!(parse_gcra(b"3 5000 7 1", 1), None);
+        assert_eq!(parse_gcra(b"3 x 7", 1), None);
+        assert_eq!(parse_gcra(b"-3 0 7", 1), None);
+        assert_eq!(parse_gcra(b"", 1), None);
     }
 }

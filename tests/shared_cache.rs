@@ -464,6 +464,9 @@ async fn a_proof_taken_by_one_replica_is_a_replay_at_another_and_redis_down_appl
 }
 
 /// A replica taking rsa1 JWTs with a global rate limit of 10/s (burst 10) per subject.
+/// Script calls that answered (a batch of rate-limit checks each).
+const STORE_GCRA_OK: &str = r#"bearward_shared_store_operations_total{op="gcra",outcome="ok"}"#;
+
 fn limited_replica(up: &Upstream, redis_port: u16) -> Replica {
     Replica::with(|port, admin| {
         format!(
@@ -540,6 +543,68 @@ async fn a_global_rate_limit_holds_across_two_replicas_and_falls_back_when_redis
     assert!(
         (10..=10 + tolerance).contains(&passed),
         "{passed} passed (tolerance {tolerance}): not global"
+    );
+
+    // 80 requests at once, 40 per replica: each replica sends the waiting checks together in
+    // one script call, the same key many times over, and the burst (10) still holds exactly:
+    // the first ones are allowed with 9, 8, ... left, the rest refused with a wait.
+    let t = token("burst-user");
+    let calls_before =
+        metric(&a.metrics(&c).await, STORE_GCRA_OK) + metric(&b.metrics(&c).await, STORE_GCRA_OK);
+    let before = up.count();
+    let started = std::time::Instant::now();
+    let burst: Vec<_> = (0..80)
+        .map(|i| {
+            let url = format!(
+                "http://127.0.0.1:{}/api/burst",
+                if i % 2 == 0 { a.port } else { b.port }
+            );
+            let (c, t) = (c.clone(), t.clone());
+            tokio::spawn(async move {
+                get(&c, &url, &[("authorization", &format!("Bearer {t}"))]).await
+            })
+        })
+        .collect();
+    let mut left = Vec::new();
+    for answer in burst {
+        let answer = answer.await.unwrap();
+        let r = answer.headers["ratelimit"].to_str().unwrap().to_owned();
+        let remaining: u32 = r
+            .split(";r=")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        match answer.status {
+            StatusCode::OK => left.push(remaining),
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(remaining, 0, "{r}");
+                assert!(answer.headers.contains_key("retry-after"));
+            }
+            s => panic!("{s}"),
+        }
+    }
+    let tolerance = 1 + (started.elapsed().as_millis() / 100) as usize;
+    let passed = up.count() - before;
+    assert_eq!(passed, left.len());
+    assert!(
+        (10..=10 + tolerance).contains(&passed),
+        "{passed} of 80 concurrent passed (tolerance {tolerance})"
+    );
+    left.sort_unstable();
+    if tolerance == 1 {
+        // Nothing refilled meanwhile: each allowed request saw its own place in the burst.
+        assert_eq!(left[..10], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], "{left:?}");
+    }
+    let calls = metric(&a.metrics(&c).await, STORE_GCRA_OK)
+        + metric(&b.metrics(&c).await, STORE_GCRA_OK)
+        - calls_before;
+    assert!(
+        (2.0..80.0).contains(&calls),
+        "{calls} script calls for 80 checks: not batched"
     );
 
     // Redis dies: each replica allows the limit divided by rate_limit_fallback_replicas (2).
