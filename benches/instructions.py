@@ -41,6 +41,9 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--bearward", default=os.path.join(load.ROOT, "target/release/bearward"))
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--limits", action="store_true",
+                    help="instead: a rate limit that never trips (key = subject), per process and through a "
+                         "redis-server, against none; one cached token and 1,000 rotated ones")
     ap.add_argument("--keep", metavar="DIR",
                     help="copy each scenario's callgrind dump here, for callgrind_annotate --inclusive=yes")
     args = ap.parse_args()
@@ -66,6 +69,13 @@ def main():
         port=PORT, cache=10000, issuer=load.ISSUER, audience=load.AUDIENCE, dir=d, up=UPSTREAM))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     procs = []
+    if args.limits:
+        try:
+            procs.append(subprocess.Popen([nginx, "-c", f"{d}/upstream.conf", "-g", "daemon off;"]))
+            limits(args, d, token, procs)
+        finally:
+            load.stop(procs, d, wait=10)
+        return
     try:
         procs.append(subprocess.Popen([nginx, "-c", f"{d}/upstream.conf", "-g", "daemon off;"]))
         bearward = subprocess.Popen(
@@ -97,6 +107,37 @@ def main():
         count(args, proxy.pid, f"{d}/nginx.out.1", NGINX_PORT, "nginx bare proxy (for scale)", "nginx", [])
     finally:
         load.stop(procs, d, wait=10)
+
+
+def limits(args, d, token, procs):
+    """Load.py's bearward-rl and bearward-rlr configs (a limit that never trips) against none."""
+    redis = shutil.which("redis-server")
+    if not redis:
+        load.sh(["apt-get", "install", "-y", "-qq", "redis-server"], stdout=subprocess.DEVNULL)
+        redis = shutil.which("redis-server") or "/usr/bin/redis-server"
+    procs.append(subprocess.Popen([redis, "--port", str(NGINX_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                                  stdout=subprocess.DEVNULL))
+    base = open(f"{d}/bearward.toml").read()
+    limited = base.replace('scopes = ["read"]', 'scopes = ["read"]\nrate_limit = { key = "subject", rate = "1000000/s" }')
+    stored = limited.replace("[[issuers]]", f'[cache]\nredis_url = "redis://127.0.0.1:{NGINX_PORT}/0"\n\n[[issuers]]', 1)
+    print(f"{'scenario':34} {'requests':>9} {'instr/req':>10} {'of which SHA-256':>17}")
+    for i, (label, conf) in enumerate((("no limit", base), ("local limit", limited), ("Redis-backed limit", stored))):
+        open(f"{d}/limit.toml", "w").write(conf)
+        bearward = subprocess.Popen(
+            ["taskset", "-c", load.SERVER_CPU, "valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/limit{i}.out",
+             args.bearward, "--config", f"{d}/limit.toml"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
+        procs.append(bearward)
+        load.wait_port(PORT, timeout=60)
+        if load.status(PORT, token) != 200:
+            raise SystemExit(f"bearward under valgrind ({label}) does not answer as expected")
+        scenarios = ((f"{label}, cached token", "one", ["-H", f"Authorization: Bearer {token}"]),
+                     (f"{label}, 1,000 subjects", "rotated", ["-s", f"{d}/rotate1000.lua"]))
+        for n, (name, short, extra) in enumerate(scenarios, start=1):
+            count(args, bearward.pid, f"{d}/limit{i}.out.{n}", PORT, name, f"{label.split()[0].lower()}-{short}", extra)
+        bearward.terminate()
+        bearward.wait(10)
+        procs.remove(bearward)
 
 
 def count(args, pid, dump, port, name, short, extra):

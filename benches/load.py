@@ -628,6 +628,11 @@ def main():
             # A rate limit that never trips, per process and through Redis, against none.
             "rate-limit": [("nginx", PORTS["nginx"], H(rs), None), ("bearward", PORTS["bearward"], H(rs), None),
                            ("bearward-rl", PORTS["bearward-rl"], H(rs), None), ("bearward-rlr", PORTS["bearward-rlr"], H(rs), None)],
+            # The same with 1,000 subjects in turn: 1,000 buckets, few repeats within a Redis batch.
+            "rate-limit-1000": [("nginx", PORTS["nginx"], None, f"{d}/rotate1000.lua"),
+                                ("bearward", PORTS["bearward"], None, f"{d}/rotate1000.lua"),
+                                ("bearward-rl", PORTS["bearward-rl"], None, f"{d}/rotate1000.lua"),
+                                ("bearward-rlr", PORTS["bearward-rlr"], None, f"{d}/rotate1000.lua")],
             "no-token": [("nginx", PORTS["nginx"], None, None), ("haproxy", PORTS["haproxy"], None, None),
                          ("bearward", PORTS["bearward"], None, None)],
         }
