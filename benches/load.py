@@ -442,6 +442,8 @@ def main():
     ap.add_argument("--tls-upstream", action="store_true",
                     help="add bearward-tls: bearward reaching the upstream over TLS, in rs256-one")
     ap.add_argument("--only", help="comma-separated scenarios to run")
+    ap.add_argument("--baseline", default="nginx",
+                    help="the candidate each round's requests/s is divided by (e.g. bearward, for what a limit costs)")
     ap.add_argument("--candidates", help="comma-separated candidates to run (nginx, the baseline, always runs); "
                                          "with --compare, 'bearward,bearward-b' makes a tight A/B")
     ap.add_argument("--layout", choices=("shared", "isolated"), default="shared",
@@ -650,7 +652,9 @@ def main():
         results = {}
         for rnd in range(args.rounds):
             for scen, cands in scenarios.items():
-                for name, port, header, script in cands:
+                # Every other round in reverse order, so that a drift in the machine's speed
+                # during a round does not favour whoever runs first.
+                for name, port, header, script in (cands if rnd % 2 == 0 else cands[::-1]):
                     pid = procs[PROC_OF.get(name, name)].pid
                     if name == "bearward-dpop":
                         # Enough fresh proofs for the run; each is good for one request.
@@ -673,9 +677,9 @@ def main():
         rss = {name: peak_rss_kib(p.pid) for name, p in procs.items()}
 
         print()
-        print(f"{'scenario':11} {'candidate':17} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'peak RSS':>9} {'usr us':>7} {'sys us':>7} {'sw/req':>6} {'vs nginx':>9} {'(range)':>12}")
+        print(f"{'scenario':11} {'candidate':17} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'peak RSS':>9} {'usr us':>7} {'sys us':>7} {'sw/req':>6} {'vs ' + args.baseline:>9} {'(range)':>12}")
         for (scen, name), runs in results.items():
-            base = results.get((scen, "nginx"))
+            base = results.get((scen, args.baseline))
             ratios = [r["rps"] / b["rps"] for r, b in zip(runs, base)] if base else []
             med = lambda k: statistics.median(r[k] for r in runs)
             proc = PROC_OF.get(name, name)
