@@ -37,6 +37,11 @@ rate_limit = {{ key = "client", rate = "600/m", burst = 5 }}
 upstream = "app"
 
 [[routes]]
+prefix = "/by-tenant"
+rate_limit = {{ key = 'claim:org\.example.tenant', rate = "600/m", burst = 3 }}
+upstream = "app"
+
+[[routes]]
 prefix = "/open"
 auth = "none"
 rate_limit = {{ key = "ip", rate = "5/s" }}
@@ -138,6 +143,43 @@ async fn three_times_the_limit_gets_the_limit_through_and_429_with_the_headers()
         }
     }
     assert!((5..=6).contains(&passed), "{passed}");
+
+    // By a dotted claim path whose first key holds a dot: subjects of one tenant share a
+    // bucket, another tenant has its own, a token without the claim counts under `-`.
+    let tenant_token = |sub: &str, tenant: Option<&str>| {
+        mint.token_claims(&key, |cl| {
+            cl.insert("sub".into(), json!(sub));
+            if let Some(t) = tenant {
+                cl.insert("org.example".into(), json!({ "tenant": t }));
+            }
+        })
+    };
+    let by_tenant = |t: String| {
+        let (c, url) = (c.clone(), gw.url("/by-tenant/x"));
+        async move {
+            get(&c, &url, &[("authorization", &format!("Bearer {t}"))])
+                .await
+                .status
+        }
+    };
+    let mut passed = 0;
+    for i in 0..8 {
+        if by_tenant(tenant_token(&format!("t1-{i}"), Some("acme"))).await == StatusCode::OK {
+            passed += 1;
+        }
+    }
+    assert!((3..=4).contains(&passed), "{passed} of tenant acme's 8");
+    for i in 0..3 {
+        let s = by_tenant(tenant_token(&format!("t2-{i}"), Some("globex"))).await;
+        assert_eq!(s, StatusCode::OK, "globex shares acme's bucket");
+    }
+    let mut passed = 0;
+    for i in 0..6 {
+        if by_tenant(tenant_token(&format!("none-{i}"), None)).await == StatusCode::OK {
+            passed += 1;
+        }
+    }
+    assert!((3..=4).contains(&passed), "{passed} without the claim");
 
     // By IP on an open route.
     let mut passed = 0;

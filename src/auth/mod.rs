@@ -45,20 +45,35 @@ impl Identity {
                 let path = crate::routes::claim_path(claim)?;
                 crate::routes::claim_at(&self.0.claims, claim, &path)
             });
-            match found? {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Number(n) => n.to_string(),
-                serde_json::Value::Bool(b) => b.to_string(),
-                serde_json::Value::Array(a) => a
-                    .iter()
-                    .filter_map(|v| v.as_str())
-                    .collect::<Vec<_>>()
-                    .join(","),
-                _ => return None,
-            }
+            claim_text(found?)?
         };
         HeaderValue::from_str(&text).ok()
     }
+
+    /// A claim's text as [`Identity::header_value`] gives it, with the dotted path parsed
+    /// once by the caller (`path`: [`crate::routes::claim_path`] of `claim`).
+    pub fn claim_text(&self, claim: &str, path: &[String]) -> Option<String> {
+        if claim == "scope" {
+            return Some(self.0.scopes.join(" "));
+        }
+        claim_text(crate::routes::claim_at(&self.0.claims, claim, path)?)
+    }
+}
+
+/// A claim's value as header text: strings as they are, numbers and booleans written out,
+/// arrays of strings joined with `,`; objects and null have none.
+fn claim_text(value: &serde_json::Value) -> Option<String> {
+    Some(match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::Bool(b) => b.to_string(),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => return None,
+    })
 }
 
 /// Checks tokens for `auth = "bearer"` routes: owns the issuers' key stores (with their

@@ -52,6 +52,8 @@ pub struct Limiter {
     /// The limit divided by `rate_limit_fallback_replicas`, for when the store is down.
     fallback: Option<(Quota, Buckets)>,
     fallbacks: Counter,
+    /// `key = "claim:..."`: the dotted path, parsed once.
+    claim_path: Vec<String>,
 }
 
 /// What a check said, for the response's `RateLimit` header (and `Retry-After` on a 429).
@@ -150,6 +152,10 @@ impl Limiter {
             global: store.map(|s| (s, route_id)),
             fallback,
             fallbacks,
+            claim_path: match &limit.key {
+                LimitKey::Claim(raw) => crate::routes::claim_path(raw).unwrap_or_default(),
+                _ => Vec::new(),
+            },
             limit,
         })
     }
@@ -170,9 +176,9 @@ impl Limiter {
                 text(claims.and_then(|c| c.get("azp").or_else(|| c.get("client_id"))))
             }
             LimitKey::Ip => peer.map(|p| Cow::Owned(p.to_string())),
-            LimitKey::Claim(path) => identity
-                .and_then(|i| i.header_value(path))
-                .and_then(|v| v.to_str().ok().map(|v| Cow::Owned(v.to_owned()))),
+            LimitKey::Claim(raw) => identity
+                .and_then(|i| i.claim_text(raw, &self.claim_path))
+                .map(Cow::Owned),
         };
         found.unwrap_or(Cow::Borrowed("-"))
     }
