@@ -217,6 +217,7 @@ def main():
         subprocess.run([*engine, "rm", "-f", name], capture_output=True)
         for s in servers:
             s.shutdown()
+        shutil.rmtree(d, ignore_errors=True)
     expect("exit status after stop (SIGTERM)", code, "0")
     check_demo(engine, run_flags, image, expect)
     if failures:
