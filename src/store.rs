@@ -206,8 +206,8 @@ impl SharedStore {
     /// One GCRA step (rate limits across replicas) for `key` (made with [`SharedStore::key`]), atomically in the
     /// store: `emission_us` microseconds per request, bursts of `burst`.
     ///
-    /// Checks are batched: a task sends whatever checks are waiting in one `EVALSHA` (`EVAL`
-    /// once if the store has not seen the script), and while that call is out the next batch
+    /// Checks are batched: a task sends whatever checks are waiting in one `EVALSHA` (after a
+    /// `SCRIPT LOAD` when the store has not seen the script), and while that call is out the next batch
     /// gathers. Each check still waits for exactly one round trip and is decided in arrival
     /// order, exactly as one call per request would, but a replica under load sends one
     /// command per batch instead of per request, which is most of what the store costs.
@@ -328,20 +328,31 @@ async fn gcra_batches(
             places.push((g, groups[g].count));
             groups[g].count += 1;
         }
-        let mut invocation = GCRA.prepare_invoke();
+        // One `Cmd` written in place: redis-rs's `ScriptInvocation` keeps each argument in its
+        // own `Vec` and copies them all again into a `Cmd`, four allocations per key.
+        let mut eval = redis::cmd("EVALSHA");
+        eval.arg(GCRA.get_hash()).arg(groups.len());
         for g in &groups {
-            invocation
-                .key(&*g.key)
-                .arg(g.emission_us)
-                .arg(g.burst)
-                .arg(g.count);
+            eval.arg(&*g.key);
+        }
+        for g in &groups {
+            eval.arg(g.emission_us).arg(g.burst).arg(g.count);
         }
         let mut conn = store.conn.clone();
         let answer: Result<Vec<u8>, StoreError> = store
-            .guarded(
-                "gcra",
-                async move { invocation.invoke_async(&mut conn).await },
-            )
+            .guarded("gcra", async move {
+                match eval.query_async(&mut conn).await {
+                    // A store that has not seen the script (new, restarted, flushed) learns it.
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        GCRA.load_async(&mut conn).await?;
+                        eval.query_async(&mut conn).await
+                    }
+                    answer => answer,
+                }
+            })
             .await;
         let answer = answer.and_then(|text| {
             parse_gcra(&text, groups.len()).ok_or_else(|| {
