@@ -26,7 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import load  # noqa: E402
 
-PORT, UPSTREAM, NGINX_PORT = 18094, 18090, 18095
+PORT, UPSTREAM, NGINX_PORT, REDIS_PORT = 18094, 18090, 18095, 18096
 
 
 def annotate(path):
@@ -115,11 +115,11 @@ def limits(args, d, token, procs):
     if not redis:
         load.sh(["apt-get", "install", "-y", "-qq", "redis-server"], stdout=subprocess.DEVNULL)
         redis = shutil.which("redis-server") or "/usr/bin/redis-server"
-    procs.append(subprocess.Popen([redis, "--port", str(NGINX_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+    procs.append(subprocess.Popen([redis, "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                                   stdout=subprocess.DEVNULL))
     base = open(f"{d}/bearward.toml").read()
     limited = base.replace('scopes = ["read"]', 'scopes = ["read"]\nrate_limit = { key = "subject", rate = "1000000/s" }')
-    stored = limited.replace("[[issuers]]", f'[cache]\nredis_url = "redis://127.0.0.1:{NGINX_PORT}/0"\n\n[[issuers]]', 1)
+    stored = limited.replace("[[issuers]]", f'[cache]\nredis_url = "redis://127.0.0.1:{REDIS_PORT}/0"\n\n[[issuers]]', 1)
     print(f"{'scenario':34} {'requests':>9} {'instr/req':>10} {'of which SHA-256':>17}")
     for i, (label, conf) in enumerate((("no limit", base), ("local limit", limited), ("Redis-backed limit", stored))):
         open(f"{d}/limit.toml", "w").write(conf)

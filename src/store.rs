@@ -1,6 +1,6 @@
 //! The store replicas share (`[cache] redis_url`): Valkey or Redis through redis-rs's
-//! `ConnectionManager`, which reconnects by itself. Introspection answers live here today; DPoP
-//! proof ids and rate-limit counters are meant to join them, through this module only.
+//! `ConnectionManager`, which reconnects by itself. Introspection answers, DPoP proof ids and
+//! rate-limit buckets (GCRA batches, below) live here, through this module only.
 //!
 //! The store is an optimisation, never a dependency: every command is bounded by
 //! `redis_timeout`, and after a failure the store is skipped for a second (then one command

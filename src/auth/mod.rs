@@ -45,7 +45,7 @@ impl Identity {
                 let path = crate::routes::claim_path(claim)?;
                 crate::routes::claim_at(&self.0.claims, claim, &path)
             });
-            claim_text(found?)?
+            value_text(found?)?
         };
         HeaderValue::from_str(&text).ok()
     }
@@ -56,13 +56,13 @@ impl Identity {
         if claim == "scope" {
             return Some(self.0.scopes.join(" "));
         }
-        claim_text(crate::routes::claim_at(&self.0.claims, claim, path)?)
+        value_text(crate::routes::claim_at(&self.0.claims, claim, path)?)
     }
 }
 
 /// A claim's value as header text: strings as they are, numbers and booleans written out,
 /// arrays of strings joined with `,`; objects and null have none.
-fn claim_text(value: &serde_json::Value) -> Option<String> {
+fn value_text(value: &serde_json::Value) -> Option<String> {
     Some(match value {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Number(n) => n.to_string(),
