@@ -118,6 +118,7 @@ mod tests {
             token_id: crate::auth::token_id(&[0; 32]),
             token: token.as_bytes().into(),
             binding: Default::default(),
+            principal: Default::default(),
         })
     }
 

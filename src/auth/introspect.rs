@@ -397,6 +397,7 @@ impl Introspector {
             Duration::from_secs_f64((exp - now).clamp(0.0, 3600.0))
         });
         Ok(Answer::Active(Arc::new(Verified {
+            principal: validator::Principal::of(&answer),
             claims: answer,
             scopes,
             exp: exp.unwrap_or(f64::INFINITY),

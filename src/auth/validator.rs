@@ -36,6 +36,27 @@ pub struct Verified {
     pub token: Arc<[u8]>,
     /// The key the token is bound to (`cnf`, RFC 7800), checked on every request.
     pub binding: Binding,
+    /// Its subject and client, read on every request of a route keyed or limited by them.
+    pub principal: Principal,
+}
+
+/// `sub` and the client (`azp`, else `client_id`), copied out of the claims once per
+/// validation: a rate-limit key or `client_ids` reads them on every request, and a lookup
+/// in the claims map compares strings at each step down its tree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Principal {
+    pub subject: Option<Box<str>>,
+    pub client: Option<Box<str>>,
+}
+
+impl Principal {
+    pub fn of(claims: &Map<String, Value>) -> Principal {
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(Box::from);
+        Principal {
+            subject: text(claims.get("sub")),
+            client: text(claims.get("azp").or_else(|| claims.get("client_id"))),
+        }
+    }
 }
 
 /// What a token's `cnf` binds it to: a DPoP key (RFC 9449 6.1 `jkt`), a client certificate
@@ -249,6 +270,7 @@ pub async fn validate(
     let ttl = Duration::from_secs_f64((exp + cfg.leeway.as_secs_f64() - now).clamp(0.0, 3600.0));
     Ok(Verified {
         binding,
+        principal: Principal::of(&parsed.claims),
         claims: parsed.claims,
         scopes,
         exp,
@@ -593,6 +615,7 @@ pub fn extract_scopes(
 /// `client_id`, one of them). The trace says which failed; the answer does not.
 pub fn check_claim_conditions(
     claims: &Map<String, Value>,
+    principal: &Principal,
     route: &Route,
     trace: &mut Trace,
 ) -> Result<(), AuthError> {
@@ -614,10 +637,7 @@ pub fn check_claim_conditions(
         return Err(AuthError::ClaimMismatch);
     }
     if !route.client_ids.is_empty() {
-        let client = claims
-            .get("azp")
-            .or_else(|| claims.get("client_id"))
-            .and_then(Value::as_str);
+        let client = principal.client.as_deref();
         if !client.is_some_and(|c| route.client_ids.iter().any(|x| x == c)) {
             trace.note("claims", false, || {
                 format!("client {client:?} (azp, else client_id) is not in client_ids")
@@ -669,6 +689,7 @@ mod tests {
             token_id: super::super::token_id(&super::super::sha256(token)),
             token: token.as_bytes().into(),
             binding: Binding::default(),
+            principal: Principal::default(),
         };
         let shown = format!("{v:?}");
         assert!(shown.contains(&v.token_id.to_string()), "{shown}");
