@@ -1,8 +1,8 @@
 //! Per-route rate limits (`rate_limit`), keyed by the verified subject, the client, a claim,
 //! or the peer's address. Each key is a governor GCRA bucket (`count` per `window`, bursts of
-//! `burst`), held in a bounded moka cache: a key idle for as long as its bucket takes to fill
-//! again is dropped without changing any answer, and a flood of distinct keys is bounded by
-//! [`MAX_KEYS`] per route (the least used go first).
+//! `burst`), held in a bounded quick_cache table: at most [`MAX_KEYS`] per route, and a key
+//! left unused for as long as its bucket takes to fill again is dropped by a sweep without
+//! changing any answer.
 //!
 //! With `[cache] redis_url` the limit is global: after the local bucket (a pre-check: when this
 //! replica alone is over the limit, no round trip is spent), one `EVALSHA` of a GCRA script
@@ -19,11 +19,15 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{clock, Quota, RateLimiter};
 use std::borrow::Cow;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// Keys kept per route.
 pub const MAX_KEYS: u64 = 100_000;
+
+/// `RateLimit` values made up front at each end of a route's burst.
+const MADE_VALUES: u32 = 256;
 
 type Gcra = RateLimiter<NotKeyed, InMemoryState, clock::DefaultClock, StateInformationMiddleware>;
 
@@ -32,25 +36,55 @@ type Gcra = RateLimiter<NotKeyed, InMemoryState, clock::DefaultClock, StateInfor
 struct Bucket {
     gcra: Gcra,
     stored: Option<Arc<str>>,
+    /// Checked since the last sweep.
+    used: AtomicBool,
+}
+
+impl Bucket {
+    fn new(gcra: Gcra, stored: Option<Arc<str>>) -> Bucket {
+        Bucket {
+            gcra,
+            stored,
+            used: AtomicBool::new(true),
+        }
+    }
 }
 
 /// Buckets by key. A hit is an exact comparison of the key, so no two keys share a bucket
 /// whatever the hash does; the hash (foldhash, seeded at random per process) only places them.
-type Buckets = moka::sync::Cache<Arc<str>, Arc<Bucket>, foldhash::quality::RandomState>;
+///
+/// quick_cache rather than moka (as before): a hit is a read lock on one shard and a counter
+/// bump, ~1,100 instructions less per request than moka's read log and its housekeeping,
+/// which is what its time-to-idle needed. Idle keys are dropped by [`sweep`] instead. Under a
+/// flood of new keys its policy (S3-FIFO-like) still admits every new bucket, and a key seen
+/// again, even after being evicted (a "ghost"), is kept as hot: a client that keeps sending
+/// keeps its bucket, so a flood cannot reset it on every request.
+type Buckets = quick_cache::sync::Cache<
+    String,
+    Arc<Bucket>,
+    quick_cache::UnitWeighter,
+    foldhash::quality::RandomState,
+>;
 
 /// One route's limiter.
 pub struct Limiter {
     pub limit: RateLimit,
     quota: Quota,
-    buckets: Buckets,
+    buckets: Arc<Buckets>,
     /// `RateLimit-Policy`, made once.
     pub policy: http::HeaderValue,
     /// `"name";r=`: the start of every `RateLimit` value.
     header_start: Box<[u8]>,
+    /// `RateLimit` of an allowed request with `r` left, cloned rather than written and checked
+    /// on every answer: for `r` within [`MADE_VALUES`] of either end of the burst, where a
+    /// bucket spends its time (nearly full while a client keeps under its limit, nearly empty
+    /// while it presses against it). `low[r]`, `high[burst - r]`.
+    made_low: Box<[http::HeaderValue]>,
+    made_high: Box<[http::HeaderValue]>,
     /// The store that makes the limit global, with this route's part of its keys.
     global: Option<(Arc<SharedStore>, String)>,
     /// The limit divided by `rate_limit_fallback_replicas`, for when the store is down.
-    fallback: Option<(Quota, Buckets)>,
+    fallback: Option<(Quota, Arc<Buckets>)>,
     fallbacks: Counter,
     /// `key = "claim:..."`: the dotted path, parsed once.
     claim_path: Vec<String>,
@@ -65,22 +99,56 @@ pub struct Verdict {
     pub retry_after: u64,
 }
 
-fn buckets(idle: Duration) -> Buckets {
-    // LRU, not moka's default TinyLFU: under a flood of new keys TinyLFU may decline to keep a
-    // new bucket at all, and a caller whose bucket is not kept is never limited.
-    moka::sync::Cache::builder()
-        .max_capacity(MAX_KEYS)
-        .time_to_idle(idle)
-        .eviction_policy(moka::policy::EvictionPolicy::lru())
-        .build_with_hasher(foldhash::quality::RandomState::default())
+fn buckets(idle: Duration) -> Arc<Buckets> {
+    let keys = usize::try_from(MAX_KEYS).unwrap_or(usize::MAX);
+    let buckets = Arc::new(Buckets::with(
+        keys,
+        MAX_KEYS,
+        quick_cache::UnitWeighter,
+        foldhash::quality::RandomState::default(),
+        quick_cache::sync::DefaultLifecycle::default(),
+    ));
+    // Outside a runtime (`bearward check`, unit tests) nothing runs long enough to need it.
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(sweep(Arc::downgrade(&buckets), idle));
+    }
+    buckets
+}
+
+/// Every `idle` and more, drops the buckets not checked since the previous pass: each was
+/// left alone for `idle` or more, so it is full again, and a new one would answer the same.
+/// Ends when the limiter is dropped (a reload builds new ones).
+async fn sweep(buckets: Weak<Buckets>, idle: Duration) {
+    // A pass takes a while with many keys, shard after shard: the margin keeps a shard's two
+    // passes `idle` apart even when the earlier pass reached it later than the next one does.
+    let period = idle + Duration::from_secs(1);
+    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(buckets) = buckets.upgrade() else {
+            return;
+        };
+        buckets.retain(|_, bucket| bucket.used.swap(false, Ordering::Relaxed));
+    }
 }
 
 /// `key`'s bucket in `buckets`, made with `make` when it has none: the key is copied only then.
 fn bucket_for(buckets: &Buckets, key: &str, make: impl FnOnce() -> Bucket) -> Arc<Bucket> {
-    match buckets.get(key) {
+    let bucket = match buckets.get(key) {
         Some(b) => b,
-        None => buckets.get_with(Arc::from(key), || Arc::new(make())),
+        None => {
+            let made = buckets
+                .get_or_insert_with(key, || Ok::<_, std::convert::Infallible>(Arc::new(make())));
+            let Ok(b) = made;
+            b
+        }
+    };
+    // Only a bucket the sweep marked unused is written: a busy key's cache line stays shared.
+    if !bucket.used.load(Ordering::Relaxed) {
+        bucket.used.store(true, Ordering::Relaxed);
     }
+    bucket
 }
 
 fn make_quota(per: Duration, burst: u32) -> Option<Quota> {
@@ -144,11 +212,20 @@ impl Limiter {
             )?;
             Some((q, buckets(idle)))
         });
+        let header_start: Box<[u8]> = format!("\"{name}\";r=").into_bytes().into();
+        let made = |rs: &mut dyn Iterator<Item = u32>| {
+            rs.map(|r| rate_limit_value(&header_start, r, 0))
+                .collect::<Option<Box<[_]>>>()
+        };
+        let made_low = made(&mut (0..=limit.burst.min(MADE_VALUES)))?;
+        let made_high = made(&mut (0..=limit.burst.min(MADE_VALUES)).map(|d| limit.burst - d))?;
         Some(Limiter {
             quota,
             buckets: buckets(idle),
             policy: http::HeaderValue::from_str(&policy).ok()?,
-            header_start: format!("\"{name}\";r=").into_bytes().into(),
+            header_start,
+            made_low,
+            made_high,
             global: store.map(|s| (s, route_id)),
             fallback,
             fallbacks,
@@ -166,15 +243,14 @@ impl Limiter {
         identity: Option<&'a Identity>,
         peer: Option<std::net::IpAddr>,
     ) -> Cow<'a, str> {
-        let claims = identity.map(|i| &i.0.claims);
-        let text = |v: Option<&'a serde_json::Value>| {
-            v.and_then(serde_json::Value::as_str).map(Cow::Borrowed)
-        };
+        let principal = identity.map(|i| &i.0.principal);
         let found = match &self.limit.key {
-            LimitKey::Subject => text(claims.and_then(|c| c.get("sub"))),
-            LimitKey::Client => {
-                text(claims.and_then(|c| c.get("azp").or_else(|| c.get("client_id"))))
-            }
+            LimitKey::Subject => principal
+                .and_then(|p| p.subject.as_deref())
+                .map(Cow::Borrowed),
+            LimitKey::Client => principal
+                .and_then(|p| p.client.as_deref())
+                .map(Cow::Borrowed),
             LimitKey::Ip => peer.map(|p| Cow::Owned(p.to_string())),
             LimitKey::Claim(raw) => identity
                 .and_then(|i| i.claim_text(raw, &self.claim_path))
@@ -185,13 +261,15 @@ impl Limiter {
 
     /// Counts one request under `key`: the local bucket, then (with a store) the global one.
     pub async fn check(&self, key: &str) -> Verdict {
-        let bucket = bucket_for(&self.buckets, key, || Bucket {
-            gcra: RateLimiter::direct(self.quota).with_middleware(),
-            stored: self.global.as_ref().map(|(store, route_id)| {
-                let id = crate::auth::sha256(key);
-                let id = crate::jose::hex(&id[..16]);
-                store.key(&format!("ratelimit:{route_id}:{id}")).into()
-            }),
+        let bucket = bucket_for(&self.buckets, key, || {
+            Bucket::new(
+                RateLimiter::direct(self.quota).with_middleware(),
+                self.global.as_ref().map(|(store, route_id)| {
+                    let id = crate::auth::sha256(key);
+                    let id = crate::jose::hex(&id[..16]);
+                    store.key(&format!("ratelimit:{route_id}:{id}")).into()
+                }),
+            )
         });
         let local = check_bucket(&bucket);
         let (Some((store, _)), Some(stored)) = (&self.global, &bucket.stored) else {
@@ -212,9 +290,8 @@ impl Limiter {
             Err(_) => {
                 self.fallbacks.inc();
                 match &self.fallback {
-                    Some((q, b)) => check_bucket(&bucket_for(b, key, || Bucket {
-                        gcra: RateLimiter::direct(*q).with_middleware(),
-                        stored: None,
+                    Some((q, b)) => check_bucket(&bucket_for(b, key, || {
+                        Bucket::new(RateLimiter::direct(*q).with_middleware(), None)
                     })),
                     None => local,
                 }
@@ -224,20 +301,94 @@ impl Limiter {
 
     /// Keys held now.
     pub fn keys(&self) -> u64 {
-        self.buckets.run_pending_tasks();
-        self.buckets.entry_count()
+        self.buckets.len() as u64
     }
 
     /// `RateLimit` for `verdict`: the policy's name, remaining requests, seconds to reset.
-    /// Made on every answer of a limited route, so without `format!`.
     pub fn header(&self, verdict: &Verdict) -> Option<http::HeaderValue> {
-        let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
-        let (r, t) = (r.format(verdict.remaining), t.format(verdict.retry_after));
-        let mut value = Vec::with_capacity(self.header_start.len() + r.len() + 3 + t.len());
-        value.extend_from_slice(&self.header_start);
-        value.extend_from_slice(r.as_bytes());
-        value.extend_from_slice(b";t=");
-        value.extend_from_slice(t.as_bytes());
-        http::HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok()
+        if verdict.allowed && verdict.retry_after == 0 {
+            let r = verdict.remaining;
+            let made = match self.limit.burst.checked_sub(r) {
+                Some(d) if d <= MADE_VALUES => self.made_high.get(d as usize),
+                _ => self.made_low.get(r as usize),
+            };
+            if let Some(v) = made {
+                return Some(v.clone());
+            }
+        }
+        rate_limit_value(&self.header_start, verdict.remaining, verdict.retry_after)
+    }
+}
+
+/// `start` (`"name";r=`) followed by `r` and `;t=t`, without `format!`.
+fn rate_limit_value(start: &[u8], r: u32, t: u64) -> Option<http::HeaderValue> {
+    let (mut rb, mut tb) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let (r, t) = (rb.format(r), tb.format(t));
+    let mut value = Vec::with_capacity(start.len() + r.len() + 3 + t.len());
+    value.extend_from_slice(start);
+    value.extend_from_slice(r.as_bytes());
+    value.extend_from_slice(b";t=");
+    value.extend_from_slice(t.as_bytes());
+    http::HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(rate: &str) -> Limiter {
+        let cfg = crate::config::Config::from_toml_str(
+            &format!("[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.a]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\nprefix = \"/\"\nauth = \"none\"\nrate_limit = {{ key = \"ip\", rate = \"{rate}\" }}\nupstream = \"a\"\n"),
+            "t.toml",
+        )
+        .unwrap();
+        Limiter::new(&cfg.routes.routes()[0]).unwrap()
+    }
+
+    /// A bucket left alone through two passes of the sweep is dropped; one checked in between
+    /// is kept with its count.
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_drops_idle_keys_and_keeps_busy_ones() {
+        // 2/s, burst 2: full again 1 s after its last request; passes every 2 s.
+        let l = limiter("2/s");
+        for key in ["busy", "idle"] {
+            assert!(l.check(key).await.allowed);
+        }
+        assert_eq!(l.keys(), 2);
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert_eq!(l.keys(), 2, "the first pass only marks");
+        assert!(l.check("busy").await.allowed);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(l.keys(), 1, "the idle key goes at the second pass");
+        // The busy key's bucket is the same one: (in real time, barely any has passed) it
+        // holds the two requests counted, so a third is refused.
+        assert!(!l.check("busy").await.allowed);
+        drop(l);
+    }
+
+    /// The values made up front are the ones that would be written.
+    #[test]
+    fn made_values_are_the_written_ones() {
+        let l = limiter("600/s");
+        assert_eq!(l.limit.burst, 600);
+        let policy = l.policy.to_str().unwrap();
+        let name = &policy[..policy.find(';').unwrap()];
+        for r in [0, 1, 255, 256, 257, 300, 343, 344, 345, 599, 600] {
+            let v = Verdict {
+                allowed: true,
+                remaining: r,
+                retry_after: 0,
+            };
+            assert_eq!(l.header(&v).unwrap(), format!("{name};r={r};t=0").as_str());
+        }
+        let refused = Verdict {
+            allowed: false,
+            remaining: 0,
+            retry_after: 7,
+        };
+        assert_eq!(
+            l.header(&refused).unwrap(),
+            format!("{name};r=0;t=7").as_str()
+        );
     }
 }
