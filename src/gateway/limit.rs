@@ -115,21 +115,27 @@ fn buckets(idle: Duration) -> Arc<Buckets> {
     buckets
 }
 
-/// Every `idle` and more, drops the buckets not checked since the previous pass: each was
-/// left alone for `idle` or more, so it is full again, and a new one would answer the same.
-/// Ends when the limiter is dropped (a reload builds new ones).
+/// Drops the buckets not checked since the previous pass, passes being at least `idle`
+/// apart (counted from the end of one to the start of the next, so however long a pass over
+/// many keys takes, shard by shard): each bucket dropped was left alone for `idle` or more,
+/// so it is full again, and a new one would answer the same. Looks every 30 s at most
+/// whether the limiter is gone (a reload builds new ones), so a long `idle` (a daily limit)
+/// does not keep a task per reload waiting for days.
 async fn sweep(buckets: Weak<Buckets>, idle: Duration) {
-    // A pass takes a while with many keys, shard after shard: the margin keeps a shard's two
-    // passes `idle` apart even when the earlier pass reached it later than the next one does.
-    let period = idle + Duration::from_secs(1);
-    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    use tokio::time::{interval_at, Instant, MissedTickBehavior};
+    let step = idle.min(Duration::from_secs(30));
+    let mut every = interval_at(Instant::now() + step, step);
+    every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut next = Instant::now() + idle;
     loop {
         every.tick().await;
         let Some(buckets) = buckets.upgrade() else {
             return;
         };
-        buckets.retain(|_, bucket| bucket.used.swap(false, Ordering::Relaxed));
+        if Instant::now() >= next {
+            buckets.retain(|_, bucket| bucket.used.swap(false, Ordering::Relaxed));
+            next = Instant::now() + idle;
+        }
     }
 }
 
@@ -349,21 +355,29 @@ mod tests {
     /// is kept with its count.
     #[tokio::test(start_paused = true)]
     async fn the_sweep_drops_idle_keys_and_keeps_busy_ones() {
-        // 2/s, burst 2: full again 1 s after its last request; passes every 2 s.
+        // 2/s, burst 2: full again 1 s after its last request; passes every second.
         let l = limiter("2/s");
         for key in ["busy", "idle"] {
             assert!(l.check(key).await.allowed);
         }
         assert_eq!(l.keys(), 2);
-        tokio::time::sleep(Duration::from_millis(2100)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(l.keys(), 2, "the first pass only marks");
         assert!(l.check("busy").await.allowed);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(l.keys(), 1, "the idle key goes at the second pass");
         // The busy key's bucket is the same one: (in real time, barely any has passed) it
         // holds the two requests counted, so a third is refused.
         assert!(!l.check("busy").await.allowed);
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        assert_eq!(tasks(), 1, "the sweep");
         drop(l);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(tasks(), 0, "the sweep ends with its limiter");
     }
 
     /// The values made up front are the ones that would be written.
