@@ -212,11 +212,13 @@ impl Limiter {
         let route_id = crate::jose::hex(&crate::auth::sha256(&route.name)[..8]);
         let fallback = store.as_ref().and_then(|_| {
             let replicas = replicas.max(1);
-            let q = make_quota(
+            let (per, burst) = (
                 per.saturating_mul(replicas),
                 (limit.burst / replicas).max(1),
-            )?;
-            Some((q, buckets(idle)))
+            );
+            // Its own time to fill: with a burst below the replica count it is longer.
+            let idle = per.saturating_mul(burst).max(idle);
+            Some((make_quota(per, burst)?, buckets(idle)))
         });
         let header_start: Box<[u8]> = format!("\"{name}\";r=").into_bytes().into();
         let made = |rs: &mut dyn Iterator<Item = u32>| {
