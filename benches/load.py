@@ -4,6 +4,7 @@
     sudo python3 benches/load.py                 # 3 interleaved rounds of 10 s per run
     python3 benches/load.py --duration 5 --rounds 1
     python3 benches/load.py --only rs256-one --candidates bearward,bearward-b --compare OLD --rounds 8
+    python3 benches/load.py --only rate-limit --candidates bearward,bearward-rl --baseline bearward --paired
     python3 benches/load.py --pgo --compare target/release/bearward   # a PGO build beside the plain one
     python3 benches/load.py --tls-upstream --only rs256-one --candidates bearward,bearward-tls
     python3 benches/load.py --only grpc          # HTTP/2 + gRPC with h2load (benches/grpc_load.py)
@@ -35,6 +36,7 @@ What it does:
 Nothing here asserts a timing; it prints figures.
 """
 import argparse
+import concurrent.futures
 import base64
 import json
 import os
@@ -446,6 +448,11 @@ def main():
                     help="the candidate each round's requests/s is divided by (e.g. bearward, for what a limit costs)")
     ap.add_argument("--candidates", help="comma-separated candidates to run (nginx, the baseline, always runs); "
                                          "with --compare, 'bearward,bearward-b' makes a tight A/B")
+    ap.add_argument("--paired", action="store_true",
+                    help="run each candidate at the same time as the baseline (two wrk, same core each), "
+                         "the ratio being the requests each served in the same seconds: the machine's "
+                         "drift and steal hit both alike; for CPU-bound candidates only (one that waits "
+                         "on a round trip gives its CPU share to the other)")
     ap.add_argument("--layout", choices=("shared", "isolated"), default="shared",
                     help="shared: upstream and proxy on CPU 1 (the issue's layout); isolated: upstream "
                          "with wrk on CPU 0, the proxy alone on CPU 1, so no proxy is preempted by the upstream")
@@ -654,14 +661,28 @@ def main():
             for scen, cands in scenarios.items():
                 # Every other round in reverse order, so that a drift in the machine's speed
                 # during a round does not favour whoever runs first.
-                for name, port, header, script in (cands if rnd % 2 == 0 else cands[::-1]):
+                order = cands if rnd % 2 == 0 else cands[::-1]
+                if args.paired:
+                    base = next(c for c in cands if c[0] == args.baseline)
+                    order = [(c, base) for c in order if c[0] != args.baseline]
+                else:
+                    order = [(c, None) for c in order]
+                for (name, port, header, script), partner in order:
                     pid = procs[PROC_OF.get(name, name)].pid
                     if name == "bearward-dpop":
                         # Enough fresh proofs for the run; each is good for one request.
                         keys.proofs(f"{d}/proofs.txt", 40000 * args.duration, htu, dpop_token)
                     before = cpu_counters(pid)
-                    r = wrk(port, args.connections, args.duration, header, script,
-                            "https" if name in HTTPS else "http")
+                    run = lambda port, header, script, name: wrk(port, args.connections, args.duration, header, script,
+                                                                 "https" if name in HTTPS else "http")
+                    if partner:
+                        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                            theirs = pool.submit(run, partner[1], partner[2], partner[3], partner[0])
+                            r = run(port, header, script, name)
+                            theirs = theirs.result()
+                        r["paired"] = r["requests"] / theirs["requests"]
+                    else:
+                        r = run(port, header, script, name)
                     after = cpu_counters(pid)
                     per_req = lambda i: (after[i] - before[i]) / os.sysconf("SC_CLK_TCK") / r["requests"] * 1e6
                     r["usr_us"], r["sys_us"] = per_req(0), per_req(1)
@@ -669,6 +690,7 @@ def main():
                     results.setdefault((scen, name), []).append(r)
                     print(f"round {rnd + 1} {scen:11} {name:17} {r['rps']:10.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms"
                           f"  usr {r['usr_us']:.1f} sys {r['sys_us']:.1f} us/req  {r['switches']:.2f} switches/req"
+                          + (f"  {r['paired']:.3f}x of {partner[0]} beside it" if partner else "")
                           + (f"  non-2xx {r['non2xx']}" if r["non2xx"] else "") + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
 
         # Memory: 100,000 requests or more over 10,000 distinct tokens.
@@ -680,7 +702,10 @@ def main():
         print(f"{'scenario':11} {'candidate':17} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'peak RSS':>9} {'usr us':>7} {'sys us':>7} {'sw/req':>6} {'vs ' + args.baseline:>9} {'(range)':>12}")
         for (scen, name), runs in results.items():
             base = results.get((scen, args.baseline))
-            ratios = [r["rps"] / b["rps"] for r, b in zip(runs, base)] if base else []
+            if args.paired:
+                ratios = [r["paired"] for r in runs if "paired" in r]
+            else:
+                ratios = [r["rps"] / b["rps"] for r, b in zip(runs, base)] if base else []
             med = lambda k: statistics.median(r[k] for r in runs)
             proc = PROC_OF.get(name, name)
             print(f"{scen:11} {name:17} {med('rps'):9.0f} {med('p50'):8.3f} {med('p99'):8.3f} {rss.get(proc, 0) / 1024:8.1f}M"
@@ -689,7 +714,10 @@ def main():
         where = f"wrk and upstream on CPU {WRK_CPU}; proxies on CPU {SERVER_CPU}" if args.layout == "isolated" else f"wrk on CPU {WRK_CPU}; upstream and proxies on CPU {SERVER_CPU}"
         print(f"({where}; {args.connections} connections; {args.duration} s runs; medians of {args.rounds} rounds;"
               " usr/sys us and sw/req: the candidate's own user and system CPU time and context switches per request;"
-              " range: the lowest and highest of the per-round ratios)")
+              " range: the lowest and highest of the per-round ratios"
+              + (f"; --paired: each candidate ran at the same time as {args.baseline}, on the same cores, and its"
+                 f" ratio is the requests it served over {args.baseline}'s in those seconds; the other columns"
+                 " are of those shared runs" if args.paired else "") + ")")
         if built:
             print(f"(bearward built from {built})")
     finally:
