@@ -272,9 +272,7 @@ pub fn parse_head(
         *span = (n, n + h.name.len() as u16, v, v + h.value.len() as u16);
     }
     let head = buf.split_to(len).freeze();
-    // Room for the two RateLimit fields a limited route adds, so adding them does not regrow
-    // the map.
-    let mut headers = HeaderMap::with_capacity(count + 2);
+    let mut headers = HeaderMap::with_capacity(count);
     let mut close = false;
     // A `Connection` header that says only keep-alive or close, and `Keep-Alive`, are hop-by-hop
     // and name nothing else to strip: they are noted here and never enter the map, so the
