@@ -614,11 +614,11 @@ pub fn extract_scopes(
 /// The route's claim conditions (`claims`: all; `claims_any`: one; `client_ids`: `azp`, else
 /// `client_id`, one of them). The trace says which failed; the answer does not.
 pub fn check_claim_conditions(
-    claims: &Map<String, Value>,
-    principal: &Principal,
+    token: &Verified,
     route: &Route,
     trace: &mut Trace,
 ) -> Result<(), AuthError> {
+    let claims = &token.claims;
     if let Some(c) = route.claims.iter().find(|c| !c.holds(claims)) {
         trace.note("claims", false, || {
             format!("claim {} must be (or hold) {:?}", c.raw, c.value)
@@ -637,7 +637,7 @@ pub fn check_claim_conditions(
         return Err(AuthError::ClaimMismatch);
     }
     if !route.client_ids.is_empty() {
-        let client = principal.client.as_deref();
+        let client = token.principal.client.as_deref();
         if !client.is_some_and(|c| route.client_ids.iter().any(|x| x == c)) {
             trace.note("claims", false, || {
                 format!("client {client:?} (azp, else client_id) is not in client_ids")

@@ -70,6 +70,8 @@ type Buckets = quick_cache::sync::Cache<
 pub struct Limiter {
     pub limit: RateLimit,
     quota: Quota,
+    /// The GCRA's emission interval in µs, for the store's script.
+    emission_us: u64,
     buckets: Arc<Buckets>,
     /// `RateLimit-Policy`, made once.
     pub policy: http::HeaderValue,
@@ -78,7 +80,8 @@ pub struct Limiter {
     /// `RateLimit` of an allowed request with `r` left, cloned rather than written and checked
     /// on every answer: for `r` within [`MADE_VALUES`] of either end of the burst, where a
     /// bucket spends its time (nearly full while a client keeps under its limit, nearly empty
-    /// while it presses against it). `low[r]`, `high[burst - r]`.
+    /// while it presses against it). `low[r]` for `r` up to `MADE_VALUES`, `high[burst - r]`
+    /// above it (empty when the burst is no larger).
     made_low: Box<[http::HeaderValue]>,
     made_high: Box<[http::HeaderValue]>,
     /// The store that makes the limit global, with this route's part of its keys.
@@ -140,16 +143,10 @@ async fn sweep(buckets: Weak<Buckets>, idle: Duration) {
 }
 
 /// `key`'s bucket in `buckets`, made with `make` when it has none: the key is copied only then.
+/// A hit is one read-locked lookup; concurrent misses on one key make one bucket.
 fn bucket_for(buckets: &Buckets, key: &str, make: impl FnOnce() -> Bucket) -> Arc<Bucket> {
-    let bucket = match buckets.get(key) {
-        Some(b) => b,
-        None => {
-            let made = buckets
-                .get_or_insert_with(key, || Ok::<_, std::convert::Infallible>(Arc::new(make())));
-            let Ok(b) = made;
-            b
-        }
-    };
+    let Ok(bucket) =
+        buckets.get_or_insert_with(key, || Ok::<_, std::convert::Infallible>(Arc::new(make())));
     // Only a bucket the sweep marked unused is written: a busy key's cache line stays shared.
     if !bucket.used.load(Ordering::Relaxed) {
         bucket.used.store(true, Ordering::Relaxed);
@@ -221,14 +218,18 @@ impl Limiter {
             Some((make_quota(per, burst)?, buckets(idle)))
         });
         let header_start: Box<[u8]> = format!("\"{name}\";r=").into_bytes().into();
-        let made = |rs: &mut dyn Iterator<Item = u32>| {
-            rs.map(|r| rate_limit_value(&header_start, r, 0))
-                .collect::<Option<Box<[_]>>>()
-        };
-        let made_low = made(&mut (0..=limit.burst.min(MADE_VALUES)))?;
-        let made_high = made(&mut (0..=limit.burst.min(MADE_VALUES)).map(|d| limit.burst - d))?;
+        let made = |r| rate_limit_value(&header_start, r, 0);
+        let made_low = (0..=limit.burst.min(MADE_VALUES))
+            .map(made)
+            .collect::<Option<_>>()?;
+        let made_high = (limit.burst.saturating_sub(MADE_VALUES).max(MADE_VALUES + 1)
+            ..=limit.burst)
+            .rev()
+            .map(made)
+            .collect::<Option<_>>()?;
         Some(Limiter {
             quota,
+            emission_us: u64::try_from(per.as_micros()).unwrap_or(u64::MAX).max(1),
             buckets: buckets(idle),
             policy: http::HeaderValue::from_str(&policy).ok()?,
             header_start,
@@ -287,9 +288,10 @@ impl Limiter {
             // This replica alone is over the limit: so is every replica together.
             return local;
         }
-        let per = self.limit.window / self.limit.count;
-        let emission = u64::try_from(per.as_micros()).unwrap_or(u64::MAX).max(1);
-        match store.gcra(stored.clone(), emission, self.limit.burst).await {
+        match store
+            .gcra(stored.clone(), self.emission_us, self.limit.burst)
+            .await
+        {
             Ok((allowed, wait_us, remaining)) => Verdict {
                 allowed,
                 remaining,
@@ -316,9 +318,11 @@ impl Limiter {
     pub fn header(&self, verdict: &Verdict) -> Option<http::HeaderValue> {
         if verdict.allowed && verdict.retry_after == 0 {
             let r = verdict.remaining;
-            let made = match self.limit.burst.checked_sub(r) {
-                Some(d) if d <= MADE_VALUES => self.made_high.get(d as usize),
-                _ => self.made_low.get(r as usize),
+            let made = if r <= MADE_VALUES {
+                self.made_low.get(r as usize)
+            } else {
+                let d = self.limit.burst.checked_sub(r);
+                d.and_then(|d| self.made_high.get(d as usize))
             };
             if let Some(v) = made {
                 return Some(v.clone());

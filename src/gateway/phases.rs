@@ -437,12 +437,8 @@ impl Gateway {
             return (scopes, Some(Identity(v)));
         }
         let conditions = match sink.trace() {
-            Some(trace) => {
-                auth::validator::check_claim_conditions(&v.claims, &v.principal, route, trace)
-            }
-            None => {
-                auth::validator::check_claim_conditions(&v.claims, &v.principal, route, &mut quiet)
-            }
+            Some(trace) => auth::validator::check_claim_conditions(&v, route, trace),
+            None => auth::validator::check_claim_conditions(&v, route, &mut quiet),
         };
         (conditions, Some(Identity(v)))
     }
