@@ -649,8 +649,9 @@ def main():
             scenarios["rs256-one"].append(("bearward-tls", PORTS["bearward-tls"], H(rs), None))
         if args.compare:
             for cands in scenarios.values():
-                at = next(i for i, c in enumerate(cands) if c[0] == "bearward")
-                cands.insert(at + 1, ("bearward-b", PORTS["bearward-b"], *cands[at][2:]))
+                at = next((i for i, c in enumerate(cands) if c[0] == "bearward"), None)
+                if at is not None:  # the TLS and DPoP scenarios have no plain bearward
+                    cands.insert(at + 1, ("bearward-b", PORTS["bearward-b"], *cands[at][2:]))
         if args.only:
             scenarios = {k: v for k, v in scenarios.items() if k in args.only.split(",")}
         if args.candidates:
