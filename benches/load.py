@@ -5,6 +5,8 @@
     python3 benches/load.py --duration 5 --rounds 1
     python3 benches/load.py --only rs256-one --candidates bearward,bearward-b --compare OLD --rounds 8
     python3 benches/load.py --only rate-limit --candidates bearward,bearward-rl --baseline bearward --paired
+    # the same with a control: a second no-limit bearward (a copy of the binary) beside the first
+    python3 benches/load.py --only rate-limit --compare /tmp/bw-copy --candidates bearward,bearward-b,bearward-rl --baseline bearward --paired
     python3 benches/load.py --pgo --compare target/release/bearward   # a PGO build beside the plain one
     python3 benches/load.py --tls-upstream --only rs256-one --candidates bearward,bearward-tls
     python3 benches/load.py --only grpc          # HTTP/2 + gRPC with h2load (benches/grpc_load.py)
