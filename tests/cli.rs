@@ -12,9 +12,15 @@ use std::time::Duration;
 const GOOD: &str = include_str!("fixtures/good.toml");
 
 fn check(text: &str) -> (bool, String) {
-    let dir = std::env::temp_dir().join(format!("bearward-check-{}", std::process::id()));
+    // A directory per check: with one shared, a check finishing could remove it between
+    // another's creating it and writing its file there (seen: NotFound, 1 run in 6).
+    let dir = std::env::temp_dir().join(format!(
+        "bearward-check-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join(format!("c{}.toml", rand_suffix()));
+    let file = dir.join("c.toml");
     std::fs::File::create(&file)
         .unwrap()
         .write_all(text.as_bytes())
@@ -24,10 +30,7 @@ fn check(text: &str) -> (bool, String) {
         .arg(&file)
         .output()
         .unwrap();
-    let _ = std::fs::remove_file(&file);
-    // The last check of the process to finish takes the directory with it; the others find
-    // it still in use and leave it.
-    let _ = std::fs::remove_dir(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
