@@ -151,7 +151,8 @@ pub enum LimitKey {
     Subject,
     /// The token's `azp`, else `client_id`.
     Client,
-    /// The peer's IP address (for `auth = "none"` routes, or any).
+    /// The client's IP address (the peer's, or from a trusted proxy's `X-Forwarded-For`), IPv6
+    /// by its `ipv6_prefix` network; for `auth = "none"` routes, or any.
     Ip,
     /// A claim, by name or dotted path.
     Claim(String),
@@ -164,6 +165,8 @@ pub struct RateLimit {
     pub count: u32,
     pub window: std::time::Duration,
     pub burst: u32,
+    /// `key = "ip"`: IPv6 clients are counted by their network of this many bits.
+    pub ipv6_prefix: u8,
 }
 
 /// One claim condition: the claim at `path` (a dotted path into nested objects; a top-level

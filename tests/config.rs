@@ -56,6 +56,11 @@ fn broken_configs_are_rejected_naming_the_key() {
         ("no requests in flight", "listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:0\"\nmax_requests_in_flight = 0", "server.max_requests_in_flight"),
         ("no HTTP/2 streams", "listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:0\"\nhttp2_max_concurrent_streams = 0", "server.http2_max_concurrent_streams"),
         ("encoded percent as a string", "auth = \"none\"", "auth = \"none\"\nallow_encoded_percent = \"yes\"", "allow_encoded_percent"),
+        ("rate limit per day", "scopes = [\"read\"]", "scopes = [\"read\"]\nrate_limit = { key = \"subject\", rate = \"10/d\" }", "routes[1].rate_limit.rate"),
+        ("subject key without a token", "auth = \"none\"", "auth = \"none\"\nrate_limit = { key = \"subject\", rate = \"10/s\" }", "routes[0].rate_limit.key"),
+        ("IPv6 prefix on a subject key", "scopes = [\"read\"]", "scopes = [\"read\"]\nrate_limit = { key = \"subject\", rate = \"10/s\", ipv6_prefix = 64 }", "routes[1].rate_limit.ipv6_prefix"),
+        ("IPv6 prefix 0", "auth = \"none\"", "auth = \"none\"\nrate_limit = { key = \"ip\", rate = \"10/s\", ipv6_prefix = 0 }", "routes[0].rate_limit.ipv6_prefix"),
+        ("IPv6 prefix 129", "auth = \"none\"", "auth = \"none\"\nrate_limit = { key = \"ip\", rate = \"10/s\", ipv6_prefix = 129 }", "routes[0].rate_limit.ipv6_prefix"),
     ];
     for (what, from, to, needle) in cases {
         assert!(

@@ -63,6 +63,12 @@ prefix = "/audit"
 scopes = ["admin"]
 mode = "audit"
 upstream = "app"
+
+[[routes]]
+prefix = "/limited"
+auth = "none"
+rate_limit = {{ key = "ip", rate = "6/m", burst = 3 }}
+upstream = "app"
 "#,
         idp.issuer(),
         up.url()
@@ -259,14 +265,20 @@ async fn run_table(c: &HttpClient, base: &str, cases: &[Case], mode: &str) -> Ve
     got
 }
 
-#[tokio::test]
-async fn nginx_and_caddy_get_the_decisions_proxy_mode_gives() {
+/// An IdP, an upstream, and bearward with both listeners (the decision one on `dport`).
+async fn start() -> (Key, Idp, Upstream, u16, Gateway) {
     let key = Key::rsa1();
     let idp = Idp::start(&[&key]).await;
     let up = Upstream::start().await;
     let dport = free_port();
     let gw = Gateway::start(&config(&up, &idp, dport, "")).await;
     wait_ready(&gw).await;
+    (key, idp, up, dport, gw)
+}
+
+#[tokio::test]
+async fn nginx_and_caddy_get_the_decisions_proxy_mode_gives() {
+    let (key, idp, up, dport, gw) = start().await;
     let mint = idp.minter("https://api.test");
     let cases = table(&mint, &key);
     let c = client();
@@ -336,6 +348,91 @@ async fn nginx_and_caddy_get_the_decisions_proxy_mode_gives() {
         .await
         .body;
     assert!(metric(&m, "bearward_requests_total{route=\"/api/admin*\",status=\"403\",decision=\"deny\",reason=\"insufficient_scope\"}") >= 3.0, "{m}");
+}
+
+/// A rate limit decided on the decision listener: keyed by the client the ingress names
+/// (X-Forwarded-For, its rightmost entry: the client's own entries never count), and its 429
+/// with Retry-After and the RateLimit fields reaching the client through nginx and Caddy.
+#[tokio::test]
+async fn rate_limits_hold_through_the_ingress() {
+    let (_key, _idp, up, dport, gw) = start().await;
+    let c = client();
+    let ng = nginx(dport, &up.url()).await;
+    let cd = caddy(dport, &up.url()).await;
+    let check_429 = |a: &Answer, via: &str| {
+        assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{via}: {}", a.body);
+        let wait: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=10).contains(&wait), "{via}: Retry-After {wait}");
+        let rl = a.headers["ratelimit"].to_str().unwrap();
+        assert!(rl.starts_with("\"/limited*\";r=0;t="), "{via}: {rl}");
+        assert_eq!(
+            a.headers["ratelimit-policy"], "\"/limited*\";q=6;w=60",
+            "{via}"
+        );
+    };
+    // burst 3, one more every 10 s; every request claims another address to the left of the
+    // one nginx appends.
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let forged = format!("192.0.2.{i}");
+        let a = get(
+            &c,
+            &format!("http://127.0.0.1:{}/limited/x", ng.port),
+            &[("x-forwarded-for", &forged)],
+        )
+        .await;
+        if a.status == StatusCode::OK {
+            let rl = a.headers["ratelimit"].to_str().unwrap();
+            assert!(rl.starts_with("\"/limited*\";r="), "nginx, allowed: {rl}");
+        } else {
+            check_429(&a, "nginx");
+        }
+        statuses.push(a.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429], "through nginx");
+    // Caddy names the same client (127.0.0.1), whose bucket is empty.
+    for i in 0..3 {
+        let forged = format!("198.51.100.{i}");
+        let a = get(
+            &c,
+            &format!("http://127.0.0.1:{}/limited/x", cd.port),
+            &[("x-forwarded-for", &forged)],
+        )
+        .await;
+        check_429(&a, "caddy");
+    }
+    assert_eq!(up.count(), 3, "the upstream got what passed");
+    // Asked directly, as an ingress on another host would: the client is the one named, not
+    // the ingress (which would put every client behind it in one bucket).
+    let ask = |xff: &'static str| {
+        let (c, url) = (c.clone(), format!("http://127.0.0.1:{dport}/auth"));
+        async move {
+            let h = [("x-original-uri", "/limited/x"), ("x-forwarded-for", xff)];
+            get(&c, &url, &h).await.status.as_u16()
+        }
+    };
+    let mut statuses = Vec::new();
+    for xff in [
+        "203.0.113.9",
+        "203.0.113.9",
+        "203.0.113.9",
+        "203.0.113.9",
+        "198.51.100.1",
+    ] {
+        statuses.push(ask(xff).await);
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 429, 200],
+        "keyed by the named client"
+    );
+    let m = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
+        .await
+        .body;
+    assert!(
+        metric(&m, "bearward_requests_total{route=\"/limited*\",status=\"429\",decision=\"deny\",reason=\"rate_limited\"}") >= 6.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]

@@ -232,3 +232,120 @@ fn a_million_distinct_keys_stay_bounded() {
     // The most recent key is still counted: its second request in the hour is refused.
     assert!(!check("subject-999999").allowed);
 }
+
+fn open_config(up: &Upstream, trusted: &str, ipv6_prefix: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+trusted_proxies = [{trusted}]
+
+[upstreams.app]
+url = "{}"
+
+[[routes]]
+prefix = "/open"
+auth = "none"
+rate_limit = {{ key = "ip", rate = "60/m", burst = 3{ipv6_prefix} }}
+upstream = "app"
+"#,
+        up.url()
+    )
+}
+
+/// How many of `n` requests with this `X-Forwarded-For` passed.
+async fn passed(c: &HttpClient, gw: &Gateway, xff: &str, n: usize) -> usize {
+    let mut ok = 0;
+    for _ in 0..n {
+        let header = [("x-forwarded-for", xff)];
+        let a = get(
+            c,
+            &gw.url("/open/x"),
+            if xff.is_empty() { &[] } else { &header },
+        )
+        .await;
+        match a.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("{xff}: {other}"),
+        }
+    }
+    ok
+}
+
+/// `key = "ip"` behind a load balancer: the client named by the trusted proxies'
+/// X-Forwarded-For, not the balancer (which would put every client in one bucket), and never an
+/// address the client wrote itself; IPv6 clients by their /64; an untrusted peer's header is
+/// not read.
+#[tokio::test]
+async fn the_ip_key_is_the_client_a_trusted_proxy_names() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&open_config(&up, "\"127.0.0.1\", \"10.0.0.0/8\"", "")).await;
+    wait_ready(&gw).await;
+    let c = client();
+    // burst 3, one more a second: 3 pass at once, 4 at most within the test's first second.
+    let started = std::time::Instant::now();
+    assert_eq!(passed(&c, &gw, "203.0.113.9", 5).await, 3);
+    assert_eq!(
+        passed(&c, &gw, "198.51.100.7", 3).await,
+        3,
+        "a second client has its own bucket"
+    );
+    // The client writing its own entries to the left changes nothing: the balancer appended
+    // the address it saw, and a chain of trusted hops (10/8) is walked past.
+    assert_eq!(passed(&c, &gw, "1.2.3.4, 203.0.113.9", 1).await, 0);
+    assert_eq!(
+        passed(&c, &gw, "5.6.7.8, 203.0.113.9, 10.1.2.3", 1).await,
+        0
+    );
+    assert_eq!(
+        passed(&c, &gw, "::ffff:203.0.113.9", 1).await,
+        0,
+        "the same IPv4 client, mapped"
+    );
+    assert_eq!(
+        passed(&c, &gw, "203.0.113.9:55123", 1).await,
+        0,
+        "the same client with a port"
+    );
+    // IPv6: one /64 is one client, whatever address of it each request comes from.
+    let mut v6 = 0;
+    for addr in [
+        "2001:db8:1:2::a",
+        "2001:db8:1:2::b",
+        "[2001:db8:1:2::c]:443",
+        "2001:db8:1:2:1:2:3:4",
+        "2001:db8:1:2:ffff::",
+    ] {
+        v6 += passed(&c, &gw, addr, 1).await;
+    }
+    assert_eq!(v6, 3, "one /64 took more than its burst");
+    assert_eq!(
+        passed(&c, &gw, "2001:db8:1:3::a", 1).await,
+        1,
+        "another /64 has its own"
+    );
+    // The balancer's own requests (no header) count under its address.
+    assert_eq!(passed(&c, &gw, "", 3).await, 3);
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(900),
+        "a refill would blur the counts"
+    );
+    assert_eq!(
+        up.count(),
+        3 + 3 + 3 + 1 + 3,
+        "the upstream got what passed, no more"
+    );
+
+    // Without trusted proxies, the header is the client's word: all of it counts as the peer.
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&open_config(&up, "", ", ipv6_prefix = 128")).await;
+    wait_ready(&gw).await;
+    let mut ok = 0;
+    for i in 0..6 {
+        ok += passed(&c, &gw, &format!("192.0.2.{i}"), 1).await;
+    }
+    assert_eq!(ok, 3, "a forged X-Forwarded-For bought fresh buckets");
+    assert_eq!(up.count(), 3);
+}

@@ -241,6 +241,7 @@ pub(super) struct RateLimitFile {
     pub key: Spanned<String>,
     pub rate: Spanned<String>,
     pub burst: Option<Spanned<u64>>,
+    pub ipv6_prefix: Option<Spanned<u64>>,
 }
 
 /// `mode`: enforce the policy, or only report what it would do.

@@ -10,7 +10,7 @@ use crate::upstream::HeadRewrite;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use ipnet::IpNet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -146,13 +146,73 @@ pub(crate) fn prepare_response(resp: &mut Response<Body>) {
 
 /// Is `peer` one of the proxies whose `X-Forwarded-*` headers we believe?
 pub(crate) fn is_trusted(trusted: &[IpNet], peer: &SocketAddr) -> bool {
-    let ip = match peer.ip() {
-        std::net::IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
-        v4 => v4,
-    };
+    let ip = unmapped(peer.ip());
     trusted.iter().any(|n| n.contains(&ip))
+}
+
+/// An IPv4 client on a dual-stack listener arrives as `::ffff:a.b.c.d`: the same client.
+pub(crate) fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// `X-Forwarded-For` entries walked at most, from the right.
+const MAX_FORWARDED_HOPS: usize = 64;
+
+/// The client's address: the peer's, unless the peer is a proxy we believe (`peer_trusted`).
+/// Then `X-Forwarded-For` is read from the right, the end the proxies append to, past the
+/// addresses in `trusted`; the first one outside it is the client (nginx's `real_ip_recursive`,
+/// Envoy's trusted hops). Entries left of it were written by the client and could say anything,
+/// so they are never read. An entry that is not an address (with or without a port) ends the
+/// walk at the last hop read, as does running out of entries: then the request came from a
+/// trusted hop itself.
+pub(crate) fn client_ip(
+    headers: &HeaderMap,
+    peer: IpAddr,
+    peer_trusted: bool,
+    trusted: &[IpNet],
+) -> IpAddr {
+    let mut client = unmapped(peer);
+    if !peer_trusted {
+        return client;
+    }
+    let lines: Vec<&[u8]> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    let entries = lines
+        .iter()
+        .rev()
+        .flat_map(|line| line.rsplit(|b| *b == b','))
+        .take(MAX_FORWARDED_HOPS);
+    for entry in entries {
+        let Some(ip) = forwarded_ip(entry) else {
+            break;
+        };
+        client = unmapped(ip);
+        if !trusted.iter().any(|n| n.contains(&client)) {
+            break;
+        }
+    }
+    client
+}
+
+/// One `X-Forwarded-For` entry: `addr`, `v4:port`, `[v6]` or `[v6]:port`.
+fn forwarded_ip(entry: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(entry).ok()?.trim();
+    if let Ok(ip) = text.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = text.strip_prefix('[') {
+        let (v6, port) = rest.split_once(']')?;
+        return (port.is_empty() || port.strip_prefix(':')?.parse::<u16>().is_ok())
+            .then(|| v6.parse().ok())
+            .flatten();
+    }
+    text.parse::<SocketAddr>().ok().map(|s| s.ip())
 }
 
 #[cfg(test)]
@@ -166,5 +226,71 @@ mod tests {
         assert!(is_trusted(&nets, &"[::ffff:10.1.2.3]:5".parse().unwrap()));
         assert!(!is_trusted(&nets, &"11.1.2.3:5".parse().unwrap()));
         assert!(!is_trusted(&[], &"127.0.0.1:5".parse().unwrap()));
+    }
+
+    fn client(xff: &[&str], peer: &str, peer_trusted: bool, trusted: &[&str]) -> String {
+        let mut h = HeaderMap::new();
+        for line in xff {
+            h.append(X_FORWARDED_FOR, HeaderValue::from_str(line).unwrap());
+        }
+        let nets: Vec<IpNet> = trusted.iter().map(|n| n.parse().unwrap()).collect();
+        client_ip(&h, peer.parse().unwrap(), peer_trusted, &nets).to_string()
+    }
+
+    #[test]
+    fn the_client_is_the_first_untrusted_hop_from_the_right() {
+        let lb = ["10.0.0.0/8"];
+        // An untrusted peer's header is not read at all.
+        assert_eq!(
+            client(&["1.1.1.1"], "203.0.113.9", false, &lb),
+            "203.0.113.9"
+        );
+        assert_eq!(client(&[], "::ffff:203.0.113.9", false, &lb), "203.0.113.9");
+        // From a trusted peer: the rightmost entry outside the trusted nets, whatever the
+        // client wrote to its left, across several header lines.
+        assert_eq!(
+            client(&["6.6.6.6, 198.51.100.7"], "10.0.0.1", true, &lb),
+            "198.51.100.7"
+        );
+        assert_eq!(
+            client(
+                &["6.6.6.6", "198.51.100.7, 10.2.3.4"],
+                "10.0.0.1",
+                true,
+                &lb
+            ),
+            "198.51.100.7"
+        );
+        assert_eq!(
+            client(&["198.51.100.7:4711"], "10.0.0.1", true, &lb),
+            "198.51.100.7"
+        );
+        assert_eq!(
+            client(&["[2001:db8::7]:443"], "10.0.0.1", true, &lb),
+            "2001:db8::7"
+        );
+        assert_eq!(
+            client(&[" ::ffff:198.51.100.7 "], "10.0.0.1", true, &lb),
+            "198.51.100.7"
+        );
+        // No header, or only trusted hops: the request came from the nearest one itself.
+        assert_eq!(client(&[], "10.0.0.1", true, &lb), "10.0.0.1");
+        assert_eq!(
+            client(&["10.9.9.9, 10.8.8.8"], "10.0.0.1", true, &lb),
+            "10.9.9.9"
+        );
+        // Garbage where the client should be: the last hop read, never the garbage.
+        assert_eq!(client(&["unknown"], "10.0.0.1", true, &lb), "10.0.0.1");
+        assert_eq!(
+            client(&["6.6.6.6, x, 10.8.8.8"], "10.0.0.1", true, &lb),
+            "10.8.8.8"
+        );
+        assert_eq!(client(&["[::1]x"], "10.0.0.1", true, &lb), "10.0.0.1");
+        // A long chain of trusted hops is walked only so far.
+        let chain = vec!["10.1.1.1"; 100].join(", ");
+        assert_eq!(
+            client(&[&format!("6.6.6.6, {chain}")], "10.0.0.1", true, &lb),
+            "10.1.1.1"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! Per-route rate limits (`rate_limit`), keyed by the verified subject, the client, a claim,
-//! or the peer's address. Each key is a governor GCRA bucket (`count` per `window`, bursts of
-//! `burst`), held in a bounded quick_cache table: at most [`MAX_KEYS`] per route, and a key
+//! or the client's address (IPv6 by network). Each key is a governor GCRA bucket (`count` per
+//! `window`, bursts of `burst`), held in a bounded quick_cache table: at most [`MAX_KEYS`] per route, and a key
 //! left unused for as long as its bucket takes to fill again is dropped by a sweep without
 //! changing any answer.
 //!
@@ -247,10 +247,11 @@ impl Limiter {
     }
 
     /// The key a request is counted under; requests without one share the `-` bucket.
+    /// `client`: the client's address, asked for only by `key = "ip"`.
     pub fn key<'a>(
         &self,
         identity: Option<&'a Identity>,
-        peer: Option<std::net::IpAddr>,
+        client: impl FnOnce() -> Option<std::net::IpAddr>,
     ) -> Cow<'a, str> {
         let principal = identity.map(|i| &i.0.principal);
         let found = match &self.limit.key {
@@ -260,7 +261,7 @@ impl Limiter {
             LimitKey::Client => principal
                 .and_then(|p| p.client.as_deref())
                 .map(Cow::Borrowed),
-            LimitKey::Ip => peer.map(|p| Cow::Owned(p.to_string())),
+            LimitKey::Ip => client().map(|ip| Cow::Owned(ip_key(ip, self.limit.ipv6_prefix))),
             LimitKey::Claim(raw) => identity
                 .and_then(|i| i.claim_text(raw, &self.claim_path))
                 .map(Cow::Owned),
@@ -332,6 +333,16 @@ impl Limiter {
     }
 }
 
+/// An IPv4 address as it is; an IPv6 one as its network of `prefix` bits (`2001:db8:1:2::/64`),
+/// so a host cannot take a fresh bucket per address of its own network.
+fn ip_key(ip: std::net::IpAddr, prefix: u8) -> String {
+    match crate::forward::unmapped(ip) {
+        std::net::IpAddr::V6(v6) if prefix < 128 => ipnet::Ipv6Net::new(v6, prefix)
+            .map_or_else(|_| v6.to_string(), |net| net.trunc().to_string()),
+        ip => ip.to_string(),
+    }
+}
+
 /// `start` (`"name";r=`) followed by `r` and `;t=t`, without `format!`.
 fn rate_limit_value(start: &[u8], r: u32, t: u64) -> Option<http::HeaderValue> {
     let (mut rb, mut tb) = (itoa::Buffer::new(), itoa::Buffer::new());
@@ -384,6 +395,19 @@ mod tests {
         drop(l);
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(tasks(), 0, "the sweep ends with its limiter");
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_network() {
+        let key = |ip: &str, prefix| ip_key(ip.parse().unwrap(), prefix);
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 64), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:bbbb::9", 64), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:3::1", 64), "2001:db8:1:3::/64");
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 48), "2001:db8:1::/48");
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 128), "2001:db8:1:2:aaaa::1");
+        // IPv4, also as a dual-stack listener sees it: never grouped into one ::ffff:0:0/64.
+        assert_eq!(key("198.51.100.7", 64), "198.51.100.7");
+        assert_eq!(key("::ffff:198.51.100.7", 64), "198.51.100.7");
     }
 
     /// The values made up front are the ones that would be written.

@@ -41,7 +41,7 @@ use crate::request::watch::Watch;
 use crate::routes::Route;
 use crate::telemetry::{Metrics, RouteSeries, ALLOWED};
 use crate::upstream::{ProxyError, RequestTimer, Upstreams};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -311,13 +311,22 @@ impl Gateway {
         &self,
         index: usize,
         identity: Option<&crate::auth::Identity>,
+        headers: &HeaderMap,
         conn: Option<&ConnInfo>,
         out: &mut Outcome,
     ) -> Result<(), Rejection> {
         let Some(l) = self.limiters.get(index).and_then(Option::as_ref) else {
             return Ok(());
         };
-        let verdict = l.check(&l.key(identity, conn.map(|c| c.peer.ip()))).await;
+        let client = || {
+            let c = conn?;
+            // On the decision listener the peer is the ingress, trusted before any phase ran:
+            // the client is the one its X-Forwarded-For names.
+            let trusted = &self.config.server.trusted_proxies;
+            let believed = c.decision || forward::is_trusted(trusted, &c.peer);
+            Some(forward::client_ip(headers, c.peer.ip(), believed, trusted))
+        };
+        let verdict = l.check(&l.key(identity, client)).await;
         out.rate_limit = Some(verdict);
         if verdict.allowed {
             Ok(())

@@ -178,7 +178,7 @@ impl Gateway {
         report(
             sink,
             "rate_limit",
-            self.check_rate_limit(index, identity.as_ref(), conn, out)
+            self.check_rate_limit(index, identity.as_ref(), req.headers(), conn, out)
                 .await,
         )?;
         Ok(Decided::Pass(Pass {

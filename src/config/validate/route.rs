@@ -272,7 +272,8 @@ fn claim_conditions(
 }
 
 /// `rate_limit = { key = "subject" | "client" | "ip" | "claim:PATH", rate = "N/s" | "N/m" |
-/// "N/h", burst = M }` (burst defaults to N).
+/// "N/h", burst = M, ipv6_prefix = P }` (burst defaults to N; `ipv6_prefix`, for `ip` only, to
+/// 64: a host given a /64, as hosts commonly are, would otherwise have 2^64 buckets).
 fn rate_limit(
     cx: &mut Ctx<'_>,
     f: Option<&Spanned<RateLimitFile>>,
@@ -332,11 +333,34 @@ fn rate_limit(
             return None;
         }
     };
+    let ipv6_prefix = match &f.ipv6_prefix {
+        None => 64,
+        Some(p) if limit_key != LimitKey::Ip => {
+            cx.err(
+                p.span(),
+                &format!("{key}.ipv6_prefix"),
+                "only for key = \"ip\"",
+            );
+            return None;
+        }
+        Some(p) => match u8::try_from(*p.get_ref()) {
+            Ok(bits @ 1..=128) => bits,
+            _ => {
+                cx.err(
+                    p.span(),
+                    &format!("{key}.ipv6_prefix"),
+                    "must be 1 to 128 (bits of the client's IPv6 address that make its key)",
+                );
+                return None;
+            }
+        },
+    };
     Some(RateLimit {
         key: limit_key,
         count,
         window,
         burst,
+        ipv6_prefix,
     })
 }
 
