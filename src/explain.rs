@@ -5,7 +5,7 @@ use crate::auth::{sha256_bytes, token_id, AuthError, Authenticator, Trace};
 use crate::body;
 use crate::config::Config;
 use crate::gateway::{Decided, Gateway, Outcome, Rejection, Sink};
-use crate::routes::{PathMatch, Route};
+use crate::routes::{LimitKey, PathMatch, Route};
 use crate::telemetry::Metrics;
 use http::{header, HeaderValue, Method, Request, StatusCode};
 use std::fmt::Write as _;
@@ -41,6 +41,22 @@ fn describe(i: usize, r: &Route) -> String {
     }
     if r.audit {
         s.push_str(", mode = \"audit\"");
+    }
+    if let Some(l) = &r.rate_limit {
+        // explain counts nothing: its one request always fits a fresh bucket.
+        let key = match &l.key {
+            LimitKey::Subject => "subject".to_owned(),
+            LimitKey::Client => "client".to_owned(),
+            LimitKey::Ip => format!("ip (IPv6 by /{})", l.ipv6_prefix),
+            LimitKey::Claim(path) => format!("claim:{path}"),
+        };
+        let _ = write!(
+            s,
+            ", rate_limit = {} per {}s per {key}, burst {}",
+            l.count,
+            l.window.as_secs(),
+            l.burst
+        );
     }
     s
 }

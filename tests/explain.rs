@@ -268,3 +268,24 @@ async fn explain_and_the_proxy_agree_on_every_case() {
         before = after;
     }
 }
+
+#[test]
+fn a_route_s_rate_limit_is_shown() {
+    let dir = std::env::temp_dir().join(format!("bearward-explain-rl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\n\
+         [[routes]]\nprefix = \"/open\"\nauth = \"none\"\n\
+         rate_limit = { key = \"ip\", rate = \"600/m\", burst = 20, ipv6_prefix = 56 }\nupstream = \"app\"\n",
+    )
+    .unwrap();
+    let (out, code) = run(&config, "GET", "/open/x", None);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(r#"route      routes[0] "/open*": prefix = "/open", auth = "none", rate_limit = 600 per 60s per ip (IPv6 by /56), burst 20"#),
+        "{out}"
+    );
+}
