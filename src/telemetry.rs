@@ -160,6 +160,7 @@ pub struct Metrics {
     pub requests_in_flight: Gauge,
     /// Rate-limit checks decided locally because the shared store could not answer.
     pub rate_limit_fallbacks: Counter,
+    rate_limit_keys: Family<RouteLabels, Gauge>,
     store_ops: Family<StoreLabels, Counter>,
     introspections: Family<FetchLabels, Counter>,
     introspection_latency: Family<IssuerLabels, Histogram, fn() -> Histogram>,
@@ -221,6 +222,7 @@ impl Metrics {
             accept_errors: Counter::default(),
             requests_in_flight: Gauge::default(),
             rate_limit_fallbacks: Counter::default(),
+            rate_limit_keys: Family::default(),
             store_ops: Family::default(),
             introspections: Family::default(),
             introspection_latency: Family::new_with_constructor(histogram as fn() -> Histogram),
@@ -352,6 +354,11 @@ impl Metrics {
             "rate_limit_fallbacks",
             "Rate-limit checks decided by this process alone (the limit divided by rate_limit_fallback_replicas) because the shared store could not answer",
             m.rate_limit_fallbacks.clone(),
+        );
+        registry.register(
+            "rate_limit_keys",
+            "Keys held in this process's rate-limit table by route (at most 100000 each; idle ones are dropped)",
+            m.rate_limit_keys.clone(),
         );
         registry.register(
             "tls_handshakes",
@@ -558,6 +565,18 @@ impl Metrics {
             };
             self.refused_keys.get_or_create(&l).set(1);
             shown.push(l);
+        }
+    }
+
+    /// Sets the rate-limit key gauges, one per limited route of the running config (a reload's
+    /// removed routes go).
+    pub fn set_rate_limit_keys(&self, routes: impl IntoIterator<Item = (Arc<str>, u64)>) {
+        self.rate_limit_keys.clear();
+        for (route, keys) in routes {
+            let l = RouteLabels {
+                route: RouteName(route),
+            };
+            self.rate_limit_keys.get_or_create(&l).set(keys as i64);
         }
     }
 

@@ -197,6 +197,16 @@ async fn three_times_the_limit_gets_the_limit_through_and_429_with_the_headers()
         metric(&m, "bearward_requests_total{route=\"/api*\",status=\"429\",decision=\"deny\",reason=\"rate_limited\"}") >= 18.0,
         "{m}"
     );
+    // The keys each table holds: alice and bob; one client; acme, globex and `-`; one address.
+    for (route, keys) in [
+        ("/api*", 2.0),
+        ("/by-client*", 1.0),
+        ("/by-tenant*", 3.0),
+        ("/open*", 1.0),
+    ] {
+        let series = format!("bearward_rate_limit_keys{{route=\"{route}\"}}");
+        assert_eq!(metric(&m, &series), keys, "{series}");
+    }
 }
 
 #[test]

@@ -307,6 +307,15 @@ impl Gateway {
     }
 
     /// `rate_limit`: counts the request under its key; over the limit, 429.
+    /// Refreshes the scrape-time gauges of the request path: keys per rate-limited route.
+    pub fn export_gauges(&self) {
+        let routes = self.config.routes.routes().iter();
+        let held = routes
+            .zip(&self.limiters)
+            .filter_map(|(r, l)| Some((r.name.clone(), l.as_ref()?.keys())));
+        self.metrics.set_rate_limit_keys(held);
+    }
+
     pub(crate) async fn check_rate_limit(
         &self,
         index: usize,

@@ -52,6 +52,7 @@ fn admin(gateway: &Gateway, req: &Request<Incoming>) -> Response<Body> {
         },
         "/metrics" => {
             gateway.auth.export_gauges();
+            gateway.export_gauges();
             (StatusCode::OK, gateway.metrics.render())
         }
         _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
