@@ -333,6 +333,18 @@ impl Gateway {
             // the client is the one its X-Forwarded-For names.
             let trusted = &self.config.server.trusted_proxies;
             let believed = c.decision || forward::is_trusted(trusted, &c.peer);
+            if c.decision && !headers.contains_key("x-forwarded-for") {
+                static SAID: std::sync::atomic::AtomicBool =
+                    std::sync::atomic::AtomicBool::new(false);
+                if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        ingress = %c.peer.ip(),
+                        "a decision request for a route with rate_limit key = \"ip\" came without \
+                         X-Forwarded-For: every client behind this ingress counts as one (set the \
+                         ingress to append the client's address; said once)"
+                    );
+                }
+            }
             Some(forward::client_ip(headers, c.peer.ip(), believed, trusted))
         };
         let verdict = l.check(&l.key(identity, client)).await;
