@@ -1,8 +1,8 @@
 //! Per-route rate limits (`rate_limit`), keyed by the verified subject, the client, a claim,
 //! or the client's address (IPv6 by network). Each key is a governor GCRA bucket (`count` per
-//! `window`, bursts of `burst`), held in a bounded quick_cache table: at most [`MAX_KEYS`] per route, and a key
-//! left unused for as long as its bucket takes to fill again is dropped by a sweep without
-//! changing any answer.
+//! `window`, bursts of `burst`), held in a bounded quick_cache table: at most [`MAX_KEYS`] per
+//! route, and a key left unused for as long as its bucket takes to fill again is dropped by a
+//! sweep without changing any answer.
 //!
 //! With `[cache] redis_url` the limit is global: after the local bucket (a pre-check: when this
 //! replica alone is over the limit, no round trip is spent), one `EVALSHA` of a GCRA script

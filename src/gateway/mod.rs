@@ -306,7 +306,6 @@ impl Gateway {
         }
     }
 
-    /// `rate_limit`: counts the request under its key; over the limit, 429.
     /// Refreshes the scrape-time gauges of the request path: keys per rate-limited route.
     pub fn export_gauges(&self) {
         let routes = self.config.routes.routes().iter();
@@ -316,6 +315,7 @@ impl Gateway {
         self.metrics.set_rate_limit_keys(held);
     }
 
+    /// `rate_limit`: counts the request under its key; over the limit, 429.
     pub(crate) async fn check_rate_limit(
         &self,
         index: usize,
