@@ -128,4 +128,50 @@ async fn no_token_text_in_the_logs() {
         !logs.to_ascii_lowercase().contains("bearer "),
         "no Authorization header in the logs"
     );
+    client_in_the_access_log(&buf, &up).await;
+}
+
+/// Behind a trusted proxy the access line names the client as well as the peer; an ingress
+/// asking about a route keyed by address without X-Forwarded-For is warned about, once. (Here,
+/// because this binary's one subscriber is set up by the test above.)
+async fn client_in_the_access_log(buf: &Buf, up: &Upstream) {
+    let dport = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1\"]\n\
+         [decision]\nlisten = \"127.0.0.1:{dport}\"\n\
+         [upstreams.app]\nurl = \"{}\"\n\
+         [[routes]]\nprefix = \"/by-ip\"\nauth = \"none\"\nrate_limit = {{ key = \"ip\", rate = \"100/s\" }}\nupstream = \"app\"\n",
+        up.url()
+    ))
+    .await;
+    let c = client();
+    let a = get(
+        &c,
+        &gw.url("/by-ip/x"),
+        &[("x-forwarded-for", "6.6.6.6, 203.0.113.9")],
+    )
+    .await;
+    assert_eq!(a.status, http::StatusCode::OK);
+    let ask = format!("http://127.0.0.1:{dport}/auth");
+    for _ in 0..2 {
+        let a = get(&c, &ask, &[("x-original-uri", "/by-ip/x")]).await;
+        assert_eq!(a.status, http::StatusCode::OK);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("\"path\":\"/by-ip/x\"") && l.contains("bearward::access"))
+        .expect("an access line for /by-ip/x");
+    assert!(line.contains("\"client\":\"203.0.113.9\""), "{line}");
+    assert!(line.contains("\"peer\":\"127.0.0.1\""), "{line}");
+    assert_eq!(
+        logs.matches("came without X-Forwarded-For").count(),
+        1,
+        "the ingress without X-Forwarded-For is warned about once"
+    );
 }

@@ -101,6 +101,8 @@ pub struct Outcome {
     pub challenge: Challenge,
     /// The route's rate-limit verdict, for the response's `RateLimit` headers.
     pub rate_limit: Option<limit::Verdict>,
+    /// The client a trusted proxy or the ingress names (X-Forwarded-For), when the peer is one.
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// The `WWW-Authenticate` scheme(s) of a refusal (RFC 6750 3, RFC 9449 7.1).
@@ -127,6 +129,7 @@ impl Default for Outcome {
             token_id: None,
             challenge: Challenge::Bearer,
             rate_limit: None,
+            client: None,
         }
     }
 }
@@ -282,6 +285,7 @@ impl Gateway {
                 latency_ms = latency.as_secs_f64() * 1000.0,
                 token = out.token_id.map(tracing::field::display),
                 peer = %conn.peer.ip(),
+                client = out.client.map(tracing::field::display),
             );
         }
         resp
@@ -327,12 +331,9 @@ impl Gateway {
         let Some(l) = self.limiters.get(index).and_then(Option::as_ref) else {
             return Ok(());
         };
+        let named = out.client;
         let client = || {
             let c = conn?;
-            // On the decision listener the peer is the ingress, trusted before any phase ran:
-            // the client is the one its X-Forwarded-For names.
-            let trusted = &self.config.server.trusted_proxies;
-            let believed = c.decision || forward::is_trusted(trusted, &c.peer);
             if c.decision && !headers.contains_key("x-forwarded-for") {
                 static SAID: std::sync::atomic::AtomicBool =
                     std::sync::atomic::AtomicBool::new(false);
@@ -345,7 +346,7 @@ impl Gateway {
                     );
                 }
             }
-            Some(forward::client_ip(headers, c.peer.ip(), believed, trusted))
+            Some(named.unwrap_or_else(|| forward::unmapped(c.peer.ip())))
         };
         let verdict = l.check(&l.key(identity, client)).await;
         out.rate_limit = Some(verdict);

@@ -147,6 +147,17 @@ impl Gateway {
         out: &mut Outcome,
         sink: &mut S,
     ) -> Result<Decided<'g>, Rejection> {
+        // Behind a trusted proxy, or asked by an ingress, the client is the one it names: for
+        // the access log, and for rate limits keyed by address.
+        if let Some(c) = conn.filter(|c| c.decision || self.trusts(c)) {
+            let trusted = &self.config.server.trusted_proxies;
+            out.client = Some(crate::forward::client_ip(
+                req.headers(),
+                c.peer.ip(),
+                true,
+                trusted,
+            ));
+        }
         report(sink, "framing", check_framing(req, framing))?;
         report(sink, "method", check_method(req))?;
         let path = report(sink, "canonical", self.check_target(req))?;
