@@ -359,3 +359,53 @@ async fn the_ip_key_is_the_client_a_trusted_proxy_names() {
     assert_eq!(ok, 3, "a forged X-Forwarded-For bought fresh buckets");
     assert_eq!(up.count(), 3);
 }
+
+/// A limit on an audit-mode route is counted and noted, never answered: every request reaches
+/// the upstream, those over the limit with a would-deny note, none of them a 429 or RateLimit
+/// fields the client was not held to.
+#[tokio::test]
+async fn audit_mode_notes_the_limit_and_forwards() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [upstreams.app]\nurl = \"{}\"\n\
+         [[routes]]\nprefix = \"/trial\"\nauth = \"none\"\nmode = \"audit\"\n\
+         rate_limit = {{ key = \"ip\", rate = \"6/m\", burst = 2 }}\nupstream = \"app\"\n",
+        up.url()
+    ))
+    .await;
+    wait_ready(&gw).await;
+    let c = client();
+    for i in 0..5 {
+        let a = get(&c, &gw.url("/trial/x"), &[]).await;
+        assert_eq!(a.status, StatusCode::OK, "request {i}");
+        assert_eq!(
+            a.headers.contains_key("ratelimit"),
+            i < 2,
+            "request {i}: RateLimit only while within the limit"
+        );
+    }
+    let notes: Vec<String> = up
+        .seen()
+        .iter()
+        .map(|s| s.headers["x-bearward-audit"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        notes,
+        [
+            "allow",
+            "allow",
+            "would-deny; reason=rate_limited; status=429",
+            "would-deny; reason=rate_limited; status=429",
+            "would-deny; reason=rate_limited; status=429",
+        ]
+    );
+    let m = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
+        .await
+        .body;
+    assert_eq!(
+        metric(&m, "bearward_requests_total{route=\"/trial*\",status=\"200\",decision=\"audit_deny\",reason=\"rate_limited\"}"),
+        3.0,
+        "{m}"
+    );
+}

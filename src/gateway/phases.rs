@@ -123,6 +123,26 @@ fn is_cors_preflight<B>(req: &Request<B>) -> bool {
         && !h.contains_key(header::AUTHORIZATION)
 }
 
+/// An audit-mode route's refusal, forwarded anyway: logged, counted as `audit_deny`, and the
+/// `X-Bearward-Audit` note for the upstream.
+fn would_deny(
+    route: &Route,
+    rej: &Rejection,
+    out: &mut Outcome,
+    sink: &mut impl Sink,
+) -> Option<HeaderValue> {
+    sink.audit(rej);
+    let note = format!(
+        "would-deny; reason={}; status={}",
+        rej.reason(),
+        rej.status().as_u16()
+    );
+    tracing::info!(route = %route.name, reason = rej.reason(), "audit: would deny; forwarding");
+    out.decision = "audit_deny";
+    out.reason = rej.reason();
+    HeaderValue::from_str(&note).ok()
+}
+
 /// Reports a refusal to the sink on its way out.
 fn report<T>(
     sink: &mut impl Sink,
@@ -183,15 +203,28 @@ impl Gateway {
         }
         let mut target = self.target(req, path, out);
         self.strip_identity(req, conn);
-        let (identity, audit) = self
+        let (identity, mut audit) = self
             .authorize(req, route, &mut target, conn, out, sink)
             .await?;
-        report(
-            sink,
-            "rate_limit",
-            self.check_rate_limit(index, identity.as_ref(), req.headers(), conn, out)
-                .await,
-        )?;
+        let limited = self
+            .check_rate_limit(index, identity.as_ref(), req.headers(), conn, out)
+            .await;
+        match limited {
+            Ok(()) => {}
+            // Audit mode puts a new limit in front of live traffic: counted and noted, never
+            // answered. The client sees no RateLimit fields it was not held to; the first
+            // would-be refusal (the token's, if any) is the one reported.
+            Err(rej) if route.audit => {
+                out.rate_limit = None;
+                if out.decision != "audit_deny" {
+                    audit = would_deny(route, &rej, out, sink);
+                }
+            }
+            Err(rej) => {
+                sink.refused("rate_limit", &rej);
+                return Err(rej);
+            }
+        }
         Ok(Decided::Pass(Pass {
             index,
             route,
@@ -357,18 +390,7 @@ impl Gateway {
         let audit = match verdict {
             Ok(()) if route.audit => Some(HeaderValue::from_static("allow")),
             Ok(()) => None,
-            Err(rej) if route.audit => {
-                sink.audit(&rej);
-                let note = format!(
-                    "would-deny; reason={}; status={}",
-                    rej.reason(),
-                    rej.status().as_u16()
-                );
-                tracing::info!(route = %route.name, reason = rej.reason(), "audit: would deny; forwarding");
-                out.decision = "audit_deny";
-                out.reason = rej.reason();
-                HeaderValue::from_str(&note).ok()
-            }
+            Err(rej) if route.audit => would_deny(route, &rej, out, sink),
             Err(rej) => {
                 sink.refused("auth", &rej);
                 return Err(rej);
