@@ -70,7 +70,9 @@ type Buckets = quick_cache::sync::Cache<
 pub struct Limiter {
     pub limit: RateLimit,
     quota: Quota,
-    /// The GCRA's emission interval in µs, for the store's script.
+    /// The GCRA's emission interval: one request's worth of refill.
+    per: Duration,
+    /// The same in µs, for the store's script.
     emission_us: u64,
     buckets: Arc<Buckets>,
     /// `RateLimit-Policy`, made once.
@@ -218,7 +220,7 @@ impl Limiter {
             Some((make_quota(per, burst)?, buckets(idle)))
         });
         let header_start: Box<[u8]> = format!("\"{name}\";r=").into_bytes().into();
-        let made = |r| rate_limit_value(&header_start, r, 0);
+        let made = |r| rate_limit_value(&header_start, r, full_in(per, limit.burst, r));
         let made_low = (0..=limit.burst.min(MADE_VALUES))
             .map(made)
             .collect::<Option<_>>()?;
@@ -229,6 +231,7 @@ impl Limiter {
             .collect::<Option<_>>()?;
         Some(Limiter {
             quota,
+            per,
             emission_us: u64::try_from(per.as_micros()).unwrap_or(u64::MAX).max(1),
             buckets: buckets(idle),
             policy: http::HeaderValue::from_str(&policy).ok()?,
@@ -315,7 +318,11 @@ impl Limiter {
         self.buckets.len() as u64
     }
 
-    /// `RateLimit` for `verdict`: the policy's name, remaining requests, seconds to reset.
+    /// `RateLimit` for `verdict`: the policy's name, remaining requests (`r`), and seconds
+    /// until the quota resets (`t`), which for a GCRA is when the bucket is full again: a
+    /// client with `r` left may spread them over `t` seconds (the draft's example, `r=50;t=30`
+    /// of `q=100;w=60`, is what this gives). Refused: the wait for one request (`Retry-After`)
+    /// and then the rest of the burst.
     pub fn header(&self, verdict: &Verdict) -> Option<http::HeaderValue> {
         if verdict.allowed && verdict.retry_after == 0 {
             let r = verdict.remaining;
@@ -329,8 +336,19 @@ impl Limiter {
                 return Some(v.clone());
             }
         }
-        rate_limit_value(&self.header_start, verdict.remaining, verdict.retry_after)
+        let t = if verdict.allowed {
+            full_in(self.per, self.limit.burst, verdict.remaining)
+        } else {
+            verdict.retry_after + full_in(self.per, self.limit.burst, 1)
+        };
+        rate_limit_value(&self.header_start, verdict.remaining, t)
     }
+}
+
+/// Whole seconds (rounded up) until a bucket of `burst` with `r` left is full, one `per` each.
+fn full_in(per: Duration, burst: u32, r: u32) -> u64 {
+    let d = per.saturating_mul(burst.saturating_sub(r));
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// An IPv4 address as it is; an IPv6 one as its network of `prefix` bits (`2001:db8:1:2::/64`),
@@ -423,7 +441,12 @@ mod tests {
                 remaining: r,
                 retry_after: 0,
             };
-            assert_eq!(l.header(&v).unwrap(), format!("{name};r={r};t=0").as_str());
+            // 1/600 s per request: full within a second unless it is full already.
+            let t = u64::from(r < 600);
+            assert_eq!(
+                l.header(&v).unwrap(),
+                format!("{name};r={r};t={t}").as_str()
+            );
         }
         let refused = Verdict {
             allowed: false,
@@ -432,7 +455,38 @@ mod tests {
         };
         assert_eq!(
             l.header(&refused).unwrap(),
-            format!("{name};r=0;t=7").as_str()
+            format!("{name};r=0;t=8").as_str()
         );
+    }
+
+    /// `t` is when the quota resets: for a GCRA, when the bucket is full again.
+    #[test]
+    fn t_is_the_time_until_the_bucket_is_full() {
+        // 6/m: one request's worth every 10 s, burst 6.
+        let l = limiter("6/m");
+        let name = "\"/*\"";
+        let allowed = |r| Verdict {
+            allowed: true,
+            remaining: r,
+            retry_after: 0,
+        };
+        for (r, t) in [(6, 0), (5, 10), (3, 30), (0, 60)] {
+            let want = format!("{name};r={r};t={t}");
+            assert_eq!(l.header(&allowed(r)).unwrap(), want.as_str());
+        }
+        let refused = Verdict {
+            allowed: false,
+            remaining: 0,
+            retry_after: 7,
+        };
+        // 7 s until one request may pass, then five more refills to full.
+        assert_eq!(
+            l.header(&refused).unwrap(),
+            format!("{name};r=0;t=57").as_str()
+        );
+        // The draft's own example: 50 of 100 per minute left, reset in 30 s.
+        let l = limiter("100/m");
+        let v = l.header(&allowed(50)).unwrap();
+        assert_eq!(v, "\"/*\";r=50;t=30");
     }
 }
