@@ -17,6 +17,8 @@
 //!              (always, every route)
 //! policy    -> deny / none / bearer ................................... 403   authorize
 //! auth      -> token -> keys -> signature -> claims -> scopes ......... 401/403/400/503 check_token
+//! limit     -> the route's rate_limit, by subject, client, claim or ...... 429   check_rate_limit
+//!              client address (audit mode: noted, forwarded)
 //! forward   -> rewrite headers, pooled upstream, stream both ways ..... 502/504 Gateway::forward
 //! log       -> one access-log line, whatever happened                        Gateway::handle
 //! ```
