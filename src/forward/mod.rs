@@ -146,16 +146,9 @@ pub(crate) fn prepare_response(resp: &mut Response<Body>) {
 
 /// Is `peer` one of the proxies whose `X-Forwarded-*` headers we believe?
 pub(crate) fn is_trusted(trusted: &[IpNet], peer: &SocketAddr) -> bool {
-    let ip = unmapped(peer.ip());
+    // An IPv4 client on a dual-stack listener arrives as `::ffff:a.b.c.d`: the same client.
+    let ip = peer.ip().to_canonical();
     trusted.iter().any(|n| n.contains(&ip))
-}
-
-/// An IPv4 client on a dual-stack listener arrives as `::ffff:a.b.c.d`: the same client.
-pub(crate) fn unmapped(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// `X-Forwarded-For` entries walked at most, from the right.
@@ -174,25 +167,21 @@ pub(crate) fn client_ip(
     peer_trusted: bool,
     trusted: &[IpNet],
 ) -> IpAddr {
-    let mut client = unmapped(peer);
+    let mut client = peer.to_canonical();
     if !peer_trusted {
         return client;
     }
-    let lines: Vec<&[u8]> = headers
+    let entries = headers
         .get_all(X_FORWARDED_FOR)
         .iter()
-        .map(HeaderValue::as_bytes)
-        .collect();
-    let entries = lines
-        .iter()
         .rev()
-        .flat_map(|line| line.rsplit(|b| *b == b','))
+        .flat_map(|line| line.as_bytes().rsplit(|b| *b == b','))
         .take(MAX_FORWARDED_HOPS);
     for entry in entries {
         let Some(ip) = forwarded_ip(entry) else {
             break;
         };
-        client = unmapped(ip);
+        client = ip.to_canonical();
         if !trusted.iter().any(|n| n.contains(&client)) {
             break;
         }

@@ -354,7 +354,7 @@ fn full_in(per: Duration, burst: u32, r: u32) -> u64 {
 /// An IPv4 address as it is; an IPv6 one as its network of `prefix` bits (`2001:db8:1:2::/64`),
 /// so a host cannot take a fresh bucket per address of its own network.
 fn ip_key(ip: std::net::IpAddr, prefix: u8) -> String {
-    match crate::forward::unmapped(ip) {
+    match ip.to_canonical() {
         std::net::IpAddr::V6(v6) if prefix < 128 => ipnet::Ipv6Net::new(v6, prefix)
             .map_or_else(|_| v6.to_string(), |net| net.trunc().to_string()),
         ip => ip.to_string(),
@@ -428,6 +428,23 @@ mod tests {
         assert_eq!(key("::ffff:198.51.100.7", 64), "198.51.100.7");
     }
 
+    fn allowed(remaining: u32) -> Verdict {
+        Verdict {
+            allowed: true,
+            remaining,
+            retry_after: 0,
+        }
+    }
+
+    /// Refused, one request allowed again in `retry_after` seconds.
+    fn refused(retry_after: u64) -> Verdict {
+        Verdict {
+            allowed: false,
+            remaining: 0,
+            retry_after,
+        }
+    }
+
     /// The values made up front are the ones that would be written.
     #[test]
     fn made_values_are_the_written_ones() {
@@ -436,11 +453,7 @@ mod tests {
         let policy = l.policy.to_str().unwrap();
         let name = &policy[..policy.find(';').unwrap()];
         for r in [0, 1, 255, 256, 257, 300, 343, 344, 345, 599, 600] {
-            let v = Verdict {
-                allowed: true,
-                remaining: r,
-                retry_after: 0,
-            };
+            let v = allowed(r);
             // 1/600 s per request: full within a second unless it is full already.
             let t = u64::from(r < 600);
             assert_eq!(
@@ -448,13 +461,8 @@ mod tests {
                 format!("{name};r={r};t={t}").as_str()
             );
         }
-        let refused = Verdict {
-            allowed: false,
-            remaining: 0,
-            retry_after: 7,
-        };
         assert_eq!(
-            l.header(&refused).unwrap(),
+            l.header(&refused(7)).unwrap(),
             format!("{name};r=0;t=8").as_str()
         );
     }
@@ -465,23 +473,13 @@ mod tests {
         // 6/m: one request's worth every 10 s, burst 6.
         let l = limiter("6/m");
         let name = "\"/*\"";
-        let allowed = |r| Verdict {
-            allowed: true,
-            remaining: r,
-            retry_after: 0,
-        };
         for (r, t) in [(6, 0), (5, 10), (3, 30), (0, 60)] {
             let want = format!("{name};r={r};t={t}");
             assert_eq!(l.header(&allowed(r)).unwrap(), want.as_str());
         }
-        let refused = Verdict {
-            allowed: false,
-            remaining: 0,
-            retry_after: 7,
-        };
         // 7 s until one request may pass, then five more refills to full.
         assert_eq!(
-            l.header(&refused).unwrap(),
+            l.header(&refused(7)).unwrap(),
             format!("{name};r=0;t=57").as_str()
         );
         // The draft's own example: 50 of 100 per minute left, reset in 30 s.

@@ -348,7 +348,7 @@ impl Gateway {
                     );
                 }
             }
-            Some(named.unwrap_or_else(|| forward::unmapped(c.peer.ip())))
+            Some(named.unwrap_or_else(|| c.peer.ip().to_canonical()))
         };
         let verdict = l.check(&l.key(identity, client)).await;
         out.rate_limit = Some(verdict);
