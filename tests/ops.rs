@@ -589,6 +589,68 @@ async fn sighup_reloads_the_running_binary() {
     bin.stop();
 }
 
+/// One change, one reload, whichever noticed it first: a SIGHUP right after a write applies the
+/// content, and the file watch (polling every second) does not apply it a second time; a write
+/// the watch alone notices is applied once too. Counted from the "config reloaded" lines.
+#[tokio::test]
+async fn one_change_reloads_once_whoever_notices_it() {
+    use std::io::BufRead;
+    let up = Upstream::start().await;
+    let mut bin = Binary::start(&up.url(), "none", "", std::process::Stdio::piped());
+    let stderr = bin.child.stderr.take().unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap().push(l);
+        }
+    });
+    let reloads = || {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("config reloaded"))
+            .count()
+    };
+    let c = client();
+    assert_eq!(
+        bin.first_status(&c, "/public/x").await,
+        Some(StatusCode::OK)
+    );
+    bin.rewrite(&up.url(), "deny", "");
+    bin.signal("-HUP");
+    let mut after = StatusCode::OK;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = get(&c, &bin.url("/public/x"), &[]).await.status;
+        if after == StatusCode::FORBIDDEN {
+            break;
+        }
+    }
+    assert_eq!(after, StatusCode::FORBIDDEN, "SIGHUP applied the change");
+    // Long enough for the watch to see the new content stable over two polls, twice over.
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    assert_eq!(reloads(), 1, "{:#?}", lines.lock().unwrap());
+
+    // The watch alone: one reload for one write.
+    bin.rewrite(&up.url(), "none", "");
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert_eq!(
+        get(&c, &bin.url("/public/x"), &[]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(reloads(), 2, "{:#?}", lines.lock().unwrap());
+    // And a SIGHUP with nothing changed still reloads (an operator asking for it).
+    bin.signal("-HUP");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(reloads(), 3, "{:#?}", lines.lock().unwrap());
+    bin.stop();
+}
+
 /// `server.worker_threads`: 1 runs tokio's current-thread runtime, N a multi-thread runtime
 /// with N workers (as the runtime itself reports at start); either way the binary serves and
 /// drains on SIGTERM.

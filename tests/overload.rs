@@ -116,6 +116,59 @@ async fn past_max_connections_new_connections_wait_and_open_ones_are_served() {
     assert_eq!(up.last().uri, "/public/waited");
 }
 
+/// A burst of new connections far past `max_connections`: they wait in the listen backlog
+/// (`server.listen_backlog`, 4096 by default), so the kernel completes every handshake at once
+/// and none waits for a SYN retransmit (1 s on Linux), which tokio's own backlog of 128 gave
+/// past 50 + 129 connections; and every request is answered as slots free up.
+#[tokio::test]
+async fn a_burst_past_max_connections_waits_in_the_backlog_without_retransmits() {
+    let up = Upstream::start().await;
+    let cfg = basic_config(&up.url(), "max_connections = 50");
+    let gw = Gateway::start(&cfg).await;
+    const BURST: usize = 600;
+    let addr = gw.addr;
+    let tasks: Vec<_> = (0..BURST)
+        .map(|i| {
+            tokio::spawn(async move {
+                let start = std::time::Instant::now();
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                let connect = start.elapsed();
+                s.write_all(
+                    format!(
+                        "GET /public/burst{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                    )
+                    .as_bytes(),
+                )
+                .await
+                .unwrap();
+                let r = tokio::time::timeout(Duration::from_secs(30), read_response(&mut s))
+                    .await
+                    .expect("answered");
+                (connect, raw_status(&r))
+            })
+        })
+        .collect();
+    let mut slow = Vec::new();
+    for t in tasks {
+        let (connect, status) = t.await.unwrap();
+        assert_eq!(status, 200);
+        if connect >= Duration::from_millis(900) {
+            slow.push(connect);
+        }
+    }
+    assert!(
+        slow.is_empty(),
+        "{} of {BURST} connects waited for a SYN retransmit: {slow:?}",
+        slow.len()
+    );
+    assert_eq!(up.count(), BURST);
+    let m = admin_metrics(&gw).await;
+    assert!(
+        metric(&m, "bearward_connections_deferred_total") >= 1.0,
+        "the burst went past the limit: {m}"
+    );
+}
+
 #[tokio::test]
 async fn past_max_requests_in_flight_requests_get_503_before_any_token_work() {
     let up = Upstream::start().await;

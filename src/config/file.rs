@@ -86,6 +86,7 @@ pub(super) struct ServerFile {
     pub watch_config: Option<bool>,
     pub worker_threads: Option<Spanned<u64>>,
     pub max_connections: Option<Spanned<u64>>,
+    pub listen_backlog: Option<Spanned<u64>>,
     pub max_requests_in_flight: Option<Spanned<u64>>,
     pub http2_max_concurrent_streams: Option<Spanned<u64>>,
     pub tls_cert_file: Option<Spanned<String>>,

@@ -27,12 +27,16 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default longest pause in a request body, and in a client's reading of a response (nginx's
 /// `client_body_timeout` and `send_timeout` are 60 s too).
 pub const DEFAULT_IDLE_IO_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default time in-flight requests get to finish after SIGTERM.
 /// Envoy's overload manager and nginx leave this unbounded by default; 4,096 concurrent
 /// requests is far above what one sidecar's upstream serves, and far below what starves it.
 pub const DEFAULT_MAX_REQUESTS_IN_FLIGHT: usize = 4096;
+/// Default listen backlog: Envoy's `tcp_backlog_size` on Linux. tokio's own is 128, which
+/// drops the handshakes of a burst past `max_connections` (clients retry only after 1 s, then
+/// 3 s); the kernel caps it at `net.core.somaxconn` (4096 since Linux 5.4).
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
 /// Streams per HTTP/2 connection (nginx's `http2_max_concurrent_streams` is 128, Envoy's 2^31).
 pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Default time in-flight requests get to finish after SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Default realm in `WWW-Authenticate`.
 pub const DEFAULT_REALM: &str = "bearward";
@@ -133,6 +137,9 @@ pub struct ServerConfig {
     /// Proxy connections open at once; beyond it new ones wait in the kernel's backlog. `None`:
     /// sized from the file-descriptor limit when the listener starts ([`crate::server`]).
     pub max_connections: Option<usize>,
+    /// The kernel's queue of connections not yet accepted, for every listener (`listen(2)`'s
+    /// backlog; the kernel caps it at `net.core.somaxconn`).
+    pub listen_backlog: u32,
     /// Requests in flight on the proxy listener at once; beyond it, 503 before any token work.
     pub max_requests_in_flight: usize,
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` of each client connection.

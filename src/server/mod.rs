@@ -35,19 +35,21 @@ impl Server {
     /// Binds the listeners of a gateway's config.
     pub async fn bind(gateway: Arc<Gateway>) -> io::Result<Server> {
         let config = gateway.config.clone();
-        let listener = TcpListener::bind(config.server.listen).await?;
+        let backlog = config.server.listen_backlog;
+        let listener = bind(config.server.listen, backlog)?;
         let admin = match config.server.admin_listen {
-            Some(a) => Some(TcpListener::bind(a).await?),
+            Some(a) => Some(bind(a, backlog)?),
             None => None,
         };
         let decision = match &config.decision {
-            Some(d) => Some(TcpListener::bind(d.listen).await?),
+            Some(d) => Some(bind(d.listen, backlog)?),
             None => None,
         };
         let live = Arc::new(Live {
             metrics: gateway.metrics.clone(),
             current: ArcSwap::new(gateway),
             boot: config,
+            applied: std::sync::Mutex::new(None),
         });
         Ok(Server {
             listener,
@@ -173,6 +175,19 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// A listening socket with `server.listen_backlog` (tokio's `TcpListener::bind` listens with
+/// 128). SO_REUSEADDR as tokio sets it, so a restart binds while old connections sit in
+/// TIME_WAIT.
+fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// The decision listener's accept loop: its connections share `max_connections` and

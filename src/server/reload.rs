@@ -7,7 +7,7 @@ use crate::gateway::Gateway;
 use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The gateway in force. A reload builds a whole new [`Gateway`] from a validated config and
@@ -20,6 +20,9 @@ pub struct Live {
     pub metrics: Arc<Metrics>,
     /// The config the listeners were built from.
     pub(super) boot: Arc<Config>,
+    /// The digest ([`Live::digest`]) of the file content last applied or refused, by whichever
+    /// noticed it first (SIGHUP, the file watch, an explicit reload): one change, one reload.
+    pub(super) applied: Mutex<Option<[u8; 32]>>,
 }
 
 impl Live {
@@ -47,9 +50,36 @@ impl Live {
         tracing::info!(routes, "config reloaded");
     }
 
+    /// The config file's content and that of the TLS files the running config names, hashed:
+    /// what a reload reads. `None` when the file cannot be read.
+    fn digest(&self, path: &Path) -> Option<[u8; 32]> {
+        let mut all = std::fs::read(path).ok()?;
+        for f in self.current().config.watched_files() {
+            all.extend_from_slice(f.as_os_str().as_encoded_bytes());
+            all.extend(std::fs::read(f).unwrap_or_default());
+        }
+        Some(crate::auth::sha256_bytes(&all))
+    }
+
     /// Reads, validates and applies a config file. An invalid file changes nothing; each of
-    /// its problems is logged.
+    /// its problems is logged. Either way the content is recorded as seen, so the file watch
+    /// does not take it up a second time.
     pub fn reload_file(&self, path: &Path) -> Result<(), ConfigError> {
+        // Read around the load: a write landing in between leaves nothing recorded, so the
+        // watch sees a change and applies the newer content too; it is never lost.
+        let before = std::fs::read(path).ok();
+        let result = self.load_and_apply(path);
+        let unchanged = before.is_some() && std::fs::read(path).ok() == before;
+        // The digest holds the TLS files the config now in force names.
+        *self
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            if unchanged { self.digest(path) } else { None };
+        result
+    }
+
+    fn load_and_apply(&self, path: &Path) -> Result<(), ConfigError> {
         match Config::load(path) {
             Ok(config) => {
                 for w in &config.warnings {
@@ -78,7 +108,7 @@ impl Live {
 }
 
 /// Settings read once when the listeners are built.
-fn restart_only_changes(a: &Config, b: &Config) -> [(&'static str, bool); 13] {
+fn restart_only_changes(a: &Config, b: &Config) -> [(&'static str, bool); 14] {
     let (a, b) = (&a.server, &b.server);
     [
         ("server.listen", a.listen != b.listen),
@@ -108,6 +138,10 @@ fn restart_only_changes(a: &Config, b: &Config) -> [(&'static str, bool); 13] {
             a.max_connections != b.max_connections,
         ),
         (
+            "server.listen_backlog",
+            a.listen_backlog != b.listen_backlog,
+        ),
+        (
             "server.max_requests_in_flight",
             a.max_requests_in_flight != b.max_requests_in_flight,
         ),
@@ -124,30 +158,35 @@ fn restart_only_changes(a: &Config, b: &Config) -> [(&'static str, bool); 13] {
 /// files the running config names count as part of it: a renewed client certificate or CA
 /// bundle (cert-manager, a mounted Secret) takes effect the same way, without a restart.
 pub async fn watch_config(live: Arc<Live>, path: PathBuf, every: Duration) {
-    let digest = |live: &Live| {
-        let mut all = std::fs::read(&path).ok()?;
-        for f in live.current().config.watched_files() {
-            all.extend_from_slice(f.as_os_str().as_encoded_bytes());
-            all.extend(std::fs::read(f).unwrap_or_default());
-        }
-        Some(crate::auth::sha256_bytes(&all))
+    let applied = |live: &Live| {
+        *live
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     };
-    let mut applied = digest(&live);
+    {
+        let mut a = live
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if a.is_none() {
+            *a = live.digest(&path);
+        }
+    }
     let mut pending: Option<[u8; 32]> = None;
     loop {
         tokio::time::sleep(every).await;
-        let now = digest(&live);
+        let now = live.digest(&path);
+        // A SIGHUP may have applied this content since the last poll: it is not a change then.
         match (now, pending) {
             (Some(d), Some(p)) if d == p => {
                 pending = None;
-                if Some(d) != applied {
+                if Some(d) != applied(&live) {
                     tracing::info!(file = %path.display(), "config file or its TLS files changed; reloading");
                     let _ = live.reload_file(&path);
-                    // The new config may name other files.
-                    applied = digest(&live);
                 }
             }
-            (Some(d), _) if Some(d) != applied => pending = Some(d),
+            (Some(d), _) if Some(d) != applied(&live) => pending = Some(d),
             _ => pending = None,
         }
     }

@@ -635,6 +635,20 @@ fn warnings(
             let bearer = table.routes()[i].auth == AuthMode::Bearer;
             bearer.then(|| (v, format!("routes[{i}].resource")))
         }));
+    // listen(2) silently caps the backlog: the operator would count on a queue it does not get.
+    if let (Some(b), Some(max)) = (&file.server.get_ref().listen_backlog, somaxconn()) {
+        if *b.get_ref() > u64::from(max) {
+            warnings.push(cx.locate(
+                b.span(),
+                "server.listen_backlog",
+                format!(
+                    "is above the kernel's net.core.somaxconn ({max}), which caps it: raise \
+                     that sysctl (in Kubernetes, the pod's securityContext.sysctls) or expect \
+                     {max}"
+                ),
+            ));
+        }
+    }
     // gRPC needs HTTP/2 to the service: over HTTP/1.1 every call fails at the upstream.
     for (i, r) in file.routes.iter().enumerate() {
         let (Some(g), Some(u)) = (&r.get_ref().grpc_service, table.routes()[i].upstream) else {
@@ -672,6 +686,15 @@ fn warnings(
         ));
     }
     warnings
+}
+
+/// The kernel's cap on any listen backlog (`net.core.somaxconn`), where it can be read.
+fn somaxconn() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Best-effort dotted key for a serde error: the table header above the error and the key on

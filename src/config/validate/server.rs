@@ -189,6 +189,13 @@ pub(super) fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
                 10_000_000,
             )
         }),
+        listen_backlog: cx.size(
+            &s.listen_backlog,
+            "server.listen_backlog",
+            DEFAULT_LISTEN_BACKLOG as usize,
+            1,
+            1 << 20,
+        ) as u32,
         max_requests_in_flight: cx.size(
             &s.max_requests_in_flight,
             "server.max_requests_in_flight",
