@@ -350,51 +350,204 @@ pub fn thumbprint(der: &[u8]) -> [u8; 32] {
 }
 
 /// The SHA-256 of the client certificate a trusted TLS-terminating proxy passed in a header:
-/// Envoy's `X-Forwarded-Client-Cert` (`xfcc`; its last element, the one the nearest proxy
-/// added: `Hash=` hex, else `Cert=` URL-encoded PEM), or a URL-encoded PEM certificate (nginx's
-/// `$ssl_client_escaped_cert`). `None` for anything else.
+/// Envoy's `X-Forwarded-Client-Cert` (`xfcc`; see [`xfcc_thumbprint`]), or a URL-encoded PEM
+/// certificate (nginx's `$ssl_client_escaped_cert`). `None` for anything else.
 pub fn header_thumbprint(value: &[u8], xfcc: bool) -> Option<[u8; 32]> {
     let text = std::str::from_utf8(value).ok()?;
-    if !xfcc {
-        return pem_thumbprint(text);
+    if xfcc {
+        xfcc_thumbprint(text)
+    } else {
+        pem_thumbprint(text)
     }
-    // Elements are separated by commas outside quotes; pairs within one by semicolons.
-    let mut elements = vec![String::new()];
-    let mut quoted = false;
-    for c in text.chars() {
+}
+
+/// The client's certificate in an `X-Forwarded-Client-Cert` value, read by Envoy's grammar:
+/// elements separated by unquoted `,`, one per proxy that terminated TLS, the first the
+/// client's; key=value pairs by unquoted `;`; a value in `"..."` may hold `,` `;` `=` and the
+/// escapes `\"` and `\\`; keys case-insensitive. Its `Hash` (hex SHA-256), else the thumbprint of
+/// its `Cert` (URL-encoded PEM). An element with two `Hash` or two `Cert` keys, or a `Hash`
+/// that is not its `Cert`'s, is refused: a subject the client chose (`CN=m\",Hash=...`) must
+/// never be read as a key of its own.
+pub fn xfcc_thumbprint(text: &str) -> Option<[u8; 32]> {
+    let first = xfcc_elements(text)?.into_iter().next()?;
+    let (mut hash, mut cert) = (None, None);
+    for (k, v) in first {
+        let slot = if k.eq_ignore_ascii_case("hash") {
+            &mut hash
+        } else if k.eq_ignore_ascii_case("cert") {
+            &mut cert
+        } else {
+            continue;
+        };
+        if slot.replace(v).is_some() {
+            return None;
+        }
+    }
+    let from_cert = match &cert {
+        Some(c) => Some(pem_thumbprint(c)?),
+        None => None,
+    };
+    match (hash.as_deref().map(hex32), from_cert) {
+        (Some(h), Some(c)) => (h? == c).then_some(c),
+        (Some(h), None) => h,
+        (None, c) => c,
+    }
+}
+
+/// The elements of an XFCC value, each its (key, unquoted value) pairs in order. `None` when the
+/// value does not follow the grammar (an unclosed quote, a pair without `=`, a quote inside an
+/// unquoted value).
+fn xfcc_elements(text: &str) -> Option<Vec<Vec<(String, String)>>> {
+    let mut elements = Vec::new();
+    let mut pairs = Vec::new();
+    let (mut key, mut value) = (String::new(), String::new());
+    let (mut in_value, mut quoted, mut closed) = (false, false, false);
+    let mut chars = text.chars();
+    // Envoy writes no empty pair or element: `a,,b`, a trailing `;` or a key alone is refused.
+    let end_pair = |key: &mut String, value: &mut String, in_value: bool, pairs: &mut Vec<_>| {
+        if !in_value {
+            return false;
+        }
+        pairs.push((std::mem::take(key).trim().to_owned(), std::mem::take(value)));
+        true
+    };
+    while let Some(c) = chars.next() {
+        if quoted {
+            match c {
+                '\\' => value.push(chars.next()?),
+                '"' => (quoted, closed) = (false, true),
+                c => value.push(c),
+            }
+            continue;
+        }
         match c {
-            '"' => {
-                quoted = !quoted;
-                elements.last_mut()?.push(c);
+            ',' | ';' => {
+                if !end_pair(&mut key, &mut value, in_value, &mut pairs) {
+                    return None;
+                }
+                (in_value, closed) = (false, false);
+                if c == ',' {
+                    elements.push(std::mem::take(&mut pairs));
+                }
             }
-            ',' if !quoted => elements.push(String::new()),
-            _ => elements.last_mut()?.push(c),
+            '=' if !in_value => in_value = true,
+            '"' if in_value && value.is_empty() && !closed => quoted = true,
+            '"' => return None,
+            // Nothing may follow a closing quote but a separator.
+            c if closed && !c.is_ascii_whitespace() => return None,
+            c if in_value => value.push(c),
+            c => key.push(c),
         }
     }
-    let last = elements.pop()?;
-    let mut cert = None;
-    for pair in last.split(';') {
-        let (k, v) = pair.trim().split_once('=')?;
-        let v = v.trim_matches('"');
-        if k.eq_ignore_ascii_case("hash") {
-            let mut out = [0u8; 32];
-            if v.len() != 64 {
-                return None;
-            }
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = u8::from_str_radix(v.get(2 * i..2 * i + 2)?, 16).ok()?;
-            }
-            return Some(out);
-        }
-        if k.eq_ignore_ascii_case("cert") {
-            cert = Some(v.to_owned());
-        }
+    if quoted || !end_pair(&mut key, &mut value, in_value, &mut pairs) {
+        return None;
     }
-    pem_thumbprint(&cert?)
+    elements.push(pairs);
+    Some(elements)
+}
+
+fn hex32(v: &str) -> Option<[u8; 32]> {
+    let b = v.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
+        let d = |c: u8| (c as char).to_digit(16);
+        *o = (d(pair[0])? * 16 + d(pair[1])?) as u8;
+    }
+    Some(out)
 }
 
 fn pem_thumbprint(url_encoded: &str) -> Option<[u8; 32]> {
     let pem = percent_encoding::percent_decode_str(url_encoded).collect::<Vec<u8>>();
     let der = CertificateDer::from_pem_slice(&pem).ok()?;
     Some(thumbprint(der.as_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALICE: &str = "468ed33be74eee6556d90c0149c1309e9ba61d6425303443c0748a02dd8de688";
+    const BOB: &str = "9ba61d6425303443c0748a02dd8de688468ed33be74eee6556d90c0149c1309e";
+
+    fn hex(t: Option<[u8; 32]>) -> Option<String> {
+        t.map(|t| t.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The examples of Envoy's documentation (`x-forwarded-client-cert`), and the first
+    /// element taken when proxies appended theirs.
+    #[test]
+    fn envoys_own_examples_read_as_documented() {
+        let one = format!(
+            "By=http://frontend.lyft.com;Hash={ALICE};Subject=\"/C=US/ST=CA/L=San Francisco/OU=Lyft/CN=Test Client\";URI=spiffe://lyft.com/test-team"
+        );
+        assert_eq!(hex(xfcc_thumbprint(&one)).as_deref(), Some(ALICE));
+        let two = format!(
+            "By=http://frontend.lyft.com;Hash={ALICE};URI=spiffe://lyft.com/test-team,By=http://backend.lyft.com;Hash={BOB};URI=spiffe://lyft.com/frontend-team"
+        );
+        assert_eq!(hex(xfcc_thumbprint(&two)).as_deref(), Some(ALICE));
+        let dns = format!(
+            "By=http://frontend.lyft.com;Hash={ALICE};Subject=\"/C=US/ST=CA/L=San Francisco/OU=Lyft/CN=Test Client\";URI=spiffe://lyft.com/test-team;DNS=lyft.com;DNS=www.lyft.com"
+        );
+        assert_eq!(hex(xfcc_thumbprint(&dns)).as_deref(), Some(ALICE));
+        // Keys are case-insensitive; a quoted hash is the same hash.
+        assert_eq!(
+            hex(xfcc_thumbprint(&format!("hash=\"{ALICE}\""))).as_deref(),
+            Some(ALICE)
+        );
+    }
+
+    /// A subject the client chose, with an escaped quote and an escaped comma (as
+    /// `openssl x509 -nameopt RFC2253` prints it and Envoy writes it), or a `;` inside quotes,
+    /// never yields a second element or a second key.
+    #[test]
+    fn a_chosen_subject_cannot_name_another_hash() {
+        let escaped = format!("Hash={BOB};Subject=\"CN=mallory,street=x\\\"\\,Hash={ALICE}\"");
+        assert_eq!(hex(xfcc_thumbprint(&escaped)).as_deref(), Some(BOB));
+        let semi = format!("Hash={BOB};Subject=\"CN=m;Hash={ALICE}\"");
+        assert_eq!(hex(xfcc_thumbprint(&semi)).as_deref(), Some(BOB));
+        // Without a Hash of its own, the element has none to give.
+        let no_hash = format!("By=x;Subject=\"CN=m;Hash={ALICE}\"");
+        assert_eq!(xfcc_thumbprint(&no_hash), None);
+        let no_hash = format!("By=x;Subject=\"CN=m\\\",Hash={ALICE}\"");
+        assert_eq!(xfcc_thumbprint(&no_hash), None);
+    }
+
+    #[test]
+    fn malformed_or_doubled_elements_are_refused() {
+        for bad in [
+            format!("Hash={ALICE};Hash={BOB}"),
+            format!("Hash={ALICE};hash={ALICE}"),
+            format!("Hash={ALICE};Subject=\"open"),
+            format!("Hash={ALICE};Subject=\"a\"b"),
+            format!("Hash={ALICE};Subject=a\"b\""),
+            format!("Hash={ALICE};;By=x"),
+            format!(",Hash={ALICE}"),
+            format!("Hash={ALICE};Subject"),
+            format!("Hash={ALICE}\\"),
+            format!("Hash={}", &ALICE[..62]),
+            format!("Hash={}zz", &ALICE[..62]),
+            String::new(),
+        ] {
+            assert_eq!(xfcc_thumbprint(&bad), None, "{bad}");
+        }
+    }
+
+    /// `Cert` alone gives its thumbprint; with a `Hash` the two must agree.
+    #[test]
+    fn a_hash_must_be_its_certificates() {
+        let pem = std::fs::read_to_string("tests/fixtures/tls/client.pem").unwrap();
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let own = hex(Some(thumbprint(der.as_ref()))).unwrap();
+        let escaped =
+            percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC);
+        let cert = format!("By=spiffe://x;Cert=\"{escaped}\"");
+        assert_eq!(hex(xfcc_thumbprint(&cert)).as_deref(), Some(own.as_str()));
+        let agree = format!("Hash={own};Cert=\"{escaped}\"");
+        assert_eq!(hex(xfcc_thumbprint(&agree)).as_deref(), Some(own.as_str()));
+        let disagree = format!("Hash={ALICE};Cert=\"{escaped}\"");
+        assert_eq!(xfcc_thumbprint(&disagree), None);
+    }
 }

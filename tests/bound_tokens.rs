@@ -386,6 +386,43 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
     drop(s.idp);
 }
 
+/// Behind a trusted proxy without `public_origin`, `htu` is built from the value the proxy
+/// added to `X-Forwarded-Host`/`-Proto`: the rightmost. A proxy that appends keeps what the
+/// client wrote to its left, which must never choose the origin (a proof captured by another
+/// server would replay here); one that overwrites sends a single value.
+#[tokio::test]
+async fn htu_comes_from_the_value_the_trusted_proxy_added() {
+    let s = start("trusted_proxies = [\"127.0.0.1\"]", "").await;
+    let client = Client::new(Key::p256());
+    let token = s.bound_token(json!({"jkt": client.jkt}));
+    let auth = format!("DPoP {token}");
+    let ours = "https://api.example.com/api/items";
+    let theirs = "http://elsewhere.test/api/items";
+    // (X-Forwarded-Host lines, X-Forwarded-Proto lines) as an appending proxy sends them: the
+    // client's own values, then the proxy's.
+    let appended: [(&[&str], &[&str]); 3] = [
+        (&["elsewhere.test, api.example.com"], &["http, https"]),
+        (&["elsewhere.test", "api.example.com"], &["http", "https"]),
+        (&["api.example.com"], &["https"]),
+    ];
+    for (hosts, protos) in appended {
+        let mut h: Vec<(&str, &str)> = vec![("authorization", &auth)];
+        h.extend(hosts.iter().map(|v| ("x-forwarded-host", *v)));
+        h.extend(protos.iter().map(|v| ("x-forwarded-proto", *v)));
+        let captured = client.proof("GET", theirs, Some(&token));
+        let mut with = h.clone();
+        with.push(("dpop", &captured));
+        let n = s.up.count();
+        let a = s.send("GET", "/api/items", &with).await;
+        s.refused(&a, "invalid_dpop_proof", "dpop_proof_htu", n)
+            .await;
+        let good = client.proof("GET", ours, Some(&token));
+        h.push(("dpop", &good));
+        let a = s.send("GET", "/api/items", &h).await;
+        assert_eq!(a.status, StatusCode::OK, "{hosts:?} {protos:?}: {}", a.body);
+    }
+}
+
 #[tokio::test]
 async fn routes_that_require_bound_tokens_refuse_plain_ones_and_say_how() {
     let s = start("", "").await;
@@ -574,6 +611,27 @@ async fn a_trusted_proxy_may_pass_the_certificate_and_nobody_else() {
         )
         .await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    // Mallory's own certificate, with a subject of her choosing that spells alice's hash:
+    // after an escaped quote and comma (how Envoy writes an RFC 2253 subject), or after a `;`
+    // inside the quotes. Neither is read as a key of its own.
+    for forged in [
+        format!("By=spiffe://x;Hash={other_hex};Subject=\"CN=mallory,street=x\\\"\\,Hash={hex}\""),
+        format!("By=spiffe://x;Hash={other_hex};Subject=\"CN=m;Hash={hex}\""),
+        format!("By=spiffe://x;Subject=\"CN=m;Hash={hex}\""),
+        format!("By=spiffe://x;Hash={other_hex};Hash={hex}"),
+    ] {
+        let a = s
+            .send(
+                "GET",
+                "/api/x",
+                &[
+                    ("authorization", &auth),
+                    ("x-forwarded-client-cert", &forged),
+                ],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{forged}");
+    }
     let a = s.send("GET", "/api/x", &[("authorization", &auth)]).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     assert_eq!(s.up.count(), 2);

@@ -78,6 +78,46 @@ async fn ambiguous_paths_are_refused_before_the_upstream() {
     assert_eq!(up.count(), 0, "nothing reached the upstream");
 }
 
+/// With `allow_semicolon_in_path`, `/public/..;/api/admin` is an ordinary segment to bearward
+/// and `/api/admin` to Tomcat and Spring, which drop `;...` and then resolve `..`. Every
+/// spelling of a dot segment with a parameter is refused (400, `path_dot_segment_parameter`)
+/// before the upstream; parameters elsewhere still pass.
+#[tokio::test]
+async fn dot_segments_with_parameters_are_refused_where_semicolons_are_allowed() {
+    let (up, gw, c) = setup("allow_semicolon_in_path = true").await;
+    for target in [
+        "/public/..;/internal/x",
+        "/public/..;x=1/internal/x",
+        "/public/.;/x",
+        "/public/%2e%2e;/internal/x",
+        "/public/.%2E;a/internal/x",
+        "/public/..%3b/internal/x",
+        "/public/..%3Bx/internal/x",
+    ] {
+        let resp = raw(
+            gw.addr,
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(raw_status(&resp), 400, "{target}: {resp}");
+    }
+    assert_eq!(up.count(), 0, "nothing reached the upstream");
+    let m = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
+        .await
+        .body;
+    assert_eq!(
+        metric(
+            &m,
+            "bearward_requests_total{route=\"-\",status=\"400\",decision=\"deny\",reason=\"path_dot_segment_parameter\"}"
+        ),
+        7.0,
+        "{m}"
+    );
+    let a = get(&c, &gw.url("/public/a;jsessionid=1/b"), &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(up.last().uri, "/public/a;jsessionid=1/b");
+}
+
 /// A double-encoded path matches the open route but, decoded once more by a lenient backend,
 /// names a protected one (`/public/%252e%252e/api/admin/x` -> `/public/../api/admin/x`). Every
 /// spelling of `%25` + two hex digits is refused with 400 `double_encoding` before the upstream,

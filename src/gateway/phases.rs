@@ -482,17 +482,20 @@ impl Gateway {
     }
 
     /// The request URI a DPoP proof's `htu` must name: `public_origin` (or, unset, the scheme
-    /// and host the request came with: a trusted proxy's `X-Forwarded-Proto` and
-    /// `X-Forwarded-Host`, else the listener's own scheme and `Host`) and the canonical path.
+    /// and host the request came with: the rightmost `X-Forwarded-Proto` and `X-Forwarded-Host`
+    /// of a trusted proxy, else the listener's own scheme and `Host`) and the canonical path.
     fn htu(&self, req: &Head<'_>, path: &str, conn: Option<&ConnInfo>) -> Option<String> {
         if let Some(origin) = &self.config.server.public_origin {
             return crate::auth::dpop::normalize_htu(&format!("{origin}{path}"));
         }
         let h = req.headers;
+        // The value the trusted proxy added is the rightmost: a proxy that appends keeps what
+        // the client wrote to its left, so the leftmost would let the client pick the origin a
+        // proof is checked against (a proof captured elsewhere would replay here).
         let forwarded = |name: &str| {
             conn.filter(|c| self.trusts(c))
-                .and_then(|_| h.get(name)?.to_str().ok())
-                .map(|v| v.split(',').next().unwrap_or(v).trim())
+                .and_then(|_| h.get_all(name).iter().next_back()?.to_str().ok())
+                .map(|v| v.rsplit(',').next().unwrap_or(v).trim())
         };
         let tls = conn.is_some_and(|c| c.tls.is_some());
         let scheme = forwarded("x-forwarded-proto").unwrap_or(if tls { "https" } else { "http" });

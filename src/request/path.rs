@@ -11,6 +11,9 @@
 //! 3. Raw characters: `\` and control bytes are refused; characters outside RFC 3986 `pchar`
 //!    (such as `"` `{` `|`) are percent-encoded so that `{` and `%7B` have one spelling.
 //!    `;` is refused by default, because servlet containers read `/admin;x/y` as `/admin/y`.
+//!    Where it is allowed, a dot segment with a parameter (`..;x`, `.;`, `%2e%2e;`, `..%3B`) is
+//!    still refused: Tomcat and Spring drop the parameter and then resolve `..`, so
+//!    `/public/..;/api/admin` would be matched as an open route and served as `/api/admin`.
 //! 4. Empty segments are merged: `//a///b` is `/a/b` (as nginx `merge_slashes on`). A trailing
 //!    slash is kept: `/a/` and `/a` stay different paths.
 //! 5. Dot segments are removed as RFC 3986 section 5.2.4 says; `..` at the root stays at the
@@ -43,6 +46,9 @@ pub enum PathError {
     EncodedDotSegment,
     /// A `;` path parameter, while they are refused.
     PathParameter,
+    /// A `.` or `..` segment carrying a parameter (`..;x`, `.;`, `..%3B`), where `;` is
+    /// allowed: servlet containers drop the parameter and then resolve the dot segment.
+    DotSegmentParameter,
     /// A path longer than the limit.
     TooLong,
 }
@@ -59,6 +65,7 @@ impl PathError {
             PathError::InvalidUtf8 => "path_invalid_utf8",
             PathError::EncodedDotSegment => "path_encoded_dot_segment",
             PathError::PathParameter => "path_parameter",
+            PathError::DotSegmentParameter => "path_dot_segment_parameter",
             PathError::TooLong => "path_too_long",
         }
     }
@@ -271,7 +278,18 @@ fn finish_segment(segments: &mut Vec<Segment>, cur: &mut Segment) -> Result<(), 
             encoded_dot: false,
         },
     );
-    match seg.text.as_str() {
+    let text = seg.text.as_str();
+    // The segment up to its first parameter, raw or escaped: what a servlet container resolves.
+    let head = text
+        .find(';')
+        .into_iter()
+        .chain(text.find("%3B"))
+        .min()
+        .map(|end| &text[..end]);
+    if matches!(head, Some("." | "..")) {
+        return Err(PathError::DotSegmentParameter);
+    }
+    match text {
         "" => {}
         "." | ".." if seg.encoded_dot => return Err(PathError::EncodedDotSegment),
         "." => {}
@@ -426,6 +444,42 @@ mod tests {
         };
         assert_eq!(canonicalize_with("/a;b/c", opts).as_deref(), Ok("/a;b/c"));
         assert_eq!(canonicalize_with("/a%3bb", opts).as_deref(), Ok("/a%3Bb"));
+        // Parameters on ordinary segments, and dots that are not a whole segment, stay.
+        assert_eq!(
+            canonicalize_with("/a/...;x/.b;y/b..;z", opts).as_deref(),
+            Ok("/a/...;x/.b;y/b..;z")
+        );
+    }
+
+    /// Tomcat and Spring drop `;...` from a segment and then resolve what is left: a dot
+    /// segment with a parameter climbs out of the route it was matched on, in every spelling.
+    #[test]
+    fn dot_segments_with_parameters_are_refused_where_semicolons_are_allowed() {
+        let opts = PathOptions {
+            allow_semicolon: true,
+            ..PathOptions::default()
+        };
+        for raw in [
+            "/public/..;/api/admin",
+            "/public/..;x=1/api/admin",
+            "/public/.;/api",
+            "/public/.;x",
+            "/public/%2e%2e;/api/admin",
+            "/public/%2E.;/api/admin",
+            "/public/.%2e;jsessionid=1/api",
+            "/public/..%3b/api/admin",
+            "/public/..%3Bx/api/admin",
+            "/public/..;",
+            "/..;/api",
+        ] {
+            assert_eq!(
+                canonicalize_with(raw, opts),
+                Err(PathError::DotSegmentParameter),
+                "{raw}"
+            );
+            // Without semicolons allowed, the parameter itself is refused first.
+            assert_eq!(canonicalize(raw), Err(PathError::PathParameter), "{raw}");
+        }
     }
 
     #[test]
