@@ -238,6 +238,51 @@ impl Sink for Printer {
     }
 }
 
+/// The request a decision request describes, read as the decision listener reads it (the
+/// peer aside: explain has none, so `trusted_proxies` is not consulted).
+fn read_decision(
+    config: &Config,
+    req: &Request<body::Body>,
+    p: &mut Printer,
+) -> Result<Request<body::Body>, Rejection> {
+    let Some(cfg) = &config.decision else {
+        p.line(
+            "decision",
+            format_args!("FAIL decision_mode_off: this config has no [decision] listener"),
+        );
+        return Err(Rejection::Forbidden("decision_mode_off"));
+    };
+    let read = crate::gateway::decision_convention(req, cfg).and_then(|c| {
+        let how = match cfg.ingress {
+            Some(i) => format!("ingress = \"{}\"", i.as_str()),
+            None => "ingress unset: the one convention the request carries".to_owned(),
+        };
+        p.line("decision", format_args!("{how}: reads {}", c.describe(cfg)));
+        crate::gateway::original_request(req, cfg)
+    });
+    match read {
+        Ok(original) => {
+            p.line(
+                "original",
+                format_args!("{} {}", original.method(), original.uri()),
+            );
+            Ok(original)
+        }
+        Err(rej) => {
+            let why = match rej.reason() {
+                "ambiguous_original_request" => {
+                    ": two descriptions of the original request (two conventions, or a header \
+                     twice); set [decision] ingress to the one ingress in front"
+                }
+                "missing_original_uri" => ": nothing in the configured convention names it",
+                _ => "",
+            };
+            p.line("decision", format_args!("FAIL {}{why}", rej.reason()));
+            Err(rej)
+        }
+    }
+}
+
 /// [`explain`], with the status and reason the proxy would log. The request goes through
 /// [`Gateway::decide`], the proxy's own phases, with keys fetched live instead of by a
 /// background refresher.
@@ -247,6 +292,39 @@ pub async fn explain_request(
     target: &str,
     token: Option<&str>,
 ) -> Explained {
+    explain_with(
+        config,
+        &Asked {
+            method,
+            target,
+            token,
+            headers: &[],
+            decision: false,
+        },
+    )
+    .await
+}
+
+/// One request to explain, with the headers it carries; `decision`: it is a decision request
+/// an ingress sends to the `[decision]` listener, and the request it describes is explained.
+#[derive(Debug, Clone, Copy)]
+pub struct Asked<'a> {
+    pub method: &'a Method,
+    pub target: &'a str,
+    pub token: Option<&'a str>,
+    /// `(name, value)` pairs, in order; a name may repeat.
+    pub headers: &'a [(String, String)],
+    pub decision: bool,
+}
+
+/// [`explain_request`] for any request [`Asked`] describes.
+pub async fn explain_with(config: &Config, asked: &Asked<'_>) -> Explained {
+    let Asked {
+        method,
+        target,
+        token,
+        ..
+    } = *asked;
     let mut p = Printer {
         out: String::new(),
         trace: Trace {
@@ -297,6 +375,32 @@ pub async fn explain_request(
             }
         }
     }
+    for (name, value) in asked.headers {
+        let (Ok(n), Ok(v)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) else {
+            p.line(
+                "request",
+                format_args!("FAIL malformed_request: {name:?} is not a header line"),
+            );
+            return refuse(p, StatusCode::BAD_REQUEST, "malformed_request");
+        };
+        if n == header::HOST {
+            req.headers_mut().insert(n, v);
+        } else {
+            req.headers_mut().append(n, v);
+        }
+    }
+    if asked.decision {
+        match read_decision(config, &req, &mut p) {
+            Ok(original) => req = original,
+            Err(rej) => {
+                let (status, reason) = (rej.status(), rej.reason());
+                return refuse(p, status, reason);
+            }
+        }
+    }
     let gateway = Gateway::new(
         Arc::new(config.clone()),
         Authenticator::without_refresh(config),
@@ -320,6 +424,10 @@ pub async fn explain_request(
         }
         Ok(Decided::Pass(pass)) => {
             match pass.route.upstream.map(|u| &config.upstreams[u]) {
+                _ if asked.decision => p.line(
+                    "forward",
+                    format_args!("the decision listener answers 200; the ingress forwards it"),
+                ),
                 Some(upstream) => p.line(
                     "forward",
                     format_args!(

@@ -34,6 +34,14 @@ enum Command {
         /// The bearer token (else read from stdin when it is not a terminal).
         #[arg(long)]
         token: Option<String>,
+        /// A request header, `Name: value`; repeat it for more (or for a name twice).
+        #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// The request is a decision request from an ingress to the `[decision]` listener
+        /// (method, path and headers as the ingress sends them): explain the request it
+        /// describes, as that listener reads it.
+        #[arg(long)]
+        decision: bool,
     },
     /// A self-contained walkthrough: an echo API, a signing key, bearward in front, and curl
     /// commands to try. Needs nothing else installed.
@@ -72,7 +80,9 @@ fn main() -> ExitCode {
             method,
             path: target,
             token,
-        }) => explain(&path, &method, &target, token),
+            headers,
+            decision,
+        }) => explain(&path, &method, &target, token, &headers, decision),
         Some(Command::Demo { .. }) => unreachable!("handled above"),
     }
 }
@@ -142,7 +152,14 @@ fn demo(listen: std::net::SocketAddr) -> ExitCode {
     }
 }
 
-fn explain(path: &std::path::Path, method: &str, target: &str, token: Option<String>) -> ExitCode {
+fn explain(
+    path: &std::path::Path,
+    method: &str,
+    target: &str,
+    token: Option<String>,
+    headers: &[String],
+    decision: bool,
+) -> ExitCode {
     use std::io::{IsTerminal, Read};
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -155,6 +172,14 @@ fn explain(path: &std::path::Path, method: &str, target: &str, token: Option<Str
         eprintln!("bearward: {method:?} is not an HTTP method");
         return ExitCode::from(EXIT_USAGE);
     };
+    let mut pairs = Vec::with_capacity(headers.len());
+    for h in headers {
+        let Some((name, value)) = h.split_once(':') else {
+            eprintln!("bearward: --header {h:?} is not `Name: value`");
+            return ExitCode::from(EXIT_USAGE);
+        };
+        pairs.push((name.trim().to_owned(), value.trim().to_owned()));
+    }
     let token = token.or_else(|| {
         let stdin = std::io::stdin();
         if stdin.is_terminal() {
@@ -173,14 +198,16 @@ fn explain(path: &std::path::Path, method: &str, target: &str, token: Option<Str
     let Some(rt) = runtime(None) else {
         return ExitCode::FAILURE;
     };
-    let (text, verdict) = rt.block_on(bearward::explain::explain(
-        &config,
-        &method,
+    let asked = bearward::explain::Asked {
+        method: &method,
         target,
-        token.as_deref(),
-    ));
-    print!("{text}");
-    match verdict {
+        token: token.as_deref(),
+        headers: &pairs,
+        decision,
+    };
+    let explained = rt.block_on(bearward::explain::explain_with(&config, &asked));
+    print!("{}", explained.text);
+    match explained.verdict {
         bearward::explain::Verdict::Forward => ExitCode::SUCCESS,
         bearward::explain::Verdict::Refuse => ExitCode::from(2),
     }

@@ -65,6 +65,10 @@ mode = "audit"
 upstream = "app"
 
 [[routes]]
+prefix = "/whoami"
+upstream = "app"
+
+[[routes]]
 prefix = "/limited"
 auth = "none"
 rate_limit = {{ key = "ip", rate = "6/m", burst = 3 }}
@@ -567,4 +571,372 @@ scopes = ["read"]
         e.contains("routes[0].upstream") && e.contains("is required"),
         "{e}"
     );
+}
+
+/// bearward with `[decision]` lines `extra` (e.g. `ingress = "caddy"`), on a fresh port.
+async fn start_with(idp: &Idp, up: &Upstream, extra: &str) -> (u16, Gateway) {
+    let dport = free_port();
+    let gw = Gateway::start(&config(up, idp, dport, extra)).await;
+    wait_ready(&gw).await;
+    (dport, gw)
+}
+
+/// The original-request headers of every convention bearward knows, and ours to check.
+const CONVENTION_HEADERS: [&str; 4] = [
+    "x-original-uri",
+    "x-original-method",
+    "x-forwarded-uri",
+    "x-forwarded-method",
+];
+
+/// Through the real ingresses, with `ingress` set and unset: a client that writes another
+/// convention's description of the request (pointing at an open route) is still checked on
+/// the path it asked for, and that description never reaches the API. On today's main, Caddy
+/// let `X-Original-URI: /public/x` open `/api/admin/secret` without a token.
+#[tokio::test]
+async fn a_client_cannot_choose_the_original_request_through_either_ingress() {
+    let key = Key::rsa1();
+    let idp = Idp::start(&[&key]).await;
+    let up = Upstream::start().await;
+    let read = idp.minter("https://api.test").token(&key, "read");
+    let c = client();
+    let forged: [&[(&str, &str)]; 4] = [
+        &[
+            ("x-original-uri", "/public/x"),
+            ("x-original-method", "GET"),
+        ],
+        &[
+            ("x-forwarded-uri", "/public/x"),
+            ("x-forwarded-method", "GET"),
+        ],
+        &[("x-original-uri", "/api/x"), ("x-forwarded-uri", "/api/x")],
+        &[
+            ("x-forwarded-uri", "/public/x"),
+            ("x-original-uri", "/public/x"),
+        ],
+    ];
+    for (which, setting) in [
+        ("nginx", ""),
+        ("nginx", "ingress = \"nginx\""),
+        ("caddy", ""),
+        ("caddy", "ingress = \"caddy\""),
+    ] {
+        let (dport, _gw) = start_with(&idp, &up, setting).await;
+        let ingress = if which == "nginx" {
+            nginx(dport, &up.url()).await
+        } else {
+            caddy(dport, &up.url()).await
+        };
+        let base = format!("http://127.0.0.1:{}", ingress.port);
+        let before = up.count();
+        for h in forged {
+            let a = get(&c, &format!("{base}/api/admin/secret"), h).await;
+            assert_eq!(
+                a.status,
+                StatusCode::UNAUTHORIZED,
+                "{which} {setting:?} {h:?}: {}",
+                a.body
+            );
+            let auth = format!("Bearer {read}");
+            let mut with = h.to_vec();
+            with.push(("authorization", &auth));
+            let a = get(&c, &format!("{base}/api/admin/secret"), &with).await;
+            assert_eq!(a.status, StatusCode::FORBIDDEN, "{which} {setting:?} {h:?}");
+        }
+        assert_eq!(
+            up.count(),
+            before,
+            "{which} {setting:?}: the API was reached"
+        );
+        // Allowed requests reach the API without any convention's headers the client wrote.
+        for h in forged {
+            let a = get(&c, &format!("{base}/public/ok"), h).await;
+            assert_eq!(a.status, StatusCode::OK, "{which} {setting:?} {h:?}");
+            let seen = up.last();
+            for name in CONVENTION_HEADERS {
+                assert!(
+                    !seen.headers.contains_key(name),
+                    "{which} {setting:?}: {name} reached the API: {:?}",
+                    seen.headers
+                );
+            }
+        }
+    }
+}
+
+/// Asked directly, as an ingress would: only the configured convention is read, the others
+/// are ignored; unset, a request carrying two conventions is a 400. Every answer below that is
+/// not 400 is a 401 for `/api/admin/x`: had a forged `/public/x` been read, it would be 200.
+#[tokio::test]
+async fn only_the_configured_convention_is_read() {
+    let key = Key::rsa1();
+    let idp = Idp::start(&[&key]).await;
+    let up = Upstream::start().await;
+    let c = client();
+    const O: (&str, &str) = ("x-original-uri", "/api/admin/x");
+    const F: (&str, &str) = ("x-forwarded-uri", "/api/admin/x");
+    const FO: (&str, &str) = ("x-original-uri", "/public/x");
+    const FF: (&str, &str) = ("x-forwarded-uri", "/public/x");
+    let prefix = "envoy_path_prefix = \"/ext_authz\"";
+    type Row<'a> = (&'a str, &'a [(&'a str, &'a str)], u16);
+    let cases: [(String, Vec<Row<'_>>); 4] = [
+        (
+            "ingress = \"nginx\"".to_owned(),
+            vec![
+                ("/auth", &[O], 401),
+                ("/auth", &[F], 400),
+                ("/ext_authz/api/admin/x", &[], 400),
+                ("/auth", &[O, FF], 401),
+                ("/auth", &[FF, O, ("x-forwarded-method", "GET")], 401),
+            ],
+        ),
+        (
+            "ingress = \"caddy\"".to_owned(),
+            vec![
+                ("/auth", &[F], 401),
+                ("/auth", &[O], 400),
+                ("/auth", &[F, FO], 401),
+                ("/auth", &[FO, ("x-original-method", "GET"), F], 401),
+            ],
+        ),
+        (
+            format!("ingress = \"envoy\"\n{prefix}"),
+            vec![
+                ("/ext_authz/api/admin/x", &[], 401),
+                ("/ext_authz/api/admin/x", &[FO, FF], 401),
+                ("/auth", &[FO], 400),
+                ("/auth", &[FF], 400),
+            ],
+        ),
+        (
+            prefix.to_owned(),
+            vec![
+                ("/auth", &[O], 401),
+                ("/auth", &[F], 401),
+                ("/ext_authz/api/admin/x", &[], 401),
+                ("/auth", &[O, FF], 400),
+                ("/auth", &[F, FO], 400),
+                ("/ext_authz/api/admin/x", &[FO], 400),
+                ("/ext_authz/api/admin/x", &[FF], 400),
+                ("/auth", &[("x-original-method", "GET"), F], 400),
+                ("/auth", &[("x-forwarded-method", "GET"), O], 400),
+            ],
+        ),
+    ];
+    for (setting, rows) in &cases {
+        let (dport, gw) = start_with(&idp, &up, setting).await;
+        for (path, h, status) in rows {
+            let a = get(&c, &format!("http://127.0.0.1:{dport}{path}"), h).await;
+            assert_eq!(
+                a.status.as_u16(),
+                *status,
+                "{setting:?} {path} {h:?}: {}",
+                a.body
+            );
+        }
+        let m = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
+            .await
+            .body;
+        let allowed: f64 = m
+            .lines()
+            .filter(|l| l.starts_with("bearward_requests_total{") && l.contains("status=\"200\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(allowed, 0.0, "{setting:?}: {m}");
+    }
+    assert_eq!(up.count(), 0);
+}
+
+/// A token without a `scope` claim, and a client that sends its own `X-Auth-Scopes` (and the
+/// `_` spelling PHP reads as the same): bearward's answer carries every configured claim
+/// header, empty where the claim is absent, and neither ingress lets the client's copy reach
+/// the API (Caddy's copy_headers kept a client's copy when the answer had none,
+/// GHSA-7r4p-vjf4-gxv4).
+#[tokio::test]
+async fn a_client_copy_of_a_claim_header_never_reaches_the_api() {
+    let key = Key::rsa1();
+    let idp = Idp::start(&[&key]).await;
+    let up = Upstream::start().await;
+    let c = client();
+    let no_scope = idp.minter("https://api.test").token_claims(&key, |claims| {
+        claims.remove("scope");
+    });
+    let auth = format!("Bearer {no_scope}");
+    let h = [
+        ("authorization", auth.as_str()),
+        ("x-auth-scopes", "admin"),
+        ("x_auth_scopes", "admin"),
+        ("x_auth_subject", "spoofed"),
+        ("x-bearward-audit", "allow"),
+        ("x_bearward_audit", "allow"),
+    ];
+    for (which, setting) in [
+        ("nginx", "ingress = \"nginx\""),
+        ("caddy", "ingress = \"caddy\""),
+    ] {
+        let (dport, _gw) = start_with(&idp, &up, setting).await;
+        // The answer itself: every claim header, empty where the token has no such claim.
+        let a = get(
+            &c,
+            &format!("http://127.0.0.1:{dport}/auth"),
+            &[
+                ("authorization", auth.as_str()),
+                if which == "nginx" {
+                    ("x-original-uri", "/whoami")
+                } else {
+                    ("x-forwarded-uri", "/whoami")
+                },
+            ],
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(a.headers["x-auth-scopes"], "");
+        assert_eq!(a.headers["x-auth-subject"], "user-42");
+        assert_eq!(a.headers["x-bearward-audit"], "");
+        let ingress = if which == "nginx" {
+            nginx(dport, &up.url()).await
+        } else {
+            caddy(dport, &up.url()).await
+        };
+        let a = get(&c, &format!("http://127.0.0.1:{}/whoami", ingress.port), &h).await;
+        assert_eq!(a.status, StatusCode::OK, "{which}: {}", a.body);
+        let seen = up.last();
+        let value = |n: &str| seen.headers.get(n).map(|v| v.to_str().unwrap().to_owned());
+        assert!(
+            value("x-auth-scopes").unwrap_or_default().is_empty(),
+            "{which}: {:?}",
+            seen.headers
+        );
+        assert_eq!(
+            value("x-auth-subject").as_deref(),
+            Some("user-42"),
+            "{which}"
+        );
+        assert!(
+            value("x-bearward-audit").unwrap_or_default().is_empty(),
+            "{which}"
+        );
+        for underscored in ["x_auth_scopes", "x_auth_subject", "x_bearward_audit"] {
+            assert_eq!(
+                value(underscored),
+                None,
+                "{which}: {underscored} reached the API"
+            );
+        }
+    }
+}
+
+/// A fragment is never part of a request: `#` anywhere in the original URI, or `%23` in its
+/// path, is a 400 (a rule matched on a string holding one was widened by it in oauth2-proxy,
+/// CVE-2026-41059). In the query, `%23` is data.
+#[tokio::test]
+async fn a_fragment_in_the_original_uri_is_refused() {
+    let key = Key::rsa1();
+    let idp = Idp::start(&[&key]).await;
+    let up = Upstream::start().await;
+    let c = client();
+    let (dport, _gw) = start_with(&idp, &up, "ingress = \"nginx\"").await;
+    for (uri, status) in [
+        ("/api/admin/x#/public/x", 400),
+        ("/public/x#", 400),
+        ("/public/x%23/../../api/admin", 400),
+        ("/public%23x", 400),
+        ("/public/x?c=%23fff", 200),
+        ("/public/x?c=#fff", 400),
+    ] {
+        let a = get(
+            &c,
+            &format!("http://127.0.0.1:{dport}/auth"),
+            &[("x-original-uri", uri)],
+        )
+        .await;
+        assert_eq!(a.status.as_u16(), status, "{uri}");
+    }
+    // Through nginx, whose $request_uri keeps the client's escapes.
+    let ng = nginx(dport, &up.url()).await;
+    let a = get(
+        &c,
+        &format!("http://127.0.0.1:{}/public/x%23y", ng.port),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(up.count(), 0);
+}
+
+/// No shortcut: whatever the path, method or User-Agent (Kubernetes, AWS, Envoy and Google
+/// health checkers among them), a request on the decision listener is answered by the phases,
+/// never 200 on its own form (oauth2-proxy's CVE-2026-34457 answered some without a check).
+#[tokio::test]
+async fn no_request_form_on_the_decision_listener_skips_the_phases() {
+    let key = Key::rsa1();
+    let idp = Idp::start(&[&key]).await;
+    let up = Upstream::start().await;
+    let c = client();
+    let paths = [
+        "/",
+        "/auth",
+        "/healthz",
+        "/health",
+        "/readyz",
+        "/livez",
+        "/ping",
+        "/ready",
+        "/status",
+        "/-/healthy",
+        "/favicon.ico",
+        "/ext_authz",
+        "/ext_authz/",
+        "/metrics",
+        "/.well-known/openid-configuration",
+    ];
+    let agents = [
+        "kube-probe/1.30",
+        "ELB-HealthChecker/2.0",
+        "Envoy/HC",
+        "GoogleHC/1.0",
+        "Consul Health Check",
+        "curl/8.5.0",
+    ];
+    for setting in [
+        "",
+        "ingress = \"nginx\"",
+        "ingress = \"caddy\"",
+        "ingress = \"envoy\"\nenvoy_path_prefix = \"/ext_authz\"",
+    ] {
+        let (dport, gw) = start_with(&idp, &up, setting).await;
+        let mut n = 0;
+        for path in paths {
+            for ua in agents {
+                for method in ["GET", "HEAD", "OPTIONS"] {
+                    let a = send(
+                        &c,
+                        method,
+                        &format!("http://127.0.0.1:{dport}{path}"),
+                        &[("user-agent", ua)],
+                        "",
+                    )
+                    .await;
+                    assert_ne!(a.status, StatusCode::OK, "{setting:?} {method} {path} {ua}");
+                    n += 1;
+                }
+            }
+        }
+        let m = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
+            .await
+            .body;
+        let denied: f64 = m
+            .lines()
+            .filter(|l| {
+                l.starts_with("bearward_requests_total{") && l.contains("decision=\"deny\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(
+            denied,
+            f64::from(n),
+            "{setting:?}: every one counted with a reason: {m}"
+        );
+    }
+    assert_eq!(up.count(), 0);
 }

@@ -289,3 +289,103 @@ fn a_route_s_rate_limit_is_shown() {
         "{out}"
     );
 }
+
+/// `explain --decision`: a decision request read as the `[decision]` listener reads it, in
+/// every pairing of the conventions (nginx's `X-Original-*`, Caddy's and Traefik's
+/// `X-Forwarded-*`, Envoy's path prefix): with `ingress` set only its own is read and the
+/// others ignored, unset a request carrying two is refused. The forged description always
+/// names an open route: had it been read, the answer would be 200 and the exit code 0.
+#[test]
+fn decision_requests_are_explained_in_the_one_convention_read() {
+    let open =
+        "[[routes]]\nprefix = \"/public\"\nauth = \"none\"\nupstream = \"legacy\"\n\n[[routes]]";
+    let base = std::fs::read_to_string(FIXTURE)
+        .unwrap()
+        .replacen("[[routes]]", open, 1);
+    let o = "X-Original-URI: /api/admin/x";
+    let f = "X-Forwarded-Uri: /api/admin/x";
+    let fo = "X-Original-URI: /public/x";
+    let ff = "X-Forwarded-Uri: /public/x";
+    let prefix = "envoy_path_prefix = \"/ext_authz\"";
+    /// (decision path, header lines, what the output must hold)
+    type Row<'a> = (&'a str, Vec<&'a str>, &'a str);
+    let table: [(String, Vec<Row<'_>>); 4] = [
+        (
+            "ingress = \"nginx\"".to_owned(),
+            vec![
+                ("/auth", vec![o, ff], "answer     401"),
+                ("/auth", vec![f], "FAIL missing_original_uri"),
+                (
+                    "/ext_authz/api/admin/x",
+                    vec![],
+                    "FAIL missing_original_uri",
+                ),
+            ],
+        ),
+        (
+            "ingress = \"caddy\"".to_owned(),
+            vec![
+                ("/auth", vec![f, fo], "answer     401"),
+                ("/auth", vec![o], "FAIL missing_original_uri"),
+            ],
+        ),
+        (
+            format!("ingress = \"envoy\"\n{prefix}"),
+            vec![
+                ("/ext_authz/api/admin/x", vec![fo, ff], "answer     401"),
+                ("/auth", vec![fo], "FAIL missing_original_uri"),
+            ],
+        ),
+        (
+            prefix.to_owned(),
+            vec![
+                ("/auth", vec![o], "answer     401"),
+                ("/auth", vec![f], "answer     401"),
+                ("/ext_authz/api/admin/x", vec![], "answer     401"),
+                ("/auth", vec![o, ff], "FAIL ambiguous_original_request"),
+                ("/auth", vec![f, fo], "FAIL ambiguous_original_request"),
+                (
+                    "/ext_authz/api/admin/x",
+                    vec![fo],
+                    "FAIL ambiguous_original_request",
+                ),
+                (
+                    "/ext_authz/api/admin/x",
+                    vec![ff],
+                    "FAIL ambiguous_original_request",
+                ),
+            ],
+        ),
+    ];
+    for (i, (setting, rows)) in table.iter().enumerate() {
+        let cfg = format!("{base}\n[decision]\nlisten = \"127.0.0.1:0\"\n{setting}\n");
+        let file = std::env::temp_dir().join(format!(
+            "bearward-explain-decision-{i}-{}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&file, cfg).unwrap();
+        for (path, headers, expect) in rows {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_bearward"));
+            cmd.args(["explain", "--decision", "--path", path, "--config"])
+                .arg(&file);
+            for h in headers {
+                cmd.args(["-H", h]);
+            }
+            let out = cmd.stdin(std::process::Stdio::null()).output().unwrap();
+            let text = String::from_utf8(out.stdout).unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{setting} {path} {headers:?}:\n{text}"
+            );
+            assert!(
+                text.contains(expect),
+                "{setting} {path} {headers:?}:\n{text}"
+            );
+            if expect.starts_with("answer") {
+                assert!(text.contains("original   GET /api/admin/x"), "{text}");
+            }
+        }
+        std::fs::remove_file(&file).unwrap();
+    }
+}

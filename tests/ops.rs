@@ -540,6 +540,19 @@ impl Binary {
         None
     }
 
+    /// The status of `path`, asked every 50 ms for 2 s until it is `want`.
+    async fn status_within(&self, c: &HttpClient, path: &str, want: StatusCode) -> StatusCode {
+        let mut got = StatusCode::OK;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            got = get(c, &self.url(path), &[]).await.status;
+            if got == want {
+                break;
+            }
+        }
+        got
+    }
+
     fn signal(&self, sig: &str) {
         std::process::Command::new("kill")
             .args([sig, &self.child.id().to_string()])
@@ -573,14 +586,9 @@ async fn sighup_reloads_the_running_binary() {
         "watch_config = false: no reload without SIGHUP"
     );
     bin.signal("-HUP");
-    let mut after = StatusCode::OK;
-    for _ in 0..40 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        after = get(&c, &bin.url("/public/x"), &[]).await.status;
-        if after == StatusCode::FORBIDDEN {
-            break;
-        }
-    }
+    let after = bin
+        .status_within(&c, "/public/x", StatusCode::FORBIDDEN)
+        .await;
     assert_eq!(
         after,
         StatusCode::FORBIDDEN,
@@ -623,14 +631,9 @@ async fn one_change_reloads_once_whoever_notices_it() {
     );
     bin.rewrite(&up.url(), "deny", "");
     bin.signal("-HUP");
-    let mut after = StatusCode::OK;
-    for _ in 0..40 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        after = get(&c, &bin.url("/public/x"), &[]).await.status;
-        if after == StatusCode::FORBIDDEN {
-            break;
-        }
-    }
+    let after = bin
+        .status_within(&c, "/public/x", StatusCode::FORBIDDEN)
+        .await;
     assert_eq!(after, StatusCode::FORBIDDEN, "SIGHUP applied the change");
     // Long enough for the watch to see the new content stable over two polls, twice over.
     tokio::time::sleep(Duration::from_millis(4000)).await;

@@ -55,6 +55,16 @@ async fn the_canonical_path_is_what_is_forwarded() {
     assert_eq!(up.count(), 1);
 }
 
+/// `target` sent as it is, on a connection of its own: 400.
+async fn assert_raw_400(gw: &Gateway, target: &str) {
+    let resp = raw(
+        gw.addr,
+        format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 400, "{target}: {resp}");
+}
+
 #[tokio::test]
 async fn ambiguous_paths_are_refused_before_the_upstream() {
     let (up, gw, _) = setup("").await;
@@ -68,12 +78,7 @@ async fn ambiguous_paths_are_refused_before_the_upstream() {
         "/public;x/../api",
         "http://evil.example/public/x",
     ] {
-        let resp = raw(
-            gw.addr,
-            format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await;
-        assert_eq!(raw_status(&resp), 400, "{target}: {resp}");
+        assert_raw_400(&gw, target).await;
     }
     assert_eq!(up.count(), 0, "nothing reached the upstream");
 }
@@ -94,12 +99,7 @@ async fn dot_segments_with_parameters_are_refused_where_semicolons_are_allowed()
         "/public/..%3b/internal/x",
         "/public/..%3Bx/internal/x",
     ] {
-        let resp = raw(
-            gw.addr,
-            format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await;
-        assert_eq!(raw_status(&resp), 400, "{target}: {resp}");
+        assert_raw_400(&gw, target).await;
     }
     assert_eq!(up.count(), 0, "nothing reached the upstream");
     let m = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])

@@ -33,6 +33,36 @@ pub(super) struct DecisionFile {
     pub original_method_header: Option<Spanned<String>>,
     pub original_uri_header: Option<Spanned<String>>,
     pub envoy_path_prefix: Option<Spanned<String>>,
+    pub ingress: Option<Spanned<Ingress>>,
+}
+
+/// `[decision] ingress`: the one ingress in front of the decision listener, whose convention
+/// for describing the original request is the only one read.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Ingress {
+    /// `auth_request` with `X-Original-Method`/`X-Original-URI`, which nginx overwrites.
+    Nginx,
+    /// `forward_auth`: `X-Forwarded-Method`/`-Uri`/`-Host`.
+    Caddy,
+    /// `ForwardAuth`: `X-Forwarded-Method`/`-Uri`/`-Host`.
+    Traefik,
+    /// The Lua `auth-request` with `X-Original-Method`/`X-Original-URI` set by `set-header`.
+    Haproxy,
+    /// `ext_authz` HTTP service: the original path after `envoy_path_prefix`.
+    Envoy,
+}
+
+impl Ingress {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ingress::Nginx => "nginx",
+            Ingress::Caddy => "caddy",
+            Ingress::Traefik => "traefik",
+            Ingress::Haproxy => "haproxy",
+            Ingress::Envoy => "envoy",
+        }
+    }
 }
 
 /// `[dpop]`: how DPoP proofs are checked.

@@ -4,7 +4,9 @@
 mod file;
 mod validate;
 
-pub use file::{CertHeaderFormat, ClientAuthMethod, LogFormat, Mode, TokenFormat, TypPolicy};
+pub use file::{
+    CertHeaderFormat, ClientAuthMethod, Ingress, LogFormat, Mode, TokenFormat, TypPolicy,
+};
 
 use crate::request::path::PathOptions;
 use crate::routes::RouteTable;
@@ -307,6 +309,9 @@ pub struct DecisionConfig {
     pub uri_header: HeaderName,
     /// Envoy `ext_authz` (HTTP): the original path arrives appended to this prefix.
     pub envoy_path_prefix: Option<String>,
+    /// The one convention read; `None`: whichever one a request carries, and 400 for a request
+    /// that carries more than one.
+    pub ingress: Option<Ingress>,
 }
 
 /// `[dpop]`, validated.

@@ -1,28 +1,68 @@
 //! Decision mode: an ingress asks whether a request may pass (nginx `auth_request`, Caddy
-//! `forward_auth`, Traefik `ForwardAuth`, Envoy `ext_authz` over HTTP), and bearward answers
-//! with the proxy's own phases run on the request the ingress describes.
+//! `forward_auth`, Traefik `ForwardAuth`, HAProxy's Lua `auth-request`, Envoy `ext_authz` over
+//! HTTP), and bearward answers with the proxy's own phases run on the request the ingress
+//! describes.
 //!
-//! The original request is rebuilt from what the ingress sends, and only from a trusted peer:
-//! - nginx: `X-Original-Method` and `X-Original-URI` (names configurable), the client's
-//!   headers as they are (nginx passes them to the subrequest);
-//! - Caddy and Traefik: `X-Forwarded-Method`, `X-Forwarded-Uri`, `X-Forwarded-Host`;
-//! - Envoy `ext_authz` (HTTP service): the original path appended to `envoy_path_prefix`, the
-//!   original method and headers as the request's own.
+//! The original request is rebuilt from what the ingress sends, only from a trusted peer, and
+//! only in one convention: each ingress owns (overwrites) its own headers and passes the
+//! client's others through, so a header of another convention is the client's word.
+//! - `Original` (nginx, HAProxy): `X-Original-Method` and `X-Original-URI` (names
+//!   configurable), the client's headers as they are;
+//! - `Forwarded` (Caddy, Traefik): `X-Forwarded-Method`, `X-Forwarded-Uri`, `X-Forwarded-Host`;
+//! - `EnvoyPath` (Envoy `ext_authz`, HTTP service): the original path appended to
+//!   `envoy_path_prefix`, the original method and headers as the request's own.
+//!
+//! `[decision] ingress` names the one convention; the others' headers are ignored and dropped.
+//! Unset, a request carrying more than one convention is a 400: behind Caddy, a client's own
+//! `X-Original-URI` beside Caddy's `X-Forwarded-Uri` once chose the route checked.
 //!
 //! Each original-request header must appear once (two values: 400, so the ingress and bearward
 //! cannot read different ones); no original URI at all is a 400, never a fallback to the
-//! decision request's own path (oauth2-proxy's CVE-2026-40575 trusted a client-sent one). The
-//! URI then goes through the same target checks and canonical path as proxy mode.
+//! decision request's own path (oauth2-proxy's CVE-2026-40575 trusted a client-sent one). A `#`
+//! (raw, or `%23` in the path) is a 400: a fragment is never part of a request, and a rule
+//! matched on a string holding one was widened by it (oauth2-proxy's CVE-2026-41059). The URI
+//! then goes through the same target checks and canonical path as proxy mode.
 
 use super::Rejection;
 use crate::body::{self, Body};
-use crate::config::DecisionConfig;
+use crate::config::{DecisionConfig, Ingress};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// How an ingress describes the original request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Convention {
+    Original,
+    Forwarded,
+    EnvoyPath,
+}
+
+impl Convention {
+    pub(crate) fn of(ingress: Ingress) -> Convention {
+        match ingress {
+            Ingress::Nginx | Ingress::Haproxy => Convention::Original,
+            Ingress::Caddy | Ingress::Traefik => Convention::Forwarded,
+            Ingress::Envoy => Convention::EnvoyPath,
+        }
+    }
+
+    pub(crate) fn describe(self, cfg: &DecisionConfig) -> String {
+        match self {
+            Convention::Original => format!("{} and {}", cfg.method_header, cfg.uri_header),
+            Convention::Forwarded => {
+                "x-forwarded-method, x-forwarded-uri and x-forwarded-host".to_owned()
+            }
+            Convention::EnvoyPath => match &cfg.envoy_path_prefix {
+                Some(p) => format!("the path after {p}"),
+                None => "the request's own path".to_owned(),
+            },
+        }
+    }
+}
 
 /// The one value of `name`, if any; two are a 400.
 fn one<'a>(
@@ -37,8 +77,50 @@ fn one<'a>(
     }
 }
 
+/// The original path and query after `envoy_path_prefix`, if the decision request names one.
+fn after_prefix<'r>(req: &'r Request<Body>, prefix: &str) -> Option<&'r str> {
+    req.uri()
+        .path()
+        .strip_prefix(prefix)
+        .filter(|r| r.starts_with('/'))
+}
+
+/// Which convention a decision request is read in: the configured one, else the only one it
+/// carries.
+pub(crate) fn convention(
+    req: &Request<Body>,
+    cfg: &DecisionConfig,
+) -> Result<Convention, Rejection> {
+    if let Some(i) = cfg.ingress {
+        return Ok(Convention::of(i));
+    }
+    let h = req.headers();
+    let carried = [
+        (
+            Convention::Original,
+            h.contains_key(&cfg.uri_header) || h.contains_key(&cfg.method_header),
+        ),
+        (
+            Convention::Forwarded,
+            h.contains_key(X_FORWARDED_URI) || h.contains_key(X_FORWARDED_METHOD),
+        ),
+        (
+            Convention::EnvoyPath,
+            cfg.envoy_path_prefix
+                .as_deref()
+                .is_some_and(|p| after_prefix(req, p).is_some()),
+        ),
+    ];
+    let mut found = carried.iter().filter(|(_, c)| *c).map(|(k, _)| *k);
+    match (found.next(), found.next()) {
+        (Some(k), None) => Ok(k),
+        (None, _) => Err(Rejection::BadRequest("missing_original_uri")),
+        (Some(_), Some(_)) => Err(Rejection::BadRequest("ambiguous_original_request")),
+    }
+}
+
 /// The request the ingress asks about, built from its decision request.
-pub(super) fn original_request(
+pub(crate) fn original_request(
     req: &Request<Body>,
     cfg: &DecisionConfig,
 ) -> Result<Request<Body>, Rejection> {
@@ -50,37 +132,35 @@ pub(super) fn original_request(
                 .map_err(|_| Rejection::BadRequest("invalid_original_method")),
         }
     };
-    let (method, target, host, drop): (Method, String, Option<&HeaderValue>, &[&HeaderName]) =
-        if let Some(uri) = one(h, &cfg.uri_header)? {
-            (
-                method_of(one(h, &cfg.method_header)?)?,
-                text(uri)?,
-                None,
-                &[&cfg.uri_header, &cfg.method_header],
-            )
-        } else if let Some(uri) = one(h, &X_FORWARDED_URI)? {
-            (
-                method_of(one(h, &X_FORWARDED_METHOD)?)?,
-                text(uri)?,
-                one(h, &X_FORWARDED_HOST)?,
-                &[&X_FORWARDED_URI, &X_FORWARDED_METHOD],
-            )
-        } else if let Some(rest) = cfg
-            .envoy_path_prefix
-            .as_deref()
-            .and_then(|p| req.uri().path().strip_prefix(p))
-            .filter(|r| r.starts_with('/'))
-        {
+    let missing = || Rejection::BadRequest("missing_original_uri");
+    let (method, target, host) = match convention(req, cfg)? {
+        Convention::Original => (
+            method_of(one(h, &cfg.method_header)?)?,
+            text(one(h, &cfg.uri_header)?.ok_or_else(missing)?)?,
+            None,
+        ),
+        Convention::Forwarded => (
+            method_of(one(h, &X_FORWARDED_METHOD)?)?,
+            text(one(h, &X_FORWARDED_URI)?.ok_or_else(missing)?)?,
+            one(h, &X_FORWARDED_HOST)?,
+        ),
+        Convention::EnvoyPath => {
+            let rest = match cfg.envoy_path_prefix.as_deref() {
+                Some(p) => after_prefix(req, p).ok_or_else(missing)?,
+                None => req.uri().path(),
+            };
             let target = match req.uri().query() {
                 Some(q) => format!("{rest}?{q}"),
                 None => rest.to_owned(),
             };
-            (req.method().clone(), target, None, &[])
-        } else {
-            return Err(Rejection::BadRequest("missing_original_uri"));
-        };
+            (req.method().clone(), target, None)
+        }
+    };
     // Origin-form only: an absolute URI would name a host of the client's choosing.
     if !target.starts_with('/') {
+        return Err(Rejection::BadRequest("invalid_original_uri"));
+    }
+    if has_fragment(&target) {
         return Err(Rejection::BadRequest("invalid_original_uri"));
     }
     let uri: Uri = target
@@ -91,6 +171,13 @@ pub(super) fn original_request(
     *original.uri_mut() = uri;
     *original.version_mut() = Version::HTTP_11;
     let headers = original.headers_mut();
+    // Every convention's headers go: the one read has been, the others are a client's.
+    let drop = [
+        &cfg.uri_header,
+        &cfg.method_header,
+        &X_FORWARDED_URI,
+        &X_FORWARDED_METHOD,
+    ];
     for (name, value) in h {
         if !drop.contains(&name) {
             headers.append(name.clone(), value.clone());
@@ -113,6 +200,16 @@ pub(super) fn original_request(
     Ok(original)
 }
 
+/// A `#` anywhere, or `%23` in the path: a fragment, or one spelled to survive a decoding.
+fn has_fragment(target: &str) -> bool {
+    let path = target.split('?').next().unwrap_or(target);
+    target.contains('#')
+        || path
+            .as_bytes()
+            .windows(3)
+            .any(|w| w[0] == b'%' && w[1] == b'2' && w[2] == b'3')
+}
+
 fn text(v: &HeaderValue) -> Result<String, Rejection> {
     v.to_str()
         .map(str::to_owned)
@@ -130,6 +227,7 @@ mod tests {
             method_header: HeaderName::from_static("x-original-method"),
             uri_header: HeaderName::from_static("x-original-uri"),
             envoy_path_prefix: Some("/ext_authz".into()),
+            ingress: None,
         }
     }
 

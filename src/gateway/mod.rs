@@ -32,6 +32,7 @@ pub mod limit;
 mod phases;
 mod rejection;
 
+pub(crate) use decision::{convention as decision_convention, original_request};
 pub use phases::{Decided, Pass, Quiet, Sink};
 pub use rejection::{Answering, Rejection};
 
@@ -425,22 +426,29 @@ impl Gateway {
             .await?
         {
             // RFC 9728 metadata is public: the ingress may let it through.
-            Decided::Answer(_) => return Ok(allowed()),
+            Decided::Answer(_) => return Ok(self.allowed(None, None)),
             Decided::Pass(pass) => pass,
         };
+        Ok(self.allowed(pass.identity.as_ref(), pass.audit))
+    }
+
+    /// A decision's "yes" with every configured claim header, empty where the token has no
+    /// such claim (or there is no token), and `X-Bearward-Audit`, empty outside audit mode: an
+    /// ingress that copies only the headers an answer carries (Caddy's `copy_headers`,
+    /// GHSA-7r4p-vjf4-gxv4) would otherwise pass the client's own copy on.
+    fn allowed(
+        &self,
+        identity: Option<&crate::auth::Identity>,
+        audit: Option<HeaderValue>,
+    ) -> Response<Body> {
         let mut resp = allowed();
         let h = resp.headers_mut();
-        if let Some(identity) = &pass.identity {
-            for (claim, name) in &self.config.forward.claim_headers {
-                if let Some(v) = identity.header_value(claim) {
-                    h.insert(name.clone(), v);
-                }
-            }
+        for (claim, name) in &self.config.forward.claim_headers {
+            let v = identity.and_then(|i| i.header_value(claim));
+            h.insert(name.clone(), v.unwrap_or(HeaderValue::from_static("")));
         }
-        if let Some(v) = pass.audit {
-            h.insert(AUDIT_HEADER, v);
-        }
-        Ok(resp)
+        h.insert(AUDIT_HEADER, audit.unwrap_or(HeaderValue::from_static("")));
+        resp
     }
 
     /// `forward`: rewrite the headers, send over a pooled connection, stream both ways.

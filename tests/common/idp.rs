@@ -154,6 +154,9 @@ impl Minter {
 struct IdpState {
     issuer: Mutex<String>,
     jwks: Mutex<Value>,
+    /// Bodies served as they are instead of the documents, when set.
+    raw_jwks: Mutex<Option<String>>,
+    raw_discovery: Mutex<Option<String>>,
     cache_control: Mutex<Option<String>>,
     jwks_hits: AtomicUsize,
     discovery_hits: AtomicUsize,
@@ -175,6 +178,8 @@ impl Idp {
             jwks: Mutex::new(
                 json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() }),
             ),
+            raw_jwks: Mutex::new(None),
+            raw_discovery: Mutex::new(None),
             cache_control: Mutex::new(None),
             jwks_hits: AtomicUsize::new(0),
             discovery_hits: AtomicUsize::new(0),
@@ -223,6 +228,16 @@ impl Idp {
         *self.state.jwks.lock().unwrap() = doc;
     }
 
+    /// Serves `body` (any bytes, not necessarily JSON) as the JWKS.
+    pub(crate) fn set_jwks_raw(&self, body: String) {
+        *self.state.raw_jwks.lock().unwrap() = Some(body);
+    }
+
+    /// Serves `body` as the discovery document.
+    pub(crate) fn set_discovery_raw(&self, body: String) {
+        *self.state.raw_discovery.lock().unwrap() = Some(body);
+    }
+
     pub(crate) fn set_cache_control(&self, v: Option<&str>) {
         *self.state.cache_control.lock().unwrap() = v.map(str::to_owned);
     }
@@ -254,11 +269,13 @@ async fn serve(
                 "jwks_uri": format!("{issuer}/jwks"),
                 "token_endpoint": format!("{issuer}/token"),
             });
-            (StatusCode::OK, doc.to_string(), None)
+            let raw = s.raw_discovery.lock().unwrap().clone();
+            (StatusCode::OK, raw.unwrap_or_else(|| doc.to_string()), None)
         }
         "/jwks" => {
             s.jwks_hits.fetch_add(1, Ordering::SeqCst);
-            let doc = s.jwks.lock().unwrap().to_string();
+            let raw = s.raw_jwks.lock().unwrap().clone();
+            let doc = raw.unwrap_or_else(|| s.jwks.lock().unwrap().to_string());
             (StatusCode::OK, doc, s.cache_control.lock().unwrap().clone())
         }
         _ => (StatusCode::NOT_FOUND, String::new(), None),

@@ -511,12 +511,42 @@ fn decision(
             None
         }
     });
+    let ingress = f.ingress.as_ref().map(|i| *i.get_ref());
+    // Each setting belongs to one convention: naming another's is a config that cannot work.
+    if let Some(i) = &f.ingress {
+        let foreign: &[(&Option<Spanned<String>>, &str)] = match i.get_ref() {
+            Ingress::Nginx | Ingress::Haproxy => &[(&f.envoy_path_prefix, "envoy_path_prefix")],
+            Ingress::Caddy | Ingress::Traefik => &[
+                (&f.envoy_path_prefix, "envoy_path_prefix"),
+                (&f.original_method_header, "original_method_header"),
+                (&f.original_uri_header, "original_uri_header"),
+            ],
+            Ingress::Envoy => &[
+                (&f.original_method_header, "original_method_header"),
+                (&f.original_uri_header, "original_uri_header"),
+            ],
+        };
+        for (v, key) in foreign {
+            if let Some(v) = v {
+                cx.err(
+                    v.span(),
+                    &format!("decision.{key}"),
+                    format!(
+                        "is not read with ingress = {:?}, which describes the original request \
+                         its own way",
+                        i.get_ref().as_str()
+                    ),
+                );
+            }
+        }
+    }
     Some(DecisionConfig {
         listen,
         trusted_proxies,
         method_header,
         uri_header,
         envoy_path_prefix,
+        ingress,
     })
 }
 
@@ -635,6 +665,19 @@ fn warnings(
             let bearer = table.routes()[i].auth == AuthMode::Bearer;
             bearer.then(|| (v, format!("routes[{i}].resource")))
         }));
+    if let Some(d) = &file.decision {
+        if d.get_ref().ingress.is_none() {
+            warnings.push(cx.locate(
+                d.span(),
+                "decision.ingress",
+                "is not set: each decision request is read in whichever convention it carries, \
+                 and one carrying two is refused (400). Name the one ingress in front (\"nginx\", \
+                 \"caddy\", \"traefik\", \"haproxy\" or \"envoy\"), so that headers only it \
+                 overwrites are ever read"
+                    .to_owned(),
+            ));
+        }
+    }
     // listen(2) silently caps the backlog: the operator would count on a queue it does not get.
     if let (Some(b), Some(max)) = (&file.server.get_ref().listen_backlog, somaxconn()) {
         if *b.get_ref() > u64::from(max) {
