@@ -253,9 +253,10 @@ impl Verifier {
     }
 }
 
-/// Equal without a timing signal on where they differ.
+/// Equal without a timing signal on where they differ: aws-lc's comparison, which the
+/// optimizer cannot turn into an early exit as it may a hand-written fold.
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 
 /// RFC 7638 thumbprint (SHA-256, base64url) of a public JWK: its required members only, in

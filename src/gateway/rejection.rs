@@ -179,6 +179,10 @@ pub(super) fn grpc_status(status: StatusCode) -> u8 {
     }
 }
 
+/// gRPC's percent-encoding of `grpc-message` (PROTOCOL-HTTP2.md): every byte outside printable
+/// ASCII, and `%`, as `%XX`.
+const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
 /// A refusal in gRPC's form: HTTP 200 with no body ("Trailers-Only": the status travels in the
 /// one HEADERS frame), `grpc-status` and a percent-encoded `grpc-message`; the other headers
 /// (`WWW-Authenticate`, `Retry-After`, `DPoP-Nonce`) stay, so a client can still read the
@@ -195,17 +199,28 @@ pub(super) fn grpc_form(resp: Response<Body>, message: &str) -> Response<Body> {
         HeaderValue::from_static("application/grpc"),
     );
     h.insert("grpc-status", HeaderValue::from(u16::from(code)));
-    // gRPC's percent-encoding: bytes outside printable ASCII, and `%`, as `%XX`.
-    let mut encoded = String::with_capacity(message.len());
-    for b in message.trim_end().bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
-            encoded.push(char::from(b));
-        } else {
-            encoded.push_str(&format!("%{b:02X}"));
-        }
-    }
-    if let Ok(v) = HeaderValue::from_str(&encoded) {
+    let encoded = percent_encoding::utf8_percent_encode(message.trim_end(), GRPC_MESSAGE);
+    if let Ok(v) = HeaderValue::from_str(&encoded.to_string()) {
         h.insert("grpc-message", v);
     }
     Response::from_parts(parts, body::empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `%`, control bytes and every non-ASCII byte as `%XX`; printable ASCII as it is, space
+    /// included (gRPC's PROTOCOL-HTTP2.md); trailing white space dropped.
+    #[test]
+    fn grpc_messages_are_percent_encoded_as_grpc_says() {
+        let resp = grpc_form(
+            Response::new(body::empty()),
+            "bad token: 100% \"é\"\twith\nlines \n",
+        );
+        assert_eq!(
+            resp.headers()["grpc-message"],
+            "bad token: 100%25 \"%C3%A9\"%09with%0Alines"
+        );
+    }
 }
