@@ -110,7 +110,7 @@ fn bench(c: &mut Criterion) {
     let conn = bearward::gateway::ConnInfo {
         peer: "127.0.0.1:40000".parse().unwrap(),
         peer_ip: http::HeaderValue::from_static("127.0.0.1"),
-        watch: None,
+        ledger: None,
         request_timer: Default::default(),
         tls: None,
         decision: false,

@@ -4,7 +4,7 @@
 use crate::auth::{sha256_bytes, token_id, AuthError, Authenticator, Trace};
 use crate::body;
 use crate::config::Config;
-use crate::gateway::{Decided, Gateway, Outcome, Rejection, Sink};
+use crate::gateway::{Evaluated, Gateway, Outcome, Rejection, Sink};
 use crate::routes::{LimitKey, PathMatch, Route};
 use crate::telemetry::Metrics;
 use http::{header, HeaderValue, Method, Request, StatusCode};
@@ -284,7 +284,7 @@ fn read_decision(
 }
 
 /// [`explain`], with the status and reason the proxy would log. The request goes through
-/// [`Gateway::decide`], the proxy's own phases, with keys fetched live instead of by a
+/// [`Gateway::evaluate`], the proxy's own phases, with keys fetched live instead of by a
 /// background refresher.
 pub async fn explain_request(
     config: &Config,
@@ -408,10 +408,10 @@ pub async fn explain_with(config: &Config, asked: &Asked<'_>) -> Explained {
     );
     let mut outcome = Outcome::default();
     let decided = gateway
-        .decide(&mut req, None, None, &mut outcome, &mut p)
+        .evaluate(&mut req, None, None, &mut outcome, &mut p)
         .await;
     match decided {
-        Ok(Decided::Answer(resp)) => {
+        Ok(Evaluated::Answer(resp)) => {
             let status = resp.status();
             answer(&mut p.out, status, None);
             // bearward's own answer: not forwarded.
@@ -422,7 +422,7 @@ pub async fn explain_with(config: &Config, asked: &Asked<'_>) -> Explained {
                 reason: outcome.reason,
             }
         }
-        Ok(Decided::Pass(pass)) => {
+        Ok(Evaluated::Pass(pass)) => {
             match pass.route.upstream.map(|u| &config.upstreams[u]) {
                 _ if asked.decision => p.line(
                     "forward",

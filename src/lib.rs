@@ -13,7 +13,7 @@
 //! - [`config`]: the TOML file -> a validated, immutable runtime [`config::Config`]; one
 //!   validation file per table under `config/validate/`.
 //! - [`request`]: what a request is made of, before routing: `framing` (HTTP/1 smuggling
-//!   shapes and the header and send timers on the socket), `watch` (per-connection request and
+//!   shapes and the header and send timers on the socket), `ledger` (per-connection request and
 //!   response accounting, HTTP/1 and HTTP/2), `host` (one valid `Host`), `path` (the one
 //!   canonical path, matched and forwarded).
 //! - [`routes`]: the first-match route table; [`resource`]: RFC 9728 metadata documents.
@@ -36,7 +36,7 @@
 //!
 //! The request path:
 //! - [`gateway`]: the chart as named phase functions (`gateway/phases.rs`, run by
-//!   `Gateway::decide`), `forward` and the access log; rejections become responses in
+//!   `Gateway::evaluate`), `forward` and the access log; rejections become responses in
 //!   `gateway/rejection.rs`.
 //!
 //! Running it:

@@ -616,10 +616,10 @@ async fn a_client_cannot_choose_the_original_request_through_either_ingress() {
         ],
     ];
     for (which, setting) in [
-        ("nginx", ""),
-        ("nginx", "ingress = \"nginx\""),
         ("caddy", ""),
         ("caddy", "ingress = \"caddy\""),
+        ("nginx", ""),
+        ("nginx", "ingress = \"nginx\""),
     ] {
         let (dport, _gw) = start_with(&idp, &up, setting).await;
         let ingress = if which == "nginx" {
@@ -771,8 +771,10 @@ async fn a_client_copy_of_a_claim_header_never_reaches_the_api() {
         ("x_bearward_audit", "allow"),
     ];
     for (which, setting) in [
-        ("nginx", "ingress = \"nginx\""),
+        ("caddy", ""),
         ("caddy", "ingress = \"caddy\""),
+        ("nginx", ""),
+        ("nginx", "ingress = \"nginx\""),
     ] {
         let (dport, _gw) = start_with(&idp, &up, setting).await;
         // The answer itself: every claim header, empty where the token has no such claim.

@@ -158,8 +158,9 @@ async fn a_burst_past_max_connections_waits_in_the_backlog_without_retransmits()
     }
     assert!(
         slow.is_empty(),
-        "{} of {BURST} connects waited for a SYN retransmit: {slow:?}",
-        slow.len()
+        "{} of {BURST} connects waited for a SYN retransmit, the first: {:?}",
+        slow.len(),
+        &slow[..slow.len().min(5)]
     );
     assert_eq!(up.count(), BURST);
     let m = admin_metrics(&gw).await;

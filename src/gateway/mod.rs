@@ -1,6 +1,6 @@
 //! The request path, as phases in a fixed order. Each phase is one function in
-//! [`phases`](self::phases), named in the right-hand column, and [`Gateway::decide`] calls them
-//! in this order; `bearward explain` runs the same `decide` with a printing sink.
+//! [`phases`](self::phases), named in the right-hand column, and [`Gateway::evaluate`] calls them
+//! in this order; `bearward explain` runs the same `evaluate` with a printing sink.
 //!
 //! ```text
 //! overload  -> past max_requests_in_flight (counted in server::conn) .. 503   Gateway::phases
@@ -20,7 +20,7 @@
 //! limit     -> the route's rate_limit, by subject, client, claim or ...... 429   check_rate_limit
 //!              client address (audit mode: noted, forwarded)
 //! forward   -> rewrite headers, pooled upstream, stream both ways ..... 502/504 Gateway::forward
-//! log       -> one access-log line, whatever happened                        Gateway::handle
+//! log       -> one access-log line and the metrics, whatever happened        Gateway::log
 //! ```
 //!
 //! Order matters: the path is canonicalized before routing so the route checked is the route
@@ -33,18 +33,18 @@ mod phases;
 mod rejection;
 
 pub(crate) use decision::{convention as decision_convention, original_request};
-pub use phases::{Decided, Pass, Quiet, Sink};
-pub use rejection::{Answering, Rejection};
+pub use phases::{Evaluated, Pass, Quiet, Sink};
+pub use rejection::{Answering, Fault, Framing, Rejection};
 
 use crate::auth::{Authenticator, TokenId};
 use crate::body::{self, Body};
 use crate::config::Config;
 use crate::forward;
-use crate::request::watch::Watch;
+use crate::request::ledger::ConnLedger;
 use crate::routes::Route;
 use crate::telemetry::{Metrics, RouteSeries, ALLOWED};
-use crate::upstream::{ProxyError, RequestTimer, Upstreams};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use crate::upstream::{RequestTimer, Upstreams};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,7 +63,7 @@ pub struct ConnInfo {
     pub peer_ip: HeaderValue,
     /// The connection's request and response counts ([`crate::request::framing`]): on HTTP/1 also its
     /// framing verdict; on HTTP/2 also its response bodies, for `send_timeout`.
-    pub watch: Option<Watch>,
+    pub ledger: Option<ConnLedger>,
     /// The `request_timeout` timer, reused from request to request.
     pub request_timer: RequestTimer,
     /// The connection's TLS, when it came in on a TLS listener.
@@ -191,7 +191,7 @@ impl Gateway {
 
     /// Runs one request through every phase, logs it, and answers. `request_index` is the
     /// request's place on an HTTP/1 connection watched by [`crate::request::framing`]
-    /// ([`Watch::request_started`]).
+    /// ([`ConnLedger::request_started`]).
     pub async fn handle<B>(
         &self,
         req: Request<B>,
@@ -212,30 +212,36 @@ impl Gateway {
             && req.version() == http::Version::HTTP_2
             && crate::upstream::is_grpc(req.headers());
         let mut out = Outcome::default();
-        let mut resp = match self
-            .phases(
-                req.map(body::boxed),
-                conn,
-                request_index,
-                admitted,
-                &mut out,
-            )
-            .await
-        {
+        let phases = self.phases(
+            req.map(body::boxed),
+            conn,
+            request_index,
+            admitted,
+            &mut out,
+        );
+        let mut resp = match phases.await {
             Ok(resp) => resp,
-            Err(rej) => {
-                out.decision = match rej {
-                    Rejection::Proxy(ProxyError::BodyTooLarge) => "deny",
-                    Rejection::Proxy(_) | Rejection::Internal(_) | Rejection::Overloaded => "error",
-                    _ => "deny",
-                };
-                out.reason = rej.reason();
-                let route = out.route_index.map(|i| &self.config.routes.routes()[i]);
-                let mut answering = self.answering(route, out.challenge);
-                answering.grpc = grpc;
-                rej.into_response(&answering)
-            }
+            Err(rej) => self.refusal(rej, grpc, &mut out),
         };
+        self.finish_response(&mut resp, &method, &out);
+        let status = resp.status().as_u16();
+        self.log(&method, conn, &out, status, start.elapsed());
+        resp
+    }
+
+    /// A rejection's answer, with its reason and label noted for the log and the metrics.
+    fn refusal(&self, rej: Rejection, grpc: bool, out: &mut Outcome) -> Response<Body> {
+        out.decision = rej.decision_label();
+        out.reason = rej.reason();
+        let route = out.route_index.map(|i| &self.config.routes.routes()[i]);
+        let mut answering = self.answering(route, out.challenge);
+        answering.grpc = grpc;
+        rej.into_response(&answering)
+    }
+
+    /// What every answer gets on its way out, bearward's own or the upstream's: the route's
+    /// RateLimit fields (and Retry-After on a 429), and no content in an answer to HEAD.
+    fn finish_response(&self, resp: &mut Response<Body>, method: &http::Method, out: &Outcome) {
         if let (Some(v), Some(l)) = (
             out.rate_limit,
             out.route_index
@@ -262,8 +268,17 @@ impl Gateway {
             }
             *resp.body_mut() = body::empty();
         }
-        let status = resp.status().as_u16();
-        let latency = start.elapsed();
+    }
+
+    /// The request's metrics and its access-log line.
+    fn log(
+        &self,
+        method: &http::Method,
+        conn: &ConnInfo,
+        out: &Outcome,
+        status: u16,
+        latency: Duration,
+    ) {
         self.metrics.record(
             out.route_index
                 .and_then(|i| self.series.get(i))
@@ -291,7 +306,6 @@ impl Gateway {
                 client = out.client.map(tracing::field::display),
             );
         }
-        resp
     }
 
     /// Counts and logs a request hyper or the framing guard refused before it became a request (see
@@ -320,44 +334,6 @@ impl Gateway {
             .zip(&self.limiters)
             .filter_map(|(r, l)| Some((r.name.clone(), l.as_ref()?.keys())));
         self.metrics.set_rate_limit_keys(held);
-    }
-
-    /// `rate_limit`: counts the request under its key; over the limit, 429.
-    pub(crate) async fn check_rate_limit(
-        &self,
-        index: usize,
-        identity: Option<&crate::auth::Identity>,
-        headers: &HeaderMap,
-        conn: Option<&ConnInfo>,
-        out: &mut Outcome,
-    ) -> Result<(), Rejection> {
-        let Some(l) = self.limiters.get(index).and_then(Option::as_ref) else {
-            return Ok(());
-        };
-        let named = out.client;
-        let client = || {
-            let c = conn?;
-            if c.decision && !headers.contains_key("x-forwarded-for") {
-                static SAID: std::sync::atomic::AtomicBool =
-                    std::sync::atomic::AtomicBool::new(false);
-                if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                    tracing::warn!(
-                        ingress = %c.peer.ip(),
-                        "a decision request for a route with rate_limit key = \"ip\" came without \
-                         X-Forwarded-For: every client behind this ingress counts as one (set the \
-                         ingress to append the client's address; said once)"
-                    );
-                }
-            }
-            Some(named.unwrap_or_else(|| c.peer.ip().to_canonical()))
-        };
-        let verdict = l.check(&l.key(identity, client)).await;
-        out.rate_limit = Some(verdict);
-        if verdict.allowed {
-            Ok(())
-        } else {
-            Err(Rejection::RateLimited)
-        }
     }
 
     /// What a refusal's answer is made with.
@@ -394,13 +370,13 @@ impl Gateway {
         if conn.decision {
             return self.decide_for_ingress(req, conn, out).await;
         }
-        let framing = conn.watch.as_ref().zip(request_index);
+        let framing = conn.ledger.as_ref().zip(request_index);
         match self
-            .decide(&mut req, framing, Some(conn), out, &mut Quiet)
+            .evaluate(&mut req, framing, Some(conn), out, &mut Quiet)
             .await?
         {
-            Decided::Answer(resp) => Ok(resp),
-            Decided::Pass(pass) => self.forward(req, pass, conn, out).await,
+            Evaluated::Answer(resp) => Ok(resp),
+            Evaluated::Pass(pass) => self.forward(req, pass, conn, out).await,
         }
     }
 
@@ -422,12 +398,12 @@ impl Gateway {
         let mut original = decision::original_request(&req, cfg)?;
         drop(req);
         let pass = match self
-            .decide(&mut original, None, Some(conn), out, &mut Quiet)
+            .evaluate(&mut original, None, Some(conn), out, &mut Quiet)
             .await?
         {
             // RFC 9728 metadata is public: the ingress may let it through.
-            Decided::Answer(_) => return Ok(self.allowed(None, None)),
-            Decided::Pass(pass) => pass,
+            Evaluated::Answer(_) => return Ok(self.allowed(None, None)),
+            Evaluated::Pass(pass) => pass,
         };
         Ok(self.allowed(pass.identity.as_ref(), pass.audit))
     }
@@ -508,9 +484,7 @@ impl Gateway {
             }
             // A stalled, broken or oversized client body is the client's doing, not upstream
             // trouble.
-            Err(
-                e @ (ProxyError::BodyTimeout | ProxyError::ClientBody | ProxyError::BodyTooLarge),
-            ) => Err(Rejection::Proxy(e)),
+            Err(e) if e.is_clients() => Err(Rejection::Proxy(e)),
             Err(e) => {
                 tracing::warn!(upstream = %upstream.name, authority = %upstream.authority, reason = e.reason(), "upstream request failed");
                 Err(Rejection::Proxy(e))

@@ -1,16 +1,17 @@
 //! The request path's phases, one function each, run in the chart's order by
-//! [`Gateway::decide`]. The proxy runs them with [`Quiet`], whose reports compile to nothing;
+//! [`Gateway::evaluate`]. The proxy runs them with [`Quiet`], whose reports compile to nothing;
 //! `bearward explain` runs the very same functions with a sink that prints each report, so the
 //! two cannot disagree on what a request gets.
 
+use super::rejection::Framing;
 use super::{Challenge, ConnInfo, Gateway, Outcome, Rejection, AUDIT_HEADER};
 use crate::auth::{self, AuthError, BindingRequest, Identity, Scheme, Trace};
 use crate::body::Body;
+use crate::request::ledger::ConnLedger;
 use crate::request::path::{canonicalize_with, has_double_encoding};
-use crate::request::watch::Watch;
 use crate::routes::{is_plain_method, AuthMode, Route};
 use crate::upstream::ProxyError;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, Version};
 use std::future::Future;
 
@@ -78,8 +79,8 @@ impl<'a> Head<'a> {
     }
 }
 
-/// What [`Gateway::decide`] decided for a request it did not refuse.
-pub enum Decided<'a> {
+/// What [`Gateway::evaluate`] found for a request it did not refuse.
+pub enum Evaluated<'a> {
     /// bearward answers itself (RFC 9728 metadata).
     Answer(Response<Body>),
     /// Forward it.
@@ -100,12 +101,12 @@ fn check_transfer_coding(headers: &http::HeaderMap) -> Result<(), Rejection> {
             if coding.eq_ignore_ascii_case(b"chunked") {
                 chunked += 1;
             } else if !coding.is_empty() {
-                return Err(Rejection::NotImplemented("unsupported_transfer_coding"));
+                return Err(Rejection::Framing(Framing::UnsupportedCoding));
             }
         }
     }
     if chunked > 1 {
-        return Err(Rejection::BadRequest("ambiguous_framing"));
+        return Err(Rejection::Framing(Framing::Ambiguous));
     }
     Ok(())
 }
@@ -159,14 +160,14 @@ impl Gateway {
     /// Every phase before `forward`, in the chart's order (see the module docs of
     /// [`crate::gateway`]). `framing` is the HTTP/1 connection's verdict on this request, if it
     /// is watched.
-    pub async fn decide<'g, S: Sink>(
+    pub async fn evaluate<'g, S: Sink>(
         &'g self,
         req: &mut Request<Body>,
-        framing: Option<(&Watch, usize)>,
+        framing: Option<(&ConnLedger, usize)>,
         conn: Option<&ConnInfo>,
         out: &mut Outcome,
         sink: &mut S,
-    ) -> Result<Decided<'g>, Rejection> {
+    ) -> Result<Evaluated<'g>, Rejection> {
         // Behind a trusted proxy, or asked by an ingress, the client is the one it names: for
         // the access log, and for rate limits keyed by address.
         if let Some(c) = conn.filter(|c| c.decision || self.trusts(c)) {
@@ -185,7 +186,7 @@ impl Gateway {
         if let Some(answer) = self.serve_metadata(req, &path, sink) {
             out.path = Some(path);
             out.reason = "resource_metadata";
-            return answer.map(Decided::Answer);
+            return answer.map(Evaluated::Answer);
         }
         let found = self.resolve_route(req, &path, out, sink);
         let (index, route) = match found {
@@ -225,7 +226,7 @@ impl Gateway {
                 return Err(rej);
             }
         }
-        Ok(Decided::Pass(Pass {
+        Ok(Evaluated::Pass(Pass {
             index,
             route,
             target,
@@ -477,6 +478,44 @@ impl Gateway {
     }
 
     /// Does bearward believe what this connection's peer says about the client?
+    /// `rate_limit`: counts the request under its key; over the limit, 429.
+    pub(crate) async fn check_rate_limit(
+        &self,
+        index: usize,
+        identity: Option<&crate::auth::Identity>,
+        headers: &HeaderMap,
+        conn: Option<&ConnInfo>,
+        out: &mut Outcome,
+    ) -> Result<(), Rejection> {
+        let Some(l) = self.limiters.get(index).and_then(Option::as_ref) else {
+            return Ok(());
+        };
+        let named = out.client;
+        let client = || {
+            let c = conn?;
+            if c.decision && !headers.contains_key("x-forwarded-for") {
+                static SAID: std::sync::atomic::AtomicBool =
+                    std::sync::atomic::AtomicBool::new(false);
+                if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        ingress = %c.peer.ip(),
+                        "a decision request for a route with rate_limit key = \"ip\" came without \
+                         X-Forwarded-For: every client behind this ingress counts as one (set the \
+                         ingress to append the client's address; said once)"
+                    );
+                }
+            }
+            Some(named.unwrap_or_else(|| c.peer.ip().to_canonical()))
+        };
+        let verdict = l.check(&l.key(identity, client)).await;
+        out.rate_limit = Some(verdict);
+        if verdict.allowed {
+            Ok(())
+        } else {
+            Err(Rejection::RateLimited)
+        }
+    }
+
     fn trusts(&self, conn: &ConnInfo) -> bool {
         crate::forward::is_trusted(&self.config.server.trusted_proxies, &conn.peer)
     }
@@ -533,14 +572,17 @@ impl Gateway {
 
 /// `framing`: refuse what hyper would silently fix. hyper has already refused differing
 /// Content-Lengths and bad chunking; request::framing has seen the raw head.
-fn check_framing(req: &Request<Body>, framing: Option<(&Watch, usize)>) -> Result<(), Rejection> {
-    if let Some((watch, index)) = framing {
-        if watch.refuses(index) {
-            return Err(Rejection::BadRequest("ambiguous_framing"));
+fn check_framing(
+    req: &Request<Body>,
+    framing: Option<(&ConnLedger, usize)>,
+) -> Result<(), Rejection> {
+    if let Some((ledger, index)) = framing {
+        if ledger.refuses(index) {
+            return Err(Rejection::Framing(Framing::Ambiguous));
         }
     }
     if req.headers().get_all(header::CONTENT_LENGTH).iter().count() > 1 {
-        return Err(Rejection::BadRequest("ambiguous_framing"));
+        return Err(Rejection::Framing(Framing::Ambiguous));
     }
     // hyper reads a request with Transfer-Encoding as chunked, so it has a body: a request
     // without one skips the lookup.

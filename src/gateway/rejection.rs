@@ -15,8 +15,9 @@ use crate::auth::AuthError;
 pub enum Rejection {
     /// 400 with a fixed reason.
     BadRequest(&'static str),
-    /// 501: a request bearward cannot pass on faithfully.
-    NotImplemented(&'static str),
+    /// A request whose framing could smuggle another one past: 400 or 501, and the connection
+    /// closes, since what follows on it cannot be trusted to frame the next request.
+    Framing(Framing),
     /// 404: no route.
     NoRoute,
     /// 405 from something bearward answers itself; the value is its `Allow`.
@@ -37,6 +38,24 @@ pub enum Rejection {
     RateLimited,
 }
 
+/// How a request's framing was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Two Content-Lengths, `chunked` twice, or what request::framing saw in the raw head: 400.
+    Ambiguous,
+    /// A transfer coding other than a lone `chunked`: 501 (RFC 9112 6.1).
+    UnsupportedCoding,
+}
+
+/// Whose fault a failed request is, as pingora tells an error's source: the client's (its body
+/// broke off, stalled or ran over the limit), the upstream's, or bearward's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Client,
+    Upstream,
+    Internal,
+}
+
 /// What an answer to a refusal is made with besides the refusal itself.
 pub struct Answering<'a> {
     pub realm: &'a str,
@@ -55,7 +74,9 @@ impl Rejection {
     /// Fixed reason for logs and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            Rejection::BadRequest(r) | Rejection::NotImplemented(r) => r,
+            Rejection::BadRequest(r) => r,
+            Rejection::Framing(Framing::Ambiguous) => "ambiguous_framing",
+            Rejection::Framing(Framing::UnsupportedCoding) => "unsupported_transfer_coding",
             Rejection::NoRoute => "no_route",
             Rejection::MethodNotAllowed(_) => "method_not_allowed",
             Rejection::Denied => "route_denied",
@@ -72,7 +93,8 @@ impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
             Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Rejection::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            Rejection::Framing(Framing::Ambiguous) => StatusCode::BAD_REQUEST,
+            Rejection::Framing(Framing::UnsupportedCoding) => StatusCode::NOT_IMPLEMENTED,
             Rejection::NoRoute => StatusCode::NOT_FOUND,
             Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::Denied | Rejection::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -84,6 +106,33 @@ impl Rejection {
         }
     }
 
+    /// Whose fault it is, if anything failed: `None` for a refusal (a policy, a limit or a
+    /// malformed request said no).
+    pub fn fault(&self) -> Option<Fault> {
+        match self {
+            Rejection::Proxy(e) if e.is_clients() => Some(Fault::Client),
+            Rejection::Proxy(_) => Some(Fault::Upstream),
+            Rejection::Internal(_) | Rejection::Overloaded => Some(Fault::Internal),
+            _ => None,
+        }
+    }
+
+    /// The `decision` label of the request's metrics and log line: `deny` for a refusal, and
+    /// for a body over the route's limit (a limit said no, as for a declared length); `error`
+    /// for anything that failed.
+    pub fn decision_label(&self) -> &'static str {
+        match (self, self.fault()) {
+            (Rejection::Proxy(ProxyError::BodyTooLarge), _) | (_, None) => "deny",
+            (_, Some(_)) => "error",
+        }
+    }
+
+    /// The connection closes after this answer: the rest of the request's body (a smuggled
+    /// request, a stalled or broken or oversized body) cannot be trusted to frame the next one.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, Rejection::Framing(_)) || self.fault() == Some(Fault::Client)
+    }
+
     /// The one place a rejection becomes a response. `route` is the route that refused, for
     /// what its Bearer challenges say beyond the error.
     pub fn into_response(self, a: &Answering<'_>) -> Response<Body> {
@@ -91,7 +140,9 @@ impl Rejection {
         let status = self.status();
         let text = match &self {
             Rejection::Auth(e) => e.to_string(),
-            Rejection::BadRequest(r) => format!("bad request: {r}"),
+            Rejection::BadRequest(_) | Rejection::Framing(Framing::Ambiguous) => {
+                format!("bad request: {}", self.reason())
+            }
             other => {
                 status
                     .canonical_reason()
@@ -147,13 +198,7 @@ impl Rejection {
             }
             _ => {}
         }
-        // The rest of these requests' bodies cannot be trusted to frame a next request.
-        if let Rejection::BadRequest("ambiguous_framing")
-        | Rejection::NotImplemented("unsupported_transfer_coding")
-        | Rejection::Proxy(
-            ProxyError::BodyTimeout | ProxyError::ClientBody | ProxyError::BodyTooLarge,
-        ) = self
-        {
+        if self.closes_connection() {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if a.grpc {

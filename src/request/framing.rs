@@ -27,7 +27,7 @@
 //! - **`send_timeout`**: a write that cannot proceed (the client reads nothing) starts a timer;
 //!   one that proceeds stops it. Past the timeout the write fails and the connection closes.
 
-use super::watch::Watch;
+use super::ledger::ConnLedger;
 use crate::timer::{rearm, Stall};
 use std::future::Future;
 use std::io;
@@ -50,18 +50,18 @@ enum State {
 struct Framer {
     state: State,
     max_head: usize,
-    watch: Watch,
+    ledger: ConnLedger,
     heads: usize,
 }
 
 const MAX_LINE: usize = 4096;
 
 impl Framer {
-    fn new(max_head: usize, watch: Watch) -> Framer {
+    fn new(max_head: usize, ledger: ConnLedger) -> Framer {
         Framer {
             state: State::Head(Vec::new()),
             max_head,
-            watch,
+            ledger,
             heads: 0,
         }
     }
@@ -70,7 +70,7 @@ impl Framer {
         // After a 101 the bytes belong to the new protocol. Bytes read before it went out are
         // followed as HTTP/1, which is what they are if the upgrade is refused; if it is not,
         // no request comes after, so nothing they set is ever asked.
-        if self.watch.is_upgraded() {
+        if self.ledger.is_upgraded() {
             self.state = State::Off;
             return;
         }
@@ -227,7 +227,7 @@ impl Framer {
             }
         }
         if (te && cl_count > 0) || cl_count > 1 {
-            self.watch.flag(self.heads);
+            self.ledger.flag(self.heads);
             return State::Off;
         }
         if te {
@@ -247,14 +247,14 @@ impl Framer {
 /// `request_framing`: how a client splits its bytes must not change the verdict.
 #[doc(hidden)]
 pub fn follow(pieces: &[&[u8]], max_head: usize) -> (usize, Option<usize>, bool) {
-    let watch = Watch::default();
-    let mut f = Framer::new(max_head, watch.clone());
+    let ledger = ConnLedger::default();
+    let mut f = Framer::new(max_head, ledger.clone());
     for p in pieces {
         f.feed(p);
     }
     (
         f.heads,
-        watch.first_ambiguous(),
+        ledger.first_ambiguous(),
         matches!(f.state, State::Off),
     )
 }
@@ -287,11 +287,11 @@ impl std::error::Error for HeadTimeout {}
 pub struct Guarded<T> {
     inner: T,
     framer: Framer,
-    watch: Watch,
+    ledger: ConnLedger,
     header_timeout: Duration,
     /// The header timer: made on the first read, then only pushed forward.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The wait the timer's deadline was set for (see [`Watch::waiting_for_head`]). A wait can
+    /// The wait the timer's deadline was set for (see [`ConnLedger::waiting_for_head`]). A wait can
     /// begin without a read in between (a pipelined head already in hyper's buffer), so a
     /// deadline belongs to a wait, not to the last read.
     armed_for: Option<usize>,
@@ -300,31 +300,31 @@ pub struct Guarded<T> {
 }
 
 impl<T> Guarded<T> {
-    /// Wraps `inner`; the returned [`Watch`] goes to the connection's service.
+    /// Wraps `inner`; the returned [`ConnLedger`] goes to the connection's service.
     pub fn new(
         inner: T,
         max_head: usize,
         header_timeout: Duration,
         send_timeout: Duration,
-    ) -> (Self, Watch) {
-        let watch = Watch::default();
-        let framer = Framer::new(max_head, watch.clone());
+    ) -> (Self, ConnLedger) {
+        let ledger = ConnLedger::default();
+        let framer = Framer::new(max_head, ledger.clone());
         let guarded = Guarded {
             inner,
             framer,
-            watch: watch.clone(),
+            ledger: ledger.clone(),
             header_timeout,
             timer: None,
             armed_for: None,
             send_stall: Stall::new(send_timeout),
         };
-        (guarded, watch)
+        (guarded, ledger)
     }
 
     /// Starts the header timer if the connection has just begun waiting for a head; `true`
     /// while it runs.
     fn arm(&mut self) -> bool {
-        let Some(wait) = self.watch.waiting_for_head() else {
+        let Some(wait) = self.ledger.waiting_for_head() else {
             return false;
         };
         if self.armed_for != Some(wait) {
@@ -562,7 +562,7 @@ mod tests {
 
     #[test]
     fn the_index_of_the_ambiguous_head_is_kept() {
-        let verdict = Watch::default();
+        let verdict = ConnLedger::default();
         let mut f = Framer::new(16384, verdict.clone());
         f.feed(b"GET / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert!(!verdict.refuses(0));

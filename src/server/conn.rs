@@ -8,7 +8,7 @@ use crate::body::Body;
 use crate::config::Config;
 use crate::gateway::{ConnInfo, TlsInfo};
 use crate::request::framing::Guarded;
-use crate::request::watch::{Answered, InFlight, Watch};
+use crate::request::ledger::{Answered, ConnLedger, InFlight};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -251,7 +251,7 @@ where
     } = io;
     match protocols.h2.as_ref().filter(|_| h2) {
         Some(h2) => {
-            let watch = Watch::for_h2();
+            let ledger = ConnLedger::for_h2();
             let conn = h2.serve_connection(
                 TokioIo::new(stream),
                 Boxed(gateway_service(
@@ -259,7 +259,7 @@ where
                     peer,
                     tls,
                     decision,
-                    Some(watch.clone()),
+                    Some(ledger.clone()),
                     in_flight,
                 )),
             );
@@ -268,7 +268,7 @@ where
                 conn,
                 signal,
                 hyper::server::conn::http2::Connection::graceful_shutdown,
-                &watch,
+                &ledger,
                 bounds,
             )
             .await
@@ -348,7 +348,7 @@ fn gateway_service(
     peer: SocketAddr,
     tls: Option<TlsInfo>,
     decision: bool,
-    watch: Option<Watch>,
+    ledger: Option<ConnLedger>,
     in_flight: InFlight,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
@@ -361,7 +361,7 @@ fn gateway_service(
         peer,
         peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
             .expect("an IP address is a valid header value"),
-        watch,
+        ledger,
         request_timer: Default::default(),
         tls,
         decision,
@@ -370,7 +370,7 @@ fn gateway_service(
     service_fn(move |req: Request<Incoming>| {
         // Counted as hyper hands the request over, before its future first runs: from here the
         // header timer must not count against the connection.
-        let index = info.watch.as_ref().map(Watch::request_started);
+        let index = info.ledger.as_ref().map(ConnLedger::request_started);
         let gateway = live.current();
         let info = info.clone();
         // Taken before anything else is done with the request, so an overload cannot turn into
@@ -379,11 +379,11 @@ fn gateway_service(
         let place = in_flight.enter();
         async move {
             let resp = gateway.handle(req, &info, index, place.is_some()).await;
-            let watch = info.watch.clone();
-            if let (Some(w), StatusCode::SWITCHING_PROTOCOLS) = (&watch, resp.status()) {
+            let ledger = info.ledger.clone();
+            if let (Some(w), StatusCode::SWITCHING_PROTOCOLS) = (&ledger, resp.status()) {
                 w.upgraded();
             }
-            Ok::<_, std::convert::Infallible>(resp.map(|b| Answered::new(b, watch).holding(place)))
+            Ok::<_, std::convert::Infallible>(resp.map(|b| Answered::new(b, ledger).holding(place)))
         }
     })
 }
@@ -418,7 +418,7 @@ async fn until_done_or_idle<C: Future>(
     conn: C,
     signal: &mut watch::Receiver<bool>,
     graceful: fn(Pin<&mut C>),
-    activity: &Watch,
+    activity: &ConnLedger,
     (idle, send): (Duration, Duration),
 ) -> Option<C::Output> {
     let mut conn = std::pin::pin!(conn);

@@ -10,7 +10,7 @@ pub use reload::{reload_on_sighup, watch_config, Live};
 
 use crate::config::Config;
 use crate::gateway::Gateway;
-use crate::request::watch::InFlight;
+use crate::request::ledger::InFlight;
 use arc_swap::ArcSwap;
 use conn::{serve_connection, Conn, Drain, Protocols};
 use prometheus_client::metrics::gauge::Gauge;

@@ -29,6 +29,15 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// The client's doing, not the upstream's: its body stalled, broke off or ran over the
+    /// route's limit.
+    pub fn is_clients(self) -> bool {
+        matches!(
+            self,
+            ProxyError::BodyTimeout | ProxyError::ClientBody | ProxyError::BodyTooLarge
+        )
+    }
+
     /// Status answered to the client.
     pub fn status(self) -> StatusCode {
         match self {

@@ -197,7 +197,7 @@ impl Pool {
         }
     }
 
-    /// Sends a request (origin-form, headers already cleaned by `proxy::prepare_request`) and
+    /// Sends a request (origin-form, headers already cleaned by `forward::prepare_request`) and
     /// waits for the response head. The response body hands the connection back to the pool
     /// when it has been read to the end. With `upgrade`, a 101 answer comes with the upstream
     /// connection.

@@ -1,5 +1,5 @@
 //! The HTTP/1.1 wire format of bearward's upstream side: request heads out, response heads and
-//! bodies in. The connection handling (pooling, retries, timeouts) is in [`crate::pool`].
+//! bodies in. The connection handling (pooling, retries, timeouts) is in [`super::pool`].
 //!
 //! Why not hyper's client here: its connection task, the channel that hands it each request and
 //! the one that brings the response back cost 13k of the 35k instructions bearward spent per
@@ -103,7 +103,7 @@ impl HeadRewrite {
     }
 }
 
-/// Writes a request head for an origin-form request whose headers `proxy::prepare_request` has
+/// Writes a request head for an origin-form request whose headers `forward::prepare_request` has
 /// already cleaned (no hop-by-hop headers but an upgrade's own), with `rewrite` in place of the
 /// client's headers it names. Decides the body framing: the client's `Content-Length` when it
 /// sent one, else the body's exact size, else chunked.

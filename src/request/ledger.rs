@@ -21,7 +21,7 @@ struct Shared {
     answered: AtomicUsize,
     /// A 101 went out: the connection no longer carries HTTP/1 heads.
     upgraded: AtomicBool,
-    /// HTTP/2 only: the response bodies in flight, for [`Watch::client_stalled`].
+    /// HTTP/2 only: the response bodies in flight, for [`ConnLedger::client_stalled`].
     sends: Option<Sends>,
 }
 
@@ -42,19 +42,20 @@ impl Sends {
     }
 }
 
-/// The service's side of one watched connection.
+/// The service's side of one connection's ledger: requests handed over and answered, framing
+/// verdicts by request index, and (HTTP/2) response bodies waiting on the client.
 #[derive(Debug, Clone)]
-pub struct Watch(Arc<Shared>);
+pub struct ConnLedger(Arc<Shared>);
 
-impl Default for Watch {
+impl Default for ConnLedger {
     fn default() -> Self {
-        Watch::new(None)
+        ConnLedger::new(None)
     }
 }
 
-impl Watch {
-    fn new(sends: Option<Sends>) -> Watch {
-        Watch(Arc::new(Shared {
+impl ConnLedger {
+    fn new(sends: Option<Sends>) -> ConnLedger {
+        ConnLedger(Arc::new(Shared {
             ambiguous_from: AtomicUsize::new(usize::MAX),
             started: AtomicUsize::new(0),
             answered: AtomicUsize::new(0),
@@ -65,9 +66,9 @@ impl Watch {
 
     /// For an HTTP/2 connection: counts requests and responses as on HTTP/1 (nothing sets its
     /// framing verdict, so it never refuses one), and follows its response bodies for
-    /// [`Watch::client_stalled`].
-    pub fn for_h2() -> Watch {
-        Watch::new(Some(Sends {
+    /// [`ConnLedger::client_stalled`].
+    pub fn for_h2() -> ConnLedger {
+        ConnLedger::new(Some(Sends {
             epoch: std::time::Instant::now(),
             bodies: Mutex::new(Vec::new()),
         }))
@@ -142,12 +143,12 @@ impl Watch {
     }
 }
 
-/// A response body that tells the [`Watch`] when hyper is done with it. hyper drops a
+/// A response body that tells the [`ConnLedger`] when hyper is done with it. hyper drops a
 /// response body once its last frame is queued (or the connection ends), which is also when
 /// it starts reading the next request head.
 pub struct Answered<B> {
     inner: B,
-    watch: Option<Watch>,
+    ledger: Option<ConnLedger>,
     /// HTTP/2: this body's entry in the connection's [`Sends`].
     waiting: Option<Arc<AtomicU64>>,
     /// Held until hyper is done with the body: the request's `max_requests_in_flight` place.
@@ -155,9 +156,9 @@ pub struct Answered<B> {
 }
 
 impl<B> Answered<B> {
-    /// Wraps a response body; with no watch it only passes frames through.
-    pub fn new(inner: B, watch: Option<Watch>) -> Self {
-        let waiting = watch
+    /// Wraps a response body; with no ledger it only passes frames through.
+    pub fn new(inner: B, ledger: Option<ConnLedger>) -> Self {
+        let waiting = ledger
             .as_ref()
             .and_then(|w| w.0.sends.as_ref())
             .map(|sends| {
@@ -178,7 +179,7 @@ impl<B> Answered<B> {
             });
         Answered {
             inner,
-            watch,
+            ledger,
             waiting,
             _place: None,
         }
@@ -193,7 +194,7 @@ impl<B> Answered<B> {
 
 impl<B> Drop for Answered<B> {
     fn drop(&mut self) {
-        if let Some(w) = &self.watch {
+        if let Some(w) = &self.ledger {
             w.response_done();
         }
     }
@@ -210,7 +211,7 @@ impl<B: http_body::Body + Unpin> http_body::Body for Answered<B> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let (Some(since), Some(sends)) = (
             &self.waiting,
-            self.watch.as_ref().and_then(|w| w.0.sends.as_ref()),
+            self.ledger.as_ref().and_then(|w| w.0.sends.as_ref()),
         ) {
             // A frame given: the next poll waits on the client. Pending: on the upstream.
             let now = match &polled {
