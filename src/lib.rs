@@ -24,20 +24,25 @@
 //!   timeouts and skipped after failures; callers fall back to their process caches.
 //!
 //! The token check:
-//! - [`auth`]: token extraction (`extract`), JWS parsing (`token`), key material and its
-//!   hygiene (`keys`), fetching and refreshing JWKS (`jwks`), validation (`validator`), the
-//!   verified-token cache and its per-thread front (`front`), RFC 6750 answers (`error`),
-//!   opaque tokens through RFC 7662 introspection (`introspect`).
+//! - [`auth`]: the `Authenticator` facade (verify a token: cache, then local JWT validation
+//!   or introspection), built in one step (`build`); token extraction (`extract`), JWS parsing
+//!   (`token`), key material and its hygiene (`keys`), fetching and refreshing JWKS (`jwks`),
+//!   validation (`validator`), the verified-token cache (`cache`) and its per-thread front
+//!   (`front`), proof of possession (`binding`: certificates, DPoP proofs and their replay
+//!   store) over RFC 9449 proof checks (`dpop`), opaque tokens through RFC 7662 introspection
+//!   (`introspect`), a caller's claims as header text (`identity`), `/readyz` and gauges
+//!   (`health`), log ids (`token_id`), RFC 6750 answers (`error`).
 //!
 //! Forwarding:
 //! - [`upstream`]: the upstream side behind one entry point, `Upstreams::send`: the pool
-//!   (`pool`), the HTTP/1.1 exchange (`wire`), the WebSocket tunnel (`tunnel`), its errors.
+//!   (`pool`), the HTTP/1.1 exchange (`wire`), HTTP/2 upstreams (`h2`), the WebSocket tunnel
+//!   (`tunnel`), its errors (`error`).
 //! - `forward`: the request and response rewrite (hop-by-hop out, `Host`, `X-Forwarded-*`).
 //!
 //! The request path:
-//! - [`gateway`]: the chart as named phase functions (`gateway/phases.rs`, run by
-//!   `Gateway::evaluate`), `forward` and the access log; rejections become responses in
-//!   `gateway/rejection.rs`.
+//! - [`gateway`]: the chart as named phase functions (`phases`, run by `Gateway::evaluate`),
+//!   `forward` and the access log; rate limits (`limit`); decision mode, the request an
+//!   ingress describes (`decision`); rejections become responses in one place (`rejection`).
 //!
 //! Running it:
 //! - [`server`]: the accept loop and its limits (`mod`), one connection (`conn`), reload

@@ -58,7 +58,8 @@ impl Live {
             all.extend_from_slice(f.as_os_str().as_encoded_bytes());
             all.extend(std::fs::read(f).unwrap_or_default());
         }
-        Some(crate::auth::sha256_bytes(&all))
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &all);
+        d.as_ref().try_into().ok()
     }
 
     /// Reads, validates and applies a config file. An invalid file changes nothing; each of

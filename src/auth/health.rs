@@ -1,0 +1,87 @@
+//! What the authenticator reports: `/readyz`'s text and the scrape-time gauges.
+
+use super::Authenticator;
+
+impl Authenticator {
+    /// Refreshes the scrape-time gauges: keys per issuer, JWKS age, cache size.
+    pub fn export_gauges(&self) {
+        for i in &self.issuers {
+            let usable = i.usable().map_or(0, |s| s.keys.len());
+            let age = i.latest().map(|s| s.fetched_at.elapsed());
+            self.metrics.set_key_state(&i.config.issuer, usable, age);
+        }
+        if let Some(c) = &self.cache {
+            c.store.run_pending_tasks();
+        }
+        self.metrics.set_token_cache_entries(self.cached_tokens());
+    }
+
+    /// `/readyz`: Ok when every issuer has usable keys; the text says how old each set is.
+    pub fn readiness(&self) -> Result<String, String> {
+        let mut ready = true;
+        let mut out = String::new();
+        // An opaque-only issuer has no keys to wait for; its endpoint is reported below.
+        for i in self.issuers.iter().filter(|i| i.config.takes_jwts()) {
+            let status = i.status();
+            match (i.usable(), i.latest()) {
+                (Some(set), _) => {
+                    let age = set.fetched_at.elapsed().as_secs();
+                    let stale = status.last_error.is_some();
+                    out.push_str(&format!(
+                        "issuer {}: {} keys, fetched {age}s ago{}\n",
+                        i.config.issuer,
+                        set.keys.len(),
+                        if stale {
+                            " (stale: the last refresh failed; serving the last good keys)"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+                (None, Some(set)) => {
+                    ready = false;
+                    out.push_str(&format!(
+                        "issuer {}: keys are {}s old, past max_stale ({}s); last error: {}\n",
+                        i.config.issuer,
+                        set.fetched_at.elapsed().as_secs(),
+                        i.config.jwks.max_stale.as_secs(),
+                        status.last_error.as_deref().unwrap_or("-")
+                    ));
+                }
+                (None, None) => {
+                    ready = false;
+                    out.push_str(&format!(
+                        "issuer {}: no keys yet; last error: {}\n",
+                        i.config.issuer,
+                        status
+                            .last_error
+                            .as_deref()
+                            .unwrap_or("none (first fetch pending)")
+                    ));
+                }
+            }
+        }
+        // A failing introspection endpoint is reported, not made a reason to leave the load
+        // balancer: cached answers still serve, and every replica shares the same IdP, so
+        // pulling them all would turn a partial outage into a full one.
+        for intro in self.introspectors.iter().flatten() {
+            out.push_str(&format!(
+                "issuer {}: {}\n",
+                intro.issuer.issuer,
+                intro.health()
+            ));
+        }
+        if let Some(store) = &self.store {
+            out.push_str(if store.healthy() {
+                "shared store: ok\n"
+            } else {
+                "shared store: failing; using the process caches only\n"
+            });
+        }
+        if ready {
+            Ok(format!("ready\n{out}"))
+        } else {
+            Err(format!("not ready\n{out}"))
+        }
+    }
+}
