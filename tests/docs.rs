@@ -47,7 +47,10 @@ fn section_rows(readme: &str, heading: &str) -> Vec<(Vec<String>, String)> {
                 .split('`')
                 .skip(1)
                 .step_by(2)
-                .filter(|k| k.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                .filter(|k| {
+                    k.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                })
                 .map(str::to_owned)
                 .collect();
             (keys, row.to_owned())
@@ -68,7 +71,9 @@ fn the_reference_documents_every_config_key_and_no_other() {
             problems.push(format!("{heading} {k}: a key with no row in the reference"));
         }
         for k in documented.difference(&keys) {
-            problems.push(format!("{heading} {k}: a row for a key the config does not take"));
+            problems.push(format!(
+                "{heading} {k}: a row for a key the config does not take"
+            ));
         }
     }
     // A route's rate_limit is an inline table, documented in the rate_limit row.

@@ -138,7 +138,7 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
             let key = key_at(text, span.start);
-            cx.err(span, &key, e.message().trim().to_owned());
+            cx.err(span, &key, with_hint(e.message(), &key));
             return Err(ConfigError::Invalid(cx.problems));
         }
     };
@@ -740,33 +740,70 @@ fn somaxconn() -> Option<u32> {
         .ok()
 }
 
-/// Best-effort dotted key for a serde error: the table header above the error and the key on
-/// its line, so `unknown field` errors name where they are.
+/// Best-effort key path for a serde error: the table header above the error (with its index
+/// for an array of tables: `routes[2]`) and the key on its line, so `unknown field` errors name
+/// where they are.
 fn key_at(text: &str, offset: usize) -> String {
     let offset = offset.min(text.len());
     let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
     let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
     let line = text[line_start..line_end].trim();
-    let mut table = String::new();
-    for l in text[..line_start].lines().rev() {
-        let l = l.trim();
-        if l.starts_with('[') {
-            table = l.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
-            break;
-        }
-    }
-    if line.starts_with('[') {
-        return line
+    let headers_to = |end: usize| {
+        text[..end]
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with('['))
+            .collect::<Vec<_>>()
+    };
+    // `[[routes]]` counts the headers of that array up to and including this one.
+    let named = |header: &str, above: &[&str]| {
+        let name = header
             .trim_matches(|c| c == '[' || c == ']')
             .trim()
             .to_owned();
+        if header.starts_with("[[") {
+            let n = above.iter().filter(|h| **h == header).count();
+            format!("{name}[{}]", n.saturating_sub(1))
+        } else {
+            name
+        }
+    };
+    if line.starts_with('[') {
+        return named(line, &headers_to(line_end));
     }
+    let above = headers_to(line_start);
+    let table = above.last().map(|h| named(h, &above)).unwrap_or_default();
     let key = line.split('=').next().unwrap_or("").trim();
     match (table.is_empty(), key.is_empty()) {
         (true, _) => key.to_owned(),
         (false, true) => table,
         (false, false) => format!("{table}.{key}"),
     }
+}
+
+/// A serde message with what would fix it: the closest known key to an unknown one, and the
+/// list form of a string given where a list goes.
+fn with_hint(message: &str, key: &str) -> String {
+    let message = message.trim();
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let (unknown, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        let best = known
+            .iter()
+            .map(|k| (strsim::damerau_levenshtein(unknown, k), *k))
+            .min()
+            .filter(|(d, k)| *d <= (k.len() / 3).max(2));
+        if let Some((_, k)) = best {
+            return format!("{message}; did you mean `{k}`?");
+        }
+    }
+    if let Some(rest) = message.strip_prefix("invalid type: string ") {
+        if let Some(value) = rest.strip_suffix(", expected a sequence") {
+            let name = key.rsplit('.').next().unwrap_or(key);
+            return format!("{message}: a list, even of one, `{name} = [{value}]`");
+        }
+    }
+    message.to_owned()
 }
 
 fn forward(cx: &mut Ctx<'_>, f: Option<&Spanned<super::file::ForwardFile>>) -> ForwardConfig {
