@@ -243,11 +243,11 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    bearward::telemetry::init(config.server.log_format);
+    bearward::telemetry::init(config.server.listening.log_format);
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    let Some(runtime) = runtime(config.server.worker_threads) else {
+    let Some(runtime) = runtime(config.server.listening.worker_threads) else {
         return ExitCode::FAILURE;
     };
     let watch = config.server.watch_config;

@@ -89,3 +89,25 @@ fn broken_configs_are_rejected_naming_the_key() {
         );
     }
 }
+
+/// A reload compares the settings read once at start as one struct: each that differs is
+/// named (and warned about), and one added to it later is compared without a list to update.
+#[test]
+fn restart_only_settings_are_compared_as_one() {
+    let a = Config::from_toml_str(GOOD, "a.toml").unwrap();
+    let changed = GOOD.replacen(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nlisten_backlog = 100\nhttp2 = false\nmax_requests_in_flight = 7",
+        1,
+    );
+    let b = Config::from_toml_str(&changed, "b.toml").unwrap();
+    assert_eq!(
+        a.server.listening.changed(&b.server.listening),
+        [
+            "server.http2",
+            "server.listen_backlog",
+            "server.max_requests_in_flight"
+        ]
+    );
+    assert!(a.server.listening.changed(&a.server.listening).is_empty());
+}

@@ -102,38 +102,50 @@ pub struct Config {
     pub warnings: Vec<Problem>,
 }
 
-/// `[server]`, validated.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
+/// Defines [`Listening`] and the comparison a reload makes of it from one list of fields, so a
+/// setting added here is compared without anyone remembering to.
+macro_rules! listening {
+    ($( $(#[$doc:meta])* pub $field:ident : $ty:ty ),* $(,)?) => {
+        /// `[server]` settings read once when the listeners and the runtime are built.
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct Listening {
+            $( $(#[$doc])* pub $field: $ty, )*
+        }
+
+        impl Listening {
+            /// The `server.` keys whose values differ between `self` and `other`.
+            pub fn changed(&self, other: &Listening) -> Vec<&'static str> {
+                let mut out = Vec::new();
+                $(
+                    if self.$field != other.$field {
+                        out.push(concat!("server.", stringify!($field)));
+                    }
+                )*
+                out
+            }
+        }
+    };
+}
+
+listening! {
+    /// The proxy listener's address (`server.listen`).
     pub listen: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics`; `None`: no admin listener.
     pub admin_listen: Option<SocketAddr>,
-    pub realm: String,
+    /// Accept HTTP/2 (h2c prior knowledge, or ALPN `h2` with TLS) beside HTTP/1.1.
+    pub http2: bool,
+    /// Largest request head, in bytes (431 beyond it).
     pub max_header_bytes: usize,
+    /// Most header lines in a request head.
     pub max_headers: usize,
-    pub path: PathOptions,
+    /// Longest a client may take to send a whole request head (slowloris guard).
     pub header_read_timeout: Duration,
-    /// Longest a request body may go without a byte arriving.
-    pub body_read_timeout: Duration,
     /// Longest a write to an HTTP/1 client may make no progress.
     pub send_timeout: Duration,
+    /// How long requests in flight get to finish after SIGTERM.
     pub shutdown_grace: Duration,
-    /// Peers whose `X-Forwarded-*` headers are believed; empty: nobody's.
-    pub trusted_proxies: Vec<IpNet>,
-    /// Pass client headers whose names hold `_` (nginx's `underscores_in_headers`), all but
-    /// the spellings of the headers bearward sets or filters.
-    pub allow_underscores_in_headers: bool,
-    /// Largest request body forwarded on routes that set none (nginx's
-    /// `client_max_body_size`); `None`: no limit.
-    pub max_body_bytes: Option<u64>,
-    /// RFC 9728 resource identifier of routes that name none.
-    pub resource: Option<Arc<crate::resource::ResourceId>>,
-    pub http2: bool,
+    /// `text` or `json` log lines.
     pub log_format: LogFormat,
-    pub access_log: bool,
-    /// Default mode of routes that do not set one.
-    pub mode: Mode,
-    /// Reload when the config file changes (SIGHUP always reloads).
-    pub watch_config: bool,
     /// Runtime threads; `None`: one per CPU the process may use.
     pub worker_threads: Option<usize>,
     /// Proxy connections open at once; beyond it new ones wait in the kernel's backlog. `None`:
@@ -146,6 +158,33 @@ pub struct ServerConfig {
     pub max_requests_in_flight: usize,
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` of each client connection.
     pub http2_max_concurrent_streams: u32,
+}
+
+/// `[server]`, validated.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Read once when the listeners are built: a reload that changes one of these logs a
+    /// warning and keeps the value in force until a restart.
+    pub listening: Listening,
+    pub realm: String,
+    pub path: PathOptions,
+    /// Longest a request body may go without a byte arriving.
+    pub body_read_timeout: Duration,
+    /// Peers whose `X-Forwarded-*` headers are believed; empty: nobody's.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Pass client headers whose names hold `_` (nginx's `underscores_in_headers`), all but
+    /// the spellings of the headers bearward sets or filters.
+    pub allow_underscores_in_headers: bool,
+    /// Largest request body forwarded on routes that set none (nginx's
+    /// `client_max_body_size`); `None`: no limit.
+    pub max_body_bytes: Option<u64>,
+    /// RFC 9728 resource identifier of routes that name none.
+    pub resource: Option<Arc<crate::resource::ResourceId>>,
+    pub access_log: bool,
+    /// Default mode of routes that do not set one.
+    pub mode: Mode,
+    /// Reload when the config file changes (SIGHUP always reloads).
+    pub watch_config: bool,
     /// TLS on the proxy listener (`tls_cert_file`, `tls_key_file`); `None`: plain HTTP.
     pub tls: Option<crate::tls::ListenerTls>,
     /// The listener's certificate, key and client CA files, watched with the config file.

@@ -27,7 +27,7 @@ pub(super) async fn admin_loop(listener: TcpListener, live: Arc<Live>) {
         let live = live.clone();
         // The admin port gets the same slowloris bound as the main one. Its traffic is light, so
         // hyper's own per-request timer is fine here.
-        let header_read_timeout = live.current().config.server.header_read_timeout;
+        let header_read_timeout = live.current().config.server.listening.header_read_timeout;
         tokio::spawn(async move {
             let _slot = slot;
             let service = service_fn(move |req: Request<Incoming>| {

@@ -54,14 +54,14 @@ impl Protocols {
         // header_read_timeout is enforced by request::framing, with one timer per connection.
         h1.timer(TokioTimer::new())
             .header_read_timeout(None)
-            .max_buf_size(config.server.max_header_bytes.max(8192))
+            .max_buf_size(config.server.listening.max_header_bytes.max(8192))
             .keep_alive(true);
         // hyper's own limit is 100, kept on the stack; setting any value makes it allocate and
         // fill a header index array of that size for every request it parses.
-        if config.server.max_headers != HYPER_DEFAULT_MAX_HEADERS {
-            h1.max_headers(config.server.max_headers);
+        if config.server.listening.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+            h1.max_headers(config.server.listening.max_headers);
         }
-        let h2 = config.server.http2.then(|| {
+        let h2 = config.server.listening.http2.then(|| {
             let mut h2 = http2::Builder::new(TokioExecutor::new());
             // Set here even where they are h2's defaults, so the README's numbers are ours.
             // A client past max_concurrent_streams gets RST_STREAM(REFUSED_STREAM) for the extra
@@ -69,8 +69,8 @@ impl Protocols {
             // rapid reset, CVE-2023-44487), or makes bearward reset 1,024 of its streams for
             // protocol errors (CVE-2025-8671), gets GOAWAY(ENHANCE_YOUR_CALM).
             h2.timer(TokioTimer::new())
-                .max_header_list_size(config.server.max_header_bytes as u32)
-                .max_concurrent_streams(config.server.http2_max_concurrent_streams)
+                .max_header_list_size(config.server.listening.max_header_bytes as u32)
+                .max_concurrent_streams(config.server.listening.http2_max_concurrent_streams)
                 .max_pending_accept_reset_streams(20)
                 .max_local_error_reset_streams(1024)
                 .keep_alive_interval(Some(Duration::from_secs(30)));
@@ -79,9 +79,9 @@ impl Protocols {
         Protocols {
             h1,
             h2,
-            header_read_timeout: config.server.header_read_timeout,
-            send_timeout: config.server.send_timeout,
-            max_header_bytes: config.server.max_header_bytes,
+            header_read_timeout: config.server.listening.header_read_timeout,
+            send_timeout: config.server.listening.send_timeout,
+            max_header_bytes: config.server.listening.max_header_bytes,
             tls_handshake_timeout: config.server.tls_handshake_timeout,
         }
     }

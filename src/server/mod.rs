@@ -35,9 +35,9 @@ impl Server {
     /// Binds the listeners of a gateway's config.
     pub async fn bind(gateway: Arc<Gateway>) -> io::Result<Server> {
         let config = gateway.config.clone();
-        let backlog = config.server.listen_backlog;
-        let listener = bind(config.server.listen, backlog)?;
-        let admin = match config.server.admin_listen {
+        let backlog = config.server.listening.listen_backlog;
+        let listener = bind(config.server.listening.listen, backlog)?;
+        let admin = match config.server.listening.admin_listen {
             Some(a) => Some(bind(a, backlog)?),
             None => None,
         };
@@ -101,7 +101,7 @@ impl Server {
         let slots = Arc::new(Semaphore::new(max_connections));
         let in_flight = InFlight::new(
             metrics.requests_in_flight.clone(),
-            config.server.max_requests_in_flight,
+            config.server.listening.max_requests_in_flight,
         );
         let mut last_warned: Option<tokio::time::Instant> = None;
         let decision_task = self.decision.map(|listener| {
@@ -161,12 +161,12 @@ impl Server {
         if let Some(t) = &decision_task {
             t.abort();
         }
-        tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: no new connections; draining");
+        tracing::info!(grace = ?config.server.listening.shutdown_grace, "shutting down: no new connections; draining");
         let _ = drain_signal.send(true);
         drop(alive);
         tokio::select! {
             _ = all_done.recv() => tracing::info!("all connections closed"),
-            _ = tokio::time::sleep(config.server.shutdown_grace) => {
+            _ = tokio::time::sleep(config.server.listening.shutdown_grace) => {
                 tracing::warn!("grace period over; closing remaining connections");
             }
         }
@@ -262,7 +262,7 @@ pub fn default_max_connections(nofile: Option<u64>) -> usize {
 fn connection_limit(config: &Config) -> usize {
     let nofile = open_files_limit();
     let fits = default_max_connections(nofile);
-    match config.server.max_connections {
+    match config.server.listening.max_connections {
         None => fits,
         Some(n) => {
             if n > fits {

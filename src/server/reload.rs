@@ -34,13 +34,11 @@ impl Live {
     /// Swaps in a new, already validated config. Issuers whose config did not change keep their
     /// keys and refresher.
     pub fn apply(&self, config: Config) {
-        for (key, changed) in restart_only_changes(&self.boot, &config) {
-            if changed {
-                tracing::warn!(
-                    key,
-                    "changed in the config file; takes effect after a restart"
-                );
-            }
+        for key in self.boot.server.listening.changed(&config.server.listening) {
+            tracing::warn!(
+                key,
+                "changed in the config file; takes effect after a restart"
+            );
         }
         let old = self.current();
         let auth = Authenticator::rebuild(&config, Some(&old.auth), self.metrics.clone());
@@ -106,51 +104,6 @@ impl Live {
             }
         }
     }
-}
-
-/// Settings read once when the listeners are built.
-fn restart_only_changes(a: &Config, b: &Config) -> [(&'static str, bool); 14] {
-    let (a, b) = (&a.server, &b.server);
-    [
-        ("server.listen", a.listen != b.listen),
-        ("server.admin_listen", a.admin_listen != b.admin_listen),
-        ("server.http2", a.http2 != b.http2),
-        (
-            "server.max_header_bytes",
-            a.max_header_bytes != b.max_header_bytes,
-        ),
-        ("server.max_headers", a.max_headers != b.max_headers),
-        (
-            "server.header_read_timeout",
-            a.header_read_timeout != b.header_read_timeout,
-        ),
-        ("server.send_timeout", a.send_timeout != b.send_timeout),
-        (
-            "server.shutdown_grace",
-            a.shutdown_grace != b.shutdown_grace,
-        ),
-        ("server.log_format", a.log_format != b.log_format),
-        (
-            "server.worker_threads",
-            a.worker_threads != b.worker_threads,
-        ),
-        (
-            "server.max_connections",
-            a.max_connections != b.max_connections,
-        ),
-        (
-            "server.listen_backlog",
-            a.listen_backlog != b.listen_backlog,
-        ),
-        (
-            "server.max_requests_in_flight",
-            a.max_requests_in_flight != b.max_requests_in_flight,
-        ),
-        (
-            "server.http2_max_concurrent_streams",
-            a.http2_max_concurrent_streams != b.http2_max_concurrent_streams,
-        ),
-    ]
 }
 
 /// Reloads when the file's content changes: polled every `every`, applied once the new content

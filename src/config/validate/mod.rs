@@ -442,7 +442,7 @@ fn decision(
 ) -> Option<DecisionConfig> {
     let f = f?.get_ref();
     let listen = server::socket_addr(cx, &f.listen, "decision.listen")?;
-    if listen == server.listen && listen.port() != 0 {
+    if listen == server.listening.listen && listen.port() != 0 {
         cx.err(
             f.listen.span(),
             "decision.listen",

@@ -112,6 +112,81 @@ pub(super) fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
         }
     });
     ServerConfig {
+        listening: Listening {
+            listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            admin_listen: admin_listen.flatten(),
+            max_header_bytes: cx.size(
+                &s.max_header_bytes,
+                "server.max_header_bytes",
+                DEFAULT_MAX_HEADER_BYTES,
+                8192,
+                1024 * 1024,
+            ),
+            max_headers: cx.size(
+                &s.max_headers,
+                "server.max_headers",
+                DEFAULT_MAX_HEADERS,
+                8,
+                1000,
+            ),
+            header_read_timeout: cx.duration(
+                &s.header_read_timeout,
+                "server.header_read_timeout",
+                DEFAULT_HEADER_READ_TIMEOUT,
+                (Duration::from_millis(100), Duration::from_secs(300)),
+            ),
+            send_timeout: cx.duration(
+                &s.send_timeout,
+                "server.send_timeout",
+                DEFAULT_IDLE_IO_TIMEOUT,
+                (Duration::from_millis(100), Duration::from_secs(3600)),
+            ),
+            shutdown_grace: cx.duration(
+                &s.shutdown_grace,
+                "server.shutdown_grace",
+                DEFAULT_SHUTDOWN_GRACE,
+                (Duration::ZERO, Duration::from_secs(3600)),
+            ),
+            http2,
+            log_format: s
+                .log_format
+                .as_ref()
+                .map_or(LogFormat::Text, |f| *f.get_ref()),
+            worker_threads: s
+                .worker_threads
+                .as_ref()
+                .map(|_| cx.size(&s.worker_threads, "server.worker_threads", 1, 1, 1024)),
+            max_connections: s.max_connections.as_ref().map(|_| {
+                cx.size(
+                    &s.max_connections,
+                    "server.max_connections",
+                    1,
+                    1,
+                    10_000_000,
+                )
+            }),
+            listen_backlog: cx.size(
+                &s.listen_backlog,
+                "server.listen_backlog",
+                DEFAULT_LISTEN_BACKLOG as usize,
+                1,
+                1 << 20,
+            ) as u32,
+            max_requests_in_flight: cx.size(
+                &s.max_requests_in_flight,
+                "server.max_requests_in_flight",
+                DEFAULT_MAX_REQUESTS_IN_FLIGHT,
+                1,
+                10_000_000,
+            ),
+            http2_max_concurrent_streams: cx.size(
+                &s.http2_max_concurrent_streams,
+                "server.http2_max_concurrent_streams",
+                DEFAULT_H2_MAX_CONCURRENT_STREAMS as usize,
+                1,
+                65_536,
+            ) as u32,
+        },
         client_cert_header,
         tls,
         tls_files,
@@ -122,94 +197,21 @@ pub(super) fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
             (Duration::from_millis(100), Duration::from_secs(300)),
         ),
         public_origin,
-        listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
-        admin_listen: admin_listen.flatten(),
         realm,
-        max_header_bytes: cx.size(
-            &s.max_header_bytes,
-            "server.max_header_bytes",
-            DEFAULT_MAX_HEADER_BYTES,
-            8192,
-            1024 * 1024,
-        ),
-        max_headers: cx.size(
-            &s.max_headers,
-            "server.max_headers",
-            DEFAULT_MAX_HEADERS,
-            8,
-            1000,
-        ),
         path,
-        header_read_timeout: cx.duration(
-            &s.header_read_timeout,
-            "server.header_read_timeout",
-            DEFAULT_HEADER_READ_TIMEOUT,
-            (Duration::from_millis(100), Duration::from_secs(300)),
-        ),
         body_read_timeout: cx.duration(
             &s.body_read_timeout,
             "server.body_read_timeout",
             DEFAULT_IDLE_IO_TIMEOUT,
             (Duration::from_millis(100), Duration::from_secs(3600)),
         ),
-        send_timeout: cx.duration(
-            &s.send_timeout,
-            "server.send_timeout",
-            DEFAULT_IDLE_IO_TIMEOUT,
-            (Duration::from_millis(100), Duration::from_secs(3600)),
-        ),
-        shutdown_grace: cx.duration(
-            &s.shutdown_grace,
-            "server.shutdown_grace",
-            DEFAULT_SHUTDOWN_GRACE,
-            (Duration::ZERO, Duration::from_secs(3600)),
-        ),
         trusted_proxies,
         allow_underscores_in_headers: s.allow_underscores_in_headers.unwrap_or(false),
         max_body_bytes: cx.max_body(&s.max_body_bytes, "server.max_body_bytes"),
         resource: cx.resource(&s.resource, "server.resource", path),
-        http2,
-        log_format: s
-            .log_format
-            .as_ref()
-            .map_or(LogFormat::Text, |f| *f.get_ref()),
         access_log: s.access_log.unwrap_or(true),
         mode: s.mode.as_ref().map_or(Mode::Enforce, |m| *m.get_ref()),
         watch_config: s.watch_config.unwrap_or(true),
-        worker_threads: s
-            .worker_threads
-            .as_ref()
-            .map(|_| cx.size(&s.worker_threads, "server.worker_threads", 1, 1, 1024)),
-        max_connections: s.max_connections.as_ref().map(|_| {
-            cx.size(
-                &s.max_connections,
-                "server.max_connections",
-                1,
-                1,
-                10_000_000,
-            )
-        }),
-        listen_backlog: cx.size(
-            &s.listen_backlog,
-            "server.listen_backlog",
-            DEFAULT_LISTEN_BACKLOG as usize,
-            1,
-            1 << 20,
-        ) as u32,
-        max_requests_in_flight: cx.size(
-            &s.max_requests_in_flight,
-            "server.max_requests_in_flight",
-            DEFAULT_MAX_REQUESTS_IN_FLIGHT,
-            1,
-            10_000_000,
-        ),
-        http2_max_concurrent_streams: cx.size(
-            &s.http2_max_concurrent_streams,
-            "server.http2_max_concurrent_streams",
-            DEFAULT_H2_MAX_CONCURRENT_STREAMS as usize,
-            1,
-            65_536,
-        ) as u32,
     }
 }
 
