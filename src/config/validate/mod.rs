@@ -1,6 +1,12 @@
 //! File shape -> runtime [`Config`]. Every problem is collected, so the operator fixes the file
-//! in one pass; each is located by line, column and dotted key.
+//! in one pass; each is located by line, column and dotted key. One file per table (`server`,
+//! `issuer`, `upstream`, `route`, `cache`, `dpop`, `decision`, `forward`); here, what spans
+//! tables: the order they are read in, route issuers, warnings, serde's errors and their hints.
 
+mod cache;
+mod decision;
+mod dpop;
+mod forward;
 mod issuer;
 mod route;
 mod server;
@@ -23,6 +29,25 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// A list of IP addresses and CIDR blocks (`trusted_proxies`); each entry that is neither
+    /// is reported as `key[i]`.
+    fn ip_nets(&mut self, list: &Spanned<Vec<Spanned<String>>>, key: &str) -> Vec<IpNet> {
+        let mut nets = Vec::new();
+        for (i, p) in list.get_ref().iter().enumerate() {
+            let raw = p.get_ref().trim();
+            match IpNet::from_str(raw).or_else(|_| std::net::IpAddr::from_str(raw).map(IpNet::from))
+            {
+                Ok(n) => nets.push(n),
+                Err(_) => self.err(
+                    p.span(),
+                    &format!("{key}[{i}]"),
+                    format!("{raw:?} is not an IP address or CIDR block"),
+                ),
+            }
+        }
+        nets
+    }
+
     fn locate(&self, span: Range<usize>, key: &str, message: String) -> Problem {
         let start = span.start.min(self.text.len());
         let before = &self.text[..start];
@@ -173,11 +198,11 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
         }
     }
     route_issuers(&mut cx, &file, &mut routes, &issuers);
-    let cache = cache(&mut cx, file.cache.as_ref());
-    let dpop = dpop(&mut cx, file.dpop.as_ref(), file.cache.as_ref());
-    let decision = decision(&mut cx, file.decision.as_ref(), &server);
+    let cache = cache::cache(&mut cx, file.cache.as_ref());
+    let dpop = dpop::dpop(&mut cx, file.dpop.as_ref(), file.cache.as_ref());
+    let decision = decision::decision(&mut cx, file.decision.as_ref(), &server);
 
-    let forward = forward(&mut cx, file.forward.as_ref());
+    let forward = forward::forward(&mut cx, file.forward.as_ref());
     if let Some(n) = &file.server.get_ref().token_cache_entries {
         if *n.get_ref() > 10_000_000 {
             cx.err(n.span(), "server.token_cache_entries", "at most 10000000");
@@ -375,264 +400,6 @@ fn route_issuers(
     }
 }
 
-/// `[cache]`: a `redis://` URL (or `rediss://` for TLS, `redis+unix://`), a command timeout
-/// and a key prefix.
-fn cache(cx: &mut Ctx<'_>, f: Option<&Spanned<super::file::CacheFile>>) -> Option<CacheConfig> {
-    let f = f?;
-    let Some(url) = &f.get_ref().redis_url else {
-        cx.err(
-            f.span(),
-            "cache.redis_url",
-            "is required in [cache]: the Valkey/Redis URL, e.g. \"redis://127.0.0.1:6379/0\"",
-        );
-        return None;
-    };
-    let text = url.get_ref().as_str();
-    let scheme_ok = ["redis://", "redis+unix://", "unix://"]
-        .iter()
-        .any(|s| text.starts_with(s));
-    if !scheme_ok || redis::Client::open(text).is_err() {
-        // The URL is not echoed: it may hold a password.
-        cx.err(
-            url.span(),
-            "cache.redis_url",
-            "is not a redis:// (or redis+unix://) URL that bearward can use",
-        );
-        return None;
-    }
-    let key_prefix = f
-        .get_ref()
-        .key_prefix
-        .as_ref()
-        .map_or_else(|| "bearward:".to_owned(), |p| p.get_ref().clone());
-    if key_prefix.len() > 64 {
-        cx.err(
-            f.get_ref()
-                .key_prefix
-                .as_ref()
-                .map_or(f.span(), Spanned::span),
-            "cache.key_prefix",
-            "at most 64 bytes",
-        );
-    }
-    Some(CacheConfig {
-        redis_url: Secret(text.as_bytes().to_vec()),
-        timeout: cx.duration(
-            &f.get_ref().redis_timeout,
-            "cache.redis_timeout",
-            Duration::from_millis(100),
-            (Duration::from_millis(1), Duration::from_secs(10)),
-        ),
-        key_prefix,
-        rate_limit_fallback_replicas: cx.size(
-            &f.get_ref().rate_limit_fallback_replicas,
-            "cache.rate_limit_fallback_replicas",
-            1,
-            1,
-            10_000,
-        ) as u32,
-    })
-}
-
-/// `[decision]`: its listener, who may ask, and where the original request is read from.
-fn decision(
-    cx: &mut Ctx<'_>,
-    f: Option<&Spanned<super::file::DecisionFile>>,
-    server: &ServerConfig,
-) -> Option<DecisionConfig> {
-    let f = f?.get_ref();
-    let listen = server::socket_addr(cx, &f.listen, "decision.listen")?;
-    if listen == server.listening.listen && listen.port() != 0 {
-        cx.err(
-            f.listen.span(),
-            "decision.listen",
-            "is the proxy listener's address",
-        );
-    }
-    let trusted_proxies = match &f.trusted_proxies {
-        None => vec![
-            "127.0.0.0/8".parse().expect("a CIDR"),
-            "::1/128".parse().expect("a CIDR"),
-        ],
-        Some(list) => {
-            let mut nets = Vec::new();
-            for (i, p) in list.get_ref().iter().enumerate() {
-                let raw = p.get_ref().trim();
-                match IpNet::from_str(raw)
-                    .or_else(|_| std::net::IpAddr::from_str(raw).map(IpNet::from))
-                {
-                    Ok(n) => nets.push(n),
-                    Err(_) => cx.err(
-                        p.span(),
-                        &format!("decision.trusted_proxies[{i}]"),
-                        format!("{raw:?} is not an IP address or CIDR block"),
-                    ),
-                }
-            }
-            nets
-        }
-    };
-    let header =
-        |v: &Option<Spanned<String>>, key: &str, default: &'static str, cx: &mut Ctx<'_>| {
-            let Some(v) = v else {
-                return HeaderName::from_static(default);
-            };
-            HeaderName::from_str(v.get_ref()).unwrap_or_else(|_| {
-                cx.err(
-                    v.span(),
-                    key,
-                    format!("{:?} is not a header name", v.get_ref()),
-                );
-                HeaderName::from_static(default)
-            })
-        };
-    let method_header = header(
-        &f.original_method_header,
-        "decision.original_method_header",
-        "x-original-method",
-        cx,
-    );
-    let uri_header = header(
-        &f.original_uri_header,
-        "decision.original_uri_header",
-        "x-original-uri",
-        cx,
-    );
-    let envoy_path_prefix = f.envoy_path_prefix.as_ref().and_then(|p| {
-        let v = p.get_ref().trim_end_matches('/');
-        if v.starts_with('/') && !v.contains(['?', '#', '%']) && v.len() > 1 {
-            Some(v.to_owned())
-        } else {
-            cx.err(
-                p.span(),
-                "decision.envoy_path_prefix",
-                "must be an absolute path such as \"/ext_authz\"",
-            );
-            None
-        }
-    });
-    let ingress = f.ingress.as_ref().map(|i| *i.get_ref());
-    // Each setting belongs to one convention: naming another's is a config that cannot work.
-    if let Some(i) = &f.ingress {
-        let foreign: &[(&Option<Spanned<String>>, &str)] = match i.get_ref() {
-            Ingress::Nginx | Ingress::Haproxy => &[(&f.envoy_path_prefix, "envoy_path_prefix")],
-            Ingress::Caddy | Ingress::Traefik => &[
-                (&f.envoy_path_prefix, "envoy_path_prefix"),
-                (&f.original_method_header, "original_method_header"),
-                (&f.original_uri_header, "original_uri_header"),
-            ],
-            Ingress::Envoy => &[
-                (&f.original_method_header, "original_method_header"),
-                (&f.original_uri_header, "original_uri_header"),
-            ],
-        };
-        for (v, key) in foreign {
-            if let Some(v) = v {
-                cx.err(
-                    v.span(),
-                    &format!("decision.{key}"),
-                    format!(
-                        "is not read with ingress = {:?}, which describes the original request \
-                         its own way",
-                        i.get_ref().as_str()
-                    ),
-                );
-            }
-        }
-    }
-    Some(DecisionConfig {
-        listen,
-        trusted_proxies,
-        method_header,
-        uri_header,
-        envoy_path_prefix,
-        ingress,
-    })
-}
-
-/// `[dpop]`, and `[cache] dpop_replay_store_down`.
-fn dpop(
-    cx: &mut Ctx<'_>,
-    f: Option<&Spanned<super::file::DpopFile>>,
-    cache: Option<&Spanned<super::file::CacheFile>>,
-) -> DpopConfig {
-    let mut d = DpopConfig::default();
-    if let Some(s) = cache.and_then(|c| c.get_ref().dpop_replay_store_down.as_ref()) {
-        d.store_down = *s.get_ref();
-    }
-    let Some(f) = f else { return d };
-    let f = f.get_ref();
-    if let Some(list) = &f.algorithms {
-        let mut algs = Vec::new();
-        for (j, a) in list.get_ref().iter().enumerate() {
-            match crate::jose::algorithm(a.get_ref()) {
-                Some(alg) if crate::jose::dpop_algorithms().contains(&alg) || matches!(alg, jsonwebtoken::Algorithm::RS384 | jsonwebtoken::Algorithm::RS512 | jsonwebtoken::Algorithm::PS384 | jsonwebtoken::Algorithm::PS512) => algs.push(alg),
-                _ => cx.err(
-                    a.span(),
-                    &format!("dpop.algorithms[{j}]"),
-                    format!(
-                        "{:?} is not an asymmetric signature algorithm (ES256 ES384 EdDSA RS256 RS384 RS512 PS256 PS384 PS512)",
-                        a.get_ref()
-                    ),
-                ),
-            }
-        }
-        if algs.is_empty() && list.get_ref().is_empty() {
-            cx.err(
-                list.span(),
-                "dpop.algorithms",
-                "must list at least one algorithm",
-            );
-        }
-        d.algorithms = algs;
-    }
-    let minute = Duration::from_secs(60);
-    d.max_age = cx.duration(
-        &f.max_age,
-        "dpop.max_age",
-        d.max_age,
-        (Duration::from_secs(1), 10 * minute),
-    );
-    d.leeway = cx.duration(
-        &f.leeway,
-        "dpop.leeway",
-        d.leeway,
-        (Duration::ZERO, 5 * minute),
-    );
-    d.replay_cache_entries = cx.size(
-        &f.replay_cache_entries,
-        "dpop.replay_cache_entries",
-        d.replay_cache_entries,
-        1000,
-        100_000_000,
-    );
-    d.nonce = f.nonce.unwrap_or(false);
-    d.nonce_lifetime = cx.duration(
-        &f.nonce_lifetime,
-        "dpop.nonce_lifetime",
-        d.nonce_lifetime,
-        (Duration::from_secs(1), 24 * 60 * minute),
-    );
-    if let Some(p) = &f.nonce_secret_file {
-        match std::fs::read(p.get_ref()) {
-            Ok(b) if issuer::trim_secret(b.clone()).0.len() >= 32 => {
-                d.nonce_secret = Some(issuer::trim_secret(b));
-            }
-            Ok(_) => cx.err(
-                p.span(),
-                "dpop.nonce_secret_file",
-                "the secret must be at least 32 bytes",
-            ),
-            Err(e) => cx.err(
-                p.span(),
-                "dpop.nonce_secret_file",
-                format!("cannot read {:?}: {e}", p.get_ref()),
-            ),
-        }
-    }
-    d
-}
-
 /// What `bearward check` warns about: routes that can never match, and resources no issuer
 /// lists among its audiences.
 fn warnings(
@@ -804,34 +571,4 @@ fn with_hint(message: &str, key: &str) -> String {
         }
     }
     message.to_owned()
-}
-
-fn forward(cx: &mut Ctx<'_>, f: Option<&Spanned<super::file::ForwardFile>>) -> ForwardConfig {
-    let Some(f) = f else {
-        return ForwardConfig::default();
-    };
-    let f = f.get_ref();
-    let mut claim_headers = Vec::new();
-    if let Some(map) = &f.claim_headers {
-        for (claim, header) in map.get_ref() {
-            let key = format!("forward.claim_headers.{claim}");
-            match HeaderName::from_str(header.get_ref()) {
-                Ok(h) if crate::headers::is_reserved_header(&h) => cx.err(
-                    header.span(),
-                    &key,
-                    format!("{:?} is a header bearward manages itself", header.get_ref()),
-                ),
-                Ok(h) => claim_headers.push((claim.clone(), h)),
-                Err(_) => cx.err(
-                    header.span(),
-                    &key,
-                    format!("{:?} is not a valid header name", header.get_ref()),
-                ),
-            }
-        }
-    }
-    ForwardConfig {
-        claim_headers,
-        strip_authorization: f.strip_authorization.unwrap_or(false),
-    }
 }

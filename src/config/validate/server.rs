@@ -13,22 +13,10 @@ pub(super) fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
         .admin_listen
         .as_ref()
         .map(|a| socket_addr(cx, a, "server.admin_listen"));
-    let mut trusted_proxies = Vec::new();
-    if let Some(list) = &s.trusted_proxies {
-        for (i, p) in list.get_ref().iter().enumerate() {
-            let raw = p.get_ref().trim();
-            let parsed =
-                IpNet::from_str(raw).or_else(|_| std::net::IpAddr::from_str(raw).map(IpNet::from));
-            match parsed {
-                Ok(net) => trusted_proxies.push(net),
-                Err(_) => cx.err(
-                    p.span(),
-                    &format!("server.trusted_proxies[{i}]"),
-                    format!("{raw:?} is not an IP address or CIDR block"),
-                ),
-            }
-        }
-    }
+    let trusted_proxies = s
+        .trusted_proxies
+        .as_ref()
+        .map_or_else(Vec::new, |list| cx.ip_nets(list, "server.trusted_proxies"));
     let realm = match &s.realm {
         Some(r)
             if r.get_ref().is_empty()
