@@ -87,8 +87,7 @@ struct Ingress {
 
 impl Drop for Ingress {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_group(&mut self.child);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -129,7 +128,7 @@ async fn nginx(decision: u16, upstream: &str) -> Ingress {
         )
         .replace("/var/lib/nginx/bearward", &dir.display().to_string());
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let child = Command::new("nginx")
+    let child = own_group(&mut Command::new("nginx"))
         .args([
             "-c",
             &dir.join("nginx.conf").display().to_string(),
@@ -158,7 +157,7 @@ async fn caddy(decision: u16, upstream: &str) -> Ingress {
             upstream.trim_start_matches("http://").trim_end_matches('/'),
         );
     std::fs::write(dir.join("Caddyfile"), conf).unwrap();
-    let child = Command::new("caddy")
+    let child = own_group(&mut Command::new("caddy"))
         .args(["run", "--adapter", "caddyfile", "--config"])
         .arg(dir.join("Caddyfile"))
         .env("HOME", &dir)

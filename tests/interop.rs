@@ -25,8 +25,7 @@ struct Provider {
 
 impl Drop for Provider {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_group(&mut self.child);
     }
 }
 
@@ -47,7 +46,7 @@ fn start_provider() -> Option<Provider> {
         std::path::Path::new("tests/interop/node_modules/oidc-provider").exists(),
         "tests/interop/node_modules is missing: run `npm ci --prefix tests/interop` (CI does)"
     );
-    let mut child = Command::new("node")
+    let mut child = own_group(&mut Command::new("node"))
         .arg("tests/interop/provider.mjs")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

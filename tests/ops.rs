@@ -564,6 +564,16 @@ impl Binary {
     fn stop(mut self) {
         self.signal("-TERM");
         assert!(self.child.wait().unwrap().success());
+    }
+}
+
+/// A test that fails before `stop` leaves no bearward running, nor its config file.
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
         let _ = std::fs::remove_file(&self.file);
     }
 }

@@ -34,7 +34,7 @@ impl Redis {
         let dir =
             std::env::temp_dir().join(format!("bearward-redis-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new("redis-server")
+        let child = own_group(&mut Command::new("redis-server"))
             .args([
                 "--port",
                 &port.to_string(),
@@ -111,8 +111,7 @@ impl Redis {
     }
 
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_group(&mut self.child);
     }
 }
 

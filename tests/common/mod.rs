@@ -671,3 +671,36 @@ pub(crate) async fn tls_get(
         .unwrap();
     send.send_request(req).await.unwrap().status()
 }
+
+/// `cmd` in a process group of its own, so [`stop_group`] can end it with every process it
+/// starts (nginx's workers outlive a master that was killed alone, as orphans of init).
+pub(crate) fn own_group(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0)
+}
+
+/// Ends a child started with [`own_group`] and everything in its group: SIGTERM (nginx, Caddy
+/// and redis-server stop their workers on it), then, after 3 s, SIGKILL; and reaps it.
+pub(crate) fn stop_group(child: &mut std::process::Child) {
+    if child.try_wait().ok().flatten().is_some() {
+        return;
+    }
+    let group = format!("-{}", child.id());
+    let signal = |sig: &str| {
+        let _ = std::process::Command::new("kill")
+            .args([sig, "--", &group])
+            .stderr(std::process::Stdio::null())
+            .status();
+    };
+    signal("-TERM");
+    for _ in 0..60 {
+        if child.try_wait().ok().flatten().is_some() {
+            // The leader is gone; a worker that lingers goes with the group.
+            signal("-KILL");
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    signal("-KILL");
+    let _ = child.wait();
+}
