@@ -7,7 +7,7 @@ it pushes one.
     # or, with a registry and a Docker engine:
     docker build -f deploy/Dockerfile -t bearward . && python3 deploy/image_check.py --engine docker bearward
 
-The engine is podman (run with Debian's runc and explicit rlimits, see README "Container image")
+The engine is podman (run with Debian's runc and explicit rlimits, see the manual, docs/src/operations/deployment.md)
 unless --engine docker is given. The check runs the image (host network, Linux) locked down as
 deploy/kubernetes runs it (read-only root file system, all capabilities dropped, no privilege
 escalation), with a config directory mounted read-only where the image expects it, in front of

@@ -8,7 +8,7 @@ training load, and the release build is then compiled with the profile it record
 Same source, same Cargo.lock, same features as `cargo build --release`; only the compiler's
 choices of what to inline and how to lay out code follow the profile. On the load benchmark's
 machine this cut instructions per cached request from 25.7k to 20.2k and per 401 from 14.7k to
-10.9k (benches/instructions.py); see the README's Benchmarks section.
+10.9k (benches/instructions.py); see benches/README.md.
 
 What it does:
   * installs the rustup `llvm-tools` component (for `llvm-profdata`) if missing, and nginx,

@@ -275,7 +275,7 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> io::
     );
     println!("Each request prints one access-log line on stderr: the decision and its reason.");
     println!(
-        "Next: point an [[issuers]] entry at your IdP (see README: \"From the demo to your IdP\")."
+        "Next: point an [[issuers]] entry at your IdP (see the manual, docs/src/introduction.md: \"From the demo to your IdP\")."
     );
     println!("Press Ctrl-C to stop.");
     use std::io::Write;

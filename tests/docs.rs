@@ -1,20 +1,20 @@
 //! The configuration reference documents every key the config file takes, and nothing else:
 //! the serde structs of `src/config/file.rs` (each field a key, each struct a table) against
-//! the tables under "Configuration reference" in README.md. A key added without its row, or a
-//! row left behind by a removed key, fails here.
+//! the tables of the manual's reference pages (`docs/src/reference/*.md`). A key added without
+//! its row, or a row left behind by a removed key, fails here.
 
 use std::collections::BTreeSet;
 
-/// Each table's serde struct, and the reference's heading for it.
+/// Each table's serde struct, and the reference page for it.
 const TABLES: [(&str, &str); 8] = [
-    ("ServerFile", "[server]"),
-    ("IssuerFile", "[[issuers]]"),
-    ("CacheFile", "[cache]"),
-    ("DpopFile", "[dpop]"),
-    ("DecisionFile", "[decision]"),
-    ("UpstreamFile", "[upstreams.NAME]"),
-    ("RouteFile", "[[routes]]"),
-    ("ForwardFile", "[forward]"),
+    ("ServerFile", "server"),
+    ("IssuerFile", "issuers"),
+    ("CacheFile", "cache"),
+    ("DpopFile", "dpop"),
+    ("DecisionFile", "decision"),
+    ("UpstreamFile", "upstreams"),
+    ("RouteFile", "routes"),
+    ("ForwardFile", "forward"),
 ];
 
 /// The keys of `struct NAME` in file.rs: its `pub` fields.
@@ -30,16 +30,11 @@ fn struct_keys(source: &str, name: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The rows of a reference section: the keys named in each row's first cell, and the row.
-fn section_rows(readme: &str, heading: &str) -> Vec<(Vec<String>, String)> {
-    let start = readme
-        .find(&format!("### `{heading}`"))
-        .unwrap_or_else(|| panic!("README has no section ### `{heading}`"));
-    let rest = &readme[start + 4..];
-    let end = rest.find("\n## ").unwrap_or(rest.len());
-    let end = rest[..end].find("\n### ").unwrap_or(end);
-    rest[..end]
-        .lines()
+/// The rows of a reference page's tables: the keys named in each row's first cell, and the row.
+fn page_rows(page: &str) -> Vec<(Vec<String>, String)> {
+    let file = format!("docs/src/reference/{page}.md");
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
+    text.lines()
         .filter(|l| l.starts_with("| `"))
         .map(|row| {
             let first = row[1..].split('|').next().unwrap();
@@ -61,11 +56,11 @@ fn section_rows(readme: &str, heading: &str) -> Vec<(Vec<String>, String)> {
 #[test]
 fn the_reference_documents_every_config_key_and_no_other() {
     let source = std::fs::read_to_string("src/config/file.rs").unwrap();
-    let readme = std::fs::read_to_string("README.md").unwrap();
     let mut problems = Vec::new();
-    for (name, heading) in TABLES {
+    for (name, page) in TABLES {
+        let heading = format!("docs/src/reference/{page}.md");
         let keys = struct_keys(&source, name);
-        let rows = section_rows(&readme, heading);
+        let rows = page_rows(page);
         let documented: BTreeSet<String> = rows.iter().flat_map(|(k, _)| k.clone()).collect();
         for k in keys.difference(&documented) {
             problems.push(format!("{heading} {k}: a key with no row in the reference"));
@@ -77,7 +72,7 @@ fn the_reference_documents_every_config_key_and_no_other() {
         }
     }
     // A route's rate_limit is an inline table, documented in the rate_limit row.
-    let rate_limit = section_rows(&readme, "[[routes]]")
+    let rate_limit = page_rows("routes")
         .into_iter()
         .find(|(k, _)| k.iter().any(|k| k == "rate_limit"))
         .map(|(_, row)| row)

@@ -63,7 +63,7 @@ impl Protocols {
         }
         let h2 = config.server.listening.http2.then(|| {
             let mut h2 = http2::Builder::new(TokioExecutor::new());
-            // Set here even where they are h2's defaults, so the README's numbers are ours.
+            // Set here even where they are h2's defaults, so the manual's numbers are ours.
             // A client past max_concurrent_streams gets RST_STREAM(REFUSED_STREAM) for the extra
             // streams; one that resets more than 20 streams before bearward took them (HTTP/2
             // rapid reset, CVE-2023-44487), or makes bearward reset 1,024 of its streams for
