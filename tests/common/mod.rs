@@ -5,6 +5,7 @@
 pub(crate) mod dpop;
 pub(crate) mod idp;
 pub(crate) mod introspection;
+pub(crate) mod provider;
 pub(crate) mod world;
 
 use bytes::Bytes;
