@@ -96,6 +96,22 @@ impl Setup {
         .body
     }
 
+    /// `GET path` with the `Authorization` value `auth` and one DPoP proof: refused as
+    /// [`Setup::refused`] says.
+    async fn refuses_proof(
+        &self,
+        path: &str,
+        auth: &str,
+        proof: &str,
+        (error, reason): (&str, &str),
+        before: usize,
+    ) {
+        let a = self
+            .send("GET", path, &[("authorization", auth), ("dpop", proof)])
+            .await;
+        self.refused(&a, error, reason, before).await;
+    }
+
     /// A 401 with the DPoP challenge and `error`, counted with `reason`; the upstream got
     /// nothing new.
     async fn refused(&self, a: &Answer, error: &str, reason: &str, before: usize) {
@@ -149,47 +165,43 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
         .await;
     assert_eq!(ok.status, StatusCode::OK);
     let n = s.up.count();
-    let a = s
-        .send(
-            "GET",
-            "/api/items",
-            &[("authorization", &auth), ("dpop", &proof)],
-        )
-        .await;
-    s.refused(&a, "invalid_dpop_proof", "dpop_proof_replayed", n)
-        .await;
+    s.refuses_proof(
+        "/api/items",
+        &auth,
+        &proof,
+        ("invalid_dpop_proof", "dpop_proof_replayed"),
+        n,
+    )
+    .await;
 
     // For another method, and another URI (path or query-less origin).
     let p = client.proof("POST", &htu, Some(&token));
-    let a = s
-        .send(
-            "GET",
-            "/api/items",
-            &[("authorization", &auth), ("dpop", &p)],
-        )
-        .await;
-    s.refused(&a, "invalid_dpop_proof", "dpop_proof_htm", n)
-        .await;
+    s.refuses_proof(
+        "/api/items",
+        &auth,
+        &p,
+        ("invalid_dpop_proof", "dpop_proof_htm"),
+        n,
+    )
+    .await;
     let p = client.proof("GET", &s.htu("/api/other"), Some(&token));
-    let a = s
-        .send(
-            "GET",
-            "/api/items",
-            &[("authorization", &auth), ("dpop", &p)],
-        )
-        .await;
-    s.refused(&a, "invalid_dpop_proof", "dpop_proof_htu", n)
-        .await;
+    s.refuses_proof(
+        "/api/items",
+        &auth,
+        &p,
+        ("invalid_dpop_proof", "dpop_proof_htu"),
+        n,
+    )
+    .await;
     let p = client.proof("GET", "https://elsewhere.test/api/items", Some(&token));
-    let a = s
-        .send(
-            "GET",
-            "/api/items",
-            &[("authorization", &auth), ("dpop", &p)],
-        )
-        .await;
-    s.refused(&a, "invalid_dpop_proof", "dpop_proof_htu", n)
-        .await;
+    s.refuses_proof(
+        "/api/items",
+        &auth,
+        &p,
+        ("invalid_dpop_proof", "dpop_proof_htu"),
+        n,
+    )
+    .await;
     // The query is not part of htu: a proof naming the path alone is good for a request
     // with a query.
     let p = client.proof("GET", &htu, Some(&token));
@@ -207,88 +219,67 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
     // another key's signature.
     let thief = Client::new(Key::rsa2());
     let p = thief.proof("GET", &htu, Some(&token));
-    let a = s
-        .send(
-            "GET",
-            "/api/items",
-            &[("authorization", &auth), ("dpop", &p)],
-        )
-        .await;
-    s.refused(&a, "invalid_dpop_proof", "dpop_key_mismatch", n)
-        .await;
+    s.refuses_proof(
+        "/api/items",
+        &auth,
+        &p,
+        ("invalid_dpop_proof", "dpop_key_mismatch"),
+        n,
+    )
+    .await;
     let forged = thief.sign(
         &json!({"typ": "dpop+jwt", "alg": "RS256", "jwk": client.header()["jwk"]}),
         &Client::claims("GET", &htu, Some(&token)),
     );
-    let a = s
-        .send(
-            "GET",
-            "/api/items",
-            &[("authorization", &auth), ("dpop", &forged)],
-        )
-        .await;
-    s.refused(&a, "invalid_dpop_proof", "dpop_proof_alg", n)
-        .await;
+    s.refuses_proof(
+        "/api/items",
+        &auth,
+        &forged,
+        ("invalid_dpop_proof", "dpop_proof_alg"),
+        n,
+    )
+    .await;
 
     // No ath, a wrong ath, an old iat, a wrong typ, a symmetric alg, a private jwk.
     let mut c = Client::claims("GET", &htu, Some(&token));
     c.as_object_mut().unwrap().remove("ath");
-    let a = s
-        .send(
-            "GET",
-            "/api/items",
-            &[
-                ("authorization", &auth),
-                ("dpop", &client.sign(&client.header(), &c)),
-            ],
-        )
-        .await;
-    s.refused(&a, "invalid_dpop_proof", "dpop_proof_ath", n)
-        .await;
+    s.refuses_proof(
+        "/api/items",
+        &auth,
+        &client.sign(&client.header(), &c),
+        ("invalid_dpop_proof", "dpop_proof_ath"),
+        n,
+    )
+    .await;
     let c = Client::claims("GET", &htu, Some("another-token"));
-    let a = s
-        .send(
-            "GET",
-            "/api/items",
-            &[
-                ("authorization", &auth),
-                ("dpop", &client.sign(&client.header(), &c)),
-            ],
-        )
-        .await;
-    s.refused(&a, "invalid_dpop_proof", "dpop_proof_ath", n)
-        .await;
+    s.refuses_proof(
+        "/api/items",
+        &auth,
+        &client.sign(&client.header(), &c),
+        ("invalid_dpop_proof", "dpop_proof_ath"),
+        n,
+    )
+    .await;
     let mut c = Client::claims("GET", &htu, Some(&token));
     c["iat"] = json!(now() - 300);
-    let a = s
-        .send(
-            "GET",
-            "/api/items",
-            &[
-                ("authorization", &auth),
-                ("dpop", &client.sign(&client.header(), &c)),
-            ],
-        )
-        .await;
-    s.refused(&a, "invalid_dpop_proof", "dpop_proof_iat", n)
-        .await;
+    s.refuses_proof(
+        "/api/items",
+        &auth,
+        &client.sign(&client.header(), &c),
+        ("invalid_dpop_proof", "dpop_proof_iat"),
+        n,
+    )
+    .await;
     let mut h = client.header();
     h["typ"] = json!("JWT");
-    let a = s
-        .send(
-            "GET",
-            "/api/items",
-            &[
-                ("authorization", &auth),
-                (
-                    "dpop",
-                    &client.sign(&h, &Client::claims("GET", &htu, Some(&token))),
-                ),
-            ],
-        )
-        .await;
-    s.refused(&a, "invalid_dpop_proof", "dpop_proof_typ", n)
-        .await;
+    s.refuses_proof(
+        "/api/items",
+        &auth,
+        &client.sign(&h, &Client::claims("GET", &htu, Some(&token))),
+        ("invalid_dpop_proof", "dpop_proof_typ"),
+        n,
+    )
+    .await;
     let mut h = client.header();
     h["jwk"]["d"] = json!("c2VjcmV0");
     let a = s
@@ -315,15 +306,14 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
         &jsonwebtoken::EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
         jsonwebtoken::Algorithm::HS256,
     );
-    let a = s
-        .send(
-            "GET",
-            "/api/items",
-            &[("authorization", &auth), ("dpop", &hs)],
-        )
-        .await;
-    s.refused(&a, "invalid_dpop_proof", "dpop_proof_alg", n)
-        .await;
+    s.refuses_proof(
+        "/api/items",
+        &auth,
+        &hs,
+        ("invalid_dpop_proof", "dpop_proof_alg"),
+        n,
+    )
+    .await;
 
     // No proof, two proofs.
     let a = s
@@ -347,27 +337,26 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
 
     // The downgrade (RFC 9449 7.2): the bound token with the Bearer scheme, even with a proof.
     let p = client.proof("GET", &htu, Some(&token));
-    let a = s
-        .send(
-            "GET",
-            "/api/items",
-            &[("authorization", &format!("Bearer {token}")), ("dpop", &p)],
-        )
-        .await;
-    s.refused(&a, "invalid_token", "bound_token", n).await;
+    s.refuses_proof(
+        "/api/items",
+        &format!("Bearer {token}"),
+        &p,
+        ("invalid_token", "bound_token"),
+        n,
+    )
+    .await;
 
     // An unbound token with the DPoP scheme.
     let plain = s.mint.token(&Key::rsa1(), "read");
     let p = client.proof("GET", &htu, Some(&plain));
-    let a = s
-        .send(
-            "GET",
-            "/api/items",
-            &[("authorization", &format!("DPoP {plain}")), ("dpop", &p)],
-        )
-        .await;
-    s.refused(&a, "invalid_token", "dpop_token_not_bound", n)
-        .await;
+    s.refuses_proof(
+        "/api/items",
+        &format!("DPoP {plain}"),
+        &p,
+        ("invalid_token", "dpop_token_not_bound"),
+        n,
+    )
+    .await;
 
     let m = s.metrics().await;
     assert_eq!(
