@@ -35,8 +35,8 @@
 //!
 //! Forwarding:
 //! - [`upstream`]: the upstream side behind one entry point, `Upstreams::send`: the pool
-//!   (`pool`), the HTTP/1.1 exchange (`wire`), HTTP/2 upstreams (`h2`), the WebSocket tunnel
-//!   (`tunnel`), its errors (`error`).
+//!   (`pool`), one HTTP/1.1 exchange over it (`exchange`) in the wire format (`wire`), HTTP/2
+//!   upstreams (`h2`), the WebSocket tunnel (`tunnel`), its errors (`error`).
 //! - `forward`: the request and response rewrite (hop-by-hop out, `Host`, `X-Forwarded-*`).
 //!
 //! The request path:

@@ -8,6 +8,7 @@
 //! `max_body_bytes` hold while it streams.
 
 mod error;
+mod exchange;
 mod h2;
 pub(crate) mod pool;
 mod tunnel;
