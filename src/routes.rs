@@ -257,20 +257,118 @@ impl Route {
     }
 }
 
-/// Routes in file order.
+/// Routes in file order, and the index that finds the first match without a scan.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// `None` for a table short enough that a scan costs less than the walk.
+    index: Option<Segments>,
+}
+
+/// Tables up to this many routes are scanned: a scan of a few routes is cheaper than hashing
+/// each segment of the path, and most sidecars have a handful of routes.
+const SCAN_AT_MOST: usize = 16;
+
+/// A trie over path segments, built when the config loads: each node holds the indexes, in
+/// file order, of the routes whose matcher ends there. A path's candidates are the routes on
+/// the nodes its segments walk through (prefixes) and the one they end on (exact paths): at most
+/// one node per segment, whatever the number of routes.
+#[derive(Debug, Clone, Default)]
+struct Segments {
+    /// `prefix = "/"`: every path.
+    everything: Vec<usize>,
+    root: Node,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Node {
+    children: std::collections::HashMap<Box<str>, Node, foldhash::fast::RandomState>,
+    /// `prefix = "/a/b"`: a path of these segments, or of these and more.
+    prefix: Vec<usize>,
+    /// `prefix = "/a/b/"`: these segments and at least one more (possibly empty: `/a/b/`).
+    prefix_slash: Vec<usize>,
+    /// `path = "/a/b"` (or, ending in an empty segment, `/a/b/`): these segments exactly.
+    exact: Vec<usize>,
+}
+
+/// A canonical path's segments: `/a/b` is `a`, `b`; `/a/b/` is `a`, `b`, ``; `/` is ``.
+fn segments(path: &str) -> std::str::Split<'_, char> {
+    path.strip_prefix('/').unwrap_or(path).split('/')
+}
+
+impl Segments {
+    fn new(routes: &[Route]) -> Segments {
+        let mut t = Segments::default();
+        for (i, r) in routes.iter().enumerate() {
+            let (path, list): (&str, fn(&mut Node) -> &mut Vec<usize>) = match &r.matcher {
+                PathMatch::Prefix(p) if p == "/" => {
+                    t.everything.push(i);
+                    continue;
+                }
+                PathMatch::Prefix(p) => match p.strip_suffix('/') {
+                    Some(p) => (p, |n| &mut n.prefix_slash),
+                    None => (p, |n| &mut n.prefix),
+                },
+                PathMatch::Exact(p) => (p, |n| &mut n.exact),
+            };
+            let mut node = &mut t.root;
+            for seg in segments(path) {
+                node = node.children.entry(seg.into()).or_default();
+            }
+            list(node).push(i);
+        }
+        t
+    }
+
+    /// The lowest index among the routes whose matcher takes `path` and for which `take`
+    /// holds: each node's list is in file order, so its first taken entry is its best.
+    fn first(&self, path: &str, take: impl Fn(usize) -> bool) -> Option<usize> {
+        let best = |list: &[usize], found: Option<usize>| {
+            let limit = found.unwrap_or(usize::MAX);
+            let hit = list
+                .iter()
+                .copied()
+                .take_while(|&i| i < limit)
+                .find(|&i| take(i));
+            hit.or(found)
+        };
+        let mut found = best(&self.everything, None);
+        let mut node = &self.root;
+        let mut segs = segments(path).peekable();
+        while let Some(seg) = segs.next() {
+            let Some(next) = node.children.get(seg) else {
+                break;
+            };
+            node = next;
+            found = best(&node.prefix, found);
+            if segs.peek().is_some() {
+                found = best(&node.prefix_slash, found);
+            } else {
+                found = best(&node.exact, found);
+            }
+        }
+        found
+    }
 }
 
 impl RouteTable {
     /// A table from routes in file order.
     pub fn new(routes: Vec<Route>) -> Self {
-        RouteTable { routes }
+        let index = (routes.len() > SCAN_AT_MOST).then(|| Segments::new(&routes));
+        RouteTable { routes, index }
     }
 
     /// The first route that takes this request, with its index.
     pub fn find(&self, method: &Method, path: &str) -> Option<(usize, &Route)> {
+        let Some(index) = &self.index else {
+            return self.scan(method, path);
+        };
+        let i = index.first(path, |i| self.routes[i].matches(method, path))?;
+        Some((i, &self.routes[i]))
+    }
+
+    /// [`RouteTable::find`] by trying every route in order: what the index must agree with.
+    pub fn scan(&self, method: &Method, path: &str) -> Option<(usize, &Route)> {
         self.routes
             .iter()
             .enumerate()
@@ -323,10 +421,20 @@ impl RouteTable {
     }
 
     /// Pairs `(earlier, later)` of indexes where the earlier route always catches the later one.
+    /// Only a route whose matcher takes the later one's path or prefix can cover it, so the
+    /// candidates come from the same index as lookups: loading 100,000 routes is not quadratic.
     pub fn shadowed(&self) -> Vec<(usize, usize)> {
+        let index = match &self.index {
+            Some(index) => std::borrow::Cow::Borrowed(index),
+            None => std::borrow::Cow::Owned(Segments::new(&self.routes)),
+        };
         let mut out = Vec::new();
         for (j, later) in self.routes.iter().enumerate() {
-            if let Some(i) = self.routes[..j].iter().position(|r| r.shadows(later)) {
+            let path = match &later.matcher {
+                PathMatch::Exact(p) | PathMatch::Prefix(p) => p.as_str(),
+            };
+            let earlier = index.first(path, |i| i < j && self.routes[i].shadows(later));
+            if let Some(i) = earlier {
                 out.push((i, j));
             }
         }
@@ -488,5 +596,70 @@ mod tests {
             route(PathMatch::Prefix("/b".into()), Some(&["GET"])),
         ]);
         assert_eq!(methods.shadowed(), vec![(0, 2)]);
+    }
+
+    /// The index and the plain scan pick the same route, and `shadowed` the same pairs as
+    /// comparing every pair, for random tables (prefixes with and without a trailing slash,
+    /// exact paths, `/`, methods, overlaps, duplicates) and random canonical paths.
+    mod index_agrees_with_the_scan {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn path() -> impl Strategy<Value = String> {
+            let seg = prop::sample::select(vec!["a", "b", "c", "ab", "a.b", "x-1"]);
+            (prop::collection::vec(seg, 0..4), any::<bool>()).prop_map(|(segs, slash)| {
+                let mut p = format!("/{}", segs.join("/"));
+                if slash && !segs.is_empty() {
+                    p.push('/');
+                }
+                p
+            })
+        }
+
+        fn routes() -> impl Strategy<Value = Vec<Route>> {
+            let methods = prop::option::of(prop::sample::subsequence(
+                vec!["GET", "POST", "DELETE"],
+                1..3,
+            ));
+            let one = (any::<bool>(), path(), methods).prop_map(|(exact, p, m)| {
+                let matcher = if exact {
+                    PathMatch::Exact(p)
+                } else {
+                    PathMatch::Prefix(p)
+                };
+                route(matcher, m.as_deref())
+            });
+            prop::collection::vec(one, 0..60)
+        }
+
+        fn quadratic(routes: &[Route]) -> Vec<(usize, usize)> {
+            let mut out = Vec::new();
+            for (j, later) in routes.iter().enumerate() {
+                if let Some(i) = routes[..j].iter().position(|r| r.shadows(later)) {
+                    out.push((i, j));
+                }
+            }
+            out
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            #[test]
+            fn same_route_and_same_shadows(routes in routes(), paths in prop::collection::vec(path(), 1..12)) {
+                let reference = quadratic(&routes);
+                let table = RouteTable::new(routes);
+                let indexed = Segments::new(table.routes());
+                for p in &paths {
+                    for m in [Method::GET, Method::POST, Method::PUT] {
+                        let scanned = table.scan(&m, p).map(|(i, _)| i);
+                        prop_assert_eq!(table.find(&m, p).map(|(i, _)| i), scanned, "{} {}", m, p);
+                        // Small tables scan: the index is checked on every size directly.
+                        let via_index = indexed.first(p, |i| table.routes()[i].matches(&m, p));
+                        prop_assert_eq!(via_index, scanned, "index: {} {}", m, p);
+                    }
+                }
+                prop_assert_eq!(table.shadowed(), reference);
+            }
+        }
     }
 }
