@@ -55,25 +55,41 @@ def wait_status(port, path, want, timeout):
 
 
 def times(args, d, sizes):
-    print(f"{'routes':>8} {'check s':>9} {'start s':>9} {'reload s':>9}")
+    print(f"{'routes':>8} {'check s':>9} {'start s':>9} {'reload s':>9} {'slowest request during reload, ms':>34}")
     for n in sizes:
         path = f"{d}/routes{n}.toml"
         open(path, "w").write(config(n, PORT))
         check = timed(lambda: subprocess.run([args.bearward, "check", "--config", path], capture_output=True, check=True))
+        # One runtime thread, as a sidecar pinned to one CPU: a reload built on it would stall
+        # every request meanwhile.
+        open(path, "w").write(config(n, PORT).replace("watch_config = false", "watch_config = false\nworker_threads = 1"))
         proc = subprocess.Popen([args.bearward, "--config", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             start = timed(lambda: wait_status(PORT, f"/r{n - 1}/x", 200, 600))
             # The same routes in reverse order, and one more: the new last route answers once
             # the reload has been applied.
-            open(path, "w").write(config(n, PORT, reverse=True) + f'\n[[routes]]\nprefix = "/new"\nupstream = "app"\nauth = "none"\n')
+            open(path, "w").write(config(n, PORT, reverse=True).replace("watch_config = false", "watch_config = false\nworker_threads = 1")
+                                  + '\n[[routes]]\nprefix = "/new"\nupstream = "app"\nauth = "none"\n')
+            slowest, done = [0.0], threading.Event()
+
+            def probe():
+                while not done.is_set():
+                    t0 = time.monotonic()
+                    load.request(f"http://127.0.0.1:{PORT}/r0/x")
+                    slowest[0] = max(slowest[0], time.monotonic() - t0)
+                    time.sleep(0.005)
+            prober = threading.Thread(target=probe)
+            prober.start()
             t = time.monotonic()
             proc.send_signal(signal.SIGHUP)
             wait_status(PORT, "/new/x", 200, 600)
             reload = time.monotonic() - t
+            done.set()
+            prober.join()
         finally:
             proc.terminate()
             proc.wait(30)
-        print(f"{n:8d} {check:9.2f} {start:9.2f} {reload:9.2f}", flush=True)
+        print(f"{n:8d} {check:9.2f} {start:9.2f} {reload:9.2f} {slowest[0] * 1000:34.1f}", flush=True)
 
 
 def instructions(args, d):

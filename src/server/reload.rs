@@ -137,12 +137,22 @@ pub async fn watch_config(live: Arc<Live>, path: PathBuf, every: Duration) {
                 pending = None;
                 if Some(d) != applied(&live) {
                     tracing::info!(file = %path.display(), "config file or its TLS files changed; reloading");
-                    let _ = live.reload_file(&path);
+                    reload_off_the_workers(&live, &path).await;
                 }
             }
             (Some(d), _) if Some(d) != applied(&live) => pending = Some(d),
             _ => pending = None,
         }
+    }
+}
+
+/// Reads, validates and builds the new config on the blocking pool: a large file (100,000
+/// routes) takes seconds, and on a runtime with one worker thread that would stall every
+/// request on the old config meanwhile.
+async fn reload_off_the_workers(live: &Arc<Live>, path: &Path) {
+    let (live, path) = (live.clone(), path.to_path_buf());
+    if let Err(e) = tokio::task::spawn_blocking(move || live.reload_file(&path)).await {
+        tracing::error!(error = %e, "reload task failed; keeping the running config");
     }
 }
 
@@ -155,6 +165,6 @@ pub async fn reload_on_sighup(live: Arc<Live>, path: PathBuf) {
     };
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP received; reloading");
-        let _ = live.reload_file(&path);
+        reload_off_the_workers(&live, &path).await;
     }
 }
