@@ -47,7 +47,10 @@ def timed(fn):
 def wait_status(port, path, want, timeout):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        status, _ = load.request(f"http://127.0.0.1:{port}{path}")
+        try:
+            status, _ = load.request(f"http://127.0.0.1:{port}{path}")
+        except OSError:  # a request that waited past load.request's 5 s: ask again
+            continue
         if status == want:
             return
         time.sleep(0.01)
@@ -73,12 +76,16 @@ def times(args, d, sizes):
             slowest, done = [0.0], threading.Event()
 
             def probe():
+                import urllib.request
                 while not done.is_set():
                     t0 = time.monotonic()
-                    load.request(f"http://127.0.0.1:{PORT}/r0/x")
+                    try:
+                        urllib.request.urlopen(f"http://127.0.0.1:{PORT}/r0/x", timeout=600).read()
+                    except OSError:
+                        pass
                     slowest[0] = max(slowest[0], time.monotonic() - t0)
                     time.sleep(0.005)
-            prober = threading.Thread(target=probe)
+            prober = threading.Thread(target=probe, daemon=True)
             prober.start()
             t = time.monotonic()
             proc.send_signal(signal.SIGHUP)
@@ -88,7 +95,11 @@ def times(args, d, sizes):
             prober.join()
         finally:
             proc.terminate()
-            proc.wait(30)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         print(f"{n:8d} {check:9.2f} {start:9.2f} {reload:9.2f} {slowest[0] * 1000:34.1f}", flush=True)
 
 
