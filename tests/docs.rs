@@ -84,3 +84,83 @@ fn the_reference_documents_every_config_key_and_no_other() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// The reference table of one struct, made from its fields' doc comments: a field documented
+/// `Reference: <first cell>`, `Default: <default>`, a blank line and the meaning gives a row; a
+/// field "In the reference row of" another gives none (it is named in that row's first cell).
+fn generated_table(source: &str, name: &str) -> Vec<String> {
+    let start = source.find(&format!("struct {name} {{")).unwrap();
+    let body = &source[start..];
+    let body = &body[..body.find("\n}").unwrap()];
+    let mut rows = vec![
+        "| key | default | meaning |".to_owned(),
+        "| --- | --- | --- |".to_owned(),
+    ];
+    let mut doc: Vec<&str> = Vec::new();
+    for line in body.lines().map(str::trim) {
+        if let Some(d) = line.strip_prefix("///") {
+            doc.push(d.strip_prefix(' ').unwrap_or(d));
+            continue;
+        }
+        if let Some(field) = line.strip_prefix("pub ").and_then(|l| l.split_once(':')) {
+            let field = field.0;
+            let mut lines = doc.iter();
+            match lines.next().copied() {
+                Some(first) if first.starts_with("In the reference row of") => {}
+                Some(first) if first.starts_with("Reference: ") => {
+                    let default = lines.next().and_then(|l| l.strip_prefix("Default: "));
+                    let default = default.unwrap_or_else(|| panic!("{name}.{field}: no `Default:` line"));
+                    let blank = lines.next();
+                    assert_eq!(blank, Some(&""), "{name}.{field}: a blank line after Default");
+                    let meaning: Vec<&str> = lines.copied().collect();
+                    rows.push(format!(
+                        "| {} | {default} | {} |",
+                        &first["Reference: ".len()..],
+                        meaning.join(" ")
+                    ));
+                }
+                _ => panic!("{name}.{field}: its doc comment is not a reference row (Reference:, Default:, meaning)"),
+            }
+            doc.clear();
+        } else if !line.starts_with("#[") {
+            doc.clear();
+        }
+    }
+    rows
+}
+
+/// Each field's doc comment in `src/config/file.rs` is the one description of its key: the
+/// reference pages' key tables are made from them. `BEARWARD_BLESS=1 cargo test --test docs`
+/// rewrites the tables after a doc comment changes; without it, a table that differs fails.
+#[test]
+fn the_reference_tables_are_made_from_the_field_docs() {
+    let source = std::fs::read_to_string("src/config/file.rs").unwrap();
+    let mut stale = Vec::new();
+    for (name, page) in TABLES {
+        let file = format!("docs/src/reference/{page}.md");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines
+            .iter()
+            .position(|l| *l == "| key | default | meaning |")
+            .unwrap_or_else(|| panic!("{file}: no key table"));
+        let end = (start..lines.len())
+            .find(|i| !lines[*i].starts_with('|'))
+            .unwrap_or(lines.len());
+        let made = generated_table(&source, name);
+        if lines[start..end] != made.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+            if std::env::var_os("BEARWARD_BLESS").is_some() {
+                let mut out: Vec<String> = lines[..start].iter().map(|l| (*l).to_owned()).collect();
+                out.extend(made);
+                out.extend(lines[end..].iter().map(|l| (*l).to_owned()));
+                std::fs::write(&file, out.join("\n") + "\n").unwrap();
+            } else {
+                stale.push(file);
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "made from src/config/file.rs, these differ (BEARWARD_BLESS=1 cargo test --test docs rewrites them): {stale:?}"
+    );
+}

@@ -1,6 +1,11 @@
 //! The shape of the TOML file, as serde reads it. Nothing here is checked beyond types:
 //! `validate.rs` turns this into the runtime [`super::Config`]. Every table denies unknown keys,
 //! so a typo such as `scoeps` is an error instead of an open route.
+//!
+//! Each field's doc comment is the one description of its key (`Reference:` the keys its row
+//! names, `Default:`, then the meaning, with units and bounds): the manual's reference tables
+//! (`docs/src/reference/*.md`) are made from them, and `tests/docs.rs` fails when a table and
+//! the comments differ (`BEARWARD_BLESS=1 cargo test --test docs` rewrites the tables).
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -28,11 +33,36 @@ pub(super) struct FileConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DecisionFile {
+    /// Reference: `listen`
+    /// Default: required in `[decision]`
+    ///
+    /// `IP:port` of the decision listener (see Decision mode)
     pub listen: Spanned<String>,
+    /// Reference: `trusted_proxies`
+    /// Default: `["127.0.0.1", "::1"]`
+    ///
+    /// peers that may ask; others get 403
     pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Reference: `original_method_header`, `original_uri_header`
+    /// Default: `X-Original-Method`, `X-Original-URI`
+    ///
+    /// where nginx-style ingresses put the original request
     pub original_method_header: Option<Spanned<String>>,
+    /// In the reference row of `original_method_header`.
     pub original_uri_header: Option<Spanned<String>>,
+    /// Reference: `envoy_path_prefix`
+    /// Default: none
+    ///
+    /// Envoy `ext_authz` `path_prefix`: the original path follows it
     pub envoy_path_prefix: Option<Spanned<String>>,
+    /// Reference: `ingress`
+    /// Default: none (`check` warns)
+    ///
+    /// the one ingress in front: `"nginx"`, `"haproxy"` (`X-Original-*`), `"caddy"`, `"traefik"`
+    /// (`X-Forwarded-Method`/`-Uri`/`-Host`) or `"envoy"` (the path after `envoy_path_prefix`, or
+    /// the whole path without one). Only its convention is read; the others' headers are ignored.
+    /// Unset: a request carrying two conventions is a 400. Naming a setting of another convention
+    /// (`envoy_path_prefix` with `"nginx"`) is a config error
     pub ingress: Option<Spanned<Ingress>>,
 }
 
@@ -69,12 +99,44 @@ impl Ingress {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DpopFile {
+    /// Reference: `algorithms`
+    /// Default: `["ES256", "ES384", "EdDSA", "RS256", "PS256"]`
+    ///
+    /// what a proof may be signed with (asymmetric only; also RS384/512, PS384/512); the `algs` of
+    /// DPoP challenges and `dpop_signing_alg_values_supported` in the RFC 9728 metadata
     pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Reference: `max_age`
+    /// Default: `"60s"`
+    ///
+    /// how old a proof's `iat` may be
     pub max_age: Option<Spanned<String>>,
+    /// Reference: `leeway`
+    /// Default: `"5s"`
+    ///
+    /// clock skew: how far in the future `iat` may be, and added to `max_age`
     pub leeway: Option<Spanned<String>>,
+    /// Reference: `replay_cache_entries`
+    /// Default: `1000000`
+    ///
+    /// proof ids remembered at once in this process (each for at least `max_age + 2 x leeway`);
+    /// when full, new proofs get 503 `dpop_replay_cache_full` rather than an old id being forgotten
     pub replay_cache_entries: Option<Spanned<u64>>,
+    /// Reference: `nonce`
+    /// Default: `false`
+    ///
+    /// require server nonces (RFC 9449 8): a proof without the current nonce gets 401
+    /// `use_dpop_nonce` with a `DPoP-Nonce` header
     pub nonce: Option<bool>,
+    /// Reference: `nonce_lifetime`
+    /// Default: `"5m"`
+    ///
+    /// how long one nonce is issued; the previous one is still accepted
     pub nonce_lifetime: Option<Spanned<String>>,
+    /// Reference: `nonce_secret_file`
+    /// Default: random per process
+    ///
+    /// at least 32 bytes, the same in every replica: nonces are an HMAC of the time window, so
+    /// replicas issue and accept the same ones without sharing state
     pub nonce_secret_file: Option<Spanned<String>>,
 }
 
@@ -82,10 +144,31 @@ pub(super) struct DpopFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CacheFile {
+    /// Reference: `redis_url`
+    /// Default: required in `[cache]`
+    ///
+    /// `redis://[user:password@]host:port/db` or `redis+unix:///path`
     pub redis_url: Option<Spanned<String>>,
+    /// Reference: `redis_timeout`
+    /// Default: `"100ms"`
+    ///
+    /// longest wait for one command; then the process cache alone serves
     pub redis_timeout: Option<Spanned<String>>,
+    /// Reference: `key_prefix`
+    /// Default: `"bearward:"`
+    ///
+    /// prepended to every key, so deployments can share a store
     pub key_prefix: Option<Spanned<String>>,
+    /// Reference: `dpop_replay_store_down`
+    /// Default: `"refuse"`
+    ///
+    /// what a DPoP proof gets when the store cannot say whether its id was seen (see `[dpop]`)
     pub dpop_replay_store_down: Option<Spanned<super::StoreDown>>,
+    /// Reference: `rate_limit_fallback_replicas`
+    /// Default: `1`
+    ///
+    /// with the store down, each replica allows a route's `rate_limit` divided by this (set it to
+    /// the replica count)
     pub rate_limit_fallback_replicas: Option<Spanned<u64>>,
 }
 
@@ -93,39 +176,233 @@ pub(super) struct CacheFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ServerFile {
+    /// Reference: `listen`
+    /// Default: required
+    ///
+    /// `IP:port` to serve on
     pub listen: Spanned<String>,
+    /// Reference: `admin_listen`
+    /// Default: none
+    ///
+    /// `IP:port` for `/healthz`, `/readyz`, `/metrics`
     pub admin_listen: Option<Spanned<String>>,
+    /// Reference: `realm`
+    /// Default: `"bearward"`
+    ///
+    /// realm in `WWW-Authenticate`
     pub realm: Option<Spanned<String>>,
+    /// Reference: `max_header_bytes`
+    /// Default: `16384`
+    ///
+    /// limit on one request head (431 beyond it; 8192 to 1 MiB)
     pub max_header_bytes: Option<Spanned<u64>>,
+    /// Reference: `max_headers`
+    /// Default: `100`
+    ///
+    /// limit on the number of request headers
     pub max_headers: Option<Spanned<u64>>,
+    /// Reference: `max_path_bytes`
+    /// Default: `8192`
+    ///
+    /// limit on the raw path (400 beyond it)
     pub max_path_bytes: Option<Spanned<u64>>,
+    /// Reference: `header_read_timeout`
+    /// Default: `"10s"`
+    ///
+    /// a client must send a complete request head within this (slowloris); the time counts from
+    /// when the connection opens or its previous response is sent, so it also closes idle
+    /// keep-alive connections. Requests in flight and upgraded connections are not affected. An
+    /// HTTP/2 connection with no stream in flight and none started for this long is closed with
+    /// GOAWAY (checked every `min(header_read_timeout, send_timeout)`, so within one check of that
+    /// time)
     pub header_read_timeout: Option<Spanned<String>>,
+    /// Reference: `body_read_timeout`
+    /// Default: `"60s"`
+    ///
+    /// the longest a request body may pause; past it the client gets 408 (`client_body_timeout`),
+    /// the connection closes, and the upstream connection carrying the half-sent body is closed,
+    /// never reused
     pub body_read_timeout: Option<Spanned<String>>,
+    /// Reference: `send_timeout`
+    /// Default: `"60s"`
+    ///
+    /// the longest an HTTP/1 client may read nothing of what it is being sent (a response or an
+    /// upgraded stream); past it the connection closes. On HTTP/2, the longest a response body may
+    /// wait for the client to open its flow-control window; past it the connection closes (checked
+    /// every `min(header_read_timeout, send_timeout)`)
     pub send_timeout: Option<Spanned<String>>,
+    /// Reference: `shutdown_grace`
+    /// Default: `"30s"`
+    ///
+    /// on SIGTERM/SIGINT: stop accepting, let in-flight requests finish for this long, exit 0
     pub shutdown_grace: Option<Spanned<String>>,
+    /// Reference: `trusted_proxies`
+    /// Default: `[]`
+    ///
+    /// IPs or CIDRs whose `X-Forwarded-*`, `Forwarded`, `X-Real-IP` and the like are believed (see
+    /// Forwarding rules); for `rate_limit` `key = "ip"`, the client behind them is the rightmost
+    /// `X-Forwarded-For` address outside this list (at most 64 entries read)
     pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Reference: `allow_semicolon_in_path`
+    /// Default: `false`
+    ///
+    /// accept `;` in paths. A dot segment carrying a parameter (`..;x`, `.;`, `%2e%2e;`, `..%3B`)
+    /// is still refused (400, `path_dot_segment_parameter`): Tomcat and Spring drop the parameter
+    /// and then resolve `..`, so `/public/..;/api/admin` would be checked against `/public` and
+    /// served as `/api/admin`
     pub allow_semicolon_in_path: Option<bool>,
+    /// Reference: `allow_underscores_in_headers`
+    /// Default: `false`
+    ///
+    /// pass client headers whose names hold `_` (nginx's `underscores_in_headers`); even then the
+    /// underscore spellings of the headers bearward sets or filters (claim headers,
+    /// `X-Forwarded-*`, `X-Real-IP`, hop-by-hop, ...) are dropped
     pub allow_underscores_in_headers: Option<bool>,
+    /// Reference: `max_body_bytes`
+    /// Default: none
+    ///
+    /// largest request body forwarded on routes that set none (nginx's `client_max_body_size`,
+    /// Envoy's `max_request_bytes`): a `Content-Length` over it is a 413 before the token check; a
+    /// chunked or HTTP/2 body is counted as it streams and cut at the limit (413, the upstream
+    /// connection closed mid-body, so the upstream never gets a whole request); 0 refuses any body
     pub max_body_bytes: Option<Spanned<u64>>,
+    /// Reference: `resource`
+    /// Default: none
+    ///
+    /// this API's RFC 9728 resource identifier, for every route that names none (see Protected
+    /// resource metadata)
     pub resource: Option<Spanned<String>>,
+    /// Reference: `http2`
+    /// Default: `true`
+    ///
+    /// accept HTTP/2 with prior knowledge (h2c) beside HTTP/1.1
     pub http2: Option<bool>,
+    /// Reference: `log_format`
+    /// Default: `"text"`
+    ///
+    /// `"text"` or `"json"` (one JSON object per line)
     pub log_format: Option<Spanned<LogFormat>>,
+    /// Reference: `access_log`
+    /// Default: `true`
+    ///
+    /// one log line per request (target `bearward::access`): method, canonical path, route, status,
+    /// decision, reason, upstream status and time, latency, the token's id (a SHA-256 prefix, never
+    /// the token), `peer`, and, when the peer is in `trusted_proxies` or an ingress on the decision
+    /// listener, `client`: the address its `X-Forwarded-For` names (as for rate limits)
     pub access_log: Option<bool>,
+    /// Reference: `token_cache_entries`
+    /// Default: `10000`
+    ///
+    /// verified-token cache size; `0` turns the cache off (every request pays the signature). An
+    /// entry holds a copy of the token and its parsed claims, so its size follows the token's:
+    /// about 2 kB with the benchmark's RS256 tokens (32 MiB peak RSS with 10,000 cached). Each
+    /// worker thread's front may keep up to `min(entries, 4096)` more alive after the cache has let
+    /// them go
     pub token_cache_entries: Option<Spanned<u64>>,
+    /// Reference: `mode`
+    /// Default: `"enforce"`
+    ///
+    /// default `mode` of routes that set none; `"audit"` turns audit mode on everywhere
     pub mode: Option<Spanned<Mode>>,
+    /// Reference: `watch_config`
+    /// Default: `true`
+    ///
+    /// reload when the config file's content changes (SIGHUP always reloads)
     pub watch_config: Option<bool>,
+    /// Reference: `worker_threads`
+    /// Default: one per CPU the process may use
+    ///
+    /// runtime threads (1 to 1024); with 1, a single-threaded runtime, which is what a sidecar
+    /// pinned to one core gets by default
     pub worker_threads: Option<Spanned<u64>>,
+    /// Reference: `max_connections`
+    /// Default: the file-descriptor limit, less 128, halved
+    ///
+    /// proxy connections open at once (nginx's `worker_connections`). At the limit bearward stops
+    /// accepting, so new connections wait in the kernel's listen backlog instead of being accepted
+    /// and starved; open connections keep being served, and the admin listener (which has its own
+    /// bound of 64 connections) keeps answering. The default leaves one descriptor per client
+    /// connection for its upstream connection and 128 for the admin port, JWKS fetches and files; a
+    /// configured value above it is logged as a warning at start
     pub max_connections: Option<Spanned<u64>>,
+    /// Reference: `listen_backlog`
+    /// Default: `4096`
+    ///
+    /// the kernel's queue of connections not yet accepted, on every listener (proxy, TLS, decision,
+    /// admin): where connections past `max_connections` wait. A full queue drops new handshakes,
+    /// and the client retries only after 1 s, then 3 s (tokio's own default of 128 did that to a
+    /// burst of a few hundred; nginx uses 511, Envoy 4096). The kernel caps it at
+    /// `net.core.somaxconn` (4096 since Linux 5.4; in Kubernetes a pod sets it with
+    /// `securityContext.sysctls`); `bearward check` warns when the configured value is above it.
+    /// `tests/overload.rs`: 600 connections at once against `max_connections = 50`, none waits for
+    /// a retransmit, all answered
     pub listen_backlog: Option<Spanned<u64>>,
+    /// Reference: `max_requests_in_flight`
+    /// Default: `4096`
+    ///
+    /// requests in flight on the proxy listener, from their head to the end of their response body.
+    /// Beyond it a request gets 503 with `Retry-After: 1` and reason `overloaded` before its path,
+    /// route or token is looked at, so an overload cannot turn into signature checks, JWKS
+    /// refetches or an upstream pile-up
     pub max_requests_in_flight: Option<Spanned<u64>>,
+    /// Reference: `http2_max_concurrent_streams`
+    /// Default: `256`
+    ///
+    /// streams per HTTP/2 connection (see HTTP/2 limits)
     pub http2_max_concurrent_streams: Option<Spanned<u64>>,
+    /// Reference: `tls_cert_file`, `tls_key_file`
+    /// Default: none
+    ///
+    /// TLS on the listener (rustls on aws-lc-rs; TLS 1.2 and 1.3; ALPN `h2` when `http2` is on, and
+    /// `http/1.1`): the PEM chain (leaf first) and its private key. Read with the config and
+    /// watched with it: a renewed certificate (key and certificate files replaced) is served to new
+    /// connections without a restart, while open connections keep theirs; a key and certificate
+    /// that do not go together keep the previous pair in force, as any refused reload does
     pub tls_cert_file: Option<Spanned<String>>,
+    /// In the reference row of `tls_cert_file`.
     pub tls_key_file: Option<Spanned<String>>,
+    /// Reference: `tls_client_ca_file`, `tls_client_auth`
+    /// Default: none, `"none"`
+    ///
+    /// client certificates: `"optional"` asks for one and verifies it against these CAs when sent
+    /// (a client without one still connects); `"required"` fails the handshake of a client without
+    /// one that verifies. A verified certificate is what certificate-bound tokens are checked
+    /// against
     pub tls_client_ca_file: Option<Spanned<String>>,
+    /// In the reference row of `tls_client_ca_file`.
     pub tls_client_auth: Option<Spanned<crate::tls::ClientAuth>>,
+    /// Reference: `tls_handshake_timeout`
+    /// Default: `"10s"`
+    ///
+    /// a client must finish the TLS handshake within this; handshakes are counted by outcome in
+    /// `bearward_tls_handshakes_total` (`ok`, `timeout`, `not_tls`, `no_client_certificate`,
+    /// `bad_client_certificate`, `incompatible`, `client_alert`, `client_closed`, ...)
     pub tls_handshake_timeout: Option<Spanned<String>>,
+    /// Reference: `public_origin`
+    /// Default: none
+    ///
+    /// `scheme://host[:port]` clients use to reach this API: a DPoP proof's `htu` must be this plus
+    /// the canonical path. Unset: the scheme the request came in on (or a trusted proxy's
+    /// `X-Forwarded-Proto`) and its `Host` (or a trusted proxy's `X-Forwarded-Host`); of a
+    /// forwarded header, the rightmost value (last line, last comma element), the one the trusted
+    /// proxy added: a proxy that appends keeps the client's own value to its left, which must not
+    /// choose the origin a proof is checked against
     pub public_origin: Option<Spanned<String>>,
+    /// Reference: `client_cert_header`, `client_cert_header_format`
+    /// Default: none, `"xfcc"` for `x-forwarded-client-cert` else `"pem"`
+    ///
+    /// behind a TLS-terminating proxy, the header it passes the verified client certificate in:
+    /// Envoy's `X-Forwarded-Client-Cert`, read by Envoy's grammar (elements by unquoted `,`, pairs
+    /// by unquoted `;`, quoted values with `\"` and `\\` escapes, keys in any case): the first
+    /// element's `Hash=`, else the thumbprint of its `Cert=`; an element with two `Hash` or `Cert`
+    /// keys, or a `Hash` that is not its `Cert`'s, gives no certificate, so a subject spelling
+    /// `",Hash=...` or `;Hash=...` cannot pass for another client's certificate. The first element
+    /// is the client's when the proxy that terminated its TLS sanitizes the header (Envoy's
+    /// `forward_client_cert_details: SANITIZE_SET`) and later proxies append or a URL-encoded PEM
+    /// (nginx `$ssl_client_escaped_cert`). Read only from `trusted_proxies` (required); from anyone
+    /// else it is removed before the request goes on
     pub client_cert_header: Option<Spanned<String>>,
+    /// In the reference row of `client_cert_header`.
     pub client_cert_header_format: Option<Spanned<CertHeaderFormat>>,
 }
 
@@ -145,43 +422,184 @@ pub use crate::telemetry::LogFormat;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct IssuerFile {
+    /// Reference: `issuer`
+    /// Default: required
+    ///
+    /// must equal the token's `iss` exactly
     pub issuer: Spanned<String>,
+    /// Reference: `jwks_uri`
+    /// Default: -
+    ///
+    /// where the signing keys are (one of `jwks_uri`, `discovery`, `jwks_file`)
     pub jwks_uri: Option<Spanned<String>>,
+    /// Reference: `discovery`
+    /// Default: `false`
+    ///
+    /// find `jwks_uri` in `<issuer>/.well-known/openid-configuration`, then
+    /// `/.well-known/oauth-authorization-server`
     pub discovery: Option<Spanned<bool>>,
+    /// Reference: `jwks_file`
+    /// Default: -
+    ///
+    /// a local JWKS file (static keys)
     pub jwks_file: Option<Spanned<String>>,
+    /// Reference: `audiences`
+    /// Default: required
+    ///
+    /// the token's `aud` must contain one of these
     pub audiences: Option<Spanned<Vec<String>>>,
+    /// Reference: `algorithms`
+    /// Default: `["RS256"]`
+    ///
+    /// allow-list from RS256/384/512, PS256/384/512, ES256, ES384, EdDSA, HS256/384/512 (HS only
+    /// with a secret); never `none`
     pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Reference: `leeway`
+    /// Default: `"30s"`
+    ///
+    /// clock-skew allowance for `exp`, `nbf`, `iat` (at most 5m)
     pub leeway: Option<Spanned<String>>,
+    /// Reference: `typ`
+    /// Default: `"at+jwt"`
+    ///
+    /// `"at+jwt"`: the JOSE `typ` must be `at+jwt` (RFC 9068); `"jwt"`: `at+jwt`, `JWT` or absent
     pub typ: Option<Spanned<TypPolicy>>,
+    /// Reference: `scope_claims`
+    /// Default: `["scope", "scp"]`
+    ///
+    /// claims read for scopes, first present wins (`scope`: space-separated string; `scp`: array or
+    /// string)
     pub scope_claims: Option<Spanned<Vec<String>>>,
+    /// Reference: `hmac_secret_file`, `hmac_secret_env`
+    /// Default: -
+    ///
+    /// the symmetric key for HS* (at least 32 bytes)
     pub hmac_secret_file: Option<Spanned<String>>,
+    /// In the reference row of `hmac_secret_file`.
     pub hmac_secret_env: Option<Spanned<String>>,
+    /// Reference: `max_token_bytes`
+    /// Default: `8192`
+    ///
+    /// longer tokens are refused before any parsing
     pub max_token_bytes: Option<Spanned<u64>>,
+    /// Reference: `accept_bound_tokens`
+    /// Default: `false`
+    ///
+    /// take tokens bound to a key (`cnf` claim: DPoP, mTLS) as plain bearer tokens instead of
+    /// checking their proof of possession; only where something before bearward verifies the
+    /// binding (see Sender-constrained tokens)
     pub accept_bound_tokens: Option<bool>,
+    /// Reference: `token_format`
+    /// Default: `"jwt"`
+    ///
+    /// `"jwt"`, `"opaque"` (every token introspected) or `"auto"` (JWTs of JWT issuers locally, the
+    /// rest introspected); see Opaque tokens
     pub token_format: Option<Spanned<TokenFormat>>,
+    /// Reference: `introspection`
+    /// Default: `false`
+    ///
+    /// find `introspection_endpoint` by discovery (one of this and `introspection_endpoint` with
+    /// `opaque`/`auto`)
     pub introspection: Option<Spanned<bool>>,
+    /// Reference: `introspection_endpoint`
+    /// Default: -
+    ///
+    /// the RFC 7662 endpoint
     pub introspection_endpoint: Option<Spanned<String>>,
+    /// Reference: `introspection_client_id`
+    /// Default: required with introspection
+    ///
+    /// bearward's client id at the endpoint
     pub introspection_client_id: Option<Spanned<String>>,
+    /// Reference: `introspection_client_auth`
+    /// Default: `"client_secret_basic"` (`"private_key_jwt"` with a key file)
+    ///
+    /// or `"client_secret_post"`
     pub introspection_client_auth: Option<Spanned<ClientAuthMethod>>,
-    /// Never accepted: read only to say where the secret goes instead.
+    /// Reference: `introspection_client_secret`
+    /// Default: -
+    ///
+    /// refused: an inline secret would sit in a ConfigMap and in every copy of the file; the error
+    /// names `_file` and `_env` instead
     pub introspection_client_secret: Option<Spanned<toml::Value>>,
+    /// Reference: `introspection_client_secret_file`, `introspection_client_secret_env`
+    /// Default: -
+    ///
+    /// the client secret; never inline
     pub introspection_client_secret_file: Option<Spanned<String>>,
+    /// In the reference row of `introspection_client_secret_file`.
     pub introspection_client_secret_env: Option<Spanned<String>>,
+    /// Reference: `introspection_client_key_file`, `introspection_client_key_alg`, `introspection_client_key_id`
+    /// Default: -, `"RS256"`, -
+    ///
+    /// `private_key_jwt`: a PEM private key, the algorithm it signs with, the `kid` to send
     pub introspection_client_key_file: Option<Spanned<String>>,
+    /// In the reference row of `introspection_client_key_file`.
     pub introspection_client_key_alg: Option<Spanned<String>>,
+    /// In the reference row of `introspection_client_key_file`.
     pub introspection_client_key_id: Option<Spanned<String>>,
+    /// Reference: `introspection_cache_ttl`
+    /// Default: `"60s"`
+    ///
+    /// longest an active answer is kept (never past its `exp`; at most 1h)
     pub introspection_cache_ttl: Option<Spanned<String>>,
+    /// Reference: `introspection_negative_ttl`
+    /// Default: `"5s"`
+    ///
+    /// how long an inactive or refused answer is kept (at most 5m)
     pub introspection_negative_ttl: Option<Spanned<String>>,
+    /// Reference: `introspection_timeout`
+    /// Default: `"2s"`
+    ///
+    /// one call, connect to last byte
     pub introspection_timeout: Option<Spanned<String>>,
+    /// Reference: `introspection_max_in_flight`
+    /// Default: `32`
+    ///
+    /// calls at once to the endpoint
     pub introspection_max_in_flight: Option<Spanned<u64>>,
+    /// Reference: `introspection_require_audience`
+    /// Default: `true`
+    ///
+    /// refuse an answer without `aud` (see Opaque tokens for why)
     pub introspection_require_audience: Option<Spanned<bool>>,
+    /// Reference: `jwks_refresh`
+    /// Default: `"5m"`
+    ///
+    /// refresh interval when the IdP sends no `Cache-Control: max-age`
     pub jwks_refresh: Option<Spanned<String>>,
+    /// Reference: `jwks_min_refresh`, `jwks_max_refresh`
+    /// Default: `"1m"`, `"24h"`
+    ///
+    /// bounds applied to the IdP's `max-age`
     pub jwks_min_refresh: Option<Spanned<String>>,
+    /// In the reference row of `jwks_min_refresh`.
     pub jwks_max_refresh: Option<Spanned<String>>,
+    /// Reference: `jwks_timeout`
+    /// Default: `"5s"`
+    ///
+    /// timeout of one JWKS or discovery fetch
     pub jwks_timeout: Option<Spanned<String>>,
+    /// Reference: `jwks_max_bytes`
+    /// Default: `262144`
+    ///
+    /// largest JWKS or discovery document accepted
     pub jwks_max_bytes: Option<Spanned<u64>>,
+    /// Reference: `min_rsa_bits`
+    /// Default: `2048`
+    ///
+    /// shortest RSA modulus taken from the JWKS, in bits (2048 to 8192; raise it to 3072 for a
+    /// stricter policy)
     pub min_rsa_bits: Option<Spanned<u64>>,
+    /// Reference: `unknown_kid_cooldown`
+    /// Default: `"30s"`
+    ///
+    /// least time between refetches caused by an unknown `kid`
     pub unknown_kid_cooldown: Option<Spanned<String>>,
+    /// Reference: `max_stale`
+    /// Default: `"24h"`
+    ///
+    /// how long the last good keys keep serving while the IdP is unreachable
     pub max_stale: Option<Spanned<String>>,
 }
 
@@ -221,19 +639,82 @@ pub enum ClientAuthMethod {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UpstreamFile {
+    /// Reference: `url`
+    /// Default: required
+    ///
+    /// `http://host[:port]` or `https://host[:port]`, no path; without a port, 80 or 443
     pub url: Spanned<String>,
+    /// Reference: `connect_timeout`
+    /// Default: `"5s"`
+    ///
+    /// limit on a new connection, TCP connect and TLS handshake together (504 past it)
     pub connect_timeout: Option<Spanned<String>>,
+    /// Reference: `request_timeout`
+    /// Default: `"30s"`
+    ///
+    /// from the end of the request body to the response head (504 past it); also the longest the
+    /// upstream may take none of the request (504), or send none of a response body (past it the
+    /// client connection is closed)
     pub request_timeout: Option<Spanned<String>>,
+    /// Reference: `idle_timeout`
+    /// Default: `"90s"`
+    ///
+    /// pooled keep-alive connections idle longer are closed
     pub idle_timeout: Option<Spanned<String>>,
+    /// Reference: `tunnel_idle_timeout`
+    /// Default: `"5m"`
+    ///
+    /// an upgraded (WebSocket) connection with no byte either way for this long is closed (Envoy's
+    /// `stream_idle_timeout` default; nginx closes after 60 s)
     pub tunnel_idle_timeout: Option<Spanned<String>>,
+    /// Reference: `max_idle_connections`
+    /// Default: `64`
+    ///
+    /// idle pooled connections kept
     pub max_idle_connections: Option<Spanned<u64>>,
+    /// Reference: `pass_host_header`
+    /// Default: `true`
+    ///
+    /// forward the client's `Host`; `false`: the upstream's `host:port` (on HTTP/2 upstreams this
+    /// is the `:authority`)
     pub pass_host_header: Option<bool>,
+    /// Reference: `tls_ca_file`
+    /// Default: the system's roots (Mozilla's if it has none)
+    ///
+    /// `https` only: PEM file of the CA certificates the upstream's certificate must chain to, in
+    /// place of the default roots (for an internal CA)
     pub tls_ca_file: Option<Spanned<String>>,
+    /// Reference: `tls_server_name`
+    /// Default: the `url`'s host
+    ///
+    /// `https` only: the DNS name or IP address the certificate must be valid for, also sent as SNI
+    /// (for an upstream reached by IP whose certificate names a host)
     pub tls_server_name: Option<Spanned<String>>,
+    /// Reference: `tls_client_cert`, `tls_client_key`
+    /// Default: none
+    ///
+    /// `https` only, both or neither: PEM certificate chain (the client's own certificate first)
+    /// and PEM private key, presented when the upstream asks for a client certificate (mTLS)
     pub tls_client_cert: Option<Spanned<String>>,
+    /// In the reference row of `tls_client_cert`.
     pub tls_client_key: Option<Spanned<String>>,
+    /// Reference: `protocol`
+    /// Default: `"http1"`
+    ///
+    /// `"http1"`; `"h2c"`: HTTP/2 without TLS, prior knowledge (`http://` only); `"h2"`: HTTP/2
+    /// over TLS, agreed with ALPN (`https://` only; an upstream that does not pick `h2` is a 502
+    /// `upstream_tls`). See gRPC and HTTP/2 upstreams
     pub protocol: Option<Spanned<String>>,
+    /// Reference: `h2_keepalive_interval`
+    /// Default: `"30s"`
+    ///
+    /// HTTP/2 only: PING the connection when no frame has come for this long (`"off"`: never)
     pub h2_keepalive_interval: Option<Spanned<String>>,
+    /// Reference: `h2_keepalive_timeout`
+    /// Default: `"10s"`
+    ///
+    /// HTTP/2 only: a PING unanswered for this long closes the connection; the next request makes a
+    /// new one
     pub h2_keepalive_timeout: Option<Spanned<String>>,
 }
 
@@ -241,27 +722,169 @@ pub(super) struct UpstreamFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RouteFile {
+    /// Reference: `name`
+    /// Default: the prefix (`/api*`) or path
+    ///
+    /// name in logs and metrics
     pub name: Option<Spanned<String>>,
+    /// Reference: `prefix`
+    /// Default: -
+    ///
+    /// segment-aware prefix: `/api` matches `/api` and `/api/x`, never `/apix`; must be canonical
     pub prefix: Option<Spanned<String>>,
+    /// Reference: `path`
+    /// Default: -
+    ///
+    /// exact canonical path (one of `prefix`, `path`, `grpc_service`)
     pub path: Option<Spanned<String>>,
+    /// Reference: `grpc_service`
+    /// Default: -
+    ///
+    /// a gRPC service, `"package.Service"`: shorthand for `prefix = "/package.Service/"`, every
+    /// method of it. One method is `path = "/package.Service/Method"`
     pub grpc_service: Option<Spanned<String>>,
+    /// Reference: `methods`
+    /// Default: any
+    ///
+    /// e.g. `["GET", "POST"]`; upper-case letters, `-` and `_`, as requests must use
     pub methods: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Reference: `upstream`
+    /// Default: required (optional with `[decision]`)
+    ///
+    /// name of an `[upstreams.NAME]`; a route without one is answered by the decision listener only
     pub upstream: Option<Spanned<String>>,
+    /// Reference: `auth`
+    /// Default: `"bearer"`
+    ///
+    /// `"bearer"`, `"none"` (forward without a check) or `"deny"` (403)
     pub auth: Option<Spanned<AuthFile>>,
+    /// Reference: `scopes`
+    /// Default: `[]`
+    ///
+    /// every one of these scopes is needed
     pub scopes: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Reference: `scopes_any`
+    /// Default: -
+    ///
+    /// at least one of these is needed
     pub scopes_any: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Reference: `token_in_query`
+    /// Default: `false`
+    ///
+    /// also accept the token as `?access_token=` (RFC 6750 2.3); otherwise such a request is a 400
     pub token_in_query: Option<bool>,
+    /// Reference: `cors_preflight`
+    /// Default: `false`
+    ///
+    /// forward CORS preflights without a token (`auth = "bearer"` routes only; if the route lists
+    /// `methods`, they must include `OPTIONS`). Browsers send a preflight (`OPTIONS` with `Origin`
+    /// and `Access-Control-Request-Method`) without credentials before a cross-origin call, so a
+    /// bearer check fails every call from a web app on another origin; Envoy's
+    /// `bypass_cors_preflight` and oauth2-proxy's `--skip-auth-preflight` do the same. One carrying
+    /// `Authorization` is not taken as a preflight and is checked; a query token is dropped from
+    /// it. Counted as `decision="allow"`, `reason="cors_preflight"`. The upstream writes the CORS
+    /// answer, as it does today
     pub cors_preflight: Option<Spanned<bool>>,
+    /// Reference: `mode`
+    /// Default: `server.mode`
+    ///
+    /// `"enforce"`, or `"audit"`: decide, log and count, but forward anyway (see Audit mode)
     pub mode: Option<Spanned<Mode>>,
+    /// Reference: `max_body_bytes`
+    /// Default: `server.max_body_bytes`
+    ///
+    /// this route's body limit (see `[server]`)
     pub max_body_bytes: Option<Spanned<u64>>,
+    /// Reference: `resource`
+    /// Default: `server.resource`
+    ///
+    /// the RFC 9728 resource identifier clients use for this route (see Protected resource
+    /// metadata)
     pub resource: Option<Spanned<String>>,
+    /// Reference: `allow_encoded_percent`
+    /// Default: `false`
+    ///
+    /// take paths holding `%25` followed by two hex digits (see The canonical path); only for an
+    /// API that never decodes a path twice
     pub allow_encoded_percent: Option<bool>,
+    /// Reference: `issuers`
+    /// Default: any issuer
+    ///
+    /// take tokens from these issuers only (`issuer_not_allowed` otherwise); for opaque tokens, the
+    /// introspection endpoints to ask, in order (required on bearer routes when several issuers
+    /// introspect)
     pub issuers: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Reference: `require_bound_tokens`
+    /// Default: `false`
+    ///
+    /// sender-constrained tokens only: a DPoP-bound token with its proof, or a certificate-bound
+    /// one with its certificate; a plain bearer token gets 401 `unbound_token` with both a `DPoP`
+    /// and a `Bearer` challenge; the RFC 9728 metadata of a resource whose bearer routes all say so
+    /// has `dpop_bound_access_tokens_required: true`
     pub require_bound_tokens: Option<Spanned<bool>>,
+    /// Reference: `require_client_certificate`
+    /// Default: `false`
+    ///
+    /// only requests with a verified client certificate (the listener's `tls_client_auth`, or a
+    /// trusted proxy's `client_cert_header`) pass, whatever `auth` says; others get 403
+    /// `client_certificate_required`. `bearward check` refuses it where no certificate can arrive
     pub require_client_certificate: Option<Spanned<bool>>,
+    /// Reference: `claims`
+    /// Default: none
+    ///
+    /// claim conditions that must all hold, e.g. `{ "realm_access.roles" = ["orders-admin"], tid =
+    /// "4f6c..." }`: the key is a claim, or a dotted path into nested objects (`\\.` in a TOML
+    /// string is a dot inside a name: `"resource_access.billing\\.api.roles"`; a top-level claim
+    /// with exactly the key's name wins, so namespaced claims like `"https://example.com/roles"`
+    /// work as written); the value a string, or an array of strings each of which must hold. A
+    /// condition holds when the claim equals the string, or is an array holding it; any other type
+    /// (a number where a string is asked for) never holds. A miss is 403 `insufficient_scope` with
+    /// a generic description that does not say what was required, reason `claim_mismatch`;
+    /// `bearward explain` names the condition
     pub claims: Option<Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
+    /// Reference: `claims_any`
+    /// Default: none
+    ///
+    /// conditions of which one must hold (Entra: `{ groups = ["ops", "sre"], roles = "Ops.Admin"
+    /// }`)
     pub claims_any: Option<Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
+    /// Reference: `client_ids`
+    /// Default: none
+    ///
+    /// the token's `azp`, else its `client_id`, must be one of these
     pub client_ids: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Reference: `rate_limit`
+    /// Default: none
+    ///
+    /// `{ key = "subject" \| "client" \| "ip" \| "claim:PATH", rate = "100/s", burst = 200,
+    /// ipv6_prefix = 64 }` (rate per `s`, `m` or `h`; burst defaults to the rate's count): requests
+    /// counted per key after the token check (`subject`: `sub`; `client`: `azp`, else `client_id`;
+    /// `ip`: the client's address, the only key on routes without a token: the peer's, or, from
+    /// `trusted_proxies` or an ingress on the decision listener, the rightmost `X-Forwarded-For`
+    /// address outside `trusted_proxies` (what the client writes to its left never counts); IPv6
+    /// clients are counted by their network of `ipv6_prefix` bits, default 64, since a host given a
+    /// /64 could otherwise take a fresh bucket per address; IPv4 as written, also when a dual-stack
+    /// listener sees it as `::ffff:a.b.c.d`; `claim:PATH`: a claim by name or dotted path; a
+    /// request without the key's claim shares the `-` bucket). Over the limit: 429 with
+    /// `Retry-After`, `RateLimit-Policy: "<route>";q=100;w=1` and `RateLimit:
+    /// "<route>";r=0;t=<seconds>` (IETF httpapi RateLimit header fields draft; both also on allowed
+    /// answers, `r` being the requests left; `t` is when the quota resets, for a GCRA when the
+    /// bucket is full again: `r=50;t=30` for 50 of `100/m` left, as in the draft's example; on a
+    /// 429, `Retry-After` and then the rest of the burst), reason `rate_limited`, nothing sent
+    /// upstream. Each key is a GCRA bucket (governor); keys live in a table of at most 100,000 per
+    /// route (quick_cache), and a sweep drops those left alone long enough for their bucket to be
+    /// full again, so a flood of distinct subjects cannot grow memory, nor reset a client that
+    /// keeps sending: a key seen again is kept (`tests/rate_limits.rs` sends a million keys with
+    /// one client asking throughout: 100,000 held, RSS +24 MiB, the client never allowed twice).
+    /// Without `[cache] redis_url` limits are per process (N replicas give a client N times the
+    /// rate); with it they are global: after the local bucket (which, when this replica alone is
+    /// over the limit, refuses without a round trip), one `EVALSHA` of a GCRA script on the store's
+    /// own clock decides for every replica (`tests/shared_cache.rs`: two processes, 40 requests
+    /// alternating, 10 pass, not 20; 80 at once, 10 pass, each with its own remaining count; checks
+    /// waiting while a script call is out go in the next one, each key once with its count). Redis
+    /// down: each replica allows the limit divided by `[cache] rate_limit_fallback_replicas`
+    /// (default 1), counted in `bearward_rate_limit_fallbacks_total`, never refusing everything and
+    /// never unlimited
     pub rate_limit: Option<Spanned<RateLimitFile>>,
 }
 
@@ -296,6 +919,20 @@ pub(super) enum AuthFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ForwardFile {
+    /// Reference: `claim_headers`
+    /// Default: `{}`
+    ///
+    /// claim -> header sent upstream, e.g. `{ sub = "X-Auth-Subject", scope = "X-Auth-Scopes",
+    /// "realm_access.roles" = "X-Auth-Roles" }` (`scope` is the normalized scope list; a key is a
+    /// claim or a dotted path, as in route `claims`). Client-sent headers of these names are
+    /// removed on every route. Strings pass as their UTF-8 bytes (as Envoy and vouch-proxy send
+    /// them), numbers and booleans as JSON text, arrays of strings joined with `,`; a value holding
+    /// a control character (CR, LF, NUL, ...) is not sent
     pub claim_headers: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    /// Reference: `strip_authorization`
+    /// Default: `false`
+    ///
+    /// drop the token before forwarding: `Authorization`, and on `token_in_query` routes the
+    /// `access_token` query parameter (the rest of the query is kept)
     pub strip_authorization: Option<bool>,
 }
