@@ -95,7 +95,9 @@ pub struct Outcome {
     pub route: Option<Arc<str>>,
     /// Index of the route, for its metric series.
     pub route_index: Option<usize>,
-    pub decision: &'static str,
+    /// The `decision` label of the request's metrics and log line: `allow`, `deny`,
+    /// `audit_deny` or `error` ("decision" alone names the ingress mode).
+    pub verdict: &'static str,
     pub reason: &'static str,
     pub upstream_status: Option<u16>,
     pub upstream_time: Option<Duration>,
@@ -125,7 +127,7 @@ impl Default for Outcome {
             path: None,
             route: None,
             route_index: None,
-            decision: ALLOWED.0,
+            verdict: ALLOWED.0,
             reason: ALLOWED.1,
             upstream_status: None,
             upstream_time: None,
@@ -231,7 +233,7 @@ impl Gateway {
 
     /// A rejection's answer, with its reason and label noted for the log and the metrics.
     fn refusal(&self, rej: Rejection, grpc: bool, out: &mut Outcome) -> Response<Body> {
-        out.decision = rej.decision_label();
+        out.verdict = rej.decision_label();
         out.reason = rej.reason();
         let route = out.route_index.map(|i| &self.config.routes.routes()[i]);
         let mut answering = self.answering(route, out.challenge);
@@ -284,7 +286,7 @@ impl Gateway {
                 .and_then(|i| self.series.get(i))
                 .unwrap_or(&self.no_route),
             status,
-            out.decision,
+            out.verdict,
             out.reason,
             latency,
             out.upstream_time,
@@ -296,7 +298,7 @@ impl Gateway {
                 path = out.path.as_deref().unwrap_or("-"),
                 route = out.route.as_deref().unwrap_or("-"),
                 status,
-                decision = out.decision,
+                decision = out.verdict,
                 reason = out.reason,
                 upstream_status = out.upstream_status,
                 upstream_ms = out.upstream_time.map(|d| d.as_secs_f64() * 1000.0),

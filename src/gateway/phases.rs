@@ -139,7 +139,7 @@ fn would_deny(
         rej.status().as_u16()
     );
     tracing::info!(route = %route.name, reason = rej.reason(), "audit: would deny; forwarding");
-    out.decision = "audit_deny";
+    out.verdict = "audit_deny";
     out.reason = rej.reason();
     HeaderValue::from_str(&note).ok()
 }
@@ -217,7 +217,7 @@ impl Gateway {
             // would-be refusal (the token's, if any) is the one reported.
             Err(rej) if route.audit => {
                 out.rate_limit = None;
-                if out.decision != "audit_deny" {
+                if out.verdict != "audit_deny" {
                     audit = would_deny(route, &rej, out, sink);
                 }
             }
