@@ -258,7 +258,7 @@ fn read_decision(
             None => "ingress unset: the one convention the request carries".to_owned(),
         };
         p.line("decision", format_args!("{how}: reads {}", c.describe(cfg)));
-        crate::gateway::original_request(req, cfg)
+        crate::gateway::original_request(req, cfg, c)
     });
     match read {
         Ok(original) => {

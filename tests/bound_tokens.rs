@@ -175,33 +175,26 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
     .await;
 
     // For another method, and another URI (path or query-less origin).
-    let p = client.proof("POST", &htu, Some(&token));
-    s.refuses_proof(
-        "/api/items",
-        &auth,
-        &p,
-        ("invalid_dpop_proof", "dpop_proof_htm"),
-        n,
-    )
-    .await;
-    let p = client.proof("GET", &s.htu("/api/other"), Some(&token));
-    s.refuses_proof(
-        "/api/items",
-        &auth,
-        &p,
-        ("invalid_dpop_proof", "dpop_proof_htu"),
-        n,
-    )
-    .await;
-    let p = client.proof("GET", "https://elsewhere.test/api/items", Some(&token));
-    s.refuses_proof(
-        "/api/items",
-        &auth,
-        &p,
-        ("invalid_dpop_proof", "dpop_proof_htu"),
-        n,
-    )
-    .await;
+    for (proof, reason) in [
+        (client.proof("POST", &htu, Some(&token)), "dpop_proof_htm"),
+        (
+            client.proof("GET", &s.htu("/api/other"), Some(&token)),
+            "dpop_proof_htu",
+        ),
+        (
+            client.proof("GET", "https://elsewhere.test/api/items", Some(&token)),
+            "dpop_proof_htu",
+        ),
+    ] {
+        s.refuses_proof(
+            "/api/items",
+            &auth,
+            &proof,
+            ("invalid_dpop_proof", reason),
+            n,
+        )
+        .await;
+    }
     // The query is not part of htu: a proof naming the path alone is good for a request
     // with a query.
     let p = client.proof("GET", &htu, Some(&token));
@@ -241,45 +234,33 @@ async fn a_dpop_bound_token_passes_with_a_fresh_proof_per_request_and_nothing_el
     .await;
 
     // No ath, a wrong ath, an old iat, a wrong typ, a symmetric alg, a private jwk.
-    let mut c = Client::claims("GET", &htu, Some(&token));
-    c.as_object_mut().unwrap().remove("ath");
-    s.refuses_proof(
-        "/api/items",
-        &auth,
-        &client.sign(&client.header(), &c),
-        ("invalid_dpop_proof", "dpop_proof_ath"),
-        n,
-    )
-    .await;
-    let c = Client::claims("GET", &htu, Some("another-token"));
-    s.refuses_proof(
-        "/api/items",
-        &auth,
-        &client.sign(&client.header(), &c),
-        ("invalid_dpop_proof", "dpop_proof_ath"),
-        n,
-    )
-    .await;
-    let mut c = Client::claims("GET", &htu, Some(&token));
-    c["iat"] = json!(now() - 300);
-    s.refuses_proof(
-        "/api/items",
-        &auth,
-        &client.sign(&client.header(), &c),
-        ("invalid_dpop_proof", "dpop_proof_iat"),
-        n,
-    )
-    .await;
-    let mut h = client.header();
-    h["typ"] = json!("JWT");
-    s.refuses_proof(
-        "/api/items",
-        &auth,
-        &client.sign(&h, &Client::claims("GET", &htu, Some(&token))),
-        ("invalid_dpop_proof", "dpop_proof_typ"),
-        n,
-    )
-    .await;
+    let claims = || Client::claims("GET", &htu, Some(&token));
+    let mut no_ath = claims();
+    no_ath.as_object_mut().unwrap().remove("ath");
+    let mut old = claims();
+    old["iat"] = json!(now() - 300);
+    let mut jwt_typ = client.header();
+    jwt_typ["typ"] = json!("JWT");
+    for (header, c, reason) in [
+        (client.header(), no_ath, "dpop_proof_ath"),
+        (
+            client.header(),
+            Client::claims("GET", &htu, Some("another-token")),
+            "dpop_proof_ath",
+        ),
+        (client.header(), old, "dpop_proof_iat"),
+        (jwt_typ, claims(), "dpop_proof_typ"),
+    ] {
+        let proof = client.sign(&header, &c);
+        s.refuses_proof(
+            "/api/items",
+            &auth,
+            &proof,
+            ("invalid_dpop_proof", reason),
+            n,
+        )
+        .await;
+    }
     let mut h = client.header();
     h["jwk"]["d"] = json!("c2VjcmV0");
     let a = s

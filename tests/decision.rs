@@ -572,6 +572,13 @@ scopes = ["read"]
     );
 }
 
+/// A key, an IdP serving it, a recording upstream and a client.
+async fn parts() -> (Key, Idp, Upstream, HttpClient) {
+    let key = Key::rsa1();
+    let idp = Idp::start(&[&key]).await;
+    (key, idp, Upstream::start().await, client())
+}
+
 /// bearward with `[decision]` lines `extra` (e.g. `ingress = "caddy"`), on a fresh port.
 async fn start_with(idp: &Idp, up: &Upstream, extra: &str) -> (u16, Gateway) {
     let dport = free_port();
@@ -668,10 +675,7 @@ async fn a_client_cannot_choose_the_original_request_through_either_ingress() {
 /// not 400 is a 401 for `/api/admin/x`: had a forged `/public/x` been read, it would be 200.
 #[tokio::test]
 async fn only_the_configured_convention_is_read() {
-    let key = Key::rsa1();
-    let idp = Idp::start(&[&key]).await;
-    let up = Upstream::start().await;
-    let c = client();
+    let (_key, idp, up, c) = parts().await;
     const O: (&str, &str) = ("x-original-uri", "/api/admin/x");
     const F: (&str, &str) = ("x-forwarded-uri", "/api/admin/x");
     const FO: (&str, &str) = ("x-original-uri", "/public/x");
@@ -753,10 +757,7 @@ async fn only_the_configured_convention_is_read() {
 /// GHSA-7r4p-vjf4-gxv4).
 #[tokio::test]
 async fn a_client_copy_of_a_claim_header_never_reaches_the_api() {
-    let key = Key::rsa1();
-    let idp = Idp::start(&[&key]).await;
-    let up = Upstream::start().await;
-    let c = client();
+    let (key, idp, up, c) = parts().await;
     let no_scope = idp.minter("https://api.test").token_claims(&key, |claims| {
         claims.remove("scope");
     });
@@ -832,10 +833,7 @@ async fn a_client_copy_of_a_claim_header_never_reaches_the_api() {
 /// CVE-2026-41059). In the query, `%23` is data.
 #[tokio::test]
 async fn a_fragment_in_the_original_uri_is_refused() {
-    let key = Key::rsa1();
-    let idp = Idp::start(&[&key]).await;
-    let up = Upstream::start().await;
-    let c = client();
+    let (_key, idp, up, c) = parts().await;
     let (dport, _gw) = start_with(&idp, &up, "ingress = \"nginx\"").await;
     for (uri, status) in [
         ("/api/admin/x#/public/x", 400),
@@ -870,10 +868,7 @@ async fn a_fragment_in_the_original_uri_is_refused() {
 /// never 200 on its own form (oauth2-proxy's CVE-2026-34457 answered some without a check).
 #[tokio::test]
 async fn no_request_form_on_the_decision_listener_skips_the_phases() {
-    let key = Key::rsa1();
-    let idp = Idp::start(&[&key]).await;
-    let up = Upstream::start().await;
-    let c = client();
+    let (_key, idp, up, c) = parts().await;
     let paths = [
         "/",
         "/auth",

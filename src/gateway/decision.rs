@@ -119,10 +119,12 @@ pub(crate) fn convention(
     }
 }
 
-/// The request the ingress asks about, built from its decision request.
+/// The request the ingress asks about, built from its decision request read in `convention`
+/// ([`convention`]).
 pub(crate) fn original_request(
     req: &Request<Body>,
     cfg: &DecisionConfig,
+    convention: Convention,
 ) -> Result<Request<Body>, Rejection> {
     let h = req.headers();
     let method_of = |v: Option<&HeaderValue>| -> Result<Method, Rejection> {
@@ -133,7 +135,7 @@ pub(crate) fn original_request(
         }
     };
     let missing = || Rejection::BadRequest("missing_original_uri");
-    let (method, target, host) = match convention(req, cfg)? {
+    let (method, target, host) = match convention {
         Convention::Original => (
             method_of(one(h, &cfg.method_header)?)?,
             text(one(h, &cfg.uri_header)?.ok_or_else(missing)?)?,
@@ -203,11 +205,7 @@ pub(crate) fn original_request(
 /// A `#` anywhere, or `%23` in the path: a fragment, or one spelled to survive a decoding.
 fn has_fragment(target: &str) -> bool {
     let path = target.split('?').next().unwrap_or(target);
-    target.contains('#')
-        || path
-            .as_bytes()
-            .windows(3)
-            .any(|w| w[0] == b'%' && w[1] == b'2' && w[2] == b'3')
+    target.contains('#') || path.contains("%23")
 }
 
 fn text(v: &HeaderValue) -> Result<String, Rejection> {
@@ -237,6 +235,14 @@ mod tests {
             r = r.header(*k, *v);
         }
         r.body(body::empty()).unwrap()
+    }
+
+    /// What the listener does: the convention, then the request read in it.
+    fn original_request(
+        req: &Request<Body>,
+        cfg: &DecisionConfig,
+    ) -> Result<Request<Body>, Rejection> {
+        super::original_request(req, cfg, convention(req, cfg)?)
     }
 
     fn reason(r: Result<Request<Body>, Rejection>) -> &'static str {

@@ -397,7 +397,8 @@ impl Gateway {
         if !forward::is_trusted(&cfg.trusted_proxies, &conn.peer) {
             return Err(Rejection::Forbidden("untrusted_decision_peer"));
         }
-        let mut original = decision::original_request(&req, cfg)?;
+        let convention = decision::convention(&req, cfg)?;
+        let mut original = decision::original_request(&req, cfg, convention)?;
         drop(req);
         let pass = match self
             .evaluate(&mut original, None, Some(conn), out, &mut Quiet)

@@ -279,14 +279,10 @@ fn finish_segment(segments: &mut Vec<Segment>, cur: &mut Segment) -> Result<(), 
         },
     );
     let text = seg.text.as_str();
-    // The segment up to its first parameter, raw or escaped: what a servlet container resolves.
-    let head = text
-        .find(';')
-        .into_iter()
-        .chain(text.find("%3B"))
-        .min()
-        .map(|end| &text[..end]);
-    if matches!(head, Some("." | "..")) {
+    // `.` or `..` followed by a parameter, raw or escaped: what a servlet container resolves
+    // once it has dropped the parameter.
+    let param = text.strip_prefix("..").or_else(|| text.strip_prefix('.'));
+    if param.is_some_and(|p| p.starts_with(';') || p.starts_with("%3B")) {
         return Err(PathError::DotSegmentParameter);
     }
     match text {

@@ -48,6 +48,13 @@ impl Live {
         tracing::info!(routes, "config reloaded");
     }
 
+    /// The record of what was applied last.
+    fn applied(&self) -> std::sync::MutexGuard<'_, Option<[u8; 32]>> {
+        self.applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The config file's content and that of the TLS files the running config names, hashed:
     /// what a reload reads. `None` when the file cannot be read.
     fn digest(&self, path: &Path) -> Option<[u8; 32]> {
@@ -70,11 +77,7 @@ impl Live {
         let result = self.load_and_apply(path);
         let unchanged = before.is_some() && std::fs::read(path).ok() == before;
         // The digest holds the TLS files the config now in force names.
-        *self
-            .applied
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            if unchanged { self.digest(path) } else { None };
+        *self.applied() = if unchanged { self.digest(path) } else { None };
         result
     }
 
@@ -112,19 +115,10 @@ impl Live {
 /// files the running config names count as part of it: a renewed client certificate or CA
 /// bundle (cert-manager, a mounted Secret) takes effect the same way, without a restart.
 pub async fn watch_config(live: Arc<Live>, path: PathBuf, every: Duration) {
-    let applied = |live: &Live| {
-        *live
-            .applied
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    };
     {
-        let mut a = live
-            .applied
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if a.is_none() {
-            *a = live.digest(&path);
+        let mut applied = live.applied();
+        if applied.is_none() {
+            *applied = live.digest(&path);
         }
     }
     let mut pending: Option<[u8; 32]> = None;
@@ -135,12 +129,12 @@ pub async fn watch_config(live: Arc<Live>, path: PathBuf, every: Duration) {
         match (now, pending) {
             (Some(d), Some(p)) if d == p => {
                 pending = None;
-                if Some(d) != applied(&live) {
+                if Some(d) != *live.applied() {
                     tracing::info!(file = %path.display(), "config file or its TLS files changed; reloading");
                     reload_off_the_workers(&live, &path).await;
                 }
             }
-            (Some(d), _) if Some(d) != applied(&live) => pending = Some(d),
+            (Some(d), _) if Some(d) != *live.applied() => pending = Some(d),
             _ => pending = None,
         }
     }
