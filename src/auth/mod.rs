@@ -95,7 +95,45 @@ impl Authenticator {
         route: Option<&Route>,
         trace: &mut Trace,
     ) -> Result<Arc<Verified>, AuthError> {
-        let v = self.verify_any(token, route, trace).await?;
+        match self.cached(token, route) {
+            Some(found) => found,
+            None => self.verify_uncached(token, route, trace).await,
+        }
+    }
+
+    /// The verified-token cache's answer, without an await: `None` on a miss (the token must be
+    /// validated or introspected), else the cached token checked again for expiry and for
+    /// `route`'s issuers. The request path calls it first, so the future of a full check is
+    /// made only on a miss.
+    pub(crate) fn cached(
+        &self,
+        token: &[u8],
+        route: Option<&Route>,
+    ) -> Option<Result<Arc<Verified>, AuthError>> {
+        let v = match self.cache_lookup(token)? {
+            Ok(v) => v,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(self.for_route(v, route, &mut Trace::default()))
+    }
+
+    /// [`Authenticator::verify_bytes`] after [`Authenticator::cached`] missed.
+    pub(crate) async fn verify_uncached(
+        &self,
+        token: &[u8],
+        route: Option<&Route>,
+        trace: &mut Trace,
+    ) -> Result<Arc<Verified>, AuthError> {
+        let v = self.validate_fresh(token, route, trace).await?;
+        self.for_route(v, route, trace)
+    }
+
+    fn for_route(
+        &self,
+        v: Arc<Verified>,
+        route: Option<&Route>,
+        trace: &mut Trace,
+    ) -> Result<Arc<Verified>, AuthError> {
         if route.is_some_and(|r| !r.takes_issuer(v.issuer)) {
             trace.note("issuer", false, || {
                 format!(
@@ -108,42 +146,46 @@ impl Authenticator {
         Ok(v)
     }
 
-    async fn verify_any(
+    /// The cache of verified JWTs: the token if held and still good; `Some(Err(Expired))` if
+    /// held and expired (expired is final); `None` otherwise, a miss counted once.
+    fn cache_lookup(&self, token: &[u8]) -> Option<Result<Arc<Verified>, AuthError>> {
+        // Size is the parser's first check; a token too large is never in the cache.
+        // Only JWTs are kept in this cache, and a JWT has dots: an opaque token (when some
+        // issuer takes them) skips the lookup, and is not counted as a miss.
+        let c = self.cache.as_ref()?;
+        if memchr::memchr(b'.', token).is_none() && self.introspectors.iter().any(Option::is_some) {
+            return None;
+        }
+        let hash = c.hash(token);
+        // The front first; moka on a front miss, and a moka hit moves into the front.
+        let found = c.front_get(hash, token).or_else(|| {
+            let v = c.store.get(token)?;
+            c.front_put(hash, v.clone());
+            Some(v)
+        });
+        self.metrics.token_cache(found.is_some());
+        let v = found?;
+        let verdict = self.still_good(&v);
+        if verdict.is_ok() {
+            return Some(Ok(v));
+        }
+        c.front_remove(hash, token);
+        c.store.invalidate(token);
+        // Expired is final; a key retired or gone stale means validating afresh.
+        match verdict {
+            Err(AuthError::Expired) => Some(Err(AuthError::Expired)),
+            _ => None,
+        }
+    }
+
+    /// Validation (or introspection) of a token the cache does not hold; a valid JWT with time
+    /// left goes into the cache.
+    async fn validate_fresh(
         &self,
         token: &[u8],
         route: Option<&Route>,
         trace: &mut Trace,
     ) -> Result<Arc<Verified>, AuthError> {
-        // Size is the parser's first check; a token too large is never in the cache.
-        // The token is hashed once, for the front's lookup and, on a miss, its insert.
-        // Only JWTs are kept in this cache, and a JWT has dots: an opaque token (when some
-        // issuer takes them) skips the lookup, and is not counted as a miss.
-        let jwt_shaped =
-            memchr::memchr(b'.', token).is_some() || self.introspectors.iter().all(Option::is_none);
-        let cached = (self.cache.as_ref())
-            .filter(|_| jwt_shaped)
-            .map(|c| (c, c.hash(token)));
-        if let Some((c, hash)) = cached {
-            // The front first; moka on a front miss, and a moka hit moves into the front.
-            let found = c.front_get(hash, token).or_else(|| {
-                let v = c.store.get(token)?;
-                c.front_put(hash, v.clone());
-                Some(v)
-            });
-            self.metrics.token_cache(found.is_some());
-            if let Some(v) = found {
-                let verdict = self.still_good(&v);
-                if verdict.is_ok() {
-                    return Ok(v);
-                }
-                c.front_remove(hash, token);
-                c.store.invalidate(token);
-                // Expired is final; a key retired or gone stale means validating afresh.
-                if let Err(AuthError::Expired) = verdict {
-                    return Err(AuthError::Expired);
-                }
-            }
-        }
         let token = extract::check_token(token)?;
         if let Some(order) = self.introspection_order(token, route) {
             return self.introspect(token, &order, trace).await;
@@ -153,10 +195,10 @@ impl Authenticator {
             self.metrics.key_lookup(v.is_ok());
         }
         let v = Arc::new(v?);
-        if let Some((c, hash)) = cached {
+        if let Some(c) = &self.cache {
             if !v.ttl.is_zero() {
                 c.store.insert(v.token.clone(), v.clone());
-                c.front_put(hash, v.clone());
+                c.front_put(c.hash(&v.token), v.clone());
             }
         }
         Ok(v)

@@ -366,8 +366,9 @@ impl Gateway {
             }
             AuthMode::Bearer => {
                 let path = target.split('?').next().unwrap_or("/");
-                let (outcome, caller) =
-                    Box::pin(self.check_token(&Head::of(req), path, route, conn, out, sink)).await;
+                let (outcome, caller) = self
+                    .check_token(&Head::of(req), path, route, conn, out, sink)
+                    .await;
                 // Identity headers go upstream only with a forwarded request: an allowed one,
                 // or an audit-mode one whose token was valid.
                 if outcome.is_ok() || route.audit {
@@ -428,9 +429,21 @@ impl Gateway {
         }
         sink.token(&self.auth, Ok(token)).await;
         let mut quiet = Trace::default();
-        let verified = match sink.trace() {
-            Some(trace) => self.auth.verify_bytes(token, Some(route), trace).await,
-            None => self.auth.verify_bytes(token, Some(route), &mut quiet).await,
+        // A cached token is checked without an await; the future of a validation or an
+        // introspection (several KiB: key fetches, HTTP calls) is boxed and made on a miss only,
+        // so a cache hit neither allocates nor copies it.
+        let cached = match sink.trace() {
+            Some(_) => None,
+            None => self.auth.cached(token, Some(route)),
+        };
+        let verified = match (cached, sink.trace()) {
+            (Some(found), _) => found,
+            (None, Some(trace)) => {
+                Box::pin(self.auth.verify_bytes(token, Some(route), trace)).await
+            }
+            (None, None) => {
+                Box::pin(self.auth.verify_uncached(token, Some(route), &mut quiet)).await
+            }
         };
         let v = match verified {
             Ok(v) => v,
@@ -458,8 +471,8 @@ impl Gateway {
                 require_bound: route.require_bound_tokens,
             };
             let bound = match sink.trace() {
-                Some(trace) => self.auth.check_binding(&v, &request, trace).await,
-                None => self.auth.check_binding(&v, &request, &mut quiet).await,
+                Some(trace) => Box::pin(self.auth.check_binding(&v, &request, trace)).await,
+                None => Box::pin(self.auth.check_binding(&v, &request, &mut quiet)).await,
             };
             if let Err(e) = bound {
                 return (Err(e), None);
