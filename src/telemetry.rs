@@ -151,6 +151,8 @@ pub struct Metrics {
     reloads: Outcomes,
     /// Proxy-listener connections open now, and the limit in force.
     pub connections_open: Gauge,
+    /// HTTP/1 connections parked: idle, holding no buffers (`request::framing::PARK_AFTER`).
+    pub connections_parked: Gauge,
     pub connections_max: Gauge,
     /// Times the accept loop found `max_connections` open and left new ones in the backlog.
     pub connections_deferred: Counter,
@@ -217,6 +219,7 @@ impl Metrics {
             refused_shown: Default::default(),
             reloads: Outcomes::new("ok", "error"),
             connections_open: Gauge::default(),
+            connections_parked: Gauge::default(),
             connections_max: Gauge::default(),
             connections_deferred: Counter::default(),
             accept_errors: Counter::default(),
@@ -294,6 +297,11 @@ impl Metrics {
             "connections_open",
             "Connections open on the proxy listener",
             m.connections_open.clone(),
+        );
+        registry.register(
+            "connections_parked",
+            "HTTP/1 connections idle between requests with their buffers given back",
+            m.connections_parked.clone(),
         );
         registry.register(
             "connections_max",

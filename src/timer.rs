@@ -14,7 +14,11 @@ use tokio::time::Sleep;
 
 /// Sets `timer` to go off `after` from now, making it the first time.
 pub(crate) fn rearm(timer: &mut Option<Pin<Box<Sleep>>>, after: Duration) {
-    let deadline = tokio::time::Instant::now() + after;
+    rearm_at(timer, tokio::time::Instant::now() + after);
+}
+
+/// Sets `timer` to go off at `deadline`, making it the first time.
+pub(crate) fn rearm_at(timer: &mut Option<Pin<Box<Sleep>>>, deadline: tokio::time::Instant) {
     match timer {
         Some(t) => t.as_mut().reset(deadline),
         None => *timer = Some(Box::pin(tokio::time::sleep_until(deadline))),

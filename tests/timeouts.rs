@@ -143,6 +143,59 @@ async fn the_header_timer_spares_requests_in_flight_and_closes_idle_connections(
     assert_eq!(up.count(), 2);
 }
 
+/// `bearward_connections_parked` from the admin listener.
+async fn parked(gw: &Gateway) -> u64 {
+    let url = format!("http://{}/metrics", gw.admin.expect("admin listener"));
+    let body = get(&client(), &url, &[]).await.body;
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("bearward_connections_parked "))
+        .expect("the parked-connections gauge");
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn an_idle_connection_gives_its_buffers_back_and_carries_on() {
+    let (up, mut gw, _) = setup("header_read_timeout = \"800ms\"").await;
+    let mut s = connect_and_send(gw.addr, b"GET /public/a HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(read_response(&mut s).await, 200);
+    // Idle past the park point: hyper's state is dropped, the socket waits alone.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(parked(&gw).await, 1);
+    // A head that comes in two pieces wakes it: the fresh hyper connection reads the rest.
+    s.write_all(b"GET /public/b HTTP/1.1\r\nHo").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(b"st: x\r\n\r\n").await.unwrap();
+    assert_eq!(read_response(&mut s).await, 200);
+    // Two pipelined requests after another idle spell: both answered, in order.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(
+        b"GET /public/c HTTP/1.1\r\nHost: x\r\n\r\nGET /public/d HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_response(&mut s).await, 200);
+    assert_eq!(read_response(&mut s).await, 200);
+    let seen: Vec<String> = up.seen().iter().map(|r| r.uri.clone()).collect();
+    assert_eq!(seen, ["/public/a", "/public/b", "/public/c", "/public/d"]);
+    // Parked, the header timer still holds: silence ends at header_read_timeout, counted
+    // from the last response, not from the park.
+    let idle = time_to_close(&mut s).await;
+    assert!(idle >= Duration::from_millis(650), "closed early: {idle:?}");
+    assert!(idle < Duration::from_millis(2000), "closed late: {idle:?}");
+    assert_eq!(parked(&gw).await, 0);
+    // A parked connection closes at once when the server drains.
+    let mut s = connect_and_send(gw.addr, b"GET /public/e HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(read_response(&mut s).await, 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gw.stop();
+    let drained = time_to_close(&mut s).await;
+    assert!(
+        drained < Duration::from_millis(500),
+        "closed late: {drained:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_pipelined_request_behind_a_slow_one_is_answered() {
     // The second head arrives with the first and waits in hyper's buffer for 2 s, four times

@@ -26,9 +26,17 @@
 //!   follower give up.
 //! - **`send_timeout`**: a write that cannot proceed (the client reads nothing) starts a timer;
 //!   one that proceeds stops it. Past the timeout the write fails and the connection closes.
+//! - **Idle connections hold no buffers**: a plain-TCP connection that has waited [`PARK_AFTER`]
+//!   for its next request head, with nothing of one read and every response flushed, asks
+//!   (through its [`ConnLedger`]) to be parked: `server::conn` takes the socket back from hyper,
+//!   drops hyper's 8 KiB read and write buffers and its request slot, and waits for the next
+//!   bytes on the socket alone ([`Guarded::idle`]), under the same header timer. hyper gets a
+//!   fresh connection state when they come. The timer is the one above: its deadline is the park
+//!   point first, then the head deadline, so a busy connection pays nothing for it.
 
 use super::ledger::ConnLedger;
-use crate::timer::{rearm, Stall};
+use crate::timer::{rearm_at, Stall};
+use bytes::Bytes;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -283,6 +291,38 @@ impl std::fmt::Display for HeadTimeout {
 
 impl std::error::Error for HeadTimeout {}
 
+/// How long a plain-TCP HTTP/1 connection waits for its next request before hyper's buffers are
+/// given back (see the module docs). nginx frees them at once; a short wait keeps the cost of
+/// setting them up again (about 1,000 instructions) off connections that are busy.
+pub const PARK_AFTER: Duration = Duration::from_millis(10);
+
+/// A stream the connection can wait on without reading: only plain TCP is parked (rustls
+/// keeps decrypted bytes of its own, which readiness of the socket would not show).
+pub trait Parkable {
+    /// Ready when the socket has bytes (or the client closed it).
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// May it be parked at all?
+    fn parkable(&self) -> bool;
+}
+
+impl Parkable for tokio::net::TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
+    fn parkable(&self) -> bool {
+        true
+    }
+}
+
+impl<T> Parkable for tokio_rustls::server::TlsStream<T> {
+    fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn parkable(&self) -> bool {
+        false
+    }
+}
+
 /// An IO stream whose reads are watched by a [`Framer`] and bounded by the header timer.
 pub struct Guarded<T> {
     inner: T,
@@ -297,6 +337,16 @@ pub struct Guarded<T> {
     armed_for: Option<usize>,
     /// `send_timeout`, counted while writes cannot proceed.
     send_stall: Stall,
+    /// The stream may be parked ([`Parkable`]).
+    parkable: bool,
+    /// When the current wait for a head began.
+    wait_started: tokio::time::Instant,
+    /// The timer's deadline is the park point, not yet the head deadline.
+    park_point: bool,
+    /// Every write so far has been flushed: hyper holds nothing unsent.
+    flushed: bool,
+    /// Bytes hyper had read but not parsed when the connection was parked, given back first.
+    replay: Bytes,
 }
 
 impl<T> Guarded<T> {
@@ -306,7 +356,11 @@ impl<T> Guarded<T> {
         max_head: usize,
         header_timeout: Duration,
         send_timeout: Duration,
-    ) -> (Self, ConnLedger) {
+    ) -> (Self, ConnLedger)
+    where
+        T: Parkable,
+    {
+        let parkable = inner.parkable() && PARK_AFTER < header_timeout;
         let ledger = ConnLedger::default();
         let framer = Framer::new(max_head, ledger.clone());
         let guarded = Guarded {
@@ -317,8 +371,60 @@ impl<T> Guarded<T> {
             timer: None,
             armed_for: None,
             send_stall: Stall::new(send_timeout),
+            parkable,
+            wait_started: tokio::time::Instant::now(),
+            park_point: false,
+            flushed: true,
+            replay: Bytes::new(),
         };
         (guarded, ledger)
+    }
+
+    /// Takes the stream back from a parked hyper connection, with the bytes hyper had read and
+    /// not used (none, on the terms a park is asked on; replayed first if there are).
+    pub fn unpark(&mut self, unread: Bytes) {
+        // Copied or dropped, never kept: even empty, hyper's buffer holds its 8 KiB allocation.
+        self.replay = match unread.is_empty() {
+            true => Bytes::new(),
+            false => Bytes::copy_from_slice(&unread),
+        };
+    }
+
+    /// A parked connection's wait for its next request: `Ok(true)` when the client sends (or
+    /// closes), `Ok(false)` when the head deadline passes (an idle keep-alive connection is
+    /// closed, as hyper would have) or `drain` completes.
+    pub async fn idle<D: Future + Unpin>(&mut self, drain: &mut D) -> io::Result<bool>
+    where
+        T: Parkable,
+    {
+        if !self.replay.is_empty() || !self.parkable {
+            return Ok(true);
+        }
+        // A new connection's first wait begins here, not at hyper's first read.
+        self.arm();
+        std::future::poll_fn(|cx| {
+            if Pin::new(&mut *drain).poll(cx).is_ready() {
+                return Poll::Ready(Ok(false));
+            }
+            if let Poll::Ready(r) = self.inner.poll_read_ready(cx) {
+                return Poll::Ready(r.map(|()| true));
+            }
+            loop {
+                let Some(t) = &mut self.timer else {
+                    return Poll::Pending;
+                };
+                if t.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if !self.park_point {
+                    return Poll::Ready(Ok(false));
+                }
+                // Already parked: the park point only moves the timer on to the head deadline.
+                self.park_point = false;
+                t.as_mut().reset(self.wait_started + self.header_timeout);
+            }
+        })
+        .await
     }
 
     /// Starts the header timer if the connection has just begun waiting for a head; `true`
@@ -329,9 +435,32 @@ impl<T> Guarded<T> {
         };
         if self.armed_for != Some(wait) {
             self.armed_for = Some(wait);
-            rearm(&mut self.timer, self.header_timeout);
+            let now = tokio::time::Instant::now();
+            self.wait_started = now;
+            self.park_point = self.parkable;
+            let after = if self.parkable {
+                PARK_AFTER
+            } else {
+                self.header_timeout
+            };
+            rearm_at(&mut self.timer, now + after);
         }
         true
+    }
+
+    /// The timer reached the park point: from now it runs to the head deadline, and if the
+    /// connection is idle (nothing of a head read, nothing unsent) it asks to be parked.
+    fn at_park_point(&mut self, cx: &mut Context<'_>, read_pending: bool) {
+        self.park_point = false;
+        if let Some(t) = &mut self.timer {
+            t.as_mut().reset(self.wait_started + self.header_timeout);
+            // Registers the new deadline; it is later than now, so this is pending.
+            let _ = t.as_mut().poll(cx);
+        }
+        let nothing_read = matches!(&self.framer.state, State::Head(b) if b.is_empty());
+        if read_pending && self.flushed && nothing_read {
+            self.ledger.want_park();
+        }
     }
 
     /// The send timeout (nginx's `send_timeout`): a client that reads nothing of what it is
@@ -358,6 +487,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.replay.is_empty() {
+            // Already seen by the framer, before the park.
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let timed = this.arm();
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -371,6 +506,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
         if timed {
             if let Some(t) = &mut this.timer {
                 if t.as_mut().poll(cx).is_ready() {
+                    if this.park_point {
+                        this.at_park_point(cx, res.is_pending());
+                        return res;
+                    }
                     let partial = match &this.framer.state {
                         State::Head(buf) => !buf.is_empty(),
                         State::Off => false,
@@ -393,11 +532,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.flushed = false;
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.bound_write(cx, res)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        // hyper flushes the stream only once its own write buffer is empty.
+        let res = Pin::new(&mut self.inner).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = res {
+            self.flushed = true;
+        }
+        res
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
@@ -407,6 +552,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.flushed = false;
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         self.bound_write(cx, res)
     }

@@ -21,6 +21,9 @@ struct Shared {
     answered: AtomicUsize,
     /// A 101 went out: the connection no longer carries HTTP/1 heads.
     upgraded: AtomicBool,
+    /// HTTP/1: the connection has idled long enough to give hyper's buffers back
+    /// ([`crate::request::framing::Guarded`] sets it, `server::conn` parks the connection).
+    park: AtomicBool,
     /// HTTP/2 only: the response bodies in flight, for [`ConnLedger::client_stalled`].
     sends: Option<Sends>,
 }
@@ -60,6 +63,7 @@ impl ConnLedger {
             started: AtomicUsize::new(0),
             answered: AtomicUsize::new(0),
             upgraded: AtomicBool::new(false),
+            park: AtomicBool::new(false),
             sends,
         }))
     }
@@ -125,6 +129,14 @@ impl ConnLedger {
     pub(crate) fn first_ambiguous(&self) -> Option<usize> {
         let first = self.0.ambiguous_from.load(Ordering::Acquire);
         (first != usize::MAX).then_some(first)
+    }
+    /// The connection is idle, and hyper may be set aside until the client sends again.
+    pub(crate) fn want_park(&self) {
+        self.0.park.store(true, Ordering::Release);
+    }
+    /// Was parking asked for since the last call?
+    pub(crate) fn take_park(&self) -> bool {
+        self.0.park.swap(false, Ordering::AcqRel)
     }
     pub(crate) fn is_upgraded(&self) -> bool {
         self.0.upgraded.load(Ordering::Acquire)

@@ -19,6 +19,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -163,16 +164,24 @@ pub(super) fn serve_connection(
                 serve_io(stream, io, &protocols, &live, &mut signal, in_flight).await
             }
             Some(tls) => {
-                let Some((stream, info)) = handshake(stream, &tls, &protocols, &live).await else {
-                    return;
-                };
-                let io = Io {
-                    peer,
-                    h2: info.alpn_h2 && protocols.h2.is_some(),
-                    tls: Some(info),
-                    decision,
-                };
-                serve_io(stream, io, &protocols, &live, &mut signal, in_flight).await
+                // Boxed, as HTTP/2 is in serve_io: the task of every connection is as large as
+                // its largest state, and a plain connection parked between requests should not
+                // carry room for rustls and its handshake.
+                let served = Box::pin(async {
+                    let (stream, info) = handshake(stream, &tls, &protocols, &live).await?;
+                    let io = Io {
+                        peer,
+                        h2: info.alpn_h2 && protocols.h2.is_some(),
+                        tls: Some(info),
+                        decision,
+                    };
+                    Some(serve_io(stream, io, &protocols, &live, &mut signal, in_flight).await)
+                })
+                .await;
+                match served {
+                    Some(result) => result,
+                    None => return,
+                }
             }
         };
         if let Err(e) = result {
@@ -241,7 +250,12 @@ async fn serve_io<I>(
     in_flight: InFlight,
 ) -> Result<(), hyper::Error>
 where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    I: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + crate::request::framing::Parkable
+        + Unpin
+        + Send
+        + 'static,
 {
     let Io {
         peer,
@@ -264,36 +278,99 @@ where
                 )),
             );
             let bounds = (protocols.header_read_timeout, protocols.send_timeout);
-            until_done_or_idle(
+            // Boxed: an HTTP/2 connection's state is several KiB, and would otherwise be room
+            // in every connection's task, HTTP/1 ones parked between requests included.
+            Box::pin(until_done_or_idle(
                 conn,
                 signal,
                 hyper::server::conn::http2::Connection::graceful_shutdown,
                 &ledger,
                 bounds,
-            )
+            ))
             .await
             .unwrap_or(Ok(()))
         }
         None => {
-            let (guarded, head_watch) = Guarded::new(
+            let (guarded, ledger) = Guarded::new(
                 stream,
                 protocols.max_header_bytes,
                 protocols.header_read_timeout,
                 protocols.send_timeout,
             );
-            let conn = protocols
-                .h1
-                .serve_connection(
-                    TokioIo::new(guarded),
-                    gateway_service(live, peer, tls, decision, Some(head_watch), in_flight),
-                )
-                .with_upgrades();
-            until_done(
-                conn,
-                signal,
-                hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown,
-            )
-            .await
+            let service =
+                gateway_service(live, peer, tls, decision, Some(ledger.clone()), in_flight);
+            let parked = &live.metrics.connections_parked;
+            serve_h1(&protocols.h1, guarded, service, &ledger, signal, parked).await
+        }
+    }
+}
+
+/// HTTP/1 through hyper while the client sends, and without hyper while the connection idles:
+/// when [`Guarded`] asks (see [`crate::request::framing::PARK_AFTER`]), the connection is taken
+/// apart (`into_parts`: the socket, any unread bytes, the service), hyper's buffers and request
+/// slot are dropped, and the socket alone waits for the client's next bytes; then a fresh hyper
+/// connection takes over. What hyper keeps from one request to the next on a connection is only
+/// its buffers: a park happens with every response flushed and nothing of a head read.
+/// When the server drains, a busy connection finishes gracefully (in-flight requests complete,
+/// no new ones start) and a parked one closes.
+async fn serve_h1<I, S>(
+    h1: &http1::Builder,
+    mut io: Guarded<I>,
+    mut service: S,
+    ledger: &ConnLedger,
+    signal: &mut watch::Receiver<bool>,
+    parked_gauge: &prometheus_client::metrics::gauge::Gauge,
+) -> Result<(), hyper::Error>
+where
+    I: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + crate::request::framing::Parkable
+        + Unpin
+        + Send
+        + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Answered<Body>> + Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let drain = signal.changed();
+    let mut drain = std::pin::pin!(drain);
+    let mut draining = false;
+    // A new connection waits for its first bytes parked too: one that never sends costs its
+    // task and socket only.
+    if !matches!(io.idle(&mut drain).await, Ok(true)) {
+        return Ok(());
+    }
+    loop {
+        // Boxed, so that while parked the task holds none of it.
+        let mut conn = Box::pin(
+            h1.serve_connection(TokioIo::new(io), service)
+                .with_upgrades(),
+        );
+        let parked = std::future::poll_fn(|cx| {
+            if !draining && drain.as_mut().poll(cx).is_ready() {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            match conn.as_mut().poll(cx) {
+                Poll::Ready(r) => Poll::Ready(Some(r)),
+                Poll::Pending if !draining && ledger.take_park() => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        if let Some(done) = parked {
+            return done;
+        }
+        // Pending, so not upgraded: the parts are there.
+        let Some(parts) = Pin::into_inner(conn).into_parts() else {
+            return Ok(());
+        };
+        (io, service) = (parts.io.into_inner(), parts.service);
+        io.unpark(parts.read_buf);
+        parked_gauge.inc();
+        let next = io.idle(&mut drain).await;
+        parked_gauge.dec();
+        if !matches!(next, Ok(true)) {
+            return Ok(());
         }
     }
 }
@@ -388,24 +465,9 @@ fn gateway_service(
     })
 }
 
-/// Drives a connection to its end; when the server drains, asks it to finish gracefully
-/// (in-flight requests complete, no new ones start) and keeps driving it.
-async fn until_done<C: Future>(
-    conn: C,
-    signal: &mut watch::Receiver<bool>,
-    graceful: fn(Pin<&mut C>),
-) -> C::Output {
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => r,
-        _ = signal.changed() => {
-            graceful(conn.as_mut());
-            conn.await
-        }
-    }
-}
-
-/// [`until_done`] for HTTP/2, which has neither the header timer nor the framing guard's write path:
+/// Drives an HTTP/2 connection to its end; when the server drains, asks it to finish
+/// gracefully (in-flight streams complete, no new ones start) and keeps driving it. HTTP/2 has
+/// neither the header timer nor the framing guard's write path:
 /// - a connection with no stream in flight and none started for `idle` (the header timeout)
 ///   is closed gracefully (GOAWAY), as HTTP/1 keep-alive connections are by the header timer;
 /// - a connection where some response body has waited longer than `send` (the send timeout)
