@@ -349,6 +349,25 @@ def request(url, headers=None, body=None):
         return None, ""
 
 
+def read_http1(s):
+    """Reads one HTTP/1.1 answer with a Content-Length body; returns its status."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise SystemExit("connection closed before an answer")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    while len(rest) < length:
+        rest += s.recv(65536)
+    return int(head.split(b" ")[1])
+
+
 def dpop_status(port, token, proof):
     return request(f"http://127.0.0.1:{port}/api/check", {"Authorization": f"DPoP {token}", "DPoP": proof})[0]
 
