@@ -127,7 +127,17 @@ pub struct RouteSeries {
     latency: Histogram,
     upstream_latency: Histogram,
     ok: Counter,
+    /// The route's other request counters met so far, by (status, decision, reason): the
+    /// family's lookup hashes its labels with SipHash, about 650 instructions a refusal. A few
+    /// dozen at most (the reasons are a fixed set); past `REFUSED_KEPT` the family is asked.
+    refused: Arc<std::sync::Mutex<Vec<Refused>>>,
 }
+
+/// A refusal counter of a route: status, decision, reason.
+type Refused = (u16, &'static str, &'static str, Counter);
+
+/// Counters a route keeps at hand in [`RouteSeries`].
+const REFUSED_KEPT: usize = 32;
 
 /// Everything `/metrics` shows. It outlives config reloads, so counters never restart with a
 /// reload. Labels come from the config (route names, issuers) and fixed sets (decisions,
@@ -470,6 +480,7 @@ impl Metrics {
                 })
                 .clone(),
             route: name,
+            refused: Default::default(),
         }
     }
 
@@ -486,14 +497,33 @@ impl Metrics {
         if status == 200 && (decision, reason) == ALLOWED {
             series.ok.inc();
         } else {
-            self.requests
-                .get_or_create(&RequestLabels {
-                    route: series.route.clone(),
-                    status,
-                    decision,
-                    reason,
-                })
-                .inc();
+            let mut kept = series
+                .refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let found = kept
+                .iter()
+                .find(|(s, d, r, _)| (*s, *d, *r) == (status, decision, reason));
+            match found {
+                Some((.., counter)) => {
+                    counter.inc();
+                }
+                None => {
+                    let counter = self
+                        .requests
+                        .get_or_create(&RequestLabels {
+                            route: series.route.clone(),
+                            status,
+                            decision,
+                            reason,
+                        })
+                        .clone();
+                    counter.inc();
+                    if kept.len() < REFUSED_KEPT {
+                        kept.push((status, decision, reason, counter));
+                    }
+                }
+            }
         }
         series.latency.observe(latency.as_secs_f64());
         if let Some(u) = upstream {

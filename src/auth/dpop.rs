@@ -102,15 +102,24 @@ pub struct Verifier {
     pub config: DpopConfig,
     keys: moka::sync::Cache<String, Arc<VerifyKey>>,
     nonces: Option<Nonces>,
+    /// `algs` of a DPoP challenge, written once: every 401 carries one or may.
+    algs: String,
 }
 
 impl Verifier {
     pub fn new(config: DpopConfig) -> Verifier {
         let nonces = config.nonce.then(|| Nonces::new(&config));
+        let algs = config
+            .algorithms
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(" ");
         Verifier {
             keys: moka::sync::Cache::builder().max_capacity(10_000).build(),
             nonces,
             config,
+            algs,
         }
     }
 
@@ -243,13 +252,8 @@ impl Verifier {
     }
 
     /// The algorithms proofs may use, space-separated, for `algs` in challenges and metadata.
-    pub fn algs(&self) -> String {
-        self.config
-            .algorithms
-            .iter()
-            .map(|a| format!("{a:?}"))
-            .collect::<Vec<_>>()
-            .join(" ")
+    pub fn algs(&self) -> &str {
+        &self.algs
     }
 }
 

@@ -62,10 +62,9 @@ pub struct Answering<'a> {
     /// The route that refused, for what its challenges say beyond the error.
     pub route: Option<&'a Route>,
     pub challenge: Challenge,
-    /// `algs` of a DPoP challenge.
-    pub dpop_algs: String,
-    /// The DPoP nonce clients must use now, when nonces are on.
-    pub nonce: Option<String>,
+    /// DPoP's settings: the `algs` of a DPoP challenge, and the nonce clients must use now
+    /// (when nonces are on), made only for an answer that carries one.
+    pub dpop: &'a crate::auth::dpop::Verifier,
     /// A gRPC request: answered in gRPC's form ([`grpc_form`]).
     pub grpc: bool,
 }
@@ -138,7 +137,7 @@ impl Rejection {
     pub fn into_response(self, a: &Answering<'_>) -> Response<Body> {
         let (realm, route) = (a.realm, a.route);
         let status = self.status();
-        let text = match &self {
+        let mut text = match &self {
             Rejection::Auth(e) => e.to_string(),
             Rejection::BadRequest(_) | Rejection::Framing(Framing::Ambiguous) => {
                 format!("bad request: {}", self.reason())
@@ -153,7 +152,9 @@ impl Rejection {
                     + other.reason()
             }
         };
-        let mut resp = Response::new(body::full(format!("{text}\n")));
+        text.push('\n');
+        // The body is set last: the gRPC form carries the text in a header instead.
+        let mut resp = Response::new(body::empty());
         *resp.status_mut() = status;
         let h = resp.headers_mut();
         h.insert(
@@ -163,7 +164,7 @@ impl Rejection {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match &self {
             Rejection::Auth(e) => {
-                let algs = Some(a.dpop_algs.as_str());
+                let algs = Some(a.dpop.algs());
                 let challenges = match (a.challenge, e.is_dpop()) {
                     (Challenge::Bearer, false) => vec![e.challenge("Bearer", realm, route, None)],
                     (Challenge::Both, false) => vec![
@@ -179,8 +180,8 @@ impl Rejection {
                 }
                 // RFC 9449 8: the nonce to use, with the error that asks for one (and with any
                 // other DPoP refusal, which saves the client a round trip).
-                if let (Some(n), true) = (&a.nonce, e.is_dpop()) {
-                    if let Ok(v) = HeaderValue::from_str(n) {
+                if let Some(n) = e.is_dpop().then(|| a.dpop.current_nonce()).flatten() {
+                    if let Ok(v) = HeaderValue::from_str(&n) {
                         h.insert(http::HeaderName::from_static("dpop-nonce"), v);
                     }
                 }
@@ -204,6 +205,7 @@ impl Rejection {
         if a.grpc {
             return grpc_form(resp, &text);
         }
+        *resp.body_mut() = body::full(text);
         resp
     }
 }
