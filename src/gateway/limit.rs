@@ -292,10 +292,9 @@ impl Limiter {
             // This replica alone is over the limit: so is every replica together.
             return local;
         }
-        match store
-            .gcra(stored.clone(), self.emission_us, self.limit.burst)
-            .await
-        {
+        // Boxed: only Redis-backed limits take this path, and the call's future would
+        // otherwise size every request's.
+        match Box::pin(store.gcra(stored.clone(), self.emission_us, self.limit.burst)).await {
             Ok((allowed, wait_us, remaining)) => Verdict {
                 allowed,
                 remaining,

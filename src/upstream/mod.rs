@@ -108,7 +108,9 @@ impl Upstreams {
         let upgrade = client_upgrade.is_some();
         let fut = async {
             match &up.h2 {
-                Some(h2) => h2.send(req, rewrite).await.map(|r| (r, None)),
+                // Boxed: HTTP/2 upstreams' state would otherwise size every HTTP/1 request's
+                // future too (hyper moves it into place once a request).
+                Some(h2) => Box::pin(h2.send(req, rewrite)).await.map(|r| (r, None)),
                 None => up.pool.send(req, rewrite, upgrade).await,
             }
         };

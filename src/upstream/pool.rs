@@ -133,7 +133,10 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<Conn, ProxyError> {
-        let stream = tokio::time::timeout(self.connect_timeout, self.open())
+        // Boxed: a connect (a TLS handshake's state among it) is rare on a warm pool, and its
+        // future inline would make every request's future, which hyper moves into place per
+        // request, that much larger.
+        let stream = Box::pin(tokio::time::timeout(self.connect_timeout, self.open()))
             .await
             .map_err(|_| ProxyError::ConnectTimeout)??;
         Ok(Conn {
