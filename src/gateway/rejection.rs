@@ -138,7 +138,12 @@ impl Rejection {
         let (realm, route) = (a.realm, a.route);
         let status = self.status();
         let mut text = match &self {
-            Rejection::Auth(e) => e.to_string(),
+            Rejection::Auth(e) => {
+                // Room for the newline too: pushing it onto an exact-length string reallocated.
+                let mut t = String::with_capacity(64);
+                let _ = std::fmt::Write::write_fmt(&mut t, format_args!("{e}"));
+                t
+            }
             Rejection::BadRequest(_) | Rejection::Framing(Framing::Ambiguous) => {
                 format!("bad request: {}", self.reason())
             }
@@ -165,18 +170,20 @@ impl Rejection {
         match &self {
             Rejection::Auth(e) => {
                 let algs = Some(a.dpop.algs());
-                let challenges = match (a.challenge, e.is_dpop()) {
-                    (Challenge::Bearer, false) => vec![e.challenge("Bearer", realm, route, None)],
-                    (Challenge::Both, false) => vec![
-                        e.challenge("DPoP", realm, route, algs),
-                        e.challenge("Bearer", realm, route, None),
-                    ],
-                    _ => vec![e.challenge("DPoP", realm, route, algs)],
-                };
-                for c in challenges {
-                    if let Ok(v) = HeaderValue::from_str(&c) {
+                // The challenge strings become the header values without a copy.
+                let mut challenge = |scheme, algs| {
+                    let c = bytes::Bytes::from(e.challenge(scheme, realm, route, algs));
+                    if let Ok(v) = HeaderValue::from_maybe_shared(c) {
                         h.append(header::WWW_AUTHENTICATE, v);
                     }
+                };
+                match (a.challenge, e.is_dpop()) {
+                    (Challenge::Bearer, false) => challenge("Bearer", None),
+                    (Challenge::Both, false) => {
+                        challenge("DPoP", algs);
+                        challenge("Bearer", None);
+                    }
+                    _ => challenge("DPoP", algs),
                 }
                 // RFC 9449 8: the nonce to use, with the error that asks for one (and with any
                 // other DPoP refusal, which saves the client a round trip).
