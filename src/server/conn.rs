@@ -240,6 +240,27 @@ async fn handshake(
     }
 }
 
+/// What a client connection runs over: plain TCP or TLS over it.
+trait ClientStream:
+    tokio::io::AsyncRead
+    + tokio::io::AsyncWrite
+    + crate::request::framing::Parkable
+    + Unpin
+    + Send
+    + 'static
+{
+}
+
+impl<T> ClientStream for T where
+    T: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + crate::request::framing::Parkable
+        + Unpin
+        + Send
+        + 'static
+{
+}
+
 /// HTTP/2 or HTTP/1 over an established stream (plain or TLS) until it ends or drains.
 async fn serve_io<I>(
     stream: I,
@@ -250,12 +271,7 @@ async fn serve_io<I>(
     in_flight: InFlight,
 ) -> Result<(), hyper::Error>
 where
-    I: tokio::io::AsyncRead
-        + tokio::io::AsyncWrite
-        + crate::request::framing::Parkable
-        + Unpin
-        + Send
-        + 'static,
+    I: ClientStream,
 {
     let Io {
         peer,
@@ -322,12 +338,7 @@ async fn serve_h1<I, S>(
     parked_gauge: &prometheus_client::metrics::gauge::Gauge,
 ) -> Result<(), hyper::Error>
 where
-    I: tokio::io::AsyncRead
-        + tokio::io::AsyncWrite
-        + crate::request::framing::Parkable
-        + Unpin
-        + Send
-        + 'static,
+    I: ClientStream,
     S: hyper::service::HttpService<Incoming, ResBody = Answered<Body>> + Unpin,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
