@@ -432,18 +432,12 @@ impl Gateway {
         // A cached token is checked without an await; the future of a validation or an
         // introspection (several KiB: key fetches, HTTP calls) is boxed and made on a miss only,
         // so a cache hit neither allocates nor copies it.
-        let cached = match sink.trace() {
-            Some(_) => None,
-            None => self.auth.cached(token, Some(route)),
-        };
-        let verified = match (cached, sink.trace()) {
-            (Some(found), _) => found,
-            (None, Some(trace)) => {
-                Box::pin(self.auth.verify_bytes(token, Some(route), trace)).await
-            }
-            (None, None) => {
-                Box::pin(self.auth.verify_uncached(token, Some(route), &mut quiet)).await
-            }
+        let verified = match sink.trace() {
+            Some(trace) => Box::pin(self.auth.verify_bytes(token, Some(route), trace)).await,
+            None => match self.auth.cached(token, Some(route)) {
+                Some(found) => found,
+                None => Box::pin(self.auth.verify_uncached(token, Some(route), &mut quiet)).await,
+            },
         };
         let v = match verified {
             Ok(v) => v,

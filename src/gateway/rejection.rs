@@ -6,6 +6,7 @@ use crate::routes::Route;
 use crate::upstream::ProxyError;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
+use std::fmt::Write as _;
 
 use crate::auth::AuthError;
 
@@ -141,7 +142,7 @@ impl Rejection {
             Rejection::Auth(e) => {
                 // Room for the newline too: pushing it onto an exact-length string reallocated.
                 let mut t = String::with_capacity(64);
-                let _ = std::fmt::Write::write_fmt(&mut t, format_args!("{e}"));
+                let _ = write!(t, "{e}");
                 t
             }
             Rejection::BadRequest(_) | Rejection::Framing(Framing::Ambiguous) => {

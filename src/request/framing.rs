@@ -461,8 +461,7 @@ impl<T> Guarded<T> {
                     return Poll::Ready(Ok(false));
                 }
                 // Already parked: the park point only moves the timer on to the head deadline.
-                self.park_point = false;
-                t.as_mut().reset(self.wait_started + self.header_timeout);
+                self.past_park_point();
             }
         })
         .await
@@ -489,12 +488,18 @@ impl<T> Guarded<T> {
         true
     }
 
+    /// Moves the timer from the park point on to the head deadline of the same wait.
+    fn past_park_point(&mut self) -> Option<&mut Pin<Box<tokio::time::Sleep>>> {
+        self.park_point = false;
+        let t = self.timer.as_mut()?;
+        t.as_mut().reset(self.wait_started + self.header_timeout);
+        Some(t)
+    }
+
     /// The timer reached the park point: from now it runs to the head deadline, and if the
     /// connection is idle (nothing of a head read, nothing unsent) it asks to be parked.
     fn at_park_point(&mut self, cx: &mut Context<'_>, read_pending: bool) {
-        self.park_point = false;
-        if let Some(t) = &mut self.timer {
-            t.as_mut().reset(self.wait_started + self.header_timeout);
+        if let Some(t) = self.past_park_point() {
             // Registers the new deadline; it is later than now, so this is pending.
             let _ = t.as_mut().poll(cx);
         }

@@ -136,7 +136,9 @@ impl ConnLedger {
     }
     /// Was parking asked for since the last call?
     pub(crate) fn take_park(&self) -> bool {
-        self.0.park.swap(false, Ordering::AcqRel)
+        // A load first: this runs on every pending poll of a busy connection, and a swap is a
+        // locked instruction even when there is nothing to take.
+        self.0.park.load(Ordering::Acquire) && self.0.park.swap(false, Ordering::AcqRel)
     }
     pub(crate) fn is_upgraded(&self) -> bool {
         self.0.upgraded.load(Ordering::Acquire)
