@@ -4,6 +4,7 @@
 
 mod admin;
 mod conn;
+mod memory;
 mod reload;
 
 pub use reload::{reload_on_sighup, watch_config, Live};
@@ -104,6 +105,7 @@ impl Server {
             config.server.listening.max_requests_in_flight,
         );
         let mut last_warned: Option<tokio::time::Instant> = None;
+        let trimmer = memory::trimmer(metrics.connections_parked.clone());
         let decision_task = self.decision.map(|listener| {
             tokio::spawn(decision_loop(
                 listener,
@@ -170,7 +172,7 @@ impl Server {
                 tracing::warn!("grace period over; closing remaining connections");
             }
         }
-        if let Some(t) = admin_task {
+        for t in admin_task.into_iter().chain(trimmer) {
             t.abort();
         }
         Ok(())
