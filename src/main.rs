@@ -282,7 +282,8 @@ fn run(path: &std::path::Path) -> ExitCode {
                 std::time::Duration::from_secs(1),
             ));
         }
-        match server.run(shutdown_signal()).await {
+        let (first, second) = shutdown_signals();
+        match server.run_until(first, second).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "server failed");
@@ -290,6 +291,35 @@ fn run(path: &std::path::Path) -> ExitCode {
             }
         }
     })
+}
+
+/// The first SIGTERM/SIGINT and the second one: the first starts the shutdown
+/// (`server.shutdown_delay`), the second ends its delay.
+fn shutdown_signals() -> (
+    impl std::future::Future<Output = ()>,
+    impl std::future::Future<Output = ()>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = tokio::sync::watch::channel(0u32);
+    // One pair of streams for the process's life: a signal between two is never missed.
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+            tx.send_modify(|n| *n += 1);
+        }
+    });
+    let nth = move |n: u32| {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|seen| *seen >= n).await;
+        }
+    };
+    (nth(1), nth(2))
 }
 
 async fn shutdown_signal() {

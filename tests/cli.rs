@@ -190,3 +190,179 @@ fn a_resource_outside_every_issuers_audiences_warns() {
         "{out}"
     );
 }
+
+/// bearward as a process on fixed loopback ports (`listen`, `admin_listen`), in front of `up`,
+/// with `extra` in `[server]`; returns once `/readyz` says 200.
+struct Process {
+    child: std::process::Child,
+    listen: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    file: std::path::PathBuf,
+}
+
+impl Process {
+    async fn start(up: &common::Upstream, extra: &str) -> Process {
+        let free = || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let (listen, admin) = (free(), free());
+        let text = common::basic_config(&up.url(), extra)
+            .replace(
+                "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
+                &format!("listen = \"{listen}\"\nadmin_listen = \"{admin}\""),
+            )
+            .replace("request_timeout = \"500ms\"", "request_timeout = \"10s\"")
+            .replace("empty-jwks.json", "jwks-rsa1.json");
+        let file = std::env::temp_dir().join(format!("bearward-drain-{}.toml", rand_suffix()));
+        std::fs::write(&file, text).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_bearward"))
+            .arg("--config")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let p = Process {
+            child,
+            listen,
+            admin,
+            file,
+        };
+        for _ in 0..100 {
+            if p.ready().await == Some(200) {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("bearward did not become ready");
+    }
+
+    /// `/readyz`'s status, `None` when the admin listener does not answer.
+    async fn ready(&self) -> Option<u16> {
+        let mut s = tokio::net::TcpStream::connect(self.admin).await.ok()?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        Some(common::raw_status(&String::from_utf8_lossy(&out)))
+    }
+
+    fn signal(&self) {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    }
+
+    /// A request on a new connection; its status, 0 when the connection is refused.
+    async fn fresh_request(&self) -> u16 {
+        match tokio::net::TcpStream::connect(self.listen).await {
+            Err(_) => 0,
+            Ok(mut s) => {
+                use tokio::io::AsyncWriteExt;
+                s.write_all(b"GET /public/a HTTP/1.1\r\nHost: a\r\n\r\n")
+                    .await
+                    .unwrap();
+                common::read_response(&mut s).await
+            }
+        }
+    }
+
+    /// Waits for the exit (at most `within`); whether it was a success.
+    async fn exits_ok(mut self, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let _ = std::fs::remove_file(&self.file);
+                return status.success();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("bearward still running {within:?} after the signal");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigterm_turns_readiness_off_and_serves_through_the_delay_then_drains() {
+    use tokio::io::AsyncWriteExt;
+    let up = common::Upstream::start().await;
+    let p = Process::start(&up, "shutdown_grace = \"10s\"\nshutdown_delay = \"2s\"").await;
+    // A keep-alive connection from before the signal.
+    let mut kept = tokio::net::TcpStream::connect(p.listen).await.unwrap();
+    let on_kept = b"GET /public/kept HTTP/1.1\r\nHost: a\r\n\r\n";
+    kept.write_all(on_kept).await.unwrap();
+    assert_eq!(common::read_response(&mut kept).await, 200);
+
+    let signalled = std::time::Instant::now();
+    p.signal();
+    let mut not_ready = None;
+    for _ in 0..40 {
+        if p.ready().await == Some(503) {
+            not_ready = Some(signalled.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let not_ready = not_ready.expect("/readyz turned 503 after SIGTERM");
+    assert!(not_ready < Duration::from_secs(1), "{not_ready:?}");
+    // Requests on new connections and on the old one, all through the delay.
+    let mut served = 0;
+    while signalled.elapsed() < Duration::from_millis(1700) {
+        assert_eq!(
+            p.fresh_request().await,
+            200,
+            "a new connection during the delay"
+        );
+        kept.write_all(on_kept).await.unwrap();
+        assert_eq!(common::read_response(&mut kept).await, 200);
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served >= 10, "{served}");
+    // Past the delay: no new connections, and the process drains and exits.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        p.fresh_request().await,
+        0,
+        "still accepting after the delay"
+    );
+    assert!(p.exits_ok(Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn a_second_sigterm_ends_the_delay_and_a_busy_keep_alive_connection_is_told_to_close() {
+    use tokio::io::AsyncWriteExt;
+    let up = common::Upstream::start().await;
+    // A delay the test would never sit out.
+    let p = Process::start(&up, "shutdown_grace = \"10s\"\nshutdown_delay = \"600s\"").await;
+    let mut kept = tokio::net::TcpStream::connect(p.listen).await.unwrap();
+    p.signal();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(p.ready().await, Some(503));
+    assert_eq!(p.fresh_request().await, 200, "accepting during the delay");
+    // /public/slow answers after 2 s: in flight when the second signal comes.
+    kept.write_all(b"GET /public/slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.signal();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        p.fresh_request().await,
+        0,
+        "the second signal ended the delay"
+    );
+    let (answer, _) = common::read_to_close(&mut kept).await;
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert_eq!(common::raw_status(&answer), 200, "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(p.exits_ok(Duration::from_secs(5)).await);
+}

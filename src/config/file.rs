@@ -236,6 +236,11 @@ pub(super) struct ServerFile {
     ///
     /// on SIGTERM/SIGINT: stop accepting, let in-flight requests finish for this long, exit 0
     pub shutdown_grace: Option<Spanned<String>>,
+    /// Reference: `shutdown_delay`
+    /// Default: `"0s"`
+    ///
+    /// on SIGTERM/SIGINT: `/readyz` answers 503 at once while bearward keeps accepting and serving for this long (the time endpoints and load balancers take to stop sending; Traefik's `requestAcceptGraceTimeout`), then stops accepting and drains for `shutdown_grace`. A second signal ends the delay
+    pub shutdown_delay: Option<Spanned<String>>,
     /// Reference: `trusted_proxies`
     /// Default: `[]`
     ///

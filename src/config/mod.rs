@@ -144,6 +144,8 @@ listening! {
     pub send_timeout: Duration,
     /// How long requests in flight get to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// How long bearward keeps accepting after SIGTERM, reporting not ready.
+    pub shutdown_delay: Duration,
     /// `text` or `json` log lines.
     pub log_format: LogFormat,
     /// Runtime threads; `None`: one per CPU the process may use.

@@ -32,7 +32,8 @@ pub(super) async fn admin_loop(listener: TcpListener, live: Arc<Live>) {
             let _slot = slot;
             let service = service_fn(move |req: Request<Incoming>| {
                 let gateway = live.current();
-                async move { Ok::<_, std::convert::Infallible>(admin(&gateway, &req)) }
+                let draining = live.draining.load(std::sync::atomic::Ordering::Relaxed);
+                async move { Ok::<_, std::convert::Infallible>(admin(&gateway, draining, &req)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -43,9 +44,15 @@ pub(super) async fn admin_loop(listener: TcpListener, live: Arc<Live>) {
     }
 }
 
-fn admin(gateway: &Gateway, req: &Request<Incoming>) -> Response<Body> {
+fn admin(gateway: &Gateway, draining: bool, req: &Request<Incoming>) -> Response<Body> {
     let (status, text) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
+        // Shutting down: out of the endpoints first, while requests still in the load
+        // balancers' pipes are served (server.shutdown_delay).
+        "/readyz" if draining => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down\n".to_owned(),
+        ),
         "/readyz" => match gateway.auth.readiness() {
             Ok(detail) => (StatusCode::OK, detail),
             Err(detail) => (StatusCode::SERVICE_UNAVAILABLE, detail),

@@ -51,6 +51,7 @@ impl Server {
             current: ArcSwap::new(gateway),
             boot: config,
             applied: std::sync::Mutex::new(None),
+            draining: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Server {
             listener,
@@ -88,7 +89,36 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting and gives in-flight requests up to
     /// `server.shutdown_grace` to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        self.run_until(shutdown, std::future::pending()).await
+    }
+
+    /// Serves until `first` completes (the first SIGTERM); then `/readyz` answers 503 while
+    /// bearward goes on accepting and serving for `server.shutdown_delay`, or until `second`
+    /// completes; then it stops accepting and gives in-flight requests up to
+    /// `server.shutdown_grace` to finish.
+    pub async fn run_until(
+        self,
+        first: impl Future<Output = ()>,
+        second: impl Future<Output = ()>,
+    ) -> io::Result<()> {
         let config: Arc<Config> = self.live.boot.clone();
+        let delay = config.server.listening.shutdown_delay;
+        let live = self.live.clone();
+        let shutdown = async move {
+            first.await;
+            live.draining
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            if !delay.is_zero() {
+                tracing::info!(
+                    ?delay,
+                    "shutting down: /readyz answers 503; still accepting for server.shutdown_delay"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = second => tracing::info!("a second signal ends server.shutdown_delay"),
+                }
+            }
+        };
         let protocols = Arc::new(Protocols::new(&config));
         let metrics = self.live.metrics.clone();
         let (drain_signal, _) = watch::channel(false);

@@ -23,6 +23,8 @@ pub struct Live {
     /// The digest ([`Live::digest`]) of the file content last applied or refused, by whichever
     /// noticed it first (SIGHUP, the file watch, an explicit reload): one change, one reload.
     pub(super) applied: Mutex<Option<[u8; 32]>>,
+    /// Set on the first SIGTERM: `/readyz` answers 503 from then on.
+    pub(super) draining: std::sync::atomic::AtomicBool,
 }
 
 impl Live {

@@ -135,6 +135,12 @@ pub(super) fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
                 DEFAULT_SHUTDOWN_GRACE,
                 (Duration::ZERO, Duration::from_secs(3600)),
             ),
+            shutdown_delay: cx.duration(
+                &s.shutdown_delay,
+                "server.shutdown_delay",
+                Duration::ZERO,
+                (Duration::ZERO, Duration::from_secs(3600)),
+            ),
             http2,
             log_format: s
                 .log_format
