@@ -36,8 +36,8 @@ for manifest in sorted((root / "deploy").rglob("*.yaml")):
                     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as t:
                         t.write(text)
                     check(t.name, f"{manifest.relative_to(root)} ConfigMap {doc['metadata']['name']} {key}")
-        if doc.get("kind") == "Kustomization":
-            names = list(doc.get("resources", []))
+        if doc.get("kind") in ("Kustomization", "Component"):
+            names = list(doc.get("resources", [])) + list(doc.get("components", []))
             for gen in doc.get("configMapGenerator", []):
                 names += gen.get("files", [])
             for n in names:
