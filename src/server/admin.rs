@@ -1,5 +1,7 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` (in the format the scraper asks for:
+//! [`exposition`]).
 
+use super::exposition::{self, Format};
 use super::reload::Live;
 use crate::body::{self, Body};
 use crate::gateway::Gateway;
@@ -45,6 +47,7 @@ pub(super) async fn admin_loop(listener: TcpListener, live: Arc<Live>) {
 }
 
 fn admin(gateway: &Gateway, draining: bool, req: &Request<Incoming>) -> Response<Body> {
+    let mut content_type = "text/plain; charset=utf-8";
     let (status, text) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
         // Shutting down: out of the endpoints first, while requests still in the load
@@ -60,11 +63,26 @@ fn admin(gateway: &Gateway, draining: bool, req: &Request<Incoming>) -> Response
         "/metrics" => {
             gateway.auth.export_gauges();
             gateway.export_gauges();
-            (StatusCode::OK, gateway.metrics.render())
+            let format = Format::negotiate(
+                req.headers()
+                    .get(http::header::ACCEPT)
+                    .map(http::HeaderValue::as_bytes),
+            );
+            content_type = format.content_type();
+            let openmetrics = gateway.metrics.render();
+            let body = match format {
+                Format::OpenMetrics => openmetrics,
+                Format::Text => exposition::to_text(&openmetrics),
+            };
+            (StatusCode::OK, body)
         }
         _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
     };
     let mut resp = Response::new(body::full(text));
     *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     resp
 }

@@ -4,6 +4,7 @@
 
 mod admin;
 mod conn;
+mod exposition;
 mod memory;
 mod reload;
 
