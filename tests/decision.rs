@@ -936,3 +936,54 @@ async fn no_request_form_on_the_decision_listener_skips_the_phases() {
     }
     assert_eq!(up.count(), 0);
 }
+
+/// Request ids through the ingresses: the ingress's own id (nginx's `$request_id`, Caddy's
+/// `{http.request.uuid}`) reaches bearward, the API and the client, never the client's; asked
+/// directly, bearward answers with the id the ingress sent.
+#[tokio::test]
+async fn request_ids_are_the_ingresses_never_the_clients() {
+    let (_key, _idp, up, dport, _gw) = start().await;
+    let c = client();
+    let ng = nginx(dport, &up.url()).await;
+    let cd = caddy(dport, &up.url()).await;
+    let sent = [("x-request-id", "chosen-by-the-client")];
+    for (port, via, len) in [(ng.port, "nginx", 32), (cd.port, "caddy", 36)] {
+        let a = get(&c, &format!("http://127.0.0.1:{port}/public/x"), &sent).await;
+        assert_eq!(a.status, StatusCode::OK, "{via}");
+        let id = a.headers["x-request-id"].to_str().unwrap().to_owned();
+        assert_eq!(id.len(), len, "{via}: {id}");
+        assert!(
+            id.chars().all(|c| c.is_ascii_hexdigit() || c == '-'),
+            "{via}: {id}"
+        );
+        let upstream: Vec<_> = up
+            .last()
+            .headers
+            .get_all("x-request-id")
+            .iter()
+            .cloned()
+            .collect();
+        assert_eq!(
+            upstream,
+            [id.as_str()],
+            "{via}: the API got the ingress's id"
+        );
+        // A refusal quotes the ingress's id to the client as well.
+        let a = get(&c, &format!("http://127.0.0.1:{port}/api/x"), &sent).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{via}");
+        let refused = a.headers["x-request-id"].to_str().unwrap();
+        assert!(refused.len() == len && refused != id, "{via}: {refused}");
+    }
+    let ask = format!("http://127.0.0.1:{dport}/auth");
+    let a = get(
+        &c,
+        &ask,
+        &[
+            ("x-original-uri", "/public/x"),
+            ("x-request-id", "ingress-42"),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.headers["x-request-id"], "ingress-42");
+}

@@ -249,7 +249,7 @@ async fn bodies_and_trailers_pass_both_ways_over_h2c() {
     let r = call(
         &c,
         &gw.url("/echo"),
-        &[("x-request-id", "abc")],
+        &[("x-client-header", "abc")],
         streamed(1_000_000, Some(t)),
     )
     .await;
@@ -262,7 +262,7 @@ async fn bodies_and_trailers_pass_both_ways_over_h2c() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].version, http::Version::HTTP_2);
     assert_eq!(got[0].body_len, 1_000_000);
-    assert_eq!(got[0].headers["x-request-id"], "abc");
+    assert_eq!(got[0].headers["x-client-header"], "abc");
     assert_eq!(
         got[0]
             .trailers

@@ -152,7 +152,10 @@ async fn client_in_the_access_log(buf: &Buf, up: &Upstream) {
     let a = get(
         &c,
         &gw.url("/by-ip/x"),
-        &[("x-forwarded-for", "6.6.6.6, 203.0.113.9")],
+        &[
+            ("x-forwarded-for", "6.6.6.6, 203.0.113.9"),
+            ("x-request-id", "lb-5e1d"),
+        ],
     )
     .await;
     assert_eq!(a.status, http::StatusCode::OK);
@@ -169,6 +172,8 @@ async fn client_in_the_access_log(buf: &Buf, up: &Upstream) {
         .expect("an access line for /by-ip/x");
     assert!(line.contains("\"client\":\"203.0.113.9\""), "{line}");
     assert!(line.contains("\"peer\":\"127.0.0.1\""), "{line}");
+    // The trusted proxy's request id, as the upstream and the client got it.
+    assert!(line.contains("\"request_id\":\"lb-5e1d\""), "{line}");
     assert_eq!(
         logs.matches("came without X-Forwarded-For").count(),
         1,

@@ -295,6 +295,11 @@ pub(super) struct ServerFile {
     /// the token), `peer`, and, when the peer is in `trusted_proxies` or an ingress on the decision
     /// listener, `client`: the address its `X-Forwarded-For` names (as for rate limits)
     pub access_log: Option<bool>,
+    /// Reference: `request_id_header`
+    /// Default: `"x-request-id"`
+    ///
+    /// the request id: taken from this header when the peer is in `trusted_proxies` or an ingress on the decision listener (1 to 128 visible ASCII characters), else made (a UUIDv4); the client's own is replaced. Sent to the upstream, returned to the client (and to the ingress in decision mode), and written in the access log (`request_id`). `""` turns request ids off
+    pub request_id_header: Option<Spanned<String>>,
     /// Reference: `token_cache_entries`
     /// Default: `10000`
     ///

@@ -183,6 +183,8 @@ pub struct ServerConfig {
     /// RFC 9728 resource identifier of routes that name none.
     pub resource: Option<Arc<crate::resource::ResourceId>>,
     pub access_log: bool,
+    /// `request_id_header`; `None`: request ids off.
+    pub request_id_header: Option<HeaderName>,
     /// Default mode of routes that do not set one.
     pub mode: Mode,
     /// Reload when the config file changes (SIGHUP always reloads).

@@ -108,6 +108,8 @@ pub struct Outcome {
     pub rate_limit: Option<limit::Verdict>,
     /// The client a trusted proxy or the ingress names (X-Forwarded-For), when the peer is one.
     pub client: Option<std::net::IpAddr>,
+    /// `server.request_id_header`'s value for this request ([`crate::request::id`]).
+    pub request_id: Option<HeaderValue>,
 }
 
 /// The `WWW-Authenticate` scheme(s) of a refusal (RFC 6750 3, RFC 9449 7.1).
@@ -135,6 +137,7 @@ impl Default for Outcome {
             challenge: Challenge::Bearer,
             rate_limit: None,
             client: None,
+            request_id: None,
         }
     }
 }
@@ -214,6 +217,17 @@ impl Gateway {
             && req.version() == http::Version::HTTP_2
             && crate::upstream::is_grpc(req.headers());
         let mut out = Outcome::default();
+        if let Some(name) = &self.config.server.request_id_header {
+            // Trust first: most peers are clients, whose header is not even looked up.
+            let sent = self
+                .trusts_ids_of(conn)
+                .then(|| req.headers().get(name))
+                .flatten();
+            out.request_id = Some(
+                sent.and_then(crate::request::id::trusted)
+                    .unwrap_or_else(crate::request::id::new),
+            );
+        }
         let phases = self.phases(
             req.map(body::boxed),
             conn,
@@ -229,6 +243,21 @@ impl Gateway {
         let status = resp.status().as_u16();
         self.log(&method, conn, &out, status, start.elapsed());
         resp
+    }
+
+    /// Whether the peer's request id is taken: a trusted proxy's, or the ingress's on the
+    /// decision listener.
+    fn trusts_ids_of(&self, conn: &ConnInfo) -> bool {
+        if conn.decision {
+            let peers = self
+                .config
+                .decision
+                .as_ref()
+                .map(|d| &d.trusted_proxies[..]);
+            forward::is_trusted(peers.unwrap_or_default(), &conn.peer)
+        } else {
+            forward::is_trusted(&self.config.server.trusted_proxies, &conn.peer)
+        }
     }
 
     /// A rejection's answer, with its reason and label noted for the log and the metrics.
@@ -258,6 +287,9 @@ impl Gateway {
             if !v.allowed {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(v.retry_after.max(1)));
             }
+        }
+        if let (Some(name), Some(id)) = (&self.config.server.request_id_header, &out.request_id) {
+            resp.headers_mut().insert(name.clone(), id.clone());
         }
         // RFC 9110 9.3.2: no content in an answer to HEAD. hyper drops it on HTTP/1 but sends
         // it on HTTP/2, where a client takes it as a stream error. An upstream's answer to HEAD
@@ -306,6 +338,7 @@ impl Gateway {
                 token = out.token_id.map(tracing::field::display),
                 peer = %conn.peer.ip(),
                 client = out.client.map(tracing::field::display),
+                request_id = out.request_id.as_ref().and_then(|v| v.to_str().ok()),
             );
         }
     }
@@ -449,7 +482,7 @@ impl Gateway {
             return Err(Rejection::NoRoute);
         };
         let upstream = self.upstreams.config(upstream_index);
-        let rewrite = forward::prepare_request(
+        let mut rewrite = forward::prepare_request(
             &mut req,
             upstream,
             target,
@@ -459,6 +492,10 @@ impl Gateway {
             conn.tls.is_some(),
         )
         .map_err(|_| Rejection::Internal("bad_upstream_request"))?;
+        // The id replaces any the client sent, as the other lines bearward owns do.
+        if let Some(name) = &self.config.server.request_id_header {
+            rewrite.replace[5] = Some((name.clone(), out.request_id.clone()));
+        }
         if let Some(identity) = &identity {
             for (claim, h) in &self.config.forward.claim_headers {
                 if let Some(v) = identity.header_value(claim) {

@@ -5,5 +5,6 @@
 
 pub mod framing;
 pub mod host;
+pub mod id;
 pub mod ledger;
 pub mod path;

@@ -204,8 +204,49 @@ pub(super) fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
         max_body_bytes: cx.max_body(&s.max_body_bytes, "server.max_body_bytes"),
         resource: cx.resource(&s.resource, "server.resource", path),
         access_log: s.access_log.unwrap_or(true),
+        request_id_header: request_id_header(cx, &s.request_id_header),
         mode: s.mode.as_ref().map_or(Mode::Enforce, |m| *m.get_ref()),
         watch_config: s.watch_config.unwrap_or(true),
+    }
+}
+
+/// `server.request_id_header`: a header name bearward does not own for another purpose.
+fn request_id_header(
+    cx: &mut Ctx<'_>,
+    v: &Option<Spanned<String>>,
+) -> Option<http::header::HeaderName> {
+    let Some(v) = v else {
+        return Some(http::header::HeaderName::from_static("x-request-id"));
+    };
+    if v.get_ref().is_empty() {
+        return None;
+    }
+    let key = "server.request_id_header";
+    match http::header::HeaderName::from_str(v.get_ref()) {
+        Ok(name)
+            if crate::headers::is_reserved_header(&name)
+                || crate::headers::is_hop_view(&name)
+                || name == http::header::COOKIE =>
+        {
+            cx.err(
+                v.span(),
+                key,
+                format!(
+                    "{:?} is a header bearward reads or sets for another purpose",
+                    v.get_ref()
+                ),
+            );
+            None
+        }
+        Ok(name) => Some(name),
+        Err(_) => {
+            cx.err(
+                v.span(),
+                key,
+                format!("{:?} is not a header name", v.get_ref()),
+            );
+            None
+        }
     }
 }
 
