@@ -189,7 +189,15 @@ async fn start(listen: SocketAddr) -> io::Result<Demo> {
     let text = demo_config(listen, &issuer, &jwks_uri, echo);
     let config =
         Config::from_toml_str(&text, "demo.toml").map_err(|e| io::Error::other(e.to_string()))?;
-    let server = crate::build(config).await?;
+    // The demo's listener comes from `--listen`, not from a file: say so when it is taken.
+    let server = crate::build(config).await.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "{e} (the demo's --listen; another port: bearward demo --listen 127.0.0.1:8081)"
+            ),
+        )
+    })?;
     let addr = server.local_addr()?;
     let base = format!("http://{addr}");
     let text = demo_config(addr, &issuer, &jwks_uri, echo);

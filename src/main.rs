@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 /// A reverse proxy that enforces OAuth 2.0 bearer JWTs in front of HTTP APIs.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BEARWARD_COMMIT"), ")"), about)]
 struct Cli {
     /// Config file (TOML).
     #[arg(long, short, env = "BEARWARD_CONFIG", global = true)]

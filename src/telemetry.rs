@@ -20,20 +20,136 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global tracing subscriber (`RUST_LOG` overrides the default `info`).
+/// Installs the global tracing subscriber (`RUST_LOG` overrides the default `info`), with
+/// bearward's own levels adjustable while it runs ([`set_log_levels`], the admin listener's
+/// `/logging`). Colours only when stderr is a terminal.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let base = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| EnvFilter::try_new(v).is_ok())
+        .unwrap_or_else(|| "info".to_owned());
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(EnvFilter::new(&base));
     // A log line that cannot be written is dropped. By default tracing-subscriber reports
     // such a failure with `eprintln!`, which panics when stderr itself is the broken sink (a
     // closed pipe, a restarted journald stream): every logged request would then fail.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .log_internal_errors(false);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+    let registry = tracing_subscriber::registry().with(filter);
+    let installed = match format {
+        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),
+        LogFormat::Text => registry.with(fmt).try_init(),
     };
+    if installed.is_ok() {
+        let _ = LOG_LEVELS.set(LogLevels {
+            handle,
+            state: std::sync::Mutex::new((base, std::collections::BTreeMap::new())),
+        });
+    }
+}
+
+/// The running filter: the startup one (`RUST_LOG` or `info`) and, after it, the levels set at
+/// runtime per bearward target (later directives for a target win in an `EnvFilter`).
+struct LogLevels {
+    handle: tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+    state: std::sync::Mutex<(String, std::collections::BTreeMap<String, &'static str>)>,
+}
+
+static LOG_LEVELS: std::sync::OnceLock<LogLevels> = std::sync::OnceLock::new();
+
+/// Runtime targets kept at once: a bound on what `/logging` may pile up.
+const MAX_LOG_TARGETS: usize = 64;
+
+impl LogLevels {
+    fn directives(base: &str, set: &std::collections::BTreeMap<String, &'static str>) -> String {
+        let mut out = base.to_owned();
+        for (target, level) in set {
+            let _ = write!(out, ",{target}={level}");
+        }
+        out
+    }
+}
+
+/// The filter in force, as `EnvFilter` directives; `None` before [`init`].
+pub fn log_levels() -> Option<String> {
+    let l = LOG_LEVELS.get()?;
+    let state = l
+        .state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Some(LogLevels::directives(&state.0, &state.1))
+}
+
+/// Changes bearward's log levels while it runs, as Envoy's `/logging` does: `level=debug` sets
+/// bearward's own level, `bearward::auth=trace` one module's, `reset` goes back to the startup
+/// filter. Only bearward's targets: dependencies (hyper, h2, rustls) keep the startup filter,
+/// since at debug and trace some of them write request heads, tokens among them, and bearward
+/// never logs a token. Returns the filter now in force, or why the query was refused (nothing
+/// changed then).
+pub fn set_log_levels(query: &str) -> Result<String, String> {
+    let Some(l) = LOG_LEVELS.get() else {
+        return Err("logging is not set up in this process".to_owned());
+    };
+    let mut state = l
+        .state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut next = state.1.clone();
+    let mut any = false;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        any = true;
+        if key == "reset" {
+            next.clear();
+            continue;
+        }
+        let level = match value.to_ascii_lowercase().as_str() {
+            "off" => "off",
+            "error" => "error",
+            "warn" | "warning" => "warn",
+            "info" => "info",
+            "debug" => "debug",
+            "trace" => "trace",
+            _ => {
+                return Err(format!(
+                    "{value:?} is not a level: off, error, warn, info, debug or trace"
+                ))
+            }
+        };
+        let target = if key == "level" { "bearward" } else { &key[..] };
+        let ours = target == "bearward"
+            || target.strip_prefix("bearward::").is_some_and(|rest| {
+                !rest.is_empty()
+                    && rest
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+            });
+        if !ours {
+            return Err(format!(
+                "{target:?}: only bearward's own targets (level=, bearward=, bearward::MODULE=) change at runtime; set others with RUST_LOG at start"
+            ));
+        }
+        if key == "level" {
+            // bearward's level as a whole: its modules' own settings go.
+            next.clear();
+        }
+        next.insert(target.to_owned(), level);
+    }
+    if !any {
+        return Err("no level given: ?level=debug, ?bearward::auth=trace or ?reset".to_owned());
+    }
+    if next.len() > MAX_LOG_TARGETS {
+        return Err(format!("more than {MAX_LOG_TARGETS} targets"));
+    }
+    let text = LogLevels::directives(&state.0, &next);
+    let filter = EnvFilter::try_new(&text).map_err(|e| format!("{text:?}: {e}"))?;
+    l.handle.reload(filter).map_err(|e| e.to_string())?;
+    state.1 = next;
+    tracing::info!(filter = %text, "log levels changed");
+    Ok(text)
 }
 
 /// Request-latency buckets, in seconds: from half a millisecond to ten seconds.
@@ -73,6 +189,7 @@ struct FetchLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
+    commit: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -339,6 +456,7 @@ impl Metrics {
         build_info
             .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION"),
+                commit: env!("BEARWARD_COMMIT"),
             })
             .set(1);
         registry.register("build_info", "bearward's version, as a label", build_info);

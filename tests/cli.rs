@@ -198,6 +198,8 @@ struct Process {
     listen: std::net::SocketAddr,
     admin: std::net::SocketAddr,
     file: std::path::PathBuf,
+    /// Its stderr: the log.
+    log: std::path::PathBuf,
 }
 
 impl Process {
@@ -216,11 +218,13 @@ impl Process {
             .replace("empty-jwks.json", "jwks-rsa1.json");
         let file = std::env::temp_dir().join(format!("bearward-drain-{}.toml", rand_suffix()));
         std::fs::write(&file, text).unwrap();
+        let log = file.with_extension("log");
         let child = Command::new(env!("CARGO_BIN_EXE_bearward"))
             .arg("--config")
             .arg(&file)
+            .env_remove("RUST_LOG")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         let p = Process {
@@ -228,6 +232,7 @@ impl Process {
             listen,
             admin,
             file,
+            log,
         };
         for _ in 0..100 {
             if p.ready().await == Some(200) {
@@ -240,14 +245,28 @@ impl Process {
 
     /// `/readyz`'s status, `None` when the admin listener does not answer.
     async fn ready(&self) -> Option<u16> {
+        self.admin_call("GET", "/readyz").await.map(|(s, _)| s)
+    }
+
+    /// A call to the admin listener: its status and body.
+    async fn admin_call(&self, method: &str, target: &str) -> Option<(u16, String)> {
         let mut s = tokio::net::TcpStream::connect(self.admin).await.ok()?;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
+        let head = format!("{method} {target} HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        s.write_all(head.as_bytes()).await.ok()?;
         let mut out = Vec::new();
         s.read_to_end(&mut out).await.ok()?;
-        Some(common::raw_status(&String::from_utf8_lossy(&out)))
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Some((common::raw_status(&text), body))
+    }
+
+    /// The log lines so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     fn signal(&self) {
@@ -260,13 +279,16 @@ impl Process {
 
     /// A request on a new connection; its status, 0 when the connection is refused.
     async fn fresh_request(&self) -> u16 {
+        self.fresh_request_to("/public/a").await
+    }
+
+    async fn fresh_request_to(&self, path: &str) -> u16 {
         match tokio::net::TcpStream::connect(self.listen).await {
             Err(_) => 0,
             Ok(mut s) => {
                 use tokio::io::AsyncWriteExt;
-                s.write_all(b"GET /public/a HTTP/1.1\r\nHost: a\r\n\r\n")
-                    .await
-                    .unwrap();
+                let head = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+                s.write_all(head.as_bytes()).await.unwrap();
                 common::read_response(&mut s).await
             }
         }
@@ -278,6 +300,7 @@ impl Process {
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 let _ = std::fs::remove_file(&self.file);
+                let _ = std::fs::remove_file(&self.log);
                 return status.success();
             }
             if std::time::Instant::now() > deadline {
@@ -365,4 +388,123 @@ async fn a_second_sigterm_ends_the_delay_and_a_busy_keep_alive_connection_is_tol
     assert_eq!(common::raw_status(&answer), 200, "{answer}");
     assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
     assert!(p.exits_ok(Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn log_levels_change_at_runtime_for_bearwards_targets_only() {
+    let up = common::Upstream::start().await;
+    let p = Process::start(&up, "").await;
+    let wait_log = || tokio::time::sleep(Duration::from_millis(200));
+    let logged = |p: &Process, path: &str| {
+        p.log()
+            .lines()
+            .any(|l| l.contains("bearward::access") && l.contains(path))
+    };
+    assert_eq!(p.fresh_request_to("/public/first").await, 200);
+    wait_log().await;
+    assert!(logged(&p, "/public/first"), "{}", p.log());
+    // No colours in a log that is not a terminal.
+    assert!(!p.log().contains('\u{1b}'), "{}", p.log());
+
+    let (status, body) = p.admin_call("GET", "/logging").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "info\n"));
+    let (status, body) = p
+        .admin_call("POST", "/logging?bearward::access=off")
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "info,bearward::access=off\n")
+    );
+    assert_eq!(p.fresh_request_to("/public/quiet").await, 200);
+    wait_log().await;
+    assert!(!logged(&p, "/public/quiet"), "{}", p.log());
+
+    // A dependency's level, a level that is none, another method: refused, nothing changed.
+    for (method, target, want) in [
+        ("POST", "/logging?hyper=trace", 400),
+        ("POST", "/logging?h2=debug", 400),
+        ("POST", "/logging?level=loud", 400),
+        ("POST", "/logging", 400),
+        ("PUT", "/logging?level=debug", 405),
+    ] {
+        let (status, body) = p.admin_call(method, target).await.unwrap();
+        assert_eq!(status, want, "{method} {target}: {body}");
+    }
+    let (_, body) = p.admin_call("GET", "/logging").await.unwrap();
+    assert_eq!(body, "info,bearward::access=off\n");
+
+    // `level` sets bearward's level as a whole (its modules' settings go); `reset` returns to
+    // the startup filter.
+    let (status, body) = p.admin_call("POST", "/logging?level=debug").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "info,bearward=debug\n"));
+    assert_eq!(p.fresh_request_to("/public/again").await, 200);
+    let (status, body) = p.admin_call("POST", "/logging?reset").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "info\n"));
+    wait_log().await;
+    assert!(logged(&p, "/public/again"), "{}", p.log());
+    p.signal();
+    assert!(p.exits_ok(Duration::from_secs(5)).await);
+}
+
+#[test]
+fn version_names_the_commit() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bearward"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8(o.stdout).unwrap().trim().to_owned());
+    let commit = head.unwrap_or_else(|| "unknown".to_owned());
+    assert_eq!(
+        text.trim(),
+        format!("bearward {} (commit {commit})", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn a_taken_address_is_named_with_its_config_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    for (key, line) in [
+        ("server.listen", format!("listen = \"{addr}\"")),
+        (
+            "server.admin_listen",
+            format!("listen = \"127.0.0.1:0\"\nadmin_listen = \"{addr}\""),
+        ),
+    ] {
+        let text = GOOD.replacen("listen = \"127.0.0.1:0\"", &line, 1);
+        let file = std::env::temp_dir().join(format!("bearward-bind-{}.toml", rand_suffix()));
+        std::fs::write(&file, &text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_bearward"))
+            .arg("--config")
+            .arg(&file)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&file);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains(key) && err.contains(&addr.to_string()),
+            "{key}: {err}"
+        );
+        assert!(err.contains("in use"), "{err}");
+    }
+    // The demo names its flag.
+    let out = Command::new(env!("CARGO_BIN_EXE_bearward"))
+        .args(["demo", "--listen", &addr.to_string()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("--listen") && err.contains(&addr.to_string()),
+        "{err}"
+    );
 }

@@ -87,8 +87,9 @@ async fn metrics_count_a_known_mix_exactly() {
         metric(
             &text,
             &format!(
-                "bearward_build_info{{version=\"{}\"}}",
-                env!("CARGO_PKG_VERSION")
+                "bearward_build_info{{version=\"{}\",commit=\"{}\"}}",
+                env!("CARGO_PKG_VERSION"),
+                env!("BEARWARD_COMMIT")
             )
         ),
         1.0,

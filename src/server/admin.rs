@@ -1,5 +1,5 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics` (in the format the scraper asks for:
-//! [`exposition`]).
+//! [`exposition`]), `/logging` (levels changed at runtime).
 
 use super::exposition::{self, Format};
 use super::reload::Live;
@@ -76,6 +76,7 @@ fn admin(gateway: &Gateway, draining: bool, req: &Request<Incoming>) -> Response
             };
             (StatusCode::OK, body)
         }
+        "/logging" => logging(req),
         _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
     };
     let mut resp = Response::new(body::full(text));
@@ -84,5 +85,29 @@ fn admin(gateway: &Gateway, draining: bool, req: &Request<Incoming>) -> Response
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static(content_type),
     );
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        resp.headers_mut().insert(
+            http::header::ALLOW,
+            http::HeaderValue::from_static("GET, POST"),
+        );
+    }
     resp
+}
+
+/// `GET /logging`: the filter in force; `POST /logging?level=debug` (or `?bearward::auth=trace`,
+/// or `?reset`): change bearward's levels without a restart ([`telemetry::set_log_levels`]).
+fn logging(req: &Request<Incoming>) -> (StatusCode, String) {
+    match *req.method() {
+        http::Method::GET => match crate::telemetry::log_levels() {
+            Some(levels) => (StatusCode::OK, format!("{levels}\n")),
+            None => (StatusCode::NOT_FOUND, "logging is not set up\n".to_owned()),
+        },
+        http::Method::POST => {
+            match crate::telemetry::set_log_levels(req.uri().query().unwrap_or("")) {
+                Ok(levels) => (StatusCode::OK, format!("{levels}\n")),
+                Err(why) => (StatusCode::BAD_REQUEST, format!("{why}\n")),
+            }
+        }
+        _ => (StatusCode::METHOD_NOT_ALLOWED, "GET or POST\n".to_owned()),
+    }
 }

@@ -38,13 +38,13 @@ impl Server {
     pub async fn bind(gateway: Arc<Gateway>) -> io::Result<Server> {
         let config = gateway.config.clone();
         let backlog = config.server.listening.listen_backlog;
-        let listener = bind(config.server.listening.listen, backlog)?;
+        let listener = bind(config.server.listening.listen, backlog, "server.listen")?;
         let admin = match config.server.listening.admin_listen {
-            Some(a) => Some(bind(a, backlog)?),
+            Some(a) => Some(bind(a, backlog, "server.admin_listen")?),
             None => None,
         };
         let decision = match &config.decision {
-            Some(d) => Some(bind(d.listen, backlog)?),
+            Some(d) => Some(bind(d.listen, backlog, "decision.listen")?),
             None => None,
         };
         let live = Arc::new(Live {
@@ -212,8 +212,14 @@ impl Server {
 
 /// A listening socket with `server.listen_backlog` (tokio's `TcpListener::bind` listens with
 /// 128). SO_REUSEADDR as tokio sets it, so a restart binds while old connections sit in
-/// TIME_WAIT.
-fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+/// TIME_WAIT. An error names the config key and the address ("server.listen 0.0.0.0:8080:
+/// Address already in use"), which the operator can act on.
+fn bind(addr: SocketAddr, backlog: u32, key: &str) -> io::Result<TcpListener> {
+    bind_socket(addr, backlog)
+        .map_err(|e| io::Error::new(e.kind(), format!("{key} = \"{addr}\": {e}")))
+}
+
+fn bind_socket(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
