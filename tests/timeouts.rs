@@ -425,3 +425,27 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     let done = tokio::time::timeout(Duration::from_secs(5), gw.done).await;
     assert!(matches!(done, Ok(Ok(Ok(())))));
 }
+
+#[tokio::test]
+async fn graceful_shutdown_sends_http2_clients_goaway_and_finishes_their_streams() {
+    let up = Upstream::start().await;
+    let cfg = basic_config(&up.url(), "shutdown_grace = \"5s\"")
+        .replace("request_timeout = \"500ms\"", "request_timeout = \"10s\"");
+    let mut gw = Gateway::start(&cfg).await;
+    let (mut send, conn) = h2_connect(gw.addr, None).await;
+    let req = Request::get(format!("http://{}/public/slow", gw.addr))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let in_flight = tokio::spawn(send.send_request(req));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.stop();
+    // The stream in flight when the drain began is answered in full; then the connection ends
+    // (GOAWAY, not a reset: a reset would fail the stream).
+    let resp = in_flight.await.unwrap().expect("the stream is answered");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap();
+    assert!(!body.to_bytes().is_empty());
+    h2_time_to_close(conn).await;
+    let done = tokio::time::timeout(Duration::from_secs(5), gw.done).await;
+    assert!(matches!(done, Ok(Ok(Ok(())))));
+}
