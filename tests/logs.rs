@@ -144,6 +144,8 @@ async fn client_in_the_access_log(buf: &Buf, up: &Upstream) {
         "[server]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1\"]\n\
          [decision]\nlisten = \"127.0.0.1:{dport}\"\n\
          [upstreams.app]\nurl = \"{}\"\n\
+         [upstreams.dead]\nurl = \"http://127.0.0.1:1\"\n\
+         [[routes]]\nprefix = \"/dead\"\nauth = \"none\"\nupstream = \"dead\"\n\
          [[routes]]\nprefix = \"/by-ip\"\nauth = \"none\"\nrate_limit = {{ key = \"ip\", rate = \"100/s\" }}\nupstream = \"app\"\n",
         up.url()
     ))
@@ -159,6 +161,8 @@ async fn client_in_the_access_log(buf: &Buf, up: &Upstream) {
     )
     .await;
     assert_eq!(a.status, http::StatusCode::OK);
+    let a = get(&c, &gw.url("/dead/x"), &[("x-request-id", "lb-dead")]).await;
+    assert_eq!(a.status, http::StatusCode::BAD_GATEWAY);
     let ask = format!("http://127.0.0.1:{dport}/auth");
     for _ in 0..2 {
         let a = get(&c, &ask, &[("x-original-uri", "/by-ip/x")]).await;
@@ -174,6 +178,12 @@ async fn client_in_the_access_log(buf: &Buf, up: &Upstream) {
     assert!(line.contains("\"peer\":\"127.0.0.1\""), "{line}");
     // The trusted proxy's request id, as the upstream and the client got it.
     assert!(line.contains("\"request_id\":\"lb-5e1d\""), "{line}");
+    // A warning made while serving a request names it too.
+    let failed = logs
+        .lines()
+        .find(|l| l.contains("upstream request failed"))
+        .expect("a warning for the dead upstream");
+    assert!(failed.contains("\"request_id\":\"lb-dead\""), "{failed}");
     assert_eq!(
         logs.matches("came without X-Forwarded-For").count(),
         1,

@@ -531,7 +531,8 @@ impl Gateway {
             // trouble.
             Err(e) if e.is_clients() => Err(Rejection::Proxy(e)),
             Err(e) => {
-                tracing::warn!(upstream = %upstream.name, authority = %upstream.authority, reason = e.reason(), "upstream request failed");
+                let request_id = out.request_id.as_ref().and_then(|v| v.to_str().ok());
+                tracing::warn!(upstream = %upstream.name, authority = %upstream.authority, reason = e.reason(), request_id, "upstream request failed");
                 Err(Rejection::Proxy(e))
             }
         }

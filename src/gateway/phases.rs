@@ -138,7 +138,8 @@ fn would_deny(
         rej.reason(),
         rej.status().as_u16()
     );
-    tracing::info!(route = %route.name, reason = rej.reason(), "audit: would deny; forwarding");
+    let request_id = out.request_id.as_ref().and_then(|v| v.to_str().ok());
+    tracing::info!(route = %route.name, reason = rej.reason(), request_id, "audit: would deny; forwarding");
     out.verdict = "audit_deny";
     out.reason = rej.reason();
     HeaderValue::from_str(&note).ok()
