@@ -68,6 +68,9 @@ def count(pid, dump, request, expect):
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     only_print = "--print" in sys.argv
+    # --append=FILE: more config for the measured bearward (a [telemetry] table, say), with
+    # --print: what a setting costs (benches/README.md).
+    extra = [open(a.split("=", 1)[1]).read() for a in sys.argv[1:] if a.startswith("--append=")]
     binary = args[0] if args else os.path.join(load.ROOT, "target/release/bearward")
     for tool in ("valgrind", "nginx"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
@@ -79,7 +82,8 @@ def main():
     token = keys.token("RS256")
     open(f"{d}/upstream.conf", "w").write(load.NGINX_UPSTREAM.format(dir=d, port=UPSTREAM))
     open(f"{d}/bearward.toml", "w").write(load.BEARWARD.format(
-        port=PORT, cache=10000, issuer=load.ISSUER, audience=load.AUDIENCE, dir=d, up=UPSTREAM))
+        port=PORT, cache=10000, issuer=load.ISSUER, audience=load.AUDIENCE, dir=d, up=UPSTREAM)
+        + "".join("\n" + e for e in extra))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     procs = []
     over = []

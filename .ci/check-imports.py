@@ -17,7 +17,7 @@ LAYERS = [
     {"telemetry", "routes", "resource", "config", "request"},  # parsing and policy
     {"store"},  # the store replicas share
     {"auth"},
-    {"upstream", "forward"},
+    {"upstream", "forward", "trace"},
     {"gateway"},
     {"server", "explain", "demo"},
 ]

@@ -67,6 +67,7 @@ pub mod store;
 pub mod telemetry;
 pub(crate) mod timer;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -75,6 +76,11 @@ use std::sync::Arc;
 pub async fn build(config: config::Config) -> std::io::Result<server::Server> {
     let metrics = Arc::new(telemetry::Metrics::new());
     let auth = auth::Authenticator::new(&config, metrics.clone());
-    let gateway = Arc::new(gateway::Gateway::new(Arc::new(config), auth, metrics));
+    let tracer = config
+        .telemetry
+        .as_ref()
+        .map(|t| trace::Tracer::start(t, metrics.clone()));
+    let gateway =
+        Arc::new(gateway::Gateway::new(Arc::new(config), auth, metrics).with_tracer(tracer));
     server::Server::bind(gateway).await
 }

@@ -295,6 +295,7 @@ pub struct Metrics {
     introspection_latency: Family<IssuerLabels, Histogram, fn() -> Histogram>,
     introspection_cache: Family<LayerLabels, Counter>,
     tls_handshakes: Family<LookupLabels, Counter>,
+    trace_spans: Family<LookupLabels, Counter>,
     dpop_proofs: Family<LookupLabels, Counter>,
     bound_tokens: Family<LookupLabels, Counter>,
 }
@@ -358,6 +359,7 @@ impl Metrics {
             introspection_latency: Family::new_with_constructor(histogram as fn() -> Histogram),
             introspection_cache: Family::default(),
             tls_handshakes: Family::default(),
+            trace_spans: Family::default(),
             dpop_proofs: Family::default(),
             bound_tokens: Family::default(),
             registry: Registry::default(),
@@ -502,6 +504,11 @@ impl Metrics {
             m.tls_handshakes.clone(),
         );
         registry.register(
+            "trace_spans",
+            "Finished spans by outcome: exported, queue_full (dropped: the export queue was full), export_failed (dropped with their batch)",
+            m.trace_spans.clone(),
+        );
+        registry.register(
             "dpop_proofs",
             "DPoP proofs checked, by outcome (ok, or the reason: dpop_proof_replayed for replays, use_dpop_nonce for nonce challenges)",
             m.dpop_proofs.clone(),
@@ -526,6 +533,13 @@ impl Metrics {
         self.bound_tokens
             .get_or_create(&LookupLabels { outcome })
             .inc();
+    }
+
+    /// Counts `n` finished spans by what became of them ([`crate::trace`]).
+    pub fn trace_spans(&self, outcome: &'static str, n: u64) {
+        self.trace_spans
+            .get_or_create(&LookupLabels { outcome })
+            .inc_by(n);
     }
 
     /// Counts one listener TLS handshake.

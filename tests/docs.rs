@@ -6,12 +6,13 @@
 use std::collections::BTreeSet;
 
 /// Each table's serde struct, and the reference page for it.
-const TABLES: [(&str, &str); 8] = [
+const TABLES: [(&str, &str); 9] = [
     ("ServerFile", "server"),
     ("IssuerFile", "issuers"),
     ("CacheFile", "cache"),
     ("DpopFile", "dpop"),
     ("DecisionFile", "decision"),
+    ("TelemetryFile", "telemetry"),
     ("UpstreamFile", "upstreams"),
     ("RouteFile", "routes"),
     ("ForwardFile", "forward"),

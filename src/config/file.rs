@@ -27,6 +27,43 @@ pub(super) struct FileConfig {
     pub cache: Option<Spanned<CacheFile>>,
     pub dpop: Option<Spanned<DpopFile>>,
     pub decision: Option<Spanned<DecisionFile>>,
+    pub telemetry: Option<Spanned<TelemetryFile>>,
+}
+
+/// `[telemetry]`: OpenTelemetry traces exported over OTLP.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TelemetryFile {
+    /// Reference: `otlp_endpoint`
+    /// Default: required in `[telemetry]`
+    ///
+    /// the OTLP collector: `http://host:4317` for gRPC; for `otlp_protocol = "http"`, the base URL (`/v1/traces` is appended to an empty path) or the full traces URL; `https://` for TLS
+    pub otlp_endpoint: Spanned<String>,
+    /// Reference: `otlp_protocol`
+    /// Default: `"grpc"`
+    ///
+    /// `"grpc"` (OTLP/gRPC) or `"http"` (OTLP/HTTP with protobuf bodies)
+    pub otlp_protocol: Option<Spanned<String>>,
+    /// Reference: `trace_sample_ratio`
+    /// Default: `1.0`
+    ///
+    /// share of requests without a parent that are traced (0 to 1, by trace id); a request whose `traceparent` names a parent follows its sampled flag (parent-based)
+    pub trace_sample_ratio: Option<Spanned<f64>>,
+    /// Reference: `service_name`
+    /// Default: `"bearward"`
+    ///
+    /// the `service.name` of bearward's spans
+    pub service_name: Option<Spanned<String>>,
+    /// Reference: `otlp_timeout`
+    /// Default: `"10s"`
+    ///
+    /// longest one export may take; spans of a batch that fails or times out are dropped and counted (`bearward_trace_spans_total{outcome="export_failed"}`)
+    pub otlp_timeout: Option<Spanned<String>>,
+    /// Reference: `max_queued_spans`
+    /// Default: `2048`
+    ///
+    /// spans waiting for export at most (sent in batches of up to 512, at least once a second); past it new spans are dropped and counted (`outcome="queue_full"`), never waited for
+    pub max_queued_spans: Option<Spanned<usize>>,
 }
 
 /// `[decision]`: the forward-auth / ext_authz listener.

@@ -98,6 +98,8 @@ pub struct Config {
     pub dpop: DpopConfig,
     /// `[decision]`: the decision listener for ingresses, if configured.
     pub decision: Option<DecisionConfig>,
+    /// `[telemetry]`: OpenTelemetry traces, if configured.
+    pub telemetry: Option<TelemetryConfig>,
     /// Things that are legal but probably wrong (a route that can never match).
     pub warnings: Vec<Problem>,
 }
@@ -339,6 +341,18 @@ pub const DEFAULT_INTROSPECTION_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_INTROSPECTION_MAX_IN_FLIGHT: usize = 32;
 /// Largest introspection answer read.
 pub const MAX_INTROSPECTION_ANSWER_BYTES: usize = 64 * 1024;
+
+/// `[telemetry]`, validated: where and how spans are exported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    pub endpoint: http::Uri,
+    /// OTLP/HTTP (protobuf) instead of OTLP/gRPC.
+    pub http: bool,
+    pub sample_ratio: f64,
+    pub service_name: String,
+    pub timeout: Duration,
+    pub max_queued_spans: usize,
+}
 
 /// `[decision]`, validated: bearward answering an ingress's auth subrequests (nginx
 /// `auth_request`, Caddy `forward_auth`, Traefik `ForwardAuth`, Envoy `ext_authz` over HTTP).

@@ -43,6 +43,7 @@ use crate::forward;
 use crate::request::ledger::ConnLedger;
 use crate::routes::Route;
 use crate::telemetry::{Metrics, RouteSeries, ALLOWED};
+use crate::trace;
 use crate::upstream::{RequestTimer, Upstreams};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};
@@ -110,6 +111,8 @@ pub struct Outcome {
     pub client: Option<std::net::IpAddr>,
     /// `server.request_id_header`'s value for this request ([`crate::request::id`]).
     pub request_id: Option<HeaderValue>,
+    /// The request's server span, with `[telemetry]` ([`crate::trace`]).
+    pub span: Option<trace::SpanContext>,
 }
 
 /// The `WWW-Authenticate` scheme(s) of a refusal (RFC 6750 3, RFC 9449 7.1).
@@ -138,6 +141,7 @@ impl Default for Outcome {
             rate_limit: None,
             client: None,
             request_id: None,
+            span: None,
         }
     }
 }
@@ -155,6 +159,8 @@ pub struct Gateway {
     /// Per route, in route order: its rate limiter, if it has a `rate_limit`. Kept with the
     /// snapshot, so a reload starts the buckets afresh.
     limiters: Vec<Option<limit::Limiter>>,
+    /// `[telemetry]`'s tracer; kept across reloads.
+    pub tracer: Option<Arc<trace::Tracer>>,
 }
 
 impl Gateway {
@@ -184,6 +190,7 @@ impl Gateway {
             })
             .collect();
         Gateway {
+            tracer: None,
             limiters,
             upstreams: Upstreams::new(&config, &metrics),
             no_route: metrics.route_series(&"-".into()),
@@ -192,6 +199,12 @@ impl Gateway {
             auth,
             metrics,
         }
+    }
+
+    /// The gateway with `[telemetry]`'s tracer.
+    pub fn with_tracer(mut self, tracer: Option<Arc<trace::Tracer>>) -> Gateway {
+        self.tracer = tracer;
+        self
     }
 
     /// Runs one request through every phase, logs it, and answers. `request_index` is the
@@ -228,6 +241,9 @@ impl Gateway {
                     .unwrap_or_else(crate::request::id::new),
             );
         }
+        let span = self.tracer.as_ref().map(|t| t.server(req.headers()));
+        out.span = span.as_ref().map(|s| s.ctx);
+        let version = req.version();
         let phases = self.phases(
             req.map(body::boxed),
             conn,
@@ -241,6 +257,14 @@ impl Gateway {
         };
         self.finish_response(&mut resp, &method, &out);
         let status = resp.status().as_u16();
+        if let (Some(t), Some(span)) = (&self.tracer, span) {
+            // An ingress continues the trace from bearward's span on its own upstream request.
+            if conn.decision {
+                resp.headers_mut()
+                    .insert(trace::TRACEPARENT, span.ctx.traceparent());
+            }
+            t.end(span, || server_span(&method, version, conn, &out, status));
+        }
         self.log(&method, conn, &out, status, start.elapsed());
         resp
     }
@@ -496,6 +520,14 @@ impl Gateway {
         if let Some(name) = &self.config.server.request_id_header {
             rewrite.replace[5] = Some((name.clone(), out.request_id.clone()));
         }
+        // With [telemetry], the upstream's parent is bearward's client span, never the client's
+        // own `traceparent`.
+        let client_span = self.tracer.as_ref().zip(out.span).map(|(t, parent)| {
+            let span = t.child(&parent);
+            rewrite.replace[6] = Some((trace::TRACEPARENT, Some(span.ctx.traceparent())));
+            span
+        });
+        let method = req.method().clone();
         if let Some(identity) = &identity {
             for (claim, h) in &self.config.forward.claim_headers {
                 if let Some(v) = identity.header_value(claim) {
@@ -524,17 +556,115 @@ impl Gateway {
             Ok((mut resp, elapsed)) => {
                 out.upstream_status = Some(resp.status().as_u16());
                 out.upstream_time = Some(elapsed);
+                if let (Some(t), Some(span)) = (&self.tracer, client_span) {
+                    let status = resp.status().as_u16();
+                    t.end(span, || client_span_finish(&method, upstream, Ok(status)));
+                }
                 forward::prepare_response(&mut resp);
                 Ok(resp)
             }
             // A stalled, broken or oversized client body is the client's doing, not upstream
             // trouble.
-            Err(e) if e.is_clients() => Err(Rejection::Proxy(e)),
+            Err(e) if e.is_clients() => {
+                if let (Some(t), Some(span)) = (&self.tracer, client_span) {
+                    t.end(span, || {
+                        client_span_finish(&method, upstream, Err(e.reason()))
+                    });
+                }
+                Err(Rejection::Proxy(e))
+            }
             Err(e) => {
+                if let (Some(t), Some(span)) = (&self.tracer, client_span) {
+                    t.end(span, || {
+                        client_span_finish(&method, upstream, Err(e.reason()))
+                    });
+                }
                 let request_id = out.request_id.as_ref().and_then(|v| v.to_str().ok());
                 tracing::warn!(upstream = %upstream.name, authority = %upstream.authority, reason = e.reason(), request_id, "upstream request failed");
                 Err(Rejection::Proxy(e))
             }
         }
+    }
+}
+
+/// The server span of a request, by the OpenTelemetry HTTP semantic conventions, with the
+/// decision and its reason (never the token).
+fn server_span(
+    method: &http::Method,
+    version: http::Version,
+    conn: &ConnInfo,
+    out: &Outcome,
+    status: u16,
+) -> trace::Finish {
+    use trace::{attr, attr_int};
+    let mut attributes = vec![
+        attr("http.request.method", method.as_str()),
+        attr_int("http.response.status_code", i64::from(status)),
+        attr("bearward.decision", out.verdict),
+        attr("bearward.reason", out.reason),
+        attr("network.peer.address", conn.peer.ip().to_string()),
+        attr(
+            "network.protocol.version",
+            match version {
+                http::Version::HTTP_2 => "2",
+                http::Version::HTTP_10 => "1.0",
+                _ => "1.1",
+            },
+        ),
+    ];
+    if let Some(path) = &out.path {
+        attributes.push(attr("url.path", path.clone()));
+    }
+    if let Some(route) = &out.route {
+        attributes.push(attr("http.route", route.to_string()));
+    }
+    if let Some(client) = out.client {
+        attributes.push(attr("client.address", client.to_string()));
+    }
+    if let Some(id) = out.request_id.as_ref().and_then(|v| v.to_str().ok()) {
+        attributes.push(attr("http.request.header.x-request-id", id));
+    }
+    if conn.decision {
+        attributes.push(attr("bearward.mode", "decision"));
+    }
+    trace::Finish {
+        name: match &out.route {
+            Some(route) => format!("{method} {route}"),
+            None => method.to_string(),
+        },
+        kind: opentelemetry_proto::tonic::trace::v1::span::SpanKind::Server,
+        attributes,
+        // HTTP semantic conventions: a server span is an error for 5xx only.
+        error: (status >= 500).then(|| out.reason.to_owned()),
+    }
+}
+
+/// The client span of an upstream exchange.
+fn client_span_finish(
+    method: &http::Method,
+    upstream: &crate::config::UpstreamConfig,
+    result: Result<u16, &'static str>,
+) -> trace::Finish {
+    use trace::{attr, attr_int};
+    let mut attributes = vec![
+        attr("http.request.method", method.as_str()),
+        attr("server.address", upstream.authority.as_str()),
+        attr("bearward.upstream", upstream.name.as_str()),
+    ];
+    let error = match result {
+        Ok(status) => {
+            attributes.push(attr_int("http.response.status_code", i64::from(status)));
+            (status >= 500).then(|| status.to_string())
+        }
+        Err(reason) => {
+            attributes.push(attr("error.type", reason));
+            Some(reason.to_owned())
+        }
+    };
+    trace::Finish {
+        name: method.to_string(),
+        kind: opentelemetry_proto::tonic::trace::v1::span::SpanKind::Client,
+        attributes,
+        error,
     }
 }

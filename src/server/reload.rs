@@ -45,7 +45,15 @@ impl Live {
         let old = self.current();
         let auth = Authenticator::rebuild(&config, Some(&old.auth), self.metrics.clone());
         let routes = config.routes.routes().len();
-        let next = Gateway::new(Arc::new(config), auth, self.metrics.clone());
+        if config.telemetry != old.config.telemetry {
+            tracing::warn!(
+                key = "telemetry",
+                "changed in the config file; takes effect after a restart"
+            );
+        }
+        // The tracer (its queue and export task) lives as long as the process.
+        let next = Gateway::new(Arc::new(config), auth, self.metrics.clone())
+            .with_tracer(old.tracer.clone());
         self.current.store(Arc::new(next));
         tracing::info!(routes, "config reloaded");
     }

@@ -10,6 +10,7 @@ mod forward;
 mod issuer;
 mod route;
 mod server;
+mod telemetry;
 mod upstream;
 
 use super::file::FileConfig;
@@ -201,6 +202,7 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
     let cache = cache::cache(&mut cx, file.cache.as_ref());
     let dpop = dpop::dpop(&mut cx, file.dpop.as_ref(), file.cache.as_ref());
     let decision = decision::decision(&mut cx, file.decision.as_ref(), &server);
+    let telemetry = telemetry::telemetry(&mut cx, file.telemetry.as_ref());
 
     let forward = forward::forward(&mut cx, file.forward.as_ref());
     if let Some(n) = &file.server.get_ref().token_cache_entries {
@@ -247,6 +249,7 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
         cache,
         dpop,
         decision,
+        telemetry,
         warnings,
     })
 }
