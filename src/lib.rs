@@ -79,7 +79,7 @@ pub async fn build(config: config::Config) -> std::io::Result<server::Server> {
     let tracer = config
         .telemetry
         .as_ref()
-        .map(|t| trace::Tracer::start(t, metrics.clone()));
+        .map(|t| trace::Tracer::start(t, metrics.clone(), auth::jwks::http_client()));
     let gateway =
         Arc::new(gateway::Gateway::new(Arc::new(config), auth, metrics).with_tracer(tracer));
     server::Server::bind(gateway).await

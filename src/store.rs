@@ -176,11 +176,23 @@ impl SharedStore {
             self.metrics.store_op(op, StoreError::Skipped.outcome());
             return Err(StoreError::Skipped);
         }
+        let span = crate::trace::call_span();
         let result = match tokio::time::timeout(self.timeout, work).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(StoreError::Redis(e.to_string())),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
         };
+        crate::trace::end_call(
+            span,
+            op,
+            || {
+                vec![
+                    crate::trace::attr("db.system.name", "redis"),
+                    crate::trace::attr("db.operation.name", op),
+                ]
+            },
+            result.as_ref().err().map(|e| e.outcome().to_owned()),
+        );
         match &result {
             Ok(_) => {
                 if until != 0 {

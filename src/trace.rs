@@ -212,7 +212,11 @@ impl std::fmt::Debug for Tracer {
 
 impl Tracer {
     /// The tracer for `[telemetry]`, with its export task (spawned on the current runtime).
-    pub fn start(config: &TelemetryConfig, metrics: Arc<Metrics>) -> Arc<Tracer> {
+    pub fn start(
+        config: &TelemetryConfig,
+        metrics: Arc<Metrics>,
+        http_client: HttpClient,
+    ) -> Arc<Tracer> {
         let (queue, rx) = mpsc::channel(config.max_queued_spans);
         let bound = if config.sample_ratio >= 1.0 {
             u64::MAX
@@ -222,7 +226,7 @@ impl Tracer {
         let batch = BATCH.min(config.max_queued_spans);
         tokio::spawn(export_loop(
             rx,
-            Exporter::new(config),
+            Exporter::new(config, http_client),
             resource(config),
             (batch, config.timeout),
             metrics.clone(),
@@ -320,12 +324,59 @@ enum Exporter {
 }
 
 struct HttpExporter {
-    client: crate::auth::jwks::HttpsClient<http_body_util::Full<Bytes>>,
+    client: HttpClient,
     url: http::Uri,
 }
 
+/// The client OTLP/HTTP exports go through (the one JWKS fetches use, given by the caller:
+/// this module sits below `auth`).
+pub type HttpClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<Bytes>,
+>;
+
+tokio::task_local! {
+    /// The span of the request this task is serving, for the calls it makes on the way
+    /// (introspection, the shared store, a JWKS fetch) to hang their spans under.
+    static CURRENT: (Arc<Tracer>, SpanContext);
+}
+
+/// Runs `work` (a request's phases) with `parent` as the span its calls hang under.
+pub async fn in_span<F: std::future::Future>(
+    tracer: Arc<Tracer>,
+    parent: SpanContext,
+    work: F,
+) -> F::Output {
+    CURRENT.scope((tracer, parent), work).await
+}
+
+/// A client span under the current request's, if there is one (`[telemetry]` on and this task
+/// serving a request); end it with [`end_call`].
+pub fn call_span() -> Option<(Arc<Tracer>, Open)> {
+    CURRENT
+        .try_with(|(tracer, parent)| (tracer.clone(), tracer.child(parent)))
+        .ok()
+}
+
+/// Ends a span from [`call_span`]: a client span named `name`, an error with `error`'s text.
+pub fn end_call(
+    span: Option<(Arc<Tracer>, Open)>,
+    name: &str,
+    attributes: impl FnOnce() -> Vec<KeyValue>,
+    error: Option<String>,
+) {
+    if let Some((tracer, open)) = span {
+        tracer.end(open, || Finish {
+            name: name.to_owned(),
+            kind: span::SpanKind::Client,
+            attributes: attributes(),
+            error,
+        });
+    }
+}
+
 impl Exporter {
-    fn new(config: &TelemetryConfig) -> Exporter {
+    fn new(config: &TelemetryConfig, client: HttpClient) -> Exporter {
         if config.http {
             // OTLP/HTTP: a base URL gets the traces path; a path given is used as it is.
             let url = match config.endpoint.path() {
@@ -338,10 +389,7 @@ impl Exporter {
                 .unwrap_or_else(|_| config.endpoint.clone()),
                 _ => config.endpoint.clone(),
             };
-            return Exporter::Http(Box::new(HttpExporter {
-                client: crate::auth::jwks::http_client(),
-                url,
-            }));
+            return Exporter::Http(Box::new(HttpExporter { client, url }));
         }
         let channel = tonic::transport::Endpoint::from(config.endpoint.clone())
             .connect_timeout(config.timeout)

@@ -330,3 +330,58 @@ async fn the_decision_answer_carries_bearwards_span_for_the_ingress() {
     assert_eq!(spans[0]["attributes"]["bearward.mode"], "decision");
     assert_eq!(rx.count(), 1);
 }
+
+#[tokio::test]
+async fn an_introspection_call_is_a_span_under_the_request() {
+    std::env::set_var("BEARWARD_TEST_TRACE_SECRET", "s3cret");
+    let rx = Receiver::start("grpc");
+    let ep = common::introspection::Endpoint::start().await;
+    let up = Upstream::start().await;
+    let issuer = "https://opaque.idp.test";
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[issuers]]\nissuer = \"{issuer}\"\n\
+         token_format = \"opaque\"\nintrospection_endpoint = \"{}\"\n\
+         introspection_client_id = \"bearward\"\n\
+         introspection_client_secret_env = \"BEARWARD_TEST_TRACE_SECRET\"\n\
+         audiences = [\"https://api.test\"]\n\n[upstreams.app]\nurl = \"{}\"\n\n\
+         [[routes]]\nprefix = \"/api\"\nscopes = [\"read\"]\nupstream = \"app\"\n",
+        ep.url(),
+        up.url()
+    ) + &telemetry(&format!("http://127.0.0.1:{}", rx.port), "");
+    let gw = Gateway::start(&cfg).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    ep.set(
+        "opaque-traced",
+        serde_json::json!({
+            "active": true, "scope": "read", "sub": "user-7", "aud": "https://api.test",
+            "iss": issuer, "exp": now + 300, "iat": now,
+        }),
+    );
+    let sent = format!("00-{TRACE}-{PARENT}-01");
+    let a = get(
+        &client(),
+        &gw.url("/api/x"),
+        &[
+            ("traceparent", &sent),
+            ("authorization", "Bearer opaque-traced"),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let spans = rx.trace(TRACE, 3).await;
+    let server = spans.iter().find(|s| s["kind"] == 2).unwrap();
+    let call = spans
+        .iter()
+        .find(|s| s["name"] == "POST introspection")
+        .expect("an introspection span");
+    assert_eq!(call["parent_span_id"], server["span_id"]);
+    assert_eq!(call["kind"], 3);
+    assert_eq!(call["attributes"]["bearward.issuer"], issuer);
+    assert_eq!(call["status_code"], 0, "{call}");
+    assert!(!serde_json::to_string(&spans)
+        .unwrap()
+        .contains("opaque-traced"));
+}

@@ -496,7 +496,24 @@ impl Introspector {
                 .to_bytes();
             parse_answer(&body).map_err(|(o, d)| invalid(o, format!("POST {uri}: {d}")))
         };
-        match tokio::time::timeout(cfg.timeout, work).await {
+        let span = crate::trace::call_span();
+        let result = tokio::time::timeout(cfg.timeout, work).await;
+        crate::trace::end_call(
+            span,
+            "POST introspection",
+            || {
+                vec![
+                    crate::trace::attr("http.request.method", "POST"),
+                    crate::trace::attr("bearward.issuer", self.issuer.issuer.as_str()),
+                ]
+            },
+            match &result {
+                Ok(Ok(_)) => None,
+                Ok(Err((outcome, _, _))) => Some((*outcome).to_owned()),
+                Err(_) => Some("timeout".to_owned()),
+            },
+        );
+        match result {
             Ok(r) => r,
             Err(_) => Err(unavailable(
                 "timeout",

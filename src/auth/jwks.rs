@@ -69,6 +69,7 @@ async fn get(
         )
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
+    let span = crate::trace::call_span();
     let fetch = async {
         let resp = client
             .request(req)
@@ -93,9 +94,25 @@ async fn get(
             .to_bytes();
         Ok((body, max_age))
     };
-    tokio::time::timeout(timeout, fetch)
+    let result = tokio::time::timeout(timeout, fetch)
         .await
-        .map_err(|_| format!("GET {uri}: no complete answer within {timeout:?}"))?
+        .map_err(|_| format!("GET {uri}: no complete answer within {timeout:?}"))
+        .and_then(|r| r);
+    // A fetch made while serving a request (an unknown kid) hangs under its span; the
+    // background refreshes have none.
+    crate::trace::end_call(
+        span,
+        "GET jwks",
+        || {
+            vec![
+                crate::trace::attr("http.request.method", "GET"),
+                crate::trace::attr("server.address", uri.authority().map_or("", |a| a.as_str())),
+                crate::trace::attr("url.path", uri.path()),
+            ]
+        },
+        result.as_ref().err().cloned(),
+    );
+    result
 }
 
 /// `max-age` from `Cache-Control`; `no-cache`/`no-store` count as zero (the lower bound applies).

@@ -243,6 +243,7 @@ impl Gateway {
         }
         let span = self.tracer.as_ref().map(|t| t.server(req.headers()));
         out.span = span.as_ref().map(|s| s.ctx);
+        let out_span = out.span;
         let version = req.version();
         let phases = self.phases(
             req.map(body::boxed),
@@ -251,7 +252,11 @@ impl Gateway {
             admitted,
             &mut out,
         );
-        let mut resp = match phases.await {
+        let result = match (&self.tracer, out_span) {
+            (Some(t), Some(ctx)) => trace::in_span(t.clone(), ctx, phases).await,
+            _ => phases.await,
+        };
+        let mut resp = match result {
             Ok(resp) => resp,
             Err(rej) => self.refusal(rej, grpc, &mut out),
         };
