@@ -331,10 +331,51 @@ async fn the_decision_answer_carries_bearwards_span_for_the_ingress() {
     assert_eq!(rx.count(), 1);
 }
 
+/// A real redis-server on a loopback port, for the shared-store spans.
+struct Redis(Child, u16);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        common::stop_group(&mut self.0);
+    }
+}
+
+async fn redis() -> Redis {
+    let port = free_port();
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let child = common::own_group(&mut cmd)
+        .spawn()
+        .expect("redis-server (.ci/run installs it)");
+    let r = Redis(child, port);
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("redis-server did not start");
+}
+
 #[tokio::test]
-async fn an_introspection_call_is_a_span_under_the_request() {
+async fn an_introspection_call_and_the_shared_store_are_spans_under_the_request() {
     std::env::set_var("BEARWARD_TEST_TRACE_SECRET", "s3cret");
     let rx = Receiver::start("grpc");
+    let store = redis().await;
     let ep = common::introspection::Endpoint::start().await;
     let up = Upstream::start().await;
     let issuer = "https://opaque.idp.test";
@@ -344,9 +385,11 @@ async fn an_introspection_call_is_a_span_under_the_request() {
          introspection_client_id = \"bearward\"\n\
          introspection_client_secret_env = \"BEARWARD_TEST_TRACE_SECRET\"\n\
          audiences = [\"https://api.test\"]\n\n[upstreams.app]\nurl = \"{}\"\n\n\
-         [[routes]]\nprefix = \"/api\"\nscopes = [\"read\"]\nupstream = \"app\"\n",
+         [[routes]]\nprefix = \"/api\"\nscopes = [\"read\"]\nupstream = \"app\"\n\n\
+         [cache]\nredis_url = \"redis://127.0.0.1:{}/0\"\n",
         ep.url(),
-        up.url()
+        up.url(),
+        store.1
     ) + &telemetry(&format!("http://127.0.0.1:{}", rx.port), "");
     let gw = Gateway::start(&cfg).await;
     let now = std::time::SystemTime::now()
@@ -371,8 +414,18 @@ async fn an_introspection_call_is_a_span_under_the_request() {
     )
     .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
-    let spans = rx.trace(TRACE, 3).await;
+    // The server span, the introspection call, the store's lookup and its write, the upstream.
+    let spans = rx.trace(TRACE, 5).await;
     let server = spans.iter().find(|s| s["kind"] == 2).unwrap();
+    let store_spans: Vec<_> = spans
+        .iter()
+        .filter(|s| s["attributes"]["db.system.name"] == "redis")
+        .collect();
+    assert!(store_spans.len() >= 2, "{spans:?}");
+    for s in &store_spans {
+        assert_eq!(s["parent_span_id"], server["span_id"], "{s}");
+        assert_eq!(s["status_code"], 0, "{s}");
+    }
     let call = spans
         .iter()
         .find(|s| s["name"] == "POST introspection")
