@@ -65,6 +65,15 @@ impl SpanContext {
     }
 }
 
+impl std::fmt::Display for SpanContext {
+    /// The trace id, as logs write it (32 hex digits).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = [0u8; 32];
+        hex(&self.trace_id, &mut out);
+        f.write_str(std::str::from_utf8(&out).map_err(|_| std::fmt::Error)?)
+    }
+}
+
 fn hex(bytes: &[u8], out: &mut [u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for (b, o) in bytes.iter().zip(out.chunks_exact_mut(2)) {
@@ -348,6 +357,23 @@ pub async fn in_span<F: std::future::Future>(
     work: F,
 ) -> F::Output {
     CURRENT.scope((tracer, parent), work).await
+}
+
+/// The current request's tracer and span, to carry into a task it spawns ([`within`]).
+pub fn current() -> Option<(Arc<Tracer>, SpanContext)> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// `work` under `parent` (from [`current`]) when there is one: a fetch spawned for the request
+/// that asked first hangs its span under that request's.
+pub async fn within<F: std::future::Future>(
+    parent: Option<(Arc<Tracer>, SpanContext)>,
+    work: F,
+) -> F::Output {
+    match parent {
+        Some(p) => CURRENT.scope(p, work).await,
+        None => work.await,
+    }
 }
 
 /// A client span under the current request's, if there is one (`[telemetry]` on and this task

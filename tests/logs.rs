@@ -178,6 +178,7 @@ async fn client_in_the_access_log(buf: &Buf, up: &Upstream) {
     assert!(line.contains("\"peer\":\"127.0.0.1\""), "{line}");
     // The trusted proxy's request id, as the upstream and the client got it.
     assert!(line.contains("\"request_id\":\"lb-5e1d\""), "{line}");
+    trace_id_in_the_access_log(buf, up).await;
     // A warning made while serving a request names it too.
     let failed = logs
         .lines()
@@ -189,4 +190,36 @@ async fn client_in_the_access_log(buf: &Buf, up: &Upstream) {
         1,
         "the ingress without X-Forwarded-For is warned about once"
     );
+}
+
+/// With [telemetry], the access line names the request's trace (logs to traces), next to its
+/// request id; the export may fail (nothing listens), the line is written all the same.
+async fn trace_id_in_the_access_log(buf: &Buf, up: &Upstream) {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\
+         [upstreams.app]\nurl = \"{}\"\n\
+         [[routes]]\nprefix = \"/traced\"\nauth = \"none\"\nupstream = \"app\"\n\
+         [telemetry]\notlp_endpoint = \"http://{closed}\"\n",
+        up.url()
+    ))
+    .await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let sent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let a = get(&client(), &gw.url("/traced/x"), &[("traceparent", &sent)]).await;
+    assert_eq!(a.status, http::StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("\"path\":\"/traced/x\"") && l.contains("bearward::access"))
+        .expect("an access line for /traced/x");
+    assert!(
+        line.contains(&format!("\"trace_id\":\"{trace}\"")),
+        "{line}"
+    );
+    assert!(line.contains("\"request_id\":\""), "{line}");
 }

@@ -438,3 +438,39 @@ async fn an_introspection_call_and_the_shared_store_are_spans_under_the_request(
         .unwrap()
         .contains("opaque-traced"));
 }
+
+#[tokio::test]
+async fn a_jwks_fetch_for_an_unknown_kid_is_a_span_under_the_request() {
+    use common::idp::{Idp, Key};
+    let rx = Receiver::start("grpc");
+    let (rsa1, rsa2) = (Key::rsa1(), Key::rsa2());
+    let idp = Idp::start(&[&rsa1]).await;
+    let up = Upstream::start().await;
+    let cfg = common::auth_config(&up.url(), &idp.issuer(), "discovery = true", "")
+        + &telemetry(&format!("http://127.0.0.1:{}", rx.port), "");
+    let gw = Gateway::start(&cfg).await;
+    common::wait_ready(&gw).await;
+    // Signed by a key the JWKS does not hold: bearward fetches the JWKS again, once, while
+    // serving this request.
+    let token = idp.minter("https://api.test").token(&rsa2, "read");
+    let sent = format!("00-{TRACE}-{PARENT}-01");
+    let a = get(
+        &client(),
+        &gw.url("/api/read/x"),
+        &[
+            ("traceparent", &sent),
+            ("authorization", &format!("Bearer {token}")),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let spans = rx.trace(TRACE, 2).await;
+    let server = spans.iter().find(|s| s["kind"] == 2).unwrap();
+    let fetch = spans
+        .iter()
+        .find(|s| s["name"] == "GET jwks")
+        .expect("a JWKS fetch span");
+    assert_eq!(fetch["parent_span_id"], server["span_id"]);
+    assert_eq!(fetch["attributes"]["http.request.method"], "GET");
+    assert_eq!(server["attributes"]["bearward.reason"], "unknown_kid");
+}

@@ -299,15 +299,17 @@ impl IssuerKeys {
                 Some(f) => f.clone(),
                 None => {
                     let this = self.clone();
-                    // Spawned, so the fetch completes even if every waiter goes away.
-                    let task = tokio::spawn(async move {
+                    // Spawned, so the fetch completes even if every waiter goes away; its span
+                    // (with [telemetry]) hangs under the request that asked first.
+                    let parent = crate::trace::current();
+                    let task = tokio::spawn(crate::trace::within(parent, async move {
                         let r = this.fetch_once().await;
                         *this
                             .inflight
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
                         r
-                    });
+                    }));
                     let f = async move {
                         task.await
                             .unwrap_or_else(|e| Err(format!("fetch task failed: {e}")))

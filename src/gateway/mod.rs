@@ -368,6 +368,7 @@ impl Gateway {
                 peer = %conn.peer.ip(),
                 client = out.client.map(tracing::field::display),
                 request_id = out.request_id.as_ref().and_then(|v| v.to_str().ok()),
+                trace_id = out.span.map(tracing::field::display),
             );
         }
     }
