@@ -31,8 +31,11 @@ import load  # noqa: E402
 
 # Instructions per request, sequential client (see above).
 # 2026-12-05: cached 30,288-30,471 (three runs); the 401 15,357 after its last cut.
+# Then request ids (on by default, about 1,150) and the tracing hooks with [telemetry] off
+# (about 230): cached 31,754-31,784, the 401 16,306-16,309. The cached budget was raised from
+# 31,800 for them, on purpose and once; lower it again as the path gets cheaper.
 BUDGET = {
-    "cached RS256 token": 31_800,
+    "cached RS256 token": 32_400,
     "no token (401)": 16_800,
 }
 PORT, UPSTREAM = 18294, 18290
