@@ -426,6 +426,7 @@ async fn an_introspection_call_and_the_shared_store_are_spans_under_the_request(
         assert_eq!(s["parent_span_id"], server["span_id"], "{s}");
         assert_eq!(s["status_code"], 0, "{s}");
     }
+    assert_eq!(server["attributes"]["bearward.issuer"], issuer, "{server}");
     let call = spans
         .iter()
         .find(|s| s["name"] == "POST introspection")

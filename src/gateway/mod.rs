@@ -113,6 +113,8 @@ pub struct Outcome {
     pub request_id: Option<HeaderValue>,
     /// The request's server span, with `[telemetry]` ([`crate::trace`]).
     pub span: Option<trace::SpanContext>,
+    /// The configured issuer (its index) whose token the request carried, once verified.
+    pub issuer: Option<usize>,
 }
 
 /// The `WWW-Authenticate` scheme(s) of a refusal (RFC 6750 3, RFC 9449 7.1).
@@ -142,6 +144,7 @@ impl Default for Outcome {
             client: None,
             request_id: None,
             span: None,
+            issuer: None,
         }
     }
 }
@@ -274,7 +277,13 @@ impl Gateway {
                 resp.headers_mut()
                     .insert(trace::TRACEPARENT, span.ctx.traceparent());
             }
-            t.end(span, || server_span(&method, version, conn, &out, status));
+            let issuer = out
+                .issuer
+                .and_then(|i| self.config.issuers.get(i))
+                .map(|i| i.issuer.as_str());
+            t.end(span, || {
+                server_span(&method, version, conn, &out, status, issuer)
+            });
         }
         self.log(&method, conn, &out, status, start.elapsed());
         resp
@@ -613,6 +622,7 @@ fn server_span(
     conn: &ConnInfo,
     out: &Outcome,
     status: u16,
+    issuer: Option<&str>,
 ) -> trace::Finish {
     use trace::{attr, attr_int};
     let mut attributes = vec![
@@ -644,6 +654,9 @@ fn server_span(
     }
     if conn.decision {
         attributes.push(attr("bearward.mode", "decision"));
+    }
+    if let Some(issuer) = issuer {
+        attributes.push(attr("bearward.issuer", issuer));
     }
     trace::Finish {
         name: match &out.route {

@@ -208,6 +208,7 @@ impl Gateway {
         let (identity, mut audit) = self
             .authorize(req, route, &mut target, conn, out, sink)
             .await?;
+        out.issuer = identity.as_ref().map(|i| i.0.issuer);
         let limited = self
             .check_rate_limit(index, identity.as_ref(), req.headers(), conn, out)
             .await;
