@@ -91,6 +91,16 @@ pub(crate) fn dpop_algorithms() -> Vec<Algorithm> {
     ]
 }
 
+/// Lower-case hex of `bytes` written into `out` (two bytes each, no allocation): request ids
+/// and trace context on the request path.
+pub(crate) fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (b, o) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        o[0] = HEX[usize::from(b >> 4)];
+        o[1] = HEX[usize::from(b & 0xf)];
+    }
+}
+
 /// Lower-case hex of `bytes`: hashed keys in the shared store, ids in logs.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;

@@ -57,9 +57,9 @@ impl SpanContext {
     pub fn traceparent(&self) -> HeaderValue {
         let mut out = [0u8; 55];
         out[..3].copy_from_slice(b"00-");
-        hex(&self.trace_id, &mut out[3..35]);
+        crate::jose::hex_into(&self.trace_id, &mut out[3..35]);
         out[35] = b'-';
-        hex(&self.span_id, &mut out[36..52]);
+        crate::jose::hex_into(&self.span_id, &mut out[36..52]);
         out[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
         HeaderValue::from_bytes(&out).expect("hex digits and dashes")
     }
@@ -69,16 +69,8 @@ impl std::fmt::Display for SpanContext {
     /// The trace id, as logs write it (32 hex digits).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut out = [0u8; 32];
-        hex(&self.trace_id, &mut out);
+        crate::jose::hex_into(&self.trace_id, &mut out);
         f.write_str(std::str::from_utf8(&out).map_err(|_| std::fmt::Error)?)
-    }
-}
-
-fn hex(bytes: &[u8], out: &mut [u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (b, o) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-        o[0] = HEX[usize::from(b >> 4)];
-        o[1] = HEX[usize::from(b & 0xf)];
     }
 }
 

@@ -11,14 +11,6 @@ use http::StatusCode;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// bearward with a proxy listener and a decision listener on the same policy.
 fn config(up: &Upstream, idp: &Idp, decision: u16, extra: &str) -> String {
     format!(

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{basic_config, client, get, metric, Gateway, Upstream};
+use common::{basic_config, client, free_port, get, metric, Gateway, Upstream};
 use http::StatusCode;
 use serde_json::Value;
 use std::io::BufRead;
@@ -24,14 +24,6 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         common::stop_group(&mut self.child);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Receiver {

@@ -234,9 +234,10 @@ impl Gateway {
             && crate::upstream::is_grpc(req.headers());
         let mut out = Outcome::default();
         if let Some(name) = &self.config.server.request_id_header {
+            // The peers believed about the client (as for its address, `evaluate`): a trusted
+            // proxy, or the ingress asking (an untrusted one is refused before any phase).
             // Trust first: most peers are clients, whose header is not even looked up.
-            let sent = self
-                .trusts_ids_of(conn)
+            let sent = (conn.decision || self.trusts(conn))
                 .then(|| req.headers().get(name))
                 .flatten();
             out.request_id = Some(
@@ -250,8 +251,8 @@ impl Gateway {
         let parent = self
             .tracer
             .as_ref()
-            .zip(out.span)
-            .map(|(t, c)| (t.clone(), c));
+            .zip(span.as_ref())
+            .map(|(t, s)| (t.clone(), s.ctx));
         // The phases' future made in place inside the wrapper: made aside and moved in, it
         // cost a copy of several KiB on every request.
         let result = trace::in_span(
@@ -287,21 +288,6 @@ impl Gateway {
         }
         self.log(&method, conn, &out, status, start.elapsed());
         resp
-    }
-
-    /// Whether the peer's request id is taken: a trusted proxy's, or the ingress's on the
-    /// decision listener.
-    fn trusts_ids_of(&self, conn: &ConnInfo) -> bool {
-        if conn.decision {
-            let peers = self
-                .config
-                .decision
-                .as_ref()
-                .map(|d| &d.trusted_proxies[..]);
-            forward::is_trusted(peers.unwrap_or_default(), &conn.peer)
-        } else {
-            forward::is_trusted(&self.config.server.trusted_proxies, &conn.peer)
-        }
     }
 
     /// A rejection's answer, with its reason and label noted for the log and the metrics.

@@ -525,7 +525,7 @@ impl Gateway {
         }
     }
 
-    fn trusts(&self, conn: &ConnInfo) -> bool {
+    pub(super) fn trusts(&self, conn: &ConnInfo) -> bool {
         crate::forward::is_trusted(&self.config.server.trusted_proxies, &conn.peer)
     }
 

@@ -55,16 +55,15 @@ fn batch() -> Bytes {
     // The system generator does not fail on Linux once seeded; were it to, the ids would be
     // all zeros but for their version bits: they would repeat, requests would not stop.
     let _ = aws_lc_rs::rand::fill(&mut random);
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    // Where each random byte's two digits go in the 36 characters.
-    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+    // The 8-4-4-4-12 groups: (first byte, last byte, first character).
+    const GROUPS: [(usize, usize, usize); 5] =
+        [(0, 4, 0), (4, 6, 9), (6, 8, 14), (8, 10, 19), (10, 16, 24)];
     let mut text = [b'-'; LEN * BATCH];
     for (raw, out) in random.chunks_exact_mut(16).zip(text.chunks_exact_mut(LEN)) {
         raw[6] = (raw[6] & 0x0f) | 0x40;
         raw[8] = (raw[8] & 0x3f) | 0x80;
-        for (b, &at) in raw.iter().zip(&AT) {
-            out[at] = HEX[usize::from(b >> 4)];
-            out[at + 1] = HEX[usize::from(b & 0xf)];
+        for (from, to, at) in GROUPS {
+            crate::jose::hex_into(&raw[from..to], &mut out[at..at + 2 * (to - from)]);
         }
     }
     Bytes::copy_from_slice(&text)

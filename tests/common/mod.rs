@@ -705,3 +705,12 @@ pub(crate) fn stop_group(child: &mut std::process::Child) {
     signal("-KILL");
     let _ = child.wait();
 }
+
+/// A loopback port nothing listens on (just now).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
