@@ -113,8 +113,7 @@ impl SharedStore {
     /// A store that connects on first use (needs a Tokio runtime): a Redis that is down when
     /// bearward starts delays nothing.
     pub fn new(config: &CacheConfig, metrics: Arc<Metrics>) -> Result<Arc<SharedStore>, String> {
-        let url = std::str::from_utf8(&config.redis_url.0).map_err(|e| e.to_string())?;
-        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        let client = client(config).map_err(|e| e.to_string())?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout))
             .set_response_timeout(Some(config.timeout))
@@ -293,6 +292,37 @@ impl SharedStore {
             )
             .await?;
         Ok(set.is_some())
+    }
+}
+
+/// The client for `[cache]`: its URL, the password given apart from it, and for `rediss://` the
+/// roots (`redis_ca_file`, else the system's) and client certificate.
+fn client(config: &CacheConfig) -> redis::RedisResult<redis::Client> {
+    use redis::IntoConnectionInfo;
+    let url = std::str::from_utf8(&config.redis_url.0).map_err(|_| {
+        redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "URL is not UTF-8"))
+    })?;
+    let mut info = url.into_connection_info()?;
+    if let Some(p) = config.password.as_ref() {
+        let password = String::from_utf8_lossy(&p.0);
+        let settings = info.redis_settings().clone().set_password(password);
+        info = info.set_redis_settings(settings);
+    }
+    match &config.tls {
+        None => redis::Client::open(info),
+        Some(tls) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: tls
+                    .client
+                    .as_ref()
+                    .map(|(cert, key)| redis::ClientTlsConfig {
+                        client_cert: cert.clone(),
+                        client_key: key.0.clone(),
+                    }),
+                root_cert: tls.ca_pem.clone(),
+            },
+        ),
     }
 }
 

@@ -7,125 +7,15 @@ mod common;
 
 use common::dpop::DpopKey;
 use common::introspection::Endpoint;
+use common::redis::{Redis, Replica};
 use common::*;
 use http::StatusCode;
 use serde_json::json;
-use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-struct Redis {
-    child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("bearward-redis-{port}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = own_group(&mut Command::new("redis-server"))
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is not installed: apt-get install redis-server (.ci/run does)");
-        let r = Redis { child, port, dir };
-        for _ in 0..100 {
-            if r.command("PING").as_deref() == Some("+PONG") {
-                return r;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not answer PING");
-    }
-
-    /// One inline command; the first line of the reply.
-    fn command(&self, cmd: &str) -> Option<String> {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        s.write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
-        let mut buf = [0u8; 4096];
-        let n = s.read(&mut buf).ok()?;
-        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-        Some(text.lines().next().unwrap_or("").to_owned())
-    }
-
-    /// All keys, with their values, as one text (to look for what must not be there).
-    fn dump(&self) -> String {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        s.write_all(b"KEYS *\r\n").unwrap();
-        let mut out = Vec::new();
-        let mut buf = [0u8; 65536];
-        while let Ok(n) = s.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n]);
-            if out.ends_with(b"\r\n") {
-                break;
-            }
-        }
-        let keys = String::from_utf8_lossy(&out).into_owned();
-        let mut all = keys.clone();
-        for k in keys
-            .lines()
-            .filter(|l| !l.starts_with('*') && !l.starts_with('$'))
-        {
-            all.push_str(&self.get_value(k));
-        }
-        all
-    }
-
-    fn get_value(&self, key: &str) -> String {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        s.write_all(format!("GET {key}\r\n").as_bytes()).unwrap();
-        let mut buf = [0u8; 65536];
-        let n = s.read(&mut buf).unwrap_or(0);
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    }
-
-    fn kill(&mut self) {
-        stop_group(&mut self.child);
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-struct Replica {
-    child: Child,
-    port: u16,
-    admin: u16,
-    file: std::path::PathBuf,
-}
-
-impl Replica {
-    fn start(ep: &Endpoint, up: &Upstream, redis_port: u16) -> Replica {
-        Replica::with(|port, admin| {
-            format!(
-                r#"
+fn introspecting_replica(ep: &Endpoint, up: &Upstream, redis_port: u16) -> Replica {
+    Replica::with(|port, admin| {
+        format!(
+            r#"
 [server]
 listen = "127.0.0.1:{port}"
 admin_listen = "127.0.0.1:{admin}"
@@ -154,71 +44,10 @@ prefix = "/api"
 scopes = ["read"]
 upstream = "app"
 "#,
-                ep.url(),
-                up.url()
-            )
-        })
-    }
-
-    /// A replica running the config `text(port, admin)` gives.
-    fn with(text: impl FnOnce(u16, u16) -> String) -> Replica {
-        let (port, admin) = (free_port(), free_port());
-        let file = std::env::temp_dir().join(format!(
-            "bearward-replica-{port}-{}.toml",
-            std::process::id()
-        ));
-        std::fs::write(&file, text(port, admin)).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_bearward"))
-            .arg("--config")
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Replica {
-            child,
-            port,
-            admin,
-            file,
-        }
-    }
-
-    async fn wait(&self) {
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("the replica did not listen");
-    }
-
-    async fn call(&self, c: &HttpClient, token: &str) -> StatusCode {
-        get(
-            c,
-            &format!("http://127.0.0.1:{}/api/x", self.port),
-            &[("authorization", &format!("Bearer {token}"))],
+            ep.url(),
+            up.url()
         )
-        .await
-        .status
-    }
-
-    async fn metrics(&self, c: &HttpClient) -> String {
-        get(c, &format!("http://127.0.0.1:{}/metrics", self.admin), &[])
-            .await
-            .body
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.file);
-    }
+    })
 }
 
 #[tokio::test]
@@ -226,8 +55,8 @@ async fn two_replicas_share_one_answer_and_keep_serving_when_redis_dies() {
     let mut redis = Redis::start();
     let ep = Endpoint::start().await;
     let up = Upstream::start().await;
-    let a = Replica::start(&ep, &up, redis.port);
-    let b = Replica::start(&ep, &up, redis.port);
+    let a = introspecting_replica(&ep, &up, redis.port);
+    let b = introspecting_replica(&ep, &up, redis.port);
     a.wait().await;
     b.wait().await;
     let c = client();

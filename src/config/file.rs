@@ -169,23 +169,51 @@ pub(super) struct DpopFile {
     ///
     /// how long one nonce is issued; the previous one is still accepted
     pub nonce_lifetime: Option<Spanned<String>>,
-    /// Reference: `nonce_secret_file`
+    /// Reference: `nonce_secret_file`, `nonce_secret_env`
     /// Default: random per process
     ///
     /// at least 32 bytes, the same in every replica: nonces are an HMAC of the time window, so
     /// replicas issue and accept the same ones without sharing state
     pub nonce_secret_file: Option<Spanned<String>>,
+    /// In the reference row of `nonce_secret_file`.
+    pub nonce_secret_env: Option<Spanned<String>>,
 }
 
 /// `[cache]`: the optional store shared by replicas.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CacheFile {
-    /// Reference: `redis_url`
-    /// Default: required in `[cache]`
+    /// Reference: `redis_url`, `redis_url_file`, `redis_url_env`
+    /// Default: required in `[cache]` (or `redis_cluster_urls`)
     ///
-    /// `redis://[user:password@]host:port/db` or `redis+unix:///path`
+    /// `redis://[user:password@]host:port/db`, `rediss://` for TLS, or `redis+unix:///path`;
+    /// from a file (re-read when it changes) or an environment variable when it holds a
+    /// password (`check` warns about one written inline)
     pub redis_url: Option<Spanned<String>>,
+    /// In the reference row of `redis_url`.
+    pub redis_url_file: Option<Spanned<String>>,
+    /// In the reference row of `redis_url`.
+    pub redis_url_env: Option<Spanned<String>>,
+    /// Reference: `redis_password_file`, `redis_password_env`
+    /// Default: the URL's
+    ///
+    /// the password (`AUTH`), kept out of the URL; it replaces one the URL holds
+    pub redis_password_file: Option<Spanned<String>>,
+    /// In the reference row of `redis_password_file`.
+    pub redis_password_env: Option<Spanned<String>>,
+    /// Reference: `redis_ca_file`
+    /// Default: the system roots
+    ///
+    /// PEM certificates a `rediss://` server's certificate must chain to (a managed service's
+    /// or your own CA)
+    pub redis_ca_file: Option<Spanned<String>>,
+    /// Reference: `redis_client_cert_file`, `redis_client_key_file`
+    /// Default: none
+    ///
+    /// PEM client certificate chain and its key, for a `rediss://` server that asks for one
+    pub redis_client_cert_file: Option<Spanned<String>>,
+    /// In the reference row of `redis_client_cert_file`.
+    pub redis_client_key_file: Option<Spanned<String>>,
     /// Reference: `redis_timeout`
     /// Default: `"100ms"`
     ///

@@ -102,6 +102,8 @@ pub struct Config {
     pub telemetry: Option<TelemetryConfig>,
     /// Things that are legal but probably wrong (a route that can never match).
     pub warnings: Vec<Problem>,
+    /// Files secrets were read from (`*_file` keys), watched for changes like the TLS files.
+    pub secret_files: Vec<PathBuf>,
 }
 
 /// Defines [`Listening`] and the comparison a reload makes of it from one list of fields, so a
@@ -420,14 +422,27 @@ impl Default for DpopConfig {
 /// `[cache]`, validated: the Valkey/Redis store shared by replicas.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheConfig {
-    /// `redis://` URL; it may hold a password, so its `Debug` is redacted.
+    /// `redis://` or `rediss://` URL; it may hold a password, so its `Debug` is redacted.
     pub redis_url: Secret,
+    /// `redis_password_file` / `_env`: replaces the URL's password.
+    pub password: Option<Secret>,
+    /// For a `rediss://` URL: what its certificate must chain to, and a client certificate.
+    pub tls: Option<RedisTls>,
     /// Longest wait for one store command before falling back to the process.
     pub timeout: Duration,
     /// Prepended to every key, so deployments can share one store.
     pub key_prefix: String,
     /// With the store down, each replica allows a rate limit divided by this.
     pub rate_limit_fallback_replicas: u32,
+}
+
+/// The TLS of a `rediss://` store, as the PEM the client takes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// `redis_ca_file`; `None`: the system roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// `redis_client_cert_file` and `redis_client_key_file`.
+    pub client: Option<(Vec<u8>, Secret)>,
 }
 
 /// Key material that must never reach a log line.
@@ -513,6 +528,7 @@ impl Config {
             .iter()
             .flat_map(|u| u.tls_files.iter().map(PathBuf::as_path))
             .chain(self.server.tls_files.iter().map(PathBuf::as_path))
+            .chain(self.secret_files.iter().map(PathBuf::as_path))
     }
 
     /// Reads and validates a config file. Relative `jwks_file` and secret paths are taken from

@@ -6,6 +6,7 @@ pub(crate) mod dpop;
 pub(crate) mod idp;
 pub(crate) mod introspection;
 pub(crate) mod provider;
+pub(crate) mod redis;
 pub(crate) mod world;
 
 use bytes::Bytes;

@@ -1,65 +1,162 @@
 //! `[cache]`: the Valkey/Redis store replicas share.
 
 use super::*;
+use redis::IntoConnectionInfo;
 
-/// `[cache]`: a `redis://` URL (or `rediss://` for TLS, `redis+unix://`), a command timeout
-/// and a key prefix.
+/// `[cache]`: a `redis://` URL (or `rediss://` for TLS, `redis+unix://`), inline or from a
+/// file or the environment, an optional password kept apart from it, the TLS trust for
+/// `rediss://`, a command timeout and a key prefix.
 pub(super) fn cache(
     cx: &mut Ctx<'_>,
     f: Option<&Spanned<crate::config::file::CacheFile>>,
 ) -> Option<CacheConfig> {
-    let f = f?;
-    let Some(url) = &f.get_ref().redis_url else {
+    let span = f?.span();
+    let f = f?.get_ref();
+    let url = match (&f.redis_url, &f.redis_url_file, &f.redis_url_env) {
+        (Some(u), None, None) => Some(Secret(u.get_ref().as_bytes().to_vec())),
+        (None, None, None) => {
+            cx.err(
+                span,
+                "cache.redis_url",
+                "is required in [cache]: the Valkey/Redis URL, e.g. \"redis://127.0.0.1:6379/0\" \
+                 (or redis_url_file / redis_url_env)",
+            );
+            return None;
+        }
+        (Some(u), _, _) => {
+            cx.err(
+                u.span(),
+                "cache.redis_url",
+                "give only one of `redis_url`, `redis_url_file`, `redis_url_env`",
+            );
+            return None;
+        }
+        (None, file, env) => cx.secret((file, env), "cache.redis_url", &span),
+    }?;
+    let url_span = [&f.redis_url, &f.redis_url_file, &f.redis_url_env]
+        .into_iter()
+        .flatten()
+        .next()
+        .map_or(span.clone(), Spanned::span);
+    // The URL is never echoed: it may hold a password.
+    let info = std::str::from_utf8(&url.0)
+        .ok()
+        .filter(|u| {
+            ["redis://", "rediss://", "redis+unix://", "unix://"]
+                .iter()
+                .any(|s| u.starts_with(s))
+        })
+        .and_then(|u| u.into_connection_info().ok());
+    let Some(info) = info else {
         cx.err(
-            f.span(),
+            url_span,
             "cache.redis_url",
-            "is required in [cache]: the Valkey/Redis URL, e.g. \"redis://127.0.0.1:6379/0\"",
+            "is not a redis://, rediss:// (TLS) or redis+unix:// URL that bearward can use",
         );
         return None;
     };
-    let text = url.get_ref().as_str();
-    let scheme_ok = ["redis://", "redis+unix://", "unix://"]
-        .iter()
-        .any(|s| text.starts_with(s));
-    if !scheme_ok || redis::Client::open(text).is_err() {
-        // The URL is not echoed: it may hold a password.
+    let tls_url = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+    let password = cx.secret(
+        (&f.redis_password_file, &f.redis_password_env),
+        "cache.redis_password",
+        &span,
+    );
+    if password
+        .as_ref()
+        .is_some_and(|p| std::str::from_utf8(&p.0).is_err())
+    {
         cx.err(
-            url.span(),
-            "cache.redis_url",
-            "is not a redis:// (or redis+unix://) URL that bearward can use",
+            span.clone(),
+            "cache.redis_password",
+            "the password is not UTF-8 text",
         );
-        return None;
     }
+    let tls = redis_tls(cx, f, tls_url);
     let key_prefix = f
-        .get_ref()
         .key_prefix
         .as_ref()
         .map_or_else(|| "bearward:".to_owned(), |p| p.get_ref().clone());
     if key_prefix.len() > 64 {
         cx.err(
-            f.get_ref()
-                .key_prefix
-                .as_ref()
-                .map_or(f.span(), Spanned::span),
+            f.key_prefix.as_ref().map_or(span, Spanned::span),
             "cache.key_prefix",
             "at most 64 bytes",
         );
     }
     Some(CacheConfig {
-        redis_url: Secret(text.as_bytes().to_vec()),
+        redis_url: url,
+        password,
+        tls,
         timeout: cx.duration(
-            &f.get_ref().redis_timeout,
+            &f.redis_timeout,
             "cache.redis_timeout",
             Duration::from_millis(100),
             (Duration::from_millis(1), Duration::from_secs(10)),
         ),
         key_prefix,
         rate_limit_fallback_replicas: cx.size(
-            &f.get_ref().rate_limit_fallback_replicas,
+            &f.rate_limit_fallback_replicas,
             "cache.rate_limit_fallback_replicas",
             1,
             1,
             10_000,
         ) as u32,
     })
+}
+
+/// `redis_ca_file` and the client certificate: loaded and checked here (a CA file without a
+/// certificate, a key that is not the certificate's), kept as the PEM the client takes.
+fn redis_tls(
+    cx: &mut Ctx<'_>,
+    f: &crate::config::file::CacheFile,
+    tls_url: bool,
+) -> Option<RedisTls> {
+    let keys = [
+        ("cache.redis_ca_file", &f.redis_ca_file),
+        ("cache.redis_client_cert_file", &f.redis_client_cert_file),
+        ("cache.redis_client_key_file", &f.redis_client_key_file),
+    ];
+    if !tls_url {
+        for (k, v) in keys {
+            if let Some(v) = v {
+                cx.err(v.span(), k, "only applies to a rediss:// url");
+            }
+        }
+        return None;
+    }
+    let mut tls = RedisTls::default();
+    if let Some(ca) = &f.redis_ca_file {
+        match crate::tls::roots(Some(Path::new(ca.get_ref()))) {
+            Ok(_) => tls.ca_pem = std::fs::read(ca.get_ref()).ok(),
+            Err(e) => cx.err(ca.span(), "cache.redis_ca_file", e),
+        }
+    }
+    match (&f.redis_client_cert_file, &f.redis_client_key_file) {
+        (None, None) => {}
+        (Some(c), None) => cx.err(
+            c.span(),
+            "cache.redis_client_key_file",
+            "is needed with redis_client_cert_file",
+        ),
+        (None, Some(k)) => cx.err(
+            k.span(),
+            "cache.redis_client_cert_file",
+            "is needed with redis_client_key_file",
+        ),
+        (Some(c), Some(k)) => {
+            match crate::tls::Identity::load(Path::new(c.get_ref()), Path::new(k.get_ref())) {
+                Ok(_) => {
+                    let key = cx.read_secret_file(k.get_ref()).ok().map(Secret);
+                    tls.client = std::fs::read(c.get_ref()).ok().zip(key);
+                }
+                Err(crate::tls::IdentityError::Cert(e)) => {
+                    cx.err(c.span(), "cache.redis_client_cert_file", e);
+                }
+                Err(crate::tls::IdentityError::Key(e)) => {
+                    cx.err(k.span(), "cache.redis_client_key_file", e);
+                }
+            }
+        }
+    }
+    Some(tls)
 }

@@ -65,21 +65,21 @@ pub(super) fn dpop(
         d.nonce_lifetime,
         (Duration::from_secs(1), 24 * 60 * minute),
     );
-    if let Some(p) = &f.nonce_secret_file {
-        match std::fs::read(p.get_ref()) {
-            Ok(b) if issuer::trim_secret(b.clone()).0.len() >= 32 => {
-                d.nonce_secret = Some(issuer::trim_secret(b));
-            }
-            Ok(_) => cx.err(
-                p.span(),
-                "dpop.nonce_secret_file",
+    let span = f.nonce_secret_file.as_ref().or(f.nonce_secret_env.as_ref());
+    if let Some(span) = span.map(Spanned::span) {
+        let secret = cx.secret(
+            (&f.nonce_secret_file, &f.nonce_secret_env),
+            "dpop.nonce_secret",
+            &span,
+        );
+        match secret {
+            Some(s) if s.0.len() >= 32 => d.nonce_secret = Some(s),
+            Some(_) => cx.err(
+                span,
+                "dpop.nonce_secret",
                 "the secret must be at least 32 bytes",
             ),
-            Err(e) => cx.err(
-                p.span(),
-                "dpop.nonce_secret_file",
-                format!("cannot read {:?}: {e}", p.get_ref()),
-            ),
+            None => {}
         }
     }
     d

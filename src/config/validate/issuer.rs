@@ -248,8 +248,7 @@ fn hmac_secret(
     span: &std::ops::Range<usize>,
 ) -> Option<Secret> {
     let key = |k: &str| format!("issuers[{i}].{k}");
-    let hmac_secret = read_secret(
-        cx,
+    let hmac_secret = cx.secret(
         (&f.hmac_secret_file, &f.hmac_secret_env),
         &key("hmac_secret"),
         span,
@@ -557,7 +556,7 @@ fn client_auth(
             );
             return None;
         };
-        let pem = match std::fs::read(file.get_ref()) {
+        let pem = match cx.read_secret_file(file.get_ref()) {
             Ok(b) => b,
             Err(e) => {
                 cx.err(
@@ -612,8 +611,7 @@ fn client_auth(
             "a key file is used only with introspection_client_auth = \"private_key_jwt\"",
         );
     }
-    let secret = read_secret(
-        cx,
+    let secret = cx.secret(
         (
             &f.introspection_client_secret_file,
             &f.introspection_client_secret_env,
@@ -646,46 +644,4 @@ fn client_auth(
         ClientAuthMethod::ClientSecretPost => ClientAuth::SecretPost(secret),
         _ => ClientAuth::SecretBasic(secret),
     })
-}
-
-/// A secret from `<key>_file` or `<key>_env` (at most one of them), trailing newline trimmed.
-fn read_secret(
-    cx: &mut Ctx<'_>,
-    (file, env): (&Option<Spanned<String>>, &Option<Spanned<String>>),
-    key: &str,
-    span: &std::ops::Range<usize>,
-) -> Option<Secret> {
-    match (file, env) {
-        (Some(_), Some(_)) => {
-            cx.err(
-                span.clone(),
-                key,
-                format!("give only one of `{key}_file`, `{key}_env`"),
-            );
-            None
-        }
-        (Some(p), None) => match std::fs::read(p.get_ref()) {
-            Ok(bytes) => Some(trim_secret(bytes)),
-            Err(e) => {
-                cx.err(
-                    p.span(),
-                    &format!("{key}_file"),
-                    format!("cannot read {:?}: {e}", p.get_ref()),
-                );
-                None
-            }
-        },
-        (None, Some(v)) => match std::env::var(v.get_ref()) {
-            Ok(s) => Some(trim_secret(s.into_bytes())),
-            Err(_) => {
-                cx.err(
-                    v.span(),
-                    &format!("{key}_env"),
-                    format!("environment variable {:?} is not set", v.get_ref()),
-                );
-                None
-            }
-        },
-        (None, None) => None,
-    }
 }

@@ -19,6 +19,7 @@ use crate::request::path::PathOptions;
 use crate::resource::ResourceId;
 use crate::routes::{AuthMode, Route};
 use std::ops::Range;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use toml::Spanned;
@@ -27,9 +28,62 @@ struct Ctx<'a> {
     text: &'a str,
     file: &'a str,
     problems: Vec<Problem>,
+    /// Files secrets were read from: the reload watch follows them, as Kubernetes rewrites a
+    /// mounted Secret in place.
+    secret_files: Vec<PathBuf>,
 }
 
 impl Ctx<'_> {
+    /// A file holding a secret, remembered for the reload watch. The error names the file,
+    /// never its content.
+    fn read_secret_file(&mut self, path: &str) -> std::io::Result<Vec<u8>> {
+        self.secret_files.push(PathBuf::from(path));
+        std::fs::read(path)
+    }
+
+    /// A secret from `<key>_file` or `<key>_env` (at most one of them), trailing newline
+    /// trimmed.
+    fn secret(
+        &mut self,
+        (file, env): (&Option<Spanned<String>>, &Option<Spanned<String>>),
+        key: &str,
+        span: &Range<usize>,
+    ) -> Option<Secret> {
+        match (file, env) {
+            (Some(_), Some(_)) => {
+                self.err(
+                    span.clone(),
+                    key,
+                    format!("give only one of `{key}_file`, `{key}_env`"),
+                );
+                None
+            }
+            (Some(p), None) => match self.read_secret_file(p.get_ref()) {
+                Ok(bytes) => Some(issuer::trim_secret(bytes)),
+                Err(e) => {
+                    self.err(
+                        p.span(),
+                        &format!("{key}_file"),
+                        format!("cannot read {:?}: {e}", p.get_ref()),
+                    );
+                    None
+                }
+            },
+            (None, Some(v)) => match std::env::var(v.get_ref()) {
+                Ok(s) => Some(issuer::trim_secret(s.into_bytes())),
+                Err(_) => {
+                    self.err(
+                        v.span(),
+                        &format!("{key}_env"),
+                        format!("environment variable {:?} is not set", v.get_ref()),
+                    );
+                    None
+                }
+            },
+            (None, None) => None,
+        }
+    }
+
     /// A list of IP addresses and CIDR blocks (`trusted_proxies`); each entry that is neither
     /// is reported as `key[i]`.
     fn ip_nets(&mut self, list: &Spanned<Vec<Spanned<String>>>, key: &str) -> Vec<IpNet> {
@@ -158,6 +212,7 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
         text,
         file: name,
         problems: Vec::new(),
+        secret_files: Vec::new(),
     };
     let file: FileConfig = match toml::from_str(text) {
         Ok(f) => f,
@@ -251,6 +306,7 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
         decision,
         telemetry,
         warnings,
+        secret_files: cx.secret_files,
     })
 }
 
@@ -446,6 +502,26 @@ fn warnings(
                  overwrites are ever read"
                     .to_owned(),
             ));
+        }
+    }
+    // A password written in the file sits in a ConfigMap and in every copy of it.
+    let inline_url = file
+        .cache
+        .as_ref()
+        .and_then(|c| c.get_ref().redis_url.as_ref());
+    if let Some(u) = inline_url {
+        use redis::IntoConnectionInfo;
+        let info = u.get_ref().as_str().into_connection_info().ok();
+        if info.is_some_and(|i| i.redis_settings().password().is_some()) {
+            warnings.push(
+                cx.locate(
+                    u.span(),
+                    "cache.redis_url",
+                    "holds a password inline: read the URL from redis_url_file or redis_url_env, \
+                 or the password alone from redis_password_file or redis_password_env"
+                        .to_owned(),
+                ),
+            );
         }
     }
     // listen(2) silently caps the backlog: the operator would count on a queue it does not get.

@@ -1,0 +1,257 @@
+//! Debian's `redis-server` on loopback ports with a temp dir (`.ci/run` installs it), and
+//! bearward processes ("replicas") that use it.
+
+use super::*;
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+
+/// One `redis-server`. The test itself speaks plain RESP on `port`; a TLS server listens on
+/// `tls_port` as well, for bearward.
+pub(crate) struct Redis {
+    child: Child,
+    pub port: u16,
+    pub tls_port: Option<u16>,
+    password: Option<String>,
+    dir: std::path::PathBuf,
+}
+
+impl Redis {
+    pub(crate) fn start() -> Redis {
+        Redis::start_with(&[], None, false)
+    }
+
+    /// With `extra` arguments, a `password` (`requirepass`) and, with `tls`, a TLS port whose
+    /// certificate is the test CA's `server.pem` (for 127.0.0.1 and localhost).
+    pub(crate) fn start_with(extra: &[&str], password: Option<&str>, tls: bool) -> Redis {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("bearward-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = Command::new("redis-server");
+        own_group(&mut cmd).args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
+        cmd.arg("--dir").arg(&dir);
+        if let Some(p) = password {
+            cmd.args(["--requirepass", p]);
+        }
+        let tls_port = tls.then(free_port);
+        if let Some(t) = tls_port {
+            let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+            cmd.args(["--tls-port", &t.to_string()])
+                .arg("--tls-cert-file")
+                .arg(format!("{tls}/server.pem"))
+                .arg("--tls-key-file")
+                .arg(format!("{tls}/server-key.pem"))
+                .arg("--tls-ca-cert-file")
+                .arg(format!("{tls}/ca.pem"))
+                .args(["--tls-auth-clients", "optional"]);
+        }
+        // Last, so they can override the above (`--tls-auth-clients yes`).
+        cmd.args(extra);
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed: apt-get install redis-server (.ci/run does)");
+        let r = Redis {
+            child,
+            port,
+            tls_port,
+            password: password.map(str::to_owned),
+            dir,
+        };
+        for _ in 0..100 {
+            if r.command("PING").as_deref() == Some("+PONG") {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not answer PING");
+    }
+
+    /// One inline command; the first line of the reply.
+    pub(crate) fn command(&self, cmd: &str) -> Option<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut buf = [0u8; 4096];
+        if let Some(p) = &self.password {
+            s.write_all(format!("AUTH {p}\r\n").as_bytes()).ok()?;
+            let n = s.read(&mut buf).ok()?;
+            assert!(buf[..n].starts_with(b"+OK"), "AUTH refused");
+        }
+        s.write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
+        let n = s.read(&mut buf).ok()?;
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        Some(text.lines().next().unwrap_or("").to_owned())
+    }
+
+    /// A new password for the server (and for the test's own commands).
+    pub(crate) fn set_password(&mut self, password: &str) {
+        let ok = self.command(&format!("CONFIG SET requirepass {password}"));
+        assert_eq!(ok.as_deref(), Some("+OK"));
+        self.password = Some(password.to_owned());
+    }
+
+    /// All keys, with their values, as one text (to look for what must not be there).
+    pub(crate) fn dump(&self) -> String {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        s.write_all(b"KEYS *\r\n").unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            if out.ends_with(b"\r\n") {
+                break;
+            }
+        }
+        let keys = String::from_utf8_lossy(&out).into_owned();
+        let mut all = keys.clone();
+        for k in keys
+            .lines()
+            .filter(|l| !l.starts_with('*') && !l.starts_with('$'))
+        {
+            all.push_str(&self.get_value(k));
+        }
+        all
+    }
+
+    fn get_value(&self, key: &str) -> String {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        s.write_all(format!("GET {key}\r\n").as_bytes()).unwrap();
+        let mut buf = [0u8; 65536];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    pub(crate) fn kill(&mut self) {
+        stop_group(&mut self.child);
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A bearward process with its config in a temp file; its log in `log` when asked for.
+pub(crate) struct Replica {
+    child: Child,
+    pub port: u16,
+    pub admin: u16,
+    pub file: std::path::PathBuf,
+    pub log: Option<std::path::PathBuf>,
+}
+
+impl Replica {
+    /// A replica running the config `text(port, admin)` gives.
+    pub(crate) fn with(text: impl FnOnce(u16, u16) -> String) -> Replica {
+        Replica::spawn(text, &[], false)
+    }
+
+    /// With environment variables `env` and, with `log`, its output kept in a file.
+    pub(crate) fn spawn(
+        text: impl FnOnce(u16, u16) -> String,
+        env: &[(&str, &str)],
+        log: bool,
+    ) -> Replica {
+        let (port, admin) = (free_port(), free_port());
+        let file = std::env::temp_dir().join(format!(
+            "bearward-replica-{port}-{}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&file, text(port, admin)).unwrap();
+        let log = log.then(|| file.with_extension("log"));
+        let out = match &log {
+            Some(l) => Stdio::from(std::fs::File::create(l).unwrap()),
+            None => Stdio::null(),
+        };
+        let err = match &log {
+            Some(l) => Stdio::from(std::fs::OpenOptions::new().append(true).open(l).unwrap()),
+            None => Stdio::null(),
+        };
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bearward"));
+        if log.is_some() {
+            cmd.env("RUST_LOG", "debug");
+        }
+        let child = cmd
+            .arg("--config")
+            .arg(&file)
+            .envs(env.iter().copied())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        Replica {
+            child,
+            port,
+            admin,
+            file,
+            log,
+        }
+    }
+
+    pub(crate) async fn wait(&self) {
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the replica did not listen");
+    }
+
+    pub(crate) async fn call(&self, c: &HttpClient, token: &str) -> StatusCode {
+        get(
+            c,
+            &format!("http://127.0.0.1:{}/api/x", self.port),
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await
+        .status
+    }
+
+    pub(crate) async fn metrics(&self, c: &HttpClient) -> String {
+        get(c, &format!("http://127.0.0.1:{}/metrics", self.admin), &[])
+            .await
+            .body
+    }
+
+    /// What it logged so far.
+    pub(crate) fn logged(&self) -> String {
+        self.log
+            .as_ref()
+            .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.file);
+        if let Some(l) = &self.log {
+            let _ = std::fs::remove_file(l);
+        }
+    }
+}
