@@ -19,6 +19,10 @@
 //! - [`routes`]: the first-match route table; [`resource`]: RFC 9728 metadata documents.
 //! - [`telemetry`]: logging setup and metrics.
 //!
+//! The way out:
+//! - [`egress`]: calls to an IdP, direct or through an egress proxy (`HTTPS_PROXY`,
+//!   `NO_PROXY`, an issuer's `proxy`), HTTPS tunnelled with `CONNECT`.
+//!
 //! Shared state:
 //! - [`store`]: the Valkey/Redis store replicas share (`[cache] redis_url`), bounded by
 //!   timeouts and skipped after failures; callers fall back to their process caches.
@@ -54,6 +58,7 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod demo;
+pub mod egress;
 pub mod explain;
 pub(crate) mod forward;
 pub mod gateway;
@@ -76,10 +81,13 @@ use std::sync::Arc;
 pub async fn build(config: config::Config) -> std::io::Result<server::Server> {
     let metrics = Arc::new(telemetry::Metrics::new());
     let auth = auth::Authenticator::new(&config, metrics.clone());
-    let tracer = config
-        .telemetry
-        .as_ref()
-        .map(|t| trace::Tracer::start(t, metrics.clone(), auth::jwks::http_client()));
+    let tracer = config.telemetry.as_ref().map(|t| {
+        trace::Tracer::start(
+            t,
+            metrics.clone(),
+            auth::jwks::http_client(&egress::Route::Direct),
+        )
+    });
     let gateway =
         Arc::new(gateway::Gateway::new(Arc::new(config), auth, metrics).with_tracer(tracer));
     server::Server::bind(gateway).await

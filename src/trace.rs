@@ -329,10 +329,10 @@ struct HttpExporter {
     url: http::Uri,
 }
 
-/// The client OTLP/HTTP exports go through (the one JWKS fetches use, given by the caller:
-/// this module sits below `auth`).
+/// The client OTLP/HTTP exports go through (made as the JWKS fetches' is, given by the caller:
+/// this module sits below `auth`); it goes straight to the collector, never through a proxy.
 pub type HttpClient = hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    hyper_rustls::HttpsConnector<crate::egress::Egress>,
     http_body_util::Full<Bytes>,
 >;
 

@@ -20,6 +20,8 @@ fn broken_configs_are_rejected_naming_the_key() {
         ("a string where a list goes", "scopes = [\"read\"]", "scopes = \"read\"", "routes[1].scopes: invalid type: string \"read\", expected a sequence: a list, even of one, `scopes = [\"read\"]`"),
         ("unknown top-level key", "[server]", "[sever]\nx=1\n[server]", "sever"),
         ("missing upstream", "upstream = \"app\"\nauth = \"none\"", "upstream = \"nope\"\nauth = \"none\"", "routes[0].upstream"),
+        ("https proxy", "audiences = [\"https://api.test\"]", "audiences = [\"https://api.test\"]\nproxy = \"https://egress.test:3128\"", "issuers[0].proxy: is not an http://host:port proxy URL"),
+        ("proxy with a path", "audiences = [\"https://api.test\"]", "audiences = [\"https://api.test\"]\nproxy = \"http://egress.test:3128/x\"", "issuers[0].proxy"),
         ("bad duration", "audiences = [\"https://api.test\"]", "audiences = [\"https://api.test\"]\nleeway = \"thirty\"", "issuers[0].leeway"),
         ("non-canonical prefix", "prefix = \"/public\"", "prefix = \"/public/../x\"", "routes[0].prefix"),
         ("encoded prefix", "prefix = \"/api\"", "prefix = \"/%61pi\"", "routes[1].prefix"),

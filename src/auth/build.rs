@@ -8,6 +8,7 @@ use super::introspect::Introspector;
 use super::jwks::{self, IssuerKeys};
 use super::Authenticator;
 use crate::config::Config;
+use crate::egress::Route;
 use crate::store::SharedStore;
 use crate::telemetry::Metrics;
 use std::sync::Arc;
@@ -47,7 +48,7 @@ impl Authenticator {
         previous: Option<&Authenticator>,
         metrics: Arc<Metrics>,
     ) -> Authenticator {
-        let client = jwks::http_client();
+        let client = jwks::http_client(&Route::Environment);
         let mut issuers = Vec::new();
         let mut tasks = Vec::new();
         for cfg in &config.issuers {
@@ -60,7 +61,8 @@ impl Authenticator {
             let (keys, task) = match kept {
                 Some(k) => k,
                 None => {
-                    let keys = IssuerKeys::new(cfg.clone(), client.clone(), metrics.clone());
+                    let keys =
+                        IssuerKeys::new(cfg.clone(), client_for(cfg, &client), metrics.clone());
                     let task = Arc::new(AbortOnDrop(tokio::spawn(keys.clone().run_refresher())));
                     (keys, task)
                 }
@@ -96,12 +98,12 @@ impl Authenticator {
     /// Without refresher tasks: keys load when asked (`bearward explain`, benches). The
     /// verified-token cache is sized as the config says.
     pub fn without_refresh(config: &Config) -> Authenticator {
-        let client = jwks::http_client();
+        let client = jwks::http_client(&Route::Environment);
         let metrics = Arc::new(Metrics::new());
         let issuers = config
             .issuers
             .iter()
-            .map(|i| IssuerKeys::new(i.clone(), client.clone(), metrics.clone()))
+            .map(|i| IssuerKeys::new(i.clone(), client_for(i, &client), metrics.clone()))
             .collect();
         Authenticator::from_parts(Parts {
             issuers,
@@ -136,6 +138,18 @@ impl Authenticator {
 
 /// One introspector per introspecting issuer, by issuer index; a reload keeps those whose
 /// issuer, claim headers and store did not change (with their answers).
+/// The client an issuer's calls go through: the one that follows the environment's proxy
+/// settings, or one of its own for its `proxy`.
+fn client_for(
+    cfg: &crate::config::IssuerConfig,
+    environment: &jwks::HttpsClient,
+) -> jwks::HttpsClient {
+    match &cfg.proxy {
+        None => environment.clone(),
+        Some(p) => jwks::http_client(&Route::Proxy(p.clone())),
+    }
+}
+
 fn introspectors(
     config: &Config,
     previous: Option<&Authenticator>,
@@ -169,7 +183,7 @@ fn introspectors(
                 cfg.clone(),
                 keep.clone(),
                 config.token_cache_entries,
-                client.clone(),
+                client_for(cfg, client),
                 store.cloned(),
                 metrics.clone(),
             )

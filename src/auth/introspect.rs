@@ -124,7 +124,7 @@ impl Introspector {
             index,
             endpoint: Mutex::new(cfg.endpoint.clone()),
             get_client,
-            client: jwks::http_client(),
+            client: jwks::http_client(&jwks::issuer_route(&issuer)),
             signer,
             cache: moka::future::Cache::builder()
                 .max_capacity(entries.max(1))
@@ -461,11 +461,10 @@ impl Introspector {
             let req = self
                 .request(&uri, token)
                 .map_err(|e| unavailable("client_error", e))?;
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| unavailable("unreachable", format!("POST {uri}: {e}")))?;
+            let resp = self.client.request(req).await.map_err(|e| {
+                let e = crate::egress::error_chain(&e);
+                unavailable("unreachable", format!("POST {uri}: {e}"))
+            })?;
             if resp.status() != http::StatusCode::OK {
                 return Err(unavailable(
                     "http_error",

@@ -18,24 +18,25 @@
 
 pub use super::keys::{parse_jwks, KeyKind, KeyPolicy, KeySet, RefusedKey, VerifyKey};
 use crate::config::{IssuerConfig, KeySource};
+use crate::egress::{Egress, Route};
 use crate::telemetry::Metrics;
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use http::{header, Request, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-pub(crate) type HttpsClient<B = Empty<Bytes>> = Client<HttpsConnector<HttpConnector>, B>;
+pub(crate) type HttpsClient<B = Empty<Bytes>> = Client<HttpsConnector<Egress>, B>;
 
-/// The client used for JWKS and discovery: HTTPS through rustls (system roots, else Mozilla's),
-/// plain HTTP allowed for loopback IdPs and tests.
-pub fn http_client<B>() -> HttpsClient<B>
+/// The client used for JWKS, discovery and introspection: HTTPS through rustls (system roots,
+/// else Mozilla's), plain HTTP where the config allows it, directly or through a proxy as
+/// `route` says.
+pub fn http_client<B>(route: &Route) -> HttpsClient<B>
 where
     B: http_body::Body + Send + Unpin + 'static,
     B::Data: Send,
@@ -49,8 +50,19 @@ where
             .with_provider_and_webpki_roots(provider)
             .expect("the aws-lc-rs provider supports the default TLS versions"),
     };
-    let connector = builder.https_or_http().enable_http1().build();
+    let connector = builder
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(Egress::new(route));
     Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// The route an issuer's calls take: its own `proxy`, else the environment's.
+pub fn issuer_route(issuer: &IssuerConfig) -> Route {
+    issuer
+        .proxy
+        .clone()
+        .map_or(Route::Environment, Route::Proxy)
 }
 
 /// Bounded GET: status 200, at most `max_bytes`, all within `timeout`.
@@ -74,7 +86,7 @@ async fn get(
         let resp = client
             .request(req)
             .await
-            .map_err(|e| format!("GET {uri}: {e}"))?;
+            .map_err(|e| format!("GET {uri}: {}", crate::egress::error_chain(&e)))?;
         if resp.status() != http::StatusCode::OK {
             return Err(format!("GET {uri}: status {}", resp.status()));
         }

@@ -518,6 +518,12 @@ pub(super) struct IssuerFile {
     ///
     /// a local JWKS file (static keys)
     pub jwks_file: Option<Spanned<String>>,
+    /// Reference: `proxy`
+    /// Default: `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY`
+    ///
+    /// `http://[user:password@]host:port` of the egress proxy every call to this issuer (JWKS,
+    /// discovery, introspection) goes through; HTTPS is tunnelled with `CONNECT`
+    pub proxy: Option<Spanned<String>>,
     /// Reference: `audiences`
     /// Default: required
     ///

@@ -287,6 +287,9 @@ pub struct IssuerConfig {
     pub token_format: TokenFormat,
     /// How opaque tokens are asked about; set exactly when `token_format` is not `jwt`.
     pub introspection: Option<Introspection>,
+    /// `proxy`: every call to this issuer through this `http://` proxy; `None`: as the
+    /// environment says (`HTTPS_PROXY`, `NO_PROXY`).
+    pub proxy: Option<http::Uri>,
 }
 
 impl IssuerConfig {

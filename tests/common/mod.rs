@@ -148,7 +148,7 @@ impl Upstream {
 
 /// The TLS test upstream's acceptor: the certificate in `tests/fixtures/tls`; with `mtls`, a
 /// client certificate signed by `ca.pem` there is required.
-fn tls_acceptor(mtls: bool) -> tokio_rustls::TlsAcceptor {
+pub(crate) fn tls_acceptor(mtls: bool) -> tokio_rustls::TlsAcceptor {
     tls_acceptor_alpn(mtls, Vec::new())
 }
 

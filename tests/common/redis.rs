@@ -1,5 +1,5 @@
 //! Debian's `redis-server` on loopback ports with a temp dir (`.ci/run` installs it), and
-//! bearward processes ("replicas") that use it.
+//! bearward processes ("replicas"), each with a config file of its own.
 
 use super::*;
 use std::io::{Read, Write};
@@ -187,6 +187,20 @@ impl Replica {
             None => Stdio::null(),
         };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_bearward"));
+        // A machine's own proxy settings would send the test IdPs' loopback calls elsewhere;
+        // a test that wants a proxy names it in `env`.
+        for v in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "NO_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+            "no_proxy",
+        ] {
+            cmd.env_remove(v);
+        }
         if log.is_some() {
             cmd.env("RUST_LOG", "debug");
         }

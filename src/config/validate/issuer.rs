@@ -73,6 +73,7 @@ pub(super) fn issuer(
         jwks,
         token_format,
         introspection,
+        proxy: proxy(cx, f.proxy.as_ref(), &key("proxy")),
     };
     (cx.problems.len() == before).then_some(config)
 }
@@ -644,4 +645,31 @@ fn client_auth(
         ClientAuthMethod::ClientSecretPost => ClientAuth::SecretPost(secret),
         _ => ClientAuth::SecretBasic(secret),
     })
+}
+
+/// `proxy`: an `http://` URL with a host and nothing after it but `/`. The URL is not echoed
+/// in an error: it may hold credentials.
+fn proxy(cx: &mut Ctx<'_>, p: Option<&Spanned<String>>, key: &str) -> Option<http::Uri> {
+    let p = p?;
+    match http::Uri::from_str(p.get_ref()) {
+        Ok(uri)
+            if uri.scheme_str() == Some("http")
+                && uri.authority().is_some_and(|a| !a.host().is_empty())
+                && matches!(
+                    uri.path_and_query().map(http::uri::PathAndQuery::as_str),
+                    None | Some("/")
+                ) =>
+        {
+            Some(uri)
+        }
+        _ => {
+            cx.err(
+                p.span(),
+                key,
+                "is not an http://host:port proxy URL (HTTPS is tunnelled through it with \
+                 CONNECT; https:// and socks proxies are not supported)",
+            );
+            None
+        }
+    }
 }
