@@ -429,7 +429,7 @@ impl Introspector {
             p.timeout,
         )
         .await?;
-        let uri = jwks::endpoint_in(&doc, &from, "introspection_endpoint")?;
+        let uri = jwks::endpoint_in(&doc, &from, "introspection_endpoint", &self.issuer)?;
         *self
             .endpoint
             .lock()

@@ -198,8 +198,15 @@ pub(crate) async fn discovery_document(
     Err(format!("discovery failed: {}", errors.join("; ")))
 }
 
-/// An http(s) endpoint named in a metadata document.
-pub(crate) fn endpoint_in(doc: &Value, from: &Uri, name: &str) -> Result<Uri, String> {
+/// An http(s) endpoint named in a metadata document, where the issuer may send bearward
+/// ([`IssuerConfig::discovered_ok`]: https, on its origin or a trusted one, no metadata
+/// address).
+pub(crate) fn endpoint_in(
+    doc: &Value,
+    from: &Uri,
+    name: &str,
+    issuer: &IssuerConfig,
+) -> Result<Uri, String> {
     let text = doc
         .get(name)
         .and_then(Value::as_str)
@@ -208,6 +215,9 @@ pub(crate) fn endpoint_in(doc: &Value, from: &Uri, name: &str) -> Result<Uri, St
     if !matches!(uri.scheme_str(), Some("https" | "http")) || uri.authority().is_none() {
         return Err(format!("{from}: {name} is not an http(s) URL"));
     }
+    issuer
+        .discovered_ok(&uri)
+        .map_err(|e| format!("{from}: {name} refused: {e}"))?;
     Ok(uri)
 }
 
@@ -493,7 +503,7 @@ impl IssuerKeys {
         let p = &self.config.jwks;
         let (uri, doc) =
             discovery_document(&self.client, &self.config.issuer, p.max_bytes, p.timeout).await?;
-        endpoint_in(&doc, &uri, "jwks_uri")
+        endpoint_in(&doc, &uri, "jwks_uri", &self.config)
     }
 
     pub async fn run_refresher(self: Arc<Self>) {

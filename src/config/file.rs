@@ -524,6 +524,19 @@ pub(super) struct IssuerFile {
     /// `http://[user:password@]host:port` of the egress proxy every call to this issuer (JWKS,
     /// discovery, introspection) goes through; HTTPS is tunnelled with `CONNECT`
     pub proxy: Option<Spanned<String>>,
+    /// Reference: `allow_insecure_http`
+    /// Default: `false`
+    ///
+    /// take keys, discovery and introspection over plain `http://` off loopback (a test IdP
+    /// only: anyone on the path can swap keys fetched that way); loopback hosts never need it
+    pub allow_insecure_http: Option<Spanned<bool>>,
+    /// Reference: `trusted_key_origins`
+    /// Default: `[]`
+    ///
+    /// `https://host[:port]` origins besides the issuer's own where its discovery document may
+    /// place `jwks_uri` or the introspection endpoint (Google's keys are on
+    /// `https://www.googleapis.com`); link-local and metadata addresses only when listed
+    pub trusted_key_origins: Option<Spanned<Vec<Spanned<String>>>>,
     /// Reference: `audiences`
     /// Default: required
     ///

@@ -290,9 +290,103 @@ pub struct IssuerConfig {
     /// `proxy`: every call to this issuer through this `http://` proxy; `None`: as the
     /// environment says (`HTTPS_PROXY`, `NO_PROXY`).
     pub proxy: Option<http::Uri>,
+    /// `allow_insecure_http`: plain-http key sources off loopback (a test IdP).
+    pub allow_insecure_http: bool,
+    /// `trusted_key_origins`, as [`origin_of`] writes them: where a discovery document may
+    /// send bearward for keys or introspection besides the issuer's own origin.
+    pub trusted_key_origins: Vec<String>,
+}
+
+/// `localhost` (and names under it), 127.0.0.0/8 or `::1`: a host nothing can sit between.
+pub fn loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => {
+            let h = host.trim_end_matches('.').to_ascii_lowercase();
+            h == "localhost" || h.ends_with(".localhost")
+        }
+    }
+}
+
+/// Link-local addresses (169.254.0.0/16, fe80::/10) and the cloud metadata services there or
+/// named (AWS's fd00:ec2::254, GCP's metadata.google.internal): where a forged discovery
+/// document would send bearward to read credentials.
+pub fn metadata_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(v4)) => v4.is_link_local(),
+        Ok(std::net::IpAddr::V6(v6)) => {
+            (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+                || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+        }
+        Err(_) => {
+            let h = host.trim_end_matches('.').to_ascii_lowercase();
+            h == "metadata.google.internal" || h == "metadata"
+        }
+    }
+}
+
+/// `scheme://host:port` of an http(s) URL, host lowercased and the port always written, so
+/// two spellings of one origin compare equal.
+pub fn origin_of(uri: &http::Uri) -> Option<String> {
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let authority = uri.authority()?;
+    let port = authority.port_u16().or(match scheme.as_str() {
+        "https" => Some(443),
+        "http" => Some(80),
+        _ => None,
+    })?;
+    Some(format!(
+        "{scheme}://{}:{port}",
+        authority.host().to_ascii_lowercase()
+    ))
 }
 
 impl IssuerConfig {
+    /// May keys or introspection answers come over `uri`? `https`, or plain `http` to a
+    /// loopback host or with `allow_insecure_http`: over plain HTTP anyone on the path can
+    /// swap the keys.
+    pub fn transport_ok(&self, uri: &http::Uri) -> Result<(), String> {
+        match uri.scheme_str() {
+            Some("https") => Ok(()),
+            Some("http") if self.allow_insecure_http || uri.host().is_some_and(loopback_host) => {
+                Ok(())
+            }
+            Some("http") => Err(format!(
+                "{uri} is plain http off loopback: keys fetched that way can be swapped in \
+                 transit (set allow_insecure_http = true on the issuer for a test IdP)"
+            )),
+            _ => Err(format!("{uri} is not an http(s) URL")),
+        }
+    }
+
+    /// May an endpoint a discovery document names be used? Its transport as
+    /// [`IssuerConfig::transport_ok`] says, on the issuer's own origin or one of
+    /// `trusted_key_origins`, and never a link-local or metadata address unless listed there.
+    pub fn discovered_ok(&self, uri: &http::Uri) -> Result<(), String> {
+        self.transport_ok(uri)?;
+        let origin = origin_of(uri).ok_or_else(|| format!("{uri} has no origin"))?;
+        if self.trusted_key_origins.contains(&origin) {
+            return Ok(());
+        }
+        if uri.host().is_some_and(metadata_host) {
+            return Err(format!(
+                "{uri} is a link-local or metadata address; list {origin} in \
+                 trusted_key_origins if it really serves the keys"
+            ));
+        }
+        let own = self.issuer.parse::<http::Uri>().ok();
+        if own.as_ref().and_then(origin_of).as_deref() == Some(origin.as_str()) {
+            return Ok(());
+        }
+        Err(format!(
+            "{uri} is off the issuer's origin; list {origin} in trusted_key_origins if the \
+             IdP serves its keys there"
+        ))
+    }
+
     /// Does this issuer validate JWTs locally?
     pub fn takes_jwts(&self) -> bool {
         self.token_format != TokenFormat::Opaque

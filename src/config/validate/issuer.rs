@@ -74,7 +74,10 @@ pub(super) fn issuer(
         token_format,
         introspection,
         proxy: proxy(cx, f.proxy.as_ref(), &key("proxy")),
+        allow_insecure_http: f.allow_insecure_http.as_ref().is_some_and(|b| *b.get_ref()),
+        trusted_key_origins: trusted_origins(cx, f, &key("trusted_key_origins")),
     };
+    transport(cx, f, &config, &key);
     (cx.problems.len() == before).then_some(config)
 }
 
@@ -670,6 +673,88 @@ fn proxy(cx: &mut Ctx<'_>, p: Option<&Spanned<String>>, key: &str) -> Option<htt
                  CONNECT; https:// and socks proxies are not supported)",
             );
             None
+        }
+    }
+}
+
+/// `trusted_key_origins`: origins only (`scheme://host[:port]`), written as [`origin_of`] does.
+fn trusted_origins(cx: &mut Ctx<'_>, f: &IssuerFile, key: &str) -> Vec<String> {
+    let Some(list) = &f.trusted_key_origins else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, o) in list.get_ref().iter().enumerate() {
+        let uri = http::Uri::from_str(o.get_ref()).ok();
+        let origin = uri.as_ref().filter(|u| {
+            matches!(u.scheme_str(), Some("https" | "http"))
+                && matches!(
+                    u.path_and_query().map(http::uri::PathAndQuery::as_str),
+                    None | Some("/")
+                )
+        });
+        match origin.and_then(crate::config::origin_of) {
+            Some(o) => out.push(o),
+            None => cx.err(
+                o.span(),
+                &format!("{key}[{i}]"),
+                format!(
+                    "{:?} is not an origin (https://host[:port], nothing after it)",
+                    o.get_ref()
+                ),
+            ),
+        }
+    }
+    out
+}
+
+/// The URLs the file names for keys and introspection, and the issuer's own when discovery
+/// starts from it: https, or plain http only where nothing can sit between (loopback) or the
+/// issuer says `allow_insecure_http`. Trusted origins must be usable the same way.
+fn transport(
+    cx: &mut Ctx<'_>,
+    f: &IssuerFile,
+    config: &IssuerConfig,
+    key: &dyn Fn(&str) -> String,
+) {
+    let mut given: Vec<(http::Uri, std::ops::Range<usize>, String)> = Vec::new();
+    if let KeySource::JwksUri(u) = &config.keys {
+        let span = f.jwks_uri.as_ref().map_or(0..0, Spanned::span);
+        given.push((u.clone(), span, key("jwks_uri")));
+    }
+    let discovers = config.keys == KeySource::Discovery
+        || config
+            .introspection
+            .as_ref()
+            .is_some_and(|i| i.endpoint.is_none());
+    if discovers {
+        if let Ok(u) = http::Uri::from_str(&config.issuer) {
+            given.push((u, f.issuer.span(), key("issuer")));
+        }
+    }
+    if let Some(u) = config
+        .introspection
+        .as_ref()
+        .and_then(|i| i.endpoint.clone())
+    {
+        let span = f
+            .introspection_endpoint
+            .as_ref()
+            .map_or(0..0, Spanned::span);
+        given.push((u, span, key("introspection_endpoint")));
+    }
+    for (i, o) in config.trusted_key_origins.iter().enumerate() {
+        if let Ok(u) = http::Uri::from_str(o) {
+            let span = f
+                .trusted_key_origins
+                .as_ref()
+                .and_then(|l| l.get_ref().get(i))
+                .map_or(0..0, Spanned::span);
+            given.push((u, span, format!("{}[{i}]", key("trusted_key_origins"))));
+        }
+    }
+    for (uri, span, k) in given {
+        if let Err(e) = config.transport_ok(&uri) {
+            cx.err(span, &k, e);
         }
     }
 }
