@@ -23,9 +23,7 @@ use std::time::{Duration, Instant};
 /// first `k = min(n, floor((now + tolerance - tat) / emission))` and refuses the rest, so
 /// that is computed at once. The answer is one string of three integers per key: `k`, the
 /// microseconds a refused request waits, and the burst left after the last one allowed.
-static GCRA: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(
-        r"
+const GCRA_SOURCE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local out = {}
@@ -46,9 +44,11 @@ for i, key in ipairs(KEYS) do
     math.floor((now + tolerance - new_tat) / emission))
 end
 return table.concat(out, ' ')
-",
-    )
-});
+";
+
+/// [`GCRA_SOURCE`]'s SHA-1, for `EVALSHA`.
+static GCRA: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(GCRA_SOURCE));
 
 /// Checks waiting for the next `GCRA` batch; beyond this a check is answered as a store
 /// failure at once (the caller's fallback limit applies) rather than queued without bound.
@@ -94,9 +94,26 @@ impl StoreError {
     }
 }
 
+/// The connection: to one node (reconnecting by itself), or to a Redis Cluster (its slot map
+/// kept and followed by the client: `MOVED`, `ASK`, a failed-over master).
+#[derive(Clone)]
+enum Conn {
+    Node(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Conn {
+    async fn query<T: redis::FromRedisValue>(mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match &mut self {
+            Conn::Node(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+}
+
 /// A handle on the shared store; cheap to share between config snapshots.
 pub struct SharedStore {
-    conn: ConnectionManager,
+    conn: Conn,
     timeout: Duration,
     prefix: String,
     /// The config it was made from: a reload that keeps it keeps the connection.
@@ -113,14 +130,20 @@ impl SharedStore {
     /// A store that connects on first use (needs a Tokio runtime): a Redis that is down when
     /// bearward starts delays nothing.
     pub fn new(config: &CacheConfig, metrics: Arc<Metrics>) -> Result<Arc<SharedStore>, String> {
-        let client = client(config).map_err(|e| e.to_string())?;
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client, manager).map_err(|e| e.to_string())?;
+        let conn = if config.cluster_urls.is_empty() {
+            let client = client(config).map_err(|e| e.to_string())?;
+            let manager = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(config.timeout))
+                .set_response_timeout(Some(config.timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_secs(1));
+            Conn::Node(
+                ConnectionManager::new_lazy_with_config(client, manager)
+                    .map_err(|e| e.to_string())?,
+            )
+        } else {
+            Conn::Cluster(cluster(config).map_err(|e| e.to_string())?)
+        };
         Ok(Arc::new(SharedStore {
             conn,
             timeout: config.timeout,
@@ -158,8 +181,8 @@ impl SharedStore {
         op: &'static str,
         cmd: redis::Cmd,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        self.guarded(op, async move { cmd.query_async::<T>(&mut conn).await })
+        let conn = self.conn.clone();
+        self.guarded(op, async move { conn.query::<T>(&cmd).await })
             .await
     }
 
@@ -326,6 +349,130 @@ fn client(config: &CacheConfig) -> redis::RedisResult<redis::Client> {
     }
 }
 
+/// The client of a Redis Cluster, connecting in the background on first use: its seed nodes,
+/// the password given apart from them, and the TLS of `rediss://` seeds.
+fn cluster(config: &CacheConfig) -> redis::RedisResult<redis::cluster_async::ClusterConnection> {
+    use redis::IntoConnectionInfo;
+    let mut nodes = Vec::with_capacity(config.cluster_urls.len());
+    for u in &config.cluster_urls {
+        let url = std::str::from_utf8(&u.0).map_err(|_| {
+            redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "URL is not UTF-8"))
+        })?;
+        nodes.push(url.into_connection_info()?);
+    }
+    // Two tries: a command for a master that just died fails within the timeout, and the
+    // caller falls back; the client refreshes its slot map meanwhile.
+    let mut builder = redis::cluster::ClusterClientBuilder::new(nodes).retries(2);
+    if let Some(p) = config.password.as_ref() {
+        builder = builder.password(String::from_utf8_lossy(&p.0));
+    }
+    if let Some(tls) = &config.tls {
+        builder = builder.certs(redis::TlsCertificates {
+            client_tls: tls
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.0.clone(),
+                }),
+            root_cert: tls.ca_pem.clone(),
+        });
+    }
+    let limits = redis::cluster::ClusterConfig::new()
+        .set_connection_timeout(config.timeout)
+        .set_response_timeout(config.timeout);
+    Ok(builder
+        .build()?
+        .get_pending_async_connection_with_config(limits))
+}
+
+impl SharedStore {
+    /// One batch of groups through the script: one call on a node; on a cluster one call per
+    /// hash slot, all in flight at once (a script's keys must share a slot). The answer per
+    /// group, in order; a failed call fails only its own groups.
+    async fn send_gcra(
+        self: &Arc<Self>,
+        groups: &[Group],
+    ) -> Vec<Result<(u32, u64, u32), StoreError>> {
+        let parts: Vec<Vec<usize>> = match &self.conn {
+            Conn::Node(_) => vec![(0..groups.len()).collect()],
+            Conn::Cluster(_) => {
+                let mut by_slot: std::collections::HashMap<
+                    redis::cluster_routing::Slot,
+                    Vec<usize>,
+                    foldhash::fast::RandomState,
+                > = std::collections::HashMap::default();
+                for (i, g) in groups.iter().enumerate() {
+                    let slot = redis::cluster_routing::Slot::for_key(g.key.as_bytes());
+                    by_slot.entry(slot).or_default().push(i);
+                }
+                by_slot.into_values().collect()
+            }
+        };
+        let calls = parts.iter().map(|part| {
+            let conn = self.conn.clone();
+            let evalsha = gcra_call("EVALSHA", GCRA.get_hash(), groups, part);
+            self.guarded("gcra", async move {
+                match conn.clone().query::<Vec<u8>>(&evalsha).await {
+                    // A store that has not seen the script (new, restarted, flushed, a
+                    // cluster master failed over) runs it from source, which also caches it.
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        conn.query(&gcra_call("EVAL", GCRA_SOURCE, groups, part))
+                            .await
+                    }
+                    answer => answer,
+                }
+            })
+        });
+        let answers = futures_util::future::join_all(calls).await;
+        let mut out: Vec<Result<(u32, u64, u32), StoreError>> =
+            vec![Err(StoreError::Skipped); groups.len()];
+        for (part, answer) in parts.iter().zip(answers) {
+            let parsed = answer.and_then(|text| {
+                parse_gcra(&text, part.len()).ok_or_else(|| {
+                    StoreError::Redis(format!(
+                        "rate-limit script answered {:?} for {} keys",
+                        String::from_utf8_lossy(&text[..text.len().min(64)]),
+                        part.len()
+                    ))
+                })
+            });
+            match parsed {
+                Ok(v) => {
+                    for (g, a) in part.iter().zip(v) {
+                        out[*g] = Ok(a);
+                    }
+                }
+                Err(e) => {
+                    for g in part {
+                        out[*g] = Err(e.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `EVALSHA <sha>` or `EVAL <source>` of the GCRA script over the groups `part` names, written
+/// in place: redis-rs's `ScriptInvocation` keeps each argument in its own `Vec` and copies them
+/// all again into a `Cmd`, four allocations per key.
+fn gcra_call(verb: &str, script: &str, groups: &[Group], part: &[usize]) -> redis::Cmd {
+    let mut cmd = redis::cmd(verb);
+    cmd.arg(script).arg(part.len());
+    for &g in part {
+        cmd.arg(&*groups[g].key);
+    }
+    for &g in part {
+        let g = &groups[g];
+        cmd.arg(g.emission_us).arg(g.burst).arg(g.count);
+    }
+    cmd
+}
+
 /// One key of a batch and the checks counted under it, in arrival order.
 struct Group {
     key: Arc<str>,
@@ -370,51 +517,14 @@ async fn gcra_batches(
             places.push((g, groups[g].count));
             groups[g].count += 1;
         }
-        // One `Cmd` written in place: redis-rs's `ScriptInvocation` keeps each argument in its
-        // own `Vec` and copies them all again into a `Cmd`, four allocations per key.
-        let mut eval = redis::cmd("EVALSHA");
-        eval.arg(GCRA.get_hash()).arg(groups.len());
-        for g in &groups {
-            eval.arg(&*g.key);
-        }
-        for g in &groups {
-            eval.arg(g.emission_us).arg(g.burst).arg(g.count);
-        }
-        let mut conn = store.conn.clone();
-        let answer: Result<Vec<u8>, StoreError> = store
-            .guarded("gcra", async move {
-                match eval.query_async(&mut conn).await {
-                    // A store that has not seen the script (new, restarted, flushed) learns it.
-                    Err(e)
-                        if e.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                    {
-                        GCRA.load_async(&mut conn).await?;
-                        eval.query_async(&mut conn).await
-                    }
-                    answer => answer,
-                }
-            })
-            .await;
-        let answer = answer.and_then(|text| {
-            parse_gcra(&text, groups.len()).ok_or_else(|| {
-                StoreError::Redis(format!(
-                    "rate-limit script answered {:?} for {} keys",
-                    String::from_utf8_lossy(&text[..text.len().min(64)]),
-                    groups.len()
-                ))
-            })
-        });
+        let answers = store.send_gcra(&groups).await;
         for (check, (g, place)) in checks.drain(..).zip(places.drain(..)) {
-            let result = match &answer {
-                Ok(v) => {
-                    let (allowed, wait, left) = v[g];
-                    Ok(if place < allowed {
-                        (true, 0, left.saturating_add(allowed - 1 - place))
-                    } else {
-                        (false, wait, 0)
-                    })
-                }
+            let result = match &answers[g] {
+                Ok((allowed, wait, left)) => Ok(if place < *allowed {
+                    (true, 0, left.saturating_add(allowed - 1 - place))
+                } else {
+                    (false, *wait, 0)
+                }),
                 Err(e) => Err(e.clone()),
             };
             // The request may have gone (client closed): nothing waits for its answer.

@@ -7,10 +7,56 @@ mod common;
 
 use common::dpop::DpopKey;
 use common::introspection::Endpoint;
-use common::redis::{Redis, Replica};
+use common::redis::{Cluster, Redis, Replica};
 use common::*;
 use http::StatusCode;
 use serde_json::json;
+
+/// The store under test: one Redis, or a three-master Cluster on which one master dies.
+trait Store {
+    /// The `[cache]` line(s) naming it.
+    fn cache(&self) -> String;
+    /// Stops what holds `key`: the one node, or the cluster master that holds its slot.
+    fn kill_for(&mut self, key: &str);
+    /// Is `key` where the store no longer answers?
+    fn is_down(&self, key: &str) -> bool;
+    /// Every key and value it holds.
+    fn dump(&self) -> String;
+}
+
+impl Store for Redis {
+    fn cache(&self) -> String {
+        format!("redis_url = \"redis://127.0.0.1:{}/0\"", self.port)
+    }
+    fn kill_for(&mut self, _: &str) {
+        self.kill();
+    }
+    fn is_down(&self, _: &str) -> bool {
+        self.command("PING").is_none()
+    }
+    fn dump(&self) -> String {
+        Redis::dump(self)
+    }
+}
+
+impl Store for Cluster {
+    fn cache(&self) -> String {
+        Cluster::cache(self)
+    }
+    fn kill_for(&mut self, key: &str) {
+        self.kill_owner_of(key);
+    }
+    fn is_down(&self, key: &str) -> bool {
+        Cluster::is_down(self, key)
+    }
+    fn dump(&self) -> String {
+        Cluster::dump(self)
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 fn introspecting_replica(ep: &Endpoint, up: &Upstream, redis_port: u16) -> Replica {
     Replica::with(|port, admin| {
@@ -142,7 +188,7 @@ async fn two_replicas_share_one_answer_and_keep_serving_when_redis_dies() {
 }
 
 /// A replica taking JWTs signed by the rsa1 fixture key, DPoP-bound ones included.
-fn dpop_replica(up: &Upstream, redis_port: u16, store_down: &str) -> Replica {
+fn dpop_replica(up: &Upstream, cache: &str, store_down: &str) -> Replica {
     Replica::with(|port, admin| {
         format!(
             r#"
@@ -152,7 +198,7 @@ admin_listen = "127.0.0.1:{admin}"
 public_origin = "https://api.test"
 
 [cache]
-redis_url = "redis://127.0.0.1:{redis_port}/0"
+{cache}
 redis_timeout = "200ms"
 key_prefix = "bw-test:"
 dpop_replay_store_down = "{store_down}"
@@ -215,10 +261,25 @@ impl DpopClient {
 
 #[tokio::test]
 async fn a_proof_taken_by_one_replica_is_a_replay_at_another_and_redis_down_applies_the_fallback() {
-    let mut redis = Redis::start();
+    replays_across_replicas(&mut Redis::start()).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_a_proof_is_a_replay_at_another_replica_and_a_dead_master_applies_the_fallback(
+) {
+    replays_across_replicas(&mut Cluster::start()).await;
+}
+
+/// The key a proof with `jti` is recorded under.
+fn dpop_key(dpop: &DpopClient, jti: &str) -> String {
+    let id = common::dpop::sha256(format!("{}.{jti}", dpop.key.jkt).as_bytes());
+    format!("bw-test:dpop:{}", hex(&id))
+}
+
+async fn replays_across_replicas(store: &mut impl Store) {
     let up = Upstream::start().await;
-    let a = dpop_replica(&up, redis.port, "refuse");
-    let b = dpop_replica(&up, redis.port, "local");
+    let a = dpop_replica(&up, &store.cache(), "refuse");
+    let b = dpop_replica(&up, &store.cache(), "local");
     a.wait().await;
     b.wait().await;
     let c = client();
@@ -251,14 +312,20 @@ async fn a_proof_taken_by_one_replica_is_a_replay_at_another_and_redis_down_appl
         "{m}"
     );
 
-    // Redis stops. "refuse" answers 503: a replay to another replica cannot be ruled out.
-    // "local" lets this process's own cache decide, and still catches a replay to itself.
-    redis.kill();
+    // Redis stops (on a cluster, the master that holds the next proof's key). "refuse"
+    // answers 503: a replay to another replica cannot be ruled out. "local" lets this
+    // process's own cache decide, and still catches a replay to itself.
+    store.kill_for(&dpop_key(&dpop, "proof-3"));
     assert_eq!(
         dpop.call(&c, &a, &dpop.proof("proof-3")).await,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    let p4 = dpop.proof("proof-4");
+    // A proof whose key is where the store no longer answers.
+    let jti = (0..)
+        .map(|i| format!("proof-4-{i}"))
+        .find(|j| store.is_down(&dpop_key(&dpop, j)))
+        .unwrap();
+    let p4 = dpop.proof(&jti);
     assert_eq!(dpop.call(&c, &b, &p4).await, StatusCode::OK);
     assert_eq!(dpop.call(&c, &b, &p4).await, StatusCode::UNAUTHORIZED);
     assert_eq!(up.count(), 3);
@@ -287,7 +354,7 @@ async fn a_proof_taken_by_one_replica_is_a_replay_at_another_and_redis_down_appl
 /// Script calls that answered (a batch of rate-limit checks each).
 const STORE_GCRA_OK: &str = r#"bearward_shared_store_operations_total{op="gcra",outcome="ok"}"#;
 
-fn limited_replica(up: &Upstream, redis_port: u16) -> Replica {
+fn limited_replica(up: &Upstream, cache: &str) -> Replica {
     Replica::with(|port, admin| {
         format!(
             r#"
@@ -296,7 +363,7 @@ listen = "127.0.0.1:{port}"
 admin_listen = "127.0.0.1:{admin}"
 
 [cache]
-redis_url = "redis://127.0.0.1:{redis_port}/0"
+{cache}
 redis_timeout = "200ms"
 key_prefix = "bw-test:"
 rate_limit_fallback_replicas = 2
@@ -321,10 +388,25 @@ upstream = "app"
 
 #[tokio::test]
 async fn a_global_rate_limit_holds_across_two_replicas_and_falls_back_when_redis_dies() {
-    let mut redis = Redis::start();
+    global_limit_across_replicas(&mut Redis::start()).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_a_global_rate_limit_holds_and_a_dead_master_applies_the_fallback() {
+    global_limit_across_replicas(&mut Cluster::start()).await;
+}
+
+/// The store key of the `/api` route's bucket for `sub`.
+fn bucket(sub: &str) -> String {
+    let route = hex(&common::dpop::sha256(b"/api*")[..8]);
+    let id = hex(&common::dpop::sha256(sub.as_bytes())[..16]);
+    format!("bw-test:ratelimit:{route}:{id}")
+}
+
+async fn global_limit_across_replicas(store: &mut impl Store) {
     let up = Upstream::start().await;
-    let a = limited_replica(&up, redis.port);
-    let b = limited_replica(&up, redis.port);
+    let a = limited_replica(&up, &store.cache());
+    let b = limited_replica(&up, &store.cache());
     a.wait().await;
     b.wait().await;
     let c = client();
@@ -364,6 +446,8 @@ async fn a_global_rate_limit_holds_across_two_replicas_and_falls_back_when_redis
         (10..=10 + tolerance).contains(&passed),
         "{passed} passed (tolerance {tolerance}): not global"
     );
+    let dump = store.dump();
+    assert!(dump.contains(&bucket("global-user")), "{dump}");
 
     // 80 requests at once, 40 per replica: each replica sends the waiting checks together in
     // one script call, the same key many times over, and the burst (10) still holds exactly:
@@ -427,8 +511,9 @@ async fn a_global_rate_limit_holds_across_two_replicas_and_falls_back_when_redis
         "{calls} script calls for 80 checks: not batched"
     );
 
-    // Redis dies: each replica allows the limit divided by rate_limit_fallback_replicas (2).
-    redis.kill();
+    // Redis dies (on a cluster, the master holding the next subject's bucket): each replica
+    // allows the limit divided by rate_limit_fallback_replicas (2).
+    store.kill_for(&bucket("fallback-user"));
     let t = token("fallback-user");
     let started = std::time::Instant::now();
     let before = up.count();

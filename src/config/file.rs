@@ -194,6 +194,13 @@ pub(super) struct CacheFile {
     pub redis_url_file: Option<Spanned<String>>,
     /// In the reference row of `redis_url`.
     pub redis_url_env: Option<Spanned<String>>,
+    /// Reference: `redis_cluster_urls`
+    /// Default: -
+    ///
+    /// instead of `redis_url`: seed nodes of a Redis Cluster (`redis://` or `rediss://`, one
+    /// scheme for all; the password in `redis_password_file`); each key's commands go to the
+    /// master holding its slot
+    pub redis_cluster_urls: Option<Spanned<Vec<Spanned<String>>>>,
     /// Reference: `redis_password_file`, `redis_password_env`
     /// Default: the URL's
     ///

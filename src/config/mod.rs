@@ -520,7 +520,10 @@ impl Default for DpopConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheConfig {
     /// `redis://` or `rediss://` URL; it may hold a password, so its `Debug` is redacted.
+    /// Empty with `cluster_urls`.
     pub redis_url: Secret,
+    /// `redis_cluster_urls`: the seed nodes of a Redis Cluster; empty: one node, `redis_url`.
+    pub cluster_urls: Vec<Secret>,
     /// `redis_password_file` / `_env`: replaces the URL's password.
     pub password: Option<Secret>,
     /// For a `rediss://` URL: what its certificate must chain to, and a client certificate.

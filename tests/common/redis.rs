@@ -269,3 +269,134 @@ impl Drop for Replica {
         }
     }
 }
+
+/// A Redis Cluster of three masters (no replicas) from Debian's `redis-server`, made with
+/// `redis-cli --cluster create`. A master that dies leaves its slots unserved while the others
+/// go on (`cluster-require-full-coverage no`).
+pub(crate) struct Cluster {
+    pub nodes: Vec<Redis>,
+    slots: Vec<Vec<std::ops::RangeInclusive<u16>>>,
+    dead: Vec<usize>,
+}
+
+impl Cluster {
+    pub(crate) fn start() -> Cluster {
+        let args = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "1000",
+            "--cluster-require-full-coverage",
+            "no",
+        ];
+        let nodes: Vec<Redis> = (0..3)
+            .map(|_| Redis::start_with(&args, None, false))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let mut c = Cluster {
+            nodes,
+            slots: Vec::new(),
+            dead: Vec::new(),
+        };
+        for _ in 0..100 {
+            if c.nodes
+                .iter()
+                .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+            {
+                c.slots = c.nodes.iter().map(Cluster::slot_ranges).collect();
+                return c;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the cluster did not come up");
+    }
+
+    /// The `[cache]` line naming the seed nodes.
+    pub(crate) fn cache(&self) -> String {
+        let urls: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("\"redis://127.0.0.1:{}\"", n.port))
+            .collect();
+        format!("redis_cluster_urls = [{}]", urls.join(", "))
+    }
+
+    /// The node whose slots hold `key` (as the cluster was made: no slot moves here).
+    pub(crate) fn owner(&self, key: &str) -> usize {
+        let live = (0..self.nodes.len())
+            .find(|i| !self.dead.contains(i))
+            .unwrap();
+        let slot: u16 = self.nodes[live]
+            .cli(&["cluster", "keyslot", key])
+            .trim()
+            .parse()
+            .unwrap();
+        self.slots
+            .iter()
+            .position(|ranges| ranges.iter().any(|r| r.contains(&slot)))
+            .expect("a node owns the slot")
+    }
+
+    /// Each node's slot ranges, from its own `CLUSTER NODES` line.
+    fn slot_ranges(node: &Redis) -> Vec<std::ops::RangeInclusive<u16>> {
+        node.cli(&["cluster", "nodes"])
+            .lines()
+            .find(|l| l.contains("myself"))
+            .map(|l| {
+                l.split(' ')
+                    .skip(8)
+                    .filter_map(|range| {
+                        let (a, b) = range.split_once('-').unwrap_or((range, range));
+                        Some(a.parse::<u16>().ok()?..=b.parse::<u16>().ok()?)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Kills the master that holds `key`; returns its index.
+    pub(crate) fn kill_owner_of(&mut self, key: &str) -> usize {
+        let i = self.owner(key);
+        self.nodes[i].kill();
+        self.dead.push(i);
+        i
+    }
+
+    /// Is `key` on a master that was killed?
+    pub(crate) fn is_down(&self, key: &str) -> bool {
+        self.dead.contains(&self.owner(key))
+    }
+
+    /// Every live node's keys and values.
+    pub(crate) fn dump(&self) -> String {
+        (0..self.nodes.len())
+            .filter(|i| !self.dead.contains(i))
+            .map(|i| self.nodes[i].dump())
+            .collect()
+    }
+}
+
+impl Redis {
+    /// `redis-cli` against this node; its output.
+    pub(crate) fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}

@@ -12,6 +12,9 @@ pub(super) fn cache(
 ) -> Option<CacheConfig> {
     let span = f?.span();
     let f = f?.get_ref();
+    if let Some(list) = &f.redis_cluster_urls {
+        return cluster(cx, f, list, span);
+    }
     let url = match (&f.redis_url, &f.redis_url_file, &f.redis_url_env) {
         (Some(u), None, None) => Some(Secret(u.get_ref().as_bytes().to_vec())),
         (None, None, None) => {
@@ -72,6 +75,88 @@ pub(super) fn cache(
         );
     }
     let tls = redis_tls(cx, f, tls_url);
+    Some(rest(cx, f, span, url, Vec::new(), password, tls))
+}
+
+/// `redis_cluster_urls`: seed nodes, all `redis://` or all `rediss://`, database 0, one
+/// password; the cluster client's own checks run here, so a mistake is a config error.
+fn cluster(
+    cx: &mut Ctx<'_>,
+    f: &crate::config::file::CacheFile,
+    list: &Spanned<Vec<Spanned<String>>>,
+    span: Range<usize>,
+) -> Option<CacheConfig> {
+    if let Some(u) = [&f.redis_url, &f.redis_url_file, &f.redis_url_env]
+        .into_iter()
+        .flatten()
+        .next()
+    {
+        cx.err(
+            u.span(),
+            "cache.redis_cluster_urls",
+            "give either redis_cluster_urls (a Redis Cluster) or redis_url (one node)",
+        );
+        return None;
+    }
+    if list.get_ref().is_empty() {
+        cx.err(
+            list.span(),
+            "cache.redis_cluster_urls",
+            "must list at least one node",
+        );
+        return None;
+    }
+    let mut infos = Vec::new();
+    for (i, u) in list.get_ref().iter().enumerate() {
+        let text = u.get_ref().as_str();
+        let info = ["redis://", "rediss://"]
+            .iter()
+            .any(|s| text.starts_with(s))
+            .then(|| text.into_connection_info().ok())
+            .flatten();
+        match info {
+            Some(info) => infos.push(info),
+            None => cx.err(
+                u.span(),
+                &format!("cache.redis_cluster_urls[{i}]"),
+                "is not a redis:// or rediss:// URL of a cluster node",
+            ),
+        }
+    }
+    if infos.len() != list.get_ref().len() {
+        return None;
+    }
+    if let Err(e) = redis::cluster::ClusterClient::new(infos.clone()) {
+        // redis-rs's messages name no URL ("Cannot use different TLS modes among initial
+        // nodes."), so they are safe to show.
+        cx.err(list.span(), "cache.redis_cluster_urls", e.to_string());
+        return None;
+    }
+    let password = cx.secret(
+        (&f.redis_password_file, &f.redis_password_env),
+        "cache.redis_password",
+        &span,
+    );
+    let tls_url = matches!(infos[0].addr(), redis::ConnectionAddr::TcpTls { .. });
+    let tls = redis_tls(cx, f, tls_url);
+    let urls = list
+        .get_ref()
+        .iter()
+        .map(|u| Secret(u.get_ref().as_bytes().to_vec()))
+        .collect();
+    Some(rest(cx, f, span, Secret(Vec::new()), urls, password, tls))
+}
+
+/// The keys a single node and a cluster share.
+fn rest(
+    cx: &mut Ctx<'_>,
+    f: &crate::config::file::CacheFile,
+    span: Range<usize>,
+    redis_url: Secret,
+    cluster_urls: Vec<Secret>,
+    password: Option<Secret>,
+    tls: Option<RedisTls>,
+) -> CacheConfig {
     let key_prefix = f
         .key_prefix
         .as_ref()
@@ -83,8 +168,9 @@ pub(super) fn cache(
             "at most 64 bytes",
         );
     }
-    Some(CacheConfig {
-        redis_url: url,
+    CacheConfig {
+        redis_url,
+        cluster_urls,
         password,
         tls,
         timeout: cx.duration(
@@ -101,7 +187,7 @@ pub(super) fn cache(
             1,
             10_000,
         ) as u32,
-    })
+    }
 }
 
 /// `redis_ca_file` and the client certificate: loaded and checked here (a CA file without a

@@ -505,11 +505,14 @@ fn warnings(
         }
     }
     // A password written in the file sits in a ConfigMap and in every copy of it.
-    let inline_url = file
-        .cache
-        .as_ref()
-        .and_then(|c| c.get_ref().redis_url.as_ref());
-    if let Some(u) = inline_url {
+    let cache = file.cache.as_ref().map(Spanned::get_ref);
+    let inline_urls = cache.and_then(|c| c.redis_url.as_ref()).into_iter().chain(
+        cache
+            .and_then(|c| c.redis_cluster_urls.as_ref())
+            .into_iter()
+            .flat_map(|l| l.get_ref().iter()),
+    );
+    for u in inline_urls {
         use redis::IntoConnectionInfo;
         let info = u.get_ref().as_str().into_connection_info().ok();
         if info.is_some_and(|i| i.redis_settings().password().is_some()) {
