@@ -5,6 +5,7 @@
     python3 benches/load.py --duration 5 --rounds 1
     python3 benches/load.py --only rs256-one --candidates bearward,bearward-b --compare OLD --rounds 8
     python3 benches/load.py --only rate-limit --candidates bearward,bearward-rl --baseline bearward --paired
+    python3 benches/load.py --only rate-limit,rate-limit-1000 --candidates bearward,bearward-rlr,bearward-rlc --baseline bearward --paired
     # the same with a control: a second no-limit bearward (a copy of the binary) beside the first
     python3 benches/load.py --only rate-limit --compare /tmp/bw-copy --candidates bearward,bearward-b,bearward-rl --baseline bearward --paired
     python3 benches/load.py --pgo --compare target/release/bearward   # a PGO build beside the plain one
@@ -58,8 +59,11 @@ ISSUER = "https://idp.bench"
 AUDIENCE = "https://api.bench"
 PORTS = {"upstream": 18080, "nginx": 18081, "haproxy": 18082, "haproxy-es": 18083, "bearward": 18084, "bearward-nocache": 18085,
          "bearward-b": 18086, "bearward-tls": 18087, "nginx-tls": 18089, "bearward-tlsl": 18090,
-         "bearward-decision": 18091, "nginx-auth": 18092, "bearward-rl": 18093, "bearward-rlr": 18094}
+         "bearward-decision": 18091, "nginx-auth": 18092, "bearward-rl": 18093, "bearward-rlr": 18094,
+         "bearward-rlc": 18099}
 REDIS_PORT = 18095
+# A three-master Redis Cluster for bearward-rlc (the rate limit through a cluster).
+CLUSTER_PORTS = (18096, 18097, 18098)
 UPSTREAM_TLS_PORT = 18088
 TLS_FIXTURES = os.path.join(ROOT, "tests", "fixtures", "tls")
 WRK_CPU, SERVER_CPU = "0", "1"
@@ -528,7 +532,7 @@ def main():
     fronts += HAPROXY_FRONTEND.format(name="es", port=PORTS["haproxy-es"], alg="ES256", key=f"{d}/ec.pem", issuer=ISSUER, audience=AUDIENCE)
     open(f"{d}/haproxy.cfg", "w").write(HAPROXY.format(frontends=fronts, up=PORTS["upstream"]))
     binaries = {"bearward": args.bearward, "bearward-nocache": args.bearward, "bearward-tlsl": args.bearward,
-                "bearward-rl": args.bearward, "bearward-rlr": args.bearward}
+                "bearward-rl": args.bearward, "bearward-rlr": args.bearward, "bearward-rlc": args.bearward}
     open(f"{d}/nginx-tls.conf", "w").write(NGINX_TLS_PROXY.format(dir=d, port=PORTS["nginx-tls"], up=PORTS["upstream"], tls=TLS_FIXTURES))
     # nginx + auth_request to bearward's decision listener: deploy/decision/nginx.conf as shipped.
     os.makedirs(f"{d}/nginx-auth", exist_ok=True)
@@ -559,11 +563,14 @@ def main():
         conf = conf.replace('algorithms = ["RS256", "ES256"]\n', OPAQUE_ISSUER.format(dir=d, up=PORTS["upstream"]))
         if name == "bearward":
             conf = conf.replace("[[issuers]]", f'[decision]\nlisten = "127.0.0.1:{PORTS["bearward-decision"]}"\n\n[[issuers]]', 1)
-        if name in ("bearward-rl", "bearward-rlr"):
+        if name in ("bearward-rl", "bearward-rlr", "bearward-rlc"):
             # A limit that never trips: what counting every request costs.
             conf = conf.replace('scopes = ["read"]', 'scopes = ["read"]\nrate_limit = { key = "subject", rate = "1000000/s" }')
         if name == "bearward-rlr":
             conf = conf.replace("[[issuers]]", f'[cache]\nredis_url = "redis://127.0.0.1:{REDIS_PORT}/0"\n\n[[issuers]]', 1)
+        if name == "bearward-rlc":
+            nodes = ", ".join(f'"redis://127.0.0.1:{p}"' for p in CLUSTER_PORTS)
+            conf = conf.replace("[[issuers]]", f'[cache]\nredis_cluster_urls = [{nodes}]\n\n[[issuers]]', 1)
         if name == "bearward-tlsl":
             conf = conf.replace("access_log = false", f'access_log = false\ntls_cert_file = "{TLS_FIXTURES}/server.pem"\ntls_key_file = "{TLS_FIXTURES}/server-key.pem"')
         if name == "bearward-tls":
@@ -584,6 +591,20 @@ def main():
             sh(["apt-get", "install", "-y", "-qq", "redis-server"])
             redis = shutil.which("redis-server") or "/usr/bin/redis-server"
         procs["redis"] = start([redis, "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], WRK_CPU)
+        for p in CLUSTER_PORTS:
+            os.makedirs(f"{d}/cluster-{p}", exist_ok=True)
+            procs[f"redis-{p}"] = start([redis, "--port", str(p), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                         "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                         "--dir", f"{d}/cluster-{p}"], WRK_CPU)
+        for p in CLUSTER_PORTS:
+            wait_port(p)
+        sh(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in CLUSTER_PORTS),
+            "--cluster-replicas", "0", "--cluster-yes"], stdout=subprocess.DEVNULL)
+        for _ in range(100):
+            if all(b"cluster_state:ok" in subprocess.run(["redis-cli", "-p", str(p), "cluster", "info"],
+                                                         capture_output=True).stdout for p in CLUSTER_PORTS):
+                break
+            time.sleep(0.1)
         procs["nginx-tls"] = start([nginx, "-c", f"{d}/nginx-tls.conf", "-g", "daemon off;"], SERVER_CPU)
         procs["nginx-auth"] = start([nginx, "-c", f"{d}/nginx-auth.conf", "-g", "daemon off;"], SERVER_CPU)
         for name, binary in binaries.items():
@@ -657,12 +678,14 @@ def main():
                          ("bearward", PORTS["bearward"], H(rs), None)],
             # A rate limit that never trips, per process and through Redis, against none.
             "rate-limit": [("nginx", PORTS["nginx"], H(rs), None), ("bearward", PORTS["bearward"], H(rs), None),
-                           ("bearward-rl", PORTS["bearward-rl"], H(rs), None), ("bearward-rlr", PORTS["bearward-rlr"], H(rs), None)],
+                           ("bearward-rl", PORTS["bearward-rl"], H(rs), None), ("bearward-rlr", PORTS["bearward-rlr"], H(rs), None),
+                           ("bearward-rlc", PORTS["bearward-rlc"], H(rs), None)],
             # The same with 1,000 subjects in turn: 1,000 buckets, few repeats within a Redis batch.
             "rate-limit-1000": [("nginx", PORTS["nginx"], None, f"{d}/rotate1000.lua"),
                                 ("bearward", PORTS["bearward"], None, f"{d}/rotate1000.lua"),
                                 ("bearward-rl", PORTS["bearward-rl"], None, f"{d}/rotate1000.lua"),
-                                ("bearward-rlr", PORTS["bearward-rlr"], None, f"{d}/rotate1000.lua")],
+                                ("bearward-rlr", PORTS["bearward-rlr"], None, f"{d}/rotate1000.lua"),
+                                ("bearward-rlc", PORTS["bearward-rlc"], None, f"{d}/rotate1000.lua")],
             "no-token": [("nginx", PORTS["nginx"], None, None), ("haproxy", PORTS["haproxy"], None, None),
                          ("bearward", PORTS["bearward"], None, None)],
         }

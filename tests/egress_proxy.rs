@@ -25,6 +25,11 @@ struct Tinyproxy {
 
 impl Tinyproxy {
     fn start() -> Tinyproxy {
+        Tinyproxy::start_with("")
+    }
+
+    /// With `extra` lines in its config (`BasicAuth user password`).
+    fn start_with(extra: &str) -> Tinyproxy {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("bearward-tinyproxy-{port}-{}", std::process::id()));
@@ -35,7 +40,7 @@ impl Tinyproxy {
             &conf,
             format!(
                 "Port {port}\nListen 127.0.0.1\nTimeout 10\nMaxClients 50\nAllow 127.0.0.1\n\
-                 LogLevel Info\nLogFile \"{}\"\n",
+                 LogLevel Info\nLogFile \"{}\"\n{extra}\n",
                 dir.join("tinyproxy.log").display()
             ),
         )
@@ -280,4 +285,33 @@ async fn a_proxy_that_is_down_counts_like_the_idp_down() {
     let log = r.logged();
     let named = format!("CONNECT through proxy {}", &closed["http://".len()..]);
     assert!(log.contains(&named), "the log names the proxy: {log}");
+}
+
+#[tokio::test]
+async fn a_proxy_that_asks_for_credentials_gets_those_of_its_url() {
+    let proxy = Tinyproxy::start_with("BasicAuth bearward s3cret-proxy-pass");
+    let (jwks, hits) = https_jwks().await;
+    let up = Upstream::start().await;
+    let c = client();
+    let with = format!("http://bearward:s3cret-proxy-pass@127.0.0.1:{}", proxy.port);
+    let r = replica(&up, jwks, &format!("proxy = \"{with}\""), &[]);
+    assert_eq!(ready(&r, &c).await, StatusCode::OK, "{}", r.logged());
+    assert_eq!(r.call(&c, &token()).await, StatusCode::OK);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert!(!r.logged().contains("s3cret-proxy-pass"));
+
+    // Without them the proxy answers 407: the keys never come, and the password is not shown.
+    let without = replica(&up, jwks, "", &[("HTTPS_PROXY", &proxy.url())]);
+    without.wait().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        without.call(&c, &token()).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert!(
+        without.logged().contains("CONNECT through proxy"),
+        "{}",
+        without.logged()
+    );
 }
