@@ -67,6 +67,10 @@ struct GcraCheck {
 /// Whether a request conforms, the microseconds to wait when it does not, the burst left.
 pub type GcraAnswer = (bool, u64, u32);
 
+/// Hash-tag shares of one route's buckets on a cluster: up to this many script calls per
+/// batch and route, spread over the masters the slots land on.
+pub const BUCKET_SHARDS: u8 = 32;
+
 /// How long the store is skipped after a failed command.
 const BACKOFF: Duration = Duration::from_secs(1);
 
@@ -159,6 +163,21 @@ impl SharedStore {
     /// `prefix` + `key`: every key bearward writes starts with the deployment's prefix.
     pub fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
+    }
+
+    /// The key of a rate-limit bucket (`id`: its hashed subject). On a cluster the route and
+    /// one of [`BUCKET_SHARDS`] shares of its buckets make a hash tag, so a batch's keys fall in
+    /// at most that many slots per route, one script call each, instead of a slot (and a call)
+    /// per key; on one node, the plain name.
+    pub fn bucket_key(&self, route_id: &str, id: &[u8]) -> String {
+        let hex = crate::jose::hex(id);
+        match self.conn {
+            Conn::Node(_) => self.key(&format!("ratelimit:{route_id}:{hex}")),
+            Conn::Cluster(_) => {
+                let shard = id.first().copied().unwrap_or(0) % BUCKET_SHARDS;
+                self.key(&format!("ratelimit:{{{route_id}.{shard}}}:{hex}"))
+            }
+        }
     }
 
     /// Is the store in use (not skipped after a failure)?

@@ -22,6 +22,7 @@ trait Store {
     fn is_down(&self, key: &str) -> bool;
     /// Every key and value it holds.
     fn dump(&self) -> String;
+    fn cluster(&self) -> bool;
 }
 
 impl Store for Redis {
@@ -37,6 +38,9 @@ impl Store for Redis {
     fn dump(&self) -> String {
         Redis::dump(self)
     }
+    fn cluster(&self) -> bool {
+        false
+    }
 }
 
 impl Store for Cluster {
@@ -51,6 +55,9 @@ impl Store for Cluster {
     }
     fn dump(&self) -> String {
         Cluster::dump(self)
+    }
+    fn cluster(&self) -> bool {
+        true
     }
 }
 
@@ -396,11 +403,16 @@ async fn on_a_cluster_a_global_rate_limit_holds_and_a_dead_master_applies_the_fa
     global_limit_across_replicas(&mut Cluster::start()).await;
 }
 
-/// The store key of the `/api` route's bucket for `sub`.
-fn bucket(sub: &str) -> String {
+/// The store key of the `/api` route's bucket for `sub`: on a cluster with a hash tag of the
+/// route and one of 32 shares of its buckets.
+fn bucket(sub: &str, cluster: bool) -> String {
     let route = hex(&common::dpop::sha256(b"/api*")[..8]);
-    let id = hex(&common::dpop::sha256(sub.as_bytes())[..16]);
-    format!("bw-test:ratelimit:{route}:{id}")
+    let id = &common::dpop::sha256(sub.as_bytes())[..16];
+    if cluster {
+        format!("bw-test:ratelimit:{{{route}.{}}}:{}", id[0] % 32, hex(id))
+    } else {
+        format!("bw-test:ratelimit:{route}:{}", hex(id))
+    }
 }
 
 async fn global_limit_across_replicas(store: &mut impl Store) {
@@ -447,7 +459,10 @@ async fn global_limit_across_replicas(store: &mut impl Store) {
         "{passed} passed (tolerance {tolerance}): not global"
     );
     let dump = store.dump();
-    assert!(dump.contains(&bucket("global-user")), "{dump}");
+    assert!(
+        dump.contains(&bucket("global-user", store.cluster())),
+        "{dump}"
+    );
 
     // 80 requests at once, 40 per replica: each replica sends the waiting checks together in
     // one script call, the same key many times over, and the burst (10) still holds exactly:
@@ -513,7 +528,7 @@ async fn global_limit_across_replicas(store: &mut impl Store) {
 
     // Redis dies (on a cluster, the master holding the next subject's bucket): each replica
     // allows the limit divided by rate_limit_fallback_replicas (2).
-    store.kill_for(&bucket("fallback-user"));
+    store.kill_for(&bucket("fallback-user", store.cluster()));
     let t = token("fallback-user");
     let started = std::time::Instant::now();
     let before = up.count();

@@ -279,8 +279,7 @@ impl Limiter {
                 RateLimiter::direct(self.quota).with_middleware(),
                 self.global.as_ref().map(|(store, route_id)| {
                     let id = crate::auth::sha256(key);
-                    let id = crate::jose::hex(&id[..16]);
-                    store.key(&format!("ratelimit:{route_id}:{id}")).into()
+                    store.bucket_key(route_id, &id[..16]).into()
                 }),
             )
         });

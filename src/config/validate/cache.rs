@@ -161,6 +161,14 @@ fn rest(
         .key_prefix
         .as_ref()
         .map_or_else(|| "bearward:".to_owned(), |p| p.get_ref().clone());
+    if !cluster_urls.is_empty() && key_prefix.contains(['{', '}']) {
+        // A hash tag in the prefix would put every key in one slot, on one master.
+        cx.err(
+            f.key_prefix.as_ref().map_or(span.clone(), Spanned::span),
+            "cache.key_prefix",
+            "must not hold `{` or `}` on a cluster: a hash tag there would put every key on one master",
+        );
+    }
     if key_prefix.len() > 64 {
         cx.err(
             f.key_prefix.as_ref().map_or(span, Spanned::span),
