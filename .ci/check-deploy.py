@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Every config bearward ships must pass `bearward check`: the .toml files under config/ and
 deploy/, and each `*.toml` entry of a ConfigMap in deploy/. Every kustomization must name files
-that exist. Usage: check-deploy.py BEARWARD_BINARY"""
+that exist, and no directory that contains it (kustomize's cycle). Usage: check-deploy.py BEARWARD_BINARY"""
 import pathlib
 import subprocess
 import sys
@@ -43,6 +43,12 @@ for manifest in sorted((root / "deploy").rglob("*.yaml")):
             for n in names:
                 if not (manifest.parent / n).exists():
                     print(f"{manifest.relative_to(root)}: {n} does not exist")
+                    failed = True
+                # kustomize refuses a resource directory that contains the kustomization
+                # naming it ("cycle detected"): an overlay must name a sibling base, never `..`.
+                target = (manifest.parent / n).resolve()
+                if target.is_dir() and manifest.parent.resolve().is_relative_to(target):
+                    print(f"{manifest.relative_to(root)}: {n} contains this kustomization (a cycle kustomize refuses)")
                     failed = True
 
 sys.exit(1 if failed else 0)

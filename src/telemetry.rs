@@ -228,6 +228,13 @@ struct LookupLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    listener: &'static str,
+    decision: &'static str,
+    reason: &'static str,
+}
+
 fn histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
@@ -297,6 +304,7 @@ pub struct Metrics {
     tls_handshakes: Family<LookupLabels, Counter>,
     trace_spans: Family<LookupLabels, Counter>,
     dpop_proofs: Family<LookupLabels, Counter>,
+    decisions: Family<DecisionLabels, Counter>,
     bound_tokens: Family<LookupLabels, Counter>,
 }
 
@@ -361,6 +369,7 @@ impl Metrics {
             tls_handshakes: Family::default(),
             trace_spans: Family::default(),
             dpop_proofs: Family::default(),
+            decisions: Family::default(),
             bound_tokens: Family::default(),
             registry: Registry::default(),
         };
@@ -509,6 +518,11 @@ impl Metrics {
             m.trace_spans.clone(),
         );
         registry.register(
+            "decisions",
+            "Checks answered by a decision listener other than the HTTP one (listener=\"ext_authz\": Envoy's gRPC Check), by decision and reason; each is also in requests_total",
+            m.decisions.clone(),
+        );
+        registry.register(
             "dpop_proofs",
             "DPoP proofs checked, by outcome (ok, or the reason: dpop_proof_replayed for replays, use_dpop_nonce for nonce challenges)",
             m.dpop_proofs.clone(),
@@ -519,6 +533,17 @@ impl Metrics {
             m.bound_tokens.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// Counts one gRPC ext_authz check.
+    pub fn ext_authz_check(&self, decision: &'static str, reason: &'static str) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                listener: "ext_authz",
+                decision,
+                reason,
+            })
+            .inc();
     }
 
     /// Counts one DPoP proof check.

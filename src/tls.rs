@@ -459,7 +459,9 @@ fn hex32(v: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-fn pem_thumbprint(url_encoded: &str) -> Option<[u8; 32]> {
+/// SHA-256 of the first certificate in URL-encoded PEM (XFCC `Cert=`, Envoy's ext_authz
+/// `source.certificate`).
+pub fn pem_thumbprint(url_encoded: &str) -> Option<[u8; 32]> {
     let pem = percent_encoding::percent_decode_str(url_encoded).collect::<Vec<u8>>();
     let der = CertificateDer::from_pem_slice(&pem).ok()?;
     Some(thumbprint(der.as_ref()))

@@ -75,6 +75,12 @@ pub(super) struct DecisionFile {
     ///
     /// `IP:port` of the decision listener (see Decision mode)
     pub listen: Spanned<String>,
+    /// Reference: `grpc_listen`
+    /// Default: -
+    ///
+    /// `IP:port` of Envoy's ext_authz v3 gRPC service (`envoy.service.auth.v3.Authorization/
+    /// Check`, h2c): Envoy, Istio `CUSTOM`, Contour, Envoy Gateway, Gateway API `ExternalAuth`
+    pub grpc_listen: Option<Spanned<String>>,
     /// Reference: `trusted_proxies`
     /// Default: `["127.0.0.1", "::1"]`
     ///

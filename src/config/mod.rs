@@ -458,6 +458,8 @@ pub struct TelemetryConfig {
 #[derive(Debug, Clone)]
 pub struct DecisionConfig {
     pub listen: SocketAddr,
+    /// Envoy's ext_authz v3 over gRPC (h2c), if configured.
+    pub grpc_listen: Option<SocketAddr>,
     /// Peers whose original-request headers are believed; everyone else gets 403.
     pub trusted_proxies: Vec<IpNet>,
     /// nginx: the headers `proxy_set_header` fills with `$request_method` and `$request_uri`.

@@ -39,6 +39,19 @@ pub(crate) enum Convention {
     Original,
     Forwarded,
     EnvoyPath,
+    /// Envoy's ext_authz over gRPC: the `CheckRequest`'s attributes, carried in an
+    /// [`ExtAuthzTarget`] extension, which only bearward's own gRPC listener sets.
+    ExtAuthz,
+}
+
+/// The original request's method, target and host as a gRPC `CheckRequest` gives them
+/// (`attributes.request.http`), unchecked: the checks are the other conventions'.
+#[derive(Debug, Clone)]
+pub struct ExtAuthzTarget {
+    pub method: String,
+    /// Path and query, as Envoy received them.
+    pub target: String,
+    pub host: Option<HeaderValue>,
 }
 
 impl Convention {
@@ -60,6 +73,7 @@ impl Convention {
                 Some(p) => format!("the path after {p}"),
                 None => "the request's own path".to_owned(),
             },
+            Convention::ExtAuthz => "the CheckRequest's attributes".to_owned(),
         }
     }
 }
@@ -91,6 +105,9 @@ pub(crate) fn convention(
     req: &Request<Body>,
     cfg: &DecisionConfig,
 ) -> Result<Convention, Rejection> {
+    if req.extensions().get::<ExtAuthzTarget>().is_some() {
+        return Ok(Convention::ExtAuthz);
+    }
     if let Some(i) = cfg.ingress {
         return Ok(Convention::of(i));
     }
@@ -157,6 +174,15 @@ pub(crate) fn original_request(
             };
             (req.method().clone(), target, None)
         }
+        Convention::ExtAuthz => {
+            let t = req
+                .extensions()
+                .get::<ExtAuthzTarget>()
+                .ok_or_else(missing)?;
+            let method = Method::from_bytes(t.method.as_bytes())
+                .map_err(|_| Rejection::BadRequest("invalid_original_method"))?;
+            (method, t.target.clone(), t.host.as_ref())
+        }
     };
     // Origin-form only: an absolute URI would name a host of the client's choosing.
     if !target.starts_with('/') {
@@ -221,6 +247,7 @@ mod tests {
     fn cfg() -> DecisionConfig {
         DecisionConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
+            grpc_listen: None,
             trusted_proxies: vec![],
             method_header: HeaderName::from_static("x-original-method"),
             uri_header: HeaderName::from_static("x-original-uri"),

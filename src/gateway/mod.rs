@@ -32,6 +32,7 @@ pub mod limit;
 mod phases;
 mod rejection;
 
+pub use decision::ExtAuthzTarget;
 pub(crate) use decision::{convention as decision_convention, original_request};
 pub use phases::{Evaluated, Pass, Quiet, Sink};
 pub use rejection::{Answering, Fault, Framing, Rejection};
@@ -115,6 +116,34 @@ pub struct Outcome {
     pub span: Option<trace::SpanContext>,
     /// The configured issuer (its index) whose token the request carried, once verified.
     pub issuer: Option<usize>,
+    /// A gRPC ext_authz check: [`Facts`] go back with the answer.
+    pub ext_authz: bool,
+    /// The identity a gRPC ext_authz check passed with, for its dynamic metadata.
+    pub identity: Option<crate::auth::Identity>,
+}
+
+/// What a gRPC ext_authz check did, carried back to the listener in the answer's extensions
+/// (never on the wire): its dynamic metadata and header removals are made from it.
+#[derive(Clone)]
+pub struct Facts {
+    pub verdict: &'static str,
+    pub reason: &'static str,
+    pub route: Option<Arc<str>>,
+    pub identity: Option<crate::auth::Identity>,
+    /// The request carried a token.
+    pub token: bool,
+}
+
+impl Facts {
+    fn of(out: Outcome) -> Facts {
+        Facts {
+            verdict: out.verdict,
+            reason: out.reason,
+            route: out.route,
+            identity: out.identity,
+            token: out.token_id.is_some(),
+        }
+    }
 }
 
 /// The `WWW-Authenticate` scheme(s) of a refusal (RFC 6750 3, RFC 9449 7.1).
@@ -145,6 +174,8 @@ impl Default for Outcome {
             request_id: None,
             span: None,
             issuer: None,
+            ext_authz: false,
+            identity: None,
         }
     }
 }
@@ -232,7 +263,11 @@ impl Gateway {
         let grpc = !conn.decision
             && req.version() == http::Version::HTTP_2
             && crate::upstream::is_grpc(req.headers());
-        let mut out = Outcome::default();
+        let mut out = Outcome {
+            // Only bearward's own gRPC listener puts this on a request.
+            ext_authz: conn.decision && req.extensions().get::<ExtAuthzTarget>().is_some(),
+            ..Outcome::default()
+        };
         if let Some(name) = &self.config.server.request_id_header {
             // The peers believed about the client (as for its address, `evaluate`): a trusted
             // proxy, or the ingress asking (an untrusted one is refused before any phase).
@@ -287,6 +322,9 @@ impl Gateway {
             });
         }
         self.log(&method, conn, &out, status, start.elapsed());
+        if out.ext_authz {
+            resp.extensions_mut().insert(Facts::of(out));
+        }
         resp
     }
 
@@ -471,6 +509,9 @@ impl Gateway {
             Evaluated::Answer(_) => return Ok(self.allowed(None, None)),
             Evaluated::Pass(pass) => pass,
         };
+        if out.ext_authz {
+            out.identity.clone_from(&pass.identity);
+        }
         Ok(self.allowed(pass.identity.as_ref(), pass.audit))
     }
 

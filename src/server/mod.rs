@@ -5,6 +5,7 @@
 mod admin;
 mod conn;
 mod exposition;
+mod ext_authz;
 mod memory;
 mod reload;
 
@@ -30,6 +31,8 @@ pub struct Server {
     admin: Option<TcpListener>,
     /// `[decision] listen`: the ingresses' forward-auth / ext_authz listener.
     decision: Option<TcpListener>,
+    /// `[decision] grpc_listen`: Envoy's ext_authz v3 over gRPC.
+    grpc: Option<TcpListener>,
     live: Arc<Live>,
 }
 
@@ -47,6 +50,10 @@ impl Server {
             Some(d) => Some(bind(d.listen, backlog, "decision.listen")?),
             None => None,
         };
+        let grpc = match config.decision.as_ref().and_then(|d| d.grpc_listen) {
+            Some(a) => Some(bind(a, backlog, "decision.grpc_listen")?),
+            None => None,
+        };
         let live = Arc::new(Live {
             metrics: gateway.metrics.clone(),
             current: ArcSwap::new(gateway),
@@ -58,6 +65,7 @@ impl Server {
             listener,
             admin,
             decision,
+            grpc,
             live,
         })
     }
@@ -75,6 +83,11 @@ impl Server {
     /// The gateway in force now.
     pub fn gateway(&self) -> Arc<Gateway> {
         self.live.current()
+    }
+
+    /// The ext_authz gRPC listener's address, if configured.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().and_then(|a| a.local_addr().ok())
     }
 
     /// The decision listener's address, if configured.
@@ -148,6 +161,16 @@ impl Server {
                 in_flight.clone(),
             ))
         });
+        let grpc_task = self.grpc.map(|listener| {
+            tokio::spawn(ext_authz::grpc_loop(
+                listener,
+                self.live.clone(),
+                drain_signal.subscribe(),
+                alive.clone(),
+                slots.clone(),
+                in_flight.clone(),
+            ))
+        });
         tokio::pin!(shutdown);
         loop {
             // A slot first, then accept: at the limit the listener is not polled, so new
@@ -191,7 +214,7 @@ impl Server {
             }
         }
         drop(self.listener);
-        if let Some(t) = &decision_task {
+        for t in decision_task.iter().chain(&grpc_task) {
             t.abort();
         }
         tracing::info!(grace = ?config.server.listening.shutdown_grace, "shutting down: no new connections; draining");

@@ -17,6 +17,17 @@ pub(super) fn decision(
             "is the proxy listener's address",
         );
     }
+    let grpc_listen = f.grpc_listen.as_ref().and_then(|g| {
+        let addr = server::socket_addr(cx, g, "decision.grpc_listen")?;
+        if (addr == listen || addr == server.listening.listen) && addr.port() != 0 {
+            cx.err(
+                g.span(),
+                "decision.grpc_listen",
+                "is another listener's address",
+            );
+        }
+        Some(addr)
+    });
     let trusted_proxies = match &f.trusted_proxies {
         None => vec![
             "127.0.0.0/8".parse().expect("a CIDR"),
@@ -94,6 +105,7 @@ pub(super) fn decision(
     }
     Some(DecisionConfig {
         listen,
+        grpc_listen,
         trusted_proxies,
         method_header,
         uri_header,

@@ -1,0 +1,382 @@
+//! `[decision] grpc_listen`: Envoy's external authorization service, v3 over gRPC
+//! (`envoy.service.auth.v3.Authorization/Check`), the protocol Envoy, Istio's `CUSTOM` action,
+//! Contour, Envoy Gateway and Gateway API's `ExternalAuth` speak natively.
+//!
+//! A check is a decision request like the HTTP listener's: its `CheckRequest` becomes the HTTP
+//! view of the request it describes (method, path with query, host and headers as Envoy saw
+//! them; the source address as `X-Forwarded-For`; a client certificate Envoy verified as the
+//! connection's own) and goes through [`Gateway::handle`], so the route, the token
+//! checks, the rate limits, the access log, the metrics and the trace span are the HTTP
+//! listener's. The answer is then said the way Envoy applies it:
+//! - allowed: `OkHttpResponse` setting each claim header (overwriting, so the client's copy
+//!   never survives: Envoy's default appends), removing the empty ones, the `_` aliases of
+//!   bearward's headers and, with `strip_authorization`, the token; `RateLimit` fields on the
+//!   client's response; dynamic metadata (decision, route, subject, client, scopes) for
+//!   Envoy's RBAC and access log;
+//! - refused: `DeniedHttpResponse` with the HTTP listener's status, headers and body, and the
+//!   `google.rpc` code that matches.
+//!
+//! The peer must be in `[decision] trusted_proxies`, as on the HTTP listener.
+
+use super::{Drain, Held, Live};
+use crate::gateway::{ConnInfo, ExtAuthzTarget, Facts, TlsInfo, AUDIT_HEADER};
+use crate::request::ledger::InFlight;
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, DeniedHttpResponse,
+    HeaderAppendAction, HeaderValue as EnvoyHeader, HeaderValueOption, HttpResponse, HttpStatus,
+    OkHttpResponse,
+};
+use envoy_types::pb::envoy::config::core::v3::address::Address;
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use envoy_types::pb::google::rpc;
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+/// The gRPC listener's accept loop: its connections share `max_connections` and
+/// `max_requests_in_flight` with the other listeners', and drain with them.
+pub(super) async fn grpc_loop(
+    listener: TcpListener,
+    live: Arc<Live>,
+    signal: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+    slots: Arc<Semaphore>,
+    in_flight: InFlight,
+) {
+    let metrics = live.metrics.clone();
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                metrics.accept_errors.inc();
+                tracing::warn!(error = %e, "ext_authz listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let drain = Drain {
+            signal: signal.clone(),
+            _alive: alive.clone(),
+        };
+        let slot = Held::new(slot, &metrics.connections_open);
+        let checker = Checker {
+            live: live.clone(),
+            peer,
+            peer_ip: HeaderValue::from_str(&peer.ip().to_string())
+                .expect("an IP address is a valid header value"),
+            in_flight: in_flight.clone(),
+        };
+        tokio::spawn(serve(stream, checker, drain, slot));
+    }
+}
+
+/// One HTTP/2 connection of gRPC calls, finished gracefully (GOAWAY, calls in flight
+/// complete) when the server drains.
+async fn serve(stream: tokio::net::TcpStream, checker: Checker, mut drain: Drain, _slot: Held) {
+    let service = AuthorizationServer::new(checker);
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let mut service = service.clone();
+        async move { tower_service::Service::call(&mut service, req).await }
+    });
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = drain.signal.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+struct Checker {
+    live: Arc<Live>,
+    peer: SocketAddr,
+    peer_ip: HeaderValue,
+    in_flight: InFlight,
+}
+
+#[tonic::async_trait]
+impl Authorization for Checker {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        // Taken first, as on the HTTP listeners: an overload is refused before any token work.
+        let place = self.in_flight.enter();
+        let gateway = self.live.current();
+        let view = http_view(request.into_inner());
+        let removed = aliases(view.request.headers(), &gateway.config);
+        let conn = ConnInfo {
+            peer: self.peer,
+            peer_ip: self.peer_ip.clone(),
+            ledger: None,
+            request_timer: Default::default(),
+            tls: view.tls,
+            decision: true,
+        };
+        let mut resp = gateway
+            .handle(view.request, &conn, None, place.is_some())
+            .await;
+        // Always there for a check; should it not be, a refusal all the same.
+        let facts = resp.extensions_mut().remove::<Facts>().unwrap_or(Facts {
+            verdict: "deny",
+            reason: "ext_authz_refused",
+            route: None,
+            identity: None,
+            token: false,
+        });
+        gateway.metrics.ext_authz_check(facts.verdict, facts.reason);
+        Ok(tonic::Response::new(
+            answer(&gateway, resp, &facts, removed).await,
+        ))
+    }
+}
+
+/// The request a `CheckRequest` describes, as the decision path reads it.
+struct View {
+    // Empty<Bytes> (its error is Infallible): a boxed error type here makes the check's
+    // future fail the Send proof async_trait asks for.
+    request: Request<http_body_util::Empty<bytes::Bytes>>,
+    tls: Option<TlsInfo>,
+}
+
+/// `attributes.request.http` as a decision request in the ext_authz convention: the headers
+/// as Envoy saw them (the raw `header_map` when Envoy sends it, else `headers`), the method,
+/// path and host in an [`ExtAuthzTarget`] for the decision path's own checks, the source
+/// address as the one `X-Forwarded-For` (the client's own is dropped), and a certificate Envoy
+/// verified as the connection's.
+fn http_view(check: CheckRequest) -> View {
+    let attributes = check.attributes.unwrap_or_default();
+    let http = attributes.request.and_then(|r| r.http).unwrap_or_default();
+    let mut request = Request::new(http_body_util::Empty::new());
+    let headers = request.headers_mut();
+    let mut add = |name: &str, value: &[u8]| {
+        // Pseudo-headers are in the attributes; a name or value HTTP cannot carry is not
+        // something Envoy forwards either.
+        if name.starts_with(':') {
+            return;
+        }
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            headers.append(n, v);
+        }
+    };
+    match &http.header_map {
+        Some(map) if !map.headers.is_empty() => {
+            for h in &map.headers {
+                let value = if h.raw_value.is_empty() {
+                    h.value.as_bytes()
+                } else {
+                    &h.raw_value[..]
+                };
+                add(&h.key, value);
+            }
+        }
+        _ => {
+            for (k, v) in &http.headers {
+                add(k, v.as_bytes());
+            }
+        }
+    }
+    let source = attributes.source.unwrap_or_default();
+    let address = source
+        .address
+        .and_then(|a| a.address)
+        .and_then(|a| match a {
+            Address::SocketAddress(s) => s.address.parse::<std::net::IpAddr>().ok(),
+            _ => None,
+        });
+    let headers = request.headers_mut();
+    headers.remove(http::header::FORWARDED);
+    headers.remove("x-forwarded-for");
+    if let Some(ip) = address {
+        if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+            headers.insert("x-forwarded-for", v);
+        }
+    }
+    let tls = (!source.certificate.is_empty() || http.scheme == "https").then(|| TlsInfo {
+        alpn_h2: false,
+        client_cert: crate::tls::pem_thumbprint(&source.certificate),
+    });
+    let host = (!http.host.is_empty())
+        .then(|| HeaderValue::from_str(&http.host).ok())
+        .flatten();
+    request.extensions_mut().insert(ExtAuthzTarget {
+        method: http.method,
+        target: http.path,
+        host,
+    });
+    View { request, tls }
+}
+
+/// Names in the request that an upstream may read as one of bearward's headers (`_` for `-`,
+/// as CGI and many frameworks do): Envoy must remove them, since it only overwrites the exact
+/// names set.
+fn aliases(headers: &http::HeaderMap, config: &crate::config::Config) -> Vec<String> {
+    let claims = &config.forward.claim_headers;
+    let allow = config.server.allow_underscores_in_headers;
+    headers
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .filter(|k| {
+            !allow
+                || HeaderName::from_bytes(k.as_str().replace('_', "-").as_bytes()).is_ok_and(
+                    |dashed| {
+                        crate::headers::is_managed(&dashed)
+                            || dashed == AUDIT_HEADER
+                            || claims.iter().any(|(_, c)| *c == dashed)
+                    },
+                )
+        })
+        .map(|k| k.as_str().to_owned())
+        .collect()
+}
+
+/// Overwrite, never append: Envoy's default action appends to the client's copy.
+fn set(name: &str, value: &[u8]) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(EnvoyHeader {
+            key: name.to_owned(),
+            value: String::from_utf8_lossy(value).into_owned(),
+            raw_value: Vec::new(),
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+fn text(v: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(v.to_owned())),
+    }
+}
+
+/// The decision as Envoy's dynamic metadata (namespace `envoy.filters.http.ext_authz`):
+/// for RBAC rules and the access log.
+fn metadata(out: &Facts) -> Struct {
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert("decision".to_owned(), text(out.verdict));
+    fields.insert("reason".to_owned(), text(out.reason));
+    if let Some(r) = &out.route {
+        fields.insert("route".to_owned(), text(r));
+    }
+    if let Some(i) = &out.identity {
+        let claim = |c: &str| {
+            i.header_value(c)
+                .and_then(|v| v.to_str().ok().map(str::to_owned))
+        };
+        if let Some(s) = claim("sub") {
+            fields.insert("subject".to_owned(), text(&s));
+        }
+        if let Some(c) = claim("client_id").or_else(|| claim("azp")) {
+            fields.insert("client_id".to_owned(), text(&c));
+        }
+        if let Some(s) = claim("scope") {
+            fields.insert("scopes".to_owned(), text(&s));
+        }
+    }
+    Struct {
+        fields: fields.into_iter().collect(),
+    }
+}
+
+/// The `google.rpc` code of a refusal's HTTP status.
+fn rpc_code(status: http::StatusCode) -> i32 {
+    (match status.as_u16() {
+        401 => tonic::Code::Unauthenticated,
+        403 => tonic::Code::PermissionDenied,
+        429 => tonic::Code::ResourceExhausted,
+        400 => tonic::Code::InvalidArgument,
+        404 => tonic::Code::NotFound,
+        502..=504 => tonic::Code::Unavailable,
+        _ => tonic::Code::PermissionDenied,
+    }) as i32
+}
+
+/// The HTTP decision answer said as a `CheckResponse`.
+async fn answer(
+    gateway: &crate::gateway::Gateway,
+    resp: Response<crate::body::Body>,
+    out: &Facts,
+    mut removed: Vec<String>,
+) -> CheckResponse {
+    let (parts, body) = resp.into_parts();
+    let status = parts.status;
+    if status == http::StatusCode::OK {
+        let mut headers = Vec::new();
+        let audit = AUDIT_HEADER;
+        let ours = gateway
+            .config
+            .forward
+            .claim_headers
+            .iter()
+            .map(|(_, h)| h)
+            .chain(std::iter::once(&audit));
+        for name in ours {
+            match parts.headers.get(name).filter(|v| !v.is_empty()) {
+                Some(v) => headers.push(set(name.as_str(), v.as_bytes())),
+                // Empty: removed, so the client's copy cannot stand in for it.
+                None => removed.push(name.as_str().to_owned()),
+            }
+        }
+        if gateway.config.forward.strip_authorization && out.token {
+            removed.push(http::header::AUTHORIZATION.as_str().to_owned());
+        }
+        let response_headers_to_add = ["ratelimit", "ratelimit-policy"]
+            .iter()
+            .filter_map(|n| Some(set(n, parts.headers.get(*n)?.as_bytes())))
+            .collect();
+        return CheckResponse {
+            status: Some(rpc::Status {
+                code: tonic::Code::Ok as i32,
+                ..Default::default()
+            }),
+            dynamic_metadata: Some(metadata(out)),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers,
+                headers_to_remove: removed,
+                response_headers_to_add,
+                ..Default::default()
+            })),
+        };
+    }
+    // Refusals are small answers bearward made itself, whole in memory already.
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => bytes::Bytes::new(),
+    };
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(n, v)| set(n.as_str(), v.as_bytes()))
+        .collect();
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: rpc_code(status),
+            message: out.reason.to_owned(),
+            ..Default::default()
+        }),
+        dynamic_metadata: Some(metadata(out)),
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus {
+                code: i32::from(status.as_u16()),
+            }),
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })),
+    }
+}

@@ -1,0 +1,416 @@
+//! Envoy's ext_authz v3 over gRPC (`[decision] grpc_listen`), asked the way Envoy asks by a
+//! client built from Envoy's own protos (tests/ext_authz/client.py: Python grpcio and the
+//! xds-protos package, which `.ci/run` installs), nothing shared with bearward's generated
+//! code. One table through both decision listeners: the gRPC answer's HTTP status is the HTTP
+//! listener's, and its form is what Envoy applies.
+
+mod common;
+
+use base64::Engine as _;
+use common::dpop::{sha256, DpopKey};
+use common::idp::*;
+use common::*;
+use http::StatusCode;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// Envoy's `HeaderValueOption.append_action`: `OVERWRITE_IF_EXISTS_OR_ADD`.
+const OVERWRITE: i64 = 2;
+
+fn config(up: &Upstream, idp: &Idp, decision: u16, grpc: u16) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+public_origin = "https://api.test"
+
+[decision]
+listen = "127.0.0.1:{decision}"
+grpc_listen = "127.0.0.1:{grpc}"
+ingress = "envoy"
+
+[[issuers]]
+issuer = "{}"
+discovery = true
+audiences = ["https://api.test"]
+algorithms = ["RS256"]
+
+[upstreams.app]
+url = "{}"
+
+[forward]
+claim_headers = {{ sub = "X-Auth-Subject", scope = "X-Auth-Scopes" }}
+
+[[routes]]
+prefix = "/public"
+upstream = "app"
+auth = "none"
+
+[[routes]]
+prefix = "/api/admin"
+scopes = ["admin"]
+upstream = "app"
+
+[[routes]]
+prefix = "/api"
+scopes = ["read"]
+upstream = "app"
+
+[[routes]]
+prefix = "/limited"
+auth = "none"
+rate_limit = {{ key = "ip", rate = "6/m", burst = 2 }}
+upstream = "app"
+"#,
+        idp.issuer(),
+        up.url()
+    )
+}
+
+/// Sends `cases` to the gRPC listener with Envoy's protos; the answers.
+async fn grpc(port: u16, cases: Vec<Value>) -> Vec<Value> {
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new("python3")
+            .arg("tests/ext_authz/client.py")
+            .arg(format!("127.0.0.1:{port}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(Value::Array(cases).to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "client.py (.ci/run installs grpcio==1.68.1, protobuf==4.25.9 and, with --target tests/ext_authz/.xds, xds-protos==1.62.1): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// The HTTP status a gRPC answer stands for.
+fn status_of(a: &Value) -> u16 {
+    match a.get("denied") {
+        Some(d) => d["status"].as_u64().unwrap() as u16,
+        None => {
+            assert!(a.get("ok").is_some(), "{a}");
+            200
+        }
+    }
+}
+
+/// The same case on the HTTP decision listener (Envoy's HTTP ext_authz: the original path as
+/// the request's own, the client's headers, the downstream address in X-Forwarded-For).
+async fn http(c: &HttpClient, port: u16, case: &Value) -> StatusCode {
+    let mut headers: Vec<(String, String)> = case["headers"]
+        .as_object()
+        .map(|h| {
+            h.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    headers.push(("host".into(), "api.test".into()));
+    headers.push((
+        "x-forwarded-for".into(),
+        case["source"].as_str().unwrap_or("203.0.113.7").into(),
+    ));
+    let h: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let url = format!("http://127.0.0.1:{port}{}", case["path"].as_str().unwrap());
+    send(c, case["method"].as_str().unwrap_or("GET"), &url, &h, "")
+        .await
+        .status
+}
+
+fn pem(name: &str) -> String {
+    let text = std::fs::read_to_string(format!("tests/fixtures/tls/{name}.pem")).unwrap();
+    percent_encoding::utf8_percent_encode(&text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn cert_thumbprint(name: &str) -> String {
+    use rustls::pki_types::pem::PemObject;
+    let der =
+        rustls::pki_types::CertificateDer::pem_file_iter(format!("tests/fixtures/tls/{name}.pem"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+    B64.encode(sha256(der.as_ref()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_grpc_checks_get_the_http_listeners_answers_in_envoys_form() {
+    let key = Key::rsa1();
+    let idp = Idp::start(&[&key]).await;
+    let up = Upstream::start().await;
+    let (decision, grpc_port) = (free_port(), free_port());
+    let gw = Gateway::start(&config(&up, &idp, decision, grpc_port)).await;
+    wait_ready(&gw).await;
+    let c = client();
+    let mint = idp.minter("https://api.test");
+    let read = mint.token(&key, "read");
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    // (case, HTTP status both listeners give); the last two only gRPC can carry (an HTTP
+    // request line has no fragment and no relative path).
+    let table = vec![
+        (
+            json!({"path": "/api/read?x=1", "headers": {"authorization": bearer(&read)}}),
+            200,
+        ),
+        (json!({"path": "/api/read"}), 401),
+        (
+            json!({"path": "/api/admin/users", "headers": {"authorization": bearer(&read)}}),
+            403,
+        ),
+        (
+            json!({"path": "/api/read", "headers": {"authorization": "Bearer not.a.token"}}),
+            401,
+        ),
+        (json!({"path": "/public/status"}), 200),
+        // Path confusion: the canonical path decides the route, as on the main listener.
+        (json!({"path": "/public/../api/admin"}), 401),
+        (json!({"path": "/public/%2e%2e/api/admin"}), 400),
+        (
+            json!({"path": "/api/read#frag", "headers": {"authorization": bearer(&read)}}),
+            400,
+        ),
+        (
+            json!({"path": "api/read", "headers": {"authorization": bearer(&read)}}),
+            400,
+        ),
+    ];
+    let cases: Vec<Value> = table.iter().map(|(c, _)| c.clone()).collect();
+    let answers = grpc(grpc_port, cases).await;
+    for (i, ((case, want), answer)) in table.iter().zip(&answers).enumerate() {
+        assert_eq!(status_of(answer), *want, "gRPC {case}: {answer}");
+        if i < table.len() - 2 {
+            assert_eq!(
+                http(&c, decision, case).await.as_u16(),
+                *want,
+                "HTTP {case}"
+            );
+        }
+        let code = answer["code"].as_i64().unwrap();
+        let want_code = match want {
+            200 => 0,
+            401 => 16,
+            403 => 7,
+            400 => 3,
+            _ => unreachable!(),
+        };
+        assert_eq!(code, want_code, "{case}: {answer}");
+    }
+    // A refusal carries the HTTP listener's challenge and body.
+    let denied = &answers[1]["denied"];
+    assert!(
+        denied["headers"]["www-authenticate"]
+            .as_str()
+            .unwrap()
+            .starts_with("Bearer"),
+        "{denied}"
+    );
+    let insufficient = &answers[2]["denied"];
+    assert!(
+        insufficient["headers"]["www-authenticate"]
+            .as_str()
+            .unwrap()
+            .contains("insufficient_scope"),
+        "{insufficient}"
+    );
+    // An allowed check sets the claim headers, overwriting; its metadata says who.
+    let ok = &answers[0]["ok"];
+    let set = ok["set"].as_array().unwrap();
+    assert!(
+        set.contains(&json!(["x-auth-subject", "user-42", OVERWRITE])),
+        "{ok}"
+    );
+    assert!(
+        set.contains(&json!(["x-auth-scopes", "read", OVERWRITE])),
+        "{ok}"
+    );
+    let meta = &answers[0]["metadata"];
+    assert_eq!(meta["decision"], "allow", "{meta}");
+    assert_eq!(meta["subject"], "user-42", "{meta}");
+    assert_eq!(meta["scopes"], "read", "{meta}");
+    assert_eq!(meta["route"], "/api*", "{meta}");
+
+    // Every refusal counted with its reason, under the ext_authz listener.
+    let m = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
+        .await
+        .body;
+    let denied: f64 = m
+        .lines()
+        .filter(|l| {
+            l.starts_with("bearward_decisions_total{") && l.contains("listener=\"ext_authz\"")
+        })
+        .filter(|l| l.contains("decision=\"deny\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(denied, 7.0, "{m}");
+    assert!(
+        m.contains("listener=\"ext_authz\",decision=\"deny\",reason=\"insufficient_scope\""),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_identity_headers_are_overwritten_or_removed_never_kept() {
+    let key = Key::rsa1();
+    let idp = Idp::start(&[&key]).await;
+    let up = Upstream::start().await;
+    let (decision, grpc_port) = (free_port(), free_port());
+    let gw = Gateway::start(&config(&up, &idp, decision, grpc_port)).await;
+    wait_ready(&gw).await;
+    let no_scope = idp.minter("https://api.test").token_claims(&key, |c| {
+        c.remove("scope");
+    });
+    let spoof = json!({
+        "x-auth-subject": "admin",
+        "x_auth_subject": "admin",
+        "x-auth_scopes": "admin",
+        "x-bearward-audit": "forged",
+    });
+    let mut with_token = spoof.clone();
+    with_token["authorization"] = json!(format!("Bearer {no_scope}"));
+    let answers = grpc(
+        grpc_port,
+        vec![
+            json!({"path": "/public/x", "headers": spoof}),
+            json!({"path": "/public/x", "headers": with_token}),
+        ],
+    )
+    .await;
+    for a in &answers {
+        let ok = &a["ok"];
+        let set: Vec<&str> = ok["set"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s[0].as_str().unwrap())
+            .collect();
+        let removed: Vec<&str> = ok["remove"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        for alias in ["x_auth_subject", "x-auth_scopes"] {
+            assert!(removed.contains(&alias), "{alias}: {ok}");
+        }
+        // Each of bearward's headers is either set (overwriting) or removed: never left as
+        // the client sent it, and never both (Envoy removes after it sets).
+        for h in ["x-auth-subject", "x-auth-scopes", "x-bearward-audit"] {
+            assert!(set.contains(&h) != removed.contains(&h), "{h}: {ok}");
+        }
+        for s in ok["set"].as_array().unwrap() {
+            assert_eq!(s[2], OVERWRITE, "{ok}");
+        }
+    }
+    // No token on an open route: nothing to set, every identity header removed.
+    let removed = answers[0]["ok"]["remove"].as_array().unwrap();
+    assert!(removed.contains(&json!("x-auth-subject")), "{}", answers[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_certificates_and_dpop_through_grpc() {
+    let key = Key::rsa1();
+    let idp = Idp::start(&[&key]).await;
+    let up = Upstream::start().await;
+    let (decision, grpc_port) = (free_port(), free_port());
+    let gw = Gateway::start(&config(&up, &idp, decision, grpc_port)).await;
+    wait_ready(&gw).await;
+    let c = client();
+    let mint = idp.minter("https://api.test");
+
+    // `ip` limits read the source address Envoy gives (burst 2), not the client's XFF; the
+    // HTTP listener, from Envoy's X-Forwarded-For, holds the same limit for another client.
+    let limited = |source: &str, xff: &str| json!({"path": "/limited/x", "source": source, "headers": {"x-forwarded-for": xff}});
+    let answers = grpc(
+        grpc_port,
+        vec![
+            limited("203.0.113.7", "1.1.1.1"),
+            limited("203.0.113.7", "2.2.2.2"),
+            limited("203.0.113.7", "3.3.3.3"),
+            limited("203.0.113.8", "203.0.113.7"),
+        ],
+    )
+    .await;
+    let statuses: Vec<u16> = answers.iter().map(status_of).collect();
+    assert_eq!(statuses, [200, 200, 429, 200], "{answers:?}");
+    let over = &answers[2];
+    assert_eq!(over["code"], 8, "{over}");
+    assert!(
+        over["denied"]["headers"]["retry-after"].is_string(),
+        "{over}"
+    );
+    assert!(over["denied"]["headers"]["ratelimit"].is_string(), "{over}");
+    let ok = &answers[0]["ok"];
+    assert!(
+        ok["response"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h[0] == "ratelimit"),
+        "the client's response gets the RateLimit fields: {ok}"
+    );
+    let http_statuses = [
+        http(&c, decision, &limited("198.51.100.9", "")).await,
+        http(&c, decision, &limited("198.51.100.9", "")).await,
+        http(&c, decision, &limited("198.51.100.9", "")).await,
+    ];
+    assert_eq!(http_statuses.map(|s| s.as_u16()), [200, 200, 429]);
+
+    // A certificate-bound token: the certificate Envoy verified, URL-encoded PEM.
+    let bound = mint.token_claims(&key, |cl| {
+        cl.insert("cnf".into(), json!({"x5t#S256": cert_thumbprint("client")}));
+    });
+    let case = |cert: Option<String>| {
+        let mut c = json!({"path": "/api/read", "scheme": "https", "headers": {"authorization": format!("Bearer {bound}")}});
+        if let Some(cert) = cert {
+            c["certificate"] = json!(cert);
+        }
+        c
+    };
+    let answers = grpc(
+        grpc_port,
+        vec![
+            case(Some(pem("client"))),
+            case(Some(pem("client2"))),
+            case(None),
+        ],
+    )
+    .await;
+    let statuses: Vec<u16> = answers.iter().map(status_of).collect();
+    assert_eq!(statuses[0], 200, "{answers:?}");
+    assert_eq!(statuses[1], 401, "another certificate: {answers:?}");
+    assert_eq!(statuses[2], 401, "no certificate: {answers:?}");
+
+    // A DPoP-bound token with its proof in the headers; the same proof again is a replay.
+    let dpop = DpopKey::new(Key::p256());
+    let token = mint.token_claims(&key, |cl| {
+        cl.insert("cnf".into(), json!({"jkt": dpop.jkt}));
+    });
+    let proof = dpop.sign(
+        &dpop.header(),
+        &DpopKey::claims("GET", "https://api.test/api/read", Some(&token)),
+    );
+    let case = json!({"path": "/api/read", "headers": {"authorization": format!("DPoP {token}"), "dpop": proof}});
+    let answers = grpc(grpc_port, vec![case.clone(), case]).await;
+    let statuses: Vec<u16> = answers.iter().map(status_of).collect();
+    assert_eq!(statuses, [200, 401], "{answers:?}");
+    assert_eq!(up.count(), 0, "decision mode never forwards");
+}
