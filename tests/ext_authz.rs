@@ -71,8 +71,18 @@ upstream = "app"
 
 /// Sends `cases` to the gRPC listener with Envoy's protos; the answers.
 async fn grpc(port: u16, cases: Vec<Value>) -> Vec<Value> {
+    grpc_with(port, cases, None).await.expect("client.py")
+}
+
+/// Over TLS when `ca` names the CA to trust; the client's error when the calls fail.
+async fn grpc_with(port: u16, cases: Vec<Value>, ca: Option<&str>) -> Result<Vec<Value>, String> {
+    let ca = ca.map(str::to_owned);
     tokio::task::spawn_blocking(move || {
-        let mut child = Command::new("python3")
+        let mut cmd = Command::new("python3");
+        if let Some(ca) = ca {
+            cmd.env("BEARWARD_TEST_CA", ca);
+        }
+        let mut child = cmd
             .arg("tests/ext_authz/client.py")
             .arg(format!("127.0.0.1:{port}"))
             .stdin(Stdio::piped())
@@ -87,12 +97,12 @@ async fn grpc(port: u16, cases: Vec<Value>) -> Vec<Value> {
             .write_all(Value::Array(cases).to_string().as_bytes())
             .unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "client.py (.ci/run installs grpcio==1.68.1, protobuf==4.25.9 and, with --target tests/ext_authz/.xds, xds-protos==1.62.1): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+        if !out.status.success() {
+            // .ci/run installs grpcio==1.68.1, protobuf==4.25.9 and, with --target
+            // tests/ext_authz/.xds, xds-protos==1.62.1.
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap())
     })
     .await
     .unwrap()
@@ -413,4 +423,31 @@ async fn rate_limits_certificates_and_dpop_through_grpc() {
     let statuses: Vec<u16> = answers.iter().map(status_of).collect();
     assert_eq!(statuses, [200, 401], "{answers:?}");
     assert_eq!(up.count(), 0, "decision mode never forwards");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_keys_the_grpc_listener_speaks_tls_with_them() {
+    let key = Key::rsa1();
+    let idp = Idp::start(&[&key]).await;
+    let up = Upstream::start().await;
+    let (decision, grpc_port) = (free_port(), free_port());
+    let cfg = config(&up, &idp, decision, grpc_port).replace(
+        "public_origin = \"https://api.test\"",
+        "public_origin = \"https://api.test\"\ntls_cert_file = \"tests/fixtures/tls/server.pem\"\ntls_key_file = \"tests/fixtures/tls/server-key.pem\"",
+    );
+    let gw = Gateway::start(&cfg).await;
+    wait_ready(&gw).await;
+    let token = idp.minter("https://api.test").token(&key, "read");
+    let case =
+        json!({"path": "/api/read", "headers": {"authorization": format!("Bearer {token}")}});
+    let answers = grpc_with(
+        grpc_port,
+        vec![case.clone()],
+        Some("tests/fixtures/tls/ca.pem"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status_of(&answers[0]), 200, "{answers:?}");
+    let plain = grpc_with(grpc_port, vec![case], None).await;
+    assert!(plain.is_err(), "h2c to a TLS listener: {plain:?}");
 }

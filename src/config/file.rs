@@ -79,7 +79,8 @@ pub(super) struct DecisionFile {
     /// Default: -
     ///
     /// `IP:port` of Envoy's ext_authz v3 gRPC service (`envoy.service.auth.v3.Authorization/
-    /// Check`, h2c): Envoy, Istio `CUSTOM`, Contour, Envoy Gateway, Gateway API `ExternalAuth`
+    /// Check`; h2c, or TLS with `[server]`'s keys when it has them): Envoy, Istio `CUSTOM`,
+    /// Contour, Envoy Gateway, Gateway API `ExternalAuth`
     pub grpc_listen: Option<Spanned<String>>,
     /// Reference: `trusted_proxies`
     /// Default: `["127.0.0.1", "::1"]`

@@ -118,9 +118,11 @@ pub struct Outcome {
     pub issuer: Option<usize>,
     /// A gRPC ext_authz check: [`Facts`] go back with the answer.
     pub ext_authz: bool,
-    /// The identity a gRPC ext_authz check passed with, for its dynamic metadata.
-    pub identity: Option<crate::auth::Identity>,
 }
+
+/// The identity a gRPC ext_authz check passed with, on its way from the decision to [`Facts`].
+#[derive(Clone)]
+struct CheckIdentity(Option<crate::auth::Identity>);
 
 /// What a gRPC ext_authz check did, carried back to the listener in the answer's extensions
 /// (never on the wire): its dynamic metadata and header removals are made from it.
@@ -135,12 +137,12 @@ pub struct Facts {
 }
 
 impl Facts {
-    fn of(out: Outcome) -> Facts {
+    fn of(out: Outcome, identity: Option<crate::auth::Identity>) -> Facts {
         Facts {
             verdict: out.verdict,
             reason: out.reason,
             route: out.route,
-            identity: out.identity,
+            identity,
             token: out.token_id.is_some(),
         }
     }
@@ -175,7 +177,6 @@ impl Default for Outcome {
             span: None,
             issuer: None,
             ext_authz: false,
-            identity: None,
         }
     }
 }
@@ -323,7 +324,9 @@ impl Gateway {
         }
         self.log(&method, conn, &out, status, start.elapsed());
         if out.ext_authz {
-            resp.extensions_mut().insert(Facts::of(out));
+            let identity = resp.extensions_mut().remove::<CheckIdentity>();
+            let facts = Facts::of(out, identity.and_then(|i| i.0));
+            resp.extensions_mut().insert(facts);
         }
         resp
     }
@@ -509,10 +512,11 @@ impl Gateway {
             Evaluated::Answer(_) => return Ok(self.allowed(None, None)),
             Evaluated::Pass(pass) => pass,
         };
+        let mut resp = self.allowed(pass.identity.as_ref(), pass.audit);
         if out.ext_authz {
-            out.identity.clone_from(&pass.identity);
+            resp.extensions_mut().insert(CheckIdentity(pass.identity));
         }
-        Ok(self.allowed(pass.identity.as_ref(), pass.audit))
+        Ok(resp)
     }
 
     /// A decision's "yes" with every configured claim header, empty where the token has no

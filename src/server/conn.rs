@@ -202,7 +202,7 @@ struct Io {
 }
 
 /// The TLS handshake, bounded by `tls_handshake_timeout`, counted by outcome.
-async fn handshake(
+pub(super) async fn handshake(
     stream: TcpStream,
     tls: &crate::tls::ListenerTls,
     protocols: &Protocols,

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::request::ledger::InFlight;
 use arc_swap::ArcSwap;
-use conn::{serve_connection, Conn, Drain, Protocols};
+use conn::{handshake, serve_connection, Conn, Drain, Protocols};
 use prometheus_client::metrics::gauge::Gauge;
 use std::future::Future;
 use std::io;
@@ -164,6 +164,7 @@ impl Server {
         let grpc_task = self.grpc.map(|listener| {
             tokio::spawn(ext_authz::grpc_loop(
                 listener,
+                protocols.clone(),
                 self.live.clone(),
                 drain_signal.subscribe(),
                 alive.clone(),

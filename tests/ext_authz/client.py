@@ -65,7 +65,14 @@ def check(stub, case):
 
 def main():
     cases = json.load(sys.stdin)
-    with grpc.insecure_channel(sys.argv[1]) as channel:
+    # TLS to a listener with [server] TLS keys: the CA to trust in BEARWARD_TEST_CA.
+    ca = os.environ.get("BEARWARD_TEST_CA")
+    if ca:
+        creds = grpc.ssl_channel_credentials(root_certificates=open(ca, "rb").read())
+        channel = grpc.secure_channel(sys.argv[1], creds)
+    else:
+        channel = grpc.insecure_channel(sys.argv[1])
+    with channel:
         stub = rpc.AuthorizationStub(channel)
         json.dump([check(stub, c) for c in cases], sys.stdout)
 
