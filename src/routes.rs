@@ -140,6 +140,9 @@ pub struct Route {
     pub claims_any: Vec<ClaimCondition>,
     /// `client_ids`: the token's `azp` (else `client_id`) must be one of these, when not empty.
     pub client_ids: Vec<String>,
+    /// `audiences` (or the resource, with `require_resource_audience`): the token's `aud` must
+    /// name one of these too, when not empty (RFC 8707).
+    pub audiences: Vec<String>,
     /// `rate_limit`, if set.
     pub rate_limit: Option<RateLimit>,
 }
@@ -509,6 +512,7 @@ impl Route {
             claims: Vec::new(),
             claims_any: Vec::new(),
             client_ids: Vec::new(),
+            audiences: Vec::new(),
             rate_limit: None,
         }
     }

@@ -645,6 +645,30 @@ pub fn check_claim_conditions(
             return Err(AuthError::ClaimMismatch);
         }
     }
+    if !route.audiences.is_empty() {
+        let named = |a: &str| route.audiences.iter().any(|x| x == a);
+        let holds = match claims.get("aud") {
+            Some(Value::String(a)) => named(a),
+            Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).any(named),
+            _ => false,
+        };
+        if !holds {
+            trace.note("aud", false, || {
+                format!(
+                    "aud {:?} names none of the route's audiences {:?} (RFC 8707)",
+                    claims.get("aud"),
+                    route.audiences
+                )
+            });
+            return Err(AuthError::BadAudience);
+        }
+        trace.note("aud", true, || {
+            format!(
+                "aud names one of the route's audiences {:?}",
+                route.audiences
+            )
+        });
+    }
     if !(route.claims.is_empty() && route.claims_any.is_empty() && route.client_ids.is_empty()) {
         trace.note("claims", true, || {
             "the route's claim conditions hold".into()

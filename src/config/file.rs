@@ -961,6 +961,19 @@ pub(super) struct RouteFile {
     ///
     /// the token's `azp`, else its `client_id`, must be one of these
     pub client_ids: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Reference: `audiences`
+    /// Default: none (the issuer's `audiences` only)
+    ///
+    /// RFC 8707: the token's `aud` (or the introspection answer's) must also name one of these
+    /// resources, so a token minted for another resource of the same issuer is refused here
+    /// (401 `invalid_token`, reason `bad_audience`)
+    pub audiences: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Reference: `require_resource_audience`
+    /// Default: `false`
+    ///
+    /// with `resource` set and no `audiences`: the resource identifier is the audience the
+    /// token must name
+    pub require_resource_audience: Option<Spanned<bool>>,
     /// Reference: `rate_limit`
     /// Default: none
     ///

@@ -105,6 +105,11 @@ pub(super) fn route(
             ("claims", r.claims.as_ref().map(Spanned::span)),
             ("claims_any", r.claims_any.as_ref().map(Spanned::span)),
             ("client_ids", r.client_ids.as_ref().map(Spanned::span)),
+            ("audiences", r.audiences.as_ref().map(Spanned::span)),
+            (
+                "require_resource_audience",
+                r.require_resource_audience.as_ref().map(Spanned::span),
+            ),
         ];
         for (k, span) in spans {
             if let Some(span) = span {
@@ -177,6 +182,10 @@ pub(super) fn route(
         (None, None) => format!("routes[{i}]").into(),
     };
 
+    let resource = cx
+        .resource(&r.resource, &key("resource"), path_opts)
+        .or_else(|| server.resource.clone());
+    let audiences = route_audiences(cx, r, resource.as_deref(), &key);
     if !ok {
         return None;
     }
@@ -195,9 +204,7 @@ pub(super) fn route(
             .max_body(&r.max_body_bytes, &key("max_body_bytes"))
             .or(server.max_body_bytes),
         allow_encoded_percent: r.allow_encoded_percent.unwrap_or(false),
-        resource: cx
-            .resource(&r.resource, &key("resource"), path_opts)
-            .or_else(|| server.resource.clone()),
+        resource,
         // Resolved against the validated issuers by the caller.
         issuers: None,
         require_bound_tokens: r
@@ -216,7 +223,52 @@ pub(super) fn route(
             .as_ref()
             .map(|l| l.get_ref().iter().map(|c| c.get_ref().clone()).collect())
             .unwrap_or_default(),
+        audiences,
     })
+}
+
+/// `audiences`, or with `require_resource_audience` the route's resource identifier.
+fn route_audiences(
+    cx: &mut Ctx<'_>,
+    r: &crate::config::file::RouteFile,
+    resource: Option<&crate::resource::ResourceId>,
+    key: &dyn Fn(&str) -> String,
+) -> Vec<String> {
+    let require = r
+        .require_resource_audience
+        .as_ref()
+        .filter(|b| *b.get_ref());
+    match (&r.audiences, require) {
+        (Some(list), _) => {
+            if list.get_ref().is_empty() || list.get_ref().iter().any(|a| a.get_ref().is_empty()) {
+                cx.err(
+                    list.span(),
+                    &key("audiences"),
+                    "must list at least one non-empty audience",
+                );
+            }
+            if let Some(b) = require {
+                cx.err(
+                    b.span(),
+                    &key("require_resource_audience"),
+                    "give either audiences or require_resource_audience",
+                );
+            }
+            list.get_ref().iter().map(|a| a.get_ref().clone()).collect()
+        }
+        (None, Some(b)) => match resource {
+            Some(res) => vec![res.id.clone()],
+            None => {
+                cx.err(
+                    b.span(),
+                    &key("require_resource_audience"),
+                    "needs the route's resource (or [server] resource): it is the audience",
+                );
+                Vec::new()
+            }
+        },
+        (None, None) => Vec::new(),
+    }
 }
 
 /// `claims` / `claims_any`: each key a claim path, each value a string or an array of strings
