@@ -143,6 +143,10 @@ pub struct Route {
     /// `audiences` (or the resource, with `require_resource_audience`): the token's `aud` must
     /// name one of these too, when not empty (RFC 8707).
     pub audiences: Vec<String>,
+    /// RFC 9470 `acr_values`: the token's `acr` must be one of these, when not empty.
+    pub acr_values: Vec<String>,
+    /// RFC 9470 `max_age`: the token's `auth_time` no older than this.
+    pub max_age: Option<std::time::Duration>,
     /// `rate_limit`, if set.
     pub rate_limit: Option<RateLimit>,
 }
@@ -513,6 +517,8 @@ impl Route {
             claims_any: Vec::new(),
             client_ids: Vec::new(),
             audiences: Vec::new(),
+            acr_values: Vec::new(),
+            max_age: None,
             rate_limit: None,
         }
     }

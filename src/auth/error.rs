@@ -73,6 +73,10 @@ pub enum AuthError {
     /// which value was required.
     #[error("the token's claims do not grant access to this resource")]
     ClaimMismatch,
+    /// RFC 9470: the route's `acr_values` or `max_age` does not hold; the challenge names
+    /// what the route asks for.
+    #[error("a stronger or more recent authentication is required")]
+    InsufficientUserAuthentication,
 }
 
 /// The `error` parameter of `WWW-Authenticate`, if any.
@@ -86,6 +90,8 @@ pub enum ErrorCode {
     InvalidDpopProof,
     /// RFC 9449 8.
     UseDpopNonce,
+    /// RFC 9470 3.
+    InsufficientUserAuthentication,
 }
 
 impl AuthError {
@@ -124,6 +130,7 @@ impl AuthError {
             AuthError::InsufficientScope { .. } | AuthError::ClaimMismatch => {
                 ErrorCode::InsufficientScope
             }
+            AuthError::InsufficientUserAuthentication => ErrorCode::InsufficientUserAuthentication,
             _ => ErrorCode::InvalidToken,
         }
     }
@@ -163,6 +170,7 @@ impl AuthError {
             AuthError::CertificateMismatch => "certificate_mismatch",
             AuthError::UnboundToken => "unbound_token",
             AuthError::ClaimMismatch => "claim_mismatch",
+            AuthError::InsufficientUserAuthentication => "insufficient_user_authentication",
         }
     }
 
@@ -220,10 +228,19 @@ impl AuthError {
             ErrorCode::InsufficientScope => "insufficient_scope",
             ErrorCode::InvalidDpopProof => "invalid_dpop_proof",
             ErrorCode::UseDpopNonce => "use_dpop_nonce",
+            ErrorCode::InsufficientUserAuthentication => "insufficient_user_authentication",
         };
         let _ = write!(v, ", error=\"{error}\", error_description=\"{self}\"");
         if let AuthError::InsufficientScope { needed } = self {
             let _ = write!(v, ", scope=\"{needed}\"");
+        }
+        if let (AuthError::InsufficientUserAuthentication, Some(route)) = (self, route) {
+            if !route.acr_values.is_empty() {
+                let _ = write!(v, ", acr_values=\"{}\"", route.acr_values.join(" "));
+            }
+            if let Some(max_age) = route.max_age {
+                let _ = write!(v, ", max_age=\"{}\"", max_age.as_secs());
+            }
         }
         v
     }

@@ -669,10 +669,47 @@ pub fn check_claim_conditions(
             )
         });
     }
+    if !route.acr_values.is_empty() || route.max_age.is_some() {
+        check_step_up(claims, route, trace)?;
+    }
     if !(route.claims.is_empty() && route.claims_any.is_empty() && route.client_ids.is_empty()) {
         trace.note("claims", true, || {
             "the route's claim conditions hold".into()
         });
+    }
+    Ok(())
+}
+
+/// RFC 9470: the route's `acr_values` (the token's `acr` one of them) and `max_age` (its
+/// `auth_time` no older). A token without the claim fails: nothing says how it was obtained.
+fn check_step_up(
+    claims: &Map<String, Value>,
+    route: &Route,
+    trace: &mut Trace,
+) -> Result<(), AuthError> {
+    if !route.acr_values.is_empty() {
+        let acr = claims.get("acr").and_then(Value::as_str);
+        if !acr.is_some_and(|a| route.acr_values.iter().any(|x| x == a)) {
+            trace.note("acr", false, || {
+                format!(
+                    "acr {acr:?} is none of the route's acr_values {:?}",
+                    route.acr_values
+                )
+            });
+            return Err(AuthError::InsufficientUserAuthentication);
+        }
+        trace.note("acr", true, || format!("acr {acr:?} accepted"));
+    }
+    if let Some(max_age) = route.max_age {
+        let auth_time = claims.get("auth_time").and_then(Value::as_f64);
+        let age = auth_time.map(|t| now() - t);
+        if !age.is_some_and(|a| a <= max_age.as_secs_f64()) {
+            trace.note("auth_time", false, || {
+                format!("auth_time {auth_time:?} is older than the route's max_age {max_age:?}")
+            });
+            return Err(AuthError::InsufficientUserAuthentication);
+        }
+        trace.note("auth_time", true, || format!("authenticated {age:?} s ago"));
     }
     Ok(())
 }

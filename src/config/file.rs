@@ -974,6 +974,18 @@ pub(super) struct RouteFile {
     /// with `resource` set and no `audiences`: the resource identifier is the audience the
     /// token must name
     pub require_resource_audience: Option<Spanned<bool>>,
+    /// Reference: `acr_values`
+    /// Default: none
+    ///
+    /// RFC 9470 step-up: the token's `acr` must be one of these; else 401
+    /// `insufficient_user_authentication` with `acr_values` in the challenge
+    pub acr_values: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Reference: `max_age`
+    /// Default: none
+    ///
+    /// RFC 9470 step-up: the token's `auth_time` no older than this (e.g. `"15m"`); else 401
+    /// `insufficient_user_authentication` with `max_age` (seconds) in the challenge
+    pub max_age: Option<Spanned<String>>,
     /// Reference: `rate_limit`
     /// Default: none
     ///

@@ -110,6 +110,8 @@ pub(super) fn route(
                 "require_resource_audience",
                 r.require_resource_audience.as_ref().map(Spanned::span),
             ),
+            ("acr_values", r.acr_values.as_ref().map(Spanned::span)),
+            ("max_age", r.max_age.as_ref().map(Spanned::span)),
         ];
         for (k, span) in spans {
             if let Some(span) = span {
@@ -186,6 +188,32 @@ pub(super) fn route(
         .resource(&r.resource, &key("resource"), path_opts)
         .or_else(|| server.resource.clone());
     let audiences = route_audiences(cx, r, resource.as_deref(), &key);
+    let acr_values: Vec<String> = match &r.acr_values {
+        Some(list)
+            if list.get_ref().is_empty()
+                || list
+                    .get_ref()
+                    .iter()
+                    .any(|a| a.get_ref().is_empty() || a.get_ref().contains(['"', '\\'])) =>
+        {
+            cx.err(
+                list.span(),
+                &key("acr_values"),
+                "must list at least one non-empty value without quotes or backslashes",
+            );
+            Vec::new()
+        }
+        Some(list) => list.get_ref().iter().map(|a| a.get_ref().clone()).collect(),
+        None => Vec::new(),
+    };
+    let max_age = r.max_age.as_ref().map(|_| {
+        cx.duration(
+            &r.max_age,
+            &key("max_age"),
+            Duration::from_secs(0),
+            (Duration::from_secs(1), Duration::from_secs(366 * 24 * 3600)),
+        )
+    });
     if !ok {
         return None;
     }
@@ -224,6 +252,8 @@ pub(super) fn route(
             .map(|l| l.get_ref().iter().map(|c| c.get_ref().clone()).collect())
             .unwrap_or_default(),
         audiences,
+        acr_values,
+        max_age,
     })
 }
 
