@@ -134,3 +134,58 @@ async fn a_weak_or_stale_sign_in_gets_the_step_up_challenge() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn introspection_answers_are_held_to_the_same_step_up() {
+    let ep = common::introspection::Endpoint::start().await;
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[issuers]]
+issuer = "https://opaque.idp.test"
+token_format = "opaque"
+introspection_endpoint = "{}"
+introspection_client_id = "bearward"
+introspection_client_secret_file = "tests/fixtures/introspection-secret.txt"
+audiences = ["https://api.test"]
+
+[upstreams.app]
+url = "{}"
+
+[[routes]]
+prefix = "/admin"
+acr_values = ["urn:example:mfa"]
+max_age = "15m"
+upstream = "app"
+"#,
+        ep.url(),
+        up.url()
+    ))
+    .await;
+    let now = now();
+    let answer = |acr: &str, auth_time: i64| json!({"active": true, "sub": "u", "exp": now + 300, "aud": "https://api.test", "acr": acr, "auth_time": auth_time});
+    ep.set("strong", answer("urn:example:mfa", now - 30));
+    ep.set("weak", answer("urn:example:pwd", now - 30));
+    ep.set("stale", answer("urn:example:mfa", now - 7200));
+    let c = client();
+    let call = |t: &str| {
+        let (c, url, t) = (c.clone(), gw.url("/admin/x"), t.to_owned());
+        async move { get(&c, &url, &[("authorization", &format!("Bearer {t}"))]).await }
+    };
+    assert_eq!(call("strong").await.status, StatusCode::OK);
+    for t in ["weak", "stale"] {
+        let a = call(t).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{t}");
+        assert!(
+            a.headers["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .contains("insufficient_user_authentication"),
+            "{t}"
+        );
+    }
+    assert_eq!(up.count(), 1);
+}

@@ -81,7 +81,7 @@ pub struct Introspector {
 
 /// The answer members bearward reads (RFC 7662 2.2, RFC 7800 `cnf`), kept in the shared store
 /// with the claim headers' claims; nothing else of an answer is stored.
-const CHECKED: [&str; 14] = [
+const CHECKED: [&str; 16] = [
     "active",
     "scope",
     "client_id",
@@ -96,6 +96,9 @@ const CHECKED: [&str; 14] = [
     "aud",
     "iss",
     "cnf",
+    // RFC 9470 step-up on routes (acr_values, max_age).
+    "acr",
+    "auth_time",
 ];
 
 impl Introspector {
