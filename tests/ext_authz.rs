@@ -69,6 +69,34 @@ upstream = "app"
     )
 }
 
+struct World {
+    key: Key,
+    idp: Idp,
+    up: Upstream,
+    gw: Gateway,
+    decision: u16,
+    grpc_port: u16,
+}
+
+/// The test IdP, an upstream, and bearward with both decision listeners on [`config`] as
+/// `edit` changes it, ready.
+async fn world(edit: impl FnOnce(String) -> String) -> World {
+    let key = Key::rsa1();
+    let idp = Idp::start(&[&key]).await;
+    let up = Upstream::start().await;
+    let (decision, grpc_port) = (free_port(), free_port());
+    let gw = Gateway::start(&edit(config(&up, &idp, decision, grpc_port))).await;
+    wait_ready(&gw).await;
+    World {
+        key,
+        idp,
+        up,
+        gw,
+        decision,
+        grpc_port,
+    }
+}
+
 /// Sends `cases` to the gRPC listener with Envoy's protos; the answers.
 async fn grpc(port: u16, cases: Vec<Value>) -> Vec<Value> {
     grpc_with(port, cases, None).await.expect("client.py")
@@ -163,12 +191,14 @@ fn cert_thumbprint(name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_grpc_checks_get_the_http_listeners_answers_in_envoys_form() {
-    let key = Key::rsa1();
-    let idp = Idp::start(&[&key]).await;
-    let up = Upstream::start().await;
-    let (decision, grpc_port) = (free_port(), free_port());
-    let gw = Gateway::start(&config(&up, &idp, decision, grpc_port)).await;
-    wait_ready(&gw).await;
+    let World {
+        key,
+        idp,
+        up: _up,
+        gw,
+        decision,
+        grpc_port,
+    } = world(|c| c).await;
     let c = client();
     let mint = idp.minter("https://api.test");
     let read = mint.token(&key, "read");
@@ -279,12 +309,14 @@ async fn envoy_grpc_checks_get_the_http_listeners_answers_in_envoys_form() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_identity_headers_are_overwritten_or_removed_never_kept() {
-    let key = Key::rsa1();
-    let idp = Idp::start(&[&key]).await;
-    let up = Upstream::start().await;
-    let (decision, grpc_port) = (free_port(), free_port());
-    let gw = Gateway::start(&config(&up, &idp, decision, grpc_port)).await;
-    wait_ready(&gw).await;
+    let World {
+        key,
+        idp,
+        up: _up,
+        gw: _gw,
+        decision: _decision,
+        grpc_port,
+    } = world(|c| c).await;
     let no_scope = idp.minter("https://api.test").token_claims(&key, |c| {
         c.remove("scope");
     });
@@ -337,12 +369,14 @@ async fn spoofed_identity_headers_are_overwritten_or_removed_never_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_certificates_and_dpop_through_grpc() {
-    let key = Key::rsa1();
-    let idp = Idp::start(&[&key]).await;
-    let up = Upstream::start().await;
-    let (decision, grpc_port) = (free_port(), free_port());
-    let gw = Gateway::start(&config(&up, &idp, decision, grpc_port)).await;
-    wait_ready(&gw).await;
+    let World {
+        key,
+        idp,
+        up,
+        gw: _gw,
+        decision,
+        grpc_port,
+    } = world(|c| c).await;
     let c = client();
     let mint = idp.minter("https://api.test");
 
@@ -427,16 +461,19 @@ async fn rate_limits_certificates_and_dpop_through_grpc() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tls_keys_the_grpc_listener_speaks_tls_with_them() {
-    let key = Key::rsa1();
-    let idp = Idp::start(&[&key]).await;
-    let up = Upstream::start().await;
-    let (decision, grpc_port) = (free_port(), free_port());
-    let cfg = config(&up, &idp, decision, grpc_port).replace(
-        "public_origin = \"https://api.test\"",
-        "public_origin = \"https://api.test\"\ntls_cert_file = \"tests/fixtures/tls/server.pem\"\ntls_key_file = \"tests/fixtures/tls/server-key.pem\"",
-    );
-    let gw = Gateway::start(&cfg).await;
-    wait_ready(&gw).await;
+    let World {
+        key,
+        idp,
+        gw: _gw,
+        grpc_port,
+        ..
+    } = world(|c| {
+        c.replace(
+            "public_origin = \"https://api.test\"",
+            "public_origin = \"https://api.test\"\ntls_cert_file = \"tests/fixtures/tls/server.pem\"\ntls_key_file = \"tests/fixtures/tls/server-key.pem\"",
+        )
+    })
+    .await;
     let token = idp.minter("https://api.test").token(&key, "read");
     let case =
         json!({"path": "/api/read", "headers": {"authorization": format!("Bearer {token}")}});

@@ -18,7 +18,7 @@
 //!
 //! The peer must be in `[decision] trusted_proxies`, as on the HTTP listener.
 
-use super::{handshake, Drain, Held, Live, Protocols};
+use super::{handshake, Drain, Held, Live, Protocols, Shared};
 use crate::gateway::{ConnInfo, ExtAuthzTarget, Facts, TlsInfo, AUDIT_HEADER};
 use crate::request::ledger::InFlight;
 use envoy_types::ext_authz::v3::pb::{
@@ -35,9 +35,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
 
 /// The gRPC listener's accept loop: its connections share `max_connections` and
 /// `max_requests_in_flight` with the other listeners', and drain with them.
@@ -45,37 +43,19 @@ pub(super) async fn grpc_loop(
     listener: TcpListener,
     protocols: Arc<Protocols>,
     live: Arc<Live>,
-    signal: watch::Receiver<bool>,
-    alive: mpsc::Sender<()>,
-    slots: Arc<Semaphore>,
-    in_flight: InFlight,
+    shared: Shared,
 ) {
     let metrics = live.metrics.clone();
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                metrics.accept_errors.inc();
-                tracing::warn!(error = %e, "ext_authz listener: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer, drain, slot)) =
+        shared.accept(&listener, &metrics, "ext_authz").await
+    {
         let _ = stream.set_nodelay(true);
-        let drain = Drain {
-            signal: signal.clone(),
-            _alive: alive.clone(),
-        };
-        let slot = Held::new(slot, &metrics.connections_open);
         let checker = Checker {
             live: live.clone(),
             peer,
             peer_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP address is a valid header value"),
-            in_flight: in_flight.clone(),
+            in_flight: shared.in_flight.clone(),
         };
         // TLS with the proxy listener's keys (and client certificates) when it has them, as
         // the config in force when the connection arrived says; h2c otherwise.

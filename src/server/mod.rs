@@ -150,15 +150,18 @@ impl Server {
         );
         let mut last_warned: Option<tokio::time::Instant> = None;
         let trimmer = memory::trimmer(metrics.connections_parked.clone());
+        let shared = Shared {
+            signal: drain_signal.subscribe(),
+            alive: alive.clone(),
+            slots: slots.clone(),
+            in_flight: in_flight.clone(),
+        };
         let decision_task = self.decision.map(|listener| {
             tokio::spawn(decision_loop(
                 listener,
                 protocols.clone(),
                 self.live.clone(),
-                drain_signal.subscribe(),
-                alive.clone(),
-                slots.clone(),
-                in_flight.clone(),
+                shared.clone(),
             ))
         });
         let grpc_task = self.grpc.map(|listener| {
@@ -166,12 +169,10 @@ impl Server {
                 listener,
                 protocols.clone(),
                 self.live.clone(),
-                drain_signal.subscribe(),
-                alive.clone(),
-                slots.clone(),
-                in_flight.clone(),
+                shared.clone(),
             ))
         });
+        drop(shared);
         tokio::pin!(shutdown);
         loop {
             // A slot first, then accept: at the limit the listener is not polled, so new
@@ -253,41 +254,66 @@ fn bind_socket(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
-/// The decision listener's accept loop: its connections share `max_connections` and
-/// `max_requests_in_flight` with the proxy listener's, and drain with them.
-async fn decision_loop(
-    listener: TcpListener,
-    protocols: Arc<Protocols>,
-    live: Arc<Live>,
+/// What a side listener's connections (decision, ext_authz gRPC) share with the proxy
+/// listener's: the connection slots, the in-flight limit and the drain.
+#[derive(Clone)]
+struct Shared {
     signal: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
     slots: Arc<Semaphore>,
     in_flight: InFlight,
+}
+
+impl Shared {
+    /// The next connection on `listener` once a slot is free, with its drain handle and slot;
+    /// `None` once the server stops.
+    async fn accept(
+        &self,
+        listener: &TcpListener,
+        metrics: &crate::telemetry::Metrics,
+        name: &'static str,
+    ) -> Option<(tokio::net::TcpStream, SocketAddr, Drain, Held)> {
+        loop {
+            let slot = self.slots.clone().acquire_owned().await.ok()?;
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    let drain = Drain {
+                        signal: self.signal.clone(),
+                        _alive: self.alive.clone(),
+                    };
+                    return Some((
+                        stream,
+                        peer,
+                        drain,
+                        Held::new(slot, &metrics.connections_open),
+                    ));
+                }
+                Err(e) => {
+                    metrics.accept_errors.inc();
+                    tracing::warn!(error = %e, listener = name, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+/// The decision listener's accept loop.
+async fn decision_loop(
+    listener: TcpListener,
+    protocols: Arc<Protocols>,
+    live: Arc<Live>,
+    shared: Shared,
 ) {
     let metrics = live.metrics.clone();
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                metrics.accept_errors.inc();
-                tracing::warn!(error = %e, "decision listener: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let drain = Drain {
-            signal: signal.clone(),
-            _alive: alive.clone(),
-        };
-        let slot = Held::new(slot, &metrics.connections_open);
+    while let Some((stream, peer, drain, slot)) =
+        shared.accept(&listener, &metrics, "decision").await
+    {
         let conn = Conn {
             stream,
             peer,
             slot,
-            in_flight: in_flight.clone(),
+            in_flight: shared.in_flight.clone(),
             decision: true,
         };
         serve_connection(protocols.clone(), drain, conn, live.clone());
