@@ -97,7 +97,19 @@ pub(crate) fn drop_underscored(
     if !headers.keys().any(|k| k.as_str().contains('_')) {
         return;
     }
-    let doomed: Vec<HeaderName> = headers
+    for k in &underscored(headers, allow, managed) {
+        headers.remove(k);
+    }
+}
+
+/// The names [`drop_underscored`] drops: every one holding `_` unless `allow`, else those that
+/// read as a `managed` header with `_` for `-`.
+pub(crate) fn underscored(
+    headers: &HeaderMap,
+    allow: bool,
+    managed: impl Fn(&HeaderName) -> bool,
+) -> Vec<HeaderName> {
+    headers
         .keys()
         .filter(|k| k.as_str().contains('_'))
         .filter(|k| {
@@ -106,10 +118,7 @@ pub(crate) fn drop_underscored(
                     .is_ok_and(|dashed| managed(&dashed))
         })
         .cloned()
-        .collect();
-    for k in &doomed {
-        headers.remove(k);
-    }
+        .collect()
 }
 
 /// Is this a header bearward sets or filters on every request (`forward.claim_headers` aside,

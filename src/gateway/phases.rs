@@ -330,12 +330,33 @@ impl Gateway {
             req.headers_mut().remove(h);
         }
         req.headers_mut().remove(AUDIT_HEADER);
-        let claims = &self.config.forward.claim_headers;
         crate::headers::drop_underscored(
             req.headers_mut(),
             self.config.server.allow_underscores_in_headers,
-            |h| crate::headers::is_managed(h) || claims.iter().any(|(_, c)| c == h),
+            |h| self.sets(h),
         );
+    }
+
+    /// A header bearward sets or filters: a managed one, a claim header, its audit note.
+    fn sets(&self, h: &http::HeaderName) -> bool {
+        crate::headers::is_managed(h)
+            || *h == AUDIT_HEADER
+            || self
+                .config
+                .forward
+                .claim_headers
+                .iter()
+                .any(|(_, c)| c == h)
+    }
+
+    /// The names in `headers` an upstream may read as one of bearward's (`_` for `-`), which
+    /// an ingress that only overwrites exact names (Envoy's ext_authz) must remove.
+    pub fn underscored_aliases(&self, headers: &HeaderMap) -> Vec<http::HeaderName> {
+        crate::headers::underscored(
+            headers,
+            self.config.server.allow_underscores_in_headers,
+            |h| self.sets(h),
+        )
     }
 
     /// `policy` and `auth`: deny, none, or the bearer check. In audit mode a refusal becomes a

@@ -121,7 +121,11 @@ impl Authorization for Checker {
         let place = self.in_flight.enter();
         let gateway = self.live.current();
         let view = http_view(request.into_inner());
-        let removed = aliases(view.request.headers(), &gateway.config);
+        let removed = gateway
+            .underscored_aliases(view.request.headers())
+            .iter()
+            .map(|h| h.as_str().to_owned())
+            .collect();
         let conn = ConnInfo {
             peer: self.peer,
             peer_ip: self.peer_ip.clone(),
@@ -226,29 +230,6 @@ fn http_view(check: CheckRequest) -> View {
         host,
     });
     View { request, tls }
-}
-
-/// Names in the request that an upstream may read as one of bearward's headers (`_` for `-`,
-/// as CGI and many frameworks do): Envoy must remove them, since it only overwrites the exact
-/// names set.
-fn aliases(headers: &http::HeaderMap, config: &crate::config::Config) -> Vec<String> {
-    let claims = &config.forward.claim_headers;
-    let allow = config.server.allow_underscores_in_headers;
-    headers
-        .keys()
-        .filter(|k| k.as_str().contains('_'))
-        .filter(|k| {
-            !allow
-                || HeaderName::from_bytes(k.as_str().replace('_', "-").as_bytes()).is_ok_and(
-                    |dashed| {
-                        crate::headers::is_managed(&dashed)
-                            || dashed == AUDIT_HEADER
-                            || claims.iter().any(|(_, c)| *c == dashed)
-                    },
-                )
-        })
-        .map(|k| k.as_str().to_owned())
-        .collect()
 }
 
 /// Overwrite, never append: Envoy's default action appends to the client's copy.
