@@ -42,6 +42,15 @@ fn describe(i: usize, r: &Route) -> String {
     if r.audit {
         s.push_str(", mode = \"audit\"");
     }
+    if let Some(m) = &r.mcp {
+        // explain sends no body: a POST's operation, and the scopes it adds, are not shown.
+        let n = m.methods.len() + m.tools.named.len() + m.prompts.named.len() + m.resources.len();
+        let _ = write!(
+            s,
+            ", mcp rules ({n} named operation(s)): a POST is decided on its JSON-RPC body, \
+             which explain does not send"
+        );
+    }
     if let Some(l) = &r.rate_limit {
         // explain counts nothing: its one request always fits a fresh bucket.
         let key = match &l.key {

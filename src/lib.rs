@@ -16,7 +16,8 @@
 //!   shapes and the header and send timers on the socket), `ledger` (per-connection request and
 //!   response accounting, HTTP/1 and HTTP/2), `host` (one valid `Host`), `path` (the one
 //!   canonical path, matched and forwarded).
-//! - [`routes`]: the first-match route table; [`resource`]: RFC 9728 metadata documents.
+//! - [`routes`]: the first-match route table; [`resource`]: RFC 9728 metadata documents;
+//!   [`mcp`]: MCP routes' JSON-RPC bodies and per-operation scopes.
 //! - [`telemetry`]: logging setup and metrics.
 //!
 //! The way out:
@@ -64,6 +65,7 @@ pub(crate) mod forward;
 pub mod gateway;
 pub(crate) mod headers;
 pub(crate) mod jose;
+pub mod mcp;
 pub mod request;
 pub mod resource;
 pub mod routes;

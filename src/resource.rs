@@ -157,6 +157,10 @@ impl Documents {
         bearer_methods: Vec<&'static str>,
         binding: &Binding,
     ) {
+        // `offline_access` asks the authorization server for a refresh token: it is never
+        // a resource's to require, and a client that requests every scope listed would ask
+        // for it (the MCP authorization rules say the same).
+        scopes.retain(|s| *s != "offline_access");
         scopes.sort_unstable();
         scopes.dedup();
         let doc = Metadata {

@@ -149,6 +149,8 @@ pub struct Route {
     pub max_age: Option<std::time::Duration>,
     /// `rate_limit`, if set.
     pub rate_limit: Option<RateLimit>,
+    /// `mcp`: per-operation scopes read off each POST's JSON-RPC body ([`crate::mcp`]).
+    pub mcp: Option<Box<crate::mcp::Policy>>,
 }
 
 /// What a route's requests are counted by.
@@ -469,7 +471,14 @@ pub fn resource_documents<'a>(
             .collect();
         let scopes = own
             .iter()
-            .flat_map(|r| r.scopes.iter().chain(&r.scopes_any))
+            .flat_map(|r| {
+                let mcp = r
+                    .mcp
+                    .as_deref()
+                    .into_iter()
+                    .flat_map(crate::mcp::Policy::all_scopes);
+                r.scopes.iter().chain(&r.scopes_any).chain(mcp)
+            })
             .map(String::as_str)
             .collect();
         let mut methods = vec!["header"];
@@ -520,6 +529,7 @@ impl Route {
             acr_values: Vec::new(),
             max_age: None,
             rate_limit: None,
+            mcp: None,
         }
     }
 

@@ -224,6 +224,14 @@ struct LayerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct McpLabels {
+    route: RouteName,
+    method: &'static str,
+    name: String,
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LookupLabels {
     outcome: &'static str,
 }
@@ -306,6 +314,7 @@ pub struct Metrics {
     dpop_proofs: Family<LookupLabels, Counter>,
     decisions: Family<DecisionLabels, Counter>,
     bound_tokens: Family<LookupLabels, Counter>,
+    mcp_requests: Family<McpLabels, Counter>,
 }
 
 /// A two-outcome counter family with both counters made up front: counting one is an atomic
@@ -371,6 +380,7 @@ impl Metrics {
             dpop_proofs: Family::default(),
             decisions: Family::default(),
             bound_tokens: Family::default(),
+            mcp_requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -532,7 +542,30 @@ impl Metrics {
             "Sender-constrained tokens checked, by binding and outcome (dpop_ok, certificate_ok, certificate_missing, certificate_mismatch)",
             m.bound_tokens.clone(),
         );
+        registry.register(
+            "mcp_requests",
+            "POSTs to routes with mcp rules whose JSON-RPC body was read, by route, MCP method (other for one not in the MCP specification, response for a client's answer), target (a tool, prompt or resource prefix the route's rules name, else other) and decision",
+            m.mcp_requests.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts one MCP request whose body was read.
+    pub fn mcp_request(
+        &self,
+        route: &Arc<str>,
+        method: &'static str,
+        name: &str,
+        decision: &'static str,
+    ) {
+        self.mcp_requests
+            .get_or_create(&McpLabels {
+                route: RouteName(route.clone()),
+                method,
+                name: name.to_owned(),
+                decision,
+            })
+            .inc();
     }
 
     /// Counts one gRPC ext_authz check.

@@ -72,15 +72,17 @@ fn the_reference_documents_every_config_key_and_no_other() {
             ));
         }
     }
-    // A route's rate_limit is an inline table, documented in the rate_limit row.
-    let rate_limit = page_rows("routes")
-        .into_iter()
-        .find(|(k, _)| k.iter().any(|k| k == "rate_limit"))
-        .map(|(_, row)| row)
-        .unwrap_or_default();
-    for k in struct_keys(&source, "RateLimitFile") {
-        if !rate_limit.contains(&format!("{k} = ")) {
-            problems.push(format!("routes.rate_limit {k}: not in the rate_limit row"));
+    // A route's rate_limit and mcp are inline tables, each documented in its own row.
+    for (key, table) in [("rate_limit", "RateLimitFile"), ("mcp", "McpFile")] {
+        let row = page_rows("routes")
+            .into_iter()
+            .find(|(k, _)| k.iter().any(|k| k == key))
+            .map(|(_, row)| row)
+            .unwrap_or_default();
+        for k in struct_keys(&source, table) {
+            if !row.contains(&format!("{k} = ")) {
+                problems.push(format!("routes.{key} {k}: not in the {key} row"));
+            }
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));

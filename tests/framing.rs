@@ -241,3 +241,31 @@ async fn a_uri_over_64_kib_is_414_and_counted_so() {
         "{text}"
     );
 }
+
+/// A request refused with its body unread (a POST without a token, its body sent after the
+/// head, as clients such as Python's httpx write it): hyper reads on only what has arrived and
+/// then closes the connection, so the answer says so. Without the `Connection: close`, a client
+/// reusing the connection lost its next request ("server disconnected"). A refusal of a request
+/// without a body keeps the connection.
+#[tokio::test]
+async fn a_refusal_with_the_body_unread_says_the_connection_closes() {
+    let (up, gw, _) = setup("").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    s.write_all(b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        .await
+        .unwrap();
+    let (resp, _) = read_to_close(&mut s).await;
+    let resp = String::from_utf8_lossy(&resp).to_ascii_lowercase();
+    assert!(resp.starts_with("http/1.1 401"), "{resp}");
+    assert!(resp.contains("\r\nconnection: close\r\n"), "{resp}");
+
+    let two = b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\nGET /public/y HTTP/1.1\r\nHost: x\r\n\r\n";
+    let resp = raw(gw.addr, two).await;
+    assert!(
+        !resp.to_ascii_lowercase().contains("connection: close"),
+        "{resp}"
+    );
+    assert_eq!(resp.matches("HTTP/1.1 ").count(), 2, "{resp}");
+    assert_eq!(up.count(), 1);
+}

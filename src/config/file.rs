@@ -1019,6 +1019,37 @@ pub(super) struct RouteFile {
     /// (default 1), counted in `bearward_rate_limit_fallbacks_total`, never refusing everything and
     /// never unlimited
     pub rate_limit: Option<Spanned<RateLimitFile>>,
+    /// Reference: `mcp`
+    /// Default: none
+    ///
+    /// an MCP server's per-operation scopes (see MCP servers below): `{ tools = { delete_repo =
+    /// ["repo:admin"], "*" = ["tools:call"] }, prompts = { NAME = [...] }, resources = {
+    /// "file:///private/" = ["files:private"] }, methods = { "resources/read" = ["files:read"] } }`.
+    /// Every POST's JSON-RPC body is read (up to `max_body_bytes`, 1 MiB when the route has no
+    /// limit) and decides: the route's `scopes`, then the method's, then the target's (`tools` by
+    /// `params.name` of `tools/call`, `prompts` by that of `prompts/get`, `resources` by the
+    /// longest prefix of `params.uri` of `resources/read`; `"*"` for names not listed) are all
+    /// needed, and a token short of any gets 403 `insufficient_scope` whose `scope` lists them all
+    /// in that order. A body that is not one JSON-RPC 2.0 message (a batch, a duplicate member, a
+    /// target that is not a string) is 400 `mcp_invalid_message`; `Mcp-Method` or `Mcp-Name`
+    /// (2026-07-28 clients; `=?base64?...?=` decoded) that disagree with the body are 400
+    /// `mcp_header_mismatch`; over the limit 413; nothing reaches the upstream. The body is
+    /// forwarded unchanged and answers stream as before; GET and DELETE need the route's scopes
+    /// only. Needs an `upstream` (a decision request carries no body)
+    pub mcp: Option<Spanned<McpFile>>,
+}
+
+/// Scope lists by name, as an `mcp` table gives them.
+pub(super) type ScopeTable = Spanned<BTreeMap<String, Spanned<Vec<Spanned<String>>>>>;
+
+/// A route's `mcp`: scopes per method, tool, prompt and resource prefix.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct McpFile {
+    pub methods: Option<ScopeTable>,
+    pub tools: Option<ScopeTable>,
+    pub prompts: Option<ScopeTable>,
+    pub resources: Option<ScopeTable>,
 }
 
 /// A route's `rate_limit`.

@@ -17,6 +17,8 @@
 //!              (always, every route)
 //! policy    -> deny / none / bearer ................................... 403   authorize
 //! auth      -> token -> keys -> signature -> claims -> scopes ......... 401/403/400/503 check_token
+//! mcp       -> an `mcp` route's POST: its JSON-RPC body (read whole) ... 400/403/413 check_mcp
+//!              names the operation, whose scopes are needed too
 //! limit     -> the route's rate_limit, by subject, client, claim or ...... 429   check_rate_limit
 //!              client address (audit mode: noted, forwarded)
 //! forward   -> rewrite headers, pooled upstream, stream both ways ..... 502/504 Gateway::forward
@@ -29,11 +31,13 @@
 
 mod decision;
 pub mod limit;
+mod mcp;
 mod phases;
 mod rejection;
 
 pub use decision::ExtAuthzTarget;
 pub(crate) use decision::{convention as decision_convention, original_request};
+pub use mcp::McpNote;
 pub use phases::{Evaluated, Pass, Quiet, Sink};
 pub use rejection::{Answering, Fault, Framing, Rejection};
 
@@ -118,6 +122,8 @@ pub struct Outcome {
     pub issuer: Option<usize>,
     /// A gRPC ext_authz check: [`Facts`] go back with the answer.
     pub ext_authz: bool,
+    /// An MCP route's POST: its method and target, once its body was read.
+    pub mcp: Option<Box<McpNote>>,
 }
 
 /// The identity a gRPC ext_authz check passed with, on its way from the decision to [`Facts`].
@@ -180,6 +186,7 @@ impl Default for Outcome {
             span: None,
             issuer: None,
             ext_authz: false,
+            mcp: None,
         }
     }
 }
@@ -287,6 +294,11 @@ impl Gateway {
         let span = self.tracer.as_ref().map(|t| t.server(req.headers()));
         out.span = span.as_ref().map(|s| s.ctx);
         let version = req.version();
+        // An HTTP/1 request refused with its body unread: hyper reads on only what has already
+        // arrived and closes the connection when the rest is still coming, so the answer says
+        // it closes (RFC 9112 9.6), or a client that reuses the connection loses its next
+        // request. (A body read whole, an `mcp` route's, would not need it; refusals are few.)
+        let body_pending = version <= http::Version::HTTP_11 && !req.body().is_end_stream();
         let parent = self
             .tracer
             .as_ref()
@@ -307,7 +319,14 @@ impl Gateway {
         .await;
         let mut resp = match result {
             Ok(resp) => resp,
-            Err(rej) => self.refusal(rej, grpc, &mut out),
+            Err(rej) => {
+                let mut resp = self.refusal(rej, grpc, &mut out);
+                if body_pending {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                resp
+            }
         };
         self.finish_response(&mut resp, &method, &out);
         let status = resp.status().as_u16();
@@ -395,6 +414,10 @@ impl Gateway {
             latency,
             out.upstream_time,
         );
+        if let (Some(m), Some(route)) = (&out.mcp, &out.route) {
+            self.metrics
+                .mcp_request(route, m.method_label, &m.name_label, out.verdict);
+        }
         if self.config.server.access_log {
             tracing::info!(
                 target: "bearward::access",
@@ -412,6 +435,8 @@ impl Gateway {
                 client = out.client.map(tracing::field::display),
                 request_id = out.request_id.as_ref().and_then(|v| v.to_str().ok()),
                 trace_id = out.span.map(tracing::field::display),
+                mcp_method = out.mcp.as_ref().map(|m| m.method.as_str()),
+                mcp_name = out.mcp.as_ref().and_then(|m| m.name.as_deref()),
             );
         }
     }

@@ -392,12 +392,30 @@ impl Gateway {
                 let (outcome, caller) = self
                     .check_token(&Head::of(req), path, route, conn, out, sink)
                     .await;
+                let mut outcome = outcome.map_err(Rejection::Auth);
+                // An MCP route's POST: the body decides the scopes (check_token left them).
+                if let (Ok(()), Some(policy), Some(caller)) =
+                    (&outcome, mcp_post(req, route), &caller)
+                {
+                    let decision = conn.is_some_and(|c| c.decision);
+                    let have = &caller.0.scopes;
+                    outcome = match self
+                        .check_mcp(req, route, policy, have, decision, out)
+                        .await
+                    {
+                        Ok(verdict) => verdict,
+                        Err(rej) => {
+                            sink.refused("mcp", &rej);
+                            return Err(rej);
+                        }
+                    };
+                }
                 // Identity headers go upstream only with a forwarded request: an allowed one,
                 // or an audit-mode one whose token was valid.
                 if outcome.is_ok() || route.audit {
                     identity = caller;
                 }
-                outcome.map_err(Rejection::Auth)
+                outcome
             }
         };
         let strip = bearer && self.config.forward.strip_authorization;
@@ -495,10 +513,14 @@ impl Gateway {
                 return (Err(e), None);
             }
         }
-        let scopes = auth::validator::check_scopes(&v.scopes, route);
-        sink.scopes(&v.scopes, route, scopes.is_ok());
-        if scopes.is_err() {
-            return (scopes, Some(Identity(v)));
+        // An MCP route's POST is checked on its body's operation, with the route's scopes
+        // ([`Gateway::check_mcp`]).
+        if route.mcp.is_none() || req.method != http::Method::POST {
+            let scopes = auth::validator::check_scopes(&v.scopes, route);
+            sink.scopes(&v.scopes, route, scopes.is_ok());
+            if scopes.is_err() {
+                return (scopes, Some(Identity(v)));
+            }
         }
         let conditions = match sink.trace() {
             Some(trace) => auth::validator::check_claim_conditions(&v, route, trace),
@@ -598,6 +620,14 @@ impl Gateway {
             *format == crate::config::CertHeaderFormat::Xfcc,
         )
     }
+}
+
+/// The route's `mcp` rules, when they decide this request (a POST).
+fn mcp_post<'r>(req: &Request<Body>, route: &'r Route) -> Option<&'r crate::mcp::Policy> {
+    route
+        .mcp
+        .as_deref()
+        .filter(|_| req.method() == http::Method::POST)
 }
 
 /// `framing`: refuse what hyper would silently fix. hyper has already refused differing

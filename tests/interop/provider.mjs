@@ -9,6 +9,9 @@
 //   short-client  client_credentials, RS256, 2 s tokens
 //   web-client    authorization_code + refresh_token (PKCE), RS256, 2 s tokens
 //   bearward-rs   the resource server: introspects (RFC 7662), client_secret_basic
+//   mcp-client    client_credentials, may have every scope of an MCP resource (a resource
+//                 whose path ends in /mcp: mcp repo:admin files:read prompts:special)
+//   mcp-limited-client  client_credentials, may have the scope mcp only
 //   mtls-client   client_credentials, tokens bound to its TLS client certificate (RFC 8705),
 //                 which the test passes to /token in X-Test-Client-Cert (URL-encoded PEM), as
 //                 a TLS-terminating proxy in front of the provider would
@@ -23,7 +26,8 @@
 //                                              returns the token response
 //   POST /__admin/rotate?phase=add|retire      add: a new RSA key is published first and signs;
 //                                              the old one stays published. retire: old removed.
-//   GET  /__admin/stats                        {"jwks_hits": N, "introspections": N}
+//   GET  /__admin/stats                        {"jwks_hits": N, "introspections": N,
+//                                               "token_requests": N}
 import { createServer } from 'node:http';
 import { createPrivateKey, randomBytes, createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -47,9 +51,12 @@ const keys = {
 let published = [keys.oldRsa, keys.ec];
 let jwksHits = 0;
 let introspections = 0;
+let tokenRequests = 0;
 const OPAQUE_RESOURCE = 'http://opaque.bearward.test/api';
 
 const TTL = { 'short-client': 2, 'web-client': 2 };
+const MCP_SCOPES = 'mcp repo:admin files:read prompts:special';
+const isMcp = (resource) => URL.canParse(resource) && new URL(resource).pathname.endsWith('/mcp');
 
 function configuration() {
   return {
@@ -62,6 +69,8 @@ function configuration() {
         response_types: ['code'], redirect_uris: [REDIRECT], scope: 'openid offline_access read write',
       },
       { client_id: 'bearward-rs', client_secret: 'bearward-rs-secret', grant_types: ['client_credentials'], redirect_uris: [], response_types: [] },
+      { client_id: 'mcp-client', client_secret: 'mcp-secret', grant_types: ['client_credentials'], redirect_uris: [], response_types: [], scope: MCP_SCOPES },
+      { client_id: 'mcp-limited-client', client_secret: 'mcp-limited-secret', grant_types: ['client_credentials'], redirect_uris: [], response_types: [], scope: 'mcp' },
       {
         client_id: 'mtls-client', client_secret: 'mtls-secret', grant_types: ['client_credentials'], redirect_uris: [],
         response_types: [], scope: 'read write', tls_client_certificate_bound_access_tokens: true,
@@ -69,7 +78,7 @@ function configuration() {
     ],
     clientDefaults: { token_endpoint_auth_method: 'client_secret_basic' },
     jwks: { keys: published },
-    scopes: ['openid', 'offline_access', 'read', 'write', 'admin'],
+    scopes: ['openid', 'offline_access', 'read', 'write', 'admin', ...MCP_SCOPES.split(' ')],
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
@@ -89,7 +98,7 @@ function configuration() {
         defaultResource: async (ctx, client, oneOf) => oneOf?.[0],
         useGrantedResource: async () => true,
         getResourceServerInfo: async (ctx, resource, client) => ({
-          scope: 'read write admin',
+          scope: isMcp(resource) ? MCP_SCOPES : 'read write admin',
           audience: resource,
           accessTokenFormat: resource === OPAQUE_RESOURCE ? 'opaque' : 'jwt',
           accessTokenTTL: TTL[client.clientId] ?? 300,
@@ -181,7 +190,8 @@ function json(res, status, value) {
 const server = createServer(async (req, res) => {
   const url = new URL(req.url, 'http://127.0.0.1');
   try {
-    if (url.pathname === '/__admin/stats') return json(res, 200, { jwks_hits: jwksHits, introspections });
+    if (url.pathname === '/__admin/stats') return json(res, 200, { jwks_hits: jwksHits, introspections, token_requests: tokenRequests });
+    if (url.pathname === '/token') tokenRequests += 1;
     if (url.pathname === '/token/introspection') introspections += 1;
     if (url.pathname === '/__admin/rotate' && req.method === 'POST') {
       const phase = url.searchParams.get('phase');

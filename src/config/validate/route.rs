@@ -214,6 +214,7 @@ pub(super) fn route(
             (Duration::from_secs(1), Duration::from_secs(366 * 24 * 3600)),
         )
     });
+    let mcp = mcp_policy(cx, r, &key, auth);
     if !ok {
         return None;
     }
@@ -254,7 +255,84 @@ pub(super) fn route(
         audiences,
         acr_values,
         max_age,
+        mcp,
     })
+}
+
+/// `mcp`: scopes per method, tool, prompt and resource prefix, each list checked as `scopes`
+/// are; `"*"` is the default of tools, prompts and resources.
+fn mcp_policy(
+    cx: &mut Ctx<'_>,
+    r: &RouteFile,
+    key: &dyn Fn(&str) -> String,
+    auth: AuthMode,
+) -> Option<Box<crate::mcp::Policy>> {
+    let m = r.mcp.as_ref()?;
+    if auth != AuthMode::Bearer {
+        cx.err(
+            m.span(),
+            &key("mcp"),
+            format!(
+                "only applies to auth = \"bearer\"; this route has auth = \"{}\"",
+                auth.as_str()
+            ),
+        );
+        return None;
+    }
+    if r.upstream.is_none() {
+        cx.err(
+            m.span(),
+            &key("mcp"),
+            "needs the route's upstream: the rules read each request's body, which a decision \
+             request (auth_request, forward_auth, ext_authz) does not carry",
+        );
+        return None;
+    }
+    let table = |cx: &mut Ctx<'_>, t: &Option<ScopeTable>, name: &str, star: bool| {
+        let mut named = std::collections::HashMap::new();
+        let mut default = None;
+        let Some(t) = t else {
+            return (named, default);
+        };
+        for (k, v) in t.get_ref() {
+            let at = key(&format!("mcp.{name}.{k:?}"));
+            let scopes = scope_list(cx, &Some(v.clone()), &at);
+            if k.is_empty() || (k == "*" && !star) {
+                let why = if k.is_empty() {
+                    "an empty name matches nothing"
+                } else {
+                    "methods are named one by one (\"*\" is for tools, prompts and resources)"
+                };
+                cx.err(v.span(), &at, why);
+            } else if k == "*" {
+                default = Some(scopes);
+            } else {
+                named.insert(k.clone(), scopes);
+            }
+        }
+        (named, default)
+    };
+    let mcp = m.get_ref();
+    let (methods, _) = table(cx, &mcp.methods, "methods", false);
+    let (tools, tools_default) = table(cx, &mcp.tools, "tools", true);
+    let (prompts, prompts_default) = table(cx, &mcp.prompts, "prompts", true);
+    let (resources, resources_default) = table(cx, &mcp.resources, "resources", true);
+    let mut resources: Vec<(String, Vec<String>)> = resources.into_iter().collect();
+    // Longest prefix first: the most specific rule decides.
+    resources.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+    Some(Box::new(crate::mcp::Policy {
+        methods,
+        tools: crate::mcp::Named {
+            named: tools,
+            default: tools_default,
+        },
+        prompts: crate::mcp::Named {
+            named: prompts,
+            default: prompts_default,
+        },
+        resources,
+        resources_default,
+    }))
 }
 
 /// `audiences`, or with `require_resource_audience` the route's resource identifier.
