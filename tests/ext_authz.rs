@@ -488,3 +488,48 @@ async fn with_tls_keys_the_grpc_listener_speaks_tls_with_them() {
     let plain = grpc_with(grpc_port, vec![case], None).await;
     assert!(plain.is_err(), "h2c to a TLS listener: {plain:?}");
 }
+
+/// What is not one uncompressed `CheckRequest` to `Authorization/Check` ends in the gRPC status
+/// a gRPC server gives it (the calls are framed by bearward itself, not by tonic's server), and
+/// a good check on the same connection still passes.
+#[tokio::test]
+async fn other_methods_bad_messages_and_compression_get_grpc_errors() {
+    let World {
+        key,
+        idp,
+        gw: _gw,
+        grpc_port,
+        ..
+    } = world(|c| c).await;
+    let token = idp.minter("https://api.test").token(&key, "read");
+    let check = "/envoy.service.auth.v3.Authorization/Check";
+    let answers = grpc(
+        grpc_port,
+        vec![
+            json!({"raw": "/envoy.service.auth.v3.Authorization/Other"}),
+            json!({"raw": "/grpc.health.v1.Health/Check"}),
+            // Field 1 as a varint where a message is due: no CheckRequest.
+            json!({"raw": check, "payload": "0801"}),
+            // attributes holding 1,000 bytes of an unknown field: a CheckRequest gzip shrinks
+            // (grpcio sends a message uncompressed when that does not make it smaller).
+            json!({"raw": check, "payload": format!("0aec07a201e807{}", "61".repeat(1000)), "gzip": true}),
+            json!({"path": "/api/read", "headers": {"authorization": format!("Bearer {token}")}}),
+        ],
+    )
+    .await;
+    let errors: Vec<&str> = answers[..4]
+        .iter()
+        .map(|a| a["error"].as_str().unwrap_or("none"))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "UNIMPLEMENTED",
+            "UNIMPLEMENTED",
+            "INTERNAL",
+            "UNIMPLEMENTED"
+        ],
+        "{answers:?}"
+    );
+    assert_eq!(status_of(&answers[4]), 200, "{answers:?}");
+}

@@ -22,6 +22,12 @@ async fn resource_world() -> (Idp, Upstream, Gateway) {
             "prefix = \"/api/admin\"\n",
             "prefix = \"/api/admin\"\nresource = \"https://api.test/api/admin\"\n",
         );
+    // An MCP route: its rules' scopes are listed; offline_access (a refresh-token request
+    // to the authorization server, no resource's to require) never is.
+    cfg.push_str(
+        "\n[[routes]]\nprefix = \"/mcp\"\nupstream = \"app\"\nresource = \"https://api.test/mcp\"\n\
+         scopes = [\"mcp\", \"offline_access\"]\nmcp = { tools = { delete_repo = [\"repo:admin\"] } }\n",
+    );
     cfg.push_str("\n[[routes]]\nprefix = \"/\"\nupstream = \"app\"\nauth = \"none\"\n");
     let gw = Gateway::start(&cfg).await;
     wait_ready(&gw).await;
@@ -69,6 +75,18 @@ async fn protected_resource_metadata_is_served_by_bearward_for_each_resource() {
             "bearer_methods_supported": ["header"],
             "dpop_signing_alg_values_supported": ["ES256", "ES384", "EdDSA", "RS256", "PS256"],
         })
+    );
+    let mcp = get(
+        &c,
+        &gw.url("/.well-known/oauth-protected-resource/mcp"),
+        &[],
+    )
+    .await;
+    let doc: serde_json::Value = serde_json::from_str(&mcp.body).unwrap();
+    assert_eq!(
+        doc["scopes_supported"],
+        json!(["mcp", "repo:admin"]),
+        "{doc}"
     );
     // Spelled another way, the path still canonicalizes to the document's.
     let dotted = get(
@@ -129,7 +147,7 @@ async fn protected_resource_metadata_is_served_by_bearward_for_each_resource() {
 
     let m = metrics_after_close(&gw).await;
     assert!(
-        m.contains(r#"route="-",status="200",decision="allow",reason="resource_metadata"} 4"#),
+        m.contains(r#"route="-",status="200",decision="allow",reason="resource_metadata"} 5"#),
         "{m}"
     );
     assert!(

@@ -399,10 +399,9 @@ impl Gateway {
                 {
                     let decision = conn.is_some_and(|c| c.decision);
                     let have = &caller.0.scopes;
-                    outcome = match self
-                        .check_mcp(req, route, policy, have, decision, out)
-                        .await
-                    {
+                    // Boxed: the body read's future would otherwise size every request's.
+                    let mcp = Box::pin(self.check_mcp(req, route, policy, have, decision, out));
+                    outcome = match mcp.await {
                         Ok(verdict) => verdict,
                         Err(rej) => {
                             sink.refused("mcp", &rej);

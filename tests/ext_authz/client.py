@@ -5,7 +5,8 @@ URL-encoded PEM certificate) through stubs generated from Envoy's own protos (xd
 PyPI), so nothing is shared with bearward's generated code.
 
 Usage: client.py HOST:PORT < cases.json > answers.json
-A case: {"method", "path", "host", "scheme", "headers": {..}, "source", "certificate"}.
+A case: {"method", "path", "host", "scheme", "headers": {..}, "source", "certificate"}, or
+{"raw": METHOD, "payload": HEX, "gzip": BOOL} for a call with raw bytes.
 An answer: {"code", "message", "metadata", "ok": {"set": [[k, v, action]], "remove": [..],
 "response": [[k, v]]}} or {"denied": {"status", "headers": {..}, "body"}}.
 """
@@ -63,6 +64,18 @@ def check(stub, case):
     return out
 
 
+def raw(channel, case):
+    """A call with raw bytes: to another method, with a message that is no CheckRequest, or
+    compressed. The gRPC status it ends with."""
+    call = channel.unary_unary(case["raw"])
+    gzip = grpc.Compression.Gzip if case.get("gzip") else None
+    try:
+        call(bytes.fromhex(case.get("payload", "")), timeout=10, compression=gzip)
+        return {"error": None}
+    except grpc.RpcError as e:
+        return {"error": e.code().name, "details": e.details()}
+
+
 def main():
     cases = json.load(sys.stdin)
     # TLS to a listener with [server] TLS keys: the CA to trust in BEARWARD_TEST_CA.
@@ -74,7 +87,7 @@ def main():
         channel = grpc.insecure_channel(sys.argv[1])
     with channel:
         stub = rpc.AuthorizationStub(channel)
-        json.dump([check(stub, c) for c in cases], sys.stdout)
+        json.dump([raw(channel, c) if "raw" in c else check(stub, c) for c in cases], sys.stdout)
 
 
 if __name__ == "__main__":
