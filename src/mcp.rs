@@ -309,8 +309,7 @@ pub fn check_headers(headers: &http::HeaderMap, call: &Call<'_>) -> Result<(), M
     match (&call.target, name) {
         (None, None) => Ok(()),
         (Some(t), Some(n)) if decode_name(n.as_bytes()).as_deref() == Some(&**t) => Ok(()),
-        // A target with only Mcp-Method: a 2026-07-28 client always names it.
-        (Some(_), None) if method.is_none() => Ok(()),
+        // Including a target with Mcp-Method alone: a 2026-07-28 client always names it.
         _ => Err(McpError::HeaderMismatch),
     }
 }

@@ -7,7 +7,7 @@ use crate::auth::AuthError;
 use crate::body::{self, Body};
 use crate::mcp::{self, Call, Policy};
 use crate::routes::Route;
-use crate::upstream::ProxyError;
+use crate::upstream::{NotifyEnd, ProxyError};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::BodyExt;
@@ -35,38 +35,16 @@ fn cut(s: &str, max: usize) -> String {
     s[..end].to_owned()
 }
 
-/// The whole body, or why not: over `limit` (413), a pause past `pause` (408), broken off (400).
-async fn read_body(mut body: Body, limit: u64, pause: Duration) -> Result<Bytes, Rejection> {
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut len = 0u64;
-    loop {
-        let frame = match tokio::time::timeout(pause, body.frame()).await {
-            Err(_) => return Err(Rejection::Proxy(ProxyError::BodyTimeout)),
-            Ok(None) => break,
-            Ok(Some(Err(_))) => return Err(Rejection::Proxy(ProxyError::ClientBody)),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        // Trailers carry nothing an MCP message needs; they are not forwarded.
-        if let Ok(data) = frame.into_data() {
-            len += data.len() as u64;
-            if len > limit {
-                return Err(Rejection::Proxy(ProxyError::BodyTooLarge));
-            }
-            chunks.push(data);
-        }
-    }
-    // One frame (a small body, or one HTTP/2 DATA frame) is forwarded without a copy.
-    Ok(match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop().unwrap_or_default(),
-        _ => {
-            let mut all = bytes::BytesMut::with_capacity(len as usize);
-            for c in &chunks {
-                all.extend_from_slice(c);
-            }
-            all.freeze()
-        }
-    })
+/// The whole body, bounded as one on its way upstream is ([`NotifyEnd::bounded`]), or the
+/// client's fault: over `limit` (413), a pause past `pause` (408), broken off (400). A body of
+/// one frame comes back without a copy.
+async fn read_body(body: Body, limit: u64, pause: Duration) -> Result<Bytes, Rejection> {
+    // Trailers carry nothing an MCP message needs; they are not forwarded.
+    NotifyEnd::bounded(body, pause, limit)
+        .collect()
+        .await
+        .map(http_body_util::Collected::to_bytes)
+        .map_err(|e| Rejection::Proxy(ProxyError::of_client_body(e.as_ref())))
 }
 
 /// The scopes an operation needs, the route's own first, each once, in a fixed order; with
@@ -115,39 +93,39 @@ impl Gateway {
         let limit = route.max_body.unwrap_or(DEFAULT_MAX_BODY);
         let body = std::mem::replace(req.body_mut(), body::empty());
         let bytes = read_body(body, limit, self.config.server.body_read_timeout).await?;
-        let verdict = self.decide(req.headers(), &bytes, route, policy, have, out);
+        let verdict = decide(req.headers(), &bytes, route, policy, have, out);
         *req.body_mut() = body::full(bytes);
         Ok(verdict)
     }
+}
 
-    fn decide(
-        &self,
-        headers: &http::HeaderMap,
-        bytes: &[u8],
-        route: &Route,
-        policy: &Policy,
-        have: &[String],
-        out: &mut Outcome,
-    ) -> Result<(), Rejection> {
-        let call = mcp::parse(bytes).map_err(|e| Rejection::BadRequest(e.reason()))?;
-        out.mcp = Some(Box::new(McpNote {
-            method: call
-                .method
-                .as_deref()
-                .map(|m| cut(m, 64))
-                .unwrap_or_default(),
-            name: call.target.as_deref().map(|t| cut(t, 128)),
-            method_label: mcp::method_label(call.method.as_deref()),
-            name_label: policy.label(&call).to_owned(),
-        }));
-        mcp::check_headers(headers, &call).map_err(|e| Rejection::BadRequest(e.reason()))?;
-        let needed = needed(route, policy, &call, have);
-        if needed.iter().all(|s| have.iter().any(|h| h == s)) {
-            Ok(())
-        } else {
-            Err(Rejection::Auth(AuthError::InsufficientScope {
-                needed: needed.join(" "),
-            }))
-        }
+/// The operation the body names, checked against its headers and the token's scopes.
+fn decide(
+    headers: &http::HeaderMap,
+    bytes: &[u8],
+    route: &Route,
+    policy: &Policy,
+    have: &[String],
+    out: &mut Outcome,
+) -> Result<(), Rejection> {
+    let call = mcp::parse(bytes).map_err(|e| Rejection::BadRequest(e.reason()))?;
+    out.mcp = Some(Box::new(McpNote {
+        method: call
+            .method
+            .as_deref()
+            .map(|m| cut(m, 64))
+            .unwrap_or_default(),
+        name: call.target.as_deref().map(|t| cut(t, 128)),
+        method_label: mcp::method_label(call.method.as_deref()),
+        name_label: policy.label(&call).to_owned(),
+    }));
+    mcp::check_headers(headers, &call).map_err(|e| Rejection::BadRequest(e.reason()))?;
+    let needed = needed(route, policy, &call, have);
+    if needed.iter().all(|s| have.iter().any(|h| h == s)) {
+        Ok(())
+    } else {
+        Err(Rejection::Auth(AuthError::InsufficientScope {
+            needed: needed.join(" "),
+        }))
     }
 }

@@ -395,7 +395,7 @@ impl Gateway {
                 let mut outcome = outcome.map_err(Rejection::Auth);
                 // An MCP route's POST: the body decides the scopes (check_token left them).
                 if let (Ok(()), Some(policy), Some(caller)) =
-                    (&outcome, mcp_post(req, route), &caller)
+                    (&outcome, mcp_post(req.method(), route), &caller)
                 {
                     let decision = conn.is_some_and(|c| c.decision);
                     let have = &caller.0.scopes;
@@ -514,7 +514,7 @@ impl Gateway {
         }
         // An MCP route's POST is checked on its body's operation, with the route's scopes
         // ([`Gateway::check_mcp`]).
-        if route.mcp.is_none() || req.method != http::Method::POST {
+        if mcp_post(req.method, route).is_none() {
             let scopes = auth::validator::check_scopes(&v.scopes, route);
             sink.scopes(&v.scopes, route, scopes.is_ok());
             if scopes.is_err() {
@@ -621,12 +621,12 @@ impl Gateway {
     }
 }
 
-/// The route's `mcp` rules, when they decide this request (a POST).
-fn mcp_post<'r>(req: &Request<Body>, route: &'r Route) -> Option<&'r crate::mcp::Policy> {
+/// The route's `mcp` rules, when they decide a request of this method (a POST).
+fn mcp_post<'r>(method: &http::Method, route: &'r Route) -> Option<&'r crate::mcp::Policy> {
     route
         .mcp
         .as_deref()
-        .filter(|_| req.method() == http::Method::POST)
+        .filter(|_| *method == http::Method::POST)
 }
 
 /// `framing`: refuse what hyper would silently fix. hyper has already refused differing

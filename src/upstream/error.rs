@@ -66,6 +66,21 @@ impl ProxyError {
     }
 }
 
+impl ProxyError {
+    /// The client's fault a request body's own error stands for: a pause past
+    /// `body_read_timeout`, a run past `max_body_bytes` ([`NotifyEnd`](super::NotifyEnd)), or
+    /// else a body that broke off or was malformed.
+    pub(crate) fn of_client_body(e: &(dyn std::error::Error + 'static)) -> ProxyError {
+        if e.is::<BodyStalled>() {
+            ProxyError::BodyTimeout
+        } else if e.is::<BodyTooLarge>() {
+            ProxyError::BodyTooLarge
+        } else {
+            ProxyError::ClientBody
+        }
+    }
+}
+
 /// The error a request body fails with when the client paused past `body_read_timeout`; the
 /// pool answers it with [`ProxyError::BodyTimeout`].
 #[derive(Debug, thiserror::Error)]

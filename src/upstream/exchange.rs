@@ -8,7 +8,7 @@ use crate::body::{Body, BoxError};
 use crate::timer::Stall;
 use crate::tls::Stream;
 use crate::upstream::wire::{self, Chunked, Decoded, Malformed, RequestFraming};
-use crate::upstream::{BodyStalled, BodyTooLarge, ProxyError};
+use crate::upstream::ProxyError;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::{Method, Response};
@@ -201,15 +201,8 @@ async fn write_body<W: AsyncWrite + Unpin>(
     let broken = WriteFailure::Client(ProxyError::ClientBody);
     let mut sent: u64 = 0;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            WriteFailure::Client(if e.is::<BodyStalled>() {
-                ProxyError::BodyTimeout
-            } else if e.is::<BodyTooLarge>() {
-                ProxyError::BodyTooLarge
-            } else {
-                ProxyError::ClientBody
-            })
-        })?;
+        let frame =
+            frame.map_err(|e| WriteFailure::Client(ProxyError::of_client_body(e.as_ref())))?;
         // Trailers are dropped (see the module doc).
         let Ok(mut data) = frame.into_data() else {
             continue;

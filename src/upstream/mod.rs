@@ -223,6 +223,19 @@ pub(crate) struct NotifyEnd {
 }
 
 impl NotifyEnd {
+    /// `inner` under the bounds a body on its way upstream has (no pause past `pause`, at most
+    /// `max` bytes), for a phase that reads it whole before forwarding it (an `mcp` route's).
+    pub(crate) fn bounded(inner: Body, pause: Duration, max: u64) -> NotifyEnd {
+        // Nobody waits for the end: the reader itself sees it.
+        let (tx, _) = tokio::sync::oneshot::channel();
+        NotifyEnd {
+            inner,
+            tx: Some(tx),
+            stall: crate::timer::Stall::new(pause),
+            left: Some(max),
+        }
+    }
+
     fn end(&mut self) {
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(());
