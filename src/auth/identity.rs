@@ -12,18 +12,22 @@ pub struct Identity(pub Arc<Verified>);
 impl Identity {
     /// The header value for a claim (`scope` gives the normalized scope list, space-separated).
     pub fn header_value(&self, claim: &str) -> Option<HeaderValue> {
-        let text = if claim == "scope" {
-            self.0.scopes.join(" ")
-        } else {
-            // A top-level claim of exactly this name first, then a dotted path into objects.
-            // The path is parsed only when no top-level claim has exactly this name.
-            let found = self.0.claims.get(claim).or_else(|| {
-                let path = crate::routes::claim_path(claim)?;
-                crate::routes::claim_at(&self.0.claims, claim, &path)
-            });
-            value_text(found?)?
-        };
-        HeaderValue::from_str(&text).ok()
+        HeaderValue::from_str(&self.text(claim)?).ok()
+    }
+
+    /// A claim's text as [`Identity::header_value`] gives it, whether or not a header could
+    /// carry it.
+    pub fn text(&self, claim: &str) -> Option<String> {
+        if claim == "scope" {
+            return Some(self.0.scopes.join(" "));
+        }
+        // A top-level claim of exactly this name first, then a dotted path into objects.
+        // The path is parsed only when no top-level claim has exactly this name.
+        let found = self.0.claims.get(claim).or_else(|| {
+            let path = crate::routes::claim_path(claim)?;
+            crate::routes::claim_at(&self.0.claims, claim, &path)
+        });
+        value_text(found?)
     }
 
     /// A claim's text as [`Identity::header_value`] gives it, with the dotted path parsed
