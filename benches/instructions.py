@@ -44,6 +44,9 @@ def main():
     ap.add_argument("--limits", action="store_true",
                     help="instead: a rate limit that never trips (key = subject), per process and through a "
                          "redis-server, against none; one cached token and 1,000 rotated ones")
+    ap.add_argument("--policy", action="store_true",
+                    help="instead: a route's allow_if (claims.tenant == request.params.tenant && 'admin' in "
+                         "claims.roles, on prefix /t/{tenant}/) against the same route without one")
     ap.add_argument("--keep", metavar="DIR",
                     help="copy each scenario's callgrind dump here, for callgrind_annotate --inclusive=yes")
     args = ap.parse_args()
@@ -69,10 +72,13 @@ def main():
         port=PORT, cache=10000, issuer=load.ISSUER, audience=load.AUDIENCE, dir=d, up=UPSTREAM))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     procs = []
-    if args.limits:
+    if args.policy or args.limits:
         try:
             procs.append(subprocess.Popen([nginx, "-c", f"{d}/upstream.conf", "-g", "daemon off;"]))
-            limits(args, d, token, procs)
+            if args.policy:
+                policy(args, d, keys, procs)
+            else:
+                limits(args, d, token, procs)
         finally:
             load.stop(procs, d, wait=10)
         return
@@ -109,6 +115,33 @@ def main():
         load.stop(procs, d, wait=10)
 
 
+def policy(args, d, keys, procs):
+    """The same request (GET /t/acme/x, a cached RS256 token with tenant and roles claims) on a
+    templated route with a typical allow_if, and on the plain route of load.py's config."""
+    token = keys.token("RS256", extra={"tenant": "acme", "roles": ["user", "admin"]})
+    base = open(f"{d}/bearward.toml").read()
+    templated = base.replace('prefix = "/"', 'prefix = "/t/{tenant}/"')
+    with_policy = templated.replace(
+        'scopes = ["read"]', 'scopes = ["read"]\nallow_if = "claims.tenant == request.params.tenant && \'admin\' in claims.roles"')
+    print(f"{'scenario':34} {'requests':>9} {'instr/req':>10} {'of which SHA-256':>17}")
+    for i, (label, conf) in enumerate((("no allow_if", base), ("{tenant} route, no allow_if", templated),
+                                       ("{tenant} route, allow_if", with_policy))):
+        open(f"{d}/policy.toml", "w").write(conf)
+        bearward = subprocess.Popen(
+            ["taskset", "-c", load.SERVER_CPU, "valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/policy{i}.out",
+             args.bearward, "--config", f"{d}/policy.toml"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
+        procs.append(bearward)
+        load.wait_port(PORT, timeout=60)
+        if load.status(PORT, token, path="/t/acme/x") != 200:
+            raise SystemExit(f"bearward under valgrind ({label}) does not answer as expected")
+        count(args, bearward.pid, f"{d}/policy{i}.out.1", PORT, label, f"policy{i}",
+              ["-H", f"Authorization: Bearer {token}"], path="/t/acme/x")
+        bearward.terminate()
+        bearward.wait(10)
+        procs.remove(bearward)
+
+
 def limits(args, d, token, procs):
     """Load.py's bearward-rl and bearward-rlr configs (a limit that never trips) against none."""
     redis = shutil.which("redis-server")
@@ -140,7 +173,7 @@ def limits(args, d, token, procs):
         procs.remove(bearward)
 
 
-def count(args, pid, dump, port, name, short, extra):
+def count(args, pid, dump, port, name, short, extra, path="/"):
     """Zeroes the counters of process `pid`, runs wrk, and prints instructions per request."""
     # Warm first (the verified-token cache, for bearward), so each scenario counts steady state
     # only: 1,000 RS256 verifications would add several thousand instructions per request.
@@ -148,7 +181,7 @@ def count(args, pid, dump, port, name, short, extra):
     # of the rotated scenario, and the misses' signatures would be counted as steady state.
     warmed = 0
     for _ in range(15):
-        out = subprocess.run(["wrk", "-t1", "-c8", "-d2s", *extra, f"http://127.0.0.1:{port}/"],
+        out = subprocess.run(["wrk", "-t1", "-c8", "-d2s", *extra, f"http://127.0.0.1:{port}{path}"],
                              capture_output=True, text=True).stdout
         m = re.search(r"(\d+) requests in", out)
         warmed += int(m.group(1)) if m else 0
@@ -156,7 +189,7 @@ def count(args, pid, dump, port, name, short, extra):
             break
     subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True, check=True)
     cmd = ["wrk", "-t1", "-c8", f"-d{args.duration}s", *extra]
-    out = subprocess.run(cmd + [f"http://127.0.0.1:{port}/"], capture_output=True, text=True).stdout
+    out = subprocess.run(cmd + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True, check=True)
     for _ in range(50):

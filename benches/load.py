@@ -136,13 +136,14 @@ class Keys:
                 r, s_ = self.decode(self.dpop.sign(signing, self.ecmod.ECDSA(self.hashes.SHA256())))
                 f.write(f"{signing.decode()}.{b64(r.to_bytes(32, 'big') + s_.to_bytes(32, 'big'))}\n")
 
-    def token(self, alg="RS256", sub="user", scope="read", cnf=None):
+    def token(self, alg="RS256", sub="user", scope="read", cnf=None, extra=None):
         kid = "rsa" if alg == "RS256" else "ec"
         header = {"alg": alg, "typ": "at+jwt", "kid": kid}
         now = int(time.time())
         claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "scope": scope, "iat": now, "exp": now + 7200}
         if cnf:
             claims["cnf"] = cnf
+        claims.update(extra or {})
         signing = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}".encode()
         if alg == "RS256":
             sig = self.rsa.sign(signing, self.padding.PKCS1v15(), self.hashes.SHA256())
@@ -376,9 +377,9 @@ def dpop_status(port, token, proof):
     return request(f"http://127.0.0.1:{port}/api/check", {"Authorization": f"DPoP {token}", "DPoP": proof})[0]
 
 
-def status(port, token):
+def status(port, token, path="/api/check"):
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    return request(f"http://127.0.0.1:{port}/api/check", headers)[0]
+    return request(f"http://127.0.0.1:{port}{path}", headers)[0]
 
 
 def peak_rss_kib(pid):

@@ -5,7 +5,7 @@ use crate::auth::{sha256_bytes, token_id, AuthError, Authenticator, Trace};
 use crate::body;
 use crate::config::Config;
 use crate::gateway::{Evaluated, Gateway, Outcome, Rejection, Sink};
-use crate::routes::{LimitKey, PathMatch, Route};
+use crate::routes::{LimitKey, Route};
 use crate::telemetry::Metrics;
 use http::{header, HeaderValue, Method, Request, StatusCode};
 use std::fmt::Write as _;
@@ -19,10 +19,7 @@ pub enum Verdict {
 }
 
 fn describe(i: usize, r: &Route) -> String {
-    let (kind, p) = match &r.matcher {
-        PathMatch::Exact(p) => ("path", p),
-        PathMatch::Prefix(p) => ("prefix", p),
-    };
+    let (kind, p) = (r.matcher.kind(), r.matcher.source());
     let mut s = format!("routes[{i}] \"{}\": {kind} = \"{p}\"", r.name);
     if let Some(m) = &r.methods {
         let m: Vec<&str> = m.iter().map(Method::as_str).collect();
@@ -50,6 +47,9 @@ fn describe(i: usize, r: &Route) -> String {
             ", mcp rules ({n} named operation(s)): a POST is decided on its JSON-RPC body, \
              which explain does not send"
         );
+    }
+    if let Some(p) = &r.allow_if {
+        let _ = write!(s, ", allow_if = {} condition(s)", p.conditions.len());
     }
     if let Some(l) = &r.rate_limit {
         // explain counts nothing: its one request always fits a fresh bucket.
@@ -216,6 +216,21 @@ impl Sink for Printer {
 
     fn trace(&mut self) -> Option<&mut Trace> {
         Some(&mut self.trace)
+    }
+
+    fn policy(&mut self, policy: &crate::policy::Policy, vars: &crate::policy::Vars<'_>) {
+        self.steps();
+        for (i, c) in policy.conditions.iter().enumerate() {
+            let _ = writeln!(self.out, "  allow_if[{i}]  {}", c.source);
+            for (part, result) in c.explain(vars) {
+                let (mark, said) = match result {
+                    Ok(true) => ("pass", "true".to_owned()),
+                    Ok(false) => ("FAIL", "false".to_owned()),
+                    Err(e) => ("FAIL", format!("error: {e}")),
+                };
+                let _ = writeln!(self.out, "  {mark}  {part:<40} {said}");
+            }
+        }
     }
 
     fn scopes(&mut self, have: &[String], route: &Route, ok: bool) {

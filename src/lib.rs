@@ -66,6 +66,7 @@ pub mod gateway;
 pub(crate) mod headers;
 pub(crate) mod jose;
 pub mod mcp;
+pub mod policy;
 pub mod request;
 pub mod resource;
 pub mod routes;

@@ -49,6 +49,132 @@ pub enum PathMatch {
     Exact(String),
     /// The canonical path is this, or continues it with a new segment.
     Prefix(String),
+    /// `path` or `prefix` with `{name}` segments: each takes one non-empty segment, whose
+    /// text a policy reads as `request.params.name`.
+    Template(Arc<Template>),
+}
+
+/// A path with parameters, `/tenants/{tenant}/`: matched segment by segment, as `Exact` or
+/// `Prefix` would match the path with the parameters' values written in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    /// As written in the config.
+    pub source: String,
+    /// The segments after the leading `/`; a trailing `/` is a last, empty literal.
+    segments: Vec<Segment>,
+    /// `prefix`: the path may go on past the segments (after a `/`).
+    prefix: bool,
+    /// The parameters' names, in path order.
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    /// The index of the parameter in `names`.
+    Param(usize),
+}
+
+impl Template {
+    /// `source` (a canonical path but for its `{name}` segments) as a `path` (`prefix` false)
+    /// or a `prefix`. `None` when it has no parameter; `Err` says what is wrong with one.
+    pub fn parse(source: &str, prefix: bool) -> Result<Option<Template>, String> {
+        if !source.contains(['{', '}']) {
+            return Ok(None);
+        }
+        let mut names: Vec<String> = Vec::new();
+        let mut segments = Vec::new();
+        for seg in segments_of(source) {
+            let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) else {
+                if seg.contains(['{', '}']) {
+                    return Err(format!(
+                        "{seg:?}: a parameter is a whole segment, `{{name}}`"
+                    ));
+                }
+                segments.push(Segment::Literal(seg.to_owned()));
+                continue;
+            };
+            let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!(
+                    "{{{name}}}: a parameter's name is a letter or `_`, then letters, digits and `_`"
+                ));
+            }
+            if names.iter().any(|n| n == name) {
+                return Err(format!("{{{name}}} appears twice"));
+            }
+            segments.push(Segment::Param(names.len()));
+            names.push(name.to_owned());
+        }
+        Ok(Some(Template {
+            source: source.to_owned(),
+            segments,
+            prefix,
+            names,
+        }))
+    }
+
+    /// The path with every parameter as `x`: what the canonical form is checked on.
+    pub fn filled(source: &str) -> String {
+        let mut out = String::with_capacity(source.len());
+        for seg in segments_of(source) {
+            out.push('/');
+            let param = seg.starts_with('{') && seg.ends_with('}');
+            out.push_str(if param { "x" } else { seg });
+        }
+        out
+    }
+
+    /// The parameters' values in `path`, in `names` order, or `None` where it does not match.
+    pub fn captures<'p>(&self, path: &'p str) -> Option<Vec<&'p str>> {
+        let mut values = vec![""; self.names.len()];
+        let mut rest = path.strip_prefix('/')?;
+        let mut more = true;
+        let last = self.segments.len().saturating_sub(1);
+        for (i, seg) in self.segments.iter().enumerate() {
+            if !more {
+                return None;
+            }
+            let (s, tail) = match rest.split_once('/') {
+                Some((s, tail)) => (s, Some(tail)),
+                None => (rest, None),
+            };
+            match seg {
+                Segment::Literal(l) if s == l => {}
+                // A prefix's trailing `/` takes any continuation, an empty one included.
+                Segment::Literal(l) if self.prefix && i == last && l.is_empty() => {
+                    return Some(values)
+                }
+                Segment::Literal(_) => return None,
+                Segment::Param(_) if s.is_empty() => return None,
+                Segment::Param(n) => values[*n] = s,
+            }
+            more = tail.is_some();
+            rest = tail.unwrap_or("");
+        }
+        (!more || self.prefix).then_some(values)
+    }
+
+    /// The literal path before the first parameter (`/tenants/` of `/tenants/{t}/x`).
+    fn head(&self) -> String {
+        let mut out = String::from("/");
+        for seg in &self.segments {
+            match seg {
+                Segment::Literal(l) => {
+                    out.push_str(l);
+                    out.push('/');
+                }
+                Segment::Param(_) => break,
+            }
+        }
+        out
+    }
+}
+
+/// A path's segments after its leading `/`.
+fn segments_of(path: &str) -> std::str::Split<'_, char> {
+    path.strip_prefix('/').unwrap_or(path).split('/')
 }
 
 impl PathMatch {
@@ -57,16 +183,37 @@ impl PathMatch {
         match self {
             PathMatch::Exact(p) => path == p,
             PathMatch::Prefix(p) => prefix_matches(p, path),
+            PathMatch::Template(t) => t.captures(path).is_some(),
         }
     }
 
-    /// Does every path this matcher accepts also pass `self`? Used to warn about shadowed routes.
+    /// Does every path this matcher accepts also pass `self`? Used to warn about shadowed
+    /// routes; a template is said to cover nothing, and to be covered by a prefix of the
+    /// literal path before its first parameter.
     pub fn covers(&self, other: &PathMatch) -> bool {
         match (self, other) {
             (PathMatch::Exact(a), PathMatch::Exact(b)) => a == b,
-            (PathMatch::Exact(_), PathMatch::Prefix(_)) => false,
             (PathMatch::Prefix(a), PathMatch::Exact(b)) => prefix_matches(a, b),
             (PathMatch::Prefix(a), PathMatch::Prefix(b)) => prefix_matches(a, b),
+            (PathMatch::Prefix(a), PathMatch::Template(t)) => prefix_matches(a, &t.head()),
+            (PathMatch::Exact(_) | PathMatch::Template(_), _) => false,
+        }
+    }
+
+    /// The path or prefix as written.
+    pub fn source(&self) -> &str {
+        match self {
+            PathMatch::Exact(p) | PathMatch::Prefix(p) => p,
+            PathMatch::Template(t) => &t.source,
+        }
+    }
+
+    /// `path`, `prefix` (as the config says it).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PathMatch::Exact(_) => "path",
+            PathMatch::Template(t) if !t.prefix => "path",
+            _ => "prefix",
         }
     }
 }
@@ -151,6 +298,8 @@ pub struct Route {
     pub rate_limit: Option<RateLimit>,
     /// `mcp`: per-operation scopes read off each POST's JSON-RPC body ([`crate::mcp`]).
     pub mcp: Option<Box<crate::mcp::Policy>>,
+    /// `allow_if`: CEL conditions ([`crate::policy`]).
+    pub allow_if: Option<Arc<crate::policy::Policy>>,
 }
 
 /// What a route's requests are counted by.
@@ -286,6 +435,8 @@ const SCAN_AT_MOST: usize = 16;
 struct Segments {
     /// `prefix = "/"`: every path.
     everything: Vec<usize>,
+    /// Routes with path parameters: tried on every path (their own matcher decides).
+    templated: Vec<usize>,
     root: Node,
 }
 
@@ -319,6 +470,10 @@ impl Segments {
                     None => (p, |n| &mut n.prefix),
                 },
                 PathMatch::Exact(p) => (p, |n| &mut n.exact),
+                PathMatch::Template(_) => {
+                    t.templated.push(i);
+                    continue;
+                }
             };
             let mut node = &mut t.root;
             for seg in segments(path) {
@@ -342,6 +497,9 @@ impl Segments {
             hit.or(found)
         };
         let mut found = best(&self.everything, None);
+        if !self.templated.is_empty() {
+            found = best(&self.templated, found);
+        }
         let mut node = &self.root;
         let mut segs = segments(path).peekable();
         while let Some(seg) = segs.next() {
@@ -439,8 +597,13 @@ impl RouteTable {
         };
         let mut out = Vec::new();
         for (j, later) in self.routes.iter().enumerate() {
+            let head;
             let path = match &later.matcher {
                 PathMatch::Exact(p) | PathMatch::Prefix(p) => p.as_str(),
+                PathMatch::Template(t) => {
+                    head = t.head();
+                    &head
+                }
             };
             let earlier = index.first(path, |i| i < j && self.routes[i].shadows(later));
             if let Some(i) = earlier {
@@ -530,6 +693,7 @@ impl Route {
             max_age: None,
             rate_limit: None,
             mcp: None,
+            allow_if: None,
         }
     }
 
@@ -618,6 +782,42 @@ mod tests {
         assert_eq!(methods.shadowed(), vec![(0, 2)]);
     }
 
+    #[test]
+    fn templates_capture_whole_segments() {
+        let t = |src: &str, prefix: bool| Template::parse(src, prefix).unwrap().unwrap();
+        let tenant = t("/tenants/{tenant}/", true);
+        assert_eq!(tenant.names, ["tenant"]);
+        assert_eq!(tenant.captures("/tenants/acme/x/y"), Some(vec!["acme"]));
+        assert_eq!(tenant.captures("/tenants/acme/"), Some(vec!["acme"]));
+        assert_eq!(tenant.captures("/tenants/acme"), None);
+        assert_eq!(tenant.captures("/tenants//x"), None);
+        assert_eq!(tenant.captures("/tenantsx/acme/"), None);
+        let bare = t("/t/{a}", true);
+        assert_eq!(bare.captures("/t/a"), Some(vec!["a"]));
+        assert_eq!(bare.captures("/t/a/b"), Some(vec!["a"]));
+        assert_eq!(bare.captures("/t/"), None);
+        let exact = t("/t/{a}/items/{b}", false);
+        assert_eq!(exact.captures("/t/1/items/2"), Some(vec!["1", "2"]));
+        assert_eq!(exact.captures("/t/1/items/2/"), None);
+        assert_eq!(exact.captures("/t/1/items"), None);
+        assert_eq!(exact.captures("/t/1/other/2"), None);
+        let slash = t("/t/{a}/", false);
+        assert_eq!(slash.captures("/t/1/"), Some(vec!["1"]));
+        assert_eq!(slash.captures("/t/1/x"), None);
+        assert_eq!(Template::parse("/t/a", true), Ok(None));
+        assert!(Template::parse("/t/{a}x", true).is_err());
+        assert!(Template::parse("/t/{1a}", true).is_err());
+        assert!(Template::parse("/{a}/{a}", true).is_err());
+        assert_eq!(Template::filled("/t/{a}/"), "/t/x/");
+        // A prefix of the literal head shadows the template; nothing else does.
+        let table = RouteTable::new(vec![
+            route(PathMatch::Prefix("/tenants".into()), None),
+            route(PathMatch::Template(Arc::new(tenant.clone())), None),
+            route(PathMatch::Template(Arc::new(tenant)), None),
+        ]);
+        assert_eq!(table.shadowed(), vec![(0, 1), (0, 2)]);
+    }
+
     /// The index and the plain scan pick the same route, and `shadowed` the same pairs as
     /// comparing every pair, for random tables (prefixes with and without a trailing slash,
     /// exact paths, `/`, methods, overlaps, duplicates) and random canonical paths.
@@ -641,11 +841,20 @@ mod tests {
                 vec!["GET", "POST", "DELETE"],
                 1..3,
             ));
-            let one = (any::<bool>(), path(), methods).prop_map(|(exact, p, m)| {
-                let matcher = if exact {
-                    PathMatch::Exact(p)
-                } else {
-                    PathMatch::Prefix(p)
+            let one = (any::<bool>(), path(), methods, 0..4usize).prop_map(|(exact, p, m, t)| {
+                // One in four with its second segment a parameter, where it has one.
+                let templated = match p.split('/').nth(2) {
+                    Some(seg) if t == 0 && !seg.is_empty() => {
+                        let mut segs: Vec<&str> = p.split('/').collect();
+                        segs[2] = "{p}";
+                        Template::parse(&segs.join("/"), !exact).unwrap()
+                    }
+                    _ => None,
+                };
+                let matcher = match templated {
+                    Some(t) => PathMatch::Template(Arc::new(t)),
+                    None if exact => PathMatch::Exact(p),
+                    None => PathMatch::Prefix(p),
                 };
                 route(matcher, m.as_deref())
             });

@@ -119,6 +119,7 @@ mod tests {
             token: token.as_bytes().into(),
             binding: Default::default(),
             principal: Default::default(),
+            policy: Default::default(),
         })
     }
 

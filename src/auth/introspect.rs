@@ -401,6 +401,7 @@ impl Introspector {
         });
         Ok(Answer::Active(Arc::new(Verified {
             principal: validator::Principal::of(&answer),
+            policy: Default::default(),
             claims: answer,
             scopes,
             exp: exp.unwrap_or(f64::INFINITY),

@@ -38,6 +38,8 @@ pub struct Verified {
     pub binding: Binding,
     /// Its subject and client, read on every request of a route keyed or limited by them.
     pub principal: Principal,
+    /// Its claims and scopes as `allow_if` expressions read them, made on the first.
+    pub policy: crate::policy::TokenValues,
 }
 
 /// `sub` and the client (`azp`, else `client_id`), copied out of the claims once per
@@ -271,6 +273,7 @@ pub async fn validate(
     Ok(Verified {
         binding,
         principal: Principal::of(&parsed.claims),
+        policy: Default::default(),
         claims: parsed.claims,
         scopes,
         exp,
@@ -751,6 +754,7 @@ mod tests {
             token: token.as_bytes().into(),
             binding: Binding::default(),
             principal: Principal::default(),
+            policy: Default::default(),
         };
         let shown = format!("{v:?}");
         assert!(shown.contains(&v.token_id.to_string()), "{shown}");

@@ -838,7 +838,9 @@ pub(super) struct RouteFile {
     /// Reference: `prefix`
     /// Default: -
     ///
-    /// segment-aware prefix: `/api` matches `/api` and `/api/x`, never `/apix`; must be canonical
+    /// segment-aware prefix: `/api` matches `/api` and `/api/x`, never `/apix`; must be canonical.
+    /// A `{name}` segment (`/tenants/{tenant}/`) takes any one non-empty segment, which `allow_if`
+    /// reads as `request.params.name` (also in `path`)
     pub prefix: Option<Spanned<String>>,
     /// Reference: `path`
     /// Default: -
@@ -1037,6 +1039,31 @@ pub(super) struct RouteFile {
     /// forwarded unchanged and answers stream as before; GET and DELETE need the route's scopes
     /// only. Needs an `upstream` (a decision request carries no body)
     pub mcp: Option<Spanned<McpFile>>,
+    /// Reference: `allow_if`
+    /// Default: none
+    ///
+    /// a condition in CEL (Common Expression Language), or a list that must all hold, checked
+    /// after the token and scopes: `'claims.tenant == request.params.tenant && "admin" in
+    /// claims.roles'`. It reads `claims`, `scopes`, `client`, `subject`, `request` (`method`,
+    /// `path` (canonical), `query`, `headers` (lower-case names, repeated values joined with
+    /// `, `), `host`, `params`), `connection` (`client_ip`, `tls`,
+    /// `client_certificate_thumbprint`), `route` (`name`) and `now`; the standard functions and
+    /// macros. Compiled when the config loads: a syntax error, an unknown name, parameter or
+    /// function, or operands that cannot fit (`request.method + 1`) is a config error with the
+    /// column in the expression. False: 403, reason `policy_denied`, no challenge (no scope would
+    /// help); an error at run time (a missing claim, a claim of another type): 403
+    /// `policy_error`, never an allow. At most 4 KiB each; comprehensions may not nest, so a
+    /// check is linear in the token's lists. `bearward explain` prints each `&&` operand's result
+    pub allow_if: Option<Spanned<AllowIfFile>>,
+}
+
+/// `allow_if`: one expression or several.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum AllowIfFile {
+    One(String),
+    /// Spans are lost inside an untagged enum: an error points at the list, with the index.
+    All(Vec<String>),
 }
 
 /// Scope lists by name, as an `mcp` table gives them.

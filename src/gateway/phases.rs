@@ -42,6 +42,8 @@ pub trait Sink: Send {
     fn scopes(&mut self, _have: &[String], _route: &Route, _ok: bool) {}
     /// An audit-mode route refused, and the request goes on.
     fn audit(&mut self, _rejection: &Rejection) {}
+    /// The route's `allow_if` is about to be evaluated on these variables.
+    fn policy(&mut self, _policy: &crate::policy::Policy, _vars: &crate::policy::Vars<'_>) {}
 }
 
 /// The proxy's sink: reports nothing.
@@ -417,6 +419,14 @@ impl Gateway {
                 outcome
             }
         };
+        // `allow_if`, once the token and its scopes passed (or the route takes no token).
+        let verdict = match (verdict, &route.allow_if) {
+            (Ok(()), Some(policy)) if !preflight => {
+                let caller = identity.as_ref();
+                self.check_policy(req, route, policy, target, caller, conn, out, sink)
+            }
+            (v, _) => v,
+        };
         let strip = bearer && self.config.forward.strip_authorization;
         if strip {
             req.headers_mut().remove(header::AUTHORIZATION);
@@ -439,6 +449,89 @@ impl Gateway {
             }
         };
         Ok((identity, audit))
+    }
+
+    /// `allow_if`: the route's CEL conditions on the caller and the request. False is
+    /// `policy_denied`, an error `policy_error`: both 403 without a challenge.
+    #[allow(clippy::too_many_arguments)]
+    fn check_policy<S: Sink>(
+        &self,
+        req: &Request<Body>,
+        route: &Route,
+        policy: &crate::policy::Policy,
+        target: &str,
+        caller: Option<&Identity>,
+        conn: Option<&ConnInfo>,
+        out: &Outcome,
+        sink: &mut S,
+    ) -> Result<(), Rejection> {
+        let thumbprint = self.client_cert(&Head::of(req), conn).map(|t| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t)
+        });
+        let mut input = self.policy_input(req, route, target, caller, conn, out);
+        input.thumbprint = thumbprint.as_deref();
+        let vars = crate::policy::Vars::new(&input);
+        sink.policy(policy, &vars);
+        let verdict = policy.evaluate(&vars);
+        match verdict {
+            crate::policy::Verdict::Allow => Ok(()),
+            crate::policy::Verdict::Deny { index } => {
+                tracing::debug!(route = %route.name, condition = index, "allow_if is false");
+                Err(Rejection::Forbidden("policy_denied"))
+            }
+            crate::policy::Verdict::Error { index, message } => {
+                tracing::info!(route = %route.name, condition = index, error = %message, "allow_if failed");
+                Err(Rejection::Forbidden("policy_error"))
+            }
+        }
+    }
+
+    /// What `allow_if` reads of a request.
+    pub(crate) fn policy_input<'a>(
+        &self,
+        req: &'a Request<Body>,
+        route: &'a Route,
+        target: &'a str,
+        caller: Option<&'a Identity>,
+        conn: Option<&ConnInfo>,
+        out: &Outcome,
+    ) -> crate::policy::Input<'a> {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let (names, values) = match &route.matcher {
+            crate::routes::PathMatch::Template(t) => {
+                let values = t
+                    .captures(path)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|v| percent_encoding::percent_decode_str(v).decode_utf8_lossy())
+                    .collect();
+                (t.names.as_slice(), values)
+            }
+            _ => (&[][..], Vec::new()),
+        };
+        let host = req
+            .uri()
+            .authority()
+            .map(http::uri::Authority::as_str)
+            .or_else(|| req.headers().get(header::HOST)?.to_str().ok());
+        crate::policy::Input {
+            identity: caller,
+            method: req.method().as_str(),
+            path,
+            query,
+            headers: req.headers(),
+            host,
+            names,
+            values,
+            client_ip: out.client.or(conn.map(|c| c.peer.ip().to_canonical())),
+            tls: conn.is_some_and(|c| c.tls.is_some()),
+            thumbprint: None,
+            route: &route.name,
+        }
     }
 
     /// The bearer check: token, keys, signature, claims, then the route's scopes. The caller is

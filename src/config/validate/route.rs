@@ -179,8 +179,8 @@ pub(super) fn route(
             }
             n.get_ref().as_str().into()
         }
-        (None, Some(PathMatch::Prefix(p))) => format!("{p}*").into(),
-        (None, Some(PathMatch::Exact(p))) => p.as_str().into(),
+        (None, Some(m)) if m.kind() == "prefix" => format!("{}*", m.source()).into(),
+        (None, Some(m)) => m.source().into(),
         (None, None) => format!("routes[{i}]").into(),
     };
 
@@ -215,6 +215,7 @@ pub(super) fn route(
         )
     });
     let mcp = mcp_policy(cx, r, &key, auth);
+    let allow_if = allow_if(cx, r, &key, matcher.as_ref());
     if !ok {
         return None;
     }
@@ -256,7 +257,53 @@ pub(super) fn route(
         acr_values,
         max_age,
         mcp,
+        allow_if: allow_if?,
     })
+}
+
+/// `allow_if`: each expression compiled against the route's path parameters; a problem is
+/// reported at the expression's key with its column in the expression.
+fn allow_if(
+    cx: &mut Ctx<'_>,
+    r: &RouteFile,
+    key: &dyn Fn(&str) -> String,
+    matcher: Option<&PathMatch>,
+) -> Option<Option<Arc<crate::policy::Policy>>> {
+    let Some(v) = &r.allow_if else {
+        return Some(None);
+    };
+    let params: &[String] = match matcher {
+        Some(PathMatch::Template(t)) => &t.names,
+        _ => &[],
+    };
+    let list: Vec<(std::ops::Range<usize>, String, &str)> = match v.get_ref() {
+        AllowIfFile::One(s) => vec![(v.span(), key("allow_if"), s.as_str())],
+        AllowIfFile::All(l) if l.is_empty() => {
+            cx.err(
+                v.span(),
+                &key("allow_if"),
+                "an empty list: leave the key out",
+            );
+            return None;
+        }
+        AllowIfFile::All(l) => l
+            .iter()
+            .enumerate()
+            .map(|(j, s)| (v.span(), key(&format!("allow_if[{j}]")), s.as_str()))
+            .collect(),
+    };
+    let mut conditions = Vec::new();
+    let mut ok = true;
+    for (span, k, source) in list {
+        match crate::policy::Condition::compile(source, params) {
+            Ok(c) => conditions.push(c),
+            Err(e) => {
+                cx.err(span, &k, e.to_string());
+                ok = false;
+            }
+        }
+    }
+    ok.then(|| Some(Arc::new(crate::policy::Policy { conditions })))
 }
 
 /// `mcp`: scopes per method, tool, prompt and resource prefix, each list checked as `scopes`
@@ -574,8 +621,8 @@ fn matcher(
         return None;
     }
     match (&r.prefix, &r.path, &service) {
-        (Some(p), _, _) => canonical(cx, p, &key("prefix"), path_opts).map(PathMatch::Prefix),
-        (_, Some(p), _) => canonical(cx, p, &key("path"), path_opts).map(PathMatch::Exact),
+        (Some(p), _, _) => templated(cx, p, &key("prefix"), path_opts, true, PathMatch::Prefix),
+        (_, Some(p), _) => templated(cx, p, &key("path"), path_opts, false, PathMatch::Exact),
         (_, _, Some(p)) => canonical(cx, p, &key("grpc_service"), path_opts).map(PathMatch::Prefix),
         (None, None, None) => {
             if r.grpc_service.is_none() {
@@ -589,6 +636,29 @@ fn matcher(
             None
         }
     }
+}
+
+/// `prefix` or `path`, which may have `{name}` segments ([`crate::routes::Template`]): the
+/// path with its parameters filled in must be canonical.
+fn templated(
+    cx: &mut Ctx<'_>,
+    p: &Spanned<String>,
+    key: &str,
+    opts: PathOptions,
+    prefix: bool,
+    plain: fn(String) -> PathMatch,
+) -> Option<PathMatch> {
+    let template = match crate::routes::Template::parse(p.get_ref(), prefix) {
+        Ok(None) => return canonical(cx, p, key, opts).map(plain),
+        Ok(Some(t)) => t,
+        Err(e) => {
+            cx.err(p.span(), key, e);
+            return None;
+        }
+    };
+    let filled = Spanned::new(p.span(), crate::routes::Template::filled(p.get_ref()));
+    canonical(cx, &filled, key, opts)?;
+    Some(PathMatch::Template(Arc::new(template)))
 }
 
 /// `methods`: upper-case names as requests must use; absent means every method.
