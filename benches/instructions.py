@@ -46,7 +46,8 @@ def main():
                          "redis-server, against none; one cached token and 1,000 rotated ones")
     ap.add_argument("--policy", action="store_true",
                     help="instead: a route's allow_if (claims.tenant == request.params.tenant && 'admin' in "
-                         "claims.roles, on prefix /t/{tenant}/) against the same route without one")
+                         "claims.roles, on prefix /t/{tenant}/), and its authzen with a cached answer, against "
+                         "the same route without either")
     ap.add_argument("--keep", metavar="DIR",
                     help="copy each scenario's callgrind dump here, for callgrind_annotate --inclusive=yes")
     args = ap.parse_args()
@@ -123,9 +124,17 @@ def policy(args, d, keys, procs):
     templated = base.replace('prefix = "/"', 'prefix = "/t/{tenant}/"')
     with_policy = templated.replace(
         'scopes = ["read"]', 'scopes = ["read"]\nallow_if = "claims.tenant == request.params.tenant && \'admin\' in claims.roles"')
+    # A cached AuthZEN answer: the tests' spec-written PDP, allowing every question.
+    pdp_port = PORT + 7
+    procs.append(subprocess.Popen([sys.executable, os.path.join(load.ROOT, "tests", "authzen", "pdp.py"), str(pdp_port),
+                                   "--mode", "allow_all"], stdout=subprocess.DEVNULL))
+    load.wait_port(pdp_port)
+    with_pdp = templated.replace("[[routes]]", f'[authzen.bench]\nurl = "http://127.0.0.1:{pdp_port}"\n\n[[routes]]', 1) \
+        .replace('scopes = ["read"]', 'scopes = ["read"]\nauthzen = "bench"')
     print(f"{'scenario':34} {'requests':>9} {'instr/req':>10} {'of which SHA-256':>17}")
     for i, (label, conf) in enumerate((("no allow_if", base), ("{tenant} route, no allow_if", templated),
-                                       ("{tenant} route, allow_if", with_policy))):
+                                       ("{tenant} route, allow_if", with_policy),
+                                       ("{tenant} route, authzen (cached)", with_pdp))):
         open(f"{d}/policy.toml", "w").write(conf)
         bearward = subprocess.Popen(
             ["taskset", "-c", load.SERVER_CPU, "valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/policy{i}.out",

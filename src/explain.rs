@@ -218,11 +218,12 @@ impl Sink for Printer {
         Some(&mut self.trace)
     }
 
-    fn policy(&mut self, policy: &crate::policy::Policy, vars: &crate::policy::Vars<'_>) {
+    fn policy(&mut self, policy: &crate::policy::Policy, input: &crate::policy::Input<'_>) {
         self.steps();
+        let vars = crate::policy::Vars::new(input);
         for (i, c) in policy.conditions.iter().enumerate() {
             let _ = writeln!(self.out, "  allow_if[{i}]  {}", c.source);
-            for (part, result) in c.explain(vars) {
+            for (part, result) in c.explain(&vars) {
                 let (mark, said) = match result {
                     Ok(true) => ("pass", "true".to_owned()),
                     Ok(false) => ("FAIL", "false".to_owned()),

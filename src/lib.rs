@@ -56,6 +56,7 @@
 //!   the proxy's own phases with a printing sink and live keys.
 
 pub mod auth;
+pub mod authzen;
 pub mod body;
 pub mod config;
 pub mod demo;

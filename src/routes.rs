@@ -129,31 +129,38 @@ impl Template {
     /// The parameters' values in `path`, in `names` order, or `None` where it does not match.
     pub fn captures<'p>(&self, path: &'p str) -> Option<Vec<&'p str>> {
         let mut values = vec![""; self.names.len()];
-        let mut rest = path.strip_prefix('/')?;
+        self.walk(path, |n, v| values[n] = v).then_some(values)
+    }
+
+    /// Does `path` match? Each parameter's index and value go to `param` on the way, in
+    /// index order.
+    pub fn walk<'p>(&self, path: &'p str, mut param: impl FnMut(usize, &'p str)) -> bool {
+        let Some(mut rest) = path.strip_prefix('/') else {
+            return false;
+        };
         let mut more = true;
         let last = self.segments.len().saturating_sub(1);
         for (i, seg) in self.segments.iter().enumerate() {
             if !more {
-                return None;
+                return false;
             }
-            let (s, tail) = match rest.split_once('/') {
-                Some((s, tail)) => (s, Some(tail)),
+            // Segments are short: a plain scan beats memchr's setup.
+            let (s, tail) = match rest.bytes().position(|b| b == b'/') {
+                Some(at) => (&rest[..at], Some(&rest[at + 1..])),
                 None => (rest, None),
             };
             match seg {
                 Segment::Literal(l) if s == l => {}
                 // A prefix's trailing `/` takes any continuation, an empty one included.
-                Segment::Literal(l) if self.prefix && i == last && l.is_empty() => {
-                    return Some(values)
-                }
-                Segment::Literal(_) => return None,
-                Segment::Param(_) if s.is_empty() => return None,
-                Segment::Param(n) => values[*n] = s,
+                Segment::Literal(l) if self.prefix && i == last && l.is_empty() => return true,
+                Segment::Literal(_) => return false,
+                Segment::Param(_) if s.is_empty() => return false,
+                Segment::Param(n) => param(*n, s),
             }
             more = tail.is_some();
             rest = tail.unwrap_or("");
         }
-        (!more || self.prefix).then_some(values)
+        !more || self.prefix
     }
 
     /// The literal path before the first parameter (`/tenants/` of `/tenants/{t}/x`).
@@ -183,7 +190,7 @@ impl PathMatch {
         match self {
             PathMatch::Exact(p) => path == p,
             PathMatch::Prefix(p) => prefix_matches(p, path),
-            PathMatch::Template(t) => t.captures(path).is_some(),
+            PathMatch::Template(t) => t.walk(path, |_, _| {}),
         }
     }
 
@@ -300,6 +307,8 @@ pub struct Route {
     pub mcp: Option<Box<crate::mcp::Policy>>,
     /// `allow_if`: CEL conditions ([`crate::policy`]).
     pub allow_if: Option<Arc<crate::policy::Policy>>,
+    /// `authzen`: the question for a policy decision point ([`crate::authzen`]).
+    pub authzen: Option<Arc<crate::authzen::Ask>>,
 }
 
 /// What a route's requests are counted by.
@@ -694,6 +703,7 @@ impl Route {
             rate_limit: None,
             mcp: None,
             allow_if: None,
+            authzen: None,
         }
     }
 

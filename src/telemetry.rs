@@ -199,6 +199,24 @@ struct AbortLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PdpLabels {
+    pdp: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PdpNameLabels {
+    pdp: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PdpLayerLabels {
+    pdp: String,
+    layer: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IssuerLabels {
     issuer: String,
 }
@@ -309,6 +327,9 @@ pub struct Metrics {
     introspections: Family<FetchLabels, Counter>,
     introspection_latency: Family<IssuerLabels, Histogram, fn() -> Histogram>,
     introspection_cache: Family<LayerLabels, Counter>,
+    authzen_calls: Family<PdpLabels, Counter>,
+    authzen_latency: Family<PdpNameLabels, Histogram, fn() -> Histogram>,
+    authzen_cache: Family<PdpLayerLabels, Counter>,
     tls_handshakes: Family<LookupLabels, Counter>,
     trace_spans: Family<LookupLabels, Counter>,
     dpop_proofs: Family<LookupLabels, Counter>,
@@ -375,6 +396,9 @@ impl Metrics {
             introspections: Family::default(),
             introspection_latency: Family::new_with_constructor(histogram as fn() -> Histogram),
             introspection_cache: Family::default(),
+            authzen_calls: Family::default(),
+            authzen_latency: Family::new_with_constructor(histogram as fn() -> Histogram),
+            authzen_cache: Family::default(),
             tls_handshakes: Family::default(),
             trace_spans: Family::default(),
             dpop_proofs: Family::default(),
@@ -508,6 +532,22 @@ impl Metrics {
             m.introspection_cache.clone(),
         );
         registry.register(
+            "authzen_calls",
+            "Questions to AuthZEN policy decision points by pdp and outcome (allow, deny, and why a call failed: busy, timeout, unreachable, http_error, invalid_answer, discovery_failed)",
+            m.authzen_calls.clone(),
+        );
+        registry.register_with_unit(
+            "authzen_duration",
+            "AuthZEN call latency by pdp",
+            Unit::Seconds,
+            m.authzen_latency.clone(),
+        );
+        registry.register(
+            "authzen_cache_lookups",
+            "AuthZEN answer lookups by pdp, layer (process, shared) and outcome (hit, miss)",
+            m.authzen_cache.clone(),
+        );
+        registry.register(
             "rate_limit_fallbacks",
             "Rate-limit checks decided by this process alone (the limit divided by rate_limit_fallback_replicas) because the shared store could not answer",
             m.rate_limit_fallbacks.clone(),
@@ -629,6 +669,42 @@ impl Metrics {
                 })
                 .observe(took.as_secs_f64());
         }
+    }
+
+    /// Counts one AuthZEN call and its latency.
+    pub fn authzen_call(&self, pdp: &str, outcome: &'static str, took: Option<Duration>) {
+        self.authzen_calls
+            .get_or_create(&PdpLabels {
+                pdp: pdp.to_owned(),
+                outcome,
+            })
+            .inc();
+        if let Some(took) = took {
+            self.authzen_latency
+                .get_or_create(&PdpNameLabels {
+                    pdp: pdp.to_owned(),
+                })
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    /// One PDP's answer cache counters: process hit, process miss, shared hit, shared miss.
+    pub fn authzen_cache(&self, pdp: &str) -> [Counter; 4] {
+        let get = |layer, outcome| {
+            self.authzen_cache
+                .get_or_create(&PdpLayerLabels {
+                    pdp: pdp.to_owned(),
+                    layer,
+                    outcome,
+                })
+                .clone()
+        };
+        [
+            get("process", "hit"),
+            get("process", "miss"),
+            get("shared", "hit"),
+            get("shared", "miss"),
+        ]
     }
 
     /// One issuer's introspection cache counters, made once: a lookup then costs an atomic

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 /// Each table's serde struct, and the reference page for it.
-const TABLES: [(&str, &str); 9] = [
+const TABLES: [(&str, &str); 10] = [
     ("ServerFile", "server"),
     ("IssuerFile", "issuers"),
     ("CacheFile", "cache"),
@@ -16,6 +16,7 @@ const TABLES: [(&str, &str); 9] = [
     ("UpstreamFile", "upstreams"),
     ("RouteFile", "routes"),
     ("ForwardFile", "forward"),
+    ("AuthzenFile", "authzen"),
 ];
 
 /// The keys of `struct NAME` in file.rs: its `pub` fields.

@@ -28,6 +28,141 @@ pub(super) struct FileConfig {
     pub dpop: Option<Spanned<DpopFile>>,
     pub decision: Option<Spanned<DecisionFile>>,
     pub telemetry: Option<Spanned<TelemetryFile>>,
+    #[serde(default)]
+    pub authzen: BTreeMap<Spanned<String>, Spanned<AuthzenFile>>,
+}
+
+/// `[authzen.NAME]`: an OpenID AuthZEN 1.0 policy decision point.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AuthzenFile {
+    /// Reference: `url`
+    /// Default: required
+    ///
+    /// the PDP's identifier and base URL (`https://pdp.example.com`); the evaluation endpoint is
+    /// `/access/v1/evaluation` under it, unless `discover` or `evaluation_endpoint` says otherwise
+    pub url: Spanned<String>,
+    /// Reference: `evaluation_endpoint`
+    /// Default: none
+    ///
+    /// the Access Evaluation endpoint's URL, when it is not the default path
+    pub evaluation_endpoint: Option<Spanned<String>>,
+    /// Reference: `discover`
+    /// Default: `false`
+    ///
+    /// read `access_evaluation_endpoint` from the PDP's metadata
+    /// (`/.well-known/authzen-configuration`, inserted after the host), whose
+    /// `policy_decision_point` must equal `url`; fetched on the first question, again after a
+    /// failure
+    pub discover: Option<Spanned<bool>>,
+    /// Reference: `timeout`
+    /// Default: `"2s"`
+    ///
+    /// the longest a question (discovery included) may take; past it, 503 with `Retry-After`
+    pub timeout: Option<Spanned<String>>,
+    /// Reference: `cache_ttl`
+    /// Default: `"60s"`
+    ///
+    /// how long an answer is kept, per (subject, action, resource), never past the token's `exp`;
+    /// `"0s"` asks every time. At most 1 hour
+    pub cache_ttl: Option<Spanned<String>>,
+    /// Reference: `cache_entries`
+    /// Default: `10000`
+    ///
+    /// answers kept in memory (1 to 1,000,000); with `[cache] redis_url` also shared by the
+    /// replicas (keyed by a SHA-256 of the question)
+    pub cache_entries: Option<Spanned<u64>>,
+    /// Reference: `max_in_flight`
+    /// Default: `64`
+    ///
+    /// questions out at once; a request that waits 250 ms for a slot gets 503
+    pub max_in_flight: Option<Spanned<u64>>,
+    /// Reference: `bearer_token_file`, `bearer_token_env`
+    /// Default: none
+    ///
+    /// a token sent as `Authorization: Bearer` to the PDP (the file is watched, as secrets are)
+    pub bearer_token_file: Option<Spanned<String>>,
+    /// In the reference row of `bearer_token_file`.
+    pub bearer_token_env: Option<Spanned<String>>,
+    /// Reference: `client_id`, `client_secret_file`, `client_secret_env`
+    /// Default: none
+    ///
+    /// client credentials sent as HTTP Basic (RFC 6749 2.3.1 encoding), instead of a bearer token
+    pub client_id: Option<Spanned<String>>,
+    /// In the reference row of `client_id`.
+    pub client_secret_file: Option<Spanned<String>>,
+    /// In the reference row of `client_id`.
+    pub client_secret_env: Option<Spanned<String>>,
+    /// Reference: `subject`
+    /// Default: `{ type = "identity", id = "sub" }`
+    ///
+    /// the subject: `type`, the claim whose value is its `id` (a missing claim refuses, 403
+    /// `pdp_no_subject`), and `properties`, claims copied into its properties
+    pub subject: Option<Spanned<AuthzenSubjectFile>>,
+    /// Reference: `action`
+    /// Default: the method
+    ///
+    /// the action's `name`: the request's method, or `names = { GET = "can_read", ... }` (a
+    /// method not in the map goes as itself)
+    pub action: Option<Spanned<AuthzenActionFile>>,
+    /// Reference: `resource`
+    /// Default: `{ type = "route", id = "route" }`
+    ///
+    /// the resource: `type`, and `id` = `"route"` (the route's `path` or `prefix` as written,
+    /// `/todos/{todoId}`, as the AuthZEN API gateway profile has it), `"path"` (the canonical
+    /// path) or `"param:NAME"` (a `{NAME}` path segment)
+    pub resource: Option<Spanned<AuthzenResourceFile>>,
+    /// Reference: `context`
+    /// Default: `[]`
+    ///
+    /// what goes in the question's context: `"client_ip"`, `"time"` (RFC 3339),
+    /// `"request_id"`, `"method"`, `"path"`; never part of the cached answer's key
+    pub context: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// `subject` of an `[authzen.NAME]` or a route's `authzen`.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AuthzenSubjectFile {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub id: Option<String>,
+    pub properties: Option<Vec<String>>,
+}
+
+/// `action` of an `[authzen.NAME]` or a route's `authzen`.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AuthzenActionFile {
+    pub names: Option<BTreeMap<String, String>>,
+}
+
+/// `resource` of an `[authzen.NAME]` or a route's `authzen`.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AuthzenResourceFile {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub id: Option<String>,
+}
+
+/// A route's `authzen`: the PDP's name, or a table overriding its question's shape.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RouteAuthzenFile {
+    Name(String),
+    Table(RouteAuthzenTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RouteAuthzenTable {
+    pub pdp: String,
+    pub subject: Option<AuthzenSubjectFile>,
+    pub action: Option<AuthzenActionFile>,
+    pub resource: Option<AuthzenResourceFile>,
+    pub context: Option<Vec<String>>,
+    pub reason_to_client: Option<bool>,
 }
 
 /// `[telemetry]`: OpenTelemetry traces exported over OTLP.
@@ -1055,6 +1190,17 @@ pub(super) struct RouteFile {
     /// `policy_error`, never an allow. At most 4 KiB each; comprehensions may not nest, so a
     /// check is linear in the token's lists. `bearward explain` prints each `&&` operand's result
     pub allow_if: Option<Spanned<AllowIfFile>>,
+    /// Reference: `authzen`
+    /// Default: none
+    ///
+    /// ask an `[authzen.NAME]` policy decision point (OpenID AuthZEN 1.0 Access Evaluation) after
+    /// the token, the scopes and `allow_if`: `"NAME"`, or `{ pdp = "NAME", subject = {...},
+    /// action = {...}, resource = {...}, context = [...], reason_to_client = false }` overriding
+    /// the PDP's question shape. `decision: true` forwards; `false` is 403 `pdp_denied`, with the
+    /// PDP's `context.reason_user` in the body only with `reason_to_client = true`; the PDP
+    /// down, slow, busy, or answering anything but `{"decision": <bool>}`: 503 `pdp_unavailable`
+    /// with `Retry-After: 5`, never an allow
+    pub authzen: Option<Spanned<RouteAuthzenFile>>,
 }
 
 /// `allow_if`: one expression or several.

@@ -100,6 +100,8 @@ pub struct Config {
     pub decision: Option<DecisionConfig>,
     /// `[telemetry]`: OpenTelemetry traces, if configured.
     pub telemetry: Option<TelemetryConfig>,
+    /// `[authzen.NAME]`: policy decision points routes ask, in name order.
+    pub authzen: Vec<crate::authzen::PdpConfig>,
     /// Things that are legal but probably wrong (a route that can never match).
     pub warnings: Vec<Problem>,
     /// Files secrets were read from (`*_file` keys), watched for changes like the TLS files.

@@ -206,6 +206,9 @@ pub struct Gateway {
     limiters: Vec<Option<limit::Limiter>>,
     /// `[telemetry]`'s tracer; kept across reloads.
     pub tracer: Option<Arc<trace::Tracer>>,
+    /// `[authzen.NAME]`'s decision points, in the config's order; their kept answers start
+    /// afresh with a reload, as the rate limits' buckets do.
+    pub pdps: Vec<Arc<crate::authzen::Pdp>>,
 }
 
 impl Gateway {
@@ -234,8 +237,14 @@ impl Gateway {
                 )
             })
             .collect();
+        let pdps = config
+            .authzen
+            .iter()
+            .map(|c| crate::authzen::Pdp::new(c.clone(), auth.store().cloned(), metrics.clone()))
+            .collect();
         Gateway {
             tracer: None,
+            pdps,
             limiters,
             upstreams: Upstreams::new(&config, &metrics),
             no_route: metrics.route_series(&"-".into()),

@@ -43,7 +43,7 @@ pub trait Sink: Send {
     /// An audit-mode route refused, and the request goes on.
     fn audit(&mut self, _rejection: &Rejection) {}
     /// The route's `allow_if` is about to be evaluated on these variables.
-    fn policy(&mut self, _policy: &crate::policy::Policy, _vars: &crate::policy::Vars<'_>) {}
+    fn policy(&mut self, _policy: &crate::policy::Policy, _input: &crate::policy::Input<'_>) {}
 }
 
 /// The proxy's sink: reports nothing.
@@ -419,11 +419,21 @@ impl Gateway {
                 outcome
             }
         };
-        // `allow_if`, once the token and its scopes passed (or the route takes no token).
+        // `allow_if`, once the token and its scopes passed (or the route takes no token), then
+        // `authzen`.
         let verdict = match (verdict, &route.allow_if) {
             (Ok(()), Some(policy)) if !preflight => {
                 let caller = identity.as_ref();
                 self.check_policy(req, route, policy, target, caller, conn, out, sink)
+            }
+            (v, _) => v,
+        };
+        let verdict = match (verdict, &route.authzen) {
+            (Ok(()), Some(ask)) if !preflight => {
+                let caller = identity.as_ref();
+                // Boxed: the call's future would otherwise size every request's.
+                let method = req.method().as_str();
+                Box::pin(self.check_pdp(method, route, ask, target, caller, conn, out)).await
             }
             (v, _) => v,
         };
@@ -465,15 +475,19 @@ impl Gateway {
         out: &Outcome,
         sink: &mut S,
     ) -> Result<(), Rejection> {
-        let thumbprint = self.client_cert(&Head::of(req), conn).map(|t| {
+        let cert = || {
+            policy
+                .reads_thumbprint
+                .then(|| self.client_cert(&Head::of(req), conn))
+        };
+        let thumbprint = cert().flatten().map(|t| {
             use base64::Engine as _;
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t)
         });
-        let mut input = self.policy_input(req, route, target, caller, conn, out);
+        let mut input = self.policy_input(req, route, policy, target, caller, conn, out);
         input.thumbprint = thumbprint.as_deref();
-        let vars = crate::policy::Vars::new(&input);
-        sink.policy(policy, &vars);
-        let verdict = policy.evaluate(&vars);
+        sink.policy(policy, &input);
+        let verdict = policy.evaluate(&input);
         match verdict {
             crate::policy::Verdict::Allow => Ok(()),
             crate::policy::Verdict::Deny { index } => {
@@ -487,44 +501,80 @@ impl Gateway {
         }
     }
 
+    /// `authzen`: the route's question to its policy decision point, answered from the kept
+    /// answers or by the PDP. No: 403 `pdp_denied`; no answer: 503 `pdp_unavailable`.
+    #[allow(clippy::too_many_arguments)]
+    async fn check_pdp(
+        &self,
+        method: &str,
+        route: &Route,
+        ask: &crate::authzen::Ask,
+        target: &str,
+        caller: Option<&Identity>,
+        conn: Option<&ConnInfo>,
+        out: &Outcome,
+    ) -> Result<(), Rejection> {
+        use crate::authzen::{Decision, Failure};
+        let Some(pdp) = self.pdps.get(ask.pdp) else {
+            return Err(Rejection::PdpUnavailable);
+        };
+        let path = target.split('?').next().unwrap_or("/");
+        let params = path_params(route, path);
+        let facts = crate::authzen::Facts {
+            claims: caller.map(|c| &c.0.claims),
+            exp: caller.map(|c| c.0.exp),
+            method,
+            path,
+            route: route.matcher.source(),
+            params: &params,
+            client_ip: out.client.or(conn.map(|c| c.peer.ip().to_canonical())),
+            request_id: out.request_id.as_ref().and_then(|v| v.to_str().ok()),
+        };
+        match pdp.decide(ask, &facts).await {
+            Ok(Decision::Allow) => Ok(()),
+            Ok(Decision::Deny(reason)) => Err(Rejection::PdpDenied(
+                reason.filter(|_| ask.reason_to_client),
+            )),
+            Err(Failure::NoSubject) => Err(Rejection::Forbidden("pdp_no_subject")),
+            Err(Failure::Unavailable) => Err(Rejection::PdpUnavailable),
+        }
+    }
+
     /// What `allow_if` reads of a request.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn policy_input<'a>(
         &self,
         req: &'a Request<Body>,
         route: &'a Route,
+        policy: &crate::policy::Policy,
         target: &'a str,
         caller: Option<&'a Identity>,
         conn: Option<&ConnInfo>,
         out: &Outcome,
     ) -> crate::policy::Input<'a> {
-        let (path, query) = match target.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
+        let (path, query) = match target.bytes().position(|b| b == b'?') {
+            Some(at) => (&target[..at], Some(&target[at + 1..])),
             None => (target, None),
         };
         let (names, values) = match &route.matcher {
-            crate::routes::PathMatch::Template(t) => {
-                let values = t
-                    .captures(path)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|v| percent_encoding::percent_decode_str(v).decode_utf8_lossy())
-                    .collect();
-                (t.names.as_slice(), values)
+            crate::routes::PathMatch::Template(t) if policy.reads_params => {
+                (t.names.as_slice(), path_params(route, path))
             }
-            _ => (&[][..], Vec::new()),
+            _ => (&[][..], crate::policy::Values::default()),
         };
-        let host = req
-            .uri()
-            .authority()
-            .map(http::uri::Authority::as_str)
-            .or_else(|| req.headers().get(header::HOST)?.to_str().ok());
+        let host = policy.reads_host.then(|| {
+            req.uri()
+                .authority()
+                .map(http::uri::Authority::as_str)
+                .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
+        });
         crate::policy::Input {
             identity: caller,
             method: req.method().as_str(),
             path,
             query,
             headers: req.headers(),
-            host,
+            host: host.flatten(),
             names,
             values,
             client_ip: out.client.or(conn.map(|c| c.peer.ip().to_canonical())),
@@ -763,4 +813,19 @@ fn check_declared_body(req: &Request<Body>, route: &Route) -> Result<(), Rejecti
         }
         _ => Ok(()),
     }
+}
+
+/// A route's path parameters in `path`, percent-decoded (borrowed where nothing is encoded).
+fn path_params<'a>(route: &Route, path: &'a str) -> crate::policy::Values<'a> {
+    let mut values = crate::policy::Values::default();
+    if let crate::routes::PathMatch::Template(t) = &route.matcher {
+        t.walk(path, |_, v| {
+            values.push(if v.bytes().any(|b| b == b'%') {
+                percent_encoding::percent_decode_str(v).decode_utf8_lossy()
+            } else {
+                std::borrow::Cow::Borrowed(v)
+            });
+        });
+    }
+    values
 }

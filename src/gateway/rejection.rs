@@ -7,6 +7,7 @@ use crate::upstream::ProxyError;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use crate::auth::AuthError;
 
@@ -37,6 +38,11 @@ pub enum Rejection {
     Overloaded,
     /// 429: the route's `rate_limit` for this caller is used up (headers added by the gateway).
     RateLimited,
+    /// 403: the route's AuthZEN decision point said no; with its `reason_user` where the
+    /// route passes it on.
+    PdpDenied(Option<Arc<str>>),
+    /// 503: the route's AuthZEN decision point could not be asked or gave no decision.
+    PdpUnavailable,
 }
 
 /// How a request's framing was refused.
@@ -86,6 +92,8 @@ impl Rejection {
             Rejection::Proxy(e) => e.reason(),
             Rejection::Internal(r) => r,
             Rejection::Overloaded => "overloaded",
+            Rejection::PdpDenied(_) => "pdp_denied",
+            Rejection::PdpUnavailable => "pdp_unavailable",
         }
     }
 
@@ -97,7 +105,10 @@ impl Rejection {
             Rejection::Framing(Framing::UnsupportedCoding) => StatusCode::NOT_IMPLEMENTED,
             Rejection::NoRoute => StatusCode::NOT_FOUND,
             Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Rejection::Denied | Rejection::Forbidden(_) => StatusCode::FORBIDDEN,
+            Rejection::Denied | Rejection::Forbidden(_) | Rejection::PdpDenied(_) => {
+                StatusCode::FORBIDDEN
+            }
+            Rejection::PdpUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::Auth(e) => e.status(),
             Rejection::Proxy(e) => e.status(),
             Rejection::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -113,6 +124,7 @@ impl Rejection {
             Rejection::Proxy(e) if e.is_clients() => Some(Fault::Client),
             Rejection::Proxy(_) => Some(Fault::Upstream),
             Rejection::Internal(_) | Rejection::Overloaded => Some(Fault::Internal),
+            Rejection::PdpUnavailable => Some(Fault::Upstream),
             _ => None,
         }
     }
@@ -148,6 +160,7 @@ impl Rejection {
             Rejection::BadRequest(_) | Rejection::Framing(Framing::Ambiguous) => {
                 format!("bad request: {}", self.reason())
             }
+            Rejection::PdpDenied(Some(why)) => format!("forbidden: pdp_denied: {why}"),
             other => {
                 status
                     .canonical_reason()
@@ -202,6 +215,9 @@ impl Rejection {
                 h.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
             // RFC 9110 15.6.4: the overload is expected to pass; clients with backoff wait.
+            Rejection::PdpUnavailable => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
             Rejection::Overloaded => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }

@@ -56,10 +56,15 @@ fn admin(gateway: &Gateway, draining: bool, req: &Request<Incoming>) -> Response
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting down\n".to_owned(),
         ),
-        "/readyz" => match gateway.auth.readiness() {
-            Ok(detail) => (StatusCode::OK, detail),
-            Err(detail) => (StatusCode::SERVICE_UNAVAILABLE, detail),
-        },
+        "/readyz" => {
+            // A failing decision point is named, not a reason to leave the load balancer (its
+            // kept answers serve; every replica shares it).
+            let pdps: String = gateway.pdps.iter().map(|p| p.health() + "\n").collect();
+            match gateway.auth.readiness() {
+                Ok(detail) => (StatusCode::OK, detail + &pdps),
+                Err(detail) => (StatusCode::SERVICE_UNAVAILABLE, detail + &pdps),
+            }
+        }
         "/metrics" => {
             gateway.auth.export_gauges();
             gateway.export_gauges();

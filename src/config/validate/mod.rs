@@ -3,6 +3,7 @@
 //! `issuer`, `upstream`, `route`, `cache`, `dpop`, `decision`, `forward`); here, what spans
 //! tables: the order they are read in, route issuers, warnings, serde's errors and their hints.
 
+mod authzen;
 mod cache;
 mod decision;
 mod dpop;
@@ -254,6 +255,10 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
         }
     }
     route_issuers(&mut cx, &file, &mut routes, &issuers);
+    let pdps = authzen::pdps(&mut cx, &file.authzen);
+    if routes.len() == file.routes.len() {
+        authzen::routes(&mut cx, &file.routes, &mut routes, &pdps);
+    }
     let cache = cache::cache(&mut cx, file.cache.as_ref());
     let dpop = dpop::dpop(&mut cx, file.dpop.as_ref(), file.cache.as_ref());
     let decision = decision::decision(&mut cx, file.decision.as_ref(), &server);
@@ -305,6 +310,7 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
         dpop,
         decision,
         telemetry,
+        authzen: pdps.configs,
         warnings,
         secret_files: cx.secret_files,
     })

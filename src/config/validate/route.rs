@@ -258,6 +258,8 @@ pub(super) fn route(
         max_age,
         mcp,
         allow_if: allow_if?,
+        // Resolved against the validated PDPs by the caller.
+        authzen: None,
     })
 }
 
@@ -303,7 +305,7 @@ fn allow_if(
             }
         }
     }
-    ok.then(|| Some(Arc::new(crate::policy::Policy { conditions })))
+    ok.then(|| Some(Arc::new(crate::policy::Policy::new(conditions))))
 }
 
 /// `mcp`: scopes per method, tool, prompt and resource prefix, each list checked as `scopes`
