@@ -14,10 +14,10 @@ import sys
 # Lower layers may not name higher ones; within a layer, only the cycle check applies.
 LAYERS = [
     {"body", "timer", "headers", "jose", "host", "path", "tls", "egress"},  # leaves
-    {"telemetry", "routes", "resource", "config", "request", "trace", "mcp"},  # parsing and policy
+    {"telemetry", "routes", "resource", "config", "request", "trace", "mcp", "policy"},  # parsing and policy
     {"store"},  # the store replicas share
     {"auth"},
-    {"upstream", "forward"},
+    {"upstream", "forward", "authzen"},
     {"gateway"},
     {"server", "explain", "demo"},
 ]

@@ -15,10 +15,12 @@
 //!   kept answers still serve, and every replica shares the PDP).
 
 use crate::auth::jwks::HttpsClient;
+pub use crate::config::PdpConfig;
+pub use crate::routes::{Ask, AskResource, ContextItem};
 use crate::store::SharedStore;
 use crate::telemetry::{Counter, Metrics};
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Uri};
+use http::{header, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use serde_json::{json, Map, Value};
 use std::sync::{Arc, Mutex};
@@ -30,59 +32,6 @@ pub const MAX_ANSWER: usize = 64 * 1024;
 const QUEUE_WAIT: Duration = Duration::from_millis(250);
 /// The longest `reason_user` passed to a client, in characters.
 const MAX_REASON: usize = 200;
-
-/// `[authzen.NAME]`, validated.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PdpConfig {
-    pub name: String,
-    /// The PDP identifier, without a trailing `/`.
-    pub url: String,
-    pub endpoint: Option<Uri>,
-    pub discover: bool,
-    pub timeout: Duration,
-    pub cache_ttl: Duration,
-    pub cache_entries: u64,
-    pub max_in_flight: usize,
-    /// The `Authorization` header sent to the PDP.
-    pub authorization: Option<HeaderValue>,
-}
-
-/// What a route asks its PDP.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Ask {
-    /// Index into the config's PDPs.
-    pub pdp: usize,
-    pub subject_type: String,
-    /// The claim whose value is the subject's id.
-    pub subject_claim: String,
-    pub subject_properties: Vec<String>,
-    /// Action names by method; a method not listed goes as itself.
-    pub action_names: std::collections::BTreeMap<String, String>,
-    pub resource_type: String,
-    pub resource_id: ResourceId,
-    pub context: Vec<ContextItem>,
-    /// The PDP's `context.reason_user` may go to the client in a refusal's body.
-    pub reason_to_client: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResourceId {
-    /// The route's `path` or `prefix` as written.
-    Route,
-    /// The canonical path.
-    Path,
-    /// A path parameter, by index.
-    Param(usize),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ContextItem {
-    ClientIp,
-    Time,
-    RequestId,
-    Method,
-    Path,
-}
 
 /// What the request shows a question.
 pub struct Facts<'a> {
@@ -140,7 +89,7 @@ pub struct Pdp {
     client: HttpsClient<Full<Bytes>>,
     get_client: HttpsClient,
     endpoint: Mutex<Option<Uri>>,
-    cache: moka::future::Cache<Arc<str>, Kept>,
+    cache: moka::future::Cache<Arc<str>, Kept, foldhash::fast::RandomState>,
     permits: tokio::sync::Semaphore,
     shared: Option<Arc<SharedStore>>,
     health: Mutex<Health>,
@@ -168,7 +117,9 @@ impl Pdp {
             cache: moka::future::Cache::builder()
                 .max_capacity(config.cache_entries)
                 .expire_after(KeptExpiry)
-                .build(),
+                // Keys are questions a hundred bytes long: SipHash cost more than the rest of
+                // a hit; the key's parts come from a verified token and the route.
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             permits: tokio::sync::Semaphore::new(config.max_in_flight),
             shared,
             health: Mutex::default(),
@@ -180,7 +131,7 @@ impl Pdp {
 
     /// The decision on a request, from the kept answers or the PDP.
     pub async fn decide(&self, ask: &Ask, facts: &Facts<'_>) -> Result<Decision, Failure> {
-        let (key, body) = question(ask, facts).ok_or(Failure::NoSubject)?;
+        let subject = subject_id(ask, facts).ok_or(Failure::NoSubject)?;
         let now = crate::auth::validator::now();
         // Never kept past the token's expiry.
         let ttl = match facts.exp {
@@ -191,14 +142,19 @@ impl Pdp {
             _ => self.config.cache_ttl,
         };
         if ttl.is_zero() {
+            let body = question(ask, facts, &subject).ok_or(Failure::NoSubject)?;
             return self.ask(&body).await.map_err(|_| Failure::Unavailable);
         }
-        let key: Arc<str> = key.into();
+        let key: Arc<str> = cache_key(ask, facts, &subject)
+            .ok_or(Failure::NoSubject)?
+            .into();
         if let Some(k) = self.cache.get(&key).await {
             self.lookups[0].inc();
             return Ok(k.decision);
         }
         self.lookups[1].inc();
+        // The whole question (the context with it) only for a call.
+        let body = question(ask, facts, &subject).ok_or(Failure::NoSubject)?;
         self.cache
             .try_get_with(key.clone(), self.load(&key, body, ttl))
             .await
@@ -424,40 +380,69 @@ fn stored(bytes: &[u8]) -> Option<Kept> {
     })
 }
 
-/// The question's cache key (subject, action, resource) and its whole body (with the context).
-/// `None` when the subject's claim is missing or is not a string or a number.
-fn question(ask: &Ask, f: &Facts<'_>) -> Option<(String, String)> {
-    let claims = f.claims?;
-    let id = match claims.get(&ask.subject_claim)? {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        _ => return None,
-    };
-    let mut subject = json!({ "type": ask.subject_type, "id": id });
-    if !ask.subject_properties.is_empty() {
-        let props: Map<String, Value> = ask
-            .subject_properties
-            .iter()
-            .filter_map(|p| Some((p.clone(), claims.get(p)?.clone())))
-            .collect();
-        subject["properties"] = Value::Object(props);
+/// The subject's id: its claim's string, or a number written out; `None` for anything else.
+fn subject_id(ask: &Ask, f: &Facts<'_>) -> Option<String> {
+    match f.claims?.get(&ask.subject_claim)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
     }
-    let action = ask
-        .action_names
-        .get(f.method)
-        .map_or(f.method, String::as_str);
-    let resource_id = match ask.resource_id {
-        ResourceId::Route => f.route,
-        ResourceId::Path => f.path,
-        ResourceId::Param(n) => f.params.get(n)?,
+}
+
+/// The question's cache key: each part of (subject, action, resource) with its length before
+/// it, so no two questions share one; the subject's properties as their JSON.
+fn cache_key(ask: &Ask, f: &Facts<'_>, subject: &str) -> Option<String> {
+    let mut key = String::with_capacity(128);
+    let mut part = |s: &str| {
+        key.push_str(itoa::Buffer::new().format(s.len()));
+        key.push(':');
+        key.push_str(s);
     };
+    part(&ask.subject_type);
+    part(subject);
+    part(action(ask, f));
+    part(&ask.resource_type);
+    part(resource_id(ask, f)?);
+    if !ask.subject_properties.is_empty() {
+        let props = serde_json::to_string(&properties(ask, f)).ok()?;
+        part(&props);
+    }
+    Some(key)
+}
+
+fn action<'a>(ask: &'a Ask, f: &Facts<'a>) -> &'a str {
+    ask.action_names
+        .get(f.method)
+        .map_or(f.method, String::as_str)
+}
+
+fn resource_id<'a>(ask: &Ask, f: &'a Facts<'a>) -> Option<&'a str> {
+    Some(match ask.resource_id {
+        AskResource::Route => f.route,
+        AskResource::Path => f.path,
+        AskResource::Param(n) => f.params.get(n)?,
+    })
+}
+
+fn properties(ask: &Ask, f: &Facts<'_>) -> Map<String, Value> {
+    let claims = f.claims;
+    ask.subject_properties
+        .iter()
+        .filter_map(|p| Some((p.clone(), claims?.get(p)?.clone())))
+        .collect()
+}
+
+/// The whole question, with its context.
+fn question(ask: &Ask, f: &Facts<'_>, subject: &str) -> Option<String> {
+    let mut subject = json!({ "type": ask.subject_type, "id": subject });
+    if !ask.subject_properties.is_empty() {
+        subject["properties"] = Value::Object(properties(ask, f));
+    }
     let mut q = json!({
         "subject": subject,
-        "action": { "name": action },
-        "resource": { "type": ask.resource_type, "id": resource_id },
+        "action": { "name": action(ask, f) },
+        "resource": { "type": ask.resource_type, "id": resource_id(ask, f)? },
     });
-    // serde_json's maps are ordered, so the same question is the same text.
-    let key = q.to_string();
     if !ask.context.is_empty() {
         let mut context = Map::new();
         for c in &ask.context {
@@ -474,7 +459,7 @@ fn question(ask: &Ask, f: &Facts<'_>) -> Option<(String, String)> {
         }
         q["context"] = Value::Object(context);
     }
-    Some((key, q.to_string()))
+    serde_json::to_string(&q).ok()
 }
 
 fn rfc3339_now() -> String {
@@ -552,7 +537,7 @@ mod tests {
     }
 
     #[test]
-    fn the_question_leaves_the_context_out_of_its_key() {
+    fn the_question_and_its_key() {
         let claims: Map<String, Value> =
             serde_json::from_value(json!({"sub": "alice", "roles": ["editor"]})).unwrap();
         let params: crate::policy::Values<'_> = vec!["42".into()].into();
@@ -563,7 +548,7 @@ mod tests {
             subject_properties: vec!["roles".into(), "missing".into()],
             action_names: [("DELETE".to_owned(), "can_delete_todo".to_owned())].into(),
             resource_type: "todo".into(),
-            resource_id: ResourceId::Param(0),
+            resource_id: AskResource::Param(0),
             context: vec![ContextItem::ClientIp, ContextItem::Time],
             reason_to_client: false,
         };
@@ -577,26 +562,27 @@ mod tests {
             client_ip: Some([10, 0, 0, 1].into()),
             request_id: None,
         };
-        let (key, body) = question(&ask, &facts).unwrap();
-        let body: Value = serde_json::from_str(&body).unwrap();
+        let subject = subject_id(&ask, &facts).unwrap();
+        let body: Value = serde_json::from_str(&question(&ask, &facts, &subject).unwrap()).unwrap();
         assert_eq!(
-            serde_json::from_str::<Value>(&key).unwrap(),
-            json!({
-                "subject": {"type": "identity", "id": "alice", "properties": {"roles": ["editor"]}},
-                "action": {"name": "can_delete_todo"},
-                "resource": {"type": "todo", "id": "42"},
-            })
+            body["subject"],
+            json!({"type": "identity", "id": "alice", "properties": {"roles": ["editor"]}})
         );
+        assert_eq!(body["action"], json!({"name": "can_delete_todo"}));
+        assert_eq!(body["resource"], json!({"type": "todo", "id": "42"}));
         assert_eq!(body["context"]["client_ip"], "10.0.0.1");
         assert!(body["context"]["time"].as_str().unwrap().ends_with('Z'));
+        // The key leaves the context out and tells its parts apart by their lengths.
+        let key = cache_key(&ask, &facts, &subject).unwrap();
+        assert_eq!(
+            key,
+            "8:identity5:alice15:can_delete_todo4:todo2:4220:{\"roles\":[\"editor\"]}"
+        );
         let none: Map<String, Value> = Map::new();
-        assert!(question(
-            &ask,
-            &Facts {
-                claims: Some(&none),
-                ..facts
-            }
-        )
-        .is_none());
+        let facts = Facts {
+            claims: Some(&none),
+            ..facts
+        };
+        assert!(subject_id(&ask, &facts).is_none());
     }
 }

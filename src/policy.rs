@@ -897,11 +897,11 @@ impl TokenValues {
     /// The claim `name`, for the fast form.
     fn claim<'v>(
         &'v self,
-        v: &'v crate::auth::validator::Verified,
+        claims: &serde_json::Map<String, serde_json::Value>,
         name: &str,
     ) -> Option<&'v serde_json::Value> {
         let table = self.1.get_or_init(|| {
-            v.claims
+            claims
                 .iter()
                 .map(|(k, x)| (k.as_str().into(), x.clone()))
                 .collect()
@@ -909,12 +909,12 @@ impl TokenValues {
         table.get(name)
     }
 
-    fn get(&self, v: &crate::auth::validator::Verified) -> &Token {
+    fn get(&self, c: &Caller<'_>) -> &Token {
         self.0.get_or_init(|| Token {
-            each: v.claims.iter().map(|(k, v)| (k.clone(), json(v))).collect(),
+            each: c.claims.iter().map(|(k, v)| (k.clone(), json(v))).collect(),
             claims: OnceLock::new(),
             scopes: Box::new(CelList::from(
-                v.scopes
+                c.scopes
                     .iter()
                     .map(|s| Box::new(CelString::from(s.clone())) as Box<dyn Val>)
                     .collect::<Vec<_>>(),
@@ -949,7 +949,8 @@ fn json(v: &serde_json::Value) -> Box<dyn Val> {
 
 /// What a request shows a policy.
 pub struct Input<'a> {
-    pub identity: Option<&'a crate::auth::Identity>,
+    /// The verified token, if the request carried one.
+    pub caller: Option<Caller<'a>>,
     pub method: &'a str,
     /// Canonical.
     pub path: &'a str,
@@ -963,6 +964,17 @@ pub struct Input<'a> {
     pub tls: bool,
     pub thumbprint: Option<&'a str>,
     pub route: &'a str,
+}
+
+/// A verified token as a policy reads it (its claims, scopes, subject and client, and the
+/// values policies made of it, kept with it in the token cache).
+#[derive(Clone, Copy)]
+pub struct Caller<'a> {
+    pub claims: &'a serde_json::Map<String, serde_json::Value>,
+    pub scopes: &'a [String],
+    pub subject: Option<&'a str>,
+    pub client: Option<&'a str>,
+    pub memo: &'a TokenValues,
 }
 
 /// The path parameters' values, in the route's order; the first four without an allocation.
@@ -1020,7 +1032,7 @@ impl<'a> Vars<'a> {
     pub fn new(input: &'a Input<'a>) -> Vars<'a> {
         Vars {
             input,
-            token: input.identity.map(|i| i.0.policy.get(&i.0)),
+            token: input.caller.as_ref().map(|c| c.memo.get(c)),
             empty_map: CelMap::default(),
             request: OnceLock::new(),
             params: OnceLock::new(),
@@ -1130,11 +1142,10 @@ impl VariableResolver for Vars<'_> {
                 None => owned(Box::new(CelList::from(Vec::<Box<dyn Val>>::new()))),
             },
             "subject" | "client" => {
-                let p = self.input.identity.map(|i| &i.0.principal);
-                let v = match (name, p) {
-                    ("subject", Some(p)) => p.subject.as_deref(),
-                    (_, Some(p)) => p.client.as_deref(),
-                    _ => None,
+                let c = self.input.caller.as_ref();
+                let v = match name {
+                    "subject" => c.and_then(|c| c.subject),
+                    _ => c.and_then(|c| c.client),
                 };
                 owned(self.text(v.unwrap_or("")))
             }
@@ -1310,26 +1321,25 @@ mod fast {
     }
 
     fn value<'a>(f: &'a Fast, i: &'a Input<'a>) -> Option<V<'a>> {
-        let principal = || i.identity.map(|id| &id.0.principal);
         Some(match f {
             Fast::Str(s) => V::Str(s),
             Fast::Int(n) => V::Int(*n),
             Fast::Bool(b) => V::Bool(*b),
             Fast::List(l) => V::Lits(l),
             Fast::Claim(c) => {
-                let v = &i.identity?.0;
-                json(v.policy.claim(v, c)?)?
+                let caller = i.caller.as_ref()?;
+                json(caller.memo.claim(caller.claims, c)?)?
             }
             Fast::Param(n) => V::Str(i.values.get(*n)?),
             Fast::Method => V::Str(i.method),
             Fast::Path => V::Str(i.path),
             Fast::Query => V::Str(i.query.unwrap_or("")),
             Fast::Host => V::Str(i.host.unwrap_or("")),
-            Fast::Subject => V::Str(principal().and_then(|p| p.subject.as_deref()).unwrap_or("")),
-            Fast::Client => V::Str(principal().and_then(|p| p.client.as_deref()).unwrap_or("")),
+            Fast::Subject => V::Str(i.caller.as_ref().and_then(|c| c.subject).unwrap_or("")),
+            Fast::Client => V::Str(i.caller.as_ref().and_then(|c| c.client).unwrap_or("")),
             Fast::Route => V::Str(i.route),
             Fast::Tls => V::Bool(i.tls),
-            Fast::Scopes => V::Scopes(i.identity.map_or(&[][..], |id| &id.0.scopes)),
+            Fast::Scopes => V::Scopes(i.caller.as_ref().map_or(&[][..], |c| c.scopes)),
             Fast::Header(h) => {
                 let mut all = i.headers.get_all(h.as_str()).iter();
                 let (Some(one), None) = (all.next(), all.next()) else {
@@ -1396,26 +1406,35 @@ mod fast {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::validator::{Principal, Verified};
-    use crate::auth::Identity;
 
-    fn identity(claims: serde_json::Value, scopes: &[&str]) -> Identity {
+    /// A verified token's parts, as the token cache holds them.
+    struct Token {
+        claims: serde_json::Map<String, serde_json::Value>,
+        scopes: Vec<String>,
+        memo: TokenValues,
+    }
+
+    impl Token {
+        fn caller(&self) -> Caller<'_> {
+            Caller {
+                claims: &self.claims,
+                scopes: &self.scopes,
+                subject: self.claims.get("sub").and_then(|s| s.as_str()),
+                client: self.claims.get("client_id").and_then(|s| s.as_str()),
+                memo: &self.memo,
+            }
+        }
+    }
+
+    fn identity(claims: serde_json::Value, scopes: &[&str]) -> Token {
         let serde_json::Value::Object(claims) = claims else {
             panic!("claims are an object")
         };
-        Identity(Arc::new(Verified {
-            principal: Principal::of(&claims),
+        Token {
             claims,
             scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-            exp: 0.0,
-            issuer: 0,
-            key: None,
-            ttl: std::time::Duration::from_secs(1),
-            token_id: crate::auth::token_id(&crate::auth::sha256("t")),
-            token: b"t".as_slice().into(),
-            binding: Default::default(),
-            policy: Default::default(),
-        }))
+            memo: TokenValues::default(),
+        }
     }
 
     fn err(source: &str, params: &[&str]) -> CompileError {
@@ -1487,7 +1506,7 @@ mod tests {
         .collect();
         let names = vec!["tenant".to_owned()];
         let input = |tenant: &'static str| Input {
-            identity: Some(&id),
+            caller: Some(id.caller()),
             method: "GET",
             path: "/tenants/acme/x",
             query: Some("a=1"),
@@ -1571,7 +1590,7 @@ mod tests {
     fn the_allowed_functions_run() {
         let headers = http::HeaderMap::new();
         let input = Input {
-            identity: None,
+            caller: None,
             method: "GET",
             path: "/",
             query: None,
@@ -1698,7 +1717,7 @@ mod tests {
                 headers.append("x-twice", http::HeaderValue::from_static("a"));
                 headers.append("x-twice", http::HeaderValue::from_static("b"));
                 let input = Input {
-                    identity: Some(&id),
+                    caller: Some(id.caller()),
                     method: "GET",
                     path: "/t/acme/x",
                     query: None,
@@ -1732,7 +1751,7 @@ mod tests {
             );
             let headers = http::HeaderMap::new();
             let input = Input {
-                identity: Some(&id),
+                caller: Some(id.caller()),
                 method: "GET",
                 path: "/",
                 query: None,

@@ -308,7 +308,44 @@ pub struct Route {
     /// `allow_if`: CEL conditions ([`crate::policy`]).
     pub allow_if: Option<Arc<crate::policy::Policy>>,
     /// `authzen`: the question for a policy decision point ([`crate::authzen`]).
-    pub authzen: Option<Arc<crate::authzen::Ask>>,
+    pub authzen: Option<Arc<Ask>>,
+}
+
+/// What a route asks its `[authzen.NAME]` policy decision point ([`crate::authzen`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ask {
+    /// Index into the config's PDPs.
+    pub pdp: usize,
+    pub subject_type: String,
+    /// The claim whose value is the subject's id.
+    pub subject_claim: String,
+    pub subject_properties: Vec<String>,
+    /// Action names by method; a method not listed goes as itself.
+    pub action_names: std::collections::BTreeMap<String, String>,
+    pub resource_type: String,
+    pub resource_id: AskResource,
+    pub context: Vec<ContextItem>,
+    /// The PDP's `context.reason_user` may go to the client in a refusal's body.
+    pub reason_to_client: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AskResource {
+    /// The route's `path` or `prefix` as written.
+    Route,
+    /// The canonical path.
+    Path,
+    /// A path parameter, by index.
+    Param(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContextItem {
+    ClientIp,
+    Time,
+    RequestId,
+    Method,
+    Path,
 }
 
 /// What a route's requests are counted by.

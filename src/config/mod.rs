@@ -101,7 +101,7 @@ pub struct Config {
     /// `[telemetry]`: OpenTelemetry traces, if configured.
     pub telemetry: Option<TelemetryConfig>,
     /// `[authzen.NAME]`: policy decision points routes ask, in name order.
-    pub authzen: Vec<crate::authzen::PdpConfig>,
+    pub authzen: Vec<PdpConfig>,
     /// Things that are legal but probably wrong (a route that can never match).
     pub warnings: Vec<Problem>,
     /// Files secrets were read from (`*_file` keys), watched for changes like the TLS files.
@@ -650,4 +650,20 @@ impl Config {
     pub fn from_toml_str(text: &str, name: &str) -> Result<Config, ConfigError> {
         validate::compile(text, name)
     }
+}
+
+/// `[authzen.NAME]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PdpConfig {
+    pub name: String,
+    /// The PDP identifier, without a trailing `/`.
+    pub url: String,
+    pub endpoint: Option<http::Uri>,
+    pub discover: bool,
+    pub timeout: Duration,
+    pub cache_ttl: Duration,
+    pub cache_entries: u64,
+    pub max_in_flight: usize,
+    /// The `Authorization` header sent to the PDP.
+    pub authorization: Option<http::HeaderValue>,
 }

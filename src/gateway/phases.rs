@@ -569,7 +569,13 @@ impl Gateway {
                 .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
         });
         crate::policy::Input {
-            identity: caller,
+            caller: caller.map(|c| crate::policy::Caller {
+                claims: &c.0.claims,
+                scopes: &c.0.scopes,
+                subject: c.0.principal.subject.as_deref(),
+                client: c.0.principal.client.as_deref(),
+                memo: &c.0.policy,
+            }),
             method: req.method().as_str(),
             path,
             query,

@@ -1,8 +1,9 @@
 //! `[authzen.NAME]` and routes' `authzen`: policy decision points and the questions routes ask.
 
 use super::Ctx;
-use crate::authzen::{Ask, ContextItem, PdpConfig, ResourceId};
 use crate::config::file::*;
+use crate::config::PdpConfig;
+use crate::routes::{Ask, AskResource, ContextItem};
 use crate::routes::{PathMatch, Route};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -248,11 +249,11 @@ fn ask(pdp: usize, shape: &Shape, reason: Option<bool>, route: &Route) -> Result
         _ => &[],
     };
     let resource_id = match shape.resource.id.as_deref().unwrap_or("route") {
-        "route" => ResourceId::Route,
-        "path" => ResourceId::Path,
+        "route" => AskResource::Route,
+        "path" => AskResource::Path,
         other => match other.strip_prefix("param:") {
             Some(p) => match params.iter().position(|n| n == p) {
-                Some(n) => ResourceId::Param(n),
+                Some(n) => AskResource::Param(n),
                 None => {
                     return Err(format!(
                         "resource id {other:?}: the route's path has no {{{p}}} segment"
