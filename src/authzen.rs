@@ -110,9 +110,19 @@ impl Pdp {
                 .then(|| format!("{}/access/v1/evaluation", config.url).parse().ok())
                 .flatten()
         });
+        let (client, get_client) = match &config.tls {
+            Some(tls) => (
+                crate::auth::jwks::http_client_tls(&route, tls),
+                crate::auth::jwks::http_client_tls(&route, tls),
+            ),
+            None => (
+                crate::auth::jwks::http_client(&route),
+                crate::auth::jwks::http_client(&route),
+            ),
+        };
         Arc::new(Pdp {
-            client: crate::auth::jwks::http_client(&route),
-            get_client: crate::auth::jwks::http_client(&route),
+            client,
+            get_client,
             endpoint: Mutex::new(endpoint),
             cache: moka::future::Cache::builder()
                 .max_capacity(config.cache_entries)

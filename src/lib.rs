@@ -17,7 +17,8 @@
 //!   response accounting, HTTP/1 and HTTP/2), `host` (one valid `Host`), `path` (the one
 //!   canonical path, matched and forwarded).
 //! - [`routes`]: the first-match route table; [`resource`]: RFC 9728 metadata documents;
-//!   [`mcp`]: MCP routes' JSON-RPC bodies and per-operation scopes.
+//!   [`mcp`]: MCP routes' JSON-RPC bodies and per-operation scopes; [`policy`]: `allow_if`,
+//!   routes' CEL conditions (cel-rust, and a fast form for the usual ones).
 //! - [`telemetry`]: logging setup and metrics.
 //!
 //! The way out:
@@ -43,6 +44,7 @@
 //!   (`pool`), one HTTP/1.1 exchange over it (`exchange`) in the wire format (`wire`), HTTP/2
 //!   upstreams (`h2`), the WebSocket tunnel (`tunnel`), its errors (`error`).
 //! - `forward`: the request and response rewrite (hop-by-hop out, `Host`, `X-Forwarded-*`).
+//! - [`authzen`]: routes' questions to OpenID AuthZEN decision points, and the kept answers.
 //!
 //! The request path:
 //! - [`gateway`]: the chart as named phase functions (`phases`, run by `Gateway::evaluate`),

@@ -53,6 +53,11 @@ impl UpstreamTls {
         })
     }
 
+    /// The rustls settings themselves, for a client that makes its own connections.
+    pub fn client_config(&self) -> Arc<ClientConfig> {
+        self.config.clone()
+    }
+
     /// The same settings offering only `h2` in ALPN (`protocol = "h2"`).
     pub fn with_h2(&self) -> UpstreamTls {
         let mut config = (*self.config).clone();

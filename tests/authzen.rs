@@ -16,16 +16,22 @@ use std::time::Duration;
 /// The PDP as a child process, killed with the test.
 struct Pdp {
     port: u16,
+    mtls: bool,
     _child: tokio::process::Child,
 }
 
 impl Pdp {
     async fn start(mode: &str) -> Pdp {
+        Pdp::start_with(mode, &[]).await
+    }
+
+    async fn start_with(mode: &str, extra: &[&str]) -> Pdp {
         use tokio::io::AsyncBufReadExt;
         let port = free_port();
         let mut child = tokio::process::Command::new("python3")
             .args(["tests/authzen/pdp.py", &port.to_string(), "--mode", mode])
             .args(["--token", "pdp-secret"])
+            .args(extra)
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -39,24 +45,38 @@ impl Pdp {
         assert_eq!(line.trim(), "ready");
         Pdp {
             port,
+            mtls: extra.contains(&"--mtls"),
             _child: child,
         }
     }
 
     async fn stats(&self) -> Value {
-        let a = get(
-            &client(),
-            &format!("http://127.0.0.1:{}/stats", self.port),
-            &[],
-        )
-        .await;
-        serde_json::from_str(&a.body).unwrap()
+        if !self.mtls {
+            let url = format!("http://127.0.0.1:{}/stats", self.port);
+            return serde_json::from_str(&get(&client(), &url, &[]).await.body).unwrap();
+        }
+        // Python's own client presents the certificate an --mtls PDP asks for.
+        let out = tokio::process::Command::new("python3")
+            .args(["-c", STATS, &self.port.to_string()])
+            .output()
+            .await
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
     }
 
     async fn evaluations(&self) -> u64 {
         self.stats().await["evaluations"].as_u64().unwrap()
     }
 }
+
+/// Reads an --mtls PDP's /stats with the fixtures' client certificate.
+const STATS: &str = r#"
+import ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile="tests/fixtures/tls/ca.pem")
+ctx.load_cert_chain("tests/fixtures/tls/client.pem", "tests/fixtures/tls/client-key.pem")
+url = f"https://127.0.0.1:{sys.argv[1]}/stats"
+print(urllib.request.urlopen(url, timeout=5, context=ctx).read().decode())
+"#;
 
 fn token_file() -> String {
     let path = std::env::temp_dir().join(format!("bearward-pdp-token-{}", std::process::id()));
@@ -367,6 +387,33 @@ async fn the_endpoint_can_come_from_the_pdps_metadata() {
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     let m = metrics_after_close(&gw).await;
     assert!(m.contains("outcome=\"discovery_failed\""), "{m}");
+}
+
+/// A PDP on HTTPS that asks for a client certificate: bearward trusts its CA and presents
+/// one; without the certificate there is no decision (503), never an allow.
+#[tokio::test]
+async fn a_pdp_behind_mtls() {
+    let pdp = Pdp::start_with("normal", &["--mtls"]).await;
+    let up = Upstream::start().await;
+    let tls = "ca_file = \"tests/fixtures/tls/ca.pem\"";
+    let cert = "client_cert_file = \"tests/fixtures/tls/client.pem\"\nclient_key_file = \"tests/fixtures/tls/client-key.pem\"";
+    let https = |extra: &str| {
+        config(&up, pdp.port, extra, "").replace(
+            &format!("url = \"http://127.0.0.1:{}\"", pdp.port),
+            &format!("url = \"https://127.0.0.1:{}\"", pdp.port),
+        )
+    };
+    let t = token_for(
+        "CiRmZDA2MTRkMy1jMzlhLTQ3ODEtYjdiZC04Yjk2ZjVhNTEwMGQSBWxvY2Fs",
+        600,
+    );
+    let gw = Gateway::start(&https(&format!("{tls}\n{cert}"))).await;
+    assert_eq!(call(&gw, "GET", "/todos", &t).await.status, StatusCode::OK);
+    assert_eq!(pdp.evaluations().await, 1);
+    let without = Gateway::start(&https(tls)).await;
+    let a = call(&without, "POST", "/todos", &t).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(pdp.evaluations().await, 1, "the PDP refused the connection");
 }
 
 /// Two replicas with one Redis: the second takes the first's answer and asks nothing.

@@ -288,6 +288,18 @@ async fn reload_under_load_switches_policy_and_loses_nothing() {
         StatusCode::UNAUTHORIZED,
         "the invalid file changed nothing"
     );
+    // So does an `allow_if` that does not compile, with its column in the error.
+    std::fs::write(
+        &file,
+        reload_config(&up.url(), "none").replace(
+            "prefix = \"/public\"",
+            "prefix = \"/public\"\nallow_if = \"request.method ==\"",
+        ),
+    )
+    .unwrap();
+    let e = live.reload_file(&file).unwrap_err().to_string();
+    assert!(e.contains("allow_if: column 18 of the expression"), "{e}");
+    assert_eq!(probe("/public/a").await, StatusCode::UNAUTHORIZED);
 
     // And back, through an explicit reload (what SIGHUP does).
     std::fs::write(&file, reload_config(&up.url(), "none")).unwrap();

@@ -57,6 +57,25 @@ where
     Client::builder(TokioExecutor::new()).build(connector)
 }
 
+/// [`http_client`] trusting `tls`'s roots and presenting its client certificate, for a server
+/// with a private CA that asks for one (an AuthZEN decision point).
+pub fn http_client_tls<B>(route: &Route, tls: &rustls::ClientConfig) -> HttpsClient<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // hyper-rustls sets ALPN itself (and refuses a config that already has it).
+    let mut tls = tls.clone();
+    tls.alpn_protocols.clear();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(Egress::new(route));
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
 /// The route an issuer's calls take: its own `proxy`, else the environment's.
 pub fn issuer_route(issuer: &IssuerConfig) -> Route {
     issuer

@@ -93,6 +93,18 @@ pub(super) struct AuthzenFile {
     pub client_secret_file: Option<Spanned<String>>,
     /// In the reference row of `client_id`.
     pub client_secret_env: Option<Spanned<String>>,
+    /// Reference: `ca_file`
+    /// Default: the system roots
+    ///
+    /// PEM certificates an `https` PDP's certificate must chain to
+    pub ca_file: Option<Spanned<String>>,
+    /// Reference: `client_cert_file`, `client_key_file`
+    /// Default: none
+    ///
+    /// a PEM client certificate chain and its key, presented to a PDP that asks for one (mTLS)
+    pub client_cert_file: Option<Spanned<String>>,
+    /// In the reference row of `client_cert_file`.
+    pub client_key_file: Option<Spanned<String>>,
     /// Reference: `subject`
     /// Default: `{ type = "identity", id = "sub" }`
     ///

@@ -653,7 +653,7 @@ impl Config {
 }
 
 /// `[authzen.NAME]`, validated.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct PdpConfig {
     pub name: String,
     /// The PDP identifier, without a trailing `/`.
@@ -666,4 +666,6 @@ pub struct PdpConfig {
     pub max_in_flight: usize,
     /// The `Authorization` header sent to the PDP.
     pub authorization: Option<http::HeaderValue>,
+    /// `ca_file` and the client certificate, when either is set.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }

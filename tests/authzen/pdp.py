@@ -3,7 +3,7 @@
 January 2026), for bearward's tests: the Access Evaluation API over the HTTPS JSON binding
 (section 11.1, here over plain HTTP on loopback) and the PDP metadata (section 9).
 
-    python3 tests/authzen/pdp.py PORT [--mode normal|slow|malformed|http_error] [--token T]
+    python3 tests/authzen/pdp.py PORT [--mode normal|slow|malformed|http_error] [--token T] [--mtls]
 
 - POST /access/v1/evaluation: `Content-Type: application/json` required (400 otherwise); the
   body must be a JSON object with `subject` {type, id}, `action` {name} and `resource`
@@ -21,6 +21,9 @@ Todo application; authzen-interop.net, scenarios/api-gateway): subjects are the 
 Rick & Morty users, resources `{type: "route", id: <route template>}`, actions the HTTP
 methods; roles come from the scenario's PIP table below. decisions.json next to this file is the
 scenario's own expected-decisions fixture.
+
+With `--mtls` it serves HTTPS with tests/fixtures/tls/server.pem and requires a client
+certificate signed by the fixtures' ca.pem (the transport security of section 12.1).
 
 Modes: `slow` sleeps 3 s before answering; `malformed` answers `{"decision": "yes"}`;
 `http_error` answers 500; `allow_all` allows every well-formed question (for benches).
@@ -92,7 +95,7 @@ def make_handler(args):
             self.wfile.write(data)
 
         def base(self):
-            return f"http://127.0.0.1:{args.port}"
+            return f"{'https' if args.mtls else 'http'}://127.0.0.1:{args.port}"
 
         def do_GET(self):
             if self.path == "/.well-known/authzen-configuration":
@@ -154,8 +157,18 @@ def main():
     ap.add_argument("port", type=int)
     ap.add_argument("--mode", default="normal", choices=["normal", "slow", "malformed", "http_error", "allow_all"])
     ap.add_argument("--token")
+    ap.add_argument("--mtls", action="store_true")
     args = ap.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(args))
+    if args.mtls:
+        import os
+        import ssl
+        tls = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "tls")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(os.path.join(tls, "server.pem"), os.path.join(tls, "server-key.pem"))
+        ctx.load_verify_locations(os.path.join(tls, "ca.pem"))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     server.daemon_threads = True
     print("ready", flush=True)
     try:

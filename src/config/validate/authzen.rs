@@ -148,6 +148,10 @@ pub(super) fn pdps(
                 None
             }
         });
+        let tls = tls(cx, f, &key).unwrap_or_else(|()| {
+            ok = false;
+            None
+        });
         let shape = Shape {
             subject: f
                 .subject
@@ -182,10 +186,67 @@ pub(super) fn pdps(
             cache_entries,
             max_in_flight,
             authorization,
+            tls,
         });
         out.shapes.push(shape);
     }
     out
+}
+
+/// `ca_file` and the client certificate: rustls settings for the PDP's connections, `None`
+/// when neither is set (the system roots, no client certificate).
+#[allow(clippy::result_unit_err)]
+fn tls(
+    cx: &mut Ctx<'_>,
+    f: &AuthzenFile,
+    key: &dyn Fn(&str) -> String,
+) -> Result<Option<Arc<rustls::ClientConfig>>, ()> {
+    use std::path::Path;
+    if f.ca_file.is_none() && f.client_cert_file.is_none() && f.client_key_file.is_none() {
+        return Ok(None);
+    }
+    let roots = match crate::tls::roots(f.ca_file.as_ref().map(|c| Path::new(c.get_ref().as_str())))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let span = f.ca_file.as_ref().map_or(0..0, Spanned::span);
+            cx.err(span, &key("ca_file"), e);
+            return Err(());
+        }
+    };
+    let identity = match (&f.client_cert_file, &f.client_key_file) {
+        (None, None) => None,
+        (Some(c), Some(k)) => {
+            match crate::tls::Identity::load(Path::new(c.get_ref()), Path::new(k.get_ref())) {
+                Ok(i) => Some(i),
+                Err(crate::tls::IdentityError::Cert(e)) => {
+                    cx.err(c.span(), &key("client_cert_file"), e);
+                    return Err(());
+                }
+                Err(crate::tls::IdentityError::Key(e)) => {
+                    cx.err(k.span(), &key("client_key_file"), e);
+                    return Err(());
+                }
+            }
+        }
+        (Some(c), None) | (None, Some(c)) => {
+            cx.err(
+                c.span(),
+                &key("client_cert_file"),
+                "give both client_cert_file and client_key_file",
+            );
+            return Err(());
+        }
+    };
+    // The server name is the URL's host, checked by the connector; any will do here.
+    let name = crate::tls::server_name("localhost").map_err(|_| ())?;
+    match crate::tls::UpstreamTls::new(name, roots, identity) {
+        Ok(t) => Ok(Some(t.client_config())),
+        Err(e) => {
+            cx.err(0..0, &key("client_cert_file"), e);
+            Err(())
+        }
+    }
 }
 
 /// Each route's `authzen`: the PDP it names and the question it asks, its own shape over the
