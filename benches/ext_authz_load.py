@@ -16,10 +16,12 @@ ratio is gRPC checks/s over HTTP checks/s. Nothing asserts a timing; it prints f
 import argparse
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import load  # noqa: E402
@@ -52,9 +54,10 @@ scopes = ["read"]
 """
 
 
-def h2load(url, clients, streams, duration, headers, body=None):
-    cmd = ["taskset", "-c", load.WRK_CPU, "h2load", "-c", str(clients), "-m", str(streams),
-           "-D", str(duration), "--warm-up-time=1"]
+def h2load(url, clients, streams, duration, headers, body=None, requests=None):
+    cmd = ["taskset", "-c", load.WRK_CPU, "h2load", "-c", str(clients), "-m", str(streams)]
+    # A count of requests, for a counter that must see exactly those; else a time after a warm-up.
+    cmd += ["-n", str(requests)] if requests else ["-D", str(duration), "--warm-up-time=1"]
     if body:
         cmd += ["-d", body]
     for h in headers:
@@ -66,6 +69,32 @@ def h2load(url, clients, streams, duration, headers, body=None):
     return {"rps": rps, "requests": done, "non2xx": sum(int(x) for x in codes.groups()[1:])}
 
 
+def instructions(args, d, pid, cases):
+    """Each listener's checks: warmed, counters zeroed, h2load for --duration, dumped; the
+    dump's total over the checks done."""
+    import instructions as instr
+    totals = {}
+    for n, (name, url, hdrs, body) in enumerate(cases, start=1):
+        h2load(url, args.clients, args.streams, 2, hdrs, body)
+        subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True, check=True)
+        r = h2load(url, args.clients, args.streams, None, hdrs, body, requests=args.checks)
+        subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True, check=True)
+        dump = f"{d}/cg.out.{n}"
+        for _ in range(50):
+            if os.path.exists(dump) and os.path.getsize(dump) > 0:
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+        total, _ = instr.annotate(dump)
+        if args.keep:
+            os.makedirs(args.keep, exist_ok=True)
+            shutil.copy(dump, os.path.join(args.keep, f"callgrind.{name}.out"))
+        totals[name] = total / max(r["requests"], 1)
+        print(f"{name:5} {r['requests']:8d} checks  {totals[name]:8.0f} instructions/check", flush=True)
+    print(f"gRPC / HTTP, in instructions per check: {totals['grpc'] / totals['http']:.2f}x "
+          f"(the HTTP check's throughput over the gRPC one's on one core: {totals['http'] / totals['grpc']:.2f}x)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10)
@@ -73,6 +102,11 @@ def main():
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--streams", type=int, default=10)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--instructions", action="store_true",
+                    help="instead: instructions per check under callgrind (a figure the machine's load does not move), "
+                         "each listener's checks counted apart")
+    ap.add_argument("--keep", metavar="DIR", help="with --instructions: copy each callgrind dump here")
+    ap.add_argument("--checks", type=int, default=20000, help="with --instructions: checks counted per listener")
     ap.add_argument("--bearward", default=os.path.join(load.ROOT, "target", "release", "bearward"))
     args = ap.parse_args()
 
@@ -100,10 +134,11 @@ def main():
     http_url = f"http://127.0.0.1:{PORTS['decision']}/api/x"
     procs = {}
     try:
-        procs["bearward"] = load.start([args.bearward, "--config", f"{d}/bearward.toml"], load.SERVER_CPU,
+        under = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg.out"] if args.instructions else []
+        procs["bearward"] = load.start([*under, args.bearward, "--config", f"{d}/bearward.toml"], load.SERVER_CPU,
                                        env={**os.environ, "RUST_LOG": "warn"})
         for p in PORTS.values():
-            load.wait_port(p)
+            load.wait_port(p, timeout=60)
         # h2load shows no trailers: the answer is checked with the tests' Envoy client.
         case = json.dumps([{"path": "/api/x", "host": "api.bench", "headers": {"authorization": f"Bearer {token}"}}])
         out = subprocess.run([sys.executable, os.path.join(load.ROOT, "tests", "ext_authz", "client.py"),
@@ -115,6 +150,10 @@ def main():
             raise SystemExit("the HTTP check is not allowed")
         print("checks: gRPC grpc-status 0, HTTP 200")
         pid = procs["bearward"].pid
+        if args.instructions:
+            instructions(args, d, pid, (("http", http_url, http_headers, None),
+                                        ("grpc", grpc_url, grpc_headers, f"{d}/check")))
+            return
         results = {}
         for rnd in range(args.rounds):
             for name, url, hdrs, body in (("http", http_url, http_headers, None),

@@ -208,6 +208,17 @@ impl Ty {
         }
     }
 
+    /// The name with its article: `a string`, `an int`.
+    fn a(&self) -> String {
+        let n = self.name();
+        let article = if n.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        };
+        format!("{article} {n}")
+    }
+
     fn numeric(&self) -> bool {
         matches!(self, Ty::Int | Ty::Uint | Ty::Double)
     }
@@ -347,7 +358,7 @@ impl Checker<'_> {
                     other => {
                         return Err((
                             c.iter_range.id,
-                            format!("cannot iterate over a {}", other.name()),
+                            format!("cannot iterate over {}", other.a()),
                         ))
                     }
                 };
@@ -421,22 +432,21 @@ impl Checker<'_> {
             },
             Ty::Map(t) => Ok((**t).clone()),
             Ty::Dyn => Ok(Ty::Dyn),
-            other => Err(format!("`.{field}` on a {}", other.name())),
+            other => Err(format!("`.{field}` on {}", other.a())),
         }
     }
 
     fn call(&self, f: &str, target: Option<Ty>, args: &[Ty]) -> Result<Ty, String> {
         let arg = |i: usize| args.get(i).cloned().unwrap_or(Ty::Dyn);
         let both = || (arg(0), arg(1));
-        let mismatch = |op: &str, a: &Ty, b: &Ty| {
-            Err(format!("`{op}` between a {} and a {}", a.name(), b.name()))
-        };
+        let mismatch =
+            |op: &str, a: &Ty, b: &Ty| Err(format!("`{op}` between {} and {}", a.a(), b.a()));
         let comparable = |a: &Ty, b: &Ty| a.fits(b) || (a.numeric() && b.numeric());
         match f {
             "_&&_" | "_||_" | "!_" | "@not_strictly_false" => {
                 for a in args {
                     if !a.fits(&Ty::Bool) {
-                        return Err(format!("a logical operator on a {}", a.name()));
+                        return Err(format!("a logical operator on {}", a.a()));
                     }
                 }
                 Ok(Ty::Bool)
@@ -529,37 +539,37 @@ impl Checker<'_> {
             }
             "-_" => match arg(0) {
                 t if t.numeric() || t == Ty::Dyn || t == Ty::Duration => Ok(t),
-                t => Err(format!("`-` on a {}", t.name())),
+                t => Err(format!("`-` on {}", t.a())),
             },
             "_?_:_" => {
                 if !arg(0).fits(&Ty::Bool) {
-                    return Err(format!("a condition that is a {}", arg(0).name()));
+                    return Err(format!("a condition that is {}", arg(0).a()));
                 }
                 Ok(if arg(1) == arg(2) { arg(1) } else { Ty::Dyn })
             }
             "_[_]" => match (arg(0), arg(1)) {
                 (Ty::List(t), i) if i.fits(&Ty::Int) || i == Ty::Uint => Ok(*t),
-                (Ty::List(_), i) => Err(format!("a list indexed by a {}", i.name())),
+                (Ty::List(_), i) => Err(format!("a list indexed by {}", i.a())),
                 (Ty::Map(t), _) => Ok(*t),
                 (Ty::Object(Object::Params), k) if k.fits(&Ty::Str) => Ok(Ty::Str),
                 (Ty::Dyn, _) => Ok(Ty::Dyn),
-                (t, _) => Err(format!("`[]` on a {}", t.name())),
+                (t, _) => Err(format!("`[]` on {}", t.a())),
             },
             "size" => {
                 let on = target.clone().unwrap_or_else(|| arg(0));
                 match on {
                     Ty::Str | Ty::Bytes | Ty::List(_) | Ty::Map(_) | Ty::Dyn => Ok(Ty::Int),
-                    t => Err(format!("size() of a {}", t.name())),
+                    t => Err(format!("size() of {}", t.a())),
                 }
             }
             "contains" | "startsWith" | "endsWith" | "matches" => {
                 let on = target.clone().unwrap_or_else(|| arg(0));
                 if !on.fits(&Ty::Str) {
-                    return Err(format!("{f}() on a {}", on.name()));
+                    return Err(format!("{f}() on {}", on.a()));
                 }
                 let with = if target.is_some() { arg(0) } else { arg(1) };
                 if !with.fits(&Ty::Str) {
-                    return Err(format!("{f}() with a {}", with.name()));
+                    return Err(format!("{f}() with {}", with.a()));
                 }
                 Ok(Ty::Bool)
             }
@@ -574,7 +584,7 @@ impl Checker<'_> {
             "type" | "dyn" => Ok(Ty::Dyn),
             f if f.starts_with("get") && FUNCTIONS.contains(&f) => match target {
                 Some(Ty::Timestamp | Ty::Duration | Ty::Dyn) => Ok(Ty::Int),
-                Some(t) => Err(format!("{f}() on a {}", t.name())),
+                Some(t) => Err(format!("{f}() on {}", t.a())),
                 None => Err(format!("{f}() is a method of a timestamp")),
             },
             f => Err(format!(
@@ -634,7 +644,7 @@ impl Condition {
             Ok(t) if !t.fits(&Ty::Bool) => {
                 return Err(at(
                     (1, 1),
-                    format!("gives a {}, where a condition must give a bool", t.name()),
+                    format!("gives {}, where a condition must give a bool", t.a()),
                 ))
             }
             Ok(_) => {}
@@ -1455,10 +1465,10 @@ mod tests {
         let e = err("request.methd == 'GET'", &[]);
         assert!(e.message.contains("request has no field `methd`"), "{e}");
         let e = err("request.method + 1 == 'x'", &[]);
-        assert!(e.message.contains("`+` between a string and a int"), "{e}");
+        assert!(e.message.contains("`+` between a string and an int"), "{e}");
         assert_eq!(e.column, 16, "{e}");
         let e = err("request.method == 1", &[]);
-        assert!(e.message.contains("between a string and a int"), "{e}");
+        assert!(e.message.contains("between a string and an int"), "{e}");
         let e = err("request.method", &[]);
         assert!(e.message.contains("gives a string"), "{e}");
         let e = err("scopes.startsWith('a')", &[]);

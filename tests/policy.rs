@@ -229,7 +229,7 @@ fn bad_expressions_are_config_errors_with_their_column() {
         "{e}"
     );
     let e = refused("allow_if = \"request.method + 1 == 2\"");
-    assert!(e.contains("`+` between a string and a int"), "{e}");
+    assert!(e.contains("`+` between a string and an int"), "{e}");
     let e = refused("allow_if = \"tenant == 'a'\"");
     assert!(e.contains("unknown variable `tenant`"), "{e}");
     let e = refused("allow_if = \"request.path\"");

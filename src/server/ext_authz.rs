@@ -101,9 +101,10 @@ mod wire {
     pub(super) struct Peer {
         #[prost(message, optional, tag = "1")]
         pub(super) address: Option<Address>,
-        /// URL-encoded PEM of the certificate Envoy verified.
-        #[prost(string, tag = "5")]
-        pub(super) certificate: String,
+        /// URL-encoded PEM of the certificate Envoy verified (a `string`, read as bytes: no
+        /// copy, and checked as text only when there is one).
+        #[prost(bytes = "bytes", tag = "5")]
+        pub(super) certificate: Bytes,
     }
 
     /// `Address`, whose `oneof address` has `socket_address` at 1 (a pipe or an internal
@@ -116,8 +117,8 @@ mod wire {
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub(super) struct SocketAddress {
-        #[prost(string, tag = "2")]
-        pub(super) address: String,
+        #[prost(bytes = "bytes", tag = "2")]
+        pub(super) address: Bytes,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -137,8 +138,8 @@ mod wire {
         pub(super) path: String,
         #[prost(string, tag = "5")]
         pub(super) host: String,
-        #[prost(string, tag = "6")]
-        pub(super) scheme: String,
+        #[prost(bytes = "bytes", tag = "6")]
+        pub(super) scheme: Bytes,
         #[prost(message, optional, tag = "13")]
         pub(super) header_map: Option<HeaderMap>,
     }
@@ -401,10 +402,12 @@ fn http_view(check: wire::CheckRequest) -> View {
         }
     }
     let source = attributes.source.unwrap_or_default();
-    let address = source
-        .address
-        .and_then(|a| a.socket_address)
-        .and_then(|s| s.address.parse::<std::net::IpAddr>().ok());
+    let address = source.address.and_then(|a| a.socket_address).and_then(|s| {
+        std::str::from_utf8(&s.address)
+            .ok()?
+            .parse::<std::net::IpAddr>()
+            .ok()
+    });
     let headers = request.headers_mut();
     headers.remove(http::header::FORWARDED);
     headers.remove("x-forwarded-for");
@@ -415,7 +418,9 @@ fn http_view(check: wire::CheckRequest) -> View {
     }
     let tls = (!source.certificate.is_empty() || http.scheme == "https").then(|| TlsInfo {
         alpn_h2: false,
-        client_cert: crate::tls::pem_thumbprint(&source.certificate),
+        client_cert: std::str::from_utf8(&source.certificate)
+            .ok()
+            .and_then(crate::tls::pem_thumbprint),
     });
     let host = (!http.host.is_empty())
         .then(|| HeaderValue::from_str(&http.host).ok())
@@ -585,13 +590,22 @@ fn metadata(out: &Facts) -> reply::Struct {
         fields.push(field("route", bytes::Bytes::copy_from_slice(r.as_bytes())));
     }
     if let Some(i) = &out.identity {
-        if let Some(s) = i.text("sub") {
-            fields.push(field("subject", s.into()));
+        // The subject and client read once when the token was verified (the client as every
+        // other check names it: `azp`, else `client_id`), not looked up again in the claims.
+        let p = &i.0.principal;
+        if let Some(s) = &p.subject {
+            fields.push(field(
+                "subject",
+                bytes::Bytes::copy_from_slice(s.as_bytes()),
+            ));
         }
-        if let Some(c) = i.text("client_id").or_else(|| i.text("azp")) {
-            fields.push(field("client_id", c.into()));
+        if let Some(c) = &p.client {
+            fields.push(field(
+                "client_id",
+                bytes::Bytes::copy_from_slice(c.as_bytes()),
+            ));
         }
-        fields.push(field("scopes", i.text("scope").unwrap_or_default().into()));
+        fields.push(field("scopes", i.0.scopes.join(" ").into()));
     }
     reply::Struct { fields }
 }
@@ -815,15 +829,15 @@ mod tests {
         let got = wire::CheckRequest::decode(bytes).unwrap();
         let a = got.attributes.unwrap();
         let source = a.source.unwrap();
-        assert_eq!(source.certificate, "-----BEGIN%20CERTIFICATE-----");
+        assert_eq!(&source.certificate[..], b"-----BEGIN%20CERTIFICATE-----");
         assert_eq!(
-            source.address.unwrap().socket_address.unwrap().address,
-            "203.0.113.7"
+            &source.address.unwrap().socket_address.unwrap().address[..],
+            b"203.0.113.7"
         );
         let http = a.request.unwrap().http.unwrap();
         assert_eq!(
-            (&*http.method, &*http.path, &*http.host, &*http.scheme),
-            ("POST", "/api/x?q=1", "api.test", "https")
+            (&*http.method, &*http.path, &*http.host, &http.scheme[..]),
+            ("POST", "/api/x?q=1", "api.test", &b"https"[..])
         );
         assert_eq!(http.headers.len(), 1);
         assert_eq!(&http.headers[0].key[..], b"authorization");
