@@ -315,19 +315,8 @@ impl Pdp {
             base.path().trim_end_matches('/')
         );
         let uri: Uri = at.parse().map_err(|e| format!("{at}: {e}"))?;
-        let resp = self
-            .get_client
-            .get(uri.clone())
-            .await
-            .map_err(|e| format!("GET {uri}: {}", crate::egress::error_chain(&e)))?;
-        if resp.status() != http::StatusCode::OK {
-            return Err(format!("GET {uri}: status {}", resp.status()));
-        }
-        let body = Limited::new(resp.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| format!("GET {uri}: {e}"))?
-            .to_bytes();
+        let (body, _) =
+            crate::auth::jwks::get(&self.get_client, &uri, MAX_ANSWER, self.config.timeout).await?;
         let doc: Value =
             serde_json::from_slice(&body).map_err(|e| format!("GET {uri}: not JSON: {e}"))?;
         // The metadata must be the PDP's own (mix-up protection).

@@ -988,6 +988,8 @@ pub struct Caller<'a> {
 }
 
 /// The path parameters' values, in the route's order; the first four without an allocation.
+/// Written out rather than a `SmallVec` (in the tree): that one is invariant over its lifetime,
+/// which would make [`Input`] invariant and every borrow of it a fight.
 #[derive(Default)]
 pub struct Values<'a> {
     first: [std::borrow::Cow<'a, str>; 4],

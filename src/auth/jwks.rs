@@ -86,7 +86,7 @@ pub fn issuer_route(issuer: &IssuerConfig) -> Route {
 
 /// Bounded GET: status 200, at most `max_bytes`, all within `timeout`.
 /// Returns the body and the `max-age` of its `Cache-Control`, if any.
-async fn get(
+pub(crate) async fn get(
     client: &HttpsClient,
     uri: &Uri,
     max_bytes: usize,
