@@ -17,7 +17,7 @@ LAYERS = [
     {"telemetry", "routes", "resource", "config", "request", "trace", "mcp", "policy"},  # parsing and policy
     {"store"},  # the store replicas share
     {"auth"},
-    {"upstream", "forward", "authzen"},
+    {"upstream", "forward", "authzen", "assertion", "token_exchange"},
     {"gateway"},
     {"server", "explain", "demo"},
 ]

@@ -45,6 +45,8 @@
 //!   upstreams (`h2`), the WebSocket tunnel (`tunnel`), its errors (`error`).
 //! - `forward`: the request and response rewrite (hop-by-hop out, `Host`, `X-Forwarded-*`).
 //! - [`authzen`]: routes' questions to OpenID AuthZEN decision points, and the kept answers.
+//! - [`assertion`]: the identity assertions bearward signs for upstreams, and their published
+//!   keys; [`token_exchange`]: the tokens RFC 8693 exchanges mint for upstreams.
 //!
 //! The request path:
 //! - [`gateway`]: the chart as named phase functions (`phases`, run by `Gateway::evaluate`),
@@ -57,6 +59,7 @@
 //! - [`demo`]: `bearward demo`, a self-contained walkthrough; [`explain`]: `bearward explain`,
 //!   the proxy's own phases with a printing sink and live keys.
 
+pub mod assertion;
 pub mod auth;
 pub mod authzen;
 pub mod body;
@@ -78,6 +81,7 @@ pub mod store;
 pub mod telemetry;
 pub(crate) mod timer;
 pub mod tls;
+pub mod token_exchange;
 pub mod trace;
 pub mod upstream;
 

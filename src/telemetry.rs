@@ -205,6 +205,12 @@ struct PdpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExchangeLabels {
+    upstream: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PdpNameLabels {
     pdp: String,
 }
@@ -330,6 +336,7 @@ pub struct Metrics {
     authzen_calls: Family<PdpLabels, Counter>,
     authzen_latency: Family<PdpNameLabels, Histogram, fn() -> Histogram>,
     authzen_cache: Family<PdpLayerLabels, Counter>,
+    token_exchanges: Family<ExchangeLabels, Counter>,
     tls_handshakes: Family<LookupLabels, Counter>,
     trace_spans: Family<LookupLabels, Counter>,
     dpop_proofs: Family<LookupLabels, Counter>,
@@ -399,6 +406,7 @@ impl Metrics {
             authzen_calls: Family::default(),
             authzen_latency: Family::new_with_constructor(histogram as fn() -> Histogram),
             authzen_cache: Family::default(),
+            token_exchanges: Family::default(),
             tls_handshakes: Family::default(),
             trace_spans: Family::default(),
             dpop_proofs: Family::default(),
@@ -548,6 +556,11 @@ impl Metrics {
             m.authzen_cache.clone(),
         );
         registry.register(
+            "token_exchanges",
+            "RFC 8693 token exchanges by upstream and outcome (ok, shared_hit, the refusals invalid_grant, invalid_target, invalid_scope, and why a call failed: timeout, unreachable, http_error, invalid_answer, discovery_failed, actor_token_failed, client_error)",
+            m.token_exchanges.clone(),
+        );
+        registry.register(
             "rate_limit_fallbacks",
             "Rate-limit checks decided by this process alone (the limit divided by rate_limit_fallback_replicas) because the shared store could not answer",
             m.rate_limit_fallbacks.clone(),
@@ -669,6 +682,16 @@ impl Metrics {
                 })
                 .observe(took.as_secs_f64());
         }
+    }
+
+    /// Counts one token exchange (or a token found in the shared store).
+    pub fn token_exchange(&self, upstream: &str, outcome: &'static str) {
+        self.token_exchanges
+            .get_or_create(&ExchangeLabels {
+                upstream: upstream.to_owned(),
+                outcome,
+            })
+            .inc();
     }
 
     /// Counts one AuthZEN call and its latency.

@@ -73,16 +73,22 @@ fn the_reference_documents_every_config_key_and_no_other() {
             ));
         }
     }
-    // A route's rate_limit and mcp are inline tables, each documented in its own row.
-    for (key, table) in [("rate_limit", "RateLimitFile"), ("mcp", "McpFile")] {
-        let row = page_rows("routes")
+    // Inline tables (a route's rate_limit and mcp, an upstream's identity_assertion and token_exchange), each
+    // documented in its own row.
+    for (page, key, table) in [
+        ("routes", "rate_limit", "RateLimitFile"),
+        ("routes", "mcp", "McpFile"),
+        ("upstreams", "identity_assertion", "AssertionFile"),
+        ("upstreams", "token_exchange", "TokenExchangeFile"),
+    ] {
+        let row = page_rows(page)
             .into_iter()
             .find(|(k, _)| k.iter().any(|k| k == key))
             .map(|(_, row)| row)
             .unwrap_or_default();
         for k in struct_keys(&source, table) {
             if !row.contains(&format!("{k} = ")) {
-                problems.push(format!("routes.{key} {k}: not in the {key} row"));
+                problems.push(format!("{page}.{key} {k}: not in the {key} row"));
             }
         }
     }

@@ -120,6 +120,7 @@ mod tests {
             binding: Default::default(),
             principal: Default::default(),
             policy: Default::default(),
+            minted: Default::default(),
         })
     }
 

@@ -55,3 +55,54 @@ fn value_text(value: &serde_json::Value) -> Option<String> {
         _ => return None,
     })
 }
+
+/// What bearward minted for one verified token, per upstream (a signed identity assertion, an
+/// exchanged token), kept with the token so a cache hit reuses it. Keyed by the minter's id,
+/// which a reload renews, so a new config never picks up an old minter's value. A few entries:
+/// a token reaches a handful of upstreams, and the oldest goes when a new one does not fit.
+#[derive(Default)]
+pub struct Minted(std::sync::Mutex<Vec<(u64, HeaderValue, u64)>>);
+
+/// Entries kept per token: past this many upstreams, the oldest is minted again when used.
+const MINTED_ENTRIES: usize = 4;
+
+impl std::fmt::Debug for Minted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Minted")
+    }
+}
+
+/// Minter ids, unique in the process: a reload makes new minters, whose kept values never mix
+/// with the old ones'.
+static NEXT_MINTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl Minted {
+    /// A new minter's id.
+    pub fn new_minter() -> u64 {
+        NEXT_MINTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The value `minter` made, while `now` (seconds since the epoch) is before its `until`.
+    pub fn get(&self, minter: u64, now: u64) -> Option<HeaderValue> {
+        let kept = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        kept.iter()
+            .find(|(m, _, until)| *m == minter && now < *until)
+            .map(|(_, v, _)| v.clone())
+    }
+
+    /// Keeps `value` for `minter` until `until`.
+    pub fn put(&self, minter: u64, value: HeaderValue, until: u64) {
+        let mut kept = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        kept.retain(|(m, _, _)| *m != minter);
+        if kept.len() >= MINTED_ENTRIES {
+            kept.remove(0);
+        }
+        kept.push((minter, value, until));
+    }
+}

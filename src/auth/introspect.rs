@@ -402,6 +402,7 @@ impl Introspector {
         Ok(Answer::Active(Arc::new(Verified {
             principal: validator::Principal::of(&answer),
             policy: Default::default(),
+            minted: Default::default(),
             claims: answer,
             scopes,
             exp: exp.unwrap_or(f64::INFINITY),
@@ -531,56 +532,13 @@ impl Introspector {
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.append_pair("token", token);
         form.append_pair("token_type_hint", "access_token");
-        let mut req = Request::post(uri.clone())
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(header::ACCEPT, "application/json")
-            .header(
-                header::USER_AGENT,
-                concat!("bearward/", env!("CARGO_PKG_VERSION")),
-            );
-        match &cfg.client_auth {
-            ClientAuth::SecretBasic(secret) => {
-                // RFC 6749 2.3.1: both parts form-encoded before Basic encoding.
-                let id: String =
-                    form_urlencoded::byte_serialize(cfg.client_id.as_bytes()).collect();
-                let pw: String = form_urlencoded::byte_serialize(&secret.0).collect();
-                let basic = base64::Engine::encode(
-                    &base64::engine::general_purpose::STANDARD,
-                    format!("{id}:{pw}"),
-                );
-                req = req.header(header::AUTHORIZATION, format!("Basic {basic}"));
-            }
-            ClientAuth::SecretPost(secret) => {
-                form.append_pair("client_id", &cfg.client_id);
-                form.append_pair(
-                    "client_secret",
-                    std::str::from_utf8(&secret.0).map_err(|_| "the client secret is not UTF-8")?,
-                );
-            }
-            ClientAuth::PrivateKeyJwt { alg, kid, .. } => {
-                let key = self.signer.as_ref().ok_or("no signing key")?;
-                // Whole seconds: some IdPs refuse a NumericDate with a fraction.
-                #[allow(clippy::cast_possible_truncation)]
-                let now = validator::now() as i64;
-                let mut jti = [0u8; 16];
-                aws_lc_rs::rand::fill(&mut jti).map_err(|_| "no randomness")?;
-                // RFC 7523 3: iss and sub are the client; aud the endpoint called (Okta and
-                // oidc-provider take it; Keycloak takes it as well as the token endpoint).
-                let claims = serde_json::json!({
-                    "iss": cfg.client_id, "sub": cfg.client_id, "aud": uri.to_string(),
-                    "jti": crate::jose::hex(&jti), "iat": now, "exp": now + 60,
-                });
-                let assertion = crate::jose::sign(&claims, key, *alg, kid.as_deref())?;
-                form.append_pair("client_id", &cfg.client_id);
-                form.append_pair(
-                    "client_assertion_type",
-                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                );
-                form.append_pair("client_assertion", &assertion);
-            }
-        }
-        req.body(Full::new(Bytes::from(form.finish())))
-            .map_err(|e| e.to_string())
+        form_post(
+            uri,
+            form,
+            &cfg.client_id,
+            &cfg.client_auth,
+            self.signer.as_ref(),
+        )
     }
 
     /// For `/readyz`: how the endpoint is doing.
@@ -611,8 +569,82 @@ impl Introspector {
     }
 }
 
+/// A form POST to an authorization server's endpoint at `uri`, as the client `client_id`
+/// (RFC 6749 2.3.1, RFC 7523 and OpenID Connect Core 9 for `private_key_jwt`): the
+/// introspection call's and the token exchange's.
+pub(crate) fn form_post(
+    uri: &Uri,
+    mut form: form_urlencoded::Serializer<'_, String>,
+    client_id: &str,
+    auth: &ClientAuth,
+    signer: Option<&jsonwebtoken::EncodingKey>,
+) -> Result<Request<Full<Bytes>>, String> {
+    let req = Request::post(uri.clone())
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::ACCEPT, "application/json")
+        .header(
+            header::USER_AGENT,
+            concat!("bearward/", env!("CARGO_PKG_VERSION")),
+        );
+    let req = authenticate(req, &mut form, client_id, auth, signer, uri)?;
+    req.body(Full::new(Bytes::from(form.finish())))
+        .map_err(|e| e.to_string())
+}
+
+/// The client's authentication added to a POST to `uri`.
+fn authenticate(
+    mut req: http::request::Builder,
+    form: &mut form_urlencoded::Serializer<'_, String>,
+    client_id: &str,
+    auth: &ClientAuth,
+    signer: Option<&jsonwebtoken::EncodingKey>,
+    uri: &Uri,
+) -> Result<http::request::Builder, String> {
+    match auth {
+        ClientAuth::SecretBasic(secret) => {
+            // RFC 6749 2.3.1: both parts form-encoded before Basic encoding.
+            let id: String = form_urlencoded::byte_serialize(client_id.as_bytes()).collect();
+            let pw: String = form_urlencoded::byte_serialize(&secret.0).collect();
+            let basic = base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("{id}:{pw}"),
+            );
+            req = req.header(header::AUTHORIZATION, format!("Basic {basic}"));
+        }
+        ClientAuth::SecretPost(secret) => {
+            form.append_pair("client_id", client_id);
+            form.append_pair(
+                "client_secret",
+                std::str::from_utf8(&secret.0).map_err(|_| "the client secret is not UTF-8")?,
+            );
+        }
+        ClientAuth::PrivateKeyJwt { alg, kid, .. } => {
+            let key = signer.ok_or("no signing key")?;
+            // Whole seconds: some IdPs refuse a NumericDate with a fraction.
+            #[allow(clippy::cast_possible_truncation)]
+            let now = validator::now() as i64;
+            let mut jti = [0u8; 16];
+            aws_lc_rs::rand::fill(&mut jti).map_err(|_| "no randomness")?;
+            // RFC 7523 3: iss and sub are the client; aud the endpoint called (Okta and
+            // oidc-provider take it; Keycloak takes it as well as the token endpoint).
+            let claims = serde_json::json!({
+                "iss": client_id, "sub": client_id, "aud": uri.to_string(),
+                "jti": crate::jose::hex(&jti), "iat": now, "exp": now + 60,
+            });
+            let assertion = crate::jose::sign(&claims, key, *alg, kid.as_deref())?;
+            form.append_pair("client_id", client_id);
+            form.append_pair(
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            );
+            form.append_pair("client_assertion", &assertion);
+        }
+    }
+    Ok(req)
+}
+
 /// A JSON object with unique member names, or why not (the metric outcome and a detail).
-fn parse_answer(body: &[u8]) -> Result<Map<String, Value>, (&'static str, String)> {
+pub(crate) fn parse_answer(body: &[u8]) -> Result<Map<String, Value>, (&'static str, String)> {
     match serde_json::from_slice::<Value>(body) {
         Err(e) => return Err(("not_json", format!("the answer is not JSON: {e}"))),
         Ok(v) if !v.is_object() => {

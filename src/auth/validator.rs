@@ -40,6 +40,8 @@ pub struct Verified {
     pub principal: Principal,
     /// Its claims and scopes as `allow_if` expressions read them, made on the first.
     pub policy: crate::policy::TokenValues,
+    /// What was minted for it per upstream (identity assertions, exchanged tokens).
+    pub minted: super::identity::Minted,
 }
 
 /// `sub` and the client (`azp`, else `client_id`), copied out of the claims once per
@@ -49,7 +51,13 @@ pub struct Verified {
 pub struct Principal {
     pub subject: Option<Box<str>>,
     pub client: Option<Box<str>>,
+    /// A delegated token's actors (RFC 8693 4.1 `act`): the current actor's `sub` first, then
+    /// each prior one's, comma-separated; for the access log.
+    pub actor: Option<Box<str>>,
 }
+
+/// Actors read from nested `act` claims, at most: a chain is a handful deep in practice.
+const MAX_ACTORS: usize = 8;
 
 impl Principal {
     pub fn of(claims: &Map<String, Value>) -> Principal {
@@ -57,8 +65,24 @@ impl Principal {
         Principal {
             subject: text(claims.get("sub")),
             client: text(claims.get("azp").or_else(|| claims.get("client_id"))),
+            actor: actors(claims),
         }
     }
+}
+
+/// RFC 8693 4.1: `act` names the party acting for the subject, and an `act` inside it the one
+/// that acted before; each by `sub` (`-` when one has none).
+pub fn actors(claims: &Map<String, Value>) -> Option<Box<str>> {
+    let mut act = claims.get("act")?.as_object()?;
+    let mut chain = Vec::new();
+    loop {
+        chain.push(act.get("sub").and_then(Value::as_str).unwrap_or("-"));
+        match act.get("act").and_then(Value::as_object) {
+            Some(prior) if chain.len() < MAX_ACTORS => act = prior,
+            _ => break,
+        }
+    }
+    Some(chain.join(",").into())
 }
 
 /// What a token's `cnf` binds it to: a DPoP key (RFC 9449 6.1 `jkt`), a client certificate
@@ -261,6 +285,18 @@ pub async fn validate(
         )
     });
 
+    if trace.enabled {
+        if let Some(chain) = actors(&parsed.claims) {
+            let sub = parsed
+                .claims
+                .get("sub")
+                .and_then(Value::as_str)
+                .unwrap_or("-");
+            trace.note("act", true, || {
+                format!("delegated (RFC 8693): {chain} acting for subject {sub}")
+            });
+        }
+    }
     let now = now();
     let exp = check_claims(&parsed.claims, cfg, now, trace)?;
     let scopes = extract_scopes(&parsed.claims, &cfg.scope_claims).inspect_err(|_| {
@@ -274,6 +310,7 @@ pub async fn validate(
         binding,
         principal: Principal::of(&parsed.claims),
         policy: Default::default(),
+        minted: Default::default(),
         claims: parsed.claims,
         scopes,
         exp,
@@ -755,6 +792,7 @@ mod tests {
             binding: Binding::default(),
             principal: Principal::default(),
             policy: Default::default(),
+            minted: Default::default(),
         };
         let shown = format!("{v:?}");
         assert!(shown.contains(&v.token_id.to_string()), "{shown}");

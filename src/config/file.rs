@@ -971,6 +971,87 @@ pub(super) struct UpstreamFile {
     /// HTTP/2 only: a PING unanswered for this long closes the connection; the next request makes a
     /// new one
     pub h2_keepalive_timeout: Option<Spanned<String>>,
+    /// Reference: `identity_assertion`
+    /// Default: none
+    ///
+    /// `{ signing_key_file = "...", algorithm = "ES256", key_id = "...", header =
+    /// "X-Bearward-Assertion", lifetime = "60s", claims = ["sub", "scope", "client_id"], issuer =
+    /// "...", audience = "...", request = "none" }`: a JWT bearward signs and sends on every
+    /// request to this upstream, so an upstream reachable by other paths can tell a request that
+    /// came through bearward (see Forwarding rules, Identity assertions). `iss` is `issuer`
+    /// (default `[server] public_origin`, one of them required), `aud` is `audience` (default
+    /// the upstream's `url`), with `iat`, `exp` (`lifetime` later, never past the token's, 5 s
+    /// to 1 hour), a random `jti`, and the token's `claims` as they are (`scope`: the scope
+    /// list, space-separated; `client_id`: `azp`, else `client_id`; a claim the token lacks is
+    /// left out). `request = "hash"` adds `route` and `req`, the base64url SHA-256 of `METHOD
+    /// SP target`; `"include"` adds `route`, `htm` and `htu` (the target); either signs every
+    /// request, `"none"` signs once per token and upstream, reused for half `lifetime`. A
+    /// request without a token gets one without the token's claims. `signing_key_file`: a PEM private key (PKCS#8, or PKCS#1/SEC1) for
+    /// `algorithm` (RS256/384/512, PS256/384/512, ES256/384, EdDSA); `key_id`: default the key's
+    /// RFC 7638 thumbprint. The public keys are at `/.well-known/jwks.json` on the admin
+    /// listener; a reload that changes a key publishes the old one until its assertions have
+    /// expired (and 10 s for clocks). The client's own copy of `header` never passes, to any
+    /// upstream
+    pub identity_assertion: Option<Spanned<AssertionFile>>,
+    /// Reference: `token_exchange`
+    /// Default: none
+    ///
+    /// `{ issuer = "...", token_endpoint = "...", audience = "...", resource = "...", scope =
+    /// "...", requested_token_type = "urn:ietf:params:oauth:token-type:access_token", actor =
+    /// false, client_id = "...", client_auth = "client_secret_basic", client_secret_file =
+    /// "...", client_secret_env = "...", client_key_file = "...", client_key_alg = "RS256",
+    /// client_key_id = "...", timeout = "2s", cache_entries = 10000 }`: before forwarding,
+    /// bearward exchanges the client's token for one minted for this upstream (RFC 8693) and
+    /// sends that as `Authorization: Bearer`, never the client's (see Forwarding rules, Token
+    /// exchange). The token endpoint is `token_endpoint`, else the `token_endpoint` of
+    /// `issuer`'s discovery document; `audience`, `resource` and `scope` are sent as given.
+    /// Client authentication as for introspection (`client_secret_basic`, the default without a
+    /// key file; `client_secret_post`; `private_key_jwt`, the default with one). `actor = true`
+    /// also sends bearward's own client-credentials token as `actor_token` (delegation: the new
+    /// token's `act` names bearward). A new token is kept per client token until 30 s (at most
+    /// a tenth of its life) before its `expires_in`, in at most `cache_entries` entries and in
+    /// `[cache]`'s store when there is one; concurrent requests with one token share one call.
+    /// An endpoint that does not answer within `timeout`, fails or answers nonsense: 503 with
+    /// `Retry-After`; `invalid_grant`, `invalid_target` or `invalid_scope`: 403
+    /// `token_exchange_<error>`. Nothing reaches the upstream either way
+    pub token_exchange: Option<Spanned<TokenExchangeFile>>,
+}
+
+/// `[upstreams.NAME] token_exchange`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TokenExchangeFile {
+    pub issuer: Spanned<String>,
+    pub token_endpoint: Option<Spanned<String>>,
+    pub audience: Option<Spanned<String>>,
+    pub resource: Option<Spanned<String>>,
+    pub scope: Option<Spanned<String>>,
+    pub requested_token_type: Option<Spanned<String>>,
+    pub actor: Option<Spanned<bool>>,
+    pub client_id: Spanned<String>,
+    pub client_auth: Option<Spanned<ClientAuthMethod>>,
+    pub client_secret_file: Option<Spanned<String>>,
+    pub client_secret_env: Option<Spanned<String>>,
+    pub client_key_file: Option<Spanned<String>>,
+    pub client_key_alg: Option<Spanned<String>>,
+    pub client_key_id: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub cache_entries: Option<Spanned<u64>>,
+}
+
+/// `[upstreams.NAME] identity_assertion`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AssertionFile {
+    pub signing_key_file: Spanned<String>,
+    pub algorithm: Option<Spanned<String>>,
+    pub key_id: Option<Spanned<String>>,
+    pub header: Option<Spanned<String>>,
+    pub lifetime: Option<Spanned<String>>,
+    pub claims: Option<Spanned<Vec<Spanned<String>>>>,
+    pub issuer: Option<Spanned<String>>,
+    pub audience: Option<Spanned<String>>,
+    pub request: Option<Spanned<String>>,
 }
 
 /// `[[routes]]`

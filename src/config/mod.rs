@@ -234,6 +234,59 @@ pub struct UpstreamConfig {
     pub h2_keepalive_interval: Option<Duration>,
     /// HTTP/2: the connection is closed when a PING is not answered within this.
     pub h2_keepalive_timeout: Duration,
+    /// `identity_assertion`: the JWT bearward signs for this upstream.
+    pub identity_assertion: Option<AssertionConfig>,
+    /// `token_exchange`: the token this upstream gets in place of the client's.
+    pub token_exchange: Option<TokenExchangeConfig>,
+}
+
+/// `[upstreams.NAME] token_exchange`, validated (RFC 8693).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenExchangeConfig {
+    pub issuer: String,
+    /// `None`: the `token_endpoint` of the issuer's discovery document.
+    pub token_endpoint: Option<http::Uri>,
+    pub audience: Option<String>,
+    pub resource: Option<String>,
+    pub scope: Option<String>,
+    pub requested_token_type: String,
+    /// Send bearward's own client-credentials token as `actor_token`.
+    pub actor: bool,
+    pub client_id: String,
+    pub client_auth: ClientAuth,
+    pub timeout: Duration,
+    pub cache_entries: u64,
+}
+
+/// RFC 8693 3: the token type of an OAuth 2.0 access token.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// `[upstreams.NAME] identity_assertion`, validated: the key already read and checked.
+#[derive(Debug, Clone)]
+pub struct AssertionConfig {
+    pub key_pem: Secret,
+    pub alg: jsonwebtoken::Algorithm,
+    pub kid: String,
+    /// The public key as a JWK (`kid`, `alg`, `use` set), for `/.well-known/jwks.json`.
+    pub jwk: serde_json::Value,
+    pub header: HeaderName,
+    pub lifetime: Duration,
+    /// Token claims copied in, by name.
+    pub claims: Vec<String>,
+    pub issuer: String,
+    pub audience: String,
+    pub request: RequestBinding,
+}
+
+/// What of the request an identity assertion carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestBinding {
+    /// Nothing: one assertion per token serves every request.
+    None,
+    /// `req`: the base64url SHA-256 of `METHOD SP target`.
+    Hash,
+    /// `htm` and `htu`: the method and the target.
+    Include,
 }
 
 /// An upstream's `protocol`.

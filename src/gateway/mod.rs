@@ -120,6 +120,8 @@ pub struct Outcome {
     pub span: Option<trace::SpanContext>,
     /// The configured issuer (its index) whose token the request carried, once verified.
     pub issuer: Option<usize>,
+    /// A delegated token's actors (`act`), for the access log.
+    pub actor: Option<Box<str>>,
     /// A gRPC ext_authz check: [`Facts`] go back with the answer.
     pub ext_authz: bool,
     /// An MCP route's POST: its method and target, once its body was read.
@@ -185,6 +187,7 @@ impl Default for Outcome {
             request_id: None,
             span: None,
             issuer: None,
+            actor: None,
             ext_authz: false,
             mcp: None,
         }
@@ -209,6 +212,15 @@ pub struct Gateway {
     /// `[authzen.NAME]`'s decision points, in the config's order; their kept answers start
     /// afresh with a reload, as the rate limits' buckets do.
     pub pdps: Vec<Arc<crate::authzen::Pdp>>,
+    /// Per upstream, in the config's order: its identity assertion's signer, if it has one.
+    signers: Vec<Option<crate::assertion::Signer>>,
+    /// Per upstream, in the config's order: its token exchange, if it has one.
+    exchangers: Vec<Option<crate::token_exchange::Exchanger>>,
+    /// The identity assertions' headers, removed from every client request.
+    assertion_headers: Vec<HeaderName>,
+    /// The assertion keys `/.well-known/jwks.json` publishes; kept across reloads
+    /// ([`Gateway::with_keys_of`]).
+    pub assertion_keys: Arc<crate::assertion::KeyRing>,
 }
 
 impl Gateway {
@@ -242,9 +254,46 @@ impl Gateway {
             .iter()
             .map(|c| crate::authzen::Pdp::new(c.clone(), auth.store().cloned(), metrics.clone()))
             .collect();
+        let signers = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                let a = u.identity_assertion.as_ref()?;
+                crate::assertion::Signer::new(a)
+                    .inspect_err(|e| tracing::error!(upstream = %u.name, error = %e, "identity_assertion: no signer"))
+                    .ok()
+            })
+            .collect();
+        let exchangers = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                let x = u.token_exchange.as_ref()?;
+                crate::token_exchange::Exchanger::new(&u.name, x, auth.store().cloned(), metrics.clone())
+                    .inspect_err(|e| tracing::error!(upstream = %u.name, error = %e, "token_exchange: no client"))
+                    .ok()
+            })
+            .collect();
+        let mut assertion_headers: Vec<HeaderName> = config
+            .upstreams
+            .iter()
+            .filter_map(|u| Some(u.identity_assertion.as_ref()?.header.clone()))
+            .collect();
+        assertion_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        assertion_headers.dedup();
+        let assertion_keys = crate::assertion::KeyRing::new(
+            config
+                .upstreams
+                .iter()
+                .filter_map(|u| u.identity_assertion.as_ref()),
+        );
         Gateway {
             tracer: None,
             pdps,
+            signers,
+            exchangers,
+            assertion_headers,
+            assertion_keys,
             limiters,
             upstreams: Upstreams::new(&config, &metrics),
             no_route: metrics.route_series(&"-".into()),
@@ -253,6 +302,19 @@ impl Gateway {
             auth,
             metrics,
         }
+    }
+
+    /// The gateway publishing its assertion keys in `old`'s ring, which keeps the keys a
+    /// reload replaced until their last assertions have expired.
+    pub fn with_keys_of(mut self, old: &Gateway) -> Gateway {
+        old.assertion_keys.publish(
+            self.config
+                .upstreams
+                .iter()
+                .filter_map(|u| u.identity_assertion.as_ref()),
+        );
+        self.assertion_keys = old.assertion_keys.clone();
+        self
     }
 
     /// The gateway with `[telemetry]`'s tracer.
@@ -442,6 +504,7 @@ impl Gateway {
                 token = out.token_id.map(tracing::field::display),
                 peer = %conn.peer.ip(),
                 client = out.client.map(tracing::field::display),
+                actor = out.actor.as_deref(),
                 request_id = out.request_id.as_ref().and_then(|v| v.to_str().ok()),
                 trace_id = out.span.map(tracing::field::display),
                 mcp_method = out.mcp.as_ref().map(|m| m.method.as_str()),
@@ -588,6 +651,39 @@ impl Gateway {
         }
     }
 
+    /// The upstream's token in place of the client's (RFC 8693); a request without one
+    /// carries none.
+    #[cold]
+    async fn exchange(
+        &self,
+        x: &crate::token_exchange::Exchanger,
+        req: &mut Request<Body>,
+        identity: Option<&crate::auth::Identity>,
+        subject: Option<Box<str>>,
+        upstream: &crate::config::UpstreamConfig,
+        out: &Outcome,
+    ) -> Result<(), Rejection> {
+        let headers = req.headers_mut();
+        headers.remove(header::AUTHORIZATION);
+        // A proof of possession for bearward's token says nothing of the new one.
+        headers.remove(HeaderName::from_static("dpop"));
+        let (Some(identity), Some(subject)) = (identity, subject) else {
+            return Ok(());
+        };
+        match x.token(&subject, &identity.0).await {
+            Ok(v) => {
+                req.headers_mut().insert(header::AUTHORIZATION, v);
+                Ok(())
+            }
+            Err(crate::token_exchange::Failure::Refused(reason)) => {
+                let request_id = out.request_id.as_ref().and_then(|v| v.to_str().ok());
+                tracing::info!(upstream = %upstream.name, reason, request_id, "token exchange refused the token");
+                Err(Rejection::Forbidden(reason))
+            }
+            Err(crate::token_exchange::Failure::Unavailable) => Err(Rejection::ExchangeUnavailable),
+        }
+    }
+
     /// `forward`: rewrite the headers, send over a pooled connection, stream both ways.
     async fn forward(
         &self,
@@ -601,6 +697,7 @@ impl Gateway {
             target,
             identity,
             audit,
+            subject,
             ..
         } = pass;
         // A decision-only route: the proxy listener has nowhere to send it.
@@ -639,6 +736,23 @@ impl Gateway {
         }
         if let Some(v) = audit {
             req.headers_mut().insert(AUDIT_HEADER, v);
+        }
+        if let Some(x) = &self.exchangers[upstream_index] {
+            // Boxed: the exchange's future would otherwise size every request's.
+            Box::pin(self.exchange(x, &mut req, identity.as_ref(), subject, upstream, out)).await?;
+        }
+        if let Some(signer) = &self.signers[upstream_index] {
+            let request = crate::assertion::Request {
+                route: &route.name,
+                method: req.method(),
+                target: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+            };
+            // Inserted whole: the client's own copy of the header never passes.
+            let value = signer.value(identity.as_ref(), &request).map_err(|e| {
+                tracing::error!(upstream = %upstream.name, error = %e, "identity assertion not signed");
+                Rejection::Internal("assertion_unsigned")
+            })?;
+            req.headers_mut().insert(signer.header().clone(), value);
         }
         // Not boxed: the request future grows by the exchange's, but a box here cost an
         // allocation and a copy of it on every request (about 800 instructions), and the

@@ -61,6 +61,9 @@ pub struct Pass<'a> {
     pub identity: Option<Identity>,
     /// `X-Bearward-Audit` on audit-mode routes.
     pub audit: Option<HeaderValue>,
+    /// The client's token, kept only for an upstream that exchanges it (RFC 8693), since
+    /// it has left the request by then.
+    pub subject: Option<Box<str>>,
 }
 
 /// A request's head without its body, which is not `Sync` and so cannot be borrowed across the
@@ -207,10 +210,13 @@ impl Gateway {
         }
         let mut target = self.target(req, path, out);
         self.strip_identity(req, conn);
-        let (identity, mut audit) = self
+        let (identity, mut audit, subject) = self
             .authorize(req, route, &mut target, conn, out, sink)
             .await?;
         out.issuer = identity.as_ref().map(|i| i.0.issuer);
+        if let Some(actor) = identity.as_ref().and_then(|i| i.0.principal.actor.as_ref()) {
+            out.actor = Some(actor.clone());
+        }
         let limited = self
             .check_rate_limit(index, identity.as_ref(), req.headers(), conn, out)
             .await;
@@ -236,6 +242,7 @@ impl Gateway {
             target,
             identity,
             audit,
+            subject,
         }))
     }
 
@@ -332,6 +339,9 @@ impl Gateway {
             req.headers_mut().remove(h);
         }
         req.headers_mut().remove(AUDIT_HEADER);
+        for h in &self.assertion_headers {
+            req.headers_mut().remove(h);
+        }
         crate::headers::drop_underscored(
             req.headers_mut(),
             self.config.server.allow_underscores_in_headers,
@@ -339,10 +349,12 @@ impl Gateway {
         );
     }
 
-    /// A header bearward sets or filters: a managed one, a claim header, its audit note.
+    /// A header bearward sets or filters: a managed one, a claim header, its audit note, an
+    /// identity assertion's.
     fn sets(&self, h: &http::HeaderName) -> bool {
         crate::headers::is_managed(h)
             || *h == AUDIT_HEADER
+            || self.assertion_headers.contains(h)
             || self
                 .config
                 .forward
@@ -373,7 +385,7 @@ impl Gateway {
         conn: Option<&ConnInfo>,
         out: &mut Outcome,
         sink: &mut S,
-    ) -> Result<(Option<Identity>, Option<HeaderValue>), Rejection> {
+    ) -> Result<(Option<Identity>, Option<HeaderValue>, Option<Box<str>>), Rejection> {
         let mut identity = None;
         if route.require_client_certificate && self.client_cert(&Head::of(req), conn).is_none() {
             let rej = Rejection::Forbidden("client_certificate_required");
@@ -437,7 +449,18 @@ impl Gateway {
             }
             (v, _) => v,
         };
-        let strip = bearer && self.config.forward.strip_authorization;
+        // An upstream that exchanges the token gets the new one, and never the client's: kept
+        // here for the exchange, then gone from the request whatever `strip_authorization` says.
+        let exchanges = route.upstream.is_some_and(|u| self.exchangers[u].is_some());
+        let subject = if exchanges && identity.is_some() {
+            let query = target.split_once('?').map(|(_, q)| q);
+            crate::auth::extract_token(req.headers(), query, route)
+                .ok()
+                .map(Box::from)
+        } else {
+            None
+        };
+        let strip = bearer && (self.config.forward.strip_authorization || exchanges);
         if strip {
             req.headers_mut().remove(header::AUTHORIZATION);
         }
@@ -458,7 +481,7 @@ impl Gateway {
                 return Err(rej);
             }
         };
-        Ok((identity, audit))
+        Ok((identity, audit, subject))
     }
 
     /// `allow_if`: the route's CEL conditions on the caller and the request. False is

@@ -43,6 +43,8 @@ pub enum Rejection {
     PdpDenied(Option<Arc<str>>),
     /// 503: the route's AuthZEN decision point could not be asked or gave no decision.
     PdpUnavailable,
+    /// 503: the upstream's token exchange could not be made.
+    ExchangeUnavailable,
 }
 
 /// How a request's framing was refused.
@@ -94,6 +96,7 @@ impl Rejection {
             Rejection::Overloaded => "overloaded",
             Rejection::PdpDenied(_) => "pdp_denied",
             Rejection::PdpUnavailable => "pdp_unavailable",
+            Rejection::ExchangeUnavailable => "token_exchange_unavailable",
         }
     }
 
@@ -108,7 +111,9 @@ impl Rejection {
             Rejection::Denied | Rejection::Forbidden(_) | Rejection::PdpDenied(_) => {
                 StatusCode::FORBIDDEN
             }
-            Rejection::PdpUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::PdpUnavailable | Rejection::ExchangeUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Rejection::Auth(e) => e.status(),
             Rejection::Proxy(e) => e.status(),
             Rejection::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -124,7 +129,7 @@ impl Rejection {
             Rejection::Proxy(e) if e.is_clients() => Some(Fault::Client),
             Rejection::Proxy(_) => Some(Fault::Upstream),
             Rejection::Internal(_) | Rejection::Overloaded => Some(Fault::Internal),
-            Rejection::PdpUnavailable => Some(Fault::Upstream),
+            Rejection::PdpUnavailable | Rejection::ExchangeUnavailable => Some(Fault::Upstream),
             _ => None,
         }
     }
@@ -215,7 +220,7 @@ impl Rejection {
                 h.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
             // RFC 9110 15.6.4: the overload is expected to pass; clients with backoff wait.
-            Rejection::PdpUnavailable => {
+            Rejection::PdpUnavailable | Rejection::ExchangeUnavailable => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             Rejection::Overloaded => {

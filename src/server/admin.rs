@@ -1,5 +1,6 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics` (in the format the scraper asks for:
-//! [`exposition`]), `/logging` (levels changed at runtime).
+//! [`exposition`]), `/logging` (levels changed at runtime), `/.well-known/jwks.json` (the
+//! identity assertions' public keys).
 
 use super::exposition::{self, Format};
 use super::reload::Live;
@@ -82,6 +83,11 @@ fn admin(gateway: &Gateway, draining: bool, req: &Request<Incoming>) -> Response
             (StatusCode::OK, body)
         }
         "/logging" => logging(req),
+        // RFC 7517 5: the keys identity assertions are signed with.
+        "/.well-known/jwks.json" if !gateway.assertion_keys.is_empty() => {
+            content_type = "application/jwk-set+json";
+            (StatusCode::OK, gateway.assertion_keys.document())
+        }
         _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
     };
     let mut resp = Response::new(body::full(text));

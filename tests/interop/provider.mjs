@@ -15,7 +15,17 @@
 //   mtls-client   client_credentials, tokens bound to its TLS client certificate (RFC 8705),
 //                 which the test passes to /token in X-Test-Client-Cert (URL-encoded PEM), as
 //                 a TLS-terminating proxy in front of the provider would
+//   exchange-client  RFC 8693 token exchange (registered below: oidc-provider has no built-in
+//                 token exchange grant) and client_credentials (its own token, for actor_token)
 // Any client may send a DPoP proof to /token and get a DPoP-bound token (RFC 9449).
+//
+// Token exchange: a subject_token that is one of this provider's JWT access tokens (signature,
+// issuer, expiry checked with jose) or an opaque one it issued, for an `audience` (or
+// `resource`) in EXCHANGE_AUDIENCES, gets an RS256 JWT for that audience: the subject's `sub`,
+// `client_id` the exchanging client, the requested scopes (all the audience allows without
+// `scope`; one it does not: invalid_scope), and with an actor_token `act: {sub: <actor>}`
+// (nesting the subject's own `act`). Another audience: invalid_target; a bad subject:
+// invalid_grant.
 //
 // A token for the resource OPAQUE_RESOURCE (http://opaque.bearward.test/api) is opaque; every
 // other resource gets RFC 9068 JWTs. Introspection and revocation (RFC 7009) are on.
@@ -26,12 +36,15 @@
 //                                              returns the token response
 //   POST /__admin/rotate?phase=add|retire      add: a new RSA key is published first and signs;
 //                                              the old one stays published. retire: old removed.
+//   POST /__admin/exchange?delay_ms=N          token exchanges wait N ms first
 //   GET  /__admin/stats                        {"jwks_hits": N, "introspections": N,
-//                                               "token_requests": N}
+//                                               "token_requests": N, "exchanges": N}
 import { createServer } from 'node:http';
 import { createPrivateKey, randomBytes, createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import Provider from 'oidc-provider';
+import { setTimeout as sleep } from 'node:timers/promises';
+import Provider, { errors } from 'oidc-provider';
+import { SignJWT, createLocalJWKSet, importJWK, jwtVerify } from 'jose';
 
 const REDIRECT = 'http://127.0.0.1/cb';
 
@@ -53,6 +66,14 @@ let jwksHits = 0;
 let introspections = 0;
 let tokenRequests = 0;
 const OPAQUE_RESOURCE = 'http://opaque.bearward.test/api';
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+const EXCHANGE_AUDIENCES = {
+  'http://orders.bearward.test': 'orders:read orders:write',
+  'http://billing.bearward.test': 'billing:read',
+};
+let exchanges = 0;
+let exchangeDelayMs = 0;
 
 const TTL = { 'short-client': 2, 'web-client': 2 };
 const MCP_SCOPES = 'mcp repo:admin files:read prompts:special';
@@ -71,6 +92,10 @@ function configuration() {
       { client_id: 'bearward-rs', client_secret: 'bearward-rs-secret', grant_types: ['client_credentials'], redirect_uris: [], response_types: [] },
       { client_id: 'mcp-client', client_secret: 'mcp-secret', grant_types: ['client_credentials'], redirect_uris: [], response_types: [], scope: MCP_SCOPES },
       { client_id: 'mcp-limited-client', client_secret: 'mcp-limited-secret', grant_types: ['client_credentials'], redirect_uris: [], response_types: [], scope: 'mcp' },
+      {
+        client_id: 'exchange-client', client_secret: 'exchange-secret', grant_types: [TOKEN_EXCHANGE, 'client_credentials'],
+        redirect_uris: [], response_types: [],
+      },
       {
         client_id: 'mtls-client', client_secret: 'mtls-secret', grant_types: ['client_credentials'], redirect_uris: [],
         response_types: [], scope: 'read write', tls_client_certificate_bound_access_tokens: true,
@@ -116,8 +141,66 @@ function configuration() {
 let provider;
 let issuer;
 
+const publicJwk = ({ kty, n, e, crv, x, y, kid, alg, use }) => ({ kty, n, e, crv, x, y, kid, alg, use });
+
+// The subject (or actor) token's claims: one of this provider's JWT access tokens, or an opaque
+// client-credentials token it issued.
+async function tokenClaims(p, value) {
+  const opaque = await p.ClientCredentials.find(value).catch(() => undefined);
+  if (opaque) return { sub: opaque.clientId, client_id: opaque.clientId };
+  const keys = createLocalJWKSet({ keys: published.map(publicJwk) });
+  const { payload } = await jwtVerify(value, keys, { issuer });
+  return payload;
+}
+
+async function tokenExchange(ctx) {
+  exchanges += 1;
+  if (exchangeDelayMs) await sleep(exchangeDelayMs);
+  const params = ctx.oidc.params;
+  if (params.subject_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest('subject_token_type must be an access token');
+  }
+  let subject;
+  try {
+    subject = await tokenClaims(ctx.oidc.provider, params.subject_token);
+  } catch (e) {
+    throw new errors.InvalidGrant(`subject_token: ${e.code ?? e.message}`);
+  }
+  const audience = params.audience ?? params.resource;
+  if (!Object.hasOwn(EXCHANGE_AUDIENCES, audience ?? '')) {
+    throw new errors.InvalidTarget(`no token for ${audience}`);
+  }
+  const allowed = EXCHANGE_AUDIENCES[audience].split(' ');
+  const scope = params.scope ? params.scope.split(' ') : allowed;
+  if (scope.some((s) => !allowed.includes(s))) throw new errors.InvalidScope('scope not allowed', params.scope);
+  let act;
+  if (params.actor_token) {
+    let actor;
+    try {
+      actor = await tokenClaims(ctx.oidc.provider, params.actor_token);
+    } catch (e) {
+      throw new errors.InvalidGrant(`actor_token: ${e.code ?? e.message}`);
+    }
+    act = { sub: actor.sub, ...(subject.act ? { act: subject.act } : {}) };
+  }
+  const now = Math.floor(Date.now() / 1000);
+  const key = await importJWK(keys.oldRsa, 'RS256');
+  const claims = { sub: subject.sub, client_id: ctx.oidc.client.clientId, scope: scope.join(' '), ...(act ? { act } : {}) };
+  const token = await new SignJWT(claims)
+    .setProtectedHeader({ alg: 'RS256', kid: keys.oldRsa.kid, typ: 'at+jwt' })
+    .setIssuer(issuer).setAudience(audience).setIssuedAt(now).setExpirationTime(now + 300)
+    .setJti(randomBytes(8).toString('hex'))
+    .sign(key);
+  ctx.body = { access_token: token, issued_token_type: ACCESS_TOKEN_TYPE, token_type: 'Bearer', expires_in: 300, scope: scope.join(' ') };
+}
+
 function build() {
   const p = new Provider(issuer, configuration());
+  p.registerGrantType(
+    TOKEN_EXCHANGE,
+    tokenExchange,
+    ['subject_token', 'subject_token_type', 'actor_token', 'actor_token_type', 'requested_token_type', 'audience', 'scope'],
+  );
   // Login and consent are granted at once: the flow runs headlessly.
   p.use(async (ctx, next) => {
     if (!ctx.path.startsWith('/interaction/')) return next();
@@ -190,7 +273,11 @@ function json(res, status, value) {
 const server = createServer(async (req, res) => {
   const url = new URL(req.url, 'http://127.0.0.1');
   try {
-    if (url.pathname === '/__admin/stats') return json(res, 200, { jwks_hits: jwksHits, introspections, token_requests: tokenRequests });
+    if (url.pathname === '/__admin/stats') return json(res, 200, { jwks_hits: jwksHits, introspections, token_requests: tokenRequests, exchanges });
+    if (url.pathname === '/__admin/exchange' && req.method === 'POST') {
+      exchangeDelayMs = Number(url.searchParams.get('delay_ms') ?? 0);
+      return json(res, 200, { delay_ms: exchangeDelayMs });
+    }
     if (url.pathname === '/token') tokenRequests += 1;
     if (url.pathname === '/token/introspection') introspections += 1;
     if (url.pathname === '/__admin/rotate' && req.method === 'POST') {

@@ -487,7 +487,15 @@ fn introspection(
             String::new()
         }
     };
-    let client_auth = client_auth(cx, i, f, span)?;
+    let fields = ClientAuthFields {
+        client_auth: &f.introspection_client_auth,
+        client_secret_file: &f.introspection_client_secret_file,
+        client_secret_env: &f.introspection_client_secret_env,
+        client_key_file: &f.introspection_client_key_file,
+        client_key_alg: &f.introspection_client_key_alg,
+        client_key_id: &f.introspection_client_key_id,
+    };
+    let client_auth = client_auth(cx, fields, &format!("issuers[{i}].introspection_"), span)?;
     Some(Introspection {
         endpoint,
         client_id,
@@ -524,17 +532,32 @@ fn introspection(
     })
 }
 
-/// `introspection_client_auth` and its secret or key: `client_secret_basic` (the default
+/// The keys of a client's authentication at an authorization server: an issuer's
+/// `introspection_client_*`, an upstream's `token_exchange` `client_*`.
+pub(super) struct ClientAuthFields<'a> {
+    pub client_auth: &'a Option<Spanned<ClientAuthMethod>>,
+    pub client_secret_file: &'a Option<Spanned<String>>,
+    pub client_secret_env: &'a Option<Spanned<String>>,
+    pub client_key_file: &'a Option<Spanned<String>>,
+    pub client_key_alg: &'a Option<Spanned<String>>,
+    pub client_key_id: &'a Option<Spanned<String>>,
+}
+
+/// `client_auth` and its secret or key: `client_secret_basic` (the default
 /// without a key file), `client_secret_post`, or `private_key_jwt` (the default with one).
-fn client_auth(
+pub(super) fn client_auth(
     cx: &mut Ctx<'_>,
-    i: usize,
-    f: &IssuerFile,
+    f: ClientAuthFields<'_>,
+    prefix: &str,
     span: &std::ops::Range<usize>,
 ) -> Option<ClientAuth> {
-    let key = |k: &str| format!("issuers[{i}].{k}");
-    let method = f.introspection_client_auth.as_ref().map_or(
-        if f.introspection_client_key_file.is_some() {
+    let key = |k: &str| format!("{prefix}{k}");
+    let name = |k: &str| {
+        let full = key(k);
+        full.rsplit('.').next().unwrap_or(k).to_owned()
+    };
+    let method = f.client_auth.as_ref().map_or(
+        if f.client_key_file.is_some() {
             ClientAuthMethod::PrivateKeyJwt
         } else {
             ClientAuthMethod::ClientSecretBasic
@@ -542,20 +565,21 @@ fn client_auth(
         |m| *m.get_ref(),
     );
     if method == ClientAuthMethod::PrivateKeyJwt {
-        let secret = (f.introspection_client_secret_file.as_ref())
-            .or(f.introspection_client_secret_env.as_ref());
+        let secret = (f.client_secret_file.as_ref()).or(f.client_secret_env.as_ref());
         if let Some(s) = secret {
             cx.err(
                 s.span(),
-                &key("introspection_client_auth"),
-                "private_key_jwt signs with introspection_client_key_file; a client secret \
-                 would never be used",
+                &key("client_auth"),
+                format!(
+                    "private_key_jwt signs with {}; a client secret would never be used",
+                    name("client_key_file")
+                ),
             );
         }
-        let Some(file) = &f.introspection_client_key_file else {
+        let Some(file) = &f.client_key_file else {
             cx.err(
                 span.clone(),
-                &key("introspection_client_key_file"),
+                &key("client_key_file"),
                 "private_key_jwt needs a PEM private key file",
             );
             return None;
@@ -565,26 +589,26 @@ fn client_auth(
             Err(e) => {
                 cx.err(
                     file.span(),
-                    &key("introspection_client_key_file"),
+                    &key("client_key_file"),
                     format!("cannot read {:?}: {e}", file.get_ref()),
                 );
                 return None;
             }
         };
         let alg_name = f
-            .introspection_client_key_alg
+            .client_key_alg
             .as_ref()
             .map_or("RS256", |a| a.get_ref().as_str());
         let alg = crate::jose::algorithm(alg_name)
             .filter(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
         let Some(alg) = alg else {
             let s = f
-                .introspection_client_key_alg
+                .client_key_alg
                 .as_ref()
                 .map_or(span.clone(), Spanned::span);
             cx.err(
                 s,
-                &key("introspection_client_key_alg"),
+                &key("client_key_alg"),
                 format!("{alg_name:?} is not an asymmetric signature algorithm"),
             );
             return None;
@@ -594,7 +618,7 @@ fn client_auth(
         if let Err(e) = crate::jose::sign_test(&pem, alg) {
             cx.err(
                 file.span(),
-                &key("introspection_client_key_file"),
+                &key("client_key_file"),
                 format!("{:?} cannot sign {alg_name}: {e}", file.get_ref()),
             );
             return None;
@@ -602,46 +626,40 @@ fn client_auth(
         return Some(ClientAuth::PrivateKeyJwt {
             key_pem: Secret(pem),
             alg,
-            kid: f
-                .introspection_client_key_id
-                .as_ref()
-                .map(|k| k.get_ref().clone()),
+            kid: f.client_key_id.as_ref().map(|k| k.get_ref().clone()),
         });
     }
-    if let Some(k) = &f.introspection_client_key_file {
+    if let Some(k) = &f.client_key_file {
         cx.err(
             k.span(),
-            &key("introspection_client_key_file"),
-            "a key file is used only with introspection_client_auth = \"private_key_jwt\"",
+            &key("client_key_file"),
+            format!(
+                "a key file is used only with {} = \"private_key_jwt\"",
+                name("client_auth")
+            ),
         );
     }
     let secret = cx.secret(
-        (
-            &f.introspection_client_secret_file,
-            &f.introspection_client_secret_env,
-        ),
-        &key("introspection_client_secret"),
+        (f.client_secret_file, f.client_secret_env),
+        &key("client_secret"),
         span,
     );
     let Some(secret) = secret else {
-        if f.introspection_client_secret_file.is_none()
-            && f.introspection_client_secret_env.is_none()
-        {
+        if f.client_secret_file.is_none() && f.client_secret_env.is_none() {
             cx.err(
                 span.clone(),
-                &key("introspection_client_secret_file"),
-                "the introspection client needs a secret: introspection_client_secret_file or \
-                 introspection_client_secret_env",
+                &key("client_secret_file"),
+                format!(
+                    "the client needs a secret: {} or {}",
+                    name("client_secret_file"),
+                    name("client_secret_env")
+                ),
             );
         }
         return None;
     };
     if secret.0.is_empty() {
-        cx.err(
-            span.clone(),
-            &key("introspection_client_secret"),
-            "the secret is empty",
-        );
+        cx.err(span.clone(), &key("client_secret"), "the secret is empty");
         return None;
     }
     Some(match method {

@@ -230,7 +230,7 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
     let mut upstreams = Vec::new();
     for (name, up) in &file.upstreams {
         upstream_names.push(name.get_ref().clone());
-        upstreams.push(upstream::upstream(&mut cx, name.get_ref(), up));
+        upstreams.push(upstream::upstream(&mut cx, name.get_ref(), up, &server));
     }
     let issuers = issuers(&mut cx, &file);
     let mut routes = routes(&mut cx, &file, &upstream_names, &server);

@@ -3,10 +3,16 @@
 use super::Ctx;
 use crate::config::file::*;
 use crate::config::*;
+use jsonwebtoken::Algorithm;
 use std::str::FromStr;
 use toml::Spanned;
 
-pub(super) fn upstream(cx: &mut Ctx<'_>, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConfig {
+pub(super) fn upstream(
+    cx: &mut Ctx<'_>,
+    name: &str,
+    u: &Spanned<UpstreamFile>,
+    server: &ServerConfig,
+) -> UpstreamConfig {
     let u = u.get_ref();
     let key = |k: &str| format!("upstreams.{name}.{k}");
     let mut scheme = http::uri::Scheme::HTTP;
@@ -76,7 +82,17 @@ pub(super) fn upstream(cx: &mut Ctx<'_>, name: &str, u: &Spanned<UpstreamFile>) 
         }
     };
     let long = (Duration::from_millis(1), Duration::from_secs(3600));
+    let identity_assertion = u.identity_assertion.as_ref().and_then(|a| {
+        let audience = format!("{scheme}://{authority}");
+        assertion(cx, name, a, server, audience)
+    });
+    let token_exchange = u
+        .token_exchange
+        .as_ref()
+        .and_then(|t| token_exchange(cx, name, t));
     UpstreamConfig {
+        identity_assertion,
+        token_exchange,
         name: name.to_owned(),
         scheme,
         authority,
@@ -206,4 +222,291 @@ pub(super) fn upstream_tls(
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
     };
     made.map_err(|(span, k, e)| cx.err(span, &k, e)).ok()
+}
+
+/// Claims an identity assertion sets itself; a token claim of one of these names is not copied.
+const ASSERTION_OWN_CLAIMS: [&str; 10] = [
+    "iss", "aud", "iat", "exp", "nbf", "jti", "route", "req", "htm", "htu",
+];
+
+/// `identity_assertion`: the key read and tried, its public half made a JWK.
+fn assertion(
+    cx: &mut Ctx<'_>,
+    name: &str,
+    a: &Spanned<crate::config::file::AssertionFile>,
+    server: &ServerConfig,
+    default_audience: String,
+) -> Option<AssertionConfig> {
+    let span = a.span();
+    let a = a.get_ref();
+    let key = |k: &str| format!("upstreams.{name}.identity_assertion.{k}");
+    let alg_name = a
+        .algorithm
+        .as_ref()
+        .map_or("ES256", |x| x.get_ref().as_str());
+    let alg = crate::jose::algorithm(alg_name)
+        .filter(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
+    let Some(alg) = alg else {
+        let s = a.algorithm.as_ref().map_or(span.clone(), Spanned::span);
+        cx.err(
+            s,
+            &key("algorithm"),
+            format!(
+                "{alg_name:?} is not an asymmetric signature algorithm (an upstream checks \
+                 the assertion with the published public key)"
+            ),
+        );
+        return None;
+    };
+    let file = &a.signing_key_file;
+    let pem = match cx.read_secret_file(file.get_ref()) {
+        Ok(b) => b,
+        Err(e) => {
+            cx.err(
+                file.span(),
+                &key("signing_key_file"),
+                format!("cannot read {:?}: {e}", file.get_ref()),
+            );
+            return None;
+        }
+    };
+    // Signing once here turns a key that does not fit its algorithm into a config error.
+    let public = crate::jose::encoding_key(&pem, alg)
+        .and_then(|k| crate::jose::sign_test(&pem, alg).map(|()| k))
+        .and_then(|k| {
+            jsonwebtoken::jwk::Jwk::from_encoding_key(&k, alg).map_err(|e| e.to_string())
+        });
+    let mut jwk = match public {
+        Ok(j) => j,
+        Err(e) => {
+            cx.err(
+                file.span(),
+                &key("signing_key_file"),
+                format!("{:?} cannot sign {alg_name}: {e}", file.get_ref()),
+            );
+            return None;
+        }
+    };
+    let kid = match &a.key_id {
+        Some(k) if k.get_ref().is_empty() || k.get_ref().len() > 128 => {
+            cx.err(k.span(), &key("key_id"), "1 to 128 characters");
+            return None;
+        }
+        Some(k) => k.get_ref().clone(),
+        None => jwk
+            .thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256)
+            .map_err(|e| cx.err(file.span(), &key("signing_key_file"), e.to_string()))
+            .ok()?,
+    };
+    jwk.common.key_id = Some(kid.clone());
+    jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+    let header = match &a.header {
+        None => HeaderName::from_static("x-bearward-assertion"),
+        Some(h) => match HeaderName::from_str(h.get_ref()) {
+            Ok(n) if !crate::headers::is_reserved_header(&n) => n,
+            _ => {
+                cx.err(
+                    h.span(),
+                    &key("header"),
+                    format!("{:?} is not a header name bearward may set", h.get_ref()),
+                );
+                return None;
+            }
+        },
+    };
+    let lifetime = cx.duration(
+        &a.lifetime,
+        &key("lifetime"),
+        Duration::from_secs(60),
+        (Duration::from_secs(5), Duration::from_secs(3600)),
+    );
+    let mut claims = Vec::new();
+    match &a.claims {
+        None => claims.extend(["sub", "scope", "client_id"].map(String::from)),
+        Some(list) if list.get_ref().len() > 32 => {
+            cx.err(list.span(), &key("claims"), "at most 32 claims");
+        }
+        Some(list) => {
+            for c in list.get_ref() {
+                if ASSERTION_OWN_CLAIMS.contains(&c.get_ref().as_str()) || c.get_ref().is_empty() {
+                    cx.err(
+                        c.span(),
+                        &key("claims"),
+                        format!(
+                            "{:?} is a claim the assertion sets itself ({})",
+                            c.get_ref(),
+                            ASSERTION_OWN_CLAIMS.join(", ")
+                        ),
+                    );
+                } else if !claims.contains(c.get_ref()) {
+                    claims.push(c.get_ref().clone());
+                }
+            }
+        }
+    }
+    let issuer = match (&a.issuer, &server.public_origin) {
+        (Some(i), _) if i.get_ref().is_empty() => {
+            cx.err(i.span(), &key("issuer"), "must not be empty");
+            return None;
+        }
+        (Some(i), _) => i.get_ref().clone(),
+        (None, Some(origin)) => origin.clone(),
+        (None, None) => {
+            cx.err(
+                span,
+                &key("issuer"),
+                "needs an issuer: set `issuer`, or [server] public_origin",
+            );
+            return None;
+        }
+    };
+    let audience = match &a.audience {
+        Some(x) if x.get_ref().is_empty() => {
+            cx.err(x.span(), &key("audience"), "must not be empty");
+            return None;
+        }
+        Some(x) => x.get_ref().clone(),
+        None => default_audience,
+    };
+    let request = match a.request.as_ref().map(|r| (r, r.get_ref().as_str())) {
+        None | Some((_, "none")) => RequestBinding::None,
+        Some((_, "hash")) => RequestBinding::Hash,
+        Some((_, "include")) => RequestBinding::Include,
+        Some((r, other)) => {
+            cx.err(
+                r.span(),
+                &key("request"),
+                format!("{other:?} is none of \"none\", \"hash\", \"include\""),
+            );
+            return None;
+        }
+    };
+    let mut jwk = serde_json::to_value(&jwk).ok()?;
+    jwk["alg"] = format!("{alg:?}").into();
+    Some(AssertionConfig {
+        key_pem: Secret(pem),
+        alg,
+        kid,
+        jwk,
+        header,
+        lifetime,
+        claims,
+        issuer,
+        audience,
+        request,
+    })
+}
+
+/// Token types RFC 8693 3 registers that bearward can send as a bearer token.
+const REQUESTED_TYPES: [&str; 3] = [
+    ACCESS_TOKEN_TYPE,
+    "urn:ietf:params:oauth:token-type:jwt",
+    "urn:ietf:params:oauth:token-type:id_token",
+];
+
+/// `token_exchange`: the endpoint, what is asked for, and the client's authentication.
+fn token_exchange(
+    cx: &mut Ctx<'_>,
+    name: &str,
+    t: &Spanned<crate::config::file::TokenExchangeFile>,
+) -> Option<TokenExchangeConfig> {
+    let span = t.span();
+    let t = t.get_ref();
+    let prefix = format!("upstreams.{name}.token_exchange.");
+    let key = |k: &str| format!("{prefix}{k}");
+    let issuer = t.issuer.get_ref();
+    if !issuer.starts_with("https://") && !issuer.starts_with("http://") {
+        cx.err(t.issuer.span(), &key("issuer"), "must be an http(s) URL");
+    }
+    let token_endpoint =
+        t.token_endpoint
+            .as_ref()
+            .and_then(|e| match http::Uri::from_str(e.get_ref()) {
+                Ok(u)
+                    if matches!(u.scheme_str(), Some("http" | "https"))
+                        && u.authority().is_some() =>
+                {
+                    Some(u)
+                }
+                _ => {
+                    cx.err(e.span(), &key("token_endpoint"), "must be an http(s) URL");
+                    None
+                }
+            });
+    let text = |cx: &mut Ctx<'_>, v: &Option<Spanned<String>>, k: &str| {
+        let v = v.as_ref()?;
+        if v.get_ref().is_empty() || v.get_ref().len() > 2048 {
+            cx.err(v.span(), &key(k), "1 to 2048 characters");
+            return None;
+        }
+        Some(v.get_ref().clone())
+    };
+    let audience = text(cx, &t.audience, "audience");
+    let resource = text(cx, &t.resource, "resource");
+    if let Some(r) = &t.resource {
+        // RFC 8707 2: an absolute URI without a fragment.
+        if !r.get_ref().contains("://") || r.get_ref().contains('#') {
+            cx.err(
+                r.span(),
+                &key("resource"),
+                "must be an absolute URI without a fragment",
+            );
+        }
+    }
+    let scope = text(cx, &t.scope, "scope");
+    let requested_token_type = match &t.requested_token_type {
+        None => ACCESS_TOKEN_TYPE.to_owned(),
+        Some(r) if REQUESTED_TYPES.contains(&r.get_ref().as_str()) => r.get_ref().clone(),
+        Some(r) => {
+            cx.err(
+                r.span(),
+                &key("requested_token_type"),
+                format!(
+                    "{:?} is not a token type bearward can send as a bearer token ({})",
+                    r.get_ref(),
+                    REQUESTED_TYPES.join(", ")
+                ),
+            );
+            return None;
+        }
+    };
+    let client_id = t.client_id.get_ref().clone();
+    if client_id.is_empty() {
+        cx.err(t.client_id.span(), &key("client_id"), "must not be empty");
+    }
+    let fields = super::issuer::ClientAuthFields {
+        client_auth: &t.client_auth,
+        client_secret_file: &t.client_secret_file,
+        client_secret_env: &t.client_secret_env,
+        client_key_file: &t.client_key_file,
+        client_key_alg: &t.client_key_alg,
+        client_key_id: &t.client_key_id,
+    };
+    let client_auth = super::issuer::client_auth(cx, fields, &prefix, &span)?;
+    let timeout = cx.duration(
+        &t.timeout,
+        &key("timeout"),
+        Duration::from_secs(2),
+        (Duration::from_millis(10), Duration::from_secs(60)),
+    );
+    let cache_entries = cx.size(
+        &t.cache_entries,
+        &key("cache_entries"),
+        10_000,
+        1,
+        10_000_000,
+    );
+    Some(TokenExchangeConfig {
+        issuer: issuer.clone(),
+        token_endpoint,
+        audience,
+        resource,
+        scope,
+        requested_token_type,
+        actor: t.actor.as_ref().is_some_and(|a| *a.get_ref()),
+        client_id,
+        client_auth,
+        timeout,
+        cache_entries: cache_entries as u64,
+    })
 }
