@@ -48,6 +48,9 @@ def main():
                     help="instead: a route's allow_if (claims.tenant == request.params.tenant && 'admin' in "
                          "claims.roles, on prefix /t/{tenant}/), and its authzen with a cached answer, against "
                          "the same route without either")
+    ap.add_argument("--upstream", action="store_true",
+                    help="instead: an identity assertion on the upstream (kept per token, and signed per "
+                         "request) and a token exchange (kept), against plain forwarding")
     ap.add_argument("--keep", metavar="DIR",
                     help="copy each scenario's callgrind dump here, for callgrind_annotate --inclusive=yes")
     args = ap.parse_args()
@@ -73,11 +76,13 @@ def main():
         port=PORT, cache=10000, issuer=load.ISSUER, audience=load.AUDIENCE, dir=d, up=UPSTREAM))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     procs = []
-    if args.policy or args.limits:
+    if args.policy or args.limits or args.upstream:
         try:
             procs.append(subprocess.Popen([nginx, "-c", f"{d}/upstream.conf", "-g", "daemon off;"]))
             if args.policy:
                 policy(args, d, keys, procs)
+            elif args.upstream:
+                upstream_auth(args, d, token, procs)
             else:
                 limits(args, d, token, procs)
         finally:
@@ -146,6 +151,29 @@ def policy(args, d, keys, procs):
             raise SystemExit(f"bearward under valgrind ({label}) does not answer as expected")
         count(args, bearward.pid, f"{d}/policy{i}.out.1", PORT, label, f"policy{i}",
               ["-H", f"Authorization: Bearer {token}"], path="/t/acme/x")
+        bearward.terminate()
+        bearward.wait(10)
+        procs.remove(bearward)
+
+
+def upstream_auth(args, d, token, procs):
+    """One cached RS256 token on load.py's route: plain, with an identity assertion (kept per
+    token; signed per request), with a token exchange at nginx's /token (kept)."""
+    base = open(f"{d}/bearward.toml").read()
+    load.wait_port(UPSTREAM)
+    print(f"{'scenario':34} {'requests':>9} {'instr/req':>10} {'of which SHA-256':>17}")
+    for i, (label, conf) in enumerate(load.upstream_auth_configs(base, d, UPSTREAM).items()):
+        open(f"{d}/upstream-auth.toml", "w").write(conf)
+        bearward = subprocess.Popen(
+            ["taskset", "-c", load.SERVER_CPU, "valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/ua{i}.out",
+             args.bearward, "--config", f"{d}/upstream-auth.toml"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
+        procs.append(bearward)
+        load.wait_port(PORT, timeout=60)
+        if load.status(PORT, token) != 200:
+            raise SystemExit(f"bearward under valgrind ({label}) does not answer as expected")
+        count(args, bearward.pid, f"{d}/ua{i}.out.1", PORT, label, f"upstream{i}",
+              ["-H", f"Authorization: Bearer {token}"])
         bearward.terminate()
         bearward.wait(10)
         procs.remove(bearward)

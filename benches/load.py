@@ -165,6 +165,11 @@ http {{
   server {{
     listen 127.0.0.1:{port} reuseport backlog=4096;
     location / {{ default_type text/plain; return 200 "upstream ok\\n"; }}
+    # A token endpoint for the token exchange scenarios (RFC 8693): one fixed answer.
+    location = /token {{
+      default_type application/json;
+      return 200 '{{"access_token":"exchanged.bench.token","token_type":"Bearer","expires_in":3600,"issued_token_type":"urn:ietf:params:oauth:token-type:access_token"}}';
+    }}
     # The introspection endpoint of the opaque-token scenario (RFC 7662): one fixed answer.
     location = /introspect {{
       default_type application/json;
@@ -442,6 +447,60 @@ def wrk(port, connections, duration, header=None, script=None, scheme="http"):
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
     return {"rps": rps, "requests": requests, "p50": pct(50), "p99": pct(99), "non2xx": int(non2xx.group(1)) if non2xx else 0, "errors": errors.group(1) if errors else ""}
+
+
+def upstream_auth_configs(base, d, up):
+    """load.py's bearward config as is, with an identity assertion (cached per token, and bound
+    to each request), and with a token exchange at the upstream nginx's /token (cached)."""
+    key = os.path.join(ROOT, "tests", "fixtures", "keys", "p256.pem")
+    open(f"{d}/exchange-secret", "w").write("bench-secret\n")
+    upstream = "max_idle_connections = 256"
+    assertion = f'identity_assertion = {{ signing_key_file = "{key}", issuer = "https://bearward.bench" }}'
+    exchange = (f'token_exchange = {{ issuer = "{ISSUER}", token_endpoint = "http://127.0.0.1:{up}/token", '
+                f'audience = "https://orders.bench", client_id = "bearward", client_secret_file = "{d}/exchange-secret" }}')
+    return {
+        "plain": base,
+        "assertion": base.replace(upstream, upstream + "\n" + assertion),
+        "assertion per request": base.replace(upstream, upstream + "\n" + assertion.replace(" }", ', request = "include" }')),
+        "token exchange": base.replace(upstream, upstream + "\n" + exchange),
+    }
+
+
+def compare(configs, bearward, d, port, token, rounds, duration, connections, path="/api/check"):
+    """Requests per second of each config in `configs` (name -> bearward.toml text), in rounds,
+    interleaved, each against a fresh bearward on SERVER_CPU with wrk on WRK_CPU; prints each run,
+    the medians, and each config's ratio to the first. Nothing asserts a timing."""
+    results = {name: [] for name in configs}
+    header = f"Authorization: Bearer {token}"
+    for rnd in range(rounds):
+        for name, conf in configs.items():
+            open(f"{d}/bearward.toml", "w").write(conf)
+            b = start([bearward, "--config", f"{d}/bearward.toml"], SERVER_CPU,
+                      env={**os.environ, "RUST_LOG": "warn"})
+            try:
+                wait_port(port)
+                if status(port, token, path=path) != 200:
+                    raise SystemExit(f"{name}: the request is not allowed")
+                wrk(port, connections, 1, header=header)
+                before = cpu_counters(b.pid)
+                r = wrk(port, connections, duration, header=header)
+                after = cpu_counters(b.pid)
+                ticks = (after[0] - before[0]) + (after[1] - before[1])
+                r["us"] = ticks / os.sysconf("SC_CLK_TCK") / max(r["requests"], 1) * 1e6
+                results[name].append(r)
+                print(f"round {rnd + 1} {name:24} {r['rps']:9.0f} req/s  bearward cpu {r['us']:.1f} us/req"
+                      + (f"  non-2xx {r['non2xx']}" if r["non2xx"] else ""), flush=True)
+            finally:
+                stop([b], d + "/none")
+    print()
+    for name, runs in results.items():
+        print(f"{name:24} {statistics.median(r['rps'] for r in runs):9.0f} req/s  "
+              f"{statistics.median(r['us'] for r in runs):.1f} us/req (medians of {rounds})")
+    first = next(iter(configs))
+    for name in list(configs)[1:]:
+        ratios = [a["rps"] / b["rps"] for a, b in zip(results[name], results[first])]
+        print(f"{name} / {first}: {statistics.median(ratios):.3f}x ({min(ratios):.3f}-{max(ratios):.3f})")
+    return results
 
 
 def source_state():

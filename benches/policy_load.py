@@ -16,7 +16,6 @@ fresh bearward. Nothing asserts a timing; it prints figures.
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,38 +49,11 @@ def main():
                "allow_if": base.replace('scopes = ["read"]', 'scopes = ["read"]\n' + POLICY)}
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     procs = [load.start([nginx, "-c", f"{d}/upstream.conf", "-g", "daemon off;"], load.SERVER_CPU)]
-    results = {name: [] for name in configs}
     try:
         load.wait_port(UPSTREAM)
-        for rnd in range(args.rounds):
-            for name, conf in configs.items():
-                open(f"{d}/bearward.toml", "w").write(conf)
-                b = load.start([args.bearward, "--config", f"{d}/bearward.toml"], load.SERVER_CPU,
-                               env={**os.environ, "RUST_LOG": "warn"})
-                try:
-                    load.wait_port(PORT)
-                    if load.status(PORT, token) != 200:
-                        raise SystemExit(f"{name}: the request is not allowed")
-                    load.wrk(PORT, args.connections, 1, header=f"Authorization: Bearer {token}")
-                    before = load.cpu_counters(b.pid)
-                    r = load.wrk(PORT, args.connections, args.duration, header=f"Authorization: Bearer {token}")
-                    after = load.cpu_counters(b.pid)
-                    ticks = (after[0] - before[0]) + (after[1] - before[1])
-                    r["us"] = ticks / os.sysconf("SC_CLK_TCK") / max(r["requests"], 1) * 1e6
-                    results[name].append(r)
-                    print(f"round {rnd + 1} {name:12} {r['rps']:9.0f} req/s  bearward cpu {r['us']:.1f} us/req"
-                          + (f"  non-2xx {r['non2xx']}" if r["non2xx"] else ""), flush=True)
-                finally:
-                    load.stop([b], d + "/none")
-        print()
-        for name, runs in results.items():
-            print(f"{name:12} {statistics.median(r['rps'] for r in runs):9.0f} req/s  "
-                  f"{statistics.median(r['us'] for r in runs):.1f} us/req (medians of {args.rounds})")
-        ratios = [a["rps"] / b["rps"] for a, b in zip(results["allow_if"], results["no allow_if"])]
-        print(f"allow_if / none: {statistics.median(ratios):.3f}x ({min(ratios):.3f}-{max(ratios):.3f})")
+        load.compare(configs, args.bearward, d, PORT, token, args.rounds, args.duration, args.connections)
     finally:
         load.stop(procs, d)
-
 
 if __name__ == "__main__":
     main()

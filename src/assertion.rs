@@ -155,6 +155,26 @@ impl Signer {
     }
 }
 
+/// Where the keys are published, on the admin listener and, optionally, the main one.
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+
+/// The JWK Set as an answer to `GET` or `HEAD`.
+pub fn jwks_response(ring: &KeyRing) -> http::Response<crate::body::Body> {
+    let mut resp = http::Response::new(crate::body::full(ring.document()));
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/jwk-set+json"),
+    );
+    // Short: a rotation's new key is published at once, and verifiers refetch on an unknown
+    // `kid` anyway.
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
+    );
+    resp
+}
+
 /// The public keys at `/.well-known/jwks.json`: the running config's, and those a reload
 /// replaced, each until the assertions it signed have expired. Kept across reloads.
 #[derive(Default)]

@@ -34,7 +34,7 @@ identity_assertion = {{ signing_key_file = "tests/fixtures/keys/{key}", lifetime
 
 [upstreams.bound]
 url = "{up}"
-identity_assertion = {{ signing_key_file = "tests/fixtures/keys/{key}", issuer = "bearward", audience = "orders", request = "include", lifetime = "{bound_lifetime}" }}
+identity_assertion = {{ signing_key_file = "tests/fixtures/keys/{key}", issuer = "bearward", audience = "orders", request = "include", lifetime = "{bound_lifetime}", jwks_on_listener = true }}
 
 [upstreams.plain]
 url = "{up}"
@@ -178,6 +178,34 @@ async fn the_upstream_verifies_the_assertion_with_the_published_keys() {
         v[1]["payload"]["exp"].as_i64().unwrap() - v[1]["payload"]["iat"].as_i64().unwrap(),
         60
     );
+
+    // The same set on the main listener, answered before any route (GET and HEAD only).
+    let main = get(
+        &client(),
+        &format!("http://{gw}/.well-known/jwks.json"),
+        &[],
+    )
+    .await;
+    let admin_set = get(
+        &client(),
+        &format!("http://{admin}/.well-known/jwks.json"),
+        &[],
+    )
+    .await;
+    assert_eq!(main.status, 200);
+    assert_eq!(main.headers["content-type"], "application/jwk-set+json");
+    assert_eq!(main.body, admin_set.body);
+    let seen = up.count();
+    let post = send(
+        &client(),
+        "POST",
+        &format!("http://{gw}/.well-known/jwks.json"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(post.status, 405);
+    assert_eq!(up.count(), seen);
 
     // A replay after `exp` is refused by the upstream's own check.
     tokio::time::sleep(Duration::from_millis(6100)).await;

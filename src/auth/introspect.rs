@@ -81,7 +81,7 @@ pub struct Introspector {
 
 /// The answer members bearward reads (RFC 7662 2.2, RFC 7800 `cnf`), kept in the shared store
 /// with the claim headers' claims; nothing else of an answer is stored.
-const CHECKED: [&str; 16] = [
+const CHECKED: [&str; 17] = [
     "active",
     "scope",
     "client_id",
@@ -99,6 +99,8 @@ const CHECKED: [&str; 16] = [
     // RFC 9470 step-up on routes (acr_values, max_age).
     "acr",
     "auth_time",
+    // RFC 8693 4.1: who acts for the subject, for the access log.
+    "act",
 ];
 
 impl Introspector {

@@ -976,7 +976,7 @@ pub(super) struct UpstreamFile {
     ///
     /// `{ signing_key_file = "...", algorithm = "ES256", key_id = "...", header =
     /// "X-Bearward-Assertion", lifetime = "60s", claims = ["sub", "scope", "client_id"], issuer =
-    /// "...", audience = "...", request = "none" }`: a JWT bearward signs and sends on every
+    /// "...", audience = "...", request = "none", jwks_on_listener = false }`: a JWT bearward signs and sends on every
     /// request to this upstream, so an upstream reachable by other paths can tell a request that
     /// came through bearward (see Forwarding rules, Identity assertions). `iss` is `issuer`
     /// (default `[server] public_origin`, one of them required), `aud` is `audience` (default
@@ -986,12 +986,14 @@ pub(super) struct UpstreamFile {
     /// left out). `request = "hash"` adds `route` and `req`, the base64url SHA-256 of `METHOD
     /// SP target`; `"include"` adds `route`, `htm` and `htu` (the target); either signs every
     /// request, `"none"` signs once per token and upstream, reused for half `lifetime`. A
-    /// request without a token gets one without the token's claims. `signing_key_file`: a PEM private key (PKCS#8, or PKCS#1/SEC1) for
-    /// `algorithm` (RS256/384/512, PS256/384/512, ES256/384, EdDSA); `key_id`: default the key's
-    /// RFC 7638 thumbprint. The public keys are at `/.well-known/jwks.json` on the admin
-    /// listener; a reload that changes a key publishes the old one until its assertions have
-    /// expired (and 10 s for clocks). The client's own copy of `header` never passes, to any
-    /// upstream
+    /// request without a token gets one without the token's claims. `signing_key_file`: a PEM
+    /// private key (PKCS#8, or PKCS#1/SEC1) for `algorithm` (RS256/384/512, PS256/384/512,
+    /// ES256/384, EdDSA); `key_id`: default the key's RFC 7638 thumbprint. The public keys are
+    /// at `/.well-known/jwks.json` on the admin listener, and with `jwks_on_listener = true` on
+    /// the main one too (answered by bearward before any route, `GET` and `HEAD`, for upstreams
+    /// that cannot reach the admin port); a reload that changes a key publishes the old one
+    /// until its assertions have expired (and 10 s for clocks). The client's own copy of
+    /// `header` never passes, to any upstream
     pub identity_assertion: Option<Spanned<AssertionFile>>,
     /// Reference: `token_exchange`
     /// Default: none
@@ -1052,6 +1054,7 @@ pub(super) struct AssertionFile {
     pub issuer: Option<Spanned<String>>,
     pub audience: Option<Spanned<String>>,
     pub request: Option<Spanned<String>>,
+    pub jwks_on_listener: Option<bool>,
 }
 
 /// `[[routes]]`

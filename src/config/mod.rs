@@ -276,6 +276,8 @@ pub struct AssertionConfig {
     pub issuer: String,
     pub audience: String,
     pub request: RequestBinding,
+    /// Also publish the keys on the main listener.
+    pub jwks_on_listener: bool,
 }
 
 /// What of the request an identity assertion carries.

@@ -216,6 +216,8 @@ pub struct Gateway {
     signers: Vec<Option<crate::assertion::Signer>>,
     /// Per upstream, in the config's order: its token exchange, if it has one.
     exchangers: Vec<Option<crate::token_exchange::Exchanger>>,
+    /// Some upstream's `identity_assertion` has `jwks_on_listener`.
+    jwks_on_listener: bool,
     /// The identity assertions' headers, removed from every client request.
     assertion_headers: Vec<HeaderName>,
     /// The assertion keys `/.well-known/jwks.json` publishes; kept across reloads
@@ -287,7 +289,13 @@ impl Gateway {
                 .iter()
                 .filter_map(|u| u.identity_assertion.as_ref()),
         );
+        let jwks_on_listener = config.upstreams.iter().any(|u| {
+            u.identity_assertion
+                .as_ref()
+                .is_some_and(|a| a.jwks_on_listener)
+        });
         Gateway {
+            jwks_on_listener,
             tracer: None,
             pdps,
             signers,

@@ -189,6 +189,16 @@ impl Gateway {
         report(sink, "method", check_method(req))?;
         let path = report(sink, "canonical", self.check_target(req))?;
         sink.canonical(&path);
+        if self.jwks_on_listener && path == crate::assertion::JWKS_PATH {
+            out.path = Some(path);
+            out.reason = "assertion_keys";
+            return match *req.method() {
+                http::Method::GET | http::Method::HEAD => Ok(Evaluated::Answer(
+                    crate::assertion::jwks_response(&self.assertion_keys),
+                )),
+                _ => Err(Rejection::MethodNotAllowed("GET, HEAD")),
+            };
+        }
         if let Some(answer) = self.serve_metadata(req, &path, sink) {
             out.path = Some(path);
             out.reason = "resource_metadata";

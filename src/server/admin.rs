@@ -84,9 +84,8 @@ fn admin(gateway: &Gateway, draining: bool, req: &Request<Incoming>) -> Response
         }
         "/logging" => logging(req),
         // RFC 7517 5: the keys identity assertions are signed with.
-        "/.well-known/jwks.json" if !gateway.assertion_keys.is_empty() => {
-            content_type = "application/jwk-set+json";
-            (StatusCode::OK, gateway.assertion_keys.document())
+        crate::assertion::JWKS_PATH if !gateway.assertion_keys.is_empty() => {
+            return crate::assertion::jwks_response(&gateway.assertion_keys);
         }
         _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
     };

@@ -394,6 +394,7 @@ fn assertion(
         issuer,
         audience,
         request,
+        jwks_on_listener: a.jwks_on_listener.unwrap_or(false),
     })
 }
 
