@@ -130,8 +130,14 @@ impl Exchanger {
             id: crate::auth::Minted::new_minter(),
             upstream: upstream.to_owned(),
             endpoint: Mutex::new(cfg.token_endpoint.clone()),
-            get_client: jwks::http_client(&route),
-            client: jwks::http_client(&route),
+            get_client: match &cfg.tls {
+                Some(tls) => jwks::http_client_tls(&route, tls),
+                None => jwks::http_client(&route),
+            },
+            client: match &cfg.tls {
+                Some(tls) => jwks::http_client_tls(&route, tls),
+                None => jwks::http_client(&route),
+            },
             signer,
             cache: moka::future::Cache::builder()
                 .max_capacity(cfg.cache_entries)

@@ -342,3 +342,105 @@ async fn concurrent_requests_with_one_token_share_one_exchange() {
     assert_eq!(exchanges(&p).await - before, 1);
     p.admin("exchange?delay_ms=0", None).await;
 }
+
+/// The test STS (tests/exchange/sts.py), HTTPS with client certificates required.
+struct Sts {
+    port: u16,
+    _child: tokio::process::Child,
+}
+
+impl Sts {
+    async fn start() -> Sts {
+        use tokio::io::AsyncBufReadExt;
+        let port = free_port();
+        let mut child = tokio::process::Command::new("python3")
+            .args(["tests/exchange/sts.py", &port.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs the test STS");
+        let mut line = String::new();
+        tokio::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .await
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        Sts {
+            port,
+            _child: child,
+        }
+    }
+
+    /// Its /stats, read with Python's own client and the fixtures' certificate.
+    async fn stats(&self) -> Value {
+        let out = tokio::process::Command::new("python3")
+            .args(["-c", STATS, &self.port.to_string()])
+            .output()
+            .await
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+const STATS: &str = r#"
+import ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile="tests/fixtures/tls/ca.pem")
+ctx.load_cert_chain("tests/fixtures/tls/client.pem", "tests/fixtures/tls/client-key.pem")
+print(urllib.request.urlopen(f"https://127.0.0.1:{sys.argv[1]}/stats", timeout=5, context=ctx).read().decode())
+"#;
+
+fn mtls_config(up: &Upstream, sts: &Sts, cert: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[[issuers]]
+issuer = "https://idp.test"
+jwks_file = "tests/fixtures/jwks-rsa1.json"
+audiences = ["api"]
+
+[upstreams.orders]
+url = "{up}"
+token_exchange = {{ issuer = "https://idp.test", token_endpoint = "https://127.0.0.1:{port}/token", audience = "orders", client_id = "mtls-bearward", client_auth = "tls_client_auth", tls_ca_file = "tests/fixtures/tls/ca.pem", tls_client_cert = "tests/fixtures/tls/{cert}.pem", tls_client_key = "tests/fixtures/tls/{cert}-key.pem" }}
+
+[[routes]]
+prefix = "/api/orders"
+upstream = "orders"
+"#,
+        up = up.url(),
+        port = sts.port,
+    )
+}
+
+/// `client_auth = "tls_client_auth"` (RFC 8705 2.1): the client certificate is the credential,
+/// over TLS to a token endpoint with a private CA; another certificate is refused, and that is
+/// bearward's trouble (503), not the client's.
+#[tokio::test]
+async fn a_token_endpoint_authenticating_clients_by_certificate() {
+    use common::idp::{Key, Minter};
+    let sts = Sts::start().await;
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&mtls_config(&up, &sts, "client")).await;
+    let token = Minter {
+        issuer: "https://idp.test".into(),
+        audience: "api".into(),
+    }
+    .token(&Key::rsa1(), "read");
+    for i in 0..3 {
+        let a = call(&gw, &format!("/api/orders/{i}"), &token).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(upstream_token(&up, &token), "sts.orders.1");
+    }
+    let stats = sts.stats().await;
+    assert_eq!(stats["exchanges"], 1);
+    assert_eq!(stats["subject_tokens"][0], token.as_str());
+
+    // client2: signed by the same CA, but not the registered client's subject.
+    let gw2 = Gateway::start(&mtls_config(&up, &sts, "client2")).await;
+    let seen = up.count();
+    let a = call(&gw2, "/api/orders/x", &token).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+    assert_eq!(up.count(), seen);
+}

@@ -613,6 +613,9 @@ fn authenticate(
             );
             req = req.header(header::AUTHORIZATION, format!("Basic {basic}"));
         }
+        ClientAuth::Tls => {
+            form.append_pair("client_id", client_id);
+        }
         ClientAuth::SecretPost(secret) => {
             form.append_pair("client_id", client_id);
             form.append_pair(

@@ -888,6 +888,8 @@ pub enum ClientAuthMethod {
     ClientSecretBasic,
     ClientSecretPost,
     PrivateKeyJwt,
+    /// RFC 8705 2.1: the TLS client certificate authenticates the client.
+    TlsClientAuth,
 }
 
 /// `[upstreams.NAME]`
@@ -1002,13 +1004,18 @@ pub(super) struct UpstreamFile {
     /// "...", requested_token_type = "urn:ietf:params:oauth:token-type:access_token", actor =
     /// false, client_id = "...", client_auth = "client_secret_basic", client_secret_file =
     /// "...", client_secret_env = "...", client_key_file = "...", client_key_alg = "RS256",
-    /// client_key_id = "...", timeout = "2s", cache_entries = 10000 }`: before forwarding,
+    /// client_key_id = "...", tls_ca_file = "...", tls_client_cert = "...", tls_client_key =
+    /// "...", timeout = "2s", cache_entries = 10000 }`: before forwarding,
     /// bearward exchanges the client's token for one minted for this upstream (RFC 8693) and
     /// sends that as `Authorization: Bearer`, never the client's (see Forwarding rules, Token
     /// exchange). The token endpoint is `token_endpoint`, else the `token_endpoint` of
     /// `issuer`'s discovery document; `audience`, `resource` and `scope` are sent as given.
     /// Client authentication as for introspection (`client_secret_basic`, the default without a
-    /// key file; `client_secret_post`; `private_key_jwt`, the default with one). `actor = true`
+    /// key file; `client_secret_post`; `private_key_jwt`, the default with one), or
+    /// `tls_client_auth` (RFC 8705 2.1: `tls_client_cert` and `tls_client_key` authenticate,
+    /// `client_id` goes in the form); `tls_ca_file`: the CA an `https` endpoint's certificate
+    /// must chain to (default the system roots); a client certificate is presented whenever
+    /// one is set. `actor = true`
     /// also sends bearward's own client-credentials token as `actor_token` (delegation: the new
     /// token's `act` names bearward). A new token is kept per client token until 30 s (at most
     /// a tenth of its life) before its `expires_in`, in at most `cache_entries` entries and in
@@ -1037,6 +1044,9 @@ pub(super) struct TokenExchangeFile {
     pub client_key_file: Option<Spanned<String>>,
     pub client_key_alg: Option<Spanned<String>>,
     pub client_key_id: Option<Spanned<String>>,
+    pub tls_ca_file: Option<Spanned<String>>,
+    pub tls_client_cert: Option<Spanned<String>>,
+    pub tls_client_key: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub cache_entries: Option<Spanned<u64>>,
 }

@@ -241,7 +241,7 @@ pub struct UpstreamConfig {
 }
 
 /// `[upstreams.NAME] token_exchange`, validated (RFC 8693).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct TokenExchangeConfig {
     pub issuer: String,
     /// `None`: the `token_endpoint` of the issuer's discovery document.
@@ -254,6 +254,8 @@ pub struct TokenExchangeConfig {
     pub actor: bool,
     pub client_id: String,
     pub client_auth: ClientAuth,
+    /// `tls_ca_file` and the client certificate; `None`: the system roots, no certificate.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     pub timeout: Duration,
     pub cache_entries: u64,
 }
@@ -484,6 +486,8 @@ pub enum ClientAuth {
         alg: jsonwebtoken::Algorithm,
         kid: Option<String>,
     },
+    /// The TLS client certificate (RFC 8705 2.1); `client_id` in the form body.
+    Tls,
 }
 
 /// Default upper bound of an active introspection answer's life in the cache.

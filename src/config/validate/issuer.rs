@@ -495,7 +495,13 @@ fn introspection(
         client_key_alg: &f.introspection_client_key_alg,
         client_key_id: &f.introspection_client_key_id,
     };
-    let client_auth = client_auth(cx, fields, &format!("issuers[{i}].introspection_"), span)?;
+    let client_auth = client_auth(
+        cx,
+        fields,
+        &format!("issuers[{i}].introspection_"),
+        span,
+        false,
+    )?;
     Some(Introspection {
         endpoint,
         client_id,
@@ -550,6 +556,7 @@ pub(super) fn client_auth(
     f: ClientAuthFields<'_>,
     prefix: &str,
     span: &std::ops::Range<usize>,
+    certificate: bool,
 ) -> Option<ClientAuth> {
     let key = |k: &str| format!("{prefix}{k}");
     let name = |k: &str| {
@@ -564,6 +571,31 @@ pub(super) fn client_auth(
         },
         |m| *m.get_ref(),
     );
+    if method == ClientAuthMethod::TlsClientAuth {
+        let m = f.client_auth.as_ref().map_or(span.clone(), Spanned::span);
+        if !certificate {
+            cx.err(
+                m,
+                &key("client_auth"),
+                "tls_client_auth (RFC 8705) needs a client certificate: tls_client_cert and \
+                 tls_client_key (an upstream's token_exchange takes them)",
+            );
+            return None;
+        }
+        let unused = (f.client_secret_file.as_ref())
+            .or(f.client_secret_env.as_ref())
+            .or(f.client_key_file.as_ref());
+        if let Some(u) = unused {
+            cx.err(
+                u.span(),
+                &key("client_auth"),
+                "tls_client_auth authenticates with the certificate; a secret or key would \
+                 never be used",
+            );
+            return None;
+        }
+        return Some(ClientAuth::Tls);
+    }
     if method == ClientAuthMethod::PrivateKeyJwt {
         let secret = (f.client_secret_file.as_ref()).or(f.client_secret_env.as_ref());
         if let Some(s) = secret {

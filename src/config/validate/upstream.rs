@@ -483,7 +483,15 @@ fn token_exchange(
         client_key_alg: &t.client_key_alg,
         client_key_id: &t.client_key_id,
     };
-    let client_auth = super::issuer::client_auth(cx, fields, &prefix, &span)?;
+    let tls = super::authzen::client_tls(
+        cx,
+        (&t.tls_ca_file, &t.tls_client_cert, &t.tls_client_key),
+        ["tls_ca_file", "tls_client_cert", "tls_client_key"],
+        &key,
+    )
+    .ok()?;
+    let certificate = t.tls_client_cert.is_some();
+    let client_auth = super::issuer::client_auth(cx, fields, &prefix, &span, certificate)?;
     let timeout = cx.duration(
         &t.timeout,
         &key("timeout"),
@@ -507,6 +515,7 @@ fn token_exchange(
         actor: t.actor.as_ref().is_some_and(|a| *a.get_ref()),
         client_id,
         client_auth,
+        tls,
         timeout,
         cache_entries: cache_entries as u64,
     })
