@@ -151,13 +151,26 @@ impl Exchanger {
         })
     }
 
-    /// The `Authorization` value for the upstream in place of `subject`, the client's token
-    /// that `verified` is.
-    pub async fn token(&self, subject: &str, verified: &Verified) -> Result<HeaderValue, Failure> {
-        let now = now();
-        if let Some(v) = verified.minted.get(self.id, now) {
+    /// The `Authorization` value kept with `verified` for this upstream, if any: the hot path,
+    /// no call and no future.
+    pub fn kept(&self, verified: &Verified) -> Option<HeaderValue> {
+        verified.minted.get(self.id, now())
+    }
+
+    /// The `Authorization` value for the upstream in place of the client's token that
+    /// `verified` is: `subject`, or for a JWT the token `verified` holds.
+    pub async fn token(
+        &self,
+        subject: Option<&str>,
+        verified: &Verified,
+    ) -> Result<HeaderValue, Failure> {
+        if let Some(v) = self.kept(verified) {
             return Ok(v);
         }
+        let held = std::str::from_utf8(&verified.token).ok();
+        let Some(subject) = subject.or(held).filter(|s| !s.is_empty()) else {
+            return Err(Failure::Unavailable);
+        };
         let hash = crate::auth::sha256(subject);
         let kept = self
             .cache

@@ -277,6 +277,41 @@ async fn delegation_puts_bearward_in_act() {
     let _ = std::fs::remove_file(&file);
 }
 
+/// An opaque client token (introspected, so bearward keeps only its hash) is exchanged too:
+/// the token itself goes to the token endpoint, and never upstream.
+#[tokio::test]
+async fn an_opaque_client_token_is_exchanged() {
+    let Some(p) = start_provider() else { return };
+    std::env::set_var("BEARWARD_INTEROP_RS_SECRET", "bearward-rs-secret");
+    let up = Upstream::start().await;
+    let exchange = format!("audience = \"{ORDERS}\"");
+    let cfg = config(&up, &p.issuer, &exchange, "").replace(
+        "leeway = \"0s\"",
+        &format!(
+            "leeway = \"0s\"\ntoken_format = \"auto\"\nintrospection = true\n\
+             introspection_client_id = \"bearward-rs\"\n\
+             introspection_client_secret_env = \"BEARWARD_INTEROP_RS_SECRET\""
+        ),
+    );
+    let cfg = cfg.replace(
+        &format!("audiences = [\"{API}\"]"),
+        &format!("audiences = [\"{API}\", \"{OPAQUE_API}\"]"),
+    );
+    let gw = Gateway::start(&cfg).await;
+    wait_ready(&gw).await;
+    let token = p.client_credentials("cc-client", "read", OPAQUE_API).await;
+    assert!(token.split('.').count() < 3, "an opaque token");
+    let before = exchanges(&p).await;
+    for i in 0..3 {
+        let a = call(&gw, &format!("/api/orders/{i}"), &token).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        let claims = payload(&upstream_token(&up, &token));
+        assert_eq!(claims["aud"], ORDERS);
+        assert_eq!(claims["sub"], "cc-client");
+    }
+    assert_eq!(exchanges(&p).await - before, 1);
+}
+
 /// Two replicas sharing Redis exchange a client token once between them.
 #[tokio::test]
 async fn replicas_share_exchanged_tokens_through_the_store() {

@@ -777,6 +777,28 @@ mod tests {
     use crate::routes::PathMatch;
     use serde_json::json;
 
+    /// RFC 8693 4.1's example: the current actor first, then each prior one; a chain of
+    /// nonsense ends where the objects do, and no `act` is no actor.
+    #[test]
+    fn act_claims_read_as_a_chain_of_actors() {
+        let c = claims(
+            json!({"sub": "user@example.net", "act": {"sub": "admin@example.net",
+            "act": {"sub": "https://service16.example.com", "act": {"iss": "x"}}}}),
+        );
+        assert_eq!(
+            actors(&c).as_deref(),
+            Some("admin@example.net,https://service16.example.com,-")
+        );
+        assert_eq!(actors(&claims(json!({"act": "not an object"}))), None);
+        assert_eq!(actors(&claims(json!({"sub": "x"}))), None);
+        let mut deep = json!({"sub": "last"});
+        for i in 0..20 {
+            deep = json!({"sub": format!("a{i}"), "act": deep});
+        }
+        let chain = actors(&claims(json!({"act": deep}))).unwrap();
+        assert_eq!(chain.split(',').count(), MAX_ACTORS);
+    }
+
     #[test]
     fn the_debug_form_of_a_verified_token_leaves_the_token_out() {
         let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";

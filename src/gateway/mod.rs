@@ -56,6 +56,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+const DPOP: HeaderName = HeaderName::from_static("dpop");
 /// Tells the upstream what an audit-mode route would have done.
 pub const AUDIT_HEADER: HeaderName = HeaderName::from_static("x-bearward-audit");
 /// The IETF httpapi RateLimit header fields.
@@ -671,14 +672,12 @@ impl Gateway {
         upstream: &crate::config::UpstreamConfig,
         out: &Outcome,
     ) -> Result<(), Rejection> {
-        let headers = req.headers_mut();
-        headers.remove(header::AUTHORIZATION);
-        // A proof of possession for bearward's token says nothing of the new one.
-        headers.remove(HeaderName::from_static("dpop"));
-        let (Some(identity), Some(subject)) = (identity, subject) else {
+        // The client's own is gone already, unless the route takes no token.
+        req.headers_mut().remove(header::AUTHORIZATION);
+        let Some(identity) = identity else {
             return Ok(());
         };
-        match x.token(&subject, &identity.0).await {
+        match x.token(subject.as_deref(), &identity.0).await {
             Ok(v) => {
                 req.headers_mut().insert(header::AUTHORIZATION, v);
                 Ok(())
@@ -746,8 +745,19 @@ impl Gateway {
             req.headers_mut().insert(AUDIT_HEADER, v);
         }
         if let Some(x) = &self.exchangers[upstream_index] {
-            // Boxed: the exchange's future would otherwise size every request's.
-            Box::pin(self.exchange(x, &mut req, identity.as_ref(), subject, upstream, out)).await?;
+            let headers = req.headers_mut();
+            // A proof of possession for bearward's token says nothing of the new one.
+            headers.remove(DPOP);
+            match identity.as_ref().and_then(|i| x.kept(&i.0)) {
+                Some(v) => {
+                    headers.insert(header::AUTHORIZATION, v);
+                }
+                // Boxed: the exchange's future would otherwise size every request's.
+                None => {
+                    let identity = identity.as_ref();
+                    Box::pin(self.exchange(x, &mut req, identity, subject, upstream, out)).await?;
+                }
+            }
         }
         if let Some(signer) = &self.signers[upstream_index] {
             let request = crate::assertion::Request {

@@ -459,10 +459,12 @@ impl Gateway {
             }
             (v, _) => v,
         };
-        // An upstream that exchanges the token gets the new one, and never the client's: kept
-        // here for the exchange, then gone from the request whatever `strip_authorization` says.
+        // An upstream that exchanges the token gets the new one, and never the client's: gone
+        // from the request whatever `strip_authorization` says. A JWT stays with its verified
+        // form for the exchange; an opaque token (whose verified form holds only its hash) is
+        // kept here.
         let exchanges = route.upstream.is_some_and(|u| self.exchangers[u].is_some());
-        let subject = if exchanges && identity.is_some() {
+        let subject = if exchanges && identity.as_ref().is_some_and(|i| i.0.token.is_empty()) {
             let query = target.split_once('?').map(|(_, q)| q);
             crate::auth::extract_token(req.headers(), query, route)
                 .ok()
