@@ -465,6 +465,41 @@ pub async fn explain_with(config: &Config, asked: &Asked<'_>) -> Explained {
                     format_args!("no upstream: the decision listener answers 200 for this route"),
                 ),
             }
+            if let Some(upstream) = pass.route.upstream.map(|u| &config.upstreams[u]) {
+                if let Some(x) = upstream.token_exchange.as_ref().filter(|_| !asked.decision) {
+                    let at = x.token_endpoint.as_ref().map_or_else(
+                        || format!("{}'s token endpoint", x.issuer),
+                        ToString::to_string,
+                    );
+                    let to = x
+                        .audience
+                        .as_deref()
+                        .or(x.resource.as_deref())
+                        .unwrap_or("-");
+                    let _ = writeln!(
+                        p.out,
+                        "           the token is exchanged at {at} for one for {to} (RFC 8693){}; \
+                         the client's never goes upstream",
+                        if x.actor { ", bearward acting" } else { "" }
+                    );
+                }
+                if let Some(a) = upstream
+                    .identity_assertion
+                    .as_ref()
+                    .filter(|_| !asked.decision)
+                {
+                    let _ = writeln!(
+                        p.out,
+                        "           {}: a {:?} JWT (kid {}), iss {}, aud {}, {}s",
+                        a.header,
+                        a.alg,
+                        a.kid,
+                        a.issuer,
+                        a.audience,
+                        a.lifetime.as_secs()
+                    );
+                }
+            }
             if let Some(note) = pass.audit.as_ref().and_then(|v| v.to_str().ok()) {
                 let _ = writeln!(p.out, "           X-Bearward-Audit: {note}");
             }

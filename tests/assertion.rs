@@ -207,6 +207,25 @@ async fn the_upstream_verifies_the_assertion_with_the_published_keys() {
     assert_eq!(post.status, 405);
     assert_eq!(up.count(), seen);
 
+    // `bearward explain` says what goes upstream.
+    let file = std::env::temp_dir().join(format!("bearward-assert-x-{}.toml", std::process::id()));
+    std::fs::write(&file, config(&up, "p256.pem", "60s")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bearward"))
+        .arg("explain")
+        .arg("--config")
+        .arg(&file)
+        .args(["--method", "GET", "--path", "/api/x", "--token", &alice])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = format!(
+        "x-bearward-assertion: a ES256 JWT (kid {}), iss https://gw.test",
+        v[0]["kid"].as_str().unwrap_or("?")
+    );
+    assert!(text.contains(&line), "{line}\n{text}");
+    let _ = std::fs::remove_file(&file);
+
     // A replay after `exp` is refused by the upstream's own check.
     tokio::time::sleep(Duration::from_millis(6100)).await;
     let v = verify(admin, "https://gw.test", &up.url(), &[first]).await;

@@ -273,6 +273,7 @@ async fn delegation_puts_bearward_in_act() {
         text.contains("delegated (RFC 8693): exchange-client acting for subject cc-client"),
         "{text}"
     );
+    assert!(!text.contains("is exchanged at"), "{text}");
     assert_eq!(out.status.code(), Some(0), "{text}");
     let _ = std::fs::remove_file(&file);
 }
@@ -287,11 +288,9 @@ async fn an_opaque_client_token_is_exchanged() {
     let exchange = format!("audience = \"{ORDERS}\"");
     let cfg = config(&up, &p.issuer, &exchange, "").replace(
         "leeway = \"0s\"",
-        &format!(
-            "leeway = \"0s\"\ntoken_format = \"auto\"\nintrospection = true\n\
-             introspection_client_id = \"bearward-rs\"\n\
-             introspection_client_secret_env = \"BEARWARD_INTEROP_RS_SECRET\""
-        ),
+        "leeway = \"0s\"\ntoken_format = \"auto\"\nintrospection = true\n\
+         introspection_client_id = \"bearward-rs\"\n\
+         introspection_client_secret_env = \"BEARWARD_INTEROP_RS_SECRET\"",
     );
     let cfg = cfg.replace(
         &format!("audiences = [\"{API}\"]"),
