@@ -150,6 +150,32 @@ async fn the_upstream_gets_a_token_for_its_own_audience_once_per_client_token() 
         ),
         2.0
     );
+
+    // `bearward explain` says what the upstream gets.
+    let file = std::env::temp_dir().join(format!("bearward-x-explain-{}.toml", std::process::id()));
+    std::fs::write(&file, config(&up, &p.issuer, &exchange, "")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bearward"))
+        .arg("explain")
+        .arg("--config")
+        .arg(&file)
+        .args([
+            "--method",
+            "GET",
+            "--path",
+            "/api/orders/1",
+            "--token",
+            &token,
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = format!(
+        "the token is exchanged at {}'s token endpoint for one for {ORDERS} (RFC 8693)",
+        p.issuer
+    );
+    assert!(text.contains(&line), "{text}");
+    let _ = std::fs::remove_file(&file);
 }
 
 /// `invalid_target` and `invalid_scope` are the client's: 403 with the reason, nothing
