@@ -136,21 +136,27 @@ def policy(args, d, keys, procs):
     load.wait_port(pdp_port)
     with_pdp = templated.replace("[[routes]]", f'[authzen.bench]\nurl = "http://127.0.0.1:{pdp_port}"\n\n[[routes]]', 1) \
         .replace('scopes = ["read"]', 'scopes = ["read"]\nauthzen = "bench"')
+    scenarios = (("no allow_if", base), ("{tenant} route, no allow_if", templated),
+                 ("{tenant} route, allow_if", with_policy), ("{tenant} route, authzen (cached)", with_pdp))
+    each_config(args, d, procs, scenarios, token, "policy", path="/t/acme/x")
+
+
+def each_config(args, d, procs, scenarios, token, short, path="/"):
+    """Counts instructions per request of one bearward per (label, config text), in turn, the
+    same request (`path` with `token`) each time."""
     print(f"{'scenario':34} {'requests':>9} {'instr/req':>10} {'of which SHA-256':>17}")
-    for i, (label, conf) in enumerate((("no allow_if", base), ("{tenant} route, no allow_if", templated),
-                                       ("{tenant} route, allow_if", with_policy),
-                                       ("{tenant} route, authzen (cached)", with_pdp))):
-        open(f"{d}/policy.toml", "w").write(conf)
+    for i, (label, conf) in enumerate(scenarios):
+        open(f"{d}/{short}.toml", "w").write(conf)
         bearward = subprocess.Popen(
-            ["taskset", "-c", load.SERVER_CPU, "valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/policy{i}.out",
-             args.bearward, "--config", f"{d}/policy.toml"],
+            ["taskset", "-c", load.SERVER_CPU, "valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/{short}{i}.out",
+             args.bearward, "--config", f"{d}/{short}.toml"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
         procs.append(bearward)
         load.wait_port(PORT, timeout=60)
-        if load.status(PORT, token, path="/t/acme/x") != 200:
+        if load.status(PORT, token, path=path) != 200:
             raise SystemExit(f"bearward under valgrind ({label}) does not answer as expected")
-        count(args, bearward.pid, f"{d}/policy{i}.out.1", PORT, label, f"policy{i}",
-              ["-H", f"Authorization: Bearer {token}"], path="/t/acme/x")
+        count(args, bearward.pid, f"{d}/{short}{i}.out.1", PORT, label, f"{short}{i}",
+              ["-H", f"Authorization: Bearer {token}"], path=path)
         bearward.terminate()
         bearward.wait(10)
         procs.remove(bearward)
@@ -161,22 +167,8 @@ def upstream_auth(args, d, token, procs):
     token; signed per request), with a token exchange at nginx's /token (kept)."""
     base = open(f"{d}/bearward.toml").read()
     load.wait_port(UPSTREAM)
-    print(f"{'scenario':34} {'requests':>9} {'instr/req':>10} {'of which SHA-256':>17}")
-    for i, (label, conf) in enumerate(load.upstream_auth_configs(base, d, UPSTREAM).items()):
-        open(f"{d}/upstream-auth.toml", "w").write(conf)
-        bearward = subprocess.Popen(
-            ["taskset", "-c", load.SERVER_CPU, "valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/ua{i}.out",
-             args.bearward, "--config", f"{d}/upstream-auth.toml"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
-        procs.append(bearward)
-        load.wait_port(PORT, timeout=60)
-        if load.status(PORT, token) != 200:
-            raise SystemExit(f"bearward under valgrind ({label}) does not answer as expected")
-        count(args, bearward.pid, f"{d}/ua{i}.out.1", PORT, label, f"upstream{i}",
-              ["-H", f"Authorization: Bearer {token}"])
-        bearward.terminate()
-        bearward.wait(10)
-        procs.remove(bearward)
+    scenarios = load.upstream_auth_configs(base, d, UPSTREAM).items()
+    each_config(args, d, procs, scenarios, token, "upstream", path="/api/check")
 
 
 def limits(args, d, token, procs):

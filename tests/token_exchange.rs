@@ -77,6 +77,38 @@ fn payload(jwt: &str) -> Value {
     serde_json::from_slice(&bytes).unwrap()
 }
 
+/// An upstream, and bearward exchanging for it with `exchange`, ready; and a client token.
+async fn setup(p: &Provider, exchange: &str, extra: &str) -> (Upstream, Gateway, String) {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&config(&up, &p.issuer, exchange, extra)).await;
+    wait_ready(&gw).await;
+    let token = p.client_credentials("cc-client", "read", API).await;
+    (up, gw, token)
+}
+
+/// `bearward explain` of GET `path` with `token`, on `config` written to a file.
+fn explain(config: &str, path: &str, token: &str) -> (String, Option<i32>) {
+    let file = std::env::temp_dir().join(format!(
+        "bearward-x-explain-{}-{}.toml",
+        std::process::id(),
+        path.len()
+    ));
+    std::fs::write(&file, config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bearward"))
+        .arg("explain")
+        .arg("--config")
+        .arg(&file)
+        .args(["--method", "GET", "--path", path, "--token", token])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.code(),
+    )
+}
+
 /// The bearer token the upstream received last, and that the client's token is nowhere in
 /// what it received.
 fn upstream_token(up: &Upstream, client_token: &str) -> String {
@@ -97,11 +129,8 @@ fn upstream_token(up: &Upstream, client_token: &str) -> String {
 #[tokio::test]
 async fn the_upstream_gets_a_token_for_its_own_audience_once_per_client_token() {
     let Some(p) = start_provider() else { return };
-    let up = Upstream::start().await;
     let exchange = format!("audience = \"{ORDERS}\", scope = \"orders:read\"");
-    let gw = Gateway::start(&config(&up, &p.issuer, &exchange, "")).await;
-    wait_ready(&gw).await;
-    let token = p.client_credentials("cc-client", "read", API).await;
+    let (up, gw, token) = setup(&p, &exchange, "").await;
 
     let before = exchanges(&p).await;
     let mut given = None;
@@ -152,30 +181,16 @@ async fn the_upstream_gets_a_token_for_its_own_audience_once_per_client_token() 
     );
 
     // `bearward explain` says what the upstream gets.
-    let file = std::env::temp_dir().join(format!("bearward-x-explain-{}.toml", std::process::id()));
-    std::fs::write(&file, config(&up, &p.issuer, &exchange, "")).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bearward"))
-        .arg("explain")
-        .arg("--config")
-        .arg(&file)
-        .args([
-            "--method",
-            "GET",
-            "--path",
-            "/api/orders/1",
-            "--token",
-            &token,
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (text, _) = explain(
+        &config(&up, &p.issuer, &exchange, ""),
+        "/api/orders/1",
+        &token,
+    );
     let line = format!(
         "the token is exchanged at {}'s token endpoint for one for {ORDERS} (RFC 8693)",
         p.issuer
     );
     assert!(text.contains(&line), "{text}");
-    let _ = std::fs::remove_file(&file);
 }
 
 /// `invalid_target` and `invalid_scope` are the client's: 403 with the reason, nothing
@@ -183,11 +198,8 @@ async fn the_upstream_gets_a_token_for_its_own_audience_once_per_client_token() 
 #[tokio::test]
 async fn a_refused_exchange_is_403_and_reaches_nothing() {
     let Some(p) = start_provider() else { return };
-    let up = Upstream::start().await;
     let exchange = "audience = \"http://elsewhere.bearward.test\"";
-    let gw = Gateway::start(&config(&up, &p.issuer, exchange, "")).await;
-    wait_ready(&gw).await;
-    let token = p.client_credentials("cc-client", "read", API).await;
+    let (up, gw, token) = setup(&p, exchange, "").await;
     let before = exchanges(&p).await;
     for _ in 0..3 {
         let a = call(&gw, "/api/orders/1", &token).await;
@@ -220,11 +232,8 @@ async fn a_refused_exchange_is_403_and_reaches_nothing() {
 #[tokio::test]
 async fn a_slow_or_absent_token_endpoint_is_503_and_never_falls_back() {
     let Some(p) = start_provider() else { return };
-    let up = Upstream::start().await;
     let exchange = format!("audience = \"{ORDERS}\", timeout = \"300ms\"");
-    let gw = Gateway::start(&config(&up, &p.issuer, &exchange, "")).await;
-    wait_ready(&gw).await;
-    let token = p.client_credentials("cc-client", "read", API).await;
+    let (up, gw, token) = setup(&p, &exchange, "").await;
 
     p.admin("exchange?delay_ms=1500", None).await;
     let a = call(&gw, "/api/orders/1", &token).await;
@@ -263,11 +272,8 @@ async fn a_slow_or_absent_token_endpoint_is_503_and_never_falls_back() {
 #[tokio::test]
 async fn delegation_puts_bearward_in_act() {
     let Some(p) = start_provider() else { return };
-    let up = Upstream::start().await;
     let exchange = format!("audience = \"{ORDERS}\", actor = true");
-    let gw = Gateway::start(&config(&up, &p.issuer, &exchange, "")).await;
-    wait_ready(&gw).await;
-    let token = p.client_credentials("cc-client", "read", API).await;
+    let (up, gw, token) = setup(&p, &exchange, "").await;
     let a = call(&gw, "/api/orders/1", &token).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     let given = upstream_token(&up, &token);
@@ -277,7 +283,6 @@ async fn delegation_puts_bearward_in_act() {
 
     // `bearward explain` shows who acts for whom, as an upstream in front of its own bearward
     // would see the token.
-    let file = std::env::temp_dir().join(format!("bearward-act-{}.toml", std::process::id()));
     let cfg = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n\n[[issuers]]\nissuer = \"{}\"\ndiscovery = true\n\
          audiences = [\"{ORDERS}\"]\n\n[upstreams.app]\nurl = \"{}\"\n\n[[routes]]\n\
@@ -285,23 +290,13 @@ async fn delegation_puts_bearward_in_act() {
         p.issuer,
         up.url()
     );
-    std::fs::write(&file, cfg).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bearward"))
-        .arg("explain")
-        .arg("--config")
-        .arg(&file)
-        .args(["--method", "GET", "--path", "/orders/1", "--token", &given])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (text, code) = explain(&cfg, "/orders/1", &given);
     assert!(
         text.contains("delegated (RFC 8693): exchange-client acting for subject cc-client"),
         "{text}"
     );
     assert!(!text.contains("is exchanged at"), "{text}");
-    assert_eq!(out.status.code(), Some(0), "{text}");
-    let _ = std::fs::remove_file(&file);
+    assert_eq!(code, Some(0), "{text}");
 }
 
 /// An opaque client token (introspected, so bearward keeps only its hash) is exchanged too:
@@ -378,11 +373,8 @@ async fn replicas_share_exchanged_tokens_through_the_store() {
 #[tokio::test]
 async fn concurrent_requests_with_one_token_share_one_exchange() {
     let Some(p) = start_provider() else { return };
-    let up = Upstream::start().await;
     let exchange = format!("audience = \"{ORDERS}\"");
-    let gw = Gateway::start(&config(&up, &p.issuer, &exchange, "")).await;
-    wait_ready(&gw).await;
-    let token = p.client_credentials("cc-client", "read", API).await;
+    let (_up, gw, token) = setup(&p, &exchange, "").await;
     p.admin("exchange?delay_ms=200", None).await;
     let before = exchanges(&p).await;
     let calls = (0..20).map(|i| {
