@@ -128,6 +128,21 @@ async fn no_token_text_in_the_logs() {
         !logs.to_ascii_lowercase().contains("bearer "),
         "no Authorization header in the logs"
     );
+    // A delegated token's actors (RFC 8693 `act`) are named in its access line.
+    let delegated = m.token_claims(&rsa, |c| {
+        c.insert("scope".into(), serde_json::json!("read"));
+        let act = serde_json::json!({"sub": "svc-a", "act": {"sub": "svc-b"}});
+        c.insert("act".into(), act);
+    });
+    let bearer = format!("Bearer {delegated}");
+    let a = get(&c, &gw.url("/api/read/x"), &[("authorization", &bearer)]).await;
+    assert_eq!(a.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("\"actor\":\"svc-a,svc-b\""),
+        "the actors are logged"
+    );
     client_in_the_access_log(&buf, &up).await;
 }
 
