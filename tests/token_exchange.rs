@@ -51,6 +51,11 @@ scopes = ["read"]
 upstream = "orders"
 
 [[routes]]
+prefix = "/public/orders"
+auth = "none"
+upstream = "orders"
+
+[[routes]]
 prefix = "/api/read"
 scopes = ["read"]
 upstream = "plain"
@@ -159,6 +164,17 @@ async fn the_upstream_gets_a_token_for_its_own_audience_once_per_client_token() 
         StatusCode::OK
     );
     assert_eq!(payload(&upstream_token(&up, &other))["sub"], "es-client");
+    assert_eq!(exchanges(&p).await - before, 2);
+
+    // A route without a token check sends no Authorization to an exchanging upstream, not
+    // even one the client wrote.
+    let seen = up.count();
+    assert_eq!(
+        call(&gw, "/public/orders/x", &token).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(up.count(), seen + 1);
+    assert!(up.last().headers.get("authorization").is_none());
     assert_eq!(exchanges(&p).await - before, 2);
 
     // An upstream without token_exchange gets the client's token as before.
