@@ -192,7 +192,10 @@ where
         let call = Box::pin(async move { checker.call(req).await });
         async move { Ok::<_, std::convert::Infallible>(call.await) }
     });
+    // No `date` on answers: gRPC and Envoy never read it, and it was the one response header
+    // whose value changes, so HPACK encoded it afresh every second and hashed it every answer.
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .auto_date_header(false)
         .serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
