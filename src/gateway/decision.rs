@@ -184,28 +184,13 @@ pub(crate) fn original_request(
             (method, t.target.clone(), t.host.as_ref())
         }
     };
-    // Origin-form only: an absolute URI would name a host of the client's choosing.
-    if !target.starts_with('/') {
-        return Err(Rejection::BadRequest("invalid_original_uri"));
-    }
-    if has_fragment(&target) {
-        return Err(Rejection::BadRequest("invalid_original_uri"));
-    }
-    let uri: Uri = target
-        .parse()
-        .map_err(|_| Rejection::BadRequest("invalid_original_uri"))?;
+    let uri = original_uri(&target)?;
     let mut original = Request::new(body::empty());
     *original.method_mut() = method;
     *original.uri_mut() = uri;
     *original.version_mut() = Version::HTTP_11;
     let headers = original.headers_mut();
-    // Every convention's headers go: the one read has been, the others are a client's.
-    let drop = [
-        &cfg.uri_header,
-        &cfg.method_header,
-        &X_FORWARDED_URI,
-        &X_FORWARDED_METHOD,
-    ];
+    let drop = conventions_headers(cfg);
     for (name, value) in h {
         if !drop.contains(&name) {
             headers.append(name.clone(), value.clone());
@@ -225,6 +210,63 @@ pub(crate) fn original_request(
     // A body is never forwarded from here; what the ingress sent of one says nothing.
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::TRANSFER_ENCODING);
+    Ok(original)
+}
+
+/// Origin-form only: an absolute URI would name a host of the client's choosing; and no
+/// fragment.
+fn original_uri(target: &str) -> Result<Uri, Rejection> {
+    if !target.starts_with('/') || has_fragment(target) {
+        return Err(Rejection::BadRequest("invalid_original_uri"));
+    }
+    target
+        .parse()
+        .map_err(|_| Rejection::BadRequest("invalid_original_uri"))
+}
+
+/// Every convention's headers go from the original request: the one read has been, the others
+/// are a client's.
+fn conventions_headers(cfg: &DecisionConfig) -> [&HeaderName; 4] {
+    [
+        &cfg.uri_header,
+        &cfg.method_header,
+        &FORWARDED_URI,
+        &FORWARDED_METHOD,
+    ]
+}
+
+// The same names as statics, which a function can hand out references to.
+static FORWARDED_URI: HeaderName = X_FORWARDED_URI;
+static FORWARDED_METHOD: HeaderName = X_FORWARDED_METHOD;
+
+/// [`original_request`] for the ext_authz convention, taking the request whole: its headers
+/// were made for this one check (`server::ext_authz`), so they move instead of being copied.
+pub(crate) fn take_ext_authz_request(
+    mut req: Request<Body>,
+    cfg: &DecisionConfig,
+) -> Result<Request<Body>, Rejection> {
+    let t = req
+        .extensions_mut()
+        .remove::<ExtAuthzTarget>()
+        .ok_or(Rejection::BadRequest("missing_original_uri"))?;
+    let method = Method::from_bytes(t.method.as_bytes())
+        .map_err(|_| Rejection::BadRequest("invalid_original_method"))?;
+    let uri = original_uri(&t.target)?;
+    let (parts, _) = req.into_parts();
+    let mut original = Request::new(body::empty());
+    *original.method_mut() = method;
+    *original.uri_mut() = uri;
+    *original.version_mut() = Version::HTTP_11;
+    let mut headers = parts.headers;
+    for name in conventions_headers(cfg) {
+        headers.remove(name);
+    }
+    if let Some(host) = t.host {
+        headers.insert(header::HOST, host);
+    }
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::TRANSFER_ENCODING);
+    *original.headers_mut() = headers;
     Ok(original)
 }
 

@@ -609,8 +609,13 @@ impl Gateway {
             return Err(Rejection::Forbidden("untrusted_decision_peer"));
         }
         let convention = decision::convention(&req, cfg)?;
-        let mut original = decision::original_request(&req, cfg, convention)?;
-        drop(req);
+        let mut original = if convention == decision::Convention::ExtAuthz {
+            decision::take_ext_authz_request(req, cfg)?
+        } else {
+            let original = decision::original_request(&req, cfg, convention)?;
+            drop(req);
+            original
+        };
         let pass = match self
             .evaluate(&mut original, None, Some(conn), out, &mut Quiet)
             .await?
