@@ -7,12 +7,12 @@
 //! kept with the verified token ([`crate::auth::Minted`]) for half its lifetime, so the hot path
 //! signs at most twice per token per lifetime; one bound to the request is signed every time.
 
-use crate::auth::Identity;
+use crate::auth::{Identity, Minted};
 use crate::config::{AssertionConfig, RequestBinding};
 use http::header::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// One upstream's signer.
 pub struct Signer {
@@ -21,7 +21,7 @@ pub struct Signer {
     key: jsonwebtoken::EncodingKey,
     /// The assertion for requests without a token (routes with `auth = "none"`), kept as a
     /// token's is.
-    anonymous: Mutex<Option<(HeaderValue, u64)>>,
+    anonymous: Minted,
 }
 
 impl std::fmt::Debug for Signer {
@@ -40,19 +40,13 @@ pub struct Request<'a> {
     pub target: &'a str,
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl Signer {
     pub fn new(cfg: &AssertionConfig) -> Result<Signer, String> {
         Ok(Signer {
             id: crate::auth::Minted::new_minter(),
             key: crate::jose::encoding_key(&cfg.key_pem.0, cfg.alg)?,
             cfg: cfg.clone(),
-            anonymous: Mutex::new(None),
+            anonymous: Minted::default(),
         })
     }
 
@@ -67,34 +61,17 @@ impl Signer {
         identity: Option<&Identity>,
         request: &Request<'_>,
     ) -> Result<HeaderValue, String> {
-        let now = now();
+        let now = crate::auth::epoch_secs();
         if self.cfg.request != RequestBinding::None {
             return self.sign(identity, Some(request), now).map(|(v, _)| v);
         }
-        match identity {
-            Some(id) => {
-                if let Some(v) = id.0.minted.get(self.id, now) {
-                    return Ok(v);
-                }
-                let (v, until) = self.sign(identity, None, now)?;
-                id.0.minted.put(self.id, v.clone(), until);
-                Ok(v)
-            }
-            None => {
-                let mut kept = self
-                    .anonymous
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                if let Some((v, until)) = &*kept {
-                    if now < *until {
-                        return Ok(v.clone());
-                    }
-                }
-                let (v, until) = self.sign(None, None, now)?;
-                *kept = Some((v.clone(), until));
-                Ok(v)
-            }
+        let kept = identity.map_or(&self.anonymous, |id| &id.0.minted);
+        if let Some(v) = kept.get(self.id, now) {
+            return Ok(v);
         }
+        let (v, until) = self.sign(identity, None, now)?;
+        kept.put(self.id, v.clone(), until);
+        Ok(v)
     }
 
     /// Signs an assertion at `now`; also gives when to stop reusing it (half its lifetime on).

@@ -14,14 +14,14 @@
 //! - The PDP's health is reported on `/readyz` (not a reason to leave the load balancer: the
 //!   kept answers still serve, and every replica shares the PDP).
 
-use crate::auth::jwks::HttpsClient;
+use crate::auth::jwks::{self, HttpsClient};
 pub use crate::config::PdpConfig;
 pub use crate::routes::{Ask, AskResource, ContextItem};
 use crate::store::SharedStore;
 use crate::telemetry::{Counter, Metrics};
 use bytes::Bytes;
 use http::{header, Request, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use serde_json::{json, Map, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -278,20 +278,9 @@ impl Pdp {
                 format!("POST {uri}: status {}", resp.status()),
             ));
         }
-        let body = Limited::new(resp.into_body(), MAX_ANSWER)
-            .collect()
+        let body = jwks::bounded_body(resp, MAX_ANSWER)
             .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    (
-                        "invalid_answer",
-                        format!("POST {uri}: answer over {MAX_ANSWER} bytes"),
-                    )
-                } else {
-                    ("unreachable", format!("POST {uri}: body: {e}"))
-                }
-            })?
-            .to_bytes();
+            .map_err(|e| e.of_post(&uri, MAX_ANSWER))?;
         parse_decision(&body).map_err(|e| ("invalid_answer", format!("POST {uri}: {e}")))
     }
 

@@ -13,18 +13,19 @@
 //! - Every call is bounded by `timeout` and [`MAX_ANSWER_BYTES`]. A server that is down, slow
 //!   or answers nonsense is 503 with `Retry-After`, never the client's token as a fallback.
 
+use crate::auth::epoch_secs as now;
 use crate::auth::introspect::{form_post, parse_answer};
 use crate::auth::jwks::{self, HttpsClient};
 use crate::auth::Verified;
-use crate::config::{TokenExchangeConfig, ACCESS_TOKEN_TYPE, DEFAULT_JWKS_MAX_BYTES};
+use crate::config::{IssuerConfig, TokenExchangeConfig, ACCESS_TOKEN_TYPE};
 use crate::store::SharedStore;
 use crate::telemetry::Metrics;
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{HeaderValue, Request, StatusCode, Uri};
+use http_body_util::Full;
 use serde_json::Value;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Largest token endpoint answer read.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -68,12 +69,6 @@ impl moka::Expiry<[u8; 32], Kept> for KeptExpiry {
     }
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// When to stop using a token that expires at `exp`: 30 s before, or a tenth of its life
 /// when that is shorter, so a token is never sent upstream in its last moments.
 pub fn reuse_until(now: u64, exp: u64) -> u64 {
@@ -86,6 +81,8 @@ pub struct Exchanger {
     /// This exchanger's entries in [`crate::auth::Minted`].
     id: u64,
     upstream: String,
+    /// The `[[issuers]]` entry of `cfg.issuer`: discovery's bounds and origins.
+    issuer: Option<IssuerConfig>,
     cfg: TokenExchangeConfig,
     endpoint: Mutex<Option<Uri>>,
     get_client: HttpsClient,
@@ -100,9 +97,12 @@ pub struct Exchanger {
 }
 
 impl Exchanger {
+    /// `issuer`: the `[[issuers]]` entry `cfg.issuer` names, if any (the config check requires
+    /// one for discovery): its proxy is used, and its origins bound a discovered endpoint.
     pub fn new(
         upstream: &str,
         cfg: &TokenExchangeConfig,
+        issuer: Option<&IssuerConfig>,
         shared: Option<Arc<SharedStore>>,
         metrics: Arc<Metrics>,
     ) -> Result<Exchanger, String> {
@@ -112,7 +112,7 @@ impl Exchanger {
             }
             _ => None,
         };
-        let route = crate::egress::Route::Environment;
+        let route = issuer.map_or(crate::egress::Route::Environment, jwks::issuer_route);
         // Keyed by what the answer depends on: a reload that changes the upstream's exchange
         // never reads another config's tokens from the store.
         let what = format!(
@@ -129,6 +129,7 @@ impl Exchanger {
         Ok(Exchanger {
             id: crate::auth::Minted::new_minter(),
             upstream: upstream.to_owned(),
+            issuer: issuer.cloned(),
             endpoint: Mutex::new(cfg.token_endpoint.clone()),
             get_client: match &cfg.tls {
                 Some(tls) => jwks::http_client_tls(&route, tls),
@@ -238,23 +239,18 @@ impl Exchanger {
         {
             return Ok(u);
         }
+        let issuer = self
+            .issuer
+            .as_ref()
+            .ok_or("no token_endpoint, and the issuer is none of [[issuers]]")?;
         let (from, doc) = jwks::discovery_document(
             &self.get_client,
-            &self.cfg.issuer,
-            DEFAULT_JWKS_MAX_BYTES,
+            &issuer.issuer,
+            issuer.jwks.max_bytes,
             self.cfg.timeout,
         )
         .await?;
-        let text = doc
-            .get("token_endpoint")
-            .and_then(Value::as_str)
-            .ok_or(format!("{from}: no token_endpoint"))?;
-        let uri: Uri = text
-            .parse()
-            .map_err(|e| format!("{from}: token_endpoint: {e}"))?;
-        if !matches!(uri.scheme_str(), Some("https" | "http")) || uri.authority().is_none() {
-            return Err(format!("{from}: token_endpoint is not an http(s) URL"));
-        }
+        let uri = jwks::endpoint_in(&doc, &from, "token_endpoint", issuer)?;
         *self.endpoint.lock().unwrap_or_else(PoisonError::into_inner) = Some(uri.clone());
         Ok(uri)
     }
@@ -399,31 +395,9 @@ impl Exchanger {
             ("unreachable", format!("POST {uri}: {e}"))
         })?;
         let status = resp.status();
-        let max = MAX_ANSWER_BYTES;
-        let too_large = || {
-            (
-                "invalid_answer",
-                format!("POST {uri}: answer over {max} bytes"),
-            )
-        };
-        let declared = resp
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > max) {
-            return Err(too_large());
-        }
-        let body = Limited::new(resp.into_body(), max)
-            .collect()
+        let body = jwks::bounded_body(resp, MAX_ANSWER_BYTES)
             .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    too_large()
-                } else {
-                    ("unreachable", format!("POST {uri}: body: {e}"))
-                }
-            })?
-            .to_bytes();
+            .map_err(|e| e.of_post(uri, MAX_ANSWER_BYTES))?;
         match parse_answer(&body) {
             Ok(answer) => Ok((status, answer)),
             // A 5xx page in HTML is the server's trouble, said by its status.

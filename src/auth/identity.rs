@@ -72,6 +72,13 @@ impl std::fmt::Debug for Minted {
     }
 }
 
+/// Whole seconds since the epoch: the clock kept values' `until` is read on.
+pub fn epoch_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Minter ids, unique in the process: a reload makes new minters, whose kept values never mix
 /// with the old ones'.
 static NEXT_MINTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);

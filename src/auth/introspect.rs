@@ -21,7 +21,7 @@ use crate::store::SharedStore;
 use crate::telemetry::Metrics;
 use bytes::Bytes;
 use http::{header, Request, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use serde_json::{Map, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -479,27 +479,14 @@ impl Introspector {
                 ));
             }
             let max = MAX_INTROSPECTION_ANSWER_BYTES;
-            let declared = resp
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-            if declared.is_some_and(|n| n > max) {
-                return Err(invalid(
-                    "too_large",
-                    format!("POST {uri}: answer over {max} bytes"),
-                ));
-            }
-            let body = Limited::new(resp.into_body(), max)
-                .collect()
-                .await
-                .map_err(|e| {
-                    if e.is::<http_body_util::LengthLimitError>() {
-                        invalid("too_large", format!("POST {uri}: answer over {max} bytes"))
-                    } else {
-                        unavailable("unreachable", format!("POST {uri}: body: {e}"))
-                    }
-                })?
-                .to_bytes();
+            let body = jwks::bounded_body(resp, max).await.map_err(|e| match e {
+                jwks::BodyError::TooLarge => {
+                    invalid("too_large", format!("POST {uri}: answer over {max} bytes"))
+                }
+                jwks::BodyError::Broken(e) => {
+                    unavailable("unreachable", format!("POST {uri}: body: {e}"))
+                }
+            })?;
             parse_answer(&body).map_err(|(o, d)| invalid(o, format!("POST {uri}: {d}")))
         };
         let span = crate::trace::call_span();

@@ -109,20 +109,11 @@ pub(crate) async fn get(
         if resp.status() != http::StatusCode::OK {
             return Err(format!("GET {uri}: status {}", resp.status()));
         }
-        if resp
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-            .is_some_and(|n| n > max_bytes)
-        {
-            return Err(format!("GET {uri}: larger than {max_bytes} bytes"));
-        }
         let max_age = max_age(resp.headers());
-        let body = Limited::new(resp.into_body(), max_bytes)
-            .collect()
-            .await
-            .map_err(|e| format!("GET {uri}: body: {e}"))?
-            .to_bytes();
+        let body = bounded_body(resp, max_bytes).await.map_err(|e| match e {
+            BodyError::TooLarge => format!("GET {uri}: larger than {max_bytes} bytes"),
+            BodyError::Broken(e) => format!("GET {uri}: body: {e}"),
+        })?;
         Ok((body, max_age))
     };
     let result = tokio::time::timeout(timeout, fetch)
@@ -144,6 +135,49 @@ pub(crate) async fn get(
         result.as_ref().err().cloned(),
     );
     result
+}
+
+/// Why an answer's body was not read whole.
+pub(crate) enum BodyError {
+    /// Over the bound: declared so in `Content-Length`, or counted as it came.
+    TooLarge,
+    /// The connection broke off.
+    Broken(String),
+}
+
+impl BodyError {
+    /// The metric outcome and log detail of a POST whose answer was not read:
+    /// `invalid_answer` when too large, `unreachable` when broken off.
+    pub(crate) fn of_post(self, uri: &Uri, max: usize) -> (&'static str, String) {
+        match self {
+            BodyError::TooLarge => (
+                "invalid_answer",
+                format!("POST {uri}: answer over {max} bytes"),
+            ),
+            BodyError::Broken(e) => ("unreachable", format!("POST {uri}: body: {e}")),
+        }
+    }
+}
+
+/// An answer's body, at most `max` bytes: refused on its `Content-Length` before a byte is
+/// read, else counted as it arrives. The one bounded read of every call bearward makes to an
+/// IdP or decision point.
+pub(crate) async fn bounded_body(
+    resp: http::Response<hyper::body::Incoming>,
+    max: usize,
+) -> Result<Bytes, BodyError> {
+    let declared = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(BodyError::TooLarge);
+    }
+    match Limited::new(resp.into_body(), max).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
+        Err(e) => Err(BodyError::Broken(e.to_string())),
+    }
 }
 
 /// `max-age` from `Cache-Control`; `no-cache`/`no-store` count as zero (the lower bound applies).

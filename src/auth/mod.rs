@@ -30,7 +30,7 @@ mod token_id;
 pub mod validator;
 
 pub use binding::BindingRequest;
-pub use identity::{Identity, Minted};
+pub use identity::{epoch_secs, Identity, Minted};
 pub use token_id::{sha256, sha256_bytes, token_id, TokenId};
 
 pub use error::{AuthError, ErrorCode};

@@ -53,7 +53,7 @@ pub struct Principal {
     pub client: Option<Box<str>>,
     /// A delegated token's actors (RFC 8693 4.1 `act`): the current actor's `sub` first, then
     /// each prior one's, comma-separated; for the access log.
-    pub actor: Option<Box<str>>,
+    pub actor: Option<Arc<str>>,
 }
 
 /// Actors read from nested `act` claims, at most: a chain is a handful deep in practice.
@@ -72,7 +72,7 @@ impl Principal {
 
 /// RFC 8693 4.1: `act` names the party acting for the subject, and an `act` inside it the one
 /// that acted before; each by `sub` (`-` when one has none).
-pub fn actors(claims: &Map<String, Value>) -> Option<Box<str>> {
+pub fn actors(claims: &Map<String, Value>) -> Option<Arc<str>> {
     let mut act = claims.get("act")?.as_object()?;
     let mut chain = Vec::new();
     loop {

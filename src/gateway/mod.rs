@@ -122,7 +122,7 @@ pub struct Outcome {
     /// The configured issuer (its index) whose token the request carried, once verified.
     pub issuer: Option<usize>,
     /// A delegated token's actors (`act`), for the access log.
-    pub actor: Option<Box<str>>,
+    pub actor: Option<Arc<str>>,
     /// A gRPC ext_authz check: [`Facts`] go back with the answer.
     pub ext_authz: bool,
     /// An MCP route's POST: its method and target, once its body was read.
@@ -272,7 +272,8 @@ impl Gateway {
             .iter()
             .map(|u| {
                 let x = u.token_exchange.as_ref()?;
-                crate::token_exchange::Exchanger::new(&u.name, x, auth.store().cloned(), metrics.clone())
+                let issuer = config.issuers.iter().find(|i| i.issuer == x.issuer);
+                crate::token_exchange::Exchanger::new(&u.name, x, issuer, auth.store().cloned(), metrics.clone())
                     .inspect_err(|e| tracing::error!(upstream = %u.name, error = %e, "token_exchange: no client"))
                     .ok()
             })

@@ -233,6 +233,7 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
         upstreams.push(upstream::upstream(&mut cx, name.get_ref(), up, &server));
     }
     let issuers = issuers(&mut cx, &file);
+    upstream::exchange_issuers(&mut cx, &file, &issuers);
     let mut routes = routes(&mut cx, &file, &upstream_names, &server);
     for (i, r) in file.routes.iter().enumerate() {
         let asks = r

@@ -520,3 +520,31 @@ fn token_exchange(
         cache_entries: cache_entries as u64,
     })
 }
+
+/// A token exchange that finds its endpoint by discovery must name one of `[[issuers]]`: the
+/// endpoint it is sent to is then held to that issuer's origins (`trusted_key_origins`) and
+/// reached through its `proxy`, as the introspection endpoint is.
+pub(super) fn exchange_issuers(
+    cx: &mut Ctx<'_>,
+    file: &crate::config::file::FileConfig,
+    issuers: &[IssuerConfig],
+) {
+    for (name, u) in &file.upstreams {
+        let Some(t) = &u.get_ref().token_exchange else {
+            continue;
+        };
+        let t = t.get_ref();
+        let known = issuers.iter().any(|i| i.issuer == *t.issuer.get_ref());
+        if t.token_endpoint.is_none() && !known {
+            cx.err(
+                t.issuer.span(),
+                &format!("upstreams.{}.token_exchange.issuer", name.get_ref()),
+                format!(
+                    "{:?} is none of [[issuers]]: discovery needs one (its origins and proxy \
+                     apply), or set token_endpoint",
+                    t.issuer.get_ref()
+                ),
+            );
+        }
+    }
+}
