@@ -1009,7 +1009,8 @@ pub(super) struct UpstreamFile {
     /// bearward exchanges the client's token for one minted for this upstream (RFC 8693) and
     /// sends that as `Authorization: Bearer`, never the client's (see Forwarding rules, Token
     /// exchange). The token endpoint is `token_endpoint`, else the `token_endpoint` of
-    /// `issuer`'s discovery document; `audience`, `resource` and `scope` are sent as given.
+    /// `issuer`'s discovery document (`issuer` must then be one of `[[issuers]]`, whose
+    /// `trusted_key_origins` bound the endpoint and whose `proxy` is used); `audience`, `resource` and `scope` are sent as given.
     /// Client authentication as for introspection (`client_secret_basic`, the default without a
     /// key file; `client_secret_post`; `private_key_jwt`, the default with one), or
     /// `tls_client_auth` (RFC 8705 2.1: `tls_client_cert` and `tls_client_key` authenticate,
