@@ -466,6 +466,36 @@ def upstream_auth_configs(base, d, up):
     }
 
 
+def comparison_main(description, name, port, upstream, make_configs, claims=None):
+    """A script comparing bearward configs on one cached RS256 token (with `claims`): its
+    arguments, the build, the keys and the nginx upstream, then `compare`. `make_configs(base,
+    d)` gives name -> config text from load.py's config."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--bearward", default=os.path.join(ROOT, "target", "release", "bearward"))
+    args = ap.parse_args()
+    ensure_tools(packages=(("nginx", "nginx"), ("wrk", "wrk")))
+    if not args.no_build:
+        sh(["cargo", "build", "--release", "--locked", "--quiet", "--bin", "bearward"], cwd=ROOT)
+    d = tempfile.mkdtemp(prefix=f"bearward-{name}-")
+    keys = Keys()
+    open(f"{d}/jwks.json", "w").write(json.dumps(keys.jwks))
+    token = keys.token("RS256", extra=claims)
+    open(f"{d}/upstream.conf", "w").write(NGINX_UPSTREAM.format(dir=d, port=upstream))
+    base = BEARWARD.format(port=port, cache=10000, issuer=ISSUER, audience=AUDIENCE, dir=d, up=upstream)
+    configs = make_configs(base, d)
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    procs = [start([nginx, "-c", f"{d}/upstream.conf", "-g", "daemon off;"], SERVER_CPU)]
+    try:
+        wait_port(upstream)
+        compare(configs, args.bearward, d, port, token, args.rounds, args.duration, args.connections)
+    finally:
+        stop(procs, d)
+
+
 def compare(configs, bearward, d, port, token, rounds, duration, connections, path="/api/check"):
     """Requests per second of each config in `configs` (name -> bearward.toml text), in rounds,
     interleaved, each against a fresh bearward on SERVER_CPU with wrk on WRK_CPU; prints each run,
