@@ -72,6 +72,13 @@ async fn exchanges(p: &Provider) -> u64 {
         .unwrap()
 }
 
+/// `bearward_token_exchanges_total` of the `orders` upstream with this outcome.
+fn exchanged(metrics: &str, outcome: &str) -> f64 {
+    let series =
+        format!("bearward_token_exchanges_total{{upstream=\"orders\",outcome=\"{outcome}\"}}");
+    metric(metrics, &series)
+}
+
 /// A JWT's payload, decoded (the test reads what the upstream was given).
 fn payload(jwt: &str) -> Value {
     use base64::Engine as _;
@@ -188,13 +195,7 @@ async fn the_upstream_gets_a_token_for_its_own_audience_once_per_client_token() 
     );
 
     let m = metrics_after_close(&gw).await;
-    assert_eq!(
-        metric(
-            &m,
-            "bearward_token_exchanges_total{upstream=\"orders\",outcome=\"ok\"}"
-        ),
-        2.0
-    );
+    assert_eq!(exchanged(&m, "ok"), 2.0);
 
     // `bearward explain` says what the upstream gets.
     let (text, _) = explain(
@@ -274,13 +275,7 @@ async fn a_slow_or_absent_token_endpoint_is_503_and_never_falls_back() {
     assert_eq!(a.headers["retry-after"], "5");
     assert_eq!(up.count(), seen);
     let m = metrics_after_close(&gw2).await;
-    assert_eq!(
-        metric(
-            &m,
-            "bearward_token_exchanges_total{upstream=\"orders\",outcome=\"unreachable\"}"
-        ),
-        1.0
-    );
+    assert_eq!(exchanged(&m, "unreachable"), 1.0);
 }
 
 /// `actor = true`: bearward's own client-credentials token goes as `actor_token`, and the new
@@ -377,13 +372,7 @@ async fn replicas_share_exchanged_tokens_through_the_store() {
     assert_eq!(upstream_token(&up, &token), first);
     assert_eq!(exchanges(&p).await - before, 1, "replica b used a's token");
     let m = metrics_after_close(&b).await;
-    assert_eq!(
-        metric(
-            &m,
-            "bearward_token_exchanges_total{upstream=\"orders\",outcome=\"shared_hit\"}"
-        ),
-        1.0
-    );
+    assert_eq!(exchanged(&m, "shared_hit"), 1.0);
 }
 
 #[tokio::test]
