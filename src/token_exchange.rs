@@ -448,11 +448,8 @@ fn issued(
 
 /// A JWT's `exp`, read without checking it: only for how long to keep it, never to trust it.
 fn jwt_exp(token: &str) -> Option<u64> {
-    use base64::Engine as _;
-    let payload = token.split('.').nth(1)?;
-    let bytes = crate::jose::B64.decode(payload).ok()?;
-    let v: Value = serde_json::from_slice(&bytes).ok()?;
-    v.get("exp")?.as_u64()
+    let parsed = crate::auth::token::parse(token, MAX_TOKEN_BYTES).ok()?;
+    parsed.claims.get("exp")?.as_u64()
 }
 
 /// A token kept in the shared store, while it is still to be used.
