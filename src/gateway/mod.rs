@@ -278,24 +278,12 @@ impl Gateway {
                     .ok()
             })
             .collect();
-        let mut assertion_headers: Vec<HeaderName> = config
-            .upstreams
-            .iter()
-            .filter_map(|u| Some(u.identity_assertion.as_ref()?.header.clone()))
-            .collect();
+        let mut assertion_headers: Vec<HeaderName> =
+            assertions(&config).map(|a| a.header.clone()).collect();
         assertion_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         assertion_headers.dedup();
-        let assertion_keys = crate::assertion::KeyRing::new(
-            config
-                .upstreams
-                .iter()
-                .filter_map(|u| u.identity_assertion.as_ref()),
-        );
-        let jwks_on_listener = config.upstreams.iter().any(|u| {
-            u.identity_assertion
-                .as_ref()
-                .is_some_and(|a| a.jwks_on_listener)
-        });
+        let assertion_keys = crate::assertion::KeyRing::new(assertions(&config));
+        let jwks_on_listener = assertions(&config).any(|a| a.jwks_on_listener);
         Gateway {
             jwks_on_listener,
             tracer: None,
@@ -317,12 +305,7 @@ impl Gateway {
     /// The gateway publishing its assertion keys in `old`'s ring, which keeps the keys a
     /// reload replaced until their last assertions have expired.
     pub fn with_keys_of(mut self, old: &Gateway) -> Gateway {
-        old.assertion_keys.publish(
-            self.config
-                .upstreams
-                .iter()
-                .filter_map(|u| u.identity_assertion.as_ref()),
-        );
+        old.assertion_keys.publish(assertions(&self.config));
         self.assertion_keys = old.assertion_keys.clone();
         self
     }
@@ -675,8 +658,6 @@ impl Gateway {
         req: &mut Request<Body>,
         identity: Option<&crate::auth::Identity>,
         subject: Option<Box<str>>,
-        upstream: &crate::config::UpstreamConfig,
-        out: &Outcome,
     ) -> Result<(), Rejection> {
         // The client's own is gone already, unless the route takes no token.
         req.headers_mut().remove(header::AUTHORIZATION);
@@ -688,9 +669,8 @@ impl Gateway {
                 req.headers_mut().insert(header::AUTHORIZATION, v);
                 Ok(())
             }
+            // Logged where the server said it (token_exchange), and in the access line.
             Err(crate::token_exchange::Failure::Refused(reason)) => {
-                let request_id = out.request_id.as_ref().and_then(|v| v.to_str().ok());
-                tracing::info!(upstream = %upstream.name, reason, request_id, "token exchange refused the token");
                 Err(Rejection::Forbidden(reason))
             }
             Err(crate::token_exchange::Failure::Unavailable) => Err(Rejection::ExchangeUnavailable),
@@ -761,7 +741,7 @@ impl Gateway {
                 // Boxed: the exchange's future would otherwise size every request's.
                 None => {
                     let identity = identity.as_ref();
-                    Box::pin(self.exchange(x, &mut req, identity, subject, upstream, out)).await?;
+                    Box::pin(self.exchange(x, &mut req, identity, subject)).await?;
                 }
             }
         }
@@ -816,6 +796,14 @@ impl Gateway {
             }
         }
     }
+}
+
+/// The upstreams' identity assertions, in the config's order.
+fn assertions(config: &Config) -> impl Iterator<Item = &crate::config::AssertionConfig> {
+    config
+        .upstreams
+        .iter()
+        .filter_map(|u| u.identity_assertion.as_ref())
 }
 
 /// The server span of a request, by the OpenTelemetry HTTP semantic conventions, with the
