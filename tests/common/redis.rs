@@ -221,8 +221,10 @@ impl Replica {
         }
     }
 
+    /// Until the replica listens: up to 20 s, since a process starting beside the whole test
+    /// run (CI's two cores) took over 5 s once, on a cluster still settling.
     pub(crate) async fn wait(&self) {
-        for _ in 0..200 {
+        for _ in 0..800 {
             if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
                 .await
                 .is_ok()
