@@ -573,8 +573,7 @@ async fn parts() -> (Key, Idp, Upstream, HttpClient) {
 
 /// bearward with `[decision]` lines `extra` (e.g. `ingress = "caddy"`), on a fresh port.
 async fn start_with(idp: &Idp, up: &Upstream, extra: &str) -> (u16, Gateway) {
-    let dport = free_port();
-    let gw = Gateway::start(&config(up, idp, dport, extra)).await;
+    let (dport, gw) = Gateway::start_on_free_port(|p| config(up, idp, p, extra)).await;
     wait_ready(&gw).await;
     (dport, gw)
 }

@@ -275,21 +275,41 @@ pub(crate) struct Gateway {
 
 impl Gateway {
     pub(crate) async fn start(toml: &str) -> Gateway {
+        Gateway::try_start(toml).await.expect("bind")
+    }
+
+    /// A gateway whose config names a port of its own (`config(port)`, the port from
+    /// [`free_port`]): another port when that one was taken between the pick and the bind, as
+    /// a test running beside it can do.
+    pub(crate) async fn start_on_free_port(config: impl Fn(u16) -> String) -> (u16, Gateway) {
+        let mut last = None;
+        for _ in 0..5 {
+            let port = free_port();
+            match Gateway::try_start(&config(port)).await {
+                Ok(gw) => return (port, gw),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
+                Err(e) => panic!("bind: {e:?}"),
+            }
+        }
+        panic!("bind: {last:?}");
+    }
+
+    pub(crate) async fn try_start(toml: &str) -> std::io::Result<Gateway> {
         let config =
             bearward::config::Config::from_toml_str(toml, "test.toml").expect("valid test config");
-        let server = bearward::build(config).await.expect("bind");
+        let server = bearward::build(config).await?;
         let addr = server.local_addr().unwrap();
         let admin = server.admin_addr();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let done = tokio::spawn(server.run(async move {
             let _ = rx.await;
         }));
-        Gateway {
+        Ok(Gateway {
             addr,
             admin,
             stop: Some(tx),
             done,
-        }
+        })
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
