@@ -26,23 +26,15 @@ impl Pdp {
     }
 
     async fn start_with(mode: &str, extra: &[&str]) -> Pdp {
-        use tokio::io::AsyncBufReadExt;
-        let port = free_port();
         let mut child = tokio::process::Command::new("python3")
-            .args(["tests/authzen/pdp.py", &port.to_string(), "--mode", mode])
+            .args(["tests/authzen/pdp.py", "0", "--mode", mode])
             .args(["--token", "pdp-secret"])
             .args(extra)
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("python3 runs the test PDP");
-        let out = child.stdout.take().unwrap();
-        let mut line = String::new();
-        tokio::io::BufReader::new(out)
-            .read_line(&mut line)
-            .await
-            .unwrap();
-        assert_eq!(line.trim(), "ready");
+        let port = ready_port(&mut child).await;
         Pdp {
             port,
             mtls: extra.contains(&"--mtls"),
@@ -327,7 +319,8 @@ async fn a_pdp_that_cannot_answer_refuses_with_503() {
         } else {
             Some(Pdp::start(mode).await)
         };
-        let port = pdp.as_ref().map_or_else(free_port, |p| p.port);
+        let closed = ClosedPort::new();
+        let port = pdp.as_ref().map_or(closed.port, |p| p.port);
         let gw = Gateway::start(&config(&up, port, "", "")).await;
         let seen = up.count();
         let a = call(&gw, "GET", "/todos", &t).await;

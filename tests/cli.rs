@@ -116,39 +116,24 @@ fn a_grpc_service_behind_an_http1_upstream_warns() {
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let up = common::Upstream::start().await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let text = common::basic_config(&up.url(), "shutdown_grace = \"10s\"")
-        .replace(
-            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        )
-        .replace("request_timeout = \"500ms\"", "request_timeout = \"10s\"");
     let file = std::env::temp_dir().join(format!("bearward-sigterm-{}.toml", rand_suffix()));
-    std::fs::write(&file, text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bearward"))
-        .arg("--config")
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, [port]) = common::spawn_holding("bearward", |[port]| {
+        let text = common::basic_config(&up.url(), "shutdown_grace = \"10s\"")
+            .replace(
+                "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:{port}\""),
+            )
+            .replace("request_timeout = \"500ms\"", "request_timeout = \"10s\"");
+        std::fs::write(&file, text).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bearward"));
+        cmd.arg("--config")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    });
     let url = format!("http://127.0.0.1:{port}/public/slow");
     let c = common::client();
-    let mut up_yet = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            up_yet = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up_yet, "bearward did not start");
     let in_flight = tokio::spawn(async move { common::get(&c, &url, &[]).await.status });
     tokio::time::sleep(Duration::from_millis(400)).await;
     let killed = Command::new("kill")
@@ -204,29 +189,31 @@ struct Process {
 
 impl Process {
     async fn start(up: &common::Upstream, extra: &str) -> Process {
-        let free = || {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
-        let (listen, admin) = (free(), free());
-        let text = common::basic_config(&up.url(), extra)
-            .replace(
-                "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
-                &format!("listen = \"{listen}\"\nadmin_listen = \"{admin}\""),
-            )
-            .replace("request_timeout = \"500ms\"", "request_timeout = \"10s\"")
-            .replace("empty-jwks.json", "jwks-rsa1.json");
         let file = std::env::temp_dir().join(format!("bearward-drain-{}.toml", rand_suffix()));
-        std::fs::write(&file, text).unwrap();
         let log = file.with_extension("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_bearward"))
-            .arg("--config")
-            .arg(&file)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let (child, [listen, admin]) = common::spawn_holding("bearward", |[listen, admin]| {
+            let text = common::basic_config(&up.url(), extra)
+                .replace(
+                    "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
+                    &format!(
+                        "listen = \"127.0.0.1:{listen}\"\nadmin_listen = \"127.0.0.1:{admin}\""
+                    ),
+                )
+                .replace("request_timeout = \"500ms\"", "request_timeout = \"10s\"")
+                .replace("empty-jwks.json", "jwks-rsa1.json");
+            std::fs::write(&file, text).unwrap();
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_bearward"));
+            cmd.arg("--config")
+                .arg(&file)
+                .env_remove("RUST_LOG")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap());
+            cmd
+        });
+        let (listen, admin) = (
+            std::net::SocketAddr::from(([127, 0, 0, 1], listen)),
+            std::net::SocketAddr::from(([127, 0, 0, 1], admin)),
+        );
         let p = Process {
             child,
             listen,

@@ -84,82 +84,75 @@ impl Drop for Ingress {
     }
 }
 
-async fn wait_port(port: u16) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("nothing listens on {port}");
+fn ingress_dir(name: &str, port: u16) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("bearward-{name}-{port}-{}", std::process::id()))
 }
 
 /// nginx with `auth_request` to the decision listener, as deploy/decision/nginx.conf has it.
 async fn nginx(decision: u16, upstream: &str) -> Ingress {
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("bearward-nginx-{port}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let conf = std::fs::read_to_string("deploy/decision/nginx.conf")
-        .unwrap()
-        .replace("listen 8080;", &format!("listen 127.0.0.1:{port};"))
-        .replace("127.0.0.1:8081", &format!("127.0.0.1:{decision}"))
-        .replace(
-            "127.0.0.1:3000",
-            upstream.trim_start_matches("http://").trim_end_matches('/'),
-        )
-        .replace(
-            "/var/run/nginx-bearward.pid",
-            &format!("{}/nginx.pid", dir.display()),
-        )
-        .replace(
-            "/var/log/nginx/bearward-error.log",
-            &format!("{}/error.log", dir.display()),
-        )
-        .replace("/var/lib/nginx/bearward", &dir.display().to_string());
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let child = own_group(&mut Command::new("nginx"))
-        .args([
+    let what = "nginx (apt-get install nginx; .ci/run does)";
+    let (child, [port]) = spawn_holding(what, |[port]| {
+        let dir = ingress_dir("nginx", port);
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = std::fs::read_to_string("deploy/decision/nginx.conf")
+            .unwrap()
+            .replace("listen 8080;", &format!("listen 127.0.0.1:{port};"))
+            .replace("127.0.0.1:8081", &format!("127.0.0.1:{decision}"))
+            .replace(
+                "127.0.0.1:3000",
+                upstream.trim_start_matches("http://").trim_end_matches('/'),
+            )
+            .replace(
+                "/var/run/nginx-bearward.pid",
+                &format!("{}/nginx.pid", dir.display()),
+            )
+            .replace(
+                "/var/log/nginx/bearward-error.log",
+                &format!("{}/error.log", dir.display()),
+            )
+            .replace("/var/lib/nginx/bearward", &dir.display().to_string());
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let mut cmd = Command::new("nginx");
+        cmd.args([
             "-c",
             &dir.join("nginx.conf").display().to_string(),
             "-g",
             "daemon off;",
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx is not installed: apt-get install nginx (.ci/run does)");
-    wait_port(port).await;
+        .stderr(Stdio::null());
+        cmd
+    });
+    let dir = ingress_dir("nginx", port);
     Ingress { child, port, dir }
 }
 
 /// Caddy with `forward_auth` to the decision listener, as deploy/decision/Caddyfile has it.
 async fn caddy(decision: u16, upstream: &str) -> Ingress {
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("bearward-caddy-{port}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let conf = std::fs::read_to_string("deploy/decision/Caddyfile")
-        .unwrap()
-        .replace(":8080", &format!("http://127.0.0.1:{port}"))
-        .replace("127.0.0.1:8081", &format!("127.0.0.1:{decision}"))
-        .replace(
-            "127.0.0.1:3000",
-            upstream.trim_start_matches("http://").trim_end_matches('/'),
-        );
-    std::fs::write(dir.join("Caddyfile"), conf).unwrap();
-    let child = own_group(&mut Command::new("caddy"))
-        .args(["run", "--adapter", "caddyfile", "--config"])
-        .arg(dir.join("Caddyfile"))
-        .env("HOME", &dir)
-        .env("XDG_DATA_HOME", &dir)
-        .env("XDG_CONFIG_HOME", &dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("caddy is not installed: apt-get install caddy (.ci/run does)");
-    wait_port(port).await;
+    let what = "caddy (apt-get install caddy; .ci/run does)";
+    let (child, [port]) = spawn_holding(what, |[port]| {
+        let dir = ingress_dir("caddy", port);
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = std::fs::read_to_string("deploy/decision/Caddyfile")
+            .unwrap()
+            .replace(":8080", &format!("http://127.0.0.1:{port}"))
+            .replace("127.0.0.1:8081", &format!("127.0.0.1:{decision}"))
+            .replace(
+                "127.0.0.1:3000",
+                upstream.trim_start_matches("http://").trim_end_matches('/'),
+            );
+        std::fs::write(dir.join("Caddyfile"), conf).unwrap();
+        let mut cmd = Command::new("caddy");
+        cmd.args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(dir.join("Caddyfile"))
+            .env("HOME", &dir)
+            .env("XDG_DATA_HOME", &dir)
+            .env("XDG_CONFIG_HOME", &dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    });
+    let dir = ingress_dir("caddy", port);
     Ingress { child, port, dir }
 }
 
@@ -265,8 +258,7 @@ async fn start() -> (Key, Idp, Upstream, u16, Gateway) {
     let key = Key::rsa1();
     let idp = Idp::start(&[&key]).await;
     let up = Upstream::start().await;
-    let dport = free_port();
-    let gw = Gateway::start(&config(&up, &idp, dport, "")).await;
+    let (dport, gw) = Gateway::start_on_free_port(|p| config(&up, &idp, p, "")).await;
     wait_ready(&gw).await;
     (key, idp, up, dport, gw)
 }
@@ -435,15 +427,10 @@ async fn original_request_headers_count_only_from_trusted_peers() {
     let key = Key::rsa1();
     let idp = Idp::start(&[&key]).await;
     let up = Upstream::start().await;
-    let dport = free_port();
     // Nobody is trusted: loopback itself is left out.
-    let gw = Gateway::start(&config(
-        &up,
-        &idp,
-        dport,
-        "trusted_proxies = [\"10.0.0.0/8\"]",
-    ))
-    .await;
+    let (dport, gw) =
+        Gateway::start_on_free_port(|p| config(&up, &idp, p, "trusted_proxies = [\"10.0.0.0/8\"]"))
+            .await;
     wait_ready(&gw).await;
     let c = client();
     let read = idp.minter("https://api.test").token(&key, "read");
@@ -463,8 +450,7 @@ async fn original_request_headers_count_only_from_trusted_peers() {
     assert!(m.contains("reason=\"untrusted_decision_peer\""), "{m}");
 
     // Trusted (the default, loopback), but asking without an original URI, or with two.
-    let dport = free_port();
-    let gw = Gateway::start(&config(&up, &idp, dport, "")).await;
+    let (dport, gw) = Gateway::start_on_free_port(|p| config(&up, &idp, p, "")).await;
     wait_ready(&gw).await;
     let url = format!("http://127.0.0.1:{dport}/public/x");
     let a = get(&c, &url, &[]).await;
@@ -500,9 +486,9 @@ async fn original_request_headers_count_only_from_trusted_peers() {
 async fn a_decision_only_config_needs_no_upstream() {
     let key = Key::rsa1();
     let idp = Idp::start(&[&key]).await;
-    let dport = free_port();
-    let cfg = format!(
-        r#"
+    let cfg = |dport: u16| {
+        format!(
+            r#"
 [server]
 listen = "127.0.0.1:0"
 
@@ -519,9 +505,10 @@ algorithms = ["RS256"]
 prefix = "/api"
 scopes = ["read"]
 "#,
-        idp.issuer()
-    );
-    let gw = Gateway::start(&cfg).await;
+            idp.issuer()
+        )
+    };
+    let (dport, gw) = Gateway::start_on_free_port(&cfg).await;
     let c = client();
     let read = idp.minter("https://api.test").token(&key, "read");
     let auth = format!("Bearer {read}");
@@ -553,7 +540,7 @@ scopes = ["read"]
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     // Without [decision], a route must name its upstream.
     let e = bearward::config::Config::from_toml_str(
-        &cfg.replace(&format!("[decision]\nlisten = \"127.0.0.1:{dport}\""), ""),
+        &cfg(dport).replace(&format!("[decision]\nlisten = \"127.0.0.1:{dport}\""), ""),
         "t.toml",
     )
     .expect_err("refused")

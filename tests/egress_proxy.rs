@@ -30,37 +30,44 @@ impl Tinyproxy {
 
     /// With `extra` lines in its config (`BasicAuth user password`).
     fn start_with(extra: &str) -> Tinyproxy {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("bearward-tinyproxy-{port}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let conf = dir.join("tinyproxy.conf");
-        // No ConnectPort line: CONNECT to any port (the JWKS endpoint's is ephemeral).
-        std::fs::write(
-            &conf,
-            format!(
-                "Port {port}\nListen 127.0.0.1\nTimeout 10\nMaxClients 50\nAllow 127.0.0.1\n\
-                 LogLevel Info\nLogFile \"{}\"\n{extra}\n",
-                dir.join("tinyproxy.log").display()
-            ),
-        )
-        .unwrap();
-        let child = own_group(&mut Command::new("tinyproxy"))
-            .arg("-d")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tinyproxy is not installed: apt-get install tinyproxy (.ci/run does)");
-        let p = Tinyproxy { child, port, dir };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return p;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let dir = |port: u16| {
+            std::env::temp_dir().join(format!("bearward-tinyproxy-{port}-{}", std::process::id()))
+        };
+        let (child, [port]) = spawn_holding(
+            "tinyproxy (apt-get install tinyproxy; .ci/run does)",
+            |[port]| {
+                let dir = dir(port);
+                std::fs::create_dir_all(&dir).unwrap();
+                let conf = dir.join("tinyproxy.conf");
+                // No ConnectPort line: CONNECT to any port (the JWKS endpoint's is ephemeral).
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "Port {port}\nListen 127.0.0.1\nTimeout 10\nMaxClients 50\n\
+                         Allow 127.0.0.1\nLogLevel Info\nLogFile \"{}\"\n{extra}\n",
+                        dir.join("tinyproxy.log").display()
+                    ),
+                )
+                .unwrap();
+                Tinyproxy::command(&conf)
+            },
+        );
+        Tinyproxy {
+            child,
+            port,
+            dir: dir(port),
         }
-        panic!("tinyproxy did not listen");
+    }
+
+    /// tinyproxy in the foreground on config file `conf`.
+    fn command(conf: &std::path::Path) -> Command {
+        let mut cmd = Command::new("tinyproxy");
+        cmd.arg("-d")
+            .arg("-c")
+            .arg(conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
     }
 
     fn url(&self) -> String {
@@ -165,7 +172,6 @@ fn token() -> String {
 
 /// `/readyz` of a replica, once it listens: 200 when its keys have loaded, within 5 s.
 async fn ready(r: &Replica, c: &HttpClient) -> StatusCode {
-    r.wait().await;
     let url = format!("http://127.0.0.1:{}/readyz", r.admin);
     let mut status = StatusCode::SERVICE_UNAVAILABLE;
     for _ in 0..50 {
@@ -246,9 +252,8 @@ async fn a_proxy_that_is_down_counts_like_the_idp_down() {
     let (jwks, hits) = https_jwks().await;
     let up = Upstream::start().await;
     let c = client();
-    let closed = format!("http://127.0.0.1:{}", free_port());
-    let r = replica(&up, jwks, "", &[("HTTPS_PROXY", &closed)]);
-    r.wait().await;
+    let closed = ClosedPort::new();
+    let r = replica(&up, jwks, "", &[("HTTPS_PROXY", &closed.url())]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let readyz = get(&c, &format!("http://127.0.0.1:{}/readyz", r.admin), &[]).await;
     assert_eq!(
@@ -283,7 +288,7 @@ async fn a_proxy_that_is_down_counts_like_the_idp_down() {
         "{m}"
     );
     let log = r.logged();
-    let named = format!("CONNECT through proxy {}", &closed["http://".len()..]);
+    let named = format!("CONNECT through proxy 127.0.0.1:{}", closed.port);
     assert!(log.contains(&named), "the log names the proxy: {log}");
 }
 
@@ -302,7 +307,6 @@ async fn a_proxy_that_asks_for_credentials_gets_those_of_its_url() {
 
     // Without them the proxy answers 407: the keys never come, and the password is not shown.
     let without = replica(&up, jwks, "", &[("HTTPS_PROXY", &proxy.url())]);
-    without.wait().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         without.call(&c, &token()).await,
@@ -314,4 +318,35 @@ async fn a_proxy_that_asks_for_credentials_gets_those_of_its_url() {
         "{}",
         without.logged()
     );
+}
+
+/// The harness itself: a port taken between the pick and the bind (here on purpose, by a
+/// listener of the test's own, which a connect would mistake for tinyproxy) costs a try, not
+/// the test.
+#[test]
+fn a_proxy_whose_port_was_taken_starts_on_another() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let mut tries = Vec::new();
+    let (mut child, [port]) = spawn_holding("tinyproxy", |[port]| {
+        let port = if tries.is_empty() { taken_port } else { port };
+        tries.push(port);
+        let conf = std::env::temp_dir().join(format!(
+            "bearward-tinyproxy-taken-{port}-{}.conf",
+            std::process::id()
+        ));
+        std::fs::write(&conf, format!("Port {port}\nListen 127.0.0.1\n")).unwrap();
+        Tinyproxy::command(&conf)
+    });
+    assert_eq!(tries.len(), 2, "{tries:?}");
+    assert_ne!(port, taken_port);
+    assert!(holds(child.id(), &[port]));
+    assert!(!holds(child.id(), &[taken_port]), "the test's own listener");
+    stop_group(&mut child);
+    for p in tries {
+        let _ = std::fs::remove_file(std::env::temp_dir().join(format!(
+            "bearward-tinyproxy-taken-{p}-{}.conf",
+            std::process::id()
+        )));
+    }
 }

@@ -80,12 +80,12 @@ struct World {
 
 /// The test IdP, an upstream, and bearward with both decision listeners on [`config`] as
 /// `edit` changes it, ready.
-async fn world(edit: impl FnOnce(String) -> String) -> World {
+async fn world(edit: impl Fn(String) -> String) -> World {
     let key = Key::rsa1();
     let idp = Idp::start(&[&key]).await;
     let up = Upstream::start().await;
-    let (decision, grpc_port) = (free_port(), free_port());
-    let gw = Gateway::start(&edit(config(&up, &idp, decision, grpc_port))).await;
+    let ([decision, grpc_port], gw) =
+        Gateway::start_on_free_ports(|[d, g]| edit(config(&up, &idp, d, g))).await;
     wait_ready(&gw).await;
     World {
         key,

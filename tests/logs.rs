@@ -150,20 +150,17 @@ async fn no_token_text_in_the_logs() {
 /// asking about a route keyed by address without X-Forwarded-For is warned about, once. (Here,
 /// because this binary's one subscriber is set up by the test above.)
 async fn client_in_the_access_log(buf: &Buf, up: &Upstream) {
-    let dport = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let gw = Gateway::start(&format!(
+    let (dport, gw) = Gateway::start_on_free_port(|dport| {
+        format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1\"]\n\
          [decision]\nlisten = \"127.0.0.1:{dport}\"\n\
          [upstreams.app]\nurl = \"{}\"\n\
          [upstreams.dead]\nurl = \"http://127.0.0.1:1\"\n\
          [[routes]]\nprefix = \"/dead\"\nauth = \"none\"\nupstream = \"dead\"\n\
          [[routes]]\nprefix = \"/by-ip\"\nauth = \"none\"\nrate_limit = {{ key = \"ip\", rate = \"100/s\" }}\nupstream = \"app\"\n",
-        up.url()
-    ))
+            up.url()
+        )
+    })
     .await;
     let c = client();
     let a = get(

@@ -96,8 +96,6 @@ async fn rediss_with_the_ca_file_works_and_another_ca_is_refused() {
             "redis_url = \"rediss://127.0.0.1:{tls_port}/0\"\nredis_ca_file = \"{TLS}/other-ca.pem\""
         ),
     );
-    trusted.wait().await;
-    other.wait().await;
     assert!(
         until(&trusted, &c, "ok").await,
         "TLS to the store: {}",
@@ -137,8 +135,6 @@ async fn a_server_that_asks_for_a_client_certificate_gets_the_configured_one() {
             "redis_url = \"rediss://localhost:{tls_port}/0\"\nredis_ca_file = \"{TLS}/ca.pem\""
         ),
     );
-    with.wait().await;
-    without.wait().await;
     assert!(until(&with, &c, "ok").await, "{}", with.logged());
     assert!(until(&without, &c, "error").await, "{}", without.logged());
     assert_eq!(gcra(&without.metrics(&c).await, "ok"), 0.0);

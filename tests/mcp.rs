@@ -19,7 +19,6 @@ use http::StatusCode;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 const SDK: &str = "tests/mcp/.py";
 
@@ -58,32 +57,22 @@ impl McpServer {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("requests.jsonl");
-        let port = free_port();
-        let child = own_group(&mut Command::new("python3"))
-            .arg("tests/mcp/server.py")
-            .arg(port.to_string())
-            .arg(&log)
-            .env("PYTHONPATH", SDK)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 runs");
-        let server = McpServer {
+        let (child, [port]) = spawn_holding("the MCP server (python3)", |[port]| {
+            let mut cmd = Command::new("python3");
+            cmd.arg("tests/mcp/server.py")
+                .arg(port.to_string())
+                .arg(&log)
+                .env("PYTHONPATH", SDK)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            cmd
+        });
+        McpServer {
             child,
             port,
             log,
             _dir: TempDir(dir),
-        };
-        for _ in 0..300 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return server;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the MCP server did not listen within 15 s");
     }
 
     /// Every request the server received, in order.
@@ -119,11 +108,11 @@ async fn setup() -> Option<Setup> {
     let p = start_provider()?;
     let server = McpServer::start().await;
     // The resource identifier is the URL the clients call, so its port is chosen first.
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}/mcp");
-    let other = format!("http://127.0.0.1:{port}/other/mcp");
-    let gw = Gateway::start(&format!(
-        r#"
+    let url = |port: u16| format!("http://127.0.0.1:{port}/mcp");
+    let (port, gw) = Gateway::start_on_free_port(|port| {
+        let (url, other) = (url(port), format!("http://127.0.0.1:{port}/other/mcp"));
+        format!(
+            r#"
 [server]
 listen = "127.0.0.1:{port}"
 admin_listen = "127.0.0.1:0"
@@ -146,10 +135,12 @@ require_resource_audience = true
 max_body_bytes = 70000
 mcp = {RULES}
 "#,
-        issuer = p.issuer,
-        mcp = server.port,
-    ))
+            issuer = p.issuer,
+            mcp = server.port,
+        )
+    })
     .await;
+    let url = url(port);
     wait_ready(&gw).await;
     Some(Setup { p, server, gw, url })
 }

@@ -112,33 +112,32 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(target: std::net::SocketAddr) -> Prometheus {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir =
-            std::env::temp_dir().join(format!("bearward-prometheus-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: bearward\n    static_configs:\n      - targets: [\"{target}\"]\n"
-        );
-        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-        let mut cmd = Command::new("prometheus");
-        cmd.arg(format!(
-            "--config.file={}",
-            dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        let child = common::own_group(&mut cmd)
-            .spawn()
-            .expect("Debian's prometheus package");
+        let dir = |port: u16| {
+            std::env::temp_dir().join(format!("bearward-prometheus-{}-{port}", std::process::id()))
+        };
+        let what = "prometheus (Debian's prometheus package)";
+        let (child, [port]) = common::spawn_holding(what, |[port]| {
+            let dir = dir(port);
+            std::fs::create_dir_all(&dir).unwrap();
+            let config = format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: bearward\n    static_configs:\n      - targets: [\"{target}\"]\n"
+            );
+            std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+            let mut cmd = Command::new("prometheus");
+            cmd.arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+            cmd
+        });
+        let dir = dir(port);
         Prometheus {
             child,
             api: format!("http://127.0.0.1:{port}/api/v1"),

@@ -500,24 +500,29 @@ struct Binary {
 }
 
 impl Binary {
-    fn start(up: &str, auth: &str, server_extra: &str, stderr: std::process::Stdio) -> Binary {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let file =
-            std::env::temp_dir().join(format!("bearward-bin-{port}-{}.toml", std::process::id()));
-        std::fs::write(&file, Binary::config(up, auth, port, server_extra)).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_bearward"))
-            .arg("--config")
-            .arg(&file)
-            .env("NO_COLOR", "1")
-            .stdout(std::process::Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        Binary { child, port, file }
+    /// Its stderr piped with `piped`, else dropped.
+    fn start(up: &str, auth: &str, server_extra: &str, piped: bool) -> Binary {
+        let file = |port: u16| {
+            std::env::temp_dir().join(format!("bearward-bin-{port}-{}.toml", std::process::id()))
+        };
+        let (child, [port]) = common::spawn_holding("bearward", |[port]| {
+            std::fs::write(file(port), Binary::config(up, auth, port, server_extra)).unwrap();
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bearward"));
+            cmd.arg("--config")
+                .arg(file(port))
+                .env("NO_COLOR", "1")
+                .stdout(std::process::Stdio::null())
+                .stderr(match piped {
+                    true => std::process::Stdio::piped(),
+                    false => std::process::Stdio::null(),
+                });
+            cmd
+        });
+        Binary {
+            child,
+            port,
+            file: file(port),
+        }
     }
 
     fn config(up: &str, auth: &str, port: u16, server_extra: &str) -> String {
@@ -595,7 +600,7 @@ impl Drop for Binary {
 async fn sighup_reloads_the_running_binary() {
     let up = Upstream::start().await;
     let extra = "watch_config = false";
-    let bin = Binary::start(&up.url(), "none", extra, std::process::Stdio::null());
+    let bin = Binary::start(&up.url(), "none", extra, false);
     let c = client();
     assert_eq!(
         bin.first_status(&c, "/public/x").await,
@@ -627,7 +632,7 @@ async fn sighup_reloads_the_running_binary() {
 async fn one_change_reloads_once_whoever_notices_it() {
     use std::io::BufRead;
     let up = Upstream::start().await;
-    let mut bin = Binary::start(&up.url(), "none", "", std::process::Stdio::piped());
+    let mut bin = Binary::start(&up.url(), "none", "", true);
     let stderr = bin.child.stderr.take().unwrap();
     let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let sink = lines.clone();
@@ -693,7 +698,7 @@ async fn worker_threads_sets_the_runtime() {
         (3, "runtime=MultiThread workers=3"),
     ] {
         let extra = format!("watch_config = false\nworker_threads = {threads}");
-        let mut bin = Binary::start(&up.url(), "none", &extra, std::process::Stdio::piped());
+        let mut bin = Binary::start(&up.url(), "none", &extra, true);
         let stderr = bin.child.stderr.take().unwrap();
         let started = tokio::task::spawn_blocking(move || {
             std::io::BufReader::new(stderr)

@@ -78,8 +78,7 @@ fn token(claims: serde_json::Value) -> String {
 #[tokio::test]
 async fn conditions_compare_the_token_with_the_request() {
     let up = Upstream::start().await;
-    let dport = free_port();
-    let gw = Gateway::start(&config(&up, dport)).await;
+    let (dport, gw) = Gateway::start_on_free_port(|p| config(&up, p)).await;
     let c = client();
     let acme_admin = token(json!({"tenant": "acme", "roles": ["admin"]}));
     let acme_user = token(json!({"tenant": "acme", "roles": ["user"]}));

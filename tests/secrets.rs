@@ -160,7 +160,6 @@ async fn the_redis_password_follows_its_mounted_file_and_no_secret_shows_anywher
         &ENV,
         true,
     );
-    r.wait().await;
     let c = client();
     assert!(
         store_answers(&r, &c, 0.0).await,

@@ -110,8 +110,6 @@ async fn two_replicas_share_one_answer_and_keep_serving_when_redis_dies() {
     let up = Upstream::start().await;
     let a = introspecting_replica(&ep, &up, redis.port);
     let b = introspecting_replica(&ep, &up, redis.port);
-    a.wait().await;
-    b.wait().await;
     let c = client();
     let exp = common::idp::now() + 300;
     let answer = json!({"active": true, "scope": "read", "sub": "shared-user", "exp": exp, "aud": "https://api.test"});
@@ -287,8 +285,6 @@ async fn replays_across_replicas(store: &mut impl Store) {
     let up = Upstream::start().await;
     let a = dpop_replica(&up, &store.cache(), "refuse");
     let b = dpop_replica(&up, &store.cache(), "local");
-    a.wait().await;
-    b.wait().await;
     let c = client();
     let dpop = DpopClient::new();
 
@@ -419,8 +415,6 @@ async fn global_limit_across_replicas(store: &mut impl Store) {
     let up = Upstream::start().await;
     let a = limited_replica(&up, &store.cache());
     let b = limited_replica(&up, &store.cache());
-    a.wait().await;
-    b.wait().await;
     let c = client();
     let mint = common::idp::Minter {
         issuer: "https://idp.test".into(),

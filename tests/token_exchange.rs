@@ -265,7 +265,8 @@ async fn a_slow_or_absent_token_endpoint_is_503_and_never_falls_back() {
     assert_eq!(payload(&upstream_token(&up, &token))["aud"], ORDERS);
 
     // Nothing listening at the endpoint.
-    let dead = format!("http://127.0.0.1:{}/token", free_port());
+    let closed = ClosedPort::new();
+    let dead = format!("{}/token", closed.url());
     let exchange = format!("audience = \"{ORDERS}\", token_endpoint = \"{dead}\"");
     let gw2 = Gateway::start(&config(&up, &p.issuer, &exchange, "")).await;
     wait_ready(&gw2).await;
@@ -408,20 +409,13 @@ struct Sts {
 
 impl Sts {
     async fn start() -> Sts {
-        use tokio::io::AsyncBufReadExt;
-        let port = free_port();
         let mut child = tokio::process::Command::new("python3")
-            .args(["tests/exchange/sts.py", &port.to_string()])
+            .args(["tests/exchange/sts.py", "0"])
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("python3 runs the test STS");
-        let mut line = String::new();
-        tokio::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .await
-            .unwrap();
-        assert_eq!(line.trim(), "ready");
+        let port = ready_port(&mut child).await;
         Sts {
             port,
             _child: child,

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{basic_config, client, free_port, get, metric, Gateway, Upstream};
+use common::{basic_config, client, get, metric, Gateway, Upstream};
 use http::StatusCode;
 use serde_json::Value;
 use std::io::BufRead;
@@ -28,9 +28,8 @@ impl Drop for Receiver {
 
 impl Receiver {
     fn start(mode: &str) -> Receiver {
-        let port = free_port();
         let mut cmd = Command::new("python3");
-        cmd.args(["tests/otlp/receiver.py", mode, &port.to_string()])
+        cmd.args(["tests/otlp/receiver.py", mode])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = common::own_group(&mut cmd)
@@ -38,7 +37,10 @@ impl Receiver {
             .expect("python3 with grpcio and opentelemetry-proto (.ci/run installs them)");
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let first = lines.next().expect("the receiver starts").unwrap();
-        assert_eq!(first, "ready");
+        let port = first
+            .strip_prefix("ready ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the receiver says where it listens: {first}"));
         let spans: Arc<Mutex<Vec<Value>>> = Arc::default();
         let record = spans.clone();
         std::thread::spawn(move || {
@@ -235,7 +237,8 @@ async fn sampling_is_parent_based_and_a_bad_traceparent_starts_a_new_trace() {
 async fn a_collector_down_or_silent_costs_requests_nothing_and_spans_are_counted_dropped() {
     let up = Upstream::start().await;
     // Down: nothing listens. Silent: accepts and never answers.
-    let down = format!("http://127.0.0.1:{}", free_port());
+    let closed = common::ClosedPort::new();
+    let down = closed.url();
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_url = format!("http://{}", silent.local_addr().unwrap());
     let silent_port = silent.local_addr().unwrap().port().to_string();
@@ -301,12 +304,13 @@ async fn without_telemetry_the_clients_traceparent_passes_untouched() {
 async fn the_decision_answer_carries_bearwards_span_for_the_ingress() {
     let rx = Receiver::start("grpc");
     let up = Upstream::start().await;
-    let dport = free_port();
     let endpoint = format!("http://127.0.0.1:{}", rx.port);
-    let cfg = basic_config(&up.url(), "")
-        + &format!("\n[decision]\nlisten = \"127.0.0.1:{dport}\"\ningress = \"nginx\"\n")
-        + &telemetry(&endpoint, "");
-    let _gw = Gateway::start(&cfg).await;
+    let (dport, _gw) = Gateway::start_on_free_port(|dport| {
+        basic_config(&up.url(), "")
+            + &format!("\n[decision]\nlisten = \"127.0.0.1:{dport}\"\ningress = \"nginx\"\n")
+            + &telemetry(&endpoint, "")
+    })
+    .await;
     let sent = format!("00-{TRACE}-{PARENT}-01");
     let a = get(
         &client(),
@@ -323,51 +327,12 @@ async fn the_decision_answer_carries_bearwards_span_for_the_ingress() {
     assert_eq!(rx.count(), 1);
 }
 
-/// A real redis-server on a loopback port, for the shared-store spans.
-struct Redis(Child, u16);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        common::stop_group(&mut self.0);
-    }
-}
-
-async fn redis() -> Redis {
-    let port = free_port();
-    let mut cmd = Command::new("redis-server");
-    cmd.args([
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let child = common::own_group(&mut cmd)
-        .spawn()
-        .expect("redis-server (.ci/run installs it)");
-    let r = Redis(child, port);
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("redis-server did not start");
-}
-
 #[tokio::test]
 async fn an_introspection_call_and_the_shared_store_are_spans_under_the_request() {
     std::env::set_var("BEARWARD_TEST_TRACE_SECRET", "s3cret");
     let rx = Receiver::start("grpc");
-    let store = redis().await;
+    // A real redis-server on a loopback port, for the shared-store spans.
+    let store = common::redis::Redis::start();
     let ep = common::introspection::Endpoint::start().await;
     let up = Upstream::start().await;
     let issuer = "https://opaque.idp.test";
@@ -381,7 +346,7 @@ async fn an_introspection_call_and_the_shared_store_are_spans_under_the_request(
          [cache]\nredis_url = \"redis://127.0.0.1:{}/0\"\n",
         ep.url(),
         up.url(),
-        store.1
+        store.port
     ) + &telemetry(&format!("http://127.0.0.1:{}", rx.port), "");
     let gw = Gateway::start(&cfg).await;
     let now = std::time::SystemTime::now()

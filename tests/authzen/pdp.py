@@ -154,12 +154,13 @@ def make_handler(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("port", type=int)
+    ap.add_argument("port", type=int, help="0: a port the system picks")
     ap.add_argument("--mode", default="normal", choices=["normal", "slow", "malformed", "http_error", "allow_all"])
     ap.add_argument("--token")
     ap.add_argument("--mtls", action="store_true")
     args = ap.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(args))
+    args.port = server.server_address[1]
     if args.mtls:
         import os
         import ssl
@@ -170,7 +171,7 @@ def main():
         ctx.verify_mode = ssl.CERT_REQUIRED
         server.socket = ctx.wrap_socket(server.socket, server_side=True)
     server.daemon_threads = True
-    print("ready", flush=True)
+    print(f"ready {args.port}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

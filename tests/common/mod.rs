@@ -278,20 +278,28 @@ impl Gateway {
         Gateway::try_start(toml).await.expect("bind")
     }
 
-    /// A gateway whose config names a port of its own (`config(port)`, the port from
-    /// [`free_port`]): another port when that one was taken between the pick and the bind, as
-    /// a test running beside it can do.
-    pub(crate) async fn start_on_free_port(config: impl Fn(u16) -> String) -> (u16, Gateway) {
+    /// A gateway whose config names ports of its own (`config(ports)`, from [`free_ports`]):
+    /// other ports when one was taken between the pick and the bind, as a test running beside
+    /// it can do.
+    pub(crate) async fn start_on_free_ports<const N: usize>(
+        config: impl Fn([u16; N]) -> String,
+    ) -> ([u16; N], Gateway) {
         let mut last = None;
         for _ in 0..5 {
-            let port = free_port();
-            match Gateway::try_start(&config(port)).await {
-                Ok(gw) => return (port, gw),
+            let ports = free_ports::<N>();
+            match Gateway::try_start(&config(ports)).await {
+                Ok(gw) => return (ports, gw),
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
                 Err(e) => panic!("bind: {e:?}"),
             }
         }
         panic!("bind: {last:?}");
+    }
+
+    /// [`Gateway::start_on_free_ports`] with one port.
+    pub(crate) async fn start_on_free_port(config: impl Fn(u16) -> String) -> (u16, Gateway) {
+        let ([port], gw) = Gateway::start_on_free_ports(|[p]| config(p)).await;
+        (port, gw)
     }
 
     pub(crate) async fn try_start(toml: &str) -> std::io::Result<Gateway> {
@@ -727,11 +735,130 @@ pub(crate) fn stop_group(child: &mut std::process::Child) {
     let _ = child.wait();
 }
 
-/// A loopback port nothing listens on (just now).
+/// A loopback port nothing listens on (just now). Free when picked, not when something binds
+/// it later: a test beside this one can take it in between. A server of the test's own binds
+/// port 0; a child process goes through [`spawn_holding`]; an in-process gateway through
+/// [`Gateway::start_on_free_ports`]; a port that must stay closed is a [`ClosedPort`].
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free ports (each held until all are picked, so none comes twice).
+pub(crate) fn free_ports<const N: usize>() -> [u16; N] {
+    free_port_list(N).try_into().unwrap()
+}
+
+fn free_port_list(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// The port a helper server given port 0 says it listens on: its first line, `ready PORT`.
+pub(crate) async fn ready_port(child: &mut tokio::process::Child) -> u16 {
+    use tokio::io::AsyncBufReadExt;
+    let mut line = String::new();
+    tokio::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .await
+        .unwrap();
+    line.trim()
+        .strip_prefix("ready ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("a helper server's first line is `ready PORT`: {line:?}"))
+}
+
+/// A loopback port that refuses connections for as long as this lives: bound, never listening,
+/// and without SO_REUSEADDR, so nothing else (a server of a test beside this one) can bind it.
+pub(crate) struct ClosedPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+impl ClosedPort {
+    pub(crate) fn new() -> ClosedPort {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        ClosedPort {
+            _socket: socket,
+            port,
+        }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Whether process `pid` itself holds a listening TCP socket on each of `ports`. A connect
+/// test cannot tell: when another process took the port between the pick and the bind, the
+/// child exits (or, with SO_REUSEPORT, shares it) and the connect reaches the other one. The
+/// listening sockets' inodes in /proc/net/tcp{,6}, matched with the child's descriptors, can.
+pub(crate) fn holds(pid: u32, ports: &[u16]) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let mine: std::collections::HashSet<String> = fds
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    let tables: String = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(t).ok())
+        .collect();
+    ports.iter().all(|port| {
+        let local = format!(":{port:04X}");
+        tables.lines().any(|line| {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.len() > 9
+                && f[1].ends_with(&local)
+                && f[3] == "0A"
+                && mine.contains(&format!("socket:[{}]", f[9]))
+        })
+    })
+}
+
+/// Starts `command(ports)` (in a process group of its own, see [`own_group`]) on `N` free
+/// ports until the child holds them all itself ([`holds`]): another try, on other ports, when
+/// it exits first, as a server does when a test beside it took a port; a panic naming `what`
+/// when it neither exits nor listens within 20 s.
+pub(crate) fn spawn_holding<const N: usize>(
+    what: &str,
+    mut command: impl FnMut([u16; N]) -> std::process::Command,
+) -> (std::process::Child, [u16; N]) {
+    let (child, ports) = spawn_holding_n(what, N, |p| command(p.try_into().unwrap()));
+    (child, ports.try_into().unwrap())
+}
+
+/// [`spawn_holding`] with a number of ports known at run time.
+pub(crate) fn spawn_holding_n(
+    what: &str,
+    n: usize,
+    mut command: impl FnMut(&[u16]) -> std::process::Command,
+) -> (std::process::Child, Vec<u16>) {
+    for _ in 0..5 {
+        let ports = free_port_list(n);
+        let mut child = own_group(&mut command(&ports))
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let mut exited = false;
+        for _ in 0..800 {
+            if holds(child.id(), &ports) {
+                return (child, ports);
+            }
+            if child.try_wait().ok().flatten().is_some() {
+                exited = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        stop_group(&mut child);
+        assert!(exited, "{what} did not listen on {ports:?} within 20 s");
+    }
+    panic!("{what} exited before listening, five times (its ports taken?)");
 }

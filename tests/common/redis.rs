@@ -23,50 +23,51 @@ impl Redis {
     /// With `extra` arguments, a `password` (`requirepass`) and, with `tls`, a TLS port whose
     /// certificate is the test CA's `server.pem` (for 127.0.0.1 and localhost).
     pub(crate) fn start_with(extra: &[&str], password: Option<&str>, tls: bool) -> Redis {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("bearward-redis-{port}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut cmd = Command::new("redis-server");
-        own_group(&mut cmd).args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]);
-        cmd.arg("--dir").arg(&dir);
-        if let Some(p) = password {
-            cmd.args(["--requirepass", p]);
-        }
-        let tls_port = tls.then(free_port);
-        if let Some(t) = tls_port {
-            let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
-            cmd.args(["--tls-port", &t.to_string()])
-                .arg("--tls-cert-file")
-                .arg(format!("{tls}/server.pem"))
-                .arg("--tls-key-file")
-                .arg(format!("{tls}/server-key.pem"))
-                .arg("--tls-ca-cert-file")
-                .arg(format!("{tls}/ca.pem"))
-                .args(["--tls-auth-clients", "optional"]);
-        }
-        // Last, so they can override the above (`--tls-auth-clients yes`).
-        cmd.args(extra);
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is not installed: apt-get install redis-server (.ci/run does)");
+        let dir = |port: u16| {
+            std::env::temp_dir().join(format!("bearward-redis-{port}-{}", std::process::id()))
+        };
+        // A cluster node also listens on its bus port, port + 10000: a try whose bus port is
+        // taken exits like one whose port is.
+        let what = "redis-server (apt-get install redis-server; .ci/run does)";
+        let (child, ports) = spawn_holding_n(what, 1 + usize::from(tls), |ports| {
+            let dir = dir(ports[0]);
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut cmd = Command::new("redis-server");
+            cmd.args([
+                "--port",
+                &ports[0].to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]);
+            cmd.arg("--dir").arg(&dir);
+            if let Some(p) = password {
+                cmd.args(["--requirepass", p]);
+            }
+            if let Some(t) = ports.get(1) {
+                let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+                cmd.args(["--tls-port", &t.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(format!("{tls}/server.pem"))
+                    .arg("--tls-key-file")
+                    .arg(format!("{tls}/server-key.pem"))
+                    .arg("--tls-ca-cert-file")
+                    .arg(format!("{tls}/ca.pem"))
+                    .args(["--tls-auth-clients", "optional"]);
+            }
+            // Last, so they can override the above (`--tls-auth-clients yes`).
+            cmd.args(extra).stdout(Stdio::null()).stderr(Stdio::null());
+            cmd
+        });
         let r = Redis {
             child,
-            port,
-            tls_port,
+            port: ports[0],
+            tls_port: ports.get(1).copied(),
             password: password.map(str::to_owned),
-            dir,
+            dir: dir(ports[0]),
         };
         for _ in 0..100 {
             if r.command("PING").as_deref() == Some("+PONG") {
@@ -161,79 +162,67 @@ pub(crate) struct Replica {
 
 impl Replica {
     /// A replica running the config `text(port, admin)` gives.
-    pub(crate) fn with(text: impl FnOnce(u16, u16) -> String) -> Replica {
+    pub(crate) fn with(text: impl Fn(u16, u16) -> String) -> Replica {
         Replica::spawn(text, &[], false)
     }
 
-    /// With environment variables `env` and, with `log`, its output kept in a file.
+    /// With environment variables `env` and, with `log`, its output kept in a file. Returns once
+    /// the replica listens on both ports itself (another pair, and `text` again, when a test
+    /// beside it took one: [`spawn_holding`]).
     pub(crate) fn spawn(
-        text: impl FnOnce(u16, u16) -> String,
+        text: impl Fn(u16, u16) -> String,
         env: &[(&str, &str)],
         log: bool,
     ) -> Replica {
-        let (port, admin) = (free_port(), free_port());
-        let file = std::env::temp_dir().join(format!(
-            "bearward-replica-{port}-{}.toml",
-            std::process::id()
-        ));
-        std::fs::write(&file, text(port, admin)).unwrap();
-        let log = log.then(|| file.with_extension("log"));
-        let out = match &log {
-            Some(l) => Stdio::from(std::fs::File::create(l).unwrap()),
-            None => Stdio::null(),
+        let file = |port: u16| {
+            std::env::temp_dir().join(format!(
+                "bearward-replica-{port}-{}.toml",
+                std::process::id()
+            ))
         };
-        let err = match &log {
-            Some(l) => Stdio::from(std::fs::OpenOptions::new().append(true).open(l).unwrap()),
-            None => Stdio::null(),
-        };
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bearward"));
-        // A machine's own proxy settings would send the test IdPs' loopback calls elsewhere;
-        // a test that wants a proxy names it in `env`.
-        for v in [
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "NO_PROXY",
-            "http_proxy",
-            "https_proxy",
-            "all_proxy",
-            "no_proxy",
-        ] {
-            cmd.env_remove(v);
-        }
-        if log.is_some() {
-            cmd.env("RUST_LOG", "debug");
-        }
-        let child = cmd
-            .arg("--config")
-            .arg(&file)
-            .envs(env.iter().copied())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap();
+        let (child, [port, admin]) = spawn_holding("bearward", |[port, admin]| {
+            let file = file(port);
+            std::fs::write(&file, text(port, admin)).unwrap();
+            let (out, err) = match log {
+                true => {
+                    let l = std::fs::File::create(file.with_extension("log")).unwrap();
+                    (Stdio::from(l.try_clone().unwrap()), Stdio::from(l))
+                }
+                false => (Stdio::null(), Stdio::null()),
+            };
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_bearward"));
+            // A machine's own proxy settings would send the test IdPs' loopback calls
+            // elsewhere; a test that wants a proxy names it in `env`.
+            for v in [
+                "HTTP_PROXY",
+                "HTTPS_PROXY",
+                "ALL_PROXY",
+                "NO_PROXY",
+                "http_proxy",
+                "https_proxy",
+                "all_proxy",
+                "no_proxy",
+            ] {
+                cmd.env_remove(v);
+            }
+            if log {
+                cmd.env("RUST_LOG", "debug");
+            }
+            cmd.arg("--config")
+                .arg(&file)
+                .envs(env.iter().copied())
+                .stdout(out)
+                .stderr(err);
+            cmd
+        });
+        let file = file(port);
         Replica {
             child,
             port,
             admin,
+            log: log.then(|| file.with_extension("log")),
             file,
-            log,
         }
-    }
-
-    /// Until the replica listens: up to 20 s, since a process starting beside the whole test
-    /// run (CI's two cores) took over 5 s once, on a cluster still settling.
-    pub(crate) async fn wait(&self) {
-        for _ in 0..800 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("the replica did not listen");
     }
 
     pub(crate) async fn call(&self, c: &HttpClient, token: &str) -> StatusCode {

@@ -3,7 +3,7 @@
 `tls_client_auth`) and answers RFC 8693 token exchanges, for bearward's tests: oidc-provider
 in tests/interop runs without TLS, so its mTLS client authentication cannot be tried there.
 
-    python3 tests/exchange/sts.py PORT
+    python3 tests/exchange/sts.py PORT   (0: a port the system picks)
 
 Serves HTTPS with tests/fixtures/tls/server.pem and requires a client certificate signed by
 tests/fixtures/tls/ca.pem (the TLS handshake refuses any other). POST /token with
@@ -11,7 +11,7 @@ grant_type=urn:ietf:params:oauth:grant-type:token-exchange, client_id=mtls-bearw
 client, whose certificate subject must be CN=bearward test client), a subject_token and an
 audience answers {"access_token": "sts.<audience>.<n>", "token_type": "Bearer", ...}; a form
 naming another client, or a certificate of another subject, is 401 invalid_client. Prints
-"ready" when listening. GET /stats: {"exchanges": N, "subject_tokens": [...]}.
+"ready PORT" when listening. GET /stats: {"exchanges": N, "subject_tokens": [...]}.
 """
 import json
 import os
@@ -77,7 +77,7 @@ def main():
     ctx.verify_mode = ssl.CERT_REQUIRED
     server.socket = ctx.wrap_socket(server.socket, server_side=True)
     server.daemon_threads = True
-    print("ready", flush=True)
+    print(f"ready {server.server_address[1]}", flush=True)
     server.serve_forever()
 
 

@@ -3,9 +3,9 @@
 (grpcio), or OTLP/HTTP with protobuf bodies on POST /v1/traces, both decoding with the
 OpenTelemetry project's own protobuf definitions (opentelemetry-proto on PyPI).
 
-    receiver.py grpc PORT | receiver.py http PORT
+    receiver.py grpc | receiver.py http
 
-Prints `ready` once listening, then one JSON object per span received (ids in hex,
+Listens on a loopback port the system picks and prints `ready PORT` once listening, then one JSON object per span received (ids in hex,
 attributes as a dict, the resource's attributes too), flushed at once.
 """
 import json
@@ -71,17 +71,17 @@ class Http(BaseHTTPRequestHandler):
 
 
 def main():
-    mode, port = sys.argv[1], int(sys.argv[2])
+    mode = sys.argv[1]
     if mode == "grpc":
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
-        server.add_insecure_port(f"127.0.0.1:{port}")
+        port = server.add_insecure_port("127.0.0.1:0")
         server.start()
-        print("ready", flush=True)
+        print(f"ready {port}", flush=True)
         server.wait_for_termination()
     else:
-        server = HTTPServer(("127.0.0.1", port), Http)
-        print("ready", flush=True)
+        server = HTTPServer(("127.0.0.1", 0), Http)
+        print(f"ready {server.server_address[1]}", flush=True)
         server.serve_forever()
 
 
