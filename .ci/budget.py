@@ -8,7 +8,8 @@ The release build runs under `valgrind --tool=callgrind` in front of an nginx up
 config of benches/load.py). One client on one keep-alive connection sends each scenario's
 requests one after another, so every request takes the same way through the event loop (wrk's
 parallel connections would batch wake-ups differently from run to run); the counters are zeroed
-after a warm-up, dumped after the counted requests, and divided by their number.
+after a warm-up, dumped after the counted requests, and divided by their number. Three
+processes count, and the lowest count is kept (see `main`).
 
 The budgets are today's figures plus a margin under 3,000 instructions: a change that adds
 3,000 to the path fails here. They are ratchets toward issue 41's goal (20,000 for a cached
@@ -68,28 +69,16 @@ def count(pid, dump, request, expect):
     return total // COUNTED
 
 
-def main():
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    only_print = "--print" in sys.argv
-    # --append=FILE: more config for the measured bearward (a [telemetry] table, say), with
-    # --print: what a setting costs (benches/README.md).
-    extra = [open(a.split("=", 1)[1]).read() for a in sys.argv[1:] if a.startswith("--append=")]
-    binary = args[0] if args else os.path.join(load.ROOT, "target/release/bearward")
-    for tool in ("valgrind", "nginx"):
-        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
-            subprocess.run(["apt-get", "update", "-qq"], check=True)
-            subprocess.run(["apt-get", "install", "-y", "-qq", tool], check=True, stdout=subprocess.DEVNULL)
+def measure(binary, extra, keys, token):
+    """One bearward process under callgrind: each scenario's instructions per request."""
     d = tempfile.mkdtemp(prefix="bearward-budget-")
-    keys = load.Keys()
     open(f"{d}/jwks.json", "w").write(load.json.dumps(keys.jwks))
-    token = keys.token("RS256")
     open(f"{d}/upstream.conf", "w").write(load.NGINX_UPSTREAM.format(dir=d, port=UPSTREAM))
     open(f"{d}/bearward.toml", "w").write(load.BEARWARD.format(
         port=PORT, cache=10000, issuer=load.ISSUER, audience=load.AUDIENCE, dir=d, up=UPSTREAM)
         + "".join("\n" + e for e in extra))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     procs = []
-    over = []
     try:
         procs.append(subprocess.Popen([nginx, "-c", f"{d}/upstream.conf", "-g", "daemon off;"]))
         bw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg.out", binary,
@@ -101,14 +90,37 @@ def main():
         host = f"Host: 127.0.0.1:{PORT}\r\n"
         scenarios = (("cached RS256 token", f"GET / HTTP/1.1\r\n{host}Authorization: Bearer {token}\r\n\r\n", 200),
                      ("no token (401)", f"GET / HTTP/1.1\r\n{host}\r\n", 401))
-        print(f"{'scenario':22} {'instr/req':>10} {'budget':>8}")
-        for n, (name, request, expect) in enumerate(scenarios, start=1):
-            got = count(bw.pid, f"{d}/cg.out.{n}", request.encode(), expect)
-            print(f"{name:22} {got:10d} {BUDGET[name]:8d}", flush=True)
-            if got > BUDGET[name]:
-                over.append(name)
+        return {name: count(bw.pid, f"{d}/cg.out.{n}", request.encode(), expect)
+                for n, (name, request, expect) in enumerate(scenarios, start=1)}
     finally:
         load.stop(procs, d, wait=10)
+
+
+def main():
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    only_print = "--print" in sys.argv
+    # --append=FILE: more config for the measured bearward (a [telemetry] table, say), with
+    # --print: what a setting costs (benches/README.md).
+    extra = [open(a.split("=", 1)[1]).read() for a in sys.argv[1:] if a.startswith("--append=")]
+    binary = args[0] if args else os.path.join(load.ROOT, "target/release/bearward")
+    for tool in ("valgrind", "nginx"):
+        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+            subprocess.run(["apt-get", "update", "-qq"], check=True)
+            subprocess.run(["apt-get", "install", "-y", "-qq", tool], check=True, stdout=subprocess.DEVNULL)
+    keys = load.Keys()
+    token = keys.token("RS256")
+    # Three processes, the lowest count of each kept. The same build counts up to 250 more in
+    # one process than in another (hash seeds, which differ per process, and how often a worker
+    # parks between requests and is woken again): noise that only ever adds, and that the
+    # budgets' margins (a few hundred) cannot absorb. A change to the path raises every count.
+    runs = [measure(binary, extra, keys, token) for _ in range(3)]
+    print(f"{'scenario':22} {'instr/req':>10} {'budget':>8}   runs")
+    over = []
+    for name in runs[0]:
+        got = min(r[name] for r in runs)
+        print(f"{name:22} {got:10d} {BUDGET[name]:8d}   {', '.join(str(r[name]) for r in runs)}", flush=True)
+        if got > BUDGET[name]:
+            over.append(name)
     if over and not only_print:
         print(f"over the instruction budget: {', '.join(over)} (.ci/budget.py says how it counts)")
         sys.exit(1)
