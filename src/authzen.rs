@@ -110,16 +110,11 @@ impl Pdp {
                 .then(|| format!("{}/access/v1/evaluation", config.url).parse().ok())
                 .flatten()
         });
-        let (client, get_client) = match &config.tls {
-            Some(tls) => (
-                crate::auth::jwks::http_client_tls(&route, tls),
-                crate::auth::jwks::http_client_tls(&route, tls),
-            ),
-            None => (
-                crate::auth::jwks::http_client(&route),
-                crate::auth::jwks::http_client(&route),
-            ),
-        };
+        let tls = config.tls.as_deref();
+        let (client, get_client) = (
+            jwks::http_client_tls(&route, tls),
+            jwks::http_client_tls(&route, tls),
+        );
         Arc::new(Pdp {
             client,
             get_client,

@@ -131,14 +131,8 @@ impl Exchanger {
             upstream: upstream.to_owned(),
             issuer: issuer.cloned(),
             endpoint: Mutex::new(cfg.token_endpoint.clone()),
-            get_client: match &cfg.tls {
-                Some(tls) => jwks::http_client_tls(&route, tls),
-                None => jwks::http_client(&route),
-            },
-            client: match &cfg.tls {
-                Some(tls) => jwks::http_client_tls(&route, tls),
-                None => jwks::http_client(&route),
-            },
+            get_client: jwks::http_client_tls(&route, cfg.tls.as_deref()),
+            client: jwks::http_client_tls(&route, cfg.tls.as_deref()),
             signer,
             cache: moka::future::Cache::builder()
                 .max_capacity(cfg.cache_entries)

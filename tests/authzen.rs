@@ -15,9 +15,8 @@ use std::time::Duration;
 
 /// The PDP as a child process, killed with the test.
 struct Pdp {
-    port: u16,
+    server: PyServer,
     mtls: bool,
-    _child: tokio::process::Child,
 }
 
 impl Pdp {
@@ -26,49 +25,30 @@ impl Pdp {
     }
 
     async fn start_with(mode: &str, extra: &[&str]) -> Pdp {
-        let mut child = tokio::process::Command::new("python3")
-            .args(["tests/authzen/pdp.py", "0", "--mode", mode])
-            .args(["--token", "pdp-secret"])
-            .args(extra)
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3 runs the test PDP");
-        let port = ready_port(&mut child).await;
+        let mut args = vec!["--mode", mode, "--token", "pdp-secret"];
+        args.extend_from_slice(extra);
         Pdp {
-            port,
+            server: PyServer::start("tests/authzen/pdp.py", &args).await,
             mtls: extra.contains(&"--mtls"),
-            _child: child,
         }
     }
 
+    fn port(&self) -> u16 {
+        self.server.port
+    }
+
     async fn stats(&self) -> Value {
-        if !self.mtls {
-            let url = format!("http://127.0.0.1:{}/stats", self.port);
-            return serde_json::from_str(&get(&client(), &url, &[]).await.body).unwrap();
+        if self.mtls {
+            return self.server.mtls_stats().await;
         }
-        // Python's own client presents the certificate an --mtls PDP asks for.
-        let out = tokio::process::Command::new("python3")
-            .args(["-c", STATS, &self.port.to_string()])
-            .output()
-            .await
-            .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap()
+        let url = format!("http://127.0.0.1:{}/stats", self.port());
+        serde_json::from_str(&get(&client(), &url, &[]).await.body).unwrap()
     }
 
     async fn evaluations(&self) -> u64 {
         self.stats().await["evaluations"].as_u64().unwrap()
     }
 }
-
-/// Reads an --mtls PDP's /stats with the fixtures' client certificate.
-const STATS: &str = r#"
-import ssl, sys, urllib.request
-ctx = ssl.create_default_context(cafile="tests/fixtures/tls/ca.pem")
-ctx.load_cert_chain("tests/fixtures/tls/client.pem", "tests/fixtures/tls/client-key.pem")
-url = f"https://127.0.0.1:{sys.argv[1]}/stats"
-print(urllib.request.urlopen(url, timeout=5, context=ctx).read().decode())
-"#;
 
 fn token_file() -> String {
     let path = std::env::temp_dir().join(format!("bearward-pdp-token-{}", std::process::id()));
@@ -149,7 +129,7 @@ async fn call(gw: &Gateway, method: &str, path: &str, token: &str) -> Answer {
 async fn the_interop_scenario_decides_as_expected() {
     let pdp = Pdp::start("normal").await;
     let up = Upstream::start().await;
-    let gw = Gateway::start(&config(&up, pdp.port, "", "")).await;
+    let gw = Gateway::start(&config(&up, pdp.port(), "", "")).await;
     let fixtures: Value =
         serde_json::from_str(&std::fs::read_to_string("tests/authzen/decisions.json").unwrap())
             .unwrap();
@@ -239,7 +219,7 @@ async fn the_interop_scenario_decides_as_expected() {
 async fn answers_are_kept_and_a_burst_asks_once() {
     let pdp = Pdp::start("normal").await;
     let up = Upstream::start().await;
-    let gw = Gateway::start(&config(&up, pdp.port, "cache_ttl = \"60s\"", "")).await;
+    let gw = Gateway::start(&config(&up, pdp.port(), "cache_ttl = \"60s\"", "")).await;
     let morty = "CiRmZDE2MTRkMy1jMzlhLTQ3ODEtYjdiZC04Yjk2ZjVhNTEwMGQSBWxvY2Fs";
     let t = token_for(morty, 600);
     let burst: Vec<_> = (0..50)
@@ -320,7 +300,7 @@ async fn a_pdp_that_cannot_answer_refuses_with_503() {
             Some(Pdp::start(mode).await)
         };
         let closed = ClosedPort::new();
-        let port = pdp.as_ref().map_or(closed.port, |p| p.port);
+        let port = pdp.as_ref().map_or(closed.port, Pdp::port);
         let gw = Gateway::start(&config(&up, port, "", "")).await;
         let seen = up.count();
         let a = call(&gw, "GET", "/todos", &t).await;
@@ -361,7 +341,7 @@ async fn a_pdp_that_cannot_answer_refuses_with_503() {
 async fn the_endpoint_can_come_from_the_pdps_metadata() {
     let pdp = Pdp::start("normal").await;
     let up = Upstream::start().await;
-    let gw = Gateway::start(&config(&up, pdp.port, "discover = true", "")).await;
+    let gw = Gateway::start(&config(&up, pdp.port(), "discover = true", "")).await;
     let t = token_for(
         "CiRmZDA2MTRkMy1jMzlhLTQ3ODEtYjdiZC04Yjk2ZjVhNTEwMGQSBWxvY2Fs",
         600,
@@ -370,9 +350,9 @@ async fn the_endpoint_can_come_from_the_pdps_metadata() {
     assert_eq!(pdp.stats().await["path"], "/pdp/v1/evaluate");
 
     // Metadata naming another PDP is not used (mix-up): no decision, 503.
-    let other = format!("http://localhost:{}", pdp.port);
-    let cfg = config(&up, pdp.port, "discover = true", "").replace(
-        &format!("url = \"http://127.0.0.1:{}\"", pdp.port),
+    let other = format!("http://localhost:{}", pdp.port());
+    let cfg = config(&up, pdp.port(), "discover = true", "").replace(
+        &format!("url = \"http://127.0.0.1:{}\"", pdp.port()),
         &format!("url = \"{other}\""),
     );
     let gw = Gateway::start(&cfg).await;
@@ -391,9 +371,9 @@ async fn a_pdp_behind_mtls() {
     let tls = "ca_file = \"tests/fixtures/tls/ca.pem\"";
     let cert = "client_cert_file = \"tests/fixtures/tls/client.pem\"\nclient_key_file = \"tests/fixtures/tls/client-key.pem\"";
     let https = |extra: &str| {
-        config(&up, pdp.port, extra, "").replace(
-            &format!("url = \"http://127.0.0.1:{}\"", pdp.port),
-            &format!("url = \"https://127.0.0.1:{}\"", pdp.port),
+        config(&up, pdp.port(), extra, "").replace(
+            &format!("url = \"http://127.0.0.1:{}\"", pdp.port()),
+            &format!("url = \"https://127.0.0.1:{}\"", pdp.port()),
         )
     };
     let t = token_for(
@@ -420,7 +400,7 @@ async fn replicas_share_answers_through_the_store() {
         redis.port
     );
     let cfg =
-        config(&up, pdp.port, "", "").replace("[[issuers]]", &format!("{cache}\n\n[[issuers]]"));
+        config(&up, pdp.port(), "", "").replace("[[issuers]]", &format!("{cache}\n\n[[issuers]]"));
     let a = Gateway::start(&cfg).await;
     let b = Gateway::start(&cfg).await;
     let morty = "CiRmZDE2MTRkMy1jMzlhLTQ3ODEtYjdiZC04Yjk2ZjVhNTEwMGQSBWxvY2Fs";

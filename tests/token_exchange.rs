@@ -402,45 +402,11 @@ async fn concurrent_requests_with_one_token_share_one_exchange() {
 }
 
 /// The test STS (tests/exchange/sts.py), HTTPS with client certificates required.
-struct Sts {
-    port: u16,
-    _child: tokio::process::Child,
+async fn sts() -> PyServer {
+    PyServer::start("tests/exchange/sts.py", &[]).await
 }
 
-impl Sts {
-    async fn start() -> Sts {
-        let mut child = tokio::process::Command::new("python3")
-            .args(["tests/exchange/sts.py", "0"])
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3 runs the test STS");
-        let port = ready_port(&mut child).await;
-        Sts {
-            port,
-            _child: child,
-        }
-    }
-
-    /// Its /stats, read with Python's own client and the fixtures' certificate.
-    async fn stats(&self) -> Value {
-        let out = tokio::process::Command::new("python3")
-            .args(["-c", STATS, &self.port.to_string()])
-            .output()
-            .await
-            .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
-
-const STATS: &str = r#"
-import ssl, sys, urllib.request
-ctx = ssl.create_default_context(cafile="tests/fixtures/tls/ca.pem")
-ctx.load_cert_chain("tests/fixtures/tls/client.pem", "tests/fixtures/tls/client-key.pem")
-print(urllib.request.urlopen(f"https://127.0.0.1:{sys.argv[1]}/stats", timeout=5, context=ctx).read().decode())
-"#;
-
-fn mtls_config(up: &Upstream, sts: &Sts, cert: &str) -> String {
+fn mtls_config(up: &Upstream, sts: &PyServer, cert: &str) -> String {
     format!(
         r#"
 [server]
@@ -471,7 +437,7 @@ upstream = "orders"
 #[tokio::test]
 async fn a_token_endpoint_authenticating_clients_by_certificate() {
     use common::idp::{Key, Minter};
-    let sts = Sts::start().await;
+    let sts = sts().await;
     let up = Upstream::start().await;
     let gw = Gateway::start(&mtls_config(&up, &sts, "client")).await;
     let token = Minter {
@@ -484,7 +450,7 @@ async fn a_token_endpoint_authenticating_clients_by_certificate() {
         assert_eq!(a.status, StatusCode::OK, "{}", a.body);
         assert_eq!(upstream_token(&up, &token), "sts.orders.1");
     }
-    let stats = sts.stats().await;
+    let stats = sts.mtls_stats().await;
     assert_eq!(stats["exchanges"], 1);
     assert_eq!(stats["subject_tokens"][0], token.as_str());
 

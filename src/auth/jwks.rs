@@ -57,14 +57,18 @@ where
     Client::builder(TokioExecutor::new()).build(connector)
 }
 
-/// [`http_client`] trusting `tls`'s roots and presenting its client certificate, for a server
-/// with a private CA that asks for one (an AuthZEN decision point).
-pub fn http_client_tls<B>(route: &Route, tls: &rustls::ClientConfig) -> HttpsClient<B>
+/// [`http_client`], or with `tls` one trusting its roots and presenting its client
+/// certificate, for a server with a private CA that asks for one (an AuthZEN decision point, a
+/// token endpoint with `tls_client_auth`).
+pub fn http_client_tls<B>(route: &Route, tls: Option<&rustls::ClientConfig>) -> HttpsClient<B>
 where
     B: http_body::Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let Some(tls) = tls else {
+        return http_client(route);
+    };
     // hyper-rustls sets ALPN itself (and refuses a config that already has it).
     let mut tls = tls.clone();
     tls.alpn_protocols.clear();

@@ -163,13 +163,9 @@ def main():
     args.port = server.server_address[1]
     if args.mtls:
         import os
-        import ssl
-        tls = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "tls")
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(os.path.join(tls, "server.pem"), os.path.join(tls, "server-key.pem"))
-        ctx.load_verify_locations(os.path.join(tls, "ca.pem"))
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+        from mtls_server import require_client_certificates
+        require_client_certificates(server)
     server.daemon_threads = True
     print(f"ready {args.port}", flush=True)
     try:

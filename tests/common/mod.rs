@@ -757,18 +757,57 @@ fn free_port_list(n: usize) -> Vec<u16> {
         .collect()
 }
 
-/// The port a helper server given port 0 says it listens on: its first line, `ready PORT`.
-pub(crate) async fn ready_port(child: &mut tokio::process::Child) -> u16 {
-    use tokio::io::AsyncBufReadExt;
-    let mut line = String::new();
-    tokio::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .await
-        .unwrap();
-    line.trim()
-        .strip_prefix("ready ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("a helper server's first line is `ready PORT`: {line:?}"))
+/// A Python helper server (tests/authzen/pdp.py, tests/exchange/sts.py) started on port 0,
+/// killed with the test: its port is the one its first line, `ready PORT`, names.
+pub(crate) struct PyServer {
+    pub port: u16,
+    _child: tokio::process::Child,
+}
+
+impl PyServer {
+    pub(crate) async fn start(script: &str, args: &[&str]) -> PyServer {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new("python3")
+            .arg(script)
+            .arg("0")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("python3 runs {script}: {e}"));
+        let mut line = String::new();
+        tokio::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .await
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{script}'s first line is `ready PORT`: {line:?}"));
+        PyServer {
+            port,
+            _child: child,
+        }
+    }
+
+    /// Its `/stats` over HTTPS with a client certificate, which the server requires: read with
+    /// Python's own client and the fixtures' `client.pem`.
+    pub(crate) async fn mtls_stats(&self) -> serde_json::Value {
+        const STATS: &str = r#"
+import ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile="tests/fixtures/tls/ca.pem")
+ctx.load_cert_chain("tests/fixtures/tls/client.pem", "tests/fixtures/tls/client-key.pem")
+url = f"https://127.0.0.1:{sys.argv[1]}/stats"
+print(urllib.request.urlopen(url, timeout=5, context=ctx).read().decode())
+"#;
+        let out = tokio::process::Command::new("python3")
+            .args(["-c", STATS, &self.port.to_string()])
+            .output()
+            .await
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
 }
 
 /// A loopback port that refuses connections for as long as this lives: bound, never listening,

@@ -15,11 +15,13 @@ naming another client, or a certificate of another subject, is 401 invalid_clien
 """
 import json
 import os
-import ssl
 import sys
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from mtls_server import require_client_certificates  # noqa: E402
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS = "urn:ietf:params:oauth:token-type:access_token"
@@ -70,12 +72,7 @@ class Handler(BaseHTTPRequestHandler):
 def main():
     port = int(sys.argv[1])
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    tls = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "tls")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(os.path.join(tls, "server.pem"), os.path.join(tls, "server-key.pem"))
-    ctx.load_verify_locations(os.path.join(tls, "ca.pem"))
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    require_client_certificates(server)
     server.daemon_threads = True
     print(f"ready {server.server_address[1]}", flush=True)
     server.serve_forever()

@@ -201,74 +201,12 @@ fn tls(
     key: &dyn Fn(&str) -> String,
 ) -> Result<Option<Arc<rustls::ClientConfig>>, ()> {
     let files = (&f.ca_file, &f.client_cert_file, &f.client_key_file);
-    client_tls(
+    super::client_tls(
         cx,
         files,
         ["ca_file", "client_cert_file", "client_key_file"],
         key,
     )
-}
-
-/// The keys of a CA file, a client certificate and its key.
-pub(super) type TlsFiles<'a> = (
-    &'a Option<Spanned<String>>,
-    &'a Option<Spanned<String>>,
-    &'a Option<Spanned<String>>,
-);
-
-/// A CA file and a client certificate and key (any of them unset) as rustls settings for an
-/// HTTPS client; `None` when none is set. `names`: the three keys, for errors.
-pub(super) fn client_tls(
-    cx: &mut Ctx<'_>,
-    (ca, cert, cert_key): TlsFiles<'_>,
-    names: [&str; 3],
-    key: &dyn Fn(&str) -> String,
-) -> Result<Option<Arc<rustls::ClientConfig>>, ()> {
-    use std::path::Path;
-    if ca.is_none() && cert.is_none() && cert_key.is_none() {
-        return Ok(None);
-    }
-    let roots = match crate::tls::roots(ca.as_ref().map(|c| Path::new(c.get_ref().as_str()))) {
-        Ok(r) => r,
-        Err(e) => {
-            let span = ca.as_ref().map_or(0..0, Spanned::span);
-            cx.err(span, &key(names[0]), e);
-            return Err(());
-        }
-    };
-    let identity = match (cert, cert_key) {
-        (None, None) => None,
-        (Some(c), Some(k)) => {
-            match crate::tls::Identity::load(Path::new(c.get_ref()), Path::new(k.get_ref())) {
-                Ok(i) => Some(i),
-                Err(crate::tls::IdentityError::Cert(e)) => {
-                    cx.err(c.span(), &key(names[1]), e);
-                    return Err(());
-                }
-                Err(crate::tls::IdentityError::Key(e)) => {
-                    cx.err(k.span(), &key(names[2]), e);
-                    return Err(());
-                }
-            }
-        }
-        (Some(c), None) | (None, Some(c)) => {
-            cx.err(
-                c.span(),
-                &key(names[1]),
-                format!("give both {} and {}", names[1], names[2]),
-            );
-            return Err(());
-        }
-    };
-    // The server name is the URL's host, checked by the connector; any will do here.
-    let name = crate::tls::server_name("localhost").map_err(|_| ())?;
-    match crate::tls::UpstreamTls::new(name, roots, identity) {
-        Ok(t) => Ok(Some(t.client_config())),
-        Err(e) => {
-            cx.err(0..0, &key(names[1]), e);
-            Err(())
-        }
-    }
 }
 
 /// Each route's `authzen`: the PDP it names and the question it asks, its own shape over the

@@ -483,7 +483,7 @@ fn token_exchange(
         client_key_alg: &t.client_key_alg,
         client_key_id: &t.client_key_id,
     };
-    let tls = super::authzen::client_tls(
+    let tls = super::client_tls(
         cx,
         (&t.tls_ca_file, &t.tls_client_cert, &t.tls_client_key),
         ["tls_ca_file", "tls_client_cert", "tls_client_key"],
