@@ -296,14 +296,12 @@ impl Checker {
         let Ok(check) = wire::CheckRequest::decode(message) else {
             return failed(tonic::Code::Internal, "not a CheckRequest");
         };
-        let answer = self.check(check).await;
-        let len = answer.encoded_len();
-        let mut out = Vec::with_capacity(5 + len);
-        out.push(0);
-        out.extend_from_slice(&(len as u32).to_be_bytes());
-        answer
-            .encode(&mut out)
-            .expect("a Vec grows to take the message");
+        // The frame: a flag byte (not compressed), the length (filled in after), the message.
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(&[0; 5]);
+        self.check(check, &mut pb::Writer(&mut out)).await;
+        let len = u32::try_from(out.len() - 5).expect("an answer is far below 4 GiB");
+        out[1..5].copy_from_slice(&len.to_be_bytes());
         let mut trailers = http::HeaderMap::with_capacity(1);
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
         let mut resp = Response::new(Unary {
@@ -323,16 +321,12 @@ struct Checker {
 }
 
 impl Checker {
-    async fn check(&self, request: wire::CheckRequest) -> reply::CheckResponse {
+    async fn check(&self, request: wire::CheckRequest, w: &mut pb::Writer<'_>) {
         // Taken first, as on the HTTP listeners: an overload is refused before any token work.
         let place = self.in_flight.enter();
         let gateway = self.live.current();
         let view = http_view(request);
-        let removed = gateway
-            .underscored_aliases(view.request.headers())
-            .iter()
-            .map(|h| bytes::Bytes::copy_from_slice(h.as_str().as_bytes()))
-            .collect();
+        let removed = gateway.underscored_aliases(view.request.headers());
         let conn = ConnInfo {
             peer: self.peer,
             peer_ip: self.peer_ip.clone(),
@@ -354,7 +348,7 @@ impl Checker {
             token: false,
         });
         gateway.metrics.ext_authz_check(facts.verdict, facts.reason);
-        answer(&gateway, resp, &facts, removed).await
+        answer(&gateway, resp, &facts, &removed, w).await;
     }
 }
 
@@ -405,19 +399,19 @@ fn http_view(check: wire::CheckRequest) -> View {
         }
     }
     let source = attributes.source.unwrap_or_default();
+    // The address as Envoy wrote it, once it reads as one: nothing but an IP address goes on.
     let address = source.address.and_then(|a| a.socket_address).and_then(|s| {
         std::str::from_utf8(&s.address)
             .ok()?
             .parse::<std::net::IpAddr>()
-            .ok()
+            .ok()?;
+        HeaderValue::from_maybe_shared(s.address).ok()
     });
     let headers = request.headers_mut();
     headers.remove(http::header::FORWARDED);
-    headers.remove("x-forwarded-for");
+    headers.remove(X_FORWARDED_FOR);
     if let Some(ip) = address {
-        if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
-            headers.insert("x-forwarded-for", v);
-        }
+        headers.insert(X_FORWARDED_FOR, ip);
     }
     let tls = (!source.certificate.is_empty() || http.scheme == "https").then(|| TlsInfo {
         alpn_h2: false,
@@ -436,181 +430,163 @@ fn http_view(check: wire::CheckRequest) -> View {
     View { request, tls }
 }
 
-/// The parts of a `CheckResponse` bearward says, encoded with prost's derive under Envoy's
-/// field numbers (`envoy/service/auth/v3/external_auth.proto`, `envoy/config/core/v3/base.proto`,
-/// `google/protobuf/struct.proto`, `google/rpc/status.proto`). Strings are `bytes` here (the
-/// same on the wire, and always valid UTF-8 as said): the names bearward knows are static and
-/// cost nothing, where envoy-types' `CheckResponse` took an allocation for every name, value
-/// and metadata key, and a HashMap for the metadata (with its encoding, a tenth of a check).
-/// The test `envoy_types_decodes_what_is_encoded` holds these numbers to the crate's.
-mod reply {
-    use bytes::Bytes;
+/// A `CheckResponse` written straight into the answer's frame, under Envoy's field numbers
+/// (`envoy/service/auth/v3/external_auth.proto`, `envoy/config/core/v3/base.proto`,
+/// `google/protobuf/struct.proto`, `google/rpc/status.proto`): header names, values and
+/// metadata go from where the decision left them into the buffer once. A message built first
+/// (prost's derive over owned `Bytes`) cost an allocation, a clone and a drop for each of them,
+/// a fifth of a check. The tests hold what is written to envoy-types' generated
+/// `CheckResponse`.
+mod pb {
+    /// Wire type of varints (`int32`, enums).
+    const VARINT: u32 = 0;
+    /// Wire type of strings, bytes and messages.
+    const DELIMITED: u32 = 2;
 
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub(super) struct CheckResponse {
-        #[prost(message, optional, tag = "1")]
-        pub(super) status: Option<Status>,
-        #[prost(oneof = "Answer", tags = "2, 3")]
-        pub(super) http_response: Option<Answer>,
-        #[prost(message, optional, tag = "4")]
-        pub(super) dynamic_metadata: Option<Struct>,
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
     }
 
-    #[derive(Clone, PartialEq, prost::Oneof)]
-    pub(super) enum Answer {
-        #[prost(message, tag = "2")]
-        Denied(Denied),
-        #[prost(message, tag = "3")]
-        Ok(Ok),
+    fn varint_len(v: u64) -> usize {
+        // One byte per 7 bits, at least one.
+        (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
     }
 
-    /// `google.rpc.Status`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub(super) struct Status {
-        #[prost(int32, tag = "1")]
-        pub(super) code: i32,
-        #[prost(bytes = "bytes", tag = "2")]
-        pub(super) message: Bytes,
+    /// One protobuf message being written at the end of `out`.
+    pub(super) struct Writer<'a>(pub(super) &'a mut Vec<u8>);
+
+    impl Writer<'_> {
+        fn key(&mut self, tag: u32, wire: u32) {
+            varint(self.0, u64::from(tag << 3 | wire));
+        }
+
+        /// A `bytes` field, or a `string` one whose value is UTF-8 already.
+        pub(super) fn bytes(&mut self, tag: u32, v: &[u8]) {
+            self.key(tag, DELIMITED);
+            varint(self.0, v.len() as u64);
+            self.0.extend_from_slice(v);
+        }
+
+        /// A `string` field: as it is when it is UTF-8 (header values nearly always are), else
+        /// with the invalid bytes replaced, since Envoy refuses a message with invalid UTF-8.
+        pub(super) fn text(&mut self, tag: u32, v: &[u8]) {
+            match std::str::from_utf8(v) {
+                Ok(_) => self.bytes(tag, v),
+                Err(_) => self.bytes(tag, String::from_utf8_lossy(v).as_bytes()),
+            }
+        }
+
+        /// A `string` field of `parts` joined by `sep`, written without joining them first.
+        pub(super) fn joined<S: AsRef<str>>(&mut self, tag: u32, parts: &[S], sep: &str) {
+            let len = parts.iter().map(|p| p.as_ref().len()).sum::<usize>()
+                + sep.len() * parts.len().saturating_sub(1);
+            self.key(tag, DELIMITED);
+            varint(self.0, len as u64);
+            for (i, p) in parts.iter().enumerate() {
+                if i > 0 {
+                    self.0.extend_from_slice(sep.as_bytes());
+                }
+                self.0.extend_from_slice(p.as_ref().as_bytes());
+            }
+        }
+
+        /// An `int32` field (an enum too); proto3 leaves zero unsaid.
+        pub(super) fn int32(&mut self, tag: u32, v: i32) {
+            if v != 0 {
+                self.key(tag, VARINT);
+                // Negative numbers as ten bytes, as protobuf says an int32 is sign-extended.
+                varint(self.0, i64::from(v) as u64);
+            }
+        }
+
+        /// A message field: its fields written by `body`, its length put in front after.
+        pub(super) fn message(&mut self, tag: u32, body: impl FnOnce(&mut Writer<'_>)) {
+            self.key(tag, DELIMITED);
+            let at = self.0.len();
+            body(&mut Writer(self.0));
+            let len = (self.0.len() - at) as u64;
+            // Small messages (all but a refusal's body) move by one byte.
+            if len < 0x80 {
+                self.0.insert(at, len as u8);
+            } else {
+                let mut prefix = Vec::with_capacity(varint_len(len));
+                varint(&mut prefix, len);
+                self.0.splice(at..at, prefix);
+            }
+        }
     }
 
-    /// `DeniedHttpResponse`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub(super) struct Denied {
-        /// `envoy.type.v3.HttpStatus`.
-        #[prost(message, optional, tag = "1")]
-        pub(super) status: Option<HttpStatus>,
-        #[prost(message, repeated, tag = "2")]
-        pub(super) headers: Vec<HeaderOption>,
-        #[prost(bytes = "bytes", tag = "3")]
-        pub(super) body: Bytes,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub(super) struct HttpStatus {
-        #[prost(int32, tag = "1")]
-        pub(super) code: i32,
-    }
-
-    /// `OkHttpResponse`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub(super) struct Ok {
-        #[prost(message, repeated, tag = "2")]
-        pub(super) headers: Vec<HeaderOption>,
-        #[prost(bytes = "bytes", repeated, tag = "5")]
-        pub(super) headers_to_remove: Vec<Bytes>,
-        #[prost(message, repeated, tag = "6")]
-        pub(super) response_headers_to_add: Vec<HeaderOption>,
-    }
-
-    /// `HeaderValueOption`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub(super) struct HeaderOption {
-        #[prost(message, optional, tag = "1")]
-        pub(super) header: Option<Header>,
-        /// `HeaderAppendAction`.
-        #[prost(int32, tag = "3")]
-        pub(super) append_action: i32,
-    }
-
-    /// `HeaderValue`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub(super) struct Header {
-        #[prost(bytes = "bytes", tag = "1")]
-        pub(super) key: Bytes,
-        #[prost(bytes = "bytes", tag = "2")]
-        pub(super) value: Bytes,
-    }
-
-    /// `google.protobuf.Struct` of string values: `map<string, Value> fields` as its wire
-    /// entries.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub(super) struct Struct {
-        #[prost(message, repeated, tag = "1")]
-        pub(super) fields: Vec<Field>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub(super) struct Field {
-        #[prost(bytes = "bytes", tag = "1")]
-        pub(super) key: Bytes,
-        #[prost(message, optional, tag = "2")]
-        pub(super) value: Option<Value>,
-    }
-
-    /// `google.protobuf.Value` with its `string_value`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub(super) struct Value {
-        #[prost(bytes = "bytes", tag = "3")]
-        pub(super) string_value: Bytes,
+    #[cfg(test)]
+    #[test]
+    fn varints_are_protobufs() {
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            u32::MAX.into(),
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            varint(&mut out, v);
+            assert_eq!(out.len(), varint_len(v), "{v}");
+            let mut b = &out[..];
+            assert_eq!(prost::encoding::decode_varint(&mut b).unwrap(), v);
+        }
     }
 }
 
 /// `HeaderAppendAction::OVERWRITE_IF_EXISTS_OR_ADD`.
 const OVERWRITE: i32 = 2;
 
-/// Text for a protobuf `string`: as it is when it is UTF-8 (header values nearly always are),
-/// else with the invalid bytes replaced, since Envoy refuses a message with invalid UTF-8.
-fn utf8(b: &[u8]) -> bytes::Bytes {
-    match std::str::from_utf8(b) {
-        Ok(_) => bytes::Bytes::copy_from_slice(b),
-        Err(_) => String::from_utf8_lossy(b).into_owned().into(),
-    }
+/// A `HeaderValueOption` (at `tag`) that overwrites, never appends: Envoy's default action
+/// appends to the client's copy.
+fn set(w: &mut pb::Writer<'_>, tag: u32, name: &str, value: &[u8]) {
+    w.message(tag, |w| {
+        w.message(1, |w| {
+            w.bytes(1, name.as_bytes());
+            w.text(2, value);
+        });
+        w.int32(3, OVERWRITE);
+    });
 }
 
-/// Overwrite, never append: Envoy's default action appends to the client's copy.
-fn set(name: &str, value: &[u8]) -> reply::HeaderOption {
-    reply::HeaderOption {
-        header: Some(reply::Header {
-            key: bytes::Bytes::copy_from_slice(name.as_bytes()),
-            value: utf8(value),
-        }),
-        append_action: OVERWRITE,
-    }
-}
-
-fn field(key: &'static str, value: bytes::Bytes) -> reply::Field {
-    reply::Field {
-        key: bytes::Bytes::from_static(key.as_bytes()),
-        value: Some(reply::Value {
-            string_value: value,
-        }),
-    }
+/// One `google.protobuf.Struct` field of a string value.
+fn field(w: &mut pb::Writer<'_>, key: &str, value: impl FnOnce(&mut pb::Writer<'_>)) {
+    w.message(1, |w| {
+        w.bytes(1, key.as_bytes());
+        // `Value`, whose `string_value` is at 3.
+        w.message(2, |w| value(w));
+    });
 }
 
 /// The decision as Envoy's dynamic metadata (namespace `envoy.filters.http.ext_authz`):
 /// for RBAC rules and the access log.
-fn metadata(out: &Facts) -> reply::Struct {
-    let mut fields = Vec::with_capacity(6);
-    fields.push(field(
-        "decision",
-        bytes::Bytes::from_static(out.verdict.as_bytes()),
-    ));
-    fields.push(field(
-        "reason",
-        bytes::Bytes::from_static(out.reason.as_bytes()),
-    ));
+fn metadata(w: &mut pb::Writer<'_>, out: &Facts) {
+    field(w, "decision", |w| w.bytes(3, out.verdict.as_bytes()));
+    field(w, "reason", |w| w.bytes(3, out.reason.as_bytes()));
     if let Some(r) = &out.route {
-        fields.push(field("route", bytes::Bytes::copy_from_slice(r.as_bytes())));
+        field(w, "route", |w| w.bytes(3, r.as_bytes()));
     }
     if let Some(i) = &out.identity {
         // The subject and client read once when the token was verified (the client as every
         // other check names it: `azp`, else `client_id`), not looked up again in the claims.
         let p = &i.0.principal;
         if let Some(s) = &p.subject {
-            fields.push(field(
-                "subject",
-                bytes::Bytes::copy_from_slice(s.as_bytes()),
-            ));
+            field(w, "subject", |w| w.bytes(3, s.as_bytes()));
         }
         if let Some(c) = &p.client {
-            fields.push(field(
-                "client_id",
-                bytes::Bytes::copy_from_slice(c.as_bytes()),
-            ));
+            field(w, "client_id", |w| w.bytes(3, c.as_bytes()));
         }
-        fields.push(field("scopes", i.0.scopes.join(" ").into()));
+        field(w, "scopes", |w| w.joined(3, &i.0.scopes, " "));
     }
-    reply::Struct { fields }
 }
 
 /// The `google.rpc` code of a refusal's HTTP status.
@@ -626,79 +602,80 @@ fn rpc_code(status: http::StatusCode) -> i32 {
     }) as i32
 }
 
-/// The HTTP decision answer said as a `CheckResponse`.
+/// The HTTP decision answer said as a `CheckResponse`, written at the end of `w`.
+///
+/// Allowed: `OkHttpResponse` (at 3) setting each claim header and the audit note, removing the
+/// empty ones (so the client's copy cannot stand in for them), the `removed` ones and, with
+/// `strip_authorization`, the token; `RateLimit` fields for the client. Refused:
+/// `DeniedHttpResponse` (at 2) with the status, headers and body, and the `google.rpc` code.
+/// Both carry the dynamic metadata (at 4).
 async fn answer(
     gateway: &crate::gateway::Gateway,
     resp: Response<crate::body::Body>,
     out: &Facts,
-    mut removed: Vec<bytes::Bytes>,
-) -> reply::CheckResponse {
+    removed: &[HeaderName],
+    w: &mut pb::Writer<'_>,
+) {
     let (parts, body) = resp.into_parts();
     let status = parts.status;
     if status == http::StatusCode::OK {
-        let mut headers = Vec::new();
-        let audit = AUDIT_HEADER;
-        let ours = gateway
-            .config
-            .forward
-            .claim_headers
-            .iter()
-            .map(|(_, h)| h)
-            .chain(std::iter::once(&audit));
-        for name in ours {
-            match parts.headers.get(name).filter(|v| !v.is_empty()) {
-                Some(v) => headers.push(set(name.as_str(), v.as_bytes())),
-                // Empty: removed, so the client's copy cannot stand in for it.
-                None => removed.push(bytes::Bytes::copy_from_slice(name.as_str().as_bytes())),
+        // `status`: OK, an empty `google.rpc.Status`.
+        w.message(1, |_| {});
+        w.message(3, |w| {
+            let audit = AUDIT_HEADER;
+            let ours = gateway
+                .config
+                .forward
+                .claim_headers
+                .iter()
+                .map(|(_, h)| h)
+                .chain(std::iter::once(&audit));
+            // `headers` (2) and `headers_to_remove` (5) interleave: protobuf keeps the order
+            // within each repeated field, which is all either has.
+            for name in ours {
+                match parts.headers.get(name).filter(|v| !v.is_empty()) {
+                    Some(v) => set(w, 2, name.as_str(), v.as_bytes()),
+                    None => w.bytes(5, name.as_str().as_bytes()),
+                }
             }
-        }
-        if gateway.config.forward.strip_authorization && out.token {
-            removed.push(bytes::Bytes::from_static(b"authorization"));
-        }
-        let response_headers_to_add = ["ratelimit", "ratelimit-policy"]
-            .iter()
-            .filter_map(|n| Some(set(n, parts.headers.get(*n)?.as_bytes())))
-            .collect();
-        return reply::CheckResponse {
-            status: Some(reply::Status::default()),
-            dynamic_metadata: Some(metadata(out)),
-            http_response: Some(reply::Answer::Ok(reply::Ok {
-                headers,
-                headers_to_remove: removed,
-                response_headers_to_add,
-            })),
-        };
+            for name in removed {
+                w.bytes(5, name.as_str().as_bytes());
+            }
+            if gateway.config.forward.strip_authorization && out.token {
+                w.bytes(5, b"authorization");
+            }
+            for name in [RATELIMIT, RATELIMIT_POLICY] {
+                if let Some(v) = parts.headers.get(&name) {
+                    set(w, 6, name.as_str(), v.as_bytes());
+                }
+            }
+        });
+        w.message(4, |w| metadata(w, out));
+        return;
     }
     // Refusals are small answers bearward made itself, whole in memory already.
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => bytes::Bytes::new(),
     };
-    let body = match std::str::from_utf8(&body) {
-        Ok(_) => body,
-        Err(_) => utf8(&body),
-    };
-    let headers = parts
-        .headers
-        .iter()
-        .map(|(n, v)| set(n.as_str(), v.as_bytes()))
-        .collect();
-    reply::CheckResponse {
-        status: Some(reply::Status {
-            code: rpc_code(status),
-            message: bytes::Bytes::from_static(out.reason.as_bytes()),
-        }),
-        dynamic_metadata: Some(metadata(out)),
-        http_response: Some(reply::Answer::Denied(reply::Denied {
-            status: Some(reply::HttpStatus {
-                code: i32::from(status.as_u16()),
-            }),
-            headers,
-            body,
-        })),
-    }
+    w.message(1, |w| {
+        w.int32(1, rpc_code(status));
+        w.bytes(2, out.reason.as_bytes());
+    });
+    w.message(2, |w| {
+        // `envoy.type.v3.HttpStatus`.
+        w.message(1, |w| w.int32(1, i32::from(status.as_u16())));
+        for (n, v) in &parts.headers {
+            set(w, 2, n.as_str(), v.as_bytes());
+        }
+        w.text(3, &body);
+    });
+    w.message(4, |w| metadata(w, out));
 }
 
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -711,8 +688,8 @@ mod tests {
     use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
     use prost::Message as _;
 
-    /// envoy-types' generated CheckResponse reads what the subset in `reply` writes, an
-    /// allowed and a refused answer, field for field.
+    /// envoy-types' generated CheckResponse reads what `pb` writes, an allowed and a refused
+    /// answer, field for field, with messages longer than a one-byte length.
     #[test]
     fn envoy_types_decodes_what_is_encoded() {
         use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction, HttpResponse};
@@ -724,16 +701,23 @@ mod tests {
             identity: None,
             token: true,
         };
-        let ok = reply::CheckResponse {
-            status: Some(reply::Status::default()),
-            dynamic_metadata: Some(metadata(&facts)),
-            http_response: Some(reply::Answer::Ok(reply::Ok {
-                headers: vec![set("x-auth-subject", b"alice\xff")],
-                headers_to_remove: vec![bytes::Bytes::from_static(b"authorization")],
-                response_headers_to_add: vec![set("ratelimit", b"limit=5")],
-            })),
-        };
-        let got = CheckResponse::decode(&ok.encode_to_vec()[..]).unwrap();
+        let long = "v".repeat(300);
+        let mut ok = Vec::new();
+        let w = &mut pb::Writer(&mut ok);
+        w.message(1, |_| {});
+        w.message(3, |w| {
+            set(w, 2, "x-auth-subject", b"alice\xff");
+            w.bytes(5, b"authorization");
+            set(w, 2, "x-long", long.as_bytes());
+            w.bytes(5, b"x_auth_subject");
+            set(w, 6, "ratelimit", b"limit=5");
+        });
+        w.message(4, |w| {
+            metadata(w, &facts);
+            field(w, "scopes", |w| w.joined(3, &["read", "write"], " "));
+            field(w, "none", |w| w.joined(3, &[] as &[&str], " "));
+        });
+        let got = CheckResponse::decode(&ok[..]).unwrap();
         assert_eq!(got.status.unwrap().code, 0);
         let fields = got.dynamic_metadata.unwrap().fields;
         let text = |k: &str| match &fields[k].kind {
@@ -744,6 +728,10 @@ mod tests {
             (text("decision"), text("reason"), text("route")),
             ("allow".into(), "ok".into(), "/api".into())
         );
+        assert_eq!(
+            (text("scopes"), text("none")),
+            ("read write".into(), "".into())
+        );
         let Some(HttpResponse::OkResponse(okr)) = got.http_response else {
             panic!("not an OkHttpResponse");
         };
@@ -753,23 +741,25 @@ mod tests {
             okr.headers[0].append_action,
             HeaderAppendAction::OverwriteIfExistsOrAdd as i32
         );
-        assert_eq!(okr.headers_to_remove, ["authorization"]);
+        let h = okr.headers[1].header.as_ref().unwrap();
+        assert_eq!((&*h.key, &*h.value), ("x-long", &*long));
+        assert_eq!(okr.headers_to_remove, ["authorization", "x_auth_subject"]);
         let r = okr.response_headers_to_add[0].header.as_ref().unwrap();
         assert_eq!((&*r.key, &*r.value), ("ratelimit", "limit=5"));
 
-        let denied = reply::CheckResponse {
-            status: Some(reply::Status {
-                code: rpc_code(http::StatusCode::TOO_MANY_REQUESTS),
-                message: bytes::Bytes::from_static(b"rate_limited"),
-            }),
-            dynamic_metadata: None,
-            http_response: Some(reply::Answer::Denied(reply::Denied {
-                status: Some(reply::HttpStatus { code: 429 }),
-                headers: vec![set("retry-after", b"3")],
-                body: bytes::Bytes::from_static(b"{\"error\":\"x\"}"),
-            })),
-        };
-        let got = CheckResponse::decode(&denied.encode_to_vec()[..]).unwrap();
+        let body = format!("{{\"error\":\"{long}\"}}");
+        let mut denied = Vec::new();
+        let w = &mut pb::Writer(&mut denied);
+        w.message(1, |w| {
+            w.int32(1, rpc_code(http::StatusCode::TOO_MANY_REQUESTS));
+            w.bytes(2, b"rate_limited");
+        });
+        w.message(2, |w| {
+            w.message(1, |w| w.int32(1, 429));
+            set(w, 2, "retry-after", b"3");
+            w.text(3, body.as_bytes());
+        });
+        let got = CheckResponse::decode(&denied[..]).unwrap();
         let status = got.status.unwrap();
         assert_eq!(
             (status.code, &*status.message),
@@ -781,7 +771,7 @@ mod tests {
         assert_eq!(d.status.unwrap().code, 429);
         let h = d.headers[0].header.as_ref().unwrap();
         assert_eq!((&*h.key, &*h.value), ("retry-after", "3"));
-        assert_eq!(d.body, "{\"error\":\"x\"}");
+        assert_eq!(d.body, body);
     }
 
     /// The subset in `wire` reads what envoy-types' generated CheckRequest writes, field for
