@@ -774,6 +774,90 @@ mod tests {
         assert_eq!(d.body, body);
     }
 
+    mod props {
+        use super::super::*;
+        use envoy_types::ext_authz::v3::pb::{CheckResponse, HttpResponse};
+        use envoy_types::pb::google::protobuf::value::Kind;
+        use proptest::prelude::*;
+        use prost::Message as _;
+
+        /// Header values as HTTP may carry them, non-UTF-8 bytes included, some long enough
+        /// for two- and three-byte lengths.
+        fn value() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                prop::collection::vec(prop::num::u8::ANY, 0..40),
+                prop::collection::vec(prop::num::u8::ANY, 100..300),
+                (1usize..40_000).prop_map(|n| vec![b'v'; n]),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+            /// Whatever the headers, lengths and nesting, envoy-types reads back what was
+            /// written: each value as it is when it is UTF-8, else with U+FFFD for what is not.
+            #[test]
+            fn what_is_written_is_what_envoy_reads(
+                set_values in prop::collection::vec(value(), 0..6),
+                removed in prop::collection::vec("[a-z_-]{1,30}", 0..6),
+                body in value(),
+                scopes in prop::collection::vec("[a-z:.]{0,20}", 0..5),
+                status in 400u16..600,
+            ) {
+                let mut ok = Vec::new();
+                let w = &mut pb::Writer(&mut ok);
+                w.message(1, |_| {});
+                w.message(3, |w| {
+                    for (i, v) in set_values.iter().enumerate() {
+                        set(w, 2, &format!("x-h{i}"), v);
+                    }
+                    for r in &removed {
+                        w.bytes(5, r.as_bytes());
+                    }
+                });
+                w.message(4, |w| field(w, "scopes", |w| w.joined(3, &scopes, " ")));
+                let got = CheckResponse::decode(&ok[..]).unwrap();
+                let Some(HttpResponse::OkResponse(okr)) = got.http_response else {
+                    panic!("not an OkHttpResponse");
+                };
+                prop_assert_eq!(okr.headers.len(), set_values.len());
+                for (i, (h, v)) in okr.headers.iter().zip(&set_values).enumerate() {
+                    let h = h.header.as_ref().unwrap();
+                    prop_assert_eq!(&h.key, &format!("x-h{i}"));
+                    prop_assert_eq!(&h.value, &String::from_utf8_lossy(v));
+                }
+                prop_assert_eq!(&okr.headers_to_remove, &removed);
+                let fields = got.dynamic_metadata.unwrap().fields;
+                prop_assert_eq!(
+                    &fields["scopes"].kind,
+                    &Some(Kind::StringValue(scopes.join(" ")))
+                );
+
+                let mut denied = Vec::new();
+                let w = &mut pb::Writer(&mut denied);
+                w.message(1, |w| w.int32(1, rpc_code(http::StatusCode::from_u16(status).unwrap())));
+                w.message(2, |w| {
+                    w.message(1, |w| w.int32(1, i32::from(status)));
+                    w.text(3, &body);
+                });
+                let got = CheckResponse::decode(&denied[..]).unwrap();
+                let Some(HttpResponse::DeniedResponse(d)) = got.http_response else {
+                    panic!("not a DeniedHttpResponse");
+                };
+                prop_assert_eq!(d.status.unwrap().code, i32::from(status));
+                prop_assert_eq!(&d.body, &String::from_utf8_lossy(&body));
+            }
+
+            /// Any bytes as a CheckRequest: refused as one or made into a request view, never
+            /// a panic.
+            #[test]
+            fn any_message_is_decoded_or_refused(bytes in prop::collection::vec(prop::num::u8::ANY, 0..600)) {
+                if let Ok(check) = wire::CheckRequest::decode(bytes::Bytes::from(bytes)) {
+                    let _ = http_view(check);
+                }
+            }
+        }
+    }
+
     /// The subset in `wire` reads what envoy-types' generated CheckRequest writes, field for
     /// field, with every field bearward skips set too.
     #[test]
