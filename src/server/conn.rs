@@ -481,7 +481,13 @@ fn gateway_service(
         // has been sent.
         let place = in_flight.enter();
         async move {
-            let resp = gateway.handle(req, &info, index, place.is_some()).await;
+            // The request path's future (6 KiB) made in its own allocation, so the one hyper
+            // holds and moves (twice, as it takes it from the service) is this small wrapper.
+            let handle = Box::into_pin(Box::write(
+                Box::new_uninit(),
+                gateway.handle(req, &info, index, place.is_some()),
+            ));
+            let resp = handle.await;
             let ledger = info.ledger.clone();
             if let (Some(w), StatusCode::SWITCHING_PROTOCOLS) = (&ledger, resp.status()) {
                 w.upgraded();
