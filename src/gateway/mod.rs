@@ -224,6 +224,9 @@ pub struct Gateway {
     /// The assertion keys `/.well-known/jwks.json` publishes; kept across reloads
     /// ([`Gateway::with_keys_of`]).
     pub assertion_keys: Arc<crate::assertion::KeyRing>,
+    /// Per route, in route order: its answer to a request without a token, made when the
+    /// config loads ([`rejection::Prepared`]).
+    missing_token: Vec<rejection::Prepared>,
 }
 
 impl Gateway {
@@ -284,7 +287,14 @@ impl Gateway {
         assertion_headers.dedup();
         let assertion_keys = crate::assertion::KeyRing::new(assertions(&config));
         let jwks_on_listener = assertions(&config).any(|a| a.jwks_on_listener);
+        let missing_token = config
+            .routes
+            .routes()
+            .iter()
+            .map(|r| rejection::Prepared::missing_token(&config.server.realm, r, auth.dpop()))
+            .collect();
         Gateway {
+            missing_token,
             jwks_on_listener,
             tracer: None,
             pdps,
@@ -419,6 +429,10 @@ impl Gateway {
     fn refusal(&self, rej: Rejection, grpc: bool, out: &mut Outcome) -> Response<Body> {
         out.verdict = rej.decision_label();
         out.reason = rej.reason();
+        let prepared = out.route_index.and_then(|i| self.missing_token.get(i));
+        if let Some(resp) = prepared.and_then(|p| p.answers(&rej, out.challenge, grpc)) {
+            return resp;
+        }
         let route = out.route_index.map(|i| &self.config.routes.routes()[i]);
         let mut answering = self.answering(route, out.challenge);
         answering.grpc = grpc;

@@ -153,6 +153,17 @@ impl Rejection {
     /// The one place a rejection becomes a response. `route` is the route that refused, for
     /// what its Bearer challenges say beyond the error.
     pub fn into_response(self, a: &Answering<'_>) -> Response<Body> {
+        let (mut resp, text) = self.answer(a);
+        if a.grpc {
+            return grpc_form(resp, &text);
+        }
+        *resp.body_mut() = body::full(text);
+        resp
+    }
+
+    /// The answer without its body, and the body's text (the gRPC form carries the text in a
+    /// header instead).
+    pub(super) fn answer(self, a: &Answering<'_>) -> (Response<Body>, String) {
         let (realm, route) = (a.realm, a.route);
         let status = self.status();
         let mut text = match &self {
@@ -177,7 +188,6 @@ impl Rejection {
             }
         };
         text.push('\n');
-        // The body is set last: the gRPC form carries the text in a header instead.
         let mut resp = Response::new(body::empty());
         *resp.status_mut() = status;
         let h = resp.headers_mut();
@@ -231,11 +241,70 @@ impl Rejection {
         if self.closes_connection() {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if a.grpc {
-            return grpc_form(resp, &text);
+        (resp, text)
+    }
+}
+
+/// A route's answer to a request that carries no token, the refusal most often made (clients
+/// that have not logged in yet, probes): made once when the config loads, by
+/// [`Rejection::answer`] as every other answer is, and cloned for each such request. Building it
+/// afresh (the challenge's text, its validation, the map's inserts, the body's formatting) was
+/// a tenth of a 401.
+pub(super) struct Prepared {
+    /// The challenge the answer was made for: a request that asked for another (none can
+    /// without a token, but the answer must match what it would have been) gets a fresh one.
+    challenge: Challenge,
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl Prepared {
+    /// The answer of `route` to a request without a token.
+    pub(super) fn missing_token(
+        realm: &str,
+        route: &Route,
+        dpop: &crate::auth::dpop::Verifier,
+    ) -> Prepared {
+        // As `check_token` leaves it for a request without a token.
+        let challenge = if route.require_bound_tokens {
+            Challenge::Both
+        } else {
+            Challenge::Bearer
+        };
+        let a = Answering {
+            realm,
+            route: Some(route),
+            challenge,
+            dpop,
+            grpc: false,
+        };
+        let (resp, text) = Rejection::Auth(AuthError::MissingToken).answer(&a);
+        Prepared {
+            challenge,
+            status: resp.status(),
+            headers: resp.headers().clone(),
+            body: text.into(),
         }
-        *resp.body_mut() = body::full(text);
-        resp
+    }
+
+    /// The answer, when it is the one `rej` would get with `challenge` over HTTP.
+    pub(super) fn answers(
+        &self,
+        rej: &Rejection,
+        challenge: Challenge,
+        grpc: bool,
+    ) -> Option<Response<Body>> {
+        if grpc
+            || challenge != self.challenge
+            || !matches!(rej, Rejection::Auth(AuthError::MissingToken))
+        {
+            return None;
+        }
+        let mut resp = Response::new(body::full(self.body.clone()));
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers.clone();
+        Some(resp)
     }
 }
 
