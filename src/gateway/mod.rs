@@ -225,8 +225,9 @@ pub struct Gateway {
     /// ([`Gateway::with_keys_of`]).
     pub assertion_keys: Arc<crate::assertion::KeyRing>,
     /// Per route, in route order: its answer to a request without a token, made when the
-    /// config loads ([`rejection::Prepared`]).
-    missing_token: Vec<rejection::Prepared>,
+    /// config loads ([`rejection::Prepared`]); for `auth = "bearer"` routes only, the ones that
+    /// make it (a table of thousands of open routes holds none).
+    missing_token: Vec<Option<rejection::Prepared>>,
 }
 
 impl Gateway {
@@ -291,7 +292,11 @@ impl Gateway {
             .routes
             .routes()
             .iter()
-            .map(|r| rejection::Prepared::missing_token(&config.server.realm, r, auth.dpop()))
+            .map(|r| {
+                (r.auth == crate::routes::AuthMode::Bearer).then(|| {
+                    rejection::Prepared::missing_token(&config.server.realm, r, auth.dpop())
+                })
+            })
             .collect();
         Gateway {
             missing_token,
@@ -429,7 +434,9 @@ impl Gateway {
     fn refusal(&self, rej: Rejection, grpc: bool, out: &mut Outcome) -> Response<Body> {
         out.verdict = rej.decision_label();
         out.reason = rej.reason();
-        let prepared = out.route_index.and_then(|i| self.missing_token.get(i));
+        let prepared = out
+            .route_index
+            .and_then(|i| self.missing_token.get(i)?.as_ref());
         if let Some(resp) = prepared.and_then(|p| p.answers(&rej, out.challenge, grpc)) {
             return resp;
         }
