@@ -88,29 +88,41 @@ fn ingress_dir(name: &str, port: u16) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("bearward-{name}-{port}-{}", std::process::id()))
 }
 
+/// A shipped ingress config made local: `listen` (the line it listens with, and its
+/// replacement) first, then the decision listener's and the upstream's addresses.
+fn shipped_config(file: &str, listen: (&str, &str), decision: u16, upstream: &str) -> String {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .replace(listen.0, listen.1)
+        .replace("127.0.0.1:8081", &format!("127.0.0.1:{decision}"))
+        .replace(
+            "127.0.0.1:3000",
+            upstream.trim_start_matches("http://").trim_end_matches('/'),
+        )
+}
+
 /// nginx with `auth_request` to the decision listener, as deploy/decision/nginx.conf has it.
 async fn nginx(decision: u16, upstream: &str) -> Ingress {
     let what = "nginx (apt-get install nginx; .ci/run does)";
     let (child, [port]) = spawn_holding(what, |[port]| {
         let dir = ingress_dir("nginx", port);
         std::fs::create_dir_all(&dir).unwrap();
-        let conf = std::fs::read_to_string("deploy/decision/nginx.conf")
-            .unwrap()
-            .replace("listen 8080;", &format!("listen 127.0.0.1:{port};"))
-            .replace("127.0.0.1:8081", &format!("127.0.0.1:{decision}"))
-            .replace(
-                "127.0.0.1:3000",
-                upstream.trim_start_matches("http://").trim_end_matches('/'),
-            )
-            .replace(
-                "/var/run/nginx-bearward.pid",
-                &format!("{}/nginx.pid", dir.display()),
-            )
-            .replace(
-                "/var/log/nginx/bearward-error.log",
-                &format!("{}/error.log", dir.display()),
-            )
-            .replace("/var/lib/nginx/bearward", &dir.display().to_string());
+        let listen = format!("listen 127.0.0.1:{port};");
+        let conf = shipped_config(
+            "deploy/decision/nginx.conf",
+            ("listen 8080;", &listen),
+            decision,
+            upstream,
+        )
+        .replace(
+            "/var/run/nginx-bearward.pid",
+            &format!("{}/nginx.pid", dir.display()),
+        )
+        .replace(
+            "/var/log/nginx/bearward-error.log",
+            &format!("{}/error.log", dir.display()),
+        )
+        .replace("/var/lib/nginx/bearward", &dir.display().to_string());
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
         let mut cmd = Command::new("nginx");
         cmd.args([
@@ -133,14 +145,13 @@ async fn caddy(decision: u16, upstream: &str) -> Ingress {
     let (child, [port]) = spawn_holding(what, |[port]| {
         let dir = ingress_dir("caddy", port);
         std::fs::create_dir_all(&dir).unwrap();
-        let conf = std::fs::read_to_string("deploy/decision/Caddyfile")
-            .unwrap()
-            .replace(":8080", &format!("http://127.0.0.1:{port}"))
-            .replace("127.0.0.1:8081", &format!("127.0.0.1:{decision}"))
-            .replace(
-                "127.0.0.1:3000",
-                upstream.trim_start_matches("http://").trim_end_matches('/'),
-            );
+        let listen = format!("http://127.0.0.1:{port}");
+        let conf = shipped_config(
+            "deploy/decision/Caddyfile",
+            (":8080", &listen),
+            decision,
+            upstream,
+        );
         std::fs::write(dir.join("Caddyfile"), conf).unwrap();
         let mut cmd = Command::new("caddy");
         cmd.args(["run", "--adapter", "caddyfile", "--config"])

@@ -60,8 +60,8 @@ const DPOP: HeaderName = HeaderName::from_static("dpop");
 /// Tells the upstream what an audit-mode route would have done.
 pub const AUDIT_HEADER: HeaderName = HeaderName::from_static("x-bearward-audit");
 /// The IETF httpapi RateLimit header fields.
-const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Per-connection facts the service needs.
 pub struct ConnInfo {

@@ -19,7 +19,10 @@
 //! The peer must be in `[decision] trusted_proxies`, as on the HTTP listener.
 
 use super::{handshake, Drain, Held, Live, Protocols, Shared};
-use crate::gateway::{ConnInfo, ExtAuthzTarget, Facts, TlsInfo, AUDIT_HEADER};
+use crate::forward::X_FORWARDED_FOR;
+use crate::gateway::{
+    ConnInfo, ExtAuthzTarget, Facts, TlsInfo, AUDIT_HEADER, RATELIMIT, RATELIMIT_POLICY,
+};
 use crate::request::ledger::InFlight;
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response};
@@ -673,9 +676,6 @@ async fn answer(
     w.message(4, |w| metadata(w, out));
 }
 
-const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 #[cfg(test)]
 mod tests {
     use super::*;
