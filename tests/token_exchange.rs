@@ -14,10 +14,17 @@ use serde_json::Value;
 
 const ORDERS: &str = "http://orders.bearward.test";
 
+/// The exchange client's secret in a file, written once per test process: tests run in
+/// parallel and each loads its config, so rewriting it per test (`fs::write` truncates first)
+/// let a neighbour read it empty.
 fn secret_file() -> String {
-    let path = std::env::temp_dir().join(format!("bearward-exchange-{}", std::process::id()));
-    std::fs::write(&path, "exchange-secret\n").unwrap();
-    path.display().to_string()
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("bearward-exchange-{}", std::process::id()));
+        std::fs::write(&path, "exchange-secret\n").unwrap();
+        path.display().to_string()
+    })
+    .clone()
 }
 
 /// bearward in front of `orders`, which exchanges with `exchange` (the inline table's keys
@@ -100,10 +107,12 @@ async fn setup(p: &Provider, exchange: &str, extra: &str) -> (Upstream, Gateway,
 
 /// `bearward explain` of GET `path` with `token`, on `config` written to a file.
 fn explain(config: &str, path: &str, token: &str) -> (String, Option<i32>) {
+    // One file per call: tests run in parallel.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let file = std::env::temp_dir().join(format!(
         "bearward-x-explain-{}-{}.toml",
         std::process::id(),
-        path.len()
+        CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     std::fs::write(&file, config).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_bearward"))
