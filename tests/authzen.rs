@@ -483,4 +483,24 @@ fn authzen_settings_are_checked_when_the_config_loads() {
         )),
         ""
     );
+    // A route with GET takes HEAD (routes' `methods`), and HEAD asks what GET asks, unless named.
+    let names = |names: &str| {
+        let text = format!(
+            "{base}{}",
+            route(&format!(
+                "{{ pdp = \"pdp\", action = {{ names = {{ {names} }} }} }}"
+            ))
+        );
+        let config = bearward::config::Config::from_toml_str(&text, "t.toml").unwrap();
+        let ask = config.routes.routes()[0].authzen.clone().unwrap();
+        ask.action_names.clone()
+    };
+    let n = names("GET = \"can_read\"");
+    assert_eq!(n["HEAD"], "can_read");
+    let n = names("GET = \"can_read\", HEAD = \"can_peek\"");
+    assert_eq!(
+        (n["GET"].as_str(), n["HEAD"].as_str()),
+        ("can_read", "can_peek")
+    );
+    assert!(!names("PUT = \"can_write\"").contains_key("HEAD"));
 }

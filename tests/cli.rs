@@ -85,6 +85,27 @@ fn errors_are_all_reported_with_lines() {
     );
 }
 
+/// A `methods` list with GET takes HEAD too, so a HEAD route below a GET route on the same
+/// path never matches: said, as for any shadowed route.
+#[test]
+fn a_head_route_under_a_get_route_warns() {
+    let text = GOOD.to_owned()
+        + "\n[[routes]]\nprefix = \"/r\"\nmethods = [\"GET\"]\nscopes = [\"read\"]\nupstream = \"app\"\n\
+           \n[[routes]]\nprefix = \"/r\"\nmethods = [\"HEAD\"]\nauth = \"none\"\nupstream = \"app\"\n";
+    let (ok, out) = check(&text);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning:") && out.contains("routes[3]") && out.contains("never matches"),
+        "{out}"
+    );
+    // Above it, a HEAD route has its own policy: no warning.
+    let text = GOOD.to_owned()
+        + "\n[[routes]]\nprefix = \"/r\"\nmethods = [\"HEAD\"]\nauth = \"none\"\nupstream = \"app\"\n\
+           \n[[routes]]\nprefix = \"/r\"\nmethods = [\"GET\"]\nscopes = [\"read\"]\nupstream = \"app\"\n";
+    let (ok, out) = check(&text);
+    assert!(ok && !out.contains("never matches"), "{out}");
+}
+
 #[test]
 fn shadowed_routes_warn() {
     let text = GOOD.to_owned()

@@ -466,3 +466,81 @@ async fn bearwards_own_answers_to_head_carry_no_content_on_either_protocol() {
     assert_eq!(head.status, StatusCode::OK);
     assert_eq!(up.count(), 1);
 }
+
+/// A route whose `methods` list GET takes HEAD as well: upstream frameworks run the GET handler
+/// for a HEAD and send its headers, so a HEAD that fell through to a later `auth = "none"` route
+/// would reach that handler unchecked (as nginx's `limit_except GET` takes HEAD). Other methods
+/// still fall through, and a HEAD route above the GET one keeps its own policy.
+#[tokio::test]
+async fn a_get_route_checks_head_as_it_checks_get() {
+    use common::idp::*;
+    let rsa = Key::rsa1();
+    let idp = Idp::start(&[&rsa]).await;
+    let up = Upstream::start().await;
+    let cfg = auth_config(&up.url(), &idp.issuer(), "discovery = true", "").replace(
+        "[[routes]]\nprefix = \"/public\"",
+        "[[routes]]\nprefix = \"/status\"\nmethods = [\"HEAD\"]\nauth = \"none\"\nupstream = \"app\"\n\n\
+         [[routes]]\nprefix = \"/status\"\nmethods = [\"GET\"]\nscopes = [\"admin\"]\nupstream = \"app\"\n\n\
+         [[routes]]\nprefix = \"/reports\"\nmethods = [\"GET\"]\nscopes = [\"read\"]\nupstream = \"app\"\n\n\
+         [[routes]]\nprefix = \"/\"\nauth = \"none\"\nupstream = \"app\"\n\n\
+         [[routes]]\nprefix = \"/public\"",
+    );
+    let gw = Gateway::start(&cfg).await;
+    wait_ready(&gw).await;
+    let (c, mint) = (client(), idp.minter("https://api.test"));
+    let (read, write) = (mint.token(&rsa, "read"), mint.token(&rsa, "write"));
+    let bearer = |t: &str| format!("Bearer {t}");
+    let (read, write) = (bearer(&read), bearer(&write));
+
+    let head = |path: &'static str, auth: Option<String>| {
+        let (c, url) = (c.clone(), gw.url(path));
+        async move {
+            let h: Vec<(&str, &str)> = auth
+                .as_deref()
+                .map(|a| vec![("authorization", a)])
+                .unwrap_or_default();
+            send(&c, "HEAD", &url, &h, "").await
+        }
+    };
+    let a = head("/reports/q3", None).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(a.headers["www-authenticate"], "Bearer realm=\"bearward\"");
+    let a = head("/reports/q3", Some(write.clone())).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert_eq!(up.count(), 0, "no refused HEAD reached the upstream");
+
+    let a = head("/reports/q3", Some(read.clone())).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let seen = up.last();
+    assert_eq!(
+        (seen.method.as_str(), seen.uri.as_str()),
+        ("HEAD", "/reports/q3")
+    );
+    assert_eq!(seen.headers["x-auth-scopes"], "read");
+
+    // The route lists GET only: a POST is not its business and goes to the open route.
+    let a = send(&c, "POST", &gw.url("/reports/q3"), &[], "x").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(up.last().method, "POST");
+    assert_eq!(up.count(), 2);
+
+    // A HEAD route of its own, above the GET one, keeps its policy; GET keeps its own.
+    assert_eq!(head("/status", None).await.status, StatusCode::OK);
+    assert_eq!(up.last().method, "HEAD");
+    assert_eq!(
+        get(&c, &gw.url("/status"), &[("authorization", &read)])
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(up.count(), 3);
+
+    let m = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
+        .await
+        .body;
+    assert_eq!(
+        metric(&m, "bearward_requests_total{route=\"/reports*\",status=\"401\",decision=\"deny\",reason=\"missing_token\"}"),
+        1.0,
+        "{m}"
+    );
+}

@@ -115,7 +115,7 @@ pub(super) struct AuthzenFile {
     /// Default: the method
     ///
     /// the action's `name`: the request's method, or `names = { GET = "can_read", ... }` (a
-    /// method not in the map goes as itself)
+    /// method not in the map goes as itself; HEAD goes as GET's name unless it has its own)
     pub action: Option<Spanned<AuthzenActionFile>>,
     /// Reference: `resource`
     /// Default: `{ type = "route", id = "route" }`
@@ -1098,7 +1098,11 @@ pub(super) struct RouteFile {
     /// Reference: `methods`
     /// Default: any
     ///
-    /// e.g. `["GET", "POST"]`; upper-case letters, `-` and `_`, as requests must use
+    /// e.g. `["GET", "POST"]`; upper-case letters, `-` and `_`, as requests must use. A list
+    /// with `GET` takes `HEAD` too, as nginx's `limit_except GET` does: upstream frameworks
+    /// (Express, Flask, Rails, Go's `ServeMux`) run the GET handler for a HEAD, so a HEAD left to
+    /// a later, laxer route would reach it unchecked. A route for HEAD alone goes above the GET
+    /// one
     pub methods: Option<Spanned<Vec<Spanned<String>>>>,
     /// Reference: `upstream`
     /// Default: required (optional with `[decision]`)

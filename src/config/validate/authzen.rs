@@ -313,12 +313,17 @@ fn ask(pdp: usize, shape: &Shape, reason: Option<bool>, route: &Route) -> Result
             s => Ok(s.to_owned()),
         }
     };
+    let mut action_names = shape.action.names.clone().unwrap_or_default();
+    // A route that takes GET takes HEAD (see `methods`), and HEAD asks what GET would.
+    if let Some(get) = action_names.get("GET").cloned() {
+        action_names.entry("HEAD".to_owned()).or_insert(get);
+    }
     Ok(Ask {
         pdp,
         subject_type: nonempty("subject type", &shape.subject.kind, "identity")?,
         subject_claim: nonempty("subject id", &shape.subject.id, "sub")?,
         subject_properties: shape.subject.properties.clone().unwrap_or_default(),
-        action_names: shape.action.names.clone().unwrap_or_default(),
+        action_names,
         resource_type: nonempty("resource type", &shape.resource.kind, "route")?,
         resource_id,
         context,

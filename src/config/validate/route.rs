@@ -663,7 +663,12 @@ fn templated(
     Some(PathMatch::Template(Arc::new(template)))
 }
 
-/// `methods`: upper-case names as requests must use; absent means every method.
+/// `methods`: upper-case names as requests must use; absent means every method. A list with
+/// `GET` takes `HEAD` as well: frameworks (Express, Flask, Rails, Go's `ServeMux`) run the GET
+/// handler for a HEAD and send its headers, so a route that checked GET alone would let HEAD
+/// fall through to a later, laxer route (`auth = "none"` on `/`) and reach that handler
+/// unchecked. nginx's `limit_except GET` takes HEAD for the same reason. A HEAD route of its own
+/// goes above the GET one.
 fn methods(cx: &mut Ctx<'_>, i: usize, r: &RouteFile, ok: &mut bool) -> Option<Vec<http::Method>> {
     let key = |k: &str| format!("routes[{i}].{k}");
     match &r.methods {
@@ -693,6 +698,9 @@ fn methods(cx: &mut Ctx<'_>, i: usize, r: &RouteFile, ok: &mut bool) -> Option<V
                         *ok = false;
                     }
                 }
+            }
+            if out.contains(&http::Method::GET) && !out.contains(&http::Method::HEAD) {
+                out.push(http::Method::HEAD);
             }
             Some(out)
         }
