@@ -660,6 +660,81 @@ impl RouteTable {
     }
 }
 
+/// How an upstream may read a path more loosely than the routes do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loose {
+    /// `/API/x` as `/api/x`: ASP.NET Core, and Express by default.
+    Case,
+    /// `/a/` as `/a`: Express by default, ASP.NET Core, Spring before 6.
+    TrailingSlash,
+}
+
+/// A path that a checked route does not take and an open route does, which a looser upstream
+/// serves as the checked route's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LooseMatch {
+    /// The `bearer` or `deny` route.
+    pub checked: usize,
+    /// The later `auth = "none"` route that takes `path`.
+    pub open: usize,
+    pub path: String,
+    pub how: Loose,
+}
+
+impl RouteTable {
+    /// Paths that differ from a checked route's (`bearer` or `deny`) only in case or a trailing
+    /// slash and that a later `auth = "none"` route takes: an upstream that ignores the
+    /// difference runs the checked route's handler for them, with no check. The usual cause is
+    /// an open catch-all (`prefix = "/"`) under the checked routes. Literal paths only (a
+    /// template's segments are anyone's); methods as the checked route lists them, else GET.
+    pub fn loose_matches(&self) -> Vec<LooseMatch> {
+        let mut out = Vec::new();
+        for (checked, r) in self.routes.iter().enumerate() {
+            if r.auth == AuthMode::None {
+                continue;
+            }
+            let (path, exact) = match &r.matcher {
+                PathMatch::Exact(p) => (p.as_str(), true),
+                PathMatch::Prefix(p) if p != "/" => (p.as_str(), false),
+                _ => continue,
+            };
+            let mut variants = Vec::new();
+            let upper = path.to_ascii_uppercase();
+            if upper != path {
+                variants.push((upper, Loose::Case));
+            }
+            // A prefix takes its path with a slash after it already; `/a/` as a prefix is
+            // about what lies under it, not `/a` itself.
+            if exact && path != "/" {
+                let other = match path.strip_suffix('/') {
+                    Some(p) => p.to_owned(),
+                    None => format!("{path}/"),
+                };
+                variants.push((other, Loose::TrailingSlash));
+            }
+            let methods = r
+                .methods
+                .as_deref()
+                .unwrap_or(std::slice::from_ref(&Method::GET));
+            for (variant, how) in variants {
+                let open = methods.iter().find_map(|m| {
+                    let (j, o) = self.find(m, &variant)?;
+                    (j != checked && o.auth == AuthMode::None).then_some(j)
+                });
+                if let Some(open) = open {
+                    out.push(LooseMatch {
+                        checked,
+                        open,
+                        path: variant,
+                        how,
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
 /// The RFC 9728 metadata documents of the resources the routes name: one per resource, holding
 /// what its bearer routes enforce. `issuers` are the configured issuer identifiers: every
 /// bearer route accepts tokens from each of them.
@@ -783,6 +858,69 @@ mod tests {
         assert!(slash.matches("/api/x"));
         assert!(!slash.matches("/api"));
         assert!(PathMatch::Prefix("/".into()).matches("/anything"));
+    }
+
+    #[test]
+    fn open_routes_taking_loose_variants_of_checked_paths_are_found() {
+        let exact = |p: &str| PathMatch::Exact(p.into());
+        let prefix = |p: &str| PathMatch::Prefix(p.into());
+        let deny = |mut r: Route| {
+            r.auth = AuthMode::Deny;
+            r
+        };
+        let found = |routes: Vec<Route>| -> Vec<(usize, usize, String, Loose)> {
+            let table = RouteTable::new(routes);
+            (table.loose_matches().into_iter())
+                .map(|m| (m.checked, m.open, m.path, m.how))
+                .collect()
+        };
+        let write = || route(exact("/api/write"), Some(&["POST"])).bearer(&["write"], &[]);
+        // An open catch-all under checked routes: each one's variants.
+        assert_eq!(
+            found(vec![
+                write(),
+                deny(route(prefix("/internal"), None)),
+                route(exact("/v1/"), None).bearer(&[], &[]),
+                route(prefix("/"), None),
+            ]),
+            vec![
+                (0, 3, "/API/WRITE".into(), Loose::Case),
+                (0, 3, "/api/write/".into(), Loose::TrailingSlash),
+                (1, 3, "/INTERNAL".into(), Loose::Case),
+                (2, 3, "/V1/".into(), Loose::Case),
+                (2, 3, "/v1".into(), Loose::TrailingSlash),
+            ]
+        );
+        // Nothing open catches them; or what catches them checks a token; or it takes other
+        // methods only; or it is above (the checked route then takes nothing of it anyway).
+        assert_eq!(found(vec![write(), route(prefix("/public"), None)]), vec![]);
+        assert_eq!(
+            found(vec![write(), route(prefix("/"), None).bearer(&[], &[])]),
+            vec![]
+        );
+        assert_eq!(
+            found(vec![write(), route(prefix("/"), Some(&["GET"]))]),
+            vec![]
+        );
+        assert_eq!(
+            found(vec![route(prefix("/"), Some(&["GET"])), write()]),
+            vec![]
+        );
+        // Case only, where the path has letters; templates are not guessed at.
+        assert_eq!(
+            found(vec![
+                route(prefix("/v1/2"), None).bearer(&[], &[]),
+                route(
+                    PathMatch::Template(Arc::new(
+                        Template::parse("/t/{id}/x", true).unwrap().unwrap()
+                    )),
+                    None
+                )
+                .bearer(&[], &[]),
+                route(prefix("/"), None),
+            ]),
+            vec![(0, 2, "/V1/2".into(), Loose::Case)]
+        );
     }
 
     #[test]

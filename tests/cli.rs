@@ -106,6 +106,40 @@ fn a_head_route_under_a_get_route_warns() {
     assert!(ok && !out.contains("never matches"), "{out}");
 }
 
+/// An open catch-all under checked routes takes their paths in another case or with a trailing
+/// slash, which some upstreams serve as the checked paths: said once, on the open route.
+#[test]
+fn an_open_catch_all_taking_loose_variants_warns() {
+    let write = "\n[[routes]]\npath = \"/api/write\"\nmethods = [\"POST\"]\nscopes = [\"write\"]\nupstream = \"app\"\n";
+    let open = "\n[[routes]]\nprefix = \"/\"\nauth = \"none\"\nupstream = \"app\"\n";
+    let text = GOOD.replace(
+        "[[routes]]\nprefix = \"/public\"",
+        &format!("{write}\n[[routes]]\nprefix = \"/public\""),
+    ) + open;
+    let (ok, out) = check(&text);
+    assert!(ok, "{out}");
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("with no token check"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    let line = lines[0];
+    assert!(line.contains("routes[3]:"), "{line}");
+    assert!(
+        line.contains("/API/WRITE (routes[0] /api/write)")
+            && line.contains("/API (routes[2] /api*)"),
+        "{line}"
+    );
+    // `/api/write/` goes to the bearer route `/api`, not the open one: not a finding.
+    assert!(!line.contains("/api/write/"), "{line}");
+    // Its line is where routes[3] is written.
+    let at = text.lines().position(|l| l == "prefix = \"/\"").unwrap();
+    assert!(line.contains(&format!(":{at}:")), "line {at}: {line}");
+    // Without the catch-all, nothing to say.
+    let (ok, out) = check(&text.replace(open, ""));
+    assert!(ok && !out.contains("with no token check"), "{out}");
+}
+
 #[test]
 fn shadowed_routes_warn() {
     let text = GOOD.to_owned()

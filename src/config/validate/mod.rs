@@ -466,6 +466,53 @@ fn route_issuers(
     }
 }
 
+/// One warning per open route that takes a case or trailing-slash variant of a checked route's
+/// path ([`RouteTable::loose_matches`]), with a few of the paths as examples.
+fn loose_warnings(cx: &mut Ctx<'_>, file: &FileConfig, table: &RouteTable) -> Vec<Problem> {
+    use crate::routes::Loose;
+    let found = table.loose_matches();
+    let mut opens: Vec<usize> = found.iter().map(|m| m.open).collect();
+    opens.dedup();
+    opens.sort_unstable();
+    opens.dedup();
+    let mut out = Vec::new();
+    for j in opens {
+        let here: Vec<_> = found.iter().filter(|m| m.open == j).collect();
+        let mut examples: Vec<String> = here
+            .iter()
+            .take(3)
+            .map(|m| {
+                let r = &table.routes()[m.checked];
+                format!("{} (routes[{}] {})", m.path, m.checked, r.name)
+            })
+            .collect();
+        if here.len() > 3 {
+            examples.push(format!("{} more", here.len() - 3));
+        }
+        let mut how = Vec::new();
+        if here.iter().any(|m| m.how == Loose::Case) {
+            how.push("case (ASP.NET Core, Express by default)");
+        }
+        if here.iter().any(|m| m.how == Loose::TrailingSlash) {
+            how.push("a trailing slash (Express by default, ASP.NET Core, Spring before 6)");
+        }
+        out.push(cx.locate(
+            file.routes[j].span(),
+            &format!("routes[{j}]"),
+            format!(
+                "takes, with no token check, paths that checked routes above it do not: {}. An \
+                 upstream that ignores {} serves them as those routes' paths, unchecked. If yours \
+                 does, list the open paths instead of catching everything, or have it match \
+                 paths exactly (Express: the `case sensitive routing` and `strict routing` \
+                 settings)",
+                examples.join(", "),
+                how.join(" or ")
+            ),
+        ));
+    }
+    out
+}
+
 /// What `bearward check` warns about: routes that can never match, and resources no issuer
 /// lists among its audiences.
 fn warnings(
@@ -489,6 +536,7 @@ fn warnings(
             )
         })
         .collect();
+    warnings.extend(loose_warnings(cx, file, table));
     // RFC 8707 clients (MCP's among them) ask for a token whose audience is the resource the
     // metadata names; a token an issuer grants that way would be refused as bad_audience.
     let named = (file.server.get_ref().resource.iter())
