@@ -686,9 +686,23 @@ impl RouteTable {
     /// slash and that a later `auth = "none"` route takes: an upstream that ignores the
     /// difference runs the checked route's handler for them, with no check. The usual cause is
     /// an open catch-all (`prefix = "/"`) under the checked routes. Literal paths only (a
-    /// template's segments are anyone's); methods as the checked route lists them, else GET.
+    /// template's segments are anyone's); methods as the checked route lists them, else those
+    /// the open routes take.
     pub fn loose_matches(&self) -> Vec<LooseMatch> {
         let mut out = Vec::new();
+        let open = || self.routes.iter().filter(|r| r.auth == AuthMode::None);
+        if open().next().is_none() {
+            return out;
+        }
+        // An open route for any method is found with any one; else each it lists.
+        let mut probe = vec![Method::GET];
+        if open().all(|r| r.methods.is_some()) {
+            probe = open()
+                .flat_map(|r| r.methods.iter().flatten().cloned())
+                .collect();
+            probe.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            probe.dedup();
+        }
         for (checked, r) in self.routes.iter().enumerate() {
             if r.auth == AuthMode::None {
                 continue;
@@ -712,10 +726,7 @@ impl RouteTable {
                 };
                 variants.push((other, Loose::TrailingSlash));
             }
-            let methods = r
-                .methods
-                .as_deref()
-                .unwrap_or(std::slice::from_ref(&Method::GET));
+            let methods = r.methods.as_deref().unwrap_or(&probe);
             for (variant, how) in variants {
                 let open = methods.iter().find_map(|m| {
                     let (j, o) = self.find(m, &variant)?;
@@ -905,6 +916,14 @@ mod tests {
         assert_eq!(
             found(vec![route(prefix("/"), Some(&["GET"])), write()]),
             vec![]
+        );
+        // A checked route for every method is probed with what the open routes take.
+        assert_eq!(
+            found(vec![
+                route(prefix("/hooks"), None).bearer(&[], &[]),
+                route(prefix("/"), Some(&["PUT", "POST"])),
+            ]),
+            vec![(0, 1, "/HOOKS".into(), Loose::Case)]
         );
         // Case only, where the path has letters; templates are not guessed at.
         assert_eq!(
