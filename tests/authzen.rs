@@ -50,17 +50,8 @@ impl Pdp {
     }
 }
 
-/// The PDP's token in a file, written once per test process: tests run in parallel and each
-/// loads its config, so rewriting it per test (`fs::write` truncates first) let a neighbour
-/// read it empty.
 fn token_file() -> String {
-    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!("bearward-pdp-token-{}", std::process::id()));
-        std::fs::write(&path, "pdp-secret\n").unwrap();
-        path.display().to_string()
-    })
-    .clone()
+    process_file("pdp-token", "pdp-secret\n")
 }
 
 fn config(up: &Upstream, pdp_port: u16, extra_pdp: &str, extra_server: &str) -> String {

@@ -14,17 +14,8 @@ use serde_json::Value;
 
 const ORDERS: &str = "http://orders.bearward.test";
 
-/// The exchange client's secret in a file, written once per test process: tests run in
-/// parallel and each loads its config, so rewriting it per test (`fs::write` truncates first)
-/// let a neighbour read it empty.
 fn secret_file() -> String {
-    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!("bearward-exchange-{}", std::process::id()));
-        std::fs::write(&path, "exchange-secret\n").unwrap();
-        path.display().to_string()
-    })
-    .clone()
+    process_file("exchange", "exchange-secret\n")
 }
 
 /// bearward in front of `orders`, which exchanges with `exchange` (the inline table's keys

@@ -333,6 +333,21 @@ impl Gateway {
 }
 
 /// The config used by most tests: open, denied and bearer routes in front of `upstream`.
+/// A file holding `content` in the temp dir, named for `name` and this test process, written
+/// once however many tests ask for it: tests run in parallel, and rewriting it per test
+/// (`fs::write` truncates first) let one load it empty while another wrote it.
+pub(crate) fn process_file(name: &str, content: &str) -> String {
+    static WRITTEN: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+        std::sync::Mutex::new(std::collections::BTreeMap::new());
+    let mut written = WRITTEN.lock().unwrap();
+    let path = written.entry(name.to_owned()).or_insert_with(|| {
+        let path = std::env::temp_dir().join(format!("bearward-{name}-{}", std::process::id()));
+        std::fs::write(&path, content).unwrap();
+        path.display().to_string()
+    });
+    path.clone()
+}
+
 pub(crate) fn basic_config(upstream: &str, extra_server: &str) -> String {
     format!(
         r#"
