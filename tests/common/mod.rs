@@ -332,7 +332,6 @@ impl Gateway {
     }
 }
 
-/// The config used by most tests: open, denied and bearer routes in front of `upstream`.
 /// A file holding `content` in the temp dir, named for `name` and this test process, written
 /// once however many tests ask for it: tests run in parallel, and rewriting it per test
 /// (`fs::write` truncates first) let one load it empty while another wrote it.
@@ -348,6 +347,7 @@ pub(crate) fn process_file(name: &str, content: &str) -> String {
     path.clone()
 }
 
+/// The config used by most tests: open, denied and bearer routes in front of `upstream`.
 pub(crate) fn basic_config(upstream: &str, extra_server: &str) -> String {
     format!(
         r#"
