@@ -25,6 +25,9 @@ fn describe(i: usize, r: &Route) -> String {
         let m: Vec<&str> = m.iter().map(Method::as_str).collect();
         let _ = write!(s, ", methods = {m:?}");
     }
+    if !r.case_sensitive {
+        s.push_str(", case_sensitive = false");
+    }
     let _ = write!(s, ", auth = \"{}\"", r.auth.as_str());
     if !r.scopes.is_empty() {
         let _ = write!(s, ", scopes = {:?}", r.scopes);

@@ -207,6 +207,32 @@ impl PathMatch {
         }
     }
 
+    /// [`PathMatch::matches`] with ASCII case folded (`case_sensitive = false`); a template,
+    /// which the config refuses with it, as written.
+    pub fn matches_ignoring_case(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path.eq_ignore_ascii_case(p),
+            PathMatch::Prefix(p) => prefix_matches_ignoring_case(p, path),
+            PathMatch::Template(_) => self.matches(path),
+        }
+    }
+
+    /// [`PathMatch::covers`] for a `self` that folds case: whether it takes every spelling of
+    /// what `other` takes.
+    pub fn covers_ignoring_case(&self, other: &PathMatch) -> bool {
+        let lower = |s: &str| s.to_ascii_lowercase();
+        match (self, other) {
+            (PathMatch::Exact(a), PathMatch::Exact(b)) => a.eq_ignore_ascii_case(b),
+            (PathMatch::Prefix(a), PathMatch::Exact(b) | PathMatch::Prefix(b)) => {
+                prefix_matches(&lower(a), &lower(b))
+            }
+            (PathMatch::Prefix(a), PathMatch::Template(t)) => {
+                prefix_matches(&lower(a), &lower(&t.head()))
+            }
+            (PathMatch::Exact(_) | PathMatch::Template(_), _) => false,
+        }
+    }
+
     /// The path or prefix as written.
     pub fn source(&self) -> &str {
         match self {
@@ -235,6 +261,21 @@ pub fn is_plain_method(m: &str) -> bool {
             .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
 }
 
+/// [`prefix_matches`] with ASCII case folded. On bytes: an HTTP/2 path may hold non-ASCII.
+fn prefix_matches_ignoring_case(prefix: &str, path: &str) -> bool {
+    let (prefix, path) = (prefix.as_bytes(), path.as_bytes());
+    if prefix == b"/" {
+        return true;
+    }
+    match path.get(..prefix.len()) {
+        Some(head) if head.eq_ignore_ascii_case(prefix) => {
+            let rest = &path[prefix.len()..];
+            rest.is_empty() || prefix.ends_with(b"/") || rest.starts_with(b"/")
+        }
+        _ => false,
+    }
+}
+
 fn prefix_matches(prefix: &str, path: &str) -> bool {
     if prefix == "/" {
         return true;
@@ -255,6 +296,8 @@ pub struct Route {
     pub matcher: PathMatch,
     /// Allowed methods; `None` means any.
     pub methods: Option<Vec<Method>>,
+    /// `case_sensitive`: `false` folds ASCII case when matching a literal `path` or `prefix`.
+    pub case_sensitive: bool,
     /// Index into the config's upstream list; `None`: a route the decision listener answers
     /// for, which the proxy listener has nowhere to send.
     pub upstream: Option<usize>,
@@ -447,7 +490,11 @@ impl Route {
                 return false;
             }
         }
-        self.matcher.matches(path)
+        if self.case_sensitive {
+            self.matcher.matches(path)
+        } else {
+            self.matcher.matches_ignoring_case(path)
+        }
     }
 
     /// Would this route catch every request `later` could match?
@@ -457,7 +504,13 @@ impl Route {
             (Some(_), None) => false,
             (Some(a), Some(b)) => b.iter().all(|m| a.contains(m)),
         };
-        methods_cover && self.matcher.covers(&later.matcher)
+        let paths_cover = match (self.case_sensitive, later.case_sensitive) {
+            (true, true) => self.matcher.covers(&later.matcher),
+            // It takes one spelling of what `later` takes in any case.
+            (true, false) => false,
+            (false, _) => self.matcher.covers_ignoring_case(&later.matcher),
+        };
+        methods_cover && paths_cover
     }
 }
 
@@ -481,7 +534,8 @@ const SCAN_AT_MOST: usize = 16;
 struct Segments {
     /// `prefix = "/"`: every path.
     everything: Vec<usize>,
-    /// Routes with path parameters: tried on every path (their own matcher decides).
+    /// Routes with path parameters or `case_sensitive = false`: tried on every path (their own
+    /// matcher decides).
     templated: Vec<usize>,
     root: Node,
 }
@@ -521,6 +575,11 @@ impl Segments {
                     continue;
                 }
             };
+            // The trie's keys are segments as written; a folding route is tried everywhere.
+            if !r.case_sensitive {
+                t.templated.push(i);
+                continue;
+            }
             let mut node = &mut t.root;
             for seg in segments(path) {
                 node = node.children.entry(seg.into()).or_default();
@@ -804,6 +863,7 @@ impl Route {
             name: "r".into(),
             matcher,
             methods: None,
+            case_sensitive: true,
             upstream: Some(0),
             auth: AuthMode::None,
             scopes: vec![],
@@ -943,6 +1003,65 @@ mod tests {
     }
 
     #[test]
+    fn a_route_that_folds_case_takes_every_spelling_and_only_that() {
+        let fold = |m: PathMatch| {
+            let mut r = route(m, None);
+            r.case_sensitive = false;
+            r
+        };
+        let exact = fold(PathMatch::Exact("/api/write".into()));
+        for p in ["/api/write", "/API/WRITE", "/Api/wRite"] {
+            assert!(exact.matches(&Method::GET, p), "{p}");
+        }
+        for p in [
+            "/api/write/",
+            "/api/writer",
+            "/api",
+            "/api/wrıte",
+            "/api%2Fwrite",
+        ] {
+            assert!(!exact.matches(&Method::GET, p), "{p}");
+        }
+        let prefix = fold(PathMatch::Prefix("/Api".into()));
+        for p in ["/api", "/API/", "/aPi/x/Y"] {
+            assert!(prefix.matches(&Method::GET, p), "{p}");
+        }
+        for p in ["/apix", "/APIX/y", "/ap", "/", "/é"] {
+            assert!(!prefix.matches(&Method::GET, p), "{p}");
+        }
+        let slash = fold(PathMatch::Prefix("/api/".into()));
+        assert!(slash.matches(&Method::GET, "/API/x") && !slash.matches(&Method::GET, "/API"));
+        // Shadows: a folding route covers every spelling; a case-sensitive one only its own.
+        let sensitive = route(PathMatch::Prefix("/api".into()), None);
+        assert!(prefix.shadows(&sensitive) && prefix.shadows(&exact));
+        assert!(!sensitive.shadows(&exact) && !sensitive.shadows(&prefix));
+        // Past the 16-route index, a folding route is found in any case, in file order.
+        let mut routes: Vec<Route> = (0..20)
+            .map(|n| route(PathMatch::Prefix(format!("/r{n}")), None))
+            .collect();
+        routes.insert(3, fold(PathMatch::Exact("/r7/Admin".into())));
+        let table = RouteTable::new(routes);
+        assert_eq!(
+            table.find(&Method::GET, "/R7/ADMIN").map(|(i, _)| i),
+            Some(3)
+        );
+        assert_eq!(
+            table.find(&Method::GET, "/r7/admin").map(|(i, _)| i),
+            Some(3)
+        );
+        assert_eq!(
+            table.find(&Method::GET, "/r7/other").map(|(i, _)| i),
+            Some(8)
+        );
+        // A checked route that folds case takes its own upper-case spelling: nothing to warn.
+        let mut checked = fold(PathMatch::Exact("/api/write".into()));
+        checked.auth = AuthMode::Bearer;
+        let table = RouteTable::new(vec![checked, route(PathMatch::Prefix("/".into()), None)]);
+        let hows: Vec<Loose> = table.loose_matches().into_iter().map(|m| m.how).collect();
+        assert_eq!(hows, vec![Loose::TrailingSlash]);
+    }
+
+    #[test]
     fn exact_is_exact() {
         let p = PathMatch::Exact("/api/write".into());
         assert!(p.matches("/api/write"));
@@ -1024,13 +1143,14 @@ mod tests {
 
     /// The index and the plain scan pick the same route, and `shadowed` the same pairs as
     /// comparing every pair, for random tables (prefixes with and without a trailing slash,
-    /// exact paths, `/`, methods, overlaps, duplicates) and random canonical paths.
+    /// exact paths, `/`, methods, overlaps, duplicates, routes that fold case) and random
+    /// canonical paths in mixed case.
     mod index_agrees_with_the_scan {
         use super::*;
         use proptest::prelude::*;
 
         fn path() -> impl Strategy<Value = String> {
-            let seg = prop::sample::select(vec!["a", "b", "c", "ab", "a.b", "x-1"]);
+            let seg = prop::sample::select(vec!["a", "b", "c", "ab", "a.b", "x-1", "A", "aB"]);
             (prop::collection::vec(seg, 0..4), any::<bool>()).prop_map(|(segs, slash)| {
                 let mut p = format!("/{}", segs.join("/"));
                 if slash && !segs.is_empty() {
@@ -1045,23 +1165,29 @@ mod tests {
                 vec!["GET", "POST", "DELETE"],
                 1..3,
             ));
-            let one = (any::<bool>(), path(), methods, 0..4usize).prop_map(|(exact, p, m, t)| {
-                // One in four with its second segment a parameter, where it has one.
-                let templated = match p.split('/').nth(2) {
-                    Some(seg) if t == 0 && !seg.is_empty() => {
-                        let mut segs: Vec<&str> = p.split('/').collect();
-                        segs[2] = "{p}";
-                        Template::parse(&segs.join("/"), !exact).unwrap()
-                    }
-                    _ => None,
-                };
-                let matcher = match templated {
-                    Some(t) => PathMatch::Template(Arc::new(t)),
-                    None if exact => PathMatch::Exact(p),
-                    None => PathMatch::Prefix(p),
-                };
-                route(matcher, m.as_deref())
-            });
+            let one = (any::<bool>(), path(), methods, 0..4usize, 0..4usize).prop_map(
+                |(exact, p, m, t, fold)| {
+                    // One in four with its second segment a parameter, where it has one.
+                    let templated = match p.split('/').nth(2) {
+                        Some(seg) if t == 0 && !seg.is_empty() => {
+                            let mut segs: Vec<&str> = p.split('/').collect();
+                            segs[2] = "{p}";
+                            Template::parse(&segs.join("/"), !exact).unwrap()
+                        }
+                        _ => None,
+                    };
+                    // One literal route in four folds case (`case_sensitive = false`).
+                    let folds = fold == 0 && templated.is_none();
+                    let matcher = match templated {
+                        Some(t) => PathMatch::Template(Arc::new(t)),
+                        None if exact => PathMatch::Exact(p),
+                        None => PathMatch::Prefix(p),
+                    };
+                    let mut r = route(matcher, m.as_deref());
+                    r.case_sensitive = !folds;
+                    r
+                },
+            );
             prop::collection::vec(one, 0..60)
         }
 

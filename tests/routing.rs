@@ -473,24 +473,14 @@ async fn bearwards_own_answers_to_head_carry_no_content_on_either_protocol() {
 /// still fall through, and a HEAD route above the GET one keeps its own policy.
 #[tokio::test]
 async fn a_get_route_checks_head_as_it_checks_get() {
-    use common::idp::*;
-    let rsa = Key::rsa1();
-    let idp = Idp::start(&[&rsa]).await;
-    let up = Upstream::start().await;
-    let cfg = auth_config(&up.url(), &idp.issuer(), "discovery = true", "").replace(
-        "[[routes]]\nprefix = \"/public\"",
+    let (up, gw, bearer) = with_open_catch_all(
         "[[routes]]\nprefix = \"/status\"\nmethods = [\"HEAD\"]\nauth = \"none\"\nupstream = \"app\"\n\n\
          [[routes]]\nprefix = \"/status\"\nmethods = [\"GET\"]\nscopes = [\"admin\"]\nupstream = \"app\"\n\n\
-         [[routes]]\nprefix = \"/reports\"\nmethods = [\"GET\"]\nscopes = [\"read\"]\nupstream = \"app\"\n\n\
-         [[routes]]\nprefix = \"/\"\nauth = \"none\"\nupstream = \"app\"\n\n\
-         [[routes]]\nprefix = \"/public\"",
-    );
-    let gw = Gateway::start(&cfg).await;
-    wait_ready(&gw).await;
-    let (c, mint) = (client(), idp.minter("https://api.test"));
-    let (read, write) = (mint.token(&rsa, "read"), mint.token(&rsa, "write"));
-    let bearer = |t: &str| format!("Bearer {t}");
-    let (read, write) = (bearer(&read), bearer(&write));
+         [[routes]]\nprefix = \"/reports\"\nmethods = [\"GET\"]\nscopes = [\"read\"]\nupstream = \"app\"\n",
+    )
+    .await;
+    let c = client();
+    let (read, write) = (bearer("read"), bearer("write"));
 
     let head = |path: &'static str, auth: Option<String>| {
         let (c, url) = (c.clone(), gw.url(path));
@@ -543,4 +533,79 @@ async fn a_get_route_checks_head_as_it_checks_get() {
         1.0,
         "{m}"
     );
+}
+
+/// `case_sensitive = false` (Envoy's `case_sensitive: false`): the route takes its path in any
+/// case, so an upstream that ignores case cannot be reached by another spelling through a later
+/// open route; the path goes upstream as sent. A trailing slash is another spelling the key
+/// does not cover.
+#[tokio::test]
+async fn a_route_that_folds_case_checks_every_spelling() {
+    let (up, gw, bearer) = with_open_catch_all(
+        "[[routes]]\npath = \"/orders/export\"\ncase_sensitive = false\nmethods = [\"POST\"]\n\
+         scopes = [\"admin\"]\nupstream = \"app\"\n",
+    )
+    .await;
+    let c = client();
+    let (admin, read) = (bearer("admin"), bearer("read"));
+    for path in ["/orders/export", "/ORDERS/EXPORT", "/Orders/eXport"] {
+        let a = send(&c, "POST", &gw.url(path), &[], "").await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{path}");
+        let a = send(&c, "POST", &gw.url(path), &[("authorization", &read)], "").await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{path}");
+    }
+    assert_eq!(up.count(), 0, "no spelling reached the upstream unchecked");
+    let a = send(
+        &c,
+        "POST",
+        &gw.url("/Orders/Export"),
+        &[("authorization", &admin)],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        up.last().uri,
+        "/Orders/Export",
+        "the path goes upstream as sent"
+    );
+    // Other paths and other spellings of the path's shape are not the route's.
+    for path in ["/orders/export/", "/orders/exports", "/ORDERS"] {
+        let a = send(&c, "POST", &gw.url(path), &[], "").await;
+        assert_eq!(a.status, StatusCode::OK, "{path}: the open route");
+    }
+    assert_eq!(up.count(), 4);
+    let m = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
+        .await
+        .body;
+    assert_eq!(
+        metric(&m, "bearward_requests_total{route=\"/orders/export\",status=\"401\",decision=\"deny\",reason=\"missing_token\"}"),
+        3.0,
+        "{m}"
+    );
+}
+
+/// bearward with `routes` first, then an open catch-all (`prefix = "/"`, `auth = "none"`),
+/// tokens from a real JWKS over HTTP; and the `Authorization` value of a token with a scope.
+async fn with_open_catch_all(routes: &str) -> (Upstream, Gateway, impl Fn(&str) -> String) {
+    use common::idp::*;
+    let rsa = Key::rsa1();
+    let idp = Idp::start(&[&rsa]).await;
+    let up = Upstream::start().await;
+    let cfg = auth_config(&up.url(), &idp.issuer(), "discovery = true", "").replace(
+        "[[routes]]\nprefix = \"/public\"",
+        &format!(
+            "{routes}\n[[routes]]\nprefix = \"/\"\nauth = \"none\"\nupstream = \"app\"\n\n\
+             [[routes]]\nprefix = \"/public\""
+        ),
+    );
+    let gw = Gateway::start(&cfg).await;
+    wait_ready(&gw).await;
+    let mint = idp.minter("https://api.test");
+    // The IdP keeps serving the keys while the tokens are used: it moves into the closure.
+    let bearer = move |scope: &str| {
+        let _ = &idp;
+        format!("Bearer {}", mint.token(&rsa, scope))
+    };
+    (up, gw, bearer)
 }

@@ -489,12 +489,14 @@ fn loose_warnings(cx: &mut Ctx<'_>, file: &FileConfig, table: &RouteTable) -> Ve
         if here.len() > 3 {
             examples.push(format!("{} more", here.len() - 3));
         }
-        let mut how = Vec::new();
+        let (mut how, mut remedy) = (Vec::new(), Vec::new());
         if here.iter().any(|m| m.how == Loose::Case) {
             how.push("case (ASP.NET Core, Express by default)");
+            remedy.push("give the checked route case_sensitive = false");
         }
         if here.iter().any(|m| m.how == Loose::TrailingSlash) {
             how.push("a trailing slash (Express by default, ASP.NET Core, Spring before 6)");
+            remedy.push("give the other spelling of an exact path a route of its own");
         }
         out.push(cx.locate(
             file.routes[j].span(),
@@ -502,11 +504,10 @@ fn loose_warnings(cx: &mut Ctx<'_>, file: &FileConfig, table: &RouteTable) -> Ve
             format!(
                 "takes, with no token check, paths that checked routes above it do not: {}. An \
                  upstream that ignores {} serves them as those routes' paths, unchecked. If yours \
-                 does, list the open paths instead of catching everything, or have it match \
-                 paths exactly (Express: the `case sensitive routing` and `strict routing` \
-                 settings)",
+                 does, {}, or list the open paths instead of catching everything",
                 examples.join(", "),
-                how.join(" or ")
+                how.join(" or "),
+                remedy.join(" and ")
             ),
         ));
     }

@@ -52,6 +52,23 @@ pub(super) fn route(
     let matcher = matcher(cx, i, r, &span, path_opts, &mut ok);
 
     let methods = methods(cx, i, r, &mut ok);
+    let case_sensitive = match &r.case_sensitive {
+        Some(c) if !*c.get_ref() => {
+            let refused = if r.grpc_service.is_some() {
+                Some("gRPC service and method names are case-sensitive: leave it out")
+            } else if matches!(matcher, Some(PathMatch::Template(_))) {
+                Some("is not available with {name} segments yet: list the spellings as routes")
+            } else {
+                None
+            };
+            if let Some(why) = refused {
+                cx.err(c.span(), &key("case_sensitive"), why);
+                ok = false;
+            }
+            false
+        }
+        _ => true,
+    };
     let upstream = match &r.upstream {
         Some(u) => upstream_index(cx, i, u, upstreams).map(Some),
         // Decision mode needs no upstream: the ingress forwards what bearward allows.
@@ -223,6 +240,7 @@ pub(super) fn route(
         name,
         matcher: matcher?,
         methods,
+        case_sensitive,
         upstream: upstream?,
         auth,
         scopes,
