@@ -66,6 +66,9 @@ pub struct Template {
     prefix: bool,
     /// The parameters' names, in path order.
     pub names: Vec<String>,
+    /// `case_sensitive = false`: literal segments match in any ASCII case (parameters' values
+    /// are taken as sent).
+    pub fold: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +115,7 @@ impl Template {
             segments,
             prefix,
             names,
+            fold: false,
         }))
     }
 
@@ -150,7 +154,7 @@ impl Template {
                 None => (rest, None),
             };
             match seg {
-                Segment::Literal(l) if s == l => {}
+                Segment::Literal(l) if s == l || self.fold && s.eq_ignore_ascii_case(l) => {}
                 // A prefix's trailing `/` takes any continuation, an empty one included.
                 Segment::Literal(l) if self.prefix && i == last && l.is_empty() => return true,
                 Segment::Literal(_) => return false,
@@ -207,8 +211,8 @@ impl PathMatch {
         }
     }
 
-    /// [`PathMatch::matches`] with ASCII case folded (`case_sensitive = false`); a template,
-    /// which the config refuses with it, as written.
+    /// [`PathMatch::matches`] with ASCII case folded (`case_sensitive = false`); a template
+    /// folds by its own `fold`, so that its captures agree with its match.
     pub fn matches_ignoring_case(&self, path: &str) -> bool {
         match self {
             PathMatch::Exact(p) => path.eq_ignore_ascii_case(p),
@@ -1053,6 +1057,21 @@ mod tests {
             table.find(&Method::GET, "/r7/other").map(|(i, _)| i),
             Some(8)
         );
+        // A template folds its literal segments; its parameters' values are taken as sent.
+        let mut t = Template::parse("/Tenants/{tenant}/export", false)
+            .unwrap()
+            .unwrap();
+        t.fold = true;
+        let t = fold(PathMatch::Template(Arc::new(t)));
+        assert!(t.matches(&Method::GET, "/tenants/AcMe/EXPORT"));
+        assert!(
+            !t.matches(&Method::GET, "/tenants//export")
+                && !t.matches(&Method::GET, "/tenants/a/exports")
+        );
+        let PathMatch::Template(tpl) = &t.matcher else {
+            unreachable!()
+        };
+        assert_eq!(tpl.captures("/TENANTS/AcMe/Export"), Some(vec!["AcMe"]));
         // A checked route that folds case takes its own upper-case spelling: nothing to warn.
         let mut checked = fold(PathMatch::Exact("/api/write".into()));
         checked.auth = AuthMode::Bearer;
@@ -1176,10 +1195,13 @@ mod tests {
                         }
                         _ => None,
                     };
-                    // One literal route in four folds case (`case_sensitive = false`).
-                    let folds = fold == 0 && templated.is_none();
+                    // One route in four folds case (`case_sensitive = false`).
+                    let folds = fold == 0;
                     let matcher = match templated {
-                        Some(t) => PathMatch::Template(Arc::new(t)),
+                        Some(mut t) => {
+                            t.fold = folds;
+                            PathMatch::Template(Arc::new(t))
+                        }
                         None if exact => PathMatch::Exact(p),
                         None => PathMatch::Prefix(p),
                     };

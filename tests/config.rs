@@ -34,7 +34,6 @@ fn broken_configs_are_rejected_naming_the_key() {
         ("prefix and gRPC service", "prefix = \"/api\"", "prefix = \"/api\"\ngrpc_service = \"pkg.Svc\"", "routes[1].grpc_service"),
         ("gRPC service with a slash", "prefix = \"/api\"", "grpc_service = \"pkg/Svc\"", "routes[1].grpc_service"),
         ("case folded on a gRPC service", "prefix = \"/api\"", "grpc_service = \"pkg.Svc\"\ncase_sensitive = false", "routes[1].case_sensitive: gRPC service and method names are case-sensitive"),
-        ("case folded with a template", "prefix = \"/api\"", "prefix = \"/t/{id}/\"\ncase_sensitive = false", "routes[1].case_sensitive: is not available with {name} segments yet"),
         ("h2c over https", "url = \"http://127.0.0.1:3000\"", "url = \"https://127.0.0.1:3000\"\nprotocol = \"h2c\"", "upstreams.app.protocol"),
         ("h2 over http", "url = \"http://127.0.0.1:3000\"", "url = \"http://127.0.0.1:3000\"\nprotocol = \"h2\"", "upstreams.app.protocol"),
         ("unknown protocol", "url = \"http://127.0.0.1:3000\"", "url = \"http://127.0.0.1:3000\"\nprotocol = \"http3\"", "upstreams.app.protocol"),

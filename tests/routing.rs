@@ -543,7 +543,9 @@ async fn a_get_route_checks_head_as_it_checks_get() {
 async fn a_route_that_folds_case_checks_every_spelling() {
     let (up, gw, bearer) = with_open_catch_all(
         "[[routes]]\npath = \"/orders/export\"\ncase_sensitive = false\nmethods = [\"POST\"]\n\
-         scopes = [\"admin\"]\nupstream = \"app\"\n",
+         scopes = [\"admin\"]\nupstream = \"app\"\n\n\
+         [[routes]]\nprefix = \"/tenants/{tenant}/admin\"\ncase_sensitive = false\nauth = \"deny\"\n\
+         upstream = \"app\"\n",
     )
     .await;
     let c = client();
@@ -553,6 +555,10 @@ async fn a_route_that_folds_case_checks_every_spelling() {
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{path}");
         let a = send(&c, "POST", &gw.url(path), &[("authorization", &read)], "").await;
         assert_eq!(a.status, StatusCode::FORBIDDEN, "{path}");
+    }
+    for path in ["/tenants/acme/admin", "/TENANTS/Acme/Admin/x"] {
+        let a = send(&c, "GET", &gw.url(path), &[("authorization", &admin)], "").await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{path}: the deny template");
     }
     assert_eq!(up.count(), 0, "no spelling reached the upstream unchecked");
     let a = send(

@@ -1110,9 +1110,10 @@ pub(super) struct RouteFile {
     /// `false`: `path` or `prefix` matches whatever the case of its ASCII letters (`/API/Write`
     /// takes `path = "/api/write"`), as Envoy's `case_sensitive: false` and HAProxy's `path_beg
     /// -i` do: for an upstream that ignores case (ASP.NET Core, Express by default), so another
-    /// spelling cannot fall through to a later, laxer route. The path goes upstream as sent.
-    /// Not with `{name}` segments or `grpc_service` (gRPC names are case-sensitive). Such routes
-    /// are tried on every request past the 16-route index, as templates are
+    /// spelling cannot fall through to a later, laxer route. The path goes upstream as sent and
+    /// `{name}` segments' values are read as sent. Not with `grpc_service` (gRPC names are
+    /// case-sensitive). Such routes are tried on every request past the 16-route index, as
+    /// templates are
     pub case_sensitive: Option<Spanned<bool>>,
     /// Reference: `upstream`
     /// Default: required (optional with `[decision]`)

@@ -49,26 +49,26 @@ pub(super) fn route(
     let key = |k: &str| format!("routes[{i}].{k}");
     let mut ok = true;
 
-    let matcher = matcher(cx, i, r, &span, path_opts, &mut ok);
+    let mut matcher = matcher(cx, i, r, &span, path_opts, &mut ok);
 
     let methods = methods(cx, i, r, &mut ok);
     let case_sensitive = match &r.case_sensitive {
         Some(c) if !*c.get_ref() => {
-            let refused = if r.grpc_service.is_some() {
-                Some("gRPC service and method names are case-sensitive: leave it out")
-            } else if matches!(matcher, Some(PathMatch::Template(_))) {
-                Some("is not available with {name} segments yet: list the spellings as routes")
-            } else {
-                None
-            };
-            if let Some(why) = refused {
-                cx.err(c.span(), &key("case_sensitive"), why);
+            if r.grpc_service.is_some() {
+                cx.err(
+                    c.span(),
+                    &key("case_sensitive"),
+                    "gRPC service and method names are case-sensitive: leave it out",
+                );
                 ok = false;
             }
             false
         }
         _ => true,
     };
+    if let Some(PathMatch::Template(t)) = &mut matcher {
+        Arc::make_mut(t).fold = !case_sensitive;
+    }
     let upstream = match &r.upstream {
         Some(u) => upstream_index(cx, i, u, upstreams).map(Some),
         // Decision mode needs no upstream: the ingress forwards what bearward allows.
