@@ -976,3 +976,51 @@ async fn request_ids_are_the_ingresses_never_the_clients() {
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.headers["x-request-id"], "ingress-42");
 }
+
+/// A GET route takes HEAD through the ingresses too: nginx's `auth_request` asks with a GET
+/// and names the method in `X-Original-Method`, Caddy's `forward_auth` in `X-Forwarded-Method`,
+/// and a HEAD must be checked as the GET it stands for, not fall through to an open catch-all.
+#[tokio::test]
+async fn a_head_is_checked_as_a_get_through_nginx_and_caddy() {
+    let (key, idp, up, c) = parts().await;
+    let read = format!(
+        "Bearer {}",
+        idp.minter("https://api.test").token(&key, "read")
+    );
+    let (dport, gw) = Gateway::start_on_free_port(|p| {
+        config(&up, &idp, p, "").replace(
+            "[[routes]]\nprefix = \"/public\"",
+            "[[routes]]\nprefix = \"/reports\"\nmethods = [\"GET\"]\nscopes = [\"read\"]\nupstream = \"app\"\n\n\
+             [[routes]]\nprefix = \"/public\"",
+        ) + "\n[[routes]]\nprefix = \"/\"\nauth = \"none\"\nupstream = \"app\"\n"
+    })
+    .await;
+    wait_ready(&gw).await;
+    let (ng, cd) = (nginx(dport, &up.url()).await, caddy(dport, &up.url()).await);
+    for (name, port) in [("nginx", ng.port), ("caddy", cd.port)] {
+        let url = format!("http://127.0.0.1:{port}/reports/q3");
+        let seen = up.count();
+        let a = send(&c, "HEAD", &url, &[], "").await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{name}");
+        assert_eq!(
+            up.count(),
+            seen,
+            "{name}: a HEAD without a token reached the API"
+        );
+        let a = send(&c, "HEAD", &url, &[("authorization", &read)], "").await;
+        assert_eq!(a.status, StatusCode::OK, "{name}");
+        assert_eq!(up.count(), seen + 1, "{name}");
+        assert_eq!(up.last().method, "HEAD", "{name}");
+        // A POST is not the route's: it goes to the open catch-all.
+        let a = send(&c, "POST", &url, &[], "").await;
+        assert_eq!(a.status, StatusCode::OK, "{name}");
+    }
+    let m = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
+        .await
+        .body;
+    assert_eq!(
+        metric(&m, "bearward_requests_total{route=\"/reports*\",status=\"401\",decision=\"deny\",reason=\"missing_token\"}"),
+        2.0,
+        "{m}"
+    );
+}
