@@ -533,3 +533,33 @@ async fn other_methods_bad_messages_and_compression_get_grpc_errors() {
     );
     assert_eq!(status_of(&answers[4]), 200, "{answers:?}");
 }
+
+/// Envoy's check of a HEAD on a GET route is the GET route's: a HEAD does not fall through to
+/// an open catch-all (the method comes from `attributes.request.http.method`).
+#[tokio::test]
+async fn a_head_is_checked_as_a_get() {
+    let w = world(|c| {
+        c.replace(
+            "[[routes]]\nprefix = \"/public\"",
+            "[[routes]]\nprefix = \"/reports\"\nmethods = [\"GET\"]\nscopes = [\"read\"]\nupstream = \"app\"\n\n\
+             [[routes]]\nprefix = \"/public\"",
+        ) + "\n[[routes]]\nprefix = \"/\"\nauth = \"none\"\nupstream = \"app\"\n"
+    })
+    .await;
+    let read = format!(
+        "Bearer {}",
+        w.idp.minter("https://api.test").token(&w.key, "read")
+    );
+    let table = [
+        (json!({"method": "HEAD", "path": "/reports/q3"}), 401),
+        (
+            json!({"method": "HEAD", "path": "/reports/q3", "headers": {"authorization": read}}),
+            200,
+        ),
+        (json!({"method": "POST", "path": "/reports/q3"}), 200),
+    ];
+    let answers = grpc(w.grpc_port, table.iter().map(|(c, _)| c.clone()).collect()).await;
+    for ((case, want), answer) in table.iter().zip(&answers) {
+        assert_eq!(status_of(answer), *want, "gRPC {case}: {answer}");
+    }
+}
