@@ -732,40 +732,69 @@ pub enum Loose {
     TrailingSlash,
 }
 
-/// A path that a checked route does not take and an open route does, which a looser upstream
-/// serves as the checked route's.
+/// A path that a checked route does not take and a later route with a weaker check does, which
+/// a looser upstream serves as the checked route's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LooseMatch {
     /// The `bearer` or `deny` route.
     pub checked: usize,
-    /// The later `auth = "none"` route that takes `path`.
-    pub open: usize,
+    /// The later route that takes `path` with a weaker check ([`Route::weaker_than`]).
+    pub weaker: usize,
     pub path: String,
     pub how: Loose,
 }
 
+impl Route {
+    /// Does this route let through what `checked` would refuse, by `auth` and scopes? Open
+    /// under anything checked; a token check under `deny`; a token check that takes a token
+    /// `checked` refuses for its scopes. Claims and policies are not compared.
+    pub fn weaker_than(&self, checked: &Route) -> bool {
+        match (checked.auth, self.auth) {
+            (AuthMode::None, _) => false,
+            (_, AuthMode::None) => true,
+            (AuthMode::Deny, AuthMode::Bearer) => true,
+            (AuthMode::Bearer, AuthMode::Bearer) => {
+                // The fewest scopes this route takes: its `scopes`, and one of `scopes_any`.
+                // More scopes never fail either check, so these are the ones to try.
+                let takes = |token: &[&String]| {
+                    checked.scopes.iter().all(|s| token.contains(&s))
+                        && (checked.scopes_any.is_empty()
+                            || checked.scopes_any.iter().any(|s| token.contains(&s)))
+                };
+                let mut token: Vec<&String> = self.scopes.iter().collect();
+                if self.scopes_any.is_empty() {
+                    return !takes(&token);
+                }
+                self.scopes_any.iter().any(|extra| {
+                    token.push(extra);
+                    let refused = !takes(&token);
+                    token.pop();
+                    refused
+                })
+            }
+            (_, AuthMode::Deny) => false,
+        }
+    }
+}
+
 impl RouteTable {
     /// Paths that differ from a checked route's (`bearer` or `deny`) only in case or a trailing
-    /// slash and that a later `auth = "none"` route takes: an upstream that ignores the
-    /// difference runs the checked route's handler for them, with no check. The usual cause is
-    /// an open catch-all (`prefix = "/"`) under the checked routes. Literal paths only (a
-    /// template's segments are anyone's); methods as the checked route lists them, else those
-    /// the open routes take.
+    /// slash and that a later route with a weaker check takes: an upstream that ignores the
+    /// difference runs the checked route's handler for them under that weaker check (none at
+    /// all, for an open route). The usual causes: an open catch-all (`prefix = "/"`) under the
+    /// checked routes, or an exact path above a broader prefix that needs less. Literal paths
+    /// only (a template's segments are anyone's); methods as the checked route lists them, else
+    /// GET and every method a route lists.
     pub fn loose_matches(&self) -> Vec<LooseMatch> {
         let mut out = Vec::new();
-        let open = || self.routes.iter().filter(|r| r.auth == AuthMode::None);
-        if open().next().is_none() {
-            return out;
-        }
-        // An open route for any method is found with any one; else each it lists.
         let mut probe = vec![Method::GET];
-        if open().all(|r| r.methods.is_some()) {
-            probe = open()
-                .flat_map(|r| r.methods.iter().flatten().cloned())
-                .collect();
-            probe.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-            probe.dedup();
-        }
+        probe.extend(
+            self.routes
+                .iter()
+                .flat_map(|r| r.methods.iter().flatten().cloned()),
+        );
+        probe.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        probe.dedup();
         for (checked, r) in self.routes.iter().enumerate() {
             if r.auth == AuthMode::None {
                 continue;
@@ -791,14 +820,14 @@ impl RouteTable {
             }
             let methods = r.methods.as_deref().unwrap_or(&probe);
             for (variant, how) in variants {
-                let open = methods.iter().find_map(|m| {
+                let weaker = methods.iter().find_map(|m| {
                     let (j, o) = self.find(m, &variant)?;
-                    (j != checked && o.auth == AuthMode::None).then_some(j)
+                    (j != checked && o.weaker_than(r)).then_some(j)
                 });
-                if let Some(open) = open {
+                if let Some(weaker) = weaker {
                     out.push(LooseMatch {
                         checked,
-                        open,
+                        weaker,
                         path: variant,
                         how,
                     });
@@ -946,7 +975,7 @@ mod tests {
         let found = |routes: Vec<Route>| -> Vec<(usize, usize, String, Loose)> {
             let table = RouteTable::new(routes);
             (table.loose_matches().into_iter())
-                .map(|m| (m.checked, m.open, m.path, m.how))
+                .map(|m| (m.checked, m.weaker, m.path, m.how))
                 .collect()
         };
         let write = || route(exact("/api/write"), Some(&["POST"])).bearer(&["write"], &[]);
@@ -970,8 +999,37 @@ mod tests {
         // methods only; or it is above (the checked route then takes nothing of it anyway).
         assert_eq!(found(vec![write(), route(prefix("/public"), None)]), vec![]);
         assert_eq!(
-            found(vec![write(), route(prefix("/"), None).bearer(&[], &[])]),
+            found(vec![
+                write(),
+                route(prefix("/"), None).bearer(&["write"], &[])
+            ]),
             vec![]
+        );
+        // A broader route that checks a token but not the scope: weaker, as is a token check
+        // under a deny route.
+        assert_eq!(
+            found(vec![
+                write(),
+                route(prefix("/api"), None).bearer(&["read"], &[])
+            ]),
+            vec![(0, 1, "/api/write/".into(), Loose::TrailingSlash)]
+        );
+        assert_eq!(
+            found(vec![
+                deny(route(exact("/api/keys"), None)),
+                route(prefix("/api"), None).bearer(&[], &[]),
+            ]),
+            vec![(0, 1, "/api/keys/".into(), Loose::TrailingSlash)]
+        );
+        // scopes_any on either side: the weaker one takes a token the stricter one refuses.
+        let api = |all: &[&str], any: &[&str]| route(prefix("/api"), None).bearer(all, any);
+        let weaker = |all: &[&str], any: &[&str]| api(all, any).weaker_than(&write());
+        assert!(weaker(&[], &["read", "write"]) && weaker(&["read"], &[]));
+        assert!(!weaker(&[], &["write"]) && !weaker(&["write", "read"], &["a", "b"]));
+        let either = route(exact("/x"), None).bearer(&[], &["a", "b"]);
+        assert!(api(&[], &["a", "c"]).weaker_than(&either));
+        assert!(
+            !api(&["b"], &[]).weaker_than(&either) && !api(&[], &["b", "a"]).weaker_than(&either)
         );
         assert_eq!(
             found(vec![write(), route(prefix("/"), Some(&["GET"]))]),

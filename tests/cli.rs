@@ -55,17 +55,17 @@ fn good_config_passes() {
     assert!(out.starts_with("OK:"), "{out}");
 }
 
+/// The example users start from passes, and without a warning: it should teach no trap.
 #[test]
 fn shipped_example_config_passes() {
     let out = Command::new(env!("CARGO_BIN_EXE_bearward"))
         .args(["check", "--config", "config/bearward.toml"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("warning"), "{text}");
 }
 
 /// Each broken config: (what is broken, the replacement, text the message must contain).
@@ -130,8 +130,19 @@ fn an_open_catch_all_taking_loose_variants_warns() {
             && line.contains("/API (routes[2] /api*)"),
         "{line}"
     );
-    // `/api/write/` goes to the bearer route `/api`, not the open one: not a finding.
+    // `/api/write/` goes to the bearer route `/api`, which needs `read` where `/api/write`
+    // needs `write`: said on that route.
     assert!(!line.contains("/api/write/"), "{line}");
+    let weaker: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("with a token for read"))
+        .collect();
+    assert_eq!(weaker.len(), 1, "{out}");
+    assert!(
+        weaker[0].contains("routes[2]:")
+            && weaker[0].contains("/api/write/ (routes[0] /api/write)"),
+        "{out}"
+    );
     // Its line is where routes[3] is written.
     let at = text.lines().position(|l| l == "prefix = \"/\"").unwrap();
     assert!(line.contains(&format!(":{at}:")), "line {at}: {line}");

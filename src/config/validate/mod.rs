@@ -466,18 +466,17 @@ fn route_issuers(
     }
 }
 
-/// One warning per open route that takes a case or trailing-slash variant of a checked route's
-/// path ([`RouteTable::loose_matches`]), with a few of the paths as examples.
+/// One warning per route with a weaker check that takes a case or trailing-slash variant of a
+/// stricter route's path ([`RouteTable::loose_matches`]), with a few of the paths as examples.
 fn loose_warnings(cx: &mut Ctx<'_>, file: &FileConfig, table: &RouteTable) -> Vec<Problem> {
-    use crate::routes::Loose;
+    use crate::routes::{AuthMode, Loose};
     let found = table.loose_matches();
-    let mut opens: Vec<usize> = found.iter().map(|m| m.open).collect();
-    opens.dedup();
-    opens.sort_unstable();
-    opens.dedup();
+    let mut weaker: Vec<usize> = found.iter().map(|m| m.weaker).collect();
+    weaker.sort_unstable();
+    weaker.dedup();
     let mut out = Vec::new();
-    for j in opens {
-        let here: Vec<_> = found.iter().filter(|m| m.open == j).collect();
+    for j in weaker {
+        let here: Vec<_> = found.iter().filter(|m| m.weaker == j).collect();
         let mut examples: Vec<String> = here
             .iter()
             .take(3)
@@ -498,16 +497,36 @@ fn loose_warnings(cx: &mut Ctx<'_>, file: &FileConfig, table: &RouteTable) -> Ve
             how.push("a trailing slash (Express by default, ASP.NET Core, Spring before 6)");
             remedy.push("give the other spelling of an exact path a route of its own");
         }
+        let route = &table.routes()[j];
+        let (check, unchecked) = match route.auth {
+            AuthMode::None => ("with no token check".to_owned(), "unchecked"),
+            AuthMode::Deny => unreachable!("a deny route is never weaker"),
+            AuthMode::Bearer => {
+                let mut needs = route.scopes.join(" ");
+                if !route.scopes_any.is_empty() {
+                    let sep = if needs.is_empty() { "" } else { " and " };
+                    needs = format!("{needs}{sep}one of {}", route.scopes_any.join(", "));
+                }
+                let check = match needs.is_empty() {
+                    true => "with a token of any scope".to_owned(),
+                    false => format!("with a token for {needs}"),
+                };
+                (check, "without their scopes")
+            }
+        };
+        if route.auth == AuthMode::None {
+            remedy.push("list the open paths instead of catching everything");
+        }
         out.push(cx.locate(
             file.routes[j].span(),
             &format!("routes[{j}]"),
             format!(
-                "takes, with no token check, paths that checked routes above it do not: {}. An \
-                 upstream that ignores {} serves them as those routes' paths, unchecked. If yours \
-                 does, {}, or list the open paths instead of catching everything",
+                "takes, {check}, paths that stricter routes above it do not: {}. An upstream \
+                 that ignores {} serves them as those routes' paths, {unchecked}. If yours does, \
+                 {}",
                 examples.join(", "),
                 how.join(" or "),
-                remedy.join(" and ")
+                remedy.join(", or ")
             ),
         ));
     }
