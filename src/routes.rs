@@ -66,9 +66,6 @@ pub struct Template {
     prefix: bool,
     /// The parameters' names, in path order.
     pub names: Vec<String>,
-    /// `case_sensitive = false`: literal segments match in any ASCII case (parameters' values
-    /// are taken as sent).
-    pub fold: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +112,6 @@ impl Template {
             segments,
             prefix,
             names,
-            fold: false,
         }))
     }
 
@@ -133,12 +129,19 @@ impl Template {
     /// The parameters' values in `path`, in `names` order, or `None` where it does not match.
     pub fn captures<'p>(&self, path: &'p str) -> Option<Vec<&'p str>> {
         let mut values = vec![""; self.names.len()];
-        self.walk(path, |n, v| values[n] = v).then_some(values)
+        self.walk(path, false, |n, v| values[n] = v)
+            .then_some(values)
     }
 
-    /// Does `path` match? Each parameter's index and value go to `param` on the way, in
-    /// index order.
-    pub fn walk<'p>(&self, path: &'p str, mut param: impl FnMut(usize, &'p str)) -> bool {
+    /// Does `path` match, its literal segments in any ASCII case with `fold` (the route's
+    /// `case_sensitive = false`)? Each parameter's index and value (as sent) go to `param` on
+    /// the way, in index order.
+    pub fn walk<'p>(
+        &self,
+        path: &'p str,
+        fold: bool,
+        mut param: impl FnMut(usize, &'p str),
+    ) -> bool {
         let Some(mut rest) = path.strip_prefix('/') else {
             return false;
         };
@@ -154,7 +157,7 @@ impl Template {
                 None => (rest, None),
             };
             match seg {
-                Segment::Literal(l) if s == l || self.fold && s.eq_ignore_ascii_case(l) => {}
+                Segment::Literal(l) if s == l || fold && s.eq_ignore_ascii_case(l) => {}
                 // A prefix's trailing `/` takes any continuation, an empty one included.
                 Segment::Literal(l) if self.prefix && i == last && l.is_empty() => return true,
                 Segment::Literal(_) => return false,
@@ -165,6 +168,18 @@ impl Template {
             rest = tail.unwrap_or("");
         }
         !more || self.prefix
+    }
+
+    /// The template with its literal segments in lower case: what a folding one is compared as.
+    fn lowered(&self) -> Template {
+        let mut t = self.clone();
+        t.source.make_ascii_lowercase();
+        for seg in &mut t.segments {
+            if let Segment::Literal(l) = seg {
+                l.make_ascii_lowercase();
+            }
+        }
+        t
     }
 
     /// The literal path before the first parameter (`/tenants/` of `/tenants/{t}/x`).
@@ -191,10 +206,15 @@ fn segments_of(path: &str) -> std::str::Split<'_, char> {
 impl PathMatch {
     /// Does this matcher accept the canonical `path`?
     pub fn matches(&self, path: &str) -> bool {
+        self.matches_in(path, false)
+    }
+
+    /// [`PathMatch::matches`], with ASCII case folded when `fold` (`case_sensitive = false`).
+    pub fn matches_in(&self, path: &str, fold: bool) -> bool {
         match self {
-            PathMatch::Exact(p) => path == p,
-            PathMatch::Prefix(p) => prefix_matches(p, path),
-            PathMatch::Template(t) => t.walk(path, |_, _| {}),
+            PathMatch::Exact(p) => path == p || fold && path.eq_ignore_ascii_case(p),
+            PathMatch::Prefix(p) => prefix_matches_in(p, path, fold),
+            PathMatch::Template(t) => t.walk(path, fold, |_, _| {}),
         }
     }
 
@@ -211,29 +231,13 @@ impl PathMatch {
         }
     }
 
-    /// [`PathMatch::matches`] with ASCII case folded (`case_sensitive = false`); a template
-    /// folds by its own `fold`, so that its captures agree with its match.
-    pub fn matches_ignoring_case(&self, path: &str) -> bool {
+    /// The matcher with its literal text in lower case: a folding route covers what this
+    /// covers.
+    fn lowered(&self) -> PathMatch {
         match self {
-            PathMatch::Exact(p) => path.eq_ignore_ascii_case(p),
-            PathMatch::Prefix(p) => prefix_matches_ignoring_case(p, path),
-            PathMatch::Template(_) => self.matches(path),
-        }
-    }
-
-    /// [`PathMatch::covers`] for a `self` that folds case: whether it takes every spelling of
-    /// what `other` takes.
-    pub fn covers_ignoring_case(&self, other: &PathMatch) -> bool {
-        let lower = |s: &str| s.to_ascii_lowercase();
-        match (self, other) {
-            (PathMatch::Exact(a), PathMatch::Exact(b)) => a.eq_ignore_ascii_case(b),
-            (PathMatch::Prefix(a), PathMatch::Exact(b) | PathMatch::Prefix(b)) => {
-                prefix_matches(&lower(a), &lower(b))
-            }
-            (PathMatch::Prefix(a), PathMatch::Template(t)) => {
-                prefix_matches(&lower(a), &lower(&t.head()))
-            }
-            (PathMatch::Exact(_) | PathMatch::Template(_), _) => false,
+            PathMatch::Exact(p) => PathMatch::Exact(p.to_ascii_lowercase()),
+            PathMatch::Prefix(p) => PathMatch::Prefix(p.to_ascii_lowercase()),
+            PathMatch::Template(t) => PathMatch::Template(Arc::new(t.lowered())),
         }
     }
 
@@ -265,29 +269,23 @@ pub fn is_plain_method(m: &str) -> bool {
             .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
 }
 
-/// [`prefix_matches`] with ASCII case folded. On bytes: an HTTP/2 path may hold non-ASCII.
-fn prefix_matches_ignoring_case(prefix: &str, path: &str) -> bool {
-    let (prefix, path) = (prefix.as_bytes(), path.as_bytes());
-    if prefix == b"/" {
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    prefix_matches_in(prefix, path, false)
+}
+
+/// Segment-aware: `/api` takes `/api` and `/api/x`, never `/apix`. With `fold`, in any ASCII
+/// case; on bytes, as an HTTP/2 path may hold non-ASCII.
+fn prefix_matches_in(prefix: &str, path: &str, fold: bool) -> bool {
+    if prefix == "/" {
         return true;
     }
+    let (prefix, path) = (prefix.as_bytes(), path.as_bytes());
     match path.get(..prefix.len()) {
-        Some(head) if head.eq_ignore_ascii_case(prefix) => {
+        Some(head) if head == prefix || fold && head.eq_ignore_ascii_case(prefix) => {
             let rest = &path[prefix.len()..];
             rest.is_empty() || prefix.ends_with(b"/") || rest.starts_with(b"/")
         }
         _ => false,
-    }
-}
-
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    if prefix == "/" {
-        return true;
-    }
-    match path.strip_prefix(prefix) {
-        Some("") => true,
-        Some(rest) => prefix.ends_with('/') || rest.starts_with('/'),
-        None => false,
     }
 }
 
@@ -494,11 +492,7 @@ impl Route {
                 return false;
             }
         }
-        if self.case_sensitive {
-            self.matcher.matches(path)
-        } else {
-            self.matcher.matches_ignoring_case(path)
-        }
+        self.matcher.matches_in(path, !self.case_sensitive)
     }
 
     /// Would this route catch every request `later` could match?
@@ -512,7 +506,7 @@ impl Route {
             (true, true) => self.matcher.covers(&later.matcher),
             // It takes one spelling of what `later` takes in any case.
             (true, false) => false,
-            (false, _) => self.matcher.covers_ignoring_case(&later.matcher),
+            (false, _) => self.matcher.lowered().covers(&later.matcher.lowered()),
         };
         methods_cover && paths_cover
     }
@@ -540,7 +534,7 @@ struct Segments {
     everything: Vec<usize>,
     /// Routes with path parameters or `case_sensitive = false`: tried on every path (their own
     /// matcher decides).
-    templated: Vec<usize>,
+    unindexed: Vec<usize>,
     root: Node,
 }
 
@@ -575,13 +569,13 @@ impl Segments {
                 },
                 PathMatch::Exact(p) => (p, |n| &mut n.exact),
                 PathMatch::Template(_) => {
-                    t.templated.push(i);
+                    t.unindexed.push(i);
                     continue;
                 }
             };
             // The trie's keys are segments as written; a folding route is tried everywhere.
             if !r.case_sensitive {
-                t.templated.push(i);
+                t.unindexed.push(i);
                 continue;
             }
             let mut node = &mut t.root;
@@ -606,8 +600,8 @@ impl Segments {
             hit.or(found)
         };
         let mut found = best(&self.everything, None);
-        if !self.templated.is_empty() {
-            found = best(&self.templated, found);
+        if !self.unindexed.is_empty() {
+            found = best(&self.unindexed, found);
         }
         let mut node = &self.root;
         let mut segs = segments(path).peekable();
@@ -756,21 +750,15 @@ impl Route {
             (AuthMode::Bearer, AuthMode::Bearer) => {
                 // The fewest scopes this route takes: its `scopes`, and one of `scopes_any`.
                 // More scopes never fail either check, so these are the ones to try.
-                let takes = |token: &[&String]| {
-                    checked.scopes.iter().all(|s| token.contains(&s))
-                        && (checked.scopes_any.is_empty()
-                            || checked.scopes_any.iter().any(|s| token.contains(&s)))
+                let takes = |extra: Option<&String>| {
+                    let has = |s: &String| self.scopes.contains(s) || extra == Some(s);
+                    checked.scopes.iter().all(has)
+                        && (checked.scopes_any.is_empty() || checked.scopes_any.iter().any(has))
                 };
-                let mut token: Vec<&String> = self.scopes.iter().collect();
-                if self.scopes_any.is_empty() {
-                    return !takes(&token);
+                match self.scopes_any.is_empty() {
+                    true => !takes(None),
+                    false => self.scopes_any.iter().any(|extra| !takes(Some(extra))),
                 }
-                self.scopes_any.iter().any(|extra| {
-                    token.push(extra);
-                    let refused = !takes(&token);
-                    token.pop();
-                    refused
-                })
             }
             (_, AuthMode::Deny) => false,
         }
@@ -1116,10 +1104,9 @@ mod tests {
             Some(8)
         );
         // A template folds its literal segments; its parameters' values are taken as sent.
-        let mut t = Template::parse("/Tenants/{tenant}/export", false)
+        let t = Template::parse("/Tenants/{tenant}/export", false)
             .unwrap()
             .unwrap();
-        t.fold = true;
         let t = fold(PathMatch::Template(Arc::new(t)));
         assert!(t.matches(&Method::GET, "/tenants/AcMe/EXPORT"));
         assert!(
@@ -1129,7 +1116,9 @@ mod tests {
         let PathMatch::Template(tpl) = &t.matcher else {
             unreachable!()
         };
-        assert_eq!(tpl.captures("/TENANTS/AcMe/Export"), Some(vec!["AcMe"]));
+        let mut values = Vec::new();
+        assert!(tpl.walk("/TENANTS/AcMe/Export", true, |_, v| values.push(v)));
+        assert_eq!(values, vec!["AcMe"]);
         // A checked route that folds case takes its own upper-case spelling: nothing to warn.
         let mut checked = fold(PathMatch::Exact("/api/write".into()));
         checked.auth = AuthMode::Bearer;
@@ -1256,10 +1245,7 @@ mod tests {
                     // One route in four folds case (`case_sensitive = false`).
                     let folds = fold == 0;
                     let matcher = match templated {
-                        Some(mut t) => {
-                            t.fold = folds;
-                            PathMatch::Template(Arc::new(t))
-                        }
+                        Some(t) => PathMatch::Template(Arc::new(t)),
                         None if exact => PathMatch::Exact(p),
                         None => PathMatch::Prefix(p),
                     };

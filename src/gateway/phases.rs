@@ -860,7 +860,7 @@ fn check_declared_body(req: &Request<Body>, route: &Route) -> Result<(), Rejecti
 fn path_params<'a>(route: &Route, path: &'a str) -> crate::policy::Values<'a> {
     let mut values = crate::policy::Values::default();
     if let crate::routes::PathMatch::Template(t) = &route.matcher {
-        t.walk(path, |_, v| {
+        t.walk(path, !route.case_sensitive, |_, v| {
             values.push(if v.bytes().any(|b| b == b'%') {
                 percent_encoding::percent_decode_str(v).decode_utf8_lossy()
             } else {

@@ -49,7 +49,7 @@ pub(super) fn route(
     let key = |k: &str| format!("routes[{i}].{k}");
     let mut ok = true;
 
-    let mut matcher = matcher(cx, i, r, &span, path_opts, &mut ok);
+    let matcher = matcher(cx, i, r, &span, path_opts, &mut ok);
 
     let methods = methods(cx, i, r, &mut ok);
     let case_sensitive = match &r.case_sensitive {
@@ -66,9 +66,6 @@ pub(super) fn route(
         }
         _ => true,
     };
-    if let Some(PathMatch::Template(t)) = &mut matcher {
-        Arc::make_mut(t).fold = !case_sensitive;
-    }
     let upstream = match &r.upstream {
         Some(u) => upstream_index(cx, i, u, upstreams).map(Some),
         // Decision mode needs no upstream: the ingress forwards what bearward allows.
