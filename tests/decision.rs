@@ -101,12 +101,33 @@ fn shipped_config(file: &str, listen: (&str, &str), decision: u16, upstream: &st
         )
 }
 
+/// An ingress on a fresh port: `command` gets its directory (made, and removed with it) and the
+/// port, and writes its config there. A try whose port was taken leaves no directory behind.
+fn start_ingress(
+    name: &str,
+    what: &str,
+    command: impl Fn(&std::path::Path, u16) -> Command,
+) -> Ingress {
+    let mut tried = Vec::new();
+    let (child, [port]) = spawn_holding(what, |[port]| {
+        tried.push(port);
+        let dir = ingress_dir(name, port);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = command(&dir, port);
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        cmd
+    });
+    for other in tried.into_iter().filter(|p| *p != port) {
+        let _ = std::fs::remove_dir_all(ingress_dir(name, other));
+    }
+    let dir = ingress_dir(name, port);
+    Ingress { child, port, dir }
+}
+
 /// nginx with `auth_request` to the decision listener, as deploy/decision/nginx.conf has it.
 async fn nginx(decision: u16, upstream: &str) -> Ingress {
     let what = "nginx (apt-get install nginx; .ci/run does)";
-    let (child, [port]) = spawn_holding(what, |[port]| {
-        let dir = ingress_dir("nginx", port);
-        std::fs::create_dir_all(&dir).unwrap();
+    start_ingress("nginx", what, |dir, port| {
         let listen = format!("listen 127.0.0.1:{port};");
         let conf = shipped_config(
             "deploy/decision/nginx.conf",
@@ -130,21 +151,15 @@ async fn nginx(decision: u16, upstream: &str) -> Ingress {
             &dir.join("nginx.conf").display().to_string(),
             "-g",
             "daemon off;",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        ]);
         cmd
-    });
-    let dir = ingress_dir("nginx", port);
-    Ingress { child, port, dir }
+    })
 }
 
 /// Caddy with `forward_auth` to the decision listener, as deploy/decision/Caddyfile has it.
 async fn caddy(decision: u16, upstream: &str) -> Ingress {
     let what = "caddy (apt-get install caddy; .ci/run does)";
-    let (child, [port]) = spawn_holding(what, |[port]| {
-        let dir = ingress_dir("caddy", port);
-        std::fs::create_dir_all(&dir).unwrap();
+    start_ingress("caddy", what, |dir, port| {
         let listen = format!("http://127.0.0.1:{port}");
         let conf = shipped_config(
             "deploy/decision/Caddyfile",
@@ -156,15 +171,11 @@ async fn caddy(decision: u16, upstream: &str) -> Ingress {
         let mut cmd = Command::new("caddy");
         cmd.args(["run", "--adapter", "caddyfile", "--config"])
             .arg(dir.join("Caddyfile"))
-            .env("HOME", &dir)
-            .env("XDG_DATA_HOME", &dir)
-            .env("XDG_CONFIG_HOME", &dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .env("HOME", dir)
+            .env("XDG_DATA_HOME", dir)
+            .env("XDG_CONFIG_HOME", dir);
         cmd
-    });
-    let dir = ingress_dir("caddy", port);
-    Ingress { child, port, dir }
+    })
 }
 
 struct Case {
@@ -1015,9 +1026,7 @@ async fn a_head_is_checked_as_a_get_through_nginx_and_caddy() {
         let a = send(&c, "POST", &url, &[], "").await;
         assert_eq!(a.status, StatusCode::OK, "{name}");
     }
-    let m = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
-        .await
-        .body;
+    let m = gw.metrics().await;
     assert_eq!(
         metric(&m, "bearward_requests_total{route=\"/reports*\",status=\"401\",decision=\"deny\",reason=\"missing_token\"}"),
         2.0,

@@ -525,9 +525,7 @@ async fn a_get_route_checks_head_as_it_checks_get() {
     );
     assert_eq!(up.count(), 3);
 
-    let m = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
-        .await
-        .body;
+    let m = gw.metrics().await;
     assert_eq!(
         metric(&m, "bearward_requests_total{route=\"/reports*\",status=\"401\",decision=\"deny\",reason=\"missing_token\"}"),
         1.0,
@@ -581,9 +579,7 @@ async fn a_route_that_folds_case_checks_every_spelling() {
         assert_eq!(a.status, StatusCode::OK, "{path}: the open route");
     }
     assert_eq!(up.count(), 4);
-    let m = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
-        .await
-        .body;
+    let m = gw.metrics().await;
     assert_eq!(
         metric(&m, "bearward_requests_total{route=\"/orders/export\",status=\"401\",decision=\"deny\",reason=\"missing_token\"}"),
         3.0,

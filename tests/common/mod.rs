@@ -332,6 +332,14 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// The admin listener's `/metrics` text, as it is now.
+    pub(crate) async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.admin.expect("admin listener"));
+        get(&client(), &url, &[]).await.body
+    }
+}
+
 /// A file holding `content` in the temp dir, named for `name` and this test process, written
 /// once however many tests ask for it: tests run in parallel, and rewriting it per test
 /// (`fs::write` truncates first) let one load it empty while another wrote it.
