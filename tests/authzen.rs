@@ -50,9 +50,9 @@ impl Pdp {
     }
 }
 
-fn token_file() -> String {
-    process_file("pdp-token", "pdp-secret\n")
-}
+/// The PDP's bearer token: a fixture, read by every test's bearward (never rewritten, so tests in
+/// parallel cannot read it half-written).
+const TOKEN_FILE: &str = "tests/fixtures/pdp-token";
 
 fn config(up: &Upstream, pdp_port: u16, extra_pdp: &str, extra_server: &str) -> String {
     format!(
@@ -94,7 +94,7 @@ methods = ["PUT", "DELETE"]
 authzen = {{ pdp = "todo", reason_to_client = true, context = ["client_ip", "time"] }}
 upstream = "app"
 "#,
-        token = token_file(),
+        token = TOKEN_FILE,
         up = up.url()
     )
 }

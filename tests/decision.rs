@@ -108,18 +108,19 @@ fn start_ingress(
     what: &str,
     command: impl Fn(&std::path::Path, u16) -> Command,
 ) -> Ingress {
-    let mut tried = Vec::new();
-    let (child, [port]) = spawn_holding(what, |[port]| {
-        tried.push(port);
-        let dir = ingress_dir(name, port);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut cmd = command(&dir, port);
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        cmd
-    });
-    for other in tried.into_iter().filter(|p| *p != port) {
-        let _ = std::fs::remove_dir_all(ingress_dir(name, other));
-    }
+    let (child, [port]) = spawn_holding_tidy(
+        what,
+        |[port]| {
+            let dir = ingress_dir(name, port);
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut cmd = command(&dir, port);
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            cmd
+        },
+        |[port]| {
+            let _ = std::fs::remove_dir_all(ingress_dir(name, port));
+        },
+    );
     let dir = ingress_dir(name, port);
     Ingress { child, port, dir }
 }

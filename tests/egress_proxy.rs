@@ -33,7 +33,7 @@ impl Tinyproxy {
         let dir = |port: u16| {
             std::env::temp_dir().join(format!("bearward-tinyproxy-{port}-{}", std::process::id()))
         };
-        let (child, [port]) = spawn_holding(
+        let (child, [port]) = spawn_holding_tidy(
             "tinyproxy (apt-get install tinyproxy; .ci/run does)",
             |[port]| {
                 let dir = dir(port);
@@ -50,6 +50,9 @@ impl Tinyproxy {
                 )
                 .unwrap();
                 Tinyproxy::command(&conf)
+            },
+            |[port]| {
+                let _ = std::fs::remove_dir_all(dir(port));
             },
         );
         Tinyproxy {

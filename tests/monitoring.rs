@@ -116,27 +116,33 @@ impl Prometheus {
             std::env::temp_dir().join(format!("bearward-prometheus-{}-{port}", std::process::id()))
         };
         let what = "prometheus (Debian's prometheus package)";
-        let (child, [port]) = common::spawn_holding(what, |[port]| {
-            let dir = dir(port);
-            std::fs::create_dir_all(&dir).unwrap();
-            let config = format!(
+        let (child, [port]) = common::spawn_holding_tidy(
+            what,
+            |[port]| {
+                let dir = dir(port);
+                std::fs::create_dir_all(&dir).unwrap();
+                let config = format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: bearward\n    static_configs:\n      - targets: [\"{target}\"]\n"
             );
-            std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-            let mut cmd = Command::new("prometheus");
-            cmd.arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-            cmd
-        });
+                std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+                let mut cmd = Command::new("prometheus");
+                cmd.arg(format!(
+                    "--config.file={}",
+                    dir.join("prometheus.yml").display()
+                ))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+                cmd
+            },
+            |[port]| {
+                let _ = std::fs::remove_dir_all(dir(port));
+            },
+        );
         let dir = dir(port);
         Prometheus {
             child,
@@ -158,10 +164,16 @@ impl Prometheus {
             let req = http::Request::get(&url)
                 .body(http_body_util::Full::new(bytes::Bytes::new()))
                 .unwrap();
+            // Prometheus answers 503 ("Service Unavailable", not JSON) until its storage is
+            // open, which a cold machine (CI's first run) takes longer to do.
             if let Ok(resp) = c.request(req).await {
-                use http_body_util::BodyExt;
-                let body = resp.into_body().collect().await.unwrap().to_bytes();
-                return serde_json::from_slice(&body).expect("JSON from the API");
+                if resp.status() != http::StatusCode::SERVICE_UNAVAILABLE {
+                    use http_body_util::BodyExt;
+                    let body = resp.into_body().collect().await.unwrap().to_bytes();
+                    return serde_json::from_slice(&body).unwrap_or_else(|e| {
+                        panic!("JSON from the API: {e}: {}", String::from_utf8_lossy(&body))
+                    });
+                }
             }
             // Still starting.
             tokio::time::sleep(Duration::from_millis(200)).await;

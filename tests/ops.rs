@@ -505,9 +505,7 @@ impl Binary {
         let file = |port: u16| {
             std::env::temp_dir().join(format!("bearward-bin-{port}-{}.toml", std::process::id()))
         };
-        let mut tried = Vec::new();
-        let (child, [port]) = common::spawn_holding("bearward", |[port]| {
-            tried.push(port);
+        let start = |[port]: [u16; 1]| {
             std::fs::write(file(port), Binary::config(up, auth, port, server_extra)).unwrap();
             let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bearward"));
             cmd.arg("--config")
@@ -519,11 +517,10 @@ impl Binary {
                     false => std::process::Stdio::null(),
                 });
             cmd
+        };
+        let (child, [port]) = common::spawn_holding_tidy("bearward", start, |[port]| {
+            let _ = std::fs::remove_file(file(port));
         });
-        // A try whose port was taken left its file.
-        for other in tried.into_iter().filter(|p| *p != port) {
-            let _ = std::fs::remove_file(file(other));
-        }
         Binary {
             child,
             port,

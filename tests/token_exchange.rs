@@ -14,9 +14,9 @@ use serde_json::Value;
 
 const ORDERS: &str = "http://orders.bearward.test";
 
-fn secret_file() -> String {
-    process_file("exchange", "exchange-secret\n")
-}
+/// The exchange client's secret: a fixture, read by every test's bearward (never rewritten, so
+/// tests in parallel cannot read it half-written).
+const SECRET_FILE: &str = "tests/fixtures/exchange-secret";
 
 /// bearward in front of `orders`, which exchanges with `exchange` (the inline table's keys
 /// after `issuer`, `client_id` and the secret), and `plain`, which does not.
@@ -59,7 +59,7 @@ scopes = ["read"]
 upstream = "plain"
 "#,
         up = up.url(),
-        secret = secret_file(),
+        secret = SECRET_FILE,
     )
 }
 

@@ -340,21 +340,6 @@ impl Gateway {
     }
 }
 
-/// A file holding `content` in the temp dir, named for `name` and this test process, written
-/// once however many tests ask for it: tests run in parallel, and rewriting it per test
-/// (`fs::write` truncates first) let one load it empty while another wrote it.
-pub(crate) fn process_file(name: &str, content: &str) -> String {
-    static WRITTEN: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
-        std::sync::Mutex::new(std::collections::BTreeMap::new());
-    let mut written = WRITTEN.lock().unwrap();
-    let path = written.entry(name.to_owned()).or_insert_with(|| {
-        let path = std::env::temp_dir().join(format!("bearward-{name}-{}", std::process::id()));
-        std::fs::write(&path, content).unwrap();
-        path.display().to_string()
-    });
-    path.clone()
-}
-
 /// The config used by most tests: open, denied and bearer routes in front of `upstream`.
 pub(crate) fn basic_config(upstream: &str, extra_server: &str) -> String {
     format!(
@@ -891,17 +876,34 @@ pub(crate) fn holds(pid: u32, ports: &[u16]) -> bool {
 /// when it neither exits nor listens within 20 s.
 pub(crate) fn spawn_holding<const N: usize>(
     what: &str,
-    mut command: impl FnMut([u16; N]) -> std::process::Command,
+    command: impl FnMut([u16; N]) -> std::process::Command,
 ) -> (std::process::Child, [u16; N]) {
-    let (child, ports) = spawn_holding_n(what, N, |p| command(p.try_into().unwrap()));
+    spawn_holding_tidy(what, command, |_| {})
+}
+
+/// [`spawn_holding`] for a child whose tries leave files named by their ports (a config, a
+/// directory): `remove(ports)` is called for each try that lost its ports, so only the
+/// returned try's files are left, for the caller to remove with the child.
+pub(crate) fn spawn_holding_tidy<const N: usize>(
+    what: &str,
+    mut command: impl FnMut([u16; N]) -> std::process::Command,
+    mut remove: impl FnMut([u16; N]),
+) -> (std::process::Child, [u16; N]) {
+    let (child, ports) = spawn_holding_n(
+        what,
+        N,
+        |p| command(p.try_into().unwrap()),
+        |p| remove(p.try_into().unwrap()),
+    );
     (child, ports.try_into().unwrap())
 }
 
-/// [`spawn_holding`] with a number of ports known at run time.
+/// [`spawn_holding_tidy`] with a number of ports known at run time.
 pub(crate) fn spawn_holding_n(
     what: &str,
     n: usize,
     mut command: impl FnMut(&[u16]) -> std::process::Command,
+    mut remove: impl FnMut(&[u16]),
 ) -> (std::process::Child, Vec<u16>) {
     for _ in 0..5 {
         let ports = free_port_list(n);
@@ -920,6 +922,7 @@ pub(crate) fn spawn_holding_n(
             std::thread::sleep(Duration::from_millis(25));
         }
         stop_group(&mut child);
+        remove(&ports);
         assert!(exited, "{what} did not listen on {ports:?} within 20 s");
     }
     panic!("{what} exited before listening, five times (its ports taken?)");

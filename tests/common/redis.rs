@@ -29,7 +29,7 @@ impl Redis {
         // A cluster node also listens on its bus port, port + 10000: a try whose bus port is
         // taken exits like one whose port is.
         let what = "redis-server (apt-get install redis-server; .ci/run does)";
-        let (child, ports) = spawn_holding_n(what, 1 + usize::from(tls), |ports| {
+        let start = |ports: &[u16]| {
             let dir = dir(ports[0]);
             std::fs::create_dir_all(&dir).unwrap();
             let mut cmd = Command::new("redis-server");
@@ -61,6 +61,9 @@ impl Redis {
             // Last, so they can override the above (`--tls-auth-clients yes`).
             cmd.args(extra).stdout(Stdio::null()).stderr(Stdio::null());
             cmd
+        };
+        let (child, ports) = spawn_holding_n(what, 1 + usize::from(tls), start, |ports| {
+            let _ = std::fs::remove_dir_all(dir(ports[0]));
         });
         let r = Redis {
             child,
@@ -180,7 +183,7 @@ impl Replica {
                 std::process::id()
             ))
         };
-        let (child, [port, admin]) = spawn_holding("bearward", |[port, admin]| {
+        let start = |[port, admin]: [u16; 2]| {
             let file = file(port);
             std::fs::write(&file, text(port, admin)).unwrap();
             let (out, err) = match log {
@@ -214,6 +217,10 @@ impl Replica {
                 .stdout(out)
                 .stderr(err);
             cmd
+        };
+        let (child, [port, admin]) = spawn_holding_tidy("bearward", start, |[port, _]| {
+            let _ = std::fs::remove_file(file(port));
+            let _ = std::fs::remove_file(file(port).with_extension("log"));
         });
         let file = file(port);
         Replica {
