@@ -50,6 +50,8 @@ async fn a_clients_id_is_replaced_by_a_new_one_that_the_upstream_and_the_client_
         )
         .await;
         assert!(a.status.is_client_error(), "{path}: {}", a.status);
+        let lines: Vec<_> = a.headers.get_all("x-request-id").iter().collect();
+        assert_eq!(lines.len(), 1, "{path}: one id line: {lines:?}");
         let id = a.headers["x-request-id"].to_str().unwrap();
         assert!(is_uuid_v4(id) && ids.insert(id.to_owned()), "{path}: {id}");
     }

@@ -294,7 +294,12 @@ impl Gateway {
             .iter()
             .map(|r| {
                 (r.auth == crate::routes::AuthMode::Bearer).then(|| {
-                    rejection::Prepared::missing_token(&config.server.realm, r, auth.dpop())
+                    rejection::Prepared::missing_token(
+                        &config.server.realm,
+                        r,
+                        auth.dpop(),
+                        config.server.request_id_header.as_ref(),
+                    )
                 })
             })
             .collect();
@@ -464,8 +469,13 @@ impl Gateway {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(v.retry_after.max(1)));
             }
         }
-        if let (Some(name), Some(id)) = (&self.config.server.request_id_header, &out.request_id) {
-            resp.headers_mut().insert(name.clone(), id.clone());
+        if let Some(name) = &self.config.server.request_id_header {
+            // `handle` gives every request an id when the header is configured; a prepared
+            // answer holds an empty line in its place (`rejection::Prepared`).
+            match &out.request_id {
+                Some(id) => resp.headers_mut().insert(name.clone(), id.clone()),
+                None => resp.headers_mut().remove(name),
+            };
         }
         // RFC 9110 9.3.2: no content in an answer to HEAD. hyper drops it on HTTP/1 but sends
         // it on HTTP/2, where a client takes it as a stream error. An upstream's answer to HEAD
