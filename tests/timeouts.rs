@@ -9,7 +9,7 @@ use common::*;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -448,4 +448,41 @@ async fn graceful_shutdown_sends_http2_clients_goaway_and_finishes_their_streams
     h2_time_to_close(conn).await;
     let done = tokio::time::timeout(Duration::from_secs(5), gw.done).await;
     assert!(matches!(done, Ok(Ok(Ok(())))));
+}
+
+/// A client that closes its connection while its request waits on the upstream: the request is
+/// counted at once (not when the upstream answers, 2 s later) under nginx's status for it, 499,
+/// decision `error`, reason `connection_closed`; answered requests never are.
+#[tokio::test]
+async fn a_client_that_goes_away_mid_request_is_counted_as_499() {
+    let (up, gw) = setup_with_slow_upstream("").await;
+    let closed = "bearward_requests_total{route=\"/public*\",status=\"499\",decision=\"error\",reason=\"connection_closed\"}";
+    assert_eq!(get(&client(), &gw.url("/public/a"), &[]).await.status, 200);
+    assert_eq!(get(&client(), &gw.url("/api/a"), &[]).await.status, 401);
+    let s = connect_and_send(gw.addr, b"GET /public/slow HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    for _ in 0..100 {
+        if up.count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up.count(), 2, "the slow request reached the upstream");
+    assert_eq!(metric(&gw.metrics().await, closed), 0.0);
+    drop(s);
+    let start = Instant::now();
+    let mut m = String::new();
+    while start.elapsed() < Duration::from_secs(1) {
+        m = gw.metrics().await;
+        if metric(&m, closed) > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric(&m, closed), 1.0, "{m}");
+    let answered = m
+        .lines()
+        .filter(|l| l.starts_with("bearward_requests_total{") && !l.contains("\"499\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum::<f64>();
+    assert_eq!(answered, 2.0, "{m}");
 }

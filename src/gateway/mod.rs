@@ -129,6 +129,31 @@ pub struct Outcome {
     pub mcp: Option<Box<McpNote>>,
 }
 
+/// A request whose connection closed before its answer was made: hyper drops the request's
+/// future then (the client went away, or reset its HTTP/2 stream, or shutdown's grace ran out),
+/// and without this it left no log line and no count. Logged and counted on the way out with
+/// nginx's status for it, 499, decision `error` and reason `connection_closed`.
+struct Unanswered<'a> {
+    gateway: &'a Gateway,
+    conn: &'a ConnInfo,
+    method: &'a http::Method,
+    start: Instant,
+    out: Outcome,
+    answered: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.out.verdict = "error";
+            self.out.reason = "connection_closed";
+            let latency = self.start.elapsed();
+            self.gateway
+                .log(self.method, self.conn, &self.out, 499, latency);
+        }
+    }
+}
+
 /// The identity a gRPC ext_authz check passed with, on its way from the decision to [`Facts`].
 #[derive(Clone)]
 struct CheckIdentity(Option<crate::auth::Identity>);
@@ -358,11 +383,19 @@ impl Gateway {
         let grpc = !conn.decision
             && req.version() == http::Version::HTTP_2
             && crate::upstream::is_grpc(req.headers());
-        let mut out = Outcome {
-            // Only bearward's own gRPC listener puts this on a request.
-            ext_authz: conn.decision && req.extensions().get::<ExtAuthzTarget>().is_some(),
-            ..Outcome::default()
+        let mut unanswered = Unanswered {
+            gateway: self,
+            conn,
+            method: &method,
+            start,
+            out: Outcome {
+                // Only bearward's own gRPC listener puts this on a request.
+                ext_authz: conn.decision && req.extensions().get::<ExtAuthzTarget>().is_some(),
+                ..Outcome::default()
+            },
+            answered: false,
         };
+        let out = &mut unanswered.out;
         if let Some(name) = &self.config.server.request_id_header {
             // The peers believed about the client (as for its address, `evaluate`): a trusted
             // proxy, or the ingress asking (an untrusted one is refused before any phase).
@@ -392,19 +425,14 @@ impl Gateway {
         // cost a copy of several KiB on every request.
         let result = trace::in_span(
             parent,
-            self.phases(
-                req.map(body::boxed),
-                conn,
-                request_index,
-                admitted,
-                &mut out,
-            ),
+            self.phases(req.map(body::boxed), conn, request_index, admitted, out),
         )
         .await;
+        unanswered.answered = true;
         let mut resp = match result {
             Ok(resp) => resp,
             Err(rej) => {
-                let mut resp = self.refusal(rej, grpc, &mut out);
+                let mut resp = self.refusal(rej, grpc, out);
                 if body_pending {
                     resp.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -412,7 +440,7 @@ impl Gateway {
                 resp
             }
         };
-        self.finish_response(&mut resp, &method, &out);
+        self.finish_response(&mut resp, &method, out);
         let status = resp.status().as_u16();
         if let (Some(t), Some(span)) = (&self.tracer, span) {
             // An ingress continues the trace from bearward's span on its own upstream request.
@@ -425,12 +453,12 @@ impl Gateway {
                 .and_then(|i| self.config.issuers.get(i))
                 .map(|i| i.issuer.as_str());
             t.end(span, || {
-                server_span(&method, version, conn, &out, status, issuer)
+                server_span(&method, version, conn, out, status, issuer)
             });
         }
-        self.log(&method, conn, &out, status, start.elapsed());
+        self.log(&method, conn, out, status, start.elapsed());
         if out.ext_authz {
-            attach_facts(&mut resp, &out);
+            attach_facts(&mut resp, out);
         }
         resp
     }
