@@ -6,7 +6,10 @@
 
 mod common;
 
-use common::{basic_config, client, get, metric, Gateway, Upstream};
+use common::{
+    basic_config, client, connect_and_send, get, metric, setup_with_slow_upstream, Gateway,
+    Upstream,
+};
 use http::StatusCode;
 use serde_json::Value;
 use std::io::BufRead;
@@ -431,4 +434,44 @@ async fn a_jwks_fetch_for_an_unknown_kid_is_a_span_under_the_request() {
     assert_eq!(fetch["parent_span_id"], server["span_id"]);
     assert_eq!(fetch["attributes"]["http.request.method"], "GET");
     assert_eq!(server["attributes"]["bearward.reason"], "unknown_kid");
+}
+
+/// A client that gives up on a slow upstream: its server span ends when the connection closes,
+/// with status 499 and reason `connection_closed`, not 2 s later when the upstream answers.
+#[tokio::test]
+async fn a_client_that_goes_away_leaves_a_span_with_status_499() {
+    let rx = Receiver::start("grpc");
+    let (up, gw) = setup_with_slow_upstream(&format!(
+        "\n{}",
+        telemetry(&format!("http://127.0.0.1:{}", rx.port), "")
+    ))
+    .await;
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let head = format!(
+        "GET /public/slow HTTP/1.1\r\nHost: x\r\ntraceparent: 00-{trace}-{PARENT}-01\r\n\r\n"
+    );
+    let s = connect_and_send(gw.addr, head.as_bytes()).await;
+    for _ in 0..100 {
+        if up.count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up.count(), 1, "the request reached the upstream");
+    drop(s);
+    let spans = rx.trace(trace, 1).await;
+    let server = spans
+        .iter()
+        .find(|s| s["kind"] == 2)
+        .expect("a server span");
+    let attrs = &server["attributes"];
+    assert_eq!(attrs["http.response.status_code"], 499, "{server}");
+    assert_eq!(attrs["bearward.decision"], "error", "{server}");
+    assert_eq!(attrs["bearward.reason"], "connection_closed", "{server}");
+    assert_eq!(attrs["url.path"], "/public/slow", "{server}");
+    let took = server["end"].as_u64().unwrap() - server["start"].as_u64().unwrap();
+    assert!(
+        took < 1_500_000_000,
+        "the span ended when the upstream answered: {took} ns"
+    );
 }

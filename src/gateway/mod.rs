@@ -132,14 +132,42 @@ pub struct Outcome {
 /// A request whose connection closed before its answer was made: hyper drops the request's
 /// future then (the client went away, or reset its HTTP/2 stream, or shutdown's grace ran out),
 /// and without this it left no log line and no count. Logged and counted on the way out with
-/// nginx's status for it, 499, decision `error` and reason `connection_closed`.
+/// nginx's status for it, 499, decision `error` and reason `connection_closed`; with
+/// `[telemetry]`, its server span ends the same way (a client that gave up on a slow upstream is
+/// the trace worth having).
 struct Unanswered<'a> {
     gateway: &'a Gateway,
     conn: &'a ConnInfo,
     method: &'a http::Method,
+    version: http::Version,
     start: Instant,
     out: Outcome,
+    span: Option<trace::Open>,
     answered: bool,
+}
+
+impl Unanswered<'_> {
+    /// Ends the request's server span with `status`, if there is one.
+    fn end_span(&mut self, status: u16) {
+        let (Some(t), Some(span)) = (&self.gateway.tracer, self.span.take()) else {
+            return;
+        };
+        let issuer = self
+            .out
+            .issuer
+            .and_then(|i| self.gateway.config.issuers.get(i))
+            .map(|i| i.issuer.as_str());
+        t.end(span, || {
+            server_span(
+                self.method,
+                self.version,
+                self.conn,
+                &self.out,
+                status,
+                issuer,
+            )
+        });
+    }
 }
 
 impl Drop for Unanswered<'_> {
@@ -147,6 +175,7 @@ impl Drop for Unanswered<'_> {
         if !self.answered {
             self.out.verdict = "error";
             self.out.reason = "connection_closed";
+            self.end_span(499);
             let latency = self.start.elapsed();
             self.gateway
                 .log(self.method, self.conn, &self.out, 499, latency);
@@ -387,12 +416,14 @@ impl Gateway {
             gateway: self,
             conn,
             method: &method,
+            version: req.version(),
             start,
             out: Outcome {
                 // Only bearward's own gRPC listener puts this on a request.
                 ext_authz: conn.decision && req.extensions().get::<ExtAuthzTarget>().is_some(),
                 ..Outcome::default()
             },
+            span: None,
             answered: false,
         };
         let out = &mut unanswered.out;
@@ -408,8 +439,8 @@ impl Gateway {
                     .unwrap_or_else(crate::request::id::new),
             );
         }
-        let span = self.tracer.as_ref().map(|t| t.server(req.headers()));
-        out.span = span.as_ref().map(|s| s.ctx);
+        unanswered.span = self.tracer.as_ref().map(|t| t.server(req.headers()));
+        out.span = unanswered.span.as_ref().map(|s| s.ctx);
         let version = req.version();
         // An HTTP/1 request refused with its body unread: hyper reads on only what has already
         // arrived and closes the connection when the rest is still coming, so the answer says
@@ -419,7 +450,7 @@ impl Gateway {
         let parent = self
             .tracer
             .as_ref()
-            .zip(span.as_ref())
+            .zip(unanswered.span.as_ref())
             .map(|(t, s)| (t.clone(), s.ctx));
         // The phases' future made in place inside the wrapper: made aside and moved in, it
         // cost a copy of several KiB on every request.
@@ -442,20 +473,13 @@ impl Gateway {
         };
         self.finish_response(&mut resp, &method, out);
         let status = resp.status().as_u16();
-        if let (Some(t), Some(span)) = (&self.tracer, span) {
-            // An ingress continues the trace from bearward's span on its own upstream request.
-            if conn.decision {
-                resp.headers_mut()
-                    .insert(trace::TRACEPARENT, span.ctx.traceparent());
-            }
-            let issuer = out
-                .issuer
-                .and_then(|i| self.config.issuers.get(i))
-                .map(|i| i.issuer.as_str());
-            t.end(span, || {
-                server_span(&method, version, conn, out, status, issuer)
-            });
+        // An ingress continues the trace from bearward's span on its own upstream request.
+        if let (true, Some(span)) = (conn.decision, &unanswered.span) {
+            resp.headers_mut()
+                .insert(trace::TRACEPARENT, span.ctx.traceparent());
         }
+        unanswered.end_span(status);
+        let out = &unanswered.out;
         self.log(&method, conn, out, status, start.elapsed());
         if out.ext_authz {
             attach_facts(&mut resp, out);
