@@ -437,7 +437,8 @@ async fn a_jwks_fetch_for_an_unknown_kid_is_a_span_under_the_request() {
 }
 
 /// A client that gives up on a slow upstream: its server span ends when the connection closes,
-/// with status 499 and reason `connection_closed`, not 2 s later when the upstream answers.
+/// with status 499 and reason `connection_closed`, not 2 s later when the upstream answers, and
+/// the upstream exchange's client span ends with it.
 #[tokio::test]
 async fn a_client_that_goes_away_leaves_a_span_with_status_499() {
     let rx = Receiver::start("grpc");
@@ -459,11 +460,26 @@ async fn a_client_that_goes_away_leaves_a_span_with_status_499() {
     }
     assert_eq!(up.count(), 1, "the request reached the upstream");
     drop(s);
-    let spans = rx.trace(trace, 1).await;
+    let spans = rx.trace(trace, 2).await;
     let server = spans
         .iter()
         .find(|s| s["kind"] == 2)
         .expect("a server span");
+    // The span the upstream's traceparent named ends too, as an error.
+    let upstream_tp = up.last().headers["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let upstream = spans
+        .iter()
+        .find(|s| s["kind"] == 3)
+        .expect("a client span");
+    assert_eq!(upstream["span_id"], ids(&upstream_tp).1.as_str());
+    assert_eq!(upstream["parent_span_id"], server["span_id"]);
+    assert_eq!(
+        upstream["attributes"]["error.type"], "connection_closed",
+        "{upstream}"
+    );
     let attrs = &server["attributes"];
     assert_eq!(attrs["http.response.status_code"], 499, "{server}");
     assert_eq!(attrs["bearward.decision"], "error", "{server}");

@@ -183,6 +183,32 @@ impl Drop for Unanswered<'_> {
     }
 }
 
+/// An upstream exchange's client span (with `[telemetry]`): ended with the exchange's result,
+/// or with `connection_closed` when the request's future is dropped mid-exchange (its client
+/// went away), so the span the upstream's `traceparent` names is never missing.
+struct ClientSpan<'a> {
+    gateway: &'a Gateway,
+    upstream: &'a crate::config::UpstreamConfig,
+    span: Option<Box<(trace::Open, http::Method)>>,
+}
+
+impl ClientSpan<'_> {
+    fn end(mut self, result: Result<u16, &'static str>) {
+        self.gateway
+            .end_client_span(self.span.take(), self.upstream, result);
+    }
+}
+
+impl Drop for ClientSpan<'_> {
+    fn drop(&mut self) {
+        if self.span.is_some() {
+            let span = self.span.take();
+            self.gateway
+                .end_client_span(span, self.upstream, Err("connection_closed"));
+        }
+    }
+}
+
 /// The identity a gRPC ext_authz check passed with, on its way from the decision to [`Facts`].
 #[derive(Clone)]
 struct CheckIdentity(Option<crate::auth::Identity>);
@@ -798,11 +824,15 @@ impl Gateway {
         // With [telemetry], the upstream's parent is bearward's client span, never the client's
         // own `traceparent`.
         // Boxed: a few bytes in the request future when [telemetry] is off.
-        let client_span = self.tracer.as_ref().zip(out.span).map(|(t, parent)| {
-            let span = t.child(&parent);
-            rewrite.replace[6] = Some((trace::TRACEPARENT, Some(span.ctx.traceparent())));
-            Box::new((span, req.method().clone()))
-        });
+        let client_span = ClientSpan {
+            gateway: self,
+            upstream,
+            span: self.tracer.as_ref().zip(out.span).map(|(t, parent)| {
+                let span = t.child(&parent);
+                rewrite.replace[6] = Some((trace::TRACEPARENT, Some(span.ctx.traceparent())));
+                Box::new((span, req.method().clone()))
+            }),
+        };
         if let Some(identity) = &identity {
             for (claim, h) in &self.config.forward.claim_headers {
                 if let Some(v) = identity.header_value(claim) {
@@ -859,8 +889,8 @@ impl Gateway {
             Ok((mut resp, elapsed)) => {
                 out.upstream_status = Some(resp.status().as_u16());
                 out.upstream_time = Some(elapsed);
-                if client_span.is_some() {
-                    self.end_client_span(client_span, upstream, Ok(resp.status().as_u16()));
+                if client_span.span.is_some() {
+                    client_span.end(Ok(resp.status().as_u16()));
                 }
                 forward::prepare_response(&mut resp);
                 Ok(resp)
@@ -868,11 +898,11 @@ impl Gateway {
             // A stalled, broken or oversized client body is the client's doing, not upstream
             // trouble.
             Err(e) if e.is_clients() => {
-                self.end_client_span(client_span, upstream, Err(e.reason()));
+                client_span.end(Err(e.reason()));
                 Err(Rejection::Proxy(e))
             }
             Err(e) => {
-                self.end_client_span(client_span, upstream, Err(e.reason()));
+                client_span.end(Err(e.reason()));
                 let request_id = out.request_id.as_ref().and_then(|v| v.to_str().ok());
                 tracing::warn!(upstream = %upstream.name, authority = %upstream.authority, reason = e.reason(), request_id, "upstream request failed");
                 Err(Rejection::Proxy(e))
