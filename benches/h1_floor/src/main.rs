@@ -86,18 +86,193 @@ async fn minimal_conn(mut s: tokio::net::TcpStream) {
     }
 }
 
+/// Hop-by-hop lines (RFC 9110 7.6.1) and the client's own forwarding lines: never passed on.
+fn dropped(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 8] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"x-forwarded-for",
+        b"via",
+    ];
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// One response from `up` into `out`: its head (parsed into `HeaderMap` first when `typed`,
+/// as bearward does, else its lines copied as they are, hop-by-hop ones dropped) and its
+/// Content-Length body.
+async fn relay_response(up: &mut tokio::net::TcpStream, buf: &mut BytesMut, out: &mut Vec<u8>, typed: bool) -> Option<()> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut r = httparse::Response::new(&mut headers);
+        match r.parse(buf).ok()? {
+            httparse::Status::Complete(n) => {
+                let mut length = 0usize;
+                out.extend_from_slice(b"HTTP/1.1 ");
+                out.extend_from_slice(r.code?.to_string().as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(r.reason.unwrap_or("").as_bytes());
+                out.extend_from_slice(b"\r\n");
+                if typed {
+                    let base = buf.as_ptr() as usize;
+                    let mut spans = [(0usize, 0usize, 0usize, 0usize); 64];
+                    let count = r.headers.len();
+                    for (sp, h) in spans.iter_mut().zip(r.headers.iter()) {
+                        *sp = (h.name.as_ptr() as usize - base, h.name.len(), h.value.as_ptr() as usize - base, h.value.len());
+                    }
+                    let spans = &spans[..count];
+                    let head = buf.split_to(n).freeze();
+                    let mut map = http::HeaderMap::with_capacity(spans.len());
+                    for &(n0, nl, v0, vl) in spans {
+                        map.append(
+                            http::HeaderName::from_bytes(&head[n0..n0 + nl]).ok()?,
+                            http::HeaderValue::from_maybe_shared(head.slice(v0..v0 + vl)).ok()?,
+                        );
+                    }
+                    map.remove(http::header::CONNECTION);
+                    map.remove("keep-alive");
+                    if let Some(v) = map.get(http::header::CONTENT_LENGTH) {
+                        length = v.to_str().ok()?.parse().ok()?;
+                    }
+                    map.insert(http::header::VIA, http::HeaderValue::from_static("1.1 h1floor"));
+                    for (k, v) in &map {
+                        out.extend_from_slice(k.as_str().as_bytes());
+                        out.extend_from_slice(b": ");
+                        out.extend_from_slice(v.as_bytes());
+                        out.extend_from_slice(b"\r\n");
+                    }
+                } else {
+                    for h in r.headers.iter() {
+                        if h.name.eq_ignore_ascii_case("content-length") {
+                            length = std::str::from_utf8(h.value).ok()?.parse().ok()?;
+                        } else if h.name.eq_ignore_ascii_case("connection") || h.name.eq_ignore_ascii_case("keep-alive") {
+                            continue;
+                        }
+                        out.extend_from_slice(h.name.as_bytes());
+                        out.extend_from_slice(b": ");
+                        out.extend_from_slice(h.value);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    out.extend_from_slice(b"via: 1.1 h1floor\r\n");
+                    let _ = buf.split_to(n);
+                }
+                out.extend_from_slice(b"\r\n");
+                while buf.len() < length {
+                    if up.read_buf(buf).await.ok()? == 0 {
+                        return None;
+                    }
+                }
+                out.extend_from_slice(&buf.split_to(length));
+                return Some(());
+            }
+            httparse::Status::Partial => {
+                if up.read_buf(buf).await.ok()? == 0 {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// A bare proxy hop (GET requests without a body), one upstream connection per client
+/// connection, kept alive. `typed`: the request goes through an `http::Request` with its
+/// `HeaderMap` and the response through a `HeaderMap`, as in bearward; else heads stay bytes.
+async fn proxy_conn(mut s: tokio::net::TcpStream, upstream: u16, typed: bool) -> Option<()> {
+    let mut up = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await.ok()?;
+    let _ = up.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(8192);
+    let mut ubuf = BytesMut::with_capacity(8192);
+    let mut head = Vec::with_capacity(1024);
+    let mut out = Vec::with_capacity(1024);
+    loop {
+        head.clear();
+        out.clear();
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut r = httparse::Request::new(&mut headers);
+            match r.parse(&buf).ok()? {
+                httparse::Status::Complete(n) => {
+                    head.extend_from_slice(r.method?.as_bytes());
+                    head.push(b' ');
+                    head.extend_from_slice(r.path?.as_bytes());
+                    head.extend_from_slice(b" HTTP/1.1\r\n");
+                    if typed {
+                        let base = buf.as_ptr() as usize;
+                        let mut spans = [(0usize, 0usize, 0usize, 0usize); 64];
+                        let count = r.headers.len();
+                        for (sp, h) in spans.iter_mut().zip(r.headers.iter()) {
+                            *sp = (h.name.as_ptr() as usize - base, h.name.len(), h.value.as_ptr() as usize - base, h.value.len());
+                        }
+                        let spans = &spans[..count];
+                        let method = http::Method::from_bytes(r.method?.as_bytes()).ok()?;
+                        let uri = http::Uri::try_from(r.path?).ok()?;
+                        let raw = buf.split_to(n).freeze();
+                        let mut map = http::HeaderMap::with_capacity(spans.len());
+                        for &(n0, nl, v0, vl) in spans {
+                            map.append(
+                                http::HeaderName::from_bytes(&raw[n0..n0 + nl]).ok()?,
+                                http::HeaderValue::from_maybe_shared(raw.slice(v0..v0 + vl)).ok()?,
+                            );
+                        }
+                        let mut req = http::Request::new(());
+                        *req.method_mut() = method;
+                        *req.uri_mut() = uri;
+                        *req.headers_mut() = map;
+                        for (k, v) in req.headers() {
+                            if !dropped(k.as_str().as_bytes()) {
+                                head.extend_from_slice(k.as_str().as_bytes());
+                                head.extend_from_slice(b": ");
+                                head.extend_from_slice(v.as_bytes());
+                                head.extend_from_slice(b"\r\n");
+                            }
+                        }
+                    } else {
+                        for h in r.headers.iter() {
+                            if !dropped(h.name.as_bytes()) {
+                                head.extend_from_slice(h.name.as_bytes());
+                                head.extend_from_slice(b": ");
+                                head.extend_from_slice(h.value);
+                                head.extend_from_slice(b"\r\n");
+                            }
+                        }
+                        let _ = buf.split_to(n);
+                    }
+                    head.extend_from_slice(b"x-forwarded-for: 127.0.0.1\r\nvia: 1.1 h1floor\r\n\r\n");
+                    break;
+                }
+                httparse::Status::Partial => {
+                    if s.read_buf(&mut buf).await.ok()? == 0 {
+                        return None;
+                    }
+                }
+            }
+        }
+        up.write_all(&head).await.ok()?;
+        relay_response(&mut up, &mut ubuf, &mut out, typed).await?;
+        s.write_all(&out).await.ok()?;
+    }
+}
+
 fn main() {
-    let minimal = std::env::args().nth(1).as_deref() == Some("minimal");
+    // h1floor MODE [PORT [UPSTREAM_PORT]]: hyper | minimal (a fixed 401) | proxy-raw | proxy-typed
+    let args: Vec<String> = std::env::args().collect();
+    let mode = args.get(1).cloned().unwrap_or_default();
+    let port: u16 = args.get(2).map_or(18999, |p| p.parse().unwrap());
+    let upstream: u16 = args.get(3).map_or(18998, |p| p.parse().unwrap());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async move {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:18999").await.unwrap();
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         loop {
             let (s, _) = l.accept().await.unwrap();
             let _ = s.set_nodelay(true);
-            if minimal {
-                tokio::spawn(minimal_conn(s));
-            } else {
-                tokio::spawn(hyper_conn(s));
+            match mode.as_str() {
+                "minimal" => drop(tokio::spawn(minimal_conn(s))),
+                "proxy-raw" => drop(tokio::spawn(proxy_conn(s, upstream, false))),
+                "proxy-typed" => drop(tokio::spawn(proxy_conn(s, upstream, true))),
+                _ => drop(tokio::spawn(hyper_conn(s))),
             }
         }
     });
