@@ -10,9 +10,18 @@ fn answer() -> http::Response<Full<Bytes>> {
     let mut r = http::Response::new(Full::new(Bytes::from_static(BODY)));
     *r.status_mut() = http::StatusCode::UNAUTHORIZED;
     let h = r.headers_mut();
-    h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
-    h.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
-    h.insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer realm=\"bearward\""));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    h.insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer realm=\"bearward\""),
+    );
     r
 }
 
@@ -41,7 +50,12 @@ async fn minimal_conn(mut s: tokio::net::TcpStream) {
                     let mut spans = [(0usize, 0usize, 0usize, 0usize); 64];
                     let count = r.headers.len();
                     for (sp, h) in spans.iter_mut().zip(r.headers.iter()) {
-                        *sp = (at(h.name.as_ptr()), h.name.len(), at(h.value.as_ptr()), h.value.len());
+                        *sp = (
+                            at(h.name.as_ptr()),
+                            h.name.len(),
+                            at(h.value.as_ptr()),
+                            h.value.len(),
+                        );
                     }
                     let method = http::Method::from_bytes(r.method.unwrap().as_bytes()).unwrap();
                     let uri = http::Uri::try_from(r.path.unwrap()).unwrap();
@@ -104,7 +118,12 @@ fn dropped(name: &[u8]) -> bool {
 /// One response from `up` into `out`: its head (parsed into `HeaderMap` first when `typed`,
 /// as bearward does, else its lines copied as they are, hop-by-hop ones dropped) and its
 /// Content-Length body.
-async fn relay_response(up: &mut tokio::net::TcpStream, buf: &mut BytesMut, out: &mut Vec<u8>, typed: bool) -> Option<()> {
+async fn relay_response(
+    up: &mut tokio::net::TcpStream,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    typed: bool,
+) -> Option<()> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut r = httparse::Response::new(&mut headers);
@@ -121,7 +140,12 @@ async fn relay_response(up: &mut tokio::net::TcpStream, buf: &mut BytesMut, out:
                     let mut spans = [(0usize, 0usize, 0usize, 0usize); 64];
                     let count = r.headers.len();
                     for (sp, h) in spans.iter_mut().zip(r.headers.iter()) {
-                        *sp = (h.name.as_ptr() as usize - base, h.name.len(), h.value.as_ptr() as usize - base, h.value.len());
+                        *sp = (
+                            h.name.as_ptr() as usize - base,
+                            h.name.len(),
+                            h.value.as_ptr() as usize - base,
+                            h.value.len(),
+                        );
                     }
                     let spans = &spans[..count];
                     let head = buf.split_to(n).freeze();
@@ -137,7 +161,10 @@ async fn relay_response(up: &mut tokio::net::TcpStream, buf: &mut BytesMut, out:
                     if let Some(v) = map.get(http::header::CONTENT_LENGTH) {
                         length = v.to_str().ok()?.parse().ok()?;
                     }
-                    map.insert(http::header::VIA, http::HeaderValue::from_static("1.1 h1floor"));
+                    map.insert(
+                        http::header::VIA,
+                        http::HeaderValue::from_static("1.1 h1floor"),
+                    );
                     for (k, v) in &map {
                         out.extend_from_slice(k.as_str().as_bytes());
                         out.extend_from_slice(b": ");
@@ -148,7 +175,9 @@ async fn relay_response(up: &mut tokio::net::TcpStream, buf: &mut BytesMut, out:
                     for h in r.headers.iter() {
                         if h.name.eq_ignore_ascii_case("content-length") {
                             length = std::str::from_utf8(h.value).ok()?.parse().ok()?;
-                        } else if h.name.eq_ignore_ascii_case("connection") || h.name.eq_ignore_ascii_case("keep-alive") {
+                        } else if h.name.eq_ignore_ascii_case("connection")
+                            || h.name.eq_ignore_ascii_case("keep-alive")
+                        {
                             continue;
                         }
                         out.extend_from_slice(h.name.as_bytes());
@@ -181,7 +210,9 @@ async fn relay_response(up: &mut tokio::net::TcpStream, buf: &mut BytesMut, out:
 /// connection, kept alive. `typed`: the request goes through an `http::Request` with its
 /// `HeaderMap` and the response through a `HeaderMap`, as in bearward; else heads stay bytes.
 async fn proxy_conn(mut s: tokio::net::TcpStream, upstream: u16, typed: bool) -> Option<()> {
-    let mut up = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await.ok()?;
+    let mut up = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
+        .await
+        .ok()?;
     let _ = up.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(8192);
     let mut ubuf = BytesMut::with_capacity(8192);
@@ -204,7 +235,12 @@ async fn proxy_conn(mut s: tokio::net::TcpStream, upstream: u16, typed: bool) ->
                         let mut spans = [(0usize, 0usize, 0usize, 0usize); 64];
                         let count = r.headers.len();
                         for (sp, h) in spans.iter_mut().zip(r.headers.iter()) {
-                            *sp = (h.name.as_ptr() as usize - base, h.name.len(), h.value.as_ptr() as usize - base, h.value.len());
+                            *sp = (
+                                h.name.as_ptr() as usize - base,
+                                h.name.len(),
+                                h.value.as_ptr() as usize - base,
+                                h.value.len(),
+                            );
                         }
                         let spans = &spans[..count];
                         let method = http::Method::from_bytes(r.method?.as_bytes()).ok()?;
@@ -214,7 +250,8 @@ async fn proxy_conn(mut s: tokio::net::TcpStream, upstream: u16, typed: bool) ->
                         for &(n0, nl, v0, vl) in spans {
                             map.append(
                                 http::HeaderName::from_bytes(&raw[n0..n0 + nl]).ok()?,
-                                http::HeaderValue::from_maybe_shared(raw.slice(v0..v0 + vl)).ok()?,
+                                http::HeaderValue::from_maybe_shared(raw.slice(v0..v0 + vl))
+                                    .ok()?,
                             );
                         }
                         let mut req = http::Request::new(());
@@ -240,7 +277,9 @@ async fn proxy_conn(mut s: tokio::net::TcpStream, upstream: u16, typed: bool) ->
                         }
                         let _ = buf.split_to(n);
                     }
-                    head.extend_from_slice(b"x-forwarded-for: 127.0.0.1\r\nvia: 1.1 h1floor\r\n\r\n");
+                    head.extend_from_slice(
+                        b"x-forwarded-for: 127.0.0.1\r\nvia: 1.1 h1floor\r\n\r\n",
+                    );
                     break;
                 }
                 httparse::Status::Partial => {
@@ -262,9 +301,14 @@ fn main() {
     let mode = args.get(1).cloned().unwrap_or_default();
     let port: u16 = args.get(2).map_or(18999, |p| p.parse().unwrap());
     let upstream: u16 = args.get(3).map_or(18998, |p| p.parse().unwrap());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
-        let l = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         loop {
             let (s, _) = l.accept().await.unwrap();
             let _ = s.set_nodelay(true);
