@@ -467,12 +467,12 @@ impl Gateway {
         }
         unanswered.span = self.tracer.as_ref().map(|t| t.server(req.headers()));
         out.span = unanswered.span.as_ref().map(|s| s.ctx);
-        let version = req.version();
         // An HTTP/1 request refused with its body unread: hyper reads on only what has already
         // arrived and closes the connection when the rest is still coming, so the answer says
         // it closes (RFC 9112 9.6), or a client that reuses the connection loses its next
         // request. (A body read whole, an `mcp` route's, would not need it; refusals are few.)
-        let body_pending = version <= http::Version::HTTP_11 && !req.body().is_end_stream();
+        let body_pending =
+            unanswered.version <= http::Version::HTTP_11 && !req.body().is_end_stream();
         let parent = self
             .tracer
             .as_ref()
@@ -889,9 +889,7 @@ impl Gateway {
             Ok((mut resp, elapsed)) => {
                 out.upstream_status = Some(resp.status().as_u16());
                 out.upstream_time = Some(elapsed);
-                if client_span.span.is_some() {
-                    client_span.end(Ok(resp.status().as_u16()));
-                }
+                client_span.end(Ok(resp.status().as_u16()));
                 forward::prepare_response(&mut resp);
                 Ok(resp)
             }
