@@ -25,6 +25,14 @@ fn answer() -> http::Response<Full<Bytes>> {
     r
 }
 
+/// One `name: value` header line.
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 async fn hyper_conn(s: tokio::net::TcpStream) {
     let svc = hyper::service::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
         Ok::<_, std::convert::Infallible>(answer())
@@ -109,10 +117,7 @@ async fn minimal_conn(mut s: tokio::net::TcpStream) {
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 401 Unauthorized\r\n");
         for (n, v) in resp.headers() {
-            out.extend_from_slice(n.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(v.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            line(&mut out, n.as_str().as_bytes(), v.as_bytes());
         }
         out.extend_from_slice(b"content-length: 16\r\ndate: Sun, 06 Dec 2026 15:00:00 GMT\r\n\r\n");
         out.extend_from_slice(BODY);
@@ -171,10 +176,7 @@ async fn relay_response(
                         http::HeaderValue::from_static("1.1 h1floor"),
                     );
                     for (k, v) in &map {
-                        out.extend_from_slice(k.as_str().as_bytes());
-                        out.extend_from_slice(b": ");
-                        out.extend_from_slice(v.as_bytes());
-                        out.extend_from_slice(b"\r\n");
+                        line(out, k.as_str().as_bytes(), v.as_bytes());
                     }
                 } else {
                     for h in r.headers.iter() {
@@ -185,10 +187,7 @@ async fn relay_response(
                         {
                             continue;
                         }
-                        out.extend_from_slice(h.name.as_bytes());
-                        out.extend_from_slice(b": ");
-                        out.extend_from_slice(h.value);
-                        out.extend_from_slice(b"\r\n");
+                        line(out, h.name.as_bytes(), h.value);
                     }
                     out.extend_from_slice(b"via: 1.1 h1floor\r\n");
                     let _ = buf.split_to(n);
@@ -247,19 +246,13 @@ async fn proxy_conn(mut s: tokio::net::TcpStream, upstream: u16, typed: bool) ->
                         *req.headers_mut() = map;
                         for (k, v) in req.headers() {
                             if !dropped(k.as_str().as_bytes()) {
-                                head.extend_from_slice(k.as_str().as_bytes());
-                                head.extend_from_slice(b": ");
-                                head.extend_from_slice(v.as_bytes());
-                                head.extend_from_slice(b"\r\n");
+                                line(&mut head, k.as_str().as_bytes(), v.as_bytes());
                             }
                         }
                     } else {
                         for h in r.headers.iter() {
                             if !dropped(h.name.as_bytes()) {
-                                head.extend_from_slice(h.name.as_bytes());
-                                head.extend_from_slice(b": ");
-                                head.extend_from_slice(h.value);
-                                head.extend_from_slice(b"\r\n");
+                                line(&mut head, h.name.as_bytes(), h.value);
                             }
                         }
                         let _ = buf.split_to(n);
