@@ -101,12 +101,14 @@ impl StoreError {
     }
 }
 
-/// The connection: to one node (reconnecting by itself), or to a Redis Cluster (its slot map
-/// kept and followed by the client: `MOVED`, `ASK`, a failed-over master).
+/// The connection: to one node (reconnecting by itself), to a Redis Cluster (its slot map
+/// kept and followed by the client: `MOVED`, `ASK`, a failed-over master), or to the master a
+/// set of Redis Sentinels names.
 #[derive(Clone)]
 enum Conn {
     Node(ConnectionManager),
     Cluster(redis::cluster_async::ClusterConnection),
+    Sentinel(Arc<SentinelMaster>),
 }
 
 impl Conn {
@@ -114,7 +116,111 @@ impl Conn {
         match &mut self {
             Conn::Node(c) => cmd.query_async(c).await,
             Conn::Cluster(c) => cmd.query_async(c).await,
+            Conn::Sentinel(m) => m.query(cmd).await,
         }
+    }
+
+    /// One node holds every key (no hash slots).
+    fn single(&self) -> bool {
+        !matches!(self, Conn::Cluster(_))
+    }
+}
+
+/// The master that Redis Sentinels name, and one connection to it. The sentinels are asked
+/// on first use, and again after a command on that connection fails in a way that says the
+/// master is gone or has stepped down (the connection broke or timed out, `READONLY`,
+/// `MASTERDOWN`): so a failover costs the commands in flight and the one-second back-off, not
+/// a restart. redis-rs checks that the node the sentinels name answers `ROLE` as a master.
+/// The store's back-off bounds how often the sentinels are asked.
+struct SentinelMaster {
+    /// Held while the sentinels are asked, so one command asks and the others wait for it.
+    lookup: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+    /// The connection to the master, and a number that tells it from the ones before it.
+    current: std::sync::Mutex<Option<Numbered>>,
+    connections: AtomicU64,
+    limits: redis::AsyncConnectionConfig,
+}
+
+/// Forgets connection `.1` when dropped armed (`.2`), unless a newer one has replaced it.
+struct Forget<'a>(&'a SentinelMaster, u64, bool);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if self.2 {
+            let mut current = self.0.slot();
+            if current.as_ref().is_some_and(|(c, _)| *c == self.1) {
+                *current = None;
+            }
+        }
+    }
+}
+
+/// A connection to the master, numbered.
+type Numbered = (u64, redis::aio::MultiplexedConnection);
+
+impl SentinelMaster {
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        let (n, mut conn) = self.connection().await?;
+        // Armed until the answer comes: a command dropped unanswered (the store's timeout ran
+        // out first: a master that went silent) forgets the connection as a failed one does.
+        let mut pending = Forget(self, n, true);
+        let answer = cmd.query_async(&mut conn).await;
+        pending.2 = answer.as_ref().err().is_some_and(|e| {
+            e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal()
+                || e.is_timeout()
+                || matches!(
+                    e.kind(),
+                    redis::ErrorKind::Server(
+                        redis::ServerErrorKind::ReadOnly | redis::ServerErrorKind::MasterDown
+                    )
+                )
+        });
+        answer
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Numbered>> {
+        // Nothing can leave it half-written: a panic while it is held leaves a whole value.
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn cached(&self) -> Option<Numbered> {
+        self.slot().clone()
+    }
+
+    async fn connection(&self) -> redis::RedisResult<Numbered> {
+        match self.cached() {
+            Some(c) => Ok(c),
+            None => self.ask().await,
+        }
+    }
+
+    /// Asks the sentinels. Boxed: redis-rs's lookup futures nest deep enough that proving a
+    /// request's future `Send` through them overflows the compiler's recursion limit.
+    fn ask(
+        &self,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = redis::RedisResult<Numbered>> + Send + '_>,
+    > {
+        Box::pin(self.ask_unboxed())
+    }
+
+    async fn ask_unboxed(&self) -> redis::RedisResult<Numbered> {
+        let mut lookup = self.lookup.lock().await;
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        let client = lookup.async_get_client().await?;
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&self.limits)
+            .await?;
+        let n = self.connections.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(master = %client.get_connection_info().addr(), "shared store: the sentinels name this master");
+        *self.slot() = Some((n, conn.clone()));
+        Ok((n, conn))
     }
 }
 
@@ -137,7 +243,9 @@ impl SharedStore {
     /// A store that connects on first use (needs a Tokio runtime): a Redis that is down when
     /// bearward starts delays nothing.
     pub fn new(config: &CacheConfig, metrics: Arc<Metrics>) -> Result<Arc<SharedStore>, String> {
-        let conn = if config.cluster_urls.is_empty() {
+        let conn = if let Some(s) = &config.sentinel {
+            Conn::Sentinel(Arc::new(sentinel(config, s).map_err(|e| e.to_string())?))
+        } else if config.cluster_urls.is_empty() {
             let client = client(config).map_err(|e| e.to_string())?;
             let manager = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(config.timeout))
@@ -174,12 +282,11 @@ impl SharedStore {
     /// per key; on one node, the plain name.
     pub fn bucket_key(&self, route_id: &str, id: &[u8]) -> String {
         let hex = crate::jose::hex(id);
-        match self.conn {
-            Conn::Node(_) => self.key(&format!("ratelimit:{route_id}:{hex}")),
-            Conn::Cluster(_) => {
-                let shard = id.first().copied().unwrap_or(0) % BUCKET_SHARDS;
-                self.key(&format!("ratelimit:{{{route_id}.{shard}}}:{hex}"))
-            }
+        if self.conn.single() {
+            self.key(&format!("ratelimit:{route_id}:{hex}"))
+        } else {
+            let shard = id.first().copied().unwrap_or(0) % BUCKET_SHARDS;
+            self.key(&format!("ratelimit:{{{route_id}.{shard}}}:{hex}"))
         }
     }
 
@@ -408,6 +515,55 @@ fn cluster(config: &CacheConfig) -> redis::RedisResult<redis::cluster_async::Clu
         .get_pending_async_connection_with_config(limits))
 }
 
+/// The sentinels' client: their URLs and their password, the master's password
+/// (`redis_password_file`: the sentinels give only the master's address) and, for `rediss://`
+/// sentinels, TLS to them and to the master, with the same roots and client certificate.
+fn sentinel(
+    config: &CacheConfig,
+    s: &crate::config::SentinelConfig,
+) -> redis::RedisResult<SentinelMaster> {
+    use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
+    use redis::IntoConnectionInfo;
+    let mut addrs = Vec::with_capacity(s.urls.len());
+    for u in &s.urls {
+        let url = std::str::from_utf8(&u.0).map_err(|_| {
+            redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "URL is not UTF-8"))
+        })?;
+        addrs.push(url.into_connection_info()?.addr().clone());
+    }
+    let tls = matches!(addrs.first(), Some(redis::ConnectionAddr::TcpTls { .. }));
+    let mut b = SentinelClientBuilder::new(addrs, &s.master, SentinelServerType::Master)?;
+    if let Some(p) = &config.password {
+        b = b.set_client_to_redis_password(String::from_utf8_lossy(&p.0));
+    }
+    if let Some(p) = &s.password {
+        b = b.set_client_to_sentinel_password(String::from_utf8_lossy(&p.0));
+    }
+    if tls {
+        b = b.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+        if let Some(t) = &config.tls {
+            let certs = || redis::TlsCertificates {
+                client_tls: t.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.0.clone(),
+                }),
+                root_cert: t.ca_pem.clone(),
+            };
+            b = b
+                .set_client_to_redis_certificates(certs())
+                .set_client_to_sentinel_certificates(certs());
+        }
+    }
+    Ok(SentinelMaster {
+        lookup: tokio::sync::Mutex::new(b.build()?),
+        current: std::sync::Mutex::new(None),
+        connections: AtomicU64::new(0),
+        limits: redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout)),
+    })
+}
+
 impl SharedStore {
     /// One batch of groups through the script: one call on a node; on a cluster one call per
     /// hash slot, all in flight at once (a script's keys must share a slot). The answer per
@@ -417,7 +573,7 @@ impl SharedStore {
         groups: &[Group],
     ) -> Vec<Result<(u32, u64, u32), StoreError>> {
         let parts: Vec<Vec<usize>> = match &self.conn {
-            Conn::Node(_) => vec![(0..groups.len()).collect()],
+            Conn::Node(_) | Conn::Sentinel(_) => vec![(0..groups.len()).collect()],
             Conn::Cluster(_) => {
                 let mut by_slot: std::collections::HashMap<
                     redis::cluster_routing::Slot,

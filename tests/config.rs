@@ -23,6 +23,16 @@ fn broken_configs_are_rejected_naming_the_key() {
         ("cluster and one node", "[server]", "[cache]\nredis_url = \"redis://127.0.0.1:6379\"\nredis_cluster_urls = [\"redis://127.0.0.1:7000\"]\n\n[server]", "cache.redis_cluster_urls: give either"),
         ("cluster node on a unix socket", "[server]", "[cache]\nredis_cluster_urls = [\"redis+unix:///run/redis.sock\"]\n\n[server]", "cache.redis_cluster_urls[0]"),
         ("cluster of mixed TLS", "[server]", "[cache]\nredis_cluster_urls = [\"redis://127.0.0.1:7000\", \"rediss://127.0.0.1:7001\"]\n\n[server]", "different TLS modes"),
+        ("sentinels and one node", "[server]", "[cache]\nredis_url = \"redis://127.0.0.1:6379\"\nredis_sentinel_urls = [\"redis://127.0.0.1:26379\"]\nredis_sentinel_master = \"mymaster\"\n\n[server]", "cache.redis_sentinel_urls: give either redis_sentinel_urls (a master the sentinels name) or redis_url"),
+        ("sentinels and a cluster", "[server]", "[cache]\nredis_sentinel_urls = [\"redis://127.0.0.1:26379\"]\nredis_sentinel_master = \"mymaster\"\nredis_cluster_urls = [\"redis://127.0.0.1:7000\"]\n\n[server]", "cache.redis_sentinel_urls: give either redis_sentinel_urls (a master the sentinels name) or redis_cluster_urls"),
+        ("sentinels without the master's name", "[server]", "[cache]\nredis_sentinel_urls = [\"redis://127.0.0.1:26379\"]\n\n[server]", "cache.redis_sentinel_master: is needed with redis_sentinel_urls"),
+        ("an empty master name", "[server]", "[cache]\nredis_sentinel_urls = [\"redis://127.0.0.1:26379\"]\nredis_sentinel_master = \" \"\n\n[server]", "cache.redis_sentinel_master: must not be empty"),
+        ("a master name without sentinels", "[server]", "[cache]\nredis_url = \"redis://127.0.0.1:6379\"\nredis_sentinel_master = \"mymaster\"\n\n[server]", "cache.redis_sentinel_master: only applies with redis_sentinel_urls"),
+        ("a sentinel password without sentinels", "[server]", "[cache]\nredis_url = \"redis://127.0.0.1:6379\"\nredis_sentinel_password_env = \"PW\"\n\n[server]", "cache.redis_sentinel_password_env: only applies with redis_sentinel_urls"),
+        ("a sentinel URL with a database", "[server]", "[cache]\nredis_sentinel_urls = [\"redis://127.0.0.1:26379/2\"]\nredis_sentinel_master = \"mymaster\"\n\n[server]", "cache.redis_sentinel_urls[0]: a sentinel has no database"),
+        ("a sentinel URL with a password", "[server]", "[cache]\nredis_sentinel_urls = [\"redis://127.0.0.1:26379\", \"redis://:hunter2@127.0.0.1:26380\"]\nredis_sentinel_master = \"mymaster\"\n\n[server]", "cache.redis_sentinel_urls[1]: holds credentials"),
+        ("sentinels of mixed TLS", "[server]", "[cache]\nredis_sentinel_urls = [\"redis://127.0.0.1:26379\", \"rediss://127.0.0.1:26380\"]\nredis_sentinel_master = \"mymaster\"\n\n[server]", "cache.redis_sentinel_urls[1]: use one scheme"),
+        ("a sentinel on a unix socket", "[server]", "[cache]\nredis_sentinel_urls = [\"redis+unix:///run/sentinel.sock\"]\nredis_sentinel_master = \"mymaster\"\n\n[server]", "cache.redis_sentinel_urls[0]: is not a redis:// or rediss:// URL"),
         ("rediss keys on redis", "[server]", "[cache]\nredis_url = \"redis://127.0.0.1:6379\"\nredis_client_cert_file = \"tests/fixtures/tls/client.pem\"\nredis_client_key_file = \"tests/fixtures/tls/client-key.pem\"\n\n[server]", "cache.redis_client_cert_file: only applies to a rediss:// url"),
         ("https proxy", "audiences = [\"https://api.test\"]", "audiences = [\"https://api.test\"]\nproxy = \"https://egress.test:3128\"", "issuers[0].proxy: is not an http://host:port proxy URL"),
         ("proxy with a path", "audiences = [\"https://api.test\"]", "audiences = [\"https://api.test\"]\nproxy = \"http://egress.test:3128/x\"", "issuers[0].proxy"),
@@ -117,6 +127,10 @@ fn broken_configs_are_rejected_naming_the_key() {
         assert!(
             out.contains(".toml:"),
             "{what}: message does not name the file and line:\n{out}"
+        );
+        assert!(
+            !out.contains("hunter2"),
+            "{what}: a password echoed:\n{out}"
         );
     }
 }

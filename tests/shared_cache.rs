@@ -7,10 +7,11 @@ mod common;
 
 use common::dpop::DpopKey;
 use common::introspection::Endpoint;
-use common::redis::{Cluster, Redis, Replica};
+use common::redis::{Cluster, Redis, Replica, Sentinels};
 use common::*;
 use http::StatusCode;
 use serde_json::json;
+use std::time::Duration;
 
 /// The store under test: one Redis, or a three-master Cluster on which one master dies.
 trait Store {
@@ -358,7 +359,12 @@ async fn replays_across_replicas(store: &mut impl Store) {
 const STORE_GCRA_OK: &str = r#"bearward_shared_store_operations_total{op="gcra",outcome="ok"}"#;
 
 fn limited_replica(up: &Upstream, cache: &str) -> Replica {
-    Replica::with(|port, admin| {
+    limited_replica_logged(up, cache, false)
+}
+
+/// [`limited_replica`], its log kept with `log`.
+fn limited_replica_logged(up: &Upstream, cache: &str, log: bool) -> Replica {
+    let text = |port, admin| {
         format!(
             r#"
 [server]
@@ -386,7 +392,8 @@ upstream = "app"
 "#,
             up.url()
         )
-    })
+    };
+    Replica::spawn(text, &[], log)
 }
 
 #[tokio::test]
@@ -397,6 +404,96 @@ async fn a_global_rate_limit_holds_across_two_replicas_and_falls_back_when_redis
 #[tokio::test]
 async fn on_a_cluster_a_global_rate_limit_holds_and_a_dead_master_applies_the_fallback() {
     global_limit_across_replicas(&mut Cluster::start()).await;
+}
+
+/// Redis Sentinel, as Bitnami's chart and the Redis operators run it: commands go to the
+/// master the sentinel names (the sentinel and the master asking for different passwords);
+/// when that master dies and the sentinel promotes its replica, both replicas follow it, and
+/// the limit is global again on the new master.
+#[tokio::test]
+async fn through_a_sentinel_a_global_rate_limit_holds_and_follows_a_failover() {
+    let mut s = Sentinels::start();
+    let up = Upstream::start().await;
+    let a = limited_replica_logged(&up, &s.cache(), true);
+    let b = limited_replica_logged(&up, &s.cache(), true);
+    let c = client();
+    let forty = |t: String| {
+        let (a, b, up, c) = (&a, &b, &up, &c);
+        async move {
+            let started = std::time::Instant::now();
+            let before = up.count();
+            for i in 0..40 {
+                if i % 2 == 0 { a } else { b }.call(c, &t).await;
+            }
+            (
+                up.count() - before,
+                1 + (started.elapsed().as_millis() / 100) as usize,
+            )
+        }
+    };
+
+    let (passed, tolerance) = forty(token("sentinel-user")).await;
+    assert!(
+        (10..=10 + tolerance).contains(&passed),
+        "{passed} passed (tolerance {tolerance}): not global"
+    );
+    let dump = s.nodes[0].dump();
+    assert!(dump.contains(&bucket("sentinel-user", false)), "{dump}");
+
+    // The master dies; the sentinel declares it down and promotes the replica.
+    s.nodes[0].kill();
+    let dead = [gcra_ok(&a, &c).await, gcra_ok(&b, &c).await];
+    let promoted = std::time::Instant::now();
+    while s.master() != Some(1) {
+        assert!(
+            promoted.elapsed() < Duration::from_secs(30),
+            "the sentinel did not fail over: {}",
+            s.ask(&["sentinel", "master", "mymaster"])
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The replicas ask the sentinel again once their commands on the dead master fail (each
+    // then skips the store for a second): soon both have their checks answered again.
+    let t = token("failover-user");
+    let followed = std::time::Instant::now();
+    while gcra_ok(&a, &c).await <= dead[0] || gcra_ok(&b, &c).await <= dead[1] {
+        assert!(
+            followed.elapsed() < Duration::from_secs(15),
+            "the replicas did not follow the failover; a logged:\n{}",
+            a.logged()
+        );
+        a.call(&c, &t).await;
+        b.call(&c, &t).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (passed, tolerance) = forty(token("promoted-user")).await;
+    // Read at once: a bucket expires when its schedule has caught up with the clock.
+    let dump = s.nodes[1].dump();
+    assert!(
+        (10..=10 + tolerance).contains(&passed),
+        "{passed} passed after the failover (tolerance {tolerance})"
+    );
+    assert!(dump.contains(&bucket("promoted-user", false)), "{dump}");
+    let logged = a.logged();
+    assert!(
+        logged.matches("the sentinels name this master").count() >= 2,
+        "{logged}"
+    );
+}
+
+/// An rsa1 JWT for `limited_replica` with subject `sub`.
+fn token(sub: &str) -> String {
+    let mint = common::idp::Minter {
+        issuer: "https://idp.test".into(),
+        audience: "https://api.test".into(),
+    };
+    mint.token_claims(&common::idp::Key::rsa1(), |cl| {
+        cl.insert("sub".into(), json!(sub));
+    })
+}
+
+async fn gcra_ok(r: &Replica, c: &HttpClient) -> f64 {
+    metric(&r.metrics(c).await, STORE_GCRA_OK)
 }
 
 /// The store key of the `/api` route's bucket for `sub`: on a cluster with a hash tag of the
@@ -416,31 +513,13 @@ async fn global_limit_across_replicas(store: &mut impl Store) {
     let a = limited_replica(&up, &store.cache());
     let b = limited_replica(&up, &store.cache());
     let c = client();
-    let mint = common::idp::Minter {
-        issuer: "https://idp.test".into(),
-        audience: "https://api.test".into(),
-    };
-    let token = |sub: &str| {
-        mint.token_claims(&common::idp::Key::rsa1(), |cl| {
-            cl.insert("sub".into(), json!(sub));
-        })
-    };
-    let send = |r: &Replica, t: &str| {
-        let url = format!("http://127.0.0.1:{}/api/x", r.port);
-        let (c, t) = (c.clone(), t.to_owned());
-        async move {
-            get(&c, &url, &[("authorization", &format!("Bearer {t}"))])
-                .await
-                .status
-        }
-    };
 
     // 40 requests, alternating replicas: the limit is one, not one per replica.
     let t = token("global-user");
     let started = std::time::Instant::now();
     for i in 0..40 {
         let r = if i % 2 == 0 { &a } else { &b };
-        let s = send(r, &t).await;
+        let s = r.call(&c, &t).await;
         assert!(
             s == StatusCode::OK || s == StatusCode::TOO_MANY_REQUESTS,
             "{s}"
@@ -528,7 +607,7 @@ async fn global_limit_across_replicas(store: &mut impl Store) {
     let before = up.count();
     for i in 0..40 {
         let r = if i % 2 == 0 { &a } else { &b };
-        send(r, &t).await;
+        r.call(&c, &t).await;
     }
     let tolerance = 2 + 2 * (started.elapsed().as_millis() / 200) as usize;
     let passed = up.count() - before;

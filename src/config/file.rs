@@ -338,7 +338,7 @@ pub(super) struct DpopFile {
 #[serde(deny_unknown_fields)]
 pub(super) struct CacheFile {
     /// Reference: `redis_url`, `redis_url_file`, `redis_url_env`
-    /// Default: required in `[cache]` (or `redis_cluster_urls`)
+    /// Default: required in `[cache]` (or `redis_cluster_urls`, `redis_sentinel_urls`)
     ///
     /// `redis://[user:password@]host:port/db`, `rediss://` for TLS, or `redis+unix:///path`;
     /// from a file (re-read when it changes) or an environment variable when it holds a
@@ -355,6 +355,23 @@ pub(super) struct CacheFile {
     /// scheme for all; the password in `redis_password_file`); each key's commands go to the
     /// master holding its slot
     pub redis_cluster_urls: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Reference: `redis_sentinel_urls`, `redis_sentinel_master`
+    /// Default: -
+    ///
+    /// instead of `redis_url`: Redis Sentinels (`redis://host:26379`, or `rediss://` for TLS to
+    /// the sentinels and the master alike) and the name of the master they monitor; commands
+    /// go to the master they name, which is asked for again when it fails or steps down
+    pub redis_sentinel_urls: Option<Spanned<Vec<Spanned<String>>>>,
+    /// In the reference row of `redis_sentinel_urls`.
+    pub redis_sentinel_master: Option<Spanned<String>>,
+    /// Reference: `redis_sentinel_password_file`, `redis_sentinel_password_env`
+    /// Default: none
+    ///
+    /// the sentinels' own password (their `requirepass`), when they ask for one; the master's
+    /// is `redis_password_file`'s
+    pub redis_sentinel_password_file: Option<Spanned<String>>,
+    /// In the reference row of `redis_sentinel_password_file`.
+    pub redis_sentinel_password_env: Option<Spanned<String>>,
     /// Reference: `redis_password_file`, `redis_password_env`
     /// Default: the URL's
     ///

@@ -587,6 +587,8 @@ pub struct CacheConfig {
     pub redis_url: Secret,
     /// `redis_cluster_urls`: the seed nodes of a Redis Cluster; empty: one node, `redis_url`.
     pub cluster_urls: Vec<Secret>,
+    /// `redis_sentinel_urls` and the master they watch; `redis_url` is empty then.
+    pub sentinel: Option<SentinelConfig>,
     /// `redis_password_file` / `_env`: replaces the URL's password.
     pub password: Option<Secret>,
     /// For a `rediss://` URL: what its certificate must chain to, and a client certificate.
@@ -599,6 +601,17 @@ pub struct CacheConfig {
     pub rate_limit_fallback_replicas: u32,
 }
 
+/// The Redis Sentinels that name the store's master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelConfig {
+    /// `redis_sentinel_urls`: `redis://` or `rediss://` (TLS to the sentinels and the master).
+    pub urls: Vec<Secret>,
+    /// `redis_sentinel_master`: the name the sentinels monitor it under.
+    pub master: String,
+    /// `redis_sentinel_password_file` / `_env`: the sentinels' own `requirepass`.
+    pub password: Option<Secret>,
+}
+
 /// The TLS of a `rediss://` store, as the PEM the client takes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RedisTls {
@@ -609,7 +622,7 @@ pub struct RedisTls {
 }
 
 /// Key material that must never reach a log line.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(pub Vec<u8>);
 
 impl fmt::Debug for Secret {

@@ -106,9 +106,7 @@ impl Redis {
 
     /// All keys, with their values, as one text (to look for what must not be there).
     pub(crate) fn dump(&self) -> String {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
+        let mut s = self.connect();
         s.write_all(b"KEYS *\r\n").unwrap();
         let mut out = Vec::new();
         let mut buf = [0u8; 65536];
@@ -133,13 +131,25 @@ impl Redis {
     }
 
     fn get_value(&self, key: &str) -> String {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
+        let mut s = self.connect();
         s.write_all(format!("GET {key}\r\n").as_bytes()).unwrap();
         let mut buf = [0u8; 65536];
         let n = s.read(&mut buf).unwrap_or(0);
         String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// A connection for the test's own commands, authenticated when the node asks for it.
+    fn connect(&self) -> std::net::TcpStream {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        if let Some(p) = &self.password {
+            s.write_all(format!("AUTH {p}\r\n").as_bytes()).unwrap();
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).unwrap_or(0);
+            assert!(buf[..n].starts_with(b"+OK"), "AUTH refused");
+        }
+        s
     }
 
     pub(crate) fn kill(&mut self) {
@@ -395,6 +405,144 @@ impl Redis {
             .args(args)
             .output()
             .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// A master and one replica (asking for `tests/fixtures/redis-password`) watched by one Redis
+/// Sentinel (Debian's `redis-server --sentinel`, quorum 1, asking for
+/// `tests/fixtures/sentinel-password`), monitoring the master as `mymaster`. A killed master is
+/// declared down after 500 ms and the replica promoted.
+pub(crate) struct Sentinels {
+    /// `[0]` the master as started, `[1]` its replica.
+    pub nodes: Vec<Redis>,
+    child: Child,
+    pub port: u16,
+    dir: std::path::PathBuf,
+}
+
+fn fixture(name: &str) -> String {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(path).unwrap().trim().to_owned()
+}
+
+impl Sentinels {
+    pub(crate) fn start() -> Sentinels {
+        let pw = fixture("redis-password");
+        let master = Redis::start_with(&["--masterauth", &pw], Some(&pw), false);
+        let port = master.port.to_string();
+        let replica = Redis::start_with(
+            &["--replicaof", "127.0.0.1", &port, "--masterauth", &pw],
+            Some(&pw),
+            false,
+        );
+        // The sentinel learns of the replica from the master's INFO: it must be attached by
+        // then.
+        let online = (0..100).any(|_| {
+            let attached = master
+                .cli_auth(&["info", "replication"])
+                .contains("state=online");
+            if !attached {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            attached
+        });
+        assert!(online, "the replica did not attach to the master");
+        let dir = |p: u16| {
+            std::env::temp_dir().join(format!("bearward-sentinel-{p}-{}", std::process::id()))
+        };
+        let start = |[p]: [u16; 1]| {
+            let dir = dir(p);
+            std::fs::create_dir_all(&dir).unwrap();
+            // Sentinel rewrites its config file as it learns: it gets a copy of its own.
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {p}\nbind 127.0.0.1\ndir {}\nrequirepass {}\n\
+                     sentinel monitor mymaster 127.0.0.1 {port} 1\n\
+                     sentinel auth-pass mymaster {pw}\n\
+                     sentinel down-after-milliseconds mymaster 500\n\
+                     sentinel failover-timeout mymaster 2000\n",
+                    dir.display(),
+                    fixture("sentinel-password"),
+                ),
+            )
+            .unwrap();
+            let mut cmd = Command::new("redis-server");
+            cmd.arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            cmd
+        };
+        let (child, [p]) = spawn_holding_tidy("redis-server --sentinel", start, |[p]| {
+            let _ = std::fs::remove_dir_all(dir(p));
+        });
+        let s = Sentinels {
+            nodes: vec![master, replica],
+            child,
+            port: p,
+            dir: dir(p),
+        };
+        let knows = (0..100).any(|_| {
+            let replicas = s.ask(&["sentinel", "replicas", "mymaster"]);
+            let found = replicas.contains(&s.nodes[1].port.to_string());
+            if !found {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            found
+        });
+        assert!(knows, "the sentinel did not find the replica");
+        s
+    }
+
+    /// `redis-cli` against the sentinel; its output.
+    pub(crate) fn ask(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--no-auth-warning", "-a"])
+            .arg(fixture("sentinel-password"))
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The index in `nodes` of the node the sentinel names master.
+    pub(crate) fn master(&self) -> Option<usize> {
+        let addr = self.ask(&["sentinel", "get-master-addr-by-name", "mymaster"]);
+        let port = addr.lines().nth(1)?.trim().to_owned();
+        self.nodes.iter().position(|n| n.port.to_string() == port)
+    }
+
+    /// The `[cache]` lines naming the sentinel, the master's name and both passwords.
+    pub(crate) fn cache(&self) -> String {
+        format!(
+            "redis_sentinel_urls = [\"redis://127.0.0.1:{}\"]\n\
+             redis_sentinel_master = \"mymaster\"\n\
+             redis_password_file = \"tests/fixtures/redis-password\"\n\
+             redis_sentinel_password_file = \"tests/fixtures/sentinel-password\"",
+            self.port
+        )
+    }
+}
+
+impl Drop for Sentinels {
+    fn drop(&mut self) {
+        stop_group(&mut self.child);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Redis {
+    /// [`Redis::cli`] with the node's password.
+    pub(crate) fn cli_auth(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-p", &self.port.to_string()]);
+        if let Some(p) = &self.password {
+            cmd.args(["--no-auth-warning", "-a", p]);
+        }
+        let out = cmd.args(args).output().expect("redis-cli");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }

@@ -12,8 +12,37 @@ pub(super) fn cache(
 ) -> Option<CacheConfig> {
     let span = f?.span();
     let f = f?.get_ref();
-    if let Some(list) = &f.redis_cluster_urls {
-        return cluster(cx, f, list, span);
+    if f.redis_sentinel_urls.is_none() {
+        let only = [
+            ("cache.redis_sentinel_master", &f.redis_sentinel_master),
+            (
+                "cache.redis_sentinel_password_file",
+                &f.redis_sentinel_password_file,
+            ),
+            (
+                "cache.redis_sentinel_password_env",
+                &f.redis_sentinel_password_env,
+            ),
+        ];
+        for (k, v) in only {
+            if let Some(v) = v {
+                cx.err(v.span(), k, "only applies with redis_sentinel_urls");
+            }
+        }
+    }
+    match (&f.redis_cluster_urls, &f.redis_sentinel_urls) {
+        (Some(_), Some(s)) => {
+            cx.err(
+                s.span(),
+                "cache.redis_sentinel_urls",
+                "give either redis_sentinel_urls (a master the sentinels name) or \
+                 redis_cluster_urls (a Redis Cluster)",
+            );
+            return None;
+        }
+        (Some(list), None) => return cluster(cx, f, list, span),
+        (None, Some(list)) => return sentinel(cx, f, list, span),
+        (None, None) => {}
     }
     let url = match (&f.redis_url, &f.redis_url_file, &f.redis_url_env) {
         (Some(u), None, None) => Some(Secret(u.get_ref().as_bytes().to_vec())),
@@ -59,23 +88,11 @@ pub(super) fn cache(
         return None;
     };
     let tls_url = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
-    let password = cx.secret(
-        (&f.redis_password_file, &f.redis_password_env),
-        "cache.redis_password",
-        &span,
-    );
-    if password
-        .as_ref()
-        .is_some_and(|p| std::str::from_utf8(&p.0).is_err())
-    {
-        cx.err(
-            span.clone(),
-            "cache.redis_password",
-            "the password is not UTF-8 text",
-        );
-    }
-    let tls = redis_tls(cx, f, tls_url);
-    Some(rest(cx, f, span, url, Vec::new(), password, tls))
+    let nodes = Nodes {
+        redis_url: url,
+        ..Nodes::default()
+    };
+    Some(rest(cx, f, span, nodes, tls_url))
 }
 
 /// `redis_cluster_urls`: seed nodes, all `redis://` or all `rediss://`, database 0, one
@@ -86,24 +103,142 @@ fn cluster(
     list: &Spanned<Vec<Spanned<String>>>,
     span: Range<usize>,
 ) -> Option<CacheConfig> {
+    let infos = url_list(
+        cx,
+        f,
+        list,
+        "cache.redis_cluster_urls",
+        "give either redis_cluster_urls (a Redis Cluster) or redis_url (one node)",
+    )?;
+    if let Err(e) = redis::cluster::ClusterClient::new(infos.clone()) {
+        // redis-rs's messages name no URL ("Cannot use different TLS modes among initial
+        // nodes."), so they are safe to show.
+        cx.err(list.span(), "cache.redis_cluster_urls", e.to_string());
+        return None;
+    }
+    let tls_url = matches!(infos[0].addr(), redis::ConnectionAddr::TcpTls { .. });
+    let nodes = Nodes {
+        cluster_urls: secrets(list),
+        ..Nodes::default()
+    };
+    Some(rest(cx, f, span, nodes, tls_url))
+}
+
+/// `redis_sentinel_urls` with `redis_sentinel_master`: the sentinels, all `redis://` or all
+/// `rediss://` (the master is reached the same way), and their own password apart from the
+/// master's.
+fn sentinel(
+    cx: &mut Ctx<'_>,
+    f: &crate::config::file::CacheFile,
+    list: &Spanned<Vec<Spanned<String>>>,
+    span: Range<usize>,
+) -> Option<CacheConfig> {
+    let infos = url_list(
+        cx,
+        f,
+        list,
+        "cache.redis_sentinel_urls",
+        "give either redis_sentinel_urls (a master the sentinels name) or redis_url (one node)",
+    )?;
+    let tls_url = matches!(infos[0].addr(), redis::ConnectionAddr::TcpTls { .. });
+    for (i, info) in infos.iter().enumerate() {
+        let key = format!("cache.redis_sentinel_urls[{i}]");
+        let span = list.get_ref()[i].span();
+        if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) != tls_url {
+            cx.err(
+                span,
+                &key,
+                "use one scheme for all sentinels: redis:// or rediss://",
+            );
+        } else if info.redis_settings().db() != 0 {
+            cx.err(
+                span,
+                &key,
+                "a sentinel has no database: leave the path out of its URL",
+            );
+        } else if info.redis_settings().username().is_some()
+            || info.redis_settings().password().is_some()
+        {
+            // The URL is not echoed: it holds a password.
+            cx.err(
+                span,
+                &key,
+                "holds credentials: give the sentinels' password in \
+                 redis_sentinel_password_file or redis_sentinel_password_env",
+            );
+        }
+    }
+    let master = match &f.redis_sentinel_master {
+        Some(m) if !m.get_ref().trim().is_empty() => m.get_ref().clone(),
+        Some(m) => {
+            cx.err(m.span(), "cache.redis_sentinel_master", "must not be empty");
+            return None;
+        }
+        None => {
+            cx.err(
+                list.span(),
+                "cache.redis_sentinel_master",
+                "is needed with redis_sentinel_urls: the name the sentinels monitor the master \
+                 under (`sentinel monitor NAME ...`, \"mymaster\" in Bitnami's chart)",
+            );
+            return None;
+        }
+    };
+    let password = password(
+        cx,
+        (
+            &f.redis_sentinel_password_file,
+            &f.redis_sentinel_password_env,
+        ),
+        "cache.redis_sentinel_password",
+        &span,
+    );
+    let nodes = Nodes {
+        sentinel: Some(SentinelConfig {
+            urls: secrets(list),
+            master,
+            password,
+        }),
+        ..Nodes::default()
+    };
+    Some(rest(cx, f, span, nodes, tls_url))
+}
+
+/// A password from its file or variable (`key`_file, `key`_env): the client takes text.
+fn password(
+    cx: &mut Ctx<'_>,
+    from: (&Option<Spanned<String>>, &Option<Spanned<String>>),
+    key: &str,
+    span: &Range<usize>,
+) -> Option<Secret> {
+    let p = cx.secret(from, key, span);
+    if p.as_ref()
+        .is_some_and(|p| std::str::from_utf8(&p.0).is_err())
+    {
+        cx.err(span.clone(), key, "the password is not UTF-8 text");
+    }
+    p
+}
+
+/// A list of node URLs (`key`) given instead of `redis_url`: not empty, each a `redis://` or
+/// `rediss://` URL; never echoed, as one may hold a password.
+fn url_list(
+    cx: &mut Ctx<'_>,
+    f: &crate::config::file::CacheFile,
+    list: &Spanned<Vec<Spanned<String>>>,
+    key: &str,
+    either: &str,
+) -> Option<Vec<redis::ConnectionInfo>> {
     if let Some(u) = [&f.redis_url, &f.redis_url_file, &f.redis_url_env]
         .into_iter()
         .flatten()
         .next()
     {
-        cx.err(
-            u.span(),
-            "cache.redis_cluster_urls",
-            "give either redis_cluster_urls (a Redis Cluster) or redis_url (one node)",
-        );
+        cx.err(u.span(), key, either);
         return None;
     }
     if list.get_ref().is_empty() {
-        cx.err(
-            list.span(),
-            "cache.redis_cluster_urls",
-            "must list at least one node",
-        );
+        cx.err(list.span(), key, "must list at least one node");
         return None;
     }
     let mut infos = Vec::new();
@@ -118,45 +253,50 @@ fn cluster(
             Some(info) => infos.push(info),
             None => cx.err(
                 u.span(),
-                &format!("cache.redis_cluster_urls[{i}]"),
-                "is not a redis:// or rediss:// URL of a cluster node",
+                &format!("{key}[{i}]"),
+                "is not a redis:// or rediss:// URL of a node",
             ),
         }
     }
-    if infos.len() != list.get_ref().len() {
-        return None;
-    }
-    if let Err(e) = redis::cluster::ClusterClient::new(infos.clone()) {
-        // redis-rs's messages name no URL ("Cannot use different TLS modes among initial
-        // nodes."), so they are safe to show.
-        cx.err(list.span(), "cache.redis_cluster_urls", e.to_string());
-        return None;
-    }
-    let password = cx.secret(
-        (&f.redis_password_file, &f.redis_password_env),
-        "cache.redis_password",
-        &span,
-    );
-    let tls_url = matches!(infos[0].addr(), redis::ConnectionAddr::TcpTls { .. });
-    let tls = redis_tls(cx, f, tls_url);
-    let urls = list
-        .get_ref()
-        .iter()
-        .map(|u| Secret(u.get_ref().as_bytes().to_vec()))
-        .collect();
-    Some(rest(cx, f, span, Secret(Vec::new()), urls, password, tls))
+    (infos.len() == list.get_ref().len()).then_some(infos)
 }
 
-/// The keys a single node and a cluster share.
+fn secrets(list: &Spanned<Vec<Spanned<String>>>) -> Vec<Secret> {
+    list.get_ref()
+        .iter()
+        .map(|u| Secret(u.get_ref().as_bytes().to_vec()))
+        .collect()
+}
+
+/// Where the store is: one of these is set.
+#[derive(Default)]
+struct Nodes {
+    redis_url: Secret,
+    cluster_urls: Vec<Secret>,
+    sentinel: Option<SentinelConfig>,
+}
+
+/// The keys a single node, a cluster and a sentinel-named master share: the password, the
+/// TLS of `rediss://` (`tls_url`), the timeout, the prefix and the fallback.
 fn rest(
     cx: &mut Ctx<'_>,
     f: &crate::config::file::CacheFile,
     span: Range<usize>,
-    redis_url: Secret,
-    cluster_urls: Vec<Secret>,
-    password: Option<Secret>,
-    tls: Option<RedisTls>,
+    nodes: Nodes,
+    tls_url: bool,
 ) -> CacheConfig {
+    let password = password(
+        cx,
+        (&f.redis_password_file, &f.redis_password_env),
+        "cache.redis_password",
+        &span,
+    );
+    let tls = redis_tls(cx, f, tls_url);
+    let Nodes {
+        redis_url,
+        cluster_urls,
+        sentinel,
+    } = nodes;
     let key_prefix = f
         .key_prefix
         .as_ref()
@@ -179,6 +319,7 @@ fn rest(
     CacheConfig {
         redis_url,
         cluster_urls,
+        sentinel,
         password,
         tls,
         timeout: cx.duration(
