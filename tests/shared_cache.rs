@@ -412,7 +412,17 @@ async fn on_a_cluster_a_global_rate_limit_holds_and_a_dead_master_applies_the_fa
 /// the limit is global again on the new master.
 #[tokio::test]
 async fn through_a_sentinel_a_global_rate_limit_holds_and_follows_a_failover() {
-    let mut s = Sentinels::start();
+    sentinel_failover(false).await;
+}
+
+/// The same over TLS: `rediss://` to the sentinel and to each master it names.
+#[tokio::test]
+async fn through_a_tls_sentinel_a_global_rate_limit_holds_and_follows_a_failover() {
+    sentinel_failover(true).await;
+}
+
+async fn sentinel_failover(tls: bool) {
+    let mut s = Sentinels::start(tls);
     let up = Upstream::start().await;
     let a = limited_replica_logged(&up, &s.cache(), true);
     let b = limited_replica_logged(&up, &s.cache(), true);

@@ -412,14 +412,19 @@ impl Redis {
 /// A master and one replica (asking for `tests/fixtures/redis-password`) watched by one Redis
 /// Sentinel (Debian's `redis-server --sentinel`, quorum 1, asking for
 /// `tests/fixtures/sentinel-password`), monitoring the master as `mymaster`. A killed master is
-/// declared down after 500 ms and the replica promoted.
+/// declared down after 500 ms and the replica promoted. With `tls`, the sentinel listens on TLS
+/// only and it, the replica and bearward reach the nodes on their TLS ports (the test CA's
+/// `server.pem`); the test's own commands to the nodes stay plain.
 pub(crate) struct Sentinels {
     /// `[0]` the master as started, `[1]` its replica.
     pub nodes: Vec<Redis>,
     child: Child,
     pub port: u16,
+    tls: bool,
     dir: std::path::PathBuf,
 }
+
+const TLS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
 
 fn fixture(name: &str) -> String {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -427,18 +432,47 @@ fn fixture(name: &str) -> String {
 }
 
 impl Sentinels {
-    pub(crate) fn start() -> Sentinels {
+    pub(crate) fn start(tls: bool) -> Sentinels {
         let pw = fixture("redis-password");
-        let master = Redis::start_with(&["--masterauth", &pw], Some(&pw), false);
-        let port = master.port.to_string();
-        let replica = Redis::start_with(
-            &["--replicaof", "127.0.0.1", &port, "--masterauth", &pw],
+        // A node's certificate is for serving: the replica shows the client one to its master.
+        let client_cert = format!("{TLS_DIR}/client.pem");
+        let client_key = format!("{TLS_DIR}/client-key.pem");
+        let replication: &[&str] = if tls {
+            &[
+                "--tls-replication",
+                "yes",
+                "--tls-client-cert-file",
+                &client_cert,
+                "--tls-client-key-file",
+                &client_key,
+            ]
+        } else {
+            &[]
+        };
+        // No wait for more replicas before the first sync (Redis waits 5 s by default).
+        let master = Redis::start_with(
+            &[
+                &["--masterauth", &pw, "--repl-diskless-sync-delay", "0"],
+                replication,
+            ]
+            .concat(),
             Some(&pw),
-            false,
+            tls,
+        );
+        // What the sentinel and the replica reach the master on.
+        let port = master.tls_port.unwrap_or(master.port).to_string();
+        let replica = Redis::start_with(
+            &[
+                &["--replicaof", "127.0.0.1", &port, "--masterauth", &pw],
+                replication,
+            ]
+            .concat(),
+            Some(&pw),
+            tls,
         );
         // The sentinel learns of the replica from the master's INFO: it must be attached by
         // then.
-        let online = (0..100).any(|_| {
+        let online = (0..200).any(|_| {
             let attached = master
                 .cli_auth(&["info", "replication"])
                 .contains("state=online");
@@ -456,10 +490,21 @@ impl Sentinels {
             std::fs::create_dir_all(&dir).unwrap();
             // Sentinel rewrites its config file as it learns: it gets a copy of its own.
             let conf = dir.join("sentinel.conf");
+            let listen = if tls {
+                format!(
+                    "port 0\ntls-port {p}\ntls-cert-file {TLS_DIR}/server.pem\n\
+                     tls-key-file {TLS_DIR}/server-key.pem\ntls-ca-cert-file {TLS_DIR}/ca.pem\n\
+                     tls-auth-clients optional\ntls-replication yes\n\
+                     tls-client-cert-file {TLS_DIR}/client.pem\n\
+                     tls-client-key-file {TLS_DIR}/client-key.pem\n"
+                )
+            } else {
+                format!("port {p}\n")
+            };
             std::fs::write(
                 &conf,
                 format!(
-                    "port {p}\nbind 127.0.0.1\ndir {}\nrequirepass {}\n\
+                    "{listen}bind 127.0.0.1\ndir {}\nrequirepass {}\n\
                      sentinel monitor mymaster 127.0.0.1 {port} 1\n\
                      sentinel auth-pass mymaster {pw}\n\
                      sentinel down-after-milliseconds mymaster 500\n\
@@ -483,11 +528,12 @@ impl Sentinels {
             nodes: vec![master, replica],
             child,
             port: p,
+            tls,
             dir: dir(p),
         };
         let knows = (0..100).any(|_| {
             let replicas = s.ask(&["sentinel", "replicas", "mymaster"]);
-            let found = replicas.contains(&s.nodes[1].port.to_string());
+            let found = replicas.contains(&s.reached_on(1).to_string());
             if !found {
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -499,7 +545,13 @@ impl Sentinels {
 
     /// `redis-cli` against the sentinel; its output.
     pub(crate) fn ask(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
+        let mut cmd = Command::new("redis-cli");
+        if self.tls {
+            cmd.arg("--tls")
+                .arg("--cacert")
+                .arg(format!("{TLS_DIR}/ca.pem"));
+        }
+        let out = cmd
             .args(["-p", &self.port.to_string(), "--no-auth-warning", "-a"])
             .arg(fixture("sentinel-password"))
             .args(args)
@@ -508,20 +560,35 @@ impl Sentinels {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The port the sentinel, the replica and bearward reach node `i` on.
+    fn reached_on(&self, i: usize) -> u16 {
+        let n = &self.nodes[i];
+        if self.tls {
+            n.tls_port.unwrap()
+        } else {
+            n.port
+        }
+    }
+
     /// The index in `nodes` of the node the sentinel names master.
     pub(crate) fn master(&self) -> Option<usize> {
         let addr = self.ask(&["sentinel", "get-master-addr-by-name", "mymaster"]);
-        let port = addr.lines().nth(1)?.trim().to_owned();
-        self.nodes.iter().position(|n| n.port.to_string() == port)
+        let port: u16 = addr.lines().nth(1)?.trim().parse().ok()?;
+        (0..self.nodes.len()).find(|i| self.reached_on(*i) == port)
     }
 
-    /// The `[cache]` lines naming the sentinel, the master's name and both passwords.
+    /// The `[cache]` lines naming the sentinel, the master's name, both passwords and, with
+    /// TLS, the CA.
     pub(crate) fn cache(&self) -> String {
+        let (scheme, ca) = match self.tls {
+            true => ("rediss", format!("\nredis_ca_file = \"{TLS_DIR}/ca.pem\"")),
+            false => ("redis", String::new()),
+        };
         format!(
-            "redis_sentinel_urls = [\"redis://127.0.0.1:{}\"]\n\
+            "redis_sentinel_urls = [\"{scheme}://127.0.0.1:{}\"]\n\
              redis_sentinel_master = \"mymaster\"\n\
              redis_password_file = \"tests/fixtures/redis-password\"\n\
-             redis_sentinel_password_file = \"tests/fixtures/sentinel-password\"",
+             redis_sentinel_password_file = \"tests/fixtures/sentinel-password\"{ca}",
             self.port
         )
     }
