@@ -141,31 +141,14 @@ struct SentinelMaster {
     limits: redis::AsyncConnectionConfig,
 }
 
-/// Forgets connection `.1` when dropped armed (`.2`), unless a newer one has replaced it.
-struct Forget<'a>(&'a SentinelMaster, u64, bool);
-
-impl Drop for Forget<'_> {
-    fn drop(&mut self) {
-        if self.2 {
-            let mut current = self.0.slot();
-            if current.as_ref().is_some_and(|(c, _)| *c == self.1) {
-                *current = None;
-            }
-        }
-    }
-}
-
 /// A connection to the master, numbered.
 type Numbered = (u64, redis::aio::MultiplexedConnection);
 
 impl SentinelMaster {
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
         let (n, mut conn) = self.connection().await?;
-        // Armed until the answer comes: a command dropped unanswered (the store's timeout ran
-        // out first: a master that went silent) forgets the connection as a failed one does.
-        let mut pending = Forget(self, n, true);
         let answer = cmd.query_async(&mut conn).await;
-        pending.2 = answer.as_ref().err().is_some_and(|e| {
+        let gone = answer.as_ref().err().is_some_and(|e| {
             e.is_io_error()
                 || e.is_connection_dropped()
                 || e.is_connection_refusal()
@@ -177,7 +160,24 @@ impl SentinelMaster {
                     )
                 )
         });
+        if gone {
+            self.forget(Some(n));
+        }
         answer
+    }
+
+    /// Drops connection `n` (any, with `None`) so the next command asks the sentinels; a
+    /// command that failed on an older connection leaves a newer one be. Only failures call
+    /// it: a command dropped because its request went away says nothing of the master, and
+    /// must not make clients that hang up cost a lookup each.
+    fn forget(&self, n: Option<u64>) {
+        let mut current = self.slot();
+        if current
+            .as_ref()
+            .is_some_and(|(c, _)| n.is_none_or(|n| n == *c))
+        {
+            *current = None;
+        }
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<Numbered>> {
@@ -331,7 +331,15 @@ impl SharedStore {
         let result = match tokio::time::timeout(self.timeout, work).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(StoreError::Redis(e.to_string())),
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
+            Err(_) => {
+                // A master that went silent (a partition, a paused VM) leaves its connection
+                // open: the timeout is the only sign, and after a failover the sentinels name
+                // another. The back-off below bounds how often this asks them.
+                if let Conn::Sentinel(m) = &self.conn {
+                    m.forget(None);
+                }
+                Err(StoreError::Timeout(self.timeout))
+            }
         };
         crate::trace::end_call(
             span,

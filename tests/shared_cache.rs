@@ -412,16 +412,23 @@ async fn on_a_cluster_a_global_rate_limit_holds_and_a_dead_master_applies_the_fa
 /// the limit is global again on the new master.
 #[tokio::test]
 async fn through_a_sentinel_a_global_rate_limit_holds_and_follows_a_failover() {
-    sentinel_failover(false).await;
+    sentinel_failover(false, Redis::kill).await;
 }
 
 /// The same over TLS: `rediss://` to the sentinel and to each master it names.
 #[tokio::test]
 async fn through_a_tls_sentinel_a_global_rate_limit_holds_and_follows_a_failover() {
-    sentinel_failover(true).await;
+    sentinel_failover(true, Redis::kill).await;
 }
 
-async fn sentinel_failover(tls: bool) {
+/// A master that goes silent instead (paused: its connections stay open, nothing answers):
+/// only the store's timeout tells, and the replicas still follow the sentinel's new master.
+#[tokio::test]
+async fn through_a_sentinel_the_replicas_leave_a_master_that_went_silent() {
+    sentinel_failover(false, Redis::pause).await;
+}
+
+async fn sentinel_failover(tls: bool, fail: fn(&mut Redis)) {
     let mut s = Sentinels::start(tls);
     let up = Upstream::start().await;
     let a = limited_replica_logged(&up, &s.cache(), true);
@@ -450,8 +457,8 @@ async fn sentinel_failover(tls: bool) {
     let dump = s.nodes[0].dump();
     assert!(dump.contains(&bucket("sentinel-user", false)), "{dump}");
 
-    // The master dies; the sentinel declares it down and promotes the replica.
-    s.nodes[0].kill();
+    // The master dies or goes silent; the sentinel declares it down and promotes the replica.
+    fail(&mut s.nodes[0]);
     let dead = [gcra_ok(&a, &c).await, gcra_ok(&b, &c).await];
     let promoted = std::time::Instant::now();
     while s.master() != Some(1) {

@@ -153,7 +153,22 @@ impl Redis {
     }
 
     pub(crate) fn kill(&mut self) {
+        // A paused server would take its TERM only when continued.
+        self.signal("-CONT");
         stop_group(&mut self.child);
+    }
+
+    /// Stops the server without closing anything (SIGSTOP): its connections stay open and go
+    /// silent, as a partitioned or paused host's do.
+    pub(crate) fn pause(&mut self) {
+        self.signal("-STOP");
+    }
+
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
