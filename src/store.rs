@@ -131,21 +131,49 @@ impl Conn {
 /// master is gone or has stepped down (the connection broke or timed out, `READONLY`,
 /// `MASTERDOWN`): so a failover costs the commands in flight and the one-second back-off, not
 /// a restart. redis-rs checks that the node the sentinels name answers `ROLE` as a master.
-/// The store's back-off bounds how often the sentinels are asked.
+///
+/// The asking runs in a task of its own, one at a time, and commands wait for it within their
+/// own timeout: redis-rs gives each sentinel a second to connect and half a second to answer,
+/// and takes their answers in the configured order, so with a sentinel down (a node gone, its
+/// address silent) one lookup takes longer than `redis_timeout`. Were the lookup a command's
+/// own, each command's timeout would cancel it and no master would ever be found.
 struct SentinelMaster {
-    /// Held while the sentinels are asked, so one command asks and the others wait for it.
-    lookup: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+    /// The sentinels' client; only the lookup task uses it.
+    client: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
     /// The connection to the master, and a number that tells it from the ones before it.
     current: std::sync::Mutex<Option<Numbered>>,
     connections: AtomicU64,
+    /// A lookup task is running.
+    asking: std::sync::atomic::AtomicBool,
+    /// Told when a lookup ends, found or not.
+    done: tokio::sync::Notify,
+    /// Why the last lookup found nothing.
+    failure: std::sync::Mutex<Option<String>>,
     limits: redis::AsyncConnectionConfig,
+}
+
+/// Ends a lookup task however it ends (a panic included): the next command may start one,
+/// and the commands waiting are told.
+struct Ending(Arc<SentinelMaster>);
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        self.0.asking.store(false, Ordering::Release);
+        self.0.done.notify_waiters();
+    }
 }
 
 /// A connection to the master, numbered.
 type Numbered = (u64, redis::aio::MultiplexedConnection);
 
+/// The longest one lookup may take, whatever redis-rs's own bounds add up to.
+const LOOKUP_LIMIT: Duration = Duration::from_secs(10);
+
 impl SentinelMaster {
-    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+    async fn query<T: redis::FromRedisValue>(
+        self: &Arc<Self>,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
         let (n, mut conn) = self.connection().await?;
         let answer = cmd.query_async(&mut conn).await;
         let gone = answer.as_ref().err().is_some_and(|e| {
@@ -191,36 +219,56 @@ impl SentinelMaster {
         self.slot().clone()
     }
 
-    async fn connection(&self) -> redis::RedisResult<Numbered> {
-        match self.cached() {
-            Some(c) => Ok(c),
-            None => self.ask().await,
-        }
-    }
-
-    /// Asks the sentinels. Boxed: redis-rs's lookup futures nest deep enough that proving a
-    /// request's future `Send` through them overflows the compiler's recursion limit.
-    fn ask(
-        &self,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = redis::RedisResult<Numbered>> + Send + '_>,
-    > {
-        Box::pin(self.ask_unboxed())
-    }
-
-    async fn ask_unboxed(&self) -> redis::RedisResult<Numbered> {
-        let mut lookup = self.lookup.lock().await;
+    /// The connection to the master; without one, the outcome of a lookup (started here
+    /// unless one is running).
+    async fn connection(self: &Arc<Self>) -> redis::RedisResult<Numbered> {
         if let Some(c) = self.cached() {
             return Ok(c);
         }
-        let client = lookup.async_get_client().await?;
+        // Made before the look at `asking`, so the end of a lookup cannot slip between.
+        let done = self.done.notified();
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        if !self.asking.swap(true, Ordering::AcqRel) {
+            let ending = Ending(self.clone());
+            tokio::spawn(async move {
+                let me = &ending.0;
+                let failure = match tokio::time::timeout(LOOKUP_LIMIT, me.ask()).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some(format!("no master found within {LOOKUP_LIMIT:?}")),
+                };
+                if let Some(f) = &failure {
+                    tracing::warn!(error = %f, "shared store: the sentinels named no master");
+                }
+                *me.failure
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = failure;
+            });
+        }
+        done.await;
+        self.cached().ok_or_else(|| {
+            let why = self
+                .failure
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+                .unwrap_or_else(|| "the sentinels named no master".to_owned());
+            redis::RedisError::from((redis::ErrorKind::Io, "sentinel lookup", why))
+        })
+    }
+
+    async fn ask(&self) -> redis::RedisResult<()> {
+        let mut sentinels = self.client.lock().await;
+        let client = sentinels.async_get_client().await?;
         let conn = client
             .get_multiplexed_async_connection_with_config(&self.limits)
             .await?;
         let n = self.connections.fetch_add(1, Ordering::Relaxed);
         tracing::info!(master = %client.get_connection_info().addr(), "shared store: the sentinels name this master");
-        *self.slot() = Some((n, conn.clone()));
-        Ok((n, conn))
+        *self.slot() = Some((n, conn));
+        Ok(())
     }
 }
 
@@ -563,9 +611,12 @@ fn sentinel(
         }
     }
     Ok(SentinelMaster {
-        lookup: tokio::sync::Mutex::new(b.build()?),
+        client: tokio::sync::Mutex::new(b.build()?),
         current: std::sync::Mutex::new(None),
         connections: AtomicU64::new(0),
+        asking: std::sync::atomic::AtomicBool::new(false),
+        done: tokio::sync::Notify::new(),
+        failure: std::sync::Mutex::new(None),
         limits: redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.timeout))
             .set_response_timeout(Some(config.timeout)),
