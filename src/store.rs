@@ -261,6 +261,10 @@ impl SentinelMaster {
 
     async fn ask(&self) -> redis::RedisResult<()> {
         let mut sentinels = self.client.lock().await;
+        // The lookup before this one may have ended just before it was started.
+        if self.cached().is_some() {
+            return Ok(());
+        }
         let client = sentinels.async_get_client().await?;
         let conn = client
             .get_multiplexed_async_connection_with_config(&self.limits)
