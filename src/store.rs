@@ -239,12 +239,22 @@ impl SentinelMaster {
                     Ok(Err(e)) => Some(e.to_string()),
                     Err(_) => Some(format!("no master found within {LOOKUP_LIMIT:?}")),
                 };
-                if let Some(f) = &failure {
-                    tracing::warn!(error = %f, "shared store: the sentinels named no master");
-                }
-                *me.failure
+                let mut last = me
+                    .failure
                     .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = failure;
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                // Once per outage: while the sentinels still name a dead master (until their
+                // down-after-milliseconds, a minute in Bitnami's chart), every lookup fails.
+                match (&failure, last.is_some()) {
+                    (Some(f), false) => {
+                        tracing::warn!(error = %f, "shared store: the sentinels named no master");
+                    }
+                    (Some(f), true) => {
+                        tracing::debug!(error = %f, "shared store: the sentinels named no master");
+                    }
+                    (None, _) => {}
+                }
+                *last = failure;
             });
         }
         done.await;
