@@ -150,6 +150,7 @@ struct SentinelMaster {
     /// Why the last lookup found nothing.
     failure: std::sync::Mutex<Option<String>>,
     limits: redis::AsyncConnectionConfig,
+    metrics: Arc<Metrics>,
 }
 
 /// Ends a lookup task however it ends (a panic included): the next command may start one,
@@ -234,11 +235,15 @@ impl SentinelMaster {
             let ending = Ending(self.clone());
             tokio::spawn(async move {
                 let me = &ending.0;
-                let failure = match tokio::time::timeout(LOOKUP_LIMIT, me.ask()).await {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e.to_string()),
-                    Err(_) => Some(format!("no master found within {LOOKUP_LIMIT:?}")),
+                let (outcome, failure) = match tokio::time::timeout(LOOKUP_LIMIT, me.ask()).await {
+                    Ok(Ok(())) => ("ok", None),
+                    Ok(Err(e)) => ("error", Some(e.to_string())),
+                    Err(_) => (
+                        "timeout",
+                        Some(format!("no master found within {LOOKUP_LIMIT:?}")),
+                    ),
                 };
+                me.metrics.store_op("sentinel_lookup", outcome);
                 let mut last = me
                     .failure
                     .lock()
@@ -306,7 +311,9 @@ impl SharedStore {
     /// bearward starts delays nothing.
     pub fn new(config: &CacheConfig, metrics: Arc<Metrics>) -> Result<Arc<SharedStore>, String> {
         let conn = if let Some(s) = &config.sentinel {
-            Conn::Sentinel(Arc::new(sentinel(config, s).map_err(|e| e.to_string())?))
+            Conn::Sentinel(Arc::new(
+                sentinel(config, s, metrics.clone()).map_err(|e| e.to_string())?,
+            ))
         } else if config.cluster_urls.is_empty() {
             let client = client(config).map_err(|e| e.to_string())?;
             let manager = ConnectionManagerConfig::new()
@@ -591,6 +598,7 @@ fn cluster(config: &CacheConfig) -> redis::RedisResult<redis::cluster_async::Clu
 fn sentinel(
     config: &CacheConfig,
     s: &crate::config::SentinelConfig,
+    metrics: Arc<Metrics>,
 ) -> redis::RedisResult<SentinelMaster> {
     use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
     use redis::IntoConnectionInfo;
@@ -631,6 +639,7 @@ fn sentinel(
         asking: std::sync::atomic::AtomicBool::new(false),
         done: tokio::sync::Notify::new(),
         failure: std::sync::Mutex::new(None),
+        metrics,
         limits: redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.timeout))
             .set_response_timeout(Some(config.timeout)),

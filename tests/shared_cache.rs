@@ -528,6 +528,9 @@ async fn sentinel_failover(tls: bool, fail: fn(&mut Redis), silent_first: bool) 
         logged.matches("the sentinels name this master").count() >= 2,
         "{logged}"
     );
+    let m = a.metrics(&c).await;
+    let lookups = r#"bearward_shared_store_operations_total{op="sentinel_lookup",outcome="ok"}"#;
+    assert!(metric(&m, lookups) >= 2.0, "{m}");
 }
 
 /// An rsa1 JWT for `limited_replica` with subject `sub`.
