@@ -177,7 +177,7 @@ impl Pdp {
             ))
         });
         if let (Some(store), Some(k)) = (&self.shared, &stored_key) {
-            if let Ok(found) = store.get(k).await {
+            if let Ok(found) = store.get_sealed(k).await {
                 let kept = found.and_then(|b| stored(&b));
                 self.lookups[if kept.is_some() { 2 } else { 3 }].inc();
                 if let Some(kept) = kept {
@@ -198,7 +198,7 @@ impl Pdp {
                 "until": crate::auth::validator::now() + ttl.as_secs_f64(),
             });
             // A store that fails is counted and skipped; the answer is good regardless.
-            let _ = store.set(k, v.to_string().as_bytes(), ttl).await;
+            let _ = store.set_sealed(k, v.to_string().as_bytes(), ttl).await;
         }
         Ok(kept)
     }

@@ -304,6 +304,63 @@ pub struct SharedStore {
     metrics: Arc<Metrics>,
     /// Rate-limit checks for the batching task, started on first use.
     gcra_queue: std::sync::OnceLock<tokio::sync::mpsc::Sender<GcraCheck>>,
+    /// From `[cache] secret`: seals what is kept of security decisions.
+    seal: Option<Seal>,
+}
+
+/// AES-256-GCM under a key derived (HKDF-SHA256) from `[cache] secret`, with each value's
+/// store key as its associated data: a value written by anything without the secret fails to
+/// open, and so does a sealed value moved under another key (another token's, another
+/// question's). Sealed: a version byte, a random 96-bit nonce, the ciphertext and its tag.
+struct Seal(aws_lc_rs::aead::LessSafeKey);
+
+const SEALED_V1: u8 = 1;
+
+impl Seal {
+    fn new(secret: &[u8]) -> Seal {
+        use aws_lc_rs::{aead, hkdf};
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"bearward shared store").extract(secret);
+        let okm = prk
+            .expand(&[b"aes-256-gcm v1"], &aead::AES_256_GCM)
+            .expect("32 bytes is within HKDF-SHA256's output");
+        Seal(aead::LessSafeKey::new(aead::UnboundKey::from(okm)))
+    }
+
+    fn seal(&self, key: &str, value: &[u8]) -> Vec<u8> {
+        use aws_lc_rs::aead::{Aad, Nonce, NONCE_LEN};
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).expect("the system's random source");
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + value.len() + 16);
+        out.push(SEALED_V1);
+        out.extend_from_slice(&nonce);
+        let mut body = value.to_vec();
+        self.0
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(key.as_bytes()),
+                &mut body,
+            )
+            .expect("a value far below GCM's limit");
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn open(&self, key: &str, mut sealed: Vec<u8>) -> Option<Vec<u8>> {
+        use aws_lc_rs::aead::{Aad, Nonce, NONCE_LEN};
+        if sealed.len() < 1 + NONCE_LEN || sealed[0] != SEALED_V1 {
+            return None;
+        }
+        let nonce = Nonce::try_assume_unique_for_key(&sealed[1..1 + NONCE_LEN]).ok()?;
+        let body = &mut sealed[1 + NONCE_LEN..];
+        let n = self
+            .0
+            .open_in_place(nonce, Aad::from(key.as_bytes()), body)
+            .ok()?
+            .len();
+        sealed.drain(..1 + NONCE_LEN);
+        sealed.truncate(n);
+        Some(sealed)
+    }
 }
 
 impl SharedStore {
@@ -337,6 +394,7 @@ impl SharedStore {
             epoch: Instant::now(),
             metrics,
             gcra_queue: std::sync::OnceLock::new(),
+            seal: config.secret.as_ref().map(|s| Seal::new(&s.0)),
         }))
     }
 
@@ -481,6 +539,44 @@ impl SharedStore {
         answer
             .await
             .unwrap_or_else(|_| Err(StoreError::Redis("rate-limit batch dropped".into())))
+    }
+
+    /// The store for security decisions (introspection answers, AuthZEN decisions, exchanged
+    /// tokens): this one when `[cache] secret` seals them, else none, and they stay per process.
+    pub fn sealing(store: Option<&Arc<SharedStore>>) -> Option<Arc<SharedStore>> {
+        store.filter(|s| s.seal.is_some()).cloned()
+    }
+
+    /// [`SharedStore::get`] of a value [`SharedStore::set_sealed`] wrote: `None` too when it
+    /// does not open (forged, moved from another key, sealed with another secret), which is
+    /// counted as `op="open"`, `outcome="forged"`.
+    pub async fn get_sealed(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(seal) = &self.seal else {
+            return Ok(None);
+        };
+        let Some(sealed) = self.get(key).await? else {
+            return Ok(None);
+        };
+        let opened = seal.open(&self.key(key), sealed);
+        if opened.is_none() {
+            self.metrics.store_op("open", "forged");
+            tracing::warn!(key = %self.key(key), "shared store: a value that does not open under [cache] secret was ignored");
+        }
+        Ok(opened)
+    }
+
+    /// [`SharedStore::set`], sealed; nothing is written without `[cache] secret`.
+    pub async fn set_sealed(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let Some(seal) = &self.seal else {
+            return Ok(());
+        };
+        let sealed = seal.seal(&self.key(key), value);
+        self.set(key, &sealed, ttl).await
     }
 
     /// The value at `key` (prefixed), if any.
@@ -813,7 +909,41 @@ fn parse_gcra(text: &[u8], keys: usize) -> Option<Vec<(u32, u64, u32)>> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_gcra;
+    use super::{parse_gcra, Seal};
+
+    #[test]
+    fn a_sealed_value_opens_only_under_its_key_and_secret_and_untouched() {
+        let seal = Seal::new(&[7u8; 32]);
+        let v = br#"{"decision":true}"#;
+        let sealed = seal.seal("p:authzen:a", v);
+        assert_eq!(
+            seal.open("p:authzen:a", sealed.clone()).as_deref(),
+            Some(&v[..])
+        );
+        // Not the plaintext, and a new nonce each time.
+        assert!(!sealed.windows(v.len()).any(|w| w == v));
+        assert_ne!(seal.seal("p:authzen:a", v), sealed);
+        assert_eq!(seal.open("p:authzen:b", sealed.clone()), None, "moved");
+        assert_eq!(
+            Seal::new(&[8u8; 32]).open("p:authzen:a", sealed.clone()),
+            None
+        );
+        for i in 0..sealed.len() {
+            let mut t = sealed.clone();
+            t[i] ^= 1;
+            assert_eq!(seal.open("p:authzen:a", t), None, "byte {i} flipped");
+        }
+        assert_eq!(
+            seal.open("p:authzen:a", sealed[..sealed.len() - 1].to_vec()),
+            None
+        );
+        assert_eq!(
+            seal.open("p:authzen:a", v.to_vec()),
+            None,
+            "written in the clear"
+        );
+        assert_eq!(seal.open("p:authzen:a", Vec::new()), None);
+    }
 
     #[test]
     fn gcra_answers_are_read_exactly() {

@@ -185,7 +185,7 @@ impl Exchanger {
     async fn fetch(&self, subject: &str, hash: &[u8; 32], verified: &Verified) -> Result<Kept, ()> {
         let key = format!("{}{}", self.shared_prefix, crate::jose::hex(hash));
         if let Some(store) = &self.shared {
-            if let Ok(Some(raw)) = store.get(&key).await {
+            if let Ok(Some(raw)) = store.get_sealed(&key).await {
                 if let Some(kept) = from_store(&raw) {
                     self.metrics.token_exchange(&self.upstream, "shared_hit");
                     return Ok(kept);
@@ -206,7 +206,9 @@ impl Exchanger {
                     let ttl = Duration::from_secs(until.saturating_sub(now()));
                     if !ttl.is_zero() {
                         let doc = serde_json::json!({"v": v.to_str().unwrap_or(""), "u": until});
-                        let _ = store.set(&key, doc.to_string().as_bytes(), ttl).await;
+                        let _ = store
+                            .set_sealed(&key, doc.to_string().as_bytes(), ttl)
+                            .await;
                     }
                 }
                 tracing::debug!(upstream = %self.upstream, token_id = %verified.token_id, took_ms = started.elapsed().as_millis() as u64, "token exchanged");

@@ -394,7 +394,7 @@ async fn replicas_share_answers_through_the_store() {
     let pdp = Pdp::start("normal").await;
     let up = Upstream::start().await;
     let cache = format!(
-        "[cache]\nredis_url = \"redis://127.0.0.1:{}/0\"",
+        "[cache]\nredis_url = \"redis://127.0.0.1:{}/0\"\nsecret_file = \"tests/fixtures/store-secret\"",
         redis.port
     );
     let cfg =

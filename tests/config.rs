@@ -23,6 +23,8 @@ fn broken_configs_are_rejected_naming_the_key() {
         ("cluster and one node", "[server]", "[cache]\nredis_url = \"redis://127.0.0.1:6379\"\nredis_cluster_urls = [\"redis://127.0.0.1:7000\"]\n\n[server]", "cache.redis_cluster_urls: give either"),
         ("cluster node on a unix socket", "[server]", "[cache]\nredis_cluster_urls = [\"redis+unix:///run/redis.sock\"]\n\n[server]", "cache.redis_cluster_urls[0]"),
         ("cluster of mixed TLS", "[server]", "[cache]\nredis_cluster_urls = [\"redis://127.0.0.1:7000\", \"rediss://127.0.0.1:7001\"]\n\n[server]", "different TLS modes"),
+        ("a short store secret", "[server]", "[cache]\nredis_url = \"redis://127.0.0.1:6379\"\nsecret_file = \"tests/fixtures/redis-password\"\n\n[server]", "cache.secret: must be at least 32 bytes"),
+        ("a store secret from a file and the environment", "[server]", "[cache]\nredis_url = \"redis://127.0.0.1:6379\"\nsecret_file = \"tests/fixtures/store-secret\"\nsecret_env = \"BW_STORE\"\n\n[server]", "cache.secret: give only one of"),
         ("sentinels and one node", "[server]", "[cache]\nredis_url = \"redis://127.0.0.1:6379\"\nredis_sentinel_urls = [\"redis://127.0.0.1:26379\"]\nredis_sentinel_master = \"mymaster\"\n\n[server]", "cache.redis_sentinel_urls: give either redis_sentinel_urls (a master the sentinels name) or redis_url"),
         ("sentinels and a cluster", "[server]", "[cache]\nredis_sentinel_urls = [\"redis://127.0.0.1:26379\"]\nredis_sentinel_master = \"mymaster\"\nredis_cluster_urls = [\"redis://127.0.0.1:7000\"]\n\n[server]", "cache.redis_sentinel_urls: give either redis_sentinel_urls (a master the sentinels name) or redis_cluster_urls"),
         ("sentinels without the master's name", "[server]", "[cache]\nredis_sentinel_urls = [\"redis://127.0.0.1:26379\"]\n\n[server]", "cache.redis_sentinel_master: is needed with redis_sentinel_urls"),
@@ -155,4 +157,27 @@ fn restart_only_settings_are_compared_as_one() {
         ]
     );
     assert!(a.server.listening.changed(&a.server.listening).is_empty());
+}
+
+/// A store that would hold security decisions without `[cache] secret` to seal them: `check`
+/// says they stay per process, and names which; with the secret, or with nothing of the kind
+/// to keep, it says nothing.
+#[test]
+fn a_store_without_a_secret_is_warned_of_where_it_would_hold_decisions() {
+    let store = "[cache]\nredis_url = \"redis://127.0.0.1:6379\"\n";
+    let exchange = "url = \"http://127.0.0.1:3000\"\ntoken_exchange = { issuer = \"https://idp.test\", token_endpoint = \"https://idp.test/token\", client_id = \"bw\", client_secret_file = \"tests/fixtures/exchange-secret\", audience = \"https://orders.test\" }";
+    let warned = |text: &str| {
+        let c = Config::from_toml_str(text, "w.toml").unwrap();
+        c.warnings
+            .iter()
+            .map(ToString::to_string)
+            .find(|w| w.contains("cache.secret_file"))
+    };
+    let with_exchange = GOOD.replacen("url = \"http://127.0.0.1:3000\"", exchange, 1);
+    let w = warned(&format!("{store}{with_exchange}")).expect("warned");
+    assert!(w.contains("exchanged tokens stay in each process"), "{w}");
+    assert!(w.contains("w.toml:"), "{w}");
+    let sealed = format!("{store}secret_file = \"tests/fixtures/store-secret\"\n{with_exchange}");
+    assert_eq!(warned(&sealed), None);
+    assert_eq!(warned(&format!("{store}{GOOD}")), None, "nothing to keep");
 }

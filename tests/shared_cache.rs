@@ -67,6 +67,21 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn introspecting_replica(ep: &Endpoint, up: &Upstream, redis_port: u16) -> Replica {
+    introspecting_replica_sealed(ep, up, redis_port, true)
+}
+
+/// [`introspecting_replica`], with or without `[cache] secret_file`.
+fn introspecting_replica_sealed(
+    ep: &Endpoint,
+    up: &Upstream,
+    redis_port: u16,
+    sealed: bool,
+) -> Replica {
+    let secret = if sealed {
+        "secret_file = \"tests/fixtures/store-secret\""
+    } else {
+        ""
+    };
     Replica::with(|port, admin| {
         format!(
             r#"
@@ -78,6 +93,7 @@ admin_listen = "127.0.0.1:{admin}"
 redis_url = "redis://127.0.0.1:{redis_port}/0"
 redis_timeout = "200ms"
 key_prefix = "bw-test:"
+{secret}
 
 [[issuers]]
 issuer = "https://opaque.idp.test"
@@ -102,6 +118,77 @@ upstream = "app"
             up.url()
         )
     })
+}
+
+/// Anything else that can write to the store (another app sharing it, a key prefix that
+/// collides) could write an introspection answer for a token of its own making. Sealed with
+/// `[cache] secret`, a value it writes does not open, nor does a sealed answer it copies under
+/// another token's key; without the secret, answers are not shared at all.
+#[tokio::test]
+async fn an_answer_written_into_the_store_by_anything_else_is_not_taken() {
+    let redis = Redis::start();
+    let ep = Endpoint::start().await;
+    let up = Upstream::start().await;
+    let a = introspecting_replica(&ep, &up, redis.port);
+    let b = introspecting_replica(&ep, &up, redis.port);
+    let c = client();
+    let exp = common::idp::now() + 300;
+    let answer = json!({"active": true, "scope": "read", "sub": "real-user", "exp": exp, "aud": "https://api.test"});
+    ep.set("real-token", answer);
+    assert_eq!(a.call(&c, "real-token").await, StatusCode::OK);
+    let dump = redis.dump();
+    let real_key = dump
+        .lines()
+        .find(|l| l.starts_with("bw-test:introspection:"))
+        .unwrap()
+        .to_owned();
+    let prefix = &real_key[..real_key.rfind(':').unwrap() + 1];
+    let key_of = |t: &str| format!("{prefix}{}", hex(&common::dpop::sha256(t.as_bytes())));
+    assert_eq!(real_key, key_of("real-token"));
+
+    // An answer as bearward kept them before they were sealed, for a token the IdP never issued.
+    let forged = json!({
+        "at": common::idp::now(),
+        "ttl": 300.0,
+        "answer": {"active": true, "scope": "read", "sub": "mallory", "exp": exp, "aud": "https://api.test"},
+    });
+    assert_eq!(
+        redis
+            .cli(&["set", &key_of("forged-token"), &forged.to_string()])
+            .trim(),
+        "OK"
+    );
+    // The real token's sealed answer, copied under another made-up token's key.
+    let copied = redis.cli(&["copy", &real_key, &key_of("copied-token")]);
+    assert_eq!(copied.trim(), "1", "{copied}");
+
+    for t in ["forged-token", "copied-token"] {
+        assert_eq!(b.call(&c, t).await, StatusCode::UNAUTHORIZED, "{t}");
+    }
+    assert_eq!(up.count(), 1, "only the real token reached the upstream");
+    // Each was asked of the IdP, which knows neither.
+    assert_eq!(ep.count(), 3);
+    let m = b.metrics(&c).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"bearward_shared_store_operations_total{op="open",outcome="forged"}"#
+        ),
+        2.0,
+        "{m}"
+    );
+    // The real token's answer still opens at the other replica.
+    assert_eq!(b.call(&c, "real-token").await, StatusCode::OK);
+    assert_eq!(ep.count(), 3);
+
+    // Without the secret, a replica neither takes the forged answer nor shares its own.
+    let plain = introspecting_replica_sealed(&ep, &up, redis.port, false);
+    assert_eq!(
+        plain.call(&c, "forged-token").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(plain.call(&c, "real-token").await, StatusCode::OK);
+    assert_eq!(ep.count(), 5, "asked the IdP both times");
 }
 
 #[tokio::test]
@@ -139,10 +226,13 @@ async fn two_replicas_share_one_answer_and_keep_serving_when_redis_dies() {
     assert_eq!(b.call(&c, "not-a-token").await, StatusCode::UNAUTHORIZED);
     assert_eq!(ep.count(), 2);
 
-    // What Redis holds: hashed keys under the prefix, the answer's checked fields, no token.
+    // What Redis holds: hashed keys under the prefix, the answer sealed, no token.
     let dump = redis.dump();
     assert!(dump.contains("bw-test:introspection:"), "{dump}");
-    assert!(dump.contains("shared-user"), "{dump}");
+    assert!(
+        !dump.contains("shared-user"),
+        "an answer in the clear: {dump}"
+    );
     for t in ["shared-token-1", "not-a-token"] {
         assert!(!dump.contains(t), "the token itself is in Redis: {dump}");
     }

@@ -351,7 +351,7 @@ async fn replicas_share_exchanged_tokens_through_the_store() {
     let redis = Redis::start();
     let up = Upstream::start().await;
     let cache = format!(
-        "[cache]\nredis_url = \"redis://127.0.0.1:{}/0\"",
+        "[cache]\nredis_url = \"redis://127.0.0.1:{}/0\"\nsecret_file = \"tests/fixtures/store-secret\"",
         redis.port
     );
     let exchange = format!("audience = \"{ORDERS}\"");

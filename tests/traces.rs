@@ -346,7 +346,8 @@ async fn an_introspection_call_and_the_shared_store_are_spans_under_the_request(
          introspection_client_secret_env = \"BEARWARD_TEST_TRACE_SECRET\"\n\
          audiences = [\"https://api.test\"]\n\n[upstreams.app]\nurl = \"{}\"\n\n\
          [[routes]]\nprefix = \"/api\"\nscopes = [\"read\"]\nupstream = \"app\"\n\n\
-         [cache]\nredis_url = \"redis://127.0.0.1:{}/0\"\n",
+         [cache]\nredis_url = \"redis://127.0.0.1:{}/0\"\n\
+         secret_file = \"tests/fixtures/store-secret\"\n",
         ep.url(),
         up.url(),
         store.port

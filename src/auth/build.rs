@@ -79,7 +79,8 @@ impl Authenticator {
                 .inspect_err(|e| tracing::error!(error = %e, "the shared store cannot be used"))
                 .ok()
         });
-        let introspectors = introspectors(config, previous, &client, store.as_ref(), &metrics);
+        let sealing = SharedStore::sealing(store.as_ref());
+        let introspectors = introspectors(config, previous, &client, sealing.as_ref(), &metrics);
         let dpop = previous
             .map(|p| p.dpop.clone())
             .filter(|d| d.verifier.config == config.dpop)

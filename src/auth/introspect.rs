@@ -220,7 +220,7 @@ impl Introspector {
     async fn load(&self, token: &str, hash: &[u8; 32]) -> Result<Answer, AuthError> {
         let key = format!("{}{}", self.shared_prefix, crate::jose::hex(hash));
         if let Some(store) = &self.shared {
-            if let Ok(found) = store.get(&key).await {
+            if let Ok(found) = store.get_sealed(&key).await {
                 let answer = found.and_then(|b| self.stored_answer(&b, hash));
                 self.lookups[if answer.is_some() { 2 } else { 3 }].inc();
                 if let Some(a) = answer {
@@ -242,7 +242,9 @@ impl Introspector {
                     "answer": kept,
                 });
                 // A store that fails is counted and skipped; the answer is good regardless.
-                let _ = store.set(&key, stored.to_string().as_bytes(), ttl).await;
+                let _ = store
+                    .set_sealed(&key, stored.to_string().as_bytes(), ttl)
+                    .await;
             }
         }
         Ok(answer)

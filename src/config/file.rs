@@ -69,8 +69,8 @@ pub(super) struct AuthzenFile {
     /// Reference: `cache_entries`
     /// Default: `10000`
     ///
-    /// answers kept in memory (1 to 1,000,000); with `[cache] redis_url` also shared by the
-    /// replicas (keyed by a SHA-256 of the question)
+    /// answers kept in memory (1 to 1,000,000); with `[cache] redis_url` and its `secret_file`
+    /// also shared by the replicas (keyed by a SHA-256 of the question, sealed with the secret)
     pub cache_entries: Option<Spanned<u64>>,
     /// Reference: `max_in_flight`
     /// Default: `64`
@@ -392,6 +392,15 @@ pub(super) struct CacheFile {
     pub redis_client_cert_file: Option<Spanned<String>>,
     /// In the reference row of `redis_client_cert_file`.
     pub redis_client_key_file: Option<Spanned<String>>,
+    /// Reference: `secret_file`, `secret_env`
+    /// Default: none: those stay per process
+    ///
+    /// at least 32 bytes, the same in every replica: introspection answers, AuthZEN decisions
+    /// and exchanged tokens are kept in the store sealed with it (AES-256-GCM, bound to their
+    /// key), so nothing else that can write to the store can forge them, nor read the tokens
+    pub secret_file: Option<Spanned<String>>,
+    /// In the reference row of `secret_file`.
+    pub secret_env: Option<Spanned<String>>,
     /// Reference: `redis_timeout`
     /// Default: `"100ms"`
     ///
@@ -1037,7 +1046,8 @@ pub(super) struct UpstreamFile {
     /// also sends bearward's own client-credentials token as `actor_token` (delegation: the new
     /// token's `act` names bearward). A new token is kept per client token until 30 s (at most
     /// a tenth of its life) before its `expires_in`, in at most `cache_entries` entries and in
-    /// `[cache]`'s store when there is one; concurrent requests with one token share one call.
+    /// `[cache]`'s store when it has a `secret_file` (sealed: the store holds no token in the
+    /// clear); concurrent requests with one token share one call.
     /// An endpoint that does not answer within `timeout`, fails or answers nonsense: 503 with
     /// `Retry-After`; `invalid_grant`, `invalid_target` or `invalid_scope`: 403
     /// `token_exchange_<error>`. Nothing reaches the upstream either way

@@ -599,6 +599,9 @@ pub struct CacheConfig {
     pub key_prefix: String,
     /// With the store down, each replica allows a rate limit divided by this.
     pub rate_limit_fallback_replicas: u32,
+    /// `secret_file` / `secret_env`: seals what the store keeps of security decisions;
+    /// without it those are not shared.
+    pub secret: Option<Secret>,
 }
 
 /// The Redis Sentinels that name the store's master.

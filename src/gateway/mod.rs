@@ -339,7 +339,10 @@ impl Gateway {
         let pdps = config
             .authzen
             .iter()
-            .map(|c| crate::authzen::Pdp::new(c.clone(), auth.store().cloned(), metrics.clone()))
+            .map(|c| {
+                let store = crate::store::SharedStore::sealing(auth.store());
+                crate::authzen::Pdp::new(c.clone(), store, metrics.clone())
+            })
             .collect();
         let signers = config
             .upstreams
@@ -357,7 +360,7 @@ impl Gateway {
             .map(|u| {
                 let x = u.token_exchange.as_ref()?;
                 let issuer = config.issuers.iter().find(|i| i.issuer == x.issuer);
-                crate::token_exchange::Exchanger::new(&u.name, x, issuer, auth.store().cloned(), metrics.clone())
+                crate::token_exchange::Exchanger::new(&u.name, x, issuer, crate::store::SharedStore::sealing(auth.store()), metrics.clone())
                     .inspect_err(|e| tracing::error!(upstream = %u.name, error = %e, "token_exchange: no client"))
                     .ok()
             })

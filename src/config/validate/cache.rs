@@ -292,6 +292,17 @@ fn rest(
         &span,
     );
     let tls = redis_tls(cx, f, tls_url);
+    let secret = match cx.secret((&f.secret_file, &f.secret_env), "cache.secret", &span) {
+        Some(s) if s.0.len() < 32 => {
+            cx.err(
+                span.clone(),
+                "cache.secret",
+                "must be at least 32 bytes (e.g. `openssl rand -base64 48`), the same in every replica",
+            );
+            None
+        }
+        s => s,
+    };
     let Nodes {
         redis_url,
         cluster_urls,
@@ -317,6 +328,7 @@ fn rest(
         );
     }
     CacheConfig {
+        secret,
         redis_url,
         cluster_urls,
         sentinel,

@@ -609,6 +609,39 @@ fn warnings(
             );
         }
     }
+    // Without the seal, what the store would hold of these decides who gets in, and anything
+    // else that can write to the store could write it.
+    if let Some(c) = &file.cache {
+        let cf = c.get_ref();
+        if cf.secret_file.is_none() && cf.secret_env.is_none() {
+            let kept: Vec<&str> = [
+                (
+                    issuers.iter().any(|i| i.introspection.is_some()),
+                    "introspection answers",
+                ),
+                (!file.authzen.is_empty(), "AuthZEN decisions"),
+                (
+                    upstreams.iter().any(|u| u.token_exchange.is_some()),
+                    "exchanged tokens",
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(on, what)| on.then_some(what))
+            .collect();
+            if !kept.is_empty() {
+                warnings.push(cx.locate(
+                    c.span(),
+                    "cache.secret_file",
+                    format!(
+                        "is not set: {} stay in each process, not shared through the store \
+                         (anything else that can write to it could forge them); set secret_file \
+                         or secret_env, the same in every replica, to share them sealed",
+                        kept.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
     // listen(2) silently caps the backlog: the operator would count on a queue it does not get.
     if let (Some(b), Some(max)) = (&file.server.get_ref().listen_backlog, somaxconn()) {
         if *b.get_ref() > u64::from(max) {
