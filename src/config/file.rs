@@ -397,7 +397,8 @@ pub(super) struct CacheFile {
     ///
     /// at least 32 bytes, the same in every replica: introspection answers, AuthZEN decisions
     /// and exchanged tokens are kept in the store sealed with it (AES-256-GCM, bound to their
-    /// key), so nothing else that can write to the store can forge them, nor read the tokens
+    /// key), so nothing else that can write to the store can forge them, nor read the tokens;
+    /// a new secret leaves what the old one sealed unread (counted as `forged`) until it expires
     pub secret_file: Option<Spanned<String>>,
     /// In the reference row of `secret_file`.
     pub secret_env: Option<Spanned<String>>,
