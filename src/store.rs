@@ -633,6 +633,10 @@ fn client(config: &CacheConfig) -> redis::RedisResult<redis::Client> {
         let settings = info.redis_settings().clone().set_password(password);
         info = info.set_redis_settings(settings);
     }
+    if let Some(u) = &config.username {
+        let settings = info.redis_settings().clone().set_username(u);
+        info = info.set_redis_settings(settings);
+    }
     match &config.tls {
         None => redis::Client::open(info),
         Some(tls) => redis::Client::build_with_tls(
@@ -667,6 +671,9 @@ fn cluster(config: &CacheConfig) -> redis::RedisResult<redis::cluster_async::Clu
     let mut builder = redis::cluster::ClusterClientBuilder::new(nodes).retries(2);
     if let Some(p) = config.password.as_ref() {
         builder = builder.password(String::from_utf8_lossy(&p.0));
+    }
+    if let Some(u) = &config.username {
+        builder = builder.username(u);
     }
     if let Some(tls) = &config.tls {
         builder = builder.certs(redis::TlsCertificates {
@@ -709,6 +716,9 @@ fn sentinel(
     let mut b = SentinelClientBuilder::new(addrs, &s.master, SentinelServerType::Master)?;
     if let Some(p) = &config.password {
         b = b.set_client_to_redis_password(String::from_utf8_lossy(&p.0));
+    }
+    if let Some(u) = &config.username {
+        b = b.set_client_to_redis_username(u);
     }
     if let Some(p) = &s.password {
         b = b.set_client_to_sentinel_password(String::from_utf8_lossy(&p.0));

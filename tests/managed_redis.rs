@@ -139,3 +139,48 @@ async fn a_server_that_asks_for_a_client_certificate_gets_the_configured_one() {
     assert!(until(&without, &c, "error").await, "{}", without.logged());
     assert_eq!(gcra(&without.metrics(&c).await, "ok"), 0.0);
 }
+
+/// A user of its own (Redis ACLs), as docs/src/security.md advises for a shared store: with
+/// `redis_username`, bearward works within a key pattern of its prefix and the commands it
+/// sends (the rate-limit script's included); a user whose keys are elsewhere is refused by
+/// Redis, and the limit falls back.
+#[tokio::test]
+async fn an_acl_user_held_to_its_key_prefix_is_enough() {
+    let redis = Redis::start();
+    let pw = std::fs::read_to_string("tests/fixtures/redis-password").unwrap();
+    let pw = format!(">{}", pw.trim());
+    for (user, keys) in [("bearward", "~bw-managed:*"), ("stranger", "~other:*")] {
+        let ok = redis.cli(&[
+            "acl",
+            "setuser",
+            user,
+            "on",
+            &pw,
+            "resetkeys",
+            keys,
+            "-@all",
+            "+get",
+            "+set",
+            "+evalsha",
+            "+eval",
+            "+time",
+        ]);
+        assert_eq!(ok.trim(), "OK", "{ok}");
+    }
+    let up = Upstream::start().await;
+    let c = client();
+    let cache = |user: &str| {
+        format!(
+            "redis_url = \"redis://127.0.0.1:{}/0\"\nredis_username = \"{user}\"\n\
+             redis_password_file = \"tests/fixtures/redis-password\"",
+            redis.port
+        )
+    };
+    let own = limited(&up, &cache("bearward"));
+    assert!(until(&own, &c, "ok").await, "{}", own.logged());
+    let dump = redis.dump();
+    assert!(dump.contains("bw-managed:ratelimit:"), "{dump}");
+    let stranger = limited(&up, &cache("stranger"));
+    assert!(until(&stranger, &c, "error").await, "{}", stranger.logged());
+    assert_eq!(gcra(&stranger.metrics(&c).await, "ok"), 0.0);
+}

@@ -372,6 +372,12 @@ pub(super) struct CacheFile {
     pub redis_sentinel_password_file: Option<Spanned<String>>,
     /// In the reference row of `redis_sentinel_password_file`.
     pub redis_sentinel_password_env: Option<Spanned<String>>,
+    /// Reference: `redis_username`
+    /// Default: the URL's, else `default`
+    ///
+    /// the ACL user bearward authenticates as (`AUTH user password`, with `redis_password_file`);
+    /// it replaces one the URL holds, and is the only way to name one for a sentinel-named master
+    pub redis_username: Option<Spanned<String>>,
     /// Reference: `redis_password_file`, `redis_password_env`
     /// Default: the URL's
     ///

@@ -591,6 +591,8 @@ pub struct CacheConfig {
     pub sentinel: Option<SentinelConfig>,
     /// `redis_password_file` / `_env`: replaces the URL's password.
     pub password: Option<Secret>,
+    /// `redis_username`: replaces the URL's user.
+    pub username: Option<String>,
     /// For a `rediss://` URL: what its certificate must chain to, and a client certificate.
     pub tls: Option<RedisTls>,
     /// Longest wait for one store command before falling back to the process.

@@ -292,6 +292,26 @@ fn rest(
         &span,
     );
     let tls = redis_tls(cx, f, tls_url);
+    let username = f.redis_username.as_ref().and_then(|u| {
+        let name = u.get_ref();
+        if name.is_empty() || name.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            cx.err(
+                u.span(),
+                "cache.redis_username",
+                "must be a user name without spaces",
+            );
+            return None;
+        }
+        if password.is_none() {
+            cx.err(
+                u.span(),
+                "cache.redis_username",
+                "needs redis_password_file or redis_password_env: Redis authenticates a user \
+                 with its password",
+            );
+        }
+        Some(name.clone())
+    });
     let secret = match cx.secret((&f.secret_file, &f.secret_env), "cache.secret", &span) {
         Some(s) if s.0.len() < 32 => {
             cx.err(
@@ -329,6 +349,7 @@ fn rest(
     }
     CacheConfig {
         secret,
+        username,
         redis_url,
         cluster_urls,
         sentinel,
