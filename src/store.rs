@@ -306,6 +306,8 @@ pub struct SharedStore {
     gcra_queue: std::sync::OnceLock<tokio::sync::mpsc::Sender<GcraCheck>>,
     /// From `[cache] secret`: seals what is kept of security decisions.
     seal: Option<Seal>,
+    /// When (ms after `epoch`) a value that did not open was last logged at warn; 0: never.
+    forged_warned: AtomicU64,
 }
 
 /// AES-256-GCM under a key derived (HKDF-SHA256) from `[cache] secret`, with each value's
@@ -395,6 +397,7 @@ impl SharedStore {
             metrics,
             gcra_queue: std::sync::OnceLock::new(),
             seal: config.secret.as_ref().map(|s| Seal::new(&s.0)),
+            forged_warned: AtomicU64::new(0),
         }))
     }
 
@@ -560,7 +563,22 @@ impl SharedStore {
         let opened = seal.open(&self.key(key), sealed);
         if opened.is_none() {
             self.metrics.store_op("open", "forged");
-            tracing::warn!(key = %self.key(key), "shared store: a value that does not open under [cache] secret was ignored");
+            // At most one line a minute at warn: a new secret (or a rolling upgrade from a
+            // version that stored plain values) leaves every older value unreadable at once,
+            // and anything that can write to the store could otherwise fill the log.
+            let now = self.now_ms();
+            let last = self.forged_warned.load(Ordering::Relaxed);
+            let due = last == 0 || now.saturating_sub(last) >= 60_000;
+            if due
+                && self
+                    .forged_warned
+                    .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(key = %self.key(key), "shared store: a value that does not open under [cache] secret was ignored (counted as op=open, outcome=forged; more this minute at debug)");
+            } else {
+                tracing::debug!(key = %self.key(key), "shared store: a value that does not open under [cache] secret was ignored");
+            }
         }
         Ok(opened)
     }
