@@ -444,6 +444,49 @@ async fn replicas_share_answers_through_the_store() {
     );
 }
 
+/// A permit written into the store over a sealed deny (by anything else that can write to it)
+/// is not taken: the replica asks the PDP again, and is told no.
+#[tokio::test]
+async fn a_permit_written_into_the_store_is_not_taken() {
+    let redis = Redis::start();
+    let pdp = Pdp::start("normal").await;
+    let up = Upstream::start().await;
+    let cache = format!(
+        "[cache]\nredis_url = \"redis://127.0.0.1:{}/0\"\nsecret_file = \"tests/fixtures/store-secret\"",
+        redis.port
+    );
+    let cfg =
+        config(&up, pdp.port(), "", "").replace("[[issuers]]", &format!("{cache}\n\n[[issuers]]"));
+    let a = Gateway::start(&cfg).await;
+    let b = Gateway::start(&cfg).await;
+    let jerry = "CiRmZDQ2MTRkMy1jMzlhLTQ3ODEtYjdiZC04Yjk2ZjVhNTEwMGQSBWxvY2Fs";
+    let t = token_for(jerry, 600);
+    assert_eq!(
+        call(&a, "POST", "/todos", &t).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(pdp.evaluations().await, 1);
+    let keys = redis.cli(&["--scan", "--pattern", "*authzen:*"]);
+    let keys: Vec<&str> = keys.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let until = common::idp::now() + 600;
+    let permit = format!(r#"{{"decision":true,"reason":null,"until":{until}}}"#);
+    assert_eq!(redis.cli(&["set", keys[0], &permit]).trim(), "OK");
+
+    let seen = up.count();
+    assert_eq!(
+        call(&b, "POST", "/todos", &t).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(up.count(), seen, "the upstream was reached");
+    assert_eq!(pdp.evaluations().await, 2, "b asked the PDP itself");
+    let m = metrics_after_close(&b).await;
+    assert!(
+        m.contains(r#"bearward_shared_store_operations_total{op="open",outcome="forged"} 1"#),
+        "{m}"
+    );
+}
+
 #[test]
 fn authzen_settings_are_checked_when_the_config_loads() {
     let base = "[server]\nlisten = \"127.0.0.1:0\"\n\n[[issuers]]\nissuer = \"https://idp.test\"\njwks_file = \"tests/fixtures/jwks-rsa1.json\"\naudiences = [\"a\"]\n\n[upstreams.app]\nurl = \"http://127.0.0.1:9\"\n\n[authzen.pdp]\nurl = \"http://127.0.0.1:9\"\n";
