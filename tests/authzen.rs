@@ -387,20 +387,24 @@ async fn a_pdp_behind_mtls() {
     assert_eq!(pdp.evaluations().await, 1, "the PDP refused the connection");
 }
 
+/// Two gateways asking `pdp`, sharing its answers through `redis` (sealed).
+async fn sharing_replicas(redis: &Redis, pdp: &Pdp, up: &Upstream) -> (Gateway, Gateway) {
+    let cache = format!(
+        "[cache]\nredis_url = \"redis://127.0.0.1:{}/0\"\nsecret_file = \"tests/fixtures/store-secret\"",
+        redis.port
+    );
+    let cfg =
+        config(up, pdp.port(), "", "").replace("[[issuers]]", &format!("{cache}\n\n[[issuers]]"));
+    (Gateway::start(&cfg).await, Gateway::start(&cfg).await)
+}
+
 /// Two replicas with one Redis: the second takes the first's answer and asks nothing.
 #[tokio::test]
 async fn replicas_share_answers_through_the_store() {
     let redis = Redis::start();
     let pdp = Pdp::start("normal").await;
     let up = Upstream::start().await;
-    let cache = format!(
-        "[cache]\nredis_url = \"redis://127.0.0.1:{}/0\"\nsecret_file = \"tests/fixtures/store-secret\"",
-        redis.port
-    );
-    let cfg =
-        config(&up, pdp.port(), "", "").replace("[[issuers]]", &format!("{cache}\n\n[[issuers]]"));
-    let a = Gateway::start(&cfg).await;
-    let b = Gateway::start(&cfg).await;
+    let (a, b) = sharing_replicas(&redis, &pdp, &up).await;
     let morty = "CiRmZDE2MTRkMy1jMzlhLTQ3ODEtYjdiZC04Yjk2ZjVhNTEwMGQSBWxvY2Fs";
     let jerry = "CiRmZDQ2MTRkMy1jMzlhLTQ3ODEtYjdiZC04Yjk2ZjVhNTEwMGQSBWxvY2Fs";
     assert_eq!(
@@ -451,14 +455,7 @@ async fn a_permit_written_into_the_store_is_not_taken() {
     let redis = Redis::start();
     let pdp = Pdp::start("normal").await;
     let up = Upstream::start().await;
-    let cache = format!(
-        "[cache]\nredis_url = \"redis://127.0.0.1:{}/0\"\nsecret_file = \"tests/fixtures/store-secret\"",
-        redis.port
-    );
-    let cfg =
-        config(&up, pdp.port(), "", "").replace("[[issuers]]", &format!("{cache}\n\n[[issuers]]"));
-    let a = Gateway::start(&cfg).await;
-    let b = Gateway::start(&cfg).await;
+    let (a, b) = sharing_replicas(&redis, &pdp, &up).await;
     let jerry = "CiRmZDQ2MTRkMy1jMzlhLTQ3ODEtYjdiZC04Yjk2ZjVhNTEwMGQSBWxvY2Fs";
     let t = token_for(jerry, 600);
     assert_eq!(
