@@ -318,6 +318,10 @@ struct Seal(aws_lc_rs::aead::LessSafeKey);
 
 const SEALED_V1: u8 = 1;
 
+/// The longest sealed value read or written: an introspection answer with its claims, a
+/// decision, an exchanged token are a few KiB.
+const SEALED_MAX: usize = 64 * 1024;
+
 impl Seal {
     fn new(secret: &[u8]) -> Seal {
         use aws_lc_rs::{aead, hkdf};
@@ -335,15 +339,16 @@ impl Seal {
         let mut out = Vec::with_capacity(1 + NONCE_LEN + value.len() + 16);
         out.push(SEALED_V1);
         out.extend_from_slice(&nonce);
-        let mut body = value.to_vec();
-        self.0
-            .seal_in_place_append_tag(
+        out.extend_from_slice(value);
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(key.as_bytes()),
-                &mut body,
+                &mut out[1 + NONCE_LEN..],
             )
             .expect("a value far below GCM's limit");
-        out.extend_from_slice(&body);
+        out.extend_from_slice(tag.as_ref());
         out
     }
 
@@ -550,18 +555,32 @@ impl SharedStore {
         store.filter(|s| s.seal.is_some()).cloned()
     }
 
-    /// [`SharedStore::get`] of a value [`SharedStore::set_sealed`] wrote: `None` too when it
+    /// The value at `key` (prefixed) that [`SharedStore::set_sealed`] wrote, if any: `None` too when it
     /// does not open (forged, moved from another key, sealed with another secret), which is
     /// counted as `op="open"`, `outcome="forged"`.
+    /// Read at most [`SEALED_MAX`] bytes (`GETRANGE`): whatever else writes to the store
+    /// cannot make a replica read a value of its choosing size; a longer one does not open.
     pub async fn get_sealed(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let Some(seal) = &self.seal else {
             return Ok(None);
         };
-        let Some(sealed) = self.get(key).await? else {
+        let full = self.key(key);
+        let cmd = redis::cmd("GETRANGE")
+            .arg(&full)
+            .arg(0)
+            .arg(SEALED_MAX)
+            .to_owned();
+        // `GETRANGE` of a missing key is empty, as no sealed value is.
+        let sealed: Vec<u8> = self.run("get", cmd).await?;
+        if sealed.is_empty() {
             return Ok(None);
-        };
-        let opened = seal.open(&self.key(key), sealed);
+        }
+        let opened = (sealed.len() <= SEALED_MAX)
+            .then(|| seal.open(&full, sealed))
+            .flatten();
         if opened.is_none() {
+            // The key's kind only: its last part is a hash of the token or question.
+            let kind = full.rsplit_once(':').map_or("", |(kind, _)| kind);
             self.metrics.store_op("open", "forged");
             // At most one line a minute at warn: a new secret (or a rolling upgrade from a
             // version that stored plain values) leaves every older value unreadable at once,
@@ -575,9 +594,12 @@ impl SharedStore {
                     .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
             {
-                tracing::warn!(key = %self.key(key), "shared store: a value that does not open under [cache] secret was ignored (counted as op=open, outcome=forged; more this minute at debug)");
+                tracing::warn!(kind, "shared store: a value that does not open under [cache] secret was ignored (counted as op=open, outcome=forged; more this minute at debug)");
             } else {
-                tracing::debug!(key = %self.key(key), "shared store: a value that does not open under [cache] secret was ignored");
+                tracing::debug!(
+                    kind,
+                    "shared store: a value that does not open under [cache] secret was ignored"
+                );
             }
         }
         Ok(opened)
@@ -594,13 +616,11 @@ impl SharedStore {
             return Ok(());
         };
         let sealed = seal.seal(&self.key(key), value);
+        if sealed.len() > SEALED_MAX {
+            // It could not be read back; the process cache keeps it.
+            return Ok(());
+        }
         self.set(key, &sealed, ttl).await
-    }
-
-    /// The value at `key` (prefixed), if any.
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.run("get", redis::cmd("GET").arg(self.key(key)).to_owned())
-            .await
     }
 
     /// Sets `key` (prefixed) to `value` for `ttl` (at least a millisecond).
@@ -657,19 +677,21 @@ fn client(config: &CacheConfig) -> redis::RedisResult<redis::Client> {
     }
     match &config.tls {
         None => redis::Client::open(info),
-        Some(tls) => redis::Client::build_with_tls(
-            info,
-            redis::TlsCertificates {
-                client_tls: tls
-                    .client
-                    .as_ref()
-                    .map(|(cert, key)| redis::ClientTlsConfig {
-                        client_cert: cert.clone(),
-                        client_key: key.0.clone(),
-                    }),
-                root_cert: tls.ca_pem.clone(),
-            },
-        ),
+        Some(tls) => redis::Client::build_with_tls(info, certificates(tls)),
+    }
+}
+
+/// `redis_ca_file` and the client certificate, as redis-rs takes them.
+fn certificates(tls: &crate::config::RedisTls) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: tls
+            .client
+            .as_ref()
+            .map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.0.clone(),
+            }),
+        root_cert: tls.ca_pem.clone(),
     }
 }
 
@@ -694,16 +716,7 @@ fn cluster(config: &CacheConfig) -> redis::RedisResult<redis::cluster_async::Clu
         builder = builder.username(u);
     }
     if let Some(tls) = &config.tls {
-        builder = builder.certs(redis::TlsCertificates {
-            client_tls: tls
-                .client
-                .as_ref()
-                .map(|(cert, key)| redis::ClientTlsConfig {
-                    client_cert: cert.clone(),
-                    client_key: key.0.clone(),
-                }),
-            root_cert: tls.ca_pem.clone(),
-        });
+        builder = builder.certs(certificates(tls));
     }
     let limits = redis::cluster::ClusterConfig::new()
         .set_connection_timeout(config.timeout)
@@ -744,16 +757,9 @@ fn sentinel(
     if tls {
         b = b.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
         if let Some(t) = &config.tls {
-            let certs = || redis::TlsCertificates {
-                client_tls: t.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
-                    client_cert: cert.clone(),
-                    client_key: key.0.clone(),
-                }),
-                root_cert: t.ca_pem.clone(),
-            };
             b = b
-                .set_client_to_redis_certificates(certs())
-                .set_client_to_sentinel_certificates(certs());
+                .set_client_to_redis_certificates(certificates(t))
+                .set_client_to_sentinel_certificates(certificates(t));
         }
     }
     Ok(SentinelMaster {

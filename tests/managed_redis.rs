@@ -160,6 +160,7 @@ async fn an_acl_user_held_to_its_key_prefix_is_enough() {
             keys,
             "-@all",
             "+get",
+            "+getrange",
             "+set",
             "+evalsha",
             "+eval",

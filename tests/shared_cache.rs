@@ -180,6 +180,21 @@ async fn an_answer_written_into_the_store_by_anything_else_is_not_taken() {
     // The real token's answer still opens at the other replica.
     assert_eq!(b.call(&c, "real-token").await, StatusCode::OK);
     assert_eq!(ep.count(), 3);
+    // A value far past any answer's size is not read whole (GETRANGE) and does not open.
+    // 100,001 bytes (zeros, then an x).
+    let set = redis.cli(&["setrange", &key_of("huge-token"), "100000", "x"]);
+    assert_eq!(set.trim(), "100001", "{set}");
+    assert_eq!(b.call(&c, "huge-token").await, StatusCode::UNAUTHORIZED);
+    let m = b.metrics(&c).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"bearward_shared_store_operations_total{op="open",outcome="forged"}"#
+        ),
+        3.0,
+        "{m}"
+    );
+    let ep_before_plain = ep.count();
 
     // Without the secret, a replica neither takes the forged answer nor shares its own.
     let plain = introspecting_replica_sealed(&ep, &up, redis.port, false);
@@ -188,7 +203,7 @@ async fn an_answer_written_into_the_store_by_anything_else_is_not_taken() {
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(plain.call(&c, "real-token").await, StatusCode::OK);
-    assert_eq!(ep.count(), 5, "asked the IdP both times");
+    assert_eq!(ep.count(), ep_before_plain + 2, "asked the IdP both times");
 }
 
 #[tokio::test]

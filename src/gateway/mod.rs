@@ -336,13 +336,11 @@ impl Gateway {
                 )
             })
             .collect();
+        let sealing = crate::store::SharedStore::sealing(auth.store());
         let pdps = config
             .authzen
             .iter()
-            .map(|c| {
-                let store = crate::store::SharedStore::sealing(auth.store());
-                crate::authzen::Pdp::new(c.clone(), store, metrics.clone())
-            })
+            .map(|c| crate::authzen::Pdp::new(c.clone(), sealing.clone(), metrics.clone()))
             .collect();
         let signers = config
             .upstreams
@@ -360,7 +358,7 @@ impl Gateway {
             .map(|u| {
                 let x = u.token_exchange.as_ref()?;
                 let issuer = config.issuers.iter().find(|i| i.issuer == x.issuer);
-                crate::token_exchange::Exchanger::new(&u.name, x, issuer, crate::store::SharedStore::sealing(auth.store()), metrics.clone())
+                crate::token_exchange::Exchanger::new(&u.name, x, issuer, sealing.clone(), metrics.clone())
                     .inspect_err(|e| tracing::error!(upstream = %u.name, error = %e, "token_exchange: no client"))
                     .ok()
             })

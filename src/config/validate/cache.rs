@@ -315,7 +315,10 @@ fn rest(
     let secret = match cx.secret((&f.secret_file, &f.secret_env), "cache.secret", &span) {
         Some(s) if s.0.len() < 32 => {
             cx.err(
-                span.clone(),
+                f.secret_file
+                    .as_ref()
+                    .or(f.secret_env.as_ref())
+                    .map_or(span.clone(), Spanned::span),
                 "cache.secret",
                 "must be at least 32 bytes (e.g. `openssl rand -base64 48`), the same in every replica",
             );
