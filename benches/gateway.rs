@@ -92,14 +92,14 @@ fn bench(c: &mut Criterion) {
     c.bench_function("route match, 100 routes, last route", |b| {
         b.iter(|| {
             table
-                .find(black_box(&Method::GET), black_box("/api/orders/1"))
+                .find(black_box(&Method::GET), None, black_box("/api/orders/1"))
                 .unwrap()
         });
     });
     c.bench_function("route match, 100 routes, no match", |b| {
         b.iter(|| {
             table
-                .find(black_box(&Method::GET), black_box("/nothing/here"))
+                .find(black_box(&Method::GET), None, black_box("/nothing/here"))
                 .is_none()
         });
     });

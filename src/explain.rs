@@ -25,6 +25,10 @@ fn describe(i: usize, r: &Route) -> String {
         let m: Vec<&str> = m.iter().map(Method::as_str).collect();
         let _ = write!(s, ", methods = {m:?}");
     }
+    if let Some(h) = &r.hosts {
+        let h: Vec<String> = h.patterns().collect();
+        let _ = write!(s, ", hosts = {h:?}");
+    }
     if !r.case_sensitive {
         s.push_str(", case_sensitive = false");
     }

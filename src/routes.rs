@@ -20,6 +20,99 @@ fn is_method_override(name: &HeaderName) -> bool {
         )
 }
 
+/// `hosts`: the names a route serves, as Envoy's virtual hosts, nginx's `server_name` and the
+/// Gateway API's `hostnames` give them: exact names, and `*.example.com` for every name under
+/// `example.com` (one label or more, never `example.com` itself). Compared with the request's
+/// name as [`crate::request::host::route_name`] gives it (no port, no trailing dot, lower case).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hosts {
+    /// Exact names, lower case.
+    exact: Vec<Box<str>>,
+    /// `*.example.com` kept as `.example.com`.
+    suffixes: Vec<Box<str>>,
+}
+
+impl Hosts {
+    /// Parses the patterns of a `hosts` list; the error names the entry and why.
+    pub fn parse<'a>(
+        patterns: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Hosts, (usize, String)> {
+        let mut hosts = Hosts {
+            exact: Vec::new(),
+            suffixes: Vec::new(),
+        };
+        for (i, p) in patterns.into_iter().enumerate() {
+            let (wild, name) = match p.strip_prefix("*.") {
+                Some(rest) => (true, rest),
+                None => (false, p),
+            };
+            let ip6 = name.starts_with('[');
+            let fault = if name.contains('*') {
+                Some("`*` only as a whole first label (`*.example.com`)")
+            } else if !ip6 && name.contains(':') || ip6 && !name.ends_with(']') {
+                Some("no port: a route's hosts match whatever port the request names")
+            } else if name.ends_with('.') {
+                Some("no trailing dot: `api.example.com.` is matched as `api.example.com`")
+            } else if !crate::request::host::is_valid(name.as_bytes())
+                || crate::request::host::route_name(name.as_bytes()).is_err()
+                || !ip6
+                    && !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+            {
+                Some("not a host name (letters, digits, `-`, `_`, `.`) or IP address")
+            } else if wild && (ip6 || name.parse::<std::net::Ipv4Addr>().is_ok()) {
+                Some("an IP address takes no `*.`")
+            } else {
+                None
+            };
+            if let Some(why) = fault {
+                return Err((i, format!("{p:?}: {why}")));
+            }
+            let name = name.to_ascii_lowercase();
+            if wild {
+                hosts.suffixes.push(format!(".{name}").into());
+            } else {
+                hosts.exact.push(name.into());
+            }
+        }
+        Ok(hosts)
+    }
+
+    /// Does a request for `name` (a [`crate::request::host::route_name`]) belong here?
+    pub fn takes(&self, name: &str) -> bool {
+        self.exact.iter().any(|e| **e == *name) || self.under_a_wildcard(name)
+    }
+
+    fn under_a_wildcard(&self, name: &str) -> bool {
+        self.suffixes
+            .iter()
+            .any(|s| name.len() > s.len() && name.ends_with(&**s))
+    }
+
+    /// Does every name `other` takes belong here too?
+    pub fn covers(&self, other: &Hosts) -> bool {
+        other.exact.iter().all(|e| self.takes(e))
+            && other
+                .suffixes
+                .iter()
+                .all(|s| self.suffixes.contains(s) || self.under_a_wildcard(&s[1..]))
+    }
+
+    /// One name of each pattern, for probing: `*.example.com` as `x.example.com`.
+    pub fn samples(&self) -> impl Iterator<Item = String> + '_ {
+        self.patterns().map(|p| p.replacen('*', "x", 1))
+    }
+
+    /// The patterns as written (lower case).
+    pub fn patterns(&self) -> impl Iterator<Item = String> + '_ {
+        self.exact
+            .iter()
+            .map(ToString::to_string)
+            .chain(self.suffixes.iter().map(|s| format!("*{s}")))
+    }
+}
+
 /// What a route does with the requests it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
@@ -298,6 +391,8 @@ pub struct Route {
     pub matcher: PathMatch,
     /// Allowed methods; `None` means any.
     pub methods: Option<Vec<Method>>,
+    /// `hosts`: the request's host must be one of these; `None`: any host, or none.
+    pub hosts: Option<Arc<Hosts>>,
     /// `case_sensitive`: `false` folds ASCII case when matching a literal `path` or `prefix`.
     pub case_sensitive: bool,
     /// Index into the config's upstream list; `None`: a route the decision listener answers
@@ -485,10 +580,17 @@ impl Route {
         self.issuers.as_ref().is_none_or(|l| l.contains(&issuer))
     }
 
-    /// Does this route take a request with this method and canonical path?
-    pub fn matches(&self, method: &Method, path: &str) -> bool {
+    /// Does this route take a request with this method, host name
+    /// ([`crate::request::host::route_name`]; `None` when the request names no host) and
+    /// canonical path?
+    pub fn matches(&self, method: &Method, host: Option<&str>, path: &str) -> bool {
         if let Some(methods) = &self.methods {
             if !methods.iter().any(|m| m == method) {
+                return false;
+            }
+        }
+        if let Some(hosts) = &self.hosts {
+            if !host.is_some_and(|h| hosts.takes(h)) {
                 return false;
             }
         }
@@ -502,13 +604,18 @@ impl Route {
             (Some(_), None) => false,
             (Some(a), Some(b)) => b.iter().all(|m| a.contains(m)),
         };
+        let hosts_cover = match (&self.hosts, &later.hosts) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => a.covers(b),
+        };
         let paths_cover = match (self.case_sensitive, later.case_sensitive) {
             (true, true) => self.matcher.covers(&later.matcher),
             // It takes one spelling of what `later` takes in any case.
             (true, false) => false,
             (false, _) => self.matcher.lowered().covers(&later.matcher.lowered()),
         };
-        methods_cover && paths_cover
+        methods_cover && hosts_cover && paths_cover
     }
 }
 
@@ -516,6 +623,8 @@ impl Route {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Some route has `hosts`: only then is a request's host name worked out.
+    hosts: bool,
     /// `None` for a table short enough that a scan costs less than the walk.
     index: Option<Segments>,
 }
@@ -625,24 +734,35 @@ impl RouteTable {
     /// A table from routes in file order.
     pub fn new(routes: Vec<Route>) -> Self {
         let index = (routes.len() > SCAN_AT_MOST).then(|| Segments::new(&routes));
-        RouteTable { routes, index }
+        let hosts = routes.iter().any(|r| r.hosts.is_some());
+        RouteTable {
+            routes,
+            hosts,
+            index,
+        }
     }
 
-    /// The first route that takes this request, with its index.
-    pub fn find(&self, method: &Method, path: &str) -> Option<(usize, &Route)> {
+    /// Does any route name `hosts`? Without one, the request's host plays no part.
+    pub fn uses_hosts(&self) -> bool {
+        self.hosts
+    }
+
+    /// The first route that takes this request, with its index. `host`: the request's
+    /// [`crate::request::host::route_name`], if it names one.
+    pub fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Option<(usize, &Route)> {
         let Some(index) = &self.index else {
-            return self.scan(method, path);
+            return self.scan(method, host, path);
         };
-        let i = index.first(path, |i| self.routes[i].matches(method, path))?;
+        let i = index.first(path, |i| self.routes[i].matches(method, host, path))?;
         Some((i, &self.routes[i]))
     }
 
     /// [`RouteTable::find`] by trying every route in order: what the index must agree with.
-    pub fn scan(&self, method: &Method, path: &str) -> Option<(usize, &Route)> {
+    pub fn scan(&self, method: &Method, host: Option<&str>, path: &str) -> Option<(usize, &Route)> {
         self.routes
             .iter()
             .enumerate()
-            .find(|(_, r)| r.matches(method, path))
+            .find(|(_, r)| r.matches(method, host, path))
     }
 
     /// Would every method override of the request leave it on route `index`?
@@ -657,6 +777,7 @@ impl RouteTable {
         &self,
         headers: &HeaderMap,
         query: Option<&str>,
+        host: Option<&str>,
         path: &str,
         index: usize,
     ) -> bool {
@@ -680,7 +801,7 @@ impl RouteTable {
                 .ok()
                 .filter(|m| is_plain_method(m))
                 .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
-                .and_then(|m| self.find(&m, path))
+                .and_then(|m| self.find(&m, host, path))
                 .is_some_and(|(i, _)| i == index)
         })
     }
@@ -724,6 +845,10 @@ pub enum Loose {
     Case,
     /// `/a/` as `/a`: Express by default, ASP.NET Core, Spring before 6.
     TrailingSlash,
+    /// The same path for another host (or none), sent to the same upstream: an upstream that
+    /// serves every host alike (or gets the upstream's own `Host`) serves it as the checked
+    /// route's.
+    Host,
 }
 
 /// A path that a checked route does not take and a later route with a weaker check does, which
@@ -789,13 +914,16 @@ impl RouteTable {
             }
             let (path, exact) = match &r.matcher {
                 PathMatch::Exact(p) => (p.as_str(), true),
-                PathMatch::Prefix(p) if p != "/" => (p.as_str(), false),
+                PathMatch::Prefix(p) => (p.as_str(), false),
                 _ => continue,
             };
+            // The variants are asked for one of the checked route's own hosts (the others are
+            // the `Host` variant's).
+            let own = r.hosts.as_ref().and_then(|h| h.samples().next());
             let mut variants = Vec::new();
             let upper = path.to_ascii_uppercase();
             if upper != path {
-                variants.push((upper, Loose::Case));
+                variants.push((upper, Loose::Case, own.as_deref()));
             }
             // A prefix takes its path with a slash after it already; `/a/` as a prefix is
             // about what lies under it, not `/a` itself.
@@ -804,13 +932,18 @@ impl RouteTable {
                     Some(p) => p.to_owned(),
                     None => format!("{path}/"),
                 };
-                variants.push((other, Loose::TrailingSlash));
+                variants.push((other, Loose::TrailingSlash, own.as_deref()));
             }
+            if r.hosts.is_some() {
+                variants.push((path.to_owned(), Loose::Host, None));
+            }
+            // `prefix = "/"` has no case or slash variants to look at.
             let methods = r.methods.as_deref().unwrap_or(&probe);
-            for (variant, how) in variants {
+            for (variant, how, host) in variants {
                 let weaker = methods.iter().find_map(|m| {
-                    let (j, o) = self.find(m, &variant)?;
-                    (j != checked && o.weaker_than(r)).then_some(j)
+                    let (j, o) = self.find(m, host, &variant)?;
+                    let same_upstream = how != Loose::Host || o.upstream == r.upstream;
+                    (j != checked && same_upstream && o.weaker_than(r)).then_some(j)
                 });
                 if let Some(weaker) = weaker {
                     out.push(LooseMatch {
@@ -884,6 +1017,7 @@ impl Route {
             name: "r".into(),
             matcher,
             methods: None,
+            hosts: None,
             case_sensitive: true,
             upstream: Some(0),
             auth: AuthMode::None,
@@ -1061,7 +1195,7 @@ mod tests {
         };
         let exact = fold(PathMatch::Exact("/api/write".into()));
         for p in ["/api/write", "/API/WRITE", "/Api/wRite"] {
-            assert!(exact.matches(&Method::GET, p), "{p}");
+            assert!(exact.matches(&Method::GET, None, p), "{p}");
         }
         for p in [
             "/api/write/",
@@ -1070,17 +1204,20 @@ mod tests {
             "/api/wrıte",
             "/api%2Fwrite",
         ] {
-            assert!(!exact.matches(&Method::GET, p), "{p}");
+            assert!(!exact.matches(&Method::GET, None, p), "{p}");
         }
         let prefix = fold(PathMatch::Prefix("/Api".into()));
         for p in ["/api", "/API/", "/aPi/x/Y"] {
-            assert!(prefix.matches(&Method::GET, p), "{p}");
+            assert!(prefix.matches(&Method::GET, None, p), "{p}");
         }
         for p in ["/apix", "/APIX/y", "/ap", "/", "/é"] {
-            assert!(!prefix.matches(&Method::GET, p), "{p}");
+            assert!(!prefix.matches(&Method::GET, None, p), "{p}");
         }
         let slash = fold(PathMatch::Prefix("/api/".into()));
-        assert!(slash.matches(&Method::GET, "/API/x") && !slash.matches(&Method::GET, "/API"));
+        assert!(
+            slash.matches(&Method::GET, None, "/API/x")
+                && !slash.matches(&Method::GET, None, "/API")
+        );
         // Shadows: a folding route covers every spelling; a case-sensitive one only its own.
         let sensitive = route(PathMatch::Prefix("/api".into()), None);
         assert!(prefix.shadows(&sensitive) && prefix.shadows(&exact));
@@ -1092,15 +1229,15 @@ mod tests {
         routes.insert(3, fold(PathMatch::Exact("/r7/Admin".into())));
         let table = RouteTable::new(routes);
         assert_eq!(
-            table.find(&Method::GET, "/R7/ADMIN").map(|(i, _)| i),
+            table.find(&Method::GET, None, "/R7/ADMIN").map(|(i, _)| i),
             Some(3)
         );
         assert_eq!(
-            table.find(&Method::GET, "/r7/admin").map(|(i, _)| i),
+            table.find(&Method::GET, None, "/r7/admin").map(|(i, _)| i),
             Some(3)
         );
         assert_eq!(
-            table.find(&Method::GET, "/r7/other").map(|(i, _)| i),
+            table.find(&Method::GET, None, "/r7/other").map(|(i, _)| i),
             Some(8)
         );
         // A template folds its literal segments; its parameters' values are taken as sent.
@@ -1108,10 +1245,10 @@ mod tests {
             .unwrap()
             .unwrap();
         let t = fold(PathMatch::Template(Arc::new(t)));
-        assert!(t.matches(&Method::GET, "/tenants/AcMe/EXPORT"));
+        assert!(t.matches(&Method::GET, None, "/tenants/AcMe/EXPORT"));
         assert!(
-            !t.matches(&Method::GET, "/tenants//export")
-                && !t.matches(&Method::GET, "/tenants/a/exports")
+            !t.matches(&Method::GET, None, "/tenants//export")
+                && !t.matches(&Method::GET, None, "/tenants/a/exports")
         );
         let PathMatch::Template(tpl) = &t.matcher else {
             unreachable!()
@@ -1144,14 +1281,166 @@ mod tests {
         let post = Method::POST;
         let get = Method::GET;
         assert!(std::ptr::eq(
-            table.find(&post, "/api/write").unwrap().1,
+            table.find(&post, None, "/api/write").unwrap().1,
             &table.routes()[0]
         ));
         assert!(std::ptr::eq(
-            table.find(&get, "/api/write").unwrap().1,
+            table.find(&get, None, "/api/write").unwrap().1,
             &table.routes()[1]
         ));
-        assert!(table.find(&get, "/other").is_none());
+        assert!(table.find(&get, None, "/other").is_none());
+    }
+
+    fn hosts(list: &[&str]) -> Arc<Hosts> {
+        Arc::new(Hosts::parse(list.iter().copied()).unwrap())
+    }
+
+    #[test]
+    fn hosts_take_their_names_and_the_names_under_a_wildcard() {
+        let h = hosts(&[
+            "API.example.com",
+            "*.tenants.example.com",
+            "10.0.0.1",
+            "[::1]",
+        ]);
+        for name in [
+            "api.example.com",
+            "a.tenants.example.com",
+            "b.a.tenants.example.com",
+            "10.0.0.1",
+            "[::1]",
+        ] {
+            assert!(h.takes(name), "{name}");
+        }
+        for name in [
+            "example.com",
+            "tenants.example.com",
+            "xtenants.example.com",
+            "api.example.co",
+            "10.0.0.2",
+        ] {
+            assert!(!h.takes(name), "{name}");
+        }
+        for bad in [
+            "",
+            "*",
+            "*.",
+            "a.*.b",
+            "*x.example.com",
+            "api.example.com:443",
+            "api.example.com.",
+            "a..b",
+            ".a",
+            "a b",
+            "a,b",
+            "[::1]:80",
+            "*.[::1]",
+            "*.10.0.0.1",
+            "a%2eb",
+        ] {
+            assert!(Hosts::parse([bad]).is_err(), "{bad:?}");
+        }
+        let err = Hosts::parse(["a.example", "b:80"]).unwrap_err();
+        assert_eq!(err.0, 1, "the entry at fault is named");
+        assert!(hosts(&["*.example.com"]).covers(&hosts(&["a.example.com", "*.b.example.com"])));
+        assert!(!hosts(&["*.example.com"]).covers(&hosts(&["example.com"])));
+        assert!(!hosts(&["*.b.example.com"]).covers(&hosts(&["*.example.com"])));
+        assert!(!hosts(&["a.example.com"]).covers(&hosts(&["*.a.example.com"])));
+    }
+
+    #[test]
+    fn a_route_with_hosts_takes_only_their_requests_and_others_go_on() {
+        let mut admin = route(PathMatch::Prefix("/".into()), None).bearer(&["admin"], &[]);
+        admin.hosts = Some(hosts(&["admin.example.com"]));
+        let open = route(PathMatch::Prefix("/".into()), None);
+        let table = RouteTable::new(vec![admin, open]);
+        assert!(table.uses_hosts());
+        let get = Method::GET;
+        assert_eq!(
+            table.find(&get, Some("admin.example.com"), "/x").unwrap().0,
+            0
+        );
+        assert_eq!(
+            table.find(&get, Some("www.example.com"), "/x").unwrap().0,
+            1
+        );
+        assert_eq!(
+            table.find(&get, None, "/x").unwrap().0,
+            1,
+            "no host: not the host's route"
+        );
+        assert!(!RouteTable::new(vec![route(PathMatch::Prefix("/".into()), None)]).uses_hosts());
+        // Neither shadows the other; a host route under one without hosts is shadowed.
+        assert!(table.shadowed().is_empty());
+        let mut under = route(PathMatch::Prefix("/a".into()), None);
+        under.hosts = Some(hosts(&["a.example.com"]));
+        let mut wide = route(PathMatch::Prefix("/".into()), None);
+        wide.hosts = Some(hosts(&["*.example.com"]));
+        let t = RouteTable::new(vec![
+            route(PathMatch::Prefix("/".into()), None),
+            under.clone(),
+        ]);
+        assert_eq!(t.shadowed(), vec![(0, 1)]);
+        assert_eq!(RouteTable::new(vec![wide, under]).shadowed(), vec![(0, 1)]);
+        // The open catch-all takes the checked route's paths for every other host, on the same
+        // upstream: found; on another upstream it is another site.
+        let found = table.loose_matches();
+        assert_eq!(
+            found,
+            vec![LooseMatch {
+                checked: 0,
+                weaker: 1,
+                path: "/".into(),
+                how: Loose::Host
+            }]
+        );
+        let mut elsewhere = table.routes().to_vec();
+        elsewhere[1].upstream = Some(1);
+        assert!(RouteTable::new(elsewhere).loose_matches().is_empty());
+        // The case variants are asked for the route's own host.
+        let mut upper = route(PathMatch::Prefix("/admin".into()), None).bearer(&[], &[]);
+        upper.hosts = Some(hosts(&["*.example.com"]));
+        let mut other = route(PathMatch::Prefix("/".into()), None);
+        other.upstream = Some(1);
+        let hows: Vec<Loose> = RouteTable::new(vec![upper, other])
+            .loose_matches()
+            .into_iter()
+            .map(|m| m.how)
+            .collect();
+        assert_eq!(hows, vec![Loose::Case]);
+    }
+
+    #[test]
+    fn the_index_agrees_with_a_scan_on_hosts() {
+        let mut routes: Vec<Route> = (0..20)
+            .map(|i| route(PathMatch::Prefix(format!("/p{i}")), None))
+            .collect();
+        routes[3].hosts = Some(hosts(&["a.example"]));
+        routes[5] = route(PathMatch::Prefix("/p3".into()), None);
+        let table = RouteTable::new(routes);
+        for host in [None, Some("a.example"), Some("b.example")] {
+            for path in ["/p3", "/p3/x", "/p5"] {
+                assert_eq!(
+                    table.find(&Method::GET, host, path).map(|r| r.0),
+                    table.scan(&Method::GET, host, path).map(|r| r.0),
+                    "{host:?} {path}"
+                );
+            }
+        }
+        assert_eq!(
+            table
+                .find(&Method::GET, Some("a.example"), "/p3")
+                .unwrap()
+                .0,
+            3
+        );
+        assert_eq!(
+            table
+                .find(&Method::GET, Some("b.example"), "/p3")
+                .unwrap()
+                .0,
+            5
+        );
     }
 
     #[test]
@@ -1276,10 +1565,10 @@ mod tests {
                 let indexed = Segments::new(table.routes());
                 for p in &paths {
                     for m in [Method::GET, Method::POST, Method::PUT] {
-                        let scanned = table.scan(&m, p).map(|(i, _)| i);
-                        prop_assert_eq!(table.find(&m, p).map(|(i, _)| i), scanned, "{} {}", m, p);
+                        let scanned = table.scan(&m, None, p).map(|(i, _)| i);
+                        prop_assert_eq!(table.find(&m, None, p).map(|(i, _)| i), scanned, "{} {}", m, p);
                         // Small tables scan: the index is checked on every size directly.
-                        let via_index = indexed.first(p, |i| table.routes()[i].matches(&m, p));
+                        let via_index = indexed.first(p, |i| table.routes()[i].matches(&m, None, p));
                         prop_assert_eq!(via_index, scanned, "index: {} {}", m, p);
                     }
                 }

@@ -41,6 +41,12 @@ fn broken_configs_are_rejected_naming_the_key() {
         ("https proxy", "audiences = [\"https://api.test\"]", "audiences = [\"https://api.test\"]\nproxy = \"https://egress.test:3128\"", "issuers[0].proxy: is not an http://host:port proxy URL"),
         ("proxy with a path", "audiences = [\"https://api.test\"]", "audiences = [\"https://api.test\"]\nproxy = \"http://egress.test:3128/x\"", "issuers[0].proxy"),
         ("bad duration", "audiences = [\"https://api.test\"]", "audiences = [\"https://api.test\"]\nleeway = \"thirty\"", "issuers[0].leeway"),
+        ("a host with a port", "prefix = \"/api\"", "prefix = \"/api\"\nhosts = [\"api.test\", \"api.test:443\"]", "routes[1].hosts[1]: \"api.test:443\": no port"),
+        ("a wildcard inside a host", "prefix = \"/api\"", "prefix = \"/api\"\nhosts = [\"api.*.test\"]", "routes[1].hosts[0]: \"api.*.test\": `*` only as a whole first label"),
+        ("a host with an empty label", "prefix = \"/api\"", "prefix = \"/api\"\nhosts = [\"api..test\"]", "routes[1].hosts[0]"),
+        ("no hosts", "prefix = \"/api\"", "prefix = \"/api\"\nhosts = []", "routes[1].hosts: an empty list takes no request"),
+        ("hosts behind nginx without the original host", "[[routes]]\nprefix = \"/api\"", "[decision]\nlisten = \"127.0.0.1:0\"\ningress = \"nginx\"\n\n[[routes]]\nprefix = \"/api\"\nhosts = [\"api.test\"]", "decision.original_host_header: is required"),
+        ("the original host header behind Caddy", "[server]", "[decision]\nlisten = \"127.0.0.1:0\"\ningress = \"caddy\"\noriginal_host_header = \"X-Original-Host\"\n\n[server]", "decision.original_host_header: is not read with ingress = \"caddy\""),
         ("non-canonical prefix", "prefix = \"/public\"", "prefix = \"/public/../x\"", "routes[0].prefix"),
         ("encoded prefix", "prefix = \"/api\"", "prefix = \"/%61pi\"", "routes[1].prefix"),
         ("prefix and path", "prefix = \"/api\"", "prefix = \"/api\"\npath = \"/api/x\"", "routes[1].path"),
@@ -182,4 +188,42 @@ fn a_store_without_a_secret_is_warned_of_where_it_would_hold_decisions() {
     let sealed = format!("{store}secret_file = \"tests/fixtures/store-secret\"\n{with_exchange}");
     assert_eq!(warned(&sealed), None);
     assert_eq!(warned(&format!("{store}{GOOD}")), None, "nothing to keep");
+}
+
+/// A route for some hosts above a weaker route for every host, on the same upstream: `check`
+/// says an upstream that serves every host alike serves the checked paths under the weaker
+/// check; with the weaker route on another upstream, or given hosts of its own, it says nothing.
+#[test]
+fn a_weaker_route_taking_a_host_routes_paths_for_other_hosts_is_warned_of() {
+    let routes = |catch_all: &str| {
+        GOOD.replacen(
+            "[[routes]]\nprefix = \"/public\"",
+            &format!(
+                "[[routes]]\nprefix = \"/admin\"\nhosts = [\"admin.test\"]\nscopes = [\"admin\"]\nupstream = \"app\"\n\n\
+                 [[routes]]\nprefix = \"/\"\nauth = \"none\"\n{catch_all}\n\n[[routes]]\nprefix = \"/public\""
+            ),
+            1,
+        )
+    };
+    let warned = |text: &str| {
+        let c = Config::from_toml_str(text, "h.toml").unwrap();
+        c.warnings
+            .iter()
+            .map(ToString::to_string)
+            .find(|w| w.contains("for hosts other than"))
+    };
+    let w = warned(&routes("upstream = \"app\"")).expect("warned");
+    assert!(w.contains("routes[1]"), "{w}");
+    assert!(
+        w.contains("/admin for hosts other than admin.test (routes[0] admin.test/admin*)"),
+        "{w}"
+    );
+    assert!(w.contains("give this route hosts of its own"), "{w}");
+    let elsewhere =
+        routes("upstream = \"other\"") + "\n[upstreams.other]\nurl = \"http://127.0.0.1:3001\"\n";
+    assert_eq!(warned(&elsewhere), None, "another upstream is another site");
+    assert_eq!(
+        warned(&routes("upstream = \"app\"\nhosts = [\"www.test\"]")),
+        None
+    );
 }

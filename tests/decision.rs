@@ -161,10 +161,12 @@ async fn nginx(decision: u16, upstream: &str) -> Ingress {
 async fn caddy(decision: u16, upstream: &str) -> Ingress {
     let what = "caddy (apt-get install caddy; .ci/run does)";
     start_ingress("caddy", what, |dir, port| {
-        let listen = format!("http://127.0.0.1:{port}");
+        // Every host, as the shipped `:8080` site has it (Caddy answers a host no site names
+        // with an empty 200), on loopback only.
+        let listen = format!("http://:{port} {{\n\tbind 127.0.0.1");
         let conf = shipped_config(
             "deploy/decision/Caddyfile",
-            (":8080", &listen),
+            (":8080 {", &listen),
             decision,
             upstream,
         );
@@ -1033,4 +1035,88 @@ async fn a_head_is_checked_as_a_get_through_nginx_and_caddy() {
         2.0,
         "{m}"
     );
+}
+
+/// Routes chosen by host, through the real nginx and Caddy with their shipped configs: the host
+/// the client asked for (in any spelling) picks the route, as in proxy mode; a client that
+/// writes another host into either convention's host header (`X-Original-Host`,
+/// `X-Forwarded-Host`) is still checked on its own, and neither header reaches the API.
+#[tokio::test]
+async fn routes_for_a_host_hold_through_nginx_and_caddy() {
+    const HOST_ROUTES: &str = "\n[[routes]]\nprefix = \"/tenant\"\nhosts = [\"admin.test\"]\n\
+        scopes = [\"admin\"]\nupstream = \"app\"\n\n[[routes]]\nprefix = \"/tenant\"\n\
+        auth = \"none\"\nupstream = \"app\"\n";
+    let (key, idp, up, c) = parts().await;
+    let admin = format!(
+        "Bearer {}",
+        idp.minter("https://api.test").token(&key, "admin")
+    );
+    let (_, proxy) = Gateway::start_on_free_port(|p| config(&up, &idp, p, "") + HOST_ROUTES).await;
+    wait_ready(&proxy).await;
+    let forged: [&[(&str, &str)]; 3] = [
+        &[],
+        &[("x-original-host", "www.test")],
+        &[("x-forwarded-host", "www.test")],
+    ];
+    for (which, setting) in [
+        (
+            "nginx",
+            "ingress = \"nginx\"\noriginal_host_header = \"X-Original-Host\"",
+        ),
+        ("caddy", "ingress = \"caddy\""),
+    ] {
+        let (dport, _gw) =
+            Gateway::start_on_free_port(|p| config(&up, &idp, p, setting) + HOST_ROUTES).await;
+        wait_ready(&_gw).await;
+        let ingress = if which == "nginx" {
+            nginx(dport, &up.url()).await
+        } else {
+            caddy(dport, &up.url()).await
+        };
+        let base = format!("http://127.0.0.1:{}", ingress.port);
+        let before = up.count();
+        for (url, mode) in [(base.as_str(), which), (&proxy.url(""), "proxy")] {
+            for host in ["admin.test", "ADMIN.test", "admin.test."] {
+                for h in forged {
+                    let mut with = h.to_vec();
+                    with.push(("host", host));
+                    let a = get(&c, &format!("{url}/tenant/x"), &with).await;
+                    assert_eq!(
+                        a.status,
+                        StatusCode::UNAUTHORIZED,
+                        "{mode} {host} {h:?}: {}",
+                        a.body
+                    );
+                }
+            }
+        }
+        assert_eq!(up.count(), before, "{which}: the API was reached unchecked");
+        for (url, mode) in [(base.as_str(), which), (&proxy.url(""), "proxy")] {
+            let a = get(
+                &c,
+                &format!("{url}/tenant/x"),
+                &[("host", "admin.test"), ("authorization", &admin)],
+            )
+            .await;
+            assert_eq!(a.status, StatusCode::OK, "{mode}");
+            let a = get(
+                &c,
+                &format!("{url}/tenant/x"),
+                &[("host", "www.test"), ("x-original-host", "admin.test")],
+            )
+            .await;
+            assert_eq!(
+                a.status,
+                StatusCode::OK,
+                "{mode}: another host, the open route"
+            );
+            if mode != "proxy" {
+                assert!(
+                    !up.last().headers.contains_key("x-original-host"),
+                    "{mode}: X-Original-Host reached the API: {:?}",
+                    up.last().headers
+                );
+            }
+        }
+    }
 }

@@ -389,3 +389,43 @@ fn decision_requests_are_explained_in_the_one_convention_read() {
         std::fs::remove_file(&file).unwrap();
     }
 }
+
+/// A route with `hosts`: `-H 'Host: ...'` picks it in any spelling of the host, another host
+/// goes on to the next route, and a name with an empty label is refused, as in the proxy.
+#[test]
+fn the_host_a_request_names_picks_its_route() {
+    let dir = std::env::temp_dir().join(format!("bearward-explain-host-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\n\
+         [[routes]]\nprefix = \"/\"\nhosts = [\"admin.test\"]\nauth = \"deny\"\nupstream = \"app\"\n\
+         [[routes]]\nprefix = \"/\"\nauth = \"none\"\nupstream = \"app\"\n",
+    )
+    .unwrap();
+    let with_host = |host: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_bearward"))
+            .args(["explain", "--path", "/x", "-H"])
+            .arg(format!("Host: {host}"))
+            .arg("--config")
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (String::from_utf8(out.stdout).unwrap(), out.status.code())
+    };
+    let (out, code) = with_host("Admin.Test.:8443");
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains(r#"route      routes[0] "admin.test/*": prefix = "/", hosts = ["admin.test"], auth = "deny""#),
+        "{out}"
+    );
+    let (out, code) = with_host("www.test");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(r#"route      routes[1] "/*""#), "{out}");
+    let (out, code) = with_host("admin..test");
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("FAIL invalid_host"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

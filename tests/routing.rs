@@ -611,3 +611,111 @@ async fn with_open_catch_all(routes: &str) -> (Upstream, Gateway, impl Fn(&str) 
     };
     (up, gw, bearer)
 }
+
+/// `hosts`: a route for one host, and one for the names under a wildcard, above an open
+/// catch-all on the same upstream. Every spelling of the host (case, port, trailing dot, HTTP/2's
+/// `:authority`) lands on its route; a name with an empty label is refused rather than let
+/// fall through; other hosts, and a request that names none, go on to the catch-all.
+#[tokio::test]
+async fn a_route_for_a_host_checks_every_spelling_of_it() {
+    let (up, gw, bearer) = with_open_catch_all(
+        "[[routes]]\nprefix = \"/\"\nhosts = [\"admin.example.com\"]\nscopes = [\"admin\"]\n\
+         upstream = \"app\"\n\n\
+         [[routes]]\nprefix = \"/orders\"\nhosts = [\"*.tenants.example.com\"]\n\
+         scopes = [\"orders\"]\nupstream = \"app\"\n",
+    )
+    .await;
+    let c = client();
+    let at = |host: &str, path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+    };
+    for host in [
+        "admin.example.com",
+        "ADMIN.Example.COM",
+        "admin.example.com.",
+        "admin.example.com:8080",
+        "Admin.Example.Com.:443",
+    ] {
+        let resp = raw(gw.addr, at(host, "/users").as_bytes()).await;
+        assert_eq!(raw_status(&resp), 401, "{host}: {resp}");
+    }
+    for host in ["a.tenants.example.com", "B.A.Tenants.Example.Com."] {
+        let resp = raw(gw.addr, at(host, "/orders/1").as_bytes()).await;
+        assert_eq!(raw_status(&resp), 401, "{host}: {resp}");
+    }
+    for host in [
+        "admin..example.com",
+        ".admin.example.com",
+        "admin.example.com..",
+    ] {
+        let resp = raw(gw.addr, at(host, "/users").as_bytes()).await;
+        assert_eq!(raw_status(&resp), 400, "{host}: {resp}");
+        assert!(
+            resp.ends_with("bad request: invalid_host\n"),
+            "{host}: {resp}"
+        );
+    }
+    // HTTP/2 names its host in :authority alone.
+    let (mut sender, _conn) = h2_connect(gw.addr, None).await;
+    let resp = sender
+        .send_request(
+            Request::get("http://admin.example.com/users")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        up.count(),
+        0,
+        "no spelling of a checked host reached the upstream"
+    );
+
+    let admin = bearer("admin");
+    let a = get(
+        &c,
+        &gw.url("/users"),
+        &[
+            ("host", "Admin.Example.com:8080"),
+            ("authorization", &admin),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        up.last().headers["host"],
+        "Admin.Example.com:8080",
+        "the Host goes on as sent"
+    );
+    let a = get(
+        &c,
+        &gw.url("/orders/1"),
+        &[
+            ("host", "x.tenants.example.com"),
+            ("authorization", &bearer("orders")),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(up.count(), 2);
+
+    // Other hosts, the wildcard's own base name, and a request without a host: the catch-all.
+    for host in [
+        "www.example.com",
+        "tenants.example.com",
+        "admin.example.com.evil",
+    ] {
+        let a = get(&c, &gw.url("/orders/1"), &[("host", host)]).await;
+        assert_eq!(a.status, StatusCode::OK, "{host}");
+    }
+    let resp = raw(gw.addr, b"GET /users HTTP/1.0\r\n\r\n").await;
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    assert_eq!(up.count(), 6);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "bearward_requests_total{route=\"admin.example.com/*\",status=\"401\",decision=\"deny\",reason=\"missing_token\"}"),
+        6.0,
+        "{m}"
+    );
+}

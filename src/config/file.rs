@@ -241,6 +241,15 @@ pub(super) struct DecisionFile {
     pub original_method_header: Option<Spanned<String>>,
     /// In the reference row of `original_method_header`.
     pub original_uri_header: Option<Spanned<String>>,
+    /// Reference: `original_host_header`
+    /// Default: none (not read)
+    ///
+    /// nginx and HAProxy: the header the ingress sets to the original request's `Host`
+    /// (`proxy_set_header X-Original-Host $host;`), read as the host routes' `hosts` are
+    /// matched against. Required for routes with `hosts` behind nginx or HAProxy, whose
+    /// decision requests otherwise carry the auth location's own `Host`. Like the URI header, it
+    /// must be set by the ingress on every decision request, or a client's copy would be read
+    pub original_host_header: Option<Spanned<String>>,
     /// Reference: `envoy_path_prefix`
     /// Default: none
     ///
@@ -1138,6 +1147,18 @@ pub(super) struct RouteFile {
     /// a later, laxer route would reach it unchecked. A route for HEAD alone goes above the GET
     /// one
     pub methods: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Reference: `hosts`
+    /// Default: any host
+    ///
+    /// the host names this route serves, as Envoy's virtual hosts and nginx's `server_name`:
+    /// `["api.example.com", "*.example.com"]`, where `*.example.com` takes every name under
+    /// `example.com` (not `example.com` itself). Compared without case, port or trailing dot
+    /// (`API.Example.com.:8443` is `api.example.com`); a name with an empty label is a 400.
+    /// The host is the request's `Host` (HTTP/2 `:authority`), or in decision mode the original
+    /// request's as the ingress gives it (`[decision] original_host_header` for nginx and
+    /// HAProxy, `X-Forwarded-Host` for Caddy and Traefik, Envoy's `Host`). A request for another
+    /// host, or none, goes on to the next routes
+    pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
     /// Reference: `case_sensitive`
     /// Default: `true`
     ///

@@ -526,6 +526,11 @@ pub struct DecisionConfig {
     /// nginx: the headers `proxy_set_header` fills with `$request_method` and `$request_uri`.
     pub method_header: HeaderName,
     pub uri_header: HeaderName,
+    /// nginx and HAProxy: the header the ingress fills with the original `Host`
+    /// (`original_host_header`); `None`: not read, the decision request's own `Host` stands.
+    pub host_header: Option<HeaderName>,
+    /// Some route names `hosts`: a decision request must give the original host (400 without).
+    pub hosts: bool,
     /// Envoy `ext_authz` (HTTP): the original path arrives appended to this prefix.
     pub envoy_path_prefix: Option<String>,
     /// The one convention read; `None`: whichever one a request carries, and 400 for a request

@@ -156,7 +156,10 @@ pub(crate) fn original_request(
         Convention::Original => (
             method_of(one(h, &cfg.method_header)?)?,
             text(one(h, &cfg.uri_header)?.ok_or_else(missing)?)?,
-            None,
+            match &cfg.host_header {
+                Some(name) => one(h, name)?,
+                None => None,
+            },
         ),
         Convention::Forwarded => (
             method_of(one(h, &X_FORWARDED_METHOD)?)?,
@@ -184,6 +187,11 @@ pub(crate) fn original_request(
             (method, t.target.clone(), t.host.as_ref())
         }
     };
+    // Routes chosen by host need the ingress's word for it: the decision request's own `Host`
+    // names the auth location (nginx, HAProxy) or is the ingress's choice.
+    if cfg.hosts && host.is_none() && convention != Convention::EnvoyPath {
+        return Err(Rejection::BadRequest("missing_original_host"));
+    }
     let uri = original_uri(&target)?;
     let mut original = Request::new(body::empty());
     *original.method_mut() = method;
@@ -226,10 +234,11 @@ fn original_uri(target: &str) -> Result<Uri, Rejection> {
 
 /// Every convention's headers go from the original request: the one read has been, the others
 /// are a client's.
-fn conventions_headers(cfg: &DecisionConfig) -> [&HeaderName; 4] {
+fn conventions_headers(cfg: &DecisionConfig) -> [&HeaderName; 5] {
     [
         &cfg.uri_header,
         &cfg.method_header,
+        cfg.host_header.as_ref().unwrap_or(&FORWARDED_URI),
         &FORWARDED_URI,
         &FORWARDED_METHOD,
     ]
@@ -251,6 +260,9 @@ pub(crate) fn take_ext_authz_request(
         .ok_or(Rejection::BadRequest("missing_original_uri"))?;
     let method = Method::from_bytes(t.method.as_bytes())
         .map_err(|_| Rejection::BadRequest("invalid_original_method"))?;
+    if cfg.hosts && t.host.is_none() {
+        return Err(Rejection::BadRequest("missing_original_host"));
+    }
     let uri = original_uri(&t.target)?;
     let (parts, _) = req.into_parts();
     let mut original = Request::new(body::empty());
@@ -293,6 +305,8 @@ mod tests {
             trusted_proxies: vec![],
             method_header: HeaderName::from_static("x-original-method"),
             uri_header: HeaderName::from_static("x-original-uri"),
+            host_header: None,
+            hosts: false,
             envoy_path_prefix: Some("/ext_authz".into()),
             ingress: None,
         }
@@ -401,5 +415,52 @@ mod tests {
             )),
             "invalid_original_method"
         );
+    }
+
+    /// Routes with `hosts`: the original host comes from the ingress's own header, never from
+    /// another convention's, and a decision request without it is refused, not matched against
+    /// the routes for any host.
+    #[test]
+    fn the_original_host_is_the_ingresses_and_required_for_host_routes() {
+        let mut cfg = cfg();
+        cfg.host_header = Some(HeaderName::from_static("x-original-host"));
+        let nginx = |extra: &[(&'static str, &'static str)], cfg: &DecisionConfig| {
+            let mut h = vec![("x-original-uri", "/api/a")];
+            h.extend_from_slice(extra);
+            original_request(&req("/auth", &h), cfg)
+        };
+        let r = nginx(&[("x-original-host", "Admin.Example.com")], &cfg).unwrap();
+        assert_eq!(r.headers()["host"], "Admin.Example.com");
+        assert!(!r.headers().contains_key("x-original-host"));
+        let r = nginx(&[("x-forwarded-host", "admin.example.com")], &cfg).unwrap();
+        assert_eq!(
+            r.headers()["host"],
+            "auth.local",
+            "another convention's host is not read"
+        );
+        let mut two = req(
+            "/auth",
+            &[("x-original-uri", "/a"), ("x-original-host", "a")],
+        );
+        two.headers_mut()
+            .append("x-original-host", HeaderValue::from_static("b"));
+        assert_eq!(
+            reason(original_request(&two, &cfg)),
+            "ambiguous_original_request"
+        );
+
+        cfg.hosts = true;
+        assert_eq!(reason(nginx(&[], &cfg)), "missing_original_host");
+        assert_eq!(
+            reason(original_request(
+                &req("/", &[("x-forwarded-uri", "/api/b")]),
+                &cfg
+            )),
+            "missing_original_host"
+        );
+        assert!(nginx(&[("x-original-host", "a.example")], &cfg).is_ok());
+        // Envoy's check request carries the original Host as its own.
+        let envoy = original_request(&req("/ext_authz/api/c", &[]), &cfg).unwrap();
+        assert_eq!(envoy.headers()["host"], "auth.local");
     }
 }

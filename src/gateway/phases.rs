@@ -150,6 +150,22 @@ fn would_deny(
     HeaderValue::from_str(&note).ok()
 }
 
+/// The request's host name for routes with `hosts` ([`crate::request::host::route_name`]): its
+/// `Host`, which [`Gateway::check_target`] has checked (one, valid, agreeing with HTTP/2's
+/// `:authority`), else the `:authority`; `None` for a request that names neither (HTTP/1.0).
+fn route_host<B>(req: &Request<B>) -> Result<Option<String>, Rejection> {
+    let value = match req.headers().get(http::header::HOST) {
+        Some(h) => h.as_bytes(),
+        None => match req.uri().authority() {
+            Some(a) => a.as_str().as_bytes(),
+            None => return Ok(None),
+        },
+    };
+    crate::request::host::route_name(value)
+        .map(Some)
+        .map_err(|e| Rejection::BadRequest(e.reason()))
+}
+
 /// Reports a refusal to the sink on its way out.
 fn report<T>(
     sink: &mut impl Sink,
@@ -296,7 +312,13 @@ impl Gateway {
         out: &mut Outcome,
         sink: &mut impl Sink,
     ) -> Result<(usize, &Route), Rejection> {
-        let Some((index, route)) = self.config.routes.find(req.method(), path) else {
+        // Worked out only for a table that asks: the host plays no part otherwise.
+        let host = match self.config.routes.uses_hosts() {
+            false => None,
+            true => report(sink, "canonical", route_host(req))?,
+        };
+        let host = host.as_deref();
+        let Some((index, route)) = self.config.routes.find(req.method(), host, path) else {
             let rej = Rejection::NoRoute;
             sink.refused("route", &rej);
             return Err(rej);
@@ -305,7 +327,7 @@ impl Gateway {
         if !self
             .config
             .routes
-            .overrides_stay(req.headers(), req.uri().query(), path, index)
+            .overrides_stay(req.headers(), req.uri().query(), host, path, index)
         {
             return report(
                 sink,

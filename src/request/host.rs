@@ -72,7 +72,7 @@ pub fn check(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<(), Hos
 /// `uri-host [":" port]` with a non-empty host: a reg-name (unreserved and sub-delims, which
 /// covers IPv4 addresses and names), or an IPv6 address in brackets.
 /// No userinfo, no zone id, no IPvFuture; a port of at most five digits.
-fn is_valid(v: &[u8]) -> bool {
+pub(crate) fn is_valid(v: &[u8]) -> bool {
     let (host, port) = split(v);
     let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
     let host_ok = match host {
@@ -83,6 +83,24 @@ fn is_valid(v: &[u8]) -> bool {
         name => is_reg_name(name),
     };
     host_ok && port_ok
+}
+
+/// The name a route's `hosts` is matched against: the host of a `Host` value that [`check`]
+/// took, without its port or one trailing dot, in lower case (`API.example.com.:8443` is
+/// `api.example.com`), as nginx's `server_name` and Envoy's virtual hosts compare it. An empty
+/// label (`api..example.com`, `.example.com`, or a second trailing dot) is refused as nginx
+/// refuses it: such a name could otherwise miss the route written for the name it spells out
+/// and fall through to a later, laxer one.
+pub fn route_name(v: &[u8]) -> Result<String, HostError> {
+    let (host, _) = split(v);
+    let name = host.strip_suffix(b".").unwrap_or(host);
+    let bracketed = name.first() == Some(&b'[');
+    if name.is_empty() || !bracketed && name.split(|b| *b == b'.').any(<[u8]>::is_empty) {
+        return Err(HostError::Invalid);
+    }
+    let mut name = String::from_utf8(name.to_vec()).map_err(|_| HostError::Invalid)?;
+    name.make_ascii_lowercase();
+    Ok(name)
 }
 
 /// Host and port: the port follows the last `:` after an IPv6 literal's closing bracket.
@@ -135,6 +153,29 @@ fn same(a: &[u8], b: &[u8], default_port: &str) -> bool {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn a_route_name_has_no_port_case_or_trailing_dot() {
+        for (v, name) in [
+            ("API.Example.com", "api.example.com"),
+            ("api.example.com.", "api.example.com"),
+            ("api.example.com.:8443", "api.example.com"),
+            ("api.example.com:", "api.example.com"),
+            ("[::1]:80", "[::1]"),
+            ("10.0.0.1:1", "10.0.0.1"),
+        ] {
+            assert_eq!(route_name(v.as_bytes()).as_deref(), Ok(name), "{v}");
+        }
+        for v in [
+            "api..example.com",
+            ".example.com",
+            "api.example.com..",
+            ".",
+            ":80",
+        ] {
+            assert_eq!(route_name(v.as_bytes()), Err(HostError::Invalid), "{v}");
+        }
+    }
 
     fn h1(version: Version, hosts: &[&[u8]]) -> Result<(), HostError> {
         let mut headers = HeaderMap::new();

@@ -61,6 +61,14 @@ pub(super) fn decision(
         "x-original-uri",
         cx,
     );
+    let host_header = f.original_host_header.as_ref().map(|_| {
+        header(
+            &f.original_host_header,
+            "decision.original_host_header",
+            "x-original-host",
+            cx,
+        )
+    });
     let envoy_path_prefix = f.envoy_path_prefix.as_ref().and_then(|p| {
         let v = p.get_ref().trim_end_matches('/');
         if v.starts_with('/') && !v.contains(['?', '#', '%']) && v.len() > 1 {
@@ -83,10 +91,12 @@ pub(super) fn decision(
                 (&f.envoy_path_prefix, "envoy_path_prefix"),
                 (&f.original_method_header, "original_method_header"),
                 (&f.original_uri_header, "original_uri_header"),
+                (&f.original_host_header, "original_host_header"),
             ],
             Ingress::Envoy => &[
                 (&f.original_method_header, "original_method_header"),
                 (&f.original_uri_header, "original_uri_header"),
+                (&f.original_host_header, "original_host_header"),
             ],
         };
         for (v, key) in foreign {
@@ -109,6 +119,9 @@ pub(super) fn decision(
         trusted_proxies,
         method_header,
         uri_header,
+        host_header,
+        // Set once the routes are known.
+        hosts: false,
         envoy_path_prefix,
         ingress,
     })

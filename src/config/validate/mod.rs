@@ -270,7 +270,24 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
     }
     let cache = cache::cache(&mut cx, file.cache.as_ref());
     let dpop = dpop::dpop(&mut cx, file.dpop.as_ref(), file.cache.as_ref());
-    let decision = decision::decision(&mut cx, file.decision.as_ref(), &server);
+    let mut decision = decision::decision(&mut cx, file.decision.as_ref(), &server);
+    if let Some(d) = decision.as_mut() {
+        d.hosts = routes.iter().any(|r| r.hosts.is_some());
+        let original = matches!(d.ingress, Some(Ingress::Nginx | Ingress::Haproxy));
+        if d.hosts && original && d.host_header.is_none() {
+            let f = file
+                .decision
+                .as_ref()
+                .expect("validated from the file's [decision]");
+            cx.err(
+                f.span(),
+                "decision.original_host_header",
+                "is required: routes name hosts, and behind nginx or HAProxy a decision request's \
+                 own Host names the auth location, not the original request's host (set it to \
+                 the header the ingress fills with $host, e.g. \"X-Original-Host\")",
+            );
+        }
+    }
     let telemetry = telemetry::telemetry(&mut cx, file.telemetry.as_ref());
 
     let forward = forward::forward(&mut cx, file.forward.as_ref());
@@ -490,7 +507,16 @@ fn loose_warnings(cx: &mut Ctx<'_>, file: &FileConfig, table: &RouteTable) -> Ve
             .take(3)
             .map(|m| {
                 let r = &table.routes()[m.checked];
-                format!("{} (routes[{}] {})", m.path, m.checked, r.name)
+                match (m.how, &r.hosts) {
+                    (Loose::Host, Some(h)) => format!(
+                        "{} for hosts other than {} (routes[{}] {})",
+                        m.path,
+                        h.patterns().collect::<Vec<_>>().join(", "),
+                        m.checked,
+                        r.name
+                    ),
+                    _ => format!("{} (routes[{}] {})", m.path, m.checked, r.name),
+                }
             })
             .collect();
         if here.len() > 3 {
@@ -504,6 +530,11 @@ fn loose_warnings(cx: &mut Ctx<'_>, file: &FileConfig, table: &RouteTable) -> Ve
         if here.iter().any(|m| m.how == Loose::TrailingSlash) {
             how.push("a trailing slash (Express by default, ASP.NET Core, Spring before 6)");
             remedy.push("give the other spelling of an exact path a route of its own");
+        }
+        if here.iter().any(|m| m.how == Loose::Host) {
+            how.push("the host (one site on the upstream, or pass_host_header = false)");
+            remedy
+                .push("give this route hosts of its own, or send other hosts to another upstream");
         }
         // A weaker route is open or checks a token (`Route::weaker_than`).
         let route = &table.routes()[j];

@@ -35,6 +35,33 @@ pub(super) fn scope_list(
     out
 }
 
+/// `hosts`: at least one name, each a host name or `*.` and one, no port.
+fn hosts(
+    cx: &mut Ctx<'_>,
+    r: &RouteFile,
+    key: &str,
+    ok: &mut bool,
+) -> Option<Arc<crate::routes::Hosts>> {
+    let list = r.hosts.as_ref()?;
+    if list.get_ref().is_empty() {
+        cx.err(
+            list.span(),
+            key,
+            "an empty list takes no request: leave hosts out to take every host",
+        );
+        *ok = false;
+        return None;
+    }
+    match crate::routes::Hosts::parse(list.get_ref().iter().map(|h| h.get_ref().as_str())) {
+        Ok(h) => Some(Arc::new(h)),
+        Err((at, why)) => {
+            cx.err(list.get_ref()[at].span(), &format!("{key}[{at}]"), why);
+            *ok = false;
+            None
+        }
+    }
+}
+
 pub(super) fn route(
     cx: &mut Ctx<'_>,
     i: usize,
@@ -52,6 +79,7 @@ pub(super) fn route(
     let matcher = matcher(cx, i, r, &span, path_opts, &mut ok);
 
     let methods = methods(cx, i, r, &mut ok);
+    let hosts = hosts(cx, r, &key("hosts"), &mut ok);
     let case_sensitive = match &r.case_sensitive {
         Some(c) if !*c.get_ref() => {
             if r.grpc_service.is_some() {
@@ -197,6 +225,12 @@ pub(super) fn route(
         (None, Some(m)) => m.source().into(),
         (None, None) => format!("routes[{i}]").into(),
     };
+    // Routes for several hosts often share a path: the first host tells them apart in logs and
+    // metrics (`admin.example.com/*`).
+    let name = match (&r.name, hosts.as_ref().and_then(|h| h.patterns().next())) {
+        (None, Some(host)) => format!("{host}{name}").into(),
+        _ => name,
+    };
 
     let resource = cx
         .resource(&r.resource, &key("resource"), path_opts)
@@ -237,6 +271,7 @@ pub(super) fn route(
         name,
         matcher: matcher?,
         methods,
+        hosts,
         case_sensitive,
         upstream: upstream?,
         auth,
