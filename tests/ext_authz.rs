@@ -563,3 +563,38 @@ async fn a_head_is_checked_as_a_get() {
         assert_eq!(status_of(answer), *want, "gRPC {case}: {answer}");
     }
 }
+
+/// Routes with `hosts` take the host Envoy gives (the `CheckRequest`'s, or the HTTP service's
+/// `Host`) in any spelling; another host goes on to the next route; a check without a host is
+/// refused once a route names one, not matched against every host's routes.
+#[tokio::test]
+async fn routes_by_host_take_the_host_envoy_gives() {
+    let w = world(|c| {
+        c.replace(
+            "[[routes]]\nprefix = \"/public\"",
+            "[[routes]]\nprefix = \"/tenant\"\nhosts = [\"admin.test\"]\nscopes = [\"admin\"]\nupstream = \"app\"\n\n\
+             [[routes]]\nprefix = \"/tenant\"\nauth = \"none\"\nupstream = \"app\"\n\n\
+             [[routes]]\nprefix = \"/public\"",
+        )
+    })
+    .await;
+    let table = [
+        (json!({"path": "/tenant/x", "host": "admin.test"}), 401),
+        (json!({"path": "/tenant/x", "host": "ADMIN.test.:443"}), 401),
+        (json!({"path": "/tenant/x", "host": "www.test"}), 200),
+        (json!({"path": "/tenant/x", "host": "admin..test"}), 400),
+        (json!({"path": "/tenant/x", "host": ""}), 400),
+    ];
+    let answers = grpc(w.grpc_port, table.iter().map(|(c, _)| c.clone()).collect()).await;
+    for ((case, want), answer) in table.iter().zip(&answers) {
+        assert_eq!(status_of(answer), *want, "gRPC {case}: {answer}");
+    }
+    // The HTTP service: Envoy sends the original Host as the check request's own.
+    let c = client();
+    let url = format!("http://127.0.0.1:{}/tenant/x", w.decision);
+    for (host, want) in [("Admin.Test:8443", 401), ("www.test", 200)] {
+        let a = get(&c, &url, &[("host", host)]).await;
+        assert_eq!(a.status.as_u16(), want, "HTTP {host}");
+    }
+    assert_eq!(w.up.count(), 0, "decisions only");
+}
