@@ -32,6 +32,9 @@ fn describe(i: usize, r: &Route) -> String {
     if !r.case_sensitive {
         s.push_str(", case_sensitive = false");
     }
+    if let Some(rw) = &r.prefix_rewrite {
+        let _ = write!(s, ", prefix_rewrite = \"{}\"", rw.to);
+    }
     let _ = write!(s, ", auth = \"{}\"", r.auth.as_str());
     if !r.scopes.is_empty() {
         let _ = write!(s, ", scopes = {:?}", r.scopes);
@@ -460,13 +463,20 @@ pub async fn explain_with(config: &Config, asked: &Asked<'_>) -> Explained {
                     "forward",
                     format_args!("the decision listener answers 200; the ingress forwards it"),
                 ),
-                Some(upstream) => p.line(
-                    "forward",
-                    format_args!(
-                        "to upstream \"{}\" ({}://{})",
-                        upstream.name, upstream.scheme, upstream.authority
-                    ),
-                ),
+                Some(upstream) => {
+                    // What the upstream is asked for, where a prefix_rewrite changes it.
+                    let rewritten = match &pass.route.prefix_rewrite {
+                        Some(r) => format!(" as {}", r.apply(&pass.target).0),
+                        None => String::new(),
+                    };
+                    p.line(
+                        "forward",
+                        format_args!(
+                            "to upstream \"{}\" ({}://{}){rewritten}",
+                            upstream.name, upstream.scheme, upstream.authority
+                        ),
+                    );
+                }
                 None => p.line(
                     "forward",
                     format_args!("no upstream: the decision listener answers 200 for this route"),

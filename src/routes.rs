@@ -113,6 +113,47 @@ impl Hosts {
     }
 }
 
+/// `prefix_rewrite`: the first `segments` segments of the path (the route's prefix, a `{name}`
+/// counting as one) replaced by `to`, as Envoy's `prefix_rewrite` and Traefik's `StripPrefix`
+/// have it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefixRewrite {
+    pub segments: usize,
+    pub to: Box<str>,
+}
+
+impl PrefixRewrite {
+    /// The upstream's target for a target (canonical path and query) that the route matched,
+    /// and the part of the path taken off (`None` when nothing was).
+    pub fn apply(&self, target: &str) -> (String, Option<String>) {
+        let (path, query) = target.split_at(target.find('?').unwrap_or(target.len()));
+        // A matched path has the prefix's segments; `cut` ends the last of them.
+        let mut cut = 0;
+        for _ in 0..self.segments {
+            match path.get(cut + 1..).and_then(|p| p.find('/')) {
+                Some(i) => cut += 1 + i,
+                None => {
+                    cut = path.len();
+                    break;
+                }
+            }
+        }
+        let (taken, rest) = path.split_at(cut);
+        let base = match rest {
+            "" => &*self.to,
+            _ => self.to.trim_end_matches('/'),
+        };
+        let mut out = String::with_capacity(base.len() + rest.len() + query.len() + 1);
+        out.push_str(base);
+        out.push_str(rest);
+        if out.is_empty() {
+            out.push('/');
+        }
+        out.push_str(query);
+        (out, (!taken.is_empty()).then(|| taken.to_owned()))
+    }
+}
+
 /// What a route does with the requests it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
@@ -393,6 +434,8 @@ pub struct Route {
     pub methods: Option<Vec<Method>>,
     /// `hosts`: the request's host must be one of these; `None`: any host, or none.
     pub hosts: Option<Arc<Hosts>>,
+    /// `prefix_rewrite`: what the upstream is asked for in place of the matched prefix.
+    pub prefix_rewrite: Option<Arc<PrefixRewrite>>,
     /// `case_sensitive`: `false` folds ASCII case when matching a literal `path` or `prefix`.
     pub case_sensitive: bool,
     /// Index into the config's upstream list; `None`: a route the decision listener answers
@@ -1018,6 +1061,7 @@ impl Route {
             matcher,
             methods: None,
             hosts: None,
+            prefix_rewrite: None,
             case_sensitive: true,
             upstream: Some(0),
             auth: AuthMode::None,
@@ -1441,6 +1485,33 @@ mod tests {
                 .0,
             5
         );
+    }
+
+    #[test]
+    fn a_prefix_rewrite_replaces_the_prefix_segments() {
+        let rw = |segments: usize, to: &str| PrefixRewrite {
+            segments,
+            to: to.into(),
+        };
+        for (r, target, want, taken) in [
+            (rw(1, "/"), "/orders/7?x=1", "/7?x=1", Some("/orders")),
+            (rw(1, "/"), "/orders", "/", Some("/orders")),
+            (rw(1, "/"), "/orders/", "/", Some("/orders")),
+            (rw(1, "/"), "/orders?q", "/?q", Some("/orders")),
+            (rw(1, "/v2/"), "/orders/7", "/v2/7", Some("/orders")),
+            (rw(1, "/v2"), "/orders", "/v2", Some("/orders")),
+            (
+                rw(3, "/items"),
+                "/v1/acme/items/3/",
+                "/items/3/",
+                Some("/v1/acme/items"),
+            ),
+            (rw(0, "/api"), "/x/y", "/api/x/y", None),
+            (rw(0, "/"), "/", "/", None),
+        ] {
+            let (out, t) = r.apply(target);
+            assert_eq!((out.as_str(), t.as_deref()), (want, taken), "{target}");
+        }
     }
 
     #[test]

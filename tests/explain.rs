@@ -429,3 +429,28 @@ fn the_host_a_request_names_picks_its_route() {
     assert!(out.contains("FAIL invalid_host"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A route's `prefix_rewrite` is shown, and the path the upstream would be asked for.
+#[test]
+fn a_prefix_rewrite_shows_the_upstreams_path() {
+    let dir = std::env::temp_dir().join(format!("bearward-explain-rw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\n\
+         [[routes]]\nprefix = \"/orders\"\nprefix_rewrite = \"/v2\"\nauth = \"none\"\nupstream = \"app\"\n",
+    )
+    .unwrap();
+    let (out, code) = run(&config, "GET", "/orders/./7?x=1", None);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(r#"prefix = "/orders", prefix_rewrite = "/v2", auth = "none""#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"forward    to upstream "app" (http://127.0.0.1:3000) as /v2/7?x=1"#),
+        "{out}"
+    );
+}

@@ -522,3 +522,46 @@ async fn a_large_upload_crosses_tls_to_a_slow_reader_whole() {
         assert_eq!(up.last().body_len, size as u64);
     }
 }
+
+/// `prefix_rewrite`: the upstream is asked for the path with the route's prefix replaced (a
+/// `{name}` counting as a segment, a folded-case prefix taken off in the case sent), the query
+/// kept, and the part taken off in `X-Forwarded-Prefix`, whatever the client sent there.
+#[tokio::test]
+async fn a_prefix_rewrite_sends_the_path_under_its_new_prefix() {
+    let up = Upstream::start().await;
+    let routes = "[[routes]]\nprefix = \"/orders\"\nprefix_rewrite = \"/\"\nauth = \"none\"\nupstream = \"app\"\n\n\
+        [[routes]]\nprefix = \"/v1/{tenant}/items\"\nprefix_rewrite = \"/items\"\nauth = \"none\"\nupstream = \"app\"\n\n\
+        [[routes]]\nprefix = \"/legacy/\"\nprefix_rewrite = \"/api/v2\"\ncase_sensitive = false\nauth = \"none\"\nupstream = \"app\"\n\n\
+        [[routes]]\nprefix = \"/public\"";
+    let cfg = basic_config(&up.url(), "").replacen("[[routes]]\nprefix = \"/public\"", routes, 1);
+    let gw = Gateway::start(&cfg).await;
+    let c = client();
+    for (path, upstream, prefix) in [
+        ("/orders/7?x=1&y=%2F", "/7?x=1&y=%2F", "/orders"),
+        ("/orders", "/", "/orders"),
+        ("/orders/", "/", "/orders"),
+        ("/orders/a/../b", "/b", "/orders"),
+        ("/v1/acme/items/3", "/items/3", "/v1/acme/items"),
+        ("/v1/acme/items", "/items", "/v1/acme/items"),
+        ("/LEGACY/x/y", "/api/v2/x/y", "/LEGACY"),
+    ] {
+        let a = get(&c, &gw.url(path), &[("x-forwarded-prefix", "/evil")]).await;
+        assert_eq!(a.status, StatusCode::OK, "{path}");
+        let seen = up.last();
+        assert_eq!(seen.uri, upstream, "{path}");
+        assert_eq!(seen.headers["x-forwarded-prefix"], prefix, "{path}");
+        assert_eq!(
+            seen.headers.get_all("x-forwarded-prefix").iter().count(),
+            1,
+            "{path}: the client's copy passed too"
+        );
+    }
+    // Routes without it forward the path as matched, and a client's prefix never passes.
+    get(&c, &gw.url("/public/x"), &[("x-forwarded-prefix", "/evil")]).await;
+    let seen = up.last();
+    assert_eq!(seen.uri, "/public/x");
+    assert!(!seen.headers.contains_key("x-forwarded-prefix"));
+    // The access log and metrics name the route and path the client asked for.
+    let m = gw.metrics().await;
+    assert!(m.contains("route=\"/orders*\",status=\"200\""), "{m}");
+}

@@ -1175,6 +1175,17 @@ pub(super) struct RouteFile {
     ///
     /// name of an `[upstreams.NAME]`; a route without one is answered by the decision listener only
     pub upstream: Option<Spanned<String>>,
+    /// Reference: `prefix_rewrite`
+    /// Default: none (the path goes upstream as matched)
+    ///
+    /// with `prefix`: the upstream is asked for the path with the route's prefix replaced by
+    /// this one, as Envoy's `prefix_rewrite` and Traefik's `StripPrefix` do: `prefix = "/orders"`
+    /// with `prefix_rewrite = "/"` sends `/orders/7?x=1` as `/7?x=1` and `/orders` as `/`; with
+    /// `"/v2/orders"`, as `/v2/orders/7?x=1`. A `{name}` segment counts as one segment of the
+    /// prefix. The part taken off goes along in `X-Forwarded-Prefix` (any the client sent is
+    /// replaced), from which Spring, ASP.NET Core and Express apps build their links. Routing,
+    /// the token check, logs and metrics see the path the client sent
+    pub prefix_rewrite: Option<Spanned<String>>,
     /// Reference: `auth`
     /// Default: `"bearer"`
     ///

@@ -57,6 +57,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const DPOP: HeaderName = HeaderName::from_static("dpop");
+/// The part of the path a route's `prefix_rewrite` took off (Traefik's `StripPrefix` name).
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 /// Tells the upstream what an audit-mode route would have done.
 pub const AUDIT_HEADER: HeaderName = HeaderName::from_static("x-bearward-audit");
 /// The IETF httpapi RateLimit header fields.
@@ -808,6 +810,10 @@ impl Gateway {
             return Err(Rejection::NoRoute);
         };
         let upstream = self.upstreams.config(upstream_index);
+        let (target, taken) = match &route.prefix_rewrite {
+            None => (target, None),
+            Some(r) => r.apply(&target),
+        };
         let mut rewrite = forward::prepare_request(
             &mut req,
             upstream,
@@ -818,6 +824,9 @@ impl Gateway {
             conn.tls.is_some(),
         )
         .map_err(|_| Rejection::Internal("bad_upstream_request"))?;
+        if let Some(taken) = taken {
+            rewrite.replace[7] = Some((X_FORWARDED_PREFIX, HeaderValue::from_str(&taken).ok()));
+        }
         // The id replaces any the client sent, as the other lines bearward owns do.
         if let Some(name) = &self.config.server.request_id_header {
             rewrite.replace[5] = Some((name.clone(), out.request_id.clone()));

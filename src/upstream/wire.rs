@@ -63,7 +63,7 @@ pub struct HeadRewrite {
     /// The `Host` line, written first. The client's `Host` never passes.
     pub host: Option<HeaderValue>,
     /// Each entry replaces every client header of its name; `None` drops them.
-    pub replace: [Option<(HeaderName, Option<HeaderValue>)>; 7],
+    pub replace: [Option<(HeaderName, Option<HeaderValue>)>; 8],
     /// The client is no trusted proxy: its [`is_hop_view`](crate::headers::is_hop_view) headers are dropped.
     pub untrusted: bool,
     /// A WebSocket upgrade ([`crate::headers::is_upgrade_request`]): its `Upgrade` and
@@ -872,6 +872,7 @@ mod tests {
                     Some(HeaderValue::from_static("9.9.9.9")),
                 )),
                 Some((name("x-dropped"), None)),
+                None,
                 None,
                 None,
                 None,

@@ -35,6 +35,42 @@ pub(super) fn scope_list(
     out
 }
 
+/// `prefix_rewrite`: on a `prefix` route (not a gRPC service's: its method paths are fixed)
+/// that forwards, a canonical absolute path.
+fn prefix_rewrite(
+    cx: &mut Ctx<'_>,
+    r: &RouteFile,
+    matcher: Option<&PathMatch>,
+    key: &str,
+    path_opts: PathOptions,
+    ok: &mut bool,
+) -> Option<Arc<crate::routes::PrefixRewrite>> {
+    let to = r.prefix_rewrite.as_ref()?;
+    let fault = if r.prefix.is_none() {
+        Some("only applies to a route with `prefix` (a gRPC service's method paths are fixed)")
+    } else if r.upstream.is_none() {
+        Some("only applies to a route that forwards (it has no upstream)")
+    } else if !to.get_ref().starts_with('/')
+        || to.get_ref().contains(['?', '#', '{', '}'])
+        || canonicalize_with(to.get_ref(), path_opts).ok().as_deref() != Some(to.get_ref().as_str())
+    {
+        Some("must be a canonical absolute path, without query or `{name}` (e.g. \"/\" or \"/v2/orders\")")
+    } else {
+        None
+    };
+    if let Some(why) = fault {
+        cx.err(to.span(), key, why);
+        *ok = false;
+        return None;
+    }
+    let source = matcher?.source();
+    let segments = source.split('/').filter(|s| !s.is_empty()).count();
+    Some(Arc::new(crate::routes::PrefixRewrite {
+        segments,
+        to: to.get_ref().as_str().into(),
+    }))
+}
+
 /// `hosts`: at least one name, each a host name or `*.` and one, no port.
 fn hosts(
     cx: &mut Ctx<'_>,
@@ -80,6 +116,14 @@ pub(super) fn route(
 
     let methods = methods(cx, i, r, &mut ok);
     let hosts = hosts(cx, r, &key("hosts"), &mut ok);
+    let prefix_rewrite = prefix_rewrite(
+        cx,
+        r,
+        matcher.as_ref(),
+        &key("prefix_rewrite"),
+        path_opts,
+        &mut ok,
+    );
     let case_sensitive = match &r.case_sensitive {
         Some(c) if !*c.get_ref() => {
             if r.grpc_service.is_some() {
@@ -272,6 +316,7 @@ pub(super) fn route(
         matcher: matcher?,
         methods,
         hosts,
+        prefix_rewrite,
         case_sensitive,
         upstream: upstream?,
         auth,
