@@ -193,6 +193,13 @@ struct BuildLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    upstream: String,
+    endpoint: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AbortLabels {
     upstream: String,
     reason: &'static str,
@@ -305,6 +312,8 @@ pub struct Metrics {
     upstream_latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     jwks_fetches: Family<FetchLabels, Counter>,
     upstream_aborts: Family<AbortLabels, Counter>,
+    /// Bounded: at most 64 endpoints per upstream, a handful of reasons.
+    connect_failures: Family<EndpointLabels, Counter>,
     token_cache: Outcomes,
     key_lookups: Outcomes,
     token_cache_entries: Gauge,
@@ -383,6 +392,7 @@ impl Metrics {
             upstream_latency: Family::new_with_constructor(histogram as fn() -> Histogram),
             jwks_fetches: Family::default(),
             upstream_aborts: Family::default(),
+            connect_failures: Family::default(),
             token_cache: Outcomes::new("hit", "miss"),
             key_lookups: Outcomes::new("hit", "miss"),
             token_cache_entries: Gauge::default(),
@@ -436,6 +446,11 @@ impl Metrics {
             "upstream_response_aborts",
             "Upstream response bodies that broke off after their head was sent, by upstream and reason",
             m.upstream_aborts.clone(),
+        );
+        registry.register(
+            "upstream_connect_failures",
+            "Connections to an upstream endpoint that failed, by upstream, endpoint and reason; each leaves the endpoint out of the rotation for endpoint_fail_timeout",
+            m.connect_failures.clone(),
         );
         registry.register(
             "jwks_fetches",
@@ -821,6 +836,17 @@ impl Metrics {
     }
 
     /// Counts one upstream response body that broke off after its head went to the client.
+    /// Counts a connection to an upstream endpoint that failed.
+    pub fn upstream_connect_failure(&self, upstream: &str, endpoint: &str, reason: &'static str) {
+        self.connect_failures
+            .get_or_create(&EndpointLabels {
+                upstream: upstream.to_owned(),
+                endpoint: endpoint.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
     pub fn upstream_abort(&self, upstream: &str, reason: &'static str) {
         self.upstream_aborts
             .get_or_create(&AbortLabels {

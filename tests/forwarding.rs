@@ -565,3 +565,91 @@ async fn a_prefix_rewrite_sends_the_path_under_its_new_prefix() {
     let m = gw.metrics().await;
     assert!(m.contains("route=\"/orders*\",status=\"200\""), "{m}");
 }
+
+/// An instance that answers each request with `B` and closes, counting them; aborting its task
+/// closes its port.
+async fn closing_instance() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\nB",
+                    )
+                    .await;
+            });
+        }
+    });
+    (addr, hits, task)
+}
+
+/// `endpoints`: requests go to each instance in turn; one that refuses connections (from the
+/// start, or once it stops) is left out and its requests go to the others, none failing; each
+/// failed connection is counted once per time out.
+#[tokio::test]
+async fn requests_rotate_over_endpoints_and_skip_one_that_is_down() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let a = Upstream::start().await;
+    let (b, b_hits, b_task) = closing_instance().await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let cfg = basic_config(&a.url(), "").replacen(
+        "request_timeout = \"500ms\"",
+        &format!(
+            "request_timeout = \"500ms\"\nendpoints = [\"{}\", \"{b}\", \"{dead}\"]",
+            a.addr
+        ),
+        1,
+    );
+    let gw = Gateway::start(&cfg).await;
+    let c = client();
+    for i in 0..30 {
+        let r = get(&c, &gw.url(&format!("/public/{i}")), &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}");
+    }
+    let (on_a, on_b) = (a.count(), b_hits.load(SeqCst));
+    assert_eq!(on_a + on_b, 30);
+    assert!(on_a >= 10 && on_b >= 8, "a {on_a}, b {on_b}: not in turn");
+    let m = gw.metrics().await;
+    let failures = |m: &str, at: std::net::SocketAddr| {
+        metric(
+            m,
+            &format!("bearward_upstream_connect_failures_total{{upstream=\"app\",endpoint=\"{at}\",reason=\"upstream_unreachable\"}}"),
+        )
+    };
+    assert_eq!(failures(&m, dead), 1.0, "one failure, then out: {m}");
+
+    b_task.abort();
+    let _ = b_task.await;
+    for i in 0..20 {
+        let r = get(&c, &gw.url(&format!("/public/after/{i}")), &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i} after b stopped");
+    }
+    assert_eq!(a.count(), on_a + 20, "all on a");
+    assert_eq!(b_hits.load(SeqCst), on_b);
+    let m = gw.metrics().await;
+    assert_eq!(failures(&m, b), 1.0, "{m}");
+}

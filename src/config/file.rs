@@ -943,6 +943,27 @@ pub(super) struct UpstreamFile {
     ///
     /// `http://host[:port]` or `https://host[:port]`, no path; without a port, 80 or 443
     pub url: Spanned<String>,
+    /// Reference: `endpoints`
+    /// Default: the `url`'s host and port
+    ///
+    /// `["10.0.0.1:3000", "10.0.0.2:3000", "api-3.internal"]`: the instances to connect to, in
+    /// turn, in place of the `url`'s host (nginx's `upstream` servers, Envoy's cluster
+    /// endpoints). Each request goes to the next in rotation, over a pooled connection to it;
+    /// one that refuses a connection or does not answer within `connect_timeout` is left out for
+    /// `endpoint_fail_timeout` and the request goes to the next (nothing was sent; at most three
+    /// endpoints per request), and when all are out, all are tried (Envoy's panic threshold)
+    /// rather than none. An HTTP/2 upstream (`protocol`) keeps its one connection to one
+    /// endpoint and takes the next when it connects again: failover, not balancing. Without a
+    /// port, the `url`'s scheme's. The `url` still gives the
+    /// scheme, the `Host` with `pass_host_header = false`, and the name the TLS certificate is
+    /// checked against. At most 64
+    pub endpoints: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Reference: `endpoint_fail_timeout`
+    /// Default: `"10s"`
+    ///
+    /// how long an endpoint that failed a connection stays out of the rotation (nginx's
+    /// `fail_timeout`)
+    pub endpoint_fail_timeout: Option<Spanned<String>>,
     /// Reference: `connect_timeout`
     /// Default: `"5s"`
     ///
@@ -969,7 +990,7 @@ pub(super) struct UpstreamFile {
     /// Reference: `max_idle_connections`
     /// Default: `64`
     ///
-    /// idle pooled connections kept
+    /// idle pooled connections kept (per endpoint)
     pub max_idle_connections: Option<Spanned<u64>>,
     /// Reference: `pass_host_header`
     /// Default: `true`

@@ -215,6 +215,10 @@ pub struct UpstreamConfig {
     /// `http`, or `https` (with `tls`).
     pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
+    /// `host:port` of each instance connected to, in rotation: `endpoints`, else the `url`'s.
+    pub endpoints: Vec<String>,
+    /// How long an endpoint that failed a connection is left out.
+    pub endpoint_fail_timeout: Duration,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub idle_timeout: Duration,

@@ -242,6 +242,8 @@ pub(super) enum BodyState {
 /// body waits on the upstream.
 pub(super) struct UpstreamBody {
     conn: Option<Conn>,
+    /// The endpoint `conn` goes to, for the log of a body that broke off.
+    endpoint: usize,
     state: BodyState,
     keep_alive: bool,
     stall: Stall,
@@ -253,6 +255,7 @@ impl UpstreamBody {
     /// `pool` when the body ends cleanly and the upstream keeps connections alive.
     pub(super) fn new(conn: Conn, state: BodyState, keep_alive: bool, pool: Arc<Pool>) -> Self {
         UpstreamBody {
+            endpoint: conn.endpoint,
             conn: Some(conn),
             state,
             keep_alive,
@@ -309,7 +312,7 @@ impl http_body::Body for UpstreamBody {
                     Ok(Decoded::NeedMore) => (None, false),
                     Err(m) => {
                         this.conn = None;
-                        this.pool.aborted("upstream_bad_chunk", &m);
+                        this.pool.aborted(this.endpoint, "upstream_bad_chunk", &m);
                         return Poll::Ready(Some(Err(m.into())));
                     }
                 },
@@ -331,7 +334,8 @@ impl http_body::Body for UpstreamBody {
             if this.stall.expired(cx, &filled) {
                 this.conn = None;
                 let e = "upstream response body paused past request_timeout";
-                this.pool.aborted("upstream_body_timeout", &e);
+                this.pool
+                    .aborted(this.endpoint, "upstream_body_timeout", &e);
                 return Poll::Ready(Some(Err(e.into())));
             }
             match std::task::ready!(filled) {
@@ -343,13 +347,14 @@ impl http_body::Body for UpstreamBody {
                 Ok(0) => {
                     this.conn = None;
                     let e = "upstream closed mid-body";
-                    this.pool.aborted("upstream_closed_mid_body", &e);
+                    this.pool
+                        .aborted(this.endpoint, "upstream_closed_mid_body", &e);
                     return Poll::Ready(Some(Err(e.into())));
                 }
                 Ok(_) => {}
                 Err(e) => {
                     this.conn = None;
-                    this.pool.aborted("upstream_read_error", &e);
+                    this.pool.aborted(this.endpoint, "upstream_read_error", &e);
                     return Poll::Ready(Some(Err(e.into())));
                 }
             }

@@ -25,7 +25,12 @@
 //!   connection closed; a failed request body closes the connection;
 //! - request trailers are not forwarded (RFC 9110 6.5.1 lets a proxy drop them; HTTP/2
 //!   upstreams, `super::h2`, get them);
-//! - upgrades (101) take the connection out of the pool for good.
+//! - upgrades (101) take the connection out of the pool for good;
+//! - with several `endpoints`, each request goes to the next in rotation that is not out, over
+//!   a connection of that endpoint's own pool; one that fails a connection is left out for
+//!   `endpoint_fail_timeout` and the request tries the next (at most [`MAX_TRIES`] endpoints: a
+//!   failed connection sent nothing); when all are out, the rotation takes them all, as
+//!   Envoy's panic threshold does, rather than answering 502 until one comes back.
 
 use super::exchange::{exchange, into_response, BodyState, Failure, UpstreamBody};
 use crate::body::{self, Body};
@@ -37,14 +42,20 @@ use crate::upstream::ProxyError;
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response};
 use http_body::Body as _;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 /// A connection idle at least this long is checked for a close before it is reused.
 pub(crate) const PROBE_AFTER: Duration = Duration::from_millis(10);
+/// Most endpoints one request tries to connect to: each failure costs up to `connect_timeout`.
+const MAX_TRIES: usize = 3;
+
 /// One upstream connection.
 pub(super) struct Conn {
+    /// The endpoint it goes to (an index into the pool's).
+    pub(super) endpoint: usize,
     pub(super) stream: Stream,
     /// Bytes read but not yet consumed. Empty whenever the connection is idle.
     pub(super) buf: BytesMut,
@@ -58,12 +69,26 @@ pub(crate) struct Upgraded {
     pub leftover: Bytes,
 }
 
+/// One instance of an upstream (an `endpoints` entry, or the `url`'s host) and its idle
+/// connections.
+struct Endpoint {
+    addr: String,
+    idle: Mutex<Vec<Conn>>,
+    /// Until when (milliseconds after the pool was made) a failed connection keeps it out of
+    /// the rotation; in when past.
+    out_until: AtomicU64,
+}
+
 /// The pool for one upstream.
 pub(crate) struct Pool {
     /// The upstream's name in the config: the label its broken responses are counted under.
     name: String,
     metrics: Arc<Metrics>,
-    addr: String,
+    endpoints: Box<[Endpoint]>,
+    /// The rotation's next endpoint.
+    next: AtomicUsize,
+    made: Instant,
+    fail_timeout: Duration,
     /// For an `https` upstream.
     tls: Option<UpstreamTls>,
     /// The longest a new connection may take, TLS handshake included.
@@ -73,7 +98,6 @@ pub(crate) struct Pool {
     pub(super) stall_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
-    idle: Mutex<Vec<Conn>>,
 }
 
 impl Pool {
@@ -82,35 +106,92 @@ impl Pool {
         Arc::new(Pool {
             name: upstream.name.clone(),
             metrics,
-            addr: connect_addr(upstream),
+            endpoints: upstream
+                .endpoints
+                .iter()
+                .map(|addr| Endpoint {
+                    addr: addr.clone(),
+                    idle: Mutex::new(Vec::new()),
+                    out_until: AtomicU64::new(0),
+                })
+                .collect(),
+            next: AtomicUsize::new(0),
+            made: Instant::now(),
+            fail_timeout: upstream.endpoint_fail_timeout,
             tls: upstream.tls.clone(),
             connect_timeout: upstream.connect_timeout,
             stall_timeout: upstream.request_timeout,
             idle_timeout: upstream.idle_timeout,
             max_idle: upstream.max_idle_connections,
-            idle: Mutex::new(Vec::new()),
         })
     }
 
     /// A response body broke off after its head went to the client, who sees the connection
     /// close. Logged as nginx logs "upstream prematurely closed connection", and counted.
-    pub(super) fn aborted(&self, reason: &'static str, detail: &dyn std::fmt::Display) {
-        tracing::warn!(upstream = %self.name, authority = %self.addr, reason, error = %detail, "upstream response broke off mid-body");
+    pub(super) fn aborted(
+        &self,
+        endpoint: usize,
+        reason: &'static str,
+        detail: &dyn std::fmt::Display,
+    ) {
+        let authority = &self.endpoints[endpoint].addr;
+        tracing::warn!(upstream = %self.name, %authority, reason, error = %detail, "upstream response broke off mid-body");
         self.metrics.upstream_abort(&self.name, reason);
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
-        self.idle
+    fn idle(&self, endpoint: usize) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+        self.endpoints[endpoint]
+            .idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.made.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn is_out(&self, endpoint: usize, now: u64) -> bool {
+        self.endpoints[endpoint].out_until.load(Ordering::Relaxed) > now
+    }
+
+    /// The endpoint for the next request: the rotation's next that is in, else the rotation's
+    /// next (all out: all are tried).
+    fn pick(&self) -> usize {
+        let n = self.endpoints.len();
+        if n == 1 {
+            return 0;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let now = self.now_ms();
+        (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&e| !self.is_out(e, now))
+            .unwrap_or(start)
+    }
+
+    /// A connection failed: the endpoint is out of the rotation for `endpoint_fail_timeout`,
+    /// said once as it goes out, and counted.
+    fn failed(&self, endpoint: usize, error: &ProxyError) {
+        let now = self.now_ms();
+        let until =
+            now.saturating_add(u64::try_from(self.fail_timeout.as_millis()).unwrap_or(u64::MAX));
+        let e = &self.endpoints[endpoint];
+        let was = e.out_until.swap(until, Ordering::Relaxed);
+        let reason = error.reason();
+        if was <= now {
+            tracing::warn!(upstream = %self.name, endpoint = %e.addr, reason, out_for = ?self.fail_timeout, "upstream endpoint failed a connection");
+        }
+        self.metrics
+            .upstream_connect_failure(&self.name, &e.addr, reason);
+    }
+
     /// A connection for a request, and whether it was reused.
     async fn checkout(&self) -> Result<(Conn, bool), ProxyError> {
+        let endpoint = self.pick();
         loop {
-            let popped = self.idle().pop();
+            let popped = self.idle(endpoint).pop();
             let Some(conn) = popped else {
-                return self.connect().await.map(|c| (c, false));
+                return self.connect(endpoint).await.map(|c| (c, false));
             };
             let idle = conn.since.elapsed();
             if idle > self.idle_timeout || (idle >= PROBE_AFTER && !still_open(conn.stream.tcp())) {
@@ -125,29 +206,53 @@ impl Pool {
         &self.name
     }
 
-    /// A new connection (TLS made, if any), within `connect_timeout`.
+    /// A new connection (TLS made, if any), within `connect_timeout`, to the rotation's next
+    /// endpoint (for HTTP/2 upstreams, which keep one).
     pub(crate) async fn open_stream(&self) -> Result<crate::tls::Stream, ProxyError> {
-        tokio::time::timeout(self.connect_timeout, self.open())
-            .await
-            .map_err(|_| ProxyError::ConnectTimeout)?
+        Ok(self.connect(self.pick()).await?.stream)
     }
 
-    async fn connect(&self) -> Result<Conn, ProxyError> {
-        // Boxed: a connect (a TLS handshake's state among it) is rare on a warm pool, and its
-        // future inline would make every request's future, which hyper moves into place per
-        // request, that much larger.
-        let stream = Box::pin(tokio::time::timeout(self.connect_timeout, self.open()))
+    /// A new connection to `first`, else (it failed) to the next endpoints that are in, each
+    /// within `connect_timeout`, at most [`MAX_TRIES`] in all.
+    async fn connect(&self, first: usize) -> Result<Conn, ProxyError> {
+        let n = self.endpoints.len();
+        let mut tried = 0;
+        let mut last = ProxyError::Unreachable;
+        for endpoint in (0..n).map(|i| (first + i) % n) {
+            if tried == MAX_TRIES || tried > 0 && self.is_out(endpoint, self.now_ms()) {
+                continue;
+            }
+            tried += 1;
+            // Boxed: a connect (a TLS handshake's state among it) is rare on a warm pool, and
+            // its future inline would make every request's future, which hyper moves into
+            // place per request, that much larger.
+            let opened = Box::pin(tokio::time::timeout(
+                self.connect_timeout,
+                self.open(endpoint),
+            ))
             .await
-            .map_err(|_| ProxyError::ConnectTimeout)??;
-        Ok(Conn {
-            stream,
-            buf: BytesMut::new(),
-            since: Instant::now(),
-        })
+            .unwrap_or(Err(ProxyError::ConnectTimeout));
+            match opened {
+                Ok(stream) => {
+                    return Ok(Conn {
+                        endpoint,
+                        stream,
+                        buf: BytesMut::new(),
+                        since: Instant::now(),
+                    })
+                }
+                Err(e) => {
+                    self.failed(endpoint, &e);
+                    last = e;
+                }
+            }
+        }
+        Err(last)
     }
 
-    async fn open(&self) -> Result<Stream, ProxyError> {
-        let tcp = match TcpStream::connect(&self.addr).await {
+    async fn open(&self, endpoint: usize) -> Result<Stream, ProxyError> {
+        let addr = &self.endpoints[endpoint].addr;
+        let tcp = match TcpStream::connect(addr).await {
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 return Err(ProxyError::ConnectTimeout)
             }
@@ -159,7 +264,7 @@ impl Pool {
             return Ok(Stream::Plain(tcp));
         };
         tls.connect(tcp).await.map_err(|e| {
-            tracing::warn!(upstream = %self.name, authority = %self.addr, error = %e, "TLS handshake with the upstream failed");
+            tracing::warn!(upstream = %self.name, authority = %addr, error = %e, "TLS handshake with the upstream failed");
             ProxyError::Tls
         })
     }
@@ -169,7 +274,7 @@ impl Pool {
         if !conn.buf.is_empty() || conn.stream.holds_unread() {
             return;
         }
-        let mut idle = self.idle();
+        let mut idle = self.idle(conn.endpoint);
         if idle.len() < self.max_idle {
             conn.since = Instant::now();
             idle.push(conn);
@@ -227,7 +332,7 @@ impl Pool {
                 Err(Failure::Proxy(e)) => return Err(e),
                 Err(_) => return Err(ProxyError::Unreachable),
             }
-            conn = self.connect().await?;
+            conn = self.connect(conn.endpoint).await?;
             reused = false;
         };
         let state = match resp.framing {
@@ -257,17 +362,6 @@ impl Pool {
     }
 }
 
-/// `host:port` to connect to: a URL without a port means the scheme's (RFC 9110 4.2), which the
-/// socket API does not fill in.
-fn connect_addr(upstream: &UpstreamConfig) -> String {
-    let a = &upstream.authority;
-    match a.port_u16() {
-        Some(_) => a.to_string(),
-        None if upstream.scheme == http::uri::Scheme::HTTPS => format!("{}:443", a.host()),
-        None => format!("{}:80", a.host()),
-    }
-}
-
 /// Has the upstream closed (or written to) this idle connection? One non-blocking read; none at
 /// all when tokio already knows the socket has nothing to read.
 fn still_open(stream: &TcpStream) -> bool {
@@ -278,21 +372,56 @@ fn still_open(stream: &TcpStream) -> bool {
 mod tests {
     use super::*;
 
-    fn addr_of(url: &str) -> String {
+    fn upstream(lines: &str) -> UpstreamConfig {
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.u]\nurl = \"{url}\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.u]\n{lines}\n\
              [[routes]]\nprefix = \"/\"\nupstream = \"u\"\nauth = \"none\"\n"
         );
-        let config = crate::config::Config::from_toml_str(&text, "t.toml").unwrap();
-        connect_addr(&config.upstreams[0])
+        let mut config = crate::config::Config::from_toml_str(&text, "t.toml").unwrap();
+        config.upstreams.remove(0)
+    }
+
+    fn addrs_of(lines: &str) -> Vec<String> {
+        upstream(lines).endpoints
     }
 
     #[test]
-    fn a_url_without_a_port_connects_to_the_schemes() {
-        assert_eq!(addr_of("http://backend.internal"), "backend.internal:80");
-        assert_eq!(addr_of("https://backend.internal"), "backend.internal:443");
-        assert_eq!(addr_of("http://[::1]"), "[::1]:80");
-        assert_eq!(addr_of("http://127.0.0.1:3000"), "127.0.0.1:3000");
-        assert_eq!(addr_of("https://127.0.0.1:8443"), "127.0.0.1:8443");
+    fn an_address_without_a_port_connects_to_the_schemes() {
+        let url = |u: &str| addrs_of(&format!("url = \"{u}\""));
+        assert_eq!(url("http://backend.internal"), ["backend.internal:80"]);
+        assert_eq!(url("https://backend.internal"), ["backend.internal:443"]);
+        assert_eq!(url("http://[::1]"), ["[::1]:80"]);
+        assert_eq!(url("http://127.0.0.1:3000"), ["127.0.0.1:3000"]);
+        assert_eq!(url("https://127.0.0.1:8443"), ["127.0.0.1:8443"]);
+        assert_eq!(
+            addrs_of("url = \"https://api.internal\"\nendpoints = [\"10.0.0.1\", \"b.internal:8443\", \"[::1]\"]"),
+            ["10.0.0.1:443", "b.internal:8443", "[::1]:443"]
+        );
+    }
+
+    /// The rotation takes each endpoint in turn, skips one that failed until its time is up,
+    /// and takes them all when all have failed.
+    #[test]
+    fn the_rotation_leaves_out_a_failed_endpoint_for_its_time() {
+        let u = upstream(
+            "url = \"http://api.internal\"\nendpoints = [\"a:1\", \"b:1\", \"c:1\"]\n\
+             endpoint_fail_timeout = \"200ms\"",
+        );
+        let pool = Pool::new(&u, Arc::new(Metrics::new()));
+        let picks = |n: usize| (0..n).map(|_| pool.pick()).collect::<Vec<_>>();
+        assert_eq!(picks(6), [0, 1, 2, 0, 1, 2]);
+        pool.failed(1, &ProxyError::Unreachable);
+        assert_eq!(picks(6), [0, 2, 2, 0, 2, 2]);
+        pool.failed(0, &ProxyError::Unreachable);
+        pool.failed(2, &ProxyError::ConnectTimeout);
+        assert_eq!(picks(3), [0, 1, 2], "all out: all in turn");
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(picks(3), [0, 1, 2]);
+        let one = Pool::new(
+            &upstream("url = \"http://api.internal\""),
+            Arc::new(Metrics::new()),
+        );
+        one.failed(0, &ProxyError::Unreachable);
+        assert_eq!(one.pick(), 0);
     }
 }

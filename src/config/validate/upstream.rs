@@ -7,6 +7,79 @@ use jsonwebtoken::Algorithm;
 use std::str::FromStr;
 use toml::Spanned;
 
+/// Most `endpoints` one upstream may list.
+const MAX_ENDPOINTS: usize = 64;
+
+/// `host:port` to connect to: a name or address without a port takes the scheme's (RFC 9110
+/// 4.2), which the socket API does not fill in.
+fn connect_addr(authority: &http::uri::Authority, scheme: &http::uri::Scheme) -> String {
+    match authority.port_u16() {
+        Some(_) => authority.to_string(),
+        None if *scheme == http::uri::Scheme::HTTPS => format!("{}:443", authority.host()),
+        None => format!("{}:80", authority.host()),
+    }
+}
+
+/// `endpoints`: host and port of each instance, each once; else the `url`'s own.
+fn endpoints(
+    cx: &mut Ctx<'_>,
+    u: &UpstreamFile,
+    scheme: &http::uri::Scheme,
+    url: &http::uri::Authority,
+    key: &str,
+) -> Vec<String> {
+    let Some(list) = &u.endpoints else {
+        return vec![connect_addr(url, scheme)];
+    };
+    if list.get_ref().is_empty() || list.get_ref().len() > MAX_ENDPOINTS {
+        cx.err(
+            list.span(),
+            key,
+            format!(
+                "list 1 to {MAX_ENDPOINTS} endpoints, or leave it out to connect to the url's host"
+            ),
+        );
+        return Vec::new();
+    }
+    let mut out: Vec<String> = Vec::new();
+    for (i, e) in list.get_ref().iter().enumerate() {
+        if e.get_ref().contains('@') {
+            // Not echoed: it may hold a password.
+            cx.err(
+                e.span(),
+                &format!("{key}[{i}]"),
+                "must not carry credentials: an endpoint is host:port",
+            );
+            continue;
+        }
+        let parsed = http::uri::Authority::from_str(e.get_ref())
+            .ok()
+            .filter(|a| !a.host().is_empty());
+        let Some(a) = parsed else {
+            cx.err(
+                e.span(),
+                &format!("{key}[{i}]"),
+                format!(
+                    "{:?} is not host:port (a name or address, and a port)",
+                    e.get_ref()
+                ),
+            );
+            continue;
+        };
+        let addr = connect_addr(&a, scheme);
+        if out.contains(&addr) {
+            cx.err(
+                e.span(),
+                &format!("{key}[{i}]"),
+                format!("{addr} is listed twice"),
+            );
+            continue;
+        }
+        out.push(addr);
+    }
+    out
+}
+
 pub(super) fn upstream(
     cx: &mut Ctx<'_>,
     name: &str,
@@ -90,10 +163,18 @@ pub(super) fn upstream(
         .token_exchange
         .as_ref()
         .and_then(|t| token_exchange(cx, name, t));
+    let endpoints = endpoints(cx, u, &scheme, &authority, &key("endpoints"));
     UpstreamConfig {
         identity_assertion,
         token_exchange,
         name: name.to_owned(),
+        endpoints,
+        endpoint_fail_timeout: cx.duration(
+            &u.endpoint_fail_timeout,
+            &key("endpoint_fail_timeout"),
+            Duration::from_secs(10),
+            (Duration::from_millis(100), Duration::from_secs(3600)),
+        ),
         scheme,
         authority,
         connect_timeout: cx.duration(
