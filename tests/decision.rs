@@ -157,6 +157,14 @@ async fn nginx(decision: u16, upstream: &str) -> Ingress {
     })
 }
 
+/// `"nginx"` or `"caddy"`, in front of `upstream`, asking the decision listener on `decision`.
+async fn ingress_named(which: &str, decision: u16, upstream: &str) -> Ingress {
+    match which {
+        "nginx" => nginx(decision, upstream).await,
+        _ => caddy(decision, upstream).await,
+    }
+}
+
 /// Caddy with `forward_auth` to the decision listener, as deploy/decision/Caddyfile has it.
 async fn caddy(decision: u16, upstream: &str) -> Ingress {
     let what = "caddy (apt-get install caddy; .ci/run does)";
@@ -631,11 +639,7 @@ async fn a_client_cannot_choose_the_original_request_through_either_ingress() {
         ("nginx", "ingress = \"nginx\""),
     ] {
         let (dport, _gw) = start_with(&idp, &up, setting).await;
-        let ingress = if which == "nginx" {
-            nginx(dport, &up.url()).await
-        } else {
-            caddy(dport, &up.url()).await
-        };
+        let ingress = ingress_named(which, dport, &up.url()).await;
         let base = format!("http://127.0.0.1:{}", ingress.port);
         let before = up.count();
         for h in forged {
@@ -798,11 +802,7 @@ async fn a_client_copy_of_a_claim_header_never_reaches_the_api() {
         assert_eq!(a.headers["x-auth-scopes"], "");
         assert_eq!(a.headers["x-auth-subject"], "user-42");
         assert_eq!(a.headers["x-bearward-audit"], "");
-        let ingress = if which == "nginx" {
-            nginx(dport, &up.url()).await
-        } else {
-            caddy(dport, &up.url()).await
-        };
+        let ingress = ingress_named(which, dport, &up.url()).await;
         let a = get(&c, &format!("http://127.0.0.1:{}/whoami", ingress.port), &h).await;
         assert_eq!(a.status, StatusCode::OK, "{which}: {}", a.body);
         let seen = up.last();
@@ -1068,11 +1068,7 @@ async fn routes_for_a_host_hold_through_nginx_and_caddy() {
         let (dport, _gw) =
             Gateway::start_on_free_port(|p| config(&up, &idp, p, setting) + HOST_ROUTES).await;
         wait_ready(&_gw).await;
-        let ingress = if which == "nginx" {
-            nginx(dport, &up.url()).await
-        } else {
-            caddy(dport, &up.url()).await
-        };
+        let ingress = ingress_named(which, dport, &up.url()).await;
         let base = format!("http://127.0.0.1:{}", ingress.port);
         let before = up.count();
         for (url, mode) in [(base.as_str(), which), (&proxy.url(""), "proxy")] {

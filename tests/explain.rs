@@ -60,6 +60,27 @@ fn run(config: &std::path::Path, method: &str, path: &str, token: Option<&str>) 
     )
 }
 
+/// `bearward explain --config FILE ARGS...` on a config of `text`, written to a file of its own
+/// (removed after); the output and the exit code.
+fn explain_on(text: &str, args: &[&str]) -> (String, Option<i32>) {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("bearward-explain-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("c.toml");
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bearward"))
+        .arg("explain")
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (String::from_utf8(out.stdout).unwrap(), out.status.code())
+}
+
 fn explain(path: &str, token: &str) -> (String, i32) {
     run(FIXTURE.as_ref(), "GET", path, Some(token))
 }
@@ -271,19 +292,13 @@ async fn explain_and_the_proxy_agree_on_every_case() {
 
 #[test]
 fn a_route_s_rate_limit_is_shown() {
-    let dir = std::env::temp_dir().join(format!("bearward-explain-rl-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("c.toml");
-    std::fs::write(
-        &config,
+    let (out, code) = explain_on(
         "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\n\
          [[routes]]\nprefix = \"/open\"\nauth = \"none\"\n\
          rate_limit = { key = \"ip\", rate = \"600/m\", burst = 20, ipv6_prefix = 56 }\nupstream = \"app\"\n",
-    )
-    .unwrap();
-    let (out, code) = run(&config, "GET", "/open/x", None);
-    let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(code, 0, "{out}");
+        &["--path", "/open/x"],
+    );
+    assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains(r#"route      routes[0] "/open*": prefix = "/open", auth = "none", rate_limit = 600 per 60s per ip (IPv6 by /56), burst 20"#),
         "{out}"
@@ -394,26 +409,13 @@ fn decision_requests_are_explained_in_the_one_convention_read() {
 /// goes on to the next route, and a name with an empty label is refused, as in the proxy.
 #[test]
 fn the_host_a_request_names_picks_its_route() {
-    let dir = std::env::temp_dir().join(format!("bearward-explain-host-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("c.toml");
-    std::fs::write(
-        &config,
-        "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\n\
-         [[routes]]\nprefix = \"/\"\nhosts = [\"admin.test\"]\nauth = \"deny\"\nupstream = \"app\"\n\
-         [[routes]]\nprefix = \"/\"\nauth = \"none\"\nupstream = \"app\"\n",
-    )
-    .unwrap();
     let with_host = |host: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_bearward"))
-            .args(["explain", "--path", "/x", "-H"])
-            .arg(format!("Host: {host}"))
-            .arg("--config")
-            .arg(&config)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        (String::from_utf8(out.stdout).unwrap(), out.status.code())
+        explain_on(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\n\
+             [[routes]]\nprefix = \"/\"\nhosts = [\"admin.test\"]\nauth = \"deny\"\nupstream = \"app\"\n\
+             [[routes]]\nprefix = \"/\"\nauth = \"none\"\nupstream = \"app\"\n",
+            &["--path", "/x", "-H", &format!("Host: {host}")],
+        )
     };
     let (out, code) = with_host("Admin.Test.:8443");
     assert_eq!(code, Some(2), "{out}");
@@ -427,24 +429,17 @@ fn the_host_a_request_names_picks_its_route() {
     let (out, code) = with_host("admin..test");
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("FAIL invalid_host"), "{out}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A route's `prefix_rewrite` is shown, and the path the upstream would be asked for.
 #[test]
 fn a_prefix_rewrite_shows_the_upstreams_path() {
-    let dir = std::env::temp_dir().join(format!("bearward-explain-rw-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("c.toml");
-    std::fs::write(
-        &config,
+    let (out, code) = explain_on(
         "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\n\
          [[routes]]\nprefix = \"/orders\"\nprefix_rewrite = \"/v2\"\nauth = \"none\"\nupstream = \"app\"\n",
-    )
-    .unwrap();
-    let (out, code) = run(&config, "GET", "/orders/./7?x=1", None);
-    let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(code, 0, "{out}");
+        &["--path", "/orders/./7?x=1"],
+    );
+    assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains(r#"prefix = "/orders", prefix_rewrite = "/v2", auth = "none""#),
         "{out}"

@@ -653,3 +653,51 @@ async fn requests_rotate_over_endpoints_and_skip_one_that_is_down() {
     let m = gw.metrics().await;
     assert_eq!(failures(&m, b), 1.0, "{m}");
 }
+
+/// `set_headers` (as written, from a file, from the environment): every request to the upstream
+/// carries them, one value each in place of what the client sent; the values read from a file
+/// or the environment never show in the config's debug form.
+#[tokio::test]
+async fn an_upstreams_set_headers_replace_the_clients() {
+    std::env::set_var("BEARWARD_TEST_SET_HEADER_BASIC", "Basic dXNlcjpwdw==");
+    let up = Upstream::start().await;
+    let cfg = basic_config(&up.url(), "").replacen(
+        "request_timeout = \"500ms\"",
+        "request_timeout = \"500ms\"\nset_headers = { \"X-Env\" = \"prod\" }\n\
+         set_headers_file = { \"X-Api-Key\" = \"tests/fixtures/legacy-api-key\" }\n\
+         set_headers_env = { Authorization = \"BEARWARD_TEST_SET_HEADER_BASIC\" }",
+        1,
+    );
+    let config = bearward::config::Config::from_toml_str(&cfg, "t.toml").unwrap();
+    let shown = format!("{:?}", config.upstreams[0]);
+    assert!(
+        !shown.contains("k-123") && !shown.contains("dXNlcjpwdw"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("prod"),
+        "the written value is no secret: {shown}"
+    );
+    let gw = Gateway::start(&cfg).await;
+    let c = client();
+    let a = get(
+        &c,
+        &gw.url("/public/x"),
+        &[
+            ("x-api-key", "forged"),
+            ("x-env", "dev"),
+            ("authorization", "Bearer a.b.c"),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let seen = up.last();
+    for (name, want) in [
+        ("x-api-key", "k-123"),
+        ("x-env", "prod"),
+        ("authorization", "Basic dXNlcjpwdw=="),
+    ] {
+        let values: Vec<_> = seen.headers.get_all(name).iter().collect();
+        assert_eq!(values, [want], "{name}");
+    }
+}

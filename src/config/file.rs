@@ -1089,6 +1089,37 @@ pub(super) struct UpstreamFile {
     /// `Retry-After`; `invalid_grant`, `invalid_target` or `invalid_scope`: 403
     /// `token_exchange_<error>`. Nothing reaches the upstream either way
     pub token_exchange: Option<Spanned<TokenExchangeFile>>,
+    /// Reference: `set_headers`, `set_headers_file`, `set_headers_env`
+    /// Default: none
+    ///
+    /// headers every request to this upstream carries, each in place of any the client sent
+    /// under its name: `set_headers = { "X-Env" = "prod" }` as written; `set_headers_file = {
+    /// "X-Api-Key" = "/run/secrets/legacy-key" }` read from a file (trailing newline trimmed)
+    /// and `set_headers_env = { Authorization = "LEGACY_BASIC" }` from the environment, for the
+    /// credential a legacy API already checks (its API key, or `Basic ...` in place of the
+    /// client's bearer token). Those two are never logged or shown, and a reload reads them
+    /// again. Not the headers bearward owns or the hop-by-hop ones (`Host`, `Content-Length`,
+    /// `X-Forwarded-*`, `Forwarded`, `Via`, `DPoP`, the request id, `traceparent`, the claim and
+    /// audit headers, the identity assertion's), and not `Authorization` with `token_exchange`
+    pub set_headers: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    /// In the reference row of `set_headers`.
+    pub set_headers_file: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    /// In the reference row of `set_headers`.
+    pub set_headers_env: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+}
+
+/// A table of header names and where their values come from.
+pub(super) type HeaderSources = Option<Spanned<BTreeMap<String, Spanned<String>>>>;
+
+impl UpstreamFile {
+    /// `set_headers`, `set_headers_file`, `set_headers_env`, with their keys.
+    pub(super) fn set_header_sources(&self) -> [(&HeaderSources, &'static str); 3] {
+        [
+            (&self.set_headers, "set_headers"),
+            (&self.set_headers_file, "set_headers_file"),
+            (&self.set_headers_env, "set_headers_env"),
+        ]
+    }
 }
 
 /// `[upstreams.NAME] token_exchange`

@@ -242,6 +242,9 @@ pub struct UpstreamConfig {
     pub identity_assertion: Option<AssertionConfig>,
     /// `token_exchange`: the token this upstream gets in place of the client's.
     pub token_exchange: Option<TokenExchangeConfig>,
+    /// `set_headers` (and from files and the environment, marked sensitive): set on every
+    /// request, in place of the client's.
+    pub set_headers: Vec<(HeaderName, http::HeaderValue)>,
 }
 
 /// `[upstreams.NAME] token_exchange`, validated (RFC 8693).

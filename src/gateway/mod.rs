@@ -853,6 +853,10 @@ impl Gateway {
         if let Some(v) = audit {
             req.headers_mut().insert(AUDIT_HEADER, v);
         }
+        // The upstream's own `set_headers`, in place of whatever the client sent.
+        for (name, value) in &upstream.set_headers {
+            req.headers_mut().insert(name.clone(), value.clone());
+        }
         if let Some(x) = &self.exchangers[upstream_index] {
             let headers = req.headers_mut();
             // A proof of possession for bearward's token says nothing of the new one.

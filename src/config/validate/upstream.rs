@@ -7,6 +7,93 @@ use jsonwebtoken::Algorithm;
 use std::str::FromStr;
 use toml::Spanned;
 
+/// `set_headers`, `set_headers_file`, `set_headers_env`: one value per name across the three,
+/// never a name bearward sets or strips itself. Values from files and the environment are
+/// marked sensitive and never echoed.
+fn set_headers(
+    cx: &mut Ctx<'_>,
+    u: &UpstreamFile,
+    server: &ServerConfig,
+    assertion: &Option<AssertionConfig>,
+    key: &dyn Fn(&str) -> String,
+) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    let mut out: Vec<(http::HeaderName, http::HeaderValue)> = Vec::new();
+    for (map, which) in u.set_header_sources() {
+        let Some(map) = map else { continue };
+        for (name, source) in map.get_ref() {
+            let at = key(&format!("{which}.{name}"));
+            let Ok(h) = http::HeaderName::from_str(name) else {
+                cx.err(source.span(), &at, format!("{name:?} is not a header name"));
+                continue;
+            };
+            let owned = crate::headers::is_reserved_header(&h)
+                && !(h == http::header::AUTHORIZATION && u.token_exchange.is_none())
+                || crate::headers::is_hop_view(&h)
+                || matches!(
+                    h.as_str(),
+                    "x-forwarded-prefix" | "dpop" | "traceparent" | "tracestate"
+                )
+                || server.request_id_header.as_ref() == Some(&h)
+                || assertion.as_ref().is_some_and(|a| a.header == h);
+            if owned {
+                let why = if h == http::header::AUTHORIZATION {
+                    "is the exchanged token's with token_exchange"
+                } else {
+                    "is a header bearward sets or removes itself"
+                };
+                cx.err(source.span(), &at, format!("{name:?} {why}"));
+                continue;
+            }
+            if out.iter().any(|(n, _)| *n == h) {
+                cx.err(source.span(), &at, format!("{name:?} is set twice"));
+                continue;
+            }
+            let value = match which {
+                "set_headers" => Some(source.get_ref().clone().into_bytes()),
+                "set_headers_file" => match cx.read_secret_file(source.get_ref()) {
+                    Ok(bytes) => Some(super::issuer::trim_secret(bytes).0),
+                    Err(e) => {
+                        cx.err(
+                            source.span(),
+                            &at,
+                            format!("cannot read {:?}: {e}", source.get_ref()),
+                        );
+                        None
+                    }
+                },
+                _ => match std::env::var(source.get_ref()) {
+                    Ok(v) => Some(super::issuer::trim_secret(v.into_bytes()).0),
+                    Err(_) => {
+                        let var = source.get_ref();
+                        cx.err(
+                            source.span(),
+                            &at,
+                            format!("environment variable {var:?} is not set"),
+                        );
+                        None
+                    }
+                },
+            };
+            let Some(value) = value else { continue };
+            match http::HeaderValue::from_bytes(&value) {
+                Ok(mut v) if !value.is_empty() => {
+                    v.set_sensitive(which != "set_headers");
+                    out.push((h, v));
+                }
+                _ => {
+                    // The value itself is not echoed: it may be a secret.
+                    cx.err(
+                        source.span(),
+                        &at,
+                        "is empty or holds a byte a header value cannot (a control character)",
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Most `endpoints` one upstream may list.
 const MAX_ENDPOINTS: usize = 64;
 
@@ -164,7 +251,9 @@ pub(super) fn upstream(
         .as_ref()
         .and_then(|t| token_exchange(cx, name, t));
     let endpoints = endpoints(cx, u, &scheme, &authority, &key("endpoints"));
+    let set_headers = set_headers(cx, u, server, &identity_assertion, &key);
     UpstreamConfig {
+        set_headers,
         identity_assertion,
         token_exchange,
         name: name.to_owned(),
