@@ -943,6 +943,10 @@ impl RouteTable {
     /// GET and every method a route lists.
     pub fn loose_matches(&self) -> Vec<LooseMatch> {
         let mut out = Vec::new();
+        // A pass over the later routes per host route: skipped past 10^7 pairs (a table of
+        // 100,000 routes loads in seconds, and stays so).
+        let host_routes = self.routes.iter().filter(|r| r.hosts.is_some()).count();
+        let scan_under_hosts = host_routes.saturating_mul(self.routes.len()) <= 10_000_000;
         let mut probe = vec![Method::GET];
         probe.extend(
             self.routes
@@ -996,6 +1000,56 @@ impl RouteTable {
                         how,
                     });
                 }
+            }
+            if r.hosts.is_some() && scan_under_hosts {
+                for m in self.under_a_host_route(checked) {
+                    let known = out
+                        .iter()
+                        .any(|o| (o.checked, o.weaker, o.how) == (checked, m.weaker, Loose::Host));
+                    if !known {
+                        out.push(m);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Later routes for every host that take, with a weaker check and on the same upstream, a
+    /// path under host route `checked`'s own: other hosts' requests for it reach that upstream
+    /// under the weaker check (`/api/x` for `www` under `prefix = "/api"` needing `read`, below
+    /// `admin`'s `prefix = "/"` needing `admin`).
+    fn under_a_host_route(&self, checked: usize) -> Vec<LooseMatch> {
+        let r = &self.routes[checked];
+        let mut out = Vec::new();
+        for (j, later) in self.routes.iter().enumerate().skip(checked + 1) {
+            let methods_meet = match (&r.methods, &later.methods) {
+                (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
+                _ => true,
+            };
+            if later.hosts.is_some()
+                || later.upstream != r.upstream
+                || !methods_meet
+                || !later.weaker_than(r)
+            {
+                continue;
+            }
+            let head;
+            let path = match &later.matcher {
+                PathMatch::Exact(p) | PathMatch::Prefix(p) => p.as_str(),
+                PathMatch::Template(t) => {
+                    head = t.head();
+                    &head
+                }
+            };
+            let under = r.matcher.matches_in(path, !r.case_sensitive);
+            if under && !out.iter().any(|m: &LooseMatch| m.weaker == j) {
+                out.push(LooseMatch {
+                    checked,
+                    weaker: j,
+                    path: path.to_owned(),
+                    how: Loose::Host,
+                });
             }
         }
         out
@@ -1435,6 +1489,23 @@ mod tests {
                 checked: 0,
                 weaker: 1,
                 path: "/".into(),
+                how: Loose::Host
+            }]
+        );
+        // A later route for every host under the host route's prefix: its paths for other
+        // hosts, on the same upstream, with a weaker check.
+        let mut admin = table.routes()[0].clone();
+        admin.name = "admin".into();
+        let read = route(PathMatch::Prefix("/api".into()), None).bearer(&["read"], &[]);
+        let mut elsewhere_read = read.clone();
+        elsewhere_read.upstream = Some(1);
+        let under = RouteTable::new(vec![admin, read, elsewhere_read]);
+        assert_eq!(
+            under.loose_matches(),
+            vec![LooseMatch {
+                checked: 0,
+                weaker: 1,
+                path: "/api".into(),
                 how: Loose::Host
             }]
         );
