@@ -36,6 +36,10 @@ pub struct ResourceId {
     pub id: String,
     /// The canonical path the document is served at.
     pub metadata_path: String,
+    /// The identifier's host name as routes compare hosts
+    /// ([`crate::request::host::route_name`]): which request a document goes to when several
+    /// share a path.
+    pub host: String,
     /// The document's URL, as challenges name it.
     pub metadata_url: Arc<str>,
 }
@@ -89,7 +93,10 @@ impl ResourceId {
             }
             Err(e) => return Err(format!("its path is not valid ({e})")),
         }
+        let host = crate::request::host::route_name(authority.as_str().as_bytes())
+            .map_err(|_| format!("{raw:?} does not name a valid host"))?;
         Ok(ResourceId {
+            host,
             id: raw.to_owned(),
             metadata_url: format!("{scheme}://{authority}{metadata_path}").into(),
             metadata_path,
@@ -137,13 +144,16 @@ pub struct Binding {
 /// The metadata documents, one per resource, keyed by the path they are served at.
 #[derive(Debug, Clone, Default)]
 pub struct Documents {
-    docs: Vec<(String, Bytes)>,
+    /// (metadata path, host, document).
+    docs: Vec<(String, String, Bytes)>,
 }
 
 impl Documents {
     /// Does a document for this resource exist yet?
     pub fn has(&self, resource: &ResourceId) -> bool {
-        self.docs.iter().any(|(p, _)| *p == resource.metadata_path)
+        self.docs
+            .iter()
+            .any(|(p, h, _)| *p == resource.metadata_path && *h == resource.host)
     }
 
     /// Adds the document of one resource: the issuers it takes tokens from, the sorted union
@@ -173,16 +183,31 @@ impl Documents {
             tls_client_certificate_bound_access_tokens: binding.mtls,
         };
         let body = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-        self.docs
-            .push((resource.metadata_path.clone(), Bytes::from(body)));
+        self.docs.push((
+            resource.metadata_path.clone(),
+            resource.host.clone(),
+            Bytes::from(body),
+        ));
     }
 
-    /// The document served at this canonical path, if any.
-    pub fn find(&self, path: &str) -> Option<&Bytes> {
+    /// The document served at this canonical path, if any. Where resources on several hosts
+    /// share the path (`https://a.example.com/mcp`, `https://b.example.com/mcp`), the one for the
+    /// request's host name (`host`, asked only then); a path only one resource has is served
+    /// whatever the host, as a proxy in front may have rewritten it.
+    pub fn find(&self, path: &str, host: impl FnOnce() -> Option<String>) -> Option<&Bytes> {
         if self.docs.is_empty() || !path.starts_with(WELL_KNOWN) {
             return None;
         }
-        self.docs.iter().find(|(p, _)| p == path).map(|(_, d)| d)
+        let mut at_path = self.docs.iter().filter(|(p, _, _)| p == path);
+        let first = at_path.next()?;
+        if at_path.next().is_none() {
+            return Some(&first.2);
+        }
+        let host = host()?;
+        self.docs
+            .iter()
+            .find(|(p, h, _)| p == path && *h == host)
+            .map(|(_, _, d)| d)
     }
 }
 

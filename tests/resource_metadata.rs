@@ -217,3 +217,55 @@ async fn bearer_challenges_name_the_route_resource_metadata_and_its_scopes() {
     .await;
     assert_eq!(ok.status, StatusCode::OK);
 }
+
+/// Two hosts' MCP servers on one path, each a resource of its own (routes with `hosts`): each
+/// host's request for the metadata gets its own document, and its 401 names it; a host neither
+/// names gets neither. A path only one resource has is served on any host, as before.
+#[tokio::test]
+async fn resources_on_two_hosts_share_a_path_and_each_host_gets_its_own() {
+    let idp = Idp::start(&[&Key::rsa1()]).await;
+    let up = Upstream::start().await;
+    let mut cfg = auth_config(&up.url(), &idp.issuer(), "discovery = true", "");
+    for (host, scope) in [("a.test", "a:mcp"), ("b.test", "b:mcp")] {
+        cfg.push_str(&format!(
+            "\n[[routes]]\nprefix = \"/mcp\"\nhosts = [\"{host}\"]\nupstream = \"app\"\n\
+             resource = \"https://{host}/mcp\"\nscopes = [\"{scope}\"]\n"
+        ));
+    }
+    let gw = Gateway::start(&cfg).await;
+    wait_ready(&gw).await;
+    let c = client();
+    for (host, scope) in [("a.test", "a:mcp"), ("B.Test:443", "b:mcp")] {
+        let meta = get(
+            &c,
+            &gw.url("/.well-known/oauth-protected-resource/mcp"),
+            &[("host", host)],
+        )
+        .await;
+        assert_eq!(meta.status, StatusCode::OK, "{host}: {}", meta.body);
+        let doc: serde_json::Value = serde_json::from_str(&meta.body).unwrap();
+        let name = host.split(':').next().unwrap().to_ascii_lowercase();
+        assert_eq!(doc["resource"], format!("https://{name}/mcp"), "{host}");
+        assert_eq!(doc["scopes_supported"], json!([scope]), "{host}");
+        let refused = get(&c, &gw.url("/mcp"), &[("host", host)]).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+        assert!(
+            refused.headers["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .contains(&format!(
+                    "resource_metadata=\"https://{name}/.well-known/oauth-protected-resource/mcp\""
+                )),
+            "{host}: {:?}",
+            refused.headers
+        );
+    }
+    let neither = get(
+        &c,
+        &gw.url("/.well-known/oauth-protected-resource/mcp"),
+        &[("host", "c.test")],
+    )
+    .await;
+    assert_eq!(neither.status, StatusCode::NOT_FOUND);
+    assert_eq!(up.count(), 0);
+}

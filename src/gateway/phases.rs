@@ -295,7 +295,10 @@ impl Gateway {
         path: &str,
         sink: &mut impl Sink,
     ) -> Option<Result<Response<Body>, Rejection>> {
-        let doc = self.config.resources.find(path)?;
+        let doc = self
+            .config
+            .resources
+            .find(path, || route_host(req).ok().flatten())?;
         sink.metadata();
         Some(
             crate::resource::respond(req.method(), req.headers(), doc)

@@ -389,8 +389,9 @@ fn routes(
     server: &ServerConfig,
 ) -> Vec<Route> {
     let mut routes = Vec::new();
-    // Two resources whose documents would share a path (they differ only in scheme, host or
-    // port): bearward could serve only one of them.
+    // Two resources on one host whose documents would share a path (they differ only in scheme
+    // or port): bearward could serve only one of them. On different hosts, each request's host
+    // picks its own.
     let mut resources: Vec<Arc<ResourceId>> = server.resource.iter().cloned().collect();
     for (i, r) in file.routes.iter().enumerate() {
         let Some(route) = route::route(cx, i, r, upstream_names, server, file.decision.is_some())
@@ -400,14 +401,14 @@ fn routes(
         if let (Some(v), Some(res)) = (&r.get_ref().resource, &route.resource) {
             match resources
                 .iter()
-                .find(|o| o.metadata_path == res.metadata_path)
+                .find(|o| o.metadata_path == res.metadata_path && o.host == res.host)
             {
                 Some(o) if o.id != res.id => cx.err(
                     v.span(),
                     &format!("routes[{i}].resource"),
                     format!(
-                        "its metadata would be served at {:?}, as that of {:?}: give resources \
-                         that differ in their path",
+                        "its metadata would be served at {:?} for the same host as that of {:?}: \
+                         give resources that differ in their path or host",
                         res.metadata_path, o.id
                     ),
                 ),
