@@ -272,14 +272,67 @@ pub enum ListenerTlsError {
     Cert(String),
     Key(String),
     ClientCa(String),
+    /// The `tls_certificates` entry at this index.
+    Extra(usize, String),
+}
+
+/// The listener's certificate for a handshake: the first of `tls_certificates` valid for the
+/// name the client asks for (SNI), checked as a client checks it; else the default
+/// (`tls_cert_file`), as nginx's default server and Envoy's filter chain without a match do.
+#[derive(Debug)]
+struct BySni {
+    default: Arc<rustls::sign::CertifiedKey>,
+    others: Vec<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl BySni {
+    fn pick(&self, name: Option<&str>) -> &Arc<rustls::sign::CertifiedKey> {
+        let name = name.and_then(|n| ServerName::try_from(n).ok());
+        let valid_for = |ck: &&Arc<rustls::sign::CertifiedKey>| {
+            let (Some(name), Ok(der)) = (&name, ck.end_entity_cert()) else {
+                return false;
+            };
+            webpki::EndEntityCert::try_from(der)
+                .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(name).is_ok())
+        };
+        self.others.iter().find(valid_for).unwrap_or(&self.default)
+    }
+}
+
+impl rustls::server::ResolvesServerCert for BySni {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.pick(hello.server_name()).clone())
+    }
+}
+
+/// A PEM chain and key made one `CertifiedKey`, the key checked against the certificate.
+fn certified(
+    cert_file: &Path,
+    key_file: &Path,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<rustls::sign::CertifiedKey, String> {
+    let chain = pem_certs(cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| {
+        format!(
+            "{} holds no usable PEM private key: {e}",
+            key_file.display()
+        )
+    })?;
+    rustls::sign::CertifiedKey::from_der(chain, key, provider)
+        .map_err(|e| format!("the certificate and key do not go together: {e}"))
 }
 
 impl ListenerTls {
     /// TLS 1.2 and 1.3 on aws-lc-rs with the PEM chain and key; ALPN `h2` (when `http2`) and
     /// `http/1.1`; client certificates verified against `client_ca` as `client_auth` says.
+    /// `others`: `tls_certificates`, each (certificate, key), served by SNI before the default.
     pub fn new(
         cert_file: &Path,
         key_file: &Path,
+        others: &[(&Path, &Path)],
         client_ca: Option<&Path>,
         client_auth: ClientAuth,
         http2: bool,
@@ -288,6 +341,7 @@ impl ListenerTls {
         let key = PrivateKeyDer::from_pem_file(key_file)
             .map_err(|e| ListenerTlsError::Key(format!("holds no usable PEM private key: {e}")))?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider_copy = provider.clone();
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| ListenerTlsError::Cert(e.to_string()))?;
@@ -316,9 +370,28 @@ impl ListenerTls {
                 builder.with_client_cert_verifier(verifier)
             }
         };
-        let mut config = builder.with_single_cert(chain, key).map_err(|e| {
-            ListenerTlsError::Key(format!("the certificate and key do not go together: {e}"))
-        })?;
+        let mut config = if others.is_empty() {
+            builder.with_single_cert(chain, key).map_err(|e| {
+                ListenerTlsError::Key(format!("the certificate and key do not go together: {e}"))
+            })?
+        } else {
+            let default = rustls::sign::CertifiedKey::from_der(chain, key, &provider_copy)
+                .map_err(|e| {
+                    ListenerTlsError::Key(format!(
+                        "the certificate and key do not go together: {e}"
+                    ))
+                })?;
+            let mut loaded = Vec::new();
+            for (i, (c, k)) in others.iter().enumerate() {
+                let ck =
+                    certified(c, k, &provider_copy).map_err(|m| ListenerTlsError::Extra(i, m))?;
+                loaded.push(Arc::new(ck));
+            }
+            builder.with_cert_resolver(Arc::new(BySni {
+                default: Arc::new(default),
+                others: loaded,
+            }))
+        };
         config.alpn_protocols = if http2 {
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
         } else {

@@ -369,3 +369,67 @@ async fn tls_1_2_clients_are_served_too() {
         StatusCode::OK
     );
 }
+
+/// `tls_certificates`: a client that names a.test gets that certificate, one that names a name
+/// under b.test the wildcard's, and one that names neither (or only an IP address) the default;
+/// each handshake verifies for the name asked (a client trusting the SNI CA and the test CA).
+/// Host routes then see the host the client named.
+#[tokio::test]
+async fn the_listener_picks_its_certificate_by_the_name_the_client_asks_for() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&tls_config(
+        &up,
+        &format!(
+            "tls_certificates = [{{ cert_file = \"{FIX}/sni-a.pem\", key_file = \"{FIX}/sni-a-key.pem\" }}, \
+             {{ cert_file = \"{FIX}/sni-wild.pem\", key_file = \"{FIX}/sni-wild-key.pem\" }}]"
+        ),
+    ))
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in ["ca", "sni-ca"] {
+        for c in CertificateDer::pem_file_iter(format!("{FIX}/{ca}.pem")).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let leaf = |file: &str| {
+        CertificateDer::pem_file_iter(format!("{FIX}/{file}.pem"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .to_vec()
+    };
+    for (name, served) in [
+        ("a.test", "sni-a"),
+        ("x.b.test", "sni-wild"),
+        ("localhost", "server"),
+        ("127.0.0.1", "server"),
+    ] {
+        let tcp = TcpStream::connect(gw.addr).await.unwrap();
+        let s = tls
+            .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let got = s.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+        assert!(got == leaf(served), "{name}: not {served}'s certificate");
+    }
+    // A name no certificate holds gets the default, which the client then refuses.
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let refused = tls
+        .connect(ServerName::try_from("c.test").unwrap(), tcp)
+        .await;
+    assert!(refused.is_err(), "c.test verified");
+    // The wildcard is one label deep, as clients read it.
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    assert!(tls
+        .connect(ServerName::try_from("y.x.b.test").unwrap(), tcp)
+        .await
+        .is_err());
+}

@@ -639,6 +639,16 @@ pub(super) struct ServerFile {
     pub tls_cert_file: Option<Spanned<String>>,
     /// In the reference row of `tls_cert_file`.
     pub tls_key_file: Option<Spanned<String>>,
+    /// Reference: `tls_certificates`
+    /// Default: none
+    ///
+    /// more certificates for the listener, each `{ cert_file = "...", key_file = "..." }`, for a
+    /// gateway serving several hosts (routes with `hosts`): a client's handshake gets the first
+    /// that is valid for the name it asks for (SNI), as the client itself checks names (its DNS
+    /// and IP subject alternative names, `*.` wildcards one label deep); a client that names
+    /// none of them, or no name, gets `tls_cert_file`'s. Read and watched as that one is; at
+    /// most 64
+    pub tls_certificates: Option<Spanned<Vec<Spanned<ListenerCertFile>>>>,
     /// Reference: `tls_client_ca_file`, `tls_client_auth`
     /// Default: none, `"none"`
     ///
@@ -1106,6 +1116,14 @@ pub(super) struct UpstreamFile {
     pub set_headers_file: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     /// In the reference row of `set_headers`.
     pub set_headers_env: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+}
+
+/// A `[server] tls_certificates` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListenerCertFile {
+    pub cert_file: Spanned<String>,
+    pub key_file: Spanned<String>,
 }
 
 /// A table of header names and where their values come from.

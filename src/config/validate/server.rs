@@ -295,6 +295,10 @@ fn listener_tls(
                     "server.tls_handshake_timeout",
                     s.tls_handshake_timeout.as_ref().map(Spanned::span),
                 ),
+                (
+                    "server.tls_certificates",
+                    s.tls_certificates.as_ref().map(Spanned::span),
+                ),
             ];
             for (k, span) in stray {
                 if let Some(span) = span {
@@ -339,9 +343,33 @@ fn listener_tls(
         std::path::PathBuf::from(key.get_ref()),
     ];
     files.extend(ca.map(|c| std::path::PathBuf::from(c.get_ref())));
+    let others: &[Spanned<crate::config::file::ListenerCertFile>] =
+        s.tls_certificates.as_ref().map_or(&[], |l| l.get_ref());
+    if others.len() > 64 {
+        let span = s
+            .tls_certificates
+            .as_ref()
+            .map_or(cert.span(), Spanned::span);
+        cx.err(span, "server.tls_certificates", "at most 64 certificates");
+        return (None, files);
+    }
+    let paths: Vec<(&std::path::Path, &std::path::Path)> = others
+        .iter()
+        .map(|o| {
+            let o = o.get_ref();
+            (
+                std::path::Path::new(o.cert_file.get_ref()),
+                std::path::Path::new(o.key_file.get_ref()),
+            )
+        })
+        .collect();
+    for (c, k) in &paths {
+        files.extend([c.to_path_buf(), k.to_path_buf()]);
+    }
     match ListenerTls::new(
         std::path::Path::new(cert.get_ref()),
         std::path::Path::new(key.get_ref()),
+        &paths,
         ca.map(|c| std::path::Path::new(c.get_ref())),
         auth,
         http2,
@@ -349,8 +377,11 @@ fn listener_tls(
         Ok(t) => (Some(t), files),
         Err(e) => {
             let (span, k, m) = match e {
-                ListenerTlsError::Cert(m) => (cert.span(), "server.tls_cert_file", m),
-                ListenerTlsError::Key(m) => (key.span(), "server.tls_key_file", m),
+                ListenerTlsError::Cert(m) => (cert.span(), "server.tls_cert_file".to_owned(), m),
+                ListenerTlsError::Key(m) => (key.span(), "server.tls_key_file".to_owned(), m),
+                ListenerTlsError::Extra(i, m) => {
+                    (others[i].span(), format!("server.tls_certificates[{i}]"), m)
+                }
                 ListenerTlsError::ClientCa(m) => (
                     ca.map_or_else(
                         || {
@@ -360,11 +391,11 @@ fn listener_tls(
                         },
                         Spanned::span,
                     ),
-                    "server.tls_client_ca_file",
+                    "server.tls_client_ca_file".to_owned(),
                     m,
                 ),
             };
-            cx.err(span, k, m);
+            cx.err(span, &k, m);
             (None, files)
         }
     }
