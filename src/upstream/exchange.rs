@@ -243,7 +243,7 @@ pub(super) enum BodyState {
 pub(super) struct UpstreamBody {
     conn: Option<Conn>,
     /// The endpoint `conn` goes to, for the log of a body that broke off.
-    endpoint: usize,
+    endpoint: u8,
     state: BodyState,
     keep_alive: bool,
     stall: Stall,
@@ -312,7 +312,8 @@ impl http_body::Body for UpstreamBody {
                     Ok(Decoded::NeedMore) => (None, false),
                     Err(m) => {
                         this.conn = None;
-                        this.pool.aborted(this.endpoint, "upstream_bad_chunk", &m);
+                        this.pool
+                            .aborted(usize::from(this.endpoint), "upstream_bad_chunk", &m);
                         return Poll::Ready(Some(Err(m.into())));
                     }
                 },
@@ -335,7 +336,7 @@ impl http_body::Body for UpstreamBody {
                 this.conn = None;
                 let e = "upstream response body paused past request_timeout";
                 this.pool
-                    .aborted(this.endpoint, "upstream_body_timeout", &e);
+                    .aborted(usize::from(this.endpoint), "upstream_body_timeout", &e);
                 return Poll::Ready(Some(Err(e.into())));
             }
             match std::task::ready!(filled) {
@@ -348,13 +349,14 @@ impl http_body::Body for UpstreamBody {
                     this.conn = None;
                     let e = "upstream closed mid-body";
                     this.pool
-                        .aborted(this.endpoint, "upstream_closed_mid_body", &e);
+                        .aborted(usize::from(this.endpoint), "upstream_closed_mid_body", &e);
                     return Poll::Ready(Some(Err(e.into())));
                 }
                 Ok(_) => {}
                 Err(e) => {
                     this.conn = None;
-                    this.pool.aborted(this.endpoint, "upstream_read_error", &e);
+                    this.pool
+                        .aborted(usize::from(this.endpoint), "upstream_read_error", &e);
                     return Poll::Ready(Some(Err(e.into())));
                 }
             }

@@ -42,6 +42,8 @@ use crate::upstream::ProxyError;
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response};
 use http_body::Body as _;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,8 +56,9 @@ const MAX_TRIES: usize = 3;
 
 /// One upstream connection.
 pub(super) struct Conn {
-    /// The endpoint it goes to (an index into the pool's).
-    pub(super) endpoint: usize,
+    /// The endpoint it goes to (an index into the pool's; at most 64 of them). A byte, so a
+    /// connection, which every request moves about, is no larger for it.
+    pub(super) endpoint: u8,
     pub(super) stream: Stream,
     /// Bytes read but not yet consumed. Empty whenever the connection is idle.
     pub(super) buf: BytesMut,
@@ -212,9 +215,19 @@ impl Pool {
         Ok(self.connect(self.pick()).await?.stream)
     }
 
+    /// [`Pool::connect_from`], boxed: a connect (a TLS handshake's state among it, and the
+    /// walk over the endpoints) is rare on a warm pool, and its future inline would make every
+    /// request's future, which hyper moves into place per request, that much larger.
+    fn connect(
+        &self,
+        first: usize,
+    ) -> Pin<Box<dyn Future<Output = Result<Conn, ProxyError>> + Send + '_>> {
+        Box::pin(self.connect_from(first))
+    }
+
     /// A new connection to `first`, else (it failed) to the next endpoints that are in, each
     /// within `connect_timeout`, at most [`MAX_TRIES`] in all.
-    async fn connect(&self, first: usize) -> Result<Conn, ProxyError> {
+    async fn connect_from(&self, first: usize) -> Result<Conn, ProxyError> {
         let n = self.endpoints.len();
         let mut tried = 0;
         let mut last = ProxyError::Unreachable;
@@ -223,19 +236,13 @@ impl Pool {
                 continue;
             }
             tried += 1;
-            // Boxed: a connect (a TLS handshake's state among it) is rare on a warm pool, and
-            // its future inline would make every request's future, which hyper moves into
-            // place per request, that much larger.
-            let opened = Box::pin(tokio::time::timeout(
-                self.connect_timeout,
-                self.open(endpoint),
-            ))
-            .await
-            .unwrap_or(Err(ProxyError::ConnectTimeout));
+            let opened = tokio::time::timeout(self.connect_timeout, self.open(endpoint))
+                .await
+                .unwrap_or(Err(ProxyError::ConnectTimeout));
             match opened {
                 Ok(stream) => {
                     return Ok(Conn {
-                        endpoint,
+                        endpoint: u8::try_from(endpoint).unwrap_or(u8::MAX),
                         stream,
                         buf: BytesMut::new(),
                         since: Instant::now(),
@@ -274,7 +281,7 @@ impl Pool {
         if !conn.buf.is_empty() || conn.stream.holds_unread() {
             return;
         }
-        let mut idle = self.idle(conn.endpoint);
+        let mut idle = self.idle(usize::from(conn.endpoint));
         if idle.len() < self.max_idle {
             conn.since = Instant::now();
             idle.push(conn);
@@ -332,7 +339,7 @@ impl Pool {
                 Err(Failure::Proxy(e)) => return Err(e),
                 Err(_) => return Err(ProxyError::Unreachable),
             }
-            conn = self.connect(conn.endpoint).await?;
+            conn = self.connect(usize::from(conn.endpoint)).await?;
             reused = false;
         };
         let state = match resp.framing {
