@@ -383,6 +383,15 @@ impl PathMatch {
         }
     }
 
+    /// The literal path a matcher starts with: its path or prefix, or a template's part before
+    /// its first parameter. Only routes whose matcher takes it can cover this one.
+    fn literal_head(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            PathMatch::Exact(p) | PathMatch::Prefix(p) => std::borrow::Cow::Borrowed(p),
+            PathMatch::Template(t) => std::borrow::Cow::Owned(t.head()),
+        }
+    }
+
     /// `path`, `prefix` (as the config says it).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -864,15 +873,8 @@ impl RouteTable {
         };
         let mut out = Vec::new();
         for (j, later) in self.routes.iter().enumerate() {
-            let head;
-            let path = match &later.matcher {
-                PathMatch::Exact(p) | PathMatch::Prefix(p) => p.as_str(),
-                PathMatch::Template(t) => {
-                    head = t.head();
-                    &head
-                }
-            };
-            let earlier = index.first(path, |i| i < j && self.routes[i].shadows(later));
+            let path = later.matcher.literal_head();
+            let earlier = index.first(&path, |i| i < j && self.routes[i].shadows(later));
             if let Some(i) = earlier {
                 out.push((i, j));
             }
@@ -1034,20 +1036,13 @@ impl RouteTable {
             {
                 continue;
             }
-            let head;
-            let path = match &later.matcher {
-                PathMatch::Exact(p) | PathMatch::Prefix(p) => p.as_str(),
-                PathMatch::Template(t) => {
-                    head = t.head();
-                    &head
-                }
-            };
-            let under = r.matcher.matches_in(path, !r.case_sensitive);
+            let path = later.matcher.literal_head();
+            let under = r.matcher.matches_in(&path, !r.case_sensitive);
             if under && !out.iter().any(|m: &LooseMatch| m.weaker == j) {
                 out.push(LooseMatch {
                     checked,
                     weaker: j,
-                    path: path.to_owned(),
+                    path: path.into_owned(),
                     how: Loose::Host,
                 });
             }

@@ -200,7 +200,7 @@ pub(crate) fn original_request(
     let headers = original.headers_mut();
     let drop = conventions_headers(cfg);
     for (name, value) in h {
-        if !drop.contains(&name) {
+        if !drop.clone().any(|d| d == name) {
             headers.append(name.clone(), value.clone());
         }
     }
@@ -234,14 +234,15 @@ fn original_uri(target: &str) -> Result<Uri, Rejection> {
 
 /// Every convention's headers go from the original request: the one read has been, the others
 /// are a client's.
-fn conventions_headers(cfg: &DecisionConfig) -> [&HeaderName; 5] {
+fn conventions_headers(cfg: &DecisionConfig) -> impl Iterator<Item = &HeaderName> + Clone {
     [
         &cfg.uri_header,
         &cfg.method_header,
-        cfg.host_header.as_ref().unwrap_or(&FORWARDED_URI),
         &FORWARDED_URI,
         &FORWARDED_METHOD,
     ]
+    .into_iter()
+    .chain(cfg.host_header.as_ref())
 }
 
 // The same names as statics, which a function can hand out references to.
