@@ -29,6 +29,10 @@ fn describe(i: usize, r: &Route) -> String {
         let h: Vec<String> = h.patterns().collect();
         let _ = write!(s, ", hosts = {h:?}");
     }
+    if let Some(nets) = &r.source_ranges {
+        let n: Vec<String> = nets.iter().map(ToString::to_string).collect();
+        let _ = write!(s, ", source_ranges = {n:?}");
+    }
     if !r.case_sensitive {
         s.push_str(", case_sensitive = false");
     }
@@ -118,6 +122,8 @@ pub async fn explain(
 struct Printer {
     out: String,
     trace: Trace,
+    /// The client's address, for what a `source_ranges` refusal says.
+    client: Option<std::net::IpAddr>,
 }
 
 impl Printer {
@@ -155,6 +161,19 @@ impl Sink for Printer {
             ),
             // The token phase and the validator's trace have said why.
             Rejection::Auth(_) | Rejection::Denied => self.steps(),
+            Rejection::Forbidden("source_not_allowed") => match self.client {
+                Some(ip) => self.line(
+                    phase,
+                    format_args!("FAIL source_not_allowed: {ip} is in none of source_ranges"),
+                ),
+                None => self.line(
+                    phase,
+                    format_args!(
+                        "FAIL source_not_allowed: no client address (give it with --from, or \
+                         with --decision as the ingress's X-Forwarded-For)"
+                    ),
+                ),
+            },
             _ => self.line(phase, format_args!("FAIL {}{why}", rej.reason())),
         }
     }
@@ -335,6 +354,7 @@ pub async fn explain_request(
             token,
             headers: &[],
             decision: false,
+            from: None,
         },
     )
     .await
@@ -350,6 +370,9 @@ pub struct Asked<'a> {
     /// `(name, value)` pairs, in order; a name may repeat.
     pub headers: &'a [(String, String)],
     pub decision: bool,
+    /// The client's address (`--from`): the peer's, or the one a trusted proxy names. A
+    /// decision request's client is the ingress's `X-Forwarded-For` instead.
+    pub from: Option<std::net::IpAddr>,
 }
 
 /// [`explain_request`] for any request [`Asked`] describes.
@@ -366,6 +389,7 @@ pub async fn explain_with(config: &Config, asked: &Asked<'_>) -> Explained {
             enabled: true,
             steps: Vec::new(),
         },
+        client: None,
     };
     let _ = writeln!(p.out, "request    {method} {target}");
     let refuse = |mut p: Printer, status: StatusCode, reason| {
@@ -441,7 +465,24 @@ pub async fn explain_with(config: &Config, asked: &Asked<'_>) -> Explained {
         Authenticator::without_refresh(config),
         Arc::new(Metrics::new()),
     );
-    let mut outcome = Outcome::default();
+    // What the decision listener reads for the client (the ingress's rightmost
+    // X-Forwarded-For past trusted_proxies), else the address given.
+    let client = match asked.decision {
+        true => req
+            .headers()
+            .contains_key(crate::forward::X_FORWARDED_FOR)
+            .then(|| {
+                let ingress = std::net::Ipv6Addr::UNSPECIFIED.into();
+                let trusted = &config.server.trusted_proxies;
+                crate::forward::client_ip(req.headers(), ingress, true, trusted)
+            }),
+        false => asked.from.map(|ip| ip.to_canonical()),
+    };
+    p.client = client;
+    let mut outcome = Outcome {
+        client,
+        ..Outcome::default()
+    };
     let decided = gateway
         .evaluate(&mut req, None, None, &mut outcome, &mut p)
         .await;

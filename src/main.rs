@@ -42,6 +42,10 @@ enum Command {
         /// describes, as that listener reads it.
         #[arg(long)]
         decision: bool,
+        /// The client's address, for routes with `source_ranges`: the peer's, or the one a
+        /// trusted proxy names (with --decision, the ingress's X-Forwarded-For is read instead).
+        #[arg(long, value_name = "ADDRESS")]
+        from: Option<std::net::IpAddr>,
     },
     /// A self-contained walkthrough: an echo API, a signing key, bearward in front, and curl
     /// commands to try. Needs nothing else installed.
@@ -82,7 +86,8 @@ fn main() -> ExitCode {
             token,
             headers,
             decision,
-        }) => explain(&path, &method, &target, token, &headers, decision),
+            from,
+        }) => explain(&path, &method, &target, token, &headers, decision, from),
         Some(Command::Demo { .. }) => unreachable!("handled above"),
     }
 }
@@ -159,6 +164,7 @@ fn explain(
     token: Option<String>,
     headers: &[String],
     decision: bool,
+    from: Option<std::net::IpAddr>,
 ) -> ExitCode {
     use std::io::{IsTerminal, Read};
     let config = match Config::load(path) {
@@ -204,6 +210,7 @@ fn explain(
         token: token.as_deref(),
         headers: &pairs,
         decision,
+        from,
     };
     let explained = rt.block_on(bearward::explain::explain_with(&config, &asked));
     print!("{}", explained.text);

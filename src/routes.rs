@@ -443,6 +443,8 @@ pub struct Route {
     pub methods: Option<Vec<Method>>,
     /// `hosts`: the request's host must be one of these; `None`: any host, or none.
     pub hosts: Option<Arc<Hosts>>,
+    /// `source_ranges`: the client's address must lie in one of these; `None`: any address.
+    pub source_ranges: Option<Arc<[ipnet::IpNet]>>,
     /// `prefix_rewrite`: what the upstream is asked for in place of the matched prefix.
     pub prefix_rewrite: Option<Arc<PrefixRewrite>>,
     /// `case_sensitive`: `false` folds ASCII case when matching a literal `path` or `prefix`.
@@ -1125,6 +1127,7 @@ impl Route {
             issuers: None,
             require_bound_tokens: false,
             require_client_certificate: false,
+            source_ranges: None,
             claims: Vec::new(),
             claims_any: Vec::new(),
             client_ids: Vec::new(),

@@ -1116,3 +1116,66 @@ async fn routes_for_a_host_hold_through_nginx_and_caddy() {
         }
     }
 }
+
+/// `source_ranges` through the real nginx and Caddy: the client is the address the ingress
+/// names (nginx appends the one it sees to `X-Forwarded-For`, Caddy replaces the header), so an
+/// office address the client writes itself does not open an office route; asked directly, the
+/// decision listener reads the address the ingress names and refuses a request that names
+/// none, since its peer is the ingress, never the client.
+#[tokio::test]
+async fn source_ranges_hold_through_nginx_and_caddy() {
+    const ROUTES: &str = "\n[[routes]]\nprefix = \"/lan\"\nauth = \"none\"\n\
+        source_ranges = [\"127.0.0.0/8\"]\nupstream = \"app\"\n\n[[routes]]\n\
+        prefix = \"/office\"\nauth = \"none\"\nsource_ranges = [\"10.0.0.0/8\"]\n\
+        upstream = \"app\"\n";
+    let (_key, idp, up, c) = parts().await;
+    let forged: [&[(&str, &str)]; 3] = [
+        &[],
+        &[("x-forwarded-for", "10.1.2.3")],
+        &[("x-real-ip", "10.1.2.3"), ("forwarded", "for=10.1.2.3")],
+    ];
+    for (which, setting, uri_header) in [
+        ("nginx", "ingress = \"nginx\"", "x-original-uri"),
+        ("caddy", "ingress = \"caddy\"", "x-forwarded-uri"),
+    ] {
+        let (dport, gw) =
+            Gateway::start_on_free_port(|p| config(&up, &idp, p, setting) + ROUTES).await;
+        wait_ready(&gw).await;
+        let ingress = ingress_named(which, dport, &up.url()).await;
+        let base = format!("http://127.0.0.1:{}", ingress.port);
+        let before = up.count();
+        for h in forged {
+            let a = get(&c, &format!("{base}/office/x"), h).await;
+            assert_eq!(a.status, StatusCode::FORBIDDEN, "{which} {h:?}: {}", a.body);
+        }
+        assert_eq!(up.count(), before, "{which}: the API was reached");
+        for h in forged {
+            let a = get(&c, &format!("{base}/lan/x"), h).await;
+            assert_eq!(a.status, StatusCode::OK, "{which} {h:?}: {}", a.body);
+        }
+        assert_eq!(up.count(), before + forged.len());
+        // Asked directly, as an ingress on another host would.
+        let url = format!("http://127.0.0.1:{dport}/auth");
+        let mut statuses = Vec::new();
+        for (path, xff) in [
+            ("/office/x", Some("10.1.2.3")),
+            ("/office/x", Some("10.1.2.3, 203.0.113.9")),
+            ("/office/x", None),
+            ("/lan/x", None),
+        ] {
+            let mut h = vec![(uri_header, path)];
+            if which == "caddy" {
+                h.push(("x-forwarded-method", "GET"));
+            }
+            h.extend(xff.map(|x| ("x-forwarded-for", x)));
+            statuses.push(get(&c, &url, &h).await.status.as_u16());
+        }
+        assert_eq!(statuses, [200, 403, 403, 403], "{which}, asked directly");
+        let m = gw.metrics().await;
+        assert_eq!(
+            metric(&m, "bearward_requests_total{route=\"/office*\",status=\"403\",decision=\"deny\",reason=\"source_not_allowed\"}"),
+            5.0,
+            "{which}: {m}"
+        );
+    }
+}

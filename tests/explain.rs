@@ -449,3 +449,53 @@ fn a_prefix_rewrite_shows_the_upstreams_path() {
         "{out}"
     );
 }
+
+/// A route with `source_ranges`: the address comes from `--from` (a decision request's from the
+/// ingress's `X-Forwarded-For`); without one the route refuses, as the proxy would a client it
+/// cannot place.
+#[test]
+fn the_client_address_given_decides_a_route_with_source_ranges() {
+    let config = "[server]\nlisten = \"127.0.0.1:0\"\n[decision]\nlisten = \"127.0.0.1:0\"\n\
+                  ingress = \"nginx\"\n[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\n\
+                  [[routes]]\nprefix = \"/office\"\nsource_ranges = [\"10.0.0.0/8\"]\n\
+                  auth = \"none\"\nupstream = \"app\"\n";
+    let (out, code) = explain_on(config, &["--path", "/office/x", "--from", "10.1.2.3"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(r#"prefix = "/office", source_ranges = ["10.0.0.0/8"], auth = "none""#),
+        "{out}"
+    );
+    let (out, code) = explain_on(config, &["--path", "/office/x", "--from", "192.0.2.1"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("FAIL source_not_allowed: 192.0.2.1 is in none of source_ranges"),
+        "{out}"
+    );
+    let (out, code) = explain_on(config, &["--path", "/office/x"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("FAIL source_not_allowed: no client address"),
+        "{out}"
+    );
+    // A decision request: the ingress's rightmost X-Forwarded-For, whatever --from says.
+    for (xff, want) in [
+        ("192.0.2.1, 10.1.2.3", Some(0)),
+        ("10.1.2.3, 192.0.2.1", Some(2)),
+    ] {
+        let (out, code) = explain_on(
+            config,
+            &[
+                "--decision",
+                "--path",
+                "/auth",
+                "-H",
+                "X-Original-URI: /office/x",
+                "-H",
+                &format!("X-Forwarded-For: {xff}"),
+                "--from",
+                "10.9.9.9",
+            ],
+        );
+        assert_eq!(code, want, "{xff}: {out}");
+    }
+}

@@ -598,3 +598,44 @@ async fn routes_by_host_take_the_host_envoy_gives() {
     }
     assert_eq!(w.up.count(), 0, "decisions only");
 }
+
+/// `source_ranges` over gRPC reads the source address Envoy gives in the `CheckRequest`, never
+/// an `X-Forwarded-For` among the original request's headers; over the HTTP service, the
+/// address Envoy appends (`use_remote_address`), and a check that names none is refused.
+#[tokio::test]
+async fn source_ranges_take_the_address_envoy_gives() {
+    let w = world(|c| {
+        c.replace(
+            "[[routes]]\nprefix = \"/public\"",
+            "[[routes]]\nprefix = \"/office\"\nauth = \"none\"\n\
+             source_ranges = [\"203.0.113.0/24\"]\nupstream = \"app\"\n\n\
+             [[routes]]\nprefix = \"/public\"",
+        )
+    })
+    .await;
+    let table = [
+        (json!({"path": "/office/x", "source": "203.0.113.7"}), 200),
+        (json!({"path": "/office/x", "source": "198.51.100.1"}), 403),
+        (
+            json!({"path": "/office/x", "source": "198.51.100.1",
+                   "headers": {"x-forwarded-for": "203.0.113.7"}}),
+            403,
+        ),
+    ];
+    let answers = grpc(w.grpc_port, table.iter().map(|(c, _)| c.clone()).collect()).await;
+    for ((case, want), answer) in table.iter().zip(&answers) {
+        assert_eq!(status_of(answer), *want, "gRPC {case}: {answer}");
+    }
+    let c = client();
+    let url = format!("http://127.0.0.1:{}/office/x", w.decision);
+    for (xff, want) in [
+        (Some("203.0.113.7"), 200),
+        (Some("203.0.113.7, 198.51.100.1"), 403),
+        (None, 403),
+    ] {
+        let h: Vec<_> = xff.map(|x| ("x-forwarded-for", x)).into_iter().collect();
+        let a = get(&c, &url, &h).await;
+        assert_eq!(a.status.as_u16(), want, "HTTP {xff:?}");
+    }
+    assert_eq!(w.up.count(), 0, "decisions only");
+}

@@ -590,17 +590,30 @@ async fn a_route_that_folds_case_checks_every_spelling() {
 /// bearward with `routes` first, then an open catch-all (`prefix = "/"`, `auth = "none"`),
 /// tokens from a real JWKS over HTTP; and the `Authorization` value of a token with a scope.
 async fn with_open_catch_all(routes: &str) -> (Upstream, Gateway, impl Fn(&str) -> String) {
+    with_open_catch_all_behind("", routes).await
+}
+
+/// [`with_open_catch_all`], with lines for `[server]` (`trusted_proxies`).
+async fn with_open_catch_all_behind(
+    server: &str,
+    routes: &str,
+) -> (Upstream, Gateway, impl Fn(&str) -> String) {
     use common::idp::*;
     let rsa = Key::rsa1();
     let idp = Idp::start(&[&rsa]).await;
     let up = Upstream::start().await;
-    let cfg = auth_config(&up.url(), &idp.issuer(), "discovery = true", "").replace(
-        "[[routes]]\nprefix = \"/public\"",
-        &format!(
-            "{routes}\n[[routes]]\nprefix = \"/\"\nauth = \"none\"\nupstream = \"app\"\n\n\
-             [[routes]]\nprefix = \"/public\""
-        ),
-    );
+    let cfg = auth_config(&up.url(), &idp.issuer(), "discovery = true", "")
+        .replace(
+            "[[routes]]\nprefix = \"/public\"",
+            &format!(
+                "{routes}\n[[routes]]\nprefix = \"/\"\nauth = \"none\"\nupstream = \"app\"\n\n\
+                 [[routes]]\nprefix = \"/public\""
+            ),
+        )
+        .replace(
+            "admin_listen = \"127.0.0.1:0\"\n",
+            &format!("admin_listen = \"127.0.0.1:0\"\n{server}\n"),
+        );
     let gw = Gateway::start(&cfg).await;
     wait_ready(&gw).await;
     let mint = idp.minter("https://api.test");
@@ -718,4 +731,87 @@ async fn a_route_for_a_host_checks_every_spelling_of_it() {
         6.0,
         "{m}"
     );
+}
+
+/// `source_ranges`: a route for some client addresses refuses the rest with 403 before the
+/// token is looked at, and never hands them to a later route. The address is the peer's; a
+/// client's own `X-Forwarded-For` counts for nothing unless the peer is a trusted proxy, and
+/// then only right of the proxies.
+#[tokio::test]
+async fn a_route_for_some_addresses_refuses_the_rest() {
+    const ROUTES: &str = "[[routes]]\nprefix = \"/health\"\nauth = \"none\"\n\
+        source_ranges = [\"127.0.0.0/8\", \"::1\"]\nupstream = \"app\"\n\n\
+        [[routes]]\nprefix = \"/office\"\nscopes = [\"admin\"]\n\
+        source_ranges = [\"10.0.0.0/8\", \"192.0.2.7\"]\nupstream = \"app\"\n";
+    let (up, gw, bearer) = with_open_catch_all(ROUTES).await;
+    let c = client();
+    let admin = bearer("admin");
+    assert_eq!(
+        get(&c, &gw.url("/health"), &[]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(up.count(), 1);
+    for forged in [
+        None,
+        Some("10.1.2.3"),
+        Some("192.0.2.7"),
+        Some("10.0.0.1, 10.0.0.2"),
+    ] {
+        for token in [None, Some(admin.as_str())] {
+            let mut h = vec![];
+            h.extend(forged.map(|f| ("x-forwarded-for", f)));
+            h.extend(token.map(|t| ("authorization", t)));
+            let a = get(&c, &gw.url("/office/report"), &h).await;
+            assert_eq!(a.status, StatusCode::FORBIDDEN, "{h:?}: {}", a.body);
+            assert!(!a.headers.contains_key("www-authenticate"), "{h:?}");
+        }
+    }
+    // HTTP/2 is held the same way.
+    let (mut sender, _conn) = h2_connect(gw.addr, None).await;
+    let resp = sender
+        .send_request(
+            Request::get(format!("http://{}/office/report", gw.addr))
+                .header("authorization", &admin)
+                .header("x-forwarded-for", "10.1.2.3")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        up.count(),
+        1,
+        "nothing from elsewhere reached the API, nor the catch-all"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "bearward_requests_total{route=\"/office*\",status=\"403\",decision=\"deny\",reason=\"source_not_allowed\"}"
+        ),
+        9.0,
+        "{m}"
+    );
+
+    // Behind a trusted proxy (this client plays it), the client is the rightmost address the
+    // proxy did not add; addresses the client wrote to its left are never read.
+    let (up, gw, bearer) =
+        with_open_catch_all_behind("trusted_proxies = [\"127.0.0.1\"]", ROUTES).await;
+    let admin = bearer("admin");
+    for (xff, status) in [
+        ("10.1.2.3", StatusCode::OK),
+        ("203.0.113.9, 192.0.2.7", StatusCode::OK),
+        ("10.1.2.3, 203.0.113.9", StatusCode::FORBIDDEN),
+        ("10.1.2.3, 127.0.0.1", StatusCode::OK),
+        ("not-an-address", StatusCode::FORBIDDEN),
+    ] {
+        let h = [("x-forwarded-for", xff), ("authorization", admin.as_str())];
+        let a = get(&c, &gw.url("/office/report"), &h).await;
+        assert_eq!(a.status, status, "{xff}: {}", a.body);
+    }
+    // The proxy itself, naming no client: its own address, outside the office.
+    let a = get(&c, &gw.url("/office/report"), &[("authorization", &admin)]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert_eq!(up.count(), 3);
 }

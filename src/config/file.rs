@@ -1229,6 +1229,19 @@ pub(super) struct RouteFile {
     /// HAProxy, `X-Forwarded-Host` for Caddy and Traefik, Envoy's `Host`). A request for another
     /// host, or none, goes on to the next routes
     pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Reference: `source_ranges`
+    /// Default: any address
+    ///
+    /// the client addresses this route serves, as nginx's `allow`/`deny all`, Traefik's
+    /// `ipAllowList` and Envoy's RBAC `remote_ip`: `["10.0.0.0/8", "2001:db8::/32",
+    /// "192.0.2.7"]`. The address is the peer's, or behind `trusted_proxies` the rightmost
+    /// `X-Forwarded-For` address outside them, or in decision mode the one the ingress names in
+    /// `X-Forwarded-For` (a decision request without one is refused: the peer is the ingress,
+    /// never the client). A request from elsewhere gets 403 `source_not_allowed` before its
+    /// token is looked at, in audit mode too, and is not passed on to a later route. For
+    /// `auth = "none"` routes only the load balancer or the office network should reach
+    /// (health checks, admin pages), and to keep an internal API's tokens from working outside
+    pub source_ranges: Option<Spanned<Vec<Spanned<String>>>>,
     /// Reference: `case_sensitive`
     /// Default: `true`
     ///

@@ -150,6 +150,24 @@ fn would_deny(
     HeaderValue::from_str(&note).ok()
 }
 
+/// `source_ranges`: the client's address, as the access log has it (the peer's, or what a
+/// trusted proxy or the ingress names), lies in one of `nets`. A decision request that names no
+/// client is refused: its peer is the ingress. Without a connection (`explain`), only an
+/// address given for the client counts.
+fn source_allowed(
+    nets: &[ipnet::IpNet],
+    headers: &HeaderMap,
+    conn: Option<&ConnInfo>,
+    out: &Outcome,
+) -> bool {
+    let client = match conn {
+        Some(c) if c.decision && !headers.contains_key(crate::forward::X_FORWARDED_FOR) => None,
+        Some(c) => Some(out.client.unwrap_or_else(|| c.peer.ip().to_canonical())),
+        None => out.client,
+    };
+    client.is_some_and(|ip| nets.iter().any(|n| n.contains(&ip)))
+}
+
 /// The request's host name for routes with `hosts` ([`crate::request::host::route_name`]): its
 /// `Host`, which [`Gateway::check_target`] has checked (one, valid, agreeing with HTTP/2's
 /// `:authority`), else the `:authority`; `None` for a request that names neither (HTTP/1.0).
@@ -422,6 +440,13 @@ impl Gateway {
         sink: &mut S,
     ) -> Result<(Option<Identity>, Option<HeaderValue>, Option<Box<str>>), Rejection> {
         let mut identity = None;
+        if let Some(nets) = &route.source_ranges {
+            if !source_allowed(nets, req.headers(), conn, out) {
+                let rej = Rejection::Forbidden("source_not_allowed");
+                sink.refused("source", &rej);
+                return Err(rej);
+            }
+        }
         if route.require_client_certificate && self.client_cert(&Head::of(req), conn).is_none() {
             let rej = Rejection::Forbidden("client_certificate_required");
             sink.refused("auth", &rej);

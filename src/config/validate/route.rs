@@ -116,6 +116,19 @@ pub(super) fn route(
 
     let methods = methods(cx, i, r, &mut ok);
     let hosts = hosts(cx, r, &key("hosts"), &mut ok);
+    let source_ranges = match &r.source_ranges {
+        Some(list) if list.get_ref().is_empty() => {
+            cx.err(
+                list.span(),
+                &key("source_ranges"),
+                "an empty list takes no request: leave source_ranges out to take every address",
+            );
+            ok = false;
+            None
+        }
+        Some(list) => Some(Arc::from(cx.ip_nets(list, &key("source_ranges")))),
+        None => None,
+    };
     let prefix_rewrite = prefix_rewrite(
         cx,
         r,
@@ -316,6 +329,7 @@ pub(super) fn route(
         matcher: matcher?,
         methods,
         hosts,
+        source_ranges,
         prefix_rewrite,
         case_sensitive,
         upstream: upstream?,
