@@ -23,6 +23,11 @@ pub(crate) fn is_reserved_header(h: &HeaderName) -> bool {
         )
 }
 
+/// A hop-by-hop header (RFC 9110 7.6.1, and the connection-specific ones everyone strips).
+pub(crate) fn is_hop_by_hop(h: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(h)
+}
+
 /// RFC 9110 7.6.1 and the connection-specific headers everyone strips.
 static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,

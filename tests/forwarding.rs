@@ -701,3 +701,77 @@ async fn an_upstreams_set_headers_replace_the_clients() {
         assert_eq!(values, [want], "{name}");
     }
 }
+
+/// `remove_response_headers` and `set_response_headers`: a legacy upstream's `Server` and
+/// `X-Powered-By` lines (every one of them) never reach the client, its `X-Frame-Options` is
+/// replaced and HSTS added, over HTTP/1 and HTTP/2 from the client; bearward's own answers for
+/// the same upstream carry none of it.
+#[tokio::test]
+async fn an_upstreams_response_headers_are_changed_on_the_way_out() {
+    // A legacy stack's answer, as it writes it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer = "HTTP/1.1 200 OK\r\nServer: Apache/2.2.15 (CentOS)\r\n\
+                            X-Powered-By: PHP/5.3.3\r\nX-Powered-By: ASP.NET\r\n\
+                            X-Frame-Options: SAMEORIGIN\r\nX-Kept: yes\r\n\
+                            Content-Length: 2\r\n\r\nok";
+                        if s.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let cfg = basic_config(&format!("http://{at}"), "").replacen(
+        "request_timeout = \"500ms\"",
+        "request_timeout = \"500ms\"\nremove_response_headers = [\"Server\", \"x-powered-by\"]\n\
+         set_response_headers = { \"X-Frame-Options\" = \"DENY\", \
+         \"Strict-Transport-Security\" = \"max-age=63072000\" }",
+        1,
+    );
+    let gw = Gateway::start(&cfg).await;
+    let c = client();
+    let check = |headers: &http::HeaderMap, via: &str| {
+        assert!(!headers.contains_key("server"), "{via}: {headers:?}");
+        assert!(!headers.contains_key("x-powered-by"), "{via}: {headers:?}");
+        let frame: Vec<_> = headers.get_all("x-frame-options").iter().collect();
+        assert_eq!(frame, ["DENY"], "{via}");
+        assert_eq!(
+            headers["strict-transport-security"], "max-age=63072000",
+            "{via}"
+        );
+        assert_eq!(headers["x-kept"], "yes", "{via}");
+    };
+    for _ in 0..2 {
+        let a = get(&c, &gw.url("/public/x"), &[]).await;
+        assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "ok"));
+        check(&a.headers, "HTTP/1.1");
+    }
+    let (mut sender, _conn) = h2_connect(gw.addr, None).await;
+    let resp = sender
+        .send_request(
+            Request::get(format!("http://{}/public/x", gw.addr))
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    check(resp.headers(), "HTTP/2");
+    let a = get(&c, &gw.url("/api/x"), &[]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert!(!a.headers.contains_key("strict-transport-security"));
+}

@@ -1116,6 +1116,21 @@ pub(super) struct UpstreamFile {
     pub set_headers_file: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     /// In the reference row of `set_headers`.
     pub set_headers_env: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    /// Reference: `set_response_headers`, `remove_response_headers`
+    /// Default: none
+    ///
+    /// the upstream's answers, changed on their way to the client (Envoy's
+    /// `response_headers_to_add`/`_remove`, nginx's `add_header` and `proxy_hide_header`):
+    /// `remove_response_headers = ["Server", "X-Powered-By"]` takes out every line of each name
+    /// (the versions a legacy stack gives away), and `set_response_headers = {
+    /// "Strict-Transport-Security" = "max-age=63072000", "X-Frame-Options" = "DENY" }` puts one
+    /// line of each in place of the upstream's. On the upstream's answers only: bearward's own
+    /// (401, 403, 502, ...) carry neither. Not the hop-by-hop headers, `Content-Length`, `Date`,
+    /// the request id or the `RateLimit` fields, which bearward writes itself; a name in both
+    /// is refused
+    pub set_response_headers: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    /// In the reference row of `set_response_headers`.
+    pub remove_response_headers: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// A `[server] tls_certificates` entry.

@@ -245,6 +245,27 @@ pub struct UpstreamConfig {
     /// `set_headers` (and from files and the environment, marked sensitive): set on every
     /// request, in place of the client's.
     pub set_headers: Vec<(HeaderName, http::HeaderValue)>,
+    /// `set_response_headers` and `remove_response_headers`; `None` when neither is given, so
+    /// an upstream without them costs its answers nothing.
+    pub response_headers: Option<Box<ResponseHeaders>>,
+}
+
+/// What an upstream's answers have changed on their way to the client.
+#[derive(Debug, Clone, Default)]
+pub struct ResponseHeaders {
+    pub set: Vec<(HeaderName, http::HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl ResponseHeaders {
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
 }
 
 /// `[upstreams.NAME] token_exchange`, validated (RFC 8693).

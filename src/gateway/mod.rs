@@ -905,6 +905,9 @@ impl Gateway {
                 out.upstream_time = Some(elapsed);
                 client_span.end(Ok(resp.status().as_u16()));
                 forward::prepare_response(&mut resp);
+                if let Some(rules) = &upstream.response_headers {
+                    rules.apply(resp.headers_mut());
+                }
                 Ok(resp)
             }
             // A stalled, broken or oversized client body is the client's doing, not upstream

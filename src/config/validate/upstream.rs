@@ -94,6 +94,79 @@ fn set_headers(
     out
 }
 
+/// `set_response_headers` and `remove_response_headers`: header names, none that bearward
+/// writes on answers itself or that frame them, none in both.
+fn response_headers(
+    cx: &mut Ctx<'_>,
+    u: &UpstreamFile,
+    server: &ServerConfig,
+    key: &dyn Fn(&str) -> String,
+) -> Option<Box<ResponseHeaders>> {
+    if u.set_response_headers.is_none() && u.remove_response_headers.is_none() {
+        return None;
+    }
+    let mut rules = ResponseHeaders::default();
+    let name = |cx: &mut Ctx<'_>, raw: &str, span: std::ops::Range<usize>, at: &str| {
+        let Ok(h) = http::HeaderName::from_str(raw) else {
+            cx.err(span, at, format!("{raw:?} is not a header name"));
+            return None;
+        };
+        let owned = crate::headers::is_hop_by_hop(&h)
+            || matches!(
+                h.as_str(),
+                "content-length" | "date" | "ratelimit" | "ratelimit-policy"
+            )
+            || server.request_id_header.as_ref() == Some(&h);
+        if owned {
+            let why = "is a header bearward writes on answers itself, or one that frames them";
+            cx.err(span, at, format!("{raw:?} {why}"));
+            return None;
+        }
+        Some(h)
+    };
+    if let Some(list) = &u.remove_response_headers {
+        for (i, raw) in list.get_ref().iter().enumerate() {
+            let at = key(&format!("remove_response_headers[{i}]"));
+            if let Some(h) = name(cx, raw.get_ref(), raw.span(), &at) {
+                if rules.remove.contains(&h) {
+                    cx.err(
+                        raw.span(),
+                        &at,
+                        format!("{:?} is listed twice", raw.get_ref()),
+                    );
+                } else {
+                    rules.remove.push(h);
+                }
+            }
+        }
+    }
+    if let Some(map) = &u.set_response_headers {
+        for (raw, value) in map.get_ref() {
+            let at = key(&format!("set_response_headers.{raw}"));
+            let Some(h) = name(cx, raw, value.span(), &at) else {
+                continue;
+            };
+            if rules.remove.contains(&h) || rules.set.iter().any(|(n, _)| *n == h) {
+                cx.err(
+                    value.span(),
+                    &at,
+                    format!("{raw:?} is also removed, or set twice: give it once"),
+                );
+                continue;
+            }
+            match http::HeaderValue::from_str(value.get_ref()) {
+                Ok(v) if !value.get_ref().is_empty() => rules.set.push((h, v)),
+                _ => cx.err(
+                    value.span(),
+                    &at,
+                    "is empty or holds a byte a header value cannot (a control character)",
+                ),
+            }
+        }
+    }
+    Some(Box::new(rules))
+}
+
 /// Most `endpoints` one upstream may list.
 const MAX_ENDPOINTS: usize = 64;
 
@@ -252,8 +325,10 @@ pub(super) fn upstream(
         .and_then(|t| token_exchange(cx, name, t));
     let endpoints = endpoints(cx, u, &scheme, &authority, &key("endpoints"));
     let set_headers = set_headers(cx, u, server, &identity_assertion, &key);
+    let response_headers = response_headers(cx, u, server, &key);
     UpstreamConfig {
         set_headers,
+        response_headers,
         identity_assertion,
         token_exchange,
         name: name.to_owned(),
