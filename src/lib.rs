@@ -100,5 +100,6 @@ pub async fn build(config: config::Config) -> std::io::Result<server::Server> {
     });
     let gateway =
         Arc::new(gateway::Gateway::new(Arc::new(config), auth, metrics).with_tracer(tracer));
+    gateway.start_background();
     server::Server::bind(gateway).await
 }

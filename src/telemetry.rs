@@ -193,6 +193,12 @@ struct BuildLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointOnlyLabels {
+    upstream: String,
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndpointLabels {
     upstream: String,
     endpoint: String,
@@ -314,6 +320,8 @@ pub struct Metrics {
     upstream_aborts: Family<AbortLabels, Counter>,
     /// Bounded: at most 64 endpoints per upstream, a handful of reasons.
     connect_failures: Family<EndpointLabels, Counter>,
+    endpoint_healthy: Family<EndpointOnlyLabels, Gauge>,
+    health_check_failures: Family<EndpointLabels, Counter>,
     token_cache: Outcomes,
     key_lookups: Outcomes,
     token_cache_entries: Gauge,
@@ -393,6 +401,8 @@ impl Metrics {
             jwks_fetches: Family::default(),
             upstream_aborts: Family::default(),
             connect_failures: Family::default(),
+            endpoint_healthy: Family::default(),
+            health_check_failures: Family::default(),
             token_cache: Outcomes::new("hit", "miss"),
             key_lookups: Outcomes::new("hit", "miss"),
             token_cache_entries: Gauge::default(),
@@ -451,6 +461,16 @@ impl Metrics {
             "upstream_connect_failures",
             "Connections to an upstream endpoint that failed, by upstream, endpoint and reason; each leaves the endpoint out of the rotation for endpoint_fail_timeout",
             m.connect_failures.clone(),
+        );
+        registry.register(
+            "upstream_endpoint_healthy",
+            "1 while an upstream endpoint passes its health_check, 0 while it is out of the rotation for failing it",
+            m.endpoint_healthy.clone(),
+        );
+        registry.register(
+            "upstream_health_check_failures",
+            "Failed health checks, by upstream, endpoint and reason",
+            m.health_check_failures.clone(),
         );
         registry.register(
             "jwks_fetches",
@@ -839,6 +859,26 @@ impl Metrics {
     /// Counts a connection to an upstream endpoint that failed.
     pub fn upstream_connect_failure(&self, upstream: &str, endpoint: &str, reason: &'static str) {
         self.connect_failures
+            .get_or_create(&EndpointLabels {
+                upstream: upstream.to_owned(),
+                endpoint: endpoint.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// An endpoint's health as its checks last decided it.
+    pub fn endpoint_health(&self, upstream: &str, endpoint: &str, healthy: bool) {
+        self.endpoint_healthy
+            .get_or_create(&EndpointOnlyLabels {
+                upstream: upstream.to_owned(),
+                endpoint: endpoint.to_owned(),
+            })
+            .set(i64::from(healthy));
+    }
+
+    pub fn health_check_failure(&self, upstream: &str, endpoint: &str, reason: &'static str) {
+        self.health_check_failures
             .get_or_create(&EndpointLabels {
                 upstream: upstream.to_owned(),
                 endpoint: endpoint.to_owned(),

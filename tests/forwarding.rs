@@ -775,3 +775,185 @@ async fn an_upstreams_response_headers_are_changed_on_the_way_out() {
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     assert!(!a.headers.contains_key("strict-transport-security"));
 }
+
+/// One instance of an API for `health_check`: answers `/healthz` 200 or 503 as `healthy`
+/// says, everything else 200; counts checks and other requests apart.
+struct Checked {
+    addr: std::net::SocketAddr,
+    healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    checks: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn checked_instance() -> Checked {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (healthy, checks, hits) = (
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let inst = Checked {
+        addr: listener.local_addr().unwrap(),
+        healthy: healthy.clone(),
+        checks: checks.clone(),
+        hits: hits.clone(),
+    };
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (healthy, checks, hits) = (healthy.clone(), checks.clone(), hits.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let answer = if head.starts_with("GET /healthz HTTP/1.1\r\n") {
+                            checks.fetch_add(1, SeqCst);
+                            assert!(head.contains("\r\nConnection: close"), "{head}");
+                            match healthy.load(SeqCst) {
+                                true => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                                false => {
+                                    "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
+                                }
+                            }
+                        } else {
+                            hits.fetch_add(1, SeqCst);
+                            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                        };
+                        if s.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    inst
+}
+
+/// `health_check`: an endpoint whose checks fail leaves the rotation though it still serves
+/// requests (the passive rule would never take it out), and comes back once they pass; the
+/// gauge and the failure counter say so. Checks go on with no request in sight.
+#[tokio::test]
+async fn an_endpoint_failing_its_health_checks_leaves_the_rotation_until_they_pass() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (a, b) = (checked_instance().await, checked_instance().await);
+    let cfg = basic_config(&format!("http://{}", a.addr), "").replacen(
+        "request_timeout = \"500ms\"",
+        &format!(
+            "request_timeout = \"500ms\"\nendpoints = [\"{}\", \"{}\"]\n\
+             health_check = {{ path = \"/healthz\", interval = \"200ms\", timeout = \"200ms\", \
+             unhealthy_threshold = 2, healthy_threshold = 2 }}",
+            a.addr, b.addr
+        ),
+        1,
+    );
+    let gw = Gateway::start(&cfg).await;
+    let c = client();
+    let healthy = |m: &str, at: std::net::SocketAddr| {
+        metric(
+            m,
+            &format!("bearward_upstream_endpoint_healthy{{upstream=\"app\",endpoint=\"{at}\"}}"),
+        )
+    };
+    // Checks run before any request.
+    let waited = std::time::Instant::now();
+    while a.checks.load(SeqCst) < 2 || b.checks.load(SeqCst) < 2 {
+        assert!(waited.elapsed() < Duration::from_secs(5), "no checks");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = gw.metrics().await;
+    assert_eq!(
+        (healthy(&m, a.addr), healthy(&m, b.addr)),
+        (1.0, 1.0),
+        "{m}"
+    );
+    // Requests on a and on b out of `n` sent.
+    let spread = |n: usize| {
+        let (c, url, a, b) = (c.clone(), gw.url("/public/x"), &a, &b);
+        async move {
+            let before = (a.hits.load(SeqCst), b.hits.load(SeqCst));
+            for _ in 0..n {
+                assert_eq!(get(&c, &url, &[]).await.status, StatusCode::OK);
+            }
+            (
+                a.hits.load(SeqCst) - before.0,
+                b.hits.load(SeqCst) - before.1,
+            )
+        }
+    };
+    assert_eq!(spread(10).await, (5, 5), "in turn");
+
+    b.healthy.store(false, SeqCst);
+    let wait_for = |want: f64| {
+        let gw = &gw;
+        async move {
+            let waited = std::time::Instant::now();
+            loop {
+                let m = gw.metrics().await;
+                if healthy(&m, b.addr) == want {
+                    return m;
+                }
+                assert!(
+                    waited.elapsed() < Duration::from_secs(5),
+                    "b never {want}: {m}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let m = wait_for(0.0).await;
+    assert!(
+        metric(&m, &format!("bearward_upstream_health_check_failures_total{{upstream=\"app\",endpoint=\"{}\",reason=\"status_5xx\"}}", b.addr)) >= 2.0,
+        "{m}"
+    );
+    assert_eq!(spread(10).await, (10, 0), "b is out though it serves");
+
+    b.healthy.store(true, SeqCst);
+    wait_for(1.0).await;
+    assert_eq!(spread(10).await, (5, 5), "b is back");
+}
+
+/// A reload that drops an upstream's `health_check` stops its checks (the old upstreams' task
+/// ends with them), and one that adds it back starts them again.
+#[tokio::test]
+async fn a_reload_stops_and_starts_health_checks() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let a = checked_instance().await;
+    let without = basic_config(&format!("http://{}", a.addr), "");
+    let with = without.replacen(
+        "request_timeout = \"500ms\"",
+        "request_timeout = \"500ms\"\n\
+         health_check = { path = \"/healthz\", interval = \"100ms\", timeout = \"100ms\" }",
+        1,
+    );
+    let parse = |t: &str| bearward::config::Config::from_toml_str(t, "t.toml").unwrap();
+    let server = bearward::build(parse(&with)).await.unwrap();
+    let live = server.live();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.run(std::future::pending()));
+    let grows = || async {
+        let before = a.checks.load(SeqCst);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        a.checks.load(SeqCst) > before
+    };
+    assert!(grows().await, "checks run");
+    live.apply(parse(&without));
+    // A request on the new config, and the old upstreams' last tick, go by.
+    let r = get(&client(), &format!("http://{addr}/public/x"), &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !grows().await,
+        "checks go on after the reload took them out"
+    );
+    live.apply(parse(&with));
+    assert!(grows().await, "checks back");
+}

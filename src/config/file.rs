@@ -1131,6 +1131,33 @@ pub(super) struct UpstreamFile {
     pub set_response_headers: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     /// In the reference row of `set_response_headers`.
     pub remove_response_headers: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Reference: `health_check`
+    /// Default: none
+    ///
+    /// active checks of each endpoint (HAProxy's `option httpchk`, Envoy's `health_checks`):
+    /// `{ path = "/healthz", interval = "5s", timeout = "2s", unhealthy_threshold = 2,
+    /// healthy_threshold = 2 }`. Every `interval` (100 ms to 1 h, default 5 s) each endpoint is
+    /// asked `GET path` over a new connection (TLS as for requests, `Host` the `url`'s,
+    /// `Connection: close`); a 2xx or 3xx head within `timeout` (default 2 s, at most the
+    /// interval) passes, anything else fails. After `unhealthy_threshold` failures in a row
+    /// (1 to 10, default 2) the endpoint leaves the rotation until `healthy_threshold` passes
+    /// in a row (1 to 10, default 2) bring it back; while every endpoint is out all are tried,
+    /// as with `endpoint_fail_timeout`. Endpoints start in, and a reload starts the checks
+    /// afresh. Checks begin when bearward starts and go on without requests; `bearward_upstream_endpoint_healthy` shows
+    /// each endpoint's state and `bearward_upstream_health_check_failures_total` why checks
+    /// failed. HTTP/1 upstreams only (`protocol = "http1"`)
+    pub health_check: Option<Spanned<HealthCheckFile>>,
+}
+
+/// An upstream's `health_check`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HealthCheckFile {
+    pub path: Spanned<String>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub unhealthy_threshold: Option<Spanned<u64>>,
+    pub healthy_threshold: Option<Spanned<u64>>,
 }
 
 /// A `[server] tls_certificates` entry.

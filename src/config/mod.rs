@@ -248,6 +248,21 @@ pub struct UpstreamConfig {
     /// `set_response_headers` and `remove_response_headers`; `None` when neither is given, so
     /// an upstream without them costs its answers nothing.
     pub response_headers: Option<Box<ResponseHeaders>>,
+    /// `health_check`: active checks of each endpoint.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// `[upstreams.NAME] health_check`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The request head sent to each endpoint, whole: `GET path`, the upstream's `Host`,
+    /// `Connection: close`.
+    pub request: Vec<u8>,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
 }
 
 /// What an upstream's answers have changed on their way to the client.

@@ -55,6 +55,7 @@ impl Live {
         let next = Gateway::new(Arc::new(config), auth, self.metrics.clone())
             .with_tracer(old.tracer.clone())
             .with_keys_of(&old);
+        next.start_background();
         self.current.store(Arc::new(next));
         tracing::info!(routes, "config reloaded");
     }

@@ -10,6 +10,7 @@
 mod error;
 mod exchange;
 mod h2;
+mod health;
 pub(crate) mod pool;
 mod tunnel;
 pub mod wire;
@@ -63,6 +64,17 @@ impl Upstreams {
         Upstreams {
             clients,
             body_read_timeout: config.server.body_read_timeout,
+        }
+    }
+
+    /// Starts the upstreams' `health_check` tasks, which end when these upstreams are dropped
+    /// (a reload's replacement, once its last request is done). The serving process calls it;
+    /// `explain` and other one-off users of a gateway do not.
+    pub fn start_health_checks(&self) {
+        for up in &self.clients {
+            if let Some(check) = &up.config.health_check {
+                health::spawn(&up.pool, check.clone());
+            }
         }
     }
 

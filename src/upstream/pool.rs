@@ -44,7 +44,7 @@ use http::{Method, Request, Response};
 use http_body::Body as _;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -80,6 +80,8 @@ struct Endpoint {
     /// Until when (milliseconds after the pool was made) a failed connection keeps it out of
     /// the rotation; in when past.
     out_until: AtomicU64,
+    /// Out of the rotation by its `health_check` ([`super::health`]) until checks pass again.
+    unhealthy: AtomicBool,
 }
 
 /// The pool for one upstream.
@@ -116,6 +118,7 @@ impl Pool {
                     addr: addr.clone(),
                     idle: Mutex::new(Vec::new()),
                     out_until: AtomicU64::new(0),
+                    unhealthy: AtomicBool::new(false),
                 })
                 .collect(),
             next: AtomicUsize::new(0),
@@ -154,7 +157,27 @@ impl Pool {
     }
 
     fn is_out(&self, endpoint: usize, now: u64) -> bool {
-        self.endpoints[endpoint].out_until.load(Ordering::Relaxed) > now
+        let e = &self.endpoints[endpoint];
+        e.out_until.load(Ordering::Relaxed) > now || e.unhealthy.load(Ordering::Relaxed)
+    }
+
+    /// How many endpoints the upstream has, and each one's address.
+    pub(super) fn endpoint_addrs(&self) -> impl Iterator<Item = &str> {
+        self.endpoints.iter().map(|e| e.addr.as_str())
+    }
+
+    /// The health checks' verdict on an endpoint: out of the rotation (or back in).
+    pub(super) fn set_unhealthy(&self, endpoint: usize, unhealthy: bool) {
+        self.endpoints[endpoint]
+            .unhealthy
+            .store(unhealthy, Ordering::Relaxed);
+        self.metrics
+            .endpoint_health(&self.name, &self.endpoints[endpoint].addr, !unhealthy);
+    }
+
+    /// The metrics the pool counts into.
+    pub(super) fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The endpoint for the next request: the rotation's next that is in, else the rotation's
@@ -257,7 +280,7 @@ impl Pool {
         Err(last)
     }
 
-    async fn open(&self, endpoint: usize) -> Result<Stream, ProxyError> {
+    pub(super) async fn open(&self, endpoint: usize) -> Result<Stream, ProxyError> {
         let addr = &self.endpoints[endpoint].addr;
         let tcp = match TcpStream::connect(addr).await {
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {

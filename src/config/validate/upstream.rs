@@ -167,6 +167,76 @@ fn response_headers(
     Some(Box::new(rules))
 }
 
+/// `health_check`: an origin-form path, and times and thresholds within bounds.
+fn health_check(
+    cx: &mut Ctx<'_>,
+    u: &UpstreamFile,
+    authority: &http::uri::Authority,
+    protocol: Protocol,
+    key: &dyn Fn(&str) -> String,
+) -> Option<HealthCheck> {
+    let h = u.health_check.as_ref()?;
+    let at = |k: &str| key(&format!("health_check.{k}"));
+    if protocol != Protocol::Http1 {
+        cx.err(
+            h.span(),
+            &key("health_check"),
+            "checks are HTTP/1 requests: an HTTP/2 upstream (protocol) cannot take them",
+        );
+        return None;
+    }
+    let h = h.get_ref();
+    let path = h.path.get_ref();
+    // What goes on the request line: a path and query of visible ASCII, nothing to split it.
+    let fine =
+        path.starts_with('/') && path.bytes().all(|b| b.is_ascii_graphic()) && path.len() <= 1024;
+    if !fine {
+        cx.err(
+            h.path.span(),
+            &at("path"),
+            format!(
+                "{path:?} is not an origin-form path (starting with /, no spaces or control bytes)"
+            ),
+        );
+        return None;
+    }
+    let interval = cx.duration(
+        &h.interval,
+        &at("interval"),
+        Duration::from_secs(5),
+        (Duration::from_millis(100), Duration::from_secs(3600)),
+    );
+    let timeout = cx.duration(
+        &h.timeout,
+        &at("timeout"),
+        Duration::from_secs(2).min(interval),
+        (Duration::from_millis(10), Duration::from_secs(3600)),
+    );
+    if timeout > interval {
+        if let Some(t) = &h.timeout {
+            cx.err(t.span(), &at("timeout"), "is longer than the interval");
+        }
+    }
+    let threshold = |cx: &mut Ctx<'_>, v: &Option<Spanned<u64>>, k: &str| {
+        u32::try_from(cx.size(v, &at(k), 2, 1, 10)).unwrap_or(2)
+    };
+    let unhealthy_threshold = threshold(cx, &h.unhealthy_threshold, "unhealthy_threshold");
+    let healthy_threshold = threshold(cx, &h.healthy_threshold, "healthy_threshold");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: bearward-health-check\r\n\
+         Connection: close\r\n\r\n"
+    )
+    .into_bytes();
+    Some(HealthCheck {
+        request,
+        path: path.clone(),
+        interval,
+        timeout,
+        unhealthy_threshold,
+        healthy_threshold,
+    })
+}
+
 /// Most `endpoints` one upstream may list.
 const MAX_ENDPOINTS: usize = 64;
 
@@ -326,7 +396,9 @@ pub(super) fn upstream(
     let endpoints = endpoints(cx, u, &scheme, &authority, &key("endpoints"));
     let set_headers = set_headers(cx, u, server, &identity_assertion, &key);
     let response_headers = response_headers(cx, u, server, &key);
+    let health_check = health_check(cx, u, &authority, protocol, &key);
     UpstreamConfig {
+        health_check,
         set_headers,
         response_headers,
         identity_assertion,
