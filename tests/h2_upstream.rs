@@ -560,3 +560,45 @@ async fn a_silent_connection_is_found_by_ping_and_replaced() {
     );
     assert_eq!(up.stats.connections.load(Ordering::SeqCst), 2);
 }
+
+/// With several `endpoints`, an HTTP/2 upstream keeps a connection to each and sends calls
+/// over them in turn (gRPC's load-balancing problem: one connection would put every call on
+/// one instance); an endpoint that refuses connections is left out and costs no call.
+#[tokio::test]
+async fn calls_spread_over_every_endpoints_connection() {
+    let (a, b) = (
+        H2Upstream::start(Options::default()).await,
+        H2Upstream::start(Options::default()).await,
+    );
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let gw = Gateway::start(&config(
+        a.addr,
+        "h2c",
+        &format!("endpoints = [\"{}\", \"{}\", \"{dead}\"]", a.addr, b.addr),
+    ))
+    .await;
+    let c = h2c_client();
+    let calls = (0..60).map(|i| {
+        let (c, url) = (c.clone(), gw.url("/hold"));
+        tokio::spawn(async move { call(&c, &url, &[], streamed(100 + i, None)).await })
+    });
+    for r in futures_util::future::join_all(calls).await {
+        assert_eq!(r.unwrap().status, StatusCode::OK);
+    }
+    let (on_a, on_b) = (a.got().len(), b.got().len());
+    assert_eq!(on_a + on_b, 60);
+    assert!(on_a >= 20 && on_b >= 20, "a {on_a}, b {on_b}: not spread");
+    for up in [&a, &b] {
+        assert_eq!(up.stats.connections.load(Ordering::SeqCst), 1, "one each");
+    }
+    // Calls that picked it together, before the first failure took it out, may each try it.
+    let m = gw.metrics().await;
+    let failed = metric(
+        &m,
+        &format!("bearward_upstream_connect_failures_total{{upstream=\"app\",endpoint=\"{dead}\",reason=\"upstream_unreachable\"}}"),
+    );
+    assert!((1.0..=3.0).contains(&failed), "{failed}: {m}");
+}

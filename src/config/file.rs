@@ -962,9 +962,10 @@ pub(super) struct UpstreamFile {
     /// one that refuses a connection or does not answer within `connect_timeout` is left out for
     /// `endpoint_fail_timeout` and the request goes to the next (nothing was sent; at most three
     /// endpoints per request), and when all are out, all are tried (Envoy's panic threshold)
-    /// rather than none. An HTTP/2 upstream (`protocol`) keeps its one connection to one
-    /// endpoint and takes the next when it connects again: failover, not balancing. Without a
-    /// port, the `url`'s scheme's. The `url` still gives the
+    /// rather than none. An HTTP/2 upstream (`protocol`: gRPC) keeps one connection to each
+    /// endpoint and sends each request over the rotation's next, so calls spread over the
+    /// instances rather than riding one connection to one of them. Without a port, the `url`'s
+    /// scheme's. The `url` still gives the
     /// scheme, the `Host` with `pass_host_header = false`, and the name the TLS certificate is
     /// checked against. At most 64
     pub endpoints: Option<Spanned<Vec<Spanned<String>>>>,

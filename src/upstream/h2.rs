@@ -1,5 +1,11 @@
 //! HTTP/2 to an upstream (`protocol = "h2c"` or `"h2"`): hyper's HTTP/2 client over one
-//! multiplexed connection per upstream, made on first use and made again when it closes.
+//! multiplexed connection per endpoint, made on first use and made again when it closes.
+//!
+//! - With several `endpoints`, each request takes the pool's rotation's next endpoint and that
+//!   endpoint's connection, so gRPC calls spread over the instances rather than all riding one
+//!   connection to one of them (what a single connection behind an L4 balancer does). A
+//!   connection that cannot be made takes its endpoint out (`endpoint_fail_timeout`) and the
+//!   request goes on to the next, at most [`MAX_CONNECT_TRIES`] endpoints.
 //!
 //! - The upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` and flow control are h2's: streams past
 //!   the limit wait in h2 for a slot; a body is read from the client only as fast as the
@@ -32,7 +38,10 @@ const MAX_ATTEMPTS: usize = 3;
 /// a 502 (the bytes already went to the refusing upstream and were dropped there).
 pub(crate) const REPLAY_BYTES: usize = 64 * 1024;
 
-/// The HTTP/2 connection to one upstream.
+/// Endpoints one request tries to connect to.
+const MAX_CONNECT_TRIES: usize = 3;
+
+/// The HTTP/2 connections to one upstream, one per endpoint.
 pub(crate) struct H2Client {
     pool: Arc<Pool>,
     /// `http` or `https`: the `:scheme` the upstream is told.
@@ -40,6 +49,12 @@ pub(crate) struct H2Client {
     authority: http::uri::Authority,
     keepalive: Option<std::time::Duration>,
     keepalive_timeout: std::time::Duration,
+    /// Each endpoint's connection, in the pool's order.
+    slots: Box<[Slot]>,
+}
+
+/// One endpoint's connection.
+struct Slot {
     /// The connection in use and its number.
     sender: Mutex<Option<(u64, SendRequest<ReplayBody>)>>,
     /// Held while a connection is being made, so a burst of requests makes one, not many.
@@ -51,14 +66,9 @@ pub(crate) struct H2Client {
     last_failure: Mutex<Option<ProxyError>>,
 }
 
-impl H2Client {
-    pub(crate) fn new(config: &UpstreamConfig, pool: Arc<Pool>) -> H2Client {
-        H2Client {
-            pool,
-            scheme: config.scheme.clone(),
-            authority: config.authority.clone(),
-            keepalive: config.h2_keepalive_interval,
-            keepalive_timeout: config.h2_keepalive_timeout,
+impl Slot {
+    fn new() -> Slot {
+        Slot {
             sender: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             attempts: std::sync::atomic::AtomicU64::new(0),
@@ -70,33 +80,73 @@ impl H2Client {
         let slot = lock(&self.sender);
         slot.as_ref().filter(|(_, s)| !s.is_closed()).cloned()
     }
+}
 
-    /// The live connection and its number, made if there is none.
-    async fn connection(&self) -> Result<(u64, SendRequest<ReplayBody>), ProxyError> {
+/// A connection for one request: its endpoint, its number there, and its sender.
+type Picked = (usize, u64, SendRequest<ReplayBody>);
+
+impl H2Client {
+    pub(crate) fn new(config: &UpstreamConfig, pool: Arc<Pool>) -> H2Client {
+        H2Client {
+            slots: (0..pool.endpoint_count()).map(|_| Slot::new()).collect(),
+            pool,
+            scheme: config.scheme.clone(),
+            authority: config.authority.clone(),
+            keepalive: config.h2_keepalive_interval,
+            keepalive_timeout: config.h2_keepalive_timeout,
+        }
+    }
+
+    /// A live connection for the next request: the rotation's next endpoint's, made if there
+    /// is none, else (it cannot be made) the next endpoints' that are in.
+    async fn connection(&self) -> Result<Picked, ProxyError> {
+        let first = self.pool.pick();
+        let n = self.slots.len();
+        let mut tried = 0;
+        let mut last = ProxyError::Unreachable;
+        for endpoint in (0..n).map(|i| (first + i) % n) {
+            if tried == MAX_CONNECT_TRIES || tried > 0 && self.pool.is_out_now(endpoint) {
+                continue;
+            }
+            tried += 1;
+            match self.endpoint_connection(endpoint).await {
+                Ok((id, sender)) => return Ok((endpoint, id, sender)),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// `endpoint`'s live connection and its number, made if there is none.
+    async fn endpoint_connection(
+        &self,
+        endpoint: usize,
+    ) -> Result<(u64, SendRequest<ReplayBody>), ProxyError> {
         use std::sync::atomic::Ordering;
-        if let Some(s) = self.cached() {
+        let slot = &self.slots[endpoint];
+        if let Some(s) = slot.cached() {
             return Ok(s);
         }
-        let seen = self.attempts.load(Ordering::Acquire);
-        let _making = self.connecting.lock().await;
-        if let Some(s) = self.cached() {
+        let seen = slot.attempts.load(Ordering::Acquire);
+        let _making = slot.connecting.lock().await;
+        if let Some(s) = slot.cached() {
             return Ok(s);
         }
-        if self.attempts.load(Ordering::Acquire) != seen {
-            if let Some(e) = *lock(&self.last_failure) {
+        if slot.attempts.load(Ordering::Acquire) != seen {
+            if let Some(e) = *lock(&slot.last_failure) {
                 return Err(e);
             }
         }
-        let id = self.attempts.fetch_add(1, Ordering::AcqRel) + 1;
-        let made = self.connect().await;
-        *lock(&self.last_failure) = made.as_ref().err().copied();
+        let id = slot.attempts.fetch_add(1, Ordering::AcqRel) + 1;
+        let made = self.connect(endpoint).await;
+        *lock(&slot.last_failure) = made.as_ref().err().copied();
         let sender = made?;
-        *lock(&self.sender) = Some((id, sender.clone()));
+        *lock(&slot.sender) = Some((id, sender.clone()));
         Ok((id, sender))
     }
 
-    async fn connect(&self) -> Result<SendRequest<ReplayBody>, ProxyError> {
-        let stream = self.pool.open_stream().await?;
+    async fn connect(&self, endpoint: usize) -> Result<SendRequest<ReplayBody>, ProxyError> {
+        let stream = self.pool.open_stream(endpoint).await?;
         if self.scheme == http::uri::Scheme::HTTPS && !stream.alpn_h2() {
             tracing::warn!(upstream = %self.pool.name(), "the upstream did not agree to h2 in ALPN");
             return Err(ProxyError::Tls);
@@ -122,10 +172,10 @@ impl H2Client {
         Ok(sender)
     }
 
-    /// Stops handing out connection `id` (closed, or going away): the next request makes a new
-    /// one. Streams still running on it finish there.
-    fn forget(&self, id: u64) {
-        let mut slot = lock(&self.sender);
+    /// Stops handing out `endpoint`'s connection `id` (closed, or going away): the next
+    /// request there makes a new one. Streams still running on it finish there.
+    fn forget(&self, endpoint: usize, id: u64) {
+        let mut slot = lock(&self.slots[endpoint].sender);
         if slot.as_ref().is_some_and(|(cached, _)| *cached == id) {
             *slot = None;
         }
@@ -196,7 +246,7 @@ impl H2Client {
                     r
                 }
             };
-            let (id, mut sender) = self.connection().await?;
+            let (endpoint, id, mut sender) = self.connection().await?;
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(resp.map(body::boxed)),
                 Err(mut e) => {
@@ -206,7 +256,7 @@ impl H2Client {
                     // A refused stream alone leaves the connection usable; anything else
                     // (GOAWAY, a closed or broken connection) retires it.
                     if !is_refused_stream(e.error()) {
-                        self.forget(id);
+                        self.forget(endpoint, id);
                     }
                     if !unprocessed {
                         let err = body_error(e.error()).unwrap_or(ProxyError::Unreachable);

@@ -182,7 +182,7 @@ impl Pool {
 
     /// The endpoint for the next request: the rotation's next that is in, else the rotation's
     /// next (all out: all are tried).
-    fn pick(&self) -> usize {
+    pub(crate) fn pick(&self) -> usize {
         let n = self.endpoints.len();
         if n == 1 {
             return 0;
@@ -232,10 +232,27 @@ impl Pool {
         &self.name
     }
 
-    /// A new connection (TLS made, if any), within `connect_timeout`, to the rotation's next
-    /// endpoint (for HTTP/2 upstreams, which keep one).
-    pub(crate) async fn open_stream(&self) -> Result<crate::tls::Stream, ProxyError> {
-        Ok(self.connect(self.pick()).await?.stream)
+    /// A new connection (TLS made, if any) to `endpoint`, within `connect_timeout`; a failure
+    /// takes the endpoint out as a request's would (for HTTP/2 upstreams, which keep one
+    /// connection per endpoint).
+    pub(crate) async fn open_stream(&self, endpoint: usize) -> Result<Stream, ProxyError> {
+        let opened = tokio::time::timeout(self.connect_timeout, self.open(endpoint))
+            .await
+            .unwrap_or(Err(ProxyError::ConnectTimeout));
+        if let Err(e) = &opened {
+            self.failed(endpoint, e);
+        }
+        opened
+    }
+
+    /// How many endpoints the upstream has.
+    pub(crate) fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Is `endpoint` out of the rotation now (a failed connection, or its health checks)?
+    pub(crate) fn is_out_now(&self, endpoint: usize) -> bool {
+        self.is_out(endpoint, self.now_ms())
     }
 
     /// [`Pool::connect_from`], boxed: a connect (a TLS handshake's state among it, and the
