@@ -211,3 +211,102 @@ async fn grpc_over_h2c_and_tls() {
     assert_checks(&out, 0);
     drop(server);
 }
+
+/// `service.py health|count|calls`: one JSON answer.
+async fn control(args: &[&str], token: Option<&str>) -> Value {
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg("tests/grpc/service.py").args(args);
+    if let Some(t) = token {
+        cmd.env("TOKEN_READ", t);
+    }
+    let out = cmd.kill_on_drop(true).output().await.expect("python3");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from the client")
+}
+
+/// Two real grpcio instances behind one `h2c` upstream: calls spread over both; with
+/// `health_check = { grpc_service = "test.Echo" }`, an instance whose gRPC health says
+/// NOT_SERVING (while it still serves calls) leaves the rotation, and comes back once it says
+/// SERVING again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_takes_an_instance_out_and_back() {
+    let key = Key::rsa1();
+    let idp = Idp::start(&[&key]).await;
+    let (read, _) = tokens(&idp, &key);
+    let (a, b) = (grpc_server(&[]).await, grpc_server(&[]).await);
+    let upstream = format!(
+        "url = \"http://127.0.0.1:{}\"\nprotocol = \"h2c\"\n\
+         endpoints = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n\
+         health_check = {{ grpc_service = \"test.Echo\", interval = \"200ms\", timeout = \"200ms\", \
+         unhealthy_threshold = 1, healthy_threshold = 1 }}",
+        a.port, a.port, b.port
+    );
+    let gw = Gateway::start(&config(&idp, &upstream, "")).await;
+    wait_ready(&gw).await;
+    let target = gw.addr.to_string();
+    let (at_a, at_b) = (
+        format!("127.0.0.1:{}", a.port),
+        format!("127.0.0.1:{}", b.port),
+    );
+    // Each instance's calls so far, less the asking calls (each asking call counts itself).
+    let asked = std::sync::atomic::AtomicU64::new(0);
+    let counts = || async {
+        let n = asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let a = control(&["count", &at_a], None).await["count"]
+            .as_u64()
+            .unwrap();
+        let b = control(&["count", &at_b], None).await["count"]
+            .as_u64()
+            .unwrap();
+        (a - n, b - n)
+    };
+    let calls = |n: &'static str| {
+        let (target, read) = (target.clone(), read.clone());
+        async move { control(&["calls", &target, n], Some(&read)).await }
+    };
+    let healthy = |want: f64| {
+        let (gw, at_b) = (&gw, at_b.clone());
+        async move {
+            let waited = std::time::Instant::now();
+            loop {
+                let m = gw.metrics().await;
+                let series = format!(
+                    "bearward_upstream_endpoint_healthy{{upstream=\"grpc\",endpoint=\"{at_b}\"}}"
+                );
+                if metric(&m, &series) == want {
+                    return m;
+                }
+                assert!(
+                    waited.elapsed() < Duration::from_secs(10),
+                    "never {want}: {m}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    healthy(1.0).await;
+    let before = counts().await;
+    assert_eq!(calls("20").await, json!({"OK": 20}));
+    let after = counts().await;
+    assert_eq!((after.0 - before.0, after.1 - before.1), (10, 10), "spread");
+
+    control(&["health", &at_b, "test.Echo", "NOT_SERVING"], None).await;
+    let m = healthy(0.0).await;
+    let failed = format!("bearward_upstream_health_check_failures_total{{upstream=\"grpc\",endpoint=\"{at_b}\",reason=\"grpc_not_serving\"}}");
+    assert!(metric(&m, &failed) >= 1.0, "{m}");
+    let before = counts().await;
+    assert_eq!(calls("20").await, json!({"OK": 20}));
+    let after = counts().await;
+    assert_eq!((after.0 - before.0, after.1 - before.1), (20, 0), "b out");
+
+    control(&["health", &at_b, "test.Echo", "SERVING"], None).await;
+    healthy(1.0).await;
+    let before = counts().await;
+    assert_eq!(calls("20").await, json!({"OK": 20}));
+    let after = counts().await;
+    assert_eq!((after.0 - before.0, after.1 - before.1), (10, 10), "b back");
+}

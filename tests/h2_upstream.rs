@@ -602,3 +602,45 @@ async fn calls_spread_over_every_endpoints_connection() {
     );
     assert!((1.0..=3.0).contains(&failed), "{failed}: {m}");
 }
+
+/// An HTTP/2 upstream's `health_check` with a `path` asks over HTTP/2: the live endpoint is
+/// asked `GET /healthz` as HTTP/2 and stays in; one that takes no connection goes out.
+#[tokio::test]
+async fn an_h2_upstreams_health_check_asks_over_http2() {
+    let a = H2Upstream::start(Options::default()).await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let gw = Gateway::start(&config(
+        a.addr,
+        "h2c",
+        &format!(
+            "endpoints = [\"{}\", \"{dead}\"]\n\
+             health_check = {{ path = \"/healthz\", interval = \"200ms\", timeout = \"200ms\" }}",
+            a.addr
+        ),
+    ))
+    .await;
+    let series = |at: SocketAddr| {
+        format!("bearward_upstream_endpoint_healthy{{upstream=\"app\",endpoint=\"{at}\"}}")
+    };
+    let waited = std::time::Instant::now();
+    let m = loop {
+        let m = gw.metrics().await;
+        if metric(&m, &series(dead)) == 0.0 {
+            break m;
+        }
+        assert!(waited.elapsed() < Duration::from_secs(10), "{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(metric(&m, &series(a.addr)), 1.0, "{m}");
+    let got = a.got();
+    let check = got.iter().find(|g| g.path == "/healthz").expect("asked");
+    assert_eq!(check.version, http::Version::HTTP_2);
+    assert_eq!(check.headers["user-agent"], "bearward-health-check");
+    assert!(
+        metric(&m, &format!("bearward_upstream_health_check_failures_total{{upstream=\"app\",endpoint=\"{dead}\",reason=\"upstream_unreachable\"}}")) >= 2.0,
+        "{m}"
+    );
+}

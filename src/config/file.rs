@@ -1140,13 +1140,17 @@ pub(super) struct UpstreamFile {
     /// healthy_threshold = 2 }`. Every `interval` (100 ms to 1 h, default 5 s) each endpoint is
     /// asked `GET path` over a new connection (TLS as for requests, `Host` the `url`'s,
     /// `Connection: close`); a 2xx or 3xx head within `timeout` (default 2 s, at most the
-    /// interval) passes, anything else fails. After `unhealthy_threshold` failures in a row
+    /// interval) passes, anything else fails. An HTTP/2 upstream is asked over HTTP/2, and a
+    /// gRPC one may be asked with gRPC's health protocol instead: `grpc_service = "pkg.Svc"`
+    /// in place of `path` (`""` for the server as a whole) calls `grpc.health.v1.Health/Check`,
+    /// which passes on `SERVING` only (what Envoy's `grpc_health_check` and Kubernetes' gRPC
+    /// probes ask). After `unhealthy_threshold` failures in a row
     /// (1 to 10, default 2) the endpoint leaves the rotation until `healthy_threshold` passes
     /// in a row (1 to 10, default 2) bring it back; while every endpoint is out all are tried,
     /// as with `endpoint_fail_timeout`. Endpoints start in, and a reload starts the checks
     /// afresh. Checks begin when bearward starts and go on without requests; `bearward_upstream_endpoint_healthy` shows
     /// each endpoint's state and `bearward_upstream_health_check_failures_total` why checks
-    /// failed. HTTP/1 upstreams only (`protocol = "http1"`)
+    /// failed
     pub health_check: Option<Spanned<HealthCheckFile>>,
 }
 
@@ -1154,7 +1158,8 @@ pub(super) struct UpstreamFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct HealthCheckFile {
-    pub path: Spanned<String>,
+    pub path: Option<Spanned<String>>,
+    pub grpc_service: Option<Spanned<String>>,
     pub interval: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub unhealthy_threshold: Option<Spanned<u64>>,

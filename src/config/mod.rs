@@ -255,14 +255,34 @@ pub struct UpstreamConfig {
 /// `[upstreams.NAME] health_check`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
-    /// The request head sent to each endpoint, whole: `GET path`, the upstream's `Host`,
-    /// `Connection: close`.
-    pub request: Vec<u8>,
-    pub path: String,
+    pub asks: HealthAsk,
+    /// Over HTTP/2 (the upstream's `protocol`), else HTTP/1.1.
+    pub h2: bool,
+    /// `:scheme` and `Host`/`:authority`: the upstream `url`'s.
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
     pub interval: Duration,
     pub timeout: Duration,
     pub unhealthy_threshold: u32,
     pub healthy_threshold: u32,
+}
+
+/// What a health check asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthAsk {
+    /// `GET path`: a 2xx or 3xx passes.
+    Path(String),
+    /// `grpc.health.v1.Health/Check` for this service: `SERVING` passes.
+    Grpc(String),
+}
+
+impl std::fmt::Display for HealthAsk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HealthAsk::Path(p) => write!(f, "GET {p}"),
+            HealthAsk::Grpc(s) => write!(f, "grpc.health.v1 {s:?}"),
+        }
+    }
 }
 
 /// What an upstream's answers have changed on their way to the client.

@@ -6,6 +6,16 @@ test needs no generated code.
 
     service.py serve [--tls CERT KEY] [--max-age-ms N]  # prints "PORT n", serves until killed
     service.py check TARGET [--ca CA]                   # runs the checks, prints one JSON object
+    service.py health TARGET SERVICE SERVING|NOT_SERVING  # sets what the server's health says
+    service.py calls TARGET N                           # N unary calls (TOKEN_READ), then
+                                                        # prints the codes as JSON
+    service.py count TARGET                             # prints the server's own call count,
+                                                        # this asking call included
+
+The server also serves gRPC's health protocol (`grpc.health.v1.Health/Check`, the messages
+encoded by hand: `HealthCheckRequest.service` is field 1, a string; `HealthCheckResponse.status`
+field 1, SERVING = 1, NOT_SERVING = 2; a service it does not know is NOT_FOUND, as grpcio's own
+health servicer answers). `test.Echo` and "" start SERVING; `test.Control/SetHealth` changes one.
 
 `check` reads tokens from the environment: TOKEN_READ (scope `read`), TOKEN_OTHER (another
 scope). The server's `--max-age-ms` is gRPC's own `grpc.max_connection_age_ms`: it sends GOAWAY
@@ -53,6 +63,25 @@ def upload(request_iterator, context):
     return str(total).encode()
 
 
+HEALTH = {"": 1, "test.Echo": 1}
+
+
+def health_check(request, context):
+    # HealthCheckRequest: field 1 (tag 0x0a), a length-delimited string; absent is "".
+    service = ""
+    if request[:1] == b"\x0a":
+        service = request[2 : 2 + request[1]].decode()
+    if service not in HEALTH:
+        context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+    return bytes([0x08, HEALTH[service]])
+
+
+def set_health(request, context):
+    service, status = request.decode().split("=")
+    HEALTH[service] = {"SERVING": 1, "NOT_SERVING": 2}[status]
+    return b"ok"
+
+
 def fail(request, context):
     counted()
     context.set_trailing_metadata((("x-why", "test"),))
@@ -72,6 +101,10 @@ def serve(args):
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", handlers),))
+    server.add_generic_rpc_handlers((
+        grpc.method_handlers_generic_handler("grpc.health.v1.Health", {"Check": grpc.unary_unary_rpc_method_handler(health_check)}),
+        grpc.method_handlers_generic_handler("test.Control", {"SetHealth": grpc.unary_unary_rpc_method_handler(set_health)}),
+    ))
     if "--tls" in args:
         i = args.index("--tls")
         cert, key = open(args[i + 1], "rb").read(), open(args[i + 2], "rb").read()
@@ -153,8 +186,29 @@ def check(args):
     print(json.dumps(out), flush=True)
 
 
+def control(args):
+    channel = grpc.insecure_channel(args[1])
+    raw = dict(request_serializer=None, response_deserializer=None)
+    if args[0] == "health":
+        channel.unary_unary("/test.Control/SetHealth", **raw)(f"{args[2]}={args[3]}".encode(), timeout=10)
+        print("{}", flush=True)
+    elif args[0] == "count":
+        # The count includes the asking call itself.
+        print(json.dumps({"count": int(channel.unary_unary("/test.Echo/Unary", **raw)(b"count", timeout=10))}), flush=True)
+    else:
+        call = channel.unary_unary("/test.Echo/Unary", **raw)
+        read = (("authorization", "Bearer " + os.environ["TOKEN_READ"]),)
+        codes = {}
+        for i in range(int(args[2])):
+            code = outcome(lambda: call.with_call(b"%d" % i, metadata=read, timeout=10))[0]
+            codes[code] = codes.get(code, 0) + 1
+        print(json.dumps(codes), flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve(sys.argv[2:])
-    else:
+    elif sys.argv[1] == "check":
         check(sys.argv[2:])
+    else:
+        control(sys.argv[1:])

@@ -167,39 +167,55 @@ fn response_headers(
     Some(Box::new(rules))
 }
 
-/// `health_check`: an origin-form path, and times and thresholds within bounds.
+/// `health_check`: an origin-form path or a gRPC service name, and times and thresholds
+/// within bounds.
 fn health_check(
     cx: &mut Ctx<'_>,
     u: &UpstreamFile,
-    authority: &http::uri::Authority,
+    (scheme, authority): (&http::uri::Scheme, &http::uri::Authority),
     protocol: Protocol,
     key: &dyn Fn(&str) -> String,
 ) -> Option<HealthCheck> {
-    let h = u.health_check.as_ref()?;
+    let whole = u.health_check.as_ref()?;
     let at = |k: &str| key(&format!("health_check.{k}"));
-    if protocol != Protocol::Http1 {
-        cx.err(
-            h.span(),
-            &key("health_check"),
-            "checks are HTTP/1 requests: an HTTP/2 upstream (protocol) cannot take them",
-        );
-        return None;
-    }
-    let h = h.get_ref();
-    let path = h.path.get_ref();
-    // What goes on the request line: a path and query of visible ASCII, nothing to split it.
-    let fine =
-        path.starts_with('/') && path.bytes().all(|b| b.is_ascii_graphic()) && path.len() <= 1024;
-    if !fine {
-        cx.err(
-            h.path.span(),
-            &at("path"),
-            format!(
-                "{path:?} is not an origin-form path (starting with /, no spaces or control bytes)"
-            ),
-        );
-        return None;
-    }
+    let h = whole.get_ref();
+    let asks = match (&h.path, &h.grpc_service) {
+        (Some(path), None) => {
+            let p = path.get_ref();
+            // What goes on the request line: a path and query of visible ASCII, nothing to
+            // split it.
+            let fine =
+                p.starts_with('/') && p.bytes().all(|b| b.is_ascii_graphic()) && p.len() <= 1024;
+            if !fine {
+                let why =
+                    "is not an origin-form path (starting with /, no spaces or control bytes)";
+                cx.err(path.span(), &at("path"), format!("{p:?} {why}"));
+                return None;
+            }
+            HealthAsk::Path(p.clone())
+        }
+        (None, Some(service)) => {
+            let s = service.get_ref();
+            if protocol == Protocol::Http1 {
+                let why = "gRPC health checks go over HTTP/2: set the upstream's protocol to \"h2c\" or \"h2\"";
+                cx.err(service.span(), &at("grpc_service"), why);
+                return None;
+            }
+            let name = |b: u8| b.is_ascii_alphanumeric() || b == b'.' || b == b'_';
+            if s.len() > 256 || !s.bytes().all(name) {
+                let why =
+                    "is not a gRPC service name (\"package.Service\", or \"\" for the server)";
+                cx.err(service.span(), &at("grpc_service"), format!("{s:?} {why}"));
+                return None;
+            }
+            HealthAsk::Grpc(s.clone())
+        }
+        _ => {
+            let why = "give one of path (an HTTP check) and grpc_service (gRPC's health protocol)";
+            cx.err(whole.span(), &key("health_check"), why);
+            return None;
+        }
+    };
     let interval = cx.duration(
         &h.interval,
         &at("interval"),
@@ -222,14 +238,11 @@ fn health_check(
     };
     let unhealthy_threshold = threshold(cx, &h.unhealthy_threshold, "unhealthy_threshold");
     let healthy_threshold = threshold(cx, &h.healthy_threshold, "healthy_threshold");
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: bearward-health-check\r\n\
-         Connection: close\r\n\r\n"
-    )
-    .into_bytes();
     Some(HealthCheck {
-        request,
-        path: path.clone(),
+        asks,
+        h2: protocol != Protocol::Http1,
+        scheme: scheme.clone(),
+        authority: authority.clone(),
         interval,
         timeout,
         unhealthy_threshold,
@@ -396,7 +409,7 @@ pub(super) fn upstream(
     let endpoints = endpoints(cx, u, &scheme, &authority, &key("endpoints"));
     let set_headers = set_headers(cx, u, server, &identity_assertion, &key);
     let response_headers = response_headers(cx, u, server, &key);
-    let health_check = health_check(cx, u, &authority, protocol, &key);
+    let health_check = health_check(cx, u, (&scheme, &authority), protocol, &key);
     UpstreamConfig {
         health_check,
         set_headers,
