@@ -612,10 +612,9 @@ async fn requests_rotate_over_endpoints_and_skip_one_that_is_down() {
     use std::sync::atomic::Ordering::SeqCst;
     let a = Upstream::start().await;
     let (b, b_hits, b_task) = closing_instance().await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // Refuses connections for as long as it lives; nothing else can take the port.
+    let closed = ClosedPort::new();
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", closed.port).parse().unwrap();
     let cfg = basic_config(&a.url(), "").replacen(
         "request_timeout = \"500ms\"",
         &format!(

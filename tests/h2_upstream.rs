@@ -570,10 +570,9 @@ async fn calls_spread_over_every_endpoints_connection() {
         H2Upstream::start(Options::default()).await,
         H2Upstream::start(Options::default()).await,
     );
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // Refuses connections for as long as it lives; nothing else can take the port.
+    let closed = ClosedPort::new();
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", closed.port).parse().unwrap();
     let gw = Gateway::start(&config(
         a.addr,
         "h2c",
@@ -608,10 +607,9 @@ async fn calls_spread_over_every_endpoints_connection() {
 #[tokio::test]
 async fn an_h2_upstreams_health_check_asks_over_http2() {
     let a = H2Upstream::start(Options::default()).await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // Refuses connections for as long as it lives; nothing else can take the port.
+    let closed = ClosedPort::new();
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", closed.port).parse().unwrap();
     let gw = Gateway::start(&config(
         a.addr,
         "h2c",
