@@ -322,6 +322,7 @@ pub struct Metrics {
     connect_failures: Family<EndpointLabels, Counter>,
     endpoint_healthy: Family<EndpointOnlyLabels, Gauge>,
     health_check_failures: Family<EndpointLabels, Counter>,
+    upstream_retries: Family<EndpointOnlyLabels, Counter>,
     token_cache: Outcomes,
     key_lookups: Outcomes,
     token_cache_entries: Gauge,
@@ -403,6 +404,7 @@ impl Metrics {
             connect_failures: Family::default(),
             endpoint_healthy: Family::default(),
             health_check_failures: Family::default(),
+            upstream_retries: Family::default(),
             token_cache: Outcomes::new("hit", "miss"),
             key_lookups: Outcomes::new("hit", "miss"),
             token_cache_entries: Gauge::default(),
@@ -466,6 +468,11 @@ impl Metrics {
             "upstream_endpoint_healthy",
             "1 while an upstream endpoint passes its health_check, 0 while it is out of the rotation for failing it",
             m.endpoint_healthy.clone(),
+        );
+        registry.register(
+            "upstream_retries",
+            "Requests a new connection to an upstream endpoint closed without an answer, sent on to the next endpoint, by upstream and the endpoint that failed them",
+            m.upstream_retries.clone(),
         );
         registry.register(
             "upstream_health_check_failures",
@@ -875,6 +882,15 @@ impl Metrics {
                 endpoint: endpoint.to_owned(),
             })
             .set(i64::from(healthy));
+    }
+
+    pub fn upstream_retry(&self, upstream: &str, endpoint: &str) {
+        self.upstream_retries
+            .get_or_create(&EndpointOnlyLabels {
+                upstream: upstream.to_owned(),
+                endpoint: endpoint.to_owned(),
+            })
+            .inc();
     }
 
     pub fn health_check_failure(&self, upstream: &str, endpoint: &str, reason: &'static str) {

@@ -573,6 +573,21 @@ async fn closing_instance() -> (
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
     tokio::task::JoinHandle<()>,
 ) {
+    counting_instance(Some(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\nB",
+    ))
+    .await
+}
+
+/// An instance that reads one request head per connection, counts it, writes `answer` (if
+/// any) and closes.
+async fn counting_instance(
+    answer: Option<&'static [u8]>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -593,11 +608,9 @@ async fn closing_instance() -> (
                     }
                 }
                 counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let _ = s
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\nB",
-                    )
-                    .await;
+                if let Some(answer) = answer {
+                    let _ = s.write_all(answer).await;
+                }
             });
         }
     });
@@ -955,4 +968,69 @@ async fn a_reload_stops_and_starts_health_checks() {
     );
     live.apply(parse(&with));
     assert!(grows().await, "checks back");
+}
+
+/// An instance that takes connections and drops requests unanswered: a request it could not
+/// have acted on twice (GET, DELETE without a body) goes on to the next endpoint and is
+/// answered; a POST is not sent again (the instance may have acted on it) and is a 502.
+#[tokio::test]
+async fn an_idempotent_request_dropped_by_one_endpoint_goes_to_the_next() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let a = Upstream::start().await;
+    // Reads each request head, counts it, and closes without a byte of answer.
+    let (dropper, heads, _task) = counting_instance(None).await;
+    let cfg = basic_config(&a.url(), "").replacen(
+        "request_timeout = \"500ms\"",
+        &format!(
+            "request_timeout = \"500ms\"\nendpoints = [\"{dropper}\", \"{}\"]",
+            a.addr
+        ),
+        1,
+    );
+    let gw = Gateway::start(&cfg).await;
+    let c = client();
+    for i in 0..6 {
+        let r = get(&c, &gw.url(&format!("/public/get/{i}")), &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "GET {i}");
+        let r = send(
+            &c,
+            "DELETE",
+            &gw.url(&format!("/public/delete/{i}")),
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "DELETE {i}");
+    }
+    assert_eq!(a.count(), 12, "every one answered by a");
+    let dropped = heads.load(SeqCst);
+    assert!(dropped >= 1, "the dropper was tried");
+    let m = gw.metrics().await;
+    let retried = metric(
+        &m,
+        &format!("bearward_upstream_retries_total{{upstream=\"app\",endpoint=\"{dropper}\"}}"),
+    );
+    assert_eq!(retried, dropped as f64, "{m}");
+    // POSTs, until one lands on the dropper: that one is a 502 and reached it once.
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let before = heads.load(SeqCst);
+        let r = send(
+            &c,
+            "POST",
+            &gw.url(&format!("/public/post/{i}")),
+            &[],
+            "x=1",
+        )
+        .await;
+        statuses.push(r.status.as_u16());
+        if heads.load(SeqCst) > before {
+            assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+            assert_eq!(heads.load(SeqCst), before + 1, "sent once");
+        }
+    }
+    assert!(
+        statuses.contains(&502) && statuses.contains(&200),
+        "{statuses:?}"
+    );
 }

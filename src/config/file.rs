@@ -962,7 +962,10 @@ pub(super) struct UpstreamFile {
     /// one that refuses a connection or does not answer within `connect_timeout` is left out for
     /// `endpoint_fail_timeout` and the request goes to the next (nothing was sent; at most three
     /// endpoints per request), and when all are out, all are tried (Envoy's panic threshold)
-    /// rather than none. An HTTP/2 upstream (`protocol`: gRPC) keeps one connection to each
+    /// rather than none. A request that a new connection to one endpoint ends without a byte
+    /// of answer goes on to the next when sending it twice is safe (nothing was sent, or it is
+    /// idempotent without a body: nginx's `proxy_next_upstream error`), counted in
+    /// `bearward_upstream_retries_total`; a POST is a 502. An HTTP/2 upstream (`protocol`: gRPC) keeps one connection to each
     /// endpoint and sends each request over the rotation's next, so calls spread over the
     /// instances rather than riding one connection to one of them. Without a port, the `url`'s
     /// scheme's. The `url` still gives the

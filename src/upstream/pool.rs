@@ -362,6 +362,9 @@ impl Pool {
                     | Method::DELETE
             );
         let (mut conn, mut reused) = self.checkout().await?;
+        // Fresh connections that failed the request on other endpoints (nginx's
+        // `proxy_next_upstream error`): at most MAX_TRIES endpoints in all.
+        let mut moved = 0;
         let resp = loop {
             let exchange = exchange(
                 &mut conn,
@@ -371,15 +374,34 @@ impl Pool {
                 &method,
                 self.stall_timeout,
             );
-            match exchange.await {
+            let failed = match exchange.await {
                 Ok(resp) => break resp,
-                // The body is taken only once the head is written, so it is still here.
-                Err(Failure::NotSent) if reused => {}
-                Err(Failure::NoResponse) if reused && replayable => {}
                 Err(Failure::Proxy(e)) => return Err(e),
-                Err(_) => return Err(ProxyError::Unreachable),
+                Err(f) => f,
+            };
+            // The body is taken only once the head is written, so it is still here.
+            let again = match failed {
+                Failure::NotSent => true,
+                _ => replayable,
+            };
+            let endpoint = usize::from(conn.endpoint);
+            let next = if reused {
+                // A kept connection the upstream closed under us: a fresh one to the same.
+                endpoint
+            } else if again && moved + 1 < MAX_TRIES.min(self.endpoints.len()) {
+                // A fresh connection failed it: the instance is in trouble; another may not be.
+                moved += 1;
+                let name = &self.endpoints[endpoint].addr;
+                tracing::warn!(upstream = %self.name, endpoint = %name, "upstream endpoint closed a new connection without answering; the request goes to the next");
+                self.metrics.upstream_retry(&self.name, name);
+                (endpoint + 1) % self.endpoints.len()
+            } else {
+                return Err(ProxyError::Unreachable);
+            };
+            if !again {
+                return Err(ProxyError::Unreachable);
             }
-            conn = self.connect(usize::from(conn.endpoint)).await?;
+            conn = self.connect(next).await?;
             reused = false;
         };
         let state = match resp.framing {
