@@ -206,6 +206,11 @@ struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AbortLabels {
     upstream: String,
     reason: &'static str,
@@ -323,6 +328,7 @@ pub struct Metrics {
     endpoint_healthy: Family<EndpointOnlyLabels, Gauge>,
     health_check_failures: Family<EndpointLabels, Counter>,
     upstream_retries: Family<EndpointOnlyLabels, Counter>,
+    upstream_in_flight: Family<UpstreamLabels, Gauge>,
     token_cache: Outcomes,
     key_lookups: Outcomes,
     token_cache_entries: Gauge,
@@ -405,6 +411,7 @@ impl Metrics {
             endpoint_healthy: Family::default(),
             health_check_failures: Family::default(),
             upstream_retries: Family::default(),
+            upstream_in_flight: Family::default(),
             token_cache: Outcomes::new("hit", "miss"),
             key_lookups: Outcomes::new("hit", "miss"),
             token_cache_entries: Gauge::default(),
@@ -468,6 +475,11 @@ impl Metrics {
             "upstream_endpoint_healthy",
             "1 while an upstream endpoint passes its health_check, 0 while it is out of the rotation for failing it",
             m.endpoint_healthy.clone(),
+        );
+        registry.register(
+            "upstream_requests_in_flight",
+            "Requests in flight to an upstream with max_requests, by upstream",
+            m.upstream_in_flight.clone(),
         );
         registry.register(
             "upstream_retries",
@@ -882,6 +894,15 @@ impl Metrics {
                 endpoint: endpoint.to_owned(),
             })
             .set(i64::from(healthy));
+    }
+
+    /// The gauge of an upstream's requests in flight (`max_requests`).
+    pub fn upstream_in_flight(&self, upstream: &str) -> Gauge {
+        self.upstream_in_flight
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_owned(),
+            })
+            .clone()
     }
 
     pub fn upstream_retry(&self, upstream: &str, endpoint: &str) {

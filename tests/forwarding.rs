@@ -1034,3 +1034,72 @@ async fn an_idempotent_request_dropped_by_one_endpoint_goes_to_the_next() {
         "{statuses:?}"
     );
 }
+
+/// `max_requests`: past the limit a request waits up to `queue_timeout` for a place, and is
+/// sent only when it has one; one that finds none in time gets 503 with `Retry-After`, and the
+/// upstream never sees it.
+#[tokio::test]
+async fn an_upstreams_max_requests_queue_and_then_refuse() {
+    let up = Upstream::start().await;
+    let with = |lines: &str| {
+        basic_config(&up.url(), "").replacen(
+            "request_timeout = \"500ms\"",
+            &format!("request_timeout = \"5s\"\n{lines}"),
+            1,
+        )
+    };
+    let c = client();
+    let in_flight = |m: &str| metric(m, "bearward_upstream_requests_in_flight{upstream=\"app\"}");
+
+    // Two places, a short queue: a third request while both are taken is refused.
+    let gw = Gateway::start(&with("max_requests = 2\nqueue_timeout = \"100ms\"")).await;
+    let slow: Vec<_> = (0..2)
+        .map(|i| {
+            let (c, url) = (c.clone(), gw.url(&format!("/public/{i}/slow")));
+            tokio::spawn(async move { get(&c, &url, &[]).await.status })
+        })
+        .collect();
+    while up.count() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(in_flight(&gw.metrics().await), 2.0);
+    let a = get(&c, &gw.url("/public/third"), &[]).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+    assert_eq!(a.headers["retry-after"], "1");
+    assert_eq!(up.count(), 2, "the refused request was not sent");
+    for s in slow {
+        assert_eq!(s.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(
+        get(&c, &gw.url("/public/after"), &[]).await.status,
+        StatusCode::OK
+    );
+    let m = gw.metrics().await;
+    assert_eq!(in_flight(&m), 0.0, "{m}");
+    assert_eq!(
+        metric(&m, "bearward_requests_total{route=\"/public*\",status=\"503\",decision=\"error\",reason=\"upstream_overloaded\"}"),
+        1.0,
+        "{m}"
+    );
+
+    // One place, a long queue: the second request waits, unsent, until the first is done.
+    let before = up.count();
+    let gw = Gateway::start(&with("max_requests = 1\nqueue_timeout = \"10s\"")).await;
+    let first = {
+        let (c, url) = (c.clone(), gw.url("/public/first/slow"));
+        tokio::spawn(async move { get(&c, &url, &[]).await.status })
+    };
+    while up.count() < before + 1 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = {
+        let (c, url) = (c.clone(), gw.url("/public/second"));
+        tokio::spawn(async move { get(&c, &url, &[]).await.status })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!second.is_finished(), "answered while the place was taken");
+    assert_eq!(up.count(), before + 1, "sent while the place was taken");
+    assert_eq!(first.await.unwrap(), StatusCode::OK);
+    assert_eq!(second.await.unwrap(), StatusCode::OK);
+    assert_eq!(up.last().uri, "/public/second");
+}

@@ -990,6 +990,19 @@ pub(super) struct UpstreamFile {
     /// upstream may take none of the request (504), or send none of a response body (past it the
     /// client connection is closed)
     pub request_timeout: Option<Spanned<String>>,
+    /// Reference: `max_requests`, `queue_timeout`
+    /// Default: no limit; `"1s"`
+    ///
+    /// the most requests this upstream is sent at once (Envoy's circuit breaker `max_requests`,
+    /// HAProxy's `maxconn` with its queue), for a legacy API that falls over past a number of
+    /// concurrent requests: 1 to 100,000, counted from the request's send to the end of its
+    /// response body. One more waits, in arrival order, up to `queue_timeout` (0 to 60 s; 0:
+    /// at once) for a request to finish, then gets 503 with `Retry-After: 1`, reason
+    /// `upstream_overloaded`, and nothing is sent. An upgraded connection (WebSocket) counts
+    /// until its 101. `bearward_upstream_requests_in_flight` shows the count
+    pub max_requests: Option<Spanned<u64>>,
+    /// In the reference row of `max_requests`.
+    pub queue_timeout: Option<Spanned<String>>,
     /// Reference: `idle_timeout`
     /// Default: `"90s"`
     ///

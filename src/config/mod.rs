@@ -250,6 +250,9 @@ pub struct UpstreamConfig {
     pub response_headers: Option<Box<ResponseHeaders>>,
     /// `health_check`: active checks of each endpoint.
     pub health_check: Option<HealthCheck>,
+    /// `max_requests` and `queue_timeout`: the most requests in flight to this upstream, and
+    /// how long one more waits for a place.
+    pub max_requests: Option<(usize, Duration)>,
 }
 
 /// `[upstreams.NAME] health_check`, validated.

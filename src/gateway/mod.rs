@@ -49,7 +49,7 @@ use crate::request::ledger::ConnLedger;
 use crate::routes::Route;
 use crate::telemetry::{Metrics, RouteSeries, ALLOWED};
 use crate::trace;
-use crate::upstream::{RequestTimer, Upstreams};
+use crate::upstream::{ProxyError, RequestTimer, Upstreams};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};
 use std::net::SocketAddr;
@@ -925,7 +925,13 @@ impl Gateway {
             Err(e) => {
                 client_span.end(Err(e.reason()));
                 let request_id = out.request_id.as_ref().and_then(|v| v.to_str().ok());
-                tracing::warn!(upstream = %upstream.name, authority = %upstream.authority, reason = e.reason(), request_id, "upstream request failed");
+                if e == ProxyError::Overloaded {
+                    // One line per refused request would flood the log in the overload it
+                    // guards against; the metrics count them by reason.
+                    tracing::debug!(upstream = %upstream.name, request_id, "upstream at max_requests; refused");
+                } else {
+                    tracing::warn!(upstream = %upstream.name, authority = %upstream.authority, reason = e.reason(), request_id, "upstream request failed");
+                }
                 Err(Rejection::Proxy(e))
             }
         }

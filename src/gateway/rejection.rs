@@ -233,7 +233,7 @@ impl Rejection {
             Rejection::PdpUnavailable | Rejection::ExchangeUnavailable => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
-            Rejection::Overloaded => {
+            Rejection::Overloaded | Rejection::Proxy(ProxyError::Overloaded) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

@@ -26,6 +26,9 @@ pub enum ProxyError {
     /// The TLS handshake with an `https` upstream failed (its certificate did not verify, or
     /// it speaks no TLS bearward accepts).
     Tls,
+    /// The upstream's `max_requests` were in flight for all of `queue_timeout`: 503, sent
+    /// nowhere.
+    Overloaded,
 }
 
 impl ProxyError {
@@ -45,6 +48,7 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::ConnectTimeout | ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ClientBody => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -62,6 +66,7 @@ impl ProxyError {
             ProxyError::BodyTimeout => "client_body_timeout",
             ProxyError::ClientBody => "client_body_invalid",
             ProxyError::BodyTooLarge => "body_too_large",
+            ProxyError::Overloaded => "upstream_overloaded",
         }
     }
 }

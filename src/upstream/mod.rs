@@ -40,6 +40,11 @@ pub struct Upstreams {
 
 struct UpstreamClient {
     config: UpstreamConfig,
+    /// `max_requests`: a place for each request in flight, and the gauge that counts them.
+    limit: Option<(
+        Arc<tokio::sync::Semaphore>,
+        prometheus_client::metrics::gauge::Gauge,
+    )>,
     pool: Arc<Pool>,
     /// `protocol = "h2c"` or `"h2"`: the multiplexed connection, made over `pool`'s sockets.
     h2: Option<h2::H2Client>,
@@ -54,6 +59,10 @@ impl Upstreams {
             .map(|u| {
                 let pool = Pool::new(u, metrics.clone());
                 UpstreamClient {
+                    limit: u.max_requests.map(|(n, _)| {
+                        let gauge = metrics.upstream_in_flight(&u.name);
+                        (Arc::new(tokio::sync::Semaphore::new(n)), gauge)
+                    }),
                     config: u.clone(),
                     h2: (u.protocol != crate::config::Protocol::Http1)
                         .then(|| h2::H2Client::new(u, pool.clone())),
@@ -95,6 +104,11 @@ impl Upstreams {
     ) -> Result<(Response<Body>, Duration), ProxyError> {
         let up = &self.clients[idx];
         let start = Instant::now();
+        // Boxed, and only for an upstream with `max_requests`: the others pay one branch.
+        let place = match &up.limit {
+            None => None,
+            Some(limit) => Some(Box::pin(wait_for_place(limit, &up.config)).await?),
+        };
         // gRPC's deadline (`grpc-timeout`) caps the wait: past it the client has given up. Only
         // HTTP/2 upstreams carry gRPC, so HTTP/1 requests skip the lookup.
         let deadline = up.h2.as_ref().and_then(|_| grpc_timeout(req.headers()));
@@ -151,6 +165,16 @@ impl Upstreams {
         };
         let elapsed = start.elapsed();
         let (resp, upgraded) = result?;
+        // The place is given back when the response body ends (or, upgraded, now).
+        let resp = match place {
+            Some(place) if upgraded.is_none() => resp.map(|inner| {
+                body::boxed(Placed {
+                    inner,
+                    _place: place,
+                })
+            }),
+            _ => resp,
+        };
         if let (Some(mut upstream), Some(client_upgrade)) = (upgraded, client_upgrade) {
             let idle = up.config.tunnel_idle_timeout;
             tokio::spawn(async move {
@@ -165,6 +189,69 @@ impl Upstreams {
             });
         }
         Ok((resp, elapsed))
+    }
+}
+
+/// A request's place among an upstream's `max_requests`; given back when dropped.
+struct Place {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// A place among `max_requests`, waited for in arrival order up to `queue_timeout`.
+async fn wait_for_place(
+    (limit, gauge): &(
+        Arc<tokio::sync::Semaphore>,
+        prometheus_client::metrics::gauge::Gauge,
+    ),
+    config: &UpstreamConfig,
+) -> Result<Place, ProxyError> {
+    let queue = config.max_requests.map_or(Duration::ZERO, |(_, q)| q);
+    let permit = match limit.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) if queue.is_zero() => return Err(ProxyError::Overloaded),
+        Err(_) => tokio::time::timeout(queue, limit.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or(ProxyError::Overloaded)?,
+    };
+    gauge.inc();
+    Ok(Place {
+        _permit: permit,
+        gauge: gauge.clone(),
+    })
+}
+
+/// A response body that holds its request's place among `max_requests` until it ends.
+struct Placed {
+    inner: Body,
+    _place: Place,
+}
+
+impl http_body::Body for Placed {
+    type Data = bytes::Bytes;
+    type Error = body::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

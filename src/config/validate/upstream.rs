@@ -410,7 +410,27 @@ pub(super) fn upstream(
     let set_headers = set_headers(cx, u, server, &identity_assertion, &key);
     let response_headers = response_headers(cx, u, server, &key);
     let health_check = health_check(cx, u, (&scheme, &authority), protocol, &key);
+    let queue_timeout = cx.duration(
+        &u.queue_timeout,
+        &key("queue_timeout"),
+        Duration::from_secs(1),
+        (Duration::ZERO, Duration::from_secs(60)),
+    );
+    if let (Some(q), None) = (&u.queue_timeout, &u.max_requests) {
+        cx.err(
+            q.span(),
+            &key("queue_timeout"),
+            "only applies with max_requests",
+        );
+    }
+    let max_requests = u.max_requests.is_some().then(|| {
+        (
+            cx.size(&u.max_requests, &key("max_requests"), 1, 1, 100_000),
+            queue_timeout,
+        )
+    });
     UpstreamConfig {
+        max_requests,
         health_check,
         set_headers,
         response_headers,
