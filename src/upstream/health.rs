@@ -81,10 +81,10 @@ impl Streak {
 async fn run(weak: Weak<Pool>, check: HealthCheck) {
     let mut streaks = match weak.upgrade() {
         Some(pool) => {
-            for (i, _) in pool.endpoint_addrs().enumerate() {
+            for i in 0..pool.endpoint_count() {
                 pool.set_unhealthy(i, false);
             }
-            vec![Streak::default(); pool.endpoint_addrs().count()]
+            vec![Streak::default(); pool.endpoint_count()]
         }
         None => return,
     };
@@ -96,7 +96,7 @@ async fn run(weak: Weak<Pool>, check: HealthCheck) {
         let probes = (0..streaks.len()).map(|i| probe(&pool, i, &check));
         let results = futures_util::future::join_all(probes).await;
         for ((i, streak), result) in streaks.iter_mut().enumerate().zip(results) {
-            let endpoint = pool.endpoint_addrs().nth(i).unwrap_or("-");
+            let endpoint = pool.endpoint_addr(i);
             if let Err(reason) = result {
                 pool.metrics()
                     .health_check_failure(pool.name(), endpoint, reason);

@@ -109,6 +109,12 @@ impl Upstreams {
             None => None,
             Some(limit) => Some(Box::pin(wait_for_place(limit, &up.config)).await?),
         };
+        // The upstream's time starts once the request has a place; a client's gRPC deadline
+        // counts the wait for one too.
+        let sent = match place {
+            Some(_) => Instant::now(),
+            None => start,
+        };
         // gRPC's deadline (`grpc-timeout`) caps the wait: past it the client has given up. Only
         // HTTP/2 upstreams carry gRPC, so HTTP/1 requests skip the lookup.
         let deadline = up.h2.as_ref().and_then(|_| grpc_timeout(req.headers()));
@@ -163,7 +169,7 @@ impl Upstreams {
                 timer.run(timeout, fut).await.ok_or(ProxyError::Timeout)?
             }
         };
-        let elapsed = start.elapsed();
+        let elapsed = sent.elapsed();
         let (resp, upgraded) = result?;
         // The place is given back when the response body ends (or, upgraded, now).
         let resp = match place {

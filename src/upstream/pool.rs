@@ -161,9 +161,9 @@ impl Pool {
         e.out_until.load(Ordering::Relaxed) > now || e.unhealthy.load(Ordering::Relaxed)
     }
 
-    /// How many endpoints the upstream has, and each one's address.
-    pub(super) fn endpoint_addrs(&self) -> impl Iterator<Item = &str> {
-        self.endpoints.iter().map(|e| e.addr.as_str())
+    /// An endpoint's address, as configured.
+    pub(super) fn endpoint_addr(&self, endpoint: usize) -> &str {
+        &self.endpoints[endpoint].addr
     }
 
     /// The health checks' verdict on an endpoint: out of the rotation (or back in).
@@ -385,22 +385,20 @@ impl Pool {
                 _ => replayable,
             };
             let endpoint = usize::from(conn.endpoint);
-            let next = if reused {
+            let next = match (again, reused) {
+                (false, _) => return Err(ProxyError::Unreachable),
                 // A kept connection the upstream closed under us: a fresh one to the same.
-                endpoint
-            } else if again && moved + 1 < MAX_TRIES.min(self.endpoints.len()) {
+                (true, true) => endpoint,
                 // A fresh connection failed it: the instance is in trouble; another may not be.
-                moved += 1;
-                let name = &self.endpoints[endpoint].addr;
-                tracing::warn!(upstream = %self.name, endpoint = %name, "upstream endpoint closed a new connection without answering; the request goes to the next");
-                self.metrics.upstream_retry(&self.name, name);
-                (endpoint + 1) % self.endpoints.len()
-            } else {
-                return Err(ProxyError::Unreachable);
+                (true, false) if moved + 1 < MAX_TRIES.min(self.endpoints.len()) => {
+                    moved += 1;
+                    let name = &self.endpoints[endpoint].addr;
+                    tracing::warn!(upstream = %self.name, endpoint = %name, "upstream endpoint closed a new connection without answering; the request goes to the next");
+                    self.metrics.upstream_retry(&self.name, name);
+                    (endpoint + 1) % self.endpoints.len()
+                }
+                (true, false) => return Err(ProxyError::Unreachable),
             };
-            if !again {
-                return Err(ProxyError::Unreachable);
-            }
             conn = self.connect(next).await?;
             reused = false;
         };
