@@ -1103,3 +1103,55 @@ async fn an_upstreams_max_requests_queue_and_then_refuse() {
     assert_eq!(second.await.unwrap(), StatusCode::OK);
     assert_eq!(up.last().uri, "/public/second");
 }
+
+/// A reload keeps the health checks' verdicts: an endpoint they took out stays out on the new
+/// config (its checks go on from there) rather than taking requests until enough checks fail
+/// again.
+#[tokio::test]
+async fn a_reload_keeps_an_endpoint_its_checks_took_out_out() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (a, b) = (checked_instance().await, checked_instance().await);
+    // Three failures in a row, 300 ms apart: a fresh start would keep b in for 600 ms.
+    let text = basic_config(&format!("http://{}", a.addr), "").replacen(
+        "request_timeout = \"500ms\"",
+        &format!(
+            "request_timeout = \"500ms\"\nendpoints = [\"{}\", \"{}\"]\n\
+             health_check = {{ path = \"/healthz\", interval = \"300ms\", timeout = \"200ms\", \
+             unhealthy_threshold = 3, healthy_threshold = 1 }}",
+            a.addr, b.addr
+        ),
+        1,
+    );
+    let parse = |t: &str| bearward::config::Config::from_toml_str(t, "t.toml").unwrap();
+    let server = bearward::build(parse(&text)).await.unwrap();
+    let (live, addr) = (server.live(), server.local_addr().unwrap());
+    tokio::spawn(server.run(std::future::pending()));
+    b.healthy.store(false, SeqCst);
+    let waited = std::time::Instant::now();
+    let series = format!(
+        "bearward_upstream_endpoint_healthy{{upstream=\"app\",endpoint=\"{}\"}}",
+        b.addr
+    );
+    // `metric` reads an absent series as 0: the series must be there.
+    let gauge = || {
+        let m = live.metrics.render();
+        m.contains(&series).then(|| metric(&m, &series))
+    };
+    while gauge() != Some(0.0) {
+        assert!(waited.elapsed() < Duration::from_secs(5), "b never out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    live.apply(parse(&text));
+    let c = client();
+    let before = b.hits.load(SeqCst);
+    for _ in 0..10 {
+        let r = get(&c, &format!("http://{addr}/public/x"), &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    assert_eq!(
+        b.hits.load(SeqCst),
+        before,
+        "b took requests after the reload"
+    );
+    assert_eq!(gauge(), Some(0.0));
+}

@@ -1163,8 +1163,9 @@ pub(super) struct UpstreamFile {
     /// probes ask). After `unhealthy_threshold` failures in a row
     /// (1 to 10, default 2) the endpoint leaves the rotation until `healthy_threshold` passes
     /// in a row (1 to 10, default 2) bring it back; while every endpoint is out all are tried,
-    /// as with `endpoint_fail_timeout`. Endpoints start in, and a reload starts the checks
-    /// afresh. Checks begin when bearward starts and go on without requests; `bearward_upstream_endpoint_healthy` shows
+    /// as with `endpoint_fail_timeout`. Endpoints start in; a reload keeps each endpoint's
+    /// verdict where the upstream's name and endpoints stay the same. Checks begin when
+    /// bearward starts and go on without requests; `bearward_upstream_endpoint_healthy` shows
     /// each endpoint's state and `bearward_upstream_health_check_failures_total` why checks
     /// failed
     pub health_check: Option<Spanned<HealthCheckFile>>,

@@ -419,6 +419,14 @@ impl Gateway {
         self
     }
 
+    /// The gateway with the health checks' verdicts of `old`'s upstreams, where an upstream
+    /// of the same name checks the same endpoints: a reload does not send requests back to an
+    /// instance its checks took out.
+    pub fn with_health_of(self, old: &Gateway) -> Gateway {
+        self.upstreams.carry_health_of(&old.upstreams);
+        self
+    }
+
     /// The gateway with `[telemetry]`'s tracer.
     pub fn with_tracer(mut self, tracer: Option<Arc<trace::Tracer>>) -> Gateway {
         self.tracer = tracer;

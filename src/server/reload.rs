@@ -54,7 +54,8 @@ impl Live {
         // The tracer (its queue and export task) lives as long as the process.
         let next = Gateway::new(Arc::new(config), auth, self.metrics.clone())
             .with_tracer(old.tracer.clone())
-            .with_keys_of(&old);
+            .with_keys_of(&old)
+            .with_health_of(&old);
         next.start_background();
         self.current.store(Arc::new(next));
         tracing::info!(routes, "config reloaded");

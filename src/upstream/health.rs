@@ -79,13 +79,18 @@ impl Streak {
 }
 
 async fn run(weak: Weak<Pool>, check: HealthCheck) {
-    let mut streaks = match weak.upgrade() {
-        Some(pool) => {
-            for i in 0..pool.endpoint_count() {
-                pool.set_unhealthy(i, false);
-            }
-            vec![Streak::default(); pool.endpoint_count()]
-        }
+    // Endpoints start in, or as a reload's previous checks left them.
+    let mut streaks: Vec<Streak> = match weak.upgrade() {
+        Some(pool) => (0..pool.endpoint_count())
+            .map(|i| {
+                let unhealthy = pool.is_unhealthy(i);
+                pool.set_unhealthy(i, unhealthy);
+                Streak {
+                    unhealthy,
+                    ..Streak::default()
+                }
+            })
+            .collect(),
         None => return,
     };
     let mut tick = tokio::time::interval(check.interval);

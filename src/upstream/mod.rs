@@ -87,6 +87,27 @@ impl Upstreams {
         }
     }
 
+    /// Takes the health checks' verdicts from `old` for each upstream of the same name, the
+    /// same endpoints and a `health_check` in both (before [`Upstreams::start_health_checks`]).
+    pub(crate) fn carry_health_of(&self, old: &Upstreams) {
+        for up in self
+            .clients
+            .iter()
+            .filter(|u| u.config.health_check.is_some())
+        {
+            let same = old.clients.iter().find(|o| {
+                o.config.name == up.config.name
+                    && o.config.endpoints == up.config.endpoints
+                    && o.config.health_check.is_some()
+            });
+            if let Some(o) = same {
+                for i in 0..up.pool.endpoint_count() {
+                    up.pool.mark_unhealthy(i, o.pool.is_unhealthy(i));
+                }
+            }
+        }
+    }
+
     /// Upstream config by index (as routes refer to it).
     pub fn config(&self, idx: usize) -> &UpstreamConfig {
         &self.clients[idx].config

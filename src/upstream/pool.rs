@@ -168,11 +168,21 @@ impl Pool {
 
     /// The health checks' verdict on an endpoint: out of the rotation (or back in).
     pub(super) fn set_unhealthy(&self, endpoint: usize, unhealthy: bool) {
+        self.mark_unhealthy(endpoint, unhealthy);
+        self.metrics
+            .endpoint_health(&self.name, &self.endpoints[endpoint].addr, !unhealthy);
+    }
+
+    /// [`Pool::set_unhealthy`] without the gauge: a verdict carried over a reload.
+    pub(super) fn mark_unhealthy(&self, endpoint: usize, unhealthy: bool) {
         self.endpoints[endpoint]
             .unhealthy
             .store(unhealthy, Ordering::Relaxed);
-        self.metrics
-            .endpoint_health(&self.name, &self.endpoints[endpoint].addr, !unhealthy);
+    }
+
+    /// Has its `health_check` taken the endpoint out?
+    pub(super) fn is_unhealthy(&self, endpoint: usize) -> bool {
+        self.endpoints[endpoint].unhealthy.load(Ordering::Relaxed)
     }
 
     /// The metrics the pool counts into.
