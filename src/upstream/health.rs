@@ -127,7 +127,7 @@ async fn run(weak: Weak<Pool>, check: HealthCheck) {
 async fn probe(pool: &Pool, endpoint: usize, check: &HealthCheck) -> Result<(), &'static str> {
     let ask = async {
         let stream = pool
-            .open(endpoint)
+            .open(endpoint, true)
             .await
             .map_err(super::ProxyError::reason)?;
         match (&check.asks, check.h2) {

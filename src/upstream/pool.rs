@@ -246,7 +246,7 @@ impl Pool {
     /// takes the endpoint out as a request's would (for HTTP/2 upstreams, which keep one
     /// connection per endpoint).
     pub(crate) async fn open_stream(&self, endpoint: usize) -> Result<Stream, ProxyError> {
-        let opened = tokio::time::timeout(self.connect_timeout, self.open(endpoint))
+        let opened = tokio::time::timeout(self.connect_timeout, self.open(endpoint, false))
             .await
             .unwrap_or(Err(ProxyError::ConnectTimeout));
         if let Err(e) = &opened {
@@ -286,7 +286,7 @@ impl Pool {
                 continue;
             }
             tried += 1;
-            let opened = tokio::time::timeout(self.connect_timeout, self.open(endpoint))
+            let opened = tokio::time::timeout(self.connect_timeout, self.open(endpoint, false))
                 .await
                 .unwrap_or(Err(ProxyError::ConnectTimeout));
             match opened {
@@ -307,7 +307,10 @@ impl Pool {
         Err(last)
     }
 
-    pub(super) async fn open(&self, endpoint: usize) -> Result<Stream, ProxyError> {
+    /// A new connection to `endpoint`, TLS made. A failed handshake is a warning for a
+    /// request's connection; for a health check's (`quiet`), which fails every `interval`
+    /// while it lasts, a debug line: the checks' own warning says when the endpoint goes out.
+    pub(super) async fn open(&self, endpoint: usize, quiet: bool) -> Result<Stream, ProxyError> {
         let addr = &self.endpoints[endpoint].addr;
         let tcp = match TcpStream::connect(addr).await {
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -321,7 +324,11 @@ impl Pool {
             return Ok(Stream::Plain(tcp));
         };
         tls.connect(tcp).await.map_err(|e| {
-            tracing::warn!(upstream = %self.name, authority = %addr, error = %e, "TLS handshake with the upstream failed");
+            if quiet {
+                tracing::debug!(upstream = %self.name, authority = %addr, error = %e, "TLS handshake with the upstream failed (health check)");
+            } else {
+                tracing::warn!(upstream = %self.name, authority = %addr, error = %e, "TLS handshake with the upstream failed");
+            }
             ProxyError::Tls
         })
     }
