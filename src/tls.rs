@@ -341,7 +341,6 @@ impl ListenerTls {
         let key = PrivateKeyDer::from_pem_file(key_file)
             .map_err(|e| ListenerTlsError::Key(format!("holds no usable PEM private key: {e}")))?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let provider_copy = provider.clone();
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| ListenerTlsError::Cert(e.to_string()))?;
@@ -357,7 +356,7 @@ impl ListenerTls {
                 let roots = roots_from(ca).map_err(ListenerTlsError::ClientCa)?;
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots),
-                    provider,
+                    provider.clone(),
                 );
                 let verifier = if auth == ClientAuth::Optional {
                     verifier.allow_unauthenticated()
@@ -375,16 +374,15 @@ impl ListenerTls {
                 ListenerTlsError::Key(format!("the certificate and key do not go together: {e}"))
             })?
         } else {
-            let default = rustls::sign::CertifiedKey::from_der(chain, key, &provider_copy)
-                .map_err(|e| {
+            let default =
+                rustls::sign::CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
                     ListenerTlsError::Key(format!(
                         "the certificate and key do not go together: {e}"
                     ))
                 })?;
             let mut loaded = Vec::new();
             for (i, (c, k)) in others.iter().enumerate() {
-                let ck =
-                    certified(c, k, &provider_copy).map_err(|m| ListenerTlsError::Extra(i, m))?;
+                let ck = certified(c, k, &provider).map_err(|m| ListenerTlsError::Extra(i, m))?;
                 loaded.push(Arc::new(ck));
             }
             builder.with_cert_resolver(Arc::new(BySni {

@@ -313,13 +313,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Builds the gateway for a config: pools and key caches.
     /// Starts the background work of serving that requests do not start: the upstreams'
     /// health checks ([`Upstreams::start_health_checks`]).
     pub fn start_background(&self) {
         self.upstreams.start_health_checks();
     }
 
+    /// Builds the gateway for a config: pools and key caches.
     pub fn new(config: Arc<Config>, auth: Authenticator, metrics: Arc<Metrics>) -> Gateway {
         let series = config
             .routes

@@ -150,22 +150,28 @@ fn would_deny(
     HeaderValue::from_str(&note).ok()
 }
 
-/// `source_ranges`: the client's address, as the access log has it (the peer's, or what a
-/// trusted proxy or the ingress names), lies in one of `nets`. A decision request that names no
-/// client is refused: its peer is the ingress. Without a connection (`explain`), only an
-/// address given for the client counts.
+/// The client's address: what a trusted proxy or the ingress named (`out.client`, worked out
+/// in `evaluate`), else the peer's. Without a connection (`explain`), only an address given.
+fn client_addr(out: &Outcome, conn: Option<&ConnInfo>) -> Option<std::net::IpAddr> {
+    out.client.or(conn.map(|c| c.peer.ip().to_canonical()))
+}
+
+/// A decision request that names no client: its peer is the ingress, so [`client_addr`] is the
+/// ingress's address, every client behind it alike.
+fn names_no_client(headers: &HeaderMap, conn: Option<&ConnInfo>) -> bool {
+    conn.is_some_and(|c| c.decision) && !headers.contains_key(crate::forward::X_FORWARDED_FOR)
+}
+
+/// `source_ranges`: the client's address lies in one of `nets`; a decision request that names
+/// no client is refused.
 fn source_allowed(
     nets: &[ipnet::IpNet],
     headers: &HeaderMap,
     conn: Option<&ConnInfo>,
     out: &Outcome,
 ) -> bool {
-    let client = match conn {
-        Some(c) if c.decision && !headers.contains_key(crate::forward::X_FORWARDED_FOR) => None,
-        Some(c) => Some(out.client.unwrap_or_else(|| c.peer.ip().to_canonical())),
-        None => out.client,
-    };
-    client.is_some_and(|ip| nets.iter().any(|n| n.contains(&ip)))
+    !names_no_client(headers, conn)
+        && client_addr(out, conn).is_some_and(|ip| nets.iter().any(|n| n.contains(&ip)))
 }
 
 /// The request's host name for routes with `hosts` ([`crate::request::host::route_name`]): its
@@ -612,7 +618,7 @@ impl Gateway {
             path,
             route: route.matcher.source(),
             params: &params,
-            client_ip: out.client.or(conn.map(|c| c.peer.ip().to_canonical())),
+            client_ip: client_addr(out, conn),
             request_id: out.request_id.as_ref().and_then(|v| v.to_str().ok()),
         };
         match pdp.decide(ask, &facts).await {
@@ -668,7 +674,7 @@ impl Gateway {
             host: host.flatten(),
             names,
             values,
-            client_ip: out.client.or(conn.map(|c| c.peer.ip().to_canonical())),
+            client_ip: client_addr(out, conn),
             tls: conn.is_some_and(|c| c.tls.is_some()),
             thumbprint: None,
             route: &route.name,
@@ -775,10 +781,9 @@ impl Gateway {
         let Some(l) = self.limiters.get(index).and_then(Option::as_ref) else {
             return Ok(());
         };
-        let named = out.client;
         let client = || {
             let c = conn?;
-            if c.decision && !headers.contains_key("x-forwarded-for") {
+            if names_no_client(headers, conn) {
                 static SAID: std::sync::atomic::AtomicBool =
                     std::sync::atomic::AtomicBool::new(false);
                 if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -790,7 +795,7 @@ impl Gateway {
                     );
                 }
             }
-            Some(named.unwrap_or_else(|| c.peer.ip().to_canonical()))
+            client_addr(out, Some(c))
         };
         let verdict = l.check(&l.key(identity, client)).await;
         out.rate_limit = Some(verdict);

@@ -5,7 +5,7 @@
 //!   endpoint's connection, so gRPC calls spread over the instances rather than all riding one
 //!   connection to one of them (what a single connection behind an L4 balancer does). A
 //!   connection that cannot be made takes its endpoint out (`endpoint_fail_timeout`) and the
-//!   request goes on to the next, at most [`MAX_CONNECT_TRIES`] endpoints.
+//!   request goes on to the next, as the pool's own connections do ([`Pool::to_try`]).
 //!
 //! - The upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` and flow control are h2's: streams past
 //!   the limit wait in h2 for a slot; a body is read from the client only as fast as the
@@ -37,9 +37,6 @@ const MAX_ATTEMPTS: usize = 3;
 /// A request body is kept for a second send only up to this size; past it, a refused stream is
 /// a 502 (the bytes already went to the refusing upstream and were dropped there).
 pub(crate) const REPLAY_BYTES: usize = 64 * 1024;
-
-/// Endpoints one request tries to connect to.
-const MAX_CONNECT_TRIES: usize = 3;
 
 /// The HTTP/2 connections to one upstream, one per endpoint.
 pub(crate) struct H2Client {
@@ -100,15 +97,8 @@ impl H2Client {
     /// A live connection for the next request: the rotation's next endpoint's, made if there
     /// is none, else (it cannot be made) the next endpoints' that are in.
     async fn connection(&self) -> Result<Picked, ProxyError> {
-        let first = self.pool.pick();
-        let n = self.slots.len();
-        let mut tried = 0;
         let mut last = ProxyError::Unreachable;
-        for endpoint in (0..n).map(|i| (first + i) % n) {
-            if tried == MAX_CONNECT_TRIES || tried > 0 && self.pool.is_out_now(endpoint) {
-                continue;
-            }
-            tried += 1;
+        for endpoint in self.pool.to_try(self.pool.pick()) {
             match self.endpoint_connection(endpoint).await {
                 Ok((id, sender)) => return Ok((endpoint, id, sender)),
                 Err(e) => last = e,

@@ -243,8 +243,8 @@ impl Pool {
     }
 
     /// A new connection (TLS made, if any) to `endpoint`, within `connect_timeout`; a failure
-    /// takes the endpoint out as a request's would (for HTTP/2 upstreams, which keep one
-    /// connection per endpoint).
+    /// takes the endpoint out for `endpoint_fail_timeout`. The pool's connections and HTTP/2's
+    /// (one per endpoint) are made here.
     pub(crate) async fn open_stream(&self, endpoint: usize) -> Result<Stream, ProxyError> {
         let opened = tokio::time::timeout(self.connect_timeout, self.open(endpoint, false))
             .await
@@ -260,11 +260,6 @@ impl Pool {
         self.endpoints.len()
     }
 
-    /// Is `endpoint` out of the rotation now (a failed connection, or its health checks)?
-    pub(crate) fn is_out_now(&self, endpoint: usize) -> bool {
-        self.is_out(endpoint, self.now_ms())
-    }
-
     /// [`Pool::connect_from`], boxed: a connect (a TLS handshake's state among it, and the
     /// walk over the endpoints) is rare on a warm pool, and its future inline would make every
     /// request's future, which hyper moves into place per request, that much larger.
@@ -278,18 +273,9 @@ impl Pool {
     /// A new connection to `first`, else (it failed) to the next endpoints that are in, each
     /// within `connect_timeout`, at most [`MAX_TRIES`] in all.
     async fn connect_from(&self, first: usize) -> Result<Conn, ProxyError> {
-        let n = self.endpoints.len();
-        let mut tried = 0;
         let mut last = ProxyError::Unreachable;
-        for endpoint in (0..n).map(|i| (first + i) % n) {
-            if tried == MAX_TRIES || tried > 0 && self.is_out(endpoint, self.now_ms()) {
-                continue;
-            }
-            tried += 1;
-            let opened = tokio::time::timeout(self.connect_timeout, self.open(endpoint, false))
-                .await
-                .unwrap_or(Err(ProxyError::ConnectTimeout));
-            match opened {
+        for endpoint in self.to_try(first) {
+            match self.open_stream(endpoint).await {
                 Ok(stream) => {
                     return Ok(Conn {
                         endpoint: u8::try_from(endpoint).unwrap_or(u8::MAX),
@@ -298,13 +284,23 @@ impl Pool {
                         since: Instant::now(),
                     })
                 }
-                Err(e) => {
-                    self.failed(endpoint, &e);
-                    last = e;
-                }
+                Err(e) => last = e,
             }
         }
         Err(last)
+    }
+
+    /// The endpoints one request tries to connect to, in order: `first`, then the next ones
+    /// still in (each is asked as the walk reaches it, so one that just failed is passed
+    /// over), at most [`MAX_TRIES`] in all.
+    pub(crate) fn to_try(&self, first: usize) -> impl Iterator<Item = usize> + '_ {
+        let n = self.endpoints.len();
+        (0..n)
+            .map(move |i| (first + i) % n)
+            .enumerate()
+            .filter(|&(i, e)| i == 0 || !self.is_out(e, self.now_ms()))
+            .map(|(_, e)| e)
+            .take(MAX_TRIES)
     }
 
     /// A new connection to `endpoint`, TLS made. A failed handshake is a warning for a
