@@ -362,6 +362,7 @@ pub struct Metrics {
     authzen_cache: Family<PdpLayerLabels, Counter>,
     token_exchanges: Family<ExchangeLabels, Counter>,
     tls_handshakes: Family<LookupLabels, Counter>,
+    proxy_protocol_headers: Family<LookupLabels, Counter>,
     trace_spans: Family<LookupLabels, Counter>,
     dpop_proofs: Family<LookupLabels, Counter>,
     decisions: Family<DecisionLabels, Counter>,
@@ -437,6 +438,7 @@ impl Metrics {
             authzen_cache: Family::default(),
             token_exchanges: Family::default(),
             tls_handshakes: Family::default(),
+            proxy_protocol_headers: Family::default(),
             trace_spans: Family::default(),
             dpop_proofs: Family::default(),
             decisions: Family::default(),
@@ -630,6 +632,11 @@ impl Metrics {
             m.tls_handshakes.clone(),
         );
         registry.register(
+            "proxy_protocol_headers",
+            "PROXY protocol headers read on connections from server.proxy_protocol_from, by outcome: ok, local (LOCAL or UNKNOWN: the peer's address kept), or why the connection was closed (invalid, too_large, not_stream, timeout, closed)",
+            m.proxy_protocol_headers.clone(),
+        );
+        registry.register(
             "trace_spans",
             "Finished spans by outcome: exported, queue_full (dropped: the export queue was full), export_failed (dropped with their batch)",
             m.trace_spans.clone(),
@@ -710,6 +717,13 @@ impl Metrics {
     /// Counts one listener TLS handshake.
     pub fn tls_handshake(&self, outcome: &'static str) {
         self.tls_handshakes
+            .get_or_create(&LookupLabels { outcome })
+            .inc();
+    }
+
+    /// Counts one PROXY protocol header read, or refused.
+    pub fn proxy_protocol_header(&self, outcome: &'static str) {
+        self.proxy_protocol_headers
             .get_or_create(&LookupLabels { outcome })
             .inc();
     }

@@ -482,7 +482,7 @@ pub(super) struct ServerFile {
     /// keep-alive connections. Requests in flight and upgraded connections are not affected. An
     /// HTTP/2 connection with no stream in flight and none started for this long is closed with
     /// GOAWAY (checked every `min(header_read_timeout, send_timeout)`, so within one check of that
-    /// time)
+    /// time). A balancer's PROXY protocol header (`proxy_protocol_from`) has this long as well
     pub header_read_timeout: Option<Spanned<String>>,
     /// Reference: `body_read_timeout`
     /// Default: `"60s"`
@@ -516,6 +516,16 @@ pub(super) struct ServerFile {
     /// Forwarding rules); for `rate_limit` `key = "ip"`, the client behind them is the rightmost
     /// `X-Forwarded-For` address outside this list (at most 64 entries read)
     pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Reference: `proxy_protocol_from`
+    /// Default: `[]`
+    ///
+    /// IPs or CIDRs of L4 load balancers (AWS NLB, HAProxy or nginx in TCP mode, Envoy) whose
+    /// connections open with a PROXY protocol header (v1 or v2, read before TLS): its source is
+    /// the client's address for everything after (logs, `X-Forwarded-For`, `trusted_proxies`,
+    /// `source_ranges`, rate limits by `ip`). A connection from them without a valid header is
+    /// closed; `LOCAL`/`UNKNOWN` (their health checks) keep the peer's address. Other peers are
+    /// served as they are: a header they send is a malformed request (400)
+    pub proxy_protocol_from: Option<Spanned<Vec<Spanned<String>>>>,
     /// Reference: `allow_semicolon_in_path`
     /// Default: `false`
     ///

@@ -180,6 +180,8 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     /// Peers whose `X-Forwarded-*` headers are believed; empty: nobody's.
     pub trusted_proxies: Vec<IpNet>,
+    /// Peers whose connections open with a PROXY protocol header; empty: nobody's.
+    pub proxy_protocol_from: Vec<IpNet>,
     /// Pass client headers whose names hold `_` (nginx's `underscores_in_headers`), all but
     /// the spellings of the headers bearward sets or filters.
     pub allow_underscores_in_headers: bool,

@@ -2,6 +2,7 @@
 //! with its `max_requests_in_flight` place, and the connection-level bounds (header and send
 //! timeouts, HTTP/2 idle and stream limits, graceful drain).
 
+use super::proxy_protocol::{self, Refused};
 use super::reload::Live;
 use super::Held;
 use crate::body::Body;
@@ -145,8 +146,19 @@ pub(super) fn serve_connection(
     } else {
         live.current().config.server.tls.clone()
     };
+    let balancer = !decision
+        && crate::forward::is_trusted(&live.current().config.server.proxy_protocol_from, &peer);
     tokio::spawn(async move {
         let _slot = slot;
+        let (mut stream, mut peer) = (stream, peer);
+        if balancer {
+            // Boxed: the read's state would otherwise be room in every connection's task.
+            let read = Box::pin(balancers_client(&mut stream, peer, &protocols, &live)).await;
+            match read {
+                Some(client) => peer = client,
+                None => return,
+            }
+        }
         let Drain { mut signal, _alive } = drain;
         let result = match tls {
             None => {
@@ -198,6 +210,35 @@ pub(super) fn serve_connection(
             }
         }
     });
+}
+
+/// The client a balancer's connection is for, from the PROXY header that opens it (taken off
+/// the stream), or the peer itself for a `LOCAL` one; `None`: no valid header, close it.
+async fn balancers_client(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    protocols: &Protocols,
+    live: &Live,
+) -> Option<SocketAddr> {
+    match proxy_protocol::read(stream, protocols.header_read_timeout).await {
+        Ok(client) => {
+            let outcome = if client.is_some() { "ok" } else { "local" };
+            live.metrics.proxy_protocol_header(outcome);
+            Some(client.unwrap_or(peer))
+        }
+        Err(refused) => {
+            let reason = refused.reason();
+            live.metrics.proxy_protocol_header(reason);
+            if matches!(refused, Refused::Timeout | Refused::Closed) {
+                tracing::debug!(peer = %peer, reason, "connection closed: no PROXY protocol header");
+            } else {
+                // A balancer not set to send the header (or not this version): every
+                // connection it makes fails the same way, which the operator must hear of.
+                tracing::warn!(peer = %peer, reason, "connection closed: its peer is in server.proxy_protocol_from, and it did not open with a PROXY protocol header");
+            }
+            None
+        }
+    }
 }
 
 /// What the connection's requests run on: the peer, TLS (if any), and the protocol chosen.

@@ -7,6 +7,7 @@ mod conn;
 mod exposition;
 mod ext_authz;
 mod memory;
+mod proxy_protocol;
 mod reload;
 
 pub use reload::{reload_on_sighup, watch_config, Live};

@@ -670,29 +670,8 @@ pub(crate) async fn tls_get(
     authorization: &str,
     client: Option<&str>,
 ) -> StatusCode {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter("tests/fixtures/tls/ca.pem").unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let b = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let cfg = match client {
-        None => b.with_no_client_auth(),
-        Some(name) => b
-            .with_client_auth_cert(
-                CertificateDer::pem_file_iter(format!("tests/fixtures/tls/{name}.pem"))
-                    .unwrap()
-                    .map(Result::unwrap)
-                    .collect(),
-                PrivateKeyDer::from_pem_file(format!("tests/fixtures/tls/{name}-key.pem")).unwrap(),
-            )
-            .unwrap(),
-    };
+    use rustls::pki_types::ServerName;
+    let cfg = tls_client_config(client);
     let tcp = TcpStream::connect(addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
@@ -708,6 +687,34 @@ pub(crate) async fn tls_get(
         .body(Empty::<Bytes>::new())
         .unwrap();
     send.send_request(req).await.unwrap().status()
+}
+
+/// A TLS client trusting the fixtures' CA, with the fixtures' certificate `client` (its
+/// `{client}.pem` and `{client}-key.pem`) if given.
+pub(crate) fn tls_client_config(client: Option<&str>) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter("tests/fixtures/tls/ca.pem").unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    match client {
+        None => b.with_no_client_auth(),
+        Some(name) => b
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(format!("tests/fixtures/tls/{name}.pem"))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_file(format!("tests/fixtures/tls/{name}-key.pem")).unwrap(),
+            )
+            .unwrap(),
+    }
 }
 
 /// `cmd` in a process group of its own, so [`stop_group`] can end it with every process it

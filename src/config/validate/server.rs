@@ -17,6 +17,12 @@ pub(super) fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
         .trusted_proxies
         .as_ref()
         .map_or_else(Vec::new, |list| cx.ip_nets(list, "server.trusted_proxies"));
+    let proxy_protocol_from = s
+        .proxy_protocol_from
+        .as_ref()
+        .map_or_else(Vec::new, |list| {
+            cx.ip_nets(list, "server.proxy_protocol_from")
+        });
     let realm = match &s.realm {
         Some(r)
             if r.get_ref().is_empty()
@@ -200,6 +206,7 @@ pub(super) fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
             (Duration::from_millis(100), Duration::from_secs(3600)),
         ),
         trusted_proxies,
+        proxy_protocol_from,
         allow_underscores_in_headers: s.allow_underscores_in_headers.unwrap_or(false),
         max_body_bytes: cx.max_body(&s.max_body_bytes, "server.max_body_bytes"),
         resource: cx.resource(&s.resource, "server.resource", path),
