@@ -22,7 +22,7 @@ const OFFICE: &str = "127.0.0.3";
 const ELSEWHERE: &str = "127.0.0.4";
 const FIX: &str = "tests/fixtures/tls";
 
-fn config(upstream: &str, server_extra: &str) -> String {
+fn config(upstream: &str, server_extra: &str, routes_extra: &str) -> String {
     format!(
         r#"
 [server]
@@ -50,6 +50,7 @@ upstream = "app"
 prefix = "/public"
 auth = "none"
 upstream = "app"
+{routes_extra}
 "#
     )
 }
@@ -135,7 +136,7 @@ fn get(path: &str) -> Vec<u8> {
 #[tokio::test]
 async fn the_balancers_header_names_the_client_in_both_versions() {
     let up = Upstream::start().await;
-    let gw = Gateway::start(&config(&up.url(), "")).await;
+    let gw = Gateway::start(&config(&up.url(), "", "")).await;
     let lb = balancer(gw.addr);
 
     for front in [lb.v2, lb.v1] {
@@ -169,7 +170,7 @@ async fn the_balancers_header_names_the_client_in_both_versions() {
 #[tokio::test]
 async fn a_client_cannot_write_the_header_itself() {
     let up = Upstream::start().await;
-    let gw = Gateway::start(&config(&up.url(), "")).await;
+    let gw = Gateway::start(&config(&up.url(), "", "")).await;
     let lb = balancer(gw.addr);
     let spoof = [
         &b"PROXY TCP4 127.0.0.3 127.0.0.1 40000 443\r\n"[..],
@@ -191,7 +192,7 @@ async fn a_client_cannot_write_the_header_itself() {
 #[tokio::test]
 async fn a_balancer_connection_without_a_valid_header_is_closed_unserved() {
     let up = Upstream::start().await;
-    let gw = Gateway::start(&config(&up.url(), "")).await;
+    let gw = Gateway::start(&config(&up.url(), "", "")).await;
 
     // Plain HTTP from the balancer's address: closed, not a byte answered.
     let answer = exchange(connect_from(BALANCER, gw.addr).await, &get("/public/x")).await;
@@ -223,7 +224,7 @@ async fn a_balancer_connection_without_a_valid_header_is_closed_unserved() {
 #[tokio::test]
 async fn a_local_header_keeps_the_balancers_own_address() {
     let up = Upstream::start().await;
-    let gw = Gateway::start(&config(&up.url(), "")).await;
+    let gw = Gateway::start(&config(&up.url(), "", "")).await;
     // v2 LOCAL, as a balancer's health check sends: no addresses.
     let local = [
         &b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00"[..],
@@ -248,24 +249,37 @@ async fn a_local_header_keeps_the_balancers_own_address() {
 }
 
 #[tokio::test]
-async fn tls_passes_through_the_balancer_and_http2_follows_the_header() {
+async fn tls_and_client_certificates_pass_through_the_balancer_and_http2_follows_the_header() {
     let up = Upstream::start().await;
     let tls = format!(
-        "tls_cert_file = \"{FIX}/server.pem\"\ntls_key_file = \"{FIX}/server-key.pem\"\nhttp2 = true"
+        "tls_cert_file = \"{FIX}/server.pem\"\ntls_key_file = \"{FIX}/server-key.pem\"\n\
+         tls_client_ca_file = \"{FIX}/ca.pem\"\ntls_client_auth = \"optional\""
     );
-    let gw = Gateway::start(&config(&up.url(), &tls)).await;
+    let partners = "[[routes]]\nprefix = \"/partners\"\nauth = \"none\"\n\
+                    require_client_certificate = true\nupstream = \"app\"";
+    let gw = Gateway::start(&config(&up.url(), &tls, partners)).await;
     let lb = balancer(gw.addr);
 
     for front in [lb.v2, lb.v1] {
         let tcp = connect_from(OFFICE, front).await;
-        let answer = exchange(tls_client(tcp).await, &get("/office/tls")).await;
+        let answer = exchange(tls_client(tcp, None).await, &get("/office/tls")).await;
         assert_eq!(raw_status(&answer), 200, "{answer}");
         assert_eq!(up.last().headers["x-forwarded-for"], OFFICE);
         assert_eq!(up.last().uri, "/office/tls");
+        // The client's certificate reaches bearward through the balancer, which cannot read
+        // it: what certificate-bound tokens (RFC 8705) need, without a header to trust.
+        let before = up.count();
+        let tcp = connect_from(ELSEWHERE, front).await;
+        let answer = exchange(tls_client(tcp, Some("client")).await, &get("/partners/x")).await;
+        assert_eq!(raw_status(&answer), 200, "{answer}");
+        let tcp = connect_from(ELSEWHERE, front).await;
+        let answer = exchange(tls_client(tcp, None).await, &get("/partners/x")).await;
+        assert_eq!(raw_status(&answer), 403, "{answer}");
+        assert_eq!(up.count(), before + 1);
     }
 
     // h2c prior knowledge after a v2 header (the preface is looked for after it).
-    let plain = Gateway::start(&config(&up.url(), "http2 = true")).await;
+    let plain = Gateway::start(&config(&up.url(), "", "")).await;
     let lb = balancer(plain.addr);
     let tcp = connect_from(OFFICE, lb.v2).await;
     let (mut send, conn) = hyper::client::conn::http2::handshake(
@@ -283,8 +297,11 @@ async fn tls_passes_through_the_balancer_and_http2_follows_the_header() {
     assert_eq!(up.last().headers["x-forwarded-for"], OFFICE);
 }
 
-async fn tls_client(tcp: TcpStream) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let cfg = common::tls_client_config(None);
+async fn tls_client(
+    tcp: TcpStream,
+    certificate: Option<&str>,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let cfg = common::tls_client_config(certificate);
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await

@@ -273,4 +273,33 @@ mod tests {
             Parsed::Refused(Refused::NotStream)
         );
     }
+
+    mod random {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+            /// Any bytes: no panic, and a header is never longer than what was read (the
+            /// socket is read exactly that far).
+            #[test]
+            fn any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+                if let Parsed::Header { len, .. } = parse(&bytes) {
+                    prop_assert!(len <= bytes.len());
+                }
+            }
+
+            /// Valid v2 headers with random TLVs, cut anywhere: partial before the end, the
+            /// same header after it.
+            #[test]
+            fn v2_cut_anywhere(tlvs in prop::collection::vec(any::<u8>(), 0..200), extra in prop::collection::vec(any::<u8>(), 0..20)) {
+                let wire = v2(1, 0x11, &V4, &tlvs);
+                for cut in 0..wire.len() {
+                    prop_assert_eq!(parse(&wire[..cut]), Parsed::Partial);
+                }
+                let full = [wire.as_slice(), &extra].concat();
+                prop_assert_eq!(parse(&full), Parsed::Header { len: wire.len(), client: Some("192.0.2.7:50000".parse().unwrap()) });
+            }
+        }
+    }
 }
