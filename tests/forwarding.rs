@@ -1035,6 +1035,81 @@ async fn an_idempotent_request_dropped_by_one_endpoint_goes_to_the_next() {
     );
 }
 
+/// `retry_statuses`: an instance that answers 503 (draining) costs an idempotent request
+/// nothing: it goes to the next endpoint, and the instance is out for `endpoint_fail_timeout`;
+/// a POST gets the 503 as it came, sent once; when every instance answers 503 the client gets
+/// the last one's.
+#[tokio::test]
+async fn a_status_in_retry_statuses_sends_an_idempotent_request_to_the_next_endpoint() {
+    use std::sync::atomic::Ordering::SeqCst;
+    const BUSY: &[u8] =
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 5\r\nConnection: close\r\n\r\nbusy!";
+    let a = Upstream::start().await;
+    let (draining, heads, _task) = counting_instance(Some(BUSY)).await;
+    let with = |endpoints: String, fail: &str| {
+        basic_config(&a.url(), "").replacen(
+            "request_timeout = \"500ms\"",
+            &format!(
+                "request_timeout = \"500ms\"\nendpoints = [{endpoints}]\n\
+                 retry_statuses = [502, 503]\nendpoint_fail_timeout = \"{fail}\""
+            ),
+            1,
+        )
+    };
+    let gw = Gateway::start(&with(format!("\"{draining}\", \"{}\"", a.addr), "10s")).await;
+    let c = client();
+    for i in 0..6 {
+        let r = get(&c, &gw.url(&format!("/public/get/{i}")), &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "GET {i}");
+        assert_eq!(r.body, "upstream ok");
+    }
+    assert_eq!(a.count(), 6);
+    assert_eq!(
+        heads.load(SeqCst),
+        1,
+        "tried once, then out for its fail timeout"
+    );
+    let m = gw.metrics().await;
+    let series =
+        format!("bearward_upstream_retries_total{{upstream=\"app\",endpoint=\"{draining}\"}}");
+    assert_eq!(metric(&m, &series), 1.0, "{m}");
+
+    // Back in after 100 ms: POSTs until one lands on it get its 503, sent once.
+    let gw = Gateway::start(&with(format!("\"{draining}\", \"{}\"", a.addr), "100ms")).await;
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let before = heads.load(SeqCst);
+        let r = send(
+            &c,
+            "POST",
+            &gw.url(&format!("/public/post/{i}")),
+            &[],
+            "x=1",
+        )
+        .await;
+        statuses.push(r.status.as_u16());
+        if heads.load(SeqCst) > before {
+            assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(r.body, "busy!");
+            assert_eq!(heads.load(SeqCst), before + 1, "sent once");
+        }
+    }
+    assert!(
+        statuses.contains(&503) && statuses.contains(&200),
+        "{statuses:?}"
+    );
+
+    // Every instance busy: each asked once, the last answer is the client's.
+    let (other, other_heads, _task2) = counting_instance(Some(BUSY)).await;
+    let gw = Gateway::start(&with(format!("\"{draining}\", \"{other}\""), "10s")).await;
+    let before = heads.load(SeqCst);
+    let r = get(&c, &gw.url("/public/all-busy"), &[]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.body, "busy!");
+    assert_eq!(heads.load(SeqCst) - before + other_heads.load(SeqCst), 2);
+}
+
 /// `max_requests`: past the limit a request waits up to `queue_timeout` for a place, and is
 /// sent only when it has one; one that finds none in time gets 503 with `Retry-After`, and the
 /// upstream never sees it.

@@ -982,6 +982,18 @@ pub(super) struct UpstreamFile {
     /// scheme, the `Host` with `pass_host_header = false`, and the name the TLS certificate is
     /// checked against. At most 64
     pub endpoints: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Reference: `retry_statuses`
+    /// Default: `[]`
+    ///
+    /// `[502, 503]`: answers with these statuses (429 or 500 to 599) to a request that can be
+    /// sent twice (idempotent, without a body) take the endpoint out for `endpoint_fail_timeout`
+    /// and send the request to the next endpoint instead (nginx's `proxy_next_upstream
+    /// http_503`, HAProxy's `retry-on`, Envoy's `retriable_status_codes`): an instance that is
+    /// draining or restarting answers 503 without costing a client its request. At most three
+    /// endpoints per request; the last one's answer is the client's, as is any answer to a
+    /// request that cannot be sent twice. Counted in `bearward_upstream_retries_total`. Needs
+    /// `endpoints` (two or more) and an HTTP/1 upstream (gRPC's status is in trailers)
+    pub retry_statuses: Option<Spanned<Vec<Spanned<u16>>>>,
     /// Reference: `endpoint_fail_timeout`
     /// Default: `"10s"`
     ///

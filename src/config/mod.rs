@@ -255,6 +255,9 @@ pub struct UpstreamConfig {
     /// `max_requests` and `queue_timeout`: the most requests in flight to this upstream, and
     /// how long one more waits for a place.
     pub max_requests: Option<(usize, Duration)>,
+    /// `retry_statuses`: answers that send a replayable request to the next endpoint; empty:
+    /// none do.
+    pub retry_statuses: Box<[http::StatusCode]>,
 }
 
 /// `[upstreams.NAME] health_check`, validated.

@@ -84,6 +84,9 @@ struct Endpoint {
     unhealthy: AtomicBool,
 }
 
+/// A connection being found for a request, and whether it was reused: boxed.
+type Checkout<'a> = Pin<Box<dyn Future<Output = Result<(Conn, bool), ProxyError>> + Send + 'a>>;
+
 /// The pool for one upstream.
 pub(crate) struct Pool {
     /// The upstream's name in the config: the label its broken responses are counted under.
@@ -103,6 +106,8 @@ pub(crate) struct Pool {
     pub(super) stall_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
+    /// `retry_statuses`: answers that send a replayable request to the next endpoint.
+    retry_statuses: Box<[http::StatusCode]>,
 }
 
 impl Pool {
@@ -129,6 +134,7 @@ impl Pool {
             stall_timeout: upstream.request_timeout,
             idle_timeout: upstream.idle_timeout,
             max_idle: upstream.max_idle_connections,
+            retry_statuses: upstream.retry_statuses.clone(),
         })
     }
 
@@ -208,17 +214,47 @@ impl Pool {
     /// A connection failed: the endpoint is out of the rotation for `endpoint_fail_timeout`,
     /// said once as it goes out, and counted.
     fn failed(&self, endpoint: usize, error: &ProxyError) {
-        let now = self.now_ms();
-        let until =
-            now.saturating_add(u64::try_from(self.fail_timeout.as_millis()).unwrap_or(u64::MAX));
         let e = &self.endpoints[endpoint];
-        let was = e.out_until.swap(until, Ordering::Relaxed);
         let reason = error.reason();
-        if was <= now {
+        if self.take_out(endpoint) {
             tracing::warn!(upstream = %self.name, endpoint = %e.addr, reason, out_for = ?self.fail_timeout, "upstream endpoint failed a connection");
         }
         self.metrics
             .upstream_connect_failure(&self.name, &e.addr, reason);
+    }
+
+    /// An answer in `retry_statuses`: its endpoint goes out for `endpoint_fail_timeout` (said
+    /// once as it goes out, as nginx counts it toward `max_fails`), the answer is dropped (its
+    /// connection kept only when it had no body to read past), and a connection for the next
+    /// endpoint is taken. Boxed: rare, and its future inline would grow every request's.
+    fn answered_elsewhere<'a>(&'a self, conn: Conn, resp: &wire::ResponseHead) -> Checkout<'a> {
+        let endpoint = usize::from(conn.endpoint);
+        let e = &self.endpoints[endpoint];
+        let status = resp.status.as_u16();
+        if self.take_out(endpoint) {
+            tracing::warn!(upstream = %self.name, endpoint = %e.addr, status, out_for = ?self.fail_timeout, "upstream endpoint answered a status in retry_statuses; the request goes to the next");
+        }
+        self.metrics.upstream_retry(&self.name, &e.addr);
+        if resp.keep_alive
+            && matches!(
+                resp.framing,
+                ResponseFraming::Empty | ResponseFraming::Length(0)
+            )
+        {
+            self.checkin(conn);
+        }
+        Box::pin(self.checkout())
+    }
+
+    /// Out of the rotation for `endpoint_fail_timeout` from now; whether it was in until now.
+    fn take_out(&self, endpoint: usize) -> bool {
+        let now = self.now_ms();
+        let until =
+            now.saturating_add(u64::try_from(self.fail_timeout.as_millis()).unwrap_or(u64::MAX));
+        self.endpoints[endpoint]
+            .out_until
+            .swap(until, Ordering::Relaxed)
+            <= now
     }
 
     /// A connection for a request, and whether it was reused.
@@ -388,6 +424,16 @@ impl Pool {
                 self.stall_timeout,
             );
             let failed = match exchange.await {
+                Ok(resp)
+                    if !self.retry_statuses.is_empty()
+                        && replayable
+                        && moved + 1 < MAX_TRIES.min(self.endpoints.len())
+                        && self.retry_statuses.contains(&resp.status) =>
+                {
+                    moved += 1;
+                    (conn, reused) = self.answered_elsewhere(conn, &resp).await?;
+                    continue;
+                }
                 Ok(resp) => break resp,
                 Err(Failure::Proxy(e)) => return Err(e),
                 Err(f) => f,

@@ -429,8 +429,10 @@ pub(super) fn upstream(
             queue_timeout,
         )
     });
+    let retry_statuses = retry_statuses(cx, u, protocol, endpoints.len(), &key);
     UpstreamConfig {
         max_requests,
+        retry_statuses,
         health_check,
         set_headers,
         response_headers,
@@ -897,4 +899,50 @@ pub(super) fn exchange_issuers(
             );
         }
     }
+}
+
+/// `retry_statuses`: 429 or 5xx, each once, on an HTTP/1 upstream with more than one endpoint.
+fn retry_statuses(
+    cx: &mut Ctx<'_>,
+    u: &UpstreamFile,
+    protocol: Protocol,
+    endpoints: usize,
+    key: &dyn Fn(&str) -> String,
+) -> Box<[http::StatusCode]> {
+    let Some(list) = &u.retry_statuses else {
+        return Box::default();
+    };
+    let k = key("retry_statuses");
+    if protocol != Protocol::Http1 {
+        cx.err(
+            list.span(),
+            &k,
+            "applies to HTTP/1 upstreams only (gRPC carries its status in trailers)",
+        );
+    }
+    if endpoints < 2 {
+        cx.err(
+            list.span(),
+            &k,
+            "needs endpoints: two or more instances, so there is a next one to send to",
+        );
+    }
+    let mut out: Vec<http::StatusCode> = Vec::new();
+    for (i, s) in list.get_ref().iter().enumerate() {
+        let code = *s.get_ref();
+        match http::StatusCode::from_u16(code) {
+            Ok(status) if code == 429 || status.is_server_error() => {
+                if out.contains(&status) {
+                    cx.err(s.span(), &format!("{k}[{i}]"), format!("{code} is listed twice"));
+                }
+                out.push(status);
+            }
+            _ => cx.err(
+                s.span(),
+                &format!("{k}[{i}]"),
+                format!("{code} is not 429 or 500 to 599: only answers that say the instance, not the request, is at fault are sent elsewhere"),
+            ),
+        }
+    }
+    out.into_boxed_slice()
 }
