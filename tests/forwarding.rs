@@ -1035,6 +1035,53 @@ async fn an_idempotent_request_dropped_by_one_endpoint_goes_to_the_next() {
     );
 }
 
+/// Weighted `endpoints` take their share of requests in nginx's order; a backup takes none
+/// while a primary is in, and all of them when none is (a primary that refuses connections).
+#[tokio::test]
+async fn weighted_endpoints_share_requests_and_a_backup_waits_for_the_primaries() {
+    let (a, b, backup) = (
+        Upstream::start().await,
+        Upstream::start().await,
+        Upstream::start().await,
+    );
+    let with = |endpoints: String| {
+        basic_config(&a.url(), "").replacen(
+            "request_timeout = \"500ms\"",
+            &format!("request_timeout = \"500ms\"\nendpoints = [{endpoints}]"),
+            1,
+        )
+    };
+    let c = client();
+    let gw = Gateway::start(&with(format!(
+        "{{ address = \"{}\", weight = 3 }}, \"{}\", {{ address = \"{}\", backup = true }}",
+        a.addr, b.addr, backup.addr
+    )))
+    .await;
+    for i in 0..8 {
+        let r = get(&c, &gw.url(&format!("/public/{i}")), &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    assert_eq!((a.count(), b.count(), backup.count()), (6, 2, 0));
+
+    let down = ClosedPort::new();
+    let gw = Gateway::start(&with(format!(
+        "\"127.0.0.1:{}\", {{ address = \"{}\", backup = true }}",
+        down.port, backup.addr
+    )))
+    .await;
+    for i in 0..4 {
+        let r = get(&c, &gw.url(&format!("/public/b/{i}")), &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "served by the backup");
+    }
+    assert_eq!(backup.count(), 4);
+    let m = gw.metrics().await;
+    let failures = format!(
+        "bearward_upstream_connect_failures_total{{upstream=\"app\",endpoint=\"127.0.0.1:{}\",reason=\"upstream_unreachable\"}}",
+        down.port
+    );
+    assert_eq!(metric(&m, &failures), 1.0, "{m}");
+}
+
 /// `retry_statuses`: an instance that answers 503 (draining) costs an idempotent request
 /// nothing: it goes to the next endpoint, and the instance is out for `endpoint_fail_timeout`;
 /// a POST gets the 503 as it came, sent once; when every instance answers 503 the client gets

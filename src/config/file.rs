@@ -158,6 +158,57 @@ pub(super) struct AuthzenResourceFile {
     pub id: Option<String>,
 }
 
+/// An `endpoints` entry: `"host:port"`, or a table with its weight or its place as a backup.
+/// Read by hand rather than as an untagged enum, so a mistyped key in a table is named.
+#[derive(Debug)]
+pub(super) struct EndpointFile {
+    pub address: String,
+    pub weight: Option<u64>,
+    pub backup: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointTable {
+    address: String,
+    weight: Option<u64>,
+    backup: Option<bool>,
+}
+
+impl<'de> Deserialize<'de> for EndpointFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = EndpointFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "\"host:port\" or { address = \"host:port\", weight = N, backup = true }",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EndpointFile, E> {
+                Ok(EndpointFile {
+                    address: v.to_owned(),
+                    weight: None,
+                    backup: None,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<EndpointFile, A::Error> {
+                let t =
+                    EndpointTable::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
+                Ok(EndpointFile {
+                    address: t.address,
+                    weight: t.weight,
+                    backup: t.backup,
+                })
+            }
+        }
+        d.deserialize_any(Entry)
+    }
+}
+
 /// A route's `authzen`: the PDP's name, or a table overriding its question's shape.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -980,8 +1031,12 @@ pub(super) struct UpstreamFile {
     /// instances rather than riding one connection to one of them. Without a port, the `url`'s
     /// scheme's. The `url` still gives the
     /// scheme, the `Host` with `pass_host_header = false`, and the name the TLS certificate is
-    /// checked against. At most 64
-    pub endpoints: Option<Spanned<Vec<Spanned<String>>>>,
+    /// checked against. At most 64. An entry may be a table instead:
+    /// `{ address = "10.0.0.3:3000", weight = 3 }` (1 to 100, default 1) takes that share of the
+    /// rotation (nginx's smooth weighted round robin: 3, 1, 1 go a, b, a, c, a), and
+    /// `{ address = "10.0.0.9:3000", backup = true }` is in the rotation only while every
+    /// endpoint that is not a backup is out (nginx's and HAProxy's `backup`; backups in turn)
+    pub endpoints: Option<Spanned<Vec<Spanned<EndpointFile>>>>,
     /// Reference: `retry_statuses`
     /// Default: `[]`
     ///

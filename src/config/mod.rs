@@ -258,6 +258,32 @@ pub struct UpstreamConfig {
     /// `retry_statuses`: answers that send a replayable request to the next endpoint; empty:
     /// none do.
     pub retry_statuses: Box<[http::StatusCode]>,
+    /// `endpoints` with weights or backups; `None` when every one is a weight-1 primary, so
+    /// the rotation is plain turns.
+    pub balance: Option<Balance>,
+}
+
+/// How the rotation over an upstream's `endpoints` goes when they have weights or backups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Balance {
+    /// Per endpoint, its share of the rotation (1 to 100; nginx's smooth weighted round robin:
+    /// weights 3, 1, 1 go a, b, a, c, a).
+    pub weights: Box<[u32]>,
+    /// Per endpoint: a backup, in the rotation only while every primary is out.
+    pub backup: Box<[bool]>,
+}
+
+impl Balance {
+    /// `None` when the weights are all 1 and nothing is a backup.
+    pub fn new(weights: &[u32], backup: &[bool]) -> Option<Balance> {
+        if weights.iter().all(|&w| w == 1) && !backup.contains(&true) {
+            return None;
+        }
+        Some(Balance {
+            weights: weights.into(),
+            backup: backup.into(),
+        })
+    }
 }
 
 /// `[upstreams.NAME] health_check`, validated.

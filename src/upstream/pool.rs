@@ -108,6 +108,9 @@ pub(crate) struct Pool {
     max_idle: usize,
     /// `retry_statuses`: answers that send a replayable request to the next endpoint.
     retry_statuses: Box<[http::StatusCode]>,
+    /// Weights and backups, and each endpoint's current weight in the smooth weighted round
+    /// robin; `None`: plain turns.
+    balance: Option<(crate::config::Balance, Mutex<Box<[i64]>>)>,
 }
 
 impl Pool {
@@ -135,6 +138,10 @@ impl Pool {
             idle_timeout: upstream.idle_timeout,
             max_idle: upstream.max_idle_connections,
             retry_statuses: upstream.retry_statuses.clone(),
+            balance: upstream.balance.clone().map(|b| {
+                let current = vec![0; b.weights.len()].into_boxed_slice();
+                (b, Mutex::new(current))
+            }),
         })
     }
 
@@ -203,12 +210,56 @@ impl Pool {
         if n == 1 {
             return 0;
         }
+        if let Some(balance) = &self.balance {
+            return self.pick_weighed(balance);
+        }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let now = self.now_ms();
         (0..n)
             .map(|i| (start + i) % n)
             .find(|&e| !self.is_out(e, now))
             .unwrap_or(start)
+    }
+
+    /// [`Pool::pick`] with weights or backups: nginx's smooth weighted round robin over the
+    /// primaries that are in (each gains its weight, the one with the most is taken and loses
+    /// the sum), so one that is out gives its share to the others in proportion; over the
+    /// backups, in turn, when no primary is in; when every endpoint is out, the primaries'.
+    fn pick_weighed(
+        &self,
+        (balance, current): &(crate::config::Balance, Mutex<Box<[i64]>>),
+    ) -> usize {
+        let now = self.now_ms();
+        let mut current = current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (backups, all) in [(false, false), (true, false), (false, true)] {
+            let mut sum = 0;
+            let mut best: Option<usize> = None;
+            for e in 0..self.endpoints.len() {
+                if balance.backup[e] != backups || (!all && self.is_out(e, now)) {
+                    continue;
+                }
+                let weight = i64::from(balance.weights[e]);
+                current[e] += weight;
+                sum += weight;
+                if best.is_none_or(|b| current[e] > current[b]) {
+                    best = Some(e);
+                }
+            }
+            if let Some(b) = best {
+                current[b] -= sum;
+                return b;
+            }
+        }
+        0
+    }
+
+    /// Is `endpoint` a backup?
+    fn is_backup(&self, endpoint: usize) -> bool {
+        self.balance
+            .as_ref()
+            .is_some_and(|(b, _)| b.backup[endpoint])
     }
 
     /// A connection failed: the endpoint is out of the rotation for `endpoint_fail_timeout`,
@@ -331,11 +382,17 @@ impl Pool {
     /// over), at most [`MAX_TRIES`] in all.
     pub(crate) fn to_try(&self, first: usize) -> impl Iterator<Item = usize> + '_ {
         let n = self.endpoints.len();
-        (0..n)
-            .map(move |i| (first + i) % n)
-            .enumerate()
-            .filter(|&(i, e)| i == 0 || !self.is_out(e, self.now_ms()))
-            .map(|(_, e)| e)
+        // Primaries before backups: the walk from `first` twice, each time taking one kind.
+        let kinds = [false, true]
+            .into_iter()
+            .take(if self.balance.is_some() { 2 } else { 1 });
+        let walk = kinds.flat_map(move |backups| {
+            (0..n)
+                .map(move |i| (first + i) % n)
+                .filter(move |&e| self.balance.is_none() || self.is_backup(e) == backups)
+        });
+        std::iter::once(first)
+            .chain(walk.filter(move |&e| e != first && !self.is_out(e, self.now_ms())))
             .take(MAX_TRIES)
     }
 
@@ -454,7 +511,8 @@ impl Pool {
                     let name = &self.endpoints[endpoint].addr;
                     tracing::warn!(upstream = %self.name, endpoint = %name, "upstream endpoint closed a new connection without answering; the request goes to the next");
                     self.metrics.upstream_retry(&self.name, name);
-                    (endpoint + 1) % self.endpoints.len()
+                    let n = self.endpoints.len();
+                    self.to_try(endpoint).nth(1).unwrap_or((endpoint + 1) % n)
                 }
                 (true, false) => return Err(ProxyError::Unreachable),
             };
@@ -522,6 +580,47 @@ mod tests {
         assert_eq!(
             addrs_of("url = \"https://api.internal\"\nendpoints = [\"10.0.0.1\", \"b.internal:8443\", \"[::1]\"]"),
             ["10.0.0.1:443", "b.internal:8443", "[::1]:443"]
+        );
+    }
+
+    /// Weights spread each endpoint's share over the turn (nginx's order); a backup serves only
+    /// while every primary is out, and a failed connection's walk takes primaries first.
+    #[test]
+    fn weights_share_the_rotation_and_backups_wait_for_the_primaries() {
+        let weighted = upstream(
+            "url = \"http://api.internal\"\nendpoints = [{ address = \"a:1\", weight = 3 }, \"b:1\", \"c:1\"]",
+        );
+        let pool = Pool::new(&weighted, Arc::new(Metrics::new()));
+        let picks = |n: usize| (0..n).map(|_| pool.pick()).collect::<Vec<_>>();
+        assert_eq!(picks(10), [0, 1, 0, 2, 0, 0, 1, 0, 2, 0]);
+        // One out: the others share its turns evenly (weights 1, 1).
+        pool.failed(0, &ProxyError::Unreachable);
+        let shares = picks(6);
+        assert_eq!(shares.iter().filter(|&&e| e == 1).count(), 3, "{shares:?}");
+        assert_eq!(shares.iter().filter(|&&e| e == 2).count(), 3, "{shares:?}");
+
+        let with_backup = upstream(
+            "url = \"http://api.internal\"\nendpoints = [\"a:1\", { address = \"z:1\", backup = true }, \"b:1\"]",
+        );
+        let pool = Pool::new(&with_backup, Arc::new(Metrics::new()));
+        let picks = |n: usize| (0..n).map(|_| pool.pick()).collect::<Vec<_>>();
+        assert_eq!(picks(4), [0, 2, 0, 2]);
+        assert_eq!(pool.to_try(0).collect::<Vec<_>>(), [0, 2, 1]);
+        pool.failed(0, &ProxyError::Unreachable);
+        assert_eq!(picks(4), [2, 2, 2, 2]);
+        assert_eq!(pool.to_try(2).collect::<Vec<_>>(), [2, 1]);
+        pool.failed(2, &ProxyError::Unreachable);
+        assert_eq!(picks(2), [1, 1], "the backup, with every primary out");
+        pool.failed(1, &ProxyError::Unreachable);
+        let all_out = picks(4);
+        assert!(
+            all_out.contains(&0) && all_out.contains(&2),
+            "all out: the primaries' turns {all_out:?}"
+        );
+        assert!(
+            upstream("url = \"http://api.internal\"\nendpoints = [\"a:1\", \"b:1\"]")
+                .balance
+                .is_none()
         );
     }
 

@@ -263,16 +263,17 @@ fn connect_addr(authority: &http::uri::Authority, scheme: &http::uri::Scheme) ->
     }
 }
 
-/// `endpoints`: host and port of each instance, each once; else the `url`'s own.
+/// `endpoints`: host and port of each instance, each once, and how the rotation weighs them;
+/// else the `url`'s own.
 fn endpoints(
     cx: &mut Ctx<'_>,
     u: &UpstreamFile,
     scheme: &http::uri::Scheme,
     url: &http::uri::Authority,
     key: &str,
-) -> Vec<String> {
+) -> (Vec<String>, Option<Balance>) {
     let Some(list) = &u.endpoints else {
-        return vec![connect_addr(url, scheme)];
+        return (vec![connect_addr(url, scheme)], None);
     };
     if list.get_ref().is_empty() || list.get_ref().len() > MAX_ENDPOINTS {
         cx.err(
@@ -282,45 +283,75 @@ fn endpoints(
                 "list 1 to {MAX_ENDPOINTS} endpoints, or leave it out to connect to the url's host"
             ),
         );
-        return Vec::new();
+        return (Vec::new(), None);
     }
     let mut out: Vec<String> = Vec::new();
+    let (mut weights, mut backups) = (Vec::new(), Vec::new());
     for (i, e) in list.get_ref().iter().enumerate() {
-        if e.get_ref().contains('@') {
+        let at = format!("{key}[{i}]");
+        let entry = e.get_ref();
+        if entry.address.contains('@') {
             // Not echoed: it may hold a password.
             cx.err(
                 e.span(),
-                &format!("{key}[{i}]"),
+                &at,
                 "must not carry credentials: an endpoint is host:port",
             );
             continue;
         }
-        let parsed = http::uri::Authority::from_str(e.get_ref())
+        let parsed = http::uri::Authority::from_str(&entry.address)
             .ok()
             .filter(|a| !a.host().is_empty());
         let Some(a) = parsed else {
             cx.err(
                 e.span(),
-                &format!("{key}[{i}]"),
+                &at,
                 format!(
                     "{:?} is not host:port (a name or address, and a port)",
-                    e.get_ref()
+                    entry.address
                 ),
             );
             continue;
         };
         let addr = connect_addr(&a, scheme);
         if out.contains(&addr) {
-            cx.err(
-                e.span(),
-                &format!("{key}[{i}]"),
-                format!("{addr} is listed twice"),
-            );
+            cx.err(e.span(), &at, format!("{addr} is listed twice"));
             continue;
         }
+        let backup = entry.backup.unwrap_or(false);
+        let weight = match entry.weight {
+            None => 1,
+            Some(_) if backup => {
+                cx.err(
+                    e.span(),
+                    &format!("{at}.weight"),
+                    "a backup takes no weight: backups serve, in turn, only while every other endpoint is out",
+                );
+                1
+            }
+            Some(w @ 1..=100) => u32::try_from(w).unwrap_or(1),
+            Some(w) => {
+                cx.err(
+                    e.span(),
+                    &format!("{at}.weight"),
+                    format!("{w} is not 1 to 100"),
+                );
+                1
+            }
+        };
         out.push(addr);
+        weights.push(weight);
+        backups.push(backup);
     }
-    out
+    if !backups.is_empty() && backups.iter().all(|&b| b) {
+        cx.err(
+            list.span(),
+            key,
+            "every endpoint is a backup: at least one must serve while all are in",
+        );
+        return (out, None);
+    }
+    (out, Balance::new(&weights, &backups))
 }
 
 pub(super) fn upstream(
@@ -406,7 +437,7 @@ pub(super) fn upstream(
         .token_exchange
         .as_ref()
         .and_then(|t| token_exchange(cx, name, t));
-    let endpoints = endpoints(cx, u, &scheme, &authority, &key("endpoints"));
+    let (endpoints, balance) = endpoints(cx, u, &scheme, &authority, &key("endpoints"));
     let set_headers = set_headers(cx, u, server, &identity_assertion, &key);
     let response_headers = response_headers(cx, u, server, &key);
     let health_check = health_check(cx, u, (&scheme, &authority), protocol, &key);
@@ -433,6 +464,7 @@ pub(super) fn upstream(
     UpstreamConfig {
         max_requests,
         retry_statuses,
+        balance,
         health_check,
         set_headers,
         response_headers,
