@@ -156,9 +156,14 @@ async fn client_in_the_access_log(buf: &Buf, up: &Upstream) {
          [decision]\nlisten = \"127.0.0.1:{dport}\"\n\
          [upstreams.app]\nurl = \"{}\"\n\
          [upstreams.dead]\nurl = \"http://127.0.0.1:1\"\n\
+         [upstreams.pair]\nurl = \"http://api.internal\"\nendpoints = [\"127.0.0.1:1\", \"{}\"]\n\
+         [upstreams.pair_dead]\nurl = \"http://api.internal\"\nendpoints = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n\
          [[routes]]\nprefix = \"/dead\"\nauth = \"none\"\nupstream = \"dead\"\n\
+         [[routes]]\nprefix = \"/pair/\"\nauth = \"none\"\nupstream = \"pair\"\n\
+         [[routes]]\nprefix = \"/pair-dead\"\nauth = \"none\"\nupstream = \"pair_dead\"\n\
          [[routes]]\nprefix = \"/by-ip\"\nauth = \"none\"\nrate_limit = {{ key = \"ip\", rate = \"100/s\" }}\nupstream = \"app\"\n",
-            up.url()
+            up.url(),
+            up.addr
         )
     })
     .await;
@@ -175,6 +180,19 @@ async fn client_in_the_access_log(buf: &Buf, up: &Upstream) {
     assert_eq!(a.status, http::StatusCode::OK);
     let a = get(&c, &gw.url("/dead/x"), &[("x-request-id", "lb-dead")]).await;
     assert_eq!(a.status, http::StatusCode::BAD_GATEWAY);
+    // Of several endpoints, the one that answered (after the first refused the connection)
+    // is named; so is the one that failed last, in the access line and the warning.
+    for _ in 0..2 {
+        let a = get(&c, &gw.url("/pair/x"), &[]).await;
+        assert_eq!(a.status, http::StatusCode::OK);
+    }
+    let a = get(
+        &c,
+        &gw.url("/pair-dead/x"),
+        &[("x-request-id", "lb-pair-dead")],
+    )
+    .await;
+    assert_eq!(a.status, http::StatusCode::BAD_GATEWAY);
     let ask = format!("http://127.0.0.1:{dport}/auth");
     for _ in 0..2 {
         let a = get(&c, &ask, &[("x-original-uri", "/by-ip/x")]).await;
@@ -190,6 +208,33 @@ async fn client_in_the_access_log(buf: &Buf, up: &Upstream) {
     assert!(line.contains("\"peer\":\"127.0.0.1\""), "{line}");
     // The trusted proxy's request id, as the upstream and the client got it.
     assert!(line.contains("\"request_id\":\"lb-5e1d\""), "{line}");
+    let served = format!("\"upstream_addr\":\"{}\"", up.addr);
+    let pair_lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"path\":\"/pair/x\"") && l.contains("bearward::access"))
+        .collect();
+    assert_eq!(pair_lines.len(), 2);
+    assert!(
+        pair_lines.iter().all(|l| l.contains(&served)),
+        "{pair_lines:?}"
+    );
+    assert!(
+        !line.contains("upstream_addr"),
+        "one endpoint: its url names it; {line}"
+    );
+    let dead_pair = logs
+        .lines()
+        .find(|l| l.contains("\"path\":\"/pair-dead/x\"") && l.contains("bearward::access"))
+        .expect("an access line for /pair-dead/x");
+    assert!(
+        dead_pair.contains("\"upstream_addr\":\"127.0.0.1:"),
+        "{dead_pair}"
+    );
+    let warned = logs
+        .lines()
+        .find(|l| l.contains("upstream request failed") && l.contains("lb-pair-dead"))
+        .expect("a warning for the dead pair");
+    assert!(warned.contains("\"endpoint\":\"127.0.0.1:"), "{warned}");
     trace_id_in_the_access_log(buf, up).await;
     // A warning made while serving a request names it too.
     let failed = logs

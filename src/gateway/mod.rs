@@ -110,6 +110,9 @@ pub struct Outcome {
     pub reason: &'static str,
     pub upstream_status: Option<u16>,
     pub upstream_time: Option<Duration>,
+    /// The upstream (its index) and its endpoint that answered, or failed, the request: for an
+    /// upstream of several endpoints only (one is named by its `url`).
+    pub upstream_endpoint: Option<(usize, usize)>,
     pub token_id: Option<TokenId>,
     /// Which challenge a 401 carries: the request used DPoP, or the route wants bound tokens.
     pub challenge: Challenge,
@@ -263,6 +266,7 @@ impl Default for Outcome {
             reason: ALLOWED.1,
             upstream_status: None,
             upstream_time: None,
+            upstream_endpoint: None,
             token_id: None,
             challenge: Challenge::Bearer,
             rate_limit: None,
@@ -619,6 +623,9 @@ impl Gateway {
                 reason = out.reason,
                 upstream_status = out.upstream_status,
                 upstream_ms = out.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+                upstream_addr = out
+                    .upstream_endpoint
+                    .map(|(u, e)| self.upstreams.config(u).endpoints[e].as_str()),
                 latency_ms = latency.as_secs_f64() * 1000.0,
                 token = out.token_id.map(tracing::field::display),
                 peer = %conn.peer.ip(),
@@ -903,7 +910,8 @@ impl Gateway {
         // allocation and a copy of it on every request (about 800 instructions), and the
         // larger future is held only while a request is in flight (an idle connection is
         // parked without it, request::framing).
-        match self
+        let tried = crate::upstream::Tried::new();
+        let sent = self
             .upstreams
             .send(
                 upstream_index,
@@ -911,9 +919,13 @@ impl Gateway {
                 &rewrite,
                 &conn.request_timer,
                 route.max_body,
+                &tried,
             )
-            .await
-        {
+            .await;
+        if upstream.endpoints.len() > 1 {
+            out.upstream_endpoint = tried.get().map(|e| (upstream_index, e));
+        }
+        match sent {
             Ok((mut resp, elapsed)) => {
                 out.upstream_status = Some(resp.status().as_u16());
                 out.upstream_time = Some(elapsed);
@@ -938,7 +950,10 @@ impl Gateway {
                     // guards against; the metrics count them by reason.
                     tracing::debug!(upstream = %upstream.name, request_id, "upstream at max_requests; refused");
                 } else {
-                    tracing::warn!(upstream = %upstream.name, authority = %upstream.authority, reason = e.reason(), request_id, "upstream request failed");
+                    let endpoint = out
+                        .upstream_endpoint
+                        .map(|(_, e)| upstream.endpoints[e].as_str());
+                    tracing::warn!(upstream = %upstream.name, authority = %upstream.authority, endpoint, reason = e.reason(), request_id, "upstream request failed");
                 }
                 Err(Rejection::Proxy(e))
             }

@@ -96,9 +96,10 @@ impl H2Client {
 
     /// A live connection for the next request: the rotation's next endpoint's, made if there
     /// is none, else (it cannot be made) the next endpoints' that are in.
-    async fn connection(&self) -> Result<Picked, ProxyError> {
+    async fn connection(&self, tried: &super::Tried) -> Result<Picked, ProxyError> {
         let mut last = ProxyError::Unreachable;
         for endpoint in self.pool.to_try(self.pool.pick()) {
+            tried.set(endpoint);
             match self.endpoint_connection(endpoint).await {
                 Ok((id, sender)) => return Ok((endpoint, id, sender)),
                 Err(e) => last = e,
@@ -177,6 +178,7 @@ impl H2Client {
         &self,
         req: Request<Body>,
         rewrite: &HeadRewrite,
+        tried: &super::Tried,
     ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, req_body) = req.into_parts();
         rewrite.apply(&mut parts.headers);
@@ -236,7 +238,7 @@ impl H2Client {
                     r
                 }
             };
-            let (endpoint, id, mut sender) = self.connection().await?;
+            let (endpoint, id, mut sender) = self.connection(tried).await?;
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(resp.map(body::boxed)),
                 Err(mut e) => {

@@ -33,6 +33,35 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// One connection pool per upstream, built from the config.
+/// The endpoint a request went to last (the one whose answer, or failure, it got), for the
+/// access log: set by the pool and the HTTP/2 client as they pick one.
+#[derive(Debug)]
+pub struct Tried(std::sync::atomic::AtomicU8);
+
+impl Tried {
+    pub fn new() -> Tried {
+        Tried(std::sync::atomic::AtomicU8::new(u8::MAX))
+    }
+
+    pub(crate) fn set(&self, endpoint: usize) {
+        let e = u8::try_from(endpoint).unwrap_or(u8::MAX);
+        self.0.store(e, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Option<usize> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            u8::MAX => None,
+            e => Some(usize::from(e)),
+        }
+    }
+}
+
+impl Default for Tried {
+    fn default() -> Tried {
+        Tried::new()
+    }
+}
+
 pub struct Upstreams {
     clients: Vec<UpstreamClient>,
     body_read_timeout: Duration,
@@ -122,6 +151,7 @@ impl Upstreams {
         rewrite: &HeadRewrite,
         timer: &RequestTimer,
         max_body: Option<u64>,
+        tried: &Tried,
     ) -> Result<(Response<Body>, Duration), ProxyError> {
         let up = &self.clients[idx];
         let start = Instant::now();
@@ -163,8 +193,10 @@ impl Upstreams {
             match &up.h2 {
                 // Boxed: HTTP/2 upstreams' state would otherwise size every HTTP/1 request's
                 // future too (hyper moves it into place once a request).
-                Some(h2) => Box::pin(h2.send(req, rewrite)).await.map(|r| (r, None)),
-                None => up.pool.send(req, rewrite, upgrade).await,
+                Some(h2) => Box::pin(h2.send(req, rewrite, tried))
+                    .await
+                    .map(|r| (r, None)),
+                None => up.pool.send(req, rewrite, upgrade, tried).await,
             }
         };
         tokio::pin!(fut);

@@ -278,7 +278,12 @@ impl Pool {
     /// once as it goes out, as nginx counts it toward `max_fails`), the answer is dropped (its
     /// connection kept only when it had no body to read past), and a connection for the next
     /// endpoint is taken. Boxed: rare, and its future inline would grow every request's.
-    fn answered_elsewhere<'a>(&'a self, conn: Conn, resp: &wire::ResponseHead) -> Checkout<'a> {
+    fn answered_elsewhere<'a>(
+        &'a self,
+        conn: Conn,
+        resp: &wire::ResponseHead,
+        tried: &'a super::Tried,
+    ) -> Checkout<'a> {
         let endpoint = usize::from(conn.endpoint);
         let e = &self.endpoints[endpoint];
         let status = resp.status.as_u16();
@@ -294,7 +299,7 @@ impl Pool {
         {
             self.checkin(conn);
         }
-        Box::pin(self.checkout())
+        Box::pin(self.checkout(tried))
     }
 
     /// Out of the rotation for `endpoint_fail_timeout` from now; whether it was in until now.
@@ -309,12 +314,12 @@ impl Pool {
     }
 
     /// A connection for a request, and whether it was reused.
-    async fn checkout(&self) -> Result<(Conn, bool), ProxyError> {
+    async fn checkout(&self, tried: &super::Tried) -> Result<(Conn, bool), ProxyError> {
         let endpoint = self.pick();
         loop {
             let popped = self.idle(endpoint).pop();
             let Some(conn) = popped else {
-                return self.connect(endpoint).await.map(|c| (c, false));
+                return self.connect(endpoint, tried).await.map(|c| (c, false));
             };
             let idle = conn.since.elapsed();
             if idle > self.idle_timeout || (idle >= PROBE_AFTER && !still_open(conn.stream.tcp())) {
@@ -350,18 +355,20 @@ impl Pool {
     /// [`Pool::connect_from`], boxed: a connect (a TLS handshake's state among it, and the
     /// walk over the endpoints) is rare on a warm pool, and its future inline would make every
     /// request's future, which hyper moves into place per request, that much larger.
-    fn connect(
-        &self,
+    fn connect<'a>(
+        &'a self,
         first: usize,
-    ) -> Pin<Box<dyn Future<Output = Result<Conn, ProxyError>> + Send + '_>> {
-        Box::pin(self.connect_from(first))
+        tried: &'a super::Tried,
+    ) -> Pin<Box<dyn Future<Output = Result<Conn, ProxyError>> + Send + 'a>> {
+        Box::pin(self.connect_from(first, tried))
     }
 
     /// A new connection to `first`, else (it failed) to the next endpoints that are in, each
     /// within `connect_timeout`, at most [`MAX_TRIES`] in all.
-    async fn connect_from(&self, first: usize) -> Result<Conn, ProxyError> {
+    async fn connect_from(&self, first: usize, tried: &super::Tried) -> Result<Conn, ProxyError> {
         let mut last = ProxyError::Unreachable;
         for endpoint in self.to_try(first) {
+            tried.set(endpoint);
             match self.open_stream(endpoint).await {
                 Ok(stream) => {
                     return Ok(Conn {
@@ -443,6 +450,7 @@ impl Pool {
         req: Request<Body>,
         rewrite: &wire::HeadRewrite,
         upgrade: bool,
+        tried: &super::Tried,
     ) -> Result<(Response<Body>, Option<Upgraded>), ProxyError> {
         let (parts, req_body) = req.into_parts();
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -467,11 +475,12 @@ impl Pool {
                     | Method::PUT
                     | Method::DELETE
             );
-        let (mut conn, mut reused) = self.checkout().await?;
+        let (mut conn, mut reused) = self.checkout(tried).await?;
         // Fresh connections that failed the request on other endpoints (nginx's
         // `proxy_next_upstream error`): at most MAX_TRIES endpoints in all.
         let mut moved = 0;
         let resp = loop {
+            tried.set(usize::from(conn.endpoint));
             let exchange = exchange(
                 &mut conn,
                 &head,
@@ -488,7 +497,7 @@ impl Pool {
                         && self.retry_statuses.contains(&resp.status) =>
                 {
                     moved += 1;
-                    (conn, reused) = self.answered_elsewhere(conn, &resp).await?;
+                    (conn, reused) = self.answered_elsewhere(conn, &resp, tried).await?;
                     continue;
                 }
                 Ok(resp) => break resp,
@@ -516,7 +525,7 @@ impl Pool {
                 }
                 (true, false) => return Err(ProxyError::Unreachable),
             };
-            conn = self.connect(next).await?;
+            conn = self.connect(next, tried).await?;
             reused = false;
         };
         let state = match resp.framing {
