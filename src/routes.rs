@@ -468,6 +468,8 @@ pub struct Route {
     pub audit: bool,
     /// Largest request body forwarded (`max_body_bytes`, else the server's); `None`: no limit.
     pub max_body: Option<u64>,
+    /// `request_timeout` in place of the upstream's; `None`: the upstream's.
+    pub request_timeout: Option<std::time::Duration>,
     /// Take `%25` followed by two hex digits in the path ([`crate::request::path::has_double_encoding`]),
     /// for APIs that carry literal percent signs before hex digits; refused (400) otherwise.
     pub allow_encoded_percent: bool,
@@ -1122,6 +1124,7 @@ impl Route {
             cors_preflight: false,
             audit: false,
             max_body: None,
+            request_timeout: None,
             allow_encoded_percent: false,
             resource: None,
             issuers: None,

@@ -47,6 +47,7 @@ fn broken_configs_are_rejected_naming_the_key() {
         ("no hosts", "prefix = \"/api\"", "prefix = \"/api\"\nhosts = []", "routes[1].hosts: an empty list takes no request"),
         ("no source ranges", "prefix = \"/api\"", "prefix = \"/api\"\nsource_ranges = []", "routes[1].source_ranges: an empty list takes no request"),
         ("a source range that is no address", "prefix = \"/api\"", "prefix = \"/api\"\nsource_ranges = [\"10.0.0.0/8\", \"office\"]", "routes[1].source_ranges[1]: \"office\" is not an IP address or CIDR block"),
+        ("a route timeout past an hour", "prefix = \"/api\"", "prefix = \"/api\"\nrequest_timeout = \"2h\"", "routes[1].request_timeout"),
         ("a balancer that is no address", "listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:0\"\nproxy_protocol_from = [\"10.0.0.0/24\", \"nlb\"]", "server.proxy_protocol_from[1]: \"nlb\" is not an IP address or CIDR block"),
         ("a source range past its family's length", "prefix = \"/api\"", "prefix = \"/api\"\nsource_ranges = [\"10.0.0.0/33\"]", "routes[1].source_ranges[0]"),
         ("hosts behind nginx without the original host", "[[routes]]\nprefix = \"/api\"", "[decision]\nlisten = \"127.0.0.1:0\"\ningress = \"nginx\"\n\n[[routes]]\nprefix = \"/api\"\nhosts = [\"api.test\"]", "decision.original_host_header: is required"),

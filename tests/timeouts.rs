@@ -33,6 +33,73 @@ async fn upstream_down_is_502_and_slow_is_504() {
     );
 }
 
+/// A route's own `request_timeout` replaces its upstream's for that route alone: the slow
+/// answer (2 s) is waited for on the patient route, cut at the upstream's 500 ms elsewhere, and
+/// cut sooner on a route that sets less. A slow response body pauses under the route's too.
+#[tokio::test]
+async fn a_routes_request_timeout_replaces_its_upstreams() {
+    let up = Upstream::start().await;
+    let cfg = basic_config(&up.url(), "")
+        + "\n[[routes]]\nprefix = \"/patient\"\nauth = \"none\"\nupstream = \"app\"\n\
+           request_timeout = \"5s\"\n\
+           \n[[routes]]\nprefix = \"/hasty\"\nauth = \"none\"\nupstream = \"app\"\n\
+           request_timeout = \"100ms\"\n";
+    let gw = Gateway::start(&cfg).await;
+    let c = client();
+    let timed = |path: &'static str| {
+        let (c, url) = (c.clone(), gw.url(path));
+        async move {
+            let start = Instant::now();
+            let status = get(&c, &url, &[]).await.status;
+            (status, start.elapsed())
+        }
+    };
+    let (status, took) = timed("/patient/slow").await;
+    assert_eq!(status, StatusCode::OK, "waited {took:?}");
+    assert!(took >= Duration::from_secs(2));
+    let (status, took) = timed("/public/slow").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    let (status, took) = timed("/hasty/slow").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(took < Duration::from_millis(450), "{took:?}");
+    // Fast answers pass on every route.
+    assert_eq!(timed("/hasty/x").await.0, StatusCode::OK);
+
+    // An upstream whose body pauses 1 s after its head: broken off at the upstream's 500 ms,
+    // read whole under the patient route's.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pausing = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let _ = s.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nfirst";
+                let _ = s.write_all(head.as_bytes()).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = s.write_all(b"-last").await;
+            });
+        }
+    });
+    let cfg = basic_config(&format!("http://{pausing}"), "")
+        + "\n[[routes]]\nprefix = \"/patient\"\nauth = \"none\"\nupstream = \"app\"\n\
+           request_timeout = \"5s\"\n";
+    let gw = Gateway::start(&cfg).await;
+    let whole = get(&c, &gw.url("/patient/x"), &[]).await;
+    assert_eq!(
+        (whole.status, whole.body.as_str()),
+        (StatusCode::OK, "first-last")
+    );
+    let cut = get(&c, &gw.url("/public/x"), &[]).await;
+    assert_eq!(cut.status, StatusCode::OK, "the head came in time");
+    // The client's read fails (the connection closes mid-body), so `send` gives no body.
+    assert_eq!(cut.body, "", "the body broken off at the pause");
+}
+
 /// The request timeout is kept per client connection and pushed forward per request: on one
 /// keep-alive connection, fast requests after a timed-out one are not cut short, and a slow one
 /// after fast ones still times out on time.

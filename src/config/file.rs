@@ -1453,6 +1453,14 @@ pub(super) struct RouteFile {
     ///
     /// this route's body limit (see `[server]`)
     pub max_body_bytes: Option<Spanned<u64>>,
+    /// Reference: `request_timeout`
+    /// Default: the upstream's
+    ///
+    /// the upstream's `request_timeout` for this route's requests (1 ms to 1 h): the wait for
+    /// the response head and the longest pause in either body (Envoy's route `timeout`, nginx's
+    /// `proxy_read_timeout` in a `location`), for the one slow report of a legacy API without
+    /// a second upstream for it
+    pub request_timeout: Option<Spanned<String>>,
     /// Reference: `resource`
     /// Default: `server.resource`
     ///

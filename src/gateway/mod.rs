@@ -918,7 +918,10 @@ impl Gateway {
                 req,
                 &rewrite,
                 &conn.request_timer,
-                route.max_body,
+                crate::upstream::RouteLimits {
+                    max_body: route.max_body,
+                    request_timeout: route.request_timeout,
+                },
                 &tried,
             )
             .await;

@@ -253,13 +253,19 @@ pub(super) struct UpstreamBody {
 impl UpstreamBody {
     /// The body of a response read from `conn` as `state` says; the connection goes back to
     /// `pool` when the body ends cleanly and the upstream keeps connections alive.
-    pub(super) fn new(conn: Conn, state: BodyState, keep_alive: bool, pool: Arc<Pool>) -> Self {
+    pub(super) fn new(
+        conn: Conn,
+        state: BodyState,
+        keep_alive: bool,
+        pool: Arc<Pool>,
+        stall: Duration,
+    ) -> Self {
         UpstreamBody {
             endpoint: conn.endpoint,
             conn: Some(conn),
             state,
             keep_alive,
-            stall: Stall::new(pool.stall_timeout),
+            stall: Stall::new(stall),
             pool,
         }
     }

@@ -33,6 +33,15 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// One connection pool per upstream, built from the config.
+/// What a route asks of its requests' exchanges.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteLimits {
+    /// The largest request body sent; `None`: no limit.
+    pub max_body: Option<u64>,
+    /// The route's `request_timeout`; `None`: the upstream's.
+    pub request_timeout: Option<Duration>,
+}
+
 /// The endpoint a request went to last (the one whose answer, or failure, it got), for the
 /// access log: set by the pool and the HTTP/2 client as they pick one.
 #[derive(Debug)]
@@ -150,11 +159,17 @@ impl Upstreams {
         mut req: Request<Body>,
         rewrite: &HeadRewrite,
         timer: &RequestTimer,
-        max_body: Option<u64>,
+        limits: RouteLimits,
         tried: &Tried,
     ) -> Result<(Response<Body>, Duration), ProxyError> {
+        let RouteLimits {
+            max_body,
+            request_timeout,
+        } = limits;
         let up = &self.clients[idx];
         let start = Instant::now();
+        // A route's own request_timeout, else the upstream's.
+        let request_timeout = request_timeout.unwrap_or(up.config.request_timeout);
         // Boxed, and only for an upstream with `max_requests`: the others pay one branch.
         let place = match &up.limit {
             None => None,
@@ -196,7 +211,11 @@ impl Upstreams {
                 Some(h2) => Box::pin(h2.send(req, rewrite, tried))
                     .await
                     .map(|r| (r, None)),
-                None => up.pool.send(req, rewrite, upgrade, tried).await,
+                None => {
+                    up.pool
+                        .send(req, rewrite, upgrade, tried, request_timeout)
+                        .await
+                }
             }
         };
         tokio::pin!(fut);
@@ -216,8 +235,8 @@ impl Upstreams {
                     // The deadline counts from the request's start, request_timeout from here.
                     Some(d) => d
                         .saturating_sub(start.elapsed())
-                        .clamp(Duration::from_millis(1), up.config.request_timeout),
-                    None => up.config.request_timeout,
+                        .clamp(Duration::from_millis(1), request_timeout),
+                    None => request_timeout,
                 };
                 timer.run(timeout, fut).await.ok_or(ProxyError::Timeout)?
             }

@@ -101,9 +101,6 @@ pub(crate) struct Pool {
     tls: Option<UpstreamTls>,
     /// The longest a new connection may take, TLS handshake included.
     connect_timeout: Duration,
-    /// The longest the upstream may take no request bytes, or send no response body bytes
-    /// (its `request_timeout`, as nginx's `proxy_send_timeout` and `proxy_read_timeout`).
-    pub(super) stall_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
     /// `retry_statuses`: answers that send a replayable request to the next endpoint.
@@ -134,7 +131,6 @@ impl Pool {
             fail_timeout: upstream.endpoint_fail_timeout,
             tls: upstream.tls.clone(),
             connect_timeout: upstream.connect_timeout,
-            stall_timeout: upstream.request_timeout,
             idle_timeout: upstream.idle_timeout,
             max_idle: upstream.max_idle_connections,
             retry_statuses: upstream.retry_statuses.clone(),
@@ -451,6 +447,7 @@ impl Pool {
         rewrite: &wire::HeadRewrite,
         upgrade: bool,
         tried: &super::Tried,
+        stall: Duration,
     ) -> Result<(Response<Body>, Option<Upgraded>), ProxyError> {
         let (parts, req_body) = req.into_parts();
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -481,14 +478,7 @@ impl Pool {
         let mut moved = 0;
         let resp = loop {
             tried.set(usize::from(conn.endpoint));
-            let exchange = exchange(
-                &mut conn,
-                &head,
-                &mut req_body,
-                framing,
-                &method,
-                self.stall_timeout,
-            );
+            let exchange = exchange(&mut conn, &head, &mut req_body, framing, &method, stall);
             let failed = match exchange.await {
                 Ok(resp)
                     if !self.retry_statuses.is_empty()
@@ -550,7 +540,7 @@ impl Pool {
             ResponseFraming::Chunked => BodyState::Chunked(Chunked::default()),
             ResponseFraming::Close => BodyState::Close,
         };
-        let body = UpstreamBody::new(conn, state, resp.keep_alive, self.clone());
+        let body = UpstreamBody::new(conn, state, resp.keep_alive, self.clone(), stall);
         Ok((into_response(resp, body::boxed(body)), None))
     }
 }

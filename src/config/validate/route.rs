@@ -342,6 +342,15 @@ pub(super) fn route(
         max_body: cx
             .max_body(&r.max_body_bytes, &key("max_body_bytes"))
             .or(server.max_body_bytes),
+        request_timeout: r.request_timeout.as_ref().map(|_| {
+            let long = (Duration::from_millis(1), Duration::from_secs(3600));
+            cx.duration(
+                &r.request_timeout,
+                &key("request_timeout"),
+                Duration::ZERO,
+                long,
+            )
+        }),
         allow_encoded_percent: r.allow_encoded_percent.unwrap_or(false),
         resource,
         // Resolved against the validated issuers by the caller.
