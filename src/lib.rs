@@ -64,6 +64,7 @@ pub mod auth;
 pub mod authzen;
 pub mod body;
 pub mod config;
+pub mod cors;
 pub mod demo;
 pub mod egress;
 pub mod explain;

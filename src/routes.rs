@@ -464,6 +464,8 @@ pub struct Route {
     /// without a token: browsers send them without credentials (Fetch standard), so a bearer
     /// check would fail every cross-origin call.
     pub cors_preflight: bool,
+    /// `cors`: preflights answered by bearward, CORS headers on every answer.
+    pub cors: Option<std::sync::Arc<crate::cors::CorsPolicy>>,
     /// Audit mode: evaluate and report, but forward whatever the verdict.
     pub audit: bool,
     /// Largest request body forwarded (`max_body_bytes`, else the server's); `None`: no limit.
@@ -1122,6 +1124,7 @@ impl Route {
             scopes_any: vec![],
             token_in_query: false,
             cors_preflight: false,
+            cors: None,
             audit: false,
             max_body: None,
             request_timeout: None,

@@ -158,6 +158,18 @@ pub(super) struct AuthzenResourceFile {
     pub id: Option<String>,
 }
 
+/// A route's `cors`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CorsFile {
+    pub allow_origins: Spanned<Vec<Spanned<String>>>,
+    pub allow_methods: Option<Spanned<Vec<Spanned<String>>>>,
+    pub allow_headers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub expose_headers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub allow_credentials: Option<bool>,
+    pub max_age: Option<Spanned<String>>,
+}
+
 /// An `endpoints` entry: `"host:port"`, or a table with its weight or its place as a backup.
 /// Read by hand rather than as an untagged enum, so a mistyped key in a table is named.
 #[derive(Debug)]
@@ -1443,6 +1455,24 @@ pub(super) struct RouteFile {
     /// it. Counted as `decision="allow"`, `reason="cors_preflight"`. The upstream writes the CORS
     /// answer, as it does today
     pub cors_preflight: Option<Spanned<bool>>,
+    /// Reference: `cors`
+    /// Default: -
+    ///
+    /// `{ allow_origins = ["https://app.example.com", "https://*.example.com"] }`: bearward
+    /// answers the browser's preflights for this route itself (204, or 403 `cors_origin_not_allowed`,
+    /// `cors_method_not_allowed`, `cors_header_not_allowed`; never forwarded) and puts
+    /// `Access-Control-Allow-Origin` (for an allowed `Origin`), `Access-Control-Expose-Headers`
+    /// and `Vary: Origin` on every answer of the route, its 401s included, in place of the
+    /// upstream's own (Envoy's CORS filter). Also `allow_methods` (default: the route's
+    /// `methods`, else GET, HEAD, POST, PUT, PATCH, DELETE), `allow_headers` (request headers
+    /// beyond `Authorization`, `DPoP` and `Content-Type`, always allowed; `["*"]`: any),
+    /// `expose_headers` (the upstream's headers a page may read, beyond bearward's
+    /// `WWW-Authenticate`, `DPoP-Nonce`, `RateLimit`, `RateLimit-Policy`, `Retry-After` and the
+    /// request id), `allow_credentials` (default false; not with `"*"`), `max_age` (default
+    /// `"10m"`, at most 24 h). An origin is `scheme://host[:port]`, `*.` before a domain for its
+    /// subdomains, or `"*"`. Not with `cors_preflight`; on the proxy listener (in decision
+    /// mode a preflight passes, as with `cors_preflight`)
+    pub cors: Option<Spanned<CorsFile>>,
     /// Reference: `mode`
     /// Default: `server.mode`
     ///

@@ -110,6 +110,9 @@ pub struct Outcome {
     pub reason: &'static str,
     pub upstream_status: Option<u16>,
     pub upstream_time: Option<Duration>,
+    /// A `cors` route's policy and the request's `Origin` if the policy allows it: the CORS
+    /// headers every answer of the route gets (proxy listener only).
+    pub cors: Option<(Arc<crate::cors::CorsPolicy>, Option<HeaderValue>)>,
     /// The upstream (its index) and its endpoint that answered, or failed, the request: for an
     /// upstream of several endpoints only (one is named by its `url`).
     pub upstream_endpoint: Option<(usize, usize)>,
@@ -267,6 +270,7 @@ impl Default for Outcome {
             upstream_status: None,
             upstream_time: None,
             upstream_endpoint: None,
+            cors: None,
             token_id: None,
             challenge: Challenge::Bearer,
             rate_limit: None,
@@ -305,6 +309,8 @@ pub struct Gateway {
     exchangers: Vec<Option<crate::token_exchange::Exchanger>>,
     /// Some upstream's `identity_assertion` has `jwks_on_listener`.
     jwks_on_listener: bool,
+    /// Some route has `cors`: preflights are looked at before routing.
+    pub(crate) cors_routes: bool,
     /// The identity assertions' headers, removed from every client request.
     assertion_headers: Vec<HeaderName>,
     /// The assertion keys `/.well-known/jwks.json` publishes; kept across reloads
@@ -381,6 +387,7 @@ impl Gateway {
         assertion_headers.dedup();
         let assertion_keys = crate::assertion::KeyRing::new(assertions(&config));
         let jwks_on_listener = assertions(&config).any(|a| a.jwks_on_listener);
+        let cors_routes = config.routes.routes().iter().any(|r| r.cors.is_some());
         let missing_token = config
             .routes
             .routes()
@@ -399,6 +406,7 @@ impl Gateway {
         Gateway {
             missing_token,
             jwks_on_listener,
+            cors_routes,
             tracer: None,
             pdps,
             signers,
@@ -553,6 +561,9 @@ impl Gateway {
     /// What every answer gets on its way out, bearward's own or the upstream's: the route's
     /// RateLimit fields (and Retry-After on a 429), and no content in an answer to HEAD.
     fn finish_response(&self, resp: &mut Response<Body>, method: &http::Method, out: &Outcome) {
+        if let Some((policy, origin)) = &out.cors {
+            policy.decorate(resp.headers_mut(), origin.as_ref());
+        }
         if let (Some(v), Some(l)) = (
             out.rate_limit,
             out.route_index

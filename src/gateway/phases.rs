@@ -244,6 +244,19 @@ impl Gateway {
             out.reason = "resource_metadata";
             return answer.map(Evaluated::Answer);
         }
+        if self.cors_routes
+            && req.method() == http::Method::OPTIONS
+            && !conn.is_some_and(|c| c.decision)
+            && is_cors_preflight(req)
+        {
+            if let Some(answer) = self.cors_preflight(req, &path, out) {
+                out.path = Some(path);
+                if let Err(rej) = &answer {
+                    sink.refused("cors", rej);
+                }
+                return answer.map(Evaluated::Answer);
+            }
+        }
         let found = self.resolve_route(req, &path, out, sink);
         let (index, route) = match found {
             Ok(r) => r,
@@ -254,6 +267,9 @@ impl Gateway {
         };
         out.route = Some(route.name.clone());
         out.route_index = Some(index);
+        if let (Some(policy), false) = (&route.cors, conn.is_some_and(|c| c.decision)) {
+            out.cors = Some((policy.clone(), policy.allowed_origin(req.headers())));
+        }
         if let Err(e) = report(sink, "body", check_declared_body(req, route)) {
             out.path = Some(path);
             return Err(e);
@@ -327,6 +343,34 @@ impl Gateway {
         Some(
             crate::resource::respond(req.method(), req.headers(), doc)
                 .ok_or(Rejection::MethodNotAllowed(crate::resource::ALLOW)),
+        )
+    }
+
+    /// A CORS preflight for a `cors` route, answered by bearward: the route is the one the
+    /// request it asks about (`Access-Control-Request-Method`, same host and path) would take.
+    /// `None`: that route has no `cors` (or there is none), and the preflight goes on as any
+    /// request.
+    fn cors_preflight(
+        &self,
+        req: &Request<Body>,
+        path: &str,
+        out: &mut Outcome,
+    ) -> Option<Result<Response<Body>, Rejection>> {
+        let asked = req.headers().get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
+        let asked = http::Method::from_bytes(asked.as_bytes()).ok()?;
+        let host = match self.config.routes.uses_hosts() {
+            false => None,
+            true => route_host(req).ok()?,
+        };
+        let (index, route) = self.config.routes.find(&asked, host.as_deref(), path)?;
+        let policy = route.cors.as_ref()?;
+        out.route = Some(route.name.clone());
+        out.route_index = Some(index);
+        out.reason = "cors_preflight";
+        Some(
+            policy
+                .preflight(req.headers())
+                .map_err(Rejection::Forbidden),
         )
     }
 
@@ -459,7 +503,11 @@ impl Gateway {
             return Err(rej);
         }
         let bearer = route.auth == AuthMode::Bearer;
-        let preflight = bearer && route.cors_preflight && is_cors_preflight(req);
+        // A `cors` route's preflights are bearward's to answer on the proxy listener; one
+        // that reaches here is a decision request, which passes as with `cors_preflight`.
+        let decision = conn.is_some_and(|c| c.decision);
+        let passes_preflights = route.cors_preflight || (route.cors.is_some() && decision);
+        let preflight = bearer && passes_preflights && is_cors_preflight(req);
         let verdict = match route.auth {
             AuthMode::None => Ok(()),
             AuthMode::Deny => Err(Rejection::Denied),

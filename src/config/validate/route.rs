@@ -319,6 +319,15 @@ pub(super) fn route(
             (Duration::from_secs(1), Duration::from_secs(366 * 24 * 3600)),
         )
     });
+    let cors = cors(cx, r, &key, methods.as_deref(), server);
+    if let (Some(c), Some(_)) = (&r.cors, cors_preflight) {
+        cx.err(
+            c.span(),
+            &key("cors"),
+            "give cors (bearward answers preflights) or cors_preflight (the upstream does), not both",
+        );
+        ok = false;
+    }
     let mcp = mcp_policy(cx, r, &key, auth);
     let allow_if = allow_if(cx, r, &key, matcher.as_ref());
     if !ok {
@@ -338,6 +347,7 @@ pub(super) fn route(
         scopes_any,
         token_in_query: r.token_in_query.unwrap_or(false),
         cors_preflight: cors_preflight.is_some(),
+        cors,
         audit: r.mode.as_ref().map_or(server.mode, |m| *m.get_ref()) == Mode::Audit,
         max_body: cx
             .max_body(&r.max_body_bytes, &key("max_body_bytes"))
@@ -877,4 +887,114 @@ pub(super) fn canonical(
             None
         }
     }
+}
+
+/// `cors`: each origin, method and header name checked; the policy's header values made once.
+fn cors(
+    cx: &mut Ctx<'_>,
+    r: &RouteFile,
+    key: &dyn Fn(&str) -> String,
+    route_methods: Option<&[http::Method]>,
+    server: &ServerConfig,
+) -> Option<std::sync::Arc<crate::cors::CorsPolicy>> {
+    use crate::cors::{CorsPolicy, OriginRule};
+    let c = r.cors.as_ref()?.get_ref();
+    let k = |f: &str| key(&format!("cors.{f}"));
+    let credentials = c.allow_credentials.unwrap_or(false);
+    let mut origins = Vec::new();
+    if c.allow_origins.get_ref().is_empty() {
+        cx.err(
+            c.allow_origins.span(),
+            &k("allow_origins"),
+            "list the origins allowed (or \"*\")",
+        );
+    }
+    for (i, o) in c.allow_origins.get_ref().iter().enumerate() {
+        match OriginRule::parse(o.get_ref()) {
+            Ok(OriginRule::Any) if credentials => cx.err(
+                o.span(),
+                &k(&format!("allow_origins[{i}]")),
+                "\"*\" with allow_credentials: browsers refuse it; list the origins",
+            ),
+            Ok(rule) => origins.push(rule),
+            Err(e) => cx.err(o.span(), &k(&format!("allow_origins[{i}]")), e),
+        }
+    }
+    let default_methods = || {
+        route_methods
+            .map(<[http::Method]>::to_vec)
+            .unwrap_or_else(|| {
+                use http::Method as M;
+                vec![M::GET, M::HEAD, M::POST, M::PUT, M::PATCH, M::DELETE]
+            })
+    };
+    let methods = match &c.allow_methods {
+        None => default_methods(),
+        Some(list) => {
+            let mut out = Vec::new();
+            for (i, m) in list.get_ref().iter().enumerate() {
+                let at = k(&format!("allow_methods[{i}]"));
+                match http::Method::from_bytes(m.get_ref().as_bytes()) {
+                    Ok(method) if route_methods.is_some_and(|rm| !rm.contains(&method)) => {
+                        cx.err(
+                            m.span(),
+                            &at,
+                            format!("{method} is not among the route's methods"),
+                        );
+                    }
+                    Ok(method) if method.as_str().bytes().all(|b| !b.is_ascii_lowercase()) => {
+                        out.push(method);
+                    }
+                    _ => cx.err(
+                        m.span(),
+                        &at,
+                        format!("{:?} is not an upper-case method", m.get_ref()),
+                    ),
+                }
+            }
+            out
+        }
+    };
+    let names = |cx: &mut Ctx<'_>, list: &Spanned<Vec<Spanned<String>>>, field: &str| {
+        let mut out = Vec::new();
+        for (i, h) in list.get_ref().iter().enumerate() {
+            match http::HeaderName::from_bytes(h.get_ref().as_bytes()) {
+                Ok(name) => out.push(name),
+                Err(_) => cx.err(
+                    h.span(),
+                    &k(&format!("{field}[{i}]")),
+                    format!("{:?} is not a header name", h.get_ref()),
+                ),
+            }
+        }
+        out
+    };
+    let headers = match &c.allow_headers {
+        None => Some(Vec::new()),
+        Some(list) if list.get_ref().iter().any(|h| h.get_ref() == "*") => None,
+        Some(list) => Some(names(cx, list, "allow_headers")),
+    };
+    let expose = c
+        .expose_headers
+        .as_ref()
+        .map(|list| names(cx, list, "expose_headers"))
+        .unwrap_or_default();
+    let max_age = cx.duration(
+        &c.max_age,
+        &k("max_age"),
+        std::time::Duration::from_secs(600),
+        (
+            std::time::Duration::ZERO,
+            std::time::Duration::from_secs(86_400),
+        ),
+    );
+    Some(std::sync::Arc::new(CorsPolicy::new(
+        origins,
+        methods,
+        headers,
+        &expose,
+        credentials,
+        max_age.as_secs(),
+        server.request_id_header.as_ref(),
+    )))
 }

@@ -1,0 +1,202 @@
+//! `cors` on a route: bearward answers the browser's preflights and puts the CORS headers on
+//! every answer of the route, its own 401 included, in place of the upstream's.
+
+mod common;
+
+use common::*;
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const APP: &str = "https://app.example.com";
+
+/// An upstream that answers every request with its own, wider CORS headers, as a framework
+/// left on defaults does.
+async fn permissive_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = "HTTP/1.1 200 OK\r\nAccess-Control-Allow-Origin: *\r\n\
+                              Access-Control-Allow-Credentials: true\r\nX-Total-Count: 3\r\n\
+                              Content-Length: 2\r\nConnection: close\r\n\r\nok";
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+fn config(upstream: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[[issuers]]
+issuer = "https://idp.test"
+jwks_file = "tests/fixtures/empty-jwks.json"
+audiences = ["https://api.test"]
+
+[upstreams.app]
+url = "{upstream}"
+
+[[routes]]
+prefix = "/api"
+methods = ["GET", "POST"]
+scopes = ["read"]
+upstream = "app"
+cors = {{ allow_origins = ["{APP}", "https://*.preview.example.com"], allow_headers = ["X-Tenant"], expose_headers = ["X-Total-Count"], max_age = "1h" }}
+
+[[routes]]
+prefix = "/open"
+auth = "none"
+upstream = "app"
+cors = {{ allow_origins = ["{APP}"] }}
+
+[[routes]]
+prefix = "/plain"
+auth = "none"
+upstream = "app"
+"#
+    )
+}
+
+fn preflight<'a>(origin: &'a str, method: &'a str, headers: &'a str) -> Vec<(&'a str, &'a str)> {
+    let mut h = vec![
+        ("origin", origin),
+        ("access-control-request-method", method),
+    ];
+    if !headers.is_empty() {
+        h.push(("access-control-request-headers", headers));
+    }
+    h
+}
+
+#[tokio::test]
+async fn preflights_are_answered_by_bearward_and_never_reach_the_upstream() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&config(&up.url())).await;
+    let c = client();
+    let url = gw.url("/api/orders");
+
+    // The route takes GET and POST, not OPTIONS: the preflight is matched by the method it
+    // asks about.
+    let headers = preflight(APP, "POST", "authorization, content-type, x-tenant");
+    let ok = send(&c, "OPTIONS", &url, &headers, "").await;
+    assert_eq!(ok.status, StatusCode::NO_CONTENT, "{}", ok.body);
+    let h = &ok.headers;
+    assert_eq!(h["access-control-allow-origin"], APP);
+    assert_eq!(h["access-control-allow-methods"], "GET, POST, HEAD");
+    assert_eq!(
+        h["access-control-allow-headers"],
+        "authorization, dpop, content-type, x-tenant"
+    );
+    assert_eq!(h["access-control-max-age"], "3600");
+    assert!(h["vary"].to_str().unwrap().contains("Origin"));
+    // A subdomain of the preview pattern.
+    let headers = preflight("https://pr-7.preview.example.com", "GET", "");
+    let sub = send(&c, "OPTIONS", &url, &headers, "").await;
+    assert_eq!(sub.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        sub.headers["access-control-allow-origin"],
+        "https://pr-7.preview.example.com"
+    );
+
+    // /open takes every method; its policy, the usual ones.
+    let open = gw.url("/open/x");
+    let refusals = [
+        (
+            &url,
+            preflight("https://evil.test", "GET", ""),
+            "cors_origin_not_allowed",
+        ),
+        (
+            &url,
+            preflight("https://preview.example.com", "GET", ""),
+            "cors_origin_not_allowed",
+        ),
+        (
+            &open,
+            preflight(APP, "PURGE", ""),
+            "cors_method_not_allowed",
+        ),
+        (
+            &url,
+            preflight(APP, "GET", "x-secret"),
+            "cors_header_not_allowed",
+        ),
+    ];
+    for (url, headers, reason) in refusals {
+        let refused = send(&c, "OPTIONS", url, &headers, "").await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{reason}");
+        assert!(!refused.headers.contains_key("access-control-allow-origin"));
+        let m = gw.metrics().await;
+        assert!(m.contains(&format!("reason=\"{reason}\"")), "{reason}: {m}");
+    }
+    // A method no route takes on the path: no route (404), as for the request itself.
+    let none = send(&c, "OPTIONS", &url, &preflight(APP, "DELETE", ""), "").await;
+    assert_eq!(none.status, StatusCode::NOT_FOUND);
+    assert_eq!(up.count(), 0, "no preflight reached the upstream");
+    let m = gw.metrics().await;
+    assert!(m.contains("reason=\"cors_preflight\""), "{m}");
+}
+
+#[tokio::test]
+async fn every_answer_of_the_route_carries_the_policys_headers() {
+    let upstream = permissive_upstream().await;
+    let gw = Gateway::start(&config(&format!("http://{upstream}"))).await;
+    let c = client();
+
+    // bearward's own 401: readable by the page, challenge included.
+    let a = get(&c, &gw.url("/api/orders"), &[("origin", APP)]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(a.headers["access-control-allow-origin"], APP);
+    let exposed = a.headers["access-control-expose-headers"].to_str().unwrap();
+    for name in [
+        "www-authenticate",
+        "dpop-nonce",
+        "x-request-id",
+        "x-total-count",
+    ] {
+        assert!(exposed.contains(name), "{name} in {exposed}");
+    }
+    assert!(a.headers.contains_key("www-authenticate"));
+    assert!(a.headers["vary"].to_str().unwrap().contains("Origin"));
+
+    // The upstream's answer: its `*` and credentials replaced by the route's policy.
+    let a = get(&c, &gw.url("/open/x"), &[("origin", APP)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.headers["access-control-allow-origin"], APP);
+    assert!(!a.headers.contains_key("access-control-allow-credentials"));
+    assert_eq!(a.headers["x-total-count"], "3");
+    // Another origin: served (CORS binds the browser, not the server) but not readable.
+    let a = get(&c, &gw.url("/open/x"), &[("origin", "https://evil.test")]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(!a.headers.contains_key("access-control-allow-origin"));
+    assert!(!a.headers.contains_key("access-control-allow-credentials"));
+    assert_eq!(a.headers["vary"], "Origin");
+    // A route without `cors` passes the upstream's headers as they are.
+    let a = get(&c, &gw.url("/plain/x"), &[("origin", APP)]).await;
+    assert_eq!(a.headers["access-control-allow-origin"], "*");
+}
+
+#[tokio::test]
+async fn cors_and_cors_preflight_are_one_or_the_other() {
+    let cfg = config("http://127.0.0.1:3000").replacen(
+        "cors = { allow_origins = [\"https://app.example.com\"] }",
+        "cors = { allow_origins = [\"https://app.example.com\"] }\ncors_preflight = true",
+        1,
+    );
+    let e = bearward::config::Config::from_toml_str(&cfg, "t.toml").unwrap_err();
+    assert!(e.to_string().contains("routes[1].cors: give cors"), "{e}");
+}
