@@ -112,10 +112,11 @@ pub struct Outcome {
     pub upstream_time: Option<Duration>,
     /// A `cors` route's policy and the request's `Origin` if the policy allows it: the CORS
     /// headers every answer of the route gets (proxy listener only).
-    pub cors: Option<(Arc<crate::cors::CorsPolicy>, Option<HeaderValue>)>,
+    /// Boxed: the outcome is made and moved for every request, and most routes have no `cors`.
+    pub cors: Option<Box<(Arc<crate::cors::CorsPolicy>, Option<HeaderValue>)>>,
     /// The upstream (its index) and its endpoint that answered, or failed, the request: for an
     /// upstream of several endpoints only (one is named by its `url`).
-    pub upstream_endpoint: Option<(usize, usize)>,
+    pub upstream_endpoint: Option<(u16, u8)>,
     pub token_id: Option<TokenId>,
     /// Which challenge a 401 carries: the request used DPoP, or the route wants bound tokens.
     pub challenge: Challenge,
@@ -542,6 +543,11 @@ impl Gateway {
         resp
     }
 
+    /// An upstream's endpoint, as configured.
+    fn upstream_addr(&self, upstream: u16, endpoint: u8) -> &str {
+        &self.upstreams.config(usize::from(upstream)).endpoints[usize::from(endpoint)]
+    }
+
     /// A rejection's answer, with its reason and label noted for the log and the metrics.
     fn refusal(&self, rej: Rejection, grpc: bool, out: &mut Outcome) -> Response<Body> {
         out.verdict = rej.decision_label();
@@ -561,8 +567,8 @@ impl Gateway {
     /// What every answer gets on its way out, bearward's own or the upstream's: the route's
     /// RateLimit fields (and Retry-After on a 429), and no content in an answer to HEAD.
     fn finish_response(&self, resp: &mut Response<Body>, method: &http::Method, out: &Outcome) {
-        if let Some((policy, origin)) = &out.cors {
-            policy.decorate(resp.headers_mut(), origin.as_ref());
+        if let Some(cors) = &out.cors {
+            cors.0.decorate(resp.headers_mut(), cors.1.as_ref());
         }
         if let (Some(v), Some(l)) = (
             out.rate_limit,
@@ -636,7 +642,7 @@ impl Gateway {
                 upstream_ms = out.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
                 upstream_addr = out
                     .upstream_endpoint
-                    .map(|(u, e)| self.upstreams.config(u).endpoints[e].as_str()),
+                    .map(|(u, e)| self.upstream_addr(u, e)),
                 latency_ms = latency.as_secs_f64() * 1000.0,
                 token = out.token_id.map(tracing::field::display),
                 peer = %conn.peer.ip(),
@@ -937,7 +943,9 @@ impl Gateway {
             )
             .await;
         if upstream.endpoints.len() > 1 {
-            out.upstream_endpoint = tried.get().map(|e| (upstream_index, e));
+            out.upstream_endpoint = tried
+                .get()
+                .and_then(|e| Some((u16::try_from(upstream_index).ok()?, u8::try_from(e).ok()?)));
         }
         match sent {
             Ok((mut resp, elapsed)) => {
@@ -966,7 +974,7 @@ impl Gateway {
                 } else {
                     let endpoint = out
                         .upstream_endpoint
-                        .map(|(_, e)| upstream.endpoints[e].as_str());
+                        .map(|(_, e)| upstream.endpoints[usize::from(e)].as_str());
                     tracing::warn!(upstream = %upstream.name, authority = %upstream.authority, endpoint, reason = e.reason(), request_id, "upstream request failed");
                 }
                 Err(Rejection::Proxy(e))

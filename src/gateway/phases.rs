@@ -268,7 +268,10 @@ impl Gateway {
         out.route = Some(route.name.clone());
         out.route_index = Some(index);
         if let (Some(policy), false) = (&route.cors, conn.is_some_and(|c| c.decision)) {
-            out.cors = Some((policy.clone(), policy.allowed_origin(req.headers())));
+            out.cors = Some(Box::new((
+                policy.clone(),
+                policy.allowed_origin(req.headers()),
+            )));
         }
         if let Err(e) = report(sink, "body", check_declared_body(req, route)) {
             out.path = Some(path);

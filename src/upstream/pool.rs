@@ -312,16 +312,23 @@ impl Pool {
     /// A connection for a request, and whether it was reused.
     async fn checkout(&self, tried: &super::Tried) -> Result<(Conn, bool), ProxyError> {
         let endpoint = self.pick();
+        match self.idle_conn(endpoint) {
+            Some(conn) => Ok((conn, true)),
+            None => self.connect(endpoint, tried).await.map(|c| (c, false)),
+        }
+    }
+
+    /// An idle connection to `endpoint` still fit for a request, if there is one. Apart from
+    /// [`Pool::checkout`] so a request's own path takes it without a future of its own (a
+    /// warm request never connects).
+    fn idle_conn(&self, endpoint: usize) -> Option<Conn> {
         loop {
-            let popped = self.idle(endpoint).pop();
-            let Some(conn) = popped else {
-                return self.connect(endpoint, tried).await.map(|c| (c, false));
-            };
+            let conn = self.idle(endpoint).pop()?;
             let idle = conn.since.elapsed();
             if idle > self.idle_timeout || (idle >= PROBE_AFTER && !still_open(conn.stream.tcp())) {
                 continue;
             }
-            return Ok((conn, true));
+            return Some(conn);
         }
     }
 
@@ -472,7 +479,11 @@ impl Pool {
                     | Method::PUT
                     | Method::DELETE
             );
-        let (mut conn, mut reused) = self.checkout(tried).await?;
+        let first = self.pick();
+        let (mut conn, mut reused) = match self.idle_conn(first) {
+            Some(conn) => (conn, true),
+            None => (self.connect(first, tried).await?, false),
+        };
         // Fresh connections that failed the request on other endpoints (nginx's
         // `proxy_next_upstream error`): at most MAX_TRIES endpoints in all.
         let mut moved = 0;
