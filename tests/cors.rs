@@ -35,23 +35,13 @@ async fn permissive_upstream() -> std::net::SocketAddr {
     addr
 }
 
+/// The usual test config (its `/public`, `/internal` and `/api` routes) and three of CORS.
 fn config(upstream: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-
-[[issuers]]
-issuer = "https://idp.test"
-jwks_file = "tests/fixtures/empty-jwks.json"
-audiences = ["https://api.test"]
-
-[upstreams.app]
-url = "{upstream}"
-
+    basic_config(upstream, "")
+        + &format!(
+            r#"
 [[routes]]
-prefix = "/api"
+prefix = "/orders"
 methods = ["GET", "POST"]
 scopes = ["read"]
 upstream = "app"
@@ -68,7 +58,7 @@ prefix = "/plain"
 auth = "none"
 upstream = "app"
 "#
-    )
+        )
 }
 
 fn preflight<'a>(origin: &'a str, method: &'a str, headers: &'a str) -> Vec<(&'a str, &'a str)> {
@@ -87,7 +77,7 @@ async fn preflights_are_answered_by_bearward_and_never_reach_the_upstream() {
     let up = Upstream::start().await;
     let gw = Gateway::start(&config(&up.url())).await;
     let c = client();
-    let url = gw.url("/api/orders");
+    let url = gw.url("/orders/7");
 
     // The route takes GET and POST, not OPTIONS: the preflight is matched by the method it
     // asks about.
@@ -158,7 +148,7 @@ async fn every_answer_of_the_route_carries_the_policys_headers() {
     let c = client();
 
     // bearward's own 401: readable by the page, challenge included.
-    let a = get(&c, &gw.url("/api/orders"), &[("origin", APP)]).await;
+    let a = get(&c, &gw.url("/orders/7"), &[("origin", APP)]).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     assert_eq!(a.headers["access-control-allow-origin"], APP);
     let exposed = a.headers["access-control-expose-headers"].to_str().unwrap();
@@ -198,5 +188,5 @@ async fn cors_and_cors_preflight_are_one_or_the_other() {
         1,
     );
     let e = bearward::config::Config::from_toml_str(&cfg, "t.toml").unwrap_err();
-    assert!(e.to_string().contains("routes[1].cors: give cors"), "{e}");
+    assert!(e.to_string().contains("routes[4].cors: give cors"), "{e}");
 }

@@ -7,7 +7,8 @@
 mod common;
 
 use common::{
-    metric, metrics_after_close, raw_status, spawn_holding_tidy, stop_group, Gateway, Upstream,
+    basic_config, metric, metrics_after_close, raw_status, spawn_holding_tidy, stop_group, Gateway,
+    Upstream,
 };
 use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
@@ -22,37 +23,17 @@ const OFFICE: &str = "127.0.0.3";
 const ELSEWHERE: &str = "127.0.0.4";
 const FIX: &str = "tests/fixtures/tls";
 
+/// The usual test config (its `/public` route open to all) behind the balancer, an office-only
+/// route, and `routes_extra`.
 fn config(upstream: &str, server_extra: &str, routes_extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-proxy_protocol_from = ["{BALANCER}"]
-header_read_timeout = "1s"
-{server_extra}
-
-[[issuers]]
-issuer = "https://idp.test"
-jwks_file = "tests/fixtures/empty-jwks.json"
-audiences = ["https://api.test"]
-
-[upstreams.app]
-url = "{upstream}"
-
-[[routes]]
-prefix = "/office"
-auth = "none"
-source_ranges = ["{OFFICE}"]
-upstream = "app"
-
-[[routes]]
-prefix = "/public"
-auth = "none"
-upstream = "app"
-{routes_extra}
-"#
-    )
+    let server = format!(
+        "proxy_protocol_from = [\"{BALANCER}\"]\nheader_read_timeout = \"1s\"\n{server_extra}"
+    );
+    basic_config(upstream, &server)
+        + &format!(
+            "\n[[routes]]\nprefix = \"/office\"\nauth = \"none\"\n\
+             source_ranges = [\"{OFFICE}\"]\nupstream = \"app\"\n{routes_extra}\n"
+        )
 }
 
 /// HAProxy in front of `bearward`: the shipped config with its frontend on a port of its own
