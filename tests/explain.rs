@@ -499,3 +499,40 @@ fn the_client_address_given_decides_a_route_with_source_ranges() {
         assert_eq!(code, want, "{xff}: {out}");
     }
 }
+
+/// A CORS preflight on a route with `cors`: bearward's own answer, for the route the method it
+/// asks about takes; an origin the route does not allow is refused with its reason.
+#[test]
+fn a_cors_preflight_is_explained_as_bearward_answers_it() {
+    let config =
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\n\
+                  [[routes]]\nprefix = \"/orders\"\nmethods = [\"POST\"]\nauth = \"none\"\n\
+                  upstream = \"app\"\ncors = { allow_origins = [\"https://app.example.com\"] }\n";
+    let ask = |origin: &str| {
+        let origin = format!("Origin: {origin}");
+        let args = [
+            "--method",
+            "OPTIONS",
+            "--path",
+            "/orders/7",
+            "-H",
+            &origin,
+            "-H",
+            "Access-Control-Request-Method: POST",
+        ];
+        explain_on(config, &args)
+    };
+    let (out, code) = ask("https://app.example.com");
+    assert_eq!(code, Some(2), "bearward's own answer: {out}");
+    assert!(
+        out.contains(r#"prefix = "/orders", methods = ["POST"]"#),
+        "{out}"
+    );
+    assert!(out.contains("answer     204 No Content"), "{out}");
+    let (out, _) = ask("https://evil.test");
+    assert!(
+        out.contains("cors       FAIL cors_origin_not_allowed"),
+        "{out}"
+    );
+    assert!(out.contains("answer     403 Forbidden"), "{out}");
+}

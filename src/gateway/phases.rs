@@ -249,7 +249,7 @@ impl Gateway {
             && !conn.is_some_and(|c| c.decision)
             && is_cors_preflight(req)
         {
-            if let Some(answer) = self.cors_preflight(req, &path, out) {
+            if let Some(answer) = self.cors_preflight(req, &path, out, sink) {
                 out.path = Some(path);
                 if let Err(rej) = &answer {
                     sink.refused("cors", rej);
@@ -358,6 +358,7 @@ impl Gateway {
         req: &Request<Body>,
         path: &str,
         out: &mut Outcome,
+        sink: &mut impl Sink,
     ) -> Option<Result<Response<Body>, Rejection>> {
         let asked = req.headers().get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
         let asked = http::Method::from_bytes(asked.as_bytes()).ok()?;
@@ -367,6 +368,7 @@ impl Gateway {
         };
         let (index, route) = self.config.routes.find(&asked, host.as_deref(), path)?;
         let policy = route.cors.as_ref()?;
+        sink.route(index, route);
         out.route = Some(route.name.clone());
         out.route_index = Some(index);
         out.reason = "cors_preflight";
