@@ -190,3 +190,30 @@ async fn cors_and_cors_preflight_are_one_or_the_other() {
     let e = bearward::config::Config::from_toml_str(&cfg, "t.toml").unwrap_err();
     assert!(e.to_string().contains("routes[4].cors: give cors"), "{e}");
 }
+
+/// Behind an ingress (decision mode) CORS is the ingress's: a preflight for a `cors` route
+/// passes without a token (200, for the ingress to answer or forward); the request it asks
+/// about is checked as ever.
+#[tokio::test]
+async fn a_decision_listener_passes_a_cors_routes_preflight() {
+    let (port, _gw) = Gateway::start_on_free_port(|port| {
+        config("http://127.0.0.1:3000")
+            + &format!("\n[decision]\nlisten = \"127.0.0.1:{port}\"\ningress = \"nginx\"\n")
+    })
+    .await;
+    let c = client();
+    let ask = format!("http://127.0.0.1:{port}/auth");
+    let mut headers = vec![
+        ("x-original-method", "OPTIONS"),
+        ("x-original-uri", "/orders/7"),
+    ];
+    headers.extend(preflight(APP, "POST", "authorization"));
+    let a = get(&c, &ask, &headers).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let request = [
+        ("x-original-method", "POST"),
+        ("x-original-uri", "/orders/7"),
+    ];
+    let a = get(&c, &ask, &request).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+}

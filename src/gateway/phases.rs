@@ -244,13 +244,29 @@ impl Gateway {
             out.reason = "resource_metadata";
             return answer.map(Evaluated::Answer);
         }
-        if self.cors_routes
-            && req.method() == http::Method::OPTIONS
-            && !conn.is_some_and(|c| c.decision)
-            && is_cors_preflight(req)
-        {
-            if let Some(answer) = self.cors_preflight(req, &path, out, sink) {
+        if self.cors_routes && req.method() == http::Method::OPTIONS && is_cors_preflight(req) {
+            if let Some((index, route, policy)) = self.cors_route(req, &path) {
+                sink.route(index, route);
+                out.route = Some(route.name.clone());
+                out.route_index = Some(index);
+                out.reason = "cors_preflight";
+                // Behind an ingress, CORS is the ingress's: the preflight passes, untouched
+                // by any token check, for it to answer or forward.
+                if conn.is_some_and(|c| c.decision) {
+                    let target = self.target(req, path, out);
+                    return Ok(Evaluated::Pass(Pass {
+                        index,
+                        route,
+                        target,
+                        identity: None,
+                        audit: None,
+                        subject: None,
+                    }));
+                }
                 out.path = Some(path);
+                let answer = policy
+                    .preflight(req.headers())
+                    .map_err(Rejection::Forbidden);
                 if let Err(rej) = &answer {
                     sink.refused("cors", rej);
                 }
@@ -349,17 +365,14 @@ impl Gateway {
         )
     }
 
-    /// A CORS preflight for a `cors` route, answered by bearward: the route is the one the
-    /// request it asks about (`Access-Control-Request-Method`, same host and path) would take.
-    /// `None`: that route has no `cors` (or there is none), and the preflight goes on as any
-    /// request.
-    fn cors_preflight(
+    /// The `cors` route a CORS preflight is for: the one the request it asks about
+    /// (`Access-Control-Request-Method`, same host and path) would take. `None`: that route has
+    /// no `cors` (or there is none), and the preflight goes on as any request.
+    fn cors_route(
         &self,
         req: &Request<Body>,
         path: &str,
-        out: &mut Outcome,
-        sink: &mut impl Sink,
-    ) -> Option<Result<Response<Body>, Rejection>> {
+    ) -> Option<(usize, &Route, &crate::cors::CorsPolicy)> {
         let asked = req.headers().get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
         let asked = http::Method::from_bytes(asked.as_bytes()).ok()?;
         let host = match self.config.routes.uses_hosts() {
@@ -367,16 +380,7 @@ impl Gateway {
             true => route_host(req).ok()?,
         };
         let (index, route) = self.config.routes.find(&asked, host.as_deref(), path)?;
-        let policy = route.cors.as_ref()?;
-        sink.route(index, route);
-        out.route = Some(route.name.clone());
-        out.route_index = Some(index);
-        out.reason = "cors_preflight";
-        Some(
-            policy
-                .preflight(req.headers())
-                .map_err(Rejection::Forbidden),
-        )
+        Some((index, route, route.cors.as_deref()?))
     }
 
     /// `route`: the first match in file order; a method override must keep the request on it;
@@ -508,11 +512,7 @@ impl Gateway {
             return Err(rej);
         }
         let bearer = route.auth == AuthMode::Bearer;
-        // A `cors` route's preflights are bearward's to answer on the proxy listener; one
-        // that reaches here is a decision request, which passes as with `cors_preflight`.
-        let decision = conn.is_some_and(|c| c.decision);
-        let passes_preflights = route.cors_preflight || (route.cors.is_some() && decision);
-        let preflight = bearer && passes_preflights && is_cors_preflight(req);
+        let preflight = bearer && route.cors_preflight && is_cors_preflight(req);
         let verdict = match route.auth {
             AuthMode::None => Ok(()),
             AuthMode::Deny => Err(Rejection::Denied),
