@@ -1134,6 +1134,24 @@ async fn a_status_in_retry_statuses_sends_an_idempotent_request_to_the_next_endp
     let pause = Duration::from_millis(150);
     posts_land_once(&gw, &heads, pause, StatusCode::SERVICE_UNAVAILABLE).await;
 
+    // A POST's 503 takes the instance out too (its answer was the client's): the GETs after
+    // it, within the fail timeout, never reach it.
+    let gw = Gateway::start(&with(format!("\"{draining}\", \"{}\"", a.addr), "10s")).await;
+    let before = heads.load(SeqCst);
+    let first = send(&c, "POST", &gw.url("/public/post"), &[], "x=1").await;
+    let second = send(&c, "POST", &gw.url("/public/post"), &[], "x=1").await;
+    let statuses = [first.status, second.status];
+    assert!(
+        statuses.contains(&StatusCode::SERVICE_UNAVAILABLE),
+        "{statuses:?}"
+    );
+    assert_eq!(heads.load(SeqCst), before + 1);
+    for i in 0..4 {
+        let r = get(&c, &gw.url(&format!("/public/after/{i}")), &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    assert_eq!(heads.load(SeqCst), before + 1, "out since the POST's 503");
+
     // Every instance busy: each asked once, the last answer is the client's.
     let (other, other_heads, _task2) = counting_instance(Some(BUSY)).await;
     let gw = Gateway::start(&with(format!("\"{draining}\", \"{other}\""), "10s")).await;

@@ -1058,8 +1058,9 @@ pub(super) struct UpstreamFile {
     /// http_503`, HAProxy's `retry-on`, Envoy's `retriable_status_codes`): an instance that is
     /// draining or restarting answers 503 without costing a client its request. At most three
     /// endpoints per request; the last one's answer is the client's, as is any answer to a
-    /// request that cannot be sent twice. Counted in `bearward_upstream_retries_total`. Needs
-    /// `endpoints` (two or more) and an HTTP/1 upstream (gRPC's status is in trailers)
+    /// request that cannot be sent twice (its endpoint is out all the same). Counted in
+    /// `bearward_upstream_retries_total`. Needs `endpoints` (two or more) and an HTTP/1
+    /// upstream (gRPC's status is in trailers)
     pub retry_statuses: Option<Spanned<Vec<Spanned<u16>>>>,
     /// Reference: `endpoint_fail_timeout`
     /// Default: `"10s"`

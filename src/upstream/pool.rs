@@ -270,8 +270,18 @@ impl Pool {
             .upstream_connect_failure(&self.name, &e.addr, reason);
     }
 
-    /// An answer in `retry_statuses`: its endpoint goes out for `endpoint_fail_timeout` (said
-    /// once as it goes out, as nginx counts it toward `max_fails`), the answer is dropped (its
+    /// An endpoint answered a status in `retry_statuses`: out for `endpoint_fail_timeout`, said
+    /// once as it goes out.
+    fn answered_badly(&self, endpoint: usize, resp: &wire::ResponseHead, then: &str) {
+        if self.take_out(endpoint) {
+            let e = &self.endpoints[endpoint];
+            let status = resp.status.as_u16();
+            tracing::warn!(upstream = %self.name, endpoint = %e.addr, status, out_for = ?self.fail_timeout, "upstream endpoint answered a status in retry_statuses; {then}");
+        }
+    }
+
+    /// An answer in `retry_statuses` to a request that can go elsewhere: its endpoint goes out
+    /// for `endpoint_fail_timeout` (as nginx counts it toward `max_fails`), the answer is dropped (its
     /// connection kept only when it had no body to read past), and a connection for the next
     /// endpoint is taken. Boxed: rare, and its future inline would grow every request's.
     fn answered_elsewhere<'a>(
@@ -281,12 +291,9 @@ impl Pool {
         tried: &'a super::Tried,
     ) -> Checkout<'a> {
         let endpoint = usize::from(conn.endpoint);
-        let e = &self.endpoints[endpoint];
-        let status = resp.status.as_u16();
-        if self.take_out(endpoint) {
-            tracing::warn!(upstream = %self.name, endpoint = %e.addr, status, out_for = ?self.fail_timeout, "upstream endpoint answered a status in retry_statuses; the request goes to the next");
-        }
-        self.metrics.upstream_retry(&self.name, &e.addr);
+        self.answered_badly(endpoint, resp, "the request goes to the next");
+        self.metrics
+            .upstream_retry(&self.name, &self.endpoints[endpoint].addr);
         if resp.keep_alive
             && matches!(
                 resp.framing,
@@ -493,13 +500,21 @@ impl Pool {
             let failed = match exchange.await {
                 Ok(resp)
                     if !self.retry_statuses.is_empty()
-                        && replayable
-                        && moved + 1 < MAX_TRIES.min(self.endpoints.len())
                         && self.retry_statuses.contains(&resp.status) =>
                 {
-                    moved += 1;
-                    (conn, reused) = self.answered_elsewhere(conn, &resp, tried).await?;
-                    continue;
+                    if replayable && moved + 1 < MAX_TRIES.min(self.endpoints.len()) {
+                        moved += 1;
+                        (conn, reused) = self.answered_elsewhere(conn, &resp, tried).await?;
+                        continue;
+                    }
+                    // Its answer is the client's (a POST's, or the last try's); the instance
+                    // is out all the same, as nginx counts it toward `max_fails`.
+                    self.answered_badly(
+                        usize::from(conn.endpoint),
+                        &resp,
+                        "the answer goes to the client",
+                    );
+                    break resp;
                 }
                 Ok(resp) => break resp,
                 Err(Failure::Proxy(e)) => return Err(e),
