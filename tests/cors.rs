@@ -57,6 +57,13 @@ cors = {{ allow_origins = ["{APP}"] }}
 prefix = "/plain"
 auth = "none"
 upstream = "app"
+
+[[routes]]
+prefix = "/office"
+auth = "none"
+source_ranges = ["10.0.0.0/8"]
+upstream = "app"
+cors = {{ allow_origins = ["{APP}"] }}
 "#
         )
 }
@@ -133,6 +140,12 @@ async fn preflights_are_answered_by_bearward_and_never_reach_the_upstream() {
         let m = gw.metrics().await;
         assert!(m.contains(&format!("reason=\"{reason}\"")), "{reason}: {m}");
     }
+    // A route kept to some networks refuses the preflights of others, as their requests.
+    let office = gw.url("/office/x");
+    let refused = send(&c, "OPTIONS", &office, &preflight(APP, "GET", ""), "").await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    let m = gw.metrics().await;
+    assert!(m.contains("reason=\"source_not_allowed\""), "{m}");
     // A method no route takes on the path: no route (404), as for the request itself.
     let none = send(&c, "OPTIONS", &url, &preflight(APP, "DELETE", ""), "").await;
     assert_eq!(none.status, StatusCode::NOT_FOUND);
@@ -210,6 +223,15 @@ async fn a_decision_listener_passes_a_cors_routes_preflight() {
     headers.extend(preflight(APP, "POST", "authorization"));
     let a = get(&c, &ask, &headers).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    // A network-kept route's preflight, from a client outside it: refused there too.
+    let mut office = vec![
+        ("x-original-method", "OPTIONS"),
+        ("x-original-uri", "/office/x"),
+        ("x-forwarded-for", "192.0.2.9"),
+    ];
+    office.extend(preflight(APP, "GET", ""));
+    let a = get(&c, &ask, &office).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
     let request = [
         ("x-original-method", "POST"),
         ("x-original-uri", "/orders/7"),

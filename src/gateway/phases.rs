@@ -250,6 +250,15 @@ impl Gateway {
                 out.route = Some(route.name.clone());
                 out.route_index = Some(index);
                 out.reason = "cors_preflight";
+                // A route kept to some networks is kept to them for its preflights too.
+                if let Some(nets) = &route.source_ranges {
+                    if !source_allowed(nets, req.headers(), conn, out) {
+                        out.path = Some(path);
+                        let rej = Rejection::Forbidden("source_not_allowed");
+                        sink.refused("source", &rej);
+                        return Err(rej);
+                    }
+                }
                 // Behind an ingress, CORS is the ingress's: the preflight passes, untouched
                 // by any token check, for it to answer or forward.
                 if conn.is_some_and(|c| c.decision) {
