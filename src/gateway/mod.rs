@@ -311,7 +311,7 @@ pub struct Gateway {
     /// Some upstream's `identity_assertion` has `jwks_on_listener`.
     jwks_on_listener: bool,
     /// Some route has `cors`: preflights are looked at before routing.
-    pub(crate) cors_routes: bool,
+    cors_routes: bool,
     /// The identity assertions' headers, removed from every client request.
     assertion_headers: Vec<HeaderName>,
     /// The assertion keys `/.well-known/jwks.json` publishes; kept across reloads

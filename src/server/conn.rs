@@ -138,16 +138,18 @@ pub(super) fn serve_connection(
         decision,
     } = conn;
     let _ = stream.set_nodelay(true);
-    // The TLS settings of the config in force when the connection arrived: a reload with a
-    // renewed certificate serves it to the next connection. The decision listener is plain
-    // HTTP: the ingress asking is on the same host or network.
-    let tls = if decision {
-        None
-    } else {
-        live.current().config.server.tls.clone()
+    // The TLS settings and the PROXY protocol's balancers of the config in force when the
+    // connection arrived (one load of it): a reload with a renewed certificate serves it to the
+    // next connection. The decision listener is plain HTTP, and takes no PROXY header: the
+    // ingress asking is on the same host or network.
+    let (tls, balancer) = match decision {
+        true => (None, false),
+        false => {
+            let server = &live.current().config.server;
+            let balancer = crate::forward::is_trusted(&server.proxy_protocol_from, &peer);
+            (server.tls.clone(), balancer)
+        }
     };
-    let balancer = !decision
-        && crate::forward::is_trusted(&live.current().config.server.proxy_protocol_from, &peer);
     tokio::spawn(async move {
         let _slot = slot;
         let (mut stream, mut peer) = (stream, peer);

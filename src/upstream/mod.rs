@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-/// One connection pool per upstream, built from the config.
 /// What a route asks of its requests' exchanges.
 #[derive(Debug, Clone, Copy)]
 pub struct RouteLimits {
@@ -71,6 +70,7 @@ impl Default for Tried {
     }
 }
 
+/// One connection pool per upstream, built from the config.
 pub struct Upstreams {
     clients: Vec<UpstreamClient>,
     body_read_timeout: Duration,

@@ -406,7 +406,7 @@ impl Pool {
         let walk = kinds.flat_map(move |backups| {
             (0..n)
                 .map(move |i| (first + i) % n)
-                .filter(move |&e| self.balance.is_none() || self.is_backup(e) == backups)
+                .filter(move |&e| self.is_backup(e) == backups)
         });
         std::iter::once(first)
             .chain(walk.filter(move |&e| e != first && !self.is_out(e, self.now_ms())))
