@@ -329,6 +329,7 @@ pub struct Metrics {
     health_check_failures: Family<EndpointLabels, Counter>,
     upstream_retries: Family<EndpointOnlyLabels, Counter>,
     upstream_in_flight: Family<UpstreamLabels, Gauge>,
+    endpoint_in_flight: Family<EndpointOnlyLabels, Gauge>,
     token_cache: Outcomes,
     key_lookups: Outcomes,
     token_cache_entries: Gauge,
@@ -413,6 +414,7 @@ impl Metrics {
             health_check_failures: Family::default(),
             upstream_retries: Family::default(),
             upstream_in_flight: Family::default(),
+            endpoint_in_flight: Family::default(),
             token_cache: Outcomes::new("hit", "miss"),
             key_lookups: Outcomes::new("hit", "miss"),
             token_cache_entries: Gauge::default(),
@@ -482,6 +484,11 @@ impl Metrics {
             "upstream_requests_in_flight",
             "Requests in flight to an upstream with max_requests, by upstream",
             m.upstream_in_flight.clone(),
+        );
+        registry.register(
+            "upstream_endpoint_requests_in_flight",
+            "Requests in flight to each endpoint of an upstream with balance = \"least_request\", by upstream and endpoint (at scrape time)",
+            m.endpoint_in_flight.clone(),
         );
         registry.register(
             "upstream_retries",
@@ -908,6 +915,16 @@ impl Metrics {
                 endpoint: endpoint.to_owned(),
             })
             .set(i64::from(healthy));
+    }
+
+    /// An endpoint's requests in flight (`balance = "least_request"`), at scrape time.
+    pub fn endpoint_in_flight(&self, upstream: &str, endpoint: &str, n: u32) {
+        self.endpoint_in_flight
+            .get_or_create(&EndpointOnlyLabels {
+                upstream: upstream.to_owned(),
+                endpoint: endpoint.to_owned(),
+            })
+            .set(i64::from(n));
     }
 
     /// The gauge of an upstream's requests in flight (`max_requests`).

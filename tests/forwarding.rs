@@ -1090,6 +1090,108 @@ async fn weighted_endpoints_share_requests_and_a_backup_waits_for_the_primaries(
     assert_eq!(metric(&m, &failures), 1.0, "{m}");
 }
 
+/// `balance = "least_request"`: an instance that takes requests and answers none keeps the one
+/// it got in flight, and every later request goes to the other instance (turns would send it
+/// every second one); released, it answers the held request.
+#[tokio::test]
+async fn least_request_sends_past_an_instance_that_holds_its_requests() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let a = Upstream::start().await;
+    let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let (stuck, heads) = holding_instance(release.clone()).await;
+    let cfg = basic_config(&a.url(), "").replacen(
+        "request_timeout = \"500ms\"",
+        &format!(
+            "request_timeout = \"60s\"\nbalance = \"least_request\"\nendpoints = [\"{stuck}\", \"{}\"]",
+            a.addr
+        ),
+        1,
+    );
+    let gw = Gateway::start(&cfg).await;
+    let mut held = Vec::new();
+    for i in 0..20 {
+        let url = gw.url(&format!("/public/{i}"));
+        let before = heads.load(SeqCst);
+        let mut req = tokio::spawn(async move { get(&client(), &url, &[]).await.status });
+        let reached_stuck = async {
+            while heads.load(SeqCst) == before {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::select! {
+            r = &mut req => assert_eq!(r.unwrap(), StatusCode::OK, "answered by a"),
+            () = reached_stuck => held.push(req),
+        }
+    }
+    assert_eq!(
+        heads.load(SeqCst),
+        1,
+        "the stuck instance got one request, then none"
+    );
+    assert_eq!(a.count(), 19);
+    let in_flight = |m: &str, e: &str| {
+        metric(
+            m,
+            &format!("bearward_upstream_endpoint_requests_in_flight{{upstream=\"app\",endpoint=\"{e}\"}}"),
+        )
+    };
+    let m = gw.metrics().await;
+    assert_eq!(in_flight(&m, &stuck.to_string()), 1.0, "{m}");
+    assert_eq!(in_flight(&m, &a.addr.to_string()), 0.0, "{m}");
+    release.add_permits(1);
+    for r in held {
+        assert_eq!(
+            r.await.unwrap(),
+            StatusCode::OK,
+            "the held request answered"
+        );
+    }
+    let m = gw.metrics().await;
+    assert_eq!(in_flight(&m, &stuck.to_string()), 0.0, "{m}");
+}
+
+/// An instance that reads each request head, counts it, and answers 200 only once `release`
+/// gives it a permit.
+async fn holding_instance(
+    release: std::sync::Arc<tokio::sync::Semaphore>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (counted, release) = (counted.clone(), release.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                loop {
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    head.clear();
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Ok(permit) = release.acquire().await else {
+                        return;
+                    };
+                    permit.forget();
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
 /// `retry_statuses`: an instance that answers 503 (draining) costs an idempotent request
 /// nothing: it goes to the next endpoint, and the instance is out for `endpoint_fail_timeout`;
 /// a POST gets the 503 as it came, sent once; when every instance answers 503 the client gets

@@ -48,6 +48,8 @@ struct Stats {
     active: AtomicUsize,
     peak: AtomicUsize,
     got: Mutex<Vec<Got>>,
+    /// Milliseconds every request waits before its answer.
+    delay_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A real HTTP/2 server: `/echo` answers with the body it got and trailers, `/hold` takes
@@ -119,6 +121,8 @@ async fn serve(req: Request<Incoming>, st: Arc<Stats>) -> Result<Response<TestBo
     let collected = body.collect().await.unwrap();
     let trailers = collected.trailers().cloned();
     let bytes = collected.to_bytes();
+    let delay = st.delay_ms.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(delay)).await;
     match req_path(&path) {
         "/hold" => tokio::time::sleep(Duration::from_millis(50)).await,
         "/slow" => tokio::time::sleep(Duration::from_secs(2)).await,
@@ -600,6 +604,43 @@ async fn calls_spread_over_every_endpoints_connection() {
         &format!("bearward_upstream_connect_failures_total{{upstream=\"app\",endpoint=\"{dead}\",reason=\"upstream_unreachable\"}}"),
     );
     assert!((1.0..=3.0).contains(&failed), "{failed}: {m}");
+}
+
+/// `balance = "least_request"` over HTTP/2: a stream is in flight until it ends, so an
+/// instance that is slow to answer gets one call while the other answers the rest (turns
+/// would give it every second one).
+#[tokio::test]
+async fn least_request_sends_streams_past_a_slow_instance() {
+    let (slow, fast) = (
+        H2Upstream::start(Options::default()).await,
+        H2Upstream::start(Options::default()).await,
+    );
+    slow.stats.delay_ms.store(2000, Ordering::SeqCst);
+    let gw = Gateway::start(&config(
+        slow.addr,
+        "h2c",
+        &format!(
+            "endpoints = [\"{}\", \"{}\"]\nbalance = \"least_request\"",
+            slow.addr, fast.addr
+        ),
+    ))
+    .await;
+    let c = h2c_client();
+    let mut held = Vec::new();
+    for i in 0..20 {
+        let (c, url) = (c.clone(), gw.url(&format!("/echo?{i}")));
+        let mut call = tokio::spawn(async move { call(&c, &url, &[], streamed(10, None)).await });
+        tokio::select! {
+            r = &mut call => assert_eq!(r.unwrap().status, StatusCode::OK),
+            () = tokio::time::sleep(Duration::from_millis(300)) => held.push(call),
+        }
+    }
+    assert_eq!(held.len(), 1, "the slow instance got one call");
+    assert_eq!(fast.got().len(), 19);
+    for r in held {
+        assert_eq!(r.await.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(slow.got().len(), 1);
 }
 
 /// An HTTP/2 upstream's `health_check` with a `path` asks over HTTP/2: the live endpoint is

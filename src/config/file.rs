@@ -1062,6 +1062,19 @@ pub(super) struct UpstreamFile {
     /// `bearward_upstream_retries_total`. Needs `endpoints` (two or more) and an HTTP/1
     /// upstream (gRPC's status is in trailers)
     pub retry_statuses: Option<Spanned<Vec<Spanned<u16>>>>,
+    /// Reference: `balance`
+    /// Default: `"round_robin"`
+    ///
+    /// how each request picks one of the `endpoints`: `"round_robin"` takes them in turn (by
+    /// weight); `"least_request"` takes two at random and sends to the one with fewer requests
+    /// in flight (Envoy's `LEAST_REQUEST`, the power of two choices; nginx's `least_conn`,
+    /// HAProxy's `leastconn`), so an instance that slows down or hangs gets fewer new requests
+    /// while its own pile up, where turns would keep sending it its share. With unequal
+    /// weights, the weighted rotation over each weight divided by one more than its endpoint's
+    /// requests in flight. Backups as with turns. A request is in flight from its pick until
+    /// its response body has been read to the end or it failed (an HTTP/2 stream: until it
+    /// ends). Needs `endpoints` (two or more)
+    pub balance: Option<Spanned<String>>,
     /// Reference: `endpoint_fail_timeout`
     /// Default: `"10s"`
     ///

@@ -261,6 +261,9 @@ pub struct UpstreamConfig {
     /// `endpoints` with weights or backups; `None` when every one is a weight-1 primary, so
     /// the rotation is plain turns.
     pub balance: Option<Balance>,
+    /// `balance = "least_request"`: of two endpoints picked at random, the one with fewer
+    /// requests in flight.
+    pub least_request: bool,
 }
 
 /// How the rotation over an upstream's `endpoints` goes when they have weights or backups.

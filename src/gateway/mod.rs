@@ -675,8 +675,10 @@ impl Gateway {
         }
     }
 
-    /// Refreshes the scrape-time gauges of the request path: keys per rate-limited route.
+    /// Refreshes the scrape-time gauges of the request path: keys per rate-limited route, and
+    /// requests in flight per endpoint of the upstreams that balance by them.
     pub fn export_gauges(&self) {
+        self.upstreams.export_gauges();
         let routes = self.config.routes.routes().iter();
         let held = routes
             .zip(&self.limiters)

@@ -248,6 +248,8 @@ pub(super) struct UpstreamBody {
     keep_alive: bool,
     stall: Stall,
     pool: Arc<Pool>,
+    /// `least_request`: the request is in flight until the body ends.
+    lease: Option<super::pool::Lease>,
 }
 
 impl UpstreamBody {
@@ -259,8 +261,10 @@ impl UpstreamBody {
         keep_alive: bool,
         pool: Arc<Pool>,
         stall: Duration,
+        lease: Option<super::pool::Lease>,
     ) -> Self {
         UpstreamBody {
+            lease,
             endpoint: conn.endpoint,
             conn: Some(conn),
             state,
@@ -272,6 +276,7 @@ impl UpstreamBody {
 
     fn finish(&mut self) {
         self.state = BodyState::Done;
+        self.lease = None;
         if let Some(conn) = self.conn.take() {
             if self.keep_alive {
                 self.pool.checkin(conn);

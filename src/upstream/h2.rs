@@ -19,7 +19,7 @@
 //!   at most [`REPLAY_BYTES`]. Any other failure is a 502: the upstream may have acted on it.
 //! - Request and response trailers pass (gRPC's status travels in them).
 
-use super::pool::Pool;
+use super::pool::{Lease, Pool};
 use super::{HeadRewrite, ProxyError};
 use crate::body::{self, Body, BoxError};
 use crate::config::UpstreamConfig;
@@ -239,8 +239,19 @@ impl H2Client {
                 }
             };
             let (endpoint, id, mut sender) = self.connection(tried).await?;
+            let lease = Lease::new(&self.pool, endpoint);
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp.map(body::boxed)),
+                Ok(resp) => {
+                    return Ok(match lease {
+                        None => resp.map(body::boxed),
+                        Some(lease) => resp.map(|body| {
+                            body::boxed(Leased {
+                                body,
+                                lease: Some(lease),
+                            })
+                        }),
+                    })
+                }
                 Err(mut e) => {
                     let unsent = e.take_message();
                     let unprocessed = unsent.is_some() || refused(e.error());
@@ -263,6 +274,40 @@ impl H2Client {
         }
         tracing::warn!(upstream = %self.pool.name(), attempts = MAX_ATTEMPTS, "HTTP/2 upstream refused the request every time");
         Err(ProxyError::Unreachable)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body of a `least_request` upstream: its stream is in flight until it ends.
+    struct Leased<B> {
+        #[pin]
+        body: B,
+        lease: Option<Lease>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Leased<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let frame = this.body.poll_frame(cx);
+        if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+            *this.lease = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -146,6 +146,14 @@ impl Upstreams {
         }
     }
 
+    /// Sets the scrape-time gauges of the upstreams: each endpoint's requests in flight, for
+    /// the upstreams that balance by them.
+    pub(crate) fn export_gauges(&self) {
+        for up in self.clients.iter().filter(|u| u.config.least_request) {
+            up.pool.export_in_flight();
+        }
+    }
+
     /// Upstream config by index (as routes refer to it).
     pub fn config(&self, idx: usize) -> &UpstreamConfig {
         &self.clients[idx].config

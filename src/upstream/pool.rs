@@ -30,7 +30,9 @@
 //!   a connection of that endpoint's own pool; one that fails a connection is left out for
 //!   `endpoint_fail_timeout` and the request tries the next (at most [`MAX_TRIES`] endpoints: a
 //!   failed connection sent nothing); when all are out, the rotation takes them all, as
-//!   Envoy's panic threshold does, rather than answering 502 until one comes back.
+//!   Envoy's panic threshold does, rather than answering 502 until one comes back;
+//! - with `balance = "least_request"`, the pick is of two endpoints at random, the one with
+//!   fewer requests in flight ([`Lease`] counts them).
 
 use super::exchange::{exchange, into_response, BodyState, Failure, UpstreamBody};
 use crate::body::{self, Body};
@@ -44,7 +46,7 @@ use http::{Method, Request, Response};
 use http_body::Body as _;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -82,6 +84,79 @@ struct Endpoint {
     out_until: AtomicU64,
     /// Out of the rotation by its `health_check` ([`super::health`]) until checks pass again.
     unhealthy: AtomicBool,
+    /// `balance = "least_request"`: requests in flight to it, each held by a [`Lease`].
+    active: AtomicU32,
+}
+
+/// The most endpoints an upstream has (the config's bound).
+const MAX_ENDPOINTS: usize = 64;
+
+/// The rotation's tiers, in order: the primaries that are in, else the backups that are in,
+/// else every primary (all out: all are tried).
+const TIERS: [(bool, bool); 3] = [(false, false), (true, false), (false, true)];
+
+/// One request in flight to an endpoint of a `least_request` upstream: counted from its pick
+/// until dropped, which is when its response body has been read to the end (or dropped) or
+/// the request failed.
+pub(crate) struct Lease {
+    pool: Arc<Pool>,
+    endpoint: usize,
+}
+
+impl Lease {
+    /// A lease on `endpoint`, when the upstream balances by requests in flight; else `None`,
+    /// and nothing is counted.
+    #[inline]
+    pub(crate) fn new(pool: &Arc<Pool>, endpoint: usize) -> Option<Lease> {
+        if !pool.least_request {
+            return None;
+        }
+        pool.endpoints[endpoint]
+            .active
+            .fetch_add(1, Ordering::Relaxed);
+        Some(Lease {
+            pool: pool.clone(),
+            endpoint,
+        })
+    }
+
+    /// The request went to another endpoint (its first failed, or answered in
+    /// `retry_statuses`): the count follows it.
+    pub(super) fn move_to(&mut self, endpoint: usize) {
+        if endpoint != self.endpoint {
+            let e = &self.pool.endpoints;
+            e[endpoint].active.fetch_add(1, Ordering::Relaxed);
+            e[self.endpoint].active.fetch_sub(1, Ordering::Relaxed);
+            self.endpoint = endpoint;
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.pool.endpoints[self.endpoint]
+            .active
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A number below `n` (at least 1), from a per-thread xorshift: the two choices of
+/// `least_request` need only to be spread, not unpredictable.
+fn random_below(n: usize) -> usize {
+    use std::cell::Cell;
+    use std::hash::BuildHasher;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(std::hash::RandomState::new().hash_one(0u8) | 1);
+    }
+    let x = STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    });
+    usize::try_from(((x >> 32) * n as u64) >> 32).unwrap_or(0)
 }
 
 /// A connection being found for a request, and whether it was reused: boxed.
@@ -108,6 +183,8 @@ pub(crate) struct Pool {
     /// Weights and backups, and each endpoint's current weight in the smooth weighted round
     /// robin; `None`: plain turns.
     balance: Option<(crate::config::Balance, Mutex<Box<[i64]>>)>,
+    /// `balance = "least_request"`.
+    least_request: bool,
 }
 
 impl Pool {
@@ -124,6 +201,7 @@ impl Pool {
                     idle: Mutex::new(Vec::new()),
                     out_until: AtomicU64::new(0),
                     unhealthy: AtomicBool::new(false),
+                    active: AtomicU32::new(0),
                 })
                 .collect(),
             next: AtomicUsize::new(0),
@@ -138,6 +216,7 @@ impl Pool {
                 let current = vec![0; b.weights.len()].into_boxed_slice();
                 (b, Mutex::new(current))
             }),
+            least_request: upstream.least_request,
         })
     }
 
@@ -206,8 +285,12 @@ impl Pool {
         if n == 1 {
             return 0;
         }
+        if self.least_request {
+            return self.pick_least();
+        }
         if let Some(balance) = &self.balance {
-            return self.pick_weighed(balance);
+            let weights = &balance.0.weights;
+            return self.pick_weighed(balance, |e| i64::from(weights[e]));
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let now = self.now_ms();
@@ -221,22 +304,24 @@ impl Pool {
     /// primaries that are in (each gains its weight, the one with the most is taken and loses
     /// the sum), so one that is out gives its share to the others in proportion; over the
     /// backups, in turn, when no primary is in; when every endpoint is out, the primaries'.
+    /// `weight` gives each endpoint's weight for this pick.
     fn pick_weighed(
         &self,
         (balance, current): &(crate::config::Balance, Mutex<Box<[i64]>>),
+        weight: impl Fn(usize) -> i64,
     ) -> usize {
         let now = self.now_ms();
         let mut current = current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (backups, all) in [(false, false), (true, false), (false, true)] {
+        for (backups, all) in TIERS {
             let mut sum = 0;
             let mut best: Option<usize> = None;
             for e in 0..self.endpoints.len() {
                 if balance.backup[e] != backups || (!all && self.is_out(e, now)) {
                     continue;
                 }
-                let weight = i64::from(balance.weights[e]);
+                let weight = weight(e);
                 current[e] += weight;
                 sum += weight;
                 if best.is_none_or(|b| current[e] > current[b]) {
@@ -247,6 +332,44 @@ impl Pool {
                 current[b] -= sum;
                 return b;
             }
+        }
+        0
+    }
+
+    /// [`Pool::pick`] with `balance = "least_request"`, over the first of the rotation's tiers
+    /// that has an endpoint: two of its endpoints at random and the one with fewer requests in
+    /// flight, the first on a tie (with two endpoints, the one with fewer, a tie to either at
+    /// random); with unequal weights, the weighted rotation over each weight divided by one more
+    /// than its endpoint's requests in flight (Envoy's least request, with its default bias).
+    fn pick_least(&self) -> usize {
+        let active = |e: usize| self.endpoints[e].active.load(Ordering::Relaxed);
+        if let Some(balance) = &self.balance {
+            let weights = &balance.0.weights;
+            if weights.iter().any(|&w| w != weights[0]) {
+                // Scaled so one request in flight moves a weight-1 endpoint's share.
+                return self.pick_weighed(balance, |e| {
+                    i64::from(weights[e]) * 1000 / (i64::from(active(e)) + 1)
+                });
+            }
+        }
+        let now = self.now_ms();
+        let mut candidates = [0u8; MAX_ENDPOINTS];
+        for (backups, all) in TIERS {
+            let mut k = 0;
+            for e in 0..self.endpoints.len().min(MAX_ENDPOINTS) {
+                if self.is_backup(e) != backups || (!all && self.is_out(e, now)) {
+                    continue;
+                }
+                candidates[k] = u8::try_from(e).unwrap_or(0);
+                k += 1;
+            }
+            if k == 0 {
+                continue;
+            }
+            let a = random_below(k);
+            let b = (a + 1 + random_below(k.max(2) - 1)) % k;
+            let (a, b) = (usize::from(candidates[a]), usize::from(candidates[b]));
+            return if active(b) < active(a) { b } else { a };
         }
         0
     }
@@ -355,6 +478,14 @@ impl Pool {
             self.failed(endpoint, e);
         }
         opened
+    }
+
+    /// Each endpoint's requests in flight into their gauges (`least_request`).
+    pub(super) fn export_in_flight(&self) {
+        for e in &self.endpoints {
+            let n = e.active.load(Ordering::Relaxed);
+            self.metrics.endpoint_in_flight(&self.name, &e.addr, n);
+        }
     }
 
     /// How many endpoints the upstream has.
@@ -487,6 +618,7 @@ impl Pool {
                     | Method::DELETE
             );
         let first = self.pick();
+        let mut lease = Lease::new(self, first);
         let (mut conn, mut reused) = match self.idle_conn(first) {
             Some(conn) => (conn, true),
             None => (self.connect(first, tried).await?, false),
@@ -496,6 +628,9 @@ impl Pool {
         let mut moved = 0;
         let resp = loop {
             tried.set(usize::from(conn.endpoint));
+            if let Some(lease) = &mut lease {
+                lease.move_to(usize::from(conn.endpoint));
+            }
             let exchange = exchange(&mut conn, &head, &mut req_body, framing, &method, stall);
             let failed = match exchange.await {
                 Ok(resp)
@@ -566,7 +701,7 @@ impl Pool {
             ResponseFraming::Chunked => BodyState::Chunked(Chunked::default()),
             ResponseFraming::Close => BodyState::Close,
         };
-        let body = UpstreamBody::new(conn, state, resp.keep_alive, self.clone(), stall);
+        let body = UpstreamBody::new(conn, state, resp.keep_alive, self.clone(), stall, lease);
         Ok((into_response(resp, body::boxed(body)), None))
     }
 }
@@ -646,6 +781,81 @@ mod tests {
             upstream("url = \"http://api.internal\"\nendpoints = [\"a:1\", \"b:1\"]")
                 .balance
                 .is_none()
+        );
+    }
+
+    /// `least_request`: of two endpoints at random, the one with fewer requests in flight, so
+    /// the busiest of three is never picked while the others have fewer; a lease that moves
+    /// or drops moves or drops its count; backups wait for the primaries; unequal weights
+    /// share by weight while idle and by weight over requests in flight when not.
+    #[test]
+    fn least_request_picks_the_endpoint_with_fewer_requests_in_flight() {
+        let u = upstream(
+            "url = \"http://api.internal\"\nendpoints = [\"a:1\", \"b:1\", \"c:1\"]\n\
+             balance = \"least_request\"",
+        );
+        assert!(u.least_request);
+        let pool = Pool::new(&u, Arc::new(Metrics::new()));
+        let count = |picks: &[usize], e: usize| picks.iter().filter(|&&p| p == e).count();
+        let picks = |n: usize| (0..n).map(|_| pool.pick()).collect::<Vec<_>>();
+        let idle = picks(600);
+        for e in 0..3 {
+            assert!(count(&idle, e) > 100, "idle: spread over all {idle:?}");
+        }
+        let held = [
+            Lease::new(&pool, 0),
+            Lease::new(&pool, 0),
+            Lease::new(&pool, 1),
+        ];
+        assert!(held.iter().all(Option::is_some));
+        let busy = picks(600);
+        assert_eq!(count(&busy, 0), 0, "two in flight: never the pick");
+        assert!(count(&busy, 2) > count(&busy, 1), "{busy:?}");
+        let mut moved = Lease::new(&pool, 0).unwrap();
+        moved.move_to(2);
+        let active = |e: usize| pool.endpoints[e].active.load(Ordering::Relaxed);
+        assert_eq!((active(0), active(1), active(2)), (2, 1, 1));
+        drop(held);
+        drop(moved);
+        assert_eq!((active(0), active(1), active(2)), (0, 0, 0));
+        assert!(
+            count(&picks(300), 0) > 50,
+            "back in the picks once its requests ended"
+        );
+
+        let with_backup = upstream(
+            "url = \"http://api.internal\"\nendpoints = [\"a:1\", { address = \"z:1\", backup = true }, \"b:1\"]\n\
+             balance = \"least_request\"",
+        );
+        let pool = Pool::new(&with_backup, Arc::new(Metrics::new()));
+        let _busy = [Lease::new(&pool, 0), Lease::new(&pool, 2)];
+        let picks = (0..100).map(|_| pool.pick()).collect::<Vec<_>>();
+        assert_eq!(
+            count(&picks, 1),
+            0,
+            "the backup waits while a primary is in"
+        );
+        pool.failed(0, &ProxyError::Unreachable);
+        pool.failed(2, &ProxyError::Unreachable);
+        assert_eq!(pool.pick(), 1, "every primary out: the backup");
+
+        let weighted = upstream(
+            "url = \"http://api.internal\"\nendpoints = [{ address = \"a:1\", weight = 3 }, \"b:1\"]\n\
+             balance = \"least_request\"",
+        );
+        let pool = Pool::new(&weighted, Arc::new(Metrics::new()));
+        let picks = |n: usize| (0..n).map(|_| pool.pick()).collect::<Vec<_>>();
+        assert_eq!(count(&picks(400), 0), 300, "idle: by weight");
+        let _held = [Lease::new(&pool, 0), Lease::new(&pool, 0)];
+        assert_eq!(count(&picks(400), 0), 200, "3 over 3 against 1 over 1");
+
+        let turns = Pool::new(
+            &upstream("url = \"http://api.internal\"\nendpoints = [\"a:1\", \"b:1\"]"),
+            Arc::new(Metrics::new()),
+        );
+        assert!(
+            Lease::new(&turns, 0).is_none(),
+            "round robin counts nothing"
         );
     }
 

@@ -461,7 +461,9 @@ pub(super) fn upstream(
         )
     });
     let retry_statuses = retry_statuses(cx, u, protocol, endpoints.len(), &key);
+    let least_request = least_request(cx, u, endpoints.len(), &key);
     UpstreamConfig {
+        least_request,
         max_requests,
         retry_statuses,
         balance,
@@ -929,6 +931,40 @@ pub(super) fn exchange_issuers(
                     t.issuer.get_ref()
                 ),
             );
+        }
+    }
+}
+
+/// `balance`: `"least_request"` (true) or `"round_robin"`, the first needing two endpoints or
+/// more.
+fn least_request(
+    cx: &mut Ctx<'_>,
+    u: &UpstreamFile,
+    endpoints: usize,
+    key: &dyn Fn(&str) -> String,
+) -> bool {
+    let Some(b) = &u.balance else {
+        return false;
+    };
+    match b.get_ref().as_str() {
+        "round_robin" => false,
+        "least_request" => {
+            if endpoints < 2 {
+                cx.err(
+                    b.span(),
+                    &key("balance"),
+                    "\"least_request\" needs endpoints: two or more instances to choose between",
+                );
+            }
+            true
+        }
+        other => {
+            cx.err(
+                b.span(),
+                &key("balance"),
+                format!("{other:?} is none of \"round_robin\", \"least_request\""),
+            );
+            false
         }
     }
 }
