@@ -1090,6 +1090,31 @@ async fn weighted_endpoints_share_requests_and_a_backup_waits_for_the_primaries(
     assert_eq!(metric(&m, &failures), 1.0, "{m}");
 }
 
+/// `max_connection_age`: a pooled connection carries requests until it is that old, and none
+/// after: the next request gets a new connection (its name resolved again, placed anew by
+/// whatever balances in front of the instances).
+#[tokio::test]
+async fn a_connection_older_than_max_connection_age_carries_no_new_request() {
+    let up = Upstream::start().await;
+    let cfg = basic_config(&up.url(), "").replacen(
+        "request_timeout = \"500ms\"",
+        "request_timeout = \"500ms\"\nmax_connection_age = \"1s\"",
+        1,
+    );
+    let gw = Gateway::start(&cfg).await;
+    let c = client();
+    for i in 0..3 {
+        let r = get(&c, &gw.url(&format!("/public/{i}")), &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = get(&c, &gw.url("/public/3"), &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let peers: Vec<_> = up.seen().iter().map(|s| s.peer).collect();
+    assert_eq!(peers[..3], [peers[0]; 3], "one connection while young");
+    assert_ne!(peers[3], peers[0], "a new connection once it is 1 s old");
+}
+
 /// `balance = "least_request"`: an instance that takes requests and answers none keeps the one
 /// it got in flight, and every later request goes to the other instance (turns would send it
 /// every second one); released, it answers the held request.

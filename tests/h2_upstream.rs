@@ -606,6 +606,35 @@ async fn calls_spread_over_every_endpoints_connection() {
     assert!((1.0..=3.0).contains(&failed), "{failed}: {m}");
 }
 
+/// `max_connection_age` over HTTP/2: once the connection is that old, new calls go over a new
+/// one, while a call already on the old one runs to its end there.
+#[tokio::test]
+async fn an_h2_connection_past_max_connection_age_is_replaced_for_new_streams() {
+    let up = H2Upstream::start(Options::default()).await;
+    let gw = Gateway::start(&config(up.addr, "h2c", "max_connection_age = \"1s\"")).await;
+    let c = h2c_client();
+    let r = call(&c, &gw.url("/echo"), &[], streamed(10, None)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let (c2, url) = (c.clone(), gw.url("/slow"));
+    let slow = tokio::spawn(async move { call(&c2, &url, &[], streamed(10, None)).await });
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(up.stats.connections.load(Ordering::SeqCst), 1);
+    for _ in 0..3 {
+        let r = call(&c, &gw.url("/echo"), &[], streamed(10, None)).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    assert_eq!(
+        up.stats.connections.load(Ordering::SeqCst),
+        2,
+        "one new connection"
+    );
+    assert_eq!(
+        slow.await.unwrap().status,
+        StatusCode::OK,
+        "the old one's call ended there"
+    );
+}
+
 /// `balance = "least_request"` over HTTP/2: a stream is in flight until it ends, so an
 /// instance that is slow to answer gets one call while the other answers the rest (turns
 /// would give it every second one).

@@ -561,3 +561,60 @@ async fn a_client_that_goes_away_mid_request_is_counted_as_499() {
         .sum::<f64>();
     assert_eq!(answered, 2.0, "{m}");
 }
+
+/// `max_requests_per_connection` (HTTP/1): the answer to a connection's last request says
+/// `Connection: close` and the connection closes after it; the answers before it keep it open.
+/// `max_connection_age`: the first request past the age is the last.
+#[tokio::test]
+async fn a_client_connection_ends_at_its_last_request() {
+    const GET: &[u8] = b"GET /public/x HTTP/1.1\r\nHost: t\r\n\r\n";
+    let (_up, gw, _) = setup("max_requests_per_connection = 3").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    for i in 0..3 {
+        s.write_all(GET).await.unwrap();
+        let head = read_response_head(&mut s).await;
+        assert_eq!(raw_status(&head), 200, "{head}");
+        assert_eq!(
+            head.contains("connection: close"),
+            i == 2,
+            "answer {i}: {head}"
+        );
+    }
+    let (rest, took) = read_to_close(&mut s).await;
+    assert!(rest.is_empty() && took < Duration::from_secs(1), "{took:?}");
+
+    let (_up, gw, _) = setup("max_connection_age = \"1s\"").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    for i in 0..2 {
+        s.write_all(GET).await.unwrap();
+        let head = read_response_head(&mut s).await;
+        assert!(
+            !head.contains("connection: close"),
+            "young, answer {i}: {head}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    s.write_all(GET).await.unwrap();
+    let head = read_response_head(&mut s).await;
+    assert!(head.contains("connection: close"), "{head}");
+    let (_, took) = read_to_close(&mut s).await;
+    assert!(took < Duration::from_secs(1), "{took:?}");
+}
+
+/// `max_requests_per_connection` (HTTP/2): GOAWAY as the last request starts; it is answered,
+/// and the connection then closes.
+#[tokio::test]
+async fn an_h2_client_connection_gets_goaway_at_its_last_request() {
+    let (_up, gw, _) = setup("max_requests_per_connection = 2").await;
+    let (mut sender, conn) = h2_connect(gw.addr, None).await;
+    for _ in 0..2 {
+        let req = Request::get(format!("http://{}/public/x", gw.addr))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.into_body().collect().await.unwrap();
+    }
+    // Closed within h2_time_to_close's 3 s, where header_read_timeout (10 s) would not.
+    h2_time_to_close(conn).await;
+}

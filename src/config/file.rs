@@ -696,6 +696,25 @@ pub(super) struct ServerFile {
     /// route or token is looked at, so an overload cannot turn into signature checks, JWKS
     /// refetches or an upstream pile-up
     pub max_requests_in_flight: Option<Spanned<u64>>,
+    /// Reference: `max_requests_per_connection`
+    /// Default: no limit
+    ///
+    /// the most requests one client connection carries (nginx's `keepalive_requests`, 1000
+    /// there; Envoy's `max_requests_per_connection`): the answer to the last says
+    /// `Connection: close` and the connection closes after it (HTTP/1), or the connection is
+    /// sent GOAWAY as the last starts and closes once its streams have ended (HTTP/2). Clients
+    /// then connect again, and an L4 balancer in front (AWS NLB, a Kubernetes Service) spreads
+    /// them over the replicas as they are now, new ones included. 1 to 1,000,000,000
+    pub max_requests_per_connection: Option<Spanned<u64>>,
+    /// Reference: `max_connection_age`
+    /// Default: no limit
+    ///
+    /// a client connection older than this is ended as `max_requests_per_connection` ends one,
+    /// at its next request (Envoy's `max_connection_duration`, gRPC's `MAX_CONNECTION_AGE`,
+    /// nginx's `keepalive_time`): a client that keeps one connection busy for days still moves
+    /// to a replica added since. An idle connection is left to `header_read_timeout`. 1 s to 30
+    /// days
+    pub max_connection_age: Option<Spanned<String>>,
     /// Reference: `http2_max_concurrent_streams`
     /// Default: `256`
     ///
@@ -1111,6 +1130,16 @@ pub(super) struct UpstreamFile {
     ///
     /// pooled keep-alive connections idle longer are closed
     pub idle_timeout: Option<Spanned<String>>,
+    /// Reference: `max_connection_age`
+    /// Default: `"1h"`
+    ///
+    /// a connection older than this carries no new request (nginx's `keepalive_time`, Envoy's
+    /// `max_connection_duration`): an HTTP/1 one is closed when its response ends, an HTTP/2
+    /// one is replaced for new streams while its own run to their end. New connections resolve
+    /// the endpoint's name again and land where a ClusterIP Service or an L4 balancer puts them
+    /// now, so instances added since (and a DNS change) get their share, gRPC's long-lived
+    /// connections included. 1 s to 7 days
+    pub max_connection_age: Option<Spanned<String>>,
     /// Reference: `tunnel_idle_timeout`
     /// Default: `"5m"`
     ///

@@ -48,6 +48,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default lifetime of an idle pooled upstream connection.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Default age past which an upstream connection carries no new request: nginx's
+/// `keepalive_time`.
+pub const DEFAULT_MAX_CONNECTION_AGE: Duration = Duration::from_secs(3600);
 /// Default longest silence of an upgraded connection: Envoy's `stream_idle_timeout`, which
 /// applies to its WebSocket streams too (nginx closes them after `proxy_read_timeout`, 60 s).
 pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -166,6 +169,18 @@ listening! {
     pub max_requests_in_flight: usize,
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` of each client connection.
     pub http2_max_concurrent_streams: u32,
+    /// `max_requests_per_connection` and `max_connection_age`: when a client connection is
+    /// ended; `None` when neither is set.
+    pub connection_limits: Option<ConnectionLimits>,
+}
+
+/// When a client connection is ended (at a request's answer, or with GOAWAY).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// The most requests it carries; `usize::MAX`: no limit.
+    pub max_requests: usize,
+    /// The age past which its next request is its last.
+    pub max_age: Option<Duration>,
 }
 
 /// `[server]`, validated.
@@ -224,6 +239,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub idle_timeout: Duration,
+    /// `max_connection_age`: a connection older carries no new request.
+    pub max_connection_age: Duration,
     /// An upgraded (WebSocket) connection with no byte either way for this long is closed.
     pub tunnel_idle_timeout: Duration,
     pub max_idle_connections: usize,

@@ -37,6 +37,9 @@ const SWEEP_AT: usize = 512;
 struct Sends {
     epoch: std::time::Instant,
     bodies: Mutex<Vec<Weak<AtomicU64>>>,
+    /// The connection has carried its last request (`max_requests_per_connection`,
+    /// `max_connection_age`): GOAWAY.
+    close: tokio::sync::Notify,
 }
 
 impl Sends {
@@ -75,7 +78,24 @@ impl ConnLedger {
         ConnLedger::new(Some(Sends {
             epoch: std::time::Instant::now(),
             bodies: Mutex::new(Vec::new()),
+            close: tokio::sync::Notify::new(),
         }))
+    }
+
+    /// HTTP/2: the connection has started its last request; [`ConnLedger::close_wanted`] ends.
+    pub fn want_close(&self) {
+        if let Some(sends) = &self.0.sends {
+            sends.close.notify_one();
+        }
+    }
+
+    /// HTTP/2: ends once [`ConnLedger::want_close`] has been called (at once if it was
+    /// before); on HTTP/1, never.
+    pub async fn close_wanted(&self) {
+        match &self.0.sends {
+            Some(sends) => sends.close.notified().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// HTTP/2: has some response body waited longer than `limit` for the client to take data

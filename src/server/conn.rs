@@ -512,11 +512,29 @@ fn gateway_service(
         tls,
         decision,
     });
+    // `max_requests_per_connection`, `max_connection_age`: from the config the connection
+    // opened under.
+    let limits = live
+        .current()
+        .config
+        .server
+        .listening
+        .connection_limits
+        .map(|l| (l, std::time::Instant::now()));
     let live = live.clone();
     service_fn(move |req: Request<Incoming>| {
         // Counted as hyper hands the request over, before its future first runs: from here the
         // header timer must not count against the connection.
         let index = info.ledger.as_ref().map(ConnLedger::request_started);
+        // The connection's last request: HTTP/2 says GOAWAY now (this and the streams in
+        // flight end first); HTTP/1 closes after this answer.
+        let last = limits.is_some_and(|(l, born)| is_last(l, born, index));
+        let h2 = last && req.version() == http::Version::HTTP_2;
+        if h2 {
+            if let Some(ledger) = &info.ledger {
+                ledger.want_close();
+            }
+        }
         let gateway = live.current();
         let info = info.clone();
         // Taken before anything else is done with the request, so an overload cannot turn into
@@ -530,7 +548,13 @@ fn gateway_service(
                 Box::new_uninit(),
                 gateway.handle(req, &info, index, place.is_some()),
             ));
-            let resp = handle.await;
+            let mut resp = handle.await;
+            if last && !h2 && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
             let ledger = info.ledger.clone();
             if let (Some(w), StatusCode::SWITCHING_PROTOCOLS) = (&ledger, resp.status()) {
                 w.upgraded();
@@ -540,8 +564,20 @@ fn gateway_service(
     })
 }
 
+/// Is the request with this index (`None`: not counted) the connection's last?
+fn is_last(
+    limits: crate::config::ConnectionLimits,
+    born: std::time::Instant,
+    index: Option<usize>,
+) -> bool {
+    index.is_some_and(|i| i.saturating_add(1) >= limits.max_requests)
+        || limits.max_age.is_some_and(|age| born.elapsed() >= age)
+}
+
 /// Drives an HTTP/2 connection to its end; when the server drains, asks it to finish
-/// gracefully (in-flight streams complete, no new ones start) and keeps driving it. HTTP/2 has
+/// gracefully (in-flight streams complete, no new ones start) and keeps driving it, as it does
+/// once the connection has started its last request (`max_requests_per_connection`,
+/// `max_connection_age`). HTTP/2 has
 /// neither the header timer nor the framing guard's write path:
 /// - a connection with no stream in flight and none started for `idle` (the header timeout)
 ///   is closed gracefully (GOAWAY), as HTTP/1 keep-alive connections are by the header timer;
@@ -568,6 +604,10 @@ async fn until_done_or_idle<C: Future>(
         tokio::select! {
             r = conn.as_mut() => return Some(r),
             _ = signal.changed() => break,
+            () = activity.close_wanted() => {
+                tracing::debug!("HTTP/2 connection carried its last request: GOAWAY");
+                break;
+            }
             _ = ticks.tick() => {
                 if activity.client_stalled(send) {
                     tracing::debug!("HTTP/2 client took no data past send_timeout: connection closed");

@@ -10,6 +10,9 @@
 //! - The upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` and flow control are h2's: streams past
 //!   the limit wait in h2 for a slot; a body is read from the client only as fast as the
 //!   upstream's window opens, so a large upload is streamed, never gathered.
+//! - A connection made longer than `max_connection_age` ago takes no new stream: the next
+//!   request makes a new one (the name resolved again), and the old one's streams run to
+//!   their end before it closes.
 //! - A connection idle for `h2_keepalive_interval` is PINGed; one that does not answer within
 //!   `h2_keepalive_timeout` is closed and the next request makes a new one.
 //! - GOAWAY: streams the upstream took go on to their end. A request the upstream says it never
@@ -46,14 +49,15 @@ pub(crate) struct H2Client {
     authority: http::uri::Authority,
     keepalive: Option<std::time::Duration>,
     keepalive_timeout: std::time::Duration,
+    max_age: std::time::Duration,
     /// Each endpoint's connection, in the pool's order.
     slots: Box<[Slot]>,
 }
 
 /// One endpoint's connection.
 struct Slot {
-    /// The connection in use and its number.
-    sender: Mutex<Option<(u64, SendRequest<ReplayBody>)>>,
+    /// The connection in use, its number, and when it was made.
+    sender: Mutex<Option<(u64, SendRequest<ReplayBody>, std::time::Instant)>>,
     /// Held while a connection is being made, so a burst of requests makes one, not many.
     connecting: tokio::sync::Mutex<()>,
     /// Connections attempted so far, and how the last attempt failed (if it did): requests that
@@ -73,9 +77,12 @@ impl Slot {
         }
     }
 
-    fn cached(&self) -> Option<(u64, SendRequest<ReplayBody>)> {
+    /// The connection in use, if it is open and younger than `max_age`.
+    fn cached(&self, max_age: std::time::Duration) -> Option<(u64, SendRequest<ReplayBody>)> {
         let slot = lock(&self.sender);
-        slot.as_ref().filter(|(_, s)| !s.is_closed()).cloned()
+        slot.as_ref()
+            .filter(|(_, s, made)| !s.is_closed() && made.elapsed() < max_age)
+            .map(|(id, s, _)| (*id, s.clone()))
     }
 }
 
@@ -91,6 +98,7 @@ impl H2Client {
             authority: config.authority.clone(),
             keepalive: config.h2_keepalive_interval,
             keepalive_timeout: config.h2_keepalive_timeout,
+            max_age: config.max_connection_age,
         }
     }
 
@@ -115,12 +123,12 @@ impl H2Client {
     ) -> Result<(u64, SendRequest<ReplayBody>), ProxyError> {
         use std::sync::atomic::Ordering;
         let slot = &self.slots[endpoint];
-        if let Some(s) = slot.cached() {
+        if let Some(s) = slot.cached(self.max_age) {
             return Ok(s);
         }
         let seen = slot.attempts.load(Ordering::Acquire);
         let _making = slot.connecting.lock().await;
-        if let Some(s) = slot.cached() {
+        if let Some(s) = slot.cached(self.max_age) {
             return Ok(s);
         }
         if slot.attempts.load(Ordering::Acquire) != seen {
@@ -132,7 +140,7 @@ impl H2Client {
         let made = self.connect(endpoint).await;
         *lock(&slot.last_failure) = made.as_ref().err().copied();
         let sender = made?;
-        *lock(&slot.sender) = Some((id, sender.clone()));
+        *lock(&slot.sender) = Some((id, sender.clone(), std::time::Instant::now()));
         Ok((id, sender))
     }
 
@@ -167,7 +175,7 @@ impl H2Client {
     /// request there makes a new one. Streams still running on it finish there.
     fn forget(&self, endpoint: usize, id: u64) {
         let mut slot = lock(&self.slots[endpoint].sender);
-        if slot.as_ref().is_some_and(|(cached, _)| *cached == id) {
+        if slot.as_ref().is_some_and(|(cached, _, _)| *cached == id) {
             *slot = None;
         }
     }

@@ -20,7 +20,8 @@
 //!   `request_timeout` loses the request (504 before the response head; after it, the client
 //!   connection is closed);
 //! - idle connections older than `idle_timeout` are closed when next looked at; at most
-//!   `max_idle_connections` are kept;
+//!   `max_idle_connections` are kept; one made longer than `max_connection_age` ago is closed
+//!   when its response ends, so names are resolved again and balancers place it anew;
 //! - an early response (before the request body was sent in full) is forwarded and its
 //!   connection closed; a failed request body closes the connection;
 //! - request trailers are not forwarded (RFC 9110 6.5.1 lets a proxy drop them; HTTP/2
@@ -65,6 +66,8 @@ pub(super) struct Conn {
     /// Bytes read but not yet consumed. Empty whenever the connection is idle.
     pub(super) buf: BytesMut,
     pub(super) since: Instant,
+    /// When it was made (`max_connection_age`).
+    pub(super) born: Instant,
 }
 
 /// The upstream side of an upgraded (101) exchange: the connection and any bytes the upstream
@@ -177,6 +180,7 @@ pub(crate) struct Pool {
     /// The longest a new connection may take, TLS handshake included.
     connect_timeout: Duration,
     idle_timeout: Duration,
+    max_age: Duration,
     max_idle: usize,
     /// `retry_statuses`: answers that send a replayable request to the next endpoint.
     retry_statuses: Box<[http::StatusCode]>,
@@ -210,6 +214,7 @@ impl Pool {
             tls: upstream.tls.clone(),
             connect_timeout: upstream.connect_timeout,
             idle_timeout: upstream.idle_timeout,
+            max_age: upstream.max_connection_age,
             max_idle: upstream.max_idle_connections,
             retry_statuses: upstream.retry_statuses.clone(),
             balance: upstream.balance.clone().map(|b| {
@@ -454,8 +459,12 @@ impl Pool {
     fn idle_conn(&self, endpoint: usize) -> Option<Conn> {
         loop {
             let conn = self.idle(endpoint).pop()?;
-            let idle = conn.since.elapsed();
-            if idle > self.idle_timeout || (idle >= PROBE_AFTER && !still_open(conn.stream.tcp())) {
+            let now = Instant::now();
+            let idle = now.duration_since(conn.since);
+            if idle > self.idle_timeout
+                || now.duration_since(conn.born) >= self.max_age
+                || (idle >= PROBE_AFTER && !still_open(conn.stream.tcp()))
+            {
                 continue;
             }
             return Some(conn);
@@ -512,12 +521,14 @@ impl Pool {
             tried.set(endpoint);
             match self.open_stream(endpoint).await {
                 Ok(stream) => {
+                    let now = Instant::now();
                     return Ok(Conn {
                         endpoint: u8::try_from(endpoint).unwrap_or(u8::MAX),
                         stream,
                         buf: BytesMut::new(),
-                        since: Instant::now(),
-                    })
+                        since: now,
+                        born: now,
+                    });
                 }
                 Err(e) => last = e,
             }
@@ -570,14 +581,19 @@ impl Pool {
         })
     }
 
-    /// Back to the pool, if the connection can carry another request: nothing unread in it.
+    /// Back to the pool, if the connection can carry another request: nothing unread in it,
+    /// and younger than `max_connection_age`.
     pub(super) fn checkin(&self, mut conn: Conn) {
         if !conn.buf.is_empty() || conn.stream.holds_unread() {
             return;
         }
+        let now = Instant::now();
+        if now.duration_since(conn.born) >= self.max_age {
+            return;
+        }
         let mut idle = self.idle(usize::from(conn.endpoint));
         if idle.len() < self.max_idle {
-            conn.since = Instant::now();
+            conn.since = now;
             idle.push(conn);
         }
     }

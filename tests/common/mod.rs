@@ -603,6 +603,12 @@ pub(crate) async fn open_websocket(addr: std::net::SocketAddr) -> (TcpStream, St
 /// Reads one response off a keep-alive connection: its status, and the whole body by
 /// Content-Length or chunked framing.
 pub(crate) async fn read_response(s: &mut TcpStream) -> u16 {
+    raw_status(&read_response_head(s).await)
+}
+
+/// Reads one response off a keep-alive connection, its whole body by Content-Length or chunked
+/// framing: its head, lowercased.
+pub(crate) async fn read_response_head(s: &mut TcpStream) -> String {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -628,7 +634,7 @@ pub(crate) async fn read_response(s: &mut TcpStream) -> u16 {
             }
         }
     }
-    raw_status(&head)
+    head
 }
 
 /// Opens a connection and sends raw bytes on it.

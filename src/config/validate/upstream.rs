@@ -500,6 +500,12 @@ pub(super) fn upstream(
             DEFAULT_IDLE_TIMEOUT,
             long,
         ),
+        max_connection_age: cx.duration(
+            &u.max_connection_age,
+            &key("max_connection_age"),
+            crate::config::DEFAULT_MAX_CONNECTION_AGE,
+            (Duration::from_secs(1), Duration::from_secs(7 * 24 * 3600)),
+        ),
         tunnel_idle_timeout: cx.duration(
             &u.tunnel_idle_timeout,
             &key("tunnel_idle_timeout"),
