@@ -512,15 +512,19 @@ fn gateway_service(
         tls,
         decision,
     });
-    // `max_requests_per_connection`, `max_connection_age`: from the config the connection
-    // opened under.
+    // `max_requests_per_connection`, and when `max_connection_age` is up: from the config the
+    // connection opened under.
     let limits = live
         .current()
         .config
         .server
         .listening
         .connection_limits
-        .map(|l| (l, std::time::Instant::now()));
+        .map(|l| {
+            let now = std::time::Instant::now();
+            let until = l.max_age.map(|age| now.checked_add(age).unwrap_or(now));
+            (l.max_requests, until)
+        });
     let live = live.clone();
     service_fn(move |req: Request<Incoming>| {
         // Counted as hyper hands the request over, before its future first runs: from here the
@@ -528,7 +532,7 @@ fn gateway_service(
         let index = info.ledger.as_ref().map(ConnLedger::request_started);
         // The connection's last request: HTTP/2 says GOAWAY now (this and the streams in
         // flight end first); HTTP/1 closes after this answer.
-        let last = limits.is_some_and(|(l, born)| is_last(l, born, index));
+        let last = limits.is_some_and(|(max, until)| is_last(max, until, index));
         let h2 = last && req.version() == http::Version::HTTP_2;
         if h2 {
             if let Some(ledger) = &info.ledger {
@@ -564,14 +568,11 @@ fn gateway_service(
     })
 }
 
-/// Is the request with this index (`None`: not counted) the connection's last?
-fn is_last(
-    limits: crate::config::ConnectionLimits,
-    born: std::time::Instant,
-    index: Option<usize>,
-) -> bool {
-    index.is_some_and(|i| i.saturating_add(1) >= limits.max_requests)
-        || limits.max_age.is_some_and(|age| born.elapsed() >= age)
+/// Is the request with this index (`None`: not counted) the connection's last: the
+/// `max_requests`th, or one past `until`?
+fn is_last(max_requests: usize, until: Option<std::time::Instant>, index: Option<usize>) -> bool {
+    index.is_some_and(|i| i.saturating_add(1) >= max_requests)
+        || until.is_some_and(|t| std::time::Instant::now() >= t)
 }
 
 /// Drives an HTTP/2 connection to its end; when the server drains, asks it to finish
