@@ -12,6 +12,33 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Sleep;
 
+/// A number below `n` (at least 1), from a per-thread xorshift: for choices that need only be
+/// spread (`least_request`'s two, a connection age's jitter), not unpredictable.
+pub(crate) fn random_below(n: usize) -> usize {
+    use std::cell::Cell;
+    use std::hash::BuildHasher;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(std::hash::RandomState::new().hash_one(0u8) | 1);
+    }
+    let x = STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    });
+    usize::try_from(((x >> 32) * n as u64) >> 32).unwrap_or(0)
+}
+
+/// Between 90% and 100% of `age`, at random: connections made together (a pool filled by a
+/// burst, clients that connected as a replica started) do not all reach their age at once and
+/// reconnect in one wave (gRPC jitters `MAX_CONNECTION_AGE` by 10% the same way).
+pub(crate) fn jittered(age: Duration) -> Duration {
+    let cut = u32::try_from(random_below(1001)).unwrap_or(0);
+    age - age / 10 * cut / 1000
+}
+
 /// Sets `timer` to go off `after` from now, making it the first time.
 pub(crate) fn rearm(timer: &mut Option<Pin<Box<Sleep>>>, after: Duration) {
     rearm_at(timer, tokio::time::Instant::now() + after);
@@ -83,5 +110,22 @@ mod tests {
         assert!(!poll_fn(|cx| Poll::Ready(stall.expired(cx, &pending))).await);
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(poll_fn(|cx| Poll::Ready(stall.expired(cx, &pending))).await);
+    }
+
+    /// Ages are cut by up to a tenth, spread over that tenth, never lengthened.
+    #[test]
+    fn jittered_ages_spread_over_the_last_tenth() {
+        let age = Duration::from_secs(10);
+        let got: Vec<Duration> = (0..1000).map(|_| jittered(age)).collect();
+        assert!(got.iter().all(|&d| d >= Duration::from_secs(9) && d <= age));
+        let early = got
+            .iter()
+            .filter(|&&d| d < Duration::from_millis(9500))
+            .count();
+        assert!(
+            (300..700).contains(&early),
+            "{early} of 1000 in the first half"
+        );
+        assert_eq!(jittered(Duration::ZERO), Duration::ZERO);
     }
 }

@@ -712,8 +712,9 @@ pub(super) struct ServerFile {
     /// a client connection older than this is ended as `max_requests_per_connection` ends one,
     /// at its next request (Envoy's `max_connection_duration`, gRPC's `MAX_CONNECTION_AGE`,
     /// nginx's `keepalive_time`): a client that keeps one connection busy for days still moves
-    /// to a replica added since. An idle connection is left to `header_read_timeout`. 1 s to 30
-    /// days
+    /// to a replica added since. Each connection's age is cut by up to a tenth at random (as
+    /// gRPC jitters its own), so clients that connected together do not all reconnect
+    /// together. An idle connection is left to `header_read_timeout`. 1 s to 30 days
     pub max_connection_age: Option<Spanned<String>>,
     /// Reference: `http2_max_concurrent_streams`
     /// Default: `256`
@@ -1138,7 +1139,8 @@ pub(super) struct UpstreamFile {
     /// one is replaced for new streams while its own run to their end. New connections resolve
     /// the endpoint's name again and land where a ClusterIP Service or an L4 balancer puts them
     /// now, so instances added since (and a DNS change) get their share, gRPC's long-lived
-    /// connections included. 1 s to 7 days
+    /// connections included. Each connection's age is cut by up to a tenth at random, so
+    /// connections made together are not all replaced together. 1 s to 7 days
     pub max_connection_age: Option<Spanned<String>>,
     /// Reference: `tunnel_idle_timeout`
     /// Default: `"5m"`

@@ -522,7 +522,9 @@ fn gateway_service(
         .connection_limits
         .map(|l| {
             let now = std::time::Instant::now();
-            let until = l.max_age.map(|age| now.checked_add(age).unwrap_or(now));
+            let until = l
+                .max_age
+                .map(|age| now.checked_add(crate::timer::jittered(age)).unwrap_or(now));
             (l.max_requests, until)
         });
     let live = live.clone();

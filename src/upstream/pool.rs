@@ -144,25 +144,6 @@ impl Drop for Lease {
     }
 }
 
-/// A number below `n` (at least 1), from a per-thread xorshift: the two choices of
-/// `least_request` need only to be spread, not unpredictable.
-fn random_below(n: usize) -> usize {
-    use std::cell::Cell;
-    use std::hash::BuildHasher;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(std::hash::RandomState::new().hash_one(0u8) | 1);
-    }
-    let x = STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        x
-    });
-    usize::try_from(((x >> 32) * n as u64) >> 32).unwrap_or(0)
-}
-
 /// A connection being found for a request, and whether it was reused: boxed.
 type Checkout<'a> = Pin<Box<dyn Future<Output = Result<(Conn, bool), ProxyError>> + Send + 'a>>;
 
@@ -372,8 +353,8 @@ impl Pool {
             if k == 0 {
                 continue;
             }
-            let a = random_below(k);
-            let b = (a + 1 + random_below(k.max(2) - 1)) % k;
+            let a = crate::timer::random_below(k);
+            let b = (a + 1 + crate::timer::random_below(k.max(2) - 1)) % k;
             let (a, b) = (usize::from(candidates[a]), usize::from(candidates[b]));
             return if active(b) < active(a) { b } else { a };
         }
@@ -528,7 +509,9 @@ impl Pool {
                         stream,
                         buf: BytesMut::new(),
                         since: now,
-                        retire_at: now.checked_add(self.max_age).unwrap_or(now),
+                        retire_at: now
+                            .checked_add(crate::timer::jittered(self.max_age))
+                            .unwrap_or(now),
                     });
                 }
                 Err(e) => last = e,
