@@ -1115,6 +1115,31 @@ async fn a_connection_older_than_max_connection_age_carries_no_new_request() {
     assert_ne!(peers[3], peers[0], "a new connection once it is 1 s old");
 }
 
+/// `max_requests_per_connection`: a pooled connection carries that many requests, then the
+/// next goes over a new one.
+#[tokio::test]
+async fn an_upstream_connection_carries_max_requests_per_connection() {
+    let up = Upstream::start().await;
+    let cfg = basic_config(&up.url(), "").replacen(
+        "request_timeout = \"500ms\"",
+        "request_timeout = \"500ms\"\nmax_requests_per_connection = 2",
+        1,
+    );
+    let gw = Gateway::start(&cfg).await;
+    let c = client();
+    for i in 0..5 {
+        let r = get(&c, &gw.url(&format!("/public/{i}")), &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let peers: Vec<_> = up.seen().iter().map(|s| s.peer).collect();
+    assert_eq!(peers[0], peers[1]);
+    assert_eq!(peers[2], peers[3]);
+    assert!(
+        peers[0] != peers[2] && peers[2] != peers[4] && peers[0] != peers[4],
+        "two requests a connection: {peers:?}"
+    );
+}
+
 /// `balance = "least_request"`: an instance that takes requests and answers none keeps the one
 /// it got in flight, and every later request goes to the other instance (turns would send it
 /// every second one); released, it answers the held request.

@@ -635,6 +635,20 @@ async fn an_h2_connection_past_max_connection_age_is_replaced_for_new_streams() 
     );
 }
 
+/// `max_requests_per_connection` over HTTP/2: each connection is given that many streams,
+/// then the next request makes a new one.
+#[tokio::test]
+async fn an_h2_connection_is_given_max_requests_per_connection_streams() {
+    let up = H2Upstream::start(Options::default()).await;
+    let gw = Gateway::start(&config(up.addr, "h2c", "max_requests_per_connection = 2")).await;
+    let c = h2c_client();
+    for _ in 0..5 {
+        let r = call(&c, &gw.url("/echo"), &[], streamed(10, None)).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    assert_eq!(up.stats.connections.load(Ordering::SeqCst), 3);
+}
+
 /// `balance = "least_request"` over HTTP/2: a stream is in flight until it ends, so an
 /// instance that is slow to answer gets one call while the other answers the rest (turns
 /// would give it every second one).

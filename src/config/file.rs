@@ -1142,6 +1142,14 @@ pub(super) struct UpstreamFile {
     /// connections included. Each connection's age is cut by up to a tenth at random, so
     /// connections made together are not all replaced together. 1 s to 7 days
     pub max_connection_age: Option<Spanned<String>>,
+    /// Reference: `max_requests_per_connection`
+    /// Default: no limit
+    ///
+    /// the most requests one upstream connection carries before it is closed (nginx's
+    /// `keepalive_requests` for upstreams, 1000 there; Envoy's `max_requests_per_connection`),
+    /// for an application server that leaks or slows down per connection. On HTTP/2, the most
+    /// streams one connection is given; the next request makes a new one. 1 to 1,000,000,000
+    pub max_requests_per_connection: Option<Spanned<u64>>,
     /// Reference: `tunnel_idle_timeout`
     /// Default: `"5m"`
     ///

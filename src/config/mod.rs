@@ -241,6 +241,9 @@ pub struct UpstreamConfig {
     pub idle_timeout: Duration,
     /// `max_connection_age`: a connection older carries no new request.
     pub max_connection_age: Duration,
+    /// `max_requests_per_connection`: the most requests (HTTP/2: streams) a connection
+    /// carries; `u32::MAX`: no limit.
+    pub max_requests_per_connection: u32,
     /// An upgraded (WebSocket) connection with no byte either way for this long is closed.
     pub tunnel_idle_timeout: Duration,
     pub max_idle_connections: usize,

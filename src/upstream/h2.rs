@@ -12,7 +12,8 @@
 //!   upstream's window opens, so a large upload is streamed, never gathered.
 //! - A connection made longer than `max_connection_age` ago takes no new stream: the next
 //!   request makes a new one (the name resolved again), and the old one's streams run to
-//!   their end before it closes.
+//!   their end before it closes. So does one that has been given
+//!   `max_requests_per_connection` streams.
 //! - A connection idle for `h2_keepalive_interval` is PINGed; one that does not answer within
 //!   `h2_keepalive_timeout` is closed and the next request makes a new one.
 //! - GOAWAY: streams the upstream took go on to their end. A request the upstream says it never
@@ -50,14 +51,16 @@ pub(crate) struct H2Client {
     keepalive: Option<std::time::Duration>,
     keepalive_timeout: std::time::Duration,
     max_age: std::time::Duration,
+    /// `max_requests_per_connection`: streams one connection is given.
+    max_streams: u32,
     /// Each endpoint's connection, in the pool's order.
     slots: Box<[Slot]>,
 }
 
 /// One endpoint's connection.
 struct Slot {
-    /// The connection in use, its number, and when it was made.
-    sender: Mutex<Option<(u64, SendRequest<ReplayBody>, std::time::Instant)>>,
+    /// The connection in use.
+    sender: Mutex<Option<InUse>>,
     /// Held while a connection is being made, so a burst of requests makes one, not many.
     connecting: tokio::sync::Mutex<()>,
     /// Connections attempted so far, and how the last attempt failed (if it did): requests that
@@ -77,13 +80,30 @@ impl Slot {
         }
     }
 
-    /// The connection in use, if it is open and younger than `max_age`.
-    fn cached(&self, max_age: std::time::Duration) -> Option<(u64, SendRequest<ReplayBody>)> {
-        let slot = lock(&self.sender);
-        slot.as_ref()
-            .filter(|(_, s, made)| !s.is_closed() && made.elapsed() < max_age)
-            .map(|(id, s, _)| (*id, s.clone()))
+    /// The connection in use for one more stream, if it is open, younger than `max_age` and
+    /// was given fewer than `max_streams`.
+    fn cached(
+        &self,
+        max_age: std::time::Duration,
+        max_streams: u32,
+    ) -> Option<(u64, SendRequest<ReplayBody>)> {
+        let mut slot = lock(&self.sender);
+        let c = slot.as_mut()?;
+        if c.sender.is_closed() || c.made.elapsed() >= max_age || c.given >= max_streams {
+            return None;
+        }
+        c.given += 1;
+        Some((c.id, c.sender.clone()))
     }
+}
+
+/// An endpoint's connection in use: its number, its sender, when it was made
+/// (`max_connection_age`) and the streams it was given (`max_requests_per_connection`).
+struct InUse {
+    id: u64,
+    sender: SendRequest<ReplayBody>,
+    made: std::time::Instant,
+    given: u32,
 }
 
 /// A connection for one request: its endpoint, its number there, and its sender.
@@ -99,6 +119,7 @@ impl H2Client {
             keepalive: config.h2_keepalive_interval,
             keepalive_timeout: config.h2_keepalive_timeout,
             max_age: config.max_connection_age,
+            max_streams: config.max_requests_per_connection,
         }
     }
 
@@ -123,12 +144,12 @@ impl H2Client {
     ) -> Result<(u64, SendRequest<ReplayBody>), ProxyError> {
         use std::sync::atomic::Ordering;
         let slot = &self.slots[endpoint];
-        if let Some(s) = slot.cached(self.max_age) {
+        if let Some(s) = slot.cached(self.max_age, self.max_streams) {
             return Ok(s);
         }
         let seen = slot.attempts.load(Ordering::Acquire);
         let _making = slot.connecting.lock().await;
-        if let Some(s) = slot.cached(self.max_age) {
+        if let Some(s) = slot.cached(self.max_age, self.max_streams) {
             return Ok(s);
         }
         if slot.attempts.load(Ordering::Acquire) != seen {
@@ -140,7 +161,12 @@ impl H2Client {
         let made = self.connect(endpoint).await;
         *lock(&slot.last_failure) = made.as_ref().err().copied();
         let sender = made?;
-        *lock(&slot.sender) = Some((id, sender.clone(), std::time::Instant::now()));
+        *lock(&slot.sender) = Some(InUse {
+            id,
+            sender: sender.clone(),
+            made: std::time::Instant::now(),
+            given: 1,
+        });
         Ok((id, sender))
     }
 
@@ -175,7 +201,7 @@ impl H2Client {
     /// request there makes a new one. Streams still running on it finish there.
     fn forget(&self, endpoint: usize, id: u64) {
         let mut slot = lock(&self.slots[endpoint].sender);
-        if slot.as_ref().is_some_and(|(cached, _, _)| *cached == id) {
+        if slot.as_ref().is_some_and(|c| c.id == id) {
             *slot = None;
         }
     }

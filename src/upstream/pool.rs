@@ -21,7 +21,8 @@
 //!   connection is closed);
 //! - idle connections older than `idle_timeout` are closed when next looked at; at most
 //!   `max_idle_connections` are kept; one made longer than `max_connection_age` ago is closed
-//!   when its response ends, so names are resolved again and balancers place it anew;
+//!   when its response ends, so names are resolved again and balancers place it anew, as is
+//!   one that has carried `max_requests_per_connection`;
 //! - an early response (before the request body was sent in full) is forwarded and its
 //!   connection closed; a failed request body closes the connection;
 //! - request trailers are not forwarded (RFC 9110 6.5.1 lets a proxy drop them; HTTP/2
@@ -66,6 +67,8 @@ pub(super) struct Conn {
     /// Bytes read but not yet consumed. Empty whenever the connection is idle.
     pub(super) buf: BytesMut,
     pub(super) since: Instant,
+    /// Requests it has carried to their end (`max_requests_per_connection`).
+    pub(super) carried: u32,
     /// When it has lived `max_connection_age`: an `Instant` to compare with, so the checks
     /// cost no subtraction (about 70 instructions a request as durations).
     pub(super) retire_at: Instant,
@@ -163,6 +166,8 @@ pub(crate) struct Pool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_age: Duration,
+    /// `max_requests_per_connection`.
+    max_requests: u32,
     max_idle: usize,
     /// `retry_statuses`: answers that send a replayable request to the next endpoint.
     retry_statuses: Box<[http::StatusCode]>,
@@ -197,6 +202,7 @@ impl Pool {
             connect_timeout: upstream.connect_timeout,
             idle_timeout: upstream.idle_timeout,
             max_age: upstream.max_connection_age,
+            max_requests: upstream.max_requests_per_connection,
             max_idle: upstream.max_idle_connections,
             retry_statuses: upstream.retry_statuses.clone(),
             balance: upstream.balance.clone().map(|b| {
@@ -509,6 +515,7 @@ impl Pool {
                         stream,
                         buf: BytesMut::new(),
                         since: now,
+                        carried: 0,
                         retire_at: now
                             .checked_add(crate::timer::jittered(self.max_age))
                             .unwrap_or(now),
@@ -566,13 +573,14 @@ impl Pool {
     }
 
     /// Back to the pool, if the connection can carry another request: nothing unread in it,
-    /// and younger than `max_connection_age`.
+    /// younger than `max_connection_age`, and short of `max_requests_per_connection`.
     pub(super) fn checkin(&self, mut conn: Conn) {
         if !conn.buf.is_empty() || conn.stream.holds_unread() {
             return;
         }
+        conn.carried += 1;
         let now = Instant::now();
-        if now >= conn.retire_at {
+        if now >= conn.retire_at || conn.carried >= self.max_requests {
             return;
         }
         let mut idle = self.idle(usize::from(conn.endpoint));

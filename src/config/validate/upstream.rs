@@ -500,6 +500,14 @@ pub(super) fn upstream(
             DEFAULT_IDLE_TIMEOUT,
             long,
         ),
+        max_requests_per_connection: u32::try_from(cx.size(
+            &u.max_requests_per_connection,
+            &key("max_requests_per_connection"),
+            u32::MAX as usize,
+            1,
+            1_000_000_000,
+        ))
+        .unwrap_or(u32::MAX),
         max_connection_age: cx.duration(
             &u.max_connection_age,
             &key("max_connection_age"),
