@@ -1095,22 +1095,9 @@ async fn weighted_endpoints_share_requests_and_a_backup_waits_for_the_primaries(
 /// whatever balances in front of the instances).
 #[tokio::test]
 async fn a_connection_older_than_max_connection_age_carries_no_new_request() {
-    let up = Upstream::start().await;
-    let cfg = basic_config(&up.url(), "").replacen(
-        "request_timeout = \"500ms\"",
-        "request_timeout = \"500ms\"\nmax_connection_age = \"1s\"",
-        1,
-    );
-    let gw = Gateway::start(&cfg).await;
-    let c = client();
-    for i in 0..3 {
-        let r = get(&c, &gw.url(&format!("/public/{i}")), &[]).await;
-        assert_eq!(r.status, StatusCode::OK);
-    }
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let r = get(&c, &gw.url("/public/3"), &[]).await;
-    assert_eq!(r.status, StatusCode::OK);
-    let peers: Vec<_> = up.seen().iter().map(|s| s.peer).collect();
+    let z = Duration::ZERO;
+    let pauses = [z, z, z, Duration::from_millis(1100)];
+    let peers = upstream_peers_of_gets("max_connection_age = \"1s\"", &pauses).await;
     assert_eq!(peers[..3], [peers[0]; 3], "one connection while young");
     assert_ne!(peers[3], peers[0], "a new connection once it is 1 s old");
 }
@@ -1119,25 +1106,33 @@ async fn a_connection_older_than_max_connection_age_carries_no_new_request() {
 /// next goes over a new one.
 #[tokio::test]
 async fn an_upstream_connection_carries_max_requests_per_connection() {
-    let up = Upstream::start().await;
-    let cfg = basic_config(&up.url(), "").replacen(
-        "request_timeout = \"500ms\"",
-        "request_timeout = \"500ms\"\nmax_requests_per_connection = 2",
-        1,
-    );
-    let gw = Gateway::start(&cfg).await;
-    let c = client();
-    for i in 0..5 {
-        let r = get(&c, &gw.url(&format!("/public/{i}")), &[]).await;
-        assert_eq!(r.status, StatusCode::OK);
-    }
-    let peers: Vec<_> = up.seen().iter().map(|s| s.peer).collect();
+    let peers =
+        upstream_peers_of_gets("max_requests_per_connection = 2", &[Duration::ZERO; 5]).await;
     assert_eq!(peers[0], peers[1]);
     assert_eq!(peers[2], peers[3]);
     assert!(
         peers[0] != peers[2] && peers[2] != peers[4] && peers[0] != peers[4],
         "two requests a connection: {peers:?}"
     );
+}
+
+/// A GET through a gateway whose upstream has `lines` more, after each pause in turn (all
+/// answered 200): the connection each reached the upstream on.
+async fn upstream_peers_of_gets(lines: &str, pauses: &[Duration]) -> Vec<std::net::SocketAddr> {
+    let up = Upstream::start().await;
+    let cfg = basic_config(&up.url(), "").replacen(
+        "request_timeout = \"500ms\"",
+        &format!("request_timeout = \"500ms\"\n{lines}"),
+        1,
+    );
+    let gw = Gateway::start(&cfg).await;
+    let c = client();
+    for (i, pause) in pauses.iter().enumerate() {
+        tokio::time::sleep(*pause).await;
+        let r = get(&c, &gw.url(&format!("/public/{i}")), &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    up.seen().iter().map(|s| s.peer).collect()
 }
 
 /// `balance = "least_request"`: an instance that takes requests and answers none keeps the one
