@@ -38,7 +38,7 @@
 
 use super::exchange::{exchange, into_response, BodyState, Failure, UpstreamBody};
 use crate::body::{self, Body};
-use crate::config::UpstreamConfig;
+use crate::config::{Balance, UpstreamConfig, MAX_ENDPOINTS};
 use crate::telemetry::Metrics;
 use crate::tls::{Stream, UpstreamTls};
 use crate::upstream::wire::{self, Chunked, RequestFraming, ResponseFraming};
@@ -94,9 +94,6 @@ struct Endpoint {
     /// `balance = "least_request"`: requests in flight to it, each held by a [`Lease`].
     active: AtomicU32,
 }
-
-/// The most endpoints an upstream has (the config's bound).
-const MAX_ENDPOINTS: usize = 64;
 
 /// The rotation's tiers, in order: the primaries that are in, else the backups that are in,
 /// else every primary (all out: all are tried).
@@ -173,9 +170,11 @@ pub(crate) struct Pool {
     retry_statuses: Box<[http::StatusCode]>,
     /// Weights and backups, and each endpoint's current weight in the smooth weighted round
     /// robin; `None`: plain turns.
-    balance: Option<(crate::config::Balance, Mutex<Box<[i64]>>)>,
+    balance: Option<(Balance, Mutex<Box<[i64]>>)>,
     /// `balance = "least_request"`.
     least_request: bool,
+    /// Its weights differ: `least_request` runs the weighted rotation rather than two choices.
+    unequal_weights: bool,
 }
 
 impl Pool {
@@ -210,6 +209,10 @@ impl Pool {
                 (b, Mutex::new(current))
             }),
             least_request: upstream.least_request,
+            unequal_weights: upstream
+                .balance
+                .as_ref()
+                .is_some_and(|b| b.weights.iter().any(|&w| w != b.weights[0])),
         })
     }
 
@@ -282,8 +285,8 @@ impl Pool {
             return self.pick_least();
         }
         if let Some(balance) = &self.balance {
-            let weights = &balance.0.weights;
-            return self.pick_weighed(balance, |e| i64::from(weights[e]));
+            let (Balance { weights, .. }, current) = balance;
+            return self.pick_weighed(current, |e| i64::from(weights[e]));
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let now = self.now_ms();
@@ -298,20 +301,16 @@ impl Pool {
     /// the sum), so one that is out gives its share to the others in proportion; over the
     /// backups, in turn, when no primary is in; when every endpoint is out, the primaries'.
     /// `weight` gives each endpoint's weight for this pick.
-    fn pick_weighed(
-        &self,
-        (balance, current): &(crate::config::Balance, Mutex<Box<[i64]>>),
-        weight: impl Fn(usize) -> i64,
-    ) -> usize {
+    fn pick_weighed(&self, current: &Mutex<Box<[i64]>>, weight: impl Fn(usize) -> i64) -> usize {
         let now = self.now_ms();
         let mut current = current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (backups, all) in TIERS {
+        for tier in TIERS {
             let mut sum = 0;
             let mut best: Option<usize> = None;
             for e in 0..self.endpoints.len() {
-                if balance.backup[e] != backups || (!all && self.is_out(e, now)) {
+                if !self.in_tier(e, tier, now) {
                     continue;
                 }
                 let weight = weight(e);
@@ -336,21 +335,20 @@ impl Pool {
     /// than its endpoint's requests in flight (Envoy's least request, with its default bias).
     fn pick_least(&self) -> usize {
         let active = |e: usize| self.endpoints[e].active.load(Ordering::Relaxed);
-        if let Some(balance) = &self.balance {
-            let weights = &balance.0.weights;
-            if weights.iter().any(|&w| w != weights[0]) {
-                // Scaled so one request in flight moves a weight-1 endpoint's share.
-                return self.pick_weighed(balance, |e| {
-                    i64::from(weights[e]) * 1000 / (i64::from(active(e)) + 1)
-                });
-            }
+        if let (true, Some((Balance { weights, .. }, current))) =
+            (self.unequal_weights, &self.balance)
+        {
+            // Scaled so one request in flight moves a weight-1 endpoint's share.
+            return self.pick_weighed(current, |e| {
+                i64::from(weights[e]) * 1000 / (i64::from(active(e)) + 1)
+            });
         }
         let now = self.now_ms();
         let mut candidates = [0u8; MAX_ENDPOINTS];
-        for (backups, all) in TIERS {
+        for tier in TIERS {
             let mut k = 0;
             for e in 0..self.endpoints.len().min(MAX_ENDPOINTS) {
-                if self.is_backup(e) != backups || (!all && self.is_out(e, now)) {
+                if !self.in_tier(e, tier, now) {
                     continue;
                 }
                 candidates[k] = u8::try_from(e).unwrap_or(0);
@@ -365,6 +363,11 @@ impl Pool {
             return if active(b) < active(a) { b } else { a };
         }
         0
+    }
+
+    /// Is `endpoint` in the rotation's tier `(backups, all)` (see [`TIERS`]) at `now`?
+    fn in_tier(&self, endpoint: usize, (backups, all): (bool, bool), now: u64) -> bool {
+        self.is_backup(endpoint) == backups && (all || !self.is_out(endpoint, now))
     }
 
     /// Is `endpoint` a backup?
@@ -578,7 +581,7 @@ impl Pool {
         if !conn.buf.is_empty() || conn.stream.holds_unread() {
             return;
         }
-        conn.carried += 1;
+        conn.carried = conn.carried.saturating_add(1);
         let now = Instant::now();
         if now >= conn.retire_at || conn.carried >= self.max_requests {
             return;

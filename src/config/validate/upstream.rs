@@ -250,9 +250,6 @@ fn health_check(
     })
 }
 
-/// Most `endpoints` one upstream may list.
-const MAX_ENDPOINTS: usize = 64;
-
 /// `host:port` to connect to: a name or address without a port takes the scheme's (RFC 9110
 /// 4.2), which the socket API does not fill in.
 fn connect_addr(authority: &http::uri::Authority, scheme: &http::uri::Scheme) -> String {
@@ -275,12 +272,13 @@ fn endpoints(
     let Some(list) = &u.endpoints else {
         return (vec![connect_addr(url, scheme)], None);
     };
-    if list.get_ref().is_empty() || list.get_ref().len() > MAX_ENDPOINTS {
+    if list.get_ref().is_empty() || list.get_ref().len() > crate::config::MAX_ENDPOINTS {
         cx.err(
             list.span(),
             key,
             format!(
-                "list 1 to {MAX_ENDPOINTS} endpoints, or leave it out to connect to the url's host"
+                "list 1 to {} endpoints, or leave it out to connect to the url's host",
+                crate::config::MAX_ENDPOINTS
             ),
         );
         return (Vec::new(), None);
