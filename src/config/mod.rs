@@ -171,9 +171,22 @@ listening! {
     pub max_requests_in_flight: usize,
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` of each client connection.
     pub http2_max_concurrent_streams: u32,
-    /// `max_requests_per_connection` and `max_connection_age`: when a client connection is
-    /// ended; `None` when neither is set.
-    pub connection_limits: Option<ConnectionLimits>,
+    /// The most requests a client connection carries; `None`: no limit.
+    pub max_requests_per_connection: Option<usize>,
+    /// The age past which a client connection's next request is its last; `None`: no limit.
+    pub max_connection_age: Option<Duration>,
+}
+
+impl Listening {
+    /// When a client connection is ended; `None` when neither limit is set.
+    pub fn connection_limits(&self) -> Option<ConnectionLimits> {
+        (self.max_requests_per_connection.is_some() || self.max_connection_age.is_some()).then(
+            || ConnectionLimits {
+                max_requests: self.max_requests_per_connection.unwrap_or(usize::MAX),
+                max_age: self.max_connection_age,
+            },
+        )
+    }
 }
 
 /// When a client connection is ended (at a request's answer, or with GOAWAY).

@@ -45,6 +45,9 @@ pub(super) struct Protocols {
     send_timeout: Duration,
     max_header_bytes: usize,
     tls_handshake_timeout: Duration,
+    /// `max_requests_per_connection` and `max_connection_age`: read at start, as the other
+    /// `Listening` settings (a reload warns that a change needs a restart).
+    connection_limits: Option<crate::config::ConnectionLimits>,
 }
 
 /// `hyper::proto::h1::role::DEFAULT_MAX_HEADERS`, not exported.
@@ -92,6 +95,7 @@ impl Protocols {
             send_timeout: config.server.listening.send_timeout,
             max_header_bytes: config.server.listening.max_header_bytes,
             tls_handshake_timeout: config.server.tls_handshake_timeout,
+            connection_limits: config.server.listening.connection_limits(),
         }
     }
 }
@@ -341,6 +345,7 @@ where
                     decision,
                     Some(ledger.clone()),
                     in_flight,
+                    protocols.connection_limits,
                 )),
             );
             let bounds = (protocols.header_read_timeout, protocols.send_timeout);
@@ -363,8 +368,15 @@ where
                 protocols.header_read_timeout,
                 protocols.send_timeout,
             );
-            let service =
-                gateway_service(live, peer, tls, decision, Some(ledger.clone()), in_flight);
+            let service = gateway_service(
+                live,
+                peer,
+                tls,
+                decision,
+                Some(ledger.clone()),
+                in_flight,
+                protocols.connection_limits,
+            );
             let parked = &live.metrics.connections_parked;
             serve_h1(&protocols.h1, guarded, service, &ledger, signal, parked).await
         }
@@ -496,6 +508,7 @@ fn gateway_service(
     decision: bool,
     ledger: Option<ConnLedger>,
     in_flight: InFlight,
+    limits: Option<crate::config::ConnectionLimits>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<Answered<Body>>,
@@ -512,21 +525,14 @@ fn gateway_service(
         tls,
         decision,
     });
-    // `max_requests_per_connection`, and when `max_connection_age` is up: from the config the
-    // connection opened under.
-    let limits = live
-        .current()
-        .config
-        .server
-        .listening
-        .connection_limits
-        .map(|l| {
-            let now = std::time::Instant::now();
-            let until = l
-                .max_age
-                .map(|age| now.checked_add(crate::timer::jittered(age)).unwrap_or(now));
-            (l.max_requests, until)
-        });
+    // `max_requests_per_connection`, and when this connection's `max_connection_age` is up.
+    let limits = limits.map(|l| {
+        let now = std::time::Instant::now();
+        let until = l
+            .max_age
+            .map(|age| now.checked_add(crate::timer::jittered(age)).unwrap_or(now));
+        (l.max_requests, until)
+    });
     let live = live.clone();
     service_fn(move |req: Request<Incoming>| {
         // Counted as hyper hands the request over, before its future first runs: from here the

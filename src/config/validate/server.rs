@@ -179,7 +179,23 @@ pub(super) fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
                 1,
                 10_000_000,
             ),
-            connection_limits: connection_limits(cx, s),
+            max_requests_per_connection: s.max_requests_per_connection.is_some().then(|| {
+                cx.size(
+                    &s.max_requests_per_connection,
+                    "server.max_requests_per_connection",
+                    usize::MAX,
+                    1,
+                    1_000_000_000,
+                )
+            }),
+            max_connection_age: s.max_connection_age.is_some().then(|| {
+                cx.duration(
+                    &s.max_connection_age,
+                    "server.max_connection_age",
+                    Duration::MAX,
+                    (Duration::from_secs(1), Duration::from_secs(30 * 24 * 3600)),
+                )
+            }),
             http2_max_concurrent_streams: cx.size(
                 &s.http2_max_concurrent_streams,
                 "server.http2_max_concurrent_streams",
@@ -407,33 +423,4 @@ fn listener_tls(
             (None, files)
         }
     }
-}
-
-/// `max_requests_per_connection` and `max_connection_age`; `None` when neither is set.
-fn connection_limits(cx: &mut Ctx<'_>, s: &ServerFile) -> Option<crate::config::ConnectionLimits> {
-    if s.max_requests_per_connection.is_none() && s.max_connection_age.is_none() {
-        return None;
-    }
-    let max_requests = match &s.max_requests_per_connection {
-        None => usize::MAX,
-        Some(_) => cx.size(
-            &s.max_requests_per_connection,
-            "server.max_requests_per_connection",
-            usize::MAX,
-            1,
-            1_000_000_000,
-        ),
-    };
-    let max_age = s.max_connection_age.as_ref().map(|_| {
-        cx.duration(
-            &s.max_connection_age,
-            "server.max_connection_age",
-            Duration::MAX,
-            (Duration::from_secs(1), Duration::from_secs(30 * 24 * 3600)),
-        )
-    });
-    Some(crate::config::ConnectionLimits {
-        max_requests,
-        max_age,
-    })
 }
