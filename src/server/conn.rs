@@ -333,21 +333,23 @@ where
         h2,
         decision,
     } = io;
+    // The connection's service, sharing `ledger` with the transport.
+    let service = |ledger: &ConnLedger| {
+        let limits = protocols.connection_limits;
+        gateway_service(
+            live,
+            peer,
+            tls,
+            decision,
+            Some(ledger.clone()),
+            in_flight,
+            limits,
+        )
+    };
     match protocols.h2.as_ref().filter(|_| h2) {
         Some(h2) => {
             let ledger = ConnLedger::for_h2();
-            let conn = h2.serve_connection(
-                TokioIo::new(stream),
-                Boxed(gateway_service(
-                    live,
-                    peer,
-                    tls,
-                    decision,
-                    Some(ledger.clone()),
-                    in_flight,
-                    protocols.connection_limits,
-                )),
-            );
+            let conn = h2.serve_connection(TokioIo::new(stream), Boxed(service(&ledger)));
             let bounds = (protocols.header_read_timeout, protocols.send_timeout);
             // Boxed: an HTTP/2 connection's state is several KiB, and would otherwise be room
             // in every connection's task, HTTP/1 ones parked between requests included.
@@ -368,17 +370,16 @@ where
                 protocols.header_read_timeout,
                 protocols.send_timeout,
             );
-            let service = gateway_service(
-                live,
-                peer,
-                tls,
-                decision,
-                Some(ledger.clone()),
-                in_flight,
-                protocols.connection_limits,
-            );
             let parked = &live.metrics.connections_parked;
-            serve_h1(&protocols.h1, guarded, service, &ledger, signal, parked).await
+            serve_h1(
+                &protocols.h1,
+                guarded,
+                service(&ledger),
+                &ledger,
+                signal,
+                parked,
+            )
+            .await
         }
     }
 }
