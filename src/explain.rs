@@ -426,6 +426,16 @@ pub async fn explain_with(config: &Config, asked: &Asked<'_>) -> Explained {
         };
         match HeaderValue::from_str(&value) {
             Ok(v) => {
+                // Where the route asked about reads it: `Authorization`, or its `token_header`
+                // (each route reads only its own place, so the token goes in every one).
+                for name in config
+                    .routes
+                    .routes()
+                    .iter()
+                    .filter_map(|r| r.token_header.as_ref())
+                {
+                    req.headers_mut().insert(name.clone(), v.clone());
+                }
                 req.headers_mut().insert(header::AUTHORIZATION, v);
             }
             Err(_) => {

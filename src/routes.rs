@@ -460,6 +460,8 @@ pub struct Route {
     pub scopes_any: Vec<String>,
     /// Accept the token from the `access_token` query parameter (RFC 6750 2.3).
     pub token_in_query: bool,
+    /// Read the token from this header, not `Authorization` (`token_header`).
+    pub token_header: Option<http::HeaderName>,
     /// Forward CORS preflights (`OPTIONS` with `Origin` and `Access-Control-Request-Method`)
     /// without a token: browsers send them without credentials (Fetch standard), so a bearer
     /// check would fail every cross-origin call.
@@ -1123,6 +1125,7 @@ impl Route {
             scopes: vec![],
             scopes_any: vec![],
             token_in_query: false,
+            token_header: None,
             cors_preflight: false,
             cors: None,
             audit: false,

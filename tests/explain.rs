@@ -536,3 +536,22 @@ fn a_cors_preflight_is_explained_as_bearward_answers_it() {
     );
     assert!(out.contains("answer     403 Forbidden"), "{out}");
 }
+
+/// A route with `token_header` reads the token explain is given from that header, as the proxy
+/// does; the other routes from `Authorization`.
+#[tokio::test]
+async fn explain_puts_the_token_where_the_route_reads_it() {
+    let text = std::fs::read_to_string(FIXTURE).unwrap().replacen(
+        "[[routes]]",
+        "[[routes]]\nprefix = \"/iap\"\nscopes = [\"read\"]\ntoken_header = \"X-Goog-Iap-Jwt-Assertion\"\nupstream = \"legacy\"\n\n[[routes]]",
+        1,
+    );
+    let config = bearward::config::Config::from_toml_str(&text, "iap.toml").unwrap();
+    let read = minter().token(&Key::rsa1(), "read");
+    for target in ["/iap/x", "/api/orders/7"] {
+        let e =
+            bearward::explain::explain_request(&config, &http::Method::GET, target, Some(&read))
+                .await;
+        assert_eq!(e.status, http::StatusCode::OK, "{target}\n{}", e.text);
+    }
+}

@@ -760,3 +760,72 @@ async fn a_token_bound_to_a_key_is_not_taken_as_a_bearer_token() {
     w.accepted("/api/read/x", &bound, "accept_bound_tokens")
         .await;
 }
+
+/// `token_header`: the JWT an identity-aware proxy in front puts in a header of its own (here
+/// Google IAP's), checked as any token, on the route that names it and on no other.
+#[tokio::test]
+async fn a_route_reads_its_token_from_the_header_it_names() {
+    let rsa = Key::rsa1();
+    let w = World::start(&[&rsa], "").await;
+    let t = w.mint.token(&rsa, "read");
+    let url = w.gw.url("/api/iap/x");
+    let iap = "x-goog-iap-jwt-assertion";
+
+    let a = get(&w.c, &url, &[(iap, &t)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let seen = w.up.last();
+    assert_eq!(seen.headers["x-auth-subject"], "user-42");
+    assert_eq!(seen.headers[iap], t.as_str(), "strip_authorization is off");
+    // A `Bearer ` prefix is taken too; the client's own Authorization is only a header here.
+    let bearer = format!("Bearer {t}");
+    let a = get(
+        &w.c,
+        &url,
+        &[(iap, &bearer), ("authorization", "Basic dTpw")],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(w.up.last().headers["authorization"], "Basic dTpw");
+
+    let before = w.up.count();
+    // Not read from Authorization on this route...
+    let a = get(&w.c, &url, &[("authorization", &bearer)]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    // ...nor from this header on the others.
+    let a = get(&w.c, &w.gw.url("/api/read/x"), &[(iap, &t)]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    // Checked as any token: scopes, signature, characters, one of it.
+    let a = get(&w.c, &url, &[(iap, &w.mint.token(&rsa, "write"))]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = get(&w.c, &url, &[(iap, &w.mint.token(&Key::rsa2(), "read"))]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let a = get(&w.c, &url, &[(iap, &format!("{t},x"))]).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    let two = format!(
+        "GET /api/iap/x HTTP/1.1\r\nHost: x\r\nX-Goog-Iap-Jwt-Assertion: {t}\r\nx-goog-iap-jwt-assertion: {t}\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(raw_status(&raw(w.gw.addr, two.as_bytes()).await), 400);
+    assert_eq!(
+        w.up.count(),
+        before,
+        "no refused request reached the upstream"
+    );
+
+    // With strip_authorization, the header the token came in is what is dropped.
+    let up = Upstream::start().await;
+    let config = auth_config(&up.url(), &w.idp.issuer(), "discovery = true", "")
+        .replace("[forward]\n", "[forward]\nstrip_authorization = true\n");
+    let gw = Gateway::start(&config).await;
+    wait_ready(&gw).await;
+    let a = get(
+        &w.c,
+        &gw.url("/api/iap/x"),
+        &[(iap, &t), ("authorization", "Basic dTpw")],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let seen = up.last();
+    assert!(seen.headers.get(iap).is_none());
+    assert_eq!(seen.headers["authorization"], "Basic dTpw");
+    assert_eq!(seen.headers["x-auth-subject"], "user-42");
+}

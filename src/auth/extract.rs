@@ -63,10 +63,23 @@ pub(crate) fn find_token_scheme<'a>(
     query: Option<&'a str>,
     route: &Route,
 ) -> Result<(&'a [u8], Scheme), AuthError> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let name = route
+        .token_header
+        .as_ref()
+        .unwrap_or(&header::AUTHORIZATION);
+    let mut values = headers.get_all(name).iter();
     let from_header = match (values.next(), values.next()) {
         (Some(_), Some(_)) => return Err(AuthError::MultipleTokens),
         (None, _) => None,
+        // A header of the route's own: its whole value, a `Bearer ` prefix allowed.
+        (Some(v), None) if route.token_header.is_some() => {
+            let v = v.as_bytes().trim_ascii();
+            let token = match v.get(..7) {
+                Some(p) if p.eq_ignore_ascii_case(b"bearer ") => v[7..].trim_ascii_start(),
+                _ => v,
+            };
+            Some((token, Scheme::Bearer))
+        }
         (Some(v), None) => {
             let v = v.as_bytes();
             let (scheme, rest) = match v.iter().position(|b| *b == b' ') {

@@ -1496,6 +1496,18 @@ pub(super) struct RouteFile {
     ///
     /// also accept the token as `?access_token=` (RFC 6750 2.3); otherwise such a request is a 400
     pub token_in_query: Option<bool>,
+    /// Reference: `token_header`
+    /// Default: `Authorization` (`Bearer` or `DPoP`)
+    ///
+    /// read the token from this header instead, its whole value, with or without a `Bearer `
+    /// prefix (Envoy's `from_headers`): for a JWT an identity-aware proxy in front puts in a header
+    /// of its own (Google IAP's `X-Goog-Iap-Jwt-Assertion`, Cloudflare Access's
+    /// `Cf-Access-Jwt-Assertion`, oauth2-proxy's `X-Forwarded-Access-Token`), checked like any
+    /// token: signature, issuer, audience, lifetime, scopes. The route then reads no token from
+    /// `Authorization`, which reaches the upstream as any other header the client sent; this
+    /// header is dropped with `strip_authorization` as `Authorization` is elsewhere. Two of it
+    /// are a 400. A token in it cannot be DPoP-bound (RFC 9449 puts those in `Authorization`)
+    pub token_header: Option<Spanned<String>>,
     /// Reference: `cors_preflight`
     /// Default: `false`
     ///

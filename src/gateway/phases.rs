@@ -521,7 +521,14 @@ impl Gateway {
             return Err(rej);
         }
         let bearer = route.auth == AuthMode::Bearer;
-        let preflight = bearer && route.cors_preflight && is_cors_preflight(req);
+        // A request that carries the route's token header is no preflight either.
+        let preflight = bearer
+            && route.cors_preflight
+            && is_cors_preflight(req)
+            && route
+                .token_header
+                .as_ref()
+                .is_none_or(|h| !req.headers().contains_key(h));
         let verdict = match route.auth {
             AuthMode::None => Ok(()),
             AuthMode::Deny => Err(Rejection::Denied),
@@ -592,7 +599,11 @@ impl Gateway {
         };
         let strip = bearer && (self.config.forward.strip_authorization || exchanges);
         if strip {
-            req.headers_mut().remove(header::AUTHORIZATION);
+            let name = route
+                .token_header
+                .as_ref()
+                .unwrap_or(&header::AUTHORIZATION);
+            req.headers_mut().remove(name);
         }
         // A query token goes with `strip_authorization` where the route reads one, and always
         // from a preflight: it was never checked (a preflight's URL is the call's, query and

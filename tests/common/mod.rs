@@ -520,6 +520,12 @@ prefix = "/api/query"
 scopes = ["read"]
 token_in_query = true
 upstream = "app"
+
+[[routes]]
+prefix = "/api/iap"
+scopes = ["read"]
+token_header = "X-Goog-Iap-Jwt-Assertion"
+upstream = "app"
 "#
     )
 }

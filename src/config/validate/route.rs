@@ -171,6 +171,28 @@ pub(super) fn route(
         Some(AuthFile::None) => AuthMode::None,
         Some(AuthFile::Deny) => AuthMode::Deny,
     };
+    let token_header = r.token_header.as_ref().and_then(|h| {
+        let problem = match http::HeaderName::from_bytes(h.get_ref().as_bytes()) {
+            Err(_) => format!("{:?} is not a header name", h.get_ref()),
+            Ok(n) if n == http::header::AUTHORIZATION => {
+                "Authorization is where a route reads its token anyway: leave token_header out"
+                    .into()
+            }
+            Ok(n) if crate::headers::is_hop_by_hop(&n) => {
+                format!("{n} is a hop-by-hop header, dropped on the way in")
+            }
+            Ok(_) if auth != AuthMode::Bearer => format!(
+                "only auth = \"bearer\" routes read a token; this route has auth = \"{}\"",
+                auth.as_str()
+            ),
+            Ok(n) => return Some(n),
+        };
+        cx.err(h.span(), &key("token_header"), problem);
+        None
+    });
+    if r.token_header.is_some() && token_header.is_none() {
+        ok = false;
+    }
     let scopes = scope_list(cx, &r.scopes, &key("scopes"));
     let scopes_any = scope_list(cx, &r.scopes_any, &key("scopes_any"));
     if auth != AuthMode::Bearer {
@@ -346,6 +368,7 @@ pub(super) fn route(
         scopes,
         scopes_any,
         token_in_query: r.token_in_query.unwrap_or(false),
+        token_header,
         cors_preflight: cors_preflight.is_some(),
         cors,
         audit: r.mode.as_ref().map_or(server.mode, |m| *m.get_ref()) == Mode::Audit,
