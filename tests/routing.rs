@@ -318,6 +318,8 @@ async fn cors_preflights_pass_only_where_allowed_and_only_as_preflights() {
         "[[routes]]\nprefix = \"/spa\"\nscopes = [\"read\"]\nupstream = \"app\"\n\
          cors_preflight = true\ntoken_in_query = true\nmethods = [\"GET\", \"OPTIONS\"]\n\n\
          [[routes]]\nprefix = \"/spa2\"\nscopes = [\"read\"]\nupstream = \"app\"\ncors_preflight = true\n\n\
+         [[routes]]\nprefix = \"/spa3\"\nscopes = [\"read\"]\nupstream = \"app\"\ncors_preflight = true\n\
+         token_header = \"X-Token\"\n\n\
          [[routes]]\nprefix = \"/api\"",
     );
     let gw = Gateway::start(&cfg).await;
@@ -370,7 +372,15 @@ async fn cors_preflights_pass_only_where_allowed_and_only_as_preflights() {
     );
     // A route without the key.
     assert_eq!(call("OPTIONS", "/api/x", vec![origin, acrm]).await, 401);
+    // On a `token_header` route, a preflight carrying that header is none either.
+    let in_header = ("x-token", "forged.token.here");
+    assert_ne!(
+        call("OPTIONS", "/spa3/x", vec![origin, acrm, in_header]).await,
+        200
+    );
     assert_eq!(up.count(), 3);
+    assert_eq!(call("OPTIONS", "/spa3/x", vec![origin, acrm]).await, 200);
+    assert_eq!(up.count(), 4);
 
     let text = get(&c, &format!("http://{}/metrics", gw.admin.unwrap()), &[])
         .await
