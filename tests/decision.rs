@@ -1179,3 +1179,51 @@ async fn source_ranges_hold_through_nginx_and_caddy() {
         );
     }
 }
+
+/// A `token_header` route behind nginx and Caddy: the ingress passes the header to the decision
+/// listener as any other, and the token in it is checked there; a token in `Authorization` is
+/// not that route's.
+#[tokio::test]
+async fn a_token_header_route_is_checked_through_nginx_and_caddy() {
+    let (key, idp, up, c) = parts().await;
+    let mint = idp.minter("https://api.test");
+    let (read, write) = (mint.token(&key, "read"), mint.token(&key, "write"));
+    let (dport, gw) = Gateway::start_on_free_port(|p| {
+        config(&up, &idp, p, "").replace(
+            "[[routes]]\nprefix = \"/public\"",
+            "[[routes]]\nprefix = \"/iap\"\nscopes = [\"read\"]\ntoken_header = \"Cf-Access-Jwt-Assertion\"\nupstream = \"app\"\n\n\
+             [[routes]]\nprefix = \"/public\"",
+        )
+    })
+    .await;
+    wait_ready(&gw).await;
+    let (ng, cd) = (nginx(dport, &up.url()).await, caddy(dport, &up.url()).await);
+    let bearer = format!("Bearer {read}");
+    for (name, port) in [("nginx", ng.port), ("caddy", cd.port)] {
+        let url = format!("http://127.0.0.1:{port}/iap/x");
+        let seen = up.count();
+        for (headers, want) in [
+            (vec![], StatusCode::UNAUTHORIZED),
+            (
+                vec![("authorization", bearer.as_str())],
+                StatusCode::UNAUTHORIZED,
+            ),
+            (
+                vec![("cf-access-jwt-assertion", write.as_str())],
+                StatusCode::FORBIDDEN,
+            ),
+        ] {
+            let a = send(&c, "GET", &url, &headers, "").await;
+            assert_eq!(a.status, want, "{name}: {headers:?}");
+        }
+        assert_eq!(
+            up.count(),
+            seen,
+            "{name}: a refused request reached the API"
+        );
+        let a = send(&c, "GET", &url, &[("cf-access-jwt-assertion", &read)], "").await;
+        assert_eq!(a.status, StatusCode::OK, "{name}");
+        assert_eq!(up.count(), seen + 1, "{name}");
+        assert_eq!(up.last().uri, "/iap/x", "{name}");
+    }
+}
