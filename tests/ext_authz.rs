@@ -639,3 +639,39 @@ async fn source_ranges_take_the_address_envoy_gives() {
     }
     assert_eq!(w.up.count(), 0, "decisions only");
 }
+
+/// A `token_header` route over Envoy's gRPC check: the token is read from the header the route
+/// names among the `CheckRequest`'s headers, and not from `authorization`.
+#[tokio::test]
+async fn a_token_header_route_reads_the_header_envoy_passes() {
+    let w = world(|c| {
+        c.replace(
+            "[[routes]]\nprefix = \"/public\"",
+            "[[routes]]\nprefix = \"/iap\"\nscopes = [\"read\"]\ntoken_header = \"Cf-Access-Jwt-Assertion\"\nupstream = \"app\"\n\n\
+             [[routes]]\nprefix = \"/public\"",
+        )
+    })
+    .await;
+    let mint = w.idp.minter("https://api.test");
+    let (read, write) = (mint.token(&w.key, "read"), mint.token(&w.key, "write"));
+    let table = [
+        (json!({"path": "/iap/x"}), 401),
+        (
+            json!({"path": "/iap/x", "headers": {"authorization": format!("Bearer {read}")}}),
+            401,
+        ),
+        (
+            json!({"path": "/iap/x", "headers": {"cf-access-jwt-assertion": write}}),
+            403,
+        ),
+        (
+            json!({"path": "/iap/x", "headers": {"cf-access-jwt-assertion": read}}),
+            200,
+        ),
+    ];
+    let answers = grpc(w.grpc_port, table.iter().map(|(c, _)| c.clone()).collect()).await;
+    for ((case, want), answer) in table.iter().zip(&answers) {
+        assert_eq!(status_of(answer), *want, "gRPC {case}: {answer}");
+    }
+    assert_eq!(w.up.count(), 0, "decisions only");
+}
