@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Default request-header limit: the whole header block of one request.
 /// Most `endpoints` one upstream may list (the pool keeps an endpoint's index in a byte).
 pub const MAX_ENDPOINTS: usize = 64;
+/// Default request-header limit: the whole header block of one request.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Default limit on the number of request headers.
 pub const DEFAULT_MAX_HEADERS: usize = 100;

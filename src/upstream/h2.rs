@@ -80,16 +80,15 @@ impl Slot {
         }
     }
 
-    /// The connection in use for one more stream, if it is open, younger than `max_age` and
-    /// was given fewer than `max_streams`.
-    fn cached(
-        &self,
-        max_age: std::time::Duration,
-        max_streams: u32,
-    ) -> Option<(u64, SendRequest<ReplayBody>)> {
+    /// The connection in use for one more stream, if it is open, short of its age and was
+    /// given fewer than `max_streams`.
+    fn cached(&self, max_streams: u32) -> Option<(u64, SendRequest<ReplayBody>)> {
         let mut slot = lock(&self.sender);
         let c = slot.as_mut()?;
-        if c.sender.is_closed() || c.made.elapsed() >= max_age || c.given >= max_streams {
+        if c.sender.is_closed()
+            || std::time::Instant::now() >= c.retire_at
+            || c.given >= max_streams
+        {
             return None;
         }
         c.given += 1;
@@ -97,12 +96,13 @@ impl Slot {
     }
 }
 
-/// An endpoint's connection in use: its number, its sender, when it was made
-/// (`max_connection_age`) and the streams it was given (`max_requests_per_connection`).
+/// An endpoint's connection in use: its number, its sender, when it has lived its
+/// (jittered) `max_connection_age`, as an HTTP/1 pool connection keeps it, and the streams it
+/// was given (`max_requests_per_connection`).
 struct InUse {
     id: u64,
     sender: SendRequest<ReplayBody>,
-    made: std::time::Instant,
+    retire_at: std::time::Instant,
     given: u32,
 }
 
@@ -144,12 +144,12 @@ impl H2Client {
     ) -> Result<(u64, SendRequest<ReplayBody>), ProxyError> {
         use std::sync::atomic::Ordering;
         let slot = &self.slots[endpoint];
-        if let Some(s) = slot.cached(self.max_age, self.max_streams) {
+        if let Some(s) = slot.cached(self.max_streams) {
             return Ok(s);
         }
         let seen = slot.attempts.load(Ordering::Acquire);
         let _making = slot.connecting.lock().await;
-        if let Some(s) = slot.cached(self.max_age, self.max_streams) {
+        if let Some(s) = slot.cached(self.max_streams) {
             return Ok(s);
         }
         if slot.attempts.load(Ordering::Acquire) != seen {
@@ -164,7 +164,7 @@ impl H2Client {
         *lock(&slot.sender) = Some(InUse {
             id,
             sender: sender.clone(),
-            made: std::time::Instant::now(),
+            retire_at: super::pool::retire_at(self.max_age),
             given: 1,
         });
         Ok((id, sender))

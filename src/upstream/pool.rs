@@ -144,6 +144,14 @@ impl Drop for Lease {
     }
 }
 
+/// When a connection made now has lived `max_age`, cut by up to a tenth at random
+/// ([`crate::timer::jittered`]): for HTTP/1 pool connections and HTTP/2 ones alike.
+pub(super) fn retire_at(max_age: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(crate::timer::jittered(max_age))
+        .unwrap_or(now)
+}
+
 /// A connection being found for a request, and whether it was reused: boxed.
 type Checkout<'a> = Pin<Box<dyn Future<Output = Result<(Conn, bool), ProxyError>> + Send + 'a>>;
 
@@ -519,9 +527,7 @@ impl Pool {
                         buf: BytesMut::new(),
                         since: now,
                         carried: 0,
-                        retire_at: now
-                            .checked_add(crate::timer::jittered(self.max_age))
-                            .unwrap_or(now),
+                        retire_at: retire_at(self.max_age),
                     });
                 }
                 Err(e) => last = e,
