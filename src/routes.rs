@@ -635,6 +635,13 @@ pub fn claim_path(raw: &str) -> Option<Vec<String>> {
 }
 
 impl Route {
+    /// The header this route reads its token from: its `token_header`, else `Authorization`.
+    pub fn token_header_name(&self) -> &http::HeaderName {
+        self.token_header
+            .as_ref()
+            .unwrap_or(&http::header::AUTHORIZATION)
+    }
+
     /// May a token from the issuer at this index be used here?
     pub fn takes_issuer(&self, issuer: usize) -> bool {
         self.issuers.as_ref().is_none_or(|l| l.contains(&issuer))

@@ -3,7 +3,7 @@
 
 use super::AuthError;
 use crate::routes::Route;
-use http::{header, HeaderMap};
+use http::HeaderMap;
 
 /// RFC 6750 `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`
 ///
@@ -63,11 +63,7 @@ pub(crate) fn find_token_scheme<'a>(
     query: Option<&'a str>,
     route: &Route,
 ) -> Result<(&'a [u8], Scheme), AuthError> {
-    let name = route
-        .token_header
-        .as_ref()
-        .unwrap_or(&header::AUTHORIZATION);
-    let mut values = headers.get_all(name).iter();
+    let mut values = headers.get_all(route.token_header_name()).iter();
     let from_header = match (values.next(), values.next()) {
         (Some(_), Some(_)) => return Err(AuthError::MultipleTokens),
         (None, _) => None,

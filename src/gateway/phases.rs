@@ -599,11 +599,7 @@ impl Gateway {
         };
         let strip = bearer && (self.config.forward.strip_authorization || exchanges);
         if strip {
-            let name = route
-                .token_header
-                .as_ref()
-                .unwrap_or(&header::AUTHORIZATION);
-            req.headers_mut().remove(name);
+            req.headers_mut().remove(route.token_header_name());
         }
         // A query token goes with `strip_authorization` where the route reads one, and always
         // from a preflight: it was never checked (a preflight's URL is the call's, query and

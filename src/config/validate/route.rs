@@ -171,28 +171,17 @@ pub(super) fn route(
         Some(AuthFile::None) => AuthMode::None,
         Some(AuthFile::Deny) => AuthMode::Deny,
     };
-    let token_header = r.token_header.as_ref().and_then(|h| {
-        let problem = match http::HeaderName::from_bytes(h.get_ref().as_bytes()) {
-            Err(_) => format!("{:?} is not a header name", h.get_ref()),
-            Ok(n) if n == http::header::AUTHORIZATION => {
-                "Authorization is where a route reads its token anyway: leave token_header out"
-                    .into()
+    let token_header = match &r.token_header {
+        None => None,
+        Some(h) => match token_header_name(h.get_ref(), auth) {
+            Ok(n) => Some(n),
+            Err(problem) => {
+                cx.err(h.span(), &key("token_header"), problem);
+                ok = false;
+                None
             }
-            Ok(n) if crate::headers::is_hop_by_hop(&n) => {
-                format!("{n} is a hop-by-hop header, dropped on the way in")
-            }
-            Ok(_) if auth != AuthMode::Bearer => format!(
-                "only auth = \"bearer\" routes read a token; this route has auth = \"{}\"",
-                auth.as_str()
-            ),
-            Ok(n) => return Some(n),
-        };
-        cx.err(h.span(), &key("token_header"), problem);
-        None
-    });
-    if r.token_header.is_some() && token_header.is_none() {
-        ok = false;
-    }
+        },
+    };
     let scopes = scope_list(cx, &r.scopes, &key("scopes"));
     let scopes_any = scope_list(cx, &r.scopes_any, &key("scopes_any"));
     if auth != AuthMode::Bearer {
@@ -1020,4 +1009,23 @@ fn cors(
         max_age.as_secs(),
         server.request_id_header.as_ref(),
     )))
+}
+
+/// A route's `token_header`: a header name, other than `Authorization` and the hop-by-hop
+/// ones, on a route that reads a token.
+fn token_header_name(text: &str, auth: AuthMode) -> Result<http::HeaderName, String> {
+    match http::HeaderName::from_bytes(text.as_bytes()) {
+        Err(_) => Err(format!("{text:?} is not a header name")),
+        Ok(n) if n == http::header::AUTHORIZATION => Err(
+            "Authorization is where a route reads its token anyway: leave token_header out".into(),
+        ),
+        Ok(n) if crate::headers::is_hop_by_hop(&n) => {
+            Err(format!("{n} is a hop-by-hop header, dropped on the way in"))
+        }
+        Ok(_) if auth != AuthMode::Bearer => Err(format!(
+            "only auth = \"bearer\" routes read a token; this route has auth = \"{}\"",
+            auth.as_str()
+        )),
+        Ok(n) => Ok(n),
+    }
 }
