@@ -190,6 +190,16 @@ impl CorsPolicy {
         }
     }
 
+    /// Does the policy let the request's `Origin` make calls with the browser's cookies? A route
+    /// that reads its token from a cookie trusts such origins' unsafe requests
+    /// ([`crate::gateway`]'s cross-origin check). `"*"` never does: it cannot go with credentials.
+    pub fn trusts_with_cookies(&self, headers: &HeaderMap) -> bool {
+        self.credentials
+            && headers
+                .get(header::ORIGIN)
+                .is_some_and(|o| self.origins.iter().any(|r| r.matches(o.as_bytes())))
+    }
+
     /// The request's `Origin`, if the policy allows it.
     pub fn allowed_origin(&self, headers: &HeaderMap) -> Option<HeaderValue> {
         let origin = headers.get(header::ORIGIN)?;

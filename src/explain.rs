@@ -437,6 +437,19 @@ pub async fn explain_with(config: &Config, asked: &Asked<'_>) -> Explained {
                     req.headers_mut().insert(name.clone(), v.clone());
                 }
                 req.headers_mut().insert(header::AUTHORIZATION, v);
+                // And in the cookie of every route that reads one.
+                let pairs: Vec<String> = config
+                    .routes
+                    .routes()
+                    .iter()
+                    .filter_map(|r| r.token_cookie.as_deref())
+                    .map(|name| format!("{name}={}", &value[7..]))
+                    .collect();
+                if let Ok(cookie) = HeaderValue::from_str(&pairs.join("; ")) {
+                    if !pairs.is_empty() {
+                        req.headers_mut().insert(header::COOKIE, cookie);
+                    }
+                }
             }
             Err(_) => {
                 p.line("token", format_args!("FAIL not a valid header value"));

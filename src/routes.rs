@@ -462,6 +462,8 @@ pub struct Route {
     pub token_in_query: bool,
     /// Read the token from this header, not `Authorization` (`token_header`).
     pub token_header: Option<http::HeaderName>,
+    /// Read the token from the cookie of this name, not `Authorization` (`token_cookie`).
+    pub token_cookie: Option<Box<str>>,
     /// Forward CORS preflights (`OPTIONS` with `Origin` and `Access-Control-Request-Method`)
     /// without a token: browsers send them without credentials (Fetch standard), so a bearer
     /// check would fail every cross-origin call.
@@ -1133,6 +1135,7 @@ impl Route {
             scopes_any: vec![],
             token_in_query: false,
             token_header: None,
+            token_cookie: None,
             cors_preflight: false,
             cors: None,
             audit: false,

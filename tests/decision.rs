@@ -1227,3 +1227,70 @@ async fn a_token_header_route_is_checked_through_nginx_and_caddy() {
         assert_eq!(up.last().uri, "/iap/x", "{name}");
     }
 }
+
+/// A `token_cookie` route behind nginx and Caddy: the ingress passes `Cookie`, the original
+/// method and the browser's `Sec-Fetch-Site` and `Origin` to the decision listener, and an unsafe
+/// request from another site is refused there, whatever its cookie holds.
+#[tokio::test]
+async fn a_token_cookie_route_is_checked_through_nginx_and_caddy() {
+    let (key, idp, up, c) = parts().await;
+    let mint = idp.minter("https://api.test");
+    let (read, write) = (mint.token(&key, "read"), mint.token(&key, "write"));
+    let (dport, gw) = Gateway::start_on_free_port(|p| {
+        config(&up, &idp, p, "").replace(
+            "[[routes]]\nprefix = \"/public\"",
+            "[[routes]]\nprefix = \"/spa\"\nscopes = [\"read\"]\ntoken_cookie = \"CF_Authorization\"\nupstream = \"app\"\n\n\
+             [[routes]]\nprefix = \"/public\"",
+        )
+    })
+    .await;
+    wait_ready(&gw).await;
+    let (ng, cd) = (nginx(dport, &up.url()).await, caddy(dport, &up.url()).await);
+    let (jar, wrong) = (
+        format!("a=1; CF_Authorization={read}"),
+        format!("CF_Authorization={write}"),
+    );
+    let bearer = format!("Bearer {read}");
+    for (name, port) in [("nginx", ng.port), ("caddy", cd.port)] {
+        let url = format!("http://127.0.0.1:{port}/spa/x");
+        let seen = up.count();
+        for (method, headers, want) in [
+            ("GET", vec![], StatusCode::UNAUTHORIZED),
+            (
+                "GET",
+                vec![("authorization", bearer.as_str())],
+                StatusCode::UNAUTHORIZED,
+            ),
+            (
+                "GET",
+                vec![("cookie", wrong.as_str())],
+                StatusCode::FORBIDDEN,
+            ),
+            (
+                "POST",
+                vec![("cookie", jar.as_str()), ("sec-fetch-site", "cross-site")],
+                StatusCode::FORBIDDEN,
+            ),
+            (
+                "DELETE",
+                vec![("cookie", jar.as_str()), ("origin", "https://evil.test")],
+                StatusCode::FORBIDDEN,
+            ),
+        ] {
+            let a = send(&c, method, &url, &headers, "").await;
+            assert_eq!(a.status, want, "{name}: {method} {headers:?}");
+        }
+        assert_eq!(
+            up.count(),
+            seen,
+            "{name}: a refused request reached the API"
+        );
+        for method in ["GET", "POST"] {
+            let h = [("cookie", jar.as_str()), ("sec-fetch-site", "same-origin")];
+            let a = send(&c, method, &url, &h, "").await;
+            assert_eq!(a.status, StatusCode::OK, "{name}: {method}");
+        }
+        assert_eq!(up.count(), seen + 2, "{name}");
+        assert_eq!(up.last().method, "POST", "{name}");
+    }
+}

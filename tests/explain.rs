@@ -555,3 +555,21 @@ async fn explain_puts_the_token_where_the_route_reads_it() {
         assert_eq!(e.status, http::StatusCode::OK, "{target}\n{}", e.text);
     }
 }
+
+/// A route with `token_cookie` reads the token explain is given from that cookie.
+#[tokio::test]
+async fn explain_puts_the_token_in_the_cookie_a_route_reads() {
+    let text = std::fs::read_to_string(FIXTURE).unwrap().replacen(
+        "[[routes]]",
+        "[[routes]]\nprefix = \"/spa\"\nscopes = [\"read\"]\ntoken_cookie = \"at\"\nupstream = \"legacy\"\n\n[[routes]]",
+        1,
+    );
+    let config = bearward::config::Config::from_toml_str(&text, "spa.toml").unwrap();
+    let read = minter().token(&Key::rsa1(), "read");
+    for target in ["/spa/x", "/api/orders/7"] {
+        let e =
+            bearward::explain::explain_request(&config, &http::Method::GET, target, Some(&read))
+                .await;
+        assert_eq!(e.status, http::StatusCode::OK, "{target}\n{}", e.text);
+    }
+}

@@ -675,3 +675,45 @@ async fn a_token_header_route_reads_the_header_envoy_passes() {
     }
     assert_eq!(w.up.count(), 0, "decisions only");
 }
+
+/// A `token_cookie` route over Envoy's gRPC check: the token is read from the `cookie` among
+/// the `CheckRequest`'s headers, and an unsafe call another site's page made is refused.
+#[tokio::test]
+async fn a_token_cookie_route_reads_the_cookie_envoy_passes() {
+    let w = world(|c| {
+        c.replace(
+            "[[routes]]\nprefix = \"/public\"",
+            "[[routes]]\nprefix = \"/spa\"\nscopes = [\"read\"]\ntoken_cookie = \"CF_Authorization\"\nupstream = \"app\"\n\n\
+             [[routes]]\nprefix = \"/public\"",
+        )
+    })
+    .await;
+    let mint = w.idp.minter("https://api.test");
+    let (read, write) = (mint.token(&w.key, "read"), mint.token(&w.key, "write"));
+    let jar = format!("x=1; CF_Authorization={read}");
+    let table = [
+        (json!({"path": "/spa/x"}), 401),
+        (
+            json!({"path": "/spa/x", "headers": {"authorization": format!("Bearer {read}")}}),
+            401,
+        ),
+        (
+            json!({"path": "/spa/x", "headers": {"cookie": format!("CF_Authorization={write}")}}),
+            403,
+        ),
+        (json!({"path": "/spa/x", "headers": {"cookie": jar}}), 200),
+        (
+            json!({"path": "/spa/x", "method": "POST", "headers": {"cookie": jar, "sec-fetch-site": "cross-site"}}),
+            403,
+        ),
+        (
+            json!({"path": "/spa/x", "method": "POST", "headers": {"cookie": jar, "sec-fetch-site": "same-origin"}}),
+            200,
+        ),
+    ];
+    let answers = grpc(w.grpc_port, table.iter().map(|(c, _)| c.clone()).collect()).await;
+    for ((case, want), answer) in table.iter().zip(&answers) {
+        assert_eq!(status_of(answer), *want, "gRPC {case}: {answer}");
+    }
+    assert_eq!(w.up.count(), 0, "decisions only");
+}

@@ -812,11 +812,7 @@ async fn a_route_reads_its_token_from_the_header_it_names() {
     );
 
     // With strip_authorization, the header the token came in is what is dropped.
-    let up = Upstream::start().await;
-    let config = auth_config(&up.url(), &w.idp.issuer(), "discovery = true", "")
-        .replace("[forward]\n", "[forward]\nstrip_authorization = true\n");
-    let gw = Gateway::start(&config).await;
-    wait_ready(&gw).await;
+    let (up, gw) = stripping(&w).await;
     let a = get(
         &w.c,
         &gw.url("/api/iap/x"),
@@ -828,4 +824,220 @@ async fn a_route_reads_its_token_from_the_header_it_names() {
     assert!(seen.headers.get(iap).is_none());
     assert_eq!(seen.headers["authorization"], "Basic dTpw");
     assert_eq!(seen.headers["x-auth-subject"], "user-42");
+}
+
+#[tokio::test]
+async fn a_route_reads_its_token_from_the_cookie_it_names() {
+    let rsa = Key::rsa1();
+    let w = World::start(&[&rsa], "").await;
+    let t = w.mint.token(&rsa, "read");
+    let url = w.gw.url("/api/cookie/x");
+    let cookie = |v: &str| format!("theme=dark; CF_Authorization={v}; lang=en");
+    let jar = cookie(&t);
+
+    let a = get(&w.c, &url, &[("cookie", &jar)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let seen = w.up.last();
+    assert_eq!(seen.headers["x-auth-subject"], "user-42");
+    assert_eq!(
+        seen.headers["cookie"],
+        jar.as_str(),
+        "strip_authorization is off"
+    );
+    // Quoted (RFC 6265 allows it); the client's own Authorization is only a header here.
+    let quoted = cookie(&format!("\"{t}\""));
+    let a = get(
+        &w.c,
+        &url,
+        &[("cookie", &quoted), ("authorization", "Basic dTpw")],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(w.up.last().headers["authorization"], "Basic dTpw");
+    // HTTP/2 clients may send each cookie on a line of its own.
+    let (mut h2, _conn) = h2_connect(w.gw.addr, None).await;
+    let req = http::Request::get(&url)
+        .header("cookie", "theme=dark")
+        .header("cookie", format!("CF_Authorization={t}"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    assert_eq!(h2.send_request(req).await.unwrap().status(), StatusCode::OK);
+
+    let before = w.up.count();
+    let bearer = format!("Bearer {t}");
+    // Not read from Authorization on this route...
+    let a = get(&w.c, &url, &[("authorization", &bearer)]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    // ...nor from this cookie on the others, nor from a cookie of another name.
+    let a = get(&w.c, &w.gw.url("/api/read/x"), &[("cookie", &jar)]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let a = get(&w.c, &url, &[("cookie", &format!("cf_authorization={t}"))]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let a = get(&w.c, &url, &[("cookie", &cookie(""))]).await;
+    assert_eq!(
+        a.status,
+        StatusCode::UNAUTHORIZED,
+        "an emptied cookie is none"
+    );
+    // Checked as any token: scopes, signature, characters; and one of it (a sibling subdomain
+    // can set a second beside the site's own).
+    let a = get(
+        &w.c,
+        &url,
+        &[("cookie", &cookie(&w.mint.token(&rsa, "write")))],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = get(
+        &w.c,
+        &url,
+        &[("cookie", &cookie(&w.mint.token(&Key::rsa2(), "read")))],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let a = get(&w.c, &url, &[("cookie", &cookie(&format!("{t},x")))]).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    let twice = format!("{jar}; CF_Authorization={t}");
+    let a = get(&w.c, &url, &[("cookie", &twice)]).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    let a = get(
+        &w.c,
+        &format!("{url}?access_token={t}"),
+        &[("cookie", &jar)],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        w.up.count(),
+        before,
+        "no refused request reached the upstream"
+    );
+
+    // With strip_authorization, the cookie the token came in is what is dropped.
+    let (up, gw) = stripping(&w).await;
+    let a = get(
+        &w.c,
+        &gw.url("/api/cookie/x"),
+        &[("cookie", &jar), ("authorization", "Basic dTpw")],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let seen = up.last();
+    assert_eq!(seen.headers["cookie"], "theme=dark; lang=en");
+    assert_eq!(seen.headers["authorization"], "Basic dTpw");
+    assert_eq!(seen.headers["x-auth-subject"], "user-42");
+    let only = format!("CF_Authorization={t}");
+    let a = get(&w.c, &gw.url("/api/cookie/x"), &[("cookie", &only)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(up.last().headers.get("cookie").is_none());
+}
+
+/// A browser attaches cookies to requests any site's page makes: on a cookie route an unsafe
+/// request a browser says came from elsewhere is refused before its token counts.
+#[tokio::test]
+async fn a_cookie_token_does_not_authorize_another_sites_request() {
+    let rsa = Key::rsa1();
+    let w = World::start(&[&rsa], "").await;
+    let t = w.mint.token(&rsa, "read");
+    let url = w.gw.url("/api/cookie/x");
+    let jar = format!("CF_Authorization={t}");
+    let post = |site: Option<&str>, origin: Option<&str>| {
+        let mut h = vec![("cookie".to_owned(), jar.clone())];
+        h.extend(site.map(|s| ("sec-fetch-site".to_owned(), s.to_owned())));
+        h.extend(origin.map(|o| ("origin".to_owned(), o.to_owned())));
+        let (c, url) = (w.c.clone(), url.clone());
+        async move {
+            let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            send(&c, "POST", &url, &h, "{}").await.status
+        }
+    };
+    let own = format!("http://{}", w.gw.addr);
+
+    let before = w.up.count();
+    for (site, origin) in [
+        (Some("cross-site"), None),
+        (Some("same-site"), None),
+        (Some("cross-site"), Some(own.as_str())),
+        (None, Some("http://evil.test")),
+        (None, Some("null")),
+        (None, Some("https://127.0.0.1")),
+    ] {
+        let status = post(site, origin).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{site:?} {origin:?}");
+    }
+    // A cross-site request with a token in Authorization instead is not this check's: a page
+    // elsewhere cannot make the browser send that.
+    let a = send(
+        &w.c,
+        "POST",
+        &w.gw.url("/api/read/x"),
+        &[
+            ("authorization", &format!("Bearer {t}")),
+            ("sec-fetch-site", "cross-site"),
+        ],
+        "{}",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        w.up.count(),
+        before + 1,
+        "no refused request reached the upstream"
+    );
+    let m = w.gw.metrics().await;
+    assert!(
+        m.contains("bearward_requests_total{route=\"/api/cookie*\",status=\"403\",decision=\"deny\",reason=\"cross_origin_request\"} 6"),
+        "{m}"
+    );
+
+    // The site's own pages, a typed-in address, and clients that are no browser.
+    for (site, origin) in [
+        (Some("same-origin"), None),
+        (Some("none"), None),
+        (None, Some(own.as_str())),
+        (None, None),
+    ] {
+        assert_eq!(
+            post(site, origin).await,
+            StatusCode::OK,
+            "{site:?} {origin:?}"
+        );
+    }
+    // Safe methods carry no change: a link from elsewhere still works.
+    let a = get(
+        &w.c,
+        &url,
+        &[("cookie", &jar), ("sec-fetch-site", "cross-site")],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+
+    // An origin the route's CORS policy lets send cookies is the site's own.
+    let spa = w.gw.url("/spa/x");
+    let jar = format!("at={t}");
+    for (origin, status) in [
+        ("https://app.test", StatusCode::OK),
+        ("https://other.test", StatusCode::FORBIDDEN),
+    ] {
+        let h = [
+            ("cookie", jar.as_str()),
+            ("sec-fetch-site", "cross-site"),
+            ("origin", origin),
+        ];
+        assert_eq!(
+            send(&w.c, "PUT", &spa, &h, "{}").await.status,
+            status,
+            "{origin}"
+        );
+    }
+}
+
+/// A second gateway on the same IdP, with `strip_authorization`, and its own upstream.
+async fn stripping(w: &World) -> (Upstream, Gateway) {
+    let up = Upstream::start().await;
+    let config = auth_config(&up.url(), &w.idp.issuer(), "discovery = true", "")
+        .replace("[forward]\n", "[forward]\nstrip_authorization = true\n");
+    let gw = Gateway::start(&config).await;
+    wait_ready(&gw).await;
+    (up, gw)
 }

@@ -63,8 +63,31 @@ pub(crate) fn find_token_scheme<'a>(
     query: Option<&'a str>,
     route: &Route,
 ) -> Result<(&'a [u8], Scheme), AuthError> {
+    let from_header = match &route.token_cookie {
+        Some(name) => cookie_token(headers, name)?.map(|t| (t, Scheme::Bearer)),
+        None => header_token(headers, route)?,
+    };
+    let from_query = query.and_then(query_token);
+    match (from_header, from_query) {
+        (Some(_), Some(_)) => Err(AuthError::MultipleTokens),
+        (Some(t), None) => Ok(t),
+        (None, Some(q)) => {
+            if !route.token_in_query {
+                return Err(AuthError::TokenNotAllowedHere);
+            }
+            q.map(|t| (t, Scheme::Bearer))
+        }
+        (None, None) => Err(AuthError::MissingToken),
+    }
+}
+
+/// The token in the route's header: `Authorization`, or its `token_header`.
+fn header_token<'a>(
+    headers: &'a HeaderMap,
+    route: &Route,
+) -> Result<Option<(&'a [u8], Scheme)>, AuthError> {
     let mut values = headers.get_all(route.token_header_name()).iter();
-    let from_header = match (values.next(), values.next()) {
+    Ok(match (values.next(), values.next()) {
         (Some(_), Some(_)) => return Err(AuthError::MultipleTokens),
         (None, _) => None,
         // A header of the route's own: its whole value, a `Bearer ` prefix allowed.
@@ -91,18 +114,69 @@ pub(crate) fn find_token_scheme<'a>(
                 None
             }
         }
-    };
-    let from_query = query.and_then(query_token);
-    match (from_header, from_query) {
-        (Some(_), Some(_)) => Err(AuthError::MultipleTokens),
-        (Some(t), None) => Ok(t),
-        (None, Some(q)) => {
-            if !route.token_in_query {
-                return Err(AuthError::TokenNotAllowedHere);
+    })
+}
+
+/// Each cookie of the request's `Cookie` lines (HTTP/2 may send one line per cookie) as
+/// `(name, value, pair)`, RFC 6265 5.4's `name=value` pairs split at `;`. A pair without `=` is
+/// a value with an empty name, as browsers send a cookie set without one.
+fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8], &[u8])> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|line| line.as_bytes().split(|b| *b == b';'))
+        .map(<[u8]>::trim_ascii)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.iter().position(|b| *b == b'=') {
+            Some(i) => (pair[..i].trim_ascii(), pair[i + 1..].trim_ascii(), pair),
+            None => (&b""[..], pair, pair),
+        })
+}
+
+/// The value of the route's `token_cookie`, its double quotes taken off (RFC 6265 4.1.1
+/// allows them). Two cookies of the name are two tokens: a sibling subdomain can set a cookie
+/// for the parent domain beside the site's own, and the browser sends both, in an order the
+/// server cannot trust. An empty one is none (what a cookie being cleared leaves).
+fn cookie_token<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a [u8]>, AuthError> {
+    let mut found = None;
+    for (n, value, _) in cookies(headers) {
+        if n == name.as_bytes() {
+            if found.is_some() {
+                return Err(AuthError::MultipleTokens);
             }
-            q.map(|t| (t, Scheme::Bearer))
+            found = Some(match value {
+                [b'"', inner @ .., b'"'] => inner,
+                v => v,
+            });
         }
-        (None, None) => Err(AuthError::MissingToken),
+    }
+    Ok(found.filter(|v| !v.is_empty()))
+}
+
+/// Does the request carry a cookie of this name (empty or not, once or more)?
+pub(crate) fn carries_cookie(headers: &HeaderMap, name: &str) -> bool {
+    cookies(headers).any(|(n, _, _)| n == name.as_bytes())
+}
+
+/// Takes the cookie `name` out of the request, leaving the others in one `Cookie` line (as
+/// an HTTP/2 request's are joined for HTTP/1.1, RFC 9113 8.2.3), or none if it was the only one.
+pub(crate) fn strip_cookie(headers: &mut HeaderMap, name: &str) {
+    if !carries_cookie(headers, name) {
+        return;
+    }
+    let mut kept = Vec::new();
+    for (_, _, pair) in cookies(headers).filter(|(n, _, _)| *n != name.as_bytes()) {
+        if !kept.is_empty() {
+            kept.extend_from_slice(b"; ");
+        }
+        kept.extend_from_slice(pair);
+    }
+    headers.remove(http::header::COOKIE);
+    // The pairs came from valid header values and are joined with "; ": still one.
+    if let Ok(line) = http::HeaderValue::from_bytes(&kept) {
+        if !kept.is_empty() {
+            headers.insert(http::header::COOKIE, line);
+        }
     }
 }
 
@@ -153,7 +227,44 @@ pub(crate) fn strip_query_token(target: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_b64token, strip_query_token};
+    use super::{cookie_token, is_b64token, strip_cookie, strip_query_token};
+    use http::{header::COOKIE, HeaderMap, HeaderValue};
+
+    fn jar(lines: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for l in lines {
+            h.append(COOKIE, HeaderValue::from_str(l).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_token_cookie_is_found_and_stripped_and_nothing_else() {
+        for (lines, found, stripped) in [
+            (&["at=t"][..], Some("t"), None),
+            (&["a=1; at=t; b=2"][..], Some("t"), Some("a=1; b=2")),
+            (&["a=1;at=\"t\";b"][..], Some("t"), Some("a=1; b")),
+            (&["a=1", "at=t", "b=2"][..], Some("t"), Some("a=1; b=2")),
+            (&["a=1; xat=t; at_=u"][..], None, Some("a=1; xat=t; at_=u")),
+            (&["AT=t"][..], None, Some("AT=t")),
+            (&["at="][..], None, None),
+            (&["at=\"\""][..], None, None),
+            (&["a=at=t"][..], None, Some("a=at=t")),
+        ] {
+            let mut h = jar(lines);
+            let want = found.map(str::as_bytes);
+            assert_eq!(cookie_token(&h, "at").unwrap(), want, "{lines:?}");
+            strip_cookie(&mut h, "at");
+            let left: Vec<_> = h
+                .get_all(COOKIE)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            assert_eq!(left, Vec::from_iter(stripped), "{lines:?}");
+        }
+        assert!(cookie_token(&jar(&["at=t; at=t"]), "at").is_err());
+        assert!(cookie_token(&jar(&["at=t", "at=u"]), "at").is_err());
+    }
 
     #[test]
     fn the_query_token_is_stripped_and_nothing_else() {

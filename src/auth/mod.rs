@@ -36,7 +36,7 @@ pub use token_id::{sha256, sha256_bytes, token_id, TokenId};
 pub use error::{AuthError, ErrorCode};
 pub use extract::extract_token;
 pub use extract::Scheme;
-pub(crate) use extract::{find_token_scheme, strip_query_token};
+pub(crate) use extract::{carries_cookie, find_token_scheme, strip_cookie, strip_query_token};
 pub use validator::{Trace, Verified};
 
 use crate::routes::Route;

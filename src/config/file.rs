@@ -1508,6 +1508,20 @@ pub(super) struct RouteFile {
     /// header is dropped with `strip_authorization` as `Authorization` is elsewhere. Two of it
     /// are a 400. A token in it cannot be DPoP-bound (RFC 9449 puts those in `Authorization`)
     pub token_header: Option<Spanned<String>>,
+    /// Reference: `token_cookie`
+    /// Default: none (`Authorization`)
+    ///
+    /// read the token from the cookie of this name instead (Envoy's `from_cookies`), as a browser
+    /// sends it: Cloudflare Access's `CF_Authorization`, a backend-for-frontend's `HttpOnly`
+    /// access-token cookie. Its value is the token (double quotes around it allowed); two cookies
+    /// of the name are a 400, since a sibling subdomain can set one beside yours. A browser sends
+    /// a cookie on requests other sites make, so an unsafe method (not `GET`, `HEAD`, `OPTIONS`)
+    /// is refused, 403 `cross_origin_request`, when the browser says it came from elsewhere:
+    /// `Sec-Fetch-Site` other than `same-origin` or `none`, or without it an `Origin` other than
+    /// the request's host (Go's `CrossOriginProtection`); origins the route's `cors` allows with
+    /// `allow_credentials`, and `[server] public_origin`, are the site's own. `Authorization` is then an ordinary header;
+    /// `strip_authorization` takes this cookie out of `Cookie` and leaves the others
+    pub token_cookie: Option<Spanned<String>>,
     /// Reference: `cors_preflight`
     /// Default: `false`
     ///

@@ -129,6 +129,22 @@ fn is_cors_preflight<B>(req: &Request<B>) -> bool {
         && !h.contains_key(header::AUTHORIZATION)
 }
 
+/// Is `origin` (`scheme://host[:port]`, as a browser serializes it) the request's own `Host`?
+/// The scheme's default port is the same as none, on either side.
+fn origin_names_host(origin: &[u8], host: Option<&[u8]>) -> bool {
+    let Some(host) = host else { return false };
+    let (authority, port) = if let Some(rest) = origin.strip_prefix(b"https://") {
+        (rest, &b":443"[..])
+    } else if let Some(rest) = origin.strip_prefix(b"http://") {
+        (rest, &b":80"[..])
+    } else {
+        return false;
+    };
+    let authority = authority.strip_suffix(port).unwrap_or(authority);
+    let host = host.strip_suffix(port).unwrap_or(host);
+    authority.eq_ignore_ascii_case(host)
+}
+
 /// An audit-mode route's refusal, forwarded anyway: logged, counted as `audit_deny`, and the
 /// `X-Bearward-Audit` note for the upstream.
 fn would_deny(
@@ -521,20 +537,27 @@ impl Gateway {
             return Err(rej);
         }
         let bearer = route.auth == AuthMode::Bearer;
-        // A request that carries the route's token header is no preflight either.
+        // A request that carries the route's token header or cookie is no preflight either.
         let preflight = bearer
             && route.cors_preflight
             && is_cors_preflight(req)
             && route
                 .token_header
                 .as_ref()
-                .is_none_or(|h| !req.headers().contains_key(h));
+                .is_none_or(|h| !req.headers().contains_key(h))
+            && route
+                .token_cookie
+                .as_ref()
+                .is_none_or(|c| !auth::carries_cookie(req.headers(), c));
         let verdict = match route.auth {
             AuthMode::None => Ok(()),
             AuthMode::Deny => Err(Rejection::Denied),
             AuthMode::Bearer if preflight => {
                 out.reason = "cors_preflight";
                 Ok(())
+            }
+            AuthMode::Bearer if route.token_cookie.is_some() && self.cross_origin(req, route) => {
+                Err(Rejection::Forbidden("cross_origin_request"))
             }
             AuthMode::Bearer => {
                 let path = target.split('?').next().unwrap_or("/");
@@ -599,7 +622,10 @@ impl Gateway {
         };
         let strip = bearer && (self.config.forward.strip_authorization || exchanges);
         if strip {
-            req.headers_mut().remove(route.token_header_name());
+            match &route.token_cookie {
+                Some(name) => auth::strip_cookie(req.headers_mut(), name),
+                None => drop(req.headers_mut().remove(route.token_header_name())),
+            }
         }
         // A query token goes with `strip_authorization` where the route reads one, and always
         // from a preflight: it was never checked (a preflight's URL is the call's, query and
@@ -835,6 +861,52 @@ impl Gateway {
             None => auth::validator::check_claim_conditions(&v, route, &mut quiet),
         };
         (conditions, Some(Identity(v)))
+    }
+
+    /// Did a browser send this request for another site? A browser attaches cookies to
+    /// requests any page makes, so a token read from one would authorize a form or `fetch` from
+    /// elsewhere (cross-site request forgery). As Go's `CrossOriginProtection`: safe methods pass;
+    /// `Sec-Fetch-Site` (sent by every current browser) must say `same-origin` or `none` (typed
+    /// in, a bookmark); without it, an `Origin` must name the request's host; a request with
+    /// neither came from no browser that could be tricked, and passes. `same-site` is refused
+    /// too: a sibling subdomain is another site's code. Origins the route's CORS policy lets
+    /// send cookies, and `[server] public_origin`, are the site's own.
+    fn cross_origin<B>(&self, req: &Request<B>, route: &Route) -> bool {
+        use http::Method;
+        if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+            return false;
+        }
+        let h = req.headers();
+        let own = || {
+            route
+                .cors
+                .as_ref()
+                .is_some_and(|p| p.trusts_with_cookies(h))
+                || self.config.server.public_origin.as_ref().is_some_and(|o| {
+                    h.get(header::ORIGIN)
+                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(o.as_bytes()))
+                })
+        };
+        let mut sites = h.get_all("sec-fetch-site").iter();
+        match (sites.next(), sites.next()) {
+            (Some(_), Some(_)) => return true,
+            (Some(site), None) => {
+                return !(matches!(site.as_bytes(), b"same-origin" | b"none") || own())
+            }
+            (None, _) => {}
+        }
+        let mut origins = h.get_all(header::ORIGIN).iter();
+        match (origins.next(), origins.next()) {
+            (None, _) => false,
+            (Some(origin), None) => {
+                let host = h
+                    .get(header::HOST)
+                    .map(HeaderValue::as_bytes)
+                    .or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()));
+                !(origin_names_host(origin.as_bytes(), host) || own())
+            }
+            _ => true,
+        }
     }
 
     /// Does bearward believe what this connection's peer says about the client?

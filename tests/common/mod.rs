@@ -526,6 +526,19 @@ prefix = "/api/iap"
 scopes = ["read"]
 token_header = "X-Goog-Iap-Jwt-Assertion"
 upstream = "app"
+
+[[routes]]
+prefix = "/api/cookie"
+scopes = ["read"]
+token_cookie = "CF_Authorization"
+upstream = "app"
+
+[[routes]]
+prefix = "/spa"
+scopes = ["read"]
+token_cookie = "at"
+cors = {{ allow_origins = ["https://app.test"], allow_credentials = true }}
+upstream = "app"
 "#
     )
 }

@@ -182,6 +182,17 @@ pub(super) fn route(
             }
         },
     };
+    let token_cookie = match &r.token_cookie {
+        None => None,
+        Some(c) => match token_cookie_name(c.get_ref(), auth, r.token_header.is_some()) {
+            Ok(n) => Some(n),
+            Err(problem) => {
+                cx.err(c.span(), &key("token_cookie"), problem);
+                ok = false;
+                None
+            }
+        },
+    };
     let scopes = scope_list(cx, &r.scopes, &key("scopes"));
     let scopes_any = scope_list(cx, &r.scopes_any, &key("scopes_any"));
     if auth != AuthMode::Bearer {
@@ -358,6 +369,7 @@ pub(super) fn route(
         scopes_any,
         token_in_query: r.token_in_query.unwrap_or(false),
         token_header,
+        token_cookie,
         cors_preflight: cors_preflight.is_some(),
         cors,
         audit: r.mode.as_ref().map_or(server.mode, |m| *m.get_ref()) == Mode::Audit,
@@ -1009,6 +1021,26 @@ fn cors(
         max_age.as_secs(),
         server.request_id_header.as_ref(),
     )))
+}
+
+/// A route's `token_cookie`: a cookie name (RFC 6265 4.1.1: an RFC 9110 token), on a route that
+/// reads a token and has no `token_header` (a route reads its token from one place).
+fn token_cookie_name(text: &str, auth: AuthMode, header: bool) -> Result<Box<str>, String> {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if text.is_empty() || !text.bytes().all(tchar) {
+        Err(format!(
+            "{text:?} is not a cookie name (letters, digits and !#$%&'*+-.^_`|~)"
+        ))
+    } else if header {
+        Err("a route reads its token from one place: token_header or token_cookie".into())
+    } else if auth != AuthMode::Bearer {
+        Err(format!(
+            "only auth = \"bearer\" routes read a token; this route has auth = \"{}\"",
+            auth.as_str()
+        ))
+    } else {
+        Ok(text.into())
+    }
 }
 
 /// A route's `token_header`: a header name, other than `Authorization` and the hop-by-hop
