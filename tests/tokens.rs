@@ -1003,6 +1003,21 @@ async fn a_cookie_token_does_not_authorize_another_sites_request() {
             "{site:?} {origin:?}"
         );
     }
+    // A WebSocket handshake is a GET that no CORS guards: another site's page is refused it.
+    let n = w.up.count();
+    let mut ws = connect_and_send(
+        w.gw.addr,
+        format!(
+            "GET /api/cookie/ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Origin: https://evil.test\r\nCookie: {jar}\r\n\r\n",
+            w.gw.addr
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(read_response(&mut ws).await, 403);
+    assert_eq!(w.up.count(), n, "the handshake did not reach the upstream");
     // Safe methods carry no change: a link from elsewhere still works.
     let a = get(
         &w.c,

@@ -1516,7 +1516,8 @@ pub(super) struct RouteFile {
     /// access-token cookie. Its value is the token (double quotes around it allowed); two cookies
     /// of the name are a 400, since a sibling subdomain can set one beside yours. A browser sends
     /// a cookie on requests other sites make, so an unsafe method (not `GET`, `HEAD`, `OPTIONS`)
-    /// is refused, 403 `cross_origin_request`, when the browser says it came from elsewhere:
+    /// or a WebSocket handshake is refused, 403 `cross_origin_request`, when the browser says it
+    /// came from elsewhere:
     /// `Sec-Fetch-Site` other than `same-origin` or `none`, or without it an `Origin` other than
     /// the request's host (Go's `CrossOriginProtection`); origins the route's `cors` allows with
     /// `allow_credentials`, and `[server] public_origin`, are the site's own. `Authorization` is then an ordinary header;

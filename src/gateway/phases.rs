@@ -865,7 +865,8 @@ impl Gateway {
 
     /// Did a browser send this request for another site? A browser attaches cookies to
     /// requests any page makes, so a token read from one would authorize a form or `fetch` from
-    /// elsewhere (cross-site request forgery). As Go's `CrossOriginProtection`: safe methods pass;
+    /// elsewhere (cross-site request forgery). As Go's `CrossOriginProtection`: safe methods pass
+    /// (but a WebSocket handshake);
     /// `Sec-Fetch-Site` (sent by every current browser) must say `same-origin` or `none` (typed
     /// in, a bookmark); without it, an `Origin` must name the request's host; a request with
     /// neither came from no browser that could be tricked, and passes. `same-site` is refused
@@ -873,10 +874,15 @@ impl Gateway {
     /// send cookies, and `[server] public_origin`, are the site's own.
     fn cross_origin<B>(&self, req: &Request<B>, route: &Route) -> bool {
         use http::Method;
-        if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        let h = req.headers();
+        // A WebSocket handshake is a GET, and no CORS stands in front of one: a page anywhere
+        // may open a socket with the site's cookies (cross-site WebSocket hijacking), so any
+        // `Upgrade` gets the check, as gorilla/websocket's default `CheckOrigin` does.
+        if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+            && !h.contains_key(header::UPGRADE)
+        {
             return false;
         }
-        let h = req.headers();
         let own = || {
             route
                 .cors
