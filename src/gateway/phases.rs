@@ -872,6 +872,8 @@ impl Gateway {
     /// neither came from no browser that could be tricked, and passes. `same-site` is refused
     /// too: a sibling subdomain is another site's code. Origins the route's CORS policy lets
     /// send cookies, and `[server] public_origin`, are the site's own.
+    #[cold]
+    #[inline(never)]
     fn cross_origin<B>(&self, req: &Request<B>, route: &Route) -> bool {
         use http::Method;
         let h = req.headers();
