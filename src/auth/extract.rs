@@ -269,6 +269,76 @@ mod tests {
         assert!(cookie_token(&jar(&["at=t", "at=u"]), "at").is_err());
     }
 
+    /// Over a deterministic stream of odd `Cookie` lines (empty pairs, stray `=`, `;` and
+    /// quotes, near names, one to three lines): a token is found exactly when one pair has the
+    /// name, two are an error, and stripping leaves no such pair and every other one, in order.
+    #[test]
+    fn cookie_invariants_hold_on_generated_inputs() {
+        const PIECES: &[&str] = &[
+            "at=t", "at=", "at", "AT=t", "xat=t", "at_=t", "a=at=t", "at=\"t\"", "at=\"", "=", ";",
+            "; ", " ", "=t", "b=2", "at =t", " at=t", "at= t ", "\"", "c=;at",
+        ];
+        let pairs = |lines: &[String]| -> Vec<String> {
+            lines
+                .iter()
+                .flat_map(|l| l.split(';'))
+                .map(|p| p.trim_ascii().to_owned())
+                .filter(|p| !p.is_empty())
+                .collect()
+        };
+        let named = |p: &str| {
+            p.split_once('=')
+                .is_some_and(|(n, _)| n.trim_ascii() == "at")
+        };
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut x = seed;
+            let lines: Vec<String> = (0..1 + seed % 3)
+                .map(|_| {
+                    let mut l = String::new();
+                    for _ in 0..x % 6 {
+                        l.push_str(PIECES[(x % PIECES.len() as u64) as usize]);
+                        x = x.rotate_right(7).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    }
+                    x = x.rotate_right(3).wrapping_add(1);
+                    l
+                })
+                .collect();
+            let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+            let mut h = jar(&refs);
+            let all = pairs(&lines);
+            let count = all.iter().filter(|p| named(p)).count();
+            match cookie_token(&h, "at") {
+                Err(_) => assert!(count > 1, "{lines:?}"),
+                Ok(Some(t)) => {
+                    assert_eq!(count, 1, "{lines:?}");
+                    let pair = all.iter().find(|p| named(p)).unwrap();
+                    let value = pair.split_once('=').unwrap().1.trim_ascii();
+                    let value = match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+                        Some(inner) => inner,
+                        None => value,
+                    };
+                    assert_eq!(t, value.as_bytes(), "{lines:?}");
+                    assert!(!t.is_empty(), "{lines:?}");
+                }
+                Ok(None) => assert!(count <= 1, "{lines:?}"),
+            }
+            strip_cookie(&mut h, "at");
+            let left: Vec<String> = h
+                .get_all(COOKIE)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect();
+            let left = pairs(&left);
+            assert!(!left.iter().any(|p| named(p)), "{lines:?} -> {left:?}");
+            let others: Vec<String> = all.into_iter().filter(|p| !named(p)).collect();
+            assert_eq!(left, others, "{lines:?}");
+        }
+    }
+
     #[test]
     fn the_query_token_is_stripped_and_nothing_else() {
         for (target, want) in [

@@ -1514,8 +1514,9 @@ pub(super) struct RouteFile {
     /// read the token from the cookie of this name instead (Envoy's `from_cookies`), as a browser
     /// sends it: Cloudflare Access's `CF_Authorization`, a backend-for-frontend's `HttpOnly`
     /// access-token cookie. Its value is the token (double quotes around it allowed); two cookies
-    /// of the name are a 400, since a sibling subdomain can set one beside yours. A browser sends
-    /// a cookie on requests other sites make, so an unsafe method (not `GET`, `HEAD`, `OPTIONS`)
+    /// of the name are a 400, since a sibling subdomain can set one beside yours (a `__Host-`
+    /// name, where the cookie is set, makes browsers refuse such a one). A browser sends a cookie
+    /// on requests other sites make, so an unsafe method (not `GET`, `HEAD`, `OPTIONS`)
     /// or a WebSocket handshake is refused, 403 `cross_origin_request`, when the browser says it
     /// came from elsewhere:
     /// `Sec-Fetch-Site` other than `same-origin` or `none`, or without it an `Origin` other than
