@@ -464,6 +464,9 @@ pub struct Route {
     pub token_header: Option<http::HeaderName>,
     /// Read the token from the cookie of this name, not `Authorization` (`token_cookie`).
     pub token_cookie: Option<Box<str>>,
+    /// Where a browser's page navigation is sent instead of a 401 (`login_url`): the text
+    /// before `{url}`, and after it if it has one.
+    pub login_url: Option<(Box<str>, Option<Box<str>>)>,
     /// Forward CORS preflights (`OPTIONS` with `Origin` and `Access-Control-Request-Method`)
     /// without a token: browsers send them without credentials (Fetch standard), so a bearer
     /// check would fail every cross-origin call.
@@ -1136,6 +1139,7 @@ impl Route {
             token_in_query: false,
             token_header: None,
             token_cookie: None,
+            login_url: None,
             cors_preflight: false,
             cors: None,
             audit: false,

@@ -1239,7 +1239,8 @@ async fn a_token_cookie_route_is_checked_through_nginx_and_caddy() {
     let (dport, gw) = Gateway::start_on_free_port(|p| {
         config(&up, &idp, p, "").replace(
             "[[routes]]\nprefix = \"/public\"",
-            "[[routes]]\nprefix = \"/spa\"\nscopes = [\"read\"]\ntoken_cookie = \"CF_Authorization\"\nupstream = \"app\"\n\n\
+            "[[routes]]\nprefix = \"/spa\"\nscopes = [\"read\"]\ntoken_cookie = \"CF_Authorization\"\nupstream = \"app\"\n\
+             login_url = \"https://login.test/?rd={url}\"\n\n\
              [[routes]]\nprefix = \"/public\"",
         )
     })
@@ -1256,6 +1257,12 @@ async fn a_token_cookie_route_is_checked_through_nginx_and_caddy() {
         let seen = up.count();
         for (method, headers, want) in [
             ("GET", vec![], StatusCode::UNAUTHORIZED),
+            // The ingress's own error page sends a browser to sign in: bearward says 401.
+            (
+                "GET",
+                vec![("sec-fetch-mode", "navigate")],
+                StatusCode::UNAUTHORIZED,
+            ),
             (
                 "GET",
                 vec![("authorization", bearer.as_str())],

@@ -1056,3 +1056,99 @@ async fn stripping(w: &World) -> (Upstream, Gateway) {
     wait_ready(&gw).await;
     (up, gw)
 }
+
+/// A browser opening a page of a `login_url` route without a valid token is sent to sign in;
+/// API calls, the page's own `fetch`es and every other refusal get their answers as before.
+#[tokio::test]
+async fn a_browser_opening_a_page_without_a_token_is_sent_to_sign_in() {
+    let rsa = Key::rsa1();
+    let w = World::start(&[&rsa], "").await;
+    let url = w.gw.url("/spa/x?a=1&b=%2F");
+    let here = format!("http://{}/spa/x?a=1&b=%2F", w.gw.addr);
+    let sign_in = |page: &str| {
+        let enc: String = page
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        format!("https://login.test/start?rd={enc}&x=1")
+    };
+    let nav = ("sec-fetch-mode", "navigate");
+    let foreign = format!("at={}", w.mint.token(&Key::rsa2(), "read"));
+    let before = w.up.count();
+    for (method, headers) in [
+        ("GET", vec![nav]),
+        ("HEAD", vec![nav]),
+        ("GET", vec![nav, ("cookie", foreign.as_str())]),
+        (
+            "GET",
+            vec![("accept", "text/html,application/xhtml+xml;q=0.9")],
+        ),
+    ] {
+        let a = send(&w.c, method, &url, &headers, "").await;
+        assert_eq!(a.status, StatusCode::FOUND, "{method} {headers:?}");
+        assert_eq!(a.headers["location"], sign_in(&here).as_str());
+        assert_eq!(a.headers["cache-control"], "no-store");
+        assert!(a.headers.get("www-authenticate").is_none());
+    }
+    // A page's fetch, an API client, a form post, another route: the 401. A token without the
+    // scope: the 403 (signing in again would not help).
+    let write = format!("at={}", w.mint.token(&rsa, "write"));
+    for (method, path, headers, want) in [
+        ("GET", "/spa/x", vec![("sec-fetch-mode", "cors")], 401),
+        ("GET", "/spa/x", vec![("accept", "application/json")], 401),
+        ("GET", "/spa/x", vec![], 401),
+        ("POST", "/spa/x", vec![nav], 401),
+        ("GET", "/api/cookie/x", vec![nav], 401),
+        ("GET", "/spa/x", vec![nav, ("cookie", write.as_str())], 403),
+    ] {
+        let a = send(&w.c, method, &w.gw.url(path), &headers, "").await;
+        assert_eq!(a.status.as_u16(), want, "{method} {path} {headers:?}");
+    }
+    assert_eq!(
+        w.up.count(),
+        before,
+        "no refused request reached the upstream"
+    );
+    let m = w.gw.metrics().await;
+    assert!(
+        m.contains("bearward_requests_total{route=\"/spa*\",status=\"302\",decision=\"deny\",reason=\"missing_token\"} 3"),
+        "{m}"
+    );
+    // With its token, the page is served.
+    let read = format!("at={}", w.mint.token(&rsa, "read"));
+    let a = get(&w.c, &url, &[nav, ("cookie", &read)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+
+    // Behind a balancer that terminates TLS, the address is the public origin's; a token in
+    // the query does not travel to the sign-in server.
+    let up = Upstream::start().await;
+    let config = auth_config(&up.url(), &w.idp.issuer(), "discovery = true", "")
+        .replacen(
+            "[server]\n",
+            "[server]\npublic_origin = \"https://app.example.com\"\n",
+            1,
+        )
+        .replace(
+            "token_cookie = \"at\"",
+            "token_cookie = \"at\"\ntoken_in_query = true",
+        );
+    let gw = Gateway::start(&config).await;
+    wait_ready(&gw).await;
+    let bad = w.mint.token(&Key::rsa2(), "read");
+    let a = get(
+        &w.c,
+        &gw.url(&format!("/spa/x?access_token={bad}&a=1")),
+        &[nav],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FOUND);
+    assert_eq!(
+        a.headers["location"],
+        sign_in("https://app.example.com/spa/x?a=1").as_str()
+    );
+}

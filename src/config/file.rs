@@ -1524,6 +1524,20 @@ pub(super) struct RouteFile {
     /// `allow_credentials`, and `[server] public_origin`, are the site's own. `Authorization` is then an ordinary header;
     /// `strip_authorization` takes this cookie out of `Cookie` and leaves the others
     pub token_cookie: Option<Spanned<String>>,
+    /// Reference: `login_url`
+    /// Default: none (a 401)
+    ///
+    /// where a browser that opens a page of this route without a valid token is sent to sign in,
+    /// as oauth2-proxy and nginx's `error_page 401` with a redirect do: a `GET` or `HEAD` the
+    /// browser calls a navigation (`Sec-Fetch-Mode: navigate`, or without it an `Accept` with
+    /// `text/html`) that would get a 401 gets a 302 to this URL instead, `{url}` in it replaced by
+    /// the page's address, percent-encoded (`https://app.example.com/oauth2/start?rd={url}`).
+    /// The address is `[server] public_origin` (set it behind a TLS-terminating balancer) or the
+    /// request's scheme and `Host`, then its path and query; the sign-in handler must check it
+    /// before sending the browser back, as oauth2-proxy's `whitelist_domains` does. Calls a page
+    /// makes (`fetch`), other methods and refusals other than 401 are answered as before; so is
+    /// an ingress in decision mode, whose own error page does this
+    pub login_url: Option<Spanned<String>>,
     /// Reference: `cors_preflight`
     /// Default: `false`
     ///

@@ -40,6 +40,7 @@ pub(crate) use decision::{convention as decision_convention, original_request};
 pub use mcp::McpNote;
 pub use phases::{Evaluated, Pass, Quiet, Sink};
 pub use rejection::{Answering, Fault, Framing, Rejection};
+mod login;
 
 use crate::auth::{Authenticator, TokenId};
 use crate::body::{self, Body};
@@ -312,6 +313,8 @@ pub struct Gateway {
     jwks_on_listener: bool,
     /// Some route has `cors`: preflights are looked at before routing.
     cors_routes: bool,
+    /// Some route has `login_url`: a browser's page navigation is noted before the phases.
+    login_routes: bool,
     /// The identity assertions' headers, removed from every client request.
     assertion_headers: Vec<HeaderName>,
     /// The assertion keys `/.well-known/jwks.json` publishes; kept across reloads
@@ -389,6 +392,7 @@ impl Gateway {
         let assertion_keys = crate::assertion::KeyRing::new(assertions(&config));
         let jwks_on_listener = assertions(&config).any(|a| a.jwks_on_listener);
         let cors_routes = config.routes.routes().iter().any(|r| r.cors.is_some());
+        let login_routes = config.routes.routes().iter().any(|r| r.login_url.is_some());
         let missing_token = config
             .routes
             .routes()
@@ -408,6 +412,7 @@ impl Gateway {
             missing_token,
             jwks_on_listener,
             cors_routes,
+            login_routes,
             tracer: None,
             pdps,
             signers,
@@ -508,6 +513,11 @@ impl Gateway {
             .as_ref()
             .zip(unanswered.span.as_ref())
             .map(|(t, s)| (t.clone(), s.ctx));
+        // The page a browser is opening, for a `login_url` route's redirect: looked for only
+        // where some route has one, and never for an ingress (its error page redirects).
+        let page = (self.login_routes && !conn.decision)
+            .then(|| login::page(&req, conn, self.config.server.public_origin.as_deref()))
+            .flatten();
         // The phases' future made in place inside the wrapper: made aside and moved in, it
         // cost a copy of several KiB on every request.
         let result = trace::in_span(
@@ -519,7 +529,8 @@ impl Gateway {
         let mut resp = match result {
             Ok(resp) => resp,
             Err(rej) => {
-                let mut resp = self.refusal(rej, grpc, out);
+                let sign_in = page.and_then(|p| self.sign_in(&rej, p, out));
+                let mut resp = sign_in.unwrap_or_else(|| self.refusal(rej, grpc, out));
                 if body_pending {
                     resp.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -546,6 +557,24 @@ impl Gateway {
     /// An upstream's endpoint, as configured.
     fn upstream_addr(&self, upstream: u16, endpoint: u8) -> &str {
         &self.upstreams.config(usize::from(upstream)).endpoints[usize::from(endpoint)]
+    }
+
+    /// A 401 on a `login_url` route, for a browser opening a page: a redirect to sign in,
+    /// noted as the 401's refusal would have been.
+    fn sign_in(
+        &self,
+        rej: &Rejection,
+        page: login::Page,
+        out: &mut Outcome,
+    ) -> Option<Response<Body>> {
+        let route = &self.config.routes.routes()[out.route_index?];
+        let url = route.login_url.as_ref()?;
+        if rej.status() != http::StatusCode::UNAUTHORIZED {
+            return None;
+        }
+        out.verdict = rej.decision_label();
+        out.reason = rej.reason();
+        Some(page.redirect(url, route.token_in_query))
     }
 
     /// A rejection's answer, with its reason and label noted for the log and the metrics.

@@ -538,6 +538,7 @@ prefix = "/spa"
 scopes = ["read"]
 token_cookie = "at"
 cors = {{ allow_origins = ["https://app.test"], allow_credentials = true }}
+login_url = "https://login.test/start?rd={{url}}&x=1"
 upstream = "app"
 "#
     )

@@ -171,28 +171,16 @@ pub(super) fn route(
         Some(AuthFile::None) => AuthMode::None,
         Some(AuthFile::Deny) => AuthMode::Deny,
     };
-    let token_header = match &r.token_header {
-        None => None,
-        Some(h) => match token_header_name(h.get_ref(), auth) {
-            Ok(n) => Some(n),
-            Err(problem) => {
-                cx.err(h.span(), &key("token_header"), problem);
-                ok = false;
-                None
-            }
-        },
-    };
-    let token_cookie = match &r.token_cookie {
-        None => None,
-        Some(c) => match token_cookie_name(c.get_ref(), auth, r.token_header.is_some()) {
-            Ok(n) => Some(n),
-            Err(problem) => {
-                cx.err(c.span(), &key("token_cookie"), problem);
-                ok = false;
-                None
-            }
-        },
-    };
+    let token_header = check_text(cx, &mut ok, &r.token_header, &key("token_header"), |t| {
+        token_header_name(t, auth)
+    });
+    let has_header = r.token_header.is_some();
+    let token_cookie = check_text(cx, &mut ok, &r.token_cookie, &key("token_cookie"), |t| {
+        token_cookie_name(t, auth, has_header)
+    });
+    let login_url = check_text(cx, &mut ok, &r.login_url, &key("login_url"), |t| {
+        login_url(t, auth)
+    });
     let scopes = scope_list(cx, &r.scopes, &key("scopes"));
     let scopes_any = scope_list(cx, &r.scopes_any, &key("scopes_any"));
     if auth != AuthMode::Bearer {
@@ -370,6 +358,7 @@ pub(super) fn route(
         token_in_query: r.token_in_query.unwrap_or(false),
         token_header,
         token_cookie,
+        login_url,
         cors_preflight: cors_preflight.is_some(),
         cors,
         audit: r.mode.as_ref().map_or(server.mode, |m| *m.get_ref()) == Mode::Audit,
@@ -1021,6 +1010,51 @@ fn cors(
         max_age.as_secs(),
         server.request_id_header.as_ref(),
     )))
+}
+
+/// A text key, if set, checked by `check`, whose problem is reported at the key.
+fn check_text<T>(
+    cx: &mut Ctx<'_>,
+    ok: &mut bool,
+    v: &Option<Spanned<String>>,
+    key: &str,
+    check: impl FnOnce(&str) -> Result<T, String>,
+) -> Option<T> {
+    let v = v.as_ref()?;
+    check(v.get_ref())
+        .map_err(|problem| {
+            cx.err(v.span(), key, problem);
+            *ok = false;
+        })
+        .ok()
+}
+
+/// A route's `login_url`: an absolute `http(s)` URL, with `{url}` at most once, on a route that
+/// reads a token; split at `{url}`.
+fn login_url(text: &str, auth: AuthMode) -> Result<(Box<str>, Option<Box<str>>), String> {
+    let parts = match text.split_once("{url}") {
+        Some((_, after)) if after.contains("{url}") => {
+            return Err("{url} may appear once".into());
+        }
+        Some((before, after)) => (before.into(), Some(after.into())),
+        None => (text.into(), None),
+    };
+    let absolute = text
+        .replace("{url}", "x")
+        .parse::<http::Uri>()
+        .is_ok_and(|u| matches!(u.scheme_str(), Some("https" | "http")) && u.authority().is_some());
+    if !absolute {
+        Err(format!(
+            "{text:?} is not an absolute http(s) URL (e.g. \"https://app.example.com/login?rd={{url}}\")"
+        ))
+    } else if auth != AuthMode::Bearer {
+        Err(format!(
+            "only auth = \"bearer\" routes answer 401; this route has auth = \"{}\"",
+            auth.as_str()
+        ))
+    } else {
+        Ok(parts)
+    }
 }
 
 /// A route's `token_cookie`: a cookie name (RFC 6265 4.1.1: an RFC 9110 token), on a route that
