@@ -1534,7 +1534,8 @@ pub(super) struct RouteFile {
     /// the page's address, percent-encoded (`https://app.example.com/oauth2/start?rd={url}`).
     /// The address is `[server] public_origin` (set it behind a TLS-terminating balancer) or the
     /// request's scheme and `Host`, then its path and query; the sign-in handler must check it
-    /// before sending the browser back, as oauth2-proxy's `whitelist_domains` does. Calls a page
+    /// before sending the browser back, as oauth2-proxy's `whitelist_domains` does, and must not
+    /// itself be behind this route (the browser would go round in circles). Calls a page
     /// makes (`fetch`), other methods and refusals other than 401 are answered as before; so is
     /// an ingress in decision mode, whose own error page does this
     pub login_url: Option<Spanned<String>>,
