@@ -426,8 +426,9 @@ pub async fn explain_with(config: &Config, asked: &Asked<'_>) -> Explained {
         };
         match HeaderValue::from_str(&value) {
             Ok(v) => {
-                // Where the route asked about reads it: `Authorization`, or its `token_header`
-                // (each route reads only its own place, so the token goes in every one).
+                // Where the route asked about reads it: `Authorization` (on a `token_cookie` route
+                // too, as its API clients send it), or its `token_header` (a route with one reads
+                // only that, so the token goes in every one).
                 for name in config
                     .routes
                     .routes()
@@ -437,19 +438,6 @@ pub async fn explain_with(config: &Config, asked: &Asked<'_>) -> Explained {
                     req.headers_mut().insert(name.clone(), v.clone());
                 }
                 req.headers_mut().insert(header::AUTHORIZATION, v);
-                // And in the cookie of every route that reads one.
-                let pairs: Vec<String> = config
-                    .routes
-                    .routes()
-                    .iter()
-                    .filter_map(|r| r.token_cookie.as_deref())
-                    .map(|name| format!("{name}={}", &value[7..]))
-                    .collect();
-                if let Ok(cookie) = HeaderValue::from_str(&pairs.join("; ")) {
-                    if !pairs.is_empty() {
-                        req.headers_mut().insert(header::COOKIE, cookie);
-                    }
-                }
             }
             Err(_) => {
                 p.line("token", format_args!("FAIL not a valid header value"));

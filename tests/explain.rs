@@ -556,9 +556,10 @@ async fn explain_puts_the_token_where_the_route_reads_it() {
     }
 }
 
-/// A route with `token_cookie` reads the token explain is given from that cookie.
+/// A route with `token_cookie` takes the token explain is given in `Authorization`, as its API
+/// clients send it.
 #[tokio::test]
-async fn explain_puts_the_token_in_the_cookie_a_route_reads() {
+async fn explain_checks_a_cookie_route_with_the_token_in_authorization() {
     let text = std::fs::read_to_string(FIXTURE).unwrap().replacen(
         "[[routes]]",
         "[[routes]]\nprefix = \"/spa\"\nscopes = [\"read\"]\ntoken_cookie = \"at\"\nupstream = \"legacy\"\n\n[[routes]]",

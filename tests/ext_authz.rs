@@ -694,8 +694,12 @@ async fn a_token_cookie_route_reads_the_cookie_envoy_passes() {
     let table = [
         (json!({"path": "/spa/x"}), 401),
         (
-            json!({"path": "/spa/x", "headers": {"authorization": format!("Bearer {read}")}}),
-            401,
+            json!({"path": "/spa/x", "method": "PUT", "headers": {"authorization": format!("Bearer {read}"), "sec-fetch-site": "cross-site"}}),
+            200,
+        ),
+        (
+            json!({"path": "/spa/x", "headers": {"authorization": format!("Bearer {read}"), "cookie": jar}}),
+            400,
         ),
         (
             json!({"path": "/spa/x", "headers": {"cookie": format!("CF_Authorization={write}")}}),

@@ -63,9 +63,15 @@ pub(crate) fn find_token_scheme<'a>(
     query: Option<&'a str>,
     route: &Route,
 ) -> Result<(&'a [u8], Scheme), AuthError> {
-    let from_header = match &route.token_cookie {
-        Some(name) => cookie_token(headers, name)?.map(|t| (t, Scheme::Bearer)),
-        None => header_token(headers, route)?,
+    // A cookie route serves browsers by their cookie and API clients by `Authorization`; a
+    // request with both carries two tokens.
+    let from_header = match (&route.token_cookie, header_token(headers, route)?) {
+        (Some(name), header) => match (cookie_token(headers, name)?, header) {
+            (Some(_), Some(_)) => return Err(AuthError::MultipleTokens),
+            (Some(cookie), None) => Some((cookie, Scheme::Bearer)),
+            (None, header) => header,
+        },
+        (None, header) => header,
     };
     let from_query = query.and_then(query_token);
     match (from_header, from_query) {

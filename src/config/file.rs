@@ -1509,20 +1509,21 @@ pub(super) struct RouteFile {
     /// are a 400. A token in it cannot be DPoP-bound (RFC 9449 puts those in `Authorization`)
     pub token_header: Option<Spanned<String>>,
     /// Reference: `token_cookie`
-    /// Default: none (`Authorization`)
+    /// Default: none (`Authorization` only)
     ///
-    /// read the token from the cookie of this name instead (Envoy's `from_cookies`), as a browser
+    /// also read the token from the cookie of this name (Envoy's `from_cookies`), as a browser
     /// sends it: Cloudflare Access's `CF_Authorization`, a backend-for-frontend's `HttpOnly`
-    /// access-token cookie. Its value is the token (double quotes around it allowed); two cookies
+    /// access-token cookie; API clients on the route still send `Authorization` (both at once are
+    /// two tokens, a 400). Its value is the token (double quotes around it allowed); two cookies
     /// of the name are a 400, since a sibling subdomain can set one beside yours (a `__Host-`
     /// name, where the cookie is set, makes browsers refuse such a one). A browser sends a cookie
-    /// on requests other sites make, so an unsafe method (not `GET`, `HEAD`, `OPTIONS`)
-    /// or a WebSocket handshake is refused, 403 `cross_origin_request`, when the browser says it
-    /// came from elsewhere:
-    /// `Sec-Fetch-Site` other than `same-origin` or `none`, or without it an `Origin` other than
-    /// the request's host (Go's `CrossOriginProtection`); origins the route's `cors` allows with
-    /// `allow_credentials`, and `[server] public_origin`, are the site's own. `Authorization` is then an ordinary header;
-    /// `strip_authorization` takes this cookie out of `Cookie` and leaves the others
+    /// on requests other sites make, so a request that carries it with an unsafe method (not
+    /// `GET`, `HEAD`, `OPTIONS`) or as a WebSocket handshake is refused, 403
+    /// `cross_origin_request`, when the browser says it came from elsewhere: `Sec-Fetch-Site`
+    /// other than `same-origin` or `none`, or without it an `Origin` other than the request's host
+    /// (Go's `CrossOriginProtection`); origins the route's `cors` allows with `allow_credentials`,
+    /// and `[server] public_origin`, are the site's own. `strip_authorization` takes this cookie
+    /// out of `Cookie`, leaving the others, as well as `Authorization`
     pub token_cookie: Option<Spanned<String>>,
     /// Reference: `login_url`
     /// Default: none (a 401)

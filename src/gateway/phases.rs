@@ -556,7 +556,14 @@ impl Gateway {
                 out.reason = "cors_preflight";
                 Ok(())
             }
-            AuthMode::Bearer if route.token_cookie.is_some() && self.cross_origin(req, route) => {
+            // Only a request that carries the cookie has a credential the browser adds itself.
+            AuthMode::Bearer
+                if route
+                    .token_cookie
+                    .as_ref()
+                    .is_some_and(|c| auth::carries_cookie(req.headers(), c))
+                    && self.cross_origin(req, route) =>
+            {
                 Err(Rejection::Forbidden("cross_origin_request"))
             }
             AuthMode::Bearer => {
@@ -622,9 +629,9 @@ impl Gateway {
         };
         let strip = bearer && (self.config.forward.strip_authorization || exchanges);
         if strip {
-            match &route.token_cookie {
-                Some(name) => auth::strip_cookie(req.headers_mut(), name),
-                None => drop(req.headers_mut().remove(route.token_header_name())),
+            req.headers_mut().remove(route.token_header_name());
+            if let Some(name) = &route.token_cookie {
+                auth::strip_cookie(req.headers_mut(), name);
             }
         }
         // A query token goes with `strip_authorization` where the route reads one, and always
