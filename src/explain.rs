@@ -147,6 +147,10 @@ impl Sink for Printer {
         let why = match rej.reason() {
             "invalid_method" => ": methods are upper-case letters, `-` and `_`",
             "method_override" => ": the query's _method names a method this route does not serve",
+            "cross_origin_request" => {
+                ": it carries the route's token cookie, and the browser says another site's page \
+                 sent it (Sec-Fetch-Site, else Origin)"
+            }
             "double_encoding" => {
                 ": `%25` and two hex digits, which a backend that decodes again reads as \
                  another path (set allow_encoded_percent on the route if it carries literal \
@@ -581,6 +585,26 @@ pub async fn explain_with(config: &Config, asked: &Asked<'_>) -> Explained {
         }
         Err(rej) => {
             let (status, reason) = (rej.status(), rej.reason());
+            let tls = config.server.tls.is_some();
+            let sign_in = gateway
+                .sign_in_page(&req, tls, asked.decision)
+                .and_then(|page| gateway.sign_in(&rej, page, &mut outcome));
+            if let Some(resp) = sign_in {
+                answer(&mut p.out, resp.status(), None);
+                if let Some(to) = resp.headers().get(header::LOCATION) {
+                    let _ = writeln!(
+                        p.out,
+                        "           Location: {} (a browser opening a page: login_url)",
+                        to.to_str().unwrap_or("-")
+                    );
+                }
+                return Explained {
+                    text: p.out,
+                    verdict: Verdict::Refuse,
+                    status: resp.status(),
+                    reason,
+                };
+            }
             let route = outcome.route_index.map(|i| &config.routes.routes()[i]);
             let resp = rej.into_response(&gateway.answering(route, outcome.challenge));
             let www = resp

@@ -574,3 +574,48 @@ async fn explain_checks_a_cookie_route_with_the_token_in_authorization() {
         assert_eq!(e.status, http::StatusCode::OK, "{target}\n{}", e.text);
     }
 }
+
+/// What a browser gets on a cookie route, as the proxy answers it: the sign-in redirect of a
+/// page opened without a token, and the refusal of another site's request.
+#[tokio::test]
+async fn explain_says_what_a_browser_gets_on_a_cookie_route() {
+    let text = std::fs::read_to_string(FIXTURE).unwrap().replacen(
+        "[[routes]]",
+        "[[routes]]\nprefix = \"/spa\"\nscopes = [\"read\"]\ntoken_cookie = \"at\"\nlogin_url = \"https://login.test/?rd={url}\"\nupstream = \"legacy\"\n\n[[routes]]",
+        1,
+    );
+    let config = bearward::config::Config::from_toml_str(&text, "spa.toml").unwrap();
+    let ask = |method, headers| bearward::explain::Asked {
+        method,
+        target: "/spa/x?a=1",
+        token: None,
+        headers,
+        decision: false,
+        from: None,
+    };
+    let nav = [("Sec-Fetch-Mode".to_owned(), "navigate".to_owned())];
+    let e = bearward::explain::explain_with(&config, &ask(&http::Method::GET, &nav)).await;
+    assert_eq!(e.status, http::StatusCode::FOUND, "{}", e.text);
+    assert!(
+        e.text.contains(
+            "Location: https://login.test/?rd=http%3A%2F%2Fexplain.invalid%2Fspa%2Fx%3Fa%3D1"
+        ),
+        "{}",
+        e.text
+    );
+    let e = bearward::explain::explain_with(&config, &ask(&http::Method::GET, &[])).await;
+    assert_eq!(e.status, http::StatusCode::UNAUTHORIZED, "{}", e.text);
+
+    let read = minter().token(&Key::rsa1(), "read");
+    let forged = [
+        ("Cookie".to_owned(), format!("at={read}")),
+        ("Sec-Fetch-Site".to_owned(), "cross-site".to_owned()),
+    ];
+    let e = bearward::explain::explain_with(&config, &ask(&http::Method::POST, &forged)).await;
+    assert_eq!(e.status, http::StatusCode::FORBIDDEN, "{}", e.text);
+    assert!(
+        e.text.contains("FAIL cross_origin_request: it carries"),
+        "{}",
+        e.text
+    );
+}

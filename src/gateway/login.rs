@@ -1,7 +1,6 @@
 //! `login_url`: a browser that opens a page without a valid token is sent to sign in, where an
 //! API client gets the 401 (oauth2-proxy's redirect, nginx's `error_page 401` to a sign-in URL).
 
-use super::ConnInfo;
 use crate::body::{self, Body};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -15,7 +14,7 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 /// The address of the page a browser is opening.
-pub(super) struct Page {
+pub(crate) struct Page {
     origin: String,
     target: String,
 }
@@ -24,7 +23,7 @@ pub(super) struct Page {
 /// `Sec-Fetch-Mode: navigate` (every current browser sends it), or without that header an
 /// `Accept` that names `text/html`. A page's `fetch` says `cors` or `same-origin` and is
 /// answered 401 as any API call, for the page to handle.
-pub(super) fn page<B>(req: &Request<B>, conn: &ConnInfo, public: Option<&str>) -> Option<Page> {
+pub(super) fn page<B>(req: &Request<B>, tls: bool, public: Option<&str>) -> Option<Page> {
     if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
         return None;
     }
@@ -47,7 +46,7 @@ pub(super) fn page<B>(req: &Request<B>, conn: &ConnInfo, public: Option<&str>) -
                 .get(header::HOST)
                 .and_then(|v| v.to_str().ok())
                 .or_else(|| req.uri().authority().map(http::uri::Authority::as_str))?;
-            let scheme = if conn.tls.is_some() { "https" } else { "http" };
+            let scheme = if tls { "https" } else { "http" };
             format!("{scheme}://{host}")
         }
     };

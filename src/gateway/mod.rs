@@ -40,7 +40,7 @@ pub(crate) use decision::{convention as decision_convention, original_request};
 pub use mcp::McpNote;
 pub use phases::{Evaluated, Pass, Quiet, Sink};
 pub use rejection::{Answering, Fault, Framing, Rejection};
-mod login;
+pub(crate) mod login;
 
 use crate::auth::{Authenticator, TokenId};
 use crate::body::{self, Body};
@@ -515,9 +515,7 @@ impl Gateway {
             .map(|(t, s)| (t.clone(), s.ctx));
         // The page a browser is opening, for a `login_url` route's redirect: looked for only
         // where some route has one, and never for an ingress (its error page redirects).
-        let page = (self.login_routes && !conn.decision)
-            .then(|| login::page(&req, conn, self.config.server.public_origin.as_deref()))
-            .flatten();
+        let page = self.sign_in_page(&req, conn.tls.is_some(), conn.decision);
         // The phases' future made in place inside the wrapper: made aside and moved in, it
         // cost a copy of several KiB on every request.
         let result = trace::in_span(
@@ -559,9 +557,23 @@ impl Gateway {
         &self.upstreams.config(usize::from(upstream)).endpoints[usize::from(endpoint)]
     }
 
+    /// The page a browser is opening over a listener with or without TLS, where some route has
+    /// a `login_url` and no ingress asks (an ingress's own error page sends it to sign in).
+    pub(crate) fn sign_in_page<B>(
+        &self,
+        req: &Request<B>,
+        tls: bool,
+        decision: bool,
+    ) -> Option<login::Page> {
+        let public = self.config.server.public_origin.as_deref();
+        (self.login_routes && !decision)
+            .then(|| login::page(req, tls, public))
+            .flatten()
+    }
+
     /// A 401 on a `login_url` route, for a browser opening a page: a redirect to sign in,
     /// noted as the 401's refusal would have been.
-    fn sign_in(
+    pub(crate) fn sign_in(
         &self,
         rej: &Rejection,
         page: login::Page,
