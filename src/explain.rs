@@ -585,9 +585,19 @@ pub async fn explain_with(config: &Config, asked: &Asked<'_>) -> Explained {
         }
         Err(rej) => {
             let (status, reason) = (rej.status(), rej.reason());
-            let tls = config.server.tls.is_some();
-            let sign_in = gateway
-                .sign_in_page(&req, tls, asked.decision)
+            // Over the proxy listener, its TLS; from an ingress that passes answers on, the
+            // scheme it names.
+            let tls = match asked.decision {
+                false => Some(config.server.tls.is_some()),
+                true => gateway.ingress_passes_answers().then(|| {
+                    asked.headers.iter().any(|(n, v)| {
+                        n.eq_ignore_ascii_case("x-forwarded-proto")
+                            && v.eq_ignore_ascii_case("https")
+                    })
+                }),
+            };
+            let sign_in = tls
+                .and_then(|tls| gateway.sign_in_page(&req, tls))
                 .and_then(|page| gateway.sign_in(&rej, page, &mut outcome));
             if let Some(resp) = sign_in {
                 answer(&mut p.out, resp.status(), None);

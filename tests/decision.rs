@@ -1304,3 +1304,48 @@ async fn a_token_cookie_route_is_checked_through_nginx_and_caddy() {
         assert_eq!(up.last().method, "PUT", "{name}");
     }
 }
+
+/// Behind Caddy, which hands a refusal to the client as bearward wrote it, a `login_url` route
+/// sends a browser opening a page without a token to sign in from the decision listener; behind
+/// nginx, whose auth_request takes 401 and 403 only, it stays a 401 for nginx's own error page.
+#[tokio::test]
+async fn behind_caddy_a_browser_opening_a_page_is_sent_to_sign_in() {
+    let (key, idp, up, c) = parts().await;
+    let read = format!("at={}", idp.minter("https://api.test").token(&key, "read"));
+    let route = "[[routes]]\nprefix = \"/spa\"\nscopes = [\"read\"]\ntoken_cookie = \"at\"\n\
+                 login_url = \"https://login.test/?rd={url}\"\nupstream = \"app\"\n\n\
+                 [[routes]]\nprefix = \"/public\"";
+    for (ingress, want) in [
+        ("caddy", StatusCode::FOUND),
+        ("nginx", StatusCode::UNAUTHORIZED),
+    ] {
+        let (dport, _gw) = Gateway::start_on_free_port(|p| {
+            config(&up, &idp, p, &format!("ingress = \"{ingress}\""))
+                .replace("[[routes]]\nprefix = \"/public\"", route)
+        })
+        .await;
+        wait_ready(&_gw).await;
+        let front = match ingress {
+            "caddy" => caddy(dport, &up.url()).await,
+            _ => nginx(dport, &up.url()).await,
+        };
+        let url = format!("http://127.0.0.1:{}/spa/x?a=1", front.port);
+        let seen = up.count();
+        let a = send(&c, "GET", &url, &[("sec-fetch-mode", "navigate")], "").await;
+        assert_eq!(a.status, want, "{ingress}");
+        if want == StatusCode::FOUND {
+            let page = format!("http%3A%2F%2F127.0.0.1%3A{}%2Fspa%2Fx%3Fa%3D1", front.port);
+            assert_eq!(
+                a.headers["location"],
+                format!("https://login.test/?rd={page}").as_str()
+            );
+        }
+        // The page's fetch gets the 401; nothing reached the API.
+        let a = send(&c, "GET", &url, &[("sec-fetch-mode", "cors")], "").await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{ingress}");
+        assert_eq!(up.count(), seen, "{ingress}");
+        let h = [("sec-fetch-mode", "navigate"), ("cookie", read.as_str())];
+        let a = send(&c, "GET", &url, &h, "").await;
+        assert_eq!(a.status, StatusCode::OK, "{ingress}");
+    }
+}

@@ -1537,8 +1537,11 @@ pub(super) struct RouteFile {
     /// request's scheme and `Host`, then its path and query; the sign-in handler must check it
     /// before sending the browser back, as oauth2-proxy's `whitelist_domains` does, and must not
     /// itself be behind this route (the browser would go round in circles). Calls a page
-    /// makes (`fetch`), other methods and refusals other than 401 are answered as before; so is
-    /// an ingress in decision mode, whose own error page does this
+    /// makes (`fetch`), other methods and refusals other than 401 are answered as before. In
+    /// decision mode the redirect is answered to Caddy and Traefik (`[decision] ingress`), which
+    /// hand a refusal to the browser as written, the page's scheme from their
+    /// `X-Forwarded-Proto`; nginx and HAProxy take only 401 and 403 from it, so they get the 401
+    /// and their own error page redirects (`error_page 401`)
     pub login_url: Option<Spanned<String>>,
     /// Reference: `cors_preflight`
     /// Default: `false`

@@ -515,7 +515,9 @@ impl Gateway {
             .map(|(t, s)| (t.clone(), s.ctx));
         // The page a browser is opening, for a `login_url` route's redirect: looked for only
         // where some route has one, and never for an ingress (its error page redirects).
-        let page = self.sign_in_page(&req, conn.tls.is_some(), conn.decision);
+        let page = (!conn.decision)
+            .then(|| self.sign_in_page(&req, conn.tls.is_some()))
+            .flatten();
         // The phases' future made in place inside the wrapper: made aside and moved in, it
         // cost a copy of several KiB on every request.
         let result = trace::in_span(
@@ -557,18 +559,26 @@ impl Gateway {
         &self.upstreams.config(usize::from(upstream)).endpoints[usize::from(endpoint)]
     }
 
-    /// The page a browser is opening over a listener with or without TLS, where some route has
-    /// a `login_url` and no ingress asks (an ingress's own error page sends it to sign in).
-    pub(crate) fn sign_in_page<B>(
-        &self,
-        req: &Request<B>,
-        tls: bool,
-        decision: bool,
-    ) -> Option<login::Page> {
+    /// The page a browser is opening over TLS or not, where some route has a `login_url`.
+    pub(crate) fn sign_in_page<B>(&self, req: &Request<B>, tls: bool) -> Option<login::Page> {
         let public = self.config.server.public_origin.as_deref();
-        (self.login_routes && !decision)
+        self.login_routes
             .then(|| login::page(req, tls, public))
             .flatten()
+    }
+
+    /// Does the ingress hand a refusal to the client as bearward wrote it, so that a browser
+    /// can be sent to sign in from the decision listener? Caddy's forward_auth and Traefik's
+    /// ForwardAuth do; nginx's auth_request and HAProxy take 401 and 403 only (their own error
+    /// pages redirect), and an unnamed ingress may be either.
+    pub(crate) fn ingress_passes_answers(&self) -> bool {
+        use crate::config::Ingress;
+        self.login_routes
+            && self
+                .config
+                .decision
+                .as_ref()
+                .is_some_and(|d| matches!(d.ingress, Some(Ingress::Caddy | Ingress::Traefik)))
     }
 
     /// A 401 on a `login_url` route, for a browser opening a page: a redirect to sign in,
@@ -786,6 +796,13 @@ impl Gateway {
             return Err(Rejection::Forbidden("untrusted_decision_peer"));
         }
         let convention = decision::convention(&req, cfg)?;
+        // A browser opening a page can be sent to sign in from here where the ingress passes the
+        // answer on; the page's scheme is the one the ingress names.
+        let sign_in_tls = self.ingress_passes_answers().then(|| {
+            req.headers()
+                .get("x-forwarded-proto")
+                .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"))
+        });
         let mut original = if convention == decision::Convention::ExtAuthz {
             decision::take_ext_authz_request(req, cfg)?
         } else {
@@ -793,13 +810,19 @@ impl Gateway {
             drop(req);
             original
         };
-        let pass = match self
+        let evaluated = self
             .evaluate(&mut original, None, Some(conn), out, &mut Quiet)
-            .await?
-        {
+            .await;
+        let pass = match evaluated {
             // RFC 9728 metadata is public: the ingress may let it through.
-            Evaluated::Answer(_) => return Ok(self.allowed(None, None)),
-            Evaluated::Pass(pass) => pass,
+            Ok(Evaluated::Answer(_)) => return Ok(self.allowed(None, None)),
+            Ok(Evaluated::Pass(pass)) => pass,
+            Err(rej) => {
+                let sign_in = sign_in_tls
+                    .and_then(|tls| self.sign_in_page(&original, tls))
+                    .and_then(|page| self.sign_in(&rej, page, out));
+                return sign_in.ok_or(rej);
+            }
         };
         let mut resp = self.allowed(pass.identity.as_ref(), pass.audit);
         if out.ext_authz {
