@@ -1156,3 +1156,26 @@ async fn a_browser_opening_a_page_without_a_token_is_sent_to_sign_in() {
         sign_in("https://app.example.com/spa/x?a=1").as_str()
     );
 }
+
+/// Over bearward's own TLS listener, the page a browser is sent back to is an https one.
+#[tokio::test]
+async fn a_page_opened_over_tls_is_an_https_one_to_sign_in() {
+    let rsa = Key::rsa1();
+    let idp = Idp::start(&[&rsa]).await;
+    let up = Upstream::start().await;
+    let config = auth_config(&up.url(), &idp.issuer(), "discovery = true", "").replacen(
+        "[server]\n",
+        "[server]\ntls_cert_file = \"tests/fixtures/tls/server.pem\"\n\
+         tls_key_file = \"tests/fixtures/tls/server-key.pem\"\n",
+        1,
+    );
+    let gw = Gateway::start(&config).await;
+    wait_ready(&gw).await;
+    let nav = [("sec-fetch-mode", "navigate")];
+    let (status, headers) = tls_send(gw.addr, "/spa/x", &nav, None).await;
+    assert_eq!(status, StatusCode::FOUND);
+    assert_eq!(
+        headers["location"],
+        "https://login.test/start?rd=https%3A%2F%2Flocalhost%2Fspa%2Fx&x=1"
+    );
+}

@@ -696,6 +696,19 @@ pub(crate) async fn tls_get(
     authorization: &str,
     client: Option<&str>,
 ) -> StatusCode {
+    tls_send(addr, path, &[("authorization", authorization)], client)
+        .await
+        .0
+}
+
+/// A GET over TLS to the test certificate's `localhost`, with `client`'s certificate if named:
+/// the answer's status and headers.
+pub(crate) async fn tls_send(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    client: Option<&str>,
+) -> (StatusCode, HeaderMap) {
     use rustls::pki_types::ServerName;
     let cfg = tls_client_config(client);
     let tcp = TcpStream::connect(addr).await.unwrap();
@@ -707,12 +720,15 @@ pub(crate) async fn tls_get(
         .await
         .unwrap();
     tokio::spawn(conn);
-    let req = Request::get(path)
-        .header("host", "localhost")
-        .header("authorization", authorization)
-        .body(Empty::<Bytes>::new())
+    let mut req = Request::get(path).header("host", "localhost");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = send
+        .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+        .await
         .unwrap();
-    send.send_request(req).await.unwrap().status()
+    (resp.status(), resp.headers().clone())
 }
 
 /// A TLS client trusting the fixtures' CA, with the fixtures' certificate `client` (its
