@@ -30,7 +30,7 @@ fn describe(i: usize, r: &Route) -> String {
         let _ = write!(s, ", hosts = {h:?}");
     }
     if let Some(nets) = &r.source_ranges {
-        let n: Vec<String> = nets.iter().map(ToString::to_string).collect();
+        let n: Vec<String> = nets.entries().collect();
         let _ = write!(s, ", source_ranges = {n:?}");
     }
     if !r.case_sensitive {
@@ -168,7 +168,7 @@ impl Sink for Printer {
             Rejection::Forbidden("source_not_allowed") => match self.client {
                 Some(ip) => self.line(
                     phase,
-                    format_args!("FAIL source_not_allowed: {ip} is in none of source_ranges"),
+                    format_args!("FAIL source_not_allowed: {ip} is not among source_ranges"),
                 ),
                 None => self.line(
                     phase,

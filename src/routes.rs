@@ -432,6 +432,28 @@ fn prefix_matches_in(prefix: &str, path: &str, fold: bool) -> bool {
     }
 }
 
+/// A route's `source_ranges`: an address is served when it lies in one of `allow` (any address
+/// when `allow` is empty: the list names only exceptions) and in none of `deny` (the `!`
+/// entries), as nginx's `deny` lines before `allow` and Envoy's RBAC `not_id`.
+#[derive(Debug)]
+pub struct SourceRanges {
+    pub allow: Vec<ipnet::IpNet>,
+    pub deny: Vec<ipnet::IpNet>,
+}
+
+impl SourceRanges {
+    pub fn contains(&self, ip: &std::net::IpAddr) -> bool {
+        (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(ip)))
+            && !self.deny.iter().any(|n| n.contains(ip))
+    }
+
+    /// The entries as written, the `!` ones last.
+    pub fn entries(&self) -> impl Iterator<Item = String> + '_ {
+        let allow = self.allow.iter().map(ToString::to_string);
+        allow.chain(self.deny.iter().map(|n| format!("!{n}")))
+    }
+}
+
 /// A compiled route. Fields beyond matching are read by the service.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -443,8 +465,8 @@ pub struct Route {
     pub methods: Option<Vec<Method>>,
     /// `hosts`: the request's host must be one of these; `None`: any host, or none.
     pub hosts: Option<Arc<Hosts>>,
-    /// `source_ranges`: the client's address must lie in one of these; `None`: any address.
-    pub source_ranges: Option<Arc<[ipnet::IpNet]>>,
+    /// `source_ranges`: the client addresses the route serves; `None`: any address.
+    pub source_ranges: Option<Arc<SourceRanges>>,
     /// `prefix_rewrite`: what the upstream is asked for in place of the matched prefix.
     pub prefix_rewrite: Option<Arc<PrefixRewrite>>,
     /// `case_sensitive`: `false` folds ASCII case when matching a literal `path` or `prefix`.

@@ -61,6 +61,7 @@ fn broken_configs_are_rejected_naming_the_key() {
         ("a login URL that is not absolute", "prefix = \"/api\"", "prefix = \"/api\"\nlogin_url = \"/login?rd={url}\"", "routes[1].login_url: \"/login?rd={url}\" is not an absolute http(s) URL"),
         ("a login URL with two holes", "prefix = \"/api\"", "prefix = \"/api\"\nlogin_url = \"https://a.test/?rd={url}&b={url}\"", "routes[1].login_url: {url} may appear once"),
         ("a login URL on an open route", "upstream = \"app\"\nauth = \"none\"", "upstream = \"app\"\nauth = \"none\"\nlogin_url = \"https://a.test/\"", "routes[0].login_url: only auth = \"bearer\" routes answer 401"),
+        ("an exception that is no address", "prefix = \"/api\"", "prefix = \"/api\"\nsource_ranges = [\"10.0.0.0/8\", \"!10.9/16\"]", "routes[1].source_ranges[1]: \"10.9/16\" is not an IP address or CIDR block"),
         ("a token header on an open route", "upstream = \"app\"\nauth = \"none\"", "upstream = \"app\"\nauth = \"none\"\ntoken_header = \"X-Token\"", "routes[0].token_header: only auth = \"bearer\" routes read a token"),
         ("a route timeout past an hour", "prefix = \"/api\"", "prefix = \"/api\"\nrequest_timeout = \"2h\"", "routes[1].request_timeout"),
         ("no request per connection", "listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:0\"\nmax_requests_per_connection = 0", "server.max_requests_per_connection: 0 is out of range (1 to 1000000000)"),

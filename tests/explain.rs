@@ -468,7 +468,7 @@ fn the_client_address_given_decides_a_route_with_source_ranges() {
     let (out, code) = explain_on(config, &["--path", "/office/x", "--from", "192.0.2.1"]);
     assert_eq!(code, Some(2), "{out}");
     assert!(
-        out.contains("FAIL source_not_allowed: 192.0.2.1 is in none of source_ranges"),
+        out.contains("FAIL source_not_allowed: 192.0.2.1 is not among source_ranges"),
         "{out}"
     );
     let (out, code) = explain_on(config, &["--path", "/office/x"]);

@@ -752,7 +752,9 @@ async fn a_route_for_some_addresses_refuses_the_rest() {
     const ROUTES: &str = "[[routes]]\nprefix = \"/health\"\nauth = \"none\"\n\
         source_ranges = [\"127.0.0.0/8\", \"::1\"]\nupstream = \"app\"\n\n\
         [[routes]]\nprefix = \"/office\"\nscopes = [\"admin\"]\n\
-        source_ranges = [\"10.0.0.0/8\", \"192.0.2.7\"]\nupstream = \"app\"\n";
+        source_ranges = [\"10.0.0.0/8\", \"!10.9.0.0/16\", \"192.0.2.7\"]\nupstream = \"app\"\n\n\
+        [[routes]]\nprefix = \"/kiosk\"\nauth = \"none\"\n\
+        source_ranges = [\"!203.0.113.0/24\"]\nupstream = \"app\"\n";
     let (up, gw, bearer) = with_open_catch_all(ROUTES).await;
     let c = client();
     let admin = bearer("admin");
@@ -809,19 +811,29 @@ async fn a_route_for_some_addresses_refuses_the_rest() {
     let (up, gw, bearer) =
         with_open_catch_all_behind("trusted_proxies = [\"127.0.0.1\"]", ROUTES).await;
     let admin = bearer("admin");
-    for (xff, status) in [
-        ("10.1.2.3", StatusCode::OK),
-        ("203.0.113.9, 192.0.2.7", StatusCode::OK),
-        ("10.1.2.3, 203.0.113.9", StatusCode::FORBIDDEN),
-        ("10.1.2.3, 127.0.0.1", StatusCode::OK),
-        ("not-an-address", StatusCode::FORBIDDEN),
+    for (path, xff, status) in [
+        ("/office/report", "10.1.2.3", StatusCode::OK),
+        ("/office/report", "203.0.113.9, 192.0.2.7", StatusCode::OK),
+        (
+            "/office/report",
+            "10.1.2.3, 203.0.113.9",
+            StatusCode::FORBIDDEN,
+        ),
+        ("/office/report", "10.1.2.3, 127.0.0.1", StatusCode::OK),
+        ("/office/report", "not-an-address", StatusCode::FORBIDDEN),
+        // The exceptions: inside 10/8 but in 10.9/16; everything but 203.0.113/24.
+        ("/office/report", "10.9.1.1", StatusCode::FORBIDDEN),
+        ("/office/report", "10.10.1.1", StatusCode::OK),
+        ("/kiosk", "203.0.113.9", StatusCode::FORBIDDEN),
+        ("/kiosk", "198.51.100.7", StatusCode::OK),
+        ("/kiosk", "::ffff:203.0.113.9", StatusCode::FORBIDDEN),
     ] {
         let h = [("x-forwarded-for", xff), ("authorization", admin.as_str())];
-        let a = get(&c, &gw.url("/office/report"), &h).await;
-        assert_eq!(a.status, status, "{xff}: {}", a.body);
+        let a = get(&c, &gw.url(path), &h).await;
+        assert_eq!(a.status, status, "{path} {xff}: {}", a.body);
     }
     // The proxy itself, naming no client: its own address, outside the office.
     let a = get(&c, &gw.url("/office/report"), &[("authorization", &admin)]).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
-    assert_eq!(up.count(), 3);
+    assert_eq!(up.count(), 5);
 }

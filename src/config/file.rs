@@ -1441,7 +1441,11 @@ pub(super) struct RouteFile {
     ///
     /// the client addresses this route serves, as nginx's `allow`/`deny all`, Traefik's
     /// `ipAllowList` and Envoy's RBAC `remote_ip`: `["10.0.0.0/8", "2001:db8::/32",
-    /// "192.0.2.7"]`. The address is the peer's, or behind `trusted_proxies` the rightmost
+    /// "192.0.2.7"]`. An entry starting with `!` is an exception, refused whatever else the list
+    /// says (nginx's `deny` lines before `allow`, Envoy's RBAC `not_id`): `["10.0.0.0/8",
+    /// "!10.9.0.0/16"]` serves 10/8 but 10.9/16; a list of exceptions only serves every other
+    /// address (`["!203.0.113.0/24"]`). The address is the peer's, or behind `trusted_proxies`
+    /// the rightmost
     /// `X-Forwarded-For` address outside them, or in decision mode the one the ingress names in
     /// `X-Forwarded-For` (a decision request without one is refused: the peer is the ingress,
     /// never the client). A request from elsewhere gets 403 `source_not_allowed` before its

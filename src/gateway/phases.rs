@@ -178,16 +178,15 @@ fn names_no_client(headers: &HeaderMap, conn: Option<&ConnInfo>) -> bool {
     conn.is_some_and(|c| c.decision) && !headers.contains_key(crate::forward::X_FORWARDED_FOR)
 }
 
-/// `source_ranges`: the client's address lies in one of `nets`; a decision request that names
-/// no client is refused.
+/// `source_ranges`: the client's address is one the route serves; a decision request that
+/// names no client is refused.
 fn source_allowed(
-    nets: &[ipnet::IpNet],
+    nets: &crate::routes::SourceRanges,
     headers: &HeaderMap,
     conn: Option<&ConnInfo>,
     out: &Outcome,
 ) -> bool {
-    !names_no_client(headers, conn)
-        && client_addr(out, conn).is_some_and(|ip| nets.iter().any(|n| n.contains(&ip)))
+    !names_no_client(headers, conn) && client_addr(out, conn).is_some_and(|ip| nets.contains(&ip))
 }
 
 /// The request's host name for routes with `hosts` ([`crate::request::host::route_name`]): its

@@ -93,18 +93,24 @@ impl Ctx<'_> {
     fn ip_nets(&mut self, list: &Spanned<Vec<Spanned<String>>>, key: &str) -> Vec<IpNet> {
         let mut nets = Vec::new();
         for (i, p) in list.get_ref().iter().enumerate() {
-            let raw = p.get_ref().trim();
-            match IpNet::from_str(raw).or_else(|_| std::net::IpAddr::from_str(raw).map(IpNet::from))
-            {
-                Ok(n) => nets.push(n),
-                Err(_) => self.err(
-                    p.span(),
-                    &format!("{key}[{i}]"),
-                    format!("{raw:?} is not an IP address or CIDR block"),
-                ),
-            }
+            nets.extend(self.ip_net(p.get_ref(), p.span(), &format!("{key}[{i}]")));
         }
         nets
+    }
+
+    /// One address or CIDR block; `None` (and the error reported at `key`) if it is neither.
+    fn ip_net(&mut self, raw: &str, span: Range<usize>, key: &str) -> Option<IpNet> {
+        let raw = raw.trim();
+        let net =
+            IpNet::from_str(raw).or_else(|_| std::net::IpAddr::from_str(raw).map(IpNet::from));
+        if net.is_err() {
+            self.err(
+                span,
+                key,
+                format!("{raw:?} is not an IP address or CIDR block"),
+            );
+        }
+        net.ok()
     }
 
     fn locate(&self, span: Range<usize>, key: &str, message: String) -> Problem {

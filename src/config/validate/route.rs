@@ -126,7 +126,23 @@ pub(super) fn route(
             ok = false;
             None
         }
-        Some(list) => Some(Arc::from(cx.ip_nets(list, &key("source_ranges")))),
+        Some(list) => {
+            // `!` entries are the exceptions.
+            let mut ranges = crate::routes::SourceRanges {
+                allow: Vec::new(),
+                deny: Vec::new(),
+            };
+            for (n, e) in list.get_ref().iter().enumerate() {
+                let k = format!("{}[{n}]", key("source_ranges"));
+                let text = e.get_ref().trim();
+                let (to, text) = match text.strip_prefix('!') {
+                    Some(rest) => (&mut ranges.deny, rest),
+                    None => (&mut ranges.allow, text),
+                };
+                to.extend(cx.ip_net(text, e.span(), &k));
+            }
+            Some(Arc::new(ranges))
+        }
         None => None,
     };
     let prefix_rewrite = prefix_rewrite(
