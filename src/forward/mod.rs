@@ -30,7 +30,14 @@ pub(crate) fn prepare_request(
     trusted_proxies: &[IpNet],
     tls: bool,
 ) -> Result<HeadRewrite, http::Error> {
-    let upgrade = is_upgrade_request(req);
+    // One pass over the names for the two looked up here that most requests lack: a hashed
+    // lookup of each cost more than the pass.
+    let (mut upgrade, mut prior_via) = (false, false);
+    for k in req.headers().keys() {
+        upgrade |= *k == header::UPGRADE;
+        prior_via |= *k == header::VIA;
+    }
+    let upgrade = upgrade && is_upgrade_request(req);
     let version = req.version();
     let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
         req.uri()
@@ -83,7 +90,11 @@ pub(crate) fn prepare_request(
     if !trusted {
         rewrite.replace[3] = Some((FORWARDED, None));
     }
-    rewrite.replace[4] = Some((header::VIA, Some(via(headers, version))));
+    let via = match prior_via {
+        true => via(headers, version),
+        false => HeaderValue::from_static(hop(version)),
+    };
+    rewrite.replace[4] = Some((header::VIA, Some(via)));
 
     rewrite.host = if upstream.pass_host_header {
         client_host.or_else(|| HeaderValue::from_str(upstream.authority.as_str()).ok())
@@ -113,15 +124,20 @@ fn join_h2_cookies(headers: &mut HeaderMap) {
     }
 }
 
+/// This hop in `Via`: the protocol the request came in on and the pseudonym `bearward`.
+fn hop(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_10 => "1.0 bearward",
+        Version::HTTP_2 => "2 bearward",
+        _ => "1.1 bearward",
+    }
+}
+
 /// `Via` for the upstream (RFC 9110 7.6.3: a gateway MUST send one in each inbound request): the
 /// client's chain, if any, and this hop, named by the protocol it came in on and the pseudonym
 /// `bearward` (no host name or version is disclosed).
 fn via(headers: &HeaderMap, version: Version) -> HeaderValue {
-    let hop = match version {
-        Version::HTTP_10 => "1.0 bearward",
-        Version::HTTP_2 => "2 bearward",
-        _ => "1.1 bearward",
-    };
+    let hop = hop(version);
     let prior: Vec<&[u8]> = headers
         .get_all(header::VIA)
         .iter()
