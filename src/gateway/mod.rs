@@ -797,8 +797,10 @@ impl Gateway {
         }
         let convention = decision::convention(&req, cfg)?;
         // A browser opening a page can be sent to sign in from here where the ingress passes the
-        // answer on; the page's scheme is the one the ingress names.
-        let sign_in_tls = self.ingress_passes_answers().then(|| {
+        // answer on (not over Envoy's gRPC check, whose answer is a CheckResponse); the page's
+        // scheme is the one the ingress names.
+        let passes = self.ingress_passes_answers() && convention != decision::Convention::ExtAuthz;
+        let sign_in_tls = passes.then(|| {
             req.headers()
                 .get("x-forwarded-proto")
                 .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"))
