@@ -42,6 +42,10 @@ import load  # noqa: E402
 # 2026-12-06 (session 27): framing headers noted in the response parse, and the prepared 401's
 # request-id line replaced in place: 31,098-31,245 cached, 14,702-14,793 for the 401; the 401's
 # budget lowered by 400.
+# 2026-12-07 (session 34): tokens in cookies, sign-in redirects and source_ranges exceptions cost
+# routes without them nothing measurable (31,579-31,801 across the session's builds, ±100-200
+# from layout alone); the identity headers and Upgrade/Via looked for in one pass over the
+# client's names instead of hashed lookups: 31,415-31,516 cached, 14,716 for the 401 (CI).
 BUDGET = {
     "cached RS256 token": 32_000,
     "no token (401)": 15_400,
