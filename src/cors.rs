@@ -194,10 +194,7 @@ impl CorsPolicy {
     /// that reads its token from a cookie trusts such origins' unsafe requests
     /// ([`crate::gateway`]'s cross-origin check). `"*"` never does: it cannot go with credentials.
     pub fn trusts_with_cookies(&self, headers: &HeaderMap) -> bool {
-        self.credentials
-            && headers
-                .get(header::ORIGIN)
-                .is_some_and(|o| self.origins.iter().any(|r| r.matches(o.as_bytes())))
+        self.credentials && self.allowed_origin(headers).is_some()
     }
 
     /// The request's `Origin`, if the policy allows it.

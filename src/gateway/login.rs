@@ -13,17 +13,19 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// The address of the page a browser is opening.
+/// The page a browser is opening: what its address is made of, kept as the request's own
+/// (shared) values, since only a refused request's is ever written out.
 pub(crate) struct Page {
-    origin: String,
-    target: String,
+    tls: bool,
+    host: Option<HeaderValue>,
+    uri: http::Uri,
 }
 
 /// The page, if the request is a browser's navigation to one: `GET` or `HEAD`, with
 /// `Sec-Fetch-Mode: navigate` (every current browser sends it), or without that header an
 /// `Accept` that names `text/html`. A page's `fetch` says `cors` or `same-origin` and is
 /// answered 401 as any API call, for the page to handle.
-pub(super) fn page<B>(req: &Request<B>, tls: bool, public: Option<&str>) -> Option<Page> {
+pub(super) fn page<B>(req: &Request<B>, tls: bool) -> Option<Page> {
     if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
         return None;
     }
@@ -36,43 +38,44 @@ pub(super) fn page<B>(req: &Request<B>, tls: bool, public: Option<&str>) -> Opti
                 .any(|t| t.trim_ascii().starts_with(b"text/html"))
         }),
     };
-    if !navigates {
-        return None;
-    }
-    let origin = match public {
-        Some(o) => o.to_owned(),
-        None => {
-            let host = h
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .or_else(|| req.uri().authority().map(http::uri::Authority::as_str))?;
-            let scheme = if tls { "https" } else { "http" };
-            format!("{scheme}://{host}")
-        }
-    };
-    let target = req
-        .uri()
-        .path_and_query()
-        .map_or("/", http::uri::PathAndQuery::as_str)
-        .to_owned();
-    Some(Page { origin, target })
+    // A request naming no authority (HTTP/1.0 without `Host`) gets its 401: no address to
+    // send the browser back to.
+    let named = crate::request::host::authority(h.get(header::HOST), req.uri()).is_some();
+    (navigates && named).then(|| Page {
+        tls,
+        host: h.get(header::HOST).cloned(),
+        uri: req.uri().clone(),
+    })
 }
 
 impl Page {
-    /// The 302 to `url` (split at its `{url}`), the page's address in the hole. A token in the
-    /// query does not go with it to the sign-in server.
+    /// The 302 to `url` (split at its `{url}`), the page's address in the hole: `public` (the
+    /// configured origin), else the scheme and the request's authority, then its path and
+    /// query. A token in the query does not go with it to the sign-in server.
     pub(super) fn redirect(
         self,
         url: &(Box<str>, Option<Box<str>>),
+        public: Option<&str>,
         token_in_query: bool,
     ) -> Response<Body> {
         let mut location = String::from(&*url.0);
         if let Some(after) = &url.1 {
-            let target = token_in_query
-                .then(|| crate::auth::strip_query_token(&self.target))
-                .flatten()
-                .unwrap_or(self.target);
-            let page = format!("{}{target}", self.origin);
+            let mut page = match public {
+                Some(o) => o.to_owned(),
+                None => {
+                    let host = crate::request::host::authority(self.host.as_ref(), &self.uri);
+                    let host = String::from_utf8_lossy(host.unwrap_or_default());
+                    format!("{}://{host}", if self.tls { "https" } else { "http" })
+                }
+            };
+            let target = self
+                .uri
+                .path_and_query()
+                .map_or("/", http::uri::PathAndQuery::as_str);
+            match token_in_query.then(|| crate::auth::strip_query_token(target)) {
+                Some(Some(stripped)) => page.push_str(&stripped),
+                _ => page.push_str(target),
+            }
             location.extend(utf8_percent_encode(&page, COMPONENT));
             location.push_str(after);
         }

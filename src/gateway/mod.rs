@@ -561,10 +561,7 @@ impl Gateway {
 
     /// The page a browser is opening over TLS or not, where some route has a `login_url`.
     pub(crate) fn sign_in_page<B>(&self, req: &Request<B>, tls: bool) -> Option<login::Page> {
-        let public = self.config.server.public_origin.as_deref();
-        self.login_routes
-            .then(|| login::page(req, tls, public))
-            .flatten()
+        self.login_routes.then(|| login::page(req, tls)).flatten()
     }
 
     /// Does the ingress hand a refusal to the client as bearward wrote it, so that a browser
@@ -596,7 +593,8 @@ impl Gateway {
         }
         out.verdict = rej.decision_label();
         out.reason = rej.reason();
-        Some(page.redirect(url, route.token_in_query))
+        let public = self.config.server.public_origin.as_deref();
+        Some(page.redirect(url, public, route.token_in_query))
     }
 
     /// A rejection's answer, with its reason and label noted for the log and the metrics.

@@ -193,12 +193,9 @@ fn source_allowed(
 /// `Host`, which [`Gateway::check_target`] has checked (one, valid, agreeing with HTTP/2's
 /// `:authority`), else the `:authority`; `None` for a request that names neither (HTTP/1.0).
 fn route_host<B>(req: &Request<B>) -> Result<Option<String>, Rejection> {
-    let value = match req.headers().get(http::header::HOST) {
-        Some(h) => h.as_bytes(),
-        None => match req.uri().authority() {
-            Some(a) => a.as_str().as_bytes(),
-            None => return Ok(None),
-        },
+    let Some(value) = crate::request::host::authority(req.headers().get(header::HOST), req.uri())
+    else {
+        return Ok(None);
     };
     crate::request::host::route_name(value)
         .map(Some)
@@ -922,10 +919,7 @@ impl Gateway {
         match (origins.next(), origins.next()) {
             (None, _) => false,
             (Some(origin), None) => {
-                let host = h
-                    .get(header::HOST)
-                    .map(HeaderValue::as_bytes)
-                    .or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()));
+                let host = crate::request::host::authority(h.get(header::HOST), req.uri());
                 !(origin_names_host(origin.as_bytes(), host) || own())
             }
             _ => true,

@@ -6,7 +6,7 @@
 //! normalization. nginx and HAProxy refuse all of these; bearward forwards one `Host` it has
 //! checked, so the upstream and anything behind it never have to choose between two.
 
-use http::{header, HeaderMap, Uri, Version};
+use http::{header, HeaderMap, HeaderValue, Uri, Version};
 
 /// Why a request's authority was refused; each is also its reason in logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +83,16 @@ pub(crate) fn is_valid(v: &[u8]) -> bool {
         name => is_reg_name(name),
     };
     host_ok && port_ok
+}
+
+/// The authority a request names: its `Host` (given), else (HTTP/2) the URI's `:authority`;
+/// `None` for a request that names neither (HTTP/1.0). [`check`] has made them one and valid
+/// by the time a route is looked for.
+pub fn authority<'a>(host: Option<&'a HeaderValue>, uri: &'a Uri) -> Option<&'a [u8]> {
+    match host {
+        Some(h) => Some(h.as_bytes()),
+        None => uri.authority().map(|a| a.as_str().as_bytes()),
+    }
 }
 
 /// The name a route's `hosts` is matched against: the host of a `Host` value that [`check`]
