@@ -1188,15 +1188,9 @@ async fn a_token_header_route_is_checked_through_nginx_and_caddy() {
     let (key, idp, up, c) = parts().await;
     let mint = idp.minter("https://api.test");
     let (read, write) = (mint.token(&key, "read"), mint.token(&key, "write"));
-    let (dport, gw) = Gateway::start_on_free_port(|p| {
-        config(&up, &idp, p, "").replace(
-            "[[routes]]\nprefix = \"/public\"",
-            "[[routes]]\nprefix = \"/iap\"\nscopes = [\"read\"]\ntoken_header = \"Cf-Access-Jwt-Assertion\"\nupstream = \"app\"\n\n\
-             [[routes]]\nprefix = \"/public\"",
-        )
-    })
-    .await;
-    wait_ready(&gw).await;
+    let route = "[[routes]]\nprefix = \"/iap\"\nscopes = [\"read\"]\n\
+                 token_header = \"Cf-Access-Jwt-Assertion\"\nupstream = \"app\"";
+    let (dport, _gw) = with_route_first(&up, &idp, route, "").await;
     let (ng, cd) = (nginx(dport, &up.url()).await, caddy(dport, &up.url()).await);
     let bearer = format!("Bearer {read}");
     for (name, port) in [("nginx", ng.port), ("caddy", cd.port)] {
@@ -1237,16 +1231,10 @@ async fn a_token_cookie_route_is_checked_through_nginx_and_caddy() {
     let (key, idp, up, c) = parts().await;
     let mint = idp.minter("https://api.test");
     let (read, write) = (mint.token(&key, "read"), mint.token(&key, "write"));
-    let (dport, gw) = Gateway::start_on_free_port(|p| {
-        config(&up, &idp, p, "").replace(
-            "[[routes]]\nprefix = \"/public\"",
-            "[[routes]]\nprefix = \"/spa\"\nscopes = [\"read\"]\ntoken_cookie = \"CF_Authorization\"\nupstream = \"app\"\n\
-             login_url = \"https://login.test/?rd={url}\"\n\n\
-             [[routes]]\nprefix = \"/public\"",
-        )
-    })
-    .await;
-    wait_ready(&gw).await;
+    let route = "[[routes]]\nprefix = \"/spa\"\nscopes = [\"read\"]\n\
+                 token_cookie = \"CF_Authorization\"\nupstream = \"app\"\n\
+                 login_url = \"https://login.test/?rd={url}\"";
+    let (dport, _gw) = with_route_first(&up, &idp, route, "").await;
     let (ng, cd) = (nginx(dport, &up.url()).await, caddy(dport, &up.url()).await);
     let (jar, wrong) = (
         format!("a=1; CF_Authorization={read}"),
@@ -1313,18 +1301,13 @@ async fn behind_caddy_a_browser_opening_a_page_is_sent_to_sign_in() {
     let (key, idp, up, c) = parts().await;
     let read = format!("at={}", idp.minter("https://api.test").token(&key, "read"));
     let route = "[[routes]]\nprefix = \"/spa\"\nscopes = [\"read\"]\ntoken_cookie = \"at\"\n\
-                 login_url = \"https://login.test/?rd={url}\"\nupstream = \"app\"\n\n\
-                 [[routes]]\nprefix = \"/public\"";
+                 login_url = \"https://login.test/?rd={url}\"\nupstream = \"app\"";
     for (ingress, want) in [
         ("caddy", StatusCode::FOUND),
         ("nginx", StatusCode::UNAUTHORIZED),
     ] {
-        let (dport, _gw) = Gateway::start_on_free_port(|p| {
-            config(&up, &idp, p, &format!("ingress = \"{ingress}\""))
-                .replace("[[routes]]\nprefix = \"/public\"", route)
-        })
-        .await;
-        wait_ready(&_gw).await;
+        let setting = format!("ingress = \"{ingress}\"");
+        let (dport, _gw) = with_route_first(&up, &idp, route, &setting).await;
         let front = match ingress {
             "caddy" => caddy(dport, &up.url()).await,
             _ => nginx(dport, &up.url()).await,
@@ -1348,4 +1331,16 @@ async fn behind_caddy_a_browser_opening_a_page_is_sent_to_sign_in() {
         let a = send(&c, "GET", &url, &h, "").await;
         assert_eq!(a.status, StatusCode::OK, "{ingress}");
     }
+}
+
+/// A decision gateway (`extra` in its `[decision]`) with `route` first among the routes,
+/// ready: its decision port and the gateway.
+async fn with_route_first(up: &Upstream, idp: &Idp, route: &str, extra: &str) -> (u16, Gateway) {
+    let (dport, gw) = Gateway::start_on_free_port(|p| {
+        let first = format!("{route}\n\n[[routes]]\nprefix = \"/public\"");
+        config(up, idp, p, extra).replace("[[routes]]\nprefix = \"/public\"", &first)
+    })
+    .await;
+    wait_ready(&gw).await;
+    (dport, gw)
 }
