@@ -124,6 +124,8 @@ struct Printer {
     trace: Trace,
     /// The client's address, for what a `source_ranges` refusal says.
     client: Option<std::net::IpAddr>,
+    /// The route is `auth = "optional"`: no token is no failure.
+    optional: bool,
 }
 
 impl Printer {
@@ -198,11 +200,18 @@ impl Sink for Printer {
 
     fn route(&mut self, index: usize, route: &Route) {
         self.line("route", format_args!("{}", describe(index, route)));
+        self.optional = route.auth == crate::routes::AuthMode::Optional;
     }
 
     async fn token(&mut self, auth: &Authenticator, token: Result<&[u8], &AuthError>) {
         let token = match token {
             Ok(t) => t,
+            Err(AuthError::MissingToken) if self.optional => {
+                return self.line(
+                    "token",
+                    format_args!("none: the route is optional, the request goes without a caller"),
+                )
+            }
             Err(e) => return self.line("token", format_args!("FAIL {e}")),
         };
         let id = token_id(&sha256_bytes(token));
@@ -394,6 +403,7 @@ pub async fn explain_with(config: &Config, asked: &Asked<'_>) -> Explained {
             steps: Vec::new(),
         },
         client: None,
+        optional: false,
     };
     let _ = writeln!(p.out, "request    {method} {target}");
     let refuse = |mut p: Printer, status: StatusCode, reason| {

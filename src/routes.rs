@@ -161,6 +161,10 @@ pub enum AuthMode {
     None,
     /// Forward only with a valid bearer token carrying the route's scopes.
     Bearer,
+    /// Forward a request without a token as it is, and one with a token only if the token is
+    /// valid (Envoy's `allow_missing`, Istio's `RequestAuthentication` alone): the upstream
+    /// learns who calls when a caller says, and no one can pass as someone else.
+    Optional,
     /// Refuse with 403.
     Deny,
 }
@@ -171,8 +175,14 @@ impl AuthMode {
         match self {
             AuthMode::None => "none",
             AuthMode::Bearer => "bearer",
+            AuthMode::Optional => "optional",
             AuthMode::Deny => "deny",
         }
+    }
+
+    /// Does the route read and check a token (every request's, or the ones that carry one)?
+    pub fn reads_token(self) -> bool {
+        matches!(self, AuthMode::Bearer | AuthMode::Optional)
     }
 }
 
@@ -956,8 +966,9 @@ impl Route {
     /// `checked` refuses for its scopes. Claims and policies are not compared.
     pub fn weaker_than(&self, checked: &Route) -> bool {
         match (checked.auth, self.auth) {
-            (AuthMode::None, _) => false,
-            (_, AuthMode::None) => true,
+            // An optional route takes any request that sends no token.
+            (AuthMode::None | AuthMode::Optional, _) => false,
+            (_, AuthMode::None | AuthMode::Optional) => true,
             (AuthMode::Deny, AuthMode::Bearer) => true,
             (AuthMode::Bearer, AuthMode::Bearer) => {
                 // The fewest scopes this route takes: its `scopes`, and one of `scopes_any`.
@@ -1000,7 +1011,7 @@ impl RouteTable {
         probe.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         probe.dedup();
         for (checked, r) in self.routes.iter().enumerate() {
-            if r.auth == AuthMode::None {
+            if matches!(r.auth, AuthMode::None | AuthMode::Optional) {
                 continue;
             }
             let (path, exact) = match &r.matcher {
@@ -1108,7 +1119,7 @@ pub fn resource_documents<'a>(
         }
         let own: Vec<&Route> = routes
             .iter()
-            .filter(|r| r.auth == AuthMode::Bearer)
+            .filter(|r| r.auth.reads_token())
             .filter(|r| r.resource.as_deref().is_some_and(|x| x.id == resource.id))
             .collect();
         let scopes = own

@@ -1222,6 +1222,54 @@ async fn a_token_header_route_is_checked_through_nginx_and_caddy() {
     }
 }
 
+/// An `auth = "optional"` route behind nginx and Caddy: a request without a token reaches the
+/// API with empty claim headers in place of the client's own, one with a valid token with its
+/// claims, and one with a bad token not at all.
+#[tokio::test]
+async fn an_optional_route_is_decided_through_nginx_and_caddy() {
+    let (key, idp, up, c) = parts().await;
+    let mint = idp.minter("https://api.test");
+    let route = "[[routes]]\nprefix = \"/maybe\"\nauth = \"optional\"\nupstream = \"app\"";
+    let (dport, _gw) = with_route_first(&up, &idp, route, "").await;
+    let (ng, cd) = (nginx(dport, &up.url()).await, caddy(dport, &up.url()).await);
+    let bearer = format!("Bearer {}", mint.token(&key, "write"));
+    let foreign = format!("Bearer {}", mint.token(&Key::rsa2(), "read"));
+    for (name, port) in [("nginx", ng.port), ("caddy", cd.port)] {
+        let url = format!("http://127.0.0.1:{port}/maybe/x");
+        let subject = |headers: &[(&str, &str)]| {
+            let (c, url) = (c.clone(), url.clone());
+            let headers: Vec<(String, String)> = headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect();
+            let up = &up;
+            async move {
+                let h: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                let a = send(&c, "GET", &url, &h, "").await;
+                assert_eq!(a.status, StatusCode::OK, "{name}: {headers:?}");
+                let seen = up.last();
+                seen.headers
+                    .get("x-auth-subject")
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default()
+            }
+        };
+        assert_eq!(subject(&[("x-auth-subject", "admin")]).await, "", "{name}");
+        assert_eq!(
+            subject(&[("authorization", &bearer), ("x-auth-subject", "admin")]).await,
+            "user-42",
+            "{name}"
+        );
+        let seen = up.count();
+        let a = send(&c, "GET", &url, &[("authorization", &foreign)], "").await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{name}");
+        assert_eq!(up.count(), seen, "{name}: a bad token reached the API");
+    }
+}
+
 /// A `token_cookie` route behind nginx and Caddy: the ingress passes `Cookie`, the original
 /// method and the browser's `Sec-Fetch-Site` and `Origin` to the decision listener, and an unsafe
 /// request from another site is refused there, whatever its cookie holds; API clients' tokens

@@ -619,3 +619,41 @@ async fn explain_says_what_a_browser_gets_on_a_cookie_route() {
         e.text
     );
 }
+
+/// An optional route: no token is a request without a caller, forwarded; a bad one is refused
+/// as anywhere; `allow_if` tells the two apart.
+#[tokio::test]
+async fn explain_forwards_a_request_without_a_token_on_an_optional_route() {
+    let text = std::fs::read_to_string(FIXTURE).unwrap().replacen(
+        "[[routes]]",
+        "[[routes]]\nprefix = \"/maybe\"\nauth = \"optional\"\nallow_if = 'subject != \"\" || request.method == \"GET\"'\nupstream = \"legacy\"\n\n[[routes]]",
+        1,
+    );
+    let config = bearward::config::Config::from_toml_str(&text, "maybe.toml").unwrap();
+    let read = minter().token(&Key::rsa1(), "read");
+    let expired = minter().token_expired(&Key::rsa1());
+    for (method, token, want) in [
+        (http::Method::GET, None, http::StatusCode::OK),
+        (http::Method::POST, None, http::StatusCode::FORBIDDEN),
+        (
+            http::Method::POST,
+            Some(read.as_str()),
+            http::StatusCode::OK,
+        ),
+        (
+            http::Method::GET,
+            Some(expired.as_str()),
+            http::StatusCode::UNAUTHORIZED,
+        ),
+    ] {
+        let e = bearward::explain::explain_request(&config, &method, "/maybe/x", token).await;
+        assert_eq!(e.status, want, "{method} {token:?}\n{}", e.text);
+        if token.is_none() {
+            assert!(
+                e.text.contains("token      none: the route is optional"),
+                "{}",
+                e.text
+            );
+        }
+    }
+}

@@ -1160,6 +1160,131 @@ async fn a_page_opened_over_tls_is_an_https_one_to_sign_in() {
     );
 }
 
+/// `auth = "optional"`: a request without a token goes upstream as it is, with no identity (the
+/// client's own identity headers never pass); one with a token goes only if the token is
+/// valid, with its claims. No one passes as someone else by sending a bad token.
+#[tokio::test]
+async fn an_optional_route_forwards_a_caller_without_a_token_and_checks_one_with_it() {
+    let rsa = Key::rsa1();
+    let w = World::start(&[&rsa], "").await;
+    let url = w.gw.url("/api/maybe/x");
+    for headers in [
+        vec![("x-auth-subject", "admin"), ("x-auth-scopes", "admin")],
+        vec![("authorization", "Basic dTpw")],
+    ] {
+        let a = get(&w.c, &url, &headers).await;
+        assert_eq!(a.status, StatusCode::OK, "{headers:?}");
+        let seen = w.up.last();
+        assert!(seen.headers.get("x-auth-subject").is_none(), "{headers:?}");
+        assert!(seen.headers.get("x-auth-scopes").is_none(), "{headers:?}");
+    }
+    assert_eq!(w.up.last().headers["authorization"], "Basic dTpw");
+
+    // A token of any scope: its claims go with the request; the client's copies do not.
+    let t = w.mint.token(&rsa, "write");
+    let bearer = format!("Bearer {t}");
+    let a = get(
+        &w.c,
+        &url,
+        &[("authorization", &bearer), ("x-auth-subject", "admin")],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let seen = w.up.last();
+    assert_eq!(seen.headers["x-auth-subject"], "user-42");
+    assert_eq!(seen.headers["x-auth-scopes"], "write");
+
+    let before = w.up.count();
+    for (token, want) in [
+        (
+            format!("Bearer {}", w.mint.token(&Key::rsa2(), "read")),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            format!("Bearer {}", w.mint.token_expired(&rsa)),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (format!("Bearer {t},x"), StatusCode::BAD_REQUEST),
+        ("Bearer ".to_owned(), StatusCode::BAD_REQUEST),
+    ] {
+        let a = get(&w.c, &url, &[("authorization", &token)]).await;
+        assert_eq!(a.status, want, "{token}");
+        if want == StatusCode::UNAUTHORIZED {
+            let challenge = a.headers["www-authenticate"].to_str().unwrap();
+            assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+        }
+    }
+    let a = get(&w.c, &format!("{url}?access_token={t}"), &[]).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "not read from the query");
+    let a = get(
+        &w.c,
+        &url,
+        &[("authorization", &bearer), ("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "two tokens");
+    assert_eq!(
+        w.up.count(),
+        before,
+        "no request with a bad token reached the upstream"
+    );
+    let m = w.gw.metrics().await;
+    assert!(
+        m.contains(
+            "route=\"/api/maybe*\",status=\"200\",decision=\"allow\",reason=\"anonymous\"} 2\n"
+        ),
+        "{m}"
+    );
+}
+
+/// What a token must hold is refused on an optional route (a client would send none to get
+/// past it); which tokens are believed, and where one is read, are taken.
+#[test]
+fn an_optional_route_takes_no_requirement_a_caller_could_dodge() {
+    let base = |route: &str| {
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n[[issuers]]\nissuer = \"https://i\"\njwks_file = \"tests/fixtures/jwks-rsa1.json\"\naudiences = [\"a\"]\n[upstreams.a]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\nprefix = \"/\"\nupstream = \"a\"\nauth = \"optional\"\n{route}\n")
+    };
+    let load = |route: &str| bearward::config::Config::from_toml_str(&base(route), "t.toml");
+    for (line, key) in [
+        ("scopes = [\"read\"]", "scopes"),
+        ("scopes_any = [\"read\"]", "scopes_any"),
+        ("claims = { tid = \"x\" }", "claims"),
+        ("client_ids = [\"c\"]", "client_ids"),
+        ("acr_values = [\"gold\"]", "acr_values"),
+        ("max_age = \"5m\"", "max_age"),
+        ("mcp = {}", "mcp"),
+        (
+            "rate_limit = { rate = \"5/s\", key = \"subject\" }",
+            "rate_limit.key",
+        ),
+    ] {
+        let e = load(line).expect_err(line).to_string();
+        assert!(
+            e.contains(&format!("routes[0].{key}")) && e.contains("optional"),
+            "{line}: {e}"
+        );
+    }
+    for line in [
+        "",
+        "token_in_query = true",
+        "token_cookie = \"at\"",
+        "token_header = \"X-Token\"",
+        "issuers = [\"https://i\"]",
+        "require_bound_tokens = true",
+        "audiences = [\"b\"]",
+        "allow_if = 'subject != \"\" || request.method == \"GET\"'",
+        "rate_limit = { rate = \"5/s\", key = \"ip\" }",
+        "login_url = \"https://login.test/?rd={url}\"",
+    ] {
+        load(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+    }
+    let none = base("").replace("[[issuers]]\nissuer = \"https://i\"\njwks_file = \"tests/fixtures/jwks-rsa1.json\"\naudiences = [\"a\"]\n", "");
+    let e = bearward::config::Config::from_toml_str(&none, "t.toml")
+        .expect_err("no issuers")
+        .to_string();
+    assert!(e.contains("no [[issuers]]"), "{e}");
+}
+
 /// A token wherever a route reads it is checked as any: without the route's scope 403, signed
 /// by a key the issuer does not publish 401, with characters outside a b64token 400.
 async fn checked_as_any_token(

@@ -1483,7 +1483,19 @@ pub(super) struct RouteFile {
     /// Reference: `auth`
     /// Default: `"bearer"`
     ///
-    /// `"bearer"`, `"none"` (forward without a check) or `"deny"` (403)
+    /// `"bearer"`, `"none"` (forward without a check), `"deny"` (403) or `"optional"`: a request
+    /// without a token is forwarded as it is, without claim headers (the client's own copies
+    /// never pass; a decision answer carries them empty), and one with a token only if the token is valid, with its claims
+    /// (Envoy's `allow_missing`, Istio's `RequestAuthentication` without an
+    /// `AuthorizationPolicy`), for an API that serves everyone and answers callers who say who
+    /// they are in their own way. A token that is there is checked as on a bearer route:
+    /// expired, foreign, malformed or two of them are 401 or 400, never a pass without it. What a
+    /// token must hold (`scopes`, `scopes_any`, `claims`, `claims_any`, `client_ids`,
+    /// `acr_values`, `max_age`, `mcp`, a `rate_limit` keyed by the token) is refused here, since
+    /// a client would send none to get past it; `allow_if` can tell the two apart (`subject != ""
+    /// \|\| request.method == "GET"`). Where and which tokens are read (`token_in_query`,
+    /// `token_header`, `token_cookie`, `issuers`, `audiences`, `require_bound_tokens`) apply as on
+    /// a bearer route. Counted as `decision="allow"`, `reason="anonymous"` when no token came
     pub auth: Option<Spanned<AuthFile>>,
     /// Reference: `scopes`
     /// Default: `[]`
@@ -1804,6 +1816,7 @@ pub enum Mode {
 pub(super) enum AuthFile {
     None,
     Bearer,
+    Optional,
     Deny,
 }
 

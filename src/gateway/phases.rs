@@ -541,7 +541,7 @@ impl Gateway {
             sink.refused("auth", &rej);
             return Err(rej);
         }
-        let bearer = route.auth == AuthMode::Bearer;
+        let bearer = route.auth.reads_token();
         // A request that carries the route's token header or cookie is no preflight either.
         let preflight = bearer
             && route.cors_preflight
@@ -557,12 +557,12 @@ impl Gateway {
         let verdict = match route.auth {
             AuthMode::None => Ok(()),
             AuthMode::Deny => Err(Rejection::Denied),
-            AuthMode::Bearer if preflight => {
+            AuthMode::Bearer | AuthMode::Optional if preflight => {
                 out.reason = "cors_preflight";
                 Ok(())
             }
             // Only a request that carries the cookie has a credential the browser adds itself.
-            AuthMode::Bearer
+            AuthMode::Bearer | AuthMode::Optional
                 if route
                     .token_cookie
                     .as_ref()
@@ -571,11 +571,20 @@ impl Gateway {
             {
                 Err(Rejection::Forbidden("cross_origin_request"))
             }
-            AuthMode::Bearer => {
+            AuthMode::Bearer | AuthMode::Optional => {
                 let path = target.split('?').next().unwrap_or("/");
                 let (outcome, caller) = self
                     .check_token(&Head::of(req), path, route, conn, out, sink)
                     .await;
+                // Only a request with no token at all passes an optional route without one: a
+                // token that is there is checked as on any route, so none passes as another.
+                let outcome = match outcome {
+                    Err(AuthError::MissingToken) if route.auth == AuthMode::Optional => {
+                        out.reason = "anonymous";
+                        Ok(())
+                    }
+                    o => o,
+                };
                 let mut outcome = outcome.map_err(Rejection::Auth);
                 // An MCP route's POST: the body decides the scopes (check_token left them).
                 if let (Ok(()), Some(policy), Some(caller)) =

@@ -534,6 +534,11 @@ token_cookie = "CF_Authorization"
 upstream = "app"
 
 [[routes]]
+prefix = "/api/maybe"
+auth = "optional"
+upstream = "app"
+
+[[routes]]
 prefix = "/spa"
 scopes = ["read"]
 token_cookie = "at"

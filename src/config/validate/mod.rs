@@ -18,7 +18,7 @@ use super::file::FileConfig;
 use super::*;
 use crate::request::path::PathOptions;
 use crate::resource::ResourceId;
-use crate::routes::{AuthMode, Route};
+use crate::routes::Route;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -431,17 +431,16 @@ fn routes(
             "no [[routes]]: every request would answer 404",
         );
     }
-    if routes.iter().any(|r| r.auth == AuthMode::Bearer) && file.issuers.is_empty() {
-        let i = routes
-            .iter()
-            .position(|r| r.auth == AuthMode::Bearer)
-            .unwrap_or(0);
-        cx.err(
-            file.routes[i].span(),
-            &format!("routes[{i}].auth"),
-            "this route needs a bearer token (the default) but no [[issuers]] are configured; \
-             add an issuer or set auth = \"none\"",
-        );
+    if file.issuers.is_empty() {
+        if let Some(i) = routes.iter().position(|r| r.auth.reads_token()) {
+            cx.err(
+                file.routes[i].span(),
+                &format!("routes[{i}].auth"),
+                "this route checks bearer tokens (auth = \"bearer\", the default, or \
+                 \"optional\") but no [[issuers]] are configured; add an issuer or set \
+                 auth = \"none\"",
+            );
+        }
     }
 
     routes
@@ -466,7 +465,7 @@ fn route_issuers(
     for (i, (route, r)) in routes.iter_mut().zip(&file.routes).enumerate() {
         let key = format!("routes[{i}].issuers");
         let Some(list) = &r.get_ref().issuers else {
-            if route.auth == AuthMode::Bearer && introspecting.len() > 1 {
+            if route.auth.reads_token() && introspecting.len() > 1 {
                 cx.err(
                     r.span(),
                     &key,
@@ -479,12 +478,13 @@ fn route_issuers(
             }
             continue;
         };
-        if route.auth != AuthMode::Bearer {
+        if !route.auth.reads_token() {
             cx.err(
                 list.span(),
                 &key,
                 format!(
-                    "issuers only apply to auth = \"bearer\"; this route has auth = \"{}\"",
+                    "issuers only apply to routes that read a token (auth = \"bearer\" or \
+                     \"optional\"); this route has auth = \"{}\"",
                     route.auth.as_str()
                 ),
             );
@@ -561,13 +561,17 @@ fn loose_warnings(cx: &mut Ctx<'_>, file: &FileConfig, table: &RouteTable) -> Ve
         }
         // A weaker route is open or checks a token (`Route::weaker_than`).
         let route = &table.routes()[j];
-        let open = route.auth == AuthMode::None;
+        let open = matches!(route.auth, AuthMode::None | AuthMode::Optional);
         let mut needs = route.scopes.join(" ");
         if !route.scopes_any.is_empty() {
             let sep = if needs.is_empty() { "" } else { " and " };
             needs = format!("{needs}{sep}one of {}", route.scopes_any.join(", "));
         }
         let (check, unchecked) = match (open, needs.is_empty()) {
+            (true, _) if route.auth == AuthMode::Optional => (
+                "without a token (auth = \"optional\")".to_owned(),
+                "unchecked",
+            ),
             (true, _) => ("with no token check".to_owned(), "unchecked"),
             (false, true) => (
                 "with a token of any scope".to_owned(),
@@ -624,7 +628,7 @@ fn warnings(
         .map(|v| (v, "server.resource".to_owned()))
         .chain(file.routes.iter().enumerate().filter_map(|(i, r)| {
             let v = r.get_ref().resource.as_ref()?;
-            let bearer = table.routes()[i].auth == AuthMode::Bearer;
+            let bearer = table.routes()[i].auth.reads_token();
             bearer.then(|| (v, format!("routes[{i}].resource")))
         }));
     if let Some(d) = &file.decision {

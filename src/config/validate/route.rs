@@ -185,6 +185,7 @@ pub(super) fn route(
     let auth = match r.auth.as_ref().map(|a| *a.get_ref()) {
         None | Some(AuthFile::Bearer) => AuthMode::Bearer,
         Some(AuthFile::None) => AuthMode::None,
+        Some(AuthFile::Optional) => AuthMode::Optional,
         Some(AuthFile::Deny) => AuthMode::Deny,
     };
     let token_header = check_text(cx, &mut ok, &r.token_header, &key("token_header"), |t| {
@@ -205,10 +206,7 @@ pub(super) fn route(
                 cx.err(
                     v.span(),
                     &key(k),
-                    format!(
-                        "scopes only apply to auth = \"bearer\"; this route has auth = \"{}\"",
-                        auth.as_str()
-                    ),
+                    format!("scopes only apply to auth = \"bearer\"{}", not_bearer(auth)),
                 );
                 ok = false;
             }
@@ -225,16 +223,13 @@ pub(super) fn route(
         }
     }
 
+    // What a token must hold to pass is a requirement only where every request needs one; which
+    // tokens are believed at all (their audience, their binding) matters wherever one is read.
     if auth != AuthMode::Bearer {
         let spans = [
             ("claims", r.claims.as_ref().map(Spanned::span)),
             ("claims_any", r.claims_any.as_ref().map(Spanned::span)),
             ("client_ids", r.client_ids.as_ref().map(Spanned::span)),
-            ("audiences", r.audiences.as_ref().map(Spanned::span)),
-            (
-                "require_resource_audience",
-                r.require_resource_audience.as_ref().map(Spanned::span),
-            ),
             ("acr_values", r.acr_values.as_ref().map(Spanned::span)),
             ("max_age", r.max_age.as_ref().map(Spanned::span)),
         ];
@@ -243,36 +238,38 @@ pub(super) fn route(
                 cx.err(
                     span,
                     &key(k),
-                    format!(
-                        "only applies to auth = \"bearer\"; this route has auth = \"{}\"",
-                        auth.as_str()
-                    ),
+                    format!("only applies to auth = \"bearer\"{}", not_bearer(auth)),
                 );
                 ok = false;
             }
         }
     }
+    if !auth.reads_token() {
+        let spans = [
+            ("audiences", r.audiences.as_ref().map(Spanned::span)),
+            (
+                "require_resource_audience",
+                r.require_resource_audience.as_ref().map(Spanned::span),
+            ),
+        ];
+        for (k, span) in spans {
+            if let Some(span) = span {
+                cx.err(span, &key(k), reads_no_token(auth));
+                ok = false;
+            }
+        }
+    }
     if let Some(b) = r.require_bound_tokens.as_ref().filter(|b| *b.get_ref()) {
-        if auth != AuthMode::Bearer {
-            cx.err(
-                b.span(),
-                &key("require_bound_tokens"),
-                format!(
-                    "only applies to auth = \"bearer\"; this route has auth = \"{}\"",
-                    auth.as_str()
-                ),
-            );
+        if !auth.reads_token() {
+            cx.err(b.span(), &key("require_bound_tokens"), reads_no_token(auth));
             ok = false;
         }
     }
     // Only a `true` needs checking: `cors_preflight = false` is the default, fine anywhere.
     let cors_preflight = r.cors_preflight.as_ref().filter(|c| *c.get_ref());
     if let Some(c) = cors_preflight {
-        let problem = if auth != AuthMode::Bearer {
-            Some(format!(
-                "only applies to auth = \"bearer\"; this route has auth = \"{}\"",
-                auth.as_str()
-            ))
+        let problem = if !auth.reads_token() {
+            Some(reads_no_token(auth))
         } else if methods
             .as_ref()
             .is_some_and(|ms: &Vec<http::Method>| !ms.contains(&http::Method::OPTIONS))
@@ -478,10 +475,7 @@ fn mcp_policy(
         cx.err(
             m.span(),
             &key("mcp"),
-            format!(
-                "only applies to auth = \"bearer\"; this route has auth = \"{}\"",
-                auth.as_str()
-            ),
+            format!("only applies to auth = \"bearer\"{}", not_bearer(auth)),
         );
         return None;
     }
@@ -668,7 +662,11 @@ fn rate_limit(
         cx.err(
             f.key.span(),
             &format!("{key}.key"),
-            "without a token (auth is not \"bearer\") only key = \"ip\" can tell callers apart",
+            format!(
+                "a request may come without a token on this route (auth = \"{}\"): only \
+                 key = \"ip\" can tell every caller apart",
+                auth.as_str()
+            ),
         );
         return None;
     }
@@ -1063,14 +1061,35 @@ fn login_url(text: &str, auth: AuthMode) -> Result<(Box<str>, Option<Box<str>>),
         Err(format!(
             "{text:?} is not an absolute http(s) URL (e.g. \"https://app.example.com/login?rd={{url}}\")"
         ))
-    } else if auth != AuthMode::Bearer {
+    } else if !auth.reads_token() {
         Err(format!(
-            "only auth = \"bearer\" routes answer 401; this route has auth = \"{}\"",
+            "only routes that read a token (auth = \"bearer\" or \"optional\") answer 401; \
+             this route has auth = \"{}\"",
             auth.as_str()
         ))
     } else {
         Ok(parts)
     }
+}
+
+/// The end of a message refusing what a token must hold on a route that is not `bearer`.
+fn not_bearer(auth: AuthMode) -> String {
+    match auth {
+        AuthMode::Optional => "; this route has auth = \"optional\", which a request without a \
+             token passes: a client would send none to get past it (an allow_if condition can \
+             tell the two apart)"
+            .into(),
+        _ => format!("; this route has auth = \"{}\"", auth.as_str()),
+    }
+}
+
+/// The message refusing a token setting on a route that reads no token.
+fn reads_no_token(auth: AuthMode) -> String {
+    format!(
+        "only applies to routes that read a token (auth = \"bearer\" or \"optional\"); this \
+         route has auth = \"{}\"",
+        auth.as_str()
+    )
 }
 
 /// A route's `token_cookie`: a cookie name (RFC 6265 4.1.1: an RFC 9110 token), on a route that
@@ -1083,11 +1102,8 @@ fn token_cookie_name(text: &str, auth: AuthMode, header: bool) -> Result<Box<str
         ))
     } else if header {
         Err("a route reads its token from one place: token_header or token_cookie".into())
-    } else if auth != AuthMode::Bearer {
-        Err(format!(
-            "only auth = \"bearer\" routes read a token; this route has auth = \"{}\"",
-            auth.as_str()
-        ))
+    } else if !auth.reads_token() {
+        Err(reads_no_token(auth))
     } else {
         Ok(text.into())
     }
@@ -1104,10 +1120,7 @@ fn token_header_name(text: &str, auth: AuthMode) -> Result<http::HeaderName, Str
         Ok(n) if crate::headers::is_hop_by_hop(&n) => {
             Err(format!("{n} is a hop-by-hop header, dropped on the way in"))
         }
-        Ok(_) if auth != AuthMode::Bearer => Err(format!(
-            "only auth = \"bearer\" routes read a token; this route has auth = \"{}\"",
-            auth.as_str()
-        )),
+        Ok(_) if !auth.reads_token() => Err(reads_no_token(auth)),
         Ok(n) => Ok(n),
     }
 }
