@@ -1429,3 +1429,120 @@ async fn a_reload_keeps_an_endpoint_its_checks_took_out_out() {
     );
     assert_eq!(gauge(), Some(0.0));
 }
+
+/// An upstream on a Unix domain socket (`unix_socket`): requests, bodies, keep-alive and
+/// WebSockets go over it, the `Host` is the client's (or the `url`'s with
+/// `pass_host_header = false`), a socket nobody listens on is a 502, and the health check asks
+/// through it too.
+#[tokio::test]
+async fn an_upstream_on_a_unix_socket_is_served_over_it() {
+    let dir = std::env::temp_dir().join(format!("bearward-uds-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("app.sock");
+    let up = Upstream::start_unix(&sock).await;
+    let config = basic_config("http://app.internal", "").replace(
+        "url = \"http://app.internal\"\n",
+        &format!(
+            "url = \"http://app.internal\"\nunix_socket = \"{}\"\n\
+             health_check = {{ path = \"/public/healthz\", interval = \"200ms\" }}\n",
+            sock.display()
+        ),
+    );
+    let gw = Gateway::start(&config).await;
+    let c = client();
+    for i in 0..3 {
+        let a = send(&c, "POST", &gw.url(&format!("/public/x{i}")), &[], "hello").await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(a.body, "upstream ok");
+        let seen = served(&up);
+        assert_eq!(seen.uri, format!("/public/x{i}"));
+        assert_eq!(seen.body, b"hello");
+        assert_eq!(seen.headers["host"], gw.addr.to_string());
+    }
+    let (mut s, head) = open_websocket(gw.addr).await;
+    assert!(
+        head.to_ascii_lowercase().starts_with("http/1.1 101"),
+        "{head}"
+    );
+    s.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"ping");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        up.seen().iter().any(|s| s.uri == "/public/healthz"),
+        "the health check asked over the socket"
+    );
+    let m = gw.metrics().await;
+    let healthy = format!(
+        "bearward_upstream_endpoint_healthy{{upstream=\"app\",endpoint=\"unix:{}\"}} 1",
+        sock.display()
+    );
+    assert!(m.contains(&healthy), "{m}");
+
+    // pass_host_header = false: the url's host, as over TCP.
+    let gw2 = Gateway::start(&config.replace(
+        "request_timeout = \"500ms\"",
+        "request_timeout = \"500ms\"\npass_host_header = false",
+    ))
+    .await;
+    let a = get(&c, &gw2.url("/public/y"), &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(served(&up).headers["host"], "app.internal");
+
+    // Nobody on the socket: 502.
+    let gone = dir.join("gone.sock");
+    let gw3 =
+        Gateway::start(&config.replace(&*sock.to_string_lossy(), &gone.to_string_lossy())).await;
+    let a = get(&c, &gw3.url("/public/z"), &[]).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    let m = gw3.metrics().await;
+    assert!(m.contains("reason=\"upstream_unreachable\""), "{m}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The last request the upstream saw other than its health checks.
+fn served(up: &Upstream) -> Seen {
+    let mut seen = up.seen().into_iter().rev();
+    seen.find(|s| s.uri != "/public/healthz").unwrap()
+}
+
+/// `unix_socket` is an absolute path for a plain `http` upstream with no endpoints of its own.
+#[test]
+fn a_unix_socket_upstream_is_checked_when_the_config_loads() {
+    let load = |lines: &str| {
+        let text = basic_config("http://app.internal", "")
+            .replace("url = \"http://app.internal\"\n", lines);
+        bearward::config::Config::from_toml_str(&text, "t.toml").map(|_| ())
+    };
+    load("url = \"http://app.internal\"\nunix_socket = \"/run/app.sock\"\n").unwrap();
+    let long = format!("/{}", "a".repeat(107));
+    for (lines, says) in [
+        (
+            "url = \"http://app.internal\"\nunix_socket = \"run/app.sock\"\n",
+            "not an absolute path",
+        ),
+        (
+            &*format!("url = \"http://app.internal\"\nunix_socket = \"{long}\"\n"),
+            "107 bytes",
+        ),
+        (
+            "url = \"https://app.internal\"\nunix_socket = \"/run/app.sock\"\n",
+            "needs no TLS",
+        ),
+        (
+            "url = \"http://app.internal\"\nunix_socket = \"/run/app.sock\"\nendpoints = [\"10.0.0.1:80\"]\n",
+            "leave endpoints out",
+        ),
+    ] {
+        let e = load(lines).expect_err(lines).to_string();
+        assert!(
+            e.contains("upstreams.app.unix_socket") && e.contains(says),
+            "{lines}: {e}"
+        );
+    }
+}

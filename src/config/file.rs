@@ -1069,6 +1069,19 @@ pub(super) struct UpstreamFile {
     /// `{ address = "10.0.0.9:3000", backup = true }` is in the rotation only while every
     /// endpoint that is not a backup is out (nginx's and HAProxy's `backup`; backups in turn)
     pub endpoints: Option<Spanned<Vec<Spanned<EndpointFile>>>>,
+    /// Reference: `unix_socket`
+    /// Default: none
+    ///
+    /// `"/run/app/gunicorn.sock"`: connect to the upstream over this Unix domain socket in place
+    /// of TCP (nginx's `proxy_pass http://unix:/path`, HAProxy's `server s1 /path`, Envoy's
+    /// `pipe`), for an application server in the same pod or host that listens on one (gunicorn
+    /// and uWSGI `--bind unix:`, Puma, a socket in a shared `emptyDir`): no port to expose, and
+    /// only what can open the file reaches the API. An absolute path of at most 107 bytes (the
+    /// kernel's limit); an `http://` `url` (which still gives the `Host` with
+    /// `pass_host_header = false`), HTTP/1 or `h2c`, and no `endpoints`. Pooling, timeouts,
+    /// `health_check`, WebSockets and `max_requests` as over TCP; the metrics' `endpoint` is
+    /// `unix:` and the path. A socket that is missing or refuses is a 502 `upstream_unreachable`
+    pub unix_socket: Option<Spanned<String>>,
     /// Reference: `retry_statuses`
     /// Default: `[]`
     ///

@@ -247,8 +247,11 @@ pub struct UpstreamConfig {
     /// `http`, or `https` (with `tls`).
     pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
-    /// `host:port` of each instance connected to, in rotation: `endpoints`, else the `url`'s.
+    /// `host:port` of each instance connected to, in rotation: `endpoints`, else the `url`'s;
+    /// with `unix_socket`, `unix:` and its path.
     pub endpoints: Vec<String>,
+    /// `unix_socket`: the one socket connections go to, in place of TCP.
+    pub unix_socket: Option<PathBuf>,
     /// How long an endpoint that failed a connection is left out.
     pub endpoint_fail_timeout: Duration,
     pub connect_timeout: Duration,

@@ -78,6 +78,10 @@ pub(super) async fn exchange(
             let (rd, wr) = tokio::io::split(&mut **s);
             head_and_body(rd, wr, buf, req_body, framing, method, stall_timeout).await
         }
+        Stream::Unix(s) => {
+            let (rd, wr) = s.split();
+            head_and_body(rd, wr, buf, req_body, framing, method, stall_timeout).await
+        }
     }
 }
 

@@ -167,6 +167,8 @@ pub(crate) struct Pool {
     fail_timeout: Duration,
     /// For an `https` upstream.
     tls: Option<UpstreamTls>,
+    /// `unix_socket`: where its one endpoint's connections go, in place of TCP.
+    unix: Option<std::path::PathBuf>,
     /// The longest a new connection may take, TLS handshake included.
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -206,6 +208,7 @@ impl Pool {
             made: Instant::now(),
             fail_timeout: upstream.endpoint_fail_timeout,
             tls: upstream.tls.clone(),
+            unix: upstream.unix_socket.clone(),
             connect_timeout: upstream.connect_timeout,
             idle_timeout: upstream.idle_timeout,
             max_age: upstream.max_connection_age,
@@ -462,7 +465,7 @@ impl Pool {
             let idle = now.duration_since(conn.since);
             if idle > self.idle_timeout
                 || now >= conn.retire_at
-                || (idle >= PROBE_AFTER && !still_open(conn.stream.tcp()))
+                || (idle >= PROBE_AFTER && !conn.stream.still_open())
             {
                 continue;
             }
@@ -560,6 +563,16 @@ impl Pool {
     /// while it lasts, a debug line: the checks' own warning says when the endpoint goes out.
     pub(super) async fn open(&self, endpoint: usize, quiet: bool) -> Result<Stream, ProxyError> {
         let addr = &self.endpoints[endpoint].addr;
+        if let Some(path) = &self.unix {
+            // Plain HTTP only (`unix_socket` takes no TLS): nothing more to agree on.
+            return match tokio::net::UnixStream::connect(path).await {
+                Ok(s) => Ok(Stream::Unix(s)),
+                Err(e) => {
+                    tracing::debug!(upstream = %self.name, socket = %path.display(), error = %e, "connect to the upstream's socket failed");
+                    Err(ProxyError::Unreachable)
+                }
+            };
+        }
         let tcp = match TcpStream::connect(addr).await {
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 return Err(ProxyError::ConnectTimeout)
@@ -721,12 +734,6 @@ impl Pool {
         let body = UpstreamBody::new(conn, state, resp.keep_alive, self.clone(), stall, lease);
         Ok((into_response(resp, body::boxed(body)), None))
     }
-}
-
-/// Has the upstream closed (or written to) this idle connection? One non-blocking read; none at
-/// all when tokio already knows the socket has nothing to read.
-fn still_open(stream: &TcpStream) -> bool {
-    matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 #[cfg(test)]

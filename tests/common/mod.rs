@@ -83,6 +83,32 @@ impl Upstream {
         Upstream::serve_on(listener, true, Some(tls_acceptor(false))).await
     }
 
+    /// On a Unix domain socket at `path` (an upstream's `unix_socket`); `url` is
+    /// `http://app.internal`, which names no address. The `peer` of what it saw is 0.0.0.0:0.
+    pub(crate) async fn start_unix(path: &std::path::Path) -> Upstream {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let record = seen.clone();
+        let peer: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(req, record.clone(), peer));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr: "0.0.0.0:0".parse().unwrap(),
+            seen,
+            tls: false,
+        }
+    }
+
     async fn serve_on(
         listener: TcpListener,
         keep_alive: bool,

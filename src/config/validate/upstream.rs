@@ -260,6 +260,38 @@ fn connect_addr(authority: &http::uri::Authority, scheme: &http::uri::Scheme) ->
     }
 }
 
+/// `unix_socket`: an absolute path the kernel can take (`sun_path` is 108 bytes with its NUL),
+/// for a plain `http` upstream with no `endpoints` of its own.
+fn unix_socket(
+    cx: &mut Ctx<'_>,
+    u: &UpstreamFile,
+    scheme: &http::uri::Scheme,
+    key: &dyn Fn(&str) -> String,
+) -> Option<PathBuf> {
+    let v = u.unix_socket.as_ref()?;
+    let path = v.get_ref();
+    let problem = if !path.starts_with('/') {
+        Some(format!("{path:?} is not an absolute path"))
+    } else if path.len() > 107 || path.contains('\0') {
+        Some(format!(
+            "{path:?} is longer than a Unix socket address can be (107 bytes) or holds a NUL"
+        ))
+    } else if *scheme != http::uri::Scheme::HTTP {
+        Some("a socket on this host needs no TLS: use an http:// url".into())
+    } else if u.endpoints.is_some() {
+        Some("connections go to the socket: leave endpoints out".into())
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => {
+            cx.err(v.span(), &key("unix_socket"), p);
+            None
+        }
+        None => Some(PathBuf::from(path)),
+    }
+}
+
 /// `endpoints`: host and port of each instance, each once, and how the rotation weighs them;
 /// else the `url`'s own.
 fn endpoints(
@@ -435,7 +467,11 @@ pub(super) fn upstream(
         .token_exchange
         .as_ref()
         .and_then(|t| token_exchange(cx, name, t));
-    let (endpoints, balance) = endpoints(cx, u, &scheme, &authority, &key("endpoints"));
+    let (mut endpoints, balance) = endpoints(cx, u, &scheme, &authority, &key("endpoints"));
+    let unix_socket = unix_socket(cx, u, &scheme, &key);
+    if let Some(path) = &unix_socket {
+        endpoints = vec![format!("unix:{}", path.display())];
+    }
     let set_headers = set_headers(cx, u, server, &identity_assertion, &key);
     let response_headers = response_headers(cx, u, server, &key);
     let health_check = health_check(cx, u, (&scheme, &authority), protocol, &key);
@@ -472,6 +508,7 @@ pub(super) fn upstream(
         token_exchange,
         name: name.to_owned(),
         endpoints,
+        unix_socket,
         endpoint_fail_timeout: cx.duration(
             &u.endpoint_fail_timeout,
             &key("endpoint_fail_timeout"),
