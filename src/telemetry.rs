@@ -313,6 +313,13 @@ type Refused = (u16, &'static str, &'static str, Counter);
 /// Counters a route keeps at hand in [`RouteSeries`].
 const REFUSED_KEPT: usize = 32;
 
+/// Seconds since the Unix epoch, as Prometheus' timestamps are.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// Everything `/metrics` shows. It outlives config reloads, so counters never restart with a
 /// reload. Labels come from the config (route names, issuers) and fixed sets (decisions,
 /// reasons, outcomes), never from request data, so the series count is bounded.
@@ -340,6 +347,10 @@ pub struct Metrics {
     refused_keys: Family<RefusedKeyLabels, Gauge>,
     refused_shown: std::sync::Mutex<Vec<RefusedKeyLabels>>,
     reloads: Outcomes,
+    /// Prometheus' and Alertmanager's own pair, what reload alerts are written on: did the
+    /// last reload apply (1 from the start), and when the config in force was loaded.
+    reload_successful: Gauge,
+    reload_success_time: Gauge<f64, AtomicU64>,
     /// Proxy-listener connections open now, and the limit in force.
     pub connections_open: Gauge,
     /// HTTP/1 connections parked: idle, holding no buffers (`request::framing::PARK_AFTER`).
@@ -423,6 +434,8 @@ impl Metrics {
             refused_keys: Family::default(),
             refused_shown: Default::default(),
             reloads: Outcomes::new("ok", "error"),
+            reload_successful: Gauge::default(),
+            reload_success_time: Gauge::default(),
             connections_open: Gauge::default(),
             connections_parked: Gauge::default(),
             connections_max: Gauge::default(),
@@ -580,6 +593,20 @@ impl Metrics {
             "config_reloads",
             "Config reloads by outcome (ok, error)",
             m.reloads.family.clone(),
+        );
+        // The config the process started with was loaded and applied.
+        m.reload_successful.set(1);
+        m.reload_success_time.set(unix_now());
+        registry.register(
+            "config_last_reload_successful",
+            "Whether the last config reload applied (1) or was refused, keeping the running config (0)",
+            m.reload_successful.clone(),
+        );
+        registry.register_with_unit(
+            "config_last_reload_success_timestamp",
+            "When the config in force was loaded, in seconds since the Unix epoch",
+            Unit::Seconds,
+            m.reload_success_time.clone(),
         );
         registry.register(
             "shared_store_operations",
@@ -988,6 +1015,10 @@ impl Metrics {
     /// Counts a config reload.
     pub fn reload(&self, ok: bool) {
         self.reloads.count(ok);
+        self.reload_successful.set(i64::from(ok));
+        if ok {
+            self.reload_success_time.set(unix_now());
+        }
     }
 
     /// Sets the gauges read at scrape time.

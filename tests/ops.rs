@@ -843,3 +843,116 @@ async fn a_changed_tls_file_is_reloaded_without_a_restart() {
     assert_eq!(up.count(), 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `/status` on the admin listener says what runs: the SHA-256 of the config text in force
+/// (the file's until a refused reload, the new one's after a good one), the last reload's
+/// outcome with its error, each issuer's keys by id, and each upstream's endpoints, one that
+/// refused a connection out of the rotation. The reload gauges follow.
+#[tokio::test]
+async fn the_status_page_says_what_runs_and_what_the_last_reload_did() {
+    let up = Upstream::start().await;
+    let file = std::env::temp_dir().join(format!("bearward-status-{}.toml", std::process::id()));
+    let text = |auth: &str| {
+        reload_config(&up.url(), auth)
+            .replace(
+                "listen = \"127.0.0.1:0\"",
+                "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
+            )
+            .replace(
+                &format!("url = \"{}\"", up.url()),
+                &format!(
+                    "url = \"{}\"\nendpoints = [\"{}\", \"127.0.0.1:1\"]",
+                    up.url(),
+                    up.addr
+                ),
+            )
+    };
+    let sha = |t: &str| -> String {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes());
+        d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let first = text("none");
+    std::fs::write(&file, &first).unwrap();
+    let server = bearward::build(bearward::config::Config::load(&file).unwrap())
+        .await
+        .unwrap();
+    let (addr, admin) = (server.local_addr().unwrap(), server.admin_addr().unwrap());
+    let live = server.live();
+    tokio::spawn(server.run(std::future::pending()));
+    let c = client();
+    let status = || {
+        let c = c.clone();
+        async move {
+            let a = get(&c, &format!("http://{admin}/status"), &[]).await;
+            assert_eq!(a.status, StatusCode::OK);
+            assert_eq!(a.headers["content-type"], "application/json");
+            serde_json::from_str::<serde_json::Value>(&a.body).unwrap()
+        }
+    };
+    // Both endpoints in turn: the second refuses, goes out, and the request goes on.
+    for _ in 0..2 {
+        let a = get(&c, &format!("http://{addr}/public/x"), &[]).await;
+        assert_eq!(a.status, StatusCode::OK);
+    }
+    let s = status().await;
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(s["config"]["file"], file.display().to_string());
+    assert_eq!(s["config"]["sha256"], sha(&first));
+    assert!(s["config"]["last_reload"].is_null(), "{s}");
+    assert_eq!(s["issuers"][0]["issuer"], "https://idp.test");
+    assert_eq!(s["issuers"][0]["keys"][0]["kid"], "rsa1");
+    assert_eq!(s["issuers"][0]["keys_usable"], true);
+    let endpoints = &s["upstreams"][0]["endpoints"];
+    assert_eq!(endpoints[0]["address"], up.addr.to_string());
+    assert_eq!(endpoints[0]["in_rotation"], true, "{s}");
+    assert!(
+        endpoints[0]["idle_connections"].as_u64().unwrap() >= 1,
+        "{s}"
+    );
+    assert_eq!(endpoints[1]["address"], "127.0.0.1:1");
+    assert_eq!(endpoints[1]["in_rotation"], false, "{s}");
+    assert!(
+        endpoints[1]["failed_out_for_seconds"].as_u64().unwrap() > 0,
+        "{s}"
+    );
+    let m = live.metrics.render();
+    assert_eq!(
+        metric(&m, "bearward_config_last_reload_successful"),
+        1.0,
+        "{m}"
+    );
+    let loaded = metric(&m, "bearward_config_last_reload_success_timestamp_seconds");
+    assert!(loaded > 1.7e9, "{m}");
+
+    // A refused reload: the running config's digest stays, and the error is there to read.
+    std::fs::write(&file, first.replace("prefix = ", "prefx = ")).unwrap();
+    assert!(live.reload_file(&file).is_err());
+    let s = status().await;
+    assert_eq!(s["config"]["sha256"], sha(&first));
+    assert_eq!(s["config"]["last_reload"]["outcome"], "error", "{s}");
+    let error = s["config"]["last_reload"]["error"].as_str().unwrap();
+    assert!(error.contains("prefx"), "{error}");
+    let m = live.metrics.render();
+    assert_eq!(
+        metric(&m, "bearward_config_last_reload_successful"),
+        0.0,
+        "{m}"
+    );
+
+    // A good one: the new text's digest, and the gauges back.
+    let second = text("deny");
+    std::fs::write(&file, &second).unwrap();
+    live.reload_file(&file).unwrap();
+    let s = status().await;
+    assert_eq!(s["config"]["sha256"], sha(&second));
+    assert_eq!(s["config"]["last_reload"]["outcome"], "ok", "{s}");
+    assert!(s["config"]["last_reload"]["error"].is_null(), "{s}");
+    let m = live.metrics.render();
+    assert_eq!(
+        metric(&m, "bearward_config_last_reload_successful"),
+        1.0,
+        "{m}"
+    );
+    assert!(metric(&m, "bearward_config_last_reload_success_timestamp_seconds") >= loaded);
+    let _ = std::fs::remove_file(&file);
+}

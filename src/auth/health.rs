@@ -16,6 +16,47 @@ impl Authenticator {
         self.metrics.set_token_cache_entries(self.cached_tokens());
     }
 
+    /// Each issuer's keys as they stand, for `/status`: the ones in use (`kid`, kind, `alg`;
+    /// never key material), where they came from and how long ago, whether they are past
+    /// `max_stale`, the last fetch error, the refused ones; and each introspection endpoint's
+    /// health. An HMAC issuer's secret is listed as a key of kind `Hmac`, nothing of it shown.
+    pub fn status(&self) -> serde_json::Value {
+        self.issuers
+            .iter()
+            .map(|i| {
+                let status = i.status();
+                let latest = i.latest();
+                let keys: Vec<serde_json::Value> = latest.iter().flat_map(|s| &s.keys).map(|k| {
+                    serde_json::json!({
+                        "kid": k.kid,
+                        "kind": format!("{:?}", k.kind),
+                        "alg": k.alg.map(|a| format!("{a:?}")),
+                    })
+                }).collect();
+                let introspection = self
+                    .introspectors
+                    .iter()
+                    .flatten()
+                    .find(|x| x.issuer.issuer == i.config.issuer)
+                    .map(|x| x.health());
+                serde_json::json!({
+                    "issuer": i.config.issuer,
+                    "takes_jwts": i.config.takes_jwts(),
+                    "keys_usable": !i.config.takes_jwts() || i.usable().is_some(),
+                    "keys": keys,
+                    "keys_from": latest.as_ref().map(|s| s.source.clone()),
+                    "keys_fetched_seconds_ago": latest.as_ref().map(|s| s.fetched_at.elapsed().as_secs()),
+                    "last_error": status.last_error,
+                    "refused_keys": status.refused.iter().map(|r| serde_json::json!({
+                        "kid": r.kid,
+                        "reason": r.reason,
+                    })).collect::<Vec<_>>(),
+                    "introspection": introspection,
+                })
+            })
+            .collect()
+    }
+
     /// `/readyz`: Ok when every issuer has usable keys; the text says how old each set is.
     pub fn readiness(&self) -> Result<String, String> {
         let mut ready = true;

@@ -88,6 +88,8 @@ pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(24 * 3600);
 pub struct Config {
     /// The file it came from (for messages).
     pub source: String,
+    /// SHA-256 of the text it was made from, for `/status`: which version of the file runs.
+    pub digest: [u8; 32],
     pub server: ServerConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: RouteTable,
@@ -868,7 +870,10 @@ impl Config {
 
     /// Parses and validates config text; `name` is used in messages. The seam for tests.
     pub fn from_toml_str(text: &str, name: &str) -> Result<Config, ConfigError> {
-        validate::compile(text, name)
+        let mut config = validate::compile(text, name)?;
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+        config.digest.copy_from_slice(d.as_ref());
+        Ok(config)
     }
 }
 

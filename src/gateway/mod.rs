@@ -290,7 +290,7 @@ impl Default for Outcome {
 /// Everything a request needs, built once per config snapshot.
 pub struct Gateway {
     pub config: Arc<Config>,
-    upstreams: Upstreams,
+    pub(crate) upstreams: Upstreams,
     pub auth: Authenticator,
     pub metrics: Arc<Metrics>,
     /// Metric series per route, in route order.

@@ -1,6 +1,7 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics` (in the format the scraper asks for:
-//! [`exposition`]), `/logging` (levels changed at runtime), `/.well-known/jwks.json` (the
-//! identity assertions' public keys).
+//! [`exposition`]), `/status` (what runs: the config's digest and reloads, each issuer's keys,
+//! each upstream's endpoints), `/logging` (levels changed at runtime), `/.well-known/jwks.json`
+//! (the identity assertions' public keys).
 
 use super::exposition::{self, Format};
 use super::reload::Live;
@@ -35,8 +36,8 @@ pub(super) async fn admin_loop(listener: TcpListener, live: Arc<Live>) {
             let _slot = slot;
             let service = service_fn(move |req: Request<Incoming>| {
                 let gateway = live.current();
-                let draining = live.draining.load(std::sync::atomic::Ordering::Relaxed);
-                async move { Ok::<_, std::convert::Infallible>(admin(&gateway, draining, &req)) }
+                let live = live.clone();
+                async move { Ok::<_, std::convert::Infallible>(admin(&live, &gateway, &req)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -47,7 +48,8 @@ pub(super) async fn admin_loop(listener: TcpListener, live: Arc<Live>) {
     }
 }
 
-fn admin(gateway: &Gateway, draining: bool, req: &Request<Incoming>) -> Response<Body> {
+fn admin(live: &Live, gateway: &Gateway, req: &Request<Incoming>) -> Response<Body> {
+    let draining = live.draining.load(std::sync::atomic::Ordering::Relaxed);
     let mut content_type = "text/plain; charset=utf-8";
     let (status, text) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
@@ -82,6 +84,13 @@ fn admin(gateway: &Gateway, draining: bool, req: &Request<Incoming>) -> Response
             };
             (StatusCode::OK, body)
         }
+        "/status" => {
+            content_type = "application/json";
+            (
+                StatusCode::OK,
+                status(live, gateway, draining).to_string() + "\n",
+            )
+        }
         "/logging" => logging(req),
         // RFC 7517 5: the keys identity assertions are signed with.
         crate::assertion::JWKS_PATH if !gateway.assertion_keys.is_empty() => {
@@ -102,6 +111,47 @@ fn admin(gateway: &Gateway, draining: bool, req: &Request<Incoming>) -> Response
         );
     }
     resp
+}
+
+/// `GET /status`: what this process runs, as Envoy's `/server_info` and `/clusters` and
+/// Caddy's `/config/` tell: version and uptime, the config file and the SHA-256 of the text in
+/// force (compare it with `sha256sum` of the file to see whether an edit took), when it was
+/// loaded and what the last reload did (its error when it was refused), each issuer's keys
+/// and each upstream's endpoints. Key ids and addresses only: no secret, no key material.
+fn status(live: &Live, gateway: &Gateway, draining: bool) -> serde_json::Value {
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    let reloads = live.reload_record();
+    let last = reloads.last.as_ref().map(|(at, outcome)| {
+        serde_json::json!({
+            "at": unix(*at),
+            "outcome": if outcome.is_ok() { "ok" } else { "error" },
+            "error": outcome.as_ref().err(),
+        })
+    });
+    let digest: String = gateway
+        .config
+        .digest
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": env!("BEARWARD_COMMIT"),
+        "uptime_seconds": live.started.elapsed().as_secs(),
+        "draining": draining,
+        "config": {
+            "file": gateway.config.source,
+            "sha256": digest,
+            "loaded_at": unix(reloads.loaded),
+            "last_reload": last,
+            "routes": gateway.config.routes.routes().len(),
+        },
+        "issuers": gateway.auth.status(),
+        "upstreams": gateway.upstreams.status(),
+    })
 }
 
 /// `GET /logging`: the filter in force; `POST /logging?level=debug` (or `?bearward::auth=trace`,

@@ -61,6 +61,8 @@ impl Server {
             boot: config,
             applied: std::sync::Mutex::new(None),
             draining: std::sync::atomic::AtomicBool::new(false),
+            started: std::time::Instant::now(),
+            reloads: Default::default(),
         });
         Ok(Server {
             listener,

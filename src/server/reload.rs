@@ -25,6 +25,26 @@ pub struct Live {
     pub(super) applied: Mutex<Option<[u8; 32]>>,
     /// Set on the first SIGTERM: `/readyz` answers 503 from then on.
     pub(super) draining: std::sync::atomic::AtomicBool,
+    /// When the process started serving, and what its reloads did, for `/status`.
+    pub(super) started: std::time::Instant,
+    pub(super) reloads: Mutex<Reloads>,
+}
+
+/// When the config in force was loaded, and the last reload's time and outcome (the error's
+/// text when it was refused): what an operator asks first when a change did not take.
+#[derive(Debug)]
+pub(super) struct Reloads {
+    pub(super) loaded: std::time::SystemTime,
+    pub(super) last: Option<(std::time::SystemTime, Result<(), String>)>,
+}
+
+impl Default for Reloads {
+    fn default() -> Reloads {
+        Reloads {
+            loaded: std::time::SystemTime::now(),
+            last: None,
+        }
+    }
 }
 
 impl Live {
@@ -59,6 +79,13 @@ impl Live {
         next.start_background();
         self.current.store(Arc::new(next));
         tracing::info!(routes, "config reloaded");
+    }
+
+    /// The record of the reloads, for `/status`.
+    pub(super) fn reload_record(&self) -> std::sync::MutexGuard<'_, Reloads> {
+        self.reloads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The record of what was applied last.
@@ -102,6 +129,11 @@ impl Live {
                 }
                 self.apply(config);
                 self.metrics.reload(true);
+                let now = std::time::SystemTime::now();
+                *self.reload_record() = Reloads {
+                    loaded: now,
+                    last: Some((now, Ok(()))),
+                };
                 Ok(())
             }
             Err(e) => {
@@ -116,6 +148,17 @@ impl Live {
                     }
                 }
                 self.metrics.reload(false);
+                // Bounded: a file with many problems is in the log whole.
+                let mut text = e.to_string();
+                if text.len() > 4096 {
+                    let mut end = 4096;
+                    while !text.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    text.truncate(end);
+                    text.push_str("...");
+                }
+                self.reload_record().last = Some((std::time::SystemTime::now(), Err(text)));
                 Err(e)
             }
         }

@@ -114,6 +114,26 @@ impl Upstreams {
         }
     }
 
+    /// Every upstream and its endpoints as they stand, for `/status`.
+    pub fn status(&self) -> serde_json::Value {
+        self.clients
+            .iter()
+            .map(|u| {
+                let c = &u.config;
+                serde_json::json!({
+                    "name": c.name,
+                    "url": format!("{}://{}", c.scheme, c.authority),
+                    "protocol": match c.protocol {
+                        crate::config::Protocol::Http1 => "http1",
+                        crate::config::Protocol::H2c => "h2c",
+                        crate::config::Protocol::H2 => "h2",
+                    },
+                    "endpoints": u.pool.status(c.health_check.is_some()),
+                })
+            })
+            .collect()
+    }
+
     /// Starts the upstreams' `health_check` tasks, which end when these upstreams are dropped
     /// (a reload's replacement, once its last request is done). The serving process calls it;
     /// `explain` and other one-off users of a gateway do not.

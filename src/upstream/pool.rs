@@ -227,6 +227,30 @@ impl Pool {
         })
     }
 
+    /// Each endpoint as it stands, for the admin listener's `/status` (Envoy's `/clusters`):
+    /// its address, whether it is a backup, how much longer a failed connection keeps it out,
+    /// what its health check says, its requests in flight (`least_request` only: nothing else
+    /// counts them), and its idle HTTP/1 connections.
+    pub(crate) fn status(&self, health_checked: bool) -> Vec<serde_json::Value> {
+        let now = self.now_ms();
+        (0..self.endpoints.len())
+            .map(|i| {
+                let e = &self.endpoints[i];
+                let out_ms = e.out_until.load(Ordering::Relaxed).saturating_sub(now);
+                let unhealthy = e.unhealthy.load(Ordering::Relaxed);
+                serde_json::json!({
+                    "address": e.addr,
+                    "backup": self.is_backup(i),
+                    "in_rotation": !self.is_out(i, now),
+                    "failed_out_for_seconds": (out_ms > 0).then(|| out_ms.div_ceil(1000)),
+                    "healthy": health_checked.then_some(!unhealthy),
+                    "requests_in_flight": self.least_request.then(|| e.active.load(Ordering::Relaxed)),
+                    "idle_connections": self.idle(i).len(),
+                })
+            })
+            .collect()
+    }
+
     /// A response body broke off after its head went to the client, who sees the connection
     /// close. Logged as nginx logs "upstream prematurely closed connection", and counted.
     pub(super) fn aborted(

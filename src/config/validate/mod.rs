@@ -342,6 +342,7 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
 
     Ok(Config {
         source: name.to_owned(),
+        digest: [0; 32],
         server,
         upstreams,
         routes: table,
