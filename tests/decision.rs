@@ -831,6 +831,43 @@ async fn a_client_copy_of_a_claim_header_never_reaches_the_api() {
     }
 }
 
+/// `payload_header` in a decision answer: the verified payload, else empty (never absent), as
+/// the claim headers are, so an ingress that copies only what an answer carries cannot pass
+/// the client's own on.
+#[tokio::test]
+async fn a_decision_answer_carries_the_payload_header_or_an_empty_one() {
+    let (key, idp, up, c) = parts().await;
+    let (dport, _gw) = Gateway::start_on_free_port(|p| {
+        config(&up, &idp, p, "ingress = \"nginx\"").replace(
+            "[forward]\n",
+            "[forward]\npayload_header = \"X-Jwt-Payload\"\n",
+        )
+    })
+    .await;
+    let token = idp.minter("https://api.test").token(&key, "read");
+    let bearer = format!("Bearer {token}");
+    let ask = |uri: &'static str, auth: Option<String>| {
+        let c = c.clone();
+        async move {
+            let mut h = vec![
+                ("x-original-uri", uri),
+                ("x-jwt-payload", "eyJzdWIiOiJhZG1pbiJ9"),
+            ];
+            if let Some(a) = &auth {
+                h.push(("authorization", a.as_str()));
+            }
+            let a = get(&c, &format!("http://127.0.0.1:{dport}/auth"), &h).await;
+            assert_eq!(a.status, StatusCode::OK, "{uri}: {}", a.body);
+            a.headers["x-jwt-payload"].to_str().unwrap().to_owned()
+        }
+    };
+    assert_eq!(
+        ask("/api/x", Some(bearer)).await,
+        token.split('.').nth(1).unwrap()
+    );
+    assert_eq!(ask("/public/x", None).await, "");
+}
+
 /// A fragment is never part of a request: `#` anywhere in the original URI, or `%23` in its
 /// path, is a 400 (a rule matched on a string holding one was widened by it in oauth2-proxy,
 /// CVE-2026-41059). In the query, `%23` is data.

@@ -1237,6 +1237,73 @@ async fn an_optional_route_forwards_a_caller_without_a_token_and_checks_one_with
     );
 }
 
+/// `payload_header`: a verified JWT's payload, as the token carries it, in one header; a
+/// client's own copy, under its name or with `_` for `-`, never reaches the upstream, on any
+/// route.
+#[tokio::test]
+async fn the_payload_header_carries_the_verified_payload_and_never_the_clients() {
+    let rsa = Key::rsa1();
+    let w = World::start(&[&rsa], "").await;
+    let up = Upstream::start().await;
+    let config = auth_config(&up.url(), &w.idp.issuer(), "discovery = true", "").replace(
+        "[forward]\n",
+        "[forward]\npayload_header = \"X-Jwt-Payload\"\n",
+    );
+    let gw = Gateway::start(&config).await;
+    wait_ready(&gw).await;
+    let t = w.mint.token(&rsa, "read");
+    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"sub":"admin"}"#);
+    let bearer = format!("Bearer {t}");
+    let a = get(
+        &w.c,
+        &gw.url("/api/read/x"),
+        &[("authorization", &bearer), ("x-jwt-payload", &forged)],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let seen = up.last();
+    let sent = seen.headers["x-jwt-payload"].to_str().unwrap();
+    assert_eq!(sent, t.split('.').nth(1).unwrap());
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(sent)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["sub"], "user-42");
+    assert_eq!(seen.headers.get_all("x-jwt-payload").iter().count(), 1);
+    for (path, name) in [
+        ("/public/x", "x-jwt-payload"),
+        ("/api/maybe/x", "x-jwt-payload"),
+        ("/public/x", "x_jwt_payload"),
+    ] {
+        let a = get(&w.c, &gw.url(path), &[(name, &forged)]).await;
+        assert_eq!(a.status, StatusCode::OK, "{path} {name}");
+        let seen = up.last();
+        assert!(
+            seen.headers.get("x-jwt-payload").is_none()
+                && seen.headers.get("x_jwt_payload").is_none(),
+            "{path} {name}: {:?}",
+            seen.headers
+        );
+    }
+    // Refused where it would stand in for a claim header or one bearward writes.
+    for (line, says) in [
+        ("payload_header = \"X-Auth-Subject\"", "claim header too"),
+        ("payload_header = \"X-Request-Id\"", "manages itself"),
+    ] {
+        let text = auth_config(&up.url(), &w.idp.issuer(), "discovery = true", "")
+            .replace("[forward]\n", &format!("[forward]\n{line}\n"));
+        let e = bearward::config::Config::from_toml_str(&text, "t.toml")
+            .expect_err(line)
+            .to_string();
+        assert!(
+            e.contains("forward.payload_header") && e.contains(says),
+            "{e}"
+        );
+    }
+}
+
 /// What a token must hold is refused on an optional route (a client would send none to get
 /// past it); which tokens are believed, and where one is read, are taken.
 #[test]

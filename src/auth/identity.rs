@@ -15,6 +15,18 @@ impl Identity {
         HeaderValue::from_str(&self.text(claim)?).ok()
     }
 
+    /// A JWT's payload as the token carries it (base64url, between its dots) for
+    /// `payload_header`; `None` for an opaque token, which has none.
+    pub fn payload(&self) -> Option<HeaderValue> {
+        let token: &[u8] = &self.0.token;
+        let mut parts = token.split(|b| *b == b'.');
+        let (_, payload) = (parts.next()?, parts.next()?);
+        // Only a verified JWT is kept with its token, and its parts are base64url.
+        (self.0.key.is_some() && !payload.is_empty())
+            .then(|| HeaderValue::from_bytes(payload).ok())
+            .flatten()
+    }
+
     /// A claim's text as [`Identity::header_value`] gives it, whether or not a header could
     /// carry it.
     pub fn text(&self, claim: &str) -> Option<String> {

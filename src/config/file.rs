@@ -1847,6 +1847,17 @@ pub(super) struct ForwardFile {
     /// them), numbers and booleans as JSON text, arrays of strings joined with `,`; a value holding
     /// a control character (CR, LF, NUL, ...) is not sent
     pub claim_headers: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    /// Reference: `payload_header`
+    /// Default: none
+    ///
+    /// `"X-Jwt-Payload"`: the verified JWT's payload, as the token carries it (base64url, no
+    /// padding: the part between its two dots), in this header upstream: every claim at once,
+    /// for an upstream that reads more than `claim_headers` name (Istio's
+    /// `outputPayloadToHeader`, Envoy's `forward_payload_header`). Only what bearward verified
+    /// is sent: the client's own copy is removed on every route, and a request without a
+    /// token, or with an opaque token (whose introspection answer bearward keeps only in part),
+    /// carries none; a decision answer carries it empty then. At most `max_token_bytes`
+    pub payload_header: Option<Spanned<String>>,
     /// Reference: `strip_authorization`
     /// Default: `false`
     ///

@@ -786,7 +786,19 @@ impl fmt::Debug for Secret {
 pub struct ForwardConfig {
     /// (claim name, header). The claim `scope` stands for the normalized scope list.
     pub claim_headers: Vec<(String, HeaderName)>,
+    /// `payload_header`: where a verified JWT's payload goes.
+    pub payload_header: Option<HeaderName>,
     pub strip_authorization: bool,
+}
+
+impl ForwardConfig {
+    /// Every header bearward fills from the token: the claim headers and the payload header.
+    pub fn token_headers(&self) -> impl Iterator<Item = &HeaderName> {
+        self.claim_headers
+            .iter()
+            .map(|(_, h)| h)
+            .chain(&self.payload_header)
+    }
 }
 
 /// One problem found in a config file, located by line and key.

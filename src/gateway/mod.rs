@@ -315,8 +315,9 @@ pub struct Gateway {
     cors_routes: bool,
     /// Some route has `login_url`: a browser's page navigation is noted before the phases.
     login_routes: bool,
-    /// The identity assertions' headers, removed from every client request.
-    assertion_headers: Vec<HeaderName>,
+    /// The headers that say who the caller is and only bearward writes (claim and payload
+    /// headers, identity assertions'), removed from every client request.
+    identity_headers: Vec<HeaderName>,
     /// The assertion keys `/.well-known/jwks.json` publishes; kept across reloads
     /// ([`Gateway::with_keys_of`]).
     pub assertion_keys: Arc<crate::assertion::KeyRing>,
@@ -385,10 +386,12 @@ impl Gateway {
                     .ok()
             })
             .collect();
-        let mut assertion_headers: Vec<HeaderName> =
-            assertions(&config).map(|a| a.header.clone()).collect();
-        assertion_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        assertion_headers.dedup();
+        let mut identity_headers: Vec<HeaderName> = assertions(&config)
+            .map(|a| a.header.clone())
+            .chain(config.forward.token_headers().cloned())
+            .collect();
+        identity_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        identity_headers.dedup();
         let assertion_keys = crate::assertion::KeyRing::new(assertions(&config));
         let jwks_on_listener = assertions(&config).any(|a| a.jwks_on_listener);
         let cors_routes = config.routes.routes().iter().any(|r| r.cors.is_some());
@@ -417,7 +420,7 @@ impl Gateway {
             pdps,
             signers,
             exchangers,
-            assertion_headers,
+            identity_headers,
             assertion_keys,
             limiters,
             upstreams: Upstreams::new(&config, &metrics),
@@ -846,6 +849,10 @@ impl Gateway {
             let v = identity.and_then(|i| i.header_value(claim));
             h.insert(name.clone(), v.unwrap_or(HeaderValue::from_static("")));
         }
+        if let Some(name) = &self.config.forward.payload_header {
+            let v = identity.and_then(crate::auth::Identity::payload);
+            h.insert(name.clone(), v.unwrap_or(HeaderValue::from_static("")));
+        }
         h.insert(AUDIT_HEADER, audit.unwrap_or(HeaderValue::from_static("")));
         resp
     }
@@ -950,6 +957,11 @@ impl Gateway {
         if let Some(identity) = &identity {
             for (claim, h) in &self.config.forward.claim_headers {
                 if let Some(v) = identity.header_value(claim) {
+                    req.headers_mut().insert(h.clone(), v);
+                }
+            }
+            if let Some(h) = &self.config.forward.payload_header {
+                if let Some(v) = identity.payload() {
                     req.headers_mut().insert(h.clone(), v);
                 }
             }

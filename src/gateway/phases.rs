@@ -471,11 +471,8 @@ impl Gateway {
         // One look at the names the client sent: most requests carry none of these, and a
         // hashed removal per configured name cost more than the pass.
         if req.headers().keys().any(|k| self.sets_identity(k)) {
-            for (_, h) in &self.config.forward.claim_headers {
-                req.headers_mut().remove(h);
-            }
             req.headers_mut().remove(AUDIT_HEADER);
-            for h in &self.assertion_headers {
+            for h in &self.identity_headers {
                 req.headers_mut().remove(h);
             }
         }
@@ -492,17 +489,10 @@ impl Gateway {
         crate::headers::is_managed(h) || self.sets_identity(h)
     }
 
-    /// Is this one of the headers that say who the caller is (claim headers, the audit note,
-    /// identity assertions), which only bearward writes?
+    /// Is this one of the headers that say who the caller is (claim and payload headers, the
+    /// audit note, identity assertions), which only bearward writes?
     fn sets_identity(&self, h: &http::HeaderName) -> bool {
-        *h == AUDIT_HEADER
-            || self.assertion_headers.contains(h)
-            || self
-                .config
-                .forward
-                .claim_headers
-                .iter()
-                .any(|(_, c)| c == h)
+        *h == AUDIT_HEADER || self.identity_headers.contains(h)
     }
 
     /// The names in `headers` an upstream may read as one of bearward's (`_` for `-`), which

@@ -629,9 +629,7 @@ async fn answer(
             let ours = gateway
                 .config
                 .forward
-                .claim_headers
-                .iter()
-                .map(|(_, h)| h)
+                .token_headers()
                 .chain(std::iter::once(&audit));
             // `headers` (2) and `headers_to_remove` (5) interleave: protobuf keeps the order
             // within each repeated field, which is all either has.

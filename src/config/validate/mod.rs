@@ -296,18 +296,25 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
     }
     let telemetry = telemetry::telemetry(&mut cx, file.telemetry.as_ref());
 
-    let forward = forward::forward(&mut cx, file.forward.as_ref());
+    let forward = forward::forward(
+        &mut cx,
+        file.forward.as_ref(),
+        server.request_id_header.as_ref(),
+    );
     // An upstream's set header may not be one the claims fill (the claims would lose to it).
     for (name, up) in &file.upstreams {
         for (map, which) in up.get_ref().set_header_sources() {
             for (header, source) in map.iter().flat_map(Spanned::get_ref) {
                 let claimed = HeaderName::from_str(header)
-                    .is_ok_and(|h| forward.claim_headers.iter().any(|(_, c)| *c == h));
+                    .is_ok_and(|h| forward.token_headers().any(|c| *c == h));
                 if claimed {
                     cx.err(
                         source.span(),
                         &format!("upstreams.{}.{which}.{header}", name.get_ref()),
-                        format!("{header:?} is a claim header ([forward] claim_headers)"),
+                        format!(
+                            "{header:?} is filled from the token ([forward] claim_headers or \
+                             payload_header)"
+                        ),
                     );
                 }
             }
