@@ -956,3 +956,95 @@ async fn the_status_page_says_what_runs_and_what_the_last_reload_did() {
     assert!(metric(&m, "bearward_config_last_reload_success_timestamp_seconds") >= loaded);
     let _ = std::fs::remove_file(&file);
 }
+
+/// `revoked`: a token in use, cached as valid, is refused from the first request after the
+/// reload that names its `jti`, its `sub` or its client, or that cuts off tokens issued
+/// before a time; other tokens pass, and nothing refused reaches the upstream.
+#[tokio::test]
+async fn a_reload_that_revokes_a_token_refuses_it_at_once() {
+    let up = Upstream::start().await;
+    let file = std::env::temp_dir().join(format!("bearward-revoke-{}.toml", std::process::id()));
+    let text = |revoked: &str| {
+        reload_config(&up.url(), "bearer").replace(
+            "audiences = [\"https://api.test\"]",
+            &format!("audiences = [\"https://api.test\"]\n{revoked}"),
+        )
+    };
+    std::fs::write(&file, text("")).unwrap();
+    let server = bearward::build(bearward::config::Config::load(&file).unwrap())
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let live = server.live();
+    tokio::spawn(server.run(std::future::pending()));
+    let mint = Minter {
+        issuer: "https://idp.test".into(),
+        audience: "https://api.test".into(),
+    };
+    let key = Key::rsa1();
+    let token = |jti: &str, sub: &str, client: &str| {
+        mint.token_claims(&key, |c| {
+            c.insert("jti".into(), json!(jti));
+            c.insert("sub".into(), json!(sub));
+            c.insert("client_id".into(), json!(client));
+        })
+    };
+    let (leaked, user, app, fine) = (
+        token("j-leaked", "u1", "web"),
+        token("j2", "u-gone", "web"),
+        token("j3", "u3", "leaky-app"),
+        token("j4", "u4", "web"),
+    );
+    let c = client();
+    let call = |t: &str| {
+        let (c, auth) = (c.clone(), format!("Bearer {t}"));
+        async move {
+            let a = get(
+                &c,
+                &format!("http://{addr}/public/x"),
+                &[("authorization", &auth)],
+            )
+            .await;
+            (a.status, a.headers.get("www-authenticate").cloned())
+        }
+    };
+    for t in [&leaked, &user, &app, &fine] {
+        assert_eq!(call(t).await.0, StatusCode::OK, "cached as valid first");
+    }
+    std::fs::write(
+        &file,
+        text("revoked = { token_ids = [\"j-leaked\"], subjects = [\"u-gone\"], clients = [\"leaky-app\"] }"),
+    )
+    .unwrap();
+    live.reload_file(&file).unwrap();
+    let seen = up.count();
+    for t in [&leaked, &user, &app] {
+        let (status, challenge) = call(t).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let challenge = challenge.unwrap();
+        let challenge = challenge.to_str().unwrap();
+        assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+        assert!(challenge.contains("token revoked"), "{challenge}");
+    }
+    assert_eq!(up.count(), seen, "no revoked token reached the upstream");
+    assert_eq!(call(&fine).await.0, StatusCode::OK);
+    let m = live.metrics.render();
+    assert!(m.contains("reason=\"token_revoked\"} 3"), "{m}");
+
+    // Everyone out: tokens issued before now, the fine one among them.
+    let cut =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(1));
+    std::fs::write(
+        &file,
+        text(&format!("revoked = {{ issued_before = \"{cut}\" }}")),
+    )
+    .unwrap();
+    live.reload_file(&file).unwrap();
+    assert_eq!(call(&fine).await.0, StatusCode::UNAUTHORIZED);
+    // A bad time is a config error naming the key, and the running config stays.
+    std::fs::write(&file, text("revoked = { issued_before = \"yesterday\" }")).unwrap();
+    let e = live.reload_file(&file).unwrap_err().to_string();
+    assert!(e.contains("issuers[0].revoked.issued_before"), "{e}");
+    assert_eq!(call(&fine).await.0, StatusCode::UNAUTHORIZED);
+    let _ = std::fs::remove_file(&file);
+}

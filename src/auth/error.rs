@@ -77,6 +77,10 @@ pub enum AuthError {
     /// what the route asks for.
     #[error("a stronger or more recent authentication is required")]
     InsufficientUserAuthentication,
+    /// The issuer's `revoked` names the token, its subject or its client, or it was issued
+    /// before the cut-off.
+    #[error("token revoked")]
+    Revoked,
 }
 
 /// The `error` parameter of `WWW-Authenticate`, if any.
@@ -171,6 +175,7 @@ impl AuthError {
             AuthError::UnboundToken => "unbound_token",
             AuthError::ClaimMismatch => "claim_mismatch",
             AuthError::InsufficientUserAuthentication => "insufficient_user_authentication",
+            AuthError::Revoked => "token_revoked",
         }
     }
 

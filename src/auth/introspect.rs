@@ -81,7 +81,7 @@ pub struct Introspector {
 
 /// The answer members bearward reads (RFC 7662 2.2, RFC 7800 `cnf`), kept in the shared store
 /// with the claim headers' claims; nothing else of an answer is stored.
-const CHECKED: [&str; 17] = [
+const CHECKED: [&str; 19] = [
     "active",
     "scope",
     "client_id",
@@ -96,6 +96,9 @@ const CHECKED: [&str; 17] = [
     "aud",
     "iss",
     "cnf",
+    // `revoked`, besides sub, client_id and iat above.
+    "jti",
+    "azp",
     // RFC 9470 step-up on routes (acr_values, max_age).
     "acr",
     "auth_time",

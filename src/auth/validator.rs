@@ -620,6 +620,12 @@ pub(crate) fn check_claims_of(
     if !absent {
         trace.note("aud", true, || format!("aud {auds:?} accepted"));
     }
+    if let Some(r) = &cfg.revoked {
+        match r.refuses(claims) {
+            Some(why) => return fail(trace, "revoked", AuthError::Revoked, why),
+            None => trace.note("revoked", true, || "not revoked".into()),
+        }
+    }
     Ok(exp.is_finite().then_some(exp))
 }
 
@@ -851,6 +857,55 @@ upstream = "a"
 
     fn claims(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn a_revoked_token_subject_client_or_issue_time_is_refused() {
+        let mut c = cfg();
+        c.revoked = Some(Box::new(crate::config::Revoked {
+            token_ids: ["t1".to_owned()].into(),
+            subjects: ["u9".to_owned()].into(),
+            clients: ["leaky".to_owned()].into(),
+            issued_before: Some(1_000),
+        }));
+        let now = 2_000.0;
+        let check = |c: &IssuerConfig, edit: Value, drop: Option<&str>| {
+            let mut m = claims(json!({
+                "exp": 3000, "aud": "api", "iat": 1500, "jti": "t2", "sub": "u1", "client_id": "ok"
+            }));
+            m.extend(claims(edit));
+            if let Some(k) = drop {
+                m.remove(k);
+            }
+            check_claims(&m, c, now, &mut Trace::default())
+        };
+        assert!(check(&c, json!({}), None).is_ok());
+        assert!(
+            check(&c, json!({"iat": 1000}), None).is_ok(),
+            "at the cut-off"
+        );
+        for edit in [
+            json!({"jti": "t1"}),
+            json!({"sub": "u9"}),
+            json!({"client_id": "leaky"}),
+            json!({"azp": "leaky"}),
+            json!({"iat": 999}),
+        ] {
+            assert_eq!(
+                check(&c, edit.clone(), None),
+                Err(AuthError::Revoked),
+                "{edit}"
+            );
+        }
+        assert_eq!(check(&c, json!({}), Some("iat")), Err(AuthError::Revoked));
+        // Without the cut-off, a token without iat is none of the others' business.
+        c.revoked.as_mut().unwrap().issued_before = None;
+        assert!(check(&c, json!({}), Some("iat")).is_ok());
+        assert_eq!(AuthError::Revoked.status(), http::StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            AuthError::Revoked.code(),
+            super::super::ErrorCode::InvalidToken
+        );
     }
 
     #[test]

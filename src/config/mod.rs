@@ -494,6 +494,43 @@ pub struct IssuerConfig {
     /// `trusted_key_origins`, as [`origin_of`] writes them: where a discovery document may
     /// send bearward for keys or introspection besides the issuer's own origin.
     pub trusted_key_origins: Vec<String>,
+    /// `revoked`: tokens refused before they expire.
+    pub revoked: Option<Box<Revoked>>,
+}
+
+/// `[[issuers]] revoked`, validated: what a token's claims must not say.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Revoked {
+    pub token_ids: std::collections::HashSet<String>,
+    pub subjects: std::collections::HashSet<String>,
+    pub clients: std::collections::HashSet<String>,
+    /// Seconds since the epoch: a token issued earlier, or without `iat`, is refused.
+    pub issued_before: Option<u64>,
+}
+
+impl Revoked {
+    /// Why these claims are refused, if they are.
+    pub fn refuses(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+        let text = |name: &str| claims.get(name).and_then(serde_json::Value::as_str);
+        if let Some(jti) = text("jti").filter(|j| self.token_ids.contains(*j)) {
+            return Some(format!("jti {jti:?} is revoked"));
+        }
+        if let Some(sub) = text("sub").filter(|s| self.subjects.contains(*s)) {
+            return Some(format!("sub {sub:?} is revoked"));
+        }
+        let client = text("azp").or_else(|| text("client_id"));
+        if let Some(client) = client.filter(|c| self.clients.contains(*c)) {
+            return Some(format!("client {client:?} is revoked"));
+        }
+        let before = self.issued_before?;
+        match claims.get("iat").and_then(serde_json::Value::as_f64) {
+            Some(iat) if iat >= before as f64 => None,
+            Some(iat) => Some(format!("issued at {iat:.0}, before {before}")),
+            None => Some(format!(
+                "no iat, and tokens issued before {before} are revoked"
+            )),
+        }
+    }
 }
 
 /// `localhost` (and names under it), 127.0.0.0/8 or `::1`: a host nothing can sit between.

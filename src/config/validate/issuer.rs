@@ -76,9 +76,63 @@ pub(super) fn issuer(
         proxy: proxy(cx, f.proxy.as_ref(), &key("proxy")),
         allow_insecure_http: f.allow_insecure_http.as_ref().is_some_and(|b| *b.get_ref()),
         trusted_key_origins: trusted_origins(cx, f, &key("trusted_key_origins")),
+        revoked: revoked(cx, f, &key("revoked")),
     };
     transport(cx, f, &config, &key);
     (cx.problems.len() == before).then_some(config)
+}
+
+/// Most entries `revoked` may list, all lists together: a set looked up once per validation,
+/// and a config that stays quick to load.
+const MAX_REVOKED: usize = 100_000;
+
+/// `revoked`: the lists as sets, `issued_before` as RFC 3339.
+fn revoked(cx: &mut Ctx<'_>, f: &IssuerFile, key: &str) -> Option<Box<Revoked>> {
+    let v = f.revoked.as_ref()?;
+    let r = v.get_ref();
+    let set = |l: &Option<Vec<String>>| -> std::collections::HashSet<String> {
+        l.iter()
+            .flatten()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect()
+    };
+    let issued_before = r
+        .issued_before
+        .as_ref()
+        .and_then(|t| match humantime::parse_rfc3339_weak(t.get_ref()) {
+            Ok(at) => Some(
+                at.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            ),
+            Err(_) => {
+                cx.err(
+                    t.span(),
+                    &format!("{key}.issued_before"),
+                    format!(
+                        "{:?} is not an RFC 3339 time (e.g. \"2026-12-07T18:00:00Z\")",
+                        t.get_ref()
+                    ),
+                );
+                None
+            }
+        });
+    let revoked = Revoked {
+        token_ids: set(&r.token_ids),
+        subjects: set(&r.subjects),
+        clients: set(&r.clients),
+        issued_before,
+    };
+    let n = revoked.token_ids.len() + revoked.subjects.len() + revoked.clients.len();
+    if n > MAX_REVOKED {
+        cx.err(
+            v.span(),
+            key,
+            format!("lists {n} entries; at most {MAX_REVOKED}"),
+        );
+        return None;
+    }
+    (revoked != Revoked::default()).then(|| Box::new(revoked))
 }
 
 pub(super) fn trim_secret(mut bytes: Vec<u8>) -> Secret {
