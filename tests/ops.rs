@@ -1048,3 +1048,64 @@ async fn a_reload_that_revokes_a_token_refuses_it_at_once() {
     assert_eq!(call(&fine).await.0, StatusCode::UNAUTHORIZED);
     let _ = std::fs::remove_file(&file);
 }
+
+/// A reload that changes only an issuer's `revoked` keeps its keys: with the IdP down, the
+/// tokens in use that are not revoked still pass (a new key store would have none to check
+/// them with), and the revoked one is refused.
+#[tokio::test]
+async fn revoking_a_token_while_the_idp_is_down_keeps_the_keys() {
+    let up = Upstream::start().await;
+    let key = Key::rsa1();
+    let idp = Idp::start(&[&key]).await;
+    let file =
+        std::env::temp_dir().join(format!("bearward-revoke-idp-{}.toml", std::process::id()));
+    let text = |revoked: &str| {
+        reload_config(&up.url(), "bearer")
+            .replace("https://idp.test", &idp.issuer())
+            .replace(
+                "jwks_file = \"tests/fixtures/jwks-rsa1.json\"",
+                &format!("jwks_uri = \"{}\"\n{revoked}", idp.jwks_uri()),
+            )
+    };
+    std::fs::write(&file, text("")).unwrap();
+    let server = bearward::build(bearward::config::Config::load(&file).unwrap())
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let live = server.live();
+    tokio::spawn(server.run(std::future::pending()));
+    let mint = idp.minter("https://api.test");
+    let token = |jti: &str| {
+        mint.token_claims(&key, |c| {
+            c.insert("jti".into(), json!(jti));
+        })
+    };
+    let (leaked, fine) = (token("j-leaked"), token("j-fine"));
+    let c = client();
+    let call = |t: &str| {
+        let (c, auth) = (c.clone(), format!("Bearer {t}"));
+        async move {
+            get(
+                &c,
+                &format!("http://{addr}/public/x"),
+                &[("authorization", &auth)],
+            )
+            .await
+            .status
+        }
+    };
+    // Keys fetched once the first token is checked (or the refresher ran).
+    for _ in 0..50 {
+        if call(&fine).await == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(call(&leaked).await, StatusCode::OK);
+    idp.stop();
+    std::fs::write(&file, text("revoked = { token_ids = [\"j-leaked\"] }")).unwrap();
+    live.reload_file(&file).unwrap();
+    assert_eq!(call(&leaked).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(call(&fine).await, StatusCode::OK, "the keys stayed");
+    let _ = std::fs::remove_file(&file);
+}

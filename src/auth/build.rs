@@ -61,8 +61,20 @@ impl Authenticator {
             let (keys, task) = match kept {
                 Some(k) => k,
                 None => {
-                    let keys =
-                        IssuerKeys::new(cfg.clone(), client_for(cfg, &client), metrics.clone());
+                    // Only `revoked` changed: the new store starts with the old one's keys.
+                    let bare = |c: &crate::config::IssuerConfig| crate::config::IssuerConfig {
+                        revoked: None,
+                        ..c.clone()
+                    };
+                    let carried = previous
+                        .and_then(|p| p.issuers.iter().find(|k| bare(&k.config) == bare(cfg)));
+                    let client = client_for(cfg, &client);
+                    let keys = match carried {
+                        Some(old) => {
+                            IssuerKeys::carrying(cfg.clone(), old, client, metrics.clone())
+                        }
+                        None => IssuerKeys::new(cfg.clone(), client, metrics.clone()),
+                    };
                     let task = Arc::new(AbortOnDrop(tokio::spawn(keys.clone().run_refresher())));
                     (keys, task)
                 }

@@ -334,6 +334,27 @@ impl IssuerKeys {
         })
     }
 
+    /// A store for `config` that starts with `old`'s keys and fetch status, for a reload that
+    /// changed only what is checked after the signature (`revoked`): an incident's edit must
+    /// not wait on a JWKS fetch, nor fail while the IdP is down. The keys keep their age.
+    pub fn carrying(
+        config: IssuerConfig,
+        old: &IssuerKeys,
+        client: HttpsClient,
+        metrics: Arc<Metrics>,
+    ) -> Arc<IssuerKeys> {
+        let keys = IssuerKeys::new(config, client, metrics);
+        *keys
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = old.latest();
+        *keys
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = old.status();
+        keys
+    }
+
     fn has_remote_keys(&self) -> bool {
         self.config.keys != KeySource::None
     }
