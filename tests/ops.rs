@@ -1049,9 +1049,10 @@ async fn a_reload_that_revokes_a_token_refuses_it_at_once() {
     let _ = std::fs::remove_file(&file);
 }
 
-/// A reload that changes only an issuer's `revoked` keeps its keys: with the IdP down, the
-/// tokens in use that are not revoked still pass (a new key store would have none to check
-/// them with), and the revoked one is refused.
+/// A reload that changes only what an issuer checks after the signature (`revoked`,
+/// `audiences`, `leeway`) keeps its keys: with the IdP down, the tokens in use that are not
+/// revoked still pass (a new key store would have none to check them with), and the revoked
+/// one is refused. A new key source starts with none.
 #[tokio::test]
 async fn revoking_a_token_while_the_idp_is_down_keeps_the_keys() {
     let up = Upstream::start().await;
@@ -1107,5 +1108,19 @@ async fn revoking_a_token_while_the_idp_is_down_keeps_the_keys() {
     live.reload_file(&file).unwrap();
     assert_eq!(call(&leaked).await, StatusCode::UNAUTHORIZED);
     assert_eq!(call(&fine).await, StatusCode::OK, "the keys stayed");
+    // So does one that changes the audiences or the leeway.
+    let more = text("revoked = { token_ids = [\"j-leaked\"] }\nleeway = \"10s\"").replace(
+        "audiences = [\"https://api.test\"]",
+        "audiences = [\"https://api.test\", \"https://other.test\"]",
+    );
+    std::fs::write(&file, more).unwrap();
+    live.reload_file(&file).unwrap();
+    assert_eq!(call(&fine).await, StatusCode::OK, "the keys stayed");
+    assert_eq!(call(&leaked).await, StatusCode::UNAUTHORIZED);
+    // A new key source starts from nothing, and the IdP is down: 503, never an allow.
+    let elsewhere = text("").replace(&idp.jwks_uri(), &format!("{}/other", idp.jwks_uri()));
+    std::fs::write(&file, elsewhere).unwrap();
+    live.reload_file(&file).unwrap();
+    assert_eq!(call(&fine).await, StatusCode::SERVICE_UNAVAILABLE);
     let _ = std::fs::remove_file(&file);
 }

@@ -61,13 +61,9 @@ impl Authenticator {
             let (keys, task) = match kept {
                 Some(k) => k,
                 None => {
-                    // Only `revoked` changed: the new store starts with the old one's keys.
-                    let bare = |c: &crate::config::IssuerConfig| crate::config::IssuerConfig {
-                        revoked: None,
-                        ..c.clone()
-                    };
-                    let carried = previous
-                        .and_then(|p| p.issuers.iter().find(|k| bare(&k.config) == bare(cfg)));
+                    // The same keys, other checks: the new store starts with the old one's.
+                    let carried =
+                        previous.and_then(|p| p.issuers.iter().find(|k| k.config.same_keys(cfg)));
                     let client = client_for(cfg, &client);
                     let keys = match carried {
                         Some(old) => {

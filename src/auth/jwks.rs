@@ -335,8 +335,9 @@ impl IssuerKeys {
     }
 
     /// A store for `config` that starts with `old`'s keys and fetch status, for a reload that
-    /// changed only what is checked after the signature (`revoked`): an incident's edit must
-    /// not wait on a JWKS fetch, nor fail while the IdP is down. The keys keep their age.
+    /// changed only what is checked after the signature ([`IssuerConfig::same_keys`]: an
+    /// incident's edit to `revoked` or `audiences` must not wait on a JWKS fetch, nor fail while
+    /// the IdP is down). The keys keep their age; the refresher fetches as a new store's does.
     pub fn carrying(
         config: IssuerConfig,
         old: &IssuerKeys,

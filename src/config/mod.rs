@@ -581,6 +581,22 @@ pub fn origin_of(uri: &http::Uri) -> Option<String> {
 }
 
 impl IssuerConfig {
+    /// Are the keys of `other` this issuer's keys: the same issuer, fetched from the same
+    /// place in the same way and taken by the same rules? A reload that changes only what is
+    /// checked after the signature (audiences, leeway, `typ`, scopes, `revoked`, ...) keeps
+    /// them in use rather than waiting on the IdP, which may be down.
+    pub fn same_keys(&self, other: &IssuerConfig) -> bool {
+        self.issuer == other.issuer
+            && self.keys == other.keys
+            && self.jwks == other.jwks
+            && self.algorithms == other.algorithms
+            && self.hmac_secret == other.hmac_secret
+            && self.token_format == other.token_format
+            && self.proxy == other.proxy
+            && self.allow_insecure_http == other.allow_insecure_http
+            && self.trusted_key_origins == other.trusted_key_origins
+    }
+
     /// May keys or introspection answers come over `uri`? `https`, or plain `http` to a
     /// loopback host or with `allow_insecure_http`: over plain HTTP anyone on the path can
     /// swap the keys.
