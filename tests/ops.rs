@@ -889,6 +889,14 @@ async fn the_status_page_says_what_runs_and_what_the_last_reload_did() {
             serde_json::from_str::<serde_json::Value>(&a.body).unwrap()
         }
     };
+    // The issuer's keys are loaded in the background: ready first, as a probe would wait.
+    for _ in 0..100 {
+        let ready = get(&c, &format!("http://{admin}/readyz"), &[]).await;
+        if ready.status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Both endpoints in turn: the second refuses, goes out, and the request goes on.
     for _ in 0..2 {
         let a = get(&c, &format!("http://{addr}/public/x"), &[]).await;
@@ -939,14 +947,23 @@ async fn the_status_page_says_what_runs_and_what_the_last_reload_did() {
         "{m}"
     );
 
+    assert!(s["issuers"][0]["revoked"].is_null(), "{s}");
+
     // A good one: the new text's digest, and the gauges back.
-    let second = text("deny");
+    let second = text("deny").replace(
+        "audiences = [\"https://api.test\"]",
+        "audiences = [\"https://api.test\"]\nrevoked = { subjects = [\"u1\", \"u2\"], issued_before = \"2026-01-01T00:00:00Z\" }",
+    );
     std::fs::write(&file, &second).unwrap();
     live.reload_file(&file).unwrap();
     let s = status().await;
     assert_eq!(s["config"]["sha256"], sha(&second));
     assert_eq!(s["config"]["last_reload"]["outcome"], "ok", "{s}");
     assert!(s["config"]["last_reload"]["error"].is_null(), "{s}");
+    let revoked = &s["issuers"][0]["revoked"];
+    assert_eq!(revoked["subjects"], 2, "{s}");
+    assert_eq!(revoked["token_ids"], 0, "{s}");
+    assert_eq!(revoked["issued_before"], 1_767_225_600u64, "{s}");
     let m = live.metrics.render();
     assert_eq!(
         metric(&m, "bearward_config_last_reload_successful"),

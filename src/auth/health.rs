@@ -52,6 +52,13 @@ impl Authenticator {
                         "reason": r.reason,
                     })).collect::<Vec<_>>(),
                     "introspection": introspection,
+                    // How many of each: enough to see that an edit took, not the list itself.
+                    "revoked": i.config.revoked.as_ref().map(|r| serde_json::json!({
+                        "token_ids": r.token_ids.len(),
+                        "subjects": r.subjects.len(),
+                        "clients": r.clients.len(),
+                        "issued_before": r.issued_before,
+                    })),
                 })
             })
             .collect()
