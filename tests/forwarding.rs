@@ -1472,7 +1472,13 @@ async fn an_upstream_on_a_unix_socket_is_served_over_it() {
         .unwrap()
         .unwrap();
     assert_eq!(&back, b"ping");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Checks every 200 ms: one within a few seconds, however loaded the machine.
+    for _ in 0..100 {
+        if up.seen().iter().any(|s| s.uri == "/public/healthz") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         up.seen().iter().any(|s| s.uri == "/public/healthz"),
         "the health check asked over the socket"
