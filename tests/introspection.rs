@@ -775,3 +775,38 @@ async fn explain_asks_the_endpoint_and_says_what_it_answered() {
     );
     assert_eq!(up.count(), 0);
 }
+
+/// The issuer's `revoked` applies to opaque tokens on their introspection answer: by `jti`, by
+/// `azp` (else `client_id`), and by `iat` before the cut-off; other answers pass.
+#[tokio::test]
+async fn revoked_refuses_an_active_opaque_token_by_its_answer() {
+    let s = start(
+        "revoked = { token_ids = [\"j-9\"], clients = [\"app-bad\"], issued_before = \"2020-01-01T00:00:00Z\" }",
+    )
+    .await;
+    let with = |member: &str, v: serde_json::Value| {
+        let mut a = active("read");
+        a[member] = v;
+        a
+    };
+    s.ep.set("opaque-jti", with("jti", json!("j-9")));
+    s.ep.set("opaque-azp", with("azp", json!("app-bad")));
+    s.ep.set("opaque-old", with("iat", json!(1_500_000_000)));
+    s.ep.set("opaque-fine", with("jti", json!("j-10")));
+    for token in ["opaque-jti", "opaque-azp", "opaque-old"] {
+        let a = s
+            .refused(
+                "/api/read/x",
+                token,
+                StatusCode::UNAUTHORIZED,
+                "token_revoked",
+            )
+            .await;
+        let challenge = a.headers["www-authenticate"].to_str().unwrap();
+        assert!(challenge.contains("invalid_token"), "{token}: {challenge}");
+    }
+    assert_eq!(
+        s.call("/api/read/x", "opaque-fine").await.status,
+        StatusCode::OK
+    );
+}
