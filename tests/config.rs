@@ -240,6 +240,30 @@ fn restart_only_settings_are_compared_as_one() {
     assert!(a.server.listening.changed(&a.server.listening).is_empty());
 }
 
+/// `revoked.issued_before` in the future refuses the tokens an issuer gives after the incident
+/// too: `check` warns of it; a cut-off in the past is what it is for, and says nothing.
+#[test]
+fn a_revocation_cut_off_in_the_future_is_warned_of() {
+    let warned = |at: &str| {
+        let text = GOOD.replacen(
+            "audiences = [\"https://api.test\"]",
+            &format!(
+                "audiences = [\"https://api.test\"]\nrevoked = {{ issued_before = \"{at}\" }}"
+            ),
+            1,
+        );
+        let c = Config::from_toml_str(&text, "r.toml").unwrap();
+        c.warnings
+            .iter()
+            .map(ToString::to_string)
+            .find(|w| w.contains("revoked.issued_before"))
+    };
+    let w = warned("2099-01-01T00:00:00Z").expect("warned");
+    assert!(w.contains("issuers[0].revoked.issued_before: is "), "{w}");
+    assert!(w.contains("in the future"), "{w}");
+    assert_eq!(warned("2020-01-01T00:00:00Z"), None);
+}
+
 /// A store that would hold security decisions without `[cache] secret` to seal them: `check`
 /// says they stay per process, and names which; with the secret, or with nothing of the kind
 /// to keep, it says nothing.

@@ -1008,7 +1008,8 @@ pub(super) struct IssuerFile {
     /// known to be compromised, or everyone at once: `{ token_ids = ["..."] }` (`jti`),
     /// `subjects = ["..."]` (`sub`), `clients = ["..."]` (`azp`, else `client_id`), and
     /// `issued_before = "2026-12-07T18:00:00Z"`, every token whose `iat` is earlier or that has
-    /// none (logs everyone out after an incident, without replacing the signing key). A JWT's
+    /// none (logs everyone out after an incident, without replacing the signing key; `check`
+    /// warns of a time in the future, which would refuse new tokens too). A JWT's
     /// signature cannot be taken back and the IdP's revocation never reaches a resource server:
     /// this is how it does. Checked when a token is validated; a reload empties the
     /// verified-token cache, so an edit applied (`watch_config`, SIGHUP) refuses the tokens in

@@ -639,6 +639,32 @@ fn warnings(
             let bearer = table.routes()[i].auth.reads_token();
             bearer.then(|| (v, format!("routes[{i}].resource")))
         }));
+    // A cut-off in the future refuses every token the issuer gives until then, the ones it
+    // gives after the incident too: more often a date or a time zone written wrong than meant.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for (i, f) in file.issuers.iter().enumerate() {
+        let cut = f.get_ref().revoked.as_ref();
+        let Some(t) = cut.and_then(|r| r.get_ref().issued_before.as_ref()) else {
+            continue;
+        };
+        let before = issuers
+            .get(i)
+            .and_then(|c| c.revoked.as_ref()?.issued_before);
+        if let Some(before) = before.filter(|b| *b > now.saturating_add(60)) {
+            warnings.push(cx.locate(
+                t.span(),
+                &format!("issuers[{i}].revoked.issued_before"),
+                format!(
+                    "is {} s in the future: every token this issuer gives until then is refused, \
+                     the ones it gives after the incident too (a date or time zone written \
+                     wrong? RFC 3339 times end in Z for UTC)",
+                    before - now
+                ),
+            ));
+        }
+    }
     if let Some(d) = &file.decision {
         if d.get_ref().ingress.is_none() {
             warnings.push(cx.locate(
