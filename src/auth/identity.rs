@@ -18,13 +18,11 @@ impl Identity {
     /// A JWT's payload as the token carries it (base64url, between its dots) for
     /// `payload_header`; `None` for an opaque token, which has none.
     pub fn payload(&self) -> Option<HeaderValue> {
-        let token: &[u8] = &self.0.token;
-        let mut parts = token.split(|b| *b == b'.');
-        let (_, payload) = (parts.next()?, parts.next()?);
-        // Only a verified JWT is kept with its token, and its parts are base64url.
-        (self.0.key.is_some() && !payload.is_empty())
-            .then(|| HeaderValue::from_bytes(payload).ok())
-            .flatten()
+        // Only a verified JWT is kept with its token (and a key), and its parts are base64url.
+        self.0.key.as_ref()?;
+        let mut parts = self.0.token.split(|b| *b == b'.');
+        let payload = parts.nth(1).filter(|p| !p.is_empty())?;
+        HeaderValue::from_bytes(payload).ok()
     }
 
     /// A claim's text as [`Identity::header_value`] gives it, whether or not a header could

@@ -26,8 +26,8 @@ pub struct McpNote {
     pub name_label: String,
 }
 
-/// Client text for a log line: at most `max` bytes, on a character boundary.
-fn cut(s: &str, max: usize) -> String {
+/// Text for a log line or a status page: at most `max` bytes, on a character boundary.
+pub(crate) fn cut(s: &str, max: usize) -> String {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;

@@ -32,6 +32,7 @@
 mod decision;
 pub mod limit;
 mod mcp;
+pub(crate) use mcp::cut;
 mod phases;
 mod rejection;
 

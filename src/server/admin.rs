@@ -131,12 +131,6 @@ fn status(live: &Live, gateway: &Gateway, draining: bool) -> serde_json::Value {
             "error": outcome.as_ref().err(),
         })
     });
-    let digest: String = gateway
-        .config
-        .digest
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
     serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "commit": env!("BEARWARD_COMMIT"),
@@ -144,7 +138,7 @@ fn status(live: &Live, gateway: &Gateway, draining: bool) -> serde_json::Value {
         "draining": draining,
         "config": {
             "file": gateway.config.source,
-            "sha256": digest,
+            "sha256": crate::jose::hex(&gateway.config.digest),
             "loaded_at": unix(reloads.loaded),
             "last_reload": last,
             "routes": gateway.config.routes.routes().len(),

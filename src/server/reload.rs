@@ -149,13 +149,9 @@ impl Live {
                 }
                 self.metrics.reload(false);
                 // Bounded: a file with many problems is in the log whole.
-                let mut text = e.to_string();
-                if text.len() > 4096 {
-                    let mut end = 4096;
-                    while !text.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    text.truncate(end);
+                let full = e.to_string();
+                let mut text = crate::gateway::cut(&full, 4096);
+                if text.len() < full.len() {
                     text.push_str("...");
                 }
                 self.reload_record().last = Some((std::time::SystemTime::now(), Err(text)));
