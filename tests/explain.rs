@@ -99,6 +99,17 @@ fn golden(name: &str, actual: &str) {
     );
 }
 
+/// The fixture's config with `route` (the lines of a `[[routes]]` table) first among its
+/// routes, named `name` in messages.
+fn with_route_first(route: &str, name: &str) -> bearward::config::Config {
+    let text = std::fs::read_to_string(FIXTURE).unwrap().replacen(
+        "[[routes]]",
+        &format!("[[routes]]\n{route}\n\n[[routes]]"),
+        1,
+    );
+    bearward::config::Config::from_toml_str(&text, name).unwrap()
+}
+
 fn minter() -> Minter {
     Minter {
         issuer: "https://idp.example.com".into(),
@@ -541,12 +552,7 @@ fn a_cors_preflight_is_explained_as_bearward_answers_it() {
 /// does; the other routes from `Authorization`.
 #[tokio::test]
 async fn explain_puts_the_token_where_the_route_reads_it() {
-    let text = std::fs::read_to_string(FIXTURE).unwrap().replacen(
-        "[[routes]]",
-        "[[routes]]\nprefix = \"/iap\"\nscopes = [\"read\"]\ntoken_header = \"X-Goog-Iap-Jwt-Assertion\"\nupstream = \"legacy\"\n\n[[routes]]",
-        1,
-    );
-    let config = bearward::config::Config::from_toml_str(&text, "iap.toml").unwrap();
+    let config = with_route_first("prefix = \"/iap\"\nscopes = [\"read\"]\ntoken_header = \"X-Goog-Iap-Jwt-Assertion\"\nupstream = \"legacy\"", "iap.toml");
     let read = minter().token(&Key::rsa1(), "read");
     for target in ["/iap/x", "/api/orders/7"] {
         let e =
@@ -560,12 +566,10 @@ async fn explain_puts_the_token_where_the_route_reads_it() {
 /// clients send it.
 #[tokio::test]
 async fn explain_checks_a_cookie_route_with_the_token_in_authorization() {
-    let text = std::fs::read_to_string(FIXTURE).unwrap().replacen(
-        "[[routes]]",
-        "[[routes]]\nprefix = \"/spa\"\nscopes = [\"read\"]\ntoken_cookie = \"at\"\nupstream = \"legacy\"\n\n[[routes]]",
-        1,
+    let config = with_route_first(
+        "prefix = \"/spa\"\nscopes = [\"read\"]\ntoken_cookie = \"at\"\nupstream = \"legacy\"",
+        "spa.toml",
     );
-    let config = bearward::config::Config::from_toml_str(&text, "spa.toml").unwrap();
     let read = minter().token(&Key::rsa1(), "read");
     for target in ["/spa/x", "/api/orders/7"] {
         let e =
@@ -579,12 +583,7 @@ async fn explain_checks_a_cookie_route_with_the_token_in_authorization() {
 /// page opened without a token, and the refusal of another site's request.
 #[tokio::test]
 async fn explain_says_what_a_browser_gets_on_a_cookie_route() {
-    let text = std::fs::read_to_string(FIXTURE).unwrap().replacen(
-        "[[routes]]",
-        "[[routes]]\nprefix = \"/spa\"\nscopes = [\"read\"]\ntoken_cookie = \"at\"\nlogin_url = \"https://login.test/?rd={url}\"\nupstream = \"legacy\"\n\n[[routes]]",
-        1,
-    );
-    let config = bearward::config::Config::from_toml_str(&text, "spa.toml").unwrap();
+    let config = with_route_first("prefix = \"/spa\"\nscopes = [\"read\"]\ntoken_cookie = \"at\"\nlogin_url = \"https://login.test/?rd={url}\"\nupstream = \"legacy\"", "spa.toml");
     let ask = |method, headers| bearward::explain::Asked {
         method,
         target: "/spa/x?a=1",
@@ -624,12 +623,7 @@ async fn explain_says_what_a_browser_gets_on_a_cookie_route() {
 /// as anywhere; `allow_if` tells the two apart.
 #[tokio::test]
 async fn explain_forwards_a_request_without_a_token_on_an_optional_route() {
-    let text = std::fs::read_to_string(FIXTURE).unwrap().replacen(
-        "[[routes]]",
-        "[[routes]]\nprefix = \"/maybe\"\nauth = \"optional\"\nallow_if = 'subject != \"\" || request.method == \"GET\"'\nupstream = \"legacy\"\n\n[[routes]]",
-        1,
-    );
-    let config = bearward::config::Config::from_toml_str(&text, "maybe.toml").unwrap();
+    let config = with_route_first("prefix = \"/maybe\"\nauth = \"optional\"\nallow_if = 'subject != \"\" || request.method == \"GET\"'\nupstream = \"legacy\"", "maybe.toml");
     let read = minter().token(&Key::rsa1(), "read");
     let expired = minter().token_expired(&Key::rsa1());
     for (method, token, want) in [

@@ -844,6 +844,34 @@ async fn a_changed_tls_file_is_reloaded_without_a_restart() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// bearward running the config in `file`, in this process: its proxy and admin addresses and
+/// its reload handle.
+async fn serve_file(
+    file: &std::path::Path,
+) -> (
+    std::net::SocketAddr,
+    Option<std::net::SocketAddr>,
+    Arc<bearward::server::Live>,
+) {
+    let config = bearward::config::Config::load(file).unwrap();
+    let server = bearward::build(config).await.unwrap();
+    let (addr, admin) = (server.local_addr().unwrap(), server.admin_addr());
+    let live = server.live();
+    tokio::spawn(server.run(std::future::pending()));
+    (addr, admin, live)
+}
+
+/// `GET /public/x` on `addr` with `token` as the bearer token.
+async fn with_bearer(c: &HttpClient, addr: std::net::SocketAddr, token: &str) -> Answer {
+    let auth = format!("Bearer {token}");
+    get(
+        c,
+        &format!("http://{addr}/public/x"),
+        &[("authorization", &auth)],
+    )
+    .await
+}
+
 /// `/status` on the admin listener says what runs: the SHA-256 of the config text in force
 /// (the file's until a refused reload, the new one's after a good one), the last reload's
 /// outcome with its error, each issuer's keys by id, and each upstream's endpoints, one that
@@ -873,12 +901,8 @@ async fn the_status_page_says_what_runs_and_what_the_last_reload_did() {
     };
     let first = text("none");
     std::fs::write(&file, &first).unwrap();
-    let server = bearward::build(bearward::config::Config::load(&file).unwrap())
-        .await
-        .unwrap();
-    let (addr, admin) = (server.local_addr().unwrap(), server.admin_addr().unwrap());
-    let live = server.live();
-    tokio::spawn(server.run(std::future::pending()));
+    let (addr, admin, live) = serve_file(&file).await;
+    let admin = admin.unwrap();
     let c = client();
     let status = || {
         let c = c.clone();
@@ -988,12 +1012,7 @@ async fn a_reload_that_revokes_a_token_refuses_it_at_once() {
         )
     };
     std::fs::write(&file, text("")).unwrap();
-    let server = bearward::build(bearward::config::Config::load(&file).unwrap())
-        .await
-        .unwrap();
-    let addr = server.local_addr().unwrap();
-    let live = server.live();
-    tokio::spawn(server.run(std::future::pending()));
+    let (addr, _, live) = serve_file(&file).await;
     let mint = Minter {
         issuer: "https://idp.test".into(),
         audience: "https://api.test".into(),
@@ -1014,19 +1033,11 @@ async fn a_reload_that_revokes_a_token_refuses_it_at_once() {
     );
     let c = client();
     let call = |t: &str| {
-        let (c, auth) = (c.clone(), format!("Bearer {t}"));
-        async move {
-            let a = get(
-                &c,
-                &format!("http://{addr}/public/x"),
-                &[("authorization", &auth)],
-            )
-            .await;
-            (a.status, a.headers.get("www-authenticate").cloned())
-        }
+        let (c, t) = (c.clone(), t.to_owned());
+        async move { with_bearer(&c, addr, &t).await.status }
     };
     for t in [&leaked, &user, &app, &fine] {
-        assert_eq!(call(t).await.0, StatusCode::OK, "cached as valid first");
+        assert_eq!(call(t).await, StatusCode::OK, "cached as valid first");
     }
     std::fs::write(
         &file,
@@ -1036,15 +1047,14 @@ async fn a_reload_that_revokes_a_token_refuses_it_at_once() {
     live.reload_file(&file).unwrap();
     let seen = up.count();
     for t in [&leaked, &user, &app] {
-        let (status, challenge) = call(t).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED);
-        let challenge = challenge.unwrap();
-        let challenge = challenge.to_str().unwrap();
+        let a = with_bearer(&c, addr, t).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+        let challenge = a.headers["www-authenticate"].to_str().unwrap();
         assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
         assert!(challenge.contains("token revoked"), "{challenge}");
     }
     assert_eq!(up.count(), seen, "no revoked token reached the upstream");
-    assert_eq!(call(&fine).await.0, StatusCode::OK);
+    assert_eq!(call(&fine).await, StatusCode::OK);
     let m = live.metrics.render();
     assert!(m.contains("reason=\"token_revoked\"} 3"), "{m}");
 
@@ -1057,12 +1067,12 @@ async fn a_reload_that_revokes_a_token_refuses_it_at_once() {
     )
     .unwrap();
     live.reload_file(&file).unwrap();
-    assert_eq!(call(&fine).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(call(&fine).await, StatusCode::UNAUTHORIZED);
     // A bad time is a config error naming the key, and the running config stays.
     std::fs::write(&file, text("revoked = { issued_before = \"yesterday\" }")).unwrap();
     let e = live.reload_file(&file).unwrap_err().to_string();
     assert!(e.contains("issuers[0].revoked.issued_before"), "{e}");
-    assert_eq!(call(&fine).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(call(&fine).await, StatusCode::UNAUTHORIZED);
     let _ = std::fs::remove_file(&file);
 }
 
@@ -1086,12 +1096,7 @@ async fn revoking_a_token_while_the_idp_is_down_keeps_the_keys() {
             )
     };
     std::fs::write(&file, text("")).unwrap();
-    let server = bearward::build(bearward::config::Config::load(&file).unwrap())
-        .await
-        .unwrap();
-    let addr = server.local_addr().unwrap();
-    let live = server.live();
-    tokio::spawn(server.run(std::future::pending()));
+    let (addr, _, live) = serve_file(&file).await;
     let mint = idp.minter("https://api.test");
     let token = |jti: &str| {
         mint.token_claims(&key, |c| {
@@ -1101,16 +1106,8 @@ async fn revoking_a_token_while_the_idp_is_down_keeps_the_keys() {
     let (leaked, fine) = (token("j-leaked"), token("j-fine"));
     let c = client();
     let call = |t: &str| {
-        let (c, auth) = (c.clone(), format!("Bearer {t}"));
-        async move {
-            get(
-                &c,
-                &format!("http://{addr}/public/x"),
-                &[("authorization", &auth)],
-            )
-            .await
-            .status
-        }
+        let (c, t) = (c.clone(), t.to_owned());
+        async move { with_bearer(&c, addr, &t).await.status }
     };
     // Keys fetched once the first token is checked (or the refresher ran).
     for _ in 0..50 {
