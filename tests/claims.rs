@@ -275,3 +275,219 @@ fn check_validates_claim_paths_and_types() {
     )
     .expect("valid");
 }
+
+/// A multi-tenant issuer (Entra's common endpoint): one entry, one key set, a `{tenantid}`
+/// segment in `issuer`. A listed tenant's token passes when its `tid` names the tenant of its
+/// `iss`; an unlisted tenant, a `tid` naming another tenant or none, and an `iss` of another
+/// shape are foreign issuers (401), and the upstream sees none of them. A tenant with an entry
+/// of its own is held to that entry's audience, not the template's.
+#[tokio::test]
+async fn a_tenant_template_takes_the_listed_tenants_whose_tid_matches() {
+    let key = Key::rsa1();
+    let idp = Idp::start(&[&key]).await;
+    let up = Upstream::start().await;
+    let base = format!("http://{}", idp.addr);
+    let gw = Gateway::start(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[[issuers]]
+issuer = "{base}/{{tenantid}}/v2.0"
+jwks_uri = "{jwks}"
+tenants = ["4f6c0a2e-0000-4000-8000-000000000001", "contoso.example"]
+audiences = ["api://orders"]
+algorithms = ["RS256"]
+
+[[issuers]]
+issuer = "{base}/special/v2.0"
+jwks_uri = "{jwks}"
+audiences = ["api://special-only"]
+algorithms = ["RS256"]
+
+[upstreams.app]
+url = "{up}"
+
+[forward]
+claim_headers = {{ iss = "X-Auth-Issuer", tid = "X-Auth-Tenant" }}
+
+[[routes]]
+prefix = "/"
+upstream = "app"
+"#,
+        jwks = idp.jwks_uri(),
+        up = up.url()
+    ))
+    .await;
+    wait_ready(&gw).await;
+    let c = client();
+    let token = |iss: &str, tid: Option<&str>, aud: &str| {
+        let mint = Minter {
+            issuer: iss.to_owned(),
+            audience: aud.to_owned(),
+        };
+        mint.token_claims(&key, |m| {
+            m.remove("tid");
+            if let Some(t) = tid {
+                m.insert("tid".into(), json!(t));
+            }
+        })
+    };
+    let call = |t: String| {
+        let (c, url) = (c.clone(), gw.url("/orders"));
+        async move { get(&c, &url, &[("authorization", &format!("Bearer {t}"))]).await }
+    };
+
+    let one = "4f6c0a2e-0000-4000-8000-000000000001";
+    for tenant in [one, "contoso.example"] {
+        let iss = format!("{base}/{tenant}/v2.0");
+        let a = call(token(&iss, Some(tenant), "api://orders")).await;
+        assert_eq!(a.status, StatusCode::OK, "{tenant}: {}", a.body);
+        let seen = up.last();
+        assert_eq!(seen.headers["x-auth-issuer"], iss.as_str());
+        assert_eq!(seen.headers["x-auth-tenant"], tenant);
+    }
+
+    let before = up.count();
+    for (iss, tid, why) in [
+        (
+            format!("{base}/9b1d0000-0000-4000-8000-00000000000f/v2.0"),
+            Some("9b1d0000-0000-4000-8000-00000000000f"),
+            "an unlisted tenant",
+        ),
+        (
+            format!("{base}/{one}/v2.0"),
+            Some("contoso.example"),
+            "a tid naming another tenant",
+        ),
+        (
+            format!("{base}/contoso.example/v2.0"),
+            Some(one),
+            "a tid naming another tenant, the other way",
+        ),
+        (format!("{base}/{one}/v2.0"), None, "no tid"),
+        (
+            format!("{base}/{one}/x/v2.0"),
+            Some(one),
+            "two segments where the tenant goes",
+        ),
+        (format!("{base}//v2.0"), Some(""), "an empty tenant"),
+        (format!("{base}/{one}/v2.0/"), Some(one), "a longer iss"),
+        (
+            format!("{base}/{{tenantid}}/v2.0"),
+            Some("{tenantid}"),
+            "the template itself",
+        ),
+        (
+            format!("{base}/special/v2.0"),
+            Some("special"),
+            "a tenant with its own entry, under the template's audience",
+        ),
+    ] {
+        let a = call(token(&iss, tid, "api://orders")).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{why}: {}", a.body);
+        let www = a.headers["www-authenticate"].to_str().unwrap();
+        assert!(www.contains("error=\"invalid_token\""), "{why}: {www}");
+    }
+    assert_eq!(up.count(), before, "a refused token reached the upstream");
+    let m = gw.metrics().await;
+    let refused = |reason: &str| {
+        let labels = format!("route=\"/*\",status=\"401\",decision=\"deny\",reason=\"{reason}\"");
+        metric(&m, &format!("bearward_requests_total{{{labels}}}"))
+    };
+    assert_eq!(refused("bad_issuer"), 8.0, "{m}");
+    assert_eq!(refused("bad_audience"), 1.0, "{m}");
+
+    // The tenant with an entry of its own: that entry's audience, whatever its tid says.
+    let special = format!("{base}/special/v2.0");
+    let a = call(token(&special, None, "api://special-only")).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+}
+
+/// `{tenantid}` must be one whole path segment, with keys that are not discovered and JWTs
+/// only; `tenants` needs the template and holds tenant ids; a template with no list is warned
+/// of, since any tenant of the IdP, an attacker's own, could then present tokens.
+#[test]
+fn check_holds_tenant_templates_to_one_segment_and_warns_of_any_tenant() {
+    let base = |issuer: &str, extra: &str| {
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n[[issuers]]\nissuer = \"{issuer}\"\naudiences = [\"a\"]\n{extra}\n[upstreams.a]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\nprefix = \"/\"\nupstream = \"a\"\n")
+    };
+    let jwks = "jwks_file = \"tests/fixtures/jwks-rsa1.json\"";
+    let err = |issuer: &str, extra: &str| {
+        bearward::config::Config::from_toml_str(&base(issuer, extra), "t.toml")
+            .expect_err("refused")
+            .to_string()
+    };
+    for issuer in [
+        "https://{tenantid}.example.com/v2.0",
+        "https://login.example.com/t-{tenantid}/v2.0",
+        "https://login.example.com/{tenantid}x/v2.0",
+        "{tenantid}/v2.0",
+        "https://login.example.com/{tenantid}/{tenantid}",
+    ] {
+        let e = err(issuer, jwks);
+        assert!(
+            e.contains("issuers[0].issuer") && e.contains("{tenantid}"),
+            "{issuer}: {e}"
+        );
+    }
+    let t = "https://login.example.com/{tenantid}/v2.0";
+    let e = err(t, "discovery = true");
+    assert!(
+        e.contains("issuers[0].discovery") && e.contains("jwks_uri"),
+        "{e}"
+    );
+    let e = err(t, &format!("{jwks}\ntoken_format = \"auto\"\nintrospection_endpoint = \"https://login.example.com/i\"\nintrospection_client_id = \"c\"\nintrospection_client_secret_env = \"HOME\""));
+    assert!(e.contains("JWTs only"), "{e}");
+    let e = err(
+        "https://login.example.com/one/v2.0",
+        &format!("{jwks}\ntenants = [\"one\"]"),
+    );
+    assert!(
+        e.contains("issuers[0].tenants") && e.contains("needs an issuer with a {tenantid}"),
+        "{e}"
+    );
+    let e = err(t, &format!("{jwks}\ntenants = [\"ok\", \"a/b\"]"));
+    assert!(e.contains("issuers[0].tenants[1]"), "{e}");
+    let exchange = base(t, &format!("{jwks}\ntenants = [\"one\"]")).replace(
+        "url = \"http://127.0.0.1:1\"",
+        &format!("url = \"http://127.0.0.1:1\"\ntoken_exchange = {{ issuer = \"{t}\", client_id = \"bw\", client_secret_file = \"tests/fixtures/introspection-secret.txt\" }}"),
+    );
+    let e = bearward::config::Config::from_toml_str(&exchange, "t.toml")
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        e.contains("upstreams.a.token_exchange.issuer") && e.contains("token_endpoint"),
+        "{e}"
+    );
+    let e = err(t, &format!("{jwks}\ntenants = []"));
+    assert!(
+        e.contains("issuers[0].tenants") && e.contains("empty"),
+        "{e}"
+    );
+
+    let warned = |extra: &str| {
+        let c = bearward::config::Config::from_toml_str(
+            &base(t, &format!("{jwks}\n{extra}")),
+            "t.toml",
+        )
+        .expect("valid");
+        c.warnings
+            .iter()
+            .map(ToString::to_string)
+            .find(|w| w.contains("every tenant"))
+    };
+    let w = warned("").expect("warned");
+    assert!(
+        w.contains("issuers[0].issuer") && w.contains("tenants"),
+        "{w}"
+    );
+    assert_eq!(warned("tenants = [\"one\"]"), None);
+    for v1 in [
+        "https://sts.windows.net/{tenantid}/",
+        "https://login.example.com/{tenantid}",
+    ] {
+        bearward::config::Config::from_toml_str(&base(v1, jwks), "t.toml").expect(v1);
+    }
+}

@@ -217,7 +217,7 @@ impl Authenticator {
                 let iss = p.claims.get("iss")?.as_str()?;
                 self.issuers
                     .iter()
-                    .position(|i| i.config.issuer == iss && i.config.takes_jwts())
+                    .position(|i| i.config.names(iss) && i.config.takes_jwts())
             });
         if jwt_issuer.is_some() {
             return None;

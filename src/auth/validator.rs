@@ -214,7 +214,13 @@ pub async fn validate(
     });
 
     let iss = parsed.claims.get("iss").and_then(Value::as_str);
-    let Some(idx) = iss.and_then(|iss| issuers.iter().position(|i| i.config.issuer == iss)) else {
+    // An entry named exactly wins over a `{tenantid}` template the same `iss` fits: a tenant
+    // given its own entry gets its own audiences and rules.
+    let idx = iss.and_then(|iss| {
+        let exact = (issuers.iter()).position(|i| i.config.tenant.is_none() && i.config.names(iss));
+        exact.or_else(|| issuers.iter().position(|i| i.config.names(iss)))
+    });
+    let Some(idx) = idx else {
         trace.note("issuer", false, || {
             format!("iss {iss:?} is not a configured issuer")
         });
@@ -222,6 +228,13 @@ pub async fn validate(
     };
     let keys = &issuers[idx];
     let cfg = &keys.config;
+    if let Some(t) = &cfg.tenant {
+        let tenant = iss.and_then(|iss| t.tenant_of(iss));
+        if let Some(why) = tenant.and_then(|tenant| t.refuses(tenant, &parsed.claims)) {
+            trace.note("issuer", false, || format!("{why} ({:?})", cfg.issuer));
+            return Err(AuthError::UnknownIssuer);
+        }
+    }
     trace.note("issuer", true, || format!("iss matches {:?}", cfg.issuer));
 
     if token.len() > cfg.max_token_bytes {

@@ -806,8 +806,24 @@ pub(super) struct IssuerFile {
     /// Reference: `issuer`
     /// Default: required
     ///
-    /// must equal the token's `iss` exactly
+    /// must equal the token's `iss` exactly; or, for a multi-tenant IdP whose tenants share one
+    /// set of keys (Microsoft Entra ID's common endpoint), one path segment may be `{tenantid}`
+    /// (`https://login.microsoftonline.com/{tenantid}/v2.0`, the issuer its discovery document
+    /// gives): then `iss` may name any tenant there, and the token's `tid` claim must name the
+    /// same one. Such an entry takes keys from `jwks_uri` or `jwks_file` (no one discovery
+    /// document is the tenants'), takes JWTs only, and an entry whose `issuer` is a tenant's
+    /// exact `iss` takes that tenant's tokens before it. Routes, metrics and logs name it as
+    /// written
     pub issuer: Spanned<String>,
+    /// Reference: `tenants`
+    /// Default: any tenant
+    ///
+    /// with a `{tenantid}` issuer, the tenant ids whose tokens are taken (Entra's `tid`,
+    /// `["8c2d…"]`); a token of any other is refused as a foreign issuer's (401, reason
+    /// `bad_issuer`). Without it, any tenant of the IdP may present tokens for a multi-tenant
+    /// application, one an attacker creates too: `check` warns, for routes that decide by
+    /// tenant themselves (`claims = { tid = [...] }`, `allow_if`) to be sure of. At most 100,000
+    pub tenants: Option<Spanned<Vec<Spanned<String>>>>,
     /// Reference: `jwks_uri`
     /// Default: -
     ///

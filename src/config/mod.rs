@@ -496,6 +496,54 @@ pub struct IssuerConfig {
     pub trusted_key_origins: Vec<String>,
     /// `revoked`: tokens refused before they expire.
     pub revoked: Option<Box<Revoked>>,
+    /// `issuer` with a `{tenantid}` segment: one entry for the tenants of a multi-tenant IdP.
+    pub tenant: Option<Box<TenantTemplate>>,
+}
+
+/// A multi-tenant issuer, as Microsoft Entra ID's common endpoint names itself
+/// (`https://login.microsoftonline.com/{tenantid}/v2.0`): every tenant's tokens are signed with
+/// the same keys, and each says which tenant issued it in `iss` and again in `tid`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantTemplate {
+    /// `iss` up to the tenant's segment (its `/` included) and after it.
+    pub prefix: String,
+    pub suffix: String,
+    /// `tenants`: the ones taken; empty, any.
+    pub allowed: std::collections::HashSet<String>,
+}
+
+/// Longest tenant id an `iss` may carry in a template's segment (Entra's are 36-byte GUIDs).
+pub const MAX_TENANT_ID: usize = 64;
+
+impl TenantTemplate {
+    /// The tenant segment of `iss`, if `iss` has the template's shape: one path segment of
+    /// letters, digits, `-`, `.` and `_` between the prefix and the suffix.
+    pub fn tenant_of<'a>(&self, iss: &'a str) -> Option<&'a str> {
+        let t = iss.strip_prefix(&self.prefix)?.strip_suffix(&self.suffix)?;
+        let ok = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_');
+        (!t.is_empty() && t.len() <= MAX_TENANT_ID && t.bytes().all(ok)).then_some(t)
+    }
+
+    /// Is a token of this shape, with these claims, one this entry takes? Its `tid` must name
+    /// the tenant of its `iss` (Microsoft's own rule for the common endpoint: a token one tenant
+    /// signed cannot claim another's issuer), and that tenant must be listed, when any are.
+    pub fn refuses(
+        &self,
+        tenant: &str,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<String> {
+        match claims.get("tid").and_then(serde_json::Value::as_str) {
+            Some(tid) if tid == tenant => {}
+            Some(tid) => return Some(format!("tid {tid:?} is not the tenant of iss ({tenant:?})")),
+            None => {
+                return Some(format!(
+                    "no tid claim to match the tenant of iss ({tenant:?})"
+                ))
+            }
+        }
+        (!self.allowed.is_empty() && !self.allowed.contains(tenant))
+            .then(|| format!("tenant {tenant:?} is not among the issuer's tenants"))
+    }
 }
 
 /// `[[issuers]] revoked`, validated: what a token's claims must not say.
@@ -642,6 +690,16 @@ impl IssuerConfig {
     /// Does this issuer validate JWTs locally?
     pub fn takes_jwts(&self) -> bool {
         self.token_format != TokenFormat::Opaque
+    }
+
+    /// Is `iss` this issuer's name: equal to it, or with a `{tenantid}` template, of its shape
+    /// (whose `tid` and tenant list [`TenantTemplate::refuses`] then checks)? A template is
+    /// never an `iss` itself: no tenant would be checked.
+    pub fn names(&self, iss: &str) -> bool {
+        match &self.tenant {
+            None => self.issuer == iss,
+            Some(t) => t.tenant_of(iss).is_some(),
+        }
     }
 }
 

@@ -77,9 +77,117 @@ pub(super) fn issuer(
         allow_insecure_http: f.allow_insecure_http.as_ref().is_some_and(|b| *b.get_ref()),
         trusted_key_origins: trusted_origins(cx, f, &key("trusted_key_origins")),
         revoked: revoked(cx, f, &key("revoked")),
+        tenant: tenant(cx, f, token_format, &key),
     };
     transport(cx, f, &config, &key);
     (cx.problems.len() == before).then_some(config)
+}
+
+/// The placeholder Entra's discovery document writes for the tenant in its issuer.
+const TENANT: &str = "{tenantid}";
+
+/// `issuer` with a `{tenantid}` segment, and `tenants`: the template, or `None` (with the
+/// problem reported) for an issuer without one or one that is not a whole path segment.
+fn tenant(
+    cx: &mut Ctx<'_>,
+    f: &IssuerFile,
+    format: TokenFormat,
+    key: &dyn Fn(&str) -> String,
+) -> Option<Box<TenantTemplate>> {
+    let issuer = f.issuer.get_ref();
+    let Some((prefix, suffix)) = issuer.split_once(TENANT) else {
+        if let Some(t) = &f.tenants {
+            cx.err(
+                t.span(),
+                &key("tenants"),
+                format!("needs an issuer with a {TENANT} segment (issuer is {issuer:?})"),
+            );
+        }
+        return None;
+    };
+    let span = f.issuer.span();
+    let before = cx.problems.len();
+    // The tenant must be a whole path segment after the host: in the host it would name
+    // another server, whose keys these are not; beside other text it could be cut two ways.
+    let path_segment = prefix.split_once("://").is_some_and(|(scheme, rest)| {
+        matches!(scheme, "https" | "http") && rest.find('/').is_some_and(|at| at > 0)
+    }) && prefix.ends_with('/')
+        && (suffix.is_empty() || suffix.starts_with('/'));
+    if suffix.contains(TENANT) {
+        cx.err(
+            span.clone(),
+            &key("issuer"),
+            format!("may hold {TENANT} once"),
+        );
+    } else if !path_segment {
+        cx.err(
+            span.clone(),
+            &key("issuer"),
+            format!(
+                "{TENANT} must be a whole path segment of an http(s) URL, after the host                  (https://login.microsoftonline.com/{TENANT}/v2.0)"
+            ),
+        );
+    }
+    if let Some(d) = f.discovery.as_ref().filter(|d| *d.get_ref()) {
+        cx.err(
+            d.span(),
+            &key("discovery"),
+            format!(
+                "no one discovery document is every tenant's: give the keys with jwks_uri                  (Entra: https://login.microsoftonline.com/common/discovery/v2.0/keys) with a                  {TENANT} issuer"
+            ),
+        );
+    }
+    if format != TokenFormat::Jwt {
+        cx.err(
+            span.clone(),
+            &key("issuer"),
+            format!(
+                "a {TENANT} issuer takes JWTs only (token_format = \"jwt\"): an introspection                  answer names no tenant to check"
+            ),
+        );
+    }
+    let mut allowed = std::collections::HashSet::new();
+    if let Some(list) = &f.tenants {
+        if list.get_ref().len() > MAX_REVOKED {
+            cx.err(
+                list.span(),
+                &key("tenants"),
+                format!("lists more than {MAX_REVOKED}"),
+            );
+        }
+        let probe = TenantTemplate {
+            prefix: String::new(),
+            suffix: String::new(),
+            allowed: Default::default(),
+        };
+        for (n, t) in list.get_ref().iter().enumerate() {
+            if probe.tenant_of(t.get_ref()).is_none() {
+                cx.err(
+                    t.span(),
+                    &format!("{}[{n}]", key("tenants")),
+                    format!(
+                        "{:?} is not a tenant id: 1 to {MAX_TENANT_ID} letters, digits,                          '-', '.' or '_'",
+                        t.get_ref()
+                    ),
+                );
+            }
+            allowed.insert(t.get_ref().clone());
+        }
+        if list.get_ref().is_empty() {
+            cx.err(
+                list.span(),
+                &key("tenants"),
+                "is empty: leave it out to take any tenant, or list the ones taken",
+            );
+        }
+    }
+    (cx.problems.len() == before).then(|| {
+        Box::new(TenantTemplate {
+            prefix: prefix.to_owned(),
+            suffix: suffix.to_owned(),
+            allowed,
+        })
+    })
 }
 
 /// Most entries `revoked` may list, all lists together: a set looked up once per validation,
@@ -215,7 +323,8 @@ fn key_source(
         }
         keys = KeySource::File(PathBuf::from(p.get_ref()));
     }
-    if discovery {
+    // A `{tenantid}` issuer's own check says why discovery cannot serve it.
+    if discovery && !f.issuer.get_ref().contains(TENANT) {
         match http::Uri::from_str(f.issuer.get_ref()) {
             Ok(uri)
                 if matches!(uri.scheme_str(), Some("https" | "http"))

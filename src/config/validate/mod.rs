@@ -665,6 +665,26 @@ fn warnings(
             ));
         }
     }
+    // Anyone can create a tenant at a multi-tenant IdP and have it sign tokens for an
+    // application that takes every tenant's: the routes must then decide by `tid` themselves.
+    for (i, f) in file.issuers.iter().enumerate() {
+        let open = issuers
+            .get(i)
+            .and_then(|c| c.tenant.as_ref())
+            .is_some_and(|t| t.allowed.is_empty());
+        if open {
+            warnings.push(
+                cx.locate(
+                    f.get_ref().issuer.span(),
+                    &format!("issuers[{i}].issuer"),
+                    "takes the tokens of every tenant of the IdP, one anybody creates included: \
+                 list the ones taken in `tenants`, or be sure each route taking this issuer \
+                 checks `tid` (claims, allow_if)"
+                        .to_owned(),
+                ),
+            );
+        }
+    }
     if let Some(d) = &file.decision {
         if d.get_ref().ingress.is_none() {
             warnings.push(cx.locate(

@@ -969,8 +969,16 @@ pub(super) fn exchange_issuers(
             continue;
         };
         let t = t.get_ref();
-        let known = issuers.iter().any(|i| i.issuer == *t.issuer.get_ref());
-        if t.token_endpoint.is_none() && !known {
+        let entry = issuers.iter().find(|i| i.issuer == *t.issuer.get_ref());
+        if t.token_endpoint.is_none() && entry.is_some_and(|i| i.tenant.is_some()) {
+            cx.err(
+                t.issuer.span(),
+                &format!("upstreams.{}.token_exchange.issuer", name.get_ref()),
+                "names a {tenantid} issuer, which has no one discovery document: set \
+                 token_endpoint",
+            );
+        }
+        if t.token_endpoint.is_none() && entry.is_none() {
             cx.err(
                 t.issuer.span(),
                 &format!("upstreams.{}.token_exchange.issuer", name.get_ref()),
