@@ -778,3 +778,161 @@ async fn global_limit_across_replicas(store: &mut impl Store) {
         "{m}"
     );
 }
+
+/// A replica of the key-sharing test: the IdP's keys from `jwks_uri`, the store sealed with
+/// `secret` (a `[cache]` line), keys served for at most `max_stale`.
+fn keyed_replica(
+    idp: &common::idp::Idp,
+    up: &Upstream,
+    redis_port: u16,
+    secret: &str,
+    max_stale: &str,
+) -> Replica {
+    Replica::spawn(
+        |port, admin| {
+            format!(
+                r#"
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+
+[cache]
+redis_url = "redis://127.0.0.1:{redis_port}/0"
+redis_timeout = "200ms"
+key_prefix = "bw-test:"
+{secret}
+
+[[issuers]]
+issuer = "{}"
+jwks_uri = "{}"
+audiences = ["https://api.test"]
+algorithms = ["RS256"]
+max_stale = "{max_stale}"
+
+[upstreams.app]
+url = "{}"
+
+[[routes]]
+prefix = "/api"
+scopes = ["read"]
+upstream = "app"
+"#,
+                idp.issuer(),
+                idp.jwks_uri(),
+                up.url()
+            )
+        },
+        &[("BW_OTHER_SECRET", "another secret, 32 bytes and more....")],
+        false,
+    )
+}
+
+/// The replica's `/status` issuer entry, once its first fetch has been tried (`ready`: once it
+/// has usable keys).
+async fn keys_status(c: &HttpClient, r: &Replica, ready: bool) -> serde_json::Value {
+    for _ in 0..100 {
+        let s = get(c, &format!("http://127.0.0.1:{}/status", r.admin), &[]).await;
+        if let Ok(doc) = serde_json::from_str::<serde_json::Value>(&s.body) {
+            let i = doc["issuers"][0].clone();
+            let settled = match ready {
+                true => i["keys_usable"] == true,
+                false => !i["last_error"].is_null(),
+            };
+            if settled {
+                return i;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the replica's keys never settled (ready: {ready})");
+}
+
+/// Signing keys kept in the store: a replica that starts while the IdP is down serves with the
+/// keys another replica fetched (sealed with `[cache] secret`, so nothing else that writes to
+/// the store can put a key of its own there), for no longer than `max_stale` from when they
+/// were fetched. Under another secret, past `max_stale` or forged, no keys: 503, never a pass.
+#[tokio::test]
+async fn a_replica_started_while_the_idp_is_down_serves_with_the_keys_another_fetched() {
+    use common::idp::{Idp, Key};
+    let redis = Redis::start();
+    let key = Key::rsa1();
+    let idp = Idp::start(&[&key]).await;
+    let up = Upstream::start().await;
+    let c = client();
+    let sealed = "secret_file = \"tests/fixtures/store-secret\"";
+    let token = idp.minter("https://api.test").token(&key, "read");
+
+    let a = keyed_replica(&idp, &up, redis.port, sealed, "1h");
+    keys_status(&c, &a, true).await;
+    assert_eq!(a.call(&c, &token).await, StatusCode::OK);
+    let fetched = std::time::Instant::now();
+    let dump = redis.dump();
+    let stored = dump
+        .lines()
+        .find(|l| l.starts_with("bw-test:keys:"))
+        .unwrap_or_else(|| panic!("no key set in the store: {dump}"))
+        .to_owned();
+    let modulus = key.jwk["n"].as_str().unwrap();
+    assert!(!dump.contains(&modulus[..40]), "a key in clear: {dump}");
+
+    idp.stop();
+    let b = keyed_replica(&idp, &up, redis.port, sealed, "1h");
+    let status = keys_status(&c, &b, true).await;
+    assert!(
+        status["keys_from"]
+            .as_str()
+            .unwrap()
+            .starts_with("shared store ("),
+        "{status}"
+    );
+    assert!(!status["last_error"].is_null(), "{status}");
+    let ready = get(&c, &format!("http://127.0.0.1:{}/readyz", b.admin), &[]).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
+    assert_eq!(b.call(&c, &token).await, StatusCode::OK);
+    let passed = up.count();
+
+    // Another secret: the set does not open, and the replica has no keys to check with.
+    let other = "secret_env = \"BW_OTHER_SECRET\"";
+    let d = keyed_replica(&idp, &up, redis.port, other, "1h");
+    keys_status(&c, &d, false).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(d.call(&c, &token).await, StatusCode::SERVICE_UNAVAILABLE);
+    let m = d.metrics(&c).await;
+    assert!(
+        metric(
+            &m,
+            r#"bearward_shared_store_operations_total{op="open",outcome="forged"}"#
+        ) >= 1.0,
+        "{m}"
+    );
+
+    // Kept longer ago than max_stale allows: not taken.
+    let wait = Duration::from_millis(1500).saturating_sub(fetched.elapsed());
+    tokio::time::sleep(wait).await;
+    let e = keyed_replica(&idp, &up, redis.port, sealed, "1s");
+    keys_status(&c, &e, false).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(e.call(&c, &token).await, StatusCode::SERVICE_UNAVAILABLE);
+
+    // A key set written by anything else (an attacker's key, in the form bearward keeps them,
+    // unsealed) does not open: its key signs nothing here.
+    let mallory = Key::rsa2();
+    let forged = json!({
+        "at": common::idp::now(),
+        "source": idp.jwks_uri(),
+        "jwks": json!({"keys": [mallory.jwk]}).to_string(),
+    });
+    assert_eq!(
+        redis.cli(&["set", &stored, &forged.to_string()]).trim(),
+        "OK"
+    );
+    let forged_token = idp.minter("https://api.test").token(&mallory, "read");
+    let f = keyed_replica(&idp, &up, redis.port, sealed, "1h");
+    keys_status(&c, &f, false).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        f.call(&c, &forged_token).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(up.count(), passed, "a refused request reached the upstream");
+}

@@ -49,6 +49,16 @@ impl Authenticator {
         metrics: Arc<Metrics>,
     ) -> Authenticator {
         let client = jwks::http_client(&Route::Environment);
+        let kept_store = previous
+            .and_then(|p| p.store.clone())
+            .filter(|s| config.cache.as_ref() == Some(&s.config));
+        let store = kept_store.or_else(|| {
+            let c = config.cache.as_ref()?;
+            SharedStore::new(c, metrics.clone())
+                .inspect_err(|e| tracing::error!(error = %e, "the shared store cannot be used"))
+                .ok()
+        });
+        let sealing = SharedStore::sealing(store.as_ref());
         let mut issuers = Vec::new();
         let mut tasks = Vec::new();
         for cfg in &config.issuers {
@@ -59,7 +69,11 @@ impl Authenticator {
                     .and_then(|i| Some((p.issuers[i].clone(), p.tasks.get(i)?.clone())))
             });
             let (keys, task) = match kept {
-                Some(k) => k,
+                Some(k) => {
+                    // A kept key store follows a reloaded `[cache]` too.
+                    k.0.share_through(sealing.clone());
+                    k
+                }
                 None => {
                     // The same keys, other checks: the new store starts with the old one's.
                     let carried =
@@ -71,6 +85,8 @@ impl Authenticator {
                         }
                         None => IssuerKeys::new(cfg.clone(), client, metrics.clone()),
                     };
+                    // Before its refresher starts: a first fetch that fails takes the shared set.
+                    keys.share_through(sealing.clone());
                     let task = Arc::new(AbortOnDrop(tokio::spawn(keys.clone().run_refresher())));
                     (keys, task)
                 }
@@ -78,16 +94,6 @@ impl Authenticator {
             issuers.push(keys);
             tasks.push(task);
         }
-        let kept_store = previous
-            .and_then(|p| p.store.clone())
-            .filter(|s| config.cache.as_ref() == Some(&s.config));
-        let store = kept_store.or_else(|| {
-            let c = config.cache.as_ref()?;
-            SharedStore::new(c, metrics.clone())
-                .inspect_err(|e| tracing::error!(error = %e, "the shared store cannot be used"))
-                .ok()
-        });
-        let sealing = SharedStore::sealing(store.as_ref());
         let introspectors = introspectors(config, previous, &client, sealing.as_ref(), &metrics);
         let dpop = previous
             .map(|p| p.dpop.clone())

@@ -9,7 +9,11 @@
 //! - every fetch is single flight: concurrent callers share one spawned fetch, and no lock is
 //!   held across it;
 //! - a failed fetch keeps the last good keys until they are `max_stale` old; then the issuer has
-//!   no usable keys (503, readiness false) until a fetch succeeds.
+//!   no usable keys (503, readiness false) until a fetch succeeds;
+//! - with a shared store that seals (`[cache] redis_url` and `secret`), each fetched key set is
+//!   kept there too, and a replica whose fetch fails takes it when it is newer than its own and
+//!   younger than `max_stale`: one that starts or restarts while the IdP is down serves with
+//!   the keys the others last saw, rather than refusing every token until the IdP is back.
 //!
 //! Why a snapshot per issuer and not a moka entry per (issuer, kid): a JWKS is one document. A
 //! key retired by the IdP must vanish at the same moment its replacement appears, and a refresh
@@ -19,6 +23,7 @@
 pub use super::keys::{parse_jwks, KeyKind, KeyPolicy, KeySet, RefusedKey, VerifyKey};
 use crate::config::{IssuerConfig, KeySource};
 use crate::egress::{Egress, Route};
+use crate::store::SharedStore;
 use crate::telemetry::Metrics;
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
@@ -301,6 +306,17 @@ pub struct IssuerKeys {
     last_on_demand: Mutex<Option<Instant>>,
     client: HttpsClient,
     metrics: Arc<Metrics>,
+    /// The sealing shared store, if any: where fetched keys are kept for the other replicas.
+    shared: RwLock<Option<Arc<SharedStore>>>,
+}
+
+/// A fetched key document and what it said about itself.
+struct Loaded {
+    keys: Vec<Arc<VerifyKey>>,
+    refused: Vec<RefusedKey>,
+    max_age: Option<Duration>,
+    source: String,
+    body: Bytes,
 }
 
 impl IssuerKeys {
@@ -331,7 +347,111 @@ impl IssuerKeys {
             last_on_demand: Mutex::new(None),
             client,
             metrics,
+            shared: RwLock::new(None),
         })
+    }
+
+    /// Keeps fetched keys in `store` (a sealing one) and takes them from it when a fetch fails;
+    /// `None`: neither. Set again on every reload, since the store may have changed.
+    pub fn share_through(&self, store: Option<Arc<SharedStore>>) {
+        *self
+            .shared
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = store;
+    }
+
+    /// The store and this issuer's key there: by issuer and where its keys come from, so a
+    /// reload that moves `jwks_uri` never reads the old source's set. `None` for keys read from
+    /// a file or a secret, which every replica has.
+    fn shared_slot(&self) -> Option<(Arc<SharedStore>, String)> {
+        let from = match &self.config.keys {
+            KeySource::JwksUri(u) => u.to_string(),
+            KeySource::Discovery => "discovery".to_owned(),
+            KeySource::File(_) | KeySource::None => return None,
+        };
+        let store = self
+            .shared
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()?;
+        let id = super::sha256(&format!("{}\n{from}", self.config.issuer));
+        Some((store, format!("keys:{}", crate::jose::hex(&id))))
+    }
+
+    /// Puts a fetched key document in the shared store for `max_stale`, the longest anyone
+    /// may serve with it. A store that fails is counted there and changes nothing here.
+    async fn keep_shared(&self, body: &Bytes, source: &str) {
+        let Some((store, key)) = self.shared_slot() else {
+            return;
+        };
+        let ttl = self.config.jwks.max_stale;
+        if ttl.is_zero() {
+            return;
+        }
+        let doc = serde_json::json!({
+            "at": super::validator::now(),
+            "source": source,
+            "jwks": String::from_utf8_lossy(body),
+        });
+        let _ = store
+            .set_sealed(&key, doc.to_string().as_bytes(), ttl)
+            .await;
+    }
+
+    /// After a failed fetch: the key set another replica (or this one, before a restart) kept
+    /// in the shared store, if it opens under `[cache] secret`, is younger than `max_stale`
+    /// (its age as the replica that fetched it wrote it) and newer than the set held here. Its
+    /// keys are taken by this issuer's own rules, as a fetched document's are.
+    async fn take_shared(&self) {
+        let Some((store, key)) = self.shared_slot() else {
+            return;
+        };
+        let Ok(Some(raw)) = store.get_sealed(&key).await else {
+            return;
+        };
+        let Ok(doc) = serde_json::from_slice::<Value>(&raw) else {
+            return;
+        };
+        let (Some(at), Some(source), Some(jwks)) = (
+            doc["at"].as_f64(),
+            doc["source"].as_str(),
+            doc["jwks"].as_str(),
+        ) else {
+            return;
+        };
+        // Another replica's clock may run ahead: its set is taken as fetched now, no later.
+        let age = Duration::try_from_secs_f64((super::validator::now() - at).max(0.0))
+            .unwrap_or(Duration::MAX);
+        if age > self.config.jwks.max_stale {
+            return;
+        }
+        let Some(fetched_at) = Instant::now().checked_sub(age) else {
+            return;
+        };
+        if self
+            .latest()
+            .is_some_and(|held| held.fetched_at >= fetched_at)
+        {
+            return;
+        }
+        let policy = KeyPolicy {
+            min_rsa_bits: self.config.jwks.min_rsa_bits,
+        };
+        let Ok((keys, _)) = parse_jwks(jwks.as_bytes(), policy) else {
+            return;
+        };
+        if keys.is_empty() {
+            return;
+        }
+        tracing::warn!(issuer = %self.config.issuer, %source, age_s = age.as_secs(), keys = keys.len(), "signing keys taken from the shared store: the IdP could not be reached, a replica fetched these");
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(KeySet {
+            keys,
+            fetched_at,
+            source: format!("shared store ({source})"),
+        }));
     }
 
     /// A store for `config` that starts with `old`'s keys and fetch status, for a reload that
@@ -452,16 +572,37 @@ impl IssuerKeys {
     async fn fetch_once(&self) -> FetchResult {
         let started = Instant::now();
         let result = self.load().await;
+        let fetched = match &result {
+            Ok(l) if !l.keys.is_empty() => Some((l.body.clone(), l.source.clone())),
+            _ => None,
+        };
+        let settled = self.settle(result, started);
+        match (&settled, fetched) {
+            (Ok(_), Some((body, source))) => self.keep_shared(&body, &source).await,
+            (Err(_), _) => self.take_shared().await,
+            (Ok(_), None) => {}
+        }
+        settled
+    }
+
+    /// Takes a fetch's outcome: the new key set in place, or the error noted.
+    fn settle(&self, result: Result<Loaded, String>, started: Instant) -> FetchResult {
         self.metrics.jwks_fetch(
             &self.config.issuer,
-            matches!(&result, Ok((k, ..)) if !k.is_empty()),
+            matches!(&result, Ok(l) if !l.keys.is_empty()),
         );
         let mut status = self
             .status
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match result {
-            Ok((keys, refused, max_age, source)) => {
+            Ok(Loaded {
+                keys,
+                refused,
+                max_age,
+                source,
+                ..
+            }) => {
                 // A refusal is news once: the same document refetched every few minutes says
                 // it again at debug level, and the metric keeps saying it.
                 for r in &refused {
@@ -508,18 +649,7 @@ impl IssuerKeys {
         e
     }
 
-    #[allow(clippy::type_complexity)]
-    async fn load(
-        &self,
-    ) -> Result<
-        (
-            Vec<Arc<VerifyKey>>,
-            Vec<RefusedKey>,
-            Option<Duration>,
-            String,
-        ),
-        String,
-    > {
+    async fn load(&self) -> Result<Loaded, String> {
         let p = &self.config.jwks;
         let (body, max_age, source) = match &self.config.keys {
             KeySource::None => return Err("no key source".into()),
@@ -573,7 +703,13 @@ impl IssuerKeys {
             min_rsa_bits: p.min_rsa_bits,
         };
         let (keys, refused) = parse_jwks(&body, policy).map_err(|e| format!("{source}: {e}"))?;
-        Ok((keys, refused, max_age, source))
+        Ok(Loaded {
+            keys,
+            refused,
+            max_age,
+            source,
+            body,
+        })
     }
 
     /// OpenID Discovery 1.0 section 4, then RFC 8414 section 3 (both its inserted form and the

@@ -473,10 +473,11 @@ pub(super) struct CacheFile {
     /// Reference: `secret_file`, `secret_env`
     /// Default: none: those stay per process
     ///
-    /// at least 32 bytes, the same in every replica: introspection answers, AuthZEN decisions
-    /// and exchanged tokens are kept in the store sealed with it (AES-256-GCM, bound to their
-    /// key), so nothing else that can write to the store can forge them, nor read the tokens;
-    /// a new secret leaves what the old one sealed unread (counted as `forged`) until it expires
+    /// at least 32 bytes, the same in every replica: introspection answers, AuthZEN decisions,
+    /// exchanged tokens and each issuer's last fetched signing keys are kept in the store sealed
+    /// with it (AES-256-GCM, bound to their key), so nothing else that can write to the store
+    /// can forge them, nor read the tokens; a new secret leaves what the old one sealed unread
+    /// (counted as `forged`) until it expires
     pub secret_file: Option<Spanned<String>>,
     /// In the reference row of `secret_file`.
     pub secret_env: Option<Spanned<String>>,
@@ -1015,7 +1016,9 @@ pub(super) struct IssuerFile {
     /// Reference: `max_stale`
     /// Default: `"24h"`
     ///
-    /// how long the last good keys keep serving while the IdP is unreachable
+    /// how long the last good keys keep serving while the IdP is unreachable. With a sealing
+    /// `[cache]` (`secret_file`), a replica that cannot fetch keys, one started during the
+    /// outage too, takes the set another replica fetched last, while it is younger than this
     pub max_stale: Option<Spanned<String>>,
     /// Reference: `revoked`
     /// Default: none
