@@ -46,6 +46,12 @@ fn describe(i: usize, r: &Route) -> String {
     if !r.scopes_any.is_empty() {
         let _ = write!(s, ", scopes_any = {:?}", r.scopes_any);
     }
+    if !r.authorization_details.is_empty() {
+        let types: Vec<&str> = (r.authorization_details.iter())
+            .map(|d| d.kind.as_str())
+            .collect();
+        let _ = write!(s, ", authorization_details of types {types:?}");
+    }
     if r.cors_preflight {
         // explain takes no headers, so it shows the bearer check a preflight would skip.
         s.push_str(", cors_preflight = true");

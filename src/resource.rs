@@ -12,6 +12,7 @@
 //!
 //! The document says only what the config enforces: `authorization_servers` are the configured
 //! issuers, `scopes_supported` every scope the resource's routes ask for,
+//! `authorization_details_types_supported` the RFC 9396 types they require,
 //! `bearer_methods_supported` the places they take a token from.
 
 use crate::body::{self, Body};
@@ -121,6 +122,8 @@ struct Metadata<'a> {
     authorization_servers: Vec<&'a str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     scopes_supported: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    authorization_details_types_supported: Vec<&'a str>,
     bearer_methods_supported: Vec<&'static str>,
     /// RFC 9728 2 / RFC 9449 5.1: the algorithms bearward takes DPoP proofs in.
     dpop_signing_alg_values_supported: &'a [String],
@@ -156,14 +159,15 @@ impl Documents {
             .any(|(p, h, _)| *p == resource.metadata_path && *h == resource.host)
     }
 
-    /// Adds the document of one resource: the issuers it takes tokens from, the sorted union
-    /// of its bearer routes' scopes, and how a token may be sent to it. Built from the route
+    /// Adds the document of one resource: the issuers it takes tokens from, the sorted unions
+    /// of its bearer routes' scopes and RFC 9396 types, and how a token may be sent to it. Built from the route
     /// table by [`crate::routes::resource_documents`].
     pub fn add(
         &mut self,
         resource: &ResourceId,
         issuers: Vec<&str>,
         mut scopes: Vec<&str>,
+        mut detail_types: Vec<&str>,
         bearer_methods: Vec<&'static str>,
         binding: &Binding,
     ) {
@@ -173,10 +177,13 @@ impl Documents {
         scopes.retain(|s| *s != "offline_access");
         scopes.sort_unstable();
         scopes.dedup();
+        detail_types.sort_unstable();
+        detail_types.dedup();
         let doc = Metadata {
             resource: &resource.id,
             authorization_servers: issuers,
             scopes_supported: scopes,
+            authorization_details_types_supported: detail_types,
             bearer_methods_supported: bearer_methods,
             dpop_signing_alg_values_supported: &binding.dpop_algs,
             dpop_bound_access_tokens_required: binding.required,

@@ -531,6 +531,8 @@ pub struct Route {
     pub claims_any: Vec<ClaimCondition>,
     /// `client_ids`: the token's `azp` (else `client_id`) must be one of these, when not empty.
     pub client_ids: Vec<String>,
+    /// RFC 9396 `authorization_details`: each must be met by an object of the token's.
+    pub authorization_details: Vec<DetailRequirement>,
     /// `audiences` (or the resource, with `require_resource_audience`): the token's `aud` must
     /// name one of these too, when not empty (RFC 8707).
     pub audiences: Vec<String>,
@@ -631,6 +633,47 @@ impl ClaimCondition {
             Some(Value::Array(a)) => a.iter().any(|x| x.as_str() == Some(self.value.as_str())),
             _ => false,
         }
+    }
+}
+
+/// A route's `authorization_details` entry (RFC 9396 2): the `type` an object of the token's
+/// `authorization_details` must have, and what its common fields must hold. The RFC leaves each
+/// type's meaning to the API; these are the fields it defines for all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetailRequirement {
+    pub kind: String,
+    /// `actions`, `locations`, `datatypes`, `privileges`: each value listed must be in the
+    /// object's array of that name.
+    pub lists: Vec<(&'static str, Vec<String>)>,
+    /// `identifier`: the object's must equal it.
+    pub identifier: Option<String>,
+}
+
+impl DetailRequirement {
+    /// Does one of the token's objects meet it? Anything that is not an object with these
+    /// members as RFC 9396 types them (a string `type`, arrays of strings) meets nothing.
+    pub fn met_by(&self, details: &[serde_json::Value]) -> bool {
+        details.iter().any(|d| self.met_by_one(d))
+    }
+
+    fn met_by_one(&self, d: &serde_json::Value) -> bool {
+        use serde_json::Value;
+        if d.get("type").and_then(Value::as_str) != Some(self.kind.as_str()) {
+            return false;
+        }
+        if let Some(id) = &self.identifier {
+            if d.get("identifier").and_then(Value::as_str) != Some(id.as_str()) {
+                return false;
+            }
+        }
+        self.lists.iter().all(|(field, wanted)| {
+            let Some(Value::Array(held)) = d.get(*field) else {
+                return false;
+            };
+            wanted
+                .iter()
+                .all(|w| held.iter().any(|h| h.as_str() == Some(w.as_str())))
+        })
     }
 }
 
@@ -1134,6 +1177,11 @@ pub fn resource_documents<'a>(
             })
             .map(String::as_str)
             .collect();
+        let detail_types = own
+            .iter()
+            .flat_map(|r| &r.authorization_details)
+            .map(|d| d.kind.as_str())
+            .collect();
         let mut methods = vec!["header"];
         if own.iter().any(|r| r.token_in_query) {
             methods.push("query");
@@ -1146,6 +1194,7 @@ pub fn resource_documents<'a>(
             resource,
             issuers.clone().collect(),
             scopes,
+            detail_types,
             methods,
             &binding,
         );
@@ -1186,6 +1235,7 @@ impl Route {
             source_ranges: None,
             claims: Vec::new(),
             claims_any: Vec::new(),
+            authorization_details: Vec::new(),
             client_ids: Vec::new(),
             audiences: Vec::new(),
             acr_values: Vec::new(),

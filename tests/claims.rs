@@ -491,3 +491,242 @@ fn check_holds_tenant_templates_to_one_segment_and_warns_of_any_tenant() {
         bearward::config::Config::from_toml_str(&base(v1, jwks), "t.toml").expect(v1);
     }
 }
+
+/// RFC 9396 rich authorization requests: a route's `authorization_details` is met only by an
+/// object of the token's array with its `type` and every listed action, location and the like
+/// (arrays of strings, as the RFC types them); each entry of the route's by an object of its
+/// own or a shared one. Every miss is a 403 that does not say what was required, the upstream
+/// untouched; the RFC 9728 document names the types.
+#[tokio::test]
+async fn authorization_details_grant_what_the_route_requires() {
+    let key = Key::rsa1();
+    let idp = Idp::start(&[&key]).await;
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[[issuers]]
+issuer = "{}"
+discovery = true
+audiences = ["https://api.test"]
+algorithms = ["RS256"]
+
+[upstreams.app]
+url = "{}"
+
+[[routes]]
+prefix = "/payments"
+resource = "https://api.test/payments"
+authorization_details = [{{ type = "payment_initiation", actions = ["initiate"], locations = ["https://api.test/payments"] }}]
+upstream = "app"
+
+[[routes]]
+prefix = "/accounts"
+authorization_details = [
+  {{ type = "account_information", actions = ["read_balances", "read_transactions"] }},
+  {{ type = "customer_information", identifier = "cust-1" }},
+]
+upstream = "app"
+"#,
+        idp.issuer(),
+        up.url()
+    ))
+    .await;
+    wait_ready(&gw).await;
+    let c = client();
+    let mint = idp.minter("https://api.test");
+    let call = |path: &'static str, details: Option<serde_json::Value>| {
+        let token = mint.token_claims(&key, |m| {
+            if let Some(d) = details {
+                m.insert("authorization_details".into(), d);
+            }
+        });
+        let (c, url) = (c.clone(), gw.url(path));
+        async move { get(&c, &url, &[("authorization", &format!("Bearer {token}"))]).await }
+    };
+    let pay = |actions: serde_json::Value, locations: serde_json::Value| {
+        json!({"type": "payment_initiation", "actions": actions, "locations": locations,
+               "instructedAmount": {"currency": "EUR", "amount": "123.50"}})
+    };
+    let here = json!(["https://api.test/payments"]);
+
+    let granted = [
+        (
+            "/payments",
+            json!([pay(json!(["initiate", "status"]), here.clone())]),
+            "one object, more actions than asked",
+        ),
+        (
+            "/payments",
+            json!([{"type": "account_information", "actions": ["initiate"]}, pay(json!(["initiate"]), json!(["https://other.test", "https://api.test/payments"]))]),
+            "the second object, among other locations",
+        ),
+        (
+            "/accounts",
+            json!([{"type": "account_information", "actions": ["read_transactions", "read_balances"]}, {"type": "customer_information", "identifier": "cust-1"}]),
+            "each entry by its own object",
+        ),
+    ];
+    for (path, details, why) in granted {
+        let a = call(path, Some(details)).await;
+        assert_eq!(a.status, StatusCode::OK, "{why}: {}", a.body);
+    }
+
+    let before = up.count();
+    let refused = [
+        ("/payments", None, "no authorization_details"),
+        (
+            "/payments",
+            Some(json!(pay(json!(["initiate"]), here.clone()))),
+            "an object, not an array of them",
+        ),
+        (
+            "/payments",
+            Some(json!([pay(json!(["status"]), here.clone())])),
+            "without the action",
+        ),
+        (
+            "/payments",
+            Some(json!([pay(json!("initiate"), here.clone())])),
+            "actions a string, not an array",
+        ),
+        (
+            "/payments",
+            Some(json!([{"type": "payment_initiation", "actions": ["initiate"]}])),
+            "no locations",
+        ),
+        (
+            "/payments",
+            Some(json!([pay(
+                json!(["initiate"]),
+                json!(["https://other.test"])
+            )])),
+            "for another resource",
+        ),
+        (
+            "/payments",
+            Some(
+                json!([{"type": "payment_initiation"}, {"actions": ["initiate"], "locations": ["https://api.test/payments"]}]),
+            ),
+            "type and actions in two objects",
+        ),
+        (
+            "/accounts",
+            Some(
+                json!([{"type": "account_information", "actions": ["read_balances", "read_transactions"]}]),
+            ),
+            "one entry of two",
+        ),
+        (
+            "/accounts",
+            Some(
+                json!([{"type": "account_information", "actions": ["read_balances"]}, {"type": "customer_information", "identifier": "cust-1"}]),
+            ),
+            "one action of two",
+        ),
+        (
+            "/accounts",
+            Some(
+                json!([{"type": "account_information", "actions": ["read_balances", "read_transactions"]}, {"type": "customer_information", "identifier": "cust-2"}]),
+            ),
+            "another identifier",
+        ),
+    ];
+    for (path, details, why) in &refused {
+        let a = call(path, details.clone()).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{why}: {}", a.body);
+        let www = a.headers["www-authenticate"].to_str().unwrap();
+        assert!(www.contains("error=\"insufficient_scope\""), "{why}: {www}");
+        for secret in [
+            "payment_initiation",
+            "initiate",
+            "account_information",
+            "cust-1",
+        ] {
+            assert!(
+                !www.contains(secret) && !a.body.contains(secret),
+                "{why}: the requirement leaks: {www} {}",
+                a.body
+            );
+        }
+    }
+    assert_eq!(up.count(), before, "a refused request reached the upstream");
+    let m = gw.metrics().await;
+    let n: f64 = ["/payments*", "/accounts*"]
+        .iter()
+        .map(|r| {
+            let labels = format!("route=\"{r}\",status=\"403\",decision=\"deny\",reason=\"authorization_details_mismatch\"");
+            metric(&m, &format!("bearward_requests_total{{{labels}}}"))
+        })
+        .sum();
+    assert_eq!(n, refused.len() as f64, "{m}");
+
+    let doc = get(
+        &c,
+        &gw.url("/.well-known/oauth-protected-resource/payments"),
+        &[],
+    )
+    .await;
+    assert_eq!(doc.status, StatusCode::OK, "{}", doc.body);
+    let doc: serde_json::Value = serde_json::from_str(&doc.body).unwrap();
+    assert_eq!(
+        doc["authorization_details_types_supported"],
+        json!(["payment_initiation"]),
+        "{doc}"
+    );
+}
+
+/// `authorization_details` is what a token must hold, so only a route where every request
+/// shows one takes it; each entry names a type, and a list it gives holds something.
+#[test]
+fn check_holds_authorization_details_to_bearer_routes_and_whole_entries() {
+    let base = |route: &str| {
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n[[issuers]]\nissuer = \"https://i\"\njwks_file = \"tests/fixtures/jwks-rsa1.json\"\naudiences = [\"a\"]\n[upstreams.a]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\nprefix = \"/\"\nupstream = \"a\"\n{route}\n")
+    };
+    let err = |route: &str| {
+        bearward::config::Config::from_toml_str(&base(route), "t.toml")
+            .expect_err("refused")
+            .to_string()
+    };
+    for (route, needle) in [
+        (
+            "auth = \"optional\"\nauthorization_details = [{ type = \"t\" }]",
+            "routes[0].authorization_details: only applies to auth = \"bearer\"",
+        ),
+        (
+            "auth = \"none\"\nauthorization_details = [{ type = \"t\" }]",
+            "routes[0].authorization_details: only applies to auth = \"bearer\"",
+        ),
+        (
+            "authorization_details = []",
+            "routes[0].authorization_details: give 1 to 16",
+        ),
+        (
+            "authorization_details = [{ type = \" \" }]",
+            "routes[0].authorization_details[0].type",
+        ),
+        (
+            "authorization_details = [{ type = \"t\", actions = [] }]",
+            "routes[0].authorization_details[0].actions",
+        ),
+        (
+            "authorization_details = [{ type = \"t\", action = [\"a\"] }]",
+            "unknown field `action`",
+        ),
+        (
+            "authorization_details = [{ actions = [\"a\"] }]",
+            "missing field `type`",
+        ),
+    ] {
+        let e = err(route);
+        assert!(e.contains(needle), "{route}: {e}");
+    }
+    bearward::config::Config::from_toml_str(
+        &base("authorization_details = [{ type = \"t\", actions = [\"a\"], datatypes = [\"d\"], privileges = [\"p\"], identifier = \"i\" }]"),
+        "t.toml",
+    )
+    .expect("valid");
+}

@@ -810,3 +810,40 @@ async fn revoked_refuses_an_active_opaque_token_by_its_answer() {
         StatusCode::OK
     );
 }
+
+/// RFC 9396 9.2: an introspection answer's `authorization_details` is kept with the answer and
+/// held to a route's as a JWT's claim is.
+#[tokio::test]
+async fn authorization_details_of_an_introspection_answer_are_checked() {
+    let s = start(
+        "\n[[routes]]\nprefix = \"/rar\"\nauthorization_details = [{ type = \"payment_initiation\", actions = [\"initiate\"] }]\nupstream = \"app\"\n",
+    )
+    .await;
+    let with = |details: serde_json::Value| {
+        let mut a = active("read");
+        a["authorization_details"] = details;
+        a
+    };
+    s.ep.set(
+        "opaque-granted",
+        with(json!([{"type": "payment_initiation", "actions": ["initiate", "cancel"]}])),
+    );
+    s.ep.set(
+        "opaque-other",
+        with(json!([{"type": "payment_initiation", "actions": ["cancel"]}])),
+    );
+    s.ep.set("opaque-none", active("read"));
+    assert_eq!(
+        s.call("/rar/x", "opaque-granted").await.status,
+        StatusCode::OK
+    );
+    for token in ["opaque-other", "opaque-none"] {
+        s.refused(
+            "/rar/x",
+            token,
+            StatusCode::FORBIDDEN,
+            "authorization_details_mismatch",
+        )
+        .await;
+    }
+}

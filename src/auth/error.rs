@@ -73,6 +73,10 @@ pub enum AuthError {
     /// which value was required.
     #[error("the token's claims do not grant access to this resource")]
     ClaimMismatch,
+    /// RFC 9396: no object of the token's `authorization_details` meets one of the route's.
+    /// The description never says which.
+    #[error("the token's authorization details do not grant access to this resource")]
+    AuthorizationDetailsMismatch,
     /// RFC 9470: the route's `acr_values` or `max_age` does not hold; the challenge names
     /// what the route asks for.
     #[error("a stronger or more recent authentication is required")]
@@ -105,7 +109,9 @@ impl AuthError {
             AuthError::MalformedHeader
             | AuthError::MultipleTokens
             | AuthError::TokenNotAllowedHere => StatusCode::BAD_REQUEST,
-            AuthError::InsufficientScope { .. } | AuthError::ClaimMismatch => StatusCode::FORBIDDEN,
+            AuthError::InsufficientScope { .. }
+            | AuthError::ClaimMismatch
+            | AuthError::AuthorizationDetailsMismatch => StatusCode::FORBIDDEN,
             AuthError::KeysUnavailable
             | AuthError::IntrospectionUnavailable
             | AuthError::IntrospectionBusy
@@ -131,9 +137,9 @@ impl AuthError {
             AuthError::MalformedHeader
             | AuthError::MultipleTokens
             | AuthError::TokenNotAllowedHere => ErrorCode::InvalidRequest,
-            AuthError::InsufficientScope { .. } | AuthError::ClaimMismatch => {
-                ErrorCode::InsufficientScope
-            }
+            AuthError::InsufficientScope { .. }
+            | AuthError::ClaimMismatch
+            | AuthError::AuthorizationDetailsMismatch => ErrorCode::InsufficientScope,
             AuthError::InsufficientUserAuthentication => ErrorCode::InsufficientUserAuthentication,
             _ => ErrorCode::InvalidToken,
         }
@@ -174,6 +180,7 @@ impl AuthError {
             AuthError::CertificateMismatch => "certificate_mismatch",
             AuthError::UnboundToken => "unbound_token",
             AuthError::ClaimMismatch => "claim_mismatch",
+            AuthError::AuthorizationDetailsMismatch => "authorization_details_mismatch",
             AuthError::InsufficientUserAuthentication => "insufficient_user_authentication",
             AuthError::Revoked => "token_revoked",
         }

@@ -81,7 +81,7 @@ pub struct Introspector {
 
 /// The answer members bearward reads (RFC 7662 2.2, RFC 7800 `cnf`), kept in the shared store
 /// with the claim headers' claims; nothing else of an answer is stored.
-const CHECKED: [&str; 19] = [
+const CHECKED: [&str; 20] = [
     "active",
     "scope",
     "client_id",
@@ -104,6 +104,8 @@ const CHECKED: [&str; 19] = [
     "auth_time",
     // RFC 8693 4.1: who acts for the subject, for the access log.
     "act",
+    // RFC 9396 9.2: routes' `authorization_details`.
+    "authorization_details",
 ];
 
 impl Introspector {

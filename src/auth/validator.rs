@@ -704,6 +704,9 @@ pub fn check_claim_conditions(
             return Err(AuthError::ClaimMismatch);
         }
     }
+    if !route.authorization_details.is_empty() {
+        check_authorization_details(claims, route, trace)?;
+    }
     if !route.audiences.is_empty() {
         let named = |a: &str| route.audiences.iter().any(|x| x == a);
         let holds = match claims.get("aud") {
@@ -736,6 +739,46 @@ pub fn check_claim_conditions(
             "the route's claim conditions hold".into()
         });
     }
+    Ok(())
+}
+
+/// RFC 9396: every one of the route's `authorization_details` met by an object of the token's
+/// array. A token without the claim, or with another type there, meets none.
+fn check_authorization_details(
+    claims: &Map<String, Value>,
+    route: &Route,
+    trace: &mut Trace,
+) -> Result<(), AuthError> {
+    let held = match claims.get("authorization_details") {
+        Some(Value::Array(a)) => a.as_slice(),
+        _ => &[],
+    };
+    if let Some(r) = route.authorization_details.iter().find(|r| !r.met_by(held)) {
+        trace.note("authorization_details", false, || {
+            let lists: Vec<String> = r
+                .lists
+                .iter()
+                .map(|(field, v)| format!("{field} {v:?}"))
+                .collect();
+            format!(
+                "no object of type {:?} holding {}{} among the token's {} (RFC 9396)",
+                r.kind,
+                if lists.is_empty() {
+                    "anything".to_owned()
+                } else {
+                    lists.join(", ")
+                },
+                r.identifier
+                    .as_ref()
+                    .map_or(String::new(), |i| format!(", identifier {i:?}")),
+                held.len()
+            )
+        });
+        return Err(AuthError::AuthorizationDetailsMismatch);
+    }
+    trace.note("authorization_details", true, || {
+        "the route's authorization details are granted".into()
+    });
     Ok(())
 }
 

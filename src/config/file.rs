@@ -1037,6 +1037,19 @@ pub(super) struct IssuerFile {
     pub revoked: Option<Spanned<RevokedFile>>,
 }
 
+/// A route's `authorization_details` entry: what one object of the token's must hold.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AuthorizationDetailFile {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub actions: Option<Vec<String>>,
+    pub locations: Option<Vec<String>>,
+    pub datatypes: Option<Vec<String>>,
+    pub privileges: Option<Vec<String>>,
+    pub identifier: Option<String>,
+}
+
 /// `[[issuers]] revoked`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1722,6 +1735,19 @@ pub(super) struct RouteFile {
     ///
     /// the token's `azp`, else its `client_id`, must be one of these
     pub client_ids: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Reference: `authorization_details`
+    /// Default: none
+    ///
+    /// RFC 9396 rich authorization requests: what the token's `authorization_details` (or the
+    /// introspection answer's) must grant, each entry `{ type = "payment_initiation", actions =
+    /// ["initiate"] }` met by one object of the token's array with that `type` and, for each of
+    /// `actions`, `locations`, `datatypes` and `privileges` given, an array holding every value
+    /// listed (`identifier`: equal). A location names this API as the authorization server put
+    /// it in the token (the resource's URL). Every entry must be met, each by its own object or
+    /// a shared one. A miss is 403 `insufficient_scope`, reason `authorization_details_mismatch`,
+    /// without saying what was required; the RFC 9728 metadata lists the types in
+    /// `authorization_details_types_supported`. At most 16 entries of 64 values each
+    pub authorization_details: Option<Spanned<Vec<Spanned<AuthorizationDetailFile>>>>,
     /// Reference: `audiences`
     /// Default: none (the issuer's `audiences` only)
     ///

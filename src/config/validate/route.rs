@@ -230,6 +230,10 @@ pub(super) fn route(
             ("claims", r.claims.as_ref().map(Spanned::span)),
             ("claims_any", r.claims_any.as_ref().map(Spanned::span)),
             ("client_ids", r.client_ids.as_ref().map(Spanned::span)),
+            (
+                "authorization_details",
+                r.authorization_details.as_ref().map(Spanned::span),
+            ),
             ("acr_values", r.acr_values.as_ref().map(Spanned::span)),
             ("max_age", r.max_age.as_ref().map(Spanned::span)),
         ];
@@ -402,6 +406,11 @@ pub(super) fn route(
         rate_limit: rate_limit(cx, r.rate_limit.as_ref(), &key("rate_limit"), auth),
         claims: claim_conditions(cx, &r.claims, &key("claims")),
         claims_any: claim_conditions(cx, &r.claims_any, &key("claims_any")),
+        authorization_details: authorization_details(
+            cx,
+            r.authorization_details.as_ref(),
+            &key("authorization_details"),
+        ),
         client_ids: r
             .client_ids
             .as_ref()
@@ -577,6 +586,63 @@ fn route_audiences(
         },
         (None, None) => Vec::new(),
     }
+}
+
+/// Most `authorization_details` entries a route may require, and values in one of their lists:
+/// each is looked for in every object of a token's array, on every request.
+const MAX_DETAIL_REQUIREMENTS: usize = 16;
+const MAX_DETAIL_VALUES: usize = 64;
+
+/// `authorization_details`: each entry's `type` and lists, none of them empty.
+fn authorization_details(
+    cx: &mut Ctx<'_>,
+    list: Option<&Spanned<Vec<Spanned<AuthorizationDetailFile>>>>,
+    key: &str,
+) -> Vec<crate::routes::DetailRequirement> {
+    let Some(list) = list else {
+        return Vec::new();
+    };
+    if list.get_ref().is_empty() || list.get_ref().len() > MAX_DETAIL_REQUIREMENTS {
+        cx.err(
+            list.span(),
+            key,
+            format!("give 1 to {MAX_DETAIL_REQUIREMENTS} entries, or leave it out"),
+        );
+    }
+    let mut out = Vec::new();
+    for (i, entry) in list.get_ref().iter().enumerate() {
+        let k = format!("{key}[{i}]");
+        let f = entry.get_ref();
+        if f.kind.trim().is_empty() {
+            cx.err(entry.span(), &format!("{k}.type"), "must name the type");
+        }
+        let mut lists = Vec::new();
+        for (field, values) in [
+            ("actions", &f.actions),
+            ("locations", &f.locations),
+            ("datatypes", &f.datatypes),
+            ("privileges", &f.privileges),
+        ] {
+            let Some(values) = values else { continue };
+            if values.is_empty() || values.len() > MAX_DETAIL_VALUES {
+                cx.err(
+                    entry.span(),
+                    &format!("{k}.{field}"),
+                    format!(
+                        "give 1 to {MAX_DETAIL_VALUES} values, each of which the token's object \
+                         must hold, or leave it out"
+                    ),
+                );
+            }
+            lists.push((field, values.clone()));
+        }
+        out.push(crate::routes::DetailRequirement {
+            kind: f.kind.clone(),
+            lists,
+            identifier: f.identifier.clone(),
+        });
+    }
+    out
 }
 
 /// `claims` / `claims_any`: each key a claim path, each value a string or an array of strings
