@@ -144,6 +144,72 @@ async fn no_token_text_in_the_logs() {
         "the actors are logged"
     );
     client_in_the_access_log(&buf, &up).await;
+    claims_in_the_access_log(&buf, &up, &idp, &rsa).await;
+}
+
+/// `access_log_claims`: a verified token's claims in its access lines, allowed or refused
+/// after the check, as one JSON object whatever their text holds (quotes, a line break), each
+/// cut at 128 bytes; a token that fails its check has none logged.
+async fn claims_in_the_access_log(buf: &Buf, up: &Upstream, idp: &Idp, rsa: &Key) {
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\naccess_log_claims = [\"azp\", \"tid\", \"org.name\", \"note\", \"missing\"]\n\
+         [[issuers]]\nissuer = \"{}\"\ndiscovery = true\naudiences = [\"https://api.test\"]\n\
+         [upstreams.app]\nurl = \"{}\"\n\
+         [[routes]]\nprefix = \"/logged\"\nscopes = [\"read\"]\nupstream = \"app\"\n",
+        idp.issuer(),
+        up.url()
+    ))
+    .await;
+    wait_ready(&gw).await;
+    let m = idp.minter("https://api.test");
+    let token = |scope: &str| {
+        m.token_claims(rsa, |c| {
+            c.insert("scope".into(), serde_json::json!(scope));
+            c.insert("azp".into(), serde_json::json!("billing"));
+            c.insert("tid".into(), serde_json::json!("4f6c"));
+            c.insert(
+                "org".into(),
+                serde_json::json!({"name": "Acme \"East\"\nBranch"}),
+            );
+            c.insert("note".into(), serde_json::json!("é".repeat(100)));
+        })
+    };
+    let c = client();
+    for (path, t, status) in [
+        ("/logged/ok", token("read"), 200),
+        ("/logged/scope", token("write"), 403),
+        ("/logged/forged", format!("{}x", token("read")), 401),
+    ] {
+        let a = get(
+            &c,
+            &gw.url(path),
+            &[("authorization", &format!("Bearer {t}"))],
+        )
+        .await;
+        assert_eq!(a.status, status, "{path}: {}", a.body);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let line = |path: &str| -> serde_json::Value {
+        let l = logs
+            .lines()
+            .find(|l| l.contains(&format!("\"path\":\"{path}\"")) && l.contains("bearward::access"))
+            .unwrap_or_else(|| panic!("an access line for {path}"));
+        serde_json::from_str(l).unwrap()
+    };
+    for path in ["/logged/ok", "/logged/scope"] {
+        let l = line(path);
+        let claims: serde_json::Value =
+            serde_json::from_str(l["fields"]["claims"].as_str().expect("claims logged")).unwrap();
+        assert_eq!(claims["azp"], "billing", "{l}");
+        assert_eq!(claims["tid"], "4f6c", "{l}");
+        assert_eq!(claims["org.name"], "Acme \"East\"\nBranch", "{l}");
+        // 100 two-byte characters, cut at 128 bytes on a character boundary.
+        assert_eq!(claims["note"], "é".repeat(64), "{l}");
+        assert!(claims.get("missing").is_none(), "{l}");
+    }
+    let forged = line("/logged/forged");
+    assert!(forged["fields"].get("claims").is_none(), "{forged}");
 }
 
 /// Behind a trusted proxy the access line names the client as well as the peer; an ingress

@@ -637,6 +637,17 @@ pub(super) struct ServerFile {
     /// the token), `peer`, and, when the peer is in `trusted_proxies` or an ingress on the decision
     /// listener, `client`: the address its `X-Forwarded-For` names (as for rate limits)
     pub access_log: Option<bool>,
+    /// Reference: `access_log_claims`
+    /// Default: `[]`
+    ///
+    /// claims of a verified token written in its requests' access-log lines, as field `claims`,
+    /// a JSON object (`{"azp":"billing","tid":"4f6c…"}`): who was refused, or is sending the
+    /// traffic, without `explain`. Refused requests too, once the token itself was valid (a
+    /// missing scope, a claim condition, a policy, a rate limit). Claim paths as in
+    /// `claim_headers`, values as a claim header would carry them, each cut at 128 bytes; a
+    /// claim the token lacks is left out. `sub` and `email` are personal data: log them only
+    /// where the logs may hold it. At most 16
+    pub access_log_claims: Option<Spanned<Vec<Spanned<String>>>>,
     /// Reference: `request_id_header`
     /// Default: `"x-request-id"`
     ///

@@ -223,6 +223,8 @@ pub struct ServerConfig {
     /// RFC 9728 resource identifier of routes that name none.
     pub resource: Option<Arc<crate::resource::ResourceId>>,
     pub access_log: bool,
+    /// `access_log_claims`: claim paths written in the access log; empty, none.
+    pub access_log_claims: Vec<String>,
     /// `request_id_header`; `None`: request ids off.
     pub request_id_header: Option<HeaderName>,
     /// Default mode of routes that do not set one.

@@ -134,6 +134,8 @@ pub struct Outcome {
     pub issuer: Option<usize>,
     /// A delegated token's actors (`act`), for the access log.
     pub actor: Option<Arc<str>>,
+    /// `server.access_log_claims` of the verified token, as a JSON object.
+    pub claims: Option<Box<str>>,
     /// A gRPC ext_authz check: [`Facts`] go back with the answer.
     pub ext_authz: bool,
     /// An MCP route's POST: its method and target, once its body was read.
@@ -282,6 +284,7 @@ impl Default for Outcome {
             span: None,
             issuer: None,
             actor: None,
+            claims: None,
             ext_authz: false,
             mcp: None,
         }
@@ -701,6 +704,7 @@ impl Gateway {
                 peer = %conn.peer.ip(),
                 client = out.client.map(tracing::field::display),
                 actor = out.actor.as_deref(),
+                claims = out.claims.as_deref(),
                 request_id = out.request_id.as_ref().and_then(|v| v.to_str().ok()),
                 trace_id = out.span.map(tracing::field::display),
                 mcp_method = out.mcp.as_ref().map(|m| m.method.as_str()),

@@ -834,6 +834,9 @@ impl Gateway {
             }
         };
         out.token_id = Some(v.token_id);
+        if !self.config.server.access_log_claims.is_empty() {
+            out.claims = logged_claims(&v, &self.config.server);
+        }
         if v.binding.jkt.is_some() {
             out.challenge = Challenge::Dpop;
         }
@@ -1081,4 +1084,24 @@ fn path_params<'a>(route: &Route, path: &'a str) -> crate::policy::Values<'a> {
         });
     }
     values
+}
+
+/// `server.access_log_claims` of a verified token, as a JSON object of their header texts
+/// (each cut at 128 bytes); `None` when the access log is off or the token has none of them.
+#[cold]
+fn logged_claims(
+    v: &std::sync::Arc<auth::Verified>,
+    server: &crate::config::ServerConfig,
+) -> Option<Box<str>> {
+    if !server.access_log {
+        return None;
+    }
+    let identity = Identity(v.clone());
+    let found: serde_json::Map<String, serde_json::Value> = (server.access_log_claims.iter())
+        .filter_map(|c| {
+            let text = identity.text(c)?;
+            Some((c.clone(), super::cut(&text, 128).into()))
+        })
+        .collect();
+    (!found.is_empty()).then(|| serde_json::Value::Object(found).to_string().into())
 }

@@ -228,10 +228,49 @@ pub(super) fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
         max_body_bytes: cx.max_body(&s.max_body_bytes, "server.max_body_bytes"),
         resource: cx.resource(&s.resource, "server.resource", path),
         access_log: s.access_log.unwrap_or(true),
+        access_log_claims: access_log_claims(cx, &s.access_log_claims),
         request_id_header: request_id_header(cx, &s.request_id_header),
         mode: s.mode.as_ref().map_or(Mode::Enforce, |m| *m.get_ref()),
         watch_config: s.watch_config.unwrap_or(true),
     }
+}
+
+/// Most claims an access-log line may carry: it is written for every request.
+const MAX_LOGGED_CLAIMS: usize = 16;
+
+/// `server.access_log_claims`: claim paths (as `claim_headers` takes them), each once.
+fn access_log_claims(cx: &mut Ctx<'_>, v: &Option<Spanned<Vec<Spanned<String>>>>) -> Vec<String> {
+    let Some(list) = v else {
+        return Vec::new();
+    };
+    let key = "server.access_log_claims";
+    if list.get_ref().len() > MAX_LOGGED_CLAIMS {
+        cx.err(
+            list.span(),
+            key,
+            format!("names more than {MAX_LOGGED_CLAIMS} claims"),
+        );
+    }
+    let mut out: Vec<String> = Vec::new();
+    for (i, c) in list.get_ref().iter().enumerate() {
+        let name = c.get_ref();
+        if crate::routes::claim_path(name).is_none() {
+            cx.err(
+                c.span(),
+                &format!("{key}[{i}]"),
+                "a claim path has no empty segments (write \\. for a dot inside a name)",
+            );
+        } else if out.contains(name) {
+            cx.err(
+                c.span(),
+                &format!("{key}[{i}]"),
+                format!("{name:?} is named twice"),
+            );
+        } else {
+            out.push(name.clone());
+        }
+    }
+    out
 }
 
 /// `server.request_id_header`: a header name bearward does not own for another purpose.
