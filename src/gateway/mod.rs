@@ -132,14 +132,22 @@ pub struct Outcome {
     pub span: Option<trace::SpanContext>,
     /// The configured issuer (its index) whose token the request carried, once verified.
     pub issuer: Option<usize>,
-    /// A delegated token's actors (`act`), for the access log.
-    pub actor: Option<Arc<str>>,
-    /// `server.access_log_claims` of the verified token, as a JSON object.
-    pub claims: Option<Box<str>>,
+    /// What the access line says of the caller beyond its token's id. Boxed: the outcome is
+    /// made and moved for every request, and most have neither.
+    pub caller: Option<Box<CallerNote>>,
     /// A gRPC ext_authz check: [`Facts`] go back with the answer.
     pub ext_authz: bool,
     /// An MCP route's POST: its method and target, once its body was read.
     pub mcp: Option<Box<McpNote>>,
+}
+
+/// The caller as the access line names it, where there is more to say than its token's id.
+#[derive(Default)]
+pub struct CallerNote {
+    /// A delegated token's actors (`act`).
+    pub actor: Option<Arc<str>>,
+    /// `server.access_log_claims` of the verified token, as a JSON object.
+    pub claims: Option<Box<str>>,
 }
 
 /// A request whose connection closed before its answer was made: hyper drops the request's
@@ -283,8 +291,7 @@ impl Default for Outcome {
             request_id: None,
             span: None,
             issuer: None,
-            actor: None,
-            claims: None,
+            caller: None,
             ext_authz: false,
             mcp: None,
         }
@@ -703,8 +710,8 @@ impl Gateway {
                 token = out.token_id.map(tracing::field::display),
                 peer = %conn.peer.ip(),
                 client = out.client.map(tracing::field::display),
-                actor = out.actor.as_deref(),
-                claims = out.claims.as_deref(),
+                actor = out.caller.as_ref().and_then(|c| c.actor.as_deref()),
+                claims = out.caller.as_ref().and_then(|c| c.claims.as_deref()),
                 request_id = out.request_id.as_ref().and_then(|v| v.to_str().ok()),
                 trace_id = out.span.map(tracing::field::display),
                 mcp_method = out.mcp.as_ref().map(|m| m.method.as_str()),

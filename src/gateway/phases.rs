@@ -321,7 +321,7 @@ impl Gateway {
             .await?;
         out.issuer = identity.as_ref().map(|i| i.0.issuer);
         if let Some(actor) = identity.as_ref().and_then(|i| i.0.principal.actor.as_ref()) {
-            out.actor = Some(actor.clone());
+            out.caller.get_or_insert_default().actor = Some(actor.clone());
         }
         let limited = self
             .check_rate_limit(index, identity.as_ref(), req.headers(), conn, out)
@@ -835,7 +835,9 @@ impl Gateway {
         };
         out.token_id = Some(v.token_id);
         if !self.config.server.access_log_claims.is_empty() {
-            out.claims = logged_claims(&v, &self.config.server);
+            if let Some(claims) = logged_claims(&v, &self.config.server) {
+                out.caller.get_or_insert_default().claims = Some(claims);
+            }
         }
         if v.binding.jkt.is_some() {
             out.challenge = Challenge::Dpop;
