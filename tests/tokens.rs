@@ -1371,3 +1371,59 @@ async fn checked_as_any_token(
         assert_eq!(a.status, want, "{name}: {value}");
     }
 }
+
+/// `max_lifetime` (Envoy's JwtProvider `max_lifetime`, Kong's `maximum_expiration`): a token
+/// the IdP made to live longer than the API accepts is refused however valid it is otherwise,
+/// by `exp - iat`, or, without `iat`, by how far `exp` is from now; a short one passes.
+#[tokio::test]
+async fn a_token_made_to_live_longer_than_max_lifetime_is_refused() {
+    let rsa = Key::rsa1();
+    let w = World::start(&[&rsa], "max_lifetime = \"1h\"\nleeway = \"5s\"").await;
+    let m = &w.mint;
+    let life = |iat: Option<i64>, exp: i64| {
+        m.token_claims(&rsa, |c| {
+            c.remove("iat");
+            if let Some(iat) = iat {
+                c.insert("iat".into(), json!(iat));
+            }
+            c.insert("exp".into(), json!(exp));
+        })
+    };
+    let t = now();
+    w.accepted("/api/read/x", &life(Some(t - 5), t + 300), "five minutes")
+        .await;
+    w.accepted(
+        "/api/read/x",
+        &life(Some(t - 600), t + 3000),
+        "exactly an hour",
+    )
+    .await;
+    w.accepted(
+        "/api/read/x",
+        &life(None, t + 3600),
+        "no iat, an hour from now",
+    )
+    .await;
+    w.refused("/api/read/x", &life(Some(t - 5), t + 86_400), "a day")
+        .await;
+    w.refused(
+        "/api/read/x",
+        &life(Some(t - 3000), t + 601),
+        "an hour and a second, half gone",
+    )
+    .await;
+    w.refused(
+        "/api/read/x",
+        &life(None, t + 7200),
+        "no iat, two hours from now",
+    )
+    .await;
+    let m = w.gw.metrics().await;
+    let labels =
+        "route=\"/api/read*\",status=\"401\",decision=\"deny\",reason=\"lifetime_too_long\"";
+    assert_eq!(
+        metric(&m, &format!("bearward_requests_total{{{labels}}}")),
+        3.0,
+        "{m}"
+    );
+}

@@ -85,6 +85,9 @@ pub enum AuthError {
     /// before the cut-off.
     #[error("token revoked")]
     Revoked,
+    /// `exp` lies further from `iat` (or now) than the issuer's `max_lifetime`.
+    #[error("token made to live longer than this resource accepts")]
+    LifetimeTooLong,
 }
 
 /// The `error` parameter of `WWW-Authenticate`, if any.
@@ -183,6 +186,7 @@ impl AuthError {
             AuthError::AuthorizationDetailsMismatch => "authorization_details_mismatch",
             AuthError::InsufficientUserAuthentication => "insufficient_user_authentication",
             AuthError::Revoked => "token_revoked",
+            AuthError::LifetimeTooLong => "lifetime_too_long",
         }
     }
 

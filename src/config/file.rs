@@ -887,6 +887,16 @@ pub(super) struct IssuerFile {
     ///
     /// clock-skew allowance for `exp`, `nbf`, `iat` (at most 5m)
     pub leeway: Option<Spanned<String>>,
+    /// Reference: `max_lifetime`
+    /// Default: none
+    ///
+    /// the longest a token may have been made to live (Envoy's `max_lifetime`, Kong's
+    /// `maximum_expiration`): `exp - iat`, or without `iat` how far `exp` is from now (plus
+    /// `leeway`), at most this, else 401 `invalid_token`, reason `lifetime_too_long`. A
+    /// long-lived token an IdP was misconfigured to issue, or one minted with a stolen client's
+    /// long lifetime, is refused even though it is validly signed and unexpired. Introspection
+    /// answers too, when they give `exp`. `"1h"`; from 1s to 365d
+    pub max_lifetime: Option<Spanned<String>>,
     /// Reference: `typ`
     /// Default: `"at+jwt"`
     ///

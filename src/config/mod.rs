@@ -478,6 +478,8 @@ pub struct IssuerConfig {
     pub audiences: Vec<String>,
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
     pub leeway: Duration,
+    /// `max_lifetime`: the longest `exp - iat` (or `exp - now`) taken.
+    pub max_lifetime: Option<Duration>,
     pub typ: TypPolicy,
     pub scope_claims: Vec<String>,
     pub hmac_secret: Option<Secret>,

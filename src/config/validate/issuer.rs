@@ -59,6 +59,14 @@ pub(super) fn issuer(
             DEFAULT_LEEWAY,
             (Duration::ZERO, Duration::from_secs(300)),
         ),
+        max_lifetime: f.max_lifetime.as_ref().map(|_| {
+            cx.duration(
+                &f.max_lifetime,
+                &key("max_lifetime"),
+                Duration::ZERO,
+                (Duration::from_secs(1), Duration::from_secs(365 * 24 * 3600)),
+            )
+        }),
         typ: f.typ.as_ref().map_or(TypPolicy::AtJwt, |t| *t.get_ref()),
         scope_claims,
         hmac_secret,
