@@ -40,6 +40,13 @@ fn describe(i: usize, r: &Route) -> String {
         let _ = write!(s, ", prefix_rewrite = \"{}\"", rw.to);
     }
     let _ = write!(s, ", auth = \"{}\"", r.auth.as_str());
+    if let Some(d) = &r.respond {
+        let _ = write!(
+            s,
+            ", respond = {} (nothing is forwarded)",
+            d.status.as_u16()
+        );
+    }
     if !r.scopes.is_empty() {
         let _ = write!(s, ", scopes = {:?}", r.scopes);
     }

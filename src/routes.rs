@@ -484,6 +484,8 @@ pub struct Route {
     /// Index into the config's upstream list; `None`: a route the decision listener answers
     /// for, which the proxy listener has nowhere to send.
     pub upstream: Option<usize>,
+    /// `respond`: the route's own answer, in place of an upstream's.
+    pub respond: Option<Arc<DirectResponse>>,
     /// The policy.
     pub auth: AuthMode,
     /// Every one of these scopes is needed.
@@ -633,6 +635,27 @@ impl ClaimCondition {
             Some(Value::Array(a)) => a.iter().any(|x| x.as_str() == Some(self.value.as_str())),
             _ => false,
         }
+    }
+}
+
+/// A route's `respond`: a fixed answer, made once at load and copied per request (the body's
+/// bytes are shared).
+#[derive(Debug)]
+pub struct DirectResponse {
+    pub status: http::StatusCode,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub body: bytes::Bytes,
+}
+
+impl DirectResponse {
+    pub fn response(&self) -> http::Response<crate::body::Body> {
+        let mut resp = http::Response::new(crate::body::full(self.body.clone()));
+        *resp.status_mut() = self.status;
+        let h = resp.headers_mut();
+        for (name, value) in &self.headers {
+            h.append(name.clone(), value.clone());
+        }
+        resp
     }
 }
 
@@ -1215,6 +1238,7 @@ impl Route {
             prefix_rewrite: None,
             case_sensitive: true,
             upstream: Some(0),
+            respond: None,
             auth: AuthMode::None,
             scopes: vec![],
             scopes_any: vec![],

@@ -837,3 +837,158 @@ async fn a_route_for_some_addresses_refuses_the_rest() {
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     assert_eq!(up.count(), 5);
 }
+
+/// `respond`: bearward answers a route itself (a retired version, maintenance, a fixed file)
+/// after the route's own checks, and forwards nothing; HEAD gets the head alone.
+#[tokio::test]
+async fn a_route_that_responds_itself_answers_after_its_checks_and_forwards_nothing() {
+    use common::idp::{Idp, Key};
+    let key = Key::rsa1();
+    let idp = Idp::start(&[&key]).await;
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[[issuers]]
+issuer = "{}"
+discovery = true
+audiences = ["https://api.test"]
+
+[upstreams.app]
+url = "{}"
+
+[[routes]]
+prefix = "/v1"
+auth = "none"
+respond = {{ status = 410, body = "v1 is retired: use /v2\n", headers = {{ Link = "</v2>; rel=\"successor-version\"" }} }}
+
+[[routes]]
+prefix = "/orders"
+scopes = ["read"]
+respond = {{ status = 503, body = "{{\"error\":\"maintenance\"}}", headers = {{ "Retry-After" = "600", "Content-Type" = "application/json" }} }}
+
+[[routes]]
+path = "/robots.txt"
+auth = "none"
+respond = {{ status = 200, body = "User-agent: *\nDisallow: /\n" }}
+
+[[routes]]
+prefix = "/api"
+scopes = ["read"]
+upstream = "app"
+"#,
+        idp.issuer(),
+        up.url()
+    ))
+    .await;
+    wait_ready(&gw).await;
+    let c = client();
+    let mint = idp.minter("https://api.test");
+    let bearer = |scope: &str| format!("Bearer {}", mint.token(&key, scope));
+
+    let a = get(&c, &gw.url("/v1/orders/7"), &[]).await;
+    assert_eq!(a.status, StatusCode::GONE);
+    assert_eq!(a.body, "v1 is retired: use /v2\n");
+    assert_eq!(a.headers["link"], "</v2>; rel=\"successor-version\"");
+    assert_eq!(a.headers["content-type"], "text/plain; charset=utf-8");
+    assert!(a.headers.contains_key("x-request-id"));
+    let head = send(&c, "HEAD", &gw.url("/v1/x"), &[], "").await;
+    assert_eq!(head.status, StatusCode::GONE);
+    assert_eq!(head.body, "");
+    assert_eq!(head.headers["content-length"], "23");
+
+    let a = get(&c, &gw.url("/robots.txt"), &[]).await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (StatusCode::OK, "User-agent: *\nDisallow: /\n")
+    );
+
+    // The route's checks first: no token, 401; a token without the scope, 403; then the answer.
+    let a = get(&c, &gw.url("/orders/7"), &[]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let a = get(
+        &c,
+        &gw.url("/orders/7"),
+        &[("authorization", &bearer("write"))],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = get(
+        &c,
+        &gw.url("/orders/7"),
+        &[("authorization", &bearer("read"))],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.headers["retry-after"], "600");
+    assert_eq!(a.headers["content-type"], "application/json");
+    assert_eq!(a.body, "{\"error\":\"maintenance\"}");
+    assert_eq!(up.count(), 0, "a route that responds itself forwarded");
+
+    let a = get(&c, &gw.url("/api/x"), &[("authorization", &bearer("read"))]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(up.count(), 1);
+    let m = gw.metrics().await;
+    let answered = |route: &str, status: u16| {
+        let labels = format!(
+            "route=\"{route}\",status=\"{status}\",decision=\"allow\",reason=\"direct_response\""
+        );
+        metric(&m, &format!("bearward_requests_total{{{labels}}}"))
+    };
+    assert_eq!(answered("/v1*", 410), 2.0, "{m}");
+    assert_eq!(answered("/orders*", 503), 1.0, "{m}");
+    assert_eq!(answered("/robots.txt", 200), 1.0, "{m}");
+}
+
+#[test]
+fn respond_is_a_final_status_a_bounded_body_and_headers_bearward_does_not_own() {
+    let base = |route: &str| {
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.a]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\nprefix = \"/\"\nauth = \"none\"\n{route}\n")
+    };
+    let big = "x".repeat(64 * 1024 + 1);
+    for (route, needle) in [
+        (
+            "upstream = \"a\"\nrespond = { status = 410 }",
+            "routes[0].upstream: a route that responds itself",
+        ),
+        (
+            "respond = { status = 101 }",
+            "routes[0].respond.status: 101 is not a final status",
+        ),
+        ("respond = { status = 700 }", "routes[0].respond.status"),
+        (
+            "respond = { status = 200, headers = { Connection = \"close\" } }",
+            "routes[0].respond.headers.\"Connection\": is written by bearward",
+        ),
+        (
+            "respond = { status = 200, headers = { \"Content-Length\" = \"3\" } }",
+            "is written by bearward",
+        ),
+        (
+            "respond = { status = 200, headers = { \"X-A\" = \"a\\nb\" } }",
+            "routes[0].respond.headers.\"X-A\"",
+        ),
+        (
+            &format!("respond = {{ status = 200, body = \"{big}\" }}"),
+            "routes[0].respond.body: is 65537 bytes",
+        ),
+        (
+            "prefix_rewrite = \"/x\"\nrespond = { status = 200 }",
+            "routes[0].prefix_rewrite: only applies to a route that forwards",
+        ),
+        (
+            "respond = { status = 200, bdy = \"x\" }",
+            "unknown field `bdy`",
+        ),
+    ] {
+        let e = bearward::config::Config::from_toml_str(&base(route), "t.toml")
+            .expect_err(route)
+            .to_string();
+        assert!(e.contains(needle), "{route}: {e}");
+    }
+    bearward::config::Config::from_toml_str(&base("respond = { status = 204 }"), "t.toml")
+        .expect("valid");
+}

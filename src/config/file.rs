@@ -1058,6 +1058,15 @@ pub(super) struct IssuerFile {
     pub revoked: Option<Spanned<RevokedFile>>,
 }
 
+/// A route's `respond`: the answer bearward gives in place of an upstream's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RespondFile {
+    pub status: u16,
+    pub body: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
 /// A route's `authorization_details` entry: what one object of the token's must hold.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1560,6 +1569,20 @@ pub(super) struct RouteFile {
     ///
     /// name of an `[upstreams.NAME]`; a route without one is answered by the decision listener only
     pub upstream: Option<Spanned<String>>,
+    /// Reference: `respond`
+    /// Default: none (the route forwards to its `upstream`)
+    ///
+    /// bearward answers the route itself, in place of an upstream (Envoy's `direct_response`,
+    /// nginx's `return`): `{ status = 503, body = "Down for maintenance\n", headers = {
+    /// "Retry-After" = "600" } }` takes an API out of service with a reload, `status = 410`
+    /// retires a version with a `Link` to its successor, a fixed `/robots.txt` needs no
+    /// upstream. The route's token checks, policies and rate limit apply first, as to any
+    /// route; then nothing is forwarded. Status 200 to 599; `body` at most 64 KiB, sent as
+    /// `text/plain; charset=utf-8` unless `headers` name a `Content-Type`; headers other than
+    /// the framing and hop-by-hop ones bearward writes itself. Counted with reason
+    /// `direct_response`. Not with `upstream` or `prefix_rewrite`; the decision listener
+    /// answers such a route as any other (the ingress serves what it allows)
+    pub respond: Option<Spanned<RespondFile>>,
     /// Reference: `prefix_rewrite`
     /// Default: none (the path goes upstream as matched)
     ///

@@ -928,6 +928,10 @@ impl Gateway {
             subject,
             ..
         } = pass;
+        if let Some(r) = &route.respond {
+            out.reason = "direct_response";
+            return Ok(r.response());
+        }
         // A decision-only route: the proxy listener has nowhere to send it.
         let Some(upstream_index) = route.upstream else {
             return Err(Rejection::NoRoute);

@@ -168,7 +168,16 @@ pub(super) fn route(
         _ => true,
     };
     let upstream = match &r.upstream {
+        Some(u) if r.respond.is_some() => {
+            cx.err(
+                u.span(),
+                &key("upstream"),
+                "a route that responds itself (respond) forwards nowhere: leave one out",
+            );
+            None
+        }
         Some(u) => upstream_index(cx, i, u, upstreams).map(Some),
+        None if r.respond.is_some() => Some(None),
         // Decision mode needs no upstream: the ingress forwards what bearward allows.
         None if decision => Some(None),
         None => {
@@ -369,6 +378,7 @@ pub(super) fn route(
         prefix_rewrite,
         case_sensitive,
         upstream: upstream?,
+        respond: respond(cx, r, &key("respond")),
         auth,
         scopes,
         scopes_any,
@@ -926,6 +936,89 @@ fn methods(cx: &mut Ctx<'_>, i: usize, r: &RouteFile, ok: &mut bool) -> Option<V
             Some(out)
         }
     }
+}
+
+/// Largest `respond` body: an answer made once and kept for every request of the route.
+const MAX_RESPOND_BODY: usize = 64 * 1024;
+
+/// `respond`: a status bearward may answer with, a bounded body, and headers it does not write
+/// itself (framing, hop-by-hop, the request id).
+fn respond(
+    cx: &mut Ctx<'_>,
+    r: &RouteFile,
+    key: &str,
+) -> Option<Arc<crate::routes::DirectResponse>> {
+    let f = r.respond.as_ref()?;
+    let span = f.span();
+    let before = cx.problems.len();
+    let spec = f.get_ref();
+    let status = match http::StatusCode::from_u16(spec.status) {
+        Ok(s) if (200..600).contains(&spec.status) => s,
+        _ => {
+            cx.err(
+                span.clone(),
+                &format!("{key}.status"),
+                format!("{} is not a final status (200 to 599)", spec.status),
+            );
+            http::StatusCode::OK
+        }
+    };
+    let body = spec.body.clone().unwrap_or_default();
+    if body.len() > MAX_RESPOND_BODY {
+        cx.err(
+            span.clone(),
+            &format!("{key}.body"),
+            format!("is {} bytes, more than {MAX_RESPOND_BODY}", body.len()),
+        );
+    }
+    let mut headers = Vec::new();
+    for (name, value) in spec.headers.iter().flatten() {
+        let k = format!("{key}.headers.{name:?}");
+        let parsed = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        );
+        let (Ok(n), Ok(v)) = parsed else {
+            cx.err(
+                span.clone(),
+                &k,
+                "is not a header name and value (visible ASCII, no CR or LF)",
+            );
+            continue;
+        };
+        let own = [
+            http::header::CONTENT_LENGTH,
+            http::header::TRANSFER_ENCODING,
+            http::header::CONNECTION,
+            http::header::UPGRADE,
+            http::header::TE,
+            http::header::TRAILER,
+            http::header::HeaderName::from_static("keep-alive"),
+            http::header::HeaderName::from_static("proxy-connection"),
+        ];
+        if own.contains(&n) {
+            cx.err(
+                span.clone(),
+                &k,
+                "is written by bearward itself (framing and hop-by-hop headers)",
+            );
+            continue;
+        }
+        headers.push((n, v));
+    }
+    if !body.is_empty() && !headers.iter().any(|(n, _)| n == http::header::CONTENT_TYPE) {
+        headers.push((
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        ));
+    }
+    (cx.problems.len() == before).then(|| {
+        Arc::new(crate::routes::DirectResponse {
+            status,
+            headers,
+            body: bytes::Bytes::from(body),
+        })
+    })
 }
 
 /// `upstream`: the index of a defined `[upstreams.NAME]`.
