@@ -93,6 +93,12 @@ fn describe(i: usize, r: &Route) -> String {
             l.window.as_secs(),
             l.burst
         );
+        if let Some(t) = &l.tiers {
+            let tiers: Vec<String> = (t.rates.iter())
+                .map(|(tier, n, w)| format!("{tier} {n} per {}s", w.as_secs()))
+                .collect();
+            let _ = write!(s, " (by claim {}: {})", t.claim, tiers.join(", "));
+        }
     }
     s
 }

@@ -612,6 +612,18 @@ pub struct RateLimit {
     pub burst: u32,
     /// `key = "ip"`: IPv6 clients are counted by their network of this many bits.
     pub ipv6_prefix: u8,
+    /// `rate_by`: the claim naming a caller's tier, and each tier's rate (count, window),
+    /// its burst the same count; a caller of no listed tier is held to the limit above.
+    pub tiers: Option<Box<RateTiers>>,
+}
+
+/// A route's `rate_by` and `rates`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateTiers {
+    /// The claim, as written, and its dotted path.
+    pub claim: String,
+    pub path: Vec<String>,
+    pub rates: Vec<(String, u32, std::time::Duration)>,
 }
 
 /// One claim condition: the claim at `path` (a dotted path into nested objects; a top-level

@@ -15,7 +15,7 @@ fn broken_configs_are_rejected_naming_the_key() {
         // the list form of a string where a list goes.
         ("typo, named with its route", "scopes = [\"read\"]", "scoeps = [\"read\"]", "routes[1].scoeps: unknown field"),
         ("typo, and the key meant", "scopes = [\"read\"]", "scoeps = [\"read\"]", "did you mean `scopes`?"),
-        ("typo in an inline table", "scopes = [\"read\"]", "scopes = [\"read\"]\nrate_limit = { key = \"ip\", rat = \"1/s\" }", "routes[1].rate_limit: unknown field `rat`, expected one of `key`, `rate`, `burst`, `ipv6_prefix`; did you mean `rate`?"),
+        ("typo in an inline table", "scopes = [\"read\"]", "scopes = [\"read\"]\nrate_limit = { key = \"ip\", rat = \"1/s\" }", "routes[1].rate_limit: unknown field `rat`, expected one of `key`, `rate`, `burst`, `ipv6_prefix`, `rate_by`, `rates`; did you mean `rate`?"),
         ("typo in a table", "listen = \"127.0.0.1:0\"", "listne = \"127.0.0.1:0\"", "did you mean `listen`?"),
         ("a string where a list goes", "scopes = [\"read\"]", "scopes = \"read\"", "routes[1].scopes: invalid type: string \"read\", expected a sequence: a list, even of one, `scopes = [\"read\"]`"),
         ("unknown top-level key", "[server]", "[sever]\nx=1\n[server]", "sever"),

@@ -408,3 +408,104 @@ async fn audit_mode_notes_the_limit_and_forwards() {
         "{m}"
     );
 }
+
+/// Tiers: `rate_by` names the claim that says a caller's plan, `rates` each plan's rate. A
+/// gold client gets gold's burst and headers naming its tier, with a bucket of its own; a
+/// client of an unlisted plan, or none, the route's `rate`. Each its own bucket by `key`.
+#[tokio::test]
+async fn a_tier_claim_picks_the_rate_and_the_bucket() {
+    let key = Key::rsa1();
+    let idp = Idp::start(&[&key]).await;
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[[issuers]]
+issuer = "{}"
+discovery = true
+audiences = ["https://api.test"]
+algorithms = ["RS256"]
+
+[upstreams.app]
+url = "{}"
+
+[[routes]]
+prefix = "/plans"
+name = "plans"
+rate_limit = {{ key = "client", rate = "2/m", rate_by = "claim:plan", rates = {{ gold = "5/m", silver = "3/m" }} }}
+upstream = "app"
+"#,
+        idp.issuer(),
+        up.url()
+    ))
+    .await;
+    wait_ready(&gw).await;
+    let c = client();
+    let mint = idp.minter("https://api.test");
+    let token = |client: &str, plan: Option<&str>| {
+        mint.token_claims(&key, |m| {
+            m.insert("client_id".into(), json!(client));
+            if let Some(p) = plan {
+                m.insert("plan".into(), json!(p));
+            }
+        })
+    };
+    // Requests allowed of 8 in a row, and the last answer's RateLimit-Policy.
+    let run = |t: String| {
+        let (c, url) = (c.clone(), gw.url("/plans/x"));
+        async move {
+            let mut allowed = 0;
+            let mut policy = String::new();
+            for _ in 0..8 {
+                let a = get(&c, &url, &[("authorization", &format!("Bearer {t}"))]).await;
+                match a.status {
+                    StatusCode::OK => allowed += 1,
+                    StatusCode::TOO_MANY_REQUESTS => {}
+                    s => panic!("{s}: {}", a.body),
+                }
+                policy = a.headers["ratelimit-policy"].to_str().unwrap().to_owned();
+            }
+            (allowed, policy)
+        }
+    };
+    assert_eq!(
+        run(token("a", Some("gold"))).await,
+        (5, "\"plans.gold\";q=5;w=60".to_owned())
+    );
+    assert_eq!(
+        run(token("b", Some("silver"))).await,
+        (3, "\"plans.silver\";q=3;w=60".to_owned())
+    );
+    assert_eq!(
+        run(token("c", Some("platinum"))).await,
+        (2, "\"plans\";q=2;w=60".to_owned())
+    );
+    assert_eq!(
+        run(token("d", None)).await,
+        (2, "\"plans\";q=2;w=60".to_owned())
+    );
+    // Client a, out of gold's burst, counted afresh as another plan: each tier its own buckets.
+    assert_eq!(run(token("a", Some("silver"))).await.0, 3);
+    assert_eq!(up.count(), 5 + 3 + 2 + 2 + 3);
+
+    let refused = |limit: &str| {
+        let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n[[issuers]]\nissuer = \"https://i\"\njwks_file = \"tests/fixtures/jwks-rsa1.json\"\naudiences = [\"a\"]\n[upstreams.a]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\nprefix = \"/\"\nupstream = \"a\"\n{limit}\n");
+        bearward::config::Config::from_toml_str(&text, "t.toml")
+            .expect_err(limit)
+            .to_string()
+    };
+    for (limit, needle) in [
+        ("rate_limit = { key = \"client\", rate = \"2/m\", rate_by = \"claim:plan\" }", "give rate_by and rates together"),
+        ("rate_limit = { key = \"client\", rate = \"2/m\", rates = { gold = \"5/m\" } }", "give rate_by and rates together"),
+        ("rate_limit = { key = \"client\", rate = \"2/m\", rate_by = \"plan\", rates = { gold = \"5/m\" } }", "routes[0].rate_limit.rate_by"),
+        ("rate_limit = { key = \"client\", rate = \"2/m\", rate_by = \"claim:plan\", rates = { gold = \"5/d\" } }", "routes[0].rate_limit.rates.\"gold\""),
+        ("rate_limit = { key = \"client\", rate = \"2/m\", rate_by = \"claim:plan\", rates = {} }", "routes[0].rate_limit.rates: give 1 to 32"),
+        ("auth = \"none\"\nrate_limit = { key = \"ip\", rate = \"2/m\", rate_by = \"claim:plan\", rates = { gold = \"5/m\" } }", "routes[0].rate_limit.rate_by: only applies to auth = \"bearer\""),
+    ] {
+        let e = refused(limit);
+        assert!(e.contains(needle), "{limit}: {e}");
+    }
+}

@@ -1840,6 +1840,11 @@ pub(super) struct RouteFile {
     /// full again, so a flood of distinct subjects cannot grow memory, nor reset a client that
     /// keeps sending: a key seen again is kept (`tests/rate_limits.rs` sends a million keys with
     /// one client asking throughout: 100,000 held, RSS +24 MiB, the client never allowed twice).
+    /// Tiers (an API's plans, Kong's consumer groups): `rate_by = "claim:plan", rates = { gold =
+    /// "1000/s", silver = "300/s" }` gives a token whose `plan` claim names a tier that rate (its
+    /// burst the same count) and a bucket of its own, and every other token (no such claim, a
+    /// value not listed) `rate`; `RateLimit-Policy` names the tier (`"<route>.gold";q=1000;w=1`).
+    /// Bearer routes only; at most 32 tiers
     /// Without `[cache] redis_url` limits are per process (N replicas give a client N times the
     /// rate); with it they are global: after the local bucket (which, when this replica alone is
     /// over the limit, refuses without a round trip), one `EVALSHA` of a GCRA script on the store's
@@ -1927,6 +1932,8 @@ pub(super) struct RateLimitFile {
     pub rate: Spanned<String>,
     pub burst: Option<Spanned<u64>>,
     pub ipv6_prefix: Option<Spanned<u64>>,
+    pub rate_by: Option<Spanned<String>>,
+    pub rates: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
 }
 
 /// `mode`: enforce the policy, or only report what it would do.

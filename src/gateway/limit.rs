@@ -93,6 +93,8 @@ pub struct Limiter {
     fallbacks: Counter,
     /// `key = "claim:..."`: the dotted path, parsed once.
     claim_path: Vec<String>,
+    /// `rate_by`: each tier's value and its own limiter (buckets, store keys, headers).
+    tiers: Vec<(String, Limiter)>,
 }
 
 /// What a check said, for the response's `RateLimit` header (and `Retry-After` on a 429).
@@ -102,6 +104,8 @@ pub struct Verdict {
     pub remaining: u32,
     /// Seconds until a request would be allowed again (0 when allowed).
     pub retry_after: u64,
+    /// The tier it was counted in ([`Limiter::tier`]): 0, none.
+    pub tier: u8,
 }
 
 fn buckets(idle: Duration) -> Arc<Buckets> {
@@ -166,6 +170,7 @@ fn check_bucket(bucket: &Bucket) -> Verdict {
             allowed: true,
             remaining: state.remaining_burst_capacity(),
             retry_after: 0,
+            tier: 0,
         },
         Err(not_until) => {
             let wait = not_until.wait_time_from(clock::Clock::now(&clock::DefaultClock::default()));
@@ -173,6 +178,7 @@ fn check_bucket(bucket: &Bucket) -> Verdict {
                 allowed: false,
                 remaining: 0,
                 retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                tier: 0,
             }
         }
     }
@@ -192,13 +198,39 @@ impl Limiter {
         fallbacks: Counter,
     ) -> Option<Limiter> {
         let limit = route.rate_limit.clone()?;
+        let mut tiers = Vec::new();
+        for (tier, count, window) in limit.tiers.iter().flat_map(|t| &t.rates) {
+            let own = RateLimit {
+                count: *count,
+                window: *window,
+                burst: *count,
+                tiers: None,
+                ..limit.clone()
+            };
+            let name = format!("{}.{tier}", route.name);
+            let l = Limiter::build(own, &name, store.clone(), replicas, fallbacks.clone())?;
+            tiers.push((tier.clone(), l));
+        }
+        let mut l = Limiter::build(limit, &route.name, store, replicas, fallbacks)?;
+        l.tiers = tiers;
+        Some(l)
+    }
+
+    /// One limit's limiter, named `name` in its headers and store keys.
+    fn build(
+        limit: RateLimit,
+        name: &str,
+        store: Option<Arc<SharedStore>>,
+        replicas: u32,
+        fallbacks: Counter,
+    ) -> Option<Limiter> {
         let per = limit.window / limit.count;
         let quota = make_quota(per, limit.burst)?;
         // A bucket is full again `burst` periods after its last request: dropping it then
         // changes nothing.
         let idle = per.saturating_mul(limit.burst).max(Duration::from_secs(1));
-        let name: String = route
-            .name
+        let route_name = name;
+        let name: String = name
             .chars()
             .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | '*'))
             .collect();
@@ -208,7 +240,7 @@ impl Limiter {
             limit.count,
             limit.window.as_secs().max(1)
         );
-        let route_id = crate::jose::hex(&crate::auth::sha256(&route.name)[..8]);
+        let route_id = crate::jose::hex(&crate::auth::sha256(route_name)[..8]);
         let fallback = store.as_ref().and_then(|_| {
             let replicas = replicas.max(1);
             let (per, burst) = (
@@ -246,7 +278,30 @@ impl Limiter {
                 _ => Vec::new(),
             },
             limit,
+            tiers: Vec::new(),
         })
+    }
+
+    /// The limiter of the caller's tier (`rate_by`), and its number for [`Limiter::tier`]; this
+    /// one, numbered 0, for a caller of no listed tier or a limit without tiers.
+    pub fn for_caller(&self, identity: Option<&Identity>) -> (&Limiter, u8) {
+        let Some(t) = self.limit.tiers.as_deref() else {
+            return (self, 0);
+        };
+        let value = identity.and_then(|i| i.claim_text(&t.claim, &t.path));
+        let found = value.and_then(|v| self.tiers.iter().position(|(tier, _)| *tier == v));
+        match found {
+            Some(i) => (&self.tiers[i].1, u8::try_from(i + 1).unwrap_or(0)),
+            None => (self, 0),
+        }
+    }
+
+    /// The limiter a verdict's `tier` names.
+    pub fn tier(&self, tier: u8) -> &Limiter {
+        match tier.checked_sub(1) {
+            Some(i) => self.tiers.get(usize::from(i)).map_or(self, |(_, l)| l),
+            None => self,
+        }
     }
 
     /// The key a request is counted under; requests without one share the `-` bucket.
@@ -298,6 +353,7 @@ impl Limiter {
                 allowed,
                 remaining,
                 retry_after: wait_us.div_ceil(1_000_000),
+                tier: 0,
             },
             Err(_) => {
                 self.fallbacks.inc();
@@ -313,7 +369,8 @@ impl Limiter {
 
     /// Keys held now.
     pub fn keys(&self) -> u64 {
-        self.buckets.len() as u64
+        let tiers: u64 = self.tiers.iter().map(|(_, l)| l.keys()).sum();
+        self.buckets.len() as u64 + tiers
     }
 
     /// `RateLimit` for `verdict`: the policy's name, remaining requests (`r`), and seconds
@@ -431,6 +488,7 @@ mod tests {
             allowed: true,
             remaining,
             retry_after: 0,
+            tier: 0,
         }
     }
 
@@ -440,6 +498,7 @@ mod tests {
             allowed: false,
             remaining: 0,
             retry_after,
+            tier: 0,
         }
     }
 

@@ -639,6 +639,7 @@ impl Gateway {
                 .and_then(|i| self.limiters.get(i))
                 .and_then(Option::as_ref),
         ) {
+            let l = l.tier(v.tier);
             let h = resp.headers_mut();
             h.insert(RATELIMIT_POLICY, l.policy.clone());
             if let Some(v) = l.header(&v) {

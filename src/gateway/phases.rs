@@ -959,7 +959,11 @@ impl Gateway {
             }
             client_addr(out, Some(c))
         };
-        let verdict = l.check(&l.key(identity, client)).await;
+        let (l, tier) = l.for_caller(identity);
+        let verdict = super::limit::Verdict {
+            tier,
+            ..l.check(&l.key(identity, client)).await
+        };
         out.rate_limit = Some(verdict);
         if verdict.allowed {
             Ok(())

@@ -746,25 +746,8 @@ fn rate_limit(
         );
         return None;
     }
-    let rate = f.rate.get_ref();
-    let parsed = rate.split_once('/').and_then(|(n, unit)| {
-        let n: u32 = n.trim().parse().ok().filter(|n| *n > 0)?;
-        let window = match unit.trim() {
-            "s" | "sec" | "second" => std::time::Duration::from_secs(1),
-            "m" | "min" | "minute" => std::time::Duration::from_secs(60),
-            "h" | "hour" => std::time::Duration::from_secs(3600),
-            _ => return None,
-        };
-        Some((n, window))
-    });
-    let Some((count, window)) = parsed else {
-        cx.err(
-            f.rate.span(),
-            &format!("{key}.rate"),
-            format!("{rate:?} is not a rate: write e.g. \"100/s\", \"600/m\", \"10000/h\""),
-        );
-        return None;
-    };
+    let (count, window) = parse_rate(cx, &f.rate, &format!("{key}.rate"))?;
+    let tiers = rate_tiers(cx, f, key, auth)?;
     let burst = match &f.burst {
         None => count,
         Some(b) if (1..=1_000_000).contains(b.get_ref()) => *b.get_ref() as u32,
@@ -801,7 +784,103 @@ fn rate_limit(
         window,
         burst,
         ipv6_prefix,
+        tiers,
     })
+}
+
+/// `"100/s"`, `"600/m"`, `"10000/h"`: the count and its window.
+fn parse_rate(
+    cx: &mut Ctx<'_>,
+    rate: &Spanned<String>,
+    key: &str,
+) -> Option<(u32, std::time::Duration)> {
+    let text = rate.get_ref();
+    let parsed = text.split_once('/').and_then(|(n, unit)| {
+        let n: u32 = n.trim().parse().ok().filter(|n| *n > 0)?;
+        let window = match unit.trim() {
+            "s" | "sec" | "second" => std::time::Duration::from_secs(1),
+            "m" | "min" | "minute" => std::time::Duration::from_secs(60),
+            "h" | "hour" => std::time::Duration::from_secs(3600),
+            _ => return None,
+        };
+        Some((n, window))
+    });
+    if parsed.is_none() {
+        cx.err(
+            rate.span(),
+            key,
+            format!("{text:?} is not a rate: write e.g. \"100/s\", \"600/m\", \"10000/h\""),
+        );
+    }
+    parsed
+}
+
+/// Most tiers a limit may have: each is a limiter of its own.
+const MAX_RATE_TIERS: usize = 32;
+
+/// `rate_by` and `rates`, given together, on a route every request of which shows a token.
+/// `Some(None)`: no tiers; `None`: a problem was reported.
+#[allow(clippy::option_option)]
+fn rate_tiers(
+    cx: &mut Ctx<'_>,
+    f: &RateLimitFile,
+    key: &str,
+    auth: AuthMode,
+) -> Option<Option<Box<crate::routes::RateTiers>>> {
+    let (by, rates) = match (&f.rate_by, &f.rates) {
+        (None, None) => return Some(None),
+        (Some(by), Some(rates)) => (by, rates),
+        (by, rates) => {
+            let span = (by.as_ref().map(Spanned::span))
+                .or_else(|| rates.as_ref().map(Spanned::span))
+                .unwrap_or(0..0);
+            cx.err(
+                span,
+                key,
+                "give rate_by and rates together (the claim, then each tier's rate)",
+            );
+            return None;
+        }
+    };
+    let claim = by.get_ref().strip_prefix("claim:").unwrap_or_default();
+    let Some(path) = crate::routes::claim_path(claim).filter(|_| !claim.is_empty()) else {
+        cx.err(
+            by.span(),
+            &format!("{key}.rate_by"),
+            format!(
+                "{:?}: write \"claim:PATH\" (the claim naming the tier)",
+                by.get_ref()
+            ),
+        );
+        return None;
+    };
+    if auth != AuthMode::Bearer {
+        cx.err(
+            by.span(),
+            &format!("{key}.rate_by"),
+            format!("only applies to auth = \"bearer\"{}", not_bearer(auth)),
+        );
+        return None;
+    }
+    let list = rates.get_ref();
+    if list.is_empty() || list.len() > MAX_RATE_TIERS {
+        cx.err(
+            rates.span(),
+            &format!("{key}.rates"),
+            format!("give 1 to {MAX_RATE_TIERS} tiers: {{ tier = \"rate\" }}"),
+        );
+        return None;
+    }
+    let mut out = Vec::new();
+    for (tier, rate) in list {
+        let (count, window) = parse_rate(cx, rate, &format!("{key}.rates.{tier:?}"))?;
+        out.push((tier.clone(), count, window));
+    }
+    Some(Some(Box::new(crate::routes::RateTiers {
+        claim: claim.to_owned(),
+        path,
+        rates: out,
+    })))
 }
 
 /// `prefix` or `path`, in canonical form.
