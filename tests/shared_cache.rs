@@ -866,7 +866,15 @@ async fn a_replica_started_while_the_idp_is_down_serves_with_the_keys_another_fe
     keys_status(&c, &a, true).await;
     assert_eq!(a.call(&c, &token).await, StatusCode::OK);
     let fetched = std::time::Instant::now();
-    let dump = redis.dump();
+    // Kept in the store just after the keys are in use: wait for it.
+    let mut dump = redis.dump();
+    for _ in 0..100 {
+        if dump.lines().any(|l| l.starts_with("bw-test:keys:")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        dump = redis.dump();
+    }
     let stored = dump
         .lines()
         .find(|l| l.starts_with("bw-test:keys:"))
@@ -897,14 +905,18 @@ async fn a_replica_started_while_the_idp_is_down_serves_with_the_keys_another_fe
     keys_status(&c, &d, false).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(d.call(&c, &token).await, StatusCode::SERVICE_UNAVAILABLE);
-    let m = d.metrics(&c).await;
-    assert!(
-        metric(
-            &m,
-            r#"bearward_shared_store_operations_total{op="open",outcome="forged"}"#
-        ) >= 1.0,
-        "{m}"
-    );
+    // It looked, and what it found did not open (the look follows the failed fetch).
+    let forged = r#"bearward_shared_store_operations_total{op="open",outcome="forged"}"#;
+    let mut m = d.metrics(&c).await;
+    for _ in 0..100 {
+        if metric(&m, forged) >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        m = d.metrics(&c).await;
+    }
+    assert!(metric(&m, forged) >= 1.0, "{m}");
+    assert_eq!(d.call(&c, &token).await, StatusCode::SERVICE_UNAVAILABLE);
 
     // Kept longer ago than max_stale allows: not taken.
     let wait = Duration::from_millis(1500).saturating_sub(fetched.elapsed());

@@ -1844,7 +1844,8 @@ pub(super) struct RouteFile {
     /// "1000/s", silver = "300/s" }` gives a token whose `plan` claim names a tier that rate (its
     /// burst the same count) and a bucket of its own, and every other token (no such claim, a
     /// value not listed) `rate`; `RateLimit-Policy` names the tier (`"<route>.gold";q=1000;w=1`).
-    /// Bearer routes only; at most 32 tiers
+    /// Each tier keeps its own table of keys (and, with a store, its own keys there). Bearer
+    /// routes only; at most 32 tiers
     /// Without `[cache] redis_url` limits are per process (N replicas give a client N times the
     /// rate); with it they are global: after the local bucket (which, when this replica alone is
     /// over the limit, refuses without a round trip), one `EVALSHA` of a GCRA script on the store's
