@@ -1429,3 +1429,54 @@ async fn with_route_first(up: &Upstream, idp: &Idp, route: &str, extra: &str) ->
     wait_ready(&gw).await;
     (dport, gw)
 }
+
+/// A route that answers itself (`respond`) keeps the API out behind an ingress as behind the
+/// proxy: its non-2xx answer is the decision, which Caddy passes to the client (nginx's
+/// `auth_request` makes it a 500); nothing reaches the upstream. A 2xx `respond` is a "yes"
+/// there, and the ingress serves the request from its upstream.
+#[tokio::test]
+async fn a_route_that_responds_itself_keeps_the_api_out_through_the_ingress() {
+    let (_key, idp, up, c) = parts().await;
+    let routes = "[[routes]]\nprefix = \"/maintenance\"\nauth = \"none\"\n\
+        respond = { status = 503, body = \"back soon\\n\", headers = { \"Retry-After\" = \"600\" } }\n\n\
+        [[routes]]\nprefix = \"/fixed\"\nauth = \"none\"\nrespond = { status = 200, body = \"fixed\\n\" }\n\n\
+        [[routes]]\nprefix = \"/public\"";
+    let (dport, gw) = Gateway::start_on_free_port(|p| {
+        config(&up, &idp, p, "ingress = \"caddy\"").replacen(
+            "[[routes]]\nprefix = \"/public\"",
+            routes,
+            1,
+        )
+    })
+    .await;
+    wait_ready(&gw).await;
+    let cd = caddy(dport, &up.url()).await;
+    let via = |path: &str| format!("http://127.0.0.1:{}{path}", cd.port);
+
+    let a = get(&c, &via("/maintenance/orders"), &[]).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+    assert_eq!(a.body, "back soon\n");
+    assert_eq!(a.headers["retry-after"], "600");
+    let a = get(&c, &gw.url("/maintenance/orders"), &[]).await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "back soon\n")
+    );
+    assert_eq!(up.count(), 0, "the API behind the ingress was asked");
+
+    let a = get(&c, &gw.url("/fixed/x"), &[]).await;
+    assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "fixed\n"));
+    assert_eq!(up.count(), 0);
+    let a = get(&c, &via("/fixed/x"), &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(up.count(), 1, "a 2xx respond is a yes through the ingress");
+
+    let m = gw.metrics().await;
+    let labels =
+        "route=\"/maintenance*\",status=\"503\",decision=\"allow\",reason=\"direct_response\"";
+    assert_eq!(
+        metric(&m, &format!("bearward_requests_total{{{labels}}}")),
+        2.0,
+        "{m}"
+    );
+}

@@ -1580,8 +1580,11 @@ pub(super) struct RouteFile {
     /// route; then nothing is forwarded. Status 200 to 599; `body` at most 64 KiB, sent as
     /// `text/plain; charset=utf-8` unless `headers` name a `Content-Type`; headers other than
     /// the framing and hop-by-hop ones bearward writes itself. Counted with reason
-    /// `direct_response`. Not with `upstream` or `prefix_rewrite`; the decision listener
-    /// answers such a route as any other (the ingress serves what it allows)
+    /// `direct_response`. Not with `upstream` or `prefix_rewrite`. On the decision listener a
+    /// status other than 2xx is the answer too, which the ingress passes to the client as a
+    /// refusal (Envoy, Caddy, Traefik, HAProxy as they are; nginx's `auth_request` only passes
+    /// 401 and 403 and makes the rest a 500): the API behind it is kept out as well. A 2xx
+    /// there is a "yes", and the ingress serves the request from its upstream
     pub respond: Option<Spanned<RespondFile>>,
     /// Reference: `prefix_rewrite`
     /// Default: none (the path goes upstream as matched)

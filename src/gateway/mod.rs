@@ -840,6 +840,18 @@ impl Gateway {
                 return sign_in.ok_or(rej);
             }
         };
+        // A route that answers itself: an answer other than 2xx is one every ingress takes as a
+        // refusal and passes to the client (nginx's `auth_request` as a 500, but for 401 and
+        // 403), so the upstream behind the ingress is kept out as it is behind the proxy.
+        if let Some(r) = pass
+            .route
+            .respond
+            .as_ref()
+            .filter(|r| !r.status.is_success())
+        {
+            out.reason = "direct_response";
+            return Ok(r.response());
+        }
         let mut resp = self.allowed(pass.identity.as_ref(), pass.audit);
         if out.ext_authz {
             resp.extensions_mut().insert(CheckIdentity(pass.identity));
