@@ -306,3 +306,54 @@ async fn a_real_prometheus_scrapes_bearward_and_takes_the_dashboard_queries() {
         assert_eq!(answer["status"], "success", "{q}: {answer}");
     }
 }
+
+/// `POST /healthcheck/fail` takes a replica out of its load balancer (`/readyz` 503) while it
+/// serves on; `POST /healthcheck/ok` brings it back; `GET` and `/status` say which.
+#[tokio::test]
+async fn an_operator_takes_a_replica_out_of_rotation_and_back() {
+    use common::send;
+    use http::StatusCode;
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [upstreams.app]\nurl = \"{}\"\n\
+         [[routes]]\nprefix = \"/\"\nauth = \"none\"\nupstream = \"app\"\n",
+        up.url()
+    ))
+    .await;
+    let c = client();
+    let admin = |path: &str| format!("http://{}{path}", gw.admin.unwrap());
+    let ready = || async { get(&c, &admin("/readyz"), &[]).await.status };
+    assert_eq!(ready().await, StatusCode::OK);
+    assert_eq!(
+        get(&c, &admin("/healthcheck/fail"), &[]).await.body,
+        "in rotation\n"
+    );
+
+    let a = send(&c, "POST", &admin("/healthcheck/fail"), &[], "").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let r = get(&c, &admin("/readyz"), &[]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.body.contains("held out"), "{}", r.body);
+    assert_eq!(
+        get(&c, &gw.url("/x"), &[]).await.status,
+        StatusCode::OK,
+        "still serving"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&get(&c, &admin("/status"), &[]).await.body).unwrap();
+    assert_eq!(status["held_out"], true);
+    assert_eq!(
+        get(&c, &admin("/healthcheck/ok"), &[]).await.body,
+        "held out\n"
+    );
+    let put = send(&c, "PUT", &admin("/healthcheck/ok"), &[], "").await;
+    assert_eq!(put.status, StatusCode::METHOD_NOT_ALLOWED);
+
+    let a = send(&c, "POST", &admin("/healthcheck/ok"), &[], "").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(ready().await, StatusCode::OK);
+    let status: serde_json::Value =
+        serde_json::from_str(&get(&c, &admin("/status"), &[]).await.body).unwrap();
+    assert_eq!(status["held_out"], false);
+}

@@ -59,6 +59,11 @@ fn admin(live: &Live, gateway: &Gateway, req: &Request<Incoming>) -> Response<Bo
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting down\n".to_owned(),
         ),
+        "/readyz" if live.held_out.load(std::sync::atomic::Ordering::Relaxed) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "held out of rotation (POST /healthcheck/ok to return)\n".to_owned(),
+        ),
+        "/healthcheck/fail" | "/healthcheck/ok" => hold_out(live, req),
         "/readyz" => {
             // A failing decision point is named, not a reason to leave the load balancer (its
             // kept answers serve; every replica shares it).
@@ -136,6 +141,7 @@ fn status(live: &Live, gateway: &Gateway, draining: bool) -> serde_json::Value {
         "commit": env!("BEARWARD_COMMIT"),
         "uptime_seconds": live.started.elapsed().as_secs(),
         "draining": draining,
+        "held_out": live.held_out.load(std::sync::atomic::Ordering::Relaxed),
         "config": {
             "file": gateway.config.source,
             "sha256": crate::jose::hex(&gateway.config.digest),
@@ -150,6 +156,38 @@ fn status(live: &Live, gateway: &Gateway, draining: bool) -> serde_json::Value {
 
 /// `GET /logging`: the filter in force; `POST /logging?level=debug` (or `?bearward::auth=trace`,
 /// or `?reset`): change bearward's levels without a restart ([`telemetry::set_log_levels`]).
+/// `POST /healthcheck/fail` and `POST /healthcheck/ok` (Envoy's): `/readyz` fails, or answers
+/// again as the keys and the rest say, while requests are served all along (`GET`: which). To take one replica
+/// out of its load balancer to look at it, or before work on its node, without a restart.
+fn hold_out(live: &Live, req: &Request<Incoming>) -> (StatusCode, String) {
+    let held = live.held_out.load(std::sync::atomic::Ordering::Relaxed);
+    match *req.method() {
+        http::Method::POST => {}
+        http::Method::GET => {
+            let state = if held { "held out\n" } else { "in rotation\n" };
+            return (StatusCode::OK, state.to_owned());
+        }
+        _ => return (StatusCode::METHOD_NOT_ALLOWED, "GET or POST\n".to_owned()),
+    }
+    let out = req.uri().path() == "/healthcheck/fail";
+    let was = live
+        .held_out
+        .swap(out, std::sync::atomic::Ordering::Relaxed);
+    if was != out {
+        tracing::warn!(
+            held_out = out,
+            "readiness {} by the admin endpoint",
+            if out { "failed" } else { "restored" }
+        );
+    }
+    let said = if out {
+        "held out: /readyz answers 503 until POST /healthcheck/ok\n"
+    } else {
+        "back: /readyz answers as the keys and upstreams say\n"
+    };
+    (StatusCode::OK, said.to_owned())
+}
+
 fn logging(req: &Request<Incoming>) -> (StatusCode, String) {
     match *req.method() {
         http::Method::GET => match crate::telemetry::log_levels() {

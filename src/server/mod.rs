@@ -61,6 +61,7 @@ impl Server {
             boot: config,
             applied: std::sync::Mutex::new(None),
             draining: std::sync::atomic::AtomicBool::new(false),
+            held_out: std::sync::atomic::AtomicBool::new(false),
             started: std::time::Instant::now(),
             reloads: Default::default(),
         });

@@ -25,6 +25,9 @@ pub struct Live {
     pub(super) applied: Mutex<Option<[u8; 32]>>,
     /// Set on the first SIGTERM: `/readyz` answers 503 from then on.
     pub(super) draining: std::sync::atomic::AtomicBool,
+    /// `POST /healthcheck/fail` (until `POST /healthcheck/ok`): `/readyz` answers 503 while the
+    /// process serves on, so an operator can take one replica out of its load balancer.
+    pub(super) held_out: std::sync::atomic::AtomicBool,
     /// When the process started serving, and what its reloads did, for `/status`.
     pub(super) started: std::time::Instant,
     pub(super) reloads: Mutex<Reloads>,
