@@ -509,6 +509,8 @@ pub struct Route {
     pub cors: Option<std::sync::Arc<crate::cors::CorsPolicy>>,
     /// Audit mode: evaluate and report, but forward whatever the verdict.
     pub audit: bool,
+    /// `access_log = false`: no access line for an answer under 400.
+    pub quiet: bool,
     /// Largest request body forwarded (`max_body_bytes`, else the server's); `None`: no limit.
     pub max_body: Option<u64>,
     /// `request_timeout` in place of the upstream's; `None`: the upstream's.
@@ -1251,6 +1253,7 @@ impl Route {
             case_sensitive: true,
             upstream: Some(0),
             respond: None,
+            quiet: false,
             auth: AuthMode::None,
             scopes: vec![],
             scopes_any: vec![],

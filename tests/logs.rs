@@ -145,6 +145,46 @@ async fn no_token_text_in_the_logs() {
     );
     client_in_the_access_log(&buf, &up).await;
     claims_in_the_access_log(&buf, &up, &idp, &rsa).await;
+    quiet_routes_log_only_refusals(&buf, &up).await;
+}
+
+/// A route with `access_log = false` writes no line for its answers under 400, and one for
+/// each refusal or error, with its reason; the metrics count them all.
+async fn quiet_routes_log_only_refusals(buf: &Buf, up: &Upstream) {
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [[issuers]]\nissuer = \"https://idp.test\"\njwks_file = \"tests/fixtures/empty-jwks.json\"\naudiences = [\"a\"]\n\
+         [upstreams.app]\nurl = \"{}\"\n\
+         [[routes]]\nprefix = \"/probe\"\nauth = \"none\"\naccess_log = false\nupstream = \"app\"\n\
+         [[routes]]\nprefix = \"/quiet-guarded\"\naccess_log = false\nupstream = \"app\"\n\
+         [[routes]]\nprefix = \"/loud\"\nauth = \"none\"\nupstream = \"app\"\n",
+        up.url()
+    ))
+    .await;
+    let c = client();
+    for (path, status) in [
+        ("/probe/ready", 200),
+        ("/quiet-guarded/x", 401),
+        ("/loud/x", 200),
+    ] {
+        assert_eq!(get(&c, &gw.url(path), &[]).await.status, status, "{path}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let line = |path: &str| {
+        logs.lines()
+            .find(|l| l.contains(&format!("\"path\":\"{path}\"")) && l.contains("bearward::access"))
+            .map(str::to_owned)
+    };
+    assert_eq!(line("/probe/ready"), None, "a quiet route's 200 was logged");
+    let refused = line("/quiet-guarded/x").expect("a quiet route's refusal is logged");
+    assert!(
+        refused.contains("\"reason\":\"missing_token\""),
+        "{refused}"
+    );
+    assert!(line("/loud/x").is_some());
+    let m = gw.metrics().await;
+    assert!(m.contains("route=\"/probe*\",status=\"200\""), "{m}");
 }
 
 /// `access_log_claims`: a verified token's claims in its access lines, allowed or refused

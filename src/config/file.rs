@@ -1497,6 +1497,14 @@ pub(super) struct RouteFile {
     ///
     /// name in logs and metrics
     pub name: Option<Spanned<String>>,
+    /// Reference: `access_log`
+    /// Default: `true` (as `server.access_log`)
+    ///
+    /// `false`: no access line for this route's requests answered with a status under 400
+    /// (Kubernetes probes, load balancers' health checks, a chatty poll; nginx's `access_log
+    /// off` in a `location`); its refusals and errors are logged all the same, every one with
+    /// its reason, and every request is counted in the metrics
+    pub access_log: Option<Spanned<bool>>,
     /// Reference: `prefix`
     /// Default: -
     ///

@@ -693,7 +693,15 @@ impl Gateway {
             self.metrics
                 .mcp_request(route, m.method_label, &m.name_label, out.verdict);
         }
-        if self.config.server.access_log {
+        // A quiet route's answers under 400 go unlogged; its refusals and errors never do.
+        let quiet = || {
+            status < 400
+                && out
+                    .route_index
+                    .and_then(|i| self.config.routes.routes().get(i))
+                    .is_some_and(|r| r.quiet)
+        };
+        if self.config.server.access_log && !quiet() {
             tracing::info!(
                 target: "bearward::access",
                 method = %method,

@@ -379,6 +379,7 @@ pub(super) fn route(
         case_sensitive,
         upstream: upstream?,
         respond: respond(cx, r, &key("respond")),
+        quiet: r.access_log.as_ref().is_some_and(|l| !*l.get_ref()),
         auth,
         scopes,
         scopes_any,
