@@ -714,6 +714,72 @@ async fn an_upstreams_set_headers_replace_the_clients() {
     }
 }
 
+/// `remove_headers`: a header a legacy API trusts (who the user is) and the client's cookies
+/// never reach it, every line of each, whatever their case; other headers pass. Names bearward
+/// owns, and a name `set_headers` gives, are refused at load.
+#[tokio::test]
+async fn an_upstreams_remove_headers_never_reach_it() {
+    let up = Upstream::start().await;
+    let lines = |extra: &str| {
+        basic_config(&up.url(), "").replacen(
+            "request_timeout = \"500ms\"",
+            &format!("request_timeout = \"500ms\"\n{extra}"),
+            1,
+        )
+    };
+    let gw = Gateway::start(&lines("remove_headers = [\"X-User-Id\", \"cookie\"]")).await;
+    let c = client();
+    let a = get(
+        &c,
+        &gw.url("/public/x"),
+        &[
+            ("x-user-id", "admin"),
+            ("X-User-Id", "root"),
+            ("cookie", "session=abc"),
+            ("x-kept", "yes"),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let seen = up.last();
+    assert!(
+        !seen.headers.contains_key("x-user-id"),
+        "{:?}",
+        seen.headers
+    );
+    assert!(!seen.headers.contains_key("cookie"), "{:?}", seen.headers);
+    assert_eq!(seen.headers["x-kept"], "yes");
+
+    for (extra, needle) in [
+        (
+            "remove_headers = [\"Host\"]",
+            "upstreams.app.remove_headers[0]: \"Host\" is a header bearward sets",
+        ),
+        (
+            "remove_headers = [\"X-Forwarded-For\"]",
+            "upstreams.app.remove_headers[0]",
+        ),
+        (
+            "remove_headers = [\"X-Auth-Subject\"]",
+            "upstreams.app.remove_headers[0]",
+        ),
+        (
+            "remove_headers = [\"a\", \"A\"]",
+            "upstreams.app.remove_headers[1]: \"A\" is listed twice",
+        ),
+        (
+            "remove_headers = [\"X-Env\"]\nset_headers = { \"X-Env\" = \"prod\" }",
+            "is one set_headers gives",
+        ),
+        ("remove_headers = [\"bad header\"]", "is not a header name"),
+    ] {
+        let e = bearward::config::Config::from_toml_str(&lines(extra), "t.toml")
+            .expect_err(extra)
+            .to_string();
+        assert!(e.contains(needle), "{extra}: {e}");
+    }
+}
+
 /// `remove_response_headers` and `set_response_headers`: a legacy upstream's `Server` and
 /// `X-Powered-By` lines (every one of them) never reach the client, its `X-Frame-Options` is
 /// replaced and HSTS added, over HTTP/1 and HTTP/2 from the client; bearward's own answers for

@@ -1375,6 +1375,17 @@ pub(super) struct UpstreamFile {
     pub set_headers_file: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     /// In the reference row of `set_headers`.
     pub set_headers_env: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    /// Reference: `remove_headers`
+    /// Default: none
+    ///
+    /// request headers taken out before the request goes to this upstream, every line of each
+    /// name (Envoy's `request_headers_to_remove`, HAProxy's `http-request del-header`):
+    /// `remove_headers = ["X-User-Id", "X-Remote-User", "Cookie"]`. A legacy API that trusts a
+    /// header an older gateway used to set (who the user is, which tenant) would believe a
+    /// client that sends it itself; the claim headers bearward fills are removed anyway. Not the
+    /// headers bearward sets or removes itself (as for `set_headers`; `Authorization` only
+    /// without `token_exchange`), nor a name `set_headers` gives
+    pub remove_headers: Option<Spanned<Vec<Spanned<String>>>>,
     /// Reference: `set_response_headers`, `remove_response_headers`
     /// Default: none
     ///

@@ -289,6 +289,8 @@ pub struct UpstreamConfig {
     /// `set_headers` (and from files and the environment, marked sensitive): set on every
     /// request, in place of the client's.
     pub set_headers: Vec<(HeaderName, http::HeaderValue)>,
+    /// `remove_headers`: taken out of every request to this upstream.
+    pub remove_headers: Vec<HeaderName>,
     /// `set_response_headers` and `remove_response_headers`; `None` when neither is given, so
     /// an upstream without them costs its answers nothing.
     pub response_headers: Option<Box<ResponseHeaders>>,

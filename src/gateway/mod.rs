@@ -1006,6 +1006,9 @@ impl Gateway {
         if let Some(v) = audit {
             req.headers_mut().insert(AUDIT_HEADER, v);
         }
+        for name in &upstream.remove_headers {
+            req.headers_mut().remove(name);
+        }
         // The upstream's own `set_headers`, in place of whatever the client sent.
         for (name, value) in &upstream.set_headers {
             req.headers_mut().insert(name.clone(), value.clone());

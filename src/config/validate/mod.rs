@@ -320,6 +320,29 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
             }
         }
     }
+    // Nor one it removes: the token's header would be taken out after it was filled.
+    for (name, up) in &file.upstreams {
+        let removed = up
+            .get_ref()
+            .remove_headers
+            .iter()
+            .flat_map(Spanned::get_ref);
+        for (i, header) in removed.enumerate() {
+            let claimed = HeaderName::from_str(header.get_ref())
+                .is_ok_and(|h| forward.token_headers().any(|c| *c == h));
+            if claimed {
+                cx.err(
+                    header.span(),
+                    &format!("upstreams.{}.remove_headers[{i}]", name.get_ref()),
+                    format!(
+                        "{:?} is filled from the token ([forward] claim_headers or \
+                         payload_header), and a client's own copy is removed already",
+                        header.get_ref()
+                    ),
+                );
+            }
+        }
+    }
     if let Some(n) = &file.server.get_ref().token_cache_entries {
         if *n.get_ref() > 10_000_000 {
             cx.err(n.span(), "server.token_cache_entries", "at most 10000000");

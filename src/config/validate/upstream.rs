@@ -26,16 +26,7 @@ fn set_headers(
                 cx.err(source.span(), &at, format!("{name:?} is not a header name"));
                 continue;
             };
-            let owned = crate::headers::is_reserved_header(&h)
-                && !(h == http::header::AUTHORIZATION && u.token_exchange.is_none())
-                || crate::headers::is_hop_view(&h)
-                || matches!(
-                    h.as_str(),
-                    "x-forwarded-prefix" | "dpop" | "traceparent" | "tracestate"
-                )
-                || server.request_id_header.as_ref() == Some(&h)
-                || assertion.as_ref().is_some_and(|a| a.header == h);
-            if owned {
+            if owned_request_header(&h, u, server, assertion) {
                 let why = if h == http::header::AUTHORIZATION {
                     "is the exchanged token's with token_exchange"
                 } else {
@@ -90,6 +81,67 @@ fn set_headers(
                 }
             }
         }
+    }
+    out
+}
+
+/// A request header bearward sets or removes itself on the way to this upstream: not one
+/// `set_headers` or `remove_headers` may name. `Authorization` is the operator's to set or
+/// remove, but for the exchanged token's with `token_exchange`.
+fn owned_request_header(
+    h: &http::HeaderName,
+    u: &UpstreamFile,
+    server: &ServerConfig,
+    assertion: &Option<AssertionConfig>,
+) -> bool {
+    crate::headers::is_reserved_header(h)
+        && !(*h == http::header::AUTHORIZATION && u.token_exchange.is_none())
+        || crate::headers::is_hop_view(h)
+        || matches!(
+            h.as_str(),
+            "x-forwarded-prefix" | "dpop" | "traceparent" | "tracestate"
+        )
+        || server.request_id_header.as_ref() == Some(h)
+        || assertion.as_ref().is_some_and(|a| a.header == *h)
+}
+
+/// `remove_headers`: header names bearward does not own, each once, none that `set_headers`
+/// gives (it would be set again).
+fn remove_headers(
+    cx: &mut Ctx<'_>,
+    u: &UpstreamFile,
+    server: &ServerConfig,
+    assertion: &Option<AssertionConfig>,
+    set: &[(http::HeaderName, http::HeaderValue)],
+    key: &dyn Fn(&str) -> String,
+) -> Vec<http::HeaderName> {
+    let mut out = Vec::new();
+    for (i, raw) in u
+        .remove_headers
+        .iter()
+        .flat_map(Spanned::get_ref)
+        .enumerate()
+    {
+        let at = key(&format!("remove_headers[{i}]"));
+        let Ok(h) = http::HeaderName::from_str(raw.get_ref()) else {
+            cx.err(
+                raw.span(),
+                &at,
+                format!("{:?} is not a header name", raw.get_ref()),
+            );
+            continue;
+        };
+        let why = if owned_request_header(&h, u, server, assertion) {
+            "is a header bearward sets or removes itself"
+        } else if set.iter().any(|(n, _)| *n == h) {
+            "is one set_headers gives: give it once"
+        } else if out.contains(&h) {
+            "is listed twice"
+        } else {
+            out.push(h);
+            continue;
+        };
+        cx.err(raw.span(), &at, format!("{:?} {why}", raw.get_ref()));
     }
     out
 }
@@ -473,6 +525,7 @@ pub(super) fn upstream(
         endpoints = vec![format!("unix:{}", path.display())];
     }
     let set_headers = set_headers(cx, u, server, &identity_assertion, &key);
+    let remove_headers = remove_headers(cx, u, server, &identity_assertion, &set_headers, &key);
     let response_headers = response_headers(cx, u, server, &key);
     let health_check = health_check(cx, u, (&scheme, &authority), protocol, &key);
     let queue_timeout = cx.duration(
@@ -503,6 +556,7 @@ pub(super) fn upstream(
         balance,
         health_check,
         set_headers,
+        remove_headers,
         response_headers,
         identity_assertion,
         token_exchange,
