@@ -502,37 +502,24 @@ async fn authorization_details_grant_what_the_route_requires() {
     let key = Key::rsa1();
     let idp = Idp::start(&[&key]).await;
     let up = Upstream::start().await;
-    let gw = Gateway::start(&format!(
+    let gw = Gateway::start(&idp_config(
+        &idp,
+        &up.url(),
         r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-
-[[issuers]]
-issuer = "{}"
-discovery = true
-audiences = ["https://api.test"]
-algorithms = ["RS256"]
-
-[upstreams.app]
-url = "{}"
-
 [[routes]]
 prefix = "/payments"
 resource = "https://api.test/payments"
-authorization_details = [{{ type = "payment_initiation", actions = ["initiate"], locations = ["https://api.test/payments"] }}]
+authorization_details = [{ type = "payment_initiation", actions = ["initiate"], locations = ["https://api.test/payments"] }]
 upstream = "app"
 
 [[routes]]
 prefix = "/accounts"
 authorization_details = [
-  {{ type = "account_information", actions = ["read_balances", "read_transactions"] }},
-  {{ type = "customer_information", identifier = "cust-1" }},
+  { type = "account_information", actions = ["read_balances", "read_transactions"] },
+  { type = "customer_information", identifier = "cust-1" },
 ]
 upstream = "app"
 "#,
-        idp.issuer(),
-        up.url()
     ))
     .await;
     wait_ready(&gw).await;

@@ -417,29 +417,16 @@ async fn a_tier_claim_picks_the_rate_and_the_bucket() {
     let key = Key::rsa1();
     let idp = Idp::start(&[&key]).await;
     let up = Upstream::start().await;
-    let gw = Gateway::start(&format!(
+    let gw = Gateway::start(&idp_config(
+        &idp,
+        &up.url(),
         r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-
-[[issuers]]
-issuer = "{}"
-discovery = true
-audiences = ["https://api.test"]
-algorithms = ["RS256"]
-
-[upstreams.app]
-url = "{}"
-
 [[routes]]
 prefix = "/plans"
 name = "plans"
-rate_limit = {{ key = "client", rate = "2/m", rate_by = "claim:plan", rates = {{ gold = "5/m", silver = "3/m" }} }}
+rate_limit = { key = "client", rate = "2/m", rate_by = "claim:plan", rates = { gold = "5/m", silver = "3/m" } }
 upstream = "app"
 "#,
-        idp.issuer(),
-        up.url()
     ))
     .await;
     wait_ready(&gw).await;

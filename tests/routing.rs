@@ -842,46 +842,34 @@ async fn a_route_for_some_addresses_refuses_the_rest() {
 /// after the route's own checks, and forwards nothing; HEAD gets the head alone.
 #[tokio::test]
 async fn a_route_that_responds_itself_answers_after_its_checks_and_forwards_nothing() {
-    use common::idp::{Idp, Key};
+    use common::idp::{idp_config, Idp, Key};
     let key = Key::rsa1();
     let idp = Idp::start(&[&key]).await;
     let up = Upstream::start().await;
-    let gw = Gateway::start(&format!(
+    let gw = Gateway::start(&idp_config(
+        &idp,
+        &up.url(),
         r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-
-[[issuers]]
-issuer = "{}"
-discovery = true
-audiences = ["https://api.test"]
-
-[upstreams.app]
-url = "{}"
-
 [[routes]]
 prefix = "/v1"
 auth = "none"
-respond = {{ status = 410, body = "v1 is retired: use /v2\n", headers = {{ Link = "</v2>; rel=\"successor-version\"" }} }}
+respond = { status = 410, body = "v1 is retired: use /v2\n", headers = { Link = "</v2>; rel=\"successor-version\"" } }
 
 [[routes]]
 prefix = "/orders"
 scopes = ["read"]
-respond = {{ status = 503, body = "{{\"error\":\"maintenance\"}}", headers = {{ "Retry-After" = "600", "Content-Type" = "application/json" }} }}
+respond = { status = 503, body = "{\"error\":\"maintenance\"}", headers = { "Retry-After" = "600", "Content-Type" = "application/json" } }
 
 [[routes]]
 path = "/robots.txt"
 auth = "none"
-respond = {{ status = 200, body = "User-agent: *\nDisallow: /\n" }}
+respond = { status = 200, body = "User-agent: *\nDisallow: /\n" }
 
 [[routes]]
 prefix = "/api"
 scopes = ["read"]
 upstream = "app"
 "#,
-        idp.issuer(),
-        up.url()
     ))
     .await;
     wait_ready(&gw).await;

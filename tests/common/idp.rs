@@ -288,3 +288,14 @@ async fn serve(
     }
     Ok(resp.body(Full::new(Bytes::from(body))).unwrap())
 }
+
+/// A config taking `idp`'s RS256 tokens for `https://api.test` (keys by discovery), with one
+/// upstream, `app` at `upstream`, an admin listener, and `routes` (`[[routes]]` tables).
+pub(crate) fn idp_config(idp: &Idp, upstream: &str, routes: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n\
+         [[issuers]]\nissuer = \"{}\"\ndiscovery = true\naudiences = [\"https://api.test\"]\n\
+         algorithms = [\"RS256\"]\n\n[upstreams.app]\nurl = \"{upstream}\"\n\n{routes}\n",
+        idp.issuer()
+    )
+}
