@@ -215,9 +215,8 @@ impl Authenticator {
             .ok()
             .and_then(|p| {
                 let iss = p.claims.get("iss")?.as_str()?;
-                self.issuers
-                    .iter()
-                    .position(|i| i.config.names(iss) && i.config.takes_jwts())
+                let i = crate::config::issuer_index(self.issuers.iter().map(|i| &i.config), iss)?;
+                self.issuers[i].config.takes_jwts().then_some(i)
             });
         if jwt_issuer.is_some() {
             return None;

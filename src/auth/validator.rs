@@ -214,12 +214,8 @@ pub async fn validate(
     });
 
     let iss = parsed.claims.get("iss").and_then(Value::as_str);
-    // An entry named exactly wins over a `{tenantid}` template the same `iss` fits: a tenant
-    // given its own entry gets its own audiences and rules.
-    let idx = iss.and_then(|iss| {
-        let exact = (issuers.iter()).position(|i| i.config.tenant.is_none() && i.config.names(iss));
-        exact.or_else(|| issuers.iter().position(|i| i.config.names(iss)))
-    });
+    let idx =
+        iss.and_then(|iss| crate::config::issuer_index(issuers.iter().map(|i| &i.config), iss));
     let Some(idx) = idx else {
         trace.note("issuer", false, || {
             format!("iss {iss:?} is not a configured issuer")

@@ -518,6 +518,20 @@ pub struct TenantTemplate {
     pub allowed: std::collections::HashSet<String>,
 }
 
+/// The entry of `issuers` a token's `iss` names: the one whose `issuer` it is exactly, else the
+/// first `{tenantid}` template it fits. An exact entry wins, so a tenant given its own entry
+/// keeps its own audiences and rules. Validation and the choice between validating a token and
+/// introspecting it both ask here, so they never pick different entries.
+pub fn issuer_index<'a>(
+    issuers: impl Iterator<Item = &'a IssuerConfig> + Clone,
+    iss: &str,
+) -> Option<usize> {
+    let exact = issuers
+        .clone()
+        .position(|i| i.tenant.is_none() && i.issuer == iss);
+    exact.or_else(|| issuers.into_iter().position(|i| i.names(iss)))
+}
+
 /// Longest tenant id an `iss` may carry in a template's segment (Entra's are 36-byte GUIDs).
 pub const MAX_TENANT_ID: usize = 64;
 
@@ -526,8 +540,14 @@ impl TenantTemplate {
     /// letters, digits, `-`, `.` and `_` between the prefix and the suffix.
     pub fn tenant_of<'a>(&self, iss: &'a str) -> Option<&'a str> {
         let t = iss.strip_prefix(&self.prefix)?.strip_suffix(&self.suffix)?;
+        TenantTemplate::is_tenant_id(t).then_some(t)
+    }
+
+    /// Could `t` be a tenant id: 1 to [`MAX_TENANT_ID`] letters, digits, `-`, `.` and `_`
+    /// (what a path segment may hold without escaping, and never a `/`)?
+    pub fn is_tenant_id(t: &str) -> bool {
         let ok = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_');
-        (!t.is_empty() && t.len() <= MAX_TENANT_ID && t.bytes().all(ok)).then_some(t)
+        !t.is_empty() && t.len() <= MAX_TENANT_ID && t.bytes().all(ok)
     }
 
     /// Is a token of this shape, with these claims, one this entry takes? Its `tid` must name

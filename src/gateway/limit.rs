@@ -229,18 +229,17 @@ impl Limiter {
         // A bucket is full again `burst` periods after its last request: dropping it then
         // changes nothing.
         let idle = per.saturating_mul(limit.burst).max(Duration::from_secs(1));
-        let route_name = name;
-        let name: String = name
+        let label: String = name
             .chars()
             .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | '*'))
             .collect();
         // IETF httpapi RateLimit header fields: quota `q` per window `w` (seconds).
         let policy = format!(
-            "\"{name}\";q={};w={}",
+            "\"{label}\";q={};w={}",
             limit.count,
             limit.window.as_secs().max(1)
         );
-        let route_id = crate::jose::hex(&crate::auth::sha256(route_name)[..8]);
+        let route_id = crate::jose::hex(&crate::auth::sha256(name)[..8]);
         let fallback = store.as_ref().and_then(|_| {
             let replicas = replicas.max(1);
             let (per, burst) = (
@@ -251,7 +250,7 @@ impl Limiter {
             let idle = per.saturating_mul(burst).max(idle);
             Some((make_quota(per, burst)?, buckets(idle)))
         });
-        let header_start: Box<[u8]> = format!("\"{name}\";r=").into_bytes().into();
+        let header_start: Box<[u8]> = format!("\"{label}\";r=").into_bytes().into();
         let made = |r| rate_limit_value(&header_start, r, full_in(per, limit.burst, r));
         let made_low = (0..=limit.burst.min(MADE_VALUES))
             .map(made)

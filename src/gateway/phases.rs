@@ -834,8 +834,9 @@ impl Gateway {
             }
         };
         out.token_id = Some(v.token_id);
-        if !self.config.server.access_log_claims.is_empty() {
-            if let Some(claims) = logged_claims(&v, &self.config.server) {
+        let server = &self.config.server;
+        if server.access_log && !server.access_log_claims.is_empty() {
+            if let Some(claims) = logged_claims(&v, &server.access_log_claims) {
                 out.caller.get_or_insert_default().claims = Some(claims);
             }
         }
@@ -1092,18 +1093,12 @@ fn path_params<'a>(route: &Route, path: &'a str) -> crate::policy::Values<'a> {
     values
 }
 
-/// `server.access_log_claims` of a verified token, as a JSON object of their header texts
-/// (each cut at 128 bytes); `None` when the access log is off or the token has none of them.
+/// `server.access_log_claims` (`names`) of a verified token, as a JSON object of their header
+/// texts (each cut at 128 bytes); `None` when the token has none of them.
 #[cold]
-fn logged_claims(
-    v: &std::sync::Arc<auth::Verified>,
-    server: &crate::config::ServerConfig,
-) -> Option<Box<str>> {
-    if !server.access_log {
-        return None;
-    }
+fn logged_claims(v: &std::sync::Arc<auth::Verified>, names: &[String]) -> Option<Box<str>> {
     let identity = Identity(v.clone());
-    let found: serde_json::Map<String, serde_json::Value> = (server.access_log_claims.iter())
+    let found: serde_json::Map<String, serde_json::Value> = (names.iter())
         .filter_map(|c| {
             let text = identity.text(c)?;
             Some((c.clone(), super::cut(&text, 128).into()))

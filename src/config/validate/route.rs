@@ -748,7 +748,7 @@ fn rate_limit(
         return None;
     }
     let (count, window) = parse_rate(cx, &f.rate, &format!("{key}.rate"))?;
-    let tiers = rate_tiers(cx, f, key, auth)?;
+    let tiers = rate_tiers(cx, f, key, auth).ok()?;
     let burst = match &f.burst {
         None => count,
         Some(b) if (1..=1_000_000).contains(b.get_ref()) => *b.get_ref() as u32,
@@ -820,16 +820,15 @@ fn parse_rate(
 const MAX_RATE_TIERS: usize = 32;
 
 /// `rate_by` and `rates`, given together, on a route every request of which shows a token.
-/// `Some(None)`: no tiers; `None`: a problem was reported.
-#[allow(clippy::option_option)]
+/// `Ok(None)`: no tiers; `Err`: a problem, reported.
 fn rate_tiers(
     cx: &mut Ctx<'_>,
     f: &RateLimitFile,
     key: &str,
     auth: AuthMode,
-) -> Option<Option<Box<crate::routes::RateTiers>>> {
+) -> Result<Option<Box<crate::routes::RateTiers>>, ()> {
     let (by, rates) = match (&f.rate_by, &f.rates) {
-        (None, None) => return Some(None),
+        (None, None) => return Ok(None),
         (Some(by), Some(rates)) => (by, rates),
         (by, rates) => {
             let span = (by.as_ref().map(Spanned::span))
@@ -840,7 +839,7 @@ fn rate_tiers(
                 key,
                 "give rate_by and rates together (the claim, then each tier's rate)",
             );
-            return None;
+            return Err(());
         }
     };
     let claim = by.get_ref().strip_prefix("claim:").unwrap_or_default();
@@ -853,7 +852,7 @@ fn rate_tiers(
                 by.get_ref()
             ),
         );
-        return None;
+        return Err(());
     };
     if auth != AuthMode::Bearer {
         cx.err(
@@ -861,7 +860,7 @@ fn rate_tiers(
             &format!("{key}.rate_by"),
             format!("only applies to auth = \"bearer\"{}", not_bearer(auth)),
         );
-        return None;
+        return Err(());
     }
     let list = rates.get_ref();
     if list.is_empty() || list.len() > MAX_RATE_TIERS {
@@ -870,14 +869,14 @@ fn rate_tiers(
             &format!("{key}.rates"),
             format!("give 1 to {MAX_RATE_TIERS} tiers: {{ tier = \"rate\" }}"),
         );
-        return None;
+        return Err(());
     }
     let mut out = Vec::new();
     for (tier, rate) in list {
-        let (count, window) = parse_rate(cx, rate, &format!("{key}.rates.{tier:?}"))?;
+        let (count, window) = parse_rate(cx, rate, &format!("{key}.rates.{tier:?}")).ok_or(())?;
         out.push((tier.clone(), count, window));
     }
-    Some(Some(Box::new(crate::routes::RateTiers {
+    Ok(Some(Box::new(crate::routes::RateTiers {
         claim: claim.to_owned(),
         path,
         rates: out,
@@ -1066,17 +1065,8 @@ fn respond(
             );
             continue;
         };
-        let own = [
-            http::header::CONTENT_LENGTH,
-            http::header::TRANSFER_ENCODING,
-            http::header::CONNECTION,
-            http::header::UPGRADE,
-            http::header::TE,
-            http::header::TRAILER,
-            http::header::HeaderName::from_static("keep-alive"),
-            http::header::HeaderName::from_static("proxy-connection"),
-        ];
-        if own.contains(&n) {
+        // The framing and hop-by-hop lines are bearward's to write, as on upstream answers.
+        if crate::headers::is_hop_by_hop(&n) || n == http::header::CONTENT_LENGTH {
             cx.err(
                 span.clone(),
                 &k,
