@@ -1472,10 +1472,8 @@ async fn a_route_that_responds_itself_keeps_the_api_out_through_the_ingress() {
     assert_eq!(up.count(), 1, "a 2xx respond is a yes through the ingress");
 
     let m = gw.metrics().await;
-    let labels =
-        "route=\"/maintenance*\",status=\"503\",decision=\"allow\",reason=\"direct_response\"";
     assert_eq!(
-        metric(&m, &format!("bearward_requests_total{{{labels}}}")),
+        requests(&m, "/maintenance*", 503, "allow", "direct_response"),
         2.0,
         "{m}"
     );

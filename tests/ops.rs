@@ -77,10 +77,7 @@ async fn metrics_count_a_known_mix_exactly() {
         .await
         .body;
     let req = |route: &str, status: u16, decision: &str, reason: &str| {
-        metric(
-            &text,
-            &format!("bearward_requests_total{{route=\"{route}\",status=\"{status}\",decision=\"{decision}\",reason=\"{reason}\"}}"),
-        )
+        requests(&text, route, status, decision, reason)
     };
     assert_eq!(req("/api/read*", 200, "allow", "ok"), 3.0, "{text}");
     assert_eq!(

@@ -414,22 +414,15 @@ async fn audit_mode_notes_the_limit_and_forwards() {
 /// client of an unlisted plan, or none, the route's `rate`. Each its own bucket by `key`.
 #[tokio::test]
 async fn a_tier_claim_picks_the_rate_and_the_bucket() {
-    let key = Key::rsa1();
-    let idp = Idp::start(&[&key]).await;
-    let up = Upstream::start().await;
-    let gw = Gateway::start(&idp_config(
-        &idp,
-        &up.url(),
-        r#"
-[[routes]]
+    let (key, idp, up, gw) = serve_routes(
+        r#"[[routes]]
 prefix = "/plans"
 name = "plans"
 rate_limit = { key = "client", rate = "2/m", rate_by = "claim:plan", rates = { gold = "5/m", silver = "3/m" } }
 upstream = "app"
 "#,
-    ))
+    )
     .await;
-    wait_ready(&gw).await;
     let c = client();
     let mint = idp.minter("https://api.test");
     let token = |client: &str, plan: Option<&str>| {

@@ -842,15 +842,9 @@ async fn a_route_for_some_addresses_refuses_the_rest() {
 /// after the route's own checks, and forwards nothing; HEAD gets the head alone.
 #[tokio::test]
 async fn a_route_that_responds_itself_answers_after_its_checks_and_forwards_nothing() {
-    use common::idp::{idp_config, Idp, Key};
-    let key = Key::rsa1();
-    let idp = Idp::start(&[&key]).await;
-    let up = Upstream::start().await;
-    let gw = Gateway::start(&idp_config(
-        &idp,
-        &up.url(),
-        r#"
-[[routes]]
+    use common::idp::serve_routes;
+    let (key, idp, up, gw) = serve_routes(
+        r#"[[routes]]
 prefix = "/v1"
 auth = "none"
 respond = { status = 410, body = "v1 is retired: use /v2\n", headers = { Link = "</v2>; rel=\"successor-version\"" } }
@@ -870,9 +864,8 @@ prefix = "/api"
 scopes = ["read"]
 upstream = "app"
 "#,
-    ))
+    )
     .await;
-    wait_ready(&gw).await;
     let c = client();
     let mint = idp.minter("https://api.test");
     let bearer = |scope: &str| format!("Bearer {}", mint.token(&key, scope));
@@ -920,12 +913,8 @@ upstream = "app"
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(up.count(), 1);
     let m = gw.metrics().await;
-    let answered = |route: &str, status: u16| {
-        let labels = format!(
-            "route=\"{route}\",status=\"{status}\",decision=\"allow\",reason=\"direct_response\""
-        );
-        metric(&m, &format!("bearward_requests_total{{{labels}}}"))
-    };
+    let answered =
+        |route: &str, status: u16| requests(&m, route, status, "allow", "direct_response");
     assert_eq!(answered("/v1*", 410), 2.0, "{m}");
     assert_eq!(answered("/orders*", 503), 1.0, "{m}");
     assert_eq!(answered("/robots.txt", 200), 1.0, "{m}");

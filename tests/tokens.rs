@@ -1419,10 +1419,8 @@ async fn a_token_made_to_live_longer_than_max_lifetime_is_refused() {
     )
     .await;
     let m = w.gw.metrics().await;
-    let labels =
-        "route=\"/api/read*\",status=\"401\",decision=\"deny\",reason=\"lifetime_too_long\"";
     assert_eq!(
-        metric(&m, &format!("bearward_requests_total{{{labels}}}")),
+        requests(&m, "/api/read*", 401, "deny", "lifetime_too_long"),
         3.0,
         "{m}"
     );

@@ -299,3 +299,14 @@ pub(crate) fn idp_config(idp: &Idp, upstream: &str, routes: &str) -> String {
         idp.issuer()
     )
 }
+
+/// An IdP signing with [`Key::rsa1`], a recording upstream, and bearward on [`idp_config`]
+/// with `routes`, ready (its keys loaded).
+pub(crate) async fn serve_routes(routes: &str) -> (Key, Idp, super::Upstream, super::Gateway) {
+    let key = Key::rsa1();
+    let idp = Idp::start(&[&key]).await;
+    let up = super::Upstream::start().await;
+    let gw = super::Gateway::start(&idp_config(&idp, &up.url(), routes)).await;
+    super::wait_ready(&gw).await;
+    (key, idp, up, gw)
+}

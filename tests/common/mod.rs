@@ -719,6 +719,15 @@ pub(crate) fn metric(text: &str, name_and_labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `bearward_requests_total` of one route, status, decision and reason in a scrape (0 when the
+/// series is not there).
+pub(crate) fn requests(text: &str, route: &str, status: u16, decision: &str, reason: &str) -> f64 {
+    let series = format!(
+        "bearward_requests_total{{route=\"{route}\",status=\"{status}\",decision=\"{decision}\",reason=\"{reason}\"}}"
+    );
+    metric(text, &series)
+}
+
 /// One GET over TLS to bearward's listener (trusting the test CA, for `localhost`) with
 /// `authorization`, presenting the client certificate `client` (a tests/fixtures/tls name).
 pub(crate) async fn tls_get(
