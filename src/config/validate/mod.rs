@@ -301,46 +301,34 @@ pub(super) fn compile(text: &str, name: &str) -> Result<Config, ConfigError> {
         file.forward.as_ref(),
         server.request_id_header.as_ref(),
     );
-    // An upstream's set header may not be one the claims fill (the claims would lose to it).
+    // An upstream may neither set nor remove a header the token fills: the claims would lose to
+    // the set one, and the removal would take it out after it was filled (a client's own copy
+    // is removed already).
+    let claimed = |header: &str| {
+        HeaderName::from_str(header).is_ok_and(|h| forward.token_headers().any(|c| *c == h))
+    };
     for (name, up) in &file.upstreams {
-        for (map, which) in up.get_ref().set_header_sources() {
-            for (header, source) in map.iter().flat_map(Spanned::get_ref) {
-                let claimed = HeaderName::from_str(header)
-                    .is_ok_and(|h| forward.token_headers().any(|c| *c == h));
-                if claimed {
-                    cx.err(
-                        source.span(),
-                        &format!("upstreams.{}.{which}.{header}", name.get_ref()),
-                        format!(
-                            "{header:?} is filled from the token ([forward] claim_headers or \
-                             payload_header)"
-                        ),
-                    );
-                }
-            }
-        }
-    }
-    // Nor one it removes: the token's header would be taken out after it was filled.
-    for (name, up) in &file.upstreams {
-        let removed = up
-            .get_ref()
-            .remove_headers
-            .iter()
-            .flat_map(Spanned::get_ref);
-        for (i, header) in removed.enumerate() {
-            let claimed = HeaderName::from_str(header.get_ref())
-                .is_ok_and(|h| forward.token_headers().any(|c| *c == h));
-            if claimed {
-                cx.err(
-                    header.span(),
-                    &format!("upstreams.{}.remove_headers[{i}]", name.get_ref()),
-                    format!(
-                        "{:?} is filled from the token ([forward] claim_headers or \
-                         payload_header), and a client's own copy is removed already",
-                        header.get_ref()
-                    ),
-                );
-            }
+        let up = up.get_ref();
+        let set = up
+            .set_header_sources()
+            .into_iter()
+            .flat_map(|(map, which)| {
+                let entries = map.iter().flat_map(Spanned::get_ref);
+                entries.map(move |(header, source)| {
+                    (header.as_str(), source.span(), format!("{which}.{header}"))
+                })
+            });
+        let removed = up.remove_headers.iter().flat_map(Spanned::get_ref);
+        let removed = removed.enumerate().map(|(i, h)| {
+            let at = format!("remove_headers[{i}]");
+            (h.get_ref().as_str(), h.span(), at)
+        });
+        for (header, span, at) in set.chain(removed).filter(|(h, ..)| claimed(h)) {
+            cx.err(
+                span,
+                &format!("upstreams.{}.{at}", name.get_ref()),
+                format!("{header:?} is filled from the token ([forward] claim_headers or payload_header)"),
+            );
         }
     }
     if let Some(n) = &file.server.get_ref().token_cache_entries {
