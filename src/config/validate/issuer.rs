@@ -132,7 +132,7 @@ fn tenant(
             span.clone(),
             &key("issuer"),
             format!(
-                "{TENANT} must be a whole path segment of an http(s) URL, after the host                  (https://login.microsoftonline.com/{TENANT}/v2.0)"
+                "{TENANT} must be a whole path segment of an http(s) URL, after the host (https://login.microsoftonline.com/{TENANT}/v2.0)"
             ),
         );
     }
@@ -141,7 +141,7 @@ fn tenant(
             d.span(),
             &key("discovery"),
             format!(
-                "no one discovery document is every tenant's: give the keys with jwks_uri                  (Entra: https://login.microsoftonline.com/common/discovery/v2.0/keys) with a                  {TENANT} issuer"
+                "no one discovery document is every tenant's: give the keys with jwks_uri (Entra: https://login.microsoftonline.com/common/discovery/v2.0/keys) with a {TENANT} issuer"
             ),
         );
     }
@@ -150,7 +150,7 @@ fn tenant(
             span.clone(),
             &key("issuer"),
             format!(
-                "a {TENANT} issuer takes JWTs only (token_format = \"jwt\"): an introspection                  answer names no tenant to check"
+                "a {TENANT} issuer takes JWTs only (token_format = \"jwt\"): an introspection answer names no tenant to check"
             ),
         );
     }
@@ -169,7 +169,7 @@ fn tenant(
                     t.span(),
                     &format!("{}[{n}]", key("tenants")),
                     format!(
-                        "{:?} is not a tenant id: 1 to {MAX_TENANT_ID} letters, digits,                          '-', '.' or '_'",
+                        "{:?} is not a tenant id: 1 to {MAX_TENANT_ID} letters, digits, '-', '.' or '_'",
                         t.get_ref()
                     ),
                 );
