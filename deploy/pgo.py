@@ -191,9 +191,9 @@ def train(binary, profiles, seconds):
     upstream = load.start([nginx, "-c", f"{d}/upstream.conf", "-g", "daemon off;"], "1")
     try:
         load.wait_port(UP)
-        # One worker thread is tokio's current-thread runtime (a sidecar on one CPU); the default
-        # is one worker per CPU on the multi-thread runtime (a gateway). Both are trained, since
-        # the scheduler code one of them runs would otherwise be compiled as cold.
+        # One worker thread serves the connections on the main thread (a sidecar on one CPU); the
+        # default is a worker thread per CPU, connections handed to them (a gateway). Both are
+        # trained, since the code one of them runs would otherwise be compiled as cold.
         for cache, workers, runs in ((10000, 1, training), (10000, 0, training), (0, 0, training[:1])):
             workers = f"worker_threads = {workers}" if workers else ""
             open(f"{d}/bearward.toml", "w").write(CONFIG.format(port=PORT, cache=cache, workers=workers, issuer=load.ISSUER, audience=load.AUDIENCE, dir=d, up=UP))

@@ -157,7 +157,7 @@ struct Demo {
     text: String,
 }
 
-async fn start(listen: SocketAddr) -> io::Result<Demo> {
+async fn start(listen: SocketAddr, workers: Option<usize>) -> io::Result<Demo> {
     let key = Arc::new(make_key()?);
 
     let jwks = json!({ "keys": [key.jwk.clone()] });
@@ -187,8 +187,9 @@ async fn start(listen: SocketAddr) -> io::Result<Demo> {
     .await?;
 
     let text = demo_config(listen, &issuer, &jwks_uri, echo);
-    let config =
+    let mut config =
         Config::from_toml_str(&text, "demo.toml").map_err(|e| io::Error::other(e.to_string()))?;
+    config.server.listening.worker_threads = workers;
     // The demo's listener comes from `--listen`, not from a file: say so when it is taken.
     let server = crate::build(config).await.map_err(|e| {
         io::Error::new(
@@ -230,7 +231,7 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> io::
         server,
         base,
         text,
-    } = start(listen).await?;
+    } = start(listen, None).await?;
     let good = mint(&key, &issuer, "orders:read", now() + 3600);
     let expired = mint(&key, &issuer, "orders:read", now() - 600);
     println!("bearward demo: bearward is listening on {base}");
@@ -300,13 +301,14 @@ type Call = (Method, String, Option<String>, Bytes, u16);
 /// (mostly cached valid tokens; no, expired and tampered tokens; a missing scope; an open route
 /// with and without a body; the RFC 9728 document). It needs nothing but the binary. Every
 /// answer is checked, so a training run that trained on errors fails instead. Returns the
-/// number of requests sent.
-pub async fn train(seconds: u64) -> io::Result<u64> {
+/// number of requests sent. `workers`: `server.worker_threads` for bearward (the machine's
+/// CPUs when `None`).
+pub async fn train(seconds: u64, workers: Option<usize>) -> io::Result<u64> {
     use http_body_util::Full;
     use hyper_util::client::legacy::Client;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    let demo = start(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let demo = start(SocketAddr::from(([127, 0, 0, 1], 0)), workers).await?;
     let base = demo.base.clone();
     let good = mint(&demo.key, &demo.issuer, "orders:read", now() + 3600);
     let expired = mint(&demo.key, &demo.issuer, "orders:read", now() - 600);

@@ -92,22 +92,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// The runtime: `threads` workers, or one per CPU the process may use (`available_parallelism`
-/// follows the affinity mask and cgroup quotas). With one thread, tokio's current-thread
-/// scheduler: no work-stealing machinery, and on a core shared with the upstream it was 3-14%
-/// faster than a one-worker multi-thread runtime (fewer context switches per request; see
-/// benches/load.py).
-fn runtime(threads: Option<usize>) -> Option<tokio::runtime::Runtime> {
-    let threads = threads.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
-    let mut builder = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(threads);
-        b
-    };
+/// The main thread's runtime: tokio's current-thread scheduler. It accepts connections and
+/// runs the background work (key refresh, reloads, the admin listener); the connections run on
+/// `server.worker_threads` worker threads of their own (`bearward::server` starts them), or on
+/// this runtime when there is one worker (a sidecar pinned to one CPU).
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
     match builder.enable_all().build() {
         Ok(r) => Some(r),
         Err(e) => {
@@ -117,9 +107,9 @@ fn runtime(threads: Option<usize>) -> Option<tokio::runtime::Runtime> {
     }
 }
 
-/// `demo --train`: half the time on one runtime thread per CPU, half on one thread (tokio's
-/// current-thread runtime, what a sidecar pinned to one CPU runs), so the profile-guided build
-/// is trained on both schedulers.
+/// `demo --train`: half the time with a connection worker per CPU, half with the connections
+/// on the main thread (what a sidecar pinned to one CPU runs), so the profile-guided build is
+/// trained on both.
 fn train_run(seconds: u64) -> ExitCode {
     bearward::telemetry::init(bearward::config::LogFormat::Text);
     let halves = [(None, seconds.div_ceil(2)), (Some(1), seconds / 2)];
@@ -128,10 +118,10 @@ fn train_run(seconds: u64) -> ExitCode {
         if secs == 0 {
             continue;
         }
-        let Some(rt) = runtime(threads) else {
+        let Some(rt) = runtime() else {
             return ExitCode::FAILURE;
         };
-        match rt.block_on(bearward::demo::train(secs)) {
+        match rt.block_on(bearward::demo::train(secs, threads)) {
             Ok(n) => total += n,
             Err(e) => {
                 eprintln!("bearward demo --train: {e}");
@@ -145,7 +135,7 @@ fn train_run(seconds: u64) -> ExitCode {
 
 fn demo(listen: std::net::SocketAddr) -> ExitCode {
     bearward::telemetry::init(bearward::config::LogFormat::Text);
-    let Some(rt) = runtime(None) else {
+    let Some(rt) = runtime() else {
         return ExitCode::FAILURE;
     };
     match rt.block_on(bearward::demo::run(listen, shutdown_signal())) {
@@ -201,7 +191,7 @@ fn explain(
         let s = s.trim().to_owned();
         (!s.is_empty()).then_some(s)
     });
-    let Some(rt) = runtime(None) else {
+    let Some(rt) = runtime() else {
         return ExitCode::FAILURE;
     };
     let asked = bearward::explain::Asked {
@@ -254,7 +244,8 @@ fn run(path: &std::path::Path) -> ExitCode {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    let Some(runtime) = runtime(config.server.listening.worker_threads) else {
+    let workers = bearward::server::worker_count(config.server.listening.worker_threads);
+    let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
     let watch = config.server.watch_config;
@@ -268,12 +259,10 @@ fn run(path: &std::path::Path) -> ExitCode {
             }
         };
         if let Ok(addr) = server.local_addr() {
-            let runtime = tokio::runtime::Handle::current();
             tracing::info!(
                 %addr,
                 admin = ?server.admin_addr(),
-                runtime = ?runtime.runtime_flavor(),
-                workers = runtime.metrics().num_workers(),
+                workers,
                 "bearward listening"
             );
         }

@@ -675,8 +675,13 @@ pub(super) struct ServerFile {
     /// Reference: `worker_threads`
     /// Default: one per CPU the process may use
     ///
-    /// runtime threads (1 to 1024); with 1, a single-threaded runtime, which is what a sidecar
-    /// pinned to one core gets by default
+    /// connection worker threads (1 to 1024), as nginx's `worker_processes` and Envoy's
+    /// `--concurrency`: each runs its own event loop (tokio's current-thread runtime), and every
+    /// accepted connection is handed to the one serving the fewest and stays on it; idle upstream
+    /// connections (`max_idle_connections`) are kept per worker, as nginx's `keepalive`. The main
+    /// thread accepts and runs the admin listener and the background work (key refresh, reloads,
+    /// health checks). With 1, what a sidecar pinned to one core gets by default, the main thread
+    /// serves the connections itself
     pub worker_threads: Option<Spanned<u64>>,
     /// Reference: `max_connections`
     /// Default: the file-descriptor limit, less 128, halved
@@ -1259,7 +1264,7 @@ pub(super) struct UpstreamFile {
     /// Reference: `max_idle_connections`
     /// Default: `64`
     ///
-    /// idle pooled connections kept (per endpoint)
+    /// idle pooled connections kept (per endpoint, per connection worker: see `worker_threads`)
     pub max_idle_connections: Option<Spanned<u64>>,
     /// Reference: `pass_host_header`
     /// Default: `true`

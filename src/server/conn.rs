@@ -129,6 +129,7 @@ async fn is_h2(stream: &TcpStream) -> io::Result<bool> {
 }
 
 pub(super) fn serve_connection(
+    workers: &super::Workers,
     protocols: Arc<Protocols>,
     drain: Drain,
     conn: Conn,
@@ -154,7 +155,8 @@ pub(super) fn serve_connection(
             (server.tls.clone(), balancer)
         }
     };
-    tokio::spawn(async move {
+    workers.serve(stream, move |stream, seat| async move {
+        let _seat = seat;
         let _slot = slot;
         let (mut stream, mut peer) = (stream, peer);
         if balancer {

@@ -56,7 +56,9 @@ pub(super) async fn grpc_loop(
         // the config in force when the connection arrived says; h2c otherwise.
         let tls = live.current().config.server.tls.clone();
         let (protocols, live) = (protocols.clone(), live.clone());
-        tokio::spawn(async move {
+        let workers = shared.workers.clone();
+        workers.serve(stream, move |stream, seat| async move {
+            let _seat = seat;
             match tls {
                 None => serve(stream, checker, drain, slot).await,
                 Some(tls) => {

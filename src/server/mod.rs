@@ -9,8 +9,11 @@ mod ext_authz;
 mod memory;
 mod proxy_protocol;
 mod reload;
+mod workers;
 
 pub use reload::{reload_on_sighup, watch_config, Live};
+pub use workers::count as worker_count;
+pub(crate) use workers::shard as worker_shard;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
@@ -25,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use workers::Workers;
 
 /// A bound, not yet running bearward.
 pub struct Server {
@@ -138,6 +142,9 @@ impl Server {
             }
         };
         let protocols = Arc::new(Protocols::new(&config));
+        let workers = Arc::new(Workers::start(workers::count(
+            config.server.listening.worker_threads,
+        ))?);
         let metrics = self.live.metrics.clone();
         let (drain_signal, _) = watch::channel(false);
         // Every connection task holds a clone; recv() returns None once all have ended.
@@ -159,6 +166,7 @@ impl Server {
             alive: alive.clone(),
             slots: slots.clone(),
             in_flight: in_flight.clone(),
+            workers: workers.clone(),
         };
         let decision_task = self.decision.map(|listener| {
             tokio::spawn(decision_loop(
@@ -214,7 +222,7 @@ impl Server {
                     let drain = Drain { signal: drain_signal.subscribe(), _alive: alive.clone() };
                     let slot = Held::new(slot, &metrics.connections_open);
                     let conn = Conn { stream, peer, slot, in_flight: in_flight.clone(), decision: false };
-                    serve_connection(protocols.clone(), drain, conn, self.live.clone());
+                    serve_connection(&workers, protocols.clone(), drain, conn, self.live.clone());
                 }
                 _ = &mut shutdown => break,
             }
@@ -266,6 +274,7 @@ struct Shared {
     alive: mpsc::Sender<()>,
     slots: Arc<Semaphore>,
     in_flight: InFlight,
+    workers: Arc<Workers>,
 }
 
 impl Shared {
@@ -320,7 +329,13 @@ async fn decision_loop(
             in_flight: shared.in_flight.clone(),
             decision: true,
         };
-        serve_connection(protocols.clone(), drain, conn, live.clone());
+        serve_connection(
+            &shared.workers,
+            protocols.clone(),
+            drain,
+            conn,
+            live.clone(),
+        );
     }
 }
 

@@ -91,11 +91,12 @@ struct UpstreamClient {
 impl Upstreams {
     /// Builds the pools. No connection is made until the first request.
     pub fn new(config: &Config, metrics: &Arc<Metrics>) -> Upstreams {
+        let workers = crate::server::worker_count(config.server.listening.worker_threads);
         let clients = config
             .upstreams
             .iter()
             .map(|u| {
-                let pool = Pool::new(u, metrics.clone());
+                let pool = Pool::new(u, metrics.clone(), workers);
                 UpstreamClient {
                     limit: u.max_requests.map(|(n, _)| {
                         let gauge = metrics.upstream_in_flight(&u.name);

@@ -85,7 +85,10 @@ pub(crate) struct Upgraded {
 /// connections.
 struct Endpoint {
     addr: String,
-    idle: Mutex<Vec<Conn>>,
+    /// Per connection worker ([`crate::server::worker_shard`]), as nginx's `keepalive` is
+    /// per worker process: a connection opened on a worker is driven by its reactor, and
+    /// taken up by another worker each of its wake-ups would cross threads.
+    idle: Box<[Mutex<Vec<Conn>>]>,
     /// Until when (milliseconds after the pool was made) a failed connection keeps it out of
     /// the rotation; in when past.
     out_until: AtomicU64,
@@ -93,6 +96,11 @@ struct Endpoint {
     unhealthy: AtomicBool,
     /// `balance = "least_request"`: requests in flight to it, each held by a [`Lease`].
     active: AtomicU32,
+}
+
+fn lock(idle: &Mutex<Vec<Conn>>) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+    idle.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The rotation's tiers, in order: the primaries that are in, else the backups that are in,
@@ -188,8 +196,13 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// The pool for one configured upstream; its broken responses are counted in `metrics`.
-    pub(crate) fn new(upstream: &UpstreamConfig, metrics: Arc<Metrics>) -> Arc<Pool> {
+    /// The pool for one configured upstream, idle connections kept apart for each of
+    /// `workers`; its broken responses are counted in `metrics`.
+    pub(crate) fn new(
+        upstream: &UpstreamConfig,
+        metrics: Arc<Metrics>,
+        workers: usize,
+    ) -> Arc<Pool> {
         Arc::new(Pool {
             name: upstream.name.clone(),
             metrics,
@@ -198,7 +211,9 @@ impl Pool {
                 .iter()
                 .map(|addr| Endpoint {
                     addr: addr.clone(),
-                    idle: Mutex::new(Vec::new()),
+                    idle: (0..workers.max(1))
+                        .map(|_| Mutex::new(Vec::new()))
+                        .collect(),
                     out_until: AtomicU64::new(0),
                     unhealthy: AtomicBool::new(false),
                     active: AtomicU32::new(0),
@@ -245,7 +260,7 @@ impl Pool {
                     "failed_out_for_seconds": (out_ms > 0).then(|| out_ms.div_ceil(1000)),
                     "healthy": health_checked.then_some(!unhealthy),
                     "requests_in_flight": self.least_request.then(|| e.active.load(Ordering::Relaxed)),
-                    "idle_connections": self.idle(i).len(),
+                    "idle_connections": e.idle.iter().map(|idle| lock(idle).len()).sum::<usize>(),
                 })
             })
             .collect()
@@ -264,11 +279,10 @@ impl Pool {
         self.metrics.upstream_abort(&self.name, reason);
     }
 
+    /// The calling worker's idle connections to `endpoint`.
     fn idle(&self, endpoint: usize) -> std::sync::MutexGuard<'_, Vec<Conn>> {
-        self.endpoints[endpoint]
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        let idle = &self.endpoints[endpoint].idle;
+        lock(&idle[crate::server::worker_shard() % idle.len()])
     }
 
     fn now_ms(&self) -> u64 {
@@ -798,7 +812,7 @@ mod tests {
         let weighted = upstream(
             "url = \"http://api.internal\"\nendpoints = [{ address = \"a:1\", weight = 3 }, \"b:1\", \"c:1\"]",
         );
-        let pool = Pool::new(&weighted, Arc::new(Metrics::new()));
+        let pool = Pool::new(&weighted, Arc::new(Metrics::new()), 1);
         let picks = |n: usize| (0..n).map(|_| pool.pick()).collect::<Vec<_>>();
         assert_eq!(picks(10), [0, 1, 0, 2, 0, 0, 1, 0, 2, 0]);
         // One out: the others share its turns evenly (weights 1, 1).
@@ -810,7 +824,7 @@ mod tests {
         let with_backup = upstream(
             "url = \"http://api.internal\"\nendpoints = [\"a:1\", { address = \"z:1\", backup = true }, \"b:1\"]",
         );
-        let pool = Pool::new(&with_backup, Arc::new(Metrics::new()));
+        let pool = Pool::new(&with_backup, Arc::new(Metrics::new()), 1);
         let picks = |n: usize| (0..n).map(|_| pool.pick()).collect::<Vec<_>>();
         assert_eq!(picks(4), [0, 2, 0, 2]);
         assert_eq!(pool.to_try(0).collect::<Vec<_>>(), [0, 2, 1]);
@@ -843,7 +857,7 @@ mod tests {
              balance = \"least_request\"",
         );
         assert!(u.least_request);
-        let pool = Pool::new(&u, Arc::new(Metrics::new()));
+        let pool = Pool::new(&u, Arc::new(Metrics::new()), 1);
         let count = |picks: &[usize], e: usize| picks.iter().filter(|&&p| p == e).count();
         let picks = |n: usize| (0..n).map(|_| pool.pick()).collect::<Vec<_>>();
         let idle = picks(600);
@@ -875,7 +889,7 @@ mod tests {
             "url = \"http://api.internal\"\nendpoints = [\"a:1\", { address = \"z:1\", backup = true }, \"b:1\"]\n\
              balance = \"least_request\"",
         );
-        let pool = Pool::new(&with_backup, Arc::new(Metrics::new()));
+        let pool = Pool::new(&with_backup, Arc::new(Metrics::new()), 1);
         let _busy = [Lease::new(&pool, 0), Lease::new(&pool, 2)];
         let picks = (0..100).map(|_| pool.pick()).collect::<Vec<_>>();
         assert_eq!(
@@ -891,7 +905,7 @@ mod tests {
             "url = \"http://api.internal\"\nendpoints = [{ address = \"a:1\", weight = 3 }, \"b:1\"]\n\
              balance = \"least_request\"",
         );
-        let pool = Pool::new(&weighted, Arc::new(Metrics::new()));
+        let pool = Pool::new(&weighted, Arc::new(Metrics::new()), 1);
         let picks = |n: usize| (0..n).map(|_| pool.pick()).collect::<Vec<_>>();
         assert_eq!(count(&picks(400), 0), 300, "idle: by weight");
         let _held = [Lease::new(&pool, 0), Lease::new(&pool, 0)];
@@ -900,6 +914,7 @@ mod tests {
         let turns = Pool::new(
             &upstream("url = \"http://api.internal\"\nendpoints = [\"a:1\", \"b:1\"]"),
             Arc::new(Metrics::new()),
+            1,
         );
         assert!(
             Lease::new(&turns, 0).is_none(),
@@ -915,7 +930,7 @@ mod tests {
             "url = \"http://api.internal\"\nendpoints = [\"a:1\", \"b:1\", \"c:1\"]\n\
              endpoint_fail_timeout = \"200ms\"",
         );
-        let pool = Pool::new(&u, Arc::new(Metrics::new()));
+        let pool = Pool::new(&u, Arc::new(Metrics::new()), 1);
         let picks = |n: usize| (0..n).map(|_| pool.pick()).collect::<Vec<_>>();
         assert_eq!(picks(6), [0, 1, 2, 0, 1, 2]);
         pool.failed(1, &ProxyError::Unreachable);
@@ -928,6 +943,7 @@ mod tests {
         let one = Pool::new(
             &upstream("url = \"http://api.internal\""),
             Arc::new(Metrics::new()),
+            1,
         );
         one.failed(0, &ProxyError::Unreachable);
         assert_eq!(one.pick(), 0);
