@@ -13,7 +13,7 @@ import sys
 
 # Lower layers may not name higher ones; within a layer, only the cycle check applies.
 LAYERS = [
-    {"body", "timer", "headers", "jose", "host", "path", "tls", "egress"},  # leaves
+    {"body", "timer", "headers", "jose", "host", "path", "tls", "egress", "worker"},  # leaves
     {"telemetry", "routes", "resource", "config", "request", "trace", "mcp", "policy", "cors"},  # parsing and policy
     {"store"},  # the store replicas share
     {"auth"},

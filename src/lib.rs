@@ -7,7 +7,8 @@
 //! Leaves:
 //! - [`body`]: the boxed streaming body type; `timer`: rearmable timers shared by the guards;
 //!   `headers`: hop-by-hop, reserved and "view" header-name rules; `jose`: JOSE algorithm
-//!   names and base64url; [`tls`]: rustls client configs for `https` upstreams.
+//!   names and base64url; [`tls`]: rustls client configs for `https` upstreams; [`worker`]:
+//!   which connection worker a thread is, for what is kept per worker.
 //!
 //! Parsing and policy:
 //! - [`config`]: the TOML file -> a validated, immutable runtime [`config::Config`]; one
@@ -54,8 +55,8 @@
 //!   ingress describes (`decision`); rejections become responses in one place (`rejection`).
 //!
 //! Running it:
-//! - [`server`]: the accept loop and its limits (`mod`), one connection (`conn`), reload
-//!   (`reload`), the admin endpoints (`admin`).
+//! - [`server`]: the accept loop and its limits (`mod`), the connection workers (`workers`),
+//!   one connection (`conn`), reload (`reload`), the admin endpoints (`admin`).
 //! - [`demo`]: `bearward demo`, a self-contained walkthrough; [`explain`]: `bearward explain`,
 //!   the proxy's own phases with a printing sink and live keys.
 
@@ -85,6 +86,7 @@ pub mod tls;
 pub mod token_exchange;
 pub mod trace;
 pub mod upstream;
+pub mod worker;
 
 use std::sync::Arc;
 

@@ -244,7 +244,7 @@ fn run(path: &std::path::Path) -> ExitCode {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    let workers = bearward::server::worker_count(config.server.listening.worker_threads);
+    let workers = bearward::worker::count(config.server.listening.worker_threads);
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };

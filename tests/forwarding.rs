@@ -1618,3 +1618,45 @@ fn a_unix_socket_upstream_is_checked_when_the_config_loads() {
         );
     }
 }
+
+/// Idle upstream connections are kept per connection worker (nginx's `keepalive` is per worker
+/// process): with two workers and two client connections, one on each, each client's requests
+/// go over an upstream connection of its own worker, the same one every time, and never the
+/// other worker's, even while that one lies idle in the pool.
+#[tokio::test]
+async fn idle_upstream_connections_are_kept_per_worker() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&basic_config(&up.url(), "worker_threads = 2")).await;
+    // Two clients, one keep-alive connection each; both stay open, so the second goes to the
+    // worker serving none.
+    let (a, b) = (client(), client());
+    for round in 0..3 {
+        for (c, who) in [(&a, "a"), (&b, "b")] {
+            let r = get(c, &gw.url(&format!("/public/{who}")), &[]).await;
+            assert_eq!(r.status, StatusCode::OK, "round {round}, client {who}");
+        }
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), 6);
+    let peers = |who: &str| {
+        seen.iter()
+            .filter(|s| s.uri.ends_with(&format!("/{who}")))
+            .map(|s| s.peer)
+            .collect::<std::collections::HashSet<_>>()
+    };
+    let (pa, pb) = (peers("a"), peers("b"));
+    assert_eq!(
+        pa.len(),
+        1,
+        "client a's requests on one upstream connection: {pa:?}"
+    );
+    assert_eq!(
+        pb.len(),
+        1,
+        "client b's requests on one upstream connection: {pb:?}"
+    );
+    assert!(
+        pa.is_disjoint(&pb),
+        "the workers share no upstream connection"
+    );
+}

@@ -40,6 +40,8 @@ struct Got {
     headers: HeaderMap,
     body_len: usize,
     trailers: Option<HeaderMap>,
+    /// The connection it came on (1 for the first accepted).
+    conn: usize,
 }
 
 #[derive(Default)]
@@ -71,7 +73,7 @@ impl H2Upstream {
             .then(|| tls_acceptor_alpn(false, vec![b"h2".to_vec()]));
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                st.connections.fetch_add(1, Ordering::SeqCst);
+                let conn = st.connections.fetch_add(1, Ordering::SeqCst) + 1;
                 let (st, opts, tls) = (st.clone(), opts.clone(), tls.clone());
                 tokio::spawn(async move {
                     let arrived = Arc::new(AtomicUsize::new(0));
@@ -83,7 +85,7 @@ impl H2Upstream {
                         if o2.goaway_after == Some(n) {
                             g.notify_one();
                         }
-                        serve(req, s2.clone())
+                        serve(req, s2.clone(), conn)
                     });
                     let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                     b.max_concurrent_streams(opts.max_streams);
@@ -113,7 +115,11 @@ impl H2Upstream {
     }
 }
 
-async fn serve(req: Request<Incoming>, st: Arc<Stats>) -> Result<Response<TestBody>, Infallible> {
+async fn serve(
+    req: Request<Incoming>,
+    st: Arc<Stats>,
+    conn: usize,
+) -> Result<Response<TestBody>, Infallible> {
     let now = st.active.fetch_add(1, Ordering::SeqCst) + 1;
     st.peak.fetch_max(now, Ordering::SeqCst);
     let path = req.uri().path_and_query().unwrap().to_string();
@@ -134,6 +140,7 @@ async fn serve(req: Request<Incoming>, st: Arc<Stats>) -> Result<Response<TestBo
         headers: parts.headers,
         body_len: bytes.len(),
         trailers,
+        conn,
     });
     st.active.fetch_sub(1, Ordering::SeqCst);
     let mut t = HeaderMap::new();
@@ -155,6 +162,8 @@ fn req_path(p: &str) -> &str {
     p.split('?').next().unwrap()
 }
 
+/// One connection worker: the counts of upstream connections below are per worker (see
+/// `each_worker_keeps_its_own_connection` for two).
 fn config(up: SocketAddr, protocol: &str, extra: &str) -> String {
     let (scheme, tls) = if protocol == "h2" {
         ("https", "tls_ca_file = \"tests/fixtures/tls/ca.pem\"\n")
@@ -166,6 +175,7 @@ fn config(up: SocketAddr, protocol: &str, extra: &str) -> String {
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
+worker_threads = 1
 
 [[issuers]]
 issuer = "https://idp.test"
@@ -280,6 +290,54 @@ async fn bodies_and_trailers_pass_both_ways_over_h2c() {
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.body, "hello");
     assert_eq!(up.stats.connections.load(Ordering::SeqCst), 1);
+}
+
+/// With two connection workers, two client connections (one on each) reach the upstream over
+/// two HTTP/2 connections, one per worker, and every call on a client connection goes over its
+/// worker's: the upstream sees each connection carry the calls of one client connection.
+#[tokio::test]
+async fn each_worker_keeps_its_own_connection() {
+    let up = H2Upstream::start(Options::default()).await;
+    let cfg = config(up.addr, "h2c", "").replace("worker_threads = 1", "worker_threads = 2");
+    let gw = Gateway::start(&cfg).await;
+    // Two h2 clients, each its own connection to bearward; both stay open, so the second
+    // goes to the worker serving none.
+    let (a, b) = (h2c_client(), h2c_client());
+    for round in 0..3 {
+        for (c, who) in [(&a, "a"), (&b, "b")] {
+            let r = call(
+                c,
+                &gw.url("/echo"),
+                &[("x-client", who)],
+                streamed(10, None),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK, "round {round}, client {who}");
+        }
+    }
+    assert_eq!(
+        up.stats.connections.load(Ordering::SeqCst),
+        2,
+        "one upstream connection per worker"
+    );
+    let got = up.got();
+    assert_eq!(got.len(), 6);
+    let mut by_conn: std::collections::HashMap<usize, std::collections::HashSet<String>> =
+        Default::default();
+    for g in &got {
+        by_conn
+            .entry(g.conn)
+            .or_default()
+            .insert(g.headers["x-client"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(by_conn.len(), 2);
+    for clients in by_conn.values() {
+        assert_eq!(
+            clients.len(),
+            1,
+            "an upstream connection carried one client's calls: {by_conn:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -12,8 +12,6 @@ mod reload;
 mod workers;
 
 pub use reload::{reload_on_sighup, watch_config, Live};
-pub use workers::count as worker_count;
-pub(crate) use workers::shard as worker_shard;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
@@ -142,7 +140,7 @@ impl Server {
             }
         };
         let protocols = Arc::new(Protocols::new(&config));
-        let workers = Arc::new(Workers::start(workers::count(
+        let workers = Arc::new(Workers::start(crate::worker::count(
             config.server.listening.worker_threads,
         ))?);
         let metrics = self.live.metrics.clone();

@@ -10,12 +10,11 @@
 //! current-thread runtime (`.ci/budget.py`, cached RS256: 31.4k on two work-stealing workers,
 //! 29.9k on one current-thread runtime), and a connection's task moved between cores.
 //! What a worker opens (upstream connections, timers) is driven by its own reactor, and
-//! upstream connections are pooled per worker ([`shard`]), so no request wakes another thread.
+//! upstream connections are pooled per worker ([`crate::worker::shard`]), so no request wakes another thread.
 //!
 //! With one worker (a sidecar pinned to one CPU) there are no worker threads: the main
 //! runtime, itself current-thread, serves the connections.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,25 +24,6 @@ use tokio::sync::mpsc;
 
 /// Work sent to a worker: runs on its thread, inside its runtime.
 type Job = Box<dyn FnOnce() + Send>;
-
-thread_local! {
-    /// The worker this thread is (0 on any other thread).
-    static SHARD: Cell<usize> = const { Cell::new(0) };
-}
-
-/// The worker the calling thread is, for state kept per worker (the upstream pool's idle
-/// connections): 0 to `count - 1` on a worker, 0 elsewhere.
-pub(crate) fn shard() -> usize {
-    SHARD.get()
-}
-
-/// How many workers a config asks for: `server.worker_threads`, or one per CPU the process may
-/// use (`available_parallelism` follows the affinity mask and cgroup quotas).
-pub fn count(worker_threads: Option<usize>) -> usize {
-    worker_threads.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    })
-}
 
 struct Lane {
     jobs: mpsc::UnboundedSender<Job>,
@@ -72,7 +52,7 @@ impl Workers {
                 std::thread::Builder::new()
                     .name(format!("worker-{i}"))
                     .spawn(move || {
-                        SHARD.set(i);
+                        crate::worker::become_shard(i);
                         runtime.block_on(async move {
                             while let Some(job) = rx.recv().await {
                                 job();
@@ -163,6 +143,7 @@ impl Drop for Seat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::worker::shard;
 
     #[tokio::test]
     async fn connections_go_to_the_least_busy_worker_and_run_on_its_thread() {

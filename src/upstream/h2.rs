@@ -53,8 +53,12 @@ pub(crate) struct H2Client {
     max_age: std::time::Duration,
     /// `max_requests_per_connection`: streams one connection is given.
     max_streams: u32,
-    /// Each endpoint's connection, in the pool's order.
+    /// Each endpoint's connection for each connection worker (Envoy's workers keep their own
+    /// too): endpoint by endpoint in the pool's order, the workers' slots within each. A
+    /// connection shared by the workers would have every stream cross threads twice, and one
+    /// worker doing the framing of all of them.
     slots: Box<[Slot]>,
+    workers: usize,
 }
 
 /// One endpoint's connection.
@@ -111,8 +115,12 @@ type Picked = (usize, u64, SendRequest<ReplayBody>);
 
 impl H2Client {
     pub(crate) fn new(config: &UpstreamConfig, pool: Arc<Pool>) -> H2Client {
+        let workers = pool.workers();
         H2Client {
-            slots: (0..pool.endpoint_count()).map(|_| Slot::new()).collect(),
+            slots: (0..pool.endpoint_count() * workers)
+                .map(|_| Slot::new())
+                .collect(),
+            workers,
             pool,
             scheme: config.scheme.clone(),
             authority: config.authority.clone(),
@@ -121,6 +129,11 @@ impl H2Client {
             max_age: config.max_connection_age,
             max_streams: config.max_requests_per_connection,
         }
+    }
+
+    /// The calling worker's connection to `endpoint`.
+    fn slot(&self, endpoint: usize) -> &Slot {
+        &self.slots[endpoint * self.workers + crate::worker::shard() % self.workers]
     }
 
     /// A live connection for the next request: the rotation's next endpoint's, made if there
@@ -143,7 +156,7 @@ impl H2Client {
         endpoint: usize,
     ) -> Result<(u64, SendRequest<ReplayBody>), ProxyError> {
         use std::sync::atomic::Ordering;
-        let slot = &self.slots[endpoint];
+        let slot = self.slot(endpoint);
         if let Some(s) = slot.cached(self.max_streams) {
             return Ok(s);
         }
@@ -200,7 +213,7 @@ impl H2Client {
     /// Stops handing out `endpoint`'s connection `id` (closed, or going away): the next
     /// request there makes a new one. Streams still running on it finish there.
     fn forget(&self, endpoint: usize, id: u64) {
-        let mut slot = lock(&self.slots[endpoint].sender);
+        let mut slot = lock(&self.slot(endpoint).sender);
         if slot.as_ref().is_some_and(|c| c.id == id) {
             *slot = None;
         }

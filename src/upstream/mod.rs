@@ -91,7 +91,7 @@ struct UpstreamClient {
 impl Upstreams {
     /// Builds the pools. No connection is made until the first request.
     pub fn new(config: &Config, metrics: &Arc<Metrics>) -> Upstreams {
-        let workers = crate::server::worker_count(config.server.listening.worker_threads);
+        let workers = crate::worker::count(config.server.listening.worker_threads);
         let clients = config
             .upstreams
             .iter()

@@ -85,7 +85,7 @@ pub(crate) struct Upgraded {
 /// connections.
 struct Endpoint {
     addr: String,
-    /// Per connection worker ([`crate::server::worker_shard`]), as nginx's `keepalive` is
+    /// Per connection worker ([`crate::worker::shard`]), as nginx's `keepalive` is
     /// per worker process: a connection opened on a worker is driven by its reactor, and
     /// taken up by another worker each of its wake-ups would cross threads.
     idle: Box<[Mutex<Vec<Conn>>]>,
@@ -282,7 +282,7 @@ impl Pool {
     /// The calling worker's idle connections to `endpoint`.
     fn idle(&self, endpoint: usize) -> std::sync::MutexGuard<'_, Vec<Conn>> {
         let idle = &self.endpoints[endpoint].idle;
-        lock(&idle[crate::server::worker_shard() % idle.len()])
+        lock(&idle[crate::worker::shard() % idle.len()])
     }
 
     fn now_ms(&self) -> u64 {
@@ -540,6 +540,11 @@ impl Pool {
     /// How many endpoints the upstream has.
     pub(crate) fn endpoint_count(&self) -> usize {
         self.endpoints.len()
+    }
+
+    /// The connection workers it keeps idle connections apart for.
+    pub(crate) fn workers(&self) -> usize {
+        self.endpoints.first().map_or(1, |e| e.idle.len())
     }
 
     /// [`Pool::connect_from`], boxed: a connect (a TLS handshake's state among it, and the
