@@ -206,6 +206,11 @@ struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
     upstream: String,
 }
@@ -355,6 +360,8 @@ pub struct Metrics {
     pub connections_open: Gauge,
     /// HTTP/1 connections parked: idle, holding no buffers (`request::framing::PARK_AFTER`).
     pub connections_parked: Gauge,
+    /// Connections each connection worker serves (`server.worker_threads` above 1).
+    worker_connections: Family<WorkerLabels, Gauge>,
     pub connections_max: Gauge,
     /// Times the accept loop found `max_connections` open and left new ones in the backlog.
     pub connections_deferred: Counter,
@@ -438,6 +445,7 @@ impl Metrics {
             reload_success_time: Gauge::default(),
             connections_open: Gauge::default(),
             connections_parked: Gauge::default(),
+            worker_connections: Family::default(),
             connections_max: Gauge::default(),
             connections_deferred: Counter::default(),
             accept_errors: Counter::default(),
@@ -558,6 +566,11 @@ impl Metrics {
             "connections_parked",
             "HTTP/1 connections idle between requests with their buffers given back",
             m.connections_parked.clone(),
+        );
+        registry.register(
+            "worker_connections",
+            "Connections each connection worker serves (server.worker_threads above 1)",
+            m.worker_connections.clone(),
         );
         registry.register(
             "connections_max",
@@ -955,6 +968,15 @@ impl Metrics {
     }
 
     /// The gauge of an upstream's requests in flight (`max_requests`).
+    /// Worker `worker`'s count of the connections it serves.
+    pub fn worker_connections(&self, worker: usize) -> Gauge {
+        self.worker_connections
+            .get_or_create(&WorkerLabels {
+                worker: worker.to_string(),
+            })
+            .clone()
+    }
+
     pub fn upstream_in_flight(&self, upstream: &str) -> Gauge {
         self.upstream_in_flight
             .get_or_create(&UpstreamLabels {

@@ -1659,4 +1659,10 @@ async fn idle_upstream_connections_are_kept_per_worker() {
         pa.is_disjoint(&pb),
         "the workers share no upstream connection"
     );
+    // Each worker serves one of the two open client connections.
+    let m = gw.metrics().await;
+    for worker in ["0", "1"] {
+        let series = format!("bearward_worker_connections{{worker=\"{worker}\"}} 1");
+        assert!(m.lines().any(|l| l == series), "{series} in:\n{m}");
+    }
 }

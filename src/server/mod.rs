@@ -140,10 +140,11 @@ impl Server {
             }
         };
         let protocols = Arc::new(Protocols::new(&config));
-        let workers = Arc::new(Workers::start(crate::worker::count(
-            config.server.listening.worker_threads,
-        ))?);
         let metrics = self.live.metrics.clone();
+        let workers = Arc::new(Workers::start(
+            crate::worker::count(config.server.listening.worker_threads),
+            &metrics,
+        )?);
         let (drain_signal, _) = watch::channel(false);
         // Every connection task holds a clone; recv() returns None once all have ended.
         let (alive, mut all_done) = mpsc::channel::<()>(1);

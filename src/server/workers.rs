@@ -15,10 +15,10 @@
 //! With one worker (a sidecar pinned to one CPU) there are no worker threads: the main
 //! runtime, itself current-thread, serves the connections.
 
+use prometheus_client::metrics::gauge::Gauge;
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -27,8 +27,9 @@ type Job = Box<dyn FnOnce() + Send>;
 
 struct Lane {
     jobs: mpsc::UnboundedSender<Job>,
-    /// Connections it serves now: a new one goes to the lane with the fewest.
-    open: Arc<AtomicUsize>,
+    /// Connections it serves now (`bearward_worker_connections`): a new one goes to the lane
+    /// with the fewest.
+    open: Gauge,
 }
 
 /// The workers, or none (connections run on the caller's runtime).
@@ -41,12 +42,15 @@ pub(super) struct Workers {
 impl Workers {
     /// Starts `count` workers; none for one (the caller's runtime serves). The threads end
     /// when the `Workers` is dropped, and with them whatever their connections still do.
-    pub(super) fn start(count: usize) -> io::Result<Workers> {
+    pub(super) fn start(count: usize, metrics: &crate::telemetry::Metrics) -> io::Result<Workers> {
         let mut lanes = Vec::new();
         if count > 1 {
             for i in 0..count {
+                // No signal driver: signals are the main thread's, and a worker would look
+                // for them at every park.
                 let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
+                    .enable_io()
+                    .enable_time()
                     .build()?;
                 let (jobs, mut rx) = mpsc::unbounded_channel::<Job>();
                 std::thread::Builder::new()
@@ -61,7 +65,7 @@ impl Workers {
                     })?;
                 lanes.push(Lane {
                     jobs,
-                    open: Arc::new(AtomicUsize::new(0)),
+                    open: metrics.worker_connections(i),
                 });
             }
         }
@@ -96,7 +100,7 @@ impl Workers {
             }
         };
         let open = lane.open.clone();
-        open.fetch_add(1, Ordering::Relaxed);
+        open.inc();
         let job: Job = Box::new(move || {
             let seat = Seat(Some(open));
             match TcpStream::from_std(stream) {
@@ -114,13 +118,13 @@ impl Workers {
         let n = self.lanes.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let mut best = &self.lanes[start];
-        let mut least = best.open.load(Ordering::Relaxed);
+        let mut least = best.open.get();
         for k in 1..n {
             if least == 0 {
                 break;
             }
             let lane = &self.lanes[(start + k) % n];
-            let open = lane.open.load(Ordering::Relaxed);
+            let open = lane.open.get();
             if open < least {
                 (best, least) = (lane, open);
             }
@@ -130,12 +134,12 @@ impl Workers {
 }
 
 /// A connection's place on its worker, counted until it is dropped with the connection.
-pub(super) struct Seat(Option<Arc<AtomicUsize>>);
+pub(super) struct Seat(Option<Gauge>);
 
 impl Drop for Seat {
     fn drop(&mut self) {
         if let Some(open) = &self.0 {
-            open.fetch_sub(1, Ordering::Relaxed);
+            open.dec();
         }
     }
 }
@@ -147,7 +151,8 @@ mod tests {
 
     #[tokio::test]
     async fn connections_go_to_the_least_busy_worker_and_run_on_its_thread() {
-        let workers = Workers::start(3).unwrap();
+        let metrics = crate::telemetry::Metrics::new();
+        let workers = Workers::start(3, &metrics).unwrap();
         assert_eq!(workers.lanes.len(), 3);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -177,13 +182,14 @@ mod tests {
             per[shard] += 1;
         }
         assert_eq!(per, [2, 2, 2], "six connections over three workers");
+        assert_eq!(metrics.worker_connections(1).get(), 2);
         // Worker 1's two end: the next connections go to it.
         for (i, shard) in on.iter().enumerate() {
             if *shard == 1 {
                 clients[i] = None;
             }
         }
-        while workers.lanes[1].open.load(Ordering::Relaxed) != 0 {
+        while workers.lanes[1].open.get() != 0 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         for i in 0..2 {
