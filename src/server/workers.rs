@@ -59,7 +59,16 @@ impl Workers {
                         crate::worker::become_shard(i);
                         runtime.block_on(async move {
                             while let Some(job) = rx.recv().await {
-                                job();
+                                // A job that panicked must not end the worker: its lane would
+                                // then look the least busy and draw every new connection.
+                                let taken =
+                                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                                if taken.is_err() {
+                                    tracing::error!(
+                                        worker = i,
+                                        "a connection could not be started"
+                                    );
+                                }
                             }
                         });
                     })?;
