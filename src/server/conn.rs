@@ -266,8 +266,11 @@ pub(super) async fn handshake(
 ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, TlsInfo)> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
     let metrics = &live.metrics;
-    let outcome =
-        tokio::time::timeout(protocols.tls_handshake_timeout, acceptor.accept(stream)).await;
+    // The socket outlives the count of a failed handshake: once the client sees the close,
+    // the outcome is in the metrics (connections run on worker threads, so the two would
+    // otherwise race a scrape made right after the close).
+    let mut accept = std::pin::pin!(acceptor.accept(stream).into_fallible());
+    let outcome = tokio::time::timeout(protocols.tls_handshake_timeout, accept.as_mut()).await;
     match outcome {
         Ok(Ok(s)) => {
             let session = s.get_ref().1;
@@ -283,10 +286,11 @@ pub(super) async fn handshake(
             metrics.tls_handshake("ok");
             Some((s, info))
         }
-        Ok(Err(e)) => {
+        Ok(Err((e, stream))) => {
             let reason = crate::tls::handshake_failure(&e);
             metrics.tls_handshake(reason);
             tracing::debug!(error = %e, reason, "TLS handshake failed");
+            drop(stream);
             None
         }
         Err(_) => {
