@@ -967,7 +967,6 @@ impl Metrics {
             .set(i64::from(n));
     }
 
-    /// The gauge of an upstream's requests in flight (`max_requests`).
     /// Worker `worker`'s count of the connections it serves.
     pub fn worker_connections(&self, worker: usize) -> Gauge {
         self.worker_connections
@@ -977,6 +976,7 @@ impl Metrics {
             .clone()
     }
 
+    /// The gauge of an upstream's requests in flight (`max_requests`).
     pub fn upstream_in_flight(&self, upstream: &str) -> Gauge {
         self.upstream_in_flight
             .get_or_create(&UpstreamLabels {

@@ -154,11 +154,10 @@ fn status(live: &Live, gateway: &Gateway, draining: bool) -> serde_json::Value {
     })
 }
 
-/// `GET /logging`: the filter in force; `POST /logging?level=debug` (or `?bearward::auth=trace`,
-/// or `?reset`): change bearward's levels without a restart ([`telemetry::set_log_levels`]).
 /// `POST /healthcheck/fail` and `POST /healthcheck/ok` (Envoy's): `/readyz` fails, or answers
-/// again as the keys and the rest say, while requests are served all along (`GET`: which). To take one replica
-/// out of its load balancer to look at it, or before work on its node, without a restart.
+/// again as the keys and the rest say, while requests are served all along (`GET`: which). To
+/// take one replica out of its load balancer to look at it, or before work on its node, without
+/// a restart.
 fn hold_out(live: &Live, req: &Request<Incoming>) -> (StatusCode, String) {
     let held = live.held_out.load(std::sync::atomic::Ordering::Relaxed);
     match *req.method() {
@@ -188,6 +187,8 @@ fn hold_out(live: &Live, req: &Request<Incoming>) -> (StatusCode, String) {
     (StatusCode::OK, said.to_owned())
 }
 
+/// `GET /logging`: the filter in force; `POST /logging?level=debug` (or `?bearward::auth=trace`,
+/// or `?reset`): change bearward's levels without a restart ([`telemetry::set_log_levels`]).
 fn logging(req: &Request<Incoming>) -> (StatusCode, String) {
     match *req.method() {
         http::Method::GET => match crate::telemetry::log_levels() {

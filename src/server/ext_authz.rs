@@ -56,7 +56,7 @@ pub(super) async fn grpc_loop(
         // the config in force when the connection arrived says; h2c otherwise.
         let tls = live.current().config.server.tls.clone();
         let (protocols, live) = (protocols.clone(), live.clone());
-        let workers = shared.workers.clone();
+        let workers = &shared.workers;
         workers.serve(stream, move |stream, seat| async move {
             let _seat = seat;
             match tls {

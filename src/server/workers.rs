@@ -10,7 +10,8 @@
 //! current-thread runtime (`.ci/budget.py`, cached RS256: 31.4k on two work-stealing workers,
 //! 29.9k on one current-thread runtime), and a connection's task moved between cores.
 //! What a worker opens (upstream connections, timers) is driven by its own reactor, and
-//! upstream connections are pooled per worker ([`crate::worker::shard`]), so no request wakes another thread.
+//! upstream connections are pooled per worker ([`crate::worker::shard`]), so no request wakes
+//! another thread.
 //!
 //! With one worker (a sidecar pinned to one CPU) there are no worker threads: the main
 //! runtime, itself current-thread, serves the connections.
@@ -52,6 +53,8 @@ impl Workers {
                     .enable_io()
                     .enable_time()
                     .build()?;
+                // Unbounded, yet bounded: each job is an accepted connection holding one of
+                // `max_connections` slots.
                 let (jobs, mut rx) = mpsc::unbounded_channel::<Job>();
                 std::thread::Builder::new()
                     .name(format!("worker-{i}"))
